@@ -1,0 +1,29 @@
+"""LocalLLM Dashboard: router, language, sidebar status."""
+
+import streamlit as st
+
+from core.errors import StorageError
+from ui import resources
+from ui.i18n import t
+from ui.widgets import ensure_language, language_switch, sidebar_status
+
+st.set_page_config(page_title="LocalLLM Dashboard", page_icon=":material/memory:", layout="wide")
+
+try:
+    resources.database()
+except StorageError as exc:
+    st.error(t("error.storage", detail=exc.message))
+    st.stop()
+
+ensure_language()
+navigation = st.navigation(
+    [
+        st.Page("pages/chat.py", title=t("nav.chat"), icon=":material/chat:", default=True),
+        st.Page("pages/models.py", title=t("nav.models"), icon=":material/download:"),
+        st.Page("pages/hardware.py", title=t("nav.hardware"), icon=":material/settings:"),
+    ]
+)
+with st.sidebar:
+    language_switch()
+    sidebar_status()
+navigation.run()

@@ -1,0 +1,1 @@
+"""LocalLLM Dashboard core: the product without a UI (never imports streamlit)."""

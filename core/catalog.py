@@ -1,0 +1,74 @@
+"""The built-in model catalog: what each small chat model is, how big, and what it is good for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GB = 1000**3
+
+
+@dataclass(frozen=True)
+class Localized:
+    en: str
+    zh: str
+
+    def get(self, language: str) -> str:
+        return self.zh if language == "zh" else self.en
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str
+    repo_id: str
+    revision: str
+    download_bytes: int
+    parameters: int
+    languages: tuple[str, ...]
+    context_length: int
+    license: str
+    strengths: Localized
+    recommended_use: Localized
+
+
+BUILTIN_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        key="qwen2.5-0.5b",
+        repo_id="Qwen/Qwen2.5-0.5B-Instruct",
+        revision="main",
+        download_bytes=int(0.99 * GB),
+        parameters=494_032_768,
+        languages=("zh", "en"),
+        context_length=32768,
+        license="Apache-2.0",
+        strengths=Localized(
+            en="Lightweight Chinese-first chat model; also handles English.",
+            zh="轻量级中文对话模型，适合中文场景，也能处理英文。",
+        ),
+        recommended_use=Localized(
+            en="Chinese Q&A, dialogue, text generation.",
+            zh="中文问答、对话、文本生成。",
+        ),
+    ),
+    ModelSpec(
+        key="tinyllama-1.1b",
+        repo_id="TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+        revision="main",
+        download_bytes=int(2.2 * GB),
+        parameters=1_100_048_384,
+        languages=("en",),
+        context_length=2048,
+        license="Apache-2.0",
+        strengths=Localized(
+            en="Ultra-light English chat model.",
+            zh="超轻量级英文对话模型。",
+        ),
+        recommended_use=Localized(
+            en="English Q&A, code generation, text processing.",
+            zh="英文问答、代码生成、文本处理。",
+        ),
+    ),
+)
+
+
+def builtin_spec(key: str) -> ModelSpec | None:
+    return next((spec for spec in BUILTIN_MODELS if spec.key == key), None)

@@ -1,0 +1,40 @@
+"""One exception hierarchy; every error carries a message key and parameters a UI can translate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LocalLLMError(Exception):
+    """Base of every error the product reports to a user."""
+
+    code = "error.generic"
+
+    def __init__(self, message: str, **params: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.params = params
+
+
+class ConfigError(LocalLLMError):
+    """A provider config or setting is invalid."""
+
+    code = "error.config"
+
+
+class NotFoundError(LocalLLMError):
+    """A record the caller named does not exist."""
+
+    code = "error.not_found"
+
+
+class StorageError(LocalLLMError):
+    """The database cannot be opened or used."""
+
+    code = "error.storage"
+
+
+class SchemaTooNewError(StorageError):
+    """The database was written by a newer version of the app."""
+
+    code = "error.schema_too_new"

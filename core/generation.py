@@ -1,0 +1,37 @@
+"""Generation parameters shared by every provider."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 512
+    repetition_penalty: float = 1.1
+
+    def __post_init__(self) -> None:
+        checks = (
+            (0.0 <= self.temperature <= 2.0, "temperature must be between 0 and 2"),
+            (0.0 < self.top_p <= 1.0, "top_p must be above 0 and at most 1"),
+            (1 <= self.max_new_tokens <= 32768, "max_new_tokens must be between 1 and 32768"),
+            (0.5 <= self.repetition_penalty <= 2.0, "repetition_penalty must be between 0.5 and 2"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> GenerationParams:
+        """Known keys from `data`, defaults for the rest; unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

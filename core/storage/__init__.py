@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy 2.0 schema, engine/session setup, migrations and repository functions."""

@@ -1,0 +1,70 @@
+"""Engine and sessions: any SQLAlchemy URL; SQLite gets WAL mode, a busy timeout and foreign keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.errors import StorageError
+from core.storage.migrations import migrate
+
+BUSY_TIMEOUT_S = 30
+
+
+def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def display_url(url: str) -> str:
+    """The URL with any password hidden, safe to show or log."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_db_engine(url: str) -> Engine:
+    parsed: URL = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
+    event.listen(engine, "connect", _enable_sqlite_pragmas)
+    return engine
+
+
+class Database:
+    """An engine with its schema brought up to date, and a session factory (callers own sessions)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine = create_db_engine(url)
+            self.found_version = migrate(self.engine)
+        except StorageError:
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(
+                f"Cannot open the database {display_url(url)}: {exc.__class__.__name__}: "
+                f"{getattr(exc, 'orig', None) or exc}",
+                url=display_url(url),
+            ) from exc
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def begin(self) -> Any:
+        """`with db.begin() as session:` commits on success, rolls back on error."""
+        return self.sessions.begin()
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,61 @@
+"""Plain frozen values returned by the repository functions (no ORM objects leak out)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from core.generation import GenerationParams
+
+PROVIDERS = ("local_model", "openai_compatible")
+
+
+def mask_secret(secret: str | None) -> str:
+    """Show only the last 4 characters of a secret."""
+    if not secret:
+        return ""
+    return "•" * 4 + secret[-4:] if len(secret) > 4 else "•" * 4
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    id: int
+    name: str
+    provider: str
+    model: str
+    base_url: str | None
+    api_key: str | None = field(repr=False)
+    params: GenerationParams
+    is_current: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def masked_api_key(self) -> str:
+        return mask_secret(self.api_key)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    owner: str
+    title: str
+    config_id: int | None
+    system_prompt: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    conversation_id: int
+    role: str
+    content: str
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    ttft_s: float | None
+    tokens_per_s: float | None
+    finish_reason: str | None
+    created_at: datetime

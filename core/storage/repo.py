@@ -1,0 +1,210 @@
+"""Repository functions: each takes a Session the caller owns and returns plain records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from core.errors import ConfigError, NotFoundError
+from core.generation import GenerationParams
+from core.storage.records import PROVIDERS, Conversation, Message, ProviderConfig
+from core.storage.schema import (
+    ConversationRow,
+    DownloadJobRow,
+    MessageRow,
+    ProviderConfigRow,
+    SettingRow,
+)
+
+CONFIG_FIELDS = frozenset({"name", "provider", "model", "base_url", "api_key", "params"})
+ACTIVE_DOWNLOAD_STATES = ("queued", "running")
+
+
+def _config(row: ProviderConfigRow) -> ProviderConfig:
+    return ProviderConfig(
+        id=row.id,
+        name=row.name,
+        provider=row.provider,
+        model=row.model,
+        base_url=row.base_url,
+        api_key=row.api_key,
+        params=GenerationParams.from_mapping(row.params),
+        is_current=row.is_current,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _validate_config(provider: str, model: str, base_url: str | None) -> None:
+    if provider not in PROVIDERS:
+        raise ConfigError(f"Unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}.")
+    if not model.strip():
+        raise ConfigError("A model name is required.")
+    if provider == "openai_compatible":
+        if not base_url:
+            raise ConfigError("An OpenAI-compatible provider needs a base URL.")
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError("The base URL must start with http:// or https://.")
+
+
+def _config_row(session: Session, config_id: int) -> ProviderConfigRow:
+    row = session.get(ProviderConfigRow, config_id)
+    if row is None:
+        raise NotFoundError(f"No provider config with id {config_id}.", id=config_id)
+    return row
+
+
+def save_config(
+    session: Session,
+    *,
+    provider: str,
+    model: str,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    name: str | None = None,
+    params: GenerationParams | None = None,
+) -> int:
+    """Store a new provider config and return its id."""
+    _validate_config(provider, model, base_url)
+    row = ProviderConfigRow(
+        name=(name or f"{provider}: {model}").strip(),
+        provider=provider,
+        model=model.strip(),
+        base_url=base_url or None,
+        api_key=api_key or None,
+        params=(params or GenerationParams()).to_dict(),
+    )
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def get_config(session: Session, config_id: int) -> ProviderConfig:
+    return _config(_config_row(session, config_id))
+
+
+def list_configs(session: Session) -> list[ProviderConfig]:
+    rows = session.scalars(select(ProviderConfigRow).order_by(ProviderConfigRow.id))
+    return [_config(row) for row in rows]
+
+
+def update_config(session: Session, config_id: int, **changes: Any) -> ProviderConfig:
+    """Change some fields of a config (name, provider, model, base_url, api_key, params)."""
+    unknown = set(changes) - CONFIG_FIELDS
+    if unknown:
+        raise ConfigError(f"Cannot change {', '.join(sorted(unknown))} of a provider config.")
+    row = _config_row(session, config_id)
+    merged = {field: getattr(row, field) for field in ("provider", "model", "base_url")}
+    merged.update({k: v for k, v in changes.items() if k in merged})
+    _validate_config(merged["provider"], merged["model"], merged["base_url"])
+    for key, value in changes.items():
+        setattr(row, key, value.to_dict() if isinstance(value, GenerationParams) else value)
+    session.flush()
+    return _config(row)
+
+
+def delete_config(session: Session, config_id: int) -> None:
+    session.delete(_config_row(session, config_id))
+    session.flush()
+
+
+def set_current_config(session: Session, config_id: int) -> None:
+    row = _config_row(session, config_id)
+    session.execute(
+        update(ProviderConfigRow).where(ProviderConfigRow.is_current.is_(True)).values(is_current=False)
+    )
+    session.flush()
+    row.is_current = True
+    session.flush()
+
+
+def get_current_config(session: Session) -> ProviderConfig | None:
+    row = session.scalars(select(ProviderConfigRow).where(ProviderConfigRow.is_current.is_(True))).first()
+    return _config(row) if row else None
+
+
+def get_setting(session: Session, key: str, default: Any = None) -> Any:
+    row = session.get(SettingRow, key)
+    return default if row is None else row.value.get("v", default)
+
+
+def set_setting(session: Session, key: str, value: Any) -> None:
+    row = session.get(SettingRow, key)
+    if row is None:
+        session.add(SettingRow(key=key, value={"v": value}))
+    else:
+        row.value = {"v": value}
+    session.flush()
+
+
+def _conversation(row: ConversationRow) -> Conversation:
+    return Conversation(
+        id=row.id,
+        owner=row.owner,
+        title=row.title,
+        config_id=row.config_id,
+        system_prompt=row.system_prompt,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _message(row: MessageRow) -> Message:
+    return Message(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        role=row.role,
+        content=row.content,
+        model=row.model,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        ttft_s=row.ttft_s,
+        tokens_per_s=row.tokens_per_s,
+        finish_reason=row.finish_reason,
+        created_at=row.created_at,
+    )
+
+
+def create_conversation(
+    session: Session, *, owner: str, title: str, config_id: int | None = None, system_prompt: str = ""
+) -> Conversation:
+    row = ConversationRow(owner=owner, title=title, config_id=config_id, system_prompt=system_prompt)
+    session.add(row)
+    session.flush()
+    return _conversation(row)
+
+
+def list_conversations(session: Session, owner: str, search: str = "") -> list[Conversation]:
+    """The owner's conversations, newest first; `search` matches titles and message text."""
+    query = select(ConversationRow).where(ConversationRow.owner == owner)
+    if search:
+        pattern = f"%{search}%"
+        in_messages = select(MessageRow.conversation_id).where(MessageRow.content.ilike(pattern))
+        query = query.where(or_(ConversationRow.title.ilike(pattern), ConversationRow.id.in_(in_messages)))
+    rows = session.scalars(query.order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc()))
+    return [_conversation(row) for row in rows]
+
+
+def add_message(session: Session, conversation_id: int, role: str, content: str, **stats: Any) -> Message:
+    """Append a message; `stats` are model, prompt/completion tokens, ttft_s, tokens_per_s, finish_reason."""
+    conversation = session.get(ConversationRow, conversation_id)
+    if conversation is None:
+        raise NotFoundError(f"No conversation with id {conversation_id}.", id=conversation_id)
+    row = MessageRow(conversation_id=conversation_id, role=role, content=content, **stats)
+    session.add(row)
+    session.flush()
+    return _message(row)
+
+
+def list_messages(session: Session, conversation_id: int) -> list[Message]:
+    rows = session.scalars(
+        select(MessageRow).where(MessageRow.conversation_id == conversation_id).order_by(MessageRow.id)
+    )
+    return [_message(row) for row in rows]
+
+
+def count_active_downloads(session: Session) -> int:
+    query = select(func.count()).where(DownloadJobRow.state.in_(ACTIVE_DOWNLOAD_STATES))
+    return session.scalar(query) or 0

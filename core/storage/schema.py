@@ -1,0 +1,129 @@
+"""Tables (SQLAlchemy 2.0 typed ORM). Bump SCHEMA_VERSION when a table or column changes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class SchemaInfo(Base):
+    __tablename__ = "schema_info"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int]
+
+
+class ProviderConfigRow(Base):
+    __tablename__ = "provider_configs"
+    __table_args__ = (
+        # At most one current config, enforced by the database itself.
+        Index(
+            "uq_provider_configs_current",
+            "is_current",
+            unique=True,
+            sqlite_where=text("is_current = 1"),
+            postgresql_where=text("is_current"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    provider: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(300))
+    base_url: Mapped[str | None] = mapped_column(String(500))
+    api_key: Mapped[str | None] = mapped_column(String(500))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
+    is_current: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:  # never show the api_key
+        return f"ProviderConfigRow(id={self.id!r}, name={self.name!r}, provider={self.provider!r})"
+
+
+class ConversationRow(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    title: Mapped[str] = mapped_column(String(300))
+    config_id: Mapped[int | None] = mapped_column(ForeignKey("provider_configs.id", ondelete="SET NULL"))
+    system_prompt: Mapped[str] = mapped_column(Text, default="", server_default=text("''"))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    messages: Mapped[list[MessageRow]] = relationship(
+        back_populates="conversation", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    role: Mapped[str] = mapped_column(String(20))
+    content: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(300))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    ttft_s: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    finish_reason: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    conversation: Mapped[ConversationRow] = relationship(back_populates="messages")
+
+
+class DownloadJobRow(Base):
+    __tablename__ = "download_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_key: Mapped[str] = mapped_column(String(300), index=True)
+    repo_id: Mapped[str] = mapped_column(String(300))
+    commit: Mapped[str | None] = mapped_column(String(64))
+    endpoint: Mapped[str | None] = mapped_column(String(500))
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    bytes_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    bytes_total: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    current_file: Mapped[str | None] = mapped_column(String(500))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CustomModelRow(Base):
+    __tablename__ = "custom_models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(300), unique=True)
+    repo_id: Mapped[str] = mapped_column(String(300), unique=True)
+    revision: Mapped[str] = mapped_column(String(100), default="main", server_default=text("'main'"))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SettingRow(Base):
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,0 +1,62 @@
+"""Shared fixtures: isolated settings, a real SQLite database, tiny models, a local Hub server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Before anything imports huggingface_hub: a private cache, no telemetry, never the real Hub.
+_HF_HOME = tempfile.mkdtemp(prefix="localllm-test-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"  # a closed port: any call that forgets endpoint= fails fast
+
+from core.storage.db import Database  # noqa: E402
+from tests.fixtures.hub_server import HubServer  # noqa: E402
+from tests.fixtures.tiny_models import build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own data dir, models dir and SQLite file."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("LOCALLLM_DATA_DIR", str(data))
+    monkeypatch.setenv("LOCALLLM_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("LOCALLLM_DB_URL", f"sqlite:///{data / 'test.db'}")
+    monkeypatch.setenv("LOCALLLM_MIRRORS", "")
+    return tmp_path
+
+
+@pytest.fixture
+def db_url(isolated_env: Path) -> str:
+    return os.environ["LOCALLLM_DB_URL"]
+
+
+@pytest.fixture
+def database(db_url: str) -> Iterator[Database]:
+    db = Database(db_url)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny random model per architecture, built once per test session (read-only: copy to change)."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {arch: build_tiny_model(root / arch, arch) for arch in ("qwen2", "llama")}
+
+
+@pytest.fixture
+def tiny_model_copy(tiny_models: dict[str, Path], tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_models["qwen2"], tmp_path / "tiny-qwen2"))
+
+
+@pytest.fixture
+def hub() -> Iterator[HubServer]:
+    with HubServer() as server:
+        yield server

@@ -1,0 +1,41 @@
+"""In a real browser: the language follows the browser, the switch changes it, and it is remembered."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+pytestmark = pytest.mark.e2e
+
+STATUS_EN = ["Provider: none configured", "No model loaded", "Running downloads: none"]
+
+
+def open_page(browser: Browser, url: str, locale: str) -> Page:
+    page = browser.new_context(locale=locale, viewport={"width": 1280, "height": 900}).new_page()
+    page.goto(url)
+    return page
+
+
+def test_language_follows_browser_then_switch_is_remembered(browser: Browser, app_url: str) -> None:
+    chinese_browser = open_page(browser, app_url, "zh-CN")
+    expect(chinese_browser.get_by_role("heading", name="聊天")).to_be_visible(timeout=30_000)
+    chinese_browser.context.close()
+
+    page = open_page(browser, app_url, "en-US")
+    expect(page.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
+    for label, heading in (("Models", "Models"), ("Hardware & Settings", "Hardware & Settings")):
+        page.get_by_role("link", name=label).click()
+        expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+        sidebar = page.get_by_test_id("stSidebar")
+        for line in STATUS_EN:
+            expect(sidebar.get_by_text(line)).to_be_visible()
+
+    page.get_by_text("中文", exact=True).click()
+    expect(page.get_by_role("heading", name="硬件与设置", exact=True)).to_be_visible()
+    expect(page.get_by_test_id("stSidebar").get_by_text("未加载模型")).to_be_visible()
+    assert page.get_by_role("button", name="Deploy").count() == 0
+    page.context.close()
+
+    later = open_page(browser, app_url, "en-US")  # a new visit keeps the chosen language
+    expect(later.get_by_role("heading", name="聊天")).to_be_visible(timeout=30_000)
+    later.context.close()

@@ -1,0 +1,1 @@
+"""The only Streamlit glue: cached resources, session keys, shared widgets, translations."""

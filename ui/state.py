@@ -1,0 +1,11 @@
+"""Session-state keys, in one place."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+LANGUAGE = "language"
+
+
+def language() -> str | None:
+    return st.session_state.get(LANGUAGE)

@@ -1,0 +1,55 @@
+"""Widgets every page shares: language switch and sidebar status."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.storage import repo
+from ui import resources, state
+from ui.i18n import LANGUAGES, language_from_locale, t
+
+LANGUAGE_SETTING = "ui.language"
+_MARKDOWN_SPECIALS = "\\`*_{}[]()<>#+-.!|~$"
+
+
+def escape_markdown(text: str) -> str:
+    """User text shown inside Markdown: every Markdown character escaped, so it renders as typed."""
+    return "".join("\\" + ch if ch in _MARKDOWN_SPECIALS else ch for ch in text)
+
+
+def ensure_language() -> None:
+    """First run of a session: the remembered choice, else the browser's language."""
+    if state.language() in LANGUAGES:
+        return
+    with resources.database().begin() as session:
+        remembered = repo.get_setting(session, LANGUAGE_SETTING)
+    st.session_state[state.LANGUAGE] = (
+        remembered if remembered in LANGUAGES else language_from_locale(st.context.locale)
+    )
+
+
+def _remember_language() -> None:
+    with resources.database().begin() as session:
+        repo.set_setting(session, LANGUAGE_SETTING, st.session_state[state.LANGUAGE])
+
+
+def language_switch() -> None:
+    st.radio(
+        t("lang.label"),
+        options=list(LANGUAGES),
+        format_func=LANGUAGES.__getitem__,
+        key=state.LANGUAGE,
+        horizontal=True,
+        on_change=_remember_language,
+    )
+
+
+def sidebar_status() -> None:
+    with resources.database().begin() as session:
+        current = repo.get_current_config(session)
+        downloads = repo.count_active_downloads(session)
+    st.caption(t("status.header"))
+    no_provider = t("status.no_provider")
+    provider = t("status.provider", name=escape_markdown(current.name)) if current else no_provider
+    running = t("status.downloads_some", count=downloads) if downloads else t("status.downloads_none")
+    st.markdown(f"- {provider}\n- {t('status.no_model')}\n- {running}")

@@ -38,3 +38,35 @@ class SchemaTooNewError(StorageError):
     """The database was written by a newer version of the app."""
 
     code = "error.schema_too_new"
+
+
+class DownloadError(LocalLLMError):
+    """A download failed for a reason a retry will not fix."""
+
+    code = "error.download"
+
+
+class RepoNotFoundError(DownloadError):
+    code = "error.repo_not_found"
+
+
+class GatedRepoError(DownloadError):
+    code = "error.gated"
+
+
+class DiskSpaceError(DownloadError):
+    code = "error.disk_space"
+
+
+class NotWritableError(DownloadError):
+    code = "error.not_writable"
+
+
+class InvalidRepoIdError(LocalLLMError):
+    code = "error.invalid_repo_id"
+
+
+class UnsupportedModelError(LocalLLMError):
+    """The repository exists but the app cannot run it (no safetensors, no chat template, remote code)."""
+
+    code = "error.unsupported_model"

@@ -1,0 +1,504 @@
+"""Resumable, verified, cancellable model downloads with retries and endpoint failover.
+
+Bytes go to `<file>.incomplete` beside the target and resume with HTTP Range from what is on disk;
+each file is hashed while it arrives (sha256 for LFS files, git's blob sha1 otherwise) and renamed
+into place only when size and hash match. Jobs live in the database; a process-wide DownloadManager
+runs them in worker threads, and any process can read their progress.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import filelock
+import httpx2
+from huggingface_hub.utils import get_session
+
+from core import hub
+from core.errors import (
+    DiskSpaceError,
+    DownloadError,
+    GatedRepoError,
+    LocalLLMError,
+    NotWritableError,
+    RepoNotFoundError,
+)
+from core.hub import RemoteFile, RepoListing
+from core.model_store import (
+    FileHasher,
+    Manifest,
+    bytes_on_disk,
+    model_dir,
+    partial_path,
+    write_manifest,
+)
+from core.storage import jobs
+from core.storage.db import Database
+from core.storage.jobs import JobRecord
+
+ACTIVE_STATES = ("queued", "running")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TransferPolicy:
+    tries_per_endpoint: int = 3
+    backoff_s: float = 1.0  # doubled after each failed try
+    stall_timeout_s: float = 30.0  # no byte for this long is a stall
+    connect_timeout_s: float = 10.0
+    chunk_bytes: int = 256 * 1024
+    disk_margin_bytes: int = 256 * 1024 * 1024
+    heartbeat_s: float = 0.5
+    interrupted_after_s: float = 10.0  # a running job without a heartbeat this long was interrupted
+
+
+@dataclass(frozen=True)
+class DownloadTarget:
+    key: str
+    repo_id: str
+    revision: str = "main"
+
+
+@dataclass(frozen=True)
+class Progress:
+    key: str
+    state: str
+    bytes_done: int = 0
+    bytes_total: int = 0
+    current_file: str | None = None
+    endpoint: str | None = None
+    speed_bps: float = 0.0
+    attempts: int = 0
+    error: str | None = None
+    error_code: str | None = None
+    commit: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.bytes_done / self.bytes_total) if self.bytes_total else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.speed_bps <= 0 or not self.bytes_total:
+            return None
+        return max(0.0, (self.bytes_total - self.bytes_done) / self.speed_bps)
+
+
+class TransientError(Exception):
+    """Worth retrying: connection reset, timeout, stall, 5xx, 429, a hash mismatch."""
+
+
+class CancelRequestedError(Exception):
+    pass
+
+
+@dataclass
+class _Speed:
+    """Bytes per second over a sliding window of a few seconds."""
+
+    window_s: float = 3.0
+    samples: list[tuple[float, int]] = field(default_factory=list)
+
+    def add(self, now: float, total: int) -> float:
+        self.samples.append((now, total))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window_s:
+            self.samples.pop(0)
+        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def disk_free_bytes(path: Path) -> int:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+class ModelDownload:
+    """Downloads one model into `models_dir/<key>`; reports Progress through `report`."""
+
+    def __init__(
+        self,
+        target: DownloadTarget,
+        models_dir: Path,
+        endpoints: Sequence[str],
+        *,
+        policy: TransferPolicy = TransferPolicy(),
+        cancel: threading.Event | None = None,
+        report: Callable[[Progress], None] = lambda _p: None,
+        disk_free: Callable[[Path], int] = disk_free_bytes,
+    ) -> None:
+        if not endpoints:
+            raise DownloadError("No download endpoint is configured.")
+        self.target = target
+        self.directory = model_dir(models_dir, target.key)
+        self.endpoints = list(endpoints)
+        self.policy = policy
+        self.cancel = cancel or threading.Event()
+        self._report = report
+        self._disk_free = disk_free
+        self._endpoint_index = 0
+        self._speed = _Speed()
+        self._last_report = 0.0
+        self.progress = Progress(target.key, "running")
+
+    # -- progress -------------------------------------------------------------------------------
+    def _update(self, force: bool = False, **changes: object) -> None:
+        self.progress = replace(self.progress, **changes)  # type: ignore[arg-type]
+        now = time.monotonic()
+        if force or now - self._last_report >= self.policy.heartbeat_s:
+            self._last_report = now
+            self._report(self.progress)
+
+    def _note(self, text: str) -> None:
+        self._update(force=True, notes=(*self.progress.notes, text)[-20:])
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints[self._endpoint_index]
+
+    def _sleep(self, seconds: float) -> None:
+        if self.cancel.wait(seconds):
+            raise CancelRequestedError
+
+    # -- the whole model ------------------------------------------------------------------------
+    def run(self, commit: str | None = None) -> Progress:
+        """Download every file; return the final Progress (state completed, cancelled or failed)."""
+        try:
+            self._ensure_writable()
+            listing = self._with_failover(
+                "listing",
+                lambda endpoint: hub.fetch_listing(
+                    self.target.repo_id, commit or self.target.revision, endpoint
+                ),
+            )
+            self._update(force=True, commit=listing.commit)
+            self._check_disk(listing)
+            done = bytes_on_disk(self.directory, listing.files)
+            self._update(force=True, bytes_total=listing.total_bytes, bytes_done=done)
+            base = 0
+            for file in listing.files:
+                self._with_failover(
+                    file.path, lambda endpoint, f=file, b=base: self._fetch_file(listing, f, b, endpoint)
+                )
+                base += file.size
+            write_manifest(
+                self.directory, Manifest(listing.repo_id, listing.commit, self.endpoint, listing.files)
+            )
+            self._update(
+                force=True,
+                state="completed",
+                bytes_done=listing.total_bytes,
+                current_file=None,
+                speed_bps=0.0,
+            )
+        except CancelRequestedError:
+            self._update(force=True, state="cancelled", speed_bps=0.0)
+        except LocalLLMError as exc:
+            self._update(force=True, state="failed", error=exc.message, error_code=exc.code, speed_bps=0.0)
+        return self.progress
+
+    def _ensure_writable(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise NotWritableError(
+                f"The models directory {self.directory.parent} is not writable ({exc.strerror}). "
+                "Choose another directory in Settings or fix its permissions.",
+                path=str(self.directory.parent),
+            ) from exc
+
+    def _check_disk(self, listing: RepoListing) -> None:
+        needed = listing.total_bytes - bytes_on_disk(self.directory, listing.files)
+        free = self._disk_free(self.directory)
+        if needed + self.policy.disk_margin_bytes > free:
+            gb = 1000**3
+            raise DiskSpaceError(
+                f"Not enough disk space: this download needs {needed / gb:.2f} GB more (plus a "
+                f"{self.policy.disk_margin_bytes / gb:.2f} GB margin), and {free / gb:.2f} GB is free on "
+                f"{self.directory.parent}.",
+                needed=needed,
+                free=free,
+                margin=self.policy.disk_margin_bytes,
+            )
+
+    def _with_failover(self, what: str, action: Callable[[str], T]) -> T:
+        """Run `action(endpoint)`: transient errors are retried with backoff, then the next endpoint."""
+        last: Exception | None = None
+        while self._endpoint_index < len(self.endpoints):
+            endpoint = self.endpoint
+            self._update(force=True, endpoint=endpoint)
+            for attempt in range(self.policy.tries_per_endpoint):
+                if self.cancel.is_set():
+                    raise CancelRequestedError
+                try:
+                    return action(endpoint)
+                except (TransientError, httpx2.TransportError) as exc:
+                    last = exc
+                    self._update(force=True, attempts=self.progress.attempts + 1)
+                    tries = self.policy.tries_per_endpoint
+                    self._note(f"{what}: {describe(exc)} (try {attempt + 1} of {tries}, {endpoint})")
+                    if attempt + 1 < self.policy.tries_per_endpoint:
+                        self._sleep(self.policy.backoff_s * 2**attempt)
+            self._endpoint_index += 1
+            if self._endpoint_index < len(self.endpoints):
+                self._note(f"switching to {self.endpoint}")
+        raise DownloadError(
+            f"Every endpoint failed for {what}: {describe(last)}. "
+            "Check the network or add a mirror in Settings.",
+            what=what,
+        )
+
+    # -- one file -------------------------------------------------------------------------------
+    def _fetch_file(self, listing: RepoListing, file: RemoteFile, base: int, endpoint: str) -> None:
+        target = self.directory / file.path
+        self._update(
+            force=True, current_file=file.path, bytes_done=base + min(self._have(target, file), file.size)
+        )
+        if target.is_file() and target.stat().st_size == file.size:
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = partial_path(target)
+        have = self._have(target, file)
+        if have > file.size:
+            part.unlink()
+            have = 0
+        hasher = FileHasher(file)
+        if have:
+            hasher.update_from(part, have)
+        if have < file.size:
+            have = self._transfer(listing, file, part, have, hasher, base, endpoint)
+            if have is None:  # optional file absent on the server
+                return
+        if not hasher.matches():
+            self._note(f"{file.path}: checksum mismatch, fetching it again")
+            part.unlink()
+            raise ChecksumMismatchError(f"checksum mismatch for {file.path}")
+        with part.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(part, target)
+
+    @staticmethod
+    def _have(target: Path, file: RemoteFile) -> int:
+        if target.is_file() and target.stat().st_size == file.size:
+            return file.size
+        part = partial_path(target)
+        return part.stat().st_size if part.is_file() else 0
+
+    def _transfer(
+        self,
+        listing: RepoListing,
+        file: RemoteFile,
+        part: Path,
+        have: int,
+        hasher: FileHasher,
+        base: int,
+        endpoint: str,
+    ) -> int | None:
+        headers = hub.request_headers(endpoint)
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        timeout = httpx2.Timeout(self.policy.stall_timeout_s, connect=self.policy.connect_timeout_s)
+        url = hub.file_url(endpoint, listing.repo_id, listing.commit, file.path)
+        with get_session().stream(
+            "GET", url, headers=headers, timeout=timeout, follow_redirects=True
+        ) as response:
+            status = response.status_code
+            if status == 404 and file.optional:
+                self._note(f"{file.path}: not on the server, skipped (optional)")
+                return None
+            self._raise_for_status(response, file)
+            if status == 200 and have:
+                self._note(f"{file.path}: server ignored the resume request, starting the file over")
+                have = 0
+                hasher.reset()
+            elif status == 206 and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                raise TransientError(f"unexpected Content-Range {response.headers.get('Content-Range')!r}")
+            try:
+                with part.open("ab" if have else "wb") as handle:
+                    for chunk in response.iter_bytes(self.policy.chunk_bytes):
+                        if self.cancel.is_set():
+                            raise CancelRequestedError
+                        handle.write(chunk)
+                        hasher.update(chunk)
+                        have += len(chunk)
+                        now = time.monotonic()
+                        self._update(bytes_done=base + have, speed_bps=self._speed.add(now, base + have))
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DiskSpaceError(
+                        f"The disk filled up while writing {file.path}; free some space and resume.",
+                        path=str(part),
+                    ) from exc
+                raise
+        if have < file.size:
+            raise TransientError(f"connection closed after {have} of {file.size} bytes")
+        return have
+
+    def _raise_for_status(self, response: httpx2.Response, file: RemoteFile) -> None:
+        status = response.status_code
+        if status in (200, 206):
+            return
+        code = response.headers.get("X-Error-Code", "")
+        if status in (401, 403) or code == "GatedRepo":
+            raise GatedRepoError(
+                f"Access to {self.target.repo_id} is restricted (HTTP {status}): accept its license on "
+                "huggingface.co and log in with an HF token.",
+                repo_id=self.target.repo_id,
+            )
+        if status == 404 and code in ("RepoNotFound", "RevisionNotFound"):
+            raise RepoNotFoundError(
+                f"Repository {self.target.repo_id} was not found.", repo_id=self.target.repo_id
+            )
+        if status == 404:
+            raise DownloadError(f"{file.path} is missing on the server (HTTP 404).", path=file.path)
+        if status == 416:
+            raise TransientError("the server refused the resume range")
+        raise TransientError(f"HTTP {status}")
+
+
+class ChecksumMismatchError(TransientError):
+    """A file's hash differs from the listing: reported, then fetched again."""
+
+
+def describe(exc: BaseException | None) -> str:
+    """A short, user-readable reason for a transfer failure."""
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, httpx2.TimeoutException):
+        return "timed out (no data)"
+    if isinstance(exc, httpx2.ConnectError):
+        return "cannot connect"
+    if isinstance(exc, (httpx2.ReadError, httpx2.RemoteProtocolError)):
+        return "connection reset or closed early"
+    return str(exc) or exc.__class__.__name__
+
+
+class DownloadManager:
+    """Process-wide owner of download jobs: one worker thread per model, state in the database."""
+
+    def __init__(
+        self,
+        db: Database,
+        models_dir: Path,
+        endpoints: Callable[[], Sequence[str]],
+        *,
+        policy: TransferPolicy = TransferPolicy(),
+        disk_free: Callable[[Path], int] = disk_free_bytes,
+    ) -> None:
+        self.db = db
+        self.models_dir = models_dir
+        self.endpoints = endpoints
+        self.policy = policy
+        self.disk_free = disk_free
+        self._lock = threading.Lock()
+        self._workers: dict[str, tuple[threading.Thread, threading.Event, ModelDownload]] = {}
+
+    def start(self, target: DownloadTarget) -> bool:
+        """Start (or resume) a download; False when this model is already downloading."""
+        with self._lock:
+            running = self._workers.get(target.key)
+            if running and running[0].is_alive():
+                return False
+            lock = filelock.FileLock(str(self.models_dir / f".{target.key}.lock"), timeout=0)
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                lock.acquire()
+            except filelock.Timeout:
+                return False  # another process is downloading it; its progress is in the database
+            cancel = threading.Event()
+            with self.db.begin() as session:
+                job = jobs.open_job(session, target.key, target.repo_id)
+            download = ModelDownload(
+                target,
+                self.models_dir,
+                self.endpoints(),
+                policy=self.policy,
+                cancel=cancel,
+                report=lambda p: self._save(job.id, p),
+                disk_free=self.disk_free,
+            )
+            thread = threading.Thread(
+                target=self._run, args=(download, job, lock), name=f"download-{target.key}", daemon=True
+            )
+            self._workers[target.key] = (thread, cancel, download)
+            thread.start()
+            return True
+
+    def _run(self, download: ModelDownload, job: JobRecord, lock: filelock.FileLock) -> None:
+        try:
+            download.run(commit=job.commit)
+        finally:
+            lock.release()
+
+    def _save(self, job_id: int, progress: Progress) -> None:
+        with self.db.begin() as session:
+            jobs.save_progress(session, job_id, progress)
+
+    def cancel(self, key: str) -> None:
+        with self._lock:
+            worker = self._workers.get(key)
+        if worker:
+            worker[1].set()
+
+    def wait(self, key: str, timeout: float | None = None) -> Progress | None:
+        with self._lock:
+            worker = self._workers.get(key)
+        if worker:
+            worker[0].join(timeout)
+        return self.progress(key)
+
+    def is_running(self, key: str) -> bool:
+        with self._lock:
+            worker = self._workers.get(key)
+        return bool(worker and worker[0].is_alive())
+
+    def progress(self, key: str) -> Progress | None:
+        """Live progress for a job of this process, else the latest job row (any process)."""
+        with self._lock:
+            worker = self._workers.get(key)
+        if worker and worker[0].is_alive():
+            return worker[2].progress
+        with self.db.begin() as session:
+            job = jobs.latest_job(session, key)
+        if job is None:
+            return None
+        state = job.state
+        stale = datetime.now(UTC) - _aware(job.updated_at) > timedelta(
+            seconds=self.policy.interrupted_after_s
+        )
+        if state in ACTIVE_STATES and stale:
+            state = "interrupted"
+        return Progress(
+            key,
+            state,
+            bytes_done=job.bytes_done,
+            bytes_total=job.bytes_total,
+            current_file=job.current_file,
+            endpoint=job.endpoint,
+            attempts=job.attempts,
+            error=job.last_error,
+            commit=job.commit,
+        )
+
+    def interrupted(self) -> list[str]:
+        """Keys whose last job did not finish (killed, closed, cancelled or failed on a transient error)."""
+        with self.db.begin() as session:
+            keys = jobs.unfinished_keys(session)
+        return [k for k in keys if (p := self.progress(k)) and p.state in ("interrupted", "cancelled")]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,159 @@
+"""Models on disk: one folder per model key, a manifest of verified files, status, verify and delete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from core.hub import RemoteFile
+
+MANIFEST = ".localllm-manifest.json"
+PARTIAL_SUFFIX = ".incomplete"
+HASH_BLOCK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Manifest:
+    repo_id: str
+    commit: str
+    endpoint: str
+    files: tuple[RemoteFile, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    path: str
+    ok: bool
+    problem: str = ""  # "missing", "size", "checksum"
+
+
+class FileHasher:
+    """sha256 for LFS files, git's blob sha1 for the rest: both fed incrementally while bytes arrive."""
+
+    def __init__(self, file: RemoteFile) -> None:
+        self.file = file
+        self.reset()
+
+    def reset(self) -> None:
+        if self.file.sha256:
+            self._hash = hashlib.sha256()
+        else:
+            self._hash = hashlib.sha1(usedforsecurity=False)
+            self._hash.update(b"blob %d\0" % self.file.size)
+
+    def update(self, data: bytes) -> None:
+        self._hash.update(data)
+
+    def update_from(self, path: Path, length: int) -> None:
+        with path.open("rb") as handle:
+            remaining = length
+            while remaining and (block := handle.read(min(HASH_BLOCK, remaining))):
+                self._hash.update(block)
+                remaining -= len(block)
+
+    def matches(self) -> bool:
+        expected = self.file.sha256 or self.file.git_oid
+        return not expected or self._hash.hexdigest() == expected
+
+
+def model_dir(models_dir: Path, key: str) -> Path:
+    return models_dir / key
+
+
+def partial_path(target: Path) -> Path:
+    return target.with_name(target.name + PARTIAL_SUFFIX)
+
+
+def read_manifest(directory: Path) -> Manifest | None:
+    try:
+        data = json.loads((directory / MANIFEST).read_text())
+        files = tuple(RemoteFile(**f) for f in data["files"])
+        return Manifest(data["repo_id"], data["commit"], data["endpoint"], files)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    data = asdict(manifest)
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, directory / MANIFEST)
+
+
+def bytes_on_disk(directory: Path, files: tuple[RemoteFile, ...]) -> int:
+    """Bytes already here for these files: complete files of the right size plus partials."""
+    total = 0
+    for file in files:
+        target = directory / file.path
+        if target.is_file() and target.stat().st_size == file.size:
+            total += file.size
+        elif partial_path(target).is_file():
+            total += min(partial_path(target).stat().st_size, file.size)
+    return total
+
+
+def quick_check(directory: Path, manifest: Manifest) -> list[FileCheck]:
+    """Presence and size of every manifest file (no hashing)."""
+    checks = []
+    for file in manifest.files:
+        target = directory / file.path
+        if not target.is_file():
+            checks.append(FileCheck(file.path, False, "missing"))
+        elif target.stat().st_size != file.size:
+            checks.append(FileCheck(file.path, False, "size"))
+        else:
+            checks.append(FileCheck(file.path, True))
+    return checks
+
+
+def verify(
+    directory: Path, manifest: Manifest, on_file: Callable[[str], None] | None = None
+) -> list[FileCheck]:
+    """Presence, size and hash of every manifest file."""
+    checks = []
+    for check, file in zip(quick_check(directory, manifest), manifest.files, strict=True):
+        if check.ok:
+            if on_file:
+                on_file(file.path)
+            hasher = FileHasher(file)
+            hasher.update_from(directory / file.path, file.size)
+            check = check if hasher.matches() else FileCheck(file.path, False, "checksum")
+        checks.append(check)
+    return checks
+
+
+def delete_model(directory: Path) -> int:
+    """Remove a model folder; return the bytes freed."""
+    if not directory.exists():
+        return 0
+    freed = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+    shutil.rmtree(directory)
+    return freed
+
+
+def find_in_hf_cache(repo_id: str) -> Path | None:
+    """A complete snapshot of `repo_id` in the user's Hugging Face cache, if one has safetensors."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        cache = scan_cache_dir()
+    except (CacheNotFound, OSError):
+        return None
+    for repo in cache.repos:
+        if repo.repo_type != "model" or repo.repo_id != repo_id:
+            continue
+        for revision in sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True):
+            names = {f.file_name for f in revision.files}
+            if "config.json" in names and any(n.endswith(".safetensors") for n in names):
+                return revision.snapshot_path
+    return None

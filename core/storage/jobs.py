@@ -1,0 +1,95 @@
+"""Download jobs in the database: one open job per model, progress saved by the worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.storage.schema import DownloadJobRow, utcnow
+
+if TYPE_CHECKING:
+    from core.downloads import Progress
+
+FINISHED_STATES = ("completed",)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    model_key: str
+    repo_id: str
+    commit: str | None
+    endpoint: str | None
+    state: str
+    bytes_done: int
+    bytes_total: int
+    current_file: str | None
+    attempts: int
+    last_error: str | None
+    updated_at: datetime
+
+
+def _record(row: DownloadJobRow) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        model_key=row.model_key,
+        repo_id=row.repo_id,
+        commit=row.commit,
+        endpoint=row.endpoint,
+        state=row.state,
+        bytes_done=row.bytes_done,
+        bytes_total=row.bytes_total,
+        current_file=row.current_file,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        updated_at=row.updated_at,
+    )
+
+
+def _latest_row(session: Session, key: str) -> DownloadJobRow | None:
+    query = select(DownloadJobRow).where(DownloadJobRow.model_key == key).order_by(DownloadJobRow.id.desc())
+    return session.scalars(query.limit(1)).first()
+
+
+def open_job(session: Session, key: str, repo_id: str) -> JobRecord:
+    """The model's unfinished job (to resume, same commit) or a new one; marked running now."""
+    row = _latest_row(session, key)
+    if row is None or row.state in FINISHED_STATES or row.repo_id != repo_id:
+        row = DownloadJobRow(model_key=key, repo_id=repo_id, state="running")
+        session.add(row)
+    row.state = "running"
+    row.last_error = None
+    row.updated_at = utcnow()
+    session.flush()
+    return _record(row)
+
+
+def save_progress(session: Session, job_id: int, progress: Progress) -> None:
+    row = session.get(DownloadJobRow, job_id)
+    if row is None:
+        return
+    row.state = progress.state
+    row.bytes_done = progress.bytes_done
+    row.bytes_total = progress.bytes_total
+    row.current_file = progress.current_file
+    row.endpoint = progress.endpoint
+    row.attempts = progress.attempts
+    row.last_error = progress.error
+    row.commit = progress.commit or row.commit
+    row.updated_at = utcnow()
+
+
+def latest_job(session: Session, key: str) -> JobRecord | None:
+    row = _latest_row(session, key)
+    return _record(row) if row else None
+
+
+def unfinished_keys(session: Session) -> list[str]:
+    rows = session.scalars(
+        select(DownloadJobRow.model_key).where(DownloadJobRow.state.not_in(FINISHED_STATES))
+    )
+    return sorted(set(rows))

@@ -1,0 +1,208 @@
+"""Downloads against real Hub-compatible servers on 127.0.0.1, with injected network faults."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from core.downloads import DownloadManager, DownloadTarget, ModelDownload, Progress, TransferPolicy
+from core.model_store import MANIFEST, read_manifest, verify
+from core.storage.db import Database
+from tests.fixtures.hub_server import Fault, HubServer
+
+FAST = TransferPolicy(backoff_s=0.01, stall_timeout_s=1.0, chunk_bytes=16 * 1024, disk_margin_bytes=0)
+WEIGHTS = os.urandom(1_000_000)
+REPO = {
+    "config.json": b'{"model_type": "qwen2"}',
+    "tokenizer.json": b"{}",
+    "README.md": b"# test model",
+    "model.safetensors": WEIGHTS,
+    "model.onnx": b"never downloaded",
+}
+
+
+def download(hub_urls: list[str], models: Path, **kwargs) -> tuple[ModelDownload, Progress]:
+    job = ModelDownload(DownloadTarget("test-model", "org/model"), models, hub_urls, policy=FAST, **kwargs)
+    return job, job.run()
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    return tmp_path / "models"
+
+
+def test_download_verifies_every_file_and_writes_a_manifest(hub: HubServer, models: Path) -> None:
+    repo = hub.add_repo("org/model", REPO)
+    seen: list[Progress] = []
+    _, progress = download([hub.url], models, report=seen.append)
+
+    assert progress.state == "completed", progress.error
+    directory = models / "test-model"
+    for path in ("config.json", "tokenizer.json", "README.md", "model.safetensors"):
+        assert (directory / path).read_bytes() == REPO[path]
+    assert not (directory / "model.onnx").exists()  # other runtimes' weights are skipped
+    assert not list(directory.rglob("*.incomplete"))
+    manifest = read_manifest(directory)
+    assert manifest.commit == repo.commit
+    assert all(check.ok for check in verify(directory, manifest))
+    assert progress.bytes_done == progress.bytes_total == sum(len(REPO[p]) for p in REPO if p != "model.onnx")
+    assert seen[-1].state == "completed"
+    assert any(p.current_file == "model.safetensors" for p in seen)
+
+
+def test_first_endpoint_resets_midway_second_continues_the_same_file(models: Path) -> None:
+    with HubServer() as flaky, HubServer() as mirror:
+        flaky.add_repo("org/model", REPO)
+        mirror.add_repo("org/model", REPO)
+        flaky.add_fault(Fault(path="model.safetensors", cut_after=300_000, reset=True))
+        _, progress = download([flaky.url, mirror.url], models)
+
+        assert progress.state == "completed", progress.error
+        assert (models / "test-model" / "model.safetensors").read_bytes() == WEIGHTS
+        resumed = mirror.requests("GET", "model.safetensors")
+        assert len(resumed) == 1
+        start = int(resumed[0].range.removeprefix("bytes=").rstrip("-"))
+        assert start > 0  # continued, not restarted
+        assert mirror.bytes_served("model.safetensors") == len(WEIGHTS) - start
+        assert len(flaky.requests("GET", "model.safetensors")) == FAST.tries_per_endpoint
+        assert any("switching to" in note for note in progress.notes)
+
+
+def test_a_stall_is_detected_and_retried(hub: HubServer, models: Path) -> None:
+    hub.add_repo("org/model", REPO)
+    hub.add_fault(Fault(path="model.safetensors", cut_after=200_000, stall_s=5, times=1))
+    _, progress = download([hub.url], models)
+    assert progress.state == "completed", progress.error
+    assert progress.attempts == 1
+    assert any("timed out" in note for note in progress.notes)
+
+
+def test_5xx_is_retried_with_backoff(hub: HubServer, models: Path) -> None:
+    hub.add_repo("org/model", REPO)
+    hub.add_fault(Fault(path="model.safetensors", status=503, times=2))
+    _, progress = download([hub.url], models)
+    assert progress.state == "completed"
+    assert progress.attempts == 2
+
+
+def test_repository_not_found_fails_at_once(hub: HubServer, models: Path) -> None:
+    _, progress = download([hub.url], models)
+    assert progress.state == "failed"
+    assert progress.error_code == "error.repo_not_found"
+    assert "org/model" in progress.error
+    assert progress.attempts == 0
+
+
+def test_gated_repository_gives_a_clear_message(hub: HubServer, models: Path) -> None:
+    hub.add_repo("org/model", REPO, gated=True)
+    _, progress = download([hub.url], models)
+    assert progress.state == "failed"
+    assert progress.error_code == "error.gated"
+    assert "accept its license" in progress.error
+
+
+def test_missing_optional_file_does_not_fail(hub: HubServer, models: Path) -> None:
+    hub.add_repo("org/model", REPO)
+    hub.add_fault(Fault(path="README.md", status=404))
+    _, progress = download([hub.url], models)
+    assert progress.state == "completed"
+    assert not (models / "test-model" / "README.md").exists()
+    assert any("README.md" in note and "optional" in note for note in progress.notes)
+
+
+def test_missing_required_file_fails_with_its_name(hub: HubServer, models: Path) -> None:
+    hub.add_repo("org/model", REPO)
+    hub.add_fault(Fault(path="config.json", status=404))
+    _, progress = download([hub.url], models)
+    assert progress.state == "failed"
+    assert "config.json" in progress.error
+
+
+def test_checksum_mismatch_is_reported_and_the_file_fetched_again(hub: HubServer, models: Path) -> None:
+    hub.add_repo("org/model", REPO)
+    hub.add_fault(Fault(path="model.safetensors", corrupt=True, times=1))
+    _, progress = download([hub.url], models)
+    assert progress.state == "completed"
+    assert any("checksum mismatch" in note for note in progress.notes)
+    weights = (models / "test-model" / "model.safetensors").read_bytes()
+    assert hashlib.sha256(weights).hexdigest() == hashlib.sha256(WEIGHTS).hexdigest()
+
+
+def test_disk_too_small_is_refused_before_the_first_byte(hub: HubServer, models: Path) -> None:
+    # The free-space figure is simulated: filling this machine's disk is not an option in a test.
+    hub.add_repo("org/model", REPO)
+    _, progress = download([hub.url], models, disk_free=lambda _path: 500_000)
+    assert progress.state == "failed"
+    assert progress.error_code == "error.disk_space"
+    assert "0.00 GB is free" in progress.error
+    assert hub.requests("GET", "/resolve/") == []
+
+
+def test_unwritable_models_directory_is_refused(hub: HubServer, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    hub.add_repo("org/model", REPO)
+    _, progress = download([hub.url], blocker / "models")
+    assert progress.state == "failed"
+    assert progress.error_code == "error.not_writable"
+    assert hub.requests() == []
+
+
+def test_cancel_keeps_the_partial_and_resume_fetches_only_the_rest(
+    hub: HubServer, models: Path, database: Database
+) -> None:
+    hub.add_repo("org/model", REPO)
+    hub.throttle(400_000)
+    manager = DownloadManager(database, models, lambda: [hub.url], policy=FAST)
+    target = DownloadTarget("test-model", "org/model")
+    assert manager.start(target)
+    assert not manager.start(target)  # a second request joins the same job
+    partial = models / "test-model" / "model.safetensors.incomplete"
+    _wait_for(lambda: partial.exists() and partial.stat().st_size > 200_000)
+    manager.cancel("test-model")
+    assert manager.wait("test-model", timeout=10).state == "cancelled"
+    kept = partial.stat().st_size
+    assert kept > 200_000
+    assert manager.interrupted() == ["test-model"]
+
+    hub.throttle(None)
+    assert manager.start(target)
+    final = manager.wait("test-model", timeout=30)
+    assert final.state == "completed"
+    resumed = hub.requests("GET", "model.safetensors")[-1]
+    assert resumed.range == f"bytes={kept}-"
+    assert hub.bytes_served("model.safetensors") <= len(WEIGHTS) + 64 * 1024
+    assert (models / "test-model" / MANIFEST).exists()
+
+
+def test_progress_is_visible_to_another_manager_and_staleness_means_interrupted(
+    hub: HubServer, models: Path, db_url: str
+) -> None:
+    hub.add_repo("org/model", REPO)
+    hub.throttle(300_000)
+    first = DownloadManager(Database(db_url), models, lambda: [hub.url], policy=FAST)
+    observer = DownloadManager(
+        Database(db_url), models, lambda: [hub.url], policy=TransferPolicy(interrupted_after_s=0.5)
+    )
+    first.start(DownloadTarget("test-model", "org/model"))
+    _wait_for(lambda: (p := observer.progress("test-model")) is not None and p.bytes_done > 100_000)
+    seen = observer.progress("test-model")
+    assert seen.state == "running"
+    assert seen.bytes_total == sum(len(REPO[p]) for p in REPO if p != "model.onnx")
+    assert not observer.start(DownloadTarget("test-model", "org/model"))  # file lock: one downloader
+    first.cancel("test-model")
+    first.wait("test-model")
+
+
+def _wait_for(condition, timeout: float = 20) -> None:
+    done = threading.Event()
+    deadline = 0.0
+    while not condition():
+        done.wait(0.02)
+        deadline += 0.02
+        if deadline > timeout:
+            raise TimeoutError("condition not met")

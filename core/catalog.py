@@ -28,6 +28,7 @@ class ModelSpec:
     license: str
     strengths: Localized
     recommended_use: Localized
+    custom: bool = False
 
 
 BUILTIN_MODELS: tuple[ModelSpec, ...] = (
@@ -72,3 +73,30 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
 
 def builtin_spec(key: str) -> ModelSpec | None:
     return next((spec for spec in BUILTIN_MODELS if spec.key == key), None)
+
+
+CUSTOM_STRENGTHS = Localized(en="Added by you from Hugging Face.", zh="从 Hugging Face 添加的自定义模型。")
+CUSTOM_USE = Localized(en="General chat.", zh="通用对话。")
+
+
+def key_for_repo(repo_id: str, taken: set[str]) -> str:
+    """A short catalog key for a repo id: its name in lower case, or org--name when that is taken."""
+    org, name = repo_id.split("/", 1)
+    key = name.lower()
+    return key if key not in taken else f"{org.lower()}--{key}"
+
+
+def custom_spec(key: str, repo_id: str, revision: str, details: dict) -> ModelSpec:
+    return ModelSpec(
+        key=key,
+        repo_id=repo_id,
+        revision=revision,
+        download_bytes=int(details.get("download_bytes", 0)),
+        parameters=int(details.get("parameters", 0)),
+        languages=tuple(details.get("languages", ())),
+        context_length=int(details.get("context_length", 0)),
+        license=str(details.get("license", "")),
+        strengths=CUSTOM_STRENGTHS,
+        recommended_use=CUSTOM_USE,
+        custom=True,
+    )

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 
-from core.catalog import BUILTIN_MODELS
 from core.configs import ConfigStore
-from core.errors import LocalLLMError
+from core.errors import LocalLLMError, NotFoundError
+from core.library import ModelLibrary
 from core.settings import PROJECT_ROOT, load_settings
 from core.storage.db import Database
+from core.units import format_bytes
 
 
 def _store() -> ConfigStore:
@@ -37,10 +40,83 @@ def cmd_app(args: argparse.Namespace) -> int:
         return 130
 
 
+def _library(endpoints: list[str] | None = None) -> ModelLibrary:
+    settings = load_settings()
+    return ModelLibrary(Database(settings.db_url), settings, endpoints_override=endpoints)
+
+
 def cmd_models(_args: argparse.Namespace) -> int:
-    for spec in BUILTIN_MODELS:
-        size_gb = spec.download_bytes / 1000**3
-        print(f"{spec.key:<16} {spec.repo_id:<40} ~{size_gb:.1f} GB  {'/'.join(spec.languages)}")
+    library = _library()
+    for spec in library.models():
+        status = library.status(spec.key)
+        shown = (
+            f"{status.kind} {status.fraction:.0%}"
+            if status.kind in ("partial", "downloading")
+            else status.kind
+        )
+        size = format_bytes(spec.download_bytes) if spec.download_bytes else "?"
+        print(f"{spec.key:<24} {spec.repo_id:<44} {size:>9}  {shown}")
+    return 0
+
+
+def _resolve_or_add(library: ModelLibrary, key_or_repo_id: str) -> str:
+    try:
+        return library.get(key_or_repo_id).key
+    except NotFoundError:
+        if "/" not in key_or_repo_id:
+            raise
+        return library.add_custom(key_or_repo_id).key
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Download with a progress bar; exit 0 only when every file is verified."""
+    from tqdm import tqdm
+
+    library = _library(args.endpoint)
+    key = _resolve_or_add(library, args.model)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if not library.download(key):
+            print(f"error: {key} is already being downloaded by another process.", file=sys.stderr)
+            return 1
+        with tqdm(unit="B", unit_scale=True, unit_divisor=1000, desc=key, dynamic_ncols=True) as bar:
+            while library.manager.is_running(key):
+                if stop.is_set():
+                    library.manager.cancel(key)
+                library.manager.wait(key, timeout=0.25)
+                progress = library.progress(key)
+                bar.total = progress.bytes_total or None
+                bar.n = progress.bytes_done
+                bar.set_postfix_str(progress.current_file or "", refresh=False)
+                bar.refresh()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    final = library.progress(key)
+    if final.state == "completed":
+        print(f"{key}: every file verified in {library.directory(key)}")
+        return 0
+    if final.state == "cancelled":
+        print(f"{key}: paused at {format_bytes(final.bytes_done)}; run the same command to resume.")
+        return 130
+    print(f"error: {final.error}", file=sys.stderr)
+    return 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    library = _library()
+    key = library.get(args.model).key
+    bad = [check for check in library.verify(key) if not check.ok]
+    for check in bad:
+        print(f"{check.path}: {check.problem}", file=sys.stderr)
+    if bad:
+        print(
+            f"{key}: {len(bad)} file(s) failed; run `python -m core download {key}` to repair.",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{key}: every file verified")
     return 0
 
 
@@ -85,8 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=int, default=8501)
     app.set_defaults(func=cmd_app)
 
-    models = commands.add_parser("models", help="list the model catalog")
+    models = commands.add_parser("models", help="the model catalog with status and size")
     models.set_defaults(func=cmd_models)
+
+    download = commands.add_parser("download", help="download and verify a model (resumes a partial one)")
+    download.add_argument("model", metavar="KEY_OR_REPO_ID")
+    download.add_argument(
+        "--endpoint", action="append", metavar="URL", help="endpoint to use, in order (repeatable)"
+    )
+    download.set_defaults(func=cmd_download)
+
+    verify = commands.add_parser("verify", help="check every file of a downloaded model (size and hash)")
+    verify.add_argument("model", metavar="KEY")
+    verify.set_defaults(func=cmd_verify)
 
     config = commands.add_parser("config", help="provider configs: list, add, use, remove")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -55,7 +55,6 @@ class TransferPolicy:
     backoff_s: float = 1.0  # doubled after each failed try
     stall_timeout_s: float = 30.0  # no byte for this long is a stall
     connect_timeout_s: float = 10.0
-    chunk_bytes: int = 256 * 1024
     disk_margin_bytes: int = 256 * 1024 * 1024
     heartbeat_s: float = 0.5
     interrupted_after_s: float = 10.0  # a running job without a heartbeat this long was interrupted
@@ -327,8 +326,9 @@ class ModelDownload:
             elif status == 206 and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
                 raise TransientError(f"unexpected Content-Range {response.headers.get('Content-Range')!r}")
             try:
-                with part.open("ab" if have else "wb") as handle:
-                    for chunk in response.iter_bytes(self.policy.chunk_bytes):
+                with part.open("ab" if have else "wb", buffering=0) as handle:
+                    # Written as it arrives, unbuffered: a kill loses only the bytes still in flight.
+                    for chunk in response.iter_bytes():
                         if self.cancel.is_set():
                             raise CancelRequestedError
                         handle.write(chunk)

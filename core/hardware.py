@@ -76,3 +76,26 @@ def probe(models_dir: Path) -> HardwareInfo:
         disk_free_bytes=shutil.disk_usage(disk_path).free,
         disk_path=str(disk_path),
     )
+
+
+RUNTIME_OVERHEAD_BYTES = 512 * 1024**2
+
+
+@dataclass(frozen=True)
+class MemoryVerdict:
+    verdict: str  # "fits_gpu", "fits_ram", "tight", "too_large"
+    needed_bytes: int
+    available_bytes: int  # on the device the verdict names (GPU memory for fits_gpu, RAM otherwise)
+
+
+def memory_verdict(weight_bytes: int, info: HardwareInfo) -> MemoryVerdict:
+    """Weights as stored (bf16/fp16 safetensors) plus 20 % for activations and KV cache, plus runtime."""
+    needed = int(weight_bytes * 1.2) + RUNTIME_OVERHEAD_BYTES
+    best_gpu = max(info.gpus, key=lambda g: g.memory_free_bytes, default=None)
+    if best_gpu and best_gpu.memory_free_bytes >= needed:
+        return MemoryVerdict("fits_gpu", needed, best_gpu.memory_free_bytes)
+    if info.ram_available_bytes >= needed:
+        return MemoryVerdict("fits_ram", needed, info.ram_available_bytes)
+    if info.ram_total_bytes >= needed:
+        return MemoryVerdict("tight", needed, info.ram_available_bytes)
+    return MemoryVerdict("too_large", needed, info.ram_available_bytes)

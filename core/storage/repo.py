@@ -12,6 +12,7 @@ from core.generation import GenerationParams
 from core.storage.records import PROVIDERS, Conversation, Message, ProviderConfig
 from core.storage.schema import (
     ConversationRow,
+    CustomModelRow,
     DownloadJobRow,
     MessageRow,
     ProviderConfigRow,
@@ -208,3 +209,24 @@ def list_messages(session: Session, conversation_id: int) -> list[Message]:
 def count_active_downloads(session: Session) -> int:
     query = select(func.count()).where(DownloadJobRow.state.in_(ACTIVE_DOWNLOAD_STATES))
     return session.scalar(query) or 0
+
+
+def add_custom_model(
+    session: Session, key: str, repo_id: str, revision: str, details: dict[str, Any]
+) -> None:
+    session.add(CustomModelRow(key=key, repo_id=repo_id, revision=revision, details=details))
+    session.flush()
+
+
+def list_custom_models(session: Session) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(key, repo_id, revision, details) for each model the user added, oldest first."""
+    rows = session.scalars(select(CustomModelRow).order_by(CustomModelRow.id))
+    return [(row.key, row.repo_id, row.revision, dict(row.details)) for row in rows]
+
+
+def delete_custom_model(session: Session, key: str) -> None:
+    row = session.scalars(select(CustomModelRow).where(CustomModelRow.key == key)).first()
+    if row is None:
+        raise NotFoundError(f"No custom model {key!r}.", key=key)
+    session.delete(row)
+    session.flush()

@@ -14,7 +14,7 @@ from core.model_store import MANIFEST, read_manifest, verify
 from core.storage.db import Database
 from tests.fixtures.hub_server import Fault, HubServer
 
-FAST = TransferPolicy(backoff_s=0.01, stall_timeout_s=1.0, chunk_bytes=16 * 1024, disk_margin_bytes=0)
+FAST = TransferPolicy(backoff_s=0.01, stall_timeout_s=1.0, disk_margin_bytes=0)
 WEIGHTS = os.urandom(1_000_000)
 REPO = {
     "config.json": b'{"model_type": "qwen2"}',

@@ -1,0 +1,240 @@
+"""The user's model library: catalog plus custom models, their state on disk, plans and downloads."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import HfApi
+from huggingface_hub import errors as hf_errors
+
+from core import hub
+from core.catalog import BUILTIN_MODELS, ModelSpec, custom_spec, key_for_repo
+from core.downloads import DownloadManager, DownloadTarget, Progress, disk_free_bytes
+from core.errors import ConfigError, DownloadError, InvalidRepoIdError, LocalLLMError, NotFoundError
+from core.hub import RepoListing
+from core.model_store import (
+    FileCheck,
+    bytes_on_disk,
+    delete_model,
+    model_dir,
+    partial_path,
+    quick_check,
+    read_manifest,
+    verify,
+)
+from core.settings import Settings
+from core.storage import repo
+from core.storage.db import Database
+
+ENDPOINTS_SETTING = "downloads.endpoints"
+AUTO_RESUME_SETTING = "downloads.auto_resume"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    kind: str  # "not_downloaded", "partial", "downloading", "ready", "damaged"
+    fraction: float = 0.0
+    problems: tuple[FileCheck, ...] = ()
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    spec: ModelSpec
+    listing: RepoListing
+    endpoint: str
+    bytes_on_disk: int
+    disk_free_bytes: int
+
+    @property
+    def bytes_to_fetch(self) -> int:
+        return self.listing.total_bytes - self.bytes_on_disk
+
+
+@dataclass(frozen=True)
+class EndpointProbe:
+    endpoint: str
+    ok: bool
+    latency_ms: float
+    error: str = ""
+
+
+def _validate_endpoint(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")) or " " in url:
+        raise ConfigError(f"{url!r} is not an http(s) URL.", url=url)
+    return url
+
+
+class ModelLibrary:
+    """Catalog, custom models, status on disk and downloads, backed by the database and a manager."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        manager: DownloadManager | None = None,
+        *,
+        endpoints_override: list[str] | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self._endpoints_override = [_validate_endpoint(u) for u in endpoints_override or []]
+        self.manager = manager or DownloadManager(db, settings.models_dir, self.endpoints)
+
+    # -- endpoints ------------------------------------------------------------------------------
+    def endpoints(self) -> list[str]:
+        """Override (CLI --endpoint), else the order saved in Settings, else the environment's."""
+        if self._endpoints_override:
+            return list(self._endpoints_override)
+        with self.db.begin() as session:
+            stored = repo.get_setting(session, ENDPOINTS_SETTING)
+        return list(stored) if stored else list(self.settings.endpoints)
+
+    def set_endpoints(self, urls: list[str]) -> list[str]:
+        cleaned = list(dict.fromkeys(_validate_endpoint(u) for u in urls if u.strip()))
+        if not cleaned:
+            raise ConfigError("Keep at least one download endpoint.")
+        with self.db.begin() as session:
+            repo.set_setting(session, ENDPOINTS_SETTING, cleaned)
+        return cleaned
+
+    def probe_endpoint(self, endpoint: str, timeout_s: float = 5.0) -> EndpointProbe:
+        """Reachability and latency: ask the endpoint for the first catalog model's info."""
+        started = time.perf_counter()
+        try:
+            HfApi(endpoint=endpoint, token=False).model_info(BUILTIN_MODELS[0].repo_id, timeout=timeout_s)
+        except (hf_errors.HfHubHTTPError, OSError) as exc:
+            return EndpointProbe(endpoint, False, 0.0, f"{exc.__class__.__name__}: {str(exc)[:120]}")
+        return EndpointProbe(endpoint, True, (time.perf_counter() - started) * 1000)
+
+    @property
+    def auto_resume(self) -> bool:
+        with self.db.begin() as session:
+            return bool(repo.get_setting(session, AUTO_RESUME_SETTING, True))
+
+    def set_auto_resume(self, enabled: bool) -> None:
+        with self.db.begin() as session:
+            repo.set_setting(session, AUTO_RESUME_SETTING, enabled)
+
+    # -- catalog --------------------------------------------------------------------------------
+    def models(self) -> list[ModelSpec]:
+        with self.db.begin() as session:
+            custom = repo.list_custom_models(session)
+        return [*BUILTIN_MODELS, *(custom_spec(*row) for row in custom)]
+
+    def get(self, key_or_repo_id: str) -> ModelSpec:
+        for spec in self.models():
+            if key_or_repo_id in (spec.key, spec.repo_id):
+                return spec
+        raise NotFoundError(f"No model {key_or_repo_id!r} in the catalog.", key=key_or_repo_id)
+
+    def add_custom(self, repo_id: str, revision: str = "main") -> ModelSpec:
+        """Validate a repo id, check on the hub that the app can run it, and store it in the catalog."""
+        repo_id = hub.validate_repo_id(repo_id)
+        if any(spec.repo_id.lower() == repo_id.lower() for spec in self.models()):
+            raise InvalidRepoIdError(f"{repo_id} is already in the catalog.", repo_id=repo_id)
+        listing, endpoint = self._listing(repo_id, revision)
+        hub.check_runnable(listing, endpoint)
+        config = hub.fetch_json(endpoint, repo_id, listing.commit, "config.json")
+        details = {
+            "download_bytes": listing.total_bytes,
+            "parameters": self._parameter_count(repo_id, listing, endpoint),
+            "context_length": int(config.get("max_position_embeddings") or 0),
+        }
+        with self.db.begin() as session:
+            taken = {spec.key for spec in self.models()}
+            key = key_for_repo(repo_id, taken)
+            repo.add_custom_model(session, key, repo_id, revision, details)
+        return self.get(key)
+
+    def remove_custom(self, key: str) -> None:
+        if not self.get(key).custom:
+            raise ConfigError(f"{key} is built in and cannot be removed from the catalog.", key=key)
+        with self.db.begin() as session:
+            repo.delete_custom_model(session, key)
+
+    @staticmethod
+    def _parameter_count(repo_id: str, listing: RepoListing, endpoint: str) -> int:
+        try:
+            metadata = HfApi(endpoint=endpoint, token=hub.token_for(endpoint)).get_safetensors_metadata(
+                repo_id, revision=listing.commit
+            )
+        except (hf_errors.HfHubHTTPError, hf_errors.SafetensorsParsingError, OSError):
+            return 0
+        return sum(metadata.parameter_count.values())
+
+    def _listing(self, repo_id: str, revision: str) -> tuple[RepoListing, str]:
+        """The listing from the first endpoint that answers; permanent errors are raised at once."""
+        last: Exception | None = None
+        for endpoint in self.endpoints():
+            try:
+                return hub.fetch_listing(repo_id, revision, endpoint), endpoint
+            except LocalLLMError:
+                raise
+            except (hf_errors.HfHubHTTPError, OSError) as exc:
+                last = exc
+        raise DownloadError(f"No endpoint answered for {repo_id}: {last}", repo_id=repo_id)
+
+    # -- state on disk --------------------------------------------------------------------------
+    def directory(self, key: str) -> Path:
+        return model_dir(self.settings.models_dir, key)
+
+    def status(self, key: str) -> ModelStatus:
+        progress = self.manager.progress(key)
+        if progress and progress.state == "running":
+            return ModelStatus("downloading", progress.fraction)
+        directory = self.directory(key)
+        manifest = read_manifest(directory)
+        if manifest is not None:
+            problems = tuple(c for c in quick_check(directory, manifest) if not c.ok)
+            return ModelStatus("damaged", problems=problems) if problems else ModelStatus("ready", 1.0)
+        if progress and progress.bytes_total:
+            return ModelStatus("partial", progress.fraction)
+        if directory.exists() and any(p.is_file() for p in directory.rglob("*")):
+            return ModelStatus("partial", 0.0)
+        return ModelStatus("not_downloaded")
+
+    def verify(self, key: str) -> list[FileCheck]:
+        """Hash every file; a file that fails is kept as a partial so the next download repairs it."""
+        directory = self.directory(key)
+        manifest = read_manifest(directory)
+        if manifest is None:
+            raise NotFoundError(f"{key} is not downloaded (no verified manifest).", key=key)
+        checks = verify(directory, manifest)
+        for check in checks:
+            if check.problem == "checksum":
+                target = directory / check.path
+                target.replace(partial_path(target))
+        return checks
+
+    def delete(self, key: str) -> int:
+        if self.manager.is_running(key):
+            raise ConfigError(f"{key} is downloading: cancel the download first.", key=key)
+        return delete_model(self.directory(key))
+
+    def plan(self, key: str) -> DownloadPlan:
+        """What a download would fetch, from the hub, with the free disk on the models directory."""
+        spec = self.get(key)
+        listing, endpoint = self._listing(spec.repo_id, spec.revision)
+        directory = self.directory(key)
+        return DownloadPlan(
+            spec, listing, endpoint, bytes_on_disk(directory, listing.files), disk_free_bytes(directory)
+        )
+
+    def download(self, key: str) -> bool:
+        spec = self.get(key)
+        return self.manager.start(DownloadTarget(spec.key, spec.repo_id, spec.revision))
+
+    def progress(self, key: str) -> Progress | None:
+        return self.manager.progress(key)
+
+    def resume_interrupted(self) -> list[str]:
+        """Restart every interrupted job (not those the user cancelled); return their keys."""
+        resumed = []
+        for key in self.manager.interrupted():
+            progress = self.manager.progress(key)
+            if progress and progress.state == "interrupted" and self.download(key):
+                resumed.append(key)
+        return resumed

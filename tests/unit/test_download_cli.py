@@ -1,0 +1,110 @@
+"""`python -m core download/verify/models` as real processes, including a SIGKILL mid-download."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.settings import PROJECT_ROOT
+from tests.fixtures.hub_server import CHUNK, HubServer
+from tests.fixtures.tiny_models import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def bigger_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with ~5 MB of weights, so a throttled transfer can be killed halfway."""
+    return build_tiny_model(tmp_path_factory.mktemp("bigger") / "m", "qwen2", hidden_size=256)
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "core", *args],
+        cwd=PROJECT_ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_sigkill_then_rerun_resumes_without_refetching(hub: HubServer, bigger_model: Path) -> None:
+    repo = hub.add_repo("tiny/chat", bigger_model)
+    size = len(repo.files["model.safetensors"].data)
+    partial = Path(os.environ["LOCALLLM_MODELS_DIR"]) / "chat" / "model.safetensors.incomplete"
+    hub.throttle(1_000_000)
+
+    first = cli("download", "tiny/chat", "--endpoint", hub.url)
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > size // 3):
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    on_disk_at_kill = partial.stat().st_size
+    assert 0 < on_disk_at_kill < size
+
+    hub.throttle(None)
+    second = cli("download", "tiny/chat", "--endpoint", hub.url)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert "every file verified" in out
+
+    # Transfers only: the closed range bytes=0-100000 is the safetensors header read when the
+    # repo was added to the catalog (parameter count), not part of the download.
+    transfers = [
+        r for r in hub.requests("GET", "model.safetensors") if r.range is None or r.range.endswith("-")
+    ]
+    assert len(transfers) == 2
+    resumed_from = int(transfers[-1].range.removeprefix("bytes=").rstrip("-"))
+    assert resumed_from >= on_disk_at_kill
+    assert sum(r.bytes_sent for r in transfers) <= size + CHUNK
+
+
+def test_verify_names_bad_files_and_models_shows_damaged(
+    hub: HubServer, tiny_models: dict[str, Path]
+) -> None:
+    hub.add_repo("tiny/llama-chat", tiny_models["llama"])
+    done = cli("download", "tiny/llama-chat", "--endpoint", hub.url)
+    assert done.wait(timeout=60) == 0, done.communicate()
+    ok = cli("verify", "llama-chat")
+    assert ok.wait(timeout=60) == 0
+
+    weights = Path(os.environ["LOCALLLM_MODELS_DIR"]) / "llama-chat" / "model.safetensors"
+    with weights.open("r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)
+    bad = cli("verify", "llama-chat")
+    _, err = bad.communicate(timeout=60)
+    assert bad.returncode == 1
+    assert "model.safetensors: size" in err
+
+    listing, _ = cli("models").communicate(timeout=60)
+    assert "llama-chat" in listing
+    assert "damaged" in listing
+
+    repaired = cli("download", "llama-chat", "--endpoint", hub.url)
+    assert repaired.wait(timeout=60) == 0
+    assert cli("verify", "llama-chat").wait(timeout=60) == 0
+
+
+def test_permanent_error_is_one_clear_line(hub: HubServer) -> None:
+    process = cli("download", "nobody/nothing", "--endpoint", hub.url)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert err.strip() == "error: Repository nobody/nothing (main) was not found."
+    assert "Traceback" not in out + err
+
+
+def test_invalid_repo_id_is_refused(hub: HubServer) -> None:
+    process = cli("download", "../etc/passwd", "--endpoint", hub.url)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "is not a Hugging Face repository id" in err
+    assert hub.requests() == []

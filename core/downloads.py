@@ -412,7 +412,10 @@ class DownloadManager:
             running = self._workers.get(target.key)
             if running and running[0].is_alive():
                 return False
-            lock = filelock.FileLock(str(self.models_dir / f".{target.key}.lock"), timeout=0)
+            # thread_local=False: acquired here, released by the worker thread when it ends.
+            lock = filelock.FileLock(
+                str(self.models_dir / f".{target.key}.lock"), timeout=0, thread_local=False
+            )
             self.models_dir.mkdir(parents=True, exist_ok=True)
             try:
                 lock.acquire()
@@ -466,10 +469,10 @@ class DownloadManager:
         return bool(worker and worker[0].is_alive())
 
     def progress(self, key: str) -> Progress | None:
-        """Live progress for a job of this process, else the latest job row (any process)."""
+        """Progress of this process's job for `key` (live or finished), else the latest job row."""
         with self._lock:
             worker = self._workers.get(key)
-        if worker and worker[0].is_alive():
+        if worker:
             return worker[2].progress
         with self.db.begin() as session:
             job = jobs.latest_job(session, key)

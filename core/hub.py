@@ -109,6 +109,13 @@ def fetch_json(endpoint: str, repo_id: str, commit: str, path: str) -> dict:
     response = get_session().get(
         file_url(endpoint, repo_id, commit, path), headers=request_headers(endpoint), follow_redirects=True
     )
+    if response.status_code in (401, 403):
+        raise GatedRepoError(
+            f"{repo_id} is gated: accept its license on huggingface.co and log in with an HF token.",
+            repo_id=repo_id,
+        )
+    if response.status_code == 404:
+        raise UnsupportedModelError(f"{repo_id} has no {path}.", repo_id=repo_id)
     response.raise_for_status()
     return json.loads(response.content)
 

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2
 from huggingface_hub import HfApi
 from huggingface_hub import errors as hf_errors
 
@@ -13,16 +14,20 @@ from core import hub
 from core.catalog import BUILTIN_MODELS, ModelSpec, custom_spec, key_for_repo
 from core.downloads import DownloadManager, DownloadTarget, Progress, disk_free_bytes
 from core.errors import ConfigError, DownloadError, InvalidRepoIdError, LocalLLMError, NotFoundError
-from core.hub import RepoListing
+from core.hub import RemoteFile, RepoListing
 from core.model_store import (
     FileCheck,
+    Manifest,
     bytes_on_disk,
     delete_model,
+    find_in_hf_cache,
     model_dir,
     partial_path,
     quick_check,
     read_manifest,
+    sha256_file,
     verify,
+    write_manifest,
 )
 from core.settings import Settings
 from core.storage import repo
@@ -105,7 +110,7 @@ class ModelLibrary:
         started = time.perf_counter()
         try:
             HfApi(endpoint=endpoint, token=False).model_info(BUILTIN_MODELS[0].repo_id, timeout=timeout_s)
-        except (hf_errors.HfHubHTTPError, OSError) as exc:
+        except (hf_errors.HfHubHTTPError, httpx2.TransportError, OSError) as exc:
             return EndpointProbe(endpoint, False, 0.0, f"{exc.__class__.__name__}: {str(exc)[:120]}")
         return EndpointProbe(endpoint, True, (time.perf_counter() - started) * 1000)
 
@@ -173,7 +178,7 @@ class ModelLibrary:
                 return hub.fetch_listing(repo_id, revision, endpoint), endpoint
             except LocalLLMError:
                 raise
-            except (hf_errors.HfHubHTTPError, OSError) as exc:
+            except (hf_errors.HfHubHTTPError, httpx2.TransportError, OSError) as exc:
                 last = exc
         raise DownloadError(f"No endpoint answered for {repo_id}: {last}", repo_id=repo_id)
 
@@ -190,11 +195,9 @@ class ModelLibrary:
         if manifest is not None:
             problems = tuple(c for c in quick_check(directory, manifest) if not c.ok)
             return ModelStatus("damaged", problems=problems) if problems else ModelStatus("ready", 1.0)
-        if progress and progress.bytes_total:
-            return ModelStatus("partial", progress.fraction)
-        if directory.exists() and any(p.is_file() for p in directory.rglob("*")):
-            return ModelStatus("partial", 0.0)
-        return ModelStatus("not_downloaded")
+        if not (directory.exists() and any(p.is_file() for p in directory.rglob("*"))):
+            return ModelStatus("not_downloaded")
+        return ModelStatus("partial", progress.fraction if progress else 0.0)
 
     def verify(self, key: str) -> list[FileCheck]:
         """Hash every file; a file that fails is kept as a partial so the next download repairs it."""
@@ -213,6 +216,27 @@ class ModelLibrary:
         if self.manager.is_running(key):
             raise ConfigError(f"{key} is downloading: cancel the download first.", key=key)
         return delete_model(self.directory(key))
+
+    def cached_snapshot(self, key: str) -> Path | None:
+        """A complete copy of this model in the user's Hugging Face cache, if there is one."""
+        return find_in_hf_cache(self.get(key).repo_id)
+
+    def use_cached(self, key: str) -> None:
+        """Link the cached snapshot's files into the models directory and record their hashes."""
+        snapshot = self.cached_snapshot(key)
+        if snapshot is None:
+            raise NotFoundError(f"{key} is not in the Hugging Face cache.", key=key)
+        directory = self.directory(key)
+        files = []
+        for source in sorted(p for p in snapshot.rglob("*") if p.is_file()):
+            relative = source.relative_to(snapshot).as_posix()
+            blob = source.resolve()
+            files.append(RemoteFile(relative, blob.stat().st_size, "", sha256_file(blob)))
+            target = directory / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)
+            target.symlink_to(blob)
+        write_manifest(directory, Manifest(self.get(key).repo_id, snapshot.name, "hf-cache", tuple(files)))
 
     def plan(self, key: str) -> DownloadPlan:
         """What a download would fetch, from the hub, with the free disk on the models directory."""

@@ -65,6 +65,14 @@ class FileHasher:
         return not expected or self._hash.hexdigest() == expected
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def model_dir(models_dir: Path, key: str) -> Path:
     return models_dir / key
 

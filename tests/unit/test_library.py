@@ -1,0 +1,199 @@
+"""The model library: custom models checked against a real local Hub, status on disk, endpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from huggingface_hub import snapshot_download
+from sqlalchemy import update
+
+from core.downloads import DownloadManager, TransferPolicy
+from core.errors import (
+    ConfigError,
+    GatedRepoError,
+    InvalidRepoIdError,
+    NotFoundError,
+    RepoNotFoundError,
+    UnsupportedModelError,
+)
+from core.library import ModelLibrary
+from core.settings import load_settings
+from core.storage.db import Database
+from core.storage.schema import DownloadJobRow
+from tests.fixtures.hub_server import Fault, HubServer
+
+POLICY = TransferPolicy(backoff_s=0.01, stall_timeout_s=2, disk_margin_bytes=0, interrupted_after_s=0.2)
+
+
+@pytest.fixture
+def library(database: Database, hub: HubServer) -> ModelLibrary:
+    settings = load_settings()
+    manager = DownloadManager(database, settings.models_dir, lambda: [hub.url], policy=POLICY)
+    lib = ModelLibrary(database, settings, manager)
+    lib.set_endpoints([hub.url])
+    return lib
+
+
+def _variant(source: Path, tmp_path: Path, name: str, **edits: object) -> Path:
+    """A copy of a tiny model with files removed (value None) or JSON fields changed."""
+    target = Path(shutil.copytree(source, tmp_path / name))
+    for path, change in edits.items():
+        file = target / path.replace("__", ".")
+        if change is None:
+            file.unlink()
+        else:
+            file.write_text(json.dumps({**json.loads(file.read_text()), **change}))
+    return target
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["../x", "a/b/c", "has space/model", "x" * 150 + "/" + "y" * 150, "org/na$me", "", "noslash", "a/.."],
+)
+def test_invalid_repo_ids_are_refused_before_any_request(library: ModelLibrary, hub: HubServer, bad_id: str):
+    with pytest.raises(InvalidRepoIdError, match="not a Hugging Face repository id"):
+        library.add_custom(bad_id)
+    assert hub.requests() == []
+
+
+def test_add_custom_model_checks_the_hub_and_stores_details(
+    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path]
+):
+    hub.add_repo("someone/Tiny-Chat", tiny_models["llama"])
+    spec = library.add_custom("someone/Tiny-Chat")
+    assert (spec.key, spec.repo_id, spec.custom) == ("tiny-chat", "someone/Tiny-Chat", True)
+    assert spec.context_length == 512
+    assert spec.parameters > 10_000
+    assert spec.download_bytes == sum(p.stat().st_size for p in tiny_models["llama"].iterdir())
+    assert library.get("someone/Tiny-Chat").key == "tiny-chat"
+    with pytest.raises(InvalidRepoIdError, match="already in the catalog"):
+        library.add_custom("someone/tiny-chat")
+    library.remove_custom("tiny-chat")
+    with pytest.raises(NotFoundError):
+        library.get("tiny-chat")
+    with pytest.raises(ConfigError, match="built in"):
+        library.remove_custom("qwen2.5-0.5b")
+
+
+def test_unrunnable_or_unreachable_repos_get_their_own_message(
+    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path], tmp_path: Path
+):
+    source = tiny_models["qwen2"]
+    hub.add_repo("x/no-template", _variant(source, tmp_path, "a", chat_template__jinja=None))
+    hub.add_repo(
+        "x/remote-code", _variant(source, tmp_path, "b", config__json={"auto_map": {"AutoModel": "m.M"}})
+    )
+    hub.add_repo("x/no-weights", _variant(source, tmp_path, "c", model__safetensors=None))
+    hub.add_repo("x/gated", source, gated=True)
+    cases = {
+        "x/no-template": (UnsupportedModelError, "no chat template"),
+        "x/remote-code": (UnsupportedModelError, "trust_remote_code"),
+        "x/no-weights": (UnsupportedModelError, "no safetensors"),
+        "x/missing": (RepoNotFoundError, "was not found"),
+    }
+    for repo_id, (error, message) in cases.items():
+        with pytest.raises(error, match=message):
+            library.add_custom(repo_id)
+    with pytest.raises(GatedRepoError, match="accept its license"):
+        library.add_custom("x/gated")
+    assert [spec.key for spec in library.models() if spec.custom] == []
+
+
+def test_status_goes_from_not_downloaded_to_ready_to_damaged_and_back(
+    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path]
+):
+    hub.add_repo("someone/tiny", tiny_models["qwen2"])
+    key = library.add_custom("someone/tiny").key
+    assert library.status(key).kind == "not_downloaded"
+    plan = library.plan(key)
+    assert plan.bytes_on_disk == 0
+    assert plan.bytes_to_fetch == plan.listing.total_bytes
+    assert plan.disk_free_bytes > 0
+
+    assert library.download(key)
+    assert library.manager.wait(key, timeout=30).state == "completed"
+    assert library.status(key).kind == "ready"
+
+    weights = library.directory(key) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[100] ^= 0xFF  # same size, different bytes: only hashing finds it
+    weights.write_bytes(bytes(data))
+    assert library.status(key).kind == "ready"
+    checks = {c.path: c for c in library.verify(key)}
+    assert checks["model.safetensors"].problem == "checksum"
+    status = library.status(key)
+    assert status.kind == "damaged"
+    assert [p.path for p in status.problems] == ["model.safetensors"]
+
+    assert library.download(key)
+    final = library.manager.wait(key, timeout=30)
+    assert final.state == "completed"
+    assert any("checksum mismatch" in note for note in final.notes)
+    assert all(c.ok for c in library.verify(key))
+
+    freed = library.delete(key)
+    assert freed >= plan.listing.total_bytes
+    assert library.status(key).kind == "not_downloaded"
+
+
+def test_interrupted_jobs_are_found_and_resumed(
+    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path], database: Database
+):
+    hub.add_repo("someone/tiny", tiny_models["qwen2"])
+    key = library.add_custom("someone/tiny").key
+    hub.add_fault(Fault(path="model.safetensors", cut_after=20_000, times=1))
+    hub.add_fault(Fault(path="model.safetensors", status=503))
+    library.download(key)
+    assert library.manager.wait(key, timeout=30).state == "failed"
+    # The app was killed mid-download: the row still says running and its heartbeat stopped.
+    with database.begin() as session:
+        session.execute(update(DownloadJobRow).values(state="running"))
+    hub.clear_faults()
+    time.sleep(POLICY.interrupted_after_s + 0.1)
+
+    settings = load_settings()  # the app starts again: a new process-wide manager
+    restarted = ModelLibrary(
+        database, settings, DownloadManager(database, settings.models_dir, lambda: [hub.url], policy=POLICY)
+    )
+    assert restarted.status(key).kind == "partial"
+    assert restarted.progress(key).state == "interrupted"
+    assert restarted.resume_interrupted() == [key]
+    assert restarted.manager.wait(key, timeout=30).state == "completed"
+    assert restarted.status(key).kind == "ready"
+
+
+def test_endpoints_are_editable_and_probed(
+    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path]
+):
+    hub.add_repo("Qwen/Qwen2.5-0.5B-Instruct", tiny_models["qwen2"])
+    closed = "http://127.0.0.1:9"
+    assert library.set_endpoints([closed, f" {hub.url}/ ", closed]) == [closed, hub.url]
+    assert library.endpoints() == [closed, hub.url]
+    with pytest.raises(ConfigError):
+        library.set_endpoints(["ftp://mirror"])
+    with pytest.raises(ConfigError):
+        library.set_endpoints([])
+    good = library.probe_endpoint(hub.url)
+    assert good.ok
+    assert good.latency_ms > 0
+    bad = library.probe_endpoint(closed, timeout_s=2)
+    assert not bad.ok
+    assert bad.error
+
+
+def test_a_model_in_the_hf_cache_is_used_without_downloading(
+    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path]
+):
+    hub.add_repo("someone/cached", tiny_models["llama"])
+    snapshot_download("someone/cached", endpoint=hub.url, token=False)  # the user's earlier download
+    key = library.add_custom("someone/cached").key
+    before = len(hub.requests("GET", "/resolve/"))
+    assert library.cached_snapshot(key) is not None
+    library.use_cached(key)
+    assert library.status(key).kind == "ready"
+    assert all(c.ok for c in library.verify(key))
+    assert len(hub.requests("GET", "/resolve/")) == before

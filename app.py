@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.errors import StorageError
 from ui import resources
-from ui.i18n import t
+from ui.i18n import error_text, t
 from ui.widgets import ensure_language, language_switch, sidebar_status
 
 st.set_page_config(page_title="LocalLLM Dashboard", page_icon=":material/memory:", layout="wide")
@@ -12,7 +12,7 @@ st.set_page_config(page_title="LocalLLM Dashboard", page_icon=":material/memory:
 try:
     resources.database()
 except StorageError as exc:
-    st.error(t("error.storage", detail=exc.message))
+    st.error(error_text(exc))
     st.stop()
 
 ensure_language()

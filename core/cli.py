@@ -26,7 +26,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     command = [
         sys.executable,
         "-m",
-        "streamlit",
+        "ui.server",
         "run",
         str(PROJECT_ROOT / "app.py"),
         "--server.port",

@@ -30,7 +30,7 @@ from core.model_store import (
     write_manifest,
 )
 from core.settings import Settings
-from core.storage import repo
+from core.storage import jobs, repo
 from core.storage.db import Database
 
 ENDPOINTS_SETTING = "downloads.endpoints"
@@ -253,6 +253,12 @@ class ModelLibrary:
 
     def progress(self, key: str) -> Progress | None:
         return self.manager.progress(key)
+
+    def active_downloads(self) -> list[Progress]:
+        """Jobs running now, in this process or another one with a live heartbeat."""
+        with self.db.begin() as session:
+            keys = jobs.unfinished_keys(session)
+        return [p for key in keys if (p := self.manager.progress(key)) and p.state == "running"]
 
     def resume_interrupted(self) -> list[str]:
         """Restart every interrupted job (not those the user cancelled); return their keys."""

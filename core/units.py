@@ -21,3 +21,13 @@ def format_count(count: int) -> str:
         if count >= threshold:
             return f"{count / threshold:.3g}{suffix}"
     return str(count)
+
+
+def format_duration(seconds: float | None) -> str:
+    """'1:05' for 65 s, '1:01:05' past an hour, '–' when unknown."""
+    if seconds is None:
+        return "–"
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,23 +1,298 @@
 import streamlit as st
 
-from core.catalog import BUILTIN_MODELS
-from core.units import format_bytes, format_count
-from ui import state
-from ui.i18n import t
+from core.catalog import ModelSpec
+from core.errors import LocalLLMError
+from core.hardware import memory_verdict
+from core.library import DownloadPlan, ModelLibrary
+from core.units import format_bytes, format_count, format_duration
+from ui import resources, state
+from ui.i18n import error_text, t
+from ui.widgets import escape_markdown
 
+ACTIVE_POLL_S = 1.0
 language = state.language() or "en"
-st.title(t("models.title"))
-st.caption(t("models.intro"))
+library: ModelLibrary = resources.library()
 
-for spec in BUILTIN_MODELS:
-    with st.container(border=True):
-        st.subheader(spec.key)
-        st.caption(spec.repo_id)
+
+def run_action(action, success: str | None = None) -> None:
+    """Run a library call from a button; show a translated error instead of a traceback."""
+    try:
+        action()
+    except LocalLLMError as exc:
+        st.session_state["models.flash"] = ("error", error_text(exc))
+    else:
+        if success:
+            st.session_state["models.flash"] = ("success", success)
+
+
+def start_download(key: str) -> None:
+    started = library.download(key)
+    message = "models.started" if started else "models.already_running"
+    st.session_state["models.flash"] = ("info", t(message, key=key))
+
+
+def show_plan(plan: DownloadPlan) -> None:
+    st.markdown(f"**{t('models.plan.title')}**")
+    st.dataframe(
+        [
+            {t("models.plan.file"): f.path, t("models.plan.size"): format_bytes(f.size)}
+            for f in plan.listing.files
+        ],
+        hide_index=True,
+        use_container_width=True,
+    )
+    st.caption(
+        t(
+            "models.plan.summary",
+            total=format_bytes(plan.listing.total_bytes),
+            have=format_bytes(plan.bytes_on_disk),
+            fetch=format_bytes(plan.bytes_to_fetch),
+            free=format_bytes(plan.disk_free_bytes),
+        )
+    )
+    margin = library.manager.policy.disk_margin_bytes
+    if plan.bytes_to_fetch + margin > plan.disk_free_bytes:
+        st.error(
+            t(
+                "models.plan.no_space",
+                needed=format_bytes(plan.bytes_to_fetch + margin - plan.disk_free_bytes),
+            )
+        )
+    else:
+        st.button(
+            t("models.action.download"),
+            key=f"download-{plan.spec.key}",
+            type="primary",
+            on_click=run_action,
+            args=(lambda: start_download(plan.spec.key),),
+        )
+
+
+def live_status(spec: ModelSpec) -> None:
+    """Title, status badge and progress; polled while a download runs."""
+    status = library.status(spec.key)
+    progress = library.progress(spec.key)
+    if (status.kind == "downloading") != st.session_state.get(f"models.polling.{spec.key}", False):
+        st.rerun(scope="app")  # a download started or ended: redraw the card, polling only while it runs
+    head, badge = st.columns([3, 1])
+    head.subheader(f"{spec.key} · {t('models.custom')}" if spec.custom else spec.key)
+    badge.markdown(f"**{t(f'models.status.{status.kind}', percent=f'{status.fraction:.0%}')}**")
+    st.caption(escape_markdown(spec.repo_id))
+    if status.kind == "downloading" and progress:
+        st.progress(
+            progress.fraction,
+            text=t(
+                "models.progress",
+                done=format_bytes(progress.bytes_done),
+                total=format_bytes(progress.bytes_total),
+                percent=f"{progress.fraction:.0%}",
+                speed=format_bytes(progress.speed_bps),
+                eta=format_duration(progress.eta_s),
+                file=progress.current_file or "",
+            ),
+        )
+        st.button(
+            t("models.action.cancel"),
+            key=f"cancel-{spec.key}",
+            on_click=library.manager.cancel,
+            args=(spec.key,),
+        )
+        return
+    if status.kind == "partial":
+        if progress and progress.state == "failed" and progress.error:
+            st.error(t("models.failed", error=progress.error))
+        elif progress and progress.state == "interrupted":
+            st.warning(t("models.interrupted"))
+        if progress and progress.bytes_total:
+            st.progress(
+                progress.fraction,
+                text=t(
+                    "models.progress_paused",
+                    done=format_bytes(progress.bytes_done),
+                    total=format_bytes(progress.bytes_total),
+                    percent=f"{progress.fraction:.0%}",
+                ),
+            )
+        label = "models.action.retry" if progress and progress.state == "failed" else "models.action.resume"
+        st.button(t(label), key=f"resume-{spec.key}", type="primary", on_click=run_action,
+                  args=(lambda: start_download(spec.key),))  # fmt: skip
+    elif status.kind == "not_downloaded" and progress and progress.state == "failed" and progress.error:
+        st.error(t("models.failed", error=progress.error))
+
+
+def actions(spec: ModelSpec) -> None:
+    status = library.status(spec.key)
+    key = spec.key
+    if status.kind == "not_downloaded" and st.session_state.get(f"models.plan-open.{key}"):
+        with st.container(border=True):
+            try:
+                show_plan(library.plan(key))
+            except LocalLLMError as exc:
+                st.error(error_text(exc))
+    if status.kind == "damaged":
+        st.warning(t("models.damaged_files", files=", ".join(p.path for p in status.problems)))
+    buttons: list[tuple[str, str, object, tuple, str]] = []  # label, widget key, callback, args, type
+    if status.kind == "not_downloaded" and not st.session_state.get(f"models.plan-open.{key}"):
+        open_plan = (st.session_state.__setitem__, (f"models.plan-open.{key}", True))
+        buttons.append((t("models.action.check"), f"check-{key}", *open_plan, "primary"))
+    if status.kind == "not_downloaded" and resources.hf_cache_snapshot(spec.repo_id):
+        buttons.append(
+            (
+                t("models.action.use_cache"),
+                f"cache-{key}",
+                run_action,
+                (lambda: library.use_cached(key),),
+                "secondary",
+            )
+        )
+    if status.kind == "damaged":
+        buttons.append(
+            (
+                t("models.action.repair"),
+                f"repair-{key}",
+                run_action,
+                (lambda: start_download(key),),
+                "primary",
+            )
+        )
+    if status.kind == "ready":
+        buttons.append((t("models.action.verify"), f"verify-{key}", verify, (key,), "secondary"))
+    if status.kind in ("ready", "damaged", "partial"):
+        buttons.append((t("models.action.delete"), f"delete-{key}", ask_delete, (key,), "secondary"))
+    if spec.custom and status.kind != "downloading":
+        buttons.append(
+            (
+                t("models.action.remove"),
+                f"remove-{key}",
+                run_action,
+                (lambda: library.remove_custom(key),),
+                "secondary",
+            )
+        )
+    if buttons:
+        with st.container(horizontal=True):
+            for label, widget_key, callback, args, kind in buttons:
+                st.button(label, key=widget_key, on_click=callback, args=args, type=kind)
+    if st.session_state.get("models.confirm-delete") == key:
+        st.warning(t("models.confirm_delete", key=key, size=format_bytes(spec.download_bytes)))
+        st.button(
+            t("models.confirm_yes"), key=f"delete-yes-{key}", type="primary", on_click=delete, args=(key,)
+        )
+
+
+def ask_delete(key: str) -> None:
+    st.session_state["models.confirm-delete"] = key
+
+
+def delete(key: str) -> None:
+    st.session_state.pop("models.confirm-delete", None)
+    try:
+        freed = library.delete(key)
+    except LocalLLMError as exc:
+        st.session_state["models.flash"] = ("error", error_text(exc))
+    else:
+        st.session_state["models.flash"] = ("success", t("models.deleted", key=key, size=format_bytes(freed)))
+
+
+def verify(key: str) -> None:
+    try:
+        bad = [c.path for c in library.verify(key) if not c.ok]
+    except LocalLLMError as exc:
+        st.session_state["models.flash"] = ("error", error_text(exc))
+        return
+    if bad:
+        st.session_state["models.flash"] = (
+            "error",
+            t("models.verify_failed", count=len(bad), files=", ".join(bad)),
+        )
+    else:
+        st.session_state["models.flash"] = ("success", t("models.verified", key=key))
+
+
+def card(spec: ModelSpec) -> None:
+    with st.container(border=True, key=f"card-{spec.key}"):
+        downloading = library.status(spec.key).kind == "downloading"
+        st.session_state[f"models.polling.{spec.key}"] = downloading
+        st.fragment(live_status, run_every=ACTIVE_POLL_S if downloading else None)(spec)
         size, params, context = st.columns(3)
-        size.metric(t("models.size"), format_bytes(spec.download_bytes))
-        params.metric(t("models.params"), format_count(spec.parameters))
-        context.metric(t("models.context"), t("models.tokens", count=format_count(spec.context_length)))
-        languages = " / ".join(t(f"language.{code}") for code in spec.languages)
-        st.markdown(f"**{t('models.languages')}:** {languages} · **{t('models.license')}:** {spec.license}")
+        size.metric(t("models.size"), format_bytes(spec.download_bytes) if spec.download_bytes else "–")
+        params.metric(t("models.params"), format_count(spec.parameters) if spec.parameters else "–")
+        context.metric(
+            t("models.context"),
+            t("models.tokens", count=format_count(spec.context_length)) if spec.context_length else "–",
+        )
+        details = []
+        if spec.languages:
+            languages = " / ".join(t(f"language.{code}") for code in spec.languages)
+            details.append(f"**{t('models.languages')}:** {languages}")
+        if spec.license:
+            details.append(f"**{t('models.license')}:** {spec.license}")
+        if details:
+            st.markdown(" · ".join(details))
         st.markdown(f"**{t('models.strengths')}:** {spec.strengths.get(language)}")
         st.markdown(f"**{t('models.use')}:** {spec.recommended_use.get(language)}")
+        if spec.download_bytes:
+            verdict = memory_verdict(spec.download_bytes, resources.hardware())
+            text = t(
+                f"models.verdict.{verdict.verdict}",
+                needed=format_bytes(verdict.needed_bytes),
+                available=format_bytes(verdict.available_bytes),
+            )
+            (st.error if verdict.verdict == "too_large" else st.caption)(text)
+        actions(spec)
+
+
+def add_model_form() -> None:
+    with st.form("add-model", clear_on_submit=False, border=True):
+        st.markdown(f"**{t('models.add.title')}**")
+        repo_id = st.text_input(t("models.add.repo"), placeholder=t("models.add.placeholder"), max_chars=200)
+        if st.form_submit_button(t("models.add.submit")):
+            try:
+                spec = library.add_custom(repo_id)
+            except LocalLLMError as exc:
+                st.error(error_text(exc))
+            else:
+                st.session_state["models.flash"] = (
+                    "success",
+                    t("models.add.done", repo=spec.repo_id, key=spec.key),
+                )
+                st.rerun()
+
+
+def endpoints_form() -> None:
+    with st.expander(t("models.endpoints.title")):
+        st.caption(t("models.endpoints.help"))
+        text = st.text_area(t("models.endpoints.title"), value="\n".join(library.endpoints()),
+                            label_visibility="collapsed", height=110)  # fmt: skip
+        save, test = st.columns(2)
+        if save.button(t("models.endpoints.save")):
+            try:
+                library.set_endpoints(text.splitlines())
+            except LocalLLMError as exc:
+                st.error(error_text(exc))
+            else:
+                st.success(t("models.endpoints.saved"))
+        if test.button(t("models.endpoints.test")):
+            for url in library.endpoints():
+                probe = library.probe_endpoint(url)
+                if probe.ok:
+                    st.success(t("models.endpoints.ok", url=url, ms=f"{probe.latency_ms:.0f}"))
+                else:
+                    st.error(t("models.endpoints.bad", url=url, error=probe.error))
+        st.toggle(
+            t("models.auto_resume"),
+            value=library.auto_resume,
+            key="models.auto-resume",
+            on_change=lambda: library.set_auto_resume(st.session_state["models.auto-resume"]),
+        )
+
+
+st.title(t("models.title"))
+st.caption(t("models.intro"))
+if flash := st.session_state.pop("models.flash", None):
+    kind, message = flash
+    {"error": st.error, "success": st.success, "info": st.info}[kind](message)
+for model in library.models():
+    card(model)
+add_model_form()
+endpoints_form()

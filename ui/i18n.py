@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import LocalLLMError
 from ui import state
 
 LANGUAGES: dict[str, str] = {"zh": "中文", "en": "English"}
@@ -50,6 +51,126 @@ MESSAGES: dict[str, dict[str, str]] = {
     "models.strengths": {"en": "Strengths", "zh": "特点"},
     "models.use": {"en": "Recommended use", "zh": "推荐用途"},
     "models.tokens": {"en": "{count} tokens", "zh": "{count} tokens"},
+    "models.status.not_downloaded": {"en": "Not downloaded", "zh": "未下载"},
+    "models.status.partial": {"en": "Partial ({percent})", "zh": "部分下载（{percent}）"},
+    "models.status.downloading": {"en": "Downloading ({percent})", "zh": "下载中（{percent}）"},
+    "models.status.ready": {"en": "Ready", "zh": "已就绪"},
+    "models.status.damaged": {"en": "Damaged", "zh": "文件损坏"},
+    "models.custom": {"en": "custom", "zh": "自定义"},
+    "models.damaged_files": {
+        "en": "These files are missing or wrong: {files}. Repair downloads only them again.",
+        "zh": "以下文件缺失或不正确：{files}。点击“修复”只重新下载这些文件。",
+    },
+    "models.verdict.fits_gpu": {
+        "en": "Fits on the GPU: needs {needed}, {available} free.",
+        "zh": "可在显卡上运行：需要 {needed}，可用 {available}。",
+    },
+    "models.verdict.fits_ram": {
+        "en": "Fits in RAM (CPU): needs {needed}, {available} available.",
+        "zh": "可在内存中运行（CPU）：需要 {needed}，可用 {available}。",
+    },
+    "models.verdict.tight": {
+        "en": "Tight: needs {needed}, only {available} available now. Close other programs first.",
+        "zh": "内存紧张：需要 {needed}，当前仅可用 {available}。请先关闭其他程序。",
+    },
+    "models.verdict.too_large": {
+        "en": "Too large for this machine: needs {needed}, {available} available.",
+        "zh": "超出本机能力：需要 {needed}，可用 {available}。",
+    },
+    "models.action.check": {"en": "Check files and download", "zh": "检查文件并下载"},
+    "models.action.download": {"en": "Download", "zh": "下载模型"},
+    "models.action.cancel": {"en": "Cancel", "zh": "取消"},
+    "models.action.resume": {"en": "Resume", "zh": "恢复下载"},
+    "models.action.retry": {"en": "Retry", "zh": "重新下载"},
+    "models.action.verify": {"en": "Verify", "zh": "校验"},
+    "models.action.repair": {"en": "Repair", "zh": "修复"},
+    "models.action.delete": {"en": "Delete", "zh": "删除"},
+    "models.action.remove": {"en": "Remove from catalog", "zh": "从列表移除"},
+    "models.action.use_cache": {
+        "en": "Use the copy in the Hugging Face cache",
+        "zh": "使用 Hugging Face 缓存中的副本",
+    },
+    "models.confirm_delete": {
+        "en": "Delete {key} and free {size}? The files are removed from disk.",
+        "zh": "删除 {key} 并释放 {size}？文件将从磁盘删除。",
+    },
+    "models.confirm_yes": {"en": "Yes, delete", "zh": "确认删除"},
+    "models.deleted": {"en": "Deleted {key}, freed {size}.", "zh": "已删除 {key}，释放 {size}。"},
+    "models.verified": {"en": "Every file of {key} checks out.", "zh": "{key} 的所有文件校验通过。"},
+    "models.verify_failed": {
+        "en": "{count} file(s) failed the check: {files}.",
+        "zh": "{count} 个文件校验失败：{files}。",
+    },
+    "models.plan.title": {"en": "Files to download", "zh": "需要下载的文件"},
+    "models.plan.file": {"en": "File", "zh": "文件"},
+    "models.plan.size": {"en": "Size", "zh": "大小"},
+    "models.plan.summary": {
+        "en": "Total {total}; {have} already here, {fetch} to fetch; {free} free on the models disk.",
+        "zh": "共 {total}；本地已有 {have}，需下载 {fetch}；模型磁盘可用 {free}。",
+    },
+    "models.plan.no_space": {
+        "en": "Not enough disk space: free at least {needed} on the models disk, or change the models "
+        "directory in Settings.",
+        "zh": "磁盘空间不足：请在模型磁盘上至少释放 {needed}，或在设置中更换模型目录。",
+    },
+    "models.progress": {
+        "en": "{done} of {total} ({percent}) · {speed}/s · {eta} left · {file}",
+        "zh": "{done} / {total}（{percent}）· {speed}/s · 剩余 {eta} · {file}",
+    },
+    "models.progress_paused": {
+        "en": "{done} of {total} ({percent}) downloaded; the rest resumes where it stopped.",
+        "zh": "已下载 {done} / {total}（{percent}），恢复后从中断处继续。",
+    },
+    "models.interrupted": {
+        "en": "This download was interrupted (the app closed or stopped).",
+        "zh": "下载被中断（应用已关闭或停止）。",
+    },
+    "models.failed": {"en": "Download failed: {error}", "zh": "下载失败：{error}"},
+    "models.started": {"en": "Download of {key} started.", "zh": "已开始下载 {key}。"},
+    "models.already_running": {
+        "en": "{key} is already downloading (maybe in another window or process).",
+        "zh": "{key} 已在下载中（可能在其他窗口或进程中）。",
+    },
+    "models.add.title": {"en": "Add a model from Hugging Face", "zh": "从 Hugging Face 添加模型"},
+    "models.add.repo": {"en": "Repository id", "zh": "仓库 ID"},
+    "models.add.placeholder": {
+        "en": "org/name, e.g. Qwen/Qwen2.5-1.5B-Instruct",
+        "zh": "org/name，例如 Qwen/Qwen2.5-1.5B-Instruct",
+    },
+    "models.add.submit": {"en": "Check and add", "zh": "检查并添加"},
+    "models.add.done": {"en": "Added {repo} as {key}.", "zh": "已添加 {repo}（{key}）。"},
+    "models.endpoints.title": {"en": "Download endpoints", "zh": "下载地址"},
+    "models.endpoints.help": {
+        "en": "One URL per line, tried in order. If one fails, the download continues from the next one "
+        "without starting files over. hf-mirror.com is a mirror for mainland China.",
+        "zh": "每行一个地址，按顺序尝试。某个地址失败时，会从下一个地址继续下载，不会重新开始。"
+        "hf-mirror.com 是国内镜像。",
+    },
+    "models.endpoints.save": {"en": "Save order", "zh": "保存顺序"},
+    "models.endpoints.saved": {"en": "Saved.", "zh": "已保存。"},
+    "models.endpoints.test": {"en": "Test endpoints", "zh": "测试连接"},
+    "models.endpoints.ok": {"en": "{url}: reachable, {ms} ms", "zh": "{url}：可访问，{ms} 毫秒"},
+    "models.endpoints.bad": {"en": "{url}: unreachable ({error})", "zh": "{url}：无法访问（{error}）"},
+    "models.auto_resume": {
+        "en": "Resume interrupted downloads when the app starts",
+        "zh": "应用启动时自动恢复未完成的下载",
+    },
+    "error.repo_not_found": {"en": "{message}", "zh": "未找到该模型仓库，请检查仓库 ID。（{message}）"},
+    "error.gated": {
+        "en": "{message}",
+        "zh": "该模型需要授权：请在 huggingface.co 接受许可协议，并使用 HF token 登录。（{message}）",
+    },
+    "error.invalid_repo_id": {
+        "en": "{message}",
+        "zh": "这不是有效的 Hugging Face 仓库 ID，请使用 org/name 格式，例如 Qwen/Qwen2.5-0.5B-Instruct。",
+    },
+    "error.unsupported_model": {"en": "{message}", "zh": "本应用无法运行该模型：{message}"},
+    "error.disk_space": {"en": "{message}", "zh": "磁盘空间不足：{message}"},
+    "error.not_writable": {"en": "{message}", "zh": "模型目录不可写：{message}"},
+    "error.download": {"en": "{message}", "zh": "下载失败：{message}"},
+    "error.config": {"en": "{message}", "zh": "设置无效：{message}"},
+    "error.not_found": {"en": "{message}", "zh": "未找到：{message}"},
+    "error.generic": {"en": "{message}", "zh": "出错了：{message}"},
     "language.zh": {"en": "Chinese", "zh": "中文"},
     "language.en": {"en": "English", "zh": "英文"},
     "hardware.title": {"en": "Hardware & Settings", "zh": "硬件与设置"},
@@ -73,9 +194,9 @@ MESSAGES: dict[str, dict[str, str]] = {
     "settings.no_configs": {"en": "No provider configs yet.", "zh": "暂无模型服务配置。"},
     "settings.current": {"en": "current", "zh": "当前"},
     "error.storage": {
-        "en": "The database cannot be opened: {detail}. Check the path and its permissions, or set "
+        "en": "The database cannot be opened: {message} Check the path and its permissions, or set "
         "LOCALLLM_DB_URL to another database and restart.",
-        "zh": "无法打开数据库：{detail}。请检查路径和权限，或将 LOCALLLM_DB_URL 设置为其他数据库后重启。",
+        "zh": "无法打开数据库：{message} 请检查路径和权限，或将 LOCALLLM_DB_URL 设置为其他数据库后重启。",
     },
 }
 
@@ -85,6 +206,12 @@ def language_from_locale(locale: str | None) -> str:
     return "zh" if (locale or "").lower().startswith("zh") else DEFAULT_LANGUAGE
 
 
-def t(key: str, **params: Any) -> str:
-    text = MESSAGES[key][state.language() or DEFAULT_LANGUAGE]
+def error_text(exc: LocalLLMError) -> str:
+    """A core error in the session's language (the English detail is kept inside the Chinese text)."""
+    key = exc.code if exc.code in MESSAGES else "error.generic"
+    return t(key, message=exc.message)
+
+
+def t(message_id: str, /, **params: Any) -> str:
+    text = MESSAGES[message_id][state.language() or DEFAULT_LANGUAGE]
     return text.format(**params) if params else text

@@ -6,6 +6,8 @@ import streamlit as st
 
 from core.configs import ConfigStore
 from core.hardware import HardwareInfo, probe
+from core.library import ModelLibrary
+from core.model_store import find_in_hf_cache
 from core.settings import Settings, load_settings
 from core.storage.db import Database
 
@@ -28,3 +30,19 @@ def config_store() -> ConfigStore:
 @st.cache_data(ttl=5, show_spinner=False)
 def hardware() -> HardwareInfo:
     return probe(settings().models_dir)
+
+
+@st.cache_resource
+def library() -> ModelLibrary:
+    """The process-wide model library and its download manager; resumes interrupted jobs at start."""
+    instance = ModelLibrary(database(), settings())
+    if instance.auto_resume:
+        instance.resume_interrupted()
+    return instance
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def hf_cache_snapshot(repo_id: str) -> str | None:
+    """Where the user's Hugging Face cache holds this repo, rescanned at most once a minute."""
+    snapshot = find_in_hf_cache(repo_id)
+    return str(snapshot) if snapshot else None

@@ -47,9 +47,14 @@ def language_switch() -> None:
 def sidebar_status() -> None:
     with resources.database().begin() as session:
         current = repo.get_current_config(session)
-        downloads = repo.count_active_downloads(session)
+    downloads = resources.library().active_downloads()
     st.caption(t("status.header"))
     no_provider = t("status.no_provider")
     provider = t("status.provider", name=escape_markdown(current.name)) if current else no_provider
-    running = t("status.downloads_some", count=downloads) if downloads else t("status.downloads_none")
-    st.markdown(f"- {provider}\n- {t('status.no_model')}\n- {running}")
+    lines = [provider, t("status.no_model")]
+    if downloads:
+        lines.append(t("status.downloads_some", count=len(downloads)))
+        lines.extend(f"  - {p.key}: {p.fraction:.0%}" for p in downloads)
+    else:
+        lines.append(t("status.downloads_none"))
+    st.markdown("\n".join(f"- {line}" if not line.startswith("  ") else line for line in lines))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import ConfigError, NotFoundError
@@ -13,14 +13,12 @@ from core.storage.records import PROVIDERS, Conversation, Message, ProviderConfi
 from core.storage.schema import (
     ConversationRow,
     CustomModelRow,
-    DownloadJobRow,
     MessageRow,
     ProviderConfigRow,
     SettingRow,
 )
 
 CONFIG_FIELDS = frozenset({"name", "provider", "model", "base_url", "api_key", "params"})
-ACTIVE_DOWNLOAD_STATES = ("queued", "running")
 
 
 def _config(row: ProviderConfigRow) -> ProviderConfig:
@@ -204,11 +202,6 @@ def list_messages(session: Session, conversation_id: int) -> list[Message]:
         select(MessageRow).where(MessageRow.conversation_id == conversation_id).order_by(MessageRow.id)
     )
     return [_message(row) for row in rows]
-
-
-def count_active_downloads(session: Session) -> int:
-    query = select(func.count()).where(DownloadJobRow.state.in_(ACTIVE_DOWNLOAD_STATES))
-    return session.scalar(query) or 0
 
 
 def add_custom_model(

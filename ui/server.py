@@ -1,0 +1,16 @@
+"""Start the Streamlit server for app.py (what `python -m core app` runs).
+
+pages/ holds st.navigation pages. Streamlit still treats a `pages/` folder beside the entry script as
+legacy multipage mode until some run of app.py calls st.navigation, so the first request of a new
+server for /models would run pages/models.py alone: no router, no language, no sidebar. Marking
+the app as navigation-routed before the server starts makes every first request go through app.py.
+"""
+
+import sys
+
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.web import cli
+
+if __name__ == "__main__":
+    PagesManager.uses_pages_directory = False
+    sys.exit(cli.main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -34,8 +35,11 @@ def cmd_app(args: argparse.Namespace) -> int:
         "--server.address",
         "localhost",
     ]
+    os.chdir(PROJECT_ROOT)
+    if os.name == "posix":  # become the server: a signal to this process reaches Streamlit itself
+        os.execv(sys.executable, command)
     try:
-        return subprocess.call(command, cwd=PROJECT_ROOT)
+        return subprocess.call(command)
     except KeyboardInterrupt:
         return 130
 

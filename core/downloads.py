@@ -13,6 +13,7 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -106,12 +107,12 @@ class _Speed:
     """Bytes per second over a sliding window of a few seconds."""
 
     window_s: float = 3.0
-    samples: list[tuple[float, int]] = field(default_factory=list)
+    samples: deque[tuple[float, int]] = field(default_factory=deque)
 
     def add(self, now: float, total: int) -> float:
         self.samples.append((now, total))
         while len(self.samples) > 2 and now - self.samples[0][0] > self.window_s:
-            self.samples.pop(0)
+            self.samples.popleft()
         (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
         return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
 

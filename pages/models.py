@@ -245,8 +245,10 @@ def card(spec: ModelSpec) -> None:
 def add_model_form() -> None:
     with st.form("add-model", clear_on_submit=False, border=True):
         st.markdown(f"**{t('models.add.title')}**")
-        repo_id = st.text_input(t("models.add.repo"), placeholder=t("models.add.placeholder"), max_chars=200)
-        if st.form_submit_button(t("models.add.submit")):
+        repo_id = st.text_input(
+            t("models.add.repo"), placeholder=t("models.add.placeholder"), max_chars=200, key="add-model-repo"
+        )
+        if st.form_submit_button(t("models.add.submit"), key="add-model-submit"):
             try:
                 spec = library.add_custom(repo_id)
             except LocalLLMError as exc:

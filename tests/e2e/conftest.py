@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -60,17 +61,18 @@ def app_url(isolated_env: Path) -> Iterator[str]:
         env=os.environ.copy(),
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so teardown stops everything it started
     )
     url = f"http://localhost:{port}"
     try:
         wait_until_healthy(url, process)
         yield url
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
         log.close()
 
 

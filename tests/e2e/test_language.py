@@ -24,7 +24,7 @@ def test_language_follows_browser_then_switch_is_remembered(browser: Browser, ap
     page = open_page(browser, app_url, "en-US")
     expect(page.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
     for label, heading in (("Models", "Models"), ("Hardware & Settings", "Hardware & Settings")):
-        page.get_by_role("link", name=label).click()
+        page.get_by_test_id("stSidebarNavItems").get_by_role("link", name=label).click()
         expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         sidebar = page.get_by_test_id("stSidebar")
         for line in STATUS_EN:

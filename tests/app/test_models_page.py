@@ -1,0 +1,152 @@
+"""The Models page with real downloads from a local Hub: progress, Resume, auto-resume, errors."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core.library import ModelLibrary
+from core.settings import load_settings
+from core.storage.db import Database
+from core.storage.schema import DownloadJobRow
+from tests.fixtures.hub_server import HubServer
+from ui import resources
+
+WEIGHTS = bytes(range(256)) * 8000  # ~2 MB
+REPO = {
+    "config.json": b'{"model_type": "qwen2", "max_position_embeddings": 512}',
+    "tokenizer.json": b"{}",
+    "tokenizer_config.json": b'{"chat_template": "{{ messages }}"}',
+    "model.safetensors": WEIGHTS,
+}
+
+
+@pytest.fixture
+def library(db_url: str, hub: HubServer) -> ModelLibrary:
+    hub.add_repo("org/tiny-chat", REPO)
+    lib = ModelLibrary(Database(db_url), load_settings())
+    lib.set_endpoints([hub.url])
+    return lib
+
+
+def _progress_texts(at) -> list[str]:
+    return [element.proto.text for element in at.get("progress")]
+
+
+def _button_labels(at) -> list[str]:
+    return [button.label for button in at.button]
+
+
+def _custom_model(library: ModelLibrary) -> str:
+    from core.storage import repo
+
+    with library.db.begin() as session:
+        repo.add_custom_model(session, "tiny-chat", "org/tiny-chat", "main", {"download_bytes": len(WEIGHTS)})
+    return "tiny-chat"
+
+
+def _wait_for(condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_running_download_shows_progress_and_cancel(new_app, library: ModelLibrary, hub: HubServer) -> None:
+    key = _custom_model(library)
+    hub.throttle(200_000)
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    resources.library().download(key)  # the app's own process-wide library
+    _wait_for(lambda: (p := resources.library().progress(key)) is not None and p.bytes_done > 100_000)
+    at.run()
+    assert not at.exception
+    texts = _progress_texts(at)
+    assert any("of 2.0 MB" in text and "model.safetensors" in text for text in texts), texts
+    assert "Cancel" in _button_labels(at)
+    assert any("Downloading" in m.value for m in at.markdown)
+    resources.library().manager.cancel(key)
+    resources.library().manager.wait(key, timeout=10)
+
+
+def test_interrupted_download_shows_resume(
+    new_app, library: ModelLibrary, hub: HubServer, db_url: str
+) -> None:
+    key = _custom_model(library)
+    library.set_auto_resume(False)
+    partial = library.directory(key) / "model.safetensors.incomplete"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(WEIGHTS[:500_000])
+    with library.db.begin() as session:
+        session.add(
+            DownloadJobRow(
+                model_key=key, repo_id="org/tiny-chat", state="running", bytes_done=500_000,
+                bytes_total=len(WEIGHTS) + 100, updated_at=datetime.now(UTC) - timedelta(minutes=5),
+            )
+        )  # fmt: skip
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    assert not at.exception
+    assert "Resume" in _button_labels(at)
+    assert any("interrupted" in w.value for w in at.warning)
+    assert any("Partial (24%)" in m.value for m in at.markdown)
+
+    at.button(key=f"resume-{key}").click().run()
+    assert resources.library().manager.wait(key, timeout=20).state == "completed"
+    gets = hub.requests("GET", "model.safetensors")
+    assert gets[-1].range == "bytes=500000-"
+
+
+def test_auto_resume_restarts_interrupted_jobs_when_the_app_starts(
+    new_app, library: ModelLibrary, hub: HubServer
+) -> None:
+    key = _custom_model(library)
+    with library.db.begin() as session:
+        session.add(
+            DownloadJobRow(
+                model_key=key, repo_id="org/tiny-chat", state="running", bytes_done=0, bytes_total=0,
+                updated_at=datetime.now(UTC) - timedelta(minutes=5),
+            )
+        )  # fmt: skip
+    library.directory(key).mkdir(parents=True)
+    at = new_app()
+    at.run()
+    assert resources.library().manager.wait(key, timeout=20).state == "completed"
+    assert resources.library().status(key).kind == "ready"
+
+
+def test_adding_a_bad_repo_id_shows_a_message(new_app, library: ModelLibrary, hub: HubServer) -> None:
+    at = new_app()
+    at.session_state["language"] = "zh"
+    at.switch_page("pages/models.py").run()
+    at.text_input(key="add-model-repo").input("../etc/passwd")
+    at.button(key="add-model-submit").click().run()
+    assert not at.exception
+    assert any("不是有效的 Hugging Face 仓库 ID" in e.value for e in at.error)
+    assert hub.requests() == []
+
+
+def test_adding_a_repo_from_the_hub_puts_it_in_the_catalog(
+    new_app, library: ModelLibrary, hub: HubServer
+) -> None:
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    at.text_input(key="add-model-repo").input("org/tiny-chat")
+    at.button(key="add-model-submit").click().run()
+    assert not at.exception
+    assert any("Added org/tiny-chat as tiny-chat" in s.value for s in at.success)
+    assert "tiny-chat · custom" in [h.value for h in at.subheader]
+
+
+def test_plan_lists_files_only_on_request(new_app, library: ModelLibrary, hub: HubServer) -> None:
+    key = _custom_model(library)
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    assert hub.requests() == []  # opening the page asks the hub nothing
+    at.button(key=f"check-{key}").click().run()
+    assert not at.exception
+    assert any("to fetch" in c.value for c in at.caption)
+    assert "Download" in _button_labels(at)
+    assert len(hub.requests("GET", "/api/models/org/tiny-chat")) == 1

@@ -247,6 +247,11 @@ class ModelLibrary:
             spec, listing, endpoint, bytes_on_disk(directory, listing.files), disk_free_bytes(directory)
         )
 
+    def redownload(self, key: str) -> bool:
+        """Discard the files on disk and fetch every byte again."""
+        self.delete(key)
+        return self.download(key)
+
     def download(self, key: str) -> bool:
         spec = self.get(key)
         return self.manager.start(DownloadTarget(spec.key, spec.repo_id, spec.revision))

@@ -1,6 +1,7 @@
 import streamlit as st
 
 from core.catalog import ModelSpec
+from core.downloads import Progress
 from core.errors import LocalLLMError
 from core.hardware import memory_verdict
 from core.library import DownloadPlan, ModelLibrary
@@ -68,6 +69,12 @@ def show_plan(plan: DownloadPlan) -> None:
         )
 
 
+def progress_bar(progress: Progress, message_id: str, **params: str) -> None:
+    done, total = format_bytes(progress.bytes_done), format_bytes(progress.bytes_total)
+    text = t(message_id, done=done, total=total, percent=f"{progress.fraction:.0%}", **params)
+    st.progress(progress.fraction, text=text)
+
+
 def live_status(spec: ModelSpec) -> None:
     """Title, status badge and progress; polled while a download runs."""
     status = library.status(spec.key)
@@ -79,17 +86,12 @@ def live_status(spec: ModelSpec) -> None:
     badge.markdown(f"**{t(f'models.status.{status.kind}', percent=f'{status.fraction:.0%}')}**")
     st.caption(escape_markdown(spec.repo_id))
     if status.kind == "downloading" and progress:
-        st.progress(
-            progress.fraction,
-            text=t(
-                "models.progress",
-                done=format_bytes(progress.bytes_done),
-                total=format_bytes(progress.bytes_total),
-                percent=f"{progress.fraction:.0%}",
-                speed=format_bytes(progress.speed_bps),
-                eta=format_duration(progress.eta_s),
-                file=progress.current_file or "",
-            ),
+        progress_bar(
+            progress,
+            "models.progress",
+            speed=format_bytes(progress.speed_bps),
+            eta=format_duration(progress.eta_s),
+            file=progress.current_file or "",
         )
         st.button(
             t("models.action.cancel"),
@@ -104,15 +106,7 @@ def live_status(spec: ModelSpec) -> None:
         elif progress and progress.state == "interrupted":
             st.warning(t("models.interrupted"))
         if progress and progress.bytes_total:
-            st.progress(
-                progress.fraction,
-                text=t(
-                    "models.progress_paused",
-                    done=format_bytes(progress.bytes_done),
-                    total=format_bytes(progress.bytes_total),
-                    percent=f"{progress.fraction:.0%}",
-                ),
-            )
+            progress_bar(progress, "models.progress_paused")
         label = "models.action.retry" if progress and progress.state == "failed" else "models.action.resume"
         st.button(t(label), key=f"resume-{spec.key}", type="primary", on_click=run_action,
                   args=(lambda: start_download(spec.key),))  # fmt: skip
@@ -157,6 +151,10 @@ def actions(spec: ModelSpec) -> None:
         )
     if status.kind == "ready":
         buttons.append((t("models.action.verify"), f"verify-{key}", verify, (key,), "secondary"))
+        redownload = (lambda: library.redownload(key),)
+        buttons.append(
+            (t("models.action.redownload"), f"redownload-{key}", run_action, redownload, "secondary")
+        )
     if status.kind in ("ready", "damaged", "partial"):
         buttons.append((t("models.action.delete"), f"delete-{key}", ask_delete, (key,), "secondary"))
     if spec.custom and status.kind != "downloading":

@@ -83,6 +83,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     "models.action.resume": {"en": "Resume", "zh": "恢复下载"},
     "models.action.retry": {"en": "Retry", "zh": "重新下载"},
     "models.action.verify": {"en": "Verify", "zh": "校验"},
+    "models.action.redownload": {"en": "Re-download", "zh": "重新下载全部文件"},
     "models.action.repair": {"en": "Repair", "zh": "修复"},
     "models.action.delete": {"en": "Delete", "zh": "删除"},
     "models.action.remove": {"en": "Remove from catalog", "zh": "从列表移除"},

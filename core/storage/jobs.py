@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.storage.records import from_row
 from core.storage.schema import DownloadJobRow, utcnow
 
 if TYPE_CHECKING:
@@ -33,23 +34,6 @@ class JobRecord:
     updated_at: datetime
 
 
-def _record(row: DownloadJobRow) -> JobRecord:
-    return JobRecord(
-        id=row.id,
-        model_key=row.model_key,
-        repo_id=row.repo_id,
-        commit=row.commit,
-        endpoint=row.endpoint,
-        state=row.state,
-        bytes_done=row.bytes_done,
-        bytes_total=row.bytes_total,
-        current_file=row.current_file,
-        attempts=row.attempts,
-        last_error=row.last_error,
-        updated_at=row.updated_at,
-    )
-
-
 def _latest_row(session: Session, key: str) -> DownloadJobRow | None:
     query = select(DownloadJobRow).where(DownloadJobRow.model_key == key).order_by(DownloadJobRow.id.desc())
     return session.scalars(query.limit(1)).first()
@@ -65,7 +49,7 @@ def open_job(session: Session, key: str, repo_id: str) -> JobRecord:
     row.last_error = None
     row.updated_at = utcnow()
     session.flush()
-    return _record(row)
+    return from_row(JobRecord, row)
 
 
 def save_progress(session: Session, job_id: int, progress: Progress) -> None:
@@ -85,7 +69,7 @@ def save_progress(session: Session, job_id: int, progress: Progress) -> None:
 
 def latest_job(session: Session, key: str) -> JobRecord | None:
     row = _latest_row(session, key)
-    return _record(row) if row else None
+    return from_row(JobRecord, row) if row else None
 
 
 def unfinished_keys(session: Session) -> list[str]:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from typing import Any, TypeVar
 
 from core.generation import GenerationParams
 
 PROVIDERS = ("local_model", "openai_compatible")
+R = TypeVar("R")
+
+
+def from_row(record_type: type[R], row: Any, **overrides: Any) -> R:
+    """A record from an ORM row with the same attribute names; `overrides` replace converted fields."""
+    values = {f.name: getattr(row, f.name) for f in fields(record_type) if f.name not in overrides}  # type: ignore[arg-type]
+    return record_type(**values, **overrides)
 
 
 def mask_secret(secret: str | None) -> str:

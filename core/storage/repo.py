@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import ConfigError, NotFoundError
 from core.generation import GenerationParams
-from core.storage.records import PROVIDERS, Conversation, Message, ProviderConfig
+from core.storage.records import PROVIDERS, Conversation, Message, ProviderConfig, from_row
 from core.storage.schema import (
     ConversationRow,
     CustomModelRow,
@@ -22,18 +22,7 @@ CONFIG_FIELDS = frozenset({"name", "provider", "model", "base_url", "api_key", "
 
 
 def _config(row: ProviderConfigRow) -> ProviderConfig:
-    return ProviderConfig(
-        id=row.id,
-        name=row.name,
-        provider=row.provider,
-        model=row.model,
-        base_url=row.base_url,
-        api_key=row.api_key,
-        params=GenerationParams.from_mapping(row.params),
-        is_current=row.is_current,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return from_row(ProviderConfig, row, params=GenerationParams.from_mapping(row.params))
 
 
 def _validate_config(provider: str, model: str, base_url: str | None) -> None:
@@ -138,41 +127,13 @@ def set_setting(session: Session, key: str, value: Any) -> None:
     session.flush()
 
 
-def _conversation(row: ConversationRow) -> Conversation:
-    return Conversation(
-        id=row.id,
-        owner=row.owner,
-        title=row.title,
-        config_id=row.config_id,
-        system_prompt=row.system_prompt,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
-def _message(row: MessageRow) -> Message:
-    return Message(
-        id=row.id,
-        conversation_id=row.conversation_id,
-        role=row.role,
-        content=row.content,
-        model=row.model,
-        prompt_tokens=row.prompt_tokens,
-        completion_tokens=row.completion_tokens,
-        ttft_s=row.ttft_s,
-        tokens_per_s=row.tokens_per_s,
-        finish_reason=row.finish_reason,
-        created_at=row.created_at,
-    )
-
-
 def create_conversation(
     session: Session, *, owner: str, title: str, config_id: int | None = None, system_prompt: str = ""
 ) -> Conversation:
     row = ConversationRow(owner=owner, title=title, config_id=config_id, system_prompt=system_prompt)
     session.add(row)
     session.flush()
-    return _conversation(row)
+    return from_row(Conversation, row)
 
 
 def list_conversations(session: Session, owner: str, search: str = "") -> list[Conversation]:
@@ -183,7 +144,7 @@ def list_conversations(session: Session, owner: str, search: str = "") -> list[C
         in_messages = select(MessageRow.conversation_id).where(MessageRow.content.ilike(pattern))
         query = query.where(or_(ConversationRow.title.ilike(pattern), ConversationRow.id.in_(in_messages)))
     rows = session.scalars(query.order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc()))
-    return [_conversation(row) for row in rows]
+    return [from_row(Conversation, row) for row in rows]
 
 
 def add_message(session: Session, conversation_id: int, role: str, content: str, **stats: Any) -> Message:
@@ -194,14 +155,14 @@ def add_message(session: Session, conversation_id: int, role: str, content: str,
     row = MessageRow(conversation_id=conversation_id, role=role, content=content, **stats)
     session.add(row)
     session.flush()
-    return _message(row)
+    return from_row(Message, row)
 
 
 def list_messages(session: Session, conversation_id: int) -> list[Message]:
     rows = session.scalars(
         select(MessageRow).where(MessageRow.conversation_id == conversation_id).order_by(MessageRow.id)
     )
-    return [_message(row) for row in rows]
+    return [from_row(Message, row) for row in rows]
 
 
 def add_custom_model(

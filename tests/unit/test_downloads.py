@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core import hub as hub_module
 from core.downloads import DownloadManager, DownloadTarget, ModelDownload, Progress, TransferPolicy
 from core.model_store import MANIFEST, read_manifest, verify
 from core.storage.db import Database
@@ -206,3 +207,16 @@ def _wait_for(condition, timeout: float = 20) -> None:
         deadline += 0.02
         if deadline > timeout:
             raise TimeoutError("condition not met")
+
+
+def test_hf_token_goes_to_huggingface_co_only(
+    hub: HubServer, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_1234")
+    assert hub_module.token_for("https://huggingface.co") == "hf_secret_token_1234"
+    assert hub_module.token_for("https://hf-mirror.com") is False
+    hub.add_repo("org/model", REPO)
+    _, progress = download([hub.url], models)  # the test Hub stands in for a mirror
+    assert progress.state == "completed"
+    assert hub.requests()
+    assert all(r.authorization is None for r in hub.requests())

@@ -197,3 +197,17 @@ def test_a_model_in_the_hf_cache_is_used_without_downloading(
     assert library.status(key).kind == "ready"
     assert all(c.ok for c in library.verify(key))
     assert len(hub.requests("GET", "/resolve/")) == before
+
+
+def test_redownload_fetches_every_byte_again(
+    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path]
+):
+    repo = hub.add_repo("someone/tiny", tiny_models["qwen2"])
+    key = library.add_custom("someone/tiny").key
+    library.download(key)
+    library.manager.wait(key, timeout=30)
+    before = hub.bytes_served("model.safetensors")
+    assert library.redownload(key)
+    assert library.manager.wait(key, timeout=30).state == "completed"
+    assert hub.bytes_served("model.safetensors") - before == len(repo.files["model.safetensors"].data)
+    assert library.status(key).kind == "ready"

@@ -155,6 +155,68 @@ def cmd_config_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Stream replies from a downloaded model; a REPL on stdin without --prompt (works with pipes)."""
+    import json
+    import time
+
+    import psutil
+
+    from core.chat import ChatService, Trimmed
+    from core.engine import Finished, LocalEngine, TextDelta
+    from core.generation import GenerationParams
+    from core.providers import LocalProvider
+
+    settings = load_settings()
+    db = Database(settings.db_url)
+    key = ModelLibrary(db, settings).get(args.model).key
+    engine = LocalEngine(settings.models_dir, idle_unload_s=0)
+    chat = ChatService(db, lambda: LocalProvider(engine, key), owner="cli")
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    peak_rss = 0
+
+    def sample_rss() -> None:
+        nonlocal peak_rss
+        peak_rss = max(peak_rss, psutil.Process().memory_info().rss)
+
+    started = time.perf_counter()
+    loaded = engine.load(key, force=args.force)
+    sample_rss()
+    load_s = time.perf_counter() - started
+    conversation = chat.new_conversation(f"CLI {key}", system_prompt=args.system or "")
+    chat.set_options(conversation.id, args.system or "", params)
+    prompts = [args.prompt] if args.prompt is not None else (line.rstrip("\n") for line in sys.stdin)
+    try:
+        for prompt in prompts:
+            if not prompt.strip():
+                continue
+            stats = None
+            for event in chat.send(conversation.id, prompt, ignore_eos=args.ignore_eos):
+                if isinstance(event, TextDelta):
+                    print(event.text, end="", flush=True)
+                    sample_rss()
+                elif isinstance(event, Trimmed):
+                    print(f"[{event.dropped} older messages left out to fit the context]", file=sys.stderr)
+                elif isinstance(event, Finished):
+                    stats = event.stats
+            print()
+            if args.stats and stats:
+                record = {
+                    "prompt_tokens": stats.prompt_tokens,
+                    "completion_tokens": stats.completion_tokens,
+                    "ttft_s": stats.ttft_s,
+                    "decode_tps": stats.tokens_per_s,
+                    "load_s": load_s,
+                    "peak_rss_mb": peak_rss / 1024**2,
+                    "device": loaded.device,
+                    "dtype": loaded.dtype,
+                }
+                print(json.dumps(record))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m core", description="LocalLLM Dashboard: download, check and chat with small LLMs."
@@ -174,6 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--endpoint", action="append", metavar="URL", help="endpoint to use, in order (repeatable)"
     )
     download.set_defaults(func=cmd_download)
+
+    chat = commands.add_parser("chat", help="chat with a downloaded model (REPL on stdin without --prompt)")
+    chat.add_argument("model", metavar="KEY")
+    chat.add_argument("--prompt", help="one message; without it, each stdin line is a message")
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    chat.add_argument("--stats", action="store_true", help="print one JSON line of statistics per reply")
+    chat.add_argument("--force", action="store_true", help="load even if memory looks insufficient")
+    chat.set_defaults(func=cmd_chat)
 
     verify = commands.add_parser("verify", help="check every file of a downloaded model (size and hash)")
     verify.add_argument("model", metavar="KEY")

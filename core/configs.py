@@ -60,3 +60,17 @@ class ConfigStore:
     def delete_config(self, config_id: int) -> None:
         with self._db.begin() as session:
             repo.delete_config(session, config_id)
+
+    def use_local_model(self, key: str) -> ProviderConfig:
+        """Make the local model `key` current, reusing its config or creating one."""
+        with self._db.begin() as session:
+            existing = [
+                c for c in repo.list_configs(session) if c.provider == "local_model" and c.model == key
+            ]
+            config_id = (
+                existing[0].id
+                if existing
+                else repo.save_config(session, provider="local_model", model=key, name=key)
+            )
+            repo.set_current_config(session, config_id)
+            return repo.get_config(session, config_id)

@@ -70,3 +70,37 @@ class UnsupportedModelError(LocalLLMError):
     """The repository exists but the app cannot run it (no safetensors, no chat template, remote code)."""
 
     code = "error.unsupported_model"
+
+
+class EngineError(LocalLLMError):
+    """The local model cannot be loaded or run."""
+
+    code = "error.engine"
+
+
+class ModelNotReadyError(EngineError):
+    code = "error.model_not_ready"
+
+
+class InsufficientMemoryError(EngineError):
+    code = "error.memory"
+
+
+class NoChatTemplateError(EngineError):
+    code = "error.no_chat_template"
+
+
+class QueueFullError(EngineError):
+    code = "error.queue_full"
+
+
+class GenerationError(EngineError):
+    """Generation failed in the worker thread; the message says why."""
+
+    code = "error.generation"
+
+
+class MessageError(LocalLLMError):
+    """A chat message cannot be sent as it is (empty, or longer than the model's context)."""
+
+    code = "error.message"

@@ -99,3 +99,40 @@ def memory_verdict(weight_bytes: int, info: HardwareInfo) -> MemoryVerdict:
     if info.ram_total_bytes >= needed:
         return MemoryVerdict("tight", needed, info.ram_available_bytes)
     return MemoryVerdict("too_large", needed, info.ram_available_bytes)
+
+
+def weight_count(model_dir: Path) -> int:
+    """Parameters in the safetensors files, read from their headers (no weights are loaded)."""
+    import json
+    import struct
+
+    total = 0
+    for path in model_dir.glob("*.safetensors"):
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        for name, tensor in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in tensor["shape"]:
+                    count *= dim
+                total += count
+    return total
+
+
+def kv_cache_bytes(config: dict, context_tokens: int, dtype_bytes: int) -> int:
+    """Keys and values for every layer over `context_tokens` positions."""
+    layers = int(config.get("num_hidden_layers", 0))
+    heads = int(config.get("num_attention_heads", 1))
+    kv_heads = int(config.get("num_key_value_heads", heads))
+    head_dim = int(config.get("head_dim") or config.get("hidden_size", 0) // max(heads, 1))
+    return 2 * layers * kv_heads * head_dim * context_tokens * dtype_bytes
+
+
+def load_memory_needed(model_dir: Path, dtype_bytes: int, context_tokens: int) -> int:
+    """Memory a loaded model needs: weights at the engine's dtype, KV cache, runtime overhead."""
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text())
+    weights = weight_count(model_dir) * dtype_bytes
+    return weights + kv_cache_bytes(config, context_tokens, dtype_bytes) + RUNTIME_OVERHEAD_BYTES

@@ -1,0 +1,440 @@
+"""Local transformers engine: load, stream, stop, unload; one model per process, one reply at a time.
+
+Generation runs in a worker thread and streams text through a TextIteratorStreamer. A stop event is
+read by a stopping criterion after every token, so Stop (or a reader that goes away) ends the
+generation within a token. Requests wait in a FIFO queue and are told their place in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import itertools
+import json
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from core.errors import (
+    GenerationError,
+    InsufficientMemoryError,
+    ModelNotReadyError,
+    NoChatTemplateError,
+    QueueFullError,
+)
+from core.generation import GenerationParams
+from core.hardware import load_memory_needed
+from core.model_store import model_dir, read_manifest
+
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    key: str
+    device: str
+    dtype: str
+    memory_bytes: int
+    context_length: int
+    load_id: int
+    load_s: float
+
+
+@dataclass(frozen=True)
+class ReplyStats:
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float | None
+    tokens_per_s: float | None
+    finish_reason: str  # "stop", "length", "stopped", "error"
+    model: str
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The request waits; `ahead` requests are before it (0: it is next)."""
+
+    ahead: int
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    stats: ReplyStats
+
+
+Event = Queued | TextDelta | Finished
+
+
+def detect_device(preference: str = "auto") -> str:
+    """CUDA, then Apple MPS, then CPU; an explicit preference is used when that device exists."""
+    import torch
+
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(torch.backends.mps.is_available()),
+        "cpu": True,
+    }
+    if preference != "auto" and available.get(preference):
+        return preference
+    return next(device for device in ("cuda", "mps", "cpu") if available[device])
+
+
+def choose_dtype(device: str) -> Any:
+    """The fastest dtype that keeps quality: bf16 where the hardware computes it natively, else fp16/fp32."""
+    import torch
+
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    native_bf16 = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+    return torch.bfloat16 if native_bf16 else torch.float32
+
+
+def _return_freed_memory_to_os() -> None:
+    """glibc keeps freed heap memory for reuse; malloc_trim hands it back so RSS really drops."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # another libc (musl): nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _available_memory(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info()[0]
+    return psutil.virtual_memory().available
+
+
+class _StopOnEvent:
+    """A stopping criterion that ends generation once `event` is set (checked after every token)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **_kwargs: Any) -> Any:
+        import torch
+
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+class LocalEngine:
+    """One loaded model per process, shared by every caller; replies one at a time in FIFO order."""
+
+    def __init__(
+        self,
+        models_dir: Path,
+        *,
+        device: str = "auto",
+        idle_unload_s: float = 900.0,
+        max_waiting: int = 4,
+        context_tokens_for_memory: int = 4096,
+    ) -> None:
+        self.models_dir = models_dir
+        self.device_preference = device
+        self.idle_unload_s = idle_unload_s
+        self.max_waiting = max_waiting
+        self.context_tokens_for_memory = context_tokens_for_memory
+        self._load_lock = threading.Lock()
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._loaded: LoadedModel | None = None
+        self._load_ids = itertools.count(1)
+        self._turn = threading.Condition()
+        self._waiting: deque[int] = deque()
+        self._busy = False
+        self._tickets = itertools.count(1)
+        self._last_used = time.monotonic()
+        self._idle_thread: threading.Thread | None = None
+
+    # -- loading --------------------------------------------------------------------------------
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._loaded
+
+    def memory_check(self, key: str) -> tuple[int, int]:
+        """(bytes needed, bytes available) on the device the model would load on."""
+        device = detect_device(self.device_preference)
+        dtype_bytes = choose_dtype(device).itemsize
+        needed = load_memory_needed(self._ready_dir(key), dtype_bytes, self.context_tokens_for_memory)
+        return needed, _available_memory(device)
+
+    def _ready_dir(self, key: str) -> Path:
+        directory = model_dir(self.models_dir, key)
+        if read_manifest(directory) is None:
+            raise ModelNotReadyError(f"{key} is not downloaded yet: download it on the Models page.", key=key)
+        return directory
+
+    def load(self, key: str, *, force: bool = False) -> LoadedModel:
+        """Load `key` (unloading another model first); concurrent calls share one load."""
+        with self._load_lock:
+            if self._loaded and self._loaded.key == key:
+                return self._loaded
+            directory = self._ready_dir(key)
+            needed, available = self.memory_check(key)
+            if needed > available and not force:
+                raise InsufficientMemoryError(
+                    f"{key} needs {needed / GIB:.1f} GiB, {available / GIB:.1f} GiB available. "
+                    "Close other programs or load it anyway.",
+                    needed=needed,
+                    available=available,
+                )
+            self._unload_locked()
+            self._loaded = self._load_locked(key, directory)
+            self._touch()
+            self._start_idle_watch()
+            return self._loaded
+
+    def _load_locked(self, key: str, directory: Path) -> LoadedModel:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        started = time.perf_counter()
+        device = detect_device(self.device_preference)
+        dtype = choose_dtype(device)
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+        if not tokenizer.chat_template:
+            raise NoChatTemplateError(f"{key} has no chat template, so it cannot be used for chat.", key=key)
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=dtype, local_files_only=True, trust_remote_code=False
+        )
+        model.to(device).eval()
+        self._model, self._tokenizer = model, tokenizer
+        config = json.loads((directory / "config.json").read_text())
+        memory = sum(p.numel() * p.element_size() for p in model.parameters())
+        return LoadedModel(
+            key=key,
+            device=device,
+            dtype=str(dtype).removeprefix("torch."),
+            memory_bytes=memory,
+            context_length=int(config.get("max_position_embeddings") or tokenizer.model_max_length),
+            load_id=next(self._load_ids),
+            load_s=time.perf_counter() - started,
+        )
+
+    def unload(self) -> None:
+        """Free the model's memory (CUDA cache emptied too)."""
+        with self._load_lock:
+            self._unload_locked()
+
+    def _unload_locked(self) -> None:
+        if self._loaded is None:
+            return
+        device = self._loaded.device
+        self._model = self._tokenizer = self._loaded = None
+        gc.collect()
+        _return_freed_memory_to_os()
+        if device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # -- idle unload ----------------------------------------------------------------------------
+    def _touch(self) -> None:
+        self._last_used = time.monotonic()
+
+    def idle_seconds_left(self) -> float | None:
+        """Seconds until the idle unload, or None when nothing is loaded or it is off (0)."""
+        if self._loaded is None or self.idle_unload_s <= 0:
+            return None
+        return max(0.0, self.idle_unload_s - (time.monotonic() - self._last_used))
+
+    def _start_idle_watch(self) -> None:
+        if self._idle_thread is None or not self._idle_thread.is_alive():
+            self._idle_thread = threading.Thread(target=self._idle_watch, name="engine-idle", daemon=True)
+            self._idle_thread.start()
+
+    def _idle_watch(self) -> None:
+        while self._loaded is not None:
+            time.sleep(min(1.0, max(0.05, self.idle_unload_s / 4)) if self.idle_unload_s > 0 else 1.0)
+            left = self.idle_seconds_left()
+            with self._turn:
+                idle = not self._busy and not self._waiting
+            if left == 0.0 and idle:
+                self.unload()
+
+    # -- the queue ------------------------------------------------------------------------------
+    def _enter_queue(self) -> int:
+        with self._turn:
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFullError(
+                    f"{len(self._waiting)} requests are already waiting; please try again in a moment.",
+                    waiting=len(self._waiting),
+                )
+            ticket = next(self._tickets)
+            self._waiting.append(ticket)
+            return ticket
+
+    def _wait_for_turn(self, ticket: int, stop: threading.Event) -> Generator[Queued, None, bool]:
+        """Yield the place in line whenever it changes; return True once this request may run."""
+        last: int | None = None
+        while not stop.is_set():
+            with self._turn:
+                ahead = self._waiting.index(ticket) + (1 if self._busy else 0)
+                if ahead == 0:
+                    self._waiting.popleft()
+                    self._busy = True
+                    return True
+                if ahead == last:
+                    self._turn.wait(0.25)
+                    continue
+            last = ahead
+            yield Queued(ahead)
+        return False
+
+    def _leave(self, ticket: int, running: bool) -> None:
+        with self._turn:
+            if running:
+                self._busy = False
+            elif ticket in self._waiting:
+                self._waiting.remove(ticket)
+            self._turn.notify_all()
+        self._touch()
+
+    @property
+    def waiting(self) -> int:
+        with self._turn:
+            return len(self._waiting)
+
+    # -- generation -----------------------------------------------------------------------------
+    def count_tokens(self, key: str, messages: Sequence[dict[str, str]]) -> int:
+        """Prompt tokens for `messages` with the model's chat template (loads the model if needed)."""
+        self.load(key)
+        encoded = self._tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, return_dict=True
+        )
+        return len(encoded["input_ids"])
+
+    def stream(
+        self,
+        key: str,
+        messages: Sequence[dict[str, str]],
+        params: GenerationParams,
+        stop: threading.Event | None = None,
+        *,
+        ignore_eos: bool = False,
+    ) -> Iterator[Event]:
+        """Queue, load if needed, and stream a reply: Queued..., TextDelta..., then Finished.
+
+        Setting `stop`, or closing the iterator, ends generation within a token and ends the thread.
+        """
+        stop = stop or threading.Event()
+        ticket = self._enter_queue()
+        running = False
+        try:
+            running = yield from self._wait_for_turn(ticket, stop)
+            if not running:
+                yield Finished(ReplyStats(0, 0, None, None, "stopped", key))
+                return
+            self.load(key)
+            yield from self._generate(key, messages, params, stop, ignore_eos)
+        finally:
+            stop.set()  # a reader that goes away stops generation too
+            self._leave(ticket, running)
+
+    def _generate(
+        self,
+        key: str,
+        messages: Sequence[dict[str, str]],
+        params: GenerationParams,
+        stop: threading.Event,
+        ignore_eos: bool,
+    ) -> Iterator[Event]:
+        import torch
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        model, tokenizer, loaded = self._model, self._tokenizer, self._loaded
+        try:
+            inputs = tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ).to(loaded.device)
+        except Exception as exc:  # jinja's TemplateError and ValueError: the template refused these turns
+            raise GenerationError(f"The model's chat template rejected this conversation: {exc}") from exc
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = params.temperature > 0
+        options: dict[str, Any] = {
+            **inputs,
+            "streamer": streamer,
+            "max_new_tokens": params.max_new_tokens,
+            "do_sample": sampling,
+            "repetition_penalty": params.repetition_penalty,
+            "stopping_criteria": StoppingCriteriaList([_StopOnEvent(stop)]),
+            "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
+        }
+        if sampling:
+            options.update(temperature=params.temperature, top_p=params.top_p)
+        if ignore_eos:
+            options["min_new_tokens"] = params.max_new_tokens
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    outcome["output"] = model.generate(**options)
+            except BaseException as exc:  # reaches the reader below
+                outcome["error"] = exc
+                streamer.on_finalized_text("", stream_end=True)
+
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        worker = threading.Thread(target=run, name=f"generate-{key}", daemon=True)
+        worker.start()
+        try:
+            while True:
+                try:
+                    text = streamer.text_queue.get(timeout=0.1)
+                except queue.Empty:
+                    if not worker.is_alive() and streamer.text_queue.empty():
+                        break
+                    continue
+                if text is streamer.stop_signal:
+                    break
+                if text:
+                    first_token_at = first_token_at or time.perf_counter()
+                    yield TextDelta(text)
+        finally:
+            stop_requested = stop.is_set()
+            stop.set()
+            worker.join()
+            self._touch()
+        if "error" in outcome:
+            raise GenerationError(f"Generation failed: {outcome['error']}") from outcome["error"]
+        completion = int(outcome["output"].shape[1]) - prompt_tokens
+        ended = time.perf_counter()
+        decode_s = ended - first_token_at if first_token_at else 0.0
+        if stop_requested:
+            reason = "stopped"
+        elif completion >= params.max_new_tokens:
+            reason = "length"
+        else:
+            reason = "stop"
+        yield Finished(
+            ReplyStats(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion,
+                ttft_s=(first_token_at - started) if first_token_at else None,
+                tokens_per_s=(completion - 1) / decode_s if decode_s > 0 and completion > 1 else None,
+                finish_reason=reason,
+                model=key,
+            )
+        )

@@ -1,0 +1,230 @@
+"""The local engine with real tiny transformers models (no mocks): stream, stop, queue, load, unload."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from core.engine import Finished, LocalEngine, Queued, TextDelta
+from core.errors import GenerationError, InsufficientMemoryError, ModelNotReadyError, QueueFullError
+from core.generation import GenerationParams
+from tests.fixtures.tiny_models import build_tiny_model, install_ready
+
+GREEDY = GenerationParams(temperature=0, max_new_tokens=24)
+LONG = GenerationParams(temperature=0, max_new_tokens=3000)
+HELLO = [{"role": "user", "content": "Hello 你好"}]
+
+
+@pytest.fixture(scope="module")
+def long_context_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with a 4096-token context, so a long generation takes seconds to finish."""
+    return build_tiny_model(tmp_path_factory.mktemp("long") / "m", "llama", hidden_size=128, context=4096)
+
+
+@pytest.fixture(scope="module")
+def heavy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~40 M parameters (~80 MB in bf16): big enough for its memory to show in the process's RSS."""
+    return build_tiny_model(tmp_path_factory.mktemp("heavy") / "m", "qwen2", hidden_size=1024, layers=4)
+
+
+@pytest.fixture
+def engine(tmp_path: Path, tiny_models: dict[str, Path], long_context_model: Path) -> LocalEngine:
+    models = tmp_path / "models"
+    install_ready(models, "tiny-qwen", tiny_models["qwen2"])
+    install_ready(models, "tiny-llama", tiny_models["llama"])
+    install_ready(models, "long", long_context_model)
+    engine = LocalEngine(models, idle_unload_s=0, max_waiting=2)
+    yield engine
+    engine.unload()
+
+
+def _generation_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("generate-")]
+
+
+def test_stream_yields_text_in_pieces_then_stats(engine: LocalEngine) -> None:
+    events = list(engine.stream("tiny-llama", HELLO, GREEDY, ignore_eos=True))
+    pieces = [e.text for e in events if isinstance(e, TextDelta)]
+    assert len(pieces) > 1
+    stats = events[-1].stats
+    assert isinstance(events[-1], Finished)
+    assert stats.completion_tokens == GREEDY.max_new_tokens
+    assert stats.finish_reason == "length"
+    assert stats.prompt_tokens > 3
+    assert stats.ttft_s is not None
+    assert stats.tokens_per_s > 0
+    loaded = engine.loaded
+    assert (loaded.key, loaded.device) == ("tiny-llama", "cpu")
+    assert loaded.dtype in ("bfloat16", "float32")
+
+
+def test_chat_template_is_used(engine: LocalEngine) -> None:
+    # The llama template adds <|user|> and </s>: the prompt is longer than the raw text's tokens.
+    engine.load("tiny-llama")
+    tokenizer = engine._tokenizer
+    assert engine.count_tokens("tiny-llama", HELLO) > len(tokenizer("Hello 你好")["input_ids"])
+
+
+def test_stop_ends_generation_within_a_second(engine: LocalEngine) -> None:
+    stop = threading.Event()
+    stream = engine.stream("long", HELLO, LONG, stop, ignore_eos=True)
+    received = 0
+    for event in stream:
+        if isinstance(event, TextDelta):
+            received += 1
+            if received == 5:
+                stopped_at = time.monotonic()
+                stop.set()
+        if isinstance(event, Finished):
+            finished = event
+    assert time.monotonic() - stopped_at < 1.0
+    assert finished.stats.finish_reason == "stopped"
+    assert finished.stats.completion_tokens < LONG.max_new_tokens
+    assert _generation_threads() == []
+
+
+def test_a_reader_that_goes_away_stops_generation(engine: LocalEngine) -> None:
+    stream = engine.stream("long", HELLO, LONG, ignore_eos=True)
+    for event in stream:
+        if isinstance(event, TextDelta):
+            break
+    started = time.monotonic()
+    stream.close()  # the browser went away
+    assert time.monotonic() - started < 1.0
+    assert _generation_threads() == []
+    # and the engine is free for the next request
+    assert isinstance(list(engine.stream("tiny-llama", HELLO, GREEDY))[-1], Finished)
+
+
+def test_concurrent_requests_run_one_after_the_other_and_the_second_is_told_its_place(
+    engine: LocalEngine,
+) -> None:
+    engine.load("long")
+    results: dict[str, list] = {"first": [], "second": []}
+    first_started = threading.Event()
+
+    def consume(name: str, params: GenerationParams) -> None:
+        for event in engine.stream("long", HELLO, params, ignore_eos=True):
+            results[name].append((time.monotonic(), event))
+            if name == "first" and isinstance(event, TextDelta):
+                first_started.set()
+
+    first = threading.Thread(
+        target=consume, args=("first", GenerationParams(temperature=0, max_new_tokens=300))
+    )
+    first.start()
+    assert first_started.wait(10)
+    second = threading.Thread(target=consume, args=("second", GREEDY))
+    second.start()
+    first.join(30)
+    second.join(30)
+
+    assert isinstance(results["first"][-1][1], Finished)
+    assert isinstance(results["second"][-1][1], Finished)
+    places = [e.ahead for _, e in results["second"] if isinstance(e, Queued)]
+    assert places[0] == 1
+    first_done = results["first"][-1][0]
+    second_first_text = next(t for t, e in results["second"] if isinstance(e, TextDelta))
+    assert second_first_text >= first_done
+
+
+def test_the_queue_has_a_cap(engine: LocalEngine) -> None:
+    engine.load("long")
+    stop = threading.Event()
+    running = engine.stream("long", HELLO, LONG, stop, ignore_eos=True)
+    next(e for e in running if isinstance(e, TextDelta))
+    waiting = [engine.stream("long", HELLO, GREEDY) for _ in range(2)]
+    for stream in waiting:
+        assert isinstance(next(stream), Queued)
+    with pytest.raises(QueueFullError, match="already waiting"):
+        next(engine.stream("long", HELLO, GREEDY))
+    for stream in waiting:
+        stream.close()
+    stop.set()
+    list(running)
+    assert engine.waiting == 0
+
+
+def test_concurrent_loads_make_one_model(engine: LocalEngine) -> None:
+    loads = []
+    threads = [threading.Thread(target=lambda: loads.append(engine.load("tiny-qwen"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({loaded.load_id for loaded in loads}) == 1
+
+
+def test_switching_models_unloads_the_old_one(engine: LocalEngine) -> None:
+    first = engine.load("tiny-qwen")
+    second = engine.load("tiny-llama")
+    assert second.key == "tiny-llama"
+    assert second.load_id != first.load_id
+    assert engine.loaded.key == "tiny-llama"
+
+
+def test_unload_frees_memory(tmp_path: Path, heavy_model: Path) -> None:
+    install_ready(tmp_path / "models", "heavy", heavy_model)
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    process = psutil.Process()
+    before = process.memory_info().rss
+    loaded = engine.load("heavy")
+    with_model = process.memory_info().rss
+    assert with_model - before > loaded.memory_bytes * 0.5
+    engine.unload()
+    assert engine.loaded is None
+    assert engine._model is None
+    after = process.memory_info().rss
+    assert with_model - after > loaded.memory_bytes * 0.5  # resident memory really dropped
+
+
+def test_idle_unload_fires_and_the_next_request_reloads(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    install_ready(tmp_path / "models", "tiny", tiny_models["qwen2"])
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0.3)
+    engine.load("tiny")
+    assert 0 < engine.idle_seconds_left() <= 0.3
+    deadline = time.monotonic() + 5
+    while engine.loaded is not None:
+        assert time.monotonic() < deadline, "idle unload did not fire"
+        time.sleep(0.05)
+    assert isinstance(list(engine.stream("tiny", HELLO, GREEDY))[-1], Finished)
+    assert engine.loaded is not None
+
+
+def test_a_model_that_is_not_downloaded_is_refused(engine: LocalEngine) -> None:
+    with pytest.raises(ModelNotReadyError, match="not downloaded"):
+        engine.load("qwen2.5-0.5b")
+
+
+def test_memory_check_refuses_unless_forced(engine: LocalEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Simulates a machine with 100 MB free: this one has far more than the tiny model needs.
+    monkeypatch.setattr("core.engine._available_memory", lambda _device: 100 * 1024**2)
+    with pytest.raises(InsufficientMemoryError, match=r"needs 0\.\d GiB, 0\.1 GiB available"):
+        engine.load("tiny-qwen")
+    assert engine.load("tiny-qwen", force=True).key == "tiny-qwen"
+
+
+def test_an_error_in_the_generation_thread_reaches_the_caller(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Simulates a failure inside model.generate (CUDA running out of memory, say), which a CPU
+    # machine cannot produce on demand.
+    engine.load("tiny-llama")
+
+    def failing_generate(**_kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(engine._model, "generate", failing_generate)
+    with pytest.raises(GenerationError, match="Generation failed: CUDA out of memory"):
+        list(engine.stream("tiny-llama", HELLO, GREEDY))
+    assert _generation_threads() == []
+    assert engine.waiting == 0
+
+
+def test_a_conversation_the_template_rejects_gives_a_clear_error(engine: LocalEngine) -> None:
+    with pytest.raises(GenerationError, match="chat template rejected"):
+        list(engine.stream("tiny-llama", [], GREEDY))

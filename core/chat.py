@@ -6,7 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from core.engine import Event, Finished, TextDelta
 from core.errors import ConfigError, MessageError, NotFoundError
@@ -188,6 +188,8 @@ class ChatService:
         provider = self.provider()
         conversation = self.get(conversation_id)
         params = self.params(conversation_id)
+        # Sensible per model: a reply may use at most half the context, the rest is for the history.
+        params = replace(params, max_new_tokens=min(params.max_new_tokens, provider.context_length // 2))
         history = [{"role": m.role, "content": m.content} for m in self.messages(conversation_id)]
         budget = provider.context_length - params.max_new_tokens
         messages, dropped = trim_history(conversation.system_prompt, history, budget, provider.count_tokens)

@@ -24,17 +24,8 @@ MESSAGES: dict[str, dict[str, str]] = {
     "status.downloads_some": {"en": "Running downloads: {count}", "zh": "进行中的下载：{count} 个"},
     "chat.title": {"en": "Chat", "zh": "聊天"},
     "chat.no_model": {
-        "en": "No model is ready yet. Download one on the Models page, or add an OpenAI-compatible "
-        "server in Hardware & Settings.",
-        "zh": "还没有可用的模型。请在“模型”页面下载一个模型，或在“硬件与设置”中添加 OpenAI 兼容服务。",
-    },
-    "chat.current": {
-        "en": "Current configuration: **{name}** ({provider}, model {model}).",
-        "zh": "当前配置：**{name}**（{provider}，模型 {model}）。",
-    },
-    "chat.coming": {
-        "en": "Chatting with a local model arrives with the inference engine.",
-        "zh": "本地模型对话将随推理引擎一同提供。",
+        "en": "No model is ready yet. Download one on the Models page, then come back to chat.",
+        "zh": "还没有可用的模型。请先在“模型”页面下载一个模型，然后回到这里聊天。",
     },
     "chat.go_models": {"en": "Go to Models", "zh": "前往模型页面"},
     "models.title": {"en": "Models", "zh": "模型"},
@@ -172,6 +163,67 @@ MESSAGES: dict[str, dict[str, str]] = {
     "error.config": {"en": "{message}", "zh": "设置无效：{message}"},
     "error.not_found": {"en": "{message}", "zh": "未找到：{message}"},
     "error.generic": {"en": "{message}", "zh": "出错了：{message}"},
+    "status.loaded": {
+        "en": "Loaded: {model} ({device}, {dtype}, {memory})",
+        "zh": "已加载：{model}（{device}，{dtype}，{memory}）",
+    },
+    "status.idle_unload": {"en": "Unloads after {time} idle", "zh": "空闲 {time} 后自动卸载"},
+    "status.unload": {"en": "Unload model", "zh": "卸载模型"},
+    "chat.model": {"en": "Model", "zh": "模型"},
+    "chat.pick_model": {"en": "Choose a downloaded model", "zh": "选择已下载的模型"},
+    "chat.new": {"en": "New chat", "zh": "新对话"},
+    "chat.search": {"en": "Search conversations", "zh": "搜索对话"},
+    "chat.conversations": {"en": "Conversations", "zh": "对话列表"},
+    "chat.no_conversations": {"en": "No conversations yet.", "zh": "还没有对话。"},
+    "chat.input": {"en": "Message the model…", "zh": "输入消息…"},
+    "chat.stop": {"en": "Stop", "zh": "停止"},
+    "chat.regenerate": {"en": "Regenerate", "zh": "重新生成"},
+    "chat.edit": {"en": "Edit last message", "zh": "编辑上一条消息"},
+    "chat.edit_send": {"en": "Send edited message", "zh": "发送修改后的消息"},
+    "chat.copy": {"en": "Copy", "zh": "复制"},
+    "chat.rename": {"en": "Rename", "zh": "重命名"},
+    "chat.title_label": {"en": "Title", "zh": "标题"},
+    "chat.save": {"en": "Save", "zh": "保存"},
+    "chat.delete": {"en": "Delete conversation", "zh": "删除对话"},
+    "chat.confirm_delete": {
+        "en": "Delete “{title}” and all its messages?",
+        "zh": "删除“{title}”及其全部消息？",
+    },
+    "chat.confirm_yes": {"en": "Yes, delete", "zh": "确认删除"},
+    "chat.export_md": {"en": "Export Markdown", "zh": "导出 Markdown"},
+    "chat.export_json": {"en": "Export JSON", "zh": "导出 JSON"},
+    "chat.options": {"en": "System prompt and parameters", "zh": "系统提示词与生成参数"},
+    "chat.system_prompt": {"en": "System prompt", "zh": "系统提示词"},
+    "chat.temperature": {"en": "Temperature", "zh": "温度（temperature）"},
+    "chat.top_p": {"en": "Top-p", "zh": "Top-p"},
+    "chat.max_new_tokens": {"en": "Max new tokens", "zh": "最大生成 token 数"},
+    "chat.repetition_penalty": {"en": "Repetition penalty", "zh": "重复惩罚"},
+    "chat.queued": {"en": "Waiting: {place} in line…", "zh": "排队中：排在{place}位…"},
+    "chat.loading": {"en": "Loading {model}…", "zh": "正在加载 {model}…"},
+    "chat.trimmed": {
+        "en": "{count} older messages were left out to fit the model's context window.",
+        "zh": "为适应模型的上下文长度，省略了 {count} 条较早的消息。",
+    },
+    "chat.stats": {
+        "en": "{model} · {prompt} prompt + {completion} tokens · first token {ttft} · {tps} tokens/s · "
+        "{reason}",
+        "zh": "{model} · 输入 {prompt} + 输出 {completion} tokens · 首字 {ttft} · {tps} tokens/s · {reason}",
+    },
+    "chat.reason.stop": {"en": "finished", "zh": "已完成"},
+    "chat.reason.length": {"en": "hit the length limit", "zh": "达到长度上限"},
+    "chat.reason.stopped": {"en": "stopped by you", "zh": "已被你停止"},
+    "chat.reason.interrupted": {"en": "interrupted", "zh": "被中断"},
+    "chat.reason.error": {"en": "error", "zh": "出错"},
+    "chat.load_anyway": {"en": "Load anyway", "zh": "仍然加载"},
+    "error.engine": {"en": "{message}", "zh": "模型运行出错：{message}"},
+    "error.model_not_ready": {"en": "{message}", "zh": "模型尚未下载，请先在“模型”页面下载。（{message}）"},
+    "error.memory": {"en": "{message}", "zh": "内存不足：{message}"},
+    "error.no_chat_template": {"en": "{message}", "zh": "该模型没有对话模板，无法用于聊天。"},
+    "error.queue_full": {"en": "{message}", "zh": "排队的请求太多，请稍后再试。"},
+    "error.generation": {"en": "{message}", "zh": "生成失败：{message}"},
+    "error.message": {"en": "{message}", "zh": "消息无法发送：{message}"},
+    "models.use_for_chat": {"en": "Use for chat", "zh": "用于聊天"},
+    "models.now_current": {"en": "{key} is now the model for chat.", "zh": "已将 {key} 设为聊天模型。"},
     "language.zh": {"en": "Chinese", "zh": "中文"},
     "language.en": {"en": "English", "zh": "英文"},
     "hardware.title": {"en": "Hardware & Settings", "zh": "硬件与设置"},
@@ -211,6 +263,14 @@ def error_text(exc: LocalLLMError) -> str:
     """A core error in the session's language (the English detail is kept inside the Chinese text)."""
     key = exc.code if exc.code in MESSAGES else "error.generic"
     return t(key, message=exc.message)
+
+
+def ordinal(position: int) -> str:
+    """A place in line: '2nd' in English, '第 2' in Chinese."""
+    if (state.language() or DEFAULT_LANGUAGE) == "zh":
+        return f"第 {position} "
+    suffix = "th" if 10 <= position % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(position % 10, "th")
+    return f"{position}{suffix}"
 
 
 def t(message_id: str, /, **params: Any) -> str:

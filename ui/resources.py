@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.chat import ChatService
 from core.configs import ConfigStore
+from core.engine import LocalEngine
 from core.hardware import HardwareInfo, probe
 from core.library import ModelLibrary
 from core.model_store import find_in_hf_cache
+from core.providers import provider_for_config
 from core.settings import Settings, load_settings
+from core.storage import repo
 from core.storage.db import Database
 
 
@@ -46,3 +50,23 @@ def hf_cache_snapshot(repo_id: str) -> str | None:
     """Where the user's Hugging Face cache holds this repo, rescanned at most once a minute."""
     snapshot = find_in_hf_cache(repo_id)
     return str(snapshot) if snapshot else None
+
+
+IDLE_UNLOAD_SETTING = "engine.idle_unload_s"
+DEVICE_SETTING = "engine.device"
+
+
+@st.cache_resource
+def engine() -> LocalEngine:
+    """The one loaded model of this process, shared by every browser session."""
+    with database().begin() as session:
+        idle = float(repo.get_setting(session, IDLE_UNLOAD_SETTING, 900))
+        device = repo.get_setting(session, DEVICE_SETTING, "auto")
+    return LocalEngine(settings().models_dir, device=device, idle_unload_s=idle)
+
+
+@st.cache_resource
+def chat_service() -> ChatService:
+    """Conversations of the local user, answered by the current provider config."""
+    store = config_store()
+    return ChatService(database(), lambda: provider_for_config(store.get_current_config(), engine()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 LANGUAGE = "language"
+CONVERSATION = "chat.conversation"
 
 
 def language() -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.storage import repo
+from core.units import format_bytes, format_duration
 from ui import resources, state
 from ui.i18n import LANGUAGES, language_from_locale, t
 
@@ -51,10 +52,28 @@ def sidebar_status() -> None:
     st.caption(t("status.header"))
     no_provider = t("status.no_provider")
     provider = t("status.provider", name=escape_markdown(current.name)) if current else no_provider
-    lines = [provider, t("status.no_model")]
+    loaded = resources.engine().loaded
+    model_line = (
+        t(
+            "status.loaded",
+            model=loaded.key,
+            device=loaded.device,
+            dtype=loaded.dtype,
+            memory=format_bytes(loaded.memory_bytes),
+        )
+        if loaded
+        else t("status.no_model")
+    )
+    lines = [provider, model_line]
     if downloads:
         lines.append(t("status.downloads_some", count=len(downloads)))
         lines.extend(f"  - {p.key}: {p.fraction:.0%}" for p in downloads)
     else:
         lines.append(t("status.downloads_none"))
     st.markdown("\n".join(f"- {line}" if not line.startswith("  ") else line for line in lines))
+
+    if loaded:
+        left = resources.engine().idle_seconds_left()
+        if left is not None:
+            st.caption(t("status.idle_unload", time=format_duration(left)))
+        st.button(t("status.unload"), icon=":material/eject:", on_click=resources.engine().unload)

@@ -1,0 +1,51 @@
+"""The Chat page over the real engine and a tiny model: a round trip, stats, escaping, conversations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from core.configs import ConfigStore
+from core.storage.db import Database
+from tests.fixtures.tiny_models import install_ready
+from ui import resources
+
+
+@pytest.fixture
+def ready_model(db_url: str, tiny_models: dict[str, Path]) -> str:
+    from core.storage import repo
+
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "tiny", tiny_models["qwen2"])
+    with Database(db_url).begin() as session:
+        repo.add_custom_model(session, "tiny", "test/tiny", "main", {})
+    return "tiny"
+
+
+def test_without_a_ready_model_the_page_says_what_to_do(new_app) -> None:
+    at = new_app()
+    at.run()
+    assert not at.exception
+    assert any("Download one on the Models page" in info.value for info in at.info)
+
+
+def test_chat_round_trip_with_the_tiny_model(new_app, ready_model: str, db_url: str) -> None:
+    at = new_app()
+    at.run()
+    assert at.selectbox(key="chat.model").value == "tiny"
+    assert ConfigStore(Database(db_url)).get_current_config().model == "tiny"
+
+    at.chat_input[0].set_value("Hello <b>there</b> **friend** 你好").run()
+    assert not at.exception
+    user, assistant = at.chat_message
+    assert user.markdown[0].value == r"Hello \<b\>there\</b\> \*\*friend\*\* 你好"  # shown as typed
+    assert "tokens/s" in assistant.caption[-1].value
+    assert "tiny" in assistant.caption[-1].value
+    # the conversation was created, titled after the message, and listed in the sidebar
+    assert any(r"Hello \<b\>there" in button.label for button in at.sidebar.button)
+    assert resources.engine().loaded.key == "tiny"  # the app's shared engine holds the model
+
+    at.button(key="chat.regenerate").click().run()
+    assert not at.exception
+    assert len(at.chat_message) == 2

@@ -1,0 +1,165 @@
+"""The chat service over the real engine and a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from core.chat import ChatService, Trimmed, trim_history
+from core.configs import ConfigStore
+from core.engine import Finished, LocalEngine, TextDelta
+from core.errors import ConfigError, MessageError, NotFoundError
+from core.generation import GenerationParams
+from core.providers import LocalProvider, provider_for_config
+from core.storage.db import Database
+from tests.fixtures.tiny_models import install_ready
+
+
+@pytest.fixture
+def engine(tmp_path: Path, tiny_models: dict[str, Path]) -> LocalEngine:
+    install_ready(tmp_path / "models", "tiny", tiny_models["llama"])
+    return LocalEngine(tmp_path / "models", idle_unload_s=0)
+
+
+@pytest.fixture
+def chat(database: Database, engine: LocalEngine) -> ChatService:
+    store = ConfigStore(database)
+    config = store.use_local_model("tiny")
+    store.update_config(config.id, params=GenerationParams(temperature=0, max_new_tokens=12))
+    return ChatService(database, lambda: provider_for_config(store.get_current_config(), engine))
+
+
+def test_a_reply_streams_and_is_stored_with_its_stats(chat: ChatService) -> None:
+    conversation = chat.new_conversation("测试 chat", system_prompt="Be brief.")
+    events = list(chat.send(conversation.id, "Hello 😀 你好"))
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    stats = next(e.stats for e in events if isinstance(e, Finished))
+    user, reply = chat.messages(conversation.id)
+    assert (user.role, user.content) == ("user", "Hello 😀 你好")
+    assert reply.role == "assistant"
+    assert reply.content == text
+    assert (reply.prompt_tokens, reply.completion_tokens) == (stats.prompt_tokens, stats.completion_tokens)
+    assert reply.finish_reason in ("stop", "length")
+    assert reply.ttft_s is not None
+    assert reply.model == "tiny"
+
+
+def test_stop_keeps_the_partial_reply_marked_stopped(chat: ChatService, database: Database) -> None:
+    store = ConfigStore(database)
+    current = store.get_current_config()
+    store.update_config(current.id, params=GenerationParams(temperature=0, max_new_tokens=400))
+    conversation = chat.new_conversation()
+    stop = threading.Event()
+    pieces = []
+    for event in chat.send(conversation.id, "tell me a long story", stop):
+        if isinstance(event, TextDelta):
+            pieces.append(event.text)
+            if len(pieces) == 3:
+                stop.set()
+    reply = chat.messages(conversation.id)[-1]
+    assert reply.finish_reason == "stopped"
+    assert reply.content == "".join(pieces)
+    assert reply.completion_tokens < 400
+
+
+def test_a_reader_that_leaves_mid_reply_leaves_a_stored_partial(chat: ChatService) -> None:
+    conversation = chat.new_conversation()
+    stream = chat.send(conversation.id, "hi")
+    next(e for e in stream if isinstance(e, TextDelta))
+    stream.close()
+    reply = chat.messages(conversation.id)[-1]
+    assert reply.finish_reason == "stopped"
+
+
+def test_trimming_keeps_the_system_prompt_and_the_newest_turns() -> None:
+    def count(messages: list[dict[str, str]]) -> int:
+        return sum(len(m["content"].split()) for m in messages)
+
+    turns = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} words here"} for i in range(10)
+    ]
+    messages, dropped = trim_history("system rules", turns, budget_tokens=14, count=count)
+    assert messages[0] == {"role": "system", "content": "system rules"}
+    assert [m["content"] for m in messages[1:]] == [
+        "turn 7 words here",
+        "turn 8 words here",
+        "turn 9 words here",
+    ]
+    assert dropped == 7
+    with pytest.raises(MessageError, match="too long for this model's context"):
+        trim_history("", [{"role": "user", "content": "word " * 50}], budget_tokens=10, count=count)
+
+
+def test_a_long_history_is_trimmed_with_a_note(chat: ChatService, database: Database) -> None:
+    conversation = chat.new_conversation(system_prompt="You are a helpful assistant.")
+    params = GenerationParams(temperature=0, max_new_tokens=200)  # the tiny model's context is 512
+    chat.set_options(conversation.id, "You are a helpful assistant.", params)
+    for i in range(8):
+        list(chat.send(conversation.id, f"message number {i} hello"))
+    events = list(chat.send(conversation.id, "last one"))
+    assert isinstance(events[0], Trimmed)
+    assert events[0].dropped > 0
+    assert isinstance(events[-1], Finished)
+    assert events[-1].stats.prompt_tokens <= 512 - 200
+    assert len(chat.messages(conversation.id)) == 18  # trimming only shapes the prompt, nothing is deleted
+
+
+def test_regenerate_replaces_the_answer_and_edit_resends(chat: ChatService) -> None:
+    conversation = chat.new_conversation()
+    list(chat.send(conversation.id, "first question"))
+    first_reply = chat.messages(conversation.id)[-1]
+    list(chat.regenerate(conversation.id))
+    messages = chat.messages(conversation.id)
+    assert [m.role for m in messages] == ["user", "assistant"]
+    assert messages[-1].created_at > first_reply.created_at  # a new answer (SQLite may reuse the id)
+    list(chat.edit_last(conversation.id, "edited question"))
+    messages = chat.messages(conversation.id)
+    assert [m.content for m in messages if m.role == "user"] == ["edited question"]
+    assert len(messages) == 2
+
+
+def test_conversations_rename_search_export_delete_and_owners(chat: ChatService, database: Database) -> None:
+    conversation = chat.new_conversation("Trip to 杭州")
+    list(chat.send(conversation.id, "<script>alert(1)</script> what about 西湖?"))
+    chat.rename(conversation.id, "Hangzhou trip")
+    assert [c.title for c in chat.conversations(search="西湖")] == ["Hangzhou trip"]
+    assert chat.conversations(search="nowhere") == []
+    markdown = chat.export_markdown(conversation.id)
+    assert markdown.startswith("# Hangzhou trip")
+    assert "<script>alert(1)</script> what about 西湖?" in markdown
+    exported = json.loads(chat.export_json(conversation.id))
+    assert exported["conversation"]["title"] == "Hangzhou trip"
+    assert [m["role"] for m in exported["messages"]] == ["user", "assistant"]
+
+    someone_else = ChatService(database, chat.provider, owner="bob")
+    assert someone_else.conversations() == []
+    with pytest.raises(NotFoundError):
+        someone_else.messages(conversation.id)
+    chat.delete(conversation.id)
+    assert chat.conversations() == []
+
+
+def test_empty_messages_and_missing_models_give_clear_errors(chat: ChatService, database: Database) -> None:
+    conversation = chat.new_conversation()
+    with pytest.raises(MessageError, match="empty"):
+        chat.send(conversation.id, "   ")
+    nothing_chosen = ChatService(
+        database, lambda: provider_for_config(None, LocalEngine(Path("/nonexistent")))
+    )
+    with pytest.raises(ConfigError, match="No model is selected"):
+        list(nothing_chosen.send(conversation.id, "hi"))
+    assert chat.messages(conversation.id)[-1].content == "hi"  # the user's message is kept
+
+
+def test_seed_api_keeps_history_per_chat_id(database: Database, engine: LocalEngine) -> None:
+    chat = ChatService(database, lambda: LocalProvider(engine, "tiny"))
+    first = chat.get_single_response("test_chat", "你好，请介绍一下自己")
+    assert isinstance(first, str)
+    streamed = "".join(chat.stream_response("test_chat", "and again"))
+    assert isinstance(streamed, str)
+    [conversation] = chat.conversations()
+    assert conversation.title == "test_chat"
+    assert [m.role for m in chat.messages(conversation.id)] == ["user", "assistant", "user", "assistant"]

@@ -1,5 +1,7 @@
 import streamlit as st
 
+from core.engine import DEVICE_CHOICES
+from core.storage import repo
 from core.storage.db import display_url
 from core.units import format_bytes
 from ui import resources
@@ -43,6 +45,23 @@ with disk.container(border=True):
     st.caption(info.disk_path)
 
 st.subheader(t("settings.section"))
+st.markdown(f"**{t('settings.engine')}**")
+engine = resources.engine()
+device_column, idle_column = st.columns(2)
+device = device_column.selectbox(
+    t("settings.device"), DEVICE_CHOICES, index=DEVICE_CHOICES.index(engine.device_preference),
+    help=t("settings.device_help"), key="settings.device",
+)  # fmt: skip
+idle_minutes = idle_column.number_input(
+    t("settings.idle_unload"), min_value=0, max_value=24 * 60, value=round(engine.idle_unload_s / 60),
+    step=5, key="settings.idle",
+)  # fmt: skip
+if device != engine.device_preference or idle_minutes * 60 != engine.idle_unload_s:
+    engine.device_preference, engine.idle_unload_s = device, idle_minutes * 60.0
+    with resources.database().begin() as session:
+        repo.set_setting(session, resources.DEVICE_SETTING, device)
+        repo.set_setting(session, resources.IDLE_UNLOAD_SETTING, engine.idle_unload_s)
+    st.toast(t("settings.saved"))
 settings = resources.settings()
 st.text_input(t("settings.models_dir"), value=str(settings.models_dir), disabled=True)
 st.text_input(t("settings.database"), value=display_url(settings.db_url), disabled=True)

@@ -150,6 +150,7 @@ def actions(spec: ModelSpec) -> None:
             )
         )
     if status.kind == "ready":
+        buttons.append((t("models.use_for_chat"), f"use-{key}", use_for_chat, (key,), "primary"))
         buttons.append((t("models.action.verify"), f"verify-{key}", verify, (key,), "secondary"))
         redownload = (lambda: library.redownload(key),)
         buttons.append(
@@ -176,6 +177,11 @@ def actions(spec: ModelSpec) -> None:
         st.button(
             t("models.confirm_yes"), key=f"delete-yes-{key}", type="primary", on_click=delete, args=(key,)
         )
+
+
+def use_for_chat(key: str) -> None:
+    resources.config_store().use_local_model(key)
+    st.session_state["models.flash"] = ("success", t("models.now_current", key=key))
 
 
 def ask_delete(key: str) -> None:

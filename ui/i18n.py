@@ -244,6 +244,17 @@ MESSAGES: dict[str, dict[str, str]] = {
     "settings.database": {"en": "Database", "zh": "数据库"},
     "settings.endpoints": {"en": "Download endpoints, in order", "zh": "下载地址（按顺序尝试）"},
     "settings.configs": {"en": "Provider configs", "zh": "模型服务配置"},
+    "settings.engine": {"en": "Local engine", "zh": "本地推理引擎"},
+    "settings.device": {"en": "Device", "zh": "运行设备"},
+    "settings.device_help": {
+        "en": "auto: CUDA GPU, then Apple MPS, then CPU. Applies at the next model load.",
+        "zh": "auto：依次选择 CUDA 显卡、Apple MPS、CPU。下次加载模型时生效。",
+    },
+    "settings.idle_unload": {
+        "en": "Unload the model after this many idle minutes (0 = never)",
+        "zh": "空闲多少分钟后卸载模型（0 = 从不）",
+    },
+    "settings.saved": {"en": "Saved.", "zh": "已保存。"},
     "settings.no_configs": {"en": "No provider configs yet.", "zh": "暂无模型服务配置。"},
     "settings.current": {"en": "current", "zh": "当前"},
     "error.storage": {

@@ -84,8 +84,11 @@ def test_faults_cut_reset_and_status_then_recover(hub: HubServer):
     hub.add_fault(Fault(path="model.safetensors", status=503, times=1))
 
     assert len(_get(hub, path)[2]) == 1000
-    with pytest.raises(ConnectionResetError):
-        _get(hub, path)
+    try:  # the RST may land before or after the client has read the bytes that were sent
+        cut = _get(hub, path)[2]
+    except ConnectionResetError:
+        cut = b""
+    assert len(cut) <= 2000
     assert _get(hub, path)[0] == 503
     assert _get(hub, path)[2] == data
     log = hub.requests("GET", "model.safetensors")

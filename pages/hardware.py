@@ -66,7 +66,7 @@ settings = resources.settings()
 st.text_input(t("settings.models_dir"), value=str(settings.models_dir), disabled=True)
 st.text_input(t("settings.database"), value=display_url(settings.db_url), disabled=True)
 st.markdown(f"**{t('settings.endpoints')}**")
-st.markdown("\n".join(f"{i}. `{url}`" for i, url in enumerate(settings.endpoints, start=1)))
+st.markdown("\n".join(f"{i}. `{url}`" for i, url in enumerate(resources.library().endpoints(), start=1)))
 
 st.markdown(f"**{t('settings.configs')}**")
 configs = resources.config_store().list_configs()

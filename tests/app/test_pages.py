@@ -6,6 +6,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.configs import ConfigStore
+from core.library import ModelLibrary
+from core.settings import load_settings
 from core.storage.db import Database
 
 PAGES = {
@@ -81,10 +83,14 @@ def test_hardware_page_lists_configs_with_masked_keys(new_app, db_url: str) -> N
     ConfigStore(Database(db_url)).save_config(
         "openai_compatible", "gpt", "http://127.0.0.1:1/v1", "sk-hidden-5678"
     )
+    ModelLibrary(Database(db_url), load_settings()).set_endpoints(
+        ["http://mirror.test", "http://127.0.0.1:9"]
+    )
     at = new_app()
     at.run()
     at.switch_page("pages/hardware.py").run()
     assert not at.exception
     body = " ".join(m.value for m in at.markdown)
     assert "••••5678" in body and "sk-hidden" not in body
+    assert "1. `http://mirror.test`\n2. `http://127.0.0.1:9`" in body  # the order saved on the Models page
     assert [m.label for m in at.metric][:4] == ["CPU", "Memory (RAM)", "GPU", "Free disk (models)"]

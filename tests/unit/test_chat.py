@@ -163,3 +163,37 @@ def test_seed_api_keeps_history_per_chat_id(database: Database, engine: LocalEng
     [conversation] = chat.conversations()
     assert conversation.title == "test_chat"
     assert [m.role for m in chat.messages(conversation.id)] == ["user", "assistant", "user", "assistant"]
+
+
+def test_cli_chat_prompt_with_stats_and_a_piped_repl(tiny_models: dict[str, Path], db_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from core.settings import PROJECT_ROOT
+    from core.storage import repo
+
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "tiny", tiny_models["qwen2"])
+    with Database(db_url).begin() as session:
+        repo.add_custom_model(session, "tiny", "test/tiny", "main", {})
+    command = [sys.executable, "-m", "core", "chat", "tiny", "--max-new-tokens", "8"]
+    one = subprocess.run(
+        [*command, "--prompt", "你好", "--ignore-eos", "--stats"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, env=os.environ, timeout=120,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    stats = json.loads(one.stdout.strip().splitlines()[-1])
+    assert stats["completion_tokens"] == 8
+    assert stats["device"] == "cpu"
+    assert set(stats) >= {"prompt_tokens", "ttft_s", "decode_tps", "load_s", "peak_rss_mb", "dtype"}
+
+    repl = subprocess.run(
+        command, input="first line\n\nsecond line\n", cwd=PROJECT_ROOT, capture_output=True, text=True,
+        env=os.environ, timeout=120,
+    )  # fmt: skip
+    assert repl.returncode == 0, repl.stderr
+    with Database(db_url).begin() as session:
+        conversations = repo.list_conversations(session, "cli")
+        latest = repo.list_messages(session, conversations[0].id)
+    assert [m.content for m in latest if m.role == "user"] == ["first line", "second line"]
+    assert [m.role for m in latest] == ["user", "assistant", "user", "assistant"]

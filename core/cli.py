@@ -217,6 +217,41 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the local models over an OpenAI-compatible API (a token is required off loopback)."""
+    import secrets
+
+    import uvicorn
+
+    from core.engine import LocalEngine
+    from core.server import SERVER_STATUS_SETTING, create_app, is_loopback, server_urls
+    from core.storage import repo
+
+    settings = load_settings()
+    db = Database(settings.db_url)
+    library = ModelLibrary(db, settings)
+    api_key = os.environ.get("LOCALLLM_API_KEY") or None
+    if api_key is None and not is_loopback(args.host):
+        api_key = secrets.token_urlsafe(24)
+        print(f"API key (send it as 'Authorization: Bearer <key>'): {api_key}")
+    engine = LocalEngine(settings.models_dir)
+    if args.model:
+        engine.load(library.get(args.model).key)
+
+    def ready_models() -> list[str]:
+        return [spec.key for spec in library.models() if library.status(spec.key).kind == "ready"]
+
+    status = {"pid": os.getpid(), "host": args.host, "port": args.port, "token_required": bool(api_key)}
+    with db.begin() as session:
+        repo.set_setting(session, SERVER_STATUS_SETTING, status)
+    for url in server_urls(args.host, args.port):
+        print(f"OpenAI-compatible API at {url}")
+    uvicorn.run(
+        create_app(engine, ready_models, api_key), host=args.host, port=args.port, log_level="warning"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m core", description="LocalLLM Dashboard: download, check and chat with small LLMs."
@@ -247,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--stats", action="store_true", help="print one JSON line of statistics per reply")
     chat.add_argument("--force", action="store_true", help="load even if memory looks insufficient")
     chat.set_defaults(func=cmd_chat)
+
+    serve = commands.add_parser("serve", help="serve local models over an OpenAI-compatible HTTP API")
+    serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 for the LAN (then a token is required)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", metavar="KEY", help="load this model at start")
+    serve.set_defaults(func=cmd_serve)
 
     verify = commands.add_parser("verify", help="check every file of a downloaded model (size and hash)")
     verify.add_argument("model", metavar="KEY")

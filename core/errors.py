@@ -104,3 +104,9 @@ class MessageError(LocalLLMError):
     """A chat message cannot be sent as it is (empty, or longer than the model's context)."""
 
     code = "error.message"
+
+
+class ProviderError(LocalLLMError):
+    """A remote OpenAI-compatible server could not answer; the message says why in plain words."""
+
+    code = "error.provider"

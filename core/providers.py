@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from core.engine import Event, LocalEngine
-from core.errors import ConfigError
+from core.engine import Event, Finished, LocalEngine, ReplyStats, TextDelta
+from core.errors import ConfigError, ProviderError
 from core.generation import GenerationParams
 from core.storage.records import ProviderConfig
 
@@ -53,13 +54,125 @@ class LocalProvider:
         return self.engine.stream(self.model, messages, params, stop, ignore_eos=ignore_eos)
 
 
+REMOTE_CONTEXT_TOKENS = 8192  # assumed when a server does not say; trimming uses it
+
+
+def _explain(exc: Exception, base_url: str) -> ProviderError:
+    """Turn an openai client error into one clear sentence (never a traceback, never the key)."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError(f"{base_url} did not answer in time. Check that the server is running.")
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError(
+            f"Cannot connect to {base_url}: the server is not running, the address is wrong, or the "
+            "network is down."
+        )
+    if isinstance(exc, openai.AuthenticationError):
+        return ProviderError("The server refused the API key (401). Check the key in Settings.")
+    if isinstance(exc, openai.PermissionDeniedError):
+        return ProviderError("The server does not allow this key to use this model (403).")
+    if isinstance(exc, openai.NotFoundError):
+        return ProviderError("The server does not know this model (404). Pick one with 'Refresh models'.")
+    if isinstance(exc, openai.RateLimitError):
+        return ProviderError(
+            "The server is busy or the key's rate limit is reached (429); try again shortly."
+        )
+    if isinstance(exc, openai.APIStatusError):
+        return ProviderError(f"The server answered with an error (HTTP {exc.status_code}).")
+    return ProviderError(f"The server's answer could not be read: {exc.__class__.__name__}.")
+
+
+class OpenAICompatibleProvider:
+    """Any OpenAI-compatible server (vLLM, Ollama, LM Studio, OpenAI) through the official client."""
+
+    def __init__(self, base_url: str, api_key: str | None, model: str, timeout_s: float = 60.0) -> None:
+        import openai
+
+        self.base_url = base_url
+        self.model = model
+        self.context_length = REMOTE_CONTEXT_TOKENS
+        # max_retries: the client retries connection errors, 429 and 5xx with exponential backoff.
+        self._client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=3
+        )
+
+    def list_models(self) -> list[str]:
+        import openai
+
+        try:
+            return sorted(model.id for model in self._client.models.list())
+        except openai.OpenAIError as exc:
+            raise _explain(exc, self.base_url) from exc
+
+    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        """An estimate (a remote tokenizer is not available here): about 3 characters a token."""
+        return sum(len(m["content"]) // 3 + 4 for m in messages)
+
+    def stream(
+        self,
+        messages: Sequence[dict[str, str]],
+        params: GenerationParams,
+        stop: threading.Event,
+        *,
+        ignore_eos: bool = False,
+    ) -> Iterator[Event]:
+        import openai
+
+        started = time.perf_counter()
+        first_at: float | None = None
+        pieces = 0
+        finish, usage = None, None
+        try:
+            response = self._client.chat.completions.create(
+                model=self.model,
+                messages=list(messages),  # type: ignore[arg-type]
+                stream=True,
+                stream_options={"include_usage": True},
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_new_tokens,
+            )
+            with response:
+                for chunk in response:
+                    if stop.is_set():
+                        finish = "stopped"
+                        break  # leaving the block closes the connection: the server stops too
+                    usage = chunk.usage or usage
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    if choice.delta.content:
+                        first_at = first_at or time.perf_counter()
+                        pieces += 1
+                        yield TextDelta(choice.delta.content)
+                    if choice.finish_reason:
+                        finish = "length" if choice.finish_reason == "length" else "stop"
+        except openai.OpenAIError as exc:
+            error = _explain(exc, self.base_url)
+            if pieces:
+                error = ProviderError(f"The reply broke off midway: {error.message}")
+            raise error from exc
+        if finish is None:  # no finish reason: the connection ended before the reply did
+            raise ProviderError("The reply broke off midway: the server closed the connection early.")
+        completion = usage.completion_tokens if usage else pieces
+        decode_s = time.perf_counter() - first_at if first_at else 0.0
+        yield Finished(
+            ReplyStats(
+                prompt_tokens=usage.prompt_tokens if usage else self.count_tokens(messages),
+                completion_tokens=completion,
+                ttft_s=first_at - started if first_at else None,
+                tokens_per_s=(completion - 1) / decode_s if decode_s > 0 and completion > 1 else None,
+                finish_reason=finish,
+                model=self.model,
+            )
+        )
+
+
 def provider_for_config(config: ProviderConfig | None, engine: LocalEngine) -> ChatProvider:
     """The provider for the current config (`None`: nothing chosen yet)."""
     if config is None:
         raise ConfigError("No model is selected: download one on the Models page and choose it for chat.")
     if config.provider == "local_model":
         return LocalProvider(engine, config.model)
-    raise ConfigError(
-        f"{config.name}: OpenAI-compatible servers cannot be used for chat in this version yet.",
-        provider=config.provider,
-    )
+    return OpenAICompatibleProvider(config.base_url or "", config.api_key, config.model)

@@ -1,0 +1,116 @@
+"""The OpenAI-compatible provider against `core serve` and against servers that fail on purpose."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from core.chat import ChatService
+from core.configs import ConfigStore
+from core.engine import Finished, LocalEngine, TextDelta
+from core.errors import ProviderError
+from core.generation import GenerationParams
+from core.providers import OpenAICompatibleProvider, provider_for_config
+from core.storage.db import Database
+from tests.fixtures.openai_faults import FaultyOpenAIServer
+from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+SHORT = GenerationParams(temperature=0, max_new_tokens=8)
+
+
+def _stream(provider: OpenAICompatibleProvider, stop: threading.Event | None = None) -> list:
+    return list(provider.stream(MESSAGES, SHORT, stop or threading.Event()))
+
+
+def test_a_whole_conversation_through_core_serve(engine: LocalEngine, database: Database) -> None:  # noqa: F811
+    with serving(engine, api_key="k-1234") as url:
+        store = ConfigStore(database)
+        config_id = store.save_config("openai_compatible", "tiny", url, "k-1234", name="My server")
+        store.update_config(config_id, params=SHORT)
+        store.set_current_config(config_id)
+        chat = ChatService(database, lambda: provider_for_config(store.get_current_config(), engine))
+        assert OpenAICompatibleProvider(url, "k-1234", "tiny").list_models() == ["tiny"]
+        conversation = chat.new_conversation("remote")
+        for question in ("first question", "second question"):
+            events = list(chat.send(conversation.id, question))
+            assert any(isinstance(e, TextDelta) for e in events)
+            assert events[-1].stats.completion_tokens == 8
+        messages = chat.messages(conversation.id)
+        assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
+        assert messages[-1].model == "tiny"
+        assert messages[-1].prompt_tokens > messages[1].prompt_tokens  # the history was sent along
+
+
+def test_stop_works_across_the_wire(engine: LocalEngine) -> None:  # noqa: F811
+    with serving(engine) as url:
+        provider = OpenAICompatibleProvider(url, None, "tiny")
+        stop = threading.Event()
+        received = []
+        for event in provider.stream(MESSAGES, GenerationParams(temperature=0, max_new_tokens=3000), stop):
+            if isinstance(event, TextDelta):
+                received.append(event)
+                if len(received) == 3:
+                    stop.set()
+            elif isinstance(event, Finished):
+                assert event.stats.finish_reason == "stopped"
+        deadline = time.monotonic() + 5
+        while any(t.name.startswith("generate-") for t in threading.enumerate()):
+            assert time.monotonic() < deadline, "the server kept generating after Stop"
+            time.sleep(0.05)
+
+
+def test_failures_become_clear_messages(engine: LocalEngine) -> None:  # noqa: F811
+    with pytest.raises(ProviderError, match=r"Cannot connect to http://127\.0\.0\.1:9/v1"):
+        _stream(OpenAICompatibleProvider("http://127.0.0.1:9/v1", None, "m"))
+    with serving(engine, api_key="right") as url:
+        with pytest.raises(ProviderError, match="refused the API key"):
+            _stream(OpenAICompatibleProvider(url, "wrong", "tiny"))
+        with pytest.raises(ProviderError, match="does not know this model"):
+            _stream(OpenAICompatibleProvider(url, "right", "nope"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "message", "tries"),
+    [("status:429", "rate limit", 4), ("status:503", "HTTP 503", 4), ("status:500", "HTTP 500", 4)],
+)
+def test_rate_limits_and_server_errors_are_retried_then_explained(
+    mode: str, message: str, tries: int
+) -> None:
+    with FaultyOpenAIServer(mode) as server:
+        with pytest.raises(ProviderError, match=message):
+            _stream(OpenAICompatibleProvider(server.url, None, "m"))
+        assert server.requests == tries  # the first try and 3 retries with backoff
+
+
+def test_a_timeout_is_explained() -> None:
+    with FaultyOpenAIServer("silent") as server:
+        provider = OpenAICompatibleProvider(server.url, None, "m", timeout_s=0.3)
+        with pytest.raises(ProviderError, match="did not answer in time"):
+            _stream(provider)
+
+
+def test_a_stream_that_breaks_midway_keeps_the_partial_reply(database: Database) -> None:
+    with FaultyOpenAIServer("broken") as server:
+        chat = ChatService(database, lambda: OpenAICompatibleProvider(server.url, None, "m"))
+        conversation = chat.new_conversation()
+        received: list[str] = []
+
+        def consume() -> None:
+            received.extend(e.text for e in chat.send(conversation.id, "hi") if isinstance(e, TextDelta))
+
+        with pytest.raises(ProviderError, match="broke off midway"):
+            consume()
+        reply = chat.messages(conversation.id)[-1]
+        assert reply.content == "Hello wor" == "".join(received)
+        assert reply.finish_reason == "error"
+
+
+def test_the_api_key_never_appears_in_errors(engine: LocalEngine) -> None:  # noqa: F811
+    secret = "sk-never-show-this-9999"
+    with serving(engine, api_key="other") as url, pytest.raises(ProviderError) as raised:
+        _stream(OpenAICompatibleProvider(url, secret, "tiny"))
+    assert secret not in str(raised.value)
+    assert secret not in repr(raised.value.params)

@@ -1,0 +1,164 @@
+"""`core serve` spoken to by the official openai client, over loopback, with a real tiny model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+import uvicorn
+
+from core.engine import LocalEngine
+from core.server import create_app
+from core.settings import PROJECT_ROOT
+from tests.e2e.conftest import free_port
+from tests.fixtures.tiny_models import build_tiny_model, install_ready
+
+MESSAGES = [{"role": "user", "content": "Hello 你好"}]
+
+
+@pytest.fixture(scope="module")
+def long_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("served") / "m", "llama", hidden_size=128, context=4096)
+
+
+@pytest.fixture
+def engine(tmp_path: Path, long_model: Path) -> LocalEngine:
+    install_ready(tmp_path / "models", "tiny", long_model)
+    return LocalEngine(tmp_path / "models", idle_unload_s=0, max_waiting=1)
+
+
+@contextmanager
+def serving(engine: LocalEngine, api_key: str | None = None) -> Iterator[str]:
+    port = free_port()
+    app = create_app(engine, lambda: ["tiny"], api_key)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _client(url: str, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=30)
+
+
+def test_models_single_and_streamed_replies(engine: LocalEngine) -> None:
+    with serving(engine) as url:
+        client = _client(url)
+        assert [m.id for m in client.models.list()] == ["tiny"]
+
+        reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=10, temperature=0)
+        assert reply.choices[0].message.role == "assistant"
+        assert reply.choices[0].finish_reason == "length"
+        assert reply.usage.completion_tokens == 10
+        assert reply.usage.prompt_tokens > 3
+
+        stream = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=10, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == reply.choices[0].message.content  # greedy: the same reply either way
+        assert chunks[-1].usage.completion_tokens == 10
+        assert any(c.choices and c.choices[0].finish_reason == "length" for c in chunks)
+
+
+def test_errors_are_openai_style(engine: LocalEngine) -> None:
+    with serving(engine, api_key="secret-token") as url:
+        with pytest.raises(openai.AuthenticationError):
+            _client(url, "wrong").models.list()
+        client = _client(url, "secret-token")
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            client.chat.completions.create(model="gpt-9", messages=MESSAGES)
+        bad = httpx2.post(
+            f"{url}/chat/completions", content=b"{not json", headers={"Authorization": "Bearer secret-token"}
+        )
+        assert bad.status_code == 400
+        assert bad.json()["error"]["code"] == "invalid_json"
+        with pytest.raises(openai.BadRequestError, match="messages"):
+            client.chat.completions.create(model="tiny", messages=[])
+
+
+def test_beyond_the_queue_cap_gets_429_with_retry_after(engine: LocalEngine) -> None:
+    with serving(engine) as url:
+        client = _client(url)
+        running = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=3000, stream=True
+        )
+        next(iter(running))
+        waiting = threading.Thread(
+            target=lambda: client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4)
+        )
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while engine.waiting < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        refused = httpx2.post(f"{url}/chat/completions", json={"model": "tiny", "messages": MESSAGES})
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "5"
+        running.close()
+        waiting.join(30)
+
+
+def test_a_client_that_disconnects_stops_generation(engine: LocalEngine) -> None:
+    with serving(engine) as url:
+        stream = _client(url).chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=3000, temperature=0, stream=True
+        )
+        iterator = iter(stream)
+        for _ in range(3):
+            next(iterator)
+        stream.close()
+        deadline = time.monotonic() + 5
+        while any(t.name.startswith("generate-") for t in threading.enumerate()):
+            assert time.monotonic() < deadline, "generation went on after the client left"
+            time.sleep(0.05)
+        # the engine is free again
+        reply = _client(url).chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4)
+        assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_serve_off_loopback_generates_and_requires_a_token(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "LOCALLLM_API_KEY"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "core", "serve", "--host", "0.0.0.0", "--port", str(port)],
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        first = process.stdout.readline()
+        assert first.startswith("API key")
+        key = first.strip().rsplit(" ", 1)[-1]
+        url = f"http://127.0.0.1:{port}/v1/models"  # requests only ever go to loopback
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                unauthorized = httpx2.get(url)
+                break
+            except httpx2.ConnectError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert unauthorized.status_code == 401
+        authorized = httpx2.get(url, headers={"Authorization": f"Bearer {key}"})
+        assert authorized.status_code == 200
+        assert authorized.json()["object"] == "list"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)

@@ -28,6 +28,7 @@ from core.errors import (
     QueueFullError,
 )
 from core.generation import GenerationParams
+from core.storage.db import Database
 
 RETRY_AFTER_S = 5
 
@@ -225,3 +226,16 @@ def server_urls(host: str, port: int) -> list[str]:
     """The base URLs a client would use for a server bound to `host`."""
     hosts = lan_addresses() if host in ("0.0.0.0", "::") else [host]
     return [f"http://{h}:{port}/v1" for h in hosts] or [f"http://127.0.0.1:{port}/v1"]
+
+
+def server_status(db: Database) -> dict[str, Any] | None:
+    """The running `core serve` (pid, host, port, token_required), or None when none is running."""
+    import psutil
+
+    from core.storage import repo
+
+    with db.begin() as session:
+        status = repo.get_setting(session, SERVER_STATUS_SETTING)
+    if not status or not psutil.pid_exists(int(status["pid"])):
+        return None
+    return status

@@ -18,16 +18,38 @@ store = resources.config_store()
 
 
 def pick_model() -> str | None:
-    """The ready local model to chat with (made the current config); None when there is none."""
-    ready = [spec.key for spec in library.models() if library.status(spec.key).kind == "ready"]
-    if not ready:
+    """Choose what answers: a ready local model or a remote config (made current); None if neither."""
+    choices: dict[str, tuple[str, int | str]] = {}
+    for spec in library.models():
+        if library.status(spec.key).kind == "ready":
+            choices[spec.key] = ("local", spec.key)
+    for config in store.list_configs():
+        if config.provider == "openai_compatible":
+            choices[f"{config.name} · {config.model} ({t('providers.remote')})"] = ("config", config.id)
+    if not choices:
         return None
     current = store.get_current_config()
-    index = ready.index(current.model) if current and current.model in ready else 0
-    choice = st.selectbox(t("chat.model"), ready, index=index, key="chat.model", help=t("chat.pick_model"))
-    if current is None or current.provider != "local_model" or current.model != choice:
-        store.use_local_model(choice)
-    return choice
+
+    def is_current(kind: str, value: int | str) -> bool:
+        if current is None:
+            return False
+        if kind == "config":
+            return value == current.id
+        return current.provider == "local_model" and value == current.model
+
+    first = next(iter(choices))
+    selected = next((label for label, choice in choices.items() if is_current(*choice)), first)
+    labels = list(choices)
+    label = st.selectbox(
+        t("chat.model"), labels, index=labels.index(selected), key="chat.model", help=t("chat.pick_model")
+    )
+    kind, value = choices[label]
+    if label != selected or current is None:
+        if kind == "local":
+            store.use_local_model(str(value))
+        else:
+            store.set_current_config(int(value))
+    return label
 
 
 def select(conversation_id: int | None) -> None:

@@ -91,6 +91,8 @@ def test_hardware_page_lists_configs_with_masked_keys(new_app, db_url: str) -> N
     at.switch_page("pages/hardware.py").run()
     assert not at.exception
     body = " ".join(m.value for m in at.markdown)
-    assert "••••5678" in body and "sk-hidden" not in body
+    assert at.text_input(key="p1.key").value == ""  # the stored key is never sent to the page
+    assert "••••5678" in at.text_input(key="p1.key").placeholder
+    assert "sk-hidden" not in repr(at._tree)
     assert "1. `http://mirror.test`\n2. `http://127.0.0.1:9`" in body  # the order saved on the Models page
     assert [m.label for m in at.metric][:4] == ["CPU", "Memory (RAM)", "GPU", "Free disk (models)"]

@@ -1,0 +1,70 @@
+"""Provider configs round trip through the Settings page against a real `core serve` on loopback."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.configs import ConfigStore
+from core.engine import LocalEngine
+from core.storage.db import Database
+from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
+
+SECRET = "k-secret-1234"
+
+
+def test_add_test_refresh_save_use_and_delete_a_server(new_app, engine: LocalEngine, db_url: str) -> None:  # noqa: F811
+    with serving(engine, api_key=SECRET) as url:
+        at = new_app()
+        at.switch_page("pages/hardware.py").run()
+        at.text_input(key="pnew.url").input(url)
+        at.text_input(key="pnew.key").input(SECRET)
+        at.button(key="pnew.refresh").click().run()
+        assert not at.exception
+        assert any("2 models" in s.value or "1 models" in s.value for s in at.success)
+        assert at.selectbox(key="pnew.model.select").options == ["tiny"]
+        at.text_input(key="pnew.name").input("GPU box")
+        at.button(key="pnew.save").click().run()
+        assert any("Saved GPU box" in s.value for s in at.success)
+
+        store = ConfigStore(Database(db_url))
+        [config] = store.list_configs()
+        assert (config.name, config.base_url, config.model, config.api_key) == (
+            "GPU box",
+            url,
+            "tiny",
+            SECRET,
+        )
+        assert at.text_input(key="pnew.key").value == ""  # the form was cleared
+        assert SECRET not in repr(at._tree)  # never sent to the browser, even masked fields
+        assert config.masked_api_key in at.text_input(key=f"p{config.id}.key").placeholder
+
+        at.button(key=f"p{config.id}.use").click().run()
+        assert store.get_current_config().id == config.id
+        at.switch_page("pages/chat.py").run()
+        assert not at.exception
+        assert at.selectbox(key="chat.model").value.startswith("GPU box · tiny")
+
+        at.switch_page("pages/hardware.py").run()
+        at.button(key=f"p{config.id}.delete").click().run()
+        at.button(key=f"p{config.id}.delete-yes").click().run()
+        assert store.list_configs() == []
+
+
+def test_a_bad_server_gives_a_clear_message(new_app) -> None:
+    at = new_app()
+    at.switch_page("pages/hardware.py").run()
+    at.text_input(key="pnew.url").input("http://127.0.0.1:9/v1")
+    at.button(key="pnew.test").click().run()
+    assert not at.exception
+    assert any("Cannot connect to http://127.0.0.1:9/v1" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("bad_url", ["ftp://x", "not a url"])
+def test_an_invalid_base_url_is_refused(new_app, db_url: str, bad_url: str) -> None:
+    at = new_app()
+    at.switch_page("pages/hardware.py").run()
+    at.text_input(key="pnew.url").input(bad_url)
+    at.text_input(key="pnew.model.text").input("m")
+    at.button(key="pnew.save").click().run()
+    assert any("base URL must start with http" in e.value for e in at.error), [e.value for e in at.error]
+    assert ConfigStore(Database(db_url)).list_configs() == []

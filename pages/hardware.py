@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import streamlit as st
 
 from core.engine import DEVICE_CHOICES
@@ -9,7 +11,7 @@ from core.storage.db import display_url
 from core.units import format_bytes
 from ui import resources
 from ui.i18n import error_text, t
-from ui.widgets import escape_markdown
+from ui.widgets import download_settings, escape_markdown
 
 st.title(t("hardware.title"))
 
@@ -66,10 +68,25 @@ if device != engine.device_preference or idle_minutes * 60 != engine.idle_unload
         repo.set_setting(session, resources.IDLE_UNLOAD_SETTING, engine.idle_unload_s)
     st.toast(t("settings.saved"))
 settings = resources.settings()
-st.text_input(t("settings.models_dir"), value=str(settings.models_dir), disabled=True)
+with st.form("models-dir", border=False):
+    new_dir = st.text_input(
+        t("settings.models_dir"), value=str(settings.models_dir), help=t("settings.models_dir_help"),
+        key="models-dir-input",
+    )  # fmt: skip
+    changed = new_dir.strip() != str(settings.models_dir)
+    if st.form_submit_button(t("settings.change_dir"), key="models-dir-submit") and changed:
+        target = Path(new_dir.strip()).expanduser()
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            st.error(t("settings.dir_error", path=str(target), reason=exc.strerror or str(exc)))
+        else:
+            resources.change_models_dir(str(target.resolve()))
+            st.rerun()
 st.text_input(t("settings.database"), value=display_url(settings.db_url), disabled=True)
 st.markdown(f"**{t('settings.endpoints')}**")
 st.markdown("\n".join(f"{i}. `{url}`" for i, url in enumerate(resources.library().endpoints(), start=1)))
+download_settings()
 
 st.subheader(t("providers.title"))
 st.caption(t("providers.intro"))

@@ -8,7 +8,7 @@ from core.library import DownloadPlan, ModelLibrary
 from core.units import format_bytes, format_count, format_duration
 from ui import resources, state
 from ui.i18n import error_text, t
-from ui.widgets import escape_markdown
+from ui.widgets import download_settings, escape_markdown
 
 ACTIVE_POLL_S = 1.0
 language = state.language() or "en"
@@ -265,34 +265,6 @@ def add_model_form() -> None:
                 st.rerun()
 
 
-def endpoints_form() -> None:
-    with st.expander(t("models.endpoints.title")):
-        st.caption(t("models.endpoints.help"))
-        text = st.text_area(t("models.endpoints.title"), value="\n".join(library.endpoints()),
-                            label_visibility="collapsed", height=110)  # fmt: skip
-        save, test = st.columns(2)
-        if save.button(t("models.endpoints.save")):
-            try:
-                library.set_endpoints(text.splitlines())
-            except LocalLLMError as exc:
-                st.error(error_text(exc))
-            else:
-                st.success(t("models.endpoints.saved"))
-        if test.button(t("models.endpoints.test")):
-            for url in library.endpoints():
-                probe = library.probe_endpoint(url)
-                if probe.ok:
-                    st.success(t("models.endpoints.ok", url=url, ms=f"{probe.latency_ms:.0f}"))
-                else:
-                    st.error(t("models.endpoints.bad", url=url, error=probe.error))
-        st.toggle(
-            t("models.auto_resume"),
-            value=library.auto_resume,
-            key="models.auto-resume",
-            on_change=lambda: library.set_auto_resume(st.session_state["models.auto-resume"]),
-        )
-
-
 st.title(t("models.title"))
 st.caption(t("models.intro"))
 if flash := st.session_state.pop("models.flash", None):
@@ -301,4 +273,4 @@ if flash := st.session_state.pop("models.flash", None):
 for model in library.models():
     card(model)
 add_model_form()
-endpoints_form()
+download_settings()

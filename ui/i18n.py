@@ -280,6 +280,12 @@ MESSAGES: dict[str, dict[str, str]] = {
     "settings.section": {"en": "Settings", "zh": "设置"},
     "settings.models_dir": {"en": "Models directory", "zh": "模型目录"},
     "settings.database": {"en": "Database", "zh": "数据库"},
+    "settings.models_dir_help": {
+        "en": "Models already in the new folder (one sub-folder per model) are found there.",
+        "zh": "新目录中已有的模型（每个模型一个子目录）会被自动识别。",
+    },
+    "settings.change_dir": {"en": "Use this folder", "zh": "使用此目录"},
+    "settings.dir_error": {"en": "Cannot use {path}: {reason}", "zh": "无法使用 {path}：{reason}"},
     "settings.endpoints": {"en": "Download endpoints, in order", "zh": "下载地址（按顺序尝试）"},
     "settings.configs": {"en": "Provider configs", "zh": "模型服务配置"},
     "settings.engine": {"en": "Local engine", "zh": "本地推理引擎"},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import streamlit as st
 
 from core.chat import ChatService
@@ -15,15 +18,30 @@ from core.settings import Settings, load_settings
 from core.storage import repo
 from core.storage.db import Database
 
+MODELS_DIR_SETTING = "paths.models_dir"
+
 
 @st.cache_resource
 def settings() -> Settings:
-    return load_settings()
+    """The environment's settings, with the models directory chosen in Settings (if any)."""
+    base = load_settings()
+    with database().begin() as session:
+        chosen = repo.get_setting(session, MODELS_DIR_SETTING)
+    return replace(base, models_dir=Path(chosen)) if chosen else base
+
+
+def change_models_dir(path: str) -> None:
+    """Use another models directory: every process-wide object is rebuilt around it."""
+    with database().begin() as session:
+        repo.set_setting(session, MODELS_DIR_SETTING, path)
+    engine().unload()
+    st.cache_resource.clear()
+    st.cache_data.clear()
 
 
 @st.cache_resource
 def database() -> Database:
-    return Database(settings().db_url)
+    return Database(load_settings().db_url)  # the database URL comes from the environment only
 
 
 @st.cache_resource

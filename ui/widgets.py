@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.errors import LocalLLMError
 from core.storage import repo
 from core.units import format_bytes, format_duration
 from ui import resources, state
-from ui.i18n import LANGUAGES, language_from_locale, t
+from ui.i18n import LANGUAGES, error_text, language_from_locale, t
 
 LANGUAGE_SETTING = "ui.language"
 _MARKDOWN_SPECIALS = "\\`*_{}[]()<>#+-.!|~$"
@@ -77,3 +78,33 @@ def sidebar_status() -> None:
         if left is not None:
             st.caption(t("status.idle_unload", time=format_duration(left)))
         st.button(t("status.unload"), icon=":material/eject:", on_click=resources.engine().unload)
+
+
+def download_settings() -> None:
+    """Endpoint order (with a reachability test) and auto-resume: the same on Models and Settings."""
+    library = resources.library()
+    with st.expander(t("models.endpoints.title")):
+        st.caption(t("models.endpoints.help"))
+        text = st.text_area(t("models.endpoints.title"), value="\n".join(library.endpoints()),
+                            label_visibility="collapsed", height=110, key="downloads.endpoints")  # fmt: skip
+        save, test = st.columns(2)
+        if save.button(t("models.endpoints.save"), key="downloads.save"):
+            try:
+                library.set_endpoints(text.splitlines())
+            except LocalLLMError as exc:
+                st.error(error_text(exc))
+            else:
+                st.success(t("models.endpoints.saved"))
+        if test.button(t("models.endpoints.test"), key="downloads.test"):
+            for url in library.endpoints():
+                probe = library.probe_endpoint(url)
+                if probe.ok:
+                    st.success(t("models.endpoints.ok", url=url, ms=f"{probe.latency_ms:.0f}"))
+                else:
+                    st.error(t("models.endpoints.bad", url=url, error=probe.error))
+        st.toggle(
+            t("models.auto_resume"),
+            value=library.auto_resume,
+            key="downloads.auto-resume",
+            on_change=lambda: library.set_auto_resume(st.session_state["downloads.auto-resume"]),
+        )

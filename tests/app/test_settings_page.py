@@ -68,3 +68,22 @@ def test_an_invalid_base_url_is_refused(new_app, db_url: str, bad_url: str) -> N
     at.button(key="pnew.save").click().run()
     assert any("base URL must start with http" in e.value for e in at.error), [e.value for e in at.error]
     assert ConfigStore(Database(db_url)).list_configs() == []
+
+
+def test_changing_the_models_directory_finds_the_models_already_there(
+    new_app, tmp_path, tiny_models, db_url: str
+) -> None:
+    from tests.fixtures.tiny_models import install_ready
+    from ui import resources
+
+    other = tmp_path / "elsewhere"
+    install_ready(other, "tinyllama-1.1b", tiny_models["llama"])  # a copy made earlier by hand
+    at = new_app()
+    at.switch_page("pages/hardware.py").run()
+    at.text_input(key="models-dir-input").input(str(other))
+    at.button(key="models-dir-submit").click().run()
+    assert not at.exception
+    assert resources.settings().models_dir == other.resolve()
+    assert resources.library().status("tinyllama-1.1b").kind == "ready"
+    at.switch_page("pages/models.py").run()
+    assert any("Ready" in m.value for m in at.markdown)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.hardware import KvLayout
+
 GB = 1000**3
 
 
@@ -28,6 +30,7 @@ class ModelSpec:
     license: str
     strengths: Localized
     recommended_use: Localized
+    kv_layout: KvLayout | None = None  # from the model's config.json; None when unknown
     custom: bool = False
 
 
@@ -49,6 +52,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
             en="Chinese Q&A, dialogue, text generation.",
             zh="中文问答、对话、文本生成。",
         ),
+        kv_layout=KvLayout(layers=24, kv_heads=2, head_dim=64),
     ),
     ModelSpec(
         key="tinyllama-1.1b",
@@ -67,6 +71,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
             en="English Q&A, code generation, text processing.",
             zh="英文问答、代码生成、文本处理。",
         ),
+        kv_layout=KvLayout(layers=22, kv_heads=4, head_dim=64),
     ),
 )
 
@@ -98,5 +103,6 @@ def custom_spec(key: str, repo_id: str, revision: str, details: dict) -> ModelSp
         license=str(details.get("license", "")),
         strengths=CUSTOM_STRENGTHS,
         recommended_use=CUSTOM_USE,
+        kv_layout=KvLayout(**details["kv_layout"]) if "kv_layout" in details else None,
         custom=True,
     )

@@ -217,6 +217,66 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hardware(args: argparse.Namespace) -> int:
+    """This machine, and whether each catalog model fits and how fast it should decode."""
+    import json
+    from dataclasses import asdict
+
+    from core.engine import choose_dtype, detect_device
+    from core.hardware import decode_tokens_per_s_bound, measure_bandwidth, memory_verdict, probe
+
+    library = _library()
+    info = probe(library.settings.models_dir)
+    device = detect_device()
+    dtype_bytes = choose_dtype(device).itemsize
+    bandwidth = measure_bandwidth()
+    models = {}
+    for spec in library.models():
+        estimate = library.memory_estimate(spec.key, dtype_bytes)
+        needed = estimate.total_bytes if estimate else None
+        models[spec.key] = {
+            "memory_needed_bytes": needed,
+            "download_bytes": spec.download_bytes,
+            "verdict": memory_verdict(needed, info).verdict if needed else "unknown",
+            "est_tokens_per_s": round(decode_tokens_per_s_bound(estimate.weights_bytes, bandwidth), 1)
+            if estimate
+            else None,
+        }
+    report = {
+        "cpu": info.cpu_name,
+        "physical_cores": info.physical_cores,
+        "logical_cores": info.logical_cores,
+        "ram_total_bytes": info.ram_total_bytes,
+        "ram_available_bytes": info.ram_available_bytes,
+        "swap_total_bytes": info.swap_total_bytes,
+        "gpus": [asdict(gpu) for gpu in info.gpus],
+        "mps": info.mps_available,
+        "disk_free_bytes": info.disk_free_bytes,
+        "device": device,
+        "memory_bandwidth_bytes_per_s": round(bandwidth),
+        "models": models,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"CPU     {info.cpu_name}, {info.physical_cores} cores / {info.logical_cores} threads")
+    print(
+        f"RAM     {format_bytes(info.ram_available_bytes)} available of {format_bytes(info.ram_total_bytes)}"
+    )
+    for gpu in info.gpus:
+        free, total = format_bytes(gpu.memory_free_bytes), format_bytes(gpu.memory_total_bytes)
+        print(f"GPU     {gpu.name}: {free} free of {total}")
+    if not info.gpus:
+        print("GPU     none: models run on the CPU")
+    print(f"Disk    {format_bytes(info.disk_free_bytes)} free on {info.disk_path}")
+    print(f"Memory bandwidth {bandwidth / 1e9:.1f} GB/s (measured): decode reads every weight once per token")
+    for key, model in models.items():
+        needed = format_bytes(model["memory_needed_bytes"]) if model["memory_needed_bytes"] else "?"
+        speed = f"~{model['est_tokens_per_s']} tokens/s at most" if model["est_tokens_per_s"] else ""
+        print(f"{key:<24} needs {needed:>9}  {model['verdict']:<10} {speed}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the local models over an OpenAI-compatible API (a token is required off loopback)."""
     import secrets
@@ -282,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--stats", action="store_true", help="print one JSON line of statistics per reply")
     chat.add_argument("--force", action="store_true", help="load even if memory looks insufficient")
     chat.set_defaults(func=cmd_chat)
+
+    hardware = commands.add_parser("hardware", help="this machine and whether each model fits, how fast")
+    hardware.add_argument("--json", action="store_true", help="one JSON object")
+    hardware.set_defaults(func=cmd_hardware)
 
     serve = commands.add_parser("serve", help="serve local models over an OpenAI-compatible HTTP API")
     serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 for the LAN (then a token is required)")

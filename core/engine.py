@@ -32,7 +32,7 @@ from core.errors import (
     QueueFullError,
 )
 from core.generation import GenerationParams
-from core.hardware import load_memory_needed
+from core.hardware import model_memory
 from core.model_store import model_dir, read_manifest
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
@@ -176,7 +176,7 @@ class LocalEngine:
         """(bytes needed, bytes available) on the device the model would load on."""
         device = detect_device(self.device_preference)
         dtype_bytes = choose_dtype(device).itemsize
-        needed = load_memory_needed(self._ready_dir(key), dtype_bytes, self.context_tokens_for_memory)
+        needed = model_memory(self._ready_dir(key), dtype_bytes, self.context_tokens_for_memory).total_bytes
         return needed, _available_memory(device)
 
     def _ready_dir(self, key: str) -> Path:

@@ -78,7 +78,53 @@ def probe(models_dir: Path) -> HardwareInfo:
     )
 
 
-RUNTIME_OVERHEAD_BYTES = 512 * 1024**2
+# torch + transformers loaded in a process: about 345 MiB of resident memory measured on CPU here.
+RUNTIME_OVERHEAD_BYTES = 400 * 1024**2
+CONTEXT_FOR_ESTIMATES = 4096  # tokens of KV cache planned for: a long chat, not the model's maximum
+
+
+@dataclass(frozen=True)
+class KvLayout:
+    """What the KV cache size depends on."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def from_config(cls, config: dict) -> KvLayout:
+        heads = int(config.get("num_attention_heads", 1))
+        head_dim = int(config.get("head_dim") or int(config.get("hidden_size", 0)) // max(heads, 1))
+        return cls(
+            int(config.get("num_hidden_layers", 0)), int(config.get("num_key_value_heads", heads)), head_dim
+        )
+
+    def bytes_for(self, tokens: int, dtype_bytes: int) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * tokens * dtype_bytes
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights_bytes: int
+    kv_cache_bytes: int
+    runtime_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.runtime_bytes
+
+    @property
+    def after_load_bytes(self) -> int:
+        """Resident right after loading: the KV cache grows only while a reply is generated."""
+        return self.weights_bytes + self.runtime_bytes
+
+
+def estimate_memory(
+    parameters: int, layout: KvLayout, dtype_bytes: int, context_tokens: int = CONTEXT_FOR_ESTIMATES
+) -> MemoryEstimate:
+    return MemoryEstimate(
+        parameters * dtype_bytes, layout.bytes_for(context_tokens, dtype_bytes), RUNTIME_OVERHEAD_BYTES
+    )
 
 
 @dataclass(frozen=True)
@@ -88,15 +134,14 @@ class MemoryVerdict:
     available_bytes: int  # on the device the verdict names (GPU memory for fits_gpu, RAM otherwise)
 
 
-def memory_verdict(weight_bytes: int, info: HardwareInfo) -> MemoryVerdict:
-    """Weights as stored (bf16/fp16 safetensors) plus 20 % for activations and KV cache, plus runtime."""
-    needed = int(weight_bytes * 1.2) + RUNTIME_OVERHEAD_BYTES
+def memory_verdict(needed: int, info: HardwareInfo) -> MemoryVerdict:
+    """Fits when the need is within 80 % of what is free; tight when only total RAM could hold it."""
     best_gpu = max(info.gpus, key=lambda g: g.memory_free_bytes, default=None)
-    if best_gpu and best_gpu.memory_free_bytes >= needed:
+    if best_gpu and needed <= 0.8 * best_gpu.memory_free_bytes:
         return MemoryVerdict("fits_gpu", needed, best_gpu.memory_free_bytes)
-    if info.ram_available_bytes >= needed:
+    if needed <= 0.8 * info.ram_available_bytes:
         return MemoryVerdict("fits_ram", needed, info.ram_available_bytes)
-    if info.ram_total_bytes >= needed:
+    if needed <= info.ram_total_bytes:
         return MemoryVerdict("tight", needed, info.ram_available_bytes)
     return MemoryVerdict("too_large", needed, info.ram_available_bytes)
 
@@ -120,19 +165,36 @@ def weight_count(model_dir: Path) -> int:
     return total
 
 
-def kv_cache_bytes(config: dict, context_tokens: int, dtype_bytes: int) -> int:
-    """Keys and values for every layer over `context_tokens` positions."""
-    layers = int(config.get("num_hidden_layers", 0))
-    heads = int(config.get("num_attention_heads", 1))
-    kv_heads = int(config.get("num_key_value_heads", heads))
-    head_dim = int(config.get("head_dim") or config.get("hidden_size", 0) // max(heads, 1))
-    return 2 * layers * kv_heads * head_dim * context_tokens * dtype_bytes
-
-
-def load_memory_needed(model_dir: Path, dtype_bytes: int, context_tokens: int) -> int:
-    """Memory a loaded model needs: weights at the engine's dtype, KV cache, runtime overhead."""
+def model_memory(
+    model_dir: Path, dtype_bytes: int, context_tokens: int = CONTEXT_FOR_ESTIMATES
+) -> MemoryEstimate:
+    """The estimate for a downloaded model, from its config and safetensors headers."""
     import json
 
     config = json.loads((model_dir / "config.json").read_text())
-    weights = weight_count(model_dir) * dtype_bytes
-    return weights + kv_cache_bytes(config, context_tokens, dtype_bytes) + RUNTIME_OVERHEAD_BYTES
+    return estimate_memory(weight_count(model_dir), KvLayout.from_config(config), dtype_bytes, context_tokens)
+
+
+def measure_bandwidth(megabytes: int = 256, repeats: int = 3) -> float:
+    """Read bandwidth in bytes/s: the best of a few copies of a tensor far larger than the caches.
+
+    Only the bytes read are counted: decoding reads the weights and writes little.
+    """
+    import time
+
+    import torch
+
+    source = torch.empty(megabytes * 1024**2, dtype=torch.uint8)
+    target = torch.empty_like(source)
+    target.copy_(source)  # touch the pages first
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - started)
+    return source.numel() / best
+
+
+def decode_tokens_per_s_bound(weights_bytes: int, bandwidth_bytes_per_s: float) -> float:
+    """Each new token reads every weight once: bandwidth / weight bytes bounds decode speed."""
+    return bandwidth_bytes_per_s / weights_bytes if weights_bytes else 0.0

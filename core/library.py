@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx2
@@ -14,6 +14,7 @@ from core import hub
 from core.catalog import BUILTIN_MODELS, ModelSpec, custom_spec, key_for_repo
 from core.downloads import DownloadManager, DownloadTarget, Progress, disk_free_bytes
 from core.errors import ConfigError, DownloadError, InvalidRepoIdError, LocalLLMError, NotFoundError
+from core.hardware import KvLayout, MemoryEstimate, estimate_memory, model_memory
 from core.hub import RemoteFile, RepoListing
 from core.model_store import (
     FileCheck,
@@ -147,6 +148,7 @@ class ModelLibrary:
             "download_bytes": listing.total_bytes,
             "parameters": self._parameter_count(repo_id, listing, endpoint),
             "context_length": int(config.get("max_position_embeddings") or 0),
+            "kv_layout": asdict(KvLayout.from_config(config)),
         }
         with self.db.begin() as session:
             taken = {spec.key for spec in self.models()}
@@ -198,6 +200,15 @@ class ModelLibrary:
         if not (directory.exists() and any(p.is_file() for p in directory.rglob("*"))):
             return ModelStatus("not_downloaded")
         return ModelStatus("partial", progress.fraction if progress else 0.0)
+
+    def memory_estimate(self, key: str, dtype_bytes: int) -> MemoryEstimate | None:
+        """What running `key` needs: exact from its files once downloaded, else from the catalog."""
+        if self.status(key).kind == "ready":
+            return model_memory(self.directory(key), dtype_bytes)
+        spec = self.get(key)
+        if not spec.parameters or spec.kv_layout is None:
+            return None
+        return estimate_memory(spec.parameters, spec.kv_layout, dtype_bytes)
 
     def verify(self, key: str) -> list[FileCheck]:
         """Hash every file; a file that fails is kept as a partial so the next download repairs it."""

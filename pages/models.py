@@ -213,6 +213,14 @@ def verify(key: str) -> None:
         st.session_state["models.flash"] = ("success", t("models.verified", key=key))
 
 
+@st.cache_data(show_spinner=False)
+def engine_dtype_bytes() -> int:
+    """Bytes per weight at the dtype the engine would use on this machine's device."""
+    from core.engine import choose_dtype, detect_device
+
+    return choose_dtype(detect_device(resources.engine().device_preference)).itemsize
+
+
 def card(spec: ModelSpec) -> None:
     with st.container(border=True, key=f"card-{spec.key}"):
         downloading = library.status(spec.key).kind == "downloading"
@@ -235,8 +243,9 @@ def card(spec: ModelSpec) -> None:
             st.markdown(" · ".join(details))
         st.markdown(f"**{t('models.strengths')}:** {spec.strengths.get(language)}")
         st.markdown(f"**{t('models.use')}:** {spec.recommended_use.get(language)}")
-        if spec.download_bytes:
-            verdict = memory_verdict(spec.download_bytes, resources.hardware())
+        estimate = library.memory_estimate(spec.key, engine_dtype_bytes())
+        if estimate:
+            verdict = memory_verdict(estimate.total_bytes, resources.hardware())
             text = t(
                 f"models.verdict.{verdict.verdict}",
                 needed=format_bytes(verdict.needed_bytes),

@@ -1,0 +1,114 @@
+"""Memory estimates: arithmetic on the real configs, verdicts, and the estimate checked against reality."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.catalog import builtin_spec
+from core.hardware import (
+    RUNTIME_OVERHEAD_BYTES,
+    GpuInfo,
+    HardwareInfo,
+    KvLayout,
+    estimate_memory,
+    memory_verdict,
+    model_memory,
+)
+from core.settings import PROJECT_ROOT
+from tests.fixtures.tiny_models import install_ready
+
+GIB = 1024**3
+MARGIN = 0.25  # the stated margin: resident memory after load is within 25 % of the estimate
+
+
+def test_qwen_and_tinyllama_from_their_real_config_numbers() -> None:
+    qwen = builtin_spec("qwen2.5-0.5b")
+    estimate = estimate_memory(qwen.parameters, qwen.kv_layout, dtype_bytes=2)
+    assert estimate.weights_bytes == 494_032_768 * 2
+    assert estimate.kv_cache_bytes == 2 * 24 * 2 * 64 * 4096 * 2  # K and V, 24 layers, 2 KV heads
+    assert estimate.runtime_bytes == RUNTIME_OVERHEAD_BYTES
+    llama = builtin_spec("tinyllama-1.1b")
+    estimate = estimate_memory(llama.parameters, llama.kv_layout, dtype_bytes=4)
+    assert estimate.weights_bytes == 1_100_048_384 * 4
+    assert estimate.kv_cache_bytes == 2 * 22 * 4 * 64 * 4096 * 4
+    assert 4.5 * GIB < estimate.total_bytes < 5 * GIB
+
+
+def test_kv_layout_from_a_config() -> None:
+    config = {
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "hidden_size": 896,
+    }
+    assert KvLayout.from_config(config) == KvLayout(24, 2, 64)
+
+
+def _machine(ram_available: int, ram_total: int, gpu_free: int | None = None) -> HardwareInfo:
+    gpus = (GpuInfo("GPU", gpu_free * 2, gpu_free),) if gpu_free else ()
+    return HardwareInfo("cpu", 2, 2, ram_total, ram_available, 0, gpus, False, 10**12, "/")
+
+
+@pytest.mark.parametrize(
+    ("needed", "machine", "verdict"),
+    [
+        (1 * GIB, _machine(8 * GIB, 16 * GIB, gpu_free=4 * GIB), "fits_gpu"),
+        (1 * GIB, _machine(8 * GIB, 16 * GIB), "fits_ram"),
+        (7 * GIB, _machine(8 * GIB, 16 * GIB), "tight"),
+        (20 * GIB, _machine(8 * GIB, 16 * GIB), "too_large"),
+    ],
+)
+def test_verdicts(needed: int, machine: HardwareInfo, verdict: str) -> None:
+    result = memory_verdict(needed, machine)
+    assert result.verdict == verdict
+    assert result.needed_bytes == needed
+
+
+@pytest.mark.parametrize("hidden_size", [32, 1024])
+def test_resident_memory_after_load_matches_the_estimate(
+    tmp_path: Path, hidden_size: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tests.fixtures.tiny_models import build_tiny_model
+
+    source = build_tiny_model(
+        tmp_path_factory.mktemp("est") / "m", "qwen2", hidden_size=hidden_size, layers=4
+    )
+    install_ready(tmp_path / "models", "m", source)
+    script = (
+        "import json, sys, psutil; from pathlib import Path; from core.engine import LocalEngine;"
+        "e = LocalEngine(Path(sys.argv[1])); loaded = e.load('m');"
+        "print(json.dumps({'rss': psutil.Process().memory_info().rss, 'dtype': loaded.dtype}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "models")], cwd=PROJECT_ROOT, capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    dtype_bytes = 2 if measured["dtype"] == "bfloat16" else 4
+    estimate = model_memory(tmp_path / "models" / "m", dtype_bytes).after_load_bytes
+    assert abs(measured["rss"] - estimate) <= MARGIN * estimate, (measured["rss"] / 2**20, estimate / 2**20)
+
+
+def test_hardware_cli_json_has_the_documented_fields() -> None:
+    import os
+
+    command = [sys.executable, "-m", "core", "hardware", "--json"]
+    out = subprocess.run(
+        command, cwd=PROJECT_ROOT, capture_output=True, text=True, env=os.environ, check=True
+    )
+    report = json.loads(out.stdout)
+    assert report["ram_total_bytes"] >= report["ram_available_bytes"] > 0
+    assert report["gpus"] == []  # no CUDA here: the report still works
+    assert report["disk_free_bytes"] > 0
+    assert report["memory_bandwidth_bytes_per_s"] > 1e9
+    qwen = report["models"]["qwen2.5-0.5b"]
+    assert qwen["download_bytes"] == builtin_spec("qwen2.5-0.5b").download_bytes
+    assert qwen["verdict"] in ("fits_gpu", "fits_ram", "tight", "too_large")
+    assert qwen["memory_needed_bytes"] > 494_032_768 * 2
+    # decode reads every weight once per token: at most bandwidth / (1 byte per weight)
+    assert 0 < qwen["est_tokens_per_s"] <= report["memory_bandwidth_bytes_per_s"] / 494_032_768

@@ -311,6 +311,12 @@ class LocalEngine:
         self._touch()
 
     @property
+    def busy(self) -> bool:
+        """A reply is being generated now."""
+        with self._turn:
+            return self._busy
+
+    @property
     def waiting(self) -> int:
         with self._turn:
             return len(self._waiting)
@@ -415,7 +421,8 @@ class LocalEngine:
         finally:
             stop_requested = stop.is_set()
             stop.set()
-            worker.join()
+            if threading.current_thread() is not worker:  # a collected generator may close anywhere
+                worker.join()
             self._touch()
         if "error" in outcome:
             raise GenerationError(f"Generation failed: {outcome['error']}") from outcome["error"]

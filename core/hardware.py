@@ -30,6 +30,7 @@ class HardwareInfo:
     mps_available: bool
     disk_free_bytes: int
     disk_path: str
+    versions: tuple[tuple[str, str], ...] = ()  # (name, version): Python, torch, transformers, CUDA
 
 
 def _cpu_name() -> str:
@@ -51,6 +52,19 @@ def _gpus() -> tuple[tuple[GpuInfo, ...], bool]:
             free, total = torch.cuda.mem_get_info(index)
             gpus.append(GpuInfo(torch.cuda.get_device_name(index), total, free))
     return tuple(gpus), bool(torch.backends.mps.is_available())
+
+
+def _versions() -> tuple[tuple[str, str], ...]:
+    import torch
+    import transformers
+
+    found = [
+        ("Python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("transformers", transformers.__version__),
+    ]
+    found.append(("CUDA", torch.version.cuda or "not in this torch build"))
+    return tuple(found)
 
 
 def _existing_parent(path: Path) -> Path:
@@ -75,6 +89,7 @@ def probe(models_dir: Path) -> HardwareInfo:
         mps_available=mps,
         disk_free_bytes=shutil.disk_usage(disk_path).free,
         disk_path=str(disk_path),
+        versions=_versions(),
     )
 
 

@@ -141,7 +141,7 @@ def create_app(engine: LocalEngine, models: Callable[[], list[str]], api_key: st
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
-                _sse(model, first, events, stop, include_usage), media_type="text/event-stream"
+                _sse(request, model, first, events, stop, include_usage), media_type="text/event-stream"
             )
         return await run_in_threadpool(_complete, model, first, events)
 
@@ -177,9 +177,18 @@ def _chain(first: Event, events: Iterator[Event]) -> Iterator[Event]:
 
 
 async def _sse(
-    model: str, first: Event, events: Iterator[Event], stop: threading.Event, include_usage: bool
+    request: Request,
+    model: str,
+    first: Event,
+    events: Iterator[Event],
+    stop: threading.Event,
+    include_usage: bool,
 ) -> AsyncIterator[str]:
-    """Server-sent events; a client that disconnects sets `stop`, which ends generation."""
+    """Server-sent events; a client that disconnects sets `stop`, which ends generation.
+
+    The server may drop writes to a closed connection without an error, so the disconnect is
+    checked after every event.
+    """
     chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(delta: dict[str, str], finish: str | None = None, **extra: Any) -> str:
@@ -189,6 +198,7 @@ async def _sse(
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     sentinel = object()
+    idle = True  # no next() is running in a worker thread, so `events` may be closed here
     try:
         yield chunk({"role": "assistant", "content": ""})
         event: Any = first
@@ -199,12 +209,18 @@ async def _sse(
                 yield chunk({}, _finish_reason(event.stats))
                 if include_usage:
                     yield chunk(None, usage=_usage(event.stats))  # type: ignore[arg-type]
+            if await request.is_disconnected():
+                return
+            idle = False
             event = await run_in_threadpool(next, events, sentinel)
+            idle = True
         yield "data: [DONE]\n\n"
     except EngineError as exc:
         yield f"data: {json.dumps({'error': {'message': exc.message, 'type': 'server_error'}})}\n\n"
     finally:
         stop.set()
+        if idle:  # frees the engine's queue now rather than whenever the generator is collected
+            await run_in_threadpool(events.close)
 
 
 SERVER_STATUS_SETTING = "server.status"

@@ -1,9 +1,12 @@
 from pathlib import Path
 
+import altair as alt
+import psutil
 import streamlit as st
 
 from core.engine import DEVICE_CHOICES
 from core.errors import LocalLLMError
+from core.hardware import memory_verdict
 from core.providers import OpenAICompatibleProvider
 from core.server import server_status, server_urls
 from core.storage import repo
@@ -48,6 +51,49 @@ with gpu.container(border=True):
 with disk.container(border=True):
     st.metric(t("hardware.disk"), format_bytes(info.disk_free_bytes))
     st.caption(info.disk_path)
+
+st.caption(" · ".join(f"{name} {version}" for name, version in info.versions))
+
+
+@st.fragment(run_every=2)
+def live_usage() -> None:
+    """CPU and RAM use now, refreshed every 2 seconds (watch it while a reply is generated)."""
+    memory = psutil.virtual_memory()
+    cpu, ram, activity = st.columns(3)
+    cpu.metric(t("hardware.cpu_use"), f"{psutil.cpu_percent(interval=None):.0f} %")
+    ram.metric(t("hardware.ram_use"), format_bytes(memory.total - memory.available))
+    activity.metric(
+        t("hardware.engine"), t("hardware.generating") if resources.engine().busy else t("hardware.idle")
+    )
+
+
+live_usage()
+
+st.subheader(t("hardware.models_section"))
+library = resources.library()
+dtype_bytes = resources.engine_dtype_bytes()
+rows = []
+for spec in library.models():
+    estimate = library.memory_estimate(spec.key, dtype_bytes)
+    if estimate:
+        verdict = memory_verdict(estimate.total_bytes, info)
+        rows.append(
+            {"model": spec.key, "GB": round(estimate.total_bytes / 1e9, 2), "verdict": verdict.verdict}
+        )
+if rows:
+    limits = [{"GB": round(info.ram_available_bytes / 1e9, 2), "what": t("hardware.ram_available")}]
+    limits += [{"GB": round(gpu.memory_free_bytes / 1e9, 2), "what": gpu.name} for gpu in info.gpus]
+    bars = alt.Chart(alt.Data(values=rows)).mark_bar().encode(
+        x=alt.X("GB:Q", title=t("hardware.memory_needed")), y=alt.Y("model:N", title=None),
+        color=alt.Color("verdict:N", title=None), tooltip=["model:N", "GB:Q", "verdict:N"],
+    )  # fmt: skip
+    rules = (
+        alt.Chart(alt.Data(values=limits))
+        .mark_rule(strokeDash=[4, 4], color="#dc2626")
+        .encode(x="GB:Q", tooltip=["what:N", "GB:Q"])
+    )
+    st.altair_chart(bars + rules, use_container_width=True)
+    st.caption(t("hardware.chart_note"))
 
 st.subheader(t("settings.section"))
 st.markdown(f"**{t('settings.engine')}**")

@@ -3,8 +3,9 @@ import streamlit as st
 from core.catalog import ModelSpec
 from core.downloads import Progress
 from core.errors import LocalLLMError
-from core.hardware import memory_verdict
+from core.hardware import decode_tokens_per_s_bound, memory_verdict
 from core.library import DownloadPlan, ModelLibrary
+from core.storage import repo
 from core.units import format_bytes, format_count, format_duration
 from ui import resources, state
 from ui.i18n import error_text, t
@@ -213,12 +214,18 @@ def verify(key: str) -> None:
         st.session_state["models.flash"] = ("success", t("models.verified", key=key))
 
 
-@st.cache_data(show_spinner=False)
-def engine_dtype_bytes() -> int:
-    """Bytes per weight at the dtype the engine would use on this machine's device."""
-    from core.engine import choose_dtype, detect_device
-
-    return choose_dtype(detect_device(resources.engine().device_preference)).itemsize
+def speed_text(key: str, weights_bytes: int) -> str:
+    """The decode-speed estimate with its basis, and what was measured here if the model ran."""
+    bandwidth = resources.memory_bandwidth()
+    text = t(
+        "models.speed",
+        tps=f"{decode_tokens_per_s_bound(weights_bytes, bandwidth):.0f}",
+        bandwidth=f"{bandwidth / 1e9:.0f}",
+        weights=format_bytes(weights_bytes),
+    )
+    with resources.database().begin() as session:
+        measured = repo.measured_tokens_per_s(session, key)
+    return text + (t("models.measured", tps=f"{measured:.1f}") if measured else "")
 
 
 def card(spec: ModelSpec) -> None:
@@ -243,7 +250,7 @@ def card(spec: ModelSpec) -> None:
             st.markdown(" · ".join(details))
         st.markdown(f"**{t('models.strengths')}:** {spec.strengths.get(language)}")
         st.markdown(f"**{t('models.use')}:** {spec.recommended_use.get(language)}")
-        estimate = library.memory_estimate(spec.key, engine_dtype_bytes())
+        estimate = library.memory_estimate(spec.key, resources.engine_dtype_bytes())
         if estimate:
             verdict = memory_verdict(estimate.total_bytes, resources.hardware())
             text = t(
@@ -252,6 +259,7 @@ def card(spec: ModelSpec) -> None:
                 available=format_bytes(verdict.available_bytes),
             )
             (st.error if verdict.verdict == "too_large" else st.caption)(text)
+            st.caption(speed_text(spec.key, estimate.weights_bytes))
         actions(spec)
 
 

@@ -68,6 +68,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "Too large for this machine: needs {needed}, {available} available.",
         "zh": "超出本机能力：需要 {needed}，可用 {available}。",
     },
+    "models.speed": {
+        "en": "Estimated decode speed: up to {tps} tokens/s ({bandwidth} GB/s memory bandwidth ÷ {weights} "
+        "of weights read per token).",
+        "zh": "预计生成速度：最多 {tps} tokens/s"
+        "（内存带宽 {bandwidth} GB/s ÷ 每个 token 读取的权重 {weights}）。",
+    },
+    "models.measured": {"en": " Measured here: {tps} tokens/s.", "zh": " 本机实测：{tps} tokens/s。"},
     "models.action.check": {"en": "Check files and download", "zh": "检查文件并下载"},
     "models.action.download": {"en": "Download", "zh": "下载模型"},
     "models.action.cancel": {"en": "Cancel", "zh": "取消"},
@@ -278,6 +285,23 @@ MESSAGES: dict[str, dict[str, str]] = {
     "hardware.gpu_detail": {"en": "{free} free of {total}", "zh": "可用 {free}，共 {total}"},
     "hardware.disk": {"en": "Free disk (models)", "zh": "可用磁盘（模型目录）"},
     "settings.section": {"en": "Settings", "zh": "设置"},
+    "hardware.cpu_use": {"en": "CPU use now", "zh": "当前 CPU 占用"},
+    "hardware.ram_use": {"en": "RAM in use now", "zh": "当前内存占用"},
+    "hardware.engine": {"en": "Local engine", "zh": "本地引擎"},
+    "hardware.generating": {"en": "Generating", "zh": "正在生成"},
+    "hardware.idle": {"en": "Idle", "zh": "空闲"},
+    "verdict.fits_gpu": {"en": "Fits on the GPU", "zh": "可在显卡上运行"},
+    "verdict.fits_ram": {"en": "Fits in RAM", "zh": "可在内存中运行"},
+    "verdict.tight": {"en": "Tight", "zh": "内存紧张"},
+    "verdict.too_large": {"en": "Too large", "zh": "超出本机能力"},
+    "hardware.models_section": {"en": "Will each model run here?", "zh": "各模型能否在本机运行？"},
+    "hardware.memory_needed": {"en": "Memory needed (GB)", "zh": "所需内存（GB）"},
+    "hardware.ram_available": {"en": "RAM available", "zh": "可用内存"},
+    "hardware.chart_note": {
+        "en": "Bars: weights at the dtype the engine uses here, KV cache for 4096 tokens, and the runtime. "
+        "Dashed lines: memory available now.",
+        "zh": "柱形：本机引擎所用精度下的权重、4096 个 token 的 KV 缓存和运行时开销；虚线：当前可用内存。",
+    },
     "settings.models_dir": {"en": "Models directory", "zh": "模型目录"},
     "settings.database": {"en": "Database", "zh": "数据库"},
     "settings.models_dir_help": {

@@ -88,3 +88,19 @@ def chat_service() -> ChatService:
     """Conversations of the local user, answered by the current provider config."""
     store = config_store()
     return ChatService(database(), lambda: provider_for_config(store.get_current_config(), engine()))
+
+
+@st.cache_resource(show_spinner=False)
+def memory_bandwidth() -> float:
+    """Read bandwidth in bytes/s, measured once per process (about a second)."""
+    from core.hardware import measure_bandwidth
+
+    return measure_bandwidth()
+
+
+@st.cache_data(show_spinner=False)
+def engine_dtype_bytes() -> int:
+    """Bytes per weight at the dtype the engine would use on this machine's device."""
+    from core.engine import choose_dtype, detect_device
+
+    return choose_dtype(detect_device(engine().device_preference)).itemsize

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import ConfigError, NotFoundError
@@ -184,3 +184,14 @@ def delete_custom_model(session: Session, key: str) -> None:
         raise NotFoundError(f"No custom model {key!r}.", key=key)
     session.delete(row)
     session.flush()
+
+
+def measured_tokens_per_s(session: Session, model: str) -> float | None:
+    """The average decode speed of this model's finished replies on this machine, if it ran here."""
+    query = select(func.avg(MessageRow.tokens_per_s)).where(
+        MessageRow.model == model,
+        MessageRow.finish_reason.in_(("stop", "length")),
+        MessageRow.tokens_per_s > 0,
+    )
+    value = session.scalar(query)
+    return float(value) if value else None

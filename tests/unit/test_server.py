@@ -126,7 +126,7 @@ def test_a_client_that_disconnects_stops_generation(engine: LocalEngine) -> None
         for _ in range(3):
             next(iterator)
         stream.close()
-        deadline = time.monotonic() + 15  # far below the 3000 tokens' run time, even on a loaded machine
+        deadline = time.monotonic() + 5
         while any(t.name.startswith("generate-") for t in threading.enumerate()):
             assert time.monotonic() < deadline, "generation went on after the client left"
             time.sleep(0.05)

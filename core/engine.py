@@ -125,13 +125,20 @@ def _available_memory(device: str) -> int:
 
 
 class _StopOnEvent:
-    """A stopping criterion that ends generation once `event` is set (checked after every token)."""
+    """A stopping criterion that ends generation once `event` is set (checked after every token).
+
+    Called after each generation step, it also records when the first token was produced.
+    """
 
     def __init__(self, event: threading.Event) -> None:
         self.event = event
+        self.first_token_at: float | None = None
 
     def __call__(self, input_ids: Any, scores: Any, **_kwargs: Any) -> Any:
         import torch
+
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
 
         return torch.full(
             (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
@@ -377,6 +384,7 @@ class LocalEngine:
             raise GenerationError(f"The model's chat template rejected this conversation: {exc}") from exc
         prompt_tokens = int(inputs["input_ids"].shape[1])
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        criterion = _StopOnEvent(stop)
         sampling = params.temperature > 0
         options: dict[str, Any] = {
             **inputs,
@@ -384,7 +392,7 @@ class LocalEngine:
             "max_new_tokens": params.max_new_tokens,
             "do_sample": sampling,
             "repetition_penalty": params.repetition_penalty,
-            "stopping_criteria": StoppingCriteriaList([_StopOnEvent(stop)]),
+            "stopping_criteria": StoppingCriteriaList([criterion]),
             "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
         }
         if sampling:
@@ -402,7 +410,6 @@ class LocalEngine:
                 streamer.on_finalized_text("", stream_end=True)
 
         started = time.perf_counter()
-        first_token_at: float | None = None
         worker = threading.Thread(target=run, name=f"generate-{key}", daemon=True)
         worker.start()
         try:
@@ -416,7 +423,6 @@ class LocalEngine:
                 if text is streamer.stop_signal:
                     break
                 if text:
-                    first_token_at = first_token_at or time.perf_counter()
                     yield TextDelta(text)
         finally:
             stop_requested = stop.is_set()
@@ -427,8 +433,8 @@ class LocalEngine:
         if "error" in outcome:
             raise GenerationError(f"Generation failed: {outcome['error']}") from outcome["error"]
         completion = int(outcome["output"].shape[1]) - prompt_tokens
-        ended = time.perf_counter()
-        decode_s = ended - first_token_at if first_token_at else 0.0
+        first_token_at = criterion.first_token_at  # the first generated token, visible text or not
+        decode_s = time.perf_counter() - first_token_at if first_token_at else 0.0
         if stop_requested:
             reason = "stopped"
         elif completion >= params.max_new_tokens:

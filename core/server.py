@@ -140,9 +140,7 @@ def create_app(engine: LocalEngine, models: Callable[[], list[str]], api_key: st
             return error_response(503, exc.message, "server_error", exc.code.removeprefix("error."))
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(
-                _sse(request, model, first, events, stop, include_usage), media_type="text/event-stream"
-            )
+            return _EngineStream(_sse(request, model, first, events, include_usage), stop, events)
         return await run_in_threadpool(_complete, model, first, events)
 
     return app
@@ -176,19 +174,30 @@ def _chain(first: Event, events: Iterator[Event]) -> Iterator[Event]:
     yield from events
 
 
-async def _sse(
-    request: Request,
-    model: str,
-    first: Event,
-    events: Iterator[Event],
-    stop: threading.Event,
-    include_usage: bool,
-) -> AsyncIterator[str]:
-    """Server-sent events; a client that disconnects sets `stop`, which ends generation.
+class _EngineStream(StreamingResponse):
+    """An SSE response that, however it ends (finished, client gone, cancelled), stops generation
+    and frees the engine's queue. An abandoned body iterator's own cleanup would wait for garbage
+    collection, which can hold the engine for good."""
 
-    The server may drop writes to a closed connection without an error, so the disconnect is
-    checked after every event.
-    """
+    def __init__(self, content: AsyncIterator[str], stop: threading.Event, events: Iterator[Event]) -> None:
+        super().__init__(content, media_type="text/event-stream")
+        self._stop, self._events = stop, events
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._stop.set()
+            threading.Thread(
+                target=_close_when_free, args=(self._events,), name="close-stream", daemon=True
+            ).start()
+
+
+async def _sse(
+    request: Request, model: str, first: Event, events: Iterator[Event], include_usage: bool
+) -> AsyncIterator[str]:
+    """Server-sent events. The server may drop writes to a closed connection without an error, so
+    the disconnect is checked after every event."""
     chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(delta: dict[str, str], finish: str | None = None, **extra: Any) -> str:
@@ -198,7 +207,6 @@ async def _sse(
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     sentinel = object()
-    idle = True  # no next() is running in a worker thread, so `events` may be closed here
     try:
         yield chunk({"role": "assistant", "content": ""})
         event: Any = first
@@ -211,16 +219,24 @@ async def _sse(
                     yield chunk(None, usage=_usage(event.stats))  # type: ignore[arg-type]
             if await request.is_disconnected():
                 return
-            idle = False
             event = await run_in_threadpool(next, events, sentinel)
-            idle = True
         yield "data: [DONE]\n\n"
     except EngineError as exc:
         yield f"data: {json.dumps({'error': {'message': exc.message, 'type': 'server_error'}})}\n\n"
-    finally:
-        stop.set()
-        if idle:  # frees the engine's queue now rather than whenever the generator is collected
-            await run_in_threadpool(events.close)
+
+
+def _close_when_free(events: Iterator[Event]) -> None:
+    """Close the engine stream, freeing its turn in the queue, once no next() runs in it any more.
+
+    A cancelled request may leave a next() running in a worker thread; close() raises until it ends,
+    which is soon, since the stop event is set. Waiting for garbage collection could take forever.
+    """
+    while True:
+        try:
+            events.close()  # type: ignore[attr-defined]
+            return
+        except ValueError:  # "generator already executing"
+            time.sleep(0.01)
 
 
 SERVER_STATUS_SETTING = "server.status"

@@ -8,7 +8,7 @@ from core.engine import DEVICE_CHOICES
 from core.errors import LocalLLMError
 from core.hardware import memory_verdict
 from core.providers import OpenAICompatibleProvider
-from core.server import server_status, server_urls
+from core.server import lan_addresses, server_status, server_urls
 from core.storage import repo
 from core.storage.db import display_url
 from core.units import format_bytes
@@ -233,6 +233,14 @@ with st.expander(t("providers.add"), icon=":material/add:"):
     st.button(t("providers.save"), key="pnew.save", type="primary", on_click=save_new)
     if flash := st.session_state.pop("providers.flash", None):
         (st.success if flash[0] == "ok" else st.error)(flash[1])
+
+st.subheader(t("lan.title"))
+st.info(
+    t("lan.dashboard_off", address=st.get_option("server.address") or "localhost"), icon=":material/lock:"
+)
+addresses = lan_addresses()
+st.markdown(t("lan.urls", urls=", ".join(f"`{a}`" for a in addresses)) if addresses else t("lan.no_urls"))
+st.caption(t("lan.models"))
 
 st.subheader(t("server.title"))
 status = server_status(resources.database())

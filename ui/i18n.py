@@ -257,6 +257,23 @@ MESSAGES: dict[str, dict[str, str]] = {
     "providers.confirm_yes": {"en": "Yes, delete", "zh": "确认删除"},
     "providers.current": {"en": "current", "zh": "当前"},
     "providers.remote": {"en": "remote", "zh": "远程"},
+    "lan.title": {"en": "Sharing on the LAN", "zh": "局域网共享"},
+    "lan.dashboard_off": {
+        "en": "The dashboard is open to this machine only (bound to {address}). Opening it to other "
+        "machines needs the password sign-in, which is not available in this version.",
+        "zh": "控制台仅对本机开放（绑定 {address}）。向其他机器开放需要密码登录，当前版本尚未提供。",
+    },
+    "lan.urls": {
+        "en": "Other machines would reach this one at: {urls}",
+        "zh": "其他机器可通过以下地址访问本机：{urls}",
+    },
+    "lan.no_urls": {"en": "This machine has no LAN address right now.", "zh": "本机当前没有局域网地址。"},
+    "lan.models": {
+        "en": "To share your downloaded models with programs on other machines today, run "
+        "`python -m core serve --host 0.0.0.0`: it requires the bearer token it prints (see the README).",
+        "zh": "如需现在就让其他机器上的程序使用本机模型，请运行 `python -m core serve --host 0.0.0.0`，"
+        "它要求使用启动时显示的令牌（见 README）。",
+    },
     "server.title": {"en": "API for other programs", "zh": "供其他程序调用的 API"},
     "server.running": {
         "en": "Running: OpenAI-compatible API at {urls}{token}",

@@ -20,10 +20,6 @@ class Settings:
     endpoints: tuple[str, ...]
     password: str | None
 
-    @property
-    def primary_endpoint(self) -> str:
-        return self.endpoints[0]
-
 
 def _split_urls(value: str) -> tuple[str, ...]:
     return tuple(u.strip().rstrip("/") for u in value.split(",") if u.strip())

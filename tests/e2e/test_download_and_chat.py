@@ -1,0 +1,56 @@
+"""In a real browser: download a model from the Models page, then chat with it on the Chat page."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, expect
+
+from core.storage import repo
+from core.storage.db import Database
+from tests.fixtures.hub_server import HubServer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def hub_with_model(
+    hub: HubServer, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> HubServer:
+    hub.add_repo("tiny/chat-model", tiny_models["qwen2"])
+    hub.throttle(40_000)  # a few seconds for the ~150 kB repo: slow enough to watch the progress
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)  # the app's first endpoint: the local Hub
+    with Database(os.environ["LOCALLLM_DB_URL"]).begin() as session:
+        repo.add_custom_model(session, "chat-model", "tiny/chat-model", "main", {})
+    return hub
+
+
+@pytest.fixture
+def app_with_hub(hub_with_model: HubServer, app_url: str) -> str:
+    return app_url
+
+
+def test_download_then_chat(browser: Browser, app_with_hub: str, hub_with_model: HubServer) -> None:
+    page = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000}).new_page()
+    page.goto(f"{app_with_hub}/models")
+    card = page.locator(".st-key-card-chat-model")
+    card.get_by_role("button", name="Check files and download").click()
+    expect(card.get_by_text("to fetch")).to_be_visible(timeout=30_000)
+    card.get_by_role("button", name="Download", exact=True).click()
+    expect(card.get_by_text("Downloading")).to_be_visible(timeout=30_000)
+    expect(card.get_by_text("model.safetensors").first).to_be_visible(
+        timeout=30_000
+    )  # progress names the file
+    expect(card.get_by_text("Ready", exact=True)).to_be_visible(timeout=60_000)
+    card.get_by_role("button", name="Use for chat").click()
+
+    page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="Chat").click()
+    box = page.get_by_test_id("stChatInputTextArea")
+    expect(box).to_be_visible(timeout=30_000)
+    box.fill("Hello from the browser")
+    box.press("Enter")
+    expect(page.get_by_text("tokens/s").first).to_be_visible(timeout=60_000)  # the reply's stats line
+    expect(page.get_by_test_id("stChatMessage")).to_have_count(2)
+    assert hub_with_model.requests("GET", "model.safetensors")

@@ -4,7 +4,7 @@ from core.catalog import ModelSpec
 from core.downloads import Progress
 from core.errors import LocalLLMError
 from core.hardware import decode_tokens_per_s_bound, memory_verdict
-from core.library import DownloadPlan, ModelLibrary
+from core.library import DownloadPlan, ModelLibrary, ModelStatus
 from core.storage import repo
 from core.units import format_bytes, format_count, format_duration
 from ui import resources, state
@@ -115,8 +115,7 @@ def live_status(spec: ModelSpec) -> None:
         st.error(t("models.failed", error=progress.error))
 
 
-def actions(spec: ModelSpec) -> None:
-    status = library.status(spec.key)
+def actions(spec: ModelSpec, status: ModelStatus) -> None:
     key = spec.key
     if status.kind == "not_downloaded" and st.session_state.get(f"models.plan-open.{key}"):
         with st.container(border=True):
@@ -230,7 +229,8 @@ def speed_text(key: str, weights_bytes: int) -> str:
 
 def card(spec: ModelSpec) -> None:
     with st.container(border=True, key=f"card-{spec.key}"):
-        downloading = library.status(spec.key).kind == "downloading"
+        status = library.status(spec.key)  # once per card: it reads the job row and the disk
+        downloading = status.kind == "downloading"
         st.session_state[f"models.polling.{spec.key}"] = downloading
         st.fragment(live_status, run_every=ACTIVE_POLL_S if downloading else None)(spec)
         size, params, context = st.columns(3)
@@ -260,7 +260,7 @@ def card(spec: ModelSpec) -> None:
             )
             (st.error if verdict.verdict == "too_large" else st.caption)(text)
             st.caption(speed_text(spec.key, estimate.weights_bytes))
-        actions(spec)
+        actions(spec, status)
 
 
 def add_model_form() -> None:

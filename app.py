@@ -3,9 +3,9 @@
 import streamlit as st
 
 from core.errors import StorageError
-from ui import resources
+from ui import access, resources
 from ui.i18n import error_text, t
-from ui.widgets import ensure_language, language_switch, sidebar_status
+from ui.widgets import ensure_language, language_switch, sidebar_status, sidebar_user
 
 st.set_page_config(page_title="LocalLLM Dashboard", page_icon=":material/memory:", layout="wide")
 
@@ -16,14 +16,19 @@ except StorageError as exc:
     st.stop()
 
 ensure_language()
-navigation = st.navigation(
-    [
-        st.Page("pages/chat.py", title=t("nav.chat"), icon=":material/chat:", default=True),
-        st.Page("pages/models.py", title=t("nav.models"), icon=":material/download:"),
-        st.Page("pages/hardware.py", title=t("nav.hardware"), icon=":material/settings:"),
-    ]
-)
+pages = [
+    st.Page("pages/chat.py", title=t("nav.chat"), icon=":material/chat:", default=True),
+    st.Page("pages/models.py", title=t("nav.models"), icon=":material/download:"),
+    st.Page("pages/hardware.py", title=t("nav.hardware"), icon=":material/settings:"),
+]
+if not access.signed_in():
+    st.navigation(pages, position="hidden")  # keeps the page asked for, to open after signing in
+    with st.sidebar:
+        language_switch()
+    access.sign_in_page()
+navigation = st.navigation(pages)
 with st.sidebar:
     language_switch()
+    sidebar_user()
     sidebar_status()
 navigation.run()

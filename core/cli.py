@@ -23,7 +23,22 @@ def _store() -> ConfigStore:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    """Start the dashboard (Streamlit) bound to localhost."""
+    """Start the dashboard (Streamlit): on localhost, or with --lan on every interface behind a sign-in."""
+    from core.access import lan_addresses, load_access_policy
+
+    address = "localhost"
+    if args.lan:
+        if not load_access_policy().lan_allowed:
+            print(
+                "error: --lan needs a password for the sign-in page. Set LOCALLLM_PASSWORD, or put\n"
+                '  password = "..."\n'
+                "in .streamlit/secrets.toml, then start again.",
+                file=sys.stderr,
+            )
+            return 2
+        address = "0.0.0.0"
+        urls = ", ".join(f"http://{ip}:{args.port}" for ip in lan_addresses()) or "(no LAN address now)"
+        print(f"LAN sharing on: other machines open {urls} and sign in with the password.", flush=True)
     command = [
         sys.executable,
         "-m",
@@ -33,7 +48,7 @@ def cmd_app(args: argparse.Namespace) -> int:
         "--server.port",
         str(args.port),
         "--server.address",
-        "localhost",
+        address,
     ]
     os.chdir(PROJECT_ROOT)
     if os.name == "posix":  # become the server: a signal to this process reaches Streamlit itself
@@ -283,8 +298,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from core.access import is_loopback
     from core.engine import LocalEngine
-    from core.server import SERVER_STATUS_SETTING, create_app, is_loopback, server_urls
+    from core.server import SERVER_STATUS_SETTING, create_app, server_urls
     from core.storage import repo
 
     settings = load_settings()
@@ -320,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     app = commands.add_parser("app", help="start the dashboard on http://localhost:PORT")
     app.add_argument("--port", type=int, default=8501)
+    app.add_argument("--lan", action="store_true", help="open it to the LAN (needs LOCALLLM_PASSWORD)")
     app.set_defaults(func=cmd_app)
 
     models = commands.add_parser("models", help="the model catalog with status and size")

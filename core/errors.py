@@ -110,3 +110,9 @@ class ProviderError(LocalLLMError):
     """A remote OpenAI-compatible server could not answer; the message says why in plain words."""
 
     code = "error.provider"
+
+
+class SignInError(LocalLLMError):
+    """A LAN sign-in was refused; `reason` is no_password, rate_limited, bad_name or bad_password."""
+
+    code = "error.sign_in"

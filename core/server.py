@@ -7,7 +7,6 @@ address it requires a bearer token; on loopback the token is optional.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import threading
 import time
@@ -19,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.access import lan_addresses
 from core.engine import Event, Finished, LocalEngine, ReplyStats, TextDelta
 from core.errors import (
     ConfigError,
@@ -31,15 +31,6 @@ from core.generation import GenerationParams
 from core.storage.db import Database
 
 RETRY_AFTER_S = 5
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def error_response(status: int, message: str, kind: str, code: str, **headers: str) -> JSONResponse:
@@ -240,18 +231,6 @@ def _close_when_free(events: Iterator[Event]) -> None:
 
 
 SERVER_STATUS_SETTING = "server.status"
-
-
-def lan_addresses() -> list[str]:
-    """This machine's IPv4 addresses other machines could reach (no loopback)."""
-    import psutil
-
-    found = []
-    for addresses in psutil.net_if_addrs().values():
-        for address in addresses:
-            if address.family.name == "AF_INET" and not is_loopback(address.address):
-                found.append(address.address)
-    return sorted(set(found))
 
 
 def server_urls(host: str, port: int) -> list[str]:

@@ -18,7 +18,6 @@ class Settings:
     models_dir: Path
     db_url: str
     endpoints: tuple[str, ...]
-    password: str | None
 
 
 def _split_urls(value: str) -> tuple[str, ...]:
@@ -39,5 +38,4 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         models_dir=models_dir,
         db_url=db_url,
         endpoints=endpoints,
-        password=env.get("LOCALLLM_PASSWORD") or None,
     )

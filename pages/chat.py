@@ -7,12 +7,12 @@ from core.engine import Finished, Queued, ReplyStats, TextDelta
 from core.errors import InsufficientMemoryError, LocalLLMError
 from core.generation import GenerationParams
 from core.storage.records import Conversation, Message
-from ui import resources, state
+from ui import access, resources, state
 from ui.i18n import MESSAGES, error_text, ordinal, t
 from ui.widgets import escape_markdown
 
 DEFAULT_TITLE = "New chat"
-chat = resources.chat_service()
+chat = resources.chat_service(access.current_user().owner)
 library = resources.library()
 store = resources.config_store()
 
@@ -40,11 +40,13 @@ def pick_model() -> str | None:
     first = next(iter(choices))
     selected = next((label for label, choice in choices.items() if is_current(*choice)), first)
     labels = list(choices)
+    admin = access.is_admin()
     label = st.selectbox(
-        t("chat.model"), labels, index=labels.index(selected), key="chat.model", help=t("chat.pick_model")
-    )
+        t("chat.model"), labels, index=labels.index(selected), key="chat.model",
+        help=t("chat.pick_model") if admin else t("chat.admin_picks_model"), disabled=not admin,
+    )  # fmt: skip
     kind, value = choices[label]
-    if label != selected or current is None:
+    if admin and (label != selected or current is None):
         if kind == "local":
             store.use_local_model(str(value))
         else:
@@ -203,7 +205,7 @@ def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
             st.write_stream(text())
         except InsufficientMemoryError as exc:
             st.error(error_text(exc))
-            if st.button(t("chat.load_anyway"), key="chat.load-anyway"):
+            if access.is_admin() and st.button(t("chat.load_anyway"), key="chat.load-anyway"):
                 resources.engine().load(store.get_current_config().model, force=True)
                 st.session_state["chat.pending"] = ("regenerate",)
             return
@@ -239,6 +241,8 @@ if prompt and prompt.strip():
         reply(conversation, chat.send(conversation.id, prompt))
     except LocalLLMError as exc:
         st.error(error_text(exc))
+elif prompt is not None:
+    st.warning(t("chat.empty_message"), icon=":material/edit_note:")
 elif pending and conversation is not None:
     try:
         if pending[0] == "regenerate":

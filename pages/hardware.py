@@ -4,15 +4,17 @@ import altair as alt
 import psutil
 import streamlit as st
 
+from core.access import is_loopback, lan_addresses
 from core.engine import DEVICE_CHOICES
 from core.errors import LocalLLMError
 from core.hardware import memory_verdict
 from core.providers import OpenAICompatibleProvider
-from core.server import lan_addresses, server_status, server_urls
+from core.server import server_status, server_urls
 from core.storage import repo
 from core.storage.db import display_url
 from core.units import format_bytes
-from ui import resources
+from ui import access, resources
+from ui.access import admin_only_note
 from ui.i18n import error_text, t
 from ui.widgets import download_settings, escape_markdown
 
@@ -94,6 +96,31 @@ if rows:
     )
     st.altair_chart(bars + rules, use_container_width=True)
     st.caption(t("hardware.chart_note"))
+
+st.subheader(t("lan.title"))
+bound = st.get_option("server.address") or "localhost"
+port = st.get_option("server.port")
+if is_loopback(bound):
+    st.info(t("lan.dashboard_off", address=bound), icon=":material/lock:")
+else:
+    st.success(t("lan.dashboard_on"), icon=":material/lan:")
+addresses = lan_addresses()
+urls = ", ".join(f"`http://{a}:{port}`" for a in addresses)
+st.markdown(t("lan.urls", urls=urls) if addresses else t("lan.no_urls"))
+st.caption(t("lan.models"))
+
+st.subheader(t("server.title"))
+status = server_status(resources.database())
+if status:
+    token = t("server.token") if status["token_required"] else ""
+    urls = ", ".join(f"`{u}`" for u in server_urls(status["host"], status["port"]))
+    st.success(t("server.running", urls=urls, token=token))
+else:
+    st.info(t("server.stopped"))
+
+if not access.is_admin():
+    admin_only_note()
+    st.stop()
 
 st.subheader(t("settings.section"))
 st.markdown(f"**{t('settings.engine')}**")
@@ -233,20 +260,3 @@ with st.expander(t("providers.add"), icon=":material/add:"):
     st.button(t("providers.save"), key="pnew.save", type="primary", on_click=save_new)
     if flash := st.session_state.pop("providers.flash", None):
         (st.success if flash[0] == "ok" else st.error)(flash[1])
-
-st.subheader(t("lan.title"))
-st.info(
-    t("lan.dashboard_off", address=st.get_option("server.address") or "localhost"), icon=":material/lock:"
-)
-addresses = lan_addresses()
-st.markdown(t("lan.urls", urls=", ".join(f"`{a}`" for a in addresses)) if addresses else t("lan.no_urls"))
-st.caption(t("lan.models"))
-
-st.subheader(t("server.title"))
-status = server_status(resources.database())
-if status:
-    token = t("server.token") if status["token_required"] else ""
-    urls = ", ".join(f"`{u}`" for u in server_urls(status["host"], status["port"]))
-    st.success(t("server.running", urls=urls, token=token))
-else:
-    st.info(t("server.stopped"))

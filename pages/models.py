@@ -1,3 +1,7 @@
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
 import streamlit as st
 
 from core.catalog import ModelSpec
@@ -7,13 +11,25 @@ from core.hardware import decode_tokens_per_s_bound, memory_verdict
 from core.library import DownloadPlan, ModelLibrary, ModelStatus
 from core.storage import repo
 from core.units import format_bytes, format_count, format_duration
-from ui import resources, state
+from ui import access, resources, state
 from ui.i18n import error_text, t
 from ui.widgets import download_settings, escape_markdown
 
 ACTIVE_POLL_S = 1.0
 language = state.language() or "en"
 library: ModelLibrary = resources.library()
+
+
+@dataclass(frozen=True)
+class Action:
+    """A button on a model card."""
+
+    label: str
+    key: str
+    callback: Callable[..., None]
+    args: tuple = ()
+    kind: Literal["primary", "secondary"] = "secondary"
+    admin_only: bool = False
 
 
 def run_action(action, success: str | None = None) -> None:
@@ -125,53 +141,43 @@ def actions(spec: ModelSpec, status: ModelStatus) -> None:
                 st.error(error_text(exc))
     if status.kind == "damaged":
         st.warning(t("models.damaged_files", files=", ".join(p.path for p in status.problems)))
-    buttons: list[tuple[str, str, object, tuple, str]] = []  # label, widget key, callback, args, type
+    buttons: list[Action] = []
     if status.kind == "not_downloaded" and not st.session_state.get(f"models.plan-open.{key}"):
         open_plan = (st.session_state.__setitem__, (f"models.plan-open.{key}", True))
-        buttons.append((t("models.action.check"), f"check-{key}", *open_plan, "primary"))
+        buttons.append(Action(t("models.action.check"), f"check-{key}", *open_plan, "primary"))
     if status.kind == "not_downloaded" and resources.hf_cache_snapshot(spec.repo_id):
-        buttons.append(
-            (
-                t("models.action.use_cache"),
-                f"cache-{key}",
-                run_action,
-                (lambda: library.use_cached(key),),
-                "secondary",
-            )
-        )
+        use_cache = (lambda: library.use_cached(key),)
+        buttons.append(Action(t("models.action.use_cache"), f"cache-{key}", run_action, use_cache))
     if status.kind == "damaged":
-        buttons.append(
-            (
-                t("models.action.repair"),
-                f"repair-{key}",
-                run_action,
-                (lambda: start_download(key),),
-                "primary",
-            )
-        )
+        repair = (lambda: start_download(key),)
+        buttons.append(Action(t("models.action.repair"), f"repair-{key}", run_action, repair, "primary"))
     if status.kind == "ready":
-        buttons.append((t("models.use_for_chat"), f"use-{key}", use_for_chat, (key,), "primary"))
-        buttons.append((t("models.action.verify"), f"verify-{key}", verify, (key,), "secondary"))
+        buttons.append(Action(t("models.use_for_chat"), f"use-{key}", use_for_chat, (key,), "primary", True))
+        buttons.append(Action(t("models.action.verify"), f"verify-{key}", verify, (key,)))
         redownload = (lambda: library.redownload(key),)
-        buttons.append(
-            (t("models.action.redownload"), f"redownload-{key}", run_action, redownload, "secondary")
-        )
+        buttons.append(Action(t("models.action.redownload"), f"redownload-{key}", run_action, redownload,
+                              admin_only=True))  # fmt: skip
     if status.kind in ("ready", "damaged", "partial"):
-        buttons.append((t("models.action.delete"), f"delete-{key}", ask_delete, (key,), "secondary"))
+        ask = (key,)
+        buttons.append(Action(t("models.action.delete"), f"delete-{key}", ask_delete, ask, admin_only=True))
     if spec.custom and status.kind != "downloading":
-        buttons.append(
-            (
-                t("models.action.remove"),
-                f"remove-{key}",
-                run_action,
-                (lambda: library.remove_custom(key),),
-                "secondary",
-            )
-        )
+        remove = (lambda: library.remove_custom(key),)
+        buttons.append(Action(t("models.action.remove"), f"remove-{key}", run_action, remove,
+                              admin_only=True))  # fmt: skip
     if buttons:
+        admin = access.is_admin()
         with st.container(horizontal=True):
-            for label, widget_key, callback, args, kind in buttons:
-                st.button(label, key=widget_key, on_click=callback, args=args, type=kind)
+            for action in buttons:
+                locked = action.admin_only and not admin
+                st.button(
+                    action.label,
+                    key=action.key,
+                    on_click=None if locked else action.callback,  # a forged click on a locked one: nothing
+                    args=action.args,
+                    type=action.kind,
+                    disabled=locked,
+                    help=t("access.admin_only") if locked else None,
+                )
     if st.session_state.get("models.confirm-delete") == key:
         st.warning(t("models.confirm_delete", key=key, size=format_bytes(spec.download_bytes)))
         st.button(
@@ -290,4 +296,5 @@ if flash := st.session_state.pop("models.flash", None):
 for model in library.models():
     card(model)
 add_model_form()
-download_settings()
+if access.is_admin():
+    download_settings()

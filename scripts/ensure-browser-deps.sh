@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Debian's chromium (driven by Playwright in the browser tests) and CJK fonts, installed when missing.
+# Debian's chromium (driven by Playwright in the browser tests), CJK fonts and iproute2 (the LAN tests
+# put a second host in a network namespace), installed when missing.
 set -euo pipefail
-packages=(chromium fonts-noto-cjk)
+packages=(chromium fonts-noto-cjk iproute2)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

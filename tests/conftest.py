@@ -29,6 +29,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LOCALLLM_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("LOCALLLM_DB_URL", f"sqlite:///{data / 'test.db'}")
     monkeypatch.setenv("LOCALLLM_MIRRORS", "")
+    monkeypatch.setenv("LOCALLLM_SECRETS_FILE", str(tmp_path / "secrets.toml"))  # absent unless written
+    for name in ("LOCALLLM_PASSWORD", "LOCALLLM_ADMINS", "LOCALLLM_ADMIN_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
     return tmp_path
 
 

@@ -259,20 +259,70 @@ MESSAGES: dict[str, dict[str, str]] = {
     "providers.remote": {"en": "remote", "zh": "远程"},
     "lan.title": {"en": "Sharing on the LAN", "zh": "局域网共享"},
     "lan.dashboard_off": {
-        "en": "The dashboard is open to this machine only (bound to {address}). Opening it to other "
-        "machines needs the password sign-in, which is not available in this version.",
-        "zh": "控制台仅对本机开放（绑定 {address}）。向其他机器开放需要密码登录，当前版本尚未提供。",
+        "en": "The dashboard is open to this machine only (bound to {address}). To open it to the LAN, set "
+        'a password (`LOCALLLM_PASSWORD` or `password = "..."` in `.streamlit/secrets.toml`) and start '
+        "it with `python -m core app --lan`: other machines then sign in with a name and that password.",
+        "zh": "控制台仅对本机开放（绑定 {address}）。如需向局域网开放，请先设置密码（环境变量 "
+        '`LOCALLLM_PASSWORD`，或在 `.streamlit/secrets.toml` 中写 `password = "..."`），再用 '
+        "`python -m core app --lan` 启动：其他机器需输入用户名和该密码登录。",
     },
+    "lan.dashboard_on": {
+        "en": "LAN sharing is on: other machines open the dashboard and sign in with a user name and the "
+        "password. Each user sees only their own conversations; settings and deletions are for the admin.",
+        "zh": "局域网共享已开启：其他机器打开控制台后，输入用户名和密码登录。每个用户只能看到自己的对话；"
+        "设置和删除操作仅限管理员。",
+    },
+    "access.title": {"en": "Sign in", "zh": "登录"},
+    "access.intro": {
+        "en": "This dashboard runs on another machine. Sign in with a user name of your choice and the "
+        "password its owner gave you. Your conversations are kept under that name.",
+        "zh": "此控制台运行在另一台机器上。请输入自定的用户名和机器主人提供的密码登录，"
+        "对话将保存在该用户名下。",
+    },
+    "access.name": {"en": "User name", "zh": "用户名"},
+    "access.password": {"en": "Password", "zh": "密码"},
+    "access.submit": {"en": "Sign in", "zh": "登录"},
+    "access.no_password": {
+        "en": "This dashboard is not shared on the LAN: no password is configured. Ask its owner to set "
+        "LOCALLLM_PASSWORD and start it with `python -m core app --lan`, or open it on that machine.",
+        "zh": "此控制台未在局域网共享：尚未配置密码。请让机器主人设置 LOCALLLM_PASSWORD 并用 "
+        "`python -m core app --lan` 启动，或在那台机器上直接打开。",
+    },
+    "access.rate_limited": {
+        "en": "Too many wrong passwords from this address. Try again in {wait_s} s.",
+        "zh": "该地址输错密码次数过多，请在 {wait_s} 秒后重试。",
+    },
+    "access.bad_name": {
+        "en": "Choose a user name of 1-40 letters, digits, spaces, '.', '@' or '-'.",
+        "zh": "用户名须为 1-40 个字母、数字、空格或 “.”、“@”、“-”。",
+    },
+    "access.bad_password": {"en": "Wrong user name or password.", "zh": "用户名或密码错误。"},
+    "access.admin_only": {
+        "en": "Only the admin can change this (on the machine itself, or signed in with an admin name).",
+        "zh": "只有管理员可以修改此项（在本机上操作，或以管理员用户名登录）。",
+    },
+    "access.signed_in_as": {"en": "Signed in as **{name}** ({role})", "zh": "已登录：**{name}**（{role}）"},
+    "access.role_admin": {"en": "admin", "zh": "管理员"},
+    "access.role_user": {"en": "user", "zh": "普通用户"},
+    "access.sign_out": {"en": "Sign out", "zh": "退出登录"},
     "lan.urls": {
         "en": "Other machines would reach this one at: {urls}",
         "zh": "其他机器可通过以下地址访问本机：{urls}",
     },
     "lan.no_urls": {"en": "This machine has no LAN address right now.", "zh": "本机当前没有局域网地址。"},
     "lan.models": {
-        "en": "To share your downloaded models with programs on other machines today, run "
-        "`python -m core serve --host 0.0.0.0`: it requires the bearer token it prints (see the README).",
-        "zh": "如需现在就让其他机器上的程序使用本机模型，请运行 `python -m core serve --host 0.0.0.0`，"
-        "它要求使用启动时显示的令牌（见 README）。",
+        "en": "Programs on other machines (rather than browsers) can use your models through "
+        "`python -m core serve --host 0.0.0.0`, with the bearer token it prints (see the README).",
+        "zh": "其他机器上的程序（而非浏览器）可通过 `python -m core serve --host 0.0.0.0` 使用本机模型，"
+        "需使用它启动时显示的令牌（见 README）。",
+    },
+    "chat.empty_message": {
+        "en": "The message is empty: type something to send.",
+        "zh": "消息为空：请输入内容后再发送。",
+    },
+    "chat.admin_picks_model": {
+        "en": "The admin chooses the model everyone chats with.",
+        "zh": "所有人使用的模型由管理员选择。",
     },
     "server.title": {"en": "API for other programs", "zh": "供其他程序调用的 API"},
     "server.running": {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.access import SignInGate, load_access_policy
 from core.chat import ChatService
 from core.configs import ConfigStore
 from core.engine import LocalEngine
@@ -84,10 +85,18 @@ def engine() -> LocalEngine:
 
 
 @st.cache_resource
-def chat_service() -> ChatService:
-    """Conversations of the local user, answered by the current provider config."""
+def chat_service(owner: str) -> ChatService:
+    """One person's conversations, answered by the current provider config."""
     store = config_store()
-    return ChatService(database(), lambda: provider_for_config(store.get_current_config(), engine()))
+    return ChatService(
+        database(), lambda: provider_for_config(store.get_current_config(), engine()), owner=owner
+    )
+
+
+@st.cache_resource
+def sign_in_gate() -> SignInGate:
+    """The LAN sign-in check and its per-address limiter (shared by every browser session)."""
+    return SignInGate(load_access_policy())
 
 
 @st.cache_resource(show_spinner=False)

@@ -6,6 +6,7 @@ server for /models would run pages/models.py alone: no router, no language, no s
 the app as navigation-routed before the server starts makes every first request go through app.py.
 """
 
+import os
 import sys
 
 from streamlit.runtime.pages_manager import PagesManager
@@ -13,4 +14,6 @@ from streamlit.web import cli
 
 if __name__ == "__main__":
     PagesManager.uses_pages_directory = False
+    # Client addresses decide who is admin: trust X-Forwarded-For from this machine only (uvicorn's default).
+    os.environ.pop("FORWARDED_ALLOW_IPS", None)
     sys.exit(cli.main())

@@ -6,6 +6,7 @@ import streamlit as st
 
 LANGUAGE = "language"
 CONVERSATION = "chat.conversation"
+IDENTITY = "access.identity"
 
 
 def language() -> str | None:

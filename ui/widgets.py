@@ -7,7 +7,7 @@ import streamlit as st
 from core.errors import LocalLLMError
 from core.storage import repo
 from core.units import format_bytes, format_duration
-from ui import resources, state
+from ui import access, resources, state
 from ui.i18n import LANGUAGES, error_text, language_from_locale, t
 
 LANGUAGE_SETTING = "ui.language"
@@ -46,6 +46,16 @@ def language_switch() -> None:
     )
 
 
+def sidebar_user() -> None:
+    """A LAN user's name and a sign-out button; nothing for the local user."""
+    if access.is_local_client():
+        return
+    user = access.current_user()
+    role = t("access.role_admin") if user.is_admin else t("access.role_user")
+    st.caption(t("access.signed_in_as", name=escape_markdown(user.name), role=role))
+    st.button(t("access.sign_out"), icon=":material/logout:", on_click=access.sign_out, key="access.sign-out")
+
+
 def sidebar_status() -> None:
     with resources.database().begin() as session:
         current = repo.get_current_config(session)
@@ -77,7 +87,13 @@ def sidebar_status() -> None:
         left = resources.engine().idle_seconds_left()
         if left is not None:
             st.caption(t("status.idle_unload", time=format_duration(left)))
-        st.button(t("status.unload"), icon=":material/eject:", on_click=resources.engine().unload)
+        st.button(
+            t("status.unload"),
+            icon=":material/eject:",
+            on_click=resources.engine().unload,
+            disabled=not access.is_admin(),
+            help=None if access.is_admin() else t("access.admin_only"),
+        )
 
 
 def download_settings() -> None:

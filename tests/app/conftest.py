@@ -4,18 +4,35 @@ from collections.abc import Callable
 
 import pytest
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from core.settings import PROJECT_ROOT
 
 
 @pytest.fixture
-def new_app(isolated_env) -> Callable[[], AppTest]:
+def client_ip(monkeypatch: pytest.MonkeyPatch) -> Callable[[str | None], None]:
+    """Set the browser's address as the server sees it (None: this machine).
+
+    Mocked because AppTest has no network connection: its session client is a MagicMock, so
+    st.context.ip_address is a mock. The real addresses are tested in tests/e2e/test_lan.py.
+    """
+
+    def set_ip(address: str | None) -> None:
+        monkeypatch.setattr("ui.access.client_address", lambda: address)
+
+    set_ip(None)
+    return set_ip
+
+
+@pytest.fixture
+def new_app(isolated_env, client_ip) -> Callable[[], AppTest]:
     """A fresh browser session of the app; process-wide caches are reset for this test's settings."""
     st.cache_resource.clear()
     st.cache_data.clear()
 
     def make() -> AppTest:
+        PagesManager.uses_pages_directory = False  # as ui/server.py starts the real server
         return AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60)
 
     yield make

@@ -11,10 +11,11 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Playwright, sync_playwright
 
 from core.settings import PROJECT_ROOT
 
@@ -51,36 +52,116 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = 6
     raise TimeoutError(f"the app did not answer on {url} within {timeout_s} s")
 
 
+@contextmanager
+def running_app(*args: str, log_path: Path, module: str = "core") -> Iterator[str]:
+    """`python -m core app --port N ARGS` as the README starts it, or `python -m MODULE ARGS --server.port N`.
+
+    Stopped, with all it started, on exit."""
+    port = free_port()
+    command = ["app", "--port", str(port), *args] if module == "core" else [*args, "--server.port", str(port)]
+    with log_path.open("a") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *command],
+            cwd=PROJECT_ROOT,
+            env=os.environ.copy(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so teardown stops everything it started
+        )
+        url = f"http://localhost:{port}"
+        try:
+            wait_until_healthy(url, process)
+            yield url
+        finally:
+            stop_process_group(process)
+
+
+def stop_process_group(process: subprocess.Popen, sig: signal.Signals = signal.SIGTERM) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
 @pytest.fixture
 def app_url(isolated_env: Path) -> Iterator[str]:
-    port = free_port()
-    log = (isolated_env / "app.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "core", "app", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        env=os.environ.copy(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so teardown stops everything it started
-    )
-    url = f"http://localhost:{port}"
-    try:
-        wait_until_healthy(url, process)
+    with running_app(log_path=isolated_env / "app.log") as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
+def playwright() -> Iterator[Playwright]:
+    """One Playwright driver for the session (two cannot run in one thread)."""
+    with sync_playwright() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is missing: run the README's test command, which installs it.")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield instance
+    instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    yield instance
+    instance.close()
+
+
+class LanHost:
+    """A second host: a network namespace joined to this one by a veth pair, with chromium inside it."""
+
+    HOST_IP, CLIENT_IP = "10.231.7.1", "10.231.7.2"
+
+    def __init__(self, tmp: Path) -> None:
+        self.name = f"llmtest{os.getpid()}"
+        self.veth = f"vh{os.getpid()}"[:15]
+        self.wrapper = tmp / "chromium-in-namespace"
+        self.wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {self.name} {CHROMIUM} "$@"\n')
+        self.wrapper.chmod(0o755)
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+    def __enter__(self) -> LanHost:
+        peer = f"vn{os.getpid()}"[:15]
+        self._ip("netns", "add", self.name)
+        try:
+            self._ip("link", "add", self.veth, "type", "veth", "peer", "name", peer)
+            self._ip("link", "set", peer, "netns", self.name)
+            self._ip("addr", "add", f"{self.HOST_IP}/30", "dev", self.veth)
+            self._ip("link", "set", self.veth, "up")
+            self._ip("-n", self.name, "addr", "add", f"{self.CLIENT_IP}/30", "dev", peer)
+            self._ip("-n", self.name, "link", "set", peer, "up")
+            self._ip("-n", self.name, "link", "set", "lo", "up")
+        except subprocess.CalledProcessError:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+    def url(self, app_url: str) -> str:
+        """The app's URL as the other host reaches it: this machine's address on the veth link."""
+        return app_url.replace("localhost", self.HOST_IP)
+
+
+@pytest.fixture(scope="session")
+def lan_browser(
+    playwright: Playwright, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LanHost, Browser]]:
+    """Chromium on another host (a network namespace): its requests reach the app from 10.231.7.2."""
+    try:
+        host = LanHost(tmp_path_factory.mktemp("lan")).__enter__()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        pytest.fail(f"cannot make a network namespace (needs root and iproute2): {detail}")
+    try:
+        wrapper = str(host.wrapper)
+        instance = playwright.chromium.launch(executable_path=wrapper, headless=True, args=CHROMIUM_ARGS)
+        yield host, instance
         instance.close()
+    finally:
+        host.__exit__()

@@ -1,0 +1,102 @@
+"""A browser on another machine: sign-in, refusal without a password, own conversations, admin-only parts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.chat import ChatService
+from core.storage.db import Database
+from tests.fixtures.tiny_models import install_ready
+
+LAN_ADDRESS = "192.168.50.20"
+
+
+def sign_in(at: AppTest, name: str, password: str) -> AppTest:
+    at.text_input(key="access.name").input(name)
+    at.text_input(key="access.password").input(password)
+    at.button[0].click().run()
+    return at
+
+
+@pytest.fixture
+def lan_app(new_app, client_ip, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("LOCALLLM_PASSWORD", "open sesame")
+    monkeypatch.setenv("LOCALLLM_ADMINS", "boss")
+    client_ip(LAN_ADDRESS)
+    at = new_app()
+    at.run()
+    return at
+
+
+def test_without_a_password_lan_browsers_are_turned_away(new_app, client_ip) -> None:
+    client_ip(LAN_ADDRESS)
+    at = new_app()
+    at.run()
+    assert not at.exception
+    assert "no password is configured" in at.error[0].value
+    assert not at.chat_input  # nothing of the app behind it
+    assert not at.text_input
+
+
+def test_the_local_user_needs_no_sign_in(new_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALLLM_PASSWORD", "open sesame")
+    at = new_app()
+    at.run()
+    assert [title.value for title in at.title] == ["Chat"]
+
+
+def test_sign_in_with_the_shared_password(lan_app: AppTest) -> None:
+    assert [title.value for title in lan_app.title] == ["Sign in"]
+    sign_in(lan_app, "alice", "wrong")
+    assert lan_app.error[0].value == "Wrong user name or password."
+    assert lan_app.text_input(key="access.password").value == ""  # never kept in the form
+    sign_in(lan_app, "alice", "open sesame")
+    assert not lan_app.exception
+    assert [title.value for title in lan_app.title] == ["Chat"]
+
+
+def test_repeated_wrong_passwords_are_rate_limited(lan_app: AppTest) -> None:
+    for _ in range(5):
+        sign_in(lan_app, "mallory", "guess")
+    sign_in(lan_app, "mallory", "open sesame")
+    assert lan_app.error[0].value == "Too many wrong passwords from this address. Try again in 30 s."
+    assert [title.value for title in lan_app.title] == ["Sign in"]
+
+
+def test_each_lan_user_sees_only_their_own_conversations(
+    lan_app: AppTest, db_url: str, tiny_models: dict[str, Path]
+) -> None:
+    from core.storage import repo
+
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "tiny", tiny_models["qwen2"])
+    db = Database(db_url)
+    with db.begin() as session:
+        repo.add_custom_model(session, "tiny", "test/tiny", "main", {})
+    ChatService(db, provider=lambda: None, owner="lan:bob").new_conversation("Bob's secret plan")
+    ChatService(db, provider=lambda: None, owner="local").new_conversation("The owner's notes")
+    alice_chat = ChatService(db, provider=lambda: None, owner="lan:alice")
+    alice_chat.new_conversation("Alice's shopping list")
+
+    sign_in(lan_app, "alice", "open sesame")
+    titles = [b.label for b in lan_app.button if b.key and b.key.startswith("conversation-")]
+    assert titles == ["Alice's shopping list"]
+
+
+def test_lan_users_cannot_reach_settings_or_destructive_actions(lan_app: AppTest) -> None:
+    sign_in(lan_app, "alice", "open sesame")
+    lan_app.switch_page("pages/hardware.py").run()
+    assert not lan_app.exception
+    assert any("Only the admin can change this" in caption.value for caption in lan_app.caption)
+    assert not [w for w in lan_app.text_input if w.key and w.key.startswith("p")]  # no provider keys
+    assert not [w for w in lan_app.text_input if w.key == "models-dir-input"]
+
+
+def test_an_admin_name_signed_in_from_the_lan_gets_the_settings(lan_app: AppTest) -> None:
+    sign_in(lan_app, "boss", "open sesame")
+    lan_app.switch_page("pages/hardware.py").run()
+    assert not lan_app.exception
+    assert lan_app.text_input(key="models-dir-input").value

@@ -1,0 +1,115 @@
+"""The dashboard opened from another host on the LAN (a network namespace over a veth pair).
+
+The app runs as `python -m core app --lan`; chromium runs inside the namespace, so the app sees its
+requests come from 10.231.7.2, a real non-loopback address on a real interface. Nothing leaves this machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from core.configs import ConfigStore
+from core.storage import repo
+from core.storage.db import Database
+from tests.e2e.conftest import LanHost, running_app
+from tests.fixtures.tiny_models import build_tiny_model, install_ready
+
+pytestmark = pytest.mark.e2e
+PASSWORD = "correct horse"
+LONG_PROMPT = "hello world " * 250  # ~2,400 tokens: its prefill keeps the engine busy for a while
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random model big enough that a long prompt takes about a second to read on 2 cores."""
+    return build_tiny_model(tmp_path_factory.mktemp("slow"), hidden_size=384, layers=6, context=4096)
+
+
+@pytest.fixture
+def lan_app(isolated_env: Path, slow_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "slow", slow_model)
+    db = Database(os.environ["LOCALLLM_DB_URL"])
+    with db.begin() as session:
+        repo.add_custom_model(session, "slow", "test/slow", "main", {})
+    ConfigStore(db).use_local_model("slow")
+    monkeypatch.setenv("LOCALLLM_PASSWORD", PASSWORD)
+    with running_app("--lan", log_path=isolated_env / "app.log") as url:
+        yield url
+
+
+def lan_page(lan_browser: tuple[LanHost, Browser], app_url: str, path: str = "") -> Page:
+    host, browser = lan_browser
+    page = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900}).new_page()
+    page.goto(host.url(app_url) + path)
+    return page
+
+
+def sign_in(page: Page, name: str, password: str) -> None:
+    page.get_by_label("User name").fill(name)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def send(page: Page, text: str) -> None:
+    box = page.get_by_test_id("stChatInputTextArea")
+    expect(box).to_be_visible(timeout=30_000)
+    box.fill(text)
+    box.press("Enter")
+
+
+def test_lan_browser_must_sign_in_and_the_local_one_need_not(
+    lan_browser: tuple[LanHost, Browser], browser: Browser, lan_app: str
+) -> None:
+    page = lan_page(lan_browser, lan_app, "/models")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Qwen/Qwen2.5-0.5B-Instruct")).to_have_count(0)  # nothing behind the form
+    sign_in(page, "alice", "not the password")
+    expect(page.get_by_text("Wrong user name or password.")).to_be_visible(timeout=15_000)
+    sign_in(page, "alice", PASSWORD)
+    expect(page.get_by_text("Signed in as alice (user)")).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("heading", name="Models")).to_be_visible()
+    # A user who is not the admin cannot delete a model.
+    expect(page.locator(".st-key-delete-slow").get_by_role("button", name="Delete")).to_be_disabled()
+
+    local = browser.new_context(locale="en-US").new_page()
+    local.goto(lan_app)
+    expect(local.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
+    expect(local.get_by_role("heading", name="Sign in")).to_have_count(0)
+
+
+def test_without_a_password_the_lan_is_turned_away(
+    lan_browser: tuple[LanHost, Browser], isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Started by hand with Streamlit on every interface, with no password configured anywhere.
+    monkeypatch.delenv("LOCALLLM_PASSWORD", raising=False)
+    args = ("run", "app.py", "--server.address", "0.0.0.0")
+    with running_app(*args, log_path=isolated_env / "open.log", module="streamlit") as url:
+        page = lan_page(lan_browser, url)
+        expect(page.get_by_text("no password is configured")).to_be_visible(timeout=30_000)
+        expect(page.get_by_label("Password", exact=True)).to_have_count(0)
+
+
+def test_two_lan_users_chat_at_once_each_in_their_own_conversation(
+    lan_browser: tuple[LanHost, Browser], lan_app: str
+) -> None:
+    alice, bob = lan_page(lan_browser, lan_app), lan_page(lan_browser, lan_app)
+    sign_in(alice, "alice", PASSWORD)
+    sign_in(bob, "bob", PASSWORD)
+    send(alice, "Good morning")  # loads the model, so that the next request starts generating at once
+    expect(alice.get_by_text("tokens/s")).to_have_count(1, timeout=60_000)
+    send(alice, LONG_PROMPT)
+    expect(alice.get_by_role("button", name="Stop")).to_be_visible(timeout=15_000)  # alice's turn runs
+    send(bob, "Short question from Bob")
+    expect(bob.get_by_text("Waiting: 2nd in line")).to_be_visible(timeout=15_000)
+    for page, messages in ((alice, 4), (bob, 2)):
+        expect(page.get_by_text("tokens/s")).to_have_count(messages // 2, timeout=120_000)  # replies finished
+        expect(page.get_by_test_id("stChatMessage")).to_have_count(messages)
+    bob_titles = bob.get_by_test_id("stSidebar").get_by_role("button", name="Short question from Bob")
+    expect(bob_titles).to_have_count(1)
+    expect(bob.get_by_test_id("stSidebar").get_by_text("Good morning")).to_have_count(0)
+    expect(alice.get_by_test_id("stSidebar").get_by_text("Short question from Bob")).to_have_count(0)

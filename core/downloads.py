@@ -413,10 +413,7 @@ class DownloadManager:
             running = self._workers.get(target.key)
             if running and running[0].is_alive():
                 return False
-            # thread_local=False: acquired here, released by the worker thread when it ends.
-            lock = filelock.FileLock(
-                str(self.models_dir / f".{target.key}.lock"), timeout=0, thread_local=False
-            )
+            lock = self._file_lock(target.key)
             self.models_dir.mkdir(parents=True, exist_ok=True)
             try:
                 lock.acquire()
@@ -440,6 +437,23 @@ class DownloadManager:
             self._workers[target.key] = (thread, cancel, download)
             thread.start()
             return True
+
+    def _file_lock(self, key: str) -> filelock.FileLock:
+        """Held by whichever process downloads `key`; the OS frees it when that process dies."""
+        # thread_local=False: acquired by start(), released by the worker thread when it ends.
+        return filelock.FileLock(str(self.models_dir / f".{key}.lock"), timeout=0, thread_local=False)
+
+    def _downloading_elsewhere(self, key: str) -> bool:
+        """Whether a live process (this one included) holds the model's download lock."""
+        lock = self._file_lock(key)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            return True
+        except OSError:
+            return True  # cannot tell (e.g. a read-only folder): trust the heartbeat instead
+        lock.release()
+        return False
 
     def _run(self, download: ModelDownload, job: JobRecord, lock: filelock.FileLock) -> None:
         try:
@@ -483,8 +497,8 @@ class DownloadManager:
         stale = datetime.now(UTC) - _aware(job.updated_at) > timedelta(
             seconds=self.policy.interrupted_after_s
         )
-        if state in ACTIVE_STATES and stale:
-            state = "interrupted"
+        if state in ACTIVE_STATES and (stale or not self._downloading_elsewhere(key)):
+            state = "interrupted"  # its process died: at once when its lock is free, else by the heartbeat
         return Progress(
             key,
             state,

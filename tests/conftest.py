@@ -54,6 +54,12 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {arch: build_tiny_model(root / arch, arch) for arch in ("qwen2", "llama")}
 
 
+@pytest.fixture(scope="session")
+def bigger_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with ~5 MB of weights, so a throttled transfer can be killed halfway."""
+    return build_tiny_model(tmp_path_factory.mktemp("bigger") / "m", "qwen2", hidden_size=256)
+
+
 @pytest.fixture
 def tiny_model_copy(tiny_models: dict[str, Path], tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_models["qwen2"], tmp_path / "tiny-qwen2"))

@@ -12,12 +12,17 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
+from core.configs import ConfigStore
 from core.settings import PROJECT_ROOT
+from core.storage import repo
+from core.storage.db import Database
+from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without these, chromium keeps trying to reach Google's services, which this machine cannot reach.
@@ -52,12 +57,21 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = 6
     raise TimeoutError(f"the app did not answer on {url} within {timeout_s} s")
 
 
+@dataclass(frozen=True)
+class RunningApp:
+    url: str
+    port: int
+    process: subprocess.Popen
+
+
 @contextmanager
-def running_app(*args: str, log_path: Path, module: str = "core") -> Iterator[str]:
+def running_app(
+    *args: str, log_path: Path, module: str = "core", port: int | None = None
+) -> Iterator[RunningApp]:
     """`python -m core app --port N ARGS` as the README starts it, or `python -m MODULE ARGS --server.port N`.
 
     Stopped, with all it started, on exit."""
-    port = free_port()
+    port = port or free_port()
     command = ["app", "--port", str(port), *args] if module == "core" else [*args, "--server.port", str(port)]
     with log_path.open("a") as log:
         process = subprocess.Popen(
@@ -71,7 +85,7 @@ def running_app(*args: str, log_path: Path, module: str = "core") -> Iterator[st
         url = f"http://localhost:{port}"
         try:
             wait_until_healthy(url, process)
-            yield url
+            yield RunningApp(url, port, process)
         finally:
             stop_process_group(process)
 
@@ -86,10 +100,38 @@ def stop_process_group(process: subprocess.Popen, sig: signal.Signals = signal.S
         process.wait(timeout=10)
 
 
+LONG_PROMPT = "hello world " * 250  # ~2,000 tokens: reading it keeps the engine busy for a while
+
+
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random model big enough that a long prompt takes about a second to read on 2 cores."""
+    return build_tiny_model(tmp_path_factory.mktemp("slow"), hidden_size=384, layers=6, context=4096)
+
+
+@pytest.fixture
+def slow_model_ready(isolated_env: Path, slow_model: Path) -> str:
+    """The slow model installed, verified and chosen for chat, as after a download and "Use for chat"."""
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "slow", slow_model)
+    db = Database(os.environ["LOCALLLM_DB_URL"])
+    with db.begin() as session:
+        repo.add_custom_model(session, "slow", "test/slow", "main", {})
+    ConfigStore(db).use_local_model("slow")
+    return "slow"
+
+
+def send(page: Page, text: str) -> None:
+    """Type a chat message and press Enter, as a user does."""
+    box = page.get_by_test_id("stChatInputTextArea")
+    expect(box).to_be_visible(timeout=30_000)
+    box.fill(text)
+    box.press("Enter")
+
+
 @pytest.fixture
 def app_url(isolated_env: Path) -> Iterator[str]:
-    with running_app(log_path=isolated_env / "app.log") as url:
-        yield url
+    with running_app(log_path=isolated_env / "app.log") as app:
+        yield app.url
 
 
 @pytest.fixture(scope="session")

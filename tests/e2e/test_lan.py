@@ -6,40 +6,23 @@ requests come from 10.231.7.2, a real non-loopback address on a real interface. 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from core.configs import ConfigStore
-from core.storage import repo
-from core.storage.db import Database
-from tests.e2e.conftest import LanHost, running_app
-from tests.fixtures.tiny_models import build_tiny_model, install_ready
+from tests.e2e.conftest import LONG_PROMPT, LanHost, running_app, send
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse"
-LONG_PROMPT = "hello world " * 250  # ~2,400 tokens: its prefill keeps the engine busy for a while
-
-
-@pytest.fixture(scope="module")
-def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random model big enough that a long prompt takes about a second to read on 2 cores."""
-    return build_tiny_model(tmp_path_factory.mktemp("slow"), hidden_size=384, layers=6, context=4096)
 
 
 @pytest.fixture
-def lan_app(isolated_env: Path, slow_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "slow", slow_model)
-    db = Database(os.environ["LOCALLLM_DB_URL"])
-    with db.begin() as session:
-        repo.add_custom_model(session, "slow", "test/slow", "main", {})
-    ConfigStore(db).use_local_model("slow")
+def lan_app(isolated_env: Path, slow_model_ready: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("LOCALLLM_PASSWORD", PASSWORD)
-    with running_app("--lan", log_path=isolated_env / "app.log") as url:
-        yield url
+    with running_app("--lan", log_path=isolated_env / "app.log") as app:
+        yield app.url
 
 
 def lan_page(lan_browser: tuple[LanHost, Browser], app_url: str, path: str = "") -> Page:
@@ -53,13 +36,6 @@ def sign_in(page: Page, name: str, password: str) -> None:
     page.get_by_label("User name").fill(name)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
-
-
-def send(page: Page, text: str) -> None:
-    box = page.get_by_test_id("stChatInputTextArea")
-    expect(box).to_be_visible(timeout=30_000)
-    box.fill(text)
-    box.press("Enter")
 
 
 def test_lan_browser_must_sign_in_and_the_local_one_need_not(
@@ -88,8 +64,8 @@ def test_without_a_password_the_lan_is_turned_away(
     # Started by hand with Streamlit on every interface, with no password configured anywhere.
     monkeypatch.delenv("LOCALLLM_PASSWORD", raising=False)
     args = ("run", "app.py", "--server.address", "0.0.0.0")
-    with running_app(*args, log_path=isolated_env / "open.log", module="streamlit") as url:
-        page = lan_page(lan_browser, url)
+    with running_app(*args, log_path=isolated_env / "open.log", module="streamlit") as app:
+        page = lan_page(lan_browser, app.url)
         expect(page.get_by_text("no password is configured")).to_be_visible(timeout=30_000)
         expect(page.get_by_label("Password", exact=True)).to_have_count(0)
 

@@ -9,17 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from core.settings import PROJECT_ROOT
 from tests.fixtures.hub_server import CHUNK, HubServer
-from tests.fixtures.tiny_models import build_tiny_model
-
-
-@pytest.fixture(scope="module")
-def bigger_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model with ~5 MB of weights, so a throttled transfer can be killed halfway."""
-    return build_tiny_model(tmp_path_factory.mktemp("bigger") / "m", "qwen2", hidden_size=256)
 
 
 def cli(*args: str, **kwargs) -> subprocess.Popen:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -149,15 +150,16 @@ def test_interrupted_jobs_are_found_and_resumed(
     hub.add_fault(Fault(path="model.safetensors", status=503))
     library.download(key)
     assert library.manager.wait(key, timeout=30).state == "failed"
-    # The app was killed mid-download: the row still says running and its heartbeat stopped.
+    # The app was killed mid-download and restarted at once: the row still says running and its last
+    # heartbeat is recent, but no process holds the model's download lock, so it is known interrupted.
     with database.begin() as session:
-        session.execute(update(DownloadJobRow).values(state="running"))
+        session.execute(update(DownloadJobRow).values(state="running", updated_at=datetime.now(UTC)))
     hub.clear_faults()
-    time.sleep(POLICY.interrupted_after_s + 0.1)
 
     settings = load_settings()  # the app starts again: a new process-wide manager
+    patient = replace(POLICY, interrupted_after_s=3600)  # the heartbeat alone would say "running"
     restarted = ModelLibrary(
-        database, settings, DownloadManager(database, settings.models_dir, lambda: [hub.url], policy=POLICY)
+        database, settings, DownloadManager(database, settings.models_dir, lambda: [hub.url], policy=patient)
     )
     assert restarted.status(key).kind == "partial"
     assert restarted.progress(key).state == "interrupted"

@@ -1,0 +1,85 @@
+"""A reply cut short by a page reload or by a killed server: the conversation stays whole and usable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from core.chat import ChatService
+from core.storage.db import Database
+from tests.e2e.conftest import LONG_PROMPT, running_app, send, stop_process_group
+
+pytestmark = pytest.mark.e2e
+
+
+def open_chat(browser: Browser, url: str) -> Page:
+    page = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000}).new_page()
+    page.goto(url)
+    return page
+
+
+def saved_reply() -> str:
+    """The first conversation's first reply as stored ("" when there is none yet)."""
+    chat = ChatService(Database(os.environ["LOCALLLM_DB_URL"]), provider=lambda: None)
+    conversations = chat.conversations()
+    if not conversations:
+        return ""
+    replies = [m for m in chat.messages(conversations[0].id) if m.role == "assistant"]
+    return replies[0].content if replies else ""
+
+
+def reply_is_streaming(page: Page) -> str:
+    """Wait until part of the reply is saved while it still runs (its Stop button is there); return it."""
+    expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=60_000)
+    deadline = time.monotonic() + 60
+    while not (partial := saved_reply()):
+        assert time.monotonic() < deadline, "no part of the reply was saved within 60 s"
+        time.sleep(0.05)
+    assert page.get_by_role("button", name="Stop").is_visible()  # still generating
+    return partial
+
+
+def test_reload_mid_reply_then_switch_language(browser: Browser, slow_model_ready: str, app_url: str) -> None:
+    page = open_chat(browser, app_url)
+    send(page, LONG_PROMPT)
+    partial = reply_is_streaming(page)
+    page.reload()
+
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_role("button", name="hello world hello world").click()  # the conversation is listed
+    messages = page.get_by_test_id("stChatMessage")
+    expect(messages).to_have_count(2, timeout=30_000)  # the question and the reply so far, nothing lost
+    expect(messages.nth(1).get_by_text("stopped by you")).to_be_visible()  # marked as cut short
+    assert saved_reply().startswith(partial)
+
+    page.get_by_text("中文", exact=True).click()
+    expect(page.get_by_role("heading", name="聊天", exact=True)).to_be_visible()
+    expect(messages.nth(1).get_by_text("已被你停止")).to_be_visible()
+    send(page, "再来一次")  # the engine was freed: the next reply runs to the end
+    expect(page.get_by_text("已完成").or_(page.get_by_text("达到长度上限"))).to_be_visible(timeout=120_000)
+    expect(messages).to_have_count(4)
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def test_server_killed_mid_reply_keeps_the_conversation_marked_interrupted(
+    browser: Browser, slow_model_ready: str, isolated_env: Path
+) -> None:
+    with running_app(log_path=isolated_env / "app.log") as first:
+        page = open_chat(browser, first.url)
+        send(page, LONG_PROMPT)
+        partial = reply_is_streaming(page)
+        stop_process_group(first.process, signal.SIGKILL)
+
+    with running_app(log_path=isolated_env / "app.log", port=first.port):
+        page.reload()
+        page.get_by_test_id("stSidebar").get_by_role("button", name="hello world hello world").click()
+        messages = page.get_by_test_id("stChatMessage")
+        expect(messages).to_have_count(2, timeout=30_000)
+        expect(messages.nth(0)).to_contain_text("hello world hello world")
+        expect(messages.nth(1).get_by_text("interrupted")).to_be_visible()
+        assert saved_reply().startswith(partial)  # what was saved before the kill is still there

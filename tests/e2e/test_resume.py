@@ -1,0 +1,59 @@
+"""Kill the app halfway through a download started from the Models page, start it again: it resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, expect
+
+from core.storage import repo
+from core.storage.db import Database
+from tests.e2e.conftest import running_app, stop_process_group
+from tests.fixtures.hub_server import CHUNK, HubServer
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sigkill_mid_download_then_restart_resumes_without_refetching(
+    browser: Browser,
+    hub: HubServer,
+    bigger_model: Path,
+    isolated_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    size = len(hub.add_repo("tiny/chat-model", bigger_model).files["model.safetensors"].data)
+    hub.throttle(1_000_000)  # ~5 s for the ~5 MB file
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    with Database(os.environ["LOCALLLM_DB_URL"]).begin() as session:
+        repo.add_custom_model(session, "chat-model", "tiny/chat-model", "main", {})
+    partial = Path(os.environ["LOCALLLM_MODELS_DIR"]) / "chat-model" / "model.safetensors.incomplete"
+
+    page = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000}).new_page()
+    card = page.locator(".st-key-card-chat-model")
+    with running_app(log_path=isolated_env / "app.log") as first:
+        page.goto(f"{first.url}/models")
+        card.get_by_role("button", name="Check files and download").click()
+        card.get_by_role("button", name="Download", exact=True).click()
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size > size // 3):
+            assert time.monotonic() < deadline, "the download did not get a third of the way"
+            time.sleep(0.02)
+        stop_process_group(first.process, signal.SIGKILL)  # no chance to save anything more
+        on_disk_at_kill = partial.stat().st_size
+        assert on_disk_at_kill < size
+
+    with running_app(log_path=isolated_env / "app.log", port=first.port):
+        page.reload()
+        expect(card.get_by_text("Downloading")).to_be_visible(timeout=30_000)  # resumed on its own
+        expect(card.get_by_text("Ready", exact=True)).to_be_visible(timeout=60_000)
+
+    # Transfers only: a closed range (bytes=0-N) is the header read when the model was added.
+    gets = hub.requests("GET", "model.safetensors")
+    transfers = [r for r in gets if r.range is None or r.range.endswith("-")]
+    [resumed] = [r for r in transfers if r.range]
+    assert int(resumed.range.removeprefix("bytes=").rstrip("-")) >= on_disk_at_kill
+    assert sum(r.bytes_sent for r in transfers) <= size + CHUNK  # the finished bytes were not fetched again

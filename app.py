@@ -2,20 +2,22 @@
 
 import streamlit as st
 
-from core.errors import StorageError
+from core.errors import LocalLLMError, StorageError
 from ui import access, resources
 from ui.i18n import error_text, t
-from ui.widgets import ensure_language, language_switch, sidebar_status, sidebar_user
+from ui.widgets import database_problem, ensure_language, language_switch, sidebar_status, sidebar_user
 
 st.set_page_config(page_title="LocalLLM Dashboard", page_icon=":material/memory:", layout="wide")
 
 try:
     resources.database()
 except StorageError as exc:
-    st.error(error_text(exc))
+    database_problem(exc)
     st.stop()
 
 ensure_language()
+if kept := st.session_state.pop("db.kept", None):
+    st.success(t("db.kept", path=kept), icon=":material/database:")
 pages = [
     st.Page("pages/chat.py", title=t("nav.chat"), icon=":material/chat:", default=True),
     st.Page("pages/models.py", title=t("nav.models"), icon=":material/download:"),
@@ -31,4 +33,7 @@ with st.sidebar:
     language_switch()
     sidebar_user()
     sidebar_status()
-navigation.run()
+try:
+    navigation.run()
+except LocalLLMError as exc:  # the last net under every page: a clear sentence, never a traceback
+    st.error(error_text(exc))

@@ -392,6 +392,22 @@ MESSAGES: dict[str, dict[str, str]] = {
     "settings.saved": {"en": "Saved.", "zh": "已保存。"},
     "settings.no_configs": {"en": "No provider configs yet.", "zh": "暂无模型服务配置。"},
     "settings.current": {"en": "current", "zh": "当前"},
+    "db.way_out": {
+        "en": "The file `{path}` looks damaged. You can set it aside (it is renamed, not deleted, so nothing "
+        "is lost) and start with a new, empty database: downloaded models stay where they are.",
+        "zh": "数据库文件 `{path}` 似乎已损坏。可以把它移到一旁（只改名、不删除，数据不会丢失），"
+        "然后使用新的空数据库：已下载的模型不受影响。",
+    },
+    "db.start_fresh": {"en": "Set the file aside and start a new database", "zh": "移开该文件并新建数据库"},
+    "db.set_aside_failed": {"en": "Could not set the file aside: {reason}", "zh": "无法移开该文件：{reason}"},
+    "db.ask_admin": {
+        "en": "Ask the owner of this machine to fix the database.",
+        "zh": "请联系这台机器的主人修复数据库。",
+    },
+    "db.kept": {
+        "en": "Started a new database. The damaged file was kept as `{path}`.",
+        "zh": "已新建数据库。损坏的文件已保留为 `{path}`。",
+    },
     "error.storage": {
         "en": "The database cannot be opened: {message} Check the path and its permissions, or set "
         "LOCALLLM_DB_URL to another database and restart.",

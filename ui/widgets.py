@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.errors import LocalLLMError
+from core.errors import LocalLLMError, SchemaTooNewError, StorageError
+from core.settings import load_settings
 from core.storage import repo
+from core.storage.db import set_aside, sqlite_file
 from core.units import format_bytes, format_duration
 from ui import access, resources, state
 from ui.i18n import LANGUAGES, error_text, language_from_locale, t
@@ -28,6 +30,29 @@ def ensure_language() -> None:
     st.session_state[state.LANGUAGE] = (
         remembered if remembered in LANGUAGES else language_from_locale(st.context.locale)
     )
+
+
+def database_problem(exc: StorageError) -> None:
+    """The database cannot be used: say why, and offer the local user a fresh one (the old file is kept)."""
+    st.session_state.setdefault(state.LANGUAGE, language_from_locale(st.context.locale))
+    st.error(error_text(exc), icon=":material/database:")
+    url = load_settings().db_url
+    damaged = sqlite_file(url)
+    if isinstance(exc, SchemaTooNewError) or damaged is None or not damaged.exists():
+        return
+    if not access.is_local_client():
+        st.caption(t("db.ask_admin"))
+        return
+    st.markdown(t("db.way_out", path=str(damaged)))
+    if st.button(t("db.start_fresh"), type="primary", key="db.start-fresh"):
+        try:
+            kept = set_aside(url)
+        except (OSError, StorageError) as error:
+            st.error(t("db.set_aside_failed", reason=str(error)))
+            return
+        st.cache_resource.clear()
+        st.session_state["db.kept"] = str(kept)
+        st.rerun()
 
 
 def _remember_language() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +33,34 @@ def display_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def set_aside(url: str) -> Path:
+    """Rename a damaged SQLite file (and its WAL files) out of the way, kept for recovery; return the copy."""
+    path = sqlite_file(url)
+    if path is None or not path.exists():
+        raise StorageError(f"There is no database file to set aside for {display_url(url)}.")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    kept = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(kept.with_name(kept.name + suffix))
+    return path.rename(kept)
+
+
 def create_db_engine(url: str) -> Engine:
     parsed: URL = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if (path := sqlite_file(url)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
     event.listen(engine, "connect", _enable_sqlite_pragmas)
     return engine
@@ -59,9 +84,20 @@ class Database:
             ) from exc
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def begin(self) -> Any:
-        """`with db.begin() as session:` commits on success, rolls back on error."""
-        return self.sessions.begin()
+    @contextmanager
+    def begin(self) -> Iterator[Session]:
+        """`with db.begin() as session:` commits on success, rolls back on error.
+
+        A database failure (locked past the busy timeout, disk full, damaged file) becomes a StorageError.
+        """
+        try:
+            with self.sessions.begin() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise StorageError(
+                f"The database {display_url(self.url)} failed: {getattr(exc, 'orig', None) or exc}",
+                url=display_url(self.url),
+            ) from exc
 
     def session(self) -> Session:
         return self.sessions()

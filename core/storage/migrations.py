@@ -42,6 +42,11 @@ def migrate(engine: Engine) -> int:
     """Create or upgrade the schema; return the version found before (0 for a new or unversioned one)."""
     with engine.begin() as conn:
         found = current_version(conn)
+        if found != SCHEMA_VERSION and conn.dialect.name == "sqlite":
+            # One migrator at a time (the app and the CLI may start together on a new file): take the
+            # write lock, then look again, since another process may have just finished.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            found = current_version(conn)
         if found > SCHEMA_VERSION:
             raise SchemaTooNewError(
                 f"This database has schema version {found}, newer than this app's {SCHEMA_VERSION}. "

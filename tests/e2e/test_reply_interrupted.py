@@ -83,3 +83,20 @@ def test_server_killed_mid_reply_keeps_the_conversation_marked_interrupted(
         expect(messages.nth(0)).to_contain_text("hello world hello world")
         expect(messages.nth(1).get_by_text("interrupted")).to_be_visible()
         assert saved_reply().startswith(partial)  # what was saved before the kill is still there
+
+
+def test_html_in_a_message_and_its_title_is_shown_not_run(
+    browser: Browser, slow_model_ready: str, app_url: str
+) -> None:
+    attack = '<img src=x onerror="alert(1)"><script>alert(2)</script> **bold?**'
+    page = open_chat(browser, app_url)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    send(page, attack)
+    user_message = page.get_by_test_id("stChatMessage").first
+    expect(user_message).to_contain_text('<img src=x onerror="alert(1)"><script>alert(2)</script> **bold?**')
+    expect(page.get_by_text("tokens/s")).to_have_count(1, timeout=60_000)
+    expect(page.get_by_test_id("stSidebar").get_by_role("button", name="<img src=x")).to_have_count(1)
+    assert page.locator("main img[src='x']").count() == 0
+    assert page.locator("main script").count() == 0
+    assert dialogs == []

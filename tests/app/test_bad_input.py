@@ -1,0 +1,132 @@
+"""Bad input and broken parts, as a user meets them in the app: a clear message each time, nothing lost."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from core.chat import ChatService
+from core.engine import LocalEngine
+from core.storage.db import Database, sqlite_file
+from tests.fixtures.hub_server import HubServer
+from tests.fixtures.tiny_models import install_ready
+from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
+
+
+@pytest.fixture
+def ready_model(db_url: str, tiny_models: dict[str, Path]) -> str:
+    from core.storage import repo
+
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "tiny", tiny_models["qwen2"])
+    with Database(db_url).begin() as session:
+        repo.add_custom_model(session, "tiny", "test/tiny", "main", {})
+    return "tiny"
+
+
+def stored_messages(db_url: str) -> list[tuple[str, str]]:
+    chat = ChatService(Database(db_url), provider=lambda: None)
+    return [(m.role, m.content) for c in chat.conversations() for m in chat.messages(c.id)]
+
+
+def test_a_blank_message_is_not_sent_and_says_why(new_app, ready_model: str, db_url: str) -> None:
+    at = new_app()
+    at.run()
+    at.chat_input[0].set_value("   \n  ").run()
+    assert not at.exception
+    assert at.warning[0].value == "The message is empty: type something to send."
+    assert stored_messages(db_url) == []
+
+
+def test_a_100k_character_message_is_kept_and_explained(new_app, ready_model: str, db_url: str) -> None:
+    huge = "长文本 long text 🚀 " * 6250  # 100,000 characters
+    assert len(huge) == 100_000
+    at = new_app()
+    at.run()
+    at.chat_input[0].set_value(huge).run()
+    assert not at.exception
+    assert "too long for this model's context" in at.error[0].value
+    assert stored_messages(db_url)[0] == ("user", huge)  # the text is not lost: it can be edited
+
+
+def test_emoji_and_mixed_chinese_english_round_trip_exactly(new_app, ready_model: str, db_url: str) -> None:
+    text = "你好 world 👋🏽 — 混合 English 和中文, ½ ∑ 🇨🇳"
+    at = new_app()
+    at.run()
+    at.chat_input[0].set_value(text).run()
+    assert not at.exception
+    assert stored_messages(db_url)[0] == ("user", text)
+    assert any(m.value.startswith("你好 world 👋🏽") for m in at.markdown)  # shown as typed
+
+
+def test_html_and_script_in_titles_and_messages_render_as_text(
+    new_app, ready_model: str, db_url: str
+) -> None:
+    attack = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    chat = ChatService(Database(db_url), provider=lambda: None)
+    conversation = chat.new_conversation(attack)
+    at = new_app()
+    at.session_state["chat.conversation"] = conversation.id
+    at.run()
+    assert not at.exception
+    [title] = [h.value for h in at.subheader]
+    assert "<script>" not in title  # every Markdown/HTML character is escaped: shown, not interpreted
+    assert title.replace("\\", "") == attack
+    at.chat_input[0].set_value(attack).run()
+    shown = [m.value for m in at.markdown if "script" in m.value]
+    assert shown
+    assert all("<script>" not in value for value in shown)
+
+
+@pytest.mark.parametrize("bad_id", ["../x", "a/b/c", "has space/model", "x" * 150 + "/" + "y" * 150])
+def test_invalid_repo_ids_are_refused_with_a_message(
+    new_app, hub: HubServer, monkeypatch: pytest.MonkeyPatch, bad_id: str
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    at.text_input(key="add-model-repo").input(bad_id)
+    at.button(key="add-model-submit").click().run()
+    assert not at.exception
+    assert any("not a Hugging Face repository id" in e.value for e in at.error)
+    assert hub.requests() == []  # refused before any request
+
+
+def test_a_wrong_api_key_is_explained(new_app, engine: LocalEngine) -> None:  # noqa: F811
+    with serving(engine, api_key="the-right-key") as url:
+        at = new_app()
+        at.switch_page("pages/hardware.py").run()
+        at.text_input(key="pnew.url").input(url)
+        at.text_input(key="pnew.key").input("a-wrong-key")
+        at.button(key="pnew.test").click().run()
+        assert not at.exception
+        assert any("refused the API key (401)" in e.value for e in at.error)
+        assert "a-wrong-key" not in repr(at._tree)
+
+
+def test_a_damaged_database_offers_a_fresh_start_and_keeps_the_file(new_app, db_url: str) -> None:
+    path = sqlite_file(db_url)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"garbage" * 1000)
+    at = new_app()
+    at.run()
+    assert not at.exception
+    assert "The database cannot be opened" in at.error[0].value
+    at.button(key="db.start-fresh").click().run()
+    assert not at.exception
+    assert [title.value for title in at.title] == ["Chat"]
+    [kept] = path.parent.glob("test.db.damaged-*")
+    assert kept.read_bytes() == b"garbage" * 1000
+    assert any(str(kept) in s.value for s in at.success)
+
+
+def test_lan_users_are_not_offered_to_replace_a_damaged_database(new_app, client_ip, db_url: str) -> None:
+    path = sqlite_file(db_url)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"garbage" * 1000)
+    client_ip("192.168.1.30")
+    at = new_app()
+    at.run()
+    assert "The database cannot be opened" in at.error[0].value
+    assert not [b for b in at.button if b.key == "db.start-fresh"]

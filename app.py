@@ -23,6 +23,8 @@ pages = [
     st.Page("pages/models.py", title=t("nav.models"), icon=":material/download:"),
     st.Page("pages/hardware.py", title=t("nav.hardware"), icon=":material/settings:"),
 ]
+with st.sidebar:
+    access.sync_session_cookie()
 if not access.signed_in():
     st.navigation(pages, position="hidden")  # keeps the page asked for, to open after signing in
     with st.sidebar:

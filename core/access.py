@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import os
 import re
+import secrets
 import threading
 import time
 import tomllib
@@ -21,6 +23,7 @@ LOCAL_OWNER = "local"
 MAX_FAILURES = 5  # wrong passwords allowed from one address before it must wait
 FIRST_LOCKOUT_S = 30.0
 MAX_LOCKOUT_S = 15 * 60.0
+SESSION_TTL_S = 7 * 24 * 3600.0  # a browser stays signed in this long (while the app runs)
 _USER_NAME = re.compile(r"^[\w][\w .@-]{0,39}$")
 
 
@@ -132,16 +135,56 @@ class SignInLimiter:
             self._blocked_until.pop(client, None)
 
 
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
 class SignInGate:
-    """Checks a LAN sign-in against the policy, with the limiter in front of every password check."""
+    """Checks a LAN sign-in against the policy, with the limiter in front of every password check.
 
-    def __init__(self, policy: AccessPolicy, limiter: SignInLimiter | None = None) -> None:
+    A successful sign-in opens a session: an opaque token the browser keeps (a cookie), so a reload
+    or a new tab stays signed in. Sessions live in this process only; only their hashes are kept.
+    """
+
+    def __init__(
+        self,
+        policy: AccessPolicy,
+        limiter: SignInLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.policy = policy
-        self.limiter = limiter or SignInLimiter()
+        self.limiter = limiter or SignInLimiter(clock)
+        self._clock = clock
+        self._sessions: dict[str, tuple[Identity, float]] = {}
+        self._lock = threading.Lock()
+
+    def open_session(self, identity: Identity) -> str:
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._sessions[_digest(token)] = (identity, self._clock() + SESSION_TTL_S)
+        return token
+
+    def resume(self, token: str | None) -> Identity | None:
+        """The identity of a still-open session, or None."""
+        if not token:
+            return None
+        with self._lock:
+            found = self._sessions.get(_digest(token))
+            if found is None:
+                return None
+            if found[1] < self._clock():
+                del self._sessions[_digest(token)]
+                return None
+            return found[0]
+
+    def close_session(self, token: str | None) -> None:
+        if token:
+            with self._lock:
+                self._sessions.pop(_digest(token), None)
 
     def sign_in(self, client: str, name: str, password: str) -> Identity:
         if not self.policy.password:

@@ -80,7 +80,11 @@ for spec in library.models():
     if estimate:
         verdict = memory_verdict(estimate.total_bytes, info)
         rows.append(
-            {"model": spec.key, "GB": round(estimate.total_bytes / 1e9, 2), "verdict": verdict.verdict}
+            {
+                "model": spec.key,
+                "GB": round(estimate.total_bytes / 1e9, 2),
+                "verdict": t(f"verdict.{verdict.verdict}"),
+            }
         )
 if rows:
     limits = [{"GB": round(info.ram_available_bytes / 1e9, 2), "what": t("hardware.ram_available")}]
@@ -119,6 +123,7 @@ else:
     st.info(t("server.stopped"))
 
 if not access.is_admin():
+    st.subheader(t("settings.section"))
     admin_only_note()
     st.stop()
 

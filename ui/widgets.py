@@ -56,6 +56,9 @@ def database_problem(exc: StorageError) -> None:
 
 
 def _remember_language() -> None:
+    """The default for later visits; a LAN user's choice stays in their own session."""
+    if not access.is_local_client():
+        return
     with resources.database().begin() as session:
         repo.set_setting(session, LANGUAGE_SETTING, st.session_state[state.LANGUAGE])
 

@@ -51,6 +51,12 @@ def test_lan_browser_must_sign_in_and_the_local_one_need_not(
     expect(page.get_by_role("heading", name="Models")).to_be_visible()
     # A user who is not the admin cannot delete a model.
     expect(page.locator(".st-key-delete-slow").get_by_role("button", name="Delete")).to_be_disabled()
+    page.reload()  # the session cookie keeps alice signed in
+    expect(page.get_by_text("Signed in as alice (user)")).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=15_000)
+    page.reload()  # signed out for good: the old cookie opens nothing
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=30_000)
 
     local = browser.new_context(locale="en-US").new_page()
     local.goto(lan_app)

@@ -12,6 +12,7 @@ import pytest
 from core.access import (
     FIRST_LOCKOUT_S,
     MAX_FAILURES,
+    SESSION_TTL_S,
     AccessPolicy,
     SignInGate,
     SignInLimiter,
@@ -117,3 +118,19 @@ def test_app_lan_refuses_to_start_without_a_password() -> None:
     assert result.returncode == 2
     assert "LOCALLLM_PASSWORD" in result.stderr
     assert "secrets.toml" in result.stderr
+
+
+def test_sessions_resume_until_closed_or_expired() -> None:
+    now = [0.0]
+    gate = SignInGate(AccessPolicy(password="pw"), clock=lambda: now[0])
+    alice = gate.sign_in("10.0.0.2", "alice", "pw")
+    token = gate.open_session(alice)
+    assert gate.resume(token) == alice
+    assert gate.resume("forged-token") is None
+    assert gate.resume(None) is None
+    gate.close_session(token)
+    assert gate.resume(token) is None  # signed out
+
+    later = gate.open_session(alice)
+    now[0] += SESSION_TTL_S + 1
+    assert gate.resume(later) is None  # expired

@@ -237,17 +237,17 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from core.engine import choose_dtype, detect_device
+    from core.engine import LocalEngine, detect_device
     from core.hardware import decode_tokens_per_s_bound, measure_bandwidth, memory_verdict, probe
 
     library = _library()
     info = probe(library.settings.models_dir)
     device = detect_device()
-    dtype_bytes = choose_dtype(device).itemsize
+    precision = LocalEngine(library.settings.models_dir).precision()
     bandwidth = measure_bandwidth()
     models = {}
     for spec in library.models():
-        estimate = library.memory_estimate(spec.key, dtype_bytes)
+        estimate = library.memory_estimate(spec.key, precision)
         needed = estimate.total_bytes if estimate else None
         models[spec.key] = {
             "memory_needed_bytes": needed,

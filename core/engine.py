@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import itertools
 import json
@@ -32,7 +33,7 @@ from core.errors import (
     QueueFullError,
 )
 from core.generation import GenerationParams
-from core.hardware import model_memory
+from core.hardware import Precision, model_memory
 from core.model_store import model_dir, read_manifest
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
@@ -43,7 +44,8 @@ GIB = 1024**3
 class LoadedModel:
     key: str
     device: str
-    dtype: str
+    dtype: str  # what activations and the KV cache are computed in
+    weights: str  # how weights are stored: "int8" on the CPU by default, else the same as dtype
     memory_bytes: int
     context_length: int
     load_id: int
@@ -92,6 +94,13 @@ def detect_device(preference: str = "auto") -> str:
     if preference != "auto" and available.get(preference):
         return preference
     return next(device for device in ("cuda", "mps", "cpu") if available[device])
+
+
+@functools.cache
+def _int8_available() -> bool:
+    from core.quantize import int8_supported
+
+    return int8_supported()
 
 
 def choose_dtype(device: str) -> Any:
@@ -153,12 +162,14 @@ class LocalEngine:
         models_dir: Path,
         *,
         device: str = "auto",
+        quantization: str = "int8",
         idle_unload_s: float = 900.0,
         max_waiting: int = 4,
         context_tokens_for_memory: int = 4096,
     ) -> None:
         self.models_dir = models_dir
         self.device_preference = device
+        self.quantization = quantization
         self.idle_unload_s = idle_unload_s
         self.max_waiting = max_waiting
         self.context_tokens_for_memory = context_tokens_for_memory
@@ -179,12 +190,20 @@ class LocalEngine:
     def loaded(self) -> LoadedModel | None:
         return self._loaded
 
+    def precision(self) -> Precision:
+        """How a model would be stored: int8 weights on the CPU (unless turned off), else the dtype."""
+        device = detect_device(self.device_preference)
+        dtype = choose_dtype(device)
+        label = str(dtype).removeprefix("torch.")
+        if device == "cpu" and self.quantization == "int8" and _int8_available():
+            return Precision(weight_bytes=1, kv_bytes=dtype.itemsize, label="int8")
+        return Precision(weight_bytes=dtype.itemsize, kv_bytes=dtype.itemsize, label=label)
+
     def memory_check(self, key: str) -> tuple[int, int]:
         """(bytes needed, bytes available) on the device the model would load on."""
         device = detect_device(self.device_preference)
-        dtype_bytes = choose_dtype(device).itemsize
-        needed = model_memory(self._ready_dir(key), dtype_bytes, self.context_tokens_for_memory).total_bytes
-        return needed, _available_memory(device)
+        estimate = model_memory(self._ready_dir(key), self.precision(), self.context_tokens_for_memory)
+        return estimate.total_bytes, _available_memory(device)
 
     def _ready_dir(self, key: str) -> Path:
         directory = model_dir(self.models_dir, key)
@@ -215,24 +234,33 @@ class LocalEngine:
     def _load_locked(self, key: str, directory: Path) -> LoadedModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from core import attention, quantize
+
         started = time.perf_counter()
         device = detect_device(self.device_preference)
         dtype = choose_dtype(device)
+        precision = self.precision()
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
         if not tokenizer.chat_template:
             raise NoChatTemplateError(f"{key} has no chat template, so it cannot be used for chat.", key=key)
         model = AutoModelForCausalLM.from_pretrained(
-            directory, dtype=dtype, local_files_only=True, trust_remote_code=False
+            directory,
+            dtype=dtype,
+            local_files_only=True,
+            trust_remote_code=False,
+            attn_implementation=attention.NAME if device == "cpu" else None,
         )
         model.to(device).eval()
+        if precision.label == "int8":
+            quantize.quantize_model(model, dtype)
         self._model, self._tokenizer = model, tokenizer
         config = json.loads((directory / "config.json").read_text())
-        memory = sum(p.numel() * p.element_size() for p in model.parameters())
         return LoadedModel(
             key=key,
             device=device,
             dtype=str(dtype).removeprefix("torch."),
-            memory_bytes=memory,
+            weights=precision.label,
+            memory_bytes=quantize.stored_bytes(model),
             context_length=int(config.get("max_position_embeddings") or tokenizer.model_max_length),
             load_id=next(self._load_ids),
             load_s=time.perf_counter() - started,

@@ -119,6 +119,20 @@ class KvLayout:
 
 
 @dataclass(frozen=True)
+class Precision:
+    """How the engine stores a model: bytes per weight (1 for int8) and per KV-cache value."""
+
+    weight_bytes: int
+    kv_bytes: int
+    label: str  # shown to users: "int8", "bfloat16", "float32", ...
+
+    @classmethod
+    def plain(cls, dtype_bytes: int) -> Precision:
+        labels = {1: "int8", 2: "16-bit", 4: "float32"}
+        return cls(dtype_bytes, dtype_bytes, labels.get(dtype_bytes, f"{dtype_bytes}-byte"))
+
+
+@dataclass(frozen=True)
 class MemoryEstimate:
     weights_bytes: int
     kv_cache_bytes: int
@@ -135,10 +149,12 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    parameters: int, layout: KvLayout, dtype_bytes: int, context_tokens: int = CONTEXT_FOR_ESTIMATES
+    parameters: int, layout: KvLayout, precision: Precision, context_tokens: int = CONTEXT_FOR_ESTIMATES
 ) -> MemoryEstimate:
     return MemoryEstimate(
-        parameters * dtype_bytes, layout.bytes_for(context_tokens, dtype_bytes), RUNTIME_OVERHEAD_BYTES
+        parameters * precision.weight_bytes,
+        layout.bytes_for(context_tokens, precision.kv_bytes),
+        RUNTIME_OVERHEAD_BYTES,
     )
 
 
@@ -181,13 +197,13 @@ def weight_count(model_dir: Path) -> int:
 
 
 def model_memory(
-    model_dir: Path, dtype_bytes: int, context_tokens: int = CONTEXT_FOR_ESTIMATES
+    model_dir: Path, precision: Precision, context_tokens: int = CONTEXT_FOR_ESTIMATES
 ) -> MemoryEstimate:
     """The estimate for a downloaded model, from its config and safetensors headers."""
     import json
 
     config = json.loads((model_dir / "config.json").read_text())
-    return estimate_memory(weight_count(model_dir), KvLayout.from_config(config), dtype_bytes, context_tokens)
+    return estimate_memory(weight_count(model_dir), KvLayout.from_config(config), precision, context_tokens)
 
 
 def measure_bandwidth(megabytes: int = 256, repeats: int = 3) -> float:

@@ -14,7 +14,7 @@ from core import hub
 from core.catalog import BUILTIN_MODELS, ModelSpec, custom_spec, key_for_repo
 from core.downloads import DownloadManager, DownloadTarget, Progress, disk_free_bytes
 from core.errors import ConfigError, DownloadError, InvalidRepoIdError, LocalLLMError, NotFoundError
-from core.hardware import KvLayout, MemoryEstimate, estimate_memory, model_memory
+from core.hardware import KvLayout, MemoryEstimate, Precision, estimate_memory, model_memory
 from core.hub import RemoteFile, RepoListing
 from core.model_store import (
     FileCheck,
@@ -201,14 +201,14 @@ class ModelLibrary:
             return ModelStatus("not_downloaded")
         return ModelStatus("partial", progress.fraction if progress else 0.0)
 
-    def memory_estimate(self, key: str, dtype_bytes: int) -> MemoryEstimate | None:
+    def memory_estimate(self, key: str, precision: Precision) -> MemoryEstimate | None:
         """What running `key` needs: exact from its files once downloaded, else from the catalog."""
         if self.status(key).kind == "ready":
-            return model_memory(self.directory(key), dtype_bytes)
+            return model_memory(self.directory(key), precision)
         spec = self.get(key)
         if not spec.parameters or spec.kv_layout is None:
             return None
-        return estimate_memory(spec.parameters, spec.kv_layout, dtype_bytes)
+        return estimate_memory(spec.parameters, spec.kv_layout, precision)
 
     def verify(self, key: str) -> list[FileCheck]:
         """Hash every file; a file that fails is kept as a partial so the next download repairs it."""

@@ -73,10 +73,10 @@ live_usage()
 
 st.subheader(t("hardware.models_section"))
 library = resources.library()
-dtype_bytes = resources.engine_dtype_bytes()
+precision = resources.engine_precision()
 rows = []
 for spec in library.models():
-    estimate = library.memory_estimate(spec.key, dtype_bytes)
+    estimate = library.memory_estimate(spec.key, precision)
     if estimate:
         verdict = memory_verdict(estimate.total_bytes, info)
         rows.append(

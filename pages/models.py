@@ -256,7 +256,7 @@ def card(spec: ModelSpec) -> None:
             st.markdown(" · ".join(details))
         st.markdown(f"**{t('models.strengths')}:** {spec.strengths.get(language)}")
         st.markdown(f"**{t('models.use')}:** {spec.recommended_use.get(language)}")
-        estimate = library.memory_estimate(spec.key, resources.engine_dtype_bytes())
+        estimate = library.memory_estimate(spec.key, resources.engine_precision())
         if estimate:
             verdict = memory_verdict(estimate.total_bytes, resources.hardware())
             text = t(

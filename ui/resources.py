@@ -11,7 +11,7 @@ from core.access import SignInGate, load_access_policy
 from core.chat import ChatService
 from core.configs import ConfigStore
 from core.engine import LocalEngine
-from core.hardware import HardwareInfo, probe
+from core.hardware import HardwareInfo, Precision, probe
 from core.library import ModelLibrary
 from core.model_store import find_in_hf_cache
 from core.providers import provider_for_config
@@ -107,9 +107,6 @@ def memory_bandwidth() -> float:
     return measure_bandwidth()
 
 
-@st.cache_data(show_spinner=False)
-def engine_dtype_bytes() -> int:
-    """Bytes per weight at the dtype the engine would use on this machine's device."""
-    from core.engine import choose_dtype, detect_device
-
-    return choose_dtype(detect_device(engine().device_preference)).itemsize
+def engine_precision() -> Precision:
+    """How the engine would store a model on this machine's device (int8 weights on the CPU)."""
+    return engine().precision()

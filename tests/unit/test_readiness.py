@@ -15,6 +15,7 @@ from core.hardware import (
     GpuInfo,
     HardwareInfo,
     KvLayout,
+    Precision,
     estimate_memory,
     memory_verdict,
     model_memory,
@@ -28,12 +29,12 @@ MARGIN = 0.25  # the stated margin: resident memory after load is within 25 % of
 
 def test_qwen_and_tinyllama_from_their_real_config_numbers() -> None:
     qwen = builtin_spec("qwen2.5-0.5b")
-    estimate = estimate_memory(qwen.parameters, qwen.kv_layout, dtype_bytes=2)
+    estimate = estimate_memory(qwen.parameters, qwen.kv_layout, Precision.plain(2))
     assert estimate.weights_bytes == 494_032_768 * 2
     assert estimate.kv_cache_bytes == 2 * 24 * 2 * 64 * 4096 * 2  # K and V, 24 layers, 2 KV heads
     assert estimate.runtime_bytes == RUNTIME_OVERHEAD_BYTES
     llama = builtin_spec("tinyllama-1.1b")
-    estimate = estimate_memory(llama.parameters, llama.kv_layout, dtype_bytes=4)
+    estimate = estimate_memory(llama.parameters, llama.kv_layout, Precision.plain(4))
     assert estimate.weights_bytes == 1_100_048_384 * 4
     assert estimate.kv_cache_bytes == 2 * 22 * 4 * 64 * 4096 * 4
     assert 4.5 * GIB < estimate.total_bytes < 5 * GIB
@@ -82,15 +83,14 @@ def test_resident_memory_after_load_matches_the_estimate(
     script = (
         "import json, sys, psutil; from pathlib import Path; from core.engine import LocalEngine;"
         "e = LocalEngine(Path(sys.argv[1])); loaded = e.load('m');"
-        "print(json.dumps({'rss': psutil.Process().memory_info().rss, 'dtype': loaded.dtype}))"
+        "print(json.dumps({'rss': psutil.Process().memory_info().rss, 'precision': e.precision().__dict__}))"
     )
     out = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "models")], cwd=PROJECT_ROOT, capture_output=True,
         text=True, check=True,
     )  # fmt: skip
     measured = json.loads(out.stdout.strip().splitlines()[-1])
-    dtype_bytes = 2 if measured["dtype"] == "bfloat16" else 4
-    estimate = model_memory(tmp_path / "models" / "m", dtype_bytes).after_load_bytes
+    estimate = model_memory(tmp_path / "models" / "m", Precision(**measured["precision"])).after_load_bytes
     assert abs(measured["rss"] - estimate) <= MARGIN * estimate, (measured["rss"] / 2**20, estimate / 2**20)
 
 
@@ -109,6 +109,6 @@ def test_hardware_cli_json_has_the_documented_fields() -> None:
     qwen = report["models"]["qwen2.5-0.5b"]
     assert qwen["download_bytes"] == builtin_spec("qwen2.5-0.5b").download_bytes
     assert qwen["verdict"] in ("fits_gpu", "fits_ram", "tight", "too_large")
-    assert qwen["memory_needed_bytes"] > 494_032_768 * 2
+    assert qwen["memory_needed_bytes"] > 494_032_768  # at least a byte per weight (int8 on the CPU)
     # decode reads every weight once per token: at most bandwidth / (1 byte per weight)
     assert 0 < qwen["est_tokens_per_s"] <= report["memory_bandwidth_bytes_per_s"] / 494_032_768

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 
 from core.configs import ConfigStore
+from core.engine import QUANTIZATIONS
 from core.errors import LocalLLMError, NotFoundError
 from core.library import ModelLibrary
 from core.settings import PROJECT_ROOT, load_settings
@@ -180,23 +181,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from core.chat import ChatService, Trimmed
     from core.engine import Finished, LocalEngine, TextDelta
     from core.generation import GenerationParams
+    from core.hardware import peak_rss_bytes
     from core.providers import LocalProvider
 
     settings = load_settings()
     db = Database(settings.db_url)
     key = ModelLibrary(db, settings).get(args.model).key
-    engine = LocalEngine(settings.models_dir, idle_unload_s=0)
+    engine = LocalEngine(settings.models_dir, quantization=args.quantization, idle_unload_s=0)
     chat = ChatService(db, lambda: LocalProvider(engine, key), owner="cli")
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
-    peak_rss = 0
-
-    def sample_rss() -> None:
-        nonlocal peak_rss
-        peak_rss = max(peak_rss, psutil.Process().memory_info().rss)
-
     started = time.perf_counter()
     loaded = engine.load(key, force=args.force)
-    sample_rss()
     load_s = time.perf_counter() - started
     conversation = chat.new_conversation(f"CLI {key}", system_prompt=args.system or "")
     chat.set_options(conversation.id, args.system or "", params)
@@ -209,7 +204,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
             for event in chat.send(conversation.id, prompt, ignore_eos=args.ignore_eos):
                 if isinstance(event, TextDelta):
                     print(event.text, end="", flush=True)
-                    sample_rss()
                 elif isinstance(event, Trimmed):
                     print(f"[{event.dropped} older messages left out to fit the context]", file=sys.stderr)
                 elif isinstance(event, Finished):
@@ -222,9 +216,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     "ttft_s": stats.ttft_s,
                     "decode_tps": stats.tokens_per_s,
                     "load_s": load_s,
-                    "peak_rss_mb": peak_rss / 1024**2,
+                    "peak_rss_mb": peak_rss_bytes() / 1024**2,
+                    "rss_mb": psutil.Process().memory_info().rss / 1024**2,
                     "device": loaded.device,
                     "dtype": loaded.dtype,
+                    "weights": loaded.weights,
                 }
                 print(json.dumps(record))
     except KeyboardInterrupt:
@@ -358,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     chat.add_argument("--stats", action="store_true", help="print one JSON line of statistics per reply")
     chat.add_argument("--force", action="store_true", help="load even if memory looks insufficient")
+    chat.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default="int8",
+        help="int8 weights on the CPU (default) or none (full precision, the reference)",
+    )
     chat.set_defaults(func=cmd_chat)
 
     hardware = commands.add_parser("hardware", help="this machine and whether each model fits, how fast")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,6 +225,18 @@ def measure_bandwidth(megabytes: int = 256, repeats: int = 3) -> float:
         target.copy_(source)
         best = min(best, time.perf_counter() - started)
     return source.numel() / best
+
+
+def peak_rss_bytes() -> int:
+    """The most resident memory this process has used so far (the kernel's own high-water mark)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        import psutil
+
+        return int(getattr(psutil.Process().memory_info(), "peak_wset", 0))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def decode_tokens_per_s_bound(weights_bytes: int, bandwidth_bytes_per_s: float) -> float:

@@ -8,13 +8,13 @@ kernel, the one torchao and gpt-fast use for the same scheme on CPU, when decodi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional
 
-QUANTIZATIONS = ("int8", "none")
 PROMPT_ROWS = 32  # from this many rows on (a prompt), dequantizing + a bf16 GEMM beats the int8 kernel
 
 
@@ -41,13 +41,23 @@ def int8_supported() -> bool:
     return True
 
 
-def quantize_rows(weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 weight, per-row scale in `dtype`) for a 2-D weight; rows that are all zero get scale 1."""
-    rows = weight.detach().float()
-    scale = rows.abs().amax(dim=1) / 127.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    quantized = torch.round(rows / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    return quantized.contiguous(), scale.to(dtype)
+def quantize_rows(
+    weight: torch.Tensor, dtype: torch.dtype, chunk_rows: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 weight, per-row scale in `dtype`) for a 2-D weight; rows that are all zero get scale 1.
+
+    Works through the rows in chunks, so the float32 temporaries stay small (a vocabulary of 150k
+    rows would otherwise need two more copies of itself in float32).
+    """
+    quantized = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[0], chunk_rows):
+        rows = weight[start : start + chunk_rows].detach().float()
+        row_scale = rows.abs().amax(dim=1) / 127.0
+        row_scale = torch.where(row_scale > 0, row_scale, torch.ones_like(row_scale))
+        quantized[start : start + chunk_rows] = torch.round(rows / row_scale[:, None]).clamp_(-127, 127)
+        scale[start : start + chunk_rows] = row_scale
+    return quantized, scale.to(dtype)
 
 
 class Int8Linear(nn.Module):
@@ -165,6 +175,12 @@ def quantize_model(model: Any, dtype: torch.dtype) -> int:
         head = model.get_output_embeddings()
         embedding = model.get_input_embeddings()
         model.set_input_embeddings(Int8Embedding(head, embedding.padding_idx))
+    # What is left (norms, biases, an untied input table) may still view the memory-mapped checkpoint;
+    # copies let the mapping go, so the 16-bit file stops counting as resident memory.
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                module._parameters[name] = nn.Parameter(param.detach().clone(), requires_grad=False)
     return swapped
 
 
@@ -172,3 +188,57 @@ def stored_bytes(model: Any) -> int:
     """Bytes held by the model's parameters and buffers (int8 weights, scales, the rest)."""
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+CACHE_FORMAT = "1"
+
+
+def cache_path(model_dir: Path, dtype: torch.dtype) -> Path:
+    return model_dir / f".localllm-int8-{str(dtype).removeprefix('torch.')}.pt"
+
+
+def _all_tensors(model: Any) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by name, non-persistent buffers (rotary tables) included."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def save_quantized(model: Any, path: Path, source: str) -> None:
+    """Keep the quantized model on disk, so the next load maps int8 instead of quantizing again.
+
+    torch.save aligns every tensor to 64 bytes, which the int8 kernel's vector loads need, and
+    torch.load(mmap=True) maps the file for exactly as long as the tensors live.
+    """
+    tensors = {name: t.detach().contiguous() for name, t in _all_tensors(model).items()}
+    partial = path.with_name(path.name + ".tmp")
+    torch.save({"format": CACHE_FORMAT, "source": source, "tensors": tensors}, partial)
+    partial.replace(path)
+
+
+def load_quantized(model_dir: Path, path: Path, dtype: torch.dtype, source: str, **options: Any) -> Any:
+    """The model rebuilt from its int8 file (memory-mapped), or None when the file is missing or stale."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, mmap=True, weights_only=True)
+    except (OSError, RuntimeError, ValueError):  # damaged or from another torch: quantize again
+        return None
+    if saved.get("format") != CACHE_FORMAT or saved.get("source") != source:
+        return None
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **options)
+    quantize_model(model, dtype)  # the same module structure, still without data
+    stored = saved["tensors"]
+    if stored.keys() != _all_tensors(model).keys():
+        return None
+    for name, tensor in stored.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if attr in owner._parameters:
+            owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+        else:
+            owner._buffers[attr] = tensor
+    # Slices and the tied embedding refer to the module objects that were just filled in place.
+    return model.eval()

@@ -104,7 +104,7 @@ def memory_bandwidth() -> float:
     """Read bandwidth in bytes/s, measured once per process (about a second)."""
     from core.hardware import measure_bandwidth
 
-    return measure_bandwidth()
+    return engine().on_torch_thread(measure_bandwidth)  # torch work stays on the engine's thread
 
 
 def engine_precision() -> Precision:

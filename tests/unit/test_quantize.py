@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from core import attention
-from core.engine import LocalEngine
+from core.engine import LocalEngine, TextDelta
+from core.generation import GenerationParams
+from core.model_store import read_manifest, write_manifest
 from core.quantize import PROMPT_ROWS, Int8Linear, int8_matmul, quantize_model, quantize_rows, stored_bytes
 from tests.fixtures.tiny_models import install_ready
 
@@ -82,3 +85,28 @@ def test_the_engine_uses_int8_on_the_cpu_and_the_reference_is_one_setting_away(
     loaded_reference = reference.load("tiny")
     assert loaded_reference.weights == loaded_reference.dtype
     assert loaded.memory_bytes < loaded_reference.memory_bytes
+
+
+def test_the_int8_copy_is_kept_on_disk_and_reused_only_for_the_same_weights(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    directory = install_ready(tmp_path, "tiny", tiny_models["llama"])
+    messages = [{"role": "user", "content": "hello"}]
+    params = GenerationParams(temperature=0, max_new_tokens=16)
+
+    def reply() -> str:
+        engine = LocalEngine(tmp_path, device="cpu", idle_unload_s=0)
+        text = "".join(e.text for e in engine.stream("tiny", messages, params) if isinstance(e, TextDelta))
+        engine.unload()
+        return text
+
+    first = reply()  # quantizes and writes the copy
+    [copy] = directory.glob(".localllm-int8-*.pt")
+    written = copy.stat().st_mtime_ns
+    assert reply() == first  # mapped from the copy: the same answer
+    assert copy.stat().st_mtime_ns == written
+    manifest = read_manifest(directory)
+    changed = replace(manifest, files=tuple(replace(f, sha256="0" * 64) for f in manifest.files))
+    write_manifest(directory, changed)  # other weights (a repair, a new revision): quantize again
+    assert reply() == first
+    assert copy.stat().st_mtime_ns != written

@@ -1,0 +1,259 @@
+"""Decode speed, time to first token, load time and memory: our engine vs bare transformers vs llama.cpp.
+
+For Qwen2.5-0.5B-Instruct and TinyLlama-1.1B-Chat it builds models with the exact config numbers and
+random weights (speed does not depend on weight values; nothing is downloaded). Each measurement runs
+in a fresh process, one after another, on the same machine in the same run:
+
+- ours: `python -m core chat KEY --prompt … --ignore-eos --stats`, the black-box form (engine defaults:
+  int8 weights and the packed decode attention on the CPU; 16-bit on a GPU);
+- bare: `model.generate` with the very same weights (the engine's own overhead = ours / bare);
+- reference: `model.generate` in bf16 (fp32 where the CPU has no bf16) with transformers' SDPA;
+- llama.cpp Q8_0 and Q4_K_M through llama-cpp-python, when it is installed (outside requirements.txt)
+  and a llama.cpp source tree gives convert_hf_to_gguf.py (--llama-cpp DIR);
+- the bound: measured read bandwidth / weight bytes per token.
+
+Quality (int8 against the reference, on fixed token sequences, teacher-forced): relative logit error,
+top-1 agreement and KL divergence, next to per-tensor int8 (one scale per matrix) for contrast.
+
+Usage: .venv/bin/python -m bench.speed [--tokens 128] [--prompt-tokens 100] [--llama-cpp DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.readiness import CONFIGS, build
+from core.hardware import measure_bandwidth
+from core.settings import PROJECT_ROOT
+from tests.fixtures.tiny_models import install_ready
+
+BARE = r"""
+import json, sys, time, torch
+from transformers import AutoModelForCausalLM
+from core import attention
+from core.engine import choose_dtype, detect_device
+from core.hardware import peak_rss_bytes
+from core.quantize import quantize_model
+path, mode, prompt_tokens, new_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+device = detect_device()
+dtype = choose_dtype(device)
+ours = mode == "bare"  # the engine's weights and attention; "reference": plain transformers
+started = time.perf_counter()
+model = AutoModelForCausalLM.from_pretrained(
+    path, dtype=dtype, attn_implementation=attention.NAME if ours and device == "cpu" else "sdpa"
+).to(device).eval()
+if ours and device == "cpu":
+    quantize_model(model, dtype)
+load_s = time.perf_counter() - started
+ids = torch.randint(10, 300, (1, prompt_tokens), generator=torch.Generator().manual_seed(0)).to(device)
+def timed(n):
+    if device == "cuda": torch.cuda.synchronize()
+    t = time.perf_counter()
+    model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    if device == "cuda": torch.cuda.synchronize()
+    return time.perf_counter() - t
+with torch.inference_mode():
+    timed(4)
+    ttft = min(timed(1) for _ in range(3))
+    total = timed(new_tokens + 1)
+print(json.dumps({"ttft_s": ttft, "decode_tps": new_tokens / (total - ttft), "load_s": load_s,
+                  "peak_rss_mb": peak_rss_bytes() / 2**20, "device": device, "dtype": str(dtype)}))
+"""
+
+QUALITY = r"""
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+from core.quantize import quantize_model, quantize_rows
+path = sys.argv[1]
+def load():
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+reference = load()
+sequences = torch.randint(10, 300, (4, 64), generator=torch.Generator().manual_seed(1))
+def compare(model):
+    with torch.inference_mode():
+        expected = reference(sequences).logits.float()
+        got = model(sequences).logits.float()
+    kl = torch.nn.functional.kl_div(got.log_softmax(-1), expected.log_softmax(-1), log_target=True,
+                                    reduction="batchmean") / sequences.shape[1]
+    return {"rel_logit_error": float((got - expected).norm() / expected.norm()),
+            "top1_agreement": float((got.argmax(-1) == expected.argmax(-1)).float().mean()),
+            "kl_per_token": float(kl)}
+per_channel = load()
+quantize_model(per_channel, torch.float32)
+per_tensor = load()
+with torch.no_grad():
+    for module in per_tensor.modules():
+        if isinstance(module, torch.nn.Linear):
+            w = module.weight
+            scale = w.abs().max() / 127
+            w.copy_(torch.round(w / scale).clamp(-127, 127) * scale)
+print(json.dumps({"int8_per_channel": compare(per_channel), "int8_per_tensor": compare(per_tensor)}))
+"""
+
+LLAMA_CPP = r"""
+import json, sys, time, random
+from llama_cpp import Llama
+from core.hardware import peak_rss_bytes
+path, prompt_tokens, new_tokens, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+started = time.perf_counter()
+llm = Llama(model_path=path, n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
+load_s = time.perf_counter() - started
+random.seed(0)
+prompt = [random.randint(10, 300) for _ in range(prompt_tokens)]
+def run(n):
+    llm.reset()
+    t = time.perf_counter(); first = None
+    for count, _ in enumerate(llm.generate(prompt, temp=0.0, top_k=1, reset=True), start=1):
+        first = first or time.perf_counter() - t
+        if count >= n:
+            break
+    return first, time.perf_counter() - t
+run(4)
+ttft, total = run(new_tokens + 1)
+print(json.dumps({"ttft_s": ttft, "decode_tps": new_tokens / (total - ttft), "load_s": load_s,
+                  "peak_rss_mb": peak_rss_bytes() / 2**20}))
+"""
+
+CONVERT = r"""
+import sys
+source = sys.argv.pop(1)
+sys.path.insert(0, source); sys.path.insert(1, source + "/gguf-py")
+import conversion.base as base
+def plain_bpe(self, *args, **kwargs):
+    raise FileNotFoundError("the bench models carry a tokenizers BPE vocabulary")
+# The random models' small tokenizer is not one llama.cpp knows by hash; the pre-tokenizer does not
+# change speed, so name a standard one.
+for cls in vars(base).values():
+    if isinstance(cls, type) and "get_vocab_base_pre" in vars(cls):
+        cls.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
+base.TextModel._set_vocab_sentencepiece = plain_bpe
+base.TextModel._set_vocab_llama_hf = plain_bpe
+sys.argv[0] = "convert_hf_to_gguf.py"
+import convert_hf_to_gguf
+convert_hf_to_gguf.main()
+"""
+
+
+def run_json(code_or_args: list[str], env: dict[str, str] | None = None) -> dict:
+    out = subprocess.run(
+        [sys.executable, *code_or_args], cwd=PROJECT_ROOT, capture_output=True, text=True, env=env
+    )
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def llama_cpp_rows(source: Path, model: Path, work: Path, args: argparse.Namespace) -> dict[str, dict]:
+    import llama_cpp
+
+    q8 = work / "model-q8_0.gguf"
+    subprocess.run(
+        [sys.executable, "-c", CONVERT, str(source), str(model), "--outfile", str(q8), "--outtype", "q8_0"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    q4 = work / "model-q4_k_m.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.allow_requantize = True
+    llama_cpp.llama_model_quantize(str(q8).encode(), str(q4).encode(), params)
+    threads = str(os.cpu_count() if args.threads == 0 else args.threads)
+    return {
+        name: run_json(["-c", LLAMA_CPP, str(path), str(args.prompt_tokens), str(args.tokens), threads])
+        for name, path in (("llama.cpp Q8_0", q8), ("llama.cpp Q4_K_M", q4))
+    }
+
+
+def ours_row(models: Path, key: str, work: Path, args: argparse.Namespace) -> dict:
+    env = os.environ | {"LOCALLLM_MODELS_DIR": str(models), "LOCALLLM_DB_URL": f"sqlite:///{work / 'b.db'}"}
+    prompt = "hello world " * (args.prompt_tokens // 2)
+    record = run_json(
+        ["-m", "core", "chat", key, "--prompt", prompt, "--max-new-tokens", str(args.tokens + 1),
+         "--ignore-eos", "--stats", "--temperature", "0"],
+        env,
+    )  # fmt: skip
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tokens", type=int, default=128, help="new tokens to decode")
+    parser.add_argument("--prompt-tokens", type=int, default=100)
+    parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--llama-cpp", type=Path, help="a llama.cpp source tree (for convert_hf_to_gguf.py)")
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: all CPUs)")
+    parser.add_argument("--no-quality", action="store_true")
+    args = parser.parse_args()
+
+    bandwidth = measure_bandwidth()
+    print(
+        f"read bandwidth {bandwidth / 1e9:.1f} GB/s; {args.prompt_tokens}-token prompt, {args.tokens} new tokens"
+    )
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="localllm-speed-") as tmp:
+        work = Path(tmp)
+        for key in args.models:
+            source = build(key, work / f"src-{key}")
+            install_ready(work / "models", key, source)
+            rows: dict[str, dict] = {"ours": ours_row(work / "models", key, work, args)}
+            for mode in ("bare", "reference"):
+                rows[mode] = run_json(
+                    ["-c", BARE, str(source), mode, str(args.prompt_tokens), str(args.tokens)]
+                )
+            if args.llama_cpp:
+                rows |= llama_cpp_rows(args.llama_cpp, source, work, args)
+            weight_bytes = _weight_bytes(work / "models" / key, rows["ours"]["weights"])
+            bound = bandwidth / weight_bytes
+            quality = None if args.no_quality else run_json(["-c", QUALITY, str(source)])
+            results[key] = {"rows": rows, "bound_tps": bound, "quality": quality}
+            _print(key, rows, bound, quality)
+            for gguf in work.glob("*.gguf"):
+                gguf.unlink()
+    print(json.dumps(results))
+
+
+def _weight_bytes(directory: Path, weights: str) -> int:
+    from core.hardware import weight_count
+
+    per_weight = {"int8": 1, "float32": 4}.get(weights, 2)
+    return weight_count(directory) * per_weight
+
+
+def _print(key: str, rows: dict[str, dict], bound: float, quality: dict | None) -> None:
+    ours = rows["ours"]
+    print(f"\n{key}: ours = {ours['device']}, {ours['weights']} weights, {ours['dtype']} activations")
+    print(f"  {'engine':<20} {'decode t/s':>10} {'ttft s':>7} {'load s':>7} {'load+ttft':>9} {'peak MiB':>9}")
+    for name, row in rows.items():
+        print(
+            f"  {name:<20} {row['decode_tps']:10.1f} {row['ttft_s']:7.3f} {row['load_s']:7.2f} "
+            f"{row['load_s'] + row['ttft_s']:9.2f} {row['peak_rss_mb']:9.0f}"
+        )
+    print(f"  bound (bandwidth / weight bytes): {bound:.1f} tokens/s")
+    ratios = {
+        "ours/bare": ours["decode_tps"] / rows["bare"]["decode_tps"],
+        "ours/reference": ours["decode_tps"] / rows["reference"]["decode_tps"],
+        "ours/bound": ours["decode_tps"] / bound,
+    }
+    for other in ("llama.cpp Q8_0", "llama.cpp Q4_K_M"):
+        if other in rows:
+            ratios[f"ours/{other}"] = ours["decode_tps"] / rows[other]["decode_tps"]
+            ratios[f"ttft ours/{other}"] = ours["ttft_s"] / rows[other]["ttft_s"]
+            ratios[f"load+ttft ours/{other}"] = (ours["load_s"] + ours["ttft_s"]) / (
+                rows[other]["load_s"] + rows[other]["ttft_s"]
+            )
+    ratios["peak/steady memory (ours)"] = ours["peak_rss_mb"] / ours["rss_mb"]
+    print("  " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
+    if quality:
+        for name, numbers in quality.items():
+            print(f"  quality {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in numbers.items()))
+
+
+if __name__ == "__main__":
+    main()

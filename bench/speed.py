@@ -4,8 +4,10 @@ For Qwen2.5-0.5B-Instruct and TinyLlama-1.1B-Chat it builds models with the exac
 random weights (speed does not depend on weight values; nothing is downloaded). Each measurement runs
 in a fresh process, one after another, on the same machine in the same run:
 
-- ours: `python -m core chat KEY --prompt … --ignore-eos --stats`, the black-box form (engine defaults:
-  int8 weights and the packed decode attention on the CPU; 16-bit on a GPU);
+- ours: LocalEngine as the app uses it (defaults: int8 weights and the packed decode attention on
+  the CPU; 16-bit on a GPU), loaded twice in fresh processes: the first load quantizes and keeps the
+  int8 copy on disk, the second maps it; the second reply is timed (the first one warms up, as
+  bare and llama.cpp are warmed up); `python -m core chat KEY --stats` prints the same figures;
 - bare: `model.generate` with the very same weights (the engine's own overhead = ours / bare);
 - reference: `model.generate` in bf16 (fp32 where the CPU has no bf16) with transformers' SDPA;
 - llama.cpp Q8_0 and Q4_K_M through llama-cpp-python, when it is installed (outside requirements.txt)
@@ -35,7 +37,7 @@ from tests.fixtures.tiny_models import install_ready
 
 BARE = r"""
 import json, sys, time, torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
 from core import attention
 from core.engine import choose_dtype, detect_device
 from core.hardware import peak_rss_bytes
@@ -52,18 +54,49 @@ if ours and device == "cpu":
     quantize_model(model, dtype)
 load_s = time.perf_counter() - started
 ids = torch.randint(10, 300, (1, prompt_tokens), generator=torch.Generator().manual_seed(0)).to(device)
+class FirstToken(StoppingCriteria):  # records when the first new token exists, as the engine does
+    def __call__(self, input_ids, scores, **kwargs):
+        if device == "cuda": torch.cuda.synchronize()
+        self.at = getattr(self, "at", None) or time.perf_counter()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 def timed(n):
-    if device == "cuda": torch.cuda.synchronize()
+    first = FirstToken()
     t = time.perf_counter()
-    model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                   stopping_criteria=StoppingCriteriaList([first]))
     if device == "cuda": torch.cuda.synchronize()
-    return time.perf_counter() - t
+    end = time.perf_counter()
+    return first.at - t, (n - 1) / (end - first.at)
 with torch.inference_mode():
     timed(4)
-    ttft = min(timed(1) for _ in range(3))
-    total = timed(new_tokens + 1)
-print(json.dumps({"ttft_s": ttft, "decode_tps": new_tokens / (total - ttft), "load_s": load_s,
+    ttft, tps = timed(new_tokens + 1)
+print(json.dumps({"ttft_s": ttft, "decode_tps": tps, "load_s": load_s,
                   "peak_rss_mb": peak_rss_bytes() / 2**20, "device": device, "dtype": str(dtype)}))
+"""
+
+OURS = r"""
+import json, sys, time, psutil
+from pathlib import Path
+from core.engine import Finished, LocalEngine
+from core.generation import GenerationParams
+from core.hardware import peak_rss_bytes
+models, key, prompt_words, new_tokens = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+engine = LocalEngine(models, idle_unload_s=0)
+engine.prepare().result()  # as the app does while the page is shown
+started = time.perf_counter()
+loaded = engine.load(key)
+load_s = time.perf_counter() - started
+messages = [{"role": "user", "content": "hello world " * prompt_words}]
+params = GenerationParams(temperature=0, max_new_tokens=new_tokens + 1)
+def reply():
+    events = engine.stream(key, messages, params, ignore_eos=True)
+    return [e.stats for e in events if isinstance(e, Finished)][0]
+cold, warm = reply(), reply()
+rss = psutil.Process().memory_info().rss
+print(json.dumps({"ttft_s": warm.ttft_s, "decode_tps": warm.tokens_per_s, "load_s": load_s,
+                  "cold_ttft_s": cold.ttft_s, "prompt_tokens": warm.prompt_tokens,
+                  "peak_rss_mb": peak_rss_bytes() / 2**20, "rss_mb": rss / 2**20,
+                  "device": loaded.device, "dtype": loaded.dtype, "weights": loaded.weights}))
 """
 
 QUALITY = r"""
@@ -140,10 +173,8 @@ convert_hf_to_gguf.main()
 """
 
 
-def run_json(code_or_args: list[str], env: dict[str, str] | None = None) -> dict:
-    out = subprocess.run(
-        [sys.executable, *code_or_args], cwd=PROJECT_ROOT, capture_output=True, text=True, env=env
-    )
+def run_json(code_or_args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, *code_or_args], cwd=PROJECT_ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -169,15 +200,12 @@ def llama_cpp_rows(source: Path, model: Path, work: Path, args: argparse.Namespa
     }
 
 
-def ours_row(models: Path, key: str, work: Path, args: argparse.Namespace) -> dict:
-    env = os.environ | {"LOCALLLM_MODELS_DIR": str(models), "LOCALLLM_DB_URL": f"sqlite:///{work / 'b.db'}"}
-    prompt = "hello world " * (args.prompt_tokens // 2)
-    record = run_json(
-        ["-m", "core", "chat", key, "--prompt", prompt, "--max-new-tokens", str(args.tokens + 1),
-         "--ignore-eos", "--stats", "--temperature", "0"],
-        env,
-    )  # fmt: skip
-    return record
+def ours_row(models: Path, key: str, args: argparse.Namespace) -> dict:
+    words = str(max(1, (args.prompt_tokens - 20) // 8))  # ~8 tokens a word pair here, + the template
+    command = ["-c", OURS, str(models), key, words, str(args.tokens)]
+    first = run_json(command)  # a model's first load on the CPU quantizes it and keeps the copy
+    record = run_json(command)
+    return record | {"first_load_s": first["load_s"], "first_peak_rss_mb": first["peak_rss_mb"]}
 
 
 def main() -> None:
@@ -194,7 +222,8 @@ def main() -> None:
 
     bandwidth = measure_bandwidth()
     print(
-        f"read bandwidth {bandwidth / 1e9:.1f} GB/s; {args.prompt_tokens}-token prompt, {args.tokens} new tokens"
+        f"read bandwidth {bandwidth / 1e9:.1f} GB/s; {args.prompt_tokens}-token prompt, "
+        f"{args.tokens} new tokens"
     )
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="localllm-speed-") as tmp:
@@ -202,7 +231,7 @@ def main() -> None:
         for key in args.models:
             source = build(key, work / f"src-{key}")
             install_ready(work / "models", key, source)
-            rows: dict[str, dict] = {"ours": ours_row(work / "models", key, work, args)}
+            rows: dict[str, dict] = {"ours": ours_row(work / "models", key, args)}
             for mode in ("bare", "reference"):
                 rows[mode] = run_json(
                     ["-c", BARE, str(source), mode, str(args.prompt_tokens), str(args.tokens)]
@@ -249,6 +278,9 @@ def _print(key: str, rows: dict[str, dict], bound: float, quality: dict | None) 
                 rows[other]["load_s"] + rows[other]["ttft_s"]
             )
     ratios["peak/steady memory (ours)"] = ours["peak_rss_mb"] / ours["rss_mb"]
+    if "first_load_s" in ours:
+        ratios["first load s (quantizing)"] = ours["first_load_s"]
+        ratios["first-load peak/steady"] = ours["first_peak_rss_mb"] / ours["rss_mb"]
     print("  " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
     if quality:
         for name, numbers in quality.items():

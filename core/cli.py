@@ -234,7 +234,13 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from core.engine import LocalEngine, detect_device
-    from core.hardware import decode_tokens_per_s_bound, measure_bandwidth, memory_verdict, probe
+    from core.hardware import (
+        CPU_DECODE_EFFICIENCY,
+        decode_tokens_per_s_bound,
+        measure_bandwidth,
+        memory_verdict,
+        probe,
+    )
 
     library = _library()
     info = probe(library.settings.models_dir)
@@ -249,7 +255,9 @@ def cmd_hardware(args: argparse.Namespace) -> int:
             "memory_needed_bytes": needed,
             "download_bytes": spec.download_bytes,
             "verdict": memory_verdict(needed, info).verdict if needed else "unknown",
-            "est_tokens_per_s": round(decode_tokens_per_s_bound(estimate.weights_bytes, bandwidth), 1)
+            "est_tokens_per_s": round(
+                decode_tokens_per_s_bound(estimate.weights_bytes, bandwidth) * CPU_DECODE_EFFICIENCY, 1
+            )
             if estimate
             else None,
         }

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import gc
 import itertools
 import json
@@ -22,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +36,7 @@ from core.errors import (
     QueueFullError,
 )
 from core.generation import GenerationParams
-from core.hardware import Precision, model_memory
+from core.hardware import Precision, measure_bandwidth, model_memory
 from core.model_store import model_dir, read_manifest
 
 T = TypeVar("T")
@@ -102,7 +101,6 @@ def detect_device(preference: str = "auto") -> str:
     return next(device for device in ("cuda", "mps", "cpu") if available[device])
 
 
-@functools.cache
 def _int8_available() -> bool:
     from core.quantize import int8_supported
 
@@ -122,6 +120,13 @@ def choose_dtype(device: str) -> Any:
         or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     )
     return torch.bfloat16 if native_bf16 else torch.float32
+
+
+def _import_runtime() -> None:
+    import transformers.models.llama.modeling_llama
+    import transformers.models.qwen2.modeling_qwen2  # noqa: F401
+
+    from core import attention, quantize  # noqa: F401
 
 
 def _weights_id(directory: Path) -> str:
@@ -198,6 +203,22 @@ class LocalEngine:
         self._last_used = time.monotonic()
         self._idle_thread: threading.Thread | None = None
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-torch")
+        self._int8_supported: Future[bool] | None = None
+        self._bandwidth: Future[float] | None = None
+
+    def prepare(self) -> Future[None]:
+        """Ahead of the first load, on the torch thread: import transformers and the catalog's model code
+        (about 1.5 s, paid while the user looks at the page, not after a click), check the int8 kernel
+        and measure the memory bandwidth (about a second), so that pages never wait behind a reply."""
+        self._int8_supported = self._torch.submit(_int8_available)
+        self._bandwidth = self._torch.submit(measure_bandwidth)
+        return self._torch.submit(_import_runtime)
+
+    def memory_bandwidth(self) -> float:
+        """Read bandwidth in bytes/s, measured once on the torch thread."""
+        if self._bandwidth is None:
+            self._bandwidth = self._torch.submit(measure_bandwidth)
+        return self._bandwidth.result()
 
     def on_torch_thread(self, work: Callable[[], T]) -> T:
         """Run `work` on the engine's torch thread and return its result (its exception is raised here)."""
@@ -215,9 +236,14 @@ class LocalEngine:
         device = detect_device(self.device_preference)
         dtype = choose_dtype(device)
         label = str(dtype).removeprefix("torch.")
-        if device == "cpu" and self.quantization == "int8" and self.on_torch_thread(_int8_available):
+        if device == "cpu" and self.quantization == "int8" and self._int8_kernel():
             return Precision(weight_bytes=1, kv_bytes=dtype.itemsize, label="int8")
         return Precision(weight_bytes=dtype.itemsize, kv_bytes=dtype.itemsize, label=label)
+
+    def _int8_kernel(self) -> bool:
+        if self._int8_supported is None:  # checked once, on the torch thread (it runs the kernel)
+            self._int8_supported = self._torch.submit(_int8_available)
+        return self._int8_supported.result()
 
     def memory_check(self, key: str) -> tuple[int, int]:
         """(bytes needed, bytes available) on the device the model would load on."""

@@ -229,14 +229,20 @@ def measure_bandwidth(megabytes: int = 256, repeats: int = 3) -> float:
 
 def peak_rss_bytes() -> int:
     """The most resident memory this process has used so far (the kernel's own high-water mark)."""
+    status = Path("/proc/self/status")
+    if status.exists():  # Linux: VmHWM starts afresh at exec (getrusage's maximum is inherited)
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     try:
         import resource
     except ImportError:  # Windows
-        import psutil
-
         return int(getattr(psutil.Process().memory_info(), "peak_wset", 0))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS
+
+
+CPU_DECODE_EFFICIENCY = 0.55  # this engine's decode speed / the bound, measured by bench/speed.py
 
 
 def decode_tokens_per_s_bound(weights_bytes: int, bandwidth_bytes_per_s: float) -> float:

@@ -5,7 +5,7 @@ import psutil
 import streamlit as st
 
 from core.access import is_loopback, lan_addresses
-from core.engine import DEVICE_CHOICES
+from core.engine import DEVICE_CHOICES, QUANTIZATIONS
 from core.errors import LocalLLMError
 from core.hardware import memory_verdict
 from core.providers import OpenAICompatibleProvider
@@ -130,19 +130,26 @@ if not access.is_admin():
 st.subheader(t("settings.section"))
 st.markdown(f"**{t('settings.engine')}**")
 engine = resources.engine()
-device_column, idle_column = st.columns(2)
+device_column, quantization_column, idle_column = st.columns(3)
 device = device_column.selectbox(
     t("settings.device"), DEVICE_CHOICES, index=DEVICE_CHOICES.index(engine.device_preference),
     help=t("settings.device_help"), key="settings.device",
+)  # fmt: skip
+quantization = quantization_column.selectbox(
+    t("settings.quantization"), QUANTIZATIONS, index=QUANTIZATIONS.index(engine.quantization),
+    format_func=lambda choice: t(f"settings.quantization.{choice}"), help=t("settings.quantization_help"),
+    key="settings.quantization",
 )  # fmt: skip
 idle_minutes = idle_column.number_input(
     t("settings.idle_unload"), min_value=0, max_value=24 * 60, value=round(engine.idle_unload_s / 60),
     step=5, key="settings.idle",
 )  # fmt: skip
-if device != engine.device_preference or idle_minutes * 60 != engine.idle_unload_s:
-    engine.device_preference, engine.idle_unload_s = device, idle_minutes * 60.0
+chosen = (device, quantization, idle_minutes * 60.0)
+if chosen != (engine.device_preference, engine.quantization, engine.idle_unload_s):
+    engine.device_preference, engine.quantization, engine.idle_unload_s = chosen
     with resources.database().begin() as session:
         repo.set_setting(session, resources.DEVICE_SETTING, device)
+        repo.set_setting(session, resources.QUANTIZATION_SETTING, quantization)
         repo.set_setting(session, resources.IDLE_UNLOAD_SETTING, engine.idle_unload_s)
     st.toast(t("settings.saved"))
 settings = resources.settings()

@@ -7,7 +7,7 @@ import streamlit as st
 from core.catalog import ModelSpec
 from core.downloads import Progress
 from core.errors import LocalLLMError
-from core.hardware import decode_tokens_per_s_bound, memory_verdict
+from core.hardware import CPU_DECODE_EFFICIENCY, decode_tokens_per_s_bound, memory_verdict
 from core.library import DownloadPlan, ModelLibrary, ModelStatus
 from core.storage import repo
 from core.units import format_bytes, format_count, format_duration
@@ -222,9 +222,12 @@ def verify(key: str) -> None:
 def speed_text(key: str, weights_bytes: int) -> str:
     """The decode-speed estimate with its basis, and what was measured here if the model ran."""
     bandwidth = resources.memory_bandwidth()
+    bound = decode_tokens_per_s_bound(weights_bytes, bandwidth)
     text = t(
         "models.speed",
-        tps=f"{decode_tokens_per_s_bound(weights_bytes, bandwidth):.0f}",
+        tps=f"{bound * CPU_DECODE_EFFICIENCY:.0f}",
+        bound=f"{bound:.0f}",
+        efficiency=f"{CPU_DECODE_EFFICIENCY * 100:.0f}",
         bandwidth=f"{bandwidth / 1e9:.0f}",
         weights=format_bytes(weights_bytes),
     )

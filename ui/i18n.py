@@ -69,10 +69,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "超出本机能力：需要 {needed}，可用 {available}。",
     },
     "models.speed": {
-        "en": "Estimated decode speed: up to {tps} tokens/s ({bandwidth} GB/s memory bandwidth ÷ {weights} "
-        "of weights read per token).",
-        "zh": "预计生成速度：最多 {tps} tokens/s"
-        "（内存带宽 {bandwidth} GB/s ÷ 每个 token 读取的权重 {weights}）。",
+        "en": "Estimated decode speed on the CPU: about {tps} tokens/s. Basis: {bandwidth} GB/s memory "
+        "bandwidth ÷ {weights} of weights read per token = at most {bound}; this engine reaches about "
+        "{efficiency} % of that (bench/speed.py, docs/performance.md).",
+        "zh": "预计 CPU 生成速度：约 {tps} tokens/s。依据：内存带宽 {bandwidth} GB/s ÷ 每个 token 读取的权重 "
+        "{weights} = 上限 {bound}；本引擎实测可达上限的约 {efficiency}%（见 bench/speed.py 与 "
+        "docs/performance.md）。",
     },
     "models.measured": {"en": " Measured here: {tps} tokens/s.", "zh": " 本机实测：{tps} tokens/s。"},
     "models.action.check": {"en": "Check files and download", "zh": "检查文件并下载"},
@@ -381,6 +383,15 @@ MESSAGES: dict[str, dict[str, str]] = {
     "settings.configs": {"en": "Provider configs", "zh": "模型服务配置"},
     "settings.engine": {"en": "Local engine", "zh": "本地推理引擎"},
     "settings.device": {"en": "Device", "zh": "运行设备"},
+    "settings.quantization": {"en": "Weights on the CPU", "zh": "CPU 上的权重精度"},
+    "settings.quantization.int8": {"en": "int8 (about 2× faster)", "zh": "int8（约快 2 倍）"},
+    "settings.quantization.none": {"en": "16-bit (the reference)", "zh": "16 位（参考精度）"},
+    "settings.quantization_help": {
+        "en": "int8 keeps one scale per output channel: replies stay close to the 16-bit reference (see "
+        "docs/performance.md). Applies from the next model load; GPUs always use 16-bit weights.",
+        "zh": "int8 为每个输出通道保留一个缩放系数，回复与 16 位参考精度非常接近（见 docs/performance.md）。"
+        "下次加载模型时生效；GPU 始终使用 16 位权重。",
+    },
     "settings.device_help": {
         "en": "auto: CUDA GPU, then Apple MPS, then CPU. Applies at the next model load.",
         "zh": "auto：依次选择 CUDA 显卡、Apple MPS、CPU。下次加载模型时生效。",

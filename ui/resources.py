@@ -73,6 +73,7 @@ def hf_cache_snapshot(repo_id: str) -> str | None:
 
 IDLE_UNLOAD_SETTING = "engine.idle_unload_s"
 DEVICE_SETTING = "engine.device"
+QUANTIZATION_SETTING = "engine.quantization"
 
 
 @st.cache_resource
@@ -81,7 +82,12 @@ def engine() -> LocalEngine:
     with database().begin() as session:
         idle = float(repo.get_setting(session, IDLE_UNLOAD_SETTING, 900))
         device = repo.get_setting(session, DEVICE_SETTING, "auto")
-    return LocalEngine(settings().models_dir, device=device, idle_unload_s=idle)
+        quantization = repo.get_setting(session, QUANTIZATION_SETTING, "int8")
+    instance = LocalEngine(
+        settings().models_dir, device=device, quantization=quantization, idle_unload_s=idle
+    )
+    instance.prepare()  # imports in the background, so the first load is only the load
+    return instance
 
 
 @st.cache_resource
@@ -99,12 +105,9 @@ def sign_in_gate() -> SignInGate:
     return SignInGate(load_access_policy())
 
 
-@st.cache_resource(show_spinner=False)
 def memory_bandwidth() -> float:
-    """Read bandwidth in bytes/s, measured once per process (about a second)."""
-    from core.hardware import measure_bandwidth
-
-    return engine().on_torch_thread(measure_bandwidth)  # torch work stays on the engine's thread
+    """Read bandwidth in bytes/s, measured once per process on the engine's torch thread."""
+    return engine().memory_bandwidth()
 
 
 def engine_precision() -> Precision:

@@ -97,7 +97,7 @@ def sidebar_status() -> None:
             "status.loaded",
             model=loaded.key,
             device=loaded.device,
-            dtype=loaded.dtype,
+            dtype=loaded.weights if loaded.weights != loaded.dtype else loaded.dtype,
             memory=format_bytes(loaded.memory_bytes),
         )
         if loaded

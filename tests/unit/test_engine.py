@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from core.engine import Finished, LocalEngine, Queued, TextDelta
+from core.engine import Finished, LocalEngine, Queued, TextDelta, _return_freed_memory_to_os
 from core.errors import GenerationError, InsufficientMemoryError, ModelNotReadyError, QueueFullError
 from core.generation import GenerationParams
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
@@ -171,6 +172,8 @@ def test_unload_frees_memory(tmp_path: Path, heavy_model: Path) -> None:
     install_ready(tmp_path / "models", "heavy", heavy_model)
     engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
     process = psutil.Process()
+    gc.collect()
+    _return_freed_memory_to_os()  # memory freed by earlier tests would otherwise hide the growth
     before = process.memory_info().rss
     loaded = engine.load("heavy")
     with_model = process.memory_info().rss

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import streamlit as st
@@ -8,6 +10,8 @@ from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from core.settings import PROJECT_ROOT
+from core.storage.db import Database
+from tests.fixtures.tiny_models import install_ready
 
 
 @pytest.fixture
@@ -38,3 +42,14 @@ def new_app(isolated_env, client_ip) -> Callable[[], AppTest]:
     yield make
     st.cache_resource.clear()
     st.cache_data.clear()
+
+
+@pytest.fixture
+def ready_model(db_url: str, tiny_models: dict[str, Path]) -> str:
+    """The tiny Qwen2 model installed and verified as "tiny", as after a download."""
+    from core.storage import repo
+
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "tiny", tiny_models["qwen2"])
+    with Database(db_url).begin() as session:
+        repo.add_custom_model(session, "tiny", "test/tiny", "main", {})
+    return "tiny"

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from core.chat import ChatService
 from core.engine import LocalEngine
 from core.storage.db import Database, sqlite_file
 from tests.fixtures.hub_server import HubServer
-from tests.fixtures.tiny_models import install_ready
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
-
-
-@pytest.fixture
-def ready_model(db_url: str, tiny_models: dict[str, Path]) -> str:
-    from core.storage import repo
-
-    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "tiny", tiny_models["qwen2"])
-    with Database(db_url).begin() as session:
-        repo.add_custom_model(session, "tiny", "test/tiny", "main", {})
-    return "tiny"
 
 
 def stored_messages(db_url: str) -> list[tuple[str, str]]:

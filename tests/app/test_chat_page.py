@@ -2,25 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import pytest
-
 from core.configs import ConfigStore
 from core.storage.db import Database
-from tests.fixtures.tiny_models import install_ready
 from ui import resources
-
-
-@pytest.fixture
-def ready_model(db_url: str, tiny_models: dict[str, Path]) -> str:
-    from core.storage import repo
-
-    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "tiny", tiny_models["qwen2"])
-    with Database(db_url).begin() as session:
-        repo.add_custom_model(session, "tiny", "test/tiny", "main", {})
-    return "tiny"
 
 
 def test_without_a_ready_model_the_page_says_what_to_do(new_app) -> None:

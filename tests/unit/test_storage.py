@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import inspect, text
 
 from core.configs import ConfigStore
-from core.errors import ConfigError, NotFoundError, SchemaTooNewError, StorageError
+from core.errors import ConfigError, NotFoundError, SchemaTooNewError
 from core.generation import GenerationParams
 from core.settings import PROJECT_ROOT
 from core.storage import repo
@@ -159,14 +159,6 @@ def test_a_database_from_a_newer_app_is_refused_untouched(database: Database, db
         Database(db_url)
     with database.engine.connect() as conn:
         assert conn.execute(text("SELECT version FROM schema_info")).scalar() == SCHEMA_VERSION + 5
-
-
-def test_a_corrupted_database_file_gives_a_storage_error(db_url: str) -> None:
-    path = _sqlite_path(db_url)
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"this is not an sqlite database" * 100)
-    with pytest.raises(StorageError, match="Cannot open the database"):
-        Database(db_url)
 
 
 def test_conversations_messages_and_search(database: Database) -> None:

@@ -211,13 +211,18 @@ class LocalEngine:
         (about 1.5 s, paid while the user looks at the page, not after a click), check the int8 kernel
         and measure the memory bandwidth (about a second), so that pages never wait behind a reply."""
         self._int8_supported = self._torch.submit(_int8_available)
+        imported = self._torch.submit(_import_runtime)
+        # Last: measured while the first pages load, the bandwidth read half of what it is.
         self._bandwidth = self._torch.submit(measure_bandwidth)
-        return self._torch.submit(_import_runtime)
+        return imported
 
-    def memory_bandwidth(self) -> float:
-        """Read bandwidth in bytes/s, measured once on the torch thread."""
+    def memory_bandwidth(self, wait: bool = True) -> float | None:
+        """Read bandwidth in bytes/s, measured once on the torch thread; None while not measured yet
+        (without `wait`)."""
         if self._bandwidth is None:
             self._bandwidth = self._torch.submit(measure_bandwidth)
+        if not wait and not self._bandwidth.done():
+            return None
         return self._bandwidth.result()
 
     def on_torch_thread(self, work: Callable[[], T]) -> T:

@@ -222,6 +222,8 @@ def verify(key: str) -> None:
 def speed_text(key: str, weights_bytes: int) -> str:
     """The decode-speed estimate with its basis, and what was measured here if the model ran."""
     bandwidth = resources.memory_bandwidth()
+    if bandwidth is None:
+        return t("models.speed_pending")
     bound = decode_tokens_per_s_bound(weights_bytes, bandwidth)
     text = t(
         "models.speed",

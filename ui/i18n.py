@@ -76,6 +76,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "{weights} = 上限 {bound}；本引擎实测可达上限的约 {efficiency}%（见 bench/speed.py 与 "
         "docs/performance.md）。",
     },
+    "models.speed_pending": {
+        "en": "Decode speed: measuring this machine's memory bandwidth…",
+        "zh": "生成速度：正在测量本机内存带宽…",
+    },
     "models.measured": {"en": " Measured here: {tps} tokens/s.", "zh": " 本机实测：{tps} tokens/s。"},
     "models.action.check": {"en": "Check files and download", "zh": "检查文件并下载"},
     "models.action.download": {"en": "Download", "zh": "下载模型"},

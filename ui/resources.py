@@ -105,9 +105,10 @@ def sign_in_gate() -> SignInGate:
     return SignInGate(load_access_policy())
 
 
-def memory_bandwidth() -> float:
-    """Read bandwidth in bytes/s, measured once per process on the engine's torch thread."""
-    return engine().memory_bandwidth()
+def memory_bandwidth() -> float | None:
+    """Read bandwidth in bytes/s, measured once per process on the engine's torch thread; None until
+    that measurement (a second or two after the app starts) is done: pages never wait for it."""
+    return engine().memory_bandwidth(wait=False)
 
 
 def engine_precision() -> Precision:

@@ -10,7 +10,7 @@ from core.storage import repo
 from core.storage.db import set_aside, sqlite_file
 from core.units import format_bytes, format_duration
 from ui import access, resources, state
-from ui.i18n import LANGUAGES, error_text, language_from_locale, t
+from ui.i18n import DEFAULT_LANGUAGE, LANGUAGES, error_text, language_from_locale, t
 
 LANGUAGE_SETTING = "ui.language"
 _MARKDOWN_SPECIALS = "\\`*_{}[]()<>#+-.!|~$"
@@ -55,8 +55,9 @@ def database_problem(exc: StorageError) -> None:
         st.rerun()
 
 
-def _remember_language() -> None:
-    """The default for later visits; a LAN user's choice stays in their own session."""
+def _switch_language(widget_key: str) -> None:
+    """Use the chosen language; remember it for later visits (a LAN user's choice stays theirs)."""
+    st.session_state[state.LANGUAGE] = st.session_state[widget_key]
     if not access.is_local_client():
         return
     with resources.database().begin() as session:
@@ -64,13 +65,20 @@ def _remember_language() -> None:
 
 
 def language_switch() -> None:
+    """The radio's default is the current language and its key changes with it: a radio that the
+    browser resets mid-rerun (a page link clicked while a page still runs) sent its first option,
+    Chinese, and switched an English session for good."""
+    current = state.language() or DEFAULT_LANGUAGE
+    widget_key = f"{state.LANGUAGE}.{current}"
     st.radio(
         t("lang.label"),
         options=list(LANGUAGES),
+        index=list(LANGUAGES).index(current),
         format_func=LANGUAGES.__getitem__,
-        key=state.LANGUAGE,
+        key=widget_key,
         horizontal=True,
-        on_change=_remember_language,
+        on_change=_switch_language,
+        args=(widget_key,),
     )
 
 

@@ -60,7 +60,7 @@ def test_language_switch_changes_the_page_and_is_remembered(new_app) -> None:
     at = new_app()
     at.run()
     assert at.title[0].value == "Chat"  # AppTest has no browser locale: English
-    at.radio(key="language").set_value("zh").run()
+    at.radio(key="language.en").set_value("zh").run()
     assert at.title[0].value == "聊天"
 
     second_session = new_app()

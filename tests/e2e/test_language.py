@@ -47,3 +47,18 @@ def test_language_follows_browser_then_switch_is_remembered(browser: Browser, ap
     later = open_page(browser, app_url, "en-US")  # a new visit keeps the chosen language
     expect(later.get_by_role("heading", name="聊天")).to_be_visible(timeout=30_000)
     later.context.close()
+
+
+def test_clicking_a_page_while_another_still_runs_keeps_the_language(browser: Browser, app_url: str) -> None:
+    """A regression: the language radio, reset by the browser mid-rerun, used to switch to 中文."""
+    for _ in range(3):  # it happened about one time in three
+        page = open_page(browser, app_url, "en-US")
+        expect(page.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
+        nav = page.get_by_test_id("stSidebarNavItems")
+        nav.get_by_role("link", name="Models").click()
+        page.wait_for_timeout(150)  # the Models page is still running
+        nav.get_by_role("link", name="Hardware & Settings").click()
+        expect(page.get_by_role("heading", name="Hardware & Settings", exact=True)).to_be_visible(
+            timeout=30_000
+        )
+        page.context.close()

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from core.hardware import decode_tokens_per_s_bound, measure_bandwidth, model_memory
+from core.hardware import Precision, decode_tokens_per_s_bound, measure_bandwidth, model_memory
 from core.settings import PROJECT_ROOT
 from tests.fixtures.tiny_models import ARCHS, _train_tokenizer, install_ready
 
@@ -55,7 +55,7 @@ events = engine.stream(sys.argv[2], messages, params, ignore_eos=True)
 stats = [e.stats for e in events if isinstance(e, Finished)][0]
 print(json.dumps({"rss_after_load": after_load, "rss_after_reply": psutil.Process().memory_info().rss,
                   "tokens_per_s": stats.tokens_per_s, "ttft_s": stats.ttft_s, "dtype": loaded.dtype,
-                  "load_s": loaded.load_s}))
+                  "load_s": loaded.load_s, "precision": engine.precision().__dict__}))
 """
 
 
@@ -95,8 +95,7 @@ def main() -> None:
                 cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
             )  # fmt: skip
             measured = json.loads(out.stdout.strip().splitlines()[-1])
-            dtype_bytes = 2 if measured["dtype"] in ("bfloat16", "float16") else 4
-            estimate = model_memory(models / key, dtype_bytes)
+            estimate = model_memory(models / key, Precision(**measured["precision"]))
             bound = decode_tokens_per_s_bound(estimate.weights_bytes, bandwidth)
             # bf16 checkpoints are memory-mapped: weights become resident as a reply reads them,
             # so the steady state is measured after a reply (right after load it is far lower).

@@ -513,6 +513,7 @@ class LocalEngine:
             stop.set()
             if not threading.current_thread().name.startswith("engine-torch"):
                 worker.result()  # a collected generator may close anywhere; run() keeps its own errors
+            _return_freed_memory_to_os()  # a prompt's temporaries (widened weights) are freed by now
             self._touch()
         if "error" in outcome:
             raise GenerationError(f"Generation failed: {outcome['error']}") from outcome["error"]

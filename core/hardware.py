@@ -127,11 +127,6 @@ class Precision:
     kv_bytes: int
     label: str  # shown to users: "int8", "bfloat16", "float32", ...
 
-    @classmethod
-    def plain(cls, dtype_bytes: int) -> Precision:
-        labels = {1: "int8", 2: "16-bit", 4: "float32"}
-        return cls(dtype_bytes, dtype_bytes, labels.get(dtype_bytes, f"{dtype_bytes}-byte"))
-
 
 @dataclass(frozen=True)
 class MemoryEstimate:

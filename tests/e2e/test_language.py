@@ -16,13 +16,6 @@ def open_page(browser: Browser, url: str, locale: str) -> Page:
     return page
 
 
-def wait_until_idle(page: Page) -> None:
-    """Until the script run behind the page has finished (Streamlit's own "running" marker)."""
-    expect(page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]')).to_have_count(
-        1, timeout=30_000
-    )
-
-
 def test_language_follows_browser_then_switch_is_remembered(browser: Browser, app_url: str) -> None:
     chinese_browser = open_page(browser, app_url, "zh-CN")
     expect(chinese_browser.get_by_role("heading", name="聊天")).to_be_visible(timeout=30_000)
@@ -31,7 +24,6 @@ def test_language_follows_browser_then_switch_is_remembered(browser: Browser, ap
     page = open_page(browser, app_url, "en-US")
     expect(page.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
     for label, heading in (("Models", "Models"), ("Hardware & Settings", "Hardware & Settings")):
-        wait_until_idle(page)  # as a user would: the page has finished drawing, the sidebar is still
         page.get_by_test_id("stSidebarNavItems").get_by_role("link", name=label).click()
         expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         sidebar = page.get_by_test_id("stSidebar")

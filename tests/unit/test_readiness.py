@@ -29,12 +29,12 @@ MARGIN = 0.25  # the stated margin: resident memory after load is within 25 % of
 
 def test_qwen_and_tinyllama_from_their_real_config_numbers() -> None:
     qwen = builtin_spec("qwen2.5-0.5b")
-    estimate = estimate_memory(qwen.parameters, qwen.kv_layout, Precision.plain(2))
+    estimate = estimate_memory(qwen.parameters, qwen.kv_layout, Precision(2, 2, "bfloat16"))
     assert estimate.weights_bytes == 494_032_768 * 2
     assert estimate.kv_cache_bytes == 2 * 24 * 2 * 64 * 4096 * 2  # K and V, 24 layers, 2 KV heads
     assert estimate.runtime_bytes == RUNTIME_OVERHEAD_BYTES
     llama = builtin_spec("tinyllama-1.1b")
-    estimate = estimate_memory(llama.parameters, llama.kv_layout, Precision.plain(4))
+    estimate = estimate_memory(llama.parameters, llama.kv_layout, Precision(4, 4, "float32"))
     assert estimate.weights_bytes == 1_100_048_384 * 4
     assert estimate.kv_cache_bytes == 2 * 22 * 4 * 64 * 4096 * 4
     assert 4.5 * GIB < estimate.total_bytes < 5 * GIB

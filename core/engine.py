@@ -513,7 +513,9 @@ class LocalEngine:
             stop.set()
             if not threading.current_thread().name.startswith("engine-torch"):
                 worker.result()  # a collected generator may close anywhere; run() keeps its own errors
-            _return_freed_memory_to_os()  # a prompt's temporaries (widened weights) are freed by now
+            # A prompt's temporaries (widened weights) are freed by now: hand them back to the OS, on
+            # the torch thread and without making this reader (and the reply's final save) wait.
+            self._torch.submit(_return_freed_memory_to_os)
             self._touch()
         if "error" in outcome:
             raise GenerationError(f"Generation failed: {outcome['error']}") from outcome["error"]

@@ -12,6 +12,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from core.chat import ChatService
 from core.storage.db import Database
+from core.storage.records import Message
 from tests.e2e.conftest import LONG_PROMPT, running_app, send, stop_process_group
 
 pytestmark = pytest.mark.e2e
@@ -23,14 +24,19 @@ def open_chat(browser: Browser, url: str) -> Page:
     return page
 
 
-def saved_reply() -> str:
-    """The first conversation's first reply as stored ("" when there is none yet)."""
+def first_reply() -> Message | None:
+    """The first conversation's first reply as stored."""
     chat = ChatService(Database(os.environ["LOCALLLM_DB_URL"]), provider=lambda: None)
     conversations = chat.conversations()
     if not conversations:
-        return ""
-    replies = [m for m in chat.messages(conversations[0].id) if m.role == "assistant"]
-    return replies[0].content if replies else ""
+        return None
+    return next((m for m in chat.messages(conversations[0].id) if m.role == "assistant"), None)
+
+
+def saved_reply() -> str:
+    """The first reply's text as stored ("" when there is none yet)."""
+    reply = first_reply()
+    return reply.content if reply else ""
 
 
 def reply_is_streaming(page: Page) -> str:
@@ -49,6 +55,12 @@ def test_reload_mid_reply_then_switch_language(browser: Browser, slow_model_read
     send(page, LONG_PROMPT)
     partial = reply_is_streaming(page)
     page.reload()
+    # The reload ends the old browser session; its script stops the reply at its next token and
+    # saves it as stopped. Look once that has happened, not in the same instant.
+    deadline = time.monotonic() + 30
+    while (reply := first_reply()) is None or reply.finish_reason == "interrupted":
+        assert time.monotonic() < deadline, "the cut-short reply was never finalised"
+        time.sleep(0.05)
 
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_role("button", name="hello world hello world").click()  # the conversation is listed

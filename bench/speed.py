@@ -4,18 +4,20 @@ For Qwen2.5-0.5B-Instruct and TinyLlama-1.1B-Chat it builds models with the exac
 random weights (speed does not depend on weight values; nothing is downloaded). Each measurement runs
 in a fresh process, one after another, on the same machine in the same run:
 
-- ours: LocalEngine as the app uses it (defaults: int8 weights and the packed decode attention on
-  the CPU; 16-bit on a GPU), loaded twice in fresh processes: the first load quantizes and keeps the
-  int8 copy on disk, the second maps it; the second reply is timed (the first one warms up, as
-  bare and llama.cpp are warmed up); `python -m core chat KEY --stats` prints the same figures;
-- bare: `model.generate` with the very same weights (the engine's own overhead = ours / bare);
+- ours: LocalEngine as the app uses it (defaults on the CPU: int4 weights run by core.decoder;
+  16-bit and transformers' generate on a GPU), loaded twice in fresh processes: the first load
+  quantizes and keeps the int4 copy on disk, the second maps it; the second reply is timed (the
+  first one warms up, as bare and llama.cpp are warmed up); `python -m core chat KEY --stats` prints
+  the same figures;
+- bare: `model.generate` with the very same weights (ours / bare: what the engine adds or saves);
 - reference: `model.generate` in bf16 (fp32 where the CPU has no bf16) with transformers' SDPA;
 - llama.cpp Q8_0 and Q4_K_M through llama-cpp-python, when it is installed (outside requirements.txt)
   and a llama.cpp source tree gives convert_hf_to_gguf.py (--llama-cpp DIR);
 - the bound: measured read bandwidth / weight bytes per token.
 
-Quality (int8 against the reference, on fixed token sequences, teacher-forced): relative logit error,
-top-1 agreement and KL divergence, next to per-tensor int8 (one scale per matrix) for contrast.
+Quality (bench/quality.py: int4, int8 and llama.cpp's Q8_0 and Q4_K_M against the fp32 reference, on
+fixed token sequences, teacher-forced): relative logit error, top-1 agreement and KL divergence, next
+to per-tensor int8 (one scale per matrix) for contrast.
 
 Usage: .venv/bin/python -m bench.speed [--tokens 128] [--prompt-tokens 100] [--llama-cpp DIR]
 """
@@ -102,23 +104,23 @@ print(json.dumps({"ttft_s": warm.ttft_s, "decode_tps": warm.tokens_per_s, "load_
 QUALITY = r"""
 import json, sys, torch
 from transformers import AutoModelForCausalLM
-from core.quantize import quantize_model, quantize_rows
-path = sys.argv[1]
+from bench.quality import compare, sequences
+from core.quantize import quantize_model
+path, reference_file = sys.argv[1], sys.argv[2]
 def load():
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-reference = load()
-sequences = torch.randint(10, 300, (4, 64), generator=torch.Generator().manual_seed(1))
-def compare(model):
+tokens = sequences()
+with torch.inference_mode():
+    expected = load()(tokens).logits.float()
+torch.save(expected, reference_file)  # for llama.cpp's quality, in its own process
+def quality(model):
     with torch.inference_mode():
-        expected = reference(sequences).logits.float()
-        got = model(sequences).logits.float()
-    kl = torch.nn.functional.kl_div(got.log_softmax(-1), expected.log_softmax(-1), log_target=True,
-                                    reduction="batchmean") / sequences.shape[1]
-    return {"rel_logit_error": float((got - expected).norm() / expected.norm()),
-            "top1_agreement": float((got.argmax(-1) == expected.argmax(-1)).float().mean()),
-            "kl_per_token": float(kl)}
-per_channel = load()
-quantize_model(per_channel, torch.float32)
+        return compare(model(tokens).logits, expected)
+results = {}
+for scheme in ("int4", "int8"):
+    model = load()
+    quantize_model(model, torch.float32, scheme)
+    results[scheme] = quality(model)
 per_tensor = load()
 with torch.no_grad():
     for module in per_tensor.modules():
@@ -126,7 +128,22 @@ with torch.no_grad():
             w = module.weight
             scale = w.abs().max() / 127
             w.copy_(torch.round(w / scale).clamp(-127, 127) * scale)
-print(json.dumps({"int8_per_channel": compare(per_channel), "int8_per_tensor": compare(per_tensor)}))
+results["int8 per tensor"] = quality(per_tensor)
+print(json.dumps(results))
+"""
+
+LLAMA_CPP_QUALITY = r"""
+import json, sys, numpy, torch
+from llama_cpp import Llama
+from bench.quality import LENGTH, compare, sequences
+path, reference_file = sys.argv[1], sys.argv[2]
+llm = Llama(model_path=path, n_ctx=LENGTH, logits_all=True, verbose=False)
+logits = []
+for row in sequences().tolist():
+    llm.reset()
+    llm.eval(row)
+    logits.append(torch.from_numpy(numpy.array(llm.scores[:LENGTH])))
+print(json.dumps(compare(torch.stack(logits), torch.load(reference_file))))
 """
 
 LLAMA_CPP = r"""
@@ -194,10 +211,14 @@ def llama_cpp_rows(source: Path, model: Path, work: Path, args: argparse.Namespa
     params.allow_requantize = True
     llama_cpp.llama_model_quantize(str(q8).encode(), str(q4).encode(), params)
     threads = str(os.cpu_count() if args.threads == 0 else args.threads)
-    return {
-        name: run_json(["-c", LLAMA_CPP, str(path), str(args.prompt_tokens), str(args.tokens), threads])
-        for name, path in (("llama.cpp Q8_0", q8), ("llama.cpp Q4_K_M", q4))
-    }
+    rows = {}
+    for name, path in (("llama.cpp Q8_0", q8), ("llama.cpp Q4_K_M", q4)):
+        rows[name] = run_json(
+            ["-c", LLAMA_CPP, str(path), str(args.prompt_tokens), str(args.tokens), threads]
+        )
+        if not args.no_quality:
+            rows[name]["quality"] = run_json(["-c", LLAMA_CPP_QUALITY, str(path), str(work / "reference.pt")])
+    return rows
 
 
 def ours_row(models: Path, key: str, args: argparse.Namespace) -> dict:
@@ -236,11 +257,17 @@ def main() -> None:
                 rows[mode] = run_json(
                     ["-c", BARE, str(source), mode, str(args.prompt_tokens), str(args.tokens)]
                 )
+            quality = (
+                None
+                if args.no_quality
+                else run_json(["-c", QUALITY, str(source), str(work / "reference.pt")])
+            )
             if args.llama_cpp:
                 rows |= llama_cpp_rows(args.llama_cpp, source, work, args)
+                if quality:
+                    quality |= {name: row.pop("quality") for name, row in rows.items() if "quality" in row}
             weight_bytes = _weight_bytes(work / "models" / key, rows["ours"]["weights"])
             bound = bandwidth / weight_bytes
-            quality = None if args.no_quality else run_json(["-c", QUALITY, str(source)])
             results[key] = {"rows": rows, "bound_tps": bound, "quality": quality}
             _print(key, rows, bound, quality)
             for gguf in work.glob("*.gguf"):
@@ -248,10 +275,11 @@ def main() -> None:
     print(json.dumps(results))
 
 
-def _weight_bytes(directory: Path, weights: str) -> int:
+def _weight_bytes(directory: Path, weights: str) -> float:
     from core.hardware import weight_count
+    from core.quantize import BYTES_PER_WEIGHT
 
-    per_weight = {"int8": 1, "float32": 4}.get(weights, 2)
+    per_weight = BYTES_PER_WEIGHT.get(weights) or {"float32": 4}.get(weights, 2)
     return weight_count(directory) * per_weight
 
 

@@ -41,7 +41,7 @@ from core.model_store import model_dir, read_manifest
 
 T = TypeVar("T")
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
-QUANTIZATIONS = ("int8", "none")  # int8 applies on the CPU; GPUs keep the 16-bit weights
+QUANTIZATIONS = ("int4", "int8", "none")  # applies on the CPU; GPUs keep the 16-bit weights
 GIB = 1024**3
 
 
@@ -50,7 +50,7 @@ class LoadedModel:
     key: str
     device: str
     dtype: str  # what activations and the KV cache are computed in
-    weights: str  # how weights are stored: "int8" on the CPU by default, else the same as dtype
+    weights: str  # how weights are stored: "int4" on the CPU by default, else the same as dtype
     memory_bytes: int
     context_length: int
     load_id: int
@@ -101,10 +101,10 @@ def detect_device(preference: str = "auto") -> str:
     return next(device for device in ("cuda", "mps", "cpu") if available[device])
 
 
-def _int8_available() -> bool:
-    from core.quantize import int8_supported
+def _kernel_available(scheme: str) -> bool:
+    from core.quantize import kernel_supported
 
-    return int8_supported()
+    return kernel_supported(scheme)
 
 
 def choose_dtype(device: str) -> Any:
@@ -126,7 +126,7 @@ def _import_runtime() -> None:
     import transformers.models.llama.modeling_llama
     import transformers.models.qwen2.modeling_qwen2  # noqa: F401
 
-    from core import attention, quantize  # noqa: F401
+    from core import attention, decoder, quantize  # noqa: F401
 
 
 def _weights_id(directory: Path) -> str:
@@ -161,15 +161,17 @@ class _StopOnEvent:
         self.event = event
         self.first_token_at: float | None = None
 
+    def token_done(self) -> bool:
+        """Note a generated token; True when generation should stop."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        return self.event.is_set()
+
     def __call__(self, input_ids: Any, scores: Any, **_kwargs: Any) -> Any:
         import torch
 
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-
-        return torch.full(
-            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )
+        stop = self.token_done()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 class LocalEngine:
@@ -180,7 +182,7 @@ class LocalEngine:
         models_dir: Path,
         *,
         device: str = "auto",
-        quantization: str = "int8",
+        quantization: str = "int4",
         idle_unload_s: float = 900.0,
         max_waiting: int = 4,
         context_tokens_for_memory: int = 4096,
@@ -203,14 +205,15 @@ class LocalEngine:
         self._last_used = time.monotonic()
         self._idle_thread: threading.Thread | None = None
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-torch")
-        self._int8_supported: Future[bool] | None = None
+        self._decoder: Any = None
+        self._kernels: dict[str, Future[bool]] = {}
         self._bandwidth: Future[float] | None = None
 
     def prepare(self) -> Future[None]:
         """Ahead of the first load, on the torch thread: import transformers and the catalog's model code
-        (about 1.5 s, paid while the user looks at the page, not after a click), check the int8 kernel
-        and measure the memory bandwidth (about a second), so that pages never wait behind a reply."""
-        self._int8_supported = self._torch.submit(_int8_available)
+        (about 1.5 s, paid while the user looks at the page, not after a click), check the quantized
+        kernel and measure the memory bandwidth (about a second), so that pages never wait behind a reply."""
+        self._kernel(self.quantization, wait=False)
         imported = self._torch.submit(_import_runtime)
         # Last: measured while the first pages load, the bandwidth read half of what it is.
         self._bandwidth = self._torch.submit(measure_bandwidth)
@@ -237,18 +240,24 @@ class LocalEngine:
         return self._loaded
 
     def precision(self) -> Precision:
-        """How a model would be stored: int8 weights on the CPU (unless turned off), else the dtype."""
+        """How a model would be stored: int4 weights on the CPU (unless set otherwise), else the dtype."""
+        from core.quantize import BYTES_PER_WEIGHT
+
         device = detect_device(self.device_preference)
         dtype = choose_dtype(device)
+        scheme = self.quantization
+        if device == "cpu" and scheme in BYTES_PER_WEIGHT and self._kernel(scheme):
+            return Precision(weight_bytes=BYTES_PER_WEIGHT[scheme], kv_bytes=dtype.itemsize, label=scheme)
         label = str(dtype).removeprefix("torch.")
-        if device == "cpu" and self.quantization == "int8" and self._int8_kernel():
-            return Precision(weight_bytes=1, kv_bytes=dtype.itemsize, label="int8")
         return Precision(weight_bytes=dtype.itemsize, kv_bytes=dtype.itemsize, label=label)
 
-    def _int8_kernel(self) -> bool:
-        if self._int8_supported is None:  # checked once, on the torch thread (it runs the kernel)
-            self._int8_supported = self._torch.submit(_int8_available)
-        return self._int8_supported.result()
+    def _kernel(self, scheme: str, wait: bool = True) -> bool:
+        """Whether the CPU kernel of a quantization scheme runs here: checked once, on the torch thread."""
+        if scheme == "none":
+            return False
+        if scheme not in self._kernels:
+            self._kernels[scheme] = self._torch.submit(_kernel_available, scheme)
+        return self._kernels[scheme].result() if wait else False
 
     def memory_check(self, key: str) -> tuple[int, int]:
         """(bytes needed, bytes available) on the device the model would load on."""
@@ -285,7 +294,7 @@ class LocalEngine:
     def _load_locked(self, key: str, directory: Path) -> LoadedModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from core import attention, quantize
+        from core import attention, decoder, quantize
 
         started = time.perf_counter()
         device = detect_device(self.device_preference)
@@ -295,22 +304,29 @@ class LocalEngine:
         if not tokenizer.chat_template:
             raise NoChatTemplateError(f"{key} has no chat template, so it cannot be used for chat.", key=key)
         options = {"attn_implementation": attention.NAME if device == "cpu" else None}
-        model = None
-        if precision.label == "int8":  # quantized once, then mapped from disk: no 16-bit copy at load
-            cache, source = quantize.cache_path(directory, dtype), _weights_id(directory)
-            model = quantize.load_quantized(directory, cache, dtype, source, **options)
+        model, mapped = None, False
+        scheme = precision.label if precision.label in quantize.SCHEMES else None
+        if scheme:  # quantized once, then mapped from disk: no 16-bit copy at load
+            cache, source = quantize.cache_path(directory, scheme, dtype), _weights_id(directory)
+            model = quantize.load_quantized(directory, cache, dtype, scheme, source, **options)
+            mapped = model is not None
+            if model is None:  # the first load: matrix by matrix from the checkpoint when it can
+                model = quantize.quantize_checkpoint(directory, dtype, scheme, **options)
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(
                 directory, dtype=dtype, local_files_only=True, trust_remote_code=False, **options
             )
             model.to(device).eval()
-            if precision.label == "int8":
-                quantize.quantize_model(model, dtype)
-                with contextlib.suppress(OSError):  # a read-only folder: quantize again next time
-                    quantize.save_quantized(model, cache, source)
-        gc.collect()
-        _return_freed_memory_to_os()
+            if scheme:
+                quantize.quantize_model(model, dtype, scheme)
+        if scheme and not mapped:
+            with contextlib.suppress(OSError):  # a read-only folder: quantize again next time
+                quantize.save_quantized(model, cache, source)
+        if not mapped:
+            gc.collect()  # 16-bit weights that were replaced or read (a full collection: ~0.2 s)
+            _return_freed_memory_to_os()
         self._model, self._tokenizer = model, tokenizer
+        self._decoder = decoder.Decoder(model) if decoder.supports(model) else None
         config = json.loads((directory / "config.json").read_text())
         return LoadedModel(
             key=key,
@@ -332,7 +348,7 @@ class LocalEngine:
         if self._loaded is None:
             return
         device = self._loaded.device
-        self._model = self._tokenizer = self._loaded = None
+        self._model = self._tokenizer = self._loaded = self._decoder = None
         gc.collect()
         _return_freed_memory_to_os()
         if device == "cuda":
@@ -460,7 +476,7 @@ class LocalEngine:
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-        model, tokenizer, loaded = self._model, self._tokenizer, self._loaded
+        model, tokenizer, loaded, decoder = self._model, self._tokenizer, self._loaded, self._decoder
         try:
             inputs = tokenizer.apply_chat_template(
                 list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -489,7 +505,13 @@ class LocalEngine:
         def run() -> None:
             try:
                 with torch.inference_mode():
-                    outcome["output"] = model.generate(**options)
+                    if decoder is None:
+                        outcome["completion"] = int(model.generate(**options).shape[1]) - prompt_tokens
+                    else:
+                        prompt = inputs["input_ids"][0]
+                        outcome["completion"] = _decode(
+                            decoder, model, prompt, params, streamer, criterion, ignore_eos
+                        )
             except BaseException as exc:  # reaches the reader below
                 outcome["error"] = exc
                 streamer.on_finalized_text("", stream_end=True)
@@ -519,7 +541,7 @@ class LocalEngine:
             self._touch()
         if "error" in outcome:
             raise GenerationError(f"Generation failed: {outcome['error']}") from outcome["error"]
-        completion = int(outcome["output"].shape[1]) - prompt_tokens
+        completion = outcome["completion"]
         first_token_at = criterion.first_token_at  # the first generated token, visible text or not
         decode_s = time.perf_counter() - first_token_at if first_token_at else 0.0
         if stop_requested:
@@ -538,3 +560,32 @@ class LocalEngine:
                 model=key,
             )
         )
+
+
+def _decode(
+    decoder: Any,
+    model: Any,
+    prompt: Any,
+    params: GenerationParams,
+    streamer: Any,
+    criterion: _StopOnEvent,
+    ignore_eos: bool,
+) -> int:
+    """A reply through core.decoder, streamed as transformers' generate streams it; the token count."""
+    from core.decoder import Sampling, generate
+
+    config = model.generation_config
+    end = config.eos_token_id
+    end_ids = set(end if isinstance(end, list) else [] if end is None else [end])
+    sampling = Sampling(params.temperature, params.top_p, int(config.top_k or 0), params.repetition_penalty)
+    streamer.put(prompt)  # the streamer skips the prompt it is given first
+
+    def on_token(token: int) -> bool:
+        streamer.put(prompt.new_tensor([token]))
+        return criterion.token_done()
+
+    tokens = generate(
+        decoder, prompt.tolist(), params.max_new_tokens, sampling, end_ids, on_token, ignore_end=ignore_eos
+    )
+    streamer.end()
+    return len(tokens)

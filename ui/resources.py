@@ -82,7 +82,7 @@ def engine() -> LocalEngine:
     with database().begin() as session:
         idle = float(repo.get_setting(session, IDLE_UNLOAD_SETTING, 900))
         device = repo.get_setting(session, DEVICE_SETTING, "auto")
-        quantization = repo.get_setting(session, QUANTIZATION_SETTING, "int8")
+        quantization = repo.get_setting(session, QUANTIZATION_SETTING, "int4")
     instance = LocalEngine(
         settings().models_dir, device=device, quantization=quantization, idle_unload_s=idle
     )
@@ -112,5 +112,5 @@ def memory_bandwidth() -> float | None:
 
 
 def engine_precision() -> Precision:
-    """How the engine would store a model on this machine's device (int8 weights on the CPU)."""
+    """How the engine would store a model on this machine's device (int4 weights on the CPU)."""
     return engine().precision()

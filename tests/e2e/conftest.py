@@ -106,7 +106,9 @@ LONG_PROMPT = "hello world " * 250  # ~2,000 tokens: reading it keeps the engine
 @pytest.fixture(scope="session")
 def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random model big enough that a long prompt takes about a second to read on 2 cores."""
-    return build_tiny_model(tmp_path_factory.mktemp("slow"), hidden_size=384, layers=6, context=4096)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("slow"), hidden_size=384, layers=6, context=4096, endless=True
+    )
 
 
 @pytest.fixture

@@ -23,7 +23,9 @@ HELLO = [{"role": "user", "content": "Hello 你好"}]
 @pytest.fixture(scope="module")
 def long_context_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model with a 4096-token context, so a long generation takes seconds to finish."""
-    return build_tiny_model(tmp_path_factory.mktemp("long") / "m", "llama", hidden_size=128, context=4096)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("long") / "m", "llama", hidden_size=128, context=4096, endless=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -211,17 +213,20 @@ def test_memory_check_refuses_unless_forced(engine: LocalEngine, monkeypatch: py
     assert engine.load("tiny-qwen", force=True).key == "tiny-qwen"
 
 
+@pytest.mark.parametrize("quantization", ["int4", "none"])  # core.decoder, transformers' generate
 def test_an_error_in_the_generation_thread_reaches_the_caller(
-    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch, quantization: str
 ) -> None:
-    # Simulates a failure inside model.generate (CUDA running out of memory, say), which a CPU
-    # machine cannot produce on demand.
+    # Simulates a failure inside the forward pass (out of memory, say), which a test cannot produce
+    # on demand.
+    engine.quantization = quantization
     engine.load("tiny-llama")
+    assert (engine._decoder is None) == (quantization == "none")
 
-    def failing_generate(**_kwargs):
+    def failing(*_args, **_kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(engine._model, "generate", failing_generate)
+    monkeypatch.setattr(engine._decoder or engine._model, "forward", failing)
     with pytest.raises(GenerationError, match="Generation failed: CUDA out of memory"):
         list(engine.stream("tiny-llama", HELLO, GREEDY))
     assert _generation_threads() == []

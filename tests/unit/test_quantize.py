@@ -1,4 +1,4 @@
-"""Int8 weights and the decode attention: close to the reference, and what the engine really uses."""
+"""Int4/int8 weights, the decode attention and core.decoder: close to the reference, used by the engine."""
 
 from __future__ import annotations
 
@@ -10,17 +10,29 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from core import attention
+from core.decoder import Decoder, Sampling, generate, supports
 from core.engine import LocalEngine, TextDelta
 from core.generation import GenerationParams
 from core.model_store import read_manifest, write_manifest
-from core.quantize import PROMPT_ROWS, Int8Linear, int8_matmul, quantize_model, quantize_rows, stored_bytes
+from core.quantize import (
+    INT4_GROUP,
+    PROMPT_ROWS,
+    Int4Linear,
+    Int8Linear,
+    int8_matmul,
+    quantize_checkpoint,
+    quantize_groups,
+    quantize_model,
+    quantize_rows,
+    stored_bytes,
+)
 from tests.fixtures.tiny_models import install_ready
 
 PROMPT = torch.tensor([[5, 17, 42, 99, 7, 230, 18, 64, 3, 150, 77, 12]])
 
 
-def load(path: Path, attn: str = "sdpa") -> torch.nn.Module:
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation=attn).eval()
+def load(path: Path, attn: str = "sdpa", dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn).eval()
 
 
 def test_per_row_scales_keep_each_weight_within_half_a_step() -> None:
@@ -34,6 +46,26 @@ def test_per_row_scales_keep_each_weight_within_half_a_step() -> None:
     assert torch.isfinite(zero_scale).all()
 
 
+def test_int4_groups_keep_each_weight_within_half_a_step_of_its_group() -> None:
+    torch.manual_seed(0)
+    rows, columns = 48, 4 * INT4_GROUP
+    weight = torch.randn(rows, columns) * torch.logspace(-3, 1, columns // INT4_GROUP).repeat_interleave(
+        INT4_GROUP
+    )
+    packed, scales_zeros = quantize_groups(weight, torch.float32)
+    # The kernel times the identity matrix gives the weights back as the kernel sees them.
+    seen = torch._weight_int4pack_mm_for_cpu(torch.eye(columns), packed, INT4_GROUP, scales_zeros).t()
+    step = scales_zeros[..., 0].t().repeat_interleave(INT4_GROUP, dim=1)  # rows × columns
+    assert ((seen - weight).abs() <= step / 2 + 1e-6).all()  # small groups keep their own precision
+    assert packed.numel() == weight.numel() // 2  # two weights a byte
+
+
+def test_a_shape_int4_groups_do_not_fit_stays_int8() -> None:
+    odd = Int4Linear.from_linear(torch.nn.Linear(INT4_GROUP + 8, 16), torch.bfloat16)
+    assert isinstance(odd, Int8Linear)
+    assert isinstance(Int4Linear.from_linear(torch.nn.Linear(2 * INT4_GROUP, 16), torch.bfloat16), Int4Linear)
+
+
 def test_prompt_rows_and_decode_rows_give_the_same_product() -> None:
     torch.manual_seed(1)
     layer = Int8Linear.from_linear(torch.nn.Linear(64, 48, bias=True), torch.bfloat16)
@@ -44,19 +76,22 @@ def test_prompt_rows_and_decode_rows_give_the_same_product() -> None:
     assert int8_matmul(rows[:1], layer.weight, layer.scale).shape == (1, 48)
 
 
+@pytest.mark.parametrize(("scheme", "error", "agreement"), [("int8", 0.03, 0.9), ("int4", 0.08, 0.8)])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_int8_model_stays_close_to_the_bf16_reference(tiny_models: dict[str, Path], arch: str) -> None:
+def test_quantized_model_stays_close_to_the_bf16_reference(
+    tiny_models: dict[str, Path], arch: str, scheme: str, error: float, agreement: float
+) -> None:
     reference, quantized = load(tiny_models[arch]), load(tiny_models[arch])
     before = stored_bytes(quantized)
-    assert quantize_model(quantized, torch.bfloat16) > 0
+    assert quantize_model(quantized, torch.bfloat16, scheme) > 0
     assert stored_bytes(quantized) < 0.75 * before
     with torch.inference_mode():
         expected = reference(PROMPT).logits.float()
         got = quantized(PROMPT).logits.float()
     relative = (got - expected).norm() / expected.norm()
-    assert relative < 0.03, relative
-    agreement = (got.argmax(-1) == expected.argmax(-1)).float().mean()
-    assert agreement >= 0.9, agreement  # teacher-forced top-1 agreement at every position
+    assert relative < error, relative
+    agreed = (got.argmax(-1) == expected.argmax(-1)).float().mean()
+    assert agreed >= agreement, agreed  # teacher-forced top-1 agreement at every position
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
@@ -72,14 +107,85 @@ def test_decode_attention_matches_transformers_sdpa(tiny_models: dict[str, Path]
         torch.testing.assert_close(mine, theirs, atol=0.02, rtol=0.02)
 
 
-def test_the_engine_uses_int8_on_the_cpu_and_the_reference_is_one_setting_away(
+@pytest.mark.parametrize("scheme", ["int4", "int8"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_the_decoder_computes_what_transformers_computes_with_the_same_weights(
+    tiny_models: dict[str, Path], arch: str, scheme: str
+) -> None:
+    model = load(tiny_models[arch], attention.NAME)
+    quantize_model(model, torch.bfloat16, scheme)
+    assert supports(model)
+    decoder = Decoder(model)
+    with torch.inference_mode():
+        expected = model.generate(PROMPT, max_new_tokens=16, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True)  # fmt: skip
+        decoder.reset(64)
+        got = [decoder.forward(PROMPT[0])]  # the prompt at once, then teacher-forced token by token
+        got += [decoder.forward(token.view(1)) for token in expected.sequences[0, PROMPT.shape[1] : -1]]
+        decoder.reset(64)
+        decoder.forward(PROMPT[0, :5])
+        in_two_parts = decoder.forward(PROMPT[0, 5:])  # a cached prefix and a causal mask
+    for mine, theirs in zip(got, expected.logits, strict=True):
+        assert (mine - theirs[0].float()).norm() / theirs.float().norm() < 0.02  # bf16 rounding
+    torch.testing.assert_close(in_two_parts, got[0], atol=0.02, rtol=0.02)
+    small = Decoder(model)
+    small.reset(4)
+    with pytest.raises(ValueError, match="cache"):
+        small.forward(PROMPT[0])
+
+
+@pytest.mark.parametrize("sampling", [False, True])
+def test_decoder_replies_are_the_tokens_generate_chooses(
+    tiny_models: dict[str, Path], sampling: bool
+) -> None:
+    # float32 activations: the two paths then agree to the last bit that can change a choice.
+    model = load(tiny_models["llama"], attention.NAME, dtype=torch.float32)
+    quantize_model(model, torch.float32, "int4")
+    options = {"temperature": 0.9, "top_p": 0.8, "top_k": 20} if sampling else {}
+    torch.manual_seed(7)
+    with torch.inference_mode():
+        expected = model.generate(PROMPT, max_new_tokens=30, min_new_tokens=30, do_sample=sampling,
+                                  repetition_penalty=1.3, **options)[0, PROMPT.shape[1] :]  # fmt: skip
+    choice = Sampling(temperature=options.get("temperature", 0.0), top_p=options.get("top_p", 1.0),
+                      top_k=options.get("top_k", 0), repetition_penalty=1.3)  # fmt: skip
+    seen: list[int] = []
+    torch.manual_seed(7)
+    with torch.inference_mode():
+        got = generate(Decoder(model), PROMPT[0].tolist(), 30, choice, {model.config.eos_token_id},
+                       seen.append, ignore_end=True)  # fmt: skip
+    assert got == seen == expected.tolist()
+    stopped = generate(Decoder(model), PROMPT[0].tolist(), 30, choice, set(), lambda _t: True)
+    assert len(stopped) == 1  # on_token asked to stop after the first token
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])  # a tied and an untied vocabulary
+def test_quantizing_from_the_checkpoint_matrix_by_matrix_gives_the_same_model(
+    tiny_models: dict[str, Path], arch: str
+) -> None:
+    whole = load(tiny_models[arch], attention.NAME)
+    quantize_model(whole, torch.bfloat16, "int4")
+    streamed = quantize_checkpoint(
+        tiny_models[arch], torch.bfloat16, "int4", attn_implementation=attention.NAME
+    )
+    expected = {**dict(whole.named_parameters()), **dict(whole.named_buffers())}
+    got = {**dict(streamed.named_parameters()), **dict(streamed.named_buffers())}
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+    assert streamed.generation_config.eos_token_id == whole.generation_config.eos_token_id
+    with torch.inference_mode():
+        torch.testing.assert_close(streamed(PROMPT).logits, whole(PROMPT).logits)
+
+
+def test_the_engine_uses_int4_on_the_cpu_and_the_reference_is_one_setting_away(
     tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
     install_ready(tmp_path, "tiny", tiny_models["qwen2"])
     fast = LocalEngine(tmp_path, device="cpu", idle_unload_s=0)
-    assert fast.precision().weight_bytes == 1
+    assert fast.precision().weight_bytes < 1
     loaded = fast.load("tiny")
-    assert (loaded.device, loaded.weights) == ("cpu", "int8")
+    assert (loaded.device, loaded.weights) == ("cpu", "int4")
+    assert fast._decoder is not None  # replies go through core.decoder
     fast.unload()
     reference = LocalEngine(tmp_path, device="cpu", quantization="none", idle_unload_s=0)
     loaded_reference = reference.load("tiny")
@@ -87,7 +193,7 @@ def test_the_engine_uses_int8_on_the_cpu_and_the_reference_is_one_setting_away(
     assert loaded.memory_bytes < loaded_reference.memory_bytes
 
 
-def test_the_int8_copy_is_kept_on_disk_and_reused_only_for_the_same_weights(
+def test_the_quantized_copy_is_kept_on_disk_and_reused_only_for_the_same_weights(
     tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
     directory = install_ready(tmp_path, "tiny", tiny_models["llama"])
@@ -101,7 +207,7 @@ def test_the_int8_copy_is_kept_on_disk_and_reused_only_for_the_same_weights(
         return text
 
     first = reply()  # quantizes and writes the copy
-    [copy] = directory.glob(".localllm-int8-*.pt")
+    [copy] = directory.glob(".localllm-int4-*.pt")
     written = copy.stat().st_mtime_ns
     assert reply() == first  # mapped from the copy: the same answer
     assert copy.stat().st_mtime_ns == written

@@ -28,7 +28,9 @@ MESSAGES = [{"role": "user", "content": "Hello 你好"}]
 
 @pytest.fixture(scope="module")
 def long_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("served") / "m", "llama", hidden_size=128, context=4096)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("served") / "m", "llama", hidden_size=128, context=4096, endless=True
+    )
 
 
 @pytest.fixture

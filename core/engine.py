@@ -11,12 +11,10 @@ generation within a token. Requests wait in a FIFO queue and are told their plac
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import itertools
 import json
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -36,7 +34,7 @@ from core.errors import (
     QueueFullError,
 )
 from core.generation import GenerationParams
-from core.hardware import Precision, measure_bandwidth, model_memory
+from core.hardware import Precision, measure_bandwidth, model_memory, return_freed_memory_to_os
 from core.model_store import model_dir, read_manifest
 
 T = TypeVar("T")
@@ -134,13 +132,6 @@ def _weights_id(directory: Path) -> str:
     manifest = read_manifest(directory)
     hashes = sorted(f.sha256 for f in manifest.files if f.path.endswith(".safetensors")) if manifest else []
     return ",".join(hashes)
-
-
-def _return_freed_memory_to_os() -> None:
-    """glibc keeps freed heap memory for reuse; malloc_trim hands it back so RSS really drops."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # another libc (musl): nothing to trim
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _available_memory(device: str) -> int:
@@ -324,7 +315,7 @@ class LocalEngine:
                 quantize.save_quantized(model, cache, source)
         if not mapped:
             gc.collect()  # 16-bit weights that were replaced or read (a full collection: ~0.2 s)
-            _return_freed_memory_to_os()
+            return_freed_memory_to_os()
         self._model, self._tokenizer = model, tokenizer
         self._decoder = decoder.Decoder(model) if decoder.supports(model) else None
         config = json.loads((directory / "config.json").read_text())
@@ -350,7 +341,7 @@ class LocalEngine:
         device = self._loaded.device
         self._model = self._tokenizer = self._loaded = self._decoder = None
         gc.collect()
-        _return_freed_memory_to_os()
+        return_freed_memory_to_os()
         if device == "cuda":
             import torch
 
@@ -537,7 +528,7 @@ class LocalEngine:
                 worker.result()  # a collected generator may close anywhere; run() keeps its own errors
             # A prompt's temporaries (widened weights) are freed by now: hand them back to the OS, on
             # the torch thread and without making this reader (and the reply's final save) wait.
-            self._torch.submit(_return_freed_memory_to_os)
+            self._torch.submit(return_freed_memory_to_os)
             self._touch()
         if "error" in outcome:
             raise GenerationError(f"Generation failed: {outcome['error']}") from outcome["error"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import platform
 import shutil
@@ -179,20 +181,15 @@ def memory_verdict(needed: int, info: HardwareInfo) -> MemoryVerdict:
 
 def weight_count(model_dir: Path) -> int:
     """Parameters in the safetensors files, read from their headers (no weights are loaded)."""
-    import json
-    import struct
+    from core.model_store import read_safetensors_header
 
     total = 0
     for path in model_dir.glob("*.safetensors"):
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        for name, tensor in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in tensor["shape"]:
-                    count *= dim
-                total += count
+        for tensor in read_safetensors_header(path)[0].values():
+            count = 1
+            for dim in tensor["shape"]:
+                count *= dim
+            total += count
     return total
 
 
@@ -247,3 +244,10 @@ CPU_DECODE_EFFICIENCY = 0.55  # this engine's decode speed / the bound, measured
 def decode_tokens_per_s_bound(weights_bytes: int, bandwidth_bytes_per_s: float) -> float:
     """Each new token reads every weight once: bandwidth / weight bytes bounds decode speed."""
     return bandwidth_bytes_per_s / weights_bytes if weights_bytes else 0.0
+
+
+def return_freed_memory_to_os() -> None:
+    """glibc keeps freed heap memory for reuse; malloc_trim hands it back so RSS really drops."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # another libc (musl): nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)

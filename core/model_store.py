@@ -6,9 +6,11 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from core.hub import RemoteFile
 
@@ -165,3 +167,12 @@ def find_in_hf_cache(repo_id: str) -> Path | None:
             if "config.json" in names and any(n.endswith(".safetensors") for n in names):
                 return revision.snapshot_path
     return None
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's header (name → dtype, shape, data_offsets) and where its data starts."""
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    return header, 8 + length

@@ -15,7 +15,6 @@ each is one kernel call.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional
+
+from core.hardware import return_freed_memory_to_os
 
 SCHEMES = ("int4", "int8")
 INT4_GROUP = 32
@@ -283,13 +284,22 @@ def quantize_model(model: Any, dtype: torch.dtype, scheme: str = "int4", load: L
         quantizer = Int8Linear.from_linear if linear is head else QUANTIZERS[scheme]
         return quantizer(linear, dtype)
 
-    for prefix, parent in list(model.named_modules()):
+    # Parents only: a list that also held the leaf layers would keep each 16-bit matrix alive to the end.
+    parents = [
+        (name, m) for name, m in model.named_modules() if any(type(c) is nn.Linear for c in m.children())
+    ]
+    for prefix, parent in parents:
         prefix = f"{prefix}." if prefix else ""
+        before = made
         _fuse_and_quantize(parent, prefix, quantize, load)
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 _materialize(child, f"{prefix}{name}.", load)
                 setattr(parent, name, quantize(child))
+        if load is not None and made > before:
+            # The 16-bit matrices just read are garbage now; left in glibc's heap they added up to
+            # twice the model (fragments it did not reuse).
+            return_freed_memory_to_os()
     if getattr(model.config, "tie_word_embeddings", False):
         embedding = model.get_input_embeddings()
         model.set_input_embeddings(Int8Embedding(model.get_output_embeddings(), embedding.padding_idx))
@@ -301,6 +311,33 @@ def quantize_model(model: Any, dtype: torch.dtype, scheme: str = "int4", load: L
             if param is not None and not param.is_meta:
                 module._parameters[name] = nn.Parameter(param.detach().clone(), requires_grad=False)
     return made
+
+
+STORED_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
+class _Checkpoint:
+    """Tensors of a model's safetensors files, each read on demand with plain file reads: a memory map's
+    touched pages would count as resident memory until the file is closed."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from core.model_store import read_safetensors_header
+
+        self.tensors: dict[str, tuple[Path, int, dict[str, Any]]] = {}
+        for path in sorted(model_dir.glob("*.safetensors")):
+            header, data_start = read_safetensors_header(path)
+            self.tensors.update({name: (path, data_start, info) for name, info in header.items()})
+
+    def read(self, name: str) -> torch.Tensor:
+        path, data_start, info = self.tensors[name]
+        tensor = torch.empty(info["shape"], dtype=STORED_DTYPES[info["dtype"]])
+        start, end = info["data_offsets"]
+        with path.open("rb") as handle:
+            handle.seek(data_start + start)
+            handle.readinto(tensor.view(-1).view(torch.uint8).numpy())
+        if tensor.numel() * tensor.element_size() != end - start:
+            raise KeyError(name)
+        return tensor
 
 
 def _skeleton(model_dir: Path, dtype: torch.dtype, **options: Any) -> Any:
@@ -323,29 +360,23 @@ def quantize_checkpoint(model_dir: Path, dtype: torch.dtype, scheme: str, **opti
     Built on the meta device: resident memory peaks at the quantized model plus one 16-bit matrix
     (~1.2× the steady state), where loading the 16-bit model first peaked at 2-4×.
     """
-    from safetensors import safe_open
-
     model = _skeleton(model_dir, dtype, **options)
     config = model.config
     input_table = next(n for n, m in model.named_modules() if m is model.get_input_embeddings()) + ".weight"
-    with contextlib.ExitStack() as files:
-        opened = [
-            files.enter_context(safe_open(path, "pt")) for path in sorted(model_dir.glob("*.safetensors"))
-        ]
-        where = {name: file for file in opened for name in file.keys()}  # noqa: SIM118 - not a dict
+    checkpoint = _Checkpoint(model_dir)
 
-        def load(name: str) -> torch.Tensor:
-            if name not in where and getattr(config, "tie_word_embeddings", False):
-                name = input_table  # a tied output head is stored as the input table
-            return where[name].get_tensor(name).to(dtype)
+    def load(name: str) -> torch.Tensor:
+        if name not in checkpoint.tensors and getattr(config, "tie_word_embeddings", False):
+            name = input_table  # a tied output head is stored as the input table
+        return checkpoint.read(name).to(dtype)
 
-        try:
-            quantize_model(model, dtype, scheme, load)
-            for name, module in list(model.named_modules()):  # rotary tables are computed, not stored
-                if any(buffer.is_meta for buffer in module.buffers(recurse=False)):
-                    model.set_submodule(name, type(module)(config=config))
-        except (KeyError, TypeError):
-            return None
+    try:
+        quantize_model(model, dtype, scheme, load)
+        for name, module in list(model.named_modules()):  # rotary tables are computed, not stored
+            if any(buffer.is_meta for buffer in module.buffers(recurse=False)):
+                model.set_submodule(name, type(module)(config=config))
+    except (KeyError, TypeError):  # other names, another dtype, another rotary module
+        return None
     if any(t.is_meta for t in _all_tensors(model).values()):
         return None
     return model.eval()

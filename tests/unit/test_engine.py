@@ -10,9 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from core.engine import Finished, LocalEngine, Queued, TextDelta, _return_freed_memory_to_os
+from core.engine import Finished, LocalEngine, Queued, TextDelta
 from core.errors import GenerationError, InsufficientMemoryError, ModelNotReadyError, QueueFullError
 from core.generation import GenerationParams
+from core.hardware import return_freed_memory_to_os
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 GREEDY = GenerationParams(temperature=0, max_new_tokens=24)
@@ -175,7 +176,7 @@ def test_unload_frees_memory(tmp_path: Path, heavy_model: Path) -> None:
     engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
     process = psutil.Process()
     gc.collect()
-    _return_freed_memory_to_os()  # memory freed by earlier tests would otherwise hide the growth
+    return_freed_memory_to_os()  # memory freed by earlier tests would otherwise hide the growth
     before = process.memory_info().rss
     loaded = engine.load("heavy")
     with_model = process.memory_info().rss

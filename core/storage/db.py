@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -17,12 +20,22 @@ from core.errors import StorageError
 from core.storage.migrations import migrate
 
 BUSY_TIMEOUT_S = 30
+WAL_RETRY_S = 0.05
 
 
 def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+    # Switching a new file to WAL needs the exclusive lock, and SQLite answers "locked" at once,
+    # without waiting, when connections opened together would otherwise deadlock: try again.
+    for attempt in itertools.count():
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt * WAL_RETRY_S >= BUSY_TIMEOUT_S:
+                raise
+            time.sleep(WAL_RETRY_S)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()

@@ -25,11 +25,11 @@ from torch.nn import functional
 
 from core.hardware import return_freed_memory_to_os
 
-SCHEMES = ("int4", "int8")
 INT4_GROUP = 32
 PROMPT_ROWS = 32  # from this many rows on (a prompt), dequantizing + a GEMM beats the int8 kernel
 # Stored bytes per weight, for memory and speed estimates: nibbles + a bf16 scale and zero per group.
 BYTES_PER_WEIGHT = {"int4": 0.5 + 4 / INT4_GROUP, "int8": 1.0}
+SCHEMES = tuple(BYTES_PER_WEIGHT)
 
 
 def int8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -181,10 +181,9 @@ class Fused(nn.Module):
     keeps it for the others, which are called next with the very same input tensor.
     """
 
-    def __init__(self, linear: nn.Module, sizes: list[int]) -> None:
+    def __init__(self, linear: nn.Module) -> None:
         super().__init__()
         self.linear = linear
-        self.sizes = sizes
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,7 +241,7 @@ def _fuse_and_quantize(
             continue
         for name, part in zip(names, parts, strict=True):
             _materialize(part, f"{prefix}{name}.", load)
-        fused = Fused(quantize(_concatenated(parts)), [p.out_features for p in parts])
+        fused = Fused(quantize(_concatenated(parts)))
         parent.register_module(fused_name, fused)
         start = 0
         for name, part in zip(names, parts, strict=True):

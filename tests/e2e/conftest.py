@@ -34,6 +34,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # A container's small /dev/shm can crash the renderer (a blank page) when two browsers run at once.
+    "--disable-dev-shm-usage",
 ]
 
 
@@ -98,6 +100,34 @@ def stop_process_group(process: subprocess.Popen, sig: signal.Signals = signal.S
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+def _what_the_browsers_show(item: pytest.Item) -> str:
+    """Each open page's address and visible text, and the tail of each app log of a failed test."""
+    fixtures = item.funcargs.values()  # lan_browser is a (host, browser) pair
+    values = [part for value in fixtures for part in (value if isinstance(value, tuple) else [value])]
+    browsers = [value for value in values if isinstance(value, Browser)]
+    lines: list[str] = []
+    for browser in browsers:
+        for page in (page for context in browser.contexts for page in context.pages):
+            try:
+                text = page.inner_text("body", timeout=2_000)
+            except Exception as exc:  # a diagnostic must not hide the real failure
+                text = f"(unreadable: {exc})"
+            lines += [f"== page {page.url}", text[-1_500:]]
+    env = item.funcargs.get("isolated_env")
+    for log in sorted(Path(env).glob("*.log")) if isinstance(env, Path) else []:
+        lines += [f"== {log.name}", *log.read_text(errors="replace").splitlines()[-25:]]
+    return "\n".join(lines)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed browser test also shows what its pages showed and what its apps logged (for CI logs)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        report.sections.append(("what the browsers showed", _what_the_browsers_show(item)))
 
 
 LONG_PROMPT = "hello world " * 250  # ~2,000 tokens: reading it keeps the engine busy for a while

@@ -231,7 +231,7 @@ def _materialize(module: nn.Module, prefix: str, load: Loader | None) -> None:
 
 
 def _fuse_and_quantize(
-    parent: nn.Module, prefix: str, quantize: Callable[[nn.Linear], nn.Module], load: Loader | None
+    parent: nn.Module, prefix: str, quantize: Callable[[nn.Linear, str], nn.Module], load: Loader | None
 ) -> None:
     """Replace each q/k/v and gate/up trio or pair of `parent` by one quantized Fused matrix
     (`qkv_proj`, `gate_up_proj`), its members by Slices of it."""
@@ -241,12 +241,25 @@ def _fuse_and_quantize(
             continue
         for name, part in zip(names, parts, strict=True):
             _materialize(part, f"{prefix}{name}.", load)
-        fused = Fused(quantize(_concatenated(parts)))
+        fused = Fused(quantize(_concatenated(parts), f"{prefix}{fused_name}"))
         parent.register_module(fused_name, fused)
         start = 0
         for name, part in zip(names, parts, strict=True):
             setattr(parent, name, Slice(fused, start, start + part.out_features))
             start += part.out_features
+
+
+def _quantize_children(
+    parent: nn.Module, prefix: str, quantize: Callable[[nn.Linear, str], nn.Module], load: Loader | None
+) -> None:
+    """Swap `parent`'s linear layers for quantized ones: fused siblings first, then the others.
+
+    A function of its own, so that no local still holds a 16-bit layer once it returns."""
+    _fuse_and_quantize(parent, prefix, quantize, load)
+    for name, child in list(parent.named_children()):
+        if isinstance(child, nn.Linear):
+            _materialize(child, f"{prefix}{name}.", load)
+            setattr(parent, name, quantize(child, f"{prefix}{name}"))
 
 
 class Int8Embedding(nn.Module):
@@ -274,13 +287,15 @@ def quantize_model(model: Any, dtype: torch.dtype, scheme: str = "int4", load: L
     meta device is filled tensor by tensor through `load` as it goes, so the 16-bit weights never
     exist all at once.
     """
-    head = model.get_output_embeddings()
+    # By name: a reference to the head module would keep its 16-bit matrix (the whole vocabulary, read
+    # first) alive until every layer is done.
+    head_name = next(name for name, m in model.named_modules() if m is model.get_output_embeddings())
     made = 0
 
-    def quantize(linear: nn.Linear) -> nn.Module:
+    def quantize(linear: nn.Linear, name: str) -> nn.Module:
         nonlocal made
         made += 1
-        quantizer = Int8Linear.from_linear if linear is head else QUANTIZERS[scheme]
+        quantizer = Int8Linear.from_linear if name == head_name else QUANTIZERS[scheme]
         return quantizer(linear, dtype)
 
     # Parents only: a list that also held the leaf layers would keep each 16-bit matrix alive to the end.
@@ -288,13 +303,8 @@ def quantize_model(model: Any, dtype: torch.dtype, scheme: str = "int4", load: L
         (name, m) for name, m in model.named_modules() if any(type(c) is nn.Linear for c in m.children())
     ]
     for prefix, parent in parents:
-        prefix = f"{prefix}." if prefix else ""
         before = made
-        _fuse_and_quantize(parent, prefix, quantize, load)
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                _materialize(child, f"{prefix}{name}.", load)
-                setattr(parent, name, quantize(child))
+        _quantize_children(parent, f"{prefix}." if prefix else "", quantize, load)
         if load is not None and made > before:
             # The 16-bit matrices just read are garbage now; left in glibc's heap they added up to
             # twice the model (fragments it did not reuse).
@@ -302,14 +312,19 @@ def quantize_model(model: Any, dtype: torch.dtype, scheme: str = "int4", load: L
     if getattr(model.config, "tie_word_embeddings", False):
         embedding = model.get_input_embeddings()
         model.set_input_embeddings(Int8Embedding(model.get_output_embeddings(), embedding.padding_idx))
-    for prefix, module in model.named_modules():
+    for prefix, module in model.named_modules():  # what is left: norms, biases, an untied input table
         _materialize(module, f"{prefix}." if prefix else "", load)
-        # What is left (norms, biases, an untied input table) may still view the memory-mapped
-        # checkpoint; copies let the mapping go, so the 16-bit file stops counting as resident memory.
-        for name, param in module._parameters.items():
-            if param is not None and not param.is_meta:
-                module._parameters[name] = nn.Parameter(param.detach().clone(), requires_grad=False)
+        if load is None:
+            _copy_out_of_the_file(module)
     return made
+
+
+def _copy_out_of_the_file(module: nn.Module) -> None:
+    """Own copies of a module's parameters: ones that view a memory-mapped checkpoint keep the 16-bit
+    file counted as resident memory."""
+    for name, param in module._parameters.items():
+        if param is not None and not param.is_meta:
+            module._parameters[name] = nn.Parameter(param.detach().clone(), requires_grad=False)
 
 
 STORED_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}

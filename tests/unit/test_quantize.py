@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 from transformers import AutoModelForCausalLM
 
-from core import attention
+from core import attention, quantize
 from core.decoder import Decoder, Sampling, generate, supports
 from core.engine import LocalEngine, TextDelta
 from core.generation import GenerationParams
@@ -175,6 +176,37 @@ def test_quantizing_from_the_checkpoint_matrix_by_matrix_gives_the_same_model(
     assert streamed.generation_config.eos_token_id == whole.generation_config.eos_token_id
     with torch.inference_mode():
         torch.testing.assert_close(streamed(PROMPT).logits, whole(PROMPT).logits)
+
+
+@pytest.mark.parametrize(
+    ("arch", "kept"),  # only an untied input table stays 16-bit; a tied one becomes the int8 head
+    [("qwen2", set()), ("llama", {"model.embed_tokens.weight"})],
+)
+def test_each_16_bit_matrix_is_let_go_once_its_module_is_quantized(
+    tiny_models: dict[str, Path], arch: str, kept: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first load's memory peak: a 16-bit matrix still referenced after its module (or the tied
+    # vocabulary, read first for the head) is quantized stays resident while the rest is read.
+    read = quantize._Checkpoint.read
+    loaded: list[tuple[str, StorageWeakRef]] = []  # the memory itself, whatever wraps it
+    held_while_reading: dict[str, list[str]] = {}
+
+    def owner(name: str) -> str:  # the module whose linear layers are quantized together
+        return name.rsplit(".", 2)[0] if name.count(".") >= 2 else ""
+
+    def recording_read(checkpoint: quantize._Checkpoint, name: str) -> torch.Tensor:
+        alive = [earlier for earlier, ref in loaded if not ref.expired() and owner(earlier) != owner(name)]
+        held_while_reading[name] = [earlier for earlier in alive if earlier not in kept]
+        tensor = read(checkpoint, name).to(torch.bfloat16)  # the very tensor the model is filled with
+        if tensor.dim() == 2:
+            loaded.append((name, StorageWeakRef(tensor.untyped_storage())))
+        return tensor
+
+    monkeypatch.setattr(quantize._Checkpoint, "read", recording_read)
+    model = quantize_checkpoint(tiny_models[arch], torch.bfloat16, "int4")
+    assert model is not None and len(loaded) > 10
+    assert {name for name, ref in loaded if not ref.expired()} == kept
+    assert {name: held for name, held in held_while_reading.items() if held} == {}
 
 
 def test_the_engine_uses_int4_on_the_cpu_and_the_reference_is_one_setting_away(

@@ -96,7 +96,7 @@ def main() -> None:
             )  # fmt: skip
             measured = json.loads(out.stdout.strip().splitlines()[-1])
             estimate = model_memory(models / key, Precision(**measured["precision"]))
-            bound = decode_tokens_per_s_bound(estimate.weights_bytes, bandwidth)
+            bound = decode_tokens_per_s_bound(estimate, bandwidth)
             # bf16 checkpoints are memory-mapped: weights become resident as a reply reads them,
             # so the steady state is measured after a reply (right after load it is far lower).
             rss = measured["rss_after_reply"]

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from bench.readiness import CONFIGS, build
-from core.hardware import measure_bandwidth
+from core.hardware import Precision, decode_tokens_per_s_bound, measure_bandwidth, model_memory
 from core.settings import PROJECT_ROOT
 from tests.fixtures.tiny_models import install_ready
 
@@ -98,7 +98,8 @@ rss = psutil.Process().memory_info().rss
 print(json.dumps({"ttft_s": warm.ttft_s, "decode_tps": warm.tokens_per_s, "load_s": load_s,
                   "cold_ttft_s": cold.ttft_s, "prompt_tokens": warm.prompt_tokens,
                   "peak_rss_mb": peak_rss_bytes() / 2**20, "rss_mb": rss / 2**20,
-                  "device": loaded.device, "dtype": loaded.dtype, "weights": loaded.weights}))
+                  "device": loaded.device, "dtype": loaded.dtype, "weights": loaded.weights,
+                  "precision": engine.precision().__dict__}))
 """
 
 QUALITY = r"""
@@ -266,21 +267,13 @@ def main() -> None:
                 rows |= llama_cpp_rows(args.llama_cpp, source, work, args)
                 if quality:
                     quality |= {name: row.pop("quality") for name, row in rows.items() if "quality" in row}
-            weight_bytes = _weight_bytes(work / "models" / key, rows["ours"]["weights"])
-            bound = bandwidth / weight_bytes
+            estimate = model_memory(work / "models" / key, Precision(**rows["ours"]["precision"]))
+            bound = decode_tokens_per_s_bound(estimate, bandwidth)
             results[key] = {"rows": rows, "bound_tps": bound, "quality": quality}
             _print(key, rows, bound, quality)
             for gguf in work.glob("*.gguf"):
                 gguf.unlink()
     print(json.dumps(results))
-
-
-def _weight_bytes(directory: Path, weights: str) -> float:
-    from core.hardware import weight_count
-    from core.quantize import BYTES_PER_WEIGHT
-
-    per_weight = BYTES_PER_WEIGHT.get(weights) or {"float32": 4}.get(weights, 2)
-    return weight_count(directory) * per_weight
 
 
 def _print(key: str, rows: dict[str, dict], bound: float, quality: dict | None) -> None:
@@ -292,7 +285,7 @@ def _print(key: str, rows: dict[str, dict], bound: float, quality: dict | None) 
             f"  {name:<20} {row['decode_tps']:10.1f} {row['ttft_s']:7.3f} {row['load_s']:7.2f} "
             f"{row['load_s'] + row['ttft_s']:9.2f} {row['peak_rss_mb']:9.0f}"
         )
-    print(f"  bound (bandwidth / weight bytes): {bound:.1f} tokens/s")
+    print(f"  bound (bandwidth / weight bytes read per token): {bound:.1f} tokens/s")
     ratios = {
         "ours/bare": ours["decode_tps"] / rows["bare"]["decode_tps"],
         "ours/reference": ours["decode_tps"] / rows["reference"]["decode_tps"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.hardware import KvLayout
+from core.hardware import KvLayout, Vocabulary
 
 GB = 1000**3
 
@@ -31,6 +31,7 @@ class ModelSpec:
     strengths: Localized
     recommended_use: Localized
     kv_layout: KvLayout | None = None  # from the model's config.json; None when unknown
+    vocabulary: Vocabulary | None = None  # likewise
     custom: bool = False
 
 
@@ -53,6 +54,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
             zh="中文问答、对话、文本生成。",
         ),
         kv_layout=KvLayout(layers=24, kv_heads=2, head_dim=64),
+        vocabulary=Vocabulary(151_936 * 896, tied=True),
     ),
     ModelSpec(
         key="tinyllama-1.1b",
@@ -72,6 +74,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
             zh="英文问答、代码生成、文本处理。",
         ),
         kv_layout=KvLayout(layers=22, kv_heads=4, head_dim=64),
+        vocabulary=Vocabulary(32_000 * 2048, tied=False),
     ),
 )
 
@@ -104,5 +107,6 @@ def custom_spec(key: str, repo_id: str, revision: str, details: dict) -> ModelSp
         strengths=CUSTOM_STRENGTHS,
         recommended_use=CUSTOM_USE,
         kv_layout=KvLayout(**details["kv_layout"]) if "kv_layout" in details else None,
+        vocabulary=Vocabulary(**details["vocabulary"]) if "vocabulary" in details else None,
         custom=True,
     )

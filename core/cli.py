@@ -256,7 +256,7 @@ def cmd_hardware(args: argparse.Namespace) -> int:
             "download_bytes": spec.download_bytes,
             "verdict": memory_verdict(needed, info).verdict if needed else "unknown",
             "est_tokens_per_s": round(
-                decode_tokens_per_s_bound(estimate.weights_bytes, bandwidth) * CPU_DECODE_EFFICIENCY, 1
+                decode_tokens_per_s_bound(estimate, bandwidth) * CPU_DECODE_EFFICIENCY, 1
             )
             if estimate
             else None,

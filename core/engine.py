@@ -238,9 +238,9 @@ class LocalEngine:
         dtype = choose_dtype(device)
         scheme = self.quantization
         if device == "cpu" and scheme in BYTES_PER_WEIGHT and self._kernel(scheme):
-            return Precision(weight_bytes=BYTES_PER_WEIGHT[scheme], kv_bytes=dtype.itemsize, label=scheme)
+            return Precision(BYTES_PER_WEIGHT[scheme], BYTES_PER_WEIGHT["int8"], dtype.itemsize, scheme)
         label = str(dtype).removeprefix("torch.")
-        return Precision(weight_bytes=dtype.itemsize, kv_bytes=dtype.itemsize, label=label)
+        return Precision(dtype.itemsize, dtype.itemsize, dtype.itemsize, label)
 
     def _kernel(self, scheme: str, wait: bool = True) -> bool:
         """Whether the CPU kernel of a quantization scheme runs here: checked once, on the torch thread."""

@@ -122,15 +122,27 @@ class KvLayout:
 
 
 @dataclass(frozen=True)
-class Precision:
-    """How the engine stores a model: bytes per weight and per KV-cache value.
+class Vocabulary:
+    """A model's vocabulary table (vocab × hidden weights), and whether the output head is that same
+    table (tied) or a second one."""
 
-    With int4 the output head is int8 (core.quantize): for a large tied vocabulary (Qwen2.5-0.5B's
-    is a quarter of its weights) the estimate is below the real weights by ~10 %.
-    """
+    weights: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: dict) -> Vocabulary:
+        weights = int(config.get("vocab_size") or 0) * int(config.get("hidden_size") or 0)
+        return cls(weights, bool(config.get("tie_word_embeddings", False)))
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the engine stores a model: bytes per weight of the layers, of the output head, and of what
+    stays in the model's dtype (the KV cache, norms, an untied input table)."""
 
     weight_bytes: float  # 1 for int8, 0.625 for int4 with its group scales and zeros
-    kv_bytes: int
+    head_bytes: float  # the output head: int8 (1) whenever the layers are quantized
+    dtype_bytes: int
     label: str  # shown to users: "int8", "bfloat16", "float32", ...
 
 
@@ -139,6 +151,7 @@ class MemoryEstimate:
     weights_bytes: int
     kv_cache_bytes: int
     runtime_bytes: int
+    read_per_token_bytes: int  # weights read to decode one token: all but an untied input table
 
     @property
     def total_bytes(self) -> int:
@@ -151,12 +164,23 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    parameters: int, layout: KvLayout, precision: Precision, context_tokens: int = CONTEXT_FOR_ESTIMATES
+    parameters: int,
+    layout: KvLayout,
+    precision: Precision,
+    vocabulary: Vocabulary | None = None,
+    context_tokens: int = CONTEXT_FOR_ESTIMATES,
 ) -> MemoryEstimate:
+    """Weights at the precision's bytes (the vocabulary apart, when known), the KV cache for
+    `context_tokens`, and the runtime."""
+    vocabulary = vocabulary or Vocabulary(0, tied=True)
+    input_table = 0 if vocabulary.tied else vocabulary.weights
+    layers = parameters - vocabulary.weights - input_table
+    read = layers * precision.weight_bytes + vocabulary.weights * precision.head_bytes
     return MemoryEstimate(
-        int(parameters * precision.weight_bytes),
-        layout.bytes_for(context_tokens, precision.kv_bytes),
+        int(read + input_table * precision.dtype_bytes),
+        layout.bytes_for(context_tokens, precision.dtype_bytes),
         RUNTIME_OVERHEAD_BYTES,
+        int(read),
     )
 
 
@@ -200,7 +224,13 @@ def model_memory(
     import json
 
     config = json.loads((model_dir / "config.json").read_text())
-    return estimate_memory(weight_count(model_dir), KvLayout.from_config(config), precision, context_tokens)
+    return estimate_memory(
+        weight_count(model_dir),
+        KvLayout.from_config(config),
+        precision,
+        Vocabulary.from_config(config),
+        context_tokens,
+    )
 
 
 def measure_bandwidth(megabytes: int = 256, repeats: int = 3) -> float:
@@ -241,9 +271,10 @@ def peak_rss_bytes() -> int:
 CPU_DECODE_EFFICIENCY = 0.55  # this engine's decode speed / the bound, measured by bench/speed.py
 
 
-def decode_tokens_per_s_bound(weights_bytes: int, bandwidth_bytes_per_s: float) -> float:
-    """Each new token reads every weight once: bandwidth / weight bytes bounds decode speed."""
-    return bandwidth_bytes_per_s / weights_bytes if weights_bytes else 0.0
+def decode_tokens_per_s_bound(estimate: MemoryEstimate, bandwidth_bytes_per_s: float) -> float:
+    """Each new token reads every weight once: bandwidth / bytes read per token bounds decode speed."""
+    read = estimate.read_per_token_bytes
+    return bandwidth_bytes_per_s / read if read else 0.0
 
 
 def return_freed_memory_to_os() -> None:

@@ -14,7 +14,7 @@ from core import hub
 from core.catalog import BUILTIN_MODELS, ModelSpec, custom_spec, key_for_repo
 from core.downloads import DownloadManager, DownloadTarget, Progress, disk_free_bytes
 from core.errors import ConfigError, DownloadError, InvalidRepoIdError, LocalLLMError, NotFoundError
-from core.hardware import KvLayout, MemoryEstimate, Precision, estimate_memory, model_memory
+from core.hardware import KvLayout, MemoryEstimate, Precision, Vocabulary, estimate_memory, model_memory
 from core.hub import RemoteFile, RepoListing
 from core.model_store import (
     FileCheck,
@@ -149,6 +149,7 @@ class ModelLibrary:
             "parameters": self._parameter_count(repo_id, listing, endpoint),
             "context_length": int(config.get("max_position_embeddings") or 0),
             "kv_layout": asdict(KvLayout.from_config(config)),
+            "vocabulary": asdict(Vocabulary.from_config(config)),
         }
         with self.db.begin() as session:
             taken = {spec.key for spec in self.models()}
@@ -208,7 +209,7 @@ class ModelLibrary:
         spec = self.get(key)
         if not spec.parameters or spec.kv_layout is None:
             return None
-        return estimate_memory(spec.parameters, spec.kv_layout, precision)
+        return estimate_memory(spec.parameters, spec.kv_layout, precision, spec.vocabulary)
 
     def verify(self, key: str) -> list[FileCheck]:
         """Hash every file; a file that fails is kept as a partial so the next download repairs it."""

@@ -7,7 +7,7 @@ import streamlit as st
 from core.catalog import ModelSpec
 from core.downloads import Progress
 from core.errors import LocalLLMError
-from core.hardware import CPU_DECODE_EFFICIENCY, decode_tokens_per_s_bound, memory_verdict
+from core.hardware import CPU_DECODE_EFFICIENCY, MemoryEstimate, decode_tokens_per_s_bound, memory_verdict
 from core.library import DownloadPlan, ModelLibrary, ModelStatus
 from core.storage import repo
 from core.units import format_bytes, format_count, format_duration
@@ -219,19 +219,19 @@ def verify(key: str) -> None:
         st.session_state["models.flash"] = ("success", t("models.verified", key=key))
 
 
-def speed_text(key: str, weights_bytes: int) -> str:
+def speed_text(key: str, estimate: MemoryEstimate) -> str:
     """The decode-speed estimate with its basis, and what was measured here if the model ran."""
     bandwidth = resources.memory_bandwidth()
     if bandwidth is None:
         return t("models.speed_pending")
-    bound = decode_tokens_per_s_bound(weights_bytes, bandwidth)
+    bound = decode_tokens_per_s_bound(estimate, bandwidth)
     text = t(
         "models.speed",
         tps=f"{bound * CPU_DECODE_EFFICIENCY:.0f}",
         bound=f"{bound:.0f}",
         efficiency=f"{CPU_DECODE_EFFICIENCY * 100:.0f}",
         bandwidth=f"{bandwidth / 1e9:.0f}",
-        weights=format_bytes(weights_bytes),
+        weights=format_bytes(estimate.read_per_token_bytes),
     )
     with resources.database().begin() as session:
         measured = repo.measured_tokens_per_s(session, key)
@@ -270,7 +270,7 @@ def card(spec: ModelSpec) -> None:
                 available=format_bytes(verdict.available_bytes),
             )
             (st.error if verdict.verdict == "too_large" else st.caption)(text)
-            st.caption(speed_text(spec.key, estimate.weights_bytes))
+            st.caption(speed_text(spec.key, estimate))
         actions(spec, status)
 
 

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.catalog import builtin_spec
+from core.engine import LocalEngine
 from core.hardware import (
     RUNTIME_OVERHEAD_BYTES,
     GpuInfo,
@@ -20,8 +22,9 @@ from core.hardware import (
     memory_verdict,
     model_memory,
 )
+from core.quantize import quantize_checkpoint, stored_bytes
 from core.settings import PROJECT_ROOT
-from tests.fixtures.tiny_models import install_ready
+from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 GIB = 1024**3
 MARGIN = 0.25  # the stated margin: resident memory after load is within 25 % of the estimate
@@ -29,15 +32,36 @@ MARGIN = 0.25  # the stated margin: resident memory after load is within 25 % of
 
 def test_qwen_and_tinyllama_from_their_real_config_numbers() -> None:
     qwen = builtin_spec("qwen2.5-0.5b")
-    estimate = estimate_memory(qwen.parameters, qwen.kv_layout, Precision(2, 2, "bfloat16"))
-    assert estimate.weights_bytes == 494_032_768 * 2
+    estimate = estimate_memory(
+        qwen.parameters, qwen.kv_layout, Precision(2, 2, 2, "bfloat16"), qwen.vocabulary
+    )
+    assert estimate.weights_bytes == estimate.read_per_token_bytes == 494_032_768 * 2
     assert estimate.kv_cache_bytes == 2 * 24 * 2 * 64 * 4096 * 2  # K and V, 24 layers, 2 KV heads
     assert estimate.runtime_bytes == RUNTIME_OVERHEAD_BYTES
     llama = builtin_spec("tinyllama-1.1b")
-    estimate = estimate_memory(llama.parameters, llama.kv_layout, Precision(4, 4, "float32"))
+    estimate = estimate_memory(
+        llama.parameters, llama.kv_layout, Precision(4, 4, 4, "float32"), llama.vocabulary
+    )
     assert estimate.weights_bytes == 1_100_048_384 * 4
     assert estimate.kv_cache_bytes == 2 * 22 * 4 * 64 * 4096 * 4
     assert 4.5 * GIB < estimate.total_bytes < 5 * GIB
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])  # a tied and an untied vocabulary
+@pytest.mark.parametrize("scheme", ["int4", "int8"])
+def test_the_estimate_counts_the_weights_quantization_really_stores(
+    tmp_path_factory: pytest.TempPathFactory, arch: str, scheme: str
+) -> None:
+    # The vocabulary is what a flat "parameters x bytes" misses: the head stays int8, an untied input
+    # table stays 16-bit and is not read per token (a flat count was 14 % low for both catalog models).
+    source = build_tiny_model(tmp_path_factory.mktemp("est") / "m", arch, hidden_size=256, layers=2)
+    model = quantize_checkpoint(source, torch.bfloat16, scheme)
+    precision = LocalEngine(source.parent, quantization=scheme).precision()
+    assert precision.label == scheme
+    estimate = model_memory(source, precision)
+    assert stored_bytes(model) == pytest.approx(estimate.weights_bytes, rel=0.02)
+    input_table = 0 if arch == "qwen2" else model.get_input_embeddings().weight.nbytes
+    assert estimate.weights_bytes - estimate.read_per_token_bytes == pytest.approx(input_table, rel=0.02)
 
 
 def test_kv_layout_from_a_config() -> None:
@@ -74,8 +98,6 @@ def test_verdicts(needed: int, machine: HardwareInfo, verdict: str) -> None:
 def test_resident_memory_after_load_matches_the_estimate(
     tmp_path: Path, hidden_size: int, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from tests.fixtures.tiny_models import build_tiny_model
-
     source = build_tiny_model(
         tmp_path_factory.mktemp("est") / "m", "qwen2", hidden_size=hidden_size, layers=4
     )

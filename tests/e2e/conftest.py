@@ -102,13 +102,26 @@ def stop_process_group(process: subprocess.Popen, sig: signal.Signals = signal.S
         process.wait(timeout=10)
 
 
-def _what_the_browsers_show(item: pytest.Item) -> str:
-    """Each open page's address and visible text, and the tail of each app log of a failed test."""
+def _browsers(item: pytest.Item) -> list[Browser]:
     fixtures = item.funcargs.values()  # lan_browser is a (host, browser) pair
     values = [part for value in fixtures for part in (value if isinstance(value, tuple) else [value])]
-    browsers = [value for value in values if isinstance(value, Browser)]
+    return [value for value in values if isinstance(value, Browser)]
+
+
+@pytest.fixture(autouse=True)
+def close_pages_after_each_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A page left open keeps reconnecting to its stopped app, and would join a later app that
+    happens to get the same port."""
+    yield
+    for browser in _browsers(request.node):
+        for context in browser.contexts:
+            context.close()
+
+
+def _what_the_browsers_show(item: pytest.Item) -> str:
+    """Each open page's address and visible text, and the tail of each app log of a failed test."""
     lines: list[str] = []
-    for browser in browsers:
+    for browser in _browsers(item):
         for page in (page for context in browser.contexts for page in context.pages):
             try:
                 text = page.inner_text("body", timeout=2_000)

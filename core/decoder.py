@@ -1,4 +1,4 @@
-"""A lean forward pass for quantized Llama-family models (Llama, Qwen2, Mistral) on the CPU.
+"""A lean forward pass for Llama-family models (Llama, Qwen2, Mistral): quantized on a CPU, 16-bit on a GPU.
 
 Decoding one token with transformers runs ~600 small tensor operations plus module, cache and mask
 bookkeeping; on a 2-core CPU that was 8 ms of Qwen2.5-0.5B's 24 ms per token, beside 15 ms of
@@ -6,6 +6,9 @@ reading the weights. This decoder runs the same mathematics in ~16 operations pe
 model's own (quantized) tensors: fused projections called directly, one RMSNorm kernel, rotary
 embedding on q and k at once, a preallocated KV cache written in place, and one SDPA call with the
 query heads packed per KV head. Any other architecture keeps transformers' own forward.
+
+On a GPU the same few operations mean few kernel launches, which is what a small model's decoding
+waits on there (transformers' forward launched ~600 kernels a token).
 """
 
 from __future__ import annotations
@@ -14,44 +17,60 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional
 
 from core.quantize import Fused, QuantizedLinear
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
+Projection = QuantizedLinear | nn.Linear
 
 
-def supports(model: Any) -> bool:
-    """Whether `model` is a quantized pre-norm, rotary, grouped-KV, SwiGLU decoder this module runs."""
+def runs_architecture(model: Any) -> bool:
+    """Whether `model` is a pre-norm, rotary, grouped-KV, SwiGLU decoder of full attention."""
     config = model.config
     sliding = getattr(config, "sliding_window", None) is not None and getattr(
         config, "use_sliding_window", True
     )
     layers = getattr(getattr(model, "model", None), "layers", None)
-    if (
-        config.model_type not in ARCHITECTURES
-        or sliding
-        or getattr(config, "hidden_act", "silu") != "silu"
-        or getattr(config, "pretraining_tp", 1) != 1
-        or set(getattr(config, "layer_types", None) or ["full_attention"]) != {"full_attention"}
-        or not layers
-    ):
+    return bool(
+        config.model_type in ARCHITECTURES
+        and not sliding
+        and getattr(config, "hidden_act", "silu") == "silu"
+        and getattr(config, "pretraining_tp", 1) == 1
+        and set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+        and layers
+    )
+
+
+def supports(model: Any) -> bool:
+    """Whether this module runs `model`: an architecture it knows, with fused projections
+    (core.quantize: quantized, or joined in the model's dtype)."""
+    if not runs_architecture(model):
         return False
+    layer = model.model.layers[0]
     return (
-        isinstance(getattr(layers[0].self_attn, "qkv_proj", None), Fused)
-        and isinstance(getattr(layers[0].mlp, "gate_up_proj", None), Fused)
-        and isinstance(model.get_output_embeddings(), QuantizedLinear)
+        isinstance(getattr(layer.self_attn, "qkv_proj", None), Fused)
+        and isinstance(getattr(layer.mlp, "gate_up_proj", None), Fused)
+        and isinstance(model.get_output_embeddings(), Projection)
     )
 
 
 @dataclass(frozen=True)
 class _Layer:
     input_norm: torch.Tensor
-    qkv: QuantizedLinear
-    output: QuantizedLinear
+    qkv: Projection
+    output: Projection
     post_norm: torch.Tensor
-    gate_up: QuantizedLinear
-    down: QuantizedLinear
+    gate_up: Projection
+    down: Projection
+
+
+def _project(layer: Projection, rows: torch.Tensor) -> torch.Tensor:
+    """rows (n × in) through a linear layer, quantized or not."""
+    if isinstance(layer, QuantizedLinear):
+        return layer.matmul(rows)
+    return functional.linear(rows, layer.weight, layer.bias)
 
 
 class Decoder:
@@ -69,8 +88,8 @@ class Decoder:
         self.embed = model.get_input_embeddings()
         self.rotary = base.rotary_emb
         self.final_norm = base.norm.weight
-        self.head: QuantizedLinear = model.get_output_embeddings()
-        self.dtype = self.head.dtype
+        self.head: Projection = model.get_output_embeddings()
+        self.dtype, self.device = self.final_norm.dtype, self.final_norm.device
         self.layers = [
             _Layer(
                 input_norm=layer.input_layernorm.weight,
@@ -89,8 +108,8 @@ class Decoder:
         """Start a new sequence of at most `capacity` tokens (the cache grows only when it must)."""
         if self._keys.dim() < 3 or self.capacity < capacity:
             shape = (len(self.layers), self.kv_heads, capacity, self.head_dim)
-            self._keys = torch.empty(shape, dtype=self.dtype)
-            self._values = torch.empty(shape, dtype=self.dtype)
+            self._keys = torch.empty(shape, dtype=self.dtype, device=self.device)
+            self._values = torch.empty(shape, dtype=self.dtype, device=self.device)
         self.length = 0
 
     @property
@@ -104,16 +123,16 @@ class Decoder:
         start, end = self.length, self.length + count
         if end > self.capacity:
             raise ValueError(f"the sequence would hold {end} tokens, the cache {self.capacity}")
-        positions = torch.arange(start, end).unsqueeze(0)
+        positions = torch.arange(start, end, device=self.device).unsqueeze(0)
         x = self.embed(ids).to(self.dtype)
         cos, sin = self.rotary(x, positions)
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # count × 1 × head_dim
-        mask = None if count == 1 else _causal_mask(start, count)
+        mask = None if count == 1 else _causal_mask(start, count, self.device)
         for index, layer in enumerate(self.layers):
             x = self._layer(index, layer, x, cos, sin, mask, start, end)
         self.length = end
         last = functional.rms_norm(x[-1:], (self.hidden,), self.final_norm, self.eps)
-        return self.head.matmul(last)[0].float()
+        return _project(self.head, last)[0].float()
 
     def _layer(
         self,
@@ -127,7 +146,7 @@ class Decoder:
         end: int,
     ) -> torch.Tensor:
         count, heads, kv_heads, dim = x.shape[0], self.heads, self.kv_heads, self.head_dim
-        qkv = layer.qkv.matmul(functional.rms_norm(x, (self.hidden,), layer.input_norm, self.eps))
+        qkv = _project(layer.qkv, functional.rms_norm(x, (self.hidden,), layer.input_norm, self.eps))
         rotated = _rotate(qkv[:, : (heads + kv_heads) * dim].view(count, heads + kv_heads, dim), cos, sin)
         self._keys[index, :, start:end] = rotated[:, heads:].transpose(0, 1)
         self._values[index, :, start:end] = (
@@ -144,10 +163,10 @@ class Decoder:
                 query, keys, values, attn_mask=mask, enable_gqa=True
             )
             attended = attended[0].transpose(0, 1).reshape(count, heads * dim)
-        x = x + layer.output.matmul(attended)
-        gate_up = layer.gate_up.matmul(functional.rms_norm(x, (self.hidden,), layer.post_norm, self.eps))
+        x = x + _project(layer.output, attended)
+        gate_up = _project(layer.gate_up, functional.rms_norm(x, (self.hidden,), layer.post_norm, self.eps))
         activated = functional.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
-        return x + layer.down.matmul(activated)
+        return x + _project(layer.down, activated)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -156,10 +175,10 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def _causal_mask(start: int, count: int) -> torch.Tensor:
+def _causal_mask(start: int, count: int, device: torch.device) -> torch.Tensor:
     """count × (start + count): each new token sees the cached ones and those up to itself."""
-    seen = torch.arange(start + count)
-    return seen.unsqueeze(0) <= (start + torch.arange(count)).unsqueeze(1)
+    seen = torch.arange(start + count, device=device)
+    return seen.unsqueeze(0) <= (start + torch.arange(count, device=device)).unsqueeze(1)
 
 
 @dataclass(frozen=True)
@@ -209,7 +228,7 @@ def generate(
         processors.extend([TemperatureLogitsWarper(sampling.temperature), TopPLogitsWarper(sampling.top_p)])
         if sampling.top_k > 0:
             processors.insert(-1, TopKLogitsWarper(sampling.top_k))
-    history = torch.empty(1, len(prompt) + max_new_tokens, dtype=torch.long)
+    history = torch.empty(1, len(prompt) + max_new_tokens, dtype=torch.long, device=decoder.device)
     history[0, : len(prompt)] = torch.tensor(prompt)
     decoder.reset(len(prompt) + max_new_tokens)
     logits = decoder.forward(history[0, : len(prompt)])

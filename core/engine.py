@@ -310,6 +310,8 @@ class LocalEngine:
             model.to(device).eval()
             if scheme:
                 quantize.quantize_model(model, dtype, scheme)
+            elif device == "cuda" and decoder.runs_architecture(model):
+                quantize.fuse_projections(model)  # for core.decoder: fewer kernel launches a token
         if scheme and not mapped:
             with contextlib.suppress(OSError):  # a read-only folder: quantize again next time
                 quantize.save_quantized(model, cache, source)

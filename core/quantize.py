@@ -262,6 +262,13 @@ def _quantize_children(
             setattr(parent, name, quantize(child, f"{prefix}{name}"))
 
 
+def fuse_projections(model: Any) -> None:
+    """Join each q/k/v trio and gate/up pair into one matrix, in the model's own dtype (for
+    core.decoder on a GPU, where weights stay 16-bit)."""
+    for prefix, parent in list(model.named_modules()):
+        _fuse_and_quantize(parent, f"{prefix}." if prefix else "", lambda linear, _name: linear, None)
+
+
 class Int8Embedding(nn.Module):
     """An embedding table read from int8 rows (shared with a tied Int8Linear output head)."""
 

@@ -20,6 +20,7 @@ from core.quantize import (
     PROMPT_ROWS,
     Int4Linear,
     Int8Linear,
+    fuse_projections,
     int8_matmul,
     quantize_checkpoint,
     quantize_groups,
@@ -108,13 +109,22 @@ def test_decode_attention_matches_transformers_sdpa(tiny_models: dict[str, Path]
         torch.testing.assert_close(mine, theirs, atol=0.02, rtol=0.02)
 
 
-@pytest.mark.parametrize("scheme", ["int4", "int8"])
+def prepare_for_decoder(model: torch.nn.Module, dtype: torch.dtype, scheme: str) -> None:
+    """Quantized as on a CPU, or only its projections fused ("fused"), as the engine does on a GPU."""
+    if scheme == "fused":
+        fuse_projections(model)
+    else:
+        quantize_model(model, dtype, scheme)
+
+
+@pytest.mark.parametrize("scheme", ["int4", "int8", "fused"])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 def test_the_decoder_computes_what_transformers_computes_with_the_same_weights(
     tiny_models: dict[str, Path], arch: str, scheme: str
 ) -> None:
     model = load(tiny_models[arch], attention.NAME)
-    quantize_model(model, torch.bfloat16, scheme)
+    assert not supports(model)  # transformers' own modules: generate, until they are fused
+    prepare_for_decoder(model, torch.bfloat16, scheme)
     assert supports(model)
     decoder = Decoder(model)
     with torch.inference_mode():
@@ -135,13 +145,14 @@ def test_the_decoder_computes_what_transformers_computes_with_the_same_weights(
         small.forward(PROMPT[0])
 
 
+@pytest.mark.parametrize("scheme", ["int4", "fused"])
 @pytest.mark.parametrize("sampling", [False, True])
 def test_decoder_replies_are_the_tokens_generate_chooses(
-    tiny_models: dict[str, Path], sampling: bool
+    tiny_models: dict[str, Path], sampling: bool, scheme: str
 ) -> None:
     # float32 activations: the two paths then agree to the last bit that can change a choice.
     model = load(tiny_models["llama"], attention.NAME, dtype=torch.float32)
-    quantize_model(model, torch.float32, "int4")
+    prepare_for_decoder(model, torch.float32, scheme)
     options = {"temperature": 0.9, "top_p": 0.8, "top_k": 20} if sampling else {}
     torch.manual_seed(7)
     with torch.inference_mode():

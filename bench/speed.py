@@ -4,16 +4,16 @@ For Qwen2.5-0.5B-Instruct and TinyLlama-1.1B-Chat it builds models with the exac
 random weights (speed does not depend on weight values; nothing is downloaded). Each measurement runs
 in a fresh process, one after another, on the same machine in the same run:
 
-- ours: LocalEngine as the app uses it (defaults on the CPU: int4 weights run by core.decoder;
-  16-bit and transformers' generate on a GPU), loaded twice in fresh processes: the first load
-  quantizes and keeps the int4 copy on disk, the second maps it; the second reply is timed (the
-  first one warms up, as bare and llama.cpp are warmed up); `python -m core chat KEY --stats` prints
-  the same figures;
+- ours: LocalEngine as the app uses it (by default core.decoder with int4 weights on the CPU, with
+  16-bit weights and fused projections on a GPU), loaded twice in fresh processes: on the CPU the
+  first load quantizes and keeps the int4 copy on disk, the second maps it; the second reply is
+  timed (the first one warms up, as bare and llama.cpp are warmed up); `python -m core chat KEY
+  --stats` prints the same figures;
 - bare: `model.generate` with the very same weights (ours / bare: what the engine adds or saves);
 - reference: `model.generate` in bf16 (fp32 where the CPU has no bf16) with transformers' SDPA;
 - llama.cpp Q8_0 and Q4_K_M through llama-cpp-python, when it is installed (outside requirements.txt)
   and a llama.cpp source tree gives convert_hf_to_gguf.py (--llama-cpp DIR);
-- the bound: measured read bandwidth / weight bytes per token.
+- the bound (CPU only): measured read bandwidth / weight bytes read per token.
 
 Quality (bench/quality.py: int4, int8 and llama.cpp's Q8_0 and Q4_K_M against the fp32 reference, on
 fixed token sequences, teacher-forced): relative logit error, top-1 agreement and KL divergence, next
@@ -285,12 +285,13 @@ def _print(key: str, rows: dict[str, dict], bound: float, quality: dict | None) 
             f"  {name:<20} {row['decode_tps']:10.1f} {row['ttft_s']:7.3f} {row['load_s']:7.2f} "
             f"{row['load_s'] + row['ttft_s']:9.2f} {row['peak_rss_mb']:9.0f}"
         )
-    print(f"  bound (bandwidth / weight bytes read per token): {bound:.1f} tokens/s")
     ratios = {
         "ours/bare": ours["decode_tps"] / rows["bare"]["decode_tps"],
         "ours/reference": ours["decode_tps"] / rows["reference"]["decode_tps"],
-        "ours/bound": ours["decode_tps"] / bound,
     }
+    if ours["device"] == "cpu":  # the bandwidth measured is the CPU's: no bound for a GPU
+        print(f"  bound (bandwidth / weight bytes read per token): {bound:.1f} tokens/s")
+        ratios["ours/bound"] = ours["decode_tps"] / bound
     for other in ("llama.cpp Q8_0", "llama.cpp Q4_K_M"):
         if other in rows:
             ratios[f"ours/{other}"] = ours["decode_tps"] / rows[other]["decode_tps"]

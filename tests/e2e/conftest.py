@@ -34,8 +34,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    # A container's small /dev/shm can crash the renderer (a blank page) when two browsers run at once.
-    "--disable-dev-shm-usage",
 ]
 
 
@@ -216,6 +214,10 @@ class LanHost:
         try:
             self._ip("link", "add", self.veth, "type", "veth", "peer", "name", peer)
             self._ip("link", "set", peer, "netns", self.name)
+            # No IPv6 link-local addresses: their duplicate-address checks end a second or two after
+            # the link is up, and chromium aborts whatever it is loading then (ERR_NETWORK_CHANGED).
+            self._ip("link", "set", self.veth, "addrgenmode", "none")
+            self._ip("-n", self.name, "link", "set", peer, "addrgenmode", "none")
             self._ip("addr", "add", f"{self.HOST_IP}/30", "dev", self.veth)
             self._ip("link", "set", self.veth, "up")
             self._ip("-n", self.name, "addr", "add", f"{self.CLIENT_IP}/30", "dev", peer)

@@ -3,8 +3,9 @@
 For both catalog architectures, a small random model is loaded as the engine would load it there
 (int4 on a CPU; 16-bit with fused projections on a GPU). The decoder's logits for a prompt and 16
 teacher-forced tokens are compared with transformers' forward on the very same weights, and the
-greedy replies of both are compared token by token. One line per architecture; exit status 1 when
-the logits differ by more than the dtype's rounding.
+greedy replies of both are compared token by token (on CUDA each new token replays the decoder's
+CUDA graph). One line per architecture; exit status 1 when the logits differ by more than the
+dtype's rounding.
 
     python -m bench.decoder_check
 """
@@ -27,8 +28,9 @@ NEW_TOKENS = 16
 TOLERANCE = 0.02  # relative logit error from bf16 rounding (the unit tests' bound on the CPU)
 
 
-def check(path: Path, device: str, dtype: torch.dtype) -> tuple[float, int]:
-    """(largest relative logit error, greedy tokens on which both agree) for one model."""
+def check(path: Path, device: str, dtype: torch.dtype) -> tuple[float, int, bool]:
+    """(largest relative logit error, greedy tokens on which both agree, whether new tokens replayed a
+    CUDA graph) for one model."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     if device == "cpu":
         quantize_model(model, dtype, "int4")
@@ -53,7 +55,7 @@ def check(path: Path, device: str, dtype: torch.dtype) -> tuple[float, int]:
     )
     theirs = expected.sequences[0, prompt.shape[1] :].tolist()
     agree = next((i for i, (a, b) in enumerate(zip(greedy, theirs, strict=True)) if a != b), NEW_TOKENS)
-    return error, agree
+    return error, agree, decoder.use_graphs
 
 
 def main() -> int:
@@ -63,11 +65,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="localllm-decoder-") as tmp:
         for arch in ("qwen2", "llama"):
             path = build_tiny_model(Path(tmp) / arch, arch, hidden_size=256, layers=4)
-            error, agree = check(path, device, dtype)
+            error, agree, graphs = check(path, device, dtype)
             failed |= error > TOLERANCE
             print(
                 f"{arch}: {device} {str(dtype).removeprefix('torch.')}, relative logit error {error:.4f} "
-                f"(bound {TOLERANCE}), greedy tokens equal for {agree}/{NEW_TOKENS}"
+                f"(bound {TOLERANCE}), greedy tokens equal for {agree}/{NEW_TOKENS}, CUDA graph: {graphs}"
             )
     return 1 if failed else 0
 

@@ -7,13 +7,15 @@ model's own (quantized) tensors: fused projections called directly, one RMSNorm 
 embedding on q and k at once, a preallocated KV cache written in place, and one SDPA call with the
 query heads packed per KV head. Any other architecture keeps transformers' own forward.
 
-On a GPU the same few operations mean few kernel launches, which is what a small model's decoding
-waits on there (transformers' forward launched ~600 kernels a token).
+On a GPU a small model's decoding waits on kernel launches, not on the GPU (transformers' forward
+launched ~600 kernels a token): there each new token replays the step recorded once as a CUDA graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,6 +25,7 @@ from torch.nn import functional
 from core.quantize import Fused, QuantizedLinear
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
+GRAPH_CAPACITY_STEP = 512  # tokens
 Projection = QuantizedLinear | nn.Linear
 
 
@@ -101,15 +104,24 @@ class Decoder:
             )
             for layer in base.layers
         ]
-        self._keys = self._values = torch.empty(0)
+        self._keys = self._values = self._slots = torch.empty(0)
         self.length = 0  # tokens in the cache
+        # On CUDA a single-token step is recorded once as a CUDA graph and replayed: one launch a
+        # token instead of hundreds (off again if recording fails).
+        self.use_graphs = self.device.type == "cuda"
+        self._graph: _Graph | None = None
 
     def reset(self, capacity: int) -> None:
         """Start a new sequence of at most `capacity` tokens (the cache grows only when it must)."""
+        if self.use_graphs:  # a recorded step holds on to its cache: grow it in steps, record less
+            capacity = -(-capacity // GRAPH_CAPACITY_STEP) * GRAPH_CAPACITY_STEP
         if self._keys.dim() < 3 or self.capacity < capacity:
             shape = (len(self.layers), self.kv_heads, capacity, self.head_dim)
-            self._keys = torch.empty(shape, dtype=self.dtype, device=self.device)
-            self._values = torch.empty(shape, dtype=self.dtype, device=self.device)
+            # Zeros, not garbage: `step` attends over every slot, and a masked NaN still poisons it.
+            self._keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self._values = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self._slots = torch.arange(capacity, device=self.device)
+            self._graph = None  # it recorded the old cache
         self.length = 0
 
     @property
@@ -123,50 +135,123 @@ class Decoder:
         start, end = self.length, self.length + count
         if end > self.capacity:
             raise ValueError(f"the sequence would hold {end} tokens, the cache {self.capacity}")
+        if count == 1 and self.use_graphs:
+            return self._replay(ids)
         positions = torch.arange(start, end, device=self.device).unsqueeze(0)
+        x, cos, sin = self._embed(ids, positions)
+        mask = None if count == 1 else _causal_mask(start, count, self.device)
+
+        def store(index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+            self._keys[index, :, start:end], self._values[index, :, start:end] = keys, values
+
+        def attend(index: int, query: torch.Tensor) -> torch.Tensor:
+            # 4-D (batch 1) tensors: with 3-D ones torch takes its slow reference ("math") attention.
+            keys, values = self._keys[index : index + 1, :, :end], self._values[index : index + 1, :, :end]
+            if count == 1:  # one query token: its heads packed per KV head, one plain SDPA call
+                packed = query.view(1, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+                return functional.scaled_dot_product_attention(packed, keys, values)
+            return functional.scaled_dot_product_attention(
+                query.transpose(0, 1).unsqueeze(0), keys, values, attn_mask=mask, enable_gqa=True
+            )[0].transpose(0, 1)
+
+        for index, layer in enumerate(self.layers):
+            x = self._layer(layer, x, cos, sin, partial(store, index), partial(attend, index))
+        self.length = end
+        return self._logits(x[-1:])
+
+    @torch.inference_mode()
+    def step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """One token (1-D, one id) at `position` (1-D, one index), its logits: the same mathematics as
+        `forward` in shapes that do not change from token to token (the whole cache is attended,
+        through a mask), so that a CUDA graph can record it. Leaves `length` alone."""
+        x, cos, sin = self._embed(token, position.unsqueeze(0))
+        visible = (self._slots <= position).view(1, 1, 1, -1)
+
+        def store(index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+            self._keys[index].index_copy_(1, position, keys)
+            self._values[index].index_copy_(1, position, values)
+
+        def attend(index: int, query: torch.Tensor) -> torch.Tensor:
+            packed = query.view(1, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+            keys, values = self._keys[index : index + 1], self._values[index : index + 1]
+            return functional.scaled_dot_product_attention(packed, keys, values, attn_mask=visible)
+
+        for index, layer in enumerate(self.layers):
+            x = self._layer(layer, x, cos, sin, partial(store, index), partial(attend, index))
+        return self._logits(x)
+
+    def _replay(self, token: torch.Tensor) -> torch.Tensor:
+        if self._graph is None:
+            try:
+                self._graph = _Graph.record(self)
+            except RuntimeError:  # an operation CUDA graphs cannot hold (a host sync): run eagerly
+                self.use_graphs = False
+                return self.forward(token)
+        graph = self._graph
+        graph.token.copy_(token)
+        graph.position.fill_(self.length)
+        graph.graph.replay()
+        self.length += 1
+        return graph.logits.clone()  # the next replay overwrites it
+
+    def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tokens' embeddings and their rotary cos and sin (count × 1 × head_dim)."""
         x = self.embed(ids).to(self.dtype)
         cos, sin = self.rotary(x, positions)
-        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # count × 1 × head_dim
-        mask = None if count == 1 else _causal_mask(start, count, self.device)
-        for index, layer in enumerate(self.layers):
-            x = self._layer(index, layer, x, cos, sin, mask, start, end)
-        self.length = end
-        last = functional.rms_norm(x[-1:], (self.hidden,), self.final_norm, self.eps)
-        return _project(self.head, last)[0].float()
+        return x, cos[0].unsqueeze(1), sin[0].unsqueeze(1)
 
     def _layer(
         self,
-        index: int,
         layer: _Layer,
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        start: int,
-        end: int,
+        store: Callable[[torch.Tensor, torch.Tensor], None],
+        attend: Callable[[torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
+        """One decoder layer on `x` (count × hidden): `store` keeps the new keys and values (KV heads ×
+        count × head_dim), `attend` turns the queries (count × heads × head_dim) into attention output."""
         count, heads, kv_heads, dim = x.shape[0], self.heads, self.kv_heads, self.head_dim
         qkv = _project(layer.qkv, functional.rms_norm(x, (self.hidden,), layer.input_norm, self.eps))
         rotated = _rotate(qkv[:, : (heads + kv_heads) * dim].view(count, heads + kv_heads, dim), cos, sin)
-        self._keys[index, :, start:end] = rotated[:, heads:].transpose(0, 1)
-        self._values[index, :, start:end] = (
-            qkv[:, (heads + kv_heads) * dim :].view(count, kv_heads, dim).transpose(0, 1)
+        store(
+            rotated[:, heads:].transpose(0, 1),
+            qkv[:, (heads + kv_heads) * dim :].view(count, kv_heads, dim).transpose(0, 1),
         )
-        # 4-D (batch 1) tensors: with 3-D ones torch takes its slow reference ("math") attention.
-        keys, values = self._keys[index : index + 1, :, :end], self._values[index : index + 1, :, :end]
-        if count == 1:  # one query token: its heads packed per KV head, one plain SDPA call
-            query = rotated[0, :heads].view(1, kv_heads, heads // kv_heads, dim)
-            attended = functional.scaled_dot_product_attention(query, keys, values).reshape(1, heads * dim)
-        else:
-            query = rotated[:, :heads].transpose(0, 1).unsqueeze(0)
-            attended = functional.scaled_dot_product_attention(
-                query, keys, values, attn_mask=mask, enable_gqa=True
-            )
-            attended = attended[0].transpose(0, 1).reshape(count, heads * dim)
+        attended = attend(rotated[:, :heads]).reshape(count, heads * dim)
         x = x + _project(layer.output, attended)
         gate_up = _project(layer.gate_up, functional.rms_norm(x, (self.hidden,), layer.post_norm, self.eps))
         activated = functional.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
         return x + _project(layer.down, activated)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        last = functional.rms_norm(x, (self.hidden,), self.final_norm, self.eps)
+        return _project(self.head, last)[0].float()
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """A recorded decode step: write the token and its position, replay, read the logits."""
+
+    graph: torch.cuda.CUDAGraph
+    token: torch.Tensor
+    position: torch.Tensor
+    logits: torch.Tensor
+
+    @classmethod
+    def record(cls, decoder: Decoder) -> _Graph:
+        token = torch.zeros(1, dtype=torch.long, device=decoder.device)
+        # The warm-up and the recording write into the next free slot, which the replay then fills.
+        position = torch.full((1,), decoder.length, dtype=torch.long, device=decoder.device)
+        side = torch.cuda.Stream(decoder.device)
+        side.wait_stream(torch.cuda.current_stream(decoder.device))
+        with torch.cuda.stream(side):
+            decoder.step(token, position)  # kernels chosen and workspaces allocated before recording
+        torch.cuda.current_stream(decoder.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = decoder.step(token, position)
+        return cls(graph, token, position, logits)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

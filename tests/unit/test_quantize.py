@@ -146,6 +146,28 @@ def test_the_decoder_computes_what_transformers_computes_with_the_same_weights(
 
 
 @pytest.mark.parametrize("scheme", ["int4", "fused"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_the_step_a_cuda_graph_records_computes_what_forward_computes(
+    tiny_models: dict[str, Path], arch: str, scheme: str
+) -> None:
+    # On CUDA each new token runs `step` (replayed from a CUDA graph); it is checked here on the CPU.
+    model = load(tiny_models[arch], attention.NAME)
+    prepare_for_decoder(model, torch.bfloat16, scheme)
+    decoder = Decoder(model)
+    assert not decoder.use_graphs  # CPUs run `forward`
+    decoder.reset(64)
+    token = decoder.forward(PROMPT[0]).argmax().view(1)
+    for _ in range(12):
+        stepped = decoder.step(token, torch.tensor([decoder.length]))
+        cache = decoder._keys.clone(), decoder._values.clone()
+        expected = decoder.forward(token)  # the same token into the same slot, the same logits
+        torch.testing.assert_close(stepped, expected, atol=0.005, rtol=0)  # bf16 rounding at most
+        for written_by_step, written_by_forward in zip(cache, (decoder._keys, decoder._values), strict=True):
+            torch.testing.assert_close(written_by_step, written_by_forward, atol=0.005, rtol=0)
+        token = expected.argmax().view(1)
+
+
+@pytest.mark.parametrize("scheme", ["int4", "fused"])
 @pytest.mark.parametrize("sampling", [False, True])
 def test_decoder_replies_are_the_tokens_generate_chooses(
     tiny_models: dict[str, Path], sampling: bool, scheme: str

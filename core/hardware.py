@@ -172,8 +172,9 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Weights at the precision's bytes (the vocabulary apart, when known), the KV cache for
     `context_tokens`, and the runtime."""
-    vocabulary = vocabulary or Vocabulary(0, tied=True)
-    input_table = 0 if vocabulary.tied else vocabulary.weights
+    input_table = 0 if vocabulary is None or vocabulary.tied else vocabulary.weights
+    if vocabulary is None or vocabulary.weights + input_table > parameters:  # unknown, or not this model's
+        vocabulary, input_table = Vocabulary(0, tied=True), 0
     layers = parameters - vocabulary.weights - input_table
     read = layers * precision.weight_bytes + vocabulary.weights * precision.head_bytes
     return MemoryEstimate(

@@ -18,6 +18,7 @@ from core.hardware import (
     HardwareInfo,
     KvLayout,
     Precision,
+    Vocabulary,
     estimate_memory,
     memory_verdict,
     model_memory,
@@ -62,6 +63,17 @@ def test_the_estimate_counts_the_weights_quantization_really_stores(
     assert stored_bytes(model) == pytest.approx(estimate.weights_bytes, rel=0.02)
     input_table = 0 if arch == "qwen2" else model.get_input_embeddings().weight.nbytes
     assert estimate.weights_bytes - estimate.read_per_token_bytes == pytest.approx(input_table, rel=0.02)
+
+
+def test_a_vocabulary_that_cannot_be_the_models_is_left_out() -> None:
+    # e.g. a config whose vocab_size and hidden_size describe another part of a multimodal model
+    layout, precision = KvLayout(2, 2, 64), Precision(0.625, 1, 2, "int4")
+    flat = estimate_memory(1_000_000, layout, precision)
+    assert flat.weights_bytes == flat.read_per_token_bytes == 625_000
+    assert estimate_memory(1_000_000, layout, precision, Vocabulary(800_000, tied=False)) == flat
+    untied = estimate_memory(1_000_000, layout, precision, Vocabulary(100_000, tied=False))
+    assert untied.weights_bytes == 800_000 * 0.625 + 100_000 * 1 + 100_000 * 2
+    assert untied.read_per_token_bytes == 800_000 * 0.625 + 100_000 * 1
 
 
 def test_kv_layout_from_a_config() -> None:

@@ -148,8 +148,7 @@ class Decoder:
             # 4-D (batch 1) tensors: with 3-D ones torch takes its slow reference ("math") attention.
             keys, values = self._keys[index : index + 1, :, :end], self._values[index : index + 1, :, :end]
             if count == 1:  # one query token: its heads packed per KV head, one plain SDPA call
-                packed = query.view(1, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-                return functional.scaled_dot_product_attention(packed, keys, values)
+                return functional.scaled_dot_product_attention(self._packed(query), keys, values)
             return functional.scaled_dot_product_attention(
                 query.transpose(0, 1).unsqueeze(0), keys, values, attn_mask=mask, enable_gqa=True
             )[0].transpose(0, 1)
@@ -172,9 +171,10 @@ class Decoder:
             self._values[index].index_copy_(1, position, values)
 
         def attend(index: int, query: torch.Tensor) -> torch.Tensor:
-            packed = query.view(1, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
             keys, values = self._keys[index : index + 1], self._values[index : index + 1]
-            return functional.scaled_dot_product_attention(packed, keys, values, attn_mask=visible)
+            return functional.scaled_dot_product_attention(
+                self._packed(query), keys, values, attn_mask=visible
+            )
 
         for index, layer in enumerate(self.layers):
             x = self._layer(layer, x, cos, sin, partial(store, index), partial(attend, index))
@@ -193,6 +193,10 @@ class Decoder:
         graph.graph.replay()
         self.length += 1
         return graph.logits.clone()  # the next replay overwrites it
+
+    def _packed(self, query: torch.Tensor) -> torch.Tensor:
+        """One token's query heads (1 × heads × head_dim) grouped per KV head: 1 × KV heads × group × dim."""
+        return query.view(1, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
 
     def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The tokens' embeddings and their rotary cos and sin (count × 1 × head_dim)."""

@@ -233,8 +233,8 @@ def _materialize(module: nn.Module, prefix: str, load: Loader | None) -> None:
 def _fuse_and_quantize(
     parent: nn.Module, prefix: str, quantize: Callable[[nn.Linear, str], nn.Module], load: Loader | None
 ) -> None:
-    """Replace each q/k/v and gate/up trio or pair of `parent` by one quantized Fused matrix
-    (`qkv_proj`, `gate_up_proj`), its members by Slices of it."""
+    """Replace each q/k/v and gate/up trio or pair of `parent` by one Fused matrix (`qkv_proj`,
+    `gate_up_proj`) that `quantize` makes of their concatenation, its members by Slices of it."""
     for fused_name, names in SIBLINGS.items():
         parts = [getattr(parent, name, None) for name in names]
         if not all(type(part) is nn.Linear for part in parts):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from core.engine import Event, Finished, TextDelta
-from core.errors import ConfigError, MessageError, NotFoundError
+from core.errors import ConfigError, ContextLengthError, MessageError, NotFoundError
 from core.generation import GenerationParams
 from core.providers import ChatProvider
 from core.storage import repo
@@ -34,21 +34,25 @@ def trim_history(
     system_prompt: str,
     turns: Sequence[dict[str, str]],
     budget_tokens: int,
-    count: Callable[[list[dict[str, str]]], int],
+    count: Callable[[list[dict[str, str]], int], int],
 ) -> tuple[list[dict[str, str]], int]:
-    """The system prompt plus the newest turns that fit in `budget_tokens`; returns (messages, dropped)."""
+    """The system prompt plus the newest turns that fit in `budget_tokens`; returns (messages, dropped).
+
+    `count(messages, limit)` may stop counting early above `limit`, so a huge message costs no more
+    than the budget to refuse."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     kept: list[dict[str, str]] = []
     for turn in reversed(turns):
         candidate = [turn, *kept]
-        if kept and count(system + candidate) > budget_tokens:
+        if kept and count(system + candidate, budget_tokens) > budget_tokens:
             break
         kept = candidate
-    if count(system + kept) > budget_tokens:
-        raise MessageError(
-            f"The message is too long for this model's context ({count(system + kept)} tokens, "
+    tokens = count(system + kept, budget_tokens)
+    if tokens > budget_tokens:
+        raise ContextLengthError(
+            f"The message is too long for this model's context ({tokens} tokens, "
             f"{budget_tokens} available). Shorten it or lower 'max new tokens'.",
-            tokens=count(system + kept),
+            tokens=tokens,
             budget=budget_tokens,
         )
     return system + kept, len(turns) - len(kept)

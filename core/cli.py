@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from core.configs import ConfigStore
 from core.engine import QUANTIZATIONS
-from core.errors import LocalLLMError, NotFoundError
+from core.errors import ConfigError, LocalLLMError, MessageError, NotFoundError, is_bad_input
 from core.library import ModelLibrary
 from core.settings import PROJECT_ROOT, load_settings
 from core.storage.db import Database
@@ -121,7 +121,7 @@ def cmd_download(args: argparse.Namespace) -> int:
         print(f"{key}: paused at {format_bytes(final.bytes_done)}; run the same command to resume.")
         return 130
     print(f"error: {final.error}", file=sys.stderr)
-    return 1
+    return 2 if is_bad_input(final.error_code) else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -196,18 +196,25 @@ def cmd_chat(args: argparse.Namespace) -> int:
     conversation = chat.new_conversation(f"CLI {key}", system_prompt=args.system or "")
     chat.set_options(conversation.id, args.system or "", params)
     prompts = [args.prompt] if args.prompt is not None else (line.rstrip("\n") for line in sys.stdin)
+    exit_code = 0
     try:
         for prompt in prompts:
             if not prompt.strip():
                 continue
             stats = None
-            for event in chat.send(conversation.id, prompt, ignore_eos=args.ignore_eos):
-                if isinstance(event, TextDelta):
-                    print(event.text, end="", flush=True)
-                elif isinstance(event, Trimmed):
-                    print(f"[{event.dropped} older messages left out to fit the context]", file=sys.stderr)
-                elif isinstance(event, Finished):
-                    stats = event.stats
+            try:
+                for event in chat.send(conversation.id, prompt, ignore_eos=args.ignore_eos):
+                    if isinstance(event, TextDelta):
+                        print(event.text, end="", flush=True)
+                    elif isinstance(event, Trimmed):
+                        note = f"[{event.dropped} older messages left out to fit the context]"
+                        print(note, file=sys.stderr)
+                    elif isinstance(event, Finished):
+                        stats = event.stats
+            except MessageError as exc:  # this message cannot be sent; the next line may be fine
+                print(f"error: {exc.message}", file=sys.stderr)
+                exit_code = 2
+                continue
             print()
             if args.stats and stats:
                 record = {
@@ -225,7 +232,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 print(json.dumps(record))
     except KeyboardInterrupt:
         return 130
-    return 0
+    return exit_code
 
 
 def cmd_hardware(args: argparse.Namespace) -> int:
@@ -303,10 +310,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from core.access import is_loopback
+    from core.api import create_app, server_urls
+    from core.api.status import record_server
     from core.engine import LocalEngine
-    from core.server import SERVER_STATUS_SETTING, create_app, server_urls
-    from core.storage import repo
 
+    if not 1 <= args.max_request_mb <= 1024:
+        raise ConfigError("--max-request-mb must be between 1 and 1024.")
     settings = load_settings()
     db = Database(settings.db_url)
     library = ModelLibrary(db, settings)
@@ -321,14 +330,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready_models() -> list[str]:
         return [spec.key for spec in library.models() if library.status(spec.key).kind == "ready"]
 
-    status = {"pid": os.getpid(), "host": args.host, "port": args.port, "token_required": bool(api_key)}
-    with db.begin() as session:
-        repo.set_setting(session, SERVER_STATUS_SETTING, status)
+    record_server(db, args.host, args.port, bool(api_key), os.getpid())
     for url in server_urls(args.host, args.port):
-        print(f"OpenAI-compatible API at {url}")
-    uvicorn.run(
-        create_app(engine, ready_models, api_key), host=args.host, port=args.port, log_level="warning"
-    )
+        print(f"OpenAI-compatible API at {url}", flush=True)
+    app = create_app(engine, ready_models, api_key, max_body_bytes=args.max_request_mb * 1024**2)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -378,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 for the LAN (then a token is required)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model", metavar="KEY", help="load this model at start")
+    serve.add_argument("--max-request-mb", type=int, default=8, metavar="MIB",
+                       help="largest request body accepted, in MiB (default 8)")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
     verify = commands.add_parser("verify", help="check every file of a downloaded model (size and hash)")
@@ -412,4 +420,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except LocalLLMError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+        return 2 if exc.bad_input else 1

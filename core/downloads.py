@@ -9,6 +9,7 @@ runs them in worker threads, and any process can read their progress.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import threading
@@ -38,6 +39,7 @@ from core.model_store import (
     FileHasher,
     Manifest,
     bytes_on_disk,
+    file_target,
     model_dir,
     partial_path,
     write_manifest,
@@ -48,6 +50,7 @@ from core.storage.jobs import JobRecord
 
 ACTIVE_STATES = ("queued", "running")
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -204,21 +207,27 @@ class ModelDownload:
         except CancelRequestedError:
             self._update(force=True, state="cancelled", speed_bps=0.0)
         except LocalLLMError as exc:
+            logger.warning("download of %s failed: %s", self.target.key, exc.message)
             self._update(force=True, state="failed", error=exc.message, error_code=exc.code, speed_bps=0.0)
+        except Exception as exc:  # never a job stuck "running" or an error of None: a sentence, and the log
+            logger.exception("download of %s stopped on an unexpected error", self.target.key)
+            message = (
+                f"The download of {self.target.key} stopped on an unexpected error "
+                f"({exc.__class__.__name__}: {str(exc)[:200]}). Resume to try again; the log has the details."
+            )
+            self._update(
+                force=True, state="failed", error=message, error_code="error.download", speed_bps=0.0
+            )
         return self.progress
 
     def _ensure_writable(self) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            probe = self.directory / ".write-test"
+            probe = self.directory / ".localllm-write-test"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise NotWritableError(
-                f"The models directory {self.directory.parent} is not writable ({exc.strerror}). "
-                "Choose another directory in Settings or fix its permissions.",
-                path=str(self.directory.parent),
-            ) from exc
+            raise not_writable(self.directory.parent, exc) from exc
 
     def _check_disk(self, listing: RepoListing) -> None:
         needed = listing.total_bytes - bytes_on_disk(self.directory, listing.files)
@@ -263,7 +272,7 @@ class ModelDownload:
 
     # -- one file -------------------------------------------------------------------------------
     def _fetch_file(self, listing: RepoListing, file: RemoteFile, base: int, endpoint: str) -> None:
-        target = self.directory / file.path
+        target = file_target(self.directory, file.path)
         self._update(
             force=True, current_file=file.path, bytes_done=base + min(self._have(target, file), file.size)
         )
@@ -271,6 +280,8 @@ class ModelDownload:
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         part = partial_path(target)
+        if part.is_symlink():  # never written through a link: bytes go to a file of our own
+            part.unlink()
         have = self._have(target, file)
         if have > file.size:
             part.unlink()
@@ -326,12 +337,19 @@ class ModelDownload:
                 hasher.reset()
             elif status == 206 and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
                 raise TransientError(f"unexpected Content-Range {response.headers.get('Content-Range')!r}")
+            self._check_length(response, file, have)
             try:
                 with part.open("ab" if have else "wb", buffering=0) as handle:
                     # Written as it arrives, unbuffered: a kill loses only the bytes still in flight.
                     for chunk in response.iter_bytes():
                         if self.cancel.is_set():
                             raise CancelRequestedError
+                        if have + len(chunk) > file.size:  # never a byte past the declared size
+                            handle.write(chunk[: file.size - have])
+                            hasher.update(chunk[: file.size - have])
+                            raise TransientError(
+                                f"the server sent more than the {file.size} bytes it listed for {file.path}"
+                            )
                         handle.write(chunk)
                         hasher.update(chunk)
                         have += len(chunk)
@@ -343,10 +361,24 @@ class ModelDownload:
                         f"The disk filled up while writing {file.path}; free some space and resume.",
                         path=str(part),
                     ) from exc
-                raise
+                raise not_writable(self.directory, exc) from exc
         if have < file.size:
             raise TransientError(f"connection closed after {have} of {file.size} bytes")
         return have
+
+    @staticmethod
+    def _check_length(response: httpx2.Response, file: RemoteFile, have: int) -> None:
+        """An answer that announces more (or fewer) bytes than the listing declared is refused before
+        a byte of it is written."""
+        announced = response.headers.get("Content-Length")
+        if announced is None or response.headers.get("Content-Encoding", "identity") != "identity":
+            return  # checked while the bytes arrive instead
+        expected = file.size - have
+        if not announced.isdigit() or int(announced) != expected:
+            raise TransientError(
+                f"the server announced {announced[:20]} bytes for {file.path}, whose listing leaves "
+                f"{expected} to fetch"
+            )
 
     def _raise_for_status(self, response: httpx2.Response, file: RemoteFile) -> None:
         status = response.status_code
@@ -368,6 +400,14 @@ class ModelDownload:
         if status == 416:
             raise TransientError("the server refused the resume range")
         raise TransientError(f"HTTP {status}")
+
+
+def not_writable(directory: Path, exc: OSError) -> NotWritableError:
+    return NotWritableError(
+        f"The models directory {directory} is not writable ({exc.strerror or exc}). "
+        "Choose another directory in Settings or fix its permissions.",
+        path=str(directory),
+    )
 
 
 class ChecksumMismatchError(TransientError):
@@ -414,11 +454,13 @@ class DownloadManager:
             if running and running[0].is_alive():
                 return False
             lock = self._file_lock(target.key)
-            self.models_dir.mkdir(parents=True, exist_ok=True)
             try:
+                self.models_dir.mkdir(parents=True, exist_ok=True)
                 lock.acquire()
             except filelock.Timeout:
                 return False  # another process is downloading it; its progress is in the database
+            except OSError as exc:  # a read-only or missing mount: a sentence, not a traceback
+                raise not_writable(self.models_dir, exc) from exc
             cancel = threading.Event()
             with self.db.begin() as session:
                 job = jobs.open_job(session, target.key, target.repo_id)

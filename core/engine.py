@@ -13,20 +13,20 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-import json
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
 
 from core.errors import (
+    ContextLengthError,
     GenerationError,
     InsufficientMemoryError,
     ModelNotReadyError,
@@ -34,7 +34,14 @@ from core.errors import (
     QueueFullError,
 )
 from core.generation import GenerationParams
-from core.hardware import Precision, measure_bandwidth, model_memory, return_freed_memory_to_os
+from core.hardware import (
+    Precision,
+    config_count,
+    measure_bandwidth,
+    model_memory,
+    read_config,
+    return_freed_memory_to_os,
+)
 from core.model_store import model_dir, read_manifest
 
 T = TypeVar("T")
@@ -53,6 +60,15 @@ class LoadedModel:
     context_length: int
     load_id: int
     load_s: float
+
+
+@dataclass(frozen=True)
+class PromptFit:
+    """A prompt measured against the context window: its tokens and the reply's room (max new tokens)."""
+
+    prompt_tokens: int
+    max_new_tokens: int
+    context_tokens: int
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,15 @@ def choose_dtype(device: str) -> Any:
     return torch.bfloat16 if native_bf16 else torch.float32
 
 
+def _load_tokenizer(key: str, directory: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+    if not tokenizer.chat_template:
+        raise NoChatTemplateError(f"{key} has no chat template, so it cannot be used for chat.", key=key)
+    return tokenizer
+
+
 def _import_runtime() -> None:
     import transformers.models.llama.modeling_llama
     import transformers.models.qwen2.modeling_qwen2  # noqa: F401
@@ -140,6 +165,37 @@ def _available_memory(device: str) -> int:
 
         return torch.cuda.mem_get_info()[0]
     return psutil.virtual_memory().available
+
+
+COUNT_PIECE_CHARS = 16_384  # a long text is counted piece by piece, and only as far as the limit needs
+COUNT_SLACK_PER_PIECE = 8  # tokens a cut between pieces may add (cut at whitespace: usually 0 or 1)
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """`text` in pieces of about COUNT_PIECE_CHARS, cut at whitespace where there is some."""
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + COUNT_PIECE_CHARS)
+        if end < len(text):
+            space = max(text.rfind(" ", start + COUNT_PIECE_CHARS // 2, end), text.rfind("\n", start, end))
+            end = space if space > start else end
+        yield text[start:end]
+        start = end
+
+
+def count_prompt_tokens(tokenizer: Any, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
+    """Tokens of `messages` under the chat template. Past `limit` the count may stop early and return a
+    number that is still above the limit: the work is bounded by the limit, not by the text's length."""
+    if limit is not None:
+        rough = pieces = 0
+        for message in messages:
+            for piece in _pieces(message["content"]):
+                rough += len(tokenizer(piece, add_special_tokens=False)["input_ids"])
+                pieces += 1
+                if rough - COUNT_SLACK_PER_PIECE * pieces > limit * 1.1:
+                    return rough - COUNT_SLACK_PER_PIECE * pieces
+    encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, return_dict=True)
+    return len(encoded["input_ids"])
 
 
 class _StopOnEvent:
@@ -197,6 +253,7 @@ class LocalEngine:
         self._idle_thread: threading.Thread | None = None
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-torch")
         self._decoder: Any = None
+        self._tokenizer_only: tuple[str, Any] | None = None  # (key, tokenizer) of a model not loaded
         self._kernels: dict[str, Future[bool]] = {}
         self._bandwidth: Future[float] | None = None
 
@@ -283,7 +340,7 @@ class LocalEngine:
             return self._loaded
 
     def _load_locked(self, key: str, directory: Path) -> LoadedModel:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         from core import attention, decoder, quantize
 
@@ -291,9 +348,8 @@ class LocalEngine:
         device = detect_device(self.device_preference)
         dtype = choose_dtype(device)
         precision = self.precision()
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-        if not tokenizer.chat_template:
-            raise NoChatTemplateError(f"{key} has no chat template, so it cannot be used for chat.", key=key)
+        tokenizer = self.tokenizer(key)
+        self._tokenizer_only = None
         options = {"attn_implementation": attention.NAME if device == "cpu" else None}
         model, mapped = None, False
         scheme = precision.label if precision.label in quantize.SCHEMES else None
@@ -320,14 +376,14 @@ class LocalEngine:
             return_freed_memory_to_os()
         self._model, self._tokenizer = model, tokenizer
         self._decoder = decoder.Decoder(model) if decoder.supports(model) else None
-        config = json.loads((directory / "config.json").read_text())
+        config = read_config(directory)
         return LoadedModel(
             key=key,
             device=device,
             dtype=str(dtype).removeprefix("torch."),
             weights=precision.label,
             memory_bytes=quantize.stored_bytes(model),
-            context_length=int(config.get("max_position_embeddings") or tokenizer.model_max_length),
+            context_length=config_count(config, "max_position_embeddings") or int(tokenizer.model_max_length),
             load_id=next(self._load_ids),
             load_s=time.perf_counter() - started,
         )
@@ -423,13 +479,46 @@ class LocalEngine:
             return len(self._waiting)
 
     # -- generation -----------------------------------------------------------------------------
-    def count_tokens(self, key: str, messages: Sequence[dict[str, str]]) -> int:
-        """Prompt tokens for `messages` with the model's chat template (loads the model if needed)."""
-        self.load(key)
-        encoded = self._tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, return_dict=True
-        )
-        return len(encoded["input_ids"])
+    def tokenizer(self, key: str) -> Any:
+        """The model's tokenizer: the loaded model's, else one loaded alone (a fraction of a second)."""
+        loaded, tokenizer = self._loaded, self._tokenizer
+        if loaded is not None and loaded.key == key and tokenizer is not None:
+            return tokenizer
+        cached = self._tokenizer_only
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        tokenizer = _load_tokenizer(key, self._ready_dir(key))
+        self._tokenizer_only = (key, tokenizer)
+        return tokenizer
+
+    def context_tokens(self, key: str) -> int:
+        """The model's context window in tokens (its config's max_position_embeddings)."""
+        loaded = self._loaded
+        if loaded is not None and loaded.key == key:
+            return loaded.context_length
+        config = read_config(self._ready_dir(key))
+        return config_count(config, "max_position_embeddings") or int(self.tokenizer(key).model_max_length)
+
+    def count_tokens(self, key: str, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
+        """Prompt tokens for `messages` with the model's chat template (the model need not be loaded);
+        with a `limit`, counting may stop early above it (see count_prompt_tokens)."""
+        return count_prompt_tokens(self.tokenizer(key), messages, limit)
+
+    def fit_prompt(self, key: str, messages: Sequence[dict[str, str]], max_new_tokens: int) -> PromptFit:
+        """Check the prompt against the context window before anything is allocated for it; the reply's
+        room is `max_new_tokens` capped to what the context leaves. ContextLengthError when it cannot fit."""
+        context = self.context_tokens(key)
+        tokens = self.count_tokens(key, messages, limit=context - 1)
+        if tokens >= context:
+            at_least = "at least " if tokens > context * 1.1 else ""  # counting stopped early
+            raise ContextLengthError(
+                f"This model's maximum context length is {context} tokens, and the messages are "
+                f"{at_least}{tokens} tokens, leaving no room for a reply. Shorten the messages.",
+                tokens=tokens,
+                budget=context - 1,
+                context=context,
+            )
+        return PromptFit(tokens, min(max_new_tokens, context - tokens), context)
 
     def stream(
         self,
@@ -477,6 +566,19 @@ class LocalEngine:
         except Exception as exc:  # jinja's TemplateError and ValueError: the template refused these turns
             raise GenerationError(f"The model's chat template rejected this conversation: {exc}") from exc
         prompt_tokens = int(inputs["input_ids"].shape[1])
+        if (
+            prompt_tokens >= loaded.context_length
+        ):  # callers check first (fit_prompt); the cache never grows past it
+            raise ContextLengthError(
+                f"This model's maximum context length is {loaded.context_length} tokens, and the messages "
+                f"are {prompt_tokens} tokens. Shorten the messages.",
+                tokens=prompt_tokens,
+                budget=loaded.context_length - 1,
+                context=loaded.context_length,
+            )
+        params = replace(
+            params, max_new_tokens=min(params.max_new_tokens, loaded.context_length - prompt_tokens)
+        )
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         criterion = _StopOnEvent(stop)
         sampling = params.temperature > 0

@@ -6,9 +6,14 @@ from typing import Any
 
 
 class LocalLLMError(Exception):
-    """Base of every error the product reports to a user."""
+    """Base of every error the product reports to a user.
+
+    `bad_input`: the user asked for something that cannot be (a wrong key, id, value): the CLI exits
+    with 2. Otherwise something failed on the way (network, disk, server, model): exit code 1.
+    """
 
     code = "error.generic"
+    bad_input = False
 
     def __init__(self, message: str, **params: Any) -> None:
         super().__init__(message)
@@ -20,12 +25,14 @@ class ConfigError(LocalLLMError):
     """A provider config or setting is invalid."""
 
     code = "error.config"
+    bad_input = True
 
 
 class NotFoundError(LocalLLMError):
     """A record the caller named does not exist."""
 
     code = "error.not_found"
+    bad_input = True
 
 
 class StorageError(LocalLLMError):
@@ -48,6 +55,7 @@ class DownloadError(LocalLLMError):
 
 class RepoNotFoundError(DownloadError):
     code = "error.repo_not_found"
+    bad_input = True
 
 
 class GatedRepoError(DownloadError):
@@ -62,14 +70,22 @@ class NotWritableError(DownloadError):
     code = "error.not_writable"
 
 
+class UnsafeListingError(DownloadError):
+    """A server listed a file name, size or hash that cannot be trusted; nothing was written."""
+
+    code = "error.unsafe_listing"
+
+
 class InvalidRepoIdError(LocalLLMError):
     code = "error.invalid_repo_id"
+    bad_input = True
 
 
 class UnsupportedModelError(LocalLLMError):
     """The repository exists but the app cannot run it (no safetensors, no chat template, remote code)."""
 
     code = "error.unsupported_model"
+    bad_input = True
 
 
 class EngineError(LocalLLMError):
@@ -104,6 +120,13 @@ class MessageError(LocalLLMError):
     """A chat message cannot be sent as it is (empty, or longer than the model's context)."""
 
     code = "error.message"
+    bad_input = True
+
+
+class ContextLengthError(MessageError):
+    """The prompt does not fit in the model's context window; `tokens` and `context` say by how much."""
+
+    code = "error.context_length"
 
 
 class ProviderError(LocalLLMError):
@@ -116,3 +139,12 @@ class SignInError(LocalLLMError):
     """A LAN sign-in was refused; `reason` is no_password, rate_limited, bad_name or bad_password."""
 
     code = "error.sign_in"
+
+
+def is_bad_input(code: str | None) -> bool:
+    """Whether a stored error code (a failed job keeps the code, not the exception) is the user's input."""
+
+    def classes(base: type[LocalLLMError]) -> list[type[LocalLLMError]]:
+        return [base, *(c for sub in base.__subclasses__() for c in classes(sub))]
+
+    return any(cls.code == code and cls.bad_input for cls in classes(LocalLLMError))

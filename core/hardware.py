@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psutil
 
+from core.errors import UnsupportedModelError
+
 
 @dataclass(frozen=True)
 class GpuInfo:
@@ -96,6 +98,40 @@ def probe(models_dir: Path) -> HardwareInfo:
     )
 
 
+MAX_CONFIG_COUNT = 2**40  # no layer count, width or vocabulary of a real model comes near this
+
+
+def config_count(config: dict, name: str, default: int = 0) -> int:
+    """A count from a model's config.json (a file a server chose): a non-negative integer, or the
+    default when absent; anything else is refused with a sentence."""
+    value = config.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CONFIG_COUNT:
+        raise UnsupportedModelError(
+            f"config.json gives {name} as {str(value)[:40]!r}, which is not a count this app can use.",
+            field=name,
+        )
+    return value
+
+
+def read_config(model_dir: Path) -> dict:
+    """A downloaded model's config.json as a dict, or a sentence when it is not a JSON object."""
+    import json
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UnsupportedModelError(
+            f"{model_dir.name} has no readable config.json ({exc.strerror})."
+        ) from exc
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise UnsupportedModelError(f"The config.json of {model_dir.name} is not a valid JSON object.")
+    return config
+
+
 # torch + transformers loaded in a process: about 345 MiB of resident memory measured on CPU here.
 RUNTIME_OVERHEAD_BYTES = 400 * 1024**2
 CONTEXT_FOR_ESTIMATES = 4096  # tokens of KV cache planned for: a long chat, not the model's maximum
@@ -111,10 +147,12 @@ class KvLayout:
 
     @classmethod
     def from_config(cls, config: dict) -> KvLayout:
-        heads = int(config.get("num_attention_heads", 1))
-        head_dim = int(config.get("head_dim") or int(config.get("hidden_size", 0)) // max(heads, 1))
+        heads = config_count(config, "num_attention_heads", 1)
+        head_dim = config_count(config, "head_dim") or config_count(config, "hidden_size") // max(heads, 1)
         return cls(
-            int(config.get("num_hidden_layers", 0)), int(config.get("num_key_value_heads", heads)), head_dim
+            config_count(config, "num_hidden_layers"),
+            config_count(config, "num_key_value_heads", heads),
+            head_dim,
         )
 
     def bytes_for(self, tokens: int, dtype_bytes: int) -> int:
@@ -131,8 +169,8 @@ class Vocabulary:
 
     @classmethod
     def from_config(cls, config: dict) -> Vocabulary:
-        weights = int(config.get("vocab_size") or 0) * int(config.get("hidden_size") or 0)
-        return cls(weights, bool(config.get("tie_word_embeddings", False)))
+        weights = config_count(config, "vocab_size") * config_count(config, "hidden_size")
+        return cls(weights, config.get("tie_word_embeddings") is True)
 
 
 @dataclass(frozen=True)
@@ -222,9 +260,7 @@ def model_memory(
     model_dir: Path, precision: Precision, context_tokens: int = CONTEXT_FOR_ESTIMATES
 ) -> MemoryEstimate:
     """The estimate for a downloaded model, from its config and safetensors headers."""
-    import json
-
-    config = json.loads((model_dir / "config.json").read_text())
+    config = read_config(model_dir)
     return estimate_memory(
         weight_count(model_dir),
         KvLayout.from_config(config),

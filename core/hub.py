@@ -1,4 +1,10 @@
-"""Repository info and file listing through huggingface_hub, always with an explicit endpoint."""
+"""Repository info and file listing through huggingface_hub, always with an explicit endpoint.
+
+A listing comes from a server the user picked (any mirror), so it is checked before anything is
+fetched: every file name must be a plain relative path that stays inside the model folder, every size
+a sane integer, every hash well formed. Metadata a mirror leaves out is asked for with a HEAD per file,
+as huggingface_hub's own metadata call does.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +14,70 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from urllib.parse import urlsplit
 
-from huggingface_hub import HfApi, hf_hub_url
+import httpx2
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import build_hf_headers, get_session, get_token
 
-from core.errors import GatedRepoError, InvalidRepoIdError, RepoNotFoundError, UnsupportedModelError
+from core.errors import (
+    DownloadError,
+    GatedRepoError,
+    InvalidRepoIdError,
+    RepoNotFoundError,
+    UnsafeListingError,
+    UnsupportedModelError,
+)
 
 OFFICIAL_HOST = "huggingface.co"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
 # Files the app never uses: other runtimes' weights and the original checkpoints.
 _SKIPPED = (
     "*.onnx", "*.onnx_data", "*.gguf", "*.h5", "*.msgpack", "*.tflite", "*.ot", "*.mlmodel", "*.pth",
     "*.pt", "*.ckpt", "original/*", "onnx/*", "openvino/*", "coreml/*", "gguf/*", ".gitattributes",
 )  # fmt: skip
 _REQUIRED = ("config.json", "*.safetensors", "*.bin", "tokenizer.json", "tokenizer.model")
+MAX_LISTED_FILES = 10_000
+MAX_FILE_BYTES = 2**44  # 16 TiB: a larger "size" is not a model file but a hostile listing
+MAX_PATH_CHARS = 1024
+MAX_JSON_BYTES = 16 * 1024 * 1024  # config.json and tokenizer_config.json are read into memory
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_GIT_OID = re.compile(r"^[0-9a-f]{40}$")
+_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?$", re.IGNORECASE)
+# Names this app writes into a model folder itself: a listing may not overwrite them.
+OWN_FILE_PREFIX = ".localllm-"
+PARTIAL_SUFFIX = ".incomplete"
+
+
+def unsafe_path_reason(path: object) -> str | None:
+    """Why a file name from a listing must not be written under the model folder; None when it is safe.
+
+    Safe: a relative POSIX path of plain segments (no empty, `.` or `..` segment), no backslash, drive
+    letter, control or Windows-reserved character, and no name this app uses for its own files.
+    """
+    if not isinstance(path, str) or not path:
+        return "an empty name"
+    if len(path) > MAX_PATH_CHARS:
+        return "a name longer than 1024 characters"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        return "a control character"
+    if "\\" in path:
+        return "a backslash"
+    if path.startswith("/"):
+        return "an absolute path"
+    if re.match(r"^[A-Za-z]:", path):
+        return "a drive letter"
+    if any(ch in path for ch in ':*?"<>|'):
+        return "a character Windows forbids in file names"
+    segments = path.split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        return "an empty, '.' or '..' path segment"
+    if any(segment.endswith((" ", ".")) or _WINDOWS_RESERVED.match(segment) for segment in segments):
+        return "a segment Windows cannot store (reserved name, or a trailing dot or space)"
+    name = segments[-1]
+    if name.startswith(OWN_FILE_PREFIX) or name.endswith(PARTIAL_SUFFIX):
+        return "a name this app uses for its own files"
+    return None
 
 
 @dataclass(frozen=True)
@@ -51,9 +107,10 @@ class RepoListing:
 
 
 def validate_repo_id(repo_id: str) -> str:
-    """`org/name` with letters, digits, '-', '_', '.'; no '..', no extra slashes, no spaces."""
+    """`org/name`: letters, digits, '-', '_', '.', each part starting with a letter or digit and not
+    ending with '-' or '.', at most 96 characters each; no '..' or '--' (the Hub's own rules)."""
     repo_id = repo_id.strip()
-    if len(repo_id) > 96 * 2 + 1 or ".." in repo_id or not _REPO_ID.match(repo_id):
+    if len(repo_id) > 96 * 2 + 1 or ".." in repo_id or "--" in repo_id or not _REPO_ID.match(repo_id):
         raise InvalidRepoIdError(
             f"{repo_id[:80]!r} is not a Hugging Face repository id. Use the form org/name, "
             "for example Qwen/Qwen2.5-0.5B-Instruct.",
@@ -78,8 +135,75 @@ def select_files(files: list[RemoteFile]) -> tuple[RemoteFile, ...]:
     return tuple(sorted(kept, key=lambda f: f.path))
 
 
+@dataclass(frozen=True)
+class _Listed:
+    """One file as a listing states it: any of size and hashes may be missing (asked for by HEAD)."""
+
+    path: str
+    size: int | None
+    git_oid: str | None
+    sha256: str | None
+
+    @property
+    def complete(self) -> bool:
+        return self.size is not None and bool(self.git_oid or self.sha256)
+
+
+def _refuse(endpoint: str, repo_id: str, detail: str) -> UnsafeListingError:
+    return UnsafeListingError(
+        f"The server {endpoint} sent an untrustworthy listing for {repo_id}: {detail}. Nothing was "
+        "downloaded; use another download endpoint.",
+        endpoint=endpoint,
+        repo_id=repo_id,
+        detail=detail,
+    )
+
+
+def _checked_size(value: object) -> int | None:
+    """A declared size: None when absent; ValueError when it is not a sane byte count."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FILE_BYTES:
+        raise ValueError(f"an impossible size {str(value)[:40]!r}")
+    return value
+
+
+def _checked_hash(value: object, pattern: re.Pattern[str]) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ValueError(f"a malformed checksum {str(value)[:80]!r}")
+    return value
+
+
+def _listed(sibling: object, endpoint: str, repo_id: str) -> _Listed:
+    path = getattr(sibling, "rfilename", None)
+    if reason := unsafe_path_reason(path):
+        raise _refuse(endpoint, repo_id, f"the file name {str(path)[:120]!r} has {reason}")
+    lfs = getattr(sibling, "lfs", None)
+    try:
+        size = _checked_size(getattr(sibling, "size", None))
+        lfs_size = _checked_size(getattr(lfs, "size", None))
+        sha256 = _checked_hash(getattr(lfs, "sha256", None), _SHA256)
+        git_oid = _checked_hash(getattr(sibling, "blob_id", None), _GIT_OID)
+    except ValueError as exc:
+        raise _refuse(endpoint, repo_id, f"{path} has {exc}") from exc
+    if size is not None and lfs_size is not None and size != lfs_size:
+        raise _refuse(endpoint, repo_id, f"{path} has two different sizes ({size} and {lfs_size})")
+    return _Listed(path, size if size is not None else lfs_size, git_oid, sha256)
+
+
+def _transient_or_refused(exc: hf_errors.HfHubHTTPError, what: str) -> Exception:
+    """A Hub HTTP error: 429 and 5xx are worth another try (a transport error), the rest a sentence."""
+    status = exc.response.status_code if exc.response is not None else 0
+    if status == 429 or status >= 500:
+        return httpx2.TransportError(f"HTTP {status}")
+    return DownloadError(f"The server refused {what} (HTTP {status}).", status=status)
+
+
 def fetch_listing(repo_id: str, revision: str, endpoint: str) -> RepoListing:
-    """Commit and file list with sizes and hashes; typed errors for a missing or gated repo."""
+    """Commit and file list with sizes and hashes, every entry checked; typed errors for a missing or
+    gated repo, UnsafeListingError for a listing that cannot be trusted."""
     api = HfApi(endpoint=endpoint, token=token_for(endpoint))
     try:
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
@@ -90,11 +214,55 @@ def fetch_listing(repo_id: str, revision: str, endpoint: str) -> RepoListing:
         ) from exc
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError) as exc:
         raise RepoNotFoundError(f"Repository {repo_id} ({revision}) was not found.", repo_id=repo_id) from exc
-    files = [
-        RemoteFile(s.rfilename, s.size or 0, s.blob_id or "", s.lfs.sha256 if s.lfs else None)
-        for s in info.siblings or []
-    ]
-    return RepoListing(repo_id, info.sha or revision, select_files(files), bool(info.gated))
+    except hf_errors.HfHubHTTPError as exc:
+        raise _transient_or_refused(exc, f"the listing of {repo_id}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a body huggingface_hub cannot parse
+        raise _refuse(endpoint, repo_id, "an answer that is not a repository listing") from exc
+    siblings = info.siblings or []
+    if len(siblings) > MAX_LISTED_FILES:
+        raise _refuse(endpoint, repo_id, f"{len(siblings)} files (at most {MAX_LISTED_FILES} are accepted)")
+    commit = info.sha or revision
+    if not isinstance(commit, str) or not re.match(r"^[A-Za-z0-9._-]{1,100}$", commit):
+        raise _refuse(endpoint, repo_id, "a malformed commit id")
+    listed = [_listed(sibling, endpoint, repo_id) for sibling in siblings]
+    if len({entry.path for entry in listed}) != len(listed):
+        raise _refuse(endpoint, repo_id, "the same file name twice")
+    kept = select_files([RemoteFile(e.path, e.size or 0, e.git_oid or "", e.sha256) for e in listed])
+    by_path = {entry.path: entry for entry in listed}
+    files = []
+    for file in kept:
+        entry = by_path[file.path]
+        if not entry.complete:
+            entry = _head_metadata(entry, endpoint, repo_id, commit)
+            if entry is None:
+                continue  # an optional file the server does not have
+        files.append(RemoteFile(entry.path, entry.size or 0, entry.git_oid or "", entry.sha256))
+    return RepoListing(repo_id, commit, tuple(files), bool(info.gated))
+
+
+def _head_metadata(entry: _Listed, endpoint: str, repo_id: str, commit: str) -> _Listed | None:
+    """Fill in a file's size and hash from a HEAD request (X-Linked-Size / ETag / X-Linked-Etag)."""
+    url = file_url(endpoint, repo_id, commit, entry.path)
+    try:
+        metadata = get_hf_file_metadata(url, token=token_for(endpoint), endpoint=endpoint, timeout=30)
+    except hf_errors.EntryNotFoundError:
+        if RemoteFile(entry.path, 0, "", None).optional:
+            return None
+        raise DownloadError(f"{entry.path} is missing on the server (HTTP 404).", path=entry.path) from None
+    except hf_errors.HfHubHTTPError as exc:
+        raise _transient_or_refused(exc, f"{entry.path} of {repo_id}") from exc
+    etag = (metadata.etag or "").lower()
+    try:
+        size = entry.size if entry.size is not None else _checked_size(metadata.size)
+    except ValueError as exc:
+        raise _refuse(endpoint, repo_id, f"{entry.path} has {exc}") from exc
+    if size is None:
+        raise _refuse(endpoint, repo_id, f"no size for {entry.path}, neither in the listing nor by HEAD")
+    sha256 = entry.sha256 or (etag if _SHA256.match(etag) else None)
+    git_oid = entry.git_oid or (etag if _GIT_OID.match(etag) else None)
+    if sha256 is None and entry.path.endswith(".safetensors"):
+        raise _refuse(endpoint, repo_id, f"no sha256 for {entry.path}, so its bytes could not be verified")
+    return _Listed(entry.path, size, git_oid, sha256)
 
 
 def file_url(endpoint: str, repo_id: str, commit: str, path: str) -> str:
@@ -106,18 +274,37 @@ def request_headers(endpoint: str) -> dict[str, str]:
 
 
 def fetch_json(endpoint: str, repo_id: str, commit: str, path: str) -> dict:
-    response = get_session().get(
-        file_url(endpoint, repo_id, commit, path), headers=request_headers(endpoint), follow_redirects=True
-    )
-    if response.status_code in (401, 403):
-        raise GatedRepoError(
-            f"{repo_id} is gated: accept its license on huggingface.co and log in with an HF token.",
-            repo_id=repo_id,
-        )
-    if response.status_code == 404:
-        raise UnsupportedModelError(f"{repo_id} has no {path}.", repo_id=repo_id)
-    response.raise_for_status()
-    return json.loads(response.content)
+    """A small JSON file of the repo (config.json, tokenizer_config.json), refused when it is not an
+    object or larger than MAX_JSON_BYTES."""
+    with get_session().stream(
+        "GET", file_url(endpoint, repo_id, commit, path), headers=request_headers(endpoint),
+        follow_redirects=True, timeout=30,
+    ) as response:  # fmt: skip
+        if response.status_code in (401, 403):
+            raise GatedRepoError(
+                f"{repo_id} is gated: accept its license on huggingface.co and log in with an HF token.",
+                repo_id=repo_id,
+            )
+        if response.status_code == 404:
+            raise UnsupportedModelError(f"{repo_id} has no {path}.", repo_id=repo_id)
+        if response.status_code != 200:
+            raise DownloadError(
+                f"The server {endpoint} refused {path} of {repo_id} (HTTP {response.status_code}).",
+                repo_id=repo_id,
+            )
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > MAX_JSON_BYTES:
+                raise UnsupportedModelError(f"{path} of {repo_id} is too large to be a config file.",
+                                            repo_id=repo_id)  # fmt: skip
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        data = None
+    if not isinstance(data, dict):
+        raise UnsupportedModelError(f"{path} of {repo_id} is not a valid JSON object.", repo_id=repo_id)
+    return data
 
 
 def check_runnable(listing: RepoListing, endpoint: str) -> None:

@@ -12,9 +12,17 @@ from huggingface_hub import errors as hf_errors
 
 from core import hub
 from core.catalog import BUILTIN_MODELS, ModelSpec, custom_spec, key_for_repo
-from core.downloads import DownloadManager, DownloadTarget, Progress, disk_free_bytes
+from core.downloads import DownloadManager, DownloadTarget, Progress, describe, disk_free_bytes
 from core.errors import ConfigError, DownloadError, InvalidRepoIdError, LocalLLMError, NotFoundError
-from core.hardware import KvLayout, MemoryEstimate, Precision, Vocabulary, estimate_memory, model_memory
+from core.hardware import (
+    KvLayout,
+    MemoryEstimate,
+    Precision,
+    Vocabulary,
+    config_count,
+    estimate_memory,
+    model_memory,
+)
 from core.hub import RemoteFile, RepoListing
 from core.model_store import (
     FileCheck,
@@ -147,7 +155,7 @@ class ModelLibrary:
         details = {
             "download_bytes": listing.total_bytes,
             "parameters": self._parameter_count(repo_id, listing, endpoint),
-            "context_length": int(config.get("max_position_embeddings") or 0),
+            "context_length": config_count(config, "max_position_embeddings"),
             "kv_layout": asdict(KvLayout.from_config(config)),
             "vocabulary": asdict(Vocabulary.from_config(config)),
         }
@@ -176,14 +184,20 @@ class ModelLibrary:
     def _listing(self, repo_id: str, revision: str) -> tuple[RepoListing, str]:
         """The listing from the first endpoint that answers; permanent errors are raised at once."""
         last: Exception | None = None
-        for endpoint in self.endpoints():
+        endpoints = self.endpoints()
+        for endpoint in endpoints:
             try:
                 return hub.fetch_listing(repo_id, revision, endpoint), endpoint
             except LocalLLMError:
                 raise
             except (hf_errors.HfHubHTTPError, httpx2.TransportError, OSError) as exc:
                 last = exc
-        raise DownloadError(f"No endpoint answered for {repo_id}: {last}", repo_id=repo_id)
+        raise DownloadError(
+            f"No download endpoint answered for {repo_id} ({', '.join(endpoints)}: {describe(last)}). "
+            "Check the network, or add a mirror in the download settings.",
+            repo_id=repo_id,
+            reason=describe(last),
+        )
 
     # -- state on disk --------------------------------------------------------------------------
     def directory(self, key: str) -> Path:

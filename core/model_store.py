@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from core.hub import RemoteFile
+from core.errors import UnsafeListingError, UnsupportedModelError
+from core.hub import OWN_FILE_PREFIX, PARTIAL_SUFFIX, RemoteFile, unsafe_path_reason
 
-MANIFEST = ".localllm-manifest.json"
-PARTIAL_SUFFIX = ".incomplete"
+MANIFEST = f"{OWN_FILE_PREFIX}manifest.json"
 HASH_BLOCK = 4 * 1024 * 1024
 
 
@@ -83,13 +83,36 @@ def partial_path(target: Path) -> Path:
     return target.with_name(target.name + PARTIAL_SUFFIX)
 
 
+def file_target(directory: Path, path: str) -> Path:
+    """Where a listed file goes: inside `directory`, whatever symlinks the folder holds.
+
+    The name was checked when the listing arrived; this checks it again where it is written, and
+    refuses a folder on the way that is a link leading out of the model folder.
+    """
+    if reason := unsafe_path_reason(path):
+        raise UnsafeListingError(f"Refusing to write {path[:120]!r}: it has {reason}.", path=path[:120])
+    target = directory / path
+    root = directory.resolve()
+    parent = target.parent.resolve()
+    if parent != root and root not in parent.parents:
+        raise UnsafeListingError(
+            f"Refusing to write {path!r}: a folder on its way leads out of {directory}.", path=path
+        )
+    return target
+
+
 def read_manifest(directory: Path) -> Manifest | None:
+    """The verified-files manifest, or None when there is none or it cannot be trusted (a name in it
+    that is not a safe relative path, as an older version could have stored)."""
     try:
         data = json.loads((directory / MANIFEST).read_text())
         files = tuple(RemoteFile(**f) for f in data["files"])
-        return Manifest(data["repo_id"], data["commit"], data["endpoint"], files)
+        manifest = Manifest(data["repo_id"], data["commit"], data["endpoint"], files)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if any(unsafe_path_reason(f.path) for f in files):
+        return None
+    return manifest
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
@@ -169,10 +192,22 @@ def find_in_hf_cache(repo_id: str) -> Path | None:
     return None
 
 
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+
+
 def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     """A safetensors file's header (name → dtype, shape, data_offsets) and where its data starts."""
     with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
+        (length,) = struct.unpack("<Q", handle.read(8).ljust(8, b"\0"))
+        try:
+            header = json.loads(handle.read(length)) if 0 < length <= MAX_SAFETENSORS_HEADER else None
+        except ValueError:
+            header = None
+    if not isinstance(header, dict):
+        raise UnsupportedModelError(f"{path.name} is not a valid safetensors file.", path=path.name)
     header.pop("__metadata__", None)
+    for tensor in header.values():
+        shape = tensor.get("shape") if isinstance(tensor, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise UnsupportedModelError(f"{path.name} is not a valid safetensors file.", path=path.name)
     return header, 8 + length

@@ -17,7 +17,9 @@ class ChatProvider(Protocol):
     model: str
     context_length: int
 
-    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int: ...
+    def count_tokens(self, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
+        """Prompt tokens; past `limit` the count may stop early at a number above it."""
+        ...
 
     def stream(
         self,
@@ -38,10 +40,10 @@ class LocalProvider:
 
     @property
     def context_length(self) -> int:
-        return self.engine.load(self.model).context_length
+        return self.engine.context_tokens(self.model)
 
-    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
-        return self.engine.count_tokens(self.model, messages)
+    def count_tokens(self, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
+        return self.engine.count_tokens(self.model, messages, limit)
 
     def stream(
         self,
@@ -105,7 +107,7 @@ class OpenAICompatibleProvider:
         except openai.OpenAIError as exc:
             raise _explain(exc, self.base_url) from exc
 
-    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+    def count_tokens(self, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
         """An estimate (a remote tokenizer is not available here): about 3 characters a token."""
         return sum(len(m["content"]) // 3 + 4 for m in messages)
 

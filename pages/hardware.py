@@ -5,11 +5,11 @@ import psutil
 import streamlit as st
 
 from core.access import is_loopback, lan_addresses
+from core.api import server_status, server_urls
 from core.engine import DEVICE_CHOICES, QUANTIZATIONS
 from core.errors import LocalLLMError
 from core.hardware import memory_verdict
 from core.providers import OpenAICompatibleProvider
-from core.server import server_status, server_urls
 from core.storage import repo
 from core.storage.db import display_url
 from core.units import format_bytes

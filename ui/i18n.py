@@ -173,6 +173,10 @@ MESSAGES: dict[str, dict[str, str]] = {
     "error.disk_space": {"en": "{message}", "zh": "磁盘空间不足：{message}"},
     "error.not_writable": {"en": "{message}", "zh": "模型目录不可写：{message}"},
     "error.download": {"en": "{message}", "zh": "下载失败：{message}"},
+    "error.unsafe_listing": {
+        "en": "{message}",
+        "zh": "下载服务器返回的文件列表不可信，已拒绝，未写入任何文件：{message}",
+    },
     "error.config": {"en": "{message}", "zh": "设置无效：{message}"},
     "error.not_found": {"en": "{message}", "zh": "未找到：{message}"},
     "error.generic": {"en": "{message}", "zh": "出错了：{message}"},
@@ -235,6 +239,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     "error.queue_full": {"en": "{message}", "zh": "排队的请求太多，请稍后再试。"},
     "error.generation": {"en": "{message}", "zh": "生成失败：{message}"},
     "error.message": {"en": "{message}", "zh": "消息无法发送：{message}"},
+    "error.context_length": {"en": "{message}", "zh": "消息太长，超出了模型的上下文窗口：{message}"},
     "models.use_for_chat": {"en": "Use for chat", "zh": "用于聊天"},
     "models.now_current": {"en": "{key} is now the model for chat.", "zh": "已将 {key} 设为聊天模型。"},
     "providers.title": {"en": "Provider configs", "zh": "模型服务配置"},

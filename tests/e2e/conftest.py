@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from core.configs import ConfigStore
 from core.settings import PROJECT_ROOT
 from core.storage import repo
 from core.storage.db import Database
+from tests.fixtures.serving import free_port
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -35,12 +35,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = 60) -> None:

@@ -75,7 +75,7 @@ def test_a_reader_that_leaves_mid_reply_leaves_a_stored_partial(chat: ChatServic
 
 
 def test_trimming_keeps_the_system_prompt_and_the_newest_turns() -> None:
-    def count(messages: list[dict[str, str]]) -> int:
+    def count(messages: list[dict[str, str]], _limit: int) -> int:
         return sum(len(m["content"].split()) for m in messages)
 
     turns = [

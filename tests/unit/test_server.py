@@ -15,12 +15,11 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
-import uvicorn
 
 from core.engine import LocalEngine
-from core.server import create_app
 from core.settings import PROJECT_ROOT
-from tests.e2e.conftest import free_port
+from tests.fixtures.serving import free_port
+from tests.fixtures.serving import serving as served
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 MESSAGES = [{"role": "user", "content": "Hello 你好"}]
@@ -41,18 +40,8 @@ def engine(tmp_path: Path, long_model: Path) -> LocalEngine:
 
 @contextmanager
 def serving(engine: LocalEngine, api_key: str | None = None) -> Iterator[str]:
-    port = free_port()
-    app = create_app(engine, lambda: ["tiny"], api_key)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with served(engine, ["tiny"], api_key) as url:
+        yield url
 
 
 def _client(url: str, key: str = "unused") -> openai.OpenAI:

@@ -1,0 +1,113 @@
+"""OpenAI-style errors, rendered in one place: every refusal of the API has this shape and one sentence."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from core.api.schemas import ErrorBody, ErrorDetail
+from core.errors import (
+    ContextLengthError,
+    EngineError,
+    LocalLLMError,
+    ModelNotReadyError,
+    QueueFullError,
+)
+from core.hosts import Receive, Scope, Send
+
+RETRY_AFTER_S = 5
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """A refusal with its HTTP status, OpenAI's error type and code, and the parameter at fault."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        detail = ErrorDetail(message=self.message, type=self.kind, param=self.param, code=self.code)
+        return ErrorBody(error=detail).model_dump()
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+    async def send(self, send: Send) -> None:
+        """The same answer at the ASGI level, for middleware that refuses before the app runs."""
+        payload = json.dumps(self.body()).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def from_validation(exc: ValidationError) -> APIError:
+    """The first problem pydantic found, as one sentence naming the parameter."""
+    first = exc.errors()[0]
+    param = ".".join(str(part) for part in first["loc"]) or None
+    message = f"Invalid value for '{param}': {first['msg']}." if param else f"Invalid body: {first['msg']}."
+    return APIError(400, message, code="invalid_request", param=param)
+
+
+def from_core(exc: LocalLLMError) -> APIError:
+    """A product error as the API reports it."""
+    if isinstance(exc, ContextLengthError):
+        return APIError(400, exc.message, code="context_length_exceeded", param="messages")
+    if isinstance(exc, QueueFullError):
+        return APIError(429, exc.message, "rate_limit_exceeded", "queue_full",
+                        headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+    if isinstance(exc, ModelNotReadyError):
+        return APIError(404, exc.message, code="model_not_found", param="model")
+    if isinstance(exc, EngineError):
+        return APIError(503, exc.message, "server_error", exc.code.removeprefix("error."))
+    if exc.bad_input:
+        return APIError(400, exc.message, code=exc.code.removeprefix("error."))
+    return APIError(500, exc.message, "server_error", exc.code.removeprefix("error."))
+
+
+async def asgi_refusal(scope: Scope, receive: Receive, send: Send, status: int, reason: str) -> None:
+    """What the host, origin and size guards answer on this API: an OpenAI-style error."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    kind = "permission_error" if status == 403 else "invalid_request_error"
+    await APIError(status, reason, kind, "request_refused").send(send)
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(LocalLLMError)
+    async def core_error(_request: Request, exc: LocalLLMError) -> JSONResponse:
+        return from_core(exc).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else None
+        return APIError(
+            exc.status_code, str(exc.detail), code=code, headers=dict(exc.headers or {})
+        ).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("request failed")
+        return APIError(500, f"The server failed to answer ({exc.__class__.__name__}).", "server_error",
+                        "internal_error").response()  # fmt: skip

@@ -1,0 +1,254 @@
+"""The OpenAI-compatible routes: GET /v1/models, POST /v1/chat/completions (with or without SSE).
+
+Internal logic of a chat completion:
+1. the guards (host, origin, body size) have run; the bearer token is checked;
+2. the body is validated into a ChatCompletionRequest (400 with the parameter at fault);
+3. the prompt is measured against the model's context window before anything is allocated for it
+   (400 `context_length_exceeded`), and `max_tokens` is capped to what the context leaves;
+4. the engine streams the reply; a client that goes away, streaming or not, sets the stop event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from core.api.errors import APIError, asgi_refusal, from_core, from_validation, install_handlers
+from core.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, BodyTooLargeError
+from core.api.schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+from core.engine import Event, Finished, LocalEngine, ReplyStats, TextDelta
+from core.errors import LocalLLMError
+from core.generation import GenerationParams
+from core.hosts import HostPolicy, TrustedHostsMiddleware, load_host_policy
+
+
+def create_app(
+    engine: LocalEngine,
+    models: Callable[[], list[str]],
+    api_key: str | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    hosts: HostPolicy | None = None,
+) -> FastAPI:
+    """`models` lists the keys of ready models; `api_key`, when set, is required as a bearer token."""
+    hosts = hosts or load_host_policy()
+    middleware = [Middleware(TrustedHostsMiddleware, policy=hosts, refuse=asgi_refusal)]
+    if hosts.allowed_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=sorted(hosts.allowed_origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["*"]))  # fmt: skip
+    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, refuse=asgi_refusal))
+    app = FastAPI(title="LocalLLM Dashboard API", docs_url=None, redoc_url=None, openapi_url=None,
+                  middleware=middleware)  # fmt: skip
+    install_handlers(app)
+
+    def require_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise APIError(401, "Invalid or missing API key.", code="invalid_api_key")
+
+    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    def list_models() -> dict[str, Any]:
+        return ModelList(data=[ModelCard(id=key) for key in models()]).model_dump()
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    async def chat_completions(request: Request) -> Any:
+        try:
+            raw = await request.body()
+        except BodyTooLargeError:
+            raise APIError(413, f"The request body is larger than {max_body_bytes // 1024**2} MiB.") from None
+        body = _parse(raw)
+        if body.model not in models():
+            raise APIError(404, f"The model {body.model!r} does not exist or is not downloaded.",
+                           code="model_not_found", param="model")  # fmt: skip
+        messages = _messages(body)
+        wanted = body.wanted_tokens or GenerationParams().max_new_tokens
+        fit = await run_in_threadpool(engine.fit_prompt, body.model, messages, wanted)
+        params = _params(body, fit.max_new_tokens)
+        stop = threading.Event()
+        events = engine.stream(body.model, messages, params, stop)
+        try:
+            first = await run_in_threadpool(next, events)  # the queue cap is checked on the first step
+        except LocalLLMError as exc:
+            raise from_core(exc) from exc
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _EngineStream(_sse(request, body.model, first, events, include_usage), stop, events)
+        return await _until_done_or_gone(request, stop, lambda: _complete(body.model, first, events))
+
+    return app
+
+
+def _parse(raw: bytes) -> ChatCompletionRequest:
+    try:
+        body = ChatCompletionRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        if any(error["type"] in ("json_invalid", "model_type") for error in exc.errors()):
+            raise APIError(400, "The body is not a JSON object.", code="invalid_json") from None
+        raise from_validation(exc) from None
+    if body.tools:
+        raise APIError(400, "This server's models do not call tools: send the request without 'tools'.",
+                       code="tools_not_supported", param="tools")  # fmt: skip
+    return body
+
+
+def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
+    cleaned = []
+    for index, message in enumerate(body.messages):
+        if others := message.parts_other_than_text():
+            raise APIError(400, f"Messages may hold text only; message {index} has {', '.join(others)}.",
+                           code="unsupported_content", param=f"messages.{index}.content")  # fmt: skip
+        if message.role == "tool" or message.tool_calls:
+            raise APIError(400, "This server's models do not call tools: tool messages are not accepted.",
+                           code="tools_not_supported", param=f"messages.{index}")  # fmt: skip
+        role = "system" if message.role == "developer" else message.role
+        cleaned.append({"role": role, "content": message.text()})
+    return cleaned
+
+
+def _params(body: ChatCompletionRequest, max_new_tokens: int) -> GenerationParams:
+    defaults = replace(GenerationParams(), max_new_tokens=max_new_tokens)
+    given = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "repetition_penalty": body.repetition_penalty,
+    }
+    return replace(defaults, **{name: value for name, value in given.items() if value is not None})
+
+
+def _usage(stats: ReplyStats) -> Usage:
+    total = stats.prompt_tokens + stats.completion_tokens
+    return Usage(
+        prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens, total_tokens=total
+    )
+
+
+def _finish_reason(stats: ReplyStats) -> str:
+    return "length" if stats.finish_reason == "length" else "stop"
+
+
+def _chain(first: Event, events: Iterator[Event]) -> Iterator[Event]:
+    yield first
+    yield from events
+
+
+def _complete(model: str, first: Event, events: Iterator[Event]) -> dict[str, Any]:
+    text, stats = [], None
+    for event in _chain(first, events):
+        if isinstance(event, TextDelta):
+            text.append(event.text)
+        elif isinstance(event, Finished):
+            stats = event.stats
+    assert stats is not None  # the engine always ends with Finished
+    choice = Choice(message=AssistantMessage(content="".join(text)), finish_reason=_finish_reason(stats))
+    return ChatCompletion(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=model,
+                          choices=[choice], usage=_usage(stats)).model_dump()  # fmt: skip
+
+
+async def _until_done_or_gone(request: Request, stop: threading.Event, work: Callable[[], Any]) -> Any:
+    """Run `work` in a thread; if the client disconnects meanwhile, set `stop` (generation ends within
+    a token) instead of finishing a reply nobody will read."""
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                stop.set()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await run_in_threadpool(work)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+class _EngineStream(StreamingResponse):
+    """An SSE response that, however it ends (finished, client gone, cancelled), stops generation
+    and frees the engine's queue. An abandoned body iterator's own cleanup would wait for garbage
+    collection, which can hold the engine for good."""
+
+    def __init__(self, content: AsyncIterator[str], stop: threading.Event, events: Iterator[Event]) -> None:
+        super().__init__(content, media_type="text/event-stream")
+        self._stop, self._events = stop, events
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._stop.set()
+            threading.Thread(
+                target=_close_when_free, args=(self._events,), name="close-stream", daemon=True
+            ).start()
+
+
+async def _sse(
+    request: Request, model: str, first: Event, events: Iterator[Event], include_usage: bool
+) -> AsyncIterator[str]:
+    """Server-sent events. The server may drop writes to a closed connection without an error, so
+    the disconnect is checked after every event."""
+    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+        payload = ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=choices, usage=usage)
+        return f"data: {payload.model_dump_json(exclude_none=usage is None)}\n\n"
+
+    sentinel = object()
+    try:
+        yield chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])
+        event: Any = first
+        while event is not sentinel:
+            if isinstance(event, TextDelta):
+                yield chunk([ChunkChoice(delta=Delta(content=event.text))])
+            elif isinstance(event, Finished):
+                yield chunk([ChunkChoice(delta=Delta(), finish_reason=_finish_reason(event.stats))])
+                if include_usage:
+                    yield chunk([], usage=_usage(event.stats))
+            if await request.is_disconnected():
+                return
+            event = await run_in_threadpool(next, events, sentinel)
+        yield "data: [DONE]\n\n"
+    except LocalLLMError as exc:
+        yield f"data: {APIError(500, exc.message, 'server_error').response().body.decode()}\n\n"
+
+
+def _close_when_free(events: Iterator[Event]) -> None:
+    """Close the engine stream, freeing its turn in the queue, once no next() runs in it any more.
+
+    A cancelled request may leave a next() running in a worker thread; close() raises until it ends,
+    which is soon, since the stop event is set. Waiting for garbage collection could take forever.
+    """
+    while True:
+        try:
+            events.close()  # type: ignore[attr-defined]
+            return
+        except ValueError:  # "generator already executing"
+            time.sleep(0.01)

@@ -1,0 +1,78 @@
+"""The CLI's answer to each failure of docs/failures.md: one sentence on stderr, exit code 2 for bad
+input and 1 for failures, never a traceback. Run in-process against real servers and files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from core.cli import main
+from tests.fixtures.hub_server import HubServer
+from tests.fixtures.tiny_models import install_ready
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.err
+
+
+def test_bad_input_exits_2_with_a_sentence(capsys: pytest.CaptureFixture[str], hub: HubServer) -> None:
+    code, err = run(capsys, "download", "no-such-model")
+    assert code == 2 and "No model 'no-such-model' in the catalog" in err
+
+    code, err = run(capsys, "download", "org/name.", "--endpoint", hub.url)
+    assert code == 2 and "is not a Hugging Face repository id" in err
+    assert hub.requests() == []
+
+    code, err = run(capsys, "download", "org/missing", "--endpoint", hub.url)
+    assert code == 2 and "org/missing" in err and "not found" in err
+
+    code, err = run(capsys, "verify", "qwen2.5-0.5b")
+    assert code == 2 and "is not downloaded" in err
+
+
+def test_failures_exit_1_with_a_sentence(
+    capsys: pytest.CaptureFixture[str], hub: HubServer, tiny_models: dict[str, Path]
+) -> None:
+    code, err = run(capsys, "download", "org/model", "--endpoint", "http://127.0.0.1:9")
+    assert code == 1 and "No download endpoint answered for org/model" in err and "cannot connect" in err
+
+    hub.add_repo(
+        "org/hostile",
+        tiny_models["qwen2"],
+        tamper=lambda siblings: [*siblings, {"rfilename": "../../escape.txt", "size": 1}],
+    )
+    code, err = run(capsys, "download", "org/hostile", "--endpoint", hub.url)
+    assert code == 1 and "'../../escape.txt'" in err and hub.url in err
+    assert hub.requests("GET", "/resolve/") == []
+
+
+def test_an_unwritable_models_folder_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("LOCALLLM_MODELS_DIR", str(blocker / "models"))
+    code, err = run(capsys, "download", "qwen2.5-0.5b", "--endpoint", "http://127.0.0.1:9")
+    assert code == 1 and "is not writable" in err
+
+
+def test_a_damaged_database_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(os.environ["LOCALLLM_DB_URL"].removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"this is not a database" * 100)
+    code, err = run(capsys, "models")
+    assert code == 1 and "Cannot open the database" in err
+
+
+def test_a_chat_message_longer_than_the_context_gets_the_numbers(
+    capsys: pytest.CaptureFixture[str], tiny_models: dict[str, Path]
+) -> None:
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", tiny_models["qwen2"])
+    code, err = run(capsys, "chat", "qwen2.5-0.5b", "--prompt", "word " * 20_000, "--max-new-tokens", "8")
+    assert code == 2
+    assert "too long for this model's context" in err and "504 available" in err

@@ -5,9 +5,14 @@ import streamlit as st
 from core.errors import LocalLLMError, StorageError
 from ui import access, resources
 from ui.i18n import error_text, t
+from ui.resources import PAGE_ICON
 from ui.widgets import database_problem, ensure_language, language_switch, sidebar_status, sidebar_user
 
-st.set_page_config(page_title="LocalLLM Dashboard", page_icon=":material/memory:", layout="wide")
+# The icon ships with the app (an SVG becomes a data: URL): a Material icon would be fetched from Google.
+st.set_page_config(page_title="LocalLLM Dashboard", page_icon=str(PAGE_ICON), layout="wide")
+if not access.trusted_origin():  # also when started by hand with `streamlit run`, without ui/server.py
+    st.error(t("access.foreign_host"))
+    st.stop()
 
 try:
     resources.database()

@@ -1,4 +1,5 @@
-"""Who may open the dashboard from the LAN: the shared password, user names, admins, sign-in limits."""
+"""Who may open the dashboard from the LAN: the shared password, personal passwords per name, admins,
+sign-in limits and sessions."""
 
 from __future__ import annotations
 
@@ -13,17 +14,20 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from core.errors import ConfigError, SignInError
 from core.settings import PROJECT_ROOT
+from core.storage import lan_accounts
+from core.storage.db import Database
 
 SECRETS_FILE = PROJECT_ROOT / ".streamlit" / "secrets.toml"
 LOCAL_OWNER = "local"
 MAX_FAILURES = 5  # wrong passwords allowed from one address before it must wait
 FIRST_LOCKOUT_S = 30.0
 MAX_LOCKOUT_S = 15 * 60.0
-SESSION_TTL_S = 7 * 24 * 3600.0  # a browser stays signed in this long (while the app runs)
+SESSION_TTL_S = 7 * 24 * 3600.0  # a browser stays signed in this long
 _USER_NAME = re.compile(r"^[\w][\w .@-]{0,39}$")
 
 
@@ -143,64 +147,148 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
-class SignInGate:
-    """Checks a LAN sign-in against the policy, with the limiter in front of every password check.
+# scrypt with n=2**14, r=8: 16 MiB of memory and ~50 ms per check, so guessing is slow on any hardware.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+MIN_PERSONAL_PASSWORD = 8
 
-    A successful sign-in opens a session: an opaque token the browser keeps (a cookie), so a reload
-    or a new tab stays signed in. Sessions live in this process only; only their hashes are kept.
+
+def hash_password(password: str) -> str:
+    """A memory-hard hash of a personal password: `scrypt$n$r$p$salt$hash` (hex)."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+                            maxmem=64 * 1024**2, dklen=32)  # fmt: skip
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def password_matches(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, expected = stored.split("$")
+        if scheme != "scrypt" or int(n) > 2**20:
+            return False
+        digest = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(salt), n=int(n), r=int(r),
+                                p=int(p), maxmem=256 * 1024**2, dklen=len(expected) // 2)  # fmt: skip
+    except ValueError:
+        return False
+    return hmac.compare_digest(digest.hex(), expected)
+
+
+def owner_of(name: str) -> str:
+    return f"{lan_accounts.LAN_OWNER_PREFIX}{name.casefold()}"
+
+
+class SignInGate:
+    """Checks a LAN sign-in: the shared password (the admins' own for admin names), then the name's
+    personal password, with the limiter in front of every check.
+
+    A name is claimed at its first sign-in: the personal password typed then (twice) becomes the
+    name's, stored as an scrypt hash, so knowing the shared password is not enough to open someone
+    else's conversations. A successful sign-in opens a session: an opaque token the browser keeps (a
+    cookie); the database keeps only its sha256, so the app and the HTTP guard in front of it agree.
     """
 
     def __init__(
         self,
         policy: AccessPolicy,
+        db: Database,
         limiter: SignInLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
+        self.db = db
         self.limiter = limiter or SignInLimiter(clock)
-        self._clock = clock
-        self._sessions: dict[str, tuple[Identity, float]] = {}
-        self._lock = threading.Lock()
 
     def open_session(self, identity: Identity) -> str:
         token = secrets.token_urlsafe(32)
-        with self._lock:
-            self._sessions[_digest(token)] = (identity, self._clock() + SESSION_TTL_S)
+        record = lan_accounts.SessionRecord(
+            identity.owner.removeprefix(lan_accounts.LAN_OWNER_PREFIX), identity.name, identity.is_admin,
+            datetime.now(UTC) + timedelta(seconds=SESSION_TTL_S),
+        )  # fmt: skip
+        with self.db.begin() as session:
+            lan_accounts.open_session(session, _digest(token), record)
         return token
 
     def resume(self, token: str | None) -> Identity | None:
         """The identity of a still-open session, or None."""
-        if not token:
+        if not token or len(token) > 200:
             return None
-        with self._lock:
-            found = self._sessions.get(_digest(token))
-            if found is None:
-                return None
-            if found[1] < self._clock():
-                del self._sessions[_digest(token)]
-                return None
-            return found[0]
+        with self.db.begin() as session:
+            found = lan_accounts.find_session(session, _digest(token))
+        if found is None:
+            return None
+        return Identity(name=found.display_name, owner=owner_of(found.name), is_admin=found.is_admin)
 
     def close_session(self, token: str | None) -> None:
         if token:
-            with self._lock:
-                self._sessions.pop(_digest(token), None)
+            with self.db.begin() as session:
+                lan_accounts.close_session(session, _digest(token))
 
-    def sign_in(self, client: str, name: str, password: str) -> Identity:
+    def _check_shared(self, client: str, name: str, password: str) -> bool:
+        """The shared password (an admin name's own, when one is set); raises before any check when the
+        address or the name must wait."""
         if not self.policy.password:
             raise SignInError("LAN access is off: no password is configured.", reason="no_password")
-        wait = self.limiter.wait_s(client)
+        wait = max(self.limiter.wait_s(client), self.limiter.wait_s(f"name:{name.casefold()}"))
         if wait > 0:
             raise SignInError(f"Too many wrong passwords. Try again in {wait:.0f} s.", reason="rate_limited",
                               wait_s=round(wait))  # fmt: skip
-        name = name.strip()
         if not _USER_NAME.match(name):
             raise SignInError("Choose a user name of 1-40 letters, digits, spaces, '.', '@' or '-'.",
                               reason="bad_name")  # fmt: skip
         is_admin = name.casefold() in self.policy.admin_names
         expected = (self.policy.admin_password if is_admin else None) or self.policy.password
-        if not _same(password, expected):
-            self.limiter.failed(client)
-            raise SignInError("Wrong user name or password.", reason="bad_password")
+        return _same(password, expected)
+
+    def _failed(self, client: str, name: str) -> SignInError:
+        self.limiter.failed(client)
+        self.limiter.failed(f"name:{name.casefold()}")
+        return SignInError("Wrong user name or password.", reason="bad_password")
+
+    def sign_in(
+        self, client: str, name: str, password: str, personal: str, confirm: str | None = None
+    ) -> Identity:
+        """Sign in, or claim an unclaimed name (`confirm` repeats the personal password to claim it).
+
+        SignInError reasons: no_password, rate_limited, bad_name, bad_password, claim (the name is free:
+        ask for `confirm`), weak_password, mismatch."""
+        name = name.strip()
+        if not self._check_shared(client, name, password):
+            raise self._failed(client, name)
+        key = name.casefold()
+        with self.db.begin() as session:
+            stored = lan_accounts.password_hash(session, key)
+        if stored is not None:
+            if not password_matches(personal, stored):
+                raise self._failed(client, name)
+        else:
+            self._claim(key, name, personal, confirm)
         self.limiter.succeeded(client)
-        return Identity(name=name, owner=f"lan:{name.casefold()}", is_admin=is_admin)
+        self.limiter.succeeded(f"name:{key}")
+        with self.db.begin() as session:
+            lan_accounts.signed_in(session, key)
+        return Identity(name=name, owner=owner_of(name), is_admin=key in self.policy.admin_names)
+
+    def _claim(self, key: str, name: str, personal: str, confirm: str | None) -> None:
+        if len(personal) < MIN_PERSONAL_PASSWORD or _same(personal, self.policy.password or ""):
+            raise SignInError(
+                f"Choose a personal password of at least {MIN_PERSONAL_PASSWORD} characters, other than "
+                "the shared one.",
+                reason="weak_password",
+                length=MIN_PERSONAL_PASSWORD,
+            )
+        if confirm is None:
+            raise SignInError(f"{name} is a new name here: type your password again to claim it.",
+                              reason="claim", name=name)  # fmt: skip
+        if not _same(personal, confirm):
+            raise SignInError("The two passwords differ.", reason="mismatch")
+        with self.db.begin() as session:
+            if not lan_accounts.claim(session, key, name, hash_password(personal)):
+                raise SignInError("Wrong user name or password.", reason="bad_password")  # claimed meanwhile
+
+    def accounts(self) -> list[lan_accounts.LanAccount]:
+        with self.db.begin() as session:
+            return lan_accounts.accounts(session)
+
+    def reset(self, name: str) -> bool:
+        """Forget a name's personal password (its next sign-in claims it again) and sign it out."""
+        with self.db.begin() as session:
+            return lan_accounts.reset(session, name.casefold())

@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from core.access import SignInGate, load_access_policy
 from core.configs import ConfigStore
 from core.engine import QUANTIZATIONS
 from core.errors import ConfigError, LocalLLMError, MessageError, NotFoundError, is_bad_input
@@ -40,17 +41,7 @@ def cmd_app(args: argparse.Namespace) -> int:
         address = "0.0.0.0"
         urls = ", ".join(f"http://{ip}:{args.port}" for ip in lan_addresses()) or "(no LAN address now)"
         print(f"LAN sharing on: other machines open {urls} and sign in with the password.", flush=True)
-    command = [
-        sys.executable,
-        "-m",
-        "ui.server",
-        "run",
-        str(PROJECT_ROOT / "app.py"),
-        "--server.port",
-        str(args.port),
-        "--server.address",
-        address,
-    ]
+    command = [sys.executable, "-m", "ui.server", "--port", str(args.port), "--address", address]
     os.chdir(PROJECT_ROOT)
     if os.name == "posix":  # become the server: a signal to this process reaches Streamlit itself
         os.execv(sys.executable, command)
@@ -168,6 +159,29 @@ def cmd_config_use(args: argparse.Namespace) -> int:
 
 def cmd_config_remove(args: argparse.Namespace) -> int:
     _store().delete_config(args.id)
+    return 0
+
+
+def _gate() -> SignInGate:
+    return SignInGate(load_access_policy(), Database(load_settings().db_url))
+
+
+def cmd_users_list(_args: argparse.Namespace) -> int:
+    """LAN user names: claimed (with a personal password) or not yet, and their last sign-in."""
+    accounts = _gate().accounts()
+    if not accounts:
+        print("No LAN user has signed in yet.")
+    for account in accounts:
+        state = "password set" if account.claimed else "not claimed yet"
+        last = f"{account.last_sign_in_at:%Y-%m-%d %H:%M}" if account.last_sign_in_at else "-"
+        print(f"{account.display_name:<40} {state:<16} last sign-in {last}")
+    return 0
+
+
+def cmd_users_reset(args: argparse.Namespace) -> int:
+    if not _gate().reset(args.name):
+        raise NotFoundError(f"No LAN user named {args.name!r}.", name=args.name)
+    print(f"{args.name}: signed out everywhere; the next sign-in with this name sets a new password.")
     return 0
 
 
@@ -391,6 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check every file of a downloaded model (size and hash)")
     verify.add_argument("model", metavar="KEY")
     verify.set_defaults(func=cmd_verify)
+
+    users = commands.add_parser("users", help="LAN user names: list, reset a forgotten personal password")
+    users_commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    listing = users_commands.add_parser("list", help="names and whether each is claimed")
+    listing.set_defaults(func=cmd_users_list)
+    reset = users_commands.add_parser("reset", help="forget NAME's password and sign it out everywhere")
+    reset.add_argument("name", metavar="NAME")
+    reset.set_defaults(func=cmd_users_reset)
 
     config = commands.add_parser("config", help="provider configs: list, add, use, remove")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -137,6 +137,7 @@ def choose_dtype(device: str) -> Any:
 
 
 def _load_tokenizer(key: str, directory: Path) -> Any:
+    _import_runtime()
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
@@ -145,11 +146,35 @@ def _load_tokenizer(key: str, directory: Path) -> Any:
     return tokenizer
 
 
-def _import_runtime() -> None:
-    import transformers.models.llama.modeling_llama
-    import transformers.models.qwen2.modeling_qwen2  # noqa: F401
+_IMPORT_LOCK = threading.Lock()
+_imported = False
 
-    from core import attention, decoder, quantize  # noqa: F401
+
+def _import_runtime() -> None:
+    """Import transformers, the catalog's model code and every transformers name the engine uses, once.
+
+    transformers resolves its names lazily, and two threads resolving them at once can fail ("cannot
+    import name AutoTokenizer"): a page counting tokens while the engine's thread still imports. So
+    all of it happens here, under a lock; afterwards `from transformers import X` is a plain lookup.
+    """
+    global _imported
+    with _IMPORT_LOCK:
+        if _imported:
+            return
+        import transformers
+        import transformers.models.llama.modeling_llama
+        import transformers.models.qwen2.modeling_qwen2
+
+        for name in (
+            "AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "GenerationConfig", "LogitsProcessorList",
+            "RepetitionPenaltyLogitsProcessor", "StoppingCriteriaList", "SuppressTokensLogitsProcessor",
+            "TemperatureLogitsWarper",
+            "TextIteratorStreamer", "TopKLogitsWarper", "TopPLogitsWarper",
+        ):  # fmt: skip
+            getattr(transformers, name)
+        from core import attention, decoder, quantize  # noqa: F401
+
+        _imported = True
 
 
 def _weights_id(directory: Path) -> str:
@@ -340,6 +365,7 @@ class LocalEngine:
             return self._loaded
 
     def _load_locked(self, key: str, directory: Path) -> LoadedModel:
+        _import_runtime()
         from transformers import AutoModelForCausalLM
 
         from core import attention, decoder, quantize

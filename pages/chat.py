@@ -1,6 +1,7 @@
 from collections.abc import Iterator
 
 import streamlit as st
+from ui.markup import escape_markdown, reply_markdown
 
 from core.chat import ChatEvent, Trimmed
 from core.engine import Finished, Queued, ReplyStats, TextDelta
@@ -9,7 +10,6 @@ from core.generation import GenerationParams
 from core.storage.records import Conversation, Message
 from ui import access, resources, state
 from ui.i18n import MESSAGES, error_text, ordinal, t
-from ui.widgets import escape_markdown
 
 DEFAULT_TITLE = "New chat"
 chat = resources.chat_service(access.current_user().owner)
@@ -145,7 +145,7 @@ def history(conversation: Conversation) -> None:
                 continue
             if last and (dropped := st.session_state.get(f"chat.trimmed.{conversation.id}")):
                 st.caption(t("chat.trimmed", count=dropped))
-            st.markdown(message.content)
+            st.markdown(reply_markdown(message.content))  # Markdown, but no image is ever fetched
             st.caption(stats_line(message))
             with st.container(horizontal=True):
                 with st.popover(t("chat.copy"), icon=":material/content_copy:"):
@@ -176,6 +176,14 @@ def run(action) -> None:
         st.error(error_text(exc))
 
 
+def write_reply(pieces: Iterator[str]) -> None:
+    """The reply as it streams, rendered as the finished one is (reply_markdown: no image fetched)."""
+    shown, text = st.empty(), ""
+    for piece in pieces:
+        text += piece
+        shown.markdown(reply_markdown(text))
+
+
 def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
     """Stream a reply into an assistant bubble; Stop (a rerun) closes the stream, which stops generation."""
     with st.chat_message("assistant"):
@@ -202,7 +210,7 @@ def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
                     finished.append(event.stats)
 
         try:
-            st.write_stream(text())
+            write_reply(text())
         except InsufficientMemoryError as exc:
             st.error(error_text(exc))
             if access.is_admin() and st.button(t("chat.load_anyway"), key="chat.load-anyway"):

@@ -3,6 +3,7 @@ from pathlib import Path
 import altair as alt
 import psutil
 import streamlit as st
+from ui.markup import escape_markdown
 
 from core.access import is_loopback, lan_addresses
 from core.api import server_status, server_urls
@@ -16,7 +17,7 @@ from core.units import format_bytes
 from ui import access, resources
 from ui.access import admin_only_note
 from ui.i18n import error_text, t
-from ui.widgets import download_settings, escape_markdown
+from ui.widgets import download_settings
 
 st.title(t("hardware.title"))
 
@@ -172,6 +173,36 @@ st.text_input(t("settings.database"), value=display_url(settings.db_url), disabl
 st.markdown(f"**{t('settings.endpoints')}**")
 st.markdown("\n".join(f"{i}. `{url}`" for i, url in enumerate(resources.library().endpoints(), start=1)))
 download_settings()
+
+st.markdown(f"**{t('lan.accounts.title')}**")
+st.caption(t("lan.accounts.intro"))
+gate = resources.sign_in_gate()
+accounts = gate.accounts()
+if accounts:
+    st.dataframe(
+        [
+            {
+                t("lan.accounts.name"): account.display_name,
+                t("lan.accounts.state"): t(
+                    "lan.accounts.claimed" if account.claimed else "lan.accounts.unclaimed"
+                ),
+                t("lan.accounts.last"): f"{account.last_sign_in_at:%Y-%m-%d %H:%M}"
+                if account.last_sign_in_at
+                else "–",
+            }
+            for account in accounts
+        ],
+        hide_index=True,
+    )
+    with st.form("lan.reset", border=False):
+        chosen = st.selectbox(
+            t("lan.accounts.pick"), [account.name for account in accounts], key="lan.reset-name"
+        )
+        if st.form_submit_button(t("lan.accounts.reset"), key="lan.reset-submit"):
+            gate.reset(chosen)
+            st.success(t("lan.accounts.reset_done", name=escape_markdown(chosen)))
+else:
+    st.caption(t("lan.accounts.none"))
 
 st.subheader(t("providers.title"))
 st.caption(t("providers.intro"))

@@ -3,6 +3,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import streamlit as st
+from ui.markup import escape_markdown
 
 from core.catalog import ModelSpec
 from core.downloads import Progress
@@ -13,7 +14,7 @@ from core.storage import repo
 from core.units import format_bytes, format_count, format_duration
 from ui import access, resources, state
 from ui.i18n import error_text, t
-from ui.widgets import download_settings, escape_markdown
+from ui.widgets import download_settings
 
 ACTIVE_POLL_S = 1.0
 language = state.language() or "en"

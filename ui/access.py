@@ -11,8 +11,9 @@ from core.access import LOCAL_USER, SESSION_TTL_S, Identity, is_loopback
 from core.errors import SignInError
 from ui import resources, state
 from ui.i18n import t
+from ui.lan_gate import SESSION_COOKIE
+from ui.markup import escape_markdown
 
-SESSION_COOKIE = "localllm_session"
 _COOKIE_CHANGE = "access.cookie"  # a token to store in the browser, or "" to clear it
 _TOKEN = "access.token"  # this tab's session token
 
@@ -20,6 +21,18 @@ _TOKEN = "access.token"  # this tab's session token
 def client_address() -> str | None:
     """The browser's IP address as the server saw it; None for this machine (loopback)."""
     return st.context.ip_address
+
+
+def trusted_origin() -> bool:
+    """Whether this session's websocket came for this machine (its `Host`) from the dashboard's own
+    page (its `Origin`). ui/server.py refuses the others before Streamlit sees them; this check also
+    holds when the app is started by hand. No headers at all: a test run without a server."""
+    headers = st.context.headers
+    host = headers.get("Host")
+    if host is None:
+        return True
+    policy = resources.host_policy()
+    return policy.allows_host(host) and policy.allows_origin(headers.get("Origin"), host)
 
 
 def is_local_client() -> bool:
@@ -44,19 +57,42 @@ def admin_only_note() -> None:
     st.caption(t("access.admin_only"))
 
 
-def _sign_in() -> None:
+_PENDING = "access.pending"  # a first sign-in waiting for its password to be typed again (the claim)
+
+
+def _attempt(name: str, password: str, personal: str, confirm: str | None) -> None:
+    """Sign in (or claim the name, with `confirm`); on success the session and its cookie start."""
     gate = resources.sign_in_gate()
+    values = st.session_state
+    values.pop(_PENDING, None)
     try:
-        identity = gate.sign_in(
-            client_address() or "", st.session_state["access.name"], st.session_state["access.password"]
-        )
+        identity = gate.sign_in(client_address() or "", name, password, personal, confirm)
     except SignInError as exc:
-        st.session_state["access.error"] = t(f"access.{exc.params['reason']}", **exc.params)
-    else:
-        st.session_state[state.IDENTITY] = identity
-        st.session_state[_TOKEN] = st.session_state[_COOKIE_CHANGE] = gate.open_session(identity)
-        st.session_state.pop("access.error", None)
-    st.session_state["access.password"] = ""
+        if exc.params["reason"] == "claim":
+            values[_PENDING] = {"name": exc.params["name"], "password": password, "personal": personal}
+            values.pop("access.error", None)
+        else:
+            values["access.error"] = (exc.params["reason"], exc.params)
+        return
+    values[state.IDENTITY] = identity
+    values[_TOKEN] = values[_COOKIE_CHANGE] = gate.open_session(identity)
+    values.pop("access.error", None)
+
+
+def _sign_in() -> None:
+    values = st.session_state
+    _attempt(values["access.name"], values["access.password"], values["access.personal"], None)
+    values["access.password"] = values["access.personal"] = ""  # never kept in the form
+
+
+def _claim() -> None:
+    pending = st.session_state.get(_PENDING) or {}
+    confirm = st.session_state.get("access.confirm", "")
+    _attempt(pending.get("name", ""), pending.get("password", ""), pending.get("personal", ""), confirm)
+
+
+def _cancel_claim() -> None:
+    st.session_state.pop(_PENDING, None)
 
 
 def sign_out() -> None:
@@ -95,10 +131,19 @@ def sign_in_page() -> None:
         st.error(t("access.no_password"), icon=":material/lock:")
         st.stop()
     st.caption(t("access.intro"))
-    with st.form("access.form"):
-        st.text_input(t("access.name"), key="access.name", max_chars=40)
-        st.text_input(t("access.password"), type="password", key="access.password")
-        st.form_submit_button(t("access.submit"), type="primary", on_click=_sign_in)
+    pending = st.session_state.get(_PENDING)
+    if pending:
+        st.info(t("access.claim", name=escape_markdown(pending["name"])), icon=":material/person_add:")
+        with st.form("access.claim-form"):
+            st.text_input(t("access.confirm"), type="password", key="access.confirm", max_chars=200)
+            st.form_submit_button(t("access.claim_submit"), type="primary", on_click=_claim)
+        st.button(t("access.back"), on_click=_cancel_claim, key="access.back")
+    else:
+        with st.form("access.form"):
+            st.text_input(t("access.name"), key="access.name", max_chars=40)
+            st.text_input(t("access.password"), type="password", key="access.password", max_chars=200)
+            st.text_input(t("access.personal"), type="password", key="access.personal", max_chars=200)
+            st.form_submit_button(t("access.submit"), type="primary", on_click=_sign_in)
     if error := st.session_state.get("access.error"):
-        st.error(error)
+        st.error(t(f"access.{error[0]}", **error[1]))
     st.stop()

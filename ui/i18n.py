@@ -283,15 +283,61 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "局域网共享已开启：其他机器打开控制台后，输入用户名和密码登录。每个用户只能看到自己的对话；"
         "设置和删除操作仅限管理员。",
     },
+    "lan.accounts.title": {"en": "LAN users", "zh": "局域网用户"},
+    "lan.accounts.intro": {
+        "en": "Each name is claimed with a personal password at its first sign-in. Reset a name when its "
+        "owner forgot the password: the name is signed out everywhere, its conversations stay, and its "
+        "next sign-in claims it again.",
+        "zh": "每个用户名在第一次登录时用个人密码认领。若用户忘记密码，可重置该用户名："
+        "它会在所有设备上退出登录，对话保留，下次登录时重新认领。",
+    },
+    "lan.accounts.name": {"en": "Name", "zh": "用户名"},
+    "lan.accounts.state": {"en": "Password", "zh": "密码"},
+    "lan.accounts.claimed": {"en": "set", "zh": "已设置"},
+    "lan.accounts.unclaimed": {"en": "not claimed yet", "zh": "尚未认领"},
+    "lan.accounts.last": {"en": "Last sign-in", "zh": "上次登录"},
+    "lan.accounts.pick": {"en": "Name to reset", "zh": "要重置的用户名"},
+    "lan.accounts.reset": {"en": "Reset password", "zh": "重置密码"},
+    "lan.accounts.reset_done": {
+        "en": "{name} was signed out; the next sign-in with this name sets a new password.",
+        "zh": "{name} 已退出登录；下次以该用户名登录时将设置新密码。",
+    },
+    "lan.accounts.none": {"en": "No LAN user has signed in yet.", "zh": "还没有局域网用户登录过。"},
+    "access.foreign_host": {
+        "en": "This dashboard does not answer to this address. Open it by this machine's name or IP "
+        "address, or ask its owner to add the name to LOCALLLM_ALLOWED_HOSTS.",
+        "zh": "此控制台不响应这个地址。请用本机的名称或 IP 地址打开，"
+        "或请机器主人把该名称加入 LOCALLLM_ALLOWED_HOSTS。",
+    },
     "access.title": {"en": "Sign in", "zh": "登录"},
     "access.intro": {
-        "en": "This dashboard runs on another machine. Sign in with a user name of your choice and the "
-        "password its owner gave you. Your conversations are kept under that name.",
-        "zh": "此控制台运行在另一台机器上。请输入自定的用户名和机器主人提供的密码登录，"
+        "en": "This dashboard runs on another machine. Sign in with your user name, the shared password "
+        "its owner gave you, and your own password. The first time you use a name, the password you "
+        "choose claims it: after that nobody else can sign in as you. Your conversations are kept under "
+        "that name.",
+        "zh": "此控制台运行在另一台机器上。请输入你的用户名、机器主人提供的共享密码以及你自己的密码登录。"
+        "第一次使用某个用户名时，你设置的密码即认领该用户名：此后其他人无法以你的身份登录。"
         "对话将保存在该用户名下。",
     },
     "access.name": {"en": "User name", "zh": "用户名"},
-    "access.password": {"en": "Password", "zh": "密码"},
+    "access.password": {"en": "Shared password", "zh": "共享密码"},
+    "access.personal": {"en": "Your password", "zh": "你的密码"},
+    "access.confirm": {"en": "Your password again", "zh": "再次输入你的密码"},
+    "access.claim_submit": {"en": "Claim the name and sign in", "zh": "认领用户名并登录"},
+    "access.back": {"en": "Back", "zh": "返回"},
+    "access.claim": {
+        "en": "**{name}** is a new name on this dashboard. Type your password again to claim it; after "
+        "that only you can sign in as {name}.",
+        "zh": "**{name}** 是此控制台上的新用户名。请再次输入你的密码以认领它；此后只有你能以 {name} 登录。",
+    },
+    "access.weak_password": {
+        "en": "Choose a personal password of at least {length} characters, other than the shared one.",
+        "zh": "请设置至少 {length} 个字符的个人密码，且不能与共享密码相同。",
+    },
+    "access.mismatch": {
+        "en": "The two passwords differ. Type them again.",
+        "zh": "两次输入的密码不一致，请重新输入。",
+    },
     "access.submit": {"en": "Sign in", "zh": "登录"},
     "access.no_password": {
         "en": "This dashboard is not shared on the LAN: no password is configured. Ask its owner to set "
@@ -300,8 +346,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "`python -m core app --lan` 启动，或在那台机器上直接打开。",
     },
     "access.rate_limited": {
-        "en": "Too many wrong passwords from this address. Try again in {wait_s} s.",
-        "zh": "该地址输错密码次数过多，请在 {wait_s} 秒后重试。",
+        "en": "Too many wrong passwords. Try again in {wait_s} s.",
+        "zh": "输错密码次数过多，请在 {wait_s} 秒后重试。",
     },
     "access.bad_name": {
         "en": "Choose a user name of 1-40 letters, digits, spaces, '.', '@' or '-'.",

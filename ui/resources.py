@@ -12,6 +12,7 @@ from core.chat import ChatService
 from core.configs import ConfigStore
 from core.engine import LocalEngine
 from core.hardware import HardwareInfo, Precision, probe
+from core.hosts import HostPolicy, load_host_policy
 from core.library import ModelLibrary
 from core.model_store import find_in_hf_cache
 from core.providers import provider_for_config
@@ -20,6 +21,7 @@ from core.storage import repo
 from core.storage.db import Database
 
 MODELS_DIR_SETTING = "paths.models_dir"
+PAGE_ICON = Path(__file__).parent / "assets" / "icon.svg"
 
 
 @st.cache_resource
@@ -100,9 +102,15 @@ def chat_service(owner: str) -> ChatService:
 
 
 @st.cache_resource
+def host_policy() -> HostPolicy:
+    return load_host_policy()
+
+
+@st.cache_resource
 def sign_in_gate() -> SignInGate:
-    """The LAN sign-in check and its per-address limiter (shared by every browser session)."""
-    return SignInGate(load_access_policy())
+    """The LAN sign-in check and its limiter (shared by every browser session); accounts and sessions
+    live in the database."""
+    return SignInGate(load_access_policy(), database())
 
 
 def memory_bandwidth() -> float | None:

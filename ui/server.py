@@ -1,4 +1,10 @@
-"""Start the Streamlit server for app.py (what `python -m core app` runs).
+"""Start the dashboard (what `python -m core app` runs): Streamlit's server for app.py, behind the
+project's guards.
+
+Every request first meets `TrustedHostsMiddleware` (a `Host` that is not this machine's, or a page of
+another site, gets nothing: DNS rebinding and cross-site websockets) and `LanGateMiddleware` (a LAN
+browser reaches only the sign-in page until it signs in). Both run in Streamlit's own ASGI app
+(`st.App`), before any Streamlit route.
 
 pages/ holds st.navigation pages. Streamlit still treats a `pages/` folder beside the entry script as
 legacy multipage mode until some run of app.py calls st.navigation, so the first request of a new
@@ -6,14 +12,40 @@ server for /models would run pages/models.py alone: no router, no language, no s
 the app as navigation-routed before the server starts makes every first request go through app.py.
 """
 
+from __future__ import annotations
+
+import argparse
 import os
 import sys
 
+import streamlit as st
+from starlette.middleware import Middleware
 from streamlit.runtime.pages_manager import PagesManager
-from streamlit.web import cli
 
-if __name__ == "__main__":
+from core.hosts import TrustedHostsMiddleware
+from core.settings import PROJECT_ROOT
+from ui.lan_gate import LanGateMiddleware
+
+APP_SCRIPT = PROJECT_ROOT / "app.py"
+
+
+def build_app() -> st.App:
+    return st.App(APP_SCRIPT, middleware=[Middleware(TrustedHostsMiddleware), Middleware(LanGateMiddleware)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ui.server", description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=8501)
+    parser.add_argument("--address", default="localhost", help="0.0.0.0 to open it to the LAN")
+    args = parser.parse_args(argv)
     PagesManager.uses_pages_directory = False
     # Client addresses decide who is admin: trust X-Forwarded-For from this machine only (uvicorn's default).
     os.environ.pop("FORWARDED_ALLOW_IPS", None)
-    sys.exit(cli.main())
+    # App.run() takes sys.argv[0] as the script the app lives beside (its folder goes on sys.path, as
+    # `streamlit run app.py` does); that is app.py, not this launcher inside ui/.
+    sys.argv = [str(APP_SCRIPT)]
+    build_app().run(config={"server.port": args.port, "server.address": args.address})
+
+
+if __name__ == "__main__":
+    main()

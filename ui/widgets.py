@@ -11,14 +11,9 @@ from core.storage.db import set_aside, sqlite_file
 from core.units import format_bytes, format_duration
 from ui import access, resources, state
 from ui.i18n import DEFAULT_LANGUAGE, LANGUAGES, error_text, language_from_locale, t
+from ui.markup import escape_markdown
 
 LANGUAGE_SETTING = "ui.language"
-_MARKDOWN_SPECIALS = "\\`*_{}[]()<>#+-.!|~$"
-
-
-def escape_markdown(text: str) -> str:
-    """User text shown inside Markdown: every Markdown character escaped, so it renders as typed."""
-    return "".join("\\" + ch if ch in _MARKDOWN_SPECIALS else ch for ch in text)
 
 
 def ensure_language() -> None:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -127,3 +127,27 @@ class SettingRow(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class LanAccountRow(Base):
+    """A LAN user name claimed with a personal password (an scrypt hash, never the password)."""
+
+    __tablename__ = "lan_accounts"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)  # casefolded
+    display_name: Mapped[str] = mapped_column(String(40))
+    password_hash: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_sign_in_at: Mapped[datetime | None] = mapped_column()
+
+
+class LanSessionRow(Base):
+    """A signed-in browser: the sha256 of its cookie's token, who it is, until when."""
+
+    __tablename__ = "lan_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), index=True)
+    display_name: Mapped[str] = mapped_column(String(40))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("0"))
+    expires_at: Mapped[datetime] = mapped_column()

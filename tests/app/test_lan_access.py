@@ -15,10 +15,18 @@ from tests.fixtures.tiny_models import install_ready
 LAN_ADDRESS = "192.168.50.20"
 
 
-def sign_in(at: AppTest, name: str, password: str) -> AppTest:
+PERSONAL = "alice's own pw"
+
+
+def sign_in(at: AppTest, name: str, password: str, personal: str = PERSONAL) -> AppTest:
+    """Fill the form and submit; a name signing in for the first time is claimed (password twice)."""
     at.text_input(key="access.name").input(name)
     at.text_input(key="access.password").input(password)
+    at.text_input(key="access.personal").input(personal)
     at.button[0].click().run()
+    if any(widget.key == "access.confirm" for widget in at.text_input):
+        at.text_input(key="access.confirm").input(personal)
+        at.button[0].click().run()
     return at
 
 
@@ -59,11 +67,31 @@ def test_sign_in_with_the_shared_password(lan_app: AppTest) -> None:
     assert [title.value for title in lan_app.title] == ["Chat"]
 
 
+def test_a_new_name_is_claimed_with_the_password_typed_twice(lan_app: AppTest) -> None:
+    lan_app.text_input(key="access.name").input("carol")
+    lan_app.text_input(key="access.password").input("open sesame")
+    lan_app.text_input(key="access.personal").input("carol's secret")
+    lan_app.button[0].click().run()
+    assert "**carol** is a new name on this dashboard" in lan_app.info[0].value
+    lan_app.text_input(key="access.confirm").input("carol's secret")
+    lan_app.button[0].click().run()
+    assert [title.value for title in lan_app.title] == ["Chat"]
+
+
+def test_the_shared_password_alone_does_not_open_someone_elses_name(new_app, lan_app: AppTest) -> None:
+    sign_in(lan_app, "carol", "open sesame", "carol's secret")
+    impostor = new_app()
+    impostor.run()
+    sign_in(impostor, "carol", "open sesame", "a good guess")
+    assert impostor.error[0].value == "Wrong user name or password."
+    assert [title.value for title in impostor.title] == ["Sign in"]
+
+
 def test_repeated_wrong_passwords_are_rate_limited(lan_app: AppTest) -> None:
     for _ in range(5):
         sign_in(lan_app, "mallory", "guess")
     sign_in(lan_app, "mallory", "open sesame")
-    assert lan_app.error[0].value == "Too many wrong passwords from this address. Try again in 30 s."
+    assert lan_app.error[0].value == "Too many wrong passwords. Try again in 30 s."
     assert [title.value for title in lan_app.title] == ["Sign in"]
 
 

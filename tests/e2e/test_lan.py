@@ -32,10 +32,18 @@ def lan_page(lan_browser: tuple[LanHost, Browser], app_url: str, path: str = "")
     return page
 
 
-def sign_in(page: Page, name: str, password: str) -> None:
+def sign_in(page: Page, name: str, password: str, personal: str = "my own password") -> None:
     page.get_by_label("User name").fill(name)
-    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_label("Shared password").fill(password)
+    page.get_by_label("Your password", exact=True).fill(personal)
     page.get_by_role("button", name="Sign in").click()
+
+
+def claim(page: Page, name: str, password: str, personal: str = "my own password") -> None:
+    """A name's first sign-in: its personal password, typed twice, claims it."""
+    sign_in(page, name, password, personal)
+    page.get_by_label("Your password again").fill(personal)
+    page.get_by_role("button", name="Claim the name and sign in").click()
 
 
 def test_lan_browser_must_sign_in_and_the_local_one_need_not(
@@ -46,7 +54,7 @@ def test_lan_browser_must_sign_in_and_the_local_one_need_not(
     expect(page.get_by_text("Qwen/Qwen2.5-0.5B-Instruct")).to_have_count(0)  # nothing behind the form
     sign_in(page, "alice", "not the password")
     expect(page.get_by_text("Wrong user name or password.")).to_be_visible(timeout=15_000)
-    sign_in(page, "alice", PASSWORD)
+    claim(page, "alice", PASSWORD)
     expect(page.get_by_text("Signed in as alice (user)")).to_be_visible(timeout=30_000)
     expect(page.get_by_role("heading", name="Models")).to_be_visible()
     # A user who is not the admin cannot delete a model.
@@ -57,6 +65,10 @@ def test_lan_browser_must_sign_in_and_the_local_one_need_not(
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=15_000)
     page.reload()  # signed out for good: the old cookie opens nothing
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=30_000)
+    sign_in(page, "alice", PASSWORD, "a guess at alice's")  # the shared password alone is not alice
+    expect(page.get_by_text("Wrong user name or password.")).to_be_visible(timeout=15_000)
+    sign_in(page, "alice", PASSWORD)
+    expect(page.get_by_text("Signed in as alice (user)")).to_be_visible(timeout=30_000)
 
     local = browser.new_context(locale="en-US").new_page()
     local.goto(lan_app)
@@ -73,15 +85,15 @@ def test_without_a_password_the_lan_is_turned_away(
     with running_app(*args, log_path=isolated_env / "open.log", module="streamlit") as app:
         page = lan_page(lan_browser, app.url)
         expect(page.get_by_text("no password is configured")).to_be_visible(timeout=30_000)
-        expect(page.get_by_label("Password", exact=True)).to_have_count(0)
+        expect(page.get_by_label("Shared password")).to_have_count(0)
 
 
 def test_two_lan_users_chat_at_once_each_in_their_own_conversation(
     lan_browser: tuple[LanHost, Browser], lan_app: str
 ) -> None:
     alice, bob = lan_page(lan_browser, lan_app), lan_page(lan_browser, lan_app)
-    sign_in(alice, "alice", PASSWORD)
-    sign_in(bob, "bob", PASSWORD)
+    claim(alice, "alice", PASSWORD)
+    claim(bob, "bob", PASSWORD)
     send(alice, "Good morning")  # loads the model, so that the next request starts generating at once
     expect(alice.get_by_text("tokens/s")).to_have_count(1, timeout=60_000)
     send(alice, LONG_PROMPT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,15 +13,18 @@ import pytest
 from core.access import (
     FIRST_LOCKOUT_S,
     MAX_FAILURES,
-    SESSION_TTL_S,
     AccessPolicy,
+    Identity,
     SignInGate,
     SignInLimiter,
     is_loopback,
     load_access_policy,
 )
+from core.chat import ChatService
 from core.errors import ConfigError, SignInError
 from core.settings import PROJECT_ROOT
+from core.storage.db import Database
+from core.storage.schema import LanAccountRow
 
 
 def test_password_and_admins_come_from_the_environment_before_the_secrets_file(tmp_path: Path) -> None:
@@ -57,55 +61,114 @@ def test_loopback_addresses(address: str | None, loopback: bool) -> None:
     assert is_loopback(address) is loopback
 
 
-def test_sign_in_gives_each_name_its_own_owner_and_admins_their_role() -> None:
-    gate = SignInGate(AccessPolicy(password="s3cret", admin_names=frozenset({"root"})))
-    alice = gate.sign_in("10.0.0.2", " Alice ", "s3cret")
+PERSONAL = "my own secret"
+
+
+def claimed(gate: SignInGate, client: str, name: str, shared: str, personal: str = PERSONAL) -> Identity:
+    """A first sign-in: the personal password typed twice claims the name."""
+    return gate.sign_in(client, name, shared, personal, confirm=personal)
+
+
+def reason(call: Callable[[], object]) -> str:
+    with pytest.raises(SignInError) as caught:
+        call()
+    return caught.value.params["reason"]
+
+
+def test_sign_in_gives_each_name_its_own_owner_and_admins_their_role(database: Database) -> None:
+    gate = SignInGate(AccessPolicy(password="s3cret", admin_names=frozenset({"root"})), database)
+    alice = claimed(gate, "10.0.0.2", " Alice ", "s3cret")
     assert (alice.name, alice.owner, alice.is_admin) == ("Alice", "lan:alice", False)
-    assert gate.sign_in("10.0.0.3", "ROOT", "s3cret").is_admin
-    assert gate.sign_in("10.0.0.3", "李雷", "s3cret").owner == "lan:李雷"  # names in any script
+    assert claimed(gate, "10.0.0.3", "ROOT", "s3cret").is_admin
+    assert claimed(gate, "10.0.0.3", "李雷", "s3cret").owner == "lan:李雷"  # names in any script
 
 
 @pytest.mark.parametrize("name", ["", "   ", "a" * 41, "<script>", "../x", "bob\nadmin"])
-def test_bad_user_names_are_refused(name: str) -> None:
-    with pytest.raises(SignInError) as caught:
-        SignInGate(AccessPolicy(password="pw")).sign_in("10.0.0.2", name, "pw")
-    assert caught.value.params["reason"] == "bad_name"
+def test_bad_user_names_are_refused(database: Database, name: str) -> None:
+    gate = SignInGate(AccessPolicy(password="pw"), database)
+    assert reason(lambda: claimed(gate, "10.0.0.2", name, "pw")) == "bad_name"
 
 
-def test_the_admin_password_guards_admin_names_when_set() -> None:
+def test_a_name_is_claimed_at_its_first_sign_in_and_needs_its_password_after(database: Database) -> None:
+    gate = SignInGate(AccessPolicy(password="shared"), database)
+    assert reason(lambda: gate.sign_in("10.0.0.2", "carol", "shared", PERSONAL)) == "claim"
+    assert reason(lambda: gate.sign_in("10.0.0.2", "carol", "shared", PERSONAL, "typo")) == "mismatch"
+    assert reason(lambda: claimed(gate, "10.0.0.2", "carol", "shared", "short")) == "weak_password"
+    assert reason(lambda: claimed(gate, "10.0.0.2", "carol", "shared", "shared")) == "weak_password"
+    assert claimed(gate, "10.0.0.2", "carol", "shared").owner == "lan:carol"
+
+    # Knowing the shared password is not enough to be carol now, from any address.
+    assert reason(lambda: gate.sign_in("10.0.0.7", "carol", "shared", "guess guess")) == "bad_password"
+    assert reason(lambda: gate.sign_in("10.0.0.7", "Carol", "shared", "")) == "bad_password"
+    assert gate.sign_in("10.0.0.8", "CAROL", "shared", PERSONAL).owner == "lan:carol"
+    with database.begin() as session:
+        stored = session.get(LanAccountRow, "carol").password_hash
+    assert stored.startswith("scrypt$") and PERSONAL not in stored  # a memory-hard hash, not the password
+
+
+def test_guessing_a_names_password_from_many_addresses_locks_the_name(database: Database) -> None:
+    gate = SignInGate(AccessPolicy(password="shared"), database)
+    claimed(gate, "10.0.0.2", "carol", "shared")
+    for attempt in range(MAX_FAILURES):
+        assert (
+            reason(lambda a=attempt: gate.sign_in(f"10.0.1.{a}", "carol", "shared", "guess"))
+            == "bad_password"
+        )
+    assert reason(lambda: gate.sign_in("10.0.2.1", "carol", "shared", PERSONAL)) == "rate_limited"
+    assert claimed(gate, "10.0.2.1", "dave", "shared")  # other names are not affected
+
+
+def test_an_admin_resets_a_name_and_existing_names_are_claimed_by_their_next_sign_in(
+    database: Database,
+) -> None:
+    ChatService(database, provider=lambda: None, owner="lan:erin").new_conversation("from before passwords")
+    gate = SignInGate(AccessPolicy(password="shared"), database)
+    claimed(gate, "10.0.0.2", "carol", "shared")
+    token = gate.open_session(gate.sign_in("10.0.0.2", "carol", "shared", PERSONAL))
+    assert [(a.name, a.claimed) for a in gate.accounts()] == [("carol", True), ("erin", False)]
+
+    assert gate.reset("Carol")
+    assert gate.resume(token) is None  # signed out everywhere
+    assert reason(lambda: gate.sign_in("10.0.0.2", "carol", "shared", "a new one!")) == "claim"
+    assert claimed(gate, "10.0.0.2", "carol", "shared", "a new one!").owner == "lan:carol"
+    assert claimed(gate, "10.0.0.3", "erin", "shared").owner == "lan:erin"  # keeps her conversations
+    assert not gate.reset("nobody")
+
+
+def test_the_admin_password_guards_admin_names_when_set(database: Database) -> None:
     policy = AccessPolicy(password="shared", admin_names=frozenset({"boss"}), admin_password="boss-only")
-    gate = SignInGate(policy)
-    with pytest.raises(SignInError):
-        gate.sign_in("10.0.0.2", "boss", "shared")  # the shared password does not make anyone admin
-    assert gate.sign_in("10.0.0.2", "boss", "boss-only").is_admin
-    assert not gate.sign_in("10.0.0.2", "worker", "shared").is_admin
+    gate = SignInGate(policy, database)
+    assert reason(lambda: claimed(gate, "10.0.0.2", "boss", "shared")) == "bad_password"  # not an admin's
+    assert claimed(gate, "10.0.0.2", "boss", "boss-only").is_admin
+    assert not claimed(gate, "10.0.0.2", "worker", "shared").is_admin
 
 
-def test_without_a_password_nobody_signs_in() -> None:
-    with pytest.raises(SignInError) as caught:
-        SignInGate(AccessPolicy()).sign_in("10.0.0.2", "alice", "")
-    assert caught.value.params["reason"] == "no_password"
+def test_without_a_password_nobody_signs_in(database: Database) -> None:
+    assert (
+        reason(lambda: SignInGate(AccessPolicy(), database).sign_in("10.0.0.2", "alice", "", ""))
+        == "no_password"
+    )
 
 
-def test_wrong_passwords_lock_the_address_out_then_let_it_try_again() -> None:
+def test_wrong_passwords_lock_the_address_out_then_let_it_try_again(database: Database) -> None:
     now = [1000.0]
-    gate = SignInGate(AccessPolicy(password="right"), SignInLimiter(clock=lambda: now[0]))
-    for _ in range(MAX_FAILURES):
-        with pytest.raises(SignInError) as caught:
-            gate.sign_in("10.0.0.9", "mallory", "guess")
-        assert caught.value.params["reason"] == "bad_password"
+    gate = SignInGate(AccessPolicy(password="right"), database, SignInLimiter(clock=lambda: now[0]))
+    for attempt in range(MAX_FAILURES):
+        assert (
+            reason(lambda a=attempt: gate.sign_in("10.0.0.9", f"mallory{a}", "guess", "")) == "bad_password"
+        )
+    # even the right password waits out the lockout
+    assert reason(lambda: claimed(gate, "10.0.0.9", "mallory", "right")) == "rate_limited"
     with pytest.raises(SignInError) as caught:
-        gate.sign_in("10.0.0.9", "mallory", "right")  # even the right password waits out the lockout
-    assert caught.value.params["reason"] == "rate_limited"
+        claimed(gate, "10.0.0.9", "mallory", "right")
     assert caught.value.params["wait_s"] == FIRST_LOCKOUT_S
-    assert gate.sign_in("10.0.0.10", "alice", "right")  # other addresses are not affected
+    assert claimed(gate, "10.0.0.10", "alice", "right")  # other addresses are not affected
 
     now[0] += FIRST_LOCKOUT_S + 1
-    with pytest.raises(SignInError):
-        gate.sign_in("10.0.0.9", "mallory", "guess")  # one more failure doubles the wait
-    assert gate.limiter.wait_s("10.0.0.9") == 2 * FIRST_LOCKOUT_S
+    assert reason(lambda: gate.sign_in("10.0.0.9", "mallory", "guess", "")) == "bad_password"
+    assert gate.limiter.wait_s("10.0.0.9") == 2 * FIRST_LOCKOUT_S  # one more failure doubles the wait
     now[0] += 2 * FIRST_LOCKOUT_S + 1
-    assert gate.sign_in("10.0.0.9", "mallory", "right").name == "mallory"
+    assert claimed(gate, "10.0.0.9", "mallory", "right").name == "mallory"
     assert gate.limiter.wait_s("10.0.0.9") == 0
 
 
@@ -120,17 +183,16 @@ def test_app_lan_refuses_to_start_without_a_password() -> None:
     assert "secrets.toml" in result.stderr
 
 
-def test_sessions_resume_until_closed_or_expired() -> None:
-    now = [0.0]
-    gate = SignInGate(AccessPolicy(password="pw"), clock=lambda: now[0])
-    alice = gate.sign_in("10.0.0.2", "alice", "pw")
+def test_sessions_resume_until_closed_or_expired(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = SignInGate(AccessPolicy(password="pw"), database)
+    alice = claimed(gate, "10.0.0.2", "alice", "pw")
     token = gate.open_session(alice)
     assert gate.resume(token) == alice
+    assert SignInGate(AccessPolicy(password="pw"), database).resume(token) == alice  # any process agrees
     assert gate.resume("forged-token") is None
     assert gate.resume(None) is None
     gate.close_session(token)
     assert gate.resume(token) is None  # signed out
 
-    later = gate.open_session(alice)
-    now[0] += SESSION_TTL_S + 1
-    assert gate.resume(later) is None  # expired
+    monkeypatch.setattr("core.access.SESSION_TTL_S", -1.0)
+    assert gate.resume(gate.open_session(alice)) is None  # expired

@@ -1,0 +1,60 @@
+"""Before a LAN browser signs in it reaches the sign-in page and nothing else.
+
+The page itself (HTML, Streamlit's static files, the health check and the websocket that renders the
+sign-in form) is open; every endpoint that carries data or takes it in (uploads, media, components,
+metrics, the agent API) needs the session cookie of a signed-in user. The machine itself (loopback)
+is the admin and passes. Checked in the HTTP layer, before Streamlit sees the request.
+"""
+
+from __future__ import annotations
+
+from http.cookies import CookieError, SimpleCookie
+
+from core.access import SignInGate, is_loopback, load_access_policy
+from core.errors import StorageError
+from core.hosts import ASGIApp, Receive, Scope, Send, plain_refusal
+from core.settings import load_settings
+from core.storage.db import Database
+
+SESSION_COOKIE = "localllm_session"
+OPEN_PATHS = ("/_stcore/health", "/_stcore/host-config", "/_stcore/stream", "/static/")
+GUARDED_PREFIXES = ("/_stcore/", "/media/", "/component/", "/app/static/")
+
+
+def needs_sign_in(path: str) -> bool:
+    return path.startswith(GUARDED_PREFIXES) and not path.startswith(OPEN_PATHS)
+
+
+def session_token(scope: Scope) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"cookie":
+            try:
+                morsel = SimpleCookie(value.decode("latin-1")).get(SESSION_COOKIE)
+            except CookieError:
+                return None
+            return morsel.value if morsel else None
+    return None
+
+
+class LanGateMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._gate: SignInGate | None = None
+
+    def _signed_in(self, token: str | None) -> bool:
+        if not token:
+            return False
+        try:
+            if self._gate is None:
+                self._gate = SignInGate(load_access_policy(), Database(load_settings().db_url))
+            return self._gate.resume(token) is not None
+        except StorageError:
+            return False  # a database that cannot be read opens nothing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = (scope.get("client") or ("",))[0]
+        guarded = scope["type"] in ("http", "websocket") and needs_sign_in(scope["path"])
+        if guarded and not is_loopback(client) and not self._signed_in(session_token(scope)):
+            await plain_refusal(scope, receive, send, 403, "Sign in first.")
+            return
+        await self.app(scope, receive, send)

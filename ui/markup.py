@@ -1,0 +1,32 @@
+"""Text shown through Streamlit's Markdown: the user's own text as typed, model replies without images.
+
+A reply is Markdown on purpose (lists, code, tables), but an image in it would make every viewer's
+browser fetch its URL, which a prompt injection could point at any server with the conversation in
+the query string. So `![alt](url)` becomes a link the reader may follow or not, never a fetch. HTML
+is never enabled (Streamlit escapes it), and code is left as it is.
+"""
+
+from __future__ import annotations
+
+import re
+
+_MARKDOWN_SPECIALS = "\\`*_{}[]()<>#+-.!|~$"
+# Fenced code blocks (``` or ~~~, to the matching fence or the end) and inline code spans.
+_CODE = re.compile(r"(?ms)^[ ]{0,3}(`{3,}|~{3,}).*?(?:^[ ]{0,3}\1[`~]*[ \t]*$|\Z)|(`+)(?!`).+?(?<!`)\2(?!`)")
+_IMAGE = re.compile(r"!(?=\s*\[)")
+
+
+def escape_markdown(text: str) -> str:
+    """User text shown inside Markdown: every Markdown character escaped, so it renders as typed."""
+    return "".join("\\" + ch if ch in _MARKDOWN_SPECIALS else ch for ch in text)
+
+
+def reply_markdown(text: str) -> str:
+    """A model's reply as Markdown that loads nothing: each image becomes a plain link (the `!` before
+    `[` is escaped), outside code blocks and code spans, which show it as written."""
+    pieces, last = [], 0
+    for code in _CODE.finditer(text):
+        pieces += [_IMAGE.sub(r"\\!", text[last : code.start()]), code.group(0)]
+        last = code.end()
+    pieces.append(_IMAGE.sub(r"\\!", text[last:]))
+    return "".join(pieces)

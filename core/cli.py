@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from core.access import SignInGate, load_access_policy
 from core.configs import ConfigStore
@@ -183,6 +184,51 @@ def cmd_users_reset(args: argparse.Namespace) -> int:
         raise NotFoundError(f"No LAN user named {args.name!r}.", name=args.name)
     print(f"{args.name}: signed out everywhere; the next sign-in with this name sets a new password.")
     return 0
+
+
+def _sqlite_path() -> Path:
+    from core.storage.db import display_url, sqlite_file
+
+    url = load_settings().db_url
+    path = sqlite_file(url)
+    if path is None:
+        raise ConfigError(
+            f"{display_url(url)} is not a SQLite file: back it up with its database server's own tools."
+        )
+    return path
+
+
+def cmd_db_backup(_args: argparse.Namespace) -> int:
+    """A consistent copy of the database in data/backups/ (the last 7 are kept)."""
+    from core.storage import files
+
+    path = _sqlite_path()
+    if not path.exists():
+        raise NotFoundError(f"There is no database at {path} yet.")
+    print(files.backup(path))
+    return 0
+
+
+def cmd_db_restore(args: argparse.Namespace) -> int:
+    from core.storage import files
+
+    before = files.restore(_sqlite_path(), Path(args.file))
+    Database(load_settings().db_url)  # brings an older backup's schema up to date
+    print(f"Restored {args.file}; what was there before is kept in {before}.")
+    return 0
+
+
+def cmd_db_check(_args: argparse.Namespace) -> int:
+    from core.storage import files
+
+    path = _sqlite_path()
+    found = files.problems(path) if path.exists() else [f"there is no database at {path}"]
+    for problem in found:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if not found:
+        newest = next(iter(files.backups(path)), None)
+        print(f"{path}: ok" + (f" (newest backup: {newest})" if newest else " (no backup yet)"))
+    return 1 if found else 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -405,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check every file of a downloaded model (size and hash)")
     verify.add_argument("model", metavar="KEY")
     verify.set_defaults(func=cmd_verify)
+
+    db = commands.add_parser("db", help="the database: backup, restore FILE, check")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    backup = db_commands.add_parser("backup", help="copy the database to data/backups/ (the last 7 are kept)")
+    backup.set_defaults(func=cmd_db_backup)
+    restore = db_commands.add_parser("restore", help="replace the database's content with a backup FILE")
+    restore.add_argument("file", metavar="FILE", help="a backup, e.g. data/backups/localllm-...db")
+    restore.set_defaults(func=cmd_db_restore)
+    check = db_commands.add_parser("check", help="SQLite's integrity check; exit 1 when it finds damage")
+    check.set_defaults(func=cmd_db_check)
 
     users = commands.add_parser("users", help="LAN user names: list, reset a forgotten personal password")
     users_commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")

@@ -3,7 +3,6 @@ from pathlib import Path
 import altair as alt
 import psutil
 import streamlit as st
-from ui.markup import escape_markdown
 
 from core.access import is_loopback, lan_addresses
 from core.api import server_status, server_urls
@@ -11,12 +10,13 @@ from core.engine import DEVICE_CHOICES, QUANTIZATIONS
 from core.errors import LocalLLMError
 from core.hardware import memory_verdict
 from core.providers import OpenAICompatibleProvider
-from core.storage import repo
-from core.storage.db import display_url
+from core.storage import files, repo
+from core.storage.db import display_url, sqlite_file
 from core.units import format_bytes
 from ui import access, resources
 from ui.access import admin_only_note
 from ui.i18n import error_text, t
+from ui.markup import escape_markdown
 from ui.widgets import download_settings
 
 st.title(t("hardware.title"))
@@ -170,6 +170,15 @@ with st.form("models-dir", border=False):
             resources.change_models_dir(str(target.resolve()))
             st.rerun()
 st.text_input(t("settings.database"), value=display_url(settings.db_url), disabled=True)
+if (db_file := sqlite_file(settings.db_url)) is not None:
+    newest = next(iter(files.backups(db_file)), None)
+    st.caption(
+        t(
+            "settings.backups",
+            folder=str(db_file.parent / files.BACKUPS_DIR),
+            newest=newest.name if newest else "–",
+        )
+    )
 st.markdown(f"**{t('settings.endpoints')}**")
 st.markdown("\n".join(f"{i}. `{url}`" for i, url in enumerate(resources.library().endpoints(), start=1)))
 download_settings()

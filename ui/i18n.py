@@ -283,6 +283,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "局域网共享已开启：其他机器打开控制台后，输入用户名和密码登录。每个用户只能看到自己的对话；"
         "设置和删除操作仅限管理员。",
     },
+    "settings.backups": {
+        "en": "Backups: the database is copied at every start and daily to `{folder}` (the last 7 are kept; "
+        "newest: {newest}). `python -m core db restore FILE` brings one back.",
+        "zh": "备份：每次启动及每天会把数据库复制到 `{folder}`（保留最近 7 份；最新：{newest}）。"
+        "用 `python -m core db restore 文件` 恢复。",
+    },
     "lan.accounts.title": {"en": "LAN users", "zh": "局域网用户"},
     "lan.accounts.intro": {
         "en": "Each name is claimed with a personal password at its first sign-in. Reset a name when its "

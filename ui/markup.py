@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import re
 
-_MARKDOWN_SPECIALS = "\\`*_{}[]()<>#+-.!|~$"
+# Escaped anywhere. '.', '-', '+', '(' and ')' only mean something at the start of a line (lists,
+# rules, headings): escaped there only, since inside a bare URL (which becomes a link) a backslash
+# would show.
+_MARKDOWN_SPECIALS = "\\`*_{}[]<>#!|~$"
+_LINE_START = re.compile(r"(?m)^([ \t]*)(\d+(?=[.)])|[-+=](?=[-=+ \t]|$))")
 # Fenced code blocks (``` or ~~~, to the matching fence or the end) and inline code spans.
 _CODE = re.compile(r"(?ms)^[ ]{0,3}(`{3,}|~{3,}).*?(?:^[ ]{0,3}\1[`~]*[ \t]*$|\Z)|(`+)(?!`).+?(?<!`)\2(?!`)")
 _IMAGE = re.compile(r"!(?=\s*\[)")
@@ -18,7 +22,16 @@ _IMAGE = re.compile(r"!(?=\s*\[)")
 
 def escape_markdown(text: str) -> str:
     """User text shown inside Markdown: every Markdown character escaped, so it renders as typed."""
-    return "".join("\\" + ch if ch in _MARKDOWN_SPECIALS else ch for ch in text)
+    escaped = "".join("\\" + ch if ch in _MARKDOWN_SPECIALS else ch for ch in text)
+    return _LINE_START.sub(_escape_marker, escaped)
+
+
+def _escape_marker(match: re.Match[str]) -> str:
+    """`1.` / `1)` (a numbered list), `-`, `+` (a bullet), `---` / `===` (a rule or a heading's line)."""
+    indent, marker = match.groups()
+    if marker.isdigit():
+        return f"{indent}{marker}\\"  # the '.' or ')' after the number follows this backslash
+    return f"{indent}\\{marker}"
 
 
 def reply_markdown(text: str) -> str:

@@ -17,8 +17,8 @@ from core.library import ModelLibrary
 from core.model_store import find_in_hf_cache
 from core.providers import provider_for_config
 from core.settings import Settings, load_settings
-from core.storage import repo
-from core.storage.db import Database
+from core.storage import files, repo
+from core.storage.db import Database, sqlite_file
 
 MODELS_DIR_SETTING = "paths.models_dir"
 PAGE_ICON = Path(__file__).parent / "assets" / "icon.svg"
@@ -44,7 +44,12 @@ def change_models_dir(path: str) -> None:
 
 @st.cache_resource
 def database() -> Database:
-    return Database(load_settings().db_url)  # the database URL comes from the environment only
+    """The database (its URL comes from the environment only); a SQLite file is backed up at start and
+    daily (data/backups/, the last 7 kept)."""
+    db = Database(load_settings().db_url)
+    if (path := sqlite_file(db.url)) is not None:
+        files.keep_daily_backups(path)
+    return db
 
 
 @st.cache_resource

@@ -7,7 +7,6 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import StorageError
+from core.storage import files
 from core.storage.migrations import migrate
 
 BUSY_TIMEOUT_S = 30
@@ -55,17 +55,12 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def set_aside(url: str) -> Path:
-    """Rename a damaged SQLite file (and its WAL files) out of the way, kept for recovery; return the copy."""
+    """Move a damaged SQLite file (with its WAL files, after a recovery copy) out of the way; return
+    where it is kept."""
     path = sqlite_file(url)
     if path is None or not path.exists():
         raise StorageError(f"There is no database file to set aside for {display_url(url)}.")
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    kept = path.with_name(f"{path.name}.damaged-{stamp}")
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            side.rename(kept.with_name(kept.name + suffix))
-    return path.rename(kept)
+    return files.set_aside(path)
 
 
 def create_db_engine(url: str) -> Engine:
@@ -84,7 +79,9 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        path = sqlite_file(url)
         try:
+            kept_wal = files.keep_wal_before_opening(path) if path else None
             self.engine = create_db_engine(url)
             self.found_version = migrate(self.engine)
         except StorageError:
@@ -95,6 +92,7 @@ class Database:
                 f"{getattr(exc, 'orig', None) or exc}",
                 url=display_url(url),
             ) from exc
+        files.drop_copy(kept_wal)  # it opened: the WAL's rows are in the database now
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from core.chat import ChatService
@@ -116,3 +118,12 @@ def test_lan_users_are_not_offered_to_replace_a_damaged_database(new_app, client
     at.run()
     assert "The database cannot be opened" in at.error[0].value
     assert not [b for b in at.button if b.key == "db.start-fresh"]
+
+
+def test_the_dashboard_backs_the_database_up_when_it_starts(new_app, db_url: str) -> None:
+    new_app().run()
+    backups = sqlite_file(db_url).parent / "backups"
+    deadline = time.monotonic() + 30  # the backup runs on its own thread, beside the first page
+    while not list(backups.glob("test-*.db")):
+        assert time.monotonic() < deadline, "no backup was made at start"
+        time.sleep(0.05)

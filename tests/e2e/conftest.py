@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from core.configs import ConfigStore
+from core.generation import GenerationParams
 from core.settings import PROJECT_ROOT
 from core.storage import repo
 from core.storage.db import Database
@@ -157,12 +158,22 @@ def slow_model_ready(isolated_env: Path, slow_model: Path) -> str:
     return "slow"
 
 
-def send(page: Page, text: str) -> None:
-    """Type a chat message and press Enter, as a user does."""
-    box = page.get_by_test_id("stChatInputTextArea")
+def send(page: Page, text: str, placeholder: str = "Message the model…") -> None:
+    """Type a chat message and press Enter, as a user does: into the one chat input of the page in
+    its language (right after a language switch the old one may still be on the page for a moment)."""
+    expect(page.get_by_test_id("stChatInputTextArea")).to_have_count(1, timeout=30_000)
+    box = page.get_by_placeholder(placeholder)
     expect(box).to_be_visible(timeout=30_000)
     box.fill(text)
     box.press("Enter")
+
+
+@pytest.fixture
+def short_replies(slow_model_ready: str) -> str:
+    """The slow model, answering in 16 tokens: for tests that need a finished reply, not a long one."""
+    store = ConfigStore(Database(os.environ["LOCALLLM_DB_URL"]))
+    store.update_config(store.get_current_config().id, params=GenerationParams(max_new_tokens=16))
+    return slow_model_ready
 
 
 @pytest.fixture

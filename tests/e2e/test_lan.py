@@ -6,23 +6,35 @@ requests come from 10.231.7.2, a real non-loopback address on a real interface. 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.e2e.conftest import LONG_PROMPT, LanHost, running_app, send
+from tests.e2e.conftest import LONG_PROMPT, LanHost, RunningApp, running_app, send
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse"
 
 
 @pytest.fixture
-def lan_app(isolated_env: Path, slow_model_ready: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def lan_server(
+    isolated_env: Path, slow_model_ready: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RunningApp]:
     monkeypatch.setenv("LOCALLLM_PASSWORD", PASSWORD)
     with running_app("--lan", log_path=isolated_env / "app.log") as app:
-        yield app.url
+        yield app
+
+
+@pytest.fixture
+def lan_app(lan_server: RunningApp) -> str:
+    return lan_server.url
 
 
 def lan_page(lan_browser: tuple[LanHost, Browser], app_url: str, path: str = "") -> Page:
@@ -107,3 +119,70 @@ def test_two_lan_users_chat_at_once_each_in_their_own_conversation(
     expect(bob_titles).to_have_count(1)
     expect(bob.get_by_test_id("stSidebar").get_by_text("Good morning")).to_have_count(0)
     expect(alice.get_by_test_id("stSidebar").get_by_text("Short question from Bob")).to_have_count(0)
+
+
+PROBE = """
+import http.client, json, sys, urllib.parse
+url, cookie = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2]
+def status(method, path, body=b""):
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    connection.putrequest(method, path)
+    connection.putheader("Content-Length", str(len(body)))
+    if cookie:
+        connection.putheader("Cookie", "localllm_session=" + cookie)
+    connection.endheaders()
+    try:
+        connection.send(body)
+        response = connection.getresponse()
+        return f"{response.status} {response.read(40).decode(errors='replace')}".strip()
+    except ConnectionError:  # refused before the body was read: the server closed the connection
+        return "refused"
+uploads = [status("PUT", f"/_stcore/upload_file/s{i}/f{i}", b"x" * 5_000_000) for i in range(20)]
+others = {p: status("GET", p) for p in ("/", "/_stcore/health", "/media/x.png", "/_stcore/metrics",
+                                        "/component/x/index.html", "/_stcore/agent/openapi.json")}
+print(json.dumps({"uploads": uploads, "others": others}))
+"""
+
+
+def session_cookie(page: Page) -> str:
+    """The session cookie, once the signed-in page has stored it."""
+    deadline = time.monotonic() + 30
+    while True:
+        cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+        if "localllm_session" in cookies:
+            return cookies["localllm_session"]
+        assert time.monotonic() < deadline, "the session cookie was never stored"
+        page.wait_for_timeout(100)
+
+
+def probe_from(host: LanHost, url: str, cookie: str = "") -> dict:
+    """Requests from the other host (inside its network namespace), as a script there would send them."""
+    result = subprocess.run(["ip", "netns", "exec", host.name, sys.executable, "-c", PROBE, url, cookie],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_before_signing_in_a_lan_client_reaches_only_the_sign_in_page(
+    lan_browser: tuple[LanHost, Browser], lan_server: RunningApp
+) -> None:
+    host = lan_browser[0]
+    url = host.url(lan_server.url)
+    before = psutil.Process(lan_server.process.pid).memory_info().rss
+    refused = probe_from(host, url)
+    grown = psutil.Process(lan_server.process.pid).memory_info().rss - before
+    assert set(refused["uploads"]) <= {"403 Sign in first.", "refused"}  # twenty 5 MB uploads: none taken
+    assert {path: answer[:3] for path, answer in refused["others"].items()} == {
+        "/": "200", "/_stcore/health": "200", "/media/x.png": "403", "/_stcore/metrics": "403",
+        "/component/x/index.html": "403", "/_stcore/agent/openapi.json": "403",
+    }  # fmt: skip
+    assert grown < 50 * 1024**2, f"the app grew by {grown / 1024**2:.0f} MiB"
+
+    page = lan_page(lan_browser, lan_server.url)
+    claim(page, "alice", PASSWORD)
+    expect(page.get_by_text("Signed in as alice (user)")).to_be_visible(timeout=30_000)
+    cookie = session_cookie(page)
+    signed_in = probe_from(host, url, cookie)
+    # Past the gate: Streamlit answers itself (no such upload session, its own XSRF check).
+    assert not {"403 Sign in first.", "refused"} & set(signed_in["uploads"]), signed_in["uploads"][:2]
+    assert signed_in["others"]["/media/x.png"].startswith("404")

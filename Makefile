@@ -5,18 +5,31 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
+WHEEL_VENV := .venv-wheel
 
-.PHONY: run test lint browser-deps
+.PHONY: run test lint browser-deps package-check
 
 run: $(RUNTIME_STAMP)
 	$(PY) -m core app
 
-test: $(DEV_STAMP) browser-deps lint
+test: $(DEV_STAMP) browser-deps lint package-check
 	$(PY) -m pytest
 
 lint: $(DEV_STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	$(PY) -m ruff check --no-cache .
+	$(PY) -m ruff format --no-cache --check .
+
+# Installed the way users install it (`pip install .` into a fresh environment, then `localllm`), away
+# from the checkout: the package must carry everything it needs.
+package-check: $(DEV_STAMP)
+	rm -rf build dist $(WHEEL_VENV) *.egg-info
+	$(PY) -m pip wheel --disable-pip-version-check --no-deps -q -w dist .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --disable-pip-version-check -q dist/*.whl
+	cd / && LOCALLLM_DATA_DIR=$(CURDIR)/build/wheel-data LOCALLLM_MODELS_DIR=$(CURDIR)/build/wheel-models \
+		$(CURDIR)/$(WHEEL_VENV)/bin/localllm --help > /dev/null
+	cd / && LOCALLLM_DATA_DIR=$(CURDIR)/build/wheel-data LOCALLLM_MODELS_DIR=$(CURDIR)/build/wheel-models \
+		$(CURDIR)/$(WHEEL_VENV)/bin/localllm models
 
 browser-deps:
 	@scripts/ensure-browser-deps.sh
@@ -24,10 +37,14 @@ browser-deps:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(RUNTIME_STAMP): requirements.txt | $(PY)
+# The project itself is installed editable, without dependencies (requirements*.txt has them): the
+# `localllm` command in .venv/bin.
+$(RUNTIME_STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PIP) -r requirements.txt
+	$(PIP) --no-deps -e .
 	touch $@
 
-$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+$(DEV_STAMP): requirements.txt requirements-dev.txt pyproject.toml | $(PY)
 	$(PIP) -r requirements-dev.txt
+	$(PIP) --no-deps -e .
 	touch $@ $(RUNTIME_STAMP)

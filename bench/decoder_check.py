@@ -1,4 +1,4 @@
-"""core.decoder against transformers on this machine's device: the check to run where a GPU is lent.
+"""core.inference.decoder against transformers on this machine's device: the check to run where a GPU is lent.
 
 For both catalog architectures, a small random model is loaded as the engine would load it there
 (int4 on a CPU; 16-bit with fused projections on a GPU). The decoder's logits for a prompt and 16
@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from core.decoder import Decoder, Sampling, generate, supports
-from core.engine import choose_dtype, detect_device
-from core.quantize import fuse_projections, quantize_model
+from core.inference.decoder import Decoder, Sampling, generate, supports
+from core.inference.device import choose_dtype, detect_device
+from core.inference.quantize import fuse_projections, quantize_model
 from tests.fixtures.tiny_models import build_tiny_model
 
 NEW_TOKENS = 16

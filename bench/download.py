@@ -28,7 +28,7 @@ from pathlib import Path
 
 from huggingface_hub.utils import get_session
 
-from core.downloads import DownloadTarget, ModelDownload, TransferPolicy
+from core.hub.transfer import DownloadTarget, ModelDownload, TransferPolicy
 from core.settings import PROJECT_ROOT
 from tests.fixtures.hub_server import CHUNK, HubServer
 

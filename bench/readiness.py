@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from core.hardware import Precision, decode_tokens_per_s_bound, measure_bandwidth, model_memory
+from core.hardware import measure_bandwidth
+from core.inference.sizing import Precision, decode_tokens_per_s_bound, model_memory
 from core.settings import PROJECT_ROOT
 from tests.fixtures.tiny_models import ARCHS, _train_tokenizer, install_ready
 
@@ -44,8 +45,9 @@ CONFIGS = {
 MEASURE = """
 import json, sys, threading, psutil
 from pathlib import Path
-from core.engine import Finished, LocalEngine
-from core.generation import GenerationParams
+from core.inference.events import Finished
+from core.inference.engine import LocalEngine
+from core.inference.params import GenerationParams
 engine = LocalEngine(Path(sys.argv[1]))
 loaded = engine.load(sys.argv[2])
 after_load = psutil.Process().memory_info().rss

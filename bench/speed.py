@@ -4,7 +4,7 @@ For Qwen2.5-0.5B-Instruct and TinyLlama-1.1B-Chat it builds models with the exac
 random weights (speed does not depend on weight values; nothing is downloaded). Each measurement runs
 in a fresh process, one after another, on the same machine in the same run:
 
-- ours: LocalEngine as the app uses it (by default core.decoder with int4 weights on the CPU, with
+- ours: LocalEngine as the app uses it (by default core.inference.decoder with int4 weights on the CPU, with
   16-bit weights and fused projections on a GPU), loaded twice in fresh processes: on the CPU the
   first load quantizes and keeps the int4 copy on disk, the second maps it; the second reply is
   timed (the first one warms up, as bare and llama.cpp are warmed up); `python -m core chat KEY
@@ -33,17 +33,18 @@ import tempfile
 from pathlib import Path
 
 from bench.readiness import CONFIGS, build
-from core.hardware import Precision, decode_tokens_per_s_bound, measure_bandwidth, model_memory
+from core.hardware import measure_bandwidth
+from core.inference.sizing import Precision, decode_tokens_per_s_bound, model_memory
 from core.settings import PROJECT_ROOT
 from tests.fixtures.tiny_models import install_ready
 
 BARE = r"""
 import json, sys, time, torch
 from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
-from core import attention
-from core.engine import choose_dtype, detect_device
+from core.inference import attention
+from core.inference.device import choose_dtype, detect_device
 from core.hardware import peak_rss_bytes
-from core.quantize import quantize_model
+from core.inference.quantize import quantize_model
 path, mode, prompt_tokens, new_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 device = detect_device()
 dtype = choose_dtype(device)
@@ -79,8 +80,9 @@ print(json.dumps({"ttft_s": ttft, "decode_tps": tps, "load_s": load_s,
 OURS = r"""
 import json, sys, time, psutil
 from pathlib import Path
-from core.engine import Finished, LocalEngine
-from core.generation import GenerationParams
+from core.inference.events import Finished
+from core.inference.engine import LocalEngine
+from core.inference.params import GenerationParams
 from core.hardware import peak_rss_bytes
 models, key, prompt_words, new_tokens = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 engine = LocalEngine(models, idle_unload_s=0)
@@ -106,7 +108,7 @@ QUALITY = r"""
 import json, sys, torch
 from transformers import AutoModelForCausalLM
 from bench.quality import compare, sequences
-from core.quantize import quantize_model
+from core.inference.quantize import quantize_model
 path, reference_file = sys.argv[1], sys.argv[2]
 def load():
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

@@ -1,5 +1,5 @@
-import sys
+"""`python -m core ...`: the same command line as `localllm`."""
 
 from core.cli import main
 
-sys.exit(main())
+raise SystemExit(main(prog_name="python -m core"))

@@ -1,8 +1,18 @@
-"""Paths, database URL and endpoints, read from the environment with defaults."""
+"""Where the data lives, from the environment: the data folder and the database URL.
+
+These cannot be saved in the database they point at. Every other setting has its owner in
+core.preferences (saved, else the environment, else the default).
+
+Run from a checkout, data and models stay inside it (`data/`, `assets/models/`); installed with pip,
+they go to the user's data folder (%LOCALAPPDATA%\\LocalLLM on Windows, ~/Library/Application
+Support/LocalLLM on macOS, $XDG_DATA_HOME/localllm or ~/.local/share/localllm elsewhere).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,30 +22,48 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_MIRRORS = ("https://hf-mirror.com",)
 
 
+def is_checkout() -> bool:
+    """Whether the code runs from its source folder (not from an installed package)."""
+    return (PROJECT_ROOT / "pyproject.toml").is_file()
+
+
+def user_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    home = Path(env.get("HOME") or env.get("USERPROFILE") or Path.home())
+    if sys.platform == "win32":
+        return Path(env.get("LOCALAPPDATA") or env.get("APPDATA") or home / "AppData" / "Local") / "LocalLLM"
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "LocalLLM"
+    return Path(env.get("XDG_DATA_HOME") or home / ".local" / "share") / "localllm"
+
+
+def command_line() -> str:
+    """How a user runs the command line of this installation from a terminal: `localllm` when that is
+    on the PATH and belongs to this environment, else this Python with `-m core` (a checkout's venv)."""
+    found = shutil.which("localllm")
+    if found and Path(found).resolve().parent == Path(sys.executable).resolve().parent:
+        return "localllm"
+    python = sys.executable
+    return f'"{python}" -m core' if " " in python else f"{python} -m core"
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    return PROJECT_ROOT / "data" if is_checkout() else user_data_dir(env)
+
+
+def default_models_dir(env: Mapping[str, str] | None = None) -> Path:
+    return PROJECT_ROOT / "assets" / "models" if is_checkout() else user_data_dir(env) / "models"
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
-    models_dir: Path
     db_url: str
-    endpoints: tuple[str, ...]
-
-
-def _split_urls(value: str) -> tuple[str, ...]:
-    return tuple(u.strip().rstrip("/") for u in value.split(",") if u.strip())
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
-    data_dir = Path(env.get("LOCALLLM_DATA_DIR") or PROJECT_ROOT / "data")
-    models_dir = Path(env.get("LOCALLLM_MODELS_DIR") or PROJECT_ROOT / "assets" / "models")
+    data_dir = Path(env.get("LOCALLLM_DATA_DIR") or default_data_dir(env))
     db_url = env.get("LOCALLLM_DB_URL") or f"sqlite:///{data_dir / 'localllm.db'}"
-    first = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-    mirrors = _split_urls(env["LOCALLLM_MIRRORS"]) if "LOCALLLM_MIRRORS" in env else DEFAULT_MIRRORS
-    endpoints = tuple(dict.fromkeys((first, *mirrors)))
-    return Settings(
-        data_dir=data_dir,
-        models_dir=models_dir,
-        db_url=db_url,
-        endpoints=endpoints,
-    )
+    return Settings(data_dir=data_dir, db_url=db_url)

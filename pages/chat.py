@@ -1,15 +1,15 @@
 from collections.abc import Iterator
 
 import streamlit as st
-from ui.markup import escape_markdown, reply_markdown
 
-from core.chat import ChatEvent, Trimmed
-from core.engine import Finished, Queued, ReplyStats, TextDelta
+from core.chat.service import ChatEvent, Trimmed
 from core.errors import InsufficientMemoryError, LocalLLMError
-from core.generation import GenerationParams
+from core.inference.events import Finished, Queued, ReplyStats, TextDelta
+from core.inference.params import GenerationParams
 from core.storage.records import Conversation, Message
 from ui import access, resources, state
-from ui.i18n import MESSAGES, error_text, ordinal, t
+from ui.i18n import error_text, has, ordinal, t
+from ui.markup import escape_markdown, reply_markdown
 
 DEFAULT_TITLE = "New chat"
 chat = resources.chat_service(access.current_user().owner)
@@ -62,9 +62,7 @@ def select(conversation_id: int | None) -> None:
 def conversation_list() -> Conversation | None:
     with st.sidebar:
         st.divider()
-        st.button(
-            t("chat.new"), icon=":material/add:", on_click=select, args=(None,), use_container_width=True
-        )
+        st.button(t("chat.new"), icon=":material/add:", on_click=select, args=(None,), width="stretch")
         search = st.text_input(t("chat.search"), key="chat.search", label_visibility="collapsed",
                                placeholder=t("chat.search"))  # fmt: skip
         conversations = chat.conversations(search)
@@ -78,7 +76,7 @@ def conversation_list() -> Conversation | None:
                 on_click=select,
                 args=(conversation.id,),
                 type="primary" if conversation.id == selected else "tertiary",
-                use_container_width=True,
+                width="stretch",
             )
     return next((c for c in conversations if c.id == selected), None) if selected else None
 
@@ -129,7 +127,7 @@ def stats_line(message: Message | ReplyStats) -> str:
         completion=message.completion_tokens or 0,
         ttft=f"{message.ttft_s:.2f} s" if message.ttft_s is not None else "–",
         tps=f"{message.tokens_per_s:.1f}" if message.tokens_per_s else "–",
-        reason=t(f"chat.reason.{reason}") if f"chat.reason.{reason}" in MESSAGES else reason,
+        reason=t(f"chat.reason.{reason}") if has(f"chat.reason.{reason}") else reason,
     )
 
 

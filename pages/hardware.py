@@ -1,16 +1,16 @@
-from pathlib import Path
-
 import altair as alt
 import psutil
 import streamlit as st
 
-from core.access import is_loopback, lan_addresses
+from core.access.policy import is_loopback, lan_addresses
 from core.api import server_status, server_urls
-from core.engine import DEVICE_CHOICES, QUANTIZATIONS
-from core.errors import LocalLLMError
-from core.hardware import memory_verdict
-from core.providers import OpenAICompatibleProvider
-from core.storage import files, repo
+from core.chat.providers import OpenAICompatibleProvider
+from core.errors import ConfigError, LocalLLMError
+from core.inference.sizing import memory_verdict
+from core.logs import log_file, tail
+from core.preferences import DEVICES, QUANTIZATIONS
+from core.settings import load_settings
+from core.storage import files
 from core.storage.db import display_url, sqlite_file
 from core.units import format_bytes
 from ui import access, resources
@@ -99,7 +99,7 @@ if rows:
         .mark_rule(strokeDash=[4, 4], color="#dc2626")
         .encode(x="GB:Q", tooltip=["what:N", "GB:Q"])
     )
-    st.altair_chart(bars + rules, use_container_width=True)
+    st.altair_chart(bars + rules, width="stretch")
     st.caption(t("hardware.chart_note"))
 
 st.subheader(t("lan.title"))
@@ -133,7 +133,7 @@ st.markdown(f"**{t('settings.engine')}**")
 engine = resources.engine()
 device_column, quantization_column, idle_column = st.columns(3)
 device = device_column.selectbox(
-    t("settings.device"), DEVICE_CHOICES, index=DEVICE_CHOICES.index(engine.device_preference),
+    t("settings.device"), DEVICES, index=DEVICES.index(engine.device_preference),
     help=t("settings.device_help"), key="settings.device",
 )  # fmt: skip
 quantization = quantization_column.selectbox(
@@ -145,32 +145,30 @@ idle_minutes = idle_column.number_input(
     t("settings.idle_unload"), min_value=0, max_value=24 * 60, value=round(engine.idle_unload_s / 60),
     step=5, key="settings.idle",
 )  # fmt: skip
-chosen = (device, quantization, idle_minutes * 60.0)
-if chosen != (engine.device_preference, engine.quantization, engine.idle_unload_s):
-    engine.device_preference, engine.quantization, engine.idle_unload_s = chosen
-    with resources.database().begin() as session:
-        repo.set_setting(session, resources.DEVICE_SETTING, device)
-        repo.set_setting(session, resources.QUANTIZATION_SETTING, quantization)
-        repo.set_setting(session, resources.IDLE_UNLOAD_SETTING, engine.idle_unload_s)
+chosen = {"device": device, "quantization": quantization, "idle_unload_s": idle_minutes * 60.0}
+if chosen != {"device": engine.device_preference, "quantization": engine.quantization,
+              "idle_unload_s": engine.idle_unload_s}:  # fmt: skip
+    for name, value in chosen.items():
+        resources.preferences().set(name, value)
+    engine.device_preference, engine.quantization, engine.idle_unload_s = chosen.values()
     st.toast(t("settings.saved"))
-settings = resources.settings()
+models_dir = resources.library().models_dir
 with st.form("models-dir", border=False):
     new_dir = st.text_input(
-        t("settings.models_dir"), value=str(settings.models_dir), help=t("settings.models_dir_help"),
+        t("settings.models_dir"), value=str(models_dir), help=t("settings.models_dir_help"),
         key="models-dir-input",
     )  # fmt: skip
-    changed = new_dir.strip() != str(settings.models_dir)
+    changed = new_dir.strip() != str(models_dir)
     if st.form_submit_button(t("settings.change_dir"), key="models-dir-submit") and changed:
-        target = Path(new_dir.strip()).expanduser()
         try:
-            target.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            st.error(t("settings.dir_error", path=str(target), reason=exc.strerror or str(exc)))
+            resources.change_models_dir(new_dir)
+        except ConfigError as exc:
+            st.error(error_text(exc))
         else:
-            resources.change_models_dir(str(target.resolve()))
             st.rerun()
-st.text_input(t("settings.database"), value=display_url(settings.db_url), disabled=True)
-if (db_file := sqlite_file(settings.db_url)) is not None:
+db_url = load_settings().db_url
+st.text_input(t("settings.database"), value=display_url(db_url), disabled=True)
+if (db_file := sqlite_file(db_url)) is not None:
     newest = next(iter(files.backups(db_file)), None)
     st.caption(
         t(
@@ -212,6 +210,14 @@ if accounts:
             st.success(t("lan.accounts.reset_done", name=escape_markdown(chosen)))
 else:
     st.caption(t("lan.accounts.none"))
+
+with st.expander(t("logs.title"), icon=":material/receipt_long:"):
+    st.caption(t("logs.intro", path=str(log_file())))
+    lines = tail(200)
+    st.code("\n".join(lines) if lines else t("logs.empty"), language=None, wrap_lines=True)
+    if log_file().is_file():
+        st.download_button(t("logs.download"), log_file().read_bytes(), file_name=log_file().name,
+                           mime="text/plain", icon=":material/download:", key="logs.download")  # fmt: skip
 
 st.subheader(t("providers.title"))
 st.caption(t("providers.intro"))

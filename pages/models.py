@@ -3,21 +3,25 @@ from dataclasses import dataclass
 from typing import Literal
 
 import streamlit as st
-from ui.markup import escape_markdown
 
-from core.catalog import ModelSpec
-from core.downloads import Progress
 from core.errors import LocalLLMError
-from core.hardware import CPU_DECODE_EFFICIENCY, MemoryEstimate, decode_tokens_per_s_bound, memory_verdict
-from core.library import DownloadPlan, ModelLibrary, ModelStatus
+from core.hub.catalog import ModelSpec
+from core.hub.library import DownloadPlan, ModelLibrary, ModelStatus
+from core.hub.transfer import Progress
+from core.inference.sizing import (
+    CPU_DECODE_EFFICIENCY,
+    MemoryEstimate,
+    decode_tokens_per_s_bound,
+    memory_verdict,
+)
 from core.storage import repo
 from core.units import format_bytes, format_count, format_duration
-from ui import access, resources, state
-from ui.i18n import error_text, t
+from ui import access, resources
+from ui.i18n import error_text, has, t
+from ui.markup import escape_markdown
 from ui.widgets import download_settings
 
 ACTIVE_POLL_S = 1.0
-language = state.language() or "en"
 library: ModelLibrary = resources.library()
 
 
@@ -58,7 +62,7 @@ def show_plan(plan: DownloadPlan) -> None:
             for f in plan.listing.files
         ],
         hide_index=True,
-        use_container_width=True,
+        width="stretch",
     )
     st.caption(
         t(
@@ -260,8 +264,9 @@ def card(spec: ModelSpec) -> None:
             details.append(f"**{t('models.license')}:** {spec.license}")
         if details:
             st.markdown(" · ".join(details))
-        st.markdown(f"**{t('models.strengths')}:** {spec.strengths.get(language)}")
-        st.markdown(f"**{t('models.use')}:** {spec.recommended_use.get(language)}")
+        described = spec.key if has(f"catalog.{spec.key}.strengths") else "custom"
+        st.markdown(f"**{t('models.strengths')}:** {t(f'catalog.{described}.strengths')}")
+        st.markdown(f"**{t('models.use')}:** {t(f'catalog.{described}.use')}")
         estimate = library.memory_estimate(spec.key, resources.engine_precision())
         if estimate:
             verdict = memory_verdict(estimate.total_bytes, resources.hardware())

@@ -7,7 +7,8 @@ import json
 import streamlit as st
 import streamlit.components.v1 as components
 
-from core.access import LOCAL_USER, SESSION_TTL_S, Identity, is_loopback
+from core.access.policy import LOCAL_USER, Identity, is_loopback
+from core.access.sign_in import SESSION_TTL_S
 from core.errors import SignInError
 from ui import resources, state
 from ui.i18n import t

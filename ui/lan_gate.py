@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from http.cookies import CookieError, SimpleCookie
 
-from core.access import SignInGate, is_loopback, load_access_policy
+from core.access.hosts import ASGIApp, Receive, Scope, Send, plain_refusal
+from core.access.policy import is_loopback, load_access_policy
+from core.access.sign_in import SignInGate
 from core.errors import StorageError
-from core.hosts import ASGIApp, Receive, Scope, Send, plain_refusal
 from core.settings import load_settings
 from core.storage.db import Database
 

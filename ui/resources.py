@@ -2,44 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
 
-from core.access import SignInGate, load_access_policy
-from core.chat import ChatService
-from core.configs import ConfigStore
-from core.engine import LocalEngine
-from core.hardware import HardwareInfo, Precision, probe
-from core.hosts import HostPolicy, load_host_policy
-from core.library import ModelLibrary
-from core.model_store import find_in_hf_cache
-from core.providers import provider_for_config
-from core.settings import Settings, load_settings
-from core.storage import files, repo
+from core.access.hosts import HostPolicy, load_host_policy
+from core.access.policy import load_access_policy
+from core.access.sign_in import SignInGate
+from core.chat.configs import ConfigStore
+from core.chat.providers import provider_for_config
+from core.chat.service import ChatService
+from core.hardware import HardwareInfo, probe
+from core.hub.library import ModelLibrary
+from core.hub.store import find_in_hf_cache
+from core.inference.engine import LocalEngine
+from core.inference.sizing import Precision
+from core.preferences import Preferences
+from core.settings import load_settings
+from core.storage import files
 from core.storage.db import Database, sqlite_file
 
-MODELS_DIR_SETTING = "paths.models_dir"
 PAGE_ICON = Path(__file__).parent / "assets" / "icon.svg"
 
 
 @st.cache_resource
-def settings() -> Settings:
-    """The environment's settings, with the models directory chosen in Settings (if any)."""
-    base = load_settings()
-    with database().begin() as session:
-        chosen = repo.get_setting(session, MODELS_DIR_SETTING)
-    return replace(base, models_dir=Path(chosen)) if chosen else base
+def preferences() -> Preferences:
+    """The saved settings: the same values every CLI command and `core serve` read."""
+    return Preferences(database())
 
 
-def change_models_dir(path: str) -> None:
-    """Use another models directory: every process-wide object is rebuilt around it."""
-    with database().begin() as session:
-        repo.set_setting(session, MODELS_DIR_SETTING, path)
+def change_models_dir(path: str) -> Path:
+    """Use another models directory (checked as `settings set models_dir` checks it): every
+    process-wide object is rebuilt around it."""
+    chosen = preferences().set("models_dir", path)
     engine().unload()
     st.cache_resource.clear()
     st.cache_data.clear()
+    return chosen
 
 
 @st.cache_resource
@@ -59,13 +58,13 @@ def config_store() -> ConfigStore:
 
 @st.cache_data(ttl=5, show_spinner=False)
 def hardware() -> HardwareInfo:
-    return probe(settings().models_dir)
+    return probe(library().models_dir)
 
 
 @st.cache_resource
 def library() -> ModelLibrary:
     """The process-wide model library and its download manager; resumes interrupted jobs at start."""
-    instance = ModelLibrary(database(), settings())
+    instance = ModelLibrary(database(), preferences())
     if instance.auto_resume:
         instance.resume_interrupted()
     return instance
@@ -78,21 +77,10 @@ def hf_cache_snapshot(repo_id: str) -> str | None:
     return str(snapshot) if snapshot else None
 
 
-IDLE_UNLOAD_SETTING = "engine.idle_unload_s"
-DEVICE_SETTING = "engine.device"
-QUANTIZATION_SETTING = "engine.quantization"
-
-
 @st.cache_resource
 def engine() -> LocalEngine:
     """The one loaded model of this process, shared by every browser session."""
-    with database().begin() as session:
-        idle = float(repo.get_setting(session, IDLE_UNLOAD_SETTING, 900))
-        device = repo.get_setting(session, DEVICE_SETTING, "auto")
-        quantization = repo.get_setting(session, QUANTIZATION_SETTING, "int4")
-    instance = LocalEngine(
-        settings().models_dir, device=device, quantization=quantization, idle_unload_s=idle
-    )
+    instance = LocalEngine.from_preferences(preferences())
     instance.prepare()  # imports in the background, so the first load is only the load
     return instance
 

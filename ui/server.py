@@ -17,16 +17,29 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tomllib
+from pathlib import Path
 
 import streamlit as st
 from starlette.middleware import Middleware
 from streamlit.runtime.pages_manager import PagesManager
 
-from core.hosts import TrustedHostsMiddleware
+from core.access.hosts import TrustedHostsMiddleware
+from core.logs import setup_logging
 from core.settings import PROJECT_ROOT
 from ui.lan_gate import LanGateMiddleware
 
 APP_SCRIPT = PROJECT_ROOT / "app.py"
+STREAMLIT_CONFIG = Path(__file__).parent / "streamlit.toml"
+
+
+def streamlit_options() -> dict[str, object]:
+    """ui/streamlit.toml as Streamlit's dotted option names ({"server": {"port": 1}} → "server.port")."""
+    with STREAMLIT_CONFIG.open("rb") as handle:
+        sections = tomllib.load(handle)
+    return {
+        f"{section}.{name}": value for section, options in sections.items() for name, value in options.items()
+    }
 
 
 def build_app() -> st.App:
@@ -38,13 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8501)
     parser.add_argument("--address", default="localhost", help="0.0.0.0 to open it to the LAN")
     args = parser.parse_args(argv)
+    setup_logging()
     PagesManager.uses_pages_directory = False
     # Client addresses decide who is admin: trust X-Forwarded-For from this machine only (uvicorn's default).
     os.environ.pop("FORWARDED_ALLOW_IPS", None)
     # App.run() takes sys.argv[0] as the script the app lives beside (its folder goes on sys.path, as
     # `streamlit run app.py` does); that is app.py, not this launcher inside ui/.
     sys.argv = [str(APP_SCRIPT)]
-    build_app().run(config={"server.port": args.port, "server.address": args.address})
+    build_app().run(config={**streamlit_options(), "server.port": args.port, "server.address": args.address})
 
 
 if __name__ == "__main__":

@@ -13,18 +13,13 @@ from ui import access, resources, state
 from ui.i18n import DEFAULT_LANGUAGE, LANGUAGES, error_text, language_from_locale, t
 from ui.markup import escape_markdown
 
-LANGUAGE_SETTING = "ui.language"
-
 
 def ensure_language() -> None:
     """First run of a session: the remembered choice, else the browser's language."""
     if state.language() in LANGUAGES:
         return
-    with resources.database().begin() as session:
-        remembered = repo.get_setting(session, LANGUAGE_SETTING)
-    st.session_state[state.LANGUAGE] = (
-        remembered if remembered in LANGUAGES else language_from_locale(st.context.locale)
-    )
+    remembered = resources.preferences().get("language")
+    st.session_state[state.LANGUAGE] = remembered or language_from_locale(st.context.locale)
 
 
 def database_problem(exc: StorageError) -> None:
@@ -55,8 +50,7 @@ def _switch_language(widget_key: str) -> None:
     st.session_state[state.LANGUAGE] = st.session_state[widget_key]
     if not access.is_local_client():
         return
-    with resources.database().begin() as session:
-        repo.set_setting(session, LANGUAGE_SETTING, st.session_state[state.LANGUAGE])
+    resources.preferences().set("language", st.session_state[state.LANGUAGE])
 
 
 def language_switch() -> None:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from core.access.hosts import Receive, Scope, Send
 from core.api.schemas import ErrorBody, ErrorDetail
 from core.errors import (
     ContextLengthError,
@@ -19,7 +20,6 @@ from core.errors import (
     ModelNotReadyError,
     QueueFullError,
 )
-from core.hosts import Receive, Scope, Send
 
 RETRY_AFTER_S = 5
 logger = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class APIError(Exception):
         return ErrorBody(error=detail).model_dump()
 
     def response(self) -> JSONResponse:
+        logger.log(logging.WARNING if self.status >= 500 else logging.INFO, "answered %d %s: %s", self.status,
+                   self.code, self.message)  # fmt: skip
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
     async def send(self, send: Send) -> None:

@@ -3,9 +3,12 @@ they arrive. A 100 MB body never reaches memory."""
 
 from __future__ import annotations
 
-from core.hosts import ASGIApp, Message, Receive, Refusal, Scope, Send
+import logging
+
+from core.access.hosts import ASGIApp, Message, Receive, Refusal, Scope, Send
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+logger = logging.getLogger(__name__)
 
 
 class BodyTooLargeError(Exception):
@@ -17,6 +20,7 @@ class BodyLimitMiddleware:
         self.app, self.max_bytes, self.refuse = app, max_bytes, refuse
 
     def _sentence(self) -> str:
+        logger.info("refused a request body over %d bytes", self.max_bytes)
         return f"The request body is larger than this server's limit of {self.max_bytes // 1024**2} MiB."
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

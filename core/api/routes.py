@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
+from core.access.hosts import HostPolicy, TrustedHostsMiddleware, load_host_policy
 from core.api.errors import APIError, asgi_refusal, from_core, from_validation, install_handlers
 from core.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, BodyTooLargeError
 from core.api.schemas import (
@@ -41,10 +42,12 @@ from core.api.schemas import (
     ModelList,
     Usage,
 )
-from core.engine import Event, Finished, LocalEngine, ReplyStats, TextDelta
 from core.errors import LocalLLMError
-from core.generation import GenerationParams
-from core.hosts import HostPolicy, TrustedHostsMiddleware, load_host_policy
+from core.inference.events import Event, Finished, ReplyStats, TextDelta
+from core.inference.params import GenerationParams
+
+if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
+    from core.inference.engine import LocalEngine
 
 
 def create_app(

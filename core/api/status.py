@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.access import lan_addresses
+from core.access.policy import lan_addresses
 from core.storage import repo
 from core.storage.db import Database
 

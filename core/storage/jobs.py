@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.storage.records import from_row
 from core.storage.schema import DownloadJobRow, utcnow
-
-if TYPE_CHECKING:
-    from core.downloads import Progress
 
 FINISHED_STATES = ("completed",)
 
@@ -52,18 +48,21 @@ def open_job(session: Session, key: str, repo_id: str) -> JobRecord:
     return from_row(JobRecord, row)
 
 
-def save_progress(session: Session, job_id: int, progress: Progress) -> None:
+PROGRESS_FIELDS = frozenset(
+    {"state", "bytes_done", "bytes_total", "current_file", "endpoint", "attempts", "last_error", "commit"}
+)
+
+
+def save_progress(session: Session, job_id: int, **fields: object) -> None:
+    """Store a job's progress (PROGRESS_FIELDS); a commit once known is never forgotten."""
     row = session.get(DownloadJobRow, job_id)
     if row is None:
         return
-    row.state = progress.state
-    row.bytes_done = progress.bytes_done
-    row.bytes_total = progress.bytes_total
-    row.current_file = progress.current_file
-    row.endpoint = progress.endpoint
-    row.attempts = progress.attempts
-    row.last_error = progress.error
-    row.commit = progress.commit or row.commit
+    for name, value in fields.items():
+        if name not in PROGRESS_FIELDS:
+            raise TypeError(f"not a progress field: {name}")
+        if name != "commit" or value:
+            setattr(row, name, value)
     row.updated_at = utcnow()
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from core.generation import GenerationParams
+from core.inference.params import GenerationParams
 
 PROVIDERS = ("local_model", "openai_compatible")
 R = TypeVar("R")

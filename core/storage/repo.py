@@ -8,7 +8,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import ConfigError, NotFoundError
-from core.generation import GenerationParams
+from core.inference.params import GenerationParams
 from core.storage.records import PROVIDERS, Conversation, Message, ProviderConfig, from_row
 from core.storage.schema import (
     ConversationRow,
@@ -125,6 +125,13 @@ def set_setting(session: Session, key: str, value: Any) -> None:
     else:
         row.value = {"v": value}
     session.flush()
+
+
+def delete_setting(session: Session, key: str) -> None:
+    row = session.get(SettingRow, key)
+    if row is not None:
+        session.delete(row)
+        session.flush()
 
 
 def create_conversation(

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from core.chat import ChatService
-from core.engine import LocalEngine
+from core.chat.service import ChatService
+from core.inference.engine import LocalEngine
 from core.storage.db import Database, sqlite_file
 from tests.fixtures.hub_server import HubServer
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.configs import ConfigStore
+from core.chat.configs import ConfigStore
 from core.storage.db import Database
 from ui import resources
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.chat import ChatService
+from core.chat.service import ChatService
 from core.storage.db import Database
 from tests.fixtures.tiny_models import install_ready
 

@@ -7,8 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.library import ModelLibrary
-from core.settings import load_settings
+from core.hub.library import ModelLibrary
 from core.storage.db import Database
 from core.storage.schema import DownloadJobRow
 from tests.fixtures.hub_server import HubServer
@@ -26,7 +25,7 @@ REPO = {
 @pytest.fixture
 def library(db_url: str, hub: HubServer) -> ModelLibrary:
     hub.add_repo("org/tiny-chat", REPO)
-    lib = ModelLibrary(Database(db_url), load_settings())
+    lib = ModelLibrary(Database(db_url))
     lib.set_endpoints([hub.url])
     return lib
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.configs import ConfigStore
-from core.library import ModelLibrary
-from core.settings import load_settings
+from core.chat.configs import ConfigStore
+from core.hub.library import ModelLibrary
 from core.storage.db import Database
 
 PAGES = {
@@ -83,9 +82,7 @@ def test_hardware_page_lists_configs_with_masked_keys(new_app, db_url: str) -> N
     ConfigStore(Database(db_url)).save_config(
         "openai_compatible", "gpt", "http://127.0.0.1:1/v1", "sk-hidden-5678"
     )
-    ModelLibrary(Database(db_url), load_settings()).set_endpoints(
-        ["http://mirror.test", "http://127.0.0.1:9"]
-    )
+    ModelLibrary(Database(db_url)).set_endpoints(["http://mirror.test", "http://127.0.0.1:9"])
     at = new_app()
     at.run()
     at.switch_page("pages/hardware.py").run()

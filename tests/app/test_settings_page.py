@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.configs import ConfigStore
-from core.engine import LocalEngine
+from core.chat.configs import ConfigStore
+from core.inference.engine import LocalEngine
 from core.storage.db import Database
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
 
@@ -83,7 +83,7 @@ def test_changing_the_models_directory_finds_the_models_already_there(
     at.text_input(key="models-dir-input").input(str(other))
     at.button(key="models-dir-submit").click().run()
     assert not at.exception
-    assert resources.settings().models_dir == other.resolve()
+    assert resources.library().models_dir == other.resolve()
     assert resources.library().status("tinyllama-1.1b").kind == "ready"
     at.switch_page("pages/models.py").run()
     assert any("Ready" in m.value for m in at.markdown)

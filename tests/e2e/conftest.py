@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from core.configs import ConfigStore
-from core.generation import GenerationParams
+from core.chat.configs import ConfigStore
+from core.inference.params import GenerationParams
 from core.settings import PROJECT_ROOT
 from core.storage import repo
 from core.storage.db import Database
@@ -83,6 +83,10 @@ def running_app(
             yield RunningApp(url, port, process)
         finally:
             stop_process_group(process)
+    deprecated = [
+        line for line in log_path.read_text(errors="replace").splitlines() if "deprecat" in line.lower()
+    ]
+    assert not deprecated, f"the app used a deprecated API: {deprecated[:3]}"
 
 
 def stop_process_group(process: subprocess.Popen, sig: signal.Signals = signal.SIGTERM) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from core.chat import ChatService
+from core.chat.service import ChatService
 from core.storage.db import Database
 from core.storage.records import Message
 from tests.e2e.conftest import LONG_PROMPT, running_app, send, stop_process_group

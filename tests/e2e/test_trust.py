@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, Route, expect
 
-from core.chat import ChatService
+from core.chat.service import ChatService
 from core.storage import repo
 from core.storage.db import Database
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS

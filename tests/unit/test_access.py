@@ -10,17 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core.access import (
-    FIRST_LOCKOUT_S,
-    MAX_FAILURES,
-    AccessPolicy,
-    Identity,
-    SignInGate,
-    SignInLimiter,
-    is_loopback,
-    load_access_policy,
-)
-from core.chat import ChatService
+from core.access.policy import AccessPolicy, Identity, is_loopback, load_access_policy
+from core.access.sign_in import FIRST_LOCKOUT_S, MAX_FAILURES, SignInGate, SignInLimiter
+from core.chat.service import ChatService
 from core.errors import ConfigError, SignInError
 from core.settings import PROJECT_ROOT
 from core.storage.db import Database
@@ -194,5 +186,5 @@ def test_sessions_resume_until_closed_or_expired(database: Database, monkeypatch
     gate.close_session(token)
     assert gate.resume(token) is None  # signed out
 
-    monkeypatch.setattr("core.access.SESSION_TTL_S", -1.0)
+    monkeypatch.setattr("core.access.sign_in.SESSION_TTL_S", -1.0)
     assert gate.resume(gate.open_session(alice)) is None  # expired

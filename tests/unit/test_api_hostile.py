@@ -19,8 +19,8 @@ import openai
 import psutil
 import pytest
 
-from core.engine import LocalEngine
-from core.hosts import HostPolicy
+from core.access.hosts import HostPolicy
+from core.inference.engine import LocalEngine
 from core.settings import PROJECT_ROOT
 from tests.fixtures.serving import free_port, serving
 from tests.fixtures.tiny_models import build_tiny_model, install_ready

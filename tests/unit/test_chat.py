@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from core.chat import ChatService, Trimmed, trim_history
-from core.configs import ConfigStore
-from core.engine import Finished, LocalEngine, TextDelta
+from core.chat.configs import ConfigStore
+from core.chat.providers import LocalProvider, provider_for_config
+from core.chat.service import ChatService, Trimmed, trim_history
 from core.errors import ConfigError, MessageError, NotFoundError
-from core.generation import GenerationParams
-from core.providers import LocalProvider, provider_for_config
+from core.inference.engine import LocalEngine
+from core.inference.events import Finished, TextDelta
+from core.inference.params import GenerationParams
 from core.storage.db import Database
 from tests.fixtures.tiny_models import install_ready
 

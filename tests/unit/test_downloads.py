@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from core import hub as hub_module
-from core.downloads import DownloadManager, DownloadTarget, ModelDownload, Progress, TransferPolicy
-from core.model_store import MANIFEST, read_manifest, verify
+from core.hub import listing as hub_module
+from core.hub.manager import DownloadManager
+from core.hub.store import MANIFEST, read_manifest, verify
+from core.hub.transfer import DownloadTarget, ModelDownload, Progress, TransferPolicy
 from core.storage.db import Database
 from tests.fixtures.hub_server import Fault, HubServer
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import gc
+import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from core.engine import Finished, LocalEngine, Queued, TextDelta
 from core.errors import GenerationError, InsufficientMemoryError, ModelNotReadyError, QueueFullError
-from core.generation import GenerationParams
-from core.hardware import return_freed_memory_to_os
+from core.inference.engine import LocalEngine
+from core.inference.events import Finished, Queued, TextDelta
+from core.inference.params import GenerationParams
+from core.settings import PROJECT_ROOT
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 GREEDY = GenerationParams(temperature=0, max_new_tokens=24)
@@ -46,10 +48,6 @@ def engine(tmp_path: Path, tiny_models: dict[str, Path], long_context_model: Pat
     engine.unload()
 
 
-def _generation_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("generate-")]
-
-
 def test_stream_yields_text_in_pieces_then_stats(engine: LocalEngine) -> None:
     events = list(engine.stream("tiny-llama", HELLO, GREEDY, ignore_eos=True))
     pieces = [e.text for e in events if isinstance(e, TextDelta)]
@@ -69,7 +67,7 @@ def test_stream_yields_text_in_pieces_then_stats(engine: LocalEngine) -> None:
 def test_chat_template_is_used(engine: LocalEngine) -> None:
     # The llama template adds <|user|> and </s>: the prompt is longer than the raw text's tokens.
     engine.load("tiny-llama")
-    tokenizer = engine._tokenizer
+    tokenizer = engine.tokenizer("tiny-llama")
     assert engine.count_tokens("tiny-llama", HELLO) > len(tokenizer("Hello 你好")["input_ids"])
 
 
@@ -88,7 +86,7 @@ def test_stop_ends_generation_within_a_second(engine: LocalEngine) -> None:
     assert time.monotonic() - stopped_at < 1.0
     assert finished.stats.finish_reason == "stopped"
     assert finished.stats.completion_tokens < LONG.max_new_tokens
-    assert _generation_threads() == []
+    assert not engine.busy  # the engine is free again
 
 
 def test_a_reader_that_goes_away_stops_generation(engine: LocalEngine) -> None:
@@ -99,7 +97,7 @@ def test_a_reader_that_goes_away_stops_generation(engine: LocalEngine) -> None:
     started = time.monotonic()
     stream.close()  # the browser went away
     assert time.monotonic() - started < 1.0
-    assert _generation_threads() == []
+    assert not engine.busy  # the engine is free again
     # and the engine is free for the next request
     assert isinstance(list(engine.stream("tiny-llama", HELLO, GREEDY))[-1], Finished)
 
@@ -171,21 +169,33 @@ def test_switching_models_unloads_the_old_one(engine: LocalEngine) -> None:
     assert engine.loaded.key == "tiny-llama"
 
 
+UNLOAD_IN_A_FRESH_PROCESS = """
+import json, sys
+from pathlib import Path
+import psutil
+from core.inference.engine import LocalEngine
+engine = LocalEngine(Path(sys.argv[1]), idle_unload_s=0)
+engine.prepare().result()  # the imports are not the model
+process = psutil.Process()
+before = process.memory_info().rss
+loaded = engine.load("heavy")
+with_model = process.memory_info().rss
+engine.unload()
+print(json.dumps({"before": before, "with_model": with_model, "after": process.memory_info().rss,
+                  "model": loaded.memory_bytes, "unloaded": engine.loaded is None}))
+"""
+
+
 def test_unload_frees_memory(tmp_path: Path, heavy_model: Path) -> None:
+    """In a fresh process: memory freed by earlier tests in this one would hide the model's growth."""
     install_ready(tmp_path / "models", "heavy", heavy_model)
-    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
-    process = psutil.Process()
-    gc.collect()
-    return_freed_memory_to_os()  # memory freed by earlier tests would otherwise hide the growth
-    before = process.memory_info().rss
-    loaded = engine.load("heavy")
-    with_model = process.memory_info().rss
-    assert with_model - before > loaded.memory_bytes * 0.5
-    engine.unload()
-    assert engine.loaded is None
-    assert engine._model is None
-    after = process.memory_info().rss
-    assert with_model - after > loaded.memory_bytes * 0.5  # resident memory really dropped
+    result = subprocess.run([sys.executable, "-c", UNLOAD_IN_A_FRESH_PROCESS, str(tmp_path / "models")],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rss = json.loads(result.stdout)
+    assert rss["unloaded"]
+    assert rss["with_model"] - rss["before"] > rss["model"] * 0.5
+    assert rss["with_model"] - rss["after"] > rss["model"] * 0.5  # resident memory really dropped
 
 
 def test_idle_unload_fires_and_the_next_request_reloads(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
@@ -208,13 +218,13 @@ def test_a_model_that_is_not_downloaded_is_refused(engine: LocalEngine) -> None:
 
 def test_memory_check_refuses_unless_forced(engine: LocalEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     # Simulates a machine with 100 MB free: this one has far more than the tiny model needs.
-    monkeypatch.setattr("core.engine._available_memory", lambda _device: 100 * 1024**2)
+    monkeypatch.setattr("core.inference.engine.available_memory", lambda _device: 100 * 1024**2)
     with pytest.raises(InsufficientMemoryError, match=r"needs 0\.\d GiB, 0\.1 GiB available"):
         engine.load("tiny-qwen")
     assert engine.load("tiny-qwen", force=True).key == "tiny-qwen"
 
 
-@pytest.mark.parametrize("quantization", ["int4", "none"])  # core.decoder, transformers' generate
+@pytest.mark.parametrize("quantization", ["int4", "none"])  # core.inference.decoder, transformers' generate
 def test_an_error_in_the_generation_thread_reaches_the_caller(
     engine: LocalEngine, monkeypatch: pytest.MonkeyPatch, quantization: str
 ) -> None:
@@ -222,15 +232,16 @@ def test_an_error_in_the_generation_thread_reaches_the_caller(
     # on demand.
     engine.quantization = quantization
     engine.load("tiny-llama")
-    assert (engine._decoder is None) == (quantization == "none")
+    assert engine.loaded.runner == ("generate" if quantization == "none" else "decoder")
+    parts = engine._parts  # the model's own forward pass is the only way in for this fault
 
     def failing(*_args, **_kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(engine._decoder or engine._model, "forward", failing)
+    monkeypatch.setattr(parts.decoder or parts.model, "forward", failing)
     with pytest.raises(GenerationError, match="Generation failed: CUDA out of memory"):
         list(engine.stream("tiny-llama", HELLO, GREEDY))
-    assert _generation_threads() == []
+    assert not engine.busy  # the engine is free again
     assert engine.waiting == 0
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from core.downloads import DownloadManager, DownloadTarget, ModelDownload, Progress, TransferPolicy
 from core.errors import InvalidRepoIdError, UnsupportedModelError
-from core.library import ModelLibrary
-from core.model_store import read_manifest, verify
-from core.settings import load_settings
+from core.hub.library import ModelLibrary
+from core.hub.manager import DownloadManager
+from core.hub.store import read_manifest, verify
+from core.hub.transfer import DownloadTarget, ModelDownload, Progress, TransferPolicy
 from core.storage import jobs
 from core.storage.db import Database
 from tests.fixtures.hub_server import Fault, HubServer, Sibling
@@ -217,7 +217,7 @@ def test_a_config_that_is_not_a_model_config_is_refused_with_a_sentence(
     hub: HubServer, database: Database, config: bytes, said: str
 ) -> None:
     hub.add_repo("org/odd", {**REPO, "config.json": config, "chat_template.jinja": b"{{ messages }}"})
-    library = ModelLibrary(database, load_settings(), endpoints_override=[hub.url])
+    library = ModelLibrary(database, endpoints_override=[hub.url])
     with pytest.raises(UnsupportedModelError, match=said):
         library.add_custom("org/odd")
     assert [spec.repo_id for spec in library.models() if spec.custom] == []
@@ -227,7 +227,7 @@ def test_a_config_that_is_not_a_model_config_is_refused_with_a_sentence(
 def test_repo_ids_the_hub_would_refuse_are_refused_before_any_request(
     hub: HubServer, database: Database, repo_id: str
 ) -> None:
-    library = ModelLibrary(database, load_settings(), endpoints_override=[hub.url])
+    library = ModelLibrary(database, endpoints_override=[hub.url])
     with pytest.raises(InvalidRepoIdError, match="is not a Hugging Face repository id"):
         library.add_custom(repo_id)
     assert hub.requests() == []

@@ -12,7 +12,6 @@ import pytest
 from huggingface_hub import snapshot_download
 from sqlalchemy import update
 
-from core.downloads import DownloadManager, TransferPolicy
 from core.errors import (
     ConfigError,
     GatedRepoError,
@@ -21,8 +20,10 @@ from core.errors import (
     RepoNotFoundError,
     UnsupportedModelError,
 )
-from core.library import ModelLibrary
-from core.settings import load_settings
+from core.hub.library import ModelLibrary
+from core.hub.manager import DownloadManager
+from core.hub.transfer import TransferPolicy
+from core.preferences import Preferences
 from core.storage.db import Database
 from core.storage.schema import DownloadJobRow
 from tests.fixtures.hub_server import Fault, HubServer
@@ -32,9 +33,9 @@ POLICY = TransferPolicy(backoff_s=0.01, stall_timeout_s=2, disk_margin_bytes=0, 
 
 @pytest.fixture
 def library(database: Database, hub: HubServer) -> ModelLibrary:
-    settings = load_settings()
-    manager = DownloadManager(database, settings.models_dir, lambda: [hub.url], policy=POLICY)
-    lib = ModelLibrary(database, settings, manager)
+    models_dir = Preferences(database).get("models_dir")
+    manager = DownloadManager(database, models_dir, lambda: [hub.url], policy=POLICY)
+    lib = ModelLibrary(database, manager=manager)
     lib.set_endpoints([hub.url])
     return lib
 
@@ -156,11 +157,9 @@ def test_interrupted_jobs_are_found_and_resumed(
         session.execute(update(DownloadJobRow).values(state="running", updated_at=datetime.now(UTC)))
     hub.clear_faults()
 
-    settings = load_settings()  # the app starts again: a new process-wide manager
     patient = replace(POLICY, interrupted_after_s=3600)  # the heartbeat alone would say "running"
-    restarted = ModelLibrary(
-        database, settings, DownloadManager(database, settings.models_dir, lambda: [hub.url], policy=patient)
-    )
+    manager = DownloadManager(database, library.models_dir, lambda: [hub.url], policy=patient)
+    restarted = ModelLibrary(database, manager=manager)  # the app starts again: a new process-wide manager
     assert restarted.status(key).kind == "partial"
     assert restarted.progress(key).state == "interrupted"
     assert restarted.resume_interrupted() == [key]

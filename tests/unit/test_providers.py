@@ -7,12 +7,13 @@ import time
 
 import pytest
 
-from core.chat import ChatService
-from core.configs import ConfigStore
-from core.engine import Finished, LocalEngine, TextDelta
+from core.chat.configs import ConfigStore
+from core.chat.providers import OpenAICompatibleProvider, provider_for_config
+from core.chat.service import ChatService
 from core.errors import ProviderError
-from core.generation import GenerationParams
-from core.providers import OpenAICompatibleProvider, provider_for_config
+from core.inference.engine import LocalEngine
+from core.inference.events import Finished, TextDelta
+from core.inference.params import GenerationParams
 from core.storage.db import Database
 from tests.fixtures.openai_faults import FaultyOpenAIServer
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused

@@ -1,4 +1,4 @@
-"""Int4/int8 weights, the decode attention and core.decoder: close to the reference, used by the engine."""
+"""Int4/int8 weights, the decode attention and the decoder: close to the reference, used by the engine."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from transformers import AutoModelForCausalLM
 
-from core import attention, quantize
-from core.decoder import Decoder, Sampling, generate, supports
-from core.engine import LocalEngine, TextDelta
-from core.generation import GenerationParams
-from core.model_store import read_manifest, write_manifest
-from core.quantize import (
+from core.hub.store import read_manifest, write_manifest
+from core.inference import attention, quantize
+from core.inference.decoder import Decoder, Sampling, generate, supports
+from core.inference.engine import LocalEngine
+from core.inference.events import TextDelta
+from core.inference.params import GenerationParams
+from core.inference.quantize import (
     INT4_GROUP,
     PROMPT_ROWS,
     Int4Linear,
@@ -250,7 +251,7 @@ def test_the_engine_uses_int4_on_the_cpu_and_the_reference_is_one_setting_away(
     assert fast.precision().weight_bytes < 1
     loaded = fast.load("tiny")
     assert (loaded.device, loaded.weights) == ("cpu", "int4")
-    assert fast._decoder is not None  # replies go through core.decoder
+    assert loaded.runner == "decoder"  # replies go through core.inference.decoder
     fast.unload()
     reference = LocalEngine(tmp_path, device="cpu", quantization="none", idle_unload_s=0)
     loaded_reference = reference.load("tiny")

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.catalog import builtin_spec
-from core.engine import LocalEngine
-from core.hardware import (
+from core.hardware import GpuInfo, HardwareInfo
+from core.hub.catalog import builtin_spec
+from core.inference.engine import LocalEngine
+from core.inference.quantize import quantize_checkpoint, stored_bytes
+from core.inference.sizing import (
     RUNTIME_OVERHEAD_BYTES,
-    GpuInfo,
-    HardwareInfo,
     KvLayout,
     Precision,
     Vocabulary,
@@ -23,7 +23,6 @@ from core.hardware import (
     memory_verdict,
     model_memory,
 )
-from core.quantize import quantize_checkpoint, stored_bytes
 from core.settings import PROJECT_ROOT
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
@@ -115,7 +114,7 @@ def test_resident_memory_after_load_matches_the_estimate(
     )
     install_ready(tmp_path / "models", "m", source)
     script = (
-        "import json, sys, psutil; from pathlib import Path; from core.engine import LocalEngine;"
+        "import json, sys, psutil; from pathlib import Path; from core.inference.engine import LocalEngine;"
         "e = LocalEngine(Path(sys.argv[1])); loaded = e.load('m');"
         "print(json.dumps({'rss': psutil.Process().memory_info().rss, 'precision': e.precision().__dict__}))"
     )

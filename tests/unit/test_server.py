@@ -16,7 +16,7 @@ import httpx2
 import openai
 import pytest
 
-from core.engine import LocalEngine
+from core.inference.engine import LocalEngine
 from core.settings import PROJECT_ROOT
 from tests.fixtures.serving import free_port
 from tests.fixtures.serving import serving as served

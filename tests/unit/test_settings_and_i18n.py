@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
+from core.hub.catalog import BUILTIN_MODELS
 from core.settings import PROJECT_ROOT, load_settings
-from ui.i18n import LANGUAGES, MESSAGES, language_from_locale
+from ui.i18n import LANGUAGES, TEXTS, language_from_locale
 
 
-def test_endpoint_order_hf_endpoint_then_mirrors() -> None:
-    settings = load_settings(
-        {"HF_ENDPOINT": "http://a.test/", "LOCALLLM_MIRRORS": "http://b.test, http://a.test"}
-    )
-    assert settings.endpoints == ("http://a.test", "http://b.test")
+def test_the_database_url_and_data_folder_come_from_the_environment() -> None:
     default = load_settings({})
-    assert default.endpoints == ("https://huggingface.co", "https://hf-mirror.com")
-    assert default.models_dir == PROJECT_ROOT / "assets" / "models"
     assert default.db_url == f"sqlite:///{PROJECT_ROOT / 'data' / 'localllm.db'}"
-
-
-def test_database_url_and_models_dir_come_from_the_environment() -> None:
-    settings = load_settings({"LOCALLLM_DB_URL": "postgresql://u@h/db", "LOCALLLM_MODELS_DIR": "/srv/models"})
-    assert settings.db_url == "postgresql://u@h/db"
-    assert settings.models_dir == Path("/srv/models")
+    assert load_settings({"LOCALLLM_DB_URL": "postgresql://u@h/db"}).db_url == "postgresql://u@h/db"
+    assert load_settings({"LOCALLLM_DATA_DIR": "/srv/llm"}).db_url == "sqlite:////srv/llm/localllm.db"
 
 
 @pytest.mark.parametrize(
@@ -36,15 +26,18 @@ def test_browser_locale_picks_the_language(locale: str | None, language: str) ->
     assert language_from_locale(locale) == language
 
 
-def test_every_message_has_every_language_and_the_same_placeholders() -> None:
-    for key, texts in MESSAGES.items():
-        assert set(texts) == set(LANGUAGES), key
-        placeholders = {lang: set(re.findall(r"{(\w+)}", text)) for lang, text in texts.items()}
+def test_both_languages_have_the_same_keys_and_placeholders() -> None:
+    english, chinese = TEXTS["en"], TEXTS["zh"]
+    assert set(english) == set(chinese), set(english) ^ set(chinese)
+    assert set(TEXTS) == set(LANGUAGES)
+    for key, text in english.items():
+        placeholders = {lang: set(re.findall(r"{(\w+)}", TEXTS[lang][key])) for lang in LANGUAGES}
         if key.startswith("error."):  # a translation may leave out the English detail, nothing else
             assert placeholders["zh"] <= {"message"}, key
             assert placeholders["en"] <= {"message"}, key
         else:
             assert placeholders["en"] == placeholders["zh"], key
+        assert text.strip() and chinese[key].strip(), key
 
 
 def test_every_key_used_in_the_ui_exists() -> None:
@@ -55,4 +48,10 @@ def test_every_key_used_in_the_ui_exists() -> None:
     ]
     used = {key for path in sources for key in re.findall(r"""\bt\(\s*["']([\w.]+)["']""", path.read_text())}
     assert used, "the scan found no t() calls"
-    assert used <= set(MESSAGES), used - set(MESSAGES)
+    assert used <= set(TEXTS["en"]), used - set(TEXTS["en"])
+
+
+def test_every_catalog_model_is_described_in_both_languages() -> None:
+    for spec in BUILTIN_MODELS:
+        for part in ("strengths", "use"):
+            assert all(f"catalog.{spec.key}.{part}" in TEXTS[lang] for lang in LANGUAGES), spec.key

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from core.configs import ConfigStore
+from core.chat.configs import ConfigStore
 from core.errors import ConfigError, NotFoundError, SchemaTooNewError
-from core.generation import GenerationParams
+from core.inference.params import GenerationParams
 from core.settings import PROJECT_ROOT
 from core.storage import repo
 from core.storage.db import Database, display_url
@@ -117,7 +117,7 @@ def test_a_second_process_sees_committed_rows(database: Database, db_url: str) -
     store = ConfigStore(database)
     store.set_current_config(store.save_config("local_model", "qwen2.5-0.5b", name="从另一个进程"))
     script = (
-        "from core.configs import ConfigStore; from core.storage.db import Database; import sys;"
+        "from core.chat.configs import ConfigStore; from core.storage.db import Database; import sys;"
         "c = ConfigStore(Database(sys.argv[1])).get_current_config(); print(c.name, c.model)"
     )
     out = subprocess.run(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.chat import ChatService
+from core.chat.service import ChatService
 from core.errors import StorageError
 from core.storage import db as db_module
 from core.storage import repo

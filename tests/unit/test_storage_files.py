@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.chat import ChatService
+from core.chat.service import ChatService
 from core.cli import main
 from core.errors import StorageError
 from core.settings import PROJECT_ROOT
@@ -18,7 +18,7 @@ from core.storage.db import Database, set_aside, sqlite_file
 
 WRITE_THEN_DIE = """
 import os, sys
-from core.chat import ChatService
+from core.chat.service import ChatService
 from core.storage import repo
 from core.storage.db import Database
 chat = ChatService(Database(sys.argv[1]), provider=lambda: None)

@@ -1,115 +1,29 @@
-"""Who may open the dashboard from the LAN: the shared password, personal passwords per name, admins,
-sign-in limits and sessions."""
+"""Signing in from the LAN: the shared password, a personal password per name (claimed at the first
+sign-in, scrypt-hashed), limits on wrong passwords per address and per name, and sessions."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
-import os
+import logging
 import re
 import secrets
 import threading
 import time
-import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from core.errors import ConfigError, SignInError
-from core.settings import PROJECT_ROOT
+from core.access.policy import AccessPolicy, Identity
+from core.errors import SignInError
 from core.storage import lan_accounts
 from core.storage.db import Database
 
-SECRETS_FILE = PROJECT_ROOT / ".streamlit" / "secrets.toml"
-LOCAL_OWNER = "local"
 MAX_FAILURES = 5  # wrong passwords allowed from one address before it must wait
 FIRST_LOCKOUT_S = 30.0
 MAX_LOCKOUT_S = 15 * 60.0
 SESSION_TTL_S = 7 * 24 * 3600.0  # a browser stays signed in this long
 _USER_NAME = re.compile(r"^[\w][\w .@-]{0,39}$")
-
-
-def is_loopback(host: str | None) -> bool:
-    """True for this machine's own addresses (and for no address: Streamlit reports loopback so)."""
-    if host is None or host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def lan_addresses() -> list[str]:
-    """This machine's IPv4 addresses other machines could reach (no loopback)."""
-    import psutil
-
-    found = []
-    for addresses in psutil.net_if_addrs().values():
-        for address in addresses:
-            if address.family.name == "AF_INET" and not is_loopback(address.address):
-                found.append(address.address)
-    return sorted(set(found))
-
-
-@dataclass(frozen=True)
-class AccessPolicy:
-    """The shared password, the admin names and the admins' own password (optional)."""
-
-    password: str | None = field(default=None, repr=False)
-    admin_names: frozenset[str] = frozenset()
-    admin_password: str | None = field(default=None, repr=False)
-
-    @property
-    def lan_allowed(self) -> bool:
-        return bool(self.password)
-
-
-def _read_secrets(path: Path) -> Mapping[str, object]:
-    if not path.exists():
-        return {}
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path} cannot be read: {exc}") from exc
-
-
-def _names(value: object) -> frozenset[str]:
-    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else []
-    return frozenset(str(item).strip().casefold() for item in items if str(item).strip())
-
-
-def load_access_policy(env: Mapping[str, str] | None = None) -> AccessPolicy:
-    """From LOCALLLM_PASSWORD / LOCALLLM_ADMINS / LOCALLLM_ADMIN_PASSWORD, else the secrets file.
-
-    The secrets file is .streamlit/secrets.toml, or the one LOCALLLM_SECRETS_FILE names.
-    """
-    env = os.environ if env is None else env
-    secrets = _read_secrets(Path(env.get("LOCALLLM_SECRETS_FILE") or SECRETS_FILE))
-
-    def pick(env_name: str, secret_name: str) -> object:
-        return env.get(env_name) or secrets.get(secret_name) or None
-
-    password = pick("LOCALLLM_PASSWORD", "password")
-    admin_password = pick("LOCALLLM_ADMIN_PASSWORD", "admin_password")
-    return AccessPolicy(
-        password=str(password) if password else None,
-        admin_names=_names(pick("LOCALLLM_ADMINS", "admins")),
-        admin_password=str(admin_password) if admin_password else None,
-    )
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A signed-in person: `owner` keys their conversations; admins may change and delete shared things."""
-
-    name: str
-    owner: str
-    is_admin: bool
-
-
-LOCAL_USER = Identity(name="local", owner=LOCAL_OWNER, is_admin=True)
+logger = logging.getLogger(__name__)
 
 
 class SignInLimiter:
@@ -239,6 +153,7 @@ class SignInGate:
         return _same(password, expected)
 
     def _failed(self, client: str, name: str) -> SignInError:
+        logger.info("wrong password for %r from %s", name[:40], client)
         self.limiter.failed(client)
         self.limiter.failed(f"name:{name.casefold()}")
         return SignInError("Wrong user name or password.", reason="bad_password")
@@ -265,6 +180,7 @@ class SignInGate:
         self.limiter.succeeded(f"name:{key}")
         with self.db.begin() as session:
             lan_accounts.signed_in(session, key)
+        logger.info("%r signed in from %s", name, client)
         return Identity(name=name, owner=owner_of(name), is_admin=key in self.policy.admin_names)
 
     def _claim(self, key: str, name: str, personal: str, confirm: str | None) -> None:
@@ -283,6 +199,7 @@ class SignInGate:
         with self.db.begin() as session:
             if not lan_accounts.claim(session, key, name, hash_password(personal)):
                 raise SignInError("Wrong user name or password.", reason="bad_password")  # claimed meanwhile
+        logger.info("the name %r was claimed", name)
 
     def accounts(self) -> list[lan_accounts.LanAccount]:
         with self.db.begin() as session:
@@ -290,5 +207,6 @@ class SignInGate:
 
     def reset(self, name: str) -> bool:
         """Forget a name's personal password (its next sign-in claims it again) and sign it out."""
+        logger.info("the name %r was reset", name)
         with self.db.begin() as session:
             return lan_accounts.reset(session, name.casefold())

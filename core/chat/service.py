@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
-from core.engine import Event, Finished, TextDelta
+from core.chat.providers import ChatProvider
 from core.errors import ConfigError, ContextLengthError, MessageError, NotFoundError
-from core.generation import GenerationParams
-from core.providers import ChatProvider
+from core.inference.events import Event, Finished, TextDelta
+from core.inference.params import GenerationParams
 from core.storage import repo
 from core.storage.db import Database
 from core.storage.records import Conversation, Message
 from core.storage.schema import ConversationRow, MessageRow, utcnow
 
 SAVE_EVERY_S = 1.0  # a partial reply reaches the database at least this often
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -216,12 +218,14 @@ class ChatService:
                 elif isinstance(event, Finished):
                     finished = True
                     self._save_reply(reply_id, text, **asdict(event.stats))
+                    logger.info("reply %d by %s: %s", reply_id, event.stats.model, event.stats)
                 yield event
         except GeneratorExit:
             stop.set()
             self._save_reply(reply_id, text, finish_reason="stopped")
             raise
-        except Exception:
+        except Exception as exc:
+            logger.warning("reply %d failed: %s", reply_id, getattr(exc, "message", exc))
             self._save_reply(reply_id, text, finish_reason="error")
             raise
         finally:

@@ -11,6 +11,7 @@ the page was served from (or a configured origin).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 import threading
@@ -31,6 +32,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 ADDRESSES_TTL_S = 30.0  # interface addresses are read again after this (a laptop changes networks)
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+logger = logging.getLogger(__name__)
 
 
 def _split(value: str | None) -> frozenset[str]:
@@ -167,6 +169,9 @@ class TrustedHostsMiddleware:
             return
         host = _header(scope, b"host")
         if not self.policy.allows_host(host):
+            logger.info(
+                "refused a request for host %r from %s", str(host)[:80], (scope.get("client") or ("?",))[0]
+            )
             reason = (
                 f"This server does not answer to the host name {str(host)[:80]!r}. "
                 "Open it by this machine's address, or add the name to LOCALLLM_ALLOWED_HOSTS."
@@ -176,6 +181,7 @@ class TrustedHostsMiddleware:
         scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
         origin = _header(scope, b"origin")
         if not self.policy.allows_origin(origin, host, scheme):
+            logger.info("refused a request from the page at %r", str(origin)[:80])
             reason = f"Requests from the web page at {str(origin)[:80]!r} are not allowed here."
             await self.refuse(scope, receive, send, 403, reason)
             return

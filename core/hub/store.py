@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UnsafeListingError, UnsupportedModelError
-from core.hub import OWN_FILE_PREFIX, PARTIAL_SUFFIX, RemoteFile, unsafe_path_reason
+from core.hub.listing import OWN_FILE_PREFIX, PARTIAL_SUFFIX, RemoteFile, unsafe_path_reason
 
 MANIFEST = f"{OWN_FILE_PREFIX}manifest.json"
 HASH_BLOCK = 4 * 1024 * 1024
@@ -211,3 +211,37 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise UnsupportedModelError(f"{path.name} is not a valid safetensors file.", path=path.name)
     return header, 8 + length
+
+
+MAX_CONFIG_COUNT = 2**40  # no layer count, width or vocabulary of a real model comes near this
+
+
+def config_count(config: dict, name: str, default: int = 0) -> int:
+    """A count from a model's config.json (a file a server chose): a non-negative integer, or the
+    default when absent; anything else is refused with a sentence."""
+    value = config.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CONFIG_COUNT:
+        raise UnsupportedModelError(
+            f"config.json gives {name} as {str(value)[:40]!r}, which is not a count this app can use.",
+            field=name,
+        )
+    return value
+
+
+def read_config(model_dir: Path) -> dict:
+    """A downloaded model's config.json as a dict, or a sentence when it is not a JSON object."""
+    import json
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UnsupportedModelError(
+            f"{model_dir.name} has no readable config.json ({exc.strerror})."
+        ) from exc
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise UnsupportedModelError(f"The config.json of {model_dir.name} is not a valid JSON object.")
+    return config

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from core.quantize import Fused, QuantizedLinear
+from core.inference.quantize import Fused, QuantizedLinear
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
 GRAPH_CAPACITY_STEP = 512  # tokens
@@ -48,7 +48,7 @@ def runs_architecture(model: Any) -> bool:
 
 def supports(model: Any) -> bool:
     """Whether this module runs `model`: an architecture it knows, with fused projections
-    (core.quantize: quantized, or joined in the model's dtype)."""
+    (core.inference.quantize: quantized, or joined in the model's dtype)."""
     if not runs_architecture(model):
         return False
     layer = model.model.layers[0]

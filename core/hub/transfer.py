@@ -1,9 +1,8 @@
-"""Resumable, verified, cancellable model downloads with retries and endpoint failover.
+"""One model's download: resumable, verified, cancellable, with retries and endpoint failover.
 
 Bytes go to `<file>.incomplete` beside the target and resume with HTTP Range from what is on disk;
 each file is hashed while it arrives (sha256 for LFS files, git's blob sha1 otherwise) and renamed
-into place only when size and hash match. Jobs live in the database; a process-wide DownloadManager
-runs them in worker threads, and any process can read their progress.
+into place only when size and hash match. core.hub.manager runs these in worker threads.
 """
 
 from __future__ import annotations
@@ -17,15 +16,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-import filelock
 import httpx2
 from huggingface_hub.utils import get_session
 
-from core import hub
 from core.errors import (
     DiskSpaceError,
     DownloadError,
@@ -34,8 +30,9 @@ from core.errors import (
     NotWritableError,
     RepoNotFoundError,
 )
-from core.hub import RemoteFile, RepoListing
-from core.model_store import (
+from core.hub import listing as hub
+from core.hub.listing import RemoteFile, RepoListing
+from core.hub.store import (
     FileHasher,
     Manifest,
     bytes_on_disk,
@@ -44,11 +41,7 @@ from core.model_store import (
     partial_path,
     write_manifest,
 )
-from core.storage import jobs
-from core.storage.db import Database
-from core.storage.jobs import JobRecord
 
-ACTIVE_STATES = ("queued", "running")
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
@@ -62,6 +55,9 @@ class TransferPolicy:
     disk_margin_bytes: int = 256 * 1024 * 1024
     heartbeat_s: float = 0.5
     interrupted_after_s: float = 10.0  # a running job without a heartbeat this long was interrupted
+
+
+DEFAULT_POLICY = TransferPolicy()
 
 
 @dataclass(frozen=True)
@@ -135,7 +131,7 @@ class ModelDownload:
         models_dir: Path,
         endpoints: Sequence[str],
         *,
-        policy: TransferPolicy = TransferPolicy(),
+        policy: TransferPolicy = DEFAULT_POLICY,
         cancel: threading.Event | None = None,
         report: Callable[[Progress], None] = lambda _p: None,
         disk_free: Callable[[Path], int] = disk_free_bytes,
@@ -163,6 +159,7 @@ class ModelDownload:
             self._report(self.progress)
 
     def _note(self, text: str) -> None:
+        logger.info("%s: %s", self.target.key, text)
         self._update(force=True, notes=(*self.progress.notes, text)[-20:])
 
     @property
@@ -184,6 +181,8 @@ class ModelDownload:
                     self.target.repo_id, commit or self.target.revision, endpoint
                 ),
             )
+            logger.info("downloading %s (%s at %s): %d files, %d bytes", self.target.key, listing.repo_id,
+                        listing.commit, len(listing.files), listing.total_bytes)  # fmt: skip
             self._update(force=True, commit=listing.commit)
             self._check_disk(listing)
             done = bytes_on_disk(self.directory, listing.files)
@@ -197,6 +196,7 @@ class ModelDownload:
             write_manifest(
                 self.directory, Manifest(listing.repo_id, listing.commit, self.endpoint, listing.files)
             )
+            logger.info("%s: every file verified", self.target.key)
             self._update(
                 force=True,
                 state="completed",
@@ -205,6 +205,7 @@ class ModelDownload:
                 speed_bps=0.0,
             )
         except CancelRequestedError:
+            logger.info("%s: download paused", self.target.key)
             self._update(force=True, state="cancelled", speed_bps=0.0)
         except LocalLLMError as exc:
             logger.warning("download of %s failed: %s", self.target.key, exc.message)
@@ -425,140 +426,3 @@ def describe(exc: BaseException | None) -> str:
     if isinstance(exc, (httpx2.ReadError, httpx2.RemoteProtocolError)):
         return "connection reset or closed early"
     return str(exc) or exc.__class__.__name__
-
-
-class DownloadManager:
-    """Process-wide owner of download jobs: one worker thread per model, state in the database."""
-
-    def __init__(
-        self,
-        db: Database,
-        models_dir: Path,
-        endpoints: Callable[[], Sequence[str]],
-        *,
-        policy: TransferPolicy = TransferPolicy(),
-        disk_free: Callable[[Path], int] = disk_free_bytes,
-    ) -> None:
-        self.db = db
-        self.models_dir = models_dir
-        self.endpoints = endpoints
-        self.policy = policy
-        self.disk_free = disk_free
-        self._lock = threading.Lock()
-        self._workers: dict[str, tuple[threading.Thread, threading.Event, ModelDownload]] = {}
-
-    def start(self, target: DownloadTarget) -> bool:
-        """Start (or resume) a download; False when this model is already downloading."""
-        with self._lock:
-            running = self._workers.get(target.key)
-            if running and running[0].is_alive():
-                return False
-            lock = self._file_lock(target.key)
-            try:
-                self.models_dir.mkdir(parents=True, exist_ok=True)
-                lock.acquire()
-            except filelock.Timeout:
-                return False  # another process is downloading it; its progress is in the database
-            except OSError as exc:  # a read-only or missing mount: a sentence, not a traceback
-                raise not_writable(self.models_dir, exc) from exc
-            cancel = threading.Event()
-            with self.db.begin() as session:
-                job = jobs.open_job(session, target.key, target.repo_id)
-            download = ModelDownload(
-                target,
-                self.models_dir,
-                self.endpoints(),
-                policy=self.policy,
-                cancel=cancel,
-                report=lambda p: self._save(job.id, p),
-                disk_free=self.disk_free,
-            )
-            thread = threading.Thread(
-                target=self._run, args=(download, job, lock), name=f"download-{target.key}", daemon=True
-            )
-            self._workers[target.key] = (thread, cancel, download)
-            thread.start()
-            return True
-
-    def _file_lock(self, key: str) -> filelock.FileLock:
-        """Held by whichever process downloads `key`; the OS frees it when that process dies."""
-        # thread_local=False: acquired by start(), released by the worker thread when it ends.
-        return filelock.FileLock(str(self.models_dir / f".{key}.lock"), timeout=0, thread_local=False)
-
-    def _downloading_elsewhere(self, key: str) -> bool:
-        """Whether a live process (this one included) holds the model's download lock."""
-        lock = self._file_lock(key)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            return True
-        except OSError:
-            return True  # cannot tell (e.g. a read-only folder): trust the heartbeat instead
-        lock.release()
-        return False
-
-    def _run(self, download: ModelDownload, job: JobRecord, lock: filelock.FileLock) -> None:
-        try:
-            download.run(commit=job.commit)
-        finally:
-            lock.release()
-
-    def _save(self, job_id: int, progress: Progress) -> None:
-        with self.db.begin() as session:
-            jobs.save_progress(session, job_id, progress)
-
-    def cancel(self, key: str) -> None:
-        with self._lock:
-            worker = self._workers.get(key)
-        if worker:
-            worker[1].set()
-
-    def wait(self, key: str, timeout: float | None = None) -> Progress | None:
-        with self._lock:
-            worker = self._workers.get(key)
-        if worker:
-            worker[0].join(timeout)
-        return self.progress(key)
-
-    def is_running(self, key: str) -> bool:
-        with self._lock:
-            worker = self._workers.get(key)
-        return bool(worker and worker[0].is_alive())
-
-    def progress(self, key: str) -> Progress | None:
-        """Progress of this process's job for `key` (live or finished), else the latest job row."""
-        with self._lock:
-            worker = self._workers.get(key)
-        if worker:
-            return worker[2].progress
-        with self.db.begin() as session:
-            job = jobs.latest_job(session, key)
-        if job is None:
-            return None
-        state = job.state
-        stale = datetime.now(UTC) - _aware(job.updated_at) > timedelta(
-            seconds=self.policy.interrupted_after_s
-        )
-        if state in ACTIVE_STATES and (stale or not self._downloading_elsewhere(key)):
-            state = "interrupted"  # its process died: at once when its lock is free, else by the heartbeat
-        return Progress(
-            key,
-            state,
-            bytes_done=job.bytes_done,
-            bytes_total=job.bytes_total,
-            current_file=job.current_file,
-            endpoint=job.endpoint,
-            attempts=job.attempts,
-            error=job.last_error,
-            commit=job.commit,
-        )
-
-    def interrupted(self) -> list[str]:
-        """Keys whose last job did not finish (killed, closed, cancelled or failed on a transient error)."""
-        with self.db.begin() as session:
-            keys = jobs.unfinished_keys(session)
-        return [k for k in keys if (p := self.progress(k)) and p.state in ("interrupted", "cancelled")]
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

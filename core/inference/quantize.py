@@ -264,7 +264,7 @@ def _quantize_children(
 
 def fuse_projections(model: Any) -> None:
     """Join each q/k/v trio and gate/up pair into one matrix, in the model's own dtype (for
-    core.decoder on a GPU, where weights stay 16-bit)."""
+    core.inference.decoder on a GPU, where weights stay 16-bit)."""
     for prefix, parent in list(model.named_modules()):
         _fuse_and_quantize(parent, f"{prefix}." if prefix else "", lambda linear, _name: linear, None)
 
@@ -342,7 +342,7 @@ class _Checkpoint:
     touched pages would count as resident memory until the file is closed."""
 
     def __init__(self, model_dir: Path) -> None:
-        from core.model_store import read_safetensors_header
+        from core.hub.store import read_safetensors_header
 
         self.tensors: dict[str, tuple[Path, int, dict[str, Any]]] = {}
         for path in sorted(model_dir.glob("*.safetensors")):

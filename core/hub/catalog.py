@@ -1,21 +1,13 @@
-"""The built-in model catalog: what each small chat model is, how big, and what it is good for."""
+"""The built-in model catalog: each small chat model's repository, size, languages and shape (what it
+is good for, in both languages, is in ui/locales)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.hardware import KvLayout, Vocabulary
+from core.inference.sizing import KvLayout, Vocabulary
 
 GB = 1000**3
-
-
-@dataclass(frozen=True)
-class Localized:
-    en: str
-    zh: str
-
-    def get(self, language: str) -> str:
-        return self.zh if language == "zh" else self.en
 
 
 @dataclass(frozen=True)
@@ -28,8 +20,6 @@ class ModelSpec:
     languages: tuple[str, ...]
     context_length: int
     license: str
-    strengths: Localized
-    recommended_use: Localized
     kv_layout: KvLayout | None = None  # from the model's config.json; None when unknown
     vocabulary: Vocabulary | None = None  # likewise
     custom: bool = False
@@ -45,14 +35,6 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         languages=("zh", "en"),
         context_length=32768,
         license="Apache-2.0",
-        strengths=Localized(
-            en="Lightweight Chinese-first chat model; also handles English.",
-            zh="轻量级中文对话模型，适合中文场景，也能处理英文。",
-        ),
-        recommended_use=Localized(
-            en="Chinese Q&A, dialogue, text generation.",
-            zh="中文问答、对话、文本生成。",
-        ),
         kv_layout=KvLayout(layers=24, kv_heads=2, head_dim=64),
         vocabulary=Vocabulary(151_936 * 896, tied=True),
     ),
@@ -65,14 +47,6 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         languages=("en",),
         context_length=2048,
         license="Apache-2.0",
-        strengths=Localized(
-            en="Ultra-light English chat model.",
-            zh="超轻量级英文对话模型。",
-        ),
-        recommended_use=Localized(
-            en="English Q&A, code generation, text processing.",
-            zh="英文问答、代码生成、文本处理。",
-        ),
         kv_layout=KvLayout(layers=22, kv_heads=4, head_dim=64),
         vocabulary=Vocabulary(32_000 * 2048, tied=False),
     ),
@@ -81,10 +55,6 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
 
 def builtin_spec(key: str) -> ModelSpec | None:
     return next((spec for spec in BUILTIN_MODELS if spec.key == key), None)
-
-
-CUSTOM_STRENGTHS = Localized(en="Added by you from Hugging Face.", zh="从 Hugging Face 添加的自定义模型。")
-CUSTOM_USE = Localized(en="General chat.", zh="通用对话。")
 
 
 def key_for_repo(repo_id: str, taken: set[str]) -> str:
@@ -104,8 +74,6 @@ def custom_spec(key: str, repo_id: str, revision: str, details: dict) -> ModelSp
         languages=tuple(details.get("languages", ())),
         context_length=int(details.get("context_length", 0)),
         license=str(details.get("license", "")),
-        strengths=CUSTOM_STRENGTHS,
-        recommended_use=CUSTOM_USE,
         kv_layout=KvLayout(**details["kv_layout"]) if "kv_layout" in details else None,
         vocabulary=Vocabulary(**details["vocabulary"]) if "vocabulary" in details else None,
         custom=True,

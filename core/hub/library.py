@@ -10,24 +10,16 @@ import httpx2
 from huggingface_hub import HfApi
 from huggingface_hub import errors as hf_errors
 
-from core import hub
-from core.catalog import BUILTIN_MODELS, ModelSpec, custom_spec, key_for_repo
-from core.downloads import DownloadManager, DownloadTarget, Progress, describe, disk_free_bytes
 from core.errors import ConfigError, DownloadError, InvalidRepoIdError, LocalLLMError, NotFoundError
-from core.hardware import (
-    KvLayout,
-    MemoryEstimate,
-    Precision,
-    Vocabulary,
-    config_count,
-    estimate_memory,
-    model_memory,
-)
-from core.hub import RemoteFile, RepoListing
-from core.model_store import (
+from core.hub import listing as hub
+from core.hub.catalog import BUILTIN_MODELS, ModelSpec, custom_spec, key_for_repo
+from core.hub.listing import RemoteFile, RepoListing
+from core.hub.manager import DownloadManager
+from core.hub.store import (
     FileCheck,
     Manifest,
     bytes_on_disk,
+    config_count,
     delete_model,
     find_in_hf_cache,
     model_dir,
@@ -38,12 +30,18 @@ from core.model_store import (
     verify,
     write_manifest,
 )
-from core.settings import Settings
+from core.hub.transfer import DownloadTarget, Progress, describe, disk_free_bytes
+from core.inference.sizing import (
+    KvLayout,
+    MemoryEstimate,
+    Precision,
+    Vocabulary,
+    estimate_memory,
+    model_memory,
+)
+from core.preferences import PREFERENCES, Preferences
 from core.storage import jobs, repo
 from core.storage.db import Database
-
-ENDPOINTS_SETTING = "downloads.endpoints"
-AUTO_RESUME_SETTING = "downloads.auto_resume"
 
 
 @dataclass(frozen=True)
@@ -74,45 +72,33 @@ class EndpointProbe:
     error: str = ""
 
 
-def _validate_endpoint(url: str) -> str:
-    url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")) or " " in url:
-        raise ConfigError(f"{url!r} is not an http(s) URL.", url=url)
-    return url
-
-
 class ModelLibrary:
     """Catalog, custom models, status on disk and downloads, backed by the database and a manager."""
 
     def __init__(
         self,
         db: Database,
-        settings: Settings,
+        preferences: Preferences | None = None,
         manager: DownloadManager | None = None,
         *,
         endpoints_override: list[str] | None = None,
     ) -> None:
+        """The models folder is the saved preference's at construction; `endpoints_override` (the CLI's
+        --endpoint) replaces the saved endpoint order for this library only."""
         self.db = db
-        self.settings = settings
-        self._endpoints_override = [_validate_endpoint(u) for u in endpoints_override or []]
-        self.manager = manager or DownloadManager(db, settings.models_dir, self.endpoints)
+        self.preferences = preferences or Preferences(db)
+        self.models_dir: Path = self.preferences.get("models_dir")
+        check = PREFERENCES["endpoints"].check
+        self._endpoints_override = check(endpoints_override) if endpoints_override else []
+        self.manager = manager or DownloadManager(db, self.models_dir, self.endpoints)
 
     # -- endpoints ------------------------------------------------------------------------------
     def endpoints(self) -> list[str]:
-        """Override (CLI --endpoint), else the order saved in Settings, else the environment's."""
-        if self._endpoints_override:
-            return list(self._endpoints_override)
-        with self.db.begin() as session:
-            stored = repo.get_setting(session, ENDPOINTS_SETTING)
-        return list(stored) if stored else list(self.settings.endpoints)
+        """Override (CLI --endpoint), else the saved order, else the environment's, else the default."""
+        return list(self._endpoints_override) or list(self.preferences.get("endpoints"))
 
     def set_endpoints(self, urls: list[str]) -> list[str]:
-        cleaned = list(dict.fromkeys(_validate_endpoint(u) for u in urls if u.strip()))
-        if not cleaned:
-            raise ConfigError("Keep at least one download endpoint.")
-        with self.db.begin() as session:
-            repo.set_setting(session, ENDPOINTS_SETTING, cleaned)
-        return cleaned
+        return self.preferences.set("endpoints", urls)
 
     def probe_endpoint(self, endpoint: str, timeout_s: float = 5.0) -> EndpointProbe:
         """Reachability and latency: ask the endpoint for the first catalog model's info."""
@@ -125,12 +111,10 @@ class ModelLibrary:
 
     @property
     def auto_resume(self) -> bool:
-        with self.db.begin() as session:
-            return bool(repo.get_setting(session, AUTO_RESUME_SETTING, True))
+        return self.preferences.get("auto_resume")
 
     def set_auto_resume(self, enabled: bool) -> None:
-        with self.db.begin() as session:
-            repo.set_setting(session, AUTO_RESUME_SETTING, enabled)
+        self.preferences.set("auto_resume", enabled)
 
     # -- catalog --------------------------------------------------------------------------------
     def models(self) -> list[ModelSpec]:
@@ -201,7 +185,7 @@ class ModelLibrary:
 
     # -- state on disk --------------------------------------------------------------------------
     def directory(self, key: str) -> Path:
-        return model_dir(self.settings.models_dir, key)
+        return model_dir(self.models_dir, key)
 
     def status(self, key: str) -> ModelStatus:
         progress = self.manager.progress(key)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from core.engine import Event, Finished, LocalEngine, ReplyStats, TextDelta
 from core.errors import ConfigError, ProviderError
-from core.generation import GenerationParams
+from core.inference.events import Event, Finished, ReplyStats, TextDelta
+from core.inference.params import GenerationParams
 from core.storage.records import ProviderConfig
+
+if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
+    from core.inference.engine import LocalEngine
+
+logger = logging.getLogger(__name__)
 
 
 class ChatProvider(Protocol):
@@ -152,6 +158,7 @@ class OpenAICompatibleProvider:
                         finish = "length" if choice.finish_reason == "length" else "stop"
         except openai.OpenAIError as exc:
             error = _explain(exc, self.base_url)
+            logger.warning("%s (%s): %s", self.base_url, self.model, error.message)
             if pieces:
                 error = ProviderError(f"The reply broke off midway: {error.message}")
             raise error from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.generation import GenerationParams
+from core.inference.params import GenerationParams
 from core.storage import repo
 from core.storage.db import Database
 from core.storage.records import ProviderConfig

@@ -1,0 +1,108 @@
+"""`localllm chat`: replies from a downloaded model, one message or a REPL on stdin."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable
+
+import click
+import psutil
+
+from core.chat.providers import LocalProvider
+from core.chat.service import ChatService, Trimmed
+from core.cli.common import library, warn
+from core.errors import MessageError
+from core.hardware import peak_rss_bytes
+from core.inference.events import Finished, ReplyStats, TextDelta
+from core.inference.loading import LoadedModel
+from core.inference.params import GenerationParams
+from core.preferences import QUANTIZATIONS
+
+
+@click.command(short_help="chat with a downloaded model (a REPL on stdin without --prompt)")
+@click.argument("model", metavar="KEY")
+@click.option("--prompt", help="one message; without it, each line on stdin is a message (history kept)")
+@click.option("--system", default="", help="system prompt")
+@click.option("--max-new-tokens", type=click.IntRange(1, 32768), default=256, show_default=True,
+              help="most tokens in one reply")  # fmt: skip
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True,
+              help="0 for greedy (the same reply every time)")  # fmt: skip
+@click.option("--ignore-eos", is_flag=True, help="always generate --max-new-tokens tokens (benchmarks)")
+@click.option("--stats", is_flag=True, help="print one JSON line of statistics after each reply")
+@click.option("--force", is_flag=True, help="load even if memory looks insufficient")
+@click.option("--quantization", type=click.Choice(QUANTIZATIONS), default=None,
+              help="weights on the CPU for this run: int4 (fastest), int8, or none (16-bit, the reference); "
+              "default: the saved setting")  # fmt: skip
+def chat(
+    model: str, prompt: str | None, system: str, max_new_tokens: int, temperature: float, ignore_eos: bool,
+    stats: bool, force: bool, quantization: str | None,
+) -> int:  # fmt: skip
+    """Stream replies from a downloaded model, with the device and weights of the saved settings."""
+    from core.inference.engine import LocalEngine
+
+    models_library = library()
+    key = models_library.get(model).key
+    options = {"idle_unload_s": 0} | ({"quantization": quantization} if quantization else {})
+    engine = LocalEngine.from_preferences(models_library.preferences, **options)
+    service = ChatService(models_library.db, lambda: LocalProvider(engine, key), owner="cli")
+    started = time.perf_counter()
+    loaded = engine.load(key, force=force)
+    load_s = time.perf_counter() - started
+    conversation = service.new_conversation(f"CLI {key}", system_prompt=system)
+    service.set_options(conversation.id, system, GenerationParams(max_new_tokens=max_new_tokens,
+                                                                  temperature=temperature))  # fmt: skip
+    messages = [prompt] if prompt is not None else (line.rstrip("\n") for line in sys.stdin)
+    return _converse(service, conversation.id, messages, ignore_eos, loaded, load_s if stats else None)
+
+
+def _converse(
+    service: ChatService, conversation_id: int, messages: Iterable[str], ignore_eos: bool,
+    loaded: LoadedModel, load_s: float | None,
+) -> int:  # fmt: skip
+    """Send each message and print its reply; a message that cannot be sent is explained and skipped."""
+    exit_code = 0
+    try:
+        for message in messages:
+            if not message.strip():
+                continue
+            try:
+                reply = _reply(service, conversation_id, message, ignore_eos)
+            except MessageError as exc:  # this message cannot be sent; the next line may be fine
+                warn(f"error: {exc.message}")
+                exit_code = 2
+                continue
+            if load_s is not None and reply:
+                click.echo(json.dumps(_stats_record(reply, loaded, load_s)))
+    except KeyboardInterrupt:
+        return 130
+    return exit_code
+
+
+def _reply(service: ChatService, conversation_id: int, message: str, ignore_eos: bool) -> ReplyStats | None:
+    stats = None
+    for event in service.send(conversation_id, message, ignore_eos=ignore_eos):
+        if isinstance(event, TextDelta):
+            click.echo(event.text, nl=False)
+        elif isinstance(event, Trimmed):
+            warn(f"[{event.dropped} older messages left out to fit the context]")
+        elif isinstance(event, Finished):
+            stats = event.stats
+    click.echo()
+    return stats
+
+
+def _stats_record(stats: ReplyStats, loaded: LoadedModel, load_s: float) -> dict[str, object]:
+    return {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "ttft_s": stats.ttft_s,
+        "decode_tps": stats.tokens_per_s,
+        "load_s": load_s,
+        "peak_rss_mb": peak_rss_bytes() / 1024**2,
+        "rss_mb": psutil.Process().memory_info().rss / 1024**2,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "weights": loaded.weights,
+    }

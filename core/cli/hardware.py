@@ -1,0 +1,76 @@
+"""`localllm hardware`: this machine, and whether each model fits and how fast it should decode."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from core.cli.common import library
+from core.hardware import HardwareInfo, measure_bandwidth, probe
+from core.units import format_bytes
+
+
+@click.command(short_help="this machine, and whether each model fits and how fast it runs")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of text")
+def hardware(as_json: bool) -> int:
+    """This machine (CPU, RAM, GPU, disk, memory bandwidth) and, for each model, the memory it needs, whether
+    it fits, and its expected decode speed."""
+    from core.inference.device import detect_device
+    from core.inference.engine import LocalEngine
+
+    models_library = library()
+    info = probe(models_library.models_dir)
+    engine = LocalEngine.from_preferences(models_library.preferences)
+    bandwidth = measure_bandwidth()
+    report = {
+        "cpu": info.cpu_name, "physical_cores": info.physical_cores, "logical_cores": info.logical_cores,
+        "ram_total_bytes": info.ram_total_bytes, "ram_available_bytes": info.ram_available_bytes,
+        "swap_total_bytes": info.swap_total_bytes, "gpus": [asdict(gpu) for gpu in info.gpus],
+        "mps": info.mps_available, "disk_free_bytes": info.disk_free_bytes,
+        "device": detect_device(engine.device_preference), "memory_bandwidth_bytes_per_s": round(bandwidth),
+        "models": _models(models_library, engine.precision(), info, bandwidth),
+    }  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print(info, bandwidth, report["models"])
+    return 0
+
+
+def _models(models_library: Any, precision: Any, info: HardwareInfo, bandwidth: float) -> dict[str, Any]:
+    from core.inference.sizing import CPU_DECODE_EFFICIENCY, decode_tokens_per_s_bound, memory_verdict
+
+    found = {}
+    for spec in models_library.models():
+        estimate = models_library.memory_estimate(spec.key, precision)
+        needed = estimate.total_bytes if estimate else None
+        speed = decode_tokens_per_s_bound(estimate, bandwidth) * CPU_DECODE_EFFICIENCY if estimate else None
+        found[spec.key] = {
+            "memory_needed_bytes": needed,
+            "download_bytes": spec.download_bytes,
+            "verdict": memory_verdict(needed, info).verdict if needed else "unknown",
+            "est_tokens_per_s": round(speed, 1) if speed else None,
+        }
+    return found
+
+
+def _print(info: HardwareInfo, bandwidth: float, models: dict[str, Any]) -> None:
+    click.echo(f"CPU     {info.cpu_name}, {info.physical_cores} cores / {info.logical_cores} threads")
+    available, total = format_bytes(info.ram_available_bytes), format_bytes(info.ram_total_bytes)
+    click.echo(f"RAM     {available} available of {total}")
+    for gpu in info.gpus:
+        free, total = format_bytes(gpu.memory_free_bytes), format_bytes(gpu.memory_total_bytes)
+        click.echo(f"GPU     {gpu.name}: {free} free of {total}")
+    if not info.gpus:
+        click.echo("GPU     none: models run on the CPU")
+    click.echo(f"Disk    {format_bytes(info.disk_free_bytes)} free on {info.disk_path}")
+    click.echo(
+        f"Memory bandwidth {bandwidth / 1e9:.1f} GB/s (measured): decode reads every weight once per token"
+    )
+    for key, model in models.items():
+        needed = format_bytes(model["memory_needed_bytes"]) if model["memory_needed_bytes"] else "?"
+        speed = f"~{model['est_tokens_per_s']} tokens/s at most" if model["est_tokens_per_s"] else ""
+        click.echo(f"{key:<24} needs {needed:>9}  {model['verdict']:<10} {speed}")

@@ -1,0 +1,95 @@
+"""`localllm models | download | verify`: the catalog, downloads that resume, and checking files."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import click
+
+from core.cli.common import library, warn
+from core.errors import NotFoundError, is_bad_input
+from core.hub.library import ModelLibrary
+from core.units import format_bytes
+
+
+@click.command(short_help="the model catalog with size and state")
+def models() -> int:
+    """The model catalog with each model's size and state (ready, partial, damaged, ...)."""
+    models_library = library()
+    for spec in models_library.models():
+        status = models_library.status(spec.key)
+        shown = (
+            f"{status.kind} {status.fraction:.0%}"
+            if status.kind in ("partial", "downloading")
+            else status.kind
+        )
+        size = format_bytes(spec.download_bytes) if spec.download_bytes else "?"
+        click.echo(f"{spec.key:<24} {spec.repo_id:<44} {size:>9}  {shown}")
+    return 0
+
+
+def _resolve_or_add(models_library: ModelLibrary, key_or_repo_id: str) -> str:
+    try:
+        return models_library.get(key_or_repo_id).key
+    except NotFoundError:
+        if "/" not in key_or_repo_id:
+            raise
+        return models_library.add_custom(key_or_repo_id).key
+
+
+@click.command(short_help="download and verify a model (resumes; any chat repo id)")
+@click.argument("model", metavar="KEY_OR_REPO_ID")
+@click.option("--endpoint", "endpoints", multiple=True, metavar="URL",
+              help="endpoint to download from, in order (repeatable); default: the saved order")  # fmt: skip
+def download(model: str, endpoints: tuple[str, ...]) -> int:
+    """Download a model and verify every file; resumes a partial download. Any chat repo id
+    (org/name) is checked and added to the catalog first. Exit 0 only when every file is verified."""
+    from tqdm import tqdm
+
+    models_library = library(list(endpoints) or None)
+    key = _resolve_or_add(models_library, model)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if not models_library.download(key):
+            warn(f"error: {key} is already being downloaded by another process.")
+            return 1
+        with tqdm(unit="B", unit_scale=True, unit_divisor=1000, desc=key, dynamic_ncols=True) as bar:
+            while models_library.manager.is_running(key):
+                if stop.is_set():
+                    models_library.manager.cancel(key)
+                models_library.manager.wait(key, timeout=0.25)
+                progress = models_library.progress(key)
+                bar.total = progress.bytes_total or None
+                bar.n = progress.bytes_done
+                bar.set_postfix_str(progress.current_file or "", refresh=False)
+                bar.refresh()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    final = models_library.progress(key)
+    if final.state == "completed":
+        click.echo(f"{key}: every file verified in {models_library.directory(key)}")
+        return 0
+    if final.state == "cancelled":
+        click.echo(f"{key}: paused at {format_bytes(final.bytes_done)}; run the same command to resume.")
+        return 130
+    warn(f"error: {final.error}")
+    return 2 if is_bad_input(final.error_code) else 1
+
+
+@click.command(short_help="check every file of a downloaded model (size and hash)")
+@click.argument("model", metavar="KEY")
+def verify(model: str) -> int:
+    """Check every file of a downloaded model (size and hash); a bad file is repaired by the next download."""
+    models_library = library()
+    key = models_library.get(model).key
+    bad = [check for check in models_library.verify(key) if not check.ok]
+    for check in bad:
+        warn(f"{check.path}: {check.problem}")
+    if bad:
+        warn(f"{key}: {len(bad)} file(s) failed; run `localllm download {key}` to repair.")
+        return 1
+    click.echo(f"{key}: every file verified")
+    return 0

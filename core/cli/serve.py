@@ -1,0 +1,52 @@
+"""`localllm serve`: the local models over an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import click
+
+from core.access.policy import is_loopback
+from core.cli.common import library
+
+
+@click.command(short_help="serve the models over an OpenAI-compatible HTTP API")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on; 0.0.0.0 for the LAN (then a bearer token is required)")  # fmt: skip
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="port to listen on"
+)
+@click.option("--model", metavar="KEY", help="load this model at start (else at the first request)")
+@click.option("--max-request-mb", type=click.IntRange(1, 1024), default=8, show_default=True,
+              help="largest request body accepted, in MiB")  # fmt: skip
+def serve(host: str, port: int, model: str | None, max_request_mb: int) -> int:
+    """Serve the downloaded models over an OpenAI-compatible API (/v1/models, /v1/chat/completions),
+    with the models folder, device and weights of the saved settings. Off loopback a bearer token is
+    required: LOCALLLM_API_KEY, or one generated and printed now."""
+    import uvicorn
+
+    from core.api import create_app, server_urls
+    from core.api.status import record_server
+    from core.inference.engine import LocalEngine
+
+    models_library = library()
+    api_key = os.environ.get("LOCALLLM_API_KEY") or None
+    if api_key is None and not is_loopback(host):
+        api_key = secrets.token_urlsafe(24)
+        click.echo(f"API key (send it as 'Authorization: Bearer <key>'): {api_key}")
+    engine = LocalEngine.from_preferences(models_library.preferences)
+    if model:
+        engine.load(models_library.get(model).key)
+
+    def ready_models() -> list[str]:
+        return [
+            spec.key for spec in models_library.models() if models_library.status(spec.key).kind == "ready"
+        ]
+
+    record_server(models_library.db, host, port, bool(api_key), os.getpid())
+    for url in server_urls(host, port):
+        click.echo(f"OpenAI-compatible API at {url}")
+    app = create_app(engine, ready_models, api_key, max_body_bytes=max_request_mb * 1024**2)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0

@@ -1,0 +1,293 @@
+"""The local engine: one loaded model per process, shared by every caller; replies one at a time in
+FIFO order; unloaded on demand or when idle.
+
+All torch work (imports, loading, quantizing, generating, the bandwidth measurement) runs on one
+long-lived thread, the engine's torch thread: OpenMP keeps a thread team per calling thread, and a
+second team beside an idle first one cost a fifth of the decode speed on a 2-core machine (42 → 33
+tokens/s). Readers iterate `stream()` on their own threads.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from core.errors import InsufficientMemoryError, ModelNotReadyError
+from core.hardware import measure_bandwidth, return_freed_memory_to_os
+from core.hub.store import model_dir, read_manifest
+from core.inference import prompts
+from core.inference.device import available_memory, choose_dtype, detect_device
+from core.inference.events import Event, Finished, PromptFit, ReplyStats
+from core.inference.generation import stream_reply
+from core.inference.loading import (
+    LoadedModel,
+    LoadedParts,
+    context_length,
+    import_runtime,
+    kernel_available,
+    load_model,
+    load_tokenizer,
+)
+from core.inference.params import GenerationParams
+from core.inference.sizing import Precision, model_memory
+from core.inference.turns import TurnQueue
+from core.preferences import Preferences
+
+T = TypeVar("T")
+GIB = 1024**3
+logger = logging.getLogger(__name__)
+
+
+class LocalEngine:
+    """One loaded model per process, shared by every caller; replies one at a time in FIFO order."""
+
+    def __init__(
+        self,
+        models_dir: Path,
+        *,
+        device: str = "auto",
+        quantization: str = "int4",
+        idle_unload_s: float = 900.0,
+        max_waiting: int = 4,
+        context_tokens_for_memory: int = 4096,
+    ) -> None:
+        self.models_dir = models_dir
+        self.device_preference = device
+        self.quantization = quantization
+        self.idle_unload_s = idle_unload_s
+        self.context_tokens_for_memory = context_tokens_for_memory
+        self._turns = TurnQueue(max_waiting)
+        self._load_lock = threading.Lock()
+        self._parts: LoadedParts | None = None
+        self._tokenizer_only: tuple[str, Any] | None = None  # (key, tokenizer) of a model not loaded
+        self._load_ids = itertools.count(1)
+        self._last_used = time.monotonic()
+        self._idle_thread: threading.Thread | None = None
+        self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-torch")
+        self._kernels: dict[str, Future[bool]] = {}
+        self._bandwidth: Future[float] | None = None
+
+    @classmethod
+    def from_preferences(cls, preferences: Preferences, **options: Any) -> LocalEngine:
+        """The engine as the saved settings ask (models folder, device, CPU weights, idle unload);
+        `options` override them for this engine only (a CLI flag)."""
+        settings = {
+            "device": preferences.get("device"),
+            "quantization": preferences.get("quantization"),
+            "idle_unload_s": preferences.get("idle_unload_s"),
+        }
+        return cls(preferences.get("models_dir"), **{**settings, **options})
+
+    def prepare(self) -> Future[None]:
+        """Ahead of the first load, on the torch thread: import transformers and the catalog's model code
+        (about 1.5 s, paid while the user looks at the page, not after a click), check the quantized
+        kernel and measure the memory bandwidth (about a second), so that pages never wait behind a reply."""
+        self._kernel(self.quantization, wait=False)
+        imported = self._torch.submit(import_runtime)
+        # Last: measured while the first pages load, the bandwidth read half of what it is.
+        self._bandwidth = self._torch.submit(measure_bandwidth)
+        return imported
+
+    def memory_bandwidth(self, wait: bool = True) -> float | None:
+        """Read bandwidth in bytes/s, measured once on the torch thread; None while not measured yet
+        (without `wait`)."""
+        if self._bandwidth is None:
+            self._bandwidth = self._torch.submit(measure_bandwidth)
+        if not wait and not self._bandwidth.done():
+            return None
+        return self._bandwidth.result()
+
+    def on_torch_thread(self, work: Callable[[], T]) -> T:
+        """Run `work` on the engine's torch thread and return its result (its exception is raised here)."""
+        if threading.current_thread().name.startswith("engine-torch"):
+            return work()
+        return self._torch.submit(work).result()
+
+    # -- loading --------------------------------------------------------------------------------
+    @property
+    def loaded(self) -> LoadedModel | None:
+        parts = self._parts
+        return parts.info if parts else None
+
+    def precision(self) -> Precision:
+        """How a model would be stored: int4 weights on the CPU (unless set otherwise), else the dtype."""
+        from core.inference.quantize import BYTES_PER_WEIGHT
+
+        device = detect_device(self.device_preference)
+        dtype = choose_dtype(device)
+        scheme = self.quantization
+        if device == "cpu" and scheme in BYTES_PER_WEIGHT and self._kernel(scheme):
+            return Precision(BYTES_PER_WEIGHT[scheme], BYTES_PER_WEIGHT["int8"], dtype.itemsize, scheme)
+        label = str(dtype).removeprefix("torch.")
+        return Precision(dtype.itemsize, dtype.itemsize, dtype.itemsize, label)
+
+    def _kernel(self, scheme: str, wait: bool = True) -> bool:
+        """Whether the CPU kernel of a quantization scheme runs here: checked once, on the torch thread."""
+        if scheme == "none":
+            return False
+        if scheme not in self._kernels:
+            self._kernels[scheme] = self._torch.submit(kernel_available, scheme)
+        return self._kernels[scheme].result() if wait else False
+
+    def memory_check(self, key: str) -> tuple[int, int]:
+        """(bytes needed, bytes available) on the device the model would load on."""
+        device = detect_device(self.device_preference)
+        estimate = model_memory(self._ready_dir(key), self.precision(), self.context_tokens_for_memory)
+        return estimate.total_bytes, available_memory(device)
+
+    def _ready_dir(self, key: str) -> Path:
+        directory = model_dir(self.models_dir, key)
+        if read_manifest(directory) is None:
+            raise ModelNotReadyError(f"{key} is not downloaded yet: download it on the Models page.", key=key)
+        return directory
+
+    def load(self, key: str, *, force: bool = False) -> LoadedModel:
+        """Load `key` (unloading another model first); concurrent calls share one load."""
+        with self._load_lock:
+            if self._parts and self._parts.info.key == key:
+                return self._parts.info
+            directory = self._ready_dir(key)
+            needed, available = self.memory_check(key)
+            if needed > available and not force:
+                raise InsufficientMemoryError(
+                    f"{key} needs {needed / GIB:.1f} GiB, {available / GIB:.1f} GiB available. "
+                    "Close other programs or load it anyway.",
+                    needed=needed,
+                    available=available,
+                )
+            self._unload_locked()
+            device = detect_device(self.device_preference)
+            tokenizer, precision, load_id = self.tokenizer(key), self.precision(), next(self._load_ids)
+            self._parts = self.on_torch_thread(
+                lambda: load_model(
+                    key, directory, device, choose_dtype(device), precision, tokenizer, load_id
+                )
+            )
+            self._tokenizer_only = None
+            logger.info(
+                "loaded %s on %s (%s) in %.1f s", key, device, precision.label, self._parts.info.load_s
+            )
+            self._touch()
+            self._start_idle_watch()
+            return self._parts.info
+
+    def unload(self) -> None:
+        """Free the model's memory (CUDA cache emptied too)."""
+        with self._load_lock:
+            self._unload_locked()
+
+    def _unload_locked(self) -> None:
+        if self._parts is None:
+            return
+        device = self._parts.info.device
+        logger.info("unloading %s", self._parts.info.key)
+        self._parts = None
+        gc.collect()
+        return_freed_memory_to_os()
+        if device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # -- idle unload ----------------------------------------------------------------------------
+    def _touch(self) -> None:
+        self._last_used = time.monotonic()
+
+    def idle_seconds_left(self) -> float | None:
+        """Seconds until the idle unload, or None when nothing is loaded or it is off (0)."""
+        if self._parts is None or self.idle_unload_s <= 0:
+            return None
+        return max(0.0, self.idle_unload_s - (time.monotonic() - self._last_used))
+
+    def _start_idle_watch(self) -> None:
+        if self._idle_thread is None or not self._idle_thread.is_alive():
+            self._idle_thread = threading.Thread(target=self._idle_watch, name="engine-idle", daemon=True)
+            self._idle_thread.start()
+
+    def _idle_watch(self) -> None:
+        while self._parts is not None:
+            time.sleep(min(1.0, max(0.05, self.idle_unload_s / 4)) if self.idle_unload_s > 0 else 1.0)
+            if self.idle_seconds_left() == 0.0 and self._turns.idle:
+                self.unload()
+
+    # -- the queue ------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """A reply is being generated now."""
+        return self._turns.busy
+
+    @property
+    def waiting(self) -> int:
+        return self._turns.waiting
+
+    # -- prompts --------------------------------------------------------------------------------
+    def tokenizer(self, key: str) -> Any:
+        """The model's tokenizer: the loaded model's, else one loaded alone (a fraction of a second)."""
+        parts = self._parts
+        if parts is not None and parts.info.key == key:
+            return parts.tokenizer
+        cached = self._tokenizer_only
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        tokenizer = load_tokenizer(key, self._ready_dir(key))
+        self._tokenizer_only = (key, tokenizer)
+        return tokenizer
+
+    def context_tokens(self, key: str) -> int:
+        """The model's context window in tokens (its config's max_position_embeddings)."""
+        parts = self._parts
+        if parts is not None and parts.info.key == key:
+            return parts.info.context_length
+        return context_length(self._ready_dir(key), self.tokenizer(key))
+
+    def count_tokens(self, key: str, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
+        """Prompt tokens for `messages` with the model's chat template (the model need not be loaded);
+        with a `limit`, counting may stop early above it (see prompts.count_prompt_tokens)."""
+        return prompts.count_prompt_tokens(self.tokenizer(key), messages, limit)
+
+    def fit_prompt(self, key: str, messages: Sequence[dict[str, str]], max_new_tokens: int) -> PromptFit:
+        """Check the prompt against the context window before anything is allocated for it; the reply's
+        room is `max_new_tokens` capped to what the context leaves. ContextLengthError when it cannot fit."""
+        context = self.context_tokens(key)
+        return prompts.fit(self.count_tokens(key, messages, limit=context - 1), context, max_new_tokens)
+
+    # -- replies --------------------------------------------------------------------------------
+    def stream(
+        self,
+        key: str,
+        messages: Sequence[dict[str, str]],
+        params: GenerationParams,
+        stop: threading.Event | None = None,
+        *,
+        ignore_eos: bool = False,
+    ) -> Iterator[Event]:
+        """Queue, load if needed, and stream a reply: Queued..., TextDelta..., then Finished.
+
+        Setting `stop`, or closing the iterator, ends generation within a token and ends the thread.
+        """
+        stop = stop or threading.Event()
+        ticket = self._turns.enter()
+        running = False
+        try:
+            running = yield from self._turns.wait(ticket, stop)
+            if not running:
+                yield Finished(ReplyStats(0, 0, None, None, "stopped", key))
+                return
+            self.load(key)
+            try:
+                yield from stream_reply(self._parts, messages, params, stop, ignore_eos, self._torch.submit)
+            finally:
+                # A prompt's temporaries (widened weights) are freed by now: hand them back to the OS,
+                # on the torch thread, without making this reader (and the reply's final save) wait.
+                self._torch.submit(return_freed_memory_to_os)
+        finally:
+            stop.set()  # a reader that goes away stops generation too
+            self._turns.leave(ticket, running)
+            self._touch()

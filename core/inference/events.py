@@ -1,0 +1,47 @@
+"""What a reply streams to its reader, whoever produces it (the local engine or a remote server).
+
+No torch here: the chat service, the API and the remote provider import these without the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReplyStats:
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float | None
+    tokens_per_s: float | None
+    finish_reason: str  # "stop", "length", "stopped", "error"
+    model: str
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The request waits; `ahead` requests are before it (0: it is next)."""
+
+    ahead: int
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    stats: ReplyStats
+
+
+Event = Queued | TextDelta | Finished
+
+
+@dataclass(frozen=True)
+class PromptFit:
+    """A prompt measured against the context window: its tokens and the reply's room (max new tokens)."""
+
+    prompt_tokens: int
+    max_new_tokens: int
+    context_tokens: int

@@ -1,0 +1,199 @@
+"""One reply: the prompt through the chat template, tokens generated on the engine's torch thread,
+text streamed to the reader as it is decoded, and the reply's statistics at the end.
+
+A stop event is read after every token (a stopping criterion for `model.generate`, the token callback
+for the lean decoder), so Stop, or a reader that goes away, ends generation within a token.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import Any
+
+from core.errors import GenerationError
+from core.inference import prompts
+from core.inference.events import Event, Finished, ReplyStats, TextDelta
+from core.inference.loading import LoadedParts
+from core.inference.params import GenerationParams
+
+RunOnTorchThread = Callable[[Callable[[], None]], Future[None]]
+
+
+class StopOnEvent:
+    """A stopping criterion that ends generation once `event` is set (checked after every token).
+
+    Called after each generation step, it also records when the first token was produced.
+    """
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self.first_token_at: float | None = None
+
+    def token_done(self) -> bool:
+        """Note a generated token; True when generation should stop."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        return self.event.is_set()
+
+    def __call__(self, input_ids: Any, scores: Any, **_kwargs: Any) -> Any:
+        import torch
+
+        stop = self.token_done()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def stream_reply(
+    parts: LoadedParts,
+    messages: Sequence[dict[str, str]],
+    params: GenerationParams,
+    stop: threading.Event,
+    ignore_eos: bool,
+    run_on_torch: RunOnTorchThread,
+) -> Iterator[Event]:
+    """TextDelta events as the reply is decoded, then Finished with its statistics."""
+    from transformers import TextIteratorStreamer
+
+    inputs = _prompt(parts, messages)
+    prompt_tokens = int(inputs["input_ids"].shape[1])
+    # Callers measured the prompt first (prompts.fit); measured again here, the cache never outgrows it.
+    room = prompts.fit(prompt_tokens, parts.info.context_length, params.max_new_tokens).max_new_tokens
+    params = replace(params, max_new_tokens=room)
+    streamer = TextIteratorStreamer(parts.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    criterion = StopOnEvent(stop)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["completion"] = _generate(parts, inputs, params, streamer, criterion, ignore_eos)
+        except BaseException as exc:  # reaches the reader below
+            outcome["error"] = exc
+            streamer.on_finalized_text("", stream_end=True)
+
+    started = time.perf_counter()
+    worker = run_on_torch(run)
+    try:
+        yield from _text(streamer, worker)
+    finally:
+        stop_requested = stop.is_set()
+        stop.set()
+        if not threading.current_thread().name.startswith("engine-torch"):
+            worker.result()  # a collected generator may close anywhere; run() keeps its own errors
+    if "error" in outcome:
+        raise GenerationError(f"Generation failed: {outcome['error']}") from outcome["error"]
+    reason = "stopped" if stop_requested else "length" if outcome["completion"] >= room else "stop"
+    yield Finished(_stats(parts.info.key, prompt_tokens, outcome["completion"], started, criterion, reason))
+
+
+def _prompt(parts: LoadedParts, messages: Sequence[dict[str, str]]) -> Any:
+    try:
+        return parts.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(parts.info.device)
+    except Exception as exc:  # jinja's TemplateError and ValueError: the template refused these turns
+        raise GenerationError(f"The model's chat template rejected this conversation: {exc}") from exc
+
+
+def _text(streamer: Any, worker: Future[None]) -> Iterator[TextDelta]:
+    while True:
+        try:
+            text = streamer.text_queue.get(timeout=0.1)
+        except queue.Empty:
+            if worker.done() and streamer.text_queue.empty():
+                return
+            continue
+        if text is streamer.stop_signal:
+            return
+        if text:
+            yield TextDelta(text)
+
+
+def _stats(
+    key: str, prompt_tokens: int, completion: int, started: float, criterion: StopOnEvent, reason: str
+) -> ReplyStats:
+    first_token_at = criterion.first_token_at  # the first generated token, visible text or not
+    decode_s = time.perf_counter() - first_token_at if first_token_at else 0.0
+    return ReplyStats(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
+        ttft_s=(first_token_at - started) if first_token_at else None,
+        tokens_per_s=(completion - 1) / decode_s if decode_s > 0 and completion > 1 else None,
+        finish_reason=reason,
+        model=key,
+    )
+
+
+def _generate(
+    parts: LoadedParts,
+    inputs: Any,
+    params: GenerationParams,
+    streamer: Any,
+    criterion: StopOnEvent,
+    ignore_eos: bool,
+) -> int:
+    """Generate on the torch thread (the lean decoder, else `model.generate`); the token count."""
+    import torch
+
+    with torch.inference_mode():
+        if parts.decoder is not None:
+            return _decode(parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos)
+        options = _generate_options(parts, inputs, params, streamer, criterion, ignore_eos)
+        return int(parts.model.generate(**options).shape[1]) - int(inputs["input_ids"].shape[1])
+
+
+def _generate_options(
+    parts: LoadedParts, inputs: Any, params: GenerationParams, streamer: Any, criterion: StopOnEvent,
+    ignore_eos: bool,
+) -> dict[str, Any]:  # fmt: skip
+    from transformers import StoppingCriteriaList
+
+    tokenizer = parts.tokenizer
+    sampling = params.temperature > 0
+    options: dict[str, Any] = {
+        **inputs,
+        "streamer": streamer,
+        "max_new_tokens": params.max_new_tokens,
+        "do_sample": sampling,
+        "repetition_penalty": params.repetition_penalty,
+        "stopping_criteria": StoppingCriteriaList([criterion]),
+        "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
+    }
+    if sampling:
+        options.update(temperature=params.temperature, top_p=params.top_p)
+    if ignore_eos:
+        options["min_new_tokens"] = params.max_new_tokens
+    return options
+
+
+def _decode(
+    parts: LoadedParts, prompt: Any, params: GenerationParams, streamer: Any, criterion: StopOnEvent,
+    ignore_eos: bool,
+) -> int:  # fmt: skip
+    """A reply through the lean decoder, streamed as generate streams it; the token count."""
+    from core.inference.decoder import Sampling, generate
+
+    config = parts.model.generation_config
+    end = config.eos_token_id
+    end_ids = set(end if isinstance(end, list) else [] if end is None else [end])
+    sampling = Sampling(params.temperature, params.top_p, int(config.top_k or 0), params.repetition_penalty)
+    streamer.put(prompt)  # the streamer skips the prompt it is given first
+
+    def on_token(token: int) -> bool:
+        streamer.put(prompt.new_tensor([token]))
+        return criterion.token_done()
+
+    tokens = generate(
+        parts.decoder,
+        prompt.tolist(),
+        params.max_new_tokens,
+        sampling,
+        end_ids,
+        on_token,
+        ignore_end=ignore_eos,
+    )
+    streamer.end()
+    return len(tokens)

@@ -1,0 +1,159 @@
+"""Loading a downloaded model: transformers imported once, the tokenizer, and the weights as the engine
+runs them (int4/int8 quantized on the CPU, mapped from the copy kept beside the model after the first
+load; 16-bit with fused projections on CUDA)."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import NoChatTemplateError
+from core.hardware import return_freed_memory_to_os
+from core.hub.store import config_count, read_config, read_manifest
+from core.inference.sizing import Precision
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    key: str
+    device: str
+    dtype: str  # what activations and the KV cache are computed in
+    weights: str  # how weights are stored: "int4" on the CPU by default, else the same as dtype
+    memory_bytes: int
+    context_length: int
+    load_id: int
+    load_s: float
+    runner: str = "generate"  # "decoder": the engine's lean forward pass; "generate": transformers'
+
+
+@dataclass(frozen=True)
+class LoadedParts:
+    """What a reply needs: the model, its tokenizer and the lean decoder (None: `model.generate` runs)."""
+
+    model: Any
+    tokenizer: Any
+    decoder: Any
+    info: LoadedModel
+
+
+_IMPORT_LOCK = threading.Lock()
+_imported = False
+
+
+def import_runtime() -> None:
+    """Import transformers, the catalog's model code and every transformers name the engine uses, once.
+
+    transformers resolves its names lazily, and two threads resolving them at once can fail ("cannot
+    import name AutoTokenizer"): a page counting tokens while the engine's thread still imports. So
+    all of it happens here, under a lock; afterwards `from transformers import X` is a plain lookup.
+    """
+    global _imported
+    with _IMPORT_LOCK:
+        if _imported:
+            return
+        import transformers
+        import transformers.models.llama.modeling_llama
+        import transformers.models.qwen2.modeling_qwen2
+
+        for name in (
+            "AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "GenerationConfig", "LogitsProcessorList",
+            "RepetitionPenaltyLogitsProcessor", "StoppingCriteriaList", "SuppressTokensLogitsProcessor",
+            "TemperatureLogitsWarper", "TextIteratorStreamer", "TopKLogitsWarper", "TopPLogitsWarper",
+        ):  # fmt: skip
+            getattr(transformers, name)
+        from core.inference import attention, decoder, quantize  # noqa: F401
+
+        _imported = True
+
+
+def kernel_available(scheme: str) -> bool:
+    from core.inference.quantize import kernel_supported
+
+    return kernel_supported(scheme)
+
+
+def load_tokenizer(key: str, directory: Path) -> Any:
+    import_runtime()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+    if not tokenizer.chat_template:
+        raise NoChatTemplateError(f"{key} has no chat template, so it cannot be used for chat.", key=key)
+    return tokenizer
+
+
+def context_length(directory: Path, tokenizer: Any) -> int:
+    """The model's context window: its config's max_position_embeddings, else the tokenizer's limit."""
+    return config_count(read_config(directory), "max_position_embeddings") or int(tokenizer.model_max_length)
+
+
+def _weights_id(directory: Path) -> str:
+    """Names the exact weights a quantized copy was made from (their verified sha256s)."""
+    manifest = read_manifest(directory)
+    hashes = sorted(f.sha256 for f in manifest.files if f.path.endswith(".safetensors")) if manifest else []
+    return ",".join(hashes)
+
+
+def _weights(directory: Path, device: str, dtype: Any, scheme: str | None) -> tuple[Any, bool]:
+    """The model with its weights as the engine runs them, and whether they were mapped from the
+    quantized copy (nothing 16-bit was read)."""
+    from transformers import AutoModelForCausalLM
+
+    from core.inference import attention, decoder, quantize
+
+    options = {"attn_implementation": attention.NAME if device == "cpu" else None}
+    if scheme:  # quantized once, then mapped from disk: no 16-bit copy at load
+        cache, source = quantize.cache_path(directory, scheme, dtype), _weights_id(directory)
+        model = quantize.load_quantized(directory, cache, dtype, scheme, source, **options)
+        if model is not None:
+            return model, True
+        model = quantize.quantize_checkpoint(directory, dtype, scheme, **options)  # matrix by matrix
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, dtype=dtype, local_files_only=True, trust_remote_code=False, **options
+            )
+            model.to(device).eval()
+            quantize.quantize_model(model, dtype, scheme)
+        with contextlib.suppress(OSError):  # a read-only folder: quantize again next time
+            quantize.save_quantized(model, cache, source)
+        return model, False
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=dtype, local_files_only=True, trust_remote_code=False, **options
+    )
+    model.to(device).eval()
+    if device == "cuda" and decoder.runs_architecture(model):
+        quantize.fuse_projections(model)  # for the decoder: fewer kernel launches a token
+    return model, False
+
+
+def load_model(
+    key: str, directory: Path, device: str, dtype: Any, precision: Precision, tokenizer: Any, load_id: int
+) -> LoadedParts:
+    """Load `key` for `device` (run on the engine's torch thread)."""
+    import_runtime()
+    from core.inference import decoder, quantize
+
+    started = time.perf_counter()
+    scheme = precision.label if precision.label in quantize.SCHEMES else None
+    model, mapped = _weights(directory, device, dtype, scheme)
+    if not mapped:
+        gc.collect()  # 16-bit weights that were replaced or read (a full collection: ~0.2 s)
+        return_freed_memory_to_os()
+    lean = decoder.Decoder(model) if decoder.supports(model) else None
+    info = LoadedModel(
+        key=key,
+        device=device,
+        dtype=str(dtype).removeprefix("torch."),
+        weights=precision.label,
+        memory_bytes=quantize.stored_bytes(model),
+        context_length=context_length(directory, tokenizer),
+        load_id=load_id,
+        load_s=time.perf_counter() - started,
+        runner="decoder" if lean is not None else "generate",
+    )
+    return LoadedParts(model, tokenizer, lean, info)

@@ -1,0 +1,58 @@
+"""A prompt measured against the model's context window, before anything is allocated for it.
+
+Counting a long text stops once it is past the limit: refusing a 200k-token prompt costs what counting
+the context's worth of tokens costs, not what tokenizing the whole text would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from core.errors import ContextLengthError
+from core.inference.events import PromptFit
+
+COUNT_PIECE_CHARS = 16_384  # a long text is counted piece by piece, and only as far as the limit needs
+COUNT_SLACK_PER_PIECE = 8  # tokens a cut between pieces may add (cut at whitespace: usually 0 or 1)
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """`text` in pieces of about COUNT_PIECE_CHARS, cut at whitespace where there is some."""
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + COUNT_PIECE_CHARS)
+        if end < len(text):
+            space = max(text.rfind(" ", start + COUNT_PIECE_CHARS // 2, end), text.rfind("\n", start, end))
+            end = space if space > start else end
+        yield text[start:end]
+        start = end
+
+
+def count_prompt_tokens(tokenizer: Any, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
+    """Tokens of `messages` under the chat template. Past `limit` the count may stop early and return a
+    number that is still above the limit: the work is bounded by the limit, not by the text's length."""
+    if limit is not None:
+        rough = pieces = 0
+        for message in messages:
+            for piece in _pieces(message["content"]):
+                rough += len(tokenizer(piece, add_special_tokens=False)["input_ids"])
+                pieces += 1
+                if rough - COUNT_SLACK_PER_PIECE * pieces > limit * 1.1:
+                    return rough - COUNT_SLACK_PER_PIECE * pieces
+    encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, return_dict=True)
+    return len(encoded["input_ids"])
+
+
+def fit(tokens: int, context: int, max_new_tokens: int) -> PromptFit:
+    """The reply's room: `max_new_tokens` capped to what the context leaves; ContextLengthError when
+    the prompt leaves none."""
+    if tokens >= context:
+        at_least = "at least " if tokens > context * 1.1 else ""  # counting stopped early
+        raise ContextLengthError(
+            f"This model's maximum context length is {context} tokens, and the messages are "
+            f"{at_least}{tokens} tokens, leaving no room for a reply. Shorten the messages.",
+            tokens=tokens,
+            budget=context - 1,
+            context=context,
+        )
+    return PromptFit(tokens, min(max_new_tokens, context - tokens), context)

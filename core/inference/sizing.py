@@ -1,0 +1,156 @@
+"""How much memory a model needs and how fast it can decode here: weights at the engine's precision,
+the KV cache for a context, the runtime; the bandwidth bound of decoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.hardware import HardwareInfo
+from core.hub.store import config_count, read_config
+
+# torch + transformers loaded in a process: about 345 MiB of resident memory measured on CPU here.
+RUNTIME_OVERHEAD_BYTES = 400 * 1024**2
+CONTEXT_FOR_ESTIMATES = 4096  # tokens of KV cache planned for: a long chat, not the model's maximum
+
+
+@dataclass(frozen=True)
+class KvLayout:
+    """What the KV cache size depends on."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def from_config(cls, config: dict) -> KvLayout:
+        heads = config_count(config, "num_attention_heads", 1)
+        head_dim = config_count(config, "head_dim") or config_count(config, "hidden_size") // max(heads, 1)
+        return cls(
+            config_count(config, "num_hidden_layers"),
+            config_count(config, "num_key_value_heads", heads),
+            head_dim,
+        )
+
+    def bytes_for(self, tokens: int, dtype_bytes: int) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * tokens * dtype_bytes
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A model's vocabulary table (vocab × hidden weights), and whether the output head is that same
+    table (tied) or a second one."""
+
+    weights: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: dict) -> Vocabulary:
+        weights = config_count(config, "vocab_size") * config_count(config, "hidden_size")
+        return cls(weights, config.get("tie_word_embeddings") is True)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the engine stores a model: bytes per weight of the layers, of the output head, and of what
+    stays in the model's dtype (the KV cache, norms, an untied input table)."""
+
+    weight_bytes: float  # 1 for int8, 0.625 for int4 with its group scales and zeros
+    head_bytes: float  # the output head: int8 (1) whenever the layers are quantized
+    dtype_bytes: int
+    label: str  # shown to users: "int8", "bfloat16", "float32", ...
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights_bytes: int
+    kv_cache_bytes: int
+    runtime_bytes: int
+    read_per_token_bytes: int  # weights read to decode one token: all but an untied input table
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.runtime_bytes
+
+    @property
+    def after_load_bytes(self) -> int:
+        """Resident right after loading: the KV cache grows only while a reply is generated."""
+        return self.weights_bytes + self.runtime_bytes
+
+
+def estimate_memory(
+    parameters: int,
+    layout: KvLayout,
+    precision: Precision,
+    vocabulary: Vocabulary | None = None,
+    context_tokens: int = CONTEXT_FOR_ESTIMATES,
+) -> MemoryEstimate:
+    """Weights at the precision's bytes (the vocabulary apart, when known), the KV cache for
+    `context_tokens`, and the runtime."""
+    input_table = 0 if vocabulary is None or vocabulary.tied else vocabulary.weights
+    if vocabulary is None or vocabulary.weights + input_table > parameters:  # unknown, or not this model's
+        vocabulary, input_table = Vocabulary(0, tied=True), 0
+    layers = parameters - vocabulary.weights - input_table
+    read = layers * precision.weight_bytes + vocabulary.weights * precision.head_bytes
+    return MemoryEstimate(
+        int(read + input_table * precision.dtype_bytes),
+        layout.bytes_for(context_tokens, precision.dtype_bytes),
+        RUNTIME_OVERHEAD_BYTES,
+        int(read),
+    )
+
+
+@dataclass(frozen=True)
+class MemoryVerdict:
+    verdict: str  # "fits_gpu", "fits_ram", "tight", "too_large"
+    needed_bytes: int
+    available_bytes: int  # on the device the verdict names (GPU memory for fits_gpu, RAM otherwise)
+
+
+def memory_verdict(needed: int, info: HardwareInfo) -> MemoryVerdict:
+    """Fits when the need is within 80 % of what is free; tight when only total RAM could hold it."""
+    best_gpu = max(info.gpus, key=lambda g: g.memory_free_bytes, default=None)
+    if best_gpu and needed <= 0.8 * best_gpu.memory_free_bytes:
+        return MemoryVerdict("fits_gpu", needed, best_gpu.memory_free_bytes)
+    if needed <= 0.8 * info.ram_available_bytes:
+        return MemoryVerdict("fits_ram", needed, info.ram_available_bytes)
+    if needed <= info.ram_total_bytes:
+        return MemoryVerdict("tight", needed, info.ram_available_bytes)
+    return MemoryVerdict("too_large", needed, info.ram_available_bytes)
+
+
+def weight_count(model_dir: Path) -> int:
+    """Parameters in the safetensors files, read from their headers (no weights are loaded)."""
+    from core.hub.store import read_safetensors_header
+
+    total = 0
+    for path in model_dir.glob("*.safetensors"):
+        for tensor in read_safetensors_header(path)[0].values():
+            count = 1
+            for dim in tensor["shape"]:
+                count *= dim
+            total += count
+    return total
+
+
+def model_memory(
+    model_dir: Path, precision: Precision, context_tokens: int = CONTEXT_FOR_ESTIMATES
+) -> MemoryEstimate:
+    """The estimate for a downloaded model, from its config and safetensors headers."""
+    config = read_config(model_dir)
+    return estimate_memory(
+        weight_count(model_dir),
+        KvLayout.from_config(config),
+        precision,
+        Vocabulary.from_config(config),
+        context_tokens,
+    )
+
+
+CPU_DECODE_EFFICIENCY = 0.65  # decode speed / the bound: the lower of the catalog models' in bench/speed.py
+
+
+def decode_tokens_per_s_bound(estimate: MemoryEstimate, bandwidth_bytes_per_s: float) -> float:
+    """Each new token reads every weight once: bandwidth / bytes read per token bounds decode speed."""
+    read = estimate.read_per_token_bytes
+    return bandwidth_bytes_per_s / read if read else 0.0

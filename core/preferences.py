@@ -1,0 +1,189 @@
+"""Every saved setting, with one owner: name, type, default, environment variable, validation.
+
+The dashboard, every CLI command and `core serve` read the same values from here. A value comes from,
+in order: what was saved (Settings page, `python -m core settings set`), the environment, the default.
+Where the database itself lives (LOCALLLM_DB_URL, LOCALLLM_DATA_DIR) cannot be saved in it: that stays
+in core.settings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
+from core.settings import DEFAULT_ENDPOINT, DEFAULT_MIRRORS, default_models_dir
+from core.storage import repo
+from core.storage.db import Database
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+QUANTIZATIONS = ("int4", "int8", "none")  # applies on the CPU; GPUs keep the 16-bit weights
+LANGUAGES = ("zh", "en")
+SOURCES = ("saved", "environment", "default")
+
+
+def _models_dir(value: Any) -> Path:
+    if not str(value).strip():
+        raise ConfigError("The models directory cannot be empty.")
+    return Path(str(value).strip()).expanduser().absolute()
+
+
+def _create_folder(path: Path) -> None:
+    """A folder chosen for models must be one this app can create and write to."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"Cannot use {path} for models: {exc.strerror or exc}.", path=str(path)) from exc
+
+
+def _endpoints(value: Any) -> list[str]:
+    items = value.replace("\n", ",").split(",") if isinstance(value, str) else list(value)
+    cleaned = list(dict.fromkeys(str(item).strip().rstrip("/") for item in items if str(item).strip()))
+    for url in cleaned:
+        if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
+            raise ConfigError(f"{url!r} is not an http(s) URL.", url=url)
+    if not cleaned:
+        raise ConfigError("Keep at least one download endpoint.")
+    return cleaned
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{value!r} is not on or off (use true or false).")
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ConfigError(f"{value!r} is not one of {', '.join(choices)}.", choices=", ".join(choices))
+        return text
+
+    return check
+
+
+def _seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{value!r} is not a number of seconds.") from None
+    if not 0 <= seconds <= 7 * 24 * 3600:
+        raise ConfigError("The idle unload must be between 0 (off) and 604800 seconds (a week).")
+    return seconds
+
+
+def _environment_endpoints(env: Mapping[str, str]) -> list[str] | None:
+    """HF_ENDPOINT first, then LOCALLLM_MIRRORS; None when neither is set."""
+    if "HF_ENDPOINT" not in env and "LOCALLLM_MIRRORS" not in env:
+        return None
+    first = env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    mirrors = env["LOCALLLM_MIRRORS"].split(",") if "LOCALLLM_MIRRORS" in env else list(DEFAULT_MIRRORS)
+    return [first, *mirrors]
+
+
+@dataclass(frozen=True)
+class Preference:
+    name: str
+    help: str
+    check: Callable[[Any], Any]  # validates a value (typed, or text from the CLI) and returns it typed
+    default: Any
+    key: str  # the row in the settings table (names kept from before this module existed)
+    env: Callable[[Mapping[str, str]], Any] | None = None  # the environment's value, or None when unset
+    prepare: Callable[[Any], None] | None = None  # run before a value is saved (make the folder)
+
+
+def _from_env(name: str) -> Callable[[Mapping[str, str]], str | None]:
+    return lambda env: env.get(name) or None
+
+
+PREFERENCES: dict[str, Preference] = {
+    preference.name: preference
+    for preference in (
+        Preference("models_dir", "where models are stored (one folder per model)", _models_dir,
+                   default_models_dir(), "paths.models_dir", _from_env("LOCALLLM_MODELS_DIR"),
+                   _create_folder),
+        Preference("endpoints", "download endpoints, tried in order (comma-separated)", _endpoints,
+                   [DEFAULT_ENDPOINT, *DEFAULT_MIRRORS], "downloads.endpoints", _environment_endpoints),
+        Preference("auto_resume", "resume interrupted downloads when the dashboard starts", _flag, True,
+                   "downloads.auto_resume"),
+        Preference("device", "where models run: auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu",
+                   _one_of(DEVICES), "auto", "engine.device", _from_env("LOCALLLM_DEVICE")),
+        Preference("quantization", "weights on the CPU: int4 (fastest), int8, or none (16-bit reference)",
+                   _one_of(QUANTIZATIONS), "int4", "engine.quantization", _from_env("LOCALLLM_QUANTIZATION")),
+        Preference("idle_unload_s", "unload the model after this many idle seconds (0: never)", _seconds,
+                   900.0, "engine.idle_unload_s"),
+        Preference("language", "the dashboard's language for this machine's browser: zh or en (unset: the "
+                   "browser's)", _one_of(LANGUAGES), None, "ui.language"),
+    )
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PreferenceValue:
+    name: str
+    value: Any
+    source: str  # "saved", "environment" or "default"
+    help: str
+
+
+class Preferences:
+    """The saved settings of one database, with the environment's and the defaults beneath them."""
+
+    def __init__(self, db: Database, env: Mapping[str, str] | None = None) -> None:
+        self.db = db
+        self.env = os.environ if env is None else env
+
+    @staticmethod
+    def preference(name: str) -> Preference:
+        try:
+            return PREFERENCES[name]
+        except KeyError:
+            raise ConfigError(
+                f"There is no setting {name!r}; the settings are {', '.join(PREFERENCES)}.", name=name
+            ) from None
+
+    def value(self, name: str) -> PreferenceValue:
+        preference = self.preference(name)
+        with self.db.begin() as session:
+            saved = repo.get_setting(session, preference.key)
+        if saved is not None:
+            try:
+                return PreferenceValue(name, preference.check(saved), "saved", preference.help)
+            except ConfigError:
+                pass  # a value saved by an older version that no longer passes: fall back
+        from_env = preference.env(self.env) if preference.env else None
+        if from_env is not None:
+            return PreferenceValue(name, preference.check(from_env), "environment", preference.help)
+        return PreferenceValue(name, preference.default, "default", preference.help)
+
+    def get(self, name: str) -> Any:
+        return self.value(name).value
+
+    def set(self, name: str, value: Any) -> Any:
+        """Validate and save; returns the value as stored (a ConfigError says what is wrong)."""
+        preference = self.preference(name)
+        checked = preference.check(value)
+        if preference.prepare is not None:
+            preference.prepare(checked)
+        stored = str(checked) if isinstance(checked, Path) else checked
+        with self.db.begin() as session:
+            repo.set_setting(session, preference.key, stored)
+        return checked
+
+    def reset(self, name: str) -> None:
+        """Forget the saved value: the environment's or the default applies again."""
+        preference = self.preference(name)
+        with self.db.begin() as session:
+            repo.delete_setting(session, preference.key)
+
+    def values(self) -> list[PreferenceValue]:
+        return [self.value(name) for name in PREFERENCES]

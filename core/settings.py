@@ -39,12 +39,16 @@ def user_data_dir(env: Mapping[str, str] | None = None) -> Path:
 
 def command_line() -> str:
     """How a user runs the command line of this installation from a terminal: `localllm` when that is
-    on the PATH and belongs to this environment, else this Python with `-m core` (a checkout's venv)."""
+    on the PATH and belongs to this environment, else its full path, else this Python with `-m core`."""
+    beside = Path(sys.executable).parent / ("localllm.exe" if sys.platform == "win32" else "localllm")
     found = shutil.which("localllm")
-    if found and Path(found).resolve().parent == Path(sys.executable).resolve().parent:
+    if found and Path(found).resolve() == beside.resolve():
         return "localllm"
-    python = sys.executable
-    return f'"{python}" -m core' if " " in python else f"{python} -m core"
+
+    def quoted(path: str) -> str:
+        return f'"{path}"' if " " in path else path
+
+    return quoted(str(beside)) if beside.exists() else f"{quoted(sys.executable)} -m core"
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -143,7 +143,7 @@ def history(conversation: Conversation) -> None:
                 continue
             if last and (dropped := st.session_state.get(f"chat.trimmed.{conversation.id}")):
                 st.caption(t("chat.trimmed", count=dropped))
-            st.markdown(reply_markdown(message.content))  # Markdown, but no image is ever fetched
+            st.markdown(reply_markdown(message.content, t("chat.image")))  # Markdown; no image is fetched
             st.caption(stats_line(message))
             with st.container(horizontal=True):
                 with st.popover(t("chat.copy"), icon=":material/content_copy:"):
@@ -179,7 +179,7 @@ def write_reply(pieces: Iterator[str]) -> None:
     shown, text = st.empty(), ""
     for piece in pieces:
         text += piece
-        shown.markdown(reply_markdown(text))
+        shown.markdown(reply_markdown(text, t("chat.image")))
 
 
 def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:

@@ -34,12 +34,13 @@ def _escape_marker(match: re.Match[str]) -> str:
     return f"{indent}\\{marker}"
 
 
-def reply_markdown(text: str) -> str:
-    """A model's reply as Markdown that loads nothing: each image becomes a plain link (the `!` before
-    `[` is escaped), outside code blocks and code spans, which show it as written."""
+def reply_markdown(text: str, image_label: str = "image:") -> str:
+    """A model's reply as Markdown that loads nothing: each image `![alt](url)` becomes the label and a
+    plain link to it, outside code blocks and code spans, which show it as written."""
+    label = escape_markdown(image_label) + " "
     pieces, last = [], 0
     for code in _CODE.finditer(text):
-        pieces += [_IMAGE.sub(r"\\!", text[last : code.start()]), code.group(0)]
+        pieces += [_IMAGE.sub(lambda _m: label, text[last : code.start()]), code.group(0)]
         last = code.end()
-    pieces.append(_IMAGE.sub(r"\\!", text[last:]))
+    pieces.append(_IMAGE.sub(lambda _m: label, text[last:]))
     return "".join(pieces)

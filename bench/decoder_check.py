@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from core.inference.decoder import Decoder, Sampling, generate, supports
+from core.inference.decoder import Decoder, generate, supports
 from core.inference.device import choose_dtype, detect_device
 from core.inference.quantize import fuse_projections, quantize_model
+from core.inference.sampler import Sampling, TokenChooser
 from tests.fixtures.tiny_models import build_tiny_model
 
 NEW_TOKENS = 16
@@ -47,8 +48,8 @@ def check(path: Path, device: str, dtype: torch.dtype) -> tuple[float, int, bool
         decoder.reset(64)
         got = [decoder.forward(prompt[0])]
         got += [decoder.forward(token.view(1)) for token in expected.sequences[0, prompt.shape[1] : -1]]
-        greedy = generate(decoder, prompt[0].tolist(), NEW_TOKENS, Sampling(0.0, 1.0, 0, 1.0), set(),
-                          lambda _token: False)  # fmt: skip
+        chooser = TokenChooser(Sampling(), model.get_output_embeddings().out_features, device)
+        greedy = generate(decoder, prompt[0].tolist(), NEW_TOKENS, chooser, set(), lambda _token: False)
     error = max(
         float((mine - theirs[0].float()).norm() / theirs.float().norm())
         for mine, theirs in zip(got, expected.logits, strict=True)

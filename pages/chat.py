@@ -113,8 +113,17 @@ def options(conversation: Conversation) -> None:
         top_p = right.slider(t("chat.top_p"), 0.05, 1.0, params.top_p, 0.05)
         max_new = left.number_input(t("chat.max_new_tokens"), 1, 32768, params.max_new_tokens, 32)
         penalty = right.slider(t("chat.repetition_penalty"), 0.5, 2.0, params.repetition_penalty, 0.05)
+        top_k = left.number_input(t("chat.top_k"), 0, 1000, params.top_k, 1, help=t("chat.top_k_help"),
+                                  placeholder=t("chat.model_default"))  # fmt: skip
+        min_p = right.slider(t("chat.min_p"), 0.0, 0.5, params.min_p, 0.01, help=t("chat.min_p_help"))
+        presence = left.slider(t("chat.presence_penalty"), -2.0, 2.0, params.presence_penalty, 0.1)
+        seed = right.number_input(t("chat.seed"), 0, 2**31, params.seed, 1, placeholder=t("chat.random"),
+                                  help=t("chat.seed_help"))  # fmt: skip
         if st.form_submit_button(t("chat.save")):
-            new_params = GenerationParams(temperature, top_p, int(max_new), penalty)
+            new_params = GenerationParams(
+                temperature, top_p, int(max_new), penalty, top_k=None if top_k is None else int(top_k),
+                min_p=min_p, presence_penalty=presence, seed=None if seed is None else int(seed),
+            )  # fmt: skip
             run(lambda: chat.set_options(conversation.id, system, new_params))
 
 

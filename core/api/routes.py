@@ -137,11 +137,8 @@ def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
 
 def _params(body: ChatCompletionRequest, max_new_tokens: int) -> GenerationParams:
     defaults = replace(GenerationParams(), max_new_tokens=max_new_tokens)
-    given = {
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "repetition_penalty": body.repetition_penalty,
-    }
+    names = ("temperature", "top_p", "repetition_penalty", "presence_penalty", "top_k", "min_p", "seed")
+    given = {name: getattr(body, name) for name in names}
     return replace(defaults, **{name: value for name, value in given.items() if value is not None})
 
 

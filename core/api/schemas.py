@@ -54,6 +54,10 @@ class ChatCompletionRequest(_Request):
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     repetition_penalty: FiniteFloat | None = Field(None, ge=0.5, le=2)
+    presence_penalty: FiniteFloat | None = Field(None, ge=-2, le=2)
+    top_k: StrictInt | None = Field(None, ge=0, le=1000)  # vLLM's and llama.cpp's extension; 0: no limit
+    min_p: FiniteFloat | None = Field(None, ge=0, lt=1)
+    seed: StrictInt | None = Field(None, ge=0, lt=2**63)
     n: StrictInt | None = Field(None, ge=1, le=1)
     tools: list[Any] | None = None
     tool_choice: Any = None

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional
 
 from core.inference.quantize import Fused, QuantizedLinear
+from core.inference.sampler import TokenChooser
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
 GRAPH_CAPACITY_STEP = 512  # tokens
@@ -270,64 +271,25 @@ def _causal_mask(start: int, count: int, device: torch.device) -> torch.Tensor:
     return seen.unsqueeze(0) <= (start + torch.arange(count, device=device)).unsqueeze(1)
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How the next token is chosen: greedy when temperature is 0, else top-k/top-p sampling."""
-
-    temperature: float
-    top_p: float
-    top_k: int
-    repetition_penalty: float
-
-
 def generate(
     decoder: Decoder,
     prompt: list[int],
     max_new_tokens: int,
-    sampling: Sampling,
+    chooser: TokenChooser,
     end_ids: set[int],
     on_token: Any,
-    *,
-    ignore_end: bool = False,
 ) -> list[int]:
     """Decode up to `max_new_tokens` after `prompt`, calling `on_token(id)` after each; stop early at an
-    id in `end_ids` (kept, as transformers' generate keeps it) or when `on_token` returns True.
-    With `ignore_end` the end ids are never chosen (transformers' `min_new_tokens`).
-
-    Token choice uses transformers' own logits processors, so a reply follows the same rules as
-    `model.generate` with the same parameters.
-    """
-    from transformers import (
-        LogitsProcessorList,
-        RepetitionPenaltyLogitsProcessor,
-        SuppressTokensLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    processors = LogitsProcessorList()
-    if ignore_end:
-        processors.append(SuppressTokensLogitsProcessor(sorted(end_ids)))
-        end_ids = set()
-    if sampling.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
-    sample = sampling.temperature > 0
-    if sample:
-        processors.extend([TemperatureLogitsWarper(sampling.temperature), TopPLogitsWarper(sampling.top_p)])
-        if sampling.top_k > 0:
-            processors.insert(-1, TopKLogitsWarper(sampling.top_k))
-    history = torch.empty(1, len(prompt) + max_new_tokens, dtype=torch.long, device=decoder.device)
-    history[0, : len(prompt)] = torch.tensor(prompt)
+    id in `end_ids` (kept, as transformers' generate keeps it) or when `on_token` returns True. The
+    chooser picks each token (core.inference.sampler)."""
+    history = torch.tensor(prompt, dtype=torch.long, device=decoder.device)
     decoder.reset(len(prompt) + max_new_tokens)
-    logits = decoder.forward(history[0, : len(prompt)])
+    logits = decoder.forward(history)
     generated: list[int] = []
-    for length in range(len(prompt), len(prompt) + max_new_tokens):
-        scores = processors(history[:, :length], logits.unsqueeze(0))
-        token = int(torch.multinomial(scores.softmax(dim=-1), 1)) if sample else int(scores.argmax())
+    for _ in range(max_new_tokens):
+        token = chooser.choose(logits)
         generated.append(token)
-        history[0, length] = token
         if on_token(token) or token in end_ids or len(generated) == max_new_tokens:
             break
-        logits = decoder.forward(history[0, length : length + 1])
+        logits = decoder.forward(history.new_tensor([token]))
     return generated

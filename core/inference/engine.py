@@ -36,6 +36,7 @@ from core.inference.loading import (
     load_tokenizer,
 )
 from core.inference.params import GenerationParams
+from core.inference.scoring import TextScore, score_text
 from core.inference.sizing import Precision, model_memory
 from core.inference.turns import TurnQueue
 from core.preferences import Preferences
@@ -257,6 +258,19 @@ class LocalEngine:
         room is `max_new_tokens` capped to what the context leaves. ContextLengthError when it cannot fit."""
         context = self.context_tokens(key)
         return prompts.fit(self.count_tokens(key, messages, limit=context - 1), context, max_new_tokens)
+
+    def score(self, key: str, text: str) -> TextScore:
+        """Each token's log-probability under the model as loaded (int4, int8 or 16-bit), and the
+        perplexity; waits for its turn like a reply."""
+        ticket = self._turns.enter()
+        running = False
+        try:
+            running = self._turns.wait_quietly(ticket, threading.Event())
+            self.load(key)
+            return self.on_torch_thread(lambda: score_text(self._parts, text))
+        finally:
+            self._turns.leave(ticket, running)
+            self._touch()
 
     # -- replies --------------------------------------------------------------------------------
     def stream(

@@ -20,6 +20,7 @@ from core.inference import prompts
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.loading import LoadedParts
 from core.inference.params import GenerationParams
+from core.inference.sampler import Sampling, TokenChooser
 
 RunOnTorchThread = Callable[[Callable[[], None]], Future[None]]
 
@@ -149,24 +150,58 @@ def _generate_options(
     parts: LoadedParts, inputs: Any, params: GenerationParams, streamer: Any, criterion: StopOnEvent,
     ignore_eos: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    from transformers import StoppingCriteriaList
+    """transformers' generate with the same sampling (for architectures the lean decoder does not run)."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     tokenizer = parts.tokenizer
-    sampling = params.temperature > 0
+    sampling = sampling_for(params, parts.model.generation_config)
     options: dict[str, Any] = {
         **inputs,
         "streamer": streamer,
         "max_new_tokens": params.max_new_tokens,
-        "do_sample": sampling,
-        "repetition_penalty": params.repetition_penalty,
+        "do_sample": not sampling.greedy,
+        "repetition_penalty": sampling.repetition_penalty,
         "stopping_criteria": StoppingCriteriaList([criterion]),
         "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
+        "top_k": sampling.top_k,
     }
-    if sampling:
-        options.update(temperature=params.temperature, top_p=params.top_p)
+    if not sampling.greedy:
+        options.update(temperature=sampling.temperature, top_p=sampling.top_p, min_p=sampling.min_p or None)
+    if sampling.presence_penalty:
+        options["logits_processor"] = LogitsProcessorList([_PresencePenalty(sampling.presence_penalty)])
+    if sampling.seed is not None:
+        import torch
+
+        torch.manual_seed(sampling.seed)  # generate draws from torch's global generator (this thread's)
     if ignore_eos:
         options["min_new_tokens"] = params.max_new_tokens
     return options
+
+
+class _PresencePenalty:
+    """OpenAI's presence penalty for transformers' generate: subtracted once from each seen token."""
+
+    def __init__(self, penalty: float) -> None:
+        self.penalty = penalty
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        seen = scores.new_zeros(scores.shape, dtype=bool).scatter_(1, input_ids, True)
+        return scores - self.penalty * seen
+
+
+def sampling_for(params: GenerationParams, generation_config: Any) -> Sampling:
+    """The reply's sampling: the request's settings, with the model's own top_k where none was asked."""
+    top_k = params.top_k if params.top_k is not None else int(getattr(generation_config, "top_k", 0) or 0)
+    return Sampling(
+        temperature=params.temperature, top_k=top_k, top_p=params.top_p, min_p=params.min_p,
+        repetition_penalty=params.repetition_penalty, presence_penalty=params.presence_penalty,
+        seed=params.seed,
+    )  # fmt: skip
+
+
+def end_ids(generation_config: Any) -> set[int]:
+    end = generation_config.eos_token_id
+    return set(end if isinstance(end, list) else [] if end is None else [end])
 
 
 def _decode(
@@ -174,26 +209,21 @@ def _decode(
     ignore_eos: bool,
 ) -> int:  # fmt: skip
     """A reply through the lean decoder, streamed as generate streams it; the token count."""
-    from core.inference.decoder import Sampling, generate
+    from core.inference.decoder import generate
 
     config = parts.model.generation_config
-    end = config.eos_token_id
-    end_ids = set(end if isinstance(end, list) else [] if end is None else [end])
-    sampling = Sampling(params.temperature, params.top_p, int(config.top_k or 0), params.repetition_penalty)
+    ends = end_ids(config)
+    prompt_ids = prompt.tolist()
+    vocabulary = parts.model.get_output_embeddings().out_features
+    chooser = TokenChooser(sampling_for(params, config), vocabulary, parts.info.device, seen=prompt_ids,
+                           never=ends if ignore_eos else ())  # fmt: skip
     streamer.put(prompt)  # the streamer skips the prompt it is given first
 
     def on_token(token: int) -> bool:
         streamer.put(prompt.new_tensor([token]))
         return criterion.token_done()
 
-    tokens = generate(
-        parts.decoder,
-        prompt.tolist(),
-        params.max_new_tokens,
-        sampling,
-        end_ids,
-        on_token,
-        ignore_end=ignore_eos,
-    )
+    stops = set() if ignore_eos else ends
+    tokens = generate(parts.decoder, prompt_ids, params.max_new_tokens, chooser, stops, on_token)
     streamer.end()
     return len(tokens)

@@ -61,9 +61,9 @@ def import_runtime() -> None:
         import transformers.models.qwen2.modeling_qwen2
 
         for name in (
-            "AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "GenerationConfig", "LogitsProcessorList",
-            "RepetitionPenaltyLogitsProcessor", "StoppingCriteriaList", "SuppressTokensLogitsProcessor",
-            "TemperatureLogitsWarper", "TextIteratorStreamer", "TopKLogitsWarper", "TopPLogitsWarper",
+            "AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "DynamicCache", "GenerationConfig",
+            "LlamaTokenizer", "LlamaTokenizerFast", "LogitsProcessorList", "PreTrainedTokenizerFast",
+            "Qwen2Tokenizer", "Qwen2TokenizerFast", "StoppingCriteriaList", "TextIteratorStreamer",
         ):  # fmt: skip
             getattr(transformers, name)
         from core.inference import attention, decoder, quantize  # noqa: F401

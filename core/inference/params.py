@@ -11,10 +11,17 @@ from core.errors import ConfigError
 
 @dataclass(frozen=True)
 class GenerationParams:
+    """How a reply is generated. temperature 0 is greedy; top_k None is the model's own (its
+    generation_config), 0 no limit; min_p and presence_penalty 0 are off; a seed makes sampling repeat."""
+
     temperature: float = 0.7
     top_p: float = 0.9
     max_new_tokens: int = 512
     repetition_penalty: float = 1.1
+    top_k: int | None = None
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         checks = (
@@ -22,6 +29,10 @@ class GenerationParams:
             (0.0 < self.top_p <= 1.0, "top_p must be above 0 and at most 1"),
             (1 <= self.max_new_tokens <= 32768, "max_new_tokens must be between 1 and 32768"),
             (0.5 <= self.repetition_penalty <= 2.0, "repetition_penalty must be between 0.5 and 2"),
+            (self.top_k is None or 0 <= self.top_k <= 1000, "top_k must be between 0 (no limit) and 1000"),
+            (0.0 <= self.min_p < 1.0, "min_p must be at least 0 and below 1"),
+            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be between -2 and 2"),
+            (self.seed is None or 0 <= self.seed < 2**63, "seed must be a non-negative integer"),
         )
         for ok, message in checks:
             if not ok:

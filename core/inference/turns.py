@@ -51,6 +51,15 @@ class TurnQueue:
             yield Queued(ahead)
         return False
 
+    def wait_quietly(self, ticket: int, stop: threading.Event) -> bool:
+        """`wait` without reporting the places: True once this request may run."""
+        waiting = self.wait(ticket, stop)
+        while True:
+            try:
+                next(waiting)
+            except StopIteration as done:
+                return done.value
+
     def leave(self, ticket: int, running: bool) -> None:
         with self._turn:
             if running:

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from core.hub.store import read_manifest, write_manifest
 from core.inference import attention, quantize
-from core.inference.decoder import Decoder, Sampling, generate, supports
+from core.inference.decoder import Decoder, generate, supports
 from core.inference.engine import LocalEngine
 from core.inference.events import TextDelta
 from core.inference.params import GenerationParams
@@ -29,6 +29,7 @@ from core.inference.quantize import (
     quantize_rows,
     stored_bytes,
 )
+from core.inference.sampler import Sampling, TokenChooser
 from tests.fixtures.tiny_models import install_ready
 
 PROMPT = torch.tensor([[5, 17, 42, 99, 7, 230, 18, 64, 3, 150, 77, 12]])
@@ -169,28 +170,42 @@ def test_the_step_a_cuda_graph_records_computes_what_forward_computes(
 
 
 @pytest.mark.parametrize("scheme", ["int4", "fused"])
-@pytest.mark.parametrize("sampling", [False, True])
-def test_decoder_replies_are_the_tokens_generate_chooses(
-    tiny_models: dict[str, Path], sampling: bool, scheme: str
-) -> None:
+def test_decoder_replies_are_the_tokens_generate_chooses(tiny_models: dict[str, Path], scheme: str) -> None:
     # float32 activations: the two paths then agree to the last bit that can change a choice.
     model = load(tiny_models["llama"], attention.NAME, dtype=torch.float32)
     prepare_for_decoder(model, torch.float32, scheme)
-    options = {"temperature": 0.9, "top_p": 0.8, "top_k": 20} if sampling else {}
-    torch.manual_seed(7)
     with torch.inference_mode():
-        expected = model.generate(PROMPT, max_new_tokens=30, min_new_tokens=30, do_sample=sampling,
-                                  repetition_penalty=1.3, **options)[0, PROMPT.shape[1] :]  # fmt: skip
-    choice = Sampling(temperature=options.get("temperature", 0.0), top_p=options.get("top_p", 1.0),
-                      top_k=options.get("top_k", 0), repetition_penalty=1.3)  # fmt: skip
+        expected = model.generate(PROMPT, max_new_tokens=30, min_new_tokens=30, do_sample=False,
+                                  repetition_penalty=1.3)[0, PROMPT.shape[1] :]  # fmt: skip
+    end = model.config.eos_token_id
     seen: list[int] = []
-    torch.manual_seed(7)
     with torch.inference_mode():
-        got = generate(Decoder(model), PROMPT[0].tolist(), 30, choice, {model.config.eos_token_id},
-                       seen.append, ignore_end=True)  # fmt: skip
+        greedy = chooser(model, repetition_penalty=1.3, never=[end])  # min_new_tokens: the end never chosen
+        got = generate(Decoder(model), PROMPT[0].tolist(), 30, greedy, {end}, seen.append)
     assert got == seen == expected.tolist()
-    stopped = generate(Decoder(model), PROMPT[0].tolist(), 30, choice, set(), lambda _t: True)
+    stopped = generate(Decoder(model), PROMPT[0].tolist(), 30, chooser(model), set(), lambda _t: True)
     assert len(stopped) == 1  # on_token asked to stop after the first token
+
+
+def test_a_seeded_sampled_reply_repeats(tiny_models: dict[str, Path]) -> None:
+    """Sampled replies follow transformers' distribution (tests/unit/test_sampler.py); with a seed,
+    the decoder gives the same reply twice and another seed another one."""
+    model = load(tiny_models["llama"], attention.NAME, dtype=torch.float32)
+    prepare_for_decoder(model, torch.float32, "int4")
+
+    def reply(seed: int) -> list[int]:
+        sampling = {"temperature": 1.2, "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.1, "seed": seed}
+        with torch.inference_mode():
+            return generate(Decoder(model), PROMPT[0].tolist(), 40, chooser(model, **sampling), set(),
+                            lambda _t: False)  # fmt: skip
+
+    assert reply(3) == reply(3)
+    assert reply(3) != reply(4)
+
+
+def chooser(model: torch.nn.Module, never: list[int] = (), **sampling: object) -> TokenChooser:
+    vocabulary = model.get_output_embeddings().out_features
+    return TokenChooser(Sampling(**sampling), vocabulary, "cpu", seen=PROMPT[0].tolist(), never=never)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])  # a tied and an untied vocabulary

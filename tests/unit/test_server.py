@@ -153,3 +153,19 @@ def test_serve_off_loopback_generates_and_requires_a_token(tmp_path: Path) -> No
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(10)
+
+
+def test_sampling_settings_and_a_seed_reach_the_engine(engine: LocalEngine) -> None:
+    with serving(engine) as url:
+        client = _client(url)
+        settings = {"temperature": 1.3, "top_p": 0.95, "presence_penalty": 0.5, "seed": 11,
+                    "extra_body": {"top_k": 40, "min_p": 0.02}}  # fmt: skip
+
+        def reply(**changes: object) -> str:
+            answer = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24,
+                                                    **(settings | changes))  # fmt: skip
+            return answer.choices[0].message.content
+
+        first = reply()
+        assert reply() == first  # the same seed and settings: the same reply
+        assert reply(seed=12) != first

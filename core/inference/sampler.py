@@ -1,0 +1,128 @@
+"""Choosing the next token: penalties on the tokens seen, then temperature, top-k, top-p and min-p on
+the best candidates only, and a seeded draw.
+
+transformers' logits processors sort the whole vocabulary for top-p at every step: 8–12 ms of a 25 ms
+step for Qwen's 151,936 words on 2 cores. llama.cpp's sampler chain cuts to the top k first; so does
+this one. The distribution is exactly transformers' (RepetitionPenalty → Temperature → TopK → TopP →
+MinP, tested against them): the cut is exact for top-k; with no top-k (0), the best 256 are taken and
+their probabilities computed against the whole vocabulary's normaliser; only when top-p or min-p would
+keep a token beyond them are more looked at (4096, then the whole vocabulary: a flat distribution).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+CANDIDATES = (256, 4096)  # with no top-k: the best tokens looked at, then more, before the whole vocabulary
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: greedy when temperature is 0."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # transformers' (CTRL's): divides a seen token's positive logit
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from a seen token's logit
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class TokenChooser:
+    """Chooses tokens for one reply; remembers what it has seen (the prompt, then each token chosen)."""
+
+    def __init__(
+        self, sampling: Sampling, vocabulary: int, device: torch.device | str, seen: Iterable[int] = (),
+        never: Iterable[int] = (),
+    ) -> None:  # fmt: skip
+        """`never` are tokens that may not be chosen (the end tokens while a fixed length is asked for)."""
+        self.sampling = sampling
+        self.device = torch.device(device)
+        self._seen_set = set(seen)
+        self._seen = torch.tensor(sorted(self._seen_set), dtype=torch.long, device=self.device)
+        self._never = torch.tensor(sorted(set(never)), dtype=torch.long, device=self.device)
+        self._generator = torch.Generator(device=self.device)
+        if sampling.seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(sampling.seed)
+
+    def observe(self, token: int) -> None:
+        if token not in self._seen_set:
+            self._seen_set.add(token)
+            self._seen = torch.cat((self._seen, self._seen.new_tensor([token])))
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """The next token for these logits (1-D, the whole vocabulary); it is observed."""
+        scores = self._penalised(logits)
+        if self.sampling.greedy:
+            token = int(scores.argmax())
+        else:
+            ids, probs = self._candidates(scores)
+            token = int(ids[torch.multinomial(probs, 1, generator=self._generator)])
+        self.observe(token)
+        return token
+
+    def distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        """The probability of every token (what `choose` draws from), for tests and scoring."""
+        scores = self._penalised(logits)
+        full = torch.zeros(scores.shape[-1], dtype=torch.float32, device=scores.device)
+        if self.sampling.greedy:
+            full[scores.argmax()] = 1.0
+            return full
+        ids, probs = self._candidates(scores)
+        return full.index_put_((ids,), probs)
+
+    def _penalised(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits with the seen tokens penalised: only those are touched, not the vocabulary."""
+        scores = logits.float()
+        sampling = self.sampling
+        if (sampling.repetition_penalty != 1.0 or sampling.presence_penalty != 0.0) and self._seen.numel():
+            seen = scores[self._seen]
+            penalty = sampling.repetition_penalty
+            penalised = torch.where(seen > 0, seen / penalty, seen * penalty) - sampling.presence_penalty
+            scores = scores.index_put((self._seen,), penalised)
+        if self._never.numel():
+            scores = scores.index_fill(0, self._never, float("-inf"))
+        return scores
+
+    def _candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens that may be drawn and their probabilities (summing to 1), best first."""
+        sampling = self.sampling
+        vocabulary = scores.shape[-1]
+        if sampling.top_k:  # transformers' TopK: the rest are gone, the k renormalised among themselves
+            values, ids = torch.topk(scores, min(sampling.top_k, vocabulary))  # sorted, best first
+            return self._cut(ids, (values / sampling.temperature).softmax(-1))
+        normaliser = torch.logsumexp(scores / sampling.temperature, -1)
+        for limit in (*CANDIDATES, vocabulary):
+            values, ids = torch.topk(scores, min(limit, vocabulary))
+            probs = (values / sampling.temperature - normaliser).exp()  # true probabilities, of the whole
+            keep = self._kept(probs)
+            if limit >= vocabulary or not bool(keep[-1]):  # nothing beyond the candidates is kept
+                return self._cut(ids, probs, keep)
+        raise AssertionError("unreachable: the last round looks at the whole vocabulary")
+
+    def _cut(
+        self, ids: torch.Tensor, probs: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = self._kept(probs) if keep is None else keep
+        ids, probs = ids[keep], probs[keep]
+        return ids, probs / probs.sum()
+
+    def _kept(self, probs: torch.Tensor) -> torch.Tensor:
+        """transformers' TopP (a token stays while the mass before it is below top_p; the best always
+        stays), then MinP on what is left (probability at least min_p × the best's)."""
+        before = probs.cumsum(-1) - probs  # the mass of the better tokens (probs are of the whole)
+        keep = before < self.sampling.top_p
+        keep[0] = True
+        if self.sampling.min_p > 0:  # renormalising the kept ones would divide both sides alike
+            keep &= probs >= self.sampling.min_p * probs[0]
+        return keep

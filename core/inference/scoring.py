@@ -1,0 +1,67 @@
+"""How likely a text is under a model: each token's log-probability given the text before it, and the
+perplexity. A user's way to see what a setting (int4, int8, 16-bit) costs in quality on their own
+text, as llama.cpp's perplexity tool does; teacher-forced, on the weights as the engine runs them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import MessageError
+from core.inference.loading import LoadedParts
+
+CHUNK_TOKENS = 256  # logits for a chunk at a time: a whole text's would be tokens × vocabulary floats
+
+
+@dataclass(frozen=True)
+class ScoredToken:
+    id: int
+    text: str
+    logprob: float  # natural log of the probability the model gave this token after the ones before
+
+
+@dataclass(frozen=True)
+class TextScore:
+    model: str
+    weights: str
+    tokens: tuple[ScoredToken, ...]  # every token after the first (the first has nothing before it)
+    truncated: bool  # the text was longer than the context window: its first window was scored
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(token.logprob for token in self.tokens) / len(self.tokens)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(-self.mean_logprob)
+
+
+def score_text(parts: LoadedParts, text: str) -> TextScore:
+    """Score `text` (run on the engine's torch thread)."""
+    import torch
+    from transformers import DynamicCache
+
+    ids = parts.tokenizer(text, add_special_tokens=True)["input_ids"]
+    context = parts.info.context_length
+    truncated = len(ids) > context
+    ids = ids[:context]
+    if len(ids) < 2:
+        raise MessageError("The text needs at least two tokens to be scored.")
+    sequence = torch.tensor([ids], device=parts.info.device)
+    logprobs: list[float] = []
+    cache = DynamicCache()
+    with torch.inference_mode():
+        for start in range(0, len(ids) - 1, CHUNK_TOKENS):
+            end = min(start + CHUNK_TOKENS, len(ids) - 1)
+            logits = parts.model(sequence[:, start:end], cache=cache, use_cache=True).logits[0]
+            targets = sequence[0, start + 1 : end + 1]
+            logprobs += logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1))[:, 0].tolist()
+    tokens = tuple(
+        ScoredToken(i, _piece(parts.tokenizer, i), p) for i, p in zip(ids[1:], logprobs, strict=True)
+    )
+    return TextScore(parts.info.key, parts.info.weights, tokens, truncated)
+
+
+def _piece(tokenizer: Any, token: int) -> str:
+    return tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token)])

@@ -1,0 +1,108 @@
+"""The token chooser draws from exactly the distribution transformers' processors give (repetition
+penalty, temperature, top-k, top-p, min-p), cuts to the candidates first, and repeats with a seed."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from transformers import (
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from core.inference.sampler import CANDIDATES, Sampling, TokenChooser
+
+
+def reference(logits: torch.Tensor, seen: list[int], sampling: Sampling) -> torch.Tensor:
+    """transformers' processors, in generate's order, then softmax."""
+    ids = torch.tensor([seen or [0]])
+    scores = logits.clone().unsqueeze(0)
+    if sampling.repetition_penalty != 1.0:
+        scores = RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty)(ids, scores)
+    scores = TemperatureLogitsWarper(sampling.temperature)(ids, scores)
+    if sampling.top_k:
+        scores = TopKLogitsWarper(sampling.top_k)(ids, scores)
+    if sampling.top_p < 1.0:
+        scores = TopPLogitsWarper(sampling.top_p)(ids, scores)
+    if sampling.min_p:
+        scores = MinPLogitsWarper(sampling.min_p)(ids, scores)
+    return scores.softmax(-1)[0]
+
+
+SETTINGS = [
+    Sampling(temperature=t, top_k=k, top_p=p, min_p=m, repetition_penalty=r)
+    for t, k, p, m, r in itertools.product((0.7, 1.3), (0, 5, 40), (1.0, 0.8), (0.0, 0.1), (1.0, 1.3))
+]
+
+
+def settings_id(s: Sampling) -> str:
+    return f"t{s.temperature}-k{s.top_k}-p{s.top_p}-m{s.min_p}-r{s.repetition_penalty}"
+
+
+CASES = [(s, 64) for s in SETTINGS] + [  # larger vocabularies: the candidates' rounds (no top-k) matter
+    (s, vocabulary) for s in SETTINGS if not s.top_k for vocabulary in (3 * CANDIDATES[0], 2 * CANDIDATES[1])
+]
+
+
+def case_id(value: object) -> str:
+    return settings_id(value) if isinstance(value, Sampling) else f"v{value}"
+
+
+@pytest.mark.parametrize(("sampling", "vocabulary"), CASES, ids=case_id)
+def test_the_distribution_is_transformers_on_a_small_vocabulary(sampling: Sampling, vocabulary: int) -> None:
+    generator = torch.Generator().manual_seed(vocabulary)
+    seen = [3, 7, 11, 20, 21]
+    for spread in (0.5, 4.0):  # flat logits (top-p reaches past the candidates) and peaked ones
+        logits = torch.randn(vocabulary, generator=generator) * spread
+        ours = TokenChooser(sampling, vocabulary, "cpu", seen=seen).distribution(logits)
+        torch.testing.assert_close(ours, reference(logits, seen, sampling), atol=2e-6, rtol=1e-4)
+
+
+def test_the_presence_penalty_is_subtracted_once_from_each_seen_token() -> None:
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(2))
+    sampling = Sampling(temperature=0.8, presence_penalty=1.5)
+    expected = logits.clone()
+    expected[[1, 2, 3]] -= 1.5
+    ours = TokenChooser(sampling, 50, "cpu", seen=[1, 2, 3, 3]).distribution(logits)
+    torch.testing.assert_close(ours, (expected / 0.8).softmax(-1))
+
+
+def test_draws_follow_the_distribution() -> None:
+    logits = torch.randn(30, generator=torch.Generator().manual_seed(5)) * 2
+    sampling = Sampling(temperature=0.9, top_k=12, top_p=0.9, seed=7)
+    chooser = TokenChooser(sampling, 30, "cpu")
+    expected = chooser.distribution(logits)
+    draws = 8_000
+    counts = torch.bincount(torch.tensor([chooser.choose(logits) for _ in range(draws)]), minlength=30)
+    observed = counts / draws
+    sigma = (expected * (1 - expected) / draws).sqrt()
+    assert bool(((observed - expected).abs() <= 4.5 * sigma + 1e-9).all()), (observed, expected)
+    assert counts[expected == 0].sum() == 0  # nothing outside top-k / top-p is ever drawn
+
+
+def test_a_seed_repeats_the_reply_and_another_seed_does_not() -> None:
+    logits = [torch.randn(200, generator=torch.Generator().manual_seed(i)) for i in range(40)]
+
+    def reply(seed: int) -> list[int]:
+        chooser = TokenChooser(
+            Sampling(temperature=1.0, top_p=0.95, repetition_penalty=1.1, seed=seed), 200, "cpu"
+        )
+        return [chooser.choose(step) for step in logits]
+
+    assert reply(1) == reply(1)
+    assert reply(1) != reply(2)
+
+
+def test_greedy_and_forbidden_tokens() -> None:
+    logits = torch.tensor([0.0, 5.0, 1.0, 4.0])
+    assert TokenChooser(Sampling(), 4, "cpu").choose(logits) == 1
+    assert TokenChooser(Sampling(), 4, "cpu", never=[1]).choose(logits) == 3
+    penalised = TokenChooser(Sampling(repetition_penalty=2.0), 4, "cpu", seen=[1]).choose(logits)
+    assert penalised == 3  # 5 / 2 < 4
+    sampled = TokenChooser(Sampling(temperature=1.0, seed=0), 4, "cpu", never=[1, 3])
+    assert {sampled.choose(logits) for _ in range(200)} <= {0, 2}

@@ -70,6 +70,13 @@ class NotWritableError(DownloadError):
     code = "error.not_writable"
 
 
+class EndpointsFailedError(DownloadError):
+    """Every download endpoint failed for one step (network errors, 5xx, bytes that do not check);
+    `reason` (connect, timeout, reset, server, checksum, length, other) says how."""
+
+    code = "error.endpoints_failed"
+
+
 class UnsafeListingError(DownloadError):
     """A server listed a file name, size or hash that cannot be trusted; nothing was written."""
 

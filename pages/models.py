@@ -17,7 +17,7 @@ from core.inference.sizing import (
 from core.storage import repo
 from core.units import format_bytes, format_count, format_duration
 from ui import access, resources
-from ui.i18n import error_text, has, t
+from ui.i18n import error_text, failure_text, has, t
 from ui.markup import escape_markdown
 from ui.widgets import download_settings
 
@@ -122,18 +122,22 @@ def live_status(spec: ModelSpec) -> None:
             args=(spec.key,),
         )
         return
-    if status.kind == "partial":
-        if progress and progress.state == "failed" and progress.error:
-            st.error(t("models.failed", error=progress.error))
-        elif progress and progress.state == "interrupted":
-            st.warning(t("models.interrupted"))
-        if progress and progress.bytes_total:
-            progress_bar(progress, "models.progress_paused")
-        label = "models.action.retry" if progress and progress.state == "failed" else "models.action.resume"
-        st.button(t(label), key=f"resume-{spec.key}", type="primary", on_click=run_action,
-                  args=(lambda: start_download(spec.key),))  # fmt: skip
-    elif status.kind == "not_downloaded" and progress and progress.state == "failed" and progress.error:
-        st.error(t("models.failed", error=progress.error))
+    failed = progress is not None and progress.state == "failed"
+    if failed:
+        st.error(failure_text(progress.error_code, progress.error_params, progress.error or ""))
+    elif status.kind == "partial" and progress and progress.state == "interrupted":
+        st.warning(t("models.interrupted"))
+    if status.kind == "partial" and progress and progress.bytes_total:
+        progress_bar(progress, "models.progress_paused")
+    if status.kind == "partial" or (status.kind == "not_downloaded" and failed):
+        with st.container(horizontal=True):
+            label = "models.action.retry" if failed else "models.action.resume"
+            st.button(t(label), key=f"resume-{spec.key}", type="primary", on_click=run_action,
+                      args=(lambda: start_download(spec.key),))  # fmt: skip
+            if failed and access.is_admin():
+                st.page_link(
+                    "pages/hardware.py", label=t("models.mirror_settings"), icon=":material/settings:"
+                )
 
 
 def actions(spec: ModelSpec, status: ModelStatus) -> None:
@@ -144,6 +148,7 @@ def actions(spec: ModelSpec, status: ModelStatus) -> None:
                 show_plan(library.plan(key))
             except LocalLLMError as exc:
                 st.error(error_text(exc))
+                st.button(t("models.action.check_again"), key=f"check-again-{key}", type="primary")  # a rerun
     if status.kind == "damaged":
         st.warning(t("models.damaged_files", files=", ".join(p.path for p in status.problems)))
     buttons: list[Action] = []

@@ -54,9 +54,25 @@ def language_from_locale(locale: str | None) -> str:
 
 
 def error_text(exc: LocalLLMError) -> str:
-    """A core error in the session's language (the English detail is kept inside the Chinese text)."""
-    key = exc.code if has(exc.code) else "error.generic"
-    return t(key, message=exc.message)
+    """A core error in the session's language."""
+    return failure_text(exc.code, exc.params, exc.message)
+
+
+def failure_text(code: str | None, params: dict[str, Any], message: str) -> str:
+    """A product error (raised now, or stored with a download job) in the session's language: its own
+    text filled with its parameters where the locale has one, else the English sentence inside a
+    generic one."""
+    if not code or not has(code):
+        return t("error.generic", message=message)
+    values = {**params, "message": message}
+    if "reason" in params and has(f"reason.{params['reason']}"):
+        values["reason_text"] = t(f"reason.{params['reason']}")
+    if "file" in params:
+        values["what"] = params["file"] or t("reason.file_list")
+    try:
+        return t(code, **values)
+    except KeyError:  # an error raised without a parameter its text names: say it in English
+        return t("error.generic", message=message)
 
 
 def ordinal(position: int) -> str:

@@ -10,7 +10,7 @@ import httpx2
 from huggingface_hub import HfApi
 from huggingface_hub import errors as hf_errors
 
-from core.errors import ConfigError, DownloadError, InvalidRepoIdError, LocalLLMError, NotFoundError
+from core.errors import ConfigError, InvalidRepoIdError, LocalLLMError, NotFoundError
 from core.hub import listing as hub
 from core.hub.catalog import BUILTIN_MODELS, ModelSpec, custom_spec, key_for_repo
 from core.hub.listing import RemoteFile, RepoListing
@@ -30,7 +30,7 @@ from core.hub.store import (
     verify,
     write_manifest,
 )
-from core.hub.transfer import DownloadTarget, Progress, describe, disk_free_bytes
+from core.hub.transfer import DownloadTarget, Progress, disk_free_bytes, endpoints_failed
 from core.inference.sizing import (
     KvLayout,
     MemoryEstimate,
@@ -176,12 +176,7 @@ class ModelLibrary:
                 raise
             except (hf_errors.HfHubHTTPError, httpx2.TransportError, OSError) as exc:
                 last = exc
-        raise DownloadError(
-            f"No download endpoint answered for {repo_id} ({', '.join(endpoints)}: {describe(last)}). "
-            "Check the network, or add a mirror in the download settings.",
-            repo_id=repo_id,
-            reason=describe(last),
-        )
+        raise endpoints_failed(repo_id, "", endpoints, last)
 
     # -- state on disk --------------------------------------------------------------------------
     def directory(self, key: str) -> Path:

@@ -111,6 +111,7 @@ class DownloadManager:
                 session, job_id, state=progress.state, bytes_done=progress.bytes_done,
                 bytes_total=progress.bytes_total, current_file=progress.current_file,
                 endpoint=progress.endpoint, attempts=progress.attempts, last_error=progress.error,
+                last_error_code=progress.error_code, last_error_params=progress.error_params,
                 commit=progress.commit,
             )  # fmt: skip
 
@@ -157,6 +158,8 @@ class DownloadManager:
             endpoint=job.endpoint,
             attempts=job.attempts,
             error=job.last_error,
+            error_code=job.last_error_code,
+            error_params=dict(job.last_error_params or {}),
             commit=job.commit,
         )
 

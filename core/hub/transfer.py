@@ -25,6 +25,7 @@ from huggingface_hub.utils import get_session
 from core.errors import (
     DiskSpaceError,
     DownloadError,
+    EndpointsFailedError,
     GatedRepoError,
     LocalLLMError,
     NotWritableError,
@@ -79,6 +80,7 @@ class Progress:
     attempts: int = 0
     error: str | None = None
     error_code: str | None = None
+    error_params: dict[str, object] = field(default_factory=dict)
     commit: str | None = None
     notes: tuple[str, ...] = ()
 
@@ -209,7 +211,8 @@ class ModelDownload:
             self._update(force=True, state="cancelled", speed_bps=0.0)
         except LocalLLMError as exc:
             logger.warning("download of %s failed: %s", self.target.key, exc.message)
-            self._update(force=True, state="failed", error=exc.message, error_code=exc.code, speed_bps=0.0)
+            self._update(force=True, state="failed", error=exc.message, error_code=exc.code,
+                         error_params=_plain(exc.params), speed_bps=0.0)  # fmt: skip
         except Exception as exc:  # never a job stuck "running" or an error of None: a sentence, and the log
             logger.exception("download of %s stopped on an unexpected error", self.target.key)
             message = (
@@ -265,11 +268,8 @@ class ModelDownload:
             self._endpoint_index += 1
             if self._endpoint_index < len(self.endpoints):
                 self._note(f"switching to {self.endpoint}")
-        raise DownloadError(
-            f"Every endpoint failed for {what}: {describe(last)}. "
-            "Check the network or add a mirror in Settings.",
-            what=what,
-        )
+        logger.warning("%s: every endpoint failed for %s: %s", self.target.key, what, last)
+        raise endpoints_failed(self.target.repo_id, "" if what == "listing" else what, self.endpoints, last)
 
     # -- one file -------------------------------------------------------------------------------
     def _fetch_file(self, listing: RepoListing, file: RemoteFile, base: int, endpoint: str) -> None:
@@ -348,7 +348,7 @@ class ModelDownload:
                         if have + len(chunk) > file.size:  # never a byte past the declared size
                             handle.write(chunk[: file.size - have])
                             hasher.update(chunk[: file.size - have])
-                            raise TransientError(
+                            raise SizeMismatchError(
                                 f"the server sent more than the {file.size} bytes it listed for {file.path}"
                             )
                         handle.write(chunk)
@@ -376,7 +376,7 @@ class ModelDownload:
             return  # checked while the bytes arrive instead
         expected = file.size - have
         if not announced.isdigit() or int(announced) != expected:
-            raise TransientError(
+            raise SizeMismatchError(
                 f"the server announced {announced[:20]} bytes for {file.path}, whose listing leaves "
                 f"{expected} to fetch"
             )
@@ -411,18 +411,70 @@ def not_writable(directory: Path, exc: OSError) -> NotWritableError:
     )
 
 
+def _plain(params: dict[str, object]) -> dict[str, object]:
+    """An error's parameters as they can be stored (JSON) and shown."""
+    return {
+        k: v if isinstance(v, (str, int, float, bool)) or v is None else str(v) for k, v in params.items()
+    }
+
+
+class SizeMismatchError(TransientError):
+    """The server's answer is longer (or announced longer) than the listing said: nothing past the
+    declared size is written."""
+
+
 class ChecksumMismatchError(TransientError):
     """A file's hash differs from the listing: reported, then fetched again."""
 
 
+REASONS = {
+    "connect": "cannot connect (no network, a wrong address, or the server is down)",
+    "timeout": "timed out (no data)",
+    "reset": "the connection was reset or closed early",
+    "server": "the server answered with an error",
+    "checksum": "the bytes did not match their checksum",
+    "length": "the server sent another size than it listed",
+    "other": "an unexpected answer",
+}
+
+
+def reason_of(exc: BaseException | None) -> str:
+    """Why a transfer failed, as one of REASONS' keys (the pages translate it)."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx2.ConnectError):
+        return "connect"
+    if isinstance(exc, (httpx2.ReadError, httpx2.RemoteProtocolError)):
+        return "reset"
+    if isinstance(exc, ChecksumMismatchError):
+        return "checksum"
+    if isinstance(exc, SizeMismatchError):
+        return "length"
+    if isinstance(exc, TransientError):
+        return "server"
+    if isinstance(exc, httpx2.TransportError):
+        return "server" if str(exc).startswith("HTTP") else "reset"
+    return "other"
+
+
 def describe(exc: BaseException | None) -> str:
     """A short, user-readable reason for a transfer failure."""
-    if exc is None:
-        return "unknown error"
-    if isinstance(exc, httpx2.TimeoutException):
-        return "timed out (no data)"
-    if isinstance(exc, httpx2.ConnectError):
-        return "cannot connect"
-    if isinstance(exc, (httpx2.ReadError, httpx2.RemoteProtocolError)):
-        return "connection reset or closed early"
-    return str(exc) or exc.__class__.__name__
+    return REASONS[reason_of(exc)]
+
+
+def endpoints_failed(
+    repo_id: str, file: str, endpoints: Sequence[str], last: BaseException | None
+) -> EndpointsFailedError:
+    """The one sentence for every endpoint failing (at `file`, or "" for the file list), from the
+    pages and the CLI alike."""
+    reason = reason_of(last)
+    what = file or "the file list"
+    return EndpointsFailedError(
+        f"Could not download {what} of {repo_id}: {REASONS[reason]} ({', '.join(endpoints)}). Check the "
+        "network, or add a mirror in the download settings, then retry: the download continues where it "
+        "stopped.",
+        repo_id=repo_id,
+        file=file,
+        endpoints=", ".join(endpoints),
+        reason=reason,
+    )

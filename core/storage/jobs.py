@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,6 +28,8 @@ class JobRecord:
     current_file: str | None
     attempts: int
     last_error: str | None
+    last_error_code: str | None
+    last_error_params: dict[str, Any]
     updated_at: datetime
 
 
@@ -42,15 +45,17 @@ def open_job(session: Session, key: str, repo_id: str) -> JobRecord:
         row = DownloadJobRow(model_key=key, repo_id=repo_id, state="running")
         session.add(row)
     row.state = "running"
-    row.last_error = None
+    row.last_error = row.last_error_code = None
+    row.last_error_params = {}
     row.updated_at = utcnow()
     session.flush()
     return from_row(JobRecord, row)
 
 
 PROGRESS_FIELDS = frozenset(
-    {"state", "bytes_done", "bytes_total", "current_file", "endpoint", "attempts", "last_error", "commit"}
-)
+    {"state", "bytes_done", "bytes_total", "current_file", "endpoint", "attempts", "last_error", "commit",
+     "last_error_code", "last_error_params"}
+)  # fmt: skip
 
 
 def save_progress(session: Session, job_id: int, **fields: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from core.hub.library import ModelLibrary
 from core.storage.db import Database
 from core.storage.schema import DownloadJobRow
-from tests.fixtures.hub_server import HubServer
+from tests.fixtures.hub_server import Fault, HubServer
 from ui import resources
 
 WEIGHTS = bytes(range(256)) * 8000  # ~2 MB
@@ -149,3 +150,43 @@ def test_plan_lists_files_only_on_request(new_app, library: ModelLibrary, hub: H
     assert any("to fetch" in c.value for c in at.caption)
     assert "Download" in _button_labels(at)
     assert len(hub.requests("GET", "/api/models/org/tiny-chat")) == 1
+
+
+def test_a_failed_download_explains_itself_in_chinese_and_offers_retry(
+    new_app, library: ModelLibrary, hub: HubServer
+) -> None:
+    key = _custom_model(library)
+    hub.add_fault(Fault(path="model.safetensors", status=503))  # every try, on the only endpoint
+    library.preferences.set("endpoints", [hub.url])
+    resources.library().manager.policy = replace(resources.library().manager.policy, backoff_s=0.01)
+    at = new_app()
+    at.session_state["language"] = "zh"
+    at.switch_page("pages/models.py").run()
+    at.button(key=f"check-{key}").click().run()
+    at.button(key=f"download-{key}").click().run()
+    assert resources.library().manager.wait(key, timeout=30).state == "failed"
+    at.run()
+    assert not at.exception
+    [error] = [e.value for e in at.error]
+    assert (
+        error.startswith("无法下载 org/tiny-chat 的 model.safetensors：服务器返回了错误") and "重试" in error
+    )
+    assert "Could not" not in error  # the whole sentence is Chinese
+    assert "重试" in _button_labels(at)  # the card never loses its download button
+
+    hub.clear_faults()
+    at.button(key=f"resume-{key}").click().run()
+    assert resources.library().manager.wait(key, timeout=30).state == "completed"
+
+
+def test_a_plan_that_fails_keeps_a_way_to_try_again(new_app, library: ModelLibrary, hub: HubServer) -> None:
+    key = _custom_model(library)
+    library.preferences.set("endpoints", ["http://127.0.0.1:9"])  # nothing listens there
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    at.button(key=f"check-{key}").click().run()
+    assert any("cannot connect" in e.value for e in at.error)
+    assert "Try again" in _button_labels(at)
+    library.preferences.set("endpoints", [hub.url])
+    at.button(key=f"check-again-{key}").click().run()
+    assert "Download" in _button_labels(at)

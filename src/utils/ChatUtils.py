@@ -1,0 +1,5 @@
+"""The seed's chat handler (core/compat.py)."""
+
+from core.compat import AIRequestHandlerWithHistory
+
+__all__ = ["AIRequestHandlerWithHistory"]

@@ -81,6 +81,31 @@ def _seconds(value: Any) -> float:
     return seconds
 
 
+MIN_CONTEXT, MAX_CONTEXT = 256, 1024 * 1024
+
+
+def _context(value: Any) -> int:
+    try:
+        tokens = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{value!r} is not a number of tokens.") from None
+    if not MIN_CONTEXT <= tokens <= MAX_CONTEXT:
+        raise ConfigError(f"A context length must be between {MIN_CONTEXT} and {MAX_CONTEXT} tokens.")
+    return tokens
+
+
+def _model_contexts(value: Any) -> dict[str, int]:
+    """Per-model context lengths: a mapping, or `key=tokens,key=tokens` from the command line."""
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ConfigError("Write per-model context lengths as key=tokens, separated by commas.")
+        value = {key.strip(): tokens for key, tokens in pairs}
+    if not isinstance(value, dict):
+        raise ConfigError("Per-model context lengths are a mapping of model keys to tokens.")
+    return {str(key): _context(tokens) for key, tokens in value.items()}
+
+
 def _environment_endpoints(env: Mapping[str, str]) -> list[str] | None:
     """HF_ENDPOINT first, then LOCALLLM_MIRRORS; None when neither is set."""
     if "HF_ENDPOINT" not in env and "LOCALLLM_MIRRORS" not in env:
@@ -123,6 +148,11 @@ PREFERENCES: dict[str, Preference] = {
                    900.0, "engine.idle_unload_s"),
         Preference("language", "the dashboard's language for this machine's browser: zh or en (unset: the "
                    "browser's)", _one_of(LANGUAGES), None, "ui.language"),
+        Preference("context_tokens", "context length of every model without its own (tokens; at most the "
+                   "model's window): the KV cache, the history kept and the memory planned", _context, 4096,
+                   "engine.context_tokens", _from_env("LOCALLLM_CONTEXT_TOKENS")),
+        Preference("model_context", "context lengths of single models: key=tokens,key=tokens",
+                   _model_contexts, {}, "engine.model_context"),
     )
 }  # fmt: skip
 
@@ -184,6 +214,19 @@ class Preferences:
         preference = self.preference(name)
         with self.db.begin() as session:
             repo.delete_setting(session, preference.key)
+
+    def context_for(self, key: str) -> int:
+        """The context length chosen for model `key` (the engine clamps it to the model's window)."""
+        return self.get("model_context").get(key) or self.get("context_tokens")
+
+    def set_context_for(self, key: str, tokens: int | None) -> None:
+        """Give model `key` a context length of its own, or (None) the default again."""
+        contexts = dict(self.get("model_context"))
+        if tokens is None:
+            contexts.pop(key, None)
+        else:
+            contexts[key] = _context(tokens)
+        self.set("model_context", contexts)
 
     def values(self) -> list[PreferenceValue]:
         return [self.value(name) for name in PREFERENCES]

@@ -152,6 +152,14 @@ if chosen != {"device": engine.device_preference, "quantization": engine.quantiz
         resources.preferences().set(name, value)
     engine.device_preference, engine.quantization, engine.idle_unload_s = chosen.values()
     st.toast(t("settings.saved"))
+default_context = resources.preferences().get("context_tokens")
+context = st.number_input(
+    t("settings.context_tokens"), min_value=256, max_value=1024 * 1024, value=default_context, step=1024,
+    help=t("settings.context_tokens_help"), key="settings.context",
+)  # fmt: skip
+if context != default_context:
+    resources.preferences().set("context_tokens", int(context))
+    st.toast(t("settings.saved"))
 models_dir = resources.library().models_dir
 with st.form("models-dir", border=False):
     new_dir = st.text_input(

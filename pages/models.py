@@ -17,7 +17,7 @@ from core.inference.sizing import (
 from core.storage import repo
 from core.units import format_bytes, format_count, format_duration
 from ui import access, resources
-from ui.i18n import error_text, failure_text, has, t
+from ui.i18n import current_language, error_text, failure_text, has, t
 from ui.markup import escape_markdown
 from ui.widgets import download_settings
 
@@ -282,7 +282,48 @@ def card(spec: ModelSpec) -> None:
             )
             (st.error if verdict.verdict == "too_large" else st.caption)(text)
             st.caption(speed_text(spec.key, estimate))
+        context_choice(spec)
         actions(spec, status)
+
+
+CONTEXT_CHOICES = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+
+
+def context_choice(spec: ModelSpec) -> None:
+    """The context length this model gets, each choice with the memory it needs; the admin's to change,
+    and a choice that would not fit in memory is refused."""
+    chosen = library.context_tokens(spec.key)
+    window = spec.context_length or max(CONTEXT_CHOICES)
+    choices = sorted({tokens for tokens in CONTEXT_CHOICES if tokens <= window} | {chosen, window})
+    precision, info = resources.engine_precision(), resources.hardware()
+
+    def label(tokens: int) -> str:
+        estimate = library.memory_estimate(spec.key, precision, tokens)
+        if estimate is None:
+            return t("models.tokens", count=format_count(tokens))
+        return t(
+            "models.context_choice", tokens=format_count(tokens), memory=format_bytes(estimate.total_bytes)
+        )
+
+    # The labels themselves are the options (AppTest formats options outside a run, in another language).
+    labels = {label(tokens): tokens for tokens in choices}
+
+    def choose() -> None:
+        tokens = labels[st.session_state[widget]]
+        estimate = library.memory_estimate(spec.key, precision, tokens)
+        if estimate and memory_verdict(estimate.total_bytes, info).verdict == "too_large":
+            refused = t("models.context_refused", tokens=format_count(tokens), key=spec.key)
+            st.session_state["models.flash"] = ("error", refused)
+            return
+        library.preferences.set_context_for(spec.key, tokens)  # the next reply's cache follows it
+        saved = t("models.context_saved", tokens=format_count(tokens), key=spec.key)
+        st.session_state["models.flash"] = ("success", saved)
+
+    admin = access.is_admin()
+    widget = f"context-{spec.key}-{current_language()}"  # its labels are in the session's language
+    st.selectbox(t("models.context_length"), list(labels), index=choices.index(chosen),
+                 key=widget, on_change=choose if admin else None, disabled=not admin,
+                 help=t("models.context_help") if admin else t("access.admin_only"))  # fmt: skip
 
 
 def add_model_form() -> None:

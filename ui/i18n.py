@@ -35,6 +35,10 @@ def load_texts(language: str) -> dict[str, str]:
 TEXTS: dict[str, dict[str, str]] = {language: load_texts(language) for language in LANGUAGES}
 
 
+def current_language() -> str:
+    return state.language() or DEFAULT_LANGUAGE
+
+
 def has(message_id: str) -> bool:
     return message_id in TEXTS[DEFAULT_LANGUAGE]
 
@@ -42,7 +46,7 @@ def has(message_id: str) -> bool:
 def t(message_id: str, /, **params: Any) -> str:
     """The text in the session's language; `{cli}` in it is the command line as this installation runs
     it from a terminal (`localllm`, or this venv's python -m core)."""
-    text = TEXTS[state.language() or DEFAULT_LANGUAGE][message_id]
+    text = TEXTS[current_language()][message_id]
     if "{cli}" in text:
         params.setdefault("cli", command_line())
     return text.format(**params) if params else text
@@ -77,7 +81,7 @@ def failure_text(code: str | None, params: dict[str, Any], message: str) -> str:
 
 def ordinal(position: int) -> str:
     """A place in line: '2nd' in English, '第 2' in Chinese."""
-    if (state.language() or DEFAULT_LANGUAGE) == "zh":
+    if current_language() == "zh":
         return f"第 {position} "
     suffix = "th" if 10 <= position % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(position % 10, "th")
     return f"{position}{suffix}"

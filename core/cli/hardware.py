@@ -49,6 +49,7 @@ def _models(models_library: Any, precision: Any, info: HardwareInfo, bandwidth: 
         needed = estimate.total_bytes if estimate else None
         speed = decode_tokens_per_s_bound(estimate, bandwidth) * CPU_DECODE_EFFICIENCY if estimate else None
         found[spec.key] = {
+            "context_tokens": models_library.context_tokens(spec.key),
             "memory_needed_bytes": needed,
             "download_bytes": spec.download_bytes,
             "verdict": memory_verdict(needed, info).verdict if needed else "unknown",

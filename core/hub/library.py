@@ -195,14 +195,24 @@ class ModelLibrary:
             return ModelStatus("not_downloaded")
         return ModelStatus("partial", progress.fraction if progress else 0.0)
 
-    def memory_estimate(self, key: str, precision: Precision) -> MemoryEstimate | None:
-        """What running `key` needs: exact from its files once downloaded, else from the catalog."""
+    def context_tokens(self, key: str) -> int:
+        """The context length chosen for `key` (Settings), at most the model's window when known."""
+        window = self.get(key).context_length
+        chosen = self.preferences.context_for(key)
+        return min(chosen, window) if window else chosen
+
+    def memory_estimate(
+        self, key: str, precision: Precision, context_tokens: int | None = None
+    ) -> MemoryEstimate | None:
+        """What running `key` needs with `context_tokens` of KV cache (default: its chosen context):
+        exact from its files once downloaded, else from the catalog."""
+        tokens = context_tokens or self.context_tokens(key)
         if self.status(key).kind == "ready":
-            return model_memory(self.directory(key), precision)
+            return model_memory(self.directory(key), precision, tokens)
         spec = self.get(key)
         if not spec.parameters or spec.kv_layout is None:
             return None
-        return estimate_memory(spec.parameters, spec.kv_layout, precision, spec.vocabulary)
+        return estimate_memory(spec.parameters, spec.kv_layout, precision, spec.vocabulary, tokens)
 
     def verify(self, key: str) -> list[FileCheck]:
         """Hash every file; a file that fails is kept as a partial so the next download repairs it."""

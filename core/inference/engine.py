@@ -37,7 +37,7 @@ from core.inference.loading import (
 )
 from core.inference.params import GenerationParams
 from core.inference.scoring import TextScore, score_text
-from core.inference.sizing import Precision, model_memory
+from core.inference.sizing import CONTEXT_FOR_ESTIMATES, Precision, model_memory
 from core.inference.turns import TurnQueue
 from core.preferences import Preferences
 
@@ -57,13 +57,14 @@ class LocalEngine:
         quantization: str = "int4",
         idle_unload_s: float = 900.0,
         max_waiting: int = 4,
-        context_tokens_for_memory: int = 4096,
+        context_setting: Callable[[str], int] = lambda _key: CONTEXT_FOR_ESTIMATES,
     ) -> None:
+        """`context_setting(key)`: the context length chosen for a model (clamped to its window)."""
         self.models_dir = models_dir
         self.device_preference = device
         self.quantization = quantization
         self.idle_unload_s = idle_unload_s
-        self.context_tokens_for_memory = context_tokens_for_memory
+        self.context_setting = context_setting
         self._turns = TurnQueue(max_waiting)
         self._load_lock = threading.Lock()
         self._parts: LoadedParts | None = None
@@ -83,6 +84,7 @@ class LocalEngine:
             "device": preferences.get("device"),
             "quantization": preferences.get("quantization"),
             "idle_unload_s": preferences.get("idle_unload_s"),
+            "context_setting": preferences.context_for,
         }
         return cls(preferences.get("models_dir"), **{**settings, **options})
 
@@ -140,7 +142,7 @@ class LocalEngine:
     def memory_check(self, key: str) -> tuple[int, int]:
         """(bytes needed, bytes available) on the device the model would load on."""
         device = detect_device(self.device_preference)
-        estimate = model_memory(self._ready_dir(key), self.precision(), self.context_tokens_for_memory)
+        estimate = model_memory(self._ready_dir(key), self.precision(), self.context_tokens(key))
         return estimate.total_bytes, available_memory(device)
 
     def _ready_dir(self, key: str) -> Path:
@@ -241,12 +243,16 @@ class LocalEngine:
         self._tokenizer_only = (key, tokenizer)
         return tokenizer
 
-    def context_tokens(self, key: str) -> int:
-        """The model's context window in tokens (its config's max_position_embeddings)."""
+    def window(self, key: str) -> int:
+        """The model's own context window in tokens (its config's max_position_embeddings)."""
         parts = self._parts
         if parts is not None and parts.info.key == key:
             return parts.info.context_length
         return context_length(self._ready_dir(key), self.tokenizer(key))
+
+    def context_tokens(self, key: str) -> int:
+        """The context a reply of this model gets: the length chosen for it, at most its window."""
+        return min(self.window(key), self.context_setting(key))
 
     def count_tokens(self, key: str, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
         """Prompt tokens for `messages` with the model's chat template (the model need not be loaded);
@@ -296,7 +302,10 @@ class LocalEngine:
                 return
             self.load(key)
             try:
-                yield from stream_reply(self._parts, messages, params, stop, ignore_eos, self._torch.submit)
+                context = self.context_tokens(key)
+                yield from stream_reply(
+                    self._parts, messages, params, stop, ignore_eos, context, self._torch.submit
+                )
             finally:
                 # A prompt's temporaries (widened weights) are freed by now: hand them back to the OS,
                 # on the torch thread, without making this reader (and the reply's final save) wait.

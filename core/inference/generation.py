@@ -54,15 +54,17 @@ def stream_reply(
     params: GenerationParams,
     stop: threading.Event,
     ignore_eos: bool,
+    context: int,
     run_on_torch: RunOnTorchThread,
 ) -> Iterator[Event]:
-    """TextDelta events as the reply is decoded, then Finished with its statistics."""
+    """TextDelta events as the reply is decoded (prompt and reply within `context` tokens), then
+    Finished with its statistics."""
     from transformers import TextIteratorStreamer
 
     inputs = _prompt(parts, messages)
     prompt_tokens = int(inputs["input_ids"].shape[1])
     # Callers measured the prompt first (prompts.fit); measured again here, the cache never outgrows it.
-    room = prompts.fit(prompt_tokens, parts.info.context_length, params.max_new_tokens).max_new_tokens
+    room = prompts.fit(prompt_tokens, context, params.max_new_tokens).max_new_tokens
     params = replace(params, max_new_tokens=room)
     streamer = TextIteratorStreamer(parts.tokenizer, skip_prompt=True, skip_special_tokens=True)
     criterion = StopOnEvent(stop)

@@ -190,3 +190,25 @@ def test_a_plan_that_fails_keeps_a_way_to_try_again(new_app, library: ModelLibra
     library.preferences.set("endpoints", [hub.url])
     at.button(key=f"check-again-{key}").click().run()
     assert "Download" in _button_labels(at)
+
+
+def test_each_model_gets_its_context_length_with_the_memory_it_needs(
+    new_app, library: ModelLibrary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    widget = at.selectbox(key="context-qwen2.5-0.5b-en")
+    assert widget.value.startswith("4K tokens · needs")
+    assert any(option.startswith("32K tokens · needs") for option in widget.options)  # up to the window
+    widget.select(next(o for o in widget.options if o.startswith("2K tokens"))).run()
+    assert any("now keeps 2K tokens" in s.value for s in at.success)
+    assert library.preferences.context_for("qwen2.5-0.5b") == 2048
+
+    # Mocked: a machine with 1 GB of RAM (this one has far more), where 32K tokens cannot fit.
+    small = replace(resources.hardware(), ram_available_bytes=5 * 10**8, ram_total_bytes=10**9)
+    monkeypatch.setattr(resources, "hardware", lambda: small)
+    at.run()
+    widget = at.selectbox(key="context-qwen2.5-0.5b-en")
+    widget.select(next(o for o in widget.options if o.startswith("32K tokens"))).run()
+    assert any("do not fit in this machine's memory" in e.value for e in at.error)
+    assert library.preferences.context_for("qwen2.5-0.5b") == 2048  # unchanged

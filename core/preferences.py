@@ -9,6 +9,7 @@ in core.settings.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,17 @@ def _model_contexts(value: Any) -> dict[str, int]:
     return {str(key): _context(tokens) for key, tokens in value.items()}
 
 
+def _model_presets(value: Any) -> dict[str, str]:
+    """Each model's default preset: a mapping, or `key=preset,key=preset` from the command line."""
+    if isinstance(value, str):
+        value = dict(item.split("=", 1) for item in value.split(",") if "=" in item)
+    if not isinstance(value, dict) or not all(
+        re.match(r"^(builtin:[a-z]+|user:\d+)$", str(preset)) for preset in value.values()
+    ):
+        raise ConfigError("Default presets are model keys mapped to presets (builtin:NAME or user:ID).")
+    return {str(key): str(preset) for key, preset in value.items()}
+
+
 def _environment_endpoints(env: Mapping[str, str]) -> list[str] | None:
     """HF_ENDPOINT first, then LOCALLLM_MIRRORS; None when neither is set."""
     if "HF_ENDPOINT" not in env and "LOCALLLM_MIRRORS" not in env:
@@ -153,6 +165,8 @@ PREFERENCES: dict[str, Preference] = {
                    "engine.context_tokens", _from_env("LOCALLLM_CONTEXT_TOKENS")),
         Preference("model_context", "context lengths of single models: key=tokens,key=tokens",
                    _model_contexts, {}, "engine.model_context"),
+        Preference("model_presets", "the preset new conversations with a model start from: key=preset",
+                   _model_presets, {}, "chat.model_presets"),
     )
 }  # fmt: skip
 

@@ -2,6 +2,7 @@ from collections.abc import Iterator
 
 import streamlit as st
 
+from core.chat.presets import PresetStore
 from core.chat.service import ChatEvent, Trimmed
 from core.errors import InsufficientMemoryError, LocalLLMError
 from core.inference.events import Finished, Queued, ReplyStats, TextDelta
@@ -10,9 +11,11 @@ from core.storage.records import Conversation, Message
 from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
 from ui.markup import escape_markdown, reply_markdown
+from ui.presets import default_preset, preset_picker
 
 DEFAULT_TITLE = "New chat"
 chat = resources.chat_service(access.current_user().owner)
+presets = PresetStore(resources.database(), access.current_user().owner)
 library = resources.library()
 store = resources.config_store()
 
@@ -62,7 +65,14 @@ def select(conversation_id: int | None) -> None:
 def conversation_list() -> Conversation | None:
     with st.sidebar:
         st.divider()
-        st.button(t("chat.new"), icon=":material/add:", on_click=select, args=(None,), width="stretch")
+        st.button(
+            t("chat.new"),
+            icon=":material/add:",
+            on_click=select,
+            args=(None,),
+            width="stretch",
+            key="chat.new",
+        )
         search = st.text_input(t("chat.search"), key="chat.search", label_visibility="collapsed",
                                placeholder=t("chat.search"))  # fmt: skip
         conversations = chat.conversations(search)
@@ -106,7 +116,13 @@ def header(conversation: Conversation) -> None:
 
 def options(conversation: Conversation) -> None:
     params = chat.params(conversation.id)
-    with st.expander(t("chat.options")), st.form(f"options-{conversation.id}", border=False):
+    with st.expander(t("chat.options")):
+        preset_picker(chat, presets, conversation, store.get_current_config().model)
+        settings_form(conversation, params)
+
+
+def settings_form(conversation: Conversation, params: GenerationParams) -> None:
+    with st.form(f"options-{conversation.id}", border=False):
         system = st.text_area(t("chat.system_prompt"), value=conversation.system_prompt, height=80)
         left, right = st.columns(2)
         temperature = left.slider(t("chat.temperature"), 0.0, 2.0, params.temperature, 0.05)
@@ -248,6 +264,8 @@ prompt = st.chat_input(t("chat.input"), max_chars=100_000)
 if prompt and prompt.strip():
     if conversation is None:
         conversation = chat.new_conversation(prompt.strip().splitlines()[0][:40] or DEFAULT_TITLE)
+        if preset := default_preset(presets, store.get_current_config().model):
+            chat.apply_preset(conversation.id, preset)  # the model's default preset
         select(conversation.id)
     with st.chat_message("user"):
         st.markdown(escape_markdown(prompt))

@@ -27,6 +27,10 @@ class ChatProvider(Protocol):
         """Prompt tokens; past `limit` the count may stop early at a number above it."""
         ...
 
+    def default_params(self) -> GenerationParams:
+        """The sampling a conversation gets when it sets none (a local model: its publisher's)."""
+        ...
+
     def stream(
         self,
         messages: Sequence[dict[str, str]],
@@ -47,6 +51,9 @@ class LocalProvider:
     @property
     def context_length(self) -> int:
         return self.engine.context_tokens(self.model)
+
+    def default_params(self) -> GenerationParams:
+        return self.engine.default_params(self.model)
 
     def count_tokens(self, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
         return self.engine.count_tokens(self.model, messages, limit)
@@ -94,16 +101,24 @@ def _explain(exc: Exception, base_url: str) -> ProviderError:
 class OpenAICompatibleProvider:
     """Any OpenAI-compatible server (vLLM, Ollama, LM Studio, OpenAI) through the official client."""
 
-    def __init__(self, base_url: str, api_key: str | None, model: str, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, base_url: str, api_key: str | None, model: str, timeout_s: float = 60.0,
+        params: GenerationParams | None = None,
+    ) -> None:  # fmt: skip
         import openai
 
         self.base_url = base_url
         self.model = model
+        self._params = params or GenerationParams()
         self.context_length = REMOTE_CONTEXT_TOKENS
         # max_retries: the client retries connection errors, 429 and 5xx with exponential backoff.
         self._client = openai.OpenAI(
             base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=3
         )
+
+    def default_params(self) -> GenerationParams:
+        """The provider config's sampling."""
+        return self._params
 
     def list_models(self) -> list[str]:
         import openai
@@ -184,4 +199,4 @@ def provider_for_config(config: ProviderConfig | None, engine: LocalEngine) -> C
         raise ConfigError("No model is selected: download one on the Models page and choose it for chat.")
     if config.provider == "local_model":
         return LocalProvider(engine, config.model)
-    return OpenAICompatibleProvider(config.base_url or "", config.api_key, config.model)
+    return OpenAICompatibleProvider(config.base_url or "", config.api_key, config.model, params=config.params)

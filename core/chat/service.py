@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
+from core.chat.presets import Preset
 from core.chat.providers import ChatProvider
 from core.errors import ConfigError, ContextLengthError, MessageError, NotFoundError
 from core.inference.events import Event, Finished, TextDelta
@@ -103,19 +104,30 @@ class ChatService:
             self._row(session, conversation_id).title = title.strip()[:300]
 
     def set_options(self, conversation_id: int, system_prompt: str, params: GenerationParams) -> None:
+        """The conversation's own system prompt and settings (no preset's any more)."""
         with self.db.begin() as session:
             row = self._row(session, conversation_id)
             row.system_prompt = system_prompt
             row.params = params.to_dict()
+            row.preset = None
 
     def params(self, conversation_id: int) -> GenerationParams:
-        """The conversation's own parameters, else its provider config's, else the defaults."""
+        """The conversation's own settings (from its options or a preset), else the provider's (a local
+        model: what its publisher recommends)."""
         with self.db.begin() as session:
             row = self._row(session, conversation_id)
             if row.params:
                 return GenerationParams.from_mapping(row.params)
-            current = repo.get_current_config(session)
-            return current.params if current else GenerationParams()
+        return self.provider().default_params()
+
+    def apply_preset(self, conversation_id: int, preset: Preset) -> GenerationParams:
+        """Use a preset in this conversation: its system prompt, and the model's own settings with what
+        the preset fixes on top (from the next reply)."""
+        params = preset.applied_to(self.provider().default_params())
+        with self.db.begin() as session:
+            row = self._row(session, conversation_id)
+            row.system_prompt, row.params, row.preset = preset.system_prompt, params.to_dict(), preset.key
+        return params
 
     def delete(self, conversation_id: int) -> None:
         with self.db.begin() as session:

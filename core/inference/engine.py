@@ -34,6 +34,7 @@ from core.inference.loading import (
     kernel_available,
     load_model,
     load_tokenizer,
+    publisher_params,
 )
 from core.inference.params import GenerationParams
 from core.inference.scoring import TextScore, score_text
@@ -258,6 +259,10 @@ class LocalEngine:
         """Prompt tokens for `messages` with the model's chat template (the model need not be loaded);
         with a `limit`, counting may stop early above it (see prompts.count_prompt_tokens)."""
         return prompts.count_prompt_tokens(self.tokenizer(key), messages, limit)
+
+    def default_params(self, key: str) -> GenerationParams:
+        """The sampling the model's publisher recommends (its generation_config.json), else the product's."""
+        return publisher_params(self._ready_dir(key))
 
     def fit_prompt(self, key: str, messages: Sequence[dict[str, str]], max_new_tokens: int) -> PromptFit:
         """Check the prompt against the context window before anything is allocated for it; the reply's

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from core.errors import NoChatTemplateError
+from core.errors import ConfigError, NoChatTemplateError
 from core.hardware import return_freed_memory_to_os
 from core.hub.store import config_count, read_config, read_manifest
+from core.inference.params import GenerationParams
 from core.inference.sizing import Precision
 
 
@@ -90,6 +92,31 @@ def load_tokenizer(key: str, directory: Path) -> Any:
 def context_length(directory: Path, tokenizer: Any) -> int:
     """The model's context window: its config's max_position_embeddings, else the tokenizer's limit."""
     return config_count(read_config(directory), "max_position_embeddings") or int(tokenizer.model_max_length)
+
+
+def publisher_params(directory: Path) -> GenerationParams:
+    """The sampling in the model's generation_config.json (temperature, top_p, top_k, repetition penalty;
+    do_sample false means greedy), over the product's defaults; a value out of range is left out."""
+    try:
+        config = json.loads((directory / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    if not isinstance(config, dict):
+        return GenerationParams()
+    given = {
+        name: config[name]
+        for name in ("temperature", "top_p", "top_k", "repetition_penalty")
+        if name in config
+    }
+    if config.get("do_sample") is False:
+        given["temperature"] = 0.0
+    params = GenerationParams()
+    for name, value in given.items():
+        try:
+            params = replace(params, **{name: value})
+        except (ConfigError, TypeError):
+            continue  # a value this product does not accept: its default stays
+    return params
 
 
 def _weights_id(directory: Path) -> str:

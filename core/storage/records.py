@@ -52,6 +52,7 @@ class Conversation:
     system_prompt: str
     created_at: datetime
     updated_at: datetime
+    preset: str | None = None
 
 
 @dataclass(frozen=True)

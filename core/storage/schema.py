@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def utcnow() -> datetime:
@@ -63,6 +63,7 @@ class ConversationRow(Base):
     config_id: Mapped[int | None] = mapped_column(ForeignKey("provider_configs.id", ondelete="SET NULL"))
     system_prompt: Mapped[str] = mapped_column(Text, default="", server_default=text("''"))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
+    preset: Mapped[str | None] = mapped_column(String(60))  # the preset applied last ("builtin:…", "user:…")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -153,3 +154,17 @@ class LanSessionRow(Base):
     display_name: Mapped[str] = mapped_column(String(40))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("0"))
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class PresetRow(Base):
+    """A saved preset of one owner: a system prompt and the sampling settings it fixes (the others
+    stay the model's own)."""
+
+    __tablename__ = "presets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    system_prompt: Mapped[str] = mapped_column(Text, default="", server_default=text("''"))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -33,3 +33,24 @@ def test_chat_round_trip_with_the_tiny_model(new_app, ready_model: str, db_url: 
     at.button(key="chat.regenerate").click().run()
     assert not at.exception
     assert len(at.chat_message) == 2
+
+
+def test_a_preset_sets_the_conversation_up_and_can_be_a_models_default(new_app, ready_model: str) -> None:
+    at = new_app()
+    at.session_state["language"] = "zh"
+    at.run()
+    at.chat_input[0].set_value("第一句").run()
+    conversation = resources.chat_service("local").conversations()[0]
+    [picker] = [s for s in at.selectbox if s.key and s.key.startswith("preset-")]
+    picker.select("翻译（中英互译）").run()
+    assert not at.exception
+    chosen = resources.chat_service("local").get(conversation.id)
+    assert chosen.preset == "builtin:translator" and chosen.system_prompt.startswith("你是一名翻译")
+    assert resources.chat_service("local").params(conversation.id).temperature == 0.3
+
+    at.button(key=f"preset-default-{conversation.id}").click().run()
+    assert resources.preferences().get("model_presets") == {"tiny": "builtin:translator"}
+    at.button(key="chat.new").click().run()
+    at.chat_input[0].set_value("第二句").run()
+    newest = resources.chat_service("local").conversations()[0]
+    assert newest.id != conversation.id and newest.preset == "builtin:translator"  # started from the default

@@ -136,6 +136,14 @@ class ContextLengthError(MessageError):
     code = "error.context_length"
 
 
+class ArchiveError(LocalLLMError):
+    """A chat export cannot be imported; `reason` (archive_too_large, archive_not_json, archive_unknown,
+    archive_too_new, archive_zip) says why."""
+
+    code = "error.archive"
+    bad_input = True
+
+
 class ProviderError(LocalLLMError):
     """A remote OpenAI-compatible server could not answer; the message says why in plain words."""
 

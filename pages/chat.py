@@ -1,7 +1,10 @@
 from collections.abc import Iterator
+from datetime import date
 
 import streamlit as st
 
+from core.chat.archive import MAX_FILE_BYTES
+from core.chat.branches import Turn
 from core.chat.presets import PresetStore
 from core.chat.service import ChatEvent, Trimmed
 from core.errors import InsufficientMemoryError, LocalLLMError
@@ -12,6 +15,7 @@ from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
 from ui.markup import escape_markdown, reply_markdown
 from ui.presets import default_preset, preset_picker
+from ui.widgets import attempt
 
 DEFAULT_TITLE = "New chat"
 chat = resources.chat_service(access.current_user().owner)
@@ -88,7 +92,31 @@ def conversation_list() -> Conversation | None:
                 type="primary" if conversation.id == selected else "tertiary",
                 width="stretch",
             )
+        archive_tools()
     return next((c for c in conversations if c.id == selected), None) if selected else None
+
+
+def archive_tools() -> None:
+    """Export every conversation to one file; import such a file, ChatGPT's export or OpenAI messages."""
+    with st.popover(t("chat.archive"), icon=":material/import_export:", width="stretch"):
+        st.caption(t("chat.archive_help", limit=MAX_FILE_BYTES // 1024**2))
+        st.download_button(
+            t("chat.export_all"), data=lambda: chat.export_json(), on_click="ignore",
+            file_name=f"localllm-chats-{date.today():%Y%m%d}.json", mime="application/json",
+            icon=":material/download:", key="chat.export-all",
+        )  # fmt: skip
+        upload = st.file_uploader(
+            t("chat.import_file"), type=["json", "jsonl", "zip"], key="chat.import-file"
+        )
+        if st.button(t("chat.import"), icon=":material/upload:", key="chat.import", disabled=upload is None):
+            try:
+                result = chat.import_file(upload.getvalue())
+            except LocalLLMError as exc:
+                st.error(error_text(exc))
+            else:
+                st.session_state["chat.notice"] = t("chat.imported", count=result.imported,
+                                                    skipped=result.already_here)  # fmt: skip
+                st.rerun()  # the list shows what came in
 
 
 def header(conversation: Conversation) -> None:
@@ -96,8 +124,8 @@ def header(conversation: Conversation) -> None:
     with st.container(horizontal=True):
         with st.popover(t("chat.rename"), icon=":material/edit:"):
             new_title = st.text_input(t("chat.title_label"), value=conversation.title, max_chars=300)
-            if st.button(t("chat.save"), key="chat.rename-save"):
-                run(lambda: chat.rename(conversation.id, new_title))
+            saved = st.button(t("chat.save"), key="chat.rename-save")
+            if saved and attempt(lambda: chat.rename(conversation.id, new_title)):
                 st.rerun()
         name = f"chat-{conversation.id}"
         st.download_button(t("chat.export_md"), chat.export_markdown(conversation.id), file_name=f"{name}.md",
@@ -140,7 +168,7 @@ def settings_form(conversation: Conversation, params: GenerationParams) -> None:
                 temperature, top_p, int(max_new), penalty, top_k=None if top_k is None else int(top_k),
                 min_p=min_p, presence_penalty=presence, seed=None if seed is None else int(seed),
             )  # fmt: skip
-            run(lambda: chat.set_options(conversation.id, system, new_params))
+            attempt(lambda: chat.set_options(conversation.id, system, new_params))
 
 
 def stats_line(message: Message | ReplyStats) -> str:
@@ -157,46 +185,71 @@ def stats_line(message: Message | ReplyStats) -> str:
 
 
 def history(conversation: Conversation) -> None:
-    messages = chat.messages(conversation.id)
-    for index, message in enumerate(messages):
-        last = index == len(messages) - 1
+    turns = chat.turns(conversation.id)
+    for index, turn in enumerate(turns):
+        message, last = turn.message, index == len(turns) - 1
         with st.chat_message(message.role):
             if message.role == "user":
                 st.markdown(escape_markdown(message.content))  # the user's text, never HTML or Markdown
-                if last or (index == len(messages) - 2 and messages[-1].role == "assistant"):
-                    edit_last(message)
+                with st.container(horizontal=True, vertical_alignment="center"):
+                    edit_message(message)
+                    branch_arrows(conversation, turn)
                 continue
             if last and (dropped := st.session_state.get(f"chat.trimmed.{conversation.id}")):
                 st.caption(t("chat.trimmed", count=dropped))
             st.markdown(reply_markdown(message.content, t("chat.image")))  # Markdown; no image is fetched
             st.caption(stats_line(message))
-            with st.container(horizontal=True):
+            with st.container(horizontal=True, vertical_alignment="center"):
                 with st.popover(t("chat.copy"), icon=":material/content_copy:"):
                     st.code(message.content, language=None, wrap_lines=True)
+                edit_reply(conversation, message)
                 if last:
                     st.button(
                         t("chat.regenerate"),
                         icon=":material/refresh:",
                         key="chat.regenerate",
+                        help=t("chat.regenerate_help"),
                         on_click=st.session_state.__setitem__,
                         args=("chat.pending", ("regenerate",)),
                     )
+                branch_arrows(conversation, turn)
 
 
-def edit_last(message: Message) -> None:
-    with st.popover(t("chat.edit"), icon=":material/edit:"):
+def branch_arrows(conversation: Conversation, turn: Turn) -> None:
+    """‹ 2/3 ›: the other versions of this message (edits, regenerated replies), each with what followed."""
+    if turn.branches < 2:
+        return
+
+    def arrow(label: str, step: int, disabled: bool) -> None:
+        st.button(
+            label, key=f"branch-{step}-{turn.message.id}", type="tertiary", disabled=disabled,
+            help=t("chat.branch_prev" if step < 0 else "chat.branch_next"),
+            on_click=chat.switch_branch, args=(conversation.id, turn.message.id, step),
+        )  # fmt: skip
+
+    arrow("‹", -1, turn.branch == 1)
+    st.caption(t("chat.branch", branch=turn.branch, branches=turn.branches))
+    arrow("›", 1, turn.branch == turn.branches)
+
+
+def edit_message(message: Message) -> None:
+    """Ask something else in its place: a new branch from here (the earlier one stays)."""
+    with st.popover(t("chat.edit"), icon=":material/edit:", help=t("chat.edit_help")):
         text = st.text_area(t("chat.edit"), value=message.content, key=f"edit-{message.id}",
                             label_visibility="collapsed")  # fmt: skip
-        if st.button(t("chat.edit_send"), key=f"edit-send-{message.id}"):
-            st.session_state["chat.pending"] = ("edit", text)
+        if st.button(t("chat.edit_send"), key=f"edit-send-{message.id}", type="primary"):
+            st.session_state["chat.pending"] = ("edit", message.id, text)
             st.rerun()
 
 
-def run(action) -> None:
-    try:
-        action()
-    except LocalLLMError as exc:
-        st.error(error_text(exc))
+def edit_reply(conversation: Conversation, message: Message) -> None:
+    """Correct a reply by hand: kept as a new branch that the conversation continues from."""
+    with st.popover(t("chat.edit"), icon=":material/edit:", help=t("chat.edit_reply_help")):
+        text = st.text_area(t("chat.edit"), value=message.content, key=f"edit-{message.id}",
+                            label_visibility="collapsed")  # fmt: skip
+        saved = st.button(t("chat.save"), key=f"edit-save-{message.id}", type="primary")
+        if saved and attempt(lambda: chat.edit_reply(conversation.id, message.id, text)):
+            st.rerun()
 
 
 def write_reply(pieces: Iterator[str]) -> None:
@@ -247,6 +300,8 @@ def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
 
 
 st.title(t("chat.title"))
+if notice := st.session_state.pop("chat.notice", None):
+    st.toast(notice, icon=":material/check_circle:")
 model = pick_model()
 conversation = conversation_list()
 if model is None:
@@ -281,6 +336,6 @@ elif pending and conversation is not None:
         if pending[0] == "regenerate":
             reply(conversation, chat.regenerate(conversation.id))
         else:
-            reply(conversation, chat.edit_last(conversation.id, pending[1]))
+            reply(conversation, chat.edit(conversation.id, pending[1], pending[2]))
     except LocalLLMError as exc:
         st.error(error_text(exc))

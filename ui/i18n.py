@@ -70,7 +70,7 @@ def failure_text(code: str | None, params: dict[str, Any], message: str) -> str:
         return t("error.generic", message=message)
     values = {**params, "message": message}
     if "reason" in params and has(f"reason.{params['reason']}"):
-        values["reason_text"] = t(f"reason.{params['reason']}")
+        values["reason_text"] = t(f"reason.{params['reason']}", **params)
     if "file" in params:
         values["what"] = params["file"] or t("reason.file_list")
     try:

@@ -3,17 +3,14 @@ a model's default. The built-in presets' names and prompts are in the session's 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import streamlit as st
 
 from core.chat.presets import BUILTIN, SAMPLING, Preset, PresetStore
 from core.chat.service import ChatService
-from core.errors import LocalLLMError
 from core.storage.records import Conversation
 from ui import resources
-from ui.i18n import current_language, error_text, t
+from ui.i18n import current_language, t
+from ui.widgets import attempt
 
 MODEL_DEFAULTS = "model"  # no preset: the model's own settings and no system prompt
 
@@ -50,7 +47,11 @@ def preset_picker(chat: ChatService, store: PresetStore, conversation: Conversat
         key=f"preset-{conversation.id}-{current_language()}",  # its options are in the session's language
     )  # fmt: skip
     choice = labels.get(chosen) if chosen else None
-    if choice and choice != current and _run(lambda: chat.apply_preset(conversation.id, available[choice])):
+    if (
+        choice
+        and choice != current
+        and attempt(lambda: chat.apply_preset(conversation.id, available[choice]))
+    ):
         st.rerun()
     left, right = st.columns(2)
     with left.popover(t("preset.save"), icon=":material/bookmark_add:"):
@@ -58,7 +59,7 @@ def preset_picker(chat: ChatService, store: PresetStore, conversation: Conversat
         if st.button(t("preset.save_button"), key=f"preset-save-{conversation.id}"):
             params = chat.params(conversation.id).to_dict()
             sampling = {setting: params[setting] for setting in SAMPLING}
-            if _run(lambda: store.save(name, conversation.system_prompt, sampling)):
+            if attempt(lambda: store.save(name, conversation.system_prompt, sampling)):
                 st.rerun()
     if choice:
         is_default = resources.preferences().get("model_presets").get(model) == choice
@@ -68,7 +69,7 @@ def preset_picker(chat: ChatService, store: PresetStore, conversation: Conversat
         if (
             choice.startswith("user:")
             and right.button(t("preset.delete"), key=f"preset-delete-{conversation.id}")
-            and _run(lambda: store.delete(choice))
+            and attempt(lambda: store.delete(choice))
         ):
             st.rerun()
 
@@ -79,15 +80,5 @@ def _make_default(model: str, key: str | None) -> None:
         defaults.pop(model, None)
     else:
         defaults[model] = key
-    if _run(lambda: resources.preferences().set("model_presets", defaults)):
+    if attempt(lambda: resources.preferences().set("model_presets", defaults)):
         st.toast(t("preset.default_saved", model=model))
-
-
-def _run(action: Callable[[], Any]) -> bool:
-    """Do it; on a failure show its sentence and say False."""
-    try:
-        action()
-    except LocalLLMError as exc:
-        st.error(error_text(exc))
-        return False
-    return True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import streamlit as st
 
 from core.errors import LocalLLMError, SchemaTooNewError, StorageError
@@ -12,6 +15,16 @@ from core.units import format_bytes, format_duration
 from ui import access, resources, state
 from ui.i18n import DEFAULT_LANGUAGE, LANGUAGES, error_text, language_from_locale, t
 from ui.markup import escape_markdown
+
+
+def attempt(action: Callable[[], Any]) -> bool:
+    """Do it; on a product error show its sentence in the session's language and say False."""
+    try:
+        action()
+    except LocalLLMError as exc:
+        st.error(error_text(exc))
+        return False
+    return True
 
 
 def ensure_language() -> None:

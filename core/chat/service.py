@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
+from sqlalchemy.orm import Session
+
+from core.chat import archive, branches
+from core.chat.branches import Turn
 from core.chat.presets import Preset
 from core.chat.providers import ChatProvider
 from core.errors import ConfigError, ContextLengthError, MessageError, NotFoundError
@@ -86,7 +89,7 @@ class ChatService:
                 system_prompt=system_prompt,
             )
 
-    def _row(self, session, conversation_id: int) -> ConversationRow:  # type: ignore[no-untyped-def]
+    def _row(self, session: Session, conversation_id: int) -> ConversationRow:
         row = session.get(ConversationRow, conversation_id)
         if row is None or row.owner != self.owner:
             raise NotFoundError(f"No conversation {conversation_id}.", id=conversation_id)
@@ -134,11 +137,25 @@ class ChatService:
             session.delete(self._row(session, conversation_id))
 
     def messages(self, conversation_id: int) -> list[Message]:
+        """The shown branch, oldest first."""
+        return [turn.message for turn in self.turns(conversation_id)]
+
+    def turns(self, conversation_id: int) -> list[Turn]:
+        """The shown branch, each message with its place among the branches at that point."""
         with self.db.begin() as session:
-            self._row(session, conversation_id)
-            return repo.list_messages(session, conversation_id)
+            leaf = repo.leaf_id(session, self._row(session, conversation_id))
+            return branches.turns(repo.list_messages(session, conversation_id), leaf)
+
+    def switch_branch(self, conversation_id: int, message_id: int, step: int) -> None:
+        """Show the branch `step` siblings away from `message_id` (-1: the previous, 1: the next)."""
+        with self.db.begin() as session:
+            row = self._row(session, conversation_id)
+            row.leaf_id = branches.sibling_leaf(
+                repo.list_messages(session, conversation_id), message_id, step
+            )
 
     def export_markdown(self, conversation_id: int) -> str:
+        """The shown branch as Markdown."""
         conversation = self.get(conversation_id)
         lines = [f"# {conversation.title}", ""]
         if conversation.system_prompt:
@@ -147,13 +164,15 @@ class ChatService:
             lines += [f"**{message.role}**", "", message.content, ""]
         return "\n".join(lines)
 
-    def export_json(self, conversation_id: int) -> str:
-        conversation = self.get(conversation_id)
-        data = {
-            "conversation": asdict(conversation),
-            "messages": [asdict(m) for m in self.messages(conversation_id)],
-        }
-        return json.dumps(data, ensure_ascii=False, indent=2, default=str)
+    def export_json(self, conversation_id: int | None = None) -> bytes:
+        """One conversation (or all of them), every branch, as our export file (docs/chat-export.md)."""
+        if conversation_id is not None:
+            self.get(conversation_id)
+        return archive.export_bytes(self.db, self.owner, conversation_id)
+
+    def import_file(self, data: bytes) -> archive.ImportResult:
+        """Import an export file (ours, ChatGPT's, OpenAI chat messages); what is here already is skipped."""
+        return archive.import_bytes(self.db, self.owner, data)
 
     # -- replies --------------------------------------------------------------------------------
     def send(
@@ -164,7 +183,7 @@ class ChatService:
         *,
         ignore_eos: bool = False,
     ) -> Iterator[ChatEvent]:
-        """Store the user's message and stream the reply to the whole conversation."""
+        """Store the user's message after the shown branch and stream the reply to it."""
         if not text.strip():
             raise MessageError("The message is empty.")
         with self.db.begin() as session:
@@ -173,51 +192,76 @@ class ChatService:
         return self._reply(conversation_id, stop or threading.Event(), ignore_eos)
 
     def regenerate(self, conversation_id: int, stop: threading.Event | None = None) -> Iterator[ChatEvent]:
-        """Answer the last user message again (the previous answer is replaced)."""
-        self._drop_trailing_assistant(conversation_id)
-        return self._reply(conversation_id, stop or threading.Event())
+        """Answer the shown branch's last question again; the earlier answer stays as a branch (an empty
+        one, stopped or failed before its first word, is replaced)."""
+        with self.db.begin() as session:
+            last = self._message(
+                session, conversation_id, repo.leaf_id(session, self._row(session, conversation_id))
+            )
+            if last is not None and last.role == "assistant":
+                question = last.parent_id
+                if not last.content:
+                    session.delete(last)
+            else:
+                question = last.id if last is not None else None
+        if question is None:
+            raise MessageError("There is no message to answer.")
+        return self._reply(conversation_id, stop or threading.Event(), after=question)
 
-    def edit_last(
-        self, conversation_id: int, text: str, stop: threading.Event | None = None
+    def edit(
+        self, conversation_id: int, message_id: int, text: str, stop: threading.Event | None = None
     ) -> Iterator[ChatEvent]:
-        """Replace the last user message and answer it again."""
+        """Ask `text` in place of one of the user's messages: a new branch from there, answered; the
+        earlier branch stays."""
         if not text.strip():
             raise MessageError("The message is empty.")
-        self._drop_trailing_assistant(conversation_id)
         with self.db.begin() as session:
-            last = session.query(MessageRow).filter_by(conversation_id=conversation_id, role="user")
-            row = last.order_by(MessageRow.id.desc()).first()
-            if row is None:
-                raise MessageError("There is no message to edit.")
-            row.content = text
+            original = self._message(session, conversation_id, message_id, role="user")
+            repo.add_message(session, conversation_id, "user", text, parent_id=original.parent_id)
         return self._reply(conversation_id, stop or threading.Event())
 
-    def _drop_trailing_assistant(self, conversation_id: int) -> None:
+    def edit_reply(self, conversation_id: int, message_id: int, text: str) -> Message:
+        """Keep `text` in place of a reply, as a new branch (the conversation continues from it)."""
+        if not text.strip():
+            raise MessageError("The message is empty.")
         with self.db.begin() as session:
-            self._row(session, conversation_id)
-            rows = session.query(MessageRow).filter_by(conversation_id=conversation_id)
-            last = rows.order_by(MessageRow.id.desc()).first()
-            if last is not None and last.role == "assistant":
-                session.delete(last)
+            original = self._message(session, conversation_id, message_id, role="assistant")
+            return repo.add_message(session, conversation_id, "assistant", text, parent_id=original.parent_id,
+                                    model=original.model, finish_reason="edited")  # fmt: skip
+
+    def _message(
+        self, session: Session, conversation_id: int, message_id: int | None, role: str | None = None
+    ) -> MessageRow:
+        """One of the conversation's messages (of `role`, if given); NotFoundError otherwise."""
+        self._row(session, conversation_id)
+        row = session.get(MessageRow, message_id) if message_id is not None else None
+        if row is None or row.conversation_id != conversation_id or role not in (None, row.role):
+            raise NotFoundError(f"No message {message_id} to change in this conversation.", id=message_id)
+        return row
 
     def _reply(
-        self, conversation_id: int, stop: threading.Event, ignore_eos: bool = False
+        self, conversation_id: int, stop: threading.Event, ignore_eos: bool = False, after: int | None = None
     ) -> Iterator[ChatEvent]:
+        """Answer the branch that ends at `after` (default: the shown one); the reply continues it."""
         provider = self.provider()
         conversation = self.get(conversation_id)
         params = self.params(conversation_id)
         # Sensible per model: a reply may use at most half the context, the rest is for the history.
         params = replace(params, max_new_tokens=min(params.max_new_tokens, provider.context_length // 2))
-        history = [{"role": m.role, "content": m.content} for m in self.messages(conversation_id)]
+        with self.db.begin() as session:
+            question = (
+                after if after is not None else repo.leaf_id(session, self._row(session, conversation_id))
+            )
+            branch = branches.path_to(repo.list_messages(session, conversation_id), question)
+        history = [{"role": m.role, "content": m.content} for m in branch]
         budget = provider.context_length - params.max_new_tokens
         messages, dropped = trim_history(conversation.system_prompt, history, budget, provider.count_tokens)
         if dropped:
             yield Trimmed(dropped)
         with self.db.begin() as session:
             # Stored before the first token: a crash leaves the partial reply, marked interrupted.
-            reply_id = repo.add_message(
-                session, conversation_id, "assistant", "", model=provider.model, finish_reason="interrupted"
-            ).id
+            reply_id = repo.add_message(session, conversation_id, "assistant", "", parent_id=question,
+                                        model=provider.model, finish_reason="interrupted").id  # fmt: skip
         text, saved_at = "", time.monotonic()
         finished = False
         try:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import click
 
-from core.cli import admin, chat, dashboard, hardware, models, score, serve
+from core.cli import admin, chat, chats, dashboard, hardware, models, score, serve
 from core.errors import LocalLLMError
 from core.logs import setup_logging
 
@@ -27,7 +27,8 @@ def cli(verbose: int) -> None:
 
 
 for command in (
-    dashboard.app, models.models, models.download, models.verify, chat.chat, score.score, serve.serve,
+    dashboard.app, models.models, models.download, models.verify, chat.chat, chats.chats, score.score,
+    serve.serve,
     hardware.hardware,
     admin.settings, admin.db, admin.users, admin.config,
 ):  # fmt: skip

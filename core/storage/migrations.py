@@ -1,15 +1,18 @@
 """Bring any database to SCHEMA_VERSION without losing rows.
 
-Changes so far are additive: missing tables, columns and indexes are created. A future change that
-is not additive (a rename, a type change) gets an explicit step keyed by the version it produces.
+Missing tables, columns and indexes are created; a change that needs data moved gets a step in STEPS,
+keyed by the version it produces, run once on a database older than that.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Engine, inspect, select
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, inspect, select, text, update
 
 from core.errors import SchemaTooNewError
-from core.storage.schema import SCHEMA_VERSION, Base, SchemaInfo
+from core.storage.schema import SCHEMA_VERSION, Base, ConversationRow, SchemaInfo
 
 
 def current_version(conn: Connection) -> int:
@@ -38,6 +41,23 @@ def _add_missing_columns(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _link_messages(conn: Connection) -> None:
+    """Version 5 (branches): each message follows the one before it; every conversation gets its uid."""
+    conn.execute(text(
+        "UPDATE messages SET parent_id = (SELECT MAX(earlier.id) FROM messages AS earlier "
+        "WHERE earlier.conversation_id = messages.conversation_id AND earlier.id < messages.id) "
+        "WHERE parent_id IS NULL"
+    ))  # fmt: skip
+    missing = conn.execute(select(ConversationRow.id).where(ConversationRow.uid.is_(None))).scalars()
+    for conversation_id in list(missing):
+        conn.execute(
+            update(ConversationRow).where(ConversationRow.id == conversation_id).values(uid=uuid.uuid4().hex)
+        )
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {5: _link_messages}
+
+
 def migrate(engine: Engine) -> int:
     """Create or upgrade the schema; return the version found before (0 for a new or unversioned one)."""
     with engine.begin() as conn:
@@ -58,6 +78,9 @@ def migrate(engine: Engine) -> int:
             return found
         Base.metadata.create_all(conn)
         _add_missing_columns(conn)
+        for version, step in sorted(STEPS.items()):
+            if found < version:
+                step(conn)
         conn.execute(SchemaInfo.__table__.delete())
         conn.execute(SchemaInfo.__table__.insert().values(id=1, version=SCHEMA_VERSION))
         return found

@@ -53,12 +53,15 @@ class Conversation:
     created_at: datetime
     updated_at: datetime
     preset: str | None = None
+    uid: str | None = None
+    leaf_id: int | None = None
 
 
 @dataclass(frozen=True)
 class Message:
     id: int
     conversation_id: int
+    parent_id: int | None
     role: str
     content: str
     model: str | None

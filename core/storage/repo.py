@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, Literal
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -135,9 +136,14 @@ def delete_setting(session: Session, key: str) -> None:
 
 
 def create_conversation(
-    session: Session, *, owner: str, title: str, config_id: int | None = None, system_prompt: str = ""
-) -> Conversation:
-    row = ConversationRow(owner=owner, title=title, config_id=config_id, system_prompt=system_prompt)
+    session: Session, *, owner: str, title: str, config_id: int | None = None, system_prompt: str = "",
+    **fields: Any,
+) -> Conversation:  # fmt: skip
+    """A new conversation; `fields` are other ConversationRow columns (an import's uid, params, dates)."""
+    fields.setdefault("uid", uuid.uuid4().hex)
+    row = ConversationRow(
+        owner=owner, title=title, config_id=config_id, system_prompt=system_prompt, **fields
+    )
     session.add(row)
     session.flush()
     return from_row(Conversation, row)
@@ -154,18 +160,34 @@ def list_conversations(session: Session, owner: str, search: str = "") -> list[C
     return [from_row(Conversation, row) for row in rows]
 
 
-def add_message(session: Session, conversation_id: int, role: str, content: str, **stats: Any) -> Message:
-    """Append a message; `stats` are model, prompt/completion tokens, ttft_s, tokens_per_s, finish_reason."""
+def leaf_id(session: Session, conversation: ConversationRow) -> int | None:
+    """The last message of the branch shown (a database from before branches: the newest message)."""
+    if conversation.leaf_id is not None:
+        return conversation.leaf_id
+    newest = select(func.max(MessageRow.id)).where(MessageRow.conversation_id == conversation.id)
+    return session.scalar(newest)
+
+
+def add_message(
+    session: Session, conversation_id: int, role: str, content: str,
+    parent_id: int | Literal["leaf"] | None = "leaf", **stats: Any,
+) -> Message:  # fmt: skip
+    """Add a message after `parent_id` (by default the shown branch's last message); it becomes the
+    shown branch's last message. `stats` are model, prompt/completion tokens, ttft_s, tokens_per_s,
+    finish_reason (or created_at, for an import)."""
     conversation = session.get(ConversationRow, conversation_id)
     if conversation is None:
         raise NotFoundError(f"No conversation with id {conversation_id}.", id=conversation_id)
-    row = MessageRow(conversation_id=conversation_id, role=role, content=content, **stats)
+    parent = leaf_id(session, conversation) if parent_id == "leaf" else parent_id
+    row = MessageRow(conversation_id=conversation_id, parent_id=parent, role=role, content=content, **stats)
     session.add(row)
     session.flush()
+    conversation.leaf_id = row.id
     return from_row(Message, row)
 
 
 def list_messages(session: Session, conversation_id: int) -> list[Message]:
+    """Every message of the conversation, all branches, oldest first."""
     rows = session.scalars(
         select(MessageRow).where(MessageRow.conversation_id == conversation_id).order_by(MessageRow.id)
     )

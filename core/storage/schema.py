@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def utcnow() -> datetime:
@@ -56,6 +56,7 @@ class ProviderConfigRow(Base):
 
 class ConversationRow(Base):
     __tablename__ = "conversations"
+    __table_args__ = (Index("uq_conversations_owner_uid", "owner", "uid", unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     owner: Mapped[str] = mapped_column(String(100), index=True)
@@ -64,6 +65,8 @@ class ConversationRow(Base):
     system_prompt: Mapped[str] = mapped_column(Text, default="", server_default=text("''"))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
     preset: Mapped[str | None] = mapped_column(String(60))  # the preset applied last ("builtin:…", "user:…")
+    uid: Mapped[str | None] = mapped_column(String(100))  # stable across export and import
+    leaf_id: Mapped[int | None] = mapped_column(Integer)  # the branch shown: its last message
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -79,6 +82,7 @@ class MessageRow(Base):
     conversation_id: Mapped[int] = mapped_column(
         ForeignKey("conversations.id", ondelete="CASCADE"), index=True
     )
+    parent_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the message this one follows
     role: Mapped[str] = mapped_column(String(20))
     content: Mapped[str] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(String(300))

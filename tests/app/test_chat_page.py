@@ -54,3 +54,29 @@ def test_a_preset_sets_the_conversation_up_and_can_be_a_models_default(new_app, 
     at.chat_input[0].set_value("第二句").run()
     newest = resources.chat_service("local").conversations()[0]
     assert newest.id != conversation.id and newest.preset == "builtin:translator"  # started from the default
+
+
+def test_editing_a_message_branches_and_the_arrows_switch_back(new_app, ready_model: str) -> None:
+    at = new_app()
+    at.run()
+    at.chat_input[0].set_value("first question").run()
+    at.chat_input[0].set_value("second question").run()
+    chat = resources.chat_service("local")
+    [conversation] = chat.conversations()
+    first = chat.messages(conversation.id)[0]
+
+    at.text_area(key=f"edit-{first.id}").set_value("an edited first question")
+    at.button(key=f"edit-send-{first.id}").click().run()
+    assert not at.exception
+    shown = [m.markdown[0].value for m in at.chat_message if m.name == "user"]
+    assert shown == ["an edited first question"]  # the new branch, answered, starts at the edit
+    assert len(at.chat_message) == 2 and "2/2" in [c.value for c in at.caption]
+
+    edited = chat.messages(conversation.id)[0]
+    at.button(key=f"branch--1-{edited.id}").click().run()
+    shown = [m.markdown[0].value for m in at.chat_message if m.name == "user"]
+    assert shown == ["first question", "second question"]  # the earlier branch, whole
+    assert at.button(key=f"branch--1-{first.id}").disabled and not at.button(key=f"branch-1-{first.id}").disabled
+
+    at.button(key="chat.regenerate").click().run()  # a new answer to the last question, the old one kept
+    assert [turn.branches for turn in chat.turns(conversation.id)] == [2, 1, 1, 2]

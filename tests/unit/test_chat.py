@@ -108,18 +108,43 @@ def test_a_long_history_is_trimmed_with_a_note(chat: ChatService, database: Data
     assert len(chat.messages(conversation.id)) == 18  # trimming only shapes the prompt, nothing is deleted
 
 
-def test_regenerate_replaces_the_answer_and_edit_resends(chat: ChatService) -> None:
+def test_regenerating_and_editing_branch_off_and_every_branch_stays(chat: ChatService) -> None:
     conversation = chat.new_conversation()
     list(chat.send(conversation.id, "first question"))
-    first_reply = chat.messages(conversation.id)[-1]
+    list(chat.send(conversation.id, "second question"))
+    first_q, first_a, second_q, second_a = chat.messages(conversation.id)
     list(chat.regenerate(conversation.id))
-    messages = chat.messages(conversation.id)
-    assert [m.role for m in messages] == ["user", "assistant"]
-    assert messages[-1].created_at > first_reply.created_at  # a new answer (SQLite may reuse the id)
-    list(chat.edit_last(conversation.id, "edited question"))
-    messages = chat.messages(conversation.id)
-    assert [m.content for m in messages if m.role == "user"] == ["edited question"]
-    assert len(messages) == 2
+    turns = chat.turns(conversation.id)
+    assert [(turn.branch, turn.branches) for turn in turns] == [(1, 1), (1, 1), (1, 1), (2, 2)]
+    again = turns[-1].message
+    assert again.id != second_a.id and again.parent_id == second_q.id
+
+    list(chat.edit(conversation.id, first_q.id, "an edited first question"))
+    edited_q, edited_a = turns = chat.turns(conversation.id)
+    assert (edited_q.message.content, edited_q.branch, edited_q.branches) == (
+        "an edited first question",
+        2,
+        2,
+    )
+    # the new reply saw the new branch only: the same prompt as a conversation with just that message
+    fresh = chat.new_conversation()
+    list(chat.send(fresh.id, "an edited first question"))
+    assert edited_a.message.prompt_tokens == chat.messages(fresh.id)[-1].prompt_tokens
+
+    chat.switch_branch(conversation.id, edited_q.message.id, -1)  # back: its newest continuation
+    assert [m.id for m in chat.messages(conversation.id)] == [first_q.id, first_a.id, second_q.id, again.id]
+    chat.switch_branch(conversation.id, again.id, -1)
+    assert chat.messages(conversation.id)[-1].id == second_a.id
+    chat.switch_branch(conversation.id, second_a.id, -1)  # at the first branch already: stays
+    assert chat.messages(conversation.id)[-1].id == second_a.id
+
+    better = chat.edit_reply(conversation.id, second_a.id, "a better answer")
+    assert chat.messages(conversation.id)[-1].id == better.id and better.finish_reason == "edited"
+    assert chat.turns(conversation.id)[-1].branches == 3
+    with pytest.raises(NotFoundError):
+        chat.edit(conversation.id, second_a.id, "a reply is not the user's message")
+    with pytest.raises(MessageError):
+        chat.edit(conversation.id, first_q.id, "  ")
 
 
 def test_conversations_rename_search_export_delete_and_owners(chat: ChatService, database: Database) -> None:
@@ -131,8 +156,8 @@ def test_conversations_rename_search_export_delete_and_owners(chat: ChatService,
     markdown = chat.export_markdown(conversation.id)
     assert markdown.startswith("# Hangzhou trip")
     assert "<script>alert(1)</script> what about 西湖?" in markdown
-    exported = json.loads(chat.export_json(conversation.id))
-    assert exported["conversation"]["title"] == "Hangzhou trip"
+    [exported] = json.loads(chat.export_json(conversation.id))["conversations"]
+    assert exported["title"] == "Hangzhou trip"
     assert [m["role"] for m in exported["messages"]] == ["user", "assistant"]
 
     someone_else = ChatService(database, chat.provider, owner="bob")

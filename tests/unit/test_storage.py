@@ -144,7 +144,12 @@ def test_a_database_from_an_older_schema_opens_without_loss(db_url: str) -> None
         assert conversation.title == "Old chat" and conversation.system_prompt == ""
         messages = repo.list_messages(session, conversation.id)
         assert [m.content for m in messages] == ["你好", "Hello! 你好！"]
-        repo.add_message(session, conversation.id, "assistant", "new", ttft_s=0.1, finish_reason="stop")
+        assert [m.parent_id for m in messages] == [None, 1]  # linked into one branch
+        assert conversation.uid  # exports and imports know it
+        added = repo.add_message(
+            session, conversation.id, "assistant", "new", ttft_s=0.1, finish_reason="stop"
+        )
+        assert added.parent_id == 2  # continues the conversation
         repo.set_setting(session, "ui.language", "zh")
     with db.begin() as session:
         assert repo.list_messages(session, conversation.id)[-1].ttft_s == pytest.approx(0.1)

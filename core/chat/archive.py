@@ -1,0 +1,241 @@
+"""Export every conversation of one person to one JSON file, and import such files back, as well as
+ChatGPT's export and OpenAI chat messages (core.chat.foreign reads those).
+
+Our format is documented in docs/chat-export.md. Every conversation has a uid that survives export
+and import, so importing a file twice adds nothing the second time. A file is hostile until read: its
+size is checked before it is read, a ZIP member before it is unpacked, every field before it is kept.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from core.chat import foreign
+from core.chat.archived import (
+    MAX_TITLE,
+    ROLES,
+    STATS,
+    ArchivedConversation,
+    ArchivedMessage,
+    ImportResult,
+    content_uid,
+    ordered,
+    text_of,
+    time_of,
+)
+from core.errors import ArchiveError, ConfigError
+from core.inference.params import GenerationParams
+from core.storage import repo
+from core.storage.db import Database
+from core.storage.records import Message
+from core.storage.schema import ConversationRow
+
+FORMAT = "localllm-chats"
+VERSION = 1
+MAX_FILE_BYTES = 50 * 1024**2  # an export file, or a ZIP holding one
+MAX_UNPACKED_BYTES = 200 * 1024**2  # the JSON inside a ZIP (ChatGPT's export is a ZIP)
+
+
+# -- export -------------------------------------------------------------------------------------
+def export_all(db: Database, owner: str, only: int | None = None) -> dict[str, Any]:
+    """Every conversation of `owner` (or just the one with id `only`), with every branch, in our format."""
+    query = select(ConversationRow).where(ConversationRow.owner == owner).order_by(ConversationRow.id)
+    if only is not None:
+        query = query.where(ConversationRow.id == only)
+    with db.begin() as session:
+        rows = session.scalars(query).all()
+        conversations = [_exported(session, row) for row in rows]
+    return {"format": FORMAT, "version": VERSION, "exported_at": datetime.now(UTC).isoformat(),
+            "conversations": conversations}  # fmt: skip
+
+
+def _exported(session: Any, row: ConversationRow) -> dict[str, Any]:
+    return {
+        "uid": row.uid,
+        "title": row.title,
+        "system_prompt": row.system_prompt,
+        "params": row.params,
+        "preset": row.preset,
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+        "leaf": repo.leaf_id(session, row),
+        "messages": [_exported_message(m) for m in repo.list_messages(session, row.id)],
+    }
+
+
+def _exported_message(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "parent": message.parent_id,
+        "role": message.role,
+        "content": message.content,
+        "created_at": message.created_at.isoformat(),
+        **{name: getattr(message, name) for name in STATS},
+    }
+
+
+def export_bytes(db: Database, owner: str, only: int | None = None) -> bytes:
+    return json.dumps(export_all(db, owner, only), ensure_ascii=False, indent=1).encode("utf-8")
+
+
+# -- import -------------------------------------------------------------------------------------
+def read_archive(data: bytes) -> list[ArchivedConversation]:
+    """The conversations in an export file (ours, ChatGPT's JSON or ZIP, OpenAI chat JSON or JSONL)."""
+    if len(data) > MAX_FILE_BYTES:
+        raise ArchiveError(
+            f"The file is larger than the {MAX_FILE_BYTES // 1024**2} MB an import may be.",
+            reason="archive_too_large", limit_mb=MAX_FILE_BYTES // 1024**2,
+        )  # fmt: skip
+    if data[:4] == b"PK\x03\x04":
+        data = _unzipped(data)
+    parsed = _parsed(data)
+    if isinstance(parsed, dict) and parsed.get("format") == FORMAT:
+        return _ours(parsed)
+    conversations = foreign.read(parsed)
+    if conversations is None:
+        raise ArchiveError(
+            "This file is not a chat export this app can read (LocalLLM, ChatGPT or OpenAI chat JSON).",
+            reason="archive_unknown",
+        )
+    return conversations
+
+
+def _unzipped(data: bytes) -> bytes:
+    """ChatGPT's export ZIP: its conversations.json (or the ZIP's only JSON file), size checked first."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = [m for m in archive.infolist() if m.filename.endswith(".json") and not m.is_dir()]
+            chosen = next((m for m in members if m.filename.rsplit("/", 1)[-1] == "conversations.json"),
+                          members[0] if len(members) == 1 else None)  # fmt: skip
+            if chosen is not None and chosen.file_size <= MAX_UNPACKED_BYTES:
+                with archive.open(chosen) as member:
+                    unpacked = member.read(MAX_UNPACKED_BYTES + 1)
+                if len(unpacked) <= MAX_UNPACKED_BYTES:  # the listed size may lie
+                    return unpacked
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError):
+        pass
+    raise ArchiveError(
+        f"The ZIP file holds no conversations.json of at most {MAX_UNPACKED_BYTES // 1024**2} MB.",
+        reason="archive_zip", limit_mb=MAX_UNPACKED_BYTES // 1024**2,
+    )  # fmt: skip
+
+
+def _parsed(data: bytes) -> Any:
+    """JSON, or JSON Lines (one OpenAI chat per line)."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        try:
+            return json.loads(text)
+        except ValueError:
+            try:
+                return [json.loads(line) for line in text.splitlines() if line.strip()]
+            except ValueError:
+                pass
+    raise ArchiveError("The file is not JSON (nor JSON Lines) in UTF-8.", reason="archive_not_json")
+
+
+def _ours(parsed: dict[str, Any]) -> list[ArchivedConversation]:
+    version = parsed.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise ArchiveError(
+            f"This export is format version {version}, newer than this app reads ({VERSION}): update the "
+            "app.",
+            reason="archive_too_new", version=version, supported=VERSION,
+        )  # fmt: skip
+    items = parsed.get("conversations")
+    return (
+        [_our_conversation(item) for item in items if isinstance(item, dict)]
+        if isinstance(items, list)
+        else []
+    )
+
+
+def _our_conversation(item: dict[str, Any]) -> ArchivedConversation:
+    messages = [
+        ArchivedMessage(
+            key=str(m.get("id")), parent=None if m.get("parent") is None else str(m.get("parent")),
+            role=m["role"], content=text_of(m.get("content")), created_at=time_of(m.get("created_at")),
+            stats={name: m[name] for name in STATS if _stat_ok(name, m.get(name))},
+        )
+        for m in item.get("messages") or []
+        if isinstance(m, dict) and m.get("role") in ROLES
+    ]  # fmt: skip
+    title = text_of(item.get("title"), MAX_TITLE) or "Imported chat"
+    uid = text_of(item.get("uid"), 100) or content_uid(title, messages)
+    return ArchivedConversation(
+        uid=uid, title=title, messages=ordered(messages),
+        leaf=None if item.get("leaf") is None else str(item.get("leaf")),
+        system_prompt=text_of(item.get("system_prompt")), params=_params(item.get("params")),
+        preset=text_of(item.get("preset"), 60) or None,
+        created_at=time_of(item.get("created_at")), updated_at=time_of(item.get("updated_at")),
+    )  # fmt: skip
+
+
+def _stat_ok(name: str, value: Any) -> bool:
+    if name in ("model", "finish_reason"):
+        return isinstance(value, str) and len(value) <= 300
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e12
+
+
+def _params(value: Any) -> dict[str, Any]:
+    """A conversation's own settings when they are valid; {} (the model's own) otherwise."""
+    if not isinstance(value, dict) or not value:
+        return {}
+    try:
+        return GenerationParams.from_mapping(value).to_dict()
+    except (ConfigError, TypeError, ValueError):
+        return {}
+
+
+def import_conversations(
+    db: Database, owner: str, conversations: Sequence[ArchivedConversation]
+) -> ImportResult:
+    """Add the conversations `owner` does not have yet (by uid); one transaction for all."""
+    imported = already_here = 0
+    with db.begin() as session:
+        have = set(session.scalars(select(ConversationRow.uid).where(ConversationRow.owner == owner)))
+        for conversation in conversations:
+            if conversation.uid in have:
+                already_here += 1
+                continue
+            have.add(conversation.uid)
+            _add(session, owner, conversation)
+            imported += 1
+    return ImportResult(imported, already_here)
+
+
+def _add(session: Any, owner: str, conversation: ArchivedConversation) -> None:
+    times = {name: value for name in ("created_at", "updated_at") if (value := getattr(conversation, name))}
+    row = repo.create_conversation(
+        session, owner=owner, title=conversation.title, system_prompt=conversation.system_prompt,
+        uid=conversation.uid, params=dict(conversation.params), preset=conversation.preset, **times,
+    )  # fmt: skip
+    ids: dict[str, int] = {}
+    for message in conversation.messages:
+        extra = {"created_at": message.created_at} if message.created_at else {}
+        added = repo.add_message(
+            session, row.id, message.role, message.content,
+            parent_id=ids.get(message.parent) if message.parent is not None else None,
+            **dict(message.stats), **extra,
+        )  # fmt: skip
+        ids[message.key] = added.id
+    leaf = ids.get(conversation.leaf) if conversation.leaf is not None else None
+    stored = session.get(ConversationRow, row.id)
+    stored.leaf_id = leaf if leaf is not None else (max(ids.values()) if ids else None)
+    if conversation.updated_at:
+        stored.updated_at = conversation.updated_at  # onupdate would stamp the import's time
+
+
+def import_bytes(db: Database, owner: str, data: bytes) -> ImportResult:
+    """Read an export file and import what `owner` does not have yet."""
+    return import_conversations(db, owner, read_archive(data))

@@ -144,6 +144,15 @@ class ArchiveError(LocalLLMError):
     bad_input = True
 
 
+class AttachmentError(LocalLLMError):
+    """A file given with a message cannot be read; `reason` (attachment_too_large, attachment_unsupported,
+    attachment_no_text, attachment_not_text, attachment_encrypted, attachment_damaged,
+    attachment_too_many) and `file` say why and which."""
+
+    code = "error.attachment"
+    bad_input = True
+
+
 class ProviderError(LocalLLMError):
     """A remote OpenAI-compatible server could not answer; the message says why in plain words."""
 

@@ -1,16 +1,22 @@
 from collections.abc import Iterator
+from contextlib import nullcontext
 from datetime import date
 
 import streamlit as st
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from core.chat.archive import MAX_FILE_BYTES
+from core.chat.archive import MAX_FILE_BYTES as ARCHIVE_BYTES
+from core.chat.attachments import FILE_TYPES, MAX_CHARACTERS
+from core.chat.attachments import MAX_FILE_BYTES as ATTACHMENT_BYTES
 from core.chat.branches import Turn
 from core.chat.presets import PresetStore
-from core.chat.service import ChatEvent, Trimmed
+from core.chat.retrieval import FileUse
+from core.chat.service import ChatEvent, FilesUsed, Trimmed
 from core.errors import InsufficientMemoryError, LocalLLMError
 from core.inference.events import Finished, Queued, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
-from core.storage.records import Conversation, Message
+from core.storage.records import AttachmentInfo, Conversation, Message
+from core.units import format_bytes
 from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
 from ui.markup import escape_markdown, reply_markdown
@@ -99,7 +105,7 @@ def conversation_list() -> Conversation | None:
 def archive_tools() -> None:
     """Export every conversation to one file; import such a file, ChatGPT's export or OpenAI messages."""
     with st.popover(t("chat.archive"), icon=":material/import_export:", width="stretch"):
-        st.caption(t("chat.archive_help", limit=MAX_FILE_BYTES // 1024**2))
+        st.caption(t("chat.archive_help", limit=ARCHIVE_BYTES // 1024**2))
         st.download_button(
             t("chat.export_all"), data=lambda: chat.export_json(), on_click="ignore",
             file_name=f"localllm-chats-{date.today():%Y%m%d}.json", mime="application/json",
@@ -186,11 +192,14 @@ def stats_line(message: Message | ReplyStats) -> str:
 
 def history(conversation: Conversation) -> None:
     turns = chat.turns(conversation.id)
+    attached = chat.attachments(conversation.id)
     for index, turn in enumerate(turns):
         message, last = turn.message, index == len(turns) - 1
         with st.chat_message(message.role):
             if message.role == "user":
                 st.markdown(escape_markdown(message.content))  # the user's text, never HTML or Markdown
+                for info in attached.get(message.id, []):
+                    st.caption(attachment_line(info))
                 with st.container(horizontal=True, vertical_alignment="center"):
                     edit_message(message)
                     branch_arrows(conversation, turn)
@@ -198,6 +207,8 @@ def history(conversation: Conversation) -> None:
             if last and (dropped := st.session_state.get(f"chat.trimmed.{conversation.id}")):
                 st.caption(t("chat.trimmed", count=dropped))
             st.markdown(reply_markdown(message.content, t("chat.image")))  # Markdown; no image is fetched
+            if message.sources:
+                st.caption(sources_line([FileUse.from_dict(use) for use in message.sources]))
             st.caption(stats_line(message))
             with st.container(horizontal=True, vertical_alignment="center"):
                 with st.popover(t("chat.copy"), icon=":material/content_copy:"):
@@ -215,6 +226,32 @@ def history(conversation: Conversation) -> None:
                 branch_arrows(conversation, turn)
 
 
+def attachment_line(info: AttachmentInfo) -> str:
+    """report.pdf · 12 pages · 1.2 MB (· its text was cut)"""
+    parts = [f":material/attach_file: {escape_markdown(info.name)}"]
+    if info.pages:
+        parts.append(t("chat.pages", count=info.pages))
+    parts.append(format_bytes(info.size_bytes))
+    if info.truncated:
+        parts.append(t("chat.file_cut", limit=f"{MAX_CHARACTERS:,}"))
+    return " · ".join(parts)
+
+
+def sources_line(uses: list[FileUse]) -> str:
+    """What of each attached file the reply was given: whole, or which passages."""
+    parts = []
+    for use in uses:
+        name = escape_markdown(use.file)
+        if use.passages is None:
+            parts.append(t("chat.file_whole", file=name))
+        elif use.passages:
+            parts.append(t("chat.file_passages", file=name, passages=", ".join(map(str, use.passages)),
+                           total=use.total))  # fmt: skip
+        else:
+            parts.append(t("chat.file_none", file=name))
+    return ":material/description: " + "; ".join(parts)
+
+
 def branch_arrows(conversation: Conversation, turn: Turn) -> None:
     """‹ 2/3 ›: the other versions of this message (edits, regenerated replies), each with what followed."""
     if turn.branches < 2:
@@ -227,9 +264,10 @@ def branch_arrows(conversation: Conversation, turn: Turn) -> None:
             on_click=chat.switch_branch, args=(conversation.id, turn.message.id, step),
         )  # fmt: skip
 
-    arrow("‹", -1, turn.branch == 1)
-    st.caption(t("chat.branch", branch=turn.branch, branches=turn.branches))
-    arrow("›", 1, turn.branch == turn.branches)
+    with st.container(horizontal=True, width="content", vertical_alignment="center", gap=None):
+        arrow("‹", -1, turn.branch == 1)
+        st.caption(t("chat.branch", branch=turn.branch, branches=turn.branches))
+        arrow("›", 1, turn.branch == turn.branches)
 
 
 def edit_message(message: Message) -> None:
@@ -263,7 +301,7 @@ def write_reply(pieces: Iterator[str]) -> None:
 def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
     """Stream a reply into an assistant bubble; Stop (a rerun) closes the stream, which stops generation."""
     with st.chat_message("assistant"):
-        notice = st.empty()
+        notice, files_note = st.empty(), st.empty()
         st.button(t("chat.stop"), icon=":material/stop_circle:", key="chat.stop")
         finished: list[ReplyStats] = []
 
@@ -273,6 +311,8 @@ def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
             for event in events:
                 if isinstance(event, Queued):
                     notice.info(t("chat.queued", place=ordinal(event.ahead + 1)), icon=":material/hourglass:")
+                elif isinstance(event, FilesUsed):
+                    files_note.caption(sources_line(list(event.uses)))
                 elif isinstance(event, Trimmed):
                     notice.caption(t("chat.trimmed", count=event.dropped))
                     st.session_state[f"chat.trimmed.{conversation.id}"] = event.dropped
@@ -299,6 +339,37 @@ def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
     st.rerun()
 
 
+def ask(conversation: Conversation | None, text: str, uploads: list[UploadedFile]) -> None:
+    """Send a message (a new conversation's first) with its files, and stream the reply."""
+    text = text if text.strip() else (t("chat.about_files") if uploads else "")
+    if not text:
+        st.warning(t("chat.empty_message"), icon=":material/edit_note:")
+        return
+    started_here = conversation is None
+    if conversation is None:
+        conversation = chat.new_conversation(text.strip().splitlines()[0][:40] or DEFAULT_TITLE)
+        if preset := default_preset(presets, store.get_current_config().model):
+            chat.apply_preset(conversation.id, preset)  # the model's default preset
+    with st.chat_message("user"):
+        st.markdown(escape_markdown(text))
+        for upload in uploads:
+            st.caption(f":material/attach_file: {escape_markdown(upload.name)} · {format_bytes(upload.size)}")
+    try:
+        st.session_state.pop(f"chat.trimmed.{conversation.id}", None)
+        with st.spinner(t("chat.reading_files")) if uploads else nullcontext():
+            events = chat.send(conversation.id, text, files=[(u.name, u.getvalue()) for u in uploads])
+    except LocalLLMError as exc:
+        st.error(error_text(exc))
+        if started_here:
+            chat.delete(conversation.id)  # nothing was sent: no empty conversation stays behind
+        return
+    select(conversation.id)
+    try:
+        reply(conversation, events)
+    except LocalLLMError as exc:
+        st.error(error_text(exc))
+
+
 st.title(t("chat.title"))
 if notice := st.session_state.pop("chat.notice", None):
     st.toast(notice, icon=":material/check_circle:")
@@ -315,22 +386,12 @@ if conversation is not None:
     history(conversation)
 
 pending = st.session_state.pop("chat.pending", None)
-prompt = st.chat_input(t("chat.input"), max_chars=100_000)
-if prompt and prompt.strip():
-    if conversation is None:
-        conversation = chat.new_conversation(prompt.strip().splitlines()[0][:40] or DEFAULT_TITLE)
-        if preset := default_preset(presets, store.get_current_config().model):
-            chat.apply_preset(conversation.id, preset)  # the model's default preset
-        select(conversation.id)
-    with st.chat_message("user"):
-        st.markdown(escape_markdown(prompt))
-    try:
-        st.session_state.pop(f"chat.trimmed.{conversation.id}", None)
-        reply(conversation, chat.send(conversation.id, prompt))
-    except LocalLLMError as exc:
-        st.error(error_text(exc))
-elif prompt is not None:
-    st.warning(t("chat.empty_message"), icon=":material/edit_note:")
+prompt = st.chat_input(
+    t("chat.input"), max_chars=100_000, accept_file="multiple", file_type=list(FILE_TYPES),
+    max_upload_size=ATTACHMENT_BYTES // 1024**2,
+)  # fmt: skip
+if prompt is not None:
+    ask(conversation, prompt.text, prompt.files)
 elif pending and conversation is not None:
     try:
         if pending[0] == "regenerate":

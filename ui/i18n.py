@@ -18,18 +18,19 @@ DEFAULT_LANGUAGE = "en"
 LOCALES = Path(__file__).parent / "locales"
 
 
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    flat: dict[str, str] = {}
+def dotted(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A TOML document's values by dotted name ({"a": {"b": 1}} → {"a.b": 1})."""
+    flat: dict[str, Any] = {}
     for name, value in table.items():
         key = f"{prefix}{name}"
-        flat.update(_flatten(value, f"{key}.") if isinstance(value, dict) else {key: value})
+        flat.update(dotted(value, f"{key}.") if isinstance(value, dict) else {key: value})
     return flat
 
 
 def load_texts(language: str) -> dict[str, str]:
     """One language's texts, keyed `section.name` (`[models]` `title = ...` is `models.title`)."""
     with (LOCALES / f"{language}.toml").open("rb") as handle:
-        return _flatten(tomllib.load(handle))
+        return dotted(tomllib.load(handle))
 
 
 TEXTS: dict[str, dict[str, str]] = {language: load_texts(language) for language in LANGUAGES}
@@ -69,11 +70,11 @@ def failure_text(code: str | None, params: dict[str, Any], message: str) -> str:
     if not code or not has(code):
         return t("error.generic", message=message)
     values = {**params, "message": message}
-    if "reason" in params and has(f"reason.{params['reason']}"):
-        values["reason_text"] = t(f"reason.{params['reason']}", **params)
     if "file" in params:
         values["what"] = params["file"] or t("reason.file_list")
     try:
+        if "reason" in params and has(f"reason.{params['reason']}"):
+            values["reason_text"] = t(f"reason.{params['reason']}", **params)
         return t(code, **values)
     except KeyError:  # an error raised without a parameter its text names: say it in English
         return t("error.generic", message=message)

@@ -27,6 +27,7 @@ from streamlit.runtime.pages_manager import PagesManager
 from core.access.hosts import TrustedHostsMiddleware
 from core.logs import setup_logging
 from core.settings import PROJECT_ROOT
+from ui.i18n import dotted
 from ui.lan_gate import LanGateMiddleware
 
 APP_SCRIPT = PROJECT_ROOT / "app.py"
@@ -36,10 +37,7 @@ STREAMLIT_CONFIG = Path(__file__).parent / "streamlit.toml"
 def streamlit_options() -> dict[str, object]:
     """ui/streamlit.toml as Streamlit's dotted option names ({"server": {"port": 1}} → "server.port")."""
     with STREAMLIT_CONFIG.open("rb") as handle:
-        sections = tomllib.load(handle)
-    return {
-        f"{section}.{name}": value for section, options in sections.items() for name, value in options.items()
-    }
+        return dotted(tomllib.load(handle))
 
 
 def build_app() -> st.App:

@@ -81,6 +81,7 @@ def language_switch() -> None:
         horizontal=True,
         on_change=_switch_language,
         args=(widget_key,),
+        help=t("lang.theme_hint"),
     )
 
 

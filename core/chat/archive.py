@@ -30,6 +30,8 @@ from core.chat.archived import (
     text_of,
     time_of,
 )
+from core.chat.attachments import MAX_CHARACTERS, MAX_FILES
+from core.chat.retrieval import FileUse
 from core.errors import ArchiveError, ConfigError
 from core.inference.params import GenerationParams
 from core.storage import repo
@@ -57,6 +59,11 @@ def export_all(db: Database, owner: str, only: int | None = None) -> dict[str, A
 
 
 def _exported(session: Any, row: ConversationRow) -> dict[str, Any]:
+    messages = repo.list_messages(session, row.id)
+    files: dict[int, list[dict[str, Any]]] = {}
+    for info, text in repo.attachment_texts(session, [m.id for m in messages]):
+        fields = {name: getattr(info, name) for name in ("name", "kind", "size_bytes", "pages", "truncated")}
+        files.setdefault(info.message_id, []).append(fields | {"text": text})
     return {
         "uid": row.uid,
         "title": row.title,
@@ -66,12 +73,12 @@ def _exported(session: Any, row: ConversationRow) -> dict[str, Any]:
         "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),
         "leaf": repo.leaf_id(session, row),
-        "messages": [_exported_message(m) for m in repo.list_messages(session, row.id)],
+        "messages": [_exported_message(m, files.get(m.id, [])) for m in messages],
     }
 
 
-def _exported_message(message: Message) -> dict[str, Any]:
-    return {
+def _exported_message(message: Message, files: list[dict[str, Any]]) -> dict[str, Any]:
+    exported = {
         "id": message.id,
         "parent": message.parent_id,
         "role": message.role,
@@ -79,6 +86,11 @@ def _exported_message(message: Message) -> dict[str, Any]:
         "created_at": message.created_at.isoformat(),
         **{name: getattr(message, name) for name in STATS},
     }
+    if message.sources:
+        exported["sources"] = message.sources
+    if files:
+        exported["attachments"] = files
+    return exported
 
 
 def export_bytes(db: Database, owner: str, only: int | None = None) -> bytes:
@@ -162,14 +174,8 @@ def _ours(parsed: dict[str, Any]) -> list[ArchivedConversation]:
 
 def _our_conversation(item: dict[str, Any]) -> ArchivedConversation:
     messages = [
-        ArchivedMessage(
-            key=str(m.get("id")), parent=None if m.get("parent") is None else str(m.get("parent")),
-            role=m["role"], content=text_of(m.get("content")), created_at=time_of(m.get("created_at")),
-            stats={name: m[name] for name in STATS if _stat_ok(name, m.get(name))},
-        )
-        for m in item.get("messages") or []
-        if isinstance(m, dict) and m.get("role") in ROLES
-    ]  # fmt: skip
+        _our_message(m) for m in item.get("messages") or [] if isinstance(m, dict) and m.get("role") in ROLES
+    ]
     title = text_of(item.get("title"), MAX_TITLE) or "Imported chat"
     uid = text_of(item.get("uid"), 100) or content_uid(title, messages)
     return ArchivedConversation(
@@ -179,6 +185,49 @@ def _our_conversation(item: dict[str, Any]) -> ArchivedConversation:
         preset=text_of(item.get("preset"), 60) or None,
         created_at=time_of(item.get("created_at")), updated_at=time_of(item.get("updated_at")),
     )  # fmt: skip
+
+
+def _our_message(m: dict[str, Any]) -> ArchivedMessage:
+    return ArchivedMessage(
+        key=str(m.get("id")),
+        parent=None if m.get("parent") is None else str(m.get("parent")),
+        role=m["role"],
+        content=text_of(m.get("content")),
+        created_at=time_of(m.get("created_at")),
+        stats={name: m[name] for name in STATS if _stat_ok(name, m.get(name))} | _sources(m.get("sources")),
+        attachments=tuple(_attachments(m.get("attachments"))),
+    )
+
+
+def _sources(value: Any) -> dict[str, Any]:
+    """A reply's record of the files it was given, when it is well formed."""
+    if not isinstance(value, list) or len(value) > MAX_FILES * 100:
+        return {}
+    try:
+        return {"sources": [FileUse.from_dict(use).to_dict() for use in value]}
+    except (TypeError, ValueError, AttributeError):
+        return {}
+
+
+def _attachments(value: Any) -> list[dict[str, Any]]:
+    """The files a message carried, each checked as a file given now is (name, kind, size, text)."""
+    found = []
+    for item in value if isinstance(value, list) else []:
+        text = item.get("text") if isinstance(item, dict) else None
+        if not isinstance(text, str) or not text.strip() or item.get("kind") not in ("text", "pdf", "docx"):
+            continue
+        pages, size = item.get("pages"), item.get("size_bytes")
+        found.append(
+            {
+                "name": text_of(item.get("name"), 255) or "file",
+                "kind": item["kind"],
+                "text": text[:MAX_CHARACTERS],
+                "size_bytes": size if isinstance(size, int) and 0 <= size <= 2**40 else len(text.encode()),
+                "pages": pages if isinstance(pages, int) and 0 < pages <= 10**6 else None,
+                "truncated": item.get("truncated") is True or len(text) > MAX_CHARACTERS,
+            }
+        )
+    return found[:MAX_FILES]
 
 
 def _stat_ok(name: str, value: Any) -> bool:
@@ -229,6 +278,8 @@ def _add(session: Any, owner: str, conversation: ArchivedConversation) -> None:
             **dict(message.stats), **extra,
         )  # fmt: skip
         ids[message.key] = added.id
+        for attachment in message.attachments:
+            repo.add_attachment(session, added.id, **attachment)
     leaf = ids.get(conversation.leaf) if conversation.leaf is not None else None
     stored = session.get(ConversationRow, row.id)
     stored.leaf_id = leaf if leaf is not None else (max(ids.values()) if ids else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +21,8 @@ class ArchivedMessage:
     role: str
     content: str
     created_at: datetime | None = None
-    stats: Mapping[str, Any] = field(default_factory=dict)
+    stats: Mapping[str, Any] = field(default_factory=dict)  # also a reply's `sources`
+    attachments: tuple[Mapping[str, Any], ...] = ()  # the files' texts: repo.add_attachment's fields
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,5 @@ def ordered(messages: Sequence[ArchivedMessage]) -> tuple[ArchivedMessage, ...]:
             current = by_key.get(current.parent) if current.parent is not None else None
         for pending in reversed(chain):
             parent = pending.parent if pending.parent in placed else None
-            placed[pending.key] = ArchivedMessage(
-                pending.key, parent, pending.role, pending.content, pending.created_at, pending.stats
-            )
+            placed[pending.key] = replace(pending, parent=parent)
     return tuple(placed.values())

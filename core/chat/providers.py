@@ -44,16 +44,22 @@ class ChatProvider(Protocol):
 class LocalProvider:
     """A downloaded model run by the process-wide LocalEngine (`local_model`)."""
 
-    def __init__(self, engine: LocalEngine, key: str) -> None:
+    def __init__(self, engine: LocalEngine, key: str, config_params: GenerationParams | None = None) -> None:
+        """`config_params`: the provider config's; those it sets apart from the product's defaults win over
+        the publisher's."""
         self.engine = engine
         self.model = key
+        self._config_params = config_params or GenerationParams()
 
     @property
     def context_length(self) -> int:
         return self.engine.context_tokens(self.model)
 
     def default_params(self) -> GenerationParams:
-        return self.engine.default_params(self.model)
+        """What the model's publisher recommends, with what the provider config changed on top."""
+        product = GenerationParams().to_dict()
+        changed = {k: v for k, v in self._config_params.to_dict().items() if v != product[k]}
+        return GenerationParams.from_mapping(self.engine.default_params(self.model).to_dict() | changed)
 
     def count_tokens(self, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
         return self.engine.count_tokens(self.model, messages, limit)
@@ -198,5 +204,5 @@ def provider_for_config(config: ProviderConfig | None, engine: LocalEngine) -> C
     if config is None:
         raise ConfigError("No model is selected: download one on the Models page and choose it for chat.")
     if config.provider == "local_model":
-        return LocalProvider(engine, config.model)
+        return LocalProvider(engine, config.model, config.params)
     return OpenAICompatibleProvider(config.base_url or "", config.api_key, config.model, params=config.params)

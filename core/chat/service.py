@@ -11,15 +11,17 @@ from dataclasses import asdict, dataclass, replace
 from sqlalchemy.orm import Session
 
 from core.chat import archive, branches
+from core.chat.attachments import MAX_FILES, read_attachment
 from core.chat.branches import Turn
 from core.chat.presets import Preset
 from core.chat.providers import ChatProvider
-from core.errors import ConfigError, ContextLengthError, MessageError, NotFoundError
+from core.chat.retrieval import FileText, FileUse, with_files
+from core.errors import AttachmentError, ConfigError, ContextLengthError, MessageError, NotFoundError
 from core.inference.events import Event, Finished, TextDelta
 from core.inference.params import GenerationParams
 from core.storage import repo
 from core.storage.db import Database
-from core.storage.records import Conversation, Message
+from core.storage.records import AttachmentInfo, Conversation, Message
 from core.storage.schema import ConversationRow, MessageRow, utcnow
 
 SAVE_EVERY_S = 1.0  # a partial reply reaches the database at least this often
@@ -33,7 +35,14 @@ class Trimmed:
     dropped: int
 
 
-ChatEvent = Event | Trimmed
+@dataclass(frozen=True)
+class FilesUsed:
+    """What of each attached file the reply was given (whole files, or the passages that fitted)."""
+
+    uses: tuple[FileUse, ...]
+
+
+ChatEvent = Event | Trimmed | FilesUsed
 
 
 def trim_history(
@@ -182,14 +191,34 @@ class ChatService:
         stop: threading.Event | None = None,
         *,
         ignore_eos: bool = False,
+        files: Sequence[tuple[str, bytes]] = (),
     ) -> Iterator[ChatEvent]:
-        """Store the user's message after the shown branch and stream the reply to it."""
+        """Store the user's message (with the text of `files`: (name, bytes) pairs) after the shown branch
+        and stream the reply to it. Every file is read before anything is stored."""
         if not text.strip():
             raise MessageError("The message is empty.")
+        if len(files) > MAX_FILES:
+            raise AttachmentError(
+                f"At most {MAX_FILES} files go with one message.",
+                reason="attachment_too_many",
+                limit=MAX_FILES,
+            )
+        attached = [read_attachment(name, data) for name, data in files]
         with self.db.begin() as session:
             self._row(session, conversation_id).updated_at = utcnow()  # newest conversations list first
-            repo.add_message(session, conversation_id, "user", text)
+            message = repo.add_message(session, conversation_id, "user", text)
+            for attachment in attached:
+                repo.add_attachment(session, message.id, **asdict(attachment))
         return self._reply(conversation_id, stop or threading.Event(), ignore_eos)
+
+    def attachments(self, conversation_id: int) -> dict[int, list[AttachmentInfo]]:
+        """The files given with the shown branch's messages, by message id."""
+        ids = [message.id for message in self.messages(conversation_id)]
+        found: dict[int, list[AttachmentInfo]] = {}
+        with self.db.begin() as session:
+            for info, _ in repo.attachment_texts(session, ids, with_text=False):
+                found.setdefault(info.message_id, []).append(info)
+        return found
 
     def regenerate(self, conversation_id: int, stop: threading.Event | None = None) -> Iterator[ChatEvent]:
         """Answer the shown branch's last question again; the earlier answer stays as a branch (an empty
@@ -217,7 +246,8 @@ class ChatService:
             raise MessageError("The message is empty.")
         with self.db.begin() as session:
             original = self._message(session, conversation_id, message_id, role="user")
-            repo.add_message(session, conversation_id, "user", text, parent_id=original.parent_id)
+            edited = repo.add_message(session, conversation_id, "user", text, parent_id=original.parent_id)
+            repo.copy_attachments(session, original.id, edited.id)  # its files go with it
         return self._reply(conversation_id, stop or threading.Event())
 
     def edit_reply(self, conversation_id: int, message_id: int, text: str) -> Message:
@@ -253,15 +283,30 @@ class ChatService:
                 after if after is not None else repo.leaf_id(session, self._row(session, conversation_id))
             )
             branch = branches.path_to(repo.list_messages(session, conversation_id), question)
+            attached = repo.attachment_texts(session, [m.id for m in branch if m.role == "user"])
         history = [{"role": m.role, "content": m.content} for m in branch]
         budget = provider.context_length - params.max_new_tokens
+        uses: list[FileUse] = []
+        if attached and history:
+            system = (
+                [{"role": "system", "content": conversation.system_prompt}]
+                if conversation.system_prompt
+                else []
+            )
+            files = [FileText(info.name, file_text) for info, file_text in attached]
+            asked_with = {info.message_id for info, _ in attached}
+            query = " ".join([history[-1]["content"], *(m.content for m in branch if m.id in asked_with)])
+            history, uses = with_files(system, history, files, query, budget, provider.count_tokens)
+            yield FilesUsed(tuple(uses))
         messages, dropped = trim_history(conversation.system_prompt, history, budget, provider.count_tokens)
         if dropped:
             yield Trimmed(dropped)
         with self.db.begin() as session:
             # Stored before the first token: a crash leaves the partial reply, marked interrupted.
-            reply_id = repo.add_message(session, conversation_id, "assistant", "", parent_id=question,
-                                        model=provider.model, finish_reason="interrupted").id  # fmt: skip
+            reply_id = repo.add_message(
+                session, conversation_id, "assistant", "", parent_id=question, model=provider.model,
+                finish_reason="interrupted", sources=[use.to_dict() for use in uses] or None,
+            ).id  # fmt: skip
         text, saved_at = "", time.monotonic()
         finished = False
         try:

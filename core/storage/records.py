@@ -71,3 +71,17 @@ class Message:
     tokens_per_s: float | None
     finish_reason: str | None
     created_at: datetime
+    sources: list[dict[str, Any]] | None = None  # a reply's use of the attached files
+
+
+@dataclass(frozen=True)
+class AttachmentInfo:
+    """A file given with a message, without its text."""
+
+    id: int
+    message_id: int
+    name: str
+    kind: str
+    size_bytes: int
+    pages: int | None
+    truncated: bool

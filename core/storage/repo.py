@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from sqlalchemy import func, or_, select, update
@@ -10,13 +11,15 @@ from sqlalchemy.orm import Session
 
 from core.errors import ConfigError, NotFoundError
 from core.inference.params import GenerationParams
-from core.storage.records import PROVIDERS, Conversation, Message, ProviderConfig, from_row
+from core.storage.records import PROVIDERS, AttachmentInfo, Conversation, Message, ProviderConfig, from_row
 from core.storage.schema import (
+    AttachmentRow,
     ConversationRow,
     CustomModelRow,
     MessageRow,
     ProviderConfigRow,
     SettingRow,
+    utcnow,
 )
 
 CONFIG_FIELDS = frozenset({"name", "provider", "model", "base_url", "api_key", "params"})
@@ -192,6 +195,36 @@ def list_messages(session: Session, conversation_id: int) -> list[Message]:
         select(MessageRow).where(MessageRow.conversation_id == conversation_id).order_by(MessageRow.id)
     )
     return [from_row(Message, row) for row in rows]
+
+
+def add_attachment(
+    session: Session, message_id: int, *, name: str, kind: str, size_bytes: int, text: str,
+    pages: int | None = None, truncated: bool = False,
+) -> AttachmentInfo:  # fmt: skip
+    row = AttachmentRow(message_id=message_id, name=name, kind=kind, size_bytes=size_bytes, text=text,
+                        pages=pages, truncated=truncated)  # fmt: skip
+    session.add(row)
+    session.flush()
+    return from_row(AttachmentInfo, row)
+
+
+def copy_attachments(session: Session, from_message_id: int, to_message_id: int) -> None:
+    for row in session.scalars(select(AttachmentRow).where(AttachmentRow.message_id == from_message_id)):
+        copied = {column.name: getattr(row, column.name) for column in AttachmentRow.__table__.columns}
+        session.add(
+            AttachmentRow(**copied | {"id": None, "message_id": to_message_id, "created_at": utcnow()})
+        )
+
+
+def attachment_texts(
+    session: Session, message_ids: Sequence[int], with_text: bool = True
+) -> list[tuple[AttachmentInfo, str]]:
+    """The files given with these messages, in the order they were given, with their text (or '')."""
+    columns = [column for column in AttachmentRow.__table__.columns if with_text or column.name != "text"]
+    rows = session.execute(
+        select(*columns).where(AttachmentRow.message_id.in_(message_ids)).order_by(AttachmentRow.id)
+    )
+    return [(from_row(AttachmentInfo, row), row.text if with_text else "") for row in rows]
 
 
 def add_custom_model(

@@ -76,7 +76,9 @@ def test_editing_a_message_branches_and_the_arrows_switch_back(new_app, ready_mo
     at.button(key=f"branch--1-{edited.id}").click().run()
     shown = [m.markdown[0].value for m in at.chat_message if m.name == "user"]
     assert shown == ["first question", "second question"]  # the earlier branch, whole
-    assert at.button(key=f"branch--1-{first.id}").disabled and not at.button(key=f"branch-1-{first.id}").disabled
+    assert (
+        at.button(key=f"branch--1-{first.id}").disabled and not at.button(key=f"branch-1-{first.id}").disabled
+    )
 
     at.button(key="chat.regenerate").click().run()  # a new answer to the last question, the old one kept
     assert [turn.branches for turn in chat.turns(conversation.id)] == [2, 1, 1, 2]

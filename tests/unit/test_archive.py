@@ -32,7 +32,13 @@ def _conversation_with_branches(db: Database, owner: str = "local") -> int:
             params={"temperature": 0.2},
         )
         q1 = repo.add_message(session, conversation.id, "user", "Q1")
-        repo.add_message(session, conversation.id, "assistant", "A1", model="tiny", completion_tokens=3)
+        repo.add_attachment(
+            session, q1.id, name="plan.pdf", kind="pdf", size_bytes=2048, text="Day 1", pages=1
+        )
+        sources = [{"file": "plan.pdf", "passages": None, "of": 1}]
+        repo.add_message(
+            session, conversation.id, "assistant", "A1", model="tiny", completion_tokens=3, sources=sources
+        )
         q2 = repo.add_message(session, conversation.id, "user", "Q2")
         repo.add_message(session, conversation.id, "assistant", "A2")
         q1_edit = repo.add_message(session, conversation.id, "user", "Q1'", parent_id=q1.parent_id)
@@ -77,8 +83,11 @@ def test_every_branch_survives_a_round_trip_and_a_second_import_adds_nothing(
             "Be brief.",
             exported["conversations"][0]["uid"],
         )
-        first_reply = repo.list_messages(session, conversation.id)[1]
+        first_question, first_reply = repo.list_messages(session, conversation.id)[:2]
         assert (first_reply.model, first_reply.completion_tokens) == ("tiny", 3)
+        assert first_reply.sources == [{"file": "plan.pdf", "passages": None, "of": 1}]
+        [(attached, text)] = repo.attachment_texts(session, [first_question.id])
+        assert (attached.name, attached.kind, attached.pages, text) == ("plan.pdf", "pdf", 1, "Day 1")
 
     assert archive.import_bytes(other_db, "lan:alice", data) == archive.ImportResult(0, 1)  # nothing doubled
     assert archive.import_bytes(other_db, "lan:bob", data) == archive.ImportResult(1, 0)  # bob's own copy

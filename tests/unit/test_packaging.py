@@ -25,7 +25,9 @@ def test_the_streamlit_settings_of_the_checkout_and_of_the_package_are_one() -> 
     packaged = (PROJECT_ROOT / "ui" / "streamlit.toml").read_text()
     assert (PROJECT_ROOT / ".streamlit" / "config.toml").read_text() == packaged
     options = tomllib.loads(packaged)
-    assert options["client"]["toolbarMode"] == "minimal"  # no Deploy button, no developer menu
+    assert (
+        options["client"]["toolbarMode"] == "viewer"
+    )  # the theme switch, no Deploy button or developer menu
     assert options["browser"]["gatherUsageStats"] is False  # no telemetry
 
 

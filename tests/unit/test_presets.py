@@ -92,3 +92,13 @@ def test_each_model_may_have_a_default_preset(database: Database) -> None:
     assert preferences.get("model_presets") == {"qwen2.5-0.5b": "builtin:translator", "tiny": "user:3"}
     with pytest.raises(ConfigError, match="builtin:NAME or user:ID"):
         preferences.set("model_presets", "tiny=evil")
+
+
+def test_what_a_provider_config_changes_wins_over_the_publisher(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    directory = install_ready(tmp_path / "models", "tiny", tiny_models["qwen2"])
+    (directory / "generation_config.json").write_text(json.dumps(QWEN_LIKE))
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    params = LocalProvider(engine, "tiny", GenerationParams(max_new_tokens=16)).default_params()
+    assert (params.max_new_tokens, params.temperature, params.top_k) == (16, 0.7, 20)

@@ -1,0 +1,80 @@
+"""In a real browser, what people use every day: a file attached to a message, a regenerated answer
+kept as a branch and switched back, every conversation exported and a ChatGPT export imported, and the
+theme following the system with the menu's switch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from core.units import format_bytes
+from tests.e2e.conftest import send
+from tests.unit.test_archive import _chatgpt_export
+
+pytestmark = pytest.mark.e2e
+
+
+def open_chat(browser: Browser, url: str, **context: object) -> Page:
+    page = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000}, **context).new_page()
+    page.goto(url)
+    return page
+
+
+def test_attach_regenerate_switch_export_and_import(
+    browser: Browser, short_replies: str, app_url: str, tmp_path: Path
+) -> None:
+    note = tmp_path / "itinerary.md"
+    note.write_text("# Trip\n\nDay one: West Lake. Day two: Lingyin Temple.\n")
+    page = open_chat(browser, app_url)
+    expect(page.get_by_test_id("stChatInputTextArea")).to_be_visible(timeout=30_000)
+    page.get_by_test_id("stChatInput").locator("input[type=file]").set_input_files(str(note))
+    expect(page.get_by_test_id("stChatInput").get_by_text("itinerary.md")).to_be_visible()
+    send(page, "Where do we go on day two?")
+    expect(page.get_by_text("itinerary.md: the whole file").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("tokens/s")).to_have_count(1, timeout=60_000)
+    size = format_bytes(note.stat().st_size)
+    expect(page.get_by_text(f"itinerary.md · {size}")).to_be_visible()  # the file stays with its message
+
+    page.get_by_role("button", name="Regenerate").click()
+    expect(page.get_by_text("2/2", exact=True)).to_be_visible(timeout=60_000)  # both answers kept
+    page.get_by_role("button", name="‹").click()
+    expect(page.get_by_text("1/2", exact=True)).to_be_visible(timeout=30_000)
+
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_role("button", name="Export or import").click()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export all conversations").click()
+    exported = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    [conversation] = exported["conversations"]
+    assert [m["role"] for m in conversation["messages"]] == ["user", "assistant", "assistant"]
+    assert conversation["messages"][0]["attachments"][0]["text"].startswith("# Trip")
+
+    chatgpt = tmp_path / "conversations.json"
+    chatgpt.write_text(json.dumps(_chatgpt_export()), encoding="utf-8")
+    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(chatgpt))
+    expect(page.get_by_test_id("stFileChipName")).to_have_text("conversations.json", timeout=30_000)
+    page.get_by_role("button", name="Import", exact=True).click()
+    expect(page.get_by_text("Imported 1 conversations (0 were already here).")).to_be_visible(timeout=30_000)
+    expect(sidebar.get_by_role("button", name="Trip", exact=True)).to_be_visible()
+
+
+def background(page: Page) -> str:
+    return page.evaluate("getComputedStyle(document.querySelector('[data-testid=stApp]')).backgroundColor")
+
+
+def test_the_theme_follows_the_system_and_the_menu_switches_it(browser: Browser, app_url: str) -> None:
+    page = open_chat(browser, app_url, color_scheme="dark")
+    expect(page.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
+    assert background(page) == "rgb(15, 20, 32)"  # .streamlit/config.toml [theme.dark]
+    page.get_by_test_id("stMainMenu").click()
+    page.get_by_role("menuitemradio", name="Light").click()
+    expect(page.get_by_test_id("stApp")).to_have_css("background-color", "rgb(255, 255, 255)")
+    assert page.get_by_role("button", name="Deploy").count() == 0  # no developer tools in the menu
+    page.context.close()
+
+    light = open_chat(browser, app_url, color_scheme="light")
+    expect(light.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
+    assert background(light) == "rgb(255, 255, 255)"

@@ -54,3 +54,15 @@ def test_every_catalog_model_is_described_in_both_languages() -> None:
     for spec in BUILTIN_MODELS:
         for part in ("strengths", "use"):
             assert all(f"catalog.{spec.key}.{part}" in TEXTS[lang] for lang in LANGUAGES), spec.key
+
+
+def test_every_reason_an_error_gives_is_translated() -> None:
+    """A file's failure to import or attach reads as a whole sentence in each language, not in English."""
+    raised = {
+        reason
+        for path in (PROJECT_ROOT / "core" / "chat").rglob("*.py")
+        for reason in re.findall(r"""\breason=["'](\w+)["']""", path.read_text())
+    }
+    assert {"attachment_too_large", "attachment_too_many", "archive_zip"} <= raised, "the scan missed reasons"
+    for language in LANGUAGES:
+        assert {f"reason.{reason}" for reason in raised} <= set(TEXTS[language]), language

@@ -20,7 +20,7 @@ from core.errors import AttachmentError, NotFoundError
 from core.inference.engine import LocalEngine
 from core.inference.params import GenerationParams
 from core.storage.db import Database
-from tests.fixtures.documents import docx_with, encrypted_pdf, image_only_pdf, pdf_with_pages
+from tests.fixtures.documents import blank_pdf, docx_with, pdf_with_pages
 from tests.fixtures.tiny_models import install_ready
 
 TOPICS = {
@@ -51,8 +51,8 @@ def test_text_markdown_code_pdf_and_docx_are_read() -> None:
     ("name", "data", "reason"),
     [
         ("tool.exe", b"MZ\x90\x00", "attachment_unsupported"),
-        ("locked.pdf", encrypted_pdf(), "attachment_encrypted"),
-        ("scan.pdf", image_only_pdf(), "attachment_no_text"),
+        ("locked.pdf", blank_pdf(password="secret"), "attachment_encrypted"),
+        ("scan.pdf", blank_pdf(), "attachment_no_text"),
         ("fake.pdf", b"%PDF-1.4 not really", "attachment_damaged"),
         ("fake.docx", b"PK\x03\x04 not a zip", "attachment_damaged"),
         ("binary.txt", bytes(range(128, 256)) * 4, "attachment_not_text"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Playwright, expect, sync_playwright
 
 from core.chat.configs import ConfigStore
 from core.inference.params import GenerationParams
@@ -170,6 +170,11 @@ def send(page: Page, text: str, placeholder: str = "Message the model…") -> No
     expect(box).to_be_visible(timeout=30_000)
     box.fill(text)
     box.press("Enter")
+
+
+def stop_button(page: Page) -> Locator:
+    """The reply's own Stop button (Streamlit's header shows a second "Stop" while any script runs)."""
+    return page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop")
 
 
 @pytest.fixture

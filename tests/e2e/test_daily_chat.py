@@ -5,11 +5,16 @@ theme following the system with the menu's switch."""
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
+from core.preferences import Preferences
+from core.storage.db import Database
 from core.units import format_bytes
 from tests.e2e.conftest import send
 from tests.unit.test_archive import _chatgpt_export
@@ -78,3 +83,43 @@ def test_the_theme_follows_the_system_and_the_menu_switches_it(browser: Browser,
     light = open_chat(browser, app_url, color_scheme="light")
     expect(light.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
     assert background(light) == "rgb(255, 255, 255)"
+
+
+def choose(selectbox: Locator, typed: str) -> None:
+    """Pick the option that starts with `typed`, as a user does: type it (the list opens, filtered), then
+    press the option without scrolling. The list closes when the page scrolls (an expander that just
+    opened, a page still settling), so a list that closed before the press is opened again."""
+    field = selectbox.get_by_role("combobox")
+    option = selectbox.page.get_by_role("option", name=re.compile(f"^{re.escape(typed)}")).first
+    for _ in range(4):
+        field.fill("")
+        field.press_sequentially(typed)  # keys, as typed: the list opens
+        try:
+            option.dispatch_event("click", timeout=5_000)
+            expect(field).to_have_value(
+                re.compile(f"^{re.escape(typed)}."), timeout=10_000
+            )  # the whole label
+            return
+        except (AssertionError, PlaywrightTimeoutError):
+            continue
+    raise AssertionError(f"no option starting with {typed!r} could be chosen")
+
+
+def test_in_chinese_a_preset_and_a_context_length_are_chosen(
+    browser: Browser, short_replies: str, app_url: str
+) -> None:
+    page = browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 1000}).new_page()
+    page.goto(app_url)
+    send(page, "你好", placeholder="输入消息…")
+    expect(page.get_by_role("button", name="重新生成")).to_be_visible(timeout=60_000)  # the reply is stored
+    page.get_by_text("系统提示词与生成参数").click()
+    choose(page.get_by_test_id("stSelectbox").filter(has_text="预设"), "翻译")
+    system_prompt = page.get_by_role("textbox", name="系统提示词").filter(has_text="你是一名翻译")
+    expect(system_prompt).to_be_visible(timeout=30_000)  # the preset's prompt, in the page's language
+
+    page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="模型").click()
+    card = page.locator(f".st-key-card-{short_replies}")
+    context = card.get_by_test_id("stSelectbox").filter(has_text="对话的上下文长度")
+    choose(context, "2K tokens")
+    expect(context.get_by_role("combobox")).to_have_value(re.compile("^2K tokens · 需要"), timeout=30_000)
+    assert Preferences(Database(os.environ["LOCALLLM_DB_URL"])).context_for(short_replies) == 2048  # saved

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.e2e.conftest import LONG_PROMPT, LanHost, RunningApp, running_app, send
+from tests.e2e.conftest import LONG_PROMPT, LanHost, RunningApp, running_app, send, stop_button
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse"
@@ -109,7 +109,7 @@ def test_two_lan_users_chat_at_once_each_in_their_own_conversation(
     send(alice, "Good morning")  # loads the model, so that the next request starts generating at once
     expect(alice.get_by_text("tokens/s")).to_have_count(1, timeout=60_000)
     send(alice, LONG_PROMPT)
-    expect(alice.get_by_role("button", name="Stop")).to_be_visible(timeout=15_000)  # alice's turn runs
+    expect(stop_button(alice)).to_be_visible(timeout=15_000)  # alice's turn runs
     send(bob, "Short question from Bob")
     expect(bob.get_by_text("Waiting: 2nd in line")).to_be_visible(timeout=15_000)
     for page, messages in ((alice, 4), (bob, 2)):

@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, Page, expect
 from core.chat.service import ChatService
 from core.storage.db import Database
 from core.storage.records import Message
-from tests.e2e.conftest import LONG_PROMPT, running_app, send, stop_process_group
+from tests.e2e.conftest import LONG_PROMPT, running_app, send, stop_button, stop_process_group
 
 pytestmark = pytest.mark.e2e
 
@@ -41,12 +41,12 @@ def saved_reply() -> str:
 
 def reply_is_streaming(page: Page) -> str:
     """Wait until part of the reply is saved while it still runs (its Stop button is there); return it."""
-    expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=60_000)
+    expect(stop_button(page)).to_be_visible(timeout=60_000)
     deadline = time.monotonic() + 60
     while not (partial := saved_reply()):
         assert time.monotonic() < deadline, "no part of the reply was saved within 60 s"
         time.sleep(0.05)
-    assert page.get_by_role("button", name="Stop").is_visible()  # still generating
+    assert stop_button(page).is_visible()  # still generating
     return partial
 
 

@@ -169,6 +169,8 @@ def send(page: Page, text: str, placeholder: str = "Message the model…") -> No
     box = page.get_by_placeholder(placeholder)
     expect(box).to_be_visible(timeout=30_000)
     box.fill(text)
+    # Enter sends only once the text is in and every attached file is uploaded (the button says so).
+    expect(page.get_by_test_id("stChatInputSubmitButton")).to_be_enabled(timeout=30_000)
     box.press("Enter")
 
 

@@ -8,7 +8,9 @@ in a fresh process, one after another, on the same machine in the same run:
   16-bit weights and fused projections on a GPU), loaded twice in fresh processes: on the CPU the
   first load quantizes and keeps the int4 copy on disk, the second maps it; the second reply is
   timed (the first one warms up, as bare and llama.cpp are warmed up); `python -m core chat KEY
-  --stats` prints the same figures;
+  --stats` prints the same figures. Greedy (temperature 0) and sampled: the defaults a user chats
+  with (temperature 0.7, top-p 0.9, repetition penalty 1.1), against llama.cpp's sampler chain with
+  the same settings (its top-k 40 and min-p 0.05 included);
 - bare: `model.generate` with the very same weights (ours / bare: what the engine adds or saves);
 - reference: `model.generate` in bf16 (fp32 where the CPU has no bf16) with transformers' SDPA;
 - llama.cpp Q8_0 and Q4_K_M through llama-cpp-python, when it is installed (outside requirements.txt)
@@ -91,13 +93,15 @@ started = time.perf_counter()
 loaded = engine.load(key)
 load_s = time.perf_counter() - started
 messages = [{"role": "user", "content": "hello world " * prompt_words}]
-params = GenerationParams(temperature=0, max_new_tokens=new_tokens + 1)
-def reply():
+greedy = GenerationParams(temperature=0, max_new_tokens=new_tokens + 1)
+sampled = GenerationParams(max_new_tokens=new_tokens + 1, seed=0)  # the defaults a user chats with
+def reply(params):
     events = engine.stream(key, messages, params, ignore_eos=True)
     return [e.stats for e in events if isinstance(e, Finished)][0]
-cold, warm = reply(), reply()
+cold, warm, with_sampling = reply(greedy), reply(greedy), reply(sampled)
 rss = psutil.Process().memory_info().rss
 print(json.dumps({"ttft_s": warm.ttft_s, "decode_tps": warm.tokens_per_s, "load_s": load_s,
+                  "sampled_tps": with_sampling.tokens_per_s,
                   "cold_ttft_s": cold.ttft_s, "prompt_tokens": warm.prompt_tokens,
                   "peak_rss_mb": peak_rss_bytes() / 2**20, "rss_mb": rss / 2**20,
                   "device": loaded.device, "dtype": loaded.dtype, "weights": loaded.weights,
@@ -159,17 +163,21 @@ llm = Llama(model_path=path, n_ctx=1024, n_threads=threads, n_batch=512, verbose
 load_s = time.perf_counter() - started
 random.seed(0)
 prompt = [random.randint(10, 300) for _ in range(prompt_tokens)]
-def run(n):
+GREEDY = {"temp": 0.0, "top_k": 1}
+SAMPLED = {"temp": 0.7, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}  # its chain
+def run(n, sampling):
     llm.reset()
     t = time.perf_counter(); first = None
-    for count, _ in enumerate(llm.generate(prompt, temp=0.0, top_k=1, reset=True), start=1):
+    for count, _ in enumerate(llm.generate(prompt, reset=True, **sampling), start=1):
         first = first or time.perf_counter() - t
         if count >= n:
             break
     return first, time.perf_counter() - t
-run(4)
-ttft, total = run(new_tokens + 1)
+run(4, GREEDY)
+ttft, total = run(new_tokens + 1, GREEDY)
+sampled_ttft, sampled_total = run(new_tokens + 1, SAMPLED)
 print(json.dumps({"ttft_s": ttft, "decode_tps": new_tokens / (total - ttft), "load_s": load_s,
+                  "sampled_tps": new_tokens / (sampled_total - sampled_ttft),
                   "peak_rss_mb": peak_rss_bytes() / 2**20}))
 """
 
@@ -281,13 +289,18 @@ def main() -> None:
 def _print(key: str, rows: dict[str, dict], bound: float, quality: dict | None) -> None:
     ours = rows["ours"]
     print(f"\n{key}: ours = {ours['device']}, {ours['weights']} weights, {ours['dtype']} activations")
-    print(f"  {'engine':<20} {'decode t/s':>10} {'ttft s':>7} {'load s':>7} {'load+ttft':>9} {'peak MiB':>9}")
+    print(
+        f"  {'engine':<20} {'greedy t/s':>10} {'sampled t/s':>11} {'ttft s':>7} {'load s':>7} "
+        f"{'load+ttft':>9} {'peak MiB':>9}"
+    )
     for name, row in rows.items():
+        sampled = f"{row['sampled_tps']:11.1f}" if "sampled_tps" in row else f"{'-':>11}"
         print(
-            f"  {name:<20} {row['decode_tps']:10.1f} {row['ttft_s']:7.3f} {row['load_s']:7.2f} "
+            f"  {name:<20} {row['decode_tps']:10.1f} {sampled} {row['ttft_s']:7.3f} {row['load_s']:7.2f} "
             f"{row['load_s'] + row['ttft_s']:9.2f} {row['peak_rss_mb']:9.0f}"
         )
     ratios = {
+        "ours sampled/greedy": ours["sampled_tps"] / ours["decode_tps"],
         "ours/bare": ours["decode_tps"] / rows["bare"]["decode_tps"],
         "ours/reference": ours["decode_tps"] / rows["reference"]["decode_tps"],
     }
@@ -297,6 +310,7 @@ def _print(key: str, rows: dict[str, dict], bound: float, quality: dict | None) 
     for other in ("llama.cpp Q8_0", "llama.cpp Q4_K_M"):
         if other in rows:
             ratios[f"ours/{other}"] = ours["decode_tps"] / rows[other]["decode_tps"]
+            ratios[f"sampled ours/{other}"] = ours["sampled_tps"] / rows[other]["sampled_tps"]
             ratios[f"ttft ours/{other}"] = ours["ttft_s"] / rows[other]["ttft_s"]
             ratios[f"load+ttft ours/{other}"] = (ours["load_s"] + ours["ttft_s"]) / (
                 rows[other]["load_s"] + rows[other]["ttft_s"]

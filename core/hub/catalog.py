@@ -35,7 +35,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         languages=("zh", "en"),
         context_length=32768,
         license="Apache-2.0",
-        kv_layout=KvLayout(layers=24, kv_heads=2, head_dim=64),
+        kv_layout=KvLayout(layers=24, kv_heads=2, head_dim=64, hidden_size=896, heads=14),
         vocabulary=Vocabulary(151_936 * 896, tied=True),
     ),
     ModelSpec(
@@ -47,7 +47,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         languages=("en",),
         context_length=2048,
         license="Apache-2.0",
-        kv_layout=KvLayout(layers=22, kv_heads=4, head_dim=64),
+        kv_layout=KvLayout(layers=22, kv_heads=4, head_dim=64, hidden_size=2048, heads=32),
         vocabulary=Vocabulary(32_000 * 2048, tied=False),
     ),
 )

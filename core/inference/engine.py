@@ -122,13 +122,16 @@ class LocalEngine:
 
     def precision(self) -> Precision:
         """How a model would be stored: int4 weights on the CPU (unless set otherwise), else the dtype."""
-        from core.inference.quantize import BYTES_PER_WEIGHT
+        from core.inference.quantize import BYTES_PER_WEIGHT, matrix_scheme
 
         device = detect_device(self.device_preference)
         dtype = choose_dtype(device)
         scheme = self.quantization
         if device == "cpu" and scheme in BYTES_PER_WEIGHT and self._kernel(scheme):
-            return Precision(BYTES_PER_WEIGHT[scheme], BYTES_PER_WEIGHT["int8"], dtype.itemsize, scheme)
+            attention = BYTES_PER_WEIGHT[matrix_scheme("qkv_proj", scheme, head_name="lm_head")]
+            return Precision(
+                BYTES_PER_WEIGHT[scheme], BYTES_PER_WEIGHT["int8"], dtype.itemsize, scheme, attention
+            )
         label = str(dtype).removeprefix("torch.")
         return Precision(dtype.itemsize, dtype.itemsize, dtype.itemsize, label)
 

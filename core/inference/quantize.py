@@ -3,9 +3,10 @@
 Decoding one token reads every weight once, so on a CPU its speed is set by memory bandwidth: fewer
 bytes per weight, more tokens per second. Activations stay in the model's dtype.
 
-- int4: each group of 32 weights along a row gets a scale and a zero point (asymmetric, 4.5 bits a
-  weight with their bf16 storage), the layout and kernel (`_weight_int4pack_mm_for_cpu`) of torchao
-  and gpt-fast; the same shape of scheme as llama.cpp's Q4_K blocks.
+- int4: each group of 32 weights along a row gets a scale and a zero point (asymmetric, 5 bits a
+  weight with their bf16 storage), fitted to the group by least squares as llama.cpp's K-quants are,
+  in the layout and kernel (`_weight_int4pack_mm_for_cpu`) of torchao and gpt-fast; the attention
+  projections stay int8 (ATTENTION_PROJECTIONS).
 - int8: one scale per output channel (`_weight_int8pack_mm`), close to lossless.
 
 Either way the output head (the tied vocabulary) stays int8, as llama.cpp's Q4_K_M keeps its output at
@@ -30,6 +31,9 @@ PROMPT_ROWS = 32  # from this many rows on (a prompt), dequantizing + a GEMM bea
 # Stored bytes per weight, for memory and speed estimates: nibbles + a bf16 scale and zero per group.
 BYTES_PER_WEIGHT = {"int4": 0.5 + 4 / INT4_GROUP, "int8": 1.0}
 SCHEMES = tuple(BYTES_PER_WEIGHT)
+# The ranges fit_groups tries besides min/max: levels + stretch steps across it. llama.cpp tries -1 to +1
+# by 0.1; by 0.25 gives most of the gain (bench/quality.py) for 40 % of the quantizing time.
+FIT_STRETCHES = tuple(step / 4 for step in range(-4, 5))
 
 
 def int8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -77,13 +81,50 @@ def quantize_rows(
     return quantized, scale.to(dtype)
 
 
+def fit_groups(groups: torch.Tensor, levels: int = 15) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, scale, low) for each group of the last dimension: weight ≈ code × scale + low.
+
+    As llama.cpp's make_qkx2_quants does: besides mapping [min, max] onto 0..levels, try scales that
+    stretch or squeeze the range a little, fit scale and low to each rounding by weighted least squares
+    and keep whichever error (weighted to favour large weights, as llama.cpp weighs without an
+    importance matrix) is least. Never worse than min/max, which is the first candidate.
+    """
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+    span = (high - low).clamp_(min=1e-8)
+    weight = groups.square().mean(dim=-1, keepdim=True).sqrt_() + groups.abs()
+    sum_w, sum_x = weight.sum(dim=-1), (weight * groups).sum(dim=-1)
+    codes = ((groups - low[..., None]) * (levels / span)[..., None]).round_().clamp_(0, levels)
+    scale, offset = span / levels, low
+    best = (weight * (codes * scale[..., None] + offset[..., None] - groups).square_()).sum(dim=-1)
+    for stretch in FIT_STRETCHES:
+        trial = (
+            ((groups - low[..., None]) * ((levels + stretch) / span)[..., None]).round_().clamp_(0, levels)
+        )
+        weighted = weight * trial
+        sum_l, sum_l2, sum_xl = weighted.sum(-1), (weighted * trial).sum(-1), (weighted * groups).sum(-1)
+        det = sum_w * sum_l2 - sum_l * sum_l
+        safe = torch.where(det > 0, det, torch.ones_like(det))
+        trial_scale = (sum_w * sum_xl - sum_x * sum_l) / safe
+        trial_offset = (sum_l2 * sum_x - sum_l * sum_xl) / safe
+        error = (weight * (trial * trial_scale[..., None] + trial_offset[..., None] - groups).square_()).sum(
+            -1
+        )
+        better = (det > 0) & (trial_scale > 0) & (error < best)
+        codes = torch.where(better[..., None], trial, codes)
+        scale = torch.where(better, trial_scale, scale)
+        offset = torch.where(better, trial_offset, offset)
+        best = torch.where(better, error, best)
+    return codes, scale, offset
+
+
 def quantize_groups(
-    weight: torch.Tensor, dtype: torch.dtype, group: int = INT4_GROUP, chunk_rows: int = 4096
+    weight: torch.Tensor, dtype: torch.dtype, group: int = INT4_GROUP, chunk: int = 2**20
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(packed int4 weight, scales and zeros [in/group, out, 2] in `dtype`) for a 2-D weight.
 
-    Each group of `group` weights along a row maps its [min, max] onto 0..15; a weight comes back
-    as (q - 8) × scale + zero, with zero = min + 8 × scale.
+    Each group of `group` weights along a row gets codes 0..15 with a scale and an offset fitted by
+    `fit_groups`; a weight comes back as (q - 8) × scale + zero, with zero = offset + 8 × scale. Works
+    through about `chunk` weights at a time, so the float32 temporaries stay a few MB.
     """
     rows, columns = weight.shape
     if weight.is_meta:  # the layout only, for a model rebuilt around a saved copy
@@ -91,14 +132,13 @@ def quantize_groups(
         return packed, torch.empty(columns // group, rows, 2, dtype=dtype, device="meta")
     codes = torch.empty(rows, columns, dtype=torch.int32)
     scales_zeros = torch.empty(columns // group, rows, 2, dtype=torch.float32)
-    for start in range(0, rows, chunk_rows):
-        groups = weight[start : start + chunk_rows].detach().float().view(-1, columns // group, group)
-        low, high = groups.amin(dim=-1), groups.amax(dim=-1)
-        scale = ((high - low) / 15).clamp_(min=1e-8)
-        level = torch.round((groups - low[..., None]) / scale[..., None]).clamp_(0, 15)
-        codes[start : start + chunk_rows] = level.view(-1, columns).to(torch.int32)
-        scales_zeros[:, start : start + chunk_rows, 0] = scale.t()
-        scales_zeros[:, start : start + chunk_rows, 1] = (low + 8 * scale).t()
+    step = max(1, chunk // columns)
+    for start in range(0, rows, step):
+        groups = weight[start : start + step].detach().float().view(-1, columns // group, group)
+        level, scale, offset = fit_groups(groups)
+        codes[start : start + step] = level.view(-1, columns).to(torch.int32)
+        scales_zeros[:, start : start + step, 0] = scale.t()
+        scales_zeros[:, start : start + step, 1] = (offset + 8 * scale).t()
     packed = torch._convert_weight_to_int4pack_for_cpu(codes, 2)
     return packed, scales_zeros.to(dtype)
 
@@ -208,6 +248,10 @@ class Slice(nn.Module):
 
 
 SIBLINGS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+# Kept int8 under int4: q/k/v are 2–12 % of a model's layer weights and, measured by bench/quality.py,
+# the most error per byte that int4 saves (Qwen2.5-0.5B: KL 0.0345 -> 0.0243 for 1.6 % more bytes), as
+# llama.cpp's Q4_K_M keeps attention v at 6 bits.
+ATTENTION_PROJECTIONS = ("qkv_proj", "q_proj", "k_proj", "v_proj")
 Loader = Callable[[str], torch.Tensor]  # a checkpoint tensor by name
 
 
@@ -286,13 +330,21 @@ class Int8Embedding(nn.Module):
         return head.weight[ids].to(head.scale.dtype) * head.scale[ids].unsqueeze(-1)
 
 
+def matrix_scheme(name: str, scheme: str, head_name: str) -> str:
+    """How one matrix is stored under `scheme`: the output head and, within int4, the attention
+    projections (ATTENTION_PROJECTIONS) are int8."""
+    if name == head_name or (scheme == "int4" and name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS):
+        return "int8"
+    return scheme
+
+
 def quantize_model(model: Any, dtype: torch.dtype, scheme: str = "int4", load: Loader | None = None) -> int:
     """Fuse siblings and swap every nn.Linear for a quantized one in place; return the matrices made.
 
-    The output head is int8 whatever the scheme. With tied input/output embeddings the input table
-    becomes a view of the int8 head, so the vocabulary is stored once, in int8. A model built on the
-    meta device is filled tensor by tensor through `load` as it goes, so the 16-bit weights never
-    exist all at once.
+    The output head is int8 whatever the scheme (matrix_scheme: the attention projections too under
+    int4). With tied input/output embeddings the input table becomes a view of the int8 head, so the
+    vocabulary is stored once, in int8. A model built on the meta device is filled tensor by tensor
+    through `load` as it goes, so the 16-bit weights never exist all at once.
     """
     # By name: a reference to the head module would keep its 16-bit matrix (the whole vocabulary, read
     # first) alive until every layer is done.
@@ -302,8 +354,7 @@ def quantize_model(model: Any, dtype: torch.dtype, scheme: str = "int4", load: L
     def quantize(linear: nn.Linear, name: str) -> nn.Module:
         nonlocal made
         made += 1
-        quantizer = Int8Linear.from_linear if name == head_name else QUANTIZERS[scheme]
-        return quantizer(linear, dtype)
+        return QUANTIZERS[matrix_scheme(name, scheme, head_name)](linear, dtype)
 
     # Parents only: a list that also held the leaf layers would keep each 16-bit matrix alive to the end.
     parents = [
@@ -409,7 +460,7 @@ def stored_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-CACHE_FORMAT = "2"
+CACHE_FORMAT = "3"  # 3: int4 with fitted group scales and int8 attention projections
 
 
 def cache_path(model_dir: Path, scheme: str, dtype: torch.dtype) -> Path:

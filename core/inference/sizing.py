@@ -16,24 +16,34 @@ CONTEXT_FOR_ESTIMATES = 4096  # tokens of KV cache planned for: a long chat, not
 
 @dataclass(frozen=True)
 class KvLayout:
-    """What the KV cache size depends on."""
+    """What the KV cache size depends on, and the size of the q/k/v projections that fill it."""
 
     layers: int
     kv_heads: int
     head_dim: int
+    hidden_size: int = 0  # 0: unknown (a layout saved before it was recorded)
+    heads: int = 0
 
     @classmethod
     def from_config(cls, config: dict) -> KvLayout:
         heads = config_count(config, "num_attention_heads", 1)
-        head_dim = config_count(config, "head_dim") or config_count(config, "hidden_size") // max(heads, 1)
+        hidden = config_count(config, "hidden_size")
+        head_dim = config_count(config, "head_dim") or hidden // max(heads, 1)
         return cls(
             config_count(config, "num_hidden_layers"),
             config_count(config, "num_key_value_heads", heads),
             head_dim,
+            hidden,
+            heads,
         )
 
     def bytes_for(self, tokens: int, dtype_bytes: int) -> int:
         return 2 * self.layers * self.kv_heads * self.head_dim * tokens * dtype_bytes
+
+    @property
+    def attention_weights(self) -> int:
+        """Weights of the q, k and v projections in all layers."""
+        return self.layers * self.hidden_size * (self.heads + 2 * self.kv_heads) * self.head_dim
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ class Precision:
     head_bytes: float  # the output head: int8 (1) whenever the layers are quantized
     dtype_bytes: int
     label: str  # shown to users: "int8", "bfloat16", "float32", ...
+    attention_bytes: float | None = None  # the q/k/v projections (int8 under int4); None: as the layers
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,12 @@ def estimate_memory(
     if vocabulary is None or vocabulary.weights + input_table > parameters:  # unknown, or not this model's
         vocabulary, input_table = Vocabulary(0, tied=True), 0
     layers = parameters - vocabulary.weights - input_table
-    read = layers * precision.weight_bytes + vocabulary.weights * precision.head_bytes
+    attention = 0 if precision.attention_bytes is None else min(layout.attention_weights, layers)
+    read = (
+        (layers - attention) * precision.weight_bytes
+        + attention * (precision.attention_bytes or 0)
+        + vocabulary.weights * precision.head_bytes
+    )
     return MemoryEstimate(
         int(read + input_table * precision.dtype_bytes),
         layout.bytes_for(context_tokens, precision.dtype_bytes),

@@ -21,6 +21,7 @@ from core.inference.quantize import (
     PROMPT_ROWS,
     Int4Linear,
     Int8Linear,
+    fit_groups,
     fuse_projections,
     int8_matmul,
     quantize_checkpoint,
@@ -50,7 +51,28 @@ def test_per_row_scales_keep_each_weight_within_half_a_step() -> None:
     assert torch.isfinite(zero_scale).all()
 
 
-def test_int4_groups_keep_each_weight_within_half_a_step_of_its_group() -> None:
+def test_fitted_int4_groups_are_never_further_from_the_weights_than_min_max() -> None:
+    torch.manual_seed(0)
+    groups = torch.randn(64, 8, INT4_GROUP) * torch.logspace(-3, 1, 8)[:, None]
+    groups[:8, :, 0] *= 12  # outliers, which stretch a min/max range
+    codes, scale, low = fit_groups(groups)
+    assert ((codes >= 0) & (codes <= 15) & (codes == codes.round())).all()
+    lowest, step = (
+        groups.amin(-1, keepdim=True),
+        (groups.amax(-1, keepdim=True) - groups.amin(-1, keepdim=True)) / 15,
+    )
+    min_max = ((groups - lowest) / step).round().clamp(0, 15) * step + lowest
+    importance = groups.square().mean(-1, keepdim=True).sqrt() + groups.abs()  # llama.cpp's weights
+
+    def error(approximation: torch.Tensor) -> torch.Tensor:
+        return (importance * (approximation - groups).square()).sum(-1)
+
+    fitted = error(codes * scale[..., None] + low[..., None])
+    assert (fitted <= error(min_max) * (1 + 1e-5)).all()  # never worse, group by group
+    assert (fitted / error(min_max)).mean() < 0.9  # and clearly better overall
+
+
+def test_the_int4_kernel_computes_with_the_fitted_groups() -> None:
     torch.manual_seed(0)
     rows, columns = 48, 4 * INT4_GROUP
     weight = torch.randn(rows, columns) * torch.logspace(-3, 1, columns // INT4_GROUP).repeat_interleave(
@@ -59,9 +81,22 @@ def test_int4_groups_keep_each_weight_within_half_a_step_of_its_group() -> None:
     packed, scales_zeros = quantize_groups(weight, torch.float32)
     # The kernel times the identity matrix gives the weights back as the kernel sees them.
     seen = torch._weight_int4pack_mm_for_cpu(torch.eye(columns), packed, INT4_GROUP, scales_zeros).t()
+    codes, scale, low = fit_groups(weight.view(rows, -1, INT4_GROUP))
+    torch.testing.assert_close(seen, (codes * scale[..., None] + low[..., None]).view(rows, columns))
     step = scales_zeros[..., 0].t().repeat_interleave(INT4_GROUP, dim=1)  # rows × columns
-    assert ((seen - weight).abs() <= step / 2 + 1e-6).all()  # small groups keep their own precision
+    assert ((seen - weight).abs() <= step).all()  # small groups keep their own precision
     assert packed.numel() == weight.numel() // 2  # two weights a byte
+
+
+def test_int4_keeps_the_attention_projections_and_the_head_int8(tiny_models: dict[str, Path]) -> None:
+    model = load(tiny_models["qwen2"])
+    quantize_model(model, torch.bfloat16, "int4")
+    layer = model.model.layers[0]
+    assert isinstance(layer.self_attn.qkv_proj.linear, Int8Linear)
+    assert isinstance(layer.self_attn.o_proj, Int4Linear)
+    assert isinstance(layer.mlp.gate_up_proj.linear, Int4Linear)
+    assert isinstance(layer.mlp.down_proj, Int4Linear)
+    assert isinstance(model.lm_head, Int8Linear)
 
 
 def test_a_shape_int4_groups_do_not_fit_stays_int8() -> None:
@@ -80,7 +115,8 @@ def test_prompt_rows_and_decode_rows_give_the_same_product() -> None:
     assert int8_matmul(rows[:1], layer.weight, layer.scale).shape == (1, 48)
 
 
-@pytest.mark.parametrize(("scheme", "error", "agreement"), [("int8", 0.03, 0.9), ("int4", 0.08, 0.8)])
+# int4: 2.9 % (qwen2) and 3.1 % (llama) relative error; min/max groups with int4 attention gave 4.2 and 4.1 %.
+@pytest.mark.parametrize(("scheme", "error", "agreement"), [("int8", 0.03, 0.9), ("int4", 0.036, 0.8)])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 def test_quantized_model_stays_close_to_the_bf16_reference(
     tiny_models: dict[str, Path], arch: str, scheme: str, error: float, agreement: float

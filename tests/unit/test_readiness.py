@@ -82,7 +82,9 @@ def test_kv_layout_from_a_config() -> None:
         "num_key_value_heads": 2,
         "hidden_size": 896,
     }
-    assert KvLayout.from_config(config) == KvLayout(24, 2, 64)
+    layout = KvLayout.from_config(config)
+    assert layout == KvLayout(24, 2, 64, hidden_size=896, heads=14)
+    assert layout.attention_weights == 24 * 896 * (896 + 2 * 128)  # q, then k and v of 2 heads × 64
 
 
 def _machine(ram_available: int, ram_total: int, gpu_free: int | None = None) -> HardwareInfo:

@@ -59,14 +59,14 @@ def stream_reply(
 ) -> Iterator[Event]:
     """TextDelta events as the reply is decoded (prompt and reply within `context` tokens), then
     Finished with its statistics."""
-    from transformers import TextIteratorStreamer
+    from core.inference.streaming import ReplyStreamer
 
     inputs = _prompt(parts, messages)
     prompt_tokens = int(inputs["input_ids"].shape[1])
     # Callers measured the prompt first (prompts.fit); measured again here, the cache never outgrows it.
     room = prompts.fit(prompt_tokens, context, params.max_new_tokens).max_new_tokens
     params = replace(params, max_new_tokens=room)
-    streamer = TextIteratorStreamer(parts.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = ReplyStreamer(parts.tokenizer, skip_prompt=True, skip_special_tokens=True)
     criterion = StopOnEvent(stop)
     outcome: dict[str, Any] = {}
 

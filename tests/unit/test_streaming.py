@@ -1,0 +1,45 @@
+"""The reply's text streams as it is decoded, also where transformers' streamer would wait to the end."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, TextIteratorStreamer
+
+from core.inference.streaming import HOLD_TOKENS, ReplyStreamer
+
+SYMBOLS = "!?" * 40  # punctuation without a space: transformers' streamer holds it for the next space
+
+
+def sent_before_the_end(streamer: TextIteratorStreamer, ids: list[int]) -> str:
+    for token in ids:
+        streamer.put(torch.tensor([token]))
+    pieces = []
+    while True:
+        try:
+            pieces.append(streamer.text_queue.get_nowait())
+        except queue.Empty:
+            return "".join(pieces)
+
+
+def test_symbols_without_spaces_stream_before_the_reply_ends(tiny_models: dict[str, Path]) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["qwen2"])
+    ids = tokenizer.encode(SYMBOLS, add_special_tokens=False)
+    assert len(ids) > 2 * HOLD_TOKENS
+    assert sent_before_the_end(TextIteratorStreamer(tokenizer), ids) == ""  # what the page saw: nothing
+
+    streamer = ReplyStreamer(tokenizer)
+    early = sent_before_the_end(streamer, ids)
+    assert len(early) >= len(SYMBOLS) // 2  # at most HOLD_TOKENS tokens wait
+    streamer.end()
+    rest = "".join(iter(streamer.text_queue.get, streamer.stop_signal))
+    assert early + rest == tokenizer.decode(ids)  # nothing lost, nothing twice
+
+
+def test_words_stream_as_transformers_streams_them(tiny_models: dict[str, Path]) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    ids = tokenizer.encode("hello world, the sea is calm today.\nA second line", add_special_tokens=False)
+    ours, theirs = ReplyStreamer(tokenizer), TextIteratorStreamer(tokenizer)
+    assert sent_before_the_end(ours, ids) == sent_before_the_end(theirs, ids)

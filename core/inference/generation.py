@@ -19,7 +19,7 @@ from core.errors import GenerationError
 from core.inference import prompts
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.loading import LoadedParts
-from core.inference.params import GenerationParams
+from core.inference.params import DEFAULT_TOP_K, GenerationParams
 from core.inference.sampler import Sampling, TokenChooser
 
 RunOnTorchThread = Callable[[Callable[[], None]], Future[None]]
@@ -192,8 +192,10 @@ class _PresencePenalty:
 
 
 def sampling_for(params: GenerationParams, generation_config: Any) -> Sampling:
-    """The reply's sampling: the request's settings, with the model's own top_k where none was asked."""
-    top_k = params.top_k if params.top_k is not None else int(getattr(generation_config, "top_k", 0) or 0)
+    """The reply's sampling: the request's settings, with the model's own top_k where none was asked, and
+    DEFAULT_TOP_K where the model has none either."""
+    own = int(getattr(generation_config, "top_k", 0) or 0)
+    top_k = params.top_k if params.top_k is not None else own or DEFAULT_TOP_K
     return Sampling(
         temperature=params.temperature, top_k=top_k, top_p=params.top_p, min_p=params.min_p,
         repetition_penalty=params.repetition_penalty, presence_penalty=params.presence_penalty,

@@ -8,11 +8,16 @@ from typing import Any
 
 from core.errors import ConfigError
 
+# top_k where neither the request nor the model's generation_config sets one: llama.cpp's, Ollama's and
+# LM Studio's default. Without a cut, top-p over a flat distribution looks at the whole vocabulary.
+DEFAULT_TOP_K = 40
+
 
 @dataclass(frozen=True)
 class GenerationParams:
     """How a reply is generated. temperature 0 is greedy; top_k None is the model's own (its
-    generation_config), 0 no limit; min_p and presence_penalty 0 are off; a seed makes sampling repeat."""
+    generation_config, else DEFAULT_TOP_K), 0 no limit; min_p and presence_penalty 0 are off; a seed
+    makes sampling repeat."""
 
     temperature: float = 0.7
     top_p: float = 0.9

@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 from transformers import (
+    GenerationConfig,
     MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
@@ -15,6 +16,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from core.inference.generation import sampling_for
+from core.inference.params import DEFAULT_TOP_K, GenerationParams
 from core.inference.sampler import CANDIDATES, Sampling, TokenChooser
 
 
@@ -106,3 +109,11 @@ def test_greedy_and_forbidden_tokens() -> None:
     assert penalised == 3  # 5 / 2 < 4
     sampled = TokenChooser(Sampling(temperature=1.0, seed=0), 4, "cpu", never=[1, 3])
     assert {sampled.choose(logits) for _ in range(200)} <= {0, 2}
+
+
+def test_top_k_is_the_requests_else_the_models_else_llama_cpps_default() -> None:
+    publisher, silent = GenerationConfig(top_k=20), GenerationConfig()
+    assert sampling_for(GenerationParams(top_k=5), publisher).top_k == 5
+    assert sampling_for(GenerationParams(top_k=0), publisher).top_k == 0  # no limit, when asked for
+    assert sampling_for(GenerationParams(), publisher).top_k == 20
+    assert sampling_for(GenerationParams(), silent).top_k == DEFAULT_TOP_K == 40  # as llama.cpp and Ollama

@@ -24,8 +24,12 @@ class ReplyStreamer(TextIteratorStreamer):
         self.held += 1
         if self.held >= HOLD_TOKENS and self.token_cache:
             text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-            self.on_finalized_text(text[self.print_len :])
-            self.print_len = len(text)
+            end = len(text)
+            # A character still being spelled out byte by byte (at most 3 bytes of it) stays held.
+            while end > max(self.print_len, len(text) - 3) and text[end - 1] == "\ufffd":
+                end -= 1
+            self.on_finalized_text(text[self.print_len : end])
+            self.print_len = end
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         if text:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoTokenizer, TextIteratorStreamer
 
@@ -24,15 +25,16 @@ def sent_before_the_end(streamer: TextIteratorStreamer, ids: list[int]) -> str:
             return "".join(pieces)
 
 
-def test_symbols_without_spaces_stream_before_the_reply_ends(tiny_models: dict[str, Path]) -> None:
+@pytest.mark.parametrize("text", [SYMBOLS, "🙂🎉" * 20])  # emoji: several byte tokens a character
+def test_symbols_without_spaces_stream_before_the_reply_ends(tiny_models: dict[str, Path], text: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["qwen2"])
-    ids = tokenizer.encode(SYMBOLS, add_special_tokens=False)
+    ids = tokenizer.encode(text, add_special_tokens=False)
     assert len(ids) > 2 * HOLD_TOKENS
     assert sent_before_the_end(TextIteratorStreamer(tokenizer), ids) == ""  # what the page saw: nothing
 
     streamer = ReplyStreamer(tokenizer)
     early = sent_before_the_end(streamer, ids)
-    assert len(early) >= len(SYMBOLS) // 2  # at most HOLD_TOKENS tokens wait
+    assert len(early) >= len(text) // 2  # at most HOLD_TOKENS tokens wait
     streamer.end()
     rest = "".join(iter(streamer.text_queue.get, streamer.stop_signal))
     assert early + rest == tokenizer.decode(ids)  # nothing lost, nothing twice

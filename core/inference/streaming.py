@@ -1,4 +1,10 @@
-"""The reply's text as tokens arrive: transformers' streamer, with a bound on how long text may wait."""
+"""The reply's text as tokens arrive: each token's text as soon as its characters are whole.
+
+transformers' streamer holds symbols back until the next space, and a run of them without one to the
+end of the reply (and with it the page's Stop, which acts when text arrives). This one sends every
+token's text at once, as vLLM and TGI do; only a character still being spelled out byte by byte
+waits for its last byte.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +12,31 @@ from typing import Any
 
 from transformers import TextIteratorStreamer
 
-# transformers' streamer holds symbols back until the next space (they may be half a character or the
-# start of some markup). A run of symbols without a space (emoji, bytes that never make a character)
-# would then wait to the end of the reply, and with it the page's Stop, which acts when text arrives.
-HOLD_TOKENS = 8
+# A character split over byte tokens leaves at most 3 replacement characters at the end of the text;
+# more than that were bytes that never make a character, and they go out as they are.
+MAX_PARTIAL = 3
 
 
 class ReplyStreamer(TextIteratorStreamer):
-    """A TextIteratorStreamer whose text never waits more than HOLD_TOKENS tokens."""
-
-    def __init__(self, tokenizer: Any, **kwargs: Any) -> None:
-        super().__init__(tokenizer, **kwargs)
-        self.held = 0  # tokens put since text last went out
+    """A TextIteratorStreamer that sends each token's text as soon as its characters are whole."""
 
     def put(self, value: Any) -> None:
-        super().put(value)
-        self.held += 1
-        if self.held >= HOLD_TOKENS and self.token_cache:
-            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        if len(value.shape) > 1:  # generate hands the prompt over as a batch of one
+            value = value[0]
+        if self.skip_prompt and self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        self.token_cache.extend(value.tolist())
+        # The whole line is decoded each time (as transformers does), so that what was sent never
+        # changes: a tokenizer may spell the start of a text differently from its middle.
+        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        if text.endswith("\n"):  # a line is done: the next is decoded after its last token (its spaces kept)
+            printable, self.token_cache = text[self.print_len :], self.token_cache[-1:]
+            self.print_len = len(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
+        else:
             end = len(text)
-            # A character still being spelled out byte by byte (at most 3 bytes of it) stays held.
-            while end > max(self.print_len, len(text) - 3) and text[end - 1] == "\ufffd":
+            while end > max(self.print_len, len(text) - MAX_PARTIAL) and text[end - 1] == "\ufffd":
                 end -= 1
-            self.on_finalized_text(text[self.print_len : end])
-            self.print_len = end
-
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self.held = 0
-        super().on_finalized_text(text, stream_end)
+            printable, self.print_len = text[self.print_len : end], end
+        if printable:
+            self.on_finalized_text(printable)

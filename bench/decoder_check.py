@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from core.inference.decoder import Decoder, generate, supports
+from core.inference.batching import generate
+from core.inference.decoder import Decoder, supports
 from core.inference.device import choose_dtype, detect_device
 from core.inference.quantize import fuse_projections, quantize_model
 from core.inference.sampler import Sampling, TokenChooser

@@ -61,7 +61,10 @@ print(json.dumps({"rss_after_load": after_load, "rss_after_reply": psutil.Proces
 """
 
 
-def build(key: str, directory: Path) -> Path:
+def build(key: str, directory: Path, *, speaking: bool = False) -> Path:
+    """The model with the catalog's numbers, random weights and a small trained tokenizer. A `speaking`
+    model only chooses among the tokenizer's words (its other output rows are zero), so a reply streams
+    text as a real one does; weight values do not change the work a token costs."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
@@ -73,6 +76,9 @@ def build(key: str, directory: Path) -> Path:
     config = config_class(**numbers, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    if speaking:
+        with torch.no_grad():
+            model.get_output_embeddings().weight[len(tokenizer) :] = 0
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -95,6 +95,19 @@ def _context(value: Any) -> int:
     return tokens
 
 
+MAX_PARALLEL = 16
+
+
+def _parallel(value: Any) -> int:
+    try:
+        replies = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{value!r} is not a number of replies.") from None
+    if not 1 <= replies <= MAX_PARALLEL:
+        raise ConfigError(f"Replies generated together must be between 1 and {MAX_PARALLEL}.")
+    return replies
+
+
 def _model_contexts(value: Any) -> dict[str, int]:
     """Per-model context lengths: a mapping, or `key=tokens,key=tokens` from the command line."""
     if isinstance(value, str):
@@ -158,6 +171,9 @@ PREFERENCES: dict[str, Preference] = {
                    _one_of(QUANTIZATIONS), "int4", "engine.quantization", _from_env("LOCALLLM_QUANTIZATION")),
         Preference("idle_unload_s", "unload the model after this many idle seconds (0: never)", _seconds,
                    900.0, "engine.idle_unload_s"),
+        Preference("parallel_replies", "replies the local model generates together (batched; fewer when "
+                   "their KV caches do not fit in memory); more requests wait in line", _parallel, 4,
+                   "engine.parallel_replies", _from_env("LOCALLLM_PARALLEL")),
         Preference("language", "the dashboard's language for this machine's browser: zh or en (unset: the "
                    "browser's)", _one_of(LANGUAGES), None, "ui.language"),
         Preference("context_tokens", "context length of every model without its own (tokens; at most the "

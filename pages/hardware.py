@@ -6,9 +6,9 @@ from core.access.policy import is_loopback, lan_addresses
 from core.api import server_status, server_urls
 from core.chat.providers import OpenAICompatibleProvider
 from core.errors import ConfigError, LocalLLMError
-from core.inference.sizing import memory_verdict
+from core.inference.sizing import memory_verdict, replies_that_fit
 from core.logs import log_file, tail
-from core.preferences import DEVICES, QUANTIZATIONS
+from core.preferences import DEVICES, MAX_PARALLEL, QUANTIZATIONS
 from core.settings import load_settings
 from core.storage import files
 from core.storage.db import display_url, sqlite_file
@@ -76,23 +76,30 @@ st.subheader(t("hardware.models_section"))
 library = resources.library()
 precision = resources.engine_precision()
 rows = []
+people = []
 for spec in library.models():
     estimate = library.memory_estimate(spec.key, precision)
     if estimate:
         verdict = memory_verdict(estimate.total_bytes, info)
+        at_once = replies_that_fit(estimate, verdict.available_bytes, resources.engine().parallel)
         rows.append(
             {
                 "model": spec.key,
                 "GB": round(estimate.total_bytes / 1e9, 2),
                 "verdict": t(f"verdict.{verdict.verdict}"),
+                "people": at_once,
             }
         )
+        if verdict.verdict != "too_large":
+            context = f"{library.context_tokens(spec.key):,}"
+            people.append(t("hardware.people_at_once", model=spec.key, count=at_once, context=context))
 if rows:
     limits = [{"GB": round(info.ram_available_bytes / 1e9, 2), "what": t("hardware.ram_available")}]
     limits += [{"GB": round(gpu.memory_free_bytes / 1e9, 2), "what": gpu.name} for gpu in info.gpus]
     bars = alt.Chart(alt.Data(values=rows)).mark_bar().encode(
         x=alt.X("GB:Q", title=t("hardware.memory_needed")), y=alt.Y("model:N", title=None),
-        color=alt.Color("verdict:N", title=None), tooltip=["model:N", "GB:Q", "verdict:N"],
+        color=alt.Color("verdict:N", title=None),
+        tooltip=["model:N", "GB:Q", "verdict:N", alt.Tooltip("people:Q", title=t("hardware.people"))],
     )  # fmt: skip
     rules = (
         alt.Chart(alt.Data(values=limits))
@@ -101,6 +108,9 @@ if rows:
     )
     st.altair_chart(bars + rules, width="stretch")
     st.caption(t("hardware.chart_note"))
+    if people:
+        st.markdown(t("hardware.people_title") + "\n\n" + "\n".join(f"- {line}" for line in people))
+        st.caption(t("hardware.people_note", parallel=resources.engine().parallel))
 
 st.subheader(t("lan.title"))
 bound = st.get_option("server.address") or "localhost"
@@ -131,7 +141,7 @@ if not access.is_admin():
 st.subheader(t("settings.section"))
 st.markdown(f"**{t('settings.engine')}**")
 engine = resources.engine()
-device_column, quantization_column, idle_column = st.columns(3)
+device_column, quantization_column, idle_column, parallel_column = st.columns(4)
 device = device_column.selectbox(
     t("settings.device"), DEVICES, index=DEVICES.index(engine.device_preference),
     help=t("settings.device_help"), key="settings.device",
@@ -145,12 +155,17 @@ idle_minutes = idle_column.number_input(
     t("settings.idle_unload"), min_value=0, max_value=24 * 60, value=round(engine.idle_unload_s / 60),
     step=5, key="settings.idle",
 )  # fmt: skip
-chosen = {"device": device, "quantization": quantization, "idle_unload_s": idle_minutes * 60.0}
+parallel = parallel_column.number_input(
+    t("settings.parallel"), min_value=1, max_value=MAX_PARALLEL, value=engine.parallel, step=1,
+    help=t("settings.parallel_help"), key="settings.parallel",
+)  # fmt: skip
+chosen = {"device": device, "quantization": quantization, "idle_unload_s": idle_minutes * 60.0,
+          "parallel_replies": int(parallel)}  # fmt: skip
 if chosen != {"device": engine.device_preference, "quantization": engine.quantization,
-              "idle_unload_s": engine.idle_unload_s}:  # fmt: skip
+              "idle_unload_s": engine.idle_unload_s, "parallel_replies": engine.parallel}:  # fmt: skip
     for name, value in chosen.items():
         resources.preferences().set(name, value)
-    engine.device_preference, engine.quantization, engine.idle_unload_s = chosen.values()
+    engine.device_preference, engine.quantization, engine.idle_unload_s, engine.parallel = chosen.values()
     st.toast(t("settings.saved"))
 default_context = resources.preferences().get("context_tokens")
 context = st.number_input(

@@ -31,7 +31,8 @@ def hardware(as_json: bool) -> int:
         "swap_total_bytes": info.swap_total_bytes, "gpus": [asdict(gpu) for gpu in info.gpus],
         "mps": info.mps_available, "disk_free_bytes": info.disk_free_bytes,
         "device": detect_device(engine.device_preference), "memory_bandwidth_bytes_per_s": round(bandwidth),
-        "models": _models(models_library, engine.precision(), info, bandwidth),
+        "parallel_replies": engine.parallel,
+        "models": _models(models_library, engine.precision(), info, bandwidth, engine.parallel),
     }  # fmt: skip
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -40,20 +41,31 @@ def hardware(as_json: bool) -> int:
     return 0
 
 
-def _models(models_library: Any, precision: Any, info: HardwareInfo, bandwidth: float) -> dict[str, Any]:
-    from core.inference.sizing import CPU_DECODE_EFFICIENCY, decode_tokens_per_s_bound, memory_verdict
+def _models(
+    models_library: Any, precision: Any, info: HardwareInfo, bandwidth: float, parallel: int
+) -> dict[str, Any]:
+    from core.inference.sizing import (
+        CPU_DECODE_EFFICIENCY,
+        decode_tokens_per_s_bound,
+        memory_verdict,
+        replies_that_fit,
+    )
 
     found = {}
     for spec in models_library.models():
         estimate = models_library.memory_estimate(spec.key, precision)
         needed = estimate.total_bytes if estimate else None
         speed = decode_tokens_per_s_bound(estimate, bandwidth) * CPU_DECODE_EFFICIENCY if estimate else None
+        verdict = memory_verdict(needed, info) if needed else None
         found[spec.key] = {
             "context_tokens": models_library.context_tokens(spec.key),
             "memory_needed_bytes": needed,
             "download_bytes": spec.download_bytes,
-            "verdict": memory_verdict(needed, info).verdict if needed else "unknown",
+            "verdict": verdict.verdict if verdict else "unknown",
             "est_tokens_per_s": round(speed, 1) if speed else None,
+            "people_at_once": replies_that_fit(estimate, verdict.available_bytes, parallel)
+            if verdict
+            else None,
         }
     return found
 
@@ -74,4 +86,5 @@ def _print(info: HardwareInfo, bandwidth: float, models: dict[str, Any]) -> None
     for key, model in models.items():
         needed = format_bytes(model["memory_needed_bytes"]) if model["memory_needed_bytes"] else "?"
         speed = f"~{model['est_tokens_per_s']} tokens/s at most" if model["est_tokens_per_s"] else ""
-        click.echo(f"{key:<24} needs {needed:>9}  {model['verdict']:<10} {speed}")
+        people = f", {model['people_at_once']} at once" if model["people_at_once"] else ""
+        click.echo(f"{key:<24} needs {needed:>9}  {model['verdict']:<10} {speed}{people}")

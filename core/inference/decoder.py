@@ -13,7 +13,8 @@ launched ~600 kernels a token): there each new token replays the step recorded o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -23,7 +24,6 @@ from torch import nn
 from torch.nn import functional
 
 from core.inference.quantize import Fused, QuantizedLinear
-from core.inference.sampler import TokenChooser
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
 GRAPH_CAPACITY_STEP = 512  # tokens
@@ -77,8 +77,56 @@ def _project(layer: Projection, rows: torch.Tensor) -> torch.Tensor:
     return functional.linear(rows, layer.weight, layer.bias)
 
 
+class KvCache:
+    """One sequence's keys and values for every layer (layers × KV heads × capacity × head_dim) and how
+    many tokens it holds."""
+
+    def __init__(self, decoder: Decoder, capacity: int, *, zeroed: bool = False) -> None:
+        shape = (len(decoder.layers), decoder.kv_heads, capacity, decoder.head_dim)
+        make = torch.zeros if zeroed else torch.empty
+        self.keys = make(shape, dtype=decoder.dtype, device=decoder.device)
+        self.values = make(shape, dtype=decoder.dtype, device=decoder.device)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Tokens (1-D ids) to append to one sequence's cache in a pass: a prompt or a part of one, or the
+    one token a decoding sequence chose last."""
+
+    cache: KvCache
+    ids: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Where a segment's rows sit in a pass (first:last), where they go in its cache (from start), and
+    their causal mask (None for one token)."""
+
+    cache: KvCache
+    first: int
+    last: int
+    start: int
+    mask: torch.Tensor | None
+
+    @classmethod
+    def of(cls, cache: KvCache, first: int, last: int, start: int, device: torch.device) -> _Span:
+        count = last - first
+        return cls(cache, first, last, start, None if count == 1 else _causal_mask(start, count, device))
+
+    @property
+    def end(self) -> int:
+        """The cache's length once the rows are in."""
+        return self.start + self.last - self.first
+
+
 class Decoder:
-    """Runs a supported model token by token with its own KV cache (one sequence at a time)."""
+    """Runs a supported model: one pass over the weights appends tokens to one sequence or to several
+    at once (each with its own KV cache), and gives each the logits after its last token."""
 
     def __init__(self, model: Any) -> None:
         config = model.config
@@ -93,6 +141,7 @@ class Decoder:
         self.rotary = base.rotary_emb
         self.final_norm = base.norm.weight
         self.head: Projection = model.get_output_embeddings()
+        self.vocabulary = self.head.out_features
         self.dtype, self.device = self.final_norm.dtype, self.final_norm.device
         self.layers = [
             _Layer(
@@ -105,81 +154,117 @@ class Decoder:
             )
             for layer in base.layers
         ]
-        self._keys = self._values = self._slots = torch.empty(0)
-        self.length = 0  # tokens in the cache
-        # On CUDA a single-token step is recorded once as a CUDA graph and replayed: one launch a
-        # token instead of hundreds (off again if recording fails).
+        self.cache = KvCache(self, 0, zeroed=True)  # the decoder's own sequence (`reset`, `forward`)
+        self._slots = torch.empty(0)
+        # On CUDA a single-token step of the own sequence is recorded once as a CUDA graph and replayed:
+        # one launch a token instead of hundreds (off again if recording fails).
         self.use_graphs = self.device.type == "cuda"
         self._graph: _Graph | None = None
 
-    def reset(self, capacity: int) -> None:
-        """Start a new sequence of at most `capacity` tokens (the cache grows only when it must)."""
+    def reset(self, capacity: int) -> KvCache:
+        """Start the own sequence anew, for at most `capacity` tokens (its cache grows only when it must)."""
         if self.use_graphs:  # a recorded step holds on to its cache: grow it in steps, record less
             capacity = -(-capacity // GRAPH_CAPACITY_STEP) * GRAPH_CAPACITY_STEP
-        if self._keys.dim() < 3 or self.capacity < capacity:
-            shape = (len(self.layers), self.kv_heads, capacity, self.head_dim)
+        if self.cache.capacity < capacity:
             # Zeros, not garbage: `step` attends over every slot, and a masked NaN still poisons it.
-            self._keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            self._values = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.cache = KvCache(self, capacity, zeroed=True)
             self._slots = torch.arange(capacity, device=self.device)
             self._graph = None  # it recorded the old cache
-        self.length = 0
+        self.cache.length = 0
+        return self.cache
 
     @property
-    def capacity(self) -> int:
-        return self._keys.shape[2]
+    def length(self) -> int:
+        """Tokens in the own sequence."""
+        return self.cache.length
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Append the token ids (1-D) to the sequence; return the float logits after the last one."""
-        count = ids.shape[0]
-        start, end = self.length, self.length + count
-        if end > self.capacity:
-            raise ValueError(f"the sequence would hold {end} tokens, the cache {self.capacity}")
-        if count == 1 and self.use_graphs:
-            return self._replay(ids)
-        positions = torch.arange(start, end, device=self.device).unsqueeze(0)
-        x, cos, sin = self._embed(ids, positions)
-        mask = None if count == 1 else _causal_mask(start, count, self.device)
+        """Append the token ids (1-D) to the own sequence; return the float logits after the last one."""
+        return self.run([Segment(self.cache, ids)])[0]
 
-        def store(index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-            self._keys[index, :, start:end], self._values[index, :, start:end] = keys, values
-
-        def attend(index: int, query: torch.Tensor) -> torch.Tensor:
-            # 4-D (batch 1) tensors: with 3-D ones torch takes its slow reference ("math") attention.
-            keys, values = self._keys[index : index + 1, :, :end], self._values[index : index + 1, :, :end]
-            if count == 1:  # one query token: its heads packed per KV head, one plain SDPA call
-                return functional.scaled_dot_product_attention(self._packed(query), keys, values)
-            return functional.scaled_dot_product_attention(
-                query.transpose(0, 1).unsqueeze(0), keys, values, attn_mask=mask, enable_gqa=True
-            )[0].transpose(0, 1)
-
+    @torch.inference_mode()
+    def run(self, segments: Sequence[Segment]) -> torch.Tensor:
+        """Append each segment's tokens to its sequence, all in one pass over the weights; the float
+        logits after each segment's last token (segments × vocabulary)."""
+        counts = [segment.ids.shape[0] for segment in segments]
+        starts = [segment.cache.length for segment in segments]
+        for segment, start, count in zip(segments, starts, counts, strict=True):
+            if start + count > segment.cache.capacity:
+                raise ValueError(
+                    f"the sequence would hold {start + count} tokens, the cache {segment.cache.capacity}"
+                )
+        if len(segments) == 1 and counts[0] == 1 and self.use_graphs and segments[0].cache is self.cache:
+            return self._replay(segments[0].ids).unsqueeze(0)
+        bounds = itertools.pairwise(itertools.accumulate(counts, initial=0))
+        spans = [
+            _Span.of(segment.cache, first, last, start, self.device)
+            for segment, start, (first, last) in zip(segments, starts, bounds, strict=True)
+        ]
+        positions = torch.cat([torch.arange(span.start, span.end, device=self.device) for span in spans])
+        ids = torch.cat([segment.ids for segment in segments])
+        x, cos, sin = self._embed(ids, positions.unsqueeze(0))
+        if len(spans) == 1:  # one sequence (a lone reply): no slicing of rows
+            store, attend = partial(self._store, spans[0]), partial(self._attend, spans[0])
+        else:
+            store, attend = partial(self._store_each, spans), partial(self._attend_each, spans)
         for index, layer in enumerate(self.layers):
             x = self._layer(layer, x, cos, sin, partial(store, index), partial(attend, index))
-        self.length = end
-        return self._logits(x[-1:])
+        for segment, count in zip(segments, counts, strict=True):
+            segment.cache.length += count
+        return self._logits(x[-1:] if len(spans) == 1 else x[[span.last - 1 for span in spans]])
+
+    @staticmethod
+    def _store(span: _Span, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Keep a sequence's new keys and values (KV heads × count × head_dim) in its cache."""
+        cache, start, end = span.cache, span.start, span.end
+        cache.keys[index, :, start:end], cache.values[index, :, start:end] = keys, values
+
+    def _store_each(self, spans: list[_Span], index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        for span in spans:
+            self._store(span, index, keys[:, span.first : span.last], values[:, span.first : span.last])
+
+    def _attend(self, span: _Span, index: int, query: torch.Tensor) -> torch.Tensor:
+        """A sequence's queries (count × heads × head_dim) over its cache up to its newest token."""
+        # 4-D (batch 1) tensors: with 3-D ones torch takes its slow reference ("math") attention.
+        keys = span.cache.keys[index : index + 1, :, : span.end]
+        values = span.cache.values[index : index + 1, :, : span.end]
+        if span.mask is None:  # one query token: its heads packed per KV head, one plain SDPA call
+            return functional.scaled_dot_product_attention(self._packed(query), keys, values)
+        return functional.scaled_dot_product_attention(
+            query.transpose(0, 1).unsqueeze(0), keys, values, attn_mask=span.mask, enable_gqa=True
+        )[0].transpose(0, 1)
+
+    def _attend_each(self, spans: list[_Span], index: int, query: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [
+                self._attend(span, index, query[span.first : span.last]).reshape(span.last - span.first, -1)
+                for span in spans
+            ]
+        )
 
     @torch.inference_mode()
     def step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """One token (1-D, one id) at `position` (1-D, one index), its logits: the same mathematics as
-        `forward` in shapes that do not change from token to token (the whole cache is attended,
-        through a mask), so that a CUDA graph can record it. Leaves `length` alone."""
+        """One token (1-D, one id) of the own sequence at `position` (1-D, one index), its logits: the
+        same mathematics as `forward` in shapes that do not change from token to token (the whole cache
+        is attended, through a mask), so that a CUDA graph can record it. Leaves `length` alone."""
         x, cos, sin = self._embed(token, position.unsqueeze(0))
         visible = (self._slots <= position).view(1, 1, 1, -1)
+        cache = self.cache
 
         def store(index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-            self._keys[index].index_copy_(1, position, keys)
-            self._values[index].index_copy_(1, position, values)
+            cache.keys[index].index_copy_(1, position, keys)
+            cache.values[index].index_copy_(1, position, values)
 
         def attend(index: int, query: torch.Tensor) -> torch.Tensor:
-            keys, values = self._keys[index : index + 1], self._values[index : index + 1]
+            keys, values = cache.keys[index : index + 1], cache.values[index : index + 1]
             return functional.scaled_dot_product_attention(
                 self._packed(query), keys, values, attn_mask=visible
             )
 
         for index, layer in enumerate(self.layers):
             x = self._layer(layer, x, cos, sin, partial(store, index), partial(attend, index))
-        return self._logits(x)
+        return self._logits(x)[0]
 
     def _replay(self, token: torch.Tensor) -> torch.Tensor:
         if self._graph is None:
@@ -190,9 +275,9 @@ class Decoder:
                 return self.forward(token)
         graph = self._graph
         graph.token.copy_(token)
-        graph.position.fill_(self.length)
+        graph.position.fill_(self.cache.length)
         graph.graph.replay()
-        self.length += 1
+        self.cache.length += 1
         return graph.logits.clone()  # the next replay overwrites it
 
     def _packed(self, query: torch.Tensor) -> torch.Tensor:
@@ -230,8 +315,9 @@ class Decoder:
         return x + _project(layer.down, activated)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Float logits for each row of `x`."""
         last = functional.rms_norm(x, (self.hidden,), self.final_norm, self.eps)
-        return _project(self.head, last)[0].float()
+        return _project(self.head, last).float()
 
 
 @dataclass(frozen=True)
@@ -269,27 +355,3 @@ def _causal_mask(start: int, count: int, device: torch.device) -> torch.Tensor:
     """count × (start + count): each new token sees the cached ones and those up to itself."""
     seen = torch.arange(start + count, device=device)
     return seen.unsqueeze(0) <= (start + torch.arange(count, device=device)).unsqueeze(1)
-
-
-def generate(
-    decoder: Decoder,
-    prompt: list[int],
-    max_new_tokens: int,
-    chooser: TokenChooser,
-    end_ids: set[int],
-    on_token: Any,
-) -> list[int]:
-    """Decode up to `max_new_tokens` after `prompt`, calling `on_token(id)` after each; stop early at an
-    id in `end_ids` (kept, as transformers' generate keeps it) or when `on_token` returns True. The
-    chooser picks each token (core.inference.sampler)."""
-    history = torch.tensor(prompt, dtype=torch.long, device=decoder.device)
-    decoder.reset(len(prompt) + max_new_tokens)
-    logits = decoder.forward(history)
-    generated: list[int] = []
-    for _ in range(max_new_tokens):
-        token = chooser.choose(logits)
-        generated.append(token)
-        if on_token(token) or token in end_ids or len(generated) == max_new_tokens:
-            break
-        logits = decoder.forward(history.new_tensor([token]))
-    return generated

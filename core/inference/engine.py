@@ -1,5 +1,6 @@
-"""The local engine: one loaded model per process, shared by every caller; replies one at a time in
-FIFO order; unloaded on demand or when idle.
+"""The local engine: one loaded model per process, shared by every caller; replies generated together
+(continuous batching, up to the parallel setting and what memory holds), the rest waiting in FIFO order;
+unloaded on demand or when idle.
 
 All torch work (imports, loading, quantizing, generating, the bandwidth measurement) runs on one
 long-lived thread, the engine's torch thread: OpenMP keeps a thread team per calling thread, and a
@@ -38,9 +39,15 @@ from core.inference.loading import (
 )
 from core.inference.params import GenerationParams
 from core.inference.scoring import TextScore, score_text
-from core.inference.sizing import CONTEXT_FOR_ESTIMATES, Precision, model_memory
+from core.inference.sizing import (
+    CONTEXT_FOR_ESTIMATES,
+    MemoryEstimate,
+    Precision,
+    model_memory,
+    replies_that_fit,
+)
 from core.inference.turns import TurnQueue
-from core.preferences import Preferences
+from core.preferences import MAX_PARALLEL, Preferences
 
 T = TypeVar("T")
 GIB = 1024**3
@@ -48,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 
 class LocalEngine:
-    """One loaded model per process, shared by every caller; replies one at a time in FIFO order."""
+    """One loaded model per process, shared by every caller; replies batched, the rest in FIFO order."""
 
     def __init__(
         self,
@@ -58,15 +65,20 @@ class LocalEngine:
         quantization: str = "int4",
         idle_unload_s: float = 900.0,
         max_waiting: int = 4,
+        parallel: int = 4,
         context_setting: Callable[[str], int] = lambda _key: CONTEXT_FOR_ESTIMATES,
     ) -> None:
-        """`context_setting(key)`: the context length chosen for a model (clamped to its window)."""
+        """`parallel`: replies generated together at most; `context_setting(key)`: the context length
+        chosen for a model (clamped to its window)."""
         self.models_dir = models_dir
         self.device_preference = device
         self.quantization = quantization
         self.idle_unload_s = idle_unload_s
         self.context_setting = context_setting
+        self._parallel = parallel
+        self._memory_fit = 1  # replies whose KV caches fit beside the loaded model (set at load)
         self._turns = TurnQueue(max_waiting)
+        self._batcher: Any = None  # core.inference.batching.Batcher of the loaded lean decoder
         self._load_lock = threading.Lock()
         self._parts: LoadedParts | None = None
         self._tokenizer_only: tuple[str, Any] | None = None  # (key, tokenizer) of a model not loaded
@@ -85,6 +97,7 @@ class LocalEngine:
             "device": preferences.get("device"),
             "quantization": preferences.get("quantization"),
             "idle_unload_s": preferences.get("idle_unload_s"),
+            "parallel": preferences.get("parallel_replies"),
             "context_setting": preferences.context_for,
         }
         return cls(preferences.get("models_dir"), **{**settings, **options})
@@ -143,11 +156,32 @@ class LocalEngine:
             self._kernels[scheme] = self._torch.submit(kernel_available, scheme)
         return self._kernels[scheme].result() if wait else False
 
+    def memory_estimate(self, key: str) -> MemoryEstimate:
+        """The memory a model needs here: weights at the precision, one KV cache at its context length."""
+        return model_memory(self._ready_dir(key), self.precision(), self.context_tokens(key))
+
     def memory_check(self, key: str) -> tuple[int, int]:
         """(bytes needed, bytes available) on the device the model would load on."""
         device = detect_device(self.device_preference)
-        estimate = model_memory(self._ready_dir(key), self.precision(), self.context_tokens(key))
-        return estimate.total_bytes, available_memory(device)
+        return self.memory_estimate(key).total_bytes, available_memory(device)
+
+    def replies_at_once(self, key: str, limit: int | None = None) -> int:
+        """How many replies of `key` would run together: the parallel setting (or `limit`), fewer when
+        their KV caches at the chosen context would not fit beside the weights in the memory free now."""
+        device = detect_device(self.device_preference)
+        limit = self._parallel if limit is None else limit
+        return replies_that_fit(self.memory_estimate(key), available_memory(device), limit)
+
+    @property
+    def parallel(self) -> int:
+        """Replies generated together at most (the setting)."""
+        return self._parallel
+
+    @parallel.setter
+    def parallel(self, replies: int) -> None:
+        self._parallel = replies
+        if self._batcher is not None:
+            self._turns.set_capacity(min(replies, self._memory_fit))
 
     def _ready_dir(self, key: str) -> Path:
         directory = model_dir(self.models_dir, key)
@@ -170,6 +204,7 @@ class LocalEngine:
                     available=available,
                 )
             self._unload_locked()
+            fit = self.replies_at_once(key, limit=MAX_PARALLEL)  # before the weights take their memory
             device = detect_device(self.device_preference)
             tokenizer, precision, load_id = self.tokenizer(key), self.precision(), next(self._load_ids)
             self._parts = self.on_torch_thread(
@@ -178,9 +213,19 @@ class LocalEngine:
                 )
             )
             self._tokenizer_only = None
+            if self._parts.decoder is not None:
+                from core.inference.batching import Batcher
+
+                self._batcher = Batcher(self._parts.decoder, self._torch.submit)
+                self._memory_fit = fit
+                self._turns.set_capacity(min(self._parallel, fit))
+            else:  # transformers' generate: one reply at a time
+                self._batcher = None
+                self._turns.set_capacity(1)
             logger.info(
-                "loaded %s on %s (%s) in %.1f s", key, device, precision.label, self._parts.info.load_s
-            )
+                "loaded %s on %s (%s) in %.1f s, %d replies at once",
+                key, device, precision.label, self._parts.info.load_s, self._turns.capacity,
+            )  # fmt: skip
             self._touch()
             self._start_idle_watch()
             return self._parts.info
@@ -195,7 +240,7 @@ class LocalEngine:
             return
         device = self._parts.info.device
         logger.info("unloading %s", self._parts.info.key)
-        self._parts = None
+        self._parts = self._batcher = None
         gc.collect()
         return_freed_memory_to_os()
         if device == "cuda":
@@ -229,6 +274,11 @@ class LocalEngine:
     def busy(self) -> bool:
         """A reply is being generated now."""
         return self._turns.busy
+
+    @property
+    def running(self) -> int:
+        """Replies being generated now."""
+        return self._turns.running
 
     @property
     def waiting(self) -> int:
@@ -276,7 +326,7 @@ class LocalEngine:
     def score(self, key: str, text: str) -> TextScore:
         """Each token's log-probability under the model as loaded (int4, int8 or 16-bit), and the
         perplexity; waits for its turn like a reply."""
-        ticket = self._turns.enter()
+        ticket = self._turns.enter(key, exclusive=True)
         running = False
         try:
             running = self._turns.wait_quietly(ticket, threading.Event())
@@ -301,7 +351,7 @@ class LocalEngine:
         Setting `stop`, or closing the iterator, ends generation within a token and ends the thread.
         """
         stop = stop or threading.Event()
-        ticket = self._turns.enter()
+        ticket = self._turns.enter(key)
         running = False
         try:
             running = yield from self._turns.wait(ticket, stop)
@@ -312,8 +362,9 @@ class LocalEngine:
             try:
                 context = self.context_tokens(key)
                 yield from stream_reply(
-                    self._parts, messages, params, stop, ignore_eos, context, self._torch.submit
-                )
+                    self._parts, messages, params, stop, ignore_eos, context, self._torch.submit,
+                    self._batcher,
+                )  # fmt: skip
             finally:
                 # A prompt's temporaries (widened weights) are freed by now: hand them back to the OS,
                 # on the torch thread, without making this reader (and the reply's final save) wait.

@@ -1,8 +1,8 @@
 """One reply: the prompt through the chat template, tokens generated on the engine's torch thread,
 text streamed to the reader as it is decoded, and the reply's statistics at the end.
 
-A stop event is read after every token (a stopping criterion for `model.generate`, the token callback
-for the lean decoder), so Stop, or a reader that goes away, ends generation within a token.
+A stop event is read after every token (a stopping criterion for `model.generate`, each step of the
+batch for the lean decoder), so Stop, or a reader that goes away, ends generation within a token.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import GenerationError
 from core.inference import prompts
@@ -22,7 +22,10 @@ from core.inference.loading import LoadedParts
 from core.inference.params import DEFAULT_TOP_K, GenerationParams
 from core.inference.sampler import Sampling, TokenChooser
 
-RunOnTorchThread = Callable[[Callable[[], None]], Future[None]]
+if TYPE_CHECKING:
+    from core.inference.batching import Batcher, Request
+
+RunOnTorchThread = Callable[[Callable[[], Any]], Future[Any]]
 
 
 class StopOnEvent:
@@ -56,9 +59,11 @@ def stream_reply(
     ignore_eos: bool,
     context: int,
     run_on_torch: RunOnTorchThread,
+    batcher: Batcher | None = None,
 ) -> Iterator[Event]:
     """TextDelta events as the reply is decoded (prompt and reply within `context` tokens), then
-    Finished with its statistics."""
+    Finished with its statistics. With a `batcher` (the lean decoder) the reply joins the running
+    batch; otherwise `model.generate` runs it alone on the torch thread."""
     from core.inference.streaming import ReplyStreamer
 
     inputs = _prompt(parts, messages)
@@ -68,28 +73,26 @@ def stream_reply(
     params = replace(params, max_new_tokens=room)
     streamer = ReplyStreamer(parts.tokenizer, skip_prompt=True, skip_special_tokens=True)
     criterion = StopOnEvent(stop)
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["completion"] = _generate(parts, inputs, params, streamer, criterion, ignore_eos)
-        except BaseException as exc:  # reaches the reader below
-            outcome["error"] = exc
-            streamer.on_finalized_text("", stream_end=True)
-
     started = time.perf_counter()
-    worker = run_on_torch(run)
+    if batcher is not None:
+        worker = batcher.submit(
+            _request(parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos)
+        )
+    else:
+        worker = run_on_torch(lambda: _generate(parts, inputs, params, streamer, criterion, ignore_eos))
     try:
         yield from _text(streamer, worker)
     finally:
         stop_requested = stop.is_set()
         stop.set()
         if not threading.current_thread().name.startswith("engine-torch"):
-            worker.result()  # a collected generator may close anywhere; run() keeps its own errors
-    if "error" in outcome:
-        raise GenerationError(f"Generation failed: {outcome['error']}") from outcome["error"]
-    reason = "stopped" if stop_requested else "length" if outcome["completion"] >= room else "stop"
-    yield Finished(_stats(parts.info.key, prompt_tokens, outcome["completion"], started, criterion, reason))
+            wait([worker])  # a collected generator may close anywhere; the outcome is read below
+    if worker.exception() is not None:
+        error = worker.exception()
+        raise GenerationError(f"Generation failed: {error}") from error
+    completion = len(worker.result())
+    reason = "stopped" if stop_requested else "length" if completion >= room else "stop"
+    yield Finished(_stats(parts.info.key, prompt_tokens, completion, started, criterion, reason))
 
 
 def _prompt(parts: LoadedParts, messages: Sequence[dict[str, str]]) -> Any:
@@ -101,7 +104,7 @@ def _prompt(parts: LoadedParts, messages: Sequence[dict[str, str]]) -> Any:
         raise GenerationError(f"The model's chat template rejected this conversation: {exc}") from exc
 
 
-def _text(streamer: Any, worker: Future[None]) -> Iterator[TextDelta]:
+def _text(streamer: Any, worker: Future[Any]) -> Iterator[TextDelta]:
     while True:
         try:
             text = streamer.text_queue.get(timeout=0.1)
@@ -137,15 +140,13 @@ def _generate(
     streamer: Any,
     criterion: StopOnEvent,
     ignore_eos: bool,
-) -> int:
-    """Generate on the torch thread (the lean decoder, else `model.generate`); the token count."""
+) -> list[int]:
+    """`model.generate` on the torch thread, for a model the lean decoder does not run; the new ids."""
     import torch
 
     with torch.inference_mode():
-        if parts.decoder is not None:
-            return _decode(parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos)
         options = _generate_options(parts, inputs, params, streamer, criterion, ignore_eos)
-        return int(parts.model.generate(**options).shape[1]) - int(inputs["input_ids"].shape[1])
+        return parts.model.generate(**options)[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 def _generate_options(
@@ -208,26 +209,25 @@ def end_ids(generation_config: Any) -> set[int]:
     return set(end if isinstance(end, list) else [] if end is None else [end])
 
 
-def _decode(
+def _request(
     parts: LoadedParts, prompt: Any, params: GenerationParams, streamer: Any, criterion: StopOnEvent,
     ignore_eos: bool,
-) -> int:  # fmt: skip
-    """A reply through the lean decoder, streamed as generate streams it; the token count."""
-    from core.inference.decoder import generate
+) -> Request:  # fmt: skip
+    """The reply as a request for the batch, streamed as generate streams it."""
+    from core.inference.batching import Request
 
     config = parts.model.generation_config
     ends = end_ids(config)
     prompt_ids = prompt.tolist()
-    vocabulary = parts.model.get_output_embeddings().out_features
-    chooser = TokenChooser(sampling_for(params, config), vocabulary, parts.info.device, seen=prompt_ids,
-                           never=ends if ignore_eos else ())  # fmt: skip
+    chooser = TokenChooser(sampling_for(params, config), parts.decoder.vocabulary, parts.info.device,
+                           seen=prompt_ids, never=ends if ignore_eos else ())  # fmt: skip
     streamer.put(prompt)  # the streamer skips the prompt it is given first
 
     def on_token(token: int) -> bool:
         streamer.put(prompt.new_tensor([token]))
         return criterion.token_done()
 
-    stops = set() if ignore_eos else ends
-    tokens = generate(parts.decoder, prompt_ids, params.max_new_tokens, chooser, stops, on_token)
-    streamer.end()
-    return len(tokens)
+    ends_reply = frozenset() if ignore_eos else frozenset(ends)
+    request = Request(prompt_ids, params.max_new_tokens, chooser, ends_reply, on_token, stop=criterion.event)
+    request.done.add_done_callback(lambda _done: streamer.end())
+    return request

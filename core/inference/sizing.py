@@ -163,6 +163,16 @@ def model_memory(
     )
 
 
+def replies_that_fit(estimate: MemoryEstimate, available_bytes: int, limit: int) -> int:
+    """How many replies can run together: the weights and runtime once and a KV cache at the context
+    for each, within 80 % of the free memory; at least 1 (a single reply is checked on its own), at
+    most `limit`."""
+    room = 0.8 * available_bytes - estimate.after_load_bytes
+    if estimate.kv_cache_bytes <= 0:
+        return limit
+    return max(1, min(limit, int(room // estimate.kv_cache_bytes)))
+
+
 CPU_DECODE_EFFICIENCY = 0.65  # decode speed / the bound: the lower of the catalog models' in bench/speed.py
 
 

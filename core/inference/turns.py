@@ -1,4 +1,5 @@
-"""Whose turn it is: a FIFO of requests with their places in line and a cap on how many may wait."""
+"""Whose turn it is: up to `capacity` replies of one model run together (the batch); the others wait in
+a FIFO with their places in line and a cap on how many may wait."""
 
 from __future__ import annotations
 
@@ -6,22 +7,35 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Generator
+from dataclasses import dataclass
 
 from core.errors import QueueFullError
 from core.inference.events import Queued
 
 
+@dataclass(frozen=True)
+class Ticket:
+    """A place in line for `key`'s model; an exclusive one runs alone (scoring, a model without batching)."""
+
+    number: int
+    key: str
+    exclusive: bool = False
+
+
 class TurnQueue:
-    """One reply runs at a time; the others wait in order and are told their place whenever it changes."""
+    """Replies of the running model join it while there is room; the others wait in order and are told
+    their place whenever it changes. The line is FIFO: a request for another model waits for the running
+    ones to end, and those behind it wait with it."""
 
-    def __init__(self, max_waiting: int = 4) -> None:
+    def __init__(self, max_waiting: int = 4, capacity: int = 1) -> None:
         self.max_waiting = max_waiting
+        self._capacity = capacity
         self._turn = threading.Condition()
-        self._waiting: deque[int] = deque()
-        self._busy = False
-        self._tickets = itertools.count(1)
+        self._waiting: deque[Ticket] = deque()
+        self._running: list[Ticket] = []
+        self._numbers = itertools.count(1)
 
-    def enter(self) -> int:
+    def enter(self, key: str, *, exclusive: bool = False) -> Ticket:
         """A ticket in line; QueueFullError when `max_waiting` requests already wait."""
         with self._turn:
             if len(self._waiting) >= self.max_waiting:
@@ -29,21 +43,44 @@ class TurnQueue:
                     f"{len(self._waiting)} requests are already waiting; please try again in a moment.",
                     waiting=len(self._waiting),
                 )
-            ticket = next(self._tickets)
+            ticket = Ticket(next(self._numbers), key, exclusive)
             self._waiting.append(ticket)
             return ticket
 
-    def wait(self, ticket: int, stop: threading.Event) -> Generator[Queued, None, bool]:
+    def set_capacity(self, capacity: int) -> None:
+        """How many replies may run together from now on (at least 1)."""
+        with self._turn:
+            self._capacity = max(1, capacity)
+            self._turn.notify_all()
+
+    @property
+    def capacity(self) -> int:
+        with self._turn:
+            return self._capacity
+
+    def _may_join(self, ticket: Ticket) -> bool:
+        if not self._running:
+            return True
+        first = self._running[0]
+        return (
+            not ticket.exclusive
+            and not first.exclusive
+            and first.key == ticket.key
+            and len(self._running) < self._capacity
+        )
+
+    def wait(self, ticket: Ticket, stop: threading.Event) -> Generator[Queued, None, bool]:
         """Yield the place in line whenever it changes; return True once this request may run (False
         when `stop` was set first)."""
         last: int | None = None
         while not stop.is_set():
             with self._turn:
-                ahead = self._waiting.index(ticket) + (1 if self._busy else 0)
-                if ahead == 0:
-                    self._waiting.popleft()
-                    self._busy = True
+                index = self._waiting.index(ticket)
+                if index == 0 and self._may_join(ticket):
+                    self._running.append(self._waiting.popleft())
+                    self._turn.notify_all()  # the next in line may join too
                     return True
+                ahead = index + (0 if self._may_join(ticket) else 1)
                 if ahead == last:
                     self._turn.wait(0.25)
                     continue
@@ -51,7 +88,7 @@ class TurnQueue:
             yield Queued(ahead)
         return False
 
-    def wait_quietly(self, ticket: int, stop: threading.Event) -> bool:
+    def wait_quietly(self, ticket: Ticket, stop: threading.Event) -> bool:
         """`wait` without reporting the places: True once this request may run."""
         waiting = self.wait(ticket, stop)
         while True:
@@ -60,10 +97,10 @@ class TurnQueue:
             except StopIteration as done:
                 return done.value
 
-    def leave(self, ticket: int, running: bool) -> None:
+    def leave(self, ticket: Ticket, running: bool) -> None:
         with self._turn:
             if running:
-                self._busy = False
+                self._running.remove(ticket)
             elif ticket in self._waiting:
                 self._waiting.remove(ticket)
             self._turn.notify_all()
@@ -71,7 +108,12 @@ class TurnQueue:
     @property
     def busy(self) -> bool:
         with self._turn:
-            return self._busy
+            return bool(self._running)
+
+    @property
+    def running(self) -> int:
+        with self._turn:
+            return len(self._running)
 
     @property
     def waiting(self) -> int:
@@ -81,4 +123,4 @@ class TurnQueue:
     @property
     def idle(self) -> bool:
         with self._turn:
-            return not self._busy and not self._waiting
+            return not self._running and not self._waiting

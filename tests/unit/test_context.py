@@ -72,3 +72,14 @@ def test_hardware_json_gives_each_models_context(capsys: pytest.CaptureFixture[s
     report = json.loads(capsys.readouterr().out)
     assert report["models"]["qwen2.5-0.5b"]["context_tokens"] == 8192
     assert report["models"]["tinyllama-1.1b"]["context_tokens"] == 2048  # the default 4096, its window 2048
+
+
+def test_hardware_json_says_how_many_people_fit_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["settings", "set", "parallel_replies", "2"]) == 0
+    capsys.readouterr()
+    assert main(["hardware", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["parallel_replies"] == 2
+    assert report["models"]["qwen2.5-0.5b"]["people_at_once"] == 2  # ~0.1 GB a cache: the setting decides
+    assert main(["settings", "set", "parallel_replies", "17"]) == 2  # refused with a sentence
+    assert "between 1 and 16" in capsys.readouterr().err

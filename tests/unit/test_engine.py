@@ -102,9 +102,8 @@ def test_a_reader_that_goes_away_stops_generation(engine: LocalEngine) -> None:
     assert isinstance(list(engine.stream("tiny-llama", HELLO, GREEDY))[-1], Finished)
 
 
-def test_concurrent_requests_run_one_after_the_other_and_the_second_is_told_its_place(
-    engine: LocalEngine,
-) -> None:
+def test_beyond_the_parallel_replies_requests_wait_and_are_told_their_place(engine: LocalEngine) -> None:
+    engine.parallel = 1  # one reply at a time: the second waits for the first (batching: test_batching.py)
     engine.load("long")
     results: dict[str, list] = {"first": [], "second": []}
     first_started = threading.Event()
@@ -135,6 +134,7 @@ def test_concurrent_requests_run_one_after_the_other_and_the_second_is_told_its_
 
 
 def test_the_queue_has_a_cap(engine: LocalEngine) -> None:
+    engine.parallel = 1
     engine.load("long")
     stop = threading.Event()
     running = engine.stream("long", HELLO, LONG, stop, ignore_eos=True)
@@ -238,7 +238,10 @@ def test_an_error_in_the_generation_thread_reaches_the_caller(
     def failing(*_args, **_kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(parts.decoder or parts.model, "forward", failing)
+    if parts.decoder is not None:
+        monkeypatch.setattr(parts.decoder, "run", failing)  # the batch's one pass
+    else:
+        monkeypatch.setattr(parts.model, "forward", failing)
     with pytest.raises(GenerationError, match="Generation failed: CUDA out of memory"):
         list(engine.stream("tiny-llama", HELLO, GREEDY))
     assert not engine.busy  # the engine is free again

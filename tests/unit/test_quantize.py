@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from core.hub.store import read_manifest, write_manifest
 from core.inference import attention, quantize
-from core.inference.decoder import Decoder, generate, supports
+from core.inference.batching import generate
+from core.inference.decoder import Decoder, supports
 from core.inference.engine import LocalEngine
 from core.inference.events import TextDelta
 from core.inference.params import GenerationParams
@@ -197,10 +198,12 @@ def test_the_step_a_cuda_graph_records_computes_what_forward_computes(
     token = decoder.forward(PROMPT[0]).argmax().view(1)
     for _ in range(12):
         stepped = decoder.step(token, torch.tensor([decoder.length]))
-        cache = decoder._keys.clone(), decoder._values.clone()
+        cache = decoder.cache.keys.clone(), decoder.cache.values.clone()
         expected = decoder.forward(token)  # the same token into the same slot, the same logits
         torch.testing.assert_close(stepped, expected, atol=0.005, rtol=0)  # bf16 rounding at most
-        for written_by_step, written_by_forward in zip(cache, (decoder._keys, decoder._values), strict=True):
+        for written_by_step, written_by_forward in zip(
+            cache, (decoder.cache.keys, decoder.cache.values), strict=True
+        ):
             torch.testing.assert_close(written_by_step, written_by_forward, atol=0.005, rtol=0)
         token = expected.argmax().view(1)
 

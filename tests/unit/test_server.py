@@ -87,6 +87,7 @@ def test_errors_are_openai_style(engine: LocalEngine) -> None:
 
 
 def test_beyond_the_queue_cap_gets_429_with_retry_after(engine: LocalEngine) -> None:
+    engine.parallel = 1  # one reply runs, one waits: the third is refused
     with serving(engine) as url:
         client = _client(url)
         running = client.chat.completions.create(

@@ -1,0 +1,176 @@
+"""Continuous batching: every running reply advances in the same pass over the weights.
+
+Decoding a small model is bound by reading its weights, once per step whatever the number of
+sequences: a step for three replies costs about 1.5 of a step for one on a 2-core CPU (int4). A reply
+joins the running batch at the next step: its prompt goes in by parts beside the others' tokens
+(PREFILL_BESIDE tokens a step, so a long prompt does not freeze them; PREFILL_ALONE when nobody else
+waits for a token), and it leaves when it ends or is stopped. Each keeps its own sampling, seed, stop
+and statistics (vLLM's scheduler and llama.cpp's server slots work alike).
+
+`Batch` is the synchronous heart (one `step` at a time, on the calling thread); `Batcher` runs it on
+the engine's torch thread for as long as replies are in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from core.inference.decoder import Decoder, KvCache, Segment
+from core.inference.sampler import TokenChooser
+
+PREFILL_ALONE = 512  # prompt tokens a step when no other reply is decoding (bounds a long prompt's memory)
+PREFILL_BESIDE = 64  # prompt tokens a step beside decoding replies (~0.15 s on 2 cores for Qwen2.5-0.5B)
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Request:
+    """One reply in the batch: its prompt, how it chooses and ends, and where it stands."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    chooser: TokenChooser
+    end_ids: frozenset[int]
+    on_token: Callable[[int], bool]  # called after each token; True stops the reply
+    stop: threading.Event = field(default_factory=threading.Event)
+    done: Future[list[int]] = field(default_factory=Future)  # the generated ids, or the error
+    generated: list[int] = field(default_factory=list)
+    cache: KvCache | None = None
+    prefilled: int = 0  # prompt tokens in the cache
+
+    @property
+    def decoding(self) -> bool:
+        return self.prefilled == len(self.prompt)
+
+
+class Batch:
+    """The replies being generated together; `step` advances all of them by one pass."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self.active: list[Request] = []
+
+    def add(self, request: Request) -> None:
+        """Start a reply: its cache is the decoder's own when no one else runs (on CUDA only that one is
+        replayed as a CUDA graph), else its own."""
+        capacity = len(request.prompt) + request.max_new_tokens
+        if self.active:
+            request.cache = KvCache(self.decoder, capacity)
+        else:
+            request.cache = self.decoder.reset(capacity)
+        self.active.append(request)
+
+    def step(self) -> None:
+        """Drop stopped replies, then one pass: a token for each decoding reply, a part of waiting
+        prompts; choose the next token of each reply that has its logits."""
+        for request in [r for r in self.active if r.stop.is_set()]:
+            self._finish(request)
+        if not self.active:
+            return
+        decoding = [r for r in self.active if r.decoding]
+        segments = [Segment(r.cache, self._last_token(r)) for r in decoding]
+        served = list(decoding)
+        budget = PREFILL_BESIDE if decoding else PREFILL_ALONE
+        for request in (r for r in self.active if not r.decoding):
+            if budget <= 0:
+                break
+            part = request.prompt[request.prefilled : request.prefilled + budget]
+            segments.append(Segment(request.cache, torch.tensor(part, device=self.decoder.device)))
+            request.prefilled += len(part)
+            budget -= len(part)
+            served.append(request)
+        try:
+            logits = self.decoder.run(segments)
+        except Exception as exc:  # every reply in this pass fails with it
+            for request in served:
+                self._finish(request, exc)
+            return
+        for request, row in zip(served, logits, strict=True):
+            if request.decoding:
+                self._choose(request, row)
+
+    def _last_token(self, request: Request) -> torch.Tensor:
+        return torch.tensor(request.generated[-1:], device=self.decoder.device)
+
+    def _choose(self, request: Request, logits: torch.Tensor) -> None:
+        token = request.chooser.choose(logits)
+        request.generated.append(token)
+        stopped = request.on_token(token)
+        if stopped or token in request.end_ids or len(request.generated) >= request.max_new_tokens:
+            self._finish(request)
+
+    def _finish(self, request: Request, error: BaseException | None = None) -> None:
+        self.active.remove(request)
+        request.cache = None
+        if error is None:
+            request.done.set_result(request.generated)
+        else:
+            request.done.set_exception(error)
+
+
+class Batcher:
+    """A `Batch` run on the engine's torch thread while it holds replies; `submit` from any thread."""
+
+    def __init__(self, decoder: Decoder, run_on_torch: Callable[[Callable[[], None]], object]) -> None:
+        self._batch = Batch(decoder)
+        self._run_on_torch = run_on_torch
+        self._lock = threading.Lock()
+        self._joining: list[Request] = []
+        self._looping = False
+
+    def submit(self, request: Request) -> Future[list[int]]:
+        """Add a reply to the batch at its next step; its `done` resolves when it ends."""
+        with self._lock:
+            self._joining.append(request)
+            if not self._looping:
+                self._looping = True
+                self._run_on_torch(self._loop)
+        return request.done
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    joining, self._joining = self._joining, []
+                    if not joining and not self._batch.active:
+                        self._looping = False
+                        return
+                for request in joining:
+                    self._batch.add(request)
+                with torch.inference_mode():
+                    self._batch.step()
+        except BaseException as exc:  # a bug here must not leave readers waiting forever
+            logger.exception("the batch loop failed")
+            with self._lock:
+                self._looping = False
+                stranded, self._joining = self._joining + self._batch.active, []
+                self._batch.active.clear()
+            for request in stranded:
+                if not request.done.done():
+                    request.done.set_exception(exc)
+
+
+def generate(
+    decoder: Decoder,
+    prompt: list[int],
+    max_new_tokens: int,
+    chooser: TokenChooser,
+    end_ids: Iterable[int],
+    on_token: Callable[[int], bool | None],
+) -> list[int]:
+    """One reply alone, on this thread: the generated ids (the end id kept, as transformers keeps it);
+    `on_token(id)` after each, True stops it."""
+    batch = Batch(decoder)
+    request = Request(
+        prompt, max_new_tokens, chooser, frozenset(end_ids), lambda token: bool(on_token(token))
+    )
+    batch.add(request)
+    while batch.active:
+        batch.step()
+    return request.done.result()

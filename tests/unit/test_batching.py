@@ -1,0 +1,189 @@
+"""Continuous batching: replies generated together are the replies generated alone, whoever joins or
+stops when; the engine runs concurrent replies together up to its setting and what memory holds."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.inference import attention
+from core.inference.batching import PREFILL_BESIDE, Batch, Request, generate
+from core.inference.decoder import Decoder
+from core.inference.engine import LocalEngine
+from core.inference.events import Finished, TextDelta
+from core.inference.params import GenerationParams
+from core.inference.sampler import Sampling, TokenChooser
+from core.inference.sizing import MemoryEstimate, replies_that_fit
+from tests.fixtures.tiny_models import build_tiny_model, install_ready
+from tests.unit.test_quantize import load, prepare_for_decoder
+
+NEW_TOKENS = 24
+SAMPLINGS = (  # greedy with a penalty, and seeded sampling: each request keeps its own
+    Sampling(repetition_penalty=1.3),
+    Sampling(temperature=0.9, top_k=20, top_p=0.9, seed=7),
+    Sampling(temperature=1.1, min_p=0.05, seed=11),
+)
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny_models: dict[str, Path]) -> Decoder:
+    # float32, projections fused as the engine fuses them: batched and alone agree to the last bit
+    # that can change a choice.
+    model = load(tiny_models["llama"], attention.NAME, dtype=torch.float32)
+    prepare_for_decoder(model, torch.float32, "fused")
+    return Decoder(model)
+
+
+def prompts(vocabulary: int) -> list[list[int]]:
+    """Three prompts of different lengths; the last is longer than a step's prefill beside others."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = (5, 12, PREFILL_BESIDE * 2 + 17)
+    return [torch.randint(3, vocabulary, (n,), generator=generator).tolist() for n in lengths]
+
+
+def request(
+    decoder: Decoder, prompt: list[int], sampling: Sampling, stop_after: int | None = None
+) -> Request:
+    chooser = TokenChooser(sampling, decoder.vocabulary, "cpu", seen=prompt)
+    seen: list[int] = []
+
+    def on_token(token: int) -> bool:
+        seen.append(token)
+        return stop_after is not None and len(seen) >= stop_after
+
+    return Request(prompt, NEW_TOKENS, chooser, frozenset(), on_token)
+
+
+def alone(decoder: Decoder, prompt: list[int], sampling: Sampling) -> list[int]:
+    chooser = TokenChooser(sampling, decoder.vocabulary, "cpu", seen=prompt)
+    with torch.inference_mode():
+        return generate(decoder, prompt, NEW_TOKENS, chooser, (), lambda _token: False)
+
+
+def run(batch: Batch, joins: dict[int, list[Request]]) -> None:
+    """Step the batch to the end; `joins[n]`: requests added before step n."""
+    steps = 0
+    with torch.inference_mode():
+        while batch.active or any(n >= steps for n in joins):
+            for joining in joins.get(steps, []):
+                batch.add(joining)
+            batch.step()
+            steps += 1
+
+
+def test_replies_generated_together_are_the_replies_generated_alone(decoder: Decoder) -> None:
+    texts = prompts(decoder.vocabulary)
+    expected = [alone(decoder, prompt, sampling) for prompt, sampling in zip(texts, SAMPLINGS, strict=True)]
+    assert len({tuple(reply) for reply in expected}) == 3
+    together = [request(decoder, prompt, sampling) for prompt, sampling in zip(texts, SAMPLINGS, strict=True)]
+    run(Batch(decoder), {0: together})
+    assert [r.done.result() for r in together] == expected
+
+
+def test_a_request_that_joins_mid_run_gets_the_tokens_it_gets_alone(decoder: Decoder) -> None:
+    texts = prompts(decoder.vocabulary)
+    expected = [alone(decoder, prompt, sampling) for prompt, sampling in zip(texts, SAMPLINGS, strict=True)]
+    first, second, third = (request(decoder, p, s) for p, s in zip(texts, SAMPLINGS, strict=True))
+    # The long prompt joins while two replies decode: it is prefilled in parts beside their tokens.
+    run(Batch(decoder), {0: [first], 5: [second], 9: [third]})
+    assert [r.done.result() for r in (first, second, third)] == expected
+
+
+def test_stopping_one_reply_leaves_the_others_untouched(decoder: Decoder) -> None:
+    texts = prompts(decoder.vocabulary)
+    expected = [alone(decoder, prompt, sampling) for prompt, sampling in zip(texts, SAMPLINGS, strict=True)]
+    stopped_by_reader = request(decoder, texts[0], SAMPLINGS[0])
+    stopped_by_callback = request(decoder, texts[1], SAMPLINGS[1], stop_after=3)
+    going_on = request(decoder, texts[2], SAMPLINGS[2])
+    batch = Batch(decoder)
+    with torch.inference_mode():
+        for each in (stopped_by_reader, stopped_by_callback, going_on):
+            batch.add(each)
+        while len(stopped_by_reader.generated) < 4:
+            batch.step()
+        stopped_by_reader.stop.set()  # Stop pressed, or the client went away
+        run(batch, {})
+    assert stopped_by_reader.done.result() == expected[0][:4]
+    assert stopped_by_callback.done.result() == expected[1][:3]
+    assert going_on.done.result() == expected[2]
+
+
+def test_a_failed_pass_fails_the_replies_in_it_and_the_batch_goes_on(
+    decoder: Decoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Simulates a failure inside the forward pass (out of memory, say), which a test cannot produce.
+    texts = prompts(decoder.vocabulary)
+    batch = Batch(decoder)
+    first = request(decoder, texts[0], SAMPLINGS[0])
+    batch.add(first)
+
+    def failing(*_args: object) -> None:
+        raise RuntimeError("out of memory")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(decoder, "run", failing)
+        batch.step()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        first.done.result()
+    later = request(decoder, texts[1], SAMPLINGS[1])
+    run(batch, {0: [later]})
+    assert later.done.result() == alone(decoder, texts[1], SAMPLINGS[1])
+
+
+def test_replies_that_fit_count_a_cache_each_within_the_free_memory() -> None:
+    gib = 1024**3
+    estimate = MemoryEstimate(
+        weights_bytes=gib, kv_cache_bytes=gib // 4, runtime_bytes=0, read_per_token_bytes=0
+    )
+    assert replies_that_fit(estimate, available_bytes=10 * gib, limit=64) == 28  # (8 - 1) GiB / 0.25 GiB
+    assert replies_that_fit(estimate, available_bytes=10 * gib, limit=4) == 4  # the setting
+    assert replies_that_fit(estimate, available_bytes=gib, limit=4) == 1  # one reply is checked on its own
+
+
+@pytest.fixture(scope="module")
+def endless_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(
+        tmp_path_factory.mktemp("batched") / "m", "llama", hidden_size=64, context=4096, endless=True
+    )
+
+
+def test_the_engine_runs_concurrent_replies_together_up_to_its_setting(
+    tmp_path: Path, endless_model: Path
+) -> None:
+    install_ready(tmp_path / "models", "tiny", endless_model)
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0, parallel=2)
+    engine.load("tiny")
+    messages = [{"role": "user", "content": "Hello"}]
+    lengths = (3000, 300, 300)  # the first runs longest: the second joins it, the third waits
+    events: dict[int, list[tuple[float, object]]] = {0: [], 1: [], 2: []}
+    started = [threading.Event() for _ in events]
+
+    def consume(index: int) -> None:
+        params = GenerationParams(temperature=0, max_new_tokens=lengths[index])
+        for event in engine.stream("tiny", messages, params, ignore_eos=True):
+            events[index].append((time.monotonic(), event))
+            started[index].set()
+
+    threads = [threading.Thread(target=consume, args=(index,)) for index in events]
+    for thread, previous in zip(threads, [None, *started[:-1]], strict=True):
+        if previous is not None:
+            assert previous.wait(30)  # in order: the third asks while the first two run
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(isinstance(received[-1][1], Finished) for received in events.values())
+    first_text = {
+        i: next(t for t, e in received if isinstance(e, TextDelta)) for i, received in events.items()
+    }
+    finished = {i: received[-1][0] for i, received in events.items()}
+    assert first_text[1] < finished[0]  # the second ran beside the first
+    assert first_text[2] >= min(finished[0], finished[1])  # the third waited for a place
+    texts = ["".join(e.text for _, e in received if isinstance(e, TextDelta)) for received in events.values()]
+    assert texts[1] == texts[2]  # the same greedy request, the same reply, batched or not
+    assert texts[0].startswith(texts[1][: len(texts[1]) // 2])
+    assert engine.running == 0
+    engine.unload()

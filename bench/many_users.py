@@ -7,9 +7,10 @@ nothing is downloaded) it starts
 defaults (int4 on the CPU, default sampling: each request sends only its messages and max_tokens), then
 for each N sends N requests at the same moment and prints each user's time to first token and
 decode tokens/s, the aggregate (all completion tokens / wall time from the first request to the last
-token), its ratio to one user alone, and the server's resident memory against the estimate for the
-weights plus N KV caches of the request's length. One warm-up request comes first (not counted). The
-clients run at a lower priority (nice 10): they stand for other machines.
+token), its ratio to one user alone, and the server's resident memory against what the engine plans
+for N replies at once (the weights, and a KV cache at the model's context length for each). One
+warm-up request comes first (not counted). The clients run at a lower priority (nice 10): they stand
+for other machines.
 
 Usage: .venv/bin/python -m bench.many_users [--users 1 2 3 4 8] [--tokens 128] [--prompt-words 12]
        [--models qwen2.5-0.5b tinyllama-1.1b] [--parallel N]
@@ -117,13 +118,13 @@ def serve(models: Path, data: Path, key: str, port: int, parallel: int | None) -
     raise RuntimeError("the server did not start in 10 minutes")
 
 
-def estimate_mb(models: Path, key: str, users: int, context_tokens: int) -> float:
+def planned_mb(models: Path, key: str, users: int) -> float:
+    """What the engine plans for `users` replies at once: the weights and runtime once, a KV cache at the
+    model's chosen context length (not only the request's) for each."""
     from core.inference.engine import LocalEngine
 
-    engine = LocalEngine(models, idle_unload_s=0)
-    estimate = engine.memory_estimate(key)
-    layout_bytes = estimate.kv_cache_bytes / engine.context_tokens(key)
-    return (estimate.after_load_bytes + users * layout_bytes * context_tokens) / 2**20
+    estimate = LocalEngine(models, idle_unload_s=0).memory_estimate(key)
+    return (estimate.after_load_bytes + users * estimate.kv_cache_bytes) / 2**20
 
 
 def main() -> None:
@@ -153,7 +154,7 @@ def main() -> None:
                 print(f"\n{key}: {args.tokens} tokens a user, default sampling, `localllm serve`")
                 print(
                     f"  {'users':>5} {'ttft s (each)':<28} {'t/s each (median)':>17} {'aggregate t/s':>13} "
-                    f"{'x one user':>10} {'RSS MiB':>8} {'est. MiB':>8}"
+                    f"{'x one user':>10} {'RSS MiB':>8} {'plan MiB':>8}"
                 )
                 alone = None
                 for users in args.users:
@@ -163,11 +164,10 @@ def main() -> None:
                     alone = alone or aggregate
                     ttfts = " ".join(f"{r.ttft_s:.2f}" for r in sorted(runs, key=lambda r: r.ttft_s))
                     rss = psutil.Process(server.pid).memory_info().rss / 2**20
-                    context = max(r.prompt_tokens for r in runs) + args.tokens
                     print(
                         f"  {users:>5} {ttfts:<28} {statistics.median(r.tokens_per_s for r in runs):17.1f} "
                         f"{aggregate:13.1f} {aggregate / alone:10.2f} {rss:8.0f} "
-                        f"{estimate_mb(work / 'models', key, users, context):8.0f}"
+                        f"{planned_mb(work / 'models', key, users):8.0f}"
                     )
             finally:
                 server.terminate()

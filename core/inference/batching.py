@@ -4,8 +4,9 @@ Decoding a small model is bound by reading its weights, once per step whatever t
 sequences: a step for three replies costs about 1.5 of a step for one on a 2-core CPU (int4). A reply
 joins the running batch at the next step: its prompt goes in by parts beside the others' tokens
 (PREFILL_BESIDE tokens a step, so a long prompt does not freeze them; PREFILL_ALONE when nobody else
-waits for a token), and it leaves when it ends or is stopped. Each keeps its own sampling, seed, stop
-and statistics (vLLM's scheduler and llama.cpp's server slots work alike).
+waits for a token), prompts in the order they came, and it leaves when it ends or is stopped. Each
+keeps its own sampling, seed, stop and statistics (vLLM's scheduler and llama.cpp's server slots work
+alike).
 
 `Batch` is the synchronous heart (one `step` at a time, on the calling thread); `Batcher` runs it on
 the engine's torch thread for as long as replies are in it.
@@ -78,13 +79,15 @@ class Batch:
         served = list(decoding)
         budget = PREFILL_BESIDE if decoding else PREFILL_ALONE
         for request in (r for r in self.active if not r.decoding):
-            if budget <= 0:
-                break
             part = request.prompt[request.prefilled : request.prefilled + budget]
             segments.append(Segment(request.cache, torch.tensor(part, device=self.decoder.device)))
             request.prefilled += len(part)
             budget -= len(part)
             served.append(request)
+            # Prompts go in one after another: the first reply starts as soon as its own prompt is in,
+            # not once every prompt that arrived with it is (a prompt costs the same by parts).
+            if budget <= 0 or not decoding:
+                break
         try:
             logits = self.decoder.run(segments)
         except Exception as exc:  # every reply in this pass fails with it

@@ -65,9 +65,9 @@ def live_usage() -> None:
     cpu, ram, activity = st.columns(3)
     cpu.metric(t("hardware.cpu_use"), f"{psutil.cpu_percent(interval=None):.0f} %")
     ram.metric(t("hardware.ram_use"), format_bytes(memory.total - memory.available))
-    activity.metric(
-        t("hardware.engine"), t("hardware.generating") if resources.engine().busy else t("hardware.idle")
-    )
+    running = resources.engine().running
+    state = t("hardware.generating_many", count=running) if running > 1 else t("hardware.generating")
+    activity.metric(t("hardware.engine"), state if running else t("hardware.idle"))
 
 
 live_usage()

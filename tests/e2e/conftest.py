@@ -179,11 +179,16 @@ def stop_button(page: Page) -> Locator:
     return page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop")
 
 
+def reply_length(tokens: int) -> None:
+    """The chosen model's replies end after `tokens` tokens (its provider config's max_new_tokens)."""
+    store = ConfigStore(Database(os.environ["LOCALLLM_DB_URL"]))
+    store.update_config(store.get_current_config().id, params=GenerationParams(max_new_tokens=tokens))
+
+
 @pytest.fixture
 def short_replies(slow_model_ready: str) -> str:
     """The slow model, answering in 16 tokens: for tests that need a finished reply, not a long one."""
-    store = ConfigStore(Database(os.environ["LOCALLLM_DB_URL"]))
-    store.update_config(store.get_current_config().id, params=GenerationParams(max_new_tokens=16))
+    reply_length(16)
     return slow_model_ready
 
 

@@ -7,6 +7,7 @@ requests come from 10.231.7.2, a real non-loopback address on a real interface. 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +18,19 @@ import psutil
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.e2e.conftest import LONG_PROMPT, LanHost, RunningApp, running_app, send, stop_button
+from core.access.sign_in import owner_of
+from core.chat.service import ChatService
+from core.storage.db import Database
+from core.storage.records import Message
+from tests.e2e.conftest import (
+    LONG_PROMPT,
+    LanHost,
+    RunningApp,
+    reply_length,
+    running_app,
+    send,
+    stop_button,
+)
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse"
@@ -108,10 +121,19 @@ def test_two_lan_users_chat_at_once_each_in_their_own_conversation(
     claim(bob, "bob", PASSWORD)
     send(alice, "Good morning")  # loads the model, so that the next request starts generating at once
     expect(alice.get_by_text("tokens/s")).to_have_count(1, timeout=60_000)
+    reply_length(2000)  # from now on both replies run long enough to be seen running together
     send(alice, LONG_PROMPT)
-    expect(stop_button(alice)).to_be_visible(timeout=15_000)  # alice's turn runs
+    expect(stop_button(alice)).to_be_visible(timeout=15_000)  # alice's reply runs
     send(bob, "Short question from Bob")
-    expect(bob.get_by_text("Waiting: 2nd in line")).to_be_visible(timeout=15_000)
+    # Bob's reply is generated beside Alice's (one batch), not after it: part of his is saved while
+    # hers is still running (one at a time, his would start once her 2,000 tokens are done).
+    deadline = time.monotonic() + 60
+    while not (bob_reply := newest_reply("bob")) or not bob_reply.content:
+        assert time.monotonic() < deadline, "no part of Bob's reply was saved within 60 s"
+        time.sleep(0.05)
+    assert newest_reply("alice").finish_reason == "interrupted"  # the mark of a reply still running
+    for page in (alice, bob):
+        stop_button(page).click()
     for page, messages in ((alice, 4), (bob, 2)):
         expect(page.get_by_text("tokens/s")).to_have_count(messages // 2, timeout=120_000)  # replies finished
         expect(page.get_by_test_id("stChatMessage")).to_have_count(messages)
@@ -119,6 +141,15 @@ def test_two_lan_users_chat_at_once_each_in_their_own_conversation(
     expect(bob_titles).to_have_count(1)
     expect(bob.get_by_test_id("stSidebar").get_by_text("Good morning")).to_have_count(0)
     expect(alice.get_by_test_id("stSidebar").get_by_text("Short question from Bob")).to_have_count(0)
+
+
+def newest_reply(name: str) -> Message | None:
+    """The newest reply in a LAN user's newest conversation, as stored."""
+    chat = ChatService(Database(os.environ["LOCALLLM_DB_URL"]), provider=lambda: None, owner=owner_of(name))
+    conversations = chat.conversations()
+    if not conversations:
+        return None
+    return next((m for m in reversed(chat.messages(conversations[0].id)) if m.role == "assistant"), None)
 
 
 PROBE = """

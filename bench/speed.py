@@ -241,6 +241,7 @@ def ours_row(models: Path, key: str, args: argparse.Namespace) -> dict:
     words = str(max(1, (args.prompt_tokens - 20) // 8))  # ~8 tokens a word pair here, + the template
     command = ["-c", OURS, str(models), key, words, str(args.tokens)]
     first = run_json(command)  # a model's first load on the CPU quantizes it and keeps the copy
+    os.sync()  # the model and its quantized copy written out before anything is timed
     record = run_json(command)
     return record | {"first_load_s": first["load_s"], "first_peak_rss_mb": first["peak_rss_mb"]}
 

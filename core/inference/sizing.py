@@ -174,8 +174,8 @@ def replies_that_fit(estimate: MemoryEstimate, available_bytes: int, limit: int)
 
 
 # Decode speed with the default sampling / the bound: the lower of the catalog models' "sampled" ratios in
-# bench/speed.py (2026-12-01: Qwen2.5-0.5B 0.56, TinyLlama-1.1B 0.65; greedy 0.64 and 0.68).
-CPU_DECODE_EFFICIENCY = 0.56
+# bench/speed.py (2026-12-01: Qwen2.5-0.5B 0.55, TinyLlama-1.1B 0.71).
+CPU_DECODE_EFFICIENCY = 0.55
 
 
 def decode_tokens_per_s_bound(estimate: MemoryEstimate, bandwidth_bytes_per_s: float) -> float:

@@ -127,11 +127,12 @@ def test_two_lan_users_chat_at_once_each_in_their_own_conversation(
     send(bob, "Short question from Bob")
     # Bob's reply is generated beside Alice's (one batch), not after it: part of his is saved while
     # hers is still running (one at a time, his would start once her 2,000 tokens are done).
+    db = Database(os.environ["LOCALLLM_DB_URL"])  # one connection for the polls (each open copies the WAL)
     deadline = time.monotonic() + 60
-    while not (bob_reply := newest_reply("bob")) or not bob_reply.content:
+    while not (bob_reply := newest_reply(db, "bob")) or not bob_reply.content:
         assert time.monotonic() < deadline, "no part of Bob's reply was saved within 60 s"
-        time.sleep(0.05)
-    assert newest_reply("alice").finish_reason == "interrupted"  # the mark of a reply still running
+        time.sleep(0.2)
+    assert newest_reply(db, "alice").finish_reason == "interrupted"  # the mark of a reply still running
     for page in (alice, bob):
         stop_button(page).click()
     for page, messages in ((alice, 4), (bob, 2)):
@@ -143,9 +144,9 @@ def test_two_lan_users_chat_at_once_each_in_their_own_conversation(
     expect(alice.get_by_test_id("stSidebar").get_by_text("Short question from Bob")).to_have_count(0)
 
 
-def newest_reply(name: str) -> Message | None:
+def newest_reply(db: Database, name: str) -> Message | None:
     """The newest reply in a LAN user's newest conversation, as stored."""
-    chat = ChatService(Database(os.environ["LOCALLLM_DB_URL"]), provider=lambda: None, owner=owner_of(name))
+    chat = ChatService(db, provider=lambda: None, owner=owner_of(name))
     conversations = chat.conversations()
     if not conversations:
         return None

@@ -136,6 +136,7 @@ class Batcher:
                 self._run_on_torch(self._loop)
         return request.done
 
+    @torch.inference_mode()
     def _loop(self) -> None:
         try:
             while True:
@@ -146,8 +147,7 @@ class Batcher:
                         return
                 for request in joining:
                     self._batch.add(request)
-                with torch.inference_mode():
-                    self._batch.step()
+                self._batch.step()
         except BaseException as exc:  # a bug here must not leave readers waiting forever
             logger.exception("the batch loop failed")
             with self._lock:

@@ -160,18 +160,6 @@ class LocalEngine:
         """The memory a model needs here: weights at the precision, one KV cache at its context length."""
         return model_memory(self._ready_dir(key), self.precision(), self.context_tokens(key))
 
-    def memory_check(self, key: str) -> tuple[int, int]:
-        """(bytes needed, bytes available) on the device the model would load on."""
-        device = detect_device(self.device_preference)
-        return self.memory_estimate(key).total_bytes, available_memory(device)
-
-    def replies_at_once(self, key: str, limit: int | None = None) -> int:
-        """How many replies of `key` would run together: the parallel setting (or `limit`), fewer when
-        their KV caches at the chosen context would not fit beside the weights in the memory free now."""
-        device = detect_device(self.device_preference)
-        limit = self._parallel if limit is None else limit
-        return replies_that_fit(self.memory_estimate(key), available_memory(device), limit)
-
     @property
     def parallel(self) -> int:
         """Replies generated together at most (the setting)."""
@@ -195,7 +183,9 @@ class LocalEngine:
             if self._parts and self._parts.info.key == key:
                 return self._parts.info
             directory = self._ready_dir(key)
-            needed, available = self.memory_check(key)
+            device = detect_device(self.device_preference)
+            estimate = self.memory_estimate(key)
+            needed, available = estimate.total_bytes, available_memory(device)
             if needed > available and not force:
                 raise InsufficientMemoryError(
                     f"{key} needs {needed / GIB:.1f} GiB, {available / GIB:.1f} GiB available. "
@@ -204,8 +194,8 @@ class LocalEngine:
                     available=available,
                 )
             self._unload_locked()
-            fit = self.replies_at_once(key, limit=MAX_PARALLEL)  # before the weights take their memory
-            device = detect_device(self.device_preference)
+            # The KV caches that fit beside the weights, measured before the weights take their memory.
+            fit = replies_that_fit(estimate, available_memory(device), MAX_PARALLEL)
             tokenizer, precision, load_id = self.tokenizer(key), self.precision(), next(self._load_ids)
             self._parts = self.on_torch_thread(
                 lambda: load_model(

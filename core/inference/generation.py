@@ -87,8 +87,7 @@ def stream_reply(
         stop.set()
         if not threading.current_thread().name.startswith("engine-torch"):
             wait([worker])  # a collected generator may close anywhere; the outcome is read below
-    if worker.exception() is not None:
-        error = worker.exception()
+    if (error := worker.exception()) is not None:
         raise GenerationError(f"Generation failed: {error}") from error
     completion = len(worker.result())
     reason = "stopped" if stop_requested else "length" if completion >= room else "stop"

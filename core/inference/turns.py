@@ -15,7 +15,7 @@ from core.inference.events import Queued
 
 @dataclass(frozen=True)
 class Ticket:
-    """A place in line for `key`'s model; an exclusive one runs alone (scoring, a model without batching)."""
+    """A place in line for `key`'s model; an exclusive one runs alone (scoring)."""
 
     number: int
     key: str

@@ -4,7 +4,10 @@ Decoding a small model is bound by reading its weights, once per step whatever t
 sequences: a step for three replies costs about 1.5 of a step for one on a 2-core CPU (int4). A reply
 joins the running batch at the next step: its prompt goes in by parts beside the others' tokens
 (PREFILL_BESIDE tokens a step, so a long prompt does not freeze them; PREFILL_ALONE when nobody else
-waits for a token), prompts in the order they came, and it leaves when it ends or is stopped. Each
+waits for a token), prompts in the order they came, and it leaves when it ends or is stopped. Prompts
+that arrive together go in together, in one pass up to the budget: a prompt costs the same by parts
+(compute-bound), so the last of three users waits for three prompts either way, but not also for the
+first user's tokens between them. Each
 keeps its own sampling, seed, stop and statistics (vLLM's scheduler and llama.cpp's server slots work
 alike).
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -27,6 +31,11 @@ from core.inference.sampler import TokenChooser
 
 PREFILL_ALONE = 512  # prompt tokens a step when no other reply is decoding (bounds a long prompt's memory)
 PREFILL_BESIDE = 64  # prompt tokens a step beside decoding replies (~0.15 s on 2 cores for Qwen2.5-0.5B)
+# A batch that starts from idle waits while requests keep arriving, each within GATHER_GAP_S of the last
+# (GATHER_MAX_S at most): requests sent together reach the server a few milliseconds apart (parsing,
+# the chat template), and their prompts then go in one pass instead of one after another.
+GATHER_GAP_S = 0.01
+GATHER_MAX_S = 0.05
 logger = logging.getLogger(__name__)
 
 
@@ -84,9 +93,7 @@ class Batch:
             request.prefilled += len(part)
             budget -= len(part)
             served.append(request)
-            # Prompts go in one after another: the first reply starts as soon as its own prompt is in,
-            # not once every prompt that arrived with it is (a prompt costs the same by parts).
-            if budget <= 0 or not decoding:
+            if budget <= 0:
                 break
         try:
             logits = self.decoder.run(segments)
@@ -120,10 +127,17 @@ class Batch:
 class Batcher:
     """A `Batch` run on the engine's torch thread while it holds replies; `submit` from any thread."""
 
-    def __init__(self, decoder: Decoder, run_on_torch: Callable[[Callable[[], None]], object]) -> None:
+    def __init__(
+        self,
+        decoder: Decoder,
+        run_on_torch: Callable[[Callable[[], None]], object],
+        gather: tuple[float, float] = (GATHER_GAP_S, GATHER_MAX_S),
+    ) -> None:
         self._batch = Batch(decoder)
+        self._gather_gap_s, self._gather_max_s = gather
         self._run_on_torch = run_on_torch
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._joining: list[Request] = []
         self._looping = False
 
@@ -131,13 +145,25 @@ class Batcher:
         """Add a reply to the batch at its next step; its `done` resolves when it ends."""
         with self._lock:
             self._joining.append(request)
+            self._arrived.notify()
             if not self._looping:
                 self._looping = True
                 self._run_on_torch(self._loop)
         return request.done
 
+    def _gather(self) -> None:
+        """Wait while requests keep arriving close together (see GATHER_GAP_S), so that they start as one."""
+        deadline = time.monotonic() + self._gather_max_s
+        with self._arrived:
+            while (left := min(self._gather_gap_s, deadline - time.monotonic())) > 0:
+                waiting = len(self._joining)
+                self._arrived.wait(left)
+                if len(self._joining) == waiting:
+                    return
+
     @torch.inference_mode()
     def _loop(self) -> None:
+        self._gather()
         try:
             while True:
                 with self._lock:

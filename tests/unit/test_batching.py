@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
 from core.inference import attention
-from core.inference.batching import PREFILL_BESIDE, Batch, Request, generate
-from core.inference.decoder import Decoder
+from core.inference.batching import PREFILL_BESIDE, Batch, Batcher, Request, generate
+from core.inference.decoder import Decoder, Segment
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, TextDelta
 from core.inference.params import GenerationParams
@@ -91,6 +92,44 @@ def test_a_request_that_joins_mid_run_gets_the_tokens_it_gets_alone(decoder: Dec
     # The long prompt joins while two replies decode: it is prefilled in parts beside their tokens.
     run(Batch(decoder), {0: [first], 5: [second], 9: [third]})
     assert [r.done.result() for r in (first, second, third)] == expected
+
+
+def test_prompts_that_arrive_together_go_in_one_pass(decoder: Decoder) -> None:
+    texts = prompts(decoder.vocabulary)
+    together = [request(decoder, prompt, sampling) for prompt, sampling in zip(texts, SAMPLINGS, strict=True)]
+    batch = Batch(decoder)
+    for each in together:
+        batch.add(each)
+    with torch.inference_mode():
+        batch.step()
+    # All three prompts are in after one pass and each reply has its first token: the last does not also
+    # wait for the first one's tokens between the prompts.
+    assert [len(r.generated) for r in together] == [1, 1, 1]
+
+
+def test_requests_sent_close_together_start_in_the_same_pass(decoder: Decoder) -> None:
+    texts = prompts(decoder.vocabulary)
+    expected = [alone(decoder, texts[index], SAMPLINGS[index]) for index in (0, 1)]
+    passes: list[int] = []
+    real_run = decoder.run
+
+    def counted(segments: list[Segment]) -> torch.Tensor:  # the real pass, its segments counted
+        passes.append(len(segments))
+        return real_run(segments)
+
+    torch_thread = ThreadPoolExecutor(max_workers=1)
+    # A gap far above a thread switch, so that the test does not depend on this machine's load.
+    batcher = Batcher(decoder, torch_thread.submit, gather=(2.0, 10.0))
+    try:
+        decoder.run = counted  # type: ignore[method-assign]
+        first = batcher.submit(request(decoder, texts[0], SAMPLINGS[0]))
+        time.sleep(0.2)  # the second request comes a moment later, as over a network
+        second = batcher.submit(request(decoder, texts[1], SAMPLINGS[1]))
+        assert [first.result(60), second.result(60)] == expected
+    finally:
+        del decoder.run
+        torch_thread.shutdown()
+    assert passes[0] == 2  # both prompts in the first pass
 
 
 def test_stopping_one_reply_leaves_the_others_untouched(decoder: Decoder) -> None:

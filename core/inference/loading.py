@@ -41,6 +41,7 @@ class LoadedParts:
     tokenizer: Any
     decoder: Any
     info: LoadedModel
+    packing: threading.Thread | None = None  # the output head being packed for fbgemm (quantize.py)
 
 
 _IMPORT_LOCK = threading.Lock()
@@ -172,6 +173,7 @@ def load_model(
         gc.collect()  # 16-bit weights that were replaced or read (a full collection: ~0.2 s)
         return_freed_memory_to_os()
     lean = decoder.Decoder(model) if decoder.supports(model) else None
+    packing = quantize.pack_in_background(model.get_output_embeddings()) if scheme else None
     info = LoadedModel(
         key=key,
         device=device,
@@ -183,4 +185,4 @@ def load_model(
         load_s=time.perf_counter() - started,
         runner="decoder" if lean is not None else "generate",
     )
-    return LoadedParts(model, tokenizer, lean, info)
+    return LoadedParts(model, tokenizer, lean, info, packing)

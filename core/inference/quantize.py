@@ -12,10 +12,22 @@ bytes per weight, more tokens per second. Activations stay in the model's dtype.
 Either way the output head (the tied vocabulary) stays int8, as llama.cpp's Q4_K_M keeps its output at
 6 bits, and sibling projections of one input (q/k/v, gate/up) are concatenated before quantizing, so
 each is one kernel call.
+
+The head is most of a decode step (136 M of Qwen2.5-0.5B's 494 M weights), and `_weight_int8pack_mm` is
+compute-bound on a small CPU: 12 ms a token, 16 ms for three. Once the model is loaded it is packed
+for fbgemm's int8 kernel (VNNI dot products: as fast as memory, whatever the rows) on a thread of its
+own, and used from then on (`pack_in_background`). fbgemm multiplies int8 weights by 8-bit activations;
+`packed_matmul` splits each activation row exactly into two 8-bit parts, so what it computes is the
+int8 weights times the activations to 15 bits of their row's largest value (relative error ~3e-5,
+well below the bf16 rounding of the logits), not an 8-bit approximation of them.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +46,8 @@ SCHEMES = tuple(BYTES_PER_WEIGHT)
 # The ranges fit_groups tries besides min/max: levels + stretch steps across it. llama.cpp tries -1 to +1
 # by 0.1; by 0.25 gives most of the gain (bench/quality.py) for 40 % of the quantizing time.
 FIT_STRETCHES = tuple(step / 4 for step in range(-4, 5))
+SPLIT = 254  # packed_matmul: an activation's second 8-bit part counts 1/SPLIT of its first
+logger = logging.getLogger(__name__)
 
 
 def int8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -165,12 +179,24 @@ class QuantizedLinear(nn.Module):
 
 
 class Int8Linear(QuantizedLinear):
-    """nn.Linear with int8 weights and a scale per output channel."""
+    """nn.Linear with int8 weights and a scale per output channel (and, once `pack` ran, the same weights
+    packed for fbgemm, used for a few rows at a time)."""
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(*weight.shape, bias, scale.dtype)
         self.register_buffer("weight", weight)
         self.register_buffer("scale", scale)
+        self.packed: Any = None
+        self.packing = False  # a packed copy is being made or is there (memory: stored_bytes)
+
+    def pack(self) -> None:
+        """Pack the weights for fbgemm (seconds for a whole vocabulary); `product` uses them after."""
+        self.packing = True
+        zeros = torch.zeros(self.out_features, dtype=torch.long)
+        with warnings.catch_warnings():  # torch marks its quantized tensors deprecated; packing_works checks
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+            weights = torch._make_per_channel_quantized_tensor(self.weight, self.scale.double(), zeros, 0)
+        self.packed = torch.ops.quantized.linear_prepack(weights, None)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dtype: torch.dtype) -> Int8Linear:
@@ -182,7 +208,65 @@ class Int8Linear(QuantizedLinear):
         return self.scale.dtype
 
     def product(self, rows: torch.Tensor) -> torch.Tensor:
+        packed = self.packed
+        if packed is not None and rows.shape[0] < PROMPT_ROWS:
+            return packed_matmul(rows, packed).to(self.dtype)
         return int8_matmul(rows, self.weight, self.scale)
+
+
+def packed_matmul(rows: torch.Tensor, packed: Any) -> torch.Tensor:
+    """rows (n × in) times fbgemm-packed int8 weights, in float32, the activations exact to 15 bits.
+
+    Each row is scaled to ±127 and split into whole numbers high + low / SPLIT (both within ±127); a
+    last row holding -128 and 127 pins the kernel's dynamic activation range to a scale of exactly 1,
+    so it takes every whole number as it is (rows do not change each other's rounding), and the int32
+    sums are exact.
+    """
+    count, width = rows.shape
+    x = rows.float()
+    largest = x.abs().amax(1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny)
+    scaled = x * (127.0 / largest)
+    high = scaled.round()
+    low = ((scaled - high) * SPLIT).round_()
+    pin = x.new_zeros(1, width)
+    pin[0, 0], pin[0, -1] = -128.0, 127.0
+    out = torch.ops.quantized.linear_dynamic(torch.cat((high, low, pin)), packed)
+    return (out[:count] + out[count : 2 * count] * (1.0 / SPLIT)) * (largest / 127.0)
+
+
+@functools.cache
+def packing_works() -> bool:
+    """Whether this torch build packs int8 weights for fbgemm and `packed_matmul` is exact with them."""
+    try:
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randint(-127, 128, (64, 96), dtype=torch.int8, generator=generator)
+        layer = Int8Linear(weight, torch.full((64,), 0.01), None)
+        layer.pack()
+        rows = torch.randn(3, 96, generator=generator) * torch.tensor([[1.0], [300.0], [0.001]])
+        got = packed_matmul(rows, layer.packed).double()
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    expected = rows.double() @ (weight.double() * 0.01).t()
+    return bool(((got - expected).norm(dim=1) <= 1e-4 * expected.norm(dim=1)).all())
+
+
+def pack_in_background(layer: nn.Module) -> threading.Thread | None:
+    """Pack an int8 layer (the output head) for fbgemm on a thread of its own, where this build can; the
+    layer keeps its own kernel until the packing is done."""
+    if not isinstance(layer, Int8Linear) or layer.weight.device.type != "cpu" or not packing_works():
+        return None
+
+    def pack() -> None:
+        try:
+            layer.pack()
+        except RuntimeError:  # out of memory, say: the layer keeps its own kernel
+            layer.packing = False
+            logger.exception("packing the output head for fbgemm failed")
+
+    layer.packing = True
+    thread = threading.Thread(target=pack, name="pack-head", daemon=True)
+    thread.start()
+    return thread
 
 
 class Int4Linear(QuantizedLinear):
@@ -455,9 +539,11 @@ def quantize_checkpoint(model_dir: Path, dtype: torch.dtype, scheme: str, **opti
 
 
 def stored_bytes(model: Any) -> int:
-    """Bytes held by the model's parameters and buffers (quantized weights, scales, the rest)."""
+    """Bytes held by the model's parameters and buffers (quantized weights, scales, the rest), and by
+    int8 weights packed for fbgemm (or being packed)."""
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    packed = sum(m.weight.numel() for m in model.modules() if isinstance(m, Int8Linear) and m.packing)
+    return sum(t.numel() * t.element_size() for t in tensors.values()) + packed
 
 
 CACHE_FORMAT = "3"  # 3: int4 with fitted group scales and int8 attention projections

@@ -108,8 +108,10 @@ def estimate_memory(
         + attention * (precision.attention_bytes or 0)
         + vocabulary.weights * precision.head_bytes
     )
+    # A quantized head is kept twice: int8 and packed for fbgemm (quantize.pack_in_background).
+    packed_head = vocabulary.weights if precision.head_bytes == 1 else 0
     return MemoryEstimate(
-        int(read + input_table * precision.dtype_bytes),
+        int(read + input_table * precision.dtype_bytes + packed_head),
         layout.bytes_for(context_tokens, precision.dtype_bytes),
         RUNTIME_OVERHEAD_BYTES,
         int(read),

@@ -116,6 +116,55 @@ def test_prompt_rows_and_decode_rows_give_the_same_product() -> None:
     assert int8_matmul(rows[:1], layer.weight, layer.scale).shape == (1, 48)
 
 
+def test_the_packed_head_computes_the_int8_weights_times_the_activations_to_15_bits() -> None:
+    if not quantize.packing_works():
+        pytest.skip("this torch build has no fbgemm packing (the head keeps its own kernel)")
+    torch.manual_seed(2)
+    layer = Int8Linear.from_linear(torch.nn.Linear(96, 4000, bias=False), torch.bfloat16)
+    layer.pack()
+    # Rows six orders of magnitude apart, one with an outlier, as activations have them.
+    rows = torch.randn(4, 96) * torch.tensor([[1.0], [500.0], [0.002], [1.0]])
+    rows[3, 7] = 80.0
+    exact = rows.double() @ (layer.weight.double() * layer.scale.double()[:, None]).t()
+    packed = quantize.packed_matmul(rows, layer.packed).double()
+    assert ((packed - exact).norm(dim=1) / exact.norm(dim=1)).max() < 1e-4
+    # fbgemm's own 8-bit rounding of the activations, one range for all rows, loses the small rows.
+    rounded = torch.ops.quantized.linear_dynamic(rows, layer.packed).double()
+    assert ((rounded - exact).norm(dim=1) / exact.norm(dim=1)).max() > 0.5
+    # A row's product does not depend on the rows beside it: a reply gets the same logits alone.
+    alone = torch.cat([quantize.packed_matmul(row[None], layer.packed) for row in rows])
+    assert torch.equal(alone, quantize.packed_matmul(rows, layer.packed))
+    decode_rows = rows[:2].bfloat16()  # a decode step's rows take the packed weights
+    assert torch.equal(
+        layer.matmul(decode_rows), quantize.packed_matmul(decode_rows, layer.packed).bfloat16()
+    )
+
+
+def test_the_engine_packs_the_head_after_loading_and_replies_stay_the_same(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    if not quantize.packing_works():
+        pytest.skip("this torch build has no fbgemm packing (the head keeps its own kernel)")
+    install_ready(tmp_path, "tiny", tiny_models["qwen2"])
+    engine = LocalEngine(tmp_path, device="cpu", idle_unload_s=0)
+    engine.load("tiny")
+    parts = engine._parts
+    assert parts is not None and parts.packing is not None
+    parts.packing.join(60)
+    head = parts.model.get_output_embeddings()
+    assert head.packed is not None
+    params = GenerationParams(temperature=0, max_new_tokens=24)
+    messages = [{"role": "user", "content": "Hello"}]
+
+    def reply() -> str:
+        return "".join(e.text for e in engine.stream("tiny", messages, params) if isinstance(e, TextDelta))
+
+    packed_reply = reply()
+    head.packed = None  # the int8 kernel again
+    assert reply() == packed_reply
+    engine.unload()
+
+
 # int4: 2.9 % (qwen2) and 3.1 % (llama) relative error; min/max groups with int4 attention gave 4.2 and 4.1 %.
 @pytest.mark.parametrize(("scheme", "error", "agreement"), [("int8", 0.03, 0.9), ("int4", 0.036, 0.8)])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])

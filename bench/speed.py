@@ -11,7 +11,8 @@ in a fresh process, one after another, on the same machine in the same run:
   the median of each is reported; `python -m core chat KEY
   --stats` prints the same figures. Greedy (temperature 0) and sampled: the defaults a user chats
   with (temperature 0.7, top-p 0.9, repetition penalty 1.1), against llama.cpp's sampler chain with
-  the same settings (its top-k 40 and min-p 0.05 included);
+  the same settings (its top-k 40 and min-p 0.05 included); on a CPU "ours int8" the same with the
+  int8 setting (Settings → "Weights on the CPU"), to compare with llama.cpp's Q8_0;
 - bare: `model.generate` with the very same weights (ours / bare: what the engine adds or saves);
 - reference: `model.generate` in bf16 (fp32 where the CPU has no bf16) with transformers' SDPA;
 - llama.cpp Q8_0 and Q4_K_M through llama-cpp-python, when it is installed (outside requirements.txt)
@@ -88,7 +89,8 @@ from core.inference.engine import LocalEngine
 from core.inference.params import GenerationParams
 from core.hardware import peak_rss_bytes
 models, key, prompt_words, new_tokens = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-engine = LocalEngine(models, idle_unload_s=0)
+options = {"quantization": sys.argv[5]} if len(sys.argv) > 5 else {}  # else the settings' default
+engine = LocalEngine(models, idle_unload_s=0, **options)
 engine.prepare().result()  # as the app does while the page is shown
 started = time.perf_counter()
 loaded = engine.load(key)
@@ -237,9 +239,9 @@ def llama_cpp_rows(source: Path, model: Path, work: Path, args: argparse.Namespa
     return rows
 
 
-def ours_row(models: Path, key: str, args: argparse.Namespace) -> dict:
+def ours_row(models: Path, key: str, args: argparse.Namespace, *quantization: str) -> dict:
     words = str(max(1, (args.prompt_tokens - 20) // 8))  # ~8 tokens a word pair here, + the template
-    command = ["-c", OURS, str(models), key, words, str(args.tokens)]
+    command = ["-c", OURS, str(models), key, words, str(args.tokens), *quantization]
     first = run_json(command)  # a model's first load on the CPU quantizes it and keeps the copy
     os.sync()  # the model and its quantized copy written out before anything is timed
     record = run_json(command)
@@ -270,6 +272,8 @@ def main() -> None:
             source = build(key, work / f"src-{key}")
             install_ready(work / "models", key, source)
             rows: dict[str, dict] = {"ours": ours_row(work / "models", key, args)}
+            if rows["ours"]["device"] == "cpu":  # the int8 setting, against llama.cpp's Q8_0
+                rows["ours int8"] = ours_row(work / "models", key, args, "int8")
             for mode in ("bare", "reference"):
                 rows[mode] = run_json(
                     ["-c", BARE, str(source), mode, str(args.prompt_tokens), str(args.tokens)]
@@ -321,6 +325,10 @@ def _print(key: str, rows: dict[str, dict], bound: float, quality: dict | None) 
             ratios[f"load+ttft ours/{other}"] = (ours["load_s"] + ours["ttft_s"]) / (
                 rows[other]["load_s"] + rows[other]["ttft_s"]
             )
+    if "ours int8" in rows and "llama.cpp Q8_0" in rows:
+        int8, q8 = rows["ours int8"], rows["llama.cpp Q8_0"]
+        ratios["ours int8/llama.cpp Q8_0"] = int8["decode_tps"] / q8["decode_tps"]
+        ratios["sampled ours int8/llama.cpp Q8_0"] = int8["sampled_tps"] / q8["sampled_tps"]
     ratios["peak/steady memory (ours)"] = ours["peak_rss_mb"] / ours["rss_mb"]
     if "first_load_s" in ours:
         ratios["first load s (quantizing)"] = ours["first_load_s"]

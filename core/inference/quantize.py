@@ -231,7 +231,7 @@ def packed_matmul(rows: torch.Tensor, packed: Any) -> torch.Tensor:
     pin = x.new_zeros(1, width)
     pin[0, 0], pin[0, -1] = -128.0, 127.0
     out = torch.ops.quantized.linear_dynamic(torch.cat((high, low, pin)), packed)
-    return (out[:count] + out[count : 2 * count] * (1.0 / SPLIT)) * (largest / 127.0)
+    return out[:count].add_(out[count : 2 * count], alpha=1.0 / SPLIT).mul_(largest / 127.0)
 
 
 @functools.cache

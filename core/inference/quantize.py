@@ -259,7 +259,7 @@ def pack_in_background(layer: nn.Module) -> threading.Thread | None:
     def pack() -> None:
         try:
             layer.pack()
-        except RuntimeError:  # out of memory, say: the layer keeps its own kernel
+        except (RuntimeError, MemoryError):  # out of memory, say: the layer keeps its own kernel
             layer.packing = False
             logger.exception("packing the output head for fbgemm failed")
 

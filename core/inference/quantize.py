@@ -224,7 +224,7 @@ def packed_matmul(rows: torch.Tensor, packed: Any) -> torch.Tensor:
     """
     count, width = rows.shape
     x = rows.float()
-    largest = x.abs().amax(1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny)
+    largest = x.abs().amax(1, keepdim=True).clamp_(min=1e-30)  # 127 / it stays finite for a zero row
     scaled = x * (127.0 / largest)
     high = scaled.round()
     low = ((scaled - high) * SPLIT).round_()

@@ -126,7 +126,9 @@ def _what_the_browsers_show(item: pytest.Item) -> str:
                 text = f"(unreadable: {exc})"
             lines += [f"== page {page.url}", text[-1_500:]]
     env = item.funcargs.get("isolated_env")
-    for log in sorted(Path(env).glob("*.log")) if isinstance(env, Path) else []:
+    # The apps' consoles, and the engine's own log (its failures are logged there, not on the console).
+    logs = [*Path(env).glob("*.log"), *Path(env).glob("data/logs/*.log")] if isinstance(env, Path) else []
+    for log in sorted(logs):
         lines += [f"== {log.name}", *log.read_text(errors="replace").splitlines()[-25:]]
     return "\n".join(lines)
 

@@ -130,7 +130,9 @@ def test_two_lan_users_chat_at_once_each_in_their_own_conversation(
     db = Database(os.environ["LOCALLLM_DB_URL"])  # one connection for the polls (each open copies the WAL)
     deadline = time.monotonic() + 60
     while not (bob_reply := newest_reply(db, "bob")) or not bob_reply.content:
-        assert time.monotonic() < deadline, "no part of Bob's reply was saved within 60 s"
+        assert time.monotonic() < deadline, (
+            f"no part of Bob's reply was saved within 60 s: {stored(db, 'bob')}"
+        )
         time.sleep(0.2)
     assert newest_reply(db, "alice").finish_reason == "interrupted"  # the mark of a reply still running
     for page in (alice, bob):
@@ -142,6 +144,16 @@ def test_two_lan_users_chat_at_once_each_in_their_own_conversation(
     expect(bob_titles).to_have_count(1)
     expect(bob.get_by_test_id("stSidebar").get_by_text("Good morning")).to_have_count(0)
     expect(alice.get_by_test_id("stSidebar").get_by_text("Short question from Bob")).to_have_count(0)
+
+
+def stored(db: Database, name: str) -> list[str]:
+    """A LAN user's stored messages in short (for a failure's message): role, finish, length."""
+    chat = ChatService(db, provider=lambda: None, owner=owner_of(name))
+    return [
+        f"{c.id}:{m.role}/{m.finish_reason}/{len(m.content)}"
+        for c in chat.conversations()
+        for m in chat.messages(c.id)
+    ]
 
 
 def newest_reply(db: Database, name: str) -> Message | None:

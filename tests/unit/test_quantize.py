@@ -134,6 +134,7 @@ def test_the_packed_head_computes_the_int8_weights_times_the_activations_to_15_b
     # A row's product does not depend on the rows beside it: a reply gets the same logits alone.
     alone = torch.cat([quantize.packed_matmul(row[None], layer.packed) for row in rows])
     assert torch.equal(alone, quantize.packed_matmul(rows, layer.packed))
+    assert torch.equal(quantize.packed_matmul(torch.zeros(1, 96), layer.packed), torch.zeros(1, 4000))
     decode_rows = rows[:2].bfloat16()  # a decode step's rows take the packed weights
     assert torch.equal(
         layer.matmul(decode_rows), quantize.packed_matmul(decode_rows, layer.packed).bfloat16()

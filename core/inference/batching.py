@@ -4,12 +4,11 @@ Decoding a small model is bound by reading its weights, once per step whatever t
 sequences: a step for three replies costs about 1.5 of a step for one on a 2-core CPU (int4). A reply
 joins the running batch at the next step: its prompt goes in by parts beside the others' tokens
 (PREFILL_BESIDE tokens a step, so a long prompt does not freeze them; PREFILL_ALONE when nobody else
-waits for a token), prompts in the order they came, and it leaves when it ends or is stopped. Prompts
-that arrive together go in together, in one pass up to the budget: a prompt costs the same by parts
-(compute-bound), so the last of three users waits for three prompts either way, but not also for the
-first user's tokens between them. Each
+waits for a token), prompts in the order they came, and it leaves when it ends or is stopped. Each
 keeps its own sampling, seed, stop and statistics (vLLM's scheduler and llama.cpp's server slots work
-alike).
+alike). Prompts that arrive together go in together, in one pass up to the budget: a prompt costs the
+same by parts (compute-bound), so the last of three users waits for three prompts either way, but not
+also for the first user's tokens between them.
 
 `Batch` is the synchronous heart (one `step` at a time, on the calling thread); `Batcher` runs it on
 the engine's torch thread for as long as replies are in it.
@@ -163,8 +162,8 @@ class Batcher:
 
     @torch.inference_mode()
     def _loop(self) -> None:
-        self._gather()
         try:
+            self._gather()
             while True:
                 with self._lock:
                     joining, self._joining = self._joining, []

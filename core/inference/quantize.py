@@ -193,10 +193,16 @@ class Int8Linear(QuantizedLinear):
         """Pack the weights for fbgemm (seconds for a whole vocabulary); `product` uses them after."""
         self.packing = True
         zeros = torch.zeros(self.out_features, dtype=torch.long)
-        with warnings.catch_warnings():  # torch marks its quantized tensors deprecated; packing_works checks
-            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
-            weights = torch._make_per_channel_quantized_tensor(self.weight, self.scale.double(), zeros, 0)
-        self.packed = torch.ops.quantized.linear_prepack(weights, None)
+        try:
+            with (
+                warnings.catch_warnings()
+            ):  # torch marks its quantized tensors deprecated; packing_works checks
+                warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+                weights = torch._make_per_channel_quantized_tensor(self.weight, self.scale.double(), zeros, 0)
+            self.packed = torch.ops.quantized.linear_prepack(weights, None)
+        except BaseException:
+            self.packing = False  # no second copy after all
+            raise
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dtype: torch.dtype) -> Int8Linear:
@@ -260,10 +266,9 @@ def pack_in_background(layer: nn.Module) -> threading.Thread | None:
         try:
             layer.pack()
         except (RuntimeError, MemoryError):  # out of memory, say: the layer keeps its own kernel
-            layer.packing = False
             logger.exception("packing the output head for fbgemm failed")
 
-    layer.packing = True
+    layer.packing = True  # counted from now on (the load reports its memory before the thread is done)
     thread = threading.Thread(target=pack, name="pack-head", daemon=True)
     thread.start()
     return thread

@@ -95,7 +95,9 @@ def create_app(
         fit = await run_in_threadpool(engine.fit_prompt, body.model, messages, wanted)
         params = _params(body, fit.max_new_tokens)
         stop = threading.Event()
-        events = engine.stream(body.model, messages, params, stop)
+        # A client's later turns may start from its earlier replies' caches, never from another's.
+        client = request.client.host if request.client else ""
+        events = engine.stream(body.model, messages, params, stop, owner=f"api-{client}")
         try:
             first = await run_in_threadpool(next, events)  # the queue cap is checked on the first step
         except LocalLLMError as exc:

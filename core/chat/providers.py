@@ -38,7 +38,11 @@ class ChatProvider(Protocol):
         stop: threading.Event,
         *,
         ignore_eos: bool = False,
-    ) -> Iterator[Event]: ...
+        owner: str = "",
+    ) -> Iterator[Event]:
+        """The reply's events; `owner` (the conversation): whose earlier turns' caches the local engine
+        may start from (a remote server keeps its own)."""
+        ...
 
 
 class LocalProvider:
@@ -71,8 +75,9 @@ class LocalProvider:
         stop: threading.Event,
         *,
         ignore_eos: bool = False,
+        owner: str = "",
     ) -> Iterator[Event]:
-        return self.engine.stream(self.model, messages, params, stop, ignore_eos=ignore_eos)
+        return self.engine.stream(self.model, messages, params, stop, ignore_eos=ignore_eos, owner=owner)
 
 
 REMOTE_CONTEXT_TOKENS = 8192  # assumed when a server does not say; trimming uses it
@@ -145,6 +150,7 @@ class OpenAICompatibleProvider:
         stop: threading.Event,
         *,
         ignore_eos: bool = False,
+        owner: str = "",
     ) -> Iterator[Event]:
         import openai
 

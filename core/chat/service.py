@@ -310,7 +310,8 @@ class ChatService:
         text, saved_at = "", time.monotonic()
         finished = False
         try:
-            for event in provider.stream(messages, params, stop, ignore_eos=ignore_eos):
+            owner = f"conversation-{conversation_id}"
+            for event in provider.stream(messages, params, stop, ignore_eos=ignore_eos, owner=owner):
                 if isinstance(event, TextDelta):
                     text += event.text
                     if time.monotonic() - saved_at > SAVE_EVERY_S:

@@ -8,7 +8,8 @@ waits for a token), prompts in the order they came, and it leaves when it ends o
 keeps its own sampling, seed, stop and statistics (vLLM's scheduler and llama.cpp's server slots work
 alike). Prompts that arrive together go in together, in one pass up to the budget: a prompt costs the
 same by parts (compute-bound), so the last of three users waits for three prompts either way, but not
-also for the first user's tokens between them.
+also for the first user's tokens between them. A prompt that starts like a finished reply's tokens
+(the next turn of a conversation) starts from its kept cache (core.inference.reuse).
 
 `Batch` is the synchronous heart (one `step` at a time, on the calling thread); `Batcher` runs it on
 the engine's torch thread for as long as replies are in it.
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from core.inference.decoder import Decoder, KvCache, Segment
+from core.inference.reuse import KeptCaches
 from core.inference.sampler import TokenChooser
 
 PREFILL_ALONE = 512  # prompt tokens a step when no other reply is decoding (bounds a long prompt's memory)
@@ -50,6 +52,7 @@ class Request:
     stop: threading.Event = field(default_factory=threading.Event)
     done: Future[list[int]] = field(default_factory=Future)  # the generated ids, or the error
     generated: list[int] = field(default_factory=list)
+    owner: str = ""  # whose kept caches it may start from (core.inference.reuse)
     cache: KvCache | None = None
     prefilled: int = 0  # prompt tokens in the cache
 
@@ -61,19 +64,43 @@ class Request:
 class Batch:
     """The replies being generated together; `step` advances all of them by one pass."""
 
-    def __init__(self, decoder: Decoder) -> None:
+    def __init__(self, decoder: Decoder, caches_at_most: Callable[[], int] = lambda: 0) -> None:
+        """`caches_at_most()`: running and kept caches together (the replies memory was planned for)."""
         self.decoder = decoder
         self.active: list[Request] = []
+        self.kept = KeptCaches()
+        self._caches_at_most = caches_at_most
 
     def add(self, request: Request) -> None:
-        """Start a reply: its cache is the decoder's own when no one else runs (on CUDA only that one is
-        replayed as a CUDA graph), else its own."""
+        """Start a reply from the longest prefix of its prompt that a kept cache of the same owner holds:
+        in the decoder's own cache when it starts alone on CUDA (only that one is replayed as a CUDA
+        graph), else in the kept cache itself when it is large enough, else in a new one."""
         capacity = len(request.prompt) + request.max_new_tokens
-        if self.active:
-            request.cache = KvCache(self.decoder, capacity)
+        source, shared = self.kept.best(request.owner, request.prompt)
+        if not self.active and self.decoder.use_graphs:
+            self.kept.discard(self.decoder.cache)  # rewritten from here on
+            cache = self.decoder.reset(capacity)
+        elif source is not None and source.cache.capacity >= capacity:
+            self.kept.discard(source.cache)
+            cache = source.cache
         else:
-            request.cache = self.decoder.reset(capacity)
+            cache = KvCache(self.decoder, capacity)
+        if source is not None:
+            if source.cache is not cache:
+                cache.copy_prefix(source.cache, shared)
+            logger.info("prompt of %d tokens: %d from a kept cache", len(request.prompt), shared)
+        cache.length = request.prefilled = shared
+        request.cache = cache
         self.active.append(request)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Keep at most as many caches as planned for, running ones first (the oldest kept go)."""
+        most = self._caches_at_most() - len(self.active)
+        own = self.decoder.cache
+        if own.capacity and not self.kept.holds(own) and all(r.cache is not own for r in self.active):
+            most -= 1  # the decoder's own cache, idle, still holds its memory
+        self.kept.trim(most)
 
     def step(self) -> None:
         """Drop stopped replies, then one pass: a token for each decoding reply, a part of waiting
@@ -116,8 +143,11 @@ class Batch:
 
     def _finish(self, request: Request, error: BaseException | None = None) -> None:
         self.active.remove(request)
-        request.cache = None
+        cache, request.cache = request.cache, None
         if error is None:
+            if cache is not None:  # it holds the prompt and the reply but the last token chosen
+                self.kept.keep(request.owner, (request.prompt + request.generated)[: cache.length], cache)
+                self._trim()
             request.done.set_result(request.generated)
         else:
             request.done.set_exception(error)
@@ -131,8 +161,9 @@ class Batcher:
         decoder: Decoder,
         run_on_torch: Callable[[Callable[[], None]], object],
         gather: tuple[float, float] = (GATHER_GAP_S, GATHER_MAX_S),
+        caches_at_most: Callable[[], int] = lambda: 0,
     ) -> None:
-        self._batch = Batch(decoder)
+        self._batch = Batch(decoder, caches_at_most)
         self._gather_gap_s, self._gather_max_s = gather
         self._run_on_torch = run_on_torch
         self._lock = threading.Lock()

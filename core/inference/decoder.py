@@ -92,6 +92,11 @@ class KvCache:
     def capacity(self) -> int:
         return self.keys.shape[2]
 
+    def copy_prefix(self, source: KvCache, count: int) -> None:
+        """Copy `source`'s keys and values of its first `count` tokens (the length is left to the caller)."""
+        self.keys[:, :, :count] = source.keys[:, :, :count]
+        self.values[:, :, :count] = source.values[:, :, :count]
+
 
 @dataclass(frozen=True)
 class Segment:

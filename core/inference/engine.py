@@ -206,7 +206,10 @@ class LocalEngine:
             if self._parts.decoder is not None:
                 from core.inference.batching import Batcher
 
-                self._batcher = Batcher(self._parts.decoder, self._torch.submit)
+                # Finished replies' caches are kept for the next turn, within the replies planned for.
+                self._batcher = Batcher(
+                    self._parts.decoder, self._torch.submit, caches_at_most=lambda: self._turns.capacity
+                )
                 self._memory_fit = fit
                 self._turns.set_capacity(min(self._parallel, fit))
             else:  # transformers' generate: one reply at a time
@@ -335,10 +338,13 @@ class LocalEngine:
         stop: threading.Event | None = None,
         *,
         ignore_eos: bool = False,
+        owner: str = "",
     ) -> Iterator[Event]:
         """Queue, load if needed, and stream a reply: Queued..., TextDelta..., then Finished.
 
         Setting `stop`, or closing the iterator, ends generation within a token and ends the thread.
+        `owner` (a conversation, an API client): the prompt may start from the KV cache of an earlier
+        reply of the same owner only (core.inference.reuse).
         """
         stop = stop or threading.Event()
         ticket = self._turns.enter(key)
@@ -353,7 +359,7 @@ class LocalEngine:
                 context = self.context_tokens(key)
                 yield from stream_reply(
                     self._parts, messages, params, stop, ignore_eos, context, self._torch.submit,
-                    self._batcher,
+                    self._batcher, owner,
                 )  # fmt: skip
             finally:
                 # A prompt's temporaries (widened weights) are freed by now: hand them back to the OS,

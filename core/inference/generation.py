@@ -60,6 +60,7 @@ def stream_reply(
     context: int,
     run_on_torch: RunOnTorchThread,
     batcher: Batcher | None = None,
+    owner: str = "",
 ) -> Iterator[Event]:
     """TextDelta events as the reply is decoded (prompt and reply within `context` tokens), then
     Finished with its statistics. With a `batcher` (the lean decoder) the reply joins the running
@@ -76,7 +77,7 @@ def stream_reply(
     started = time.perf_counter()
     if batcher is not None:
         worker = batcher.submit(
-            _request(parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos)
+            _request(parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos, owner)
         )
     else:
         worker = run_on_torch(lambda: _generate(parts, inputs, params, streamer, criterion, ignore_eos))
@@ -210,7 +211,7 @@ def end_ids(generation_config: Any) -> set[int]:
 
 def _request(
     parts: LoadedParts, prompt: Any, params: GenerationParams, streamer: Any, criterion: StopOnEvent,
-    ignore_eos: bool,
+    ignore_eos: bool, owner: str,
 ) -> Request:  # fmt: skip
     """The reply as a request for the batch, streamed as generate streams it."""
     from core.inference.batching import Request
@@ -227,6 +228,7 @@ def _request(
         return criterion.token_done()
 
     ends_reply = frozenset() if ignore_eos else frozenset(ends)
-    request = Request(prompt_ids, params.max_new_tokens, chooser, ends_reply, on_token, stop=criterion.event)
+    request = Request(prompt_ids, params.max_new_tokens, chooser, ends_reply, on_token, stop=criterion.event,
+                      owner=owner)  # fmt: skip
     request.done.add_done_callback(lambda _done: streamer.end())
     return request

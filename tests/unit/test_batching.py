@@ -3,8 +3,10 @@ stops when; the engine runs concurrent replies together up to its setting and wh
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,8 +49,9 @@ def prompts(vocabulary: int) -> list[list[int]]:
 
 
 def request(
-    decoder: Decoder, prompt: list[int], sampling: Sampling, stop_after: int | None = None
-) -> Request:
+    decoder: Decoder, prompt: list[int], sampling: Sampling, stop_after: int | None = None, *,
+    owner: str = "", new_tokens: int = NEW_TOKENS,
+) -> Request:  # fmt: skip
     chooser = TokenChooser(sampling, decoder.vocabulary, "cpu", seen=prompt)
     seen: list[int] = []
 
@@ -56,7 +59,7 @@ def request(
         seen.append(token)
         return stop_after is not None and len(seen) >= stop_after
 
-    return Request(prompt, NEW_TOKENS, chooser, frozenset(), on_token)
+    return Request(prompt, new_tokens, chooser, frozenset(), on_token, owner=owner)
 
 
 def alone(decoder: Decoder, prompt: list[int], sampling: Sampling) -> list[int]:
@@ -130,6 +133,86 @@ def test_requests_sent_close_together_start_in_the_same_pass(decoder: Decoder) -
         del decoder.run
         torch_thread.shutdown()
     assert passes[0] == 2  # both prompts in the first pass
+
+
+@contextlib.contextmanager
+def passes(decoder: Decoder) -> Iterator[list[list[int]]]:
+    """The real passes, each recorded as the token counts of its segments."""
+    recorded: list[list[int]] = []
+    real_run = decoder.run
+
+    def counted(segments: list[Segment]) -> torch.Tensor:
+        recorded.append([segment.ids.shape[0] for segment in segments])
+        return real_run(segments)
+
+    decoder.run = counted  # type: ignore[method-assign]
+    try:
+        yield recorded
+    finally:
+        del decoder.run
+
+
+def test_the_next_turn_prefills_only_what_its_conversation_has_not_seen(decoder: Decoder) -> None:
+    first_prompt, sampling = prompts(decoder.vocabulary)[1], SAMPLINGS[0]
+    first_reply = alone(decoder, first_prompt, sampling)
+    question = [5, 6, 7]
+    next_prompt = first_prompt + first_reply + question  # the conversation so far, then a new question
+    expected = alone(decoder, next_prompt, sampling)
+    batch = Batch(decoder, caches_at_most=lambda: 4)
+    first = request(decoder, first_prompt, sampling, owner="ann")
+    run(batch, {0: [first]})
+    assert first.done.result() == first_reply
+
+    by_someone_else = request(decoder, next_prompt, sampling, owner="bob")
+    with passes(decoder) as recorded:
+        run(batch, {0: [by_someone_else]})
+    assert recorded[0] == [len(next_prompt)]  # never from another owner's cache: prefilled whole
+    assert by_someone_else.done.result() == expected
+
+    follow_up = request(decoder, next_prompt, sampling, owner="ann")
+    with passes(decoder) as recorded:
+        run(batch, {0: [follow_up]})
+    # The cache held the first prompt and the reply but its last token: that token and the question go in.
+    assert recorded[0] == [1 + len(question)]
+    assert follow_up.done.result() == expected
+
+
+def test_a_turn_that_joins_running_replies_starts_from_its_kept_cache(decoder: Decoder) -> None:
+    texts = prompts(decoder.vocabulary)
+    first_prompt, sampling = texts[1], SAMPLINGS[0]
+    first_reply = alone(decoder, first_prompt, sampling)
+    next_prompt = first_prompt + first_reply + [9, 8]
+    expected = alone(decoder, next_prompt, sampling)
+    batch = Batch(decoder, caches_at_most=lambda: 4)
+    other = request(decoder, texts[0], SAMPLINGS[2], owner="bob", new_tokens=100)  # runs all along
+    first = request(decoder, first_prompt, sampling, owner="ann")
+    follow_up = request(decoder, next_prompt, sampling, owner="ann")  # outgrows the kept cache: copied
+    again = request(decoder, first_prompt, sampling, owner="ann")  # "regenerate": the kept cache itself
+    with passes(decoder) as recorded:
+        run(batch, {0: [other], 1: [first], 40: [follow_up], 70: [again]})
+    assert recorded[1] == [1, len(first_prompt)]
+    assert recorded[40] == [1, 1 + 2]
+    assert recorded[70] == [1, 1]  # all but the prompt's last token, whose logits the reply needs
+    assert [first.done.result(), follow_up.done.result(), again.done.result()] == [
+        first_reply,
+        expected,
+        first_reply,
+    ]
+
+
+def test_kept_and_running_caches_stay_within_the_replies_planned_for(decoder: Decoder) -> None:
+    texts = prompts(decoder.vocabulary)
+    batch = Batch(decoder, caches_at_most=lambda: 2)
+    finished = [request(decoder, text, SAMPLINGS[0], owner=f"user {n}") for n, text in enumerate(texts)]
+    run(batch, {0: finished})  # all three end in the same step, the first one first
+    assert len(batch.kept) == 2
+    assert batch.kept.best("user 0", texts[0]) == (None, 0)  # the oldest went
+    assert all(batch.kept.best(f"user {n}", texts[n])[1] == len(texts[n]) - 1 for n in (1, 2))
+    with torch.inference_mode():
+        batch.add(request(decoder, texts[0], SAMPLINGS[0], owner="someone"))
+        assert len(batch.kept) == 1
+        batch.add(request(decoder, texts[1], SAMPLINGS[0], owner="someone else"))
+        assert len(batch.kept) == 0  # two running: nothing more is kept
 
 
 def test_stopping_one_reply_leaves_the_others_untouched(decoder: Decoder) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -46,6 +47,23 @@ def test_a_reply_streams_and_is_stored_with_its_stats(chat: ChatService) -> None
     assert reply.finish_reason in ("stop", "length")
     assert reply.ttft_s is not None
     assert reply.model == "tiny"
+
+
+def test_the_next_turn_starts_from_the_cache_of_its_own_conversation_only(
+    chat: ChatService, caplog: pytest.LogCaptureFixture
+) -> None:
+    def reused() -> list[tuple[int, int]]:  # (prompt tokens, of which from a kept cache), per reply
+        return [r.args for r in caplog.records if r.getMessage().endswith("from a kept cache")]  # type: ignore[misc]
+
+    first, other = chat.new_conversation("first"), chat.new_conversation("other")
+    with caplog.at_level(logging.INFO, logger="core.inference.batching"):
+        list(chat.send(first.id, "Hello there"))
+        list(chat.send(other.id, "Hello there"))  # the very same prompt, in another conversation
+        assert reused() == []
+        list(chat.send(first.id, "And then?"))
+    ((prompt_tokens, shared),) = reused()
+    first_prompt = chat.messages(first.id)[1].prompt_tokens
+    assert first_prompt <= shared < prompt_tokens  # the first turn at least; the new question goes in
 
 
 def test_stop_keeps_the_partial_reply_marked_stopped(chat: ChatService, database: Database) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -68,6 +69,21 @@ def test_models_single_and_streamed_replies(engine: LocalEngine) -> None:
         assert text == reply.choices[0].message.content  # greedy: the same reply either way
         assert chunks[-1].usage.completion_tokens == 10
         assert any(c.choices and c.choices[0].finish_reason == "length" for c in chunks)
+
+
+def test_a_clients_next_turn_starts_from_its_earlier_replys_cache(
+    engine: LocalEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    with serving(engine) as url, caplog.at_level(logging.INFO, logger="core.inference.batching"):
+        client = _client(url)
+        first = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0)
+        turn = [*MESSAGES, {"role": "assistant", "content": first.choices[0].message.content},
+                {"role": "user", "content": "And then?"}]  # fmt: skip
+        client.chat.completions.create(model="tiny", messages=turn, max_tokens=8, temperature=0)
+    ((prompt_tokens, shared),) = [
+        r.args for r in caplog.records if r.getMessage().endswith("from a kept cache")
+    ]
+    assert first.usage.prompt_tokens <= shared < prompt_tokens
 
 
 def test_errors_are_openai_style(engine: LocalEngine) -> None:

@@ -45,6 +45,10 @@ class FilesUsed:
 ChatEvent = Event | Trimmed | FilesUsed
 
 
+TRIM_MARKS = 2  # a long history may be cut where its running size passes a multiple of half the budget
+BYTES_PER_TOKEN = 4  # for placing those marks only: ~4 bytes a token in English and in Chinese (UTF-8)
+
+
 def trim_history(
     system_prompt: str,
     turns: Sequence[dict[str, str]],
@@ -53,24 +57,43 @@ def trim_history(
 ) -> tuple[list[dict[str, str]], int]:
     """The system prompt plus the newest turns that fit in `budget_tokens`; returns (messages, dropped).
 
+    A history that no longer fits is cut before a user's turn, at the first of a few fixed marks from
+    which the rest fits: where the turns' running size from the conversation's start passes a multiple
+    of half the budget. The cut then stays put while later turns still fit after it, so turn after
+    turn the prompt starts alike and the engine's kept cache serves it, instead of the whole history
+    being prefilled again at every message (llama.cpp likewise shifts its context by half, not a turn
+    at a time): about half the budget is given up for that at most. The kept turns start with the
+    user's (templates that want user and assistant in turn).
     `count(messages, limit)` may stop counting early above `limit`, so a huge message costs no more
     than the budget to refuse."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    kept: list[dict[str, str]] = []
-    for turn in reversed(turns):
-        candidate = [turn, *kept]
-        if kept and count(system + candidate, budget_tokens) > budget_tokens:
-            break
-        kept = candidate
-    tokens = count(system + kept, budget_tokens)
-    if tokens > budget_tokens:
+    turns = list(turns)
+
+    def tokens_from(start: int) -> int:
+        return count(system + turns[start:], budget_tokens)
+
+    if tokens_from(0) <= budget_tokens:
+        return system + turns, 0
+    first = len(turns)  # the oldest turn from which the rest fits
+    while first > 0 and tokens_from(first - 1) <= budget_tokens:
+        first -= 1
+    if first == len(turns) and (tokens := tokens_from(max(0, first - 1))) > budget_tokens:
         raise ContextLengthError(
             f"The message is too long for this model's context ({tokens} tokens, "
             f"{budget_tokens} available). Shorten it or lower 'max new tokens'.",
             tokens=tokens,
             budget=budget_tokens,
         )
-    return system + kept, len(turns) - len(kept)
+    step = max(1, budget_tokens * BYTES_PER_TOKEN // TRIM_MARKS)
+    marks, before = set(), 0  # marks: where a cut may go (before that turn)
+    for index, turn in enumerate(turns):
+        after = before + len(turn["content"].encode())
+        if after // step > before // step:
+            marks.add(index + 1)
+        before = after
+    users = [i for i in range(first, len(turns)) if turns[i]["role"] == "user"]
+    cut = next((i for i in users if i in marks), users[0] if users else first)
+    return system + turns[cut:], cut
 
 
 class ChatService:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -93,23 +94,40 @@ def test_a_reader_that_leaves_mid_reply_leaves_a_stored_partial(chat: ChatServic
     assert reply.finish_reason == "stopped"
 
 
-def test_trimming_keeps_the_system_prompt_and_the_newest_turns() -> None:
-    def count(messages: list[dict[str, str]], _limit: int) -> int:
-        return sum(len(m["content"].split()) for m in messages)
+def count_words(messages: list[dict[str, str]], _limit: int) -> int:
+    return sum(len(m["content"].split()) for m in messages)
 
+
+def test_trimming_keeps_the_system_prompt_and_the_newest_turns_from_a_question_on() -> None:
     turns = [
         {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} words here"} for i in range(10)
     ]
-    messages, dropped = trim_history("system rules", turns, budget_tokens=14, count=count)
+    messages, dropped = trim_history("system rules", turns, budget_tokens=14, count=count_words)
     assert messages[0] == {"role": "system", "content": "system rules"}
-    assert [m["content"] for m in messages[1:]] == [
-        "turn 7 words here",
-        "turn 8 words here",
-        "turn 9 words here",
-    ]
-    assert dropped == 7
+    # Turns 7 to 9 would fit, but 7 is the model's: the kept history starts with a question.
+    assert [m["content"] for m in messages[1:]] == ["turn 8 words here", "turn 9 words here"]
+    assert dropped == 8
+    assert trim_history("", turns[:3], budget_tokens=14, count=count_words) == (turns[:3], 0)
     with pytest.raises(MessageError, match="too long for this model's context"):
-        trim_history("", [{"role": "user", "content": "word " * 50}], budget_tokens=10, count=count)
+        trim_history("", [{"role": "user", "content": "word " * 50}], budget_tokens=10, count=count_words)
+
+
+def test_a_long_conversation_is_cut_in_steps_so_that_turns_start_alike() -> None:
+    budget, turns, cuts = 600, [], []
+    for _ in range(60):  # 4 bytes a token, as the marks assume
+        turns.append({"role": "user", "content": "ask " * 20})
+        messages, dropped = trim_history("", turns, budget, count_words)
+        assert count_words(messages, budget) <= budget
+        assert messages[0]["role"] == "user"
+        if dropped:
+            assert count_words(messages, budget) >= budget // 2 - 60  # half the budget given up at most
+            cuts.append(dropped)
+        turns.append({"role": "assistant", "content": "say " * 40})
+    assert len(cuts) > 40
+    # The prompt keeps its start for several turns (the newest turns that fit moved it at every turn),
+    # so the engine's kept cache serves them.
+    moves = sum(before != after for before, after in itertools.pairwise(cuts))
+    assert moves <= len(cuts) // 4
 
 
 def test_a_long_history_is_trimmed_with_a_note(chat: ChatService, database: Database) -> None:

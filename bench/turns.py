@@ -11,10 +11,13 @@ a reply, every reply going back into the history as the assistant's message, as 
 - llama.cpp Q8_0 through llama-cpp-python's create_chat_completion (the gguf's chat template), which
   keeps its context between calls and evaluates only what changed (llama-server's cache_prompt).
 
-Prints each turn's prompt tokens and time to first token, and the ratios at the last turn. Random
-weights with the catalog models' configs, as bench/speed.py (the gguf is made the same way).
+With `--context N` every engine is sent the history as the chat page trims it for a context of N
+tokens (core.chat.service.trim_history: cut in steps, so that the prompt keeps its start for
+several turns). Prints each turn's prompt tokens and time to first token, and the ratios at the
+last turn. Random weights with the catalog models' configs, as bench/speed.py (the gguf is made the
+same way).
 
-Usage: .venv/bin/python -m bench.turns [--turns 6] [--models qwen2.5-0.5b] [--llama-cpp DIR]
+Usage: .venv/bin/python -m bench.turns [--turns 6] [--context N] [--models KEY] [--llama-cpp DIR]
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ from pathlib import Path
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, TextDelta
 from core.inference.params import GenerationParams
-models, key, question, reuse = Path(sys.argv[1]), sys.argv[2], sys.argv[4], sys.argv[6] == "1"
-turns, tokens = int(sys.argv[3]), int(sys.argv[5])
+from core.chat.service import trim_history
+models, key, question, reuse = Path(sys.argv[1]), sys.argv[2], sys.argv[4], sys.argv[7] == "1"
+turns, tokens, context = int(sys.argv[3]), int(sys.argv[5]), int(sys.argv[6])
 engine = LocalEngine(models, idle_unload_s=0)
 engine.prepare().result()
 engine.load(key)
@@ -52,15 +56,19 @@ class Cached(logging.Handler):
 batching = logging.getLogger("core.inference.batching")
 batching.setLevel(logging.INFO)
 batching.addHandler(Cached())
+def count(messages, limit):
+    return engine.count_tokens(key, messages, limit)
 def turn(messages, owner):
     cached.clear()
+    if context:  # as the chat page trims a history that outgrows the context
+        messages = trim_history("", messages, context - tokens, count)[0]
     events = list(engine.stream(key, messages, params, owner=owner))
     stats = [e.stats for e in events if isinstance(e, Finished)][0]
     return "".join(e.text for e in events if isinstance(e, TextDelta)), stats
 turn([{"role": "user", "content": "hello"}], "warm-up")
 messages, rows = [], []
 for number in range(turns):
-    messages.append({"role": "user", "content": question})
+    messages.append({"role": "user", "content": f"{number + 1}. {question}"})
     text, stats = turn(messages, "conversation" if reuse else f"turn {number}")
     messages.append({"role": "assistant", "content": text})
     rows.append({"prompt_tokens": stats.prompt_tokens, "cached_tokens": sum(cached), "ttft_s": stats.ttft_s})
@@ -70,11 +78,19 @@ print(json.dumps(rows))
 LLAMA_CPP = r"""
 import json, sys, time
 from llama_cpp import Llama
+from transformers import AutoTokenizer
+from core.chat.service import trim_history
+from core.inference.prompts import count_prompt_tokens
 path, question = sys.argv[1], sys.argv[3]
-turns, tokens, threads = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
+turns, tokens, context, threads = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[7])  # the same trimming as ours
 llm = Llama(model_path=path, n_ctx=8192, n_threads=threads, n_batch=512, verbose=False)
 SAMPLED = {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1, "seed": 0}
+def count(messages, limit):
+    return count_prompt_tokens(tokenizer, messages, limit)
 def turn(messages):
+    if context:
+        messages = trim_history("", messages, context - tokens, count)[0]
     started, first, text = time.perf_counter(), None, ""
     for chunk in llm.create_chat_completion(messages, max_tokens=tokens, stream=True, **SAMPLED):
         delta = chunk["choices"][0]["delta"]
@@ -85,7 +101,7 @@ def turn(messages):
 turn([{"role": "user", "content": "hello"}])
 messages, rows = [], []
 for number in range(turns):
-    messages.append({"role": "user", "content": question})
+    messages.append({"role": "user", "content": f"{number + 1}. {question}"})
     text, ttft = turn(messages)
     messages.append({"role": "assistant", "content": text})
     rows.append({"ttft_s": ttft})
@@ -100,11 +116,12 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=64, help="new tokens a reply")
     parser.add_argument("--question-repeats", type=int, default=1, help="the question sentence, repeated")
+    parser.add_argument("--context", type=int, default=0, help="trim as the chat page does (0: never)")
     parser.add_argument("--models", nargs="+", default=["qwen2.5-0.5b"], choices=list(CONFIGS))
     parser.add_argument("--llama-cpp", type=Path, help="a llama.cpp source tree (for convert_hf_to_gguf.py)")
     args = parser.parse_args()
     question = QUESTION * args.question_repeats
-    common = [str(args.turns), question, str(args.tokens)]
+    common = [str(args.turns), question, str(args.tokens), str(args.context)]
     results: dict[str, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="localllm-turns-") as tmp:
         work = Path(tmp)
@@ -119,7 +136,7 @@ def main() -> None:
                 convert = [sys.executable, "-c", CONVERT, str(args.llama_cpp), str(source), "--outfile"]
                 subprocess.run([*convert, str(gguf), "--outtype", "q8_0"], check=True, capture_output=True)
                 threads = str(os.cpu_count())
-                rows["llama.cpp Q8_0"] = run_json(["-c", LLAMA_CPP, str(gguf), *common, threads])
+                rows["llama.cpp Q8_0"] = run_json(["-c", LLAMA_CPP, str(gguf), *common, threads, str(source)])
                 gguf.unlink()
             results[key] = rows
             _print(key, rows)
@@ -134,8 +151,10 @@ def _print(key: str, rows: dict[str, list[dict]]) -> None:
         times = " ".join(f"{rows[name][number]['ttft_s']:16.3f}" for name in names)
         print(f"  {number + 1:>4} {ours['prompt_tokens']:>6} {ours['cached_tokens']:>6} {times}")
     last = {name: rows[name][-1]["ttft_s"] for name in names}
+    mean = {name: sum(row["ttft_s"] for row in rows[name]) / len(rows[name]) for name in names}
     for name in names[1:]:
-        print(f"  last turn, ours / {name}: {last['ours'] / last[name]:.2f}")
+        ratios = f"last turn {last['ours'] / last[name]:.2f}, mean {mean['ours'] / mean[name]:.2f}"
+        print(f"  ours / {name}: {ratios}")
 
 
 if __name__ == "__main__":

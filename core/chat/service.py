@@ -46,7 +46,6 @@ ChatEvent = Event | Trimmed | FilesUsed
 
 
 TRIM_MARKS = 2  # a long history may be cut where its running size passes a multiple of half the budget
-BYTES_PER_TOKEN = 4  # for placing those marks only: ~4 bytes a token in English and in Chinese (UTF-8)
 
 
 def trim_history(
@@ -84,15 +83,21 @@ def trim_history(
             tokens=tokens,
             budget=budget_tokens,
         )
-    step = max(1, budget_tokens * BYTES_PER_TOKEN // TRIM_MARKS)
-    marks, before = set(), 0  # marks: where a cut may go (before that turn)
+
+    def size(text: str) -> int:  # a turn's text measured as a question (any template takes one)
+        return count([{"role": "user", "content": text}], budget_tokens)
+
+    step, overhead = max(1, budget_tokens // TRIM_MARKS), size("")
+    marks, before, passed = [], 0, False  # marks: the questions a cut may go before
     for index, turn in enumerate(turns):
-        after = before + len(turn["content"].encode())
-        if after // step > before // step:
-            marks.add(index + 1)
+        if passed and turn["role"] == "user":
+            marks.append(index)
+            passed = False
+        after = before + max(0, size(turn["content"]) - overhead)
+        passed |= after // step > before // step
         before = after
     users = [i for i in range(first, len(turns)) if turns[i]["role"] == "user"]
-    cut = next((i for i in users if i in marks), users[0] if users else first)
+    cut = next((i for i in marks if i >= first), users[0] if users else first)
     return system + turns[cut:], cut
 
 

@@ -112,17 +112,18 @@ def test_trimming_keeps_the_system_prompt_and_the_newest_turns_from_a_question_o
         trim_history("", [{"role": "user", "content": "word " * 50}], budget_tokens=10, count=count_words)
 
 
-def test_a_long_conversation_is_cut_in_steps_so_that_turns_start_alike() -> None:
+@pytest.mark.parametrize(("question", "answer"), [(20, 40), (50, 1)])  # marks passed in either turn
+def test_a_long_conversation_is_cut_in_steps_so_that_turns_start_alike(question: int, answer: int) -> None:
     budget, turns, cuts = 600, [], []
-    for _ in range(60):  # 4 bytes a token, as the marks assume
-        turns.append({"role": "user", "content": "ask " * 20})
+    for _ in range(60):
+        turns.append({"role": "user", "content": "ask " * question})
         messages, dropped = trim_history("", turns, budget, count_words)
         assert count_words(messages, budget) <= budget
         assert messages[0]["role"] == "user"
         if dropped:
             assert count_words(messages, budget) >= budget // 2 - 60  # half the budget given up at most
             cuts.append(dropped)
-        turns.append({"role": "assistant", "content": "say " * 40})
+        turns.append({"role": "assistant", "content": "say " * answer})
     assert len(cuts) > 40
     # The prompt keeps its start for several turns (the newest turns that fit moved it at every turn),
     # so the engine's kept cache serves them.

@@ -76,7 +76,8 @@ def trim_history(
     first = len(turns)  # the oldest turn from which the rest fits
     while first > 0 and tokens_from(first - 1) <= budget_tokens:
         first -= 1
-    if first == len(turns) and (tokens := tokens_from(max(0, first - 1))) > budget_tokens:
+    if first == len(turns):  # not even the newest message fits (or the system prompt alone)
+        tokens = tokens_from(max(0, first - 1))
         raise ContextLengthError(
             f"The message is too long for this model's context ({tokens} tokens, "
             f"{budget_tokens} available). Shorten it or lower 'max new tokens'.",
@@ -88,16 +89,19 @@ def trim_history(
         return count([{"role": "user", "content": text}], budget_tokens)
 
     step, overhead = max(1, budget_tokens // TRIM_MARKS), size("")
-    marks, before, passed = [], 0, False  # marks: the questions a cut may go before
+    running = [0]  # the turns' running size before each turn
+    marks, passed = [], False  # marks: the questions a cut may go before
     for index, turn in enumerate(turns):
         if passed and turn["role"] == "user":
             marks.append(index)
             passed = False
-        after = before + max(0, size(turn["content"]) - overhead)
-        passed |= after // step > before // step
-        before = after
+        running.append(running[-1] + max(0, size(turn["content"]) - overhead))
+        passed |= running[-1] // step > running[-2] // step
     users = [i for i in range(first, len(turns)) if turns[i]["role"] == "user"]
-    cut = next((i for i in marks if i >= first), users[0] if users else first)
+    cut = users[0] if users else first
+    mark = next((i for i in marks if i >= first), None)
+    if mark is not None and running[mark] - running[first] <= step:  # half the budget given up at most
+        cut = mark
     return system + turns[cut:], cut
 
 

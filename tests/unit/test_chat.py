@@ -108,6 +108,12 @@ def test_trimming_keeps_the_system_prompt_and_the_newest_turns_from_a_question_o
     assert [m["content"] for m in messages[1:]] == ["turn 8 words here", "turn 9 words here"]
     assert dropped == 8
     assert trim_history("", turns[:3], budget_tokens=14, count=count_words) == (turns[:3], 0)
+    # The only mark left comes after a long reply: cutting there would keep the newest question alone,
+    # more than half the budget given up, so the cut goes where the newest turns that fit begin.
+    sizes = [("user", 10), ("assistant", 10), ("user", 10), ("assistant", 10), ("user", 10),
+             ("assistant", 45), ("user", 10)]  # fmt: skip
+    history = [{"role": role, "content": "w " * words} for role, words in sizes]
+    assert trim_history("", history, budget_tokens=100, count=count_words)[1] == 2
     with pytest.raises(MessageError, match="too long for this model's context"):
         trim_history("", [{"role": "user", "content": "word " * 50}], budget_tokens=10, count=count_words)
 

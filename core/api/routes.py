@@ -40,6 +40,7 @@ from core.api.schemas import (
     Delta,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     Usage,
 )
 from core.errors import LocalLLMError
@@ -147,8 +148,9 @@ def _params(body: ChatCompletionRequest, max_new_tokens: int) -> GenerationParam
 def _usage(stats: ReplyStats) -> Usage:
     total = stats.prompt_tokens + stats.completion_tokens
     return Usage(
-        prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens, total_tokens=total
-    )
+        prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens, total_tokens=total,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=stats.cached_tokens),
+    )  # fmt: skip
 
 
 def _finish_reason(stats: ReplyStats) -> str:

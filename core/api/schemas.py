@@ -83,10 +83,15 @@ class ModelList(_Response):
     data: list[ModelCard]
 
 
+class PromptTokensDetails(_Response):
+    cached_tokens: int  # of the prompt, those an earlier reply's cache held (OpenAI's field)
+
+
 class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class AssistantMessage(_Response):

@@ -351,7 +351,9 @@ class ChatService:
                         saved_at = time.monotonic()
                 elif isinstance(event, Finished):
                     finished = True
-                    self._save_reply(reply_id, text, **asdict(event.stats))
+                    stored = asdict(event.stats)
+                    del stored["cached_tokens"]  # the log has it; the message keeps what the reply cost
+                    self._save_reply(reply_id, text, **stored)
                     logger.info("reply %d by %s: %s", reply_id, event.stats.model, event.stats)
                 yield event
         except GeneratorExit:

@@ -55,6 +55,7 @@ class Request:
     owner: str = ""  # whose kept caches it may start from (core.inference.reuse)
     cache: KvCache | None = None
     prefilled: int = 0  # prompt tokens in the cache
+    cached: int = 0  # of them, those a kept cache held when it started
 
     @property
     def decoding(self) -> bool:
@@ -89,7 +90,7 @@ class Batch:
             if source.cache is not cache:
                 cache.copy_prefix(source.cache, shared)
             logger.info("prompt of %d tokens: %d from a kept cache", len(request.prompt), shared)
-        cache.length = request.prefilled = shared
+        cache.length = request.prefilled = request.cached = shared
         request.cache = cache
         self.active.append(request)
         self._trim()

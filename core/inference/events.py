@@ -16,6 +16,7 @@ class ReplyStats:
     tokens_per_s: float | None
     finish_reason: str  # "stop", "length", "stopped", "error"
     model: str
+    cached_tokens: int = 0  # prompt tokens an earlier reply's kept cache held (not prefilled again)
 
 
 @dataclass(frozen=True)

@@ -75,10 +75,10 @@ def stream_reply(
     streamer = ReplyStreamer(parts.tokenizer, skip_prompt=True, skip_special_tokens=True)
     criterion = StopOnEvent(stop)
     started = time.perf_counter()
+    request = None
     if batcher is not None:
-        worker = batcher.submit(
-            _request(parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos, owner)
-        )
+        request = _request(parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos, owner)
+        worker = batcher.submit(request)
     else:
         worker = run_on_torch(lambda: _generate(parts, inputs, params, streamer, criterion, ignore_eos))
     try:
@@ -92,7 +92,8 @@ def stream_reply(
         raise GenerationError(f"Generation failed: {error}") from error
     completion = len(worker.result())
     reason = "stopped" if stop_requested else "length" if completion >= room else "stop"
-    yield Finished(_stats(parts.info.key, prompt_tokens, completion, started, criterion, reason))
+    cached = request.cached if request else 0
+    yield Finished(_stats(parts.info.key, prompt_tokens, cached, completion, started, criterion, reason))
 
 
 def _prompt(parts: LoadedParts, messages: Sequence[dict[str, str]]) -> Any:
@@ -119,8 +120,9 @@ def _text(streamer: Any, worker: Future[Any]) -> Iterator[TextDelta]:
 
 
 def _stats(
-    key: str, prompt_tokens: int, completion: int, started: float, criterion: StopOnEvent, reason: str
-) -> ReplyStats:
+    key: str, prompt_tokens: int, cached: int, completion: int, started: float, criterion: StopOnEvent,
+    reason: str,
+) -> ReplyStats:  # fmt: skip
     first_token_at = criterion.first_token_at  # the first generated token, visible text or not
     decode_s = time.perf_counter() - first_token_at if first_token_at else 0.0
     return ReplyStats(
@@ -130,6 +132,7 @@ def _stats(
         tokens_per_s=(completion - 1) / decode_s if decode_s > 0 and completion > 1 else None,
         finish_reason=reason,
         model=key,
+        cached_tokens=cached,
     )
 
 

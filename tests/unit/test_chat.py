@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import threading
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from core.chat.providers import LocalProvider, provider_for_config
 from core.chat.service import ChatService, Trimmed, trim_history
 from core.errors import ConfigError, MessageError, NotFoundError
 from core.inference.engine import LocalEngine
-from core.inference.events import Finished, TextDelta
+from core.inference.events import Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
 from core.storage.db import Database
 from tests.fixtures.tiny_models import install_ready
@@ -50,21 +49,17 @@ def test_a_reply_streams_and_is_stored_with_its_stats(chat: ChatService) -> None
     assert reply.model == "tiny"
 
 
-def test_the_next_turn_starts_from_the_cache_of_its_own_conversation_only(
-    chat: ChatService, caplog: pytest.LogCaptureFixture
-) -> None:
-    def reused() -> list[tuple[int, int]]:  # (prompt tokens, of which from a kept cache), per reply
-        return [r.args for r in caplog.records if r.getMessage().endswith("from a kept cache")]  # type: ignore[misc]
+def test_the_next_turn_starts_from_the_cache_of_its_own_conversation_only(chat: ChatService) -> None:
+    def stats(events: list[object]) -> ReplyStats:
+        return next(e.stats for e in events if isinstance(e, Finished))
 
     first, other = chat.new_conversation("first"), chat.new_conversation("other")
-    with caplog.at_level(logging.INFO, logger="core.inference.batching"):
-        list(chat.send(first.id, "Hello there"))
-        list(chat.send(other.id, "Hello there"))  # the very same prompt, in another conversation
-        assert reused() == []
-        list(chat.send(first.id, "And then?"))
-    ((prompt_tokens, shared),) = reused()
-    first_prompt = chat.messages(first.id)[1].prompt_tokens
-    assert first_prompt <= shared < prompt_tokens  # the first turn at least; the new question goes in
+    opening = stats(list(chat.send(first.id, "Hello there")))
+    # The very same prompt in another conversation: prefilled whole.
+    assert stats(list(chat.send(other.id, "Hello there"))).cached_tokens == 0
+    follow_up = stats(list(chat.send(first.id, "And then?")))
+    # The first turn at least came from the kept cache; the new question went in.
+    assert opening.prompt_tokens <= follow_up.cached_tokens < follow_up.prompt_tokens
 
 
 def test_stop_keeps_the_partial_reply_marked_stopped(chat: ChatService, database: Database) -> None:

@@ -79,11 +79,16 @@ def test_a_clients_next_turn_starts_from_its_earlier_replys_cache(
         first = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0)
         turn = [*MESSAGES, {"role": "assistant", "content": first.choices[0].message.content},
                 {"role": "user", "content": "And then?"}]  # fmt: skip
-        client.chat.completions.create(model="tiny", messages=turn, max_tokens=8, temperature=0)
+        second = client.chat.completions.create(model="tiny", messages=turn, max_tokens=8, temperature=0)
     ((prompt_tokens, shared),) = [
         r.args for r in caplog.records if r.getMessage().endswith("from a kept cache")
     ]
-    assert first.usage.prompt_tokens <= shared < prompt_tokens
+    assert first.usage.prompt_tokens <= shared < prompt_tokens == second.usage.prompt_tokens
+    # The client is told, in OpenAI's field, how much of its prompt was not prefilled again.
+    assert (
+        first.usage.prompt_tokens_details.cached_tokens,
+        second.usage.prompt_tokens_details.cached_tokens,
+    ) == (0, shared)
 
 
 def test_errors_are_openai_style(engine: LocalEngine) -> None:

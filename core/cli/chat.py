@@ -96,6 +96,7 @@ def _reply(service: ChatService, conversation_id: int, message: str, ignore_eos:
 def _stats_record(stats: ReplyStats, loaded: LoadedModel, load_s: float) -> dict[str, object]:
     return {
         "prompt_tokens": stats.prompt_tokens,
+        "cached_tokens": stats.cached_tokens,
         "completion_tokens": stats.completion_tokens,
         "ttft_s": stats.ttft_s,
         "decode_tps": stats.tokens_per_s,

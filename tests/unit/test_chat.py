@@ -248,6 +248,7 @@ def test_cli_chat_prompt_with_stats_and_a_piped_repl(tiny_models: dict[str, Path
     assert one.returncode == 0, one.stderr
     stats = json.loads(one.stdout.strip().splitlines()[-1])
     assert stats["completion_tokens"] == 8
+    assert stats["cached_tokens"] == 0  # a new conversation: its prompt prefilled whole
     assert stats["device"] == "cpu"
     assert set(stats) >= {"prompt_tokens", "ttft_s", "decode_tps", "load_s", "peak_rss_mb", "dtype"}
 

@@ -194,9 +194,8 @@ class Int8Linear(QuantizedLinear):
         self.packing = True
         zeros = torch.zeros(self.out_features, dtype=torch.long)
         try:
-            with (
-                warnings.catch_warnings()
-            ):  # torch marks its quantized tensors deprecated; packing_works checks
+            # torch marks its quantized tensors deprecated; packing_works checks that they still work
+            with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
                 weights = torch._make_per_channel_quantized_tensor(self.weight, self.scale.double(), zeros, 0)
             self.packed = torch.ops.quantized.linear_prepack(weights, None)

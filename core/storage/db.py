@@ -21,6 +21,11 @@ from core.storage.migrations import migrate
 
 BUSY_TIMEOUT_S = 30
 WAL_RETRY_S = 0.05
+# SQLite files this process has opened. Copying one of them again (keep_wal_before_opening) would open
+# and close it with plain file calls, and closing any descriptor of a file drops every POSIX lock the
+# process holds on it, SQLite's included: another process could then take the file for its own alone
+# and delete the WAL that this one still writes to (those writes were lost when the app closed).
+_opened_here: set[Path] = set()
 
 
 def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -81,7 +86,8 @@ class Database:
         self.url = url
         path = sqlite_file(url)
         try:
-            kept_wal = files.keep_wal_before_opening(path) if path else None
+            first_open = path is not None and path.resolve() not in _opened_here
+            kept_wal = files.keep_wal_before_opening(path) if path and first_open else None
             self.engine = create_db_engine(url)
             self.found_version = migrate(self.engine)
         except StorageError:
@@ -93,6 +99,8 @@ class Database:
                 url=display_url(url),
             ) from exc
         files.drop_copy(kept_wal)  # it opened: the WAL's rows are in the database now
+        if path is not None:
+            _opened_here.add(path.resolve())
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

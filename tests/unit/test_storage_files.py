@@ -61,6 +61,29 @@ def test_the_wal_copy_is_dropped_when_the_database_opens_fine(db_url: str) -> No
     assert list((sqlite_file(db_url).parent / files.RECOVERY_DIR).iterdir()) == []
 
 
+COUNT_ELSEWHERE = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1])
+print(connection.execute("SELECT count(*) FROM conversations").fetchone()[0])
+connection.close()
+"""
+
+
+def test_opening_the_database_again_in_a_process_loses_no_later_write(db_url: str) -> None:
+    def count_in_another_process() -> int:
+        path = str(sqlite_file(db_url))
+        out = subprocess.run([sys.executable, "-c", COUNT_ELSEWHERE, path], capture_output=True, text=True)
+        return int(out.stdout)
+
+    chat = ChatService(Database(db_url), provider=lambda: None)
+    chat.new_conversation("first")  # in the WAL, with this process's connection open
+    Database(db_url)  # opened again here (the LAN gate does): it must not copy the live files
+    assert count_in_another_process() == 1  # that process closes its connection: the last one, it thought
+    chat.new_conversation("second")
+    # Copying had dropped this process's locks; the other then deleted the WAL this one still wrote to.
+    assert count_in_another_process() == 2
+
+
 def test_backups_restore_and_check(database: Database, db_url: str) -> None:
     chat = ChatService(database, provider=lambda: None)
     chat.new_conversation("before the backup")

@@ -20,6 +20,11 @@ own, and used from then on (`pack_in_background`). fbgemm multiplies int8 weight
 `packed_matmul` splits each activation row exactly into two 8-bit parts, so what it computes is the
 int8 weights times the activations to 15 bits of their row's largest value (relative error ~3e-5,
 well below the bf16 rounding of the logits), not an 8-bit approximation of them.
+
+A prompt is compute-bound where decoding is bound by memory: from PROMPT_ROWS rows on (int8) or
+INT4_PROMPT_ROWS rows (int4, bf16 activations) the weights are unpacked to the activation dtype a slice
+at a time and multiplied with its GEMM (bf16 dot products on CPUs with AVX512-BF16 or AMX), which
+outruns both weight-only kernels there.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ from core.hardware import return_freed_memory_to_os
 
 INT4_GROUP = 32
 PROMPT_ROWS = 32  # from this many rows on (a prompt), dequantizing + a GEMM beats the int8 kernel
+# The same for int4 in bf16 (docs/performance.md, "Prompts"): unpacking costs more, so it pays later.
+INT4_PROMPT_ROWS = 128
+UNPACK_BLOCK = 64  # output features per block of torch's CPU int4 layout (two nibbles: n and n + 32)
+UNPACK_COLUMNS = 2048  # output features unpacked at a time: bounds the temporary bf16 copy
 # Stored bytes per weight, for memory and speed estimates: nibbles + a bf16 scale and zero per group.
 BYTES_PER_WEIGHT = {"int4": 0.5 + 4 / INT4_GROUP, "int8": 1.0}
 SCHEMES = tuple(BYTES_PER_WEIGHT)
@@ -296,7 +305,64 @@ class Int4Linear(QuantizedLinear):
         return self.scales_zeros.dtype
 
     def product(self, rows: torch.Tensor) -> torch.Tensor:
+        if rows.shape[0] >= INT4_PROMPT_ROWS and self.unpackable(rows.dtype):
+            return self.unpacked_product(rows)
         return torch._weight_int4pack_mm_for_cpu(rows, self.packed, INT4_GROUP, self.scales_zeros)
+
+    def unpackable(self, dtype: torch.dtype) -> bool:
+        """Whether `unpacked_product` serves rows in `dtype`: a fast GEMM (bf16), whole layout blocks,
+        and this torch build's layout as `unpack_int4` reads it."""
+        return (
+            dtype == torch.bfloat16 == self.dtype
+            and self.out_features % UNPACK_BLOCK == 0
+            and self.packed.device.type == "cpu"
+            and unpacking_works()
+        )
+
+    def unpacked_product(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows times the weights unpacked to the activation dtype a slice of outputs at a time: for a
+        prompt the GEMM's speed (bf16 dot products) outweighs unpacking, where the int4 kernel is
+        compute-bound."""
+        out = rows.new_empty(rows.shape[0], self.out_features)
+        for start in range(0, self.out_features, UNPACK_COLUMNS):
+            stop = min(start + UNPACK_COLUMNS, self.out_features)
+            torch.mm(rows, unpack_int4(self.packed, self.scales_zeros, start, stop), out=out[:, start:stop])
+        return out
+
+
+def unpack_int4(packed: torch.Tensor, scales_zeros: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Output features start:stop (multiples of UNPACK_BLOCK) of an int4 layer, dequantized and
+    transposed: in × (stop - start), in the scales' dtype.
+
+    torch's CPU layout keeps each block of 64 output features as in × 32 bytes, byte j holding feature
+    j in its low nibble and feature j + 32 in its high one (`unpacking_works` checks it).
+    """
+    inputs, width = packed.shape[1] * 2, stop - start
+    half = UNPACK_BLOCK // 2
+    blocks = packed.view(-1, inputs, half)[start // UNPACK_BLOCK : stop // UNPACK_BLOCK]
+    codes = torch.stack((blocks & 15, blocks >> 4), dim=2)  # blocks × in × 2 × 32: features in order
+    shape = (inputs // INT4_GROUP, INT4_GROUP, width)
+    weight = codes.view(-1, inputs, UNPACK_BLOCK).permute(1, 0, 2).reshape(shape).to(scales_zeros.dtype)
+    # (q - 8) × scale + zero; contiguous scales: broadcasting a strided one is ~9× slower
+    scale = scales_zeros[:, start:stop, 0].contiguous()
+    offset = scales_zeros[:, start:stop, 1] - 8 * scale
+    return weight.mul_(scale.unsqueeze(1)).add_(offset.unsqueeze(1)).view(inputs, width)
+
+
+@functools.cache
+def unpacking_works() -> bool:
+    """Whether `unpack_int4` reads this torch build's int4 layout: the kernel and the unpacked weights
+    give the same product for a random layer."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(UNPACK_BLOCK * 3, INT4_GROUP * 4, generator=generator)
+    try:
+        packed, scales_zeros = quantize_groups(weight, torch.bfloat16)
+        rows = torch.randn(5, weight.shape[1], generator=generator).bfloat16()
+        expected = torch._weight_int4pack_mm_for_cpu(rows, packed, INT4_GROUP, scales_zeros).float()
+        got = (rows @ unpack_int4(packed, scales_zeros, 0, weight.shape[0])).float()
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return bool((got - expected).norm() <= 0.02 * expected.norm())
 
 
 QUANTIZERS = {"int4": Int4Linear.from_linear, "int8": Int8Linear.from_linear}

@@ -19,7 +19,10 @@ from core.inference.events import TextDelta
 from core.inference.params import GenerationParams
 from core.inference.quantize import (
     INT4_GROUP,
+    INT4_PROMPT_ROWS,
     PROMPT_ROWS,
+    UNPACK_BLOCK,
+    UNPACK_COLUMNS,
     Int4Linear,
     Int8Linear,
     fit_groups,
@@ -30,6 +33,7 @@ from core.inference.quantize import (
     quantize_model,
     quantize_rows,
     stored_bytes,
+    unpack_int4,
 )
 from core.inference.sampler import Sampling, TokenChooser
 from tests.fixtures.tiny_models import install_ready
@@ -114,6 +118,38 @@ def test_prompt_rows_and_decode_rows_give_the_same_product() -> None:
     one_by_one = torch.cat([layer(row[None]) for row in rows])  # the decode path: the int8 kernel
     torch.testing.assert_close(together, one_by_one, atol=0.05, rtol=0.02)
     assert int8_matmul(rows[:1], layer.weight, layer.scale).shape == (1, 48)
+
+
+def test_unpacking_int4_gives_the_weights_the_kernel_multiplies_with() -> None:
+    torch.manual_seed(2)
+    weight = torch.randn(UNPACK_COLUMNS + UNPACK_BLOCK, 4 * INT4_GROUP)  # a last slice of one block
+    packed, scales_zeros = quantize_groups(weight, torch.float32)
+    seen = torch._weight_int4pack_mm_for_cpu(torch.eye(weight.shape[1]), packed, INT4_GROUP, scales_zeros)
+    torch.testing.assert_close(unpack_int4(packed, scales_zeros, 0, weight.shape[0]), seen)
+    torch.testing.assert_close(
+        unpack_int4(packed, scales_zeros, UNPACK_BLOCK, 3 * UNPACK_BLOCK), seen[:, 64:192]
+    )
+
+
+def test_a_prompt_through_the_unpacked_int4_weights_gets_the_kernels_product() -> None:
+    torch.manual_seed(3)
+    layer = Int4Linear.from_linear(
+        torch.nn.Linear(4 * INT4_GROUP, UNPACK_COLUMNS + UNPACK_BLOCK), torch.bfloat16
+    )
+    assert layer.unpackable(torch.bfloat16) and not layer.unpackable(torch.float32)
+    rows = torch.randn(INT4_PROMPT_ROWS, layer.in_features, dtype=torch.bfloat16)
+    prompt = layer(rows)  # unpacked weights and a bf16 GEMM
+    kernel = (
+        torch._weight_int4pack_mm_for_cpu(rows, layer.packed, INT4_GROUP, layer.scales_zeros) + layer.bias
+    )
+    assert (prompt.float() - kernel.float()).norm() < 0.01 * kernel.float().norm()  # bf16 rounding
+    odd = Int4Linear.from_linear(torch.nn.Linear(4 * INT4_GROUP, UNPACK_BLOCK + 16), torch.bfloat16)
+    assert not odd.unpackable(torch.bfloat16)  # a partial block: the kernel, whatever the rows
+    odd_rows = rows[:, : odd.in_features]
+    torch.testing.assert_close(
+        odd.product(odd_rows),
+        torch._weight_int4pack_mm_for_cpu(odd_rows, odd.packed, INT4_GROUP, odd.scales_zeros),
+    )
 
 
 def test_the_packed_head_computes_the_int8_weights_times_the_activations_to_15_bits() -> None:

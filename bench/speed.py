@@ -98,8 +98,8 @@ load_s = time.perf_counter() - started
 messages = [{"role": "user", "content": "hello world " * prompt_words}]
 greedy = GenerationParams(temperature=0, max_new_tokens=new_tokens + 1)
 sampled = GenerationParams(max_new_tokens=new_tokens + 1, seed=0)  # the defaults a user chats with
-def reply(params):
-    events = engine.stream(key, messages, params, ignore_eos=True)
+def reply(params):  # each its own owner: a fresh prompt every time, as llama.cpp's reset=True
+    events = engine.stream(key, messages, params, ignore_eos=True, owner=f"bench-{time.perf_counter()}")
     return [e.stats for e in events if isinstance(e, Finished)][0]
 cold = reply(greedy)
 # Greedy and sampled in turn, three times each: the median of each (this machine's speed drifts).

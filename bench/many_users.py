@@ -19,6 +19,7 @@ Usage: .venv/bin/python -m bench.many_users [--users 1 2 3 4 8] [--tokens 128] [
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -36,6 +37,8 @@ from bench.readiness import CONFIGS, build
 from core.settings import PROJECT_ROOT
 from tests.fixtures.serving import free_port
 from tests.fixtures.tiny_models import install_ready
+
+REQUESTS = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,9 @@ def one_user(url: str, key: str, words: int, tokens: int, start: threading.Barri
     from openai import OpenAI
 
     client = OpenAI(base_url=url, api_key="unused", timeout=600, max_retries=0)
-    messages = [{"role": "user", "content": "hello world " * words}]
+    # Each request its own words: all clients share one address (one owner of kept caches), and a
+    # prompt an earlier round already sent would start from that reply's cache.
+    messages = [{"role": "user", "content": f"{next(REQUESTS)} " + "hello world " * words}]
     start.wait()
     started = time.perf_counter()
     first_token = None

@@ -8,8 +8,10 @@ defaults (int4 on the CPU, default sampling: each request sends only its message
 for each N sends N requests at the same moment and prints each user's time to first token and
 decode tokens/s, the aggregate (all completion tokens / wall time from the first request to the last
 token), its ratio to one user alone, and the server's resident memory against what the engine plans
-for N replies at once (the weights, and a KV cache at the model's context length for each). One
-warm-up request comes first (not counted). The clients run at a lower priority (nice 10): they stand
+for (the weights, and a KV cache at the model's context length for each reply at once, running or kept
+for its owner's next turn: the same whatever N). Each request asks its own question (a number first),
+and every reply runs to max_tokens (the model never says its end-of-turn token). One warm-up request
+comes first (not counted). The clients run at a lower priority (nice 10): they stand
 for other machines.
 
 Usage: .venv/bin/python -m bench.many_users [--users 1 2 3 4 8] [--tokens 128] [--prompt-words 12]
@@ -123,13 +125,15 @@ def serve(models: Path, data: Path, key: str, port: int, parallel: int | None) -
     raise RuntimeError("the server did not start in 10 minutes")
 
 
-def planned_mb(models: Path, key: str, users: int) -> float:
-    """What the engine plans for `users` replies at once: the weights and runtime once, a KV cache at the
-    model's chosen context length (not only the request's) for each."""
+def planned_mb(models: Path, key: str, parallel: int | None) -> float:
+    """What the engine plans for: the weights and runtime once, and a KV cache at the model's chosen
+    context length for each reply at once (`parallel`, or the setting's default), running or kept for
+    its owner's next turn (core.inference.reuse), whatever the number of users."""
     from core.inference.engine import LocalEngine
 
-    estimate = LocalEngine(models, idle_unload_s=0).memory_estimate(key)
-    return (estimate.after_load_bytes + users * estimate.kv_cache_bytes) / 2**20
+    engine = LocalEngine(models, idle_unload_s=0, **({} if parallel is None else {"parallel": parallel}))
+    estimate = engine.memory_estimate(key)
+    return (estimate.after_load_bytes + engine.parallel * estimate.kv_cache_bytes) / 2**20
 
 
 def main() -> None:
@@ -159,20 +163,21 @@ def main() -> None:
                 print(f"\n{key}: {args.tokens} tokens a user, default sampling, `localllm serve`")
                 print(
                     f"  {'users':>5} {'ttft s (each)':<28} {'t/s each (median)':>17} {'aggregate t/s':>13} "
-                    f"{'x one user':>10} {'RSS MiB':>8} {'plan MiB':>8}"
+                    f"{'x one user':>10} {'tokens':>6} {'RSS MiB':>8} {'plan MiB':>8}"
                 )
                 alone = None
                 for users in args.users:
                     runs = together(url, key, users, args.prompt_words, args.tokens)
                     wall = max(r.ended for r in runs) - min(r.started for r in runs)
-                    aggregate = sum(r.completion_tokens for r in runs) / wall
+                    tokens = sum(r.completion_tokens for r in runs)
+                    aggregate = tokens / wall
                     alone = alone or aggregate
                     ttfts = " ".join(f"{r.ttft_s:.2f}" for r in sorted(runs, key=lambda r: r.ttft_s))
                     rss = psutil.Process(server.pid).memory_info().rss / 2**20
                     print(
                         f"  {users:>5} {ttfts:<28} {statistics.median(r.tokens_per_s for r in runs):17.1f} "
-                        f"{aggregate:13.1f} {aggregate / alone:10.2f} {rss:8.0f} "
-                        f"{planned_mb(work / 'models', key, users):8.0f}"
+                        f"{aggregate:13.1f} {aggregate / alone:10.2f} {tokens:6} {rss:8.0f} "
+                        f"{planned_mb(work / 'models', key, args.parallel):8.0f}"
                     )
             finally:
                 server.terminate()

@@ -63,8 +63,9 @@ print(json.dumps({"rss_after_load": after_load, "rss_after_reply": psutil.Proces
 
 def build(key: str, directory: Path, *, speaking: bool = False) -> Path:
     """The model with the catalog's numbers, random weights and a small trained tokenizer. A `speaking`
-    model only chooses among the tokenizer's words (its other output rows are zero), so a reply streams
-    text as a real one does; weight values do not change the work a token costs."""
+    model only chooses among the tokenizer's words (its other output rows are zero, its end-of-turn
+    token's too: every reply runs to max_tokens), so a reply streams text as a real one does; weight
+    values do not change the work a token costs."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
@@ -79,6 +80,7 @@ def build(key: str, directory: Path, *, speaking: bool = False) -> Path:
     if speaking:
         with torch.no_grad():
             model.get_output_embeddings().weight[len(tokenizer) :] = 0
+            model.get_output_embeddings().weight[eos] = 0
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -48,7 +48,7 @@ PROMPT_ROWS = 32  # from this many rows on (a prompt), dequantizing + a GEMM bea
 # The same for int4 in bf16 (docs/performance.md, "Prompts"): unpacking costs more, so it pays later.
 INT4_PROMPT_ROWS = 128
 UNPACK_BLOCK = 64  # output features per block of torch's CPU int4 layout (two nibbles: n and n + 32)
-UNPACK_COLUMNS = 2048  # output features unpacked at a time: bounds the temporary bf16 copy
+UNPACK_WEIGHTS = 2**21  # weights unpacked at a time (4 MiB in bf16): bounds the temporary copies
 # Stored bytes per weight, for memory and speed estimates: nibbles + a bf16 scale and zero per group.
 BYTES_PER_WEIGHT = {"int4": 0.5 + 4 / INT4_GROUP, "int8": 1.0}
 SCHEMES = tuple(BYTES_PER_WEIGHT)
@@ -324,8 +324,9 @@ class Int4Linear(QuantizedLinear):
         prompt the GEMM's speed (bf16 dot products) outweighs unpacking, where the int4 kernel is
         compute-bound."""
         out = rows.new_empty(rows.shape[0], self.out_features)
-        for start in range(0, self.out_features, UNPACK_COLUMNS):
-            stop = min(start + UNPACK_COLUMNS, self.out_features)
+        step = max(1, UNPACK_WEIGHTS // (self.in_features * UNPACK_BLOCK)) * UNPACK_BLOCK
+        for start in range(0, self.out_features, step):
+            stop = min(start + step, self.out_features)
             torch.mm(rows, unpack_int4(self.packed, self.scales_zeros, start, stop), out=out[:, start:stop])
         return out
 

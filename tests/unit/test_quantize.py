@@ -22,7 +22,6 @@ from core.inference.quantize import (
     INT4_PROMPT_ROWS,
     PROMPT_ROWS,
     UNPACK_BLOCK,
-    UNPACK_COLUMNS,
     Int4Linear,
     Int8Linear,
     fit_groups,
@@ -122,7 +121,7 @@ def test_prompt_rows_and_decode_rows_give_the_same_product() -> None:
 
 def test_unpacking_int4_gives_the_weights_the_kernel_multiplies_with() -> None:
     torch.manual_seed(2)
-    weight = torch.randn(UNPACK_COLUMNS + UNPACK_BLOCK, 4 * INT4_GROUP)  # a last slice of one block
+    weight = torch.randn(3 * UNPACK_BLOCK, 4 * INT4_GROUP)
     packed, scales_zeros = quantize_groups(weight, torch.float32)
     seen = torch._weight_int4pack_mm_for_cpu(torch.eye(weight.shape[1]), packed, INT4_GROUP, scales_zeros)
     torch.testing.assert_close(unpack_int4(packed, scales_zeros, 0, weight.shape[0]), seen)
@@ -131,11 +130,13 @@ def test_unpacking_int4_gives_the_weights_the_kernel_multiplies_with() -> None:
     )
 
 
-def test_a_prompt_through_the_unpacked_int4_weights_gets_the_kernels_product() -> None:
+def test_a_prompt_through_the_unpacked_int4_weights_gets_the_kernels_product(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     torch.manual_seed(3)
-    layer = Int4Linear.from_linear(
-        torch.nn.Linear(4 * INT4_GROUP, UNPACK_COLUMNS + UNPACK_BLOCK), torch.bfloat16
-    )
+    layer = Int4Linear.from_linear(torch.nn.Linear(4 * INT4_GROUP, 5 * UNPACK_BLOCK), torch.bfloat16)
+    # slices of two blocks, the last of one
+    monkeypatch.setattr(quantize, "UNPACK_WEIGHTS", 2 * UNPACK_BLOCK * layer.in_features)
     assert layer.unpackable(torch.bfloat16) and not layer.unpackable(torch.float32)
     rows = torch.randn(INT4_PROMPT_ROWS, layer.in_features, dtype=torch.bfloat16)
     prompt = layer(rows)  # unpacked weights and a bf16 GEMM

@@ -277,7 +277,9 @@ def pack_in_background(layer: nn.Module) -> threading.Thread | None:
             logger.exception("packing the output head for fbgemm failed")
 
     layer.packing = True  # counted from now on (the load reports its memory before the thread is done)
-    thread = threading.Thread(target=pack, name="pack-head", daemon=True)
+    # Not a daemon: a process that ends while fbgemm packs (a one-question `core chat`) waits for it;
+    # killed inside the C++ call at exit, the interpreter aborted ("terminate called", status 134).
+    thread = threading.Thread(target=pack, name="pack-head")
     thread.start()
     return thread
 

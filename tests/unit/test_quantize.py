@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -176,6 +178,21 @@ def test_the_packed_head_computes_the_int8_weights_times_the_activations_to_15_b
     assert torch.equal(
         layer.matmul(decode_rows), quantize.packed_matmul(decode_rows, layer.packed).bfloat16()
     )
+
+
+def test_a_process_that_ends_while_the_head_is_packed_exits_cleanly() -> None:
+    if not quantize.packing_works():
+        pytest.skip("this torch build cannot pack int8 weights for fbgemm")
+    # A head big enough that packing is still in fbgemm's C++ code when the script ends (a one-question
+    # `core chat` does that): a daemon thread there aborted the interpreter (status 134).
+    script = (
+        "import torch\n"
+        "from core.inference.quantize import Int8Linear, pack_in_background\n"
+        "layer = Int8Linear(torch.ones(32768, 1024, dtype=torch.int8), torch.full((32768,), 0.01), None)\n"
+        "assert pack_in_background(layer) is not None\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
 
 
 def test_the_engine_packs_the_head_after_loading_and_replies_stay_the_same(

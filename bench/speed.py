@@ -215,7 +215,8 @@ def run_json(code_or_args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def llama_cpp_rows(source: Path, model: Path, work: Path, args: argparse.Namespace) -> dict[str, dict]:
+def llama_cpp_models(source: Path, model: Path, work: Path) -> dict[str, Path]:
+    """The model as llama.cpp's Q8_0 and Q4_K_M gguf files (`source`: a llama.cpp source tree)."""
     import llama_cpp
 
     q8 = work / "model-q8_0.gguf"
@@ -228,9 +229,13 @@ def llama_cpp_rows(source: Path, model: Path, work: Path, args: argparse.Namespa
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
     params.allow_requantize = True
     llama_cpp.llama_model_quantize(str(q8).encode(), str(q4).encode(), params)
+    return {"llama.cpp Q8_0": q8, "llama.cpp Q4_K_M": q4}
+
+
+def llama_cpp_rows(source: Path, model: Path, work: Path, args: argparse.Namespace) -> dict[str, dict]:
     threads = str(os.cpu_count() if args.threads == 0 else args.threads)
     rows = {}
-    for name, path in (("llama.cpp Q8_0", q8), ("llama.cpp Q4_K_M", q4)):
+    for name, path in llama_cpp_models(source, model, work).items():
         rows[name] = run_json(
             ["-c", LLAMA_CPP, str(path), str(args.prompt_tokens), str(args.tokens), threads]
         )

@@ -21,7 +21,7 @@ from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
 from ui.markup import escape_markdown, reply_markdown
 from ui.presets import default_preset, preset_picker
-from ui.widgets import attempt
+from ui.widgets import attempt, file_picker
 
 DEFAULT_TITLE = "New chat"
 chat = resources.chat_service(access.current_user().owner)
@@ -111,9 +111,7 @@ def archive_tools() -> None:
             file_name=f"localllm-chats-{date.today():%Y%m%d}.json", mime="application/json",
             icon=":material/download:", key="chat.export-all",
         )  # fmt: skip
-        upload = st.file_uploader(
-            t("chat.import_file"), type=["json", "jsonl", "zip"], key="chat.import-file"
-        )
+        upload = file_picker(t("chat.import_file"), ["json", "jsonl", "zip"], key="chat.import-file")
         if st.button(t("chat.import"), icon=":material/upload:", key="chat.import", disabled=upload is None):
             try:
                 result = chat.import_file(upload.getvalue())

@@ -1,8 +1,9 @@
-"""Widgets every page shares: language switch and sidebar status."""
+"""Widgets every page shares: language switch, sidebar status, a file picker in the UI's language."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import streamlit as st
@@ -25,6 +26,27 @@ def attempt(action: Callable[[], Any]) -> bool:
         st.error(error_text(exc))
         return False
     return True
+
+
+def file_picker(label: str, types: Sequence[str], key: str) -> Any:
+    """st.file_uploader whose button and limits read in the session's language (Streamlit writes them in
+    English): its own text hidden, ours drawn in its place by a style scoped to this widget's key."""
+    scope = f".st-key-{re.sub(r'[^A-Za-z0-9_-]', '-', key)}"
+    limits = t("upload.limits", limit=st.get_option("server.maxUploadSize"),
+               types=", ".join(kind.upper() for kind in types))  # fmt: skip
+    button = f"{scope} [data-testid='stFileUploader'] button [data-testid='stMarkdownContainer'] p"
+    note = f"{scope} [data-testid='stFileUploaderDropzoneInstructions'] span"
+    st.html(
+        f"<style>{button}, {note} {{font-size: 0}}"
+        f" {button}::after {{content: {_css_string(t('upload.button'))}; font-size: 0.875rem}}"
+        f" {note}::after {{content: {_css_string(limits)}; font-size: 0.875rem}}</style>"
+    )
+    return st.file_uploader(label, type=list(types), key=key)
+
+
+def _css_string(text: str) -> str:
+    """`text` as a CSS string literal that cannot close the string or the style element."""
+    return '"' + "".join(c if c.isalnum() or c in " ·•,.()" else f"\\{ord(c):x} " for c in text) + '"'
 
 
 def ensure_language() -> None:

@@ -19,6 +19,20 @@ def open_page(browser: Browser, url: str, locale: str) -> Page:
 def test_language_follows_browser_then_switch_is_remembered(browser: Browser, app_url: str) -> None:
     chinese_browser = open_page(browser, app_url, "zh-CN")
     expect(chinese_browser.get_by_role("heading", name="聊天")).to_be_visible(timeout=30_000)
+    # Streamlit writes its file picker's button and limits in English; ours are drawn in their place.
+    chinese_browser.get_by_role("button", name="导出或导入").click()
+    for selector, text in (
+        ("button p", "上传"),
+        ("[data-testid='stFileUploaderDropzoneInstructions'] span", "单个文件最大 50 MB"),
+    ):
+        chinese_browser.wait_for_function(
+            "([selector, text]) => {"
+            " const e = document.querySelector(`[data-testid='stFileUploader'] ${selector}`);"
+            " return e !== null && getComputedStyle(e, '::after').content.includes(text)"
+            " && getComputedStyle(e).fontSize === '0px'; }",
+            arg=[selector, text],
+            timeout=30_000,
+        )
     chinese_browser.context.close()
 
     page = open_page(browser, app_url, "en-US")

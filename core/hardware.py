@@ -33,7 +33,7 @@ class HardwareInfo:
     mps_available: bool
     disk_free_bytes: int
     disk_path: str
-    versions: tuple[tuple[str, str], ...] = ()  # (name, version): Python, torch, transformers, CUDA
+    versions: tuple[tuple[str, str], ...] = ()  # (name, version): Python, torch, transformers, CUDA if built
 
 
 def _cpu_name() -> str:
@@ -66,7 +66,8 @@ def _versions() -> tuple[tuple[str, str], ...]:
         ("torch", torch.__version__),
         ("transformers", transformers.__version__),
     ]
-    found.append(("CUDA", torch.version.cuda or "not in this torch build"))
+    if torch.version.cuda:  # absent: a CPU-only torch build (the UI says so in its language)
+        found.append(("CUDA", torch.version.cuda))
     return tuple(found)
 
 

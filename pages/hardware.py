@@ -55,7 +55,10 @@ with disk.container(border=True):
     st.metric(t("hardware.disk"), format_bytes(info.disk_free_bytes))
     st.caption(info.disk_path)
 
-st.caption(" · ".join(f"{name} {version}" for name, version in info.versions))
+versions = [f"{name} {version}" for name, version in info.versions]
+if all(name != "CUDA" for name, _ in info.versions):
+    versions.append(t("hardware.no_cuda_build"))
+st.caption(" · ".join(versions))
 
 
 @st.fragment(run_every=2)

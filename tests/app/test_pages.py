@@ -35,6 +35,20 @@ def test_page_renders_in_both_languages(new_app, page: str, language: str) -> No
     assert at.title[0].value == PAGES[page][language]
 
 
+def test_the_hardware_page_says_a_cpu_only_torch_build_in_the_chosen_language(new_app) -> None:
+    import torch
+
+    if torch.version.cuda:
+        pytest.skip("this torch build has CUDA: its version is shown instead")
+    at = new_app()
+    at.session_state["language"] = "zh"
+    at.run()
+    at.switch_page("pages/hardware.py").run()
+    captions = " ".join(caption.value for caption in at.caption)
+    assert "torch" in captions and "此 torch 版本不支持 CUDA" in captions
+    assert "not in this torch build" not in captions
+
+
 @pytest.mark.parametrize("language", ["en", "zh"])
 def test_sidebar_shows_status(new_app, language: str) -> None:
     # AppTest drops sidebar elements after switch_page (streamlit#9814 family); the browser test

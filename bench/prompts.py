@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from bench.readiness import CONFIGS, build
-from bench.speed import llama_cpp_models, run_json
+from bench.speed import llama_cpp_models, prompt_words, run_json
 from tests.fixtures.tiny_models import install_ready
 
 OURS = r"""
@@ -36,7 +36,7 @@ from core.inference import quantize
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished
 from core.inference.params import GenerationParams
-models, key, lengths = Path(sys.argv[1]), sys.argv[2], [int(n) for n in sys.argv[3:]]
+models, key = Path(sys.argv[1]), sys.argv[2]
 engine = LocalEngine(models, idle_unload_s=0)
 engine.prepare().result()
 engine.load(key)
@@ -50,8 +50,7 @@ def first_token(words, rows):
     return [e.stats for e in events if isinstance(e, Finished)][0]
 first_token(4, unpacked_from)  # warm-up
 rows = []
-for tokens in lengths:
-    words = max(1, (tokens - 20) // 8)  # ~8 tokens a word pair here, + the template
+for words in map(int, sys.argv[3:]):  # 'hello world' pairs
     times = {"ours": [], "ours, int4 kernel": []}
     for _ in range(3):
         times["ours"].append(first_token(words, unpacked_from).ttft_s)
@@ -93,8 +92,9 @@ def main() -> None:
         for key in args.models:
             source = build(key, work / f"src-{key}")
             install_ready(work / "models", key, source)
-            ours = ["-c", OURS, str(work / "models"), key, *map(str, args.prompt_tokens)]
-            run_json([*ours[:4], "8"])  # the first load quantizes the model and keeps the copy
+            words = [str(prompt_words(tokens)) for tokens in args.prompt_tokens]
+            ours = ["-c", OURS, str(work / "models"), key, *words]
+            run_json([*ours[:4], "1"])  # the first load quantizes the model and keeps the copy
             os.sync()
             rows = run_json(ours)
             if args.llama_cpp:

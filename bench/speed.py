@@ -215,15 +215,27 @@ def run_json(code_or_args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def llama_cpp_models(source: Path, model: Path, work: Path) -> dict[str, Path]:
-    """The model as llama.cpp's Q8_0 and Q4_K_M gguf files (`source`: a llama.cpp source tree)."""
-    import llama_cpp
+def prompt_words(tokens: int) -> int:
+    """'hello world' pairs for a chat prompt of about `tokens` tokens with the bench models' tokenizer
+    (~8 tokens a pair here, + the template's ~20)."""
+    return max(1, (tokens - 20) // 8)
 
+
+def q8_gguf(source: Path, model: Path, work: Path) -> Path:
+    """The model as llama.cpp's Q8_0 gguf file (`source`: a llama.cpp source tree)."""
     q8 = work / "model-q8_0.gguf"
     subprocess.run(
         [sys.executable, "-c", CONVERT, str(source), str(model), "--outfile", str(q8), "--outtype", "q8_0"],
         check=True, capture_output=True,
     )  # fmt: skip
+    return q8
+
+
+def llama_cpp_models(source: Path, model: Path, work: Path) -> dict[str, Path]:
+    """The model as llama.cpp's Q8_0 and Q4_K_M gguf files (`source`: a llama.cpp source tree)."""
+    import llama_cpp
+
+    q8 = q8_gguf(source, model, work)
     q4 = work / "model-q4_k_m.gguf"
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
@@ -245,7 +257,7 @@ def llama_cpp_rows(source: Path, model: Path, work: Path, args: argparse.Namespa
 
 
 def ours_row(models: Path, key: str, args: argparse.Namespace, *quantization: str) -> dict:
-    words = str(max(1, (args.prompt_tokens - 20) // 8))  # ~8 tokens a word pair here, + the template
+    words = str(prompt_words(args.prompt_tokens))
     command = ["-c", OURS, str(models), key, words, str(args.tokens), *quantization]
     first = run_json(command)  # a model's first load on the CPU quantizes it and keeps the copy
     os.sync()  # the model and its quantized copy written out before anything is timed

@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from bench.readiness import CONFIGS, build
-from bench.speed import CONVERT, run_json
+from bench.speed import q8_gguf, run_json
 from tests.fixtures.tiny_models import install_ready
 
 QUESTION = "Tell me more about the history of the city and its rivers, bridges and markets, please. "
@@ -125,9 +123,7 @@ def main() -> None:
             run_json([*ours, "1"])  # the first load quantizes the model and keeps the copy
             rows = {"ours": run_json([*ours, "1"]), "ours, no reuse": run_json([*ours, "0"])}
             if args.llama_cpp:
-                gguf = work / "model-q8_0.gguf"
-                convert = [sys.executable, "-c", CONVERT, str(args.llama_cpp), str(source), "--outfile"]
-                subprocess.run([*convert, str(gguf), "--outtype", "q8_0"], check=True, capture_output=True)
+                gguf = q8_gguf(args.llama_cpp, source, work)
                 threads = str(os.cpu_count())
                 rows["llama.cpp Q8_0"] = run_json(["-c", LLAMA_CPP, str(gguf), *common, threads, str(source)])
                 gguf.unlink()

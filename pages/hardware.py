@@ -56,7 +56,7 @@ with disk.container(border=True):
     st.caption(info.disk_path)
 
 versions = [f"{name} {version}" for name, version in info.versions]
-if all(name != "CUDA" for name, _ in info.versions):
+if "CUDA" not in dict(info.versions):
     versions.append(t("hardware.no_cuda_build"))
 st.caption(" · ".join(versions))
 

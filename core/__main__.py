@@ -1,5 +1,5 @@
 """`python -m core ...`: the same command line as `localllm`."""
 
-from core.cli import main
+from core.cli import run
 
-raise SystemExit(main(prog_name="python -m core"))
+run(prog_name="python -m core")

@@ -24,27 +24,15 @@ from torch import nn
 from torch.nn import functional
 
 from core.inference.quantize import Fused, QuantizedLinear
+from core.inference.skeleton import decoder_architecture
 
-ARCHITECTURES = ("llama", "qwen2", "mistral")
 GRAPH_CAPACITY_STEP = 512  # tokens
 Projection = QuantizedLinear | nn.Linear
 
 
 def runs_architecture(model: Any) -> bool:
     """Whether `model` is a pre-norm, rotary, grouped-KV, SwiGLU decoder of full attention."""
-    config = model.config
-    sliding = getattr(config, "sliding_window", None) is not None and getattr(
-        config, "use_sliding_window", True
-    )
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    return bool(
-        config.model_type in ARCHITECTURES
-        and not sliding
-        and getattr(config, "hidden_act", "silu") == "silu"
-        and getattr(config, "pretraining_tp", 1) == 1
-        and set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
-        and layers
-    )
+    return decoder_architecture(model.config) and bool(getattr(getattr(model, "model", None), "layers", None))
 
 
 def supports(model: Any) -> bool:
@@ -192,6 +180,27 @@ class Decoder:
     def run(self, segments: Sequence[Segment]) -> torch.Tensor:
         """Append each segment's tokens to its sequence, all in one pass over the weights; the float
         logits after each segment's last token (segments × vocabulary)."""
+        if self.use_graphs and self._replayable(segments):
+            return self._replay(segments[0].ids).unsqueeze(0)
+        hidden, spans = self._pass(segments)
+        return self._logits(hidden[-1:] if len(spans) == 1 else hidden[[span.last - 1 for span in spans]])
+
+    def _replayable(self, segments: Sequence[Segment]) -> bool:
+        """Whether the pass is one new token of the own sequence, with room for it (the recorded step)."""
+        own = self.cache
+        return (
+            [s.cache for s in segments] == [own]
+            and segments[0].ids.shape[0] == 1
+            and own.length < own.capacity
+        )
+
+    @torch.inference_mode()
+    def logits_of_each(self, cache: KvCache, ids: torch.Tensor) -> torch.Tensor:
+        """Append `ids` to `cache`'s sequence; the float logits after each of them (count × vocabulary)."""
+        return self._logits(self._pass([Segment(cache, ids)])[0])
+
+    def _pass(self, segments: Sequence[Segment]) -> tuple[torch.Tensor, list[_Span]]:
+        """One pass over the weights for every segment: the last layer's rows and where each segment's sit."""
         counts = [segment.ids.shape[0] for segment in segments]
         starts = [segment.cache.length for segment in segments]
         for segment, start, count in zip(segments, starts, counts, strict=True):
@@ -199,8 +208,6 @@ class Decoder:
                 raise ValueError(
                     f"the sequence would hold {start + count} tokens, the cache {segment.cache.capacity}"
                 )
-        if len(segments) == 1 and counts[0] == 1 and self.use_graphs and segments[0].cache is self.cache:
-            return self._replay(segments[0].ids).unsqueeze(0)
         bounds = itertools.pairwise(itertools.accumulate(counts, initial=0))
         spans = [
             _Span.of(segment.cache, first, last, start, self.device)
@@ -217,7 +224,7 @@ class Decoder:
             x = self._layer(layer, x, cos, sin, partial(store, index), partial(attend, index))
         for segment, count in zip(segments, counts, strict=True):
             segment.cache.length += count
-        return self._logits(x[-1:] if len(spans) == 1 else x[[span.last - 1 for span in spans]])
+        return x, spans
 
     @staticmethod
     def _store(span: _Span, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:

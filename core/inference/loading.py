@@ -1,6 +1,7 @@
 """Loading a downloaded model: transformers imported once, the tokenizer, and the weights as the engine
-runs them (int4/int8 quantized on the CPU, mapped from the copy kept beside the model after the first
-load; 16-bit with fused projections on CUDA)."""
+runs them (int4/int8 quantized on the CPU into core.inference.skeleton's modules, mapped from the copy
+kept beside the model after the first load; 16-bit through transformers' classes, with fused
+projections on CUDA)."""
 
 from __future__ import annotations
 
@@ -45,23 +46,23 @@ class LoadedParts:
 
 
 _IMPORT_LOCK = threading.Lock()
-_imported = False
+_imported: set[str] = set()
 
 
 def import_runtime() -> None:
-    """Import transformers, the catalog's model code and every transformers name the engine uses, once.
+    """Import transformers' tokenizers and configs, the lean decoder and every transformers name the
+    engine uses, once.
 
     transformers resolves its names lazily, and two threads resolving them at once can fail ("cannot
     import name AutoTokenizer"): a page counting tokens while the engine's thread still imports. So
     all of it happens here, under a lock; afterwards `from transformers import X` is a plain lookup.
+    transformers' model classes are left to `import_model_code`: the lean decoder does not need them.
     """
-    global _imported
     with _IMPORT_LOCK:
-        if _imported:
+        if "runtime" in _imported:
             return
         import transformers
-        import transformers.models.llama.modeling_llama
-        import transformers.models.qwen2.modeling_qwen2
+        import transformers.modeling_rope_utils  # core.inference.skeleton's rotary tables
 
         for name in (
             "AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "DynamicCache", "GenerationConfig",
@@ -69,9 +70,24 @@ def import_runtime() -> None:
             "Qwen2Tokenizer", "Qwen2TokenizerFast", "StoppingCriteriaList", "TextIteratorStreamer",
         ):  # fmt: skip
             getattr(transformers, name)
-        from core.inference import attention, decoder, quantize  # noqa: F401
+        from core.inference import decoder, quantize, skeleton  # noqa: F401
 
-        _imported = True
+        _imported.add("runtime")
+
+
+def import_model_code() -> None:
+    """Import transformers' model classes of the catalog architectures, once (~1.5 s of imports): for
+    16-bit weights, a GPU and architectures the lean decoder does not run."""
+    import_runtime()
+    with _IMPORT_LOCK:
+        if "models" in _imported:
+            return
+        import transformers.models.llama.modeling_llama
+        import transformers.models.qwen2.modeling_qwen2  # noqa: F401
+
+        from core.inference import attention  # noqa: F401
+
+        _imported.add("models")
 
 
 def kernel_available(scheme: str) -> bool:
@@ -130,33 +146,39 @@ def _weights_id(directory: Path) -> str:
 def _weights(directory: Path, device: str, dtype: Any, scheme: str | None) -> tuple[Any, bool]:
     """The model with its weights as the engine runs them, and whether they were mapped from the
     quantized copy (nothing 16-bit was read)."""
-    from transformers import AutoModelForCausalLM
+    from core.inference import decoder, quantize
 
-    from core.inference import attention, decoder, quantize
-
-    options = {"attn_implementation": attention.NAME if device == "cpu" else None}
     if scheme:  # quantized once, then mapped from disk: no 16-bit copy at load
         cache, source = quantize.cache_path(directory, scheme, dtype), _weights_id(directory)
-        model = quantize.load_quantized(directory, cache, dtype, scheme, source, **options)
+        model = quantize.load_quantized(directory, cache, dtype, scheme, source)
         if model is not None:
             return model, True
-        model = quantize.quantize_checkpoint(directory, dtype, scheme, **options)  # matrix by matrix
+        model = quantize.quantize_checkpoint(directory, dtype, scheme)  # matrix by matrix
         if model is None:
-            model = AutoModelForCausalLM.from_pretrained(
-                directory, dtype=dtype, local_files_only=True, trust_remote_code=False, **options
-            )
-            model.to(device).eval()
+            model = _transformers_model(directory, device, dtype)
             quantize.quantize_model(model, dtype, scheme)
         with contextlib.suppress(OSError):  # a read-only folder: quantize again next time
             quantize.save_quantized(model, cache, source)
         return model, False
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=dtype, local_files_only=True, trust_remote_code=False, **options
-    )
-    model.to(device).eval()
+    model = _transformers_model(directory, device, dtype)
     if device == "cuda" and decoder.runs_architecture(model):
         quantize.fuse_projections(model)  # for the decoder: fewer kernel launches a token
     return model, False
+
+
+def _transformers_model(directory: Path, device: str, dtype: Any) -> Any:
+    """The whole model in `dtype` through transformers' own classes (the CPU's attention for one
+    token: core.inference.attention)."""
+    import_model_code()
+    from transformers import AutoModelForCausalLM
+
+    from core.inference import attention
+
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=dtype, local_files_only=True, trust_remote_code=False,
+        attn_implementation=attention.NAME if device == "cpu" else None,
+    )  # fmt: skip
+    return model.to(device).eval()
 
 
 def load_model(

@@ -415,11 +415,20 @@ Loader = Callable[[str], torch.Tensor]  # a checkpoint tensor by name
 def _concatenated(parts: list[nn.Linear]) -> nn.Linear:
     first = parts[0]
     joined = nn.Linear(first.in_features, sum(p.out_features for p in parts), bias=False, device="meta")
-    joined.weight = nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=False)
+    joined.weight = nn.Parameter(_stacked([p.weight for p in parts]), requires_grad=False)
     if any(p.bias is not None for p in parts):
         biases = [p.bias if p.bias is not None else first.weight.new_zeros(p.out_features) for p in parts]
-        joined.bias = nn.Parameter(torch.cat(biases), requires_grad=False)
+        joined.bias = nn.Parameter(_stacked(biases), requires_grad=False)
     return joined
+
+
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat along rows; on the meta device a new empty tensor (torch.cat of meta tensors imports
+    torch._dynamo, a second of a cold start)."""
+    if not tensors[0].is_meta:
+        return torch.cat(tensors)
+    rows = sum(tensor.shape[0] for tensor in tensors)
+    return torch.empty(rows, *tensors[0].shape[1:], dtype=tensors[0].dtype, device="meta")
 
 
 def _materialize(module: nn.Module, prefix: str, load: Loader | None) -> None:
@@ -569,27 +578,44 @@ class _Checkpoint:
         return tensor
 
 
-def _skeleton(model_dir: Path, dtype: torch.dtype, **options: Any) -> Any:
+def _skeleton(model_dir: Path, dtype: torch.dtype) -> Any:
     """The model's modules on the meta device (no memory), with its own generation config (end ids,
-    top-k), which from_config alone would replace by defaults."""
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    top-k): core.inference.skeleton's tree where it builds the architecture, else transformers'."""
+    from transformers import AutoConfig, GenerationConfig
+
+    from core.inference import skeleton
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **options)
     if (model_dir / "generation_config.json").exists():
-        model.generation_config = GenerationConfig.from_pretrained(model_dir, local_files_only=True)
+        generation = GenerationConfig.from_pretrained(model_dir, local_files_only=True)
+    else:
+        generation = GenerationConfig.from_model_config(config)
+    if skeleton.builds(config):
+        return skeleton.CausalLM(config, generation, dtype)
+    with torch.device("meta"):
+        model = _transformers_skeleton(config, dtype)
+    model.generation_config = generation  # from_config alone would put defaults there
     return model
 
 
-def quantize_checkpoint(model_dir: Path, dtype: torch.dtype, scheme: str, **options: Any) -> Any:
+def _transformers_skeleton(config: Any, dtype: torch.dtype) -> Any:
+    from core.inference import attention
+    from core.inference.loading import import_model_code
+
+    import_model_code()
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention.NAME)
+
+
+def quantize_checkpoint(model_dir: Path, dtype: torch.dtype, scheme: str) -> Any:
     """The model quantized matrix by matrix straight from its safetensors files, or None when the
     checkpoint's names do not map onto the model (then load it whole and call quantize_model).
 
     Built on the meta device: resident memory peaks at the quantized model plus one 16-bit matrix
     (~1.2× the steady state), where loading the 16-bit model first peaked at 2-4×.
     """
-    model = _skeleton(model_dir, dtype, **options)
+    model = _skeleton(model_dir, dtype)
     config = model.config
     input_table = next(n for n, m in model.named_modules() if m is model.get_input_embeddings()) + ".weight"
     checkpoint = _Checkpoint(model_dir)
@@ -643,9 +669,7 @@ def save_quantized(model: Any, path: Path, source: str) -> None:
     partial.replace(path)
 
 
-def load_quantized(
-    model_dir: Path, path: Path, dtype: torch.dtype, scheme: str, source: str, **options: Any
-) -> Any:
+def load_quantized(model_dir: Path, path: Path, dtype: torch.dtype, scheme: str, source: str) -> Any:
     """The model rebuilt from its quantized file (memory-mapped), or None when it is missing or stale."""
     if not path.exists():
         return None
@@ -655,7 +679,7 @@ def load_quantized(
         return None
     if saved.get("format") != CACHE_FORMAT or saved.get("source") != source:
         return None
-    model = _skeleton(model_dir, dtype, **options)
+    model = _skeleton(model_dir, dtype)
     quantize_model(model, dtype, scheme)  # the same module structure, still without data
     stored = saved["tensors"]
     if stored.keys() != _all_tensors(model).keys():

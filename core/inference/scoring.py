@@ -5,6 +5,7 @@ text, as llama.cpp's perplexity tool does; teacher-forced, on the weights as the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,6 @@ class TextScore:
 def score_text(parts: LoadedParts, text: str) -> TextScore:
     """Score `text` (run on the engine's torch thread)."""
     import torch
-    from transformers import DynamicCache
 
     ids = parts.tokenizer(text, add_special_tokens=True)["input_ids"]
     context = parts.info.context_length
@@ -48,19 +48,33 @@ def score_text(parts: LoadedParts, text: str) -> TextScore:
     ids = ids[:context]
     if len(ids) < 2:
         raise MessageError("The text needs at least two tokens to be scored.")
-    sequence = torch.tensor([ids], device=parts.info.device)
+    sequence = torch.tensor(ids, device=parts.info.device)
+    logits_of_each = _logits_reader(parts, len(ids))
     logprobs: list[float] = []
-    cache = DynamicCache()
     with torch.inference_mode():
         for start in range(0, len(ids) - 1, CHUNK_TOKENS):
             end = min(start + CHUNK_TOKENS, len(ids) - 1)
-            logits = parts.model(sequence[:, start:end], cache=cache, use_cache=True).logits[0]
-            targets = sequence[0, start + 1 : end + 1]
+            logits = logits_of_each(sequence[start:end])
+            targets = sequence[start + 1 : end + 1]
             logprobs += logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1))[:, 0].tolist()
     tokens = tuple(
         ScoredToken(i, _piece(parts.tokenizer, i), p) for i, p in zip(ids[1:], logprobs, strict=True)
     )
     return TextScore(parts.info.key, parts.info.weights, tokens, truncated)
+
+
+def _logits_reader(parts: LoadedParts, tokens: int) -> Callable[[Any], Any]:
+    """A function that appends a chunk of ids (1-D) to one sequence and gives the logits after each:
+    the lean decoder's, as replies run, else transformers' forward."""
+    if parts.decoder is not None:
+        from core.inference.decoder import KvCache
+
+        cache = KvCache(parts.decoder, tokens)
+        return lambda chunk: parts.decoder.logits_of_each(cache, chunk)
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    return lambda chunk: parts.model(chunk.unsqueeze(0), cache=cache, use_cache=True).logits[0]
 
 
 def _piece(tokenizer: Any, token: int) -> str:

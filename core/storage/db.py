@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ WAL_RETRY_S = 0.05
 # process holds on it, SQLite's included: another process could then take the file for its own alone
 # and delete the WAL that this one still writes to (those writes were lost when the app closed).
 _opened_here: set[Path] = set()
+_open_databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
 def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -102,6 +104,7 @@ class Database:
         if path is not None:
             _opened_here.add(path.resolve())
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        _open_databases.add(self)
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
@@ -123,3 +126,9 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def close_databases() -> None:
+    """Close every open database's connections (SQLite folds its WAL into the file as the last closes)."""
+    for database in list(_open_databases):
+        database.dispose()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 from core.settings import PROJECT_ROOT
+from core.storage.db import sqlite_file
+from tests.fixtures.tiny_models import install_ready
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -55,3 +60,25 @@ def test_bad_input_gives_one_clear_line_and_a_nonzero_exit() -> None:
 def test_models_lists_the_catalog() -> None:
     result = run_cli("models")
     assert "qwen2.5-0.5b" in result.stdout and "TinyLlama/TinyLlama-1.1B-Chat-v1.0" in result.stdout
+
+
+def test_a_one_question_chat_replies_keeps_the_conversation_and_ends_with_its_code(
+    tiny_models: dict[str, Path],
+) -> None:
+    # The process ends without Python's teardown once torch is imported (core.cli.end_process):
+    # what it printed and what it saved must be there all the same, and its exit code must be kept.
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", tiny_models["qwen2"])
+    done = run_cli("chat", "qwen2.5-0.5b", "--prompt", "Hello there", "--max-new-tokens", "6",
+                   "--temperature", "0", "--stats")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    *reply, stats = done.stdout.splitlines()
+    assert json.loads(stats)["completion_tokens"] >= 1
+    database = sqlite_file(os.environ["LOCALLLM_DB_URL"])
+    assert database is not None
+    assert not database.with_name(database.name + "-wal").exists()  # closed: the WAL folded in
+    connection = sqlite3.connect(database)
+    saved = connection.execute("SELECT role, content FROM messages ORDER BY id").fetchall()
+    connection.close()
+    assert saved == [("user", "Hello there"), ("assistant", "\n".join(reply))]
+    missing = run_cli("chat", "no-such-model", "--prompt", "Hi")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ")

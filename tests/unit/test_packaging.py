@@ -18,7 +18,7 @@ def test_requirements_files_list_what_pyproject_declares() -> None:
     project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
     assert requirement_lines("requirements.txt") == project["dependencies"]
     assert requirement_lines("requirements-dev.txt") == project["optional-dependencies"]["dev"]
-    assert project["scripts"]["localllm"] == "core.cli:main"
+    assert project["scripts"]["localllm"] == "core.cli:run"
 
 
 def test_the_streamlit_settings_of_the_checkout_and_of_the_package_are_one() -> None:

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.cli import main
+from core.inference import scoring
 from core.inference.engine import LocalEngine
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
@@ -64,3 +65,16 @@ def test_the_cli_prints_every_token_and_the_perplexity(
     assert main(["score", "qwen2.5-0.5b", "--text-file", str(text)]) == 0
     assert "perplexity" in capsys.readouterr().out
     assert main(["score", "qwen2.5-0.5b", "--text-file", str(tmp_path / "missing.txt")]) == 2
+
+
+def test_a_text_scored_in_chunks_gets_the_logprobs_of_one_pass(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Long texts are scored a chunk at a time through one cache: each chunk must see the ones before.
+    install_ready(tmp_path / "models", "tiny", model)
+    engine = LocalEngine(tmp_path / "models", quantization="int8", idle_unload_s=0)
+    whole = torch.tensor([token.logprob for token in engine.score("tiny", TEXT).tokens])
+    monkeypatch.setattr(scoring, "CHUNK_TOKENS", 7)
+    chunked = torch.tensor([token.logprob for token in engine.score("tiny", TEXT).tokens])
+    assert len(whole) > 7 * 4
+    assert float((chunked - whole).abs().mean()) < 0.005

@@ -125,6 +125,19 @@ def serve(models: Path, data: Path, key: str, port: int, parallel: int | None) -
     raise RuntimeError("the server did not start in 10 minutes")
 
 
+def settle(server: subprocess.Popen, quiet_s: float = 0.5) -> None:
+    """Wait until the server uses no CPU for `quiet_s` (30 s at most): after loading it packs the output
+    head for fbgemm on otherwise idle cores (~1 s of a core), which a server does before its users come."""
+    process = psutil.Process(server.pid)
+    deadline = time.monotonic() + 30
+    used = sum(process.cpu_times()[:2])
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        used, before = sum(process.cpu_times()[:2]), used
+        if used - before < 0.05 * quiet_s:
+            return
+
+
 def planned_mb(models: Path, key: str, parallel: int | None) -> float:
     """What the engine plans for: the weights and runtime once, and a KV cache at the model's chosen
     context length for each reply at once (`parallel`, or the setting's default), running or kept for
@@ -160,6 +173,7 @@ def main() -> None:
             os.nice(10 - os.nice(0))
             try:
                 together(url, key, 1, args.prompt_words, 8)  # warm-up
+                settle(server)
                 print(f"\n{key}: {args.tokens} tokens a user, default sampling, `localllm serve`")
                 print(
                     f"  {'users':>5} {'ttft s (each)':<28} {'t/s each (median)':>17} {'aggregate t/s':>13} "

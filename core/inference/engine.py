@@ -31,7 +31,7 @@ from core.inference.loading import (
     LoadedModel,
     LoadedParts,
     context_length,
-    import_runtime,
+    import_ahead,
     kernel_available,
     load_model,
     load_tokenizer,
@@ -103,11 +103,11 @@ class LocalEngine:
         return cls(preferences.get("models_dir"), **{**settings, **options})
 
     def prepare(self) -> Future[None]:
-        """Ahead of the first load, on the torch thread: import transformers and the catalog's model code
-        (about 1.5 s, paid while the user looks at the page, not after a click), check the quantized
+        """Ahead of the first load, on the torch thread: import transformers' tokenizers and configs
+        (about 1 s, paid while the user looks at the page, not after a click), check the quantized
         kernel and measure the memory bandwidth (about a second), so that pages never wait behind a reply."""
         self._kernel(self.quantization, wait=False)
-        imported = self._torch.submit(import_runtime)
+        imported = self._torch.submit(import_ahead)
         # Last: measured while the first pages load, the bandwidth read half of what it is.
         self._bandwidth = self._torch.submit(measure_bandwidth)
         return imported

@@ -16,18 +16,14 @@ Usage: .venv/bin/python -m bench.one_shot [--models KEY] [--tokens 16] [--runs 5
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.readiness import CONFIGS, build
-from bench.speed import prompt_words, q8_gguf
-from core.settings import PROJECT_ROOT
+from bench.speed import prompt_words, q8_gguf, run_json
 from tests.fixtures.tiny_models import install_ready
 
 LLAMA_CPP = r"""
@@ -49,14 +45,11 @@ print(json.dumps({"load_s": load_s, "ttft_s": first}))
 """
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, dict]:
-    """Wall seconds of a fresh process and the JSON of its last output line."""
+def timed(args: list[str], env: dict[str, str]) -> tuple[float, dict]:
+    """Wall seconds of a fresh `python args...` and the JSON of its last output line."""
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-2000:])
-    return wall, json.loads(done.stdout.strip().splitlines()[-1])
+    record = run_json(args, env)
+    return time.perf_counter() - started, record
 
 
 def main() -> None:
@@ -81,7 +74,7 @@ def main() -> None:
         for key in args.models:
             source = build(key, work / f"src-{key}")
             install_ready(work / "models", key, source)
-            ours = [sys.executable, "-m", "core", "chat", key, "--prompt",
+            ours = ["-m", "core", "chat", key, "--prompt",
                     "hello world " * prompt_words(args.prompt_tokens), "--max-new-tokens", str(args.tokens),
                     "--ignore-eos", "--stats"]  # fmt: skip
             _, first = timed(ours, env)  # quantizes once and keeps the copy
@@ -89,7 +82,7 @@ def main() -> None:
             engines = {"ours": ours}
             if args.llama_cpp:
                 gguf = q8_gguf(args.llama_cpp, source, work)
-                engines["llama.cpp Q8_0"] = [sys.executable, "-c", LLAMA_CPP, str(gguf),
+                engines["llama.cpp Q8_0"] = ["-c", LLAMA_CPP, str(gguf),
                                              str(first["prompt_tokens"]), str(args.tokens)]  # fmt: skip
             runs: dict[str, list[tuple[float, dict]]] = {name: [] for name in engines}
             for _ in range(args.runs):

@@ -208,8 +208,11 @@ convert_hf_to_gguf.main()
 """
 
 
-def run_json(code_or_args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, *code_or_args], cwd=PROJECT_ROOT, capture_output=True, text=True)
+def run_json(code_or_args: list[str], env: dict[str, str] | None = None) -> dict:
+    """The JSON of the last output line of `python code_or_args...`, run from the project's root."""
+    out = subprocess.run(
+        [sys.executable, *code_or_args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+    )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])

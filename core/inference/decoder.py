@@ -189,7 +189,8 @@ class Decoder:
         """Whether the pass is one new token of the own sequence, with room for it (the recorded step)."""
         own = self.cache
         return (
-            [s.cache for s in segments] == [own]
+            len(segments) == 1
+            and segments[0].cache is own
             and segments[0].ids.shape[0] == 1
             and own.length < own.capacity
         )

@@ -292,7 +292,7 @@ def pack_in_background(layer: nn.Module) -> threading.Thread | None:
             logger.exception("packing the output head for fbgemm failed")
 
     layer.packing = True  # counted from now on (the load reports its memory before the thread is done)
-    # Not a daemon: a process that ends while fbgemm packs (a one-question `core chat`) waits for it;
+    # Not a daemon: a script that ends while fbgemm packs waits for it (the CLI ends with os._exit);
     # killed inside the C++ call at exit, the interpreter aborted ("terminate called", status 134).
     thread = threading.Thread(target=pack, name="pack-head")
     thread.start()
@@ -607,8 +607,7 @@ def _skeleton(model_dir: Path, dtype: torch.dtype) -> Any:
         generation = GenerationConfig.from_model_config(config)
     if skeleton.builds(config):
         return skeleton.CausalLM(config, generation, dtype)
-    with torch.device("meta"):
-        model = _transformers_skeleton(config, dtype)
+    model = _transformers_skeleton(config, dtype)
     model.generation_config = generation  # from_config alone would put defaults there
     return model
 
@@ -617,10 +616,11 @@ def _transformers_skeleton(config: Any, dtype: torch.dtype) -> Any:
     from core.inference import attention
     from core.inference.loading import import_model_code
 
-    import_model_code()
+    import_model_code()  # before the meta device is the default: imports may make tensors
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention.NAME)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention.NAME)
 
 
 def quantize_checkpoint(model_dir: Path, dtype: torch.dtype, scheme: str) -> Any:

@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, expect
 from core.storage import repo
 from core.storage.db import Database
 from tests.e2e.conftest import running_app, stop_process_group
-from tests.fixtures.hub_server import CHUNK, HubServer
+from tests.fixtures.hub_server import HubServer
 
 pytestmark = pytest.mark.e2e
 
@@ -55,5 +55,9 @@ def test_sigkill_mid_download_then_restart_resumes_without_refetching(
     gets = hub.requests("GET", "model.safetensors")
     transfers = [r for r in gets if r.range is None or r.range.endswith("-")]
     [resumed] = [r for r in transfers if r.range]
-    assert int(resumed.range.removeprefix("bytes=").rstrip("-")) >= on_disk_at_kill
-    assert sum(r.bytes_sent for r in transfers) <= size + CHUNK  # the finished bytes were not fetched again
+    start = int(resumed.range.removeprefix("bytes=").rstrip("-"))
+    assert start >= on_disk_at_kill
+    # The bytes on disk were not fetched again: the resumed request asked for the rest only. (What the
+    # first request sent beyond them was in the sockets' buffers when the app was killed: up to a few
+    # hundred KB, lost with the process, so a sum over both requests can exceed the file by that much.)
+    assert resumed.bytes_sent == size - start

@@ -71,10 +71,11 @@ import json, sys, time
 from llama_cpp import Llama
 from transformers import AutoTokenizer
 from core.chat.service import trim_history
+from core.inference.chat_tokenizer import ChatTokenizer
 from core.inference.prompts import count_prompt_tokens
 path, question = sys.argv[1], sys.argv[3]
 turns, tokens, context, threads = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-tokenizer = AutoTokenizer.from_pretrained(sys.argv[7])  # the same trimming as ours
+tokenizer = ChatTokenizer.from_transformers(AutoTokenizer.from_pretrained(sys.argv[7]))  # ours' trimming
 llm = Llama(model_path=path, n_ctx=8192, n_threads=threads, n_batch=512, verbose=False)
 SAMPLED = {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1, "seed": 0}
 def count(messages, limit):

@@ -72,7 +72,7 @@ def stream_reply(
     # Callers measured the prompt first (prompts.fit); measured again here, the cache never outgrows it.
     room = prompts.fit(prompt_tokens, context, params.max_new_tokens).max_new_tokens
     params = replace(params, max_new_tokens=room)
-    streamer = ReplyStreamer(parts.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = ReplyStreamer(parts.tokenizer, skip_prompt=True)
     criterion = StopOnEvent(stop)
     started = time.perf_counter()
     request = None
@@ -96,13 +96,16 @@ def stream_reply(
     yield Finished(_stats(parts.info.key, prompt_tokens, cached, completion, started, criterion, reason))
 
 
-def _prompt(parts: LoadedParts, messages: Sequence[dict[str, str]]) -> Any:
+def _prompt(parts: LoadedParts, messages: Sequence[dict[str, str]]) -> dict[str, Any]:
+    """The prompt's ids (a batch of one) and attention mask, as transformers' generate takes them."""
+    import torch
+
     try:
-        return parts.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
-        ).to(parts.info.device)
+        ids = parts.tokenizer.chat_ids(messages)
     except Exception as exc:  # jinja's TemplateError and ValueError: the template refused these turns
         raise GenerationError(f"The model's chat template rejected this conversation: {exc}") from exc
+    input_ids = torch.tensor([ids], device=parts.info.device)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
 def _text(streamer: Any, worker: Future[Any]) -> Iterator[TextDelta]:
@@ -209,7 +212,7 @@ def sampling_for(params: GenerationParams, generation_config: Any) -> Sampling:
 
 def end_ids(generation_config: Any) -> set[int]:
     end = generation_config.eos_token_id
-    return set(end if isinstance(end, list) else [] if end is None else [end])
+    return set(end if isinstance(end, (list, tuple)) else [] if end is None else [end])
 
 
 def _request(

@@ -18,6 +18,7 @@ from typing import Any
 from core.errors import ConfigError, NoChatTemplateError, UnsupportedModelError
 from core.hardware import return_freed_memory_to_os
 from core.hub.store import config_count, read_config, read_manifest
+from core.inference.chat_tokenizer import KEPT_NAME, ChatTokenizer
 from core.inference.params import GenerationParams
 from core.inference.sizing import Precision
 
@@ -40,12 +41,13 @@ class LoadedParts:
     """What a reply needs: the model, its tokenizer and the lean decoder (None: `model.generate` runs)."""
 
     model: Any
-    tokenizer: Any
+    tokenizer: ChatTokenizer
     decoder: Any
     info: LoadedModel
     packing: threading.Thread | None = None  # the output head being packed for fbgemm (quantize.py)
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _IMPORT_LOCK = threading.Lock()
 _imported: set[str] = set()
 
@@ -115,17 +117,41 @@ def kernel_available(scheme: str) -> bool:
     return kernel_supported(scheme)
 
 
-def load_tokenizer(key: str, directory: Path) -> Any:
-    import_runtime(_model_types(directory))  # AutoTokenizer reads the config too
-    from transformers import AutoTokenizer
+def load_tokenizer(key: str, directory: Path) -> ChatTokenizer:
+    """The model's tokenizer: the one kept beside it by an earlier load, else transformers' (which
+    imports transformers), then kept."""
+    kept, source = directory / KEPT_NAME, _tokenizer_files_id(directory)
+    tokenizer = ChatTokenizer.load(kept, source) if source else None
+    if tokenizer is None:
+        import_runtime(declared_model_types(directory))  # AutoTokenizer reads the config too
+        from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-    if not tokenizer.chat_template:
-        raise NoChatTemplateError(f"{key} has no chat template, so it cannot be used for chat.", key=key)
+        built = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+        if not built.chat_template:
+            raise NoChatTemplateError(f"{key} has no chat template, so it cannot be used for chat.", key=key)
+        if getattr(built, "backend_tokenizer", None) is None:
+            raise UnsupportedModelError(
+                f"{key}'s tokenizer cannot be read by the tokenizers library.", key=key
+            )
+        tokenizer = ChatTokenizer.from_transformers(built)
+        if source:
+            with contextlib.suppress(OSError):  # a read-only folder: built again next time
+                tokenizer.save(kept, source)
     return tokenizer
 
 
-def _model_types(directory: Path) -> tuple[str, ...]:
+def _tokenizer_files_id(directory: Path) -> str:
+    """Names the exact files a tokenizer is built from (every verified file but the weights); "" for a
+    folder without a manifest."""
+    manifest = read_manifest(directory)
+    if manifest is None:
+        return ""
+    return ",".join(
+        sorted(f"{f.path}:{f.sha256}" for f in manifest.files if not f.path.endswith(WEIGHT_SUFFIXES))
+    )
+
+
+def declared_model_types(directory: Path) -> tuple[str, ...]:
     """config.json's model_type, if it names one (a missing or broken config is AutoConfig's to report)."""
     try:
         model_type = read_config(directory).get("model_type")
@@ -134,7 +160,7 @@ def _model_types(directory: Path) -> tuple[str, ...]:
     return (model_type,) if isinstance(model_type, str) else ()
 
 
-def context_length(directory: Path, tokenizer: Any) -> int:
+def context_length(directory: Path, tokenizer: ChatTokenizer) -> int:
     """The model's context window: its config's max_position_embeddings, else the tokenizer's limit."""
     return config_count(read_config(directory), "max_position_embeddings") or int(tokenizer.model_max_length)
 
@@ -210,10 +236,16 @@ def _transformers_model(directory: Path, device: str, dtype: Any) -> Any:
 
 
 def load_model(
-    key: str, directory: Path, device: str, dtype: Any, precision: Precision, tokenizer: Any, load_id: int
+    key: str,
+    directory: Path,
+    device: str,
+    dtype: Any,
+    precision: Precision,
+    tokenizer: ChatTokenizer,
+    load_id: int,
 ) -> LoadedParts:
-    """Load `key` for `device` (run on the engine's torch thread)."""
-    import_runtime()
+    """Load `key` for `device` (run on the engine's torch thread); transformers is imported only where
+    its classes or configs are needed (not for a quantized copy kept by an earlier load)."""
     from core.inference import decoder, quantize
 
     started = time.perf_counter()

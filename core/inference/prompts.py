@@ -7,10 +7,13 @@ the context's worth of tokens costs, not what tokenizing the whole text would.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from core.errors import ContextLengthError
 from core.inference.events import PromptFit
+
+if TYPE_CHECKING:
+    from core.inference.chat_tokenizer import ChatTokenizer
 
 COUNT_PIECE_CHARS = 16_384  # a long text is counted piece by piece, and only as far as the limit needs
 COUNT_SLACK_PER_PIECE = 8  # tokens a cut between pieces may add (cut at whitespace: usually 0 or 1)
@@ -28,19 +31,20 @@ def _pieces(text: str) -> Iterator[str]:
         start = end
 
 
-def count_prompt_tokens(tokenizer: Any, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
+def count_prompt_tokens(
+    tokenizer: ChatTokenizer, messages: Sequence[dict[str, str]], limit: int | None = None
+) -> int:
     """Tokens of `messages` under the chat template. Past `limit` the count may stop early and return a
     number that is still above the limit: the work is bounded by the limit, not by the text's length."""
     if limit is not None:
         rough = pieces = 0
         for message in messages:
             for piece in _pieces(message["content"]):
-                rough += len(tokenizer(piece, add_special_tokens=False)["input_ids"])
+                rough += len(tokenizer.encode(piece))
                 pieces += 1
                 if rough - COUNT_SLACK_PER_PIECE * pieces > limit * 1.1:
                     return rough - COUNT_SLACK_PER_PIECE * pieces
-    encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, return_dict=True)
-    return len(encoded["input_ids"])
+    return len(tokenizer.chat_ids(messages))
 
 
 def fit(tokens: int, context: int, max_new_tokens: int) -> PromptFit:

@@ -596,9 +596,11 @@ class _Checkpoint:
 def _skeleton(model_dir: Path, dtype: torch.dtype) -> Any:
     """The model's modules on the meta device (no memory), with its own generation config (end ids,
     top-k): core.inference.skeleton's tree where it builds the architecture, else transformers'."""
-    from transformers import AutoConfig, GenerationConfig
-
     from core.inference import skeleton
+    from core.inference.loading import declared_model_types, import_runtime
+
+    import_runtime(declared_model_types(model_dir))
+    from transformers import AutoConfig, GenerationConfig
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     if (model_dir / "generation_config.json").exists():
@@ -606,10 +608,20 @@ def _skeleton(model_dir: Path, dtype: torch.dtype) -> Any:
     else:
         generation = GenerationConfig.from_model_config(config)
     if skeleton.builds(config):
-        return skeleton.CausalLM(config, generation, dtype)
+        architecture, defaults = skeleton.Architecture.of(config), skeleton.GenerationDefaults.of(generation)
+        return skeleton.CausalLM(architecture, defaults, dtype)
     model = _transformers_skeleton(config, dtype)
     model.generation_config = generation  # from_config alone would put defaults there
     return model
+
+
+def _kept_skeleton(saved: dict[str, Any], dtype: torch.dtype) -> Any:
+    """core.inference.skeleton's tree from the architecture kept in a quantized copy."""
+    from core.inference import skeleton
+
+    generation = saved["generation"]
+    defaults = skeleton.GenerationDefaults(tuple(generation["eos_token_id"]), generation["top_k"])
+    return skeleton.CausalLM(skeleton.Architecture.from_dict(saved["architecture"]), defaults, dtype)
 
 
 def _transformers_skeleton(config: Any, dtype: torch.dtype) -> Any:
@@ -660,7 +672,7 @@ def stored_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values()) + packed
 
 
-CACHE_FORMAT = "3"  # 3: int4 with fitted group scales and int8 attention projections
+CACHE_FORMAT = "4"  # 3: int4 with fitted group scales, int8 q/k/v; 4: the skeleton's architecture kept
 
 
 def cache_path(model_dir: Path, scheme: str, dtype: torch.dtype) -> Path:
@@ -678,9 +690,16 @@ def save_quantized(model: Any, path: Path, source: str) -> None:
     torch.save aligns every tensor to 64 bytes, which the kernels' vector loads need, and
     torch.load(mmap=True) maps the file for exactly as long as the tensors live.
     """
+    from core.inference import skeleton
+
     tensors = {name: t.detach().contiguous() for name, t in _all_tensors(model).items()}
+    kept: dict[str, Any] = {"format": CACHE_FORMAT, "source": source, "tensors": tensors}
+    if isinstance(model, skeleton.CausalLM):  # the next load builds it without transformers' config
+        defaults = model.generation_config
+        kept["architecture"] = model.config.as_dict()
+        kept["generation"] = {"eos_token_id": list(defaults.eos_token_id), "top_k": defaults.top_k}
     partial = path.with_name(path.name + ".tmp")
-    torch.save({"format": CACHE_FORMAT, "source": source, "tensors": tensors}, partial)
+    torch.save(kept, partial)
     partial.replace(path)
 
 
@@ -694,7 +713,10 @@ def load_quantized(model_dir: Path, path: Path, dtype: torch.dtype, scheme: str,
         return None
     if saved.get("format") != CACHE_FORMAT or saved.get("source") != source:
         return None
-    model = _skeleton(model_dir, dtype)
+    try:
+        model = _kept_skeleton(saved, dtype) if "architecture" in saved else _skeleton(model_dir, dtype)
+    except (KeyError, TypeError, ValueError):  # a kept architecture this code does not read
+        return None
     quantize_model(model, dtype, scheme)  # the same module structure, still without data
     stored = saved["tensors"]
     if stored.keys() != _all_tensors(model).keys():

@@ -42,7 +42,7 @@ def score_text(parts: LoadedParts, text: str) -> TextScore:
     """Score `text` (run on the engine's torch thread)."""
     import torch
 
-    ids = parts.tokenizer(text, add_special_tokens=True)["input_ids"]
+    ids = parts.tokenizer.encode(text, special=True)
     context = parts.info.context_length
     truncated = len(ids) > context
     ids = ids[:context]
@@ -58,7 +58,7 @@ def score_text(parts: LoadedParts, text: str) -> TextScore:
             targets = sequence[start + 1 : end + 1]
             logprobs += logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1))[:, 0].tolist()
     tokens = tuple(
-        ScoredToken(i, _piece(parts.tokenizer, i), p) for i, p in zip(ids[1:], logprobs, strict=True)
+        ScoredToken(i, parts.tokenizer.piece(i), p) for i, p in zip(ids[1:], logprobs, strict=True)
     )
     return TextScore(parts.info.key, parts.info.weights, tokens, truncated)
 
@@ -75,7 +75,3 @@ def _logits_reader(parts: LoadedParts, tokens: int) -> Callable[[Any], Any]:
 
     cache = DynamicCache()
     return lambda chunk: parts.model(chunk.unsqueeze(0), cache=cache, use_cache=True).logits[0]
-
-
-def _piece(tokenizer: Any, token: int) -> str:
-    return tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token)])

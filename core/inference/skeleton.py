@@ -10,6 +10,7 @@ and filled from the checkpoint or the copy (core.inference.quantize).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -40,6 +41,76 @@ def builds(config: Any) -> bool:
     return decoder_architecture(config) and rope.get("rope_type", "default") in FIXED_ROPE_TYPES
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """What this tree and the lean decoder read of a model's config, in transformers' names, as its
+    configuration class resolved it (defaults, rope parameters); kept in the quantized copy, so that a
+    later load reads no config through transformers."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    pad_token_id: int | None
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    inv_freq: tuple[float, ...]  # the rotary frequencies, float32 values
+    attention_scaling: float
+
+    @classmethod
+    def of(cls, config: Any) -> Architecture:
+        """The architecture of transformers' `config` (one that `builds`)."""
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        rope_type = config.rope_parameters["rope_type"]
+        if rope_type == "default":
+            exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim
+            inv_freq, scaling = 1.0 / config.rope_parameters["rope_theta"] ** exponents, 1.0
+        else:
+            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+            inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config)
+        qkv_bias = config.model_type == "qwen2" or bool(getattr(config, "attention_bias", False))
+        return cls(
+            model_type=config.model_type, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=heads, num_key_value_heads=config.num_key_value_heads, head_dim=head_dim,
+            rms_norm_eps=float(config.rms_norm_eps), pad_token_id=config.pad_token_id,
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)), qkv_bias=qkv_bias,
+            o_bias=qkv_bias and config.model_type != "qwen2",
+            mlp_bias=bool(getattr(config, "mlp_bias", False)),
+            inv_freq=tuple(inv_freq.float().tolist()), attention_scaling=float(scaling),
+        )  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Architecture:
+        return cls(**{**values, "inv_freq": tuple(values["inv_freq"])})
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """What the engine reads of a model's generation config: the ids that end a reply, its own top_k."""
+
+    eos_token_id: tuple[int, ...]
+    top_k: int | None
+
+    @classmethod
+    def of(cls, generation: Any) -> GenerationDefaults:
+        end = generation.eos_token_id
+        ends = tuple(end) if isinstance(end, (list, tuple)) else () if end is None else (end,)
+        return cls(tuple(int(i) for i in ends), generation.top_k)
+
+
 META = torch.device("meta")
 
 
@@ -58,17 +129,12 @@ class RMSNorm(nn.Module):
 class Rotary(nn.Module):
     """Rotary cos and sin for positions, as transformers' Llama/Qwen2 rotary embedding computes them."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Architecture) -> None:
         super().__init__()
-        rope_type = config.rope_parameters["rope_type"]
-        if rope_type == "default":
-            dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-            exponents = torch.arange(0, dim, 2, dtype=torch.float) / dim
-            inv_freq, self.attention_scaling = 1.0 / config.rope_parameters["rope_theta"] ** exponents, 1.0
-        else:
-            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](config)
+        inv_freq, self.attention_scaling = (
+            torch.tensor(config.inv_freq, dtype=torch.float),
+            config.attention_scaling,
+        )
         self.inv_freq = nn.Buffer(inv_freq, persistent=False)
         self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
 
@@ -80,29 +146,28 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: Any, dtype: torch.dtype) -> None:
+    def __init__(self, config: Architecture, dtype: torch.dtype) -> None:
         super().__init__()
         heads, kv_heads, hidden = config.num_attention_heads, config.num_key_value_heads, config.hidden_size
-        dim = getattr(config, "head_dim", None) or hidden // heads
-        bias = config.model_type == "qwen2" or bool(getattr(config, "attention_bias", False))
+        dim, bias = config.head_dim, config.qkv_bias
         self.q_proj = _linear(hidden, heads * dim, bias, dtype)
         self.k_proj = _linear(hidden, kv_heads * dim, bias, dtype)
         self.v_proj = _linear(hidden, kv_heads * dim, bias, dtype)
-        self.o_proj = _linear(heads * dim, hidden, bias and config.model_type != "qwen2", dtype)
+        self.o_proj = _linear(heads * dim, hidden, config.o_bias, dtype)
 
 
 class MLP(nn.Module):
-    def __init__(self, config: Any, dtype: torch.dtype) -> None:
+    def __init__(self, config: Architecture, dtype: torch.dtype) -> None:
         super().__init__()
         hidden, inner = config.hidden_size, config.intermediate_size
-        bias = bool(getattr(config, "mlp_bias", False))
+        bias = config.mlp_bias
         self.gate_proj = _linear(hidden, inner, bias, dtype)
         self.up_proj = _linear(hidden, inner, bias, dtype)
         self.down_proj = _linear(inner, hidden, bias, dtype)
 
 
 class Layer(nn.Module):
-    def __init__(self, config: Any, dtype: torch.dtype) -> None:
+    def __init__(self, config: Architecture, dtype: torch.dtype) -> None:
         super().__init__()
         self.self_attn = Attention(config, dtype)
         self.mlp = MLP(config, dtype)
@@ -111,7 +176,7 @@ class Layer(nn.Module):
 
 
 class Body(nn.Module):
-    def __init__(self, config: Any, dtype: torch.dtype) -> None:
+    def __init__(self, config: Architecture, dtype: torch.dtype) -> None:
         super().__init__()
         # Given its (meta) table: a table of its own would be initialised, which imports torch._dynamo (1 s).
         table = torch.empty(config.vocab_size, config.hidden_size, device=META, dtype=dtype)
@@ -126,12 +191,14 @@ class CausalLM(nn.Module):
     (embeddings, layers, norm, rotary) and the output head; tensors on the meta device, the rotary
     tables computed."""
 
-    def __init__(self, config: Any, generation_config: Any, dtype: torch.dtype) -> None:
+    def __init__(
+        self, config: Architecture, generation_config: GenerationDefaults, dtype: torch.dtype
+    ) -> None:
         super().__init__()
         self.config, self.generation_config = config, generation_config
         self.model = Body(config, dtype)
         self.lm_head = _linear(config.hidden_size, config.vocab_size, False, dtype)
-        if getattr(config, "tie_word_embeddings", False):
+        if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def get_input_embeddings(self) -> nn.Module:

@@ -68,7 +68,7 @@ def test_chat_template_is_used(engine: LocalEngine) -> None:
     # The llama template adds <|user|> and </s>: the prompt is longer than the raw text's tokens.
     engine.load("tiny-llama")
     tokenizer = engine.tokenizer("tiny-llama")
-    assert engine.count_tokens("tiny-llama", HELLO) > len(tokenizer("Hello 你好")["input_ids"])
+    assert engine.count_tokens("tiny-llama", HELLO) > len(tokenizer.encode("Hello 你好"))
 
 
 def test_stop_ends_generation_within_a_second(engine: LocalEngine) -> None:

@@ -40,7 +40,8 @@ def test_the_tree_holds_the_tensors_of_transformers_model(name: str, scheme: str
     # A quantized copy kept beside a model loads only into a tree with exactly these names and shapes.
     config = CONFIGS[name]
     assert skeleton.builds(config)
-    lean = skeleton.CausalLM(config, GenerationConfig(), torch.bfloat16)
+    defaults = skeleton.GenerationDefaults.of(GenerationConfig())
+    lean = skeleton.CausalLM(skeleton.Architecture.of(config), defaults, torch.bfloat16)
     with torch.device("meta"):
         theirs = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     assert layout(lean) == layout(theirs)
@@ -62,7 +63,8 @@ def test_the_tree_holds_the_tensors_of_transformers_model(name: str, scheme: str
 def test_rotary_tables_are_transformers_own(rope: dict) -> None:
     config = LlamaConfig(**SMALL, max_position_embeddings=2048, rope_parameters=rope)
     assert skeleton.builds(config)
-    ours, theirs = skeleton.Rotary(config), LlamaRotaryEmbedding(config)
+    architecture = skeleton.Architecture.from_dict(skeleton.Architecture.of(config).as_dict())  # as kept
+    ours, theirs = skeleton.Rotary(architecture), LlamaRotaryEmbedding(config)
     positions = torch.arange(0, 2048, 7).unsqueeze(0)
     x = torch.zeros(1, dtype=torch.bfloat16)
     for got, expected in zip(ours(x, positions), theirs(x, positions), strict=True):
@@ -92,17 +94,18 @@ text = "".join(e.text for e in engine.stream("tiny", [{"role": "user", "content"
                if isinstance(e, TextDelta))
 heavy = ["transformers.models.llama.modeling_llama", "transformers.models.qwen2.modeling_qwen2",
          "transformers.modeling_utils", "torch._dynamo"]
-print(json.dumps({"runner": loaded.runner, "text": text, "imported": [m for m in heavy if m in sys.modules]}))
+print(json.dumps({"runner": loaded.runner, "text": text, "imported": [m for m in heavy if m in sys.modules],
+                  "transformers": "transformers" in sys.modules}))
 """
 
 
-def test_a_quantized_model_loads_and_replies_without_transformers_model_code(
+def test_a_quantized_model_loads_and_replies_without_transformers_model_code_then_without_transformers(
     tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
     # Those modules cost a one-question `core chat` ~2 s of imports on 2 cores (first load, which
     # quantizes, and the next one, which maps the kept copy).
     install_ready(tmp_path, "tiny", tiny_models["qwen2"])
-    replies = []
+    replies, imported_transformers = [], []
     for _load in ("quantizing", "mapped"):
         done = subprocess.run(
             [sys.executable, "-c", LOAD_AND_REPLY, str(tmp_path)],
@@ -112,7 +115,10 @@ def test_a_quantized_model_loads_and_replies_without_transformers_model_code(
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert result["runner"] == "decoder" and result["imported"] == []
         replies.append(result["text"])
+        imported_transformers.append(result["transformers"])
     assert replies[0] and replies[0] == replies[1]
+    # The copy keeps the architecture and the tokenizer is kept too: transformers is not even imported.
+    assert imported_transformers == [True, False]
 
 
 AFTER_PREPARE = """

@@ -9,12 +9,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer, TextIteratorStreamer
 
+from core.inference.chat_tokenizer import ChatTokenizer
 from core.inference.streaming import ReplyStreamer
 
 SYMBOLS = "!?" * 40  # punctuation without a space: transformers' streamer holds it for the next space
 
 
-def sent_before_the_end(streamer: TextIteratorStreamer, ids: list[int]) -> str:
+def sent_before_the_end(streamer: TextIteratorStreamer | ReplyStreamer, ids: list[int]) -> str:
     for token in ids:
         streamer.put(torch.tensor([token]))
     pieces = []
@@ -32,7 +33,7 @@ def test_symbols_without_spaces_stream_before_the_reply_ends(tiny_models: dict[s
     assert len(ids) > 16
     assert sent_before_the_end(TextIteratorStreamer(tokenizer), ids) == ""  # what the page saw: nothing
 
-    streamer = ReplyStreamer(tokenizer)
+    streamer = ReplyStreamer(ChatTokenizer.from_transformers(tokenizer))
     early = sent_before_the_end(streamer, ids)
     assert len(early) >= len(text) - 1  # at most the character being spelled out waits
     streamer.end()
@@ -43,7 +44,7 @@ def test_symbols_without_spaces_stream_before_the_reply_ends(tiny_models: dict[s
 def test_each_tokens_text_goes_out_with_the_token(tiny_models: dict[str, Path]) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
     ids = tokenizer.encode("hello world, the sea is calm today.\nA second line", add_special_tokens=False)
-    streamer = ReplyStreamer(tokenizer)
+    streamer = ReplyStreamer(ChatTokenizer.from_transformers(tokenizer))
     for count in range(1, len(ids) + 1):
         streamer.put(torch.tensor([ids[count - 1]]))
         # what the page has after each token: the reply so far, not the reply up to the last space

@@ -1,0 +1,207 @@
+"""core.inference.chat_tokenizer: transformers' tokenizer, kept beside the model and read without it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jinja2.exceptions import SecurityError, TemplateError
+from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from core.errors import GenerationError
+from core.inference.chat_tokenizer import KEPT_NAME, ChatTokenizer, compile_template
+from core.inference.loading import load_tokenizer
+from core.settings import PROJECT_ROOT
+from tests.fixtures.tiny_models import CORPUS, LLAMA_TEMPLATE, install_ready
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello there!"}],
+    [
+        {"role": "system", "content": "Answer in one line."},
+        {"role": "user", "content": "你好！今天有什么可以帮你的吗？"},
+        {"role": "assistant", "content": "  Mixed 中文 and English text. 😀\n\n"},
+        {"role": "user", "content": "def add(a, b):\n    return a + b"},
+    ],
+    [{"role": "user", "content": "a typed <|im_end|> and </s> stay what the tokenizer makes of them"}],
+]
+TEXTS = ["Hello! How can I help you today?", " leading space", "本地模型 🚀 don't  double  spaces\n\tend"]
+# The class a tokenizer_config.json names decides the pipeline: transformers 5 rebuilds Llama's and
+# Qwen2's from the vocabulary, whatever tokenizer.json says.
+CLASSES = [("qwen2", None), ("llama", None), ("qwen2", "Qwen2Tokenizer"), ("sentencepiece", "LlamaTokenizer")]
+
+
+def write_sentencepiece_style_tokenizer(folder: Path) -> None:
+    """A tokenizer.json laid out as TinyLlama's: BPE over "▁"-joined words with byte fallback, the "▁"
+    prepended by a normalizer, a BOS added around a text."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    specials = ["<unk>", "<s>", "</s>", *(f"<0x{byte:02X}>" for byte in range(256))]
+    tokenizer.train_from_iterator(
+        CORPUS * 4, trainer=trainers.BpeTrainer(vocab_size=600, special_tokens=specials)
+    )
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        chat_template=LLAMA_TEMPLATE,
+    ).save_pretrained(folder)
+
+
+def model_folder(
+    tmp_path: Path, tiny_models: dict[str, Path], arch: str, tokenizer_class: str | None
+) -> Path:
+    folder = Path(
+        shutil.copytree(tiny_models["llama" if arch == "sentencepiece" else arch], tmp_path / "source")
+    )
+    if arch == "sentencepiece":
+        write_sentencepiece_style_tokenizer(folder)
+    if tokenizer_class:
+        config_path = folder / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        config_path.write_text(json.dumps({**config, "tokenizer_class": tokenizer_class}))
+    return install_ready(tmp_path / "models", "tiny", folder)
+
+
+@pytest.mark.parametrize(("arch", "tokenizer_class"), CLASSES)
+def test_the_kept_tokenizer_gives_transformers_ids_text_and_pieces(
+    tmp_path: Path, tiny_models: dict[str, Path], arch: str, tokenizer_class: str | None
+) -> None:
+    directory = model_folder(tmp_path, tiny_models, arch, tokenizer_class)
+    theirs = AutoTokenizer.from_pretrained(directory)
+    built = load_tokenizer("tiny", directory)  # built by transformers, then kept
+    assert (directory / KEPT_NAME).exists()
+    kept = load_tokenizer("tiny", directory)  # read back without transformers
+    for ours in (built, kept):
+        for messages in CONVERSATIONS:
+            expected = theirs.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+            assert ours.chat_ids(messages) == expected["input_ids"]
+        for text in TEXTS:
+            for special in (False, True):
+                ids = theirs(text, add_special_tokens=special)["input_ids"]
+                assert ours.encode(text, special=special) == ids
+        with_specials = theirs.apply_chat_template(CONVERSATIONS[1], add_generation_prompt=True)["input_ids"]
+        assert ours.decode(with_specials) == theirs.decode(with_specials, skip_special_tokens=True)
+        assert ours.decode(with_specials, skip_special_tokens=False) == theirs.decode(with_specials)
+        for token in range(len(theirs)):
+            assert ours.piece(token) == theirs.convert_tokens_to_string([theirs.convert_ids_to_tokens(token)])
+        assert (ours.eos_token_id, ours.pad_token_id) == (theirs.eos_token_id, theirs.pad_token_id)
+        assert ours.model_max_length == theirs.model_max_length
+
+
+def test_the_class_pipeline_is_what_is_kept(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    # Reading tokenizer.json alone would tokenize differently from transformers' LlamaTokenizer.
+    directory = model_folder(tmp_path, tiny_models, "sentencepiece", "LlamaTokenizer")
+    theirs = AutoTokenizer.from_pretrained(directory)
+    assert type(theirs).__name__ == "LlamaTokenizer"
+    prompt = theirs.apply_chat_template(CONVERSATIONS[1], add_generation_prompt=True, tokenize=False)
+    as_file = (
+        Tokenizer.from_file(str(directory / "tokenizer.json")).encode(prompt, add_special_tokens=False).ids
+    )
+    kept = load_tokenizer("tiny", directory)
+    assert kept.chat_ids(CONVERSATIONS[1]) == theirs.encode(prompt, add_special_tokens=False) != as_file
+
+
+def test_a_stale_or_damaged_copy_is_built_again(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    directory = model_folder(tmp_path, tiny_models, "qwen2", None)
+    source = "tokenizer.json:abc"
+    expected = load_tokenizer("tiny", directory).chat_ids(CONVERSATIONS[0])
+    kept = directory / KEPT_NAME
+    assert ChatTokenizer.load(kept, source) is None  # kept for other files
+    for damage in ("{not json", json.dumps({"format": 1})):
+        kept.write_text(damage)
+        assert load_tokenizer("tiny", directory).chat_ids(CONVERSATIONS[0]) == expected
+        assert json.loads(kept.read_text())["format"] == 1 and "backend" in json.loads(kept.read_text())
+
+
+LOAD_KEPT = """
+import json, sys
+from pathlib import Path
+from core.inference.loading import load_tokenizer
+tokenizer = load_tokenizer("tiny", Path(sys.argv[1]))
+ids = tokenizer.chat_ids([{"role": "user", "content": "Hello there!"}])
+print(json.dumps({"ids": ids, "transformers": "transformers" in sys.modules}))
+"""
+
+
+def test_a_kept_tokenizer_is_read_without_importing_transformers(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    # transformers' imports were 0.3-1.3 s of every one-question `core chat` on 2 cores.
+    directory = model_folder(tmp_path, tiny_models, "qwen2", None)
+    runs = []
+    for _run in ("builds", "reads"):
+        command = [sys.executable, "-c", LOAD_KEPT, str(directory)]
+        done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-1000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert [run["transformers"] for run in runs] == [True, False]
+    assert runs[0]["ids"] == runs[1]["ids"]
+
+
+def test_templates_run_in_transformers_sandbox() -> None:
+    assert (
+        compile_template("{{ '%d' | format(7) }}{% generation %}kept{% endgeneration %}").render() == "7kept"
+    )
+    with pytest.raises(SecurityError):
+        compile_template("{{ messages.__class__.__mro__ }}").render(messages=[])
+    with pytest.raises(SecurityError):
+        compile_template("{% set ns = namespace(_x=1) %}").render()
+    with pytest.raises(TemplateError, match="only user turns"):
+        compile_template("{{ raise_exception('only user turns') }}").render()
+    assert compile_template("{{ {'a': 'é'} | tojson }}").render() == '{"a": "é"}'
+
+
+def test_a_template_error_reaches_the_user_as_one_sentence(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    from core.inference.engine import LocalEngine
+    from core.inference.params import GenerationParams
+
+    directory = model_folder(tmp_path, tiny_models, "qwen2", None)
+    (directory / "chat_template.jinja").write_text("{{ raise_exception('System turns are not supported.') }}")
+    engine = LocalEngine(directory.parent, device="cpu", idle_unload_s=0)
+    try:
+        with pytest.raises(
+            GenerationError, match="rejected this conversation: System turns are not supported"
+        ):
+            list(engine.stream("tiny", CONVERSATIONS[0], GenerationParams(temperature=0, max_new_tokens=2)))
+    finally:
+        engine.unload()
+
+
+# Blocks on their own lines, indentation, a namespace, tojson: where jinja's settings show.
+MULTILINE_TEMPLATE = """{%- set ns = namespace(system=false) %}
+{% for message in messages %}
+    {% if message['role'] == 'system' %}
+        {%- set ns.system = true %}
+<|im_start|>system
+{{ message['content'] }}<|im_end|>
+    {% else %}
+<|im_start|>{{ message['role'] }}
+{{ message['content'] }}{{ {'chars': message['content'] | length} | tojson }}<|im_end|>
+    {% endif %}
+{% endfor %}
+{% if not ns.system %}(no system turn){% endif %}
+{% if add_generation_prompt %}
+<|im_start|>assistant
+{% endif %}"""
+
+
+def test_a_template_renders_as_transformers_renders_it(tiny_models: dict[str, Path]) -> None:
+    theirs = AutoTokenizer.from_pretrained(tiny_models["qwen2"])
+    for messages in CONVERSATIONS:
+        expected = theirs.apply_chat_template(
+            messages, chat_template=MULTILINE_TEMPLATE, add_generation_prompt=True, tokenize=False
+        )
+        rendered = compile_template(MULTILINE_TEMPLATE).render(messages=messages, add_generation_prompt=True)
+        assert rendered == expected

@@ -35,7 +35,9 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         languages=("zh", "en"),
         context_length=32768,
         license="Apache-2.0",
-        kv_layout=KvLayout(layers=24, kv_heads=2, head_dim=64, hidden_size=896, heads=14),
+        kv_layout=KvLayout(
+            layers=24, kv_heads=2, head_dim=64, hidden_size=896, heads=14, intermediate_size=4864
+        ),
         vocabulary=Vocabulary(151_936 * 896, tied=True),
     ),
     ModelSpec(
@@ -47,7 +49,9 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         languages=("en",),
         context_length=2048,
         license="Apache-2.0",
-        kv_layout=KvLayout(layers=22, kv_heads=4, head_dim=64, hidden_size=2048, heads=32),
+        kv_layout=KvLayout(
+            layers=22, kv_heads=4, head_dim=64, hidden_size=2048, heads=32, intermediate_size=5632
+        ),
         vocabulary=Vocabulary(32_000 * 2048, tied=False),
     ),
 )

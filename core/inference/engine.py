@@ -141,10 +141,8 @@ class LocalEngine:
         dtype = choose_dtype(device)
         scheme = self.quantization
         if device == "cpu" and scheme in BYTES_PER_WEIGHT and self._kernel(scheme):
-            attention = BYTES_PER_WEIGHT[matrix_scheme("qkv_proj", scheme, head_name="lm_head")]
-            return Precision(
-                BYTES_PER_WEIGHT[scheme], BYTES_PER_WEIGHT["int8"], dtype.itemsize, scheme, attention
-            )
+            kept = BYTES_PER_WEIGHT[matrix_scheme("qkv_proj", scheme, head_name="lm_head")]
+            return Precision(BYTES_PER_WEIGHT[scheme], BYTES_PER_WEIGHT["int8"], dtype.itemsize, scheme, kept)
         label = str(dtype).removeprefix("torch.")
         return Precision(dtype.itemsize, dtype.itemsize, dtype.itemsize, label)
 

@@ -6,7 +6,8 @@ bytes per weight, more tokens per second. Activations stay in the model's dtype.
 - int4: each group of 32 weights along a row gets a scale and a zero point (asymmetric, 5 bits a
   weight with their bf16 storage), fitted to the group by least squares as llama.cpp's K-quants are,
   in the layout and kernel (`_weight_int4pack_mm_for_cpu`) of torchao and gpt-fast; the attention
-  projections stay int8 (ATTENTION_PROJECTIONS).
+  projections stay int8, and in narrow models (hidden size <= 1024) the o and down projections and
+  the first eighth of the layers too (core.inference.sizing.int4_keeps_int8).
 - int8: one scale per output channel (`_weight_int8pack_mm`), close to lossless.
 
 Either way the output head (the tied vocabulary) stays int8, as llama.cpp's Q4_K_M keeps its output at
@@ -33,6 +34,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -44,6 +46,7 @@ from torch import nn
 from torch.nn import functional
 
 from core.hardware import return_freed_memory_to_os
+from core.inference.sizing import int4_keeps_int8
 
 INT4_GROUP = 32
 PROMPT_ROWS = 32  # from this many rows on (a prompt), dequantizing + a GEMM beats the int8 kernel
@@ -423,7 +426,6 @@ SIBLINGS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_p
 # Kept int8 under int4: q/k/v are 2–12 % of a model's layer weights and, measured by bench/quality.py,
 # the most error per byte that int4 saves (Qwen2.5-0.5B: KL 0.0345 -> 0.0243 for 1.6 % more bytes), as
 # llama.cpp's Q4_K_M keeps attention v at 6 bits.
-ATTENTION_PROJECTIONS = ("qkv_proj", "q_proj", "k_proj", "v_proj")
 Loader = Callable[[str], torch.Tensor]  # a checkpoint tensor by name
 
 
@@ -511,11 +513,16 @@ class Int8Embedding(nn.Module):
         return head.weight[ids].to(head.scale.dtype) * head.scale[ids].unsqueeze(-1)
 
 
-def matrix_scheme(name: str, scheme: str, head_name: str) -> str:
-    """How one matrix is stored under `scheme`: the output head and, within int4, the attention
-    projections (ATTENTION_PROJECTIONS) are int8."""
-    if name == head_name or (scheme == "int4" and name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS):
+def matrix_scheme(name: str, scheme: str, head_name: str, layers: int = 0, hidden_size: int = 0) -> str:
+    """How one matrix (its name in the model) is stored under `scheme`: the output head is int8, and
+    within int4 what `int4_keeps_int8` names for a model of `layers` layers `hidden_size` wide."""
+    if name == head_name:
         return "int8"
+    if scheme == "int4":
+        layer = re.search(r"\.layers\.(\d+)\.", name)
+        index = int(layer.group(1)) if layer else None
+        if int4_keeps_int8(name.rsplit(".", 1)[-1], index, layers, hidden_size):
+            return "int8"
     return scheme
 
 
@@ -530,12 +537,13 @@ def quantize_model(model: Any, dtype: torch.dtype, scheme: str = "int4", load: L
     # By name: a reference to the head module would keep its 16-bit matrix (the whole vocabulary, read
     # first) alive until every layer is done.
     head_name = next(name for name, m in model.named_modules() if m is model.get_output_embeddings())
+    layers, hidden_size = model.config.num_hidden_layers, model.config.hidden_size
     made = 0
 
     def quantize(linear: nn.Linear, name: str) -> nn.Module:
         nonlocal made
         made += 1
-        return QUANTIZERS[matrix_scheme(name, scheme, head_name)](linear, dtype)
+        return QUANTIZERS[matrix_scheme(name, scheme, head_name, layers, hidden_size)](linear, dtype)
 
     # Parents only: a list that also held the leaf layers would keep each 16-bit matrix alive to the end.
     parents = [
@@ -672,7 +680,7 @@ def stored_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values()) + packed
 
 
-CACHE_FORMAT = "4"  # 3: int4 with fitted group scales, int8 q/k/v; 4: the skeleton's architecture kept
+CACHE_FORMAT = "5"  # 3: int4 fitted, int8 q/k/v; 4: the architecture kept; 5: narrow models' int8 o/down
 
 
 def cache_path(model_dir: Path, scheme: str, dtype: torch.dtype) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from core.hub.catalog import builtin_spec
 from core.inference.engine import LocalEngine
 from core.inference.quantize import quantize_checkpoint, stored_bytes
 from core.inference.sizing import (
+    NARROW_HIDDEN,
     RUNTIME_OVERHEAD_BYTES,
     KvLayout,
     Precision,
@@ -47,14 +49,17 @@ def test_qwen_and_tinyllama_from_their_real_config_numbers() -> None:
     assert 4.5 * GIB < estimate.total_bytes < 5 * GIB
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])  # a tied and an untied vocabulary
+@pytest.mark.parametrize(
+    ("arch", "hidden_size"),  # a tied and an untied vocabulary; narrow and wide (int4_keeps_int8)
+    [("qwen2", 256), ("llama", 256), ("llama", NARROW_HIDDEN + 128)],
+)
 @pytest.mark.parametrize("scheme", ["int4", "int8"])
 def test_the_estimate_counts_the_weights_quantization_really_stores(
-    tmp_path_factory: pytest.TempPathFactory, arch: str, scheme: str
+    tmp_path_factory: pytest.TempPathFactory, arch: str, hidden_size: int, scheme: str
 ) -> None:
     # The vocabulary is what a flat "parameters x bytes" misses: the head stays int8, an untied input
     # table stays 16-bit and is not read per token (a flat count was 14 % low for both catalog models).
-    source = build_tiny_model(tmp_path_factory.mktemp("est") / "m", arch, hidden_size=256, layers=2)
+    source = build_tiny_model(tmp_path_factory.mktemp("est") / "m", arch, hidden_size=hidden_size, layers=8)
     model = quantize_checkpoint(source, torch.bfloat16, scheme)
     model.get_output_embeddings().packing = True  # as loading does: packed for fbgemm, a second copy
     precision = LocalEngine(source.parent, quantization=scheme).precision()
@@ -85,10 +90,18 @@ def test_kv_layout_from_a_config() -> None:
         "num_attention_heads": 14,
         "num_key_value_heads": 2,
         "hidden_size": 896,
+        "intermediate_size": 4864,
     }
     layout = KvLayout.from_config(config)
-    assert layout == KvLayout(24, 2, 64, hidden_size=896, heads=14)
+    assert layout == KvLayout(24, 2, 64, hidden_size=896, heads=14, intermediate_size=4864)
     assert layout.attention_weights == 24 * 896 * (896 + 2 * 128)  # q, then k and v of 2 heads × 64
+    # int4 keeps int8 in this narrow model: q/k/v, o and down everywhere, gate/up in layers 0-2
+    assert (
+        layout.int4_int8_weights
+        == layout.attention_weights + 24 * (896 * 896 + 896 * 4864) + 3 * 2 * 896 * 4864
+    )
+    wide = replace(layout, hidden_size=2048, heads=32, intermediate_size=5632)
+    assert wide.int4_int8_weights == wide.attention_weights
 
 
 def _machine(ram_available: int, ram_total: int, gpu_free: int | None = None) -> HardwareInfo:

@@ -11,7 +11,8 @@ pieces are transformers' own (tests/unit/test_chat_tokenizer.py holds them equal
 from __future__ import annotations
 
 import json
-import tempfile
+import os
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cached_property
@@ -97,11 +98,9 @@ class ChatTokenizer:
             "pad_token_id": self.pad_token_id, "model_max_length": self.model_max_length,
             "clean_up": self.clean_up,
         }  # fmt: skip
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False
-        ) as out:
-            json.dump(kept, out, ensure_ascii=False)
-        Path(out.name).replace(path)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
+        partial.write_text(json.dumps(kept, ensure_ascii=False), encoding="utf-8")
+        partial.replace(path)
 
     @classmethod
     def load(cls, path: Path, source: str) -> ChatTokenizer | None:

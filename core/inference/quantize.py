@@ -6,8 +6,8 @@ bytes per weight, more tokens per second. Activations stay in the model's dtype.
 - int4: each group of 32 weights along a row gets a scale and a zero point (asymmetric, 5 bits a
   weight with their bf16 storage), fitted to the group by least squares as llama.cpp's K-quants are,
   in the layout and kernel (`_weight_int4pack_mm_for_cpu`) of torchao and gpt-fast; the attention
-  projections stay int8, and in narrow models (hidden size <= 1024) the o and down projections and
-  the first eighth of the layers too (core.inference.sizing.int4_keeps_int8).
+  projections stay int8, and in narrow models (hidden size <= 1024) the o projections and the first
+  eighth of the layers too (core.inference.sizing.int4_keeps_int8).
 - int8: one scale per output channel (`_weight_int8pack_mm`), close to lossless.
 
 Either way the output head (the tied vocabulary) stays int8, as llama.cpp's Q4_K_M keeps its output at
@@ -680,7 +680,7 @@ def stored_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values()) + packed
 
 
-CACHE_FORMAT = "5"  # 3: int4 fitted, int8 q/k/v; 4: the architecture kept; 5: narrow models' int8 o/down
+CACHE_FORMAT = "5"  # 3: int4 fitted, int8 q/k/v; 4: the architecture kept; 5: narrow models' more int8
 
 
 def cache_path(model_dir: Path, scheme: str, dtype: torch.dtype) -> Path:

@@ -14,12 +14,12 @@ from core.hub.store import config_count, read_config
 RUNTIME_OVERHEAD_BYTES = 320 * 1024**2
 CONTEXT_FOR_ESTIMATES = 4096  # tokens of KV cache planned for: a long chat, not the model's maximum
 # int4 keeps the q/k/v projections int8; a model this narrow or narrower (Qwen2.5-0.5B: 896) keeps its
-# o and down projections int8 too, and the whole first eighth of its layers: Qwen2.5-0.5B's KL per
-# token 0.024 -> 0.0032 for 9 % more bytes (llama.cpp's Q4_K_M 0.0091: it spends 5-8 bits on every
+# o projections int8 too, and the whole first eighth of its layers: Qwen2.5-0.5B's KL per token
+# 0.024 -> 0.0043 for 3.6 % more bytes (llama.cpp's Q4_K_M 0.0091: it spends 5-8 bits on every
 # matrix of rows this short), see docs/performance.md.
 NARROW_HIDDEN = 1024
 ATTENTION_PROJECTIONS = ("qkv_proj", "q_proj", "k_proj", "v_proj")
-NARROW_INT8 = ("o_proj", "down_proj")
+NARROW_INT8 = ("o_proj",)
 
 
 def int4_keeps_int8(matrix: str, layer: int | None, layers: int, hidden_size: int) -> bool:

@@ -111,15 +111,15 @@ def test_int4_keeps_the_attention_projections_and_the_head_int8(tmp_path: Path) 
 
 
 def test_int4_keeps_more_int8_in_a_narrow_model(tmp_path: Path) -> None:
-    # Qwen2.5-0.5B (896 wide): KL per token 0.024 -> 0.0032 against the 16-bit model (docs/performance.md).
+    # Qwen2.5-0.5B (896 wide): KL per token 0.024 -> 0.0043 against the 16-bit model (docs/performance.md).
     model = load(build_tiny_model(tmp_path / "narrow", "qwen2", hidden_size=64, layers=8))
     quantize_model(model, torch.bfloat16, "int4")
     for index, layer in enumerate(model.model.layers):
         assert isinstance(layer.self_attn.qkv_proj.linear, Int8Linear)
         assert isinstance(layer.self_attn.o_proj, Int8Linear)
-        assert isinstance(layer.mlp.down_proj, Int8Linear)
         first_eighth = index < 1
         assert isinstance(layer.mlp.gate_up_proj.linear, Int8Linear if first_eighth else Int4Linear)
+        assert isinstance(layer.mlp.down_proj, Int8Linear if first_eighth else Int4Linear)
     assert isinstance(model.lm_head, Int8Linear)
 
 

@@ -95,11 +95,8 @@ def test_kv_layout_from_a_config() -> None:
     layout = KvLayout.from_config(config)
     assert layout == KvLayout(24, 2, 64, hidden_size=896, heads=14, intermediate_size=4864)
     assert layout.attention_weights == 24 * 896 * (896 + 2 * 128)  # q, then k and v of 2 heads × 64
-    # int4 keeps int8 in this narrow model: q/k/v, o and down everywhere, gate/up in layers 0-2
-    assert (
-        layout.int4_int8_weights
-        == layout.attention_weights + 24 * (896 * 896 + 896 * 4864) + 3 * 2 * 896 * 4864
-    )
+    # int4 keeps int8 in this narrow model: q/k/v and o everywhere, gate/up and down in layers 0-2
+    assert layout.int4_int8_weights == layout.attention_weights + 24 * 896 * 896 + 3 * 3 * 896 * 4864
     wide = replace(layout, hidden_size=2048, heads=32, intermediate_size=5632)
     assert wide.int4_int8_weights == wide.attention_weights
 

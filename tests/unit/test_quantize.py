@@ -100,7 +100,7 @@ def test_the_int4_kernel_computes_with_the_fitted_groups() -> None:
 
 def test_int4_keeps_the_attention_projections_and_the_head_int8(tmp_path: Path) -> None:
     # A model wider than NARROW_HIDDEN (TinyLlama: 2048) keeps only these int8.
-    model = load(build_tiny_model(tmp_path / "wide", "llama", hidden_size=NARROW_HIDDEN + 128, layers=8))
+    model = load(build_tiny_model(tmp_path / "wide", "llama", hidden_size=NARROW_HIDDEN + 128, layers=2))
     quantize_model(model, torch.bfloat16, "int4")
     for layer in model.model.layers:
         assert isinstance(layer.self_attn.qkv_proj.linear, Int8Linear)

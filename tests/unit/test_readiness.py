@@ -59,7 +59,7 @@ def test_the_estimate_counts_the_weights_quantization_really_stores(
 ) -> None:
     # The vocabulary is what a flat "parameters x bytes" misses: the head stays int8, an untied input
     # table stays 16-bit and is not read per token (a flat count was 14 % low for both catalog models).
-    source = build_tiny_model(tmp_path_factory.mktemp("est") / "m", arch, hidden_size=hidden_size, layers=8)
+    source = build_tiny_model(tmp_path_factory.mktemp("est") / "m", arch, hidden_size=hidden_size, layers=2)
     model = quantize_checkpoint(source, torch.bfloat16, scheme)
     model.get_output_embeddings().packing = True  # as loading does: packed for fbgemm, a second copy
     precision = LocalEngine(source.parent, quantization=scheme).precision()

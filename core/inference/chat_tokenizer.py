@@ -99,8 +99,11 @@ class ChatTokenizer:
             "clean_up": self.clean_up,
         }  # fmt: skip
         partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
-        partial.write_text(json.dumps(kept, ensure_ascii=False), encoding="utf-8")
-        partial.replace(path)
+        try:
+            partial.write_text(json.dumps(kept, ensure_ascii=False), encoding="utf-8")
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
 
     @classmethod
     def load(cls, path: Path, source: str) -> ChatTokenizer | None:

@@ -205,3 +205,19 @@ def test_a_template_renders_as_transformers_renders_it(tiny_models: dict[str, Pa
         )
         rendered = compile_template(MULTILINE_TEMPLATE).render(messages=messages, add_generation_prompt=True)
         assert rendered == expected
+
+
+def test_a_full_disk_leaves_the_tokenizer_working_and_no_partial_file(
+    tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = model_folder(tmp_path, tiny_models, "qwen2", None)
+    real_write = Path.write_text
+
+    def disk_full(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        real_write(self, text[: len(text) // 2], *args, **kwargs)  # half of it reached the disk
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    tokenizer = load_tokenizer("tiny", directory)
+    assert tokenizer.chat_ids(CONVERSATIONS[0])  # built by transformers, used, just not kept
+    assert sorted(p.name for p in directory.iterdir() if p.name.startswith(".localllm-tok")) == []

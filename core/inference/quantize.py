@@ -423,9 +423,6 @@ class Slice(nn.Module):
 
 
 SIBLINGS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-# Kept int8 under int4: q/k/v are 2–12 % of a model's layer weights and, measured by bench/quality.py,
-# the most error per byte that int4 saves (Qwen2.5-0.5B: KL 0.0345 -> 0.0243 for 1.6 % more bytes), as
-# llama.cpp's Q4_K_M keeps attention v at 6 bits.
 Loader = Callable[[str], torch.Tensor]  # a checkpoint tensor by name
 
 

@@ -13,10 +13,12 @@ from core.hub.store import config_count, read_config
 # quantized model (core.inference.skeleton), ~345 MiB with transformers' model classes (16-bit).
 RUNTIME_OVERHEAD_BYTES = 320 * 1024**2
 CONTEXT_FOR_ESTIMATES = 4096  # tokens of KV cache planned for: a long chat, not the model's maximum
-# int4 keeps the q/k/v projections int8; a model this narrow or narrower (Qwen2.5-0.5B: 896) keeps its
-# o projections int8 too, and the whole first eighth of its layers: Qwen2.5-0.5B's KL per token
-# 0.024 -> 0.0043 for 3.6 % more bytes (llama.cpp's Q4_K_M 0.0091: it spends 5-8 bits on every
-# matrix of rows this short), see docs/performance.md.
+# int4 keeps the q/k/v projections int8: 2–12 % of a model's layer weights and the most error per byte
+# int4 saves (Qwen2.5-0.5B: KL 0.0345 -> 0.0243 for 1.6 % more bytes), as llama.cpp's Q4_K_M keeps
+# attention v at 6 bits. A model this narrow or narrower (Qwen2.5-0.5B: 896) keeps its o projections
+# int8 too, and the whole first eighth of its layers: KL 0.024 -> 0.0043 for 3.6 % more bytes
+# (llama.cpp's Q4_K_M 0.0091: it spends 5-8 bits on every matrix of rows this short), see
+# docs/performance.md.
 NARROW_HIDDEN = 1024
 ATTENTION_PROJECTIONS = ("qkv_proj", "q_proj", "k_proj", "v_proj")
 NARROW_INT8 = ("o_proj",)
@@ -68,10 +70,10 @@ class KvLayout:
     @property
     def int4_int8_weights(self) -> int:
         """Weights that int4 keeps int8 (int4_keeps_int8) in all layers."""
-        output = self.hidden_size * self.heads * self.head_dim  # o_proj
-        down = gate_up = self.hidden_size * self.intermediate_size
-        sizes = {"qkv_proj": self.attention_weights // max(self.layers, 1), "o_proj": output,
-                 "down_proj": down, "gate_up_proj": 2 * gate_up}  # fmt: skip
+        mlp = self.hidden_size * self.intermediate_size  # down; gate and up are one each
+        sizes = {"qkv_proj": self.attention_weights // max(self.layers, 1),
+                 "o_proj": self.hidden_size * self.heads * self.head_dim,
+                 "down_proj": mlp, "gate_up_proj": 2 * mlp}  # fmt: skip
         return sum(
             size
             for layer in range(self.layers)

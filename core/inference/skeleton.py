@@ -131,10 +131,8 @@ class Rotary(nn.Module):
 
     def __init__(self, config: Architecture) -> None:
         super().__init__()
-        inv_freq, self.attention_scaling = (
-            torch.tensor(config.inv_freq, dtype=torch.float),
-            config.attention_scaling,
-        )
+        inv_freq = torch.tensor(config.inv_freq, dtype=torch.float)
+        self.attention_scaling = config.attention_scaling
         self.inv_freq = nn.Buffer(inv_freq, persistent=False)
         self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
 

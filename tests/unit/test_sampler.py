@@ -104,6 +104,8 @@ def test_a_seed_repeats_the_reply_and_another_seed_does_not() -> None:
 def test_greedy_and_forbidden_tokens() -> None:
     logits = torch.tensor([0.0, 5.0, 1.0, 4.0])
     assert TokenChooser(Sampling(), 4, "cpu").choose(logits) == 1
+    tied = torch.zeros(1000).index_fill_(0, torch.tensor([700, 30, 512]), 2.0)
+    assert TokenChooser(Sampling(), 1000, "cpu").choose(tied) == 30  # the first of equal best, as argmax
     assert TokenChooser(Sampling(), 4, "cpu", never=[1]).choose(logits) == 3
     penalised = TokenChooser(Sampling(repetition_penalty=2.0), 4, "cpu", seen=[1]).choose(logits)
     assert penalised == 3  # 5 / 2 < 4
@@ -117,3 +119,26 @@ def test_top_k_is_the_requests_else_the_models_else_llama_cpps_default() -> None
     assert sampling_for(GenerationParams(top_k=0), publisher).top_k == 0  # no limit, when asked for
     assert sampling_for(GenerationParams(), publisher).top_k == 20
     assert sampling_for(GenerationParams(), silent).top_k == DEFAULT_TOP_K == 40  # as llama.cpp and Ollama
+
+
+def test_penalties_that_push_the_best_scores_down_still_give_transformers_choice() -> None:
+    # The best 30 tokens were all seen and fall far: the k best now lie beyond the shortlist read first.
+    logits = torch.randn(500, generator=torch.Generator().manual_seed(3)).abs() + 1
+    seen = torch.topk(logits, 30).indices.tolist()
+    sampling = Sampling(temperature=0.8, top_k=3, repetition_penalty=50.0, presence_penalty=2.0)
+    chooser = TokenChooser(sampling, 500, "cpu", seen=seen)
+    torch.testing.assert_close(
+        chooser.distribution(logits), reference(logits, seen, sampling), atol=2e-6, rtol=1e-4
+    )
+    assert chooser.choose(logits) not in seen
+    penalised = RepetitionPenaltyLogitsProcessor(50.0)(torch.tensor([seen]), logits.clone().unsqueeze(0))
+    greedy = TokenChooser(Sampling(repetition_penalty=50.0), 500, "cpu", seen=seen)
+    assert greedy.choose(logits) == int(penalised.argmax())
+
+
+def test_forbidden_tokens_beyond_the_shortlist() -> None:
+    logits = torch.arange(100, dtype=torch.float32)  # 99 is the best, then 98, ...
+    never = list(range(80, 100))  # the 20 best may not be chosen
+    assert TokenChooser(Sampling(), 100, "cpu", never=never).choose(logits) == 79
+    sampled = TokenChooser(Sampling(temperature=1.0, top_k=2, seed=0), 100, "cpu", never=never)
+    assert {sampled.choose(logits) for _ in range(100)} == {78, 79}

@@ -51,7 +51,7 @@ from core.inference.sizing import int4_keeps_int8
 INT4_GROUP = 32
 PROMPT_ROWS = 32  # from this many rows on (a prompt), dequantizing + a GEMM beats the int8 kernel
 # The same for int4 in bf16 (docs/performance.md, "Prompts"): unpacking costs more, so it pays later.
-INT4_PROMPT_ROWS = 128
+INT4_PROMPT_ROWS = 96
 UNPACK_BLOCK = 64  # output features per block of torch's CPU int4 layout (two nibbles: n and n + 32)
 UNPACK_WEIGHTS = 2**21  # weights unpacked at a time (4 MiB in bf16): bounds the temporary copies
 # Stored bytes per weight, for memory and speed estimates: nibbles + a bf16 scale and zero per group.
@@ -345,29 +345,37 @@ class Int4Linear(QuantizedLinear):
         compute-bound."""
         out = rows.new_empty(rows.shape[0], self.out_features)
         step = max(1, UNPACK_WEIGHTS // (self.in_features * UNPACK_BLOCK)) * UNPACK_BLOCK
+        slice_ = rows.new_empty(self.in_features * min(step, self.out_features))  # reused: no fresh pages
         for start in range(0, self.out_features, step):
             stop = min(start + step, self.out_features)
-            torch.mm(rows, unpack_int4(self.packed, self.scales_zeros, start, stop), out=out[:, start:stop])
+            weights = unpack_int4(self.packed, self.scales_zeros, start, stop, slice_)
+            torch.mm(rows, weights, out=out[:, start:stop])
         return out
 
 
-def unpack_int4(packed: torch.Tensor, scales_zeros: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+def unpack_int4(
+    packed: torch.Tensor, scales_zeros: torch.Tensor, start: int, stop: int, into: torch.Tensor | None = None
+) -> torch.Tensor:
     """Output features start:stop (multiples of UNPACK_BLOCK) of an int4 layer, dequantized and
-    transposed: in × (stop - start), in the scales' dtype.
+    transposed: in × (stop - start), in the scales' dtype (written into the front of `into` if given).
 
     torch's CPU layout keeps each block of 64 output features as in × 32 bytes, byte j holding feature
     j in its low nibble and feature j + 32 in its high one (`unpacking_works` checks it).
     """
     inputs, width = packed.shape[1] * 2, stop - start
     half = UNPACK_BLOCK // 2
-    blocks = packed.view(-1, inputs, half)[start // UNPACK_BLOCK : stop // UNPACK_BLOCK]
-    codes = torch.stack((blocks & 15, blocks >> 4), dim=2)  # blocks × in × 2 × 32: features in order
-    shape = (inputs // INT4_GROUP, INT4_GROUP, width)
-    weight = codes.view(-1, inputs, UNPACK_BLOCK).permute(1, 0, 2).reshape(shape).to(scales_zeros.dtype)
-    # (q - 8) × scale + zero; contiguous scales: broadcasting a strided one is ~9× slower
+    blocks = packed.view(-1, inputs, half)[start // UNPACK_BLOCK : stop // UNPACK_BLOCK].permute(1, 0, 2)
+    if into is None:
+        into = torch.empty(inputs * width, dtype=scales_zeros.dtype, device=packed.device)
+    # Each nibble converted on its way to its place (in × blocks × 2 × 32: features in order), then
+    # (q - 8) × scale + zero in one pass, rounded once; contiguous scales: a strided one is ~9× slower.
+    codes = into[: inputs * width].view(inputs, width // UNPACK_BLOCK, 2, half)
+    codes[:, :, 0].copy_(blocks & 15)
+    codes[:, :, 1].copy_(blocks >> 4)
     scale = scales_zeros[:, start:stop, 0].contiguous()
     offset = scales_zeros[:, start:stop, 1] - 8 * scale
-    return weight.mul_(scale.unsqueeze(1)).add_(offset.unsqueeze(1)).view(inputs, width)
+    groups = codes.view(inputs // INT4_GROUP, INT4_GROUP, width)
+    return torch.addcmul(offset.unsqueeze(1), groups, scale.unsqueeze(1), out=groups).view(inputs, width)
 
 
 @functools.cache

@@ -28,7 +28,7 @@ import torch
 
 from core.inference.decoder import Decoder, KvCache, Segment
 from core.inference.reuse import KeptCaches
-from core.inference.sampler import TokenChooser
+from core.inference.sampler import Best, TokenChooser, best_of_each
 
 PREFILL_ALONE = 512  # prompt tokens a step when no other reply is decoding (bounds a long prompt's memory)
 PREFILL_BESIDE = 64  # prompt tokens a step beside decoding replies (~0.15 s on 2 cores for Qwen2.5-0.5B)
@@ -128,15 +128,18 @@ class Batch:
             for request in served:
                 self._finish(request, exc)
             return
-        for request, row in zip(served, logits, strict=True):
-            if request.decoding:
-                self._choose(request, row)
+        rows = [index for index, request in enumerate(served) if request.decoding]
+        choosing = [served[index] for index in rows]
+        logits = logits[rows] if len(rows) < len(served) else logits
+        best = best_of_each([request.chooser for request in choosing], logits)
+        for request, row, row_best in zip(choosing, logits, best, strict=True):
+            self._choose(request, row, row_best)
 
     def _last_token(self, request: Request) -> torch.Tensor:
         return torch.tensor(request.generated[-1:], device=self.decoder.device)
 
-    def _choose(self, request: Request, logits: torch.Tensor) -> None:
-        token = request.chooser.choose(logits)
+    def _choose(self, request: Request, logits: torch.Tensor, best: Best | None) -> None:
+        token = request.chooser.choose(logits, best)
         request.generated.append(token)
         stopped = request.on_token(token)
         if stopped or token in request.end_ids or len(request.generated) >= request.max_new_tokens:

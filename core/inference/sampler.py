@@ -5,10 +5,12 @@ transformers' logits processors sort the whole vocabulary for top-p at every ste
 step for Qwen's 151,936 words on 2 cores. llama.cpp's sampler chain cuts to the top k first; so does
 this one: with a top-k (the default: the model's, else 40) the best scores are read once and the rest of
 the choice is made on those few numbers (~0.5 ms a token right after a pass, against ~0.8 on tensors).
-The distribution is exactly transformers' (RepetitionPenalty → Temperature → TopK → TopP →
-MinP, tested against them): the cut is exact for top-k; with no top-k (0), the best 256 are taken and
-their probabilities computed against the whole vocabulary's normaliser; only when top-p or min-p would
-keep a token beyond them are more looked at (4096, then the whole vocabulary: a flat distribution).
+The replies of a batch read theirs in one top-k over their rows (three replies of Qwen: 0.49 against
+0.79 ms right after a pass). The distribution is exactly transformers' (RepetitionPenalty →
+Temperature → TopK → TopP → MinP, tested against them): the cut is exact for top-k; with no top-k (0),
+the best 256 are taken and their probabilities computed against the whole vocabulary's normaliser;
+only when top-p or min-p would keep a token beyond them are more looked at (4096, then the whole
+vocabulary: a flat distribution).
 """
 
 from __future__ import annotations
@@ -47,6 +49,22 @@ class Sampling:
         return self.temperature == 0
 
 
+Best = tuple[list[float], list[int]]  # the best scores of a row of logits and their ids, best first
+
+
+def best_of_each(choosers: list[TokenChooser], logits: torch.Tensor) -> list[Best | None]:
+    """Each row's best scores as its chooser reads them first (`shortlist`), all rows in one top-k (one
+    call for a batch's replies instead of one each); None for a chooser that reads none."""
+    count = max((chooser.shortlist for chooser in choosers), default=0)
+    if len(choosers) < 2 or not count:
+        return [None] * len(choosers)
+    values, ids = torch.topk(logits, count)
+    return [
+        (row_values, row_ids) if chooser.shortlist else None
+        for chooser, row_values, row_ids in zip(choosers, values.tolist(), ids.tolist(), strict=True)
+    ]
+
+
 class TokenChooser:
     """Chooses tokens for one reply; remembers what it has seen (the prompt, then each token chosen)."""
 
@@ -56,6 +74,7 @@ class TokenChooser:
     ) -> None:  # fmt: skip
         """`never` are tokens that may not be chosen (the end tokens while a fixed length is asked for)."""
         self.sampling = sampling
+        self.vocabulary = vocabulary
         self.device = torch.device(device)
         self._seen_set = set(seen)
         self._seen = torch.tensor(sorted(self._seen_set), dtype=torch.long, device=self.device)
@@ -74,9 +93,16 @@ class TokenChooser:
             self._seen_set.add(token)
             self._seen_pending.append(token)
 
-    def choose(self, logits: torch.Tensor) -> int:
-        """The next token for these logits (1-D, the whole vocabulary); it is observed."""
-        listed = self._shortlisted(logits)
+    @property
+    def shortlist(self) -> int:
+        """How many of the best scores `choose` reads first (0: none, it works on tensors)."""
+        k = 1 if self.sampling.greedy else self.sampling.top_k
+        return min(self.vocabulary, 2 * k + SHORTLIST_EXTRA) if 0 < k <= SHORTLIST_MAX_K else 0
+
+    def choose(self, logits: torch.Tensor, best: Best | None = None) -> int:
+        """The next token for these logits (1-D, the whole vocabulary); it is observed. `best`: the best
+        scores of these logits and their ids, best first, at least `shortlist` of them, if read already."""
+        listed = self._shortlisted(logits, best)
         if listed is not None:
             ids, probs = listed
             token = ids[0] if len(ids) == 1 else self._random.choices(ids, probs)[0]
@@ -105,17 +131,21 @@ class TokenChooser:
         ids, probs = self._candidates(scores)
         return full.index_put_((ids,), probs)
 
-    def _shortlisted(self, logits: torch.Tensor) -> tuple[list[int], list[float]] | None:
+    def _shortlisted(
+        self, logits: torch.Tensor, best: Best | None = None
+    ) -> tuple[list[int], list[float]] | None:
         """With a top-k of at most SHORTLIST_MAX_K or greedy: the tokens that may be drawn and their
         probabilities, best first, from the best 2k + SHORTLIST_EXTRA scores; None when a token beyond
         them might be among the k best (penalties and forbidden tokens pushed too many of them down)."""
-        sampling, vocabulary = self.sampling, logits.shape[-1]
-        k = 1 if sampling.greedy else min(sampling.top_k, vocabulary)
-        if not 0 < k <= SHORTLIST_MAX_K:
+        sampling, vocabulary, count = self.sampling, logits.shape[-1], self.shortlist
+        if not count:
             return None
-        values, ids = torch.topk(logits, min(vocabulary, 2 * k + SHORTLIST_EXTRA))
-        raw, scored = values.tolist(), []
-        for value, token in zip(raw, ids.tolist(), strict=True):
+        k = 1 if sampling.greedy else min(sampling.top_k, vocabulary)
+        if best is None:
+            values, ids = torch.topk(logits, count)
+            best = values.tolist(), ids.tolist()
+        raw, scored = best[0][:count], []
+        for value, token in zip(raw, best[1][:count], strict=True):
             if token in self._never_set:
                 continue
             if token in self._seen_set:  # penalties only ever lower a score

@@ -18,7 +18,7 @@ from transformers import (
 
 from core.inference.generation import sampling_for
 from core.inference.params import DEFAULT_TOP_K, GenerationParams
-from core.inference.sampler import CANDIDATES, Sampling, TokenChooser
+from core.inference.sampler import CANDIDATES, Sampling, TokenChooser, best_of_each
 
 
 def reference(logits: torch.Tensor, seen: list[int], sampling: Sampling) -> torch.Tensor:
@@ -99,6 +99,33 @@ def test_a_seed_repeats_the_reply_and_another_seed_does_not() -> None:
 
     assert reply(1) == reply(1)
     assert reply(1) != reply(2)
+
+
+def test_replies_choosing_together_choose_what_they_choose_alone() -> None:
+    # One top-k over the batch's rows (best_of_each) stands in for each reply's own: same tokens, same draws.
+    samplings = (
+        Sampling(repetition_penalty=50.0),  # greedy; its seen best tokens fall beyond the shortlist
+        Sampling(temperature=0.9, top_k=5, top_p=0.9, seed=3),
+        Sampling(temperature=1.0, top_k=0, min_p=0.05, seed=4),  # no top-k: reads no shortlist
+        Sampling(temperature=0.7, top_k=40, presence_penalty=1.5, seed=5),
+    )
+    steps = torch.randn(30, len(samplings), 300, generator=torch.Generator().manual_seed(6))
+    seen = torch.topk(steps[0, 0], 30).indices.tolist()
+
+    def choosers() -> list[TokenChooser]:
+        return [TokenChooser(sampling, 300, "cpu", seen=seen) for sampling in samplings]
+
+    alone, together = choosers(), choosers()
+    assert [chooser.shortlist for chooser in together] == [10, 18, 0, 88]
+    expected = [[chooser.choose(step[i]) for step in steps] for i, chooser in enumerate(alone)]
+    got: list[list[int]] = [[] for _ in samplings]
+    for step in steps:
+        best = best_of_each(together, step)
+        assert best[2] is None and all(len(best[i][0]) == 88 for i in (0, 1, 3))
+        for i, chooser in enumerate(together):
+            got[i].append(chooser.choose(step[i], best[i]))
+    assert got == expected
+    assert best_of_each(together[:1], steps[0, :1]) == [None]  # one reply: its own top-k, as before
 
 
 def test_greedy_and_forbidden_tokens() -> None:

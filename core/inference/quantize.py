@@ -43,7 +43,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional
 
 from core.hardware import return_freed_memory_to_os
 from core.inference.sizing import int4_keeps_int8
@@ -68,11 +67,20 @@ def int8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> t
     """x (rows × in) times the int8 weight (out × in) with per-row scales, in the scale's dtype.
 
     Decoding (a few rows) reads int8 straight from memory; a prompt (many rows) is compute-bound, so
-    the weight is widened once and multiplied with the dtype's fast GEMM.
+    the weight is widened and scaled ~UNPACK_WEIGHTS at a time into one reused buffer (it stays in the
+    cache; the whole matrix at once came back as fresh pages every pass) for the dtype's fast GEMM.
     """
     if x.shape[0] < PROMPT_ROWS:
         return torch._weight_int8pack_mm(x, weight, scale)
-    return functional.linear(x, weight.to(scale.dtype) * scale[:, None])
+    outputs, inputs = weight.shape
+    out = x.new_empty(x.shape[0], outputs)
+    step = max(1, UNPACK_WEIGHTS // inputs)
+    widened = torch.empty(min(step, outputs), inputs, dtype=scale.dtype, device=weight.device)
+    for start in range(0, outputs, step):
+        stop = min(start + step, outputs)
+        part = widened[: stop - start].copy_(weight[start:stop]).mul_(scale[start:stop, None])
+        torch.mm(x, part.t(), out=out[:, start:stop])
+    return out
 
 
 def kernel_supported(scheme: str, dtype: torch.dtype = torch.bfloat16) -> bool:

@@ -129,13 +129,16 @@ def test_a_shape_int4_groups_do_not_fit_stays_int8() -> None:
     assert isinstance(Int4Linear.from_linear(torch.nn.Linear(2 * INT4_GROUP, 16), torch.bfloat16), Int4Linear)
 
 
-def test_prompt_rows_and_decode_rows_give_the_same_product() -> None:
+def test_prompt_rows_and_decode_rows_give_the_same_product(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(1)
     layer = Int8Linear.from_linear(torch.nn.Linear(64, 48, bias=True), torch.bfloat16)
     rows = torch.randn(PROMPT_ROWS + 8, 64, dtype=torch.bfloat16)
+    monkeypatch.setattr(quantize, "UNPACK_WEIGHTS", 20 * 64)  # widened 20 outputs at a time: 20, 20, 8
     together = layer(rows)  # the prompt path: widened weights and a bf16 GEMM
     one_by_one = torch.cat([layer(row[None]) for row in rows])  # the decode path: the int8 kernel
     torch.testing.assert_close(together, one_by_one, atol=0.05, rtol=0.02)
+    exact = rows.double() @ (layer.weight.double() * layer.scale.double()[:, None]).t() + layer.bias.double()
+    torch.testing.assert_close(together.double(), exact, atol=0.02, rtol=0.01)  # every slice, bf16 rounding
     assert int8_matmul(rows[:1], layer.weight, layer.scale).shape == (1, 48)
 
 

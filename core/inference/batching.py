@@ -31,12 +31,16 @@ from core.inference.reuse import KeptCaches
 from core.inference.sampler import Best, TokenChooser, best_of_each
 
 PREFILL_ALONE = 512  # prompt tokens a step when no other reply is decoding (bounds a long prompt's memory)
-PREFILL_BESIDE = 64  # prompt tokens a step beside decoding replies (~0.15 s on 2 cores for Qwen2.5-0.5B)
+PREFILL_BESIDE = (
+    64  # prompt tokens a step beside decoding replies (~0.2 s on 2 cores for Qwen2.5-0.5B, ~0.5 s TinyLlama)
+)
 # A batch that starts from idle waits while requests keep arriving, each within GATHER_GAP_S of the last
 # (GATHER_MAX_S at most): requests sent together reach the server a few milliseconds apart (parsing,
-# the chat template), and their prompts then go in one pass instead of one after another.
-GATHER_GAP_S = 0.01
-GATHER_MAX_S = 0.05
+# the chat template), and their prompts then go in one pass instead of one after another. Four clients
+# at once reached the batch 1.3-9.6 ms apart on 2 cores; a gap of 10 ms missed the last ones in one round
+# of nine (their first text 3.5-5.6 s instead of ~2.2 s). A lone request waits one gap more than it would.
+GATHER_GAP_S = 0.02
+GATHER_MAX_S = 0.1
 logger = logging.getLogger(__name__)
 
 

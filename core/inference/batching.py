@@ -31,9 +31,8 @@ from core.inference.reuse import KeptCaches
 from core.inference.sampler import Best, TokenChooser, best_of_each
 
 PREFILL_ALONE = 512  # prompt tokens a step when no other reply is decoding (bounds a long prompt's memory)
-PREFILL_BESIDE = (
-    64  # prompt tokens a step beside decoding replies (~0.2 s on 2 cores for Qwen2.5-0.5B, ~0.5 s TinyLlama)
-)
+# Prompt tokens a step beside decoding replies (~0.2 s on 2 cores for Qwen2.5-0.5B, ~0.5 s for TinyLlama).
+PREFILL_BESIDE = 64
 # A batch that starts from idle waits while requests keep arriving, each within GATHER_GAP_S of the last
 # (GATHER_MAX_S at most): requests sent together reach the server a few milliseconds apart (parsing,
 # the chat template), and their prompts then go in one pass instead of one after another. Four clients

@@ -353,10 +353,10 @@ class Int4Linear(QuantizedLinear):
         compute-bound."""
         out = rows.new_empty(rows.shape[0], self.out_features)
         step = max(1, UNPACK_WEIGHTS // (self.in_features * UNPACK_BLOCK)) * UNPACK_BLOCK
-        slice_ = rows.new_empty(self.in_features * min(step, self.out_features))  # reused: no fresh pages
+        buffer = rows.new_empty(self.in_features * min(step, self.out_features))  # reused: no fresh pages
         for start in range(0, self.out_features, step):
             stop = min(start + step, self.out_features)
-            weights = unpack_int4(self.packed, self.scales_zeros, start, stop, slice_)
+            weights = unpack_int4(self.packed, self.scales_zeros, start, stop, buffer)
             torch.mm(rows, weights, out=out[:, start:stop])
         return out
 

@@ -14,6 +14,10 @@ and every reply runs to max_tokens (the model never says its end-of-turn token).
 comes first (not counted). The clients run at a lower priority (nice 10): they stand
 for other machines.
 
+One user alone is measured before the first N and again after each N, and each N's ratio is to the mean
+of the one-user rounds on either side of it: this 2-core machine's speed drifts by up to ~1.5× between
+minutes, and a ratio to a single one-user round at the start followed that drift as much as the engine.
+
 Usage: .venv/bin/python -m bench.many_users [--users 1 2 3 4 8] [--tokens 128] [--prompt-words 12]
        [--models qwen2.5-0.5b tinyllama-1.1b] [--parallel N]
 """
@@ -102,6 +106,23 @@ def together(url: str, key: str, users: int, words: int, tokens: int) -> list[Us
     return runs  # type: ignore[return-value]
 
 
+def aggregate(runs: list[UserRun]) -> float:
+    """All completion tokens over the wall time from the first request to the last token."""
+    return sum(r.completion_tokens for r in runs) / (
+        max(r.ended for r in runs) - min(r.started for r in runs)
+    )
+
+
+def row(runs: list[UserRun], ratio: float, server: subprocess.Popen, plan_mb: float) -> str:
+    ttfts = " ".join(f"{r.ttft_s:.2f}" for r in sorted(runs, key=lambda r: r.ttft_s))
+    rss = psutil.Process(server.pid).memory_info().rss / 2**20
+    return (
+        f"  {len(runs):>5} {ttfts:<28} {statistics.median(r.tokens_per_s for r in runs):17.1f} "
+        f"{aggregate(runs):13.1f} {ratio:10.2f} {sum(r.completion_tokens for r in runs):6} {rss:8.0f} "
+        f"{plan_mb:8.0f}"
+    )
+
+
 def serve(models: Path, data: Path, key: str, port: int, parallel: int | None) -> subprocess.Popen:
     env = os.environ | {"LOCALLLM_MODELS_DIR": str(models), "LOCALLLM_DATA_DIR": str(data)}
     if parallel is not None:
@@ -181,20 +202,16 @@ def main() -> None:
                     f"  {'users':>5} {'ttft s (each)':<28} {'t/s each (median)':>17} {'aggregate t/s':>13} "
                     f"{'x one user':>10} {'tokens':>6} {'RSS MiB':>8} {'plan MiB':>8}"
                 )
-                alone = None
-                for users in args.users:
+                plan = planned_mb(work / "models", key, args.parallel)
+                before = together(url, key, 1, args.prompt_words, args.tokens)
+                if 1 in args.users:
+                    print(row(before, 1.0, server, plan))
+                for users in (n for n in args.users if n != 1):
                     runs = together(url, key, users, args.prompt_words, args.tokens)
-                    wall = max(r.ended for r in runs) - min(r.started for r in runs)
-                    tokens = sum(r.completion_tokens for r in runs)
-                    aggregate = tokens / wall
-                    alone = alone or aggregate
-                    ttfts = " ".join(f"{r.ttft_s:.2f}" for r in sorted(runs, key=lambda r: r.ttft_s))
-                    rss = psutil.Process(server.pid).memory_info().rss / 2**20
-                    print(
-                        f"  {users:>5} {ttfts:<28} {statistics.median(r.tokens_per_s for r in runs):17.1f} "
-                        f"{aggregate:13.1f} {aggregate / alone:10.2f} {tokens:6} {rss:8.0f} "
-                        f"{planned_mb(work / 'models', key, args.parallel):8.0f}"
-                    )
+                    after = together(url, key, 1, args.prompt_words, args.tokens)
+                    alone = (aggregate(before) + aggregate(after)) / 2
+                    print(row(runs, aggregate(runs) / alone, server, plan))
+                    before = after
             finally:
                 server.terminate()
                 server.wait(30)

@@ -88,7 +88,7 @@ class Batch:
             self.kept.discard(source.cache)
             cache = source.cache
         else:
-            cache = KvCache(self.decoder, capacity)
+            cache = KvCache(self.decoder, capacity, zeroed=self.decoder.use_graphs)  # see Decoder.step
         if source is not None:
             if source.cache is not cache:
                 cache.copy_prefix(source.cache, shared)
@@ -151,6 +151,8 @@ class Batch:
     def _finish(self, request: Request, error: BaseException | None = None) -> None:
         self.active.remove(request)
         cache, request.cache = request.cache, None
+        if cache is not None:
+            self.decoder.release(cache)
         if error is None:
             if cache is not None:  # it holds the prompt and the reply but the last token chosen
                 self.kept.keep(request.owner, (request.prompt + request.generated)[: cache.length], cache)

@@ -8,7 +8,9 @@ embedding on q and k at once, a preallocated KV cache written in place, and one 
 query heads packed per KV head. Any other architecture keeps transformers' own forward.
 
 On a GPU a small model's decoding waits on kernel launches, not on the GPU (transformers' forward
-launched ~600 kernels a token): there each new token replays the step recorded once as a CUDA graph.
+launched ~600 kernels a token): there a pass that adds one token to each of its sequences replays a
+step recorded as a CUDA graph for those sequences' caches, recorded again when a reply joins or leaves
+(a lone reply's own cache is reused from reply to reply, and so is its recording).
 """
 
 from __future__ import annotations
@@ -148,9 +150,9 @@ class Decoder:
             for layer in base.layers
         ]
         self.cache = KvCache(self, 0, zeroed=True)  # the decoder's own sequence (`reset`, `forward`)
-        self._slots = torch.empty(0)
-        # On CUDA a single-token step of the own sequence is recorded once as a CUDA graph and replayed:
-        # one launch a token instead of hundreds (off again if recording fails).
+        # On CUDA a pass of one new token per sequence is recorded as a CUDA graph for those sequences'
+        # caches and replayed: one launch a pass instead of hundreds (off again if recording fails).
+        # Caches it attends must be zeroed (`step` reads every slot through a mask).
         self.use_graphs = self.device.type == "cuda"
         self._graph: _Graph | None = None
 
@@ -161,8 +163,6 @@ class Decoder:
         if self.cache.capacity < capacity:
             # Zeros, not garbage: `step` attends over every slot, and a masked NaN still poisons it.
             self.cache = KvCache(self, capacity, zeroed=True)
-            self._slots = torch.arange(capacity, device=self.device)
-            self._graph = None  # it recorded the old cache
         self.cache.length = 0
         return self.cache
 
@@ -180,20 +180,14 @@ class Decoder:
     def run(self, segments: Sequence[Segment]) -> torch.Tensor:
         """Append each segment's tokens to its sequence, all in one pass over the weights; the float
         logits after each segment's last token (segments × vocabulary)."""
-        if self.use_graphs and self._replayable(segments):
-            return self._replay(segments[0].ids).unsqueeze(0)
+        if self.use_graphs and all(
+            s.ids.shape[0] == 1 and s.cache.length < s.cache.capacity for s in segments
+        ):
+            logits = self._replay(segments)
+            if logits is not None:
+                return logits
         hidden, spans = self._pass(segments)
         return self._logits(hidden[-1:] if len(spans) == 1 else hidden[[span.last - 1 for span in spans]])
-
-    def _replayable(self, segments: Sequence[Segment]) -> bool:
-        """Whether the pass is one new token of the own sequence, with room for it (the recorded step)."""
-        own = self.cache
-        return (
-            len(segments) == 1
-            and segments[0].cache is own
-            and segments[0].ids.shape[0] == 1
-            and own.length < own.capacity
-        )
 
     @torch.inference_mode()
     def logits_of_each(self, cache: KvCache, ids: torch.Tensor) -> torch.Tensor:
@@ -257,40 +251,63 @@ class Decoder:
         )
 
     @torch.inference_mode()
-    def step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """One token (1-D, one id) of the own sequence at `position` (1-D, one index), its logits: the
-        same mathematics as `forward` in shapes that do not change from token to token (the whole cache
-        is attended, through a mask), so that a CUDA graph can record it. Leaves `length` alone."""
-        x, cos, sin = self._embed(token, position.unsqueeze(0))
-        visible = (self._slots <= position).view(1, 1, 1, -1)
-        cache = self.cache
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, caches: Sequence[KvCache]) -> torch.Tensor:
+        """One token (`tokens[i]`) for each sequence `caches[i]` at `positions[i]`, their logits
+        (sequences × vocabulary): the same mathematics as `run` in shapes that do not change from token
+        to token (each whole cache is attended, through a mask), so that a CUDA graph can record it.
+        Leaves the lengths alone."""
+        x, cos, sin = self._embed(tokens, positions.unsqueeze(0))
+        visible = [
+            (torch.arange(cache.capacity, device=self.device) <= positions[i]).view(1, 1, 1, -1)
+            for i, cache in enumerate(caches)
+        ]
 
         def store(index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-            cache.keys[index].index_copy_(1, position, keys)
-            cache.values[index].index_copy_(1, position, values)
+            for i, cache in enumerate(caches):
+                cache.keys[index].index_copy_(1, positions[i : i + 1], keys[:, i : i + 1])
+                cache.values[index].index_copy_(1, positions[i : i + 1], values[:, i : i + 1])
 
         def attend(index: int, query: torch.Tensor) -> torch.Tensor:
-            keys, values = cache.keys[index : index + 1], cache.values[index : index + 1]
-            return functional.scaled_dot_product_attention(
-                self._packed(query), keys, values, attn_mask=visible
+            return torch.cat(
+                [
+                    functional.scaled_dot_product_attention(
+                        self._packed(query[i : i + 1]),
+                        cache.keys[index : index + 1],
+                        cache.values[index : index + 1],
+                        attn_mask=visible[i],
+                    ).reshape(1, -1)
+                    for i, cache in enumerate(caches)
+                ]
             )
 
         for index, layer in enumerate(self.layers):
             x = self._layer(layer, x, cos, sin, partial(store, index), partial(attend, index))
-        return self._logits(x)[0]
+        return self._logits(x)
 
-    def _replay(self, token: torch.Tensor) -> torch.Tensor:
-        if self._graph is None:
+    def release(self, cache: KvCache) -> None:
+        """Drop the recording that attends `cache` (a reply's that ended), which would keep its memory;
+        the own cache's stays (its next reply replays it)."""
+        graph = self._graph
+        if graph is not None and cache is not self.cache and any(cache is c for c in graph.caches):
+            self._graph = None
+
+    def _replay(self, segments: Sequence[Segment]) -> torch.Tensor | None:
+        """The pass replayed from the graph recorded for these caches (recorded now if it is not); None
+        if this pass cannot be recorded (graphs are then off)."""
+        caches = tuple(segment.cache for segment in segments)
+        graph = self._graph
+        if graph is None or graph.caches != caches:
+            self._graph = graph = None  # its memory goes before the next one's is taken
             try:
-                self._graph = _Graph.record(self)
+                self._graph = graph = _Graph.record(self, caches)
             except RuntimeError:  # an operation CUDA graphs cannot hold (a host sync): run eagerly
                 self.use_graphs = False
-                return self.forward(token)
-        graph = self._graph
-        graph.token.copy_(token)
-        graph.position.fill_(self.cache.length)
-        graph.graph.replay()
-        self.cache.length += 1
+                return None
+        graph.tokens.copy_(torch.cat([segment.ids for segment in segments]))
+        graph.positions.copy_(torch.tensor([cache.length for cache in caches]))
+        graph.replay()
+        for cache in caches:
+            cache.length += 1
         return graph.logits.clone()  # the next replay overwrites it
 
     def _packed(self, query: torch.Tensor) -> torch.Tensor:
@@ -335,27 +352,32 @@ class Decoder:
 
 @dataclass(frozen=True)
 class _Graph:
-    """A recorded decode step: write the token and its position, replay, read the logits."""
+    """A decode step recorded for some caches: write the tokens and their positions, replay, read the
+    logits."""
 
     graph: torch.cuda.CUDAGraph
-    token: torch.Tensor
-    position: torch.Tensor
+    caches: tuple[KvCache, ...]
+    tokens: torch.Tensor
+    positions: torch.Tensor
     logits: torch.Tensor
 
     @classmethod
-    def record(cls, decoder: Decoder) -> _Graph:
-        token = torch.zeros(1, dtype=torch.long, device=decoder.device)
-        # The warm-up and the recording write into the next free slot, which the replay then fills.
-        position = torch.full((1,), decoder.length, dtype=torch.long, device=decoder.device)
+    def record(cls, decoder: Decoder, caches: tuple[KvCache, ...]) -> _Graph:
+        tokens = torch.zeros(len(caches), dtype=torch.long, device=decoder.device)
+        # The warm-up and the recording write into each cache's next free slot, which the replay fills.
+        positions = torch.tensor([cache.length for cache in caches], device=decoder.device)
         side = torch.cuda.Stream(decoder.device)
         side.wait_stream(torch.cuda.current_stream(decoder.device))
         with torch.cuda.stream(side):
-            decoder.step(token, position)  # kernels chosen and workspaces allocated before recording
+            decoder.step(tokens, positions, caches)  # kernels chosen, workspaces allocated before recording
         torch.cuda.current_stream(decoder.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = decoder.step(token, position)
-        return cls(graph, token, position, logits)
+            logits = decoder.step(tokens, positions, caches)
+        return cls(graph, caches, tokens, positions, logits)
+
+    def replay(self) -> None:
+        self.graph.replay()
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

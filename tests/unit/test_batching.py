@@ -6,16 +6,19 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 
 from core.inference import attention
 from core.inference.batching import PREFILL_BESIDE, Batch, Batcher, Request, generate
-from core.inference.decoder import Decoder, Segment
+from core.inference.decoder import Decoder, KvCache, Segment, _Graph
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, TextDelta
 from core.inference.params import GenerationParams
@@ -33,11 +36,16 @@ SAMPLINGS = (  # greedy with a penalty, and seeded sampling: each request keeps 
 
 
 @pytest.fixture(scope="module")
-def decoder(tiny_models: dict[str, Path]) -> Decoder:
+def model(tiny_models: dict[str, Path]) -> Any:
     # float32, projections fused as the engine fuses them: batched and alone agree to the last bit
     # that can change a choice.
     model = load(tiny_models["llama"], attention.NAME, dtype=torch.float32)
     prepare_for_decoder(model, torch.float32, "fused")
+    return model
+
+
+@pytest.fixture(scope="module")
+def decoder(model: Any) -> Decoder:
     return Decoder(model)
 
 
@@ -95,6 +103,48 @@ def test_a_request_that_joins_mid_run_gets_the_tokens_it_gets_alone(decoder: Dec
     # The long prompt joins while two replies decode: it is prefilled in parts beside their tokens.
     run(Batch(decoder), {0: [first], 5: [second], 9: [third]})
     assert [r.done.result() for r in (first, second, third)] == expected
+
+
+def test_replies_replayed_from_cuda_graphs_are_the_replies_generated_alone(
+    model: Any, decoder: Decoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CUDA graphs need a GPU, which the tests do not have: a stand-in "recording" runs `Decoder.step` on
+    # the recorded inputs at each replay. Checked here is what surrounds the recording on CUDA: which
+    # caches, tokens and positions each replay gets, that a recording is made once for each set of
+    # replies decoding together (again when one joins or leaves, not every token), and the replies.
+    recorded: list[int] = []
+    attended: list[weakref.ref[KvCache]] = []
+
+    def record(cls: type[_Graph], graphed: Decoder, caches: tuple[KvCache, ...]) -> _Graph:
+        recorded.append(len(caches))
+        attended.extend(weakref.ref(cache) for cache in caches if cache is not graphed.cache)
+        tokens = torch.zeros(len(caches), dtype=torch.long)
+        positions = torch.tensor([cache.length for cache in caches])
+        logits = torch.empty(len(caches), graphed.vocabulary)
+        replayed = SimpleNamespace(replay=lambda: logits.copy_(graphed.step(tokens, positions, caches)))
+        return cls(replayed, caches, tokens, positions, logits)
+
+    monkeypatch.setattr(_Graph, "record", classmethod(record))
+    texts = prompts(decoder.vocabulary)
+    expected = [alone(decoder, prompt, sampling) for prompt, sampling in zip(texts, SAMPLINGS, strict=True)]
+    graphed = Decoder(model)
+    graphed.use_graphs = True
+    first, second, third = (request(graphed, p, s) for p, s in zip(texts, SAMPLINGS, strict=True))
+    run(Batch(graphed), {0: [first], 5: [second], 9: [third]})
+    assert [r.done.result() for r in (first, second, third)] == expected
+    assert recorded == [1, 2, 3, 2, 1]  # the first alone, two, three, then as they end
+    assert graphed.use_graphs
+    del first, second, third
+    assert attended and not any(ref() for ref in attended)  # no recording holds an ended reply's cache
+
+    def cannot_record(cls: type[_Graph], graphed: Decoder, caches: tuple[KvCache, ...]) -> _Graph:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(_Graph, "record", classmethod(cannot_record))
+    together = [request(graphed, p, s) for p, s in zip(texts, SAMPLINGS, strict=True)]
+    run(Batch(graphed), {0: together})
+    assert [r.done.result() for r in together] == expected  # eagerly from then on
+    assert not graphed.use_graphs
 
 
 def test_prompts_that_arrive_together_go_in_one_pass(decoder: Decoder) -> None:

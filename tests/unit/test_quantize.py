@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from core.hub.store import read_manifest, write_manifest
 from core.inference import attention, quantize
 from core.inference.batching import generate
-from core.inference.decoder import Decoder, supports
+from core.inference.decoder import Decoder, KvCache, Segment, supports
 from core.inference.engine import LocalEngine
 from core.inference.events import TextDelta
 from core.inference.generation import end_ids
@@ -329,26 +329,35 @@ def test_the_decoder_computes_what_transformers_computes_with_the_same_weights(
 
 @pytest.mark.parametrize("scheme", ["int4", "fused"])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_the_step_a_cuda_graph_records_computes_what_forward_computes(
-    tiny_models: dict[str, Path], arch: str, scheme: str
+@pytest.mark.parametrize("replies", [1, 3])
+def test_the_step_a_cuda_graph_records_computes_what_run_computes(
+    tiny_models: dict[str, Path], arch: str, scheme: str, replies: int
 ) -> None:
-    # On CUDA each new token runs `step` (replayed from a CUDA graph); it is checked here on the CPU.
+    # On CUDA a pass of one new token per reply replays `step` (recorded as a CUDA graph for the
+    # replies' caches); it is checked here on the CPU: a lone reply in the decoder's own cache, and three
+    # replies of different lengths in caches of different sizes.
     model = load(tiny_models[arch], attention.NAME)
     prepare_for_decoder(model, torch.bfloat16, scheme)
     decoder = Decoder(model)
-    assert not decoder.use_graphs  # CPUs run `forward`
-    decoder.reset(64)
-    token = decoder.forward(PROMPT[0]).argmax().view(1)
-    for _ in range(12):
-        stepped = decoder.step(token, torch.tensor([decoder.length]))
-        cache = decoder.cache.keys.clone(), decoder.cache.values.clone()
-        expected = decoder.forward(token)  # the same token into the same slot, the same logits
-        torch.testing.assert_close(stepped, expected, atol=0.005, rtol=0)  # bf16 rounding at most
-        for written_by_step, written_by_forward in zip(
-            cache, (decoder.cache.keys, decoder.cache.values), strict=True
-        ):
-            torch.testing.assert_close(written_by_step, written_by_forward, atol=0.005, rtol=0)
-        token = expected.argmax().view(1)
+    assert not decoder.use_graphs  # CPUs run every pass eagerly
+    if replies == 1:
+        caches = [decoder.reset(64)]
+    else:
+        caches = [KvCache(decoder, capacity, zeroed=True) for capacity in (24, 40, 64)]
+    with torch.inference_mode():
+        prompts = [Segment(cache, PROMPT[0, : 9 - 3 * i]) for i, cache in enumerate(caches)]
+        tokens = decoder.run(prompts).argmax(-1)
+        for _ in range(12):
+            positions = torch.tensor([cache.length for cache in caches])
+            stepped = decoder.step(tokens, positions, caches)
+            written = [(cache.keys.clone(), cache.values.clone()) for cache in caches]
+            # The same tokens into the same slots, the same logits.
+            expected = decoder.run([Segment(cache, tokens[i : i + 1]) for i, cache in enumerate(caches)])
+            torch.testing.assert_close(stepped, expected, atol=0.005, rtol=0)  # bf16 rounding at most
+            for cache, (keys, values) in zip(caches, written, strict=True):
+                torch.testing.assert_close(keys, cache.keys, atol=0.005, rtol=0)
+                torch.testing.assert_close(values, cache.values, atol=0.005, rtol=0)
+            tokens = expected.argmax(-1)
 
 
 @pytest.mark.parametrize("scheme", ["int4", "fused"])

@@ -17,9 +17,10 @@ for other machines.
 One user alone is measured before the first N and again after each N, and each N's ratio is to the mean
 of the one-user rounds on either side of it: this 2-core machine's speed drifts by up to ~1.5× between
 minutes, and a ratio to a single one-user round at the start followed that drift as much as the engine.
+With --rounds R each N is measured R times (one user alone after each) and the median ratio is printed.
 
-Usage: .venv/bin/python -m bench.many_users [--users 1 2 3 4 8] [--tokens 128] [--prompt-words 12]
-       [--models qwen2.5-0.5b tinyllama-1.1b] [--parallel N]
+Usage: .venv/bin/python -m bench.many_users [--users 1 2 3 4 8] [--rounds 1] [--tokens 128]
+       [--prompt-words 12] [--models qwen2.5-0.5b tinyllama-1.1b] [--parallel N]
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ def main() -> None:
     )
     parser.add_argument("--users", type=int, nargs="+", default=[1, 2, 3, 4, 8])
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens of each request")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of each N (a row each, then medians)")
     parser.add_argument("--prompt-words", type=int, default=12, help="'hello world' pairs in the message")
     parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument(
@@ -206,12 +208,20 @@ def main() -> None:
                 before = together(url, key, 1, args.prompt_words, args.tokens)
                 if 1 in args.users:
                     print(row(before, 1.0, server, plan))
+                medians = []
                 for users in (n for n in args.users if n != 1):
-                    runs = together(url, key, users, args.prompt_words, args.tokens)
-                    after = together(url, key, 1, args.prompt_words, args.tokens)
-                    alone = (aggregate(before) + aggregate(after)) / 2
-                    print(row(runs, aggregate(runs) / alone, server, plan))
-                    before = after
+                    ratios = []
+                    for _ in range(args.rounds):
+                        runs = together(url, key, users, args.prompt_words, args.tokens)
+                        after = together(url, key, 1, args.prompt_words, args.tokens)
+                        ratios.append(aggregate(runs) / ((aggregate(before) + aggregate(after)) / 2))
+                        print(row(runs, ratios[-1], server, plan))
+                        before = after
+                    medians.append(
+                        f"{users}: {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                    )
+                if args.rounds > 1:
+                    print(f"  × one user, median (range) of {args.rounds} rounds: " + ", ".join(medians))
             finally:
                 server.terminate()
                 server.wait(30)

@@ -100,23 +100,27 @@ class Segment:
 @dataclass(frozen=True)
 class _Span:
     """Where a segment's rows sit in a pass (first:last), where they go in its cache (from start), and
-    their causal mask (None for one token)."""
+    their causal mask (None for one token); the cache's slots for them and up to them, every layer's
+    (layers × KV heads × tokens × head_dim), cut once a pass rather than once a layer."""
 
-    cache: KvCache
     first: int
     last: int
     start: int
     mask: torch.Tensor | None
+    new_keys: torch.Tensor
+    new_values: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
 
     @classmethod
     def of(cls, cache: KvCache, first: int, last: int, start: int, device: torch.device) -> _Span:
         count = last - first
-        return cls(cache, first, last, start, None if count == 1 else _causal_mask(start, count, device))
-
-    @property
-    def end(self) -> int:
-        """The cache's length once the rows are in."""
-        return self.start + self.last - self.first
+        end = start + count
+        return cls(
+            first, last, start, None if count == 1 else _causal_mask(start, count, device),
+            cache.keys[:, :, start:end], cache.values[:, :, start:end],
+            cache.keys[:, :, :end], cache.values[:, :, :end],
+        )  # fmt: skip
 
 
 class Decoder:
@@ -208,7 +212,8 @@ class Decoder:
             _Span.of(segment.cache, first, last, start, self.device)
             for segment, start, (first, last) in zip(segments, starts, bounds, strict=True)
         ]
-        positions = torch.cat([torch.arange(span.start, span.end, device=self.device) for span in spans])
+        positions = torch.cat([torch.arange(span.start, span.start + count, device=self.device)
+                               for span, count in zip(spans, counts, strict=True)])  # fmt: skip
         ids = torch.cat([segment.ids for segment in segments])
         x, cos, sin = self._embed(ids, positions.unsqueeze(0))
         if len(spans) == 1:  # one sequence (a lone reply): no slicing of rows
@@ -224,8 +229,8 @@ class Decoder:
     @staticmethod
     def _store(span: _Span, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Keep a sequence's new keys and values (KV heads × count × head_dim) in its cache."""
-        cache, start, end = span.cache, span.start, span.end
-        cache.keys[index, :, start:end], cache.values[index, :, start:end] = keys, values
+        span.new_keys[index].copy_(keys)
+        span.new_values[index].copy_(values)
 
     def _store_each(self, spans: list[_Span], index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         for span in spans:
@@ -234,8 +239,7 @@ class Decoder:
     def _attend(self, span: _Span, index: int, query: torch.Tensor) -> torch.Tensor:
         """A sequence's queries (count × heads × head_dim) over its cache up to its newest token."""
         # 4-D (batch 1) tensors: with 3-D ones torch takes its slow reference ("math") attention.
-        keys = span.cache.keys[index : index + 1, :, : span.end]
-        values = span.cache.values[index : index + 1, :, : span.end]
+        keys, values = span.keys[index : index + 1], span.values[index : index + 1]
         if span.mask is None:  # one query token: its heads packed per KV head, one plain SDPA call
             return functional.scaled_dot_product_attention(self._packed(query), keys, values)
         return functional.scaled_dot_product_attention(

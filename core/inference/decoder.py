@@ -309,7 +309,7 @@ class Decoder:
                 return None
         graph.tokens.copy_(torch.cat([segment.ids for segment in segments]))
         graph.positions.copy_(torch.tensor([cache.length for cache in caches]))
-        graph.replay()
+        graph.graph.replay()
         for cache in caches:
             cache.length += 1
         return graph.logits.clone()  # the next replay overwrites it
@@ -379,9 +379,6 @@ class _Graph:
         with torch.cuda.graph(graph):
             logits = decoder.step(tokens, positions, caches)
         return cls(graph, caches, tokens, positions, logits)
-
-    def replay(self) -> None:
-        self.graph.replay()
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -170,11 +170,6 @@ class Decoder:
         self.cache.length = 0
         return self.cache
 
-    @property
-    def length(self) -> int:
-        """Tokens in the own sequence."""
-        return self.cache.length
-
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Append the token ids (1-D) to the own sequence; return the float logits after the last one."""

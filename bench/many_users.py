@@ -149,7 +149,7 @@ def serve(models: Path, data: Path, key: str, port: int, parallel: int | None) -
 
 def settle(server: subprocess.Popen, quiet_s: float = 0.5) -> None:
     """Wait until the server uses no CPU for `quiet_s` (30 s at most): after loading it packs the output
-    head for fbgemm on otherwise idle cores (~1 s of a core), which a server does before its users come."""
+    head for oneDNN on otherwise idle cores (~0.3 s of a core), which a server does before its users come."""
     process = psutil.Process(server.pid)
     deadline = time.monotonic() + 30
     used = sum(process.cpu_times()[:2])

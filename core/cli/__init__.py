@@ -65,8 +65,8 @@ def end_process(code: int) -> NoReturn:
     """Exit with `code`; once torch is imported, without the interpreter's teardown.
 
     Unwinding torch's modules takes ~0.6 s on a 2-core machine, and a model's output head still being
-    packed for fbgemm (a thread inside C++) would be waited for, up to seconds: together 2 of the 5 s
-    of a one-question `chat`. What must outlive the process is done first: output flushed, logs and
+    packed for oneDNN (a thread inside C++) would be waited for: with fbgemm's packing, together 2 of
+    the 5 s of a one-question `chat`. What must outlive the process is done first: output flushed, logs and
     databases closed (every row was committed when its transaction ended).
     """
     if "torch" not in sys.modules:

@@ -44,7 +44,7 @@ class LoadedParts:
     tokenizer: ChatTokenizer
     decoder: Any
     info: LoadedModel
-    packing: threading.Thread | None = None  # the output head being packed for fbgemm (quantize.py)
+    packing: threading.Thread | None = None  # the output head being packed for oneDNN (quantize.py)
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")

@@ -15,9 +15,9 @@ Either way the output head (the tied vocabulary) stays int8, as llama.cpp's Q4_K
 each is one kernel call.
 
 The head is most of a decode step (136 M of Qwen2.5-0.5B's 494 M weights), and `_weight_int8pack_mm` is
-compute-bound on a small CPU: 12 ms a token, 16 ms for three. Once the model is loaded it is packed
-for fbgemm's int8 kernel (VNNI dot products: as fast as memory, whatever the rows) on a thread of its
-own, and used from then on (`pack_in_background`). fbgemm multiplies int8 weights by 8-bit activations;
+compute-bound on a small CPU with several rows (one per reply decoding together). Once the model is
+loaded the head is packed for oneDNN's int8 kernel (VNNI dot products) on a thread of its own, and used
+from then on (`pack_in_background`). That kernel multiplies int8 weights by 8-bit activations;
 `packed_matmul` splits each activation row exactly into two 8-bit parts, so what it computes is the
 int8 weights times the activations to 15 bits of their row's largest value (relative error ~3e-5,
 well below the bf16 rounding of the logits), not an 8-bit approximation of them.
@@ -36,8 +36,8 @@ import logging
 import os
 import re
 import threading
-import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ SCHEMES = tuple(BYTES_PER_WEIGHT)
 # by 0.1; by 0.25 gives most of the gain (bench/quality.py) for 40 % of the quantizing time.
 FIT_STRETCHES = tuple(step / 4 for step in range(-4, 5))
 SPLIT = 254  # packed_matmul: an activation's second 8-bit part counts 1/SPLIT of its first
+_FLOAT_OUTPUT = (None, 1.0, 0, torch.float32, "none", [], "")  # oneDNN: no bias, float32 out, no post-op
 logger = logging.getLogger(__name__)
 
 
@@ -200,27 +201,36 @@ class QuantizedLinear(nn.Module):
         return self.matmul(rows).reshape(*x.shape[:-1], self.out_features)
 
 
+@dataclass(frozen=True)
+class PackedInt8:
+    """int8 weights in oneDNN's blocked layout, with the float32 scales and zero points its kernel takes."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor
+    zero_points: torch.Tensor
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, scale: torch.Tensor) -> PackedInt8:
+        zero_points = torch.zeros(weight.shape[0], dtype=torch.int32)
+        return cls(torch.ops.onednn.qlinear_prepack(weight, None), scale.float(), zero_points)
+
+
 class Int8Linear(QuantizedLinear):
     """nn.Linear with int8 weights and a scale per output channel (and, once `pack` ran, the same weights
-    packed for fbgemm, used for a few rows at a time)."""
+    packed for oneDNN, used for a few rows at a time)."""
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(*weight.shape, bias, scale.dtype)
         self.register_buffer("weight", weight)
         self.register_buffer("scale", scale)
-        self.packed: Any = None
+        self.packed: PackedInt8 | None = None
         self.packing = False  # a packed copy is being made or is there (memory: stored_bytes)
 
     def pack(self) -> None:
-        """Pack the weights for fbgemm (seconds for a whole vocabulary); `product` uses them after."""
+        """Pack the weights for oneDNN (~0.3 s for Qwen2.5-0.5B's vocabulary); `product` uses them after."""
         self.packing = True
-        zeros = torch.zeros(self.out_features, dtype=torch.long)
         try:
-            # torch marks its quantized tensors deprecated; packing_works checks that they still work
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
-                weights = torch._make_per_channel_quantized_tensor(self.weight, self.scale.double(), zeros, 0)
-            self.packed = torch.ops.quantized.linear_prepack(weights, None)
+            self.packed = PackedInt8.of(self.weight, self.scale)
         except BaseException:
             self.packing = False  # no second copy after all
             raise
@@ -241,35 +251,38 @@ class Int8Linear(QuantizedLinear):
         return int8_matmul(rows, self.weight, self.scale)
 
 
-def packed_matmul(rows: torch.Tensor, packed: Any) -> torch.Tensor:
-    """rows (n × in) times fbgemm-packed int8 weights, in float32, the activations exact to 15 bits.
+def packed_matmul(rows: torch.Tensor, packed: PackedInt8) -> torch.Tensor:
+    """rows (n × in) times oneDNN-packed int8 weights, in float32, the activations exact to 15 bits.
 
-    Each row is scaled to ±127 and split into whole numbers high + low / SPLIT (both within ±127); a
-    last row holding -128 and 127 pins the kernel's dynamic activation range to a scale of exactly 1,
-    so it takes every whole number as it is (rows do not change each other's rounding), and the int32
-    sums are exact.
+    Each row is scaled to ±127 and split into whole numbers high + low / SPLIT (both within ±127). The
+    kernel gets them as bytes with zero point 128 and scale 1, so it takes every whole number as it is
+    (rows do not change each other's rounding), and its int32 sums are exact.
     """
-    count, width = rows.shape
+    count = rows.shape[0]
     x = rows.float()
     largest = x.abs().amax(1, keepdim=True).clamp_(min=1e-30)  # 127 / it stays finite for a zero row
     scaled = x * (127.0 / largest)
     high = scaled.round()
     low = ((scaled - high) * SPLIT).round_()
-    pin = x.new_zeros(1, width)
-    pin[0, 0], pin[0, -1] = -128.0, 127.0
-    out = torch.ops.quantized.linear_dynamic(torch.cat((high, low, pin)), packed)
-    return out[:count].add_(out[count : 2 * count], alpha=1.0 / SPLIT).mul_(largest / 127.0)
+    codes = torch.cat((high, low)).add_(128).to(torch.uint8)
+    out = torch.ops.onednn.qlinear_pointwise(
+        codes, 1.0, 128, packed.weight, packed.scale, packed.zero_points, *_FLOAT_OUTPUT
+    )
+    return out[:count].add_(out[count:], alpha=1.0 / SPLIT).mul_(largest / 127.0)
 
 
 @functools.cache
 def packing_works() -> bool:
-    """Whether this torch build packs int8 weights for fbgemm and `packed_matmul` is exact with them."""
+    """Whether this torch build packs int8 weights for oneDNN and `packed_matmul` is exact with them (a
+    CPU without VNNI adds byte products in pairs to 16 bits: 255 × 127 twice does not fit)."""
     try:
         generator = torch.Generator().manual_seed(0)
         weight = torch.randint(-127, 128, (64, 96), dtype=torch.int8, generator=generator)
+        weight[0] = 127
         layer = Int8Linear(weight, torch.full((64,), 0.01), None)
         layer.pack()
-        rows = torch.randn(3, 96, generator=generator) * torch.tensor([[1.0], [300.0], [0.001]])
+        rows = torch.randn(4, 96, generator=generator) * torch.tensor([[1.0], [300.0], [0.001], [1.0]])
+        rows[3] = 2.0  # every byte 255, against weights of 127
         got = packed_matmul(rows, layer.packed).double()
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
@@ -285,12 +298,13 @@ def _only_on_idle_cores() -> None:
 
 
 def pack_in_background(layer: nn.Module) -> threading.Thread | None:
-    """Pack an int8 layer (the output head) for fbgemm on a thread of its own, where this build can; the
+    """Pack an int8 layer (the output head) for oneDNN on a thread of its own, where this build can; the
     layer keeps its own kernel until the packing is done.
 
-    The thread runs only on idle cores: packing Qwen2.5-0.5B's head takes a core for ~1 s, and beside
-    the first reply (loading is usually a first message's) it slowed that reply's first token from
-    0.63-0.82 s to 0.95-1.33 s on 2 cores (a one-question `core chat`, alternating runs).
+    The thread runs only on idle cores: packing takes a core (~0.3 s for Qwen2.5-0.5B's head, ~1.5 s when
+    it was fbgemm's), and beside the first reply (loading is usually a first message's) fbgemm's packing
+    slowed that reply's first token from 0.63-0.82 s to 0.95-1.33 s on 2 cores (a one-question
+    `core chat`, alternating runs).
     """
     if not isinstance(layer, Int8Linear) or layer.weight.device.type != "cpu" or not packing_works():
         return None
@@ -300,10 +314,10 @@ def pack_in_background(layer: nn.Module) -> threading.Thread | None:
         try:
             layer.pack()
         except (RuntimeError, MemoryError):  # out of memory, say: the layer keeps its own kernel
-            logger.exception("packing the output head for fbgemm failed")
+            logger.exception("packing the output head for oneDNN failed")
 
     layer.packing = True  # counted from now on (the load reports its memory before the thread is done)
-    # Not a daemon: a script that ends while fbgemm packs waits for it (the CLI ends with os._exit);
+    # Not a daemon: a script that ends while oneDNN packs waits for it (the CLI ends with os._exit);
     # killed inside the C++ call at exit, the interpreter aborted ("terminate called", status 134).
     thread = threading.Thread(target=pack, name="pack-head")
     thread.start()
@@ -687,7 +701,7 @@ def quantize_checkpoint(model_dir: Path, dtype: torch.dtype, scheme: str) -> Any
 
 def stored_bytes(model: Any) -> int:
     """Bytes held by the model's parameters and buffers (quantized weights, scales, the rest), and by
-    int8 weights packed for fbgemm (or being packed)."""
+    int8 weights packed for oneDNN (or being packed)."""
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     packed = sum(m.weight.numel() for m in model.modules() if isinstance(m, Int8Linear) and m.packing)
     return sum(t.numel() * t.element_size() for t in tensors.values()) + packed

@@ -144,7 +144,7 @@ def estimate_memory(
         + kept * (precision.int8_kept_bytes or 0)
         + vocabulary.weights * precision.head_bytes
     )
-    # A quantized head is kept twice: int8 and packed for fbgemm (quantize.pack_in_background).
+    # A quantized head is kept twice: int8 and packed for oneDNN (quantize.pack_in_background).
     packed_head = vocabulary.weights if precision.head_bytes == 1 else 0
     return MemoryEstimate(
         int(read + input_table * precision.dtype_bytes + packed_head),

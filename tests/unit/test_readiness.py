@@ -61,7 +61,7 @@ def test_the_estimate_counts_the_weights_quantization_really_stores(
     # table stays 16-bit and is not read per token (a flat count was 14 % low for both catalog models).
     source = build_tiny_model(tmp_path_factory.mktemp("est") / "m", arch, hidden_size=hidden_size, layers=2)
     model = quantize_checkpoint(source, torch.bfloat16, scheme)
-    model.get_output_embeddings().packing = True  # as loading does: packed for fbgemm, a second copy
+    model.get_output_embeddings().packing = True  # as loading does: packed for oneDNN, a second copy
     precision = LocalEngine(source.parent, quantization=scheme).precision()
     assert precision.label == scheme
     estimate = model_memory(source, precision)

@@ -135,14 +135,14 @@ class LocalEngine:
 
     def precision(self) -> Precision:
         """How a model would be stored: int4 weights on the CPU (unless set otherwise), else the dtype."""
-        from core.inference.quantize import BYTES_PER_WEIGHT, matrix_scheme
+        from core.inference.quantize import BYTES_PER_WEIGHT
 
         device = detect_device(self.device_preference)
         dtype = choose_dtype(device)
         scheme = self.quantization
         if device == "cpu" and scheme in BYTES_PER_WEIGHT and self._kernel(scheme):
-            kept = BYTES_PER_WEIGHT[matrix_scheme("qkv_proj", scheme, head_name="lm_head")]
-            return Precision(BYTES_PER_WEIGHT[scheme], BYTES_PER_WEIGHT["int8"], dtype.itemsize, scheme, kept)
+            int8 = BYTES_PER_WEIGHT["int8"]  # the head, and what int4 keeps int8 (sizing.int4_keeps_int8)
+            return Precision(BYTES_PER_WEIGHT[scheme], int8, dtype.itemsize, scheme, int8)
         label = str(dtype).removeprefix("torch.")
         return Precision(dtype.itemsize, dtype.itemsize, dtype.itemsize, label)
 

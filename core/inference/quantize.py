@@ -6,8 +6,9 @@ bytes per weight, more tokens per second. Activations stay in the model's dtype.
 - int4: each group of 32 weights along a row gets a scale and a zero point (asymmetric, 5 bits a
   weight with their bf16 storage), fitted to the group by least squares as llama.cpp's K-quants are,
   in the layout and kernel (`_weight_int4pack_mm_for_cpu`) of torchao and gpt-fast; the attention
-  projections stay int8, and in narrow models (hidden size <= 1024) the o projections and the first
-  eighth of the layers too (core.inference.sizing.int4_keeps_int8).
+  projections of the first eighth of the layers stay int8, and in narrow models (hidden size <= 1024)
+  every attention and o projection and the whole first eighth of the layers
+  (core.inference.sizing.int4_keeps_int8).
 - int8: one scale per output channel (`_weight_int8pack_mm`), close to lossless.
 
 Either way the output head (the tied vocabulary) stays int8, as llama.cpp's Q4_K_M keeps its output at
@@ -540,7 +541,7 @@ class Int8Embedding(nn.Module):
         return head.weight[ids].to(head.scale.dtype) * head.scale[ids].unsqueeze(-1)
 
 
-def matrix_scheme(name: str, scheme: str, head_name: str, layers: int = 0, hidden_size: int = 0) -> str:
+def matrix_scheme(name: str, scheme: str, head_name: str, layers: int, hidden_size: int) -> str:
     """How one matrix (its name in the model) is stored under `scheme`: the output head is int8, and
     within int4 what `int4_keeps_int8` names for a model of `layers` layers `hidden_size` wide."""
     if name == head_name:
@@ -556,10 +557,10 @@ def matrix_scheme(name: str, scheme: str, head_name: str, layers: int = 0, hidde
 def quantize_model(model: Any, dtype: torch.dtype, scheme: str = "int4", load: Loader | None = None) -> int:
     """Fuse siblings and swap every nn.Linear for a quantized one in place; return the matrices made.
 
-    The output head is int8 whatever the scheme (matrix_scheme: the attention projections too under
-    int4). With tied input/output embeddings the input table becomes a view of the int8 head, so the
-    vocabulary is stored once, in int8. A model built on the meta device is filled tensor by tensor
-    through `load` as it goes, so the 16-bit weights never exist all at once.
+    The output head is int8 whatever the scheme (matrix_scheme: under int4 also what
+    `int4_keeps_int8` names). With tied input/output embeddings the input table becomes a view of the
+    int8 head, so the vocabulary is stored once, in int8. A model built on the meta device is filled
+    tensor by tensor through `load` as it goes, so the 16-bit weights never exist all at once.
     """
     # By name: a reference to the head module would keep its 16-bit matrix (the whole vocabulary, read
     # first) alive until every layer is done.
@@ -707,7 +708,8 @@ def stored_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values()) + packed
 
 
-CACHE_FORMAT = "5"  # 3: int4 fitted, int8 q/k/v; 4: the architecture kept; 5: narrow models' more int8
+CACHE_FORMAT = "6"  # 3: int4 fitted, int8 q/k/v; 4: the architecture kept; 5: narrow models' more int8;
+# 6: wide models' q/k/v int4 past the first eighth
 
 
 def cache_path(model_dir: Path, scheme: str, dtype: torch.dtype) -> Path:

@@ -13,12 +13,13 @@ from core.hub.store import config_count, read_config
 # quantized model (core.inference.skeleton), ~345 MiB with transformers' model classes (16-bit).
 RUNTIME_OVERHEAD_BYTES = 320 * 1024**2
 CONTEXT_FOR_ESTIMATES = 4096  # tokens of KV cache planned for: a long chat, not the model's maximum
-# int4 keeps the q/k/v projections int8: 2–12 % of a model's layer weights and the most error per byte
-# int4 saves (Qwen2.5-0.5B: KL 0.0345 -> 0.0243 for 1.6 % more bytes), as llama.cpp's Q4_K_M keeps
-# attention v at 6 bits. A model this narrow or narrower (Qwen2.5-0.5B: 896) keeps its o projections
-# int8 too, and the whole first eighth of its layers: KL 0.024 -> 0.0043 for 3.6 % more bytes
-# (llama.cpp's Q4_K_M 0.0091: it spends 5-8 bits on every matrix of rows this short), see
-# docs/performance.md.
+# int4 keeps the q/k/v projections of the first eighth of the layers int8: most of the error int4
+# adds there (TinyLlama-1.1B: KL 0.102 with every q/k/v int4, 0.076 with the first eighth int8, 0.070
+# with all int8, which read 6 % more bytes a token and decode ~12 % slower), as llama.cpp's Q4_K_M
+# spends more bits on the first layers. A model this narrow or narrower (Qwen2.5-0.5B: 896) keeps every
+# q/k/v and o projection int8 (Qwen: KL 0.0345 -> 0.0243 for the q/k/v, 1.6 % more bytes), and the
+# whole first eighth of its layers: KL 0.024 -> 0.0043 for 3.6 % more bytes (llama.cpp's Q4_K_M
+# 0.0091: it spends 5-8 bits on every matrix of rows this short), see docs/performance.md.
 NARROW_HIDDEN = 1024
 ATTENTION_PROJECTIONS = ("qkv_proj", "q_proj", "k_proj", "v_proj")
 NARROW_INT8 = ("o_proj",)
@@ -27,11 +28,10 @@ NARROW_INT8 = ("o_proj",)
 def int4_keeps_int8(matrix: str, layer: int | None, layers: int, hidden_size: int) -> bool:
     """Whether int4 stores a layer's `matrix` (its name in the layer: "qkv_proj", "down_proj", ...) as
     int8 in a model of `layers` layers `hidden_size` wide."""
-    if matrix in ATTENTION_PROJECTIONS:
-        return True
-    if not 0 < hidden_size <= NARROW_HIDDEN:
-        return False
-    return matrix in NARROW_INT8 or (layer is not None and layer < max(1, layers // 8))
+    first_eighth = layer is not None and layer < max(1, layers // 8)
+    if 0 < hidden_size <= NARROW_HIDDEN:
+        return first_eighth or matrix in ATTENTION_PROJECTIONS or matrix in NARROW_INT8
+    return first_eighth and matrix in ATTENTION_PROJECTIONS
 
 
 @dataclass(frozen=True)

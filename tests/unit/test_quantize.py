@@ -98,12 +98,14 @@ def test_the_int4_kernel_computes_with_the_fitted_groups() -> None:
     assert packed.numel() == weight.numel() // 2  # two weights a byte
 
 
-def test_int4_keeps_the_attention_projections_and_the_head_int8(tmp_path: Path) -> None:
-    # A model wider than NARROW_HIDDEN (TinyLlama: 2048) keeps only these int8.
-    model = load(build_tiny_model(tmp_path / "wide", "llama", hidden_size=NARROW_HIDDEN + 128, layers=2))
+def test_int4_keeps_the_first_layers_attention_and_the_head_int8(tmp_path: Path) -> None:
+    # A model wider than NARROW_HIDDEN (TinyLlama: 2048) keeps only these int8: q/k/v int4 everywhere
+    # took TinyLlama's KL per token from 0.070 to 0.102, int8 in the first eighth of layers to 0.076.
+    model = load(build_tiny_model(tmp_path / "wide", "llama", hidden_size=NARROW_HIDDEN + 128, layers=8))
     quantize_model(model, torch.bfloat16, "int4")
-    for layer in model.model.layers:
-        assert isinstance(layer.self_attn.qkv_proj.linear, Int8Linear)
+    for index, layer in enumerate(model.model.layers):
+        first_eighth = index < 1
+        assert isinstance(layer.self_attn.qkv_proj.linear, Int8Linear if first_eighth else Int4Linear)
         assert isinstance(layer.self_attn.o_proj, Int4Linear)
         assert isinstance(layer.mlp.gate_up_proj.linear, Int4Linear)
         assert isinstance(layer.mlp.down_proj, Int4Linear)

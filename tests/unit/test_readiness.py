@@ -98,7 +98,7 @@ def test_kv_layout_from_a_config() -> None:
     # int4 keeps int8 in this narrow model: q/k/v and o everywhere, gate/up and down in layers 0-2
     assert layout.int4_int8_weights == layout.attention_weights + 24 * 896 * 896 + 3 * 3 * 896 * 4864
     wide = replace(layout, hidden_size=2048, heads=32, intermediate_size=5632)
-    assert wide.int4_int8_weights == wide.attention_weights
+    assert wide.int4_int8_weights == wide.attention_weights // 24 * 3  # q/k/v of the first eighth
 
 
 def _machine(ram_available: int, ram_total: int, gpu_free: int | None = None) -> HardwareInfo:

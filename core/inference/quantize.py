@@ -708,8 +708,10 @@ def stored_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values()) + packed
 
 
-CACHE_FORMAT = "6"  # 3: int4 fitted, int8 q/k/v; 4: the architecture kept; 5: narrow models' more int8;
-# 6: wide models' q/k/v int4 past the first eighth
+# 3: int4 fitted, int8 q/k/v; 4: the architecture kept; 5: narrow models' more int8. A copy whose
+# matrices are stored otherwise than the code stores them now (a wide model's q/k/v int4 past the first
+# eighth) has other tensor names and is made again (load_quantized); one that matches is kept.
+CACHE_FORMAT = "5"
 
 
 def cache_path(model_dir: Path, scheme: str, dtype: torch.dtype) -> Path:

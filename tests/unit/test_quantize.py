@@ -101,7 +101,7 @@ def test_the_int4_kernel_computes_with_the_fitted_groups() -> None:
 def test_int4_keeps_the_first_layers_attention_and_the_head_int8(tmp_path: Path) -> None:
     # A model wider than NARROW_HIDDEN (TinyLlama: 2048) keeps only these int8: q/k/v int4 everywhere
     # took TinyLlama's KL per token from 0.070 to 0.102, int8 in the first eighth of layers to 0.076.
-    model = load(build_tiny_model(tmp_path / "wide", "llama", hidden_size=NARROW_HIDDEN + 128, layers=8))
+    model = load(build_tiny_model(tmp_path / "wide", "llama", hidden_size=NARROW_HIDDEN + 128, layers=2))
     quantize_model(model, torch.bfloat16, "int4")
     for index, layer in enumerate(model.model.layers):
         first_eighth = index < 1
@@ -503,3 +503,18 @@ def test_the_quantized_copy_is_kept_on_disk_and_reused_only_for_the_same_weights
     write_manifest(directory, changed)  # other weights (a repair, a new revision): quantize again
     assert reply() == first
     assert copy.stat().st_mtime_ns != written
+
+
+def test_a_copy_stored_under_another_rule_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wide model's copy from before its q/k/v went int4 past the first eighth: its tensors differ.
+    directory = build_tiny_model(tmp_path / "wide", "llama", hidden_size=NARROW_HIDDEN + 128, layers=2)
+    path = quantize.cache_path(directory, "int4", torch.bfloat16)
+    with monkeypatch.context() as before:
+        before.setattr(quantize, "int4_keeps_int8", lambda matrix, *_: matrix == "qkv_proj")
+        quantize.save_quantized(quantize.quantize_checkpoint(directory, torch.bfloat16, "int4"), path, "v1")
+    assert quantize.load_quantized(directory, path, torch.bfloat16, "int4", "v1") is None
+    quantize.save_quantized(quantize.quantize_checkpoint(directory, torch.bfloat16, "int4"), path, "v1")
+    model = quantize.load_quantized(directory, path, torch.bfloat16, "int4", "v1")
+    assert isinstance(model.model.layers[1].self_attn.qkv_proj.linear, Int4Linear)

@@ -15,7 +15,7 @@ RUNTIME_OVERHEAD_BYTES = 320 * 1024**2
 CONTEXT_FOR_ESTIMATES = 4096  # tokens of KV cache planned for: a long chat, not the model's maximum
 # int4 keeps the q/k/v projections of the first eighth of the layers int8: most of the error int4
 # adds there (TinyLlama-1.1B: KL 0.102 with every q/k/v int4, 0.076 with the first eighth int8, 0.070
-# with all int8, which read 6 % more bytes a token and decode ~12 % slower), as llama.cpp's Q4_K_M
+# with all int8, which read 6 % more bytes a token and decode ~10 % slower), as llama.cpp's Q4_K_M
 # spends more bits on the first layers. A model this narrow or narrower (Qwen2.5-0.5B: 896) keeps every
 # q/k/v and o projection int8 (Qwen: KL 0.0345 -> 0.0243 for the q/k/v, 1.6 % more bytes), and the
 # whole first eighth of its layers: KL 0.024 -> 0.0043 for 3.6 % more bytes (llama.cpp's Q4_K_M

@@ -12,7 +12,7 @@ import psutil
 
 from core.chat.providers import LocalProvider
 from core.chat.service import ChatService, Trimmed
-from core.cli.common import library, warn
+from core.cli.common import library, load_with_notice, warn
 from core.errors import MessageError
 from core.hardware import peak_rss_bytes
 from core.inference.events import Finished, ReplyStats, TextDelta
@@ -48,7 +48,7 @@ def chat(
     engine = LocalEngine.from_preferences(models_library.preferences, **options)
     service = ChatService(models_library.db, lambda: LocalProvider(engine, key), owner="cli")
     started = time.perf_counter()
-    loaded = engine.load(key, force=force)
+    loaded = load_with_notice(engine, key, force=force)
     load_s = time.perf_counter() - started
     conversation = service.new_conversation(f"CLI {key}", system_prompt=system)
     service.set_options(conversation.id, system, GenerationParams(max_new_tokens=max_new_tokens,

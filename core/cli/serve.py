@@ -8,7 +8,7 @@ import secrets
 import click
 
 from core.access.policy import is_loopback
-from core.cli.common import library
+from core.cli.common import library, load_with_notice
 
 
 @click.command(short_help="serve the models over an OpenAI-compatible HTTP API")
@@ -37,7 +37,7 @@ def serve(host: str, port: int, model: str | None, max_request_mb: int) -> int:
         click.echo(f"API key (send it as 'Authorization: Bearer <key>'): {api_key}")
     engine = LocalEngine.from_preferences(models_library.preferences)
     if model:
-        engine.load(models_library.get(model).key)
+        load_with_notice(engine, models_library.get(model).key)
 
     def ready_models() -> list[str]:
         return [

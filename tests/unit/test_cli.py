@@ -7,8 +7,13 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+
+from core.cli import common
 from core.settings import PROJECT_ROOT
 from core.storage.db import sqlite_file
 from tests.fixtures.tiny_models import install_ready
@@ -82,3 +87,21 @@ def test_a_one_question_chat_replies_keeps_the_conversation_and_ends_with_its_co
     assert saved == [("user", "Hello there"), ("assistant", "\n".join(reply))]
     missing = run_cli("chat", "no-such-model", "--prompt", "Hi")
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
+
+
+def test_a_slow_load_says_why_on_stderr_and_a_fast_one_says_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stand-in engines: a real first load (quantizing TinyLlama) takes ~40 s, too long for a test.
+    said: list[str] = []
+    heard = threading.Event()
+    monkeypatch.setattr(common, "warn", lambda text: (said.append(text), heard.set()))
+    monkeypatch.setattr(common, "SLOW_LOAD_NOTICE_S", 0.05)
+    slow = SimpleNamespace(load=lambda key, force: heard.wait(30) and f"{key} loaded")
+    assert common.load_with_notice(slow, "tinyllama-1.1b") == "tinyllama-1.1b loaded"
+    assert said == ["Loading tinyllama-1.1b… (a first load prepares its weights for this machine, once)"]
+    said.clear()
+    monkeypatch.setattr(common, "SLOW_LOAD_NOTICE_S", 1.0)
+    fast = SimpleNamespace(load=lambda key, force: f"{key} loaded")
+    assert common.load_with_notice(fast, "qwen2.5-0.5b") == "qwen2.5-0.5b loaded"
+    for timer in [t for t in threading.enumerate() if isinstance(t, threading.Timer)]:
+        timer.join(5)  # a notice not called off would be said within the second
+    assert said == []

@@ -218,7 +218,7 @@ def test_a_process_that_ends_while_the_head_is_packed_exits_cleanly() -> None:
     if not quantize.packing_works():
         pytest.skip("this torch build cannot pack int8 weights for oneDNN")
     # A head big enough that packing is still in oneDNN's C++ code when the script ends (a one-question
-    # `core chat` does that): a daemon thread in fbgemm's aborted the interpreter (status 134).
+    # `core chat` does that): a daemon thread in fbgemm's code aborted the interpreter (status 134).
     script = (
         "import torch\n"
         "from core.inference.quantize import Int8Linear, pack_in_background\n"

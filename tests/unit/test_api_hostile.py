@@ -239,9 +239,11 @@ def test_memory_stays_bounded_under_hostile_requests(tmp_path: Path, short_model
     leave it holding more than one request's working memory (an 8 MiB body, parsed)."""
     install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", short_model)
     port = free_port()
+    # stderr apart: a slow load's notice goes there, never before the address on stdout
     process = subprocess.Popen(
         [sys.executable, "-m", "core", "serve", "--port", str(port), "--model", "qwen2.5-0.5b"],
-        cwd=PROJECT_ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=PROJECT_ROOT, env=os.environ.copy(), text=True,
+        stdout=subprocess.PIPE, stderr=(tmp_path / "stderr").open("w"),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -122,4 +123,9 @@ def test_in_chinese_a_preset_and_a_context_length_are_chosen(
     context = card.get_by_test_id("stSelectbox").filter(has_text="对话的上下文长度")
     choose(context, "2K tokens")
     expect(context.get_by_role("combobox")).to_have_value(re.compile("^2K tokens · 需要"), timeout=30_000)
-    assert Preferences(Database(os.environ["LOCALLLM_DB_URL"])).context_for(short_replies) == 2048  # saved
+    # saved: the browser shows the choice before the app's rerun stores it, so wait for the stored value
+    preferences = Preferences(Database(os.environ["LOCALLLM_DB_URL"]))
+    deadline = time.monotonic() + 30
+    while preferences.context_for(short_replies) != 2048:
+        assert time.monotonic() < deadline, f"context length stored: {preferences.context_for(short_replies)}"
+        time.sleep(0.1)

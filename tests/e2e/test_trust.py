@@ -111,10 +111,9 @@ def test_no_page_makes_the_browser_fetch_from_another_host(
     outside = outside_requests(page, urlsplit(app_url).netloc)
     page.goto(app_url)
     sidebar = page.get_by_test_id("stSidebar")
-    page.wait_for_timeout(5000)
-    print(sidebar.get_by_role("button").all_inner_texts())
-    page.screenshot(path="/tmp/trust.png")
-    sidebar.get_by_role("button", name=f"![title]({LEAK})").click()
+    conversation_button = sidebar.get_by_role("button", name=f"![title]({LEAK})")  # its title as text
+    expect(conversation_button).to_be_visible(timeout=30_000)
+    conversation_button.click()
     reply = page.get_by_test_id("stChatMessage").nth(1)
     expect(reply.get_by_role("link", name="a cat")).to_have_attribute("href", LEAK)  # a link, not a fetch
     assert reply.locator("img").count() == 0

@@ -6,7 +6,14 @@ from core.errors import LocalLLMError, StorageError
 from ui import access, resources
 from ui.i18n import error_text, t
 from ui.resources import PAGE_ICON
-from ui.widgets import database_problem, ensure_language, language_switch, sidebar_status, sidebar_user
+from ui.widgets import (
+    database_problem,
+    ensure_language,
+    language_switch,
+    settle_current_model,
+    sidebar_status,
+    sidebar_user,
+)
 
 # The icon ships with the app (an SVG becomes a data: URL): a Material icon would be fetched from Google.
 st.set_page_config(page_title="LocalLLM Dashboard", page_icon=str(PAGE_ICON), layout="wide")
@@ -39,6 +46,7 @@ navigation = st.navigation(pages)
 with st.sidebar:
     language_switch()
     sidebar_user()
+    settle_current_model()
     sidebar_status()
 try:
     navigation.run()

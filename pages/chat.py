@@ -21,7 +21,7 @@ from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
 from ui.markup import escape_markdown, reply_markdown
 from ui.presets import default_preset, preset_picker
-from ui.widgets import attempt, file_picker
+from ui.widgets import attempt, file_picker, make_current, model_choices
 
 DEFAULT_TITLE = "New chat"
 chat = resources.chat_service(access.current_user().owner)
@@ -32,13 +32,7 @@ store = resources.config_store()
 
 def pick_model() -> str | None:
     """Choose what answers: a ready local model or a remote config (made current); None if neither."""
-    choices: dict[str, tuple[str, int | str]] = {}
-    for spec in library.models():
-        if library.status(spec.key).kind == "ready":
-            choices[spec.key] = ("local", spec.key)
-    for config in store.list_configs():
-        if config.provider == "openai_compatible":
-            choices[f"{config.name} · {config.model} ({t('providers.remote')})"] = ("config", config.id)
+    choices = model_choices()
     if not choices:
         return None
     current = store.get_current_config()
@@ -58,12 +52,8 @@ def pick_model() -> str | None:
         t("chat.model"), labels, index=labels.index(selected), key="chat.model",
         help=t("chat.pick_model") if admin else t("chat.admin_picks_model"), disabled=not admin,
     )  # fmt: skip
-    kind, value = choices[label]
-    if admin and (label != selected or current is None):
-        if kind == "local":
-            store.use_local_model(str(value))
-        else:
-            store.set_current_config(int(value))
+    if admin and label != selected:
+        make_current(choices[label])
     return label
 
 

@@ -117,6 +117,38 @@ def sidebar_user() -> None:
     st.button(t("access.sign_out"), icon=":material/logout:", on_click=access.sign_out, key="access.sign-out")
 
 
+Choice = tuple[str, int | str]  # ("local", model key) or ("config", a remote config's id)
+
+
+def model_choices() -> dict[str, Choice]:
+    """What can answer in the chat, by its label: ready local models, then remote configs."""
+    library, store = resources.library(), resources.config_store()
+    choices: dict[str, Choice] = {
+        spec.key: ("local", spec.key) for spec in library.models() if library.status(spec.key).kind == "ready"
+    }
+    for config in store.list_configs():
+        if config.provider == "openai_compatible":
+            choices[f"{config.name} · {config.model} ({t('providers.remote')})"] = ("config", config.id)
+    return choices
+
+
+def make_current(choice: Choice) -> None:
+    kind, value = choice
+    if kind == "local":
+        resources.config_store().use_local_model(str(value))
+    else:
+        resources.config_store().set_current_config(int(value))
+
+
+def settle_current_model() -> None:
+    """With nothing chosen yet, an admin's visit makes the first of the chat's choices current before the
+    sidebar says what answers (the chat page would choose it only after the status was drawn)."""
+    if not access.is_admin() or resources.config_store().get_current_config() is not None:
+        return
+    if choices := model_choices():
+        make_current(next(iter(choices.values())))
+
+
 def sidebar_status() -> None:
     with resources.database().begin() as session:
         current = repo.get_current_config(session)

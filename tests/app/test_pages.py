@@ -92,6 +92,16 @@ def test_current_config_shows_escaped_in_the_sidebar(new_app, db_url: str) -> No
     assert any("Download one on the Models page" in info.value for info in at.info)
 
 
+def test_a_ready_model_nobody_chose_answers_and_the_status_says_so_from_the_first_visit(
+    new_app, ready_model: str, db_url: str
+) -> None:
+    at = new_app()
+    at.run()
+    assert at.selectbox(key="chat.model").value == ready_model
+    assert f"Provider: {ready_model}" in _sidebar_text(at)  # drawn before the chat page ran
+    assert ConfigStore(Database(db_url)).get_current_config().model == ready_model
+
+
 def test_hardware_page_lists_configs_with_masked_keys(new_app, db_url: str) -> None:
     ConfigStore(Database(db_url)).save_config(
         "openai_compatible", "gpt", "http://127.0.0.1:1/v1", "sk-hidden-5678"

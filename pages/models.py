@@ -35,6 +35,7 @@ class Action:
     args: tuple = ()
     kind: Literal["primary", "secondary"] = "secondary"
     admin_only: bool = False
+    done: bool = False  # what it would do holds already: shown, not clickable
 
 
 def run_action(action, success: str | None = None) -> None:
@@ -162,7 +163,10 @@ def actions(spec: ModelSpec, status: ModelStatus) -> None:
         repair = (lambda: start_download(key),)
         buttons.append(Action(t("models.action.repair"), f"repair-{key}", run_action, repair, "primary"))
     if status.kind == "ready":
-        buttons.append(Action(t("models.use_for_chat"), f"use-{key}", use_for_chat, (key,), "primary", True))
+        current = resources.config_store().get_current_config()
+        in_use = current is not None and current.provider == "local_model" and current.model == key
+        label = t("models.in_use") if in_use else t("models.use_for_chat")
+        buttons.append(Action(label, f"use-{key}", use_for_chat, (key,), "primary", True, done=in_use))
         buttons.append(Action(t("models.action.verify"), f"verify-{key}", verify, (key,)))
         redownload = (lambda: library.redownload(key),)
         buttons.append(Action(t("models.action.redownload"), f"redownload-{key}", run_action, redownload,
@@ -185,7 +189,7 @@ def actions(spec: ModelSpec, status: ModelStatus) -> None:
                     on_click=None if locked else action.callback,  # a forged click on a locked one: nothing
                     args=action.args,
                     type=action.kind,
-                    disabled=locked,
+                    disabled=locked or action.done,
                     help=t("access.admin_only") if locked else None,
                 )
     if st.session_state.get("models.confirm-delete") == key:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from core.chat.configs import ConfigStore
 from core.hub.library import ModelLibrary
 from core.storage.db import Database
 from core.storage.schema import DownloadJobRow
@@ -212,3 +213,24 @@ def test_each_model_gets_its_context_length_with_the_memory_it_needs(
     widget.select(next(o for o in widget.options if o.startswith("32K tokens"))).run()
     assert any("do not fit in this machine's memory" in e.value for e in at.error)
     assert library.preferences.context_for("qwen2.5-0.5b") == 2048  # unchanged
+
+
+def test_the_model_in_use_says_so_and_a_click_puts_a_ready_one_back_in_use(
+    new_app, ready_model: str, db_url: str
+) -> None:
+    at = new_app()
+    at.run()  # the app's first visit chooses the only ready model
+    at.switch_page("pages/models.py").run()
+    button = at.button(key=f"use-{ready_model}")
+    assert (button.label, button.disabled) == ("In use for chat", True)
+
+    store = ConfigStore(Database(db_url))
+    store.set_current_config(store.save_config("openai_compatible", "gpt", "http://127.0.0.1:1/v1"))
+    at.run()
+    button = at.button(key=f"use-{ready_model}")
+    assert (button.label, button.disabled) == ("Use for chat", False)
+    button.click().run()
+    assert (at.button(key=f"use-{ready_model}").label, store.get_current_config().model) == (
+        "In use for chat",
+        ready_model,
+    )

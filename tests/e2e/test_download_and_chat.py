@@ -44,7 +44,8 @@ def test_download_then_chat(browser: Browser, app_with_hub: str, hub_with_model:
         timeout=30_000
     )  # progress names the file
     expect(card.get_by_text("Ready", exact=True)).to_be_visible(timeout=60_000)
-    card.get_by_role("button", name="Use for chat").click()
+    # the first model ready answers in the chat by itself
+    expect(card.get_by_role("button", name="In use for chat", exact=True)).to_be_disabled(timeout=30_000)
 
     page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="Chat").click()
     box = page.get_by_test_id("stChatInputTextArea")

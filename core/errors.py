@@ -77,6 +77,12 @@ class EndpointsFailedError(DownloadError):
     code = "error.endpoints_failed"
 
 
+class ListingFailedError(EndpointsFailedError):
+    """Every endpoint failed to give a repository's file list: nothing of it was downloaded yet."""
+
+    code = "error.listing_failed"
+
+
 class UnsafeListingError(DownloadError):
     """A server listed a file name, size or hash that cannot be trusted; nothing was written."""
 

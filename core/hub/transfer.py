@@ -27,6 +27,7 @@ from core.errors import (
     DownloadError,
     EndpointsFailedError,
     GatedRepoError,
+    ListingFailedError,
     LocalLLMError,
     NotWritableError,
     RepoNotFoundError,
@@ -468,13 +469,20 @@ def endpoints_failed(
     """The one sentence for every endpoint failing (at `file`, or "" for the file list), from the
     pages and the CLI alike."""
     reason = reason_of(last)
-    what = file or "the file list"
+    tried = ", ".join(endpoints)
+    if not file:  # from the Models page's checks and forms as well as a download: "try again" fits all
+        return ListingFailedError(
+            f"Could not get the file list of {repo_id}: {REASONS[reason]} ({tried}). Check the network, or "
+            "add a mirror in the download settings, then try again.",
+            repo_id=repo_id,
+            endpoints=tried,
+            reason=reason,
+        )
     return EndpointsFailedError(
-        f"Could not download {what} of {repo_id}: {REASONS[reason]} ({', '.join(endpoints)}). Check the "
-        "network, or add a mirror in the download settings, then retry: the download continues where it "
-        "stopped.",
+        f"Could not download {file} of {repo_id}: {REASONS[reason]} ({tried}). Check the network, or add a "
+        "mirror in the download settings, then retry: the download continues where it stopped.",
         repo_id=repo_id,
         file=file,
-        endpoints=", ".join(endpoints),
+        endpoints=tried,
         reason=reason,
     )

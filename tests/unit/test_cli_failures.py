@@ -39,7 +39,7 @@ def test_failures_exit_1_with_a_sentence(
     capsys: pytest.CaptureFixture[str], hub: HubServer, tiny_models: dict[str, Path]
 ) -> None:
     code, err = run(capsys, "download", "org/model", "--endpoint", "http://127.0.0.1:9")
-    assert code == 1 and "Could not download the file list of org/model: cannot connect" in err
+    assert code == 1 and "Could not get the file list of org/model: cannot connect" in err
 
     hub.add_repo(
         "org/hostile",

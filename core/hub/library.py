@@ -43,6 +43,8 @@ from core.preferences import PREFERENCES, Preferences
 from core.storage import jobs, repo
 from core.storage.db import Database
 
+MODELS_NAMED = 10  # a catalog key not found: the message names this many of the keys there are
+
 
 @dataclass(frozen=True)
 class ModelStatus:
@@ -123,10 +125,14 @@ class ModelLibrary:
         return [*BUILTIN_MODELS, *(custom_spec(*row) for row in custom)]
 
     def get(self, key_or_repo_id: str) -> ModelSpec:
-        for spec in self.models():
+        models = self.models()
+        for spec in models:
             if key_or_repo_id in (spec.key, spec.repo_id):
                 return spec
-        raise NotFoundError(f"No model {key_or_repo_id!r} in the catalog.", key=key_or_repo_id)
+        keys = [spec.key for spec in models]
+        listed = ", ".join(keys[:MODELS_NAMED]) + (", …" if len(keys) > MODELS_NAMED else "")
+        asked = key_or_repo_id[:100]  # echoed: bounded whatever was sent
+        raise NotFoundError(f"No model {asked!r} in the catalog (it has {listed}).", key=asked)
 
     def add_custom(self, repo_id: str, revision: str = "main") -> ModelSpec:
         """Validate a repo id, check on the hub that the app can run it, and store it in the catalog."""

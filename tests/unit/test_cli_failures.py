@@ -22,7 +22,11 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 
 def test_bad_input_exits_2_with_a_sentence(capsys: pytest.CaptureFixture[str], hub: HubServer) -> None:
     code, err = run(capsys, "download", "no-such-model")
-    assert code == 2 and "No model 'no-such-model' in the catalog" in err
+    assert (
+        code == 2 and "No model 'no-such-model' in the catalog (it has qwen2.5-0.5b, tinyllama-1.1b)." in err
+    )
+    code, err = run(capsys, "chat", "x" * 100_000, "--prompt", "hi")
+    assert code == 2 and f"No model '{'x' * 100}' in the catalog" in err and len(err) < 400  # echoed bounded
 
     code, err = run(capsys, "download", "org/name.", "--endpoint", hub.url)
     assert code == 2 and "is not a Hugging Face repository id" in err

@@ -293,7 +293,8 @@ def delete_config(config_id: int) -> None:
 
 
 for config in store.list_configs():
-    label = f"{escape_markdown(config.name)} · {config.provider} · {escape_markdown(config.model)}"
+    kind = t("providers.remote") if config.provider == "openai_compatible" else t("providers.local")
+    label = f"{escape_markdown(config.name)} · {kind} · {escape_markdown(config.model)}"
     if config.is_current:
         label += f" — {t('providers.current')}"
     with st.expander(label):

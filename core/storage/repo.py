@@ -41,6 +41,19 @@ def _validate_config(provider: str, model: str, base_url: str | None) -> None:
             raise ConfigError("The base URL must start with http:// or https://.")
 
 
+def _column_length(field: str) -> int:
+    return ProviderConfigRow.__table__.c[field].type.length
+
+
+def _check_lengths(**values: Any) -> None:
+    """Text fields of a config within their columns (a database other than SQLite would refuse more)."""
+    for field, value in values.items():
+        limit = _column_length(field)
+        if isinstance(value, str) and len(value) > limit:
+            label = field.replace("_", " ")
+            raise ConfigError(f"The {label} is too long: {len(value)} characters, at most {limit}.")
+
+
 def _config_row(session: Session, config_id: int) -> ProviderConfigRow:
     row = session.get(ProviderConfigRow, config_id)
     if row is None:
@@ -60,8 +73,11 @@ def save_config(
 ) -> int:
     """Store a new provider config and return its id."""
     _validate_config(provider, model, base_url)
+    _check_lengths(name=name, model=model, base_url=base_url, api_key=api_key)
     row = ProviderConfigRow(
-        name=(name or f"{provider}: {model}").strip(),
+        name=(name or model).strip()[
+            : _column_length("name")
+        ],  # unnamed: the model's name, as the form's placeholder says
         provider=provider,
         model=model.strip(),
         base_url=base_url or None,
@@ -91,6 +107,7 @@ def update_config(session: Session, config_id: int, **changes: Any) -> ProviderC
     merged = {field: getattr(row, field) for field in ("provider", "model", "base_url")}
     merged.update({k: v for k, v in changes.items() if k in merged})
     _validate_config(merged["provider"], merged["model"], merged["base_url"])
+    _check_lengths(**{field: value for field, value in changes.items() if isinstance(value, str)})
     for key, value in changes.items():
         setattr(row, key, value.to_dict() if isinstance(value, GenerationParams) else value)
     session.flush()

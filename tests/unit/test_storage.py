@@ -53,6 +53,7 @@ def test_config_round_trip_and_seed_api(database: Database) -> None:
         "sk-abcdef123456",
     )
     assert saved.params == params
+    assert saved.name == "llama3"  # unnamed: its model's name, as the form's placeholder says
     assert [c.id for c in store.list_configs()] == [config_id, local_id]
 
     updated = store.update_config(config_id, model="llama3.1", name="GPU box")
@@ -94,6 +95,21 @@ def test_invalid_configs_are_refused_with_a_message(
     with pytest.raises(ConfigError, match=message):
         ConfigStore(database).save_config(provider, model, base_url)
     assert ConfigStore(database).list_configs() == []
+
+
+def test_text_past_its_column_is_refused_with_a_sentence_before_anything_is_written(
+    database: Database,
+) -> None:
+    store = ConfigStore(database)
+    with pytest.raises(ConfigError, match=r"^The name is too long: 100000 characters, at most 200\.$"):
+        store.save_config("openai_compatible", "m", "http://127.0.0.1:1/v1", name="n" * 100_000)
+    with pytest.raises(ConfigError, match="The base url is too long"):
+        store.save_config("openai_compatible", "m", "http://" + "h" * 600)
+    assert store.list_configs() == []
+    config_id = store.save_config("local_model", "m" * 300)  # the longest model: its name is cut to fit
+    assert len(store.get_config(config_id).name) == 200
+    with pytest.raises(ConfigError, match="The api key is too long"):
+        store.update_config(config_id, api_key="k" * 501)
 
 
 def test_api_key_never_appears_in_repr_or_errors(database: Database) -> None:

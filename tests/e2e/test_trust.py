@@ -16,6 +16,7 @@ from core.chat.service import ChatService
 from core.storage import repo
 from core.storage.db import Database
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.fixtures.hub_server import SHUTDOWN_POLL_S
 
 pytestmark = pytest.mark.e2e
 LEAK = "http://198.51.100.7/leak?q=the-conversation"  # TEST-NET-2: never answered
@@ -55,7 +56,7 @@ def attacker_site() -> Iterator[int]:
             self.wfile.write(body)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(SHUTDOWN_POLL_S,), daemon=True).start()
     yield server.server_address[1]
     server.shutdown()
 

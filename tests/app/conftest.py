@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,13 @@ from streamlit.testing.v1 import AppTest
 from core.settings import PROJECT_ROOT
 from core.storage.db import Database
 from tests.fixtures.tiny_models import install_ready
+
+
+@pytest.fixture(autouse=True)
+def _main_module_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamlit's script runner leaves the last script it ran in sys.modules["__main__"]: a process
+    that a later test starts with `spawn` would then run app.py again as its main module (~3 s each)."""
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
 
 
 @pytest.fixture

@@ -46,8 +46,7 @@ navigation = st.navigation(pages)
 with st.sidebar:
     language_switch()
     sidebar_user()
-    settle_current_model()
-    sidebar_status()
+    sidebar_status(settle_current_model())
 try:
     navigation.run()
 except LocalLLMError as exc:  # the last net under every page: a clear sentence, never a traceback

@@ -26,7 +26,6 @@ from ui.widgets import attempt, file_picker, make_current, model_choices
 DEFAULT_TITLE = "New chat"
 chat = resources.chat_service(access.current_user().owner)
 presets = PresetStore(resources.database(), access.current_user().owner)
-library = resources.library()
 store = resources.config_store()
 
 

@@ -163,8 +163,7 @@ def actions(spec: ModelSpec, status: ModelStatus) -> None:
         repair = (lambda: start_download(key),)
         buttons.append(Action(t("models.action.repair"), f"repair-{key}", run_action, repair, "primary"))
     if status.kind == "ready":
-        current = resources.config_store().get_current_config()
-        in_use = current is not None and current.provider == "local_model" and current.model == key
+        in_use = in_chat is not None and in_chat.provider == "local_model" and in_chat.model == key
         label = t("models.in_use") if in_use else t("models.use_for_chat")
         buttons.append(Action(label, f"use-{key}", use_for_chat, (key,), "primary", True, done=in_use))
         buttons.append(Action(t("models.action.verify"), f"verify-{key}", verify, (key,)))
@@ -354,6 +353,7 @@ st.caption(t("models.intro"))
 if flash := st.session_state.pop("models.flash", None):
     kind, message = flash
     {"error": st.error, "success": st.success, "info": st.info}[kind](message)
+in_chat = resources.config_store().get_current_config()  # read once: its card says "In use for chat"
 for model in library.models():
     card(model)
 add_model_form()

@@ -10,8 +10,8 @@ import streamlit as st
 
 from core.errors import LocalLLMError, SchemaTooNewError, StorageError
 from core.settings import load_settings
-from core.storage import repo
 from core.storage.db import set_aside, sqlite_file
+from core.storage.records import ProviderConfig
 from core.units import format_bytes, format_duration
 from ui import access, resources, state
 from ui.i18n import DEFAULT_LANGUAGE, LANGUAGES, error_text, language_from_locale, t
@@ -140,18 +140,20 @@ def make_current(choice: Choice) -> None:
         resources.config_store().set_current_config(int(value))
 
 
-def settle_current_model() -> None:
-    """With nothing chosen yet, an admin's visit makes the first of the chat's choices current before the
-    sidebar says what answers (the chat page would choose it only after the status was drawn)."""
-    if not access.is_admin() or resources.config_store().get_current_config() is not None:
-        return
-    if choices := model_choices():
+def settle_current_model() -> ProviderConfig | None:
+    """The current config; with nothing chosen yet, an admin's visit first makes the first of the chat's
+    choices current, before the sidebar says what answers (the chat page would choose it only after the
+    status was drawn)."""
+    store = resources.config_store()
+    current = store.get_current_config()
+    if current is None and access.is_admin() and (choices := model_choices()):
         make_current(next(iter(choices.values())))
+        current = store.get_current_config()
+    return current
 
 
-def sidebar_status() -> None:
-    with resources.database().begin() as session:
-        current = repo.get_current_config(session)
+def sidebar_status(current: ProviderConfig | None) -> None:
+    """What answers (`current`), the loaded model and running downloads."""
     downloads = resources.library().active_downloads()
     st.caption(t("status.header"))
     no_provider = t("status.no_provider")

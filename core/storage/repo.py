@@ -74,10 +74,9 @@ def save_config(
     """Store a new provider config and return its id."""
     _validate_config(provider, model, base_url)
     _check_lengths(name=name, model=model, base_url=base_url, api_key=api_key)
+    unnamed = model.strip()[: _column_length("name")]  # the model's name, as the form's placeholder says
     row = ProviderConfigRow(
-        name=(name or model).strip()[
-            : _column_length("name")
-        ],  # unnamed: the model's name, as the form's placeholder says
+        name=name.strip() if name else unnamed,
         provider=provider,
         model=model.strip(),
         base_url=base_url or None,

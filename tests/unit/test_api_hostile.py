@@ -22,7 +22,7 @@ import pytest
 from core.access.hosts import HostPolicy
 from core.inference.engine import LocalEngine
 from core.settings import PROJECT_ROOT
-from tests.fixtures.serving import free_port, serving
+from tests.fixtures.serving import free_port, serving, wait_for_port
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 HELLO = [{"role": "user", "content": "Hello 你好"}]
@@ -50,17 +50,6 @@ def raw_request(url: str, head: str, body: bytes = b"") -> str:
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         sock.sendall(head.encode() + b"\r\n\r\n" + body)
         return sock.recv(65536).decode("latin-1").split("\r\n", 1)[0]
-
-
-def wait_for_port(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-            time.sleep(0.05)
 
 
 def test_bodies_over_the_limit_are_refused_before_they_are_read(engine: LocalEngine) -> None:

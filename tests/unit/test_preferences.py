@@ -7,10 +7,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2
@@ -22,7 +20,7 @@ from core.preferences import Preferences
 from core.settings import PROJECT_ROOT
 from core.storage.db import Database
 from tests.fixtures.hub_server import HubServer
-from tests.fixtures.serving import free_port
+from tests.fixtures.serving import free_port, wait_for_port
 
 
 def test_a_value_is_the_saved_one_else_the_environments_else_the_default(database: Database) -> None:
@@ -73,17 +71,6 @@ def test_the_cli_lists_and_sets_with_the_same_checks(
     assert main(["settings", "set", "quantization", "int3"]) == 2
     assert "'int3' is not one of int4, int8, none" in capsys.readouterr().err
     assert Preferences(database).get("idle_unload_s") == 120.0
-
-
-def wait_for_port(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-            time.sleep(0.05)
 
 
 def test_a_models_folder_set_once_is_where_every_command_looks(

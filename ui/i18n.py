@@ -12,6 +12,7 @@ from typing import Any
 from core.errors import LocalLLMError
 from core.settings import command_line
 from ui import state
+from ui.markup import urls_as_code
 
 LANGUAGES: dict[str, str] = {"zh": "中文", "en": "English"}
 DEFAULT_LANGUAGE = "en"
@@ -66,7 +67,11 @@ def error_text(exc: LocalLLMError) -> str:
 def failure_text(code: str | None, params: dict[str, Any], message: str) -> str:
     """A product error (raised now, or stored with a download job) in the session's language: its own
     text filled with its parameters where the locale has one, else the English sentence inside a
-    generic one."""
+    generic one; the addresses in it as code (`urls_as_code`)."""
+    return urls_as_code(_failure_sentence(code, params, message))
+
+
+def _failure_sentence(code: str | None, params: dict[str, Any], message: str) -> str:
     if not code or not has(code):
         return t("error.generic", message=message)
     values = {**params, "message": message}

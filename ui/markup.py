@@ -1,4 +1,5 @@
-"""Text shown through Streamlit's Markdown: the user's own text as typed, model replies without images.
+"""Text shown through Streamlit's Markdown: the user's own text as typed, model replies without images,
+the addresses in our own sentences as code.
 
 A reply is Markdown on purpose (lists, code, tables), but an image in it would make every viewer's
 browser fetch its URL, which a prompt injection could point at any server with the conversation in
@@ -9,6 +10,7 @@ is never enabled (Streamlit escapes it), and code is left as it is.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 # Escaped anywhere. '.', '-', '+', '(' and ')' only mean something at the start of a line (lists,
 # rules, headings): escaped there only, since inside a bare URL (which becomes a link) a backslash
@@ -18,12 +20,27 @@ _LINE_START = re.compile(r"(?m)^([ \t]*)(\d+(?=[.)])|[-+=](?=[-=+ \t]|$))")
 # Fenced code blocks (``` or ~~~, to the matching fence or the end) and inline code spans.
 _CODE = re.compile(r"(?ms)^[ ]{0,3}(`{3,}|~{3,}).*?(?:^[ ]{0,3}\1[`~]*[ \t]*$|\Z)|(`+)(?!`).+?(?<!`)\2(?!`)")
 _IMAGE = re.compile(r"!(?=\s*\[)")
+# A bare http(s) URL up to whitespace, quotes, brackets or CJK punctuation (fullwidth forms included).
+_BARE_URL = re.compile(r"https?://[^\s`<>\"'()\[\]\u3000-\u303f\uff00-\uffef]+")
 
 
 def escape_markdown(text: str) -> str:
     """User text shown inside Markdown: every Markdown character escaped, so it renders as typed."""
     escaped = "".join("\\" + ch if ch in _MARKDOWN_SPECIALS else ch for ch in text)
     return _LINE_START.sub(_escape_marker, escaped)
+
+
+def urls_as_code(text: str) -> str:
+    """Our own sentences with addresses in them (endpoints, a server's URL): each bare URL as a code
+    span. Markdown's autolink runs on to the next space, so in Chinese it took in the punctuation
+    and the rest of the sentence ("…hf-mirror.com）。请检查网络…" was one link)."""
+    return _outside_code(text, lambda part: _BARE_URL.sub(_url_as_code, part))
+
+
+def _url_as_code(match: re.Match[str]) -> str:
+    url = match.group(0)
+    address = url.rstrip(".,:;!?")  # a sentence's own punctuation after the address
+    return f"`{address}`{url[len(address) :]}"
 
 
 def _escape_marker(match: re.Match[str]) -> str:
@@ -38,9 +55,14 @@ def reply_markdown(text: str, image_label: str = "image:") -> str:
     """A model's reply as Markdown that loads nothing: each image `![alt](url)` becomes the label and a
     plain link to it, outside code blocks and code spans, which show it as written."""
     label = escape_markdown(image_label) + " "
+    return _outside_code(text, lambda part: _IMAGE.sub(lambda _m: label, part))
+
+
+def _outside_code(text: str, change: Callable[[str], str]) -> str:
+    """`change` applied to the text between code blocks and code spans, which stay as written."""
     pieces, last = [], 0
     for code in _CODE.finditer(text):
-        pieces += [_IMAGE.sub(lambda _m: label, text[last : code.start()]), code.group(0)]
+        pieces += [change(text[last : code.start()]), code.group(0)]
         last = code.end()
-    pieces.append(_IMAGE.sub(lambda _m: label, text[last:]))
+    pieces.append(change(text[last:]))
     return "".join(pieces)

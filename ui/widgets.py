@@ -15,7 +15,7 @@ from core.storage.records import ProviderConfig
 from core.units import format_bytes, format_duration
 from ui import access, resources, state
 from ui.i18n import DEFAULT_LANGUAGE, LANGUAGES, error_text, language_from_locale, t
-from ui.markup import escape_markdown
+from ui.markup import escape_markdown, urls_as_code
 
 
 def attempt(action: Callable[[], Any]) -> bool:
@@ -210,9 +210,9 @@ def download_settings() -> None:
             for url in library.endpoints():
                 probe = library.probe_endpoint(url)
                 if probe.ok:
-                    st.success(t("models.endpoints.ok", url=url, ms=f"{probe.latency_ms:.0f}"))
+                    st.success(urls_as_code(t("models.endpoints.ok", url=url, ms=f"{probe.latency_ms:.0f}")))
                 else:
-                    st.error(t("models.endpoints.bad", url=url, error=probe.error))
+                    st.error(urls_as_code(t("models.endpoints.bad", url=url, error=probe.error)))
         st.toggle(
             t("models.auto_resume"),
             value=library.auto_resume,

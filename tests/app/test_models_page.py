@@ -133,7 +133,7 @@ def test_adding_a_bad_repo_id_shows_a_message(new_app, library: ModelLibrary, hu
     at.button(key="add-model-submit").click().run()
     # the form's next step, not a download's (there is no Retry button here)
     assert [e.value for e in at.error] == [
-        "无法获取 org/tiny-chat 的文件列表：无法连接（没有网络、地址错误或服务器未运行）（http://127.0.0.1:9）。"
+        "无法获取 org/tiny-chat 的文件列表：无法连接（没有网络、地址错误或服务器未运行）（`http://127.0.0.1:9`）。"
         "请检查网络，或在下载设置中添加镜像，然后重试。"
     ]
 

@@ -56,7 +56,7 @@ def test_a_bad_server_gives_a_clear_message(new_app) -> None:
     at.text_input(key="pnew.url").input("http://127.0.0.1:9/v1")
     at.button(key="pnew.test").click().run()
     assert not at.exception
-    assert any("Cannot connect to http://127.0.0.1:9/v1" in e.value for e in at.error)
+    assert any("Cannot connect to `http://127.0.0.1:9/v1`" in e.value for e in at.error)
 
 
 @pytest.mark.parametrize("bad_url", ["ftp://x", "not a url"])

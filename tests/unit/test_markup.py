@@ -9,7 +9,7 @@ import re
 import pytest
 from markdown_it import MarkdownIt
 
-from ui.markup import escape_markdown, reply_markdown
+from ui.markup import escape_markdown, reply_markdown, urls_as_code
 
 RENDERER = MarkdownIt("commonmark").enable(["table", "strikethrough"])
 
@@ -64,3 +64,33 @@ def test_code_in_a_reply_is_left_as_written() -> None:
     assert "**bold**" not in reply_markdown("**bold**") or "<strong>" in RENDERER.render(
         reply_markdown("**bold**")
     )
+
+
+@pytest.mark.parametrize(
+    ("sentence", "addresses", "after"),
+    [
+        (
+            "无法获取 org/x 的文件列表：无法连接（https://huggingface.co, https://hf-mirror.com）。请检查网络。",
+            ["https://huggingface.co", "https://hf-mirror.com"],
+            "）。请检查网络。",
+        ),
+        ("http://127.0.0.1:9：可访问，3 毫秒", ["http://127.0.0.1:9"], "：可访问，3 毫秒"),
+        (
+            "Could not reach http://10.0.0.5:8000/v1?a=1. Check it.",
+            ["http://10.0.0.5:8000/v1?a=1"],
+            ". Check it.",
+        ),
+        (
+            "Already `http://a.test:1/` as code, `or http://b.test` in a span.",
+            ["http://a.test:1/", "or http://b.test"],
+            " in a span.",
+        ),
+    ],
+)
+def test_an_address_in_a_sentence_is_shown_whole_and_ends_where_it_ends(
+    sentence: str, addresses: list[str], after: str
+) -> None:
+    rendered = RENDERER.render(urls_as_code(sentence))
+    assert re.findall(r"<code>(.*?)</code>", rendered) == addresses
+    assert visible_text(urls_as_code(sentence)) == sentence.replace("`", "")
+    assert html.unescape(rendered.rsplit("</code>", 1)[1]).removesuffix("</p>\n") == after

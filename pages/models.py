@@ -232,9 +232,17 @@ def verify(key: str) -> None:
         st.session_state["models.flash"] = ("success", t("models.verified", key=key))
 
 
-def speed_text(key: str, estimate: MemoryEstimate) -> str:
-    """The decode-speed estimate with its basis, and what was measured here if the model ran."""
+def speed_caption(key: str, estimate: MemoryEstimate) -> None:
+    """The decode-speed estimate; polled while the memory bandwidth it needs is being measured (a
+    second or two after the app starts), then the page is drawn again without polling."""
     bandwidth = resources.memory_bandwidth()
+    if bandwidth is not None and measuring:
+        st.rerun(scope="app")
+    st.caption(speed_text(key, estimate, bandwidth))
+
+
+def speed_text(key: str, estimate: MemoryEstimate, bandwidth: float | None) -> str:
+    """The decode-speed estimate with its basis, and what was measured here if the model ran."""
     if bandwidth is None:
         return t("models.speed_pending")
     bound = decode_tokens_per_s_bound(estimate, bandwidth)
@@ -284,7 +292,7 @@ def card(spec: ModelSpec) -> None:
                 available=format_bytes(verdict.available_bytes),
             )
             (st.error if verdict.verdict == "too_large" else st.caption)(text)
-            st.caption(speed_text(spec.key, estimate))
+            st.fragment(speed_caption, run_every=ACTIVE_POLL_S if measuring else None)(spec.key, estimate)
         context_choice(spec)
         actions(spec, status)
 
@@ -354,6 +362,7 @@ if flash := st.session_state.pop("models.flash", None):
     kind, message = flash
     {"error": st.error, "success": st.success, "info": st.info}[kind](message)
 in_chat = resources.config_store().get_current_config()  # read once: its card says "In use for chat"
+measuring = resources.memory_bandwidth() is None  # the speed estimates poll until it is measured
 for model in library.models():
     card(model)
 add_model_form()

@@ -36,6 +36,9 @@ def test_download_then_chat(browser: Browser, app_with_hub: str, hub_with_model:
     page = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000}).new_page()
     page.goto(f"{app_with_hub}/models")
     card = page.locator(".st-key-card-chat-model")
+    # the catalog's estimates need the bandwidth, measured while the page says "measuring…": they are
+    # drawn without a click
+    expect(page.get_by_text("Estimated decode speed on the CPU").first).to_be_visible(timeout=30_000)
     card.get_by_role("button", name="Check files and download").click()
     expect(card.get_by_text("to fetch")).to_be_visible(timeout=30_000)
     card.get_by_role("button", name="Download", exact=True).click()

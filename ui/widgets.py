@@ -212,7 +212,11 @@ def download_settings() -> None:
                 if probe.ok:
                     st.success(urls_as_code(t("models.endpoints.ok", url=url, ms=f"{probe.latency_ms:.0f}")))
                 else:
-                    st.error(urls_as_code(t("models.endpoints.bad", url=url, error=probe.error)))
+                    st.error(
+                        urls_as_code(
+                            t("models.endpoints.bad", url=url, reason_text=t(f"reason.{probe.reason}"))
+                        )
+                    )
         st.toggle(
             t("models.auto_resume"),
             value=library.auto_resume,

@@ -30,7 +30,7 @@ from core.hub.store import (
     verify,
     write_manifest,
 )
-from core.hub.transfer import DownloadTarget, Progress, disk_free_bytes, endpoints_failed
+from core.hub.transfer import DownloadTarget, Progress, disk_free_bytes, endpoints_failed, reason_of
 from core.inference.sizing import (
     KvLayout,
     MemoryEstimate,
@@ -71,7 +71,7 @@ class EndpointProbe:
     endpoint: str
     ok: bool
     latency_ms: float
-    error: str = ""
+    reason: str = ""  # why not: a key of core.hub.transfer.REASONS (the pages translate it)
 
 
 class ModelLibrary:
@@ -107,8 +107,10 @@ class ModelLibrary:
         started = time.perf_counter()
         try:
             HfApi(endpoint=endpoint, token=False).model_info(BUILTIN_MODELS[0].repo_id, timeout=timeout_s)
-        except (hf_errors.HfHubHTTPError, httpx2.TransportError, OSError) as exc:
-            return EndpointProbe(endpoint, False, 0.0, f"{exc.__class__.__name__}: {str(exc)[:120]}")
+        except hf_errors.HfHubHTTPError:
+            return EndpointProbe(endpoint, False, 0.0, "server")
+        except (httpx2.TransportError, OSError) as exc:
+            return EndpointProbe(endpoint, False, 0.0, reason_of(exc))
         return EndpointProbe(endpoint, True, (time.perf_counter() - started) * 1000)
 
     @property

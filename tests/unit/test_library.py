@@ -182,8 +182,9 @@ def test_endpoints_are_editable_and_probed(
     assert good.ok
     assert good.latency_ms > 0
     bad = library.probe_endpoint(closed, timeout_s=2)
-    assert not bad.ok
-    assert bad.error
+    assert (bad.ok, bad.reason) == (False, "connect")
+    with HubServer() as elsewhere:  # answers, but not with the model's info
+        assert library.probe_endpoint(elsewhere.url).reason == "server"
 
 
 def test_a_model_in_the_hf_cache_is_used_without_downloading(

@@ -124,7 +124,8 @@ else:
     st.success(t("lan.dashboard_on"), icon=":material/lan:")
 addresses = lan_addresses()
 urls = ", ".join(f"`http://{a}:{port}`" for a in addresses)
-st.markdown(t("lan.urls", urls=urls) if addresses else t("lan.no_urls"))
+shared = "lan.urls_once_shared" if is_loopback(bound) else "lan.urls"
+st.markdown(t(shared, urls=urls) if addresses else t("lan.no_urls"))
 st.caption(t("lan.models"))
 
 st.subheader(t("server.title"))

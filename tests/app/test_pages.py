@@ -149,3 +149,26 @@ def test_a_scripts_end_does_not_walk_every_object_of_the_imported_modules(isolat
     assert done.returncode == 0, done.stderr[-1000:]
     frozen, tracked = map(int, done.stdout.split()[-2:])
     assert frozen > 100_000 and tracked < frozen / 10
+
+
+@pytest.mark.parametrize(
+    ("address", "sentence"),
+    [
+        ("localhost", "Once shared, other machines reach this one at: `http://192.0.2.7:"),
+        ("0.0.0.0", "Other machines reach this one at: `http://192.0.2.7:"),
+    ],
+)
+def test_the_lan_addresses_say_whether_they_work_now(
+    new_app, monkeypatch: pytest.MonkeyPatch, address: str, sentence: str
+) -> None:
+    from streamlit import config
+
+    monkeypatch.setattr("core.access.policy.lan_addresses", lambda: ["192.0.2.7"])
+    before = config.get_option("server.address")
+    config.set_option("server.address", address)
+    try:
+        at = new_app()
+        at.switch_page("pages/hardware.py").run()
+    finally:
+        config.set_option("server.address", before)
+    assert any(m.value.startswith(sentence) for m in at.markdown), [m.value for m in at.markdown]

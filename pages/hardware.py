@@ -295,7 +295,8 @@ def delete_config(config_id: int) -> None:
 
 for config in store.list_configs():
     kind = t("providers.remote") if config.provider == "openai_compatible" else t("providers.local")
-    label = f"{escape_markdown(config.name)} · {kind} · {escape_markdown(config.model)}"
+    named = [config.name, kind] + ([config.model] if config.model != config.name else [])  # said once
+    label = " · ".join(escape_markdown(part) for part in named)
     if config.is_current:
         label += f" — {t('providers.current')}"
     with st.expander(label):

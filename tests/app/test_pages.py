@@ -121,7 +121,13 @@ def test_hardware_page_lists_configs_with_masked_keys(new_app, db_url: str) -> N
     assert "sk-hidden" not in repr(at._tree)
     assert "1. `http://mirror.test`\n2. `http://127.0.0.1:9`" in body  # the order saved on the Models page
     assert [m.label for m in at.metric][:4] == ["CPU", "Memory (RAM)", "GPU", "Free disk (models)"]
-    assert "gpt · remote · gpt — current" in [e.label for e in at.expander]  # words, not provider ids
+    # words, not provider ids; the model is not said twice when the config is named after it
+    assert "gpt · remote — current" in [e.label for e in at.expander]
+    ConfigStore(Database(db_url)).save_config(
+        "openai_compatible", "gpt-4o", "http://127.0.0.1:1/v1", name="Big"
+    )
+    at.run()
+    assert "Big · remote · gpt-4o" in [e.label for e in at.expander]
 
 
 AFTER_THE_APPS_IMPORTS = """

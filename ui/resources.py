@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import gc
 from pathlib import Path
 
 import streamlit as st
@@ -14,7 +12,7 @@ from core.access.sign_in import SignInGate
 from core.chat.configs import ConfigStore
 from core.chat.providers import provider_for_config
 from core.chat.service import ChatService
-from core.hardware import HardwareInfo, probe
+from core.hardware import HardwareInfo, keep_out_of_collections, probe
 from core.hub.library import ModelLibrary
 from core.hub.store import find_in_hf_cache
 from core.inference.engine import LocalEngine
@@ -86,17 +84,6 @@ def engine() -> LocalEngine:
     # Imports in the background, so the first load is only the load; then out of the collector's sight.
     instance.prepare().add_done_callback(lambda _imported: keep_out_of_collections())
     return instance
-
-
-@functools.cache  # once a process: what is alive then lives as long as the process
-def keep_out_of_collections() -> None:
-    """Move every object alive now (torch, transformers and Streamlit's modules: ~350,000) to the
-    collector's permanent generation. Streamlit runs a full collection after every script run, a
-    page's poll included: ~250 ms holding the GIL, a stall for every streaming reply (15-30 % fewer
-    tokens/s with a page polling once a second). Frozen objects are still freed when their last
-    reference goes; those in reference cycles stay (a one-time amount, from startup)."""
-    gc.collect()
-    gc.freeze()
 
 
 @st.cache_resource

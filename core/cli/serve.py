@@ -9,6 +9,7 @@ import click
 
 from core.access.policy import is_loopback
 from core.cli.common import library, load_with_notice
+from core.hardware import keep_out_of_collections
 
 
 @click.command(short_help="serve the models over an OpenAI-compatible HTTP API")
@@ -36,6 +37,7 @@ def serve(host: str, port: int, model: str | None, max_request_mb: int) -> int:
         api_key = secrets.token_urlsafe(24)
         click.echo(f"API key (send it as 'Authorization: Bearer <key>'): {api_key}")
     engine = LocalEngine.from_preferences(models_library.preferences)
+    keep_out_of_collections()  # the imports' objects; a model loaded later stays collectable
     if model:
         load_with_notice(engine, models_library.get(model).key)
 

@@ -85,6 +85,10 @@ def _print(info: HardwareInfo, bandwidth: float, models: dict[str, Any]) -> None
     )
     for key, model in models.items():
         needed = format_bytes(model["memory_needed_bytes"]) if model["memory_needed_bytes"] else "?"
-        speed = f"~{model['est_tokens_per_s']} tokens/s at most" if model["est_tokens_per_s"] else ""
+        speed = f"~{model['est_tokens_per_s']} tokens/s expected" if model["est_tokens_per_s"] else ""
         people = f", {model['people_at_once']} at once" if model["people_at_once"] else ""
-        click.echo(f"{key:<24} needs {needed:>9}  {model['verdict']:<10} {speed}{people}")
+        click.echo(f"{key:<24} needs {needed:>9}  {VERDICTS[model['verdict']]:<13} {speed}{people}")
+
+
+VERDICTS = {"fits_gpu": "fits the GPU", "fits_ram": "fits in RAM", "tight": "tight", "too_large": "too large",
+            "unknown": "size unknown"}  # fmt: skip

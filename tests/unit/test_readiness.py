@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -161,3 +162,7 @@ def test_hardware_cli_json_has_the_documented_fields() -> None:
     assert qwen["memory_needed_bytes"] > 494_032_768  # int4 weights + KV cache + runtime
     # decode reads every weight once per token: below bandwidth / (1 byte per weight)
     assert 0 < qwen["est_tokens_per_s"] <= report["memory_bandwidth_bytes_per_s"] / 494_032_768
+    text = subprocess.run(command[:-1], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in text.splitlines() if line.startswith("qwen2.5-0.5b"))
+    assert re.search(r" ~\d+(\.\d)? tokens/s expected", line), line  # an estimate, not a bound
+    assert "fits in RAM" in line or "tight" in line or "too large" in line  # words, not verdict ids

@@ -265,17 +265,16 @@ def card(spec: ModelSpec) -> None:
         downloading = status.kind == "downloading"
         st.session_state[f"models.polling.{spec.key}"] = downloading
         st.fragment(live_status, run_every=ACTIVE_POLL_S if downloading else None)(spec)
+        facts = {
+            t("models.size"): format_bytes(spec.download_bytes) if spec.download_bytes else "–",
+            t("models.params"): format_count(spec.parameters) if spec.parameters else "–",
+            t("models.context"): (
+                t("models.tokens", count=format_count(spec.context_length)) if spec.context_length else "–"
+            ),
+        }
         with st.container(horizontal=True, horizontal_alignment="distribute"):  # side by side on a phone too
-            st.metric(t("models.size"), format_bytes(spec.download_bytes) if spec.download_bytes else "–",
-                      width="content")  # fmt: skip
-            st.metric(
-                t("models.params"), format_count(spec.parameters) if spec.parameters else "–", width="content"
-            )
-            st.metric(
-                t("models.context"),
-                t("models.tokens", count=format_count(spec.context_length)) if spec.context_length else "–",
-                width="content",
-            )
+            for label, value in facts.items():
+                st.metric(label, value, width="content")
         details = []
         if spec.languages:
             languages = " / ".join(t(f"language.{code}") for code in spec.languages)

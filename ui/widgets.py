@@ -206,17 +206,19 @@ def download_settings() -> None:
                 st.error(error_text(exc))
             else:
                 st.success(t("models.endpoints.saved"))
+                st.session_state.pop("downloads.probes", None)  # they were of the endpoints before
         if test.button(t("models.endpoints.test"), key="downloads.test"):
-            for url in library.endpoints():
-                probe = library.probe_endpoint(url)
-                if probe.ok:
-                    st.success(urls_as_code(t("models.endpoints.ok", url=url, ms=f"{probe.latency_ms:.0f}")))
-                else:
-                    st.error(
-                        urls_as_code(
-                            t("models.endpoints.bad", url=url, reason_text=t(f"reason.{probe.reason}"))
-                        )
-                    )
+            st.session_state["downloads.probes"] = [
+                library.probe_endpoint(url) for url in library.endpoints()
+            ]
+        for probe in st.session_state.get("downloads.probes", []):  # kept: a rerun does not wipe them
+            if probe.ok:
+                st.success(
+                    urls_as_code(t("models.endpoints.ok", url=probe.endpoint, ms=f"{probe.latency_ms:.0f}"))
+                )
+            else:
+                reason = t(f"reason.{probe.reason}")
+                st.error(urls_as_code(t("models.endpoints.bad", url=probe.endpoint, reason_text=reason)))
         st.toggle(
             t("models.auto_resume"),
             value=library.auto_resume,

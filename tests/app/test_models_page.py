@@ -243,3 +243,22 @@ def test_the_model_in_use_says_so_and_a_click_puts_a_ready_one_back_in_use(
         "In use for chat",
         ready_model,
     )
+
+
+def test_an_endpoint_check_says_why_in_the_pages_language_and_stays_until_the_list_changes(
+    new_app, library: ModelLibrary, hub: HubServer
+) -> None:
+    hub.add_repo("Qwen/Qwen2.5-0.5B-Instruct", REPO)  # what the check asks the endpoint for
+    library.set_endpoints([hub.url, "http://127.0.0.1:9"])  # nothing listens on the second
+    at = new_app()
+    at.session_state["language"] = "zh"
+    at.switch_page("pages/models.py").run()
+    at.button(key="downloads.test").click().run()
+    checked = ([s.value for s in at.success], [e.value for e in at.error])
+    assert checked[0][0].startswith(f"`{hub.url}`：可访问，") and checked[0][0].endswith(" 毫秒")
+    assert checked[1] == ["`http://127.0.0.1:9`：无法连接（没有网络、地址错误或服务器未运行）"]
+    at.run()  # any rerun (a poll redraws the page once the bandwidth is measured) keeps them
+    assert ([s.value for s in at.success], [e.value for e in at.error]) == checked
+    at.text_area(key="downloads.endpoints").input(hub.url)
+    at.button(key="downloads.save").click().run()
+    assert [e.value for e in at.error] == []

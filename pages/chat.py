@@ -1,6 +1,7 @@
 from collections.abc import Iterator
 from contextlib import nullcontext
 from datetime import date
+from urllib.parse import urlsplit
 
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
@@ -19,11 +20,12 @@ from core.storage.records import AttachmentInfo, Conversation, Message
 from core.units import format_bytes
 from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
-from ui.markup import escape_markdown, reply_markdown
+from ui.markup import escape_markdown, reply_markdown, urls_as_code
 from ui.presets import default_preset, preset_picker
 from ui.widgets import attempt, file_picker, make_current, model_choices
 
 DEFAULT_TITLE = "New chat"
+SUGGESTIONS = 4  # first messages a new chat offers (chat.suggestion.1 … in the locales)
 chat = resources.chat_service(access.current_user().owner)
 presets = PresetStore(resources.database(), access.current_user().owner)
 store = resources.config_store()
@@ -133,6 +135,25 @@ def header(conversation: Conversation) -> None:
             chat.delete(conversation.id)
             select(None)
             st.rerun()
+
+
+def welcome() -> str | None:
+    """A new chat's page: where the messages go, and first messages to try (the one clicked, if any)."""
+    st.subheader(t("chat.welcome"))
+    current = store.get_current_config()
+    if current is not None and current.provider == "local_model":
+        st.caption(t("chat.stays_here", model=escape_markdown(current.model)))
+    elif current is not None:
+        address = urlsplit(current.base_url or "")
+        server = f"{address.scheme}://{address.netloc.rpartition('@')[2]}"  # no user name or password
+        st.caption(urls_as_code(t("chat.sent_to", model=escape_markdown(current.model), server=server)))
+    clicked = None
+    with st.container(horizontal=True):
+        for number in range(1, SUGGESTIONS + 1):
+            suggestion = t(f"chat.suggestion.{number}")
+            if st.button(suggestion, icon=":material/chat_bubble:", key=f"chat.suggestion-{number}"):
+                clicked = suggestion
+    return clicked
 
 
 def options(conversation: Conversation) -> None:
@@ -367,7 +388,11 @@ if model is None:
     st.page_link("pages/models.py", label=t("chat.go_models"), icon=":material/download:")
     st.stop()
 
-if conversation is not None:
+suggested, greeting = None, st.empty()
+if conversation is None:
+    with greeting.container():
+        suggested = welcome()
+else:
     header(conversation)
     options(conversation)
     history(conversation)
@@ -377,8 +402,9 @@ prompt = st.chat_input(
     t("chat.input"), max_chars=100_000, accept_file="multiple", file_type=list(FILE_TYPES),
     max_upload_size=ATTACHMENT_BYTES // 1024**2,
 )  # fmt: skip
-if prompt is not None:
-    ask(conversation, prompt.text, prompt.files)
+if prompt is not None or suggested:
+    greeting.empty()  # the conversation takes the page
+    ask(conversation, *((prompt.text, prompt.files) if prompt is not None else (suggested, [])))
 elif pending and conversation is not None:
     try:
         if pending[0] == "regenerate":

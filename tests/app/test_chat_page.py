@@ -82,3 +82,42 @@ def test_editing_a_message_branches_and_the_arrows_switch_back(new_app, ready_mo
 
     at.button(key="chat.regenerate").click().run()  # a new answer to the last question, the old one kept
     assert [turn.branches for turn in chat.turns(conversation.id)] == [2, 1, 1, 2]
+
+
+def test_a_new_chat_says_where_messages_go_and_a_suggestion_starts_the_conversation(
+    new_app, ready_model: str, db_url: str
+) -> None:
+    at = new_app()
+    at.session_state["language"] = "zh"
+    at.run()
+    assert "有什么可以帮你？" in [header.value for header in at.subheader]
+    assert "tiny 在本机运行：你输入的内容不会离开这台电脑。" in [caption.value for caption in at.caption]
+
+    at.button(key="chat.suggestion-2").click().run()
+    assert not at.exception
+    user, assistant = at.chat_message
+    assert user.markdown[0].value == "写一首关于秋天的短诗。"  # sent as it reads on the button
+    assert "tokens/s" in assistant.caption[-1].value
+    [conversation] = resources.chat_service("local").conversations()
+    assert conversation.title == "写一首关于秋天的短诗。"
+    assert "有什么可以帮你？" not in [
+        header.value for header in at.subheader
+    ]  # the conversation took the page
+
+    at.button(key="chat.new").click().run()  # a new chat offers them again and sends nothing by itself
+    assert not at.chat_message and at.button(key="chat.suggestion-2")
+    assert len(resources.chat_service("local").conversations()) == 1
+
+
+def test_a_new_chat_with_a_remote_model_says_the_messages_are_sent_to_its_server(
+    new_app, ready_model: str, db_url: str
+) -> None:
+    store = ConfigStore(Database(db_url))
+    server = "http://admin:s3cret@10.0.0.5:8000/v1"
+    store.set_current_config(store.save_config("openai_compatible", "gpt-4o", server))
+    at = new_app()
+    at.run()
+    assert not at.exception
+    captions = [caption.value for caption in at.caption]
+    assert "gpt-4o answers from `http://10.0.0.5:8000`: your messages are sent there." in captions
+    assert not any("s3cret" in caption for caption in captions)  # the address's password is not shown

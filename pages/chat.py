@@ -10,7 +10,7 @@ from core.chat.archive import MAX_FILE_BYTES as ARCHIVE_BYTES
 from core.chat.attachments import FILE_TYPES, MAX_CHARACTERS
 from core.chat.attachments import MAX_FILE_BYTES as ATTACHMENT_BYTES
 from core.chat.branches import Turn
-from core.chat.presets import PresetStore
+from core.chat.presets import Preset, PresetStore
 from core.chat.retrieval import FileUse
 from core.chat.service import ChatEvent, FilesUsed, Trimmed
 from core.errors import InsufficientMemoryError, LocalLLMError
@@ -21,7 +21,7 @@ from core.units import format_bytes
 from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
 from ui.markup import escape_markdown, reply_markdown, urls_as_code
-from ui.presets import default_preset, preset_picker
+from ui.presets import new_chat_preset, preset_picker
 from ui.widgets import attempt, file_picker, make_current, model_choices
 
 DEFAULT_TITLE = "New chat"
@@ -137,8 +137,9 @@ def header(conversation: Conversation) -> None:
             st.rerun()
 
 
-def welcome() -> str | None:
-    """A new chat's page: where the messages go, and first messages to try (the one clicked, if any)."""
+def welcome() -> tuple[str | None, Preset | None]:
+    """A new chat's page: where the messages go, first messages to try (the one clicked, if any) and the
+    preset the conversation starts from."""
     st.subheader(t("chat.welcome"))
     current = store.get_current_config()
     if current is not None and current.provider == "local_model":
@@ -153,7 +154,7 @@ def welcome() -> str | None:
             suggestion = t(f"chat.suggestion.{number}")
             if st.button(suggestion, icon=":material/chat_bubble:", key=f"chat.suggestion-{number}"):
                 clicked = suggestion
-    return clicked
+    return clicked, new_chat_preset(presets, current.model) if current is not None else None
 
 
 def options(conversation: Conversation) -> None:
@@ -347,8 +348,11 @@ def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
     st.rerun()
 
 
-def ask(conversation: Conversation | None, text: str, uploads: list[UploadedFile]) -> None:
-    """Send a message (a new conversation's first) with its files, and stream the reply."""
+def ask(
+    conversation: Conversation | None, text: str, uploads: list[UploadedFile], preset: Preset | None = None
+) -> None:
+    """Send a message (a new conversation's first, which starts from `preset`) with its files, and stream
+    the reply."""
     text = text if text.strip() else (t("chat.about_files") if uploads else "")
     if not text:
         st.warning(t("chat.empty_message"), icon=":material/edit_note:")
@@ -356,8 +360,8 @@ def ask(conversation: Conversation | None, text: str, uploads: list[UploadedFile
     started_here = conversation is None
     if conversation is None:
         conversation = chat.new_conversation(text.strip().splitlines()[0][:40] or DEFAULT_TITLE)
-        if preset := default_preset(presets, store.get_current_config().model):
-            chat.apply_preset(conversation.id, preset)  # the model's default preset
+        if preset is not None:
+            chat.apply_preset(conversation.id, preset)
     with st.chat_message("user"):
         st.markdown(escape_markdown(text))
         for upload in uploads:
@@ -388,10 +392,10 @@ if model is None:
     st.page_link("pages/models.py", label=t("chat.go_models"), icon=":material/download:")
     st.stop()
 
-suggested, greeting = None, st.empty()
+(suggested, first_preset), greeting = (None, None), st.empty()
 if conversation is None:
     with greeting.container():
-        suggested = welcome()
+        suggested, first_preset = welcome()
 else:
     header(conversation)
     options(conversation)
@@ -404,7 +408,8 @@ prompt = st.chat_input(
 )  # fmt: skip
 if prompt is not None or suggested:
     greeting.empty()  # the conversation takes the page
-    ask(conversation, *((prompt.text, prompt.files) if prompt is not None else (suggested, [])))
+    text, files = (prompt.text, prompt.files) if prompt is not None else (suggested, [])
+    ask(conversation, text, files, first_preset)
 elif pending and conversation is not None:
     try:
         if pending[0] == "regenerate":

@@ -25,10 +25,18 @@ def presets(store: PresetStore) -> dict[str, Preset]:
     return found | {preset.key: preset for preset in store.list()}
 
 
-def default_preset(store: PresetStore, model: str) -> Preset | None:
-    """The preset a new conversation with `model` starts from (None: the model's own settings)."""
-    key = resources.preferences().get("model_presets").get(model)
-    return presets(store).get(key) if key else None
+def new_chat_preset(store: PresetStore, model: str) -> Preset | None:
+    """Choose the preset the next conversation starts from (first: the model's default); None: the model's
+    own settings."""
+    available = presets(store)
+    default = resources.preferences().get("model_presets").get(model)
+    keys = list(available)
+    key = st.selectbox(
+        t("preset.new_chat"), keys, index=keys.index(default) if default in available else 0,
+        format_func=lambda key: available[key].name, help=t("preset.help"), width=360,
+        key=f"preset-new-{model}",
+    )  # fmt: skip
+    return None if key in (None, MODEL_DEFAULTS) else available[key]
 
 
 def preset_picker(chat: ChatService, store: PresetStore, conversation: Conversation, model: str) -> None:

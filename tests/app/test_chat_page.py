@@ -121,3 +121,19 @@ def test_a_new_chat_with_a_remote_model_says_the_messages_are_sent_to_its_server
     captions = [caption.value for caption in at.caption]
     assert "gpt-4o answers from `http://10.0.0.5:8000`: your messages are sent there." in captions
     assert not any("s3cret" in caption for caption in captions)  # the address's password is not shown
+
+
+def test_a_new_chat_starts_from_the_preset_chosen_before_its_first_message(new_app, ready_model: str) -> None:
+    at = new_app()
+    at.session_state["language"] = "zh"
+    at.run()
+    picker = at.selectbox(key="preset-new-tiny")
+    assert picker.value == "model"  # no default for this model: its own settings
+    picker.select("builtin:translator").run()
+    at.chat_input[0].set_value("早上好").run()
+    assert not at.exception
+    [conversation] = resources.chat_service("local").conversations()
+    assert conversation.preset == "builtin:translator" and conversation.system_prompt.startswith(
+        "你是一名翻译"
+    )
+    assert resources.chat_service("local").params(conversation.id).temperature == 0.3

@@ -236,8 +236,8 @@ def speed_caption(key: str, estimate: MemoryEstimate) -> None:
     """The decode-speed estimate; polled while the memory bandwidth it needs is being measured (a
     second or two after the app starts), then the page is drawn again without polling."""
     bandwidth = resources.memory_bandwidth()
-    if bandwidth is not None and measuring:
-        st.rerun(scope="app")
+    if bandwidth is not None and measuring and page_drawn:
+        st.rerun(scope="app")  # from a poll only: a full run's rerun dropped what its click had shown
     st.caption(speed_text(key, estimate, bandwidth))
 
 
@@ -366,8 +366,10 @@ if flash := st.session_state.pop("models.flash", None):
     {"error": st.error, "success": st.success, "info": st.info}[kind](message)
 in_chat = resources.config_store().get_current_config()  # read once: its card says "In use for chat"
 measuring = resources.memory_bandwidth() is None  # the speed estimates poll until it is measured
+page_drawn = False  # True once this run got to the end: what the fragments' own reruns see
 for model in library.models():
     card(model)
 add_model_form()
 if access.is_admin():
     download_settings()
+page_drawn = True

@@ -262,3 +262,19 @@ def test_an_endpoint_check_says_why_in_the_pages_language_and_stays_until_the_li
     at.text_area(key="downloads.endpoints").input(hub.url)
     at.button(key="downloads.save").click().run()
     assert [e.value for e in at.error] == []
+
+
+def test_a_click_shows_its_message_when_the_bandwidth_is_measured_during_its_run(
+    new_app, library: ModelLibrary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    # Mocked: the measurement ending in the middle of the click's run (a race on real timing: the
+    # page reads it when it starts, None, and again at each card, measured by then).
+    readings = iter([None])
+    monkeypatch.setattr(resources, "memory_bandwidth", lambda: next(readings, 20e9))
+    at.text_input(key="add-model-repo").input("../etc/passwd")
+    at.button(key="add-model-submit").click().run()
+    assert not at.exception
+    assert any("is not a Hugging Face repository id" in e.value for e in at.error)  # not lost to a rerun
+    assert any("decode speed on the CPU: about" in c.value and "20 GB/s" in c.value for c in at.caption)

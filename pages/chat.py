@@ -22,7 +22,7 @@ from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
 from ui.markup import escape_markdown, reply_markdown, urls_as_code
 from ui.presets import new_chat_preset, preset_picker
-from ui.widgets import attempt, file_picker, make_current, model_choices
+from ui.widgets import attempt, file_picker, make_current, model_choices, settle_current_model
 
 DEFAULT_TITLE = "New chat"
 SUGGESTIONS = 4  # first messages a new chat offers (chat.suggestion.1 … in the locales)
@@ -36,7 +36,7 @@ def pick_model() -> str | None:
     choices = model_choices()
     if not choices:
         return None
-    current = store.get_current_config()
+    current = settle_current_model()  # as app.py did (Streamlit's AppTest runs only the page after a sign-in)
 
     def is_current(kind: str, value: int | str) -> bool:
         if current is None:
@@ -143,7 +143,8 @@ def welcome() -> tuple[str | None, Preset | None]:
     st.subheader(t("chat.welcome"))
     current = store.get_current_config()
     if current is not None and current.provider == "local_model":
-        st.caption(t("chat.stays_here", model=escape_markdown(current.model)))
+        where = "chat.stays_here" if access.is_local_client() else "chat.stays_on_server"
+        st.caption(t(where, model=escape_markdown(current.model)))
     elif current is not None:
         address = urlsplit(current.base_url or "")
         server = f"{address.scheme}://{address.netloc.rpartition('@')[2]}"  # no user name or password
@@ -390,6 +391,9 @@ conversation = conversation_list()
 if model is None:
     st.info(t("chat.no_model"), icon=":material/info:")
     st.page_link("pages/models.py", label=t("chat.go_models"), icon=":material/download:")
+    st.stop()
+if store.get_current_config() is None:  # a LAN visitor, with only servers that the admin has not chosen
+    st.info(t("chat.not_chosen_yet"), icon=":material/info:")
     st.stop()
 
 (suggested, first_preset), greeting = (None, None), st.empty()

@@ -141,14 +141,16 @@ def make_current(choice: Choice) -> None:
 
 
 def settle_current_model() -> ProviderConfig | None:
-    """The current config; with nothing chosen yet, an admin's visit first makes the first of the chat's
-    choices current, before the sidebar says what answers (the chat page would choose it only after the
-    status was drawn)."""
+    """The current config; with nothing chosen yet, a visit first makes the first of the chat's choices
+    current, before the sidebar says what answers (the chat page would choose it only after the status
+    was drawn). A LAN visitor settles only on a local model: never on a server the admin did not choose."""
     store = resources.config_store()
     current = store.get_current_config()
-    if current is None and access.is_admin() and (choices := model_choices()):
-        make_current(next(iter(choices.values())))
-        current = store.get_current_config()
+    if current is None:
+        admin = access.is_admin()
+        if first := next((c for c in model_choices().values() if admin or c[0] == "local"), None):
+            make_current(first)
+            current = store.get_current_config()
     return current
 
 

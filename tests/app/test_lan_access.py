@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.chat.configs import ConfigStore
 from core.chat.service import ChatService
 from core.storage.db import Database
 from tests.fixtures.tiny_models import install_ready
@@ -104,6 +105,7 @@ def test_each_lan_user_sees_only_their_own_conversations(
     db = Database(db_url)
     with db.begin() as session:
         repo.add_custom_model(session, "tiny", "test/tiny", "main", {})
+    ConfigStore(db).use_local_model("tiny")  # as the admin's first visit chooses it
     ChatService(db, provider=lambda: None, owner="lan:bob").new_conversation("Bob's secret plan")
     ChatService(db, provider=lambda: None, owner="local").new_conversation("The owner's notes")
     alice_chat = ChatService(db, provider=lambda: None, owner="lan:alice")
@@ -112,6 +114,9 @@ def test_each_lan_user_sees_only_their_own_conversations(
     sign_in(lan_app, "alice", "open sesame")
     titles = [b.label for b in lan_app.button if b.key and b.key.startswith("conversation-")]
     assert titles == ["Alice's shopping list"]
+    # her messages leave her machine for the one serving the page: the new chat says so
+    said = "tiny runs on the computer that serves this page: your messages go there and no further."
+    assert said in [caption.value for caption in lan_app.caption]
 
 
 def test_lan_users_cannot_reach_settings_or_destructive_actions(lan_app: AppTest) -> None:
@@ -128,3 +133,29 @@ def test_an_admin_name_signed_in_from_the_lan_gets_the_settings(lan_app: AppTest
     lan_app.switch_page("pages/hardware.py").run()
     assert not lan_app.exception
     assert lan_app.text_input(key="models-dir-input").value
+
+
+def test_a_lan_visitor_before_the_admin_chats_with_the_ready_model(
+    lan_app: AppTest, db_url: str, tiny_models: dict[str, Path]
+) -> None:
+    from core.storage import repo
+
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "tiny", tiny_models["qwen2"])
+    db = Database(db_url)
+    with db.begin() as session:
+        repo.add_custom_model(session, "tiny", "test/tiny", "main", {})
+    sign_in(lan_app, "alice", "open sesame")
+    lan_app.chat_input[0].set_value("hi").run()
+    assert not lan_app.exception  # it was an error page: nothing had been chosen
+    assert "tokens/s" in lan_app.chat_message[-1].caption[-1].value
+    assert ConfigStore(db).get_current_config().model == "tiny"
+
+
+def test_a_lan_visitor_never_starts_a_server_the_admin_did_not_choose(lan_app: AppTest, db_url: str) -> None:
+    store = ConfigStore(Database(db_url))
+    store.save_config("openai_compatible", "gpt-4o", "https://api.openai.com/v1", "sk-admins-own")
+    sign_in(lan_app, "alice", "open sesame")
+    assert not lan_app.exception
+    assert store.get_current_config() is None
+    assert "The admin has not chosen a model for chatting yet" in lan_app.info[0].value
+    assert not lan_app.chat_input

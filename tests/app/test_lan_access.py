@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.chat.configs import ConfigStore
 from core.chat.service import ChatService
 from core.storage.db import Database
-from tests.fixtures.tiny_models import install_ready
 
 LAN_ADDRESS = "192.168.50.20"
 
@@ -97,15 +93,10 @@ def test_repeated_wrong_passwords_are_rate_limited(lan_app: AppTest) -> None:
 
 
 def test_each_lan_user_sees_only_their_own_conversations(
-    lan_app: AppTest, db_url: str, tiny_models: dict[str, Path]
+    lan_app: AppTest, db_url: str, ready_model: str
 ) -> None:
-    from core.storage import repo
-
-    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "tiny", tiny_models["qwen2"])
     db = Database(db_url)
-    with db.begin() as session:
-        repo.add_custom_model(session, "tiny", "test/tiny", "main", {})
-    ConfigStore(db).use_local_model("tiny")  # as the admin's first visit chooses it
+    ConfigStore(db).use_local_model(ready_model)  # as the admin's first visit chooses it
     ChatService(db, provider=lambda: None, owner="lan:bob").new_conversation("Bob's secret plan")
     ChatService(db, provider=lambda: None, owner="local").new_conversation("The owner's notes")
     alice_chat = ChatService(db, provider=lambda: None, owner="lan:alice")
@@ -136,19 +127,13 @@ def test_an_admin_name_signed_in_from_the_lan_gets_the_settings(lan_app: AppTest
 
 
 def test_a_lan_visitor_before_the_admin_chats_with_the_ready_model(
-    lan_app: AppTest, db_url: str, tiny_models: dict[str, Path]
+    lan_app: AppTest, db_url: str, ready_model: str
 ) -> None:
-    from core.storage import repo
-
-    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "tiny", tiny_models["qwen2"])
-    db = Database(db_url)
-    with db.begin() as session:
-        repo.add_custom_model(session, "tiny", "test/tiny", "main", {})
     sign_in(lan_app, "alice", "open sesame")
     lan_app.chat_input[0].set_value("hi").run()
     assert not lan_app.exception  # it was an error page: nothing had been chosen
     assert "tokens/s" in lan_app.chat_message[-1].caption[-1].value
-    assert ConfigStore(db).get_current_config().model == "tiny"
+    assert ConfigStore(Database(db_url)).get_current_config().model == ready_model
 
 
 def test_a_lan_visitor_never_starts_a_server_the_admin_did_not_choose(lan_app: AppTest, db_url: str) -> None:

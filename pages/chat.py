@@ -22,7 +22,7 @@ from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
 from ui.markup import escape_markdown, reply_markdown, urls_as_code
 from ui.presets import new_chat_preset, preset_picker
-from ui.widgets import attempt, file_picker, make_current, model_choices, settle_current_model
+from ui.widgets import attempt, file_picker, make_current, model_choices
 
 DEFAULT_TITLE = "New chat"
 SUGGESTIONS = 4  # first messages a new chat offers (chat.suggestion.1 … in the locales)
@@ -36,7 +36,7 @@ def pick_model() -> str | None:
     choices = model_choices()
     if not choices:
         return None
-    current = settle_current_model()  # as app.py did (Streamlit's AppTest runs only the page after a sign-in)
+    current = store.get_current_config()  # app.py settled it before the page
 
     def is_current(kind: str, value: int | str) -> bool:
         if current is None:

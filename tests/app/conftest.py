@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
-from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1 import AppTest, app_test
 
 from core.settings import PROJECT_ROOT
 from core.storage.db import Database
@@ -38,7 +38,7 @@ def client_ip(monkeypatch: pytest.MonkeyPatch) -> Callable[[str | None], None]:
 
 
 @pytest.fixture
-def new_app(isolated_env, client_ip) -> Callable[[], AppTest]:
+def new_app(isolated_env, client_ip, monkeypatch: pytest.MonkeyPatch) -> Callable[[], AppTest]:
     """A fresh browser session of the app; process-wide caches are reset for this test's settings."""
     st.cache_resource.clear()
     st.cache_data.clear()
@@ -46,6 +46,12 @@ def new_app(isolated_env, client_ip) -> Callable[[], AppTest]:
     def make() -> AppTest:
         PagesManager.uses_pages_directory = False  # as ui/server.py starts the real server
         return AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60)
+
+    # AppTest sets PagesManager.uses_pages_directory back to None before every run, and with a pages/
+    # folder beside app.py Streamlit then took it for an old-style multipage app: every run after the
+    # first ran the page alone, without app.py (its sign-in gate, its sidebar). Its reset now lands on
+    # a subclass, and every run goes through app.py as in the real server.
+    monkeypatch.setattr(app_test, "PagesManager", type("NavigationPages", (PagesManager,), {}))
 
     yield make
     st.cache_resource.clear()

@@ -144,3 +144,13 @@ def test_a_lan_visitor_never_starts_a_server_the_admin_did_not_choose(lan_app: A
     assert store.get_current_config() is None
     assert "The admin has not chosen a model for chatting yet" in lan_app.info[0].value
     assert not lan_app.chat_input
+
+
+def test_signing_out_closes_the_app_on_the_next_click(lan_app: AppTest) -> None:
+    sign_in(lan_app, "alice", "open sesame")
+    assert "Signed in as **alice**" in " ".join(caption.value for caption in lan_app.sidebar.caption)
+    lan_app.button(key="access.sign-out").click().run()
+    assert [title.value for title in lan_app.title] == ["Sign in"]
+    lan_app.switch_page("pages/models.py").run()  # no page behind the gate
+    assert [title.value for title in lan_app.title] == ["Sign in"]
+    assert not [button for button in lan_app.button if button.key == "add-model-submit"]

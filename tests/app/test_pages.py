@@ -55,13 +55,13 @@ def test_the_hardware_page_says_a_cpu_only_torch_build_in_the_chosen_language(ne
 
 @pytest.mark.parametrize("language", ["en", "zh"])
 def test_sidebar_shows_status(new_app, language: str) -> None:
-    # AppTest drops sidebar elements after switch_page (streamlit#9814 family); the browser test
-    # checks the sidebar on every page.
     at = new_app()
     at.session_state["language"] = language
     at.run()
-    for line in STATUS[language]:
-        assert line in _sidebar_text(at)
+    for page in PAGES:
+        at.switch_page(page).run()
+        for line in STATUS[language]:
+            assert line in _sidebar_text(at), page
 
 
 def test_models_page_shows_both_catalog_models(new_app) -> None:

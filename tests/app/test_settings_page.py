@@ -38,6 +38,10 @@ def test_add_test_refresh_save_use_and_delete_a_server(new_app, engine: LocalEng
         assert SECRET not in repr(at._tree)  # never sent to the browser, even masked fields
         assert config.masked_api_key in at.text_input(key=f"p{config.id}.key").placeholder
 
+        # the only thing that can answer (no local model here): chosen by itself, as a first visit does
+        assert store.get_current_config().id == config.id and at.button(key=f"p{config.id}.use").disabled
+        store.set_current_config(store.save_config("openai_compatible", "gpt", "http://127.0.0.1:1/v1"))
+        at.run()
         at.button(key=f"p{config.id}.use").click().run()
         assert store.get_current_config().id == config.id
         at.switch_page("pages/chat.py").run()
@@ -47,7 +51,7 @@ def test_add_test_refresh_save_use_and_delete_a_server(new_app, engine: LocalEng
         at.switch_page("pages/hardware.py").run()
         at.button(key=f"p{config.id}.delete").click().run()
         at.button(key=f"p{config.id}.delete-yes").click().run()
-        assert store.list_configs() == []
+        assert [c.name for c in store.list_configs()] == ["gpt"]
 
 
 def test_a_bad_server_gives_a_clear_message(new_app) -> None:

@@ -230,8 +230,8 @@ def history(conversation: Conversation) -> None:
                         icon=":material/refresh:",
                         key="chat.regenerate",
                         help=t("chat.regenerate_help"),
-                        on_click=st.session_state.__setitem__,
-                        args=("chat.pending", ("regenerate",)),
+                        on_click=ask_again,
+                        args=("regenerate",),
                     )
                 branch_arrows(conversation, turn)
 
@@ -308,6 +308,23 @@ def write_reply(pieces: Iterator[str]) -> None:
         shown.markdown(reply_markdown(text, t("chat.image")))
 
 
+def ask_again(how: str) -> None:
+    """A click's callback: the page's next run answers the last message again (`how`: "load-anyway",
+    "regenerate")."""
+    st.session_state["chat.pending"] = (how,)
+
+
+def waiting_text() -> str:
+    """What a reply waits for before its first word: a model to load, its prompt to read, a server."""
+    current = store.get_current_config()
+    if current.provider != "local_model":
+        return t("chat.waiting_server", model=escape_markdown(current.model))
+    loaded = resources.engine().loaded
+    if loaded is None or loaded.key != current.model:
+        return t("chat.loading", model=escape_markdown(current.model))
+    return t("chat.reading")
+
+
 def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
     """Stream a reply into an assistant bubble; Stop (a rerun) closes the stream, which stops generation."""
     with st.chat_message("assistant"):
@@ -316,7 +333,7 @@ def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
         finished: list[ReplyStats] = []
 
         def text() -> Iterator[str]:
-            notice.caption(t("chat.loading", model=store.get_current_config().model))
+            notice.caption(waiting_text())
             waiting = True
             for event in events:
                 if isinstance(event, Queued):
@@ -339,9 +356,10 @@ def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
             write_reply(text())
         except InsufficientMemoryError as exc:
             st.error(error_text(exc))
-            if access.is_admin() and st.button(t("chat.load_anyway"), key="chat.load-anyway"):
-                resources.engine().load(store.get_current_config().model, force=True)
-                st.session_state["chat.pending"] = ("regenerate",)
+            if access.is_admin():  # the click's run does not draw this reply again: its callback asks for it
+                st.button(
+                    t("chat.load_anyway"), key="chat.load-anyway", on_click=ask_again, args=("load-anyway",)
+                )
             return
         except LocalLLMError as exc:
             st.error(error_text(exc))
@@ -416,7 +434,10 @@ if prompt is not None or suggested:
     ask(conversation, text, files, first_preset)
 elif pending and conversation is not None:
     try:
-        if pending[0] == "regenerate":
+        if pending[0] == "load-anyway":
+            with st.spinner(waiting_text()):
+                resources.engine().load(store.get_current_config().model, force=True)
+        if pending[0] in ("regenerate", "load-anyway"):
             reply(conversation, chat.regenerate(conversation.id))
         else:
             reply(conversation, chat.edit(conversation.id, pending[1], pending[2]))

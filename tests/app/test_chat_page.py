@@ -137,3 +137,23 @@ def test_a_new_chat_starts_from_the_preset_chosen_before_its_first_message(new_a
         "你是一名翻译"
     )
     assert resources.chat_service("local").params(conversation.id).temperature == 0.3
+
+
+def test_a_model_too_big_for_the_free_memory_says_so_and_loads_anyway_on_request(
+    new_app, ready_model: str, monkeypatch
+) -> None:
+    # Simulates a machine with 100 MB free: this one has far more than the tiny model needs.
+    monkeypatch.setattr("core.inference.engine.available_memory", lambda _device: 100 * 1024**2)
+    at = new_app()
+    at.run()
+    at.chat_input[0].set_value("hello").run()
+    assert not at.exception
+    assert "0.1 GiB available" in at.error[0].value
+    # what the reply was waiting for, left in place by the failure: a load, and why a first one is slow
+    assert any(
+        "Loading tiny… (a first load prepares its weights" in c.value for c in at.chat_message[-1].caption
+    )
+    at.button(key="chat.load-anyway").click().run()
+    assert not at.exception
+    assert resources.engine().loaded.key == ready_model
+    assert "tokens/s" in at.chat_message[-1].caption[-1].value  # answered after all

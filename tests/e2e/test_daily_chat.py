@@ -67,6 +67,21 @@ def test_attach_regenerate_switch_export_and_import(
     expect(sidebar.get_by_role("button", name="Trip", exact=True)).to_be_visible()
 
 
+def test_a_new_chat_says_where_messages_go_and_starts_from_a_suggestion_by_keyboard(
+    browser: Browser, short_replies: str, app_url: str
+) -> None:
+    page = open_chat(browser, app_url)
+    said = f"{short_replies} runs on this machine: nothing you type leaves it."
+    expect(page.get_by_text(said)).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Write a short poem about autumn.").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("tokens/s")).to_have_count(1, timeout=60_000)
+    expect(page.get_by_test_id("stChatMessage").first).to_contain_text("Write a short poem about autumn.")
+    expect(page.get_by_text("What can I help with?")).to_have_count(0)  # the conversation took the page
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar.get_by_role("button", name="Write a short poem about autumn.")).to_be_visible()
+
+
 def background(page: Page) -> str:
     return page.evaluate("getComputedStyle(document.querySelector('[data-testid=stApp]')).backgroundColor")
 

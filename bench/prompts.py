@@ -5,8 +5,8 @@ process, prefills a prompt nothing was cached for and chooses the first token (t
 median):
 
 - ours: LocalEngine.stream with the default settings (int4 on the CPU, default sampling) and a new
-  owner every time, as a new conversation's first message; prompts of INT4_PROMPT_ROWS tokens or more
-  multiply unpacked bf16 weights (core/inference/quantize.py);
+  owner every time, as a new conversation's first message; prompts from this machine's crossing on
+  (core/inference/calibration.py) multiply unpacked bf16 weights (core/inference/quantize.py);
 - "ours, int4 kernel": the same process and model with every prompt through torch's int4 kernel (how
   prompts ran before unpacking; alternating with "ours");
 - llama.cpp Q8_0 and Q4_K_M through llama-cpp-python (reset before each prompt), with as many prompt
@@ -42,9 +42,10 @@ engine.prepare().result()
 engine.load(key)
 params = GenerationParams(max_new_tokens=1, seed=0)  # the default sampling
 owners = itertools.count()
-unpacked_from = quantize.INT4_PROMPT_ROWS
+model = engine._parts.model  # the loaded layers, to switch their path (a bench, not the product)
+unpacked_from = next(m.prompt_rows for m in model.modules() if isinstance(m, quantize.Int4Linear))
 def first_token(words, rows):
-    quantize.INT4_PROMPT_ROWS = rows
+    quantize.set_int4_prompt_rows(model, rows)
     messages = [{"role": "user", "content": "hello world " * words}]
     events = engine.stream(key, messages, params, owner=f"new-{next(owners)}")
     return [e.stats for e in events if isinstance(e, Finished)][0]

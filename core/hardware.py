@@ -38,7 +38,7 @@ class HardwareInfo:
     versions: tuple[tuple[str, str], ...] = ()  # (name, version): Python, torch, transformers, CUDA if built
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -85,7 +85,7 @@ def probe(models_dir: Path) -> HardwareInfo:
     gpus, mps = _gpus()
     disk_path = _existing_parent(models_dir)
     return HardwareInfo(
-        cpu_name=_cpu_name(),
+        cpu_name=cpu_name(),
         physical_cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
         logical_cores=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
         ram_total_bytes=memory.total,

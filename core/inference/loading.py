@@ -246,11 +246,13 @@ def load_model(
 ) -> LoadedParts:
     """Load `key` for `device` (run on the engine's torch thread); transformers is imported only where
     its classes or configs are needed (not for a quantized copy kept by an earlier load)."""
-    from core.inference import decoder, quantize
+    from core.inference import calibration, decoder, quantize
 
     started = time.perf_counter()
     scheme = precision.label if precision.label in quantize.SCHEMES else None
     model, mapped = _weights(directory, device, dtype, scheme)
+    if scheme == "int4" and device == "cpu" and str(dtype) == "torch.bfloat16":  # prompts may unpack
+        quantize.set_int4_prompt_rows(model, calibration.int4_prompt_rows(directory.parent))
     if not mapped:
         gc.collect()  # 16-bit weights that were replaced or read (a full collection: ~0.2 s)
         return_freed_memory_to_os()

@@ -1,6 +1,8 @@
 """What is measured once on this machine and kept beside its models: from how many prompt rows an int4
 matrix is better unpacked for the bf16 GEMM than run through torch's int4 kernel
-(`quantize.measure_int4_prompt_rows`: ~55 rows on an Intel Xeon with AMX, ~96 on an AMD EPYC).
+(`quantize.measure_int4_prompt_rows`: ~55 rows on an Intel Xeon with AMX, ~96 on an AMD EPYC). Kept
+only when two measurements agree (within 16 rows): on a busy machine the default is used and the next
+load measures again.
 
 Kept, not measured at every start: a prompt near the crossing would otherwise take either path from one
 start to the next, and the two paths' products differ in their last bits (a seeded reply could change).
@@ -30,10 +32,13 @@ def int4_prompt_rows(models_dir: Path) -> int:
     path = models_dir / FILE
     kept = _read(path)
     rows = kept.get(key)
-    if isinstance(rows, int) and quantize.CALIBRATION_ROWS <= rows <= 256:
+    if isinstance(rows, int) and 16 <= rows <= 256:
         return rows
-    rows = quantize.measure_int4_prompt_rows()
-    with contextlib.suppress(OSError):  # a read-only folder: measured again at the next start
+    first, second = quantize.measure_int4_prompt_rows(), quantize.measure_int4_prompt_rows()
+    if first is None or second is None or abs(first - second) > 16:
+        return quantize.INT4_PROMPT_ROWS  # a busy machine: nothing kept, measured at the next load
+    rows = max(first, second)  # of two neighbours, the one nearer the kernel (the path before this)
+    with contextlib.suppress(OSError):  # a read-only folder: measured again at the next load
         temporary = path.with_name(FILE + ".tmp")
         temporary.write_text(json.dumps({**kept, key: rows}, indent=1))
         os.replace(temporary, path)

@@ -16,7 +16,7 @@ from core.chat.service import ChatEvent, FilesUsed, Trimmed
 from core.errors import InsufficientMemoryError, LocalLLMError
 from core.inference.events import Finished, Queued, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
-from core.storage.records import AttachmentInfo, Conversation, Message
+from core.storage.records import AttachmentInfo, Conversation, Message, ProviderConfig
 from core.units import format_bytes
 from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
@@ -137,15 +137,14 @@ def header(conversation: Conversation) -> None:
             st.rerun()
 
 
-def welcome() -> tuple[str | None, Preset | None]:
+def welcome(current: ProviderConfig) -> tuple[str | None, Preset | None]:
     """A new chat's page: where the messages go, first messages to try (the one clicked, if any) and the
     preset the conversation starts from."""
     st.subheader(t("chat.welcome"))
-    current = store.get_current_config()
-    if current is not None and current.provider == "local_model":
+    if current.provider == "local_model":
         where = "chat.stays_here" if access.is_local_client() else "chat.stays_on_server"
         st.caption(t(where, model=escape_markdown(current.model)))
-    elif current is not None:
+    else:
         address = urlsplit(current.base_url or "")
         server = f"{address.scheme}://{address.netloc.rpartition('@')[2]}"  # no user name or password
         st.caption(urls_as_code(t("chat.sent_to", model=escape_markdown(current.model), server=server)))
@@ -155,7 +154,7 @@ def welcome() -> tuple[str | None, Preset | None]:
             suggestion = t(f"chat.suggestion.{number}")
             if st.button(suggestion, icon=":material/chat_bubble:", key=f"chat.suggestion-{number}"):
                 clicked = suggestion
-    return clicked, new_chat_preset(presets, current.model) if current is not None else None
+    return clicked, new_chat_preset(presets, current.model)
 
 
 def options(conversation: Conversation) -> None:
@@ -410,14 +409,15 @@ if model is None:
     st.info(t("chat.no_model"), icon=":material/info:")
     st.page_link("pages/models.py", label=t("chat.go_models"), icon=":material/download:")
     st.stop()
-if store.get_current_config() is None:  # a LAN visitor, with only servers that the admin has not chosen
+current = store.get_current_config()  # after the picker's choice
+if current is None:  # a LAN visitor, with only servers that the admin has not chosen
     st.info(t("chat.not_chosen_yet"), icon=":material/info:")
     st.stop()
 
 (suggested, first_preset), greeting = (None, None), st.empty()
 if conversation is None:
     with greeting.container():
-        suggested, first_preset = welcome()
+        suggested, first_preset = welcome(current)
 else:
     header(conversation)
     options(conversation)

@@ -36,7 +36,7 @@ def new_chat_preset(store: PresetStore, model: str) -> Preset | None:
         format_func=lambda key: available[key].name, help=t("preset.help"), width=360,
         key=f"preset-new-{model}",
     )  # fmt: skip
-    return None if key in (None, MODEL_DEFAULTS) else available[key]
+    return None if key == MODEL_DEFAULTS else available[key]
 
 
 def preset_picker(chat: ChatService, store: PresetStore, conversation: Conversation, model: str) -> None:

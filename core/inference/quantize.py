@@ -25,7 +25,7 @@ well below the bf16 rounding of the logits), not an 8-bit approximation of them.
 
 A prompt is compute-bound where decoding is bound by memory: from PROMPT_ROWS rows on (int8) or
 an int4 layer's `prompt_rows` (bf16 activations; where the two paths cross on this CPU, measured once:
-`measure_int4_prompt_rows`) the weights are unpacked to the activation dtype a slice at a time and
+core.inference.calibration) the weights are unpacked to the activation dtype a slice at a time and
 multiplied with its GEMM (bf16 dot products on CPUs with AVX512-BF16 or AMX), which outruns both
 weight-only kernels there.
 """
@@ -35,11 +35,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import os
 import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +54,6 @@ PROMPT_ROWS = 32  # from this many rows on (a prompt), dequantizing + a GEMM bea
 # The same for int4 in bf16 until this CPU's crossing is measured (docs/performance.md, "Prompts"):
 # unpacking costs more, so it pays later; 96 on the AMD EPYC, ~55 on an Intel Xeon with AMX.
 INT4_PROMPT_ROWS = 96
-CALIBRATION_ROWS = 48  # measure_int4_prompt_rows: prompts this long and twice as long, both paths
 UNPACK_BLOCK = 64  # output features per block of torch's CPU int4 layout (two nibbles: n and n + 32)
 UNPACK_WEIGHTS = 2**21  # weights unpacked at a time (4 MiB in bf16): bounds the temporary copies
 # Stored bytes per weight, for memory and speed estimates: nibbles + a bf16 scale and zero per group.
@@ -408,43 +405,6 @@ def unpack_int4(
     offset = scales_zeros[:, start:stop, 1] - 8 * scale
     groups = codes.view(inputs // INT4_GROUP, INT4_GROUP, width)
     return torch.addcmul(offset.unsqueeze(1), groups, scale.unsqueeze(1), out=groups).view(inputs, width)
-
-
-def measure_int4_prompt_rows(repeats: int = 5) -> int | None:
-    """The prompt rows from which unpacking int4 weights for the bf16 GEMM beats torch's int4 kernel on
-    this CPU, rounded up to a multiple of 16 (~0.15 s); None when the timings cannot tell (a busy
-    machine). Both paths are timed at CALIBRATION_ROWS and twice that (the fastest of `repeats`: others'
-    work only adds time); each is taken as a line (the kernel's time grows with the rows, the
-    unpacking's hardly) and the rows where the lines cross are the answer, if within 16-256."""
-    codes = torch.randint(0, 16, (2048, 2048), dtype=torch.int32)  # any weights: only the time counts
-    scales_zeros = torch.rand(2048 // INT4_GROUP, 2048, 2, dtype=torch.bfloat16)
-    layer = Int4Linear(torch._convert_weight_to_int4pack_for_cpu(codes, 2), scales_zeros, 2048, None)
-    if not layer.unpackable(torch.bfloat16):
-        return INT4_PROMPT_ROWS
-    few, more = CALIBRATION_ROWS, 2 * CALIBRATION_ROWS
-    warm_up = torch.randn(few, 2048, dtype=torch.bfloat16)
-    layer.kernel_product(warm_up), layer.unpacked_product(warm_up)  # first calls set their kernels up
-    times: dict[tuple[str, int], list[float]] = {}
-    for _ in range(repeats):  # alternating: both paths see the same moments of a busy machine
-        for count in (few, more):
-            rows = torch.randn(count, 2048, dtype=torch.bfloat16)
-            for path, product in (("kernel", layer.kernel_product), ("unpacked", layer.unpacked_product)):
-                times.setdefault((path, count), []).append(_seconds(product, rows))
-    kernel_few, kernel_more, unpacked_few, unpacked_more = (
-        min(times[path, count]) for path in ("kernel", "unpacked") for count in (few, more)
-    )
-    kernel_per_row = (kernel_more - kernel_few) / (more - few)
-    unpacked_per_row = max(0.0, (unpacked_more - unpacked_few) / (more - few))
-    if kernel_per_row <= unpacked_per_row:  # the kernel did not grow with the rows: timings disturbed
-        return None
-    crossing = few + (unpacked_few - kernel_few) / (kernel_per_row - unpacked_per_row)
-    return math.ceil(crossing / 16) * 16 if 16 <= crossing <= 256 else None
-
-
-def _seconds(product: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor) -> float:
-    started = time.perf_counter()
-    product(rows)
-    return time.perf_counter() - started
 
 
 def set_int4_prompt_rows(model: nn.Module, rows: int) -> None:

@@ -13,7 +13,7 @@ from core.inference.engine import LocalEngine
 
 
 def test_a_measurement_is_rows_where_the_paths_cross_or_none_when_timings_cannot_tell() -> None:
-    rows = quantize.measure_int4_prompt_rows()  # timed here, on this CPU, maybe busy
+    rows = calibration.measure_int4_prompt_rows()  # timed here, on this CPU, maybe busy
     assert rows is None or (rows % 16 == 0 and 16 <= rows <= 256)
 
 
@@ -21,7 +21,7 @@ def test_the_crossing_is_kept_when_two_measurements_agree(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     measured = iter([64, 48])
-    monkeypatch.setattr(quantize, "measure_int4_prompt_rows", lambda: next(measured))
+    monkeypatch.setattr(calibration, "measure_int4_prompt_rows", lambda: next(measured))
     assert calibration.int4_prompt_rows(tmp_path) == 64  # of two neighbours, the nearer the kernel
     [(key, kept)] = json.loads((tmp_path / calibration.FILE).read_text()).items()
     assert kept == 64 and torch.__version__ in key
@@ -29,7 +29,7 @@ def test_the_crossing_is_kept_when_two_measurements_agree(
     def measured_again() -> int:
         raise AssertionError("measured again: a later load must read what was kept")
 
-    monkeypatch.setattr(quantize, "measure_int4_prompt_rows", measured_again)
+    monkeypatch.setattr(calibration, "measure_int4_prompt_rows", measured_again)
     assert calibration.int4_prompt_rows(tmp_path) == 64
 
 
@@ -38,7 +38,7 @@ def test_on_a_busy_machine_the_default_is_used_and_nothing_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, measurements: list[int | None]
 ) -> None:
     measured = iter(measurements)
-    monkeypatch.setattr(quantize, "measure_int4_prompt_rows", lambda: next(measured))
+    monkeypatch.setattr(calibration, "measure_int4_prompt_rows", lambda: next(measured))
     assert calibration.int4_prompt_rows(tmp_path) == quantize.INT4_PROMPT_ROWS
     assert not (tmp_path / calibration.FILE).exists()  # the next load measures again
 
@@ -52,7 +52,7 @@ def test_a_damaged_or_foreign_file_is_measured_again_and_replaced(
 ) -> None:
     key = f"{calibration.cpu_name()} · torch {torch.__version__}"
     (tmp_path / calibration.FILE).write_text(content.replace("KEY", key))
-    monkeypatch.setattr(quantize, "measure_int4_prompt_rows", lambda: 80)
+    monkeypatch.setattr(calibration, "measure_int4_prompt_rows", lambda: 80)
     assert calibration.int4_prompt_rows(tmp_path) == 80
     assert json.loads((tmp_path / calibration.FILE).read_text())[key] == 80
 
@@ -61,7 +61,7 @@ def test_another_machines_figure_stays_beside_this_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / calibration.FILE).write_text(json.dumps({"Some other CPU · torch 2.9": 112}))
-    monkeypatch.setattr(quantize, "measure_int4_prompt_rows", lambda: 64)
+    monkeypatch.setattr(calibration, "measure_int4_prompt_rows", lambda: 64)
     assert calibration.int4_prompt_rows(tmp_path) == 64
     assert json.loads((tmp_path / calibration.FILE).read_text())["Some other CPU · torch 2.9"] == 112
 
@@ -72,7 +72,7 @@ def test_a_loaded_int4_model_unpacks_its_prompts_from_the_kept_crossing(
     from tests.fixtures.tiny_models import install_ready
 
     install_ready(tmp_path, "tiny", tiny_models["qwen2"])
-    monkeypatch.setattr(quantize, "measure_int4_prompt_rows", lambda: 48)  # as if measured here
+    monkeypatch.setattr(calibration, "measure_int4_prompt_rows", lambda: 48)  # as if measured here
     engine = LocalEngine(tmp_path, device="cpu", idle_unload_s=0)
     info = engine.load("tiny")
     layers = [m for m in engine._parts.model.modules() if isinstance(m, quantize.Int4Linear)]

@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,9 +137,18 @@ def peak_rss_bytes() -> int:
 
 def return_freed_memory_to_os() -> None:
     """glibc keeps freed heap memory for reuse; malloc_trim hands it back so RSS really drops."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # another libc (musl): nothing to trim
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache  # loaded once: the engine trims after every reply
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    with contextlib.suppress(OSError, AttributeError):  # another libc (musl): nothing to trim
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    return None
 
 
 @functools.cache  # once a process: what is alive then lives as long as the process

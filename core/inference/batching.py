@@ -92,6 +92,10 @@ class Batch:
         if source is not None:
             if source.cache is not cache:
                 cache.copy_prefix(source.cache, shared)
+                if shared == len(source.tokens):
+                    # All it held is in the new cache (a conversation's next turn): kept on, it would take
+                    # another owner's place (one conversation of 60 turns held four copies of itself).
+                    self.kept.discard(source.cache)
             logger.info("prompt of %d tokens: %d from a kept cache", len(request.prompt), shared)
         cache.length = request.prefilled = request.cached = shared
         request.cache = cache

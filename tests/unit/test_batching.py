@@ -265,6 +265,23 @@ def test_kept_and_running_caches_stay_within_the_replies_planned_for(decoder: De
         assert len(batch.kept) == 0  # two running: nothing more is kept
 
 
+def test_a_conversations_turns_keep_one_cache_and_leave_room_for_others(decoder: Decoder) -> None:
+    texts, sampling = prompts(decoder.vocabulary), SAMPLINGS[0]
+    batch = Batch(decoder, caches_at_most=lambda: 2)
+    bob = request(decoder, texts[0], sampling, owner="bob")
+    run(batch, {0: [bob]})
+    conversation = texts[1]
+    for question in ([5, 6], [7], [8, 9, 10]):  # each turn: the conversation so far, then a question
+        turn = request(decoder, conversation, sampling, owner="ann")
+        run(batch, {0: [turn]})
+        conversation = conversation + turn.done.result() + question
+    # Each turn copied ann's kept cache into a larger one: the copied one went at once, so that her
+    # running turn and her kept caches never pushed bob's out.
+    assert len(batch.kept) == 2
+    assert batch.kept.best("bob", texts[0])[1] == len(texts[0]) - 1
+    assert batch.kept.best("ann", conversation)[1] == len(conversation) - 4  # all but the last question
+
+
 def test_stopping_one_reply_leaves_the_others_untouched(decoder: Decoder) -> None:
     texts = prompts(decoder.vocabulary)
     expected = [alone(decoder, prompt, sampling) for prompt, sampling in zip(texts, SAMPLINGS, strict=True)]

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from core.hardware import return_freed_memory_to_os
 from core.inference.sizing import int4_keeps_int8
@@ -67,24 +68,56 @@ _FLOAT_OUTPUT = (None, 1.0, 0, torch.float32, "none", [], "")  # oneDNN: no bias
 logger = logging.getLogger(__name__)
 
 
+def gemm_rows(count: int) -> int:
+    """The rows a prompt's GEMM runs for `count` rows: rounded up to one of four sizes an octave (at most
+    25 % more, ~2-6 % of a prompt's time). oneDNN compiles and keeps a kernel (~1 MB) for each shape it
+    meets, up to 1024 of them: a server that saw every prompt length grew by ~9 MB a length
+    (TinyLlama), beyond its planned memory (docs/performance.md, "Memory")."""
+    step = 1 << max(0, count.bit_length() - 3)
+    return -(-count // step) * step
+
+
+@functools.cache
+def slice_width(outputs: int, most: int, unit: int = 1) -> int:
+    """The width of the equal slices (whole `unit`s, about `most` wide) in which a prompt's GEMM widens
+    a matrix of `outputs` output features: one GEMM shape a matrix where slices of `most` and the rest
+    made two (each compiled and kept for each row count, see `gemm_rows`)."""
+    units = outputs // unit
+    per_slice = max(1, most // unit)
+    wanted = -(-units // per_slice)
+    counts = [count for count in range(-(-wanted // 2), 2 * wanted + 1) if units % count == 0]
+    if not counts:
+        return per_slice * unit
+    return units // min(counts, key=lambda count: max(count / wanted, wanted / count)) * unit
+
+
+def _padded(rows: torch.Tensor) -> torch.Tensor:
+    """rows with zero rows below them up to `gemm_rows`."""
+    count = rows.shape[0]
+    return functional.pad(rows, (0, 0, 0, gemm_rows(count) - count))
+
+
 def int8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x (rows × in) times the int8 weight (out × in) with per-row scales, in the scale's dtype.
 
     Decoding (a few rows) reads int8 straight from memory; a prompt (many rows) is compute-bound, so
-    the weight is widened and scaled ~UNPACK_WEIGHTS at a time into one reused buffer (it stays in the
-    cache; the whole matrix at once came back as fresh pages every pass) for the dtype's fast GEMM.
+    the weight is widened and scaled ~UNPACK_WEIGHTS at a time (`slice_width`) into one reused buffer
+    (it stays in the cache; the whole matrix at once came back as fresh pages every pass) for the
+    dtype's fast GEMM.
     """
-    if x.shape[0] < PROMPT_ROWS:
+    count = x.shape[0]
+    if count < PROMPT_ROWS:
         return torch._weight_int8pack_mm(x, weight, scale)
+    x = _padded(x)
     outputs, inputs = weight.shape
     out = x.new_empty(x.shape[0], outputs)
-    step = max(1, UNPACK_WEIGHTS // inputs)
-    widened = torch.empty(min(step, outputs), inputs, dtype=scale.dtype, device=weight.device)
+    step = slice_width(outputs, UNPACK_WEIGHTS // inputs)
+    widened = torch.empty(step, inputs, dtype=scale.dtype, device=weight.device)
     for start in range(0, outputs, step):
         stop = min(start + step, outputs)
         part = widened[: stop - start].copy_(weight[start:stop]).mul_(scale[start:stop, None])
         torch.mm(x, part.t(), out=out[:, start:stop])
-    return out
+    return out[:count]
 
 
 def kernel_supported(scheme: str, dtype: torch.dtype = torch.bfloat16) -> bool:
@@ -372,14 +405,16 @@ class Int4Linear(QuantizedLinear):
         """rows times the weights unpacked to the activation dtype a slice of outputs at a time: for a
         prompt the GEMM's speed (bf16 dot products) outweighs unpacking, where the int4 kernel is
         compute-bound."""
+        count = rows.shape[0]
+        rows = _padded(rows)
         out = rows.new_empty(rows.shape[0], self.out_features)
-        step = max(1, UNPACK_WEIGHTS // (self.in_features * UNPACK_BLOCK)) * UNPACK_BLOCK
-        buffer = rows.new_empty(self.in_features * min(step, self.out_features))  # reused: no fresh pages
+        step = slice_width(self.out_features, UNPACK_WEIGHTS // self.in_features, UNPACK_BLOCK)
+        buffer = rows.new_empty(self.in_features * step)  # reused: no fresh pages
         for start in range(0, self.out_features, step):
             stop = min(start + step, self.out_features)
             weights = unpack_int4(self.packed, self.scales_zeros, start, stop, buffer)
             torch.mm(rows, weights, out=out[:, start:stop])
-        return out
+        return out[:count]
 
 
 def unpack_int4(

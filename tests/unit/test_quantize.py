@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
 from core.hub.store import read_manifest, write_manifest
@@ -134,7 +135,7 @@ def test_a_shape_int4_groups_do_not_fit_stays_int8() -> None:
 def test_prompt_rows_and_decode_rows_give_the_same_product(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(1)
     layer = Int8Linear.from_linear(torch.nn.Linear(64, 48, bias=True), torch.bfloat16)
-    rows = torch.randn(PROMPT_ROWS + 8, 64, dtype=torch.bfloat16)
+    rows = torch.randn(PROMPT_ROWS + 9, 64, dtype=torch.bfloat16)  # padded to 48 rows for the GEMM
     monkeypatch.setattr(quantize, "UNPACK_WEIGHTS", 20 * 64)  # widened 20 outputs at a time: 20, 20, 8
     together = layer(rows)  # the prompt path: widened weights and a bf16 GEMM
     one_by_one = torch.cat([layer(row[None]) for row in rows])  # the decode path: the int8 kernel
@@ -163,7 +164,7 @@ def test_a_prompt_through_the_unpacked_int4_weights_gets_the_kernels_product(
     # slices of two blocks, the last of one
     monkeypatch.setattr(quantize, "UNPACK_WEIGHTS", 2 * UNPACK_BLOCK * layer.in_features)
     assert layer.unpackable(torch.bfloat16) and not layer.unpackable(torch.float32)
-    rows = torch.randn(INT4_PROMPT_ROWS, layer.in_features, dtype=torch.bfloat16)
+    rows = torch.randn(INT4_PROMPT_ROWS + 1, layer.in_features, dtype=torch.bfloat16)  # padded to 112
     prompt = layer(rows)  # unpacked weights and a bf16 GEMM
     kernel = (
         torch._weight_int4pack_mm_for_cpu(rows, layer.packed, INT4_GROUP, layer.scales_zeros) + layer.bias
@@ -176,6 +177,46 @@ def test_a_prompt_through_the_unpacked_int4_weights_gets_the_kernels_product(
         odd.product(odd_rows),
         torch._weight_int4pack_mm_for_cpu(odd_rows, odd.packed, INT4_GROUP, odd.scales_zeros),
     )
+
+
+class _Shapes(TorchDispatchMode):
+    """The shapes of the operations named `names` that run while it is on."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__()
+        self.names, self.seen = names, set[tuple[tuple[int, ...], ...]]()
+
+    def __torch_dispatch__(
+        self, func: torch._ops.OpOverload, types: object, args: tuple = (), kwargs: dict | None = None
+    ) -> object:
+        if func.overloadpacket.__name__ in self.names:
+            self.seen.add(tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_prompts_of_every_length_share_a_few_gemm_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN compiles and keeps a kernel for each GEMM shape (~1 MB each): a prompt's rows are padded to
+    four sizes an octave, and each matrix is widened in equal slices, so a server that meets every
+    prompt length keeps its memory bounded."""
+    assert all(count <= quantize.gemm_rows(count) <= 1.25 * count for count in range(1, 5000))
+    torch.manual_seed(4)
+    int4 = Int4Linear.from_linear(
+        torch.nn.Linear(2 * INT4_GROUP, 5 * UNPACK_BLOCK, bias=False), torch.bfloat16
+    )
+    int8 = Int8Linear.from_linear(torch.nn.Linear(2 * INT4_GROUP, 48, bias=False), torch.bfloat16)
+    # About two blocks of outputs a slice: 2, 2 and 1 blocks would be two shapes, five of one block are one.
+    monkeypatch.setattr(quantize, "UNPACK_WEIGHTS", 2 * UNPACK_BLOCK * int4.in_features)
+    for layer, first in ((int4, int4.prompt_rows), (int8, PROMPT_ROWS)):
+        rows = torch.randn(520, layer.in_features, dtype=torch.bfloat16)
+        exact = rows.double() @ layer(torch.eye(layer.in_features, dtype=torch.bfloat16)).double()
+        with _Shapes("mm") as gemms, torch.inference_mode():
+            for count in range(first, 520):
+                product = layer(rows[:count])
+                assert product.shape == (count, layer.out_features)
+                torch.testing.assert_close(product.double(), exact[:count], atol=0.05, rtol=0.02)
+        counts = {shapes[0][0] for shapes in gemms.seen}
+        assert len(counts) <= 4 * 5, sorted(counts)  # 32 (or 96) to 519 rows: four octaves and a bit
+        assert len({shapes[1] for shapes in gemms.seen}) == 1  # int8: 3 slices of 16 of its 48 outputs
 
 
 def _cpu_flags() -> set[str]:
@@ -338,6 +379,36 @@ def test_the_decoder_computes_what_transformers_computes_with_the_same_weights(
     small.reset(4)
     with pytest.raises(ValueError, match="cache"):
         small.forward(PROMPT[0])
+
+
+def test_prompt_attention_runs_in_a_few_shapes_and_computes_what_token_by_token_does(
+    tiny_models: dict[str, Path],
+) -> None:
+    """torch's CPU attention in bf16 keeps compiled kernels for every shape it meets (~0.17 MB each, for
+    ever): a prompt's queries and keys are padded to a few shapes, and the padding changes nothing."""
+    model = load(tiny_models["llama"], attention.NAME)
+    prepare_for_decoder(model, torch.bfloat16, "int4")
+    decoder = Decoder(model)
+    ids = torch.randint(3, 300, (200,), generator=torch.Generator().manual_seed(5))
+    cache = KvCache(decoder, 200)
+    with torch.inference_mode():
+        decoder.run([Segment(cache, ids[:150])])  # the keys every start below reads
+        one_by_one = []
+        for start in (0, 63, 64, 120):
+            cache.length = start
+            one_by_one.append(torch.stack([decoder.run([Segment(cache, ids[i : i + 1])])[0]
+                                           for i in range(start, start + 30)]))  # fmt: skip
+        with _Shapes("scaled_dot_product_attention") as attended:
+            for start in range(0, 150, 7):
+                for count in range(2, 50, 3):
+                    cache.length = start
+                    decoder.run([Segment(cache, ids[start : start + count])])
+            for index, start in enumerate((0, 63, 64, 120)):
+                cache.length = start
+                together = decoder.logits_of_each(cache, ids[start : start + 30])
+                torch.testing.assert_close(together, one_by_one[index], atol=0.03, rtol=0.03)
+    queries_keys = {(shapes[0][2], shapes[1][2]) for shapes in attended.seen}
+    assert len(queries_keys) <= 4 * 4, sorted(queries_keys)  # 2-49 queries: 16-48; up to 198 keys: 64-192
 
 
 @pytest.mark.parametrize("scheme", ["int4", "fused"])

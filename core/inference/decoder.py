@@ -100,9 +100,9 @@ class Segment:
 @dataclass(frozen=True)
 class _Span:
     """Where a segment's rows sit in a pass (first:last), where they go in its cache (from start), and
-    their causal mask (None for one token; padded on a CPU, see `_causal_mask`); the cache's slots for
-    them and up to them, every layer's (layers × KV heads × tokens × head_dim), cut once a pass rather
-    than once a layer."""
+    their causal mask (None for one token; padded in bf16 on a CPU, see `_causal_mask`); the cache's
+    slots for them and up to them, every layer's (layers × KV heads × tokens × head_dim), cut once a
+    pass rather than once a layer."""
 
     first: int
     last: int
@@ -114,10 +114,10 @@ class _Span:
     values: torch.Tensor
 
     @classmethod
-    def of(cls, cache: KvCache, first: int, last: int, start: int, device: torch.device) -> _Span:
+    def of(cls, cache: KvCache, first: int, last: int, start: int, *, pad: bool) -> _Span:
         count = last - first
         end = start + count
-        mask = None if count == 1 else _causal_mask(start, count, device, pad=device.type == "cpu")
+        mask = None if count == 1 else _causal_mask(start, count, cache.keys.device, pad=pad)
         return cls(
             first, last, start, mask,
             cache.keys[:, :, start:end], cache.values[:, :, start:end],
@@ -144,6 +144,9 @@ class Decoder:
         self.head: Projection = model.get_output_embeddings()
         self.vocabulary = self.head.out_features
         self.dtype, self.device = self.final_norm.dtype, self.final_norm.device
+        # torch's CPU attention keeps compiled bf16 kernels for every shape it meets: prompts padded
+        # to a few (`_causal_mask`); float32 and CUDA keep none.
+        self.pad_prompts = self.device.type == "cpu" and self.dtype == torch.bfloat16
         self.layers = [
             _Layer(
                 input_norm=layer.input_layernorm.weight,
@@ -206,7 +209,7 @@ class Decoder:
                 )
         bounds = itertools.pairwise(itertools.accumulate(counts, initial=0))
         spans = [
-            _Span.of(segment.cache, first, last, start, self.device)
+            _Span.of(segment.cache, first, last, start, pad=self.pad_prompts)
             for segment, start, (first, last) in zip(segments, starts, bounds, strict=True)
         ]
         positions = torch.cat([torch.arange(span.start, span.start + count, device=self.device)

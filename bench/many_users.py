@@ -168,7 +168,7 @@ def planned_mb(models: Path, key: str, parallel: int | None) -> float:
 
     engine = LocalEngine(models, idle_unload_s=0, **({} if parallel is None else {"parallel": parallel}))
     estimate = engine.memory_estimate(key)
-    return (estimate.after_load_bytes + engine.parallel * estimate.kv_cache_bytes) / 2**20
+    return estimate.with_caches(engine.parallel) / 2**20
 
 
 def main() -> None:

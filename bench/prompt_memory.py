@@ -33,7 +33,7 @@ models, key, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 engine = LocalEngine(models, idle_unload_s=0)
 engine.load(key)
 estimate = engine.memory_estimate(key)
-plan = (estimate.after_load_bytes + engine.parallel * estimate.kv_cache_bytes) / 2**20
+plan = estimate.with_caches(engine.parallel) / 2**20
 params = GenerationParams(max_new_tokens=1)
 def reply(messages, owner):
     for event in engine.stream(key, messages, params, ignore_eos=True, owner=owner):

@@ -243,8 +243,10 @@ class Decoder:
         if span.mask is None:  # one query token: its heads packed per KV head, one plain SDPA call
             return functional.scaled_dot_product_attention(self._packed(query), keys, values)
         count = query.shape[0]
-        rows, width = span.mask.shape  # padded on a CPU (_causal_mask): zeros that the mask keeps apart
-        query = functional.pad(query.transpose(0, 1).unsqueeze(0), (0, 0, 0, rows - count))
+        rows, width = span.mask.shape  # padded in bf16 on a CPU (_causal_mask): the mask keeps them apart
+        query = query.transpose(0, 1).unsqueeze(0)
+        if rows > count:
+            query = functional.pad(query, (0, 0, 0, rows - count))
         if width > keys.shape[2]:
             keys, values = (functional.pad(t, (0, 0, 0, width - t.shape[2])) for t in (keys, values))
         return functional.scaled_dot_product_attention(

@@ -92,9 +92,10 @@ def slice_width(outputs: int, most: int, unit: int = 1) -> int:
 
 
 def _padded(rows: torch.Tensor) -> torch.Tensor:
-    """rows with zero rows below them up to `gemm_rows`."""
+    """rows with zero rows below them up to `gemm_rows` (the rows themselves if that is their count)."""
     count = rows.shape[0]
-    return functional.pad(rows, (0, 0, 0, gemm_rows(count) - count))
+    padding = gemm_rows(count) - count
+    return functional.pad(rows, (0, 0, 0, padding)) if padding else rows
 
 
 def int8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -117,12 +117,16 @@ class MemoryEstimate:
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_cache_bytes + self.runtime_bytes
+        return self.with_caches(1)
 
     @property
     def after_load_bytes(self) -> int:
         """Resident right after loading: the KV cache grows only while a reply is generated."""
         return self.weights_bytes + self.runtime_bytes
+
+    def with_caches(self, caches: int) -> int:
+        """What is planned with `caches` KV caches at the context length (replies running or kept)."""
+        return self.after_load_bytes + caches * self.kv_cache_bytes
 
 
 def estimate_memory(

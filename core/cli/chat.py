@@ -42,6 +42,11 @@ def chat(
     """Stream replies from a downloaded model, with the device and weights of the saved settings."""
     from core.inference.engine import LocalEngine
 
+    if (
+        prompt is not None and not prompt.strip()
+    ):  # before a model loads for nothing (stdin's blank lines pass)
+        raise MessageError("The message is empty.")
+
     models_library = library()
     key = models_library.get(model).key
     options = {"idle_unload_s": 0} | ({"quantization": quantization} if quantization else {})

@@ -27,6 +27,8 @@ def test_bad_input_exits_2_with_a_sentence(capsys: pytest.CaptureFixture[str], h
     )
     code, err = run(capsys, "chat", "x" * 100_000, "--prompt", "hi")
     assert code == 2 and f"No model '{'x' * 100}' in the catalog" in err and len(err) < 400  # echoed bounded
+    code, err = run(capsys, "chat", "qwen2.5-0.5b", "--prompt", "  ")
+    assert code == 2 and "The message is empty." in err  # said before anything is looked up or loaded
 
     code, err = run(capsys, "download", "org/name.", "--endpoint", hub.url)
     assert code == 2 and "is not a Hugging Face repository id" in err

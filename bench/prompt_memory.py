@@ -8,7 +8,11 @@ prefills its new tokens beside a longer cache); it prints the resident memory af
 (the engine hands freed memory back after each) against the memory the engine plans for (the weights
 and runtime, and a KV cache at the context length for each reply at once, running or kept).
 
+`--quantization none` runs the 16-bit weights through transformers' own forward on the CPU: the path of
+every architecture the lean decoder does not run.
+
 Usage: .venv/bin/python -m bench.prompt_memory [--prompts 60] [--models KEY ...]
+    [--quantization int4|int8|none]
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from pathlib import Path
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished
 from core.inference.params import GenerationParams
-models, key, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-engine = LocalEngine(models, idle_unload_s=0)
+models, key, count, quantization = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+engine = LocalEngine(models, quantization=quantization, idle_unload_s=0)
 engine.load(key)
 estimate = engine.memory_estimate(key)
 plan = estimate.with_caches(engine.parallel) / 2**20
@@ -64,13 +68,14 @@ def main() -> None:
     )
     parser.add_argument("--prompts", type=int, default=60, help="first messages of new lengths")
     parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--quantization", default="int4", choices=["int4", "int8", "none"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="localllm-prompt-memory-") as tmp:
         models = Path(tmp) / "models"
         for key in args.models:
             install_ready(models, key, build(key, Path(tmp) / f"src-{key}"))
             subprocess.run(
-                [sys.executable, "-c", MEASURE, str(models), key, str(args.prompts)],
+                [sys.executable, "-c", MEASURE, str(models), key, str(args.prompts), args.quantization],
                 cwd=PROJECT_ROOT, check=True,
             )  # fmt: skip
 

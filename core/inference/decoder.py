@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from core.inference.padded_attention import attend, causal_mask, pads
 from core.inference.quantize import Fused, QuantizedLinear
 from core.inference.skeleton import decoder_architecture
 
@@ -100,9 +101,9 @@ class Segment:
 @dataclass(frozen=True)
 class _Span:
     """Where a segment's rows sit in a pass (first:last), where they go in its cache (from start), and
-    their causal mask (None for one token; padded in bf16 on a CPU, see `_causal_mask`); the cache's
-    slots for them and up to them, every layer's (layers × KV heads × tokens × head_dim), cut once a
-    pass rather than once a layer."""
+    their causal mask (None for one token; padded in bf16 on a CPU: core.inference.padded_attention);
+    the cache's slots for them and up to them, every layer's (layers × KV heads × tokens × head_dim),
+    cut once a pass rather than once a layer."""
 
     first: int
     last: int
@@ -117,7 +118,7 @@ class _Span:
     def of(cls, cache: KvCache, first: int, last: int, start: int, *, pad: bool) -> _Span:
         count = last - first
         end = start + count
-        mask = None if count == 1 else _causal_mask(start, count, cache.keys.device, pad=pad)
+        mask = None if count == 1 else causal_mask(start, count, cache.keys.device, pad=pad)
         return cls(
             first, last, start, mask,
             cache.keys[:, :, start:end], cache.values[:, :, start:end],
@@ -144,9 +145,7 @@ class Decoder:
         self.head: Projection = model.get_output_embeddings()
         self.vocabulary = self.head.out_features
         self.dtype, self.device = self.final_norm.dtype, self.final_norm.device
-        # torch's CPU attention keeps compiled bf16 kernels for every shape it meets: prompts padded
-        # to a few (`_causal_mask`); float32 and CUDA keep none.
-        self.pad_prompts = self.device.type == "cpu" and self.dtype == torch.bfloat16
+        self.pad_prompts = pads(self.final_norm)  # prompts' attention in a few shapes (padded_attention)
         self.layers = [
             _Layer(
                 input_norm=layer.input_layernorm.weight,
@@ -242,16 +241,8 @@ class Decoder:
         keys, values = span.keys[index : index + 1], span.values[index : index + 1]
         if span.mask is None:  # one query token: its heads packed per KV head, one plain SDPA call
             return functional.scaled_dot_product_attention(self._packed(query), keys, values)
-        count = query.shape[0]
-        rows, width = span.mask.shape  # padded in bf16 on a CPU (_causal_mask): the mask keeps them apart
         query = query.transpose(0, 1).unsqueeze(0)
-        if rows > count:
-            query = functional.pad(query, (0, 0, 0, rows - count))
-        if width > keys.shape[2]:
-            keys, values = (functional.pad(t, (0, 0, 0, width - t.shape[2])) for t in (keys, values))
-        return functional.scaled_dot_product_attention(
-            query, keys, values, attn_mask=span.mask, enable_gqa=True
-        )[0, :, :count].transpose(0, 1)
+        return attend(query, keys, values, span.mask)[0].transpose(0, 1)
 
     def _attend_each(self, spans: list[_Span], index: int, query: torch.Tensor) -> torch.Tensor:
         return torch.cat(
@@ -392,17 +383,3 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     """Rotary position embedding in transformers' half-split layout."""
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-def _causal_mask(start: int, count: int, device: torch.device, *, pad: bool = False) -> torch.Tensor:
-    """count × (start + count): each new token sees the cached ones and those up to itself.
-
-    `pad`: rows up to a multiple of 16 and columns of 64, the padding queries seeing every real key and
-    the padding keys seen by none. torch's CPU attention in bf16 compiles and keeps kernels for each
-    shape it meets, for ever: ~0.17 MB a shape, and a chat's every turn is a new one (start, count);
-    padded shapes share a few kernels (docs/performance.md, "Memory")."""
-    end = start + count
-    rows, width = (-(-count // 16) * 16, -(-end // 64) * 64) if pad else (count, end)
-    seen = torch.arange(width, device=device)
-    visible = seen.unsqueeze(0) <= (start + torch.arange(rows, device=device)).unsqueeze(1)
-    return visible & (seen < end) if width > end else visible

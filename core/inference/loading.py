@@ -217,6 +217,8 @@ def _weights(directory: Path, device: str, dtype: Any, scheme: str | None) -> tu
     model = _transformers_model(directory, device, dtype)
     if device == "cuda" and decoder.runs_architecture(model):
         quantize.fuse_projections(model)  # for the decoder: fewer kernel launches a token
+    elif device == "cpu" and str(dtype) == "torch.bfloat16":
+        quantize.pad_gemm_rows(model)  # a prompt's GEMMs in a few shapes, as quantized layers run them
     return model, False
 
 

@@ -98,6 +98,25 @@ def _padded(rows: torch.Tensor) -> torch.Tensor:
     return functional.pad(rows, (0, 0, 0, padding)) if padding else rows
 
 
+class PaddedLinear(nn.Linear):
+    """nn.Linear whose rows reach the GEMM padded to `gemm_rows`: 16-bit weights on a CPU, where oneDNN
+    keeps a kernel for every row count it meets (`pad_gemm_rows`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        count = x.numel() // self.in_features
+        if gemm_rows(count) == count:  # a decoding step's row, an aligned prompt: nothing to pad
+            return functional.linear(x, self.weight, self.bias)
+        out = functional.linear(_padded(x.reshape(count, self.in_features)), self.weight, self.bias)[:count]
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def pad_gemm_rows(model: nn.Module) -> None:
+    """Every nn.Linear of `model` becomes a PaddedLinear (same weights)."""
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = PaddedLinear
+
+
 def int8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x (rows × in) times the int8 weight (out × in) with per-row scales, in the scale's dtype.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from core.hub.store import read_manifest, write_manifest
 from core.inference import attention, quantize
@@ -45,6 +46,7 @@ from core.inference.sizing import NARROW_HIDDEN
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 PROMPT = torch.tensor([[5, 17, 42, 99, 7, 230, 18, 64, 3, 150, 77, 12]])
+CLOSE = {"atol": 0.01, "rtol": 0.01}  # bf16 logits of the tiny models (within ±0.3): a rounding or two
 
 
 def load(path: Path, attn: str = "sdpa", dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
@@ -217,6 +219,25 @@ def test_prompts_of_every_length_share_a_few_gemm_shapes(monkeypatch: pytest.Mon
         counts = {shapes[0][0] for shapes in gemms.seen}
         assert len(counts) <= 4 * 5, sorted(counts)  # 32 (or 96) to 519 rows: four octaves and a bit
         assert len({shapes[1] for shapes in gemms.seen}) == 1  # int8: 3 slices of 16 of its 48 outputs
+
+
+def test_16_bit_weights_on_the_cpu_run_prompts_in_a_few_gemm_shapes_too(tiny_models: dict[str, Path]) -> None:
+    """The 16-bit setting keeps transformers' own layers on the CPU; their rows are padded as well."""
+    from core.inference.loading import _weights
+
+    model, _ = _weights(tiny_models["qwen2"], "cpu", torch.bfloat16, None)
+    reference = load(tiny_models["qwen2"], attention.NAME)
+    ids = torch.randint(3, 300, (1, 300), generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        for count in (1, 37, 300):
+            torch.testing.assert_close(
+                model(ids[:, :count]).logits.float(), reference(ids[:, :count]).logits.float(), **CLOSE
+            )
+        with _Shapes("linear") as gemms:
+            for count in range(32, 300):
+                model(ids[:, :count], logits_to_keep=1)
+    counts = {math.prod(shapes[0][:-1]) for shapes in gemms.seen}  # the rows of the input
+    assert len(counts) <= 4 * 4, sorted(counts)  # 32-299 rows: three octaves and a bit
 
 
 def _cpu_flags() -> set[str]:
@@ -409,6 +430,45 @@ def test_prompt_attention_runs_in_a_few_shapes_and_computes_what_token_by_token_
                 torch.testing.assert_close(together, one_by_one[index], atol=0.03, rtol=0.03)
     queries_keys = {(shapes[0][2], shapes[1][2]) for shapes in attended.seen}
     assert len(queries_keys) <= 4 * 4, sorted(queries_keys)  # 2-49 queries: 16-48; up to 198 keys: 64-192
+
+
+def test_prompts_through_transformers_forward_attend_in_a_few_shapes_and_compute_what_sdpa_does(
+    tiny_models: dict[str, Path],
+) -> None:
+    """Architectures the decoder does not run keep transformers' forward; their prompts' attention is
+    padded too (every new length would keep a bf16 kernel), with transformers' causal and explicit masks."""
+    ours, reference = load(tiny_models["llama"], attention.NAME), load(tiny_models["llama"], "sdpa")
+    ids = torch.randint(3, 300, (1, 200), generator=torch.Generator().manual_seed(6))
+
+    def logits(
+        model: torch.nn.Module, start: int, count: int, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        cache = DynamicCache(config=model.config)
+        if start:
+            model(input_ids=ids[:, :start], cache=cache, use_cache=True)
+        mask = mask if mask is not None else torch.ones(1, start + count, dtype=torch.long)
+        out = model(input_ids=ids[:, start : start + count], attention_mask=mask, cache=cache)
+        return out.logits.float()
+
+    with torch.inference_mode():
+        for start, count in ((0, 30), (0, 64), (63, 20), (120, 45)):  # causal (no mask), then masks
+            torch.testing.assert_close(logits(ours, start, count), logits(reference, start, count), **CLOSE)
+        left_padded = torch.ones(1, 37, dtype=torch.long)
+        left_padded[0, :5] = 0  # an explicit mask: its hidden keys stay hidden
+        torch.testing.assert_close(
+            logits(ours, 0, 37, left_padded), logits(reference, 0, 37, left_padded), **CLOSE
+        )
+        seen: set[tuple[tuple[int, ...], ...]] = set()
+        for start in range(7, 150, 7):
+            cache = DynamicCache(config=ours.config)
+            ours(input_ids=ids[:, :start], cache=cache, use_cache=True)
+            with _Shapes("scaled_dot_product_attention") as attended:
+                for count in range(2, 50, 3):
+                    ours(input_ids=ids[:, start : start + count], cache=cache)
+                    cache.crop(-count)  # back to the prefix
+            seen |= attended.seen
+    queries_keys = {(shapes[0][2], shapes[1][2]) for shapes in seen}
+    assert len(queries_keys) <= 3 * 4, sorted(queries_keys)  # 2-49 queries: 16-48; 9-196 keys: 64-256
 
 
 @pytest.mark.parametrize("scheme", ["int4", "fused"])

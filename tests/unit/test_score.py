@@ -67,12 +67,13 @@ def test_the_cli_prints_every_token_and_the_perplexity(
     assert main(["score", "qwen2.5-0.5b", "--text-file", str(tmp_path / "missing.txt")]) == 2
 
 
+@pytest.mark.parametrize("quantization", ["int8", "none"])  # the lean decoder; transformers' forward
 def test_a_text_scored_in_chunks_gets_the_logprobs_of_one_pass(
-    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch, quantization: str
 ) -> None:
     # Long texts are scored a chunk at a time through one cache: each chunk must see the ones before.
     install_ready(tmp_path / "models", "tiny", model)
-    engine = LocalEngine(tmp_path / "models", quantization="int8", idle_unload_s=0)
+    engine = LocalEngine(tmp_path / "models", quantization=quantization, idle_unload_s=0)
     whole = torch.tensor([token.logprob for token in engine.score("tiny", TEXT).tokens])
     monkeypatch.setattr(scoring, "CHUNK_TOKENS", 7)
     chunked = torch.tensor([token.logprob for token in engine.score("tiny", TEXT).tokens])

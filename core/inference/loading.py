@@ -85,6 +85,8 @@ def _import_runtime_locked() -> None:
         import transformers
         import transformers.modeling_rope_utils  # core.inference.skeleton's rotary tables
 
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights: 100%|███" on stderr
+
         for name in (
             "AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "DynamicCache", "GenerationConfig",
             "LlamaTokenizer", "LlamaTokenizerFast", "LogitsProcessorList", "PreTrainedTokenizerFast",

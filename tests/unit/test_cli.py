@@ -89,6 +89,15 @@ def test_a_one_question_chat_replies_keeps_the_conversation_and_ends_with_its_co
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
 
 
+def test_16_bit_weights_load_without_transformers_progress_bars(tiny_models: dict[str, Path]) -> None:
+    # transformers draws "Loading weights: 100%|███" on stderr as it reads a model: not ours to show.
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", tiny_models["qwen2"])
+    done = run_cli(
+        "chat", "qwen2.5-0.5b", "--prompt", "Hi", "--max-new-tokens", "2", "--quantization", "none"
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
 def test_a_slow_load_says_why_on_stderr_and_a_fast_one_says_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     # Stand-in engines: a real first load (quantizing TinyLlama) takes ~40 s, too long for a test.
     said: list[str] = []

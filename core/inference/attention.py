@@ -27,6 +27,15 @@ NAME = "localllm_decode"
 PLAIN_OPTIONS = frozenset({"position_ids", "use_cache", "sliding_window", "is_causal", "output_attentions"})
 
 
+def implementation(config: Any, device: str) -> str | None:
+    """The attention for a model of `config`: this module's on the CPU where the architecture runs on
+    SDPA, else transformers' own choice (eager for Gemma 2, whose soft cap SDPA does not take)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)  # its own `get` wants both
+    return NAME if device == "cpu" and getattr(model_class, "_supports_sdpa", False) else None
+
+
 def decode_attention(
     module: torch.nn.Module,
     query: torch.Tensor,

@@ -228,13 +228,14 @@ def _transformers_model(directory: Path, device: str, dtype: Any) -> Any:
     """The whole model in `dtype` through transformers' own classes (the CPU's attention for one
     token: core.inference.attention)."""
     import_model_code()
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from core.inference import attention
 
+    config = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=dtype, local_files_only=True, trust_remote_code=False,
-        attn_implementation=attention.NAME if device == "cpu" else None,
+        directory, config=config, dtype=dtype, local_files_only=True, trust_remote_code=False,
+        attn_implementation=attention.implementation(config, device),
     )  # fmt: skip
     return model.to(device).eval()
 

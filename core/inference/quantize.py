@@ -736,7 +736,9 @@ def _transformers_skeleton(config: Any, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention.NAME)
+        return AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=attention.implementation(config, "cpu")
+        )
 
 
 def quantize_checkpoint(model_dir: Path, dtype: torch.dtype, scheme: str) -> Any:

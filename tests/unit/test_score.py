@@ -15,6 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.cli import main
 from core.inference import scoring
 from core.inference.engine import LocalEngine
+from core.inference.events import Finished
+from core.inference.params import GenerationParams
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 TEXT = (
@@ -79,3 +81,21 @@ def test_a_text_scored_in_chunks_gets_the_logprobs_of_one_pass(
     chunked = torch.tensor([token.logprob for token in engine.score("tiny", TEXT).tokens])
     assert len(whole) > 7 * 4
     assert float((chunked - whole).abs().mean()) < 0.005
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "mistral"])
+def test_architectures_the_decoder_does_not_run_reply_and_score_as_transformers_computes(
+    tmp_path: Path, arch: str
+) -> None:
+    # transformers' own forward: Gemma 2's attention has a soft cap (SDPA cannot take it: transformers'
+    # eager attention), Mistral's a window of 16 tokens (the text is longer: SDPA's sliding mask).
+    source = build_tiny_model(tmp_path / "source", arch, hidden_size=64)
+    install_ready(tmp_path / "models", "tiny", source)
+    for quantization in ("none", "int4"):
+        engine = LocalEngine(tmp_path / "models", quantization=quantization, idle_unload_s=0)
+        scored = engine.score("tiny", TEXT)
+        ours = torch.tensor([token.logprob for token in scored.tokens])
+        assert len(ours) > 16 * 3
+        assert float((ours - fp32_logprobs(source)).abs().mean()) < BOUNDS[quantization]
+        reply = engine.stream("tiny", [{"role": "user", "content": TEXT}], GenerationParams(max_new_tokens=3))
+        assert isinstance(list(reply)[-1], Finished)

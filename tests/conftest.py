@@ -51,7 +51,7 @@ def database(db_url: str) -> Iterator[Database]:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One tiny random model per architecture, built once per test session (read-only: copy to change)."""
     root = tmp_path_factory.mktemp("tiny-models")
-    return {arch: build_tiny_model(root / arch, arch) for arch in ("qwen2", "llama")}
+    return {arch: build_tiny_model(root / arch, arch) for arch in ("qwen2", "llama", "qwen3")}
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""A lean forward pass for Llama-family models (Llama, Qwen2, Mistral): quantized on a CPU, 16-bit on a GPU.
+"""A lean forward pass for Llama-family models (Llama, Qwen2, Qwen3, Mistral), quantized on a CPU.
 
 Decoding one token with transformers runs ~600 small tensor operations plus module, cache and mask
 bookkeeping; on a 2-core CPU that was 8 ms of Qwen2.5-0.5B's 24 ms per token, beside 15 ms of
@@ -59,6 +59,7 @@ class _Layer:
     post_norm: torch.Tensor
     gate_up: Projection
     down: Projection
+    qk_norm: torch.Tensor | None  # Qwen3: the q and k norms' weights, one row a head (heads + KV heads)
 
 
 def _project(layer: Projection, rows: torch.Tensor) -> torch.Tensor:
@@ -154,6 +155,7 @@ class Decoder:
                 post_norm=layer.post_attention_layernorm.weight,
                 gate_up=layer.mlp.gate_up_proj.linear,
                 down=layer.mlp.down_proj,
+                qk_norm=self._head_norms(layer.self_attn),
             )
             for layer in base.layers
         ]
@@ -335,7 +337,10 @@ class Decoder:
         count × head_dim), `attend` turns the queries (count × heads × head_dim) into attention output."""
         count, heads, kv_heads, dim = x.shape[0], self.heads, self.kv_heads, self.head_dim
         qkv = _project(layer.qkv, functional.rms_norm(x, (self.hidden,), layer.input_norm, self.eps))
-        rotated = _rotate(qkv[:, : (heads + kv_heads) * dim].view(count, heads + kv_heads, dim), cos, sin)
+        queries_keys = qkv[:, : (heads + kv_heads) * dim].view(count, heads + kv_heads, dim)
+        if layer.qk_norm is not None:
+            queries_keys = functional.rms_norm(queries_keys, (dim,), None, self.eps) * layer.qk_norm
+        rotated = _rotate(queries_keys, cos, sin)
         store(
             rotated[:, heads:].transpose(0, 1),
             qkv[:, (heads + kv_heads) * dim :].view(count, kv_heads, dim).transpose(0, 1),
@@ -345,6 +350,13 @@ class Decoder:
         gate_up = _project(layer.gate_up, functional.rms_norm(x, (self.hidden,), layer.post_norm, self.eps))
         activated = functional.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
         return x + _project(layer.down, activated)
+
+    def _head_norms(self, attention: nn.Module) -> torch.Tensor | None:
+        """Qwen3's q_norm and k_norm weights, one row for each query head and each KV head."""
+        if not hasattr(attention, "q_norm"):
+            return None
+        q, k = attention.q_norm.weight, attention.k_norm.weight
+        return torch.cat((q.expand(self.heads, -1), k.expand(self.kv_heads, -1)))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Float logits for each row of `x`."""

@@ -1,4 +1,4 @@
-"""The module tree of a Llama-family model (Llama, Qwen2, Mistral) without transformers' model code.
+"""The module tree of a Llama-family model (Llama, Qwen2, Qwen3, Mistral) without transformers' model code.
 
 The lean decoder (core.inference.decoder) reads only a model's tensors, but building transformers'
 model classes imports their masking, compilation and distributed-tensor support first: ~1.5–2.5 s of
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-ARCHITECTURES = ("llama", "qwen2", "mistral")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 # Rotary tables fixed at load; "dynamic" and "longrope" change them with the length: transformers' code.
 FIXED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -63,6 +63,7 @@ class Architecture:
     mlp_bias: bool
     inv_freq: tuple[float, ...]  # the rotary frequencies, float32 values
     attention_scaling: float
+    qk_norm: bool = False  # Qwen3: each head's query and key RMS-normed before the rotary embedding
 
     @classmethod
     def of(cls, config: Any) -> Architecture:
@@ -87,6 +88,7 @@ class Architecture:
             o_bias=qkv_bias and config.model_type != "qwen2",
             mlp_bias=bool(getattr(config, "mlp_bias", False)),
             inv_freq=tuple(inv_freq.float().tolist()), attention_scaling=float(scaling),
+            qk_norm=config.model_type == "qwen3",
         )  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
@@ -127,7 +129,7 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary cos and sin for positions, as transformers' Llama/Qwen2 rotary embedding computes them."""
+    """Rotary cos and sin for positions, as transformers' Llama/Qwen rotary embedding computes them."""
 
     def __init__(self, config: Architecture) -> None:
         super().__init__()
@@ -152,6 +154,8 @@ class Attention(nn.Module):
         self.k_proj = _linear(hidden, kv_heads * dim, bias, dtype)
         self.v_proj = _linear(hidden, kv_heads * dim, bias, dtype)
         self.o_proj = _linear(heads * dim, hidden, config.o_bias, dtype)
+        if config.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(dim, dtype), RMSNorm(dim, dtype)
 
 
 class MLP(nn.Module):

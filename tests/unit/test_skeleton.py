@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from core.inference import skeleton
@@ -23,6 +30,7 @@ CONFIGS = {
     "qwen2 (tied, q/k/v biases)": Qwen2Config(**SMALL, tie_word_embeddings=True),
     "llama (all biases)": LlamaConfig(**SMALL, attention_bias=True, mlp_bias=True),
     "mistral (head_dim of its own)": MistralConfig(**SMALL, head_dim=32, sliding_window=None),
+    "qwen3 (q/k norms, head_dim of its own)": Qwen3Config(**SMALL, head_dim=32),
 }
 
 
@@ -93,18 +101,19 @@ params = GenerationParams(temperature=0, max_new_tokens=8)
 text = "".join(e.text for e in engine.stream("tiny", [{"role": "user", "content": "Hi"}], params)
                if isinstance(e, TextDelta))
 heavy = ["transformers.models.llama.modeling_llama", "transformers.models.qwen2.modeling_qwen2",
-         "transformers.modeling_utils", "torch._dynamo"]
+         "transformers.models.qwen3.modeling_qwen3", "transformers.modeling_utils", "torch._dynamo"]
 print(json.dumps({"runner": loaded.runner, "text": text, "imported": [m for m in heavy if m in sys.modules],
                   "transformers": "transformers" in sys.modules}))
 """
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
 def test_a_quantized_model_loads_and_replies_without_transformers_model_code_then_without_transformers(
-    tmp_path: Path, tiny_models: dict[str, Path]
+    tmp_path: Path, tiny_models: dict[str, Path], arch: str
 ) -> None:
     # Those modules cost a one-question `core chat` ~2 s of imports on 2 cores (first load, which
     # quantizes, and the next one, which maps the kept copy).
-    install_ready(tmp_path, "tiny", tiny_models["qwen2"])
+    install_ready(tmp_path, "tiny", tiny_models[arch])
     replies, imported_transformers = [], []
     for _load in ("quantizing", "mapped"):
         done = subprocess.run(

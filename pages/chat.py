@@ -11,6 +11,7 @@ from core.chat.attachments import FILE_TYPES, MAX_CHARACTERS
 from core.chat.attachments import MAX_FILE_BYTES as ATTACHMENT_BYTES
 from core.chat.branches import Turn
 from core.chat.presets import Preset, PresetStore
+from core.chat.reasoning import split_reasoning
 from core.chat.retrieval import FileUse
 from core.chat.service import ChatEvent, FilesUsed, Trimmed
 from core.errors import InsufficientMemoryError, LocalLLMError
@@ -215,13 +216,13 @@ def history(conversation: Conversation) -> None:
                 continue
             if last and (dropped := st.session_state.get(f"chat.trimmed.{conversation.id}")):
                 st.caption(t("chat.trimmed", count=dropped))
-            st.markdown(reply_markdown(message.content, t("chat.image")))  # Markdown; no image is fetched
+            reply_body(message.content)
             if message.sources:
                 st.caption(sources_line([FileUse.from_dict(use) for use in message.sources]))
             st.caption(stats_line(message))
             with st.container(horizontal=True, vertical_alignment="center"):
                 with st.popover(t("chat.copy"), icon=":material/content_copy:"):
-                    st.code(message.content, language=None, wrap_lines=True)
+                    st.code(split_reasoning(message.content).answer, language=None, wrap_lines=True)
                 edit_reply(conversation, message)
                 if last:
                     st.button(
@@ -299,12 +300,25 @@ def edit_reply(conversation: Conversation, message: Message) -> None:
             st.rerun()
 
 
+def reply_body(text: str) -> None:
+    """A reply as Markdown that fetches no image (reply_markdown), a thinking model's reasoning folded
+    away above its answer (open while it is still being written)."""
+    split = split_reasoning(text)
+    if split.reasoning or split.thinking:
+        label = t("chat.thinking") if split.thinking else t("chat.thought")
+        with st.expander(label, icon=":material/psychology:", expanded=split.thinking):
+            st.markdown(reply_markdown(split.reasoning or "", t("chat.image")))
+    if split.answer:
+        st.markdown(reply_markdown(split.answer, t("chat.image")))
+
+
 def write_reply(pieces: Iterator[str]) -> None:
-    """The reply as it streams, rendered as the finished one is (reply_markdown: no image fetched)."""
+    """The reply as it streams, rendered as the finished one is."""
     shown, text = st.empty(), ""
     for piece in pieces:
         text += piece
-        shown.markdown(reply_markdown(text, t("chat.image")))
+        with shown.container():
+            reply_body(text)
 
 
 def ask_again(how: str) -> None:

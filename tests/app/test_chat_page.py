@@ -157,3 +157,22 @@ def test_a_model_too_big_for_the_free_memory_says_so_and_loads_anyway_on_request
     assert not at.exception
     assert resources.engine().loaded.key == ready_model
     assert "tokens/s" in at.chat_message[-1].caption[-1].value  # answered after all
+
+
+def test_a_thinking_models_reasoning_is_folded_away_above_its_answer(new_app, ready_model: str) -> None:
+    # The tiny model cannot think: the reply is corrected by hand to what Qwen3 writes (kept as written).
+    at = new_app()
+    at.run()
+    at.chat_input[0].set_value("What is six times seven?").run()
+    chat = resources.chat_service("local")
+    [conversation] = chat.conversations()
+    answer = chat.messages(conversation.id)[-1]
+    chat.edit_reply(conversation.id, answer.id, "<think>\nSix sevens: **42**.\n</think>\n\nIt is **42**.")
+    at.run()
+    assert not at.exception
+    [thought] = [e for e in at.expander if e.label == "Thought process"]
+    assert [m.value for m in thought.markdown] == ["Six sevens: **42**."]
+    assistant = [m for m in at.chat_message if m.name == "assistant"][-1]
+    shown = [m.value for m in assistant.markdown]
+    assert shown[-1] == "It is **42**." and not any("think>" in text for text in shown)
+    assert at.code[-1].value == "It is **42**."  # Copy gives the answer

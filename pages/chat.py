@@ -179,12 +179,26 @@ def settings_form(conversation: Conversation, params: GenerationParams) -> None:
         presence = left.slider(t("chat.presence_penalty"), -2.0, 2.0, params.presence_penalty, 0.1)
         seed = right.number_input(t("chat.seed"), 0, 2**31, params.seed, 1, placeholder=t("chat.random"),
                                   help=t("chat.seed_help"))  # fmt: skip
+        thinking = params.thinking
+        if switches_thinking(store.get_current_config()):
+            thinking = left.toggle(t("chat.think_first"), thinking, help=t("chat.think_first_help"))
         if st.form_submit_button(t("chat.save")):
             new_params = GenerationParams(
                 temperature, top_p, int(max_new), penalty, top_k=None if top_k is None else int(top_k),
                 min_p=min_p, presence_penalty=presence, seed=None if seed is None else int(seed),
+                thinking=thinking,
             )  # fmt: skip
             attempt(lambda: chat.set_options(conversation.id, system, new_params))
+
+
+def switches_thinking(current: ProviderConfig | None) -> bool:
+    """Whether the chosen model runs here and its chat template can skip the reasoning (Qwen3)."""
+    if current is None or current.provider != "local_model":
+        return False
+    try:
+        return resources.engine().tokenizer(current.model).switches_thinking
+    except LocalLLMError:  # not downloaded, or its tokenizer unreadable: the reply will say so
+        return False
 
 
 def stats_line(message: Message | ReplyStats) -> str:

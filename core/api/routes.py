@@ -142,6 +142,8 @@ def _params(body: ChatCompletionRequest, max_new_tokens: int) -> GenerationParam
     defaults = replace(GenerationParams(), max_new_tokens=max_new_tokens)
     names = ("temperature", "top_p", "repetition_penalty", "presence_penalty", "top_k", "min_p", "seed")
     given = {name: getattr(body, name) for name in names}
+    options = body.chat_template_kwargs
+    given["thinking"] = options.enable_thinking if options else None
     return replace(defaults, **{name: value for name, value in given.items() if value is not None})
 
 

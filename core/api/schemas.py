@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 MAX_MESSAGES = 10_000
@@ -44,6 +44,12 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class ChatTemplateOptions(_Request):
+    """vLLM's `chat_template_kwargs`: only Qwen3's switch is read (its other keys are ignored)."""
+
+    enable_thinking: StrictBool | None = None
+
+
 class ChatCompletionRequest(_Request):
     model: str = Field(max_length=200)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -61,6 +67,7 @@ class ChatCompletionRequest(_Request):
     n: StrictInt | None = Field(None, ge=1, le=1)
     tools: list[Any] | None = None
     tool_choice: Any = None
+    chat_template_kwargs: ChatTemplateOptions | None = None  # vLLM's: {"enable_thinking": false}
 
     @property
     def wanted_tokens(self) -> int | None:

@@ -59,16 +59,23 @@ class ChatTokenizer:
         """The ids of `text`; `special`: with the tokens the tokenizer adds around a text (a BOS)."""
         return self.backend.encode(text, add_special_tokens=special).ids
 
+    @property
+    def switches_thinking(self) -> bool:
+        """Whether the chat template takes `enable_thinking` (Qwen3's: reason first, or answer at once)."""
+        return "enable_thinking" in self.chat_template
+
     def chat_ids(
-        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True
+        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True, thinking: bool = True
     ) -> list[int]:
         """The prompt's ids: `messages` rendered by the chat template (jinja2's TemplateError when the
-        template refuses them), its special tokens read as written."""
+        template refuses them), its special tokens read as written. `thinking` False renders it with
+        enable_thinking=False; True leaves the template its own default."""
         if not messages:
             raise ValueError("There is no message to reply to.")
+        options = {} if thinking else {"enable_thinking": False}
         text = self._template.render(
             messages=[dict(m) for m in messages], tools=None, documents=None,
-            add_generation_prompt=add_generation_prompt, **self.special_tokens,
+            add_generation_prompt=add_generation_prompt, **self.special_tokens, **options,
         )  # fmt: skip
         return self.encode(text)
 

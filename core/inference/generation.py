@@ -67,7 +67,7 @@ def stream_reply(
     batch; otherwise `model.generate` runs it alone on the torch thread."""
     from core.inference.streaming import ReplyStreamer
 
-    inputs = _prompt(parts, messages)
+    inputs = _prompt(parts, messages, params.thinking)
     prompt_tokens = int(inputs["input_ids"].shape[1])
     # Callers measured the prompt first (prompts.fit); measured again here, the cache never outgrows it.
     room = prompts.fit(prompt_tokens, context, params.max_new_tokens).max_new_tokens
@@ -96,12 +96,12 @@ def stream_reply(
     yield Finished(_stats(parts.info.key, prompt_tokens, cached, completion, started, criterion, reason))
 
 
-def _prompt(parts: LoadedParts, messages: Sequence[dict[str, str]]) -> dict[str, Any]:
+def _prompt(parts: LoadedParts, messages: Sequence[dict[str, str]], thinking: bool) -> dict[str, Any]:
     """The prompt's ids (a batch of one) and attention mask, as transformers' generate takes them."""
     import torch
 
     try:
-        ids = parts.tokenizer.chat_ids(messages)
+        ids = parts.tokenizer.chat_ids(messages, thinking=thinking)
     except Exception as exc:  # jinja's TemplateError and ValueError: the template refused these turns
         raise GenerationError(f"The model's chat template rejected this conversation: {exc}") from exc
     input_ids = torch.tensor([ids], device=parts.info.device)

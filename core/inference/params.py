@@ -17,7 +17,8 @@ DEFAULT_TOP_K = 40
 class GenerationParams:
     """How a reply is generated. temperature 0 is greedy; top_k None is the model's own (its
     generation_config, else DEFAULT_TOP_K), 0 no limit; min_p and presence_penalty 0 are off; a seed
-    makes sampling repeat."""
+    makes sampling repeat; `thinking` False asks a local model whose chat template takes
+    `enable_thinking` (Qwen3) to answer without reasoning first (other models and servers ignore it)."""
 
     temperature: float = 0.7
     top_p: float = 0.9
@@ -27,6 +28,7 @@ class GenerationParams:
     min_p: float = 0.0
     presence_penalty: float = 0.0
     seed: int | None = None
+    thinking: bool = True
 
     def __post_init__(self) -> None:
         checks = (

@@ -58,12 +58,23 @@ def new_app(isolated_env, client_ip, monkeypatch: pytest.MonkeyPatch) -> Callabl
     st.cache_data.clear()
 
 
-@pytest.fixture
-def ready_model(db_url: str, tiny_models: dict[str, Path]) -> str:
-    """The tiny Qwen2 model installed and verified as "tiny", as after a download."""
+def _install(db_url: str, source: Path) -> str:
+    """`source` installed and verified as "tiny", as after a download."""
     from core.storage import repo
 
-    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "tiny", tiny_models["qwen2"])
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "tiny", source)
     with Database(db_url).begin() as session:
         repo.add_custom_model(session, "tiny", "test/tiny", "main", {})
     return "tiny"
+
+
+@pytest.fixture
+def ready_model(db_url: str, tiny_models: dict[str, Path]) -> str:
+    """The tiny Qwen2 model, ready as "tiny"."""
+    return _install(db_url, tiny_models["qwen2"])
+
+
+@pytest.fixture
+def thinking_model(db_url: str, tiny_models: dict[str, Path]) -> str:
+    """The tiny Qwen3 model (its chat template takes enable_thinking), ready as "tiny"."""
+    return _install(db_url, tiny_models["qwen3"])

@@ -29,6 +29,7 @@ def test_chat_round_trip_with_the_tiny_model(new_app, ready_model: str, db_url: 
     # the conversation was created, titled after the message, and listed in the sidebar
     assert any(r"Hello \<b\>there" in button.label for button in at.sidebar.button)
     assert resources.engine().loaded.key == "tiny"  # the app's shared engine holds the model
+    assert "Think before answering" not in [toggle.label for toggle in at.toggle]  # Qwen2 has no switch
 
     at.button(key="chat.regenerate").click().run()
     assert not at.exception
@@ -176,3 +177,20 @@ def test_a_thinking_models_reasoning_is_folded_away_above_its_answer(new_app, re
     shown = [m.value for m in assistant.markdown]
     assert shown[-1] == "It is **42**." and not any("think>" in text for text in shown)
     assert at.code[-1].value == "It is **42**."  # Copy gives the answer
+
+
+def test_a_thinking_model_can_be_told_to_answer_at_once(new_app, thinking_model: str) -> None:
+    at = new_app()
+    at.run()
+    at.chat_input[0].set_value("Quick: six times seven?").run()
+    chat = resources.chat_service("local")
+    [conversation] = chat.conversations()
+    [switch] = [toggle for toggle in at.toggle if toggle.label == "Think before answering"]
+    assert switch.value is True  # the model's own way by default
+    switch.set_value(False)
+    at.button(key=f"FormSubmitter:options-{conversation.id}-Save").click().run()
+    assert not at.exception
+    assert chat.params(conversation.id).thinking is False
+    first = chat.messages(conversation.id)[-1].prompt_tokens
+    at.button(key="chat.regenerate").click().run()  # asked again without reasoning: a longer prompt
+    assert chat.messages(conversation.id)[-1].prompt_tokens > first

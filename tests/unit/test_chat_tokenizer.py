@@ -17,7 +17,7 @@ from core.errors import GenerationError
 from core.inference.chat_tokenizer import KEPT_NAME, ChatTokenizer, compile_template
 from core.inference.loading import load_tokenizer
 from core.settings import PROJECT_ROOT
-from tests.fixtures.tiny_models import CORPUS, LLAMA_TEMPLATE, install_ready
+from tests.fixtures.tiny_models import CORPUS, LLAMA_TEMPLATE, QWEN3_TEMPLATE, install_ready
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello there!"}],
@@ -221,3 +221,28 @@ def test_a_full_disk_leaves_the_tokenizer_working_and_no_partial_file(
     tokenizer = load_tokenizer("tiny", directory)
     assert tokenizer.chat_ids(CONVERSATIONS[0])  # built by transformers, used, just not kept
     assert sorted(p.name for p in directory.iterdir() if p.name.startswith(".localllm-tok")) == []
+
+
+def test_thinking_off_renders_qwen3s_empty_reasoning_and_on_leaves_the_template_its_default(
+    tiny_models: dict[str, Path],
+) -> None:
+    backend = Tokenizer.from_file(str(tiny_models["qwen2"] / "tokenizer.json"))
+    default_on = (
+        "{% if enable_thinking is defined and enable_thinking is false %}quick{% else %}think{% endif %}"
+    )
+    default_off = "{% if enable_thinking is defined %}switched{% else %}plain{% endif %}"
+    rendered = []
+    for template in (QWEN3_TEMPLATE, default_on, default_off, LLAMA_TEMPLATE):
+        tokenizer = ChatTokenizer(backend, template, {"eos_token": "</s>"}, None, None, 512, clean_up=False)
+        on, off = (
+            tokenizer.decode(
+                tokenizer.chat_ids(CONVERSATIONS[0], thinking=thinking), skip_special_tokens=False
+            )
+            for thinking in (True, False)
+        )
+        rendered.append((tokenizer.switches_thinking, on, off))
+    qwen3, default_on_result, default_off_result, llama = rendered
+    assert qwen3[0] and qwen3[2] == qwen3[1] + "<think>\n\n</think>\n\n"
+    assert default_on_result == (True, "think", "quick")
+    assert default_off_result == (True, "plain", "switched")  # True is the template's own default
+    assert not llama[0] and llama[1] == llama[2]  # a template without the switch renders the same

@@ -201,3 +201,27 @@ def test_sampling_settings_and_a_seed_reach_the_engine(engine: LocalEngine) -> N
         )
         assert again.choices[0].message.content == first
         assert reply(seed=12) != first
+
+
+def test_vllms_chat_template_switch_turns_a_qwen3s_reasoning_off(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    # Qwen3's template opens and closes an empty reasoning block in the prompt when thinking is off.
+    install_ready(tmp_path / "models", "tiny", tiny_models["qwen3"])
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    with serving(engine) as url:
+        client = _client(url)
+        prompt_tokens = [
+            client.chat.completions.create(
+                model="tiny", messages=MESSAGES, max_tokens=1, extra_body=extra
+            ).usage.prompt_tokens
+            for extra in (None, {"chat_template_kwargs": {"enable_thinking": True}},
+                          {"chat_template_kwargs": {"enable_thinking": False}})
+        ]  # fmt: skip
+        ids = engine.tokenizer("tiny").encode("<think>\n\n</think>\n\n")
+        assert prompt_tokens == [prompt_tokens[0], prompt_tokens[0], prompt_tokens[0] + len(ids)]
+        not_a_boolean = {"chat_template_kwargs": {"enable_thinking": "no"}}
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="tiny", messages=MESSAGES, max_tokens=1, extra_body=not_a_boolean
+            )

@@ -231,6 +231,8 @@ def history(conversation: Conversation) -> None:
             if last and (dropped := st.session_state.get(f"chat.trimmed.{conversation.id}")):
                 st.caption(t("chat.trimmed", count=dropped))
             reply_body(message.content)
+            if message.finish_reason == "length" and split_reasoning(message.content).thinking:
+                st.caption(t("chat.cut_while_thinking"))
             if message.sources:
                 st.caption(sources_line([FileUse.from_dict(use) for use in message.sources]))
             st.caption(stats_line(message))

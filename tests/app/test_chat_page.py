@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from core.chat.configs import ConfigStore
+from core.storage import repo
 from core.storage.db import Database
 from ui import resources
 
@@ -194,3 +195,21 @@ def test_a_thinking_model_can_be_told_to_answer_at_once(new_app, thinking_model:
     first = chat.messages(conversation.id)[-1].prompt_tokens
     at.button(key="chat.regenerate").click().run()  # asked again without reasoning: a longer prompt
     assert chat.messages(conversation.id)[-1].prompt_tokens > first
+
+
+def test_a_reply_cut_off_while_thinking_says_how_to_get_the_answer(
+    new_app, ready_model: str, db_url: str
+) -> None:
+    at = new_app()
+    at.run()
+    at.chat_input[0].set_value("A hard question").run()
+    [conversation] = resources.chat_service("local").conversations()
+    with Database(db_url).begin() as session:  # what a thinking model leaves at its token limit
+        repo.add_message(
+            session, conversation.id, "assistant", "<think>\nFirst, consider", finish_reason="length"
+        )
+    at.run()
+    assert not at.exception
+    [thinking] = [e for e in at.expander if e.label == "Thinking…"]
+    assert [m.value for m in thinking.markdown] == ["First, consider"]
+    assert any("reached its length limit while the model was still thinking" in c.value for c in at.caption)

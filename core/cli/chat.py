@@ -29,6 +29,8 @@ from core.preferences import QUANTIZATIONS
               help="most tokens in one reply")  # fmt: skip
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True,
               help="0 for greedy (the same reply every time)")  # fmt: skip
+@click.option("--think/--no-think", default=True, show_default=True,
+              help="--no-think: a thinking model with the switch (Qwen3) answers at once")  # fmt: skip
 @click.option("--ignore-eos", is_flag=True, help="always generate --max-new-tokens tokens (benchmarks)")
 @click.option("--stats", is_flag=True, help="print one JSON line of statistics after each reply")
 @click.option("--force", is_flag=True, help="load even if memory looks insufficient")
@@ -36,8 +38,8 @@ from core.preferences import QUANTIZATIONS
               help="weights on the CPU for this run: int4 (fastest), int8, or none (16-bit, the reference); "
               "default: the saved setting")  # fmt: skip
 def chat(
-    model: str, prompt: str | None, system: str, max_new_tokens: int, temperature: float, ignore_eos: bool,
-    stats: bool, force: bool, quantization: str | None,
+    model: str, prompt: str | None, system: str, max_new_tokens: int, temperature: float, think: bool,
+    ignore_eos: bool, stats: bool, force: bool, quantization: str | None,
 ) -> int:  # fmt: skip
     """Stream replies from a downloaded model, with the device and weights of the saved settings."""
     from core.inference.engine import LocalEngine
@@ -56,8 +58,8 @@ def chat(
     loaded = load_with_notice(engine, key, force=force)
     load_s = time.perf_counter() - started
     conversation = service.new_conversation(f"CLI {key}", system_prompt=system)
-    service.set_options(conversation.id, system, GenerationParams(max_new_tokens=max_new_tokens,
-                                                                  temperature=temperature))  # fmt: skip
+    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, thinking=think)
+    service.set_options(conversation.id, system, params)
     messages = [prompt] if prompt is not None else (line.rstrip("\n") for line in sys.stdin)
     return _converse(service, conversation.id, messages, ignore_eos, loaded, load_s if stats else None)
 

@@ -98,6 +98,17 @@ def test_16_bit_weights_load_without_transformers_progress_bars(tiny_models: dic
     assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
+def test_no_think_makes_a_qwen3_answer_at_once(tiny_models: dict[str, Path]) -> None:
+    # Its template then closes an empty reasoning block in the prompt: a longer prompt, nothing else.
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", tiny_models["qwen3"])
+    prompt_tokens = []
+    for flag in ("--think", "--no-think"):
+        done = run_cli("chat", "qwen2.5-0.5b", "--prompt", "Hi", "--max-new-tokens", "1", "--stats", flag)
+        assert done.returncode == 0, done.stderr
+        prompt_tokens.append(json.loads(done.stdout.splitlines()[-1])["prompt_tokens"])
+    assert prompt_tokens[1] > prompt_tokens[0]
+
+
 def test_a_slow_load_says_why_on_stderr_and_a_fast_one_says_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     # Stand-in engines: a real first load (quantizing TinyLlama) takes ~40 s, too long for a test.
     said: list[str] = []

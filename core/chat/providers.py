@@ -6,8 +6,9 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from core.chat.reasoning import CLOSE, OPEN
 from core.errors import ConfigError, ProviderError
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
@@ -158,6 +159,7 @@ class OpenAICompatibleProvider:
         first_at: float | None = None
         pieces = 0
         finish, usage = None, None
+        reasoning = _ReasoningAsText()
         try:
             response = self._client.chat.completions.create(
                 model=self.model,
@@ -177,10 +179,10 @@ class OpenAICompatibleProvider:
                     if not chunk.choices:
                         continue
                     choice = chunk.choices[0]
-                    if choice.delta.content:
+                    for text in reasoning.texts(choice.delta):
                         first_at = first_at or time.perf_counter()
                         pieces += 1
-                        yield TextDelta(choice.delta.content)
+                        yield TextDelta(text)
                     if choice.finish_reason:
                         finish = "length" if choice.finish_reason == "length" else "stop"
         except openai.OpenAIError as exc:
@@ -203,6 +205,28 @@ class OpenAICompatibleProvider:
                 model=self.model,
             )
         )
+
+
+class _ReasoningAsText:
+    """A server's reasoning deltas (DeepSeek's and older vLLM's `reasoning_content`, newer vLLM's and
+    Ollama's `reasoning`) as the text a thinking model writes itself, <think>…</think> before the
+    answer, so the page folds it away as it does a local model's."""
+
+    def __init__(self) -> None:
+        self.open = False
+
+    def texts(self, delta: Any) -> Iterator[str]:
+        thought = getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)
+        if isinstance(thought, str) and thought:
+            if not self.open:
+                self.open = True
+                yield OPEN + "\n"
+            yield thought
+        if delta.content:
+            if self.open:
+                self.open = False
+                yield "\n" + CLOSE + "\n\n"
+            yield delta.content
 
 
 def provider_for_config(config: ProviderConfig | None, engine: LocalEngine) -> ChatProvider:

@@ -15,6 +15,7 @@ from core.chat.attachments import MAX_FILES, read_attachment
 from core.chat.branches import Turn
 from core.chat.presets import Preset
 from core.chat.providers import ChatProvider
+from core.chat.reasoning import split_reasoning
 from core.chat.retrieval import FileText, FileUse, with_files
 from core.errors import AttachmentError, ConfigError, ContextLengthError, MessageError, NotFoundError
 from core.inference.events import Event, Finished, TextDelta
@@ -316,7 +317,14 @@ class ChatService:
             )
             branch = branches.path_to(repo.list_messages(session, conversation_id), question)
             attached = repo.attachment_texts(session, [m.id for m in branch if m.role == "user"])
-        history = [{"role": m.role, "content": m.content} for m in branch]
+        # Earlier replies without their reasoning, as thinking models' own templates send them back.
+        history = [
+            {
+                "role": m.role,
+                "content": split_reasoning(m.content).answer if m.role == "assistant" else m.content,
+            }
+            for m in branch
+        ]
         budget = provider.context_length - params.max_new_tokens
         uses: list[FileUse] = []
         if attached and history:

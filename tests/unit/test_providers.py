@@ -15,7 +15,7 @@ from core.inference.engine import LocalEngine
 from core.inference.events import Finished, TextDelta
 from core.inference.params import GenerationParams
 from core.storage.db import Database
-from tests.fixtures.openai_faults import FaultyOpenAIServer
+from tests.fixtures.openai_faults import REASONED_ANSWER, FaultyOpenAIServer
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -115,3 +115,25 @@ def test_the_api_key_never_appears_in_errors(engine: LocalEngine) -> None:  # no
         _stream(OpenAICompatibleProvider(url, secret, "tiny"))
     assert secret not in str(raised.value)
     assert secret not in repr(raised.value.params)
+
+
+@pytest.mark.parametrize(
+    "field", ["reasoning_content", "reasoning"]
+)  # DeepSeek's, older vLLM's; vLLM's, Ollama's
+def test_a_servers_reasoning_is_folded_like_a_local_models_and_not_sent_back(
+    database: Database, field: str
+) -> None:
+    with FaultyOpenAIServer(f"reasoning:{field}") as server:
+        chat = ChatService(database, lambda: OpenAICompatibleProvider(server.url, None, "m"))
+        conversation = chat.new_conversation()
+        text = "".join(
+            e.text for e in chat.send(conversation.id, "six times seven?") if isinstance(e, TextDelta)
+        )
+        assert text == f"<think>\nSix sevens make 42.\n</think>\n\n{REASONED_ANSWER}"
+        assert chat.messages(conversation.id)[-1].content == text  # kept whole, shown folded
+        list(chat.send(conversation.id, "and six times eight?"))
+        sent = server.bodies[-1]["messages"]
+        assert sent[1] == {
+            "role": "assistant",
+            "content": REASONED_ANSWER,
+        }  # the answer without its reasoning

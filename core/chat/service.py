@@ -203,7 +203,19 @@ class ChatService:
         if conversation.system_prompt:
             lines += [f"> System: {conversation.system_prompt}", ""]
         for message in self.messages(conversation_id):
-            lines += [f"**{message.role}**", "", message.content, ""]
+            split = split_reasoning(message.content) if message.role == "assistant" else None
+            if split is not None and split.reasoning:  # folded, as the page shows it
+                thought = [
+                    "<details><summary>Thought process</summary>",
+                    "",
+                    split.reasoning,
+                    "",
+                    "</details>",
+                    "",
+                ]
+                lines += [f"**{message.role}**", "", *thought, split.answer, ""]
+            else:
+                lines += [f"**{message.role}**", "", message.content, ""]
         return "\n".join(lines)
 
     def export_json(self, conversation_id: int | None = None) -> bytes:

@@ -194,9 +194,15 @@ def test_conversations_rename_search_export_delete_and_owners(chat: ChatService,
     markdown = chat.export_markdown(conversation.id)
     assert markdown.startswith("# Hangzhou trip")
     assert "<script>alert(1)</script> what about 西湖?" in markdown
+    reply = chat.messages(conversation.id)[-1]
+    chat.edit_reply(
+        conversation.id, reply.id, "<think>\nThe lake.\n</think>\n\nWest Lake."
+    )  # as Qwen3 writes
+    thought = "<details><summary>Thought process</summary>\n\nThe lake.\n\n</details>\n\nWest Lake.\n"
+    assert chat.export_markdown(conversation.id).endswith(f"**assistant**\n\n{thought}")
     [exported] = json.loads(chat.export_json(conversation.id))["conversations"]
     assert exported["title"] == "Hangzhou trip"
-    assert [m["role"] for m in exported["messages"]] == ["user", "assistant"]
+    assert [m["role"] for m in exported["messages"]] == ["user", "assistant", "assistant"]  # and the edit
 
     someone_else = ChatService(database, chat.provider, owner="bob")
     assert someone_else.conversations() == []

@@ -197,7 +197,11 @@ def switches_thinking(current: ProviderConfig | None) -> bool:
         return False
     try:
         return resources.engine().tokenizer(current.model).switches_thinking
-    except LocalLLMError:  # not downloaded, or its tokenizer unreadable: the reply will say so
+    except (
+        LocalLLMError,
+        OSError,
+        ValueError,
+    ):  # not downloaded, or an unreadable tokenizer: the reply says so
         return False
 
 

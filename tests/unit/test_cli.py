@@ -95,7 +95,9 @@ def test_16_bit_weights_load_without_transformers_progress_bars(tiny_models: dic
     done = run_cli(
         "chat", "qwen2.5-0.5b", "--prompt", "Hi", "--max-new-tokens", "2", "--quantization", "none"
     )
-    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.returncode == 0, done.stderr
+    # A slow load's own notice may be on stderr on a busy machine; transformers' bar never is.
+    assert "Loading weights" not in done.stderr and "it/s]" not in done.stderr, done.stderr
 
 
 def test_no_think_makes_a_qwen3_answer_at_once(tiny_models: dict[str, Path]) -> None:

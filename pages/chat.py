@@ -11,7 +11,7 @@ from core.chat.attachments import FILE_TYPES, MAX_CHARACTERS
 from core.chat.attachments import MAX_FILE_BYTES as ATTACHMENT_BYTES
 from core.chat.branches import Turn
 from core.chat.presets import Preset, PresetStore
-from core.chat.reasoning import split_reasoning
+from core.chat.reasoning import SplitReply, split_reasoning
 from core.chat.retrieval import FileUse
 from core.chat.service import ChatEvent, FilesUsed, Trimmed
 from core.errors import InsufficientMemoryError, LocalLLMError
@@ -158,14 +158,14 @@ def welcome(current: ProviderConfig) -> tuple[str | None, Preset | None]:
     return clicked, new_chat_preset(presets, current.model)
 
 
-def options(conversation: Conversation) -> None:
+def options(conversation: Conversation, current: ProviderConfig) -> None:
     params = chat.params(conversation.id)
     with st.expander(t("chat.options")):
-        preset_picker(chat, presets, conversation, store.get_current_config().model)
-        settings_form(conversation, params)
+        preset_picker(chat, presets, conversation, current.model)
+        settings_form(conversation, params, switches_thinking(current))
 
 
-def settings_form(conversation: Conversation, params: GenerationParams) -> None:
+def settings_form(conversation: Conversation, params: GenerationParams, thinking_switch: bool) -> None:
     with st.form(f"options-{conversation.id}", border=False):
         system = st.text_area(t("chat.system_prompt"), value=conversation.system_prompt, height=80)
         left, right = st.columns(2)
@@ -180,7 +180,7 @@ def settings_form(conversation: Conversation, params: GenerationParams) -> None:
         seed = right.number_input(t("chat.seed"), 0, 2**31, params.seed, 1, placeholder=t("chat.random"),
                                   help=t("chat.seed_help"))  # fmt: skip
         thinking = params.thinking
-        if switches_thinking(store.get_current_config()):
+        if thinking_switch:
             thinking = left.toggle(t("chat.think_first"), thinking, help=t("chat.think_first_help"))
         if st.form_submit_button(t("chat.save")):
             new_params = GenerationParams(
@@ -191,17 +191,14 @@ def settings_form(conversation: Conversation, params: GenerationParams) -> None:
             attempt(lambda: chat.set_options(conversation.id, system, new_params))
 
 
-def switches_thinking(current: ProviderConfig | None) -> bool:
+def switches_thinking(current: ProviderConfig) -> bool:
     """Whether the chosen model runs here and its chat template can skip the reasoning (Qwen3)."""
-    if current is None or current.provider != "local_model":
+    if current.provider != "local_model":
         return False
     try:
         return resources.engine().tokenizer(current.model).switches_thinking
-    except (
-        LocalLLMError,
-        OSError,
-        ValueError,
-    ):  # not downloaded, or an unreadable tokenizer: the reply says so
+    # Not downloaded, or an unreadable tokenizer: no switch here, and the reply says what is wrong.
+    except (LocalLLMError, OSError, ValueError):
         return False
 
 
@@ -234,15 +231,16 @@ def history(conversation: Conversation) -> None:
                 continue
             if last and (dropped := st.session_state.get(f"chat.trimmed.{conversation.id}")):
                 st.caption(t("chat.trimmed", count=dropped))
-            reply_body(message.content)
-            if message.finish_reason == "length" and split_reasoning(message.content).thinking:
+            split = split_reasoning(message.content)
+            reply_body(split)
+            if message.finish_reason == "length" and split.thinking:
                 st.caption(t("chat.cut_while_thinking"))
             if message.sources:
                 st.caption(sources_line([FileUse.from_dict(use) for use in message.sources]))
             st.caption(stats_line(message))
             with st.container(horizontal=True, vertical_alignment="center"):
                 with st.popover(t("chat.copy"), icon=":material/content_copy:"):
-                    st.code(split_reasoning(message.content).answer, language=None, wrap_lines=True)
+                    st.code(split.answer, language=None, wrap_lines=True)
                 edit_reply(conversation, message)
                 if last:
                     st.button(
@@ -320,10 +318,9 @@ def edit_reply(conversation: Conversation, message: Message) -> None:
             st.rerun()
 
 
-def reply_body(text: str) -> None:
+def reply_body(split: SplitReply) -> None:
     """A reply as Markdown that fetches no image (reply_markdown), a thinking model's reasoning folded
     away above its answer (open while it is still being written)."""
-    split = split_reasoning(text)
     if split.reasoning or split.thinking:
         label = t("chat.thinking") if split.thinking else t("chat.thought")
         with st.expander(label, icon=":material/psychology:", expanded=split.thinking):
@@ -338,7 +335,7 @@ def write_reply(pieces: Iterator[str]) -> None:
     for piece in pieces:
         text += piece
         with shown.container():
-            reply_body(text)
+            reply_body(split_reasoning(text))
 
 
 def ask_again(how: str) -> None:
@@ -454,7 +451,7 @@ if conversation is None:
         suggested, first_preset = welcome(current)
 else:
     header(conversation)
-    options(conversation)
+    options(conversation, current)
     history(conversation)
 
 pending = st.session_state.pop("chat.pending", None)

@@ -44,9 +44,7 @@ def chat(
     """Stream replies from a downloaded model, with the device and weights of the saved settings."""
     from core.inference.engine import LocalEngine
 
-    if (
-        prompt is not None and not prompt.strip()
-    ):  # before a model loads for nothing (stdin's blank lines pass)
+    if prompt is not None and not prompt.strip():  # before a model loads for nothing (stdin's blanks pass)
         raise MessageError("The message is empty.")
 
     models_library = library()

@@ -1,4 +1,4 @@
-"""A lean forward pass for Llama-family models (Llama, Qwen2, Qwen3, Mistral), quantized on a CPU.
+"""A lean forward pass for Llama-family models (Llama, Qwen2/3, Mistral): quantized on a CPU, 16-bit on a GPU.
 
 Decoding one token with transformers runs ~600 small tensor operations plus module, cache and mask
 bookkeeping; on a 2-core CPU that was 8 ms of Qwen2.5-0.5B's 24 ms per token, beside 15 ms of

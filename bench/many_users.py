@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx2 as httpx
 import psutil
 
-from bench.readiness import CONFIGS, build
+from bench.readiness import CATALOG_MODELS, CONFIGS, build
 from core.settings import PROJECT_ROOT
 from tests.fixtures.serving import free_port
 from tests.fixtures.tiny_models import install_ready
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens of each request")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of each N (a row each, then medians)")
     parser.add_argument("--prompt-words", type=int, default=12, help="'hello world' pairs in the message")
-    parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--models", nargs="+", default=CATALOG_MODELS, choices=list(CONFIGS))
     parser.add_argument(
         "--parallel", type=int, help="LOCALLLM_PARALLEL for the server (default: the setting's)"
     )

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.readiness import CONFIGS, build
+from bench.readiness import CATALOG_MODELS, CONFIGS, build
 from core.settings import PROJECT_ROOT
 from tests.fixtures.tiny_models import install_ready
 
@@ -67,7 +67,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--prompts", type=int, default=60, help="first messages of new lengths")
-    parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--models", nargs="+", default=CATALOG_MODELS, choices=list(CONFIGS))
     parser.add_argument("--quantization", default="int4", choices=["int4", "int8", "none"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="localllm-prompt-memory-") as tmp:

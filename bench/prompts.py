@@ -25,7 +25,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench.readiness import CONFIGS, build
+from bench.readiness import CATALOG_MODELS, CONFIGS, build
 from bench.speed import llama_cpp_models, prompt_words, run_json
 from tests.fixtures.tiny_models import install_ready
 
@@ -84,7 +84,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--prompt-tokens", type=int, nargs="+", default=[100, 250, 500, 1000])
-    parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--models", nargs="+", default=CATALOG_MODELS, choices=list(CONFIGS))
     parser.add_argument("--llama-cpp", type=Path, help="a llama.cpp source tree (for convert_hf_to_gguf.py)")
     args = parser.parse_args()
     results: dict[str, list[dict]] = {}

@@ -1,10 +1,10 @@
 """Readiness estimates against reality, for the full-size catalog architectures (random weights).
 
-For Qwen2.5-0.5B-Instruct and TinyLlama-1.1B-Chat, builds a model with the exact config numbers and
-random weights (speed and memory do not depend on weight values; nothing is downloaded), then in a
-fresh process loads it with the engine and generates: prints the estimated vs measured resident
-memory (after a reply: mmapped weights are resident only once read), and the decode-speed bound
-(read bandwidth / weight bytes) vs measured tokens/s.
+For Qwen2.5-0.5B-Instruct, TinyLlama-1.1B-Chat and Qwen3-0.6B (a model users add), builds a model
+with the exact config numbers and random weights (speed and memory do not depend on weight values;
+nothing is downloaded), then in a fresh process loads it with the engine and generates: prints the
+estimated vs measured resident memory (after a reply: mmapped weights are resident only once read),
+and the decode-speed bound (read bandwidth / weight bytes) vs measured tokens/s.
 
 Usage: .venv/bin/python -m bench.readiness [--tokens 48]
 """
@@ -40,7 +40,18 @@ CONFIGS = {
             "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
         },
     ),
+    # A model users add (not in the catalog): Qwen2 with per-head q/k norms and a thinking switch.
+    "Qwen/Qwen3-0.6B": (
+        "qwen3",
+        {
+            "vocab_size": 151936, "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
+            "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+            "max_position_embeddings": 40960, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": True,
+        },
+    ),
 }  # fmt: skip
+CATALOG_MODELS = ["qwen2.5-0.5b", "tinyllama-1.1b"]  # the benches' default; others by --models
 
 MEASURE = """
 import json, sys, threading, psutil
@@ -67,14 +78,13 @@ def build(key: str, directory: Path, *, speaking: bool = False) -> Path:
     token's too: every reply runs to max_tokens), so a reply streams text as a real one does; weight
     values do not change the work a token costs."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     arch, numbers = CONFIGS[key]
     spec = ARCHS[arch]
     tokenizer = _train_tokenizer(spec, vocab_size=400)
-    config_class = Qwen2Config if arch == "qwen2" else LlamaConfig
     eos = tokenizer.convert_tokens_to_ids(spec.eos)
-    config = config_class(**numbers, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+    config = AutoConfig.for_model(arch, **numbers, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     if speaking:

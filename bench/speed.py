@@ -36,7 +36,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.readiness import CONFIGS, build
+from bench.readiness import CATALOG_MODELS, CONFIGS, build
 from core.hardware import measure_bandwidth
 from core.inference.sizing import Precision, decode_tokens_per_s_bound, model_memory
 from core.settings import PROJECT_ROOT
@@ -274,7 +274,7 @@ def main() -> None:
     )
     parser.add_argument("--tokens", type=int, default=128, help="new tokens to decode")
     parser.add_argument("--prompt-tokens", type=int, default=100)
-    parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--models", nargs="+", default=CATALOG_MODELS, choices=list(CONFIGS))
     parser.add_argument("--llama-cpp", type=Path, help="a llama.cpp source tree (for convert_hf_to_gguf.py)")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: all CPUs)")
     parser.add_argument("--no-quality", action="store_true")

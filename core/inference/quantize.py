@@ -7,8 +7,8 @@ bytes per weight, more tokens per second. Activations stay in the model's dtype.
   weight with their bf16 storage), fitted to the group by least squares as llama.cpp's K-quants are,
   in the layout and kernel (`_weight_int4pack_mm_for_cpu`) of torchao and gpt-fast; the attention
   projections of the first eighth of the layers stay int8, and in narrow models (hidden size <= 1024)
-  every attention and o projection and the whole first eighth of the layers
-  (core.inference.sizing.int4_keeps_int8).
+  the whole first eighth of the layers, and every attention and o projection where they are a small
+  part of a layer (core.inference.sizing.KvLayout.int4_keeps_int8).
 - int8: one scale per output channel (`_weight_int8pack_mm`), close to lossless.
 
 Either way the output head (the tied vocabulary) stays int8, as llama.cpp's Q4_K_M keeps its output at
@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn import functional
 
 from core.hardware import return_freed_memory_to_os
-from core.inference.sizing import int4_keeps_int8
+from core.inference.sizing import KvLayout
 
 INT4_GROUP = 32
 PROMPT_ROWS = 32  # from this many rows on (a prompt), dequantizing + a GEMM beats the int8 kernel
@@ -609,15 +609,15 @@ class Int8Embedding(nn.Module):
         return head.weight[ids].to(head.scale.dtype) * head.scale[ids].unsqueeze(-1)
 
 
-def matrix_scheme(name: str, scheme: str, head_name: str, layers: int, hidden_size: int) -> str:
+def matrix_scheme(name: str, scheme: str, head_name: str, layout: KvLayout) -> str:
     """How one matrix (its name in the model) is stored under `scheme`: the output head is int8, and
-    within int4 what `int4_keeps_int8` names for a model of `layers` layers `hidden_size` wide."""
+    within int4 what `int4_keeps_int8` names for a model of this layout."""
     if name == head_name:
         return "int8"
     if scheme == "int4":
         layer = re.search(r"\.layers\.(\d+)\.", name)
         index = int(layer.group(1)) if layer else None
-        if int4_keeps_int8(name.rsplit(".", 1)[-1], index, layers, hidden_size):
+        if layout.int4_keeps_int8(name.rsplit(".", 1)[-1], index):
             return "int8"
     return scheme
 
@@ -626,20 +626,20 @@ def quantize_model(model: Any, dtype: torch.dtype, scheme: str = "int4", load: L
     """Fuse siblings and swap every nn.Linear for a quantized one in place; return the matrices made.
 
     The output head is int8 whatever the scheme (matrix_scheme: under int4 also what
-    `int4_keeps_int8` names). With tied input/output embeddings the input table becomes a view of the
+    `KvLayout.int4_keeps_int8` names). With tied input/output embeddings the input table becomes a view of the
     int8 head, so the vocabulary is stored once, in int8. A model built on the meta device is filled
     tensor by tensor through `load` as it goes, so the 16-bit weights never exist all at once.
     """
     # By name: a reference to the head module would keep its 16-bit matrix (the whole vocabulary, read
     # first) alive until every layer is done.
     head_name = next(name for name, m in model.named_modules() if m is model.get_output_embeddings())
-    layers, hidden_size = model.config.num_hidden_layers, model.config.hidden_size
+    layout = KvLayout.of(model.config)
     made = 0
 
     def quantize(linear: nn.Linear, name: str) -> nn.Module:
         nonlocal made
         made += 1
-        return QUANTIZERS[matrix_scheme(name, scheme, head_name, layers, hidden_size)](linear, dtype)
+        return QUANTIZERS[matrix_scheme(name, scheme, head_name, layout)](linear, dtype)
 
     # Parents only: a list that also held the leaf layers would keep each 16-bit matrix alive to the end.
     parents = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.hardware import HardwareInfo
 from core.hub.store import config_count, read_config
@@ -16,22 +17,17 @@ CONTEXT_FOR_ESTIMATES = 4096  # tokens of KV cache planned for: a long chat, not
 # int4 keeps the q/k/v projections of the first eighth of the layers int8: most of the error int4
 # adds there (TinyLlama-1.1B: KL 0.102 with every q/k/v int4, 0.076 with the first eighth int8, 0.070
 # with all int8, which read 6 % more bytes a token and decode ~10 % slower), as llama.cpp's Q4_K_M
-# spends more bits on the first layers. A model this narrow or narrower (Qwen2.5-0.5B: 896) keeps every
-# q/k/v and o projection int8 (Qwen: KL 0.0345 -> 0.0243 for the q/k/v, 1.6 % more bytes), and the
-# whole first eighth of its layers: KL 0.024 -> 0.0043 for 3.6 % more bytes (llama.cpp's Q4_K_M
-# 0.0091: it spends 5-8 bits on every matrix of rows this short), see docs/performance.md.
+# spends more bits on the first layers. A model this narrow or narrower keeps the whole first eighth
+# of its layers int8 (Qwen2.5-0.5B, 896 wide: KL 0.024 -> 0.0043 with the next rule, for 3.6 % more
+# bytes; Qwen3-0.6B, 1024 wide: 0.0146 -> 0.0081; llama.cpp's Q4_K_M 0.0091 and 0.0134), and where
+# attention is at most a third of a layer's weights, every q/k/v and o projection too (Qwen2.5: 12 %,
+# 0.0084 -> 0.0043; SmolLM2-360M: 25 %, 0.0077 -> 0.0025, Q4_K_M 0.0066). Where it is more
+# (Qwen3-0.6B: 40 %), that reads 13 % more bytes a token, for a KL already below Q4_K_M's. See
+# docs/performance.md.
 NARROW_HIDDEN = 1024
+CHEAP_ATTENTION = 1 / 3  # of a layer's weights
 ATTENTION_PROJECTIONS = ("qkv_proj", "q_proj", "k_proj", "v_proj")
 NARROW_INT8 = ("o_proj",)
-
-
-def int4_keeps_int8(matrix: str, layer: int | None, layers: int, hidden_size: int) -> bool:
-    """Whether int4 stores a layer's `matrix` (its name in the layer: "qkv_proj", "down_proj", ...) as
-    int8 in a model of `layers` layers `hidden_size` wide."""
-    first_eighth = layer is not None and layer < max(1, layers // 8)
-    if 0 < hidden_size <= NARROW_HIDDEN:
-        return first_eighth or matrix in ATTENTION_PROJECTIONS or matrix in NARROW_INT8
-    return first_eighth and matrix in ATTENTION_PROJECTIONS
 
 
 @dataclass(frozen=True)
@@ -62,23 +58,46 @@ class KvLayout:
     def bytes_for(self, tokens: int, dtype_bytes: int) -> int:
         return 2 * self.layers * self.kv_heads * self.head_dim * tokens * dtype_bytes
 
+    @classmethod
+    def of(cls, config: Any) -> KvLayout:
+        """The layout of a loaded model's config object (transformers' or core.inference.skeleton's)."""
+        names = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_size")
+        return cls.from_config({name: getattr(config, name, None) for name in (*names, "intermediate_size")})
+
     @property
     def attention_weights(self) -> int:
         """Weights of the q, k and v projections in all layers."""
-        return self.layers * self.hidden_size * (self.heads + 2 * self.kv_heads) * self.head_dim
+        return self.layers * self.layer_weights["qkv_proj"]
+
+    @property
+    def layer_weights(self) -> dict[str, int]:
+        """Weights of each of a layer's matrices (as core.inference.quantize fuses them)."""
+        mlp = self.hidden_size * self.intermediate_size  # down; gate and up are one each
+        return {"qkv_proj": self.hidden_size * (self.heads + 2 * self.kv_heads) * self.head_dim,
+                "o_proj": self.hidden_size * self.heads * self.head_dim,
+                "down_proj": mlp, "gate_up_proj": 2 * mlp}  # fmt: skip
+
+    def int4_keeps_int8(self, matrix: str, layer: int | None) -> bool:
+        """Whether int4 stores a layer's `matrix` (its name in the layer: "qkv_proj", "down_proj", ...)
+        as int8 in a model of this layout."""
+        first_eighth = layer is not None and layer < max(1, self.layers // 8)
+        if not 0 < self.hidden_size <= NARROW_HIDDEN:
+            return first_eighth and matrix in ATTENTION_PROJECTIONS
+        return first_eighth or (matrix in ATTENTION_PROJECTIONS + NARROW_INT8 and self._cheap_attention)
+
+    @property
+    def _cheap_attention(self) -> bool:
+        sizes = self.layer_weights
+        return sizes["qkv_proj"] + sizes["o_proj"] <= CHEAP_ATTENTION * sum(sizes.values())
 
     @property
     def int4_int8_weights(self) -> int:
         """Weights that int4 keeps int8 (int4_keeps_int8) in all layers."""
-        mlp = self.hidden_size * self.intermediate_size  # down; gate and up are one each
-        sizes = {"qkv_proj": self.attention_weights // max(self.layers, 1),
-                 "o_proj": self.hidden_size * self.heads * self.head_dim,
-                 "down_proj": mlp, "gate_up_proj": 2 * mlp}  # fmt: skip
         return sum(
             size
             for layer in range(self.layers)
-            for matrix, size in sizes.items()
-            if int4_keeps_int8(matrix, layer, self.layers, self.hidden_size)
+            for matrix, size in self.layer_weights.items()
+            if self.int4_keeps_int8(matrix, layer)
         )
 
 

@@ -100,6 +100,11 @@ def test_kv_layout_from_a_config() -> None:
     assert layout.int4_int8_weights == layout.attention_weights + 24 * 896 * 896 + 3 * 3 * 896 * 4864
     wide = replace(layout, hidden_size=2048, heads=32, intermediate_size=5632)
     assert wide.int4_int8_weights == wide.attention_weights // 24 * 3  # q/k/v of the first eighth
+    # Qwen3-0.6B: narrow, but its attention (16 heads of 128 from 1024) is 40 % of a layer: int4 keeps
+    # only the first eighth of its layers int8
+    qwen3 = KvLayout(28, 8, 128, hidden_size=1024, heads=16, intermediate_size=3072)
+    assert qwen3.int4_int8_weights == 3 * sum(qwen3.layer_weights.values())
+    assert sum(qwen3.layer_weights.values()) == 1024 * (2048 + 2 * 1024) + 1024 * 2048 + 3 * 1024 * 3072
 
 
 def _machine(ram_available: int, ram_total: int, gpu_free: int | None = None) -> HardwareInfo:

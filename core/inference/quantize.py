@@ -180,34 +180,52 @@ def fit_groups(groups: torch.Tensor, levels: int = 15) -> tuple[torch.Tensor, to
     As llama.cpp's make_qkx2_quants does: besides mapping [min, max] onto 0..levels, try scales that
     stretch or squeeze the range a little, fit scale and low to each rounding by weighted least squares
     and keep whichever error (weighted to favour large weights, as llama.cpp weighs without an
-    importance matrix) is least. Never worse than min/max, which is the first candidate.
+    importance matrix) is least. Never worse than min/max, which is checked last, group by group.
     """
     low, high = groups.amin(dim=-1), groups.amax(dim=-1)
     span = (high - low).clamp_(min=1e-8)
     weight = groups.square().mean(dim=-1, keepdim=True).sqrt_() + groups.abs()
-    sum_w, sum_x = weight.sum(dim=-1), (weight * groups).sum(dim=-1)
-    codes = ((groups - low[..., None]) * (levels / span)[..., None]).round_().clamp_(0, levels)
-    scale, offset = span / levels, low
-    best = (weight * (codes * scale[..., None] + offset[..., None] - groups).square_()).sum(dim=-1)
+    shifted, weighted_x = groups - low[..., None], weight * groups
+    sum_w, sum_x, sum_x2 = weight.sum(dim=-1), weighted_x.sum(dim=-1), (weighted_x * groups).sum(dim=-1)
+
+    def rounded(stretch: torch.Tensor | float) -> torch.Tensor:
+        # One division for a stretch and for a group's chosen one (a Python number over a tensor is a
+        # reciprocal times it: another rounding, which flips ties such as the max at 14.5 levels).
+        factor = (levels + torch.as_tensor(stretch, dtype=span.dtype)) / span
+        return (shifted * factor[..., None]).round_().clamp_(0, levels)
+
+    def error(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        return (weight * torch.addcmul(offset[..., None] - groups, codes, scale[..., None]).square_()).sum(-1)
+
+    min_max_codes, min_max_scale = rounded(0.0), span / levels
+    best = torch.full_like(span, float("inf"))
+    stretches, scale, offset = torch.zeros_like(span), min_max_scale, low
     for stretch in FIT_STRETCHES:
-        trial = (
-            ((groups - low[..., None]) * ((levels + stretch) / span)[..., None]).round_().clamp_(0, levels)
-        )
+        trial = rounded(stretch)
         weighted = weight * trial
-        sum_l, sum_l2, sum_xl = weighted.sum(-1), (weighted * trial).sum(-1), (weighted * groups).sum(-1)
+        sum_l, sum_l2, sum_xl = weighted.sum(-1), (weighted * trial).sum(-1), (weighted_x * trial).sum(-1)
         det = sum_w * sum_l2 - sum_l * sum_l
         safe = torch.where(det > 0, det, torch.ones_like(det))
         trial_scale = (sum_w * sum_xl - sum_x * sum_l) / safe
         trial_offset = (sum_l2 * sum_x - sum_l * sum_xl) / safe
-        error = (weight * (trial * trial_scale[..., None] + trial_offset[..., None] - groups).square_()).sum(
-            -1
+        # Σ w (code × scale + offset - x)², expanded over the sums: no pass over the weights for it
+        trial_error = (
+            trial_scale * (trial_scale * sum_l2 + 2 * trial_offset * sum_l - 2 * sum_xl)
+            + trial_offset * (trial_offset * sum_w - 2 * sum_x)
+            + sum_x2
         )
-        better = (det > 0) & (trial_scale > 0) & (error < best)
-        codes = torch.where(better[..., None], trial, codes)
+        better = (det > 0) & (trial_scale > 0) & (trial_error < best)
+        stretches = torch.where(better, stretch, stretches)
         scale = torch.where(better, trial_scale, scale)
         offset = torch.where(better, trial_offset, offset)
-        best = torch.where(better, error, best)
-    return codes, scale, offset
+        best = torch.where(better, trial_error, best)
+    codes = rounded(stretches)
+    fitted = error(codes, scale, offset) < error(min_max_codes, min_max_scale, low)
+    return (
+        torch.where(fitted[..., None], codes, min_max_codes),
+        torch.where(fitted, scale, min_max_scale),
+        torch.where(fitted, offset, low),
+    )
 
 
 def quantize_groups(

@@ -141,9 +141,8 @@ class LocalEngine:
         dtype = choose_dtype(device)
         scheme = self.quantization
         if device == "cpu" and scheme in BYTES_PER_WEIGHT and self._kernel(scheme):
-            int8 = BYTES_PER_WEIGHT[
-                "int8"
-            ]  # the head, and what int4 keeps int8 (sizing.KvLayout.int4_keeps_int8)
+            # the head, and what int4 keeps int8 (sizing.KvLayout.int4_keeps_int8)
+            int8 = BYTES_PER_WEIGHT["int8"]
             return Precision(BYTES_PER_WEIGHT[scheme], int8, dtype.itemsize, scheme, int8)
         label = str(dtype).removeprefix("torch.")
         return Precision(dtype.itemsize, dtype.itemsize, dtype.itemsize, label)

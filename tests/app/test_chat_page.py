@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from streamlit.testing.v1 import AppTest
+
 from core.chat.configs import ConfigStore
+from core.chat.service import ChatService
 from core.storage import repo
 from core.storage.db import Database
+from core.storage.records import Conversation
 from ui import resources
+
+
+def _asked(new_app, *questions: str) -> tuple[AppTest, ChatService, Conversation]:
+    """The chat page after `questions` were sent in a new conversation, its service and that conversation."""
+    at = new_app()
+    at.run()
+    for question in questions:
+        at.chat_input[0].set_value(question).run()
+    chat = resources.chat_service("local")
+    [conversation] = chat.conversations()
+    return at, chat, conversation
 
 
 def test_without_a_ready_model_the_page_says_what_to_do(new_app) -> None:
@@ -59,12 +74,7 @@ def test_a_preset_sets_the_conversation_up_and_can_be_a_models_default(new_app, 
 
 
 def test_editing_a_message_branches_and_the_arrows_switch_back(new_app, ready_model: str) -> None:
-    at = new_app()
-    at.run()
-    at.chat_input[0].set_value("first question").run()
-    at.chat_input[0].set_value("second question").run()
-    chat = resources.chat_service("local")
-    [conversation] = chat.conversations()
+    at, chat, conversation = _asked(new_app, "first question", "second question")
     first = chat.messages(conversation.id)[0]
 
     at.text_area(key=f"edit-{first.id}").set_value("an edited first question")
@@ -163,11 +173,7 @@ def test_a_model_too_big_for_the_free_memory_says_so_and_loads_anyway_on_request
 
 def test_a_thinking_models_reasoning_is_folded_away_above_its_answer(new_app, ready_model: str) -> None:
     # The tiny model cannot think: the reply is corrected by hand to what Qwen3 writes (kept as written).
-    at = new_app()
-    at.run()
-    at.chat_input[0].set_value("What is six times seven?").run()
-    chat = resources.chat_service("local")
-    [conversation] = chat.conversations()
+    at, chat, conversation = _asked(new_app, "What is six times seven?")
     answer = chat.messages(conversation.id)[-1]
     chat.edit_reply(conversation.id, answer.id, "<think>\nSix sevens: **42**.\n</think>\n\nIt is **42**.")
     at.run()
@@ -181,11 +187,7 @@ def test_a_thinking_models_reasoning_is_folded_away_above_its_answer(new_app, re
 
 
 def test_a_thinking_model_can_be_told_to_answer_at_once(new_app, thinking_model: str) -> None:
-    at = new_app()
-    at.run()
-    at.chat_input[0].set_value("Quick: six times seven?").run()
-    chat = resources.chat_service("local")
-    [conversation] = chat.conversations()
+    at, chat, conversation = _asked(new_app, "Quick: six times seven?")
     [switch] = [toggle for toggle in at.toggle if toggle.label == "Think before answering"]
     assert switch.value is True  # the model's own way by default
     switch.set_value(False)

@@ -14,6 +14,7 @@ from core.chat.presets import Preset, PresetStore
 from core.chat.reasoning import SplitReply, split_reasoning
 from core.chat.retrieval import FileUse
 from core.chat.service import ChatEvent, FilesUsed, Trimmed
+from core.chat.titles import title_from
 from core.errors import InsufficientMemoryError, LocalLLMError
 from core.inference.events import Finished, Queued, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
@@ -408,7 +409,7 @@ def ask(
         return
     started_here = conversation is None
     if conversation is None:
-        conversation = chat.new_conversation(text.strip().splitlines()[0][:40] or DEFAULT_TITLE)
+        conversation = chat.new_conversation(title_from(text) or DEFAULT_TITLE)
         if preset is not None:
             chat.apply_preset(conversation.id, preset)
     with st.chat_message("user"):

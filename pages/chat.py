@@ -11,7 +11,7 @@ from core.chat.attachments import FILE_TYPES, MAX_CHARACTERS
 from core.chat.attachments import MAX_FILE_BYTES as ATTACHMENT_BYTES
 from core.chat.branches import Turn
 from core.chat.presets import Preset, PresetStore
-from core.chat.reasoning import SplitReply, split_reasoning
+from core.chat.reasoning import split_reasoning
 from core.chat.retrieval import FileUse
 from core.chat.service import ChatEvent, FilesUsed, Trimmed
 from core.chat.titles import title_from
@@ -22,8 +22,9 @@ from core.storage.records import AttachmentInfo, Conversation, Message, Provider
 from core.units import format_bytes
 from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
-from ui.markup import escape_markdown, reply_markdown, urls_as_code
+from ui.markup import escape_markdown, urls_as_code
 from ui.presets import new_chat_preset, preset_picker
+from ui.replies import reply_body, write_reply
 from ui.widgets import attempt, file_picker, make_current, model_choices
 
 DEFAULT_TITLE = "New chat"
@@ -317,26 +318,6 @@ def edit_reply(conversation: Conversation, message: Message) -> None:
         saved = st.button(t("chat.save"), key=f"edit-save-{message.id}", type="primary")
         if saved and attempt(lambda: chat.edit_reply(conversation.id, message.id, text)):
             st.rerun()
-
-
-def reply_body(split: SplitReply) -> None:
-    """A reply as Markdown that fetches no image (reply_markdown), a thinking model's reasoning folded
-    away above its answer (open while it is still being written)."""
-    if split.reasoning or split.thinking:
-        label = t("chat.thinking") if split.thinking else t("chat.thought")
-        with st.expander(label, icon=":material/psychology:", expanded=split.thinking):
-            st.markdown(reply_markdown(split.reasoning or "", t("chat.image")))
-    if split.answer:
-        st.markdown(reply_markdown(split.answer, t("chat.image")))
-
-
-def write_reply(pieces: Iterator[str]) -> None:
-    """The reply as it streams, rendered as the finished one is."""
-    shown, text = st.empty(), ""
-    for piece in pieces:
-        text += piece
-        with shown.container():
-            reply_body(split_reasoning(text))
 
 
 def ask_again(how: str) -> None:

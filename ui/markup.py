@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from markdown_it import MarkdownIt
+
 # Escaped anywhere. '.', '-', '+', '(' and ')' only mean something at the start of a line (lists,
 # rules, headings): escaped there only, since inside a bare URL (which becomes a link) a backslash
 # would show.
@@ -22,6 +24,8 @@ _CODE = re.compile(r"(?ms)^[ ]{0,3}(`{3,}|~{3,}).*?(?:^[ ]{0,3}\1[`~]*[ \t]*$|\Z
 _IMAGE = re.compile(r"!(?=\s*\[)")
 # A bare http(s) URL up to whitespace, quotes, brackets or CJK punctuation (fullwidth forms included).
 _BARE_URL = re.compile(r"https?://[^\s`<>\"'()\[\]\u3000-\u303f\uff00-\uffef]+")
+# Block structure as Streamlit's renderer sees it (CommonMark with GitHub's tables).
+_BLOCKS = MarkdownIt("commonmark").enable("table")
 
 
 def escape_markdown(text: str) -> str:
@@ -66,3 +70,19 @@ def _outside_code(text: str, change: Callable[[str], str]) -> str:
         last = code.end()
     pieces.append(change(text[last:]))
     return "".join(pieces)
+
+
+def settled_length(markdown: str) -> int:
+    """How much of a Markdown text still being written is whole top-level blocks that no text added
+    after it can change: everything before the line where the last top-level block of its complete
+    lines starts (a line still being written may yet join the block above it: "3" before "3. three").
+    A streaming reply draws those once, and redraws only what follows."""
+    lines = markdown[: markdown.rfind("\n") + 1]
+    tokens = _BLOCKS.parse(lines)
+    starts = [token.map[0] for token in tokens if token.level == 0 and token.map and token.nesting >= 0]
+    if len(starts) < 2:
+        return 0
+    offset = 0
+    for _ in range(starts[-1]):
+        offset = lines.index("\n", offset) + 1
+    return offset

@@ -9,7 +9,7 @@ import re
 import pytest
 from markdown_it import MarkdownIt
 
-from ui.markup import escape_markdown, reply_markdown, urls_as_code
+from ui.markup import escape_markdown, reply_markdown, settled_length, urls_as_code
 
 RENDERER = MarkdownIt("commonmark").enable(["table", "strikethrough"])
 
@@ -94,3 +94,33 @@ def test_an_address_in_a_sentence_is_shown_whole_and_ends_where_it_ends(
     assert re.findall(r"<code>(.*?)</code>", rendered) == addresses
     assert visible_text(urls_as_code(sentence)) == sentence.replace("`", "")
     assert html.unescape(rendered.rsplit("</code>", 1)[1]).removesuffix("</p>\n") == after
+
+
+REPLY = (
+    "## Steps\n\nFirst a paragraph\nthat runs on.\n\n1. one\n2. two\n\n   more about two\n\n3. three\n\n"
+    "```python\nx = 1\n\ny = 2\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n> a quote\nlazily continued\n\n"
+    "    indented code\n\n- a\n\n- b\n\n  more about b\n\nA setext title\n==============\n\n"
+    "10) ten\n11) eleven\n\nThe end ~~really~~."
+)
+
+
+def test_a_growing_reply_settles_only_blocks_that_render_as_in_the_finished_reply() -> None:
+    # Every prefix a stream can show: what it settles must render exactly as the start of the finished
+    # reply does (a list that goes on, a code fence still open, a lazy line stay unsettled).
+    finished = RENDERER.render(REPLY)
+    settled_at = []
+    for end in range(len(REPLY) + 1):
+        shown = REPLY[:end]
+        settled = settled_length(shown)
+        assert shown[:settled] == REPLY[:settled]
+        assert finished.startswith(RENDERER.render(REPLY[:settled]))
+        settled_at.append(settled)
+    assert settled_at == sorted(settled_at)  # never taken back as the text grows
+    assert len(set(settled_at)) >= 8  # the reply's blocks settle one after another
+
+
+def test_one_block_still_being_written_settles_nothing() -> None:
+    assert settled_length("") == 0
+    assert settled_length("A single paragraph\nover two lines") == 0
+    assert settled_length("```\ncode\n\nstill code") == 0
+    assert settled_length("- a\n\n- b\n\n  more b") == 0

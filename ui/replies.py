@@ -2,8 +2,9 @@
 (ui.markup.reply_markdown), a thinking model's reasoning folded away above its answer.
 
 A streaming reply is drawn block by block. Redrawn whole for every token, its text was sent to the
-browser and rendered there again each time, a cost that grows with the reply: on a 2-core machine the
-browser and the server then took a third of the CPU from the model (docs/performance.md).
+browser and rendered there again each time, a cost that grows with the reply: for a Markdown reply
+the browser and the server then took over half a core of a 2-core machine from the model, a fifth
+now (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -22,14 +22,16 @@ from ui.markup import reply_markdown, settled_length
 REDRAW_S = 0.1  # the block still being written is redrawn at most this often
 
 
-def reasoning_label(split: SplitReply) -> str:
-    return t("chat.thinking") if split.thinking else t("chat.thought")
+def reasoning_fold(parent: Any, split: SplitReply) -> Any:
+    """The expander that holds a reply's reasoning, in `parent`: open while the model still thinks."""
+    label = t("chat.thinking") if split.thinking else t("chat.thought")
+    return parent.expander(label, icon=":material/psychology:", expanded=split.thinking)
 
 
 def reply_body(split: SplitReply) -> None:
     """A finished reply: its reasoning folded away (open while still being written) above its answer."""
     if split.reasoning or split.thinking:
-        with st.expander(reasoning_label(split), icon=":material/psychology:", expanded=split.thinking):
+        with reasoning_fold(st, split):
             st.markdown(reply_markdown(split.reasoning or "", t("chat.image")))
     if split.answer:
         st.markdown(reply_markdown(split.answer, t("chat.image")))
@@ -41,14 +43,16 @@ class _GrowingMarkdown:
 
     def __init__(self, slot: Any) -> None:
         self._slot = slot
-        self._settled: str | None = None  # the text drawn as finished blocks
-        self._blocks = self._tail = slot
+        self._restart()
+
+    def _restart(self) -> None:
+        with self._slot.container():
+            self._blocks, self._tail = st.container(), st.empty()
+        self._settled = ""  # the text drawn as finished blocks
 
     def show(self, text: str) -> None:
-        if self._settled is None or not text.startswith(self._settled):
-            with self._slot.container():
-                self._blocks, self._tail = st.container(), st.empty()
-            self._settled = ""
+        if not text.startswith(self._settled):
+            self._restart()
         rest = text[len(self._settled) :]
         if finished := rest[: settled_length(rest)]:
             self._blocks.markdown(reply_markdown(finished, t("chat.image")))
@@ -81,10 +85,8 @@ class StreamedReply:
         split = split_reasoning(self._text)
         if split.reasoning or split.thinking:
             if self._reasoning is None or split.thinking != self._thinking:
-                expander = self._reasoning_slot.expander(
-                    reasoning_label(split), icon=":material/psychology:", expanded=split.thinking
-                )
-                self._reasoning, self._thinking = _GrowingMarkdown(expander.empty()), split.thinking
+                fold = reasoning_fold(self._reasoning_slot, split)
+                self._reasoning, self._thinking = _GrowingMarkdown(fold.empty()), split.thinking
             self._reasoning.show(split.reasoning or "")
         self._answer.show(split.answer)
         self._drawn, self._drawn_at = self._text, time.monotonic()

@@ -137,9 +137,20 @@ class MessageError(LocalLLMError):
 
 
 class ContextLengthError(MessageError):
-    """The prompt does not fit in the model's context window; `tokens` and `context` say by how much."""
+    """The prompt does not fit in the model's context window: `tokens` against the `budget` it may
+    take. Counting a long text stops early, so `reason` says whether `tokens` is the whole count
+    (context_counted) or where counting stopped, well past the budget (context_at_least)."""
 
     code = "error.context_length"
+
+    def __init__(self, message: str, *, tokens: int, budget: int, **params: Any) -> None:
+        reason = "context_at_least" if self.counting_stopped(tokens, budget) else "context_counted"
+        super().__init__(message, tokens=tokens, budget=budget, reason=reason, **params)
+
+    @staticmethod
+    def counting_stopped(tokens: int, budget: int) -> bool:
+        """Whether a count this far past the budget may have stopped early (a lower bound)."""
+        return tokens > budget * 1.1
 
 
 class ArchiveError(LocalLLMError):

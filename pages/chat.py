@@ -16,7 +16,7 @@ from core.chat.retrieval import FileUse
 from core.chat.service import ChatEvent, FilesUsed, Trimmed
 from core.chat.titles import title_from
 from core.errors import InsufficientMemoryError, LocalLLMError
-from core.inference.events import Finished, Queued, ReplyStats, TextDelta
+from core.inference.events import Queued, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
 from core.storage.records import AttachmentInfo, Conversation, Message, ProviderConfig
 from core.units import format_bytes
@@ -340,9 +340,8 @@ def waiting_text() -> str:
 def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
     """Stream a reply into an assistant bubble; Stop (a rerun) closes the stream, which stops generation."""
     with st.chat_message("assistant"):
-        notice, files_note = st.empty(), st.empty()
-        st.button(t("chat.stop"), icon=":material/stop_circle:", key="chat.stop")
-        finished: list[ReplyStats] = []
+        notice, files_note, stop = st.empty(), st.empty(), st.empty()
+        stop.button(t("chat.stop"), icon=":material/stop_circle:", key="chat.stop")
 
         def text() -> Iterator[str]:
             notice.caption(waiting_text())
@@ -361,20 +360,18 @@ def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
                         notice.empty()
                         waiting = False
                     yield event.text
-                elif isinstance(event, Finished):
-                    finished.append(event.stats)
 
         try:
             write_reply(text())
-        except InsufficientMemoryError as exc:
+        except LocalLLMError as exc:
+            stop.empty()  # nothing left to stop
             st.error(error_text(exc))
-            if access.is_admin():  # the click's run does not draw this reply again: its callback asks for it
+            if not isinstance(exc, InsufficientMemoryError):
+                notice.empty()  # not still "reading the conversation"
+            elif access.is_admin():  # the load it waited for stays said; the button asks for the reply again
                 st.button(
                     t("chat.load_anyway"), key="chat.load-anyway", on_click=ask_again, args=("load-anyway",)
                 )
-            return
-        except LocalLLMError as exc:
-            st.error(error_text(exc))
             return
     st.rerun()
 

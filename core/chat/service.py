@@ -79,9 +79,11 @@ def trim_history(
         first -= 1
     if first == len(turns):  # not even the newest message fits (or the system prompt alone)
         tokens = tokens_from(max(0, first - 1))
+        at_least = "at least " if ContextLengthError.counting_stopped(tokens, budget_tokens) else ""
         raise ContextLengthError(
-            f"The message is too long for this model's context ({tokens} tokens, "
-            f"{budget_tokens} available). Shorten it or lower 'max new tokens'.",
+            f"The message is too long for this model's context ({at_least}{tokens} tokens, "
+            f"{budget_tokens} available). Shorten it, lower 'max new tokens', or choose a longer "
+            "context length for the model.",
             tokens=tokens,
             budget=budget_tokens,
         )

@@ -51,7 +51,7 @@ def fit(tokens: int, context: int, max_new_tokens: int) -> PromptFit:
     """The reply's room: `max_new_tokens` capped to what the context leaves; ContextLengthError when
     the prompt leaves none."""
     if tokens >= context:
-        at_least = "at least " if tokens > context * 1.1 else ""  # counting stopped early
+        at_least = "at least " if ContextLengthError.counting_stopped(tokens, context) else ""
         raise ContextLengthError(
             f"This model's maximum context length is {context} tokens, and the messages are "
             f"{at_least}{tokens} tokens, leaving no room for a reply. Shorten the messages.",

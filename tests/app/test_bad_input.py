@@ -27,14 +27,30 @@ def test_a_blank_message_is_not_sent_and_says_why(new_app, ready_model: str, db_
     assert stored_messages(db_url) == []
 
 
-def test_a_100k_character_message_is_kept_and_explained(new_app, ready_model: str, db_url: str) -> None:
+@pytest.mark.parametrize(
+    ("language", "explained", "left_over"),
+    [
+        ("en", ["too long for this model's context: at least ", "Context length for chats"],
+         ["Stop", "Reading the conversation…"]),
+        ("zh", ["消息太长，超出了模型的上下文窗口：至少 ", "对话的上下文长度"], ["停止", "正在读取对话…"]),
+    ],
+)  # fmt: skip
+def test_a_100k_character_message_is_kept_and_explained(
+    new_app, ready_model: str, db_url: str, language: str, explained: list[str], left_over: list[str]
+) -> None:
     huge = "长文本 long text 🚀 " * 6250  # 100,000 characters
     assert len(huge) == 100_000
     at = new_app()
+    at.session_state["language"] = language
     at.run()
     at.chat_input[0].set_value(huge).run()
     assert not at.exception
-    assert "too long for this model's context" in at.error[0].value
+    # Counting stopped early (the count is a lower bound), said in the page's language, with what to do.
+    assert all(part in at.error[0].value for part in explained), at.error[0].value
+    assert "{" not in at.error[0].value and (language == "en") == ("available" in at.error[0].value)
+    # The failed reply leaves neither its Stop button nor its "reading" caption behind.
+    shown = [b.label for b in at.button] + [c.value for c in at.caption]
+    assert not set(left_over) & set(shown)
     assert stored_messages(db_url)[0] == ("user", huge)  # the text is not lost: it can be edited
 
 

@@ -10,6 +10,8 @@ class LocalLLMError(Exception):
 
     `bad_input`: the user asked for something that cannot be (a wrong key, id, value): the CLI exits
     with 2. Otherwise something failed on the way (network, disk, server, model): exit code 1.
+    `params`: what a translation needs; a name ending in `_bytes` is a byte count (shown in MB, GB),
+    `reason` names a `reason.*` text that the message's translation includes.
     """
 
     code = "error.generic"

@@ -11,6 +11,7 @@ from typing import Any
 
 from core.errors import LocalLLMError
 from core.settings import command_line
+from core.units import format_bytes
 from ui import state
 from ui.markup import urls_as_code
 
@@ -75,11 +76,12 @@ def _failure_sentence(code: str | None, params: dict[str, Any], message: str) ->
     if not code or not has(code):
         return t("error.generic", message=message)
     values = {**params, "message": message}
+    values.update((name, format_bytes(value)) for name, value in params.items() if name.endswith("_bytes"))
     if "file" in params:
         values["what"] = params["file"] or t("reason.file_list")
     try:
         if "reason" in params and has(f"reason.{params['reason']}"):
-            values["reason_text"] = t(f"reason.{params['reason']}", **params)
+            values["reason_text"] = t(f"reason.{params['reason']}", **values)
         return t(code, **values)
     except KeyError:  # an error raised without a parameter its text names: say it in English
         return t("error.generic", message=message)

@@ -243,9 +243,11 @@ class ModelDownload:
                 f"Not enough disk space: this download needs {needed / gb:.2f} GB more (plus a "
                 f"{self.policy.disk_margin_bytes / gb:.2f} GB margin), and {free / gb:.2f} GB is free on "
                 f"{self.directory.parent}.",
-                needed=needed,
-                free=free,
-                margin=self.policy.disk_margin_bytes,
+                reason="disk_short",
+                needed_bytes=needed,
+                free_bytes=free,
+                margin_bytes=self.policy.disk_margin_bytes,
+                folder=str(self.directory.parent),
             )
 
     def _with_failover(self, what: str, action: Callable[[str], T]) -> T:
@@ -361,6 +363,8 @@ class ModelDownload:
                 if exc.errno == errno.ENOSPC:
                     raise DiskSpaceError(
                         f"The disk filled up while writing {file.path}; free some space and resume.",
+                        reason="disk_full",
+                        file=file.path,
                         path=str(part),
                     ) from exc
                 raise not_writable(self.directory, exc) from exc

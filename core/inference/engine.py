@@ -189,8 +189,9 @@ class LocalEngine:
                 raise InsufficientMemoryError(
                     f"{key} needs {needed / GIB:.1f} GiB, {available / GIB:.1f} GiB available. "
                     "Close other programs or load it anyway.",
-                    needed=needed,
-                    available=available,
+                    key=key,
+                    needed_bytes=needed,
+                    available_bytes=available,
                 )
             self._unload_locked()
             # The KV caches that fit beside the weights, measured before the weights take their memory.

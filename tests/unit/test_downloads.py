@@ -15,6 +15,7 @@ from core.hub.store import MANIFEST, read_manifest, verify
 from core.hub.transfer import DownloadTarget, ModelDownload, Progress, TransferPolicy
 from core.storage.db import Database
 from tests.fixtures.hub_server import Fault, HubServer
+from ui.i18n import failure_text
 
 FAST = TransferPolicy(backoff_s=0.01, stall_timeout_s=1.0, disk_margin_bytes=0)
 WEIGHTS = os.urandom(1_000_000)
@@ -134,7 +135,9 @@ def test_checksum_mismatch_is_reported_and_the_file_fetched_again(hub: HubServer
     assert hashlib.sha256(weights).hexdigest() == hashlib.sha256(WEIGHTS).hexdigest()
 
 
-def test_disk_too_small_is_refused_before_the_first_byte(hub: HubServer, models: Path) -> None:
+def test_disk_too_small_is_refused_before_the_first_byte(
+    hub: HubServer, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The free-space figure is simulated: filling this machine's disk is not an option in a test.
     hub.add_repo("org/model", REPO)
     _, progress = download([hub.url], models, disk_free=lambda _path: 500_000)
@@ -142,6 +145,11 @@ def test_disk_too_small_is_refused_before_the_first_byte(hub: HubServer, models:
     assert progress.error_code == "error.disk_space"
     assert "0.00 GB is free" in progress.error
     assert hub.requests("GET", "/resolve/") == []
+    # The Models page says it from the job's stored parameters, in the page's language.
+    monkeypatch.setattr("ui.state.language", lambda: "zh")
+    shown = failure_text(progress.error_code, progress.error_params, progress.error)
+    assert shown.startswith("磁盘空间不足：此次下载还需要 ") and "仅剩 500.0 KB" in shown
+    assert f"而 {models} 所在磁盘" in shown and "free" not in shown
 
 
 def test_unwritable_models_directory_is_refused(hub: HubServer, tmp_path: Path) -> None:

@@ -6,9 +6,10 @@ import re
 
 import pytest
 
+from core.errors import ContextLengthError, DiskSpaceError, InsufficientMemoryError, LocalLLMError
 from core.hub.catalog import BUILTIN_MODELS
 from core.settings import PROJECT_ROOT, load_settings
-from ui.i18n import LANGUAGES, TEXTS, language_from_locale
+from ui.i18n import LANGUAGES, TEXTS, error_text, language_from_locale
 
 
 def test_the_database_url_and_data_folder_come_from_the_environment() -> None:
@@ -60,9 +61,41 @@ def test_every_reason_an_error_gives_is_translated() -> None:
     """A file's failure to import or attach reads as a whole sentence in each language, not in English."""
     raised = {
         reason
-        for path in (PROJECT_ROOT / "core" / "chat").rglob("*.py")
+        for folder in ("chat", "hub")  # (core/access's reasons name sign-in texts: access.*)
+        for path in (PROJECT_ROOT / "core" / folder).rglob("*.py")
         for reason in re.findall(r"""\breason=["'](\w+)["']""", path.read_text())
     }
-    assert {"attachment_too_large", "attachment_too_many", "archive_zip"} <= raised, "the scan missed reasons"
+    assert {"attachment_too_large", "archive_zip", "disk_short", "disk_full"} <= raised, (
+        "the scan missed reasons"
+    )
     for language in LANGUAGES:
         assert {f"reason.{reason}" for reason in raised} <= set(TEXTS[language]), language
+
+
+# The errors a user meets most, with the parameters their raise sites give (core/hub/transfer.py,
+# core/inference/engine.py, core/errors.py); the English sentence is each one's own message, for the CLI.
+COMMON_ERRORS = [
+    ContextLengthError("English.", tokens=3700, budget=3584),
+    ContextLengthError("English.", tokens=7273, budget=3584),  # counting stopped early: a lower bound
+    InsufficientMemoryError("English.", key="qwen2.5-0.5b", needed_bytes=1_520_000_000, available_bytes=9**9),
+    DiskSpaceError(
+        "English.", reason="disk_short", needed_bytes=987_654_321, free_bytes=200_000_000,
+        margin_bytes=500_000_000, folder="/data/models",
+    ),
+    DiskSpaceError("English.", reason="disk_full", file="model.safetensors", path="/data/models/x.part"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("error", COMMON_ERRORS, ids=lambda e: e.params.get("reason", e.code))
+def test_the_errors_users_meet_most_read_whole_in_each_language(
+    error: LocalLLMError, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shown = {}
+    for language in LANGUAGES:
+        monkeypatch.setattr("ui.state.language", lambda language=language: language)
+        shown[language] = error_text(error)
+    for text in shown.values():
+        assert "English." not in text and "{" not in text, text  # its own text, every value filled
+    figures = re.findall(r"[\d.]+ [KMG]B|\d{4}|/data/models|model\.safetensors", shown["en"])
+    assert figures and all(figure in shown["zh"] for figure in figures), shown
+    assert not re.search(r"[A-Za-z]{3,} [a-z]{3,}", shown["zh"]), shown["zh"]  # no English phrase in Chinese

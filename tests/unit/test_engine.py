@@ -251,3 +251,29 @@ def test_an_error_in_the_generation_thread_reaches_the_caller(
 def test_a_conversation_the_template_rejects_gives_a_clear_error(engine: LocalEngine) -> None:
     with pytest.raises(GenerationError, match="chat template rejected"):
         list(engine.stream("tiny-llama", [], GREEDY))
+
+
+def test_the_bandwidth_is_read_again_while_idle_and_the_best_reading_kept(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Simulated readings: a real one taken while the app starts reads low only when something else
+    # competes for the memory then, which a test cannot stage reliably.
+    readings = iter([7e9, 11e9, 15e9, 30e9])
+    monkeypatch.setattr("core.inference.engine.measure_bandwidth", lambda: next(readings))
+    monkeypatch.setattr("core.inference.engine.BANDWIDTH_READING_GAP_S", 0.0)
+    assert engine.memory_bandwidth() == 7e9  # the reading taken at the start
+    stop = threading.Event()
+    replying = engine.stream("long", HELLO, LONG, stop=stop, ignore_eos=True)
+    next(replying)  # a reply is being generated: no reading competes with it
+    assert engine.memory_bandwidth() == 7e9
+    stop.set()
+    list(replying)
+
+    def best_after_the_reading() -> float:
+        engine.memory_bandwidth()  # asks for another reading where one is due; pages never wait for it
+        engine.on_torch_thread(lambda: None)  # the reading is taken on the torch thread: done after this
+        return engine.memory_bandwidth()
+
+    assert best_after_the_reading() == 11e9  # idle: read again (none was taken beside the reply)
+    assert best_after_the_reading() == 15e9  # the best reading is kept
+    assert best_after_the_reading() == 15e9  # three readings at most

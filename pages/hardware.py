@@ -19,15 +19,22 @@ from ui.i18n import error_text, t
 from ui.markup import escape_markdown
 from ui.widgets import download_settings
 
+HARDWARE_CARD_PX = 210
+
 st.title(t("hardware.title"))
 
 st.subheader(t("hardware.section"))
 info = resources.hardware()
-cpu, ram, gpu, disk = st.columns(4)
-with cpu.container(border=True):
+# Cards of a fixed width in a wrapping row: four across on a wide page, two rows of two where columns
+# would cut "25.3 GB" to "2…" (a laptop's window with the sidebar open).
+machine = st.container(horizontal=True, horizontal_alignment="distribute")
+cpu, ram, gpu, disk = (
+    machine.container(border=True, width=HARDWARE_CARD_PX, height="stretch") for _ in range(4)
+)
+with cpu:
     st.metric(t("hardware.cpu"), t("hardware.threads", count=info.logical_cores))
     st.caption(f"{info.cpu_name} · {t('hardware.cores', count=info.physical_cores)}")
-with ram.container(border=True):
+with ram:
     st.metric(t("hardware.ram"), format_bytes(info.ram_total_bytes))
     st.caption(
         t(
@@ -36,7 +43,7 @@ with ram.container(border=True):
             total=format_bytes(info.ram_total_bytes),
         )
     )
-with gpu.container(border=True):
+with gpu:
     if info.gpus:
         for device in info.gpus:
             st.metric(t("hardware.gpu"), device.name)
@@ -51,7 +58,7 @@ with gpu.container(border=True):
         st.metric(t("hardware.gpu"), t("hardware.gpu_mps") if info.mps_available else t("hardware.gpu_none"))
         if not info.mps_available:
             st.caption(t("hardware.runs_on_cpu"))
-with disk.container(border=True):
+with disk:
     st.metric(t("hardware.disk"), format_bytes(info.disk_free_bytes))
     st.caption(info.disk_path)
 

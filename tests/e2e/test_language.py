@@ -68,3 +68,18 @@ def test_clicking_a_page_while_another_still_runs_keeps_the_language(browser: Br
             timeout=30_000
         )
         page.context.close()
+
+
+def test_the_machines_figures_are_whole_in_a_laptops_window(browser: Browser, app_url: str) -> None:
+    """900 px with the sidebar open: four columns cut '25.3 GB' to '2…'; the cards now wrap instead."""
+    page = browser.new_context(locale="zh-CN", viewport={"width": 900, "height": 900}).new_page()
+    page.goto(f"{app_url}/hardware")
+    expect(page.get_by_role("heading", name="本机硬件")).to_be_visible(timeout=30_000)
+    values = page.get_by_test_id("stMetricValue")
+    expect(values.first).to_be_visible()
+    clipped = values.evaluate_all(  # Streamlit cuts a value inside its box, with an ellipsis
+        "values => values.map(v => v.firstElementChild)"
+        " .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)"
+    )
+    assert values.count() >= 4 and clipped == [], clipped
+    page.context.close()

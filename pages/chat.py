@@ -25,7 +25,7 @@ from ui.i18n import error_text, has, ordinal, t
 from ui.markup import escape_markdown, urls_as_code
 from ui.presets import new_chat_preset, preset_picker
 from ui.replies import reply_body, write_reply
-from ui.widgets import attempt, file_picker, make_current, model_choices
+from ui.widgets import attempt, button_list, file_picker, make_current, model_choices
 
 DEFAULT_TITLE = "New chat"
 SUGGESTIONS = 4  # first messages a new chat offers (chat.suggestion.1 … in the locales)
@@ -83,15 +83,16 @@ def conversation_list() -> Conversation | None:
         selected = st.session_state.get(state.CONVERSATION)
         if not conversations:
             st.caption(t("chat.no_conversations"))
-        for conversation in conversations[:100]:
-            st.button(
-                escape_markdown(conversation.title),
-                key=f"conversation-{conversation.id}",
-                on_click=select,
-                args=(conversation.id,),
-                type="primary" if conversation.id == selected else "tertiary",
-                width="stretch",
-            )
+        with button_list("chat-list"):
+            for conversation in conversations[:100]:
+                st.button(
+                    escape_markdown(conversation.title),
+                    key=f"conversation-{conversation.id}",
+                    on_click=select,
+                    args=(conversation.id,),
+                    type="primary" if conversation.id == selected else "tertiary",
+                    width="stretch",
+                )
         archive_tools()
     return next((c for c in conversations if c.id == selected), None) if selected else None
 

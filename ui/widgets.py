@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
@@ -16,6 +16,9 @@ from core.units import format_bytes, format_duration
 from ui import access, resources, state
 from ui.i18n import DEFAULT_LANGUAGE, LANGUAGES, error_text, language_from_locale, t
 from ui.markup import escape_markdown, urls_as_code
+
+if TYPE_CHECKING:
+    from streamlit.delta_generator import DeltaGenerator
 
 
 def attempt(action: Callable[[], Any]) -> bool:
@@ -42,6 +45,15 @@ def file_picker(label: str, types: Sequence[str], key: str) -> Any:
         f" {note}::after {{content: {_css_string(limits)}; font-size: 0.875rem}}</style>"
     )
     return st.file_uploader(label, type=list(types), key=key)
+
+
+def button_list(key: str) -> DeltaGenerator:
+    """A container whose buttons read from the left like a list's lines (Streamlit centres a label)."""
+    st.html(
+        f"<style>.st-key-{key} button, .st-key-{key} button > div {{justify-content: flex-start}}"
+        f" .st-key-{key} button p {{text-align: left}}</style>"
+    )
+    return st.container(key=key)
 
 
 def _css_string(text: str) -> str:

@@ -64,7 +64,13 @@ def test_attach_regenerate_switch_export_and_import(
     expect(page.get_by_test_id("stFileChipName")).to_have_text("conversations.json", timeout=30_000)
     page.get_by_role("button", name="Import", exact=True).click()
     expect(page.get_by_text("Imported 1 conversations (0 were already here).")).to_be_visible(timeout=30_000)
-    expect(sidebar.get_by_role("button", name="Trip", exact=True)).to_be_visible()
+    listed = sidebar.get_by_role("button", name="Trip", exact=True)
+    expect(listed).to_be_visible()
+    # A title reads from the left of its row, as a list's line does (a button centres its label).
+    indent = listed.evaluate(
+        "b => b.querySelector('p').getBoundingClientRect().left - b.getBoundingClientRect().left"
+    )
+    assert indent < 20, indent
 
 
 def test_a_new_chat_says_where_messages_go_and_starts_from_a_suggestion_by_keyboard(

@@ -178,6 +178,12 @@ class ProviderError(LocalLLMError):
     code = "error.provider"
 
 
+class ReplyBrokeOffError(ProviderError):
+    """A remote server's reply stopped midway; `reason` says why, as for the error that ended it."""
+
+    code = "error.reply_broke_off"
+
+
 class SignInError(LocalLLMError):
     """A LAN sign-in was refused; `reason` is no_password, rate_limited, bad_name or bad_password."""
 

@@ -28,7 +28,7 @@ SOURCES = ("saved", "environment", "default")
 
 def _models_dir(value: Any) -> Path:
     if not str(value).strip():
-        raise ConfigError("The models directory cannot be empty.")
+        raise ConfigError("The models directory cannot be empty.", reason="folder_required")
     return Path(str(value).strip()).expanduser().absolute()
 
 
@@ -37,7 +37,12 @@ def _create_folder(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"Cannot use {path} for models: {exc.strerror or exc}.", path=str(path)) from exc
+        raise ConfigError(
+            f"Cannot use {path} for models: {exc.strerror or exc}.",
+            reason="folder_unusable",
+            path=str(path),
+            cause=exc.strerror or str(exc),
+        ) from exc
 
 
 def _endpoints(value: Any) -> list[str]:
@@ -45,9 +50,9 @@ def _endpoints(value: Any) -> list[str]:
     cleaned = list(dict.fromkeys(str(item).strip().rstrip("/") for item in items if str(item).strip()))
     for url in cleaned:
         if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
-            raise ConfigError(f"{url!r} is not an http(s) URL.", url=url)
+            raise ConfigError(f"{url!r} is not an http(s) URL.", reason="endpoint_not_url", url=url)
     if not cleaned:
-        raise ConfigError("Keep at least one download endpoint.")
+        raise ConfigError("Keep at least one download endpoint.", reason="endpoint_required")
     return cleaned
 
 

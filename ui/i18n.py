@@ -81,7 +81,9 @@ def _failure_sentence(code: str | None, params: dict[str, Any], message: str) ->
         values["what"] = params["file"] or t("reason.file_list")
     try:
         if "reason" in params and has(f"reason.{params['reason']}"):
-            values["reason_text"] = t(f"reason.{params['reason']}", **values)
+            # A reason's text: a part of the code's sentence ({reason_text}), or its whole translated
+            # message where the code's text says {message}.
+            values["reason_text"] = values["message"] = t(f"reason.{params['reason']}", **values)
         return t(code, **values)
     except KeyError:  # an error raised without a parameter its text names: say it in English
         return t("error.generic", message=message)

@@ -66,7 +66,7 @@ class PresetStore:
         """A new preset, or the owner's preset of that name replaced."""
         name = name.strip()[:100]
         if not name:
-            raise ConfigError("A preset needs a name.")
+            raise ConfigError("A preset needs a name.", reason="preset_name_required")
         checked = _checked(params)
         with self.db.begin() as session:
             row = session.scalars(

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.chat.reasoning import CLOSE, OPEN
-from core.errors import ConfigError, ProviderError
+from core.errors import ConfigError, ProviderError, ReplyBrokeOffError
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
 from core.storage.records import ProviderConfig
@@ -89,25 +89,45 @@ def _explain(exc: Exception, base_url: str) -> ProviderError:
     import openai
 
     if isinstance(exc, openai.APITimeoutError):
-        return ProviderError(f"{base_url} did not answer in time. Check that the server is running.")
+        return ProviderError(
+            f"{base_url} did not answer in time. Check that the server is running.",
+            reason="server_timeout",
+            url=base_url,
+        )
     if isinstance(exc, openai.APIConnectionError):
         return ProviderError(
             f"Cannot connect to {base_url}: the server is not running, the address is wrong, or the "
-            "network is down."
+            "network is down.",
+            reason="server_unreachable",
+            url=base_url,
         )
     if isinstance(exc, openai.AuthenticationError):
-        return ProviderError("The server refused the API key (401). Check the key in Settings.")
+        return ProviderError(
+            "The server refused the API key (401). Check the key in Settings.", reason="server_key"
+        )
     if isinstance(exc, openai.PermissionDeniedError):
-        return ProviderError("The server does not allow this key to use this model (403).")
+        return ProviderError(
+            "The server does not allow this key to use this model (403).", reason="server_forbidden"
+        )
     if isinstance(exc, openai.NotFoundError):
-        return ProviderError("The server does not know this model (404). Pick one with 'Refresh models'.")
+        return ProviderError(
+            "The server does not know this model (404). Pick one with 'Refresh models'.",
+            reason="server_no_model",
+        )
     if isinstance(exc, openai.RateLimitError):
         return ProviderError(
-            "The server is busy or the key's rate limit is reached (429); try again shortly."
+            "The server is busy or the key's rate limit is reached (429); try again shortly.",
+            reason="server_busy",
         )
     if isinstance(exc, openai.APIStatusError):
-        return ProviderError(f"The server answered with an error (HTTP {exc.status_code}).")
-    return ProviderError(f"The server's answer could not be read: {exc.__class__.__name__}.")
+        return ProviderError(
+            f"The server answered with an error (HTTP {exc.status_code}).",
+            reason="server_status",
+            status=exc.status_code,
+        )
+    return ProviderError(
+        f"The server's answer could not be read: {exc.__class__.__name__}.", reason="server_unreadable"
+    )
 
 
 class OpenAICompatibleProvider:
@@ -189,10 +209,12 @@ class OpenAICompatibleProvider:
             error = _explain(exc, self.base_url)
             logger.warning("%s (%s): %s", self.base_url, self.model, error.message)
             if pieces:
-                error = ProviderError(f"The reply broke off midway: {error.message}")
+                error = ReplyBrokeOffError(f"The reply broke off midway: {error.message}", **error.params)
             raise error from exc
         if finish is None:  # no finish reason: the connection ended before the reply did
-            raise ProviderError("The reply broke off midway: the server closed the connection early.")
+            raise ReplyBrokeOffError(
+                "The reply broke off midway: the server closed the connection early.", reason="closed_early"
+            )
         completion = usage.completion_tokens if usage else pieces
         decode_s = time.perf_counter() - first_at if first_at else 0.0
         yield Finished(
@@ -232,7 +254,10 @@ class _ReasoningAsText:
 def provider_for_config(config: ProviderConfig | None, engine: LocalEngine) -> ChatProvider:
     """The provider for the current config (`None`: nothing chosen yet)."""
     if config is None:
-        raise ConfigError("No model is selected: download one on the Models page and choose it for chat.")
+        raise ConfigError(
+            "No model is selected: download one on the Models page and choose it for chat.",
+            reason="no_model_chosen",
+        )
     if config.provider == "local_model":
         return LocalProvider(engine, config.model, config.params)
     return OpenAICompatibleProvider(config.base_url or "", config.api_key, config.model, params=config.params)

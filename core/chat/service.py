@@ -146,7 +146,7 @@ class ChatService:
 
     def rename(self, conversation_id: int, title: str) -> None:
         if not title.strip():
-            raise ConfigError("A conversation needs a title.")
+            raise ConfigError("A conversation needs a title.", reason="title_required")
         with self.db.begin() as session:
             self._row(session, conversation_id).title = title.strip()[:300]
 

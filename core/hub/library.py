@@ -159,7 +159,9 @@ class ModelLibrary:
 
     def remove_custom(self, key: str) -> None:
         if not self.get(key).custom:
-            raise ConfigError(f"{key} is built in and cannot be removed from the catalog.", key=key)
+            raise ConfigError(
+                f"{key} is built in and cannot be removed from the catalog.", reason="built_in", key=key
+            )
         with self.db.begin() as session:
             repo.delete_custom_model(session, key)
 
@@ -237,7 +239,9 @@ class ModelLibrary:
 
     def delete(self, key: str) -> int:
         if self.manager.is_running(key):
-            raise ConfigError(f"{key} is downloading: cancel the download first.", key=key)
+            raise ConfigError(
+                f"{key} is downloading: cancel the download first.", reason="downloading", key=key
+            )
         return delete_model(self.directory(key))
 
     def cached_snapshot(self, key: str) -> Path | None:

@@ -33,12 +33,12 @@ def _validate_config(provider: str, model: str, base_url: str | None) -> None:
     if provider not in PROVIDERS:
         raise ConfigError(f"Unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}.")
     if not model.strip():
-        raise ConfigError("A model name is required.")
+        raise ConfigError("A model name is required.", reason="model_required")
     if provider == "openai_compatible":
         if not base_url:
-            raise ConfigError("An OpenAI-compatible provider needs a base URL.")
+            raise ConfigError("An OpenAI-compatible provider needs a base URL.", reason="url_required")
         if not base_url.startswith(("http://", "https://")):
-            raise ConfigError("The base URL must start with http:// or https://.")
+            raise ConfigError("The base URL must start with http:// or https://.", reason="url_scheme")
 
 
 def _column_length(field: str) -> int:

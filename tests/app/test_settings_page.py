@@ -70,7 +70,8 @@ def test_an_invalid_base_url_is_refused(new_app, db_url: str, bad_url: str) -> N
     at.text_input(key="pnew.url").input(bad_url)
     at.text_input(key="pnew.model.text").input("m")
     at.button(key="pnew.save").click().run()
-    assert any("base URL must start with http" in e.value for e in at.error), [e.value for e in at.error]
+    said = "The base URL must start with `http://` or `https://`."
+    assert said in [e.value for e in at.error], [e.value for e in at.error]
     assert ConfigStore(Database(db_url)).list_configs() == []
 
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from core.chat.configs import ConfigStore
 from core.chat.providers import OpenAICompatibleProvider, provider_for_config
 from core.chat.service import ChatService
-from core.errors import ProviderError
+from core.errors import LocalLLMError, ProviderError
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, TextDelta
 from core.inference.params import GenerationParams
 from core.storage.db import Database
 from tests.fixtures.openai_faults import REASONED_ANSWER, FaultyOpenAIServer
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
+from ui.i18n import error_text
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 SHORT = GenerationParams(temperature=0, max_new_tokens=8)
@@ -24,6 +26,13 @@ SHORT = GenerationParams(temperature=0, max_new_tokens=8)
 
 def _stream(provider: OpenAICompatibleProvider, stop: threading.Event | None = None) -> list:
     return list(provider.stream(MESSAGES, SHORT, stop or threading.Event()))
+
+
+@pytest.fixture
+def in_chinese(monkeypatch: pytest.MonkeyPatch) -> Callable[[LocalLLMError], str]:
+    """An error as a page in Chinese shows it."""
+    monkeypatch.setattr("ui.state.language", lambda: "zh")
+    return error_text
 
 
 def test_a_whole_conversation_through_core_serve(engine: LocalEngine, database: Database) -> None:  # noqa: F811
@@ -63,14 +72,22 @@ def test_stop_works_across_the_wire(engine: LocalEngine) -> None:  # noqa: F811
             time.sleep(0.05)
 
 
-def test_failures_become_clear_messages(engine: LocalEngine) -> None:  # noqa: F811
-    with pytest.raises(ProviderError, match=r"Cannot connect to http://127\.0\.0\.1:9/v1"):
+def test_failures_become_clear_messages(engine: LocalEngine, in_chinese) -> None:  # noqa: F811
+    with pytest.raises(ProviderError, match=r"Cannot connect to http://127\.0\.0\.1:9/v1") as refused:
         _stream(OpenAICompatibleProvider("http://127.0.0.1:9/v1", None, "m"))
+    assert (
+        in_chinese(refused.value)
+        == "远程服务出错：无法连接到 `http://127.0.0.1:9/v1`：服务器未运行、地址有误或网络不通。"
+    )
     with serving(engine, api_key="right") as url:
-        with pytest.raises(ProviderError, match="refused the API key"):
+        with pytest.raises(ProviderError, match="refused the API key") as wrong_key:
             _stream(OpenAICompatibleProvider(url, "wrong", "tiny"))
-        with pytest.raises(ProviderError, match="does not know this model"):
+        assert (
+            in_chinese(wrong_key.value) == "远程服务出错：服务器拒绝了 API 密钥（401），请在设置中检查密钥。"
+        )
+        with pytest.raises(ProviderError, match="does not know this model") as unknown:
             _stream(OpenAICompatibleProvider(url, "right", "nope"))
+        assert "服务器上没有这个模型（404）" in in_chinese(unknown.value)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +110,7 @@ def test_a_timeout_is_explained() -> None:
             _stream(provider)
 
 
-def test_a_stream_that_breaks_midway_keeps_the_partial_reply(database: Database) -> None:
+def test_a_stream_that_breaks_midway_keeps_the_partial_reply(database: Database, in_chinese) -> None:
     with FaultyOpenAIServer("broken") as server:
         chat = ChatService(database, lambda: OpenAICompatibleProvider(server.url, None, "m"))
         conversation = chat.new_conversation()
@@ -102,8 +119,9 @@ def test_a_stream_that_breaks_midway_keeps_the_partial_reply(database: Database)
         def consume() -> None:
             received.extend(e.text for e in chat.send(conversation.id, "hi") if isinstance(e, TextDelta))
 
-        with pytest.raises(ProviderError, match="broke off midway"):
+        with pytest.raises(ProviderError, match="broke off midway") as broken:
             consume()
+        assert in_chinese(broken.value).startswith("回复中途中断：") and "The" not in in_chinese(broken.value)
         reply = chat.messages(conversation.id)[-1]
         assert reply.content == "Hello wor" == "".join(received)
         assert reply.finish_reason == "error"

@@ -59,13 +59,18 @@ def test_every_catalog_model_is_described_in_both_languages() -> None:
 
 def test_every_reason_an_error_gives_is_translated() -> None:
     """A file's failure to import or attach reads as a whole sentence in each language, not in English."""
+    core = PROJECT_ROOT / "core"  # (core/access's reasons name sign-in texts: access.*)
+    sources = [
+        *(core / "chat").rglob("*.py"),
+        *(core / "hub").rglob("*.py"),
+        *(core / "storage").rglob("*.py"),
+    ]
     raised = {
         reason
-        for folder in ("chat", "hub")  # (core/access's reasons name sign-in texts: access.*)
-        for path in (PROJECT_ROOT / "core" / folder).rglob("*.py")
+        for path in [*sources, core / "preferences.py"]
         for reason in re.findall(r"""\breason=["'](\w+)["']""", path.read_text())
     }
-    assert {"attachment_too_large", "archive_zip", "disk_short", "disk_full"} <= raised, (
+    assert {"attachment_too_large", "disk_full", "server_busy", "url_scheme", "folder_unusable"} <= raised, (
         "the scan missed reasons"
     )
     for language in LANGUAGES:

@@ -17,6 +17,7 @@ from core.settings import PROJECT_ROOT
 from core.storage import repo
 from core.storage.db import Database, display_url
 from core.storage.schema import SCHEMA_VERSION
+from ui.i18n import error_text
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -81,20 +82,30 @@ def test_only_one_config_is_current(database: Database) -> None:
 
 
 @pytest.mark.parametrize(
-    ("provider", "model", "base_url", "message"),
+    ("provider", "model", "base_url", "message", "in_chinese"),
     [
-        ("foo", "m", None, "Unknown provider"),
-        ("local_model", "  ", None, "model name is required"),
-        ("openai_compatible", "m", None, "needs a base URL"),
-        ("openai_compatible", "m", "ftp://x", "must start with http"),
+        ("foo", "m", None, "Unknown provider", None),  # (no page offers another provider)
+        ("local_model", "  ", None, "model name is required", "设置无效：请填写模型名称。"),
+        ("openai_compatible", "m", None, "needs a base URL",
+         "设置无效：OpenAI 兼容服务需要填写服务地址（Base URL）。"),
+        ("openai_compatible", "m", "ftp://x", "must start with http",
+         "设置无效：服务地址（Base URL）必须以 `http://` 或 `https://` 开头。"),
     ],
-)
+)  # fmt: skip
 def test_invalid_configs_are_refused_with_a_message(
-    database: Database, provider: str, model: str, base_url: str | None, message: str
+    database: Database,
+    provider: str,
+    model: str,
+    base_url: str | None,
+    message: str,
+    in_chinese: str | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as refused:
         ConfigStore(database).save_config(provider, model, base_url)
     assert ConfigStore(database).list_configs() == []
+    monkeypatch.setattr("ui.state.language", lambda: "zh")  # as a page in Chinese says it
+    assert in_chinese is None or error_text(refused.value) == in_chinese
 
 
 def test_text_past_its_column_is_refused_with_a_sentence_before_anything_is_written(

@@ -1,5 +1,6 @@
-from collections.abc import Iterator
-from contextlib import nullcontext
+import threading
+from collections.abc import Generator, Iterator
+from contextlib import closing, nullcontext
 from datetime import date
 from urllib.parse import urlsplit
 
@@ -24,7 +25,7 @@ from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
 from ui.markup import escape_markdown, urls_as_code
 from ui.presets import new_chat_preset, preset_picker
-from ui.replies import reply_body, write_reply
+from ui.replies import reply_body, settle_interrupted_reply, streaming, write_reply
 from ui.widgets import attempt, button_list, file_picker, make_current, model_choices
 
 DEFAULT_TITLE = "New chat"
@@ -76,6 +77,7 @@ def conversation_list() -> Conversation | None:
             args=(None,),
             width="stretch",
             key="chat.new",
+            shortcut="Ctrl+Shift+O",  # as in ChatGPT
         )
         search = st.text_input(t("chat.search"), key="chat.search", label_visibility="collapsed",
                                placeholder=t("chat.search"))  # fmt: skip
@@ -207,6 +209,9 @@ def switches_thinking(current: ProviderConfig) -> bool:
 
 def stats_line(message: Message | ReplyStats) -> str:
     reason = message.finish_reason or "stop"
+    if message.completion_tokens is None:  # cut short before its figures came: only how it ended
+        said = t(f"chat.reason.{reason}") if has(f"chat.reason.{reason}") else reason
+        return " · ".join(part for part in (message.model, said) if part)
     return t(
         "chat.stats",
         model=message.model or "",
@@ -338,11 +343,14 @@ def waiting_text() -> str:
     return t("chat.reading")
 
 
-def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
-    """Stream a reply into an assistant bubble; Stop (a rerun) closes the stream, which stops generation."""
+def reply(
+    conversation: Conversation, events: Generator[ChatEvent, None, None], stop: threading.Event
+) -> None:
+    """Stream a reply into an assistant bubble; Stop (a rerun) sets `stop`, and the reply is saved as
+    stopped before the next run draws the conversation."""
     with st.chat_message("assistant"):
-        notice, files_note, stop = st.empty(), st.empty(), st.empty()
-        stop.button(t("chat.stop"), icon=":material/stop_circle:", key="chat.stop")
+        notice, files_note, stop_slot = st.empty(), st.empty(), st.empty()
+        stop_slot.button(t("chat.stop"), icon=":material/stop_circle:", key="chat.stop", shortcut="Esc")
 
         def text() -> Iterator[str]:
             notice.caption(waiting_text())
@@ -363,9 +371,10 @@ def reply(conversation: Conversation, events: Iterator[ChatEvent]) -> None:
                     yield event.text
 
         try:
-            write_reply(text())
+            with streaming(stop), closing(events):  # closed: saved as stopped if it did not finish
+                write_reply(text())
         except LocalLLMError as exc:
-            stop.empty()  # nothing left to stop
+            stop_slot.empty()  # nothing left to stop
             st.error(error_text(exc))
             if not isinstance(exc, InsufficientMemoryError):
                 notice.empty()  # not still "reading the conversation"
@@ -395,10 +404,11 @@ def ask(
         st.markdown(escape_markdown(text))
         for upload in uploads:
             st.caption(f":material/attach_file: {escape_markdown(upload.name)} · {format_bytes(upload.size)}")
+    stop = threading.Event()
     try:
         st.session_state.pop(f"chat.trimmed.{conversation.id}", None)
         with st.spinner(t("chat.reading_files")) if uploads else nullcontext():
-            events = chat.send(conversation.id, text, files=[(u.name, u.getvalue()) for u in uploads])
+            events = chat.send(conversation.id, text, stop, files=[(u.name, u.getvalue()) for u in uploads])
     except LocalLLMError as exc:
         st.error(error_text(exc))
         if started_here:
@@ -406,11 +416,12 @@ def ask(
         return
     select(conversation.id)
     try:
-        reply(conversation, events)
+        reply(conversation, events, stop)
     except LocalLLMError as exc:
         st.error(error_text(exc))
 
 
+settle_interrupted_reply()  # before anything of the conversation is read
 st.title(t("chat.title"))
 if notice := st.session_state.pop("chat.notice", None):
     st.toast(notice, icon=":material/check_circle:")
@@ -448,9 +459,10 @@ elif pending and conversation is not None:
         if pending[0] == "load-anyway":
             with st.spinner(waiting_text()):
                 resources.engine().load(store.get_current_config().model, force=True)
+        stop = threading.Event()
         if pending[0] in ("regenerate", "load-anyway"):
-            reply(conversation, chat.regenerate(conversation.id))
+            reply(conversation, chat.regenerate(conversation.id, stop), stop)
         else:
-            reply(conversation, chat.edit(conversation.id, pending[1], pending[2]))
+            reply(conversation, chat.edit(conversation.id, pending[1], pending[2], stop), stop)
     except LocalLLMError as exc:
         st.error(error_text(exc))

@@ -9,17 +9,44 @@ now (docs/performance.md).
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import streamlit as st
 
 from core.chat.reasoning import SplitReply, split_reasoning
+from ui import state
 from ui.i18n import t
 from ui.markup import reply_markdown, settled_length
 
 REDRAW_S = 0.1  # the block still being written is redrawn at most this often
+SETTLE_S = 5.0  # how long a run waits for the reply it interrupted to be saved
+
+
+@contextmanager
+def streaming(stop: threading.Event) -> Iterator[None]:
+    """While a reply streams in this run: the session's next run stops it (`stop`) and waits until
+    the reply is saved, which happens once this block is left."""
+    saved = threading.Event()
+    st.session_state[state.REPLYING] = (stop, saved)
+    try:
+        yield
+    finally:
+        saved.set()
+
+
+def settle_interrupted_reply() -> None:
+    """A run that interrupts a streaming reply (Stop, Esc, any click) stops it and waits, SETTLE_S at
+    most, until it is saved: Streamlit starts this run before the interrupted one has ended, and the
+    conversation drawn too soon showed the reply cut further back and marked "interrupted"."""
+    replying = st.session_state.get(state.REPLYING)
+    if replying is not None and not replying[1].is_set():
+        stop, saved = replying
+        stop.set()
+        saved.wait(SETTLE_S)
 
 
 def reasoning_fold(parent: Any, split: SplitReply) -> Any:

@@ -7,6 +7,7 @@ import streamlit as st
 LANGUAGE = "language"
 CONVERSATION = "chat.conversation"
 IDENTITY = "access.identity"
+REPLYING = "chat.replying"  # the streaming reply's (stop, saved) events
 
 
 def language() -> str | None:

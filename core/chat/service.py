@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from sqlalchemy.orm import Session
@@ -239,7 +239,7 @@ class ChatService:
         *,
         ignore_eos: bool = False,
         files: Sequence[tuple[str, bytes]] = (),
-    ) -> Iterator[ChatEvent]:
+    ) -> Generator[ChatEvent, None, None]:
         """Store the user's message (with the text of `files`: (name, bytes) pairs) after the shown branch
         and stream the reply to it. Every file is read before anything is stored."""
         if not text.strip():
@@ -267,7 +267,9 @@ class ChatService:
                 found.setdefault(info.message_id, []).append(info)
         return found
 
-    def regenerate(self, conversation_id: int, stop: threading.Event | None = None) -> Iterator[ChatEvent]:
+    def regenerate(
+        self, conversation_id: int, stop: threading.Event | None = None
+    ) -> Generator[ChatEvent, None, None]:
         """Answer the shown branch's last question again; the earlier answer stays as a branch (an empty
         one, stopped or failed before its first word, is replaced)."""
         with self.db.begin() as session:
@@ -286,7 +288,7 @@ class ChatService:
 
     def edit(
         self, conversation_id: int, message_id: int, text: str, stop: threading.Event | None = None
-    ) -> Iterator[ChatEvent]:
+    ) -> Generator[ChatEvent, None, None]:
         """Ask `text` in place of one of the user's messages: a new branch from there, answered; the
         earlier branch stays."""
         if not text.strip():
@@ -318,7 +320,7 @@ class ChatService:
 
     def _reply(
         self, conversation_id: int, stop: threading.Event, ignore_eos: bool = False, after: int | None = None
-    ) -> Iterator[ChatEvent]:
+    ) -> Generator[ChatEvent, None, None]:
         """Answer the branch that ends at `after` (default: the shown one); the reply continues it."""
         provider = self.provider()
         conversation = self.get(conversation_id)

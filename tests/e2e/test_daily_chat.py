@@ -86,6 +86,8 @@ def test_a_new_chat_says_where_messages_go_and_starts_from_a_suggestion_by_keybo
     expect(page.get_by_text("What can I help with?")).to_have_count(0)  # the conversation took the page
     sidebar = page.get_by_test_id("stSidebar")
     expect(sidebar.get_by_role("button", name="Write a short poem about autumn.")).to_be_visible()
+    page.keyboard.press("Control+Shift+O")  # New chat's shortcut, shown on the button
+    expect(page.get_by_text("What can I help with?")).to_be_visible(timeout=30_000)
 
 
 def background(page: Page) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -48,6 +49,26 @@ def reply_is_streaming(page: Page) -> str:
         time.sleep(0.05)
     assert stop_button(page).is_visible()  # still generating
     return partial
+
+
+def test_esc_stops_the_reply_which_is_drawn_at_once_as_stopped_with_all_it_said(
+    browser: Browser, slow_model_ready: str, app_url: str
+) -> None:
+    page = open_chat(browser, app_url)
+    send(page, LONG_PROMPT)
+    partial = reply_is_streaming(page)
+    page.keyboard.press("Escape")  # the Stop button's shortcut, from the chat input where the focus is
+    messages = page.get_by_test_id("stChatMessage")
+    # The run that Esc starts waits for the stopped reply to be saved before it draws the conversation
+    # (drawn sooner, it showed the reply cut further back, "interrupted", until the next click).
+    expect(messages.nth(1).get_by_text("stopped by you")).to_be_visible(timeout=30_000)
+    expect(stop_button(page)).to_have_count(0)
+    expect(messages.nth(1).get_by_text(re.compile(r"(^| )0 prompt \+ 0 tokens"))).to_have_count(
+        0
+    )  # no made-up figures
+    reply = first_reply()
+    assert reply.finish_reason == "stopped" and reply.content.startswith(partial)
+    expect(messages.nth(1)).to_contain_text(reply.content.split()[-1])  # drawn with its last words
 
 
 def test_reload_mid_reply_then_switch_language(browser: Browser, slow_model_ready: str, app_url: str) -> None:

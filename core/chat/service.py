@@ -17,8 +17,15 @@ from core.chat.presets import Preset
 from core.chat.providers import ChatProvider
 from core.chat.reasoning import split_reasoning
 from core.chat.retrieval import FileText, FileUse, with_files
-from core.errors import AttachmentError, ConfigError, ContextLengthError, MessageError, NotFoundError
-from core.inference.events import Event, Finished, TextDelta
+from core.errors import (
+    AttachmentError,
+    ConfigError,
+    ContextLengthError,
+    LocalLLMError,
+    MessageError,
+    NotFoundError,
+)
+from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
 from core.storage import repo
 from core.storage.db import Database
@@ -365,9 +372,11 @@ class ChatService:
             ).id  # fmt: skip
         text, saved_at = "", time.monotonic()
         finished = False
+        stream = provider.stream(
+            messages, params, stop, ignore_eos=ignore_eos, owner=f"conversation-{conversation_id}"
+        )
         try:
-            owner = f"conversation-{conversation_id}"
-            for event in provider.stream(messages, params, stop, ignore_eos=ignore_eos, owner=owner):
+            for event in stream:
                 if isinstance(event, TextDelta):
                     text += event.text
                     if time.monotonic() - saved_at > SAVE_EVERY_S:
@@ -375,14 +384,22 @@ class ChatService:
                         saved_at = time.monotonic()
                 elif isinstance(event, Finished):
                     finished = True
-                    stored = asdict(event.stats)
-                    del stored["cached_tokens"]  # the log has it; the message keeps what the reply cost
-                    self._save_reply(reply_id, text, **stored)
-                    logger.info("reply %d by %s: %s", reply_id, event.stats.model, event.stats)
+                    self._save_finished(reply_id, text, event.stats)
                 yield event
-        except GeneratorExit:
-            stop.set()
-            self._save_reply(reply_id, text, finish_reason="stopped")
+        except GeneratorExit:  # the reader went away (Stop, a reload)
+            if not finished:
+                stop.set()  # the provider ends within a step: its last words and figures are kept
+                try:
+                    for event in stream:
+                        if isinstance(event, TextDelta):
+                            text += event.text
+                        elif isinstance(event, Finished):
+                            finished = True
+                            self._save_finished(reply_id, text, event.stats)
+                except LocalLLMError as exc:
+                    logger.warning("reply %d, stopped: %s", reply_id, exc.message)
+                if not finished:
+                    self._save_reply(reply_id, text, finish_reason="stopped")
             raise
         except Exception as exc:
             logger.warning("reply %d failed: %s", reply_id, getattr(exc, "message", exc))
@@ -391,6 +408,12 @@ class ChatService:
         finally:
             if not finished and not stop.is_set():
                 stop.set()
+
+    def _save_finished(self, message_id: int, text: str, stats: ReplyStats) -> None:
+        stored = asdict(stats)
+        del stored["cached_tokens"]  # the log has it; the message keeps what the reply cost
+        self._save_reply(message_id, text, **stored)
+        logger.info("reply %d by %s: %s", message_id, stats.model, stats)
 
     def _save_reply(self, message_id: int, text: str, **stats: object) -> None:
         with self.db.begin() as session:

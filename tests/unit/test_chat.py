@@ -80,13 +80,19 @@ def test_stop_keeps_the_partial_reply_marked_stopped(chat: ChatService, database
     assert reply.completion_tokens < 400
 
 
-def test_a_reader_that_leaves_mid_reply_leaves_a_stored_partial(chat: ChatService) -> None:
+def test_a_reader_that_leaves_mid_reply_leaves_a_stored_partial_with_its_figures(
+    chat: ChatService, database: Database
+) -> None:
+    store = ConfigStore(database)
+    store.update_config(store.get_current_config().id, params=GenerationParams(max_new_tokens=400))
     conversation = chat.new_conversation()
-    stream = chat.send(conversation.id, "hi")
-    next(e for e in stream if isinstance(e, TextDelta))
-    stream.close()
+    stream = chat.send(conversation.id, "tell me a long story", ignore_eos=True)
+    seen = next(e for e in stream if isinstance(e, TextDelta)).text
+    stream.close()  # as the page does when Stop reruns it
     reply = chat.messages(conversation.id)[-1]
-    assert reply.finish_reason == "stopped"
+    assert reply.finish_reason == "stopped" and reply.content.startswith(seen)
+    # The engine was stopped and its last step's words and figures kept: what the reply cost.
+    assert 1 <= reply.completion_tokens < 400 and reply.prompt_tokens > 0 and reply.ttft_s is not None
 
 
 def count_words(messages: list[dict[str, str]], _limit: int) -> int:

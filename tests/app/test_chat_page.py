@@ -216,3 +216,25 @@ def test_a_reply_cut_off_while_thinking_says_how_to_get_the_answer(
     [thinking] = [e for e in at.expander if e.label == "Thinking…"]
     assert [m.value for m in thinking.markdown] == ["First, consider"]
     assert any("reached its length limit while the model was still thinking" in c.value for c in at.caption)
+
+
+def test_a_long_conversation_opens_on_its_newest_messages_and_shows_earlier_ones_on_request(
+    new_app, ready_model: str, db_url: str
+) -> None:
+    with Database(db_url).begin() as session:
+        conversation = repo.create_conversation(session, owner="local", title="Long")
+        for turn in range(50):
+            repo.add_message(session, conversation.id, "user", f"question {turn}")
+            repo.add_message(session, conversation.id, "assistant", f"answer {turn}", finish_reason="stop")
+    at = new_app()
+    at.session_state["chat.conversation"] = conversation.id
+    at.run()
+    assert not at.exception
+    shown = [m.markdown[0].value for m in at.chat_message]
+    assert len(shown) == 40 and shown[0] == "question 30" and shown[-1] == "answer 49"  # the newest
+    assert at.button(key="chat.show-earlier").label == "Show 40 earlier messages (60 not shown)"
+    at.button(key="chat.show-earlier").click().run()
+    assert len(at.chat_message) == 80 and at.chat_message[0].markdown[0].value == "question 10"
+    at.button(key="chat.show-earlier").click().run()
+    assert [m.markdown[0].value for m in at.chat_message][:2] == ["question 0", "answer 0"]
+    assert len(at.chat_message) == 100 and not [b for b in at.button if b.key == "chat.show-earlier"]

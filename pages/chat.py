@@ -210,7 +210,7 @@ def switches_thinking(current: ProviderConfig) -> bool:
 
 def stats_line(message: Message | ReplyStats) -> str:
     reason = message.finish_reason or "stop"
-    if message.completion_tokens is None:  # cut short before its figures came: only how it ended
+    if not message.prompt_tokens:  # ended before it ran (stopped in the queue, the app killed): no figures
         said = t(f"chat.reason.{reason}") if has(f"chat.reason.{reason}") else reason
         return " · ".join(part for part in (message.model, said) if part)
     return t(

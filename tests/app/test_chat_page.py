@@ -238,3 +238,30 @@ def test_a_long_conversation_opens_on_its_newest_messages_and_shows_earlier_ones
     at.button(key="chat.show-earlier").click().run()
     assert [m.markdown[0].value for m in at.chat_message][:2] == ["question 0", "answer 0"]
     assert len(at.chat_message) == 100 and not [b for b in at.button if b.key == "chat.show-earlier"]
+
+
+def test_a_reply_that_never_ran_says_how_it_ended_without_made_up_figures(
+    new_app, ready_model: str, db_url: str
+) -> None:
+    with Database(db_url).begin() as session:
+        conversation = repo.create_conversation(session, owner="local", title="Cut short")
+        repo.add_message(session, conversation.id, "user", "first")
+        # Stopped while waiting in the queue: the engine reports it with zero tokens.
+        repo.add_message(session, conversation.id, "assistant", "", model=ready_model, prompt_tokens=0,
+                         completion_tokens=0, finish_reason="stopped")  # fmt: skip
+        repo.add_message(session, conversation.id, "user", "second")
+        # The app was killed mid-reply: the part saved so far, no figures.
+        repo.add_message(
+            session,
+            conversation.id,
+            "assistant",
+            "Half an ans",
+            model=ready_model,
+            finish_reason="interrupted",
+        )
+    at = new_app()
+    at.session_state["chat.conversation"] = conversation.id
+    at.run()
+    assert not at.exception
+    lines = [c.value for m in at.chat_message for c in m.caption]
+    assert f"{ready_model} · stopped by you" in lines and f"{ready_model} · interrupted" in lines, lines

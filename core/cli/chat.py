@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 import click
 import psutil
@@ -17,7 +18,6 @@ from core.errors import MessageError
 from core.hardware import peak_rss_bytes
 from core.inference.events import Finished, ReplyStats, TextDelta
 from core.inference.loading import LoadedModel
-from core.inference.params import GenerationParams
 from core.preferences import QUANTIZATIONS
 
 
@@ -27,8 +27,9 @@ from core.preferences import QUANTIZATIONS
 @click.option("--system", default="", help="system prompt")
 @click.option("--max-new-tokens", type=click.IntRange(1, 32768), default=256, show_default=True,
               help="most tokens in one reply")  # fmt: skip
-@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True,
-              help="0 for greedy (the same reply every time)")  # fmt: skip
+@click.option("--temperature", type=click.FloatRange(0, 2), default=None,
+              help="0 for greedy (the same reply every time); default: the model's own, as a new chat on "
+              "the page has it (its publisher's generation_config, else 0.7)")  # fmt: skip
 @click.option("--think/--no-think", default=True, show_default=True,
               help="--no-think: a thinking model with the switch (Qwen3) answers at once")  # fmt: skip
 @click.option("--ignore-eos", is_flag=True, help="always generate --max-new-tokens tokens (benchmarks)")
@@ -38,7 +39,7 @@ from core.preferences import QUANTIZATIONS
               help="weights on the CPU for this run: int4 (fastest), int8, or none (16-bit, the reference); "
               "default: the saved setting")  # fmt: skip
 def chat(
-    model: str, prompt: str | None, system: str, max_new_tokens: int, temperature: float, think: bool,
+    model: str, prompt: str | None, system: str, max_new_tokens: int, temperature: float | None, think: bool,
     ignore_eos: bool, stats: bool, force: bool, quantization: str | None,
 ) -> int:  # fmt: skip
     """Stream replies from a downloaded model, with the device and weights of the saved settings."""
@@ -51,12 +52,17 @@ def chat(
     key = models_library.get(model).key
     options = {"idle_unload_s": 0} | ({"quantization": quantization} if quantization else {})
     engine = LocalEngine.from_preferences(models_library.preferences, **options)
-    service = ChatService(models_library.db, lambda: LocalProvider(engine, key), owner="cli")
+    provider = LocalProvider(engine, key)
+    service = ChatService(models_library.db, lambda: provider, owner="cli")
     started = time.perf_counter()
     loaded = load_with_notice(engine, key, force=force)
     load_s = time.perf_counter() - started
     conversation = service.new_conversation(f"CLI {key}", system_prompt=system)
-    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, thinking=think)
+    # The model's own sampling (what a new chat on the page starts from), with what the options change.
+    chosen = {"max_new_tokens": max_new_tokens, "thinking": think}
+    params = replace(
+        provider.default_params(), **chosen, **({} if temperature is None else {"temperature": temperature})
+    )
     service.set_options(conversation.id, system, params)
     messages = [prompt] if prompt is not None else (line.rstrip("\n") for line in sys.stdin)
     return _converse(service, conversation.id, messages, ignore_eos, loaded, load_s if stats else None)

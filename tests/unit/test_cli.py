@@ -89,6 +89,22 @@ def test_a_one_question_chat_replies_keeps_the_conversation_and_ends_with_its_co
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
 
 
+def test_a_cli_chat_samples_as_the_model_publisher_says_unless_told_otherwise(
+    tiny_models: dict[str, Path],
+) -> None:
+    # The tiny model's generation_config says do_sample false (greedy); the product's default is 0.7.
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", tiny_models["qwen2"])
+    for given, temperature in (([], 0.0), (["--temperature", "0.5"], 0.5)):
+        done = run_cli("chat", "qwen2.5-0.5b", "--prompt", "Hi", "--max-new-tokens", "2", *given)
+        assert done.returncode == 0, done.stderr
+        connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
+        [(stored,)] = connection.execute(
+            "SELECT params FROM conversations ORDER BY id DESC LIMIT 1"
+        ).fetchall()
+        connection.close()
+        assert json.loads(stored)["temperature"] == temperature, stored
+
+
 def test_16_bit_weights_load_without_transformers_progress_bars(tiny_models: dict[str, Path]) -> None:
     # transformers draws "Loading weights: 100%|███" on stderr as it reads a model: not ours to show.
     install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", tiny_models["qwen2"])

@@ -94,7 +94,8 @@ def create_app(
         messages = _messages(body)
         wanted = body.wanted_tokens or GenerationParams().max_new_tokens
         fit = await run_in_threadpool(engine.fit_prompt, body.model, messages, wanted)
-        params = _params(body, fit.max_new_tokens)
+        defaults = await run_in_threadpool(engine.default_params, body.model)  # the model's own, as vLLM
+        params = _params(body, replace(defaults, max_new_tokens=fit.max_new_tokens))
         stop = threading.Event()
         # A client's later turns may start from its earlier replies' caches, never from another's.
         client = request.client.host if request.client else ""
@@ -138,8 +139,8 @@ def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
     return cleaned
 
 
-def _params(body: ChatCompletionRequest, max_new_tokens: int) -> GenerationParams:
-    defaults = replace(GenerationParams(), max_new_tokens=max_new_tokens)
+def _params(body: ChatCompletionRequest, defaults: GenerationParams) -> GenerationParams:
+    """The request's sampling settings over `defaults` (what it leaves out)."""
     names = ("temperature", "top_p", "repetition_penalty", "presence_penalty", "top_k", "min_p", "seed")
     given = {name: getattr(body, name) for name in names}
     options = body.chat_template_kwargs

@@ -203,6 +203,21 @@ def test_sampling_settings_and_a_seed_reach_the_engine(engine: LocalEngine) -> N
         assert reply(seed=12) != first
 
 
+def test_settings_a_request_leaves_out_are_the_models_own(engine: LocalEngine) -> None:
+    # The tiny model's generation_config says do_sample false: greedy, the same reply every time. (The
+    # product's own default, 0.7 without a seed, gave two different replies.) Asked from two addresses
+    # so that neither comes from the other's kept cache.
+    with serving(engine) as url:
+        replies = [
+            _client(url, local_address=address)
+            .chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24)
+            .choices[0]
+            .message.content
+            for address in ("127.0.0.1", "127.0.0.3")
+        ]
+    assert replies[0] == replies[1]
+
+
 def test_vllms_chat_template_switch_turns_a_qwen3s_reasoning_off(
     tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:

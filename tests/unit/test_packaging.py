@@ -29,6 +29,7 @@ def test_the_streamlit_settings_of_the_checkout_and_of_the_package_are_one() -> 
         options["client"]["toolbarMode"] == "viewer"
     )  # the theme switch, no Deploy button or developer menu
     assert options["browser"]["gatherUsageStats"] is False  # no telemetry
+    assert options["client"]["showErrorLinks"] is False  # no links that send an error to a search engine
 
 
 def test_the_command_the_pages_show_runs_from_a_terminal() -> None:

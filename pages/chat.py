@@ -11,6 +11,7 @@ from core.chat.archive import MAX_FILE_BYTES as ARCHIVE_BYTES
 from core.chat.attachments import FILE_TYPES, MAX_CHARACTERS
 from core.chat.attachments import MAX_FILE_BYTES as ATTACHMENT_BYTES
 from core.chat.branches import Turn
+from core.chat.limits import MAX_TEXT_CHARS
 from core.chat.presets import Preset, PresetStore
 from core.chat.reasoning import split_reasoning
 from core.chat.retrieval import FileUse
@@ -173,7 +174,9 @@ def options(conversation: Conversation, current: ProviderConfig) -> None:
 
 def settings_form(conversation: Conversation, params: GenerationParams, thinking_switch: bool) -> None:
     with st.form(f"options-{conversation.id}", border=False):
-        system = st.text_area(t("chat.system_prompt"), value=conversation.system_prompt, height=80)
+        system = st.text_area(
+            t("chat.system_prompt"), value=conversation.system_prompt, height=80, max_chars=MAX_TEXT_CHARS
+        )
         left, right = st.columns(2)
         temperature = left.slider(t("chat.temperature"), 0.0, 2.0, params.temperature, 0.05)
         top_p = right.slider(t("chat.top_p"), 0.05, 1.0, params.top_p, 0.05)
@@ -322,7 +325,7 @@ def edit_message(message: Message) -> None:
     """Ask something else in its place: a new branch from here (the earlier one stays)."""
     with st.popover(t("chat.edit"), icon=":material/edit:", help=t("chat.edit_help")):
         text = st.text_area(t("chat.edit"), value=message.content, key=f"edit-{message.id}",
-                            label_visibility="collapsed")  # fmt: skip
+                            label_visibility="collapsed", max_chars=MAX_TEXT_CHARS)  # fmt: skip
         if st.button(t("chat.edit_send"), key=f"edit-send-{message.id}", type="primary"):
             st.session_state["chat.pending"] = ("edit", message.id, text)
             st.rerun()
@@ -332,7 +335,7 @@ def edit_reply(conversation: Conversation, message: Message) -> None:
     """Correct a reply by hand: kept as a new branch that the conversation continues from."""
     with st.popover(t("chat.edit"), icon=":material/edit:", help=t("chat.edit_reply_help")):
         text = st.text_area(t("chat.edit"), value=message.content, key=f"edit-{message.id}",
-                            label_visibility="collapsed")  # fmt: skip
+                            label_visibility="collapsed", max_chars=MAX_TEXT_CHARS)  # fmt: skip
         saved = st.button(t("chat.save"), key=f"edit-save-{message.id}", type="primary")
         if saved and attempt(lambda: chat.edit_reply(conversation.id, message.id, text)):
             st.rerun()
@@ -459,7 +462,7 @@ else:
 
 pending = st.session_state.pop("chat.pending", None)
 prompt = st.chat_input(
-    t("chat.input"), max_chars=100_000, accept_file="multiple", file_type=list(FILE_TYPES),
+    t("chat.input"), max_chars=MAX_TEXT_CHARS, accept_file="multiple", file_type=list(FILE_TYPES),
     max_upload_size=ATTACHMENT_BYTES // 1024**2,
 )  # fmt: skip
 if prompt is not None or suggested:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from core.chat.limits import checked_length
 from core.errors import ConfigError, NotFoundError
 from core.inference.params import GenerationParams
 from core.storage.db import Database
@@ -68,6 +69,7 @@ class PresetStore:
         if not name:
             raise ConfigError("A preset needs a name.", reason="preset_name_required")
         checked = _checked(params)
+        checked_length(system_prompt)
         with self.db.begin() as session:
             row = session.scalars(
                 select(PresetRow).where(PresetRow.owner == self.owner, PresetRow.name == name)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from core.chat import archive, branches
 from core.chat.attachments import MAX_FILES, read_attachment
 from core.chat.branches import Turn
+from core.chat.limits import checked_length, checked_message
 from core.chat.presets import Preset
 from core.chat.providers import ChatProvider
 from core.chat.reasoning import split_reasoning
@@ -130,6 +131,7 @@ class ChatService:
             return repo.list_conversations(session, self.owner, search)
 
     def new_conversation(self, title: str = "New chat", system_prompt: str = "") -> Conversation:
+        checked_length(system_prompt)
         with self.db.begin() as session:
             current = repo.get_current_config(session)
             return repo.create_conversation(
@@ -159,6 +161,7 @@ class ChatService:
 
     def set_options(self, conversation_id: int, system_prompt: str, params: GenerationParams) -> None:
         """The conversation's own system prompt and settings (no preset's any more)."""
+        checked_length(system_prompt)
         with self.db.begin() as session:
             row = self._row(session, conversation_id)
             row.system_prompt = system_prompt
@@ -249,8 +252,7 @@ class ChatService:
     ) -> Generator[ChatEvent, None, None]:
         """Store the user's message (with the text of `files`: (name, bytes) pairs) after the shown branch
         and stream the reply to it. Every file is read before anything is stored."""
-        if not text.strip():
-            raise MessageError("The message is empty.")
+        checked_message(text)
         if len(files) > MAX_FILES:
             raise AttachmentError(
                 f"At most {MAX_FILES} files go with one message.",
@@ -298,8 +300,7 @@ class ChatService:
     ) -> Generator[ChatEvent, None, None]:
         """Ask `text` in place of one of the user's messages: a new branch from there, answered; the
         earlier branch stays."""
-        if not text.strip():
-            raise MessageError("The message is empty.")
+        checked_message(text)
         with self.db.begin() as session:
             original = self._message(session, conversation_id, message_id, role="user")
             edited = repo.add_message(session, conversation_id, "user", text, parent_id=original.parent_id)
@@ -308,8 +309,7 @@ class ChatService:
 
     def edit_reply(self, conversation_id: int, message_id: int, text: str) -> Message:
         """Keep `text` in place of a reply, as a new branch (the conversation continues from it)."""
-        if not text.strip():
-            raise MessageError("The message is empty.")
+        checked_message(text)
         with self.db.begin() as session:
             original = self._message(session, conversation_id, message_id, role="assistant")
             return repo.add_message(session, conversation_id, "assistant", text, parent_id=original.parent_id,

@@ -11,6 +11,7 @@ from dataclasses import replace
 import click
 import psutil
 
+from core.chat.limits import checked_message
 from core.chat.providers import LocalProvider
 from core.chat.service import ChatService, Trimmed
 from core.cli.common import library, load_with_notice, warn
@@ -45,8 +46,8 @@ def chat(
     """Stream replies from a downloaded model, with the device and weights of the saved settings."""
     from core.inference.engine import LocalEngine
 
-    if prompt is not None and not prompt.strip():  # before a model loads for nothing (stdin's blanks pass)
-        raise MessageError("The message is empty.")
+    if prompt is not None:  # before a model loads for nothing (stdin's lines are checked one by one)
+        checked_message(prompt)
 
     models_library = library()
     key = models_library.get(model).key

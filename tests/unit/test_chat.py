@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from core.chat.configs import ConfigStore
+from core.chat.limits import MAX_TEXT_CHARS
+from core.chat.presets import PresetStore
 from core.chat.providers import LocalProvider, provider_for_config
 from core.chat.service import ChatService, Trimmed, trim_history
-from core.errors import ConfigError, MessageError, NotFoundError
+from core.errors import ConfigError, ContextLengthError, MessageError, NotFoundError
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
@@ -274,3 +276,25 @@ def test_cli_chat_prompt_with_stats_and_a_piped_repl(tiny_models: dict[str, Path
         latest = repo.list_messages(session, conversations[0].id)
     assert [m.content for m in latest if m.role == "user"] == ["first line", "second line"]
     assert [m.role for m in latest] == ["user", "assistant", "user", "assistant"]
+
+
+def test_a_text_past_the_limit_is_refused_before_anything_is_stored(
+    chat: ChatService, database: Database
+) -> None:
+    # A LAN client can send Streamlit 16 MB at a time, whatever the page's box allows.
+    conversation = chat.new_conversation()
+    huge = "x" * (MAX_TEXT_CHARS + 1)
+    refused = [
+        lambda: chat.send(conversation.id, huge),
+        lambda: chat.set_options(conversation.id, huge, GenerationParams()),
+        lambda: chat.new_conversation("t", system_prompt=huge),
+        lambda: PresetStore(database, "local").save("p", huge, {}),
+    ]
+    for attempt in refused:
+        with pytest.raises(MessageError, match=r"200,001 characters long; at most 200,000 fit"):
+            attempt()
+    assert chat.messages(conversation.id) == [] and len(chat.conversations()) == 1
+    assert chat.get(conversation.id).system_prompt == ""
+    with pytest.raises(ContextLengthError):  # at the limit: kept, then explained as too long for the model
+        list(chat.send(conversation.id, "x" * MAX_TEXT_CHARS))
+    assert chat.messages(conversation.id)[0].content == "x" * MAX_TEXT_CHARS

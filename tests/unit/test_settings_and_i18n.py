@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
 
+from core.chat.limits import checked_length
 from core.errors import ContextLengthError, DiskSpaceError, InsufficientMemoryError, LocalLLMError
 from core.hub.catalog import BUILTIN_MODELS
 from core.settings import PROJECT_ROOT, load_settings
@@ -77,6 +79,14 @@ def test_every_reason_an_error_gives_is_translated() -> None:
         assert {f"reason.{reason}" for reason in raised} <= set(TEXTS[language]), language
 
 
+def _raised(action: Callable[[], object]) -> LocalLLMError:
+    try:
+        action()
+    except LocalLLMError as exc:
+        return exc
+    raise AssertionError("nothing was raised")
+
+
 # The errors a user meets most, with the parameters their raise sites give (core/hub/transfer.py,
 # core/inference/engine.py, core/errors.py); the English sentence is each one's own message, for the CLI.
 COMMON_ERRORS = [
@@ -88,6 +98,7 @@ COMMON_ERRORS = [
         margin_bytes=500_000_000, folder="/data/models",
     ),
     DiskSpaceError("English.", reason="disk_full", file="model.safetensors", path="/data/models/x.part"),
+    _raised(lambda: checked_length("x" * 200_001)),
 ]  # fmt: skip
 
 
@@ -101,6 +112,8 @@ def test_the_errors_users_meet_most_read_whole_in_each_language(
         shown[language] = error_text(error)
     for text in shown.values():
         assert "English." not in text and "{" not in text, text  # its own text, every value filled
-    figures = re.findall(r"[\d.]+ [KMG]B|\d{4}|/data/models|model\.safetensors", shown["en"])
+    figures = re.findall(
+        r"[\d.]+ [KMG]B|\d{1,3}(?:,\d{3})+|\d{4,}|/data/models|model\.safetensors", shown["en"]
+    )
     assert figures and all(figure in shown["zh"] for figure in figures), shown
     assert not re.search(r"[A-Za-z]{3,} [a-z]{3,}", shown["zh"]), shown["zh"]  # no English phrase in Chinese

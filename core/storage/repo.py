@@ -171,10 +171,13 @@ def create_conversation(
 def list_conversations(session: Session, owner: str, search: str = "") -> list[Conversation]:
     """The owner's conversations, newest first; `search` matches titles and message text."""
     query = select(ConversationRow).where(ConversationRow.owner == owner)
-    if search:
-        pattern = f"%{search}%"
-        in_messages = select(MessageRow.conversation_id).where(MessageRow.content.ilike(pattern))
-        query = query.where(or_(ConversationRow.title.ilike(pattern), ConversationRow.id.in_(in_messages)))
+    if search:  # the words as typed: "%" and "_" are themselves, not LIKE's wildcards
+        literal = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{literal}%"
+        in_messages = select(MessageRow.conversation_id).where(MessageRow.content.ilike(pattern, escape="\\"))
+        query = query.where(
+            or_(ConversationRow.title.ilike(pattern, escape="\\"), ConversationRow.id.in_(in_messages))
+        )
     rows = session.scalars(query.order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc()))
     return [from_row(Conversation, row) for row in rows]
 

@@ -214,6 +214,11 @@ def test_conversations_messages_and_search(database: Database) -> None:
         assert [c.title for c in repo.list_conversations(session, "alice")] == ["Trip plan"]
         assert [c.title for c in repo.list_conversations(session, "alice", search="西湖")] == ["Trip plan"]
         assert repo.list_conversations(session, "alice", search="nothing like it") == []
+        # Typed as it is: "%" and "_" match only themselves (as LIKE wildcards they matched anything).
+        assert repo.list_conversations(session, "alice", search="Trip_plan") == []
+        assert repo.list_conversations(session, "alice", search="\\") == []
+        repo.create_conversation(session, owner="alice", title="Done 100%")
+        assert [c.title for c in repo.list_conversations(session, "alice", search="0%")] == ["Done 100%"]
         reply = repo.list_messages(session, mine.id)[-1]
         assert (reply.prompt_tokens, reply.completion_tokens, reply.finish_reason) == (12, 4, "stop")
         assert reply.tokens_per_s == pytest.approx(30.5)

@@ -42,11 +42,10 @@ def settle_interrupted_reply() -> None:
     """A run that interrupts a streaming reply (Stop, Esc, any click) stops it and waits, SETTLE_S at
     most, until it is saved: Streamlit starts this run before the interrupted one has ended, and the
     conversation drawn too soon showed the reply cut further back and marked "interrupted"."""
-    replying = st.session_state.get(state.REPLYING)
-    if replying is not None and not replying[1].is_set():
+    if (replying := st.session_state.get(state.REPLYING)) is not None:
         stop, saved = replying
-        stop.set()
-        saved.wait(SETTLE_S)
+        stop.set()  # (a reply already saved no longer reads it)
+        saved.wait(SETTLE_S)  # returns at once once it is saved
 
 
 def reasoning_fold(parent: Any, split: SplitReply) -> Any:

@@ -34,7 +34,7 @@ def attempt(action: Callable[[], Any]) -> bool:
 def file_picker(label: str, types: Sequence[str], key: str) -> Any:
     """st.file_uploader whose button and limits read in the session's language (Streamlit writes them in
     English): its own text hidden, ours drawn in its place by a style scoped to this widget's key."""
-    scope = f".st-key-{re.sub(r'[^A-Za-z0-9_-]', '-', key)}"
+    scope = _key_class(key)
     limits = t("upload.limits", limit=st.get_option("server.maxUploadSize"),
                types=", ".join(kind.upper() for kind in types))  # fmt: skip
     button = f"{scope} [data-testid='stFileUploader'] button [data-testid='stMarkdownContainer'] p"
@@ -49,11 +49,17 @@ def file_picker(label: str, types: Sequence[str], key: str) -> Any:
 
 def button_list(key: str) -> DeltaGenerator:
     """A container whose buttons read from the left like a list's lines (Streamlit centres a label)."""
+    scope = _key_class(key)
     st.html(
-        f"<style>.st-key-{key} button, .st-key-{key} button > div {{justify-content: flex-start}}"
-        f" .st-key-{key} button p {{text-align: left}}</style>"
+        f"<style>{scope} button, {scope} button > div {{justify-content: flex-start}}"
+        f" {scope} button p {{text-align: left}}</style>"
     )
     return st.container(key=key)
+
+
+def _key_class(key: str) -> str:
+    """The CSS class selector Streamlit gives the element of widget or container key `key`."""
+    return f".st-key-{re.sub(r'[^A-Za-z0-9_-]', '-', key)}"
 
 
 def _css_string(text: str) -> str:

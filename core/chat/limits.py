@@ -11,14 +11,14 @@ from core.errors import MessageError
 MAX_TEXT_CHARS = 200_000  # past any catalog model's context; a whole 32k-token reply edited by hand
 
 
-def checked_message(text: str) -> str:
+def checked_message(text: str) -> None:
     """A message to send or keep: not blank, at most MAX_TEXT_CHARS characters."""
     if not text.strip():
         raise MessageError("The message is empty.", reason="message_empty")
-    return checked_length(text)
+    checked_length(text)
 
 
-def checked_length(text: str) -> str:
+def checked_length(text: str) -> None:
     """Any text a person writes (a system prompt may be blank), at most MAX_TEXT_CHARS characters."""
     if len(text) > MAX_TEXT_CHARS:
         raise MessageError(
@@ -27,4 +27,3 @@ def checked_length(text: str) -> str:
             length=f"{len(text):,}",
             limit=f"{MAX_TEXT_CHARS:,}",
         )
-    return text

@@ -60,10 +60,10 @@ def chat(
     load_s = time.perf_counter() - started
     conversation = service.new_conversation(f"CLI {key}", system_prompt=system)
     # The model's own sampling (what a new chat on the page starts from), with what the options change.
-    chosen = {"max_new_tokens": max_new_tokens, "thinking": think}
-    params = replace(
-        provider.default_params(), **chosen, **({} if temperature is None else {"temperature": temperature})
-    )
+    chosen: dict[str, object] = {"max_new_tokens": max_new_tokens, "thinking": think}
+    if temperature is not None:
+        chosen["temperature"] = temperature
+    params = replace(provider.default_params(), **chosen)
     service.set_options(conversation.id, system, params)
     messages = [prompt] if prompt is not None else (line.rstrip("\n") for line in sys.stdin)
     return _converse(service, conversation.id, messages, ignore_eos, loaded, load_s if stats else None)

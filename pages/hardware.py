@@ -12,6 +12,7 @@ from core.preferences import DEVICES, MAX_PARALLEL, QUANTIZATIONS
 from core.settings import load_settings
 from core.storage import files
 from core.storage.db import display_url, sqlite_file
+from core.storage.repo import config_field_limit as limit
 from core.units import format_bytes
 from ui import access, resources
 from ui.access import admin_only_note
@@ -274,7 +275,7 @@ def model_field(base_url: str, current: str, key: str) -> str:
     if offered:
         index = offered.index(current) if current in offered else 0
         return st.selectbox(t("providers.model"), offered, index=index, key=f"{key}.select")
-    return st.text_input(t("providers.model"), value=current, key=f"{key}.text")
+    return st.text_input(t("providers.model"), value=current, key=f"{key}.text", max_chars=limit("model"))
 
 
 def save_new() -> None:
@@ -308,15 +309,18 @@ for config in store.list_configs():
         label += f" — {t('providers.current')}"
     with st.expander(label):
         if config.provider == "openai_compatible":
-            url = st.text_input(t("providers.base_url"), value=config.base_url or "", key=f"p{config.id}.url")
+            url = st.text_input(t("providers.base_url"), value=config.base_url or "", key=f"p{config.id}.url",
+                                max_chars=limit("base_url"))  # fmt: skip
             key = st.text_input(
-                t("providers.api_key"), type="password", key=f"p{config.id}.key",
+                t("providers.api_key"), type="password", key=f"p{config.id}.key", max_chars=limit("api_key"),
                 placeholder=t("providers.keep_key", masked=config.masked_api_key) if config.api_key else "",
             )  # fmt: skip
             if st.button(t("providers.test"), key=f"p{config.id}.test"):
                 connect(url, key or config.api_key)
             model = model_field(url, config.model, f"p{config.id}.model")
-            name = st.text_input(t("providers.name"), value=config.name, key=f"p{config.id}.name")
+            name = st.text_input(
+                t("providers.name"), value=config.name, key=f"p{config.id}.name", max_chars=limit("name")
+            )
             if st.button(t("providers.save"), key=f"p{config.id}.save"):
                 changes = {"name": name, "base_url": url.strip(), "model": model}
                 if key:
@@ -342,15 +346,20 @@ for config in store.list_configs():
                       on_click=delete_config, args=(config.id,))  # fmt: skip
 
 with st.expander(t("providers.add"), icon=":material/add:"):
-    new_url = st.text_input(t("providers.base_url"), placeholder="http://localhost:11434/v1", key="pnew.url")
-    new_key = st.text_input(t("providers.api_key"), type="password", key="pnew.key")
+    new_url = st.text_input(t("providers.base_url"), placeholder="http://localhost:11434/v1", key="pnew.url",
+                            max_chars=limit("base_url"))  # fmt: skip
+    new_key = st.text_input(
+        t("providers.api_key"), type="password", key="pnew.key", max_chars=limit("api_key")
+    )
     test, refresh = st.columns(2)
     if test.button(t("providers.test"), key="pnew.test") or refresh.button(
         t("providers.refresh"), key="pnew.refresh"
     ):
         connect(new_url, new_key)
     new_model = model_field(new_url, "", "pnew.model")
-    new_name = st.text_input(t("providers.name"), key="pnew.name", placeholder=new_model or "")
+    new_name = st.text_input(
+        t("providers.name"), key="pnew.name", placeholder=new_model or "", max_chars=limit("name")
+    )
     st.button(t("providers.save"), key="pnew.save", type="primary", on_click=save_new)
     if flash := st.session_state.pop("providers.flash", None):
         (st.success if flash[0] == "ok" else st.error)(flash[1])

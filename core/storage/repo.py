@@ -41,17 +41,21 @@ def _validate_config(provider: str, model: str, base_url: str | None) -> None:
             raise ConfigError("The base URL must start with http:// or https://.", reason="url_scheme")
 
 
-def _column_length(field: str) -> int:
+def config_field_limit(field: str) -> int:
+    """The most characters a provider config's text field (name, model, base_url, api_key) holds."""
     return ProviderConfigRow.__table__.c[field].type.length
 
 
 def _check_lengths(**values: Any) -> None:
     """Text fields of a config within their columns (a database other than SQLite would refuse more)."""
     for field, value in values.items():
-        limit = _column_length(field)
+        limit = config_field_limit(field)
         if isinstance(value, str) and len(value) > limit:
             label = field.replace("_", " ")
-            raise ConfigError(f"The {label} is too long: {len(value)} characters, at most {limit}.")
+            raise ConfigError(
+                f"The {label} is too long: {len(value)} characters, at most {limit}.",
+                reason=f"{field}_too_long", length=len(value), limit=limit,
+            )  # fmt: skip
 
 
 def _config_row(session: Session, config_id: int) -> ProviderConfigRow:
@@ -74,7 +78,7 @@ def save_config(
     """Store a new provider config and return its id."""
     _validate_config(provider, model, base_url)
     _check_lengths(name=name, model=model, base_url=base_url, api_key=api_key)
-    unnamed = model.strip()[: _column_length("name")]  # the model's name, as the form's placeholder says
+    unnamed = model.strip()[: config_field_limit("name")]  # the model's name, as the form's placeholder says
     row = ProviderConfigRow(
         name=name.strip() if name else unnamed,
         provider=provider,

@@ -109,13 +109,15 @@ def test_invalid_configs_are_refused_with_a_message(
 
 
 def test_text_past_its_column_is_refused_with_a_sentence_before_anything_is_written(
-    database: Database,
+    database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = ConfigStore(database)
     with pytest.raises(ConfigError, match=r"^The name is too long: 100000 characters, at most 200\.$"):
         store.save_config("openai_compatible", "m", "http://127.0.0.1:1/v1", name="n" * 100_000)
-    with pytest.raises(ConfigError, match="The base url is too long"):
+    with pytest.raises(ConfigError, match="The base url is too long") as refused:
         store.save_config("openai_compatible", "m", "http://" + "h" * 600)
+    monkeypatch.setattr("ui.state.language", lambda: "zh")  # the page's form, in Chinese
+    assert error_text(refused.value) == "设置无效：服务地址（Base URL）太长（607 个字符，最多 500 个）。"
     assert store.list_configs() == []
     config_id = store.save_config("local_model", "m" * 300)  # the longest model: its name is cut to fit
     assert len(store.get_config(config_id).name) == 200

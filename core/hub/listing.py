@@ -311,20 +311,25 @@ def check_runnable(listing: RepoListing, endpoint: str) -> None:
     """Refuse repos the engine cannot run: no safetensors, no chat template, or remote code needed."""
     paths = {f.path for f in listing.files}
     if not any(p.endswith(".safetensors") for p in paths):
-        raise UnsupportedModelError(f"{listing.repo_id} has no safetensors weights.", repo_id=listing.repo_id)
+        raise UnsupportedModelError(
+            f"{listing.repo_id} has no safetensors weights.", repo_id=listing.repo_id, reason="no_safetensors"
+        )
     if "config.json" not in paths:
-        raise UnsupportedModelError(f"{listing.repo_id} has no config.json.", repo_id=listing.repo_id)
+        raise UnsupportedModelError(
+            f"{listing.repo_id} has no config.json.", repo_id=listing.repo_id, reason="no_config"
+        )
     config = fetch_json(endpoint, listing.repo_id, listing.commit, "config.json")
     if "auto_map" in config:
         raise UnsupportedModelError(
             f"{listing.repo_id} needs trust_remote_code, which this app keeps off for safety.",
-            repo_id=listing.repo_id,
-        )
+            repo_id=listing.repo_id, reason="remote_code",
+        )  # fmt: skip
     has_template = "chat_template.jinja" in paths
     if not has_template and "tokenizer_config.json" in paths:
         tokenizer_config = fetch_json(endpoint, listing.repo_id, listing.commit, "tokenizer_config.json")
         has_template = bool(tokenizer_config.get("chat_template"))
     if not has_template:
         raise UnsupportedModelError(
-            f"{listing.repo_id} has no chat template, so it is not a chat model.", repo_id=listing.repo_id
-        )
+            f"{listing.repo_id} has no chat template, so it is not a chat model.",
+            repo_id=listing.repo_id, reason="not_chat_model",
+        )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from core.preferences import Preferences
 from core.storage.db import Database
 from core.storage.schema import DownloadJobRow
 from tests.fixtures.hub_server import Fault, HubServer
+from ui.i18n import error_text
 
 POLICY = TransferPolicy(backoff_s=0.01, stall_timeout_s=2, disk_margin_bytes=0, interrupted_after_s=0.2)
 
@@ -82,7 +84,11 @@ def test_add_custom_model_checks_the_hub_and_stores_details(
 
 
 def test_unrunnable_or_unreachable_repos_get_their_own_message(
-    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path], tmp_path: Path
+    library: ModelLibrary,
+    hub: HubServer,
+    tiny_models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     source = tiny_models["qwen2"]
     hub.add_repo("x/no-template", _variant(source, tmp_path, "a", chat_template__jinja=None))
@@ -91,17 +97,31 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
     )
     hub.add_repo("x/no-weights", _variant(source, tmp_path, "c", model__safetensors=None))
     hub.add_repo("x/gated", source, gated=True)
-    cases = {
-        "x/no-template": (UnsupportedModelError, "no chat template"),
-        "x/remote-code": (UnsupportedModelError, "trust_remote_code"),
-        "x/no-weights": (UnsupportedModelError, "no safetensors"),
-        "x/missing": (RepoNotFoundError, "was not found"),
+    cases = {  # the English message (the CLI's), and the start of the Models page's sentence in Chinese
+        "x/no-template": (
+            UnsupportedModelError,
+            "no chat template",
+            "本应用无法运行该模型：x/no-template 没有对话模板",
+        ),
+        "x/remote-code": (
+            UnsupportedModelError,
+            "trust_remote_code",
+            "本应用无法运行该模型：x/remote-code 需要运行",
+        ),
+        "x/no-weights": (
+            UnsupportedModelError,
+            "no safetensors",
+            "本应用无法运行该模型：x/no-weights 没有 safetensors",
+        ),
+        "x/missing": (RepoNotFoundError, "was not found", "未找到模型仓库 x/missing：请检查仓库 ID"),
+        "x/gated": (GatedRepoError, "accept its license", "x/gated 需要授权：请在 huggingface.co 接受"),
     }
-    for repo_id, (error, message) in cases.items():
-        with pytest.raises(error, match=message):
+    monkeypatch.setattr("ui.state.language", lambda: "zh")
+    for repo_id, (error, message, in_chinese) in cases.items():
+        with pytest.raises(error, match=message) as refused:
             library.add_custom(repo_id)
-    with pytest.raises(GatedRepoError, match="accept its license"):
-        library.add_custom("x/gated")
+        assert error_text(refused.value).startswith(in_chinese), error_text(refused.value)
+        assert not re.search("[A-Za-z]{3,} [a-z]{3,}", error_text(refused.value)), "English words in Chinese"
     assert [spec.key for spec in library.models() if spec.custom] == []
 
 

@@ -198,7 +198,9 @@ def _transient_or_refused(exc: hf_errors.HfHubHTTPError, what: str) -> Exception
     status = exc.response.status_code if exc.response is not None else 0
     if status == 429 or status >= 500:
         return httpx2.TransportError(f"HTTP {status}")
-    return DownloadError(f"The server refused {what} (HTTP {status}).", status=status)
+    return DownloadError(
+        f"The server refused {what} (HTTP {status}).", status=status, reason="server_refused"
+    )
 
 
 def fetch_listing(repo_id: str, revision: str, endpoint: str) -> RepoListing:
@@ -248,7 +250,9 @@ def _head_metadata(entry: _Listed, endpoint: str, repo_id: str, commit: str) -> 
     except hf_errors.EntryNotFoundError:
         if RemoteFile(entry.path, 0, "", None).optional:
             return None
-        raise DownloadError(f"{entry.path} is missing on the server (HTTP 404).", path=entry.path) from None
+        raise DownloadError(
+            f"{entry.path} is missing on the server (HTTP 404).", path=entry.path, reason="file_missing"
+        ) from None
     except hf_errors.HfHubHTTPError as exc:
         raise _transient_or_refused(exc, f"{entry.path} of {repo_id}") from exc
     etag = (metadata.etag or "").lower()

@@ -140,7 +140,7 @@ class ModelDownload:
         disk_free: Callable[[Path], int] = disk_free_bytes,
     ) -> None:
         if not endpoints:
-            raise DownloadError("No download endpoint is configured.")
+            raise DownloadError("No download endpoint is configured.", reason="endpoint_required")
         self.target = target
         self.directory = model_dir(models_dir, target.key)
         self.endpoints = list(endpoints)
@@ -402,7 +402,9 @@ class ModelDownload:
                 f"Repository {self.target.repo_id} was not found.", repo_id=self.target.repo_id
             )
         if status == 404:
-            raise DownloadError(f"{file.path} is missing on the server (HTTP 404).", path=file.path)
+            raise DownloadError(
+                f"{file.path} is missing on the server (HTTP 404).", path=file.path, reason="file_missing"
+            )
         if status == 416:
             raise TransientError("the server refused the resume range")
         raise TransientError(f"HTTP {status}")

@@ -117,12 +117,17 @@ def test_missing_optional_file_does_not_fail(hub: HubServer, models: Path) -> No
     assert any("README.md" in note and "optional" in note for note in progress.notes)
 
 
-def test_missing_required_file_fails_with_its_name(hub: HubServer, models: Path) -> None:
+def test_missing_required_file_fails_with_its_name(
+    hub: HubServer, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hub.add_repo("org/model", REPO)
     hub.add_fault(Fault(path="config.json", status=404))
     _, progress = download([hub.url], models)
     assert progress.state == "failed"
     assert "config.json" in progress.error
+    monkeypatch.setattr("ui.state.language", lambda: "zh")  # the Models page, from the stored job
+    shown = failure_text(progress.error_code, progress.error_params, progress.error)
+    assert shown == "下载失败：服务器上没有 config.json（HTTP 404）。"
 
 
 def test_checksum_mismatch_is_reported_and_the_file_fetched_again(hub: HubServer, models: Path) -> None:

@@ -57,6 +57,12 @@ def button_list(key: str) -> DeltaGenerator:
     return st.container(key=key)
 
 
+def one_stop_button() -> None:
+    """Hide the Stop beside Streamlit's running indicator: it halts the page's script and leaves a
+    streaming reply drawn with its own Stop until the next click. The reply's Stop (Esc) is the one."""
+    st.html("<style>[data-testid='stStatusWidget'] button {display: none}</style>")
+
+
 def _key_class(key: str) -> str:
     """The CSS class selector Streamlit gives the element of widget or container key `key`."""
     return f".st-key-{re.sub(r'[^A-Za-z0-9_-]', '-', key)}"

@@ -57,6 +57,9 @@ def test_esc_stops_the_reply_which_is_drawn_at_once_as_stopped_with_all_it_said(
     page = open_chat(browser, app_url)
     send(page, LONG_PROMPT)
     partial = reply_is_streaming(page)
+    # One Stop: Streamlit's own, beside its running indicator, would halt the page's script instead.
+    expect(page.get_by_test_id("stStatusWidget")).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget").get_by_role("button", name="Stop")).to_be_hidden()
     page.keyboard.press("Escape")  # the Stop button's shortcut, from the chat input where the focus is
     messages = page.get_by_test_id("stChatMessage")
     # The run that Esc starts waits for the stopped reply to be saved before it draws the conversation

@@ -47,9 +47,13 @@ def has(message_id: str) -> bool:
 
 
 def t(message_id: str, /, **params: Any) -> str:
-    """The text in the session's language; `{cli}` in it is the command line as this installation runs
-    it from a terminal (`localllm`, or this venv's python -m core)."""
-    text = TEXTS[current_language()][message_id]
+    """The text in the session's language, in the singular where `count` is 1 and the language has one;
+    `{cli}` in it is the command line as this installation runs it from a terminal (`localllm`, or
+    this venv's python -m core)."""
+    texts = TEXTS[current_language()]
+    if params.get("count") == 1 and f"{message_id}_one" in texts:  # English's singular ("1 page")
+        message_id += "_one"
+    text = texts[message_id]
     if "{cli}" in text:
         params.setdefault("cli", command_line())
     return text.format(**params) if params else text

@@ -58,5 +58,5 @@ def chats_import(file: str, name: str | None) -> int:
             f"Cannot read {file}: {exc.strerror or exc}.", reason="archive_unreadable"
         ) from exc
     result = archive.import_bytes(database(), _owner(name), data)
-    click.echo(f"Imported {result.imported} conversations ({result.already_here} were already here).")
+    click.echo(f"Conversations imported: {result.imported} (already here, skipped: {result.already_here}).")
     return 0

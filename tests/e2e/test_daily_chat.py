@@ -63,7 +63,9 @@ def test_attach_regenerate_switch_export_and_import(
     page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(chatgpt))
     expect(page.get_by_test_id("stFileChipName")).to_have_text("conversations.json", timeout=30_000)
     page.get_by_role("button", name="Import", exact=True).click()
-    expect(page.get_by_text("Imported 1 conversations (0 were already here).")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Conversations imported: 1 (already here, skipped: 0).")).to_be_visible(
+        timeout=30_000
+    )
     listed = sidebar.get_by_role("button", name="Trip", exact=True)
     expect(listed).to_be_visible()
     # A title reads from the left of its row, as a list's line does (a button centres its label).

@@ -225,9 +225,9 @@ def test_the_command_line_exports_and_imports(
     exported = tmp_path / "chats.json"
     assert main(["chats", "export", str(exported)]) == 0
     assert main(["chats", "import", str(exported), "--user", "Alice"]) == 0
-    assert "Imported 1 conversations (0 were already here)." in capsys.readouterr().out
+    assert "Conversations imported: 1 (already here, skipped: 0)." in capsys.readouterr().out
     assert main(["chats", "import", str(exported), "--user", "alice"]) == 0
-    assert "Imported 0 conversations (1 were already here)." in capsys.readouterr().out
+    assert "Conversations imported: 0 (already here, skipped: 1)." in capsys.readouterr().out
     assert _shape(database, "lan:alice") == _shape(database, "local")
 
     (tmp_path / "bad.json").write_text("[1, 2, 3]")

@@ -11,7 +11,7 @@ from core.chat.limits import checked_length
 from core.errors import ContextLengthError, DiskSpaceError, InsufficientMemoryError, LocalLLMError
 from core.hub.catalog import BUILTIN_MODELS
 from core.settings import PROJECT_ROOT, load_settings
-from ui.i18n import LANGUAGES, TEXTS, error_text, language_from_locale
+from ui.i18n import LANGUAGES, TEXTS, error_text, language_from_locale, t
 
 
 def test_the_database_url_and_data_folder_come_from_the_environment() -> None:
@@ -31,15 +31,33 @@ def test_browser_locale_picks_the_language(locale: str | None, language: str) ->
 
 def test_both_languages_have_the_same_keys_and_placeholders() -> None:
     english, chinese = TEXTS["en"], TEXTS["zh"]
-    assert set(english) == set(chinese), set(english) ^ set(chinese)
+    singular = {key for key in english if key.endswith("_one")}  # English's "1 page" beside "{count} pages"
+    assert set(english) - singular == set(chinese), (set(english) - singular) ^ set(chinese)
     assert set(TEXTS) == set(LANGUAGES)
+    for key in singular:
+        plural = key.removesuffix("_one")
+        assert "{count}" in english[plural] and "{count}" not in english[key], key
+        assert set(re.findall(r"{(\w+)}", english[key])) == set(re.findall(r"{(\w+)}", english[plural])) - {
+            "count"
+        }
     for key, text in english.items():
+        if key in singular:
+            continue
         placeholders = {lang: set(re.findall(r"{(\w+)}", TEXTS[lang][key])) for lang in LANGUAGES}
         if key.startswith("error."):  # a translation may leave out the English sentence, nothing else
             assert placeholders["en"] - {"message"} == placeholders["zh"] - {"message"}, key
         else:
             assert placeholders["en"] == placeholders["zh"], key
         assert text.strip() and chinese[key].strip(), key
+
+
+def test_english_says_one_in_the_singular(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (t("chat.pages", count=1), t("chat.pages", count=2), t("chat.pages", count=0)) == (
+        "1 page", "2 pages", "0 pages",
+    )  # fmt: skip
+    assert t("chat.show_earlier", count=1, left=1) == "Show 1 earlier message (1 not shown)"
+    monkeypatch.setattr("ui.state.language", lambda: "zh")
+    assert t("chat.pages", count=1) == "1 页"
 
 
 def test_every_key_used_in_the_ui_exists() -> None:

@@ -22,6 +22,13 @@ from ui.markup import escape_markdown
 from ui.widgets import download_settings
 
 ACTIVE_POLL_S = 1.0
+STATUS_BADGES = {  # a model's state: (colour, icon) of its badge
+    "ready": ("green", ":material/check_circle:"),
+    "downloading": ("blue", ":material/downloading:"),
+    "partial": ("orange", ":material/pause_circle:"),
+    "damaged": ("red", ":material/error:"),
+    "not_downloaded": ("gray", ":material/cloud_download:"),
+}
 library: ModelLibrary = resources.library()
 
 
@@ -104,9 +111,11 @@ def live_status(spec: ModelSpec) -> None:
     progress = library.progress(spec.key)
     if (status.kind == "downloading") != st.session_state.get(f"models.polling.{spec.key}", False):
         st.rerun(scope="app")  # a download started or ended: redraw the card, polling only while it runs
-    head, badge = st.columns([3, 1])
+    head, badge = st.columns([3, 1], vertical_alignment="center")
     head.subheader(f"{spec.key} · {t('models.custom')}" if spec.custom else spec.key)
-    badge.markdown(f"**{t(f'models.status.{status.kind}', percent=f'{status.fraction:.0%}')}**")
+    color, icon = STATUS_BADGES[status.kind]
+    with badge, st.container(horizontal=True, horizontal_alignment="right"):
+        st.badge(t(f"models.status.{status.kind}", percent=f"{status.fraction:.0%}"), color=color, icon=icon)
     st.caption(escape_markdown(spec.repo_id))
     if status.kind == "downloading" and progress:
         progress_bar(

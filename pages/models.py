@@ -144,10 +144,14 @@ def live_status(spec: ModelSpec) -> None:
             label = "models.action.retry" if failed else "models.action.resume"
             st.button(t(label), key=f"resume-{spec.key}", type="primary", on_click=run_action,
                       args=(lambda: start_download(spec.key),))  # fmt: skip
-            if failed and access.is_admin():
-                st.page_link(
-                    "pages/hardware.py", label=t("models.mirror_settings"), icon=":material/settings:"
-                )
+            if failed:
+                mirror_settings_link()
+
+
+def mirror_settings_link() -> None:
+    """Where an administrator adds a download mirror, beside a failed download's Retry."""
+    if access.is_admin():
+        st.page_link("pages/hardware.py", label=t("models.mirror_settings"), icon=":material/settings:")
 
 
 def actions(spec: ModelSpec, status: ModelStatus) -> None:
@@ -158,7 +162,11 @@ def actions(spec: ModelSpec, status: ModelStatus) -> None:
                 show_plan(library.plan(key))
             except LocalLLMError as exc:
                 st.error(error_text(exc))
-                st.button(t("models.action.check_again"), key=f"check-again-{key}", type="primary")  # a rerun
+                with st.container(horizontal=True):
+                    st.button(
+                        t("models.action.check_again"), key=f"check-again-{key}", type="primary"
+                    )  # a rerun
+                    mirror_settings_link()
     if status.kind == "damaged":
         st.warning(t("models.damaged_files", files=", ".join(p.path for p in status.problems)))
     buttons: list[Action] = []

@@ -278,3 +278,19 @@ def test_a_click_shows_its_message_when_the_bandwidth_is_measured_during_its_run
     assert not at.exception
     assert any("is not a Hugging Face repository id" in e.value for e in at.error)  # not lost to a rerun
     assert any("decode speed on the CPU: about" in c.value and "20 GB/s" in c.value for c in at.caption)
+
+
+def test_a_listing_that_cannot_be_read_offers_retry_and_the_mirror_settings(
+    new_app, library: ModelLibrary
+) -> None:
+    library.preferences.set("endpoints", ["http://127.0.0.1:9"])  # nothing listens there
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    at.button(key="check-qwen2.5-0.5b").click().run()
+    assert not at.exception
+    assert [e.value.split(":")[0] for e in at.error] == [
+        "Could not get the file list of Qwen/Qwen2.5-0.5B-Instruct"
+    ]
+    assert at.button(key="check-again-qwen2.5-0.5b")
+    links = [link.proto for link in at.get("page_link")]
+    assert [(link.label, link.page) for link in links] == [("Download settings (mirrors)", "hardware")]

@@ -444,7 +444,10 @@ model = pick_model()
 conversation = conversation_list()
 if model is None:
     st.info(t("chat.no_model"), icon=":material/info:")
-    st.page_link("pages/models.py", label=t("chat.go_models"), icon=":material/download:")
+    with st.container(horizontal=True):
+        st.page_link("pages/models.py", label=t("chat.go_models"), icon=":material/download:")
+        if access.is_admin():  # a LAN visitor cannot add a server
+            st.page_link("pages/hardware.py", label=t("chat.go_servers"), icon=":material/lan:")
     st.stop()
 current = store.get_current_config()  # after the picker's choice
 if current is None:  # a LAN visitor, with only servers that the admin has not chosen

@@ -94,6 +94,11 @@ def test_current_config_shows_escaped_in_the_sidebar(new_app, db_url: str) -> No
     assert r"Provider: \*\*bold\*\* \<b\>x\</b\>" in _sidebar_text(at)
     # its model is not downloaded: the chat page says what to do instead of failing
     assert any("Download one on the Models page" in info.value for info in at.info)
+    links = [(link.proto.page, link.proto.label) for link in at.get("page_link")]
+    assert links == [
+        ("models", "Go to Models"),
+        ("hardware", "Or connect a server that runs one (Ollama, LM Studio, vLLM, OpenAI)"),
+    ]
 
 
 def test_a_ready_model_nobody_chose_answers_and_the_status_says_so_from_the_first_visit(

@@ -111,10 +111,9 @@ def live_status(spec: ModelSpec) -> None:
     progress = library.progress(spec.key)
     if (status.kind == "downloading") != st.session_state.get(f"models.polling.{spec.key}", False):
         st.rerun(scope="app")  # a download started or ended: redraw the card, polling only while it runs
-    head, badge = st.columns([3, 1], vertical_alignment="center")
-    head.subheader(f"{spec.key} · {t('models.custom')}" if spec.custom else spec.key)
     color, icon = STATUS_BADGES[status.kind]
-    with badge, st.container(horizontal=True, horizontal_alignment="right"):
+    with st.container(horizontal=True, vertical_alignment="center"):  # one line, on a phone too
+        st.subheader(f"{spec.key} · {t('models.custom')}" if spec.custom else spec.key)
         st.badge(t(f"models.status.{status.kind}", percent=f"{status.fraction:.0%}"), color=color, icon=icon)
     st.caption(escape_markdown(spec.repo_id))
     if status.kind == "downloading" and progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -176,8 +177,13 @@ def send(page: Page, text: str, placeholder: str = "Message the model…") -> No
     box.press("Enter")
 
 
+def state_badge(card: Locator, text: str) -> Locator:
+    """A model card's state badge saying `text` (its icon's name comes first: "check_circle Ready")."""
+    return card.get_by_text(re.compile(rf"\b{re.escape(text)}$"))
+
+
 def stop_button(page: Page) -> Locator:
-    """The reply's own Stop button (Streamlit's header shows a second "Stop" while any script runs)."""
+    """The reply's own Stop button (Streamlit's own Stop, in the header, is hidden: ui.widgets)."""
     return page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop")
 
 

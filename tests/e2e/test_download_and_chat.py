@@ -10,6 +10,7 @@ from playwright.sync_api import Browser, expect
 
 from core.storage import repo
 from core.storage.db import Database
+from tests.e2e.conftest import state_badge
 from tests.fixtures.hub_server import HubServer
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +47,7 @@ def test_download_then_chat(browser: Browser, app_with_hub: str, hub_with_model:
     expect(card.get_by_text("model.safetensors").first).to_be_visible(
         timeout=30_000
     )  # progress names the file
-    expect(card.get_by_text("Ready", exact=True)).to_be_visible(timeout=60_000)
+    expect(state_badge(card, "Ready")).to_be_visible(timeout=60_000)
     # the first model ready answers in the chat by itself
     expect(card.get_by_role("button", name="In use for chat", exact=True)).to_be_disabled(timeout=30_000)
 

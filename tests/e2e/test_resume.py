@@ -12,7 +12,7 @@ from playwright.sync_api import Browser, expect
 
 from core.storage import repo
 from core.storage.db import Database
-from tests.e2e.conftest import running_app, stop_process_group
+from tests.e2e.conftest import running_app, state_badge, stop_process_group
 from tests.fixtures.hub_server import HubServer
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +49,7 @@ def test_sigkill_mid_download_then_restart_resumes_without_refetching(
     with running_app(log_path=isolated_env / "app.log", port=first.port):
         page.reload()
         expect(card.get_by_text("Downloading")).to_be_visible(timeout=30_000)  # resumed on its own
-        expect(card.get_by_text("Ready", exact=True)).to_be_visible(timeout=60_000)
+        expect(state_badge(card, "Ready")).to_be_visible(timeout=60_000)
 
     # Transfers only: a closed range (bytes=0-N) is the header read when the model was added.
     gets = hub.requests("GET", "model.safetensors")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import click
@@ -20,6 +23,8 @@ from core.hardware import peak_rss_bytes
 from core.inference.events import Finished, ReplyStats, TextDelta
 from core.inference.loading import LoadedModel
 from core.preferences import QUANTIZATIONS
+
+PROMPT = ">>> "
 
 
 @click.command(short_help="chat with a downloaded model (a REPL on stdin without --prompt)")
@@ -65,22 +70,45 @@ def chat(
         chosen["temperature"] = temperature
     params = replace(provider.default_params(), **chosen)
     service.set_options(conversation.id, system, params)
-    messages = [prompt] if prompt is not None else (line.rstrip("\n") for line in sys.stdin)
-    return _converse(service, conversation.id, messages, ignore_eos, loaded, load_s if stats else None)
+    interactive = prompt is None and sys.stdin.isatty()
+    if interactive:
+        warn(f"{key} ({loaded.device}, {loaded.weights}): type a message and press Enter. "
+             "Ctrl+C stops a reply, Ctrl+D quits.")  # fmt: skip
+        messages: Iterable[str] = _typed_lines()
+    else:
+        messages = [prompt] if prompt is not None else (line.rstrip("\n") for line in sys.stdin)
+    return _converse(
+        service, conversation.id, messages, ignore_eos, loaded, load_s if stats else None, interactive
+    )
+
+
+def _typed_lines() -> Iterator[str]:
+    """Lines typed at a prompt (with line editing where Python has readline), until Ctrl+D."""
+    with contextlib.suppress(ImportError):  # not on Windows
+        import readline  # noqa: F401  (input() edits and recalls lines once it is imported)
+    while True:
+        try:
+            yield input(PROMPT)
+        except EOFError:
+            click.echo()
+            return
 
 
 def _converse(
     service: ChatService, conversation_id: int, messages: Iterable[str], ignore_eos: bool,
-    loaded: LoadedModel, load_s: float | None,
+    loaded: LoadedModel, load_s: float | None, interactive: bool = False,
 ) -> int:  # fmt: skip
-    """Send each message and print its reply; a message that cannot be sent is explained and skipped."""
+    """Send each message and print its reply; a message that cannot be sent is explained and skipped.
+    Typed at a prompt, Ctrl+C stops the reply (kept as far as it got) and the prompt comes back."""
     exit_code = 0
     try:
         for message in messages:
             if not message.strip():
                 continue
+            stop = threading.Event()
             try:
-                reply = _reply(service, conversation_id, message, ignore_eos)
+                with _interrupt_sets(stop) if interactive else contextlib.nullcontext():
+                    reply = _reply(service, conversation_id, message, ignore_eos, stop)
             except MessageError as exc:  # this message cannot be sent; the next line may be fine
                 warn(f"error: {exc.message}")
                 exit_code = 2
@@ -92,9 +120,21 @@ def _converse(
     return exit_code
 
 
-def _reply(service: ChatService, conversation_id: int, message: str, ignore_eos: bool) -> ReplyStats | None:
+@contextlib.contextmanager
+def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
+    """While a typed message's reply streams, Ctrl+C (SIGINT) sets its stop instead of ending the chat."""
+    previous = signal.signal(signal.SIGINT, lambda _signal, _frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _reply(
+    service: ChatService, conversation_id: int, message: str, ignore_eos: bool, stop: threading.Event
+) -> ReplyStats | None:
     stats = None
-    for event in service.send(conversation_id, message, ignore_eos=ignore_eos):
+    for event in service.send(conversation_id, message, stop, ignore_eos=ignore_eos):
         if isinstance(event, TextDelta):
             click.echo(event.text, nl=False)
         elif isinstance(event, Trimmed):
@@ -102,6 +142,8 @@ def _reply(service: ChatService, conversation_id: int, message: str, ignore_eos:
         elif isinstance(event, Finished):
             stats = event.stats
     click.echo()
+    if stop.is_set():
+        warn("[stopped]")
     return stats
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +20,7 @@ import pytest
 from core.cli import common
 from core.settings import PROJECT_ROOT
 from core.storage.db import sqlite_file
-from tests.fixtures.tiny_models import install_ready
+from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -143,3 +147,48 @@ def test_a_slow_load_says_why_on_stderr_and_a_fast_one_says_nothing(monkeypatch:
     for timer in [t for t in threading.enumerate() if isinstance(t, threading.Timer)]:
         timer.join(5)  # a notice not called off would be said within the second
     assert said == []
+
+
+def _read_until(terminal: int, expected: str, seen: bytearray, start: int = 0, timeout: float = 60) -> int:
+    """Read the terminal into `seen` until `expected` shows after `start`; where it ends."""
+    deadline = time.monotonic() + timeout
+    while (found := seen.find(expected.encode(), start)) < 0:
+        assert time.monotonic() < deadline, f"{expected!r} never appeared in {bytes(seen)[-400:]!r}"
+        if select.select([terminal], [], [], 0.5)[0]:
+            seen += os.read(terminal, 4096)
+    return found + len(expected)
+
+
+def test_typed_at_a_terminal_ctrl_c_stops_the_reply_and_the_prompt_comes_back(tmp_path: Path) -> None:
+    # A terminal (a pseudo-terminal here), as a person runs `localllm chat KEY`; Ctrl+C is its SIGINT.
+    endless = build_tiny_model(tmp_path / "endless", context=4096, endless=True)
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", endless)
+    terminal, child_end = pty.openpty()
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "core", "chat", "qwen2.5-0.5b", "--max-new-tokens", "4000", "--ignore-eos"],
+        cwd=PROJECT_ROOT, env=os.environ, stdin=child_end, stdout=child_end, stderr=child_end,
+    )  # fmt: skip
+    os.close(child_end)
+    try:
+        seen = bytearray()
+        _read_until(terminal, ">>> ", seen)
+        assert "Ctrl+C stops a reply, Ctrl+D quits." in seen.decode()
+        os.write(terminal, b"Hello\n")
+        echoed = _read_until(terminal, "Hello", seen)
+        _read_until(terminal, "", seen, start=echoed + 200)  # 200 bytes of the reply have streamed
+        assert chat.poll() is None
+        chat.send_signal(signal.SIGINT)
+        stopped = _read_until(terminal, "[stopped]", seen, start=echoed)
+        _read_until(terminal, ">>> ", seen, start=stopped)  # the prompt is back: the chat goes on
+        os.write(terminal, b"\x04")  # Ctrl+D
+        assert chat.wait(timeout=60) == 0
+    finally:
+        chat.kill()
+        os.close(terminal)
+    connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
+    saved = connection.execute(
+        "SELECT role, finish_reason, length(content) FROM messages ORDER BY id"
+    ).fetchall()
+    connection.close()
+    assert [row[:2] for row in saved] == [("user", None), ("assistant", "stopped")]
+    assert saved[1][2] > 0  # kept as far as it got

@@ -48,6 +48,8 @@ def preset_picker(chat: ChatService, store: PresetStore, conversation: Conversat
         label = preset.name if preset.name not in labels else f"{preset.name} ({len(labels)})"
         labels[label] = key
     current = conversation.preset if conversation.preset in available else None
+    if chat.follows_model(conversation.id):  # a chat started from the model's own settings, or imported
+        current = MODEL_DEFAULTS
     names = list(labels)
     chosen = st.selectbox(
         t("preset.label"), names, index=list(labels.values()).index(current) if current else None,

@@ -168,6 +168,13 @@ class ChatService:
             row.params = params.to_dict()
             row.preset = None
 
+    def follows_model(self, conversation_id: int) -> bool:
+        """Whether the conversation set nothing of its own (no preset, settings or system prompt): it
+        samples as its model's publisher says."""
+        with self.db.begin() as session:
+            row = self._row(session, conversation_id)
+            return row.preset is None and not row.params and not row.system_prompt
+
     def params(self, conversation_id: int) -> GenerationParams:
         """The conversation's own settings (from its options or a preset), else the provider's (a local
         model: what its publisher recommends)."""

@@ -59,6 +59,7 @@ def test_a_preset_sets_the_conversation_up_and_can_be_a_models_default(new_app, 
     at.chat_input[0].set_value("第一句").run()
     conversation = resources.chat_service("local").conversations()[0]
     [picker] = [s for s in at.selectbox if s.key and s.key.startswith("preset-")]
+    assert picker.value == "模型自带设置"  # as the new chat was started (not "your own settings")
     picker.select("翻译（中英互译）").run()
     assert not at.exception
     chosen = resources.chat_service("local").get(conversation.id)

@@ -1,5 +1,6 @@
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import streamlit as st
@@ -183,7 +184,7 @@ def actions(spec: ModelSpec, status: ModelStatus) -> None:
         label = t("models.in_use") if in_use else t("models.use_for_chat")
         buttons.append(Action(label, f"use-{key}", use_for_chat, (key,), "primary", True, done=in_use))
         buttons.append(Action(t("models.action.verify"), f"verify-{key}", verify, (key,)))
-        redownload = (lambda: library.redownload(key),)
+        redownload = (partial(release_and_redownload, key),)
         buttons.append(Action(t("models.action.redownload"), f"redownload-{key}", run_action, redownload,
                               admin_only=True))  # fmt: skip
     if status.kind in ("ready", "damaged", "partial"):
@@ -223,9 +224,23 @@ def ask_delete(key: str) -> None:
     st.session_state["models.confirm-delete"] = key
 
 
+def release(key: str) -> None:
+    """Unload `key` if the engine holds it, before its files go: a deleted model answers no more chats
+    and keeps no memory (nor, on Windows, its files open)."""
+    engine = resources.engine()
+    if (loaded := engine.loaded) is not None and loaded.key == key:
+        engine.unload()
+
+
+def release_and_redownload(key: str) -> None:
+    release(key)
+    library.redownload(key)
+
+
 def delete(key: str) -> None:
     st.session_state.pop("models.confirm-delete", None)
     try:
+        release(key)
         freed = library.delete(key)
     except LocalLLMError as exc:
         st.session_state["models.flash"] = ("error", error_text(exc))

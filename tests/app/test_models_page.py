@@ -294,3 +294,16 @@ def test_a_listing_that_cannot_be_read_offers_retry_and_the_mirror_settings(
     assert at.button(key="check-again-qwen2.5-0.5b")
     links = [link.proto for link in at.get("page_link")]
     assert [(link.label, link.page) for link in links] == [("Download settings (mirrors)", "hardware")]
+
+
+def test_deleting_the_loaded_model_unloads_it(new_app, ready_model: str) -> None:
+    at = new_app()
+    at.run()
+    at.chat_input[0].set_value("Hello").run()  # the model answers: loaded
+    assert resources.engine().loaded.key == ready_model
+    at.switch_page("pages/models.py").run()
+    at.button(key=f"delete-{ready_model}").click().run()
+    at.button(key=f"delete-yes-{ready_model}").click().run()
+    assert not at.exception
+    assert resources.library().status(ready_model).kind == "not_downloaded"
+    assert resources.engine().loaded is None  # its memory is freed with its files

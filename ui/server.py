@@ -3,8 +3,9 @@ project's guards.
 
 Every request first meets `TrustedHostsMiddleware` (a `Host` that is not this machine's, or a page of
 another site, gets nothing: DNS rebinding and cross-site websockets) and `LanGateMiddleware` (a LAN
-browser reaches only the sign-in page until it signs in). Both run in Streamlit's own ASGI app
-(`st.App`), before any Streamlit route.
+browser reaches only the sign-in page until it signs in); every response says that no other site may
+frame it (`NoForeignFramesMiddleware`: clickjacking). All run in Streamlit's own ASGI app (`st.App`),
+before any Streamlit route.
 
 pages/ holds st.navigation pages. Streamlit still treats a `pages/` folder beside the entry script as
 legacy multipage mode until some run of app.py calls st.navigation, so the first request of a new
@@ -24,6 +25,7 @@ import streamlit as st
 from starlette.middleware import Middleware
 from streamlit.runtime.pages_manager import PagesManager
 
+from core.access.framing import NoForeignFramesMiddleware
 from core.access.hosts import TrustedHostsMiddleware
 from core.logs import setup_logging
 from core.settings import PROJECT_ROOT
@@ -41,7 +43,8 @@ def streamlit_options() -> dict[str, object]:
 
 
 def build_app() -> st.App:
-    return st.App(APP_SCRIPT, middleware=[Middleware(TrustedHostsMiddleware), Middleware(LanGateMiddleware)])
+    guards = [NoForeignFramesMiddleware, TrustedHostsMiddleware, LanGateMiddleware]  # the first is outermost
+    return st.App(APP_SCRIPT, middleware=[Middleware(guard) for guard in guards])
 
 
 def main(argv: list[str] | None = None) -> None:

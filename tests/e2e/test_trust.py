@@ -35,20 +35,25 @@ def rebinding_browser(playwright: Playwright) -> Iterator[Browser]:
 
 @pytest.fixture
 def attacker_site() -> Iterator[int]:
-    """A page on another site that opens a websocket to the dashboard and reports what happened."""
+    """A page on another site that opens a websocket to the dashboard (/frame: frames it) and reports
+    what happened."""
 
     class Page(BaseHTTPRequestHandler):
         def log_message(self, *_args: object) -> None:
             pass
 
         def do_GET(self) -> None:
-            target = self.path.lstrip("/?")
-            body = f"""<p id=state>connecting</p><script>
-                const socket = new WebSocket("ws://{target}/_stcore/stream");
-                socket.onopen = () => document.getElementById("state").textContent = "opened";
-                socket.onclose = () => {{ const s = document.getElementById("state");
-                    if (s.textContent !== "opened") s.textContent = "refused"; }};
-            </script>""".encode()
+            path, _, target = self.path.partition("?")
+            if path == "/frame":  # the dashboard in a frame, under decoys that take the user's clicks
+                body = f"""<p id=state>loading</p><iframe src="http://{target}/"
+                    onload="document.getElementById('state').textContent = 'loaded'"></iframe>""".encode()
+            else:
+                body = f"""<p id=state>connecting</p><script>
+                    const socket = new WebSocket("ws://{target}/_stcore/stream");
+                    socket.onopen = () => document.getElementById("state").textContent = "opened";
+                    socket.onclose = () => {{ const s = document.getElementById("state");
+                        if (s.textContent !== "opened") s.textContent = "refused"; }};
+                </script>""".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(body)))
@@ -74,6 +79,11 @@ def test_a_foreign_host_name_and_another_sites_page_get_nothing(
     evil = browser.new_context(locale="en-US").new_page()
     evil.goto(f"http://127.0.0.1:{attacker_site}/?localhost:{port}")
     expect(evil.locator("#state")).to_have_text("refused", timeout=15_000)
+    # Framed, the dashboard would load from its own address and pass the checks above: it is not shown.
+    evil.goto(f"http://127.0.0.1:{attacker_site}/frame?localhost:{port}")
+    expect(evil.locator("#state")).to_have_text("loaded", timeout=15_000)
+    [framed] = evil.main_frame.child_frames
+    assert not framed.url.startswith("http://localhost"), framed.url  # the browser's error page instead
 
     own = browser.new_context(locale="en-US").new_page()  # the same app by its own name works
     own.goto(app_url)

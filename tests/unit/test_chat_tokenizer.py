@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, processors, tra
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from core.errors import GenerationError
+from core.inference import loading
 from core.inference.chat_tokenizer import KEPT_NAME, ChatTokenizer, compile_template
 from core.inference.loading import load_tokenizer
 from core.settings import PROJECT_ROOT
@@ -246,3 +248,19 @@ def test_thinking_off_renders_qwen3s_empty_reasoning_and_on_leaves_the_template_
     assert default_on_result == (True, "think", "quick")
     assert default_off_result == (True, "plain", "switched")  # True is the template's own default
     assert not llama[0] and llama[1] == llama[2]  # a template without the switch renders the same
+
+
+def test_reading_a_kept_tokenizer_waits_while_another_thread_imports_the_runtime(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    # The engine's thread imports transformers (and with it tokenizers) under loading's import lock; a
+    # page counting tokens meanwhile once imported tokenizers beside it and got a half-initialized module.
+    directory = model_folder(tmp_path, tiny_models, "qwen2", None)
+    load_tokenizer("tiny", directory)  # now kept beside the model
+    read = threading.Event()
+    with loading._IMPORT_LOCK:  # held, as import_ahead holds it on the engine's thread
+        reader = threading.Thread(target=lambda: (load_tokenizer("tiny", directory), read.set()))
+        reader.start()
+        assert not read.wait(0.5)  # the page waits for the import to finish
+    assert read.wait(30)
+    reader.join()

@@ -54,7 +54,9 @@ def preset_picker(chat: ChatService, store: PresetStore, conversation: Conversat
     chosen = st.selectbox(
         t("preset.label"), names, index=list(labels.values()).index(current) if current else None,
         placeholder=t("preset.custom"), help=t("preset.help"),
-        key=f"preset-{conversation.id}-{current_language()}",  # its options are in the session's language
+        # Its options are in the session's language; and what is stored decides what it shows (a Save of
+        # the conversation's own settings makes it "your own settings", even where the model's were shown).
+        key=f"preset-{conversation.id}-{current_language()}-{current}",
     )  # fmt: skip
     choice = labels.get(chosen) if chosen else None
     if (

@@ -2,6 +2,7 @@ import threading
 from collections.abc import Generator, Iterator
 from contextlib import closing, nullcontext
 from datetime import date
+from functools import partial
 from urllib.parse import urlsplit
 
 import streamlit as st
@@ -15,7 +16,7 @@ from core.chat.limits import MAX_TEXT_CHARS
 from core.chat.presets import Preset, PresetStore
 from core.chat.reasoning import split_reasoning
 from core.chat.retrieval import FileUse
-from core.chat.service import ChatEvent, FilesUsed, Trimmed
+from core.chat.service import ChatEvent, FilesUsed, TranscriptWords, Trimmed
 from core.chat.titles import title_from
 from core.errors import InsufficientMemoryError, LocalLLMError
 from core.inference.events import Queued, ReplyStats, TextDelta
@@ -131,10 +132,15 @@ def header(conversation: Conversation) -> None:
             if saved and attempt(lambda: chat.rename(conversation.id, new_title)):
                 st.rerun()
         name = f"chat-{conversation.id}"
-        st.download_button(t("chat.export_md"), chat.export_markdown(conversation.id), file_name=f"{name}.md",
-                           mime="text/markdown", icon=":material/description:")  # fmt: skip
-        st.download_button(t("chat.export_json"), chat.export_json(conversation.id), file_name=f"{name}.json",
-                           mime="application/json", icon=":material/data_object:")  # fmt: skip
+        # Written when clicked (on Streamlit's thread), not at every run of the page.
+        parts = ("you", "assistant", "system", "thought")
+        words = TranscriptWords(**{part: t(f"chat.transcript.{part}") for part in parts})
+        st.download_button(t("chat.export_md"), partial(chat.export_markdown, conversation.id, words),
+                           file_name=f"{name}.md", mime="text/markdown", icon=":material/description:",
+                           on_click="ignore")  # fmt: skip
+        st.download_button(t("chat.export_json"), partial(chat.export_json, conversation.id),
+                           file_name=f"{name}.json", mime="application/json", icon=":material/data_object:",
+                           on_click="ignore")  # fmt: skip
         if st.button(t("chat.delete"), icon=":material/delete:"):
             st.session_state["chat.confirm-delete"] = conversation.id
     if st.session_state.get("chat.confirm-delete") == conversation.id:

@@ -116,6 +116,16 @@ def trim_history(
     return system + turns[cut:], cut
 
 
+@dataclass(frozen=True)
+class TranscriptWords:
+    """The headings of a conversation exported as Markdown, in the reader's language."""
+
+    you: str = "You"
+    assistant: str = "Assistant"  # a reply whose model is not recorded
+    system: str = "System prompt"
+    thought: str = "Thought process"
+
+
 class ChatService:
     """Conversations of one owner, replies from the current provider config, stored as they stream."""
 
@@ -215,26 +225,25 @@ class ChatService:
                 repo.list_messages(session, conversation_id), message_id, step
             )
 
-    def export_markdown(self, conversation_id: int) -> str:
-        """The shown branch as Markdown."""
+    def export_markdown(self, conversation_id: int, words: TranscriptWords = TranscriptWords()) -> str:
+        """The shown branch as Markdown, its headings in `words` (the page's language); a reply is headed
+        by the model that wrote it."""
         conversation = self.get(conversation_id)
         lines = [f"# {conversation.title}", ""]
         if conversation.system_prompt:
-            lines += [f"> System: {conversation.system_prompt}", ""]
+            quoted = [f"> {line}".rstrip() for line in conversation.system_prompt.splitlines()]
+            lines += [f"> **{words.system}**", ">", *quoted, ""]
         for message in self.messages(conversation_id):
-            split = split_reasoning(message.content) if message.role == "assistant" else None
+            if message.role == "user":
+                lines += [f"**{words.you}**", "", message.content, ""]
+                continue
+            lines += [f"**{message.model or words.assistant}**", ""]
+            split = split_reasoning(message.content)
             if split is not None and split.reasoning:  # folded, as the page shows it
-                thought = [
-                    "<details><summary>Thought process</summary>",
-                    "",
-                    split.reasoning,
-                    "",
-                    "</details>",
-                    "",
-                ]
-                lines += [f"**{message.role}**", "", *thought, split.answer, ""]
+                summary = f"<details><summary>{words.thought}</summary>"
+                lines += [summary, "", split.reasoning, "", "</details>", "", split.answer, ""]
             else:
-                lines += [f"**{message.role}**", "", message.content, ""]
+                lines += [message.content, ""]
         return "\n".join(lines)
 
     def export_json(self, conversation_id: int | None = None) -> bytes:

@@ -13,7 +13,7 @@ from core.chat.configs import ConfigStore
 from core.chat.limits import MAX_TEXT_CHARS
 from core.chat.presets import PresetStore
 from core.chat.providers import LocalProvider, provider_for_config
-from core.chat.service import ChatService, Trimmed, trim_history
+from core.chat.service import ChatService, TranscriptWords, Trimmed, trim_history
 from core.errors import ConfigError, ContextLengthError, MessageError, NotFoundError
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, ReplyStats, TextDelta
@@ -207,7 +207,14 @@ def test_conversations_rename_search_export_delete_and_owners(chat: ChatService,
         conversation.id, reply.id, "<think>\nThe lake.\n</think>\n\nWest Lake."
     )  # as Qwen3 writes
     thought = "<details><summary>Thought process</summary>\n\nThe lake.\n\n</details>\n\nWest Lake.\n"
-    assert chat.export_markdown(conversation.id).endswith(f"**assistant**\n\n{thought}")
+    assert chat.export_markdown(conversation.id).endswith(f"**tiny**\n\n{thought}")  # the reply's model
+    chat.set_options(conversation.id, "Be brief.\n\nAnswer in 中文.", chat.params(conversation.id))
+    words = TranscriptWords(you="你", assistant="助手", system="系统提示词", thought="思考过程")
+    assert chat.export_markdown(conversation.id, words) == (
+        "# Hangzhou trip\n\n> **系统提示词**\n>\n> Be brief.\n>\n> Answer in 中文.\n\n"  # every line quoted
+        "**你**\n\n<script>alert(1)</script> what about 西湖?\n\n"
+        "**tiny**\n\n<details><summary>思考过程</summary>\n\nThe lake.\n\n</details>\n\nWest Lake.\n"
+    )
     [exported] = json.loads(chat.export_json(conversation.id))["conversations"]
     assert exported["title"] == "Hangzhou trip"
     assert [m["role"] for m in exported["messages"]] == ["user", "assistant", "assistant"]  # and the edit

@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from core.cli.common import library
+from core.errors import MessageError
+from core.inference.scoring import MAX_TEXT_CHARS
 from core.preferences import QUANTIZATIONS
 
 
@@ -28,7 +30,7 @@ def score(model: str, text_file: Path, quantization: str | None, as_json: bool) 
     key = models_library.get(model).key
     options = {"idle_unload_s": 0} | ({"quantization": quantization} if quantization else {})
     engine = LocalEngine.from_preferences(models_library.preferences, **options)
-    result = engine.score(key, text_file.read_text(encoding="utf-8"))
+    result = engine.score(key, _read_text(text_file))
     if as_json:
         tokens = [{"id": t.id, "token": t.text, "logprob": t.logprob} for t in result.tokens]
         click.echo(json.dumps({"model": result.model, "weights": result.weights, "tokens": tokens,
@@ -39,3 +41,14 @@ def score(model: str, text_file: Path, quantization: str | None, as_json: bool) 
     click.echo(f"{result.model} ({result.weights} weights): {len(result.tokens)} tokens scored{note}")
     click.echo(f"mean log-probability {result.mean_logprob:.4f}, perplexity {result.perplexity:.3f}")
     return 0
+
+
+def _read_text(path: Path) -> str:
+    """The text to score: UTF-8, at most MAX_TEXT_CHARS characters of it (a window's worth)."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return handle.read(MAX_TEXT_CHARS)
+    except UnicodeDecodeError:
+        raise MessageError(f"{path} is not UTF-8 text.") from None
+    except OSError as exc:
+        raise MessageError(f"{path} cannot be read: {exc.strerror or exc}.") from None

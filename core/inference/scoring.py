@@ -13,6 +13,8 @@ from core.errors import MessageError
 from core.inference.loading import LoadedParts
 
 CHUNK_TOKENS = 256  # logits for a chunk at a time: a whole text's would be tokens × vocabulary floats
+CHARS_PER_TOKEN = 64  # more than any token covers: a text is cut to the window × this before tokenizing
+MAX_TEXT_CHARS = 16 * 1024 * 1024  # what a caller reads of a file at most (a window of 256K tokens)
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,10 @@ def score_text(parts: LoadedParts, text: str) -> TextScore:
     """Score `text` (run on the engine's torch thread)."""
     import torch
 
-    ids = parts.tokenizer.encode(text, special=True)
     context = parts.info.context_length
-    truncated = len(ids) > context
+    kept = text[: context * CHARS_PER_TOKEN]  # a book is not tokenized whole for its first window
+    ids = parts.tokenizer.encode(kept, special=True)
+    truncated = len(ids) > context or len(kept) < len(text)
     ids = ids[:context]
     if len(ids) < 2:
         raise MessageError("The text needs at least two tokens to be scored.")

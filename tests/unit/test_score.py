@@ -67,6 +67,27 @@ def test_the_cli_prints_every_token_and_the_perplexity(
     assert main(["score", "qwen2.5-0.5b", "--text-file", str(text)]) == 0
     assert "perplexity" in capsys.readouterr().out
     assert main(["score", "qwen2.5-0.5b", "--text-file", str(tmp_path / "missing.txt")]) == 2
+    capsys.readouterr()
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(128, 256)) * 8)
+    assert main(["score", "qwen2.5-0.5b", "--text-file", str(binary)]) == 2  # one line, no traceback
+    assert capsys.readouterr().err == f"error: {binary} is not UTF-8 text.\n"
+
+
+def test_a_text_far_longer_than_the_window_is_not_tokenized_whole(tmp_path: Path, model: Path) -> None:
+    install_ready(tmp_path / "models", "tiny", model)
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    engine.load("tiny")
+    tokenizer = engine._parts.tokenizer
+    encoded: list[int] = []
+    real_encode = tokenizer.encode
+    tokenizer.encode = lambda text, **options: (
+        encoded.append(len(text)) or real_encode(text, **options)
+    )  # a spy
+    book = TEXT * 20_000  # ~2 M characters; the tiny model's window is 512 tokens
+    scored = engine.score("tiny", book)
+    assert scored.truncated and len(scored.tokens) == engine.loaded.context_length - 1
+    assert encoded == [engine.loaded.context_length * scoring.CHARS_PER_TOKEN]
 
 
 @pytest.mark.parametrize("quantization", ["int8", "none"])  # the lean decoder; transformers' forward

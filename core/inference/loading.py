@@ -119,7 +119,7 @@ def kernel_available(scheme: str) -> bool:
     return kernel_supported(scheme)
 
 
-def import_tokenizers() -> None:
+def _import_tokenizers() -> None:
     """The tokenizers library, imported by one thread at a time: a page reading a kept tokenizer while
     the engine's thread imported transformers (which imports it) left it half-initialized ("cannot
     import name 'Decoder' from partially initialized module 'tokenizers.decoders'")."""
@@ -130,7 +130,7 @@ def import_tokenizers() -> None:
 def load_tokenizer(key: str, directory: Path) -> ChatTokenizer:
     """The model's tokenizer: the one kept beside it by an earlier load, else transformers' (which
     imports transformers), then kept."""
-    import_tokenizers()
+    _import_tokenizers()
     kept, source = directory / KEPT_NAME, _tokenizer_files_id(directory)
     tokenizer = ChatTokenizer.load(kept, source) if source else None
     if tokenizer is None:

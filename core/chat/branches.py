@@ -68,7 +68,9 @@ def sibling_leaf(messages: Sequence[Message], message_id: int, step: int) -> int
     """The leaf to show after moving `step` siblings away from `message_id` (clamped to the ends)."""
     message = next((m for m in messages if m.id == message_id), None)
     if message is None:
-        raise NotFoundError(f"No message {message_id} in this conversation.", id=message_id)
+        raise NotFoundError(
+            f"No message {message_id} in this conversation.", id=message_id, reason="message_gone"
+        )
     alternatives = siblings(messages, message)
     index = min(max(alternatives.index(message) + step, 0), len(alternatives) - 1)
     return newest_leaf(messages, alternatives[index].id)

@@ -93,7 +93,7 @@ class PresetStore:
     def _row(self, session: Any, key: str) -> PresetRow:
         row = session.get(PresetRow, int(key.removeprefix("user:"))) if key.startswith("user:") else None
         if row is None or row.owner != self.owner:
-            raise NotFoundError(f"No preset {key!r}.", key=key)
+            raise NotFoundError(f"No preset {key!r}.", key=key, reason="preset_gone")
         return row
 
     @staticmethod

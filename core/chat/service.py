@@ -155,7 +155,9 @@ class ChatService:
     def _row(self, session: Session, conversation_id: int) -> ConversationRow:
         row = session.get(ConversationRow, conversation_id)
         if row is None or row.owner != self.owner:
-            raise NotFoundError(f"No conversation {conversation_id}.", id=conversation_id)
+            raise NotFoundError(
+                f"No conversation {conversation_id}.", id=conversation_id, reason="conversation_gone"
+            )
         return row
 
     def get(self, conversation_id: int) -> Conversation:
@@ -338,7 +340,11 @@ class ChatService:
         self._row(session, conversation_id)
         row = session.get(MessageRow, message_id) if message_id is not None else None
         if row is None or row.conversation_id != conversation_id or role not in (None, row.role):
-            raise NotFoundError(f"No message {message_id} to change in this conversation.", id=message_id)
+            raise NotFoundError(
+                f"No message {message_id} to change in this conversation.",
+                id=message_id,
+                reason="message_gone",
+            )
         return row
 
     def _reply(

@@ -61,7 +61,7 @@ def _check_lengths(**values: Any) -> None:
 def _config_row(session: Session, config_id: int) -> ProviderConfigRow:
     row = session.get(ProviderConfigRow, config_id)
     if row is None:
-        raise NotFoundError(f"No provider config with id {config_id}.", id=config_id)
+        raise NotFoundError(f"No provider config with id {config_id}.", id=config_id, reason="config_gone")
     return row
 
 
@@ -203,7 +203,9 @@ def add_message(
     finish_reason (or created_at, for an import)."""
     conversation = session.get(ConversationRow, conversation_id)
     if conversation is None:
-        raise NotFoundError(f"No conversation with id {conversation_id}.", id=conversation_id)
+        raise NotFoundError(
+            f"No conversation with id {conversation_id}.", id=conversation_id, reason="conversation_gone"
+        )
     parent = leaf_id(session, conversation) if parent_id == "leaf" else parent_id
     row = MessageRow(conversation_id=conversation_id, parent_id=parent, role=role, content=content, **stats)
     session.add(row)

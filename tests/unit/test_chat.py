@@ -20,6 +20,7 @@ from core.inference.events import Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
 from core.storage.db import Database
 from tests.fixtures.tiny_models import install_ready
+from ui.i18n import error_text
 
 
 @pytest.fixture
@@ -225,6 +226,9 @@ def test_conversations_rename_search_export_delete_and_owners(chat: ChatService,
         someone_else.messages(conversation.id)
     chat.delete(conversation.id)
     assert chat.conversations() == []
+    with pytest.raises(NotFoundError) as gone:  # a second window still shows it, and sends to it
+        list(chat.send(conversation.id, "still there?"))
+    assert error_text(gone.value) == "This conversation was deleted (perhaps in another window)."
 
 
 def test_empty_messages_and_missing_models_give_clear_errors(chat: ChatService, database: Database) -> None:

@@ -142,7 +142,7 @@ def _reply(
         elif isinstance(event, Finished):
             stats = event.stats
     click.echo()
-    if stop.is_set():
+    if stats is not None and stats.finish_reason == "stopped":  # Ctrl+C at a terminal
         warn("[stopped]")
     return stats
 

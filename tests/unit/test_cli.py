@@ -80,6 +80,7 @@ def test_a_one_question_chat_replies_keeps_the_conversation_and_ends_with_its_co
     done = run_cli("chat", "qwen2.5-0.5b", "--prompt", "Hello there", "--max-new-tokens", "6",
                    "--temperature", "0", "--stats")  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert "[stopped]" not in done.stderr  # said only of a reply that Ctrl+C stopped
     *reply, stats = done.stdout.splitlines()
     assert json.loads(stats)["completion_tokens"] >= 1
     database = sqlite_file(os.environ["LOCALLLM_DB_URL"])
@@ -161,11 +162,14 @@ def _read_until(terminal: int, expected: str, seen: bytearray, start: int = 0, t
 
 def test_typed_at_a_terminal_ctrl_c_stops_the_reply_and_the_prompt_comes_back(tmp_path: Path) -> None:
     # A terminal (a pseudo-terminal here), as a person runs `localllm chat KEY`; Ctrl+C is its SIGINT.
-    endless = build_tiny_model(tmp_path / "endless", context=4096, endless=True)
+    endless = build_tiny_model(tmp_path / "endless", context=32768, endless=True)
     install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", endless)
+    # A reply may be half the context: 16,000 tokens, ~10 s of this model here, far longer than it
+    # takes to press Ctrl+C (its default 4,096-token context allows 2,048 tokens: 1.6 s).
+    assert run_cli("settings", "set", "context_tokens", "32768").returncode == 0
     terminal, child_end = pty.openpty()
     chat = subprocess.Popen(
-        [sys.executable, "-m", "core", "chat", "qwen2.5-0.5b", "--max-new-tokens", "4000", "--ignore-eos"],
+        [sys.executable, "-m", "core", "chat", "qwen2.5-0.5b", "--max-new-tokens", "16000", "--ignore-eos"],
         cwd=PROJECT_ROOT, env=os.environ, stdin=child_end, stdout=child_end, stderr=child_end,
     )  # fmt: skip
     os.close(child_end)

@@ -1,6 +1,7 @@
 import threading
 from collections.abc import Generator, Iterator
 from contextlib import closing, nullcontext
+from dataclasses import fields
 from datetime import date
 from functools import partial
 from urllib.parse import urlsplit
@@ -133,8 +134,9 @@ def header(conversation: Conversation) -> None:
                 st.rerun()
         name = f"chat-{conversation.id}"
         # Written when clicked (on Streamlit's thread), not at every run of the page.
-        parts = ("you", "assistant", "system", "thought")
-        words = TranscriptWords(**{part: t(f"chat.transcript.{part}") for part in parts})
+        words = TranscriptWords(
+            **{word.name: t(f"chat.transcript.{word.name}") for word in fields(TranscriptWords)}
+        )
         st.download_button(t("chat.export_md"), partial(chat.export_markdown, conversation.id, words),
                            file_name=f"{name}.md", mime="text/markdown", icon=":material/description:",
                            on_click="ignore")  # fmt: skip

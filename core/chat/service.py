@@ -394,30 +394,32 @@ class ChatService:
             ).id  # fmt: skip
         text, saved_at = "", time.monotonic()
         finished = False
+
+        def take(event: Event) -> None:
+            """Add a piece to the reply's text; a finished reply is saved with its figures."""
+            nonlocal text, finished
+            if isinstance(event, TextDelta):
+                text += event.text
+            elif isinstance(event, Finished):
+                finished = True
+                self._save_finished(reply_id, text, event.stats)
+
         stream = provider.stream(
             messages, params, stop, ignore_eos=ignore_eos, owner=f"conversation-{conversation_id}"
         )
         try:
             for event in stream:
-                if isinstance(event, TextDelta):
-                    text += event.text
-                    if time.monotonic() - saved_at > SAVE_EVERY_S:
-                        self._save_reply(reply_id, text)
-                        saved_at = time.monotonic()
-                elif isinstance(event, Finished):
-                    finished = True
-                    self._save_finished(reply_id, text, event.stats)
+                take(event)
+                if isinstance(event, TextDelta) and time.monotonic() - saved_at > SAVE_EVERY_S:
+                    self._save_reply(reply_id, text)
+                    saved_at = time.monotonic()
                 yield event
         except GeneratorExit:  # the reader went away (Stop, a reload)
             if not finished:
                 stop.set()  # the provider ends within a step: its last words and figures are kept
                 try:
                     for event in stream:
-                        if isinstance(event, TextDelta):
-                            text += event.text
-                        elif isinstance(event, Finished):
-                            finished = True
-                            self._save_finished(reply_id, text, event.stats)
+                        take(event)
                 except LocalLLMError as exc:
                     logger.warning("reply %d, stopped: %s", reply_id, exc.message)
                 if not finished:

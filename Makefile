@@ -20,12 +20,13 @@ lint: $(DEV_STAMP)
 	$(PY) -m ruff format --no-cache --check .
 
 # Installed the way users install it (`pip install .` into a fresh environment, then `localllm`), away
-# from the checkout: the package must carry everything it needs.
+# from the checkout: the package must carry everything it needs. Nothing is byte-compiled there
+# (torch's thousands of files took half of this check's minute): its two commands import few of them.
 package-check: $(DEV_STAMP)
 	rm -rf build dist $(WHEEL_VENV) *.egg-info
 	$(PY) -m pip wheel --disable-pip-version-check --no-deps -q -w dist .
 	$(PYTHON) -m venv $(WHEEL_VENV)
-	$(WHEEL_VENV)/bin/python -m pip install --disable-pip-version-check -q dist/*.whl
+	$(WHEEL_VENV)/bin/python -m pip install --disable-pip-version-check -q --no-compile dist/*.whl
 	cd / && LOCALLLM_DATA_DIR=$(CURDIR)/build/wheel-data LOCALLLM_MODELS_DIR=$(CURDIR)/build/wheel-models \
 		$(CURDIR)/$(WHEEL_VENV)/bin/localllm --help > /dev/null
 	cd / && LOCALLLM_DATA_DIR=$(CURDIR)/build/wheel-data LOCALLLM_MODELS_DIR=$(CURDIR)/build/wheel-models \

@@ -455,7 +455,7 @@ if model is None:
     with st.container(horizontal=True):
         st.page_link("pages/models.py", label=t("chat.go_models"), icon=":material/download:")
         if access.is_admin():  # a LAN visitor cannot add a server
-            st.page_link("pages/hardware.py", label=t("chat.go_servers"), icon=":material/lan:")
+            st.page_link("pages/servers.py", label=t("chat.go_servers"), icon=":material/lan:")
     st.stop()
 current = store.get_current_config()  # after the picker's choice
 if current is None:  # a LAN visitor, with only servers that the admin has not chosen

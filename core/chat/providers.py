@@ -82,6 +82,13 @@ class LocalProvider:
 
 
 REMOTE_CONTEXT_TOKENS = 8192  # assumed when a server does not say; trimming uses it
+# Where the usual OpenAI-compatible servers answer by default, offered when a server is added.
+WELL_KNOWN_SERVERS = {
+    "Ollama": "http://localhost:11434/v1",
+    "LM Studio": "http://localhost:1234/v1",
+    "vLLM": "http://localhost:8000/v1",
+    "OpenAI": "https://api.openai.com/v1",
+}
 
 
 def _explain(exc: Exception, base_url: str) -> ProviderError:
@@ -103,7 +110,7 @@ def _explain(exc: Exception, base_url: str) -> ProviderError:
         )
     if isinstance(exc, openai.AuthenticationError):
         return ProviderError(
-            "The server refused the API key (401). Check the key in Settings.", reason="server_key"
+            "The server refused the API key (401). Check the key saved for this server.", reason="server_key"
         )
     if isinstance(exc, openai.PermissionDeniedError):
         return ProviderError(
@@ -153,10 +160,11 @@ class OpenAICompatibleProvider:
         return self._params
 
     def list_models(self) -> list[str]:
+        """The server's models; no retries (someone is waiting at the page: a refused connection took 4 s)."""
         import openai
 
         try:
-            return sorted(model.id for model in self._client.models.list())
+            return sorted(model.id for model in self._client.with_options(max_retries=0).models.list())
         except openai.OpenAIError as exc:
             raise _explain(exc, self.base_url) from exc
 

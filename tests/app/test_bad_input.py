@@ -100,7 +100,7 @@ def test_invalid_repo_ids_are_refused_with_a_message(
 def test_a_wrong_api_key_is_explained(new_app, engine: LocalEngine) -> None:  # noqa: F811
     with serving(engine, api_key="the-right-key") as url:
         at = new_app()
-        at.switch_page("pages/hardware.py").run()
+        at.switch_page("pages/servers.py").run()
         at.text_input(key="pnew.url").input(url)
         at.text_input(key="pnew.key").input("a-wrong-key")
         at.button(key="pnew.test").click().run()

@@ -115,8 +115,9 @@ def test_lan_users_cannot_reach_settings_or_destructive_actions(lan_app: AppTest
     lan_app.switch_page("pages/hardware.py").run()
     assert not lan_app.exception
     assert any("Only the admin can change this" in caption.value for caption in lan_app.caption)
-    assert not [w for w in lan_app.text_input if w.key and w.key.startswith("p")]  # no provider keys
     assert not [w for w in lan_app.text_input if w.key == "models-dir-input"]
+    with pytest.raises(ValueError, match="Could not find a navigation page"):  # not in a LAN user's menu
+        lan_app.switch_page("pages/servers.py")
 
 
 def test_an_admin_name_signed_in_from_the_lan_gets_the_settings(lan_app: AppTest) -> None:
@@ -124,6 +125,9 @@ def test_an_admin_name_signed_in_from_the_lan_gets_the_settings(lan_app: AppTest
     lan_app.switch_page("pages/hardware.py").run()
     assert not lan_app.exception
     assert lan_app.text_input(key="models-dir-input").value
+    lan_app.switch_page("pages/servers.py").run()
+    assert not lan_app.exception
+    assert lan_app.text_input(key="pnew.url").value == ""
 
 
 def test_a_lan_visitor_before_the_admin_chats_with_the_ready_model(

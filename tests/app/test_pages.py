@@ -16,6 +16,7 @@ from core.storage.db import Database
 PAGES = {
     "pages/chat.py": {"en": "Chat", "zh": "聊天"},
     "pages/models.py": {"en": "Models", "zh": "模型"},
+    "pages/servers.py": {"en": "Model servers", "zh": "模型服务"},
     "pages/hardware.py": {"en": "Hardware & Settings", "zh": "硬件与设置"},
 }
 STATUS = {
@@ -97,7 +98,7 @@ def test_current_config_shows_escaped_in_the_sidebar(new_app, db_url: str) -> No
     links = [(link.proto.page, link.proto.label) for link in at.get("page_link")]
     assert links == [
         ("models", "Go to Models"),
-        ("hardware", "Or connect a server that runs one (Ollama, LM Studio, vLLM, OpenAI)"),
+        ("servers", "Or connect a server that runs one (Ollama, LM Studio, vLLM, OpenAI)"),
     ]
 
 
@@ -111,7 +112,9 @@ def test_a_ready_model_nobody_chose_answers_and_the_status_says_so_from_the_firs
     assert ConfigStore(Database(db_url)).get_current_config().model == ready_model
 
 
-def test_hardware_page_lists_configs_with_masked_keys(new_app, db_url: str) -> None:
+def test_the_servers_page_lists_configs_with_masked_keys_and_the_hardware_page_the_endpoints(
+    new_app, db_url: str
+) -> None:
     ConfigStore(Database(db_url)).save_config(
         "openai_compatible", "gpt", "http://127.0.0.1:1/v1", "sk-hidden-5678"
     )
@@ -121,11 +124,13 @@ def test_hardware_page_lists_configs_with_masked_keys(new_app, db_url: str) -> N
     at.switch_page("pages/hardware.py").run()
     assert not at.exception
     body = " ".join(m.value for m in at.markdown)
+    assert "1. `http://mirror.test`\n2. `http://127.0.0.1:9`" in body  # the order saved on the Models page
+    assert [m.label for m in at.metric][:4] == ["CPU", "Memory (RAM)", "GPU", "Free disk (models)"]
+    at.switch_page("pages/servers.py").run()
+    assert not at.exception
     assert at.text_input(key="p1.key").value == ""  # the stored key is never sent to the page
     assert "••••5678" in at.text_input(key="p1.key").placeholder
     assert "sk-hidden" not in repr(at._tree)
-    assert "1. `http://mirror.test`\n2. `http://127.0.0.1:9`" in body  # the order saved on the Models page
-    assert [m.label for m in at.metric][:4] == ["CPU", "Memory (RAM)", "GPU", "Free disk (models)"]
     # words, not provider ids; the model is not said twice when the config is named after it
     assert "gpt · remote — current" in [e.label for e in at.expander]
     ConfigStore(Database(db_url)).save_config(

@@ -1,4 +1,4 @@
-"""Provider configs round trip through the Settings page against a real `core serve` on loopback."""
+"""Provider configs round trip through the Model servers page against a real `core serve` on loopback."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ SECRET = "k-secret-1234"
 def test_add_test_refresh_save_use_and_delete_a_server(new_app, engine: LocalEngine, db_url: str) -> None:  # noqa: F811
     with serving(engine, api_key=SECRET) as url:
         at = new_app()
-        at.switch_page("pages/hardware.py").run()
+        at.switch_page("pages/servers.py").run()
         at.text_input(key="pnew.url").input(url)
         at.text_input(key="pnew.key").input(SECRET)
         at.button(key="pnew.refresh").click().run()
@@ -49,15 +49,31 @@ def test_add_test_refresh_save_use_and_delete_a_server(new_app, engine: LocalEng
         assert not at.exception
         assert at.selectbox(key="chat.model").value.startswith("GPU box · tiny")
 
-        at.switch_page("pages/hardware.py").run()
+        at.switch_page("pages/servers.py").run()
         at.button(key=f"p{config.id}.delete").click().run()
         at.button(key=f"p{config.id}.delete-yes").click().run()
         assert [c.name for c in store.list_configs()] == ["gpt"]
 
 
+def test_a_usual_server_fills_in_its_address_and_a_save_clears_the_form(new_app, db_url: str) -> None:
+    at = new_app()
+    at.switch_page("pages/servers.py").run()
+    assert at.expander[0].proto.expanded  # nothing saved yet: the form is open
+    at.pills(key="pnew.kind").set_value("LM Studio").run()
+    assert at.text_input(key="pnew.url").value == "http://localhost:1234/v1"
+    at.pills(key="pnew.kind").set_value("OpenAI").run()
+    assert at.text_input(key="pnew.url").value == "https://api.openai.com/v1"
+    at.text_input(key="pnew.model.text").input("gpt-4o-mini")
+    at.button(key="pnew.save").click().run()
+    assert not at.exception
+    assert [c.base_url for c in ConfigStore(Database(db_url)).list_configs()] == ["https://api.openai.com/v1"]
+    assert (at.pills(key="pnew.kind").value, at.text_input(key="pnew.url").value) == (None, "")
+    assert not at.expander[-1].proto.expanded  # a server is saved: the form for another one is closed
+
+
 def test_a_bad_server_gives_a_clear_message(new_app) -> None:
     at = new_app()
-    at.switch_page("pages/hardware.py").run()
+    at.switch_page("pages/servers.py").run()
     at.text_input(key="pnew.url").input("http://127.0.0.1:9/v1")
     at.button(key="pnew.test").click().run()
     assert not at.exception
@@ -67,7 +83,7 @@ def test_a_bad_server_gives_a_clear_message(new_app) -> None:
 @pytest.mark.parametrize("bad_url", ["ftp://x", "not a url"])
 def test_an_invalid_base_url_is_refused(new_app, db_url: str, bad_url: str) -> None:
     at = new_app()
-    at.switch_page("pages/hardware.py").run()
+    at.switch_page("pages/servers.py").run()
     at.text_input(key="pnew.url").input(bad_url)
     at.text_input(key="pnew.model.text").input("m")
     at.button(key="pnew.save").click().run()

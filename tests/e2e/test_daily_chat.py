@@ -143,7 +143,7 @@ def test_in_chinese_a_preset_and_a_context_length_are_chosen(
     system_prompt = page.get_by_role("textbox", name="系统提示词").filter(has_text="你是一名翻译")
     expect(system_prompt).to_be_visible(timeout=30_000)  # the preset's prompt, in the page's language
 
-    page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="模型").click()
+    page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="模型", exact=True).click()
     card = page.locator(f".st-key-card-{short_replies}")
     context = card.get_by_test_id("stSelectbox").filter(has_text="对话的上下文长度")
     choose(context, "2K tokens")

@@ -106,8 +106,13 @@ def outside_requests(page: Page, own: str) -> list[str]:
     return seen
 
 
-@pytest.mark.parametrize(("locale", "pages"), [("en-US", ("Chat", "Models", "Hardware & Settings")),
-                                                ("zh-CN", ("聊天", "模型", "硬件与设置"))])  # fmt: skip
+PAGE_TITLES = {
+    "en-US": ("Chat", "Models", "Model servers", "Hardware & Settings"),
+    "zh-CN": ("聊天", "模型", "模型服务", "硬件与设置"),
+}
+
+
+@pytest.mark.parametrize(("locale", "pages"), PAGE_TITLES.items())
 def test_no_page_makes_the_browser_fetch_from_another_host(
     browser: Browser, short_replies: str, app_url: str, locale: str, pages: tuple[str, ...]
 ) -> None:
@@ -130,8 +135,8 @@ def test_no_page_makes_the_browser_fetch_from_another_host(
     assert reply.locator("img").count() == 0
     expect(reply.locator("code")).to_contain_text(f"![code]({LEAK})")
     for title in pages[1:]:
-        sidebar.get_by_role("link", name=title).click()
+        sidebar.get_by_role("link", name=title, exact=True).click()
         expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible(timeout=30_000)
-    sidebar.get_by_role("link", name=pages[0]).click()
+    sidebar.get_by_role("link", name=pages[0], exact=True).click()
     expect(page.get_by_role("heading", name=pages[0], exact=True)).to_be_visible(timeout=30_000)
     assert outside == []

@@ -83,7 +83,8 @@ def test_failures_become_clear_messages(engine: LocalEngine, in_chinese) -> None
         with pytest.raises(ProviderError, match="refused the API key") as wrong_key:
             _stream(OpenAICompatibleProvider(url, "wrong", "tiny"))
         assert (
-            in_chinese(wrong_key.value) == "远程服务出错：服务器拒绝了 API 密钥（401），请在设置中检查密钥。"
+            in_chinese(wrong_key.value)
+            == "远程服务出错：服务器拒绝了 API 密钥（401），请在“模型服务”页面检查密钥。"
         )
         with pytest.raises(ProviderError, match="does not know this model") as unknown:
             _stream(OpenAICompatibleProvider(url, "right", "nope"))
@@ -101,6 +102,13 @@ def test_rate_limits_and_server_errors_are_retried_then_explained(
         with pytest.raises(ProviderError, match=message):
             _stream(OpenAICompatibleProvider(server.url, None, "m"))
         assert server.requests == tries  # the first try and 3 retries with backoff
+
+
+def test_testing_a_connection_answers_from_the_first_try() -> None:
+    with FaultyOpenAIServer("status:503") as server:  # someone waits at the page: no retries
+        with pytest.raises(ProviderError, match="HTTP 503"):
+            OpenAICompatibleProvider(server.url, None, "").list_models()
+        assert server.requests == 1
 
 
 def test_a_timeout_is_explained() -> None:

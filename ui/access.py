@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import streamlit as st
-import streamlit.components.v1 as components
 
 from core.access.policy import LOCAL_USER, Identity, is_loopback
 from core.access.sign_in import SESSION_TTL_S
@@ -122,7 +121,7 @@ def sync_session_cookie() -> None:
         return
     age = int(SESSION_TTL_S) if token else 0
     cookie = f"{SESSION_COOKIE}={token}; path=/; max-age={age}; SameSite=Strict"
-    components.html(f"<script>window.parent.document.cookie = {json.dumps(cookie)};</script>", height=0)
+    st.html(f"<script>document.cookie = {json.dumps(cookie)};</script>", unsafe_allow_javascript=True)
 
 
 def sign_in_page() -> None:

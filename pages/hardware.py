@@ -18,17 +18,18 @@ from ui.i18n import error_text, t
 from ui.markup import escape_markdown
 from ui.widgets import download_settings
 
-HARDWARE_CARD_PX = 210
+HARDWARE_CARD_PX = 190
 
 st.title(t("hardware.title"))
 
 st.subheader(t("hardware.section"))
 info = resources.hardware()
-# Cards of a fixed width in a wrapping row: four across on a wide page, two rows of two where columns
-# would cut "25.3 GB" to "2…" (a laptop's window with the sidebar open).
-machine = st.container(horizontal=True, horizontal_alignment="distribute")
+# Cards of a fixed width in wrapping rows, two by two: four across on a wide page, two rows of two
+# where columns would cut "25.3 GB" to "2…" (a laptop's window with the sidebar open), never 3 + 1.
+machine = st.container(horizontal=True)
+pairs = [machine.container(horizontal=True, width="content") for _ in range(2)]
 cpu, ram, gpu, disk = (
-    machine.container(border=True, width=HARDWARE_CARD_PX, height="stretch") for _ in range(4)
+    pair.container(border=True, width=HARDWARE_CARD_PX, height="stretch") for pair in pairs for _ in range(2)
 )
 with cpu:
     st.metric(t("hardware.cpu"), t("hardware.threads", count=info.logical_cores))

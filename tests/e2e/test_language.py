@@ -71,7 +71,7 @@ def test_clicking_a_page_while_another_still_runs_keeps_the_language(browser: Br
 
 
 def test_the_machines_figures_are_whole_in_a_laptops_window(browser: Browser, app_url: str) -> None:
-    """900 px with the sidebar open: four columns cut '25.3 GB' to '2…'; the cards now wrap instead."""
+    """900 px with the sidebar open: four columns cut '25.3 GB' to '2…'; the cards now wrap, two by two."""
     page = browser.new_context(locale="zh-CN", viewport={"width": 900, "height": 900}).new_page()
     page.goto(f"{app_url}/hardware")
     expect(page.get_by_role("heading", name="本机硬件")).to_be_visible(timeout=30_000)
@@ -82,4 +82,9 @@ def test_the_machines_figures_are_whole_in_a_laptops_window(browser: Browser, ap
         " .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)"
     )
     assert values.count() >= 4 and clipped == [], clipped
+    for width in (1100, 1300, 900):  # room for three cards, then four: rows of two or of four, never 3 + 1
+        page.set_viewport_size({"width": width, "height": 900})
+        expect(values.nth(3)).to_be_visible()
+        tops = [round(values.nth(i).bounding_box()["y"]) for i in range(4)]
+        assert sorted(tops.count(top) for top in set(tops)) in ([4], [2, 2]), (width, tops)
     page.context.close()

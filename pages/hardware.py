@@ -164,7 +164,7 @@ quantization = quantization_column.selectbox(
 )  # fmt: skip
 idle_minutes = idle_column.number_input(
     t("settings.idle_unload"), min_value=0, max_value=24 * 60, value=round(engine.idle_unload_s / 60),
-    step=5, key="settings.idle",
+    step=5, help=t("settings.idle_unload_help"), key="settings.idle",
 )  # fmt: skip
 parallel = parallel_column.number_input(
     t("settings.parallel"), min_value=1, max_value=MAX_PARALLEL, value=engine.parallel, step=1,

@@ -7,7 +7,9 @@ in a fresh process, one after another, on the same machine in the same run:
 - ours: LocalEngine as the app uses it (by default core.inference.decoder with int4 weights on the CPU, with
   16-bit weights and fused projections on a GPU), loaded twice in fresh processes: on the CPU the
   first load quantizes and keeps the int4 copy on disk, the second maps it; after a first reply (a
-  warm-up, as bare and llama.cpp are warmed up) greedy and sampled replies alternate three times and
+  warm-up, as bare and llama.cpp are warmed up) and the engine's quiet moment after it (a user reading
+  it: `LocalEngine.settle`, where it keeps the int4 weights unpacked for prompts when memory allows),
+  greedy and sampled replies alternate three times and
   the median of each is reported; `python -m core chat KEY
   --stats` prints the same figures. Greedy (temperature 0) and sampled: the defaults a user chats
   with (temperature 0.7, top-p 0.9, repetition penalty 1.1), against llama.cpp's sampler chain with
@@ -102,6 +104,7 @@ def reply(params):  # each its own owner: a fresh prompt every time, as llama.cp
     events = engine.stream(key, messages, params, ignore_eos=True, owner=f"bench-{time.perf_counter()}")
     return [e.stats for e in events if isinstance(e, Finished)][0]
 cold = reply(greedy)
+engine.settle()  # what the engine does while its user reads a first reply (keeps weights unpacked)
 # Greedy and sampled in turn, three times each: the median of each (this machine's speed drifts).
 pairs = [(reply(greedy), reply(sampled)) for _ in range(3)]
 warm = sorted((pair[0] for pair in pairs), key=lambda stats: stats.tokens_per_s)[1]

@@ -56,7 +56,11 @@ def chat(
 
     models_library = library()
     key = models_library.get(model).key
-    options = {"idle_unload_s": 0} | ({"quantization": quantization} if quantization else {})
+    interactive = prompt is None and sys.stdin.isatty()
+    # Kept unpacked weights speed up later prompts, at the cost of a second's work between replies:
+    # only a chat typed at a terminal has later prompts and time between them.
+    options = {"idle_unload_s": 0, "keep_prompt_weights": interactive}
+    options |= {"quantization": quantization} if quantization else {}
     engine = LocalEngine.from_preferences(models_library.preferences, **options)
     provider = LocalProvider(engine, key)
     service = ChatService(models_library.db, lambda: provider, owner="cli")
@@ -70,7 +74,6 @@ def chat(
         chosen["temperature"] = temperature
     params = replace(provider.default_params(), **chosen)
     service.set_options(conversation.id, system, params)
-    interactive = prompt is None and sys.stdin.isatty()
     if interactive:
         warn(f"{key} ({loaded.device}, {loaded.weights}): type a message and press Enter. "
              "Ctrl+C stops a reply, Ctrl+D quits.")  # fmt: skip

@@ -10,6 +10,7 @@ tokens/s). Readers iterate `stream()` on their own threads.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import logging
@@ -55,6 +56,9 @@ GIB = 1024**3
 # machine's: it is read again while the engine is idle, a few times, far enough apart, and the best kept.
 BANDWIDTH_READINGS = 3
 BANDWIDTH_READING_GAP_S = 20.0
+# Keeping a model's int4 weights unpacked for prompts (`_keep_prompt_weights`) is worth its memory from
+# this many bytes of copy on: below it, unpacking at each prompt costs a few milliseconds.
+KEEP_UNPACKED_MIN_BYTES = 64 * 2**20
 logger = logging.getLogger(__name__)
 
 
@@ -71,9 +75,11 @@ class LocalEngine:
         max_waiting: int = 4,
         parallel: int = 4,
         context_setting: Callable[[str], int] = lambda _key: CONTEXT_FOR_ESTIMATES,
+        keep_prompt_weights: bool = True,
     ) -> None:
         """`parallel`: replies generated together at most; `context_setting(key)`: the context length
-        chosen for a model (clamped to its window)."""
+        chosen for a model (clamped to its window); `keep_prompt_weights`: keep int4 weights unpacked
+        between replies where memory allows (not for a process that ends after its replies)."""
         self.models_dir = models_dir
         self.device_preference = device
         self.quantization = quantization
@@ -81,6 +87,8 @@ class LocalEngine:
         self.context_setting = context_setting
         self._parallel = parallel
         self._memory_fit = 1  # replies whose KV caches fit beside the loaded model (set at load)
+        self.keep_prompt_weights = keep_prompt_weights
+        self._to_keep: list[Any] | None = None  # int4 layers still to keep unpacked for prompts
         self._turns = TurnQueue(max_waiting)
         self._batcher: Any = None  # core.inference.batching.Batcher of the loaded lean decoder
         self._load_lock = threading.Lock()
@@ -212,7 +220,8 @@ class LocalEngine:
                 )
             self._unload_locked()
             # The KV caches that fit beside the weights, measured before the weights take their memory.
-            fit = replies_that_fit(estimate, available_memory(device), MAX_PARALLEL)
+            available = available_memory(device)
+            fit = replies_that_fit(estimate, available, MAX_PARALLEL)
             tokenizer, precision, load_id = self.tokenizer(key), self.precision(), next(self._load_ids)
             self._parts = self.on_torch_thread(
                 lambda: load_model(
@@ -228,6 +237,7 @@ class LocalEngine:
                     self._parts.decoder, self._torch.submit, caches_at_most=lambda: self._turns.capacity
                 )
                 self._memory_fit = fit
+                self._to_keep = self._prompt_copy_plan(estimate, available, fit)
                 self._turns.set_capacity(min(self._parallel, fit))
             else:  # transformers' generate: one reply at a time
                 self._batcher = None
@@ -240,6 +250,49 @@ class LocalEngine:
             self._start_idle_watch()
             return self._parts.info
 
+    def _prompt_copy_plan(self, estimate: MemoryEstimate, available: int, fit: int) -> list[Any] | None:
+        """The loaded model's int4 layers to keep unpacked for prompts (`_keep_prompt_weights`): all of
+        them if their copy leaves room for as many replies at once as without it (within the 80 % of
+        free memory that `replies_that_fit` plans with), else none."""
+        from core.inference.quantize import unpackable_layers
+
+        if not self.keep_prompt_weights:
+            return None
+        assert self._parts is not None
+        layers = unpackable_layers(self._parts.model)
+        copy = sum(layer.unpacked_bytes() for layer in layers)
+        at_once = min(self._parallel, fit)
+        if copy < KEEP_UNPACKED_MIN_BYTES or estimate.with_caches(at_once) + copy > 0.8 * available:
+            return None
+        with_copy = dataclasses.replace(estimate, runtime_bytes=estimate.runtime_bytes + copy)
+        self._memory_fit = replies_that_fit(with_copy, available, MAX_PARALLEL)  # at least `at_once`
+        logger.info("will keep %.2f GB of unpacked weights for prompts", copy / 1e9)
+        return layers
+
+    def _keep_prompt_weights(self) -> None:
+        """On the torch thread while no reply runs: keep the loaded model's int4 weights unpacked for
+        prompts, a matrix at a time (a reply that arrives meanwhile waits for one matrix, ~30 ms, and
+        the rest waits for the next quiet moment). Products stay the same to the bit until every matrix
+        is kept; from then on prompts of KEPT_PROMPT_ROWS rows and more take the kept weights (an
+        int4 prompt's first token ~2 × sooner: docs/performance.md, "Prompts")."""
+        from core.inference.quantize import KEPT_PROMPT_ROWS, set_int4_prompt_rows
+
+        parts, layers = self._parts, self._to_keep
+        started = time.perf_counter()
+        while layers and self._turns.idle and parts is self._parts:
+            layers.pop().keep_unpacked()
+        if parts is not None and parts is self._parts and layers == []:
+            set_int4_prompt_rows(parts.model, KEPT_PROMPT_ROWS)
+            self._to_keep = None
+            logger.info(
+                "prompts take the kept weights (the last part kept in %.1f s)", time.perf_counter() - started
+            )
+
+    def settle(self) -> None:
+        """Wait for the work the engine does between replies (keeping weights unpacked for prompts):
+        what a user's reading and typing give it; the benches wait here before timing."""
+        self.on_torch_thread(lambda: None)
+
     def unload(self) -> None:
         """Free the model's memory (CUDA cache emptied too)."""
         with self._load_lock:
@@ -250,7 +303,7 @@ class LocalEngine:
             return
         device = self._parts.info.device
         logger.info("unloading %s", self._parts.info.key)
-        self._parts = self._batcher = None
+        self._parts = self._batcher = self._to_keep = None
         gc.collect()
         return_freed_memory_to_os()
         if device == "cuda":
@@ -386,3 +439,5 @@ class LocalEngine:
             stop.set()  # a reader that goes away stops generation too
             self._turns.leave(ticket, running)
             self._touch()
+            if self._to_keep:
+                self._torch.submit(self._keep_prompt_weights)

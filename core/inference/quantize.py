@@ -27,7 +27,8 @@ A prompt is compute-bound where decoding is bound by memory: from PROMPT_ROWS ro
 an int4 layer's `prompt_rows` (bf16 activations; where the two paths cross on this CPU, measured once:
 core.inference.calibration) the weights are unpacked to the activation dtype a slice at a time and
 multiplied with its GEMM (bf16 dot products on CPUs with AVX512-BF16 or AMX), which outruns both
-weight-only kernels there.
+weight-only kernels there. Where memory allows, the engine keeps an int4 model's weights unpacked
+(`Int4Linear.keep_unpacked`, between replies): prompts then skip the unpacking, from KEPT_PROMPT_ROWS.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ PROMPT_ROWS = 32  # from this many rows on (a prompt), dequantizing + a GEMM bea
 # The same for int4 in bf16 until this CPU's crossing is measured (docs/performance.md, "Prompts"):
 # unpacking costs more, so it pays later; 96 on the AMD EPYC, ~55 on an Intel Xeon with AMX.
 INT4_PROMPT_ROWS = 96
+# Once a model's int4 weights are kept unpacked for prompts (`keep_unpacked`: no unpacking left to pay),
+# the GEMM outruns the int4 kernel from ~10 rows on (docs/performance.md, "Prompts").
+KEPT_PROMPT_ROWS = 16
 UNPACK_BLOCK = 64  # output features per block of torch's CPU int4 layout (two nibbles: n and n + 32)
 UNPACK_WEIGHTS = 2**21  # weights unpacked at a time (4 MiB in bf16): bounds the temporary copies
 # Stored bytes per weight, for memory and speed estimates: nibbles + a bf16 scale and zero per group.
@@ -408,6 +412,7 @@ class Int4Linear(QuantizedLinear):
         self.register_buffer("packed", packed)
         self.register_buffer("scales_zeros", scales_zeros)
         self.prompt_rows = INT4_PROMPT_ROWS  # from this many rows on, `unpacked_product` (set at load)
+        self.kept: tuple[torch.Tensor, ...] = ()  # the weights unpacked once (`keep_unpacked`), if kept
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dtype: torch.dtype) -> QuantizedLinear:
@@ -442,17 +447,37 @@ class Int4Linear(QuantizedLinear):
     def unpacked_product(self, rows: torch.Tensor) -> torch.Tensor:
         """rows times the weights unpacked to the activation dtype a slice of outputs at a time: for a
         prompt the GEMM's speed (bf16 dot products) outweighs unpacking, where the int4 kernel is
-        compute-bound."""
+        compute-bound. Kept slices (`keep_unpacked`) are multiplied as they are, the same products."""
         count = rows.shape[0]
         rows = _padded(rows)
         out = rows.new_empty(rows.shape[0], self.out_features)
-        step = slice_width(self.out_features, UNPACK_WEIGHTS // self.in_features, UNPACK_BLOCK)
-        buffer = rows.new_empty(self.in_features * step)  # reused: no fresh pages
-        for start in range(0, self.out_features, step):
-            stop = min(start + step, self.out_features)
-            weights = unpack_int4(self.packed, self.scales_zeros, start, stop, buffer)
+        buffer = None if self.kept else rows.new_empty(self.in_features * self._unpack_step())  # reused
+        for index, (start, stop) in enumerate(self._unpack_slices()):
+            weights = (
+                self.kept[index]
+                if self.kept
+                else unpack_int4(self.packed, self.scales_zeros, start, stop, buffer)
+            )
             torch.mm(rows, weights, out=out[:, start:stop])
         return out[:count]
+
+    def keep_unpacked(self) -> int:
+        """Unpack the weights once and keep them for prompts, slice by slice as `unpacked_product`
+        multiplies them (its products stay the same to the bit); the bytes they take."""
+        self.kept = tuple(
+            unpack_int4(self.packed, self.scales_zeros, start, stop) for start, stop in self._unpack_slices()
+        )
+        return self.unpacked_bytes()
+
+    def unpacked_bytes(self) -> int:
+        return self.in_features * self.out_features * self.scales_zeros.element_size()
+
+    def _unpack_step(self) -> int:
+        return slice_width(self.out_features, UNPACK_WEIGHTS // self.in_features, UNPACK_BLOCK)
+
+    def _unpack_slices(self) -> list[tuple[int, int]]:
+        step = self._unpack_step()
+        return [(start, min(start + step, self.out_features)) for start in range(0, self.out_features, step)]
 
 
 def unpack_int4(
@@ -485,6 +510,12 @@ def set_int4_prompt_rows(model: nn.Module, rows: int) -> None:
     for module in model.modules():
         if isinstance(module, Int4Linear):
             module.prompt_rows = rows
+
+
+def unpackable_layers(model: nn.Module) -> list[Int4Linear]:
+    """The int4 layers whose prompts go through unpacked weights (bf16 on a CPU): those that
+    `Int4Linear.keep_unpacked` can keep."""
+    return [m for m in model.modules() if isinstance(m, Int4Linear) and m.unpackable(m.dtype)]
 
 
 @functools.cache

@@ -211,6 +211,49 @@ def test_idle_unload_fires_and_the_next_request_reloads(tmp_path: Path, tiny_mod
     assert engine.loaded is not None
 
 
+def _int4_layers(engine: LocalEngine) -> list:
+    from core.inference.quantize import Int4Linear
+
+    return [m for m in engine._parts.model.modules() if isinstance(m, Int4Linear)]
+
+
+def test_after_a_reply_the_int4_weights_are_kept_unpacked_for_prompts_where_memory_allows(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.inference import engine as engine_module
+    from core.inference.quantize import INT4_PROMPT_ROWS, KEPT_PROMPT_ROWS
+
+    monkeypatch.setattr(engine_module, "KEEP_UNPACKED_MIN_BYTES", 0)  # a real model's copy is ≥ 0.5 GB
+    long_prompt = [{"role": "user", "content": "tell me " * INT4_PROMPT_ROWS}]
+    engine.load("long")
+    layers = _int4_layers(engine)
+    assert layers and not any(layer.kept for layer in layers)  # a load does not wait for it
+    before = [e.text for e in engine.stream("long", long_prompt, GREEDY) if isinstance(e, TextDelta)]
+    engine.settle()  # kept while nothing runs, after the reply
+    assert all(layer.kept for layer in layers) and {layer.prompt_rows for layer in layers} == {
+        KEPT_PROMPT_ROWS
+    }
+    after = [e.text for e in engine.stream("long", long_prompt, GREEDY) if isinstance(e, TextDelta)]
+    assert after == before  # a long prompt: the same products, now from the kept weights
+
+    engine.unload()  # memory for the weights and one reply's cache, none for a copy: nothing is kept
+    estimate = engine.memory_estimate("long")
+    monkeypatch.setattr(engine_module, "available_memory", lambda _device: int(estimate.with_caches(1) / 0.8))
+    engine.load("long")
+    list(engine.stream("long", HELLO, GREEDY))
+    engine.settle()
+    assert not any(layer.kept for layer in _int4_layers(engine))
+    assert {layer.prompt_rows for layer in _int4_layers(engine)} != {KEPT_PROMPT_ROWS}
+
+    engine.unload()  # plenty of memory, but a process that ends after its replies (`localllm chat -p`)
+    monkeypatch.undo()
+    monkeypatch.setattr(engine_module, "KEEP_UNPACKED_MIN_BYTES", 0)
+    engine.keep_prompt_weights = False
+    list(engine.stream("long", HELLO, GREEDY))
+    engine.settle()
+    assert not any(layer.kept for layer in _int4_layers(engine))
+
+
 def test_a_model_that_is_not_downloaded_is_refused(engine: LocalEngine) -> None:
     with pytest.raises(ModelNotReadyError, match="not downloaded"):
         engine.load("qwen2.5-0.5b")

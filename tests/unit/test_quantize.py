@@ -227,6 +227,22 @@ def test_a_prompt_through_the_unpacked_int4_weights_gets_the_kernels_product(
     )
 
 
+def test_weights_kept_unpacked_give_a_prompt_the_same_product_to_the_bit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(4)
+    layer = Int4Linear.from_linear(torch.nn.Linear(4 * INT4_GROUP, 5 * UNPACK_BLOCK), torch.bfloat16)
+    monkeypatch.setattr(quantize, "UNPACK_WEIGHTS", 2 * UNPACK_BLOCK * layer.in_features)  # equal slices
+    rows = torch.randn(INT4_PROMPT_ROWS + 1, layer.in_features, dtype=torch.bfloat16)
+    unpacked_each_time = layer(rows)
+    assert layer.keep_unpacked() == layer.in_features * layer.out_features * 2 == layer.unpacked_bytes()
+    assert [tuple(part.shape) for part in layer.kept] == [(128, 64)] * 5
+    assert torch.equal(layer(rows), unpacked_each_time)
+    layer.packed.zero_()  # from now on a prompt reads the kept weights only; one token, the kernel
+    assert torch.equal(layer(rows), unpacked_each_time)
+    assert not torch.equal(layer(rows[:1]), unpacked_each_time[:1])
+
+
 class _Shapes(TorchDispatchMode):
     """The shapes of the operations named `names` that run while it is on."""
 

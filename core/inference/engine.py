@@ -237,7 +237,9 @@ class LocalEngine:
                     self._parts.decoder, self._torch.submit, caches_at_most=lambda: self._turns.capacity
                 )
                 self._memory_fit = fit
-                self._to_keep = self._prompt_copy_plan(estimate, available, fit)
+                # On the torch thread: which layers unpack is checked with torch operations, and a
+                # second OpenMP team beside the torch thread's slows every decode step (see above).
+                self._to_keep = self.on_torch_thread(lambda: self._prompt_copy_plan(estimate, available, fit))
                 self._turns.set_capacity(min(self._parallel, fit))
             else:  # transformers' generate: one reply at a time
                 self._batcher = None

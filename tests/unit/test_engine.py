@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from core.errors import GenerationError, InsufficientMemoryError, ModelNotReadyError, QueueFullError
 from core.inference.engine import LocalEngine
@@ -252,6 +253,37 @@ def test_after_a_reply_the_int4_weights_are_kept_unpacked_for_prompts_where_memo
     list(engine.stream("long", HELLO, GREEDY))
     engine.settle()
     assert not any(layer.kept for layer in _int4_layers(engine))
+
+
+class _OpsOnThisThread(TorchDispatchMode):
+    """The torch operations that run on the thread that entered it (modes are per thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_torch_work_runs_on_the_callers_thread(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Torch work on a second thread starts a second OpenMP team beside the engine's: every decode step
+    after it ran ~25 % slower (a check of the int4 layout run from `load`'s caller did it once)."""
+    from core.inference import calibration, quantize
+    from core.inference import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "KEEP_UNPACKED_MIN_BYTES", 0)
+    monkeypatch.setattr(calibration, "measure_int4_prompt_rows", lambda: 64)  # kept from an earlier start
+    quantize.unpacking_works.cache_clear()  # as in a fresh process
+    with _OpsOnThisThread() as ops:
+        engine.load("long")
+        list(engine.stream("long", [{"role": "user", "content": "tell me " * 40}], GREEDY))
+        engine.settle()
+    assert _int4_layers(engine)[0].kept  # the copy was planned and made, on the torch thread
+    assert ops.seen <= {"aten.lift_fresh.default", "aten.ones_like.default", "aten.select.int"}, ops.seen
 
 
 def test_a_model_that_is_not_downloaded_is_refused(engine: LocalEngine) -> None:

@@ -178,6 +178,14 @@ if chosen != {"device": engine.device_preference, "quantization": engine.quantiz
         resources.preferences().set(name, value)
     engine.device_preference, engine.quantization, engine.idle_unload_s, engine.parallel = chosen.values()
     st.toast(t("settings.saved"))
+prompt_copy = st.toggle(
+    t("settings.prompt_copy"), value=engine.keep_prompt_weights, help=t("settings.prompt_copy_help"),
+    key="settings.prompt_copy",
+)  # fmt: skip
+if prompt_copy != engine.keep_prompt_weights:
+    resources.preferences().set("prompt_copy", prompt_copy)
+    engine.keep_prompt_weights = prompt_copy
+    st.toast(t("settings.saved"))
 default_context = resources.preferences().get("context_tokens")
 context = st.number_input(
     t("settings.context_tokens"), min_value=256, max_value=1024 * 1024, value=default_context, step=1024,

@@ -55,13 +55,13 @@ def chat(
         checked_message(prompt)
 
     models_library = library()
-    key = models_library.get(model).key
+    key, prefs = models_library.get(model).key, models_library.preferences
     interactive = prompt is None and sys.stdin.isatty()
     # Kept unpacked weights speed up later prompts, at the cost of a second's work between replies:
     # only a chat typed at a terminal has later prompts and time between them.
-    options = {"idle_unload_s": 0, "keep_prompt_weights": interactive}
+    options = {"idle_unload_s": 0, "keep_prompt_weights": interactive and prefs.get("prompt_copy")}
     options |= {"quantization": quantization} if quantization else {}
-    engine = LocalEngine.from_preferences(models_library.preferences, **options)
+    engine = LocalEngine.from_preferences(prefs, **options)
     provider = LocalProvider(engine, key)
     service = ChatService(models_library.db, lambda: provider, owner="cli")
     started = time.perf_counter()

@@ -111,6 +111,7 @@ class LocalEngine:
             "quantization": preferences.get("quantization"),
             "idle_unload_s": preferences.get("idle_unload_s"),
             "parallel": preferences.get("parallel_replies"),
+            "keep_prompt_weights": preferences.get("prompt_copy"),
             "context_setting": preferences.context_for,
         }
         return cls(preferences.get("models_dir"), **{**settings, **options})

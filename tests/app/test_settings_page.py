@@ -109,3 +109,19 @@ def test_changing_the_models_directory_finds_the_models_already_there(
     assert resources.library().status("tinyllama-1.1b").kind == "ready"
     at.switch_page("pages/models.py").run()
     assert any("Ready" in m.value for m in at.markdown)
+
+
+def test_faster_prompts_can_be_turned_off_and_every_engine_reads_it(new_app, db_url: str) -> None:
+    from core.inference.engine import LocalEngine
+    from core.preferences import Preferences
+    from ui import resources
+
+    at = new_app()
+    at.switch_page("pages/hardware.py").run()
+    assert at.toggle(key="settings.prompt_copy").value  # on by default: it only takes spare memory
+    at.toggle(key="settings.prompt_copy").set_value(False).run()
+    assert not at.exception
+    assert resources.engine().keep_prompt_weights is False  # the next load keeps nothing
+    preferences = Preferences(Database(db_url))
+    assert preferences.get("prompt_copy") is False
+    assert LocalEngine.from_preferences(preferences).keep_prompt_weights is False  # `localllm serve`

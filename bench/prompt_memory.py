@@ -6,7 +6,8 @@ loads it with the engine's defaults and sends one-token replies to prompts of `-
 lengths (each a new conversation, so nothing is cached), then 30 turns of one conversation (each
 prefills its new tokens beside a longer cache); it prints the resident memory after each tenth reply
 (the engine hands freed memory back after each) against the memory the engine plans for (the weights
-and runtime, and a KV cache at the context length for each reply at once, running or kept).
+and runtime, a KV cache at the context length for each reply at once, running or kept, and the
+int4 weights kept unpacked for prompts where memory allows).
 
 `--quantization none` runs the 16-bit weights through transformers' own forward on the CPU: the path of
 every architecture the lean decoder does not run.
@@ -37,7 +38,7 @@ models, key, count, quantization = Path(sys.argv[1]), sys.argv[2], int(sys.argv[
 engine = LocalEngine(models, quantization=quantization, idle_unload_s=0)
 engine.load(key)
 estimate = engine.memory_estimate(key)
-plan = estimate.with_caches(engine.parallel) / 2**20
+plan = (estimate.with_caches(engine.parallel) + engine.prompt_copy_bytes) / 2**20
 params = GenerationParams(max_new_tokens=1)
 def reply(messages, owner):
     for event in engine.stream(key, messages, params, ignore_eos=True, owner=owner):
@@ -46,7 +47,9 @@ def reply(messages, owner):
 def rss():
     engine.on_torch_thread(lambda: None)  # the trim after the reply has run
     return psutil.Process().memory_info().rss / 2**20
-print(f"{key}: planned {plan:.0f} MiB (the weights, and {engine.parallel} KV caches running or kept)")
+kept = engine.prompt_copy_bytes / 2**20
+copy = f", {kept:.0f} MiB of weights kept unpacked" if kept else ""
+print(f"{key}: planned {plan:.0f} MiB (the weights, {engine.parallel} KV caches running or kept{copy})")
 for index in range(count):
     words = 20 + index
     tokens = reply([{"role": "user", "content": f"{index} " + "hello world " * words}], f"new-{index}")

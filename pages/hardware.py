@@ -102,7 +102,11 @@ for spec in library.models():
         )
         if verdict.verdict != "too_large":
             context = f"{library.context_tokens(spec.key):,}"
-            people.append(t("hardware.people_at_once", model=spec.key, count=at_once, context=context))
+            line = t("hardware.people_at_once", model=spec.key, count=at_once, context=context)
+            loaded = resources.engine().loaded
+            if loaded is not None and loaded.key == spec.key and resources.engine().prompt_copy_bytes:
+                line += t("hardware.prompt_copy", size=format_bytes(resources.engine().prompt_copy_bytes))
+            people.append(line)
 if rows:
     limits = [{"GB": round(info.ram_available_bytes / 1e9, 2), "what": t("hardware.ram_available")}]
     limits += [{"GB": round(gpu.memory_free_bytes / 1e9, 2), "what": gpu.name} for gpu in info.gpus]

@@ -89,6 +89,7 @@ class LocalEngine:
         self._memory_fit = 1  # replies whose KV caches fit beside the loaded model (set at load)
         self.keep_prompt_weights = keep_prompt_weights
         self._to_keep: list[Any] | None = None  # int4 layers still to keep unpacked for prompts
+        self._copy_bytes = 0  # the loaded model's unpacked copy for prompts, kept or planned
         self._turns = TurnQueue(max_waiting)
         self._batcher: Any = None  # core.inference.batching.Batcher of the loaded lean decoder
         self._load_lock = threading.Lock()
@@ -269,6 +270,7 @@ class LocalEngine:
             return None
         with_copy = dataclasses.replace(estimate, runtime_bytes=estimate.runtime_bytes + copy)
         self._memory_fit = replies_that_fit(with_copy, available, MAX_PARALLEL)  # at least `at_once`
+        self._copy_bytes = copy
         logger.info("will keep %.2f GB of unpacked weights for prompts", copy / 1e9)
         return layers
 
@@ -291,6 +293,12 @@ class LocalEngine:
                 "prompts take the kept weights (the last part kept in %.1f s)", time.perf_counter() - started
             )
 
+    @property
+    def prompt_copy_bytes(self) -> int:
+        """The memory the loaded model's weights kept unpacked for prompts take, or will once made (0:
+        none): beyond `memory_estimate`, within the memory the engine plans with."""
+        return self._copy_bytes
+
     def settle(self) -> None:
         """Wait for the work the engine does between replies (keeping weights unpacked for prompts):
         what a user's reading and typing give it; the benches wait here before timing."""
@@ -307,6 +315,7 @@ class LocalEngine:
         device = self._parts.info.device
         logger.info("unloading %s", self._parts.info.key)
         self._parts = self._batcher = self._to_keep = None
+        self._copy_bytes = 0
         gc.collect()
         return_freed_memory_to_os()
         if device == "cuda":

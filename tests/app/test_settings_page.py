@@ -125,3 +125,27 @@ def test_faster_prompts_can_be_turned_off_and_every_engine_reads_it(new_app, db_
     preferences = Preferences(Database(db_url))
     assert preferences.get("prompt_copy") is False
     assert LocalEngine.from_preferences(preferences).keep_prompt_weights is False  # `localllm serve`
+
+
+def test_the_hardware_page_counts_the_loaded_models_kept_weights(
+    new_app, db_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.inference import engine as engine_module
+    from core.units import format_bytes
+    from tests.app.conftest import _install
+    from tests.fixtures.tiny_models import build_tiny_model
+    from ui import resources
+
+    monkeypatch.setattr(engine_module, "KEEP_UNPACKED_MIN_BYTES", 0)  # a real model's copy is ≥ 0.5 GB
+    key = _install(db_url, build_tiny_model(tmp_path / "wide", "llama", hidden_size=128))
+    at = new_app()
+    at.switch_page("pages/hardware.py").run()
+    assert not any("kept unpacked" in m.value for m in at.markdown)  # nothing loaded
+    local = resources.engine()
+    list(local.stream(key, [{"role": "user", "content": "hello " * 20}], local.default_params(key)))
+    local.settle()
+    copy = local.prompt_copy_bytes
+    assert copy > 0
+    at.run()
+    people = next(m.value for m in at.markdown if "How many people" in m.value)
+    assert f"(loaded; {format_bytes(copy)} more for its weights kept unpacked for faster prompts)" in people

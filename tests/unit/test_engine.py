@@ -234,6 +234,7 @@ def test_after_a_reply_the_int4_weights_are_kept_unpacked_for_prompts_where_memo
     assert all(layer.kept for layer in layers) and {layer.prompt_rows for layer in layers} == {
         KEPT_PROMPT_ROWS
     }
+    assert engine.prompt_copy_bytes == sum(layer.unpacked_bytes() for layer in layers) > 0  # planned with
     after = [e.text for e in engine.stream("long", long_prompt, GREEDY) if isinstance(e, TextDelta)]
     assert after == before  # a long prompt: the same products, now from the kept weights
 
@@ -245,6 +246,7 @@ def test_after_a_reply_the_int4_weights_are_kept_unpacked_for_prompts_where_memo
     engine.settle()
     assert not any(layer.kept for layer in _int4_layers(engine))
     assert {layer.prompt_rows for layer in _int4_layers(engine)} != {KEPT_PROMPT_ROWS}
+    assert engine.prompt_copy_bytes == 0
 
     engine.unload()  # plenty of memory, but a process that ends after its replies (`localllm chat -p`)
     monkeypatch.undo()

@@ -161,14 +161,17 @@ def settle(server: subprocess.Popen, quiet_s: float = 0.5) -> None:
 
 
 def planned_mb(models: Path, key: str, parallel: int | None) -> float:
-    """What the engine plans for: the weights and runtime once, and a KV cache at the model's chosen
-    context length for each reply at once (`parallel`, or the setting's default), running or kept for
-    its owner's next turn (core.inference.reuse), whatever the number of users."""
+    """What the engine plans for: the weights and runtime once, a KV cache at the model's chosen context
+    length for each reply at once (`parallel`, or the setting's default), running or kept for its
+    owner's next turn (core.inference.reuse), whatever the number of users, and the weights it keeps
+    unpacked for prompts where memory allows (a load here says whether it would)."""
     from core.inference.engine import LocalEngine
 
     engine = LocalEngine(models, idle_unload_s=0, **({} if parallel is None else {"parallel": parallel}))
-    estimate = engine.memory_estimate(key)
-    return estimate.with_caches(engine.parallel) / 2**20
+    engine.load(key)
+    planned = engine.memory_estimate(key).with_caches(engine.parallel) + engine.prompt_copy_bytes
+    engine.unload()
+    return planned / 2**20
 
 
 def main() -> None:

@@ -31,13 +31,13 @@ except StorageError as exc:
 ensure_language()
 if kept := st.session_state.pop("db.kept", None):
     st.success(t("db.kept", path=kept), icon=":material/database:")
+servers = st.Page("pages/servers.py", title=t("nav.servers"), icon=":material/dns:")  # the admin's only
 pages = [
     st.Page("pages/chat.py", title=t("nav.chat"), icon=":material/chat:", default=True),
     st.Page("pages/models.py", title=t("nav.models"), icon=":material/download:"),
-    st.Page("pages/servers.py", title=t("nav.servers"), icon=":material/dns:"),
+    servers,
     st.Page("pages/hardware.py", title=t("nav.hardware"), icon=":material/settings:"),
 ]
-admins_only = pages[2]
 with st.sidebar:
     access.sync_session_cookie()
     one_stop_button()
@@ -46,7 +46,7 @@ if not access.signed_in():
     with st.sidebar:
         language_switch()
     access.sign_in_page()
-navigation = st.navigation(pages if access.is_admin() else [p for p in pages if p is not admins_only])
+navigation = st.navigation(pages if access.is_admin() else [p for p in pages if p is not servers])
 with st.sidebar:
     language_switch()
     sidebar_user()

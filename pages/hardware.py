@@ -85,13 +85,18 @@ live_usage()
 st.subheader(t("hardware.models_section"))
 library = resources.library()
 precision = resources.engine_precision()
+engine = resources.engine()
+# The loaded model's weights kept unpacked for prompts: memory beyond its estimate, said beside it.
+kept_copy = (
+    {engine.loaded.key: engine.prompt_copy_bytes} if engine.loaded and engine.prompt_copy_bytes else {}
+)
 rows = []
 people = []
 for spec in library.models():
     estimate = library.memory_estimate(spec.key, precision)
     if estimate:
         verdict = memory_verdict(estimate.total_bytes, info)
-        at_once = replies_that_fit(estimate, verdict.available_bytes, resources.engine().parallel)
+        at_once = replies_that_fit(estimate, verdict.available_bytes, engine.parallel)
         rows.append(
             {
                 "model": spec.key,
@@ -103,9 +108,8 @@ for spec in library.models():
         if verdict.verdict != "too_large":
             context = f"{library.context_tokens(spec.key):,}"
             line = t("hardware.people_at_once", model=spec.key, count=at_once, context=context)
-            loaded = resources.engine().loaded
-            if loaded is not None and loaded.key == spec.key and resources.engine().prompt_copy_bytes:
-                line += t("hardware.prompt_copy", size=format_bytes(resources.engine().prompt_copy_bytes))
+            if spec.key in kept_copy:
+                line += t("hardware.prompt_copy", size=format_bytes(kept_copy[spec.key]))
             people.append(line)
 if rows:
     limits = [{"GB": round(info.ram_available_bytes / 1e9, 2), "what": t("hardware.ram_available")}]
@@ -124,7 +128,7 @@ if rows:
     st.caption(t("hardware.chart_note"))
     if people:
         st.markdown(t("hardware.people_title") + "\n\n" + "\n".join(f"- {line}" for line in people))
-        st.caption(t("hardware.people_note", parallel=resources.engine().parallel))
+        st.caption(t("hardware.people_note", parallel=engine.parallel))
 
 st.subheader(t("lan.title"))
 bound = st.get_option("server.address") or "localhost"
@@ -155,7 +159,6 @@ if not access.is_admin():
 
 st.subheader(t("settings.section"))
 st.markdown(f"**{t('settings.engine')}**")
-engine = resources.engine()
 device_column, quantization_column, idle_column, parallel_column = st.columns(4)
 device = device_column.selectbox(
     t("settings.device"), DEVICES, index=DEVICES.index(engine.device_preference),

@@ -93,6 +93,8 @@ class LocalEngine:
         self._turns = TurnQueue(max_waiting)
         self._batcher: Any = None  # core.inference.batching.Batcher of the loaded lean decoder
         self._load_lock = threading.Lock()
+        self._warm_lock = threading.Lock()
+        self._warm_asked = False  # `warm` loads once per engine at most
         self._parts: LoadedParts | None = None
         self._tokenizer_only: tuple[str, Any] | None = None  # (key, tokenizer) of a model not loaded
         self._load_ids = itertools.count(1)
@@ -206,53 +208,83 @@ class LocalEngine:
     def load(self, key: str, *, force: bool = False) -> LoadedModel:
         """Load `key` (unloading another model first); concurrent calls share one load."""
         with self._load_lock:
-            if self._parts and self._parts.info.key == key:
-                return self._parts.info
-            directory = self._ready_dir(key)
-            device = detect_device(self.device_preference)
-            estimate = self.memory_estimate(key)
-            needed, available = estimate.total_bytes, available_memory(device)
-            if needed > available and not force:
-                raise InsufficientMemoryError(
-                    f"{key} needs {needed / GIB:.1f} GiB, {available / GIB:.1f} GiB available. "
-                    "Close other programs or load it anyway.",
-                    key=key,
-                    needed_bytes=needed,
-                    available_bytes=available,
-                )
-            self._unload_locked()
-            # The KV caches that fit beside the weights, measured before the weights take their memory.
-            available = available_memory(device)
-            fit = replies_that_fit(estimate, available, MAX_PARALLEL)
-            tokenizer, precision, load_id = self.tokenizer(key), self.precision(), next(self._load_ids)
-            self._parts = self.on_torch_thread(
-                lambda: load_model(
-                    key, directory, device, choose_dtype(device), precision, tokenizer, load_id
-                )
-            )
-            self._tokenizer_only = None
-            if self._parts.decoder is not None:
-                from core.inference.batching import Batcher
+            return self._load_locked(key, force)
 
-                # Finished replies' caches are kept for the next turn, within the replies planned for.
-                self._batcher = Batcher(
-                    self._parts.decoder, self._torch.submit, caches_at_most=lambda: self._turns.capacity
-                )
-                self._memory_fit = fit
-                # On the torch thread: which layers unpack is checked with torch operations, and a
-                # second OpenMP team beside the torch thread's slows every decode step (see above).
-                self._to_keep = self.on_torch_thread(lambda: self._prompt_copy_plan(estimate, available, fit))
-                self._turns.set_capacity(min(self._parallel, fit))
-            else:  # transformers' generate: one reply at a time
-                self._batcher = None
-                self._turns.set_capacity(1)
-            logger.info(
-                "loaded %s on %s (%s) in %.1f s, %d replies at once",
-                key, device, precision.label, self._parts.info.load_s, self._turns.capacity,
-            )  # fmt: skip
-            self._touch()
-            self._start_idle_watch()
+    def warm(self, key: str) -> Future[LoadedModel | None] | None:
+        """Once per engine, as the Chat page opens with `key` downloaded: load it in the background if
+        no model is loaded yet and it fits, so that the first message finds it loaded and its prompt
+        weights kept (a session's first reply as quick as the next). An unload stays an unload.
+        Returns the load's future (its result None: nothing loaded), or None once asked before."""
+        with self._warm_lock:
+            if self._warm_asked or read_manifest(model_dir(self.models_dir, key)) is None:
+                return None
+            self._warm_asked = True
+        done: Future[LoadedModel | None] = Future()
+        # Not the torch thread: a load waits for work there. Not a daemon: an exit waits for the load
+        # rather than stopping it inside torch.
+        threading.Thread(target=self._warm, args=(key, done), name="engine-warm").start()
+        return done
+
+    def _warm(self, key: str, done: Future[LoadedModel | None]) -> None:
+        loaded = None
+        if self._load_lock.acquire(blocking=False):  # else a load is under way: nothing to do
+            try:
+                if self._parts is None:  # not over a model that someone chose meanwhile
+                    loaded = self._load_locked(key, force=False)
+            except Exception as exc:  # short of memory, damaged files: the first message says so
+                logger.info("%s not loaded ahead of a message: %s", key, exc)
+            finally:
+                self._load_lock.release()
+        done.set_result(loaded)
+
+    def _load_locked(self, key: str, force: bool) -> LoadedModel:
+        if self._parts and self._parts.info.key == key:
             return self._parts.info
+        directory = self._ready_dir(key)
+        device = detect_device(self.device_preference)
+        estimate = self.memory_estimate(key)
+        needed, available = estimate.total_bytes, available_memory(device)
+        if needed > available and not force:
+            raise InsufficientMemoryError(
+                f"{key} needs {needed / GIB:.1f} GiB, {available / GIB:.1f} GiB available. "
+                "Close other programs or load it anyway.",
+                key=key,
+                needed_bytes=needed,
+                available_bytes=available,
+            )
+        self._unload_locked()
+        # The KV caches that fit beside the weights, measured before the weights take their memory.
+        available = available_memory(device)
+        fit = replies_that_fit(estimate, available, MAX_PARALLEL)
+        tokenizer, precision, load_id = self.tokenizer(key), self.precision(), next(self._load_ids)
+        self._parts = self.on_torch_thread(
+            lambda: load_model(key, directory, device, choose_dtype(device), precision, tokenizer, load_id)
+        )
+        self._tokenizer_only = None
+        if self._parts.decoder is not None:
+            from core.inference.batching import Batcher
+
+            # Finished replies' caches are kept for the next turn, within the replies planned for.
+            self._batcher = Batcher(
+                self._parts.decoder, self._torch.submit, caches_at_most=lambda: self._turns.capacity
+            )
+            self._memory_fit = fit
+            # On the torch thread: which layers unpack is checked with torch operations, and a
+            # second OpenMP team beside the torch thread's slows every decode step (see above).
+            self._to_keep = self.on_torch_thread(lambda: self._prompt_copy_plan(estimate, available, fit))
+            self._turns.set_capacity(min(self._parallel, fit))
+        else:  # transformers' generate: one reply at a time
+            self._batcher = None
+            self._turns.set_capacity(1)
+        logger.info(
+            "loaded %s on %s (%s) in %.1f s, %d replies at once",
+            key, device, precision.label, self._parts.info.load_s, self._turns.capacity,
+        )  # fmt: skip
+        self._touch()
+        self._start_idle_watch()
+        if self._to_keep:  # in the first quiet moment: now, unless a reply or a score waits for this load
+            self._torch.submit(self._keep_prompt_weights)
+        return self._parts.info
 
     def _prompt_copy_plan(self, estimate: MemoryEstimate, available: int, fit: int) -> list[Any] | None:
         """The loaded model's int4 layers to keep unpacked for prompts (`_keep_prompt_weights`): all of

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from streamlit.testing.v1 import AppTest
 
 from core.chat.configs import ConfigStore
@@ -28,6 +30,17 @@ def test_without_a_ready_model_the_page_says_what_to_do(new_app) -> None:
     at.run()
     assert not at.exception
     assert any("Download one on the Models page" in info.value for info in at.info)
+
+
+def test_opening_the_page_loads_the_chosen_model_before_the_first_message(new_app, ready_model: str) -> None:
+    at = new_app()
+    at.run()
+    assert not at.exception and not resources.chat_service("local").conversations()
+    engine = resources.engine()
+    deadline = time.monotonic() + 120  # loaded in the background while the user types
+    while engine.loaded is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.loaded is not None and engine.loaded.key == ready_model
 
 
 def test_chat_round_trip_with_the_tiny_model(new_app, ready_model: str, db_url: str) -> None:

@@ -218,7 +218,7 @@ def _int4_layers(engine: LocalEngine) -> list:
     return [m for m in engine._parts.model.modules() if isinstance(m, Int4Linear)]
 
 
-def test_after_a_reply_the_int4_weights_are_kept_unpacked_for_prompts_where_memory_allows(
+def test_between_replies_the_int4_weights_are_kept_unpacked_for_prompts_where_memory_allows(
     engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core.inference import engine as engine_module
@@ -226,10 +226,18 @@ def test_after_a_reply_the_int4_weights_are_kept_unpacked_for_prompts_where_memo
 
     monkeypatch.setattr(engine_module, "KEEP_UNPACKED_MIN_BYTES", 0)  # a real model's copy is ≥ 0.5 GB
     long_prompt = [{"role": "user", "content": "tell me " * INT4_PROMPT_ROWS}]
-    engine.load("long")
-    layers = _int4_layers(engine)
-    assert layers and not any(layer.kept for layer in layers)  # a load does not wait for it
-    before = [e.text for e in engine.stream("long", long_prompt, GREEDY) if isinstance(e, TextDelta)]
+    engine.load("long")  # with nothing waiting for it: kept in the quiet moment that follows
+    engine.settle()
+    assert (layers := _int4_layers(engine)) and all(layer.kept for layer in layers)
+
+    engine.unload()  # loaded by a reply: the reply does not wait for the copy
+    before = []
+    for event in engine.stream("long", long_prompt, GREEDY):
+        if isinstance(event, TextDelta):
+            layers = _int4_layers(engine)
+            assert not any(layer.kept for layer in layers)
+            before.append(event.text)
+    assert before
     engine.settle()  # kept while nothing runs, after the reply
     assert all(layer.kept for layer in layers) and {layer.prompt_rows for layer in layers} == {
         KEPT_PROMPT_ROWS
@@ -255,6 +263,30 @@ def test_after_a_reply_the_int4_weights_are_kept_unpacked_for_prompts_where_memo
     list(engine.stream("long", HELLO, GREEDY))
     engine.settle()
     assert not any(layer.kept for layer in _int4_layers(engine))
+
+
+def test_warm_loads_a_downloaded_model_once_in_the_background_and_never_over_another(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.inference import engine as engine_module
+
+    assert engine.warm("not-downloaded") is None
+    assert engine.warm("tiny-llama").result(timeout=120).key == "tiny-llama"  # the Chat page opened
+    assert engine.loaded.key == "tiny-llama"
+    engine.unload()  # the user's unload (or the idle one) stays: no second load ahead of a message
+    assert engine.warm("tiny-llama") is None and engine.loaded is None
+
+    chosen = LocalEngine(engine.models_dir, idle_unload_s=0)
+    chosen.load("tiny-qwen")  # someone's model is loaded: the page does not swap it
+    assert chosen.warm("tiny-llama").result(timeout=120) is None
+    assert chosen.loaded.key == "tiny-qwen"
+    chosen.unload()
+
+    estimate = engine.memory_estimate("tiny-llama")  # short of memory: nothing, and no error
+    monkeypatch.setattr(engine_module, "available_memory", lambda _device: estimate.total_bytes - 1)
+    short = LocalEngine(engine.models_dir, idle_unload_s=0)
+    assert short.warm("tiny-llama").result(timeout=120) is None
+    assert short.loaded is None
 
 
 class _OpsOnThisThread(TorchDispatchMode):

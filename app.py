@@ -14,6 +14,7 @@ from ui.widgets import (
     settle_current_model,
     sidebar_status,
     sidebar_user,
+    warm_chosen_model,
 )
 
 # The icon ships with the app (an SVG becomes a data: URL): a Material icon would be fetched from Google.
@@ -32,8 +33,9 @@ ensure_language()
 if kept := st.session_state.pop("db.kept", None):
     st.success(t("db.kept", path=kept), icon=":material/database:")
 servers = st.Page("pages/servers.py", title=t("nav.servers"), icon=":material/dns:")  # the admin's only
+chat = st.Page("pages/chat.py", title=t("nav.chat"), icon=":material/chat:", default=True)
 pages = [
-    st.Page("pages/chat.py", title=t("nav.chat"), icon=":material/chat:", default=True),
+    chat,
     st.Page("pages/models.py", title=t("nav.models"), icon=":material/download:"),
     servers,
     st.Page("pages/hardware.py", title=t("nav.hardware"), icon=":material/settings:"),
@@ -47,10 +49,13 @@ if not access.signed_in():
         language_switch()
     access.sign_in_page()
 navigation = st.navigation(pages if access.is_admin() else [p for p in pages if p is not servers])
+current = settle_current_model()
+if navigation is chat:
+    warm_chosen_model(current)  # before the sidebar status, which then says it is loading
 with st.sidebar:
     language_switch()
     sidebar_user()
-    sidebar_status(settle_current_model())
+    sidebar_status(current)
 try:
     navigation.run()
 except LocalLLMError as exc:  # the last net under every page: a clear sentence, never a traceback

@@ -461,8 +461,6 @@ current = store.get_current_config()  # after the picker's choice
 if current is None:  # a LAN visitor, with only servers that the admin has not chosen
     st.info(t("chat.not_chosen_yet"), icon=":material/info:")
     st.stop()
-if current.provider == "local_model":
-    resources.engine().warm(current.model)  # loads while the first message is typed
 
 (suggested, first_preset), greeting = (None, None), st.empty()
 if conversation is None:

@@ -20,6 +20,8 @@ from ui.markup import escape_markdown, urls_as_code
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
 
+STATUS_POLL_S = 1.0  # the sidebar status is drawn again this often while a model loads or downloads
+
 
 def attempt(action: Callable[[], Any]) -> bool:
     """Do it; on a product error show its sentence in the session's language and say False."""
@@ -178,24 +180,36 @@ def settle_current_model() -> ProviderConfig | None:
     return current
 
 
+def warm_chosen_model(current: ProviderConfig | None) -> None:
+    """As the Chat page opens: start loading its chosen local model, so that it is loaded (and its
+    prompt weights kept) by the time the first message is typed (`LocalEngine.warm`: once per app)."""
+    if current is not None and current.provider == "local_model":
+        resources.engine().warm(current.model)
+
+
 def sidebar_status(current: ProviderConfig | None) -> None:
-    """What answers (`current`), the loaded model and running downloads."""
+    """What answers (`current`), the loaded model and running downloads: followed live (drawn again
+    every STATUS_POLL_S) while a model loads or a download runs."""
+    busy = resources.engine().loading is not None or bool(resources.library().active_downloads())
+    st.fragment(_status, run_every=STATUS_POLL_S if busy else None)(current)
+
+
+def _status(current: ProviderConfig | None) -> None:
     downloads = resources.library().active_downloads()
     st.caption(t("status.header"))
     no_provider = t("status.no_provider")
     provider = t("status.provider", name=escape_markdown(current.name)) if current else no_provider
-    loaded = resources.engine().loaded
-    model_line = (
-        t(
+    loaded, loading = resources.engine().loaded, resources.engine().loading
+    if loaded:
+        model_line = t(
             "status.loaded",
             model=loaded.key,
             device=loaded.device,
             dtype=loaded.weights if loaded.weights != loaded.dtype else loaded.dtype,
             memory=format_bytes(loaded.memory_bytes),
         )
-        if loaded
-        else t("status.no_model")
-    )
+    else:
+        model_line = t("status.loading", model=loading) if loading else t("status.no_model")
     lines = [provider, model_line]
     if downloads:
         lines.append(t("status.downloads_some", count=len(downloads)))
@@ -208,13 +222,16 @@ def sidebar_status(current: ProviderConfig | None) -> None:
         left = resources.engine().idle_seconds_left()
         if left is not None:
             st.caption(t("status.idle_unload", time=format_duration(left)))
-        st.button(
+        unload = st.button(
             t("status.unload"),
             icon=":material/eject:",
-            on_click=resources.engine().unload,
+            key="status.unload",
             disabled=not access.is_admin(),
             help=None if access.is_admin() else t("access.admin_only"),
         )
+        if unload and access.is_admin():  # a click inside the status's fragment reruns only the fragment:
+            resources.engine().unload()
+            st.rerun()  # the whole page, which may show the model too (Chat, Hardware)
 
 
 def download_settings() -> None:

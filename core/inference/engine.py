@@ -96,6 +96,7 @@ class LocalEngine:
         self._warm_lock = threading.Lock()
         self._warm_asked = False  # `warm` loads once per engine at most
         self._parts: LoadedParts | None = None
+        self._loading: str | None = None  # the model a load is under way for
         self._tokenizer_only: tuple[str, Any] | None = None  # (key, tokenizer) of a model not loaded
         self._load_ids = itertools.count(1)
         self._last_used = time.monotonic()
@@ -161,6 +162,11 @@ class LocalEngine:
     def loaded(self) -> LoadedModel | None:
         parts = self._parts
         return parts.info if parts else None
+
+    @property
+    def loading(self) -> str | None:
+        """The model a load is under way for (the page's own, a reply's or a command's), else None."""
+        return self._loading
 
     def precision(self) -> Precision:
         """How a model would be stored: int4 weights on the CPU (unless set otherwise), else the dtype."""
@@ -240,6 +246,13 @@ class LocalEngine:
     def _load_locked(self, key: str, force: bool) -> LoadedModel:
         if self._parts and self._parts.info.key == key:
             return self._parts.info
+        self._loading = key
+        try:
+            return self._load_new(key, force)
+        finally:
+            self._loading = None
+
+    def _load_new(self, key: str, force: bool) -> LoadedModel:
         directory = self._ready_dir(key)
         device = detect_device(self.device_preference)
         estimate = self.memory_estimate(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from streamlit.testing.v1 import AppTest
@@ -32,15 +33,32 @@ def test_without_a_ready_model_the_page_says_what_to_do(new_app) -> None:
     assert any("Download one on the Models page" in info.value for info in at.info)
 
 
+def _sidebar_text(at: AppTest) -> str:
+    return "\n".join(markdown.value for markdown in at.sidebar.markdown)
+
+
 def test_opening_the_page_loads_the_chosen_model_before_the_first_message(new_app, ready_model: str) -> None:
     at = new_app()
-    at.run()
-    assert not at.exception and not resources.chat_service("local").conversations()
-    engine = resources.engine()
-    deadline = time.monotonic() + 120  # loaded in the background while the user types
+    engine = resources.engine()  # the app's own (process-wide) engine
+    busy = threading.Event()
+    engine._torch.submit(busy.wait, 120)  # the load waits behind this: the page sees it under way
+    try:
+        at.run()
+        assert not at.exception and not resources.chat_service("local").conversations()
+        assert engine.loading == ready_model  # loaded in the background while the user types
+        assert f"Loading {ready_model}…" in _sidebar_text(at)  # and the sidebar says so
+    finally:
+        busy.set()
+    deadline = time.monotonic() + 120
     while engine.loaded is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.loaded is not None and engine.loaded.key == ready_model
+    at.run()  # the status's next drawing (every second while a load runs, in the browser)
+    assert f"Loaded: {ready_model}" in _sidebar_text(at) and "Loading" not in _sidebar_text(at)
+
+    at.sidebar.button(key="status.unload").click().run()
+    assert not at.exception and engine.loaded is None
+    assert "No model loaded" in _sidebar_text(at)
 
 
 def test_chat_round_trip_with_the_tiny_model(new_app, ready_model: str, db_url: str) -> None:

@@ -271,8 +271,16 @@ def test_warm_loads_a_downloaded_model_once_in_the_background_and_never_over_ano
     from core.inference import engine as engine_module
 
     assert engine.warm("not-downloaded") is None
-    assert engine.warm("tiny-llama").result(timeout=120).key == "tiny-llama"  # the Chat page opened
-    assert engine.loaded.key == "tiny-llama"
+    busy = threading.Event()
+    engine._torch.submit(busy.wait, 120)  # the load waits behind this: it is seen under way
+    warming = engine.warm("tiny-llama")  # the Chat page opened
+    deadline = time.monotonic() + 60
+    while engine.loading is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.loading == "tiny-llama" and engine.loaded is None  # what the sidebar says meanwhile
+    busy.set()
+    assert warming.result(timeout=120).key == "tiny-llama"
+    assert engine.loaded.key == "tiny-llama" and engine.loading is None
     engine.unload()  # the user's unload (or the idle one) stays: no second load ahead of a message
     assert engine.warm("tiny-llama") is None and engine.loaded is None
 

@@ -199,14 +199,16 @@ def _status(current: ProviderConfig | None) -> None:
     st.caption(t("status.header"))
     no_provider = t("status.no_provider")
     provider = t("status.provider", name=escape_markdown(current.name)) if current else no_provider
-    loaded, loading = resources.engine().loaded, resources.engine().loading
+    engine = resources.engine()
+    loaded, loading, copy = engine.loaded, engine.loading, engine.prompt_copy_bytes
     if loaded:
+        memory = format_bytes(loaded.memory_bytes)
         model_line = t(
             "status.loaded",
             model=loaded.key,
             device=loaded.device,
             dtype=loaded.weights if loaded.weights != loaded.dtype else loaded.dtype,
-            memory=format_bytes(loaded.memory_bytes),
+            memory=memory + t("status.prompt_copy", size=format_bytes(copy)) if copy else memory,
         )
     else:
         model_line = t("status.loading", model=loading) if loading else t("status.no_model")
@@ -219,7 +221,7 @@ def _status(current: ProviderConfig | None) -> None:
     st.markdown("\n".join(f"- {line}" if not line.startswith("  ") else line for line in lines))
 
     if loaded:
-        left = resources.engine().idle_seconds_left()
+        left = engine.idle_seconds_left()
         if left is not None:
             st.caption(t("status.idle_unload", time=format_duration(left)))
         unload = st.button(
@@ -230,7 +232,7 @@ def _status(current: ProviderConfig | None) -> None:
             help=None if access.is_admin() else t("access.admin_only"),
         )
         if unload and access.is_admin():  # a click inside the status's fragment reruns only the fragment:
-            resources.engine().unload()
+            engine.unload()
             st.rerun()  # the whole page, which may show the model too (Chat, Hardware)
 
 

@@ -9,9 +9,11 @@ from streamlit.testing.v1 import AppTest
 
 from core.chat.configs import ConfigStore
 from core.chat.service import ChatService
+from core.inference import engine as engine_module
 from core.storage import repo
 from core.storage.db import Database
 from core.storage.records import Conversation
+from core.units import format_bytes
 from ui import resources
 
 
@@ -37,7 +39,10 @@ def _sidebar_text(at: AppTest) -> str:
     return "\n".join(markdown.value for markdown in at.sidebar.markdown)
 
 
-def test_opening_the_page_loads_the_chosen_model_before_the_first_message(new_app, ready_model: str) -> None:
+def test_opening_the_page_loads_the_chosen_model_before_the_first_message(
+    new_app, ready_model: str, monkeypatch
+) -> None:
+    monkeypatch.setattr(engine_module, "KEEP_UNPACKED_MIN_BYTES", 0)  # the tiny model's copy is kept too
     at = new_app()
     engine = resources.engine()  # the app's own (process-wide) engine
     busy = threading.Event()
@@ -55,6 +60,8 @@ def test_opening_the_page_loads_the_chosen_model_before_the_first_message(new_ap
     assert engine.loaded is not None and engine.loaded.key == ready_model
     at.run()  # the status's next drawing (every second while a load runs, in the browser)
     assert f"Loaded: {ready_model}" in _sidebar_text(at) and "Loading" not in _sidebar_text(at)
+    if engine.prompt_copy_bytes:  # bf16 on this CPU: the weights kept for prompts are said beside it
+        assert f"+ {format_bytes(engine.prompt_copy_bytes)} for faster prompts" in _sidebar_text(at)
 
     at.sidebar.button(key="status.unload").click().run()
     assert not at.exception and engine.loaded is None

@@ -81,6 +81,8 @@ def test_a_new_chat_says_where_messages_go_and_starts_from_a_suggestion_by_keybo
     page = open_chat(browser, app_url)
     said = f"{short_replies} runs on this machine: nothing you type leaves it."
     expect(page.get_by_text(said)).to_be_visible(timeout=30_000)
+    # The page loads the model as it opens, and the sidebar's status follows that load with no click.
+    expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Loaded: {short_replies}", timeout=60_000)
     page.get_by_role("button", name="Write a short poem about autumn.").focus()
     page.keyboard.press("Enter")
     expect(page.get_by_text("tokens/s")).to_have_count(1, timeout=60_000)

@@ -20,7 +20,7 @@ from core.chat.retrieval import FileUse
 from core.chat.service import ChatEvent, FilesUsed, TranscriptWords, Trimmed
 from core.chat.titles import title_from
 from core.errors import InsufficientMemoryError, LocalLLMError
-from core.inference.events import Queued, ReplyStats, TextDelta
+from core.inference.events import Queued, Reading, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
 from core.storage.records import AttachmentInfo, Conversation, Message, ProviderConfig
 from core.units import format_bytes
@@ -381,6 +381,11 @@ def reply(
             for event in events:
                 if isinstance(event, Queued):
                     notice.info(t("chat.queued", place=ordinal(event.ahead + 1)), icon=":material/hourglass:")
+                elif isinstance(event, Reading):  # a long prompt, part by part
+                    done, total = f"{event.done:,}", f"{event.total:,}"
+                    notice.progress(
+                        event.done / event.total, text=t("chat.reading_part", done=done, total=total)
+                    )
                 elif isinstance(event, FilesUsed):
                     files_note.caption(sources_line(list(event.uses)))
                 elif isinstance(event, Trimmed):

@@ -52,6 +52,7 @@ class Request:
     chooser: TokenChooser
     end_ids: frozenset[int]
     on_token: Callable[[int], bool]  # called after each token; True stops the reply
+    on_read: Callable[[int], None] = lambda _done: None  # after each part of the prompt but the last
     stop: threading.Event = field(default_factory=threading.Event)
     done: Future[list[int]] = field(default_factory=Future)  # the generated ids, or the error
     generated: list[int] = field(default_factory=list)
@@ -135,6 +136,9 @@ class Batch:
             for request in served:
                 self._finish(request, exc)
             return
+        for request in served:
+            if not request.decoding:
+                request.on_read(request.prefilled)
         rows = [index for index, request in enumerate(served) if request.decoding]
         choosing = [served[index] for index in rows]
         logits = logits[rows] if len(rows) < len(served) else logits

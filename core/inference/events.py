@@ -27,6 +27,15 @@ class Queued:
 
 
 @dataclass(frozen=True)
+class Reading:
+    """A long prompt is being read: `done` of its `total` tokens are in the cache (after each part
+    read, before the reply's first token)."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class TextDelta:
     text: str
 
@@ -36,7 +45,7 @@ class Finished:
     stats: ReplyStats
 
 
-Event = Queued | TextDelta | Finished
+Event = Queued | Reading | TextDelta | Finished
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import GenerationError
 from core.inference import prompts
-from core.inference.events import Event, Finished, ReplyStats, TextDelta
+from core.inference.events import Event, Finished, Reading, ReplyStats, TextDelta
 from core.inference.loading import LoadedParts
 from core.inference.params import DEFAULT_TOP_K, GenerationParams
 from core.inference.sampler import Sampling, TokenChooser
@@ -64,7 +64,8 @@ def stream_reply(
 ) -> Iterator[Event]:
     """TextDelta events as the reply is decoded (prompt and reply within `context` tokens), then
     Finished with its statistics. With a `batcher` (the lean decoder) the reply joins the running
-    batch; otherwise `model.generate` runs it alone on the torch thread."""
+    batch, and a prompt read in parts says how far it is after each (Reading); otherwise
+    `model.generate` runs it alone on the torch thread."""
     from core.inference.streaming import ReplyStreamer
 
     inputs = _prompt(parts, messages, params.thinking)
@@ -108,7 +109,7 @@ def _prompt(parts: LoadedParts, messages: Sequence[dict[str, str]], thinking: bo
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
-def _text(streamer: Any, worker: Future[Any]) -> Iterator[TextDelta]:
+def _text(streamer: Any, worker: Future[Any]) -> Iterator[Reading | TextDelta]:
     while True:
         try:
             text = streamer.text_queue.get(timeout=0.1)
@@ -118,7 +119,9 @@ def _text(streamer: Any, worker: Future[Any]) -> Iterator[TextDelta]:
             continue
         if text is streamer.stop_signal:
             return
-        if text:
+        if isinstance(text, Reading):
+            yield text
+        elif text:
             yield TextDelta(text)
 
 
@@ -235,6 +238,6 @@ def _request(
 
     ends_reply = frozenset() if ignore_eos else frozenset(ends)
     request = Request(prompt_ids, params.max_new_tokens, chooser, ends_reply, on_token, stop=criterion.event,
-                      owner=owner)  # fmt: skip
+                      owner=owner, on_read=lambda done: streamer.reading(done, len(prompt_ids)))  # fmt: skip
     request.done.add_done_callback(lambda _done: streamer.end())
     return request

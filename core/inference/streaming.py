@@ -11,6 +11,8 @@ from __future__ import annotations
 import queue
 from typing import TYPE_CHECKING, Any
 
+from core.inference.events import Reading
+
 if TYPE_CHECKING:
     from core.inference.chat_tokenizer import ChatTokenizer
 
@@ -21,13 +23,14 @@ MAX_PARTIAL = 3
 
 class ReplyStreamer:
     """Takes tokens as transformers' streamers do (`put`, `end`, for its generate too) and queues each
-    token's text as soon as its characters are whole; `stop_signal` after the last text."""
+    token's text as soon as its characters are whole (and, before them, how far a long prompt was
+    read: `reading`); `stop_signal` after the last text."""
 
     stop_signal = None
 
     def __init__(self, tokenizer: ChatTokenizer, skip_prompt: bool = False) -> None:
         self.tokenizer, self.skip_prompt = tokenizer, skip_prompt
-        self.text_queue: queue.Queue[str | None] = queue.Queue()
+        self.text_queue: queue.Queue[str | Reading | None] = queue.Queue()
         self.token_cache: list[int] = []
         self.print_len = 0
         self.next_tokens_are_prompt = True
@@ -52,6 +55,10 @@ class ReplyStreamer:
             printable, self.print_len = text[self.print_len : end], end
         if printable:
             self.text_queue.put(printable)
+
+    def reading(self, done: int, total: int) -> None:
+        """`done` of the prompt's `total` tokens are read (a part of a long prompt)."""
+        self.text_queue.put(Reading(done, total))
 
     def end(self) -> None:
         """The reply is over: what is left of its text, then the stop signal."""

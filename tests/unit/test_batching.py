@@ -20,7 +20,7 @@ from core.inference import attention
 from core.inference.batching import PREFILL_BESIDE, Batch, Batcher, Request, generate
 from core.inference.decoder import Decoder, KvCache, Segment, _Graph
 from core.inference.engine import LocalEngine
-from core.inference.events import Finished, TextDelta
+from core.inference.events import Finished, Reading, TextDelta
 from core.inference.params import GenerationParams
 from core.inference.sampler import Sampling, TokenChooser
 from core.inference.sizing import MemoryEstimate, replies_that_fit
@@ -375,4 +375,29 @@ def test_the_engine_runs_concurrent_replies_together_up_to_its_setting(
     assert texts[1] == texts[2]  # the same greedy request, the same reply, batched or not
     assert texts[0].startswith(texts[1][: len(texts[1]) // 2])
     assert engine.running == 0
+    engine.unload()
+
+
+def test_a_long_prompt_says_how_far_it_was_read_before_its_first_token(
+    tmp_path: Path, endless_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the Chat page's progress bar shows while a long prompt (an attached file) is read."""
+    from core.inference import batching
+
+    monkeypatch.setattr(batching, "PREFILL_ALONE", 16)  # a part of 16 tokens a pass: this prompt is long
+    install_ready(tmp_path / "models", "tiny", endless_model)
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    messages = [{"role": "user", "content": "hello world " * 30}]
+    params = GenerationParams(temperature=0, max_new_tokens=4)
+    events = list(engine.stream("tiny", messages, params, ignore_eos=True))
+    prompt_tokens = events[-1].stats.prompt_tokens
+    first_text = next(i for i, event in enumerate(events) if isinstance(event, TextDelta))
+    reads = [event for event in events if isinstance(event, Reading)]
+    assert reads
+    assert all(events.index(event) < first_text for event in reads)  # before the reply's text
+    assert [event.done for event in reads] == list(range(16, prompt_tokens, 16))  # after each part
+    assert {event.total for event in reads} == {prompt_tokens}
+
+    short = list(engine.stream("tiny", [{"role": "user", "content": "Hi"}], params, ignore_eos=True))
+    assert not any(isinstance(event, Reading) for event in short)  # read in one pass: nothing to say
     engine.unload()

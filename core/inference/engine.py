@@ -228,7 +228,7 @@ class LocalEngine:
         done: Future[LoadedModel | None] = Future()
         # Not the torch thread: a load waits for work there. Not a daemon: an exit waits for the load
         # rather than stopping it inside torch.
-        threading.Thread(target=self._warm, args=(key, done), name="engine-warm").start()
+        threading.Thread(target=self._warm, args=(key, done), name="engine-warm", daemon=False).start()
         return done
 
     def _warm(self, key: str, done: Future[LoadedModel | None]) -> None:

@@ -397,7 +397,9 @@ def pack_in_background(layer: nn.Module) -> threading.Thread | None:
     layer.packing = True  # counted from now on (the load reports its memory before the thread is done)
     # Not a daemon: a script that ends while oneDNN packs waits for it (the CLI ends with os._exit);
     # killed inside the C++ call at exit, the interpreter aborted ("terminate called", status 134).
-    thread = threading.Thread(target=pack, name="pack-head")
+    # Said outright: a thread started by a daemon thread (the engine's, when a daemon thread such as
+    # Streamlit's script runner first asked it for work) is a daemon too unless told otherwise.
+    thread = threading.Thread(target=pack, name="pack-head", daemon=False)
     thread.start()
     return thread
 

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -173,6 +174,7 @@ def test_switching_models_unloads_the_old_one(engine: LocalEngine) -> None:
 UNLOAD_IN_A_FRESH_PROCESS = """
 import json, sys
 from pathlib import Path
+from typing import Any
 import psutil
 from core.inference.engine import LocalEngine
 engine = LocalEngine(Path(sys.argv[1]), idle_unload_s=0)
@@ -273,12 +275,20 @@ def test_warm_loads_a_downloaded_model_once_in_the_background_and_never_over_ano
     assert engine.warm("not-downloaded") is None
     busy = threading.Event()
     engine._torch.submit(busy.wait, 120)  # the load waits behind this: it is seen under way
-    warming = engine.warm("tiny-llama")  # the Chat page opened
-    deadline = time.monotonic() + 60
-    while engine.loading is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.loading == "tiny-llama" and engine.loaded is None  # what the sidebar says meanwhile
-    busy.set()
+    try:
+        asked: list[Any] = []  # the Chat page opened: `warm` is asked in Streamlit's script thread, a daemon
+        asker = threading.Thread(target=lambda: asked.append(engine.warm("tiny-llama")), daemon=True)
+        asker.start()
+        asker.join()
+        [warming] = asked
+        [loader] = [thread for thread in threading.enumerate() if thread.name == "engine-warm"]
+        assert not loader.daemon  # an exit waits for the load rather than aborting inside torch
+        deadline = time.monotonic() + 60
+        while engine.loading is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.loading == "tiny-llama" and engine.loaded is None  # what the sidebar says meanwhile
+    finally:
+        busy.set()
     assert warming.result(timeout=120).key == "tiny-llama"
     assert engine.loaded.key == "tiny-llama" and engine.loading is None
     engine.unload()  # the user's unload (or the idle one) stays: no second load ahead of a message

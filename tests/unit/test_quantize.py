@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -351,6 +352,22 @@ def test_a_process_that_ends_while_the_head_is_packed_exits_cleanly() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-500:]
+
+
+def test_the_packing_thread_is_no_daemon_even_when_a_daemon_thread_asks() -> None:
+    # The engine's thread is a daemon when a daemon thread (Streamlit's script runner) first gave it
+    # work, and a thread inherits that: the packing thread was a daemon then, and a process that ended
+    # while it packed aborted as the test above describes (1 test run in 3 or 4 ended with status 134).
+    if not quantize.packing_works():
+        pytest.skip("this torch build cannot pack int8 weights for oneDNN")
+    layer = Int8Linear(torch.ones(4096, 256, dtype=torch.int8), torch.full((4096,), 0.01), None)
+    started: list[threading.Thread | None] = []
+    asker = threading.Thread(target=lambda: started.append(quantize.pack_in_background(layer)), daemon=True)
+    asker.start()
+    asker.join()
+    [thread] = started
+    assert thread is not None and not thread.daemon
+    thread.join()
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling class")

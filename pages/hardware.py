@@ -75,9 +75,13 @@ def live_usage() -> None:
     cpu, ram, activity = st.columns(3)
     cpu.metric(t("hardware.cpu_use"), f"{psutil.cpu_percent(interval=None):.0f} %")
     ram.metric(t("hardware.ram_use"), format_bytes(memory.total - memory.available))
-    running = resources.engine().running
-    state = t("hardware.generating_many", count=running) if running > 1 else t("hardware.generating")
-    activity.metric(t("hardware.engine"), state if running else t("hardware.idle"))
+    engine = resources.engine()
+    running = engine.running
+    if running:
+        state = t("hardware.generating_many", count=running) if running > 1 else t("hardware.generating")
+    else:  # a load (the Chat page's, a reply's) is work too
+        state = t("hardware.loading") if engine.loading else t("hardware.idle")
+    activity.metric(t("hardware.engine"), state)
 
 
 live_usage()

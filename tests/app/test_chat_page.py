@@ -52,6 +52,8 @@ def test_opening_the_page_loads_the_chosen_model_before_the_first_message(
         assert not at.exception and not resources.chat_service("local").conversations()
         assert engine.loading == ready_model  # loaded in the background while the user types
         assert f"Loading {ready_model}…" in _sidebar_text(at)  # and the sidebar says so
+        at.switch_page("pages/hardware.py").run()  # as does the Hardware page's engine figure
+        assert [m.value for m in at.metric if m.label == "Local engine"] == ["Loading a model"]
     finally:
         busy.set()
     deadline = time.monotonic() + 120

@@ -20,7 +20,7 @@ from core.chat.service import ChatService, Trimmed
 from core.cli.common import library, load_with_notice, warn
 from core.errors import MessageError
 from core.hardware import peak_rss_bytes
-from core.inference.events import Finished, ReplyStats, TextDelta
+from core.inference.events import Finished, Reading, ReplyStats, TextDelta
 from core.inference.loading import LoadedModel
 from core.preferences import QUANTIZATIONS
 
@@ -137,7 +137,16 @@ def _reply(
     service: ChatService, conversation_id: int, message: str, ignore_eos: bool, stop: threading.Event
 ) -> ReplyStats | None:
     stats = None
+    reading = False  # a progress line on a terminal's stderr while a long prompt is read
     for event in service.send(conversation_id, message, stop, ignore_eos=ignore_eos):
+        if isinstance(event, Reading):
+            if sys.stderr.isatty():
+                click.echo(f"\r[reading {event.done:,} of {event.total:,} tokens]", nl=False, err=True)
+                reading = True
+            continue
+        if reading:  # the reply takes the progress line's place
+            click.echo("\r\033[K", nl=False, err=True)
+            reading = False
         if isinstance(event, TextDelta):
             click.echo(event.text, nl=False)
         elif isinstance(event, Trimmed):

@@ -160,7 +160,7 @@ def _read_until(terminal: int, expected: str, seen: bytearray, start: int = 0, t
     return found + len(expected)
 
 
-def test_typed_at_a_terminal_ctrl_c_stops_the_reply_and_the_prompt_comes_back(tmp_path: Path) -> None:
+def test_typed_at_a_terminal_a_long_prompt_shows_progress_and_ctrl_c_stops_the_reply(tmp_path: Path) -> None:
     # A terminal (a pseudo-terminal here), as a person runs `localllm chat KEY`; Ctrl+C is its SIGINT.
     endless = build_tiny_model(tmp_path / "endless", context=32768, endless=True)
     install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", endless)
@@ -177,9 +177,11 @@ def test_typed_at_a_terminal_ctrl_c_stops_the_reply_and_the_prompt_comes_back(tm
         seen = bytearray()
         _read_until(terminal, ">>> ", seen)
         assert "Ctrl+C stops a reply, Ctrl+D quits." in seen.decode()
-        os.write(terminal, b"Hello\n")
+        os.write(terminal, b"Hello" + b" hi" * 1000 + b"\n")  # long: the prompt is read in parts
         echoed = _read_until(terminal, "Hello", seen)
-        _read_until(terminal, "", seen, start=echoed + 200)  # 200 bytes of the reply have streamed
+        reading = _read_until(terminal, "[reading 512 of ", seen, start=echoed)  # said on stderr
+        cleared = _read_until(terminal, "\x1b[K", seen, start=reading)  # and cleared as the reply starts
+        _read_until(terminal, "", seen, start=cleared + 200)  # 200 bytes of the reply have streamed
         assert chat.poll() is None
         chat.send_signal(signal.SIGINT)
         stopped = _read_until(terminal, "[stopped]", seen, start=echoed)

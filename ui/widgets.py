@@ -190,24 +190,18 @@ def warm_chosen_model(current: ProviderConfig | None) -> None:
 def sidebar_status(current: ProviderConfig | None) -> None:
     """What answers (`current`), the loaded model and running downloads: followed live (drawn again
     every STATUS_POLL_S) while a model loads or a download runs."""
-    busy = _busy()
+    busy = resources.engine().loading is not None or bool(resources.library().active_downloads())
     st.fragment(_status, run_every=STATUS_POLL_S if busy else None)(current, polled=busy)
 
 
-def _busy() -> bool:
-    """Whether a model is loading or a download runs (what the sidebar status follows live)."""
-    return resources.engine().loading is not None or bool(resources.library().active_downloads())
-
-
 def _status(current: ProviderConfig | None, *, polled: bool) -> None:
-    if polled and not _busy():  # done: the page shows the loaded model too, and the polling stops
+    engine, downloads = resources.engine(), resources.library().active_downloads()
+    loaded, loading, copy = engine.loaded, engine.loading, engine.prompt_copy_bytes
+    if polled and loading is None and not downloads:  # done: the page shows the model too; polling stops
         st.rerun(scope="app")
-    downloads = resources.library().active_downloads()
     st.caption(t("status.header"))
     no_provider = t("status.no_provider")
     provider = t("status.provider", name=escape_markdown(current.name)) if current else no_provider
-    engine = resources.engine()
-    loaded, loading, copy = engine.loaded, engine.loading, engine.prompt_copy_bytes
     if loaded:
         memory = format_bytes(loaded.memory_bytes)
         model_line = t(

@@ -174,7 +174,6 @@ def test_switching_models_unloads_the_old_one(engine: LocalEngine) -> None:
 UNLOAD_IN_A_FRESH_PROCESS = """
 import json, sys
 from pathlib import Path
-from typing import Any
 import psutil
 from core.inference.engine import LocalEngine
 engine = LocalEngine(Path(sys.argv[1]), idle_unload_s=0)

@@ -7,7 +7,6 @@ batch for the lean decoder), so Stop, or a reader that goes away, ends generatio
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ from core.inference.sampler import Sampling, TokenChooser
 
 if TYPE_CHECKING:
     from core.inference.batching import Batcher, Request
+    from core.inference.streaming import ReplyStreamer
 
 RunOnTorchThread = Callable[[Callable[[], Any]], Future[Any]]
 
@@ -109,20 +109,16 @@ def _prompt(parts: LoadedParts, messages: Sequence[dict[str, str]], thinking: bo
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
-def _text(streamer: Any, worker: Future[Any]) -> Iterator[Reading | TextDelta]:
-    while True:
-        try:
-            text = streamer.text_queue.get(timeout=0.1)
-        except queue.Empty:
-            if worker.done() and streamer.text_queue.empty():
+def _text(streamer: ReplyStreamer, worker: Future[Any]) -> Iterator[Reading | TextDelta]:
+    ended = False  # the worker is done: one more empty wait, and it ended without a word (it failed)
+    while (pieces := streamer.take(timeout=0.1)) is not None:
+        if not pieces:
+            if ended:
                 return
+            ended = worker.done()
             continue
-        if text is streamer.stop_signal:
-            return
-        if isinstance(text, Reading):
-            yield text
-        elif text:
-            yield TextDelta(text)
+        for piece in pieces:
+            yield piece if isinstance(piece, Reading) else TextDelta(piece)
 
 
 def _stats(
@@ -219,8 +215,8 @@ def end_ids(generation_config: Any) -> set[int]:
 
 
 def _request(
-    parts: LoadedParts, prompt: Any, params: GenerationParams, streamer: Any, criterion: StopOnEvent,
-    ignore_eos: bool, owner: str,
+    parts: LoadedParts, prompt: Any, params: GenerationParams, streamer: ReplyStreamer,
+    criterion: StopOnEvent, ignore_eos: bool, owner: str,
 ) -> Request:  # fmt: skip
     """The reply as a request for the batch, streamed as generate streams it."""
     from core.inference.batching import Request
@@ -233,7 +229,7 @@ def _request(
     streamer.put(prompt)  # the streamer skips the prompt it is given first
 
     def on_token(token: int) -> bool:
-        streamer.put(prompt.new_tensor([token]))
+        streamer.put_token(token)
         return criterion.token_done()
 
     ends_reply = frozenset() if ignore_eos else frozenset(ends)

@@ -69,12 +69,20 @@ class Request:
 class Batch:
     """The replies being generated together; `step` advances all of them by one pass."""
 
-    def __init__(self, decoder: Decoder, caches_at_most: Callable[[], int] = lambda: 0) -> None:
-        """`caches_at_most()`: running and kept caches together (the replies memory was planned for)."""
+    def __init__(
+        self, decoder: Decoder, caches_at_most: Callable[[], int] = lambda: 0, *, overlap: bool | None = None
+    ) -> None:
+        """`caches_at_most()`: running and kept caches together (the replies memory was planned for);
+        `overlap`: tokens go to their readers while the next pass runs (default: on a GPU)."""
         self.decoder = decoder
         self.active: list[Request] = []
         self.kept = KeptCaches()
         self._caches_at_most = caches_at_most
+        # On a GPU a pass runs while the host goes on: each token chosen is handed to its reader once the
+        # next pass is under way, so that readers (decoding text, writing to sockets, holding Python's
+        # lock) work while the GPU does, not between passes. On a CPU the pass is the host's own work.
+        self._overlap = decoder.device.type != "cpu" if overlap is None else overlap
+        self._unsent: dict[Request, int] = {}
 
     def add(self, request: Request) -> None:
         """Start a reply from the longest prefix of its prompt that a kept cache of the same owner holds:
@@ -119,12 +127,13 @@ class Batch:
         if not self.active:
             return
         decoding = [r for r in self.active if r.decoding]
-        segments = [Segment(r.cache, self._last_token(r)) for r in decoding]
+        # Token ids on the CPU: the decoder moves a pass's ids to the GPU in one copy.
+        segments = [Segment(r.cache, torch.tensor(r.generated[-1:])) for r in decoding]
         served = list(decoding)
         budget = PREFILL_BESIDE if decoding else PREFILL_ALONE
         for request in (r for r in self.active if not r.decoding):
             part = request.prompt[request.prefilled : request.prefilled + budget]
-            segments.append(Segment(request.cache, torch.tensor(part, device=self.decoder.device)))
+            segments.append(Segment(request.cache, torch.tensor(part)))
             request.prefilled += len(part)
             budget -= len(part)
             served.append(request)
@@ -136,6 +145,7 @@ class Batch:
             for request in served:
                 self._finish(request, exc)
             return
+        self._send_unsent()  # the GPU computes the pass meanwhile
         for request in served:
             if not request.decoding:
                 request.on_read(request.prefilled)
@@ -146,17 +156,35 @@ class Batch:
         for request, row, row_best in zip(choosing, logits, best, strict=True):
             self._choose(request, row, row_best)
 
-    def _last_token(self, request: Request) -> torch.Tensor:
-        return torch.tensor(request.generated[-1:], device=self.decoder.device)
-
     def _choose(self, request: Request, logits: torch.Tensor, best: Best | None) -> None:
+        if request.stop.is_set():  # stopped while this pass ran (its reader said so): no more tokens
+            self._finish(request)
+            return
         token = request.chooser.choose(logits, best)
         request.generated.append(token)
-        stopped = request.on_token(token)
-        if stopped or token in request.end_ids or len(request.generated) >= request.max_new_tokens:
+        if token in request.end_ids or len(request.generated) >= request.max_new_tokens:
+            self._send(request, token)
+            self._finish(request)
+        elif self._overlap:
+            self._unsent[request] = token
+        elif self._send(request, token):
             self._finish(request)
 
+    def _send(self, request: Request, token: int) -> bool:
+        """Hand a token to its reader; True when the reply is to stop (then marked stopped)."""
+        if request.on_token(token):
+            request.stop.set()
+            return True
+        return False
+
+    def _send_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, {}
+        for request, token in unsent.items():
+            self._send(request, token)
+
     def _finish(self, request: Request, error: BaseException | None = None) -> None:
+        if (token := self._unsent.pop(request, None)) is not None:
+            request.on_token(token)
         self.active.remove(request)
         cache, request.cache = request.cache, None
         if cache is not None:

@@ -213,9 +213,15 @@ class Decoder:
             _Span.of(segment.cache, first, last, start, pad=self.pad_prompts)
             for segment, start, (first, last) in zip(segments, starts, bounds, strict=True)
         ]
-        positions = torch.cat([torch.arange(span.start, span.start + count, device=self.device)
-                               for span, count in zip(spans, counts, strict=True)])  # fmt: skip
-        ids = torch.cat([segment.ids for segment in segments])
+        # The ids and their positions reach the GPU in one copy (a pass's segments may come from the CPU).
+        ids_positions = torch.cat(
+            [segment.ids.cpu() for segment in segments]
+            + [
+                torch.arange(span.start, span.start + count)
+                for span, count in zip(spans, counts, strict=True)
+            ]
+        ).to(self.device)
+        ids, positions = ids_positions.split(len(ids_positions) // 2)
         x, cos, sin = self._embed(ids, positions.unsqueeze(0))
         if len(spans) == 1:  # one sequence (a lone reply): no slicing of rows
             store, attend = partial(self._store, spans[0]), partial(self._attend, spans[0])
@@ -307,8 +313,8 @@ class Decoder:
             except RuntimeError:  # an operation CUDA graphs cannot hold (a host sync): run eagerly
                 self.use_graphs = False
                 return None
-        graph.tokens.copy_(torch.cat([segment.ids for segment in segments]))
-        graph.positions.copy_(torch.tensor([cache.length for cache in caches]))
+        lengths = torch.tensor([cache.length for cache in caches])
+        graph.inputs.copy_(torch.cat([segment.ids.cpu() for segment in segments] + [lengths]))  # one copy
         graph.graph.replay()
         for cache in caches:
             cache.length += 1
@@ -386,15 +392,15 @@ class _Graph:
 
     graph: torch.cuda.CUDAGraph
     caches: tuple[KvCache, ...]
-    tokens: torch.Tensor
-    positions: torch.Tensor
+    inputs: torch.Tensor  # each sequence's token, then each one's position
     logits: torch.Tensor
 
     @classmethod
     def record(cls, decoder: Decoder, caches: tuple[KvCache, ...]) -> _Graph:
-        tokens = torch.zeros(len(caches), dtype=torch.long, device=decoder.device)
         # The warm-up and the recording write into each cache's next free slot, which the replay fills.
-        positions = torch.tensor([cache.length for cache in caches], device=decoder.device)
+        lengths = [cache.length for cache in caches]
+        inputs = torch.tensor([0] * len(caches) + lengths, device=decoder.device)
+        tokens, positions = inputs.split(len(caches))
         side = torch.cuda.Stream(decoder.device)
         side.wait_stream(torch.cuda.current_stream(decoder.device))
         with torch.cuda.stream(side):
@@ -403,7 +409,7 @@ class _Graph:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             logits = decoder.step(tokens, positions, caches)
-        return cls(graph, caches, tokens, positions, logits)
+        return cls(graph, caches, inputs, logits)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -118,11 +118,11 @@ def test_replies_replayed_from_cuda_graphs_are_the_replies_generated_alone(
     def record(cls: type[_Graph], graphed: Decoder, caches: tuple[KvCache, ...]) -> _Graph:
         recorded.append(len(caches))
         attended.extend(weakref.ref(cache) for cache in caches if cache is not graphed.cache)
-        tokens = torch.zeros(len(caches), dtype=torch.long)
-        positions = torch.tensor([cache.length for cache in caches])
+        inputs = torch.tensor([0] * len(caches) + [cache.length for cache in caches])
+        tokens, positions = inputs.split(len(caches))
         logits = torch.empty(len(caches), graphed.vocabulary)
         replayed = SimpleNamespace(replay=lambda: logits.copy_(graphed.step(tokens, positions, caches)))
-        return cls(replayed, caches, tokens, positions, logits)
+        return cls(replayed, caches, inputs, logits)
 
     monkeypatch.setattr(_Graph, "record", classmethod(record))
     texts = prompts(decoder.vocabulary)
@@ -299,6 +299,46 @@ def test_stopping_one_reply_leaves_the_others_untouched(decoder: Decoder) -> Non
     assert stopped_by_reader.done.result() == expected[0][:4]
     assert stopped_by_callback.done.result() == expected[1][:3]
     assert going_on.done.result() == expected[2]
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_each_token_reaches_its_reader_before_or_while_the_next_pass_runs(
+    decoder: Decoder, monkeypatch: pytest.MonkeyPatch, overlap: bool
+) -> None:
+    # On a GPU (overlap) a token goes to its reader once the next pass is under way, so that readers
+    # work while the GPU does; on a CPU before it. Either way every reader gets every token, in order,
+    # the last one before its reply ends, and a stop still ends a reply where it was asked.
+    texts = prompts(decoder.vocabulary)
+    expected = [alone(decoder, prompt, sampling) for prompt, sampling in zip(texts, SAMPLINGS, strict=True)]
+    readers: list[list[int]] = [[], [], []]
+    ended_with: list[int] = []
+
+    def reading(index: int, stop_after: int | None) -> Request:
+        chooser = TokenChooser(SAMPLINGS[index], decoder.vocabulary, "cpu", seen=texts[index])
+
+        def on_token(token: int) -> bool:
+            readers[index].append(token)
+            return stop_after is not None and len(readers[index]) >= stop_after
+
+        made = Request(texts[index], NEW_TOKENS, chooser, frozenset(), on_token)
+        made.done.add_done_callback(lambda _done: ended_with.append(len(readers[index])))
+        return made
+
+    requests = [reading(0, None), reading(1, 5), reading(2, None)]
+    behind: list[int] = []  # at each pass: tokens chosen and not yet read, over the decoding replies
+    decoder_run = decoder.run
+
+    def run_pass(segments: list[Segment]) -> torch.Tensor:
+        behind.append(sum(len(r.generated) - len(seen) for r, seen in zip(requests, readers, strict=True)))
+        return decoder_run(segments)
+
+    monkeypatch.setattr(decoder, "run", run_pass)
+    run(Batch(decoder, overlap=overlap), {0: requests[:2], 3: requests[2:]})
+    results = [r.done.result() for r in requests]
+    assert results == [expected[0], expected[1][:5], expected[2]]
+    assert readers == results  # every token read, in order, none after the end
+    assert sorted(ended_with) == sorted(len(r) for r in results)  # each reader had all before the end
+    assert max(behind) == (2 if overlap else 0)  # two replies decoding: their last tokens are in flight
 
 
 def test_a_failed_pass_fails_the_replies_in_it_and_the_batch_goes_on(

@@ -8,24 +8,34 @@ CUDA graph). Three greedy replies generated together (continuous batching: on CU
 graph recorded for the replies decoding together) are compared with the same replies generated alone.
 One line per architecture; exit status 1 when the logits differ by more than the dtype's rounding.
 
-    python -m bench.decoder_check
+With --steps, then, for both catalog models (their exact config numbers, random weights): the time of a
+decode step by how many replies decode together, 1-16, after 100-token prompts, as the engine runs it
+(on CUDA replayed from the graph recorded for those replies, and eagerly beside it; on a CPU int4,
+eagerly), and the time to record each graph. A bench path, labelled so: greedy, model warm, no HTTP
+(bench/many_users.py measures what users get through `localllm serve`).
+
+    python -m bench.decoder_check [--steps]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
 from core.inference.batching import Batch, Request, generate
-from core.inference.decoder import Decoder, supports
+from core.inference.decoder import Decoder, KvCache, Segment, supports
 from core.inference.device import choose_dtype, detect_device
 from core.inference.quantize import fuse_projections, quantize_model
 from core.inference.sampler import Sampling, TokenChooser
 from tests.fixtures.tiny_models import build_tiny_model
+
+BATCH_SIZES = (1, 2, 3, 4, 8, 16)
 
 NEW_TOKENS = 16
 TOLERANCE = 0.02  # relative logit error from bf16 rounding (the unit tests' bound on the CPU)
@@ -82,7 +92,74 @@ def chooser(model: AutoModelForCausalLM, device: str) -> TokenChooser:
     return TokenChooser(Sampling(), model.get_output_embeddings().out_features, device)
 
 
+def step_ms(model: AutoModelForCausalLM, replies: int, graphs: bool, steps: int) -> tuple[float, float, bool]:
+    """(ms a decode step of `replies` takes, ms its first step took: the recording on CUDA, whether
+    graphs stayed on) after a 100-token prompt each; the host reads each step's tokens, as replies do."""
+    decoder = Decoder(model)
+    decoder.use_graphs = decoder.use_graphs and graphs
+    sync = torch.cuda.synchronize if decoder.device.type == "cuda" else lambda: None
+    caches = [KvCache(decoder, 512, zeroed=True) for _ in range(replies)]
+    generator = torch.Generator().manual_seed(0)
+    decoder.run([Segment(cache, torch.randint(10, 300, (100,), generator=generator)) for cache in caches])
+    tokens = torch.randint(10, 300, (replies,), generator=generator).tolist()
+
+    def step() -> list[int]:
+        return (
+            decoder.run([Segment(c, torch.tensor([t])) for c, t in zip(caches, tokens, strict=True)])
+            .argmax(-1)
+            .tolist()
+        )
+
+    sync()
+    started = time.perf_counter()
+    tokens = step()
+    first = time.perf_counter() - started
+    for _ in range(3):
+        tokens = step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        tokens = step()
+    return (time.perf_counter() - started) * 1e3 / steps, first * 1e3, decoder.use_graphs
+
+
+def steps_by_batch_size(device: str, dtype: torch.dtype) -> None:
+    from transformers import AutoConfig
+
+    from bench.readiness import CATALOG_MODELS, CONFIGS
+
+    cuda = device == "cuda"
+    for key in CATALOG_MODELS:
+        arch, numbers = CONFIGS[key]
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(
+                AutoConfig.for_model(arch, **numbers), dtype=dtype
+            ).eval()
+        if cuda:
+            fuse_projections(model)
+        else:
+            quantize_model(model, dtype, "int4")
+        print(
+            f"\n{key}: a decode step by replies decoding together ({device}, 100-token prompts; "
+            "a bench path: greedy, warm)"
+        )
+        print(f"  {'replies':>7} {'step ms':>8} {'tokens/s':>9} {'eager ms':>9} {'first step ms':>14}")
+        for replies in BATCH_SIZES:
+            ms, first, graphs = step_ms(model, replies, True, 100 if cuda else 5)
+            eager = f"{step_ms(model, replies, False, 20)[0]:9.2f}" if cuda else f"{'-':>9}"
+            note = "" if graphs or not cuda else "  (graphs off: recording failed)"
+            print(
+                f"  {replies:>7} {ms:8.2f} {replies * 1e3 / ms:9.0f} {eager} {first:14.1f}{note}", flush=True
+            )
+        del model
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", action="store_true", help="then the decode step by replies together")
+    args = parser.parse_args()
     device = detect_device()
     dtype = choose_dtype(device)
     failed = False
@@ -96,6 +173,9 @@ def main() -> int:
                 f"(bound {TOLERANCE}), greedy tokens equal for {agree}/{NEW_TOKENS}, "
                 f"replies together equal alone {same}/3, CUDA graphs: {graphs}"
             )
+    if args.steps:
+        with torch.inference_mode():
+            steps_by_batch_size(device, dtype)
     return 1 if failed else 0
 
 

@@ -20,6 +20,7 @@ from transformers import (
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from core.inference import skeleton
+from core.inference.engine import LocalEngine
 from core.inference.quantize import _all_tensors, quantize_model
 from core.settings import PROJECT_ROOT
 from tests.fixtures.tiny_models import install_ready
@@ -150,8 +151,9 @@ def test_after_the_apps_preparation_a_load_imports_no_config_or_model_code(
     # The app prepares while the user looks at the page; LlamaConfig's imports alone took 0.75 s of a
     # first TinyLlama load when they were left to it.
     install_ready(tmp_path, "tiny", tiny_models[arch])
-    first = [sys.executable, "-c", LOAD_AND_REPLY, str(tmp_path)]  # quantizes and keeps the copy
-    assert subprocess.run(first, cwd=PROJECT_ROOT, capture_output=True).returncode == 0
+    first = LocalEngine(tmp_path, device="cpu", idle_unload_s=0)
+    first.load("tiny")  # quantizes and keeps the copy (here: this process has imported it all already)
+    first.unload()
     done = subprocess.run(
         [sys.executable, "-c", AFTER_PREPARE, str(tmp_path)],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,

@@ -322,9 +322,9 @@ class LocalEngine:
     def _keep_prompt_weights(self) -> None:
         """On the torch thread while no reply runs: keep the loaded model's int4 weights unpacked for
         prompts, a matrix at a time (a reply that arrives meanwhile waits for one matrix, ~30 ms, and
-        the rest waits for the next quiet moment). Products stay the same to the bit until every matrix
-        is kept; from then on prompts of KEPT_PROMPT_ROWS rows and more take the kept weights (an
-        int4 prompt's first token ~2 × sooner: docs/performance.md, "Prompts")."""
+        the rest waits for the next quiet moment). Once every matrix is kept, prompts of
+        KEPT_PROMPT_ROWS rows and more take the kept weights (an int4 prompt's first token ~2 × sooner:
+        docs/performance.md, "Prompts")."""
         from core.inference.quantize import KEPT_PROMPT_ROWS, set_int4_prompt_rows
 
         parts, layers = self._parts, self._to_keep

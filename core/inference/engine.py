@@ -88,7 +88,7 @@ class LocalEngine:
         self._parallel = parallel
         self._memory_fit = 1  # replies whose KV caches fit beside the loaded model (set at load)
         self.keep_prompt_weights = keep_prompt_weights
-        self._to_keep: list[Any] | None = None  # int4 layers still to keep unpacked for prompts
+        self._to_keep: list[Any] | None = None  # layers still to keep unpacked (int4) or in oneDNN's layout
         self._copy_bytes = 0  # the loaded model's unpacked copy for prompts, kept or planned
         self._turns = TurnQueue(max_waiting)
         self._batcher: Any = None  # core.inference.batching.Batcher of the loaded lean decoder
@@ -289,6 +289,8 @@ class LocalEngine:
         else:  # transformers' generate: one reply at a time
             self._batcher = None
             self._turns.set_capacity(1)
+            # 16-bit weights on a CPU: moved into oneDNN's own layout while no reply runs (no memory added).
+            self._to_keep = self.on_torch_thread(lambda: self._onednn_plan()) or None
         logger.info(
             "loaded %s on %s (%s) in %.1f s, %d replies at once",
             key, device, precision.label, self._parts.info.load_s, self._turns.capacity,
@@ -298,6 +300,12 @@ class LocalEngine:
         if self._to_keep:  # in the first quiet moment: now, unless a reply or a score waits for this load
             self._torch.submit(self._keep_prompt_weights)
         return self._parts.info
+
+    def _onednn_plan(self) -> list[Any]:
+        from core.inference.quantize import movable_layers
+
+        assert self._parts is not None
+        return movable_layers(self._parts.model)
 
     def _prompt_copy_plan(self, estimate: MemoryEstimate, available: int, fit: int) -> list[Any] | None:
         """The loaded model's int4 layers to keep unpacked for prompts (`_keep_prompt_weights`): all of
@@ -321,10 +329,10 @@ class LocalEngine:
 
     def _keep_prompt_weights(self) -> None:
         """On the torch thread while no reply runs: keep the loaded model's int4 weights unpacked for
-        prompts, a matrix at a time (a reply that arrives meanwhile waits for one matrix, ~30 ms, and
-        the rest waits for the next quiet moment). Once every matrix is kept, prompts of
-        KEPT_PROMPT_ROWS rows and more take the kept weights (an int4 prompt's first token ~2 × sooner:
-        docs/performance.md, "Prompts")."""
+        prompts (16-bit ones: move them into oneDNN's layout), a matrix at a time (a reply that arrives
+        meanwhile waits for one matrix, ~30 ms, and the rest waits for the next quiet moment). Once
+        every matrix is kept, prompts of KEPT_PROMPT_ROWS rows and more take the kept int4 weights (an
+        int4 prompt's first token ~2 × sooner: docs/performance.md, "Prompts")."""
         from core.inference.quantize import KEPT_PROMPT_ROWS, set_int4_prompt_rows
 
         parts, layers = self._parts, self._to_keep

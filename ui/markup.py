@@ -72,17 +72,17 @@ def _outside_code(text: str, change: Callable[[str], str]) -> str:
     return "".join(pieces)
 
 
+_LINE_BREAK = re.compile(r"\r\n?|\n")  # what markdown-it counts as one (a reply may say "\r" alone)
+
+
 def settled_length(markdown: str) -> int:
     """How much of a Markdown text still being written is whole top-level blocks that no text added
     after it can change: everything before the line where the last top-level block of its complete
     lines starts (a line still being written may yet join the block above it: "3" before "3. three").
     A streaming reply draws those once, and redraws only what follows."""
-    lines = markdown[: markdown.rfind("\n") + 1]
-    tokens = _BLOCKS.parse(lines)
-    starts = [token.map[0] for token in tokens if token.level == 0 and token.map and token.nesting >= 0]
-    if len(starts) < 2:
+    ends = [match.end() for match in _LINE_BREAK.finditer(markdown)]  # where each complete line ends
+    if not ends:
         return 0
-    offset = 0
-    for _ in range(starts[-1]):
-        offset = lines.index("\n", offset) + 1
-    return offset
+    tokens = _BLOCKS.parse(markdown[: ends[-1]])
+    starts = [token.map[0] for token in tokens if token.level == 0 and token.map and token.nesting >= 0]
+    return ends[starts[-1] - 1] if len(starts) >= 2 else 0

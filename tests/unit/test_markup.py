@@ -124,3 +124,15 @@ def test_one_block_still_being_written_settles_nothing() -> None:
     assert settled_length("A single paragraph\nover two lines") == 0
     assert settled_length("```\ncode\n\nstill code") == 0
     assert settled_length("- a\n\n- b\n\n  more b") == 0
+
+
+def test_carriage_returns_end_lines_as_markdown_counts_them() -> None:
+    # A model may say "\r" alone or "\r\n" (random weights did, and the Chat page failed on it): the
+    # blocks settle where markdown-it, which counts both as line breaks, says they start.
+    for newline in ("\r", "\r\n", "\n"):
+        text = newline.join(["one", "", "two", "", "three", "and mo"])
+        assert settled_length(text) == len(newline.join(["one", "", "two", "", ""]))
+    reply = REPLY.replace("\n", "\r\n")
+    assert [settled_length(reply[:end]) for end in range(len(reply) + 1)] == sorted(
+        settled_length(reply[:end]) for end in range(len(reply) + 1)
+    )

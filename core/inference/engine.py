@@ -289,8 +289,11 @@ class LocalEngine:
         else:  # transformers' generate: one reply at a time
             self._batcher = None
             self._turns.set_capacity(1)
+            from core.inference.quantize import movable_layers
+
             # 16-bit weights on a CPU: moved into oneDNN's own layout while no reply runs (no memory added).
-            self._to_keep = self.on_torch_thread(lambda: self._onednn_plan()) or None
+            model = self._parts.model
+            self._to_keep = self.on_torch_thread(lambda: movable_layers(model)) or None
         logger.info(
             "loaded %s on %s (%s) in %.1f s, %d replies at once",
             key, device, precision.label, self._parts.info.load_s, self._turns.capacity,
@@ -300,12 +303,6 @@ class LocalEngine:
         if self._to_keep:  # in the first quiet moment: now, unless a reply or a score waits for this load
             self._torch.submit(self._keep_prompt_weights)
         return self._parts.info
-
-    def _onednn_plan(self) -> list[Any]:
-        from core.inference.quantize import movable_layers
-
-        assert self._parts is not None
-        return movable_layers(self._parts.model)
 
     def _prompt_copy_plan(self, estimate: MemoryEstimate, available: int, fit: int) -> list[Any] | None:
         """The loaded model's int4 layers to keep unpacked for prompts (`_keep_prompt_weights`): all of
@@ -343,7 +340,7 @@ class LocalEngine:
             set_int4_prompt_rows(parts.model, KEPT_PROMPT_ROWS)
             self._to_keep = None
             logger.info(
-                "prompts take the kept weights (the last part kept in %.1f s)", time.perf_counter() - started
+                "the weights are kept for prompts (the last part in %.1f s)", time.perf_counter() - started
             )
 
     @property

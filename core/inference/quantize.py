@@ -104,6 +104,11 @@ def _padded(rows: torch.Tensor) -> torch.Tensor:
     return functional.pad(rows, (0, 0, 0, padding)) if padding else rows
 
 
+def onednn_linear(rows: torch.Tensor, kept: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """rows (n × in) times a weight kept in oneDNN's own layout (`_reorder_linear_weight`), plus bias."""
+    return torch.ops.mkldnn._linear_pointwise(rows, kept, bias, "none", [None], "")
+
+
 class PaddedLinear(nn.Linear):
     """nn.Linear whose rows reach the GEMM padded to `gemm_rows`: 16-bit weights on a CPU, where oneDNN
     keeps a kernel for every row count it meets (`pad_gemm_rows`). Its weight may live in oneDNN's own
@@ -124,7 +129,7 @@ class PaddedLinear(nn.Linear):
         if self.packed is None:
             out = functional.linear(rows, self.weight, self.bias)
         else:
-            out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [None], "")
+            out = onednn_linear(rows, self.packed, self.bias)
         return out[:count].reshape(*x.shape[:-1], self.out_features)
 
 
@@ -484,7 +489,7 @@ class Int4Linear(QuantizedLinear):
         count = rows.shape[0]
         rows = _padded(rows)
         if self.kept and self.kept[0].is_mkldnn:
-            return torch.ops.mkldnn._linear_pointwise(rows, self.kept[0], None, "none", [None], "")[:count]
+            return onednn_linear(rows, self.kept[0])[:count]
         out = rows.new_empty(rows.shape[0], self.out_features)
         buffer = None if self.kept else rows.new_empty(self.in_features * self._unpack_step())  # reused
         for index, (start, stop) in enumerate(self._unpack_slices()):
@@ -501,13 +506,15 @@ class Int4Linear(QuantizedLinear):
         bf16 (AVX512-BF16, AMX) they are kept in its own blocked layout, which its GEMM reads without
         rearranging them at every call: 1.1-1.9 × faster for prompts of 32-512 rows on the AMD EPYC
         (docs/performance.md, "Prompts"); elsewhere as the slices `unpacked_product` unpacks."""
-        slices = [unpack_int4(self.packed, self.scales_zeros, a, b) for a, b in self._unpack_slices()]
         if prepacking_works():
-            weight = torch.cat(slices, dim=1).t().contiguous()  # out × in, as oneDNN's linear takes it
-            slices.clear()
+            unpacked = unpack_int4(self.packed, self.scales_zeros, 0, self.out_features)  # in × out
+            weight = unpacked.t().contiguous()  # out × in, as oneDNN's linear takes it
+            del unpacked
             self.kept = (torch.ops.mkldnn._reorder_linear_weight(weight, PREPACK_ROWS),)
         else:
-            self.kept = tuple(slices)
+            self.kept = tuple(
+                unpack_int4(self.packed, self.scales_zeros, a, b) for a, b in self._unpack_slices()
+            )
         return self.unpacked_bytes()
 
     def unpacked_bytes(self) -> int:
@@ -568,7 +575,7 @@ def prepacking_works() -> bool:
         if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
             return False
         kept = torch.ops.mkldnn._reorder_linear_weight(weight.bfloat16(), PREPACK_ROWS)
-        got = torch.ops.mkldnn._linear_pointwise(rows, kept, None, "none", [None], "").float()
+        got = onednn_linear(rows, kept).float()
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
     expected = rows.float() @ weight.bfloat16().float().t()
@@ -885,7 +892,7 @@ def stored_bytes(model: Any) -> int:
         m.in_features * m.out_features * 2
         for m in model.modules()
         if isinstance(m, PaddedLinear) and m.packed is not None
-    )  # bf16 weights in oneDNN's layout (`pad_gemm_rows`)
+    )  # bf16 weights moved into oneDNN's layout (`movable_layers`)
     return sum(t.numel() * t.element_size() for t in tensors.values()) + packed + in_onednn
 
 

@@ -70,6 +70,9 @@ SCHEMES = tuple(BYTES_PER_WEIGHT)
 # by 0.1; by 0.25 gives most of the gain (bench/quality.py) for 40 % of the quantizing time.
 FIT_STRETCHES = tuple(step / 4 for step in range(-4, 5))
 SPLIT = 254  # packed_matmul: an activation's second 8-bit part counts 1/SPLIT of its first
+# A prompt's rows meet the int8 weights kept for prompts as one byte a value (an RMS error of at most
+# ~PROMPT_PEAK / 440 of the row's RMS), and as two where a row's peak exceeds PROMPT_PEAK × its RMS.
+PROMPT_PEAK = 12.0
 _FLOAT_OUTPUT = (None, 1.0, 0, torch.float32, "none", [], "")  # oneDNN: no bias, float32 out, no post-op
 logger = logging.getLogger(__name__)
 
@@ -363,24 +366,37 @@ class Int8Linear(QuantizedLinear):
         return int8_matmul(rows, self.weight, self.scale)
 
 
-def packed_matmul(rows: torch.Tensor, packed: PackedInt8) -> torch.Tensor:
-    """rows (n × in) times oneDNN-packed int8 weights, in float32, the activations exact to 15 bits.
+def packed_matmul(rows: torch.Tensor, packed: PackedInt8, peak: float | None = None) -> torch.Tensor:
+    """rows (n × in) times oneDNN-packed int8 weights, in float32, the activations exact to 15 bits
+    (`peak` None) or to 8 bits where a row's largest value is within `peak` × its RMS.
 
-    Each row is scaled to ±127 and split into whole numbers high + low / SPLIT (both within ±127). The
-    kernel gets them as bytes with zero point 128 and scale 1, so it takes every whole number as it is
-    (rows do not change each other's rounding), and its int32 sums are exact.
+    Each row is scaled to ±127 and rounded (high); rows to be exact also get their remainder as a second
+    whole number (low, the product counting it 1/SPLIT). The kernel gets them as bytes with zero point
+    128 and scale 1, so it takes every whole number as it is (rows do not change each other's rounding),
+    and its int32 sums are exact. One byte a value errs by at most 1/254 of the row's largest (RMS
+    error ~largest / 440): a row whose peak is `peak` × its RMS errs by ~peak / 440 of its RMS, and a row
+    with a larger peak (an outlier channel, a massive activation) takes the second byte.
     """
-    count = rows.shape[0]
-    x = rows.float()
-    largest = x.abs().amax(1, keepdim=True).clamp_(min=1e-30)  # 127 / it stays finite for a zero row
-    scaled = x * (127.0 / largest)
-    high = scaled.round()
-    low = ((scaled - high) * SPLIT).round_()
-    codes = torch.cat((high, low)).add_(128).to(torch.uint8)
+    count, inputs = rows.shape
+    largest = rows.abs().amax(1, keepdim=True).float().clamp_(min=1e-30)  # 127 / it stays finite for 0
+    scaled = rows * (127.0 / largest)  # float32
+    if peak is None:
+        exact = torch.arange(count)
+    else:  # peak > largest / RMS = 127 / RMS of the scaled row
+        exact = (torch.linalg.vector_norm(scaled, dim=1) * peak < 127 * inputs**0.5).nonzero()[:, 0]
+    low = scaled[exact]
+    high = scaled.round_()
+    low.sub_(high[exact]).mul_(SPLIT).round_()
+    total = count + len(exact)
+    # A prompt: one kernel a few row counts (see gemm_rows), zero rows below.
+    codes = torch.empty(total if peak is None else gemm_rows(total), inputs, dtype=torch.uint8)
+    codes[:count].copy_(high.add_(128))
+    codes[count:total].copy_(low.add_(128))
+    codes[total:].fill_(128)
     out = torch.ops.onednn.qlinear_pointwise(
         codes, 1.0, 128, packed.weight, packed.scale, packed.zero_points, *_FLOAT_OUTPUT
     )
-    return out[:count].add_(out[count:], alpha=1.0 / SPLIT).mul_(largest / 127.0)
+    return out[:count].index_add_(0, exact, out[count:total], alpha=1.0 / SPLIT).mul_(largest / 127.0)
 
 
 @functools.cache
@@ -448,9 +464,9 @@ class Int4Linear(QuantizedLinear):
         self.register_buffer("packed", packed)
         self.register_buffer("scales_zeros", scales_zeros)
         self.prompt_rows = INT4_PROMPT_ROWS  # from this many rows on, `unpacked_product` (set at load)
-        # The weights unpacked once (`keep_unpacked`), if kept: in oneDNN's own layout (one tensor),
-        # else as the slices `unpacked_product` unpacks.
-        self.kept: tuple[torch.Tensor, ...] = ()
+        # The weights unpacked once (`keep_unpacked`), if kept: int8 packed for oneDNN's VNNI kernel where
+        # it runs here, else as the slices `unpacked_product` unpacks.
+        self.kept: PackedInt8 | tuple[torch.Tensor, ...] = ()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dtype: torch.dtype) -> QuantizedLinear:
@@ -486,10 +502,10 @@ class Int4Linear(QuantizedLinear):
         """rows times the weights unpacked to the activation dtype a slice of outputs at a time: for a
         prompt the GEMM's speed (bf16 dot products) outweighs unpacking, where the int4 kernel is
         compute-bound. Kept weights (`keep_unpacked`) are multiplied as they are kept."""
+        if isinstance(self.kept, PackedInt8):
+            return packed_matmul(rows, self.kept, PROMPT_PEAK).to(rows.dtype)
         count = rows.shape[0]
         rows = _padded(rows)
-        if self.kept and self.kept[0].is_mkldnn:
-            return onednn_linear(rows, self.kept[0])[:count]
         out = rows.new_empty(rows.shape[0], self.out_features)
         buffer = None if self.kept else rows.new_empty(self.in_features * self._unpack_step())  # reused
         for index, (start, stop) in enumerate(self._unpack_slices()):
@@ -502,15 +518,16 @@ class Int4Linear(QuantizedLinear):
         return out[:count]
 
     def keep_unpacked(self) -> int:
-        """Unpack the weights once and keep them for prompts; the bytes they take. Where oneDNN runs
-        bf16 (AVX512-BF16, AMX) they are kept in its own blocked layout, which its GEMM reads without
-        rearranging them at every call: 1.1-1.9 × faster for prompts of 32-512 rows on the AMD EPYC
-        (docs/performance.md, "Prompts"); elsewhere as the slices `unpacked_product` unpacks."""
-        if prepacking_works():
+        """Unpack the weights once and keep them for prompts; the bytes they take. Where oneDNN's int8
+        kernel runs (VNNI: `packing_works`) they are kept as int8 with a scale per output feature, packed
+        for it, and a prompt's rows go in as bytes (`packed_matmul` with PROMPT_PEAK): ~1.7 × the bf16
+        GEMM's speed on the AMD EPYC in half its memory (docs/performance.md, "Prompts"); elsewhere as
+        the slices `unpacked_product` unpacks."""
+        if packing_works():
             unpacked = unpack_int4(self.packed, self.scales_zeros, 0, self.out_features)  # in × out
-            weight = unpacked.t().contiguous()  # out × in, as oneDNN's linear takes it
+            weight, scale = quantize_rows(unpacked.t(), torch.float32)
             del unpacked
-            self.kept = (torch.ops.mkldnn._reorder_linear_weight(weight, PREPACK_ROWS),)
+            self.kept = PackedInt8.of(weight, scale)
         else:
             self.kept = tuple(
                 unpack_int4(self.packed, self.scales_zeros, a, b) for a, b in self._unpack_slices()
@@ -518,6 +535,9 @@ class Int4Linear(QuantizedLinear):
         return self.unpacked_bytes()
 
     def unpacked_bytes(self) -> int:
+        """The bytes of the weights kept for prompts (`keep_unpacked`)."""
+        if packing_works():  # int8 weights, a float32 scale and an int32 zero point per output feature
+            return (self.in_features + 8) * self.out_features
         return self.in_features * self.out_features * self.scales_zeros.element_size()
 
     def _unpack_step(self) -> int:

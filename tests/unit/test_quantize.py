@@ -228,30 +228,65 @@ def test_a_prompt_through_the_unpacked_int4_weights_gets_the_kernels_product(
     )
 
 
-@pytest.mark.parametrize("layout", ["onednn", "slices"])
+@pytest.mark.parametrize("layout", ["int8", "slices"])
 def test_weights_kept_unpacked_give_a_prompt_the_product_of_the_unpacked_weights(
     monkeypatch: pytest.MonkeyPatch, layout: str
 ) -> None:
     torch.manual_seed(4)
     layer = Int4Linear.from_linear(torch.nn.Linear(4 * INT4_GROUP, 5 * UNPACK_BLOCK), torch.bfloat16)
     monkeypatch.setattr(quantize, "UNPACK_WEIGHTS", 2 * UNPACK_BLOCK * layer.in_features)  # equal slices
-    if layout == "slices":  # CPUs where oneDNN runs no bf16
-        monkeypatch.setattr(quantize, "prepacking_works", lambda: False)
-    elif not quantize.prepacking_works():
-        pytest.skip("oneDNN's bf16 linear (AVX512-BF16 or AMX)")
+    if layout == "slices":  # CPUs without oneDNN's int8 kernel (VNNI)
+        monkeypatch.setattr(quantize, "packing_works", lambda: False)
+    elif not quantize.packing_works():
+        pytest.skip("oneDNN's int8 kernel (VNNI)")
     rows = torch.randn(INT4_PROMPT_ROWS + 1, layer.in_features, dtype=torch.bfloat16)
     unpacked_each_time = layer(rows)
-    assert layer.keep_unpacked() == layer.in_features * layer.out_features * 2 == layer.unpacked_bytes()
     if layout == "slices":  # multiplied as unpacked: the same product to the bit
+        assert layer.keep_unpacked() == layer.in_features * layer.out_features * 2 == layer.unpacked_bytes()
         assert [tuple(part.shape) for part in layer.kept] == [(128, 64)] * 5
         assert torch.equal(layer(rows), unpacked_each_time)
-    else:  # one matrix in oneDNN's layout: the same product but for the order of the sums (bf16 rounding)
-        assert len(layer.kept) == 1 and layer.kept[0].is_mkldnn
-        torch.testing.assert_close(layer(rows), unpacked_each_time, rtol=2**-7, atol=2**-7)
+    else:  # int8 weights and 8-bit activations: half the bytes, the product within ~1 % of it
+        assert layer.keep_unpacked() == (layer.in_features + 8) * layer.out_features == layer.unpacked_bytes()
+        assert isinstance(layer.kept, quantize.PackedInt8)
+        error = (layer(rows).float() - unpacked_each_time.float()).norm() / unpacked_each_time.float().norm()
+        assert 0 < error < 0.015
     kept_product = layer(rows)
     layer.packed.zero_()  # from now on a prompt reads the kept weights only; one token, the kernel
     assert torch.equal(layer(rows), kept_product)
     assert not torch.equal(layer(rows[:1]), unpacked_each_time[:1])
+
+
+def test_a_prompt_row_with_a_peak_far_above_its_rms_goes_to_the_kept_int8_weights_exactly() -> None:
+    """Activations meet the int8 weights kept for prompts as one byte a value; a row with an outlier (a
+    massive activation, an outlier channel) would lose its other values to the outlier's scale, so it
+    takes a second byte (exact to 15 bits), and only it: the other rows cost one row of the GEMM each."""
+    if not quantize.packing_works():
+        pytest.skip("oneDNN's int8 kernel (VNNI)")
+    torch.manual_seed(6)
+    layer = Int4Linear.from_linear(
+        torch.nn.Linear(16 * INT4_GROUP, 5 * UNPACK_BLOCK, bias=False), torch.bfloat16
+    )
+    layer.keep_unpacked()
+    assert isinstance(layer.kept, quantize.PackedInt8)
+    weight, scale = quantize.quantize_rows(
+        unpack_int4(layer.packed, layer.scales_zeros, 0, 320).t(), torch.float32
+    )
+    rows = torch.randn(40, layer.in_features)
+    rows[7, 3] = 60.0  # ~21 × the row's RMS (with it)
+    exact = rows.double() @ (weight.double() * scale.double()[:, None]).t()
+
+    def errors(peak: float) -> torch.Tensor:
+        with _Shapes("qlinear_pointwise") as calls:
+            got = quantize.packed_matmul(rows, layer.kept, peak).double()
+        assert {shapes[0][0] for shapes in calls.seen} == {quantize.gemm_rows(40 + (peak < 60))}
+        return (got - exact).norm(dim=1) / exact.norm(dim=1)
+
+    guarded, one_byte_each = errors(quantize.PROMPT_PEAK), errors(math.inf)
+    assert guarded[7] < 1e-3 < 0.02 < one_byte_each[7]  # one byte would have cost the row 2 %+
+    others = torch.ones(40, dtype=torch.bool)
+    others[7] = False
+    assert torch.equal(guarded[others], one_byte_each[others])
+    assert 1e-4 < guarded[others].max() < 0.015
 
 
 class _Shapes(TorchDispatchMode):

@@ -59,9 +59,10 @@ PROMPT_ROWS = 32  # from this many rows on (a prompt), dequantizing + a GEMM bea
 # The same for int4 in bf16 until this CPU's crossing is measured (docs/performance.md, "Prompts"):
 # unpacking costs more, so it pays later; 96 on the AMD EPYC, ~55 on an Intel Xeon with AMX.
 INT4_PROMPT_ROWS = 96
-# Once a model's int4 weights are kept unpacked for prompts (`keep_unpacked`: no unpacking left to pay),
-# the GEMM outruns the int4 kernel from ~10 rows on (docs/performance.md, "Prompts").
-KEPT_PROMPT_ROWS = 16
+# Once a model's int4 weights are kept for prompts (`keep_unpacked`: no unpacking left to pay), their GEMM
+# outruns the int4 kernel from ~10 rows on in bf16, from 5 (TinyLlama's shapes) to 12 (Qwen2.5-0.5B's)
+# in int8 on the AMD EPYC (the int4 kernel's time doubles from 4 rows to 5; docs/performance.md, "Prompts").
+KEPT_PROMPT_ROWS = 12
 PREPACK_ROWS = 128  # the row count oneDNN lays kept weights out for (any count works; 64-512 measured alike)
 UNPACK_BLOCK = 64  # output features per block of torch's CPU int4 layout (two nibbles: n and n + 32)
 UNPACK_WEIGHTS = 2**21  # weights unpacked at a time (4 MiB in bf16): bounds the temporary copies

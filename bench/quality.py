@@ -2,9 +2,25 @@
 
 Every engine sees the same sequences; the metrics compare its logits at every position with the
 reference's: relative logit error, top-1 agreement and the mean KL divergence per token.
+
+Run as a script it measures what prompts cost in quality on this machine, for each catalog model
+(random weights, bench/speed.py's): int4 with fp32 activations (bench/speed.py's quality table), the
+engine's bf16 model with prompts unpacked each time, and through the copy kept for prompts as the
+engine runs it (int8 with 8-bit activations where oneDNN's int8 kernel runs, `quantize.PROMPT_PEAK`),
+with every row 8-bit (no guard) and every row 15-bit beside it. `--outlier-channels` first gives the
+model the activations real checkpoints have without changing its function: four channels of each
+RMSNorm's weight × OUTLIER and the next matrices' columns / OUTLIER, four of each up_proj's rows ×
+OUTLIER and down_proj's columns / OUTLIER.
+
+Usage: .venv/bin/python -m bench.quality [--models KEY ...] [--outlier-channels]
 """
 
 from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -30,3 +46,91 @@ def compare(got: torch.Tensor, expected: torch.Tensor) -> dict[str, float]:
         "top1_agreement": float((got.argmax(-1) == expected.argmax(-1)).float().mean()),
         "kl_per_token": float(kl),
     }
+
+
+OUTLIER = 30.0
+
+
+def with_outlier_channels(model: torch.nn.Module) -> torch.nn.Module:
+    """The same function (in exact arithmetic) with outlier channels in the matrices' inputs (see above)."""
+    generator = torch.Generator().manual_seed(5)
+
+    def pick(count: int) -> torch.Tensor:
+        return torch.randperm(count, generator=generator)[:4]
+
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            for norm, matrices in (
+                (layer.input_layernorm, (attention.q_proj, attention.k_proj, attention.v_proj)),
+                (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj)),
+            ):
+                channels = pick(norm.weight.shape[0])
+                norm.weight[channels] *= OUTLIER
+                for matrix in matrices:
+                    matrix.weight[:, channels] /= OUTLIER
+            channels = pick(mlp.up_proj.weight.shape[0])
+            mlp.up_proj.weight[channels] *= OUTLIER
+            mlp.down_proj.weight[:, channels] /= OUTLIER
+    return model
+
+
+def prompt_quality(path: Path, outliers: bool) -> dict[str, dict[str, float]]:
+    """The metrics of each way prompts can run (see above) for the model at `path`."""
+    from transformers import AutoModelForCausalLM
+
+    from core.inference import quantize
+
+    def load(dtype: torch.dtype) -> torch.nn.Module:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+        return with_outlier_channels(model) if outliers else model
+
+    tokens = sequences()
+    results = {}
+    with torch.inference_mode():
+        expected = load(torch.float32)(tokens).logits.float()
+        model = load(torch.float32)
+        quantize.quantize_model(model, torch.float32, "int4")
+        results["int4, fp32 activations"] = compare(model(tokens).logits, expected)
+        model = load(torch.bfloat16)
+        quantize.quantize_model(model, torch.bfloat16, "int4")
+        results["int4, prompts in bf16 (unpacked each prompt)"] = compare(model(tokens).logits, expected)
+        for layer in quantize.unpackable_layers(model):
+            layer.keep_unpacked()
+        quantize.set_int4_prompt_rows(model, quantize.KEPT_PROMPT_ROWS)
+        kept = "int8, 8-bit activations" if quantize.packing_works() else "bf16"
+        peak = quantize.PROMPT_PEAK
+        for name, rows_peak in (
+            (f"int4, through the copy kept for prompts ({kept}, as the engine runs it)", peak),
+            ("  the same, every row 8-bit", math.inf),
+            ("  the same, every row 15-bit", 0.0),
+        ):
+            quantize.PROMPT_PEAK = rows_peak
+            try:
+                results[name] = compare(model(tokens).logits, expected)
+            finally:
+                quantize.PROMPT_PEAK = peak
+            if not quantize.packing_works():
+                break
+    return results
+
+
+def main() -> None:
+    from bench.readiness import CATALOG_MODELS, build
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=CATALOG_MODELS)
+    parser.add_argument("--outlier-channels", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        for key in args.models:
+            results = prompt_quality(build(key, Path(work) / key), args.outlier_channels)
+            print(f"\n{key}{' with outlier channels' if args.outlier_channels else ''}: against fp32")
+            for name, metrics in results.items():
+                print(f"  {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+    main()

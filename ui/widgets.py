@@ -191,13 +191,18 @@ def sidebar_status(current: ProviderConfig | None) -> None:
     """What answers (`current`), the loaded model and running downloads: followed live (drawn again
     every STATUS_POLL_S) while a model loads or a download runs."""
     busy = resources.engine().loading is not None or bool(resources.library().active_downloads())
-    st.fragment(_status, run_every=STATUS_POLL_S if busy else None)(current, polled=busy)
+    # Emptied by the fragment's first call, in this run: its later runs are the polls.
+    this_run = [True]
+    st.fragment(_status, run_every=STATUS_POLL_S if busy else None)(current, polled=busy, this_run=this_run)
 
 
-def _status(current: ProviderConfig | None, *, polled: bool) -> None:
+def _status(current: ProviderConfig | None, *, polled: bool, this_run: list[bool]) -> None:
     engine, downloads = resources.engine(), resources.library().active_downloads()
     loaded, loading, copy = engine.loaded, engine.loading, engine.prompt_copy_bytes
-    if polled and loading is None and not downloads:  # done: the page shows the model too; polling stops
+    in_page_run = bool(this_run) and this_run.pop()
+    if polled and not in_page_run and loading is None and not downloads:
+        # Done: a poll redraws the page, which shows the model too, and polling stops. Not in the page's
+        # own run, which draws the rest of the page after this and may carry a message (a rerun drops it).
         st.rerun(scope="app")
     st.caption(t("status.header"))
     no_provider = t("status.no_provider")

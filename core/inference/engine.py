@@ -327,17 +327,14 @@ class LocalEngine:
     def _keep_prompt_weights(self) -> None:
         """On the torch thread while no reply runs: keep the loaded model's int4 weights unpacked for
         prompts (16-bit ones: move them into oneDNN's layout), a matrix at a time (a reply that arrives
-        meanwhile waits for one matrix, ~30 ms, and the rest waits for the next quiet moment). Once
-        every matrix is kept, prompts of KEPT_PROMPT_ROWS rows and more take the kept int4 weights (an
-        int4 prompt's first token ~2 × sooner: docs/performance.md, "Prompts")."""
-        from core.inference.quantize import KEPT_PROMPT_ROWS, set_int4_prompt_rows
-
+        meanwhile waits for one matrix, ~30-300 ms, and the rest waits for the next quiet moment). Each
+        matrix kept takes prompts of KEPT_PROMPT_ROWS rows and more from then on (an int4 prompt's
+        first token ~2 × sooner once all are: docs/performance.md, "Prompts")."""
         parts, layers = self._parts, self._to_keep
         started = time.perf_counter()
         while layers and self._turns.idle and parts is self._parts:
             layers.pop().keep_unpacked()
         if parts is not None and parts is self._parts and layers == []:
-            set_int4_prompt_rows(parts.model, KEPT_PROMPT_ROWS)
             self._to_keep = None
             logger.info(
                 "the weights are kept for prompts (the last part in %.1f s)", time.perf_counter() - started

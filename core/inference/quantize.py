@@ -546,6 +546,7 @@ class Int4Linear(QuantizedLinear):
             self.kept = tuple(
                 unpack_int4(self.packed, self.scales_zeros, a, b) for a, b in self._unpack_slices()
             )
+        self.prompt_rows = KEPT_PROMPT_ROWS  # from now on, whether the others are kept yet or not
         return self.unpacked_bytes()
 
     def unpacked_bytes(self) -> int:

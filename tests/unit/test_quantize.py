@@ -29,6 +29,7 @@ from core.inference.quantize import (
     FIT_STRETCHES,
     INT4_GROUP,
     INT4_PROMPT_ROWS,
+    KEPT_PROMPT_ROWS,
     PROMPT_ROWS,
     UNPACK_BLOCK,
     Int4Linear,
@@ -250,9 +251,10 @@ def test_weights_kept_unpacked_give_a_prompt_the_product_of_the_unpacked_weights
         assert isinstance(layer.kept, quantize.PackedInt8)
         error = (layer(rows).float() - unpacked_each_time.float()).norm() / unpacked_each_time.float().norm()
         assert 0 < error < 0.015
-    kept_product = layer(rows)
+    kept_product, short = layer(rows), rows[:KEPT_PROMPT_ROWS]  # a short prompt takes them too, at once
+    short_product = layer(short)
     layer.packed.zero_()  # from now on a prompt reads the kept weights only; one token, the kernel
-    assert torch.equal(layer(rows), kept_product)
+    assert torch.equal(layer(rows), kept_product) and torch.equal(layer(short), short_product)
     assert not torch.equal(layer(rows[:1]), unpacked_each_time[:1])
 
 

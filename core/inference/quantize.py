@@ -517,7 +517,8 @@ class Int4Linear(QuantizedLinear):
     def unpacked_product(self, rows: torch.Tensor) -> torch.Tensor:
         """rows times the weights unpacked to the activation dtype a slice of outputs at a time: for a
         prompt the GEMM's speed (bf16 dot products) outweighs unpacking, where the int4 kernel is
-        compute-bound. Kept weights (`keep_unpacked`) are multiplied as they are kept."""
+        compute-bound. Kept weights (`keep_unpacked`) are multiplied as they are kept: an int8 copy by
+        oneDNN's int8 kernel, the rows in bytes (`packed_matmul` with PROMPT_PEAK)."""
         if isinstance(self.kept, PackedInt8):
             return packed_matmul(rows, self.kept, PROMPT_PEAK).to(rows.dtype)
         count = rows.shape[0]

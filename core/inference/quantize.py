@@ -76,6 +76,9 @@ SPLIT = 254  # packed_matmul: an activation's second 8-bit part counts 1/SPLIT o
 # A prompt's rows meet the int8 weights kept for prompts as one byte a value (an RMS error of at most
 # ~PROMPT_PEAK / 440 of the row's RMS), and as two where a row's peak exceeds PROMPT_PEAK × its RMS.
 PROMPT_PEAK = 12.0
+# Input features that reach this × a prompt's typical row RMS (a few at most: `outlier_columns`) are taken
+# out of the 8-bit rows and multiplied in 16 bits, so that they neither coarsen nor split every row.
+OUTLIER_COLUMN = 8.0
 _FLOAT_OUTPUT = (None, 1.0, 0, torch.float32, "none", [], "")  # oneDNN: no bias, float32 out, no post-op
 logger = logging.getLogger(__name__)
 
@@ -520,7 +523,14 @@ class Int4Linear(QuantizedLinear):
         compute-bound. Kept weights (`keep_unpacked`) are multiplied as they are kept: an int8 copy by
         oneDNN's int8 kernel, the rows in bytes (`packed_matmul` with PROMPT_PEAK)."""
         if isinstance(self.kept, PackedInt8):
-            return packed_matmul(rows, self.kept, PROMPT_PEAK).to(rows.dtype)
+            columns = outlier_columns(rows)
+            if columns is None:
+                return packed_matmul(rows, self.kept, PROMPT_PEAK).to(rows.dtype)
+            rest = rows.clone()
+            rest[:, columns] = 0  # the outlier columns' products in 16 bits, with their int4 weights
+            out = packed_matmul(rest, self.kept, PROMPT_PEAK)
+            weights = int4_columns(self.packed, self.scales_zeros, columns)  # columns × out
+            return out.addmm_(rows[:, columns].float(), weights.float()).to(rows.dtype)
         count = rows.shape[0]
         rows = _padded(rows)
         out = rows.new_empty(rows.shape[0], self.out_features)
@@ -587,6 +597,26 @@ def unpack_int4(
     offset = scales_zeros[:, start:stop, 1] - 8 * scale
     groups = codes.view(inputs // INT4_GROUP, INT4_GROUP, width)
     return torch.addcmul(offset.unsqueeze(1), groups, scale.unsqueeze(1), out=groups).view(inputs, width)
+
+
+def int4_columns(packed: torch.Tensor, scales_zeros: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Input features `columns` of an int4 layer, dequantized as `unpack_int4` does: columns × out."""
+    inputs, half = packed.shape[1] * 2, UNPACK_BLOCK // 2
+    blocks = packed.view(-1, inputs, half)[:, columns]  # output blocks × columns × 32 bytes
+    codes = torch.stack((blocks & 15, blocks >> 4), dim=2).permute(1, 0, 2, 3).reshape(len(columns), -1)
+    scale = scales_zeros[columns // INT4_GROUP, :, 0]
+    offset = scales_zeros[columns // INT4_GROUP, :, 1] - 8 * scale
+    return torch.addcmul(offset, codes.to(scale.dtype), scale)
+
+
+def outlier_columns(rows: torch.Tensor) -> torch.Tensor | None:
+    """The input features of a prompt's rows that reach OUTLIER_COLUMN × the rows' median RMS or more
+    (outlier channels, as LLM.int8() takes them out), where there are some but few (at most 1/32 of
+    them); else None."""
+    peaks = rows.abs().amax(0).float()
+    rms = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float32).median() / rows.shape[1] ** 0.5
+    columns = (peaks > OUTLIER_COLUMN * rms).nonzero()[:, 0]
+    return columns if 0 < len(columns) <= rows.shape[1] // 32 else None
 
 
 def set_int4_prompt_rows(model: nn.Module, rows: int) -> None:

@@ -245,7 +245,8 @@ def test_between_replies_the_int4_weights_are_kept_unpacked_for_prompts_where_me
     }
     assert engine.prompt_copy_bytes == sum(layer.unpacked_bytes() for layer in layers) > 0  # planned with
     after = [e.text for e in engine.stream("long", long_prompt, GREEDY) if isinstance(e, TextDelta)]
-    assert after == before  # a long prompt: the same reply from the kept weights (int8: products within ~1 %)
+    # A long prompt: the same reply from the kept weights (int8: products within ~1 %), in any pieces.
+    assert "".join(after) == "".join(before)
 
     engine.unload()  # memory for the weights and one reply's cache, none for a copy: nothing is kept
     estimate = engine.memory_estimate("long")

@@ -258,18 +258,24 @@ def test_weights_kept_unpacked_give_a_prompt_the_product_of_the_unpacked_weights
     assert not torch.equal(layer(rows[:1]), unpacked_each_time[:1])
 
 
-def test_a_prompt_row_with_a_peak_far_above_its_rms_goes_to_the_kept_int8_weights_exactly() -> None:
-    """Activations meet the int8 weights kept for prompts as one byte a value; a row with an outlier (a
-    massive activation, an outlier channel) would lose its other values to the outlier's scale, so it
-    takes a second byte (exact to 15 bits), and only it: the other rows cost one row of the GEMM each."""
+def _kept_int8_layer(seed: int) -> Int4Linear:
+    """A random int4 layer (512 inputs, 320 outputs) with its int8 copy kept for prompts."""
     if not quantize.packing_works():
         pytest.skip("oneDNN's int8 kernel (VNNI)")
-    torch.manual_seed(6)
+    torch.manual_seed(seed)
     layer = Int4Linear.from_linear(
         torch.nn.Linear(16 * INT4_GROUP, 5 * UNPACK_BLOCK, bias=False), torch.bfloat16
     )
     layer.keep_unpacked()
     assert isinstance(layer.kept, quantize.PackedInt8)
+    return layer
+
+
+def test_a_prompt_row_with_a_peak_far_above_its_rms_goes_to_the_kept_int8_weights_exactly() -> None:
+    """Activations meet the int8 weights kept for prompts as one byte a value; a row with an outlier (a
+    massive activation, an outlier channel) would lose its other values to the outlier's scale, so it
+    takes a second byte (exact to 15 bits), and only it: the other rows cost one row of the GEMM each."""
+    layer = _kept_int8_layer(6)
     weight, scale = quantize.quantize_rows(
         unpack_int4(layer.packed, layer.scales_zeros, 0, 320).t(), torch.float32
     )
@@ -289,6 +295,37 @@ def test_a_prompt_row_with_a_peak_far_above_its_rms_goes_to_the_kept_int8_weight
     others[7] = False
     assert torch.equal(guarded[others], one_byte_each[others])
     assert 1e-4 < guarded[others].max() < 0.015
+
+
+def test_an_outlier_channel_of_a_prompt_is_multiplied_in_16_bits_and_no_row_takes_a_second_byte(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real checkpoints' activations carry a few channels far above the rest in every row: the row guard
+    alone would give every row a second byte (a prompt at twice the cost); those columns are taken out
+    and multiplied in 16 bits with their int4 weights instead (LLM.int8()'s decomposition)."""
+    layer = _kept_int8_layer(7)
+    unpacked = unpack_int4(layer.packed, layer.scales_zeros, 0, layer.out_features)  # in × out
+    columns = torch.tensor([5, 100, 511])
+    assert torch.equal(quantize.int4_columns(layer.packed, layer.scales_zeros, columns), unpacked[columns])
+    rows = torch.randn(40, layer.in_features)
+    rows[:, 5] *= 40  # an outlier channel: most rows' peak > PROMPT_PEAK × their RMS
+    rows = rows.bfloat16()
+    exact = rows.double() @ unpacked.double()
+
+    def product() -> tuple[torch.Tensor, set[int]]:
+        with _Shapes("qlinear_pointwise") as calls, torch.inference_mode():
+            got = layer(rows).double()
+        return got, {shapes[0][0] for shapes in calls.seen}
+
+    (decomposed, kernel_rows), error = product(), lambda got: float((got - exact).norm() / exact.norm())
+    assert kernel_rows == {40} and error(decomposed) < 0.015  # one byte a row, the channel in 16 bits
+    monkeypatch.setattr(quantize, "outlier_columns", lambda _rows: None)
+    guarded, kernel_rows = product()
+    peaky = int(
+        (rows.float().abs().amax(1) > quantize.PROMPT_PEAK * rows.float().square().mean(1).sqrt()).sum()
+    )
+    assert peaky > 20 and kernel_rows == {quantize.gemm_rows(40 + peaky)}  # most rows twice
+    assert error(guarded) < 0.015
 
 
 class _Shapes(TorchDispatchMode):

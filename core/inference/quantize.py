@@ -30,8 +30,9 @@ multiplied with its GEMM (bf16 dot products on CPUs with AVX512-BF16 or AMX), wh
 weight-only kernels there. Where memory allows, the engine keeps an int4 model's weights unpacked
 (`Int4Linear.keep_unpacked`, between replies): prompts then skip the unpacking, from KEPT_PROMPT_ROWS.
 Where oneDNN's int8 kernel runs (VNNI) the kept copy is int8, and a prompt's activations go in as one
-byte a value (two for a row with an outlier: `packed_matmul` with PROMPT_PEAK), twice the bf16
-GEMM's rate, as llama.cpp's K-quants meet 8-bit activations in their dot products.
+byte a value (two for a row with an outlier: `packed_matmul` with PROMPT_PEAK; outlier channels in 16
+bits: `outlier_columns`), twice the bf16 GEMM's rate, as llama.cpp's K-quants meet 8-bit activations
+in their dot products.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ reference's: relative logit error, top-1 agreement and the mean KL divergence pe
 Run as a script it measures what prompts cost in quality on this machine, for each catalog model
 (random weights, bench/speed.py's): int4 with fp32 activations (bench/speed.py's quality table), the
 engine's bf16 model with prompts unpacked each time, and through the copy kept for prompts as the
-engine runs it (int8 with 8-bit activations where oneDNN's int8 kernel runs, `quantize.PROMPT_PEAK`),
-with every row 8-bit (no guard) and every row 15-bit beside it. `--outlier-channels` first gives the
+engine runs it (int8 with 8-bit activations where oneDNN's int8 kernel runs: `quantize.PROMPT_PEAK`,
+outlier columns in 16 bits), with every row 8-bit (no row guard; the outlier columns still taken out)
+and every row 15-bit beside it. `--outlier-channels` first gives the
 model the activations real checkpoints have without changing its function: four channels of each
 RMSNorm's weight × OUTLIER and the next matrices' columns / OUTLIER, four of each up_proj's rows ×
 OUTLIER and down_proj's columns / OUTLIER.
@@ -102,7 +103,7 @@ def prompt_quality(path: Path, outliers: bool) -> dict[str, dict[str, float]]:
         peak = quantize.PROMPT_PEAK
         for name, rows_peak in (
             (f"int4, through the copy kept for prompts ({kept}, as the engine runs it)", peak),
-            ("  the same, every row 8-bit", math.inf),
+            ("  the same, every row 8-bit (outlier columns still in 16 bits)", math.inf),
             ("  the same, every row 15-bit", 0.0),
         ):
             quantize.PROMPT_PEAK = rows_peak

@@ -39,13 +39,16 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # The project itself is installed editable, without dependencies (requirements*.txt has them): the
-# `localllm` command in .venv/bin.
+# `localllm` command in .venv/bin. Then the engine's own int4 kernel is compiled for this machine (~10 s,
+# once; core/inference/native.py: without a C++ compiler it says so and torch's kernel runs).
 $(RUNTIME_STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PIP) -r requirements.txt
 	$(PIP) --no-deps -e .
+	$(PY) -m core.inference.native
 	touch $@
 
 $(DEV_STAMP): requirements.txt requirements-dev.txt pyproject.toml | $(PY)
 	$(PIP) -r requirements-dev.txt
 	$(PIP) --no-deps -e .
+	$(PY) -m core.inference.native
 	touch $@ $(RUNTIME_STAMP)

@@ -3,12 +3,13 @@
 Every engine sees the same sequences; the metrics compare its logits at every position with the
 reference's: relative logit error, top-1 agreement and the mean KL divergence per token.
 
-Run as a script it measures what prompts cost in quality on this machine, for each catalog model
-(random weights, bench/speed.py's): int4 with fp32 activations (bench/speed.py's quality table), the
-engine's bf16 model with prompts unpacked each time, and through the copy kept for prompts as the
-engine runs it (int8 with 8-bit activations where oneDNN's int8 kernel runs: `quantize.PROMPT_PEAK`,
-outlier columns in 16 bits), with every row 8-bit (no row guard; the outlier columns still taken out)
-and every row 15-bit beside it. `--outlier-channels` first gives the
+Run as a script it measures what prompts and decoding cost in quality on this machine, for each
+catalog model (random weights, bench/speed.py's): int4 with fp32 activations (bench/speed.py's quality
+table), the engine's bf16 model with prompts unpacked each time, decoding's int4 kernel (the engine's
+own, 8-bit activations: core.inference.native, and torch's, bf16 activations), and through the copy
+kept for prompts as the engine runs it (int8 with 8-bit activations where oneDNN's int8 kernel runs:
+`quantize.PROMPT_PEAK`, outlier columns in 16 bits), with every row 8-bit (no row guard; the outlier
+columns still taken out) and every row 15-bit beside it. `--outlier-channels` first gives the
 model the activations real checkpoints have without changing its function: four channels of each
 RMSNorm's weight × OUTLIER and the next matrices' columns / OUTLIER, four of each up_proj's rows ×
 OUTLIER and down_proj's columns / OUTLIER.
@@ -96,6 +97,7 @@ def prompt_quality(path: Path, outliers: bool) -> dict[str, dict[str, float]]:
         model = load(torch.bfloat16)
         quantize.quantize_model(model, torch.bfloat16, "int4")
         results["int4, prompts in bf16 (unpacked each prompt)"] = compare(model(tokens).logits, expected)
+        results.update(decoding_quality(model, tokens, expected))
         for layer in quantize.unpackable_layers(model):
             layer.keep_unpacked()
         quantize.set_int4_prompt_rows(model, quantize.KEPT_PROMPT_ROWS)
@@ -113,6 +115,33 @@ def prompt_quality(path: Path, outliers: bool) -> dict[str, dict[str, float]]:
                 quantize.PROMPT_PEAK = peak
             if not quantize.packing_works():
                 break
+    return results
+
+
+def decoding_quality(
+    model: torch.nn.Module, tokens: torch.Tensor, expected: torch.Tensor
+) -> dict[str, dict[str, float]]:
+    """Every row through the int4 kernel that decodes (each row is computed alone, so this is what
+    decoding gives): the engine's own kernel where it runs (8-bit activations), and torch's."""
+    from unittest import mock
+
+    from core.inference import native, quantize
+
+    results = {}
+    layers = quantize.unpackable_layers(model)
+    rows = [layer.prompt_rows for layer in layers]
+    for layer in layers:
+        layer.prompt_rows = 1 << 30
+    try:
+        if native.prepare():
+            name = "int4, decoding's kernel: the engine's own (8-bit activations a group of 32)"
+            results[name] = compare(model(tokens).logits, expected)
+        with mock.patch.object(quantize.Int4Linear, "native_runs", return_value=False):
+            name = "int4, decoding's kernel: torch's (bf16 activations)"
+            results[name] = compare(model(tokens).logits, expected)
+    finally:
+        for layer, count in zip(layers, rows, strict=True):
+            layer.prompt_rows = count
     return results
 
 

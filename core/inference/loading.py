@@ -75,9 +75,11 @@ def import_runtime(model_types: Iterable[str] = ()) -> None:
 def import_ahead() -> None:
     """Ahead of a first load (the app, `serve`): the runtime and the configuration classes of the
     architectures the lean decoder runs."""
+    from core.inference import native
     from core.inference.skeleton import ARCHITECTURES
 
     import_runtime(ARCHITECTURES)
+    native.ready()  # loads the engine's own int4 kernel, or starts building it (once a machine, ~10 s)
 
 
 def _import_runtime_locked() -> None:
@@ -260,13 +262,15 @@ def load_model(
 ) -> LoadedParts:
     """Load `key` for `device` (run on the engine's torch thread); transformers is imported only where
     its classes or configs are needed (not for a quantized copy kept by an earlier load)."""
-    from core.inference import calibration, decoder, quantize
+    from core.inference import calibration, decoder, native, quantize
 
     started = time.perf_counter()
     scheme = precision.label if precision.label in quantize.SCHEMES else None
     model, mapped = _weights(directory, device, dtype, scheme)
-    if scheme == "int4" and device == "cpu" and str(dtype) == "torch.bfloat16":  # prompts may unpack
-        quantize.set_int4_prompt_rows(model, calibration.int4_prompt_rows(directory.parent))
+    if scheme == "int4" and device == "cpu" and str(dtype) == "torch.bfloat16":
+        # Prompts unpack the weights where that outruns torch's int4 kernel, never beside the engine's own.
+        rows = quantize.UNPACK_NEVER if native.ready() else calibration.int4_prompt_rows(directory.parent)
+        quantize.set_int4_prompt_rows(model, rows)
     if not mapped:
         gc.collect()  # 16-bit weights that were replaced or read (a full collection: ~0.2 s)
         return_freed_memory_to_os()

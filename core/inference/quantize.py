@@ -53,6 +53,7 @@ from torch import nn
 from torch.nn import functional
 
 from core.hardware import return_freed_memory_to_os
+from core.inference import native
 from core.inference.sizing import KvLayout
 
 INT4_GROUP = 32
@@ -64,6 +65,10 @@ INT4_PROMPT_ROWS = 96
 # outruns the int4 kernel from ~10 rows on in bf16, from 5 (TinyLlama's shapes) to 12 (Qwen2.5-0.5B's)
 # in int8 on the AMD EPYC (the int4 kernel's time doubles from 4 rows to 5; docs/performance.md, "Prompts").
 KEPT_PROMPT_ROWS = 12
+# The same beside the engine's own int4 kernel (core.inference.native), which a row costs ~1/3 of what it
+# costs torch's: the kept int8 copy outruns it from ~20 rows (TinyLlama's shapes) to ~32 (Qwen2.5-0.5B's).
+KEPT_PROMPT_ROWS_NATIVE = 24
+UNPACK_NEVER = 1 << 30  # prompt rows: the engine's own kernel outran unpacking at 48-384 rows (AMD EPYC)
 PREPACK_ROWS = 128  # the row count oneDNN lays kept weights out for (any count works; 64-512 measured alike)
 UNPACK_BLOCK = 64  # output features per block of torch's CPU int4 layout (two nibbles: n and n + 32)
 UNPACK_WEIGHTS = 2**21  # weights unpacked at a time (4 MiB in bf16): bounds the temporary copies
@@ -506,7 +511,20 @@ class Int4Linear(QuantizedLinear):
         return self.kernel_product(rows)
 
     def kernel_product(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows times the int4 weights as they are stored: the engine's own kernel where it runs
+        (core.inference.native: 8-bit activations, VNNI), else torch's."""
+        if self.native_runs():
+            return native.int4_rows(rows.contiguous(), self.packed, self.scales_zeros)
         return torch._weight_int4pack_mm_for_cpu(rows, self.packed, INT4_GROUP, self.scales_zeros)
+
+    def native_runs(self) -> bool:
+        """Whether `kernel_product` runs the engine's own kernel (bf16 scales on the CPU, whole blocks)."""
+        return (
+            self.scales_zeros.dtype == torch.bfloat16
+            and self.out_features % UNPACK_BLOCK == 0
+            and self.packed.device.type == "cpu"
+            and native.ready()
+        )
 
     def unpackable(self, dtype: torch.dtype) -> bool:
         """Whether `unpacked_product` serves rows in `dtype`: a fast GEMM (bf16), whole layout blocks,
@@ -558,7 +576,8 @@ class Int4Linear(QuantizedLinear):
             self.kept = tuple(
                 unpack_int4(self.packed, self.scales_zeros, a, b) for a, b in self._unpack_slices()
             )
-        self.prompt_rows = KEPT_PROMPT_ROWS  # from now on, whether the others are kept yet or not
+        # From now on, whether the others are kept yet or not.
+        self.prompt_rows = KEPT_PROMPT_ROWS_NATIVE if self.native_runs() else KEPT_PROMPT_ROWS
         return self.unpacked_bytes()
 
     def unpacked_bytes(self) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.inference import calibration, quantize
+from core.inference import calibration, native, quantize
 from core.inference.engine import LocalEngine
 
 
@@ -66,17 +66,25 @@ def test_another_machines_figure_stays_beside_this_ones(
     assert json.loads((tmp_path / calibration.FILE).read_text())["Some other CPU · torch 2.9"] == 112
 
 
+@pytest.mark.parametrize("kernel", ["torch's", "native"])
 def test_a_loaded_int4_model_unpacks_its_prompts_from_the_kept_crossing(
-    tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, kernel: str
 ) -> None:
     from tests.fixtures.tiny_models import install_ready
 
     install_ready(tmp_path, "tiny", tiny_models["qwen2"])
-    monkeypatch.setattr(calibration, "measure_int4_prompt_rows", lambda: 48)  # as if measured here
+    if kernel == "native":  # the engine's own kernel outruns unpacking: nothing measured, never unpacked
+        if not native.prepare():
+            pytest.skip(f"the engine's own int4 kernel does not run here ({native.LIBRARY.problem})")
+        monkeypatch.setattr(calibration, "measure_int4_prompt_rows", lambda: pytest.fail("measured"))
+    else:
+        monkeypatch.setattr(native, "ready", lambda: False)
+        monkeypatch.setattr(calibration, "measure_int4_prompt_rows", lambda: 48)  # as if measured here
     engine = LocalEngine(tmp_path, device="cpu", idle_unload_s=0)
     info = engine.load("tiny")
     layers = [m for m in engine._parts.model.modules() if isinstance(m, quantize.Int4Linear)]
     if info.weights != "int4" or info.dtype != "bfloat16":
         pytest.skip(f"this CPU runs {info.weights} in {info.dtype}: prompts never unpack int4 weights")
-    assert layers and {layer.prompt_rows for layer in layers} == {48}
+    expected = quantize.UNPACK_NEVER if kernel == "native" else 48
+    assert layers and {layer.prompt_rows for layer in layers} == {expected}
     engine.unload()

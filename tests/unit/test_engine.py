@@ -223,7 +223,7 @@ def test_between_replies_the_int4_weights_are_kept_unpacked_for_prompts_where_me
     engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core.inference import engine as engine_module
-    from core.inference.quantize import INT4_PROMPT_ROWS, KEPT_PROMPT_ROWS
+    from core.inference.quantize import INT4_PROMPT_ROWS, KEPT_PROMPT_ROWS, KEPT_PROMPT_ROWS_NATIVE
 
     monkeypatch.setattr(engine_module, "KEEP_UNPACKED_MIN_BYTES", 0)  # a real model's copy is ≥ 0.5 GB
     long_prompt = [{"role": "user", "content": "tell me " * INT4_PROMPT_ROWS}]
@@ -240,8 +240,9 @@ def test_between_replies_the_int4_weights_are_kept_unpacked_for_prompts_where_me
             before.append(event.text)
     assert before
     engine.settle()  # kept while nothing runs, after the reply
+    # From fewer rows beside torch's int4 kernel than beside the engine's own (core.inference.native).
     assert all(layer.kept for layer in layers) and {layer.prompt_rows for layer in layers} == {
-        KEPT_PROMPT_ROWS
+        KEPT_PROMPT_ROWS_NATIVE if layer.native_runs() else KEPT_PROMPT_ROWS for layer in layers
     }
     assert engine.prompt_copy_bytes == sum(layer.unpacked_bytes() for layer in layers) > 0  # planned with
     after = [e.text for e in engine.stream("long", long_prompt, GREEDY) if isinstance(e, TextDelta)]
@@ -255,7 +256,9 @@ def test_between_replies_the_int4_weights_are_kept_unpacked_for_prompts_where_me
     list(engine.stream("long", HELLO, GREEDY))
     engine.settle()
     assert not any(layer.kept for layer in _int4_layers(engine))
-    assert {layer.prompt_rows for layer in _int4_layers(engine)} != {KEPT_PROMPT_ROWS}
+    assert {layer.prompt_rows for layer in _int4_layers(engine)}.isdisjoint(
+        {KEPT_PROMPT_ROWS, KEPT_PROMPT_ROWS_NATIVE}
+    )
     assert engine.prompt_copy_bytes == 0
 
     engine.unload()  # plenty of memory, but a process that ends after its replies (`localllm chat -p`)

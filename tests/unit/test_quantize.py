@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from core.hub.store import read_manifest, write_manifest
-from core.inference import attention, quantize
+from core.inference import attention, native, quantize
 from core.inference.batching import generate
 from core.inference.decoder import Decoder, KvCache, Segment, supports
 from core.inference.engine import LocalEngine
@@ -30,6 +30,7 @@ from core.inference.quantize import (
     INT4_GROUP,
     INT4_PROMPT_ROWS,
     KEPT_PROMPT_ROWS,
+    KEPT_PROMPT_ROWS_NATIVE,
     PROMPT_ROWS,
     UNPACK_BLOCK,
     Int4Linear,
@@ -251,7 +252,9 @@ def test_weights_kept_unpacked_give_a_prompt_the_product_of_the_unpacked_weights
         assert isinstance(layer.kept, quantize.PackedInt8)
         error = (layer(rows).float() - unpacked_each_time.float()).norm() / unpacked_each_time.float().norm()
         assert 0 < error < 0.015
-    kept_product, short = layer(rows), rows[:KEPT_PROMPT_ROWS]  # a short prompt takes them too, at once
+    # A short prompt takes them too, at once (fewer rows beside torch's int4 kernel than beside ours).
+    assert layer.prompt_rows == (KEPT_PROMPT_ROWS_NATIVE if layer.native_runs() else KEPT_PROMPT_ROWS)
+    kept_product, short = layer(rows), rows[: layer.prompt_rows]
     short_product = layer(short)
     layer.packed.zero_()  # from now on a prompt reads the kept weights only; one token, the kernel
     assert torch.equal(layer(rows), kept_product) and torch.equal(layer(short), short_product)
@@ -655,6 +658,9 @@ def test_the_step_a_cuda_graph_records_computes_what_run_computes(
     prepare_for_decoder(model, torch.bfloat16, scheme)
     decoder = Decoder(model)
     assert not decoder.use_graphs  # CPUs run every pass eagerly
+    # The engine's own int4 kernel takes activations in 8 bits: an input one bf16 rounding away can take
+    # the next code (1/127 of its group's largest), which its product then carries.
+    atol = 0.01 if scheme == "int4" and native.ready() else 0.005
     if replies == 1:
         caches = [decoder.reset(64)]
     else:
@@ -668,11 +674,11 @@ def test_the_step_a_cuda_graph_records_computes_what_run_computes(
             written = [(cache.keys.clone(), cache.values.clone()) for cache in caches]
             # The same tokens into the same slots, the same logits.
             expected = decoder.run([Segment(cache, tokens[i : i + 1]) for i, cache in enumerate(caches)])
-            torch.testing.assert_close(stepped, expected, atol=0.005, rtol=0)  # bf16 rounding at most
+            torch.testing.assert_close(stepped, expected, atol=atol, rtol=0)  # bf16 rounding at most
             for cache, (keys, values) in zip(caches, written, strict=True):
                 # Qwen3's normed keys are ~1, where a bf16 rounding is 0.008-0.016: two roundings.
-                torch.testing.assert_close(keys, cache.keys, atol=0.005, rtol=2**-6)
-                torch.testing.assert_close(values, cache.values, atol=0.005, rtol=0)
+                torch.testing.assert_close(keys, cache.keys, atol=atol, rtol=2**-6)
+                torch.testing.assert_close(values, cache.values, atol=atol, rtol=0)
             tokens = expected.argmax(-1)
 
 

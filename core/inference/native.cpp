@@ -1,0 +1,187 @@
+// Decoding's int4 matmul on x86 CPUs with AVX512-VNNI and AVX512-VBMI: a few activation rows times
+// int4 weights in torch's CPU layout (the one `_weight_int4pack_mm_for_cpu` reads), built and loaded by
+// core/inference/native.py.
+//
+// Each row goes in as bytes, a scale a group of 32 inputs (llama.cpp's Q8_0 activations), and meets the
+// 4-bit codes in VNNI byte dot products: 64 multiply-adds an instruction where torch's kernel widens
+// every weight to float32 for one. The weights are read from memory once a call whatever the row count
+// (a block of 64 outputs serves every row before the next), so a step for several replies costs about
+// what a step for one does. A weight is (q - 8) * scale + zero (torch's layout); a group's product is
+//   scale * d * sum(q * a) + (zero - 8 * scale) * d * sum(a)
+// with the row's codes a and their scale d: exactly the dequantized weights times the 8-bit row.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int64_t GROUP = 32;  // inputs a scale and zero point cover (core.inference.quantize.INT4_GROUP)
+constexpr int64_t BLOCK = 64;  // outputs a block of torch's layout holds: K x 32 bytes, j and j + 32 a byte
+constexpr int64_t ROWS = 4;    // rows a pass over a block's weights keeps in registers
+
+// A row as 8-bit codes with a scale a group of 32, and the codes' sum times that scale a group.
+template <typename scalar_t>
+void quantize_row(const scalar_t* x, int64_t K, int8_t* codes, float* scale, float* sums) {
+  for (int64_t g = 0; g < K / GROUP; ++g) {
+    const scalar_t* values = x + g * GROUP;
+    float largest = 0.f;
+    for (int64_t i = 0; i < GROUP; ++i) largest = std::max(largest, std::fabs(float(values[i])));
+    const float d = largest / 127.f;
+    const float inverse = d > 0.f ? 1.f / d : 0.f;
+    int total = 0;
+    for (int64_t i = 0; i < GROUP; ++i) {
+      const int code = int(std::nearbyint(float(values[i]) * inverse));
+      codes[g * GROUP + i] = int8_t(code);
+      total += code;
+    }
+    scale[g] = d;
+    sums[g] = d * float(total);
+  }
+}
+
+struct Rows {
+  const int8_t* codes;  // M x K
+  const float* scale;   // M x K / GROUP
+  const float* sums;    // M x K / GROUP
+  float* out;           // M x N
+};
+
+#if defined(__x86_64__)
+// Rows [first, first + M) times the 64 outputs of `block`.
+template <int M>
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx512vbmi"))) void block_product(
+    const uint8_t* weights, const uint32_t* scales_zeros, const Rows& rows, int64_t first, int64_t K,
+    int64_t N, int64_t block) {
+  // Four inputs of one output in each 32-bit lane, from four inputs' 32 bytes: byte 32 * b + i of the
+  // pair of loads is input k + b of outputs i (low nibble) and i + 32 (high nibble).
+  alignas(64) static const uint8_t order[2][64] = {
+#define LANE(i, base) uint8_t(base + i), uint8_t(32 + base + i), uint8_t(64 + base + i), uint8_t(96 + base + i)
+#define SIXTEEN(base)                                                                                   \
+  LANE(0, base), LANE(1, base), LANE(2, base), LANE(3, base), LANE(4, base), LANE(5, base), LANE(6, base), \
+      LANE(7, base), LANE(8, base), LANE(9, base), LANE(10, base), LANE(11, base), LANE(12, base),      \
+      LANE(13, base), LANE(14, base), LANE(15, base)
+      {SIXTEEN(0)}, {SIXTEEN(16)}};
+#undef SIXTEEN
+#undef LANE
+  const __m512i first_half = _mm512_load_si512(order[0]);
+  const __m512i second_half = _mm512_load_si512(order[1]);
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const __m512i high_bits = _mm512_set1_epi32(int(0xFFFF0000u));
+  const __m512 eight = _mm512_set1_ps(8.f);
+  const int64_t groups = K / GROUP;
+  const uint8_t* w = weights + block * K * (BLOCK / 2);
+  const int8_t* codes = rows.codes + first * K;
+  const float* scale = rows.scale + first * groups;
+  const float* sums = rows.sums + first * groups;
+  __m512 acc[M][4];
+  for (int m = 0; m < M; ++m)
+    for (int c = 0; c < 4; ++c) acc[m][c] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i dots[M][4];
+    for (int m = 0; m < M; ++m)
+      for (int c = 0; c < 4; ++c) dots[m][c] = _mm512_setzero_si512();
+    for (int64_t k = g * GROUP; k < (g + 1) * GROUP; k += 4) {
+      const __m512i low = _mm512_loadu_si512(w + k * 32);
+      const __m512i high = _mm512_loadu_si512(w + k * 32 + 64);
+      const __m512i t0 = _mm512_permutex2var_epi8(low, first_half, high);
+      const __m512i t1 = _mm512_permutex2var_epi8(low, second_half, high);
+      const __m512i q[4] = {
+          _mm512_and_si512(t0, nibble),                         // outputs 0-15
+          _mm512_and_si512(t1, nibble),                         // 16-31
+          _mm512_and_si512(_mm512_srli_epi16(t0, 4), nibble),  // 32-47
+          _mm512_and_si512(_mm512_srli_epi16(t1, 4), nibble),  // 48-63
+      };
+      for (int m = 0; m < M; ++m) {
+        int32_t four;
+        std::memcpy(&four, codes + m * K + k, 4);
+        const __m512i a = _mm512_set1_epi32(four);
+        for (int c = 0; c < 4; ++c) dots[m][c] = _mm512_dpbusd_epi32(dots[m][c], q[c], a);
+      }
+    }
+    for (int c = 0; c < 4; ++c) {  // 16 (scale, zero) bf16 pairs: bf16 is float32's upper half
+      const __m512i pairs = _mm512_loadu_si512(scales_zeros + g * N + block * BLOCK + c * 16);
+      const __m512 s = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+      const __m512 offset = _mm512_fnmadd_ps(eight, s, _mm512_castsi512_ps(_mm512_and_si512(pairs, high_bits)));
+      for (int m = 0; m < M; ++m) {
+        const __m512 d = _mm512_mul_ps(s, _mm512_set1_ps(scale[m * groups + g]));
+        acc[m][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[m][c]), d, acc[m][c]);
+        acc[m][c] = _mm512_fmadd_ps(offset, _mm512_set1_ps(sums[m * groups + g]), acc[m][c]);
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(rows.out + (first + m) * N + block * BLOCK + c * 16, acc[m][c]);
+}
+
+void products(const uint8_t* w, const uint32_t* sz, const Rows& rows, int64_t M, int64_t K, int64_t N) {
+  at::parallel_for(0, N / BLOCK, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      for (int64_t first = 0; first < M; first += ROWS) {  // the block's weights stay in cache meanwhile
+        switch (std::min(ROWS, M - first)) {
+          case 1: block_product<1>(w, sz, rows, first, K, N, block); break;
+          case 2: block_product<2>(w, sz, rows, first, K, N, block); break;
+          case 3: block_product<3>(w, sz, rows, first, K, N, block); break;
+          default: block_product<4>(w, sz, rows, first, K, N, block); break;
+        }
+      }
+    }
+  });
+}
+#endif
+
+bool supported() {
+#if defined(__x86_64__)
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+#else
+  return false;
+#endif
+}
+
+at::Tensor int4_rows(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales_zeros) {
+  TORCH_CHECK(supported(), "int4_rows: this CPU lacks AVX512-VNNI or AVX512-VBMI");
+  TORCH_CHECK(rows.dim() == 2 && rows.is_contiguous() && rows.device().is_cpu(), "int4_rows: 2-D CPU rows");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(), "int4_rows: torch's int4 layout");
+  TORCH_CHECK(scales_zeros.scalar_type() == at::kBFloat16 && scales_zeros.is_contiguous() &&
+                  scales_zeros.dim() == 3 && scales_zeros.size(2) == 2,
+              "int4_rows: bf16 scales and zeros, groups x outputs x 2");
+  const int64_t M = rows.size(0), K = rows.size(1), N = scales_zeros.size(1);
+  TORCH_CHECK(K % GROUP == 0 && N % BLOCK == 0 && scales_zeros.size(0) == K / GROUP &&
+                  packed.numel() == N * K / 2,
+              "int4_rows: shapes do not match");
+  const int64_t groups = K / GROUP;
+  std::vector<int8_t> codes(M * K);
+  std::vector<float> scale(M * groups), sums(M * groups);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rows.scalar_type(), "int4_rows", [&] {
+    const auto* x = rows.data_ptr<scalar_t>();
+    for (int64_t m = 0; m < M; ++m)
+      quantize_row(x + m * K, K, codes.data() + m * K, scale.data() + m * groups, sums.data() + m * groups);
+  });
+  auto out = at::empty({M, N}, rows.options().dtype(at::kFloat));
+#if defined(__x86_64__)
+  const Rows parts{codes.data(), scale.data(), sums.data(), out.data_ptr<float>()};
+  products(packed.data_ptr<uint8_t>(), reinterpret_cast<const uint32_t*>(scales_zeros.data_ptr()), parts, M, K, N);
+#endif
+  return out.to(rows.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY(localllm, m) {
+  m.def("supported() -> bool", supported);
+  m.def("int4_rows(Tensor rows, Tensor packed, Tensor scales_zeros) -> Tensor", int4_rows);
+}

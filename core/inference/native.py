@@ -1,0 +1,154 @@
+"""The engine's own CPU kernel (native.cpp): decoding's int4 matmul through AVX512-VNNI byte dot products.
+
+torch's int4 kernel widens every weight to float32 before multiplying, so on a small CPU it is
+compute-bound: ~20 GB/s of weights on the 2-core AMD EPYC where llama.cpp's Q4_K x Q8_K dot products
+read ~30, and each row of a batch adds ~25 % to a step. `int4_rows` reads torch's own int4 layout (no
+second copy of the weights) and meets 8-bit activations (a scale a group of 32 inputs, as llama.cpp's
+Q8_0) in byte dot products: memory-bound, and a step for four rows costs ~1.2 of a step for one.
+
+It is compiled for this machine with the C++ compiler beside torch's headers (~10 s, once: the library
+is kept under torch's extension folder, keyed by the source and torch's version) on a thread of its own
+when first asked for; until it is there, on CPUs without AVX512-VNNI and AVX512-VBMI, without a
+compiler, or with LOCALLLM_NATIVE=0, torch's kernel runs as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("native.cpp")
+BUILD_TIMEOUT_S = 600
+logger = logging.getLogger(__name__)
+
+
+class _Library:
+    """native.cpp's library in this process: loaded, being built, or unavailable (and why)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loaded = False
+        self.started = False  # a load or build was tried (or is under way)
+        self.settled = threading.Event()  # set once loaded, or known not to be
+        self.problem = ""
+
+    def ready(self) -> bool:
+        """Whether torch.ops.localllm runs here; the first call loads the kept library or starts its build."""
+        if self.loaded or self.started:
+            return self.loaded
+        with self.lock:
+            if self.started:
+                return self.loaded
+            self.started = True
+            if os.environ.get("LOCALLLM_NATIVE", "1") == "0":
+                self.problem = "LOCALLLM_NATIVE=0"
+                self.settled.set()
+            elif library_path().exists():
+                self._load()
+            else:
+                threading.Thread(target=self._build, name="localllm-native-build", daemon=True).start()
+        return self.loaded
+
+    def prepare(self, timeout_s: float = BUILD_TIMEOUT_S) -> bool:
+        """`ready`, once a build under way has ended (built, or not)."""
+        self.ready()
+        self.settled.wait(timeout_s)
+        return self.loaded
+
+    def _build(self) -> None:
+        try:
+            build(library_path())
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.problem = f"not built: {_first_line(exc)}"
+            logger.info("torch's int4 kernel runs: native.cpp %s", self.problem)
+            self.settled.set()
+            return
+        with self.lock:
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            torch.ops.load_library(str(library_path()))
+            works = bool(torch.ops.localllm.supported())
+        except (OSError, RuntimeError) as exc:
+            self.problem = f"not loaded: {_first_line(exc)}"
+        else:
+            self.problem = "" if works else "this CPU lacks AVX512-VNNI or AVX512-VBMI"
+            self.loaded = works
+        self.settled.set()
+        logger.info(
+            "int4 decoding kernel: %s", "native (VNNI)" if self.loaded else f"torch's ({self.problem})"
+        )
+
+
+LIBRARY = _Library()
+
+
+def ready() -> bool:
+    """Whether `int4_rows` runs on this machine now (the first call loads or starts building it)."""
+    return LIBRARY.ready()
+
+
+def prepare() -> bool:
+    """Whether `int4_rows` runs on this machine, building it first if need be (~10 s, once)."""
+    return LIBRARY.prepare()
+
+
+def int4_rows(rows: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor:
+    """rows (n x in, contiguous) times int4 weights in torch's CPU layout (`_weight_int4pack_mm_for_cpu`'s
+    packed codes and bf16 scales and zeros), the rows in 8 bits a group of 32: n x out in the rows' dtype."""
+    return torch.ops.localllm.int4_rows(rows, packed, scales_zeros)
+
+
+def library_path() -> Path:
+    """Where the library for this source, torch version and C++ ABI is kept."""
+    key = SOURCE.read_bytes() + f"{torch.__version__} {torch._C._GLIBCXX_USE_CXX11_ABI}".encode()
+    return _build_root() / "localllm" / f"native-{hashlib.sha256(key).hexdigest()[:16]}.so"
+
+
+def _build_root() -> Path:
+    """torch's folder for extensions built on this machine (cpp_extension's, without importing it)."""
+    if root := os.environ.get("LOCALLLM_NATIVE_DIR") or os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch_extensions"
+
+
+def build(path: Path) -> None:
+    """Compile native.cpp into `path`: under another name first, so that a process building at the same
+    time, or killed halfway, never leaves half a library where another would load it."""
+    from torch.utils import cpp_extension
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(descriptor)
+    library_dir = cpp_extension.library_paths()[0]
+    command = [
+        os.environ.get("CXX", "c++"), "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp",
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        *(f"-isystem{include}" for include in cpp_extension.include_paths()),
+        str(SOURCE), "-o", temporary,
+        f"-L{library_dir}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{library_dir}",
+    ]  # fmt: skip
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, subprocess.CalledProcessError):
+        return next((line for line in (exc.stderr or "").splitlines() if "error" in line), str(exc))[:300]
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+
+
+if __name__ == "__main__":  # `python -m core.inference.native`: build ahead (make run and make test do)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    prepare()

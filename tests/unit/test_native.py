@@ -1,0 +1,123 @@
+"""The engine's own int4 kernel (core/inference/native.cpp): exact on 8-bit rows, one row alone or in a
+batch alike, built and loaded once, and torch's kernel wherever it cannot run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.inference import native, quantize
+from core.inference.quantize import INT4_GROUP, UNPACK_BLOCK, Int4Linear, unpack_int4
+
+
+@pytest.fixture(scope="module")
+def built() -> None:
+    if not native.prepare():  # built here if `make` did not (~10 s)
+        pytest.skip(f"the engine's own int4 kernel does not run here ({native.LIBRARY.problem})")
+
+
+def _layer(inputs: int, outputs: int, seed: int = 0) -> Int4Linear:
+    torch.manual_seed(seed)
+    return Int4Linear.from_linear(torch.nn.Linear(inputs, outputs, bias=False), torch.bfloat16)
+
+
+def _weights(layer: Int4Linear) -> torch.Tensor:
+    """The layer's weights as the kernels read them, in float32: in × out."""
+    return unpack_int4(layer.packed, layer.scales_zeros.float(), 0, layer.out_features)
+
+
+def _eight_bit(rows: torch.Tensor) -> torch.Tensor:
+    """rows rounded as the kernel takes them: 8 bits a value, a scale a group of 32 (its largest / 127)."""
+    groups = rows.float().reshape(rows.shape[0], -1, INT4_GROUP)
+    scale = groups.abs().amax(-1, keepdim=True) / 127
+    codes = torch.where(scale > 0, groups / scale, 0).round()
+    return (codes * scale).reshape(rows.shape)
+
+
+@pytest.mark.usefixtures("built")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("count", [1, 3, 4, 9])
+def test_rows_already_in_eight_bits_get_the_exact_product(dtype: torch.dtype, count: int) -> None:
+    layer = _layer(8 * INT4_GROUP, 3 * UNPACK_BLOCK)
+    rows = torch.randint(-127, 128, (count, layer.in_features)).float()
+    rows.view(count, -1, INT4_GROUP)[:, :, 0] = 127  # each group's scale is 1: its codes are the values
+    rows[-1, :INT4_GROUP] = 0  # a group of zeros too
+    product = native.int4_rows(rows.to(dtype), layer.packed, layer.scales_zeros)
+    assert product.dtype == dtype and product.shape == (count, layer.out_features)
+    expected = rows @ _weights(layer)
+    torch.testing.assert_close(product.float(), expected, rtol=2**-8, atol=1e-3 * expected.abs().max().item())
+
+
+@pytest.mark.usefixtures("built")
+def test_any_rows_get_the_weights_times_their_eight_bit_rounding() -> None:
+    layer = _layer(4 * 2048 // 4, 11 * UNPACK_BLOCK, seed=1)
+    rows = torch.randn(5, layer.in_features, dtype=torch.bfloat16)
+    rows[2, 7] = 40.0  # an outlier coarsens its own group only
+    product = native.int4_rows(rows, layer.packed, layer.scales_zeros).float()
+    weights = _weights(layer)
+    rounded = _eight_bit(rows) @ weights
+    assert ((product - rounded).norm() / rounded.norm()).item() < 2**-8  # the bf16 output's rounding
+    exact = rows.float() @ weights
+    error = ((product - exact).norm() / exact.norm()).item()
+    assert 0 < error < 0.01  # 8-bit rows: ~0.5 % here; torch's kernel (bf16) ~0.2 %
+
+
+@pytest.mark.usefixtures("built")
+def test_a_row_gets_the_same_product_alone_as_beside_others() -> None:
+    # Replies decoding together get what they would get alone, to the bit (core.inference.batching).
+    layer = _layer(2 * 2048 // 2, 4 * UNPACK_BLOCK, seed=2)
+    rows = torch.randn(7, layer.in_features, dtype=torch.bfloat16)
+    together = native.int4_rows(rows, layer.packed, layer.scales_zeros)
+    for index in range(len(rows)):
+        alone = native.int4_rows(rows[index : index + 1].contiguous(), layer.packed, layer.scales_zeros)
+        assert torch.equal(alone[0], together[index])
+
+
+@pytest.mark.usefixtures("built")
+def test_an_int4_layer_decodes_through_it_and_odd_shapes_through_torchs_kernel() -> None:
+    layer = _layer(4 * INT4_GROUP, 2 * UNPACK_BLOCK)
+    rows = torch.randn(2, layer.in_features, dtype=torch.bfloat16)
+    assert layer.native_runs()
+    assert torch.equal(layer(rows), native.int4_rows(rows, layer.packed, layer.scales_zeros))
+    odd = _layer(4 * INT4_GROUP, UNPACK_BLOCK + 32)  # not whole blocks of 64 outputs
+    assert not odd.native_runs()
+    torch.testing.assert_close(
+        odd(rows), torch._weight_int4pack_mm_for_cpu(rows, odd.packed, INT4_GROUP, odd.scales_zeros)
+    )
+
+
+def test_without_it_torchs_kernel_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = _layer(4 * INT4_GROUP, 2 * UNPACK_BLOCK)
+    monkeypatch.setattr(native, "LIBRARY", native._Library())
+    monkeypatch.setenv("LOCALLLM_NATIVE", "0")
+    assert not native.ready() and native.LIBRARY.problem == "LOCALLLM_NATIVE=0"
+    rows = torch.randn(1, layer.in_features, dtype=torch.bfloat16)
+    assert torch.equal(
+        layer(rows), torch._weight_int4pack_mm_for_cpu(rows, layer.packed, INT4_GROUP, layer.scales_zeros)
+    )
+
+
+def test_a_machine_without_a_compiler_says_why_and_keeps_torchs_kernel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(native, "LIBRARY", native._Library())
+    monkeypatch.setenv("LOCALLLM_NATIVE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    assert not native.ready()  # the build starts on a thread of its own: nothing waits for it
+    assert not native.LIBRARY.prepare(timeout_s=60)
+    assert native.LIBRARY.problem.startswith("not built: ") and "no-such-compiler" in native.LIBRARY.problem
+    assert not any(tmp_path.rglob("*.so"))  # nothing half-built left where a later start would load it
+    assert not _layer(4 * INT4_GROUP, 2 * UNPACK_BLOCK).native_runs()
+
+
+def test_the_library_is_kept_per_source_and_torch_version(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LOCALLLM_NATIVE_DIR", str(tmp_path))
+    path = native.library_path()
+    assert path.parent == tmp_path / "localllm" and path.suffix == ".so"
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    assert native.library_path() != path  # another torch: built again
+    assert quantize.native is native

@@ -14,7 +14,8 @@ in a fresh process, one after another, on the same machine in the same run:
   --stats` prints the same figures. Greedy (temperature 0) and sampled: the defaults a user chats
   with (temperature 0.7, top-p 0.9, repetition penalty 1.1), against llama.cpp's sampler chain with
   the same settings (its top-k 40 and min-p 0.05 included); on a CPU "ours int8" the same with the
-  int8 setting (Settings → "Weights on the CPU"), to compare with llama.cpp's Q8_0;
+  int8 setting (Settings → "Weights on the CPU"), to compare with llama.cpp's Q8_0; where the
+  engine's own int4 kernel runs (core.inference.native), "ours, torch's int4" the same without it;
 - bare: `model.generate` with the very same weights (ours / bare: what the engine adds or saves);
 - reference: `model.generate` in bf16 (fp32 where the CPU has no bf16) with transformers' SDPA;
 - llama.cpp Q8_0 and Q4_K_M through llama-cpp-python, when it is installed (outside requirements.txt)
@@ -40,6 +41,7 @@ from pathlib import Path
 
 from bench.readiness import CATALOG_MODELS, CONFIGS, build
 from core.hardware import measure_bandwidth
+from core.inference import native
 from core.inference.sizing import Precision, decode_tokens_per_s_bound, model_memory
 from core.settings import PROJECT_ROOT
 from tests.fixtures.tiny_models import install_ready
@@ -262,12 +264,14 @@ def llama_cpp_rows(source: Path, model: Path, work: Path, args: argparse.Namespa
     return rows
 
 
-def ours_row(models: Path, key: str, args: argparse.Namespace, *quantization: str) -> dict:
+def ours_row(
+    models: Path, key: str, args: argparse.Namespace, *quantization: str, env: dict[str, str] | None = None
+) -> dict:
     words = str(prompt_words(args.prompt_tokens))
     command = ["-c", OURS, str(models), key, words, str(args.tokens), *quantization]
-    first = run_json(command)  # a model's first load on the CPU quantizes it and keeps the copy
+    first = run_json(command, env)  # a model's first load on the CPU quantizes it and keeps the copy
     os.sync()  # the model and its quantized copy written out before anything is timed
-    record = run_json(command)
+    record = run_json(command, env)
     return record | {"first_load_s": first["load_s"], "first_peak_rss_mb": first["peak_rss_mb"]}
 
 
@@ -297,6 +301,9 @@ def main() -> None:
             rows: dict[str, dict] = {"ours": ours_row(work / "models", key, args)}
             if rows["ours"]["device"] == "cpu":  # the int8 setting, against llama.cpp's Q8_0
                 rows["ours int8"] = ours_row(work / "models", key, args, "int8")
+                if native.prepare():  # what the engine's own int4 kernel changes (core.inference.native)
+                    without = {**os.environ, "LOCALLLM_NATIVE": "0"}
+                    rows["ours, torch's int4"] = ours_row(work / "models", key, args, env=without)
             for mode in ("bare", "reference"):
                 rows[mode] = run_json(
                     ["-c", BARE, str(source), mode, str(args.prompt_tokens), str(args.tokens)]

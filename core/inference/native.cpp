@@ -1,6 +1,6 @@
-// Decoding's int4 matmul on x86 CPUs with AVX512-VNNI and AVX512-VBMI: a few activation rows times
-// int4 weights in torch's CPU layout (the one `_weight_int4pack_mm_for_cpu` reads), built and loaded by
-// core/inference/native.py.
+// Decoding's matmuls on x86 CPUs with AVX512-VNNI and AVX512-VBMI, built and loaded by
+// core/inference/native.py: a few activation rows times int4 weights in torch's CPU layout (the one
+// `_weight_int4pack_mm_for_cpu` reads), and times int8 weights with a scale a row (`int8_rows`).
 //
 // Each row goes in as bytes, a scale a group of 32 inputs (llama.cpp's Q8_0 activations), and meets the
 // 4-bit codes in VNNI byte dot products: 64 multiply-adds an instruction where torch's kernel widens
@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -141,6 +142,34 @@ void products(const uint8_t* w, const uint32_t* sz, const Rows& rows, int64_t M,
     }
   });
 }
+
+// int8 weights (N x K, a scale a row) meet each row as two byte planes, exact to 15 bits of the row's
+// largest value: codes high and the remainder low (counted 1/SPLIT), as unsigned bytes (128 added, taken
+// back with the weights' row sums), so that VNNI multiplies them by the weights as they are.
+constexpr float SPLIT = 254.f;
+
+template <int M>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_outputs(
+    const int8_t* weights, const int32_t* weight_sums, const uint8_t* high, const uint8_t* low, int64_t K,
+    int64_t begin, int64_t end, float* whole, float* part, int64_t N) {
+  for (int64_t o = begin; o < end; ++o) {
+    const int8_t* w = weights + o * K;
+    __m512i sum_high[M], sum_low[M];
+    for (int m = 0; m < M; ++m) sum_high[m] = sum_low[m] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 64) {
+      const __m512i v = _mm512_loadu_si512(w + k);
+      for (int m = 0; m < M; ++m) {
+        sum_high[m] = _mm512_dpbusd_epi32(sum_high[m], _mm512_loadu_si512(high + m * K + k), v);
+        sum_low[m] = _mm512_dpbusd_epi32(sum_low[m], _mm512_loadu_si512(low + m * K + k), v);
+      }
+    }
+    const int32_t offset = 128 * weight_sums[o];
+    for (int m = 0; m < M; ++m) {
+      whole[m * N + o] = float(_mm512_reduce_add_epi32(sum_high[m]) - offset);
+      part[m * N + o] = float(_mm512_reduce_add_epi32(sum_low[m]) - offset);
+    }
+  }
+}
 #endif
 
 bool supported() {
@@ -179,9 +208,67 @@ at::Tensor int4_rows(const at::Tensor& rows, const at::Tensor& packed, const at:
   return out.to(rows.scalar_type());
 }
 
+// A row's two byte planes (see int8_outputs), and the scale of its high one.
+template <typename scalar_t>
+float split_row(const scalar_t* x, int64_t K, uint8_t* high, uint8_t* low) {
+  float largest = 0.f;
+  for (int64_t i = 0; i < K; ++i) largest = std::max(largest, std::fabs(float(x[i])));
+  const float d = largest / 127.f;
+  const float inverse = d > 0.f ? 1.f / d : 0.f;
+  for (int64_t i = 0; i < K; ++i) {
+    const float scaled = float(x[i]) * inverse;
+    const float whole = std::nearbyint(scaled);
+    high[i] = uint8_t(int(whole) + 128);
+    low[i] = uint8_t(int(std::nearbyint((scaled - whole) * SPLIT)) + 128);
+  }
+  return d;
+}
+
+at::Tensor int8_rows(const at::Tensor& rows, const at::Tensor& weight, const at::Tensor& scale,
+                     const at::Tensor& weight_sums) {
+  TORCH_CHECK(supported(), "int8_rows: this CPU lacks AVX512-VNNI or AVX512-VBMI");
+  TORCH_CHECK(rows.dim() == 2 && rows.is_contiguous() && rows.device().is_cpu(), "int8_rows: 2-D CPU rows");
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.dim() == 2,
+              "int8_rows: contiguous int8 weights");
+  TORCH_CHECK(weight_sums.scalar_type() == at::kInt && weight_sums.is_contiguous(), "int8_rows: int32 sums");
+  const int64_t M = rows.size(0), K = rows.size(1), N = weight.size(0);
+  TORCH_CHECK(weight.size(1) == K && K % 64 == 0 && scale.numel() == N && weight_sums.numel() == N,
+              "int8_rows: shapes do not match");
+  std::vector<uint8_t> high(M * K), low(M * K);
+  std::vector<float> row_scale(M);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rows.scalar_type(), "int8_rows", [&] {
+    const auto* x = rows.data_ptr<scalar_t>();
+    for (int64_t m = 0; m < M; ++m) row_scale[m] = split_row(x + m * K, K, high.data() + m * K, low.data() + m * K);
+  });
+  auto whole = at::empty({M, N}, rows.options().dtype(at::kFloat));
+  auto part = at::empty({M, N}, rows.options().dtype(at::kFloat));
+#if defined(__x86_64__)
+  const int8_t* w = weight.data_ptr<int8_t>();
+  const int32_t* sums = weight_sums.data_ptr<int32_t>();
+  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t first = 0; first < M; first += ROWS) {
+      const uint8_t* h = high.data() + first * K;
+      const uint8_t* l = low.data() + first * K;
+      float* wh = whole.data_ptr<float>() + first * N;
+      float* pa = part.data_ptr<float>() + first * N;
+      switch (std::min(ROWS, M - first)) {
+        case 1: int8_outputs<1>(w, sums, h, l, K, begin, end, wh, pa, N); break;
+        case 2: int8_outputs<2>(w, sums, h, l, K, begin, end, wh, pa, N); break;
+        case 3: int8_outputs<3>(w, sums, h, l, K, begin, end, wh, pa, N); break;
+        default: int8_outputs<4>(w, sums, h, l, K, begin, end, wh, pa, N); break;
+      }
+    }
+  });
+#endif
+  // (whole + part / SPLIT) x the row's scale x the output's scale
+  const auto scales = at::from_blob(row_scale.data(), {M, 1}, at::kFloat);
+  return whole.add_(part, 1.0 / SPLIT).mul_(scales).mul_(scale.to(at::kFloat)).to(rows.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(localllm, m) {
   m.def("supported() -> bool", supported);
   m.def("int4_rows(Tensor rows, Tensor packed, Tensor scales_zeros) -> Tensor", int4_rows);
+  m.def("int8_rows(Tensor rows, Tensor weight, Tensor scale, Tensor weight_sums) -> Tensor", int8_rows);
 }

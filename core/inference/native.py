@@ -107,6 +107,15 @@ def int4_rows(rows: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tens
     return torch.ops.localllm.int4_rows(rows, packed, scales_zeros)
 
 
+def int8_rows(
+    rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, weight_sums: torch.Tensor
+) -> torch.Tensor:
+    """rows (n x in, contiguous; in a multiple of 64) times int8 weights (out x in) with a scale a row,
+    the rows exact to 15 bits of their largest (two bytes a value), `weight_sums` the weights' int32
+    row sums: n x out in the rows' dtype."""
+    return torch.ops.localllm.int8_rows(rows, weight, scale, weight_sums)
+
+
 def library_path() -> Path:
     """Where the library for this source, torch version and C++ ABI is kept."""
     key = SOURCE.read_bytes() + f"{torch.__version__} {torch._C._GLIBCXX_USE_CXX11_ABI}".encode()

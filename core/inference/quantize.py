@@ -9,7 +9,7 @@ bytes per weight, more tokens per second. Activations stay in the model's dtype.
   projections of the first eighth of the layers stay int8, and in narrow models (hidden size <= 1024)
   the whole first eighth of the layers, and every attention and o projection where they are a small
   part of a layer (core.inference.sizing.KvLayout.int4_keeps_int8).
-- int8: one scale per output channel (`_weight_int8pack_mm`), close to lossless.
+- int8: one scale per output channel (`_weight_int8pack_mm`, or the engine's own kernel), close to lossless.
 
 Either way the output head (the tied vocabulary) stays int8, as llama.cpp's Q4_K_M keeps its output at
 6 bits, and sibling projections of one input (q/k/v, gate/up) are concatenated before quantizing, so
@@ -22,6 +22,12 @@ from then on (`pack_in_background`). That kernel multiplies int8 weights by 8-bi
 `packed_matmul` splits each activation row exactly into two 8-bit parts, so what it computes is the
 int8 weights times the activations to 15 bits of their row's largest value (relative error ~3e-5,
 well below the bf16 rounding of the logits), not an 8-bit approximation of them.
+
+Where AVX512-VNNI and VBMI run, decoding's matmuls are the engine's own (core.inference.native, built
+once a machine): int4 weights in torch's layout meet rows in 8 bits a group of 32 (llama.cpp's Q8_0
+activations; KL +0.6 %), int8 weights meet rows split exactly as `packed_matmul` splits them, both in
+VNNI byte dot products reading the weights as they are stored (memory-bound: ~1.3-1.7 × torch's
+kernels, and the head needs no packed copy).
 
 A prompt is compute-bound where decoding is bound by memory: from PROMPT_ROWS rows on (int8) or
 an int4 layer's `prompt_rows` (bf16 activations; where the two paths cross on this CPU, measured once:
@@ -365,6 +371,7 @@ class Int8Linear(QuantizedLinear):
         self.register_buffer("scale", scale)
         self.packed: PackedInt8 | None = None
         self.packing = False  # a packed copy is being made or is there (memory: stored_bytes)
+        self.weight_sums: torch.Tensor | None = None  # int32 row sums, for the engine's own kernel
 
     def pack(self) -> None:
         """Pack the weights for oneDNN (~0.3 s for Qwen2.5-0.5B's vocabulary); `product` uses them after."""
@@ -385,10 +392,19 @@ class Int8Linear(QuantizedLinear):
         return self.scale.dtype
 
     def product(self, rows: torch.Tensor) -> torch.Tensor:
+        if rows.shape[0] < PROMPT_ROWS and self.native_runs():
+            if self.weight_sums is None:
+                self.weight_sums = self.weight.sum(1, dtype=torch.int32)
+            return native.int8_rows(rows.contiguous(), self.weight, self.scale, self.weight_sums)
         packed = self.packed
         if packed is not None and rows.shape[0] < PROMPT_ROWS:
             return packed_matmul(rows, packed).to(self.dtype)
         return int8_matmul(rows, self.weight, self.scale)
+
+    def native_runs(self) -> bool:
+        """Whether a few rows go to the engine's own int8 kernel (core.inference.native: the rows exact to
+        15 bits, as `packed_matmul`'s; ~1.6 × `_weight_int8pack_mm`'s speed, ~1.5 × the packed head's)."""
+        return self.weight.device.type == "cpu" and self.in_features % 64 == 0 and native.ready()
 
 
 def packed_matmul(rows: torch.Tensor, packed: PackedInt8, peak: float | None = None) -> torch.Tensor:
@@ -460,6 +476,8 @@ def pack_in_background(layer: nn.Module) -> threading.Thread | None:
     `core chat`, alternating runs).
     """
     if not isinstance(layer, Int8Linear) or layer.weight.device.type != "cpu" or not packing_works():
+        return None
+    if layer.native_runs():  # the engine's own kernel reads the weights as they are: no second copy
         return None
 
     def pack() -> None:

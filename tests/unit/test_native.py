@@ -1,5 +1,5 @@
-"""The engine's own int4 kernel (core/inference/native.cpp): exact on 8-bit rows, one row alone or in a
-batch alike, built and loaded once, and torch's kernel wherever it cannot run."""
+"""The engine's own kernels (core/inference/native.cpp): int4 exact on 8-bit rows, int8 exact to 15 bits,
+one row alone or in a batch alike, built and loaded once, and torch's kernels wherever they cannot run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.inference import native, quantize
-from core.inference.quantize import INT4_GROUP, UNPACK_BLOCK, Int4Linear, unpack_int4
+from core.inference.quantize import INT4_GROUP, UNPACK_BLOCK, Int4Linear, Int8Linear, unpack_int4
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,27 @@ def test_an_int4_layer_decodes_through_it_and_odd_shapes_through_torchs_kernel()
     )
 
 
+@pytest.mark.usefixtures("built")
+def test_int8_weights_meet_rows_exact_to_fifteen_bits_and_the_head_needs_no_packed_copy() -> None:
+    torch.manual_seed(3)
+    layer = Int8Linear.from_linear(torch.nn.Linear(3 * 64, 200, bias=True), torch.bfloat16)
+    rows = torch.randn(6, layer.in_features, dtype=torch.bfloat16)
+    rows[4, 5] = 60.0  # a massive activation: still exact (two bytes a value, scaled to the row's largest)
+    assert layer.native_runs()
+    product = layer(rows)
+    exact = rows.float() @ (layer.weight.float() * layer.scale.float()[:, None]).t() + layer.bias.float()
+    assert ((product.float() - exact).norm() / exact.norm()).item() < 2**-8  # the bf16 output's rounding
+    for index in range(len(rows)):  # alone or beside others, the same to the bit
+        assert torch.equal(layer(rows[index : index + 1]), product[index : index + 1])
+    assert quantize.pack_in_background(layer) is None and layer.packed is None and not layer.packing
+    torch.testing.assert_close(
+        product - layer.bias,
+        torch._weight_int8pack_mm(rows, layer.weight, layer.scale),
+        atol=0.02,
+        rtol=0.02,
+    )
+
+
 def test_without_it_torchs_kernel_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     layer = _layer(4 * INT4_GROUP, 2 * UNPACK_BLOCK)
     monkeypatch.setattr(native, "LIBRARY", native._Library())
@@ -97,6 +118,9 @@ def test_without_it_torchs_kernel_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.equal(
         layer(rows), torch._weight_int4pack_mm_for_cpu(rows, layer.packed, INT4_GROUP, layer.scales_zeros)
     )
+    int8 = Int8Linear.from_linear(torch.nn.Linear(64, 32, bias=False), torch.bfloat16)
+    rows = torch.randn(2, 64, dtype=torch.bfloat16)
+    assert torch.equal(int8(rows), torch._weight_int8pack_mm(rows, int8.weight, int8.scale))
 
 
 def test_a_machine_without_a_compiler_says_why_and_keeps_torchs_kernel(

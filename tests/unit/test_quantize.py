@@ -434,6 +434,13 @@ def test_the_packed_head_computes_the_int8_weights_times_the_activations_to_15_b
     )
 
 
+@pytest.fixture
+def without_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's and oneDNN's kernels, as on CPUs where the engine's own (core.inference.native) does not run:
+    there the head is packed for oneDNN."""
+    monkeypatch.setattr(native, "ready", lambda: False)
+
+
 def test_a_process_that_ends_while_the_head_is_packed_exits_cleanly() -> None:
     if not quantize.packing_works():
         pytest.skip("this torch build cannot pack int8 weights for oneDNN")
@@ -445,10 +452,14 @@ def test_a_process_that_ends_while_the_head_is_packed_exits_cleanly() -> None:
         "layer = Int8Linear(torch.ones(131072, 1024, dtype=torch.int8), torch.full((131072,), 0.01), None)\n"
         "assert pack_in_background(layer) is not None\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "LOCALLLM_NATIVE": "0"}  # where the engine's own kernel runs, nothing is packed
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
     assert done.returncode == 0, done.stderr[-500:]
 
 
+@pytest.mark.usefixtures("without_native")
 def test_the_packing_thread_is_no_daemon_even_when_a_daemon_thread_asks() -> None:
     # The engine's thread is a daemon when a daemon thread (Streamlit's script runner) first gave it
     # work, and a thread inherits that: the packing thread was a daemon then, and a process that ended
@@ -466,6 +477,7 @@ def test_the_packing_thread_is_no_daemon_even_when_a_daemon_thread_asks() -> Non
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling class")
+@pytest.mark.usefixtures("without_native")
 def test_the_head_is_packed_only_on_cores_that_replies_leave_idle() -> None:
     # Packing takes a core right after a load, which is usually a first message's: at normal priority
     # fbgemm's packing (~1.5 s) slowed that reply's first token by ~0.4 s on 2 cores.
@@ -483,6 +495,7 @@ def test_the_head_is_packed_only_on_cores_that_replies_leave_idle() -> None:
     assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller (the engine's thread) is left alone
 
 
+@pytest.mark.usefixtures("without_native")
 def test_the_engine_packs_the_head_after_loading_and_replies_stay_the_same(
     tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:

@@ -15,7 +15,7 @@ in a fresh process, one after another, on the same machine in the same run:
   with (temperature 0.7, top-p 0.9, repetition penalty 1.1), against llama.cpp's sampler chain with
   the same settings (its top-k 40 and min-p 0.05 included); on a CPU "ours int8" the same with the
   int8 setting (Settings → "Weights on the CPU"), to compare with llama.cpp's Q8_0; where the
-  engine's own int4 kernel runs (core.inference.native), "ours, torch's int4" the same without it;
+  engine's own kernels run (core.inference.native), "ours, torch's kernels" the same without them;
 - bare: `model.generate` with the very same weights (ours / bare: what the engine adds or saves);
 - reference: `model.generate` in bf16 (fp32 where the CPU has no bf16) with transformers' SDPA;
 - llama.cpp Q8_0 and Q4_K_M through llama-cpp-python, when it is installed (outside requirements.txt)
@@ -301,9 +301,9 @@ def main() -> None:
             rows: dict[str, dict] = {"ours": ours_row(work / "models", key, args)}
             if rows["ours"]["device"] == "cpu":  # the int8 setting, against llama.cpp's Q8_0
                 rows["ours int8"] = ours_row(work / "models", key, args, "int8")
-                if native.prepare():  # what the engine's own int4 kernel changes (core.inference.native)
+                if native.prepare():  # what the engine's own kernels change (core.inference.native)
                     without = {**os.environ, "LOCALLLM_NATIVE": "0"}
-                    rows["ours, torch's int4"] = ours_row(work / "models", key, args, env=without)
+                    rows["ours, torch's kernels"] = ours_row(work / "models", key, args, env=without)
             for mode in ("bare", "reference"):
                 rows[mode] = run_json(
                     ["-c", BARE, str(source), mode, str(args.prompt_tokens), str(args.tokens)]

@@ -1,15 +1,17 @@
-"""The engine's own CPU kernel (native.cpp): decoding's int4 matmul through AVX512-VNNI byte dot products.
+"""The engine's own CPU kernels (native.cpp): decoding's int4 and int8 matmuls, VNNI byte dot products.
 
 torch's int4 kernel widens every weight to float32 before multiplying, so on a small CPU it is
 compute-bound: ~20 GB/s of weights on the 2-core AMD EPYC where llama.cpp's Q4_K x Q8_K dot products
 read ~30, and each row of a batch adds ~25 % to a step. `int4_rows` reads torch's own int4 layout (no
 second copy of the weights) and meets 8-bit activations (a scale a group of 32 inputs, as llama.cpp's
 Q8_0) in byte dot products: memory-bound, and a step for four rows costs ~1.2 of a step for one.
+`int8_rows` does the same for int8 weights with the rows exact to 15 bits (two bytes a value), so the
+output head needs no packed oneDNN copy.
 
-It is compiled for this machine with the C++ compiler beside torch's headers (~10 s, once: the library
-is kept under torch's extension folder, keyed by the source and torch's version) on a thread of its own
-when first asked for; until it is there, on CPUs without AVX512-VNNI and AVX512-VBMI, without a
-compiler, or with LOCALLLM_NATIVE=0, torch's kernel runs as before.
+They are compiled for this machine with the C++ compiler beside torch's headers (~10 s, once: the
+library is kept under torch's extension folder, keyed by the source and torch's version) on a thread of
+its own when first asked for; until it is there, on CPUs without AVX512-VNNI and AVX512-VBMI, without a
+compiler, or with LOCALLLM_NATIVE=0, torch's kernels run as before.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class _Library:
             build(library_path())
         except (OSError, subprocess.SubprocessError) as exc:
             self.problem = f"not built: {_first_line(exc)}"
-            logger.info("torch's int4 kernel runs: native.cpp %s", self.problem)
+            logger.info("torch's kernels run: native.cpp %s", self.problem)
             self.settled.set()
             return
         with self.lock:
@@ -84,7 +86,7 @@ class _Library:
             self.loaded = works
         self.settled.set()
         logger.info(
-            "int4 decoding kernel: %s", "native (VNNI)" if self.loaded else f"torch's ({self.problem})"
+            "decoding kernels: %s", "the engine's own (VNNI)" if self.loaded else f"torch's ({self.problem})"
         )
 
 
@@ -92,12 +94,12 @@ LIBRARY = _Library()
 
 
 def ready() -> bool:
-    """Whether `int4_rows` runs on this machine now (the first call loads or starts building it)."""
+    """Whether the kernels run on this machine now (the first call loads them or starts building them)."""
     return LIBRARY.ready()
 
 
 def prepare() -> bool:
-    """Whether `int4_rows` runs on this machine, building it first if need be (~10 s, once)."""
+    """Whether the kernels run on this machine, building them first if need be (~10 s, once)."""
     return LIBRARY.prepare()
 
 

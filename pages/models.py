@@ -10,7 +10,6 @@ from core.hub.catalog import ModelSpec
 from core.hub.library import DownloadPlan, ModelLibrary, ModelStatus
 from core.hub.transfer import Progress
 from core.inference.sizing import (
-    CPU_DECODE_EFFICIENCY,
     MemoryEstimate,
     decode_tokens_per_s_bound,
     memory_verdict,
@@ -277,11 +276,12 @@ def speed_text(key: str, estimate: MemoryEstimate, bandwidth: float | None) -> s
     if bandwidth is None:
         return t("models.speed_pending")
     bound = decode_tokens_per_s_bound(estimate, bandwidth)
+    efficiency = resources.engine().decode_efficiency()
     text = t(
         "models.speed",
-        tps=f"{bound * CPU_DECODE_EFFICIENCY:.0f}",
+        tps=f"{bound * efficiency:.0f}",
         bound=f"{bound:.0f}",
-        efficiency=f"{CPU_DECODE_EFFICIENCY * 100:.0f}",
+        efficiency=f"{efficiency * 100:.0f}",
         bandwidth=f"{bandwidth / 1e9:.0f}",
         weights=format_bytes(estimate.read_per_token_bytes),
     )

@@ -44,18 +44,21 @@ def hardware(as_json: bool) -> int:
 def _models(
     models_library: Any, precision: Any, info: HardwareInfo, bandwidth: float, parallel: int
 ) -> dict[str, Any]:
+    from core.inference import native
     from core.inference.sizing import (
-        CPU_DECODE_EFFICIENCY,
+        cpu_decode_efficiency,
         decode_tokens_per_s_bound,
         memory_verdict,
         replies_that_fit,
     )
 
+    # The engine's own kernels where they are built (a command this short never starts their build).
+    efficiency = cpu_decode_efficiency(native.library_path().exists() and native.ready())
     found = {}
     for spec in models_library.models():
         estimate = models_library.memory_estimate(spec.key, precision)
         needed = estimate.total_bytes if estimate else None
-        speed = decode_tokens_per_s_bound(estimate, bandwidth) * CPU_DECODE_EFFICIENCY if estimate else None
+        speed = decode_tokens_per_s_bound(estimate, bandwidth) * efficiency if estimate else None
         verdict = memory_verdict(needed, info) if needed else None
         found[spec.key] = {
             "context_tokens": models_library.context_tokens(spec.key),

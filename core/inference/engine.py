@@ -14,6 +14,7 @@ import dataclasses
 import gc
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +45,7 @@ from core.inference.sizing import (
     CONTEXT_FOR_ESTIMATES,
     MemoryEstimate,
     Precision,
+    cpu_decode_efficiency,
     model_memory,
     replies_that_fit,
 )
@@ -128,6 +130,12 @@ class LocalEngine:
         imported = self._torch.submit(import_ahead)
         self._read_bandwidth()  # last: the pages' own work comes first
         return imported
+
+    def decode_efficiency(self) -> float:
+        """Decode speed / its bandwidth bound on this CPU (sizing.cpu_decode_efficiency): with the
+        engine's own kernels once the torch thread has loaded them (core.inference.native)."""
+        native = sys.modules.get("core.inference.native")  # imported on the torch thread, never here
+        return cpu_decode_efficiency(bool(native and native.LIBRARY.loaded))
 
     def _read_bandwidth(self) -> None:
         self._bandwidth_asked_at = time.monotonic()

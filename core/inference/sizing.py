@@ -235,8 +235,15 @@ def replies_that_fit(estimate: MemoryEstimate, available_bytes: int, limit: int)
 
 
 # Decode speed with the default sampling / the bound: the lower of the catalog models' "sampled" ratios in
-# bench/speed.py (2026-12-01: Qwen2.5-0.5B 0.55, TinyLlama-1.1B 0.71).
+# bench/speed.py, with torch's CPU kernels (2026-12-01: Qwen2.5-0.5B 0.55, TinyLlama-1.1B 0.71) and with
+# the engine's own (core.inference.native; 2026-12-04 at 6e2131e: Qwen2.5-0.5B 0.86, TinyLlama-1.1B 0.96).
 CPU_DECODE_EFFICIENCY = 0.55
+NATIVE_DECODE_EFFICIENCY = 0.86
+
+
+def cpu_decode_efficiency(native_kernels: bool) -> float:
+    """Decode speed with the default sampling / its bandwidth bound, with or without our own kernels."""
+    return NATIVE_DECODE_EFFICIENCY if native_kernels else CPU_DECODE_EFFICIENCY
 
 
 def decode_tokens_per_s_bound(estimate: MemoryEstimate, bandwidth_bytes_per_s: float) -> float:

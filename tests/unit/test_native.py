@@ -145,3 +145,17 @@ def test_the_library_is_kept_per_source_and_torch_version(
     monkeypatch.setattr(torch, "__version__", "0.0.1")
     assert native.library_path() != path  # another torch: built again
     assert quantize.native is native
+
+
+@pytest.mark.usefixtures("built")
+def test_speed_estimates_count_on_the_kernels_that_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from core.inference.engine import LocalEngine
+    from core.inference.sizing import CPU_DECODE_EFFICIENCY, NATIVE_DECODE_EFFICIENCY
+
+    engine = LocalEngine(tmp_path, device="cpu", idle_unload_s=0)
+    monkeypatch.setattr(native, "LIBRARY", native._Library())  # nothing loaded yet in this process
+    assert engine.decode_efficiency() == CPU_DECODE_EFFICIENCY  # the Models page's estimate: torch's
+    assert native.LIBRARY.prepare()
+    assert engine.decode_efficiency() == NATIVE_DECODE_EFFICIENCY > CPU_DECODE_EFFICIENCY

@@ -52,7 +52,7 @@ def test_rows_already_in_eight_bits_get_the_exact_product(dtype: torch.dtype, co
 
 @pytest.mark.usefixtures("built")
 def test_any_rows_get_the_weights_times_their_eight_bit_rounding() -> None:
-    layer = _layer(4 * 2048 // 4, 11 * UNPACK_BLOCK, seed=1)
+    layer = _layer(2048, 11 * UNPACK_BLOCK, seed=1)
     rows = torch.randn(5, layer.in_features, dtype=torch.bfloat16)
     rows[2, 7] = 40.0  # an outlier coarsens its own group only
     product = native.int4_rows(rows, layer.packed, layer.scales_zeros).float()
@@ -67,7 +67,7 @@ def test_any_rows_get_the_weights_times_their_eight_bit_rounding() -> None:
 @pytest.mark.usefixtures("built")
 def test_a_row_gets_the_same_product_alone_as_beside_others() -> None:
     # Replies decoding together get what they would get alone, to the bit (core.inference.batching).
-    layer = _layer(2 * 2048 // 2, 4 * UNPACK_BLOCK, seed=2)
+    layer = _layer(2048, 4 * UNPACK_BLOCK, seed=2)
     rows = torch.randn(7, layer.in_features, dtype=torch.bfloat16)
     together = native.int4_rows(rows, layer.packed, layer.scales_zeros)
     for index in range(len(rows)):

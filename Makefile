@@ -39,8 +39,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # The project itself is installed editable, without dependencies (requirements*.txt has them): the
-# `localllm` command in .venv/bin. Then the engine's own int4 kernel is compiled for this machine (~10 s,
-# once; core/inference/native.py: without a C++ compiler it says so and torch's kernel runs).
+# `localllm` command in .venv/bin. Then the engine's own CPU kernels are compiled for this machine (~10 s,
+# once; core/inference/native.py: without a C++ compiler it says so and torch's kernels run).
 $(RUNTIME_STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PIP) -r requirements.txt
 	$(PIP) --no-deps -e .

@@ -34,14 +34,19 @@ constexpr int64_t GROUP = 32;  // inputs a scale and zero point cover (core.infe
 constexpr int64_t BLOCK = 64;  // outputs a block of torch's layout holds: K x 32 bytes, j and j + 32 a byte
 constexpr int64_t ROWS = 4;    // rows a pass over a block's weights keeps in registers
 
+template <typename scalar_t>
+float largest_magnitude(const scalar_t* values, int64_t count) {
+  float largest = 0.f;
+  for (int64_t i = 0; i < count; ++i) largest = std::max(largest, std::fabs(float(values[i])));
+  return largest;
+}
+
 // A row as 8-bit codes with a scale a group of 32, and the codes' sum times that scale a group.
 template <typename scalar_t>
 void quantize_row(const scalar_t* x, int64_t K, int8_t* codes, float* scale, float* sums) {
   for (int64_t g = 0; g < K / GROUP; ++g) {
     const scalar_t* values = x + g * GROUP;
-    float largest = 0.f;
-    for (int64_t i = 0; i < GROUP; ++i) largest = std::max(largest, std::fabs(float(values[i])));
-    const float d = largest / 127.f;
+    const float d = largest_magnitude(values, GROUP) / 127.f;
     const float inverse = d > 0.f ? 1.f / d : 0.f;
     int total = 0;
     for (int64_t i = 0; i < GROUP; ++i) {
@@ -211,9 +216,7 @@ at::Tensor int4_rows(const at::Tensor& rows, const at::Tensor& packed, const at:
 // A row's two byte planes (see int8_outputs), and the scale of its high one.
 template <typename scalar_t>
 float split_row(const scalar_t* x, int64_t K, uint8_t* high, uint8_t* low) {
-  float largest = 0.f;
-  for (int64_t i = 0; i < K; ++i) largest = std::max(largest, std::fabs(float(x[i])));
-  const float d = largest / 127.f;
+  const float d = largest_magnitude(x, K) / 127.f;
   const float inverse = d > 0.f ? 1.f / d : 0.f;
   for (int64_t i = 0; i < K; ++i) {
     const float scaled = float(x[i]) * inverse;

@@ -6,7 +6,8 @@ reference's: relative logit error, top-1 agreement and the mean KL divergence pe
 Run as a script it measures what prompts and decoding cost in quality on this machine, for each
 catalog model (random weights, bench/speed.py's): int4 with fp32 activations (bench/speed.py's quality
 table), the engine's bf16 model with prompts unpacked each time, decoding's int4 kernel (the engine's
-own, 8-bit activations: core.inference.native, and torch's, bf16 activations), and through the copy
+own, 8-bit activations: core.inference.native, and torch's, bf16 activations), the engine's decoder
+token by token (each layer one call of the engine's own, or torch operations), and through the copy
 kept for prompts as the engine runs it (int8 with 8-bit activations where oneDNN's int8 kernel runs:
 `quantize.PROMPT_PEAK`, outlier columns in 16 bits), with every row 8-bit (no row guard; the outlier
 columns still taken out) and every row 15-bit beside it. `--outlier-channels` first gives the
@@ -142,6 +143,34 @@ def decoding_quality(
     finally:
         for layer, count in zip(layers, rows, strict=True):
             layer.prompt_rows = count
+    return results | lean_decoding_quality(model, tokens, expected)
+
+
+def lean_decoding_quality(
+    model: torch.nn.Module, tokens: torch.Tensor, expected: torch.Tensor
+) -> dict[str, dict[str, float]]:
+    """The engine's decoder fed the sequences token by token, as it decodes: each layer in one call of
+    the engine's own (core.inference.native: float32 between the matmuls), and in torch operations
+    (bf16 between them)."""
+    from unittest import mock
+
+    from core.inference.decoder import Decoder
+
+    def decoded() -> torch.Tensor:
+        lean = Decoder(model)
+        logits = []
+        for sequence in tokens:
+            lean.reset(len(sequence))
+            logits.append(torch.stack([lean.forward(token.view(1)) for token in sequence]))
+        return torch.stack(logits)
+
+    results = {}
+    if Decoder(model)._native_layers() is not None:
+        results["int4, decoded token by token, a layer a call (the engine's own)"] = compare(
+            decoded(), expected
+        )
+    with mock.patch.object(Decoder, "_native_layers", return_value=None):
+        results["int4, decoded token by token, a layer in torch operations"] = compare(decoded(), expected)
     return results
 
 

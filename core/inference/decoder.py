@@ -25,12 +25,14 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from core.inference import native
 from core.inference.padded_attention import attend, causal_mask, pads
 from core.inference.quantize import Fused, QuantizedLinear
 from core.inference.skeleton import decoder_architecture
 
 GRAPH_CAPACITY_STEP = 512  # tokens
 Projection = QuantizedLinear | nn.Linear
+PROJECTIONS = ("qkv", "output", "gate_up", "down")  # a layer's, in `_Layer`
 
 
 def runs_architecture(model: Any) -> bool:
@@ -165,6 +167,7 @@ class Decoder:
         # Caches it attends must be zeroed (`step` reads every slot through a mask).
         self.use_graphs = self.device.type == "cuda"
         self._graph: _Graph | None = None
+        self._native: list[native.LayerWeights] | bool | None = None  # `_native_layers`; None: not asked yet
 
     def reset(self, capacity: int) -> KvCache:
         """Start the own sequence anew, for at most `capacity` tokens (its cache grows only when it must)."""
@@ -191,38 +194,78 @@ class Decoder:
             logits = self._replay(segments)
             if logits is not None:
                 return logits
-        hidden, spans = self._pass(segments)
-        return self._logits(hidden[-1:] if len(spans) == 1 else hidden[[span.last - 1 for span in spans]])
+        return self._logits(self._last_rows(segments))
 
     @torch.inference_mode()
     def logits_of_each(self, cache: KvCache, ids: torch.Tensor) -> torch.Tensor:
         """Append `ids` to `cache`'s sequence; the float logits after each of them (count × vocabulary)."""
         return self._logits(self._pass([Segment(cache, ids)])[0])
 
-    def _pass(self, segments: Sequence[Segment]) -> tuple[torch.Tensor, list[_Span]]:
-        """One pass over the weights for every segment: the last layer's rows and where each segment's sit."""
+    def _last_rows(self, segments: Sequence[Segment]) -> torch.Tensor:
+        """Each segment's last row after the last layer (segments × hidden), in one pass over the weights.
+        Where the engine's own decoder layer runs (core.inference.native), it takes every pass whose rows
+        its matmul kernels would take one by one (`QuantizedLinear.decoding_rows`), and in a longer one
+        the sequences that add a token go in a pass of their own: a token's numbers are the same whether
+        its prompt, a prompt that joined, or nothing else shared its pass."""
+        layers = self._native_layers()
+        rows = sum(segment.ids.shape[0] for segment in segments)
+        if layers is not None and (rows == len(segments) or rows < self._decoding_rows()):
+            return self._native_pass(segments, layers)
+        decoding = [i for i, segment in enumerate(segments) if segment.ids.shape[0] == 1]
+        if layers is None or not decoding:
+            hidden, lasts = self._pass(segments)
+            return hidden[-1:] if len(lasts) == 1 else hidden[lasts]
+        prompts = sorted(set(range(len(segments))) - set(decoding))
+        last = torch.empty(len(segments), self.hidden, dtype=self.dtype)
+        last[decoding] = self._native_pass([segments[i] for i in decoding], layers)
+        last[prompts] = self._last_rows([segments[i] for i in prompts])
+        return last
+
+    def _decoding_rows(self) -> int:
+        """From how many rows on some layer's matmul leaves its decoding kernel."""
+        parts = [getattr(layer, name) for layer in self.layers for name in PROJECTIONS]
+        return min(part.decoding_rows() for part in parts if isinstance(part, QuantizedLinear))
+
+    def _native_pass(self, segments: Sequence[Segment], layers: list[native.LayerWeights]) -> torch.Tensor:
+        """The segments through `native.decode_layer`, a layer a call: each one's last row after the last."""
         counts = [segment.ids.shape[0] for segment in segments]
         starts = [segment.cache.length for segment in segments]
         for segment, start, count in zip(segments, starts, counts, strict=True):
-            if start + count > segment.cache.capacity:
-                raise ValueError(
-                    f"the sequence would hold {start + count} tokens, the cache {segment.cache.capacity}"
-                )
+            _check_room(segment.cache, start + count)
+        ids = torch.cat([segment.ids for segment in segments])
+        positions = torch.cat(
+            [torch.arange(start, start + count) for start, count in zip(starts, counts, strict=True)]
+        )
+        x, cos, sin = self._embed(ids, positions.unsqueeze(0))
+        caches = (
+            [segment.cache.keys for segment in segments],
+            [segment.cache.values for segment in segments],
+        )
+        rotary = (cos[:, 0], sin[:, 0])
+        for index, weights in enumerate(layers):
+            x = native.decode_layer(x, weights, rotary, caches, index, (starts, counts), self.heads, self.eps)
+        for segment, count in zip(segments, counts, strict=True):
+            segment.cache.length += count
+        return x if len(x) == len(segments) else x[list(itertools.accumulate(counts, initial=-1))[1:]]
+
+    def _pass(self, segments: Sequence[Segment]) -> tuple[torch.Tensor, list[int]]:
+        """One pass over the weights for every segment: the last layer's rows and each segment's last row."""
+        counts = [segment.ids.shape[0] for segment in segments]
+        starts = [segment.cache.length for segment in segments]
+        for segment, start, count in zip(segments, starts, counts, strict=True):
+            _check_room(segment.cache, start + count)
+        # The ids and their positions reach the GPU in one copy (a pass's segments may come from the CPU).
+        ids_positions = torch.cat(
+            [segment.ids.cpu() for segment in segments]
+            + [torch.arange(start, start + count) for start, count in zip(starts, counts, strict=True)]
+        ).to(self.device)
+        ids, positions = ids_positions.split(len(ids_positions) // 2)
+        x, cos, sin = self._embed(ids, positions.unsqueeze(0))
         bounds = itertools.pairwise(itertools.accumulate(counts, initial=0))
         spans = [
             _Span.of(segment.cache, first, last, start, pad=self.pad_prompts)
             for segment, start, (first, last) in zip(segments, starts, bounds, strict=True)
         ]
-        # The ids and their positions reach the GPU in one copy (a pass's segments may come from the CPU).
-        ids_positions = torch.cat(
-            [segment.ids.cpu() for segment in segments]
-            + [
-                torch.arange(span.start, span.start + count)
-                for span, count in zip(spans, counts, strict=True)
-            ]
-        ).to(self.device)
-        ids, positions = ids_positions.split(len(ids_positions) // 2)
-        x, cos, sin = self._embed(ids, positions.unsqueeze(0))
         if len(spans) == 1:  # one sequence (a lone reply): no slicing of rows
             store, attend = partial(self._store, spans[0]), partial(self._attend, spans[0])
         else:
@@ -231,7 +274,31 @@ class Decoder:
             x = self._layer(layer, x, cos, sin, partial(store, index), partial(attend, index))
         for segment, count in zip(segments, counts, strict=True):
             segment.cache.length += count
-        return x, spans
+        return x, [span.last - 1 for span in spans]
+
+    def _native_layers(self) -> list[native.LayerWeights] | None:
+        """Every layer as the engine's own decoding layer takes it (core.inference.native), or None where it
+        does not run: not a CPU, a layer its kernels do not take, a head_dim it does not, or not built yet."""
+        if self._native is None and native.ready():
+            self._native = False
+            if self.device.type == "cpu" and self.head_dim % 16 == 0 and self.head_dim <= 128:
+                layers = [self._native_weights(layer) for layer in self.layers]
+                self._native = all(layers) and layers
+        return self._native or None
+
+    def _native_weights(self, layer: _Layer) -> native.LayerWeights | None:
+        projections = [
+            part.native_parts() if isinstance(part, QuantizedLinear) else None
+            for part in (getattr(layer, name) for name in PROJECTIONS)
+        ]
+        if None in projections:
+            return None
+        qkv, output, gate_up, down = projections
+        norms = (
+            layer.input_norm[: self.hidden],
+            layer.post_norm[: self.hidden],
+        )  # `_norm_weight` doubles them
+        return native.LayerWeights(norms[0], qkv, output, norms[1], gate_up, down, layer.qk_norm)
 
     @staticmethod
     def _store(span: _Span, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -410,6 +477,11 @@ class _Graph:
         with torch.cuda.graph(graph):
             logits = decoder.step(tokens, positions, caches)
         return cls(graph, caches, inputs, logits)
+
+
+def _check_room(cache: KvCache, tokens: int) -> None:
+    if tokens > cache.capacity:
+        raise ValueError(f"the sequence would hold {tokens} tokens, the cache {cache.capacity}")
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

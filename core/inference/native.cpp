@@ -18,6 +18,8 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "native.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -34,23 +36,21 @@ constexpr int64_t GROUP = 32;  // inputs a scale and zero point cover (core.infe
 constexpr int64_t BLOCK = 64;  // outputs a block of torch's layout holds: K x 32 bytes, j and j + 32 a byte
 constexpr int64_t ROWS = 4;    // rows a pass over a block's weights keeps in registers
 
-template <typename scalar_t>
-float largest_magnitude(const scalar_t* values, int64_t count) {
+float largest_magnitude(const float* values, int64_t count) {
   float largest = 0.f;
-  for (int64_t i = 0; i < count; ++i) largest = std::max(largest, std::fabs(float(values[i])));
+  for (int64_t i = 0; i < count; ++i) largest = std::max(largest, std::fabs(values[i]));
   return largest;
 }
 
 // A row as 8-bit codes with a scale a group of 32, and the codes' sum times that scale a group.
-template <typename scalar_t>
-void quantize_row(const scalar_t* x, int64_t K, int8_t* codes, float* scale, float* sums) {
+void quantize_row(const float* x, int64_t K, int8_t* codes, float* scale, float* sums) {
   for (int64_t g = 0; g < K / GROUP; ++g) {
-    const scalar_t* values = x + g * GROUP;
+    const float* values = x + g * GROUP;
     const float d = largest_magnitude(values, GROUP) / 127.f;
     const float inverse = d > 0.f ? 1.f / d : 0.f;
     int total = 0;
     for (int64_t i = 0; i < GROUP; ++i) {
-      const int code = int(std::nearbyint(float(values[i]) * inverse));
+      const int code = int(std::nearbyint(values[i] * inverse));
       codes[g * GROUP + i] = int8_t(code);
       total += code;
     }
@@ -155,8 +155,8 @@ constexpr float SPLIT = 254.f;
 
 template <int M>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_outputs(
-    const int8_t* weights, const int32_t* weight_sums, const uint8_t* high, const uint8_t* low, int64_t K,
-    int64_t begin, int64_t end, float* whole, float* part, int64_t N) {
+    const int8_t* weights, const int32_t* weight_sums, const float* weight_scale, const uint8_t* high,
+    const uint8_t* low, const float* row_scale, int64_t K, int64_t begin, int64_t end, float* out, int64_t N) {
   for (int64_t o = begin; o < end; ++o) {
     const int8_t* w = weights + o * K;
     __m512i sum_high[M], sum_low[M];
@@ -169,13 +169,53 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_outputs(
       }
     }
     const int32_t offset = 128 * weight_sums[o];
-    for (int m = 0; m < M; ++m) {
-      whole[m * N + o] = float(_mm512_reduce_add_epi32(sum_high[m]) - offset);
-      part[m * N + o] = float(_mm512_reduce_add_epi32(sum_low[m]) - offset);
+    for (int m = 0; m < M; ++m) {  // (whole + part / SPLIT) x the row's scale x the output's scale
+      const float whole = float(_mm512_reduce_add_epi32(sum_high[m]) - offset);
+      const float part = float(_mm512_reduce_add_epi32(sum_low[m]) - offset);
+      out[m * N + o] = (whole + part * (1.f / SPLIT)) * row_scale[m] * weight_scale[o];
     }
   }
 }
 #endif
+
+// A row's two byte planes (see int8_outputs), and the scale of its high one.
+float split_row(const float* x, int64_t K, uint8_t* high, uint8_t* low) {
+  const float d = largest_magnitude(x, K) / 127.f;
+  const float inverse = d > 0.f ? 1.f / d : 0.f;
+  for (int64_t i = 0; i < K; ++i) {
+    const float scaled = x[i] * inverse;
+    const float whole = std::nearbyint(scaled);
+    high[i] = uint8_t(int(whole) + 128);
+    low[i] = uint8_t(int(std::nearbyint((scaled - whole) * SPLIT)) + 128);
+  }
+  return d;
+}
+
+// rows (any floating dtype, 2-D, contiguous) as float32.
+at::Tensor float_rows(const at::Tensor& rows, const char* name) {
+  TORCH_CHECK(rows.dim() == 2 && rows.is_contiguous() && rows.device().is_cpu(), name, ": 2-D CPU rows");
+  TORCH_CHECK(at::isFloatingType(rows.scalar_type()), name, ": floating-point rows");
+  return rows.to(at::kFloat).contiguous();
+}
+
+at::Tensor int4_rows(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales_zeros) {
+  const auto x = float_rows(rows, "int4_rows");
+  auto out = at::empty({x.size(0), scales_zeros.dim() == 3 ? scales_zeros.size(1) : 0}, x.options());
+  localllm::int4_product(x.data_ptr<float>(), x.size(0), x.size(1), packed, scales_zeros, out.data_ptr<float>());
+  return out.to(rows.scalar_type());
+}
+
+at::Tensor int8_rows(const at::Tensor& rows, const at::Tensor& weight, const at::Tensor& scale,
+                     const at::Tensor& weight_sums) {
+  const auto x = float_rows(rows, "int8_rows");
+  auto out = at::empty({x.size(0), weight.dim() == 2 ? weight.size(0) : 0}, x.options());
+  localllm::int8_product(x.data_ptr<float>(), x.size(0), x.size(1), weight, scale, weight_sums, out.data_ptr<float>());
+  return out.to(rows.scalar_type());
+}
+
+}  // namespace
+
+namespace localllm {
 
 bool supported() {
 #if defined(__x86_64__)
@@ -186,92 +226,72 @@ bool supported() {
 #endif
 }
 
-at::Tensor int4_rows(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales_zeros) {
+void int4_product(const float* x, int64_t M, int64_t K, const at::Tensor& packed, const at::Tensor& scales_zeros,
+                  float* out) {
   TORCH_CHECK(supported(), "int4_rows: this CPU lacks AVX512-VNNI or AVX512-VBMI");
-  TORCH_CHECK(rows.dim() == 2 && rows.is_contiguous() && rows.device().is_cpu(), "int4_rows: 2-D CPU rows");
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(), "int4_rows: torch's int4 layout");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.device().is_cpu(),
+              "int4_rows: torch's int4 layout");
   TORCH_CHECK(scales_zeros.scalar_type() == at::kBFloat16 && scales_zeros.is_contiguous() &&
                   scales_zeros.dim() == 3 && scales_zeros.size(2) == 2,
               "int4_rows: bf16 scales and zeros, groups x outputs x 2");
-  const int64_t M = rows.size(0), K = rows.size(1), N = scales_zeros.size(1);
-  TORCH_CHECK(K % GROUP == 0 && N % BLOCK == 0 && scales_zeros.size(0) == K / GROUP &&
-                  packed.numel() == N * K / 2,
+  const int64_t N = scales_zeros.size(1);
+  TORCH_CHECK(K % GROUP == 0 && N % BLOCK == 0 && scales_zeros.size(0) == K / GROUP && packed.numel() == N * K / 2,
               "int4_rows: shapes do not match");
   const int64_t groups = K / GROUP;
   std::vector<int8_t> codes(M * K);
   std::vector<float> scale(M * groups), sums(M * groups);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rows.scalar_type(), "int4_rows", [&] {
-    const auto* x = rows.data_ptr<scalar_t>();
-    for (int64_t m = 0; m < M; ++m)
-      quantize_row(x + m * K, K, codes.data() + m * K, scale.data() + m * groups, sums.data() + m * groups);
-  });
-  auto out = at::empty({M, N}, rows.options().dtype(at::kFloat));
+  for (int64_t m = 0; m < M; ++m)
+    quantize_row(x + m * K, K, codes.data() + m * K, scale.data() + m * groups, sums.data() + m * groups);
 #if defined(__x86_64__)
-  const Rows parts{codes.data(), scale.data(), sums.data(), out.data_ptr<float>()};
+  const Rows parts{codes.data(), scale.data(), sums.data(), out};
   products(packed.data_ptr<uint8_t>(), reinterpret_cast<const uint32_t*>(scales_zeros.data_ptr()), parts, M, K, N);
 #endif
-  return out.to(rows.scalar_type());
 }
 
-// A row's two byte planes (see int8_outputs), and the scale of its high one.
-template <typename scalar_t>
-float split_row(const scalar_t* x, int64_t K, uint8_t* high, uint8_t* low) {
-  const float d = largest_magnitude(x, K) / 127.f;
-  const float inverse = d > 0.f ? 1.f / d : 0.f;
-  for (int64_t i = 0; i < K; ++i) {
-    const float scaled = float(x[i]) * inverse;
-    const float whole = std::nearbyint(scaled);
-    high[i] = uint8_t(int(whole) + 128);
-    low[i] = uint8_t(int(std::nearbyint((scaled - whole) * SPLIT)) + 128);
-  }
-  return d;
-}
-
-at::Tensor int8_rows(const at::Tensor& rows, const at::Tensor& weight, const at::Tensor& scale,
-                     const at::Tensor& weight_sums) {
+void int8_product(const float* x, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scale,
+                  const at::Tensor& weight_sums, float* out) {
   TORCH_CHECK(supported(), "int8_rows: this CPU lacks AVX512-VNNI or AVX512-VBMI");
-  TORCH_CHECK(rows.dim() == 2 && rows.is_contiguous() && rows.device().is_cpu(), "int8_rows: 2-D CPU rows");
-  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.dim() == 2,
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.dim() == 2 &&
+                  weight.device().is_cpu(),
               "int8_rows: contiguous int8 weights");
   TORCH_CHECK(weight_sums.scalar_type() == at::kInt && weight_sums.is_contiguous(), "int8_rows: int32 sums");
-  const int64_t M = rows.size(0), K = rows.size(1), N = weight.size(0);
+  const int64_t N = weight.size(0);
   TORCH_CHECK(weight.size(1) == K && K % 64 == 0 && scale.numel() == N && weight_sums.numel() == N,
               "int8_rows: shapes do not match");
   std::vector<uint8_t> high(M * K), low(M * K);
   std::vector<float> row_scale(M);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rows.scalar_type(), "int8_rows", [&] {
-    const auto* x = rows.data_ptr<scalar_t>();
-    for (int64_t m = 0; m < M; ++m) row_scale[m] = split_row(x + m * K, K, high.data() + m * K, low.data() + m * K);
-  });
-  auto whole = at::empty({M, N}, rows.options().dtype(at::kFloat));
-  auto part = at::empty({M, N}, rows.options().dtype(at::kFloat));
+  for (int64_t m = 0; m < M; ++m) row_scale[m] = split_row(x + m * K, K, high.data() + m * K, low.data() + m * K);
+  const auto weight_scale = scale.to(at::kFloat).contiguous();
 #if defined(__x86_64__)
   const int8_t* w = weight.data_ptr<int8_t>();
   const int32_t* sums = weight_sums.data_ptr<int32_t>();
+  const float* ws = weight_scale.data_ptr<float>();
   at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
     for (int64_t first = 0; first < M; first += ROWS) {
       const uint8_t* h = high.data() + first * K;
       const uint8_t* l = low.data() + first * K;
-      float* wh = whole.data_ptr<float>() + first * N;
-      float* pa = part.data_ptr<float>() + first * N;
+      const float* rs = row_scale.data() + first;
+      float* o = out + first * N;
       switch (std::min(ROWS, M - first)) {
-        case 1: int8_outputs<1>(w, sums, h, l, K, begin, end, wh, pa, N); break;
-        case 2: int8_outputs<2>(w, sums, h, l, K, begin, end, wh, pa, N); break;
-        case 3: int8_outputs<3>(w, sums, h, l, K, begin, end, wh, pa, N); break;
-        default: int8_outputs<4>(w, sums, h, l, K, begin, end, wh, pa, N); break;
+        case 1: int8_outputs<1>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
+        case 2: int8_outputs<2>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
+        case 3: int8_outputs<3>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
+        default: int8_outputs<4>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
       }
     }
   });
 #endif
-  // (whole + part / SPLIT) x the row's scale x the output's scale
-  const auto scales = at::from_blob(row_scale.data(), {M, 1}, at::kFloat);
-  return whole.add_(part, 1.0 / SPLIT).mul_(scales).mul_(scale.to(at::kFloat)).to(rows.scalar_type());
 }
 
-}  // namespace
+}  // namespace localllm
 
 TORCH_LIBRARY(localllm, m) {
-  m.def("supported() -> bool", supported);
+  m.def("supported() -> bool", localllm::supported);
   m.def("int4_rows(Tensor rows, Tensor packed, Tensor scales_zeros) -> Tensor", int4_rows);
   m.def("int8_rows(Tensor rows, Tensor weight, Tensor scale, Tensor weight_sums) -> Tensor", int8_rows);
+  m.def(
+      "decode_layer(Tensor x, Tensor input_norm, Tensor[] qkv, Tensor[] output, Tensor post_norm, "
+      "Tensor[] gate_up, Tensor[] down, Tensor? qk_norm, Tensor cos, Tensor sin, Tensor(a!)[] keys, "
+      "Tensor(b!)[] values, int layer, int[] starts, int[] counts, int heads, float eps) -> Tensor",
+      localllm::decode_layer);
 }

@@ -6,7 +6,9 @@ read ~30, and each row of a batch adds ~25 % to a step. `int4_rows` reads torch'
 second copy of the weights) and meets 8-bit activations (a scale a group of 32 inputs, as llama.cpp's
 Q8_0) in byte dot products: memory-bound, and a step for four rows costs ~1.2 of a step for one.
 `int8_rows` does the same for int8 weights with the rows exact to 15 bits (two bytes a value), so the
-output head needs no packed oneDNN copy.
+output head needs no packed oneDNN copy. `decode_layer` runs a whole decoder layer for a decoding step in
+one call (native_layer.cpp): the ~35 small operations between a layer's matmuls cost ~4 ms of a step
+when Python dispatched them one by one.
 
 They are compiled for this machine with the C++ compiler beside torch's headers (~10 s, once: the
 library is kept under torch's extension folder, keyed by the source and torch's version) on a thread of
@@ -22,11 +24,13 @@ import os
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("native.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("native.cpp", "native_layer.cpp"))
+HEADER = Path(__file__).with_name("native.h")
 BUILD_TIMEOUT_S = 600
 logger = logging.getLogger(__name__)
 
@@ -118,9 +122,48 @@ def int8_rows(
     return torch.ops.localllm.int8_rows(rows, weight, scale, weight_sums)
 
 
+@dataclass(frozen=True)
+class LayerWeights:
+    """A decoder layer as `decode_layer` takes it: the norms' weights, each projection's
+    `QuantizedLinear.native_parts`, and Qwen3's per-head q and k norms (heads + KV heads rows), if any."""
+
+    input_norm: torch.Tensor
+    qkv: list[torch.Tensor]
+    output: list[torch.Tensor]
+    post_norm: torch.Tensor
+    gate_up: list[torch.Tensor]
+    down: list[torch.Tensor]
+    qk_norm: torch.Tensor | None
+
+
+def decode_layer(
+    x: torch.Tensor,
+    weights: LayerWeights,
+    rotary: tuple[torch.Tensor, torch.Tensor],
+    caches: tuple[list[torch.Tensor], list[torch.Tensor]],
+    layer: int,
+    segments: tuple[list[int], list[int]],
+    heads: int,
+    eps: float,
+) -> torch.Tensor:
+    """One decoder layer for rows x (tokens x hidden) of some sequences (native_layer.cpp): `segments` each
+    one's first position and count of tokens (its rows, one sequence after the other), whose keys and
+    values go into its cache (`caches`: each one's keys and values, layers x KV heads x capacity x
+    head_dim); each token attends its cache up to itself; `rotary` their cos and sin (tokens x head_dim).
+    The new x."""
+    w = weights
+    return torch.ops.localllm.decode_layer(
+        x, w.input_norm, w.qkv, w.output, w.post_norm, w.gate_up, w.down, w.qk_norm, *rotary, *caches,
+        layer, *segments, heads, eps,
+    )  # fmt: skip
+
+
 def library_path() -> Path:
     """Where the library for this source, torch version and C++ ABI is kept."""
-    key = SOURCE.read_bytes() + f"{torch.__version__} {torch._C._GLIBCXX_USE_CXX11_ABI}".encode()
+    key = (
+        b"".join(path.read_bytes() for path in (*SOURCES, HEADER))
+        + f"{torch.__version__} {torch._C._GLIBCXX_USE_CXX11_ABI}".encode()
+    )
     return _build_root() / "localllm" / f"native-{hashlib.sha256(key).hexdigest()[:16]}.so"
 
 
@@ -144,7 +187,7 @@ def build(path: Path) -> None:
         os.environ.get("CXX", "c++"), "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp",
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
         *(f"-isystem{include}" for include in cpp_extension.include_paths()),
-        str(SOURCE), "-o", temporary,
+        *map(str, SOURCES), "-o", temporary,
         f"-L{library_dir}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{library_dir}",
     ]  # fmt: skip
     try:

@@ -337,6 +337,23 @@ class QuantizedLinear(nn.Module):
     def product(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def native_weights(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def native_parts(self) -> list[torch.Tensor] | None:
+        """The weights (and bias) as the engine's own decoding layer takes them (core.inference.native's
+        `decode_layer`), or None where its kernels do not run this layer."""
+        if not self.native_runs():
+            return None
+        return self.native_weights() + ([] if self.bias is None else [self.bias])
+
+    def native_runs(self) -> bool:
+        raise NotImplementedError
+
+    def decoding_rows(self) -> int:
+        """From how many rows on `product` leaves the decoding kernel for a prompt's."""
+        raise NotImplementedError
+
     def matmul(self, rows: torch.Tensor) -> torch.Tensor:
         """rows (n × in, the activation dtype) times the weight, plus the bias: n × out."""
         out = self.product(rows)
@@ -393,13 +410,19 @@ class Int8Linear(QuantizedLinear):
 
     def product(self, rows: torch.Tensor) -> torch.Tensor:
         if rows.shape[0] < PROMPT_ROWS and self.native_runs():
-            if self.weight_sums is None:
-                self.weight_sums = self.weight.sum(1, dtype=torch.int32)
-            return native.int8_rows(rows.contiguous(), self.weight, self.scale, self.weight_sums)
+            return native.int8_rows(rows.contiguous(), *self.native_weights())
         packed = self.packed
         if packed is not None and rows.shape[0] < PROMPT_ROWS:
             return packed_matmul(rows, packed).to(self.dtype)
         return int8_matmul(rows, self.weight, self.scale)
+
+    def native_weights(self) -> list[torch.Tensor]:
+        if self.weight_sums is None:  # computed on the torch thread at the first decoding row
+            self.weight_sums = self.weight.sum(1, dtype=torch.int32)
+        return [self.weight, self.scale, self.weight_sums]
+
+    def decoding_rows(self) -> int:
+        return PROMPT_ROWS
 
     def native_runs(self) -> bool:
         """Whether a few rows go to the engine's own int8 kernel (core.inference.native: the rows exact to
@@ -534,6 +557,12 @@ class Int4Linear(QuantizedLinear):
         if self.native_runs():
             return native.int4_rows(rows.contiguous(), self.packed, self.scales_zeros)
         return torch._weight_int4pack_mm_for_cpu(rows, self.packed, INT4_GROUP, self.scales_zeros)
+
+    def native_weights(self) -> list[torch.Tensor]:
+        return [self.packed, self.scales_zeros]
+
+    def decoding_rows(self) -> int:
+        return self.prompt_rows
 
     def native_runs(self) -> bool:
         """Whether `kernel_product` runs the engine's own kernel (bf16 scales on the CPU, whole blocks)."""

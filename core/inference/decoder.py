@@ -241,7 +241,7 @@ class Decoder:
             [segment.cache.keys for segment in segments],
             [segment.cache.values for segment in segments],
         )
-        rotary = (cos[:, 0], sin[:, 0])
+        rotary = (cos[:, 0].float(), sin[:, 0].float())
         for index, weights in enumerate(layers):
             x = native.decode_layer(x, weights, rotary, caches, index, (starts, counts), self.heads, self.eps)
         for segment, count in zip(segments, counts, strict=True):
@@ -294,11 +294,10 @@ class Decoder:
         if None in projections:
             return None
         qkv, output, gate_up, down = projections
-        norms = (
-            layer.input_norm[: self.hidden],
-            layer.post_norm[: self.hidden],
-        )  # `_norm_weight` doubles them
-        return native.LayerWeights(norms[0], qkv, output, norms[1], gate_up, down, layer.qk_norm)
+        # float32, as the layer computes (`_norm_weight` doubles them)
+        norms = [layer.input_norm[: self.hidden].float(), layer.post_norm[: self.hidden].float()]
+        qk_norm = None if layer.qk_norm is None else layer.qk_norm.float()
+        return native.LayerWeights(norms[0], qkv, output, norms[1], gate_up, down, qk_norm)
 
     @staticmethod
     def _store(span: _Span, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:

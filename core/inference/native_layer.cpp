@@ -59,12 +59,12 @@ struct Projection {
   }
 };
 
-// A norm's (or cos's, sin's) values as float32, `count` of them.
-std::vector<float> floats(const at::Tensor& t, int64_t count, const char* name) {
+// A norm's (or cos's, sin's) `count` values: float32 as given, else a float32 copy kept in `copy`.
+const float* floats(const at::Tensor& t, int64_t count, const char* name, at::Tensor& copy) {
   TORCH_CHECK(t.numel() == count && at::isFloatingType(t.scalar_type()), "decode_layer: ", name, " has ",
               t.numel(), " values, not ", count);
-  const auto f = t.to(at::kFloat).contiguous();
-  return std::vector<float>(f.data_ptr<float>(), f.data_ptr<float>() + count);
+  copy = t.scalar_type() == at::kFloat && t.is_contiguous() ? t : t.to(at::kFloat).contiguous();
+  return copy.data_ptr<float>();
 }
 
 // x (rows of `size`) times 1 / sqrt(mean square + eps) times weight (one row of it, or a row a vector).
@@ -184,7 +184,7 @@ struct Shape {
 // its sequence's cache from starts[s] on, and each query's attention over the cache up to its own token:
 // into out (rows x heads * dim).
 template <typename cache_t>
-void attention(const float* qkv, const std::vector<float>& cos, const std::vector<float>& sin, at::TensorList keys,
+void attention(const float* qkv, const float* cos, const float* sin, at::TensorList keys,
                at::TensorList values, int64_t layer, at::IntArrayRef starts, at::IntArrayRef counts, const Shape& s,
                float* out) {
   const int64_t segments = starts.size(), group = s.heads / s.kv_heads, width = (s.heads + 2 * s.kv_heads) * s.dim;
@@ -208,7 +208,7 @@ void attention(const float* qkv, const std::vector<float>& cos, const std::vecto
       for (int64_t r = first_row[i]; r < first_row[i + 1]; ++r) {
         const int64_t position = starts[i] + r - first_row[i];
         const float* row = qkv + r * width;
-        rotate(row + (s.heads + g) * s.dim, cos.data() + r * s.dim, sin.data() + r * s.dim, s.dim, key.data());
+        rotate(row + (s.heads + g) * s.dim, cos + r * s.dim, sin + r * s.dim, s.dim, key.data());
         const float* value = row + (s.heads + s.kv_heads + g) * s.dim;
         for (int64_t d = 0; d < s.dim; ++d) {
           cached_keys[position * s.dim + d] = cache_t(key[d]);
@@ -220,7 +220,7 @@ void attention(const float* qkv, const std::vector<float>& cos, const std::vecto
         const float* row = qkv + r * width;
         for (int64_t h = 0; h < group; ++h) {
           float* query = queries.data() + h * s.dim;
-          rotate(row + (g * group + h) * s.dim, cos.data() + r * s.dim, sin.data() + r * s.dim, s.dim, query);
+          rotate(row + (g * group + h) * s.dim, cos + r * s.dim, sin + r * s.dim, s.dim, query);
           for (int64_t d = 0; d < s.dim; ++d) query[d] *= scale;
         }
 #if defined(__x86_64__)
@@ -273,9 +273,11 @@ at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& input_norm, at::T
   TORCH_CHECK(qkv_projection.outputs == width && output_projection.outputs == hidden &&
                   down_projection.outputs == hidden && gate_up_projection.outputs == 2 * intermediate,
               "decode_layer: the projections' shapes do not match the model's");
-  const auto input_weight = floats(input_norm, hidden, "input_norm");
-  const auto post_weight = floats(post_norm, hidden, "post_norm");
-  const auto cosines = floats(cos, M * shape.dim, "cos"), sines = floats(sin, M * shape.dim, "sin");
+  at::Tensor kept[5];
+  const float* input_weight = floats(input_norm, hidden, "input_norm", kept[0]);
+  const float* post_weight = floats(post_norm, hidden, "post_norm", kept[1]);
+  const float* cosines = floats(cos, M * shape.dim, "cos", kept[2]);
+  const float* sines = floats(sin, M * shape.dim, "sin", kept[3]);
   const float epsilon = float(eps);
 
   const auto xf = x.to(at::kFloat).contiguous();
@@ -283,13 +285,13 @@ at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& input_norm, at::T
   std::vector<float> normed(M * std::max(hidden, 2 * intermediate)), wide(M * std::max(width, 2 * intermediate));
   std::vector<float> attended(M * heads * shape.dim), narrow(M * hidden);
 
-  rms_norm(residual.data(), M, hidden, input_weight.data(), 1, epsilon, normed.data());
+  rms_norm(residual.data(), M, hidden, input_weight, 1, epsilon, normed.data());
   qkv_projection.apply(normed.data(), M, hidden, wide.data());
   if (qk_norm.has_value()) {  // Qwen3: each query and key head's own RMSNorm, before the rotary embedding
-    const auto weights = floats(*qk_norm, (heads + shape.kv_heads) * shape.dim, "qk_norm");
+    const float* weights = floats(*qk_norm, (heads + shape.kv_heads) * shape.dim, "qk_norm", kept[4]);
     for (int64_t m = 0; m < M; ++m) {
       float* heads_of_row = wide.data() + m * width;
-      rms_norm(heads_of_row, heads + shape.kv_heads, shape.dim, weights.data(), heads + shape.kv_heads, epsilon,
+      rms_norm(heads_of_row, heads + shape.kv_heads, shape.dim, weights, heads + shape.kv_heads, epsilon,
                heads_of_row);
     }
   }
@@ -301,7 +303,7 @@ at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& input_norm, at::T
   output_projection.apply(attended.data(), M, heads * shape.dim, narrow.data());
   for (int64_t i = 0; i < M * hidden; ++i) residual[i] += narrow[i];
 
-  rms_norm(residual.data(), M, hidden, post_weight.data(), 1, epsilon, normed.data());
+  rms_norm(residual.data(), M, hidden, post_weight, 1, epsilon, normed.data());
   gate_up_projection.apply(normed.data(), M, hidden, wide.data());
 #if defined(__x86_64__)
   swiglu(wide.data(), M, intermediate, normed.data());

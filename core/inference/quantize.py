@@ -388,7 +388,8 @@ class Int8Linear(QuantizedLinear):
         self.register_buffer("scale", scale)
         self.packed: PackedInt8 | None = None
         self.packing = False  # a packed copy is being made or is there (memory: stored_bytes)
-        self.weight_sums: torch.Tensor | None = None  # int32 row sums, for the engine's own kernel
+        # For the engine's own kernel: the int32 row sums and the scales in float32 (`native_weights`).
+        self.kernel_extras: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def pack(self) -> None:
         """Pack the weights for oneDNN (~0.3 s for Qwen2.5-0.5B's vocabulary); `product` uses them after."""
@@ -417,9 +418,9 @@ class Int8Linear(QuantizedLinear):
         return int8_matmul(rows, self.weight, self.scale)
 
     def native_weights(self) -> list[torch.Tensor]:
-        if self.weight_sums is None:  # computed on the torch thread at the first decoding row
-            self.weight_sums = self.weight.sum(1, dtype=torch.int32)
-        return [self.weight, self.scale, self.weight_sums]
+        if self.kernel_extras is None:  # computed on the torch thread at the first decoding row
+            self.kernel_extras = (self.scale.float(), self.weight.sum(1, dtype=torch.int32))
+        return [self.weight, *self.kernel_extras]
 
     def decoding_rows(self) -> int:
         return PROMPT_ROWS

@@ -228,15 +228,7 @@ class Decoder:
 
     def _native_pass(self, segments: Sequence[Segment], layers: list[native.LayerWeights]) -> torch.Tensor:
         """The segments through `native.decode_layer`, a layer a call: each one's last row after the last."""
-        counts = [segment.ids.shape[0] for segment in segments]
-        starts = [segment.cache.length for segment in segments]
-        for segment, start, count in zip(segments, starts, counts, strict=True):
-            _check_room(segment.cache, start + count)
-        ids = torch.cat([segment.ids for segment in segments])
-        positions = torch.cat(
-            [torch.arange(start, start + count) for start, count in zip(starts, counts, strict=True)]
-        )
-        x, cos, sin = self._embed(ids, positions.unsqueeze(0))
+        counts, starts, (x, cos, sin) = self._tokens(segments)
         caches = (
             [segment.cache.keys for segment in segments],
             [segment.cache.values for segment in segments],
@@ -250,17 +242,7 @@ class Decoder:
 
     def _pass(self, segments: Sequence[Segment]) -> tuple[torch.Tensor, list[int]]:
         """One pass over the weights for every segment: the last layer's rows and each segment's last row."""
-        counts = [segment.ids.shape[0] for segment in segments]
-        starts = [segment.cache.length for segment in segments]
-        for segment, start, count in zip(segments, starts, counts, strict=True):
-            _check_room(segment.cache, start + count)
-        # The ids and their positions reach the GPU in one copy (a pass's segments may come from the CPU).
-        ids_positions = torch.cat(
-            [segment.ids.cpu() for segment in segments]
-            + [torch.arange(start, start + count) for start, count in zip(starts, counts, strict=True)]
-        ).to(self.device)
-        ids, positions = ids_positions.split(len(ids_positions) // 2)
-        x, cos, sin = self._embed(ids, positions.unsqueeze(0))
+        counts, starts, (x, cos, sin) = self._tokens(segments)
         bounds = itertools.pairwise(itertools.accumulate(counts, initial=0))
         spans = [
             _Span.of(segment.cache, first, last, start, pad=self.pad_prompts)
@@ -275,6 +257,24 @@ class Decoder:
         for segment, count in zip(segments, counts, strict=True):
             segment.cache.length += count
         return x, [span.last - 1 for span in spans]
+
+    def _tokens(self, segments: Sequence[Segment]) -> tuple[list[int], list[int], tuple[torch.Tensor, ...]]:
+        """Each segment's count of tokens and first position (checked against its cache's room), and the
+        tokens' embeddings and rotary cos and sin (`_embed`)."""
+        counts = [segment.ids.shape[0] for segment in segments]
+        starts = [segment.cache.length for segment in segments]
+        for segment, start, count in zip(segments, starts, counts, strict=True):
+            if start + count > segment.cache.capacity:
+                raise ValueError(
+                    f"the sequence would hold {start + count} tokens, the cache {segment.cache.capacity}"
+                )
+        # The ids and their positions reach the GPU in one copy (a pass's segments may come from the CPU).
+        ids_positions = torch.cat(
+            [segment.ids.cpu() for segment in segments]
+            + [torch.arange(start, start + count) for start, count in zip(starts, counts, strict=True)]
+        ).to(self.device)
+        ids, positions = ids_positions.split(len(ids_positions) // 2)
+        return counts, starts, self._embed(ids, positions.unsqueeze(0))
 
     def _native_layers(self) -> list[native.LayerWeights] | None:
         """Every layer as the engine's own decoding layer takes it (core.inference.native), or None where it
@@ -476,11 +476,6 @@ class _Graph:
         with torch.cuda.graph(graph):
             logits = decoder.step(tokens, positions, caches)
         return cls(graph, caches, inputs, logits)
-
-
-def _check_room(cache: KvCache, tokens: int) -> None:
-    if tokens > cache.capacity:
-        raise ValueError(f"the sequence would hold {tokens} tokens, the cache {cache.capacity}")
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ struct Projection {
     TORCH_CHECK(parts[1].dim() >= 2 || !int4, "decode_layer: ", name, "'s int4 scales are groups x outputs x 2");
     outputs = int4 ? parts[1].size(1) : parts[0].size(0);
     if (given.size() > count) {
-      bias = given[count].to(at::kFloat).contiguous();
+      bias = given[count].to(at::kFloat).contiguous();  // as given where it is float32 already
       TORCH_CHECK(bias.numel() == outputs, "decode_layer: ", name, "'s bias does not match its outputs");
     }
   }

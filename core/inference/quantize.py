@@ -341,11 +341,11 @@ class QuantizedLinear(nn.Module):
         raise NotImplementedError
 
     def native_parts(self) -> list[torch.Tensor] | None:
-        """The weights (and bias) as the engine's own decoding layer takes them (core.inference.native's
-        `decode_layer`), or None where its kernels do not run this layer."""
+        """The weights (and the bias, in float32) as the engine's own decoding layer takes them
+        (core.inference.native's `decode_layer`), or None where its kernels do not run this layer."""
         if not self.native_runs():
             return None
-        return self.native_weights() + ([] if self.bias is None else [self.bias])
+        return self.native_weights() + ([] if self.bias is None else [self.bias.float()])
 
     def native_runs(self) -> bool:
         raise NotImplementedError

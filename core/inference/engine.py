@@ -64,6 +64,13 @@ KEEP_UNPACKED_MIN_BYTES = 64 * 2**20
 logger = logging.getLogger(__name__)
 
 
+def native_loaded() -> bool:
+    """Whether the engine's own CPU kernels are loaded in this process (core.inference.native), asked
+    from any thread: the module is imported on the torch thread, never here."""
+    native = sys.modules.get("core.inference.native")
+    return bool(native and native.LIBRARY.loaded)
+
+
 class LocalEngine:
     """One loaded model per process, shared by every caller; replies batched, the rest in FIFO order."""
 
@@ -134,8 +141,7 @@ class LocalEngine:
     def decode_efficiency(self) -> float:
         """Decode speed / its bandwidth bound on this CPU (sizing.cpu_decode_efficiency): with the
         engine's own kernels once the torch thread has loaded them (core.inference.native)."""
-        native = sys.modules.get("core.inference.native")  # imported on the torch thread, never here
-        return cpu_decode_efficiency(bool(native and native.LIBRARY.loaded))
+        return cpu_decode_efficiency(native_loaded())
 
     def _read_bandwidth(self) -> None:
         self._bandwidth_asked_at = time.monotonic()
@@ -186,7 +192,9 @@ class LocalEngine:
         if device == "cpu" and scheme in BYTES_PER_WEIGHT and self._kernel(scheme):
             # the head, and what int4 keeps int8 (sizing.KvLayout.int4_keeps_int8)
             int8 = BYTES_PER_WEIGHT["int8"]
-            return Precision(BYTES_PER_WEIGHT[scheme], int8, dtype.itemsize, scheme, int8)
+            # the head packed for oneDNN too, where the engine's own kernels do not read it as stored
+            packed = not native_loaded()
+            return Precision(BYTES_PER_WEIGHT[scheme], int8, dtype.itemsize, scheme, int8, packed_head=packed)
         label = str(dtype).removeprefix("torch.")
         return Precision(dtype.itemsize, dtype.itemsize, dtype.itemsize, label)
 

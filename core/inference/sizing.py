@@ -125,6 +125,7 @@ class Precision:
     dtype_bytes: int
     label: str  # shown to users: "int8", "bfloat16", "float32", ...
     int8_kept_bytes: float | None = None  # what int4 keeps int8 (int4_keeps_int8); None: as the layers
+    packed_head: bool = True  # an int8 head is kept packed for oneDNN too (not beside the engine's kernels)
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,9 @@ def estimate_memory(
         + kept * (precision.int8_kept_bytes or 0)
         + vocabulary.weights * precision.head_bytes
     )
-    # A quantized head is kept twice: int8 and packed for oneDNN (quantize.pack_in_background).
-    packed_head = vocabulary.weights if precision.head_bytes == 1 else 0
+    # A quantized head is kept twice, int8 and packed for oneDNN (quantize.pack_in_background), where
+    # the engine's own kernels do not run.
+    packed_head = vocabulary.weights if precision.head_bytes == 1 and precision.packed_head else 0
     return MemoryEstimate(
         int(read + input_table * precision.dtype_bytes + packed_head),
         layout.bytes_for(context_tokens, precision.dtype_bytes),

@@ -148,14 +148,29 @@ def test_the_library_is_kept_per_source_and_torch_version(
 
 
 @pytest.mark.usefixtures("built")
-def test_speed_estimates_count_on_the_kernels_that_run(
+def test_speed_and_memory_estimates_count_on_the_kernels_that_run(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from core.inference.engine import LocalEngine
-    from core.inference.sizing import CPU_DECODE_EFFICIENCY, NATIVE_DECODE_EFFICIENCY
+    from core.inference.sizing import (
+        CPU_DECODE_EFFICIENCY,
+        NATIVE_DECODE_EFFICIENCY,
+        KvLayout,
+        Vocabulary,
+        estimate_memory,
+    )
 
-    engine = LocalEngine(tmp_path, device="cpu", idle_unload_s=0)
+    engine = LocalEngine(tmp_path, device="cpu", idle_unload_s=0, quantization="int4")
+
+    def head_copies() -> float:
+        """How many times the plan holds the int8 head (its bytes: the vocabulary's weights)."""
+        vocabulary = Vocabulary(1_000_000, tied=True)
+        plan = estimate_memory(2_000_000, KvLayout(2, 2, 64), engine.precision(), vocabulary)
+        return (plan.weights_bytes - 1_000_000 * 0.625) / vocabulary.weights
+
     monkeypatch.setattr(native, "LIBRARY", native._Library())  # nothing loaded yet in this process
     assert engine.decode_efficiency() == CPU_DECODE_EFFICIENCY  # the Models page's estimate: torch's
+    assert head_copies() == 2  # int8, and packed for oneDNN's kernel
     assert native.LIBRARY.prepare()
     assert engine.decode_efficiency() == NATIVE_DECODE_EFFICIENCY > CPU_DECODE_EFFICIENCY
+    assert head_copies() == 1  # the engine's own kernel reads it as it is stored

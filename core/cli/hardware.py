@@ -18,9 +18,14 @@ from core.units import format_bytes
 def hardware(as_json: bool) -> int:
     """This machine (CPU, RAM, GPU, disk, memory bandwidth) and, for each model, the memory it needs, whether
     it fits, and its expected decode speed."""
+    from core.inference import native
     from core.inference.device import detect_device
     from core.inference.engine import LocalEngine
+    from core.inference.sizing import cpu_decode_efficiency
 
+    # The engine's own kernels where they are built (a command this short never starts their build):
+    # loaded before the precision is read, which counts on them too (the head then has no packed copy).
+    efficiency = cpu_decode_efficiency(native.library_path().exists() and native.ready())
     models_library = library()
     info = probe(models_library.models_dir)
     engine = LocalEngine.from_preferences(models_library.preferences)
@@ -32,7 +37,7 @@ def hardware(as_json: bool) -> int:
         "mps": info.mps_available, "disk_free_bytes": info.disk_free_bytes,
         "device": detect_device(engine.device_preference), "memory_bandwidth_bytes_per_s": round(bandwidth),
         "parallel_replies": engine.parallel,
-        "models": _models(models_library, engine.precision(), info, bandwidth, engine.parallel),
+        "models": _models(models_library, engine.precision(), info, bandwidth, efficiency, engine.parallel),
     }  # fmt: skip
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -42,18 +47,17 @@ def hardware(as_json: bool) -> int:
 
 
 def _models(
-    models_library: Any, precision: Any, info: HardwareInfo, bandwidth: float, parallel: int
+    models_library: Any,
+    precision: Any,
+    info: HardwareInfo,
+    bandwidth: float,
+    efficiency: float,
+    parallel: int,
 ) -> dict[str, Any]:
-    from core.inference import native
-    from core.inference.sizing import (
-        cpu_decode_efficiency,
-        decode_tokens_per_s_bound,
-        memory_verdict,
-        replies_that_fit,
-    )
+    """Each model's memory, verdict and decode speed (`efficiency`: the share of the bandwidth bound that
+    decoding reaches here, sizing.cpu_decode_efficiency)."""
+    from core.inference.sizing import decode_tokens_per_s_bound, memory_verdict, replies_that_fit
 
-    # The engine's own kernels where they are built (a command this short never starts their build).
-    efficiency = cpu_decode_efficiency(native.library_path().exists() and native.ready())
     found = {}
     for spec in models_library.models():
         estimate = models_library.memory_estimate(spec.key, precision)

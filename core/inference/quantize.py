@@ -556,7 +556,7 @@ class Int4Linear(QuantizedLinear):
         """rows times the int4 weights as they are stored: the engine's own kernel where it runs
         (core.inference.native: 8-bit activations, VNNI), else torch's."""
         if self.native_runs():
-            return native.int4_rows(rows.contiguous(), self.packed, self.scales_zeros)
+            return native.int4_rows(rows.contiguous(), *self.native_weights())
         return torch._weight_int4pack_mm_for_cpu(rows, self.packed, INT4_GROUP, self.scales_zeros)
 
     def native_weights(self) -> list[torch.Tensor]:

@@ -31,6 +31,7 @@ from core.logs import setup_logging
 from core.settings import PROJECT_ROOT
 from ui.i18n import dotted
 from ui.lan_gate import LanGateMiddleware
+from ui.reruns import keep_page_links
 
 APP_SCRIPT = PROJECT_ROOT / "app.py"
 STREAMLIT_CONFIG = Path(__file__).parent / "streamlit.toml"
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     PagesManager.uses_pages_directory = False
+    keep_page_links()
     # Client addresses decide who is admin: trust X-Forwarded-For from this machine only (uvicorn's default).
     os.environ.pop("FORWARDED_ALLOW_IPS", None)
     # App.run() takes sys.argv[0] as the script the app lives beside (its folder goes on sys.path, as

@@ -153,32 +153,76 @@ void products(const uint8_t* w, const uint32_t* sz, const Rows& rows, int64_t M,
 // back with the weights' row sums), so that VNNI multiplies them by the weights as they are.
 constexpr float SPLIT = 254.f;
 
-template <int M>
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_outputs(
+// Four vectors' lane sums, in the four lanes of one: a, b, c and d.
+__attribute__((target("avx512f"))) inline __m128i lane_sums(__m512i a, __m512i b, __m512i c, __m512i d) {
+  const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+  const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+  const __m512i abcd = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+  const __m256i half = _mm256_add_epi32(_mm512_castsi512_si256(abcd), _mm512_extracti64x4_epi64(abcd, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
+}
+
+// Outputs [o, o + O) for M rows: each row's byte planes are loaded once for the O outputs' weights, and
+// the lane sums of four outputs are taken together (a sum of one vector's lanes costs about what four
+// do). Qwen's int8 head (151936 x 896) for three rows: 6.4-7.0 -> 4.9 ms; for one, as fast as before.
+template <int M, int O>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) inline void int8_outputs(
     const int8_t* weights, const int32_t* weight_sums, const float* weight_scale, const uint8_t* high,
-    const uint8_t* low, const float* row_scale, int64_t K, int64_t begin, int64_t end, float* out, int64_t N) {
-  for (int64_t o = begin; o < end; ++o) {
-    const int8_t* w = weights + o * K;
-    __m512i sum_high[M], sum_low[M];
-    for (int m = 0; m < M; ++m) sum_high[m] = sum_low[m] = _mm512_setzero_si512();
-    for (int64_t k = 0; k < K; k += 64) {
-      const __m512i v = _mm512_loadu_si512(w + k);
-      for (int m = 0; m < M; ++m) {
-        sum_high[m] = _mm512_dpbusd_epi32(sum_high[m], _mm512_loadu_si512(high + m * K + k), v);
-        sum_low[m] = _mm512_dpbusd_epi32(sum_low[m], _mm512_loadu_si512(low + m * K + k), v);
+    const uint8_t* low, const float* row_scale, int64_t K, int64_t o, float* out, int64_t N) {
+  static_assert(O == 1 || O == 2 || O == 4, "one, two or four outputs at a time");
+  __m512i sum_high[M][O], sum_low[M][O];
+  for (int m = 0; m < M; ++m)
+    for (int j = 0; j < O; ++j) sum_high[m][j] = sum_low[m][j] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; k += 64) {
+    __m512i v[O];
+    for (int j = 0; j < O; ++j) v[j] = _mm512_loadu_si512(weights + (o + j) * K + k);
+    // The next O outputs' weights, as fast as these are read: the CPU's own prefetching does not follow
+    // O streams (Qwen's head at one row took 1.5 x as long without this, at three rows 2 x).
+    const int8_t* next = weights + (o + O) * K + k * O;
+    for (int j = 0; j < O; ++j) _mm_prefetch(reinterpret_cast<const char*>(next + j * 64), _MM_HINT_T0);
+    for (int m = 0; m < M; ++m) {
+      const __m512i h = _mm512_loadu_si512(high + m * K + k);
+      const __m512i l = _mm512_loadu_si512(low + m * K + k);
+      for (int j = 0; j < O; ++j) {
+        sum_high[m][j] = _mm512_dpbusd_epi32(sum_high[m][j], h, v[j]);
+        sum_low[m][j] = _mm512_dpbusd_epi32(sum_low[m][j], l, v[j]);
       }
     }
-    const int32_t offset = 128 * weight_sums[o];
-    for (int m = 0; m < M; ++m) {  // (whole + part / SPLIT) x the row's scale x the output's scale
-      const float whole = float(_mm512_reduce_add_epi32(sum_high[m]) - offset);
-      const float part = float(_mm512_reduce_add_epi32(sum_low[m]) - offset);
-      out[m * N + o] = (whole + part * (1.f / SPLIT)) * row_scale[m] * weight_scale[o];
+  }
+  for (int m = 0; m < M; ++m) {  // (whole + part / SPLIT) x the row's scale x the output's scale
+    alignas(16) int32_t whole[4], part[4];
+    if constexpr (O == 1) {
+      whole[0] = _mm512_reduce_add_epi32(sum_high[m][0]);
+      part[0] = _mm512_reduce_add_epi32(sum_low[m][0]);
+    } else {
+      const int c = O - 2, d = O - 1;  // two outputs: their sums twice
+      _mm_store_si128(reinterpret_cast<__m128i*>(whole),
+                      lane_sums(sum_high[m][0], sum_high[m][1], sum_high[m][c], sum_high[m][d]));
+      _mm_store_si128(reinterpret_cast<__m128i*>(part),
+                      lane_sums(sum_low[m][0], sum_low[m][1], sum_low[m][c], sum_low[m][d]));
+    }
+    for (int j = 0; j < O; ++j) {
+      const int32_t offset = 128 * weight_sums[o + j];
+      const float parts = float(whole[j] - offset) + float(part[j] - offset) * (1.f / SPLIT);
+      out[m * N + o + j] = parts * row_scale[m] * weight_scale[o + j];
     }
   }
 }
+
+// Outputs [begin, end) for M rows, four at a time (two where four rows' sums would not fit in registers).
+template <int M>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_block(
+    const int8_t* weights, const int32_t* weight_sums, const float* weight_scale, const uint8_t* high,
+    const uint8_t* low, const float* row_scale, int64_t K, int64_t begin, int64_t end, float* out, int64_t N) {
+  constexpr int O = M < 4 ? 4 : 2;
+  int64_t o = begin;
+  for (; o + O <= end; o += O)
+    int8_outputs<M, O>(weights, weight_sums, weight_scale, high, low, row_scale, K, o, out, N);
+  for (; o < end; ++o) int8_outputs<M, 1>(weights, weight_sums, weight_scale, high, low, row_scale, K, o, out, N);
+}
 #endif
 
-// A row's two byte planes (see int8_outputs), and the scale of its high one.
+// A row's two byte planes (see SPLIT), and the scale of its high one.
 float split_row(const float* x, int64_t K, uint8_t* high, uint8_t* low) {
   const float d = largest_magnitude(x, K) / 127.f;
   const float inverse = d > 0.f ? 1.f / d : 0.f;
@@ -273,10 +317,10 @@ void int8_product(const float* x, int64_t M, int64_t K, const at::Tensor& weight
       const float* rs = row_scale.data() + first;
       float* o = out + first * N;
       switch (std::min(ROWS, M - first)) {
-        case 1: int8_outputs<1>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
-        case 2: int8_outputs<2>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
-        case 3: int8_outputs<3>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
-        default: int8_outputs<4>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
+        case 1: int8_block<1>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
+        case 2: int8_block<2>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
+        case 3: int8_block<3>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
+        default: int8_block<4>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
       }
     }
   });

@@ -32,9 +32,10 @@ def _asked_by_the_page(data: RerunData) -> bool:
 def keep_page_links() -> None:
     """Patch Streamlit's folding of rerun requests (once; idempotent)."""
     fold = getattr(ScriptRequests, "_request_rerun_locked", None)
-    if fold is None or getattr(fold, "keeps_page_links", False):
-        if fold is None:
-            log.warning("Streamlit changed: a page link clicked while a page reruns itself may be lost")
+    if getattr(fold, "keeps_page_links", False):
+        return
+    if fold is None or not all(hasattr(ScriptRequests(), name) for name in ("_state", "_rerun_data")):
+        log.warning("Streamlit changed: a page link clicked while a page reruns itself may be lost")
         return
 
     def fold_keeping_page_links(self: ScriptRequests, new_data: RerunData) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
+import pytest
 from streamlit.runtime.scriptrunner_utils.script_requests import (
     RerunData,
     ScriptRequests,
@@ -55,3 +56,9 @@ def test_the_newest_click_and_a_scripts_page_switch_still_win() -> None:
     assert page_run_next(timer, click(CHAT)) == CHAT
     assert page_run_next(click(CHAT), click(MODELS)) == MODELS
     assert page_run_next(click(CHAT), (RerunData(page_script_hash=MODELS), HARDWARE)) == MODELS
+
+
+def test_a_streamlit_without_the_folding_it_patches_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(ScriptRequests, "_request_rerun_locked")
+    keep_page_links()  # warns, patches nothing, raises nothing
+    assert not hasattr(ScriptRequests, "_request_rerun_locked")

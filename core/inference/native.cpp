@@ -148,8 +148,12 @@ void products(const uint8_t* w, const uint32_t* sz, const Rows& rows, int64_t M,
 
 // int8 weights (N x K, a scale a row) meet each row as two byte planes, exact to 15 bits of the row's
 // largest value: codes high and the remainder low (counted 1/SPLIT), as unsigned bytes (128 added, taken
-// back with the weights' row sums), so that VNNI multiplies them by the weights as they are.
+// back with the weights' row sums), so that VNNI multiplies them by the weights as they are. A tame row
+// (see split_row) needs only the high plane: where all of a call's rows are, the low one's products are
+// skipped (at three rows the kernel was bound by its VNNI instructions: Qwen's head 4.7-5.0 -> 3.0-4.6
+// ms here, depending on the minute's memory speed).
 constexpr float SPLIT = 254.f;
+constexpr float TAME = 12.f;  // a row's largest within this x its RMS: 8 bits (quantize.PROMPT_PEAK's rule)
 
 // Four vectors' lane sums, in the four lanes of one: a, b, c and d.
 __attribute__((target("avx512f"))) inline __m128i lane_sums(__m512i a, __m512i b, __m512i c, __m512i d) {
@@ -163,7 +167,7 @@ __attribute__((target("avx512f"))) inline __m128i lane_sums(__m512i a, __m512i b
 // Outputs [o, o + O) for M rows: each row's byte planes are loaded once for the O outputs' weights, and
 // the lane sums of four outputs are taken together (a sum of one vector's lanes costs about what four
 // do). Qwen's int8 head (151936 x 896) for three rows: 6.4-7.0 -> 4.9 ms; for one, as fast as before.
-template <int M, int O>
+template <int M, int O, int PLANES>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) inline void int8_outputs(
     const int8_t* weights, const int32_t* weight_sums, const float* weight_scale, const uint8_t* high,
     const uint8_t* low, const float* row_scale, int64_t K, int64_t o, float* out, int64_t N) {
@@ -180,58 +184,92 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) inline void int8_outputs(
     for (int j = 0; j < O; ++j) _mm_prefetch(reinterpret_cast<const char*>(next + j * 64), _MM_HINT_T0);
     for (int m = 0; m < M; ++m) {
       const __m512i h = _mm512_loadu_si512(high + m * K + k);
-      const __m512i l = _mm512_loadu_si512(low + m * K + k);
+      const __m512i l = PLANES == 2 ? _mm512_loadu_si512(low + m * K + k) : h;
       for (int j = 0; j < O; ++j) {
         sum_high[m][j] = _mm512_dpbusd_epi32(sum_high[m][j], h, v[j]);
-        sum_low[m][j] = _mm512_dpbusd_epi32(sum_low[m][j], l, v[j]);
+        if constexpr (PLANES == 2) sum_low[m][j] = _mm512_dpbusd_epi32(sum_low[m][j], l, v[j]);
       }
     }
   }
   for (int m = 0; m < M; ++m) {  // (whole + part / SPLIT) x the row's scale x the output's scale
-    alignas(16) int32_t whole[4], part[4];
+    alignas(16) int32_t whole[4], part[4] = {0, 0, 0, 0};  // one plane: the low one's products are zero
     if constexpr (O == 1) {
       whole[0] = _mm512_reduce_add_epi32(sum_high[m][0]);
-      part[0] = _mm512_reduce_add_epi32(sum_low[m][0]);
+      if constexpr (PLANES == 2) part[0] = _mm512_reduce_add_epi32(sum_low[m][0]);
     } else {
       const int c = O - 2, d = O - 1;  // two outputs: their sums twice
       _mm_store_si128(reinterpret_cast<__m128i*>(whole),
                       lane_sums(sum_high[m][0], sum_high[m][1], sum_high[m][c], sum_high[m][d]));
-      _mm_store_si128(reinterpret_cast<__m128i*>(part),
-                      lane_sums(sum_low[m][0], sum_low[m][1], sum_low[m][c], sum_low[m][d]));
+      if constexpr (PLANES == 2)
+        _mm_store_si128(reinterpret_cast<__m128i*>(part),
+                        lane_sums(sum_low[m][0], sum_low[m][1], sum_low[m][c], sum_low[m][d]));
     }
     for (int j = 0; j < O; ++j) {
       const int32_t offset = 128 * weight_sums[o + j];
-      const float parts = float(whole[j] - offset) + float(part[j] - offset) * (1.f / SPLIT);
+      const int32_t low = PLANES == 2 ? part[j] - offset : 0;
+      const float parts = float(whole[j] - offset) + float(low) * (1.f / SPLIT);
       out[m * N + o + j] = parts * row_scale[m] * weight_scale[o + j];
     }
   }
 }
 
-// Outputs [begin, end) for M rows, four at a time (two where four rows' sums would not fit in registers).
-template <int M>
+// Outputs [begin, end) for M rows, four at a time (two where four rows' sums would not fit in registers);
+// PLANES 1 where every row's low plane is zero (all 128): the same sums without its products.
+template <int M, int PLANES>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_block(
     const int8_t* weights, const int32_t* weight_sums, const float* weight_scale, const uint8_t* high,
     const uint8_t* low, const float* row_scale, int64_t K, int64_t begin, int64_t end, float* out, int64_t N) {
   constexpr int O = M < 4 ? 4 : 2;
   int64_t o = begin;
   for (; o + O <= end; o += O)
-    int8_outputs<M, O>(weights, weight_sums, weight_scale, high, low, row_scale, K, o, out, N);
-  for (; o < end; ++o) int8_outputs<M, 1>(weights, weight_sums, weight_scale, high, low, row_scale, K, o, out, N);
+    int8_outputs<M, O, PLANES>(weights, weight_sums, weight_scale, high, low, row_scale, K, o, out, N);
+  for (; o < end; ++o)
+    int8_outputs<M, 1, PLANES>(weights, weight_sums, weight_scale, high, low, row_scale, K, o, out, N);
 }
 
-// A row's two byte planes (see SPLIT), and the scale of its high one; 16 values an instruction.
+template <int PLANES>
+void int8_rows_of(const int8_t* w, const int32_t* sums, const float* ws, const uint8_t* high, const uint8_t* low,
+                  const float* row_scale, int64_t M, int64_t K, int64_t N, float* out) {
+  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t first = 0; first < M; first += ROWS) {
+      const uint8_t* h = high + first * K;
+      const uint8_t* l = low + first * K;
+      const float* rs = row_scale + first;
+      float* o = out + first * N;
+      switch (std::min(ROWS, M - first)) {
+        case 1: int8_block<1, PLANES>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
+        case 2: int8_block<2, PLANES>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
+        case 3: int8_block<3, PLANES>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
+        default: int8_block<4, PLANES>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
+      }
+    }
+  });
+}
+
+// A row's two byte planes (see SPLIT), and the scale of its high one; 16 values an instruction. Asked
+// (*tame true on the way in), a row whose largest value is within TAME x its RMS keeps only its high
+// plane (the low one all 128, which the products count as zero): the row in 8 bits, off by at most 1/254
+// of its largest (~TAME / 440 of its RMS), as prompts' rows meet the kept int8 copy; a row with an
+// outlier channel keeps both (15 bits). *tame says which it was.
 __attribute__((target("avx512f,avx512bw"))) float split_row(const float* x, int64_t K, uint8_t* high,
-                                                          uint8_t* low) {
-  __m512 largest = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 16) largest = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + k)), largest);
-  const float d = _mm512_reduce_max_ps(largest) / 127.f;
+                                                          uint8_t* low, bool* tame) {
+  __m512 largest = _mm512_setzero_ps(), squares = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const __m512 values = _mm512_loadu_ps(x + k);
+    largest = _mm512_max_ps(_mm512_abs_ps(values), largest);
+    squares = _mm512_fmadd_ps(values, values, squares);
+  }
+  const float peak = _mm512_reduce_max_ps(largest), d = peak / 127.f;
+  *tame = *tame && peak * peak <= TAME * TAME * (_mm512_reduce_add_ps(squares) / float(K));
   const __m512 inverse = _mm512_set1_ps(d > 0.f ? 1.f / d : 0.f), split = _mm512_set1_ps(SPLIT);
   const __m512i offset = _mm512_set1_epi32(128);
   constexpr int nearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   for (int64_t k = 0; k < K; k += 16) {
     const __m512 scaled = _mm512_mul_ps(_mm512_loadu_ps(x + k), inverse);
     const __m512 whole = _mm512_roundscale_ps(scaled, nearest);
-    const __m512i part = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_sub_ps(scaled, whole), split), nearest);
+    const __m512i part =
+        *tame ? _mm512_setzero_si512()
+              : _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_sub_ps(scaled, whole), split), nearest);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(high + k),
                      _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(whole), offset)));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(low + k), _mm512_cvtepi32_epi8(_mm512_add_epi32(part, offset)));
@@ -255,10 +293,11 @@ at::Tensor int4_rows(const at::Tensor& rows, const at::Tensor& packed, const at:
 }
 
 at::Tensor int8_rows(const at::Tensor& rows, const at::Tensor& weight, const at::Tensor& scale,
-                     const at::Tensor& weight_sums) {
+                     const at::Tensor& weight_sums, bool tame_rows_in_8_bits) {
   const auto x = float_rows(rows, "int8_rows");
   auto out = at::empty({x.size(0), weight.dim() == 2 ? weight.size(0) : 0}, x.options());
-  localllm::int8_product(x.data_ptr<float>(), x.size(0), x.size(1), weight, scale, weight_sums, out.data_ptr<float>());
+  localllm::int8_product(x.data_ptr<float>(), x.size(0), x.size(1), weight, scale, weight_sums, tame_rows_in_8_bits,
+                         out.data_ptr<float>());
   return out.to(rows.scalar_type());
 }
 
@@ -298,7 +337,7 @@ void int4_product(const float* x, int64_t M, int64_t K, const at::Tensor& packed
 }
 
 void int8_product(const float* x, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scale,
-                  const at::Tensor& weight_sums, float* out) {
+                  const at::Tensor& weight_sums, bool tame_rows_in_8_bits, float* out) {
   TORCH_CHECK(supported(), "int8_rows: this CPU lacks AVX512-VNNI or AVX512-VBMI");
   TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.dim() == 2 &&
                   weight.device().is_cpu(),
@@ -310,25 +349,23 @@ void int8_product(const float* x, int64_t M, int64_t K, const at::Tensor& weight
 #if defined(__x86_64__)
   std::vector<uint8_t> high(M * K), low(M * K);
   std::vector<float> row_scale(M);
-  for (int64_t m = 0; m < M; ++m) row_scale[m] = split_row(x + m * K, K, high.data() + m * K, low.data() + m * K);
+  bool all_tame = true;
+  for (int64_t m = 0; m < M; ++m) {
+    bool tame = tame_rows_in_8_bits;
+    row_scale[m] = split_row(x + m * K, K, high.data() + m * K, low.data() + m * K, &tame);
+    all_tame = all_tame && tame;
+  }
   const auto weight_scale = scale.to(at::kFloat).contiguous();
   const int8_t* w = weight.data_ptr<int8_t>();
   const int32_t* sums = weight_sums.data_ptr<int32_t>();
   const float* ws = weight_scale.data_ptr<float>();
-  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t first = 0; first < M; first += ROWS) {
-      const uint8_t* h = high.data() + first * K;
-      const uint8_t* l = low.data() + first * K;
-      const float* rs = row_scale.data() + first;
-      float* o = out + first * N;
-      switch (std::min(ROWS, M - first)) {
-        case 1: int8_block<1>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
-        case 2: int8_block<2>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
-        case 3: int8_block<3>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
-        default: int8_block<4>(w, sums, ws, h, l, rs, K, begin, end, o, N); break;
-      }
-    }
-  });
+  // One row is bound by memory either way, and its tighter one-plane loop outran the prefetching (slower,
+  // measured alone): it keeps both planes, the low one all 128, which gives the same sums to the bit.
+  if (all_tame && M > 1) {
+    int8_rows_of<1>(w, sums, ws, high.data(), low.data(), row_scale.data(), M, K, N, out);
+  } else {
+    int8_rows_of<2>(w, sums, ws, high.data(), low.data(), row_scale.data(), M, K, N, out);
+  }
 #endif
 }
 
@@ -337,7 +374,9 @@ void int8_product(const float* x, int64_t M, int64_t K, const at::Tensor& weight
 TORCH_LIBRARY(localllm, m) {
   m.def("supported() -> bool", localllm::supported);
   m.def("int4_rows(Tensor rows, Tensor packed, Tensor scales_zeros) -> Tensor", int4_rows);
-  m.def("int8_rows(Tensor rows, Tensor weight, Tensor scale, Tensor weight_sums) -> Tensor", int8_rows);
+  m.def("int8_rows(Tensor rows, Tensor weight, Tensor scale, Tensor weight_sums, bool tame_rows_in_8_bits=False) -> "
+        "Tensor",
+        int8_rows);
   m.def(
       "decode_layer(Tensor x, Tensor input_norm, Tensor[] qkv, Tensor[] output, Tensor post_norm, "
       "Tensor[] gate_up, Tensor[] down, Tensor? qk_norm, Tensor cos, Tensor sin, Tensor(a!)[] keys, "

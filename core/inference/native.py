@@ -5,8 +5,10 @@ compute-bound: ~20 GB/s of weights on the 2-core AMD EPYC where llama.cpp's Q4_K
 read ~30, and each row of a batch adds ~25 % to a step. `int4_rows` reads torch's own int4 layout (no
 second copy of the weights) and meets 8-bit activations (a scale a group of 32 inputs, as llama.cpp's
 Q8_0) in byte dot products: memory-bound, and a step for four rows costs ~1.2 of a step for one.
-`int8_rows` does the same for int8 weights with the rows exact to 15 bits (two bytes a value), so the
-output head needs no packed oneDNN copy. `decode_layer` runs a whole decoder layer for a decoding step in
+`int8_rows` does the same for int8 weights with the rows exact to 15 bits (two bytes a value), or, for
+the output head, in 8 bits where a row's largest value is within 12 × its RMS (prompts' rule, PROMPT_PEAK:
+at three rows the head's VNNI instructions, not its bytes, bound it), so the head needs no packed oneDNN
+copy. `decode_layer` runs a whole decoder layer for a decoding step in
 one call (native_layer.cpp): the ~35 small operations between a layer's matmuls cost ~4 ms of a step
 when Python dispatched them one by one.
 
@@ -114,12 +116,17 @@ def int4_rows(rows: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tens
 
 
 def int8_rows(
-    rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, weight_sums: torch.Tensor
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    weight_sums: torch.Tensor,
+    tame_rows_in_8_bits: bool = False,
 ) -> torch.Tensor:
     """rows (n x in, contiguous; in a multiple of 64) times int8 weights (out x in) with a scale a row,
-    the rows exact to 15 bits of their largest (two bytes a value), `weight_sums` the weights' int32
-    row sums: n x out in the rows' dtype."""
-    return torch.ops.localllm.int8_rows(rows, weight, scale, weight_sums)
+    each row exact to 15 bits of its largest (two bytes a value), or with `tame_rows_in_8_bits` in 8 bits
+    where its largest is within 12 × its RMS (quantize.PROMPT_PEAK's rule); `weight_sums` the weights'
+    int32 row sums: n x out in the rows' dtype."""
+    return torch.ops.localllm.int8_rows(rows, weight, scale, weight_sums, tame_rows_in_8_bits)
 
 
 @dataclass(frozen=True)

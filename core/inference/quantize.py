@@ -25,7 +25,8 @@ well below the bf16 rounding of the logits), not an 8-bit approximation of them.
 
 Where AVX512-VNNI and VBMI run, decoding's matmuls are the engine's own (core.inference.native, built
 once a machine): int4 weights in torch's layout meet rows in 8 bits a group of 32 (llama.cpp's Q8_0
-activations; KL +0.6 %), int8 weights meet rows split exactly as `packed_matmul` splits them, both in
+activations; KL +0.6 %), int8 weights meet rows split exactly as `packed_matmul` splits them (the head:
+one byte a value where a row is tame, as PROMPT_PEAK rules prompts' rows), both in
 VNNI byte dot products reading the weights as they are stored (memory-bound: ~1.3-1.7 × torch's
 kernels, and the head needs no packed copy).
 
@@ -86,7 +87,8 @@ SCHEMES = tuple(BYTES_PER_WEIGHT)
 FIT_STRETCHES = tuple(step / 4 for step in range(-4, 5))
 SPLIT = 254  # packed_matmul: an activation's second 8-bit part counts 1/SPLIT of its first
 # A prompt's rows meet the int8 weights kept for prompts as one byte a value (an RMS error of at most
-# ~PROMPT_PEAK / 440 of the row's RMS), and as two where a row's peak exceeds PROMPT_PEAK × its RMS.
+# ~PROMPT_PEAK / 440 of the row's RMS), and as two where a row's peak exceeds PROMPT_PEAK × its RMS;
+# the engine's own int8 kernel takes the output head's decoding rows by the same rule (native.cpp's TAME).
 PROMPT_PEAK = 12.0
 # Input features that reach this × a prompt's typical row RMS (a few at most: `outlier_columns`) are taken
 # out of the 8-bit rows and multiplied in 16 bits, so that they neither coarsen nor split every row.
@@ -388,6 +390,8 @@ class Int8Linear(QuantizedLinear):
         self.register_buffer("scale", scale)
         self.packed: PackedInt8 | None = None
         self.packing = False  # a packed copy is being made or is there (memory: stored_bytes)
+        # The output head's rows go in as one byte a value where tame (`native.int8_rows`): quantize_model.
+        self.tame_rows_in_8_bits = False
         # For the engine's own kernel: the int32 row sums and the scales in float32 (`native_weights`).
         self.kernel_extras: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -411,7 +415,7 @@ class Int8Linear(QuantizedLinear):
 
     def product(self, rows: torch.Tensor) -> torch.Tensor:
         if rows.shape[0] < PROMPT_ROWS and self.native_runs():
-            return native.int8_rows(rows.contiguous(), *self.native_weights())
+            return native.int8_rows(rows.contiguous(), *self.native_weights(), self.tame_rows_in_8_bits)
         packed = self.packed
         if packed is not None and rows.shape[0] < PROMPT_ROWS:
             return packed_matmul(rows, packed).to(self.dtype)
@@ -427,7 +431,8 @@ class Int8Linear(QuantizedLinear):
 
     def native_runs(self) -> bool:
         """Whether a few rows go to the engine's own int8 kernel (core.inference.native: the rows exact to
-        15 bits, as `packed_matmul`'s; ~1.6 × `_weight_int8pack_mm`'s speed, ~1.5 × the packed head's)."""
+        15 bits, as `packed_matmul`'s, or the head's as prompts' where tame; ~1.6 ×
+        `_weight_int8pack_mm`'s speed, ~1.5 × the packed head's)."""
         return self.weight.device.type == "cpu" and self.in_features % 64 == 0 and native.ready()
 
 
@@ -906,6 +911,8 @@ def quantize_model(model: Any, dtype: torch.dtype, scheme: str = "int4", load: L
         _materialize(module, f"{prefix}." if prefix else "", load)
         if load is None:
             _copy_out_of_the_file(module)
+    if isinstance(head := model.get_output_embeddings(), Int8Linear):
+        head.tame_rows_in_8_bits = True  # decoding's rows meet it as prompts' rows meet the kept copy
     return made
 
 

@@ -161,7 +161,9 @@ def test_int4_keeps_more_int8_in_a_narrow_model(tmp_path: Path) -> None:
         first_eighth = index < 1
         assert isinstance(layer.mlp.gate_up_proj.linear, Int8Linear if first_eighth else Int4Linear)
         assert isinstance(layer.mlp.down_proj, Int8Linear if first_eighth else Int4Linear)
+        assert not layer.self_attn.qkv_proj.linear.tame_rows_in_8_bits  # attention's rows stay in 15 bits
     assert isinstance(model.lm_head, Int8Linear)
+    assert model.lm_head.tame_rows_in_8_bits  # the head's tame rows in 8, as prompts' rows (PROMPT_PEAK)
 
 
 def test_a_narrow_model_with_wide_attention_keeps_only_its_first_layers_int8(tmp_path: Path) -> None:

@@ -153,7 +153,6 @@ void products(const uint8_t* w, const uint32_t* sz, const Rows& rows, int64_t M,
 // skipped (at three rows the kernel was bound by its VNNI instructions: Qwen's head 4.7-5.0 -> 3.0-4.6
 // ms here, depending on the minute's memory speed).
 constexpr float SPLIT = 254.f;
-constexpr float TAME = 12.f;  // a row's largest within this x its RMS: 8 bits (quantize.PROMPT_PEAK's rule)
 
 // Four vectors' lane sums, in the four lanes of one: a, b, c and d.
 __attribute__((target("avx512f"))) inline __m128i lane_sums(__m512i a, __m512i b, __m512i c, __m512i d) {
@@ -247,12 +246,12 @@ void int8_rows_of(const int8_t* w, const int32_t* sums, const float* ws, const u
 }
 
 // A row's two byte planes (see SPLIT), and the scale of its high one; 16 values an instruction. Asked
-// (*tame true on the way in), a row whose largest value is within TAME x its RMS keeps only its high
+// (tame_peak > 0), a row whose largest value is within tame_peak x its RMS keeps only its high
 // plane (the low one all 128, which the products count as zero): the row in 8 bits, off by at most 1/254
-// of its largest (~TAME / 440 of its RMS), as prompts' rows meet the kept int8 copy; a row with an
+// of its largest (~tame_peak / 440 of its RMS), as prompts' rows meet the kept int8 copy; a row with an
 // outlier channel keeps both (15 bits). *tame says which it was.
 __attribute__((target("avx512f,avx512bw"))) float split_row(const float* x, int64_t K, uint8_t* high,
-                                                          uint8_t* low, bool* tame) {
+                                                          uint8_t* low, float tame_peak, bool* tame) {
   __m512 largest = _mm512_setzero_ps(), squares = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 16) {
     const __m512 values = _mm512_loadu_ps(x + k);
@@ -260,7 +259,7 @@ __attribute__((target("avx512f,avx512bw"))) float split_row(const float* x, int6
     squares = _mm512_fmadd_ps(values, values, squares);
   }
   const float peak = _mm512_reduce_max_ps(largest), d = peak / 127.f;
-  *tame = *tame && peak * peak <= TAME * TAME * (_mm512_reduce_add_ps(squares) / float(K));
+  *tame = tame_peak > 0.f && peak * peak <= tame_peak * tame_peak * (_mm512_reduce_add_ps(squares) / float(K));
   const __m512 inverse = _mm512_set1_ps(d > 0.f ? 1.f / d : 0.f), split = _mm512_set1_ps(SPLIT);
   const __m512i offset = _mm512_set1_epi32(128);
   constexpr int nearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
@@ -293,10 +292,10 @@ at::Tensor int4_rows(const at::Tensor& rows, const at::Tensor& packed, const at:
 }
 
 at::Tensor int8_rows(const at::Tensor& rows, const at::Tensor& weight, const at::Tensor& scale,
-                     const at::Tensor& weight_sums, bool tame_rows_in_8_bits) {
+                     const at::Tensor& weight_sums, double tame_peak) {
   const auto x = float_rows(rows, "int8_rows");
   auto out = at::empty({x.size(0), weight.dim() == 2 ? weight.size(0) : 0}, x.options());
-  localllm::int8_product(x.data_ptr<float>(), x.size(0), x.size(1), weight, scale, weight_sums, tame_rows_in_8_bits,
+  localllm::int8_product(x.data_ptr<float>(), x.size(0), x.size(1), weight, scale, weight_sums, float(tame_peak),
                          out.data_ptr<float>());
   return out.to(rows.scalar_type());
 }
@@ -337,7 +336,7 @@ void int4_product(const float* x, int64_t M, int64_t K, const at::Tensor& packed
 }
 
 void int8_product(const float* x, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scale,
-                  const at::Tensor& weight_sums, bool tame_rows_in_8_bits, float* out) {
+                  const at::Tensor& weight_sums, float tame_peak, float* out) {
   TORCH_CHECK(supported(), "int8_rows: this CPU lacks AVX512-VNNI or AVX512-VBMI");
   TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.dim() == 2 &&
                   weight.device().is_cpu(),
@@ -351,8 +350,8 @@ void int8_product(const float* x, int64_t M, int64_t K, const at::Tensor& weight
   std::vector<float> row_scale(M);
   bool all_tame = true;
   for (int64_t m = 0; m < M; ++m) {
-    bool tame = tame_rows_in_8_bits;
-    row_scale[m] = split_row(x + m * K, K, high.data() + m * K, low.data() + m * K, &tame);
+    bool tame = false;
+    row_scale[m] = split_row(x + m * K, K, high.data() + m * K, low.data() + m * K, tame_peak, &tame);
     all_tame = all_tame && tame;
   }
   const auto weight_scale = scale.to(at::kFloat).contiguous();
@@ -374,7 +373,7 @@ void int8_product(const float* x, int64_t M, int64_t K, const at::Tensor& weight
 TORCH_LIBRARY(localllm, m) {
   m.def("supported() -> bool", localllm::supported);
   m.def("int4_rows(Tensor rows, Tensor packed, Tensor scales_zeros) -> Tensor", int4_rows);
-  m.def("int8_rows(Tensor rows, Tensor weight, Tensor scale, Tensor weight_sums, bool tame_rows_in_8_bits=False) -> "
+  m.def("int8_rows(Tensor rows, Tensor weight, Tensor scale, Tensor weight_sums, float tame_peak=0.) -> "
         "Tensor",
         int8_rows);
   m.def(

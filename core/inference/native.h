@@ -17,10 +17,10 @@ void int4_product(const float* rows, int64_t M, int64_t K, const at::Tensor& pac
                   const at::Tensor& scales_zeros, float* out);
 
 // rows (M x K float32) times int8 weights (N x K) with a scale a row and their int32 row sums, each row
-// exact to 15 bits of its largest, or (tame_rows_in_8_bits) in 8 bits where its largest is within 12 x
+// exact to 15 bits of its largest, or (tame_peak > 0) in 8 bits where its largest is within tame_peak x
 // its RMS: into out (M x N float32).
 void int8_product(const float* rows, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scale,
-                  const at::Tensor& weight_sums, bool tame_rows_in_8_bits, float* out);
+                  const at::Tensor& weight_sums, float tame_peak, float* out);
 
 // One decoder layer of a Llama-family model for a few tokens of some sequences (native_layer.cpp): x (rows
 // x hidden; segment s's counts[s] rows, one after the other) through RMSNorm, the fused q/k/v projection,

@@ -120,13 +120,13 @@ def int8_rows(
     weight: torch.Tensor,
     scale: torch.Tensor,
     weight_sums: torch.Tensor,
-    tame_rows_in_8_bits: bool = False,
+    tame_peak: float = 0.0,
 ) -> torch.Tensor:
     """rows (n x in, contiguous; in a multiple of 64) times int8 weights (out x in) with a scale a row,
-    each row exact to 15 bits of its largest (two bytes a value), or with `tame_rows_in_8_bits` in 8 bits
-    where its largest is within 12 × its RMS (quantize.PROMPT_PEAK's rule); `weight_sums` the weights'
+    each row exact to 15 bits of its largest (two bytes a value), or, `tame_peak` given, in 8 bits where
+    its largest is within `tame_peak` × its RMS (quantize.PROMPT_PEAK's rule); `weight_sums` the weights'
     int32 row sums: n x out in the rows' dtype."""
-    return torch.ops.localllm.int8_rows(rows, weight, scale, weight_sums, tame_rows_in_8_bits)
+    return torch.ops.localllm.int8_rows(rows, weight, scale, weight_sums, tame_peak)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ struct Projection {
     if (parts[0].scalar_type() == at::kByte) {
       localllm::int4_product(rows, M, K, parts[0], parts[1], out);
     } else {
-      localllm::int8_product(rows, M, K, parts[0], parts[1], parts[2], false, out);  // every row in 15 bits
+      localllm::int8_product(rows, M, K, parts[0], parts[1], parts[2], 0.f, out);  // every row in 15 bits
     }
     if (bias.defined()) {
       const float* b = bias.data_ptr<float>();

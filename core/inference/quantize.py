@@ -88,7 +88,7 @@ FIT_STRETCHES = tuple(step / 4 for step in range(-4, 5))
 SPLIT = 254  # packed_matmul: an activation's second 8-bit part counts 1/SPLIT of its first
 # A prompt's rows meet the int8 weights kept for prompts as one byte a value (an RMS error of at most
 # ~PROMPT_PEAK / 440 of the row's RMS), and as two where a row's peak exceeds PROMPT_PEAK × its RMS;
-# the engine's own int8 kernel takes the output head's decoding rows by the same rule (native.cpp's TAME).
+# the engine's own int8 kernel takes the output head's decoding rows by the same rule (`tame_peak`).
 PROMPT_PEAK = 12.0
 # Input features that reach this × a prompt's typical row RMS (a few at most: `outlier_columns`) are taken
 # out of the 8-bit rows and multiplied in 16 bits, so that they neither coarsen nor split every row.
@@ -415,7 +415,8 @@ class Int8Linear(QuantizedLinear):
 
     def product(self, rows: torch.Tensor) -> torch.Tensor:
         if rows.shape[0] < PROMPT_ROWS and self.native_runs():
-            return native.int8_rows(rows.contiguous(), *self.native_weights(), self.tame_rows_in_8_bits)
+            peak = PROMPT_PEAK if self.tame_rows_in_8_bits else 0.0
+            return native.int8_rows(rows.contiguous(), *self.native_weights(), peak)
         packed = self.packed
         if packed is not None and rows.shape[0] < PROMPT_ROWS:
             return packed_matmul(rows, packed).to(self.dtype)

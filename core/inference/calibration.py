@@ -56,8 +56,11 @@ def measure_int4_prompt_rows(repeats: int = 5) -> int | None:
     work only adds time); each is taken as a line (the kernel's time grows with the rows, the
     unpacking's hardly) and the rows where the lines cross are the answer, if within 16-256."""
     codes = torch.randint(0, 16, (2048, 2048), dtype=torch.int32)  # any weights: only the time counts
-    scales_zeros = torch.rand(2048 // quantize.INT4_GROUP, 2048, 2, dtype=torch.bfloat16)
-    layer = quantize.Int4Linear(torch._convert_weight_to_int4pack_for_cpu(codes, 2), scales_zeros, 2048, None)
+    groups = 2048 // quantize.INT4_GROUP
+    scale_codes = torch.randint(0, 256, (groups, 2, 2048), dtype=torch.uint8)
+    units = torch.rand(quantize.super_blocks(groups), 2, 2048)
+    packed = torch._convert_weight_to_int4pack_for_cpu(codes, 2)
+    layer = quantize.Int4Linear(packed, scale_codes, units, 2048, None, torch.bfloat16)
     if not layer.unpackable(torch.bfloat16):
         return quantize.INT4_PROMPT_ROWS
     few, more = CALIBRATION_ROWS, 2 * CALIBRATION_ROWS

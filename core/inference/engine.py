@@ -184,7 +184,7 @@ class LocalEngine:
 
     def precision(self) -> Precision:
         """How a model would be stored: int4 weights on the CPU (unless set otherwise), else the dtype."""
-        from core.inference.quantize import BYTES_PER_WEIGHT
+        from core.inference.quantize import BYTES_PER_WEIGHT, TORCH_SCALES_BYTES
 
         device = detect_device(self.device_preference)
         dtype = choose_dtype(device)
@@ -192,9 +192,11 @@ class LocalEngine:
         if device == "cpu" and scheme in BYTES_PER_WEIGHT and self._kernel(scheme):
             # the head, and what int4 keeps int8 (sizing.KvLayout.int4_keeps_int8)
             int8 = BYTES_PER_WEIGHT["int8"]
-            # the head packed for oneDNN too, where the engine's own kernels do not read it as stored
+            # the head packed for oneDNN too, and int4 scales in torch's layout, where the engine's own
+            # kernels do not read the weights as stored
             packed = not native_loaded()
-            return Precision(BYTES_PER_WEIGHT[scheme], int8, dtype.itemsize, scheme, int8, packed_head=packed)
+            layers = BYTES_PER_WEIGHT[scheme] + (TORCH_SCALES_BYTES if packed and scheme == "int4" else 0)
+            return Precision(layers, int8, dtype.itemsize, scheme, int8, packed_head=packed)
         label = str(dtype).removeprefix("torch.")
         return Precision(dtype.itemsize, dtype.itemsize, dtype.itemsize, label)
 

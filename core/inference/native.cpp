@@ -1,13 +1,15 @@
 // Decoding's matmuls on x86 CPUs with AVX512-VNNI and AVX512-VBMI, built and loaded by
-// core/inference/native.py: a few activation rows times int4 weights in torch's CPU layout (the one
-// `_weight_int4pack_mm_for_cpu` reads), and times int8 weights with a scale a row (`int8_rows`).
+// core/inference/native.py: a few activation rows times int4 weights (4-bit codes in torch's CPU layout,
+// the one `_weight_int4pack_mm_for_cpu` reads, and quantize.code_scales' 8-bit scale and offset codes), and
+// times int8 weights with a scale a row (`int8_rows`).
 //
 // Each row goes in as bytes, a scale a group of 32 inputs (llama.cpp's Q8_0 activations), and meets the
 // 4-bit codes in VNNI byte dot products: 64 multiply-adds an instruction where torch's kernel widens
 // every weight to float32 for one. The weights are read from memory once a call whatever the row count
 // (a block of 64 outputs serves every row before the next), so a step for several replies costs about
-// what a step for one does. A weight is (q - 8) * scale + zero (torch's layout); a group's product is
-//   scale * d * sum(q * a) + (zero - 8 * scale) * d * sum(a)
+// what a step for one does. A weight is q * scale + offset, each a code times its super-block's unit; a
+// group's product is
+//   scale * d * sum(q * a) + offset * d * sum(a)
 // with the row's codes a and their scale d: exactly the dequantized weights times the 8-bit row.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -32,7 +34,8 @@
 
 namespace {
 
-constexpr int64_t GROUP = 32;  // inputs a scale and zero point cover (core.inference.quantize.INT4_GROUP)
+constexpr int64_t GROUP = 32;  // inputs a scale and offset cover (core.inference.quantize.INT4_GROUP)
+constexpr int64_t SUPER = 16;  // groups whose codes share a unit pair (core.inference.quantize.INT4_SUPER)
 constexpr int64_t BLOCK = 64;  // outputs a block of torch's layout holds: K x 32 bytes, j and j + 32 a byte
 constexpr int64_t ROWS = 4;    // rows a pass over a block's weights keeps in registers
 
@@ -57,6 +60,14 @@ __attribute__((target("avx512f,avx512bw"))) void quantize_row(const float* x, in
 }
 #endif
 
+// An int4 matrix: codes (N x K / 2 bytes, torch's layout), scale and offset codes (groups x 2 x N bytes:
+// unsigned, signed) and their units (super-blocks x 2 x N float32).
+struct Int4Weights {
+  const uint8_t* packed;
+  const uint8_t* codes;
+  const float* units;
+};
+
 struct Rows {
   const int8_t* codes;  // M x K
   const float* scale;   // M x K / GROUP
@@ -65,11 +76,11 @@ struct Rows {
 };
 
 #if defined(__x86_64__)
-// Rows [first, first + M) times the 64 outputs of `block`.
+// Group g's products of rows [first, first + M) with the 64 outputs of a block (w: the block's codes), in
+// four lanes of 16 outputs each: sum(q * a), whole numbers.
 template <int M>
-__attribute__((target("avx512f,avx512bw,avx512vnni,avx512vbmi"))) void block_product(
-    const uint8_t* weights, const uint32_t* scales_zeros, const Rows& rows, int64_t first, int64_t K,
-    int64_t N, int64_t block) {
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx512vbmi"))) inline void group_dots(
+    const uint8_t* w, const int8_t* codes, int64_t K, int64_t g, __m512i (&dots)[M][4]) {
   // Four inputs of one output in each 32-bit lane, from four inputs' 32 bytes: byte 32 * b + i of the
   // pair of loads is input k + b of outputs i (low nibble) and i + 32 (high nibble).
   alignas(64) static const uint8_t order[2][64] = {
@@ -84,46 +95,69 @@ __attribute__((target("avx512f,avx512bw,avx512vnni,avx512vbmi"))) void block_pro
   const __m512i first_half = _mm512_load_si512(order[0]);
   const __m512i second_half = _mm512_load_si512(order[1]);
   const __m512i nibble = _mm512_set1_epi8(0x0F);
-  const __m512i high_bits = _mm512_set1_epi32(int(0xFFFF0000u));
-  const __m512 eight = _mm512_set1_ps(8.f);
+  for (int m = 0; m < M; ++m)
+    for (int c = 0; c < 4; ++c) dots[m][c] = _mm512_setzero_si512();
+  for (int64_t k = g * GROUP; k < (g + 1) * GROUP; k += 4) {
+    const __m512i low = _mm512_loadu_si512(w + k * 32);
+    const __m512i high = _mm512_loadu_si512(w + k * 32 + 64);
+    const __m512i t0 = _mm512_permutex2var_epi8(low, first_half, high);
+    const __m512i t1 = _mm512_permutex2var_epi8(low, second_half, high);
+    const __m512i q[4] = {
+        _mm512_and_si512(t0, nibble),                         // outputs 0-15
+        _mm512_and_si512(t1, nibble),                         // 16-31
+        _mm512_and_si512(_mm512_srli_epi16(t0, 4), nibble),  // 32-47
+        _mm512_and_si512(_mm512_srli_epi16(t1, 4), nibble),  // 48-63
+    };
+    for (int m = 0; m < M; ++m) {
+      int32_t four;
+      std::memcpy(&four, codes + m * K + k, 4);
+      const __m512i a = _mm512_set1_epi32(four);
+      for (int c = 0; c < 4; ++c) dots[m][c] = _mm512_dpbusd_epi32(dots[m][c], q[c], a);
+    }
+  }
+}
+
+// Rows [first, first + M) times the 64 outputs of `block`. One row sums a super-block's groups in codes'
+// units and applies the units once a super-block (two instructions a group and 16 outputs fewer: at one
+// row the kernel's instructions, not the bytes, were its bound on two cores); more rows would not keep
+// those sums in registers, and take the units each group.
+template <int M>
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx512vbmi"))) void block_product(
+    const Int4Weights& weights, const Rows& rows, int64_t first, int64_t K, int64_t N, int64_t block) {
   const int64_t groups = K / GROUP;
-  const uint8_t* w = weights + block * K * (BLOCK / 2);
+  const uint8_t* w = weights.packed + block * K * (BLOCK / 2);
   const int8_t* codes = rows.codes + first * K;
   const float* scale = rows.scale + first * groups;
   const float* sums = rows.sums + first * groups;
-  __m512 acc[M][4];
+  __m512 acc[M][4], scaled[M][4], offsets[M][4];
   for (int m = 0; m < M; ++m)
-    for (int c = 0; c < 4; ++c) acc[m][c] = _mm512_setzero_ps();
+    for (int c = 0; c < 4; ++c) acc[m][c] = scaled[m][c] = offsets[m][c] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     __m512i dots[M][4];
-    for (int m = 0; m < M; ++m)
-      for (int c = 0; c < 4; ++c) dots[m][c] = _mm512_setzero_si512();
-    for (int64_t k = g * GROUP; k < (g + 1) * GROUP; k += 4) {
-      const __m512i low = _mm512_loadu_si512(w + k * 32);
-      const __m512i high = _mm512_loadu_si512(w + k * 32 + 64);
-      const __m512i t0 = _mm512_permutex2var_epi8(low, first_half, high);
-      const __m512i t1 = _mm512_permutex2var_epi8(low, second_half, high);
-      const __m512i q[4] = {
-          _mm512_and_si512(t0, nibble),                         // outputs 0-15
-          _mm512_and_si512(t1, nibble),                         // 16-31
-          _mm512_and_si512(_mm512_srli_epi16(t0, 4), nibble),  // 32-47
-          _mm512_and_si512(_mm512_srli_epi16(t1, 4), nibble),  // 48-63
-      };
-      for (int m = 0; m < M; ++m) {
-        int32_t four;
-        std::memcpy(&four, codes + m * K + k, 4);
-        const __m512i a = _mm512_set1_epi32(four);
-        for (int c = 0; c < 4; ++c) dots[m][c] = _mm512_dpbusd_epi32(dots[m][c], q[c], a);
-      }
-    }
-    for (int c = 0; c < 4; ++c) {  // 16 (scale, zero) bf16 pairs: bf16 is float32's upper half
-      const __m512i pairs = _mm512_loadu_si512(scales_zeros + g * N + block * BLOCK + c * 16);
-      const __m512 s = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
-      const __m512 offset = _mm512_fnmadd_ps(eight, s, _mm512_castsi512_ps(_mm512_and_si512(pairs, high_bits)));
+    group_dots<M>(w, codes, K, g, dots);
+    const float* unit = weights.units + (g / SUPER) * 2 * N + block * BLOCK;
+    for (int c = 0; c < 4; ++c) {  // 16 outputs' scale and offset codes
+      const uint8_t* code = weights.codes + g * 2 * N + block * BLOCK + c * 16;
+      const __m512 s = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(code))));
+      const __m512 o =
+          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(code + N))));
       for (int m = 0; m < M; ++m) {
         const __m512 d = _mm512_mul_ps(s, _mm512_set1_ps(scale[m * groups + g]));
-        acc[m][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[m][c]), d, acc[m][c]);
-        acc[m][c] = _mm512_fmadd_ps(offset, _mm512_set1_ps(sums[m * groups + g]), acc[m][c]);
+        if constexpr (M == 1) {
+          scaled[m][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[m][c]), d, scaled[m][c]);
+          offsets[m][c] = _mm512_fmadd_ps(o, _mm512_set1_ps(sums[m * groups + g]), offsets[m][c]);
+        } else {
+          const __m512 unit_s = _mm512_loadu_ps(unit + c * 16), unit_o = _mm512_loadu_ps(unit + N + c * 16);
+          acc[m][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[m][c]), _mm512_mul_ps(d, unit_s), acc[m][c]);
+          acc[m][c] = _mm512_fmadd_ps(_mm512_mul_ps(o, unit_o), _mm512_set1_ps(sums[m * groups + g]), acc[m][c]);
+        }
+      }
+    }
+    if (M == 1 && (g % SUPER == SUPER - 1 || g == groups - 1)) {  // the super-block's units, once
+      for (int c = 0; c < 4; ++c) {
+        acc[0][c] = _mm512_fmadd_ps(scaled[0][c], _mm512_loadu_ps(unit + c * 16), acc[0][c]);
+        acc[0][c] = _mm512_fmadd_ps(offsets[0][c], _mm512_loadu_ps(unit + N + c * 16), acc[0][c]);
+        scaled[0][c] = offsets[0][c] = _mm512_setzero_ps();
       }
     }
   }
@@ -131,15 +165,15 @@ __attribute__((target("avx512f,avx512bw,avx512vnni,avx512vbmi"))) void block_pro
     for (int c = 0; c < 4; ++c) _mm512_storeu_ps(rows.out + (first + m) * N + block * BLOCK + c * 16, acc[m][c]);
 }
 
-void products(const uint8_t* w, const uint32_t* sz, const Rows& rows, int64_t M, int64_t K, int64_t N) {
+void products(const Int4Weights& w, const Rows& rows, int64_t M, int64_t K, int64_t N) {
   at::parallel_for(0, N / BLOCK, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       for (int64_t first = 0; first < M; first += ROWS) {  // the block's weights stay in cache meanwhile
         switch (std::min(ROWS, M - first)) {
-          case 1: block_product<1>(w, sz, rows, first, K, N, block); break;
-          case 2: block_product<2>(w, sz, rows, first, K, N, block); break;
-          case 3: block_product<3>(w, sz, rows, first, K, N, block); break;
-          default: block_product<4>(w, sz, rows, first, K, N, block); break;
+          case 1: block_product<1>(w, rows, first, K, N, block); break;
+          case 2: block_product<2>(w, rows, first, K, N, block); break;
+          case 3: block_product<3>(w, rows, first, K, N, block); break;
+          default: block_product<4>(w, rows, first, K, N, block); break;
         }
       }
     }
@@ -284,10 +318,11 @@ at::Tensor float_rows(const at::Tensor& rows, const char* name) {
   return rows.to(at::kFloat).contiguous();
 }
 
-at::Tensor int4_rows(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& scales_zeros) {
+at::Tensor int4_rows(const at::Tensor& rows, const at::Tensor& packed, const at::Tensor& codes,
+                     const at::Tensor& units) {
   const auto x = float_rows(rows, "int4_rows");
-  auto out = at::empty({x.size(0), scales_zeros.dim() == 3 ? scales_zeros.size(1) : 0}, x.options());
-  localllm::int4_product(x.data_ptr<float>(), x.size(0), x.size(1), packed, scales_zeros, out.data_ptr<float>());
+  auto out = at::empty({x.size(0), codes.dim() == 3 ? codes.size(2) : 0}, x.options());
+  localllm::int4_product(x.data_ptr<float>(), x.size(0), x.size(1), packed, codes, units, out.data_ptr<float>());
   return out.to(rows.scalar_type());
 }
 
@@ -313,25 +348,29 @@ bool supported() {
 #endif
 }
 
-void int4_product(const float* x, int64_t M, int64_t K, const at::Tensor& packed, const at::Tensor& scales_zeros,
-                  float* out) {
+void int4_product(const float* x, int64_t M, int64_t K, const at::Tensor& packed, const at::Tensor& codes,
+                  const at::Tensor& units, float* out) {
   TORCH_CHECK(supported(), "int4_rows: this CPU lacks AVX512-VNNI or AVX512-VBMI");
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.device().is_cpu(),
               "int4_rows: torch's int4 layout");
-  TORCH_CHECK(scales_zeros.scalar_type() == at::kBFloat16 && scales_zeros.is_contiguous() &&
-                  scales_zeros.dim() == 3 && scales_zeros.size(2) == 2,
-              "int4_rows: bf16 scales and zeros, groups x outputs x 2");
-  const int64_t N = scales_zeros.size(1);
-  TORCH_CHECK(K % GROUP == 0 && N % BLOCK == 0 && scales_zeros.size(0) == K / GROUP && packed.numel() == N * K / 2,
+  TORCH_CHECK(codes.scalar_type() == at::kByte && codes.is_contiguous() && codes.dim() == 3 && codes.size(1) == 2 &&
+                  codes.device().is_cpu(),
+              "int4_rows: scale and offset codes, groups x 2 x outputs bytes");
+  const int64_t N = codes.size(2), groups = K / GROUP;
+  TORCH_CHECK(units.scalar_type() == at::kFloat && units.is_contiguous() && units.device().is_cpu() &&
+                  units.dim() == 3 && units.size(0) == (groups + SUPER - 1) / SUPER && units.size(1) == 2 &&
+                  units.size(2) == N,
+              "int4_rows: float32 units, super-blocks x 2 x outputs");
+  TORCH_CHECK(K % GROUP == 0 && N % BLOCK == 0 && codes.size(0) == groups && packed.numel() == N * K / 2,
               "int4_rows: shapes do not match");
 #if defined(__x86_64__)
-  const int64_t groups = K / GROUP;
-  std::vector<int8_t> codes(M * K);
+  std::vector<int8_t> row_codes(M * K);
   std::vector<float> scale(M * groups), sums(M * groups);
   for (int64_t m = 0; m < M; ++m)
-    quantize_row(x + m * K, K, codes.data() + m * K, scale.data() + m * groups, sums.data() + m * groups);
-  const Rows parts{codes.data(), scale.data(), sums.data(), out};
-  products(packed.data_ptr<uint8_t>(), reinterpret_cast<const uint32_t*>(scales_zeros.data_ptr()), parts, M, K, N);
+    quantize_row(x + m * K, K, row_codes.data() + m * K, scale.data() + m * groups, sums.data() + m * groups);
+  const Rows parts{row_codes.data(), scale.data(), sums.data(), out};
+  const Int4Weights weights{packed.data_ptr<uint8_t>(), codes.data_ptr<uint8_t>(), units.data_ptr<float>()};
+  products(weights, parts, M, K, N);
 #endif
 }
 
@@ -372,7 +411,7 @@ void int8_product(const float* x, int64_t M, int64_t K, const at::Tensor& weight
 
 TORCH_LIBRARY(localllm, m) {
   m.def("supported() -> bool", localllm::supported);
-  m.def("int4_rows(Tensor rows, Tensor packed, Tensor scales_zeros) -> Tensor", int4_rows);
+  m.def("int4_rows(Tensor rows, Tensor packed, Tensor codes, Tensor units) -> Tensor", int4_rows);
   m.def("int8_rows(Tensor rows, Tensor weight, Tensor scale, Tensor weight_sums, float tame_peak=0.) -> "
         "Tensor",
         int8_rows);

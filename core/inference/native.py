@@ -109,10 +109,12 @@ def prepare() -> bool:
     return LIBRARY.prepare()
 
 
-def int4_rows(rows: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor:
-    """rows (n x in, contiguous) times int4 weights in torch's CPU layout (`_weight_int4pack_mm_for_cpu`'s
-    packed codes and bf16 scales and zeros), the rows in 8 bits a group of 32: n x out in the rows' dtype."""
-    return torch.ops.localllm.int4_rows(rows, packed, scales_zeros)
+def int4_rows(
+    rows: torch.Tensor, packed: torch.Tensor, codes: torch.Tensor, units: torch.Tensor
+) -> torch.Tensor:
+    """rows (n x in, contiguous) times int4 weights (codes in torch's CPU layout, scale and offset codes and
+    their units: quantize.code_scales), the rows in 8 bits a group of 32: n x out in the rows' dtype."""
+    return torch.ops.localllm.int4_rows(rows, packed, codes, units)
 
 
 def int8_rows(

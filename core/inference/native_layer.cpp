@@ -32,12 +32,12 @@ struct Projection {
   Projection(at::TensorList given, const char* name) {
     TORCH_CHECK(!given.empty(), "decode_layer: ", name, " has no weights");
     const bool int4 = given[0].scalar_type() == at::kByte;
-    const size_t count = int4 ? 2 : 3;
+    const size_t count = 3;
     TORCH_CHECK(given.size() == count || given.size() == count + 1,
-                "decode_layer: ", name, " is [packed, scales_zeros] or [weight, scale, weight_sums], and a bias");
+                "decode_layer: ", name, " is [packed, codes, units] or [weight, scale, weight_sums], and a bias");
     parts.assign(given.begin(), given.begin() + count);
-    TORCH_CHECK(parts[1].dim() >= 2 || !int4, "decode_layer: ", name, "'s int4 scales are groups x outputs x 2");
-    outputs = int4 ? parts[1].size(1) : parts[0].size(0);
+    TORCH_CHECK(parts[1].dim() == 3 || !int4, "decode_layer: ", name, "'s int4 codes are groups x 2 x outputs");
+    outputs = int4 ? parts[1].size(2) : parts[0].size(0);
     if (given.size() > count) {
       bias = given[count].to(at::kFloat).contiguous();  // as given where it is float32 already
       TORCH_CHECK(bias.numel() == outputs, "decode_layer: ", name, "'s bias does not match its outputs");
@@ -47,7 +47,7 @@ struct Projection {
   // rows (M x K) times the weights, plus the bias: into out (M x outputs).
   void apply(const float* rows, int64_t M, int64_t K, float* out) const {
     if (parts[0].scalar_type() == at::kByte) {
-      localllm::int4_product(rows, M, K, parts[0], parts[1], out);
+      localllm::int4_product(rows, M, K, parts[0], parts[1], parts[2], out);
     } else {
       localllm::int8_product(rows, M, K, parts[0], parts[1], parts[2], 0.f, out);  // every row in 15 bits
     }

@@ -3,9 +3,10 @@
 Decoding one token reads every weight once, so on a CPU its speed is set by memory bandwidth: fewer
 bytes per weight, more tokens per second. Activations stay in the model's dtype.
 
-- int4: each group of 32 weights along a row gets a scale and a zero point (asymmetric, 5 bits a
-  weight with their bf16 storage), fitted to the group by least squares as llama.cpp's K-quants are,
-  in the layout and kernel (`_weight_int4pack_mm_for_cpu`) of torchao and gpt-fast; the attention
+- int4: each group of 32 weights along a row gets a scale and an offset (asymmetric), fitted to the
+  group by least squares as llama.cpp's K-quants are and kept as 8-bit codes of a float32 pair per 16
+  groups (4.625 bits a weight; `code_scales`), the 4-bit codes in the layout of torch's kernel
+  (`_weight_int4pack_mm_for_cpu`, as torchao and gpt-fast use it); the attention
   projections of the first eighth of the layers stay int8, and in narrow models (hidden size <= 1024)
   the whole first eighth of the layers, and every attention and o projection where they are a small
   part of a layer (core.inference.sizing.KvLayout.int4_keeps_int8).
@@ -64,6 +65,7 @@ from core.inference import native
 from core.inference.sizing import KvLayout
 
 INT4_GROUP = 32
+INT4_SUPER = 16  # groups whose scale and offset codes share a float32 pair (code_scales)
 PROMPT_ROWS = 32  # from this many rows on (a prompt), dequantizing + a GEMM beats the int8 kernel
 # The same for int4 in bf16 until this CPU's crossing is measured (docs/performance.md, "Prompts"):
 # unpacking costs more, so it pays later; 96 on the AMD EPYC, ~55 on an Intel Xeon with AMX.
@@ -79,8 +81,11 @@ UNPACK_NEVER = 1 << 30  # prompt rows: the engine's own kernel outran unpacking 
 PREPACK_ROWS = 128  # the row count oneDNN lays kept weights out for (any count works; 64-512 measured alike)
 UNPACK_BLOCK = 64  # output features per block of torch's CPU int4 layout (two nibbles: n and n + 32)
 UNPACK_WEIGHTS = 2**21  # weights unpacked at a time (4 MiB in bf16): bounds the temporary copies
-# Stored bytes per weight, for memory and speed estimates: nibbles + a bf16 scale and zero per group.
-BYTES_PER_WEIGHT = {"int4": 0.5 + 4 / INT4_GROUP, "int8": 1.0}
+# Stored bytes per weight, for memory and speed estimates: nibbles, a scale and an offset code a group
+# and a float32 pair a super-block (code_scales).
+BYTES_PER_WEIGHT = {"int4": 0.5 + 2 / INT4_GROUP + 8 / (INT4_GROUP * INT4_SUPER), "int8": 1.0}
+# What torch's int4 kernel reads besides, where the engine's own does not run: a bf16 scale and zero a group.
+TORCH_SCALES_BYTES = 4 / INT4_GROUP
 SCHEMES = tuple(BYTES_PER_WEIGHT)
 # The ranges fit_groups tries besides min/max: levels + stretch steps across it. llama.cpp tries -1 to +1
 # by 0.1; by 0.25 gives most of the gain (bench/quality.py) for 40 % of the quantizing time.
@@ -303,29 +308,90 @@ def fit_groups(groups: torch.Tensor, levels: int = 15) -> tuple[torch.Tensor, to
 
 
 def quantize_groups(
-    weight: torch.Tensor, dtype: torch.dtype, group: int = INT4_GROUP, chunk: int = 2**20
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed int4 weight, scales and zeros [in/group, out, 2] in `dtype`) for a 2-D weight.
+    weight: torch.Tensor, group: int = INT4_GROUP, chunk: int = 2**20
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(packed int4 weight, scale codes, units) for a 2-D weight: `code_scales`' compact layout.
 
     Each group of `group` weights along a row gets codes 0..15 with a scale and an offset fitted by
-    `fit_groups`; a weight comes back as (q - 8) × scale + zero, with zero = offset + 8 × scale. Works
-    through about `chunk` weights at a time, so the float32 temporaries stay a few MB.
+    `fit_groups`, both then rounded to `code_scales`' 8-bit codes, and the group's codes rounded again
+    to the coded pair: a weight comes back as q × scale + offset. Works through about `chunk` weights
+    at a time, so the float32 temporaries stay a few MB.
     """
     rows, columns = weight.shape
+    groups = columns // group
     if weight.is_meta:  # the layout only, for a model rebuilt around a saved copy
         packed = torch.empty(rows, columns // 2, dtype=torch.uint8, device="meta")
-        return packed, torch.empty(columns // group, rows, 2, dtype=dtype, device="meta")
-    codes = torch.empty(rows, columns, dtype=torch.int32)
-    scales_zeros = torch.empty(columns // group, rows, 2, dtype=torch.float32)
+        codes = torch.empty(groups, 2, rows, dtype=torch.uint8, device="meta")
+        return packed, codes, torch.empty(super_blocks(groups), 2, rows, dtype=torch.float32, device="meta")
+    levels = torch.empty(rows, columns, dtype=torch.int32)
+    codes = torch.empty(groups, 2, rows, dtype=torch.uint8)
+    units = torch.empty(super_blocks(groups), 2, rows, dtype=torch.float32)
     step = max(1, chunk // columns)
     for start in range(0, rows, step):
-        groups = weight[start : start + step].detach().float().view(-1, columns // group, group)
-        level, scale, offset = fit_groups(groups)
-        codes[start : start + step] = level.view(-1, columns).to(torch.int32)
-        scales_zeros[:, start : start + step, 0] = scale.t()
-        scales_zeros[:, start : start + step, 1] = (offset + 8 * scale).t()
-    packed = torch._convert_weight_to_int4pack_for_cpu(codes, 2)
-    return packed, scales_zeros.to(dtype)
+        values = weight[start : start + step].detach().float().view(-1, groups, group)
+        _, scale, offset = fit_groups(values)
+        part_codes, part_units = code_scales(scale.t(), offset.t())
+        scale, offset = (part.t() for part in decode_scales(part_codes, part_units))
+        shifted = (values - offset[..., None]) / torch.where(scale > 0, scale, torch.ones_like(scale))[
+            ..., None
+        ]
+        level = shifted.round_().clamp_(0, 15)
+        levels[start : start + step] = level.view(-1, columns).to(torch.int32)
+        codes[..., start : start + step], units[..., start : start + step] = part_codes, part_units
+    return torch._convert_weight_to_int4pack_for_cpu(levels, 2), codes, units
+
+
+def super_blocks(groups: int) -> int:
+    """The super-blocks of INT4_SUPER groups (the last one may hold fewer) that `groups` groups make."""
+    return -(-groups // INT4_SUPER)
+
+
+def code_scales(scale: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Groups' float scales and offsets (groups × outputs) as 8-bit codes of a float32 pair a super-block
+    (llama.cpp's Q4_K keeps 6-bit ones under a 16-bit pair): (codes: groups × 2 × outputs bytes, the
+    scale's unsigned and the offset's signed; units: super-blocks × 2 × outputs float32, each
+    super-block's largest scale / 255 and largest |offset| / 127 of an output). 4.625 bits a weight
+    with the 4-bit codes, where a bf16 pair a group made 5: the bytes a decoding step reads."""
+    groups, outputs = scale.shape
+    padding = super_blocks(groups) * INT4_SUPER - groups
+
+    def coded(values: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        padded = functional.pad(values, (0, 0, 0, padding)).view(-1, INT4_SUPER, outputs)
+        unit = padded.abs().amax(1) / limit
+        unit = torch.where(unit > 0, unit, torch.ones_like(unit))
+        codes = (padded / unit[:, None]).round_().clamp_(-limit, limit).view(-1, outputs)[:groups]
+        return codes, unit
+
+    scale_codes, scale_unit = coded(scale, 255)
+    offset_codes, offset_unit = coded(offset, 127)
+    codes = torch.stack((scale_codes.to(torch.uint8), offset_codes.to(torch.int8).view(torch.uint8)), dim=1)
+    return codes, torch.stack((scale_unit, offset_unit), dim=1)
+
+
+def decode_scales(
+    codes: torch.Tensor,
+    units: torch.Tensor,
+    start: int = 0,
+    stop: int | None = None,
+    groups: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, offset), float32 groups × outputs, of outputs start:stop (of `groups` only, if given) from
+    `code_scales`' layout: a code times its super-block's unit, as the engine's kernel computes them."""
+    codes, units = codes[..., start:stop], units[..., start:stop]
+    blocks = torch.arange(codes.shape[0]) // INT4_SUPER if groups is None else groups // INT4_SUPER
+    if groups is not None:
+        codes = codes[groups]
+    units = units[blocks]
+    scale = codes[:, 0].float() * units[:, 0]
+    offset = codes[:, 1].view(torch.int8).float() * units[:, 1]
+    return scale, offset
+
+
+def torch_scales(codes: torch.Tensor, units: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`code_scales`' layout as torch's int4 kernel takes it: groups × outputs × (scale, zero) in
+    `dtype`, the zero the weight of code 8 (torch computes (q - 8) × scale + zero)."""
+    scale, offset = decode_scales(codes, units)
+    return torch.stack((scale, offset + 8 * scale), dim=-1).to(dtype)
 
 
 class QuantizedLinear(nn.Module):
@@ -531,11 +597,20 @@ class Int4Linear(QuantizedLinear):
     """nn.Linear with int4 weights, a scale and a zero point per group of INT4_GROUP along each row."""
 
     def __init__(
-        self, packed: torch.Tensor, scales_zeros: torch.Tensor, in_features: int, bias: torch.Tensor | None
+        self,
+        packed: torch.Tensor,
+        scale_codes: torch.Tensor,
+        scale_units: torch.Tensor,
+        in_features: int,
+        bias: torch.Tensor | None,
+        dtype: torch.dtype,
     ) -> None:
-        super().__init__(packed.shape[0], in_features, bias, scales_zeros.dtype)
+        super().__init__(packed.shape[0], in_features, bias, dtype)
         self.register_buffer("packed", packed)
-        self.register_buffer("scales_zeros", scales_zeros)
+        self.register_buffer("scale_codes", scale_codes)  # code_scales' layout
+        self.register_buffer("scale_units", scale_units)
+        self._dtype = dtype
+        self._torch_scales: torch.Tensor | None = None  # kept where torch's kernel multiplies
         self.prompt_rows = INT4_PROMPT_ROWS  # from this many rows on, `unpacked_product` (set at load)
         # The weights unpacked once (`keep_unpacked`), if kept: int8 packed for oneDNN's VNNI kernel where
         # it runs here, else as the slices `unpacked_product` unpacks.
@@ -546,12 +621,26 @@ class Int4Linear(QuantizedLinear):
         """An Int4Linear, or an Int8Linear where the shape does not fit int4 groups."""
         if linear.in_features % INT4_GROUP:
             return Int8Linear.from_linear(linear, dtype)
-        packed, scales_zeros = quantize_groups(linear.weight, dtype)
-        return cls(packed, scales_zeros, linear.in_features, linear.bias)
+        return cls(*quantize_groups(linear.weight), linear.in_features, linear.bias, dtype)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.scales_zeros.dtype
+        return self._dtype
+
+    def torch_scales(self) -> torch.Tensor:
+        """The scales in torch's int4 layout (`torch_scales`), for its kernel: made once and kept where
+        the engine's own kernel does not run (`TORCH_SCALES_BYTES` more), made each time elsewhere."""
+        if self._torch_scales is not None:
+            return self._torch_scales
+        scales = torch_scales(self.scale_codes, self.scale_units, self.dtype)
+        if not self.native_runs():
+            self._torch_scales = scales
+        return scales
+
+    def torch_scales_bytes(self) -> int:
+        """The bytes of the torch-layout scales kept (`torch_scales`)."""
+        scales = self._torch_scales
+        return 0 if scales is None else scales.numel() * scales.element_size()
 
     def product(self, rows: torch.Tensor) -> torch.Tensor:
         if rows.shape[0] >= self.prompt_rows and self.unpackable(rows.dtype):
@@ -563,18 +652,18 @@ class Int4Linear(QuantizedLinear):
         (core.inference.native: 8-bit activations, VNNI), else torch's."""
         if self.native_runs():
             return native.int4_rows(rows.contiguous(), *self.native_weights())
-        return torch._weight_int4pack_mm_for_cpu(rows, self.packed, INT4_GROUP, self.scales_zeros)
+        return torch._weight_int4pack_mm_for_cpu(rows, self.packed, INT4_GROUP, self.torch_scales())
 
     def native_weights(self) -> list[torch.Tensor]:
-        return [self.packed, self.scales_zeros]
+        return [self.packed, self.scale_codes, self.scale_units]
 
     def decoding_rows(self) -> int:
         return self.prompt_rows
 
     def native_runs(self) -> bool:
-        """Whether `kernel_product` runs the engine's own kernel (bf16 scales on the CPU, whole blocks)."""
+        """Whether `kernel_product` runs the engine's own kernel (bf16 on the CPU, whole blocks)."""
         return (
-            self.scales_zeros.dtype == torch.bfloat16
+            self.dtype == torch.bfloat16
             and self.out_features % UNPACK_BLOCK == 0
             and self.packed.device.type == "cpu"
             and native.ready()
@@ -602,7 +691,7 @@ class Int4Linear(QuantizedLinear):
             rest = rows.clone()
             rest[:, columns] = 0  # the outlier columns' products in 16 bits, with their int4 weights
             out = packed_matmul(rest, self.kept, PROMPT_PEAK)
-            weights = int4_columns(self.packed, self.scales_zeros, columns)  # columns × out
+            weights = int4_columns(self.packed, self.scale_codes, self.scale_units, columns)  # columns × out
             return out.addmm_(rows[:, columns].float(), weights.float()).to(rows.dtype)
         count = rows.shape[0]
         rows = _padded(rows)
@@ -612,7 +701,7 @@ class Int4Linear(QuantizedLinear):
             weights = (
                 self.kept[index]
                 if self.kept
-                else unpack_int4(self.packed, self.scales_zeros, start, stop, buffer)
+                else unpack_int4(*self.native_weights(), start, stop, buffer, self.dtype)
             )
             torch.mm(rows, weights, out=out[:, start:stop])
         return out[:count]
@@ -624,11 +713,11 @@ class Int4Linear(QuantizedLinear):
         GEMM's speed on the AMD EPYC in half its memory (docs/performance.md, "Prompts"); elsewhere as
         the slices `unpacked_product` unpacks."""
         if packing_works():
-            unpacked = unpack_int4(self.packed, self.scales_zeros, 0, self.out_features)  # in × out
+            unpacked = unpack_int4(*self.native_weights(), 0, self.out_features, dtype=self.dtype)  # in × out
             self.kept = PackedInt8.of(*quantize_columns(unpacked))
         else:
             self.kept = tuple(
-                unpack_int4(self.packed, self.scales_zeros, a, b) for a, b in self._unpack_slices()
+                unpack_int4(*self.native_weights(), a, b, dtype=self.dtype) for a, b in self._unpack_slices()
             )
         # From now on, whether the others are kept yet or not.
         self.prompt_rows = KEPT_PROMPT_ROWS_NATIVE if self.native_runs() else KEPT_PROMPT_ROWS
@@ -638,7 +727,7 @@ class Int4Linear(QuantizedLinear):
         """The bytes of the weights kept for prompts (`keep_unpacked`)."""
         if packing_works():  # int8 weights, a float32 scale and an int32 zero point per output feature
             return (self.in_features + 8) * self.out_features
-        return self.in_features * self.out_features * self.scales_zeros.element_size()
+        return self.in_features * self.out_features * self.dtype.itemsize
 
     def _unpack_step(self) -> int:
         return slice_width(self.out_features, UNPACK_WEIGHTS // self.in_features, UNPACK_BLOCK)
@@ -649,10 +738,16 @@ class Int4Linear(QuantizedLinear):
 
 
 def unpack_int4(
-    packed: torch.Tensor, scales_zeros: torch.Tensor, start: int, stop: int, into: torch.Tensor | None = None
+    packed: torch.Tensor,
+    scale_codes: torch.Tensor,
+    scale_units: torch.Tensor,
+    start: int,
+    stop: int,
+    into: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Output features start:stop (multiples of UNPACK_BLOCK) of an int4 layer, dequantized and
-    transposed: in × (stop - start), in the scales' dtype (written into the front of `into` if given).
+    transposed: in × (stop - start), in `dtype` (written into the front of `into` if given).
 
     torch's CPU layout keeps each block of 64 output features as in × 32 bytes, byte j holding feature
     j in its low nibble and feature j + 32 in its high one (`unpacking_works` checks it).
@@ -661,26 +756,26 @@ def unpack_int4(
     half = UNPACK_BLOCK // 2
     blocks = packed.view(-1, inputs, half)[start // UNPACK_BLOCK : stop // UNPACK_BLOCK].permute(1, 0, 2)
     if into is None:
-        into = torch.empty(inputs * width, dtype=scales_zeros.dtype, device=packed.device)
+        into = torch.empty(inputs * width, dtype=dtype, device=packed.device)
     # Each nibble converted on its way to its place (in × blocks × 2 × 32: features in order), then
-    # (q - 8) × scale + zero in one pass, rounded once; contiguous scales: a strided one is ~9× slower.
+    # q × scale + offset in one pass, rounded once.
     codes = into[: inputs * width].view(inputs, width // UNPACK_BLOCK, 2, half)
     codes[:, :, 0].copy_(blocks & 15)
     codes[:, :, 1].copy_(blocks >> 4)
-    scale = scales_zeros[:, start:stop, 0].contiguous()
-    offset = scales_zeros[:, start:stop, 1] - 8 * scale
+    scale, offset = (part.to(into.dtype) for part in decode_scales(scale_codes, scale_units, start, stop))
     groups = codes.view(inputs // INT4_GROUP, INT4_GROUP, width)
     return torch.addcmul(offset.unsqueeze(1), groups, scale.unsqueeze(1), out=groups).view(inputs, width)
 
 
-def int4_columns(packed: torch.Tensor, scales_zeros: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+def int4_columns(
+    packed: torch.Tensor, scale_codes: torch.Tensor, scale_units: torch.Tensor, columns: torch.Tensor
+) -> torch.Tensor:
     """Input features `columns` of an int4 layer, dequantized as `unpack_int4` does: columns × out."""
     inputs, half = packed.shape[1] * 2, UNPACK_BLOCK // 2
     blocks = packed.view(-1, inputs, half)[:, columns]  # output blocks × columns × 32 bytes
     codes = torch.stack((blocks & 15, blocks >> 4), dim=2).permute(1, 0, 2, 3).reshape(len(columns), -1)
-    scale = scales_zeros[columns // INT4_GROUP, :, 0]
-    offset = scales_zeros[columns // INT4_GROUP, :, 1] - 8 * scale
-    return torch.addcmul(offset, codes.to(scale.dtype), scale)
+    scale, offset = decode_scales(scale_codes, scale_units, groups=columns // INT4_GROUP)
+    return torch.addcmul(offset, codes.float(), scale)
 
 
 def outlier_columns(rows: torch.Tensor) -> torch.Tensor | None:
@@ -729,10 +824,11 @@ def unpacking_works() -> bool:
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(UNPACK_BLOCK * 3, INT4_GROUP * 4, generator=generator)
     try:
-        packed, scales_zeros = quantize_groups(weight, torch.bfloat16)
+        packed, codes, units = quantize_groups(weight)
         rows = torch.randn(5, weight.shape[1], generator=generator).bfloat16()
-        expected = torch._weight_int4pack_mm_for_cpu(rows, packed, INT4_GROUP, scales_zeros).float()
-        got = (rows @ unpack_int4(packed, scales_zeros, 0, weight.shape[0])).float()
+        scales = torch_scales(codes, units, torch.bfloat16)
+        expected = torch._weight_int4pack_mm_for_cpu(rows, packed, INT4_GROUP, scales).float()
+        got = (rows @ unpack_int4(packed, codes, units, 0, weight.shape[0], dtype=torch.bfloat16)).float()
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
     return bool((got - expected).norm() <= 0.02 * expected.norm())
@@ -1035,13 +1131,15 @@ def stored_bytes(model: Any) -> int:
         for m in model.modules()
         if isinstance(m, PaddedLinear) and m.packed is not None
     )  # bf16 weights moved into oneDNN's layout (`movable_layers`)
-    return sum(t.numel() * t.element_size() for t in tensors.values()) + packed + in_onednn
+    torch_scales = sum(m.torch_scales_bytes() for m in model.modules() if isinstance(m, Int4Linear))
+    return sum(t.numel() * t.element_size() for t in tensors.values()) + packed + in_onednn + torch_scales
 
 
-# 3: int4 fitted, int8 q/k/v; 4: the architecture kept; 5: narrow models' more int8. A copy whose
+# 3: int4 fitted, int8 q/k/v; 4: the architecture kept; 5: narrow models' more int8; 6: int4 scales as
+# 8-bit codes (code_scales). A copy whose
 # matrices are stored otherwise than the code stores them now (a wide model's q/k/v int4 past the first
 # eighth) has other tensor names and is made again (load_quantized); one that matches is kept.
-CACHE_FORMAT = "5"
+CACHE_FORMAT = "6"
 
 
 def cache_path(model_dir: Path, scheme: str, dtype: torch.dtype) -> Path:

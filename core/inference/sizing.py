@@ -120,7 +120,7 @@ class Precision:
     """How the engine stores a model: bytes per weight of the layers, of the output head, and of what
     stays in the model's dtype (the KV cache, norms, an untied input table)."""
 
-    weight_bytes: float  # 1 for int8, 0.625 for int4 with its group scales and zeros
+    weight_bytes: float  # 1 for int8, 0.578 for int4 with its scale codes (0.703 beside torch's kernel)
     head_bytes: float  # the output head: int8 (1) whenever the layers are quantized
     dtype_bytes: int
     label: str  # shown to users: "int8", "bfloat16", "float32", ...

@@ -33,7 +33,7 @@ def _layer(inputs: int, outputs: int, seed: int = 0) -> Int4Linear:
 
 def _weights(layer: Int4Linear) -> torch.Tensor:
     """The layer's weights as the kernels read them, in float32: in × out."""
-    return unpack_int4(layer.packed, layer.scales_zeros.float(), 0, layer.out_features)
+    return unpack_int4(*layer.native_weights(), 0, layer.out_features)
 
 
 def _eight_bit(rows: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ def test_rows_already_in_eight_bits_get_the_exact_product(dtype: torch.dtype, co
     rows = torch.randint(-127, 128, (count, layer.in_features)).float()
     rows.view(count, -1, INT4_GROUP)[:, :, 0] = 127  # each group's scale is 1: its codes are the values
     rows[-1, :INT4_GROUP] = 0  # a group of zeros too
-    product = native.int4_rows(rows.to(dtype), layer.packed, layer.scales_zeros)
+    product = native.int4_rows(rows.to(dtype), *layer.native_weights())
     assert product.dtype == dtype and product.shape == (count, layer.out_features)
     expected = rows @ _weights(layer)
     torch.testing.assert_close(product.float(), expected, rtol=2**-8, atol=1e-3 * expected.abs().max().item())
@@ -63,7 +63,7 @@ def test_any_rows_get_the_weights_times_their_eight_bit_rounding() -> None:
     layer = _layer(2048, 11 * UNPACK_BLOCK, seed=1)
     rows = torch.randn(5, layer.in_features, dtype=torch.bfloat16)
     rows[2, 7] = 40.0  # an outlier coarsens its own group only
-    product = native.int4_rows(rows, layer.packed, layer.scales_zeros).float()
+    product = native.int4_rows(rows, *layer.native_weights()).float()
     weights = _weights(layer)
     rounded = _eight_bit(rows) @ weights
     assert ((product - rounded).norm() / rounded.norm()).item() < 2**-8  # the bf16 output's rounding
@@ -77,9 +77,9 @@ def test_a_row_gets_the_same_product_alone_as_beside_others() -> None:
     # Replies decoding together get what they would get alone, to the bit (core.inference.batching).
     layer = _layer(2048, 4 * UNPACK_BLOCK, seed=2)
     rows = torch.randn(7, layer.in_features, dtype=torch.bfloat16)
-    together = native.int4_rows(rows, layer.packed, layer.scales_zeros)
+    together = native.int4_rows(rows, *layer.native_weights())
     for index in range(len(rows)):
-        alone = native.int4_rows(rows[index : index + 1].contiguous(), layer.packed, layer.scales_zeros)
+        alone = native.int4_rows(rows[index : index + 1].contiguous(), *layer.native_weights())
         assert torch.equal(alone[0], together[index])
 
 
@@ -88,11 +88,11 @@ def test_an_int4_layer_decodes_through_it_and_odd_shapes_through_torchs_kernel()
     layer = _layer(4 * INT4_GROUP, 2 * UNPACK_BLOCK)
     rows = torch.randn(2, layer.in_features, dtype=torch.bfloat16)
     assert layer.native_runs()
-    assert torch.equal(layer(rows), native.int4_rows(rows, layer.packed, layer.scales_zeros))
+    assert torch.equal(layer(rows), native.int4_rows(rows, *layer.native_weights()))
     odd = _layer(4 * INT4_GROUP, UNPACK_BLOCK + 32)  # not whole blocks of 64 outputs
     assert not odd.native_runs()
     torch.testing.assert_close(
-        odd(rows), torch._weight_int4pack_mm_for_cpu(rows, odd.packed, INT4_GROUP, odd.scales_zeros)
+        odd(rows), torch._weight_int4pack_mm_for_cpu(rows, odd.packed, INT4_GROUP, odd.torch_scales())
     )
 
 
@@ -138,7 +138,7 @@ def test_without_it_torchs_kernel_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not native.ready() and native.LIBRARY.problem == "LOCALLLM_NATIVE=0"
     rows = torch.randn(1, layer.in_features, dtype=torch.bfloat16)
     assert torch.equal(
-        layer(rows), torch._weight_int4pack_mm_for_cpu(rows, layer.packed, INT4_GROUP, layer.scales_zeros)
+        layer(rows), torch._weight_int4pack_mm_for_cpu(rows, layer.packed, INT4_GROUP, layer.torch_scales())
     )
     int8 = Int8Linear.from_linear(torch.nn.Linear(64, 32, bias=False), torch.bfloat16)
     rows = torch.randn(2, 64, dtype=torch.bfloat16)
@@ -184,15 +184,18 @@ def test_speed_and_memory_estimates_count_on_the_kernels_that_run(
 
     engine = LocalEngine(tmp_path, device="cpu", idle_unload_s=0, quantization="int4")
 
-    def head_copies() -> float:
-        """How many times the plan holds the int8 head (its bytes: the vocabulary's weights)."""
-        vocabulary = Vocabulary(1_000_000, tied=True)
-        plan = estimate_memory(2_000_000, KvLayout(2, 2, 64), engine.precision(), vocabulary)
-        return (plan.weights_bytes - 1_000_000 * 0.625) / vocabulary.weights
+    def plan() -> tuple[float, float]:
+        """The plan's bytes a weight of the int4 layers, and how many times it holds the int8 head (its
+        bytes: the vocabulary's weights)."""
+        vocabulary, precision = Vocabulary(1_000_000, tied=True), engine.precision()
+        plan = estimate_memory(2_000_000, KvLayout(2, 2, 64), precision, vocabulary)
+        layers = precision.weight_bytes
+        return layers, (plan.weights_bytes - 1_000_000 * layers) / vocabulary.weights
 
     monkeypatch.setattr(native, "LIBRARY", native._Library())  # nothing loaded yet in this process
     assert engine.decode_efficiency() == CPU_DECODE_EFFICIENCY  # the Models page's estimate: torch's
-    assert head_copies() == 2  # int8, and packed for oneDNN's kernel
+    # int8, and packed for oneDNN's kernel; the int4 scales' codes and torch's bf16 pairs made of them
+    assert plan() == (0.5 + 2 / 32 + 8 / 512 + 4 / 32, 2)
     assert native.LIBRARY.prepare()
     assert engine.decode_efficiency() == NATIVE_DECODE_EFFICIENCY > CPU_DECODE_EFFICIENCY
-    assert head_copies() == 1  # the engine's own kernel reads it as it is stored
+    assert plan() == (0.578125, 1)  # the engine's own kernel reads both as they are stored: 4.625 bits

@@ -29,6 +29,7 @@ from core.inference.quantize import (
     FIT_STRETCHES,
     INT4_GROUP,
     INT4_PROMPT_ROWS,
+    INT4_SUPER,
     KEPT_PROMPT_ROWS,
     KEPT_PROMPT_ROWS_NATIVE,
     PROMPT_ROWS,
@@ -117,20 +118,52 @@ def test_fitted_int4_groups_take_the_best_of_their_ranges() -> None:
     assert (error(codes, scale, low) <= best * (1 + 1e-3)).all()
 
 
-def test_the_int4_kernel_computes_with_the_fitted_groups() -> None:
+def test_the_int4_kernel_computes_with_the_coded_groups_about_as_close_as_the_fitted_ones() -> None:
     torch.manual_seed(0)
-    rows, columns = 48, 4 * INT4_GROUP
-    weight = torch.randn(rows, columns) * torch.logspace(-3, 1, columns // INT4_GROUP).repeat_interleave(
-        INT4_GROUP
+    rows, columns = 48, 40 * INT4_GROUP  # two super-blocks of groups and a part of one
+    sizes = torch.logspace(-0.6, 0.6, columns // INT4_GROUP)[torch.randperm(columns // INT4_GROUP)]
+    weight = torch.randn(rows, columns) * sizes.repeat_interleave(INT4_GROUP)
+    weight[:, 5] += 3  # a group whose offset is far from the others'
+    packed, codes, units = quantize_groups(weight)
+    assert packed.numel() == weight.numel() // 2 and codes.numel() == 2 * weight.numel() // INT4_GROUP
+    assert units.shape == (3, 2, rows) and units.dtype == torch.float32
+    # torch's kernel times the identity matrix gives the weights back as the kernel sees them: whole
+    # codes 0..15 times the coded scales plus the coded offsets.
+    scales = quantize.torch_scales(codes, units, torch.float32)
+    seen = torch._weight_int4pack_mm_for_cpu(torch.eye(columns), packed, INT4_GROUP, scales).t()
+    scale, offset = (
+        part.t().repeat_interleave(INT4_GROUP, 1) for part in quantize.decode_scales(codes, units)
     )
-    packed, scales_zeros = quantize_groups(weight, torch.float32)
-    # The kernel times the identity matrix gives the weights back as the kernel sees them.
-    seen = torch._weight_int4pack_mm_for_cpu(torch.eye(columns), packed, INT4_GROUP, scales_zeros).t()
-    codes, scale, low = fit_groups(weight.view(rows, -1, INT4_GROUP))
-    torch.testing.assert_close(seen, (codes * scale[..., None] + low[..., None]).view(rows, columns))
-    step = scales_zeros[..., 0].t().repeat_interleave(INT4_GROUP, dim=1)  # rows × columns
-    assert ((seen - weight).abs() <= step).all()  # small groups keep their own precision
-    assert packed.numel() == weight.numel() // 2  # two weights a byte
+    levels = (seen - offset) / scale
+    torch.testing.assert_close(levels, levels.round().clamp(0, 15), atol=1e-3, rtol=0)
+    # 8-bit codes of a pair per 16 groups cost little against the groups' own fitted pairs (bf16 before)
+    levels, fitted_scale, low = fit_groups(weight.view(rows, -1, INT4_GROUP))
+    fitted = (levels * fitted_scale[..., None] + low[..., None]).view(rows, columns)
+    coded_error, fitted_error = (seen - weight).square().mean(), (fitted - weight).square().mean()
+    assert fitted_error < coded_error < 1.05 * fitted_error
+
+
+def test_scale_codes_keep_each_group_within_half_a_unit_of_its_super_block() -> None:
+    torch.manual_seed(1)
+    groups, outputs = 2 * INT4_SUPER + 3, 8
+    scale = torch.rand(groups, outputs) + 0.01
+    offset = torch.randn(groups, outputs)
+    scale[:, 0], offset[:, 0] = 0.5, 0.0  # every group alike, no offset
+    codes, units = quantize.code_scales(scale, offset)
+    assert (
+        codes.dtype == torch.uint8 and codes.shape == (groups, 2, outputs) and units.shape == (3, 2, outputs)
+    )
+    got_scale, got_offset = quantize.decode_scales(codes, units)
+    unit = units.repeat_interleave(INT4_SUPER, 0)[:groups]
+    assert ((got_scale - scale).abs() <= unit[:, 0] / 2 * (1 + 1e-6)).all()
+    assert ((got_offset - offset).abs() <= unit[:, 1] / 2 * (1 + 1e-6)).all()
+    assert torch.equal(got_scale[:, 0], scale[:, 0]) and torch.equal(got_offset[:, 0], offset[:, 0])
+    assert (codes[:, 1].view(torch.int8) < 0).any()  # offsets keep their sign
+    picked = torch.tensor([0, INT4_SUPER + 1, groups - 1])
+    some_scale, some_offset = quantize.decode_scales(codes, units, 2, 6, groups=picked)
+    assert torch.equal(some_scale, got_scale[picked, 2:6]) and torch.equal(
+        some_offset, got_offset[picked, 2:6]
+    )
 
 
 def test_int4_keeps_the_first_layers_attention_and_the_head_int8(tmp_path: Path) -> None:
@@ -201,11 +234,12 @@ def test_prompt_rows_and_decode_rows_give_the_same_product(monkeypatch: pytest.M
 def test_unpacking_int4_gives_the_weights_the_kernel_multiplies_with() -> None:
     torch.manual_seed(2)
     weight = torch.randn(3 * UNPACK_BLOCK, 4 * INT4_GROUP)
-    packed, scales_zeros = quantize_groups(weight, torch.float32)
-    seen = torch._weight_int4pack_mm_for_cpu(torch.eye(weight.shape[1]), packed, INT4_GROUP, scales_zeros)
-    torch.testing.assert_close(unpack_int4(packed, scales_zeros, 0, weight.shape[0]), seen)
+    packed, codes, units = quantize_groups(weight)
+    scales = quantize.torch_scales(codes, units, torch.float32)
+    seen = torch._weight_int4pack_mm_for_cpu(torch.eye(weight.shape[1]), packed, INT4_GROUP, scales)
+    torch.testing.assert_close(unpack_int4(packed, codes, units, 0, weight.shape[0]), seen)
     torch.testing.assert_close(
-        unpack_int4(packed, scales_zeros, UNPACK_BLOCK, 3 * UNPACK_BLOCK), seen[:, 64:192]
+        unpack_int4(packed, codes, units, UNPACK_BLOCK, 3 * UNPACK_BLOCK), seen[:, 64:192]
     )
 
 
@@ -220,7 +254,7 @@ def test_a_prompt_through_the_unpacked_int4_weights_gets_the_kernels_product(
     rows = torch.randn(INT4_PROMPT_ROWS + 1, layer.in_features, dtype=torch.bfloat16)  # padded to 112
     prompt = layer(rows)  # unpacked weights and a bf16 GEMM
     kernel = (
-        torch._weight_int4pack_mm_for_cpu(rows, layer.packed, INT4_GROUP, layer.scales_zeros) + layer.bias
+        torch._weight_int4pack_mm_for_cpu(rows, layer.packed, INT4_GROUP, layer.torch_scales()) + layer.bias
     )
     assert (prompt.float() - kernel.float()).norm() < 0.01 * kernel.float().norm()  # bf16 rounding
     odd = Int4Linear.from_linear(torch.nn.Linear(4 * INT4_GROUP, UNPACK_BLOCK + 16), torch.bfloat16)
@@ -228,7 +262,7 @@ def test_a_prompt_through_the_unpacked_int4_weights_gets_the_kernels_product(
     odd_rows = rows[:, : odd.in_features]
     torch.testing.assert_close(
         odd.product(odd_rows),
-        torch._weight_int4pack_mm_for_cpu(odd_rows, odd.packed, INT4_GROUP, odd.scales_zeros),
+        torch._weight_int4pack_mm_for_cpu(odd_rows, odd.packed, INT4_GROUP, odd.torch_scales()),
     )
 
 
@@ -282,7 +316,7 @@ def test_a_prompt_row_with_a_peak_far_above_its_rms_goes_to_the_kept_int8_weight
     takes a second byte (exact to 15 bits), and only it: the other rows cost one row of the GEMM each."""
     layer = _kept_int8_layer(6)
     weight, scale = quantize.quantize_rows(
-        unpack_int4(layer.packed, layer.scales_zeros, 0, 320).t(), torch.float32
+        unpack_int4(*layer.native_weights(), 0, 320, dtype=layer.dtype).t(), torch.float32
     )
     rows = torch.randn(40, layer.in_features)
     rows[7, 3] = 60.0  # ~21 × the row's RMS (with it)
@@ -309,9 +343,9 @@ def test_an_outlier_channel_of_a_prompt_is_multiplied_in_16_bits_and_no_row_take
     alone would give every row a second byte (a prompt at twice the cost); those columns are taken out
     and multiplied in 16 bits with their int4 weights instead (LLM.int8()'s decomposition)."""
     layer = _kept_int8_layer(7)
-    unpacked = unpack_int4(layer.packed, layer.scales_zeros, 0, layer.out_features)  # in × out
+    unpacked = unpack_int4(*layer.native_weights(), 0, layer.out_features)  # in × out
     columns = torch.tensor([5, 100, 511])
-    assert torch.equal(quantize.int4_columns(layer.packed, layer.scales_zeros, columns), unpacked[columns])
+    assert torch.equal(quantize.int4_columns(*layer.native_weights(), columns), unpacked[columns])
     rows = torch.randn(40, layer.in_features)
     rows[:, 5] *= 40  # an outlier channel: most rows' peak > PROMPT_PEAK × their RMS
     rows = rows.bfloat16()

@@ -628,14 +628,21 @@ class Int4Linear(QuantizedLinear):
         return self._dtype
 
     def torch_scales(self) -> torch.Tensor:
-        """The scales in torch's int4 layout (`torch_scales`), for its kernel: made once and kept where
-        the engine's own kernel does not run (`TORCH_SCALES_BYTES` more), made each time elsewhere."""
+        """The scales in torch's int4 layout (`torch_scales`), for its kernel: made once and kept while
+        the engine's own kernels are not loaded (`TORCH_SCALES_BYTES` more; let go once they run this
+        layer: `native_parts`, `kernel_product`), made each time where they are."""
         if self._torch_scales is not None:
             return self._torch_scales
         scales = torch_scales(self.scale_codes, self.scale_units, self.dtype)
         if not self.native_runs():
             self._torch_scales = scales
         return scales
+
+    def native_parts(self) -> list[torch.Tensor] | None:
+        parts = super().native_parts()
+        if parts is not None:
+            self._torch_scales = None  # torch's kernel ran while the engine's was being built
+        return parts
 
     def torch_scales_bytes(self) -> int:
         """The bytes of the torch-layout scales kept (`torch_scales`)."""
@@ -651,6 +658,7 @@ class Int4Linear(QuantizedLinear):
         """rows times the int4 weights as they are stored: the engine's own kernel where it runs
         (core.inference.native: 8-bit activations, VNNI), else torch's."""
         if self.native_runs():
+            self._torch_scales = None  # torch's kernel ran while the engine's was being built
             return native.int4_rows(rows.contiguous(), *self.native_weights())
         return torch._weight_int4pack_mm_for_cpu(rows, self.packed, INT4_GROUP, self.torch_scales())
 

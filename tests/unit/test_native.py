@@ -145,6 +145,30 @@ def test_without_it_torchs_kernel_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.equal(int8(rows), torch._weight_int8pack_mm(rows, int8.weight, int8.scale))
 
 
+@pytest.mark.usefixtures("built")
+@pytest.mark.parametrize("path", ["kernel_product", "native_parts"])
+def test_torchs_scales_are_kept_while_the_kernels_are_built_and_let_go_once_they_run(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    layer = _layer(4 * INT4_GROUP, 2 * UNPACK_BLOCK)
+    rows = torch.randn(1, layer.in_features, dtype=torch.bfloat16)
+    building = native._Library()
+    building.started = True  # a build under way: nothing loaded yet
+    monkeypatch.setattr(native, "LIBRARY", building)
+    scales = layer.torch_scales()
+    assert torch.equal(layer(rows), torch._weight_int4pack_mm_for_cpu(rows, layer.packed, INT4_GROUP, scales))
+    kept = layer.torch_scales_bytes()
+    assert kept == 4 * layer.in_features // INT4_GROUP * layer.out_features  # a bf16 pair a group
+    assert quantize.stored_bytes(layer) == kept + sum(t.numel() * t.element_size() for t in layer.buffers())
+    monkeypatch.undo()  # built and loaded (the fixture's library)
+    if path == "kernel_product":
+        assert torch.equal(layer(rows), native.int4_rows(rows, *layer.native_weights()))
+    else:  # the decoder takes the layer's weights for its own decoding layer
+        assert layer.native_parts() is not None
+    assert layer.torch_scales_bytes() == 0
+    assert layer.torch_scales() is not layer.torch_scales()  # made each time now, not kept
+
+
 def test_a_machine_without_a_compiler_says_why_and_keeps_torchs_kernel(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -236,11 +236,12 @@ def replies_that_fit(estimate: MemoryEstimate, available_bytes: int, limit: int)
     return max(1, min(limit, int(room // estimate.kv_cache_bytes)))
 
 
-# Decode speed with the default sampling / the bound: the lower of the catalog models' "sampled" ratios in
-# bench/speed.py, with torch's CPU kernels (2026-12-01: Qwen2.5-0.5B 0.55, TinyLlama-1.1B 0.71) and with
-# the engine's own (core.inference.native; 2026-12-04 at 6e2131e: Qwen2.5-0.5B 0.86, TinyLlama-1.1B 0.96).
-CPU_DECODE_EFFICIENCY = 0.55
-NATIVE_DECODE_EFFICIENCY = 0.86
+# Decode speed with the default sampling / the bound (reads measured as a sum: hardware.measure_bandwidth):
+# the lower of the catalog models' "sampled" ratios in bench/speed.py (2026-12-04, int4 at 4.625 bits a
+# weight), with torch's CPU kernels (Qwen2.5-0.5B 0.46, TinyLlama-1.1B 0.58) and with the engine's own
+# (core.inference.native: 0.95 and 0.93).
+CPU_DECODE_EFFICIENCY = 0.46
+NATIVE_DECODE_EFFICIENCY = 0.93
 
 
 def cpu_decode_efficiency(native_kernels: bool) -> float:

@@ -308,17 +308,17 @@ def fit_groups(groups: torch.Tensor, levels: int = 15) -> tuple[torch.Tensor, to
 
 
 def quantize_groups(
-    weight: torch.Tensor, group: int = INT4_GROUP, chunk: int = 2**20
+    weight: torch.Tensor, chunk: int = 2**20
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(packed int4 weight, scale codes, units) for a 2-D weight: `code_scales`' compact layout.
 
-    Each group of `group` weights along a row gets codes 0..15 with a scale and an offset fitted by
+    Each group of INT4_GROUP weights along a row gets codes 0..15 with a scale and an offset fitted by
     `fit_groups`, both then rounded to `code_scales`' 8-bit codes, and the group's codes rounded again
     to the coded pair: a weight comes back as q × scale + offset. Works through about `chunk` weights
     at a time, so the float32 temporaries stay a few MB.
     """
     rows, columns = weight.shape
-    groups = columns // group
+    groups = columns // INT4_GROUP
     if weight.is_meta:  # the layout only, for a model rebuilt around a saved copy
         packed = torch.empty(rows, columns // 2, dtype=torch.uint8, device="meta")
         codes = torch.empty(groups, 2, rows, dtype=torch.uint8, device="meta")
@@ -328,14 +328,12 @@ def quantize_groups(
     units = torch.empty(super_blocks(groups), 2, rows, dtype=torch.float32)
     step = max(1, chunk // columns)
     for start in range(0, rows, step):
-        values = weight[start : start + step].detach().float().view(-1, groups, group)
+        values = weight[start : start + step].detach().float().view(-1, groups, INT4_GROUP)
         _, scale, offset = fit_groups(values)
         part_codes, part_units = code_scales(scale.t(), offset.t())
-        scale, offset = (part.t() for part in decode_scales(part_codes, part_units))
-        shifted = (values - offset[..., None]) / torch.where(scale > 0, scale, torch.ones_like(scale))[
-            ..., None
-        ]
-        level = shifted.round_().clamp_(0, 15)
+        scale, offset = (part.t()[..., None] for part in decode_scales(part_codes, part_units))
+        step_size = torch.where(scale > 0, scale, torch.ones_like(scale))  # a scale coded 0: every code 0
+        level = ((values - offset) / step_size).round_().clamp_(0, 15)
         levels[start : start + step] = level.view(-1, columns).to(torch.int32)
         codes[..., start : start + step], units[..., start : start + step] = part_codes, part_units
     return torch._convert_weight_to_int4pack_for_cpu(levels, 2), codes, units
@@ -594,7 +592,8 @@ def pack_in_background(layer: nn.Module) -> threading.Thread | None:
 
 
 class Int4Linear(QuantizedLinear):
-    """nn.Linear with int4 weights, a scale and a zero point per group of INT4_GROUP along each row."""
+    """nn.Linear with int4 weights, a scale and an offset per group of INT4_GROUP along each row (as
+    8-bit codes: `code_scales`)."""
 
     def __init__(
         self,

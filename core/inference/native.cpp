@@ -117,10 +117,8 @@ __attribute__((target("avx512f,avx512bw,avx512vnni,avx512vbmi"))) inline void gr
   }
 }
 
-// Rows [first, first + M) times the 64 outputs of `block`. One row sums a super-block's groups in codes'
-// units and applies the units once a super-block (two instructions a group and 16 outputs fewer: at one
-// row the kernel's instructions, not the bytes, were its bound on two cores); more rows would not keep
-// those sums in registers, and take the units each group.
+// Rows [first, first + M) times the 64 outputs of `block`; every row's sums in the same order whatever
+// M, so that a row gets the same product alone as beside others, to the bit.
 template <int M>
 __attribute__((target("avx512f,avx512bw,avx512vnni,avx512vbmi"))) void block_product(
     const Int4Weights& weights, const Rows& rows, int64_t first, int64_t K, int64_t N, int64_t block) {
@@ -129,35 +127,25 @@ __attribute__((target("avx512f,avx512bw,avx512vnni,avx512vbmi"))) void block_pro
   const int8_t* codes = rows.codes + first * K;
   const float* scale = rows.scale + first * groups;
   const float* sums = rows.sums + first * groups;
-  __m512 acc[M][4], scaled[M][4], offsets[M][4];
+  __m512 acc[M][4];
   for (int m = 0; m < M; ++m)
-    for (int c = 0; c < 4; ++c) acc[m][c] = scaled[m][c] = offsets[m][c] = _mm512_setzero_ps();
+    for (int c = 0; c < 4; ++c) acc[m][c] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     __m512i dots[M][4];
     group_dots<M>(w, codes, K, g, dots);
     const float* unit = weights.units + (g / SUPER) * 2 * N + block * BLOCK;
-    for (int c = 0; c < 4; ++c) {  // 16 outputs' scale and offset codes
+    for (int c = 0; c < 4; ++c) {  // 16 outputs' scale and offset: codes times their units
       const uint8_t* code = weights.codes + g * 2 * N + block * BLOCK + c * 16;
-      const __m512 s = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(code))));
-      const __m512 o =
-          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(code + N))));
+      const __m128i scale_codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(code));
+      const __m128i offset_codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(code + N));
+      const __m512 s =
+          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(scale_codes)), _mm512_loadu_ps(unit + c * 16));
+      const __m512 offset =
+          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(offset_codes)), _mm512_loadu_ps(unit + N + c * 16));
       for (int m = 0; m < M; ++m) {
         const __m512 d = _mm512_mul_ps(s, _mm512_set1_ps(scale[m * groups + g]));
-        if constexpr (M == 1) {
-          scaled[m][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[m][c]), d, scaled[m][c]);
-          offsets[m][c] = _mm512_fmadd_ps(o, _mm512_set1_ps(sums[m * groups + g]), offsets[m][c]);
-        } else {
-          const __m512 unit_s = _mm512_loadu_ps(unit + c * 16), unit_o = _mm512_loadu_ps(unit + N + c * 16);
-          acc[m][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[m][c]), _mm512_mul_ps(d, unit_s), acc[m][c]);
-          acc[m][c] = _mm512_fmadd_ps(_mm512_mul_ps(o, unit_o), _mm512_set1_ps(sums[m * groups + g]), acc[m][c]);
-        }
-      }
-    }
-    if (M == 1 && (g % SUPER == SUPER - 1 || g == groups - 1)) {  // the super-block's units, once
-      for (int c = 0; c < 4; ++c) {
-        acc[0][c] = _mm512_fmadd_ps(scaled[0][c], _mm512_loadu_ps(unit + c * 16), acc[0][c]);
-        acc[0][c] = _mm512_fmadd_ps(offsets[0][c], _mm512_loadu_ps(unit + N + c * 16), acc[0][c]);
-        scaled[0][c] = offsets[0][c] = _mm512_setzero_ps();
+        acc[m][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[m][c]), d, acc[m][c]);
+        acc[m][c] = _mm512_fmadd_ps(offset, _mm512_set1_ps(sums[m * groups + g]), acc[m][c]);
       }
     }
   }

@@ -263,7 +263,7 @@ def fit_groups(groups: torch.Tensor, levels: int = 15) -> tuple[torch.Tensor, to
     """
     low, high = groups.amin(dim=-1), groups.amax(dim=-1)
     span = (high - low).clamp_(min=1e-8)
-    weight = groups.square().mean(dim=-1, keepdim=True).sqrt_() + groups.abs()
+    weight = importance(groups)
     shifted, weighted_x = groups - low[..., None], weight * groups
     sum_w, sum_x, sum_x2 = weight.sum(dim=-1), weighted_x.sum(dim=-1), (weighted_x * groups).sum(dim=-1)
 
@@ -307,6 +307,12 @@ def fit_groups(groups: torch.Tensor, levels: int = 15) -> tuple[torch.Tensor, to
     )
 
 
+def importance(groups: torch.Tensor) -> torch.Tensor:
+    """How much each weight's error counts in its group's fit: the group's RMS plus its size (llama.cpp's
+    weights without an importance matrix: large weights matter more)."""
+    return groups.square().mean(dim=-1, keepdim=True).sqrt_() + groups.abs()
+
+
 def quantize_groups(
     weight: torch.Tensor, chunk: int = 2**20
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -314,8 +320,10 @@ def quantize_groups(
 
     Each group of INT4_GROUP weights along a row gets codes 0..15 with a scale and an offset fitted by
     `fit_groups`, both then rounded to `code_scales`' 8-bit codes, and the group's codes rounded again
-    to the coded pair: a weight comes back as q × scale + offset. Works through about `chunk` weights
-    at a time, so the float32 temporaries stay a few MB.
+    to the coded pair; then the offset is fitted once more to the coded scale and those codes, and
+    coded (its code costs most of what coding does: on random weights the coded groups' error was
+    1.75 % above the fitted ones', 1.2 % with this). A weight comes back as q × scale + offset. Works
+    through about `chunk` weights at a time, so the float32 temporaries stay a few MB.
     """
     rows, columns = weight.shape
     groups = columns // INT4_GROUP
@@ -331,12 +339,24 @@ def quantize_groups(
         values = weight[start : start + step].detach().float().view(-1, groups, INT4_GROUP)
         _, scale, offset = fit_groups(values)
         part_codes, part_units = code_scales(scale.t(), offset.t())
-        scale, offset = (part.t()[..., None] for part in decode_scales(part_codes, part_units))
-        step_size = torch.where(scale > 0, scale, torch.ones_like(scale))  # a scale coded 0: every code 0
-        level = ((values - offset) / step_size).round_().clamp_(0, 15)
+        level, scale = _coded_levels(values, part_codes, part_units)
+        weights = importance(values)
+        offset = (weights * (values - level * scale)).sum(-1) / weights.sum(-1)
+        part_codes, part_units = code_scales(scale[..., 0].t(), offset.t())
+        level, _ = _coded_levels(values, part_codes, part_units)
         levels[start : start + step] = level.view(-1, columns).to(torch.int32)
         codes[..., start : start + step], units[..., start : start + step] = part_codes, part_units
     return torch._convert_weight_to_int4pack_for_cpu(levels, 2), codes, units
+
+
+def _coded_levels(
+    values: torch.Tensor, codes: torch.Tensor, units: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each weight of `values` (rows × groups × INT4_GROUP) rounded to its group's coded pair: (codes
+    0..15, the coded scales rows × groups × 1)."""
+    scale, offset = (part.t()[..., None] for part in decode_scales(codes, units))
+    step_size = torch.where(scale > 0, scale, torch.ones_like(scale))  # a scale coded 0: every code 0
+    return ((values - offset) / step_size).round_().clamp_(0, 15), scale
 
 
 def super_blocks(groups: int) -> int:

@@ -136,11 +136,12 @@ def test_the_int4_kernel_computes_with_the_coded_groups_about_as_close_as_the_fi
     )
     levels = (seen - offset) / scale
     torch.testing.assert_close(levels, levels.round().clamp(0, 15), atol=1e-3, rtol=0)
-    # 8-bit codes of a pair per 16 groups cost little against the groups' own fitted pairs (bf16 before)
+    # 8-bit codes of a pair per 16 groups cost little against the groups' own fitted pairs (bf16 before):
+    # 0.8 % more error here with the codes of the fitted pair, 0.3 % with the offset fitted again
     levels, fitted_scale, low = fit_groups(weight.view(rows, -1, INT4_GROUP))
     fitted = (levels * fitted_scale[..., None] + low[..., None]).view(rows, columns)
     coded_error, fitted_error = (seen - weight).square().mean(), (fitted - weight).square().mean()
-    assert fitted_error < coded_error < 1.05 * fitted_error
+    assert fitted_error < coded_error < 1.005 * fitted_error
 
 
 def test_scale_codes_keep_each_group_within_half_a_unit_of_its_super_block() -> None:

@@ -192,10 +192,12 @@ class LocalEngine:
         if device == "cpu" and scheme in BYTES_PER_WEIGHT and self._kernel(scheme):
             # the head, and what int4 keeps int8 (sizing.KvLayout.int4_keeps_int8)
             int8 = BYTES_PER_WEIGHT["int8"]
-            # the head packed for oneDNN too, and int4 scales in torch's layout, where the engine's own
-            # kernels do not read the weights as stored
+            # the head packed for oneDNN too where the engine's own kernels are not loaded, and int4
+            # scales in torch's layout where its int4 kernel multiplies: there, and for activations other
+            # than bf16 (Int4Linear.native_runs)
             packed = not native_loaded()
-            layers = BYTES_PER_WEIGHT[scheme] + (TORCH_SCALES_BYTES if packed and scheme == "int4" else 0)
+            torch_int4 = scheme == "int4" and (packed or str(dtype) != "torch.bfloat16")
+            layers = BYTES_PER_WEIGHT[scheme] + (TORCH_SCALES_BYTES if torch_int4 else 0)
             return Precision(layers, int8, dtype.itemsize, scheme, int8, packed_head=packed)
         label = str(dtype).removeprefix("torch.")
         return Precision(dtype.itemsize, dtype.itemsize, dtype.itemsize, label)

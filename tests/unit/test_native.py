@@ -207,6 +207,7 @@ def test_speed_and_memory_estimates_count_on_the_kernels_that_run(
     )
 
     engine = LocalEngine(tmp_path, device="cpu", idle_unload_s=0, quantization="int4")
+    monkeypatch.setattr("core.inference.engine.choose_dtype", lambda device: torch.bfloat16)
 
     def plan() -> tuple[float, float]:
         """The plan's bytes a weight of the int4 layers, and how many times it holds the int8 head (its
@@ -223,3 +224,9 @@ def test_speed_and_memory_estimates_count_on_the_kernels_that_run(
     assert native.LIBRARY.prepare()
     assert engine.decode_efficiency() == NATIVE_DECODE_EFFICIENCY > CPU_DECODE_EFFICIENCY
     assert plan() == (0.578125, 1)  # the engine's own kernel reads both as they are stored: 4.625 bits
+    # A CPU without bf16 (Ice Lake: VNNI and VBMI, no AVX512-BF16) runs float32, which the engine's int4
+    # kernel does not take: torch's kernel multiplies the int4 layers there, with its bf16 pairs.
+    monkeypatch.setattr("core.inference.engine.choose_dtype", lambda device: torch.float32)
+    assert plan() == (0.703125, 1)
+    layer = Int4Linear.from_linear(torch.nn.Linear(4 * INT4_GROUP, 2 * UNPACK_BLOCK), torch.float32)
+    assert not layer.native_runs()

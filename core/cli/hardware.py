@@ -24,12 +24,15 @@ def hardware(as_json: bool) -> int:
     from core.inference.sizing import cpu_decode_efficiency
 
     # The engine's own kernels where they are built (a command this short never starts their build):
-    # loaded before the precision is read, which counts on them too (the head then has no packed copy).
-    efficiency = cpu_decode_efficiency(native.library_path().exists() and native.ready())
+    # loaded before the precision is read, which counts on them (the head then has no packed copy, and
+    # decoding reaches a larger share of the bandwidth bound).
+    if native.library_path().exists():
+        native.ready()
     models_library = library()
     info = probe(models_library.models_dir)
     engine = LocalEngine.from_preferences(models_library.preferences)
     bandwidth = measure_bandwidth()
+    precision = engine.precision()
     report = {
         "cpu": info.cpu_name, "physical_cores": info.physical_cores, "logical_cores": info.logical_cores,
         "ram_total_bytes": info.ram_total_bytes, "ram_available_bytes": info.ram_available_bytes,
@@ -37,7 +40,9 @@ def hardware(as_json: bool) -> int:
         "mps": info.mps_available, "disk_free_bytes": info.disk_free_bytes,
         "device": detect_device(engine.device_preference), "memory_bandwidth_bytes_per_s": round(bandwidth),
         "parallel_replies": engine.parallel,
-        "models": _models(models_library, engine.precision(), info, bandwidth, efficiency, engine.parallel),
+        "models": _models(
+            models_library, precision, info, bandwidth, cpu_decode_efficiency(precision), engine.parallel
+        ),
     }  # fmt: skip
     if as_json:
         click.echo(json.dumps(report, indent=2))

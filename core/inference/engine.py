@@ -140,8 +140,8 @@ class LocalEngine:
 
     def decode_efficiency(self) -> float:
         """Decode speed / its bandwidth bound on this CPU (sizing.cpu_decode_efficiency): with the
-        engine's own kernels once the torch thread has loaded them (core.inference.native)."""
-        return cpu_decode_efficiency(native_loaded())
+        engine's own kernels where the layers run on them (loaded, and bf16 activations for int4)."""
+        return cpu_decode_efficiency(self.precision())
 
     def _read_bandwidth(self) -> None:
         self._bandwidth_asked_at = time.monotonic()
@@ -198,7 +198,10 @@ class LocalEngine:
             packed = not native_loaded()
             torch_int4 = scheme == "int4" and (packed or str(dtype) != "torch.bfloat16")
             layers = BYTES_PER_WEIGHT[scheme] + (TORCH_SCALES_BYTES if torch_int4 else 0)
-            return Precision(layers, int8, dtype.itemsize, scheme, int8, packed_head=packed)
+            own = not (packed or torch_int4)
+            return Precision(
+                layers, int8, dtype.itemsize, scheme, int8, packed_head=packed, engine_kernels=own
+            )
         label = str(dtype).removeprefix("torch.")
         return Precision(dtype.itemsize, dtype.itemsize, dtype.itemsize, label)
 

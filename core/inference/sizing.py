@@ -126,6 +126,7 @@ class Precision:
     label: str  # shown to users: "int8", "bfloat16", "float32", ...
     int8_kept_bytes: float | None = None  # what int4 keeps int8 (int4_keeps_int8); None: as the layers
     packed_head: bool = True  # an int8 head is kept packed for oneDNN too (not beside the engine's kernels)
+    engine_kernels: bool = False  # the layers decode on the engine's own kernels (core.inference.native)
 
 
 @dataclass(frozen=True)
@@ -244,9 +245,9 @@ CPU_DECODE_EFFICIENCY = 0.46
 NATIVE_DECODE_EFFICIENCY = 0.88
 
 
-def cpu_decode_efficiency(native_kernels: bool) -> float:
-    """Decode speed with the default sampling / its bandwidth bound, with or without our own kernels."""
-    return NATIVE_DECODE_EFFICIENCY if native_kernels else CPU_DECODE_EFFICIENCY
+def cpu_decode_efficiency(precision: Precision) -> float:
+    """Decode speed with the default sampling / its bandwidth bound, on the engine's kernels or torch's."""
+    return NATIVE_DECODE_EFFICIENCY if precision.engine_kernels else CPU_DECODE_EFFICIENCY
 
 
 def decode_tokens_per_s_bound(estimate: MemoryEstimate, bandwidth_bytes_per_s: float) -> float:

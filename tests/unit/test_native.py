@@ -228,5 +228,6 @@ def test_speed_and_memory_estimates_count_on_the_kernels_that_run(
     # kernel does not take: torch's kernel multiplies the int4 layers there, with its bf16 pairs.
     monkeypatch.setattr("core.inference.engine.choose_dtype", lambda device: torch.float32)
     assert plan() == (0.703125, 1)
+    assert engine.decode_efficiency() == CPU_DECODE_EFFICIENCY  # and decodes at torch's speed
     layer = Int4Linear.from_linear(torch.nn.Linear(4 * INT4_GROUP, 2 * UNPACK_BLOCK), torch.float32)
     assert not layer.native_runs()

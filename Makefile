@@ -7,7 +7,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 WHEEL_VENV := .venv-wheel
 
-.PHONY: run test lint browser-deps package-check
+.PHONY: run test lint browser-deps package-check gpu-wheels
 
 run: $(RUNTIME_STAMP)
 	$(PY) -m core app
@@ -52,3 +52,17 @@ $(DEV_STAMP): requirements.txt requirements-dev.txt pyproject.toml | $(PY)
 	$(PIP) --no-deps -e .
 	$(PY) -m core.inference.native
 	touch $@ $(RUNTIME_STAMP)
+
+# For the check on a lent GPU machine (bench/gpu_check.sh): it has Python 3.12 and a CUDA torch but
+# none of the other packages, and no network, so their wheels travel with the working tree (`run`'s
+# carry: .gpu-wheels, ~40 MB), at the versions of $(VENV).
+GPU_PACKAGES := transformers huggingface_hub hf-xet tokenizers safetensors openai jiter sniffio httpx2 \
+	httpcore2 truststore kernels tomlkit fastapi opentelemetry-api starlette uvicorn SQLAlchemy greenlet \
+	pydantic pydantic_core annotated-types typing-inspection python-multipart anyio typing_extensions \
+	click h11 psutil
+gpu-wheels: $(DEV_STAMP)
+	rm -rf .gpu-wheels
+	$(PY) -m pip download --disable-pip-version-check -q --no-deps --only-binary=:all: \
+		--python-version 3.12 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux_2_28_x86_64 -d .gpu-wheels \
+		$$($(PY) -m pip freeze | grep -iE "^($$(echo $(GPU_PACKAGES) | tr ' ' '|'))==")

@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM
 
 from core.inference.batching import Batch, Request, generate
 from core.inference.decoder import Decoder, KvCache, Segment, supports
-from core.inference.device import choose_dtype, detect_device
+from core.inference.device import choose_dtype, detect_device, prepare_attention
 from core.inference.quantize import fuse_projections, quantize_model
 from core.inference.sampler import Sampling, TokenChooser
 from tests.fixtures.tiny_models import build_tiny_model
@@ -161,6 +161,7 @@ def main() -> int:
     parser.add_argument("--steps", action="store_true", help="then the decode step by replies together")
     args = parser.parse_args()
     device = detect_device()
+    prepare_attention(device)  # as the engine's load does
     dtype = choose_dtype(device)
     failed = False
     with tempfile.TemporaryDirectory(prefix="localllm-decoder-") as tmp:

@@ -19,6 +19,7 @@ from core.errors import ConfigError, NoChatTemplateError, UnsupportedModelError
 from core.hardware import return_freed_memory_to_os
 from core.hub.store import config_count, read_config, read_manifest
 from core.inference.chat_tokenizer import KEPT_NAME, ChatTokenizer
+from core.inference.device import prepare_attention
 from core.inference.params import GenerationParams
 from core.inference.sizing import Precision
 
@@ -265,6 +266,7 @@ def load_model(
     from core.inference import calibration, decoder, native, quantize
 
     started = time.perf_counter()
+    prepare_attention(device)
     scheme = precision.label if precision.label in quantize.SCHEMES else None
     model, mapped = _weights(directory, device, dtype, scheme)
     if scheme == "int4" and device == "cpu" and str(dtype) == "torch.bfloat16":

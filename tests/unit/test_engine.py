@@ -415,3 +415,21 @@ def test_the_bandwidth_is_read_again_while_idle_and_the_best_reading_kept(
     assert best_after_the_reading() == 11e9  # idle: read again (none was taken beside the reply)
     assert best_after_the_reading() == 15e9  # the best reading is kept
     assert best_after_the_reading() == 15e9  # three readings at most
+
+
+def test_attention_on_cuda_keeps_off_cudnn_which_plans_each_new_shape() -> None:
+    """On CUDA the engine keeps attention off cuDNN's SDPA (it builds a plan for every new shape, ~0.4 s
+    each: device.prepare_attention); a CPU's settings stay as they are. No GPU here: the flag is torch's
+    process-wide setting, which a CPU build keeps too."""
+    import torch
+
+    from core.inference.device import prepare_attention
+
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        prepare_attention("cpu")
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        prepare_attention("cuda")
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)

@@ -114,6 +114,7 @@ def test_replies_replayed_from_cuda_graphs_are_the_replies_generated_alone(
     # replies decoding together (again when one joins or leaves, not every token), and the replies.
     recorded: list[int] = []
     attended: list[weakref.ref[KvCache]] = []
+    pools: list[Any] = []  # the pools that replayed steps attended (one for each set of replies)
 
     def record(cls: type[_Graph], graphed: Decoder, caches: tuple[KvCache, ...]) -> _Graph:
         recorded.append(len(caches))
@@ -121,8 +122,20 @@ def test_replies_replayed_from_cuda_graphs_are_the_replies_generated_alone(
         inputs = torch.tensor([0] * len(caches) + [cache.length for cache in caches])
         tokens, positions = inputs.split(len(caches))
         logits = torch.empty(len(caches), graphed.vocabulary)
-        replayed = SimpleNamespace(replay=lambda: logits.copy_(graphed.step(tokens, positions, caches)))
-        return cls(replayed, caches, inputs, logits)
+
+        def replay() -> None:
+            logits.copy_(graphed.step(tokens, positions, caches))
+            if len(caches) > 1:  # one tensor for their keys, each reply's cache its slot, in order
+                pool = caches[0].pool
+                assert pool is not None and len(pool.keys) == len(caches)
+                assert all(
+                    c.pool is pool and c.keys.data_ptr() == pool.keys[i].data_ptr()
+                    for i, c in enumerate(caches)
+                )
+                if not any(seen is pool for seen in pools):
+                    pools.append(pool)
+
+        return cls(SimpleNamespace(replay=replay), caches, inputs, logits)
 
     monkeypatch.setattr(_Graph, "record", classmethod(record))
     texts = prompts(decoder.vocabulary)
@@ -130,11 +143,17 @@ def test_replies_replayed_from_cuda_graphs_are_the_replies_generated_alone(
     graphed = Decoder(model)
     graphed.use_graphs = True
     first, second, third = (request(graphed, p, s) for p, s in zip(texts, SAMPLINGS, strict=True))
-    run(Batch(graphed), {0: [first], 5: [second], 9: [third]})
+    batch = Batch(graphed, lambda: 4)  # memory for four caches: the ended replies' are kept
+    run(batch, {0: [first], 5: [second], 9: [third]})
     assert [r.done.result() for r in (first, second, third)] == expected
     assert recorded == [1, 2, 3, 2, 1]  # the first alone, two, three, then as they end
+    assert len(pools) == 3  # two, three, two
+    # Once their recording is gone the caches hold memory of their own: a kept one holds no pool.
+    kept = [each.cache for each in batch.kept._kept]
+    assert kept and all(cache.pool is None and cache.keys._base is None for cache in kept)
+    assert all(cache.capacity == cache.made_for for cache in kept)  # as long as before the pool
     assert graphed.use_graphs
-    del first, second, third
+    del first, second, third, batch, kept
     assert attended and not any(ref() for ref in attended)  # no recording holds an ended reply's cache
 
     def cannot_record(cls: type[_Graph], graphed: Decoder, caches: tuple[KvCache, ...]) -> _Graph:

@@ -272,12 +272,22 @@ def speed_caption(key: str, estimate: MemoryEstimate) -> None:
 
 
 def speed_text(key: str, estimate: MemoryEstimate, bandwidth: float | None) -> str:
-    """The decode-speed estimate with its basis, and what was measured here if the model ran."""
-    if bandwidth is None:
+    """The decode-speed estimate with its basis (on a CPU), and what was measured here if the model ran."""
+    engine = resources.engine()
+    if engine.runs_on() != "cpu":
+        text = t("models.speed_gpu")
+    elif bandwidth is None:
         return t("models.speed_pending")
+    else:
+        text = cpu_speed_text(estimate, bandwidth, engine.decode_efficiency())
+    with resources.database().begin() as session:
+        measured = repo.measured_tokens_per_s(session, key)
+    return text + (t("models.measured", tps=f"{measured:.1f}") if measured else "")
+
+
+def cpu_speed_text(estimate: MemoryEstimate, bandwidth: float, efficiency: float) -> str:
     bound = decode_tokens_per_s_bound(estimate, bandwidth)
-    efficiency = resources.engine().decode_efficiency()
-    text = t(
+    return t(
         "models.speed",
         tps=f"{bound * efficiency:.0f}",
         bound=f"{bound:.0f}",
@@ -285,9 +295,6 @@ def speed_text(key: str, estimate: MemoryEstimate, bandwidth: float | None) -> s
         bandwidth=f"{bandwidth / 1e9:.0f}",
         weights=format_bytes(estimate.read_per_token_bytes),
     )
-    with resources.database().begin() as session:
-        measured = repo.measured_tokens_per_s(session, key)
-    return text + (t("models.measured", tps=f"{measured:.1f}") if measured else "")
 
 
 def card(spec: ModelSpec) -> None:

@@ -19,7 +19,6 @@ def hardware(as_json: bool) -> int:
     """This machine (CPU, RAM, GPU, disk, memory bandwidth) and, for each model, the memory it needs, whether
     it fits, and its expected decode speed."""
     from core.inference import native
-    from core.inference.device import detect_device
     from core.inference.engine import LocalEngine
     from core.inference.sizing import cpu_decode_efficiency
 
@@ -33,16 +32,16 @@ def hardware(as_json: bool) -> int:
     engine = LocalEngine.from_preferences(models_library.preferences)
     bandwidth = measure_bandwidth()
     precision = engine.precision()
+    # On a GPU a model this small waits on launching its work, not on memory: no estimate from bandwidth.
+    efficiency = cpu_decode_efficiency(precision) if engine.runs_on() == "cpu" else None
     report = {
         "cpu": info.cpu_name, "physical_cores": info.physical_cores, "logical_cores": info.logical_cores,
         "ram_total_bytes": info.ram_total_bytes, "ram_available_bytes": info.ram_available_bytes,
         "swap_total_bytes": info.swap_total_bytes, "gpus": [asdict(gpu) for gpu in info.gpus],
         "mps": info.mps_available, "disk_free_bytes": info.disk_free_bytes,
-        "device": detect_device(engine.device_preference), "memory_bandwidth_bytes_per_s": round(bandwidth),
+        "device": engine.runs_on(), "memory_bandwidth_bytes_per_s": round(bandwidth),
         "parallel_replies": engine.parallel,
-        "models": _models(
-            models_library, precision, info, bandwidth, cpu_decode_efficiency(precision), engine.parallel
-        ),
+        "models": _models(models_library, precision, info, bandwidth, efficiency, engine.parallel),
     }  # fmt: skip
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -56,18 +55,20 @@ def _models(
     precision: Any,
     info: HardwareInfo,
     bandwidth: float,
-    efficiency: float,
+    efficiency: float | None,
     parallel: int,
 ) -> dict[str, Any]:
     """Each model's memory, verdict and decode speed (`efficiency`: the share of the bandwidth bound that
-    decoding reaches here, sizing.cpu_decode_efficiency)."""
+    decoding reaches on this CPU, sizing.cpu_decode_efficiency; None on a GPU: no estimate)."""
     from core.inference.sizing import decode_tokens_per_s_bound, memory_verdict, replies_that_fit
 
     found = {}
     for spec in models_library.models():
         estimate = models_library.memory_estimate(spec.key, precision)
         needed = estimate.total_bytes if estimate else None
-        speed = decode_tokens_per_s_bound(estimate, bandwidth) * efficiency if estimate else None
+        speed = (
+            decode_tokens_per_s_bound(estimate, bandwidth) * efficiency if estimate and efficiency else None
+        )
         verdict = memory_verdict(needed, info) if needed else None
         found[spec.key] = {
             "context_tokens": models_library.context_tokens(spec.key),

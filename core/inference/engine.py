@@ -182,11 +182,15 @@ class LocalEngine:
         """The model a load is under way for (the page's own, a reply's or a command's), else None."""
         return self._loading
 
+    def runs_on(self) -> str:
+        """The device a model would run on now: the setting's where it exists, else the best found."""
+        return detect_device(self.device_preference)
+
     def precision(self) -> Precision:
         """How a model would be stored: int4 weights on the CPU (unless set otherwise), else the dtype."""
         from core.inference.quantize import BYTES_PER_WEIGHT, TORCH_SCALES_BYTES
 
-        device = detect_device(self.device_preference)
+        device = self.runs_on()
         dtype = choose_dtype(device)
         scheme = self.quantization
         if device == "cpu" and scheme in BYTES_PER_WEIGHT and self._kernel(scheme):
@@ -277,7 +281,7 @@ class LocalEngine:
 
     def _load_new(self, key: str, force: bool) -> LoadedModel:
         directory = self._ready_dir(key)
-        device = detect_device(self.device_preference)
+        device = self.runs_on()
         estimate = self.memory_estimate(key)
         needed, available = estimate.total_bytes, available_memory(device)
         if needed > available and not force:

@@ -280,6 +280,18 @@ def test_a_click_shows_its_message_when_the_bandwidth_is_measured_during_its_run
     assert any("decode speed on the CPU: about" in c.value and "20 GB/s" in c.value for c in at.caption)
 
 
+def test_on_a_gpu_the_speed_is_not_estimated_from_the_cpus_memory(
+    new_app, library: ModelLibrary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No GPU here: the engine is told it would run on one (the page's only question to it).
+    monkeypatch.setattr(resources, "memory_bandwidth", lambda: 20e9)
+    monkeypatch.setattr("core.inference.engine.LocalEngine.runs_on", lambda engine: "cuda")
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    speeds = [c.value for c in at.caption if "decode speed" in c.value.lower()]
+    assert len(speeds) == 2 and all(s.startswith("Decode speed on the GPU: measured with") for s in speeds)
+
+
 def test_a_listing_that_cannot_be_read_offers_retry_and_the_mirror_settings(
     new_app, library: ModelLibrary
 ) -> None:

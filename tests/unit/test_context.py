@@ -83,3 +83,19 @@ def test_hardware_json_says_how_many_people_fit_at_once(capsys: pytest.CaptureFi
     assert report["models"]["qwen2.5-0.5b"]["people_at_once"] == 2  # ~0.1 GB a cache: the setting decides
     assert main(["settings", "set", "parallel_replies", "17"]) == 2  # refused with a sentence
     assert "between 1 and 16" in capsys.readouterr().err
+
+
+def test_hardware_json_estimates_decode_speed_on_a_cpu_only(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["hardware", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["device"] == "cpu" and report["models"]["qwen2.5-0.5b"]["est_tokens_per_s"] > 0
+    # No GPU here: the engine is told it would run on one. A model this small on a GPU waits on
+    # launching its work, not on memory: the CPU's bandwidth says nothing about its speed there.
+    monkeypatch.setattr("core.inference.engine.LocalEngine.runs_on", lambda engine: "cuda")
+    assert main(["hardware", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["device"] == "cuda"
+    assert [model["est_tokens_per_s"] for model in report["models"].values()] == [None, None]
+    assert report["models"]["qwen2.5-0.5b"]["memory_needed_bytes"] > 0  # the memory still estimated

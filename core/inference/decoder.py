@@ -206,6 +206,7 @@ class Decoder:
         # caches and replayed: one launch a pass instead of hundreds (off again if recording fails).
         # Caches it attends must be zeroed (`step` reads every slot through a mask).
         self.use_graphs = self.device.type == "cuda"
+        self.graphs_together = True  # replies decoding together replay theirs too (off if recording fails)
         self._graph: _Graph | None = None
         self._native: list[native.LayerWeights] | bool | None = None  # `_native_layers`; None: not asked yet
 
@@ -228,8 +229,10 @@ class Decoder:
     def run(self, segments: Sequence[Segment]) -> torch.Tensor:
         """Append each segment's tokens to its sequence, all in one pass over the weights; the float
         logits after each segment's last token (segments × vocabulary)."""
-        if self.use_graphs and all(
-            s.ids.shape[0] == 1 and s.cache.length < s.cache.capacity for s in segments
+        if (
+            self.use_graphs
+            and (len(segments) == 1 or self.graphs_together)
+            and all(s.ids.shape[0] == 1 and s.cache.length < s.cache.capacity for s in segments)
         ):
             logits = self._replay(segments)
             if logits is not None:
@@ -386,7 +389,11 @@ class Decoder:
         sequences = torch.arange(count, device=self.device)
 
         def store(index: int, new_keys: torch.Tensor, new_values: torch.Tensor) -> None:
-            # new: KV heads × sequences × head_dim, each into its sequence's slot at its position
+            """new: KV heads × sequences × head_dim, each into its sequence's slot at its position."""
+            if count == 1:
+                caches[0].keys[index].index_copy_(1, positions, new_keys)
+                caches[0].values[index].index_copy_(1, positions, new_values)
+                return
             keys[:, index].transpose(1, 2).index_put_((sequences, positions), new_keys.transpose(0, 1))
             values[:, index].transpose(1, 2).index_put_((sequences, positions), new_values.transpose(0, 1))
 
@@ -426,7 +433,10 @@ class Decoder:
             try:
                 self._graph = graph = _Graph.record(self, caches)
             except RuntimeError:  # an operation CUDA graphs cannot hold (a host sync): run eagerly
-                self.use_graphs = False
+                if len(caches) == 1:
+                    self.use_graphs = False
+                else:  # a lone reply's step has no pool: it keeps its graph
+                    self.graphs_together = False
                 for cache in caches:
                     cache.unpool()
                 return None

@@ -156,13 +156,26 @@ def test_replies_replayed_from_cuda_graphs_are_the_replies_generated_alone(
     del first, second, third, batch, kept
     assert attended and not any(ref() for ref in attended)  # no recording holds an ended reply's cache
 
+    def cannot_record_together(cls: type[_Graph], graphed: Decoder, caches: tuple[KvCache, ...]) -> _Graph:
+        if len(caches) > 1:  # the pooled step's operations: a lone reply's step records as before
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return record(cls, graphed, caches)
+
+    recorded.clear()
+    monkeypatch.setattr(_Graph, "record", classmethod(cannot_record_together))
+    staggered = [request(graphed, p, s) for p, s in zip(texts, SAMPLINGS, strict=True)]
+    run(Batch(graphed), {0: staggered[:1], 5: staggered[1:2], 9: staggered[2:]})
+    assert [r.done.result() for r in staggered] == expected  # together eagerly, the last alone replayed
+    assert (graphed.use_graphs, graphed.graphs_together) == (True, False)
+    assert recorded == [1, 1]  # the first reply alone, then the last one alone; none together
+
     def cannot_record(cls: type[_Graph], graphed: Decoder, caches: tuple[KvCache, ...]) -> _Graph:
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(_Graph, "record", classmethod(cannot_record))
-    together = [request(graphed, p, s) for p, s in zip(texts, SAMPLINGS, strict=True)]
-    run(Batch(graphed), {0: together})
-    assert [r.done.result() for r in together] == expected  # eagerly from then on
+    staggered = [request(graphed, p, s) for p, s in zip(texts, SAMPLINGS, strict=True)]
+    run(Batch(graphed), {0: staggered[:1], 5: staggered[1:2], 9: staggered[2:]})
+    assert [r.done.result() for r in staggered] == expected  # eagerly from then on
     assert not graphed.use_graphs
 
 

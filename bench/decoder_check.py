@@ -41,9 +41,10 @@ NEW_TOKENS = 16
 TOLERANCE = 0.02  # relative logit error from bf16 rounding (the unit tests' bound on the CPU)
 
 
-def check(path: Path, device: str, dtype: torch.dtype) -> tuple[float, int, int, bool]:
+def check(path: Path, device: str, dtype: torch.dtype) -> tuple[float, int, int, bool, bool]:
     """(largest relative logit error, greedy tokens on which both agree, replies of three generated
-    together equal to the same generated alone, whether new tokens replayed CUDA graphs) for one model."""
+    together equal to the same generated alone, whether new tokens replayed CUDA graphs alone and
+    together) for one model."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     if device == "cpu":
         quantize_model(model, dtype, "int4")
@@ -80,7 +81,7 @@ def check(path: Path, device: str, dtype: torch.dtype) -> tuple[float, int, int,
     theirs = expected.sequences[0, prompt.shape[1] :].tolist()
     agree = next((i for i, (a, b) in enumerate(zip(greedy, theirs, strict=True)) if a != b), NEW_TOKENS)
     same = sum(request.done.result() == reply for request, reply in zip(together, alone, strict=True))
-    return error, agree, same, decoder.use_graphs
+    return error, agree, same, decoder.use_graphs, decoder.use_graphs and decoder.graphs_together
 
 
 def prompts(prompt: torch.Tensor) -> list[list[int]]:
@@ -119,7 +120,8 @@ def step_ms(model: AutoModelForCausalLM, replies: int, graphs: bool, steps: int)
     started = time.perf_counter()
     for _ in range(steps):
         tokens = step()
-    return (time.perf_counter() - started) * 1e3 / steps, first * 1e3, decoder.use_graphs
+    replayed = decoder.use_graphs and (replies == 1 or decoder.graphs_together)
+    return (time.perf_counter() - started) * 1e3 / steps, first * 1e3, replayed
 
 
 def steps_by_batch_size(device: str, dtype: torch.dtype) -> None:
@@ -167,12 +169,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="localllm-decoder-") as tmp:
         for arch in ("qwen2", "llama"):
             path = build_tiny_model(Path(tmp) / arch, arch, hidden_size=256, layers=4)
-            error, agree, same, graphs = check(path, device, dtype)
+            error, agree, same, graphs, together = check(path, device, dtype)
             failed |= error > TOLERANCE
             print(
                 f"{arch}: {device} {str(dtype).removeprefix('torch.')}, relative logit error {error:.4f} "
                 f"(bound {TOLERANCE}), greedy tokens equal for {agree}/{NEW_TOKENS}, "
-                f"replies together equal alone {same}/3, CUDA graphs: {graphs}"
+                f"replies together equal alone {same}/3, CUDA graphs: {graphs}, together: {together}"
             )
     if args.steps:
         with torch.inference_mode():

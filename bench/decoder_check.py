@@ -11,8 +11,10 @@ One line per architecture; exit status 1 when the logits differ by more than the
 With --steps, then, for both catalog models (their exact config numbers, random weights): the time of a
 decode step by how many replies decode together, 1-16, after 100-token prompts, as the engine runs it
 (on CUDA replayed from the graph recorded for those replies, and eagerly beside it; on a CPU int4,
-eagerly), and the time to record each graph. A bench path, labelled so: greedy, model warm, no HTTP
-(bench/many_users.py measures what users get through `localllm serve`).
+eagerly), the time to record each graph, and the host's time to choose a token greedily and with the
+default sampling after a synchronized pass (what sampling adds to a step). A bench path, labelled so:
+greedy but for that, model warm, no HTTP (bench/many_users.py measures what users get through
+`localllm serve`).
 
     python -m bench.decoder_check [--steps]
 """
@@ -31,6 +33,8 @@ from transformers import AutoModelForCausalLM
 from core.inference.batching import Batch, Request, generate
 from core.inference.decoder import Decoder, KvCache, Segment, supports
 from core.inference.device import choose_dtype, detect_device, prepare_attention
+from core.inference.generation import sampling_for
+from core.inference.params import GenerationParams
 from core.inference.quantize import fuse_projections, quantize_model
 from core.inference.sampler import Sampling, TokenChooser
 from tests.fixtures.tiny_models import build_tiny_model
@@ -124,6 +128,32 @@ def step_ms(model: AutoModelForCausalLM, replies: int, graphs: bool, steps: int)
     return (time.perf_counter() - started) * 1e3 / steps, first * 1e3, replayed
 
 
+def choosing_us(model: AutoModelForCausalLM, params: GenerationParams, steps: int) -> tuple[float, float]:
+    """(µs choosing a token takes, ms a pass takes) for one reply with these settings after a 100-token
+    prompt: the device is synchronized after each pass, so the first is the host's alone (on a GPU
+    the top-k's kernel and its read back, then the draw in Python)."""
+    decoder = Decoder(model)
+    sync = torch.cuda.synchronize if decoder.device.type == "cuda" else lambda: None
+    prompt = torch.randint(10, 300, (100,), generator=torch.Generator().manual_seed(0))
+    chooser = TokenChooser(
+        sampling_for(params, model.generation_config),
+        decoder.vocabulary,
+        decoder.device,
+        seen=prompt.tolist(),
+    )
+    token = chooser.choose(decoder.run([Segment(decoder.reset(512), prompt)])[0])
+    token = chooser.choose(decoder.forward(torch.tensor([token])))  # on CUDA: recorded here
+    passes = choices = 0.0
+    for _ in range(steps):
+        started = time.perf_counter()
+        logits = decoder.forward(torch.tensor([token]))
+        sync()
+        chosen = time.perf_counter()
+        token = chooser.choose(logits)
+        passes, choices = passes + chosen - started, choices + time.perf_counter() - chosen
+    return choices * 1e6 / steps, passes * 1e3 / steps
+
+
 def steps_by_batch_size(device: str, dtype: torch.dtype) -> None:
     from transformers import AutoConfig
 
@@ -153,6 +183,13 @@ def steps_by_batch_size(device: str, dtype: torch.dtype) -> None:
             print(
                 f"  {replies:>7} {ms:8.2f} {replies * 1e3 / ms:9.0f} {eager} {first:14.1f}{note}", flush=True
             )
+        steps = 200 if cuda else 10
+        greedy = choosing_us(model, GenerationParams(temperature=0), steps)
+        sampled = choosing_us(model, GenerationParams(seed=0), steps)  # the defaults a user chats with
+        print(
+            f"  choosing a token, one reply (after its pass, synced): greedy {greedy[0]:.0f} µs, default "
+            f"sampling {sampled[0]:.0f} µs; the pass {greedy[1]:.2f} and {sampled[1]:.2f} ms"
+        )
         del model
 
 

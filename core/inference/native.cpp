@@ -26,6 +26,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -397,9 +399,76 @@ void int8_product(const float* x, int64_t M, int64_t K, const at::Tensor& weight
 
 }  // namespace localllm
 
+namespace {
+
+using Scored = std::pair<float, int64_t>;  // a score and its id
+
+// Better: the higher score, or the lower id of equal ones (argmax's order, the first of equal maxima).
+bool better(const Scored& a, const Scored& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+
+// The `count` best of a row's n scores into values and ids, best first. A heap keeps the best so far with
+// the worst of them on top, and the row is read 16 scores an instruction against that worst: only the
+// few that beat it are looked at (a few hundred of Qwen's 151,936 logits, a random order's ~count x
+// ln(n / count)). Later equal scores never replace, so equal ones keep the lower ids; a NaN never
+// enters (counted as -inf among the first `count`).
+#if defined(__x86_64__)
+__attribute__((target("avx512f")))
+#endif
+void best_of_row(const float* x, int64_t n, int64_t count, float* values, int64_t* ids) {
+  std::vector<Scored> heap;
+  heap.reserve(count);
+  for (int64_t i = 0; i < count; ++i) heap.emplace_back(std::isnan(x[i]) ? -INFINITY : x[i], i);
+  std::make_heap(heap.begin(), heap.end(), better);
+  auto offer = [&](int64_t i) {
+    if (x[i] > heap.front().first) {
+      std::pop_heap(heap.begin(), heap.end(), better);
+      heap.back() = {x[i], i};
+      std::push_heap(heap.begin(), heap.end(), better);
+    }
+  };
+  int64_t i = count;
+#if defined(__x86_64__)
+  for (; i + 16 <= n; i += 16) {
+    const __m512 worst = _mm512_set1_ps(heap.front().first);
+    for (__mmask16 above = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), worst, _CMP_GT_OQ); above;
+         above &= above - 1) {
+      offer(i + __builtin_ctz(above));  // compared again: the worst may have risen within these 16
+    }
+  }
+#endif
+  for (; i < n; ++i) offer(i);
+  std::sort_heap(heap.begin(), heap.end(), better);  // best first
+  for (int64_t k = 0; k < count; ++k) {
+    values[k] = heap[k].first;
+    ids[k] = heap[k].second;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> best_scores(const at::Tensor& scores, int64_t count) {
+  TORCH_CHECK(localllm::supported(), "best_scores: this CPU lacks AVX512-VNNI or AVX512-VBMI");
+  TORCH_CHECK(scores.dim() == 2 && scores.scalar_type() == at::kFloat && scores.is_contiguous() &&
+                  scores.device().is_cpu(),
+              "best_scores: contiguous float32 scores, rows x vocabulary");
+  const int64_t rows = scores.size(0), n = scores.size(1);
+  TORCH_CHECK(count > 0 && count <= n, "best_scores: from 1 to ", n, " of them, not ", count);
+  at::Tensor values = at::empty({rows, count}, scores.options());
+  at::Tensor ids = at::empty({rows, count}, scores.options().dtype(at::kLong));
+  const float* x = scores.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    best_of_row(x + r * n, n, count, values.data_ptr<float>() + r * count,
+                ids.data_ptr<int64_t>() + r * count);
+  }
+  return {values, ids};
+}
+
+}  // namespace
+
 TORCH_LIBRARY(localllm, m) {
   m.def("supported() -> bool", localllm::supported);
   m.def("int4_rows(Tensor rows, Tensor packed, Tensor codes, Tensor units) -> Tensor", int4_rows);
+  m.def("best_scores(Tensor scores, int count) -> (Tensor, Tensor)", best_scores);
   m.def("int8_rows(Tensor rows, Tensor weight, Tensor scale, Tensor weight_sums, float tame_peak=0.) -> "
         "Tensor",
         int8_rows);

@@ -117,6 +117,12 @@ def int4_rows(
     return torch.ops.localllm.int4_rows(rows, packed, codes, units)
 
 
+def best_scores(scores: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `count` best of each row of scores (rows x vocabulary, contiguous float32) and their ids, best
+    first, equal ones by id: torch.topk's scores, in one read of each row."""
+    return torch.ops.localllm.best_scores(scores, count)
+
+
 def int8_rows(
     rows: torch.Tensor,
     weight: torch.Tensor,

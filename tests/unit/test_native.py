@@ -231,3 +231,34 @@ def test_speed_and_memory_estimates_count_on_the_kernels_that_run(
     assert engine.decode_efficiency() == CPU_DECODE_EFFICIENCY  # and decodes at torch's speed
     layer = Int4Linear.from_linear(torch.nn.Linear(4 * INT4_GROUP, 2 * UNPACK_BLOCK), torch.float32)
     assert not layer.native_runs()
+
+
+@pytest.mark.usefixtures("built")
+@pytest.mark.parametrize(("rows", "vocabulary", "count"), [(1, 151_936, 10), (3, 32_000, 88), (2, 50, 50)])
+def test_the_best_scores_are_torchs_top_k(rows: int, vocabulary: int, count: int) -> None:
+    scores = torch.randn(rows, vocabulary, generator=torch.Generator().manual_seed(count))
+    values, ids = native.best_scores(scores, count)
+    expected_values, expected_ids = torch.topk(scores, count)
+    assert torch.equal(values, expected_values) and torch.equal(ids, expected_ids)
+
+
+@pytest.mark.usefixtures("built")
+def test_the_best_scores_keep_the_lower_ids_of_equal_ones_and_never_a_nan() -> None:
+    scores = torch.zeros(1, 100)
+    scores[0, [90, 70, 30]] = 2.0  # a tie among the best, found after a lower one and out of order
+    scores[0, 2] = float("nan")  # among the first five, which fill the heap
+    scores[0, 64] = float("nan")  # in the part read 16 at a time (90 is in the rest, read one by one)
+    values, ids = native.best_scores(scores, 5)
+    assert values.tolist() == [[2.0, 2.0, 2.0, 0.0, 0.0]]
+    assert ids.tolist() == [[30, 70, 90, 0, 1]]  # equal ones by id, as argmax takes the first
+
+
+@pytest.mark.usefixtures("built")
+def test_the_best_scores_refuse_what_they_cannot_read() -> None:
+    scores = torch.randn(2, 64)
+    with pytest.raises(RuntimeError, match="from 1 to 64 of them, not 65"):
+        native.best_scores(scores, 65)
+    with pytest.raises(RuntimeError, match="contiguous float32 scores"):
+        native.best_scores(scores.t(), 2)
+    with pytest.raises(RuntimeError, match="contiguous float32 scores"):
+        native.best_scores(scores.to(torch.bfloat16), 2)

@@ -8,11 +8,14 @@
 set -u
 out=${OUT:-/tmp/gpu-check}
 mkdir -p "$out"
-python3 -m pip install -q --no-deps --no-compile --target /tmp/site .gpu-wheels/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD
+python=${PYTHON:-python3}  # the machine's, with its CUDA torch (PYTHON=.venv/bin/python: a dry run here)
+if [ -d .gpu-wheels ]; then
+    "$python" -m pip install -q --no-deps --no-compile --target /tmp/site .gpu-wheels/*.whl 2>&1 | tail -2
+    export PYTHONPATH=/tmp/site:$PWD
+fi
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-    python3 -c "import torch; print('torch', torch.__version__, 'cuDNN', torch.backends.cudnn.version())"
+    "$python" -c "import torch; print('torch', torch.__version__, 'cuDNN', torch.backends.cudnn.version())"
 } 2>&1 | tee "$out/machine.txt"
 step() {  # step NAME SECONDS COMMAND...: one bench, bounded, logged
     local name=$1 seconds=$2
@@ -20,6 +23,6 @@ step() {  # step NAME SECONDS COMMAND...: one bench, bounded, logged
     echo "== $name"
     timeout "$seconds" "$@" 2>&1 | grep -v "Writing model shards" | tee "$out/$name.log"
 }
-step decoder_check 150 python3 -m bench.decoder_check --steps
-step speed 150 python3 -m bench.speed --no-quality
-step many_users 200 python3 -m bench.many_users --users 1 3 4 --rounds 2
+step decoder_check 150 "$python" -m bench.decoder_check --steps
+step speed 150 "$python" -m bench.speed --no-quality
+step many_users 200 "$python" -m bench.many_users --users 1 3 4 --rounds 2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks to run where a GPU is lent (the `run` tool of the device machine, ~8 minutes):
 #   make gpu-wheels   # here, once: the wheels the machine lacks (it has Python 3.12 and a CUDA torch)
-#   run: bash bench/gpu_check.sh   carry: [".gpu-wheels"]   timeout_s: 560
+#   run: bash bench/gpu_check.sh   carry: [".gpu-wheels"]   timeout_s: 590
 # Then: the decoder against transformers and the step by replies together (bench.decoder_check
 # --steps), one user's decode greedy and sampled (bench.speed), users at once through `localllm serve`
 # (bench.many_users). Each log goes to $OUT (the device tool brings it back) and to the output.
@@ -23,6 +23,6 @@ step() {  # step NAME SECONDS COMMAND...: one bench, bounded, logged
     echo "== $name"
     timeout "$seconds" "$@" 2>&1 | grep -v "Writing model shards" | tee "$out/$name.log"
 }
-step decoder_check 150 "$python" -m bench.decoder_check --steps
+step decoder_check 170 "$python" -m bench.decoder_check --steps
 step speed 150 "$python" -m bench.speed --no-quality
 step many_users 200 "$python" -m bench.many_users --users 1 3 4 --rounds 2

@@ -105,20 +105,22 @@ def test_a_request_that_joins_mid_run_gets_the_tokens_it_gets_alone(decoder: Dec
     assert [r.done.result() for r in (first, second, third)] == expected
 
 
-def test_replies_replayed_from_cuda_graphs_are_the_replies_generated_alone(
-    model: Any, decoder: Decoder, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # CUDA graphs need a GPU, which the tests do not have: a stand-in "recording" runs `Decoder.step` on
-    # the recorded inputs at each replay. Checked here is what surrounds the recording on CUDA: which
-    # caches, tokens and positions each replay gets, that a recording is made once for each set of
-    # replies decoding together (again when one joins or leaves, not every token), and the replies.
-    recorded: list[int] = []
-    attended: list[weakref.ref[KvCache]] = []
-    pools: list[Any] = []  # the pools that replayed steps attended (one for each set of replies)
+class StandInGraphs:
+    """CUDA graphs need a GPU, which the tests do not have: a stand-in "recording" runs `Decoder.step` on
+    the recorded inputs at each replay. What surrounds the recording on CUDA is real: which caches,
+    tokens and positions each replay gets, when a recording is made, the caches' pools."""
 
-    def record(cls: type[_Graph], graphed: Decoder, caches: tuple[KvCache, ...]) -> _Graph:
-        recorded.append(len(caches))
-        attended.extend(weakref.ref(cache) for cache in caches if cache is not graphed.cache)
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.recorded: list[int] = []  # each recording's count of replies
+        self.attended: list[weakref.ref[KvCache]] = []  # the replies' caches recordings attended
+        self.pools: list[Any] = []  # the pools that replayed steps attended (one for each set of replies)
+        monkeypatch.setattr(
+            _Graph, "record", classmethod(lambda cls, graphed, caches: self.record(graphed, caches))
+        )
+
+    def record(self, graphed: Decoder, caches: tuple[KvCache, ...]) -> _Graph:
+        self.recorded.append(len(caches))
+        self.attended.extend(weakref.ref(cache) for cache in caches if cache is not graphed.cache)
         inputs = torch.tensor([0] * len(caches) + [cache.length for cache in caches])
         tokens, positions = inputs.split(len(caches))
         logits = torch.empty(len(caches), graphed.vocabulary)
@@ -132,16 +134,30 @@ def test_replies_replayed_from_cuda_graphs_are_the_replies_generated_alone(
                     c.pool is pool and c.keys.data_ptr() == pool.keys[i].data_ptr()
                     for i, c in enumerate(caches)
                 )
-                if not any(seen is pool for seen in pools):
-                    pools.append(pool)
+                if not any(seen is pool for seen in self.pools):
+                    self.pools.append(pool)
 
-        return cls(SimpleNamespace(replay=replay), caches, inputs, logits)
+        return _Graph(SimpleNamespace(replay=replay), caches, inputs, logits)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_Graph, "record", classmethod(record))
-    texts = prompts(decoder.vocabulary)
-    expected = [alone(decoder, prompt, sampling) for prompt, sampling in zip(texts, SAMPLINGS, strict=True)]
+
+def graphed_decoder(model: Any) -> Decoder:
+    """A decoder that replays recorded steps, as on CUDA (with `StandInGraphs` for the recording)."""
     graphed = Decoder(model)
     graphed.use_graphs = True
+    return graphed
+
+
+def test_replies_replayed_from_cuda_graphs_are_the_replies_generated_alone(
+    model: Any, decoder: Decoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A recording is made once for each set of replies decoding together (again when one joins or
+    # leaves, not every token), and the replies are the replies generated alone.
+    graphs = StandInGraphs(monkeypatch)
+    recorded, attended, pools = graphs.recorded, graphs.attended, graphs.pools
+    record = graphs.record
+    texts = prompts(decoder.vocabulary)
+    expected = [alone(decoder, prompt, sampling) for prompt, sampling in zip(texts, SAMPLINGS, strict=True)]
+    graphed = graphed_decoder(model)
     first, second, third = (request(graphed, p, s) for p, s in zip(texts, SAMPLINGS, strict=True))
     batch = Batch(graphed, lambda: 4)  # memory for four caches: the ended replies' are kept
     run(batch, {0: [first], 5: [second], 9: [third]})
@@ -159,7 +175,7 @@ def test_replies_replayed_from_cuda_graphs_are_the_replies_generated_alone(
     def cannot_record_together(cls: type[_Graph], graphed: Decoder, caches: tuple[KvCache, ...]) -> _Graph:
         if len(caches) > 1:  # the pooled step's operations: a lone reply's step records as before
             raise RuntimeError("operation not permitted when stream is capturing")
-        return record(cls, graphed, caches)
+        return record(graphed, caches)
 
     recorded.clear()
     monkeypatch.setattr(_Graph, "record", classmethod(cannot_record_together))
@@ -259,12 +275,18 @@ def test_the_next_turn_prefills_only_what_its_conversation_has_not_seen(decoder:
     assert follow_up.done.result() == expected
 
 
-def test_a_turn_that_joins_running_replies_starts_from_its_kept_cache(decoder: Decoder) -> None:
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "cuda-graphs"])
+def test_a_turn_that_joins_running_replies_starts_from_its_kept_cache(
+    model: Any, decoder: Decoder, graphs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     texts = prompts(decoder.vocabulary)
     first_prompt, sampling = texts[1], SAMPLINGS[0]
     first_reply = alone(decoder, first_prompt, sampling)
     next_prompt = first_prompt + first_reply + [9, 8]
     expected = alone(decoder, next_prompt, sampling)
+    if graphs:  # as on CUDA: kept caches come out of the pools of the replies they decoded beside
+        StandInGraphs(monkeypatch)
+        decoder = graphed_decoder(model)
     batch = Batch(decoder, caches_at_most=lambda: 4)
     other = request(decoder, texts[0], SAMPLINGS[2], owner="bob", new_tokens=100)  # runs all along
     first = request(decoder, first_prompt, sampling, owner="ann")

@@ -46,7 +46,7 @@ def hardware(as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        _print(info, bandwidth, report["models"])
+        _print(info, bandwidth, report["models"], on_gpu=report["device"] != "cpu")
     return 0
 
 
@@ -83,7 +83,7 @@ def _models(
     return found
 
 
-def _print(info: HardwareInfo, bandwidth: float, models: dict[str, Any]) -> None:
+def _print(info: HardwareInfo, bandwidth: float, models: dict[str, Any], *, on_gpu: bool) -> None:
     click.echo(f"CPU     {info.cpu_name}, {info.physical_cores} cores / {info.logical_cores} threads")
     available, total = format_bytes(info.ram_available_bytes), format_bytes(info.ram_total_bytes)
     click.echo(f"RAM     {available} available of {total}")
@@ -99,6 +99,8 @@ def _print(info: HardwareInfo, bandwidth: float, models: dict[str, Any]) -> None
     for key, model in models.items():
         needed = format_bytes(model["memory_needed_bytes"]) if model["memory_needed_bytes"] else "?"
         speed = f"~{model['est_tokens_per_s']} tokens/s expected" if model["est_tokens_per_s"] else ""
+        if on_gpu:  # bound by launching work, not by memory: no estimate (see `hardware`)
+            speed = "speed measured with the first reply (GPU)"
         people = f", {model['people_at_once']} at once" if model["people_at_once"] else ""
         click.echo(f"{key:<24} needs {needed:>9}  {VERDICTS[model['verdict']]:<13} {speed}{people}")
 

@@ -99,3 +99,5 @@ def test_hardware_json_estimates_decode_speed_on_a_cpu_only(
     assert report["device"] == "cuda"
     assert [model["est_tokens_per_s"] for model in report["models"].values()] == [None, None]
     assert report["models"]["qwen2.5-0.5b"]["memory_needed_bytes"] > 0  # the memory still estimated
+    assert main(["hardware"]) == 0
+    assert capsys.readouterr().out.count("speed measured with the first reply (GPU)") == 2

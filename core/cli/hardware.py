@@ -31,22 +31,22 @@ def hardware(as_json: bool) -> int:
     info = probe(models_library.models_dir)
     engine = LocalEngine.from_preferences(models_library.preferences)
     bandwidth = measure_bandwidth()
-    precision = engine.precision()
+    device, precision = engine.runs_on(), engine.precision()
     # On a GPU a model this small waits on launching its work, not on memory: no estimate from bandwidth.
-    efficiency = cpu_decode_efficiency(precision) if engine.runs_on() == "cpu" else None
+    efficiency = cpu_decode_efficiency(precision) if device == "cpu" else None
     report = {
         "cpu": info.cpu_name, "physical_cores": info.physical_cores, "logical_cores": info.logical_cores,
         "ram_total_bytes": info.ram_total_bytes, "ram_available_bytes": info.ram_available_bytes,
         "swap_total_bytes": info.swap_total_bytes, "gpus": [asdict(gpu) for gpu in info.gpus],
         "mps": info.mps_available, "disk_free_bytes": info.disk_free_bytes,
-        "device": engine.runs_on(), "memory_bandwidth_bytes_per_s": round(bandwidth),
+        "device": device, "memory_bandwidth_bytes_per_s": round(bandwidth),
         "parallel_replies": engine.parallel,
         "models": _models(models_library, precision, info, bandwidth, efficiency, engine.parallel),
     }  # fmt: skip
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        _print(info, bandwidth, report["models"], on_gpu=report["device"] != "cpu")
+        _print(info, bandwidth, report["models"], on_gpu=device != "cpu")
     return 0
 
 
@@ -98,9 +98,10 @@ def _print(info: HardwareInfo, bandwidth: float, models: dict[str, Any], *, on_g
     )
     for key, model in models.items():
         needed = format_bytes(model["memory_needed_bytes"]) if model["memory_needed_bytes"] else "?"
-        speed = f"~{model['est_tokens_per_s']} tokens/s expected" if model["est_tokens_per_s"] else ""
         if on_gpu:  # bound by launching work, not by memory: no estimate (see `hardware`)
             speed = "speed measured with the first reply (GPU)"
+        else:
+            speed = f"~{model['est_tokens_per_s']} tokens/s expected" if model["est_tokens_per_s"] else ""
         people = f", {model['people_at_once']} at once" if model["people_at_once"] else ""
         click.echo(f"{key:<24} needs {needed:>9}  {VERDICTS[model['verdict']]:<13} {speed}{people}")
 

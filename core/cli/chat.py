@@ -29,7 +29,9 @@ PROMPT = ">>> "
 
 @click.command(short_help="chat with a downloaded model (a REPL on stdin without --prompt)")
 @click.argument("model", metavar="KEY")
-@click.option("--prompt", help="one message; without it, each line on stdin is a message (history kept)")
+@click.option(
+    "-p", "--prompt", help="one message; without it, each line on stdin is a message (history kept)"
+)
 @click.option("--system", default="", help="system prompt")
 @click.option("--max-new-tokens", type=click.IntRange(1, 32768), default=256, show_default=True,
               help="most tokens in one reply")  # fmt: skip

@@ -90,7 +90,7 @@ def test_a_one_question_chat_replies_keeps_the_conversation_and_ends_with_its_co
     saved = connection.execute("SELECT role, content FROM messages ORDER BY id").fetchall()
     connection.close()
     assert saved == [("user", "Hello there"), ("assistant", "\n".join(reply))]
-    missing = run_cli("chat", "no-such-model", "--prompt", "Hi")
+    missing = run_cli("chat", "no-such-model", "-p", "Hi")  # -p: llama.cpp's short form
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
 
 

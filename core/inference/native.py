@@ -10,7 +10,8 @@ the output head, in 8 bits where a row's largest value is within 12 × its RMS (
 at three rows the head's VNNI instructions, not its bytes, bound it), so the head needs no packed oneDNN
 copy. `decode_layer` runs a whole decoder layer for a decoding step in
 one call (native_layer.cpp): the ~35 small operations between a layer's matmuls cost ~4 ms of a step
-when Python dispatched them one by one.
+when Python dispatched them one by one. `fit_groups` (native_fit.cpp) fits int4 groups for a first load's
+quantizing, 16 groups at once in registers where torch's fit made ~90 passes over temporaries.
 
 They are compiled for this machine with the C++ compiler beside torch's headers (~10 s, once: the
 library is kept under torch's extension folder, keyed by the source and torch's version) on a thread of
@@ -31,7 +32,9 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("native.cpp", "native_layer.cpp"))
+SOURCES = tuple(
+    Path(__file__).with_name(name) for name in ("native.cpp", "native_layer.cpp", "native_fit.cpp")
+)
 HEADER = Path(__file__).with_name("native.h")
 BUILD_TIMEOUT_S = 600
 logger = logging.getLogger(__name__)
@@ -121,6 +124,14 @@ def best_scores(scores: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.T
     """The `count` best of each row of scores (rows x vocabulary, contiguous float32) and their ids, best
     first, equal ones by id: torch.topk's scores, in one read of each row."""
     return torch.ops.localllm.best_scores(scores, count)
+
+
+def fit_groups(
+    groups: torch.Tensor, levels: int, stretches: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each group's scale and offset as quantize.fit_groups fits them (groups: n x 32, contiguous float32;
+    stretches: float32), 16 groups at once in registers."""
+    return torch.ops.localllm.fit_groups(groups, levels, stretches)
 
 
 def int8_rows(

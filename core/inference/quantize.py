@@ -307,6 +307,18 @@ def fit_groups(groups: torch.Tensor, levels: int = 15) -> tuple[torch.Tensor, to
     )
 
 
+def fitted_pairs(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fit_groups`' scale and offset of each group (contiguous float32, ... × INT4_GROUP): through the
+    engine's own kernel where its library is loaded (core.inference.native: 16 groups at once in
+    registers; a first load asks for it), else torch's."""
+    if native.LIBRARY.loaded:
+        stretches = torch.tensor(FIT_STRETCHES, dtype=torch.float32)
+        scale, offset = native.fit_groups(groups.view(-1, INT4_GROUP), 15, stretches)
+        return scale.view(groups.shape[:-1]), offset.view(groups.shape[:-1])
+    _, scale, offset = fit_groups(groups)
+    return scale, offset
+
+
 def importance(groups: torch.Tensor) -> torch.Tensor:
     """How much each weight's error counts in its group's fit: the group's RMS plus its size (llama.cpp's
     weights without an importance matrix: large weights matter more)."""
@@ -336,8 +348,8 @@ def quantize_groups(
     units = torch.empty(super_blocks(groups), 2, rows, dtype=torch.float32)
     step = max(1, chunk // columns)
     for start in range(0, rows, step):
-        values = weight[start : start + step].detach().float().view(-1, groups, INT4_GROUP)
-        _, scale, offset = fit_groups(values)
+        values = weight[start : start + step].detach().float().contiguous().view(-1, groups, INT4_GROUP)
+        scale, offset = fitted_pairs(values)
         part_codes, part_units = code_scales(scale.t(), offset.t())
         level, scale = _coded_levels(values, part_codes, part_units)
         weights = importance(values)

@@ -262,3 +262,39 @@ def test_the_best_scores_refuse_what_they_cannot_read() -> None:
         native.best_scores(scores.t(), 2)
     with pytest.raises(RuntimeError, match="contiguous float32 scores"):
         native.best_scores(scores.to(torch.bfloat16), 2)
+
+
+def _fit_error(groups: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> float:
+    """What `fit_groups` minimises, over all groups: Σ importance × (code × scale + offset - weight)²."""
+    step = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+    codes = ((groups - offset[:, None]) / step).round().clamp(0, 15)
+    return float(
+        (quantize.importance(groups) * (codes * scale[:, None] + offset[:, None] - groups).square()).sum()
+    )
+
+
+@pytest.mark.usefixtures("built")
+def test_the_groups_fit_is_torchs_fit_up_to_the_order_of_its_sums() -> None:
+    generator = torch.Generator().manual_seed(0)
+    groups = torch.cat(
+        (
+            torch.randn(4000, INT4_GROUP, generator=generator) * 0.02,
+            torch.randn(4000, INT4_GROUP, generator=generator).pow(3),  # heavy tails: stretched ranges win
+            torch.randint(-3, 4, (1000, INT4_GROUP), generator=generator).float(),  # ties between roundings
+            torch.zeros(1, INT4_GROUP),  # no range at all
+        )
+    )  # 9,001: not a multiple of the 16 groups fitted at once
+    _, expected_scale, expected_offset = quantize.fit_groups(groups)
+    stretches = torch.tensor(quantize.FIT_STRETCHES, dtype=torch.float32)
+    scale, offset = native.fit_groups(groups, 15, stretches)
+    close = torch.isclose(scale, expected_scale, rtol=1e-5, atol=0) & torch.isclose(
+        offset, expected_offset, rtol=1e-5, atol=1e-9
+    )
+    assert float(close.float().mean()) > 0.99  # the rest chose another rounding of (nearly) equal error
+    # as close to the weights: the choice between roundings compares float32 sums, in either order
+    assert _fit_error(groups, scale, offset) == pytest.approx(
+        _fit_error(groups, expected_scale, expected_offset), rel=1e-4
+    )
+    assert scale[-1] == expected_scale[-1] and offset[-1] == expected_offset[-1] == 0  # the zero group
+    rows = groups[:9000].view(1000, 9, INT4_GROUP)  # as quantize_groups hands them over: rows × groups
+    assert torch.equal(quantize.fitted_pairs(rows)[0], scale[:9000].view(1000, 9))

@@ -52,7 +52,7 @@ __attribute__((target("avx512f"))) __m512 error_of(const float (*x)[LANES], cons
 // LANES groups (LANES x GROUP floats, a group after the other) into their scales and offsets.
 __attribute__((target("avx512f"))) void fit_lanes(const float* groups, float levels_value, const float* stretches,
                                                   int64_t count, float* scale_out, float* offset_out) {
-  alignas(64) float x[GROUP][LANES], w[GROUP][LANES], shifted[GROUP][LANES];
+  alignas(64) float x[GROUP][LANES], w[GROUP][LANES], wx[GROUP][LANES], shifted[GROUP][LANES];
   for (int64_t g = 0; g < LANES; ++g) {
     for (int64_t i = 0; i < GROUP; ++i) x[i][g] = groups[g * GROUP + i];
   }
@@ -71,6 +71,7 @@ __attribute__((target("avx512f"))) void fit_lanes(const float* groups, float lev
     const __m512 v = _mm512_load_ps(x[i]);
     const __m512 weight = _mm512_add_ps(rms, _mm512_abs_ps(v)), weighted_x = _mm512_mul_ps(weight, v);
     _mm512_store_ps(w[i], weight);
+    _mm512_store_ps(wx[i], weighted_x);
     _mm512_store_ps(shifted[i], _mm512_sub_ps(v, low));
     sum_w = _mm512_add_ps(sum_w, weight);
     sum_x = _mm512_add_ps(sum_x, weighted_x);
@@ -85,10 +86,9 @@ __attribute__((target("avx512f"))) void fit_lanes(const float* groups, float lev
     for (int64_t i = 0; i < GROUP; ++i) {
       const __m512 code = codes_of(_mm512_load_ps(shifted[i]), factor, levels);
       const __m512 weighted = _mm512_mul_ps(_mm512_load_ps(w[i]), code);
-      const __m512 weighted_x = _mm512_mul_ps(_mm512_load_ps(w[i]), _mm512_load_ps(x[i]));
       sum_l = _mm512_add_ps(sum_l, weighted);
       sum_l2 = _mm512_add_ps(sum_l2, _mm512_mul_ps(weighted, code));
-      sum_xl = _mm512_add_ps(sum_xl, _mm512_mul_ps(weighted_x, code));
+      sum_xl = _mm512_add_ps(sum_xl, _mm512_mul_ps(_mm512_load_ps(wx[i]), code));
     }
     const __m512 det = _mm512_sub_ps(_mm512_mul_ps(sum_w, sum_l2), _mm512_mul_ps(sum_l, sum_l));
     const __mmask16 positive = _mm512_cmp_ps_mask(det, zero, _CMP_GT_OQ);

@@ -90,6 +90,7 @@ SCHEMES = tuple(BYTES_PER_WEIGHT)
 # The ranges fit_groups tries besides min/max: levels + stretch steps across it. llama.cpp tries -1 to +1
 # by 0.1; by 0.25 gives most of the gain (bench/quality.py) for 40 % of the quantizing time.
 FIT_STRETCHES = tuple(step / 4 for step in range(-4, 5))
+_STRETCHES = torch.tensor(FIT_STRETCHES, dtype=torch.float32)  # as the engine's fit takes them
 SPLIT = 254  # packed_matmul: an activation's second 8-bit part counts 1/SPLIT of its first
 # A prompt's rows meet the int8 weights kept for prompts as one byte a value (an RMS error of at most
 # ~PROMPT_PEAK / 440 of the row's RMS), and as two where a row's peak exceeds PROMPT_PEAK × its RMS;
@@ -312,8 +313,7 @@ def fitted_pairs(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     engine's own kernel where its library is loaded (core.inference.native: 16 groups at once in
     registers; a first load asks for it), else torch's."""
     if native.LIBRARY.loaded:
-        stretches = torch.tensor(FIT_STRETCHES, dtype=torch.float32)
-        scale, offset = native.fit_groups(groups.view(-1, INT4_GROUP), 15, stretches)
+        scale, offset = native.fit_groups(groups.view(-1, INT4_GROUP), 15, _STRETCHES)
         return scale.view(groups.shape[:-1]), offset.view(groups.shape[:-1])
     _, scale, offset = fit_groups(groups)
     return scale, offset

@@ -82,7 +82,9 @@ def prompt_quality(path: Path, outliers: bool) -> dict[str, dict[str, float]]:
     """The metrics of each way prompts can run (see above) for the model at `path`."""
     from transformers import AutoModelForCausalLM
 
-    from core.inference import quantize
+    from core.inference import native, quantize
+
+    native.prepare()  # the engine's own group fit where it runs: a first load quantizes with it
 
     def load(dtype: torch.dtype) -> torch.nn.Module:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()

@@ -134,6 +134,14 @@ def fit_groups(
     return torch.ops.localllm.fit_groups(groups, levels, stretches)
 
 
+def quantize_int4(
+    weight: torch.Tensor, stretches: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """quantize.quantize_groups' (packed codes, scale codes, units) for float32 weights (outputs a multiple
+    of 64): each output's super-block of 16 groups fitted, coded, fitted again and rounded in registers."""
+    return torch.ops.localllm.quantize_int4(weight, stretches)
+
+
 def int8_rows(
     rows: torch.Tensor,
     weight: torch.Tensor,

@@ -335,7 +335,9 @@ def quantize_groups(
     to the coded pair; then the offset is fitted once more to the coded scale and those codes, and
     coded (its code costs most of what coding does: on random weights the coded groups' error was
     1.75 % above the fitted ones', 1.2 % with this). A weight comes back as q × scale + offset. Works
-    through about `chunk` weights at a time, so the float32 temporaries stay a few MB.
+    through about `chunk` weights at a time, so the float32 temporaries stay a few MB; in the engine's
+    kernel where it runs (core.inference.native.quantize_int4: the same steps in registers, sums in
+    another order), else in torch operations.
     """
     rows, columns = weight.shape
     groups = columns // INT4_GROUP
@@ -343,9 +345,17 @@ def quantize_groups(
         packed = torch.empty(rows, columns // 2, dtype=torch.uint8, device="meta")
         codes = torch.empty(groups, 2, rows, dtype=torch.uint8, device="meta")
         return packed, codes, torch.empty(super_blocks(groups), 2, rows, dtype=torch.float32, device="meta")
-    levels = torch.empty(rows, columns, dtype=torch.int32)
     codes = torch.empty(groups, 2, rows, dtype=torch.uint8)
     units = torch.empty(super_blocks(groups), 2, rows, dtype=torch.float32)
+    if native.LIBRARY.loaded and rows % UNPACK_BLOCK == 0:  # a first load asks for the library
+        packed = torch.empty(rows, columns // 2, dtype=torch.uint8)
+        step = max(1, chunk // columns // UNPACK_BLOCK) * UNPACK_BLOCK
+        for start in range(0, rows, step):
+            values = weight[start : start + step].detach().float().contiguous()
+            part = slice(start, start + step)
+            packed[part], codes[..., part], units[..., part] = native.quantize_int4(values, _STRETCHES)
+        return packed, codes, units
+    levels = torch.empty(rows, columns, dtype=torch.int32)
     step = max(1, chunk // columns)
     for start in range(0, rows, step):
         values = weight[start : start + step].detach().float().contiguous().view(-1, groups, INT4_GROUP)
@@ -353,7 +363,8 @@ def quantize_groups(
         part_codes, part_units = code_scales(scale.t(), offset.t())
         level, scale = _coded_levels(values, part_codes, part_units)
         weights = importance(values)
-        offset = (weights * (values - level * scale)).sum(-1) / weights.sum(-1)
+        tiny = torch.finfo(torch.float32).tiny  # a zero group's offset stays 0
+        offset = (weights * (values - level * scale)).sum(-1) / weights.sum(-1).clamp_(min=tiny)
         part_codes, part_units = code_scales(scale[..., 0].t(), offset.t())
         level, _ = _coded_levels(values, part_codes, part_units)
         levels[start : start + step] = level.view(-1, columns).to(torch.int32)

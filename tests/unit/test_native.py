@@ -298,3 +298,41 @@ def test_the_groups_fit_is_torchs_fit_up_to_the_order_of_its_sums() -> None:
     assert scale[-1] == expected_scale[-1] and offset[-1] == expected_offset[-1] == 0  # the zero group
     rows = groups[:9000].view(1000, 9, INT4_GROUP)  # as quantize_groups hands them over: rows × groups
     assert torch.equal(quantize.fitted_pairs(rows)[0], scale[:9000].view(1000, 9))
+
+
+def _seen(quantized: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows: int) -> torch.Tensor:
+    """The weights (out × in) as the int4 kernels read them back from quantize_groups' layout."""
+    return unpack_int4(*quantized, 0, rows).t()
+
+
+@pytest.mark.usefixtures("built")
+def test_quantizing_in_the_engines_kernel_is_torchs_quantizing_up_to_the_order_of_its_sums(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    generator = torch.Generator().manual_seed(1)
+    rows, columns = 3 * UNPACK_BLOCK, 40 * INT4_GROUP  # two super-blocks of groups and a part of one
+    weight = torch.randn(rows, columns, generator=generator) * 0.02
+    weight[64:128] = torch.randn(64, columns, generator=generator).pow(3)  # heavy tails
+    weight[128:160] = torch.randint(-3, 4, (32, columns), generator=generator).float()  # ties
+    weight[5] = 0  # an output of zeros: no range, no importance
+    weight[7, 3 * INT4_GROUP : 4 * INT4_GROUP] = 0  # a group of zeros among others
+    stretches = torch.tensor(quantize.FIT_STRETCHES, dtype=torch.float32)
+    engine = native.quantize_int4(weight, stretches)
+    for chunk in (UNPACK_BLOCK * columns, 2**20):  # three chunks of 64 outputs, or one: each output alone
+        assert all(map(torch.equal, quantize.quantize_groups(weight, chunk), engine))  # a first load's
+    with monkeypatch.context() as patch:
+        patch.setattr(native.LIBRARY, "loaded", False)
+        expected = quantize.quantize_groups(weight)
+    assert [part.shape for part in engine] == [part.shape for part in expected]
+    assert [part.dtype for part in engine] == [part.dtype for part in expected]
+    for part, reference in zip(engine[:2], expected[:2], strict=True):  # 4-bit codes, scale and offset codes
+        assert float((part == reference).float().mean()) > 0.99
+    close_units = torch.isclose(engine[2], expected[2], rtol=1e-5, atol=0)
+    assert float(close_units.float().mean()) > 0.99
+    seen, reference = _seen(engine, rows), _seen(expected, rows)
+    error, reference_error = ((part - weight).square().sum() for part in (seen, reference))
+    # as close to the weights (a unit a few ulps apart can move a code: 1.7e-4 of the error here)
+    assert float(error) == pytest.approx(float(reference_error), rel=1e-3)
+    assert not seen[5].any() and not seen[7, 3 * INT4_GROUP : 4 * INT4_GROUP].any()  # zeros stay zeros
+    with pytest.raises(RuntimeError, match="outputs a multiple of 64"):
+        native.quantize_int4(weight[:100].contiguous(), stretches)

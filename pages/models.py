@@ -361,7 +361,11 @@ def context_choice(spec: ModelSpec) -> None:
     labels = {label(tokens): tokens for tokens in choices}
 
     def choose() -> None:
-        tokens = labels[st.session_state[widget]]
+        # A browser may send a label drawn before the memory in it changed (a download ended, the weights
+        # setting did): nothing is chosen, and the widget shows the saved choice again.
+        tokens = labels.get(st.session_state[widget])
+        if tokens is None:
+            return
         estimate = library.memory_estimate(spec.key, precision, tokens)
         if estimate and memory_verdict(estimate.total_bytes, info).verdict == "too_large":
             refused = t("models.context_refused", tokens=format_count(tokens), key=spec.key)

@@ -7,6 +7,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from streamlit.proto.WidgetStates_pb2 import WidgetState
+from streamlit.testing.v1.element_tree import Selectbox
 
 from core.chat.configs import ConfigStore
 from core.hub.library import ModelLibrary
@@ -30,6 +32,9 @@ def library(db_url: str, hub: HubServer) -> ModelLibrary:
     lib = ModelLibrary(Database(db_url))
     lib.set_endpoints([hub.url])
     return lib
+
+
+CONTEXT_WIDGET = "context-qwen2.5-0.5b-en"
 
 
 def _progress_texts(at) -> list[str]:
@@ -222,6 +227,32 @@ def test_each_model_gets_its_context_length_with_the_memory_it_needs(
     widget.select(next(o for o in widget.options if o.startswith("32K tokens"))).run()
     assert any("do not fit in this machine's memory" in e.value for e in at.error)
     assert library.preferences.context_for("qwen2.5-0.5b") == 2048  # unchanged
+
+
+def test_a_context_label_drawn_before_the_estimates_changed_is_answered_not_crashed_on(
+    new_app, library: ModelLibrary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A choice's label carries its memory, which changes when a download ends or the weights setting
+    does; a browser may still send a label drawn before (it did once, right after a download: the page
+    stopped with Streamlit's error)."""
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    stale = next(o for o in at.selectbox(key=CONTEXT_WIDGET).options if o.startswith("2K tokens"))
+    resources.engine().quantization = "none"  # as Settings sets it: each label's memory changes
+    at.run()
+    assert stale not in at.selectbox(key=CONTEXT_WIDGET).options
+
+    # Mocked: AppTest sends only labels that are among the options; a browser sends what it drew.
+    def browser_state(widget: Selectbox) -> WidgetState:
+        return WidgetState(id=widget.id, string_value=stale if widget.key == CONTEXT_WIDGET else widget.value)
+
+    monkeypatch.setattr(Selectbox, "_widget_state", property(browser_state))
+    at.run()
+    monkeypatch.undo()
+    assert not at.exception
+    assert library.preferences.context_for("qwen2.5-0.5b") == 4096  # the saved choice stays
+    widget = at.selectbox(key=CONTEXT_WIDGET)
+    assert widget.value.startswith("4K tokens · needs") and widget.value in widget.options
 
 
 def test_the_model_in_use_says_so_and_a_click_puts_a_ready_one_back_in_use(

@@ -29,6 +29,7 @@ from core.errors import (
 )
 
 OFFICIAL_HOST = "huggingface.co"
+MODEL_PAGE_HOSTS = (OFFICIAL_HOST, f"www.{OFFICIAL_HOST}", "hf.co", "hf-mirror.com")
 _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
 # Files the app never uses: other runtimes' weights and the original checkpoints.
@@ -106,10 +107,11 @@ class RepoListing:
         return sum(f.size for f in self.files)
 
 
-def validate_repo_id(repo_id: str) -> str:
+def validate_repo_id(text: str) -> str:
     """`org/name`: letters, digits, '-', '_', '.', each part starting with a letter or digit and not
-    ending with '-' or '.', at most 96 characters each; no '..' or '--' (the Hub's own rules)."""
-    repo_id = repo_id.strip()
+    ending with '-' or '.', at most 96 characters each; no '..' or '--' (the Hub's own rules). A model
+    page's address (what users copy from the browser) stands for its repo id."""
+    repo_id = _repo_id_of_model_page(text.strip())
     if len(repo_id) > 96 * 2 + 1 or ".." in repo_id or "--" in repo_id or not _REPO_ID.match(repo_id):
         raise InvalidRepoIdError(
             f"{repo_id[:80]!r} is not a Hugging Face repository id. Use the form org/name, "
@@ -117,6 +119,16 @@ def validate_repo_id(repo_id: str) -> str:
             repo_id=repo_id[:80],
         )
     return repo_id
+
+
+def _repo_id_of_model_page(text: str) -> str:
+    """`https://huggingface.co/org/name/tree/main` (or hf.co, hf-mirror.com) -> `org/name`; a dataset's
+    or a space's page, and any other text, as it is (then refused or checked as a repo id)."""
+    address = urlsplit(text)
+    if address.scheme not in ("http", "https") or address.hostname not in MODEL_PAGE_HOSTS:
+        return text
+    parts = address.path.strip("/").split("/")
+    return text if parts[0] in ("datasets", "spaces") else "/".join(parts[:2])
 
 
 def token_for(endpoint: str) -> str | bool:

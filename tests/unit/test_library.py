@@ -64,6 +64,39 @@ def test_invalid_repo_ids_are_refused_before_any_request(library: ModelLibrary, 
     assert hub.requests() == []
 
 
+@pytest.mark.parametrize(
+    "page",
+    [
+        "https://huggingface.co/someone/Tiny-Chat",
+        "  https://huggingface.co/someone/Tiny-Chat/tree/main  ",
+        "https://hf.co/someone/Tiny-Chat?library=transformers",
+        "http://hf-mirror.com/someone/Tiny-Chat/blob/main/config.json#L2",
+    ],
+)
+def test_a_model_pages_address_adds_its_repo(
+    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path], page: str
+):
+    """What users copy from the browser's address bar."""
+    hub.add_repo("someone/Tiny-Chat", tiny_models["llama"])
+    assert library.add_custom(page).repo_id == "someone/Tiny-Chat"
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        "https://huggingface.co/datasets/someone/Tiny-Chat",
+        "https://huggingface.co/spaces/someone/Tiny-Chat",
+        "https://example.com/someone/Tiny-Chat",
+        "https://huggingface.co/someone",
+        "ftp://huggingface.co/someone/Tiny-Chat",
+    ],
+)
+def test_other_addresses_are_refused_before_any_request(library: ModelLibrary, hub: HubServer, page: str):
+    with pytest.raises(InvalidRepoIdError, match="not a Hugging Face repository id"):
+        library.add_custom(page)
+    assert hub.requests() == []
+
+
 def test_add_custom_model_checks_the_hub_and_stores_details(
     library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path]
 ):

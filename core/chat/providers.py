@@ -12,12 +12,13 @@ from core.chat.reasoning import CLOSE, OPEN
 from core.errors import ConfigError, ProviderError, ReplyBrokeOffError
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
-from core.storage.records import ProviderConfig
+from core.storage.records import ProviderConfig, check_base_url
 
 if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
     from core.inference.engine import LocalEngine
 
 logger = logging.getLogger(__name__)
+MAX_LISTED_MODELS = 1_000  # the model picker's choices: a server may list any number
 
 
 class ChatProvider(Protocol):
@@ -146,6 +147,7 @@ class OpenAICompatibleProvider:
     ) -> None:  # fmt: skip
         import openai
 
+        check_base_url(base_url)
         self.base_url = base_url
         self.model = model
         self._params = params or GenerationParams()
@@ -160,13 +162,27 @@ class OpenAICompatibleProvider:
         return self._params
 
     def list_models(self) -> list[str]:
-        """The server's models; no retries (someone is waiting at the page: a refused connection took 4 s)."""
+        """The server's models; no retries (someone is waiting at the page: a refused connection took 4 s).
+
+        Read from the answer's JSON here: the client fails on an answer of another shape (a web page)
+        with a bare AttributeError."""
         import openai
 
         try:
-            return sorted(model.id for model in self._client.with_options(max_retries=0).models.list())
+            answer = self._client.with_options(max_retries=0).models.with_raw_response.list().http_response
         except openai.OpenAIError as exc:
             raise _explain(exc, self.base_url) from exc
+        try:
+            listed = answer.json()["data"]
+            ids = {model["id"] for model in listed}
+        except (ValueError, KeyError, TypeError) as exc:  # not JSON, no list of models, a model without id
+            raise ProviderError(
+                f"{self.base_url} answered, but not as an OpenAI-compatible server: check the address "
+                "(it usually ends in /v1).",
+                reason="server_not_openai",
+                url=self.base_url,
+            ) from exc
+        return sorted(str(model_id) for model_id in ids)[:MAX_LISTED_MODELS]
 
     def count_tokens(self, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
         """An estimate (a remote tokenizer is not available here): about 3 characters a token."""

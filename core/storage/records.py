@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+from core.errors import ConfigError
 from core.inference.params import GenerationParams
 
 PROVIDERS = ("local_model", "openai_compatible")
@@ -16,6 +18,24 @@ def from_row(record_type: type[R], row: Any, **overrides: Any) -> R:
     """A record from an ORM row with the same attribute names; `overrides` replace converted fields."""
     values = {f.name: getattr(row, f.name) for f in fields(record_type) if f.name not in overrides}  # type: ignore[arg-type]
     return record_type(**values, **overrides)
+
+
+def check_base_url(base_url: str) -> None:
+    """An OpenAI-compatible server's address: http(s), a host, a valid port, no spaces."""
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError("The base URL must start with http:// or https://.", reason="url_scheme")
+    try:
+        address = urlsplit(base_url)
+        valid = bool(address.hostname) and address.port != 0 and not any(c.isspace() for c in base_url)
+    except ValueError:  # a port that is not a number or out of range, a broken [IPv6] address
+        valid = False
+    if not valid:
+        shown = base_url[:80]
+        raise ConfigError(
+            f"{shown!r} is not a server address; one looks like http://localhost:11434/v1.",
+            reason="url_invalid",
+            url=shown,
+        )
 
 
 def mask_secret(secret: str | None) -> str:

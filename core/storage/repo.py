@@ -11,7 +11,15 @@ from sqlalchemy.orm import Session
 
 from core.errors import ConfigError, NotFoundError
 from core.inference.params import GenerationParams
-from core.storage.records import PROVIDERS, AttachmentInfo, Conversation, Message, ProviderConfig, from_row
+from core.storage.records import (
+    PROVIDERS,
+    AttachmentInfo,
+    Conversation,
+    Message,
+    ProviderConfig,
+    check_base_url,
+    from_row,
+)
 from core.storage.schema import (
     AttachmentRow,
     ConversationRow,
@@ -37,8 +45,7 @@ def _validate_config(provider: str, model: str, base_url: str | None) -> None:
     if provider == "openai_compatible":
         if not base_url:
             raise ConfigError("An OpenAI-compatible provider needs a base URL.", reason="url_required")
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError("The base URL must start with http:// or https://.", reason="url_scheme")
+        check_base_url(base_url)
 
 
 def config_field_limit(field: str) -> int:

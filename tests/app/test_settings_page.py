@@ -7,6 +7,7 @@ import pytest
 from core.chat.configs import ConfigStore
 from core.inference.engine import LocalEngine
 from core.storage.db import Database
+from tests.fixtures.openai_faults import FaultyOpenAIServer
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
 
 SECRET = "k-secret-1234"
@@ -71,13 +72,23 @@ def test_a_usual_server_fills_in_its_address_and_a_save_clears_the_form(new_app,
     assert not at.expander[-1].proto.expanded  # a server is saved: the form for another one is closed
 
 
-def test_a_bad_server_gives_a_clear_message(new_app) -> None:
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://127.0.0.1:9/v1", "Cannot connect to `http://127.0.0.1:9/v1`"),
+        ("http://[::1", "is not a server address"),  # the page stopped with Streamlit's error
+        ("ftp://x", "must start with `http://`"),
+        ("page", "answered, but not as an OpenAI-compatible server"),  # the same
+    ],
+)
+def test_a_bad_server_gives_a_clear_message(new_app, url: str, said: str) -> None:
     at = new_app()
     at.switch_page("pages/servers.py").run()
-    at.text_input(key="pnew.url").input("http://127.0.0.1:9/v1")
-    at.button(key="pnew.test").click().run()
+    with FaultyOpenAIServer("page") as web_page:
+        at.text_input(key="pnew.url").input(web_page.url if url == "page" else url)
+        at.button(key="pnew.test").click().run()
     assert not at.exception
-    assert any("Cannot connect to `http://127.0.0.1:9/v1`" in e.value for e in at.error)
+    assert any(said in e.value for e in at.error), [e.value for e in at.error]
 
 
 @pytest.mark.parametrize("bad_url", ["ftp://x", "not a url"])

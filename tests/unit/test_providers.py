@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -9,9 +10,9 @@ from collections.abc import Callable
 import pytest
 
 from core.chat.configs import ConfigStore
-from core.chat.providers import OpenAICompatibleProvider, provider_for_config
+from core.chat.providers import MAX_LISTED_MODELS, OpenAICompatibleProvider, provider_for_config
 from core.chat.service import ChatService
-from core.errors import LocalLLMError, ProviderError
+from core.errors import ConfigError, LocalLLMError, ProviderError
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, TextDelta
 from core.inference.params import GenerationParams
@@ -109,6 +110,31 @@ def test_testing_a_connection_answers_from_the_first_try() -> None:
         with pytest.raises(ProviderError, match="HTTP 503"):
             OpenAICompatibleProvider(server.url, None, "").list_models()
         assert server.requests == 1
+
+
+@pytest.mark.parametrize(
+    "mode", ["page", "listing:[]", 'listing:{"models": []}', 'listing:{"data": [{"name": "m"}]}']
+)
+def test_an_answer_that_is_not_a_list_of_models_is_explained(mode: str) -> None:
+    """A web server at the address (a dashboard, a router's page) answers 200 with something else."""
+    said = "answered, but not as an OpenAI-compatible server"
+    with FaultyOpenAIServer(mode) as server, pytest.raises(ProviderError, match=said):
+        OpenAICompatibleProvider(server.url, None, "").list_models()
+
+
+def test_the_models_offered_are_a_bounded_sorted_list() -> None:
+    models = [{"id": f"model-{n:04}", "object": "model"} for n in reversed(range(1_500))]
+    with FaultyOpenAIServer("listing:" + json.dumps({"object": "list", "data": models})) as server:
+        offered = OpenAICompatibleProvider(server.url, None, "").list_models()
+    assert offered == [f"model-{n:04}" for n in range(MAX_LISTED_MODELS)]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "http://exa mple.com/v1", "http://localhost:99999/v1", "http:///v1"]
+)
+def test_an_address_that_is_no_address_is_refused_before_any_request(url: str) -> None:
+    with pytest.raises(ConfigError, match="is not a server address"):
+        OpenAICompatibleProvider(url, None, "")
 
 
 def test_a_timeout_is_explained() -> None:

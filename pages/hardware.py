@@ -214,11 +214,14 @@ with st.form("models-dir", border=False):
     changed = new_dir.strip() != str(models_dir)
     if st.form_submit_button(t("settings.change_dir"), key="models-dir-submit") and changed:
         try:
-            resources.change_models_dir(new_dir)
+            chosen_dir = resources.change_models_dir(new_dir)
         except ConfigError as exc:
             st.error(error_text(exc))
         else:
+            st.session_state["settings.models_dir_changed"] = str(chosen_dir)  # a relative one, resolved
             st.rerun()
+    if changed_to := st.session_state.pop("settings.models_dir_changed", None):
+        st.success(t("settings.dir_changed", path=changed_to))
 db_url = load_settings().db_url
 st.text_input(t("settings.database"), value=display_url(db_url), disabled=True)
 if (db_file := sqlite_file(db_url)) is not None:

@@ -117,6 +117,7 @@ def test_changing_the_models_directory_finds_the_models_already_there(
     at.button(key="models-dir-submit").click().run()
     assert not at.exception
     assert resources.library().models_dir == other.resolve()
+    assert [s.value for s in at.success] == [f"Models are kept in `{other.resolve()}` now."]
     assert resources.library().status("tinyllama-1.1b").kind == "ready"
     at.switch_page("pages/models.py").run()
     assert any("Ready" in m.value for m in at.markdown)

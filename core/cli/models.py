@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import signal
 import threading
+from contextlib import suppress
 
 import click
 
 from core.cli.common import library, warn
 from core.errors import NotFoundError, is_bad_input
 from core.hub.library import ModelLibrary
+from core.hub.listing import validate_repo_id
 from core.units import format_bytes
 
 
@@ -29,13 +31,17 @@ def models() -> int:
     return 0
 
 
-def _resolve_or_add(models_library: ModelLibrary, key_or_repo_id: str) -> str:
+def _resolve_or_add(models_library: ModelLibrary, asked: str) -> str:
+    """A catalog key, a repo id or a model page's address: the catalog's model, else one added."""
     try:
-        return models_library.get(key_or_repo_id).key
+        return models_library.get(asked).key
     except NotFoundError:
-        if "/" not in key_or_repo_id:
+        if "/" not in asked:
             raise
-        return models_library.add_custom(key_or_repo_id).key
+    repo_id = validate_repo_id(asked)
+    with suppress(NotFoundError):
+        return models_library.get(repo_id).key
+    return models_library.add_custom(repo_id).key
 
 
 @click.command(short_help="download and verify a model (resumes; any chat repo id)")

@@ -94,6 +94,18 @@ def test_permanent_error_is_one_clear_line(hub: HubServer) -> None:
     assert "Traceback" not in out + err
 
 
+def test_a_model_pages_address_in_any_case_names_the_catalog_model_it_is(
+    hub: HubServer, tiny_models: dict[str, Path]
+) -> None:
+    hub.add_repo("Qwen/Qwen2.5-0.5B-Instruct", tiny_models["qwen2"])
+    page = "https://huggingface.co/qwen/qwen2.5-0.5b-instruct/tree/main"  # as typed, lower case
+    process = cli("download", page, "--endpoint", hub.url)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "every file verified" in out
+    assert (Path(os.environ["LOCALLLM_MODELS_DIR"]) / "qwen2.5-0.5b" / "config.json").is_file()
+
+
 def test_invalid_repo_id_is_refused(hub: HubServer) -> None:
     process = cli("download", "../etc/passwd", "--endpoint", hub.url)
     _, err = process.communicate(timeout=60)

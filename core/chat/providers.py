@@ -134,7 +134,8 @@ def _explain(exc: Exception, base_url: str) -> ProviderError:
             status=exc.status_code,
         )
     return ProviderError(
-        f"The server's answer could not be read: {exc.__class__.__name__}.", reason="server_unreadable"
+        "The server's answer could not be read: it is not what an OpenAI-compatible server sends.",
+        reason="server_unreadable",
     )
 
 
@@ -229,7 +230,9 @@ class OpenAICompatibleProvider:
                         yield TextDelta(text)
                     if choice.finish_reason:
                         finish = "length" if choice.finish_reason == "length" else "stop"
-        except openai.OpenAIError as exc:
+        # The client checks no chunk's shape: an event that is not JSON, or JSON of another shape,
+        # fails inside it or here as one of these.
+        except (openai.OpenAIError, AttributeError, TypeError, ValueError) as exc:
             error = _explain(exc, self.base_url)
             logger.warning("%s (%s): %s", self.base_url, self.model, error.message)
             if pieces:
@@ -239,11 +242,11 @@ class OpenAICompatibleProvider:
             raise ReplyBrokeOffError(
                 "The reply broke off midway: the server closed the connection early.", reason="closed_early"
             )
-        completion = usage.completion_tokens if usage else pieces
+        completion = _counted(usage, "completion_tokens", pieces)
         decode_s = time.perf_counter() - first_at if first_at else 0.0
         yield Finished(
             ReplyStats(
-                prompt_tokens=usage.prompt_tokens if usage else self.count_tokens(messages),
+                prompt_tokens=_counted(usage, "prompt_tokens", self.count_tokens(messages)),
                 completion_tokens=completion,
                 ttft_s=first_at - started if first_at else None,
                 tokens_per_s=(completion - 1) / decode_s if decode_s > 0 and completion > 1 else None,
@@ -251,6 +254,12 @@ class OpenAICompatibleProvider:
                 model=self.model,
             )
         )
+
+
+def _counted(usage: Any, field: str, otherwise: int) -> int:
+    """A token count of the server's usage where it gave one, else our own."""
+    count = getattr(usage, field, None)
+    return count if isinstance(count, int) and count >= 0 else otherwise
 
 
 class _ReasoningAsText:
@@ -268,7 +277,7 @@ class _ReasoningAsText:
                 self.open = True
                 yield OPEN + "\n"
             yield thought
-        if delta.content:
+        if isinstance(delta.content, str) and delta.content:
             if self.open:
                 self.open = False
                 yield "\n" + CLOSE + "\n\n"

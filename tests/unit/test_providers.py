@@ -137,6 +137,32 @@ def test_an_address_that_is_no_address_is_refused_before_any_request(url: str) -
         OpenAICompatibleProvider(url, None, "")
 
 
+@pytest.mark.parametrize(
+    "event",
+    ["not json", "[1, 2]", '{"choices": "x"}', '{"choices": [{"index": 0, "delta": null}]}'],
+)
+def test_a_stream_of_another_shape_is_explained(event: str) -> None:
+    """The client checks no event's shape: each of these stopped the chat page with a traceback."""
+    said = "could not be read: it is not what an OpenAI-compatible server sends"
+    with FaultyOpenAIServer(f"stream:{event}") as server, pytest.raises(ProviderError, match=said):
+        _stream(OpenAICompatibleProvider(server.url, None, "m"))
+
+
+def _finishing(delta: dict, usage: object) -> str:
+    return json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": "stop"}], "usage": usage})
+
+
+@pytest.mark.parametrize(
+    ("event", "texts"),
+    [(_finishing({"content": "hi"}, "many"), ["hi"]), (_finishing({"content": 5}, None), [])],
+)
+def test_a_reply_keeps_only_text_and_counts_what_the_usage_does_not(event: str, texts: list[str]) -> None:
+    with FaultyOpenAIServer(f"stream:{event}") as server:
+        events = _stream(OpenAICompatibleProvider(server.url, None, "m"))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == texts
+    assert events[-1].stats.completion_tokens == len(texts)  # its own count: the usage gave none
+
+
 def test_a_timeout_is_explained() -> None:
     with FaultyOpenAIServer("silent") as server:
         provider = OpenAICompatibleProvider(server.url, None, "m", timeout_s=0.3)

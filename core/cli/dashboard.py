@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -34,6 +35,13 @@ def app(port: int, lan: bool) -> int:
         address = "0.0.0.0"
         urls = ", ".join(f"http://{ip}:{port}" for ip in lan_addresses()) or "(no LAN address now)"
         click.echo(f"LAN sharing on: other machines open {urls} and sign in with the password.")
+    if _port_taken(address, port):  # Streamlit would say only "Port N is not available"
+        click.echo(
+            f"error: port {port} is in use: the dashboard may be running already (open "
+            f"http://localhost:{port}), or start it on another port with --port.",
+            err=True,
+        )
+        return 1
     command = [sys.executable, "-m", "ui.server", "--port", str(port), "--address", address]
     os.chdir(PROJECT_ROOT)
     sys.stdout.flush()
@@ -43,3 +51,14 @@ def app(port: int, lan: bool) -> int:
         return subprocess.call(command)
     except KeyboardInterrupt:
         return 130
+
+
+def _port_taken(address: str, port: int) -> bool:
+    """Whether another program listens on the port where the dashboard would."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's: TIME_WAIT is free
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return True
+    return False

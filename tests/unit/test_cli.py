@@ -7,6 +7,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -38,6 +39,22 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0
     for command in ("app", "models", "config"):
         assert command in result.stdout
+
+
+def test_a_port_in_use_is_said_in_a_sentence_before_the_server_starts(isolated_env: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "core", "app", "--port", str(port)],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, env=os.environ, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: port {port} is in use: the dashboard may be running already (open "
+        f"http://localhost:{port}), or start it on another port with --port.\n"
+    )
 
 
 def test_config_add_use_list_masks_the_key() -> None:

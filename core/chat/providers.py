@@ -171,6 +171,11 @@ class OpenAICompatibleProvider:
 
         try:
             answer = self._client.with_options(max_retries=0).models.with_raw_response.list().http_response
+        except openai.PermissionDeniedError as exc:  # no model asked for yet: the key's, not a model's
+            raise ProviderError(
+                "The server does not let this key list its models (403). Check the key.",
+                reason="server_forbidden_listing",
+            ) from exc
         except openai.OpenAIError as exc:
             raise _explain(exc, self.base_url) from exc
         try:

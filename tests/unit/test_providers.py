@@ -105,6 +105,13 @@ def test_rate_limits_and_server_errors_are_retried_then_explained(
         assert server.requests == tries  # the first try and 3 retries with backoff
 
 
+def test_a_key_refused_the_list_of_models_is_told_so(in_chinese) -> None:
+    with FaultyOpenAIServer("status:403") as server, pytest.raises(ProviderError) as refused:
+        OpenAICompatibleProvider(server.url, None, "").list_models()  # Test connection: no model yet
+    assert refused.value.message == "The server does not let this key list its models (403). Check the key."
+    assert in_chinese(refused.value) == "远程服务出错：服务器不允许此密钥列出模型（403），请检查密钥。"
+
+
 def test_testing_a_connection_answers_from_the_first_try() -> None:
     with FaultyOpenAIServer("status:503") as server:  # someone waits at the page: no retries
         with pytest.raises(ProviderError, match="HTTP 503"):

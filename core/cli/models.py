@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
-from contextlib import suppress
 
 import click
 
 from core.cli.common import library, warn
 from core.errors import NotFoundError, is_bad_input
 from core.hub.library import ModelLibrary
-from core.hub.listing import validate_repo_id
 from core.units import format_bytes
 
 
@@ -38,10 +36,7 @@ def _resolve_or_add(models_library: ModelLibrary, asked: str) -> str:
     except NotFoundError:
         if "/" not in asked:
             raise
-    repo_id = validate_repo_id(asked)
-    with suppress(NotFoundError):
-        return models_library.get(repo_id).key
-    return models_library.add_custom(repo_id).key
+        return models_library.add_custom(asked).key
 
 
 @click.command(short_help="download and verify a model (resumes; any chat repo id)")

@@ -128,8 +128,9 @@ class ModelLibrary:
 
     def get(self, key_or_repo_id: str) -> ModelSpec:
         models = self.models()
-        for spec in models:  # repo ids as the Hub takes them, in any case
-            if key_or_repo_id == spec.key or key_or_repo_id.lower() == spec.repo_id.lower():
+        repo_id = hub.repo_id_of_model_page(key_or_repo_id.strip()).lower()  # as the Hub takes it
+        for spec in models:
+            if key_or_repo_id == spec.key or repo_id == spec.repo_id.lower():
                 return spec
         keys = [spec.key for spec in models]
         listed = ", ".join(keys[:MODELS_NAMED]) + (", …" if len(keys) > MODELS_NAMED else "")

@@ -111,7 +111,7 @@ def validate_repo_id(text: str) -> str:
     """`org/name`: letters, digits, '-', '_', '.', each part starting with a letter or digit and not
     ending with '-' or '.', at most 96 characters each; no '..' or '--' (the Hub's own rules). A model
     page's address (what users copy from the browser) stands for its repo id."""
-    repo_id = _repo_id_of_model_page(text.strip())
+    repo_id = repo_id_of_model_page(text.strip())
     if len(repo_id) > 96 * 2 + 1 or ".." in repo_id or "--" in repo_id or not _REPO_ID.match(repo_id):
         raise InvalidRepoIdError(
             f"{repo_id[:80]!r} is not a Hugging Face repository id. Use the form org/name, "
@@ -121,10 +121,13 @@ def validate_repo_id(text: str) -> str:
     return repo_id
 
 
-def _repo_id_of_model_page(text: str) -> str:
+def repo_id_of_model_page(text: str) -> str:
     """`https://huggingface.co/org/name/tree/main` (or hf.co, hf-mirror.com) -> `org/name`; a dataset's
     or a space's page, and any other text, as it is (then refused or checked as a repo id)."""
-    address = urlsplit(text)
+    try:
+        address = urlsplit(text)
+    except ValueError:  # a broken [IPv6] address: no page of the Hub's
+        return text
     if address.scheme not in ("http", "https") or address.hostname not in MODEL_PAGE_HOSTS:
         return text
     parts = address.path.strip("/").split("/")

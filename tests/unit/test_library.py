@@ -89,6 +89,7 @@ def test_a_model_pages_address_adds_its_repo(
         "https://example.com/someone/Tiny-Chat",
         "https://huggingface.co/someone",
         "ftp://huggingface.co/someone/Tiny-Chat",
+        "http://[::1/someone/Tiny-Chat",
     ],
 )
 def test_other_addresses_are_refused_before_any_request(library: ModelLibrary, hub: HubServer, page: str):

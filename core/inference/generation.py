@@ -19,10 +19,10 @@ from core.inference import prompts
 from core.inference.events import Event, Finished, Reading, ReplyStats, TextDelta
 from core.inference.loading import LoadedParts
 from core.inference.params import DEFAULT_TOP_K, GenerationParams
-from core.inference.sampler import Sampling, TokenChooser
 
 if TYPE_CHECKING:
     from core.inference.batching import Batcher, Request
+    from core.inference.sampler import Sampling
     from core.inference.streaming import ReplyStreamer
 
 RunOnTorchThread = Callable[[Callable[[], Any]], Future[Any]]
@@ -200,6 +200,8 @@ class _PresencePenalty:
 def sampling_for(params: GenerationParams, generation_config: Any) -> Sampling:
     """The reply's sampling: the request's settings, with the model's own top_k where none was asked, and
     DEFAULT_TOP_K where the model has none either."""
+    from core.inference.sampler import Sampling  # imports torch: not before the first reply
+
     own = int(getattr(generation_config, "top_k", 0) or 0)
     top_k = params.top_k if params.top_k is not None else own or DEFAULT_TOP_K
     return Sampling(
@@ -220,6 +222,7 @@ def _request(
 ) -> Request:  # fmt: skip
     """The reply as a request for the batch, streamed as generate streams it."""
     from core.inference.batching import Request
+    from core.inference.sampler import TokenChooser
 
     config = parts.model.generation_config
     ends = end_ids(config)

@@ -167,6 +167,37 @@ def test_a_scripts_end_does_not_walk_every_object_of_the_imported_modules(isolat
     assert frozen > 100_000 and tracked < frozen / 10
 
 
+THE_PAGES_IMPORTS = """
+import ast, importlib, importlib.util, pathlib, sys
+for script in ["app.py", *sorted(map(str, pathlib.Path("pages").glob("*.py")))]:
+    for node in ast.walk(ast.parse(pathlib.Path(script).read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                importlib.import_module(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            package = importlib.import_module(node.module)
+            for alias in node.names:  # `from ui import resources` imports ui.resources
+                name = f"{node.module}.{alias.name}"
+                if hasattr(package, "__path__") and importlib.util.find_spec(name):
+                    importlib.import_module(name)
+print(" ".join(name for name in ("torch", "transformers") if name in sys.modules) or "none")
+"""
+
+
+def test_no_page_waits_for_torch_to_be_imported(isolated_env) -> None:
+    # Importing torch takes 2-3 s on 2 cores: the engine's own thread imports it (resources.engine()),
+    # while the first page is drawn. A page that imported it itself was drawn 1.5 s later (4.0 s).
+    done = subprocess.run(
+        [sys.executable, "-c", THE_PAGES_IMPORTS],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert done.stdout.split()[-1] == "none"
+
+
 @pytest.mark.parametrize(
     ("address", "sentence"),
     [

@@ -140,6 +140,15 @@ def test_the_servers_page_lists_configs_with_masked_keys_and_the_hardware_page_t
     assert "Big · remote · gpt-4o" in [e.label for e in at.expander]
 
 
+def _python(code: str) -> str:
+    """What `code` prints, run in a fresh interpreter in the project's folder."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-1000:]
+    return done.stdout
+
+
 AFTER_THE_APPS_IMPORTS = """
 import gc, time
 from ui import resources
@@ -155,15 +164,7 @@ def test_a_scripts_end_does_not_walk_every_object_of_the_imported_modules(isolat
     # Streamlit collects every generation after each script run, a page's poll included. With the
     # ~350,000 objects of torch, transformers and Streamlit in sight that held the GIL ~250 ms, a stall
     # of every streaming reply: the Hardware page's 2 s poll cost a browser reply ~10 % of its tokens/s.
-    done = subprocess.run(
-        [sys.executable, "-c", AFTER_THE_APPS_IMPORTS],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-1000:]
-    frozen, tracked = map(int, done.stdout.split()[-2:])
+    frozen, tracked = map(int, _python(AFTER_THE_APPS_IMPORTS).split()[-2:])
     assert frozen > 100_000 and tracked < frozen / 10
 
 
@@ -187,15 +188,7 @@ print(" ".join(name for name in ("torch", "transformers") if name in sys.modules
 def test_no_page_waits_for_torch_to_be_imported(isolated_env) -> None:
     # Importing torch takes 2-3 s on 2 cores: the engine's own thread imports it (resources.engine()),
     # while the first page is drawn. A page that imported it itself was drawn 1.5 s later (4.0 s).
-    done = subprocess.run(
-        [sys.executable, "-c", THE_PAGES_IMPORTS],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-1000:]
-    assert done.stdout.split()[-1] == "none"
+    assert _python(THE_PAGES_IMPORTS).split()[-1] == "none"
 
 
 @pytest.mark.parametrize(

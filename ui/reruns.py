@@ -6,6 +6,11 @@ the old page asks for on its own after the click (a timed fragment's, `run_every
 own `st.rerun()`, as the sidebar's status does when a model finishes loading) drew the old page
 again, and the click was lost: seen in CI, Hardware → Chat while a model loaded. `keep_page_links`
 makes such a request keep the page of the request already waiting.
+
+The old page's timer can also fire after the click was taken, while the new page runs (the browser
+has not heard of the switch yet): Streamlit then ran that fragment's rerun after the new page, on the
+old page, which drew the old page again (seen in CI, Hardware → Chat). Such a request is dropped: the
+fragment it reruns is no longer on the screen.
 """
 
 from __future__ import annotations
@@ -39,14 +44,18 @@ def keep_page_links() -> None:
         return
 
     def fold_keeping_page_links(self: ScriptRequests, new_data: RerunData) -> bool:
-        waiting = self._rerun_data if self._state == ScriptRequestType.RERUN else None
-        if waiting and waiting.page_script_hash != new_data.page_script_hash and _asked_by_the_page(new_data):
-            new_data = replace(
-                new_data,
-                page_script_hash=waiting.page_script_hash,
-                page_name=waiting.page_name,
-                query_string=waiting.query_string,
-            )
+        # The request waiting, or (while the runner runs) the one it runs now.
+        page = self._rerun_data.page_script_hash
+        if page and page != new_data.page_script_hash and _asked_by_the_page(new_data):
+            if self._state == ScriptRequestType.CONTINUE and new_data.is_auto_rerun:
+                return True  # a timer of the page left: nothing of that page is drawn any more
+            if self._state == ScriptRequestType.RERUN:
+                new_data = replace(
+                    new_data,
+                    page_script_hash=page,
+                    page_name=self._rerun_data.page_name,
+                    query_string=self._rerun_data.query_string,
+                )
         return fold(self, new_data)
 
     fold_keeping_page_links.keeps_page_links = True  # type: ignore[attr-defined]

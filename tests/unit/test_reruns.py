@@ -46,6 +46,23 @@ def test_a_timed_fragment_rerun_does_not_undo_a_page_link() -> None:
     assert page_run_next(click(CHAT), timer) == CHAT
 
 
+def test_the_old_pages_timer_is_dropped_while_the_clicked_page_runs() -> None:
+    # The click was taken and its page runs; the old page's timer, sent before the browser heard of the
+    # switch, would have rerun the old page after it (its fragment is gone: the old page drawn whole).
+    keep_page_links()
+    queue = ScriptRequests()
+    queue.request_rerun(click(CHAT))
+    assert queue.on_scriptrunner_ready().rerun_data.page_script_hash == CHAT  # the Chat page runs
+    queue.request_rerun(RerunData(page_script_hash=HARDWARE, fragment_id="live-usage", is_auto_rerun=True))
+    assert queue.on_scriptrunner_ready().type is ScriptRequestType.STOP
+    # The running page's own timer still reruns its fragment.
+    queue = ScriptRequests()
+    queue.request_rerun(click(CHAT))
+    queue.on_scriptrunner_ready()
+    queue.request_rerun(RerunData(page_script_hash=CHAT, fragment_id="status", is_auto_rerun=True))
+    assert queue.on_scriptrunner_ready().rerun_data.fragment_id_queue == ["status"]
+
+
 def test_the_pages_own_rerun_does_not_undo_a_page_link() -> None:
     # The sidebar's status, polled while a model loads, reruns the page it is on when the load ends.
     assert page_run_next(click(CHAT), (RerunData(page_script_hash=HARDWARE), HARDWARE)) == CHAT

@@ -83,6 +83,10 @@ class LocalProvider:
 
 
 REMOTE_CONTEXT_TOKENS = 8192  # assumed when a server does not say; trimming uses it
+# A server that answers at all accepts a connection within a second or two, even over the internet; one
+# that does not (a host that drops packets) is said to be unreachable after 4 tries of this, not of the
+# minute a reply's next words may take.
+CONNECT_TIMEOUT_S = 5.0
 # Where the usual OpenAI-compatible servers answer by default, offered when a server is added.
 WELL_KNOWN_SERVERS = {
     "Ollama": "http://localhost:11434/v1",
@@ -155,7 +159,10 @@ class OpenAICompatibleProvider:
         self.context_length = REMOTE_CONTEXT_TOKENS
         # max_retries: the client retries connection errors, 429 and 5xx with exponential backoff.
         self._client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=3
+            base_url=base_url,
+            api_key=api_key or "not-needed",
+            timeout=openai.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
+            max_retries=3,
         )
 
     def default_params(self) -> GenerationParams:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
+from core.chat import providers
 from core.chat.configs import ConfigStore
 from core.chat.providers import MAX_LISTED_MODELS, OpenAICompatibleProvider, provider_for_config
 from core.chat.service import ChatService
@@ -175,6 +177,23 @@ def test_a_timeout_is_explained() -> None:
         provider = OpenAICompatibleProvider(server.url, None, "m", timeout_s=0.3)
         with pytest.raises(ProviderError, match="did not answer in time"):
             _stream(provider)
+
+
+def test_a_server_that_takes_no_connection_is_given_up_on_after_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A listening socket whose one-place queue is taken: later connections hang, as to a host that
+    # drops them. They waited for the reply's timeout (60 s a try, 4 tries: 4 minutes of a spinner).
+    monkeypatch.setattr(providers, "CONNECT_TIMEOUT_S", 0.3)
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        with socket.create_connection(full.getsockname()):
+            provider = OpenAICompatibleProvider(f"http://127.0.0.1:{full.getsockname()[1]}/v1", None, "m")
+            start = time.monotonic()
+            with pytest.raises(ProviderError, match="did not answer in time"):
+                _stream(provider)
+    assert time.monotonic() - start < 30  # 4 tries of 0.3 s and the client's backoff between them
 
 
 def test_a_stream_that_breaks_midway_keeps_the_partial_reply(database: Database, in_chinese) -> None:

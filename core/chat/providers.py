@@ -98,9 +98,11 @@ WELL_KNOWN_SERVERS = {
 
 def _explain(exc: Exception, base_url: str) -> ProviderError:
     """Turn an openai client error into one clear sentence (never a traceback, never the key)."""
+    import httpx2
     import openai
 
-    if isinstance(exc, openai.APITimeoutError):
+    # A connection never made (the connect timeout) is an unreachable server, not a slow one.
+    if isinstance(exc, openai.APITimeoutError) and not isinstance(exc.__cause__, httpx2.ConnectTimeout):
         return ProviderError(
             f"{base_url} did not answer in time. Check that the server is running.",
             reason="server_timeout",

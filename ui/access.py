@@ -135,14 +135,19 @@ def sign_in_page() -> None:
     if pending:
         st.info(t("access.claim", name=escape_markdown(pending["name"])), icon=":material/person_add:")
         with st.form("access.claim-form"):
-            st.text_input(t("access.confirm"), type="password", key="access.confirm", max_chars=200)
+            st.text_input(t("access.confirm"), type="password", key="access.confirm", max_chars=200,
+                          autocomplete="new-password")  # fmt: skip
             st.form_submit_button(t("access.claim_submit"), type="primary", on_click=_claim)
         st.button(t("access.back"), on_click=_cancel_claim, key="access.back")
     else:
+        # What a browser's password manager fills in: the name and the personal password (Streamlit
+        # marks every password field "new-password", which offers to make one up instead).
         with st.form("access.form"):
-            st.text_input(t("access.name"), key="access.name", max_chars=40)
-            st.text_input(t("access.password"), type="password", key="access.password", max_chars=200)
-            st.text_input(t("access.personal"), type="password", key="access.personal", max_chars=200)
+            st.text_input(t("access.name"), key="access.name", max_chars=40, autocomplete="username")
+            st.text_input(t("access.password"), type="password", key="access.password", max_chars=200,
+                          autocomplete="off")  # fmt: skip
+            st.text_input(t("access.personal"), type="password", key="access.personal", max_chars=200,
+                          autocomplete="current-password")  # fmt: skip
             st.form_submit_button(t("access.submit"), type="primary", on_click=_sign_in)
     if error := st.session_state.get("access.error"):
         st.error(t(f"access.{error[0]}", **error[1]))

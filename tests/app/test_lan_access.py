@@ -56,6 +56,13 @@ def test_the_local_user_needs_no_sign_in(new_app, monkeypatch: pytest.MonkeyPatc
 
 def test_sign_in_with_the_shared_password(lan_app: AppTest) -> None:
     assert [title.value for title in lan_app.title] == ["Sign in"]
+    # A password manager fills in the name and the personal password (not the shared one).
+    fields = {field.key: field.proto.autocomplete for field in lan_app.text_input}
+    assert fields == {
+        "access.name": "username",
+        "access.password": "off",
+        "access.personal": "current-password",
+    }
     sign_in(lan_app, "alice", "wrong")
     assert lan_app.error[0].value == "Wrong user name or password."
     assert lan_app.text_input(key="access.password").value == ""  # never kept in the form

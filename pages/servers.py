@@ -78,6 +78,7 @@ for config in configs:
             key = st.text_input(
                 t("providers.api_key"), type="password", key=f"p{config.id}.key", max_chars=limit("api_key"),
                 placeholder=t("providers.keep_key", masked=config.masked_api_key) if config.api_key else "",
+                autocomplete="off",  # a key, not this site's password: no browser offers to make one up
             )  # fmt: skip
             if st.button(t("providers.test"), key=f"p{config.id}.test"):
                 connect(url, key or config.api_key)
@@ -115,7 +116,11 @@ with st.expander(t("providers.add"), expanded=not configs, icon=":material/add:"
     new_url = st.text_input(t("providers.base_url"), placeholder=WELL_KNOWN_SERVERS["Ollama"], key="pnew.url",
                             max_chars=limit("base_url"))  # fmt: skip
     new_key = st.text_input(
-        t("providers.api_key"), type="password", key="pnew.key", max_chars=limit("api_key")
+        t("providers.api_key"),
+        type="password",
+        key="pnew.key",
+        max_chars=limit("api_key"),
+        autocomplete="off",
     )
     with st.container(horizontal=True):
         tested = st.button(t("providers.test"), key="pnew.test")

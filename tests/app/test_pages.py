@@ -130,6 +130,12 @@ def test_the_servers_page_lists_configs_with_masked_keys_and_the_hardware_page_t
     assert not at.exception
     assert at.text_input(key="p1.key").value == ""  # the stored key is never sent to the page
     assert "••••5678" in at.text_input(key="p1.key").placeholder
+    # A key is no password of this site: no browser offers to make one up or to save it as one.
+    assert (
+        at.text_input(key="p1.key").proto.autocomplete
+        == at.text_input(key="pnew.key").proto.autocomplete
+        == "off"
+    )
     assert "sk-hidden" not in repr(at._tree)
     # words, not provider ids; the model is not said twice when the config is named after it
     assert "gpt · remote — current" in [e.label for e in at.expander]

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import StorageError
@@ -48,14 +48,30 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def parse_url(url: str) -> URL:
+    """The database URL read, or a StorageError saying what one looks like (never echoing it: it may
+    hold a password)."""
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise StorageError(
+            "The database URL (LOCALLLM_DB_URL) is not one SQLAlchemy can read; one looks like "
+            "sqlite:///path/to/localllm.db or postgresql://user:password@host/name.",
+            url="LOCALLLM_DB_URL",
+        ) from None
+
+
 def display_url(url: str) -> str:
     """The URL with any password hidden, safe to show or log."""
-    return make_url(url).render_as_string(hide_password=True)
+    return parse_url(url).render_as_string(hide_password=True)
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The file behind a SQLite URL; None for other databases and in-memory SQLite."""
-    parsed = make_url(url)
+    """The file behind a SQLite URL; None for other databases, in-memory SQLite and unreadable URLs."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database).expanduser()
@@ -71,7 +87,7 @@ def set_aside(url: str) -> Path:
 
 
 def create_db_engine(url: str) -> Engine:
-    parsed: URL = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True)
     if (path := sqlite_file(url)) is not None:
@@ -94,6 +110,13 @@ class Database:
             self.found_version = migrate(self.engine)
         except StorageError:
             raise
+        except ImportError as exc:  # the database's driver (psycopg, MySQLdb, ...), imported by create_engine
+            raise StorageError(
+                f"Cannot open the database {display_url(url)}: its driver ({exc.name or exc}) is not "
+                "installed in this app's environment; install it there with pip (psycopg for PostgreSQL, "
+                "mysqlclient for MySQL).",
+                url=display_url(url),
+            ) from exc
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(
                 f"Cannot open the database {display_url(url)}: {exc.__class__.__name__}: "

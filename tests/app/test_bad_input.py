@@ -125,6 +125,15 @@ def test_a_damaged_database_offers_a_fresh_start_and_keeps_the_file(new_app, db_
     assert any(str(kept) in s.value for s in at.success)
 
 
+def test_a_database_url_that_cannot_be_read_is_a_sentence(new_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALLLM_DB_URL", "postgres ql://me:s3cret@host/db")
+    at = new_app()
+    at.run()
+    assert not at.exception
+    assert "is not one SQLAlchemy can read" in at.error[0].value and "s3cret" not in repr(at._tree)
+    assert not [b for b in at.button if b.key == "db.start-fresh"]  # no file to set aside
+
+
 def test_lan_users_are_not_offered_to_replace_a_damaged_database(new_app, client_ip, db_url: str) -> None:
     path = sqlite_file(db_url)
     path.parent.mkdir(parents=True)

@@ -75,6 +75,25 @@ def test_a_damaged_database_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 1 and "Cannot open the database" in err
 
 
+@pytest.mark.parametrize(
+    ("url", "sentence"),
+    [
+        ("not a url", "The database URL (LOCALLLM_DB_URL) is not one SQLAlchemy can read; one looks like"),
+        (  # no PostgreSQL driver is installed: what a user who has not installed one sees
+            "postgresql://me:s3cret-pw@127.0.0.1:1/chats",
+            "Cannot open the database postgresql://me:***@127.0.0.1:1/chats: its driver (psycopg) is not "
+            "installed in this app's environment",
+        ),
+    ],
+)
+def test_a_database_url_that_cannot_be_used_exits_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str, sentence: str
+) -> None:
+    monkeypatch.setenv("LOCALLLM_DB_URL", url)
+    code, err = run(capsys, "models")
+    assert code == 1 and sentence in err and "s3cret" not in err, err
+
+
 def test_a_chat_message_longer_than_the_context_gets_the_numbers(
     capsys: pytest.CaptureFixture[str], tiny_models: dict[str, Path]
 ) -> None:

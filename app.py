@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core.errors import LocalLLMError, StorageError
+from core.errors import ConfigError, LocalLLMError, StorageError
 from ui import access, resources
 from ui.i18n import error_text, t
 from ui.resources import PAGE_ICON
@@ -30,6 +30,11 @@ except StorageError as exc:
     st.stop()
 
 ensure_language()
+try:
+    resources.settings_checked()
+except ConfigError as exc:  # a setting the environment gives wrong (LOCALLLM_PARALLEL=abc): said, not run
+    st.error(error_text(exc), icon=":material/tune:")
+    st.stop()
 if kept := st.session_state.pop("db.kept", None):
     st.success(t("db.kept", path=kept), icon=":material/database:")
 servers = st.Page("pages/servers.py", title=t("nav.servers"), icon=":material/dns:")  # the admin's only

@@ -146,18 +146,26 @@ def _environment_endpoints(env: Mapping[str, str]) -> list[str] | None:
 
 
 @dataclass(frozen=True)
+class FromEnvironment:
+    """The environment variables that give a setting: `read` returns the value, or None when unset."""
+
+    names: str  # as a user sets them: "LOCALLLM_PARALLEL", "HF_ENDPOINT, LOCALLLM_MIRRORS"
+    read: Callable[[Mapping[str, str]], Any]
+
+
+@dataclass(frozen=True)
 class Preference:
     name: str
     help: str
     check: Callable[[Any], Any]  # validates a value (typed, or text from the CLI) and returns it typed
     default: Any
     key: str  # the row in the settings table (names kept from before this module existed)
-    env: Callable[[Mapping[str, str]], Any] | None = None  # the environment's value, or None when unset
+    env: FromEnvironment | None = None
     prepare: Callable[[Any], None] | None = None  # run before a value is saved (make the folder)
 
 
-def _from_env(name: str) -> Callable[[Mapping[str, str]], str | None]:
-    return lambda env: env.get(name) or None
+def _from_env(name: str) -> FromEnvironment:
+    return FromEnvironment(name, lambda env: env.get(name) or None)
 
 
 PREFERENCES: dict[str, Preference] = {
@@ -167,7 +175,8 @@ PREFERENCES: dict[str, Preference] = {
                    default_models_dir(), "paths.models_dir", _from_env("LOCALLLM_MODELS_DIR"),
                    _create_folder),
         Preference("endpoints", "download endpoints, tried in order (comma-separated)", _endpoints,
-                   [DEFAULT_ENDPOINT, *DEFAULT_MIRRORS], "downloads.endpoints", _environment_endpoints),
+                   [DEFAULT_ENDPOINT, *DEFAULT_MIRRORS], "downloads.endpoints",
+                   FromEnvironment("HF_ENDPOINT, LOCALLLM_MIRRORS", _environment_endpoints)),
         Preference("auto_resume", "resume interrupted downloads when the dashboard starts", _flag, True,
                    "downloads.auto_resume"),
         Preference("device", "where models run: auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu",
@@ -228,10 +237,25 @@ class Preferences:
                 return PreferenceValue(name, preference.check(saved), "saved", preference.help)
             except ConfigError:
                 pass  # a value saved by an older version that no longer passes: fall back
-        from_env = preference.env(self.env) if preference.env else None
-        if from_env is not None:
+        from_env = preference.env.read(self.env) if preference.env else None
+        if from_env is None:
+            return PreferenceValue(name, preference.default, "default", preference.help)
+        try:
             return PreferenceValue(name, preference.check(from_env), "environment", preference.help)
-        return PreferenceValue(name, preference.default, "default", preference.help)
+        except ConfigError as exc:
+            variables = preference.env.names if preference.env else ""
+            raise ConfigError(
+                f"A setting from the environment ({variables}) is not valid: {exc.message} Fix or unset it, "
+                "then start again.",
+                reason="environment_invalid",
+                variables=variables,
+                problem=exc.message,
+            ) from None
+
+    def check_environment(self) -> None:
+        """Every setting read once: the first one the environment gives wrong raises its ConfigError."""
+        for name in PREFERENCES:
+            self.value(name)
 
     def get(self, name: str) -> Any:
         return self.value(name).value

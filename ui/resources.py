@@ -31,6 +31,13 @@ def preferences() -> Preferences:
     return Preferences(database())
 
 
+@st.cache_resource
+def settings_checked() -> bool:
+    """Every setting read once a process (a failure is not cached: it is raised again at each run)."""
+    preferences().check_environment()
+    return True
+
+
 def change_models_dir(path: str) -> Path:
     """Use another models directory (checked as `settings set models_dir` checks it): every
     process-wide object is rebuilt around it."""

@@ -134,6 +134,22 @@ def test_a_database_url_that_cannot_be_read_is_a_sentence(new_app, monkeypatch: 
     assert not [b for b in at.button if b.key == "db.start-fresh"]  # no file to set aside
 
 
+def test_a_setting_the_environment_gives_wrong_is_a_sentence_on_every_page(
+    new_app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It stopped every page with Streamlit's "This app has encountered an error" (found by hand).
+    monkeypatch.setenv("LOCALLLM_PARALLEL", "abc")
+    at = new_app()
+    at.run()
+    assert not at.exception
+    assert at.error[0].value.startswith("A setting from the environment (LOCALLLM_PARALLEL) is not valid:")
+    at.switch_page("pages/hardware.py").run()
+    assert not at.exception and "LOCALLLM_PARALLEL" in at.error[0].value
+    at.session_state["language"] = "zh"
+    at.run()
+    assert at.error[0].value.startswith("设置无效：环境变量 LOCALLLM_PARALLEL 的值不可用（'abc'")
+
+
 def test_lan_users_are_not_offered_to_replace_a_damaged_database(new_app, client_ip, db_url: str) -> None:
     path = sqlite_file(db_url)
     path.parent.mkdir(parents=True)

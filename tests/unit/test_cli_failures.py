@@ -94,6 +94,25 @@ def test_a_database_url_that_cannot_be_used_exits_1(
     assert code == 1 and sentence in err and "s3cret" not in err, err
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("LOCALLLM_PARALLEL", "abc", "(LOCALLLM_PARALLEL) is not valid: 'abc' is not a number of replies."),
+        (
+            "HF_ENDPOINT",
+            "mirror.example",
+            "(HF_ENDPOINT, LOCALLLM_MIRRORS) is not valid: 'mirror.example' is",
+        ),
+    ],
+)
+def test_a_setting_the_environment_gives_wrong_is_named(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, variable: str, value: str, said: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    code, err = run(capsys, "settings", "list")
+    assert code == 2 and said in err and "Fix or unset it" in err, err
+
+
 def test_a_chat_message_longer_than_the_context_gets_the_numbers(
     capsys: pytest.CaptureFixture[str], tiny_models: dict[str, Path]
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import threading
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,26 @@ def library(endpoints: list[str] | None = None) -> ModelLibrary:
     """The user's models where the saved settings say (the same folder as the dashboard's)."""
     prefs = preferences()
     return ModelLibrary(prefs.db, prefs, endpoints_override=endpoints)
+
+
+def cannot_listen(address: str, port: int) -> OSError | None:
+    """Why a server could not listen on address:port (errno EADDRINUSE: another program does; an
+    address that is not this machine's), or None: checked before a server starts, to say it in one
+    sentence (uvicorn and Streamlit print a log line and exit 3)."""
+    try:
+        family, kind, protocol, _name, where = socket.getaddrinfo(
+            address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is free
+            probe.bind(where)
+    except OSError as exc:  # socket.gaierror too: a name that is no address
+        return exc
+    return None
+
+
+def port_in_use(problem: OSError) -> bool:
+    return problem.errno == errno.EADDRINUSE
 
 
 def warn(text: str) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import click
 
 from core.access.policy import lan_addresses, load_access_policy
+from core.cli.common import cannot_listen, port_in_use
 from core.settings import PROJECT_ROOT
 
 
@@ -35,10 +35,12 @@ def app(port: int, lan: bool) -> int:
         address = "0.0.0.0"
         urls = ", ".join(f"http://{ip}:{port}" for ip in lan_addresses()) or "(no LAN address now)"
         click.echo(f"LAN sharing on: other machines open {urls} and sign in with the password.")
-    if _port_taken(address, port):  # Streamlit would say only "Port N is not available"
+    if problem := cannot_listen(address, port):  # Streamlit would say only "Port N is not available"
         click.echo(
             f"error: port {port} is in use: the dashboard may be running already (open "
-            f"http://localhost:{port}), or start it on another port with --port.",
+            f"http://localhost:{port}), or start it on another port with --port."
+            if port_in_use(problem)
+            else f"error: cannot listen on {address}:{port}: {problem.strerror or problem}.",
             err=True,
         )
         return 1
@@ -51,14 +53,3 @@ def app(port: int, lan: bool) -> int:
         return subprocess.call(command)
     except KeyboardInterrupt:
         return 130
-
-
-def _port_taken(address: str, port: int) -> bool:
-    """Whether another program listens on the port where the dashboard would."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's: TIME_WAIT is free
-        try:
-            probe.bind((address, port))
-        except OSError:
-            return True
-    return False

@@ -8,7 +8,7 @@ import secrets
 import click
 
 from core.access.policy import is_loopback
-from core.cli.common import library, load_with_notice
+from core.cli.common import cannot_listen, library, load_with_notice, port_in_use
 from core.hardware import keep_out_of_collections
 
 
@@ -25,6 +25,16 @@ def serve(host: str, port: int, model: str | None, max_request_mb: int) -> int:
     """Serve the downloaded models over an OpenAI-compatible API (/v1/models, /v1/chat/completions),
     with the models folder, device and weights of the saved settings. Off loopback a bearer token is
     required: LOCALLLM_API_KEY, or one generated and printed now."""
+    if problem := cannot_listen(host, port):
+        click.echo(
+            f"error: port {port} is in use (another localllm serve, or another program): choose another "
+            "with --port."
+            if port_in_use(problem)
+            else f"error: cannot listen on {host}:{port}: {problem.strerror or problem}. --host takes an "
+            "address of this machine: 127.0.0.1, or 0.0.0.0 for the LAN.",
+            err=True,
+        )
+        return 1
     import uvicorn
 
     from core.api import create_app, server_urls

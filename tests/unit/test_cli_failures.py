@@ -4,6 +4,7 @@ input and 1 for failures, never a traceback. Run in-process against real servers
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,19 @@ def test_a_setting_the_environment_gives_wrong_is_named(
     monkeypatch.setenv(variable, value)
     code, err = run(capsys, "settings", "list")
     assert code == 2 and said in err and "Fix or unset it" in err, err
+
+
+def test_serve_where_it_cannot_listen_says_why_before_it_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    # uvicorn printed "ERROR: [Errno 98] error while attempting to bind …" after our "API at" line, exit 3.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        code, err = run(capsys, "serve", "--port", port)
+        assert code == 1 and f"error: port {port} is in use" in err and "choose another with --port" in err
+    # 198.51.100.0/24 is for documentation: never an address of this machine (no name to look up either)
+    code, err = run(capsys, "serve", "--host", "198.51.100.77", "--port", port)
+    assert code == 1 and "cannot listen on 198.51.100.77" in err and "--host takes an address of this" in err
 
 
 def test_a_chat_message_longer_than_the_context_gets_the_numbers(

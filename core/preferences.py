@@ -19,6 +19,7 @@ from core.errors import ConfigError
 from core.settings import DEFAULT_ENDPOINT, DEFAULT_MIRRORS, default_models_dir
 from core.storage import repo
 from core.storage.db import Database
+from core.storage.records import is_http_address
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 QUANTIZATIONS = ("int4", "int8", "none")  # applies on the CPU; GPUs keep the 16-bit weights
@@ -49,7 +50,7 @@ def _endpoints(value: Any) -> list[str]:
     items = value.replace("\n", ",").split(",") if isinstance(value, str) else list(value)
     cleaned = list(dict.fromkeys(str(item).strip().rstrip("/") for item in items if str(item).strip()))
     for url in cleaned:
-        if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
+        if not is_http_address(url):  # a broken address ("http://[::1") failed the download midway
             raise ConfigError(f"{url!r} is not an http(s) URL.", reason="endpoint_not_url", url=url)
     if not cleaned:
         raise ConfigError("Keep at least one download endpoint.", reason="endpoint_required")

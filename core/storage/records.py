@@ -20,16 +20,22 @@ def from_row(record_type: type[R], row: Any, **overrides: Any) -> R:
     return record_type(**values, **overrides)
 
 
+def is_http_address(url: str) -> bool:
+    """http(s), a host, a valid port, no spaces: an address a client can be given."""
+    if not url.startswith(("http://", "https://")) or any(c.isspace() for c in url):
+        return False
+    try:
+        address = urlsplit(url)
+        return bool(address.hostname) and address.port != 0
+    except ValueError:  # a port that is not a number or out of range, a broken [IPv6] address
+        return False
+
+
 def check_base_url(base_url: str) -> None:
-    """An OpenAI-compatible server's address: http(s), a host, a valid port, no spaces."""
+    """An OpenAI-compatible server's address (`is_http_address`), or a ConfigError saying what is wrong."""
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError("The base URL must start with http:// or https://.", reason="url_scheme")
-    try:
-        address = urlsplit(base_url)
-        valid = bool(address.hostname) and address.port != 0 and not any(c.isspace() for c in base_url)
-    except ValueError:  # a port that is not a number or out of range, a broken [IPv6] address
-        valid = False
-    if not valid:
+    if not is_http_address(base_url):
         shown = base_url[:80]
         raise ConfigError(
             f"{shown!r} is not a server address; one looks like http://localhost:11434/v1.",

@@ -49,6 +49,8 @@ def test_a_value_is_the_saved_one_else_the_environments_else_the_default(databas
         ("quantization", "int3", "is not one of int4, int8, none"),
         ("device", "tpu", "is not one of auto, cuda, mps, cpu"),
         ("endpoints", "ftp://mirror.test", "is not an http(s) URL"),
+        ("endpoints", "http://[::1", "is not an http(s) URL"),  # the download failed midway on it
+        ("endpoints", "http://mirror.test:99999", "is not an http(s) URL"),
         ("endpoints", " , ", "Keep at least one download endpoint"),
         ("idle_unload_s", "-5", "between 0 (off) and 604800"),
         ("auto_resume", "maybe", "is not on or off"),

@@ -40,15 +40,22 @@ def cannot_listen(address: str, port: int) -> OSError | None:
     address that is not this machine's), or None: checked before a server starts, to say it in one
     sentence (uvicorn and Streamlit print a log line and exit 3)."""
     try:
-        family, kind, protocol, _name, where = socket.getaddrinfo(
-            address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, protocol) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is free
-            probe.bind(where)
-    except OSError as exc:  # socket.gaierror too: a name that is no address
+        candidates = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:  # socket.gaierror: a name that is no address
         return exc
-    return None
+    problems: list[OSError] = []
+    for family, kind, protocol, _name, where in candidates:  # localhost: 127.0.0.1 and perhaps ::1
+        try:
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+                )  # as servers do: TIME_WAIT is free
+                probe.bind(where)
+        except OSError as exc:
+            problems.append(exc)
+    in_use = [problem for problem in problems if port_in_use(problem)]
+    # One address is enough (no IPv6 here: ::1 cannot be bound), unless another program has the port.
+    return in_use[0] if in_use else problems[0] if len(problems) == len(candidates) else None
 
 
 def port_in_use(problem: OSError) -> bool:

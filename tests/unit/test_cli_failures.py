@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.cli import main
+from core.cli.common import cannot_listen
 from tests.fixtures.hub_server import HubServer
 from tests.fixtures.tiny_models import install_ready
 
@@ -125,6 +126,17 @@ def test_serve_where_it_cannot_listen_says_why_before_it_starts(capsys: pytest.C
     # 198.51.100.0/24 is for documentation: never an address of this machine (no name to look up either)
     code, err = run(capsys, "serve", "--host", "198.51.100.77", "--port", port)
     assert code == 1 and "cannot listen on 198.51.100.77" in err and "--host takes an address of this" in err
+
+
+def test_one_address_of_a_name_that_binds_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Where IPv6 is off, "localhost" may still resolve to ::1 as well: a documentation IPv6 address stands
+    # for it (the resolver is replaced: this machine's localhost binds either way).
+    unbindable = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::1", 8999, 0, 0))
+    bindable = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *_args, **_kwargs: [unbindable, bindable])
+    assert cannot_listen("localhost", 8999) is None
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *_args, **_kwargs: [unbindable])
+    assert cannot_listen("localhost", 8999) is not None
 
 
 def test_a_chat_message_longer_than_the_context_gets_the_numbers(

@@ -238,18 +238,16 @@ class Preferences:
                 return PreferenceValue(name, preference.check(saved), "saved", preference.help)
             except ConfigError:
                 pass  # a value saved by an older version that no longer passes: fall back
-        from_env = preference.env.read(self.env) if preference.env else None
-        if from_env is None:
+        if preference.env is None or (from_env := preference.env.read(self.env)) is None:
             return PreferenceValue(name, preference.default, "default", preference.help)
         try:
             return PreferenceValue(name, preference.check(from_env), "environment", preference.help)
         except ConfigError as exc:
-            variables = preference.env.names if preference.env else ""
             raise ConfigError(
-                f"A setting from the environment ({variables}) is not valid: {exc.message} Fix or unset it, "
-                "then start again.",
+                f"A setting from the environment ({preference.env.names}) is not valid: {exc.message} Fix or "
+                "unset it, then start again.",
                 reason="environment_invalid",
-                variables=variables,
+                variables=preference.env.names,
                 problem=exc.message,
             ) from None
 

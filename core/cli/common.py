@@ -47,15 +47,15 @@ def cannot_listen(address: str, port: int) -> OSError | None:
     for family, kind, protocol, _name, where in candidates:  # localhost: 127.0.0.1 and perhaps ::1
         try:
             with socket.socket(family, kind, protocol) as probe:
-                probe.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
-                )  # as servers do: TIME_WAIT is free
+                # As servers do: a port in TIME_WAIT is free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(where)
         except OSError as exc:
             problems.append(exc)
-    in_use = [problem for problem in problems if port_in_use(problem)]
-    # One address is enough (no IPv6 here: ::1 cannot be bound), unless another program has the port.
-    return in_use[0] if in_use else problems[0] if len(problems) == len(candidates) else None
+    if in_use := [problem for problem in problems if port_in_use(problem)]:
+        return in_use[0]
+    # One address is enough (no IPv6 here: ::1 cannot be bound).
+    return problems[0] if len(problems) == len(candidates) else None
 
 
 def port_in_use(problem: OSError) -> bool:

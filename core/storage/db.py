@@ -56,8 +56,7 @@ def parse_url(url: str) -> URL:
     except ArgumentError:
         raise StorageError(
             "The database URL (LOCALLLM_DB_URL) is not one SQLAlchemy can read; one looks like "
-            "sqlite:///path/to/localllm.db or postgresql://user:password@host/name.",
-            url="LOCALLLM_DB_URL",
+            "sqlite:///path/to/localllm.db or postgresql://user:password@host/name."
         ) from None
 
 

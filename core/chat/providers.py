@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
+from core.access.hosts import LOOPBACK_NAMES
 from core.chat.reasoning import CLOSE, OPEN
 from core.errors import ConfigError, ProviderError, ReplyBrokeOffError
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
@@ -96,6 +99,22 @@ WELL_KNOWN_SERVERS = {
 }
 
 
+# Names that only this network resolves (mDNS, home routers, RFC 8375): no proxy elsewhere knows them.
+LOCAL_NAME_SUFFIXES = (".local", ".localhost", ".lan", ".home.arpa", ".internal")
+
+
+def is_on_this_network(base_url: str) -> bool:
+    """Whether a server's address is this machine's or its network's: an address the internet does not
+    route (loopback, private, link-local, a VPN's shared range), `localhost`, a name without a dot
+    (`gpu-box`) or with a local suffix (`box.local`)."""
+    host = (urlsplit(base_url).hostname or "").rstrip(".")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host in LOOPBACK_NAMES or "." not in host or host.endswith(LOCAL_NAME_SUFFIXES)
+    return not address.is_global
+
+
 def _explain(exc: Exception, base_url: str) -> ProviderError:
     """Turn an openai client error into one clear sentence (never a traceback, never the key)."""
     import httpx2
@@ -145,6 +164,18 @@ def _explain(exc: Exception, base_url: str) -> ProviderError:
     )
 
 
+def _direct_client() -> Any:
+    """An HTTP client that ignores HTTP(S)_PROXY and ALL_PROXY: many machines set them (for pip, git, a
+    VPN's system proxy) without NO_PROXY for localhost, and a proxy elsewhere cannot reach this
+    machine's Ollama or a LAN server; through one, a running server looked down. (A transport given
+    to the client turns off its proxies from the environment, and nothing else: certificates from
+    SSL_CERT_FILE still count.)"""
+    import httpx2
+    import openai
+
+    return openai.DefaultHttpxClient(transport=httpx2.HTTPTransport())
+
+
 class OpenAICompatibleProvider:
     """Any OpenAI-compatible server (vLLM, Ollama, LM Studio, OpenAI) through the official client."""
 
@@ -165,6 +196,7 @@ class OpenAICompatibleProvider:
             api_key=api_key or "not-needed",
             timeout=openai.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
             max_retries=3,
+            http_client=_direct_client() if is_on_this_network(base_url) else None,
         )
 
     def default_params(self) -> GenerationParams:

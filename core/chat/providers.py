@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
-from core.access.hosts import LOOPBACK_NAMES
 from core.chat.reasoning import CLOSE, OPEN
 from core.errors import ConfigError, ProviderError, ReplyBrokeOffError
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
+from core.outbound import ProxyUnreachableError, ThisNetworkDirect
 from core.storage.records import ProviderConfig, check_base_url
 
 if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
@@ -99,22 +97,6 @@ WELL_KNOWN_SERVERS = {
 }
 
 
-# Names that only this network resolves (mDNS, home routers, RFC 8375): no proxy elsewhere knows them.
-LOCAL_NAME_SUFFIXES = (".local", ".localhost", ".lan", ".home.arpa", ".internal")
-
-
-def is_on_this_network(base_url: str) -> bool:
-    """Whether a server's address is this machine's or its network's: an address the internet does not
-    route (loopback, private, link-local, a VPN's shared range), `localhost`, a name without a dot
-    (`gpu-box`) or with a local suffix (`box.local`)."""
-    host = (urlsplit(base_url).hostname or "").rstrip(".")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host in LOOPBACK_NAMES or "." not in host or host.endswith(LOCAL_NAME_SUFFIXES)
-    return not address.is_global
-
-
 def _explain(exc: Exception, base_url: str) -> ProviderError:
     """Turn an openai client error into one clear sentence (never a traceback, never the key)."""
     import httpx2
@@ -126,6 +108,14 @@ def _explain(exc: Exception, base_url: str) -> ProviderError:
             f"{base_url} did not answer in time. Check that the server is running.",
             reason="server_timeout",
             url=base_url,
+        )
+    if isinstance(exc, openai.APIConnectionError) and isinstance(exc.__cause__, ProxyUnreachableError):
+        return ProviderError(
+            f"Cannot reach {base_url}: the proxy {exc.__cause__.proxy} that the environment sets "
+            "(http_proxy, https_proxy or all_proxy) takes no connection. Start it, or unset those variables.",
+            reason="proxy_unreachable",
+            url=base_url,
+            proxy=exc.__cause__.proxy,
         )
     if isinstance(exc, openai.APIConnectionError):
         return ProviderError(
@@ -164,18 +154,6 @@ def _explain(exc: Exception, base_url: str) -> ProviderError:
     )
 
 
-def _direct_client() -> Any:
-    """An HTTP client that ignores HTTP(S)_PROXY and ALL_PROXY: many machines set them (for pip, git, a
-    VPN's system proxy) without NO_PROXY for localhost, and a proxy elsewhere cannot reach this
-    machine's Ollama or a LAN server; through one, a running server looked down. (A transport given
-    to the client turns off its proxies from the environment, and nothing else: certificates from
-    SSL_CERT_FILE still count.)"""
-    import httpx2
-    import openai
-
-    return openai.DefaultHttpxClient(transport=httpx2.HTTPTransport())
-
-
 class OpenAICompatibleProvider:
     """Any OpenAI-compatible server (vLLM, Ollama, LM Studio, OpenAI) through the official client."""
 
@@ -196,7 +174,7 @@ class OpenAICompatibleProvider:
             api_key=api_key or "not-needed",
             timeout=openai.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
             max_retries=3,
-            http_client=_direct_client() if is_on_this_network(base_url) else None,
+            http_client=openai.DefaultHttpxClient(transport=ThisNetworkDirect()),
         )
 
     def default_params(self) -> GenerationParams:

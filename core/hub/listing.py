@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 import httpx2
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
 from huggingface_hub import errors as hf_errors
-from huggingface_hub.utils import build_hf_headers, get_session, get_token
+from huggingface_hub.utils import build_hf_headers, get_session, get_token, set_client_factory
 
+from core import outbound
 from core.errors import (
     DownloadError,
     GatedRepoError,
@@ -48,6 +49,11 @@ _WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?$", 
 # Names this app writes into a model folder itself: a listing may not overwrite them.
 OWN_FILE_PREFIX = ".localllm-"
 PARTIAL_SUFFIX = ".incomplete"
+
+# huggingface_hub's requests (listings, metadata, the downloads' bytes) go out as core.outbound says, with
+# its own request hooks (offline mode, request ids, download counts).
+_HUB_HOOKS = get_session().event_hooks
+set_client_factory(lambda: outbound.client(event_hooks=_HUB_HOOKS, follow_redirects=True, timeout=None))
 
 
 def unsafe_path_reason(path: object) -> str | None:

@@ -43,6 +43,7 @@ from core.hub.store import (
     partial_path,
     write_manifest,
 )
+from core.outbound import ProxyUnreachableError
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -436,6 +437,8 @@ class ChecksumMismatchError(TransientError):
 
 REASONS = {
     "connect": "cannot connect (no network, a wrong address, or the server is down)",
+    "proxy": "the proxy that the environment sets (http_proxy, https_proxy or all_proxy) takes no "
+    "connection: start it, or unset those variables",
     "timeout": "timed out (no data)",
     "reset": "the connection was reset or closed early",
     "server": "the server answered with an error",
@@ -451,6 +454,8 @@ def reason_of(exc: BaseException | None) -> str:
         return "timeout"
     if isinstance(exc, httpx2.ConnectError):
         return "connect"
+    if isinstance(exc, ProxyUnreachableError):
+        return "proxy"
     if isinstance(exc, (httpx2.ReadError, httpx2.RemoteProtocolError)):
         return "reset"
     if isinstance(exc, ChecksumMismatchError):

@@ -196,41 +196,6 @@ def test_a_server_that_takes_no_connection_is_given_up_on_after_the_connect_time
     assert time.monotonic() - start < 30  # 4 tries of 0.3 s and the client's backoff between them
 
 
-def test_a_server_here_or_on_the_lan_is_reached_without_the_environments_proxy(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """http_proxy set for pip or git, without NO_PROXY: Ollama on localhost looked down through it. A
-    server on the internet still goes through the proxy (from some networks the only way out)."""
-    with (
-        FaultyOpenAIServer('listing:{"data": [{"id": "through-the-proxy"}]}') as proxy,
-        FaultyOpenAIServer('listing:{"data": [{"id": "direct"}]}') as here,
-    ):
-        for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("http_proxy", proxy.url.removesuffix("/v1"))
-        assert OpenAICompatibleProvider(here.url, None, "").list_models() == ["direct"]
-        assert proxy.requests == 0
-        on_the_internet = "http://models.example/v1"  # a name reserved never to resolve (RFC 2606)
-        assert OpenAICompatibleProvider(on_the_internet, None, "").list_models() == ["through-the-proxy"]
-
-
-@pytest.mark.parametrize(
-    ("url", "here"),
-    [
-        ("http://localhost:11434/v1", True),
-        ("http://192.168.1.20:8000/v1", True),
-        ("http://[fe80::1]:8000/v1", True),
-        ("http://gpu-box:8000/v1", True),
-        ("http://ollama.local:11434/v1", True),
-        ("https://api.openai.com/v1", False),
-        ("http://100.101.102.103:11434/v1", True),  # a Tailscale address
-        ("http://8.8.8.8/v1", False),
-    ],
-)
-def test_which_servers_are_on_this_network(url: str, here: bool) -> None:
-    assert providers.is_on_this_network(url) is here
-
-
 def test_a_stream_that_breaks_midway_keeps_the_partial_reply(database: Database, in_chinese) -> None:
     with FaultyOpenAIServer("broken") as server:
         chat = ChatService(database, lambda: OpenAICompatibleProvider(server.url, None, "m"))

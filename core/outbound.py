@@ -1,0 +1,81 @@
+"""How this app's requests leave the machine: to a server on this machine or its network directly, to
+any other through the proxy the environment names (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY).
+
+Many machines set a proxy for pip, git or a VPN (Clash's shell command also sets a SOCKS `all_proxy`)
+without NO_PROXY for localhost; a proxy elsewhere cannot reach this machine's Ollama, a LAN server or a
+mirror on localhost, so through it a running server looked down. Downloads from huggingface.co and
+hf-mirror.com, and OpenAI, keep the proxy where it is the only way out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.request
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+
+from core.access.hosts import LOOPBACK_NAMES
+
+# Names that only this network resolves (mDNS, home routers, RFC 8375): no proxy elsewhere knows them.
+LOCAL_NAME_SUFFIXES = (".local", ".localhost", ".lan", ".home.arpa", ".internal")
+
+
+def is_on_this_network(host: str) -> bool:
+    """Whether a host is this machine or on its network: an address the internet does not route
+    (loopback, private, link-local, a VPN's shared range), `localhost`, a name without a dot
+    (`gpu-box`) or with a local suffix (`box.local`)."""
+    host = host.strip("[]").rstrip(".").lower()
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host in LOOPBACK_NAMES or "." not in host or host.endswith(LOCAL_NAME_SUFFIXES)
+    return not address.is_global
+
+
+class ProxyUnreachableError(httpx2.ProxyError):
+    """The proxy the environment names takes no connection (a VPN client that is not running)."""
+
+    def __init__(self, proxy: str, request: httpx2.Request) -> None:
+        super().__init__(f"cannot connect to the proxy {proxy}", request=request)
+        self.proxy = proxy
+
+
+class ThisNetworkDirect(httpx2.BaseTransport):
+    """Sends a request to this machine or its network directly, any other through the environment's
+    proxy for its scheme (unless NO_PROXY names the host), as the proxy settings were at creation."""
+
+    def __init__(self) -> None:
+        proxies = urllib.request.getproxies()  # the environment's (and on macOS and Windows, the system's)
+        self._direct = httpx2.HTTPTransport()
+        self._proxied: dict[str, tuple[httpx2.HTTPTransport, str]] = {}
+        for scheme in ("http", "https"):
+            if url := proxies.get(scheme) or proxies.get("all"):
+                url = url if "://" in url else f"http://{url}"
+                parts = urlsplit(url)  # shown without a user name or password it may carry
+                self._proxied[scheme] = (
+                    httpx2.HTTPTransport(proxy=url),
+                    f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}",
+                )
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        host = request.url.host
+        proxied = self._proxied.get(request.url.scheme)
+        if proxied is None or is_on_this_network(host) or urllib.request.proxy_bypass(host):
+            return self._direct.handle_request(request)
+        transport, shown = proxied
+        try:
+            return transport.handle_request(request)
+        except httpx2.ConnectError as exc:
+            raise ProxyUnreachableError(shown, request) from exc
+
+    def close(self) -> None:
+        self._direct.close()
+        for transport, _ in self._proxied.values():
+            transport.close()
+
+
+def client(**options: Any) -> httpx2.Client:
+    """An httpx client that sends its requests as this module says; `options` as httpx2.Client's."""
+    return httpx2.Client(transport=ThisNetworkDirect(), **options)

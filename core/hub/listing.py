@@ -239,6 +239,12 @@ def fetch_listing(repo_id: str, revision: str, endpoint: str) -> RepoListing:
         raise RepoNotFoundError(f"Repository {repo_id} ({revision}) was not found.", repo_id=repo_id) from exc
     except hf_errors.HfHubHTTPError as exc:
         raise _transient_or_refused(exc, f"the listing of {repo_id}") from exc
+    except hf_errors.OfflineModeIsEnabled as exc:  # HF_HUB_OFFLINE=1, left from running models offline
+        raise DownloadError(
+            "Downloads are off: the environment sets HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE (offline "
+            "mode). Unset the variable, then try again.",
+            reason="hub_offline",
+        ) from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a body huggingface_hub cannot parse
         raise _refuse(endpoint, repo_id, "an answer that is not a repository listing") from exc
     siblings = info.siblings or []

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx2
+from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import get_session
 
 from core.errors import (
@@ -439,6 +440,7 @@ REASONS = {
     "connect": "cannot connect (no network, a wrong address, or the server is down)",
     "proxy": "the proxy that the environment sets (http_proxy, https_proxy or all_proxy) takes no "
     "connection: start it, or unset those variables",
+    "offline": "downloads are off: the environment sets HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE",
     "timeout": "timed out (no data)",
     "reset": "the connection was reset or closed early",
     "server": "the server answered with an error",
@@ -456,6 +458,8 @@ def reason_of(exc: BaseException | None) -> str:
         return "connect"
     if isinstance(exc, ProxyUnreachableError):
         return "proxy"
+    if isinstance(exc, hf_errors.OfflineModeIsEnabled):
+        return "offline"
     if isinstance(exc, (httpx2.ReadError, httpx2.RemoteProtocolError)):
         return "reset"
     if isinstance(exc, ChecksumMismatchError):

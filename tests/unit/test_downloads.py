@@ -130,6 +130,23 @@ def test_missing_required_file_fails_with_its_name(
     assert shown == "下载失败：服务器上没有 config.json（HTTP 404）。"
 
 
+def test_offline_mode_left_in_the_environment_is_said_before_any_request(
+    hub: HubServer, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE), set once to run models offline: a download stopped "on an
+    unexpected error (OfflineModeIsEnabled: …)". huggingface_hub reads the variables once, at import: the
+    value it read is set here."""
+    hub.add_repo("org/model", REPO)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    _, progress = download([hub.url], models)
+    assert progress.state == "failed"
+    assert progress.error.startswith("Downloads are off: the environment sets HF_HUB_OFFLINE")
+    assert hub.requests() == []
+    monkeypatch.setattr("ui.state.language", lambda: "zh")
+    shown = failure_text(progress.error_code, progress.error_params, progress.error)
+    assert shown.startswith("下载失败：环境变量设置了 HF_HUB_OFFLINE 或 TRANSFORMERS_OFFLINE（离线模式），下载已关闭")
+
+
 def test_checksum_mismatch_is_reported_and_the_file_fetched_again(hub: HubServer, models: Path) -> None:
     hub.add_repo("org/model", REPO)
     hub.add_fault(Fault(path="model.safetensors", corrupt=True, times=1))

@@ -239,6 +239,9 @@ def test_endpoints_are_editable_and_probed(
     assert (bad.ok, bad.reason) == (False, "connect")
     with HubServer() as elsewhere:  # answers, but not with the model's info
         assert library.probe_endpoint(elsewhere.url).reason == "server"
+    with pytest.MonkeyPatch.context() as offline:  # HF_HUB_OFFLINE=1, as huggingface_hub read it at import
+        offline.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+        assert library.probe_endpoint(hub.url).reason == "offline"
 
 
 def test_a_model_in_the_hf_cache_is_used_without_downloading(

@@ -238,6 +238,13 @@ def fetch_listing(repo_id: str, revision: str, endpoint: str) -> RepoListing:
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError) as exc:
         raise RepoNotFoundError(f"Repository {repo_id} ({revision}) was not found.", repo_id=repo_id) from exc
     except hf_errors.HfHubHTTPError as exc:
+        if exc.response is not None and exc.response.status_code == 401 and token_for(endpoint):
+            raise DownloadError(
+                "huggingface.co refused your Hugging Face token (HTTP 401): it is invalid or was revoked. "
+                "Log in again with `hf auth login` (or fix HF_TOKEN), or log out to download public models "
+                "without one.",
+                reason="token_refused",
+            ) from exc
         raise _transient_or_refused(exc, f"the listing of {repo_id}") from exc
     except hf_errors.OfflineModeIsEnabled as exc:  # HF_HUB_OFFLINE=1, left from running models offline
         raise DownloadError(

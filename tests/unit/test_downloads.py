@@ -144,7 +144,9 @@ def test_offline_mode_left_in_the_environment_is_said_before_any_request(
     assert hub.requests() == []
     monkeypatch.setattr("ui.state.language", lambda: "zh")
     shown = failure_text(progress.error_code, progress.error_params, progress.error)
-    assert shown.startswith("下载失败：环境变量设置了 HF_HUB_OFFLINE 或 TRANSFORMERS_OFFLINE（离线模式），下载已关闭")
+    assert shown.startswith(
+        "下载失败：环境变量设置了 HF_HUB_OFFLINE 或 TRANSFORMERS_OFFLINE（离线模式），下载已关闭"
+    )
 
 
 def test_checksum_mismatch_is_reported_and_the_file_fetched_again(hub: HubServer, models: Path) -> None:
@@ -251,3 +253,21 @@ def test_hf_token_goes_to_huggingface_co_only(
     assert progress.state == "completed"
     assert hub.requests()
     assert all(r.authorization is None for r in hub.requests())
+
+
+def test_a_revoked_hf_token_is_said_to_be_the_cause(
+    hub: HubServer, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """huggingface.co answers a request with an unknown token 401, even for a public model: "The server
+    refused the listing (HTTP 401)" did not say that the token was the cause. The test Hub stands in for
+    huggingface.co (the only host the token goes to)."""
+    hub.add_repo("org/model", REPO)
+    hub.state.known_tokens = frozenset({"hf_valid"})
+    monkeypatch.setattr(hub_module, "OFFICIAL_HOST", "127.0.0.1")
+    monkeypatch.setenv("HF_TOKEN", "hf_revoked")
+    _, progress = download([hub.url], models)
+    assert progress.state == "failed"
+    assert progress.error.startswith("huggingface.co refused your Hugging Face token (HTTP 401)")
+    assert all(r.status == 401 for r in hub.requests())
+    monkeypatch.setenv("HF_TOKEN", "hf_valid")
+    assert download([hub.url], models)[1].state == "completed"

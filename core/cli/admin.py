@@ -26,10 +26,12 @@ def settings() -> None:
 @settings.command("list")
 def settings_list() -> int:
     """Each setting with its value and where the value comes from (saved, environment, default)."""
-    for value in preferences().values():
+    values = preferences().values()
+    width = max(len(value.name) for value in values)  # every value in one column
+    for value in values:
         shown = ", ".join(value.value) if isinstance(value.value, list) else value.value
-        click.echo(f"{value.name:<14} {shown!s:<48} [{value.source}]")
-        click.echo(f"{'':<14} {value.help}")
+        click.echo(f"{value.name:<{width}}  {shown!s:<48} [{value.source}]")
+        click.echo(f"{'':<{width}}  {value.help}")
     return 0
 
 

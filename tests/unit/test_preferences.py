@@ -69,7 +69,11 @@ def test_the_cli_lists_and_sets_with_the_same_checks(
     assert main(["settings", "set", "idle_unload_s", "120"]) == 0
     assert main(["settings", "list"]) == 0
     listed = capsys.readouterr().out
-    assert "idle_unload_s  120.0" in listed and "[saved]" in listed and "[default]" in listed
+    rows = {line.split()[0]: line for line in listed.splitlines() if not line.startswith(" ")}
+    assert rows["idle_unload_s"].split()[1:] == ["120.0", "[saved]"]
+    assert rows["device"].endswith("[default]")
+    name = len(max(rows, key=len))  # the values in one column, past the longest name (parallel_replies)
+    assert {len(row) - len(row[name:].lstrip()) for row in rows.values()} == {name + 2}
     assert main(["settings", "set", "quantization", "int3"]) == 2
     assert "'int3' is not one of int4, int8, none" in capsys.readouterr().err
     assert Preferences(database).get("idle_unload_s") == 120.0

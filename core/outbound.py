@@ -12,11 +12,11 @@ from __future__ import annotations
 import ipaddress
 import urllib.request
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx2
 
 from core.access.hosts import LOOPBACK_NAMES
+from core.errors import ConfigError
 
 # Names that only this network resolves (mDNS, home routers, RFC 8375): no proxy elsewhere knows them.
 LOCAL_NAME_SUFFIXES = (".local", ".localhost", ".lan", ".home.arpa", ".internal")
@@ -42,6 +42,22 @@ class ProxyUnreachableError(httpx2.ProxyError):
         self.proxy = proxy
 
 
+def _proxy_transport(url: str) -> tuple[httpx2.HTTPTransport, str]:
+    """A transport through the proxy at `url`, and the proxy's address as shown (without a user name or
+    password it may carry)."""
+    scheme, _, rest = url.partition("://")
+    shown = f"{scheme}://{rest.partition('/')[0].rpartition('@')[2]}"
+    try:
+        return httpx2.HTTPTransport(proxy=url), shown
+    except ValueError as exc:  # a scheme httpx has no proxy for (ftp://, socks4://)
+        raise ConfigError(
+            f"The proxy that the environment sets (http_proxy, https_proxy or all_proxy) cannot be used: "
+            f"{shown} is not an http://, https:// or socks5:// address. Fix or unset it.",
+            reason="proxy_invalid",
+            proxy=shown,
+        ) from exc
+
+
 class ThisNetworkDirect(httpx2.BaseTransport):
     """Sends a request to this machine or its network directly, any other through the environment's
     proxy for its scheme (unless NO_PROXY names the host), as the proxy settings were at creation."""
@@ -52,12 +68,7 @@ class ThisNetworkDirect(httpx2.BaseTransport):
         self._proxied: dict[str, tuple[httpx2.HTTPTransport, str]] = {}
         for scheme in ("http", "https"):
             if url := proxies.get(scheme) or proxies.get("all"):
-                url = url if "://" in url else f"http://{url}"
-                parts = urlsplit(url)  # shown without a user name or password it may carry
-                self._proxied[scheme] = (
-                    httpx2.HTTPTransport(proxy=url),
-                    f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}",
-                )
+                self._proxied[scheme] = _proxy_transport(url if "://" in url else f"http://{url}")
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         host = request.url.host

@@ -15,7 +15,7 @@ from fnmatch import fnmatch
 from urllib.parse import urlsplit
 
 import httpx2
-from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url, is_offline_mode
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import build_hf_headers, get_session, get_token, set_client_factory
 
@@ -50,10 +50,19 @@ _WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?$", 
 OWN_FILE_PREFIX = ".localllm-"
 PARTIAL_SUFFIX = ".incomplete"
 
-# huggingface_hub's requests (listings, metadata, the downloads' bytes) go out as core.outbound says, with
-# its own request hooks (offline mode, request ids, download counts).
-_HUB_HOOKS = get_session().event_hooks
-set_client_factory(lambda: outbound.client(event_hooks=_HUB_HOOKS, follow_redirects=True, timeout=None))
+
+def _refuse_when_offline(request: httpx2.Request) -> None:
+    """huggingface_hub's offline mode (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE) holds for every request."""
+    if is_offline_mode():
+        raise hf_errors.OfflineModeIsEnabled(f"Cannot reach {request.url}: offline mode is enabled.")
+
+
+# huggingface_hub's requests (listings, metadata, the downloads' bytes) go out as core.outbound says.
+set_client_factory(
+    lambda: outbound.client(
+        event_hooks={"request": [_refuse_when_offline]}, follow_redirects=True, timeout=None
+    )
+)
 
 
 def unsafe_path_reason(path: object) -> str | None:

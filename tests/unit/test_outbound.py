@@ -4,6 +4,7 @@ requests sent to them as a proxy; the dead ones are closed ports."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from huggingface_hub.utils import close_session
 
 from core import outbound
 from core.chat.providers import OpenAICompatibleProvider
-from core.errors import ProviderError
+from core.errors import ConfigError, ProviderError
 from core.hub.transfer import DownloadTarget, ModelDownload, Progress, TransferPolicy
 from tests.fixtures.hub_server import HubServer
 from tests.fixtures.openai_faults import FaultyOpenAIServer
@@ -119,3 +120,17 @@ def test_a_proxy_that_takes_no_connection_is_named_not_the_server(
         in (progress.error or "")
     )
     assert "hunter22" not in str(raised.value) + (progress.error or "")
+
+
+def test_a_proxy_of_a_kind_that_cannot_be_used_is_one_sentence(
+    tmp_path: Path, proxies: pytest.MonkeyPatch
+) -> None:
+    """`all_proxy=ftp://…` or `socks4://…`: a traceback from every command that reads a model listing."""
+    proxies.setenv("all_proxy", "socks4://me:hunter22@127.0.0.1:1080/")
+    said = "The proxy that the environment sets (http_proxy, https_proxy or all_proxy) cannot be used: "
+    with pytest.raises(ConfigError, match=re.escape(f"{said}socks4://127.0.0.1:1080 is not an http://")):
+        OpenAICompatibleProvider(f"http://{ON_THE_INTERNET}/v1", None, "")
+    progress = _download(f"http://{ON_THE_INTERNET}", tmp_path)
+    assert progress.state == "failed"
+    assert (progress.error or "").startswith(said)
+    assert "hunter22" not in (progress.error or "")

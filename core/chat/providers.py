@@ -8,11 +8,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from core import outbound
 from core.chat.reasoning import CLOSE, OPEN
 from core.errors import ConfigError, ProviderError, ReplyBrokeOffError
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
-from core.outbound import ProxyUnreachableError, ThisNetworkDirect
 from core.storage.records import ProviderConfig, check_base_url
 
 if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
@@ -109,7 +109,9 @@ def _explain(exc: Exception, base_url: str) -> ProviderError:
             reason="server_timeout",
             url=base_url,
         )
-    if isinstance(exc, openai.APIConnectionError) and isinstance(exc.__cause__, ProxyUnreachableError):
+    if isinstance(exc, openai.APIConnectionError) and isinstance(
+        exc.__cause__, outbound.ProxyUnreachableError
+    ):
         return ProviderError(
             f"Cannot reach {base_url}: the proxy {exc.__cause__.proxy} that the environment sets "
             "(http_proxy, https_proxy or all_proxy) takes no connection. Start it, or unset those variables.",
@@ -174,7 +176,7 @@ class OpenAICompatibleProvider:
             api_key=api_key or "not-needed",
             timeout=openai.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
             max_retries=3,
-            http_client=openai.DefaultHttpxClient(transport=ThisNetworkDirect()),
+            http_client=outbound.client(follow_redirects=True),
         )
 
     def default_params(self) -> GenerationParams:

@@ -15,6 +15,11 @@ _HF_HOME = tempfile.mkdtemp(prefix="localllm-test-hf-")
 os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"  # a closed port: any call that forgets endpoint= fails fast
+# Nor the developer's network settings: every server a test talks to is on loopback (a test that needs a
+# proxy sets its own).
+for _name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.pop(_name, None)
+    os.environ.pop(_name.upper(), None)
 
 from core.storage.db import Database  # noqa: E402
 from tests.fixtures.hub_server import HubServer  # noqa: E402

@@ -42,11 +42,22 @@ class ProxyUnreachableError(httpx2.ProxyError):
         self.proxy = proxy
 
 
+def _shown(url: str) -> str:
+    """A proxy's address as shown: scheme, host and port, without a user name or password it may carry."""
+    scheme, _, rest = url.partition("://") if "://" in url else ("http", "", url)
+    return f"{scheme}://{rest.partition('/')[0].rpartition('@')[2]}"
+
+
+def download_proxy() -> str | None:
+    """The proxy that requests to huggingface.co and other hosts on the internet go through, as shown."""
+    proxies = urllib.request.getproxies()
+    url = proxies.get("https") or proxies.get("all")
+    return _shown(url) if url else None
+
+
 def _proxy_transport(url: str) -> tuple[httpx2.HTTPTransport, str]:
-    """A transport through the proxy at `url`, and the proxy's address as shown (without a user name or
-    password it may carry)."""
-    scheme, _, rest = url.partition("://")
-    shown = f"{scheme}://{rest.partition('/')[0].rpartition('@')[2]}"
+    """A transport through the proxy at `url`, and the proxy's address as shown."""
+    shown = _shown(url)
     try:
         return httpx2.HTTPTransport(proxy=url), shown
     except ValueError as exc:  # a scheme httpx has no proxy for (ftp://, socks4://)

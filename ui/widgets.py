@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+from core import outbound
 from core.errors import LocalLLMError, SchemaTooNewError, StorageError
 from core.settings import load_settings
 from core.storage.db import set_aside, sqlite_file
@@ -247,6 +248,8 @@ def download_settings() -> None:
     library = resources.library()
     with st.expander(t("models.endpoints.title")):
         st.caption(t("models.endpoints.help"))
+        if proxy := outbound.download_proxy():  # where a failing download may be stuck
+            st.caption(t("models.endpoints.proxy", proxy=proxy))
         text = st.text_area(t("models.endpoints.title"), value="\n".join(library.endpoints()),
                             label_visibility="collapsed", height=110, key="downloads.endpoints")  # fmt: skip
         save, test = st.columns(2)

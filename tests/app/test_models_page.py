@@ -295,6 +295,21 @@ def test_an_endpoint_check_says_why_in_the_pages_language_and_stays_until_the_li
     assert [e.value for e in at.error] == []
 
 
+def test_the_download_settings_say_which_proxy_downloads_go_through(
+    new_app, library: ModelLibrary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    assert not [c for c in at.caption if "proxy" in c.value]
+    monkeypatch.setenv("all_proxy", "socks5://me:hunter22@127.0.0.1:7890")
+    at.run()
+    said = [c.value for c in at.caption if "proxy" in c.value]
+    assert said == [
+        "Through the proxy `socks5://127.0.0.1:7890` that the environment sets (https_proxy or all_proxy); "
+        "mirrors on this machine or its network are reached directly."
+    ]
+
+
 def test_a_click_shows_its_message_when_the_bandwidth_is_measured_during_its_run(
     new_app, library: ModelLibrary, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -42,16 +42,26 @@ class ProxyUnreachableError(httpx2.ProxyError):
         self.proxy = proxy
 
 
+def _environment_proxies() -> dict[str, str]:
+    """The proxy for each scheme from the environment (on macOS and Windows, the system's settings too),
+    `http://` added where its scheme is left out (`127.0.0.1:7890`)."""
+    found = urllib.request.getproxies()
+    proxies = {}
+    for scheme in ("http", "https"):
+        if url := found.get(scheme) or found.get("all"):
+            proxies[scheme] = url if "://" in url else f"http://{url}"
+    return proxies
+
+
 def _shown(url: str) -> str:
     """A proxy's address as shown: scheme, host and port, without a user name or password it may carry."""
-    scheme, _, rest = url.partition("://") if "://" in url else ("http", "", url)
+    scheme, _, rest = url.partition("://")
     return f"{scheme}://{rest.partition('/')[0].rpartition('@')[2]}"
 
 
 def download_proxy() -> str | None:
     """The proxy that requests to huggingface.co and other hosts on the internet go through, as shown."""
-    proxies = urllib.request.getproxies()
-    url = proxies.get("https") or proxies.get("all")
+    url = _environment_proxies().get("https")
     return _shown(url) if url else None
 
 
@@ -74,12 +84,8 @@ class ThisNetworkDirect(httpx2.BaseTransport):
     proxy for its scheme (unless NO_PROXY names the host), as the proxy settings were at creation."""
 
     def __init__(self) -> None:
-        proxies = urllib.request.getproxies()  # the environment's (and on macOS and Windows, the system's)
         self._direct = httpx2.HTTPTransport()
-        self._proxied: dict[str, tuple[httpx2.HTTPTransport, str]] = {}
-        for scheme in ("http", "https"):
-            if url := proxies.get(scheme) or proxies.get("all"):
-                self._proxied[scheme] = _proxy_transport(url if "://" in url else f"http://{url}")
+        self._proxied = {scheme: _proxy_transport(url) for scheme, url in _environment_proxies().items()}
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         host = request.url.host

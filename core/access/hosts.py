@@ -117,11 +117,10 @@ class HostPolicy:
         parsed = urlsplit(origin)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             return False  # "null" (sandboxed frames, file://) and anything stranger
-        own = _authority(host_header or "", scheme)
         theirs = _authority(parsed.netloc, parsed.scheme)
         if theirs is None:
             return False
-        return theirs == own or theirs[0] in self.allowed_hosts
+        return theirs == _authority(host_header or "", scheme) or theirs[0] in self.allowed_hosts
 
 
 def load_host_policy(env: Mapping[str, str] | None = None) -> HostPolicy:
@@ -185,4 +184,17 @@ class TrustedHostsMiddleware:
             reason = f"Requests from the web page at {str(origin)[:80]!r} are not allowed here."
             await self.refuse(scope, receive, send, 403, reason)
             return
+        if scope["type"] == "websocket" and origin is not None:
+            scope = _as_own_origin(scope, f"{scheme}://{host}")
         await self.app(scope, receive, send)
+
+
+def _as_own_origin(scope: Scope, own: str) -> Scope:
+    """A websocket whose Origin the policy accepted, passed on as from the page's own origin.
+
+    Behind a reverse proxy that rewrites `Host` (nginx's `proxy_pass` does unless told otherwise), the
+    browser's Origin is the proxy's name, listed in LOCALLLM_ALLOWED_HOSTS. Streamlit checks such a
+    websocket again: it asks checkip.amazonaws.com for this machine's address (a call off the
+    machine), then refuses it, and the dashboard never loaded."""
+    headers = [(name, value) for name, value in scope["headers"] if name != b"origin"]
+    return {**scope, "headers": [*headers, (b"origin", own.encode("latin-1"))]}

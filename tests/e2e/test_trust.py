@@ -3,10 +3,13 @@ no request from the dashboard to any host but its own, on every page, in both la
 
 from __future__ import annotations
 
+import base64
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -15,7 +18,7 @@ from playwright.sync_api import Browser, Page, Playwright, Route, expect
 from core.chat.service import ChatService
 from core.storage import repo
 from core.storage.db import Database
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, running_app
 from tests.fixtures.hub_server import SHUTDOWN_POLL_S
 
 pytestmark = pytest.mark.e2e
@@ -88,6 +91,32 @@ def test_a_foreign_host_name_and_another_sites_page_get_nothing(
     own = browser.new_context(locale="en-US").new_page()  # the same app by its own name works
     own.goto(app_url)
     expect(own.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
+
+
+def _websocket_status(port: int, host: str, origin: str) -> int:
+    """The status a websocket handshake to the dashboard gets, with these Host and Origin headers."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(request.encode())
+        return int(connection.recv(100).split(b" ")[1])
+
+
+def test_behind_a_reverse_proxy_that_rewrites_the_host_the_dashboard_connects(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nginx's default `proxy_pass` sends `Host: 127.0.0.1:PORT` with the browser's Origin, the proxy's
+    name: Streamlit refused that websocket (after asking checkip.amazonaws.com for this machine's
+    address), so the dashboard never loaded behind the proxy its README suggests."""
+    monkeypatch.setenv("LOCALLLM_ALLOWED_HOSTS", "llm.test")
+    with running_app(log_path=isolated_env / "app.log") as app:
+        rewritten = f"127.0.0.1:{app.port}"
+        assert _websocket_status(app.port, rewritten, "https://llm.test") == 101
+        assert _websocket_status(app.port, rewritten, "https://evil.test") == 403
+        assert _websocket_status(app.port, rewritten, f"http://{rewritten}") == 101
 
 
 def outside_requests(page: Page, own: str) -> list[str]:

@@ -36,7 +36,12 @@ def trusted_origin() -> bool:
 
 
 def is_local_client() -> bool:
-    return is_loopback(client_address())
+    """The user at this machine: a loopback client that addressed this machine, not a reverse proxy's
+    name (a proxy that does not pass X-Forwarded-For connects from loopback for every visitor)."""
+    host = st.context.headers.get("Host")
+    return is_loopback(client_address()) and (
+        host is None or resources.host_policy().names_this_machine(host)
+    )
 
 
 def current_user() -> Identity:

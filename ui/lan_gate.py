@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from http.cookies import CookieError, SimpleCookie
 
-from core.access.hosts import ASGIApp, Receive, Scope, Send, plain_refusal
+from core.access.hosts import ASGIApp, Receive, Scope, Send, header, load_host_policy, plain_refusal
 from core.access.policy import is_loopback, load_access_policy
 from core.access.sign_in import SignInGate
 from core.errors import StorageError
@@ -40,6 +40,7 @@ def session_token(scope: Scope) -> str | None:
 class LanGateMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._hosts = load_host_policy()
         self._gate: SignInGate | None = None
 
     def _signed_in(self, token: str | None) -> bool:
@@ -55,7 +56,10 @@ class LanGateMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = (scope.get("client") or ("",))[0]
         guarded = scope["type"] in ("http", "websocket") and needs_sign_in(scope["path"])
-        if guarded and not is_loopback(client) and not self._signed_in(session_token(scope)):
+        # This machine's own user: from loopback, addressed to this machine (not to a reverse proxy's
+        # name, whose every visitor comes from loopback when it does not pass X-Forwarded-For).
+        local = is_loopback(client) and self._hosts.names_this_machine(header(scope, b"host"))
+        if guarded and not local and not self._signed_in(session_token(scope)):
             await plain_refusal(scope, receive, send, 403, "Sign in first.")
             return
         await self.app(scope, receive, send)

@@ -92,10 +92,15 @@ class HostPolicy:
 
     def allows_host(self, header: str | None) -> bool:
         """Whether a `Host` header names this machine or a configured host."""
+        return host_name(header) in self.allowed_hosts or self.names_this_machine(header)
+
+    def names_this_machine(self, header: str | None) -> bool:
+        """Whether a `Host` header names this machine itself: a loopback name or address, its hostname,
+        one of its addresses (not a configured host: a reverse proxy's name)."""
         host = host_name(header)
         if host is None:
             return False
-        if host in LOOPBACK_NAMES or host in self.allowed_hosts or host in _machine_names():
+        if host in LOOPBACK_NAMES or host in _machine_names():
             return True
         try:
             address = ipaddress.ip_address(host)
@@ -130,7 +135,7 @@ def load_host_policy(env: Mapping[str, str] | None = None) -> HostPolicy:
     return HostPolicy(_split(env.get("LOCALLLM_ALLOWED_HOSTS")), _split(env.get("LOCALLLM_CORS_ORIGINS")))
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
             return value.decode("latin-1")
@@ -166,7 +171,7 @@ class TrustedHostsMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        host = _header(scope, b"host")
+        host = header(scope, b"host")
         if not self.policy.allows_host(host):
             logger.info(
                 "refused a request for host %r from %s", str(host)[:80], (scope.get("client") or ("?",))[0]
@@ -178,23 +183,25 @@ class TrustedHostsMiddleware:
             await self.refuse(scope, receive, send, 400, reason)
             return
         scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
-        origin = _header(scope, b"origin")
+        origin = header(scope, b"origin")
         if not self.policy.allows_origin(origin, host, scheme):
             logger.info("refused a request from the page at %r", str(origin)[:80])
             reason = f"Requests from the web page at {str(origin)[:80]!r} are not allowed here."
             await self.refuse(scope, receive, send, 403, reason)
             return
         if scope["type"] == "websocket" and origin is not None:
-            scope = _as_own_origin(scope, f"{scheme}://{host}")
+            scope = _as_addressed(scope, origin)
         await self.app(scope, receive, send)
 
 
-def _as_own_origin(scope: Scope, own: str) -> Scope:
-    """A websocket whose Origin the policy accepted, passed on as from the page's own origin.
+def _as_addressed(scope: Scope, origin: str) -> Scope:
+    """A websocket whose Origin the policy accepted, with the `Host` the browser addressed: its page's.
 
     Behind a reverse proxy that rewrites `Host` (nginx's `proxy_pass` does unless told otherwise), the
-    browser's Origin is the proxy's name, listed in LOCALLLM_ALLOWED_HOSTS. Streamlit checks such a
-    websocket again: it asks checkip.amazonaws.com for this machine's address (a call off the
-    machine), then refuses it, and the dashboard never loaded."""
-    headers = [(name, value) for name, value in scope["headers"] if name != b"origin"]
-    return {**scope, "headers": [*headers, (b"origin", own.encode("latin-1"))]}
+    websocket arrives with `Host: 127.0.0.1:8501` and the proxy's name in Origin (listed in
+    LOCALLLM_ALLOWED_HOSTS). Streamlit checked it again by asking checkip.amazonaws.com for this
+    machine's address (a call off the machine) and refused it: the dashboard never loaded. And the app
+    took such a visitor for this machine's own user (ui/access.py)."""
+    addressed = urlsplit(origin.strip()).netloc.encode("latin-1")
+    headers = [(name, value) for name, value in scope["headers"] if name != b"host"]
+    return {**scope, "headers": [*headers, (b"host", addressed)]}

@@ -105,18 +105,29 @@ def _websocket_status(port: int, host: str, origin: str) -> int:
         return int(connection.recv(100).split(b" ")[1])
 
 
-def test_behind_a_reverse_proxy_that_rewrites_the_host_the_dashboard_connects(
-    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+def test_behind_a_reverse_proxy_the_dashboard_connects_and_visitors_sign_in(
+    rebinding_browser: Browser, isolated_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """nginx's default `proxy_pass` sends `Host: 127.0.0.1:PORT` with the browser's Origin, the proxy's
-    name: Streamlit refused that websocket (after asking checkip.amazonaws.com for this machine's
-    address), so the dashboard never loaded behind the proxy its README suggests."""
+    """A reverse proxy on this machine (its name in LOCALLLM_ALLOWED_HOSTS) that passes no
+    X-Forwarded-For: every visitor connects from loopback. They were taken for this machine's own user
+    (no sign-in, the settings open to all). And nginx's default `proxy_pass` also sends
+    `Host: 127.0.0.1:PORT` with the proxy's name in Origin: Streamlit refused that websocket, after
+    asking checkip.amazonaws.com for this machine's address, so the dashboard never loaded."""
     monkeypatch.setenv("LOCALLLM_ALLOWED_HOSTS", "llm.test")
+    monkeypatch.setenv("LOCALLLM_PASSWORD", "open sesame")
     with running_app(log_path=isolated_env / "app.log") as app:
         rewritten = f"127.0.0.1:{app.port}"
-        assert _websocket_status(app.port, rewritten, "https://llm.test") == 101
+        assert _websocket_status(app.port, rewritten, f"https://llm.test:{app.port}") == 101
         assert _websocket_status(app.port, rewritten, "https://evil.test") == 403
         assert _websocket_status(app.port, rewritten, f"http://{rewritten}") == 101
+        # Through the proxy's name, as a proxy that keeps Host sends it (chromium maps *.test here).
+        visitor = rebinding_browser.new_context(locale="en-US").new_page()
+        visitor.goto(f"http://llm.test:{app.port}/")
+        expect(visitor.get_by_role("heading", name="Sign in")).to_be_visible(timeout=30_000)
+        expect(visitor.get_by_role("heading", name="Chat")).to_have_count(0)
+        local = rebinding_browser.new_context(locale="en-US").new_page()
+        local.goto(app.url)
+        expect(local.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
 
 
 def outside_requests(page: Page, own: str) -> list[str]:

@@ -71,8 +71,15 @@ def create_app(
     install_handlers(app)
 
     def require_key(request: Request) -> None:
-        if api_key is None:
-            return
+        if api_key is None:  # bound to loopback: this machine's programs need none, a proxy's clients do
+            if hosts.names_this_machine(request.headers.get("host")):
+                return
+            raise APIError(
+                401,
+                "This server is reached through another name (a reverse proxy's): start it with "
+                "LOCALLLM_API_KEY set, and send that key.",
+                code="invalid_api_key",
+            )
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), api_key.encode()):
             raise APIError(401, "Invalid or missing API key.", code="invalid_api_key")

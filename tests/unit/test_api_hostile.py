@@ -172,20 +172,20 @@ def test_a_foreign_host_header_gets_400(engine: LocalEngine, host: str) -> None:
     assert " 400 " in status
 
 
-def test_this_machines_names_and_configured_hosts_are_served(engine: LocalEngine) -> None:
+def test_this_machines_names_are_served_and_a_proxys_name_needs_a_key(engine: LocalEngine) -> None:
     policy = HostPolicy(allowed_hosts=frozenset({"llm.home.arpa"}))
     with serving(engine, ["tiny"], hosts=policy) as url:
         port = urlsplit(url).port
-        for host in (
-            "127.0.0.1",
-            "localhost",
-            f"localhost:{port}",
-            "[::1]",
-            socket.gethostname(),
-            "llm.home.arpa",
-        ):
+        for host in ("127.0.0.1", "localhost", f"localhost:{port}", "[::1]", socket.gethostname()):
             status = raw_request(url, f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\nConnection: close")
             assert " 200 " in status, host
+        # A reverse proxy's name: its clients are not this machine's programs, and no key was set.
+        refused = httpx2.get(f"{url}/models", headers={"Host": "llm.home.arpa"})
+        assert refused.status_code == 401
+        assert "start it with LOCALLLM_API_KEY set" in refused.json()["error"]["message"]
+    with serving(engine, ["tiny"], api_key="k" * 24, hosts=policy) as url:
+        headers = {"Host": "llm.home.arpa", "Authorization": f"Bearer {'k' * 24}"}
+        assert httpx2.get(f"{url}/models", headers=headers).status_code == 200
 
 
 def test_a_cross_site_page_cannot_make_the_model_generate(engine: LocalEngine) -> None:

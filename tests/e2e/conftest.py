@@ -27,6 +27,7 @@ from tests.fixtures.serving import free_port
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+OUTBOUND_AUDIT = PROJECT_ROOT / "tests" / "fixtures" / "outbound_audit"  # its sitecustomize logs each try
 # Without these, chromium keeps trying to reach Google's services, which this machine cannot reach.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -69,11 +70,14 @@ def running_app(
     Stopped, with all it started, on exit."""
     port = port or free_port()
     command = ["app", "--port", str(port), *args] if module == "core" else [*args, "--server.port", str(port)]
+    outbound = log_path.with_suffix(".outbound")
+    python_path = os.pathsep.join([str(OUTBOUND_AUDIT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": python_path, "LOCALLLM_TEST_OUTBOUND_LOG": str(outbound)}
     with log_path.open("a") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", module, *command],
             cwd=PROJECT_ROOT,
-            env=os.environ.copy(),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so teardown stops everything it started
@@ -88,6 +92,8 @@ def running_app(
         line for line in log_path.read_text(errors="replace").splitlines() if "deprecat" in line.lower()
     ]
     assert not deprecated, f"the app used a deprecated API: {deprecated[:3]}"
+    left = outbound.read_text().splitlines() if outbound.exists() else []
+    assert not left, f"the app tried to reach another host: {left[:3]}"
 
 
 def stop_process_group(process: subprocess.Popen, sig: signal.Signals = signal.SIGTERM) -> None:

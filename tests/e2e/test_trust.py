@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +20,7 @@ from playwright.sync_api import Browser, Page, Playwright, Route, expect
 from core.chat.service import ChatService
 from core.storage import repo
 from core.storage.db import Database
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, running_app
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, OUTBOUND_AUDIT, running_app
 from tests.fixtures.hub_server import SHUTDOWN_POLL_S
 
 pytestmark = pytest.mark.e2e
@@ -128,6 +130,20 @@ def test_behind_a_reverse_proxy_the_dashboard_connects_and_visitors_sign_in(
         local = rebinding_browser.new_context(locale="en-US").new_page()
         local.goto(app.url)
         expect(local.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
+
+
+def test_the_audit_of_the_apps_records_what_would_leave_the_machine(tmp_path: Path) -> None:
+    """The check every browser test's app gets (tests/e2e/conftest.py): a UDP socket's connect sends
+    nothing, and is recorded all the same; loopback is not."""
+    log = tmp_path / "outbound"
+    script = (
+        "import socket\n"
+        "for address in ('127.0.0.1', '198.51.100.7'):\n"
+        "    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect((address, 9))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(OUTBOUND_AUDIT), "LOCALLLM_TEST_OUTBOUND_LOG": str(log)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    assert log.read_text().split()[1:] == ["socket.connect", "'198.51.100.7'"]
 
 
 def outside_requests(page: Page, own: str) -> list[str]:

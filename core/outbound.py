@@ -10,6 +10,7 @@ hf-mirror.com, and OpenAI, keep the proxy where it is the only way out.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import urllib.request
 from typing import Any
 
@@ -32,6 +33,16 @@ def is_on_this_network(host: str) -> bool:
     except ValueError:
         return host in LOOPBACK_NAMES or "." not in host or host.endswith(LOCAL_NAME_SUFFIXES)
     return not address.is_global
+
+
+def is_certificate_error(exc: BaseException | None) -> bool:
+    """Whether a request failed on a server certificate that could not be verified (self-signed, a
+    clock far off, a network that inspects HTTPS with its own certificate authority)."""
+    while exc is not None:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class ProxyUnreachableError(httpx2.ProxyError):

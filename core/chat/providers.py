@@ -109,6 +109,13 @@ def _explain(exc: Exception, base_url: str) -> ProviderError:
             reason="server_timeout",
             url=base_url,
         )
+    if isinstance(exc, openai.APIConnectionError) and outbound.is_certificate_error(exc):
+        return ProviderError(
+            f"The certificate of {base_url} could not be verified: a self-signed one, a clock far off, or a "
+            "network that inspects HTTPS. Add it to the system's certificates, or set SSL_CERT_FILE to it.",
+            reason="server_certificate",
+            url=base_url,
+        )
     if isinstance(exc, openai.APIConnectionError) and isinstance(
         exc.__cause__, outbound.ProxyUnreachableError
     ):

@@ -44,7 +44,7 @@ from core.hub.store import (
     partial_path,
     write_manifest,
 )
-from core.outbound import ProxyUnreachableError
+from core.outbound import ProxyUnreachableError, is_certificate_error
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -441,6 +441,8 @@ REASONS = {
     "proxy": "the proxy that the environment sets (http_proxy, https_proxy or all_proxy) takes no "
     "connection: start it, or unset those variables",
     "offline": "downloads are off: the environment sets HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE",
+    "certificate": "the server's certificate could not be verified (a clock far off, or a network that "
+    "inspects HTTPS: add its certificate to the system's, or set SSL_CERT_FILE)",
     "timeout": "timed out (no data)",
     "reset": "the connection was reset or closed early",
     "server": "the server answered with an error",
@@ -454,6 +456,8 @@ def reason_of(exc: BaseException | None) -> str:
     """Why a transfer failed, as one of REASONS' keys (the pages translate it)."""
     if isinstance(exc, httpx2.TimeoutException):
         return "timeout"
+    if is_certificate_error(exc):
+        return "certificate"
     if isinstance(exc, httpx2.ConnectError):
         return "connect"
     if isinstance(exc, ProxyUnreachableError):

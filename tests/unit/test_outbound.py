@@ -15,7 +15,7 @@ from core import outbound
 from core.chat.providers import OpenAICompatibleProvider
 from core.errors import ConfigError, ProviderError
 from core.hub.transfer import DownloadTarget, ModelDownload, Progress, TransferPolicy
-from tests.fixtures.hub_server import HubServer
+from tests.fixtures.hub_server import SELF_SIGNED_CERTIFICATE, HubServer
 from tests.fixtures.openai_faults import FaultyOpenAIServer
 from tests.fixtures.serving import free_port
 
@@ -27,7 +27,7 @@ ON_THE_INTERNET = "models.example"  # a name reserved never to resolve (RFC 2606
 def proxies(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """No proxy settings but the test's; huggingface_hub's shared client made again under them, and
     again afterwards without them."""
-    for name in ("no_proxy", "http_proxy", "https_proxy", "all_proxy"):
+    for name in ("no_proxy", "http_proxy", "https_proxy", "all_proxy", "ssl_cert_file", "ssl_cert_dir"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
     close_session()
@@ -134,3 +134,24 @@ def test_a_proxy_of_a_kind_that_cannot_be_used_is_one_sentence(
     assert progress.state == "failed"
     assert (progress.error or "").startswith(said)
     assert "hunter22" not in (progress.error or "")
+
+
+def test_a_certificate_that_cannot_be_verified_is_named_and_ssl_cert_file_fixes_it(
+    tmp_path: Path, proxies: pytest.MonkeyPatch
+) -> None:
+    """A network that inspects HTTPS with its own certificate authority, a self-signed server, a clock far
+    off: "cannot connect (no network, …)" sent people checking their network."""
+    with (
+        HubServer(tls=True) as hub,
+        FaultyOpenAIServer('listing:{"data": [{"id": "m"}]}', tls=True) as server,
+    ):
+        hub.add_repo("org/model", REPO)
+        progress = _download(hub.url, tmp_path / "before")
+        assert progress.state == "failed"
+        assert "the server's certificate could not be verified" in (progress.error or "")
+        with pytest.raises(ProviderError, match=r"The certificate of .* could not be verified"):
+            OpenAICompatibleProvider(server.url, None, "").list_models()
+        proxies.setenv("SSL_CERT_FILE", str(SELF_SIGNED_CERTIFICATE))  # what the sentences say to do
+        close_session()
+        assert _downloaded(hub.url, tmp_path / "after") == REPO["model.safetensors"]
+        assert OpenAICompatibleProvider(server.url, None, "").list_models() == ["m"]

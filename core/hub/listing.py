@@ -149,12 +149,27 @@ def repo_id_of_model_page(text: str) -> str:
     return text if parts[0] in ("datasets", "spaces") else "/".join(parts[:2])
 
 
+def is_official(endpoint: str) -> bool:
+    """Whether an endpoint is huggingface.co itself (not a mirror)."""
+    host = urlsplit(endpoint).hostname or ""
+    return host == OFFICIAL_HOST or host.endswith("." + OFFICIAL_HOST)
+
+
 def token_for(endpoint: str) -> str | bool:
     """The user's HF token for huggingface.co only; never sent to a mirror."""
-    host = urlsplit(endpoint).hostname or ""
-    if host == OFFICIAL_HOST or host.endswith("." + OFFICIAL_HOST):
-        return get_token() or False
-    return False
+    return (get_token() or False) if is_official(endpoint) else False
+
+
+def gated(repo_id: str, endpoint: str) -> GatedRepoError:
+    """A gated repository: the license to accept, and from a mirror, that the token never goes there."""
+    reason, how = "gated_login", "accept its license on huggingface.co and log in with an HF token."
+    if not is_official(endpoint):  # a mirror gets no token: logging in does not help there
+        reason = "gated_mirror"
+        how = (
+            "accept its license on huggingface.co, log in with an HF token, and download it from "
+            f"huggingface.co itself: your token is never sent to a mirror ({endpoint})."
+        )
+    return GatedRepoError(f"{repo_id} is gated: {how}", repo_id=repo_id, reason=reason, endpoint=endpoint)
 
 
 def select_files(files: list[RemoteFile]) -> tuple[RemoteFile, ...]:
@@ -240,10 +255,7 @@ def fetch_listing(repo_id: str, revision: str, endpoint: str) -> RepoListing:
     try:
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
     except hf_errors.GatedRepoError as exc:
-        raise GatedRepoError(
-            f"{repo_id} is gated: accept its license on huggingface.co and log in with an HF token.",
-            repo_id=repo_id,
-        ) from exc
+        raise gated(repo_id, endpoint) from exc
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError) as exc:
         raise RepoNotFoundError(f"Repository {repo_id} ({revision}) was not found.", repo_id=repo_id) from exc
     except hf_errors.HfHubHTTPError as exc:
@@ -328,10 +340,7 @@ def fetch_json(endpoint: str, repo_id: str, commit: str, path: str) -> dict:
         follow_redirects=True, timeout=30,
     ) as response:  # fmt: skip
         if response.status_code in (401, 403):
-            raise GatedRepoError(
-                f"{repo_id} is gated: accept its license on huggingface.co and log in with an HF token.",
-                repo_id=repo_id,
-            )
+            raise gated(repo_id, endpoint)
         if response.status_code == 404:
             raise UnsupportedModelError(f"{repo_id} has no {path}.", repo_id=repo_id)
         if response.status_code != 200:

@@ -27,7 +27,6 @@ from core.errors import (
     DiskSpaceError,
     DownloadError,
     EndpointsFailedError,
-    GatedRepoError,
     ListingFailedError,
     LocalLLMError,
     NotWritableError,
@@ -394,11 +393,7 @@ class ModelDownload:
             return
         code = response.headers.get("X-Error-Code", "")
         if status in (401, 403) or code == "GatedRepo":
-            raise GatedRepoError(
-                f"Access to {self.target.repo_id} is restricted (HTTP {status}): accept its license on "
-                "huggingface.co and log in with an HF token.",
-                repo_id=self.target.repo_id,
-            )
+            raise hub.gated(self.target.repo_id, self.endpoint)
         if status == 404 and code in ("RepoNotFound", "RevisionNotFound"):
             raise RepoNotFoundError(
                 f"Repository {self.target.repo_id} was not found.", repo_id=self.target.repo_id

@@ -100,12 +100,27 @@ def test_repository_not_found_fails_at_once(hub: HubServer, models: Path) -> Non
     assert progress.attempts == 0
 
 
-def test_gated_repository_gives_a_clear_message(hub: HubServer, models: Path) -> None:
+def test_gated_repository_gives_a_clear_message(
+    hub: HubServer, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hub.add_repo("org/model", REPO, gated=True)
-    _, progress = download([hub.url], models)
+    _, progress = download([hub.url], models)  # the test Hub stands in for a mirror: it gets no token
     assert progress.state == "failed"
     assert progress.error_code == "error.gated"
-    assert "accept its license" in progress.error
+    assert progress.error == (
+        "org/model is gated: accept its license on huggingface.co, log in with an HF token, and download "
+        f"it from huggingface.co itself: your token is never sent to a mirror ({hub.url})."
+    )
+    monkeypatch.setattr("ui.state.language", lambda: "zh")
+    assert failure_text(progress.error_code, progress.error_params, progress.error).endswith(
+        f"你的 token 从不发送给镜像（`{hub.url}`）。"
+    )
+    monkeypatch.setattr(hub_module, "OFFICIAL_HOST", "127.0.0.1")  # now it stands in for huggingface.co
+    _, progress = download([hub.url], models)
+    assert (
+        progress.error
+        == "org/model is gated: accept its license on huggingface.co and log in with an HF token."
+    )
 
 
 def test_missing_optional_file_does_not_fail(hub: HubServer, models: Path) -> None:

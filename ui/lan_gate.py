@@ -9,6 +9,7 @@ is the admin and passes. Checked in the HTTP layer, before Streamlit sees the re
 from __future__ import annotations
 
 from http.cookies import CookieError, SimpleCookie
+from urllib.parse import urlsplit
 
 from core.access.hosts import ASGIApp, Receive, Scope, Send, header, load_host_policy, plain_refusal
 from core.access.policy import is_loopback, load_access_policy
@@ -56,9 +57,15 @@ class LanGateMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = (scope.get("client") or ("",))[0]
         guarded = scope["type"] in ("http", "websocket") and needs_sign_in(scope["path"])
-        # This machine's own user: from loopback, addressed to this machine (not to a reverse proxy's
-        # name, whose every visitor comes from loopback when it does not pass X-Forwarded-For).
-        local = is_loopback(client) and self._hosts.names_this_machine(header(scope, b"host"))
+        # This machine's own user: from loopback, addressed to this machine, from a page of this machine
+        # (not a reverse proxy's name, whose every visitor comes from loopback when it does not pass
+        # X-Forwarded-For; one that rewrites Host leaves the page's name in Origin).
+        origin = header(scope, b"origin")
+        local = (
+            is_loopback(client)
+            and self._hosts.names_this_machine(header(scope, b"host"))
+            and (origin is None or self._hosts.names_this_machine(urlsplit(origin).netloc))
+        )
         if guarded and not local and not self._signed_in(session_token(scope)):
             await plain_refusal(scope, receive, send, 403, "Sign in first.")
             return

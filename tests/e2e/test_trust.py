@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -95,16 +96,25 @@ def test_a_foreign_host_name_and_another_sites_page_get_nothing(
     expect(own.get_by_role("heading", name="Chat")).to_be_visible(timeout=30_000)
 
 
+def _answer(port: int, request: str) -> str:
+    """The dashboard's answer to a raw request: its head, and its body when it is a short one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(request.encode())
+        answer = connection.recv(4096)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        while length and len(body) < int(length[1]) < 4096:
+            body += connection.recv(4096)
+        return (head + b"\r\n\r\n" + body).decode(errors="replace")
+
+
 def _websocket_status(port: int, host: str, origin: str) -> int:
     """The status a websocket handshake to the dashboard gets, with these Host and Origin headers."""
     key = base64.b64encode(os.urandom(16)).decode()
-    request = (
+    return int(_answer(port, (
         f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-        connection.sendall(request.encode())
-        return int(connection.recv(100).split(b" ")[1])
+    )).split(" ")[1])  # fmt: skip
 
 
 def test_behind_a_reverse_proxy_the_dashboard_connects_and_visitors_sign_in(
@@ -122,6 +132,11 @@ def test_behind_a_reverse_proxy_the_dashboard_connects_and_visitors_sign_in(
         assert _websocket_status(app.port, rewritten, f"https://llm.test:{app.port}") == 101
         assert _websocket_status(app.port, rewritten, "https://evil.test") == 403
         assert _websocket_status(app.port, rewritten, f"http://{rewritten}") == 101
+        # Its uploads too (Streamlit's upload endpoint, before Streamlit sees them): a visitor's page is
+        # the proxy's, this machine's user's is this machine's.
+        upload = f"PUT /_stcore/upload_file/s/f HTTP/1.1\r\nHost: {rewritten}\r\nContent-Length: 0\r\n"
+        assert "Sign in first." in _answer(app.port, f"{upload}Origin: https://llm.test:{app.port}\r\n\r\n")
+        assert "Sign in first." not in _answer(app.port, f"{upload}Origin: http://{rewritten}\r\n\r\n")
         # Through the proxy's name, as a proxy that keeps Host sends it (chromium maps *.test here).
         visitor = rebinding_browser.new_context(locale="en-US").new_page()
         visitor.goto(f"http://llm.test:{app.port}/")

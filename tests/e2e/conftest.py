@@ -231,7 +231,11 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 class LanHost:
     """A second host: a network namespace joined to this one by a veth pair, with chromium inside it."""
 
-    HOST_IP, CLIENT_IP = "10.231.7.1", "10.231.7.2"
+    # A /30 of its own per test process: two runs at once on one machine both added 10.231.7.1, and one
+    # run's replies left by the other's link (its LAN browser timed out).
+    _BASE = os.getpid() % 16384 * 4
+    HOST_IP = f"10.231.{_BASE // 256}.{_BASE % 256 + 1}"
+    CLIENT_IP = f"10.231.{_BASE // 256}.{_BASE % 256 + 2}"
 
     def __init__(self, tmp: Path) -> None:
         self.name = f"llmtest{os.getpid()}"

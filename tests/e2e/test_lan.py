@@ -1,7 +1,7 @@
 """The dashboard opened from another host on the LAN (a network namespace over a veth pair).
 
 The app runs as `python -m core app --lan`; chromium runs inside the namespace, so the app sees its
-requests come from 10.231.7.2, a real non-loopback address on a real interface. Nothing leaves this machine.
+requests come from 10.231.x.y, a real non-loopback address on a real interface. Nothing leaves this machine.
 """
 
 from __future__ import annotations

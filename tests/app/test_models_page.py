@@ -305,8 +305,8 @@ def test_the_download_settings_say_which_proxy_downloads_go_through(
     at.run()
     said = [c.value for c in at.caption if "proxy" in c.value]
     assert said == [
-        "Through the proxy `socks5://127.0.0.1:7890` that the environment sets (https_proxy or all_proxy); "
-        "mirrors on this machine or its network are reached directly."
+        "Downloads go through the proxy `socks5://127.0.0.1:7890` that the environment sets (https_proxy or "
+        "all_proxy); mirrors on this machine or its network are reached directly."
     ]
 
 

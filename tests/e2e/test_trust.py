@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -97,15 +96,16 @@ def test_a_foreign_host_name_and_another_sites_page_get_nothing(
 
 
 def _answer(port: int, request: str) -> str:
-    """The dashboard's answer to a raw request: its head, and its body when it is a short one."""
+    """The dashboard's answer to a raw request: all of it when the request asks to close the connection
+    after it, else its head (a websocket's handshake)."""
+    answer = b""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
         connection.sendall(request.encode())
-        answer = connection.recv(4096)
-        head, _, body = answer.partition(b"\r\n\r\n")
-        length = re.search(rb"(?i)content-length: *(\d+)", head)
-        while length and len(body) < int(length[1]) < 4096:
-            body += connection.recv(4096)
-        return (head + b"\r\n\r\n" + body).decode(errors="replace")
+        while chunk := connection.recv(4096):
+            answer += chunk
+            if b"\r\n\r\n" in answer and "Connection: close" not in request:
+                break
+    return answer.decode(errors="replace")
 
 
 def _websocket_status(port: int, host: str, origin: str) -> int:
@@ -134,7 +134,10 @@ def test_behind_a_reverse_proxy_the_dashboard_connects_and_visitors_sign_in(
         assert _websocket_status(app.port, rewritten, f"http://{rewritten}") == 101
         # Its uploads too (Streamlit's upload endpoint, before Streamlit sees them): a visitor's page is
         # the proxy's, this machine's user's is this machine's.
-        upload = f"PUT /_stcore/upload_file/s/f HTTP/1.1\r\nHost: {rewritten}\r\nContent-Length: 0\r\n"
+        upload = (
+            f"PUT /_stcore/upload_file/s/f HTTP/1.1\r\nHost: {rewritten}\r\nContent-Length: 0\r\n"
+            "Connection: close\r\n"
+        )
         assert "Sign in first." in _answer(app.port, f"{upload}Origin: https://llm.test:{app.port}\r\n\r\n")
         assert "Sign in first." not in _answer(app.port, f"{upload}Origin: http://{rewritten}\r\n\r\n")
         # Through the proxy's name, as a proxy that keeps Host sends it (chromium maps *.test here).

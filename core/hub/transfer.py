@@ -46,6 +46,8 @@ from core.hub.store import (
 from core.outbound import ProxyUnreachableError, is_certificate_error
 
 T = TypeVar("T")
+# A full disk, or a full quota on a shared machine's disk: the same for the user (Windows has no EDQUOT).
+DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 logger = logging.getLogger(__name__)
 
 
@@ -361,7 +363,7 @@ class ModelDownload:
                         now = time.monotonic()
                         self._update(bytes_done=base + have, speed_bps=self._speed.add(now, base + have))
             except OSError as exc:
-                if exc.errno == errno.ENOSPC:
+                if exc.errno in DISK_FULL_ERRNOS:
                     raise DiskSpaceError(
                         f"The disk filled up while writing {file.path}; free some space and resume.",
                         reason="disk_full",

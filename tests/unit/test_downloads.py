@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -226,6 +227,61 @@ def test_cancel_keeps_the_partial_and_resume_fetches_only_the_rest(
     assert [r.range for r in gets if r.range] == [f"bytes={kept}-"]  # one resume, from what was kept
     assert hub.bytes_served("model.safetensors") <= len(WEIGHTS) + 64 * 1024
     assert (models / "test-model" / MANIFEST).exists()
+
+
+class _DiskFillsAt:
+    """An unbuffered file whose writes fail as on a full disk once it holds `limit` bytes."""
+
+    def __init__(self, handle, limit: int, code: int) -> None:
+        self._handle, self._limit, self._code = handle, limit, code
+
+    def write(self, data: bytes) -> int:
+        if self._handle.tell() + len(data) > self._limit:
+            raise OSError(self._code, os.strerror(self._code))
+        return self._handle.write(data)
+
+    def __enter__(self) -> _DiskFillsAt:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT], ids=["disk full", "quota full"])
+def test_a_disk_that_fills_up_midway_keeps_the_partial_and_the_retry_fetches_only_the_rest(
+    hub: HubServer, models: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """Another program fills the disk (or the user's quota) while the weights arrive. Filling this
+    machine's disk is not an option in a test: the partial weights file's writes fail with the OS's
+    error past 300 kB instead."""
+    hub.add_repo("org/model", REPO)
+    real_open = Path.open
+
+    def open_on_a_filling_disk(path: Path, mode: str = "r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        return (
+            _DiskFillsAt(handle, 300_000, code)
+            if path.name.startswith("model.safetensors.") and "b" in mode and mode != "rb"
+            else handle
+        )
+
+    with monkeypatch.context() as full:
+        full.setattr(Path, "open", open_on_a_filling_disk)
+        _, progress = download([hub.url], models)
+    assert progress.state == "failed"
+    assert progress.error == "The disk filled up while writing model.safetensors; free some space and resume."
+    monkeypatch.setattr("ui.state.language", lambda: "zh")
+    assert "写入 model.safetensors 时磁盘已满" in failure_text(
+        progress.error_code, progress.error_params, progress.error
+    )
+    kept = (models / "test-model" / "model.safetensors.incomplete").stat().st_size
+    assert 0 < kept <= 300_000
+
+    _, progress = download([hub.url], models)  # space freed: the retry
+    assert progress.state == "completed"
+    resumed = [r.range for r in hub.requests("GET", "model.safetensors") if r.range]
+    assert resumed == [f"bytes={kept}-"]
+    assert (models / "test-model" / "model.safetensors").read_bytes() == WEIGHTS
 
 
 def test_progress_is_visible_to_another_manager_and_staleness_means_interrupted(

@@ -54,19 +54,20 @@ class LanGateMiddleware:
         except StorageError:
             return False  # a database that cannot be read opens nothing
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = (scope.get("client") or ("",))[0]
-        guarded = scope["type"] in ("http", "websocket") and needs_sign_in(scope["path"])
-        # This machine's own user: from loopback, addressed to this machine, from a page of this machine
-        # (not a reverse proxy's name, whose every visitor comes from loopback when it does not pass
-        # X-Forwarded-For; one that rewrites Host leaves the page's name in Origin).
+    def _from_this_machine(self, scope: Scope) -> bool:
+        """This machine's own user: from loopback, addressed to this machine, from a page of this machine
+        (not a reverse proxy's name, whose every visitor comes from loopback when it does not pass
+        X-Forwarded-For; one that rewrites Host leaves the page's name in Origin)."""
         origin = header(scope, b"origin")
-        local = (
-            is_loopback(client)
+        return (
+            is_loopback((scope.get("client") or ("",))[0])
             and self._hosts.names_this_machine(header(scope, b"host"))
             and (origin is None or self._hosts.names_this_machine(urlsplit(origin).netloc))
         )
-        if guarded and not local and not self._signed_in(session_token(scope)):
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guarded = scope["type"] in ("http", "websocket") and needs_sign_in(scope["path"])
+        if guarded and not self._from_this_machine(scope) and not self._signed_in(session_token(scope)):
             await plain_refusal(scope, receive, send, 403, "Sign in first.")
             return
         await self.app(scope, receive, send)

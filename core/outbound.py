@@ -10,6 +10,7 @@ hf-mirror.com, and OpenAI, keep the proxy where it is the only way out.
 from __future__ import annotations
 
 import ipaddress
+import os
 import ssl
 import urllib.request
 from typing import Any
@@ -95,7 +96,16 @@ class ThisNetworkDirect(httpx2.BaseTransport):
     proxy for its scheme (unless NO_PROXY names the host), as the proxy settings were at creation."""
 
     def __init__(self) -> None:
-        self._direct = httpx2.HTTPTransport()
+        try:  # each transport reads the certificates SSL_CERT_FILE / SSL_CERT_DIR name, if set
+            self._direct = httpx2.HTTPTransport()
+        except OSError as exc:  # no such file, or no certificate in it (ssl.SSLError)
+            named = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
+            raise ConfigError(
+                f"SSL_CERT_FILE or SSL_CERT_DIR names no certificates this app can read ({named}: "
+                f"{exc.strerror or exc}). Fix or unset it.",
+                reason="certificates_unreadable",
+                path=named,
+            ) from exc
         self._proxied = {scheme: _proxy_transport(url) for scheme, url in _environment_proxies().items()}
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:

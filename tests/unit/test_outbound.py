@@ -155,3 +155,21 @@ def test_a_certificate_that_cannot_be_verified_is_named_and_ssl_cert_file_fixes_
         close_session()
         assert _downloaded(hub.url, tmp_path / "after") == REPO["model.safetensors"]
         assert OpenAICompatibleProvider(server.url, None, "").list_models() == ["m"]
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate"], ids=["no such file", "no certificate in it"])
+def test_a_certificates_file_that_cannot_be_read_is_one_sentence(
+    tmp_path: Path, proxies: pytest.MonkeyPatch, content: str | None
+) -> None:
+    """SSL_CERT_FILE is what the certificate sentence above says to set: a wrong one stopped a download
+    "on an unexpected error (FileNotFoundError …)"."""
+    named = tmp_path / "company-ca.pem"
+    if content is not None:
+        named.write_text(content)
+    proxies.setenv("SSL_CERT_FILE", str(named))
+    said = f"SSL_CERT_FILE or SSL_CERT_DIR names no certificates this app can read ({named}: "
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        OpenAICompatibleProvider(f"http://{ON_THE_INTERNET}/v1", None, "")
+    progress = _download(f"http://{ON_THE_INTERNET}", tmp_path / "models")
+    assert progress.state == "failed"
+    assert (progress.error or "").startswith(said)

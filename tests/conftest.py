@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -12,6 +13,7 @@ import pytest
 
 # Before anything imports huggingface_hub: a private cache, no telemetry, never the real Hub.
 _HF_HOME = tempfile.mkdtemp(prefix="localllm-test-hf-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"  # a closed port: any call that forgets endpoint= fails fast

@@ -34,6 +34,7 @@ from ui.widgets import attempt, button_list, file_picker, make_current, model_ch
 DEFAULT_TITLE = "New chat"
 SUGGESTIONS = 4  # first messages a new chat offers (chat.suggestion.1 … in the locales)
 MESSAGES_SHOWN = 40  # a conversation opens on its newest messages; each click shows as many earlier ones
+CONVERSATIONS_SHOWN = 100  # the sidebar lists the newest conversations; each click lists as many more
 chat = resources.chat_service(access.current_user().owner)
 presets = PresetStore(resources.database(), access.current_user().owner)
 store = resources.config_store()
@@ -88,9 +89,12 @@ def conversation_list() -> Conversation | None:
         conversations = chat.conversations(search)
         selected = st.session_state.get(state.CONVERSATION)
         if not conversations:
-            st.caption(t("chat.no_conversations"))
+            st.caption(
+                t("chat.no_match", search=escape_markdown(search)) if search else t("chat.no_conversations")
+            )
+        shown = st.session_state.get("chat.conversations-shown", CONVERSATIONS_SHOWN)
         with button_list("chat-list"):
-            for conversation in conversations[:100]:
+            for conversation in conversations[:shown]:
                 st.button(
                     escape_markdown(conversation.title),
                     key=f"conversation-{conversation.id}",
@@ -99,6 +103,13 @@ def conversation_list() -> Conversation | None:
                     type="primary" if conversation.id == selected else "tertiary",
                     width="stretch",
                 )
+        if (left := len(conversations) - shown) > 0:
+            st.button(
+                t("chat.show_more", count=min(left, CONVERSATIONS_SHOWN), left=left),
+                icon=":material/expand_more:", type="tertiary", key="chat.show-more",
+                on_click=st.session_state.__setitem__,
+                args=("chat.conversations-shown", shown + CONVERSATIONS_SHOWN),
+            )  # fmt: skip
         archive_tools()
     return next((c for c in conversations if c.id == selected), None) if selected else None
 

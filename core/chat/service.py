@@ -30,7 +30,7 @@ from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
 from core.storage import repo
 from core.storage.db import Database
-from core.storage.records import AttachmentInfo, Conversation, Message
+from core.storage.records import AttachmentInfo, Conversation, Message, from_row
 from core.storage.schema import ConversationRow, MessageRow, utcnow
 
 SAVE_EVERY_S = 1.0  # a partial reply reaches the database at least this often
@@ -162,8 +162,7 @@ class ChatService:
 
     def get(self, conversation_id: int) -> Conversation:
         with self.db.begin() as session:
-            self._row(session, conversation_id)
-            return next(c for c in repo.list_conversations(session, self.owner) if c.id == conversation_id)
+            return from_row(Conversation, self._row(session, conversation_id))
 
     def rename(self, conversation_id: int, title: str) -> None:
         if not title.strip():

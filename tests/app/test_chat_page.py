@@ -321,3 +321,29 @@ def test_a_reply_that_never_ran_says_how_it_ended_without_made_up_figures(
     assert not at.exception
     lines = [c.value for m in at.chat_message for c in m.caption]
     assert f"{ready_model} · stopped by you" in lines and f"{ready_model} · interrupted" in lines, lines
+
+
+def test_a_long_list_of_conversations_lists_the_newest_and_more_on_request(
+    new_app, ready_model: str, db_url: str
+) -> None:
+    with Database(db_url).begin() as session:
+        for number in range(250):
+            repo.create_conversation(session, owner="local", title=f"Chat {number}")
+    at = new_app()
+    at.run()
+
+    def listed() -> list[str]:
+        return [b.label for b in at.button if b.key and b.key.startswith("conversation-")]
+
+    assert not at.exception
+    assert len(listed()) == 100 and listed()[0] == "Chat 249"  # the newest first
+    assert at.button(key="chat.show-more").label == "Show 100 more conversations (150 not listed)"
+    at.button(key="chat.show-more").click().run()
+    at.button(key="chat.show-more").click().run()
+    assert len(listed()) == 250 and listed()[-1] == "Chat 0"
+    assert not [b for b in at.button if b.key == "chat.show-more"]  # all listed
+
+    at.button(key="conversation-1").click().run()  # the oldest but one, opened from far down the list
+    assert at.subheader[0].value == "Chat 0"
+    at.text_input(key="chat.search").set_value("no such_words").run()
+    assert listed() == [] and "No conversation mentions “no such\\_words”." in [c.value for c in at.caption]

@@ -19,7 +19,7 @@ from core.chat.reasoning import split_reasoning
 from core.chat.retrieval import FileUse
 from core.chat.service import ChatEvent, FilesUsed, TranscriptWords, Trimmed
 from core.chat.titles import title_from
-from core.errors import InsufficientMemoryError, LocalLLMError
+from core.errors import InsufficientMemoryError, LocalLLMError, NotFoundError
 from core.inference.events import Queued, Reading, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
 from core.storage.records import AttachmentInfo, Conversation, Message, ProviderConfig
@@ -111,7 +111,14 @@ def conversation_list() -> Conversation | None:
                 args=("chat.conversations-shown", shown + CONVERSATIONS_SHOWN),
             )  # fmt: skip
         archive_tools()
-    return next((c for c in conversations if c.id == selected), None) if selected else None
+    if not selected:
+        return None
+    if (found := next((c for c in conversations if c.id == selected), None)) or not search:
+        return found
+    try:  # the open conversation stays open while the list is searched
+        return chat.get(selected)
+    except NotFoundError:  # deleted in another window
+        return None
 
 
 def archive_tools() -> None:

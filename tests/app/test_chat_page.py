@@ -347,3 +347,4 @@ def test_a_long_list_of_conversations_lists_the_newest_and_more_on_request(
     assert at.subheader[0].value == "Chat 0"
     at.text_input(key="chat.search").set_value("no such_words").run()
     assert listed() == [] and "No conversation mentions “no such\\_words”." in [c.value for c in at.caption]
+    assert at.subheader[0].value == "Chat 0"  # the open conversation stays open while the list is searched

@@ -168,14 +168,18 @@ def make_current(choice: Choice) -> None:
 
 
 def settle_current_model() -> ProviderConfig | None:
-    """The current config; with nothing chosen yet, a visit first makes the first of the chat's choices
-    current, before the sidebar says what answers (the chat page would choose it only after the status
-    was drawn). A LAN visitor settles only on a local model: never on a server the admin did not choose."""
+    """The current config; with nothing chosen yet, or a local model chosen that is not ready (deleted,
+    being downloaded again), a visit first makes the first of the chat's choices current, before the
+    sidebar says what answers: what answers is what the chat's model list shows. A LAN visitor settles
+    only on a local model: never on a server the admin did not choose."""
     store = resources.config_store()
     current = store.get_current_config()
-    if current is None:
+    choices = model_choices()
+    if current is None or (
+        current.provider == "local_model" and ("local", current.model) not in choices.values()
+    ):
         admin = access.is_admin()
-        if first := next((c for c in model_choices().values() if admin or c[0] == "local"), None):
+        if first := next((c for c in choices.values() if admin or c[0] == "local"), None):
             make_current(first)
             current = store.get_current_config()
     return current

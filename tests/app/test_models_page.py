@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from streamlit.proto.WidgetStates_pb2 import WidgetState
@@ -12,9 +14,11 @@ from streamlit.testing.v1.element_tree import Selectbox
 
 from core.chat.configs import ConfigStore
 from core.hub.library import ModelLibrary
+from core.storage import repo
 from core.storage.db import Database
 from core.storage.schema import DownloadJobRow
 from tests.fixtures.hub_server import Fault, HubServer
+from tests.fixtures.tiny_models import install_ready
 from ui import resources
 
 WEIGHTS = bytes(range(256)) * 8000  # ~2 MB
@@ -365,3 +369,28 @@ def test_deleting_the_loaded_model_unloads_it(new_app, ready_model: str) -> None
     assert not at.exception
     assert resources.library().status(ready_model).kind == "not_downloaded"
     assert resources.engine().loaded is None  # its memory is freed with its files
+
+
+def test_after_the_chosen_model_is_deleted_the_chat_answers_with_a_model_that_is_ready(
+    new_app, ready_model: str, db_url: str, tiny_models: dict[str, Path]
+) -> None:
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "other", tiny_models["llama"])
+    with Database(db_url).begin() as session:
+        repo.add_custom_model(session, "other", "test/other", "main", {})
+    ConfigStore(Database(db_url)).use_local_model("other")
+    at = new_app()
+    at.run()
+    assert at.selectbox(key="chat.model").value == "other"
+    at.switch_page("pages/models.py").run()
+    at.button(key="delete-other").click().run()
+    at.button(key="delete-yes-other").click().run()
+
+    at.switch_page("pages/chat.py").run()
+    # The list, the sidebar and the reply agree (the list showed "tiny", the message went to "other":
+    # "other is not downloaded yet").
+    assert at.selectbox(key="chat.model").value == ready_model
+    assert f"Provider: {ready_model}" in "\n".join(m.value for m in at.sidebar.markdown)
+    at.chat_input[0].set_value("Hello").run()
+    assert not at.exception and not at.error
+    [conversation] = resources.chat_service("local").conversations()
+    assert resources.chat_service("local").messages(conversation.id)[-1].model == ready_model

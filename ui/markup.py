@@ -24,6 +24,14 @@ _CODE = re.compile(r"(?ms)^[ ]{0,3}(`{3,}|~{3,}).*?(?:^[ ]{0,3}\1[`~]*[ \t]*$|\Z
 _IMAGE = re.compile(r"!(?=\s*\[)")
 # A bare http(s) URL up to whitespace, quotes, brackets or CJK punctuation (fullwidth forms included).
 _BARE_URL = re.compile(r"https?://[^\s`<>\"'()\[\]\u3000-\u303f\uff00-\uffef]+")
+# Math as models write it (`math_as_dollars`): $$…$$, \[…\], \(…\) on one line, and $…$ by pandoc's rule.
+_MATH = re.compile(
+    r"(?s)(?<!\\)\$\$(?P<display>.+?)(?<!\\)\$\$"
+    r"|(?<!\\)\\\[(?P<bracket>.+?)(?<!\\)\\\]"
+    r"|(?<!\\)\\\((?P<paren>[^\n]+?)(?<!\\)\\\)"
+    r"|(?<![A-Za-z0-9_$\\-])\$(?P<inline>[^\s$](?:[^\n$]*?[^\s$\\])?)\$(?!\d)"
+)
+_LONE_DOLLAR = re.compile(r"(?<!\\)\$")
 # Block structure as Streamlit's renderer sees it (CommonMark with GitHub's tables).
 _BLOCKS = MarkdownIt("commonmark").enable("table")
 
@@ -57,9 +65,29 @@ def _escape_marker(match: re.Match[str]) -> str:
 
 def reply_markdown(text: str, image_label: str = "image:") -> str:
     """A model's reply as Markdown that loads nothing: each image `![alt](url)` becomes the label and a
-    plain link to it, outside code blocks and code spans, which show it as written."""
+    plain link to it, and its math is in the delimiters Streamlit renders (`math_as_dollars`), outside
+    code blocks and code spans, which show it as written."""
     label = escape_markdown(image_label) + " "
-    return _outside_code(text, lambda part: _IMAGE.sub(lambda _m: label, part))
+    return _outside_code(text, lambda part: math_as_dollars(_IMAGE.sub(lambda _m: label, part)))
+
+
+def math_as_dollars(text: str) -> str:
+    """LaTeX as models write it, in the delimiters Streamlit renders: `\\[…\\]` as `$$…$$` and `\\(…\\)`
+    as `$…$` (Qwen and DeepSeek write these; Streamlit showed "[ A = 4\\pi ]"). Every other dollar
+    sign is a dollar: `$…$` is math only by pandoc's rule (no space inside either dollar, the closing
+    one not followed by a digit) and not after a letter or digit, so "costs $5 where $x$ is" keeps its
+    $5 and "$5 and $10" stays money (Streamlit paired them into math: "5wherexis")."""
+    pieces, last = [], 0
+    for math in _MATH.finditer(text):
+        pieces.append(_LONE_DOLLAR.sub(r"\\$", text[last : math.start()]))
+        display, bracket, paren, inline = math.group("display", "bracket", "paren", "inline")
+        if display is not None or bracket is not None:
+            pieces.append(f"$${display if bracket is None else bracket}$$")
+        else:
+            pieces.append(f"${inline if paren is None else paren.strip()}$")
+        last = math.end()
+    pieces.append(_LONE_DOLLAR.sub(r"\\$", text[last:]))
+    return "".join(pieces)
 
 
 def _outside_code(text: str, change: Callable[[str], str]) -> str:

@@ -195,7 +195,7 @@ def test_no_page_makes_the_browser_fetch_from_another_host(
     conversation = chat.new_conversation(f"![title]({LEAK})")
     with db.begin() as session:
         repo.add_message(session, conversation.id, "user", "Show me a picture")
-        answer = f"Here: ![a cat]({LEAK}) and `![code]({LEAK})`"
+        answer = f"Here: ![a cat]({LEAK}) and `![code]({LEAK})`, \\(A = \\pi r^2\\) for $5 or $10"
         repo.add_message(session, conversation.id, "assistant", answer, finish_reason="stop")
     page = browser.new_context(locale=locale, viewport={"width": 1280, "height": 900}).new_page()
     outside = outside_requests(page, urlsplit(app_url).netloc)
@@ -208,6 +208,8 @@ def test_no_page_makes_the_browser_fetch_from_another_host(
     expect(reply.get_by_role("link", name="a cat")).to_have_attribute("href", LEAK)  # a link, not a fetch
     assert reply.locator("img").count() == 0
     expect(reply.locator("code")).to_contain_text(f"![code]({LEAK})")
+    expect(reply.locator(".katex")).to_have_count(1)  # the math, drawn with the fonts Streamlit serves
+    expect(reply).to_contain_text("for $5 or $10")  # money, not math
     for title in pages[1:]:
         sidebar.get_by_role("link", name=title, exact=True).click()
         expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible(timeout=30_000)

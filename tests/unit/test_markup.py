@@ -9,7 +9,7 @@ import re
 import pytest
 from markdown_it import MarkdownIt
 
-from ui.markup import escape_markdown, reply_markdown, settled_length, urls_as_code
+from ui.markup import escape_markdown, math_as_dollars, reply_markdown, settled_length, urls_as_code
 
 RENDERER = MarkdownIt("commonmark").enable(["table", "strikethrough"])
 
@@ -136,3 +136,26 @@ def test_carriage_returns_end_lines_as_markdown_counts_them() -> None:
     assert [settled_length(reply[:end]) for end in range(len(reply) + 1)] == sorted(
         settled_length(reply[:end]) for end in range(len(reply) + 1)
     )
+
+
+@pytest.mark.parametrize(
+    ("reply", "shown"),
+    [  # Qwen's and DeepSeek's delimiters become Streamlit's; anything else with a dollar stays money
+        (r"The area is \(A = \pi r^2\), so:" "\n\n" r"\[" "\nA = 4\\pi\n" r"\]",
+         r"The area is $A = \pi r^2$, so:" "\n\n$$\nA = 4\\pi\n$$"),
+        (r"其中 \( a \) 是底，面积为$S = ah$。", r"其中 $a$ 是底，面积为$S = ah$。"),
+        ("An apple costs $5 and an orange $10, so $15.", r"An apple costs \$5 and an orange \$10, so \$15."),
+        ("costs $5 where $x$ is the price", r"costs \$5 where $x$ is the price"),
+        ("$5-$10 a month; $HOME and $PATH", r"\$5-\$10 a month; \$HOME and \$PATH"),
+        ("inline $x^2$ and display $$\\int_0^1 x\\,dx$$", "inline $x^2$ and display $$\\int_0^1 x\\,dx$$"),
+        (r"already \$5, and a line break \\[4pt] in TeX", r"already \$5, and a line break \\[4pt] in TeX"),
+        ("a $$ not closed yet", r"a \$\$ not closed yet"),  # a reply still being written
+    ],
+)  # fmt: skip
+def test_math_is_in_the_delimiters_streamlit_renders_and_money_stays_money(reply: str, shown: str) -> None:
+    assert math_as_dollars(reply) == shown
+
+
+def test_dollars_in_code_are_left_as_written() -> None:
+    reply = "Run `echo $HOME` then:\n\n```sh\nexport A=$5 \\(x\\)\n```\n"
+    assert reply_markdown(reply) == reply

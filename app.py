@@ -10,7 +10,7 @@ from ui.widgets import (
     database_problem,
     ensure_language,
     language_switch,
-    one_stop_button,
+    page_styles,
     settle_current_model,
     sidebar_status,
     sidebar_user,
@@ -47,7 +47,7 @@ pages = [
 ]
 with st.sidebar:
     access.sync_session_cookie()
-    one_stop_button()
+    page_styles()
 if not access.signed_in():
     st.navigation(pages, position="hidden")  # keeps the page asked for, to open after signing in
     with st.sidebar:

@@ -60,10 +60,15 @@ def button_list(key: str) -> DeltaGenerator:
     return st.container(key=key)
 
 
-def one_stop_button() -> None:
+def page_styles() -> None:
     """Hide the Stop beside Streamlit's running indicator: it halts the page's script and leaves a
-    streaming reply drawn with its own Stop until the next click. The reply's Stop (Esc) is the one."""
-    st.html("<style>[data-testid='stStatusWidget'] button {display: none}</style>")
+    streaming reply drawn with its own Stop until the next click (the reply's Stop, Esc, is the one).
+    And on a touch screen (no pointer that hovers: a phone), the buttons' keyboard shortcuts."""
+    st.html(
+        "<style>[data-testid='stStatusWidget'] button {display: none}"
+        " @media (hover: none) and (pointer: coarse) {"
+        "button [data-has-shortcut] > kbd {display: none}}</style>"
+    )
 
 
 def _key_class(key: str) -> str:

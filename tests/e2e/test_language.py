@@ -88,3 +88,17 @@ def test_the_machines_figures_are_whole_in_a_laptops_window(browser: Browser, ap
         tops = [round(values.nth(i).bounding_box()["y"]) for i in range(4)]
         assert sorted(tops.count(top) for top in set(tops)) in ([4], [2, 2]), (width, tops)
     page.context.close()
+
+
+def test_a_phone_shows_no_keyboard_shortcuts_on_the_buttons(browser: Browser, app_url: str) -> None:
+    """'Ctrl + Shift + O' beside New chat means nothing on a touch screen; a desktop keeps it."""
+    for touch, shown, width in ((False, True, 1280), (True, False, 412)):
+        context = browser.new_context(
+            locale="en-US", viewport={"width": width, "height": 900}, has_touch=touch, is_mobile=touch
+        )
+        page = context.new_page()
+        page.goto(app_url)
+        hint = page.locator(".st-key-chat-new button kbd")
+        expect(hint).to_be_attached(timeout=30_000)
+        assert hint.is_visible() is shown
+        context.close()

@@ -43,6 +43,7 @@ from core.api.schemas import (
     PromptTokensDetails,
     Usage,
 )
+from core.api.stops import until_stop_sequence
 from core.errors import LocalLLMError
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
@@ -107,6 +108,8 @@ def create_app(
         # A client's later turns may start from its earlier replies' caches, never from another's.
         client = request.client.host if request.client else ""
         events = engine.stream(body.model, messages, params, stop, owner=f"api-{client}")
+        if body.stop_sequences:
+            events = until_stop_sequence(events, body.stop_sequences, stop)
         try:
             first = await run_in_threadpool(next, events)  # the queue cap is checked on the first step
         except LocalLLMError as exc:
@@ -129,6 +132,13 @@ def _parse(raw: bytes) -> ChatCompletionRequest:
     if body.tools:
         raise APIError(400, "This server's models do not call tools: send the request without 'tools'.",
                        code="tools_not_supported", param="tools")  # fmt: skip
+    if body.logprobs or body.top_logprobs:
+        raise APIError(400, "This server does not return log-probabilities: send the request without "
+                       "'logprobs'.", code="logprobs_not_supported", param="logprobs")  # fmt: skip
+    if body.response_format and body.response_format.type != "text":
+        raise APIError(400, f"This server does not hold replies to a format ('{body.response_format.type}'): "
+                       "send the request without 'response_format', and ask for JSON in the prompt.",
+                       code="response_format_not_supported", param="response_format")  # fmt: skip
     return body
 
 

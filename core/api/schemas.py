@@ -2,7 +2,7 @@
 
 Requests are validated here before anything else happens: types, ranges (`max_tokens` a positive
 integer, finite temperatures), and sizes (how many messages, how long a model name). Unknown fields
-that OpenAI clients send (`seed`, `user`, ...) are ignored; `tools` is refused by the route.
+that OpenAI clients send (`user`, `metadata`, ...) are ignored; `tools` is refused by the route.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 MAX_MESSAGES = 10_000
+MAX_STOP_SEQUENCES = 16  # OpenAI takes 4; vLLM and llama.cpp more (code completion clients send ~10)
+StopSequence = Annotated[str, Field(min_length=1, max_length=500)]
 
 
 class _Request(BaseModel):
@@ -44,6 +46,10 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class ResponseFormat(_Request):
+    type: str = Field(max_length=40)
+
+
 class ChatTemplateOptions(_Request):
     """vLLM's `chat_template_kwargs`: only Qwen3's switch is read (its other keys are ignored)."""
 
@@ -65,13 +71,21 @@ class ChatCompletionRequest(_Request):
     min_p: FiniteFloat | None = Field(None, ge=0, lt=1)
     seed: StrictInt | None = Field(None, ge=0, lt=2**63)
     n: StrictInt | None = Field(None, ge=1, le=1)
+    stop: StopSequence | Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     tools: list[Any] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
+    response_format: ResponseFormat | None = None
     tool_choice: Any = None
     chat_template_kwargs: ChatTemplateOptions | None = None  # vLLM's: {"enable_thinking": false}
 
     @property
     def wanted_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
 
 class _Response(BaseModel):

@@ -240,3 +240,43 @@ def test_vllms_chat_template_switch_turns_a_qwen3s_reasoning_off(
             client.chat.completions.create(
                 model="tiny", messages=MESSAGES, max_tokens=1, extra_body=not_a_boolean
             )
+
+
+def test_a_stop_sequence_ends_the_reply_before_it_streamed_or_not(engine: LocalEngine) -> None:
+    with serving(engine) as url:
+        client = _client(url)
+        full = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=40, temperature=0)
+        text = full.choices[0].message.content
+        stop = next(ch for ch in text[1:] if text.count(ch) == 1)  # a character the reply says once
+        before = text[: text.find(stop)]
+        cut = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=40, temperature=0, stop=["never there", stop]
+        )
+        streamed = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=40, temperature=0, stop=stop, stream=True
+        )
+        chunks = list(streamed)
+    assert before and cut.choices[0].message.content == before and cut.choices[0].finish_reason == "stop"
+    assert cut.usage.completion_tokens < full.usage.completion_tokens  # generation stopped there too
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == before
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngine) -> None:
+    """JSON mode and log-probabilities: a client that relies on them gets a 400 naming the parameter,
+    not a reply without them; stop sequences past the limit likewise."""
+    with serving(engine) as url:
+        client = _client(url)
+        for extra, param in (
+            ({"response_format": {"type": "json_object"}}, "response_format"),
+            ({"logprobs": True}, "logprobs"),
+            ({"stop": [f"s{i}" for i in range(17)]}, "stop"),
+            ({"stop": [""]}, "stop.list[constrained-str].0"),
+        ):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3, **extra)
+            assert refused.value.body["param"].startswith(param.split(".")[0]), (extra, refused.value.body)
+        plain = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=3, response_format={"type": "text"}, logprobs=False
+        )
+    assert plain.choices[0].finish_reason == "length"

@@ -133,7 +133,8 @@ def archive_tools() -> None:
         upload = file_picker(t("chat.import_file"), ["json", "jsonl", "zip"], key="chat.import-file")
         if st.button(t("chat.import"), icon=":material/upload:", key="chat.import", disabled=upload is None):
             try:
-                result = chat.import_file(upload.getvalue())
+                with st.spinner(t("chat.importing")):
+                    result = chat.import_file(upload.getvalue())
             except LocalLLMError as exc:
                 st.error(error_text(exc))
             else:

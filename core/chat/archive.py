@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 
 from core.chat import foreign
 from core.chat.archived import (
@@ -37,7 +37,7 @@ from core.inference.params import GenerationParams
 from core.storage import repo
 from core.storage.db import Database
 from core.storage.records import Message
-from core.storage.schema import ConversationRow
+from core.storage.schema import AttachmentRow, ConversationRow, MessageRow, utcnow
 
 FORMAT = "localllm-chats"
 VERSION = 1
@@ -250,7 +250,7 @@ def import_conversations(
     db: Database, owner: str, conversations: Sequence[ArchivedConversation]
 ) -> ImportResult:
     """Add the conversations `owner` does not have yet (by uid); one transaction for all."""
-    imported = already_here = 0
+    new, already_here = [], 0
     with db.begin() as session:
         have = set(session.scalars(select(ConversationRow.uid).where(ConversationRow.owner == owner)))
         for conversation in conversations:
@@ -258,33 +258,67 @@ def import_conversations(
                 already_here += 1
                 continue
             have.add(conversation.uid)
-            _add(session, owner, conversation)
-            imported += 1
-    return ImportResult(imported, already_here)
+            new.append(conversation)
+        if new:
+            _add(session, owner, new)
+    return ImportResult(len(new), already_here)
 
 
-def _add(session: Any, owner: str, conversation: ArchivedConversation) -> None:
-    times = {name: value for name in ("created_at", "updated_at") if (value := getattr(conversation, name))}
-    row = repo.create_conversation(
-        session, owner=owner, title=conversation.title, system_prompt=conversation.system_prompt,
-        uid=conversation.uid, params=dict(conversation.params), preset=conversation.preset, **times,
-    )  # fmt: skip
-    ids: dict[str, int] = {}
-    for message in conversation.messages:
-        extra = {"created_at": message.created_at} if message.created_at else {}
-        added = repo.add_message(
-            session, row.id, message.role, message.content,
-            parent_id=ids.get(message.parent) if message.parent is not None else None,
-            **dict(message.stats), **extra,
-        )  # fmt: skip
-        ids[message.key] = added.id
-        for attachment in message.attachments:
-            repo.add_attachment(session, added.id, **attachment)
-    leaf = ids.get(conversation.leaf) if conversation.leaf is not None else None
-    stored = session.get(ConversationRow, row.id)
-    stored.leaf_id = leaf if leaf is not None else (max(ids.values()) if ids else None)
-    if conversation.updated_at:
-        stored.updated_at = conversation.updated_at  # onupdate would stamp the import's time
+_TIMES = ("created_at", "updated_at")
+
+
+def _add(session: Any, owner: str, conversations: list[ArchivedConversation]) -> None:
+    """The conversations with their messages and files, in a few statements per level of their message
+    trees (a parent needs its id before its children): one per message took 43 s for 45,000 messages."""
+    rows = [
+        ConversationRow(
+            owner=owner, title=c.title, system_prompt=c.system_prompt, uid=c.uid, params=dict(c.params),
+            preset=c.preset, **{name: when for name in _TIMES if (when := getattr(c, name))},
+        )
+        for c in conversations
+    ]  # fmt: skip
+    session.add_all(rows)
+    session.flush()
+    levels: list[list[tuple[int, ArchivedMessage]]] = []  # (conversation's index, message) by depth
+    for index, conversation in enumerate(conversations):
+        depth: dict[str, int] = {}
+        for message in conversation.messages:  # a parent before its children; one not found: a root
+            level = depth[message.parent] + 1 if message.parent in depth else 0
+            depth[message.key] = level
+            if level == len(levels):
+                levels.append([])
+            levels[level].append((index, message))
+    ids: list[dict[str, int]] = [{} for _ in conversations]
+    now = utcnow()
+    for level in levels:
+        values = [
+            {"conversation_id": rows[index].id, "parent_id": ids[index].get(message.parent or ""),
+             "role": message.role, "content": message.content, "created_at": message.created_at or now,
+             **{name: message.stats.get(name) for name in (*STATS, "sources")}}
+            for index, message in level
+        ]  # fmt: skip
+        added = session.scalars(
+            insert(MessageRow).returning(MessageRow.id, sort_by_parameter_order=True), values
+        )
+        for (index, message), message_id in zip(level, added, strict=True):
+            ids[index][message.key] = message_id
+    files = [
+        {"pages": None, "truncated": False, **attachment, "message_id": ids[index][message.key]}
+        for index, conversation in enumerate(conversations)
+        for message in conversation.messages
+        for attachment in message.attachments
+    ]
+    if files:
+        session.execute(insert(AttachmentRow), files)
+    leaves = []
+    for row, conversation, known in zip(rows, conversations, ids, strict=True):
+        leaf = known.get(conversation.leaf) if conversation.leaf is not None else None
+        newest = known[conversation.messages[-1].key] if conversation.messages else None
+        # updated_at as inserted: onupdate would stamp the import's time
+        leaves.append(
+            {"id": row.id, "leaf_id": newest if leaf is None else leaf, "updated_at": row.updated_at}
+        )
+    session.execute(update(ConversationRow), leaves)
 
 
 def import_bytes(db: Database, owner: str, data: bytes) -> ImportResult:

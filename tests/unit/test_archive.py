@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from core.chat import archive
+from core.chat.archived import ArchivedConversation, ArchivedMessage
 from core.chat.branches import turns
 from core.cli import main
 from core.errors import ArchiveError
@@ -83,7 +85,8 @@ def test_every_branch_survives_a_round_trip_and_a_second_import_adds_nothing(
             "Be brief.",
             exported["conversations"][0]["uid"],
         )
-        first_question, first_reply = repo.list_messages(session, conversation.id)[:2]
+        messages = {m.content: m for m in repo.list_messages(session, conversation.id)}
+        first_question, first_reply = messages["Q1"], messages["A1"]
         assert (first_reply.model, first_reply.completion_tokens) == ("tiny", 3)
         assert first_reply.sources == [{"file": "plan.pdf", "passages": None, "of": 1}]
         [(attached, text)] = repo.attachment_texts(session, [first_question.id])
@@ -234,3 +237,29 @@ def test_the_command_line_exports_and_imports(
     assert main(["chats", "import", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: This file is not a chat export") and "Traceback" not in err
+
+
+def test_a_big_import_takes_a_few_statements_per_level_of_its_trees_not_one_per_message(
+    database: Database,
+) -> None:
+    """45,000 messages of a ChatGPT export took 43 s, a flush and an update of their conversation each;
+    inserted by tree level, 6 s (on SQLite, which numbers rows itself, still a row per INSERT)."""
+
+    def chat(number: int) -> ArchivedConversation:
+        roles = ("user", "assistant")
+        messages = [ArchivedMessage(str(turn), str(turn - 1) if turn else None, roles[turn % 2],
+                                    f"chat {number} message {turn}") for turn in range(6)]  # fmt: skip
+        messages.append(ArchivedMessage("edit", "3", "user", f"chat {number} message 4, edited"))  # a branch
+        return ArchivedConversation(f"uid-{number}", f"Chat {number}", tuple(messages), leaf="5")
+
+    statements: list[str] = []
+    event.listen(database.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    assert archive.import_conversations(database, "local", [chat(n) for n in range(50)]).imported == 50
+    updates = [statement for statement in statements if statement.startswith("UPDATE")]
+    assert len(updates) == 1 and len(statements) <= 350 + 50 + 3  # one row each, then the 50 leaves at once
+    with database.begin() as session:
+        for conversation in repo.list_conversations(session, "local"):
+            shown = [turn.message.content for turn in turns(repo.list_messages(session, conversation.id),
+                                                            conversation.leaf_id)]  # fmt: skip
+            number = conversation.title.removeprefix("Chat ")
+            assert shown == [f"chat {number} message {turn}" for turn in range(6)]

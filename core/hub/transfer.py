@@ -35,6 +35,7 @@ from core.errors import (
 from core.hub import listing as hub
 from core.hub.listing import RemoteFile, RepoListing
 from core.hub.store import (
+    MANIFEST,
     FileHasher,
     Manifest,
     bytes_on_disk,
@@ -199,9 +200,12 @@ class ModelDownload:
                     file.path, lambda endpoint, f=file, b=base: self._fetch_file(listing, f, b, endpoint)
                 )
                 base += file.size
-            write_manifest(
-                self.directory, Manifest(listing.repo_id, listing.commit, self.endpoint, listing.files)
-            )
+            try:
+                write_manifest(
+                    self.directory, Manifest(listing.repo_id, listing.commit, self.endpoint, listing.files)
+                )
+            except OSError as exc:
+                raise self._write_failed(exc, MANIFEST, self.directory / MANIFEST) from exc
             logger.info("%s: every file verified", self.target.key)
             self._update(
                 force=True,
@@ -363,17 +367,19 @@ class ModelDownload:
                         now = time.monotonic()
                         self._update(bytes_done=base + have, speed_bps=self._speed.add(now, base + have))
             except OSError as exc:
-                if exc.errno in DISK_FULL_ERRNOS:
-                    raise DiskSpaceError(
-                        f"The disk filled up while writing {file.path}; free some space and resume.",
-                        reason="disk_full",
-                        file=file.path,
-                        path=str(part),
-                    ) from exc
-                raise not_writable(self.directory, exc) from exc
+                raise self._write_failed(exc, file.path, part) from exc
         if have < file.size:
             raise TransientError(f"connection closed after {have} of {file.size} bytes")
         return have
+
+    def _write_failed(self, exc: OSError, name: str, path: Path) -> LocalLLMError:
+        """A write that failed: the disk (or the user's quota) filled up, or the folder is not writable."""
+        if exc.errno in DISK_FULL_ERRNOS:
+            return DiskSpaceError(
+                f"The disk filled up while writing {name}; free some space and resume.",
+                reason="disk_full", file=name, path=str(path),
+            )  # fmt: skip
+        return not_writable(self.directory, exc)
 
     @staticmethod
     def _check_length(response: httpx2.Response, file: RemoteFile, have: int) -> None:

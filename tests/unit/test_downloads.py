@@ -284,6 +284,31 @@ def test_a_disk_that_fills_up_midway_keeps_the_partial_and_the_retry_fetches_onl
     assert (models / "test-model" / "model.safetensors").read_bytes() == WEIGHTS
 
 
+def test_a_disk_full_when_the_files_list_is_written_last_says_so_and_the_retry_fetches_nothing(
+    hub: HubServer, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file is in and verified; the disk fills up as the model's list of files is written (it
+    stopped 'on an unexpected error'). The OS's error is raised by that write (as in the test above)."""
+    hub.add_repo("org/model", REPO)
+    real_write_text = Path.write_text
+
+    def write_text_on_a_full_disk(path: Path, *args, **kwargs):
+        if path.name.startswith(".localllm-manifest"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(path, *args, **kwargs)
+
+    with monkeypatch.context() as full:
+        full.setattr(Path, "write_text", write_text_on_a_full_disk)
+        _, progress = download([hub.url], models)
+    assert progress.state == "failed"
+    assert progress.error == (
+        "The disk filled up while writing .localllm-manifest.json; free some space and resume."
+    )
+    fetched = len(hub.requests("GET", "model.safetensors"))
+    _, progress = download([hub.url], models)  # space freed: the retry
+    assert progress.state == "completed" and len(hub.requests("GET", "model.safetensors")) == fetched
+
+
 def test_progress_is_visible_to_another_manager_and_staleness_means_interrupted(
     hub: HubServer, models: Path, db_url: str
 ) -> None:

@@ -135,6 +135,11 @@ def _parse(raw: bytes) -> ChatCompletionRequest:
     if body.logprobs or body.top_logprobs:
         raise APIError(400, "This server does not return log-probabilities: send the request without "
                        "'logprobs'.", code="logprobs_not_supported", param="logprobs")  # fmt: skip
+    for name in ("frequency_penalty", "logit_bias"):  # 0 and {}, which clients send by default, mean none
+        if getattr(body, name):
+            raise APIError(400, f"This server does not apply '{name}': send the request without it (presence_"
+                           "penalty and repetition_penalty are applied).", code="unsupported_parameter",
+                           param=name)  # fmt: skip
     if body.response_format and body.response_format.type != "text":
         raise APIError(400, f"This server does not hold replies to a format ('{body.response_format.type}'): "
                        "send the request without 'response_format', and ask for JSON in the prompt.",

@@ -74,6 +74,8 @@ class ChatCompletionRequest(_Request):
     stop: StopSequence | Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     tools: list[Any] | None = None
     logprobs: StrictBool | None = None
+    frequency_penalty: FiniteFloat | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, FiniteFloat] | None = Field(None, max_length=300)
     top_logprobs: StrictInt | None = None
     response_format: ResponseFormat | None = None
     tool_choice: Any = None

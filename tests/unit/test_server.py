@@ -263,13 +263,16 @@ def test_a_stop_sequence_ends_the_reply_before_it_streamed_or_not(engine: LocalE
 
 
 def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngine) -> None:
-    """JSON mode and log-probabilities: a client that relies on them gets a 400 naming the parameter,
-    not a reply without them; stop sequences past the limit likewise."""
+    """JSON mode, log-probabilities, a frequency penalty, a logit bias: a client that relies on them gets
+    a 400 naming the parameter, not a reply without them; stop sequences past the limit likewise. What
+    clients send by default (0, {}, a text format, logprobs false) is accepted."""
     with serving(engine) as url:
         client = _client(url)
         for extra, param in (
             ({"response_format": {"type": "json_object"}}, "response_format"),
             ({"logprobs": True}, "logprobs"),
+            ({"frequency_penalty": 0.5}, "frequency_penalty"),
+            ({"logit_bias": {"42": -100}}, "logit_bias"),
             ({"stop": [f"s{i}" for i in range(17)]}, "stop"),
             ({"stop": [""]}, "stop.list[constrained-str].0"),
         ):
@@ -277,6 +280,12 @@ def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngi
                 client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3, **extra)
             assert refused.value.body["param"].startswith(param.split(".")[0]), (extra, refused.value.body)
         plain = client.chat.completions.create(
-            model="tiny", messages=MESSAGES, max_tokens=3, response_format={"type": "text"}, logprobs=False
+            model="tiny",
+            messages=MESSAGES,
+            max_tokens=3,
+            response_format={"type": "text"},
+            logprobs=False,
+            frequency_penalty=0,
+            logit_bias={},
         )
     assert plain.choices[0].finish_reason == "length"

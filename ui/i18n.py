@@ -13,7 +13,7 @@ from core.errors import LocalLLMError
 from core.settings import command_line
 from core.units import format_bytes
 from ui import state
-from ui.markup import urls_as_code
+from ui.markup import as_text, urls_as_code
 
 LANGUAGES: dict[str, str] = {"zh": "中文", "en": "English"}
 DEFAULT_LANGUAGE = "en"
@@ -72,17 +72,21 @@ def error_text(exc: LocalLLMError) -> str:
 def failure_text(code: str | None, params: dict[str, Any], message: str) -> str:
     """A product error (raised now, or stored with a download job) in the session's language: its own
     text filled with its parameters where the locale has one, else the English sentence inside a
-    generic one; the addresses in it as code (`urls_as_code`)."""
-    return urls_as_code(_failure_sentence(code, params, message))
+    generic one; the addresses in it as code (`urls_as_code`). Its parameters and the English sentence
+    quote the outside (a mirror's file names, a server's own words): shown as text, never as a link, an
+    image or emphasis (`as_text`)."""
+    return urls_as_code(_failure_sentence(code, params, as_text(message)))
 
 
 def _failure_sentence(code: str | None, params: dict[str, Any], message: str) -> str:
     if not code or not has(code):
         return t("error.generic", message=message)
-    values = {**params, "message": message}
+    shown = {name: as_text(value) if isinstance(value, str) and name != "reason" else value
+             for name, value in params.items()}  # fmt: skip
+    values = {**shown, "message": message}
     values.update((name, format_bytes(value)) for name, value in params.items() if name.endswith("_bytes"))
     if "file" in params:
-        values["what"] = params["file"] or t("reason.file_list")
+        values["what"] = shown["file"] or t("reason.file_list")
     try:
         if "reason" in params and has(f"reason.{params['reason']}"):
             # A reason's text: a part of the code's sentence ({reason_text}), or its whole translated

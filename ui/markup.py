@@ -22,8 +22,9 @@ _LINE_START = re.compile(r"(?m)^([ \t]*)(\d+(?=[.)])|[-+=](?=[-=+ \t]|$))")
 # Fenced code blocks (``` or ~~~, to the matching fence or the end) and inline code spans.
 _CODE = re.compile(r"(?ms)^[ ]{0,3}(`{3,}|~{3,}).*?(?:^[ ]{0,3}\1[`~]*[ \t]*$|\Z)|(`+)(?!`).+?(?<!`)\2(?!`)")
 _IMAGE = re.compile(r"!(?=\s*\[)")
-# A bare http(s) URL up to whitespace, quotes, brackets or CJK punctuation (fullwidth forms included).
-_BARE_URL = re.compile(r"https?://[^\s`<>\"'()\[\]\u3000-\u303f\uff00-\uffef]+")
+# A bare http(s) URL up to whitespace, quotes, brackets, a backslash (none is in an address: one is
+# Markdown's escape) or CJK punctuation (fullwidth forms included).
+_BARE_URL = re.compile(r"https?://[^\s`<>\"'()\[\]\\\u3000-\u303f\uff00-\uffef]+")
 # Math as models write it (`math_as_dollars`): $$…$$, \[…\], \(…\) on one line, and $…$ by pandoc's rule.
 _MATH = re.compile(
     r"(?s)(?<!\\)\$\$(?P<display>.+?)(?<!\\)\$\$"
@@ -40,6 +41,17 @@ def escape_markdown(text: str) -> str:
     """User text shown inside Markdown: every Markdown character escaped, so it renders as typed."""
     escaped = "".join("\\" + ch if ch in _MARKDOWN_SPECIALS else ch for ch in text)
     return _LINE_START.sub(_escape_marker, escaped)
+
+
+def as_text(text: str) -> str:
+    """Text from outside (a file name, a server's own words) inside one of our Markdown sentences: shown
+    as it is, nothing in it a link, an image or emphasis; its addresses whole, as code (`urls_as_code`)."""
+    pieces, last = [], 0
+    for url in _BARE_URL.finditer(text):
+        pieces += [escape_markdown(text[last : url.start()]), _url_as_code(url)]
+        last = url.end()
+    pieces.append(escape_markdown(text[last:]))
+    return "".join(pieces)
 
 
 def urls_as_code(text: str) -> str:

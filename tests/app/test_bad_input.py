@@ -10,6 +10,7 @@ from core.chat.service import ChatService
 from core.inference.engine import LocalEngine
 from core.storage.db import Database, sqlite_file
 from tests.fixtures.hub_server import HubServer
+from tests.fixtures.markdown import visible_text
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
 
 
@@ -142,12 +143,16 @@ def test_a_setting_the_environment_gives_wrong_is_a_sentence_on_every_page(
     at = new_app()
     at.run()
     assert not at.exception
-    assert at.error[0].value.startswith("A setting from the environment (LOCALLLM_PARALLEL) is not valid:")
+    assert visible_text(at.error[0].value).startswith(
+        "A setting from the environment (LOCALLLM_PARALLEL) is not valid:"
+    )
     at.switch_page("pages/hardware.py").run()
-    assert not at.exception and "LOCALLLM_PARALLEL" in at.error[0].value
+    assert not at.exception and "LOCALLLM_PARALLEL" in visible_text(at.error[0].value)
     at.session_state["language"] = "zh"
     at.run()
-    assert at.error[0].value.startswith("设置无效：环境变量 LOCALLLM_PARALLEL 的值不可用（'abc'")
+    assert visible_text(at.error[0].value).startswith(
+        "设置无效：环境变量 LOCALLLM_PARALLEL 的值不可用（'abc'"
+    )
 
 
 def test_lan_users_are_not_offered_to_replace_a_damaged_database(new_app, client_ip, db_url: str) -> None:

@@ -16,6 +16,7 @@ from core.hub.store import MANIFEST, read_manifest, verify
 from core.hub.transfer import DownloadTarget, ModelDownload, Progress, TransferPolicy
 from core.storage.db import Database
 from tests.fixtures.hub_server import Fault, HubServer
+from tests.fixtures.markdown import visible_text
 from ui.i18n import failure_text
 
 FAST = TransferPolicy(backoff_s=0.01, stall_timeout_s=1.0, disk_margin_bytes=0)
@@ -142,7 +143,7 @@ def test_missing_required_file_fails_with_its_name(
     assert progress.state == "failed"
     assert "config.json" in progress.error
     monkeypatch.setattr("ui.state.language", lambda: "zh")  # the Models page, from the stored job
-    shown = failure_text(progress.error_code, progress.error_params, progress.error)
+    shown = visible_text(failure_text(progress.error_code, progress.error_params, progress.error))
     assert shown == "下载失败：服务器上没有 config.json（HTTP 404）。"
 
 
@@ -159,7 +160,7 @@ def test_offline_mode_left_in_the_environment_is_said_before_any_request(
     assert progress.error.startswith("Downloads are off: the environment sets HF_HUB_OFFLINE")
     assert hub.requests() == []
     monkeypatch.setattr("ui.state.language", lambda: "zh")
-    shown = failure_text(progress.error_code, progress.error_params, progress.error)
+    shown = visible_text(failure_text(progress.error_code, progress.error_params, progress.error))
     assert shown.startswith(
         "下载失败：环境变量设置了 HF_HUB_OFFLINE 或 TRANSFORMERS_OFFLINE（离线模式），下载已关闭"
     )
@@ -187,7 +188,7 @@ def test_disk_too_small_is_refused_before_the_first_byte(
     assert hub.requests("GET", "/resolve/") == []
     # The Models page says it from the job's stored parameters, in the page's language.
     monkeypatch.setattr("ui.state.language", lambda: "zh")
-    shown = failure_text(progress.error_code, progress.error_params, progress.error)
+    shown = visible_text(failure_text(progress.error_code, progress.error_params, progress.error))
     assert shown.startswith("磁盘空间不足：此次下载还需要 ") and "仅剩 500.0 KB" in shown
     assert f"而 {models} 所在磁盘" in shown and "free" not in shown
 

@@ -17,6 +17,8 @@ from core.hub.transfer import DownloadTarget, ModelDownload, Progress, TransferP
 from core.storage import jobs
 from core.storage.db import Database
 from tests.fixtures.hub_server import Fault, HubServer, Sibling
+from tests.fixtures.markdown import RENDERER, visible_text
+from ui.i18n import failure_text
 
 FAST = TransferPolicy(backoff_s=0.01, stall_timeout_s=2.0, disk_margin_bytes=0)
 REPO = {
@@ -231,3 +233,20 @@ def test_repo_ids_the_hub_would_refuse_are_refused_before_any_request(
     with pytest.raises(InvalidRepoIdError, match="is not a Hugging Face repository id"):
         library.add_custom(repo_id)
     assert hub.requests() == []
+
+
+@pytest.mark.parametrize(
+    "name", ["[Click here to repair](//198.51.100.7/fix)", "![x](//198.51.100.7/pixel)", "<img src=//x/a>//b"]
+)
+def test_a_hostile_name_in_the_refusal_shows_as_text_never_a_link_or_an_image(
+    hub: HubServer, tmp_path: Path, name: str
+) -> None:
+    """The page shows the refusal, which names the file: a mirror's link there ('Click here to
+    repair') would be one to click, and an image one that the browser fetches from anywhere."""
+    hub.add_repo("org/model", REPO, tamper=with_entry(name))
+    progress = download([hub.url], tmp_path / "models")
+    assert progress.error_code == "error.unsafe_listing"
+    shown = failure_text(progress.error_code, progress.error_params, progress.error)
+    rendered = RENDERER.render(shown)
+    assert "<a " not in rendered and "<img" not in rendered
+    assert name in visible_text(shown)

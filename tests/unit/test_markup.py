@@ -7,16 +7,9 @@ import html
 import re
 
 import pytest
-from markdown_it import MarkdownIt
 
+from tests.fixtures.markdown import RENDERER, visible_text
 from ui.markup import escape_markdown, math_as_dollars, reply_markdown, settled_length, urls_as_code
-
-RENDERER = MarkdownIt("commonmark").enable(["table", "strikethrough"])
-
-
-def visible_text(markdown: str) -> str:
-    rendered = RENDERER.render(markdown)
-    return html.unescape(re.sub(r"<[^>]+>", "", rendered)).strip()
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,7 @@ def test_only_one_config_is_current(database: Database) -> None:
         ("openai_compatible", "m", "ftp://x", "must start with http",
          "设置无效：服务地址（Base URL）必须以 `http://` 或 `https://` 开头。"),
         ("openai_compatible", "m", "http://[::1", "not a server address",
-         "设置无效：http://[::1 不是有效的服务地址，正确的形如 `http://localhost:11434/v1`。"),
+         r"设置无效：http://\[::1 不是有效的服务地址，正确的形如 `http://localhost:11434/v1`。"),
     ],
 )  # fmt: skip
 def test_invalid_configs_are_refused_with_a_message(

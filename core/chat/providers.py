@@ -84,6 +84,14 @@ class LocalProvider:
 
 
 REMOTE_CONTEXT_TOKENS = 8192  # assumed when a server does not say; trimming uses it
+MAX_SAID_CHARS = 300  # of a server's own words for an error, shown in the sentence that explains it
+# Parameters a server may refuse for a model that takes only its own (OpenAI's reasoning models, o1 to
+# gpt-5: "Unsupported parameter: 'max_tokens' … Use 'max_completion_tokens' instead", "Unsupported
+# value: 'temperature' does not support 0.7 with this model"): the request is sent again without
+# them, and later requests to that model leave them out at once (`_REFUSED`).
+ADJUSTABLE = ("max_tokens", "temperature", "top_p")
+UNSUPPORTED = ("unsupported_parameter", "unsupported_value")  # the error codes of such a refusal
+_REFUSED: dict[tuple[str, str], frozenset[str]] = {}  # (base URL, model): the parameters it refused
 # A server that answers at all accepts a connection within a second or two, even over the internet; one
 # that does not (a host that drops packets) is said to be unreachable after 4 tries of this, not of the
 # minute a reply's next words may take.
@@ -97,7 +105,22 @@ WELL_KNOWN_SERVERS = {
 }
 
 
-def _explain(exc: Exception, base_url: str) -> ProviderError:
+def _server_said(exc: Any, secret: str | None) -> str | None:
+    """The server's own words for an error (OpenAI-style `{"error": {"message": …}}`): one line, at most
+    MAX_SAID_CHARS, the key (`secret`) never among them."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    message = body.get("message", body.get("error"))
+    if isinstance(message, dict):
+        message = message.get("message")
+    if not isinstance(message, str) or not message.strip():
+        return None
+    said = " ".join(message.split())
+    if secret and len(secret) >= 4:
+        said = said.replace(secret, "***")
+    return said if len(said) <= MAX_SAID_CHARS else said[: MAX_SAID_CHARS - 1] + "…"
+
+
+def _explain(exc: Exception, base_url: str, secret: str | None = None) -> ProviderError:
     """Turn an openai client error into one clear sentence (never a traceback, never the key)."""
     import httpx2
     import openai
@@ -152,6 +175,11 @@ def _explain(exc: Exception, base_url: str) -> ProviderError:
             reason="server_busy",
         )
     if isinstance(exc, openai.APIStatusError):
+        if said := _server_said(exc, secret):
+            return ProviderError(
+                f"The server answered with an error (HTTP {exc.status_code}): {said}",
+                reason="server_status_said", status=exc.status_code, said=said,
+            )  # fmt: skip
         return ProviderError(
             f"The server answered with an error (HTTP {exc.status_code}).",
             reason="server_status",
@@ -176,6 +204,7 @@ class OpenAICompatibleProvider:
         self.base_url = base_url
         self.model = model
         self._params = params or GenerationParams()
+        self._api_key = api_key
         self.context_length = REMOTE_CONTEXT_TOKENS
         # max_retries: the client retries connection errors, 429 and 5xx with exponential backoff.
         self._client = openai.OpenAI(
@@ -205,7 +234,7 @@ class OpenAICompatibleProvider:
                 reason="server_forbidden_listing",
             ) from exc
         except openai.OpenAIError as exc:
-            raise _explain(exc, self.base_url) from exc
+            raise _explain(exc, self.base_url, self._api_key) from exc
         try:
             listed = answer.json()["data"]
             ids = {model["id"] for model in listed}
@@ -217,6 +246,28 @@ class OpenAICompatibleProvider:
                 url=self.base_url,
             ) from exc
         return sorted(str(model_id) for model_id in ids)[:MAX_LISTED_MODELS]
+
+    def _create(self, request: dict[str, Any]) -> Any:
+        """The streamed completion; a parameter the model refused (`ADJUSTABLE`) is left out, and the
+        request sent again (`max_tokens` as `max_completion_tokens`)."""
+        import openai
+
+        refused = _REFUSED.get((self.base_url, self.model), frozenset())
+        while True:
+            for name in refused & request.keys():
+                value = request.pop(name)
+                if name == "max_tokens":
+                    request["max_completion_tokens"] = value
+            try:
+                return self._client.chat.completions.create(**request)
+            except openai.BadRequestError as exc:
+                body = exc.body if isinstance(exc.body, dict) else {}
+                name, code = body.get("param"), body.get("code")
+                if name not in ADJUSTABLE or name not in request or code not in UNSUPPORTED:
+                    raise
+                logger.info("%s (%s) refused %s: sent again without it", self.base_url, self.model, name)
+                refused |= {name}
+                _REFUSED[(self.base_url, self.model)] = refused
 
     def count_tokens(self, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
         """An estimate (a remote tokenizer is not available here): about 3 characters a token."""
@@ -239,15 +290,11 @@ class OpenAICompatibleProvider:
         finish, usage = None, None
         reasoning = _ReasoningAsText()
         try:
-            response = self._client.chat.completions.create(
-                model=self.model,
-                messages=list(messages),  # type: ignore[arg-type]
-                stream=True,
-                stream_options={"include_usage": True},
-                temperature=params.temperature,
-                top_p=params.top_p,
-                max_tokens=params.max_new_tokens,
-            )
+            response = self._create({
+                "model": self.model, "messages": list(messages), "stream": True,
+                "stream_options": {"include_usage": True}, "temperature": params.temperature,
+                "top_p": params.top_p, "max_tokens": params.max_new_tokens,
+            })  # fmt: skip
             with response:
                 for chunk in response:
                     if stop.is_set():
@@ -266,7 +313,7 @@ class OpenAICompatibleProvider:
         # The client checks no chunk's shape: an event that is not JSON, or JSON of another shape,
         # fails inside it or here as one of these.
         except (openai.OpenAIError, AttributeError, TypeError, ValueError) as exc:
-            error = _explain(exc, self.base_url)
+            error = _explain(exc, self.base_url, self._api_key)
             logger.warning("%s (%s): %s", self.base_url, self.model, error.message)
             if pieces:
                 error = ReplyBrokeOffError(f"The reply broke off midway: {error.message}", **error.params)

@@ -241,3 +241,31 @@ def test_a_servers_reasoning_is_folded_like_a_local_models_and_not_sent_back(
             "role": "assistant",
             "content": REASONED_ANSWER,
         }  # the answer without its reasoning
+
+
+def test_a_reasoning_model_that_takes_only_its_own_settings_is_answered_and_remembered() -> None:
+    """OpenAI's o-series and gpt-5 refuse max_tokens and any temperature or top_p but 1 (every chat
+    with them said 'The server answered with an error (HTTP 400).')."""
+    with FaultyOpenAIServer("reasoning-model") as server:
+        provider = OpenAICompatibleProvider(server.url, None, "gpt-5-mini")
+        texts = [e.text for e in _stream(provider) if isinstance(e, TextDelta)]
+        assert "".join(texts) == REASONED_ANSWER
+        adjustable = ("max_tokens", "max_completion_tokens", "temperature", "top_p")
+        sent = [sorted(name for name in body if name in adjustable) for body in server.bodies]
+        assert sent == [
+            ["max_tokens", "temperature", "top_p"],
+            ["max_completion_tokens", "temperature", "top_p"],
+            ["max_completion_tokens", "top_p"],
+            ["max_completion_tokens"],
+        ]
+        assert server.bodies[-1]["max_completion_tokens"] == SHORT.max_new_tokens
+        _stream(OpenAICompatibleProvider(server.url, None, "gpt-5-mini"))  # the next chat: at once
+        assert len(server.bodies) == 5 and "temperature" not in server.bodies[-1]
+
+
+def test_a_servers_own_words_for_an_error_are_in_the_sentence_without_the_key(in_chinese) -> None:
+    secret = "sk-never-show-this-9999"
+    with FaultyOpenAIServer("status:400") as server, pytest.raises(ProviderError) as refused:
+        _stream(OpenAICompatibleProvider(server.url, secret, "m"))
+    assert refused.value.message == "The server answered with an error (HTTP 400): injected"
+    assert in_chinese(refused.value) == "远程服务出错：服务器返回了错误（HTTP 400）：injected"

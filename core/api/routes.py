@@ -1,4 +1,5 @@
-"""The OpenAI-compatible routes: GET /v1/models, POST /v1/chat/completions (with or without SSE).
+"""The OpenAI-compatible routes: GET /v1/models (and /v1/models/{id}), POST /v1/chat/completions (with
+or without SSE); GET /health.
 
 Internal logic of a chat completion:
 1. the guards (host, origin, body size) have run; the bearer token is checked;
@@ -85,9 +86,21 @@ def create_app(
         if not hmac.compare_digest(given.encode(), api_key.encode()):
             raise APIError(401, "Invalid or missing API key.", code="invalid_api_key")
 
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        """For load balancers and monitors (as vLLM's and llama.cpp's): the server is up. No key needed."""
+        return {"status": "ok"}
+
     @app.get("/v1/models", dependencies=[Depends(require_key)])
     def list_models() -> dict[str, Any]:
         return ModelList(data=[ModelCard(id=key) for key in models()]).model_dump()
+
+    @app.get("/v1/models/{model:path}", dependencies=[Depends(require_key)])
+    def retrieve_model(model: str) -> dict[str, Any]:
+        if model not in models():
+            raise APIError(404, f"The model {model[:200]!r} does not exist or is not downloaded.",
+                           code="model_not_found", param="model")  # fmt: skip
+        return ModelCard(id=model).model_dump()
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     async def chat_completions(request: Request) -> Any:

@@ -56,6 +56,10 @@ def test_models_single_and_streamed_replies(engine: LocalEngine) -> None:
     with serving(engine) as url:
         client = _client(url)
         assert [m.id for m in client.models.list()] == ["tiny"]
+        assert client.models.retrieve("tiny").id == "tiny"  # as clients check a model before using it
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("gpt-4o")
+        assert httpx2.get(url.removesuffix("/v1") + "/health").json() == {"status": "ok"}  # for monitors
 
         reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=10, temperature=0)
         assert reply.choices[0].message.role == "assistant"

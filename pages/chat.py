@@ -2,7 +2,7 @@ import threading
 from collections.abc import Generator, Iterator
 from contextlib import closing, nullcontext
 from dataclasses import fields
-from datetime import date
+from datetime import date, datetime
 from functools import partial
 from urllib.parse import urlsplit
 
@@ -27,6 +27,7 @@ from core.units import format_bytes
 from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
 from ui.markup import escape_markdown, urls_as_code
+from ui.periods import browser_zone, period_of
 from ui.presets import new_chat_preset, preset_picker
 from ui.replies import reply_body, settle_interrupted_reply, streaming, write_reply
 from ui.widgets import attempt, button_list, file_picker, make_current, model_choices
@@ -93,8 +94,13 @@ def conversation_list() -> Conversation | None:
                 t("chat.no_match", search=escape_markdown(search)) if search else t("chat.no_conversations")
             )
         shown = st.session_state.get("chat.conversations-shown", CONVERSATIONS_SHOWN)
+        zone, heading = browser_zone(), None
+        today = datetime.now(zone).date()
         with button_list("chat-list"):
             for conversation in conversations[:shown]:
+                if (period := period_of(conversation.updated_at, today, zone)) != heading:
+                    st.caption(period)
+                    heading = period
                 st.button(
                     escape_markdown(conversation.title),
                     key=f"conversation-{conversation.id}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 from streamlit.testing.v1 import AppTest
 
@@ -13,6 +14,7 @@ from core.inference import engine as engine_module
 from core.storage import repo
 from core.storage.db import Database
 from core.storage.records import Conversation
+from core.storage.schema import ConversationRow
 from core.units import format_bytes
 from ui import resources
 
@@ -348,3 +350,21 @@ def test_a_long_list_of_conversations_lists_the_newest_and_more_on_request(
     at.text_input(key="chat.search").set_value("no such_words").run()
     assert listed() == [] and "No conversation mentions “no such\\_words”." in [c.value for c in at.caption]
     assert at.subheader[0].value == "Chat 0"  # the open conversation stays open while the list is searched
+
+
+def test_the_conversations_are_listed_under_when_they_were_last_used(
+    new_app, ready_model: str, db_url: str
+) -> None:
+    now = datetime.now(UTC)
+    with Database(db_url).begin() as session:
+        for title, days in (("Old", 45), ("Last week", 3), ("Now", 0)):
+            conversation = repo.create_conversation(session, owner="local", title=title)
+            session.get(ConversationRow, conversation.id).updated_at = now - timedelta(days=days)
+    at = new_app()
+    at.run()
+    old = (now - timedelta(days=45)).date()  # AppTest's browser gives no time zone: UTC
+    month = old.strftime("%B") + ("" if old.year == now.year else f" {old.year}")
+    headings = [c.value for c in at.sidebar.caption if c.value in ("Today", "Previous 7 days", month)]
+    assert headings == ["Today", "Previous 7 days", month]
+    titles = [b.label for b in at.button if b.key and b.key.startswith("conversation-")]
+    assert titles == ["Now", "Last week", "Old"]

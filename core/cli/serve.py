@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import secrets
 
 import click
 
 from core.access.policy import is_loopback
 from core.cli.common import cannot_listen, library, load_with_notice, port_in_use
 from core.hardware import keep_out_of_collections
+from core.settings import load_settings
 
 
 @click.command(short_help="serve the models over an OpenAI-compatible HTTP API")
@@ -21,10 +21,12 @@ from core.hardware import keep_out_of_collections
 @click.option("--model", metavar="KEY", help="load this model at start (else at the first request)")
 @click.option("--max-request-mb", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="largest request body accepted, in MiB")  # fmt: skip
-def serve(host: str, port: int, model: str | None, max_request_mb: int) -> int:
+@click.option("--new-key", is_flag=True, help="make a new API key (the kept one stops working)")
+def serve(host: str, port: int, model: str | None, max_request_mb: int, new_key: bool) -> int:
     """Serve the downloaded models over an OpenAI-compatible API (/v1/models, /v1/chat/completions),
     with the models folder, device and weights of the saved settings. Off loopback a bearer token is
-    required: LOCALLLM_API_KEY, or one generated and printed now."""
+    required: LOCALLLM_API_KEY, or the one made at the first such start and kept in the data folder
+    (printed at every start; --new-key replaces it)."""
     if problem := cannot_listen(host, port):
         click.echo(
             f"error: port {port} is in use (another localllm serve, or another program): choose another "
@@ -38,14 +40,16 @@ def serve(host: str, port: int, model: str | None, max_request_mb: int) -> int:
     import uvicorn
 
     from core.api import create_app, server_urls
+    from core.api.keys import KEY_FILE, lasting_api_key
     from core.api.status import record_server
     from core.inference.engine import LocalEngine
 
     models_library = library()
     api_key = os.environ.get("LOCALLLM_API_KEY") or None
     if api_key is None and not is_loopback(host):
-        api_key = secrets.token_urlsafe(24)
-        click.echo(f"API key (send it as 'Authorization: Bearer <key>'): {api_key}")
+        kept = load_settings().data_dir / KEY_FILE
+        api_key = lasting_api_key(kept.parent, renew=new_key)
+        click.echo(f"API key (send it as 'Authorization: Bearer <key>'; kept in {kept}): {api_key}")
     engine = LocalEngine.from_preferences(models_library.preferences)
     keep_out_of_collections()  # the imports' objects; a model loaded later stays collectable
     if model:

@@ -17,6 +17,8 @@ import httpx2
 import openai
 import pytest
 
+from core.api.keys import lasting_api_key
+from core.errors import ConfigError
 from core.inference.engine import LocalEngine
 from core.settings import PROJECT_ROOT
 from tests.fixtures.serving import free_port
@@ -166,6 +168,8 @@ def test_serve_off_loopback_generates_and_requires_a_token(tmp_path: Path) -> No
         first = process.stdout.readline()
         assert first.startswith("API key")
         key = first.strip().rsplit(" ", 1)[-1]
+        kept = Path(os.environ["LOCALLLM_DATA_DIR"]) / "api-key"  # the next start prints the same key
+        assert kept.read_text().strip() == key and kept.stat().st_mode & 0o777 == 0o600
         url = f"http://127.0.0.1:{port}/v1/models"  # requests only ever go to loopback
         deadline = time.monotonic() + 30
         while True:
@@ -293,3 +297,18 @@ def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngi
             logit_bias={},
         )
     assert plain.choices[0].finish_reason == "length"
+
+
+def test_the_generated_key_is_kept_across_restarts_until_a_new_one_is_asked_for(tmp_path: Path) -> None:
+    """A new key at every start broke every client (Open WebUI on another machine, scripts) at the
+    next restart with 401."""
+    first = lasting_api_key(tmp_path / "data")
+    assert lasting_api_key(tmp_path / "data") == first  # the next start
+    renewed = lasting_api_key(tmp_path / "data", renew=True)  # --new-key
+    assert renewed != first and lasting_api_key(tmp_path / "data") == renewed
+    (tmp_path / "data" / "api-key").write_text("not a key\n")  # damaged by hand: a new one, never "not a key"
+    assert lasting_api_key(tmp_path / "data") not in (renewed, "not a key")
+    (tmp_path / "data" / "api-key").chmod(0)
+    if os.geteuid() != 0:  # root reads it anyway
+        with pytest.raises(ConfigError, match="cannot be used"):
+            lasting_api_key(tmp_path / "data")

@@ -78,7 +78,7 @@ def test_lan_browser_must_sign_in_and_the_local_one_need_not(
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=30_000)
     expect(page.get_by_text("Qwen/Qwen2.5-0.5B-Instruct")).to_have_count(0)  # nothing behind the form
     sign_in(page, "alice", "not the password")
-    expect(page.get_by_text("Wrong user name or password.")).to_be_visible(timeout=15_000)
+    expect(page.get_by_text("Wrong user name or password.")).to_be_visible(timeout=30_000)
     claim(page, "alice", PASSWORD)
     expect(page.get_by_text("Signed in as alice (user)")).to_be_visible(timeout=30_000)
     expect(page.get_by_role("heading", name="Models")).to_be_visible()
@@ -87,11 +87,11 @@ def test_lan_browser_must_sign_in_and_the_local_one_need_not(
     page.reload()  # the session cookie keeps alice signed in
     expect(page.get_by_text("Signed in as alice (user)")).to_be_visible(timeout=30_000)
     page.get_by_role("button", name="Sign out").click()
-    expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=15_000)
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=30_000)
     page.reload()  # signed out for good: the old cookie opens nothing
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=30_000)
     sign_in(page, "alice", PASSWORD, "a guess at alice's")  # the shared password alone is not alice
-    expect(page.get_by_text("Wrong user name or password.")).to_be_visible(timeout=15_000)
+    expect(page.get_by_text("Wrong user name or password.")).to_be_visible(timeout=30_000)
     sign_in(page, "alice", PASSWORD)
     expect(page.get_by_text("Signed in as alice (user)")).to_be_visible(timeout=30_000)
 
@@ -123,7 +123,7 @@ def test_two_lan_users_chat_at_once_each_in_their_own_conversation(
     expect(alice.get_by_text("tokens/s")).to_have_count(1, timeout=60_000)
     reply_length(2000)  # from now on both replies run long enough to be seen running together
     send(alice, LONG_PROMPT)
-    expect(stop_button(alice)).to_be_visible(timeout=15_000)  # alice's reply runs
+    expect(stop_button(alice)).to_be_visible(timeout=30_000)  # alice's reply runs
     send(bob, "Short question from Bob")
     # Bob's reply is generated beside Alice's (one batch), not after it: part of his is saved while
     # hers is still running (one at a time, his would start once her 2,000 tokens are done).

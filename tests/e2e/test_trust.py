@@ -83,10 +83,10 @@ def test_a_foreign_host_name_and_another_sites_page_get_nothing(
 
     evil = browser.new_context(locale="en-US").new_page()
     evil.goto(f"http://127.0.0.1:{attacker_site}/?localhost:{port}")
-    expect(evil.locator("#state")).to_have_text("refused", timeout=15_000)
+    expect(evil.locator("#state")).to_have_text("refused", timeout=30_000)
     # Framed, the dashboard would load from its own address and pass the checks above: it is not shown.
     evil.goto(f"http://127.0.0.1:{attacker_site}/frame?localhost:{port}")
-    expect(evil.locator("#state")).to_have_text("loaded", timeout=15_000)
+    expect(evil.locator("#state")).to_have_text("loaded", timeout=30_000)
     [framed] = evil.main_frame.child_frames
     assert not framed.url.startswith("http://localhost"), framed.url  # the browser's error page instead
 

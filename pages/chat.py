@@ -74,6 +74,7 @@ def select(conversation_id: int | None) -> None:
 
 
 def conversation_list() -> Conversation | None:
+    """The sidebar's new-chat button, search and list; the conversation open, if any."""
     with st.sidebar:
         st.divider()
         st.button(
@@ -93,29 +94,7 @@ def conversation_list() -> Conversation | None:
             st.caption(
                 t("chat.no_match", search=escape_markdown(search)) if search else t("chat.no_conversations")
             )
-        shown = st.session_state.get("chat.conversations-shown", CONVERSATIONS_SHOWN)
-        zone, heading = browser_zone(), None
-        today = datetime.now(zone).date()
-        with button_list("chat-list"):
-            for conversation in conversations[:shown]:
-                if (period := period_of(conversation.updated_at, today, zone)) != heading:
-                    st.caption(period)
-                    heading = period
-                st.button(
-                    escape_markdown(conversation.title),
-                    key=f"conversation-{conversation.id}",
-                    on_click=select,
-                    args=(conversation.id,),
-                    type="primary" if conversation.id == selected else "tertiary",
-                    width="stretch",
-                )
-        if (left := len(conversations) - shown) > 0:
-            st.button(
-                t("chat.show_more", count=min(left, CONVERSATIONS_SHOWN), left=left),
-                icon=":material/expand_more:", type="tertiary", key="chat.show-more",
-                on_click=st.session_state.__setitem__,
-                args=("chat.conversations-shown", shown + CONVERSATIONS_SHOWN),
-            )  # fmt: skip
+        listed(conversations, selected)
         archive_tools()
     if not selected:
         return None
@@ -125,6 +104,33 @@ def conversation_list() -> Conversation | None:
         return chat.get(selected)
     except NotFoundError:  # deleted in another window
         return None
+
+
+def listed(conversations: list[Conversation], selected: int | None) -> None:
+    """The newest conversations under headings by when they were last used, and a button for more."""
+    shown = st.session_state.get("chat.conversations-shown", CONVERSATIONS_SHOWN)
+    zone, heading = browser_zone(), None
+    today = datetime.now(zone).date()
+    with button_list("chat-list"):
+        for conversation in conversations[:shown]:
+            if (period := period_of(conversation.updated_at, today, zone)) != heading:
+                st.caption(period)
+                heading = period
+            st.button(
+                escape_markdown(conversation.title),
+                key=f"conversation-{conversation.id}",
+                on_click=select,
+                args=(conversation.id,),
+                type="primary" if conversation.id == selected else "tertiary",
+                width="stretch",
+            )
+    if (left := len(conversations) - shown) > 0:
+        st.button(
+            t("chat.show_more", count=min(left, CONVERSATIONS_SHOWN), left=left),
+            icon=":material/expand_more:", type="tertiary", key="chat.show-more",
+            on_click=st.session_state.__setitem__,
+            args=("chat.conversations-shown", shown + CONVERSATIONS_SHOWN),
+        )  # fmt: skip
 
 
 def archive_tools() -> None:

@@ -109,8 +109,13 @@ class TokenChooser:
 
     @property
     def shortlist(self) -> int:
-        """How many of the best scores `choose` reads first (0: none, it works on tensors)."""
-        k = 1 if self.sampling.greedy else self.sampling.top_k
+        """How many of the best scores `choose` reads first (0: none, it works on tensors). None where a
+        penalty raises a seen token's score (a repetition penalty below 1, a negative presence penalty):
+        a token from beyond the best read could then rise among them."""
+        sampling = self.sampling
+        if sampling.repetition_penalty < 1.0 or sampling.presence_penalty < 0.0:
+            return 0
+        k = 1 if sampling.greedy else sampling.top_k
         return min(self.vocabulary, 2 * k + SHORTLIST_EXTRA) if 0 < k <= SHORTLIST_MAX_K else 0
 
     def choose(self, logits: torch.Tensor, best: Best | None = None) -> int:

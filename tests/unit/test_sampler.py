@@ -163,6 +163,29 @@ def test_penalties_that_push_the_best_scores_down_still_give_transformers_choice
     assert greedy.choose(logits) == int(penalised.argmax())
 
 
+@pytest.mark.parametrize(
+    "sampling",
+    [Sampling(top_k=5, temperature=1.0, repetition_penalty=0.5), Sampling(repetition_penalty=0.5),
+     Sampling(top_k=5, temperature=1.0, presence_penalty=-2.0), Sampling(presence_penalty=-2.0)],
+    ids=["sampled, repetition 0.5", "greedy, repetition 0.5", "sampled, presence -2", "greedy, presence -2"],
+)  # fmt: skip
+def test_penalties_that_raise_a_seen_token_from_far_down_still_give_transformers_choice(
+    sampling: Sampling,
+) -> None:
+    """A repetition penalty below 1 or a negative presence penalty lift the seen token 50 above the best
+    (it was missed: only the best 18 were looked at)."""
+    logits = torch.linspace(10, 0, 1000)  # token 0 is the best, then 1, ...
+    shifted = logits.clone()
+    shifted[50] -= sampling.presence_penalty
+    chooser = TokenChooser(sampling, 1000, "cpu", seen=[50])
+    if sampling.greedy:
+        assert chooser.choose(logits) == 50
+    else:
+        expected = reference(shifted, [50], sampling)
+        torch.testing.assert_close(chooser.distribution(logits), expected, atol=2e-6, rtol=1e-4)
+        assert expected[50] == expected.max()
+
+
 def test_forbidden_tokens_beyond_the_shortlist() -> None:
     logits = torch.arange(100, dtype=torch.float32)  # 99 is the best, then 98, ...
     never = list(range(80, 100))  # the 20 best may not be chosen

@@ -47,7 +47,10 @@ def save_new() -> None:
     except LocalLLMError as exc:
         state["providers.flash"] = ("error", error_text(exc))
         return
-    state["providers.flash"] = ("ok", t("providers.saved", name=store.get_config(config_id).name))
+    state["providers.flash"] = (
+        "ok",
+        t("providers.saved", name=escape_markdown(store.get_config(config_id).name)),
+    )
     for key in ("pnew.url", "pnew.key", "pnew.name", "pnew.model.text"):
         state[key] = ""
     state["pnew.kind"] = None
@@ -92,7 +95,7 @@ for config in configs:
                     changes["api_key"] = key
                 try:
                     store.update_config(config.id, **changes)
-                    st.success(t("providers.saved", name=name))
+                    st.success(t("providers.saved", name=escape_markdown(name)))
                 except LocalLLMError as exc:
                     st.error(error_text(exc))
         with st.container(horizontal=True):
@@ -106,7 +109,7 @@ for config in configs:
                 args=ask,
             )
         if st.session_state.get("providers.confirm-delete") == config.id:
-            st.warning(t("providers.confirm_delete", name=config.name))
+            st.warning(t("providers.confirm_delete", name=escape_markdown(config.name)))
             st.button(t("providers.confirm_yes"), key=f"p{config.id}.delete-yes", type="primary",
                       on_click=delete_config, args=(config.id,))  # fmt: skip
 

@@ -179,12 +179,11 @@ def settle_current_model() -> ProviderConfig | None:
     only on a local model: never on a server the admin did not choose."""
     store = resources.config_store()
     current = store.get_current_config()
-    choices = model_choices()
     if current is None or (
-        current.provider == "local_model" and ("local", current.model) not in choices.values()
-    ):
+        current.provider == "local_model" and resources.library().status(current.model).kind != "ready"
+    ):  # the chat's choices are read only then: every page runs this
         admin = access.is_admin()
-        if first := next((c for c in choices.values() if admin or c[0] == "local"), None):
+        if first := next((c for c in model_choices().values() if admin or c[0] == "local"), None):
             make_current(first)
             current = store.get_current_config()
     return current

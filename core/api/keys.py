@@ -20,9 +20,9 @@ def lasting_api_key(data_dir: Path, renew: bool = False) -> str:
     if not renew:
         try:
             kept = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, UnicodeDecodeError):  # none, or not a key: a new one
             kept = ""
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise _unusable(path, exc) from exc
         if _KEY.match(kept):
             return kept
@@ -40,9 +40,9 @@ def lasting_api_key(data_dir: Path, renew: bool = False) -> str:
     return key
 
 
-def _unusable(path: Path, exc: Exception) -> ConfigError:
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a key"
+def _unusable(path: Path, exc: OSError) -> ConfigError:
     return ConfigError(
-        f"The API key file {path} cannot be used ({reason}): fix its permissions, or set LOCALLLM_API_KEY.",
+        f"The API key file {path} cannot be used ({exc.strerror or exc}): fix its permissions, or set "
+        "LOCALLLM_API_KEY.",
         reason="api_key_file", path=str(path),
     )  # fmt: skip

@@ -39,10 +39,13 @@ class StopSequences:
 
     @staticmethod
     def _begins_sequence(text: str, sequence: str) -> int:
-        """The length of the longest ending of `text` that is a proper beginning of `sequence`."""
-        for length in range(min(len(sequence) - 1, len(text)), 0, -1):
-            if text.endswith(sequence[:length]):
-                return length
+        """The length of the longest ending of `text` that is a proper beginning of `sequence`: looked for
+        only where `sequence`'s first character is (every token runs this, for every sequence)."""
+        start = max(0, len(text) - len(sequence) + 1)
+        while (start := text.find(sequence[0], start)) >= 0:
+            if sequence.startswith(text[start:]):
+                return len(text) - start
+            start += 1
         return 0
 
 

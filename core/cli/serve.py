@@ -47,9 +47,11 @@ def serve(host: str, port: int, model: str | None, max_request_mb: int, new_key:
     models_library = library()
     api_key = os.environ.get("LOCALLLM_API_KEY") or None
     if api_key is None and not is_loopback(host):
-        kept = load_settings().data_dir / KEY_FILE
-        api_key = lasting_api_key(kept.parent, renew=new_key)
-        click.echo(f"API key (send it as 'Authorization: Bearer <key>'; kept in {kept}): {api_key}")
+        data_dir = load_settings().data_dir
+        api_key = lasting_api_key(data_dir, renew=new_key)
+        click.echo(
+            f"API key (send it as 'Authorization: Bearer <key>'; kept in {data_dir / KEY_FILE}): {api_key}"
+        )
     engine = LocalEngine.from_preferences(models_library.preferences)
     keep_out_of_collections()  # the imports' objects; a model loaded later stays collectable
     if model:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,18 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def user_name(typed: str) -> str:
+    """A LAN user name as typed, tidied: NFKC (the full-width "Ａｌｉｃｅ" of a Chinese input method is
+    "Alice") and single spaces (a browser shows "Al  ice" as "Al ice": two names that look alike)."""
+    return re.sub(" {2,}", " ", unicodedata.normalize("NFKC", typed).strip())
+
+
+def name_key(name: str) -> str:
+    """What makes two user names the same name: their tidied, case-folded form (NFKC again: folding
+    may leave a form that is not)."""
+    return unicodedata.normalize("NFKC", user_name(name).casefold())
 
 
 def lan_addresses() -> list[str]:
@@ -64,7 +78,7 @@ def _read_secrets(path: Path) -> Mapping[str, object]:
 
 def _names(value: object) -> frozenset[str]:
     items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else []
-    return frozenset(str(item).strip().casefold() for item in items if str(item).strip())
+    return frozenset(name_key(str(item)) for item in items if str(item).strip())
 
 
 def load_access_policy(env: Mapping[str, str] | None = None) -> AccessPolicy:

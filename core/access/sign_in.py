@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from core.access.policy import AccessPolicy, Identity
+from core.access.policy import AccessPolicy, Identity, name_key, user_name
 from core.errors import SignInError
 from core.storage import lan_accounts
 from core.storage.db import Database
@@ -87,7 +87,7 @@ def password_matches(password: str, stored: str) -> bool:
 
 
 def owner_of(name: str) -> str:
-    return f"{lan_accounts.LAN_OWNER_PREFIX}{name.casefold()}"
+    return f"{lan_accounts.LAN_OWNER_PREFIX}{name_key(name)}"
 
 
 class SignInGate:
@@ -141,21 +141,21 @@ class SignInGate:
         address or the name must wait."""
         if not self.policy.password:
             raise SignInError("LAN access is off: no password is configured.", reason="no_password")
-        wait = max(self.limiter.wait_s(client), self.limiter.wait_s(f"name:{name.casefold()}"))
+        wait = max(self.limiter.wait_s(client), self.limiter.wait_s(f"name:{name_key(name)}"))
         if wait > 0:
             raise SignInError(f"Too many wrong passwords. Try again in {wait:.0f} s.", reason="rate_limited",
                               wait_s=round(wait))  # fmt: skip
         if not _USER_NAME.match(name):
             raise SignInError("Choose a user name of 1-40 letters, digits, spaces, '.', '@' or '-'.",
                               reason="bad_name")  # fmt: skip
-        is_admin = name.casefold() in self.policy.admin_names
+        is_admin = name_key(name) in self.policy.admin_names
         expected = (self.policy.admin_password if is_admin else None) or self.policy.password
         return _same(password, expected)
 
     def _failed(self, client: str, name: str) -> SignInError:
         logger.info("wrong password for %r from %s", name[:40], client)
         self.limiter.failed(client)
-        self.limiter.failed(f"name:{name.casefold()}")
+        self.limiter.failed(f"name:{name_key(name)}")
         return SignInError("Wrong user name or password.", reason="bad_password")
 
     def sign_in(
@@ -165,10 +165,10 @@ class SignInGate:
 
         SignInError reasons: no_password, rate_limited, bad_name, bad_password, claim (the name is free:
         ask for `confirm`), weak_password, mismatch."""
-        name = name.strip()
+        name = user_name(name)
         if not self._check_shared(client, name, password):
             raise self._failed(client, name)
-        key = name.casefold()
+        key = name_key(name)
         with self.db.begin() as session:
             stored = lan_accounts.password_hash(session, key)
         if stored is not None:
@@ -209,4 +209,4 @@ class SignInGate:
         """Forget a name's personal password (its next sign-in claims it again) and sign it out."""
         logger.info("the name %r was reset", name)
         with self.db.begin() as session:
-            return lan_accounts.reset(session, name.casefold())
+            return lan_accounts.reset(session, name_key(name))

@@ -15,7 +15,7 @@ LAN_OWNER_PREFIX = "lan:"
 
 @dataclass(frozen=True)
 class LanAccount:
-    name: str  # casefolded: the key of the account and of its conversations (owner "lan:<name>")
+    name: str  # name_key(): the key of the account and of its conversations (owner "lan:<name>")
     display_name: str
     claimed: bool  # False: the name has conversations from before personal passwords, not claimed yet
     created_at: datetime | None

@@ -11,8 +11,18 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, inspect, select, text, update
 
+from core.access.policy import name_key
 from core.errors import SchemaTooNewError
-from core.storage.schema import SCHEMA_VERSION, Base, ConversationRow, SchemaInfo
+from core.storage.lan_accounts import LAN_OWNER_PREFIX
+from core.storage.schema import (
+    SCHEMA_VERSION,
+    Base,
+    ConversationRow,
+    LanAccountRow,
+    LanSessionRow,
+    PresetRow,
+    SchemaInfo,
+)
 
 
 def current_version(conn: Connection) -> int:
@@ -55,7 +65,33 @@ def _link_messages(conn: Connection) -> None:
         )
 
 
-STEPS: dict[int, Callable[[Connection], None]] = {5: _link_messages}
+def _tidy_lan_names(conn: Connection) -> None:
+    """Version 7: a LAN name's key is its NFKC form ("ａｌｉｃｅ" is "alice"): accounts, sessions,
+    conversations and presets keyed by an older form move to the new key, unless it is someone's."""
+    owners = (ConversationRow.owner, PresetRow.owner)
+    accounts = set(conn.execute(select(LanAccountRow.name)).scalars())
+    named = {
+        owner.removeprefix(LAN_OWNER_PREFIX)
+        for column in owners
+        for owner in conn.execute(select(column).where(column.startswith(LAN_OWNER_PREFIX))).scalars()
+    }
+    for old in sorted(accounts | named):
+        new = name_key(old)
+        if new == old or new in accounts or new in named:
+            continue
+        conn.execute(update(LanAccountRow).where(LanAccountRow.name == old).values(name=new))
+        conn.execute(update(LanSessionRow).where(LanSessionRow.name == old).values(name=new))
+        for column in owners:
+            conn.execute(
+                update(column.class_)
+                .where(column == LAN_OWNER_PREFIX + old)
+                .values(owner=LAN_OWNER_PREFIX + new)
+            )
+        accounts.add(new)
+        named.add(new)
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {5: _link_messages, 7: _tidy_lan_names}
 
 
 def migrate(engine: Engine) -> int:

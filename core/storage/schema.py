@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def utcnow() -> datetime:
@@ -159,7 +159,7 @@ class LanAccountRow(Base):
 
     __tablename__ = "lan_accounts"
 
-    name: Mapped[str] = mapped_column(String(40), primary_key=True)  # casefolded
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)  # core.access.policy.name_key
     display_name: Mapped[str] = mapped_column(String(40))
     password_hash: Mapped[str] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

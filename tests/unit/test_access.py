@@ -75,7 +75,20 @@ def test_sign_in_gives_each_name_its_own_owner_and_admins_their_role(database: D
     assert claimed(gate, "10.0.0.3", "李雷", "s3cret").owner == "lan:李雷"  # names in any script
 
 
-@pytest.mark.parametrize("name", ["", "   ", "a" * 41, "<script>", "../x", "bob\nadmin"])
+def test_a_name_typed_full_width_or_with_extra_spaces_is_the_same_name(database: Database) -> None:
+    """A Chinese input method in full-width mode types "Ａｌｉｃｅ"; a browser shows "Al  ice" as "Al ice"."""
+    gate = SignInGate(AccessPolicy(password="s3cret", admin_names=frozenset({"root"})), database)
+    alice = claimed(gate, "10.0.0.2", "Ａｌｉｃｅ  Ｌｉ", "s3cret")
+    assert (alice.name, alice.owner) == ("Alice Li", "lan:alice li")
+    assert gate.sign_in("10.0.0.3", "alice li", "s3cret", PERSONAL).owner == "lan:alice li"
+    assert reason(lambda: gate.sign_in("10.0.0.4", "Alice   Li", "s3cret", "guess guess")) == "bad_password"
+    assert claimed(gate, "10.0.0.5", "ＲＯＯＴ", "s3cret").is_admin
+    assert load_access_policy(
+        {"LOCALLLM_PASSWORD": "pw", "LOCALLLM_ADMINS": "Ｂｏｂ, Carol  Wu"}
+    ).admin_names == {"bob", "carol wu"}
+
+
+@pytest.mark.parametrize("name", ["", "   ", "a" * 41, "<script>", "../x", "bob\nadmin", "bob\u3000\nadmin"])
 def test_bad_user_names_are_refused(database: Database, name: str) -> None:
     gate = SignInGate(AccessPolicy(password="pw"), database)
     assert reason(lambda: claimed(gate, "10.0.0.2", name, "pw")) == "bad_name"

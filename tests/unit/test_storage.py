@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
 from core.chat.configs import ConfigStore
 from core.errors import ConfigError, NotFoundError, SchemaTooNewError
@@ -16,7 +16,14 @@ from core.inference.params import GenerationParams
 from core.settings import PROJECT_ROOT
 from core.storage import repo
 from core.storage.db import Database, display_url
-from core.storage.schema import SCHEMA_VERSION
+from core.storage.schema import (
+    SCHEMA_VERSION,
+    ConversationRow,
+    LanAccountRow,
+    LanSessionRow,
+    PresetRow,
+    utcnow,
+)
 from ui.i18n import error_text
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -186,6 +193,40 @@ def test_a_database_from_an_older_schema_opens_without_loss(db_url: str) -> None
         assert repo.list_messages(session, conversation.id)[-1].ttft_s == pytest.approx(0.1)
         assert repo.get_setting(session, "ui.language") == "zh"
     assert Database(db_url).found_version == SCHEMA_VERSION
+
+
+def test_lan_names_kept_in_an_older_form_move_to_the_tidy_one_unless_it_is_taken(db_url: str) -> None:
+    """Version 7 keys a LAN name by its NFKC form: "ａｌｉｃｅ" (full-width, as signed in before) is now
+    "alice"; her account, sessions, conversations and presets move with it. Where the tidy key is already
+    someone's ("ｂｏｂ" and "bob" both exist), nothing is merged."""
+    database = Database(db_url)
+    with database.begin() as session:
+        for key in ("ａｌｉｃｅ", "ｂｏｂ", "bob"):
+            session.add(LanAccountRow(name=key, display_name=key, password_hash="scrypt$x"))
+            session.add(LanSessionRow(token_hash=key, name=key, display_name=key, expires_at=utcnow()))
+            session.add(ConversationRow(owner=f"lan:{key}", title=f"{key}'s chat", uid=key))
+            session.add(PresetRow(owner=f"lan:{key}", name=f"{key}'s preset"))
+        session.add(ConversationRow(owner="lan:ｅｒｉｎ", title="before passwords", uid="erin"))
+    with database.engine.begin() as conn:
+        conn.execute(text("UPDATE schema_info SET version = 6"))
+
+    assert Database(db_url).found_version == 6
+    with database.begin() as session:
+        assert set(session.scalars(select(LanAccountRow.name))) == {"alice", "ｂｏｂ", "bob"}
+        assert set(session.scalars(select(LanSessionRow.name))) == {"alice", "ｂｏｂ", "bob"}
+        owners = {row.title: row.owner for row in session.scalars(select(ConversationRow))}
+        presets = {row.name: row.owner for row in session.scalars(select(PresetRow))}
+    assert owners == {
+        "ａｌｉｃｅ's chat": "lan:alice",
+        "ｂｏｂ's chat": "lan:ｂｏｂ",
+        "bob's chat": "lan:bob",
+        "before passwords": "lan:erin",
+    }
+    assert presets == {
+        "ａｌｉｃｅ's preset": "lan:alice",
+        "ｂｏｂ's preset": "lan:ｂｏｂ",
+        "bob's preset": "lan:bob",
+    }
 
 
 def test_a_database_from_a_newer_app_is_refused_untouched(database: Database, db_url: str) -> None:

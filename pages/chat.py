@@ -209,6 +209,8 @@ def options(conversation: Conversation, current: ProviderConfig) -> None:
     with st.expander(t("chat.options")):
         preset_picker(chat, presets, conversation, current.model)
         settings_form(conversation, params, switches_thinking(current))
+        if current.provider != "local_model":
+            st.caption(t("chat.server_settings"))
 
 
 def settings_form(conversation: Conversation, params: GenerationParams, thinking_switch: bool) -> None:
@@ -224,17 +226,20 @@ def settings_form(conversation: Conversation, params: GenerationParams, thinking
         top_k = left.number_input(t("chat.top_k"), 0, 1000, params.top_k, 1, help=t("chat.top_k_help"),
                                   placeholder=t("chat.model_default"))  # fmt: skip
         min_p = right.slider(t("chat.min_p"), 0.0, 0.5, params.min_p, 0.01, help=t("chat.min_p_help"))
-        presence = left.slider(t("chat.presence_penalty"), -2.0, 2.0, params.presence_penalty, 0.1)
-        seed = right.number_input(t("chat.seed"), 0, 2**31, params.seed, 1, placeholder=t("chat.random"),
+        presence = left.slider(t("chat.presence_penalty"), -2.0, 2.0, params.presence_penalty, 0.1,
+                               help=t("chat.presence_penalty_help"))  # fmt: skip
+        frequency = right.slider(t("chat.frequency_penalty"), -2.0, 2.0, params.frequency_penalty, 0.1,
+                                 help=t("chat.frequency_penalty_help"))  # fmt: skip
+        seed = left.number_input(t("chat.seed"), 0, 2**31, params.seed, 1, placeholder=t("chat.random"),
                                   help=t("chat.seed_help"))  # fmt: skip
         thinking = params.thinking
         if thinking_switch:
-            thinking = left.toggle(t("chat.think_first"), thinking, help=t("chat.think_first_help"))
+            thinking = right.toggle(t("chat.think_first"), thinking, help=t("chat.think_first_help"))
         if st.form_submit_button(t("chat.save")):
             new_params = GenerationParams(
                 temperature, top_p, int(max_new), penalty, top_k=None if top_k is None else int(top_k),
-                min_p=min_p, presence_penalty=presence, seed=None if seed is None else int(seed),
-                thinking=thinking,
+                min_p=min_p, presence_penalty=presence, frequency_penalty=frequency,
+                seed=None if seed is None else int(seed), thinking=thinking,
             )  # fmt: skip
             attempt(lambda: chat.set_options(conversation.id, system, new_params))
 

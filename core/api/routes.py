@@ -148,11 +148,9 @@ def _parse(raw: bytes) -> ChatCompletionRequest:
     if body.logprobs or body.top_logprobs:
         raise APIError(400, "This server does not return log-probabilities: send the request without "
                        "'logprobs'.", code="logprobs_not_supported", param="logprobs")  # fmt: skip
-    for name in ("frequency_penalty", "logit_bias"):  # 0 and {}, which clients send by default, mean none
-        if getattr(body, name):
-            raise APIError(400, f"This server does not apply '{name}': send the request without it (presence_"
-                           "penalty and repetition_penalty are applied).", code="unsupported_parameter",
-                           param=name)  # fmt: skip
+    if body.logit_bias:  # {}, which clients send by default, means none
+        raise APIError(400, "This server does not apply 'logit_bias': send the request without it.",
+                       code="unsupported_parameter", param="logit_bias")  # fmt: skip
     if body.response_format and body.response_format.type != "text":
         raise APIError(400, f"This server does not hold replies to a format ('{body.response_format.type}'): "
                        "send the request without 'response_format', and ask for JSON in the prompt.",
@@ -176,7 +174,8 @@ def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
 
 def _params(body: ChatCompletionRequest, defaults: GenerationParams) -> GenerationParams:
     """The request's sampling settings over `defaults` (what it leaves out)."""
-    names = ("temperature", "top_p", "repetition_penalty", "presence_penalty", "top_k", "min_p", "seed")
+    names = ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "top_k",
+             "min_p", "seed")  # fmt: skip
     given = {name: getattr(body, name) for name in names}
     options = body.chat_template_kwargs
     given["thinking"] = options.enable_thinking if options else None

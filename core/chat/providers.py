@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -89,9 +90,11 @@ MAX_SAID_CHARS = 300  # of a server's own words for an error, shown in the sente
 # gpt-5: "Unsupported parameter: 'max_tokens' … Use 'max_completion_tokens' instead", "Unsupported
 # value: 'temperature' does not support 0.7 with this model"): the request is sent again without
 # them, and later requests to that model leave them out at once (`_REFUSED`).
-ADJUSTABLE = ("max_tokens", "temperature", "top_p")
+ADJUSTABLE = ("max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed")
 UNSUPPORTED = ("unsupported_parameter", "unsupported_value")  # the error codes of such a refusal
 _REFUSED: dict[tuple[str, str], frozenset[str]] = {}  # (base URL, model): the parameters it refused
+# What OpenAI says of a field it does not know (vLLM's and llama.cpp's top_k, say): no param, no code.
+_UNRECOGNIZED = re.compile(r"Unrecognized request argument supplied: (\w+)")
 # A server that answers at all accepts a connection within a second or two, even over the internet; one
 # that does not (a host that drops packets) is said to be unreachable after 4 tries of this, not of the
 # minute a reply's next words may take.
@@ -103,6 +106,35 @@ WELL_KNOWN_SERVERS = {
     "vLLM": "http://localhost:8000/v1",
     "OpenAI": "https://api.openai.com/v1",
 }
+
+
+def sampling_fields(params: GenerationParams) -> dict[str, Any]:
+    """A request's sampling fields: temperature, top_p and max_tokens, and the settings changed from the
+    defaults by the names servers know them: OpenAI's own, and in `extra_body` the extensions of vLLM
+    (`repetition_penalty`) and of llama.cpp and LM Studio (`repeat_penalty`); the rest are the server's."""
+    default = GenerationParams()
+    changed = {name: getattr(params, name) for name in ("presence_penalty", "frequency_penalty", "seed")}
+    fields = {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens}
+    fields |= {name: value for name, value in changed.items() if value != getattr(default, name)}
+    extra: dict[str, Any] = {"top_k": params.top_k} if params.top_k is not None else {}
+    if params.min_p:
+        extra["min_p"] = params.min_p
+    if params.repetition_penalty != default.repetition_penalty:
+        extra["repetition_penalty"] = extra["repeat_penalty"] = params.repetition_penalty
+    return fields | ({"extra_body": extra} if extra else {})
+
+
+def _refused_by(exc: Any, request: dict[str, Any]) -> frozenset[str]:
+    """The parameters of `request` that a 400 refuses: one a model takes only its own way (`ADJUSTABLE`,
+    OpenAI's reasoning models), or every extension in `extra_body` where the server knows none (OpenAI:
+    "Unrecognized request argument supplied: top_k")."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    name, code = body.get("param"), body.get("code")
+    if name in ADJUSTABLE and name in request and code in UNSUPPORTED:
+        return frozenset({name})
+    extra = request.get("extra_body", {})
+    unknown = _UNRECOGNIZED.search(str(body.get("message", "")))
+    return frozenset(extra) if unknown and unknown.group(1) in extra else frozenset()
 
 
 def _server_said(exc: Any, secret: str | None) -> str | None:
@@ -248,25 +280,27 @@ class OpenAICompatibleProvider:
         return sorted(str(model_id) for model_id in ids)[:MAX_LISTED_MODELS]
 
     def _create(self, request: dict[str, Any]) -> Any:
-        """The streamed completion; a parameter the model refused (`ADJUSTABLE`) is left out, and the
+        """The streamed completion; parameters the model refused (`_refused_by`) are left out, and the
         request sent again (`max_tokens` as `max_completion_tokens`)."""
         import openai
 
         refused = _REFUSED.get((self.base_url, self.model), frozenset())
         while True:
-            for name in refused & request.keys():
-                value = request.pop(name)
+            extra = request.get("extra_body", {})
+            for name in refused & (request.keys() | extra.keys()):
+                value = extra.pop(name) if name in extra else request.pop(name)
                 if name == "max_tokens":
                     request["max_completion_tokens"] = value
             try:
                 return self._client.chat.completions.create(**request)
             except openai.BadRequestError as exc:
-                body = exc.body if isinstance(exc.body, dict) else {}
-                name, code = body.get("param"), body.get("code")
-                if name not in ADJUSTABLE or name not in request or code not in UNSUPPORTED:
+                dropped = _refused_by(exc, request)
+                if not dropped:
                     raise
-                logger.info("%s (%s) refused %s: sent again without it", self.base_url, self.model, name)
-                refused |= {name}
+                logger.info(
+                    "%s (%s) refused %s: sent again without", self.base_url, self.model, sorted(dropped)
+                )
+                refused |= dropped
                 _REFUSED[(self.base_url, self.model)] = refused
 
     def count_tokens(self, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
@@ -292,8 +326,7 @@ class OpenAICompatibleProvider:
         try:
             response = self._create({
                 "model": self.model, "messages": list(messages), "stream": True,
-                "stream_options": {"include_usage": True}, "temperature": params.temperature,
-                "top_p": params.top_p, "max_tokens": params.max_new_tokens,
+                "stream_options": {"include_usage": True}, **sampling_fields(params),
             })  # fmt: skip
             with response:
                 for chunk in response:

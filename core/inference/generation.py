@@ -175,8 +175,11 @@ def _generate_options(
     }
     if not sampling.greedy:
         options.update(temperature=sampling.temperature, top_p=sampling.top_p, min_p=sampling.min_p or None)
-    if sampling.presence_penalty:
-        options["logits_processor"] = LogitsProcessorList([_PresencePenalty(sampling.presence_penalty)])
+    if sampling.presence_penalty or sampling.frequency_penalty:
+        penalties = _OpenAIPenalties(
+            sampling.presence_penalty, sampling.frequency_penalty, inputs["input_ids"].shape[1]
+        )
+        options["logits_processor"] = LogitsProcessorList([penalties])
     if sampling.seed is not None:
         import torch
 
@@ -186,15 +189,19 @@ def _generate_options(
     return options
 
 
-class _PresencePenalty:
-    """OpenAI's presence penalty for transformers' generate: subtracted once from each seen token."""
+class _OpenAIPenalties:
+    """OpenAI's penalties for transformers' generate, as the engine's sampler applies them: presence
+    once from each seen token, frequency once for each time the reply chose it."""
 
-    def __init__(self, penalty: float) -> None:
-        self.penalty = penalty
+    def __init__(self, presence: float, frequency: float, prompt_tokens: int) -> None:
+        self.presence, self.frequency, self.prompt_tokens = presence, frequency, prompt_tokens
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         seen = scores.new_zeros(scores.shape, dtype=bool).scatter_(1, input_ids, True)
-        return scores - self.penalty * seen
+        chosen = scores.new_zeros(scores.shape).scatter_add_(
+            1, input_ids[:, self.prompt_tokens :], scores.new_ones(input_ids[:, self.prompt_tokens :].shape)
+        )
+        return scores - self.presence * seen - self.frequency * chosen
 
 
 def sampling_for(params: GenerationParams, generation_config: Any) -> Sampling:
@@ -207,7 +214,7 @@ def sampling_for(params: GenerationParams, generation_config: Any) -> Sampling:
     return Sampling(
         temperature=params.temperature, top_k=top_k, top_p=params.top_p, min_p=params.min_p,
         repetition_penalty=params.repetition_penalty, presence_penalty=params.presence_penalty,
-        seed=params.seed,
+        frequency_penalty=params.frequency_penalty, seed=params.seed,
     )  # fmt: skip
 
 

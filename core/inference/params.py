@@ -16,7 +16,8 @@ DEFAULT_TOP_K = 40
 @dataclass(frozen=True)
 class GenerationParams:
     """How a reply is generated. temperature 0 is greedy; top_k None is the model's own (its
-    generation_config, else DEFAULT_TOP_K), 0 no limit; min_p and presence_penalty 0 are off; a seed
+    generation_config, else DEFAULT_TOP_K), 0 no limit; min_p and the presence and frequency penalties 0
+    are off; a seed
     makes sampling repeat; `thinking` False asks a local model whose chat template takes
     `enable_thinking` (Qwen3) to answer without reasoning first (other models and servers ignore it)."""
 
@@ -27,6 +28,7 @@ class GenerationParams:
     top_k: int | None = None
     min_p: float = 0.0
     presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
     thinking: bool = True
 
@@ -39,6 +41,7 @@ class GenerationParams:
             (self.top_k is None or 0 <= self.top_k <= 1000, "top_k must be between 0 (no limit) and 1000"),
             (0.0 <= self.min_p < 1.0, "min_p must be at least 0 and below 1"),
             (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be between -2 and 2"),
+            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),
             (self.seed is None or 0 <= self.seed < 2**63, "seed must be a non-negative integer"),
         )
         for ok, message in checks:

@@ -44,11 +44,21 @@ class Sampling:
     min_p: float = 0.0
     repetition_penalty: float = 1.0  # transformers' (CTRL's): divides a seen token's positive logit
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from a seen token's logit
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted once for each time the reply chose the token
     seed: int | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def lifts(self) -> bool:
+        """Whether a penalty raises seen tokens' scores (below 1, negative): one from far down may rise."""
+        return self.repetition_penalty < 1.0 or self.presence_penalty < 0.0 or self.frequency_penalty < 0.0
+
+    @property
+    def penalises(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
 Best = tuple[list[float], list[int]]  # the best scores of a row of logits and their ids, best first
@@ -80,7 +90,9 @@ def best_of_each(choosers: list[TokenChooser], logits: torch.Tensor) -> list[Bes
 
 
 class TokenChooser:
-    """Chooses tokens for one reply; remembers what it has seen (the prompt, then each token chosen)."""
+    """Chooses tokens for one reply; remembers what it has seen (the prompt, then each token chosen) and
+    how often it chose each (the frequency penalty counts the reply's own tokens, as OpenAI and vLLM do:
+    a prompt's common words would weigh on every reply)."""
 
     def __init__(
         self, sampling: Sampling, vocabulary: int, device: torch.device | str, seen: Iterable[int] = (),
@@ -93,6 +105,7 @@ class TokenChooser:
         self._seen_set = set(seen)
         self._seen = torch.tensor(sorted(self._seen_set), dtype=torch.long, device=self.device)
         self._seen_pending: list[int] = []  # seen, not yet in `_seen` (extended when `_penalised` needs it)
+        self._chosen: dict[int, int] = {}  # how often the reply chose each token
         self._never_set = set(never)
         self._never = torch.tensor(sorted(self._never_set), dtype=torch.long, device=self.device)
         self._generator = torch.Generator(device=self.device)
@@ -103,6 +116,7 @@ class TokenChooser:
         self._random = random.Random(sampling.seed)  # draws from a shortlist (None: from the system)
 
     def observe(self, token: int) -> None:
+        self._chosen[token] = self._chosen.get(token, 0) + 1
         if token not in self._seen_set:
             self._seen_set.add(token)
             self._seen_pending.append(token)
@@ -110,10 +124,10 @@ class TokenChooser:
     @property
     def shortlist(self) -> int:
         """How many of the best scores `choose` reads first (0: none, it works on tensors). None where a
-        penalty raises a seen token's score (a repetition penalty below 1, a negative presence penalty):
-        a token from beyond the best read could then rise among them."""
+        penalty raises a seen token's score (`Sampling.lifts`): a token from beyond the best read could
+        then rise among them."""
         sampling = self.sampling
-        if sampling.repetition_penalty < 1.0 or sampling.presence_penalty < 0.0:
+        if sampling.lifts:
             return 0
         k = 1 if sampling.greedy else sampling.top_k
         return min(self.vocabulary, 2 * k + SHORTLIST_EXTRA) if 0 < k <= SHORTLIST_MAX_K else 0
@@ -171,7 +185,7 @@ class TokenChooser:
                 value = (
                     value / sampling.repetition_penalty if value > 0 else value * sampling.repetition_penalty
                 )
-                value -= sampling.presence_penalty
+                value -= sampling.presence_penalty + sampling.frequency_penalty * self._chosen.get(token, 0)
             scored.append((value, token))
         scored.sort(key=lambda pair: (-pair[0], pair[1]))  # best first; equal ones by id, as argmax
         if len(scored) < k or (len(raw) < vocabulary and not scored[k - 1][0] > raw[-1]):
@@ -201,11 +215,15 @@ class TokenChooser:
         if self._seen_pending:
             self._seen = torch.cat((self._seen, self._seen.new_tensor(self._seen_pending)))
             self._seen_pending.clear()
-        if (sampling.repetition_penalty != 1.0 or sampling.presence_penalty != 0.0) and self._seen.numel():
+        if sampling.penalises and self._seen.numel():
             seen = scores[self._seen]
             penalty = sampling.repetition_penalty
             penalised = torch.where(seen > 0, seen / penalty, seen * penalty) - sampling.presence_penalty
             scores = scores.index_put((self._seen,), penalised)
+        if sampling.frequency_penalty and self._chosen:
+            chosen = torch.tensor(list(self._chosen), dtype=torch.long, device=scores.device)
+            counts = torch.tensor(list(self._chosen.values()), dtype=scores.dtype, device=scores.device)
+            scores = scores.index_put((chosen,), -sampling.frequency_penalty * counts, accumulate=True)
         if self._never.numel():
             scores = scores.index_fill(0, self._never, float("-inf"))
         return scores

@@ -263,6 +263,47 @@ def test_a_reasoning_model_that_takes_only_its_own_settings_is_answered_and_reme
         assert len(server.bodies) == 5 and "temperature" not in server.bodies[-1]
 
 
+CHANGED = GenerationParams(temperature=0.5, max_new_tokens=8, top_k=20, min_p=0.05, repetition_penalty=1.3,
+                           presence_penalty=0.4, frequency_penalty=0.6, seed=7)  # fmt: skip
+
+
+def test_the_settings_a_user_changed_reach_the_server_by_the_names_it_knows(engine: LocalEngine) -> None:  # noqa: F811
+    """Only temperature, top_p and the length were sent: a seed, top-k, min-p and the penalties set in
+    the chat's settings were dropped silently. Now OpenAI's fields, and vLLM's and llama.cpp's
+    extensions beside them; what was left at its default stays the server's own."""
+    with FaultyOpenAIServer("strict") as server:
+        _stream_with(OpenAICompatibleProvider(server.url, None, "vllm-model"), SHORT)
+        _stream_with(OpenAICompatibleProvider(server.url, None, "vllm-model"), CHANGED)
+    plain, changed = server.bodies[:2]  # each as first sent
+    sent = plain.keys() - {"model", "messages", "stream", "stream_options"}
+    assert sent == {"temperature", "top_p", "max_tokens"}
+    assert changed | {"messages": None} == {
+        "model": "vllm-model", "messages": None, "stream": True, "stream_options": {"include_usage": True},
+        "temperature": 0.5, "top_p": 0.9, "max_tokens": 8, "seed": 7, "presence_penalty": 0.4,
+        "frequency_penalty": 0.6, "top_k": 20, "min_p": 0.05, "repetition_penalty": 1.3,
+        "repeat_penalty": 1.3,
+    }  # fmt: skip
+    with serving(engine) as url:  # this project's own server takes them all
+        texts = [e.text for e in _stream_with(OpenAICompatibleProvider(url, None, "tiny"), CHANGED)]
+    assert texts and "".join(texts)
+
+
+def _stream_with(provider: OpenAICompatibleProvider, params: GenerationParams) -> list[TextDelta]:
+    return [e for e in provider.stream(MESSAGES, params, threading.Event()) if isinstance(e, TextDelta)]
+
+
+def test_a_server_that_knows_no_extension_is_asked_again_without_them_and_remembered() -> None:
+    """OpenAI refuses vLLM's top_k ("Unrecognized request argument supplied: top_k", no param, no code):
+    the request goes again without top_k, min_p and the repetition penalties, OpenAI's own fields kept."""
+    with FaultyOpenAIServer("strict") as server:
+        texts = _stream_with(OpenAICompatibleProvider(server.url, None, "gpt-4o"), CHANGED)
+        assert "".join(e.text for e in texts) == REASONED_ANSWER
+        assert ["top_k" in body for body in server.bodies] == [True, False]
+        assert server.bodies[-1]["seed"] == 7 and server.bodies[-1]["frequency_penalty"] == 0.6
+        _stream_with(OpenAICompatibleProvider(server.url, None, "gpt-4o"), CHANGED)  # the next chat: at once
+        assert len(server.bodies) == 3 and "min_p" not in server.bodies[-1]
+
+
 def test_a_servers_own_words_for_an_error_are_in_the_sentence_without_the_key(in_chinese) -> None:
     secret = "sk-never-show-this-9999"
     with FaultyOpenAIServer("status:400") as server, pytest.raises(ProviderError) as refused:

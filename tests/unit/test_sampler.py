@@ -75,6 +75,35 @@ def test_the_presence_penalty_is_subtracted_once_from_each_seen_token() -> None:
     torch.testing.assert_close(ours, (expected / 0.8).softmax(-1))
 
 
+@pytest.mark.parametrize(
+    "sampling",
+    [Sampling(temperature=0.8, top_k=10, top_p=0.9, frequency_penalty=0.7),
+     Sampling(temperature=0.8, top_p=0.9, frequency_penalty=0.7),
+     Sampling(temperature=0.8, top_k=10, frequency_penalty=-0.7, presence_penalty=0.5),
+     Sampling(frequency_penalty=0.7)],
+    ids=["top-k", "no top-k", "negative, with presence", "greedy"],
+)  # fmt: skip
+def test_the_frequency_penalty_counts_each_time_the_reply_chose_a_token(sampling: Sampling) -> None:
+    """OpenAI's and vLLM's: subtracted once for each time the reply chose the token; the prompt's tokens
+    (seen) are not counted, however often they occur there."""
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(3))
+    logits[4], logits[5], logits[1] = logits.max() + 1.0, logits.max() + 0.5, logits.max() + 0.2
+    chooser = TokenChooser(sampling, 50, "cpu", seen=[1, 1, 1, 2])
+    for token in (4, 4, 4, 5):
+        chooser.observe(token)
+    expected = logits.clone()
+    expected[[1, 2, 4, 5]] -= sampling.presence_penalty
+    expected[4] -= 3 * sampling.frequency_penalty
+    expected[5] -= sampling.frequency_penalty
+    if sampling.greedy:
+        assert chooser.choose(logits) == int(expected.argmax())
+        return
+    without = Sampling(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+    torch.testing.assert_close(
+        chooser.distribution(logits), reference(expected, [], without), atol=2e-6, rtol=1e-4
+    )
+
+
 def test_draws_follow_the_distribution() -> None:
     logits = torch.randn(30, generator=torch.Generator().manual_seed(5)) * 2
     sampling = Sampling(temperature=0.9, top_k=12, top_p=0.9, seed=7)

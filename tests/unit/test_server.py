@@ -191,8 +191,8 @@ def test_serve_off_loopback_generates_and_requires_a_token(tmp_path: Path) -> No
 def test_sampling_settings_and_a_seed_reach_the_engine(engine: LocalEngine) -> None:
     with serving(engine) as url:
         client = _client(url)
-        settings = {"temperature": 1.3, "top_p": 0.95, "presence_penalty": 0.5, "seed": 11,
-                    "extra_body": {"top_k": 40, "min_p": 0.02}}  # fmt: skip
+        settings = {"temperature": 1.3, "top_p": 0.95, "presence_penalty": 0.5, "frequency_penalty": 0.3,
+                    "seed": 11, "extra_body": {"top_k": 40, "min_p": 0.02}}  # fmt: skip
 
         def reply(**changes: object) -> str:
             answer = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24,
@@ -209,6 +209,7 @@ def test_sampling_settings_and_a_seed_reach_the_engine(engine: LocalEngine) -> N
         )
         assert again.choices[0].message.content == first
         assert reply(seed=12) != first
+        assert reply(frequency_penalty=-2.0) != first  # a token the reply repeats is chosen more
 
 
 def test_settings_a_request_leaves_out_are_the_models_own(engine: LocalEngine) -> None:
@@ -271,7 +272,7 @@ def test_a_stop_sequence_ends_the_reply_before_it_streamed_or_not(engine: LocalE
 
 
 def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngine) -> None:
-    """JSON mode, log-probabilities, a frequency penalty, a logit bias: a client that relies on them gets
+    """JSON mode, log-probabilities, a logit bias: a client that relies on them gets
     a 400 naming the parameter, not a reply without them; stop sequences past the limit likewise. What
     clients send by default (0, {}, a text format, logprobs false) is accepted."""
     with serving(engine) as url:
@@ -279,7 +280,6 @@ def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngi
         for extra, param in (
             ({"response_format": {"type": "json_object"}}, "response_format"),
             ({"logprobs": True}, "logprobs"),
-            ({"frequency_penalty": 0.5}, "frequency_penalty"),
             ({"logit_bias": {"42": -100}}, "logit_bias"),
             ({"stop": [f"s{i}" for i in range(17)]}, "stop"),
             ({"stop": [""]}, "stop.list[constrained-str].0"),

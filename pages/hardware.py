@@ -25,8 +25,13 @@ st.title(t("hardware.title"))
 st.subheader(t("hardware.section"))
 info = resources.hardware()
 # Cards of a fixed width in wrapping rows, two by two: four across on a wide page, two rows of two
-# where columns would cut "25.3 GB" to "2…" (a laptop's window with the sidebar open), never 3 + 1.
-machine = st.container(horizontal=True)
+# where columns would cut "25.3 GB" to "2…" (a laptop's window with the sidebar open), never 3 + 1;
+# one a row, the page's whole width, on a phone (where two do not fit beside each other).
+machine = st.container(horizontal=True, key="hardware-cards")
+st.html(
+    "<style>@media (max-width: 430px) {.st-key-hardware-cards > div, .st-key-hardware-cards"
+    " .stHorizontalBlock > div {width: 100% !important; flex: 1 1 100% !important}}</style>"
+)
 pairs = [machine.container(horizontal=True, width="content") for _ in range(2)]
 cpu, ram, gpu, disk = (
     pair.container(border=True, width=HARDWARE_CARD_PX, height="stretch") for pair in pairs for _ in range(2)

@@ -71,7 +71,8 @@ def test_clicking_a_page_while_another_still_runs_keeps_the_language(browser: Br
 
 
 def test_the_machines_figures_are_whole_in_a_laptops_window(browser: Browser, app_url: str) -> None:
-    """900 px with the sidebar open: four columns cut '25.3 GB' to '2…'; the cards now wrap, two by two."""
+    """900 px with the sidebar open: four columns cut '25.3 GB' to '2…'; the cards now wrap, two by two,
+    and on a phone one by one, each the page's width (they were half of it, one a row)."""
     page = browser.new_context(locale="zh-CN", viewport={"width": 900, "height": 900}).new_page()
     page.goto(f"{app_url}/hardware")
     expect(page.get_by_role("heading", name="本机硬件")).to_be_visible(timeout=30_000)
@@ -87,6 +88,14 @@ def test_the_machines_figures_are_whole_in_a_laptops_window(browser: Browser, ap
         expect(values.nth(3)).to_be_visible()
         tops = [round(values.nth(i).bounding_box()["y"]) for i in range(4)]
         assert sorted(tops.count(top) for top in set(tops)) in ([4], [2, 2]), (width, tops)
+    page.set_viewport_size({"width": 390, "height": 900})  # a phone: one card a row, the page's width
+    page.wait_for_function(
+        "() => { const page = document.querySelector('[data-testid=stHeading]').clientWidth;"
+        " const values = [...document.querySelectorAll('[data-testid=stMetricValue]')].slice(0, 4);"
+        " const cards = values.map(v => v.closest('.stHorizontalBlock > div'));"
+        " return cards.length == 4 && cards.every(c => c.getBoundingClientRect().width > 0.95 * page); }",
+        timeout=30_000,
+    )
     page.context.close()
 
 

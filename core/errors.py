@@ -178,6 +178,12 @@ class ProviderError(LocalLLMError):
     code = "error.provider"
 
 
+class ServerContextError(ProviderError):
+    """A server refused the conversation as longer than its model's context, which it said (`limit`)."""
+
+    code = "error.server_context"
+
+
 class ReplyBrokeOffError(ProviderError):
     """A remote server's reply stopped midway; `reason` says why, as for the error that ended it."""
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from core import outbound
 from core.chat.reasoning import CLOSE, OPEN
-from core.errors import ConfigError, ProviderError, ReplyBrokeOffError
+from core.errors import ConfigError, ProviderError, ReplyBrokeOffError, ServerContextError
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
 from core.storage.records import ProviderConfig, check_base_url
@@ -84,7 +84,13 @@ class LocalProvider:
         return self.engine.stream(self.model, messages, params, stop, ignore_eos=ignore_eos, owner=owner)
 
 
-REMOTE_CONTEXT_TOKENS = 8192  # assumed when a server does not say; trimming uses it
+# A server's model is sent the conversation up to this many tokens (an estimate) until the server says
+# its context: vLLM lists it (`max_model_len`), as OpenRouter does (`context_length`); OpenAI, vLLM and
+# llama.cpp's server say it when they refuse a longer conversation (and it is sent again, trimmed to
+# it). Ollama and LM Studio shorten a long one themselves. 8192 cut GPT-4o's conversations to 8k.
+UNKNOWN_CONTEXT_TOKENS = 131_072
+_CONTEXT: dict[tuple[str, str], int] = {}  # (base URL, model): its context window, as the server said
+_SAID_CONTEXT = re.compile(r"maximum context length is (\d+) tokens")  # OpenAI's and vLLM's words
 MAX_SAID_CHARS = 300  # of a server's own words for an error, shown in the sentence that explains it
 # Parameters a server may refuse for a model that takes only its own (OpenAI's reasoning models, o1 to
 # gpt-5: "Unsupported parameter: 'max_tokens' … Use 'max_completion_tokens' instead", "Unsupported
@@ -124,11 +130,39 @@ def sampling_fields(params: GenerationParams) -> dict[str, Any]:
     return fields | ({"extra_body": extra} if extra else {})
 
 
+def _error_body(exc: Any) -> dict[str, Any]:
+    """An error's JSON: the `error` object of OpenAI's shape, as the client took it out."""
+    return exc.body if isinstance(exc.body, dict) else {}
+
+
+def _estimated_tokens(text: str) -> int:
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return ascii_chars // 3 + len(text) - ascii_chars
+
+
+def _learn_contexts(base_url: str, listed: list[Any]) -> None:
+    """Each listed model's context window where the listing says it (vLLM's `max_model_len`,
+    OpenRouter's `context_length`)."""
+    for model in listed:
+        said = model.get("max_model_len", model.get("context_length"))
+        if isinstance(said, int) and not isinstance(said, bool) and said > 0:
+            _CONTEXT[(base_url, str(model["id"]))] = said
+
+
+def _context_said(body: dict[str, Any]) -> int | None:
+    """The context window a server gave for refusing a conversation as too long: llama.cpp's `n_ctx`,
+    or OpenAI's and vLLM's words ("This model's maximum context length is 8192 tokens. However …")."""
+    said = body.get("n_ctx") if body.get("type") == "exceed_context_size_error" else None
+    if said is None and (found := _SAID_CONTEXT.search(str(body.get("message", "")))):
+        said = int(found.group(1))
+    return said if isinstance(said, int) and not isinstance(said, bool) and said > 0 else None
+
+
 def _refused_by(exc: Any, request: dict[str, Any]) -> frozenset[str]:
     """The parameters of `request` that a 400 refuses: one a model takes only its own way (`ADJUSTABLE`,
     OpenAI's reasoning models), or every extension in `extra_body` where the server knows none (OpenAI:
     "Unrecognized request argument supplied: top_k")."""
-    body = exc.body if isinstance(exc.body, dict) else {}
+    body = _error_body(exc)
     name, code = body.get("param"), body.get("code")
     if name in ADJUSTABLE and name in request and code in UNSUPPORTED:
         return frozenset({name})
@@ -140,7 +174,7 @@ def _refused_by(exc: Any, request: dict[str, Any]) -> frozenset[str]:
 def _server_said(exc: Any, secret: str | None) -> str | None:
     """The server's own words for an error (OpenAI-style `{"error": {"message": …}}`): one line, at most
     MAX_SAID_CHARS, the key (`secret`) never among them."""
-    body = exc.body if isinstance(exc.body, dict) else {}
+    body = _error_body(exc)
     message = body.get("message", body.get("error"))
     if isinstance(message, dict):
         message = message.get("message")
@@ -206,6 +240,11 @@ def _explain(exc: Exception, base_url: str, secret: str | None = None) -> Provid
             "The server is busy or the key's rate limit is reached (429); try again shortly.",
             reason="server_busy",
         )
+    if isinstance(exc, openai.BadRequestError) and (limit := _context_said(_error_body(exc))):
+        return ServerContextError(
+            f"The conversation is longer than this model's context on the server ({limit} tokens).",
+            limit=limit,
+        )
     if isinstance(exc, openai.APIStatusError):
         if said := _server_said(exc, secret):
             return ProviderError(
@@ -237,7 +276,6 @@ class OpenAICompatibleProvider:
         self.model = model
         self._params = params or GenerationParams()
         self._api_key = api_key
-        self.context_length = REMOTE_CONTEXT_TOKENS
         # max_retries: the client retries connection errors, 429 and 5xx with exponential backoff.
         self._client = openai.OpenAI(
             base_url=base_url,
@@ -250,6 +288,10 @@ class OpenAICompatibleProvider:
     def default_params(self) -> GenerationParams:
         """The provider config's sampling."""
         return self._params
+
+    @property
+    def context_length(self) -> int:
+        return _CONTEXT.get((self.base_url, self.model), UNKNOWN_CONTEXT_TOKENS)
 
     def list_models(self) -> list[str]:
         """The server's models; no retries (someone is waiting at the page: a refused connection took 4 s).
@@ -270,6 +312,7 @@ class OpenAICompatibleProvider:
         try:
             listed = answer.json()["data"]
             ids = {model["id"] for model in listed}
+            _learn_contexts(self.base_url, listed)
         except (ValueError, KeyError, TypeError) as exc:  # not JSON, no list of models, a model without id
             raise ProviderError(
                 f"{self.base_url} answered, but not as an OpenAI-compatible server: check the address "
@@ -304,8 +347,9 @@ class OpenAICompatibleProvider:
                 _REFUSED[(self.base_url, self.model)] = refused
 
     def count_tokens(self, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
-        """An estimate (a remote tokenizer is not available here): about 3 characters a token."""
-        return sum(len(m["content"]) // 3 + 4 for m in messages)
+        """An estimate (a remote tokenizer is not available here): 3 characters of ASCII a token, and a
+        token for every other character (a Chinese one is 0.6-1 token to GPT-4o's and Qwen's tokenizers)."""
+        return sum(_estimated_tokens(m["content"]) + 4 for m in messages)
 
     def stream(
         self,
@@ -348,6 +392,8 @@ class OpenAICompatibleProvider:
         except (openai.OpenAIError, AttributeError, TypeError, ValueError) as exc:
             error = _explain(exc, self.base_url, self._api_key)
             logger.warning("%s (%s): %s", self.base_url, self.model, error.message)
+            if isinstance(error, ServerContextError):
+                _CONTEXT[(self.base_url, self.model)] = error.params["limit"]
             if pieces:
                 error = ReplyBrokeOffError(f"The reply broke off midway: {error.message}", **error.params)
             raise error from exc

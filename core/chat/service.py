@@ -25,6 +25,7 @@ from core.errors import (
     LocalLLMError,
     MessageError,
     NotFoundError,
+    ServerContextError,
 )
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
@@ -52,6 +53,17 @@ class FilesUsed:
 
 
 ChatEvent = Event | Trimmed | FilesUsed
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    """What a reply is asked with: its settings, the messages that fit, the files' parts they hold, and
+    the events that tell the user so."""
+
+    params: GenerationParams
+    messages: list[dict[str, str]]
+    uses: tuple[FileUse, ...]
+    notes: tuple[Trimmed | FilesUsed, ...]
 
 
 TRIM_MARKS = 2  # a long history may be cut where its running size passes a multiple of half the budget
@@ -352,44 +364,23 @@ class ChatService:
         """Answer the branch that ends at `after` (default: the shown one); the reply continues it."""
         provider = self.provider()
         conversation = self.get(conversation_id)
-        params = self.params(conversation_id)
-        # Sensible per model: a reply may use at most half the context, the rest is for the history.
-        params = replace(params, max_new_tokens=min(params.max_new_tokens, provider.context_length // 2))
         with self.db.begin() as session:
             question = (
                 after if after is not None else repo.leaf_id(session, self._row(session, conversation_id))
             )
             branch = branches.path_to(repo.list_messages(session, conversation_id), question)
             attached = repo.attachment_texts(session, [m.id for m in branch if m.role == "user"])
-        # Earlier replies without their reasoning, as thinking models' own templates send them back.
-        history = [
-            {
-                "role": m.role,
-                "content": split_reasoning(m.content).answer if m.role == "assistant" else m.content,
-            }
-            for m in branch
-        ]
-        budget = provider.context_length - params.max_new_tokens
-        uses: list[FileUse] = []
-        if attached and history:
-            system = (
-                [{"role": "system", "content": conversation.system_prompt}]
-                if conversation.system_prompt
-                else []
-            )
-            files = [FileText(info.name, file_text) for info, file_text in attached]
-            asked_with = {info.message_id for info, _ in attached}
-            query = " ".join([history[-1]["content"], *(m.content for m in branch if m.id in asked_with)])
-            history, uses = with_files(system, history, files, query, budget, provider.count_tokens)
-            yield FilesUsed(tuple(uses))
-        messages, dropped = trim_history(conversation.system_prompt, history, budget, provider.count_tokens)
-        if dropped:
-            yield Trimmed(dropped)
+
+        def fitted() -> _Prompt:
+            return self._prompt(conversation, provider, branch, attached)
+
+        prompt = fitted()
+        yield from prompt.notes
         with self.db.begin() as session:
             # Stored before the first token: a crash leaves the partial reply, marked interrupted.
             reply_id = repo.add_message(
                 session, conversation_id, "assistant", "", parent_id=question, model=provider.model,
-                finish_reason="interrupted", sources=[use.to_dict() for use in uses] or None,
+                finish_reason="interrupted", sources=[use.to_dict() for use in prompt.uses] or None,
             ).id  # fmt: skip
         text, saved_at = "", time.monotonic()
         finished = False
@@ -403,8 +394,14 @@ class ChatService:
                 finished = True
                 self._save_finished(reply_id, text, event.stats)
 
-        stream = provider.stream(
-            messages, params, stop, ignore_eos=ignore_eos, owner=f"conversation-{conversation_id}"
+        stream = self._within_context(
+            provider,
+            prompt,
+            fitted,
+            reply_id,
+            stop,
+            ignore_eos=ignore_eos,
+            owner=f"conversation-{conversation_id}",
         )
         try:
             for event in stream:
@@ -431,6 +428,61 @@ class ChatService:
         finally:
             if not finished and not stop.is_set():
                 stop.set()
+
+    def _prompt(
+        self, conversation: Conversation, provider: ChatProvider, branch: list[Message],
+        attached: list[tuple[AttachmentInfo, str]],
+    ) -> _Prompt:  # fmt: skip
+        """The branch's messages within the provider's context as it knows it now (a reply may take at
+        most half of it), earlier replies without their reasoning (as thinking models' own templates send
+        them back), the attached files' parts that fit."""
+        params = self.params(conversation.id)
+        params = replace(params, max_new_tokens=min(params.max_new_tokens, provider.context_length // 2))
+        history = [
+            {
+                "role": m.role,
+                "content": split_reasoning(m.content).answer if m.role == "assistant" else m.content,
+            }
+            for m in branch
+        ]
+        budget = provider.context_length - params.max_new_tokens
+        uses: list[FileUse] = []
+        notes: list[Trimmed | FilesUsed] = []
+        if attached and history:
+            system = (
+                [{"role": "system", "content": conversation.system_prompt}]
+                if conversation.system_prompt
+                else []
+            )
+            files = [FileText(info.name, file_text) for info, file_text in attached]
+            asked_with = {info.message_id for info, _ in attached}
+            query = " ".join([history[-1]["content"], *(m.content for m in branch if m.id in asked_with)])
+            history, uses = with_files(system, history, files, query, budget, provider.count_tokens)
+            notes.append(FilesUsed(tuple(uses)))
+        messages, dropped = trim_history(conversation.system_prompt, history, budget, provider.count_tokens)
+        if dropped:
+            notes.append(Trimmed(dropped))
+        return _Prompt(params, messages, tuple(uses), tuple(notes))
+
+    def _within_context(
+        self, provider: ChatProvider, prompt: _Prompt, fitted: Callable[[], _Prompt], reply_id: int,
+        stop: threading.Event, ignore_eos: bool, owner: str,
+    ) -> Iterator[ChatEvent]:  # fmt: skip
+        """The provider's reply; asked once more, fitted anew, where a server refused the conversation
+        as longer than its model's context (it said how long that is: the provider knows it now)."""
+        stream = provider.stream(prompt.messages, prompt.params, stop, ignore_eos=ignore_eos, owner=owner)
+        try:
+            first = next(stream, None)
+        except ServerContextError as exc:
+            logger.info("reply %d: %s; fitted to it and asked again", reply_id, exc.message)
+            prompt = fitted()
+            self._save_reply(reply_id, "", sources=[use.to_dict() for use in prompt.uses] or None)
+            yield from prompt.notes
+            stream = provider.stream(prompt.messages, prompt.params, stop, ignore_eos=ignore_eos, owner=owner)
+            first = next(stream, None)
+        if first is not None:
+            yield first
+            yield from stream
 
     def _save_finished(self, message_id: int, text: str, stats: ReplyStats) -> None:
         stored = asdict(stats)

@@ -13,7 +13,7 @@ import pytest
 from core.chat import providers
 from core.chat.configs import ConfigStore
 from core.chat.providers import MAX_LISTED_MODELS, OpenAICompatibleProvider, provider_for_config
-from core.chat.service import ChatService
+from core.chat.service import ChatService, Trimmed
 from core.errors import ConfigError, LocalLLMError, ProviderError
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, TextDelta
@@ -302,6 +302,48 @@ def test_a_server_that_knows_no_extension_is_asked_again_without_them_and_rememb
         assert server.bodies[-1]["seed"] == 7 and server.bodies[-1]["frequency_penalty"] == 0.6
         _stream_with(OpenAICompatibleProvider(server.url, None, "gpt-4o"), CHANGED)  # the next chat: at once
         assert len(server.bodies) == 3 and "min_p" not in server.bodies[-1]
+
+
+@pytest.mark.parametrize("style", ["openai", "llama.cpp"])
+def test_a_conversation_longer_than_the_servers_context_is_sent_again_fitted_to_it(
+    style: str, database: Database
+) -> None:
+    """A server's conversations were cut at an assumed 8192 tokens, GPT-4o's (128k) too. Now they go whole
+    until the server refuses one and says its context (OpenAI and vLLM in words, llama.cpp's server its
+    n_ctx): then it is asked again at once without the earliest messages, and so from then on."""
+    with FaultyOpenAIServer(f"context:{style}:3000") as server:
+        provider = OpenAICompatibleProvider(server.url, None, "m")
+        chat = ChatService(database, lambda: provider)
+        conversation = chat.new_conversation("long")
+        sent: list[list[int]] = []
+        for number in range(4):  # each ~1,000 tokens to the server; the third passes its 3,000
+            before = len(server.bodies)
+            events = list(chat.send(conversation.id, f"{number} " + "x" * 4000))
+            assert "".join(e.text for e in events if isinstance(e, TextDelta)) == REASONED_ANSWER
+            sent.append([len(body["messages"]) for body in server.bodies[before:]])
+            trimmed = [e.dropped for e in events if isinstance(e, Trimmed)]
+            assert trimmed == ([] if number < 2 else [2 * number]), (number, trimmed)
+    assert sent == [[1], [3], [5, 1], [1]]  # whole, whole, refused then fitted, fitted at once
+    assert provider.context_length == 3000
+    assert [m.content for m in chat.messages(conversation.id)][-1] == REASONED_ANSWER
+
+
+def test_a_listing_that_says_each_models_context_is_learned() -> None:
+    """vLLM lists `max_model_len`, OpenRouter `context_length`; a server that says nothing gets the
+    whole conversation up to UNKNOWN_CONTEXT_TOKENS."""
+    models = [{"id": "vllm-model", "max_model_len": 32768}, {"id": "router/x", "context_length": 200000}]
+    listing = json.dumps({"data": [*models, {"id": "plain"}]})
+    with FaultyOpenAIServer(f"listing:{listing}") as server:
+        assert OpenAICompatibleProvider(server.url, None, "plain").list_models() == [
+            "plain",
+            "router/x",
+            "vllm-model",
+        ]
+        contexts = [
+            OpenAICompatibleProvider(server.url, None, m).context_length
+            for m in ("vllm-model", "router/x", "plain")
+        ]
+    assert contexts == [32768, 200000, providers.UNKNOWN_CONTEXT_TOKENS]
 
 
 def test_a_servers_own_words_for_an_error_are_in_the_sentence_without_the_key(in_chinese) -> None:

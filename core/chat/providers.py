@@ -90,7 +90,8 @@ class LocalProvider:
 # it). Ollama and LM Studio shorten a long one themselves. 8192 cut GPT-4o's conversations to 8k.
 UNKNOWN_CONTEXT_TOKENS = 131_072
 _CONTEXT: dict[tuple[str, str], int] = {}  # (base URL, model): its context window, as the server said
-_SAID_CONTEXT = re.compile(r"maximum context length is (\d+) tokens")  # OpenAI's and vLLM's words
+MIN_CONTEXT_TOKENS = 512  # a smaller window said by a server is no chat model's: not believed
+_SAID_CONTEXT = re.compile(r"maximum context length is (\d{1,9}) tokens")  # OpenAI's and vLLM's words
 MAX_SAID_CHARS = 300  # of a server's own words for an error, shown in the sentence that explains it
 # Parameters a server may refuse for a model that takes only its own (OpenAI's reasoning models, o1 to
 # gpt-5: "Unsupported parameter: 'max_tokens' … Use 'max_completion_tokens' instead", "Unsupported
@@ -144,8 +145,7 @@ def _learn_contexts(base_url: str, listed: list[Any]) -> None:
     """Each listed model's context window where the listing says it (vLLM's `max_model_len`,
     OpenRouter's `context_length`)."""
     for model in listed:
-        said = model.get("max_model_len", model.get("context_length"))
-        if isinstance(said, int) and not isinstance(said, bool) and said > 0:
+        if said := _context_tokens(model.get("max_model_len", model.get("context_length"))):
             _CONTEXT[(base_url, str(model["id"]))] = said
 
 
@@ -155,7 +155,14 @@ def _context_said(body: dict[str, Any]) -> int | None:
     said = body.get("n_ctx") if body.get("type") == "exceed_context_size_error" else None
     if said is None and (found := _SAID_CONTEXT.search(str(body.get("message", "")))):
         said = int(found.group(1))
-    return said if isinstance(said, int) and not isinstance(said, bool) and said > 0 else None
+    return _context_tokens(said)
+
+
+def _context_tokens(said: object) -> int | None:
+    """A context window a server gave, if it is one: a whole number of at least MIN_CONTEXT_TOKENS."""
+    return (
+        said if isinstance(said, int) and not isinstance(said, bool) and said >= MIN_CONTEXT_TOKENS else None
+    )
 
 
 def _refused_by(exc: Any, request: dict[str, Any]) -> frozenset[str]:

@@ -329,21 +329,18 @@ def test_a_conversation_longer_than_the_servers_context_is_sent_again_fitted_to_
 
 
 def test_a_listing_that_says_each_models_context_is_learned() -> None:
-    """vLLM lists `max_model_len`, OpenRouter `context_length`; a server that says nothing gets the
-    whole conversation up to UNKNOWN_CONTEXT_TOKENS."""
+    """vLLM lists `max_model_len`, OpenRouter `context_length`; a server that says nothing, or nothing
+    that can be a chat model's window, gets the whole conversation up to UNKNOWN_CONTEXT_TOKENS."""
     models = [{"id": "vllm-model", "max_model_len": 32768}, {"id": "router/x", "context_length": 200000}]
-    listing = json.dumps({"data": [*models, {"id": "plain"}]})
-    with FaultyOpenAIServer(f"listing:{listing}") as server:
-        assert OpenAICompatibleProvider(server.url, None, "plain").list_models() == [
-            "plain",
-            "router/x",
-            "vllm-model",
-        ]
-        contexts = [
-            OpenAICompatibleProvider(server.url, None, m).context_length
-            for m in ("vllm-model", "router/x", "plain")
-        ]
-    assert contexts == [32768, 200000, providers.UNKNOWN_CONTEXT_TOKENS]
+    odd = [{"id": "tiny", "max_model_len": 16}, {"id": "text", "max_model_len": "4096"}, {"id": "plain"}]
+    with FaultyOpenAIServer(f"listing:{json.dumps({'data': [*models, *odd]})}") as server:
+        assert len(OpenAICompatibleProvider(server.url, None, "plain").list_models()) == 5
+        ids = ("vllm-model", "router/x", "tiny", "text", "plain")
+        contexts = [OpenAICompatibleProvider(server.url, None, model).context_length for model in ids]
+    unknown = providers.UNKNOWN_CONTEXT_TOKENS
+    assert contexts == [32768, 200000, unknown, unknown, unknown]
+    # A refusal's limit is read from its words, never from a number too long to be one.
+    assert providers._context_said({"message": f"maximum context length is {'9' * 5000} tokens"}) is None
 
 
 def test_a_servers_own_words_for_an_error_are_in_the_sentence_without_the_key(in_chinese) -> None:

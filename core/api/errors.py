@@ -67,10 +67,10 @@ def from_validation(exc: ValidationError) -> APIError:
     return APIError(400, message, code="invalid_request", param=param)
 
 
-def from_core(exc: LocalLLMError) -> APIError:
-    """A product error as the API reports it."""
+def from_core(exc: LocalLLMError, prompt: str = "messages") -> APIError:
+    """A product error as the API reports it; `prompt`: the parameter that holds the prompt."""
     if isinstance(exc, ContextLengthError):
-        return APIError(400, exc.message, code="context_length_exceeded", param="messages")
+        return APIError(400, exc.message, code="context_length_exceeded", param=prompt)
     if isinstance(exc, QueueFullError):
         return APIError(429, exc.message, "rate_limit_exceeded", "queue_full",
                         headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip

@@ -56,26 +56,39 @@ class ChatTemplateOptions(_Request):
     enable_thinking: StrictBool | None = None
 
 
-class ChatCompletionRequest(_Request):
+class GenerationRequest(_Request):
+    """What chat and text completions share: the model, streaming, sampling, stop sequences."""
+
     model: str = Field(max_length=200)
-    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: FiniteFloat | None = Field(None, ge=0, le=2)
     top_p: FiniteFloat | None = Field(None, gt=0, le=1)
     max_tokens: StrictInt | None = Field(None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(None, ge=1)
     repetition_penalty: FiniteFloat | None = Field(None, ge=0.5, le=2)
     presence_penalty: FiniteFloat | None = Field(None, ge=-2, le=2)
+    frequency_penalty: FiniteFloat | None = Field(None, ge=-2, le=2)
     top_k: StrictInt | None = Field(None, ge=0, le=1000)  # vLLM's and llama.cpp's extension; 0: no limit
     min_p: FiniteFloat | None = Field(None, ge=0, lt=1)
     seed: StrictInt | None = Field(None, ge=0, lt=2**63)
     n: StrictInt | None = Field(None, ge=1, le=1)
     stop: StopSequence | Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    logit_bias: dict[str, FiniteFloat] | None = Field(None, max_length=300)
+
+    @property
+    def wanted_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
     tools: list[Any] | None = None
     logprobs: StrictBool | None = None
-    frequency_penalty: FiniteFloat | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, FiniteFloat] | None = Field(None, max_length=300)
     top_logprobs: StrictInt | None = None
     response_format: ResponseFormat | None = None
     tool_choice: Any = None
@@ -85,9 +98,21 @@ class ChatCompletionRequest(_Request):
     def wanted_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+
+class CompletionRequest(GenerationRequest):
+    """OpenAI's legacy text completion (/v1/completions): text the model continues, without the chat
+    template (code completion: a fill-in-the-middle prompt the client wrote). One prompt, as text."""
+
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    max_tokens: StrictInt | None = Field(16, ge=1)  # OpenAI's and vLLM's default here
+    echo: StrictBool = False
+    suffix: str | None = None
+    logprobs: StrictInt | None = None
+    best_of: StrictInt | None = Field(None, ge=1)
+
     @property
-    def stop_sequences(self) -> tuple[str, ...]:
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
 class _Response(BaseModel):
@@ -128,11 +153,16 @@ class Choice(_Response):
     finish_reason: Literal["stop", "length"]
 
 
-class ChatCompletion(_Response):
+class _Reply(_Response):
+    """What every reply object carries: its id, when it was made, the model that made it."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
+
+
+class ChatCompletion(_Reply):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[Choice]
     usage: Usage
 
@@ -148,12 +178,24 @@ class ChunkChoice(_Response):
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletionChunk(_Response):
-    id: str
+class ChatCompletionChunk(_Reply):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class TextChoice(_Response):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class TextCompletion(_Reply):
+    """A text completion, and each streamed chunk of one (the same object, as OpenAI and vLLM send)."""
+
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[TextChoice]
     usage: Usage | None = None
 
 

@@ -17,7 +17,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +40,7 @@ from core.inference.loading import (
     publisher_params,
 )
 from core.inference.params import GenerationParams
+from core.inference.prompts import Prompt
 from core.inference.scoring import TextScore, score_text
 from core.inference.sizing import (
     CONTEXT_FOR_ESTIMATES,
@@ -458,20 +459,20 @@ class LocalEngine:
         """The context a reply of this model gets: the length chosen for it, at most its window."""
         return min(self.window(key), self.context_setting(key))
 
-    def count_tokens(self, key: str, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
-        """Prompt tokens for `messages` with the model's chat template (the model need not be loaded);
-        with a `limit`, counting may stop early above it (see prompts.count_prompt_tokens)."""
-        return prompts.count_prompt_tokens(self.tokenizer(key), messages, limit)
+    def count_tokens(self, key: str, prompt: Prompt, limit: int | None = None) -> int:
+        """Prompt tokens (a conversation with the model's chat template, or raw text; the model need not
+        be loaded); with a `limit`, counting may stop early above it (prompts.count_prompt_tokens)."""
+        return prompts.count_prompt_tokens(self.tokenizer(key), prompt, limit)
 
     def default_params(self, key: str) -> GenerationParams:
         """The sampling the model's publisher recommends (its generation_config.json), else the product's."""
         return publisher_params(self._ready_dir(key))
 
-    def fit_prompt(self, key: str, messages: Sequence[dict[str, str]], max_new_tokens: int) -> PromptFit:
+    def fit_prompt(self, key: str, prompt: Prompt, max_new_tokens: int) -> PromptFit:
         """Check the prompt against the context window before anything is allocated for it; the reply's
         room is `max_new_tokens` capped to what the context leaves. ContextLengthError when it cannot fit."""
         context = self.context_tokens(key)
-        return prompts.fit(self.count_tokens(key, messages, limit=context - 1), context, max_new_tokens)
+        return prompts.fit(self.count_tokens(key, prompt, limit=context - 1), context, max_new_tokens)
 
     def score(self, key: str, text: str) -> TextScore:
         """Each token's log-probability under the model as loaded (int4, int8 or 16-bit), and the
@@ -490,14 +491,15 @@ class LocalEngine:
     def stream(
         self,
         key: str,
-        messages: Sequence[dict[str, str]],
+        prompt: Prompt,
         params: GenerationParams,
         stop: threading.Event | None = None,
         *,
         ignore_eos: bool = False,
         owner: str = "",
     ) -> Iterator[Event]:
-        """Queue, load if needed, and stream a reply: Queued..., TextDelta..., then Finished.
+        """Queue, load if needed, and stream a reply to `prompt` (a conversation, or raw text to continue):
+        Queued..., TextDelta..., then Finished.
 
         Setting `stop`, or closing the iterator, ends generation within a token and ends the thread.
         `owner` (a conversation, an API client): the prompt may start from the KV cache of an earlier
@@ -515,7 +517,7 @@ class LocalEngine:
             try:
                 context = self.context_tokens(key)
                 yield from stream_reply(
-                    self._parts, messages, params, stop, ignore_eos, context, self._torch.submit,
+                    self._parts, prompt, params, stop, ignore_eos, context, self._torch.submit,
                     self._batcher, owner,
                 )  # fmt: skip
             finally:

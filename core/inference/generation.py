@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ from core.inference import prompts
 from core.inference.events import Event, Finished, Reading, ReplyStats, TextDelta
 from core.inference.loading import LoadedParts
 from core.inference.params import DEFAULT_TOP_K, GenerationParams
+from core.inference.prompts import Prompt
 
 if TYPE_CHECKING:
     from core.inference.batching import Batcher, Request
@@ -53,7 +54,7 @@ class StopOnEvent:
 
 def stream_reply(
     parts: LoadedParts,
-    messages: Sequence[dict[str, str]],
+    prompt: Prompt,
     params: GenerationParams,
     stop: threading.Event,
     ignore_eos: bool,
@@ -68,7 +69,7 @@ def stream_reply(
     `model.generate` runs it alone on the torch thread."""
     from core.inference.streaming import ReplyStreamer
 
-    inputs = _prompt(parts, messages, params.thinking)
+    inputs = _prompt(parts, prompt, params.thinking)
     prompt_tokens = int(inputs["input_ids"].shape[1])
     # Callers measured the prompt first (prompts.fit); measured again here, the cache never outgrows it.
     room = prompts.fit(prompt_tokens, context, params.max_new_tokens).max_new_tokens
@@ -97,12 +98,12 @@ def stream_reply(
     yield Finished(_stats(parts.info.key, prompt_tokens, cached, completion, started, criterion, reason))
 
 
-def _prompt(parts: LoadedParts, messages: Sequence[dict[str, str]], thinking: bool) -> dict[str, Any]:
+def _prompt(parts: LoadedParts, prompt: Prompt, thinking: bool) -> dict[str, Any]:
     """The prompt's ids (a batch of one) and attention mask, as transformers' generate takes them."""
     import torch
 
     try:
-        ids = parts.tokenizer.chat_ids(messages, thinking=thinking)
+        ids = prompts.prompt_ids(parts.tokenizer, prompt, thinking)
     except Exception as exc:  # jinja's TemplateError and ValueError: the template refused these turns
         raise GenerationError(f"The model's chat template rejected this conversation: {exc}") from exc
     input_ids = torch.tensor([ids], device=parts.info.device)

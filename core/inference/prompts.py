@@ -7,6 +7,7 @@ the context's worth of tokens costs, not what tokenizing the whole text would.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from core.errors import ContextLengthError
@@ -17,6 +18,24 @@ if TYPE_CHECKING:
 
 COUNT_PIECE_CHARS = 16_384  # a long text is counted piece by piece, and only as far as the limit needs
 COUNT_SLACK_PER_PIECE = 8  # tokens a cut between pieces may add (cut at whitespace: usually 0 or 1)
+
+
+@dataclass(frozen=True)
+class RawPrompt:
+    """Text the model continues as it is, without the chat template (OpenAI's /v1/completions)."""
+
+    text: str
+
+
+Prompt = Sequence[dict[str, str]] | RawPrompt  # a conversation (with the chat template), or raw text
+
+
+def prompt_ids(tokenizer: ChatTokenizer, prompt: Prompt, thinking: bool = True) -> list[int]:
+    """The ids the model reads: a conversation under the chat template, raw text with the tokens the
+    tokenizer adds around a text (Llama's BOS), as vLLM's and llama.cpp's completions read it."""
+    if isinstance(prompt, RawPrompt):
+        return tokenizer.encode(prompt.text, special=True)
+    return tokenizer.chat_ids(prompt, thinking=thinking)
 
 
 def _pieces(text: str) -> Iterator[str]:
@@ -31,20 +50,19 @@ def _pieces(text: str) -> Iterator[str]:
         start = end
 
 
-def count_prompt_tokens(
-    tokenizer: ChatTokenizer, messages: Sequence[dict[str, str]], limit: int | None = None
-) -> int:
-    """Tokens of `messages` under the chat template. Past `limit` the count may stop early and return a
-    number that is still above the limit: the work is bounded by the limit, not by the text's length."""
+def count_prompt_tokens(tokenizer: ChatTokenizer, prompt: Prompt, limit: int | None = None) -> int:
+    """Tokens of the prompt (`prompt_ids`). Past `limit` the count may stop early and return a number
+    that is still above the limit: the work is bounded by the limit, not by the text's length."""
     if limit is not None:
         rough = pieces = 0
-        for message in messages:
-            for piece in _pieces(message["content"]):
+        texts = [prompt.text] if isinstance(prompt, RawPrompt) else [message["content"] for message in prompt]
+        for text in texts:
+            for piece in _pieces(text):
                 rough += len(tokenizer.encode(piece))
                 pieces += 1
                 if rough - COUNT_SLACK_PER_PIECE * pieces > limit * 1.1:
                     return rough - COUNT_SLACK_PER_PIECE * pieces
-    return len(tokenizer.chat_ids(messages))
+    return len(prompt_ids(tokenizer, prompt))
 
 
 def fit(tokens: int, context: int, max_new_tokens: int) -> PromptFit:

@@ -84,6 +84,10 @@ def test_a_prompt_longer_than_the_context_is_refused_with_the_numbers(
     assert "maximum context length is 96 tokens" in error["message"]
     assert engine.loaded is None  # nothing was allocated for it: the model was never even loaded
     print(f"refused {characters} characters in {elapsed:.3f} s")
+    with serving(engine, ["tiny"]) as url:  # a text completion's prompt, likewise
+        completion = httpx2.post(f"{url}/completions", json={"model": "tiny", "prompt": long[0]["content"]})
+    assert completion.status_code == 400 and completion.json()["error"]["param"] == "prompt"
+    assert engine.loaded is None
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,9 @@ import pytest
 from core.api.keys import lasting_api_key
 from core.errors import ConfigError
 from core.inference.engine import LocalEngine
+from core.inference.events import TextDelta
+from core.inference.params import GenerationParams
+from core.inference.prompts import RawPrompt
 from core.settings import PROJECT_ROOT
 from tests.fixtures.serving import free_port
 from tests.fixtures.serving import serving as served
@@ -269,6 +272,41 @@ def test_a_stop_sequence_ends_the_reply_before_it_streamed_or_not(engine: LocalE
     assert cut.usage.completion_tokens < full.usage.completion_tokens  # generation stopped there too
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == before
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_a_text_completion_continues_the_prompt_as_written(engine: LocalEngine) -> None:
+    """/v1/completions (code completion clients; vLLM, llama.cpp and Ollama serve it): the prompt without
+    the chat template, the tokens the engine gives that raw text, streamed or not, 16 tokens unless told,
+    stop sequences honoured; what it cannot honour (echo, suffix, logprobs, best_of, token ids) refused."""
+    prompt = "def add(a, b):\n    return"
+    events = engine.stream("tiny", RawPrompt(prompt), GenerationParams(temperature=0, max_new_tokens=12))
+    expected = "".join(event.text for event in events if isinstance(event, TextDelta))
+    prompt_tokens = len(engine.tokenizer("tiny").encode(prompt, special=True))
+    with serving(engine) as url:
+        client = _client(url)
+        whole = client.completions.create(model="tiny", prompt=prompt, temperature=0, max_tokens=12)
+        streamed = client.completions.create(model="tiny", prompt=[prompt], temperature=0, max_tokens=12,
+                                             stream=True, stream_options={"include_usage": True})  # fmt: skip
+        chunks = list(streamed)
+        unbounded = client.completions.create(model="tiny", prompt=prompt, temperature=0)
+        stop = next(ch for ch in expected[1:] if expected.count(ch) == 1)  # a character it writes once
+        cut = client.completions.create(model="tiny", prompt=prompt, temperature=0, max_tokens=12, stop=stop)
+        for extra in ({"echo": True}, {"suffix": "\n"}, {"logprobs": 1}, {"best_of": 2}, {"prompt": [1, 2]},
+                      {"prompt": ["one", "two"]}):  # fmt: skip
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.completions.create(**({"model": "tiny", "prompt": prompt, "max_tokens": 3} | extra))
+            assert refused.value.body["param"].split(".")[0] == next(iter(extra)), (extra, refused.value.body)
+    assert (whole.object, whole.choices[0].text, whole.choices[0].finish_reason) == (
+        "text_completion",
+        expected,
+        "length",
+    )
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (prompt_tokens, 12)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 12 and all(c.object == "text_completion" for c in chunks)
+    assert unbounded.usage.completion_tokens == 16  # OpenAI's and vLLM's default for a completion
+    assert cut.choices[0].text == expected[: expected.find(stop)] and cut.choices[0].finish_reason == "stop"
 
 
 def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngine) -> None:

@@ -1,5 +1,6 @@
-"""The OpenAI-compatible routes: GET /v1/models (and /v1/models/{id}), POST /v1/chat/completions and
-POST /v1/completions (text the model continues, without the chat template), with or without SSE;
+"""The OpenAI-compatible routes: GET /v1/models (and /v1/models/{id}), POST /v1/chat/completions,
+POST /v1/completions (text the model continues, without the chat template) and POST /v1/responses
+(OpenAI's Responses API, stateless, text only), with or without SSE (core.api.shapes writes each);
 GET /health.
 
 Internal logic of a completion:
@@ -18,9 +19,8 @@ import contextlib
 import hmac
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
@@ -34,25 +34,17 @@ from core.access.hosts import HostPolicy, TrustedHostsMiddleware, load_host_poli
 from core.api.errors import APIError, asgi_refusal, from_core, from_validation, install_handlers
 from core.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, BodyTooLargeError
 from core.api.schemas import (
-    AssistantMessage,
-    ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
-    Choice,
-    ChunkChoice,
     CompletionRequest,
-    Delta,
     GenerationRequest,
     ModelCard,
     ModelList,
-    PromptTokensDetails,
-    TextChoice,
-    TextCompletion,
-    Usage,
+    ResponseRequest,
 )
+from core.api.shapes import ChatShape, ReplyShape, ResponseShape, TextShape
 from core.api.stops import until_stop_sequence
 from core.errors import ContextLengthError, LocalLLMError
-from core.inference.events import Event, Finished, ReplyStats, TextDelta
+from core.inference.events import Event, Finished, TextDelta
 from core.inference.params import GenerationParams
 from core.inference.prompts import Prompt, RawPrompt
 
@@ -120,12 +112,12 @@ def create_app(
                            code="model_not_found", param="model")  # fmt: skip
         return body
 
-    async def reply(request: Request, body: GenerationRequest, prompt: Prompt, shape: _Shape) -> Any:
+    async def reply(request: Request, body: GenerationRequest, prompt: Prompt, shape: ReplyShape) -> Any:
         wanted = body.wanted_tokens or GenerationParams().max_new_tokens
         try:
             fit = await run_in_threadpool(engine.fit_prompt, body.model, prompt, wanted)
         except ContextLengthError as exc:
-            raise from_core(exc, "prompt" if shape.text else "messages") from exc
+            raise from_core(exc, "prompt" if isinstance(shape, TextShape) else "messages") from exc
         defaults = await run_in_threadpool(engine.default_params, body.model)  # the model's own, as vLLM
         params = _params(body, replace(defaults, max_new_tokens=fit.max_new_tokens))
         stop = threading.Event()
@@ -146,17 +138,24 @@ def create_app(
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     async def chat_completions(request: Request) -> Any:
         body = await read(request, ChatCompletionRequest)
-        return await reply(request, body, _messages(body), _Shape.new(body.model, text=False))
+        return await reply(request, body, _messages(body), ChatShape(body.model))
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
     async def completions(request: Request) -> Any:
         body = await read(request, CompletionRequest)
-        return await reply(request, body, RawPrompt(body.text), _Shape.new(body.model, text=True))
+        return await reply(request, body, RawPrompt(body.text), TextShape(body.model))
+
+    @app.post("/v1/responses", dependencies=[Depends(require_key)])
+    async def responses(request: Request) -> Any:
+        body = await read(request, ResponseRequest)
+        said = {"instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
+                "temperature": body.temperature, "top_p": body.top_p}  # fmt: skip
+        return await reply(request, body, _input_messages(body), ResponseShape(body.model, said))
 
     return app
 
 
-Body = TypeVar("Body", ChatCompletionRequest, CompletionRequest)
+Body = TypeVar("Body", ChatCompletionRequest, CompletionRequest, ResponseRequest)
 
 
 def _parse(raw: bytes, kind: type[Body]) -> Body:
@@ -171,9 +170,40 @@ def _parse(raw: bytes, kind: type[Body]) -> Body:
                        code="unsupported_parameter", param="logit_bias")  # fmt: skip
     if isinstance(body, CompletionRequest):
         _check_completion(body)
+    elif isinstance(body, ResponseRequest):
+        _check_response(body)
     else:
         _check_chat(body)
     return body
+
+
+def _check_response(body: ResponseRequest) -> None:
+    """What a response may ask that this server cannot give: 400 naming it, never ignored."""
+    if body.tools:
+        raise APIError(400, "This server's models do not call tools: send the request without 'tools'.",
+                       code="tools_not_supported", param="tools")  # fmt: skip
+    if body.previous_response_id:
+        raise APIError(400, "This server keeps no responses: send the conversation in 'input' instead of "
+                       "'previous_response_id'.", code="unsupported_parameter",
+                       param="previous_response_id")  # fmt: skip
+    if body.text and body.text.format and body.text.format.type != "text":
+        raise APIError(400, f"This server does not hold replies to a format ('{body.text.format.type}'): "
+                       "send the request without 'text.format', and ask for JSON in the prompt.",
+                       code="response_format_not_supported", param="text.format")  # fmt: skip
+
+
+def _input_messages(body: ResponseRequest) -> list[dict[str, str]]:
+    """A response's instructions and input as the chat template's messages."""
+    messages = [{"role": "system", "content": body.instructions}] if body.instructions else []
+    if isinstance(body.input, str):
+        return [*messages, {"role": "user", "content": body.input}]
+    for index, item in enumerate(body.input):
+        if others := item.parts_other_than_text():
+            raise APIError(400, f"Input may hold text only; item {index} has {', '.join(others)}.",
+                           code="unsupported_content", param=f"input.{index}.content")  # fmt: skip
+        role = "system" if item.role == "developer" else item.role
+        messages.append({"role": role, "content": item.text()})
+    return messages
 
 
 def _check_completion(body: CompletionRequest) -> None:
@@ -226,70 +256,12 @@ def _params(body: GenerationRequest, defaults: GenerationParams) -> GenerationPa
     return replace(defaults, **{name: value for name, value in given.items() if value is not None})
 
 
-def _usage(stats: ReplyStats) -> Usage:
-    total = stats.prompt_tokens + stats.completion_tokens
-    return Usage(
-        prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens, total_tokens=total,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=stats.cached_tokens),
-    )  # fmt: skip
-
-
-def _finish_reason(stats: ReplyStats) -> str:
-    return "length" if stats.finish_reason == "length" else "stop"
-
-
 def _chain(first: Event, events: Iterator[Event]) -> Iterator[Event]:
     yield first
     yield from events
 
 
-@dataclass(frozen=True)
-class _Shape:
-    """How a reply is written: as a chat completion, or as a text completion (`text`)."""
-
-    model: str
-    text: bool
-    id: str
-    created: int
-
-    @classmethod
-    def new(cls, model: str, *, text: bool) -> _Shape:
-        return cls(model, text, f"{'cmpl' if text else 'chatcmpl'}-{uuid.uuid4().hex}", int(time.time()))
-
-    def whole(self, text: str, stats: ReplyStats) -> dict[str, Any]:
-        finish, usage = _finish_reason(stats), _usage(stats)
-        if self.text:
-            choices = [TextChoice(text=text, finish_reason=finish)]
-            return TextCompletion(id=self.id, created=self.created, model=self.model, choices=choices,
-                                  usage=usage).model_dump()  # fmt: skip
-        choice = Choice(message=AssistantMessage(content=text), finish_reason=finish)
-        return ChatCompletion(id=self.id, created=self.created, model=self.model, choices=[choice],
-                              usage=usage).model_dump()  # fmt: skip
-
-    def opening(self) -> str | None:
-        """A chat stream's first chunk names the role; a text stream has none."""
-        return None if self.text else self._chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])
-
-    def piece(self, text: str) -> str:
-        if self.text:
-            return self._chunk([TextChoice(text=text, finish_reason=None)])
-        return self._chunk([ChunkChoice(delta=Delta(content=text))])
-
-    def finish(self, stats: ReplyStats) -> str:
-        if self.text:
-            return self._chunk([TextChoice(text="", finish_reason=_finish_reason(stats))])
-        return self._chunk([ChunkChoice(delta=Delta(), finish_reason=_finish_reason(stats))])
-
-    def usage(self, stats: ReplyStats) -> str:
-        return self._chunk([], usage=_usage(stats))
-
-    def _chunk(self, choices: list[Any], usage: Usage | None = None) -> str:
-        kind = TextCompletion if self.text else ChatCompletionChunk
-        payload = kind(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
-        return f"data: {payload.model_dump_json(exclude_none=usage is None)}\n\n"
-
-
-def _complete(shape: _Shape, first: Event, events: Iterator[Event]) -> dict[str, Any]:
+def _complete(shape: ReplyShape, first: Event, events: Iterator[Event]) -> dict[str, Any]:
     text, stats = [], None
     for event in _chain(first, events):
         if isinstance(event, TextDelta):
@@ -340,28 +312,28 @@ class _EngineStream(StreamingResponse):
 
 
 async def _sse(
-    request: Request, shape: _Shape, first: Event, events: Iterator[Event], include_usage: bool
+    request: Request, shape: ReplyShape, first: Event, events: Iterator[Event], include_usage: bool
 ) -> AsyncIterator[str]:
     """Server-sent events. The server may drop writes to a closed connection without an error, so
     the disconnect is checked after every event."""
     sentinel = object()
     try:
-        if opening := shape.opening():
-            yield opening
+        for written in shape.opening():
+            yield written
         event: Any = first
         while event is not sentinel:
             if isinstance(event, TextDelta):
-                yield shape.piece(event.text)
+                for written in shape.piece(event.text):
+                    yield written
             elif isinstance(event, Finished):
-                yield shape.finish(event.stats)
-                if include_usage:
-                    yield shape.usage(event.stats)
+                for written in shape.closing(event.stats, include_usage):
+                    yield written
             if await request.is_disconnected():
                 return
             event = await run_in_threadpool(next, events, sentinel)
-        yield "data: [DONE]\n\n"
     except LocalLLMError as exc:
-        yield f"data: {APIError(500, exc.message, 'server_error').response().body.decode()}\n\n"
+        for written in shape.failure(exc.message):
+            yield written
 
 
 def _close_when_free(events: Iterator[Event]) -> None:

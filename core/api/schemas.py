@@ -15,6 +15,7 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 MAX_MESSAGES = 10_000
 MAX_STOP_SEQUENCES = 16  # OpenAI takes 4; vLLM and llama.cpp more (code completion clients send ~10)
 StopSequence = Annotated[str, Field(min_length=1, max_length=500)]
+RESPONSE_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})  # a response's input parts of text
 
 
 class _Request(BaseModel):
@@ -113,6 +114,44 @@ class CompletionRequest(GenerationRequest):
     @property
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class InputMessage(_Request):
+    """An item of a response's `input`: a message (the Responses API's `easy` form, or typed)."""
+
+    type: Literal["message"] = "message"
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart]
+
+    def parts_other_than_text(self) -> list[str]:
+        if not isinstance(self.content, list):
+            return []
+        return [part.type for part in self.content if part.type not in RESPONSE_TEXT_PARTS]
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text or "" for part in self.content)
+        return self.content
+
+
+class TextOptions(_Request):
+    format: ResponseFormat | None = None
+
+
+class ResponseRequest(GenerationRequest):
+    """OpenAI's Responses API, stateless and text only: `input` (text, or messages) after optional
+    `instructions`; nothing is stored, so `previous_response_id` cannot be followed."""
+
+    input: str | Annotated[list[InputMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    instructions: str | None = None
+    max_output_tokens: StrictInt | None = Field(None, ge=1)
+    previous_response_id: str | None = Field(None, max_length=200)
+    tools: list[Any] | None = None
+    text: TextOptions | None = None
+
+    @property
+    def wanted_tokens(self) -> int | None:
+        return self.max_output_tokens or self.max_tokens
 
 
 class _Response(BaseModel):

@@ -309,6 +309,58 @@ def test_a_text_completion_continues_the_prompt_as_written(engine: LocalEngine) 
     assert cut.choices[0].text == expected[: expected.find(stop)] and cut.choices[0].finish_reason == "stop"
 
 
+def test_the_responses_api_answers_whole_and_streamed(engine: LocalEngine) -> None:
+    """OpenAI's SDK starts with `client.responses.create` (its quickstart's first call was a 404 here):
+    stateless and text only, the same reply as the chat completion of the same messages; its stream's
+    events in the order the SDK's own helper checks. Each asked from another address, so that none
+    starts from another's kept cache (bf16 rounds a cached prompt differently)."""
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello 你好"}]
+    settings = {"model": "tiny", "temperature": 0, "instructions": "Be brief.", "max_output_tokens": 12}
+    with serving(engine) as url:
+        chat = _client(url, local_address="127.0.0.2").chat.completions.create(
+            model="tiny", messages=messages, temperature=0, max_tokens=12
+        )
+        whole = _client(url, local_address="127.0.0.3").responses.create(input="Hello 你好", **settings)
+        typed = [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello 你好"}]}
+        ]
+        events = list(
+            _client(url, local_address="127.0.0.4").responses.create(input=typed, stream=True, **settings)
+        )
+        with _client(url, local_address="127.0.0.5").responses.stream(
+            input="Hello 你好", **settings
+        ) as stream:
+            checked = [event.type for event in stream]  # the helper raises on events out of order
+        client = _client(url)
+        image = [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]
+        refusals = (
+            ({"tools": [{"type": "web_search"}]}, "tools"),
+            ({"previous_response_id": "resp_1"}, "previous_response_id"),
+            ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+            ({"input": image}, "input.0.content"),
+        )
+        for extra, param in refusals:
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.responses.create(**({"model": "tiny", "input": "Hi", "max_output_tokens": 3} | extra))
+            assert refused.value.body["param"] == param, (extra, refused.value.body)
+    expected = chat.choices[0].message.content
+    assert (whole.output_text, whole.status, whole.incomplete_details.reason) == (
+        expected,
+        "incomplete",
+        "max_output_tokens",
+    )
+    assert (whole.usage.input_tokens, whole.usage.output_tokens) == (chat.usage.prompt_tokens, 12)
+    kinds = [event.type for event in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]  # fmt: skip
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done",
+                          "response.output_item.done", "response.incomplete"]  # fmt: skip
+    assert "".join(event.delta for event in events if event.type == "response.output_text.delta") == expected
+    assert events[-1].response.output_text == expected and events[-2].item.content[0].text == expected
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert checked == kinds
+
+
 def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngine) -> None:
     """JSON mode, log-probabilities, a logit bias: a client that relies on them gets
     a 400 naming the parameter, not a reply without them; stop sequences past the limit likewise. What

@@ -1,0 +1,210 @@
+"""How a reply is written: a chat completion, a text completion, or a response (OpenAI's Responses API),
+whole or as the server-sent events of a stream. One writer a reply: a response's stream numbers its
+events and repeats the whole text when it is done."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from core.api.errors import APIError
+from core.api.schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChunkChoice,
+    Delta,
+    PromptTokensDetails,
+    TextChoice,
+    TextCompletion,
+    Usage,
+)
+from core.inference.events import ReplyStats
+
+DONE = "data: [DONE]\n\n"
+
+
+def usage_of(stats: ReplyStats) -> Usage:
+    total = stats.prompt_tokens + stats.completion_tokens
+    return Usage(
+        prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens, total_tokens=total,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=stats.cached_tokens),
+    )  # fmt: skip
+
+
+def finish_reason(stats: ReplyStats) -> str:
+    return "length" if stats.finish_reason == "length" else "stop"
+
+
+class ReplyShape:
+    """A reply's writer. A stream is `opening()`, `piece()` for each text, then `closing()`."""
+
+    prefix = "reply"
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.id = f"{self.prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def whole(self, text: str, stats: ReplyStats) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def opening(self) -> list[str]:
+        return []
+
+    def piece(self, text: str) -> list[str]:
+        raise NotImplementedError
+
+    def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
+        raise NotImplementedError
+
+    def failure(self, message: str) -> list[str]:
+        """A failure after the stream began: OpenAI's error body as one event."""
+        return [f"data: {APIError(500, message, 'server_error').response().body.decode()}\n\n"]
+
+
+class _ChunkedShape(ReplyShape):
+    """A stream of OpenAI's older APIs: chunks of choices, the last with the finish reason, then the usage
+    where asked, then [DONE]."""
+
+    chunk_kind: type[ChatCompletionChunk] | type[TextCompletion]
+
+    def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
+        ending = [self._chunk([self._last_choice(finish_reason(stats))])]
+        return [*ending, *([self._chunk([], usage_of(stats))] if include_usage else []), DONE]
+
+    def _last_choice(self, reason: str) -> Any:
+        raise NotImplementedError
+
+    def _chunk(self, choices: list[Any], usage: Usage | None = None) -> str:
+        chunk = self.chunk_kind(id=self.id, created=self.created, model=self.model, choices=choices,
+                                usage=usage)  # fmt: skip
+        return f"data: {chunk.model_dump_json(exclude_none=usage is None)}\n\n"
+
+
+class ChatShape(_ChunkedShape):
+    """POST /v1/chat/completions: a `chat.completion`, or `chat.completion.chunk` events."""
+
+    prefix = "chatcmpl"
+    chunk_kind = ChatCompletionChunk
+
+    def whole(self, text: str, stats: ReplyStats) -> dict[str, Any]:
+        choice = Choice(message=AssistantMessage(content=text), finish_reason=finish_reason(stats))
+        return ChatCompletion(id=self.id, created=self.created, model=self.model, choices=[choice],
+                              usage=usage_of(stats)).model_dump()  # fmt: skip
+
+    def opening(self) -> list[str]:
+        return [self._chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])]
+
+    def piece(self, text: str) -> list[str]:
+        return [self._chunk([ChunkChoice(delta=Delta(content=text))])]
+
+    def _last_choice(self, reason: str) -> ChunkChoice:
+        return ChunkChoice(delta=Delta(), finish_reason=reason)
+
+
+class TextShape(_ChunkedShape):
+    """POST /v1/completions: a `text_completion`, whole or in chunks of the same object."""
+
+    prefix = "cmpl"
+    chunk_kind = TextCompletion
+
+    def whole(self, text: str, stats: ReplyStats) -> dict[str, Any]:
+        choices = [TextChoice(text=text, finish_reason=finish_reason(stats))]
+        return TextCompletion(id=self.id, created=self.created, model=self.model, choices=choices,
+                              usage=usage_of(stats)).model_dump()  # fmt: skip
+
+    def piece(self, text: str) -> list[str]:
+        return [self._chunk([TextChoice(text=text, finish_reason=None)])]
+
+    def _last_choice(self, reason: str) -> TextChoice:
+        return TextChoice(text="", finish_reason=reason)
+
+
+class ResponseShape(ReplyShape):
+    """POST /v1/responses (OpenAI's Responses API, stateless, text only): a `response` whose output is
+    one assistant message, or its stream of typed events: created, in_progress, the message and its text
+    part added, text deltas, each done, then completed (incomplete: cut at `max_output_tokens`)."""
+
+    prefix = "resp"
+
+    def __init__(self, model: str, settings: dict[str, Any]) -> None:
+        """`settings`: what the request said that a response repeats (instructions, temperature, ...)."""
+        super().__init__(model)
+        self.settings = settings
+        self.message_id = f"msg_{uuid.uuid4().hex}"
+        self._text: list[str] = []
+        self._sequence = 0
+
+    def whole(self, text: str, stats: ReplyStats) -> dict[str, Any]:
+        complete = stats.finish_reason != "length"
+        return self._response(
+            "completed" if complete else "incomplete", [self._message(text, "completed")], stats
+        )
+
+    def opening(self) -> list[str]:
+        started = self._response("in_progress", [], None)
+        item = self._message(None, "in_progress")
+        return [
+            self._event("response.created", response=started),
+            self._event("response.in_progress", response=started),
+            self._event("response.output_item.added", output_index=0, item=item),
+            self._event("response.content_part.added", **self._where(), part=self._part("")),
+        ]
+
+    def piece(self, text: str) -> list[str]:
+        self._text.append(text)
+        return [self._event("response.output_text.delta", **self._where(), delta=text, logprobs=[])]
+
+    def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
+        text = "".join(self._text)
+        whole = self.whole(text, stats)
+        return [
+            self._event("response.output_text.done", **self._where(), text=text, logprobs=[]),
+            self._event("response.content_part.done", **self._where(), part=self._part(text)),
+            self._event("response.output_item.done", output_index=0, item=whole["output"][0]),
+            self._event(f"response.{whole['status']}", response=whole),
+        ]
+
+    def failure(self, message: str) -> list[str]:
+        return [self._event("error", code="server_error", message=message, param=None)]
+
+    def _where(self) -> dict[str, Any]:
+        return {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+
+    @staticmethod
+    def _part(text: str) -> dict[str, Any]:
+        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+    def _message(self, text: str | None, status: str) -> dict[str, Any]:
+        content = [] if text is None else [self._part(text)]
+        return {"type": "message", "id": self.message_id, "status": status, "role": "assistant",
+                "content": content}  # fmt: skip
+
+    def _response(
+        self, status: str, output: list[dict[str, Any]], stats: ReplyStats | None
+    ) -> dict[str, Any]:
+        usage = None
+        if stats is not None:
+            usage = {
+                "input_tokens": stats.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": stats.cached_tokens},
+                "output_tokens": stats.completion_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+            }
+        incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
+        return {
+            "id": self.id, "object": "response", "created_at": self.created, "status": status,
+            "model": self.model, "output": output, "usage": usage, "error": None,
+            "incomplete_details": incomplete, "parallel_tool_calls": False, "tool_choice": "none",
+            "tools": [], "store": False, "text": {"format": {"type": "text"}}, **self.settings,
+        }  # fmt: skip
+
+    def _event(self, kind: str, **fields: Any) -> str:
+        payload = {"type": kind, "sequence_number": self._sequence, **fields}
+        self._sequence += 1
+        return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"

@@ -90,16 +90,24 @@ def create_app(
         """For load balancers and monitors (as vLLM's and llama.cpp's): the server is up. No key needed."""
         return {"status": "ok"}
 
+    def card(key: str) -> ModelCard:
+        """A model as listed, with the context its requests may fill (as vLLM lists it: a dashboard that
+        uses this server fits its conversations to it)."""
+        try:
+            return ModelCard(id=key, max_model_len=engine.context_tokens(key))
+        except (LocalLLMError, OSError, ValueError):  # files changed since the list was read
+            return ModelCard(id=key)
+
     @app.get("/v1/models", dependencies=[Depends(require_key)])
     def list_models() -> dict[str, Any]:
-        return ModelList(data=[ModelCard(id=key) for key in models()]).model_dump()
+        return ModelList(data=[card(key) for key in models()]).model_dump()
 
     @app.get("/v1/models/{model:path}", dependencies=[Depends(require_key)])
     def retrieve_model(model: str) -> dict[str, Any]:
         if model not in models():
             raise APIError(404, f"The model {model[:200]!r} does not exist or is not downloaded.",
                            code="model_not_found", param="model")  # fmt: skip
-        return ModelCard(id=model).model_dump()
+        return card(model).model_dump()
 
     async def read(request: Request, kind: type[Body]) -> Body:
         try:

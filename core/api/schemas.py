@@ -163,6 +163,7 @@ class ModelCard(_Response):
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "localllm"
+    max_model_len: int | None = None  # vLLM's: the context a request may fill (prompt and reply)
 
 
 class ModelList(_Response):

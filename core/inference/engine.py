@@ -453,7 +453,7 @@ class LocalEngine:
         parts = self._parts
         if parts is not None and parts.info.key == key:
             return parts.info.context_length
-        return context_length(self._ready_dir(key), self.tokenizer(key))
+        return context_length(self._ready_dir(key), lambda: self.tokenizer(key))
 
     def context_tokens(self, key: str) -> int:
         """The context a reply of this model gets: the length chosen for it, at most its window."""

@@ -10,7 +10,7 @@ import gc
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -174,9 +174,11 @@ def declared_model_types(directory: Path) -> tuple[str, ...]:
     return (model_type,) if isinstance(model_type, str) else ()
 
 
-def context_length(directory: Path, tokenizer: ChatTokenizer) -> int:
-    """The model's context window: its config's max_position_embeddings, else the tokenizer's limit."""
-    return config_count(read_config(directory), "max_position_embeddings") or int(tokenizer.model_max_length)
+def context_length(directory: Path, tokenizer: Callable[[], ChatTokenizer]) -> int:
+    """The model's context window: its config's max_position_embeddings, else the tokenizer's limit (the
+    tokenizer is loaded only then)."""
+    own = config_count(read_config(directory), "max_position_embeddings")
+    return own or int(tokenizer().model_max_length)
 
 
 def publisher_params(directory: Path) -> GenerationParams:
@@ -285,7 +287,7 @@ def load_model(
         dtype=str(dtype).removeprefix("torch."),
         weights=precision.label,
         memory_bytes=quantize.stored_bytes(model),
-        context_length=context_length(directory, tokenizer),
+        context_length=context_length(directory, lambda: tokenizer),
         load_id=load_id,
         load_s=time.perf_counter() - started,
         runner="decoder" if lean is not None else "generate",

@@ -45,7 +45,12 @@ def test_a_whole_conversation_through_core_serve(engine: LocalEngine, database: 
         store.update_config(config_id, params=SHORT)
         store.set_current_config(config_id)
         chat = ChatService(database, lambda: provider_for_config(store.get_current_config(), engine))
-        assert OpenAICompatibleProvider(url, "k-1234", "tiny").list_models() == ["tiny"]
+        listing = OpenAICompatibleProvider(url, "k-1234", "tiny")
+        assert listing.list_models() == ["tiny"]
+        # The server lists the context its requests may fill (vLLM's max_model_len): the chat fits to it.
+        assert provider_for_config(
+            store.get_current_config(), engine
+        ).context_length == engine.context_tokens("tiny")
         conversation = chat.new_conversation("remote")
         for question in ("first question", "second question"):
             events = list(chat.send(conversation.id, question))

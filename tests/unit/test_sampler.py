@@ -16,7 +16,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from core.inference.generation import sampling_for
+from core.inference.generation import _OpenAIPenalties, sampling_for
 from core.inference.params import DEFAULT_TOP_K, GenerationParams
 from core.inference.sampler import CANDIDATES, Sampling, TokenChooser, best_of_each
 
@@ -102,6 +102,19 @@ def test_the_frequency_penalty_counts_each_time_the_reply_chose_a_token(sampling
     torch.testing.assert_close(
         chooser.distribution(logits), reference(expected, [], without), atol=2e-6, rtol=1e-4
     )
+
+
+def test_the_generate_fallback_applies_the_penalties_as_the_sampler_does() -> None:
+    """Architectures the engine's decoder does not run reply through transformers' generate, with the
+    presence and frequency penalties as a logits processor: the same scores as the sampler's."""
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(4))
+    chooser = TokenChooser(Sampling(temperature=1.0, presence_penalty=0.5, frequency_penalty=0.7), 50, "cpu",
+                           seen=[1, 1, 2])  # fmt: skip
+    for token in (4, 4, 4, 5):
+        chooser.observe(token)
+    processor = _OpenAIPenalties(0.5, 0.7, prompt_tokens=3)
+    processed = processor(torch.tensor([[1, 1, 2, 4, 4, 4, 5]]), logits.clone().unsqueeze(0))[0]
+    torch.testing.assert_close(chooser.distribution(logits), processed.softmax(-1))
 
 
 def test_draws_follow_the_distribution() -> None:

@@ -13,8 +13,10 @@ import json
 import zipfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
+import psutil
 from sqlalchemy import insert, select, update
 
 from core.chat import foreign
@@ -38,11 +40,16 @@ from core.storage import repo
 from core.storage.db import Database
 from core.storage.records import Message
 from core.storage.schema import AttachmentRow, ConversationRow, MessageRow, utcnow
+from core.units import format_bytes
 
 FORMAT = "localllm-chats"
 VERSION = 1
-MAX_FILE_BYTES = 50 * 1024**2  # an export file, or a ZIP holding one
-MAX_UNPACKED_BYTES = 200 * 1024**2  # the JSON inside a ZIP (ChatGPT's export is a ZIP)
+MAX_FILE_BYTES = 50 * 1024**2  # an uploaded export file, or a ZIP holding one (the upload's limit)
+# The JSON read: a file on this machine (`localllm chats import`), or inside a ZIP of any size (ChatGPT's
+# export holds every image ever made and uploaded: gigabytes). Parsed, it takes 2.5-4 × its size.
+MAX_UNPACKED_BYTES = 1024**3
+PARSED_PER_JSON_BYTE = 4  # memory a parse may take for each byte of JSON, asked of the machine first
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -98,16 +105,11 @@ def export_bytes(db: Database, owner: str, only: int | None = None) -> bytes:
 
 
 # -- import -------------------------------------------------------------------------------------
-def read_archive(data: bytes) -> list[ArchivedConversation]:
-    """The conversations in an export file (ours, ChatGPT's JSON or ZIP, OpenAI chat JSON or JSONL)."""
-    if len(data) > MAX_FILE_BYTES:
-        raise ArchiveError(
-            f"The file is larger than the {MAX_FILE_BYTES // 1024**2} MB an import may be.",
-            reason="archive_too_large", limit_mb=MAX_FILE_BYTES // 1024**2,
-        )  # fmt: skip
-    if data[:4] == b"PK\x03\x04":
-        data = _unzipped(data)
-    parsed = _parsed(data)
+def read_archive(source: bytes | Path) -> list[ArchivedConversation]:
+    """The conversations in an export (ours, ChatGPT's JSON or ZIP, OpenAI chat JSON or JSONL): an upload
+    (bytes, at most MAX_FILE_BYTES), or a file on this machine (a ZIP of any size; the JSON in it, or the
+    file itself, at most MAX_UNPACKED_BYTES and what the machine's free memory can parse)."""
+    parsed = _parsed(_json_of(source))
     if isinstance(parsed, dict) and parsed.get("format") == FORMAT:
         return _ours(parsed)
     conversations = foreign.read(parsed)
@@ -119,14 +121,55 @@ def read_archive(data: bytes) -> list[ArchivedConversation]:
     return conversations
 
 
-def _unzipped(data: bytes) -> bytes:
+def _json_of(source: bytes | Path) -> bytes:
+    """The JSON to parse: an upload or a file as it is, or the one a ZIP holds; sizes checked first."""
+    if isinstance(source, bytes):
+        if len(source) > MAX_FILE_BYTES:
+            raise ArchiveError(
+                f"The file is larger than the {MAX_FILE_BYTES // 1024**2} MB an upload may be: import it on "
+                "this machine with 'localllm chats import FILE', or upload the conversations.json inside it.",
+                reason="archive_too_large", limit_mb=MAX_FILE_BYTES // 1024**2,
+            )  # fmt: skip
+        return _unzipped(io.BytesIO(source)) if source[:4] == ZIP_MAGIC else source
+    try:
+        with source.open("rb") as handle:
+            if handle.read(4) == ZIP_MAGIC:
+                return _unzipped(source)
+            size = source.stat().st_size
+            _check_json_size(size)
+            handle.seek(0)
+            return handle.read(MAX_UNPACKED_BYTES + 1)
+    except OSError as exc:
+        raise ArchiveError(
+            f"Cannot read {source}: {exc.strerror or exc}.", reason="archive_unreadable"
+        ) from exc
+
+
+def _check_json_size(size: int) -> None:
+    """Refuse JSON larger than MAX_UNPACKED_BYTES, or than the machine's free memory can parse."""
+    if size > MAX_UNPACKED_BYTES:
+        raise ArchiveError(
+            f"The conversations are larger than the {MAX_UNPACKED_BYTES // 1024**2} MB an import may read.",
+            reason="archive_json_too_large", limit_mb=MAX_UNPACKED_BYTES // 1024**2,
+        )  # fmt: skip
+    needed, free = size * PARSED_PER_JSON_BYTE, psutil.virtual_memory().available
+    if needed > free:
+        raise ArchiveError(
+            f"Reading {format_bytes(size)} of conversations needs about {format_bytes(needed)} of free "
+            f"memory; {format_bytes(free)} is free. Close other programs or unload the model, then retry.",
+            reason="archive_memory", size_bytes=size, needed_bytes=needed, free_bytes=free,
+        )  # fmt: skip
+
+
+def _unzipped(source: BinaryIO | Path) -> bytes:
     """ChatGPT's export ZIP: its conversations.json (or the ZIP's only JSON file), size checked first."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        with zipfile.ZipFile(source) as archive:
             members = [m for m in archive.infolist() if m.filename.endswith(".json") and not m.is_dir()]
             chosen = next((m for m in members if m.filename.rsplit("/", 1)[-1] == "conversations.json"),
                           members[0] if len(members) == 1 else None)  # fmt: skip
             if chosen is not None and chosen.file_size <= MAX_UNPACKED_BYTES:
+                _check_json_size(chosen.file_size)
                 with archive.open(chosen) as member:
                     unpacked = member.read(MAX_UNPACKED_BYTES + 1)
                 if len(unpacked) <= MAX_UNPACKED_BYTES:  # the listed size may lie
@@ -321,6 +364,7 @@ def _add(session: Any, owner: str, conversations: list[ArchivedConversation]) ->
     session.execute(update(ConversationRow), leaves)
 
 
-def import_bytes(db: Database, owner: str, data: bytes) -> ImportResult:
-    """Read an export file and import what `owner` does not have yet."""
+def import_bytes(db: Database, owner: str, data: bytes | Path) -> ImportResult:
+    """Read an export (an upload's bytes, or a file on this machine) and import what `owner` does not have
+    yet."""
     return import_conversations(db, owner, read_archive(data))

@@ -11,7 +11,7 @@ from core.access.policy import LOCAL_OWNER
 from core.access.sign_in import owner_of
 from core.chat import archive
 from core.cli.common import database
-from core.errors import ArchiveError, NotWritableError
+from core.errors import NotWritableError
 
 WHOSE = click.option("--user", "name", default=None, metavar="NAME",
                      help="a LAN user's conversations (default: this machine's own)")  # fmt: skip
@@ -49,14 +49,9 @@ def chats_export(file: str, name: str | None) -> int:
 def chats_import(file: str, name: str | None) -> int:
     """Import FILE (- for stdin): our export, ChatGPT's export (ZIP or conversations.json) or OpenAI chat
     messages (JSON or JSONL). Conversations already here are skipped, so importing twice adds nothing."""
-    limit = archive.MAX_FILE_BYTES
-    try:
-        with click.open_file(file, "rb") as handle:
-            data = handle.read(limit + 1)  # never more than the limit and one byte
-    except OSError as exc:
-        raise ArchiveError(
-            f"Cannot read {file}: {exc.strerror or exc}.", reason="archive_unreadable"
-        ) from exc
-    result = archive.import_bytes(database(), _owner(name), data)
+    source: bytes | Path = Path(file)
+    if file == "-":  # a pipe: read as an upload is, at most MAX_FILE_BYTES
+        source = sys.stdin.buffer.read(archive.MAX_FILE_BYTES + 1)
+    result = archive.import_bytes(database(), _owner(name), source)
     click.echo(f"Conversations imported: {result.imported} (already here, skipped: {result.already_here}).")
     return 0

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import event
@@ -189,6 +191,39 @@ def test_size_limits_hold_before_anything_is_unpacked(monkeypatch: pytest.Monkey
     with pytest.raises(ArchiveError) as refused:
         archive.read_archive(bomb.getvalue())
     assert refused.value.params["reason"] == "archive_zip"
+
+
+def test_a_chatgpt_zip_with_its_images_imports_from_this_machine_at_any_size(
+    capsys: pytest.CaptureFixture[str], database: Database, tmp_path: Path
+) -> None:
+    """ChatGPT's export ZIP holds every image made or uploaded (hundreds of MB): it was refused past
+    50 MB, from the page and from `localllm chats import` alike. The command reads the ZIP from disk now
+    (only conversations.json is unpacked); the page, limited to 50 MB an upload, says how to do it."""
+    zipped = tmp_path / "chatgpt-export.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as export:
+        export.writestr("conversations.json", json.dumps(_chatgpt_export()))
+        with export.open("file-dalle-1.webp", "w") as image:
+            for _ in range(60):  # 60 MB of an image that does not compress
+                image.write(random.randbytes(1024**2))
+    assert zipped.stat().st_size > archive.MAX_FILE_BYTES
+    with pytest.raises(ArchiveError) as refused:
+        archive.read_archive(zipped.read_bytes())  # an upload
+    assert "localllm chats import FILE" in refused.value.message
+    assert main(["chats", "import", str(zipped)]) == 0
+    assert "Conversations imported: 1 (already here, skipped: 0)." in capsys.readouterr().out
+
+
+def test_conversations_larger_than_free_memory_can_parse_are_refused_before_they_are_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A parse takes 2.5-4 × the JSON's size: the machine's free memory is asked first (mocked: a machine
+    short of memory cannot be made here)."""
+    exported = tmp_path / "conversations.json"
+    exported.write_text(json.dumps(_chatgpt_export()))
+    monkeypatch.setattr(archive.psutil, "virtual_memory", lambda: SimpleNamespace(available=1000))
+    with pytest.raises(ArchiveError) as refused:
+        archive.read_archive(exported)
+    assert refused.value.params["reason"] == "archive_memory" and "free memory" in refused.value.message
 
 
 def test_hostile_fields_are_checked_one_by_one(database: Database) -> None:

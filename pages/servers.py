@@ -3,9 +3,10 @@ as providers; add, test, save, choose, delete. The admin's page only (app.py lis
 
 import streamlit as st
 
-from core.chat.providers import WELL_KNOWN_SERVERS, OpenAICompatibleProvider
+from core.chat.providers import WELL_KNOWN_SERVERS, OpenAICompatibleProvider, said_context
 from core.errors import LocalLLMError
 from core.storage.repo import config_field_limit as limit
+from core.units import format_count
 from ui import resources
 from ui.i18n import error_text, t
 from ui.markup import escape_markdown
@@ -30,8 +31,15 @@ def model_field(base_url: str, current: str, key: str) -> str:
     offered = st.session_state.get(f"providers.models.{base_url.strip()}")
     if offered:
         index = offered.index(current) if current in offered else 0
-        return st.selectbox(t("providers.model"), offered, index=index, key=f"{key}.select")
+        return st.selectbox(t("providers.model"), offered, index=index, key=f"{key}.select",
+                            format_func=lambda model: offered_label(base_url.strip(), model))  # fmt: skip
     return st.text_input(t("providers.model"), value=current, key=f"{key}.text", max_chars=limit("model"))
+
+
+def offered_label(base_url: str, model: str) -> str:
+    """A model the server offers, with its context where the server lists it (vLLM's max_model_len)."""
+    context = said_context(base_url, model)
+    return f"{model} · {t('models.tokens', count=format_count(context))}" if context else model
 
 
 def save_new() -> None:

@@ -141,6 +141,11 @@ def _estimated_tokens(text: str) -> int:
     return ascii_chars // 3 + len(text) - ascii_chars
 
 
+def said_context(base_url: str, model: str) -> int | None:
+    """A server's model's context window as the server said it (listed, or in a refusal), if it has."""
+    return _CONTEXT.get((base_url, model))
+
+
 def _learn_contexts(base_url: str, listed: list[Any]) -> None:
     """Each listed model's context window where the listing says it (vLLM's `max_model_len`,
     OpenRouter's `context_length`)."""
@@ -298,7 +303,7 @@ class OpenAICompatibleProvider:
 
     @property
     def context_length(self) -> int:
-        return _CONTEXT.get((self.base_url, self.model), UNKNOWN_CONTEXT_TOKENS)
+        return said_context(self.base_url, self.model) or UNKNOWN_CONTEXT_TOKENS
 
     def list_models(self) -> list[str]:
         """The server's models; no retries (someone is waiting at the page: a refused connection took 4 s).

@@ -7,6 +7,7 @@ import pytest
 from core.chat.configs import ConfigStore
 from core.inference.engine import LocalEngine
 from core.storage.db import Database
+from core.units import format_count
 from tests.fixtures.openai_faults import FaultyOpenAIServer
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
 
@@ -23,7 +24,9 @@ def test_add_test_refresh_save_use_and_delete_a_server(new_app, engine: LocalEng
         assert not at.exception
         connected = ("Connected: 1 model available.", "Connected: 2 models available.")
         assert any(s.value in connected for s in at.success)
-        assert at.selectbox(key="pnew.model.select").options == ["tiny"]
+        # Each model with the context the server lists (vLLM's max_model_len; this project's serve too).
+        context = format_count(engine.context_tokens("tiny"))
+        assert at.selectbox(key="pnew.model.select").options == [f"tiny · {context} tokens"]
         at.text_input(key="pnew.name").input("GPU box")
         at.button(key="pnew.save").click().run()
         assert any("Saved GPU box" in s.value for s in at.success)

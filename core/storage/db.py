@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import StorageError
@@ -116,10 +116,18 @@ class Database:
                 "mysqlclient for MySQL).",
                 url=display_url(url),
             ) from exc
-        except (SQLAlchemyError, OSError) as exc:
+        except NoSuchModuleError as exc:  # a scheme SQLAlchemy has no dialect for ("postgres://", a typo)
+            scheme = url.split(":", 1)[0].split("+", 1)[0]
             raise StorageError(
-                f"Cannot open the database {display_url(url)}: {exc.__class__.__name__}: "
-                f"{getattr(exc, 'orig', None) or exc}",
+                f"Cannot open the database {display_url(url)}: SQLAlchemy knows no database called "
+                f"'{scheme[:40]}' (sqlite, postgresql, mysql, mariadb, ...; PostgreSQL's is written "
+                "postgresql://, not postgres://).",
+                url=display_url(url),
+            ) from exc
+        except (SQLAlchemyError, OSError) as exc:
+            detail = str(getattr(exc, "orig", None) or exc).rstrip().rstrip(".")
+            raise StorageError(
+                f"Cannot open the database {display_url(url)}: {exc.__class__.__name__}: {detail}.",
                 url=display_url(url),
             ) from exc
         files.drop_copy(kept_wal)  # it opened: the WAL's rows are in the database now

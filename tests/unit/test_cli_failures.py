@@ -86,6 +86,11 @@ def test_a_damaged_database_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
             "Cannot open the database postgresql://me:***@127.0.0.1:1/chats: its driver (psycopg) is not "
             "installed in this app's environment",
         ),
+        (  # Heroku's and old SQLAlchemy's spelling: "Can't load plugin: sqlalchemy.dialects:postgres" before
+            "postgres://me:s3cret-pw@127.0.0.1:1/chats",
+            "SQLAlchemy knows no database called 'postgres' (sqlite, postgresql, mysql, mariadb, ...; "
+            "PostgreSQL's is written postgresql://, not postgres://).",
+        ),
     ],
 )
 def test_a_database_url_that_cannot_be_used_exits_1(

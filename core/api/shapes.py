@@ -42,11 +42,11 @@ def finish_reason(stats: ReplyStats) -> str:
 class ReplyShape:
     """A reply's writer. A stream is `opening()`, `piece()` for each text, then `closing()`."""
 
-    prefix = "reply"
+    prefix = "reply-"
 
     def __init__(self, model: str) -> None:
         self.model = model
-        self.id = f"{self.prefix}-{uuid.uuid4().hex}"
+        self.id = f"{self.prefix}{uuid.uuid4().hex}"
         self.created = int(time.time())
 
     def whole(self, text: str, stats: ReplyStats) -> dict[str, Any]:
@@ -88,7 +88,7 @@ class _ChunkedShape(ReplyShape):
 class ChatShape(_ChunkedShape):
     """POST /v1/chat/completions: a `chat.completion`, or `chat.completion.chunk` events."""
 
-    prefix = "chatcmpl"
+    prefix = "chatcmpl-"
     chunk_kind = ChatCompletionChunk
 
     def whole(self, text: str, stats: ReplyStats) -> dict[str, Any]:
@@ -109,7 +109,7 @@ class ChatShape(_ChunkedShape):
 class TextShape(_ChunkedShape):
     """POST /v1/completions: a `text_completion`, whole or in chunks of the same object."""
 
-    prefix = "cmpl"
+    prefix = "cmpl-"
     chunk_kind = TextCompletion
 
     def whole(self, text: str, stats: ReplyStats) -> dict[str, Any]:
@@ -129,7 +129,7 @@ class ResponseShape(ReplyShape):
     one assistant message, or its stream of typed events: created, in_progress, the message and its text
     part added, text deltas, each done, then completed (incomplete: cut at `max_output_tokens`)."""
 
-    prefix = "resp"
+    prefix = "resp_"  # OpenAI's ids of responses and their items: resp_…, msg_…
 
     def __init__(self, model: str, settings: dict[str, Any]) -> None:
         """`settings`: what the request said that a response repeats (instructions, temperature, ...)."""

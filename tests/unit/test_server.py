@@ -358,6 +358,7 @@ def test_the_responses_api_answers_whole_and_streamed(engine: LocalEngine) -> No
     assert "".join(event.delta for event in events if event.type == "response.output_text.delta") == expected
     assert events[-1].response.output_text == expected and events[-2].item.content[0].text == expected
     assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert whole.id.startswith("resp_") and whole.output[0].id.startswith("msg_")
     assert checked == kinds
 
 

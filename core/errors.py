@@ -191,7 +191,8 @@ class ReplyBrokeOffError(ProviderError):
 
 
 class SignInError(LocalLLMError):
-    """A LAN sign-in was refused; `reason` is no_password, rate_limited, bad_name or bad_password."""
+    """A LAN sign-in was refused; `reason` is no_password, rate_limited, bad_name, mixed_scripts or
+    bad_password (and, while a name is claimed, claim, weak_password, mismatch)."""
 
     code = "error.sign_in"
 

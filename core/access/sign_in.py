@@ -10,6 +10,7 @@ import re
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +24,7 @@ FIRST_LOCKOUT_S = 30.0
 MAX_LOCKOUT_S = 15 * 60.0
 SESSION_TTL_S = 7 * 24 * 3600.0  # a browser stays signed in this long
 _USER_NAME = re.compile(r"^[\w][\w .@-]{0,39}$")
+_LOOKALIKE = ("LATIN", "GREEK", "CYRILLIC")  # scripts with letters that look alike
 logger = logging.getLogger(__name__)
 
 
@@ -84,6 +86,18 @@ def password_matches(password: str, stored: str) -> bool:
     except ValueError:
         return False
     return hmac.compare_digest(digest.hex(), expected)
+
+
+def lookalike_scripts(name: str) -> set[str]:
+    """The scripts among Latin, Greek and Cyrillic whose letters `name` uses: mixed, "Аlice" (a Cyrillic
+    А) would pass for "Alice" in the admin's list of names (Unicode's mixed-script confusables)."""
+    return {
+        script
+        for c in name
+        if c.isalpha()
+        for script in _LOOKALIKE
+        if unicodedata.name(c, "").startswith(script)
+    }
 
 
 def owner_of(name: str) -> str:
@@ -148,6 +162,9 @@ class SignInGate:
         if not _USER_NAME.match(name):
             raise SignInError("Choose a user name of 1-40 letters, digits, spaces, '.', '@' or '-'.",
                               reason="bad_name")  # fmt: skip
+        if len(lookalike_scripts(name)) > 1:
+            raise SignInError("A user name may not mix Latin, Greek and Cyrillic letters: they look alike "
+                              "(Cyrillic 'А', Latin 'A').", reason="mixed_scripts")  # fmt: skip
         is_admin = name_key(name) in self.policy.admin_names
         expected = (self.policy.admin_password if is_admin else None) or self.policy.password
         return _same(password, expected)
@@ -163,8 +180,8 @@ class SignInGate:
     ) -> Identity:
         """Sign in, or claim an unclaimed name (`confirm` repeats the personal password to claim it).
 
-        SignInError reasons: no_password, rate_limited, bad_name, bad_password, claim (the name is free:
-        ask for `confirm`), weak_password, mismatch."""
+        SignInError reasons: no_password, rate_limited, bad_name, mixed_scripts, bad_password, claim (the
+        name is free: ask for `confirm`), weak_password, mismatch."""
         name = user_name(name)
         if not self._check_shared(client, name, password):
             raise self._failed(client, name)

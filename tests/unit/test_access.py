@@ -76,13 +76,18 @@ def test_sign_in_gives_each_name_its_own_owner_and_admins_their_role(database: D
 
 
 def test_a_name_typed_full_width_or_with_extra_spaces_is_the_same_name(database: Database) -> None:
-    """A Chinese input method in full-width mode types "Ａｌｉｃｅ"; a browser shows "Al  ice" as "Al ice"."""
+    """A Chinese input method in full-width mode types "Ａｌｉｃｅ"; a browser shows "Al  ice" as "Al ice";
+    a Cyrillic "А" in "Аlice" looks like a Latin one."""
     gate = SignInGate(AccessPolicy(password="s3cret", admin_names=frozenset({"root"})), database)
     alice = claimed(gate, "10.0.0.2", "Ａｌｉｃｅ  Ｌｉ", "s3cret")
     assert (alice.name, alice.owner) == ("Alice Li", "lan:alice li")
     assert gate.sign_in("10.0.0.3", "alice li", "s3cret", PERSONAL).owner == "lan:alice li"
     assert reason(lambda: gate.sign_in("10.0.0.4", "Alice   Li", "s3cret", "guess guess")) == "bad_password"
     assert claimed(gate, "10.0.0.5", "ＲＯＯＴ", "s3cret").is_admin
+    # A Cyrillic "А" in a Latin name would pass for "Alice" in the admin's list: refused; one script is fine.
+    assert reason(lambda: claimed(gate, "10.0.0.6", "\u0410lice", "s3cret")) == "mixed_scripts"
+    assert claimed(gate, "10.0.0.6", "Алиса", "s3cret").owner == "lan:алиса"
+    assert claimed(gate, "10.0.0.6", "李 Lee", "s3cret").owner == "lan:李 lee"
     assert load_access_policy(
         {"LOCALLLM_PASSWORD": "pw", "LOCALLLM_ADMINS": "Ｂｏｂ, Carol  Wu"}
     ).admin_names == {"bob", "carol wu"}

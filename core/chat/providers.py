@@ -91,7 +91,11 @@ class LocalProvider:
 UNKNOWN_CONTEXT_TOKENS = 131_072
 _CONTEXT: dict[tuple[str, str], int] = {}  # (base URL, model): its context window, as the server said
 MIN_CONTEXT_TOKENS = 512  # a smaller window said by a server is no chat model's: not believed
-_SAID_CONTEXT = re.compile(r"maximum context length is (\d{1,9}) tokens")  # OpenAI's and vLLM's words
+_SAID_CONTEXT = (  # how servers say a model's context when they refuse a longer conversation
+    re.compile(r"maximum context length is (\d{1,9}) tokens"),  # OpenAI's and vLLM's words
+    re.compile(r"exceed context limit: \d{1,9} \+ \d{1,9} > (\d{1,9})"),  # Anthropic's OpenAI-compatible API
+    re.compile(r"`max_new_tokens` must be <= (\d{1,9})"),  # Hugging Face's text-generation-inference
+)
 MAX_SAID_CHARS = 300  # of a server's own words for an error, shown in the sentence that explains it
 # Parameters a server may refuse for a model that takes only its own (OpenAI's reasoning models, o1 to
 # gpt-5: "Unsupported parameter: 'max_tokens' … Use 'max_completion_tokens' instead", "Unsupported
@@ -132,8 +136,11 @@ def sampling_fields(params: GenerationParams) -> dict[str, Any]:
 
 
 def _error_body(exc: Any) -> dict[str, Any]:
-    """An error's JSON: the `error` object of OpenAI's shape, as the client took it out."""
-    return exc.body if isinstance(exc.body, dict) else {}
+    """An error's JSON: the `error` object of OpenAI's shape, as the client took it out; an error that is
+    a string (Hugging Face's TGI) as its message."""
+    return (
+        exc.body if isinstance(exc.body, dict) else {"message": exc.body} if isinstance(exc.body, str) else {}
+    )
 
 
 def _estimated_tokens(text: str) -> int:
@@ -158,8 +165,9 @@ def _context_said(body: dict[str, Any]) -> int | None:
     """The context window a server gave for refusing a conversation as too long: llama.cpp's `n_ctx`,
     or OpenAI's and vLLM's words ("This model's maximum context length is 8192 tokens. However …")."""
     said = body.get("n_ctx") if body.get("type") == "exceed_context_size_error" else None
-    if said is None and (found := _SAID_CONTEXT.search(str(body.get("message", "")))):
-        said = int(found.group(1))
+    for words in _SAID_CONTEXT:
+        if said is None and (found := words.search(str(body.get("message", "")))):
+            said = int(found.group(1))
     return _context_tokens(said)
 
 
@@ -252,7 +260,8 @@ def _explain(exc: Exception, base_url: str, secret: str | None = None) -> Provid
             "The server is busy or the key's rate limit is reached (429); try again shortly.",
             reason="server_busy",
         )
-    if isinstance(exc, openai.BadRequestError) and (limit := _context_said(_error_body(exc))):
+    refused = isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 413, 422)
+    if refused and (limit := _context_said(_error_body(exc))):
         return ServerContextError(
             f"The conversation is longer than this model's context on the server ({limit} tokens).",
             limit=limit,

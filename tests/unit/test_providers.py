@@ -309,13 +309,14 @@ def test_a_server_that_knows_no_extension_is_asked_again_without_them_and_rememb
         assert len(server.bodies) == 3 and "min_p" not in server.bodies[-1]
 
 
-@pytest.mark.parametrize("style", ["openai", "llama.cpp"])
+@pytest.mark.parametrize("style", ["openai", "llama.cpp", "tgi", "anthropic"])
 def test_a_conversation_longer_than_the_servers_context_is_sent_again_fitted_to_it(
     style: str, database: Database
 ) -> None:
     """A server's conversations were cut at an assumed 8192 tokens, GPT-4o's (128k) too. Now they go whole
     until the server refuses one and says its context (OpenAI and vLLM in words, llama.cpp's server its
-    n_ctx): then it is asked again at once without the earliest messages, and so from then on."""
+    n_ctx, TGI in a string with 422, Anthropic's compatible API in its words): then it is asked again at
+    once without the earliest messages, and so from then on."""
     with FaultyOpenAIServer(f"context:{style}:3000") as server:
         provider = OpenAICompatibleProvider(server.url, None, "m")
         chat = ChatService(database, lambda: provider)

@@ -180,15 +180,19 @@ def _context_tokens(said: object) -> int | None:
 
 def _refused_by(exc: Any, request: dict[str, Any]) -> frozenset[str]:
     """The parameters of `request` that a 400 refuses: one a model takes only its own way (`ADJUSTABLE`,
-    OpenAI's reasoning models), or every extension in `extra_body` where the server knows none (OpenAI:
-    "Unrecognized request argument supplied: top_k")."""
+    OpenAI's reasoning models), every extension in `extra_body` where the server knows none (OpenAI:
+    "Unrecognized request argument supplied: top_k"), or one of OpenAI's own a server does not know yet
+    (Azure's older API versions: `stream_options`; the usage is then counted here)."""
     body = _error_body(exc)
     name, code = body.get("param"), body.get("code")
     if name in ADJUSTABLE and name in request and code in UNSUPPORTED:
         return frozenset({name})
     extra = request.get("extra_body", {})
-    unknown = _UNRECOGNIZED.search(str(body.get("message", "")))
-    return frozenset(extra) if unknown and unknown.group(1) in extra else frozenset()
+    if not (unknown := _UNRECOGNIZED.search(str(body.get("message", "")))):
+        return frozenset()
+    if unknown.group(1) in extra:
+        return frozenset(extra)
+    return frozenset({unknown.group(1)}) & (set(ADJUSTABLE) | {"stream_options"}) & request.keys()
 
 
 def _server_said(exc: Any, secret: str | None) -> str | None:

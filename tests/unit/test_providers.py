@@ -309,6 +309,18 @@ def test_a_server_that_knows_no_extension_is_asked_again_without_them_and_rememb
         assert len(server.bodies) == 3 and "min_p" not in server.bodies[-1]
 
 
+def test_a_server_that_does_not_know_stream_options_is_asked_again_without_them() -> None:
+    """Azure's older API versions refuse `stream_options` ("Unrecognized request argument supplied:
+    stream_options"): every chat with them said HTTP 400. Asked again without, the usage counted here."""
+    with FaultyOpenAIServer("strict:stream_options") as server:
+        events = list(
+            OpenAICompatibleProvider(server.url, None, "gpt-4o").stream(MESSAGES, SHORT, threading.Event())
+        )
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == REASONED_ANSWER
+    assert ["stream_options" in body for body in server.bodies] == [True, False]
+    assert events[-1].stats.completion_tokens >= 1
+
+
 @pytest.mark.parametrize("style", ["openai", "llama.cpp", "tgi", "anthropic"])
 def test_a_conversation_longer_than_the_servers_context_is_sent_again_fitted_to_it(
     style: str, database: Database

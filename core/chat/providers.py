@@ -85,9 +85,9 @@ class LocalProvider:
 
 
 # A server's model is sent the conversation up to this many tokens (an estimate) until the server says
-# its context: vLLM lists it (`max_model_len`), as OpenRouter does (`context_length`); OpenAI, vLLM and
-# llama.cpp's server say it when they refuse a longer conversation (and it is sent again, trimmed to
-# it). Ollama and LM Studio shorten a long one themselves. 8192 cut GPT-4o's conversations to 8k.
+# its context: vLLM lists it (`max_model_len`), as OpenRouter does (`context_length`); OpenAI, vLLM,
+# llama.cpp's server, LM Studio, TGI say it when they refuse a longer conversation (and it is sent
+# again, trimmed to it). Ollama shortens a long one itself. 8192 cut GPT-4o's conversations to 8k.
 UNKNOWN_CONTEXT_TOKENS = 131_072
 _CONTEXT: dict[tuple[str, str], int] = {}  # (base URL, model): its context window, as the server said
 MIN_CONTEXT_TOKENS = 512  # a smaller window said by a server is no chat model's: not believed
@@ -95,6 +95,8 @@ _SAID_CONTEXT = (  # how servers say a model's context when they refuse a longer
     re.compile(r"maximum context length is (\d{1,9}) tokens"),  # OpenAI's and vLLM's words
     re.compile(r"exceed context limit: \d{1,9} \+ \d{1,9} > (\d{1,9})"),  # Anthropic's OpenAI-compatible API
     re.compile(r"`max_new_tokens` must be <= (\d{1,9})"),  # Hugging Face's text-generation-inference
+    re.compile(r"loaded with (?:a )?context length of only (\d{1,9}) tokens"),  # LM Studio's words
+    re.compile(r"n_ctx: (\d{1,9})"),  # LM Studio's other ones ("(n_keep: 13055>= n_ctx: 4096)")
 )
 MAX_SAID_CHARS = 300  # of a server's own words for an error, shown in the sentence that explains it
 # Parameters a server may refuse for a model that takes only its own (OpenAI's reasoning models, o1 to

@@ -321,13 +321,13 @@ def test_a_server_that_does_not_know_stream_options_is_asked_again_without_them(
     assert events[-1].stats.completion_tokens >= 1
 
 
-@pytest.mark.parametrize("style", ["openai", "llama.cpp", "tgi", "anthropic"])
+@pytest.mark.parametrize("style", ["openai", "llama.cpp", "lmstudio", "tgi", "anthropic"])
 def test_a_conversation_longer_than_the_servers_context_is_sent_again_fitted_to_it(
     style: str, database: Database
 ) -> None:
     """A server's conversations were cut at an assumed 8192 tokens, GPT-4o's (128k) too. Now they go whole
     until the server refuses one and says its context (OpenAI and vLLM in words, llama.cpp's server its
-    n_ctx, TGI in a string with 422, Anthropic's compatible API in its words): then it is asked again at
+    n_ctx, LM Studio and TGI in a string, Anthropic's compatible API in its words): then it is asked again at
     once without the earliest messages, and so from then on."""
     with FaultyOpenAIServer(f"context:{style}:3000") as server:
         provider = OpenAICompatibleProvider(server.url, None, "m")

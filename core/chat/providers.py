@@ -157,7 +157,10 @@ def said_context(base_url: str, model: str) -> int | None:
 
 def _learn_contexts(base_url: str, listed: list[Any]) -> None:
     """Each listed model's context window where the listing says it (vLLM's `max_model_len`,
-    OpenRouter's `context_length`)."""
+    OpenRouter's `context_length`); what earlier refusals said of this server is forgotten (its models may
+    have been loaded again with another context since: LM Studio's are 4096 tokens unless told)."""
+    for key in [key for key in _CONTEXT if key[0] == base_url]:
+        del _CONTEXT[key]
     for model in listed:
         if said := _context_tokens(model.get("max_model_len", model.get("context_length"))):
             _CONTEXT[(base_url, str(model["id"]))] = said

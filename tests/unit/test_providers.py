@@ -348,10 +348,12 @@ def test_a_conversation_longer_than_the_servers_context_is_sent_again_fitted_to_
 
 def test_a_listing_that_says_each_models_context_is_learned() -> None:
     """vLLM lists `max_model_len`, OpenRouter `context_length`; a server that says nothing, or nothing
-    that can be a chat model's window, gets the whole conversation up to UNKNOWN_CONTEXT_TOKENS."""
+    that can be a chat model's window, gets the whole conversation up to UNKNOWN_CONTEXT_TOKENS. Listing
+    the models again (Refresh models) forgets what a refusal said."""
     models = [{"id": "vllm-model", "max_model_len": 32768}, {"id": "router/x", "context_length": 200000}]
     odd = [{"id": "tiny", "max_model_len": 16}, {"id": "text", "max_model_len": "4096"}, {"id": "plain"}]
     with FaultyOpenAIServer(f"listing:{json.dumps({'data': [*models, *odd]})}") as server:
+        providers._CONTEXT[(server.url, "plain")] = 4096  # said by a refusal: the model may be reloaded since
         assert len(OpenAICompatibleProvider(server.url, None, "plain").list_models()) == 5
         ids = ("vllm-model", "router/x", "tiny", "text", "plain")
         contexts = [OpenAICompatibleProvider(server.url, None, model).context_length for model in ids]

@@ -155,6 +155,13 @@ class ContextLengthError(MessageError):
         return tokens > budget * 1.1
 
 
+class ChatTemplateError(MessageError):
+    """The model's chat template refused the conversation (Mistral's: roles must alternate; Gemma 2's: no
+    system role); `detail` is the template's own words."""
+
+    code = "error.chat_template"
+
+
 class ArchiveError(LocalLLMError):
     """A chat export cannot be imported; `reason` (archive_too_large, archive_not_json, archive_unknown,
     archive_too_new, archive_zip) says why."""

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from core.errors import GenerationError, InsufficientMemoryError, ModelNotReadyError, QueueFullError
+from core.api.errors import from_core
+from core.errors import (
+    ChatTemplateError,
+    GenerationError,
+    InsufficientMemoryError,
+    ModelNotReadyError,
+    QueueFullError,
+)
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, Queued, TextDelta
 from core.inference.params import GenerationParams
@@ -387,8 +394,12 @@ def test_an_error_in_the_generation_thread_reaches_the_caller(
 
 
 def test_a_conversation_the_template_rejects_gives_a_clear_error(engine: LocalEngine) -> None:
-    with pytest.raises(GenerationError, match="chat template rejected"):
+    """The client's conversation, not the server: the API answers 400 (it said 503, a server error that
+    clients retry)."""
+    with pytest.raises(ChatTemplateError, match="chat template rejected") as refused:
         list(engine.stream("tiny-llama", [], GREEDY))
+    answer = from_core(refused.value)
+    assert (answer.status, answer.code) == (400, "chat_template")
 
 
 def test_the_bandwidth_is_read_again_while_idle_and_the_best_reading_kept(

@@ -14,7 +14,7 @@ from concurrent.futures import Future, wait
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from core.errors import ChatTemplateError, GenerationError
+from core.errors import GenerationError
 from core.inference import prompts
 from core.inference.events import Event, Finished, Reading, ReplyStats, TextDelta
 from core.inference.loading import LoadedParts
@@ -102,12 +102,7 @@ def _prompt(parts: LoadedParts, prompt: Prompt, thinking: bool) -> dict[str, Any
     """The prompt's ids (a batch of one) and attention mask, as transformers' generate takes them."""
     import torch
 
-    try:
-        ids = prompts.prompt_ids(parts.tokenizer, prompt, thinking)
-    except Exception as exc:  # jinja's TemplateError and ValueError: the template refused these turns
-        detail = " ".join(str(exc).split())[:300]
-        raise ChatTemplateError(f"The model's chat template rejected this conversation: {detail}",
-                                detail=detail) from exc  # fmt: skip
+    ids = prompts.prompt_ids(parts.tokenizer, prompt, thinking)
     input_ids = torch.tensor([ids], device=parts.info.device)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 

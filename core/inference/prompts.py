@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.errors import ContextLengthError
+from core.errors import ChatTemplateError, ContextLengthError
 from core.inference.events import PromptFit
 
 if TYPE_CHECKING:
@@ -35,7 +35,12 @@ def prompt_ids(tokenizer: ChatTokenizer, prompt: Prompt, thinking: bool = True) 
     tokenizer adds around a text (Llama's BOS), as vLLM's and llama.cpp's completions read it."""
     if isinstance(prompt, RawPrompt):
         return tokenizer.encode(prompt.text, special=True)
-    return tokenizer.chat_ids(prompt, thinking=thinking)
+    try:
+        return tokenizer.chat_ids(prompt, thinking=thinking)
+    except Exception as exc:  # jinja's TemplateError and ValueError: the template refused these turns
+        detail = " ".join(str(exc).split())[:300]
+        raise ChatTemplateError(f"The model's chat template rejected this conversation: {detail}",
+                                detail=detail) from exc  # fmt: skip
 
 
 def _pieces(text: str) -> Iterator[str]:

@@ -9,16 +9,18 @@ import sys
 import threading
 from pathlib import Path
 
+import httpx2
 import pytest
 from jinja2.exceptions import SecurityError, TemplateError
 from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from core.errors import GenerationError
+from core.errors import ChatTemplateError
 from core.inference import loading
 from core.inference.chat_tokenizer import KEPT_NAME, ChatTokenizer, compile_template
 from core.inference.loading import load_tokenizer
 from core.settings import PROJECT_ROOT
+from tests.fixtures.serving import serving
 from tests.fixtures.tiny_models import CORPUS, LLAMA_TEMPLATE, QWEN3_TEMPLATE, install_ready
 
 CONVERSATIONS = [
@@ -174,9 +176,14 @@ def test_a_template_error_reaches_the_user_as_one_sentence(
     engine = LocalEngine(directory.parent, device="cpu", idle_unload_s=0)
     try:
         with pytest.raises(
-            GenerationError, match="rejected this conversation: System turns are not supported"
+            ChatTemplateError, match="rejected this conversation: System turns are not supported"
         ):
             list(engine.stream("tiny", CONVERSATIONS[0], GenerationParams(temperature=0, max_new_tokens=2)))
+        with serving(engine, ["tiny"]) as url:  # an API client's conversation: its own fault, a 400
+            answer = httpx2.post(
+                f"{url}/chat/completions", json={"model": "tiny", "messages": CONVERSATIONS[0]}
+            )
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "chat_template", answer.text
     finally:
         engine.unload()
 

@@ -21,9 +21,11 @@ from core.errors import (
     ModelNotReadyError,
     QueueFullError,
 )
+from core.inference.chat_tokenizer import ChatTokenizer
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, Queued, TextDelta
 from core.inference.params import GenerationParams
+from core.inference.prompts import count_prompt_tokens
 from core.settings import PROJECT_ROOT
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
@@ -400,6 +402,18 @@ def test_a_conversation_the_template_rejects_gives_a_clear_error(engine: LocalEn
         list(engine.stream("tiny-llama", [], GREEDY))
     answer = from_core(refused.value)
     assert (answer.status, answer.code) == (400, "chat_template")
+
+
+def test_a_template_that_refuses_is_said_so_when_the_prompt_is_measured(engine: LocalEngine) -> None:
+    """The API and the chat measure a prompt before anything runs, rendering the template too: a refusal
+    there was jinja's own error (the API's 500, the chat's traceback)."""
+    own = engine.tokenizer("tiny-llama")
+    refusing = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    strict = ChatTokenizer(own.backend, refusing, own.special_tokens, own.eos_token_id, own.pad_token_id,
+                           own.model_max_length, own.clean_up)  # fmt: skip
+    for limit in (None, 100):
+        with pytest.raises(ChatTemplateError, match="roles must alternate"):
+            count_prompt_tokens(strict, HELLO, limit)
 
 
 def test_the_bandwidth_is_read_again_while_idle_and_the_best_reading_kept(

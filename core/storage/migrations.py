@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, inspect, select, text, update
 
-from core.access.policy import name_key
+from core.access.policy import name_key, user_name
 from core.errors import SchemaTooNewError
 from core.storage.lan_accounts import LAN_OWNER_PREFIX
 from core.storage.schema import (
@@ -67,7 +67,8 @@ def _link_messages(conn: Connection) -> None:
 
 def _tidy_lan_names(conn: Connection) -> None:
     """Version 7: a LAN name's key is its NFKC form ("ａｌｉｃｅ" is "alice"): accounts, sessions,
-    conversations and presets keyed by an older form move to the new key, unless it is someone's."""
+    conversations and presets keyed by an older form move to the new key, unless it is someone's; the
+    names shown are tidied alike ("Ａｌｉｃｅ" shows as "Alice")."""
     owners = (ConversationRow.owner, PresetRow.owner)
     accounts = set(conn.execute(select(LanAccountRow.name)).scalars())
     named = {
@@ -89,6 +90,17 @@ def _tidy_lan_names(conn: Connection) -> None:
             )
         accounts.add(new)
         named.add(new)
+    # A name left under its old key (the tidy one is someone else's) keeps showing as it was typed, so
+    # that the admin's list tells the two apart.
+    for key, shown in conn.execute(select(LanAccountRow.name, LanAccountRow.display_name)).all():
+        if name_key(key) == key and (tidy := user_name(shown)) != shown:
+            conn.execute(update(LanAccountRow).where(LanAccountRow.name == key).values(display_name=tidy))
+    sessions = select(LanSessionRow.token_hash, LanSessionRow.name, LanSessionRow.display_name)
+    for token, key, shown in conn.execute(sessions).all():
+        if name_key(key) == key and (tidy := user_name(shown)) != shown:
+            conn.execute(
+                update(LanSessionRow).where(LanSessionRow.token_hash == token).values(display_name=tidy)
+            )
 
 
 STEPS: dict[int, Callable[[Connection], None]] = {5: _link_messages, 7: _tidy_lan_names}

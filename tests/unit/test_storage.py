@@ -213,6 +213,10 @@ def test_lan_names_kept_in_an_older_form_move_to_the_tidy_one_unless_it_is_taken
     assert Database(db_url).found_version == 6
     with database.begin() as session:
         assert set(session.scalars(select(LanAccountRow.name))) == {"alice", "ｂｏｂ", "bob"}
+        shown = {row.name: row.display_name for row in session.scalars(select(LanAccountRow))}
+        # As the admin's list shows them: the name left under its old key as it was typed, told apart.
+        assert shown == {"alice": "alice", "ｂｏｂ": "ｂｏｂ", "bob": "bob"}
+        assert {row.name: row.display_name for row in session.scalars(select(LanSessionRow))} == shown
         assert set(session.scalars(select(LanSessionRow.name))) == {"alice", "ｂｏｂ", "bob"}
         owners = {row.title: row.owner for row in session.scalars(select(ConversationRow))}
         presets = {row.name: row.owner for row in session.scalars(select(PresetRow))}

@@ -5,8 +5,8 @@ GET /health.
 
 Internal logic of a completion:
 1. the guards (host, origin, body size) have run; the bearer token is checked;
-2. the body is validated into a ChatCompletionRequest or CompletionRequest (400 with the parameter at
-   fault; 400 for what this server cannot honour, never ignored);
+2. the body is validated into a ChatCompletionRequest, CompletionRequest or ResponseRequest (400 with
+   the parameter at fault; 400 for what this server cannot honour, never ignored);
 3. the prompt is measured against the model's context window before anything is allocated for it
    (400 `context_length_exceeded`), and `max_tokens` is capped to what the context leaves;
 4. the engine streams the reply; a client that goes away, streaming or not, sets the stop event.
@@ -39,6 +39,7 @@ from core.api.schemas import (
     GenerationRequest,
     ModelCard,
     ModelList,
+    ResponseFormat,
     ResponseRequest,
 )
 from core.api.shapes import ChatShape, ReplyShape, ResponseShape, TextShape
@@ -187,17 +188,12 @@ def _parse(raw: bytes, kind: type[Body]) -> Body:
 
 def _check_response(body: ResponseRequest) -> None:
     """What a response may ask that this server cannot give: 400 naming it, never ignored."""
-    if body.tools:
-        raise APIError(400, "This server's models do not call tools: send the request without 'tools'.",
-                       code="tools_not_supported", param="tools")  # fmt: skip
+    _refuse_tools(body.tools)
     if body.previous_response_id:
         raise APIError(400, "This server keeps no responses: send the conversation in 'input' instead of "
                        "'previous_response_id'.", code="unsupported_parameter",
                        param="previous_response_id")  # fmt: skip
-    if body.text and body.text.format and body.text.format.type != "text":
-        raise APIError(400, f"This server does not hold replies to a format ('{body.text.format.type}'): "
-                       "send the request without 'text.format', and ask for JSON in the prompt.",
-                       code="response_format_not_supported", param="text.format")  # fmt: skip
+    _refuse_format(body.text.format if body.text else None, "text.format")
 
 
 def _input_messages(body: ResponseRequest) -> list[dict[str, str]]:
@@ -228,16 +224,25 @@ def _check_completion(body: CompletionRequest) -> None:
 
 def _check_chat(body: ChatCompletionRequest) -> None:
     """What a chat completion may ask that this server cannot give: 400 naming it, never ignored."""
-    if body.tools:
-        raise APIError(400, "This server's models do not call tools: send the request without 'tools'.",
-                       code="tools_not_supported", param="tools")  # fmt: skip
+    _refuse_tools(body.tools)
     if body.logprobs or body.top_logprobs:
         raise APIError(400, "This server does not return log-probabilities: send the request without "
                        "'logprobs'.", code="logprobs_not_supported", param="logprobs")  # fmt: skip
-    if body.response_format and body.response_format.type != "text":
-        raise APIError(400, f"This server does not hold replies to a format ('{body.response_format.type}'): "
-                       "send the request without 'response_format', and ask for JSON in the prompt.",
-                       code="response_format_not_supported", param="response_format")  # fmt: skip
+    _refuse_format(body.response_format, "response_format")
+
+
+def _refuse_tools(tools: list[Any] | None) -> None:
+    if tools:
+        raise APIError(400, "This server's models do not call tools: send the request without 'tools'.",
+                       code="tools_not_supported", param="tools")  # fmt: skip
+
+
+def _refuse_format(format_: ResponseFormat | None, param: str) -> None:
+    """JSON mode and schemas: this server does not hold a reply to a format."""
+    if format_ and format_.type != "text":
+        raise APIError(400, f"This server does not hold replies to a format ('{format_.type}'): send the "
+                       f"request without '{param}', and ask for JSON in the prompt.",
+                       code="response_format_not_supported", param=param)  # fmt: skip
 
 
 def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:

@@ -168,12 +168,12 @@ def _learn_contexts(base_url: str, listed: list[Any]) -> None:
 
 def _context_said(body: dict[str, Any]) -> int | None:
     """The context window a server gave for refusing a conversation as too long: llama.cpp's `n_ctx`,
-    or OpenAI's and vLLM's words ("This model's maximum context length is 8192 tokens. However …")."""
-    said = body.get("n_ctx") if body.get("type") == "exceed_context_size_error" else None
-    for words in _SAID_CONTEXT:
-        if said is None and (found := words.search(str(body.get("message", "")))):
-            said = int(found.group(1))
-    return _context_tokens(said)
+    or its words (`_SAID_CONTEXT`: "This model's maximum context length is 8192 tokens. However …")."""
+    if body.get("type") == "exceed_context_size_error":
+        return _context_tokens(body.get("n_ctx"))
+    message = str(body.get("message", ""))
+    found = next((match for words in _SAID_CONTEXT if (match := words.search(message))), None)
+    return _context_tokens(int(found.group(1))) if found else None
 
 
 def _context_tokens(said: object) -> int | None:

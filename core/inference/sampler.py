@@ -57,8 +57,9 @@ class Sampling:
         return self.repetition_penalty < 1.0 or self.presence_penalty < 0.0 or self.frequency_penalty < 0.0
 
     @property
-    def penalises(self) -> bool:
-        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+    def penalises_seen(self) -> bool:
+        """Whether the repetition or presence penalty changes the scores of the tokens seen."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
 
 
 Best = tuple[list[float], list[int]]  # the best scores of a row of logits and their ids, best first
@@ -105,7 +106,7 @@ class TokenChooser:
         self._seen_set = set(seen)
         self._seen = torch.tensor(sorted(self._seen_set), dtype=torch.long, device=self.device)
         self._seen_pending: list[int] = []  # seen, not yet in `_seen` (extended when `_penalised` needs it)
-        self._chosen: dict[int, int] = {}  # how often the reply chose each token
+        self._chosen: dict[int, int] = {}  # how often the reply chose each token (with a frequency penalty)
         self._never_set = set(never)
         self._never = torch.tensor(sorted(self._never_set), dtype=torch.long, device=self.device)
         self._generator = torch.Generator(device=self.device)
@@ -116,7 +117,8 @@ class TokenChooser:
         self._random = random.Random(sampling.seed)  # draws from a shortlist (None: from the system)
 
     def observe(self, token: int) -> None:
-        self._chosen[token] = self._chosen.get(token, 0) + 1
+        if self.sampling.frequency_penalty:
+            self._chosen[token] = self._chosen.get(token, 0) + 1
         if token not in self._seen_set:
             self._seen_set.add(token)
             self._seen_pending.append(token)
@@ -215,7 +217,7 @@ class TokenChooser:
         if self._seen_pending:
             self._seen = torch.cat((self._seen, self._seen.new_tensor(self._seen_pending)))
             self._seen_pending.clear()
-        if sampling.penalises and self._seen.numel():
+        if sampling.penalises_seen and self._seen.numel():
             seen = scores[self._seen]
             penalty = sampling.repetition_penalty
             penalised = torch.where(seen > 0, seen / penalty, seen * penalty) - sampling.presence_penalty

@@ -86,6 +86,15 @@ class PresetStore:
             row = self._row(session, key)
             return self._preset(row)
 
+    def named(self, name: str) -> Preset:
+        """The owner's preset called `name` (case aside), for a command line that names it."""
+        saved = self.list()
+        for preset in saved:
+            if preset.name.casefold() == name.strip().casefold():
+                return preset
+        names = ", ".join(repr(preset.name) for preset in saved) or "none yet (save one on the Chat page)"
+        raise NotFoundError(f"No preset is called {name.strip()!r}; the saved ones: {names}.", key=name)
+
     def delete(self, key: str) -> None:
         with self.db.begin() as session:
             session.delete(self._row(session, key))

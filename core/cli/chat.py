@@ -15,6 +15,7 @@ import click
 import psutil
 
 from core.chat.limits import checked_message
+from core.chat.presets import PresetStore
 from core.chat.providers import LocalProvider
 from core.chat.service import ChatService, Trimmed
 from core.cli.common import library, load_with_notice, warn
@@ -22,6 +23,7 @@ from core.errors import MessageError
 from core.hardware import peak_rss_bytes
 from core.inference.events import Finished, Reading, ReplyStats, TextDelta
 from core.inference.loading import LoadedModel
+from core.inference.params import DEFAULT_TOP_K
 from core.preferences import QUANTIZATIONS
 
 PROMPT = ">>> "
@@ -32,12 +34,30 @@ PROMPT = ">>> "
 @click.option(
     "-p", "--prompt", help="one message; without it, each line on stdin is a message (history kept)"
 )
-@click.option("--system", default="", help="system prompt")
+@click.option("--system", default=None, help="system prompt (default: the preset's, else none)")
+@click.option("--preset", metavar="NAME",
+              help="start from a preset saved on the Chat page: its system prompt and sampling settings; "
+              "the options below change them further")  # fmt: skip
 @click.option("--max-new-tokens", type=click.IntRange(1, 32768), default=256, show_default=True,
               help="most tokens in one reply")  # fmt: skip
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None,
               help="0 for greedy (the same reply every time); default: the model's own, as a new chat on "
               "the page has it (its publisher's generation_config, else 0.7)")  # fmt: skip
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="choose among the likeliest tokens that together reach this probability")  # fmt: skip
+@click.option("--top-k", type=click.IntRange(0, 1000), default=None,
+              help=f"choose among the k likeliest tokens only; 0: no limit (default: the model's own, else "
+              f"{DEFAULT_TOP_K})")  # fmt: skip
+@click.option("--min-p", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="drop tokens less likely than this fraction of the likeliest one; 0: off")  # fmt: skip
+@click.option("--repetition-penalty", "--repeat-penalty", type=click.FloatRange(0.5, 2), default=None,
+              help="above 1: tokens already in the conversation become less likely")  # fmt: skip
+@click.option("--presence-penalty", type=click.FloatRange(-2, 2), default=None,
+              help="lowers every token already in the conversation once; negative: the opposite")  # fmt: skip
+@click.option("--frequency-penalty", type=click.FloatRange(-2, 2), default=None,
+              help="lowers a token again each time the reply uses it; negative: the opposite")  # fmt: skip
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None,
+              help="the same seed, message and settings give the same reply")  # fmt: skip
 @click.option("--think/--no-think", default=True, show_default=True,
               help="--no-think: a thinking model with the switch (Qwen3) answers at once")  # fmt: skip
 @click.option("--ignore-eos", is_flag=True, help="always generate --max-new-tokens tokens (benchmarks)")
@@ -47,8 +67,8 @@ PROMPT = ">>> "
               help="weights on the CPU for this run: int4 (fastest), int8, or none (16-bit, the reference); "
               "default: the saved setting")  # fmt: skip
 def chat(
-    model: str, prompt: str | None, system: str, max_new_tokens: int, temperature: float | None, think: bool,
-    ignore_eos: bool, stats: bool, force: bool, quantization: str | None,
+    model: str, prompt: str | None, system: str | None, preset: str | None, max_new_tokens: int, think: bool,
+    ignore_eos: bool, stats: bool, force: bool, quantization: str | None, **sampling: float | None,
 ) -> int:  # fmt: skip
     """Stream replies from a downloaded model, with the device and weights of the saved settings."""
     from core.inference.engine import LocalEngine
@@ -58,6 +78,7 @@ def chat(
 
     models_library = library()
     key, prefs = models_library.get(model).key, models_library.preferences
+    chosen = None if preset is None else PresetStore(models_library.db).named(preset)
     interactive = prompt is None and sys.stdin.isatty()
     # Kept unpacked weights speed up later prompts, at the cost of a second's work between replies:
     # only a chat typed at a terminal has later prompts and time between them.
@@ -69,12 +90,12 @@ def chat(
     started = time.perf_counter()
     loaded = load_with_notice(engine, key, force=force)
     load_s = time.perf_counter() - started
+    # The model's own sampling (what a new chat on the page starts from), the preset's, the options'.
+    params = provider.default_params() if chosen is None else chosen.applied_to(provider.default_params())
+    given = {name: value for name, value in sampling.items() if value is not None}
+    params = replace(params, max_new_tokens=max_new_tokens, thinking=think, **given)
+    system = (chosen.system_prompt if chosen else "") if system is None else system
     conversation = service.new_conversation(f"CLI {key}", system_prompt=system)
-    # The model's own sampling (what a new chat on the page starts from), with what the options change.
-    chosen: dict[str, object] = {"max_new_tokens": max_new_tokens, "thinking": think}
-    if temperature is not None:
-        chosen["temperature"] = temperature
-    params = replace(provider.default_params(), **chosen)
     service.set_options(conversation.id, system, params)
     if interactive:
         warn(f"{key} ({loaded.device}, {loaded.weights}): type a message and press Enter. "

@@ -18,9 +18,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from core.chat.presets import PresetStore
 from core.cli import common
 from core.settings import PROJECT_ROOT
-from core.storage.db import sqlite_file
+from core.storage.db import Database, sqlite_file
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 
@@ -125,6 +126,45 @@ def test_a_cli_chat_samples_as_the_model_publisher_says_unless_told_otherwise(
         ).fetchall()
         connection.close()
         assert json.loads(stored)["temperature"] == temperature, stored
+
+
+def test_a_cli_chat_takes_every_sampling_setting_and_a_saved_preset_by_name(
+    tiny_models: dict[str, Path], database: Database
+) -> None:
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", tiny_models["qwen2"])
+    PresetStore(database).save("Code reviewer", "Review code tersely.", {"temperature": 1.5, "top_k": 0})
+
+    def replied(*given: str) -> tuple[str, dict[str, object], str]:
+        done = run_cli("chat", "qwen2.5-0.5b", "-p", "Hi", "--max-new-tokens", "12", "--ignore-eos", *given)
+        assert done.returncode == 0, done.stderr
+        connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
+        [(params, system)] = connection.execute(
+            "SELECT params, system_prompt FROM conversations ORDER BY id DESC LIMIT 1"
+        ).fetchall()
+        connection.close()
+        return done.stdout, json.loads(params), system
+
+    # llama.cpp's spelling of the repetition penalty works too; the preset's settings, then the options.
+    first, params, system = replied("--preset", "code REVIEWER", "--seed", "7", "--top-p", "0.95",
+                                    "--min-p", "0.01", "--repeat-penalty", "1.2", "--presence-penalty",
+                                    "0.5", "--frequency-penalty", "-0.5")  # fmt: skip
+    assert system == "Review code tersely."
+    assert params | {"max_new_tokens": 0} == {
+        "temperature": 1.5, "top_p": 0.95, "max_new_tokens": 0, "repetition_penalty": 1.2, "top_k": 0,
+        "min_p": 0.01, "presence_penalty": 0.5, "frequency_penalty": -0.5, "seed": 7, "thinking": True,
+    }  # fmt: skip
+    # A seed repeats a sampled reply (at 1.5 over the whole vocabulary, 12 tokens); another one does not.
+    again, _, _ = replied("--preset", "Code reviewer", "--seed", "7", "--top-p", "0.95", "--min-p",
+                          "0.01", "--repeat-penalty", "1.2", "--presence-penalty", "0.5",
+                          "--frequency-penalty", "-0.5")  # fmt: skip
+    other, params, system = replied("--preset", "Code reviewer", "--seed", "8", "--temperature", "1.2",
+                                    "--system", "")  # fmt: skip
+    assert again == first != other
+    assert (system, params["temperature"], params["seed"]) == ("", 1.2, 8)
+    # A name that is no saved preset: said before the model loads, with the names there are.
+    missing = run_cli("chat", "qwen2.5-0.5b", "-p", "Hi", "--preset", "Coder")
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error: No preset is called 'Coder'; the saved ones: 'Code reviewer'.")
 
 
 def test_16_bit_weights_load_without_transformers_progress_bars(tiny_models: dict[str, Path]) -> None:

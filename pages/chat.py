@@ -208,12 +208,14 @@ def options(conversation: Conversation, current: ProviderConfig) -> None:
     params = chat.params(conversation.id)
     with st.expander(t("chat.options")):
         preset_picker(chat, presets, conversation, current.model)
-        settings_form(conversation, params, switches_thinking(current))
+        settings_form(conversation, params, thinking_help(current))
         if current.provider != "local_model":
             st.caption(t("chat.server_settings"))
 
 
-def settings_form(conversation: Conversation, params: GenerationParams, thinking_switch: bool) -> None:
+def settings_form(conversation: Conversation, params: GenerationParams, thinking_help: str | None) -> None:
+    """The conversation's system prompt and sampling settings; `thinking_help`: the thinking switch's
+    help (None: no switch)."""
     with st.form(f"options-{conversation.id}", border=False):
         system = st.text_area(
             t("chat.system_prompt"), value=conversation.system_prompt, height=80, max_chars=MAX_TEXT_CHARS
@@ -233,8 +235,8 @@ def settings_form(conversation: Conversation, params: GenerationParams, thinking
         seed = left.number_input(t("chat.seed"), 0, 2**31, params.seed, 1, placeholder=t("chat.random"),
                                   help=t("chat.seed_help"))  # fmt: skip
         thinking = params.thinking
-        if thinking_switch:
-            thinking = right.toggle(t("chat.think_first"), thinking, help=t("chat.think_first_help"))
+        if thinking_help:
+            thinking = right.toggle(t("chat.think_first"), thinking, help=thinking_help)
         if st.form_submit_button(t("chat.save")):
             new_params = GenerationParams(
                 temperature, top_p, int(max_new), penalty, top_k=None if top_k is None else int(top_k),
@@ -244,15 +246,18 @@ def settings_form(conversation: Conversation, params: GenerationParams, thinking
             attempt(lambda: chat.set_options(conversation.id, system, new_params))
 
 
-def switches_thinking(current: ProviderConfig) -> bool:
-    """Whether the chosen model runs here and its chat template can skip the reasoning (Qwen3)."""
+def thinking_help(current: ProviderConfig) -> str | None:
+    """The thinking switch's help where the chosen model can be asked to answer without reasoning first:
+    a model here whose chat template can (Qwen3), or any server's (it asks its thinking models); None
+    where it cannot."""
     if current.provider != "local_model":
-        return False
+        return t("chat.think_first_help_server")
     try:
-        return resources.engine().tokenizer(current.model).switches_thinking
+        switches = resources.engine().tokenizer(current.model).switches_thinking
     # Not downloaded, or an unreadable tokenizer: no switch here, and the reply says what is wrong.
     except (LocalLLMError, OSError, ValueError):
-        return False
+        return None
+    return t("chat.think_first_help") if switches else None
 
 
 def stats_line(message: Message | ReplyStats) -> str:

@@ -263,9 +263,7 @@ def _params(body: GenerationRequest, defaults: GenerationParams) -> GenerationPa
     """The request's sampling settings over `defaults` (what it leaves out)."""
     names = ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "top_k",
              "min_p", "seed")  # fmt: skip
-    given = {name: getattr(body, name) for name in names}
-    options = body.chat_template_kwargs if isinstance(body, ChatCompletionRequest) else None
-    given["thinking"] = options.enable_thinking if options else None
+    given = {name: getattr(body, name) for name in names} | {"thinking": body.thinking}
     return replace(defaults, **{name: value for name, value in given.items() if value is not None})
 
 

@@ -81,6 +81,11 @@ class GenerationRequest(_Request):
         return self.max_tokens
 
     @property
+    def thinking(self) -> bool | None:
+        """False where the request asks a thinking model (Qwen3) to answer without reasoning first."""
+        return None
+
+    @property
     def stop_sequences(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
@@ -94,10 +99,17 @@ class ChatCompletionRequest(GenerationRequest):
     response_format: ResponseFormat | None = None
     tool_choice: Any = None
     chat_template_kwargs: ChatTemplateOptions | None = None  # vLLM's: {"enable_thinking": false}
+    reasoning_effort: str | None = Field(None, max_length=20)  # "none": OpenAI's and Ollama's no reasoning
 
     @property
     def wanted_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def thinking(self) -> bool | None:
+        if self.chat_template_kwargs and self.chat_template_kwargs.enable_thinking is not None:
+            return self.chat_template_kwargs.enable_thinking
+        return False if self.reasoning_effort == "none" else None
 
 
 class CompletionRequest(GenerationRequest):
@@ -134,6 +146,10 @@ class InputMessage(_Request):
         return self.content
 
 
+class ReasoningOptions(_Request):
+    effort: str | None = Field(None, max_length=20)
+
+
 class TextOptions(_Request):
     format: ResponseFormat | None = None
 
@@ -148,10 +164,15 @@ class ResponseRequest(GenerationRequest):
     previous_response_id: str | None = Field(None, max_length=200)
     tools: list[Any] | None = None
     text: TextOptions | None = None
+    reasoning: ReasoningOptions | None = None
 
     @property
     def wanted_tokens(self) -> int | None:
         return self.max_output_tokens or self.max_tokens
+
+    @property
+    def thinking(self) -> bool | None:
+        return False if self.reasoning and self.reasoning.effort == "none" else None
 
 
 class _Response(BaseModel):

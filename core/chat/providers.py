@@ -103,7 +103,15 @@ MAX_SAID_CHARS = 300  # of a server's own words for an error, shown in the sente
 # gpt-5: "Unsupported parameter: 'max_tokens' … Use 'max_completion_tokens' instead", "Unsupported
 # value: 'temperature' does not support 0.7 with this model"): the request is sent again without
 # them, and later requests to that model leave them out at once (`_REFUSED`).
-ADJUSTABLE = ("max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed")
+ADJUSTABLE = (
+    "max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed", "reasoning_effort"
+)  # fmt: skip
+# A reply without reasoning first, asked as the servers know it: OpenAI's `reasoning_effort` "none" (its
+# GPT-5.1 on, Ollama's OpenAI-compatible API, recent vLLM) and the chat template's switch (vLLM, SGLang,
+# llama.cpp's server, `localllm serve`: Qwen3's `enable_thinking`). A server that refuses either by name
+# (OpenAI for a model that does not reason, o3's "does not support 'none'", LiteLLM's proxy, an older
+# vLLM's validation) gets the request again without it.
+NO_THINKING: dict[str, Any] = {"reasoning_effort": "none", "chat_template_kwargs": {"enable_thinking": False}}
 UNSUPPORTED = ("unsupported_parameter", "unsupported_value")  # the error codes of such a refusal
 _REFUSED: dict[tuple[str, str], frozenset[str]] = {}  # (base URL, model): the parameters it refused
 # What OpenAI says of a field it does not know (vLLM's and llama.cpp's top_k, say): no param, no code.
@@ -124,7 +132,8 @@ WELL_KNOWN_SERVERS = {
 def sampling_fields(params: GenerationParams) -> dict[str, Any]:
     """A request's sampling fields: temperature, top_p and max_tokens, and the settings changed from the
     defaults by the names servers know them: OpenAI's own, and in `extra_body` the extensions of vLLM
-    (`repetition_penalty`) and of llama.cpp and LM Studio (`repeat_penalty`); the rest are the server's."""
+    (`repetition_penalty`) and of llama.cpp and LM Studio (`repeat_penalty`); the rest are the server's.
+    Thinking turned off asks both ways servers know (`NO_THINKING`)."""
     default = GenerationParams()
     changed = {name: getattr(params, name) for name in ("presence_penalty", "frequency_penalty", "seed")}
     fields = {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens}
@@ -134,6 +143,9 @@ def sampling_fields(params: GenerationParams) -> dict[str, Any]:
         extra["min_p"] = params.min_p
     if params.repetition_penalty != default.repetition_penalty:
         extra["repetition_penalty"] = extra["repeat_penalty"] = params.repetition_penalty
+    if not params.thinking:
+        fields["reasoning_effort"] = NO_THINKING["reasoning_effort"]
+        extra["chat_template_kwargs"] = NO_THINKING["chat_template_kwargs"]
     return fields | ({"extra_body": extra} if extra else {})
 
 
@@ -186,18 +198,20 @@ def _context_tokens(said: object) -> int | None:
 def _refused_by(exc: Any, request: dict[str, Any]) -> frozenset[str]:
     """The parameters of `request` that a 400 refuses: one a model takes only its own way (`ADJUSTABLE`,
     OpenAI's reasoning models), every extension in `extra_body` where the server knows none (OpenAI:
-    "Unrecognized request argument supplied: top_k"), or one of OpenAI's own a server does not know yet
-    (Azure's older API versions: `stream_options`; the usage is then counted here)."""
+    "Unrecognized request argument supplied: top_k"), one of OpenAI's own a server does not know yet
+    (Azure's older API versions: `stream_options`; the usage is then counted here), or a way of asking
+    for no reasoning (`NO_THINKING`) that the refusal names."""
     body = _error_body(exc)
-    name, code = body.get("param"), body.get("code")
+    name, code, message = body.get("param"), body.get("code"), str(body.get("message", ""))
     if name in ADJUSTABLE and name in request and code in UNSUPPORTED:
         return frozenset({name})
     extra = request.get("extra_body", {})
-    if not (unknown := _UNRECOGNIZED.search(str(body.get("message", "")))):
-        return frozenset()
-    if unknown.group(1) in extra:
-        return frozenset(extra)
-    return frozenset({unknown.group(1)}) & (set(ADJUSTABLE) | {"stream_options"}) & request.keys()
+    if unknown := _UNRECOGNIZED.search(message):
+        if unknown.group(1) in extra:
+            return frozenset(extra)
+        return frozenset({unknown.group(1)}) & (set(ADJUSTABLE) | {"stream_options"}) & request.keys()
+    named = {field for field in NO_THINKING if field in f"{name} {message}"}
+    return frozenset(named & (request.keys() | extra.keys()))
 
 
 def _server_said(exc: Any, secret: str | None) -> str | None:

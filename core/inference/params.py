@@ -18,8 +18,9 @@ class GenerationParams:
     """How a reply is generated. temperature 0 is greedy; top_k None is the model's own (its
     generation_config, else DEFAULT_TOP_K), 0 no limit; min_p and the presence and frequency penalties 0
     are off; a seed
-    makes sampling repeat; `thinking` False asks a local model whose chat template takes
-    `enable_thinking` (Qwen3) to answer without reasoning first (other models and servers ignore it)."""
+    makes sampling repeat; `thinking` False asks a thinking model to answer without reasoning first: a
+    local one whose chat template takes `enable_thinking` (Qwen3; others ignore it), or a server's
+    (`providers.NO_THINKING`)."""
 
     temperature: float = 0.7
     top_p: float = 0.9

@@ -16,6 +16,7 @@ from core.storage.db import Database
 from core.storage.records import Conversation
 from core.storage.schema import ConversationRow
 from core.units import format_bytes
+from tests.fixtures.openai_faults import FaultyOpenAIServer
 from ui import resources
 
 
@@ -256,6 +257,23 @@ def test_a_thinking_model_can_be_told_to_answer_at_once(new_app, thinking_model:
     first = chat.messages(conversation.id)[-1].prompt_tokens
     at.button(key="chat.regenerate").click().run()  # asked again without reasoning: a longer prompt
     assert chat.messages(conversation.id)[-1].prompt_tokens > first
+
+
+def test_a_servers_thinking_model_can_be_told_to_answer_at_once(new_app, db_url: str) -> None:
+    # The switch was offered for models run here only: a Qwen3 on an Ollama or vLLM box always reasoned.
+    with FaultyOpenAIServer("reasoning:reasoning_content") as server:
+        store = ConfigStore(Database(db_url))
+        store.set_current_config(store.save_config("openai_compatible", "qwen3:8b", server.url))
+        at, _, conversation = _asked(new_app, "Quick: six times seven?")
+        [switch] = [toggle for toggle in at.toggle if toggle.label == "Think before answering"]
+        assert switch.value is True and "Ollama, vLLM, llama.cpp and OpenAI" in switch.help
+        switch.set_value(False)
+        at.button(key=f"FormSubmitter:options-{conversation.id}-Save").click().run()
+        at.chat_input[0].set_value("And eight times nine?").run()
+        assert not at.exception
+    first, then = server.bodies
+    assert "reasoning_effort" not in first and "chat_template_kwargs" not in first
+    assert then["reasoning_effort"] == "none" and then["chat_template_kwargs"] == {"enable_thinking": False}
 
 
 def test_a_reply_cut_off_while_thinking_says_how_to_get_the_answer(

@@ -7,6 +7,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,7 @@ from core.inference.events import Finished, TextDelta
 from core.inference.params import GenerationParams
 from core.storage.db import Database
 from tests.fixtures.openai_faults import REASONED_ANSWER, FaultyOpenAIServer
+from tests.fixtures.tiny_models import install_ready
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
 from ui.i18n import error_text
 
@@ -307,6 +310,43 @@ def test_a_server_that_knows_no_extension_is_asked_again_without_them_and_rememb
         assert server.bodies[-1]["seed"] == 7 and server.bodies[-1]["frequency_penalty"] == 0.6
         _stream_with(OpenAICompatibleProvider(server.url, None, "gpt-4o"), CHANGED)  # the next chat: at once
         assert len(server.bodies) == 3 and "min_p" not in server.bodies[-1]
+
+
+def test_thinking_turned_off_is_asked_as_each_server_knows_it_and_a_refusal_drops_only_that(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """The chat's *Think before answering* switch was for models run here only: a Qwen3 on a vLLM or
+    Ollama box always reasoned first. Now a server is asked both ways: the chat template's switch (vLLM,
+    llama.cpp, this project's `serve`) and `reasoning_effort` "none" (Ollama, OpenAI); a server that
+    refuses one by name gets the request again without it, remembered for that model."""
+    quick = replace(SHORT, max_new_tokens=1, thinking=False)
+    install_ready(tmp_path / "models", "tiny", tiny_models["qwen3"])
+    with serving(LocalEngine(tmp_path / "models", idle_unload_s=0)) as url:  # Qwen3's template switches
+        provider = OpenAICompatibleProvider(url, None, "tiny")
+        [on, off] = [
+            next(e for e in provider.stream(MESSAGES, params, threading.Event()) if isinstance(e, Finished))
+            for params in (replace(quick, thinking=True), quick)
+        ]
+    assert off.stats.prompt_tokens > on.stats.prompt_tokens  # the empty reasoning block, closed
+    with FaultyOpenAIServer("strict") as server:  # OpenAI and gpt-4o: neither
+        assert (
+            "".join(e.text for e in _stream_with(OpenAICompatibleProvider(server.url, None, "gpt-4o"), quick))
+            == REASONED_ANSWER
+        )
+        _stream_with(OpenAICompatibleProvider(server.url, None, "gpt-4o"), quick)  # the next chat: at once
+    assert [("reasoning_effort" in body, "chat_template_kwargs" in body) for body in server.bodies] == [
+        (True, True),
+        (True, False),
+        (False, False),
+        (False, False),
+    ]
+    with FaultyOpenAIServer("litellm") as server:  # LiteLLM's proxy: "does not support parameters: [...]"
+        assert (
+            "".join(e.text for e in _stream_with(OpenAICompatibleProvider(server.url, None, "qwen3"), quick))
+            == REASONED_ANSWER
+        )
+    assert [body.get("reasoning_effort") for body in server.bodies] == ["none", None]
+    assert server.bodies[-1]["chat_template_kwargs"] == {"enable_thinking": False}
 
 
 def test_a_server_that_does_not_know_stream_options_is_asked_again_without_them() -> None:

@@ -230,10 +230,12 @@ def test_settings_a_request_leaves_out_are_the_models_own(engine: LocalEngine) -
     assert replies[0] == replies[1]
 
 
-def test_vllms_chat_template_switch_turns_a_qwen3s_reasoning_off(
+def test_vllms_chat_template_switch_and_openais_reasoning_effort_turn_a_qwen3s_reasoning_off(
     tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
-    # Qwen3's template opens and closes an empty reasoning block in the prompt when thinking is off.
+    # Qwen3's template opens and closes an empty reasoning block in the prompt when thinking is off: asked
+    # as vLLM does (the template's switch), or as OpenAI and Ollama do (`reasoning_effort` "none"; in the
+    # Responses API `reasoning.effort`), which Ollama's clients send and this server ignored.
     install_ready(tmp_path / "models", "tiny", tiny_models["qwen3"])
     engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
     with serving(engine) as url:
@@ -243,10 +245,20 @@ def test_vllms_chat_template_switch_turns_a_qwen3s_reasoning_off(
                 model="tiny", messages=MESSAGES, max_tokens=1, extra_body=extra
             ).usage.prompt_tokens
             for extra in (None, {"chat_template_kwargs": {"enable_thinking": True}},
-                          {"chat_template_kwargs": {"enable_thinking": False}})
+                          {"reasoning_effort": "low"}, {"chat_template_kwargs": {"enable_thinking": False}},
+                          {"reasoning_effort": "none"},
+                          {"reasoning_effort": "none", "chat_template_kwargs": {"enable_thinking": True}})
         ]  # fmt: skip
         ids = engine.tokenizer("tiny").encode("<think>\n\n</think>\n\n")
-        assert prompt_tokens == [prompt_tokens[0], prompt_tokens[0], prompt_tokens[0] + len(ids)]
+        on, off = prompt_tokens[0], prompt_tokens[0] + len(ids)
+        assert prompt_tokens == [on, on, on, off, off, on]  # the template's own switch, where given, rules
+        responses = [
+            client.responses.create(
+                model="tiny", input="Hello", max_output_tokens=1, **given
+            ).usage.input_tokens
+            for given in ({}, {"reasoning": {"effort": "none"}})
+        ]
+        assert responses[1] == responses[0] + len(ids)
         not_a_boolean = {"chat_template_kwargs": {"enable_thinking": "no"}}
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(

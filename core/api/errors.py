@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
@@ -102,14 +103,25 @@ def install_handlers(app: FastAPI) -> None:
         return from_core(exc).response()
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else None
-        return APIError(
-            exc.status_code, str(exc.detail), code=code, headers=dict(exc.headers or {})
-        ).response()
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        said = _no_such_endpoint(request) if code else str(exc.detail)
+        return APIError(exc.status_code, said, code=code, headers=dict(exc.headers or {})).response()
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         logger.exception("request failed")
         return APIError(500, f"The server failed to answer ({exc.__class__.__name__}).", "server_error",
                         "internal_error").response()  # fmt: skip
+
+
+def _no_such_endpoint(request: Request) -> str:
+    """What a client that asks for an endpoint this server lacks (embeddings, images) is told."""
+    served = [
+        f"{method} {route.path}"
+        for route in request.app.routes
+        if isinstance(route, APIRoute) and route.path.startswith("/v1/") and "{" not in route.path
+        for method in sorted(route.methods - {"HEAD"})
+    ]
+    asked = f"{request.method} {request.url.path}"[:200]
+    return f"This server does not answer {asked}; it answers {', '.join(served)}."

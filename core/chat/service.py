@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from sqlalchemy.orm import Session
 
 from core.chat import archive, branches
-from core.chat.attachments import MAX_FILES, read_attachment
+from core.chat.attachments import MAX_FILES, Attachment, read_attachment
 from core.chat.branches import Turn
 from core.chat.limits import checked_length, checked_message
 from core.chat.presets import Preset
@@ -277,10 +277,11 @@ class ChatService:
         stop: threading.Event | None = None,
         *,
         ignore_eos: bool = False,
-        files: Sequence[tuple[str, bytes]] = (),
+        files: Sequence[tuple[str, bytes] | Attachment] = (),
     ) -> Generator[ChatEvent, None, None]:
-        """Store the user's message (with the text of `files`: (name, bytes) pairs) after the shown branch
-        and stream the reply to it. Every file is read before anything is stored."""
+        """Store the user's message (with the text of `files`: (name, bytes) pairs, or files already
+        read) after the shown branch and stream the reply to it. Every file is read before anything is
+        stored."""
         checked_message(text)
         if len(files) > MAX_FILES:
             raise AttachmentError(
@@ -288,7 +289,7 @@ class ChatService:
                 reason="attachment_too_many",
                 limit=MAX_FILES,
             )
-        attached = [read_attachment(name, data) for name, data in files]
+        attached = [file if isinstance(file, Attachment) else read_attachment(*file) for file in files]
         with self.db.begin() as session:
             self._row(session, conversation_id).updated_at = utcnow()  # newest conversations list first
             message = repo.add_message(session, conversation_id, "user", text)

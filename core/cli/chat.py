@@ -14,12 +14,14 @@ from dataclasses import replace
 import click
 import psutil
 
+from core.chat.attachments import MAX_FILE_BYTES, MAX_FILES, Attachment, read_attachment
 from core.chat.limits import checked_message
 from core.chat.presets import PresetStore
 from core.chat.providers import LocalProvider
-from core.chat.service import ChatService, Trimmed
+from core.chat.retrieval import FileUse
+from core.chat.service import ChatService, FilesUsed, Trimmed
 from core.cli.common import library, load_with_notice, warn
-from core.errors import MessageError
+from core.errors import AttachmentError, MessageError
 from core.hardware import peak_rss_bytes
 from core.inference.events import Finished, Reading, ReplyStats, TextDelta
 from core.inference.loading import LoadedModel
@@ -38,6 +40,10 @@ PROMPT = ">>> "
 @click.option("--preset", metavar="NAME",
               help="start from a preset saved on the Chat page: its system prompt and sampling settings; "
               "the options below change them further")  # fmt: skip
+@click.option("-f", "--file", "files", multiple=True, metavar="PATH",
+              help=f"a file that goes with the first message, as with 📎 on the page: text, Markdown, "
+              f"code, PDF or DOCX, up to {MAX_FILES} of {MAX_FILE_BYTES // 1024**2} MB; - reads it from "
+              "stdin")  # fmt: skip
 @click.option("--max-new-tokens", type=click.IntRange(1, 32768), default=256, show_default=True,
               help="most tokens in one reply")  # fmt: skip
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None,
@@ -67,14 +73,18 @@ PROMPT = ">>> "
               help="weights on the CPU for this run: int4 (fastest), int8, or none (16-bit, the reference); "
               "default: the saved setting")  # fmt: skip
 def chat(
-    model: str, prompt: str | None, system: str | None, preset: str | None, max_new_tokens: int, think: bool,
-    ignore_eos: bool, stats: bool, force: bool, quantization: str | None, **sampling: float | None,
+    model: str, prompt: str | None, system: str | None, preset: str | None, files: tuple[str, ...],
+    max_new_tokens: int, think: bool, ignore_eos: bool, stats: bool, force: bool, quantization: str | None,
+    **sampling: float | None,
 ) -> int:  # fmt: skip
     """Stream replies from a downloaded model, with the device and weights of the saved settings."""
     from core.inference.engine import LocalEngine
 
     if prompt is not None:  # before a model loads for nothing (stdin's lines are checked one by one)
         checked_message(prompt)
+    if "-" in files and prompt is None:
+        raise click.UsageError("--file - reads the file from stdin: give the message with --prompt.")
+    attached = _attached(files)
 
     models_library = library()
     key, prefs = models_library.get(model).key, models_library.preferences
@@ -104,8 +114,36 @@ def chat(
     else:
         messages = [prompt] if prompt is not None else (line.rstrip("\n") for line in sys.stdin)
     return _converse(
-        service, conversation.id, messages, ignore_eos, loaded, load_s if stats else None, interactive
+        service,
+        conversation.id,
+        messages,
+        attached,
+        ignore_eos,
+        loaded,
+        load_s if stats else None,
+        interactive,
     )
+
+
+def _attached(paths: tuple[str, ...]) -> list[Attachment]:
+    """The files given with --file, read and checked before a model loads (at most a file's limit and a
+    byte more of each is read: a larger one is refused)."""
+    if len(paths) > MAX_FILES:
+        raise AttachmentError(f"At most {MAX_FILES} files go with one message.",
+                              reason="attachment_too_many", limit=MAX_FILES)  # fmt: skip
+    attached = []
+    for path in paths:
+        if path == "-":
+            attached.append(read_attachment("stdin.txt", sys.stdin.buffer.read(MAX_FILE_BYTES + 1)))
+            continue
+        try:
+            with open(path, "rb") as file:
+                data = file.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise AttachmentError(f"Cannot read {path}: {exc.strerror or exc}.",
+                                  reason="attachment_unreadable", file=path) from exc  # fmt: skip
+        attached.append(read_attachment(path, data))
+    return attached
 
 
 def _typed_lines() -> Iterator[str]:
@@ -121,11 +159,12 @@ def _typed_lines() -> Iterator[str]:
 
 
 def _converse(
-    service: ChatService, conversation_id: int, messages: Iterable[str], ignore_eos: bool,
-    loaded: LoadedModel, load_s: float | None, interactive: bool = False,
+    service: ChatService, conversation_id: int, messages: Iterable[str], files: list[Attachment],
+    ignore_eos: bool, loaded: LoadedModel, load_s: float | None, interactive: bool = False,
 ) -> int:  # fmt: skip
-    """Send each message and print its reply; a message that cannot be sent is explained and skipped.
-    Typed at a prompt, Ctrl+C stops the reply (kept as far as it got) and the prompt comes back."""
+    """Send each message (`files` with the first one sent) and print its reply; a message that cannot be
+    sent is explained and skipped. Typed at a prompt, Ctrl+C stops the reply (kept as far as it got) and
+    the prompt comes back."""
     exit_code = 0
     try:
         for message in messages:
@@ -134,11 +173,12 @@ def _converse(
             stop = threading.Event()
             try:
                 with _interrupt_sets(stop) if interactive else contextlib.nullcontext():
-                    reply = _reply(service, conversation_id, message, ignore_eos, stop)
+                    reply = _reply(service, conversation_id, message, files, ignore_eos, stop)
             except MessageError as exc:  # this message cannot be sent; the next line may be fine
                 warn(f"error: {exc.message}")
                 exit_code = 2
                 continue
+            files = []
             if load_s is not None and reply:
                 click.echo(json.dumps(_stats_record(reply, loaded, load_s)))
     except KeyboardInterrupt:
@@ -157,11 +197,12 @@ def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
 
 
 def _reply(
-    service: ChatService, conversation_id: int, message: str, ignore_eos: bool, stop: threading.Event
-) -> ReplyStats | None:
+    service: ChatService, conversation_id: int, message: str, files: list[Attachment], ignore_eos: bool,
+    stop: threading.Event,
+) -> ReplyStats | None:  # fmt: skip
     stats = None
     reading = False  # a progress line on a terminal's stderr while a long prompt is read
-    for event in service.send(conversation_id, message, stop, ignore_eos=ignore_eos):
+    for event in service.send(conversation_id, message, stop, ignore_eos=ignore_eos, files=files):
         if isinstance(event, Reading):
             if sys.stderr.isatty():
                 click.echo(f"\r[reading {event.done:,} of {event.total:,} tokens]", nl=False, err=True)
@@ -174,12 +215,24 @@ def _reply(
             click.echo(event.text, nl=False)
         elif isinstance(event, Trimmed):
             warn(f"[{event.dropped} older messages left out to fit the context]")
+        elif isinstance(event, FilesUsed):
+            warn(f"[{'; '.join(map(_file_used, event.uses))}]")
         elif isinstance(event, Finished):
             stats = event.stats
     click.echo()
     if stats is not None and stats.finish_reason == "stopped":  # Ctrl+C at a terminal
         warn("[stopped]")
     return stats
+
+
+def _file_used(use: FileUse) -> str:
+    """What of a file the reply was given, in the page's words."""
+    if use.passages is None:
+        return f"{use.file}: the whole file"
+    if not use.passages:
+        return f"{use.file}: nothing (no room left in the context)"
+    passages = ", ".join(map(str, use.passages))
+    return f"{use.file}: passages {passages} of {use.total} (the whole file does not fit in the context)"
 
 
 def _stats_record(stats: ReplyStats, loaded: LoadedModel, load_s: float) -> dict[str, object]:

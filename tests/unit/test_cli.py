@@ -167,6 +167,45 @@ def test_a_cli_chat_takes_every_sampling_setting_and_a_saved_preset_by_name(
     assert missing.stderr.startswith("error: No preset is called 'Coder'; the saved ones: 'Code reviewer'.")
 
 
+def test_a_cli_chat_takes_files_as_the_page_does_and_stdin_as_one(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """`ollama run m "Summarize" < notes.txt`, llm's `cat notes.txt | llm "…"`: a shell's way to ask about a
+    file. Files go with the first message as 📎 on the page: whole where they fit, else the passages most
+    relevant to it, said on stderr."""
+    longer = build_tiny_model(tmp_path / "long", context=4096)  # room for a few passages of 1,200 characters
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", longer)
+    guide = tmp_path / "guide.txt"
+    chapters = [f"Chapter {n} is about the harbour and its ships. " * 20 for n in range(60)]
+    chapters[41] = "Old Wen has kept the lighthouse since the storm. " * 20
+    guide.write_text("\n\n".join(chapters))
+    done = subprocess.run(
+        [sys.executable, "-m", "core", "chat", "qwen2.5-0.5b", "-p", "Who has kept the lighthouse?",
+         "--file", str(guide), "-f", "-", "--max-new-tokens", "2"],
+        cwd=PROJECT_ROOT, input="The ferry leaves at noon.", capture_output=True, text=True, env=os.environ,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [said] = done.stderr.splitlines()
+    assert said.startswith("[guide.txt: passages ") and " of 60 (the whole file does not fit" in said
+    connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
+    files = connection.execute("SELECT name, kind FROM attachments ORDER BY id").fetchall()
+    [(sources,)] = connection.execute("SELECT sources FROM messages WHERE role = 'assistant'").fetchall()
+    connection.close()
+    assert files == [("guide.txt", "text"), ("stdin.txt", "text")]
+    used = {use["file"]: use["passages"] for use in json.loads(sources)}
+    assert 42 in used["guide.txt"] and used["stdin.txt"] == [1]  # the lighthouse's chapter, all of stdin
+    # Each refusal is said before the model loads, naming the file.
+    for given, said in (
+        (["-f", str(tmp_path / "missing.txt"), "-p", "Hi"], "error: Cannot read "),
+        (["-f", sys.executable, "-p", "Hi"], "this kind of file cannot be read"),
+        (["-f", "-"], "--file - reads the file from stdin: give the message with --prompt."),
+        ([arg for n in range(6) for arg in ("-f", str(guide))] + ["-p", "Hi"], "At most 5 files"),
+    ):
+        refused = run_cli("chat", "qwen2.5-0.5b", *given)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+        assert "Loading" not in refused.stderr
+
+
 def test_16_bit_weights_load_without_transformers_progress_bars(tiny_models: dict[str, Path]) -> None:
     # transformers draws "Loading weights: 100%|███" on stderr as it reads a model: not ours to show.
     install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", tiny_models["qwen2"])

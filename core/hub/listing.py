@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatch
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
@@ -38,6 +39,8 @@ _SKIPPED = (
     "*.onnx", "*.onnx_data", "*.gguf", "*.h5", "*.msgpack", "*.tflite", "*.ot", "*.mlmodel", "*.pth",
     "*.pt", "*.ckpt", "original/*", "onnx/*", "openvino/*", "coreml/*", "gguf/*", ".gitattributes",
 )  # fmt: skip
+# The suffixes of a model's quantized copies on the Hub (-AWQ, -GPTQ-Int4, -bnb-4bit, -FP8, -GGUF, -4bit).
+_QUANTIZED_SUFFIX = re.compile(r"(?:[-_](?:AWQ|GPTQ|GGUF|FP8|bnb|MLX|Int4|Int8|\d+bit))+$", re.IGNORECASE)
 _REQUIRED = ("config.json", "*.safetensors", "*.bin", "tokenizer.json", "tokenizer.model")
 MAX_LISTED_FILES = 10_000
 MAX_FILE_BYTES = 2**44  # 16 TiB: a larger "size" is not a model file but a hostile listing
@@ -363,6 +366,15 @@ def fetch_json(endpoint: str, repo_id: str, commit: str, path: str) -> dict:
     return data
 
 
+def _prequantized(config: dict[str, Any]) -> str | None:
+    """The kind of quantization a repo's weights were saved in (AWQ, GPTQ, bitsandbytes, FP8: transformers'
+    `quantization_config`; MLX's `quantization`), if they were."""
+    if isinstance(said := config.get("quantization_config"), dict):
+        method = re.sub(r"[^A-Za-z0-9_.-]", "", str(said.get("quant_method", "")))[:30]
+        return method or "quantized"
+    return "MLX" if isinstance(config.get("quantization"), dict) else None
+
+
 def check_runnable(listing: RepoListing, endpoint: str) -> None:
     """Refuse repos the engine cannot run: no safetensors, no chat template, or remote code needed."""
     paths = {f.path for f in listing.files}
@@ -379,6 +391,16 @@ def check_runnable(listing: RepoListing, endpoint: str) -> None:
         raise UnsupportedModelError(
             f"{listing.repo_id} needs trust_remote_code, which this app keeps off for safety.",
             repo_id=listing.repo_id, reason="remote_code",
+        )  # fmt: skip
+    if method := _prequantized(config):
+        original = _QUANTIZED_SUFFIX.sub("", listing.repo_id)
+        known = original != listing.repo_id
+        raise UnsupportedModelError(
+            f"{listing.repo_id} holds weights quantized already ({method}), which need a library this app "
+            "does not use (it quantizes a model's original weights itself: Hardware & Settings → Weights on "
+            "the CPU); add the original model instead" + (f", probably {original}." if known else "."),
+            repo_id=listing.repo_id, method=method, original=original,
+            reason="prequantized" if known else "prequantized_no_original",
         )  # fmt: skip
     has_template = "chat_template.jinja" in paths
     if not has_template and "tokenizer_config.json" in paths:

@@ -248,10 +248,18 @@ def _transformers_model(directory: Path, device: str, dtype: Any) -> Any:
     from core.inference import attention
 
     config = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(
+    model, loading = AutoModelForCausalLM.from_pretrained(
         directory, config=config, dtype=dtype, local_files_only=True, trust_remote_code=False,
-        attn_implementation=attention.implementation(config, device),
+        attn_implementation=attention.implementation(config, device), output_loading_info=True,
     )  # fmt: skip
+    if missing := sorted(loading["missing_keys"]):  # transformers made them up (random): the replies too
+        named = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
+        raise UnsupportedModelError(
+            f"The weights of {directory.name} do not fit its config.json: {len(missing)} of its matrices are "
+            f"missing ({named}). Its files may hold another format (quantized as AWQ, GPTQ or MLX): add the "
+            "model's original weights instead.",
+            key=directory.name, missing=len(missing), names=named, reason="weights_missing",
+        )  # fmt: skip
     return model.to(device).eval()
 
 

@@ -949,7 +949,10 @@ def _materialize(module: nn.Module, prefix: str, load: Loader | None) -> None:
         return
     for name, param in module.named_parameters(recurse=False):
         if param.is_meta:
-            module._parameters[name] = nn.Parameter(load(f"{prefix}{name}"), requires_grad=False)
+            tensor = load(f"{prefix}{name}")
+            if tensor.shape != param.shape:  # a checkpoint of another shape: not this model's weights
+                raise KeyError(f"{prefix}{name}")
+            module._parameters[name] = nn.Parameter(tensor, requires_grad=False)
 
 
 def _fuse_and_quantize(
@@ -1152,10 +1155,11 @@ def quantize_checkpoint(model_dir: Path, dtype: torch.dtype, scheme: str) -> Any
     model = _skeleton(model_dir, dtype)
     config = model.config
     input_table = next(n for n, m in model.named_modules() if m is model.get_input_embeddings()) + ".weight"
+    head = next(n for n, m in model.named_modules() if m is model.get_output_embeddings()) + ".weight"
     checkpoint = _Checkpoint(model_dir)
 
     def load(name: str) -> torch.Tensor:
-        if name not in checkpoint.tensors and getattr(config, "tie_word_embeddings", False):
+        if name == head and name not in checkpoint.tensors and getattr(config, "tie_word_embeddings", False):
             name = input_table  # a tied output head is stored as the input table
         return checkpoint.read(name).to(dtype)
 

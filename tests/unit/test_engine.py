@@ -20,6 +20,7 @@ from core.errors import (
     InsufficientMemoryError,
     ModelNotReadyError,
     QueueFullError,
+    UnsupportedModelError,
 )
 from core.inference.chat_tokenizer import ChatTokenizer
 from core.inference.engine import LocalEngine
@@ -458,3 +459,31 @@ def test_attention_on_cuda_keeps_off_cudnn_which_plans_each_new_shape() -> None:
         assert not torch.backends.cuda.cudnn_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(True)
+
+
+@pytest.mark.parametrize("quantization", ["int4", "int8", "none"])
+def test_weights_that_do_not_fit_the_config_are_refused_not_made_up(
+    tmp_path: Path, tiny_models: dict[str, Path], quantization: str
+) -> None:
+    """An AWQ checkpoint stores a matrix as `qweight`, `qzeros` and `scales`: transformers filled the
+    `weight` it did not find with random numbers, and the model replied with noise."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    source = Path(shutil.copytree(tiny_models["qwen2"], tmp_path / "awq"))
+    tensors = load_file(source / "model.safetensors")
+    matrix = tensors.pop("model.layers.0.self_attn.q_proj.weight")
+    tensors["model.layers.0.self_attn.q_proj.qweight"] = torch.zeros(matrix.shape[1], 4, dtype=torch.int32)
+    save_file(tensors, source / "model.safetensors", metadata={"format": "pt"})
+    install_ready(tmp_path / "models", "awq", source)
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0, quantization=quantization)
+    with pytest.raises(UnsupportedModelError) as refused:
+        engine.load("awq")
+    assert refused.value.message == (
+        "The weights of awq do not fit its config.json: 1 of its matrices are missing "
+        "(model.layers.0.self_attn.q_proj.weight). Its files may hold another format (quantized as AWQ, "
+        "GPTQ or MLX): add the model's original weights instead."
+    )
+    assert engine.loaded is None and not list((tmp_path / "models" / "awq").glob(".localllm-*.pt"))

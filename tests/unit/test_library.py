@@ -130,6 +130,13 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
         "x/remote-code", _variant(source, tmp_path, "b", config__json={"auto_map": {"AutoModel": "m.M"}})
     )
     hub.add_repo("x/no-weights", _variant(source, tmp_path, "c", model__safetensors=None))
+    # Quantized copies sit beside each model on the Hub (Qwen's -AWQ and -GPTQ-Int4, unsloth's -bnb-4bit,
+    # mlx-community's -4bit): they were added, downloaded, then failed to load.
+    awq = {"quantization_config": {"quant_method": "awq", "bits": 4}}
+    hub.add_repo("x/Chat-1.5B-Instruct-AWQ", _variant(source, tmp_path, "d", config__json=awq))
+    hub.add_repo(
+        "x/Chat-4bit-mlx", _variant(source, tmp_path, "e", config__json={"quantization": {"bits": 4}})
+    )
     hub.add_repo("x/gated", source, gated=True)
     cases = {  # the English message (the CLI's), and the start of the Models page's sentence in Chinese
         "x/no-template": (
@@ -146,6 +153,16 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
             UnsupportedModelError,
             "no safetensors",
             "本应用无法运行该模型：x/no-weights 没有 safetensors",
+        ),
+        "x/Chat-1.5B-Instruct-AWQ": (
+            UnsupportedModelError,
+            r"quantized already \(awq\), .* add the original model instead, probably x/Chat-1.5B-Instruct\.$",
+            "本应用无法运行该模型：x/Chat-1.5B-Instruct-AWQ 的权重已经量化（awq）",
+        ),
+        "x/Chat-4bit-mlx": (
+            UnsupportedModelError,
+            r"quantized already \(MLX\), .* probably x/Chat\.$",
+            "本应用无法运行该模型：x/Chat-4bit-mlx 的权重已经量化（MLX）",
         ),
         "x/missing": (RepoNotFoundError, "was not found", "未找到模型仓库 x/missing：请检查仓库 ID"),
         "x/gated": (GatedRepoError, "accept its license", "x/gated 需要授权：请在 huggingface.co 接受"),

@@ -378,10 +378,14 @@ def _prequantized(config: dict[str, Any]) -> str | None:
 def check_runnable(listing: RepoListing, endpoint: str) -> None:
     """Refuse repos the engine cannot run: no safetensors, no chat template, or remote code needed."""
     paths = {f.path for f in listing.files}
+    original = _QUANTIZED_SUFFIX.sub("", listing.repo_id)
+    known = original != listing.repo_id  # the model this repo is a quantized copy of, by its name
     if not any(p.endswith(".safetensors") for p in paths):
         raise UnsupportedModelError(
-            f"{listing.repo_id} has no safetensors weights.", repo_id=listing.repo_id, reason="no_safetensors"
-        )
+            f"{listing.repo_id} has no safetensors weights{f'; add {original} instead' if known else ''}.",
+            repo_id=listing.repo_id, original=original,
+            reason="no_safetensors_original" if known else "no_safetensors",
+        )  # fmt: skip
     if "config.json" not in paths:
         raise UnsupportedModelError(
             f"{listing.repo_id} has no config.json.", repo_id=listing.repo_id, reason="no_config"
@@ -393,8 +397,6 @@ def check_runnable(listing: RepoListing, endpoint: str) -> None:
             repo_id=listing.repo_id, reason="remote_code",
         )  # fmt: skip
     if method := _prequantized(config):
-        original = _QUANTIZED_SUFFIX.sub("", listing.repo_id)
-        known = original != listing.repo_id
         raise UnsupportedModelError(
             f"{listing.repo_id} holds weights quantized already ({method}), which need a library this app "
             "does not use (it quantizes a model's original weights itself: Hardware & Settings → Weights on "

@@ -132,6 +132,7 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
     hub.add_repo("x/no-weights", _variant(source, tmp_path, "c", model__safetensors=None))
     # Quantized copies sit beside each model on the Hub (Qwen's -AWQ and -GPTQ-Int4, unsloth's -bnb-4bit,
     # mlx-community's -4bit): they were added, downloaded, then failed to load.
+    hub.add_repo("x/Chat-GGUF", _variant(source, tmp_path, "f", model__safetensors=None))
     awq = {"quantization_config": {"quant_method": "awq", "bits": 4}}
     hub.add_repo("x/Chat-1.5B-Instruct-AWQ", _variant(source, tmp_path, "d", config__json=awq))
     hub.add_repo(
@@ -163,6 +164,11 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
             UnsupportedModelError,
             r"quantized already \(MLX\), .* probably x/Chat\.$",
             "本应用无法运行该模型：x/Chat-4bit-mlx 的权重已经量化（MLX）",
+        ),
+        "x/Chat-GGUF": (
+            UnsupportedModelError,
+            r"x/Chat-GGUF has no safetensors weights; add x/Chat instead\.$",
+            "本应用无法运行该模型：x/Chat-GGUF 没有 safetensors 格式的权重（其 GGUF 文件",
         ),
         "x/missing": (RepoNotFoundError, "was not found", "未找到模型仓库 x/missing：请检查仓库 ID"),
         "x/gated": (GatedRepoError, "accept its license", "x/gated 需要授权：请在 huggingface.co 接受"),

@@ -366,6 +366,27 @@ def fetch_json(endpoint: str, repo_id: str, commit: str, path: str) -> dict:
     return data
 
 
+def _check_architecture(repo_id: str, config: dict[str, Any]) -> None:
+    """Refuse a model transformers cannot run as a text generator: an architecture newer than it, or one
+    that needs images or sound beside the text (Qwen2.5-VL, LLaVA: no AutoModelForCausalLM class)."""
+    from transformers import __version__
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    said = config.get("model_type")
+    kind = said if isinstance(said, str) and re.fullmatch(r"[\w.-]{1,60}", said) else "unnamed"
+    if kind not in CONFIG_MAPPING_NAMES:
+        raise UnsupportedModelError(
+            f"{repo_id} is a model of a kind ({kind}) that this app's transformers ({__version__}) does not "
+            "know.", repo_id=repo_id, kind=kind, version=__version__, reason="unknown_architecture",
+        )  # fmt: skip
+    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UnsupportedModelError(
+            f"{repo_id} is a {kind} model, which takes images or sound beside text; this app runs text "
+            "models (its family's text model may run).", repo_id=repo_id, kind=kind, reason="not_text_model",
+        )  # fmt: skip
+
+
 def _prequantized(config: dict[str, Any]) -> str | None:
     """The kind of quantization a repo's weights were saved in (AWQ, GPTQ, bitsandbytes, FP8: transformers'
     `quantization_config`; MLX's `quantization`), if they were."""
@@ -396,6 +417,7 @@ def check_runnable(listing: RepoListing, endpoint: str) -> None:
             f"{listing.repo_id} needs trust_remote_code, which this app keeps off for safety.",
             repo_id=listing.repo_id, reason="remote_code",
         )  # fmt: skip
+    _check_architecture(listing.repo_id, config)
     if method := _prequantized(config):
         raise UnsupportedModelError(
             f"{listing.repo_id} holds weights quantized already ({method}), which need a library this app "

@@ -132,6 +132,9 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
     hub.add_repo("x/no-weights", _variant(source, tmp_path, "c", model__safetensors=None))
     # Quantized copies sit beside each model on the Hub (Qwen's -AWQ and -GPTQ-Int4, unsloth's -bnb-4bit,
     # mlx-community's -4bit): they were added, downloaded, then failed to load.
+    # Qwen2.5-VL has safetensors, a config and a chat template: 7 GB were fetched before it failed to load.
+    hub.add_repo("x/Chat-VL", _variant(source, tmp_path, "g", config__json={"model_type": "qwen2_5_vl"}))
+    hub.add_repo("x/Future", _variant(source, tmp_path, "h", config__json={"model_type": "qwen9_<b>"}))
     hub.add_repo("x/Chat-GGUF", _variant(source, tmp_path, "f", model__safetensors=None))
     awq = {"quantization_config": {"quant_method": "awq", "bits": 4}}
     hub.add_repo("x/Chat-1.5B-Instruct-AWQ", _variant(source, tmp_path, "d", config__json=awq))
@@ -164,6 +167,16 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
             UnsupportedModelError,
             r"quantized already \(MLX\), .* probably x/Chat\.$",
             "本应用无法运行该模型：x/Chat-4bit-mlx 的权重已经量化（MLX）",
+        ),
+        "x/Chat-VL": (
+            UnsupportedModelError,
+            r"x/Chat-VL is a qwen2_5_vl model, which takes images or sound beside text",
+            "本应用无法运行该模型：x/Chat-VL 是 qwen2\\_5\\_vl 模型，除文字外还需要图像或声音输入",
+        ),
+        "x/Future": (
+            UnsupportedModelError,
+            r"x/Future is a model of a kind \(unnamed\) that this app's transformers \(5\.",
+            "本应用无法运行该模型：x/Future 属于本应用的 transformers（5\\.",
         ),
         "x/Chat-GGUF": (
             UnsupportedModelError,

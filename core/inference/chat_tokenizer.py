@@ -79,6 +79,27 @@ class ChatTokenizer:
         )  # fmt: skip
         return self.encode(text)
 
+    @cached_property
+    def turn_end_ids(self) -> frozenset[int]:
+        """The tokens that end a reply under this template: the tokenizer's end of text, and the special
+        token the template writes after an assistant's message (ChatML's <|im_end|>, Llama 3's
+        <|eot_id|>, Gemma's <end_of_turn>), which a model's generation_config may leave out (a fine-tune
+        of a base model lists the base's <|endoftext|>: the reply went on to write the user's next turn)."""
+        ends = {self.eos_token_id} if self.eos_token_id is not None else set()
+        marker = "\u2063reply\u2063"
+        try:
+            text = self._template.render(
+                messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+                tools=None, documents=None, add_generation_prompt=False, **self.special_tokens,
+            )  # fmt: skip
+        except Exception:  # a template that wants another conversation (jinja2 raises many kinds)
+            return frozenset(ends)
+        after = text.partition(marker)[2]
+        special = {added.content: token for token, added in self.backend.get_added_tokens_decoder().items()
+                   if added.special}  # fmt: skip
+        first = next((name for name in special if after.lstrip().startswith(name)), None)
+        return frozenset(ends | ({special[first]} if first else set()))
+
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         text = self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
         if self.clean_up:

@@ -169,6 +169,7 @@ def _generate_options(
         "repetition_penalty": sampling.repetition_penalty,
         "stopping_criteria": StoppingCriteriaList([criterion]),
         "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
+        "eos_token_id": sorted(end_ids(parts.model.generation_config) | tokenizer.turn_end_ids),
         "top_k": sampling.top_k,
     }
     if not sampling.greedy:
@@ -230,7 +231,7 @@ def _request(
     from core.inference.sampler import TokenChooser
 
     config = parts.model.generation_config
-    ends = end_ids(config)
+    ends = end_ids(config) | parts.tokenizer.turn_end_ids
     prompt_ids = prompt.tolist()
     chooser = TokenChooser(sampling_for(params, config), parts.decoder.vocabulary, parts.info.device,
                            seen=prompt_ids, never=ends if ignore_eos else ())  # fmt: skip

@@ -487,3 +487,47 @@ def test_weights_that_do_not_fit_the_config_are_refused_not_made_up(
         "GPTQ or MLX): add the model's original weights instead."
     )
     assert engine.loaded is None and not list((tmp_path / "models" / "awq").glob(".localllm-*.pt"))
+
+
+@pytest.mark.parametrize("quantization", ["int4", "none"])
+def test_a_reply_ends_at_the_templates_end_of_turn_even_where_the_generation_config_names_another(
+    tmp_path: Path, tiny_models: dict[str, Path], quantization: str
+) -> None:
+    """A chat fine-tune of a base model keeps the base's generation_config (its end: <|endoftext|>) while
+    its ChatML template ends a turn with <|im_end|>: the reply went on past it, into the user's next turn.
+    llama.cpp ends at any end-of-turn token; so does this engine now (ChatTokenizer.turn_end_ids)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from core.inference.loading import load_tokenizer
+
+    model = Path(shutil.copytree(tiny_models["qwen2"], tmp_path / "finetune"))
+    vocabulary = json.loads((model / "tokenizer.json").read_text())["added_tokens"]
+    ids = {token["content"]: token["id"] for token in vocabulary}
+    generation = json.loads((model / "generation_config.json").read_text())
+    generation["eos_token_id"] = ids["<|endoftext|>"]
+    (model / "generation_config.json").write_text(json.dumps(generation))
+    tokenizer = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**tokenizer, "eos_token": "<|endoftext|>"}))
+    # A head of its own that prefers <|im_end|> to every other token after this prompt: zero rows, and
+    # <|im_end|>'s along the prompt's last hidden state (the head does not change that state).
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    tensors = load_file(model / "model.safetensors")
+    tensors["lm_head.weight"] = torch.zeros_like(tensors["model.embed_tokens.weight"])
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    with torch.inference_mode():
+        prompt = torch.tensor([load_tokenizer("finetune", model).chat_ids(HELLO)])
+        states = AutoModelForCausalLM.from_pretrained(model).model(prompt).last_hidden_state
+    tensors["lm_head.weight"][ids["<|im_end|>"]] = states[0, -1] / states[0, -1].norm() * 50
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    install_ready(tmp_path / "models", "finetune", model)
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0, quantization=quantization)
+    try:
+        *_, finished = engine.stream("finetune", HELLO, GREEDY)
+    finally:
+        engine.unload()
+    assert (finished.stats.finish_reason, finished.stats.completion_tokens) == ("stop", 1)

@@ -30,7 +30,7 @@ from ui.markup import escape_markdown, urls_as_code
 from ui.periods import browser_zone, period_of
 from ui.presets import new_chat_preset, preset_picker
 from ui.replies import reply_body, settle_interrupted_reply, streaming, write_reply
-from ui.widgets import attempt, button_list, file_picker, make_current, model_choices
+from ui.widgets import attempt, button_list, file_picker, make_current, message_box_keys, model_choices
 
 DEFAULT_TITLE = "New chat"
 SUGGESTIONS = 4  # first messages a new chat offers (chat.suggestion.1 … in the locales)
@@ -71,6 +71,7 @@ def pick_model() -> str | None:
 def select(conversation_id: int | None) -> None:
     st.session_state[state.CONVERSATION] = conversation_id
     st.session_state.pop("chat.confirm-delete", None)
+    st.session_state["chat.focus-wanted"] = "asked"  # type the next message without a click
 
 
 def conversation_list() -> Conversation | None:
@@ -518,6 +519,9 @@ else:
     history(conversation)
 
 pending = st.session_state.pop("chat.pending", None)
+message_box_keys(
+    st.session_state.pop("chat.focus-wanted", None if state.FOCUS_BOX in st.session_state else "page")
+)
 prompt = st.chat_input(
     t("chat.input"), max_chars=MAX_TEXT_CHARS, accept_file="multiple", file_type=list(FILE_TYPES),
     max_upload_size=ATTACHMENT_BYTES // 1024**2,

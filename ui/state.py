@@ -8,6 +8,7 @@ LANGUAGE = "language"
 CONVERSATION = "chat.conversation"
 IDENTITY = "access.identity"
 REPLYING = "chat.replying"  # the streaming reply's (stop, saved) events
+FOCUS_BOX = "chat.focus-box"  # how many times the message box was given the cursor; absent: not yet
 
 
 def language() -> str | None:

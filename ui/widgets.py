@@ -71,6 +71,52 @@ def page_styles() -> None:
     )
 
 
+# Shift+Esc (ChatGPT's key) puts the cursor in the message box from anywhere on the page. `focusBox` puts
+# it there once the box is drawn, but not on a touch screen (its keyboard would cover the page), and not
+# from another field the person types in unless they asked for it. Installed once a browser page
+# (Streamlit runs an st.html script when its element is drawn anew).
+_MESSAGE_BOX_KEYS = """<script>
+if (!window.localllmFocusBox) {
+  const messageBox = () => document.querySelector('[data-testid="stChatInput"] textarea');
+  window.localllmFocusBox = (asked) => {
+    if (matchMedia("(hover: none) and (pointer: coarse)").matches) return;
+    let tries = 0;
+    const attempt = () => {
+      const box = messageBox();
+      if (!box || box.disabled) {
+        if (++tries < 100) setTimeout(attempt, 50);
+        return;
+      }
+      const active = document.activeElement;
+      const typing = active && active !== box && active.matches("input, textarea, select, [contenteditable]");
+      if (asked || !typing) box.focus();
+    };
+    attempt();
+  };
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && event.shiftKey && messageBox()) {
+      event.preventDefault();
+      messageBox().focus();
+    }
+  });
+}
+</script>"""
+
+
+def message_box_keys(focus: str | None) -> None:
+    """Shift+Esc puts the cursor in the chat's message box; `focus`: put it there now, as ChatGPT does, so
+    that a keyboard needs no click to type: "asked" (a new chat or a conversation was chosen), or "page"
+    (the page opened: not from a field the person types in)."""
+    st.html(_MESSAGE_BOX_KEYS, unsafe_allow_javascript=True)
+    if focus:
+        times = st.session_state[state.FOCUS_BOX] = st.session_state.get(state.FOCUS_BOX, 0) + 1
+        asked = "true" if focus == "asked" else "false"
+        # A script that differs from the last one's, so that Streamlit runs it.
+        st.html(
+            f"<script>window.localllmFocusBox({asked}); // {times}</script>", unsafe_allow_javascript=True
+        )
+
+
 def _key_class(key: str) -> str:
     """The CSS class selector Streamlit gives the element of widget or container key `key`."""
     return f".st-key-{re.sub(r'[^A-Za-z0-9_-]', '-', key)}"

@@ -81,6 +81,8 @@ def test_a_new_chat_says_where_messages_go_and_starts_from_a_suggestion_by_keybo
     page = open_chat(browser, app_url)
     said = f"{short_replies} runs on this machine: nothing you type leaves it."
     expect(page.get_by_text(said)).to_be_visible(timeout=30_000)
+    box = page.get_by_test_id("stChatInputTextArea")
+    expect(box).to_be_focused(timeout=30_000)  # type at once, as in ChatGPT: no click first
     # The page loads the model as it opens, and the sidebar's status follows that load with no click.
     expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Loaded: {short_replies}", timeout=60_000)
     page.get_by_role("button", name="Write a short poem about autumn.").focus()
@@ -90,8 +92,15 @@ def test_a_new_chat_says_where_messages_go_and_starts_from_a_suggestion_by_keybo
     expect(page.get_by_text("What can I help with?")).to_have_count(0)  # the conversation took the page
     sidebar = page.get_by_test_id("stSidebar")
     expect(sidebar.get_by_role("button", name="Write a short poem about autumn.")).to_be_visible()
+    sidebar.get_by_placeholder("Search conversations").click()
     page.keyboard.press("Control+Shift+O")  # New chat's shortcut, shown on the button
     expect(page.get_by_text("What can I help with?")).to_be_visible(timeout=30_000)
+    expect(box).to_be_focused(timeout=30_000)  # the new chat's message box, even from another field
+    sidebar.get_by_placeholder("Search conversations").click()
+    page.keyboard.press("Shift+Escape")  # ChatGPT's key for the message box
+    expect(box).to_be_focused()
+    page.keyboard.type("Typed without a click")
+    expect(box).to_have_value("Typed without a click")
 
 
 def background(page: Page) -> str:

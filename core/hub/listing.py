@@ -32,6 +32,7 @@ from core.errors import (
 
 OFFICIAL_HOST = "huggingface.co"
 MODEL_PAGE_HOSTS = (OFFICIAL_HOST, f"www.{OFFICIAL_HOST}", "hf.co", "hf-mirror.com")
+MODELSCOPE_HOSTS = ("modelscope.cn", "www.modelscope.cn")  # China's model hub: mostly the same repo ids
 _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
 # Files the app never uses: other runtimes' weights and the original checkpoints.
@@ -140,16 +141,23 @@ def validate_repo_id(text: str) -> str:
 
 
 def repo_id_of_model_page(text: str) -> str:
-    """`https://huggingface.co/org/name/tree/main` (or hf.co, hf-mirror.com) -> `org/name`; a dataset's
+    """`https://huggingface.co/org/name/tree/main` (or hf.co, hf-mirror.com; typed without https://) ->
+    `org/name`; Ollama's `hf.co/org/name:Q4_K_M` without its tag; ModelScope's model page
+    (`modelscope.cn/models/org/name`: Qwen's and most models' ids are the same on the Hub). A dataset's
     or a space's page, and any other text, as it is (then refused or checked as a repo id)."""
+    bare = text.split("/", 1)[0].lower()
     try:
-        address = urlsplit(text)
+        address = urlsplit(f"https://{text}" if bare in (*MODEL_PAGE_HOSTS, *MODELSCOPE_HOSTS) else text)
     except ValueError:  # a broken [IPv6] address: no page of the Hub's
         return text
-    if address.scheme not in ("http", "https") or address.hostname not in MODEL_PAGE_HOSTS:
-        return text
     parts = address.path.strip("/").split("/")
-    return text if parts[0] in ("datasets", "spaces") else "/".join(parts[:2])
+    if address.scheme not in ("http", "https"):
+        return text
+    if address.hostname in MODELSCOPE_HOSTS:
+        return "/".join(parts[1:3]) if parts[0] == "models" else text
+    if address.hostname not in MODEL_PAGE_HOSTS or parts[0] in ("datasets", "spaces"):
+        return text
+    return "/".join(parts[:2]).split(":", 1)[0]
 
 
 def is_official(endpoint: str) -> bool:

@@ -71,6 +71,10 @@ def test_invalid_repo_ids_are_refused_before_any_request(library: ModelLibrary, 
         "  https://huggingface.co/someone/Tiny-Chat/tree/main  ",
         "https://hf.co/someone/Tiny-Chat?library=transformers",
         "http://hf-mirror.com/someone/Tiny-Chat/blob/main/config.json#L2",
+        "huggingface.co/someone/Tiny-Chat",  # typed without https://
+        "hf.co/someone/Tiny-Chat:Q4_K_M",  # Ollama's way to name a Hub model
+        "https://www.modelscope.cn/models/someone/Tiny-Chat/files",  # ModelScope: the same ids, mostly
+        "modelscope.cn/models/someone/Tiny-Chat",
     ],
 )
 def test_a_model_pages_address_adds_its_repo(
@@ -90,6 +94,8 @@ def test_a_model_pages_address_adds_its_repo(
         "https://huggingface.co/someone",
         "ftp://huggingface.co/someone/Tiny-Chat",
         "http://[::1/someone/Tiny-Chat",
+        "https://modelscope.cn/datasets/someone/Tiny-Chat",
+        "huggingface.co/spaces/someone/Tiny-Chat",
     ],
 )
 def test_other_addresses_are_refused_before_any_request(library: ModelLibrary, hub: HubServer, page: str):

@@ -410,8 +410,9 @@ def check_runnable(listing: RepoListing, endpoint: str) -> None:
     original = _QUANTIZED_SUFFIX.sub("", listing.repo_id)
     known = original != listing.repo_id  # the model this repo is a quantized copy of, by its name
     if not any(p.endswith(".safetensors") for p in paths):
+        hint = f"; add the original model, perhaps {original}" if known else ""
         raise UnsupportedModelError(
-            f"{listing.repo_id} has no safetensors weights{f'; add {original} instead' if known else ''}.",
+            f"{listing.repo_id} has no safetensors weights{hint}.",
             repo_id=listing.repo_id, original=original,
             reason="no_safetensors_original" if known else "no_safetensors",
         )  # fmt: skip

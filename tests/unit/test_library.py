@@ -186,7 +186,7 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
         ),
         "x/Chat-GGUF": (
             UnsupportedModelError,
-            r"x/Chat-GGUF has no safetensors weights; add x/Chat instead\.$",
+            r"x/Chat-GGUF has no safetensors weights; add the original model, perhaps x/Chat\.$",
             "本应用无法运行该模型：x/Chat-GGUF 没有 safetensors 格式的权重（其 GGUF 文件",
         ),
         "x/missing": (RepoNotFoundError, "was not found", "未找到模型仓库 x/missing：请检查仓库 ID"),

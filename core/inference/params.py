@@ -34,6 +34,11 @@ class GenerationParams:
     thinking: bool = True
 
     def __post_init__(self) -> None:
+        for name in _DECIMALS:  # JSON's 0 and 1 (an import, a config, a request) are 0.0 and 1.0 here
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number")
+            object.__setattr__(self, name, float(value))
         checks = (
             (0.0 <= self.temperature <= 2.0, "temperature must be between 0 and 2"),
             (0.0 < self.top_p <= 1.0, "top_p must be above 0 and at most 1"),
@@ -57,3 +62,7 @@ class GenerationParams:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The settings that are decimals (the page's sliders take no whole number for one).
+_DECIMALS = ("temperature", "top_p", "repetition_penalty", "min_p", "presence_penalty", "frequency_penalty")

@@ -276,6 +276,18 @@ def test_a_servers_thinking_model_can_be_told_to_answer_at_once(new_app, db_url:
     assert then["reasoning_effort"] == "none" and then["chat_template_kwargs"] == {"enable_thinking": False}
 
 
+def test_settings_stored_as_whole_numbers_open_in_the_form(new_app, ready_model: str, db_url: str) -> None:
+    # JSON writes 0 and 1 for a temperature of 0 and a top-p of 1 (an export from elsewhere, a config):
+    # the form's sliders refused the int and the conversation could not be opened.
+    at, _, conversation = _asked(new_app, "Hello")
+    with Database(db_url).begin() as session:
+        session.get(ConversationRow, conversation.id).params = {"temperature": 0, "top_p": 1}
+    at.run()
+    assert not at.exception
+    shown = {slider.label: slider.value for slider in at.slider}
+    assert (shown["Temperature"], shown["Top-p"]) == (0.0, 1.0)
+
+
 def test_a_reply_cut_off_while_thinking_says_how_to_get_the_answer(
     new_app, ready_model: str, db_url: str
 ) -> None:

@@ -36,6 +36,7 @@ DEFAULT_TITLE = "New chat"
 SUGGESTIONS = 4  # first messages a new chat offers (chat.suggestion.1 … in the locales)
 MESSAGES_SHOWN = 40  # a conversation opens on its newest messages; each click shows as many earlier ones
 CONVERSATIONS_SHOWN = 100  # the sidebar lists the newest conversations; each click lists as many more
+GOES_ON = ("length", "stopped")  # how a reply ended that Continue offers to take further
 chat = resources.chat_service(access.current_user().owner)
 presets = PresetStore(resources.database(), access.current_user().owner)
 store = resources.config_store()
@@ -277,10 +278,13 @@ def stats_line(message: Message | ReplyStats) -> str:
     )
 
 
-def history(conversation: Conversation) -> None:
+def history(conversation: Conversation, current: ProviderConfig, going_on: bool) -> None:
     """The shown branch's newest messages, and a button for earlier ones: the browser lays out every
-    message drawn (with its copy and edit boxes), 3 s for a 100-turn conversation on 2 cores."""
+    message drawn (with its copy and edit boxes), 3 s for a 100-turn conversation on 2 cores. A reply
+    `going_on` is left to the reply that streams its next words."""
     turns = chat.turns(conversation.id)
+    if going_on and turns:
+        turns = turns[:-1]
     attached = chat.attachments(conversation.id)
     shown_key = f"chat.shown.{conversation.id}"
     earlier = max(0, len(turns) - st.session_state.get(shown_key, MESSAGES_SHOWN))
@@ -324,6 +328,11 @@ def history(conversation: Conversation) -> None:
                         on_click=ask_again,
                         args=("regenerate",),
                     )
+                if last and message.finish_reason in GOES_ON and current.provider == "local_model":
+                    st.button(
+                        t("chat.continue"), icon=":material/play_arrow:", key="chat.continue",
+                        help=t("chat.continue_help"), on_click=ask_again, args=("continue",),
+                    )  # fmt: skip
                 branch_arrows(conversation, turn)
 
 
@@ -393,7 +402,7 @@ def edit_reply(conversation: Conversation, message: Message) -> None:
 
 def ask_again(how: str) -> None:
     """A click's callback: the page's next run answers the last message again (`how`: "load-anyway",
-    "regenerate")."""
+    "regenerate"), or lets the last reply go on ("continue")."""
     st.session_state["chat.pending"] = (how,)
 
 
@@ -409,15 +418,18 @@ def waiting_text() -> str:
 
 
 def reply(
-    conversation: Conversation, events: Generator[ChatEvent, None, None], stop: threading.Event
-) -> None:
-    """Stream a reply into an assistant bubble; Stop (a rerun) sets `stop`, and the reply is saved as
-    stopped before the next run draws the conversation."""
+    conversation: Conversation, events: Generator[ChatEvent, None, None], stop: threading.Event,
+    earlier: str = "",
+) -> None:  # fmt: skip
+    """Stream a reply (that goes on from `earlier`) into an assistant bubble; Stop (a rerun) sets `stop`,
+    and the reply is saved as stopped before the next run draws the conversation."""
     with st.chat_message("assistant"):
         notice, files_note, stop_slot = st.empty(), st.empty(), st.empty()
         stop_slot.button(t("chat.stop"), icon=":material/stop_circle:", key="chat.stop", shortcut="Esc")
 
         def text() -> Iterator[str]:
+            if earlier:
+                yield earlier
             notice.caption(waiting_text())
             waiting = True
             for event in events:
@@ -510,15 +522,15 @@ if current is None:  # a LAN visitor, with only servers that the admin has not c
     st.stop()
 
 (suggested, first_preset), greeting = (None, None), st.empty()
+pending = st.session_state.pop("chat.pending", None)
+going_on = pending == ("continue",) and conversation is not None
 if conversation is None:
     with greeting.container():
         suggested, first_preset = welcome(current)
 else:
     header(conversation)
     options(conversation, current)
-    history(conversation)
-
-pending = st.session_state.pop("chat.pending", None)
+    history(conversation, current, going_on)
 message_box_keys(
     st.session_state.pop("chat.focus-wanted", None if state.FOCUS_BOX in st.session_state else "page")
 )
@@ -538,6 +550,9 @@ elif pending and conversation is not None:
         stop = threading.Event()
         if pending[0] in ("regenerate", "load-anyway"):
             reply(conversation, chat.regenerate(conversation.id, stop), stop)
+        elif going_on:  # the reply drawn again as it stood, then its next words
+            earlier = chat.messages(conversation.id)[-1].content.rstrip()
+            reply(conversation, chat.continue_reply(conversation.id, stop), stop, earlier)
         else:
             reply(conversation, chat.edit(conversation.id, pending[1], pending[2], stop), stop)
     except LocalLLMError as exc:

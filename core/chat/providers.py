@@ -14,6 +14,7 @@ from core.chat.reasoning import CLOSE, OPEN
 from core.errors import ConfigError, ProviderError, ReplyBrokeOffError, ServerContextError
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
+from core.inference.prompts import Continuation
 from core.storage.records import ProviderConfig, check_base_url
 
 if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
@@ -26,6 +27,7 @@ MAX_LISTED_MODELS = 1_000  # the model picker's choices: a server may list any n
 class ChatProvider(Protocol):
     model: str
     context_length: int
+    continues: bool  # whether a reply cut short can go on where it ended (`stream(go_on=True)`)
 
     def count_tokens(self, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
         """Prompt tokens; past `limit` the count may stop early at a number above it."""
@@ -43,14 +45,18 @@ class ChatProvider(Protocol):
         *,
         ignore_eos: bool = False,
         owner: str = "",
+        go_on: bool = False,
     ) -> Iterator[Event]:
         """The reply's events; `owner` (the conversation): whose earlier turns' caches the local engine
-        may start from (a remote server keeps its own)."""
+        may start from (a remote server keeps its own); `go_on`: the last message is the model's reply,
+        cut short, which the events continue."""
         ...
 
 
 class LocalProvider:
     """A downloaded model run by the process-wide LocalEngine (`local_model`)."""
+
+    continues = True
 
     def __init__(self, engine: LocalEngine, key: str, config_params: GenerationParams | None = None) -> None:
         """`config_params`: the provider config's; those it sets apart from the product's defaults win over
@@ -80,8 +86,10 @@ class LocalProvider:
         *,
         ignore_eos: bool = False,
         owner: str = "",
+        go_on: bool = False,
     ) -> Iterator[Event]:
-        return self.engine.stream(self.model, messages, params, stop, ignore_eos=ignore_eos, owner=owner)
+        prompt = Continuation(tuple(messages)) if go_on else messages
+        return self.engine.stream(self.model, prompt, params, stop, ignore_eos=ignore_eos, owner=owner)
 
 
 # A server's model is sent the conversation up to this many tokens (an estimate) until the server says
@@ -309,6 +317,8 @@ def _explain(exc: Exception, base_url: str, secret: str | None = None) -> Provid
 class OpenAICompatibleProvider:
     """Any OpenAI-compatible server (vLLM, Ollama, LM Studio, OpenAI) through the official client."""
 
+    continues = False
+
     def __init__(
         self, base_url: str, api_key: str | None, model: str, timeout_s: float = 60.0,
         params: GenerationParams | None = None,
@@ -403,9 +413,15 @@ class OpenAICompatibleProvider:
         *,
         ignore_eos: bool = False,
         owner: str = "",
+        go_on: bool = False,
     ) -> Iterator[Event]:
         import openai
 
+        if go_on:  # OpenAI's API has no way to ask for it (vLLM's and llama.cpp's differ)
+            raise ProviderError(
+                "A server's reply cannot go on where it ended: regenerate it with a higher Max new tokens.",
+                reason="continue_not_here",
+            )
         started = time.perf_counter()
         first_at: float | None = None
         pieces = 0

@@ -66,6 +66,7 @@ class _Prompt:
     notes: tuple[Trimmed | FilesUsed, ...]
 
 
+GO_ON_ROOM = 64  # tokens a reply that goes on needs beside it at least (it may take all the context leaves)
 TRIM_MARKS = 2  # a long history may be cut where its running size passes a multiple of half the budget
 
 
@@ -126,6 +127,15 @@ def trim_history(
     if mark is not None and running[mark] - running[first] <= step:  # half the budget given up at most
         cut = mark
     return system + turns[cut:], cut
+
+
+def _added_up(earlier: Message | None, stats: ReplyStats) -> ReplyStats:
+    """A reply's figures once it went on from `earlier` (its own, then): its tokens all told, its first
+    token's wait as first said."""
+    if earlier is None or not earlier.completion_tokens:
+        return stats
+    return replace(stats, completion_tokens=earlier.completion_tokens + stats.completion_tokens,
+                   ttft_s=earlier.ttft_s if earlier.ttft_s is not None else stats.ttft_s)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -325,6 +335,19 @@ class ChatService:
             raise MessageError("There is no message to answer.")
         return self._reply(conversation_id, stop or threading.Event(), after=question)
 
+    def continue_reply(
+        self, conversation_id: int, stop: threading.Event | None = None
+    ) -> Generator[ChatEvent, None, None]:
+        """Let the shown branch's last reply, cut at its length limit or stopped, go on where it ended (a
+        model run here; a server cannot be asked to): its text grows, its figures add up."""
+        with self.db.begin() as session:
+            leaf = repo.leaf_id(session, self._row(session, conversation_id))
+            reply = self._message(session, conversation_id, leaf, role="assistant")
+            if not reply.content.strip():
+                raise MessageError("There is no reply to go on with.")
+            reply_id = reply.id
+        return self._reply(conversation_id, stop or threading.Event(), going_on=reply_id)
+
     def edit(
         self, conversation_id: int, message_id: int, text: str, stop: threading.Event | None = None
     ) -> Generator[ChatEvent, None, None]:
@@ -360,30 +383,37 @@ class ChatService:
         return row
 
     def _reply(
-        self, conversation_id: int, stop: threading.Event, ignore_eos: bool = False, after: int | None = None
-    ) -> Generator[ChatEvent, None, None]:
-        """Answer the branch that ends at `after` (default: the shown one); the reply continues it."""
+        self, conversation_id: int, stop: threading.Event, ignore_eos: bool = False, after: int | None = None,
+        going_on: int | None = None,
+    ) -> Generator[ChatEvent, None, None]:  # fmt: skip
+        """Answer the branch that ends at `after` (default: the shown one); the reply continues it. Or
+        let the reply `going_on` (the branch's last message) go on."""
         provider = self.provider()
         conversation = self.get(conversation_id)
         with self.db.begin() as session:
-            question = (
-                after if after is not None else repo.leaf_id(session, self._row(session, conversation_id))
-            )
+            question = next((given for given in (going_on, after) if given is not None), None)
+            if question is None:
+                question = repo.leaf_id(session, self._row(session, conversation_id))
             branch = branches.path_to(repo.list_messages(session, conversation_id), question)
             attached = repo.attachment_texts(session, [m.id for m in branch if m.role == "user"])
 
         def fitted() -> _Prompt:
-            return self._prompt(conversation, provider, branch, attached)
+            return self._prompt(conversation, provider, branch, attached, going_on is not None)
 
         prompt = fitted()
         yield from prompt.notes
+        earlier = branch[-1] if going_on is not None else None
         with self.db.begin() as session:
             # Stored before the first token: a crash leaves the partial reply, marked interrupted.
-            reply_id = repo.add_message(
-                session, conversation_id, "assistant", "", parent_id=question, model=provider.model,
-                finish_reason="interrupted", sources=[use.to_dict() for use in prompt.uses] or None,
-            ).id  # fmt: skip
-        text, saved_at = "", time.monotonic()
+            if earlier is None:
+                reply_id = repo.add_message(
+                    session, conversation_id, "assistant", "", parent_id=question, model=provider.model,
+                    finish_reason="interrupted", sources=[use.to_dict() for use in prompt.uses] or None,
+                ).id  # fmt: skip
+            else:
+                reply_id = earlier.id
+                session.get(MessageRow, reply_id).finish_reason = "interrupted"
+        text, saved_at = (earlier.content.rstrip() if earlier else ""), time.monotonic()
         finished = False
 
         def take(event: Event) -> None:
@@ -393,7 +423,7 @@ class ChatService:
                 text += event.text
             elif isinstance(event, Finished):
                 finished = True
-                self._save_finished(reply_id, text, event.stats)
+                self._save_finished(reply_id, text, _added_up(earlier, event.stats))
 
         stream = self._within_context(
             provider,
@@ -403,6 +433,7 @@ class ChatService:
             stop,
             ignore_eos=ignore_eos,
             owner=f"conversation-{conversation_id}",
+            go_on=earlier is not None,
         )
         try:
             for event in stream:
@@ -432,11 +463,11 @@ class ChatService:
 
     def _prompt(
         self, conversation: Conversation, provider: ChatProvider, branch: list[Message],
-        attached: list[tuple[AttachmentInfo, str]],
+        attached: list[tuple[AttachmentInfo, str]], going_on: bool = False,
     ) -> _Prompt:  # fmt: skip
         """The branch's messages within the provider's context as it knows it now (a reply may take at
         most half of it), earlier replies without their reasoning (as thinking models' own templates send
-        them back), the attached files' parts that fit."""
+        them back; a reply `going_on`, the last, whole), the attached files' parts that fit."""
         params = self.params(conversation.id)
         params = replace(params, max_new_tokens=min(params.max_new_tokens, provider.context_length // 2))
         history = [
@@ -447,6 +478,9 @@ class ChatService:
             for m in branch
         ]
         budget = provider.context_length - params.max_new_tokens
+        if going_on:  # the reply's next words may take what the context leaves beside it (the engine caps)
+            history[-1]["content"] = branch[-1].content.rstrip()
+            budget = provider.context_length - min(params.max_new_tokens, GO_ON_ROOM)
         uses: list[FileUse] = []
         notes: list[Trimmed | FilesUsed] = []
         if attached and history:
@@ -460,18 +494,29 @@ class ChatService:
             query = " ".join([history[-1]["content"], *(m.content for m in branch if m.id in asked_with)])
             history, uses = with_files(system, history, files, query, budget, provider.count_tokens)
             notes.append(FilesUsed(tuple(uses)))
-        messages, dropped = trim_history(conversation.system_prompt, history, budget, provider.count_tokens)
+        try:
+            messages, dropped = trim_history(
+                conversation.system_prompt, history, budget, provider.count_tokens
+            )
+        except ContextLengthError as exc:
+            if not going_on:
+                raise
+            raise MessageError(
+                "This reply fills what the model's context leaves: it cannot go on here. Ask for the rest "
+                "in a new message.", reason="continue_no_room",
+            ) from exc  # fmt: skip
         if dropped:
             notes.append(Trimmed(dropped))
         return _Prompt(params, messages, tuple(uses), tuple(notes))
 
     def _within_context(
         self, provider: ChatProvider, prompt: _Prompt, fitted: Callable[[], _Prompt], reply_id: int,
-        stop: threading.Event, ignore_eos: bool, owner: str,
+        stop: threading.Event, ignore_eos: bool, owner: str, go_on: bool = False,
     ) -> Iterator[ChatEvent]:  # fmt: skip
         """The provider's reply; asked once more, fitted anew, where a server refused the conversation
         as longer than its model's context (it said how long that is: the provider knows it now)."""
-        stream = provider.stream(prompt.messages, prompt.params, stop, ignore_eos=ignore_eos, owner=owner)
+        options = {"ignore_eos": ignore_eos, "owner": owner, "go_on": go_on}
+        stream = provider.stream(prompt.messages, prompt.params, stop, **options)
         try:
             first = next(stream, None)
         except ServerContextError as exc:
@@ -479,7 +524,7 @@ class ChatService:
             prompt = fitted()
             self._save_reply(reply_id, "", sources=[use.to_dict() for use in prompt.uses] or None)
             yield from prompt.notes
-            stream = provider.stream(prompt.messages, prompt.params, stop, ignore_eos=ignore_eos, owner=owner)
+            stream = provider.stream(prompt.messages, prompt.params, stop, **options)
             first = next(stream, None)
         if first is not None:
             yield first

@@ -67,17 +67,25 @@ class ChatTokenizer:
     def chat_ids(
         self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True, thinking: bool = True
     ) -> list[int]:
-        """The prompt's ids: `messages` rendered by the chat template (jinja2's TemplateError when the
-        template refuses them), its special tokens read as written. `thinking` False renders it with
-        enable_thinking=False; True leaves the template its own default."""
+        """The prompt's ids: `messages` rendered by the chat template (`chat_text`), its special tokens
+        read as written."""
+        return self.encode(
+            self.chat_text(messages, add_generation_prompt=add_generation_prompt, thinking=thinking)
+        )
+
+    def chat_text(
+        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True, thinking: bool = True
+    ) -> str:
+        """`messages` rendered by the chat template (jinja2's TemplateError when the template refuses
+        them). `thinking` False renders it with enable_thinking=False; True leaves the template its own
+        default."""
         if not messages:
             raise ValueError("There is no message to reply to.")
         options = {} if thinking else {"enable_thinking": False}
-        text = self._template.render(
+        return self._template.render(
             messages=[dict(m) for m in messages], tools=None, documents=None,
             add_generation_prompt=add_generation_prompt, **self.special_tokens, **options,
         )  # fmt: skip
-        return self.encode(text)
 
     @cached_property
     def turn_end_ids(self) -> frozenset[int]:
@@ -87,11 +95,9 @@ class ChatTokenizer:
         of a base model lists the base's <|endoftext|>: the reply went on to write the user's next turn)."""
         ends = {self.eos_token_id} if self.eos_token_id is not None else set()
         marker = "\u2063reply\u2063"
+        turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}]
         try:
-            text = self._template.render(
-                messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
-                tools=None, documents=None, add_generation_prompt=False, **self.special_tokens,
-            )  # fmt: skip
+            text = self.chat_text(turns, add_generation_prompt=False)
         except Exception:  # a template that wants another conversation (jinja2 raises many kinds)
             return frozenset(ends)
         after = text.partition(marker)[2]

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.errors import ChatTemplateError, ContextLengthError
+from core.errors import ChatTemplateError, ContextLengthError, MessageError
 from core.inference.events import PromptFit
 
 if TYPE_CHECKING:
@@ -27,20 +27,41 @@ class RawPrompt:
     text: str
 
 
-Prompt = Sequence[dict[str, str]] | RawPrompt  # a conversation (with the chat template), or raw text
+@dataclass(frozen=True)
+class Continuation:
+    """A conversation whose last message is the model's own reply, cut short: the model goes on with it
+    where it ended (transformers' `continue_final_message`)."""
+
+    messages: tuple[dict[str, str], ...]
+
+
+# A conversation (with the chat template), raw text, or a conversation whose last reply goes on.
+Prompt = Sequence[dict[str, str]] | RawPrompt | Continuation
 
 
 def prompt_ids(tokenizer: ChatTokenizer, prompt: Prompt, thinking: bool = True) -> list[int]:
     """The ids the model reads: a conversation under the chat template, raw text with the tokens the
-    tokenizer adds around a text (Llama's BOS), as vLLM's and llama.cpp's completions read it."""
+    tokenizer adds around a text (Llama's BOS), as vLLM's and llama.cpp's completions read it; a
+    continuation under the template up to the end of its last reply's text (what the template writes
+    after a reply left out)."""
     if isinstance(prompt, RawPrompt):
         return tokenizer.encode(prompt.text, special=True)
     try:
-        return tokenizer.chat_ids(prompt, thinking=thinking)
+        if not isinstance(prompt, Continuation):
+            return tokenizer.chat_ids(prompt, thinking=thinking)
+        text = tokenizer.chat_text(prompt.messages, add_generation_prompt=False, thinking=thinking)
     except Exception as exc:  # jinja's TemplateError and ValueError: the template refused these turns
         detail = " ".join(str(exc).split())[:300]
         raise ChatTemplateError(f"The model's chat template rejected this conversation: {detail}",
                                 detail=detail) from exc  # fmt: skip
+    said = prompt.messages[-1]["content"].rstrip()
+    end = text.rfind(said) if said else -1
+    if end < 0:
+        raise MessageError(
+            "The model's chat template does not keep this reply as it was written, so it cannot go on.",
+            reason="cannot_continue",
+        )
+    return tokenizer.encode(text[: end + len(said)])
 
 
 def _pieces(text: str) -> Iterator[str]:
@@ -60,7 +81,8 @@ def count_prompt_tokens(tokenizer: ChatTokenizer, prompt: Prompt, limit: int | N
     that is still above the limit: the work is bounded by the limit, not by the text's length."""
     if limit is not None:
         rough = pieces = 0
-        texts = [prompt.text] if isinstance(prompt, RawPrompt) else [message["content"] for message in prompt]
+        turns = prompt.messages if isinstance(prompt, Continuation) else prompt
+        texts = [prompt.text] if isinstance(prompt, RawPrompt) else [message["content"] for message in turns]
         for text in texts:
             for piece in _pieces(text):
                 rough += len(tokenizer.encode(piece))

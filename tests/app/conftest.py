@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest, app_test
 
 from core.settings import PROJECT_ROOT
 from core.storage.db import Database
-from tests.fixtures.tiny_models import install_ready
+from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 
 @pytest.fixture(autouse=True)
@@ -72,6 +72,12 @@ def _install(db_url: str, source: Path) -> str:
 def ready_model(db_url: str, tiny_models: dict[str, Path]) -> str:
     """The tiny Qwen2 model, ready as "tiny"."""
     return _install(db_url, tiny_models["qwen2"])
+
+
+@pytest.fixture
+def endless_model(db_url: str, tmp_path: Path) -> str:
+    """A tiny model whose replies run to their token limit (4,096 tokens of context), ready as "tiny"."""
+    return _install(db_url, build_tiny_model(tmp_path / "endless", "llama", context=4096, endless=True))
 
 
 @pytest.fixture

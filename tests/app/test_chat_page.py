@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from core.chat.configs import ConfigStore
 from core.chat.service import ChatService
 from core.inference import engine as engine_module
+from core.inference.params import GenerationParams
 from core.storage import repo
 from core.storage.db import Database
 from core.storage.records import Conversation
@@ -274,6 +275,29 @@ def test_a_servers_thinking_model_can_be_told_to_answer_at_once(new_app, db_url:
     first, then = server.bodies
     assert "reasoning_effort" not in first and "chat_template_kwargs" not in first
     assert then["reasoning_effort"] == "none" and then["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+def test_a_reply_cut_at_its_length_goes_on_with_continue(new_app, endless_model: str, db_url: str) -> None:
+    at, chat, conversation = _asked(new_app, "Tell me a long story")
+    [_, cut] = chat.messages(conversation.id)
+    assert cut.finish_reason == "length"
+    chat.set_options(conversation.id, "", GenerationParams(temperature=0, max_new_tokens=8))
+    at.run()
+    at.button(key="chat.continue").click().run()
+    assert not at.exception
+    assert not at.error, [e.value for e in at.error]
+    [_, grown] = chat.messages(conversation.id)  # the same reply, longer: no second one
+    assert grown.id == cut.id and grown.content.startswith(cut.content.rstrip())
+    assert grown.completion_tokens == cut.completion_tokens + 8 and len(grown.content) > len(cut.content)
+    shown = [m for m in at.chat_message if m.name == "assistant"]
+    assert len(shown) == 1 and f"{grown.completion_tokens} tokens" in shown[0].caption[-1].value
+    store = ConfigStore(Database(db_url))  # a server's reply cannot be asked to go on: no button
+    store.set_current_config(store.save_config("openai_compatible", "gpt-4o", "http://127.0.0.1:9/v1"))
+    elsewhere = new_app()
+    elsewhere.run()
+    elsewhere.button(key=f"conversation-{conversation.id}").click().run()
+    assert [m.name for m in elsewhere.chat_message] == ["user", "assistant"]
+    assert not [button for button in elsewhere.button if button.key == "chat.continue"]
 
 
 def test_settings_stored_as_whole_numbers_open_in_the_form(new_app, ready_model: str, db_url: str) -> None:

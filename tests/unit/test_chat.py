@@ -12,14 +12,14 @@ import pytest
 from core.chat.configs import ConfigStore
 from core.chat.limits import MAX_TEXT_CHARS
 from core.chat.presets import PresetStore
-from core.chat.providers import LocalProvider, provider_for_config
+from core.chat.providers import LocalProvider, OpenAICompatibleProvider, provider_for_config
 from core.chat.service import ChatService, TranscriptWords, Trimmed, trim_history
-from core.errors import ConfigError, ContextLengthError, MessageError, NotFoundError
+from core.errors import ConfigError, ContextLengthError, MessageError, NotFoundError, ProviderError
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
 from core.storage.db import Database
-from tests.fixtures.tiny_models import install_ready
+from tests.fixtures.tiny_models import build_tiny_model, install_ready
 from ui.i18n import error_text
 
 
@@ -309,3 +309,45 @@ def test_a_text_past_the_limit_is_refused_before_anything_is_stored(
     with pytest.raises(ContextLengthError):  # at the limit: kept, then explained as too long for the model
         list(chat.send(conversation.id, "x" * MAX_TEXT_CHARS))
     assert chat.messages(conversation.id)[0].content == "x" * MAX_TEXT_CHARS
+
+
+def test_a_reply_cut_at_its_length_goes_on_where_it_ended(
+    database: Database, tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """Continue: a long answer cut at Max new tokens went on only by asking "continue" (a new reply that
+    starts over) or by Regenerate with a higher limit (all of it again). Now the same reply grows: the
+    model reads the conversation with its reply left open, and writes on."""
+    install_ready(
+        tmp_path / "models", "endless", build_tiny_model(tmp_path / "endless", "llama", endless=True)
+    )
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    store = ConfigStore(database)
+    config = store.use_local_model("endless")
+    store.update_config(config.id, params=GenerationParams(temperature=0, max_new_tokens=6))
+    chat = ChatService(database, lambda: provider_for_config(store.get_current_config(), engine))
+    conversation = chat.new_conversation()
+    list(chat.send(conversation.id, "Tell me a story"))
+    question, cut = chat.messages(conversation.id)
+    assert (cut.finish_reason, cut.completion_tokens) == ("length", 6)
+    more = "".join(e.text for e in chat.continue_reply(conversation.id) if isinstance(e, TextDelta))
+    [_, grown] = chat.messages(conversation.id)
+    assert grown.id == cut.id and more and grown.content == cut.content.rstrip() + more
+    assert (grown.finish_reason, grown.completion_tokens, grown.ttft_s) == ("length", 12, cut.ttft_s)
+    # Read with the reply so far, left open: not closed by the template's end of turn (</s> here).
+    closed = engine.tokenizer("endless").chat_ids(
+        [{"role": "user", "content": question.content}, {"role": "assistant", "content": cut.content}],
+        add_generation_prompt=False,
+    )
+    assert cut.prompt_tokens < grown.prompt_tokens < len(closed)
+    stop, pieces = threading.Event(), []  # a Stop keeps all of it
+    for event in chat.continue_reply(conversation.id, stop):
+        if isinstance(event, TextDelta):
+            pieces.append(event.text)
+            stop.set()
+    [_, stopped] = chat.messages(conversation.id)
+    assert stopped.finish_reason == "stopped" and stopped.content == grown.content.rstrip() + "".join(pieces)
+    with pytest.raises(NotFoundError):  # no reply to go on with
+        chat.continue_reply(chat.new_conversation().id)
+    server = OpenAICompatibleProvider("http://127.0.0.1:9/v1", None, "gpt-4o")  # OpenAI's API cannot ask
+    with pytest.raises(ProviderError, match="cannot go on"):
+        list(server.stream([{"role": "user", "content": "Hi"}], GenerationParams(), stop, go_on=True))

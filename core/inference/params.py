@@ -39,6 +39,12 @@ class GenerationParams:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"{name} must be a number")
             object.__setattr__(self, name, float(value))
+        for name in _COUNTS:  # and 512.0 is 512
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, name, int(value))
+            elif value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{name} must be a whole number")
         checks = (
             (0.0 <= self.temperature <= 2.0, "temperature must be between 0 and 2"),
             (0.0 < self.top_p <= 1.0, "top_p must be above 0 and at most 1"),
@@ -64,5 +70,7 @@ class GenerationParams:
         return asdict(self)
 
 
-# The settings that are decimals (the page's sliders take no whole number for one).
+# The settings that are decimals (the page's sliders take no whole number for one), and those that are
+# counts (its number boxes take no decimal).
 _DECIMALS = ("temperature", "top_p", "repetition_penalty", "min_p", "presence_penalty", "frequency_penalty")
+_COUNTS = ("max_new_tokens", "top_k", "seed")

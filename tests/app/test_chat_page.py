@@ -301,15 +301,20 @@ def test_a_reply_cut_at_its_length_goes_on_with_continue(new_app, endless_model:
 
 
 def test_settings_stored_as_whole_numbers_open_in_the_form(new_app, ready_model: str, db_url: str) -> None:
-    # JSON writes 0 and 1 for a temperature of 0 and a top-p of 1 (an export from elsewhere, a config):
-    # the form's sliders refused the int and the conversation could not be opened.
+    # JSON writes 0 and 1 for a temperature of 0 and a top-p of 1 (an export from elsewhere, a config),
+    # and a program may write 64.0 tokens: the form's sliders refused an int, its number boxes a float,
+    # and the conversation could not be opened.
     at, _, conversation = _asked(new_app, "Hello")
     with Database(db_url).begin() as session:
-        session.get(ConversationRow, conversation.id).params = {"temperature": 0, "top_p": 1}
+        session.get(ConversationRow, conversation.id).params = {
+            "temperature": 0, "top_p": 1, "max_new_tokens": 64.0, "top_k": 20.0, "seed": 7.0
+        }  # fmt: skip
     at.run()
     assert not at.exception
     shown = {slider.label: slider.value for slider in at.slider}
     assert (shown["Temperature"], shown["Top-p"]) == (0.0, 1.0)
+    counts = {box.label: box.value for box in at.number_input}
+    assert (counts["Max new tokens"], counts["Top-k"], counts["Seed"]) == (64, 20, 7)
 
 
 def test_a_reply_cut_off_while_thinking_says_how_to_get_the_answer(

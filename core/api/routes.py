@@ -47,7 +47,7 @@ from core.api.stops import until_stop_sequence
 from core.errors import ContextLengthError, LocalLLMError
 from core.inference.events import Event, Finished, TextDelta
 from core.inference.params import GenerationParams
-from core.inference.prompts import Prompt, RawPrompt
+from core.inference.prompts import Continuation, Prompt, RawPrompt
 
 if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
     from core.inference.engine import LocalEngine
@@ -147,7 +147,7 @@ def create_app(
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     async def chat_completions(request: Request) -> Any:
         body = await read(request, ChatCompletionRequest)
-        return await reply(request, body, _messages(body), ChatShape(body.model))
+        return await reply(request, body, _chat_prompt(body), ChatShape(body.model))
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
     async def completions(request: Request) -> Any:
@@ -257,6 +257,25 @@ def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
         role = "system" if message.role == "developer" else message.role
         cleaned.append({"role": role, "content": message.text()})
     return cleaned
+
+
+def _chat_prompt(body: ChatCompletionRequest) -> Prompt:
+    """The conversation under the chat template; with vLLM's `continue_final_message` (and
+    `add_generation_prompt` false, as vLLM asks) the last message, the assistant's, goes on: a prefill."""
+    messages = _messages(body)
+    if body.continue_final_message and body.add_generation_prompt:
+        raise APIError(400, "continue_final_message goes with add_generation_prompt false (as vLLM takes "
+                       "them): a reply goes on in the last message or starts a new one, not both.",
+                       param="add_generation_prompt")  # fmt: skip
+    if not body.add_generation_prompt and not body.continue_final_message:
+        raise APIError(400, "add_generation_prompt false is taken with continue_final_message true only (a "
+                       "prefilled reply that goes on).", param="add_generation_prompt")  # fmt: skip
+    if not body.continue_final_message:
+        return messages
+    if messages[-1]["role"] != "assistant":
+        raise APIError(400, "continue_final_message goes on from the last message, which must be the "
+                       "assistant's.", param="messages")  # fmt: skip
+    return Continuation(tuple(messages))
 
 
 def _params(body: GenerationRequest, defaults: GenerationParams) -> GenerationParams:

@@ -100,6 +100,9 @@ class ChatCompletionRequest(GenerationRequest):
     tool_choice: Any = None
     chat_template_kwargs: ChatTemplateOptions | None = None  # vLLM's: {"enable_thinking": false}
     reasoning_effort: str | None = Field(None, max_length=20)  # "none": OpenAI's and Ollama's no reasoning
+    # vLLM's: the reply goes on in the last (assistant) message, not a new one: a prefilled reply.
+    continue_final_message: StrictBool = False
+    add_generation_prompt: StrictBool = True
 
     @property
     def wanted_tokens(self) -> int | None:

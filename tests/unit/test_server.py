@@ -266,6 +266,36 @@ def test_vllms_chat_template_switch_and_openais_reasoning_effort_turn_a_qwen3s_r
             )
 
 
+def test_a_prefilled_reply_goes_on_from_the_last_message_as_vllms_does(engine: LocalEngine) -> None:
+    # A client that starts the reply itself ("Sure, here is the JSON: {") asks vLLM to go on with it:
+    # continue_final_message, add_generation_prompt false. The template then leaves the reply open.
+    prefilled = [*MESSAGES, {"role": "assistant", "content": "Sure, here"}]
+    go_on = {"continue_final_message": True, "add_generation_prompt": False}
+    with serving(engine) as url:
+        client = _client(url)
+        asked = [
+            client.chat.completions.create(model="tiny", messages=prefilled, max_tokens=3, extra_body=extra)
+            for extra in (None, go_on)
+        ]
+        tokens = engine.tokenizer("tiny")
+        opened = len(tokens.chat_ids(prefilled[:1])) + len(tokens.encode("Sure, here"))
+        assert (
+            asked[1].usage.prompt_tokens <= opened < asked[0].usage.prompt_tokens
+        )  # not closed, no new turn
+        for extra, param in (
+            ({"continue_final_message": True}, "add_generation_prompt"),  # both: vLLM refuses it too
+            ({"add_generation_prompt": False}, "add_generation_prompt"),
+        ):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(
+                    model="tiny", messages=prefilled, max_tokens=3, extra_body=extra
+                )
+            assert refused.value.body["param"] == param
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3, extra_body=go_on)
+        assert "must be the assistant's" in refused.value.body["message"]
+
+
 def test_a_stop_sequence_ends_the_reply_before_it_streamed_or_not(engine: LocalEngine) -> None:
     with serving(engine) as url:
         client = _client(url)

@@ -271,3 +271,42 @@ def test_reading_a_kept_tokenizer_waits_while_another_thread_imports_the_runtime
         assert not read.wait(0.5)  # the page waits for the import to finish
     assert read.wait(30)
     reader.join()
+
+
+# Each family's way of ending a reply, as its chat template writes it (abridged from the published ones).
+END_OF_TURN_TEMPLATES = {
+    "<|eot_id|>": (  # Llama 3
+        "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n'"
+        " + m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    "<end_of_turn>": (  # Gemma
+        "{{ bos_token }}{% for m in messages %}"
+        "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+        "{{ '<start_of_turn>' + role + '\n' + m['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    ),
+    "<|end|>": (  # Phi-3
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    ),
+}
+
+
+@pytest.mark.parametrize("end", list(END_OF_TURN_TEMPLATES))
+def test_a_reply_ends_at_the_token_its_template_writes_after_it(end: str) -> None:
+    """The model's own end of turn, found in its template, beside the tokenizer's end of text: a chat
+    fine-tune's generation_config may name only its base model's end."""
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                "<|eot_id|>", "<start_of_turn>", "<end_of_turn>", "<|end|>", "<|user|>",
+                "<|assistant|>"]  # fmt: skip
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "hi": 1}, unk_token="[UNK]"))
+    backend.add_special_tokens(specials)
+    ids = {token: backend.token_to_id(token) for token in specials}
+    named = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}
+    chat = ChatTokenizer(backend, END_OF_TURN_TEMPLATES[end], named, ids["<|end_of_text|>"], None, 4096,
+                         clean_up=False)  # fmt: skip
+    assert chat.turn_end_ids == {ids["<|end_of_text|>"], ids[end]}
+    refusing = ChatTokenizer(backend, "{{ raise_exception('no') }}", {}, ids["<|end_of_text|>"], None, 4096,
+                             clean_up=False)  # fmt: skip
+    assert refusing.turn_end_ids == {ids["<|end_of_text|>"]}  # a template that refuses: the end of text

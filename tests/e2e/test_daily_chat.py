@@ -103,6 +103,21 @@ def test_a_new_chat_says_where_messages_go_and_starts_from_a_suggestion_by_keybo
     expect(box).to_have_value("Typed without a click")
 
 
+def test_a_reply_cut_at_its_length_goes_on_in_the_same_message(
+    browser: Browser, short_replies: str, app_url: str
+) -> None:
+    page = open_chat(browser, app_url)
+    send(page, "Tell me a long story")
+    reply = page.get_by_test_id("stChatMessage").nth(1)
+    expect(reply).to_contain_text("+ 16 tokens", timeout=60_000)  # cut at its 16 tokens
+    first = reply.get_by_test_id("stMarkdownContainer").first.inner_text()
+    page.get_by_role("button", name="Continue").click()
+    expect(reply).to_contain_text("+ 32 tokens", timeout=60_000)  # the same message, its figures added up
+    expect(page.get_by_test_id("stChatMessage")).to_have_count(2)
+    grown = reply.get_by_test_id("stMarkdownContainer").first.inner_text()
+    assert grown.startswith(first.rstrip()) and len(grown) > len(first)
+
+
 def background(page: Page) -> str:
     return page.evaluate("getComputedStyle(document.querySelector('[data-testid=stApp]')).backgroundColor")
 

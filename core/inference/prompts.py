@@ -46,6 +46,8 @@ def prompt_ids(tokenizer: ChatTokenizer, prompt: Prompt, thinking: bool = True) 
     after a reply left out)."""
     if isinstance(prompt, RawPrompt):
         return tokenizer.encode(prompt.text, special=True)
+    if isinstance(prompt, Continuation) and not prompt.messages[-1]["content"].strip():
+        prompt = prompt.messages[:-1]  # nothing written yet: the reply starts as a new one does
     try:
         if not isinstance(prompt, Continuation):
             return tokenizer.chat_ids(prompt, thinking=thinking)
@@ -55,7 +57,7 @@ def prompt_ids(tokenizer: ChatTokenizer, prompt: Prompt, thinking: bool = True) 
         raise ChatTemplateError(f"The model's chat template rejected this conversation: {detail}",
                                 detail=detail) from exc  # fmt: skip
     said = prompt.messages[-1]["content"].rstrip()
-    end = text.rfind(said) if said else -1
+    end = text.rfind(said)
     if end < 0:
         raise MessageError(
             "The model's chat template does not keep this reply as it was written, so it cannot go on.",

@@ -279,9 +279,11 @@ def test_a_prefilled_reply_goes_on_from_the_last_message_as_vllms_does(engine: L
         ]
         tokens = engine.tokenizer("tiny")
         opened = len(tokens.chat_ids(prefilled[:1])) + len(tokens.encode("Sure, here"))
-        assert (
-            asked[1].usage.prompt_tokens <= opened < asked[0].usage.prompt_tokens
-        )  # not closed, no new turn
+        # Not closed, and no new turn after it.
+        assert asked[1].usage.prompt_tokens <= opened < asked[0].usage.prompt_tokens
+        empty = [*MESSAGES, {"role": "assistant", "content": ""}]  # nothing prefilled: a reply as usual
+        plain = client.chat.completions.create(model="tiny", messages=empty, max_tokens=3, extra_body=go_on)
+        assert plain.usage.prompt_tokens == len(tokens.chat_ids(MESSAGES))
         for extra, param in (
             ({"continue_final_message": True}, "add_generation_prompt"),  # both: vLLM refuses it too
             ({"add_generation_prompt": False}, "add_generation_prompt"),

@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 
 import click
@@ -19,9 +19,9 @@ from core.chat.limits import checked_message
 from core.chat.presets import PresetStore
 from core.chat.providers import LocalProvider
 from core.chat.retrieval import FileUse
-from core.chat.service import ChatService, FilesUsed, Trimmed
+from core.chat.service import ChatEvent, ChatService, FilesUsed, Trimmed
 from core.cli.common import library, load_with_notice, warn
-from core.errors import AttachmentError, MessageError
+from core.errors import AttachmentError, MessageError, NotFoundError
 from core.hardware import peak_rss_bytes
 from core.inference.events import Finished, Reading, ReplyStats, TextDelta
 from core.inference.loading import LoadedModel
@@ -29,6 +29,13 @@ from core.inference.params import DEFAULT_TOP_K
 from core.preferences import QUANTIZATIONS
 
 PROMPT = ">>> "
+# What a line typed at the prompt may ask instead of a message (Ollama's /bye and /clear among them).
+COMMANDS = {
+    "/continue": "let the last reply go on where it ended",
+    "/clear": "a new conversation (the earlier messages are left out)",
+    "/bye": "quit (as Ctrl+D; /exit and /quit too)",
+    "/?": "these commands",
+}
 
 
 @click.command(short_help="chat with a downloaded model (a REPL on stdin without --prompt)")
@@ -105,17 +112,21 @@ def chat(
     given = {name: value for name, value in sampling.items() if value is not None}
     params = replace(params, max_new_tokens=max_new_tokens, thinking=think, **given)
     system = (chosen.system_prompt if chosen else "") if system is None else system
-    conversation = service.new_conversation(f"CLI {key}", system_prompt=system)
-    service.set_options(conversation.id, system, params)
+
+    def new_conversation() -> int:
+        conversation = service.new_conversation(f"CLI {key}", system_prompt=system)
+        service.set_options(conversation.id, system, params)
+        return conversation.id
+
     if interactive:
         warn(f"{key} ({loaded.device}, {loaded.weights}): type a message and press Enter. "
-             "Ctrl+C stops a reply, Ctrl+D quits.")  # fmt: skip
+             "Ctrl+C stops a reply, Ctrl+D quits, /? lists commands.")  # fmt: skip
         messages: Iterable[str] = _typed_lines()
     else:
         messages = [prompt] if prompt is not None else (line.rstrip("\n") for line in sys.stdin)
     return _converse(
         service,
-        conversation.id,
+        new_conversation,
         messages,
         attached,
         ignore_eos,
@@ -159,22 +170,39 @@ def _typed_lines() -> Iterator[str]:
 
 
 def _converse(
-    service: ChatService, conversation_id: int, messages: Iterable[str], files: list[Attachment],
-    ignore_eos: bool, loaded: LoadedModel, load_s: float | None, interactive: bool = False,
+    service: ChatService, new_conversation: Callable[[], int], messages: Iterable[str],
+    files: list[Attachment], ignore_eos: bool, loaded: LoadedModel, load_s: float | None,
+    interactive: bool = False,
 ) -> int:  # fmt: skip
     """Send each message (`files` with the first one sent) and print its reply; a message that cannot be
     sent is explained and skipped. Typed at a prompt, Ctrl+C stops the reply (kept as far as it got) and
-    the prompt comes back."""
-    exit_code = 0
+    the prompt comes back, and a line that starts with / is a command (COMMANDS)."""
+    exit_code, conversation_id = 0, new_conversation()
     try:
         for message in messages:
             if not message.strip():
                 continue
+            command = message.split()[0].lower() if interactive and message.startswith("/") else None
+            if command in ("/bye", "/exit", "/quit"):
+                break
+            if command == "/clear":
+                conversation_id = new_conversation()
+                warn("[a new conversation: the earlier messages are left out]")
+                continue
+            if command is not None and command != "/continue":
+                said = "" if command in ("/?", "/help") else f"Unknown command {command}. "
+                warn(said + "; ".join(f"{name}: {what}" for name, what in COMMANDS.items()))
+                continue
             stop = threading.Event()
             try:
                 with _interrupt_sets(stop) if interactive else contextlib.nullcontext():
-                    reply = _reply(service, conversation_id, message, files, ignore_eos, stop)
-            except MessageError as exc:  # this message cannot be sent; the next line may be fine
+                    events = (
+                        service.continue_reply(conversation_id, stop)
+                        if command == "/continue"
+                        else service.send(conversation_id, message, stop, ignore_eos=ignore_eos, files=files)
+                    )
+                    reply = _reply(events)
+            except (MessageError, NotFoundError) as exc:  # this one cannot be sent; the next may be fine
                 warn(f"error: {exc.message}")
                 exit_code = 2
                 continue
@@ -196,13 +224,11 @@ def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _reply(
-    service: ChatService, conversation_id: int, message: str, files: list[Attachment], ignore_eos: bool,
-    stop: threading.Event,
-) -> ReplyStats | None:  # fmt: skip
+def _reply(events: Iterable[ChatEvent]) -> ReplyStats | None:
+    """Print a reply's text as it comes (what else it says on stderr); its figures."""
     stats = None
     reading = False  # a progress line on a terminal's stderr while a long prompt is read
-    for event in service.send(conversation_id, message, stop, ignore_eos=ignore_eos, files=files):
+    for event in events:
         if isinstance(event, Reading):
             if sys.stderr.isatty():
                 click.echo(f"\r[reading {event.done:,} of {event.total:,} tokens]", nl=False, err=True)

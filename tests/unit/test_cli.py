@@ -25,13 +25,14 @@ from core.storage.db import Database, sqlite_file
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "core", *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
         env=os.environ,
+        input=input,
     )
 
 
@@ -272,7 +273,7 @@ def test_typed_at_a_terminal_a_long_prompt_shows_progress_and_ctrl_c_stops_the_r
     try:
         seen = bytearray()
         _read_until(terminal, ">>> ", seen)
-        assert "Ctrl+C stops a reply, Ctrl+D quits." in seen.decode()
+        assert "Ctrl+C stops a reply, Ctrl+D quits" in seen.decode()
         os.write(terminal, b"Hello" + b" hi" * 1000 + b"\n")  # long: the prompt is read in parts
         echoed = _read_until(terminal, "Hello", seen)
         reading = _read_until(terminal, "[reading 512 of ", seen, start=echoed)  # said on stderr
@@ -294,3 +295,46 @@ def test_typed_at_a_terminal_a_long_prompt_shows_progress_and_ctrl_c_stops_the_r
     connection.close()
     assert [row[:2] for row in saved] == [("user", None), ("assistant", "stopped")]
     assert saved[1][2] > 0  # kept as far as it got
+
+
+def test_typed_at_a_terminal_commands_go_on_start_over_and_quit(tmp_path: Path) -> None:
+    """Ollama's REPL ends with /bye and forgets with /clear; a reply cut at its length goes on with
+    /continue (the page's Continue). A line that starts with / elsewhere (a script's stdin) is a message."""
+    endless = build_tiny_model(tmp_path / "endless", "llama", endless=True)
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", endless)
+    terminal, child_end = pty.openpty()
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "core", "chat", "qwen2.5-0.5b", "--max-new-tokens", "5", "--temperature", "0"],
+        cwd=PROJECT_ROOT, env=os.environ, stdin=child_end, stdout=child_end, stderr=child_end,
+    )  # fmt: skip
+    os.close(child_end)
+    try:
+        seen = bytearray()
+        at = _read_until(terminal, ">>> ", seen)
+        assert "/? lists commands" in seen.decode()
+        for typed, said in (("Tell me a story", ">>> "), ("/continue", ">>> "),
+                            ("/what", "Unknown command /what."), ("/clear", "[a new conversation"),
+                            ("Hello again", ">>> ")):  # fmt: skip
+            os.write(terminal, typed.encode() + b"\n")
+            at = _read_until(terminal, said, seen, start=_read_until(terminal, typed, seen, start=at))
+        os.write(terminal, b"/bye\n")
+        assert chat.wait(timeout=60) == 0
+    finally:
+        chat.kill()
+        os.close(terminal)
+    connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
+    saved = connection.execute(
+        "SELECT conversation_id, role, content, completion_tokens FROM messages ORDER BY id"
+    ).fetchall()
+    connection.close()
+    [(first, _, asked, _), (_, _, _, grown), (second, _, again, _), (_, _, _, fresh)] = saved
+    assert (asked, again, grown, fresh) == ("Tell me a story", "Hello again", 10, 5)  # 5 + 5 in one reply
+    assert second != first  # /clear: a new conversation; /what, /continue, /bye were never sent
+    piped = run_cli("chat", "qwen2.5-0.5b", "--max-new-tokens", "2", input="/usr/bin is a folder\n")
+    assert piped.returncode == 0, piped.stderr
+    connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
+    [(sent,)] = connection.execute(
+        "SELECT content FROM messages WHERE role = 'user' ORDER BY id DESC LIMIT 1"
+    )
+    connection.close()
+    assert sent == "/usr/bin is a folder"

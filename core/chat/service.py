@@ -491,8 +491,12 @@ class ChatService:
             )
             files = [FileText(info.name, file_text) for info, file_text in attached]
             asked_with = {info.message_id for info, _ in attached}
+            # A reply that goes on keeps its files with its question, beside the reply so far.
+            going = [history.pop()] if going_on and len(history) > 1 else []
+            room = budget - (provider.count_tokens(going, budget) if going else 0)
             query = " ".join([history[-1]["content"], *(m.content for m in branch if m.id in asked_with)])
-            history, uses = with_files(system, history, files, query, budget, provider.count_tokens)
+            history, uses = with_files(system, history, files, query, room, provider.count_tokens)
+            history += going
             notes.append(FilesUsed(tuple(uses)))
         try:
             messages, dropped = trim_history(

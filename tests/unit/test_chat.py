@@ -351,3 +351,30 @@ def test_a_reply_cut_at_its_length_goes_on_where_it_ended(
     server = OpenAICompatibleProvider("http://127.0.0.1:9/v1", None, "gpt-4o")  # OpenAI's API cannot ask
     with pytest.raises(ProviderError, match="cannot go on"):
         list(server.stream([{"role": "user", "content": "Hi"}], GenerationParams(), stop, go_on=True))
+
+
+def test_a_reply_that_goes_on_keeps_its_files_with_its_question(
+    database: Database, tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    install_ready(
+        tmp_path / "models", "endless", build_tiny_model(tmp_path / "endless", "llama", endless=True)
+    )
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    store = ConfigStore(database)
+    config = store.use_local_model("endless")
+    store.update_config(config.id, params=GenerationParams(temperature=0, max_new_tokens=4))
+    chat = ChatService(database, lambda: provider_for_config(store.get_current_config(), engine))
+    conversation = chat.new_conversation()
+    list(chat.send(conversation.id, "What does it say?", files=[("note.txt", b"Meet at the bridge.")]))
+    asked: list[object] = []
+    stream = engine.stream
+    engine.stream = lambda key, prompt, *args, **kwargs: (
+        asked.append(prompt),
+        stream(key, prompt, *args, **kwargs),
+    )[1]
+    list(chat.continue_reply(conversation.id))
+    [*_, question, reply_so_far] = asked[0].messages
+    cut = chat.messages(conversation.id)[-1]
+    assert "<file name='note.txt'>" in question["content"] and "Meet at the bridge." in question["content"]
+    assert question["content"].endswith("What does it say?") and reply_so_far["role"] == "assistant"
+    assert cut.content.startswith(reply_so_far["content"]) and "<file" not in reply_so_far["content"]

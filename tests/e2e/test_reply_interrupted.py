@@ -119,6 +119,7 @@ def test_server_killed_mid_reply_keeps_the_conversation_marked_interrupted(
         expect(messages.nth(0)).to_contain_text("hello world hello world")
         expect(messages.nth(1).get_by_text("interrupted")).to_be_visible()
         assert saved_reply().startswith(partial)  # what was saved before the kill is still there
+        expect(messages.nth(1).get_by_role("button", name="Continue")).to_be_visible()  # it may go on
 
 
 def test_html_in_a_message_and_its_title_is_shown_not_run(

@@ -42,6 +42,7 @@ _SKIPPED = (
 )  # fmt: skip
 # The suffixes of a model's quantized copies on the Hub (-AWQ, -GPTQ-Int4, -bnb-4bit, -FP8, -GGUF, -4bit).
 _QUANTIZED_SUFFIX = re.compile(r"(?:[-_](?:AWQ|GPTQ|GGUF|FP8|bnb|MLX|Int4|Int8|\d+bit))+$", re.IGNORECASE)
+_MISTRAL_FORMAT = re.compile(r"consolidated(?:[.-][\w.-]*)?\.safetensors$")  # beside transformers' own
 _REQUIRED = ("config.json", "*.safetensors", "*.bin", "tokenizer.json", "tokenizer.model")
 MAX_LISTED_FILES = 10_000
 MAX_FILE_BYTES = 2**44  # 16 TiB: a larger "size" is not a model file but a hostile listing
@@ -184,10 +185,14 @@ def gated(repo_id: str, endpoint: str) -> GatedRepoError:
 
 
 def select_files(files: list[RemoteFile]) -> tuple[RemoteFile, ...]:
-    """Files the app needs: safetensors over .bin, no other runtimes' weights or original checkpoints."""
+    """Files the app needs: safetensors over .bin, no other runtimes' weights or original checkpoints
+    (Mistral's repos hold their weights twice: `consolidated.safetensors` in Mistral's own format beside
+    transformers' shards, 14.5 GB each for Mistral 7B)."""
     kept = [f for f in files if not any(fnmatch(f.path, pattern) for pattern in _SKIPPED)]
     if any(f.path.endswith(".safetensors") for f in kept):
         kept = [f for f in kept if not f.path.endswith(".bin") and f.path != "pytorch_model.bin.index.json"]
+    if any(f.path.endswith(".safetensors") and not _MISTRAL_FORMAT.match(f.path) for f in kept):
+        kept = [f for f in kept if not _MISTRAL_FORMAT.match(f.path)]
     return tuple(sorted(kept, key=lambda f: f.path))
 
 

@@ -27,6 +27,7 @@ REPO = {
     "README.md": b"# test model",
     "model.safetensors": WEIGHTS,
     "model.onnx": b"never downloaded",
+    "consolidated.safetensors": b"the same weights in Mistral's own format: never downloaded",
 }
 
 
@@ -49,12 +50,13 @@ def test_download_verifies_every_file_and_writes_a_manifest(hub: HubServer, mode
     directory = models / "test-model"
     for path in ("config.json", "tokenizer.json", "README.md", "model.safetensors"):
         assert (directory / path).read_bytes() == REPO[path]
-    assert not (directory / "model.onnx").exists()  # other runtimes' weights are skipped
+    skipped = ("model.onnx", "consolidated.safetensors")  # other runtimes' weights, a second copy
+    assert not any((directory / path).exists() for path in skipped)
     assert not list(directory.rglob("*.incomplete"))
     manifest = read_manifest(directory)
     assert manifest.commit == repo.commit
     assert all(check.ok for check in verify(directory, manifest))
-    assert progress.bytes_done == progress.bytes_total == sum(len(REPO[p]) for p in REPO if p != "model.onnx")
+    assert progress.bytes_done == progress.bytes_total == sum(len(REPO[p]) for p in REPO if p not in skipped)
     assert seen[-1].state == "completed"
     assert any(p.current_file == "model.safetensors" for p in seen)
 

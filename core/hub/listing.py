@@ -35,10 +35,12 @@ MODEL_PAGE_HOSTS = (OFFICIAL_HOST, f"www.{OFFICIAL_HOST}", "hf.co", "hf-mirror.c
 MODELSCOPE_HOSTS = ("modelscope.cn", "www.modelscope.cn")  # China's model hub: mostly the same repo ids
 _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
-# Files the app never uses: other runtimes' weights and the original checkpoints.
+# Files the app never uses: other runtimes' weights, the original checkpoints, and a fine-tune's training
+# leftovers (its intermediate checkpoints: each a whole model again; its logs).
 _SKIPPED = (
     "*.onnx", "*.onnx_data", "*.gguf", "*.h5", "*.msgpack", "*.tflite", "*.ot", "*.mlmodel", "*.pth",
     "*.pt", "*.ckpt", "original/*", "onnx/*", "openvino/*", "coreml/*", "gguf/*", ".gitattributes",
+    "checkpoint-*/*", "global_step*/*", "runs/*", "logs/*",
 )  # fmt: skip
 # The suffixes of a model's quantized copies on the Hub (-AWQ, -GPTQ-Int4, -bnb-4bit, -FP8, -GGUF, -4bit).
 _QUANTIZED_SUFFIX = re.compile(r"(?:[-_](?:AWQ|GPTQ|GGUF|FP8|bnb|MLX|Int4|Int8|\d+bit))+$", re.IGNORECASE)

@@ -28,7 +28,11 @@ REPO = {
     "model.safetensors": WEIGHTS,
     "model.onnx": b"never downloaded",
     "consolidated.safetensors": b"the same weights in Mistral's own format: never downloaded",
+    "checkpoint-500/model.safetensors": b"a fine-tune's intermediate checkpoint: never downloaded",
 }
+# Other runtimes' weights, a second copy in Mistral's format, a fine-tune's intermediate checkpoint.
+SKIPPED = ("model.onnx", "consolidated.safetensors", "checkpoint-500/model.safetensors")
+FETCHED_BYTES = sum(len(data) for path, data in REPO.items() if path not in SKIPPED)
 
 
 def download(hub_urls: list[str], models: Path, **kwargs) -> tuple[ModelDownload, Progress]:
@@ -50,13 +54,12 @@ def test_download_verifies_every_file_and_writes_a_manifest(hub: HubServer, mode
     directory = models / "test-model"
     for path in ("config.json", "tokenizer.json", "README.md", "model.safetensors"):
         assert (directory / path).read_bytes() == REPO[path]
-    skipped = ("model.onnx", "consolidated.safetensors")  # other runtimes' weights, a second copy
-    assert not any((directory / path).exists() for path in skipped)
+    assert not any((directory / path).exists() for path in SKIPPED)
     assert not list(directory.rglob("*.incomplete"))
     manifest = read_manifest(directory)
     assert manifest.commit == repo.commit
     assert all(check.ok for check in verify(directory, manifest))
-    assert progress.bytes_done == progress.bytes_total == sum(len(REPO[p]) for p in REPO if p not in skipped)
+    assert progress.bytes_done == progress.bytes_total == FETCHED_BYTES
     assert seen[-1].state == "completed"
     assert any(p.current_file == "model.safetensors" for p in seen)
 
@@ -325,7 +328,7 @@ def test_progress_is_visible_to_another_manager_and_staleness_means_interrupted(
     _wait_for(lambda: (p := observer.progress("test-model")) is not None and p.bytes_done > 100_000)
     seen = observer.progress("test-model")
     assert seen.state == "running"
-    assert seen.bytes_total == sum(len(REPO[p]) for p in REPO if p != "model.onnx")
+    assert seen.bytes_total == FETCHED_BYTES
     assert not observer.start(DownloadTarget("test-model", "org/model"))  # file lock: one downloader
     first.cancel("test-model")
     first.wait("test-model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -361,6 +362,8 @@ class OpenAICompatibleProvider:
                 "The server does not let this key list its models (403). Check the key.",
                 reason="server_forbidden_listing",
             ) from exc
+        except openai.NotFoundError as exc:  # an address without its /v1 (Ollama's, LM Studio's port alone)
+            raise self._no_listing() from exc
         except openai.OpenAIError as exc:
             raise _explain(exc, self.base_url, self._api_key) from exc
         try:
@@ -399,6 +402,22 @@ class OpenAICompatibleProvider:
                 )
                 refused |= dropped
                 _REFUSED[(self.base_url, self.model)] = refused
+
+    def _no_listing(self) -> ProviderError:
+        """What a 404 for the model list means: the address is not the API's; where the same address with
+        /v1 lists models (what Ollama, LM Studio and vLLM serve), that one is named."""
+        with_v1 = self.base_url.rstrip("/") + "/v1"
+        if not self.base_url.rstrip("/").endswith("/v1"):
+            with contextlib.suppress(ProviderError):
+                OpenAICompatibleProvider(with_v1, self._api_key, self.model).list_models()
+                return ProviderError(
+                    f"Nothing lists models at {self.base_url} (404), but {with_v1} does: use that address.",
+                    reason="server_add_v1", url=self.base_url, fixed=with_v1,
+                )  # fmt: skip
+        return ProviderError(
+            f"Nothing lists models at {self.base_url} (404): check the address (an OpenAI-compatible "
+            "server's usually ends in /v1).", reason="server_no_listing", url=self.base_url,
+        )  # fmt: skip
 
     def count_tokens(self, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
         """An estimate (a remote tokenizer is not available here): 3 characters of ASCII a token, and a

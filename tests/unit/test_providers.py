@@ -139,6 +139,21 @@ def test_an_answer_that_is_not_a_list_of_models_is_explained(mode: str) -> None:
         OpenAICompatibleProvider(server.url, None, "").list_models()
 
 
+def test_an_address_without_its_v1_is_named_with_it(engine: LocalEngine) -> None:  # noqa: F811
+    """Ollama's and LM Studio's address as users type it (http://localhost:11434) lists nothing: it said
+    "The server does not know this model (404). Pick one with 'Refresh models'", with no model asked for."""
+    with serving(engine) as url:
+        root = url.removesuffix("/v1")
+        with pytest.raises(ProviderError) as missing_v1:
+            OpenAICompatibleProvider(root, None, "").list_models()
+        with pytest.raises(ProviderError) as elsewhere:
+            OpenAICompatibleProvider(f"{root}/api", None, "").list_models()
+    assert missing_v1.value.message == (
+        f"Nothing lists models at {root} (404), but {root}/v1 does: use that address."
+    )
+    assert elsewhere.value.message.startswith(f"Nothing lists models at {root}/api (404): check the address")
+
+
 def test_the_models_offered_are_a_bounded_sorted_list() -> None:
     models = [{"id": f"model-{n:04}", "object": "model"} for n in reversed(range(1_500))]
     with FaultyOpenAIServer("listing:" + json.dumps({"object": "list", "data": models})) as server:

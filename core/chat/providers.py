@@ -405,14 +405,17 @@ class OpenAICompatibleProvider:
 
     def _no_listing(self) -> ProviderError:
         """What a 404 for the model list means: the address is not the API's; where the same address with
-        /v1 lists models (what Ollama, LM Studio and vLLM serve), that one is named."""
-        with_v1 = self.base_url.rstrip("/") + "/v1"
-        if not self.base_url.rstrip("/").endswith("/v1"):
+        /v1 (what Ollama, LM Studio and vLLM serve), or without the endpoint pasted after it
+        (…/v1/chat/completions), lists models, that one is named."""
+        address = self.base_url.rstrip("/")
+        before, v1, _ = address.partition("/v1/")
+        candidates = [before + "/v1"] if v1 else [] if address.endswith("/v1") else [address + "/v1"]
+        for fixed in candidates:
             with contextlib.suppress(ProviderError):
-                OpenAICompatibleProvider(with_v1, self._api_key, self.model).list_models()
+                OpenAICompatibleProvider(fixed, self._api_key, self.model).list_models()
                 return ProviderError(
-                    f"Nothing lists models at {self.base_url} (404), but {with_v1} does: use that address.",
-                    reason="server_add_v1", url=self.base_url, fixed=with_v1,
+                    f"Nothing lists models at {self.base_url} (404), but {fixed} does: use that address.",
+                    reason="server_add_v1", url=self.base_url, fixed=fixed,
                 )  # fmt: skip
         return ProviderError(
             f"Nothing lists models at {self.base_url} (404): check the address (an OpenAI-compatible "

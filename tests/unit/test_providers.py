@@ -146,11 +146,14 @@ def test_an_address_without_its_v1_is_named_with_it(engine: LocalEngine) -> None
         root = url.removesuffix("/v1")
         with pytest.raises(ProviderError) as missing_v1:
             OpenAICompatibleProvider(root, None, "").list_models()
+        with pytest.raises(ProviderError) as pasted:  # the endpoint's whole address, from a client's docs
+            OpenAICompatibleProvider(f"{url}/chat/completions", None, "").list_models()
         with pytest.raises(ProviderError) as elsewhere:
             OpenAICompatibleProvider(f"{root}/api", None, "").list_models()
     assert missing_v1.value.message == (
         f"Nothing lists models at {root} (404), but {root}/v1 does: use that address."
     )
+    assert pasted.value.message.endswith(f"(404), but {url} does: use that address.")
     assert elsewhere.value.message.startswith(f"Nothing lists models at {root}/api (404): check the address")
 
 

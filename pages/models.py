@@ -386,7 +386,11 @@ def add_model_form() -> None:
     with st.form("add-model", clear_on_submit=False, border=True):
         st.markdown(f"**{t('models.add.title')}**")
         repo_id = st.text_input(
-            t("models.add.repo"), placeholder=t("models.add.placeholder"), max_chars=200, key="add-model-repo"
+            t("models.add.repo"),
+            placeholder=t("models.add.placeholder"),
+            max_chars=200,
+            key="add-model-repo",
+            help=t("models.add.help"),
         )
         if st.form_submit_button(t("models.add.submit"), key="add-model-submit"):
             try:

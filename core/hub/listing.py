@@ -427,6 +427,11 @@ def check_runnable(listing: RepoListing, endpoint: str) -> None:
         raise UnsupportedModelError(
             f"{listing.repo_id} has no config.json.", repo_id=listing.repo_id, reason="no_config"
         )
+    if not paths & {"tokenizer.json", "tokenizer.model"}:
+        raise UnsupportedModelError(
+            f"{listing.repo_id} has no tokenizer (tokenizer.json).", repo_id=listing.repo_id,
+            reason="no_tokenizer",
+        )  # fmt: skip
     config = fetch_json(endpoint, listing.repo_id, listing.commit, "config.json")
     if "auto_map" in config:
         raise UnsupportedModelError(

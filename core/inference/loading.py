@@ -151,7 +151,23 @@ def load_tokenizer(key: str, directory: Path) -> ChatTokenizer:
         if source:
             with contextlib.suppress(OSError):  # a read-only folder: built again next time
                 tokenizer.save(kept, source)
+    _check_vocabulary(key, tokenizer.backend.get_vocab_size(), read_config(directory))  # kept ones too
     return tokenizer
+
+
+def _check_vocabulary(key: str, tokens: int, config: dict[str, Any]) -> None:
+    """Refuse a tokenizer far smaller than the model's vocabulary: transformers builds an empty one where
+    the repo has no tokenizer.json it can read (a sentencepiece tokenizer.model without its library), and
+    every prompt was then read as a token or two. A vocabulary rounded up past the tokenizer (Qwen's
+    151,936 for 151,665 tokens) is the model's own."""
+    text = config.get("text_config")
+    size = config.get("vocab_size", text.get("vocab_size") if isinstance(text, dict) else None)
+    if isinstance(size, int) and not isinstance(size, bool) and tokens < size // 2:
+        raise UnsupportedModelError(
+            f"{key}'s tokenizer knows {tokens} tokens where its model has {size}: its tokenizer.json is "
+            "missing or of a kind this app cannot read.", key=key, tokens=tokens, size=size,
+            reason="tokenizer_mismatch",
+        )  # fmt: skip
 
 
 def _tokenizer_files_id(directory: Path) -> str:

@@ -531,3 +531,22 @@ def test_a_reply_ends_at_the_templates_end_of_turn_even_where_the_generation_con
     finally:
         engine.unload()
     assert (finished.stats.finish_reason, finished.stats.completion_tokens) == ("stop", 1)
+
+
+def test_a_tokenizer_that_does_not_fit_the_model_is_refused_not_used(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """Without a tokenizer.json it can read (a sentencepiece tokenizer.model without its library),
+    transformers builds an empty tokenizer: a ChatML prompt was read as one token, and the reply was noise."""
+    import shutil
+
+    source = Path(shutil.copytree(tiny_models["qwen2"], tmp_path / "no-tokenizer"))
+    (source / "tokenizer.json").unlink()
+    install_ready(tmp_path / "models", "no-tokenizer", source)
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    with pytest.raises(UnsupportedModelError) as refused:
+        list(engine.stream("no-tokenizer", HELLO, GREEDY))
+    assert refused.value.message == (
+        "no-tokenizer's tokenizer knows 2 tokens where its model has 400: its tokenizer.json is missing or "
+        "of a kind this app cannot read."
+    )

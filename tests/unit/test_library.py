@@ -141,6 +141,7 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
     # Qwen2.5-VL has safetensors, a config and a chat template: 7 GB were fetched before it failed to load.
     hub.add_repo("x/Chat-VL", _variant(source, tmp_path, "g", config__json={"model_type": "qwen2_5_vl"}))
     hub.add_repo("x/Future", _variant(source, tmp_path, "h", config__json={"model_type": "qwen9_<b>"}))
+    hub.add_repo("x/no-tokenizer", _variant(source, tmp_path, "i", tokenizer__json=None))
     hub.add_repo("x/Chat-GGUF", _variant(source, tmp_path, "f", model__safetensors=None))
     awq = {"quantization_config": {"quant_method": "awq", "bits": 4}}
     hub.add_repo("x/Chat-1.5B-Instruct-AWQ", _variant(source, tmp_path, "d", config__json=awq))
@@ -183,6 +184,11 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
             UnsupportedModelError,
             r"x/Future is a model of a kind \(unnamed\) that this app's transformers \(5\.",
             "本应用无法运行该模型：x/Future 属于本应用的 transformers（5\\.",
+        ),
+        "x/no-tokenizer": (
+            UnsupportedModelError,
+            r"x/no-tokenizer has no tokenizer \(tokenizer.json\)\.$",
+            "本应用无法运行该模型：x/no-tokenizer 没有分词器",
         ),
         "x/Chat-GGUF": (
             UnsupportedModelError,

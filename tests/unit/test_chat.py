@@ -311,20 +311,25 @@ def test_a_text_past_the_limit_is_refused_before_anything_is_stored(
     assert chat.messages(conversation.id)[0].content == "x" * MAX_TEXT_CHARS
 
 
-def test_a_reply_cut_at_its_length_goes_on_where_it_ended(
-    database: Database, tmp_path: Path, tiny_models: dict[str, Path]
-) -> None:
-    """Continue: a long answer cut at Max new tokens went on only by asking "continue" (a new reply that
-    starts over) or by Regenerate with a higher limit (all of it again). Now the same reply grows: the
-    model reads the conversation with its reply left open, and writes on."""
+def _endless_chat(database: Database, tmp_path: Path, max_new_tokens: int) -> tuple[ChatService, LocalEngine]:
+    """Chats with a model whose greedy replies run to `max_new_tokens`, and its engine."""
     install_ready(
         tmp_path / "models", "endless", build_tiny_model(tmp_path / "endless", "llama", endless=True)
     )
     engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
     store = ConfigStore(database)
     config = store.use_local_model("endless")
-    store.update_config(config.id, params=GenerationParams(temperature=0, max_new_tokens=6))
-    chat = ChatService(database, lambda: provider_for_config(store.get_current_config(), engine))
+    store.update_config(config.id, params=GenerationParams(temperature=0, max_new_tokens=max_new_tokens))
+    return ChatService(database, lambda: provider_for_config(store.get_current_config(), engine)), engine
+
+
+def test_a_reply_cut_at_its_length_goes_on_where_it_ended(
+    database: Database, tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """Continue: a long answer cut at Max new tokens went on only by asking "continue" (a new reply that
+    starts over) or by Regenerate with a higher limit (all of it again). Now the same reply grows: the
+    model reads the conversation with its reply left open, and writes on."""
+    chat, engine = _endless_chat(database, tmp_path, max_new_tokens=6)
     conversation = chat.new_conversation()
     list(chat.send(conversation.id, "Tell me a story"))
     question, cut = chat.messages(conversation.id)
@@ -356,14 +361,7 @@ def test_a_reply_cut_at_its_length_goes_on_where_it_ended(
 def test_a_reply_that_goes_on_keeps_its_files_with_its_question(
     database: Database, tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
-    install_ready(
-        tmp_path / "models", "endless", build_tiny_model(tmp_path / "endless", "llama", endless=True)
-    )
-    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
-    store = ConfigStore(database)
-    config = store.use_local_model("endless")
-    store.update_config(config.id, params=GenerationParams(temperature=0, max_new_tokens=4))
-    chat = ChatService(database, lambda: provider_for_config(store.get_current_config(), engine))
+    chat, engine = _endless_chat(database, tmp_path, max_new_tokens=4)
     conversation = chat.new_conversation()
     list(chat.send(conversation.id, "What does it say?", files=[("note.txt", b"Meet at the bridge.")]))
     asked: list[object] = []

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -188,10 +189,8 @@ def test_a_cli_chat_takes_files_as_the_page_does_and_stdin_as_one(
     assert done.returncode == 0, done.stderr
     [said] = done.stderr.splitlines()
     assert said.startswith("[guide.txt: passages ") and " of 60 (the whole file does not fit" in said
-    connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
-    files = connection.execute("SELECT name, kind FROM attachments ORDER BY id").fetchall()
-    [(sources,)] = connection.execute("SELECT sources FROM messages WHERE role = 'assistant'").fetchall()
-    connection.close()
+    files = _rows("SELECT name, kind FROM attachments ORDER BY id")
+    [(sources,)] = _rows("SELECT sources FROM messages WHERE role = 'assistant'")
     assert files == [("guide.txt", "text"), ("stdin.txt", "text")]
     used = {use["file"]: use["passages"] for use in json.loads(sources)}
     assert 42 in used["guide.txt"] and used["stdin.txt"] == [1]  # the lighthouse's chapter, all of stdin
@@ -247,6 +246,15 @@ def test_a_slow_load_says_why_on_stderr_and_a_fast_one_says_nothing(monkeypatch:
     assert said == []
 
 
+def _rows(query: str) -> list[tuple[Any, ...]]:
+    """What the command stored, read from its SQLite file."""
+    connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
+    try:
+        return connection.execute(query).fetchall()
+    finally:
+        connection.close()
+
+
 def _read_until(terminal: int, expected: str, seen: bytearray, start: int = 0, timeout: float = 60) -> int:
     """Read the terminal into `seen` until `expected` shows after `start`; where it ends."""
     deadline = time.monotonic() + timeout
@@ -288,11 +296,7 @@ def test_typed_at_a_terminal_a_long_prompt_shows_progress_and_ctrl_c_stops_the_r
     finally:
         chat.kill()
         os.close(terminal)
-    connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
-    saved = connection.execute(
-        "SELECT role, finish_reason, length(content) FROM messages ORDER BY id"
-    ).fetchall()
-    connection.close()
+    saved = _rows("SELECT role, finish_reason, length(content) FROM messages ORDER BY id")
     assert [row[:2] for row in saved] == [("user", None), ("assistant", "stopped")]
     assert saved[1][2] > 0  # kept as far as it got
 
@@ -322,19 +326,11 @@ def test_typed_at_a_terminal_commands_go_on_start_over_and_quit(tmp_path: Path) 
     finally:
         chat.kill()
         os.close(terminal)
-    connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
-    saved = connection.execute(
-        "SELECT conversation_id, role, content, completion_tokens FROM messages ORDER BY id"
-    ).fetchall()
-    connection.close()
+    saved = _rows("SELECT conversation_id, role, content, completion_tokens FROM messages ORDER BY id")
     [(first, _, asked, _), (_, _, _, grown), (second, _, again, _), (_, _, _, fresh)] = saved
     assert (asked, again, grown, fresh) == ("Tell me a story", "Hello again", 10, 5)  # 5 + 5 in one reply
     assert second != first  # /clear: a new conversation; /what, /continue, /bye were never sent
     piped = run_cli("chat", "qwen2.5-0.5b", "--max-new-tokens", "2", input="/usr/bin is a folder\n")
     assert piped.returncode == 0, piped.stderr
-    connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
-    [(sent,)] = connection.execute(
-        "SELECT content FROM messages WHERE role = 'user' ORDER BY id DESC LIMIT 1"
-    )
-    connection.close()
+    [(sent,)] = _rows("SELECT content FROM messages WHERE role = 'user' ORDER BY id DESC LIMIT 1")
     assert sent == "/usr/bin is a folder"

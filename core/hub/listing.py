@@ -427,10 +427,10 @@ def check_runnable(listing: RepoListing, endpoint: str) -> None:
         raise UnsupportedModelError(
             f"{listing.repo_id} has no config.json.", repo_id=listing.repo_id, reason="no_config"
         )
-    if not paths & {"tokenizer.json", "tokenizer.model"}:
+    if "tokenizer.json" not in paths:  # a sentencepiece tokenizer.model alone needs a library not here
         raise UnsupportedModelError(
-            f"{listing.repo_id} has no tokenizer (tokenizer.json).", repo_id=listing.repo_id,
-            reason="no_tokenizer",
+            f"{listing.repo_id} has no tokenizer.json, the tokenizer this app reads.",
+            repo_id=listing.repo_id, reason="no_tokenizer",
         )  # fmt: skip
     config = fetch_json(endpoint, listing.repo_id, listing.commit, "config.json")
     if "auto_map" in config:

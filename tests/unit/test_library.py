@@ -141,7 +141,9 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
     # Qwen2.5-VL has safetensors, a config and a chat template: 7 GB were fetched before it failed to load.
     hub.add_repo("x/Chat-VL", _variant(source, tmp_path, "g", config__json={"model_type": "qwen2_5_vl"}))
     hub.add_repo("x/Future", _variant(source, tmp_path, "h", config__json={"model_type": "qwen9_<b>"}))
-    hub.add_repo("x/no-tokenizer", _variant(source, tmp_path, "i", tokenizer__json=None))
+    no_tokenizer = _variant(source, tmp_path, "i", tokenizer__json=None)
+    (no_tokenizer / "tokenizer.model").write_bytes(b"a sentencepiece model: no library here to read it")
+    hub.add_repo("x/no-tokenizer", no_tokenizer)
     hub.add_repo("x/Chat-GGUF", _variant(source, tmp_path, "f", model__safetensors=None))
     awq = {"quantization_config": {"quant_method": "awq", "bits": 4}}
     hub.add_repo("x/Chat-1.5B-Instruct-AWQ", _variant(source, tmp_path, "d", config__json=awq))
@@ -187,8 +189,8 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
         ),
         "x/no-tokenizer": (
             UnsupportedModelError,
-            r"x/no-tokenizer has no tokenizer \(tokenizer.json\)\.$",
-            "本应用无法运行该模型：x/no-tokenizer 没有分词器",
+            r"x/no-tokenizer has no tokenizer.json, the tokenizer this app reads\.$",
+            "本应用无法运行该模型：x/no-tokenizer 没有本应用可读取的分词器",
         ),
         "x/Chat-GGUF": (
             UnsupportedModelError,

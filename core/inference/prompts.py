@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.errors import ChatTemplateError, ContextLengthError, MessageError
+from core.errors import ChatTemplateError, ContextLengthError
 from core.inference.events import PromptFit
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class RawPrompt:
 @dataclass(frozen=True)
 class Continuation:
     """A conversation whose last message is the model's own reply, cut short: the model goes on with it
-    where it ended (transformers' `continue_final_message`)."""
+    where it ended (transformers' and vLLM's `continue_final_message`)."""
 
     messages: tuple[dict[str, str], ...]
 
@@ -42,28 +42,23 @@ Prompt = Sequence[dict[str, str]] | RawPrompt | Continuation
 def prompt_ids(tokenizer: ChatTokenizer, prompt: Prompt, thinking: bool = True) -> list[int]:
     """The ids the model reads: a conversation under the chat template, raw text with the tokens the
     tokenizer adds around a text (Llama's BOS), as vLLM's and llama.cpp's completions read it; a
-    continuation under the template up to the end of its last reply's text (what the template writes
-    after a reply left out)."""
+    continuation as its reply was asked (the template up to the reply's start) with the reply's text as
+    written after it: what the model read as it wrote it (templates that rewrite a reply, as
+    DeepSeek-R1's drops its reasoning, have no say)."""
     if isinstance(prompt, RawPrompt):
         return tokenizer.encode(prompt.text, special=True)
-    if isinstance(prompt, Continuation) and not prompt.messages[-1]["content"].strip():
-        prompt = prompt.messages[:-1]  # nothing written yet: the reply starts as a new one does
+    asked, written = (
+        (prompt.messages[:-1], prompt.messages[-1]["content"])
+        if isinstance(prompt, Continuation)
+        else (prompt, "")
+    )
     try:
-        if not isinstance(prompt, Continuation):
-            return tokenizer.chat_ids(prompt, thinking=thinking)
-        text = tokenizer.chat_text(prompt.messages, add_generation_prompt=False, thinking=thinking)
+        text = tokenizer.chat_text(asked, thinking=thinking)
     except Exception as exc:  # jinja's TemplateError and ValueError: the template refused these turns
         detail = " ".join(str(exc).split())[:300]
         raise ChatTemplateError(f"The model's chat template rejected this conversation: {detail}",
                                 detail=detail) from exc  # fmt: skip
-    said = prompt.messages[-1]["content"].rstrip()
-    end = text.rfind(said)
-    if end < 0:
-        raise MessageError(
-            "The model's chat template does not keep this reply as it was written, so it cannot go on.",
-            reason="cannot_continue",
-        )
-    return tokenizer.encode(text[: end + len(said)])
+    return tokenizer.encode(text + written.rstrip())
 
 
 def _pieces(text: str) -> Iterator[str]:

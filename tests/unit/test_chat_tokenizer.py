@@ -21,7 +21,7 @@ from core.inference.chat_tokenizer import KEPT_NAME, ChatTokenizer, compile_temp
 from core.inference.loading import load_tokenizer
 from core.settings import PROJECT_ROOT
 from tests.fixtures.serving import serving
-from tests.fixtures.tiny_models import CORPUS, LLAMA_TEMPLATE, QWEN3_TEMPLATE, install_ready
+from tests.fixtures.tiny_models import CORPUS, LLAMA_TEMPLATE, QWEN3_TEMPLATE, build_tiny_model, install_ready
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello there!"}],
@@ -310,3 +310,26 @@ def test_a_reply_ends_at_the_token_its_template_writes_after_it(end: str) -> Non
     refusing = ChatTokenizer(backend, "{{ raise_exception('no') }}", {}, ids["<|end_of_text|>"], None, 4096,
                              clean_up=False)  # fmt: skip
     assert refusing.turn_end_ids == {ids["<|end_of_text|>"]}  # a template that refuses: the end of text
+
+
+def test_a_reply_goes_on_from_what_the_model_wrote_even_where_its_template_rewrites_replies(
+    tmp_path: Path,
+) -> None:
+    """DeepSeek-R1's template drops an earlier reply's reasoning: a reply cut after its reasoning could not
+    be found in the rendered conversation to go on from. The prompt is now what the model read as it
+    wrote: the conversation with its generation prompt, then the reply as written."""
+    from core.inference.prompts import Continuation, prompt_ids
+
+    tiny = load_tokenizer("tiny", build_tiny_model(tmp_path / "m"))
+    strips_reasoning = (
+        "{% for m in messages %}{% set content = m['content'].split('</think>')[-1] %}"
+        "{{ '<|im_start|>' + m['role'] + '\\n' + content + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}"
+    )
+    r1 = ChatTokenizer(tiny.backend, strips_reasoning, tiny.special_tokens, tiny.eos_token_id,
+                       tiny.pad_token_id, tiny.model_max_length, tiny.clean_up)  # fmt: skip
+    question = {"role": "user", "content": "How far is the moon?"}
+    written = "The moon is far.\n</think>\n\nAbout 384,000"
+    ids = prompt_ids(r1, Continuation((question, {"role": "assistant", "content": written})))
+    assert ids == r1.encode(r1.chat_text([question]) + written)
+    assert "The moon is far." in r1.decode(ids)  # the reasoning it wrote, which the template drops

@@ -10,23 +10,27 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import click
 import psutil
 
 from core.chat.attachments import MAX_FILE_BYTES, MAX_FILES, Attachment, read_attachment
+from core.chat.configs import ConfigStore
 from core.chat.limits import checked_message
 from core.chat.presets import PresetStore
-from core.chat.providers import LocalProvider
+from core.chat.providers import ChatProvider, LocalProvider, OpenAICompatibleProvider
 from core.chat.retrieval import FileUse
 from core.chat.service import ChatEvent, ChatService, FilesUsed, Trimmed
 from core.cli.common import library, load_with_notice, warn
-from core.errors import AttachmentError, MessageError, NotFoundError
+from core.errors import AttachmentError, MessageError, NotFoundError, ProviderError
 from core.hardware import peak_rss_bytes
+from core.hub.library import ModelLibrary
 from core.inference.events import Finished, Reading, ReplyStats, TextDelta
 from core.inference.loading import LoadedModel
 from core.inference.params import DEFAULT_TOP_K
 from core.preferences import QUANTIZATIONS
+from core.storage.records import ProviderConfig
 
 PROMPT = ">>> "
 # What a line typed at the prompt may ask instead of a message (Ollama's /bye and /clear among them).
@@ -84,7 +88,8 @@ def chat(
     max_new_tokens: int, think: bool, ignore_eos: bool, stats: bool, force: bool, quantization: str | None,
     **sampling: float | None,
 ) -> int:  # fmt: skip
-    """Stream replies from a downloaded model, with the device and weights of the saved settings."""
+    """Stream replies from a downloaded model, with the device and weights of the saved settings, or
+    from a model server saved on the Model servers page or with `localllm config add` (KEY: its name)."""
     from core.inference.engine import LocalEngine
 
     if prompt is not None:  # before a model loads for nothing (stdin's lines are checked one by one)
@@ -94,19 +99,32 @@ def chat(
     attached = _attached(files)
 
     models_library = library()
-    key, prefs = models_library.get(model).key, models_library.preferences
+    server = _server_named(models_library, model)
     chosen = None if preset is None else PresetStore(models_library.db).named(preset)
     interactive = prompt is None and sys.stdin.isatty()
-    # Kept unpacked weights speed up later prompts, at the cost of a second's work between replies:
-    # only a chat typed at a terminal has later prompts and time between them.
-    options = {"idle_unload_s": 0, "keep_prompt_weights": interactive and prefs.get("prompt_copy")}
-    options |= {"quantization": quantization} if quantization else {}
-    engine = LocalEngine.from_preferences(prefs, **options)
-    provider = LocalProvider(engine, key)
+    provider: ChatProvider
+    loaded, load_s = None, 0.0
+    if server is not None:
+        if quantization or force:
+            raise click.UsageError("--quantization and --force are for a model run on this machine.")
+        provider = OpenAICompatibleProvider(
+            server.base_url or "", server.api_key, server.model, params=server.params
+        )
+        address = urlsplit(server.base_url or "")  # said without a user name or password in it
+        key, where = server.name, f"{server.model} at {address.scheme}://{address.netloc.rpartition('@')[2]}"
+    else:
+        key, prefs = models_library.get(model).key, models_library.preferences
+        # Kept unpacked weights speed up later prompts, at the cost of a second's work between replies:
+        # only a chat typed at a terminal has later prompts and time between them.
+        options = {"idle_unload_s": 0, "keep_prompt_weights": interactive and prefs.get("prompt_copy")}
+        options |= {"quantization": quantization} if quantization else {}
+        engine = LocalEngine.from_preferences(prefs, **options)
+        provider = LocalProvider(engine, key)
+        started = time.perf_counter()
+        loaded = load_with_notice(engine, key, force=force)
+        load_s = time.perf_counter() - started
+        where = f"{key} ({loaded.device}, {loaded.weights})"
     service = ChatService(models_library.db, lambda: provider, owner="cli")
-    started = time.perf_counter()
-    loaded = load_with_notice(engine, key, force=force)
-    load_s = time.perf_counter() - started
     # The model's own sampling (what a new chat on the page starts from), the preset's, the options'.
     params = provider.default_params() if chosen is None else chosen.applied_to(provider.default_params())
     given = {name: value for name, value in sampling.items() if value is not None}
@@ -119,8 +137,8 @@ def chat(
         return conversation.id
 
     if interactive:
-        warn(f"{key} ({loaded.device}, {loaded.weights}): type a message and press Enter. "
-             "Ctrl+C stops a reply, Ctrl+D quits, /? lists commands.")  # fmt: skip
+        warn(f"{where}: type a message and press Enter. Ctrl+C stops a reply, Ctrl+D quits, /? lists "
+             "commands.")  # fmt: skip
         messages: Iterable[str] = _typed_lines()
     else:
         messages = [prompt] if prompt is not None else (line.rstrip("\n") for line in sys.stdin)
@@ -134,6 +152,23 @@ def chat(
         load_s if stats else None,
         interactive,
     )
+
+
+def _server_named(models_library: ModelLibrary, name: str) -> ProviderConfig | None:
+    """The model server saved as `name` (its name or its model's, as `localllm config list` shows them)
+    where the catalog has no model of that name; None for a catalog model. NotFoundError where neither
+    has it, naming both."""
+    try:
+        models_library.get(name)
+    except NotFoundError as exc:
+        servers = [c for c in ConfigStore(models_library.db).list_configs() if c.provider != "local_model"]
+        found = next((c for c in servers if name in (c.name, c.model)), None)
+        if found is None:
+            names = ", ".join(c.name for c in servers) or "none"
+            raise NotFoundError(f"{exc.message[:-1]}, nor a model server saved as {name[:100]!r} (saved: "
+                                f"{names[:300]}).", key=name[:100]) from exc  # fmt: skip
+        return found
+    return None
 
 
 def _attached(paths: tuple[str, ...]) -> list[Attachment]:
@@ -171,7 +206,7 @@ def _typed_lines() -> Iterator[str]:
 
 def _converse(
     service: ChatService, new_conversation: Callable[[], int], messages: Iterable[str],
-    files: list[Attachment], ignore_eos: bool, loaded: LoadedModel, load_s: float | None,
+    files: list[Attachment], ignore_eos: bool, loaded: LoadedModel | None, load_s: float | None,
     interactive: bool = False,
 ) -> int:  # fmt: skip
     """Send each message (`files` with the first one sent) and print its reply; a message that cannot be
@@ -205,6 +240,12 @@ def _converse(
             except (MessageError, NotFoundError) as exc:  # this one cannot be sent; the next may be fine
                 warn(f"error: {exc.message}")
                 exit_code = 2
+                continue
+            except ProviderError as exc:  # a server that failed this reply may answer the next
+                if not interactive:
+                    raise
+                warn(f"error: {exc.message}")
+                exit_code = 1
                 continue
             files = []
             if load_s is not None and reply:
@@ -261,7 +302,8 @@ def _file_used(use: FileUse) -> str:
     return f"{use.file}: passages {passages} of {use.total} (the whole file does not fit in the context)"
 
 
-def _stats_record(stats: ReplyStats, loaded: LoadedModel, load_s: float) -> dict[str, object]:
+def _stats_record(stats: ReplyStats, loaded: LoadedModel | None, load_s: float) -> dict[str, object]:
+    """A reply's figures as one JSON object; a server's reply has no device, dtype or weights here."""
     return {
         "prompt_tokens": stats.prompt_tokens,
         "cached_tokens": stats.cached_tokens,
@@ -271,7 +313,7 @@ def _stats_record(stats: ReplyStats, loaded: LoadedModel, load_s: float) -> dict
         "load_s": load_s,
         "peak_rss_mb": peak_rss_bytes() / 1024**2,
         "rss_mb": psutil.Process().memory_info().rss / 1024**2,
-        "device": loaded.device,
-        "dtype": loaded.dtype,
-        "weights": loaded.weights,
+        "device": loaded.device if loaded else "server",
+        "dtype": loaded.dtype if loaded else None,
+        "weights": loaded.weights if loaded else None,
     }

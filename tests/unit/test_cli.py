@@ -23,6 +23,7 @@ from core.chat.presets import PresetStore
 from core.cli import common
 from core.settings import PROJECT_ROOT
 from core.storage.db import Database, sqlite_file
+from tests.fixtures.openai_faults import FaultyOpenAIServer
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 
 
@@ -204,6 +205,27 @@ def test_a_cli_chat_takes_files_as_the_page_does_and_stdin_as_one(
         refused = run_cli("chat", "qwen2.5-0.5b", *given)
         assert refused.returncode == 2 and said in refused.stderr, refused.stderr
         assert "Loading" not in refused.stderr
+
+
+def test_a_cli_chat_talks_to_a_saved_model_server_by_its_name() -> None:
+    """A model server saved on the Model servers page (or with `config add`) is chatted with from the
+    shell as a downloaded model is: `localllm chat gpu-box`, its settings and options on top."""
+    with FaultyOpenAIServer("reasoning:reasoning_content") as server:
+        added = run_cli("config", "add", "openai_compatible", "qwen3:8b", "--base-url", server.url,
+                        "--name", "gpu-box")  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        done = run_cli("chat", "gpu-box", "-p", "Six times seven?", "--no-think", "--seed", "7", "--stats")
+        by_model = run_cli("chat", "qwen3:8b", "-p", "And again?")  # its model's name works too
+        refused = run_cli("chat", "gpu-box", "-p", "Hi", "--quantization", "int8")
+    assert done.returncode == 0, done.stderr
+    *reply, stats = done.stdout.splitlines()
+    assert "It is 42." in "\n".join(reply) and json.loads(stats)["device"] == "server"
+    assert server.bodies[0]["reasoning_effort"] == "none" and server.bodies[0]["seed"] == 7
+    assert by_model.returncode == 0 and "It is 42." in by_model.stdout
+    assert refused.returncode == 2 and "for a model run on this machine" in refused.stderr
+    missing = run_cli("chat", "no-such-thing", "-p", "Hi")
+    assert missing.returncode == 2
+    assert "nor a model server saved as 'no-such-thing' (saved: gpu-box)." in missing.stderr
 
 
 def test_16_bit_weights_load_without_transformers_progress_bars(tiny_models: dict[str, Path]) -> None:

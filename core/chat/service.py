@@ -338,8 +338,8 @@ class ChatService:
     def continue_reply(
         self, conversation_id: int, stop: threading.Event | None = None
     ) -> Generator[ChatEvent, None, None]:
-        """Let the shown branch's last reply, cut at its length limit or stopped, go on where it ended (a
-        model run here; a server cannot be asked to): its text grows, its figures add up."""
+        """Let the shown branch's last reply, cut at its length limit, stopped or interrupted, go on where
+        it ended (a model run here; a server cannot be asked to): its text grows, its figures add up."""
         with self.db.begin() as session:
             leaf = repo.leaf_id(session, self._row(session, conversation_id))
             reply = self._message(session, conversation_id, leaf, role="assistant")

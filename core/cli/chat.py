@@ -20,6 +20,7 @@ from core.chat.configs import ConfigStore
 from core.chat.limits import checked_message
 from core.chat.presets import PresetStore
 from core.chat.providers import ChatProvider, LocalProvider, OpenAICompatibleProvider
+from core.chat.reasoning import CLOSE, OPEN
 from core.chat.retrieval import FileUse
 from core.chat.service import ChatEvent, ChatService, FilesUsed, Trimmed
 from core.cli.common import library, load_with_notice, warn
@@ -265,10 +266,37 @@ def _interrupt_sets(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+class _ShadedReasoning:
+    """A thinking model's reasoning as a terminal shows it: dim, without its <think> tags, so that the
+    answer stands out (Ollama's REPL sets it apart too). A tag cut between two pieces is held back until
+    it is whole; text that only looked like the start of one goes out with the next piece."""
+
+    DIM, NORMAL = "\033[2m", "\033[0m"
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        text, self._held = self._held + piece, ""
+        for tag, shade in ((OPEN, self.DIM), (CLOSE, self.NORMAL)):
+            text = text.replace(tag, shade)
+        cut = text.rfind("<")
+        if cut >= 0 and any(tag.startswith(text[cut:]) for tag in (OPEN, CLOSE)):
+            text, self._held = text[:cut], text[cut:]
+        return text
+
+    def end(self) -> str:
+        """What is held back, and the normal colour again (a reply cut while it thought)."""
+        held, self._held = self._held, ""
+        return held + self.NORMAL
+
+
 def _reply(events: Iterable[ChatEvent]) -> ReplyStats | None:
-    """Print a reply's text as it comes (what else it says on stderr); its figures."""
+    """Print a reply's text as it comes (at a terminal, a reasoning shaded: `_ShadedReasoning`; what else
+    it says on stderr); its figures."""
     stats = None
     reading = False  # a progress line on a terminal's stderr while a long prompt is read
+    shade = _ShadedReasoning() if sys.stdout.isatty() else None
     for event in events:
         if isinstance(event, Reading):
             if sys.stderr.isatty():
@@ -279,14 +307,14 @@ def _reply(events: Iterable[ChatEvent]) -> ReplyStats | None:
             click.echo("\r\033[K", nl=False, err=True)
             reading = False
         if isinstance(event, TextDelta):
-            click.echo(event.text, nl=False)
+            click.echo(shade.feed(event.text) if shade else event.text, nl=False)
         elif isinstance(event, Trimmed):
             warn(f"[{event.dropped} older messages left out to fit the context]")
         elif isinstance(event, FilesUsed):
             warn(f"[{'; '.join(map(_file_used, event.uses))}]")
         elif isinstance(event, Finished):
             stats = event.stats
-    click.echo()
+    click.echo(shade.end() if shade else "")
     if stats is not None and stats.finish_reason == "stopped":  # Ctrl+C at a terminal
         warn("[stopped]")
     return stats

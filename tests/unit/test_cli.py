@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import signal
 import socket
@@ -321,6 +322,35 @@ def test_typed_at_a_terminal_a_long_prompt_shows_progress_and_ctrl_c_stops_the_r
     saved = _rows("SELECT role, finish_reason, length(content) FROM messages ORDER BY id")
     assert [row[:2] for row in saved] == [("user", None), ("assistant", "stopped")]
     assert saved[1][2] > 0  # kept as far as it got
+
+
+def test_typed_at_a_terminal_a_reasoning_is_shaded_and_its_tags_left_out() -> None:
+    """A thinking model's <think>…</think> was printed as it came, tags and all: at a terminal it is now
+    dim and the answer in the normal colour (piped, the text stays as written)."""
+    with FaultyOpenAIServer("reasoning:reasoning_content") as server:
+        assert run_cli("config", "add", "openai_compatible", "qwen3:8b", "--base-url", server.url,
+                       "--name", "gpu-box").returncode == 0  # fmt: skip
+        terminal, child_end = pty.openpty()
+        chat = subprocess.Popen(
+            [sys.executable, "-m", "core", "chat", "gpu-box"], cwd=PROJECT_ROOT, env=os.environ,
+            stdin=child_end, stdout=child_end, stderr=child_end,
+        )  # fmt: skip
+        os.close(child_end)
+        try:
+            seen = bytearray()
+            at = _read_until(terminal, ">>> ", seen)
+            os.write(terminal, b"Six times seven?\n")
+            end = _read_until(terminal, ">>> ", seen, start=_read_until(terminal, "seven?", seen, start=at))
+            os.write(terminal, b"\x04")
+            assert chat.wait(timeout=60) == 0
+        finally:
+            chat.kill()
+            os.close(terminal)
+        piped = run_cli("chat", "gpu-box", "-p", "Six times seven?")
+    shown = seen[at:end].decode()
+    assert re.search(r"\x1b\[2m\s*Six sevens make 42\.\s*\x1b\[0m\s*It is 42\.", shown), shown
+    assert "think>" not in shown
+    assert "<think>" in piped.stdout and "\x1b[" not in piped.stdout
 
 
 def test_typed_at_a_terminal_commands_go_on_start_over_and_quit(tmp_path: Path) -> None:

@@ -65,8 +65,8 @@ def _environment_proxies() -> dict[str, str]:
     return proxies
 
 
-def _shown(url: str) -> str:
-    """A proxy's address as shown: scheme, host and port, without a user name or password it may carry."""
+def shown_origin(url: str) -> str:
+    """An address as shown: scheme, host and port, without a user name or password it may carry."""
     scheme, _, rest = url.partition("://")
     return f"{scheme}://{rest.partition('/')[0].rpartition('@')[2]}"
 
@@ -74,12 +74,12 @@ def _shown(url: str) -> str:
 def download_proxy() -> str | None:
     """The proxy that requests to huggingface.co and other hosts on the internet go through, as shown."""
     url = _environment_proxies().get("https")
-    return _shown(url) if url else None
+    return shown_origin(url) if url else None
 
 
 def _proxy_transport(url: str) -> tuple[httpx2.HTTPTransport, str]:
     """A transport through the proxy at `url`, and the proxy's address as shown."""
-    shown = _shown(url)
+    shown = shown_origin(url)
     try:
         return httpx2.HTTPTransport(proxy=url), shown
     except ValueError as exc:  # a scheme httpx has no proxy for (ftp://, socks4://)

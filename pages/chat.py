@@ -4,11 +4,11 @@ from contextlib import closing, nullcontext
 from dataclasses import fields
 from datetime import date, datetime
 from functools import partial
-from urllib.parse import urlsplit
 
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
+from core import outbound
 from core.chat.archive import MAX_FILE_BYTES as ARCHIVE_BYTES
 from core.chat.attachments import FILE_TYPES, MAX_CHARACTERS
 from core.chat.attachments import MAX_FILE_BYTES as ATTACHMENT_BYTES
@@ -72,7 +72,7 @@ def pick_model() -> str | None:
 def select(conversation_id: int | None) -> None:
     st.session_state[state.CONVERSATION] = conversation_id
     st.session_state.pop("chat.confirm-delete", None)
-    st.session_state["chat.focus-wanted"] = "asked"  # type the next message without a click
+    st.session_state[state.FOCUS_WANTED] = "asked"  # type the next message without a click
 
 
 def conversation_list() -> Conversation | None:
@@ -194,8 +194,7 @@ def welcome(current: ProviderConfig) -> tuple[str | None, Preset | None]:
         where = "chat.stays_here" if access.is_local_client() else "chat.stays_on_server"
         st.caption(t(where, model=escape_markdown(current.model)))
     else:
-        address = urlsplit(current.base_url or "")
-        server = f"{address.scheme}://{address.netloc.rpartition('@')[2]}"  # no user name or password
+        server = outbound.shown_origin(current.base_url or "")
         st.caption(urls_as_code(t("chat.sent_to", model=escape_markdown(current.model), server=server)))
     clicked = None
     with st.container(horizontal=True):
@@ -532,7 +531,7 @@ else:
     options(conversation, current)
     history(conversation, current, going_on)
 message_box_keys(
-    st.session_state.pop("chat.focus-wanted", None if state.FOCUS_BOX in st.session_state else "page")
+    st.session_state.pop(state.FOCUS_WANTED, None if state.FOCUS_BOX in st.session_state else "page")
 )
 prompt = st.chat_input(
     t("chat.input"), max_chars=MAX_TEXT_CHARS, accept_file="multiple", file_type=list(FILE_TYPES),

@@ -409,9 +409,9 @@ class OpenAICompatibleProvider:
         (…/v1/chat/completions), lists models, that one is named."""
         address = self.base_url.rstrip("/")
         before, v1, _ = address.partition("/v1/")
-        candidates = [before + "/v1"] if v1 else [] if address.endswith("/v1") else [address + "/v1"]
-        for fixed in candidates:
-            with contextlib.suppress(ProviderError):
+        fixed = before + "/v1" if v1 else address.removesuffix("/v1") + "/v1"
+        with contextlib.suppress(ProviderError):
+            if fixed != address:  # already the API's address: nothing else to try
                 OpenAICompatibleProvider(fixed, self._api_key, self.model).list_models()
                 return ProviderError(
                     f"Nothing lists models at {self.base_url} (404), but {fixed} does: use that address.",

@@ -10,11 +10,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from urllib.parse import urlsplit
 
 import click
 import psutil
 
+from core import outbound
 from core.chat.attachments import MAX_FILE_BYTES, MAX_FILES, Attachment, read_attachment
 from core.chat.configs import ConfigStore
 from core.chat.limits import checked_message
@@ -26,6 +26,7 @@ from core.chat.service import ChatEvent, ChatService, FilesUsed, Trimmed
 from core.cli.common import library, load_with_notice, warn
 from core.errors import AttachmentError, MessageError, NotFoundError, ProviderError
 from core.hardware import peak_rss_bytes
+from core.hub.catalog import ModelSpec
 from core.hub.library import ModelLibrary
 from core.inference.events import Finished, Reading, ReplyStats, TextDelta
 from core.inference.loading import LoadedModel
@@ -100,21 +101,20 @@ def chat(
     attached = _attached(files)
 
     models_library = library()
-    server = _server_named(models_library, model)
+    target = _chat_target(models_library, model)
     chosen = None if preset is None else PresetStore(models_library.db).named(preset)
     interactive = prompt is None and sys.stdin.isatty()
     provider: ChatProvider
     loaded, load_s = None, 0.0
-    if server is not None:
+    if isinstance(target, ProviderConfig):
         if quantization or force:
             raise click.UsageError("--quantization and --force are for a model run on this machine.")
         provider = OpenAICompatibleProvider(
-            server.base_url or "", server.api_key, server.model, params=server.params
+            target.base_url or "", target.api_key, target.model, params=target.params
         )
-        address = urlsplit(server.base_url or "")  # said without a user name or password in it
-        key, where = server.name, f"{server.model} at {address.scheme}://{address.netloc.rpartition('@')[2]}"
+        key, where = target.name, f"{target.model} at {outbound.shown_origin(target.base_url or '')}"
     else:
-        key, prefs = models_library.get(model).key, models_library.preferences
+        key, prefs = target.key, models_library.preferences
         # Kept unpacked weights speed up later prompts, at the cost of a second's work between replies:
         # only a chat typed at a terminal has later prompts and time between them.
         options = {"idle_unload_s": 0, "keep_prompt_weights": interactive and prefs.get("prompt_copy")}
@@ -155,12 +155,11 @@ def chat(
     )
 
 
-def _server_named(models_library: ModelLibrary, name: str) -> ProviderConfig | None:
-    """The model server saved as `name` (its name or its model's, as `localllm config list` shows them)
-    where the catalog has no model of that name; None for a catalog model. NotFoundError where neither
-    has it, naming both."""
+def _chat_target(models_library: ModelLibrary, name: str) -> ModelSpec | ProviderConfig:
+    """The catalog's model called `name`, else the model server saved as `name` (its name or its
+    model's, as `localllm config list` shows them); NotFoundError where neither has it, naming both."""
     try:
-        models_library.get(name)
+        return models_library.get(name)
     except NotFoundError as exc:
         servers = [c for c in ConfigStore(models_library.db).list_configs() if c.provider != "local_model"]
         found = next((c for c in servers if name in (c.name, c.model)), None)
@@ -169,7 +168,6 @@ def _server_named(models_library: ModelLibrary, name: str) -> ProviderConfig | N
             raise NotFoundError(f"{exc.message[:-1]}, nor a model server saved as {name[:100]!r} (saved: "
                                 f"{names[:300]}).", key=name[:100]) from exc  # fmt: skip
         return found
-    return None
 
 
 def _attached(paths: tuple[str, ...]) -> list[Attachment]:

@@ -169,7 +169,7 @@ def _generate_options(
         "repetition_penalty": sampling.repetition_penalty,
         "stopping_criteria": StoppingCriteriaList([criterion]),
         "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
-        "eos_token_id": sorted(end_ids(parts.model.generation_config) | tokenizer.turn_end_ids),
+        "eos_token_id": sorted(_reply_end_ids(parts)),
         "top_k": sampling.top_k,
     }
     if not sampling.greedy:
@@ -222,6 +222,11 @@ def end_ids(generation_config: Any) -> set[int]:
     return set(end if isinstance(end, (list, tuple)) else [] if end is None else [end])
 
 
+def _reply_end_ids(parts: LoadedParts) -> set[int]:
+    """The tokens that end a reply: its generation_config's, and its chat template's end of turn."""
+    return end_ids(parts.model.generation_config) | parts.tokenizer.turn_end_ids
+
+
 def _request(
     parts: LoadedParts, prompt: Any, params: GenerationParams, streamer: ReplyStreamer,
     criterion: StopOnEvent, ignore_eos: bool, owner: str,
@@ -231,7 +236,7 @@ def _request(
     from core.inference.sampler import TokenChooser
 
     config = parts.model.generation_config
-    ends = end_ids(config) | parts.tokenizer.turn_end_ids
+    ends = _reply_end_ids(parts)
     prompt_ids = prompt.tolist()
     chooser = TokenChooser(sampling_for(params, config), parts.decoder.vocabulary, parts.info.device,
                            seen=prompt_ids, never=ends if ignore_eos else ())  # fmt: skip

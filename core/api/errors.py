@@ -60,12 +60,46 @@ class APIError(Exception):
         await send({"type": "http.response.body", "body": payload})
 
 
-def from_validation(exc: ValidationError) -> APIError:
-    """The first problem pydantic found, as one sentence naming the parameter."""
-    first = exc.errors()[0]
-    param = ".".join(str(part) for part in first["loc"]) or None
-    message = f"Invalid value for '{param}': {first['msg']}." if param else f"Invalid body: {first['msg']}."
-    return APIError(400, message, code="invalid_request", param=param)
+# pydantic's error types that mean "not of this type", as OpenAI names what it expected
+_EXPECTED = {"string_type": "a string", "list_type": "an array", "dict_type": "an object",
+             "model_type": "an object", "model_attributes_type": "an object", "int_type": "an integer",
+             "float_type": "a number", "bool_type": "a boolean"}  # fmt: skip
+
+
+def from_validation(exc: ValidationError, body: object) -> APIError:
+    """What pydantic found wrong with `body`, in one sentence naming the parameter as OpenAI does
+    (`messages[0].content`); of a union's members, the one that got furthest into the value speaks, and
+    one of the right type before those of other types."""
+    found = [(_place(error, body), error) for error in exc.errors()]
+    place = max((place for place, _ in found), key=len)
+    at_fault = [error for where, error in found if len(where) == len(place)]
+    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in place).lstrip(".")
+    expected = [_EXPECTED.get(error["type"]) for error in at_fault]
+    first = next((error for error in at_fault if error["type"] not in _EXPECTED), at_fault[0])
+    if not param:
+        message = f"Invalid body: {first['msg']}."
+    elif all(expected):
+        message = f"Invalid type for '{param}': expected {' or '.join(dict.fromkeys(expected))}."
+    elif first["type"] == "missing":
+        message = f"Missing required parameter: '{param}'."
+    else:
+        message = f"Invalid value for '{param}': {first['msg']}."
+    return APIError(400, message, code="invalid_request", param=param or None)
+
+
+def _place(error: Any, body: object) -> tuple[str | int, ...]:
+    """Where in `body` the error is: its location less the tags pydantic gives a union's members."""
+    place: list[str | int] = []
+    node, last = body, len(error["loc"]) - 1
+    for index, part in enumerate(error["loc"]):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and type(part) is int and 0 <= part < len(node)
+        ):
+            node = node[part]
+        elif not (index == last and error["type"] == "missing"):
+            continue  # a union member's tag (`str`, `list[ContentPart]`), not a place in the body
+        place.append(part)
+    return tuple(place)
 
 
 def from_core(exc: LocalLLMError, prompt: str = "messages") -> APIError:

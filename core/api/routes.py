@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -171,9 +172,11 @@ def _parse(raw: bytes, kind: type[Body]) -> Body:
     try:
         body = kind.model_validate_json(raw)
     except ValidationError as exc:
-        if any(error["type"] in ("json_invalid", "model_type") for error in exc.errors()):
+        if any(
+            error["type"] in ("json_invalid", "model_type") and not error["loc"] for error in exc.errors()
+        ):
             raise APIError(400, "The body is not a JSON object.", code="invalid_json") from None
-        raise from_validation(exc) from None
+        raise from_validation(exc, json.loads(raw)) from None
     if body.logit_bias:  # {}, which clients send by default, means none
         raise APIError(400, "This server does not apply 'logit_bias': send the request without it.",
                        code="unsupported_parameter", param="logit_bias")  # fmt: skip

@@ -120,6 +120,23 @@ def test_infinity_is_a_400_not_a_500(engine: LocalEngine) -> None:
     assert refused.json()["error"]["param"] == "max_tokens"
 
 
+def test_a_malformed_body_is_answered_with_the_place_and_what_was_expected(engine: LocalEngine) -> None:
+    cases = [  # (body beside the model, the parameter OpenAI would name, what the sentence says)
+        ({"messages": ["hi"]}, "messages[0]", "expected an object"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "a string or an array"),
+        ({"messages": [{"content": "hi"}]}, "messages[0].role", "Missing required parameter"),
+        ({"messages": HELLO, "stop": ["x" * 600]}, "stop[0]", "at most 500 characters"),
+        ({"messages": HELLO, "stream": True, "stream_options": 5}, "stream_options", "an object"),
+    ]
+    with serving(engine, ["tiny"]) as url:
+        for body, param, said in cases:
+            refused = post(url, {"model": "tiny", **body}).json()["error"]
+            assert (refused["param"], refused["code"]) == (param, "invalid_request")
+            assert said in refused["message"] and param in refused["message"]
+            assert not refused["param"].endswith(".str")  # no pydantic union tags (`content.str`)
+    assert engine.loaded is None
+
+
 def test_max_tokens_is_capped_to_what_the_context_leaves(engine: LocalEngine) -> None:
     with serving(engine, ["tiny"]) as url:
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)

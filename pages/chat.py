@@ -36,7 +36,6 @@ DEFAULT_TITLE = "New chat"
 SUGGESTIONS = 4  # first messages a new chat offers (chat.suggestion.1 … in the locales)
 MESSAGES_SHOWN = 40  # a conversation opens on its newest messages; each click shows as many earlier ones
 CONVERSATIONS_SHOWN = 100  # the sidebar lists the newest conversations; each click lists as many more
-GOES_ON = ("length", "stopped", "interrupted")  # how a reply ended that Continue offers to take further
 chat = resources.chat_service(access.current_user().owner)
 presets = PresetStore(resources.database(), access.current_user().owner)
 store = resources.config_store()
@@ -277,7 +276,7 @@ def stats_line(message: Message | ReplyStats) -> str:
     )
 
 
-def history(conversation: Conversation, current: ProviderConfig, going_on: bool) -> None:
+def history(conversation: Conversation, going_on: bool) -> None:
     """The shown branch's newest messages, and a button for earlier ones: the browser lays out every
     message drawn (with its copy and edit boxes), 3 s for a 100-turn conversation on 2 cores. A reply
     `going_on` is left to the reply that streams its next words."""
@@ -327,7 +326,7 @@ def history(conversation: Conversation, current: ProviderConfig, going_on: bool)
                         on_click=ask_again,
                         args=("regenerate",),
                     )
-                if last and message.finish_reason in GOES_ON and current.provider == "local_model":
+                if last and chat.goes_on(message):
                     st.button(
                         t("chat.continue"), icon=":material/play_arrow:", key="chat.continue",
                         help=t("chat.continue_help"), on_click=ask_again, args=("continue",),
@@ -529,7 +528,7 @@ if conversation is None:
 else:
     header(conversation)
     options(conversation, current)
-    history(conversation, current, going_on)
+    history(conversation, going_on)
 message_box_keys(
     st.session_state.pop(state.FOCUS_WANTED, None if state.FOCUS_BOX in st.session_state else "page")
 )

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core import outbound
-from core.chat.reasoning import CLOSE, OPEN
+from core.chat.reasoning import CLOSE, OPEN, split_reasoning
 from core.errors import ConfigError, ProviderError, ReplyBrokeOffError, ServerContextError
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
@@ -28,7 +28,10 @@ MAX_LISTED_MODELS = 1_000  # the model picker's choices: a server may list any n
 class ChatProvider(Protocol):
     model: str
     context_length: int
-    continues: bool  # whether a reply cut short can go on where it ended (`stream(go_on=True)`)
+
+    def continues(self, reply: str) -> bool:
+        """Whether a reply cut short (`reply`: its text so far) can go on where it ended (`go_on`)."""
+        ...
 
     def count_tokens(self, messages: Sequence[dict[str, str]], limit: int | None = None) -> int:
         """Prompt tokens; past `limit` the count may stop early at a number above it."""
@@ -57,7 +60,8 @@ class ChatProvider(Protocol):
 class LocalProvider:
     """A downloaded model run by the process-wide LocalEngine (`local_model`)."""
 
-    continues = True
+    def continues(self, reply: str) -> bool:
+        return True
 
     def __init__(self, engine: LocalEngine, key: str, config_params: GenerationParams | None = None) -> None:
         """`config_params`: the provider config's; those it sets apart from the product's defaults win over
@@ -99,6 +103,13 @@ class LocalProvider:
 # again, trimmed to it). Ollama shortens a long one itself. 8192 cut GPT-4o's conversations to 8k.
 UNKNOWN_CONTEXT_TOKENS = 131_072
 _CONTEXT: dict[tuple[str, str], int] = {}  # (base URL, model): its context window, as the server said
+# Servers that let a reply cut short go on in its message, by their listing's `owned_by`: vLLM and SGLang
+# take `continue_final_message` (as `localllm serve` does), llama.cpp's server and Ollama (its library's
+# models) continue a conversation that ends with the model's message. Others (OpenAI, LM Studio) would
+# start a new reply: not asked.
+CONTINUING_SERVERS = frozenset({"vllm", "sglang", "localllm", "llamacpp", "library"})
+GO_ON_FIELDS = {"continue_final_message": True, "add_generation_prompt": False}  # vLLM's names
+_OWNER: dict[tuple[str, str], str] = {}  # (base URL, model): who the server's listing says owns it
 MIN_CONTEXT_TOKENS = 512  # a smaller window said by a server is no chat model's: not believed
 _SAID_CONTEXT = (  # how servers say a model's context when they refuse a longer conversation
     re.compile(r"maximum context length is (\d{1,9}) tokens"),  # OpenAI's and vLLM's words
@@ -176,8 +187,8 @@ def said_context(base_url: str, model: str) -> int | None:
     return _CONTEXT.get((base_url, model))
 
 
-def _learn_contexts(base_url: str, listed: list[Any]) -> None:
-    """Each listed model's context window where the listing says it (vLLM's `max_model_len`,
+def _learn_listing(base_url: str, listed: list[Any]) -> None:
+    """Each listed model's owner and context window where the listing says it (vLLM's `max_model_len`,
     OpenRouter's `context_length`); what earlier refusals said of this server is forgotten (its models may
     have been loaded again with another context since: LM Studio's are 4096 tokens unless told)."""
     for key in [key for key in _CONTEXT if key[0] == base_url]:
@@ -185,6 +196,7 @@ def _learn_contexts(base_url: str, listed: list[Any]) -> None:
     for model in listed:
         if said := _context_tokens(model.get("max_model_len", model.get("context_length"))):
             _CONTEXT[(base_url, str(model["id"]))] = said
+        _OWNER[(base_url, str(model["id"]))] = str(model.get("owned_by", ""))[:40]
 
 
 def _context_said(body: dict[str, Any]) -> int | None:
@@ -318,8 +330,6 @@ def _explain(exc: Exception, base_url: str, secret: str | None = None) -> Provid
 class OpenAICompatibleProvider:
     """Any OpenAI-compatible server (vLLM, Ollama, LM Studio, OpenAI) through the official client."""
 
-    continues = False
-
     def __init__(
         self, base_url: str, api_key: str | None, model: str, timeout_s: float = 60.0,
         params: GenerationParams | None = None,
@@ -348,6 +358,20 @@ class OpenAICompatibleProvider:
     def context_length(self) -> int:
         return said_context(self.base_url, self.model) or UNKNOWN_CONTEXT_TOKENS
 
+    def continues(self, reply: str) -> bool:
+        """Whether the server lets a reply go on in its message (`CONTINUING_SERVERS`, by its listing:
+        asked once a process where none was read yet) and the reply holds no reasoning (a server sends
+        that apart from the answer: what it would make of the two in one message is its own)."""
+        if split_reasoning(reply).reasoning is not None:
+            return False
+        key = (self.base_url, self.model)
+        if key not in _OWNER:
+            _OWNER[key] = ""  # a server that cannot list now is not asked again
+            with contextlib.suppress(ProviderError):
+                self.list_models()
+        refused = _REFUSED.get(key, frozenset())
+        return _OWNER[key] in CONTINUING_SERVERS and not refused & GO_ON_FIELDS.keys()
+
     def list_models(self) -> list[str]:
         """The server's models; no retries (someone is waiting at the page: a refused connection took 4 s).
 
@@ -369,7 +393,7 @@ class OpenAICompatibleProvider:
         try:
             listed = answer.json()["data"]
             ids = {model["id"] for model in listed}
-            _learn_contexts(self.base_url, listed)
+            _learn_listing(self.base_url, listed)
         except (ValueError, KeyError, TypeError) as exc:  # not JSON, no list of models, a model without id
             raise ProviderError(
                 f"{self.base_url} answered, but not as an OpenAI-compatible server: check the address "
@@ -395,6 +419,9 @@ class OpenAICompatibleProvider:
                 return self._client.chat.completions.create(**request)
             except openai.BadRequestError as exc:
                 dropped = _refused_by(exc, request)
+                if dropped & GO_ON_FIELDS.keys():  # sent without them, the reply would start anew
+                    _REFUSED[(self.base_url, self.model)] = refused | dropped
+                    raise cannot_go_on() from exc
                 if not dropped:
                     raise
                 logger.info(
@@ -439,21 +466,21 @@ class OpenAICompatibleProvider:
     ) -> Iterator[Event]:
         import openai
 
-        if go_on:  # OpenAI's API has no way to ask for it (vLLM's and llama.cpp's differ)
-            raise ProviderError(
-                "A server's reply cannot go on where it ended: regenerate it with a higher Max new tokens.",
-                reason="continue_not_here",
-            )
+        if go_on and not self.continues(messages[-1]["content"]):
+            raise cannot_go_on()
         started = time.perf_counter()
         first_at: float | None = None
         pieces = 0
         finish, usage = None, None
         reasoning = _ReasoningAsText()
         try:
-            response = self._create({
+            request = {
                 "model": self.model, "messages": list(messages), "stream": True,
                 "stream_options": {"include_usage": True}, **sampling_fields(params),
-            })  # fmt: skip
+            }  # fmt: skip
+            if go_on:
+                request["extra_body"] = request.get("extra_body", {}) | GO_ON_FIELDS
+            response = self._create(request)
             with response:
                 for chunk in response:
                     if stop.is_set():
@@ -495,6 +522,13 @@ class OpenAICompatibleProvider:
                 model=self.model,
             )
         )
+
+
+def cannot_go_on() -> ProviderError:
+    return ProviderError(
+        "This server cannot let a reply go on where it ended: regenerate it with a higher Max new tokens.",
+        reason="continue_not_here",
+    )
 
 
 def _counted(usage: Any, field: str, otherwise: int) -> int:

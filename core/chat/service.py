@@ -15,7 +15,7 @@ from core.chat.attachments import MAX_FILES, Attachment, read_attachment
 from core.chat.branches import Turn
 from core.chat.limits import checked_length, checked_message
 from core.chat.presets import Preset
-from core.chat.providers import ChatProvider
+from core.chat.providers import ChatProvider, cannot_go_on
 from core.chat.reasoning import split_reasoning
 from core.chat.retrieval import FileText, FileUse, with_files
 from core.errors import (
@@ -66,8 +66,16 @@ class _Prompt:
     notes: tuple[Trimmed | FilesUsed, ...]
 
 
+GOES_ON = ("length", "stopped", "interrupted")  # how a reply ended that may go on (`continue_reply`)
 GO_ON_ROOM = 64  # tokens a reply that goes on needs beside it at least (it may take all the context leaves)
 TRIM_MARKS = 2  # a long history may be cut where its running size passes a multiple of half the budget
+
+
+def _no_room_to_go_on() -> MessageError:
+    return MessageError(
+        "This reply fills what the model's context leaves: it cannot go on here. Ask for the rest in a new "
+        "message.", reason="continue_no_room",
+    )  # fmt: skip
 
 
 def trim_history(
@@ -335,17 +343,27 @@ class ChatService:
             raise MessageError("There is no message to answer.")
         return self._reply(conversation_id, stop or threading.Event(), after=question)
 
+    def goes_on(self, reply: Message) -> bool:
+        """Whether `reply` can go on where it ended (`continue_reply`): it was cut at its length limit,
+        stopped or interrupted, and what answers now lets it (a model run here; a server, as it can)."""
+        return (
+            reply.role == "assistant" and reply.finish_reason in GOES_ON and bool(reply.content.strip())
+            and self.provider().continues(reply.content)
+        )  # fmt: skip
+
     def continue_reply(
         self, conversation_id: int, stop: threading.Event | None = None
     ) -> Generator[ChatEvent, None, None]:
         """Let the shown branch's last reply, cut at its length limit, stopped or interrupted, go on where
-        it ended (a model run here; a server cannot be asked to): its text grows, its figures add up."""
+        it ended (`goes_on`): its text grows, its figures add up."""
         with self.db.begin() as session:
             leaf = repo.leaf_id(session, self._row(session, conversation_id))
             reply = self._message(session, conversation_id, leaf, role="assistant")
             if not reply.content.strip():
                 raise MessageError("There is no reply to go on with.")
-            reply_id = reply.id
+            reply_id, text = reply.id, reply.content
+        if not self.provider().continues(text):
+            raise cannot_go_on()
         return self._reply(conversation_id, stop or threading.Event(), going_on=reply_id)
 
     def edit(
@@ -455,7 +473,10 @@ class ChatService:
             raise
         except Exception as exc:
             logger.warning("reply %d failed: %s", reply_id, getattr(exc, "message", exc))
-            self._save_reply(reply_id, text, finish_reason="error")
+            if earlier is not None and text == earlier.content.rstrip():  # it did not go on: as it was
+                self._save_reply(reply_id, earlier.content, finish_reason=earlier.finish_reason)
+            else:
+                self._save_reply(reply_id, text, finish_reason="error")
             raise
         finally:
             if not finished and not stop.is_set():
@@ -505,12 +526,12 @@ class ChatService:
         except ContextLengthError as exc:
             if not going_on:
                 raise
-            raise MessageError(
-                "This reply fills what the model's context leaves: it cannot go on here. Ask for the rest "
-                "in a new message.", reason="continue_no_room",
-            ) from exc  # fmt: skip
+            raise _no_room_to_go_on() from exc
         if dropped:
             notes.append(Trimmed(dropped))
+        if going_on:  # what the context leaves (a server may refuse more: vLLM and OpenAI do)
+            room = provider.context_length - provider.count_tokens(messages)
+            params = replace(params, max_new_tokens=max(1, min(params.max_new_tokens, room)))
         return _Prompt(params, messages, tuple(uses), tuple(notes))
 
     def _within_context(
@@ -529,7 +550,12 @@ class ChatService:
             self._save_reply(reply_id, "", sources=[use.to_dict() for use in prompt.uses] or None)
             yield from prompt.notes
             stream = provider.stream(prompt.messages, prompt.params, stop, **options)
-            first = next(stream, None)
+            try:
+                first = next(stream, None)
+            except ServerContextError as again:
+                if not go_on:
+                    raise
+                raise _no_room_to_go_on() from again  # the reply so far fills the server's context
         if first is not None:
             yield first
             yield from stream

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,14 @@ import pytest
 from core.chat.configs import ConfigStore
 from core.chat.limits import MAX_TEXT_CHARS
 from core.chat.presets import PresetStore
-from core.chat.providers import LocalProvider, OpenAICompatibleProvider, provider_for_config
+from core.chat.providers import LocalProvider, provider_for_config
 from core.chat.service import ChatService, TranscriptWords, Trimmed, trim_history
-from core.errors import ConfigError, ContextLengthError, MessageError, NotFoundError, ProviderError
+from core.errors import ConfigError, ContextLengthError, MessageError, NotFoundError
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
 from core.storage.db import Database
+from tests.fixtures.serving import serving
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
 from ui.i18n import error_text
 
@@ -353,9 +355,36 @@ def test_a_reply_cut_at_its_length_goes_on_where_it_ended(
     assert stopped.finish_reason == "stopped" and stopped.content == grown.content.rstrip() + "".join(pieces)
     with pytest.raises(NotFoundError):  # no reply to go on with
         chat.continue_reply(chat.new_conversation().id)
-    server = OpenAICompatibleProvider("http://127.0.0.1:9/v1", None, "gpt-4o")  # OpenAI's API cannot ask
-    with pytest.raises(ProviderError, match="cannot go on"):
-        list(server.stream([{"role": "user", "content": "Hi"}], GenerationParams(), stop, go_on=True))
+
+
+def test_a_servers_reply_cut_short_goes_on_where_the_server_lets_it(
+    database: Database, tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """vLLM, SGLang, llama.cpp's server, Ollama and `localllm serve` let a reply go on in its message
+    (`continue_final_message`, or a conversation that ends with the model's message): Continue was not
+    offered for any server, so a LAN user of another machine's `localllm serve` had none. A real
+    `localllm serve` on loopback answers here; the reply grows as the same model's does run here."""
+    here, engine = _endless_chat(database, tmp_path, max_new_tokens=6)
+    asked_here = here.new_conversation()
+    list(here.send(asked_here.id, "Tell me a story"))
+    list(here.continue_reply(asked_here.id))
+    [_, grown_here] = here.messages(asked_here.id)
+    store = ConfigStore(database)
+    with serving(engine, ["endless"]) as url:
+        params = GenerationParams(temperature=0, max_new_tokens=6)
+        store.set_current_config(store.save_config("openai_compatible", "endless", url, params=params))
+        chat = ChatService(database, lambda: provider_for_config(store.get_current_config(), engine))
+        conversation = chat.new_conversation()
+        list(chat.send(conversation.id, "Tell me a story"))
+        [_, cut] = chat.messages(conversation.id)
+        assert cut.finish_reason == "length" and chat.goes_on(cut)
+        more = "".join(e.text for e in chat.continue_reply(conversation.id) if isinstance(e, TextDelta))
+    [_, grown] = chat.messages(conversation.id)
+    assert grown.id == cut.id and more and grown.content == cut.content.rstrip() + more
+    assert (grown.finish_reason, grown.completion_tokens) == ("length", 12)
+    assert grown.content == grown_here.content  # went on from where it ended, not a new reply
+    reasoned = replace(cut, content="<think>Plan it.</think>Once upon")  # a server sends it apart
+    assert not chat.goes_on(reasoned)
 
 
 def test_a_reply_that_goes_on_keeps_its_files_with_its_question(

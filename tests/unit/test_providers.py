@@ -16,7 +16,7 @@ from core.chat import providers
 from core.chat.configs import ConfigStore
 from core.chat.providers import MAX_LISTED_MODELS, OpenAICompatibleProvider, provider_for_config
 from core.chat.service import ChatService, Trimmed
-from core.errors import ConfigError, LocalLLMError, ProviderError
+from core.errors import ConfigError, LocalLLMError, MessageError, ProviderError
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, TextDelta
 from core.inference.params import GenerationParams
@@ -427,3 +427,57 @@ def test_a_servers_own_words_for_an_error_are_in_the_sentence_without_the_key(in
         _stream(OpenAICompatibleProvider(server.url, secret, "m"))
     assert refused.value.message == "The server answered with an error (HTTP 400): injected"
     assert in_chinese(refused.value) == "远程服务出错：服务器返回了错误（HTTP 400）：injected"
+
+
+def test_a_server_that_cannot_continue_a_reply_is_not_asked_to(in_chinese) -> None:
+    stop, hello = (
+        threading.Event(),
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}],
+    )
+    with FaultyOpenAIServer("strict", listing={"data": [{"id": "gpt-4o", "owned_by": "system"}]}) as server:
+        openai = OpenAICompatibleProvider(server.url, None, "gpt-4o")  # OpenAI's API has no way to ask
+        assert not openai.continues("Hel")
+        with pytest.raises(ProviderError, match="cannot let a reply go on") as refused:
+            list(openai.stream(hello, GenerationParams(), stop, go_on=True))
+        assert not server.bodies and "接着生成" in error_text(refused.value)
+    # A server that says it is vLLM but refuses the field (an older one behind a strict proxy) is not
+    # asked again without it, which would start a new reply in its place.
+    with FaultyOpenAIServer("strict", listing={"data": [{"id": "qwen", "owned_by": "vllm"}]}) as server:
+        vllm = OpenAICompatibleProvider(server.url, None, "qwen")
+        assert vllm.continues("Hel")
+        with pytest.raises(ProviderError, match="cannot let a reply go on"):
+            list(vllm.stream(hello, GenerationParams(), stop, go_on=True))
+        assert len(server.bodies) == 1 and server.bodies[0]["continue_final_message"] is True
+        assert not vllm.continues("Hel")
+
+
+def test_a_reply_near_the_servers_context_goes_on_with_the_room_it_leaves(database: Database) -> None:
+    """vLLM refuses a request whose prompt and max_tokens pass its context: a long reply that went on
+    asked for all of Max new tokens again. It asks for what the context leaves; where the server's
+    tokens outnumber the estimate, two refusals say the reply cannot go on (not "shorten the message")."""
+    listing = {"data": [{"id": "m", "owned_by": "vllm", "max_model_len": 3000}]}
+    with FaultyOpenAIServer("context:openai:3000", listing=listing) as server:
+        provider = OpenAICompatibleProvider(server.url, None, "m")
+        chat = ChatService(database, lambda: provider)
+        conversation = chat.new_conversation()
+        list(chat.send(conversation.id, "Write on"))
+        cut = chat.edit_reply(conversation.id, chat.messages(conversation.id)[-1].id, "y " * 4200)
+        list(chat.continue_reply(conversation.id))
+    asked = server.bodies[-1]
+    assert len(server.bodies) == 2 and asked["continue_final_message"] is True
+    assert asked["messages"][-1] == {"role": "assistant", "content": cut.content.rstrip()}
+    assert 1 <= asked["max_tokens"] <= 3000 - provider.count_tokens(asked["messages"])
+    assert chat.messages(conversation.id)[-1].content == cut.content.rstrip() + REASONED_ANSWER
+    with FaultyOpenAIServer(
+        "context:openai:3000:2", listing={"data": [{"id": "m", "owned_by": "vllm"}]}
+    ) as server:
+        provider = OpenAICompatibleProvider(server.url, None, "m")  # 2 characters a token, not 3 or 4
+        chat = ChatService(database, lambda: provider)
+        conversation = chat.new_conversation()
+        list(chat.send(conversation.id, "Write on"))
+        cut = chat.edit_reply(conversation.id, chat.messages(conversation.id)[-1].id, "y " * 2500)
+        with pytest.raises(MessageError, match="fills what the model's context leaves"):
+            list(chat.continue_reply(conversation.id))
+        assert len(server.bodies) == 3  # the question, then the continuation refused twice
+    kept = chat.messages(conversation.id)[-1]
+    assert (kept.content, kept.finish_reason) == (cut.content, cut.finish_reason)  # as it was

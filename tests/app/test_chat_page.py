@@ -300,6 +300,23 @@ def test_a_reply_cut_at_its_length_goes_on_with_continue(new_app, endless_model:
     assert not [button for button in elsewhere.button if button.key == "chat.continue"]
 
 
+def test_a_servers_reply_cut_short_goes_on_where_the_server_lets_it(new_app, db_url: str) -> None:
+    chunk = ('{"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "qwen", "choices": '
+             '[{"index": 0, "delta": {"content": "Once upon"}, "finish_reason": "length"}]}')  # fmt: skip
+    listing = {"data": [{"id": "qwen", "owned_by": "vllm"}]}  # vLLM lists itself as the owner
+    with FaultyOpenAIServer(f"stream:{chunk}", listing=listing) as server:
+        store = ConfigStore(Database(db_url))
+        store.set_current_config(store.save_config("openai_compatible", "qwen", server.url))
+        at, chat, conversation = _asked(new_app, "Tell me a story")
+        at.button(key="chat.continue").click().run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+    asked = server.bodies[-1]
+    assert asked["continue_final_message"] is True and asked["add_generation_prompt"] is False
+    assert asked["messages"][-1] == {"role": "assistant", "content": "Once upon"}
+    [_, grown] = chat.messages(conversation.id)
+    assert grown.content == "Once uponOnce upon"
+
+
 def test_settings_stored_as_whole_numbers_open_in_the_form(new_app, ready_model: str, db_url: str) -> None:
     # JSON writes 0 and 1 for a temperature of 0 and a top-p of 1 (an export from elsewhere, a config),
     # and a program may write 64.0 tokens: the form's sliders refused an int, its number boxes a float,

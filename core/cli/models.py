@@ -19,11 +19,9 @@ def models() -> int:
     models_library = library()
     for spec in models_library.models():
         status = models_library.status(spec.key)
-        shown = (
-            f"{status.kind} {status.fraction:.0%}"
-            if status.kind in ("partial", "downloading")
-            else status.kind
-        )
+        shown = status.kind.replace("_", " ")  # not downloaded, partial 40 %, ready, damaged
+        if status.kind in ("partial", "downloading"):
+            shown += f" {status.fraction:.0%}"
         size = format_bytes(spec.download_bytes) if spec.download_bytes else "?"
         click.echo(f"{spec.key:<24} {spec.repo_id:<44} {size:>9}  {shown}")
     return 0

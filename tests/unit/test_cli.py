@@ -91,6 +91,7 @@ def test_bad_input_gives_one_clear_line_and_a_nonzero_exit() -> None:
 def test_models_lists_the_catalog() -> None:
     result = run_cli("models")
     assert "qwen2.5-0.5b" in result.stdout and "TinyLlama/TinyLlama-1.1B-Chat-v1.0" in result.stdout
+    assert "not downloaded" in result.stdout and "not_downloaded" not in result.stdout  # words, not a code
 
 
 def test_a_one_question_chat_replies_keeps_the_conversation_and_ends_with_its_code(

@@ -26,7 +26,7 @@ from core.storage.records import AttachmentInfo, Conversation, Message, Provider
 from core.units import format_bytes
 from ui import access, resources, state
 from ui.i18n import error_text, has, ordinal, t
-from ui.markup import escape_markdown, urls_as_code
+from ui.markup import as_typed, escape_markdown, urls_as_code
 from ui.periods import browser_zone, period_of
 from ui.presets import new_chat_preset, preset_picker
 from ui.replies import reply_body, settle_interrupted_reply, streaming, write_reply
@@ -297,7 +297,7 @@ def history(conversation: Conversation, going_on: bool) -> None:
         message, last = turn.message, index == len(turns) - 1
         with st.chat_message(message.role):
             if message.role == "user":
-                st.markdown(escape_markdown(message.content))  # the user's text, never HTML or Markdown
+                st.markdown(as_typed(message.content))  # the user's text, never HTML or Markdown
                 for info in attached.get(message.id, []):
                     st.caption(attachment_line(info))
                 with st.container(horizontal=True, vertical_alignment="center"):
@@ -481,7 +481,7 @@ def ask(
         if preset is not None:
             chat.apply_preset(conversation.id, preset)
     with st.chat_message("user"):
-        st.markdown(escape_markdown(text))
+        st.markdown(as_typed(text))
         for upload in uploads:
             st.caption(f":material/attach_file: {escape_markdown(upload.name)} · {format_bytes(upload.size)}")
     stop = threading.Event()

@@ -22,6 +22,8 @@ _LINE_START = re.compile(r"(?m)^([ \t]*)(\d+(?=[.)])|[-+=](?=[-=+ \t]|$))")
 # Fenced code blocks (``` or ~~~, to the matching fence or the end) and inline code spans.
 _CODE = re.compile(r"(?ms)^[ ]{0,3}(`{3,}|~{3,}).*?(?:^[ ]{0,3}\1[`~]*[ \t]*$|\Z)|(`+)(?!`).+?(?<!`)\2(?!`)")
 _IMAGE = re.compile(r"!(?=\s*\[)")
+_ENTITY = re.compile(r"&(?=#?\w+;)")  # `&copy;` shows as typed, not as ©; `?a=1&b=2` needs nothing
+_SPACES = re.compile(r"^ +| {2,}")  # spaces that Markdown would drop or collapse: a line's indent, a run
 # A bare http(s) URL up to whitespace, quotes, brackets, a backslash (none is in an address: one is
 # Markdown's escape) or CJK punctuation (fullwidth forms included).
 _BARE_URL = re.compile(r"https?://[^\s`<>\"'()\[\]\\\u3000-\u303f\uff00-\uffef]+")
@@ -40,7 +42,19 @@ _BLOCKS = MarkdownIt("commonmark").enable("table")
 def escape_markdown(text: str) -> str:
     """User text shown inside Markdown: every Markdown character escaped, so it renders as typed."""
     escaped = "".join("\\" + ch if ch in _MARKDOWN_SPECIALS else ch for ch in text)
-    return _LINE_START.sub(_escape_marker, escaped)
+    return _ENTITY.sub(r"\\\g<0>", _LINE_START.sub(_escape_marker, escaped))
+
+
+def as_typed(text: str) -> str:
+    """A person's message as Markdown that shows it as typed: every character as it is (`escape_markdown`),
+    and its lines, blank lines and runs of spaces kept (Markdown joins lines and collapses spaces: a
+    pasted poem or piece of code lost its shape)."""
+    typed = text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").expandtabs(4)
+    lines = escape_markdown(typed).split("\n")
+    kept = [_SPACES.sub(lambda run: "&nbsp;" * len(run.group()), line) or "&nbsp;" for line in lines]
+    return "  \n".join(
+        kept
+    )  # hard line breaks; no-break spaces (as entities: a paragraph's start is trimmed)
 
 
 def as_text(text: str) -> str:

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.fixtures.markdown import RENDERER, visible_text
-from ui.markup import escape_markdown, math_as_dollars, reply_markdown, settled_length, urls_as_code
+from ui.markup import as_typed, escape_markdown, math_as_dollars, reply_markdown, settled_length, urls_as_code
 
 
 @pytest.mark.parametrize(
@@ -23,6 +23,7 @@ from ui.markup import escape_markdown, math_as_dollars, reply_markdown, settled_
         "<img src=x onerror=alert(1)><script>alert(2)</script>",
         "back\\slash | pipe > quote {braces} $math$",
         "中文和 English 混合 😀",
+        "&copy; is not &#169;, &amp; stays &amp; (?a=1&b=2)",
     ],
 )
 def test_user_text_shows_exactly_as_typed(text: str) -> None:
@@ -31,6 +32,24 @@ def test_user_text_shows_exactly_as_typed(text: str) -> None:
         "<img" not in rendered and "<li" not in rendered and "<h1" not in rendered and "<h2" not in rendered
     )
     assert visible_text(escape_markdown(text)).split() == text.split()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "def area(r):\n    return 3.14 * r * r\n\n\n# two blank lines above",
+        "床前明月光，\n疑是地上霜。",
+        "name:  Ada\tage: 36\r\nrole: *admin*",
+        "  - indented, not a list\n1. nor this\n    nor code",
+    ],
+)
+def test_a_message_keeps_its_lines_blank_lines_and_spaces(text: str) -> None:
+    # Markdown joined a message's lines and collapsed its spaces: pasted code or a poem lost its shape.
+    rendered = RENDERER.render(as_typed(text))
+    assert not re.search(r"<(pre|code|li|h\d|em|strong)\b", rendered)
+    shown = html.unescape(re.sub(r"<[^>]+>", "", rendered.replace("<br />\n", "\n"))).strip("\n")
+    typed = text.replace("\r\n", "\n").expandtabs(4)
+    assert shown.replace("\u00a0", " ").split("\n") == [line or " " for line in typed.split("\n")]
 
 
 @pytest.mark.parametrize(

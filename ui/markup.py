@@ -23,6 +23,8 @@ _LINE_START = re.compile(r"(?m)^([ \t]*)(\d+(?=[.)])|[-+=](?=[-=+ \t]|$))")
 _CODE = re.compile(r"(?ms)^[ ]{0,3}(`{3,}|~{3,}).*?(?:^[ ]{0,3}\1[`~]*[ \t]*$|\Z)|(`+)(?!`).+?(?<!`)\2(?!`)")
 _IMAGE = re.compile(r"!(?=\s*\[)")
 _ENTITY = re.compile(r"&(?=#?\w+;)")  # `&copy;` shows as typed, not as ©; `?a=1&b=2` needs nothing
+# A line break between two lines of text (not after a backslash, Markdown's own hard break, or LaTeX's).
+_SOFT_BREAK = re.compile(r"(?<=[^\s\\])[ \t]*\n(?=[ \t]*\S)")
 _SPACES = re.compile(r"^ +| {2,}")  # spaces that Markdown would drop or collapse: a line's indent, a run
 # A bare http(s) URL up to whitespace, quotes, brackets, a backslash (none is in an address: one is
 # Markdown's escape) or CJK punctuation (fullwidth forms included).
@@ -91,10 +93,13 @@ def _escape_marker(match: re.Match[str]) -> str:
 
 def reply_markdown(text: str, image_label: str = "image:") -> str:
     """A model's reply as Markdown that loads nothing: each image `![alt](url)` becomes the label and a
-    plain link to it, and its math is in the delimiters Streamlit renders (`math_as_dollars`), outside
-    code blocks and code spans, which show it as written."""
+    plain link to it, its math is in the delimiters Streamlit renders (`math_as_dollars`), and a line
+    break inside a paragraph stays one (a poem, an address: Markdown joined them into one line, as chat
+    apps do not), outside code blocks and code spans, which show it as written."""
     label = escape_markdown(image_label) + " "
-    return _outside_code(text, lambda part: math_as_dollars(_IMAGE.sub(lambda _m: label, part)))
+    return _outside_code(
+        text, lambda part: _SOFT_BREAK.sub("  \n", math_as_dollars(_IMAGE.sub(lambda _m: label, part)))
+    )
 
 
 def math_as_dollars(text: str) -> str:

@@ -7,6 +7,8 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from ui.markup import reply_markdown
+
 REPLY = (
     "## Steps\n\nFirst a paragraph.\n\n1. one\n2. two\n\n3. three\n\n```python\nx = 1\n\ny = 2\n```\n\n"
     "| a | b |\n|---|---|\n| 1 | 2 |\n\nThe end."
@@ -35,7 +37,8 @@ def _every_piece_drawn(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_streamed_reply_shows_each_block_once_in_order() -> None:
     at = stream(REPLY)
     shown = [markdown.value for markdown in at.markdown]
-    assert "\n\n".join(shown) == REPLY  # nothing lost, nothing twice (each block without its blank line)
+    # nothing lost, nothing twice (each block without its blank line; its line breaks kept as breaks)
+    assert "\n\n".join(shown) == reply_markdown(REPLY)
     assert len(shown) >= 5  # finished blocks were drawn as they came, not the whole reply every time
 
 
@@ -46,7 +49,7 @@ def test_reasoning_that_turns_out_to_be_reasoning_moves_into_its_fold() -> None:
     [fold] = at.expander
     assert [markdown.value for markdown in fold.markdown] == ["Let me think.\n\nThe user wants a list."]
     answer = [markdown.value for markdown in at.markdown if markdown not in fold.markdown]
-    assert answer == ["Here it is:", "- a\n- b"]
+    assert answer == ["Here it is:", reply_markdown("- a\n- b")]
 
 
 def test_a_thinking_reply_keeps_its_reasoning_apart_while_it_thinks() -> None:

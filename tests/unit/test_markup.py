@@ -78,6 +78,22 @@ def test_code_in_a_reply_is_left_as_written() -> None:
     )
 
 
+def test_a_replys_line_breaks_stay_line_breaks_and_its_blocks_stay_blocks() -> None:
+    # A poem or an address from the model was shown as one line ("床前明月光， 疑是地上霜。").
+    reply = (
+        "床前明月光，\n疑是地上霜。\n\nTo: Ada\n1 Main St\n\n```python\na = 1\nb = 2\n```\n\n"
+        "| n | fib |\n|---|---|\n| 10 | 55 |\n\nTitle\n===\n\n- one\n- two\n\nkept\\\nas is"
+    )
+    rendered = RENDERER.render(reply_markdown(reply))
+    assert (
+        "<p>床前明月光，<br />\n疑是地上霜。</p>" in rendered
+        and "<p>To: Ada<br />\n1 Main St</p>" in rendered
+    )
+    assert '<code class="language-python">a = 1\nb = 2\n</code>' in rendered  # code as written
+    assert "<td>55</td>" in rendered and "<h1>Title</h1>" in rendered and "<li>two</li>" in rendered
+    assert "<p>kept<br />\nas is</p>" in rendered  # Markdown's own hard break, untouched
+
+
 @pytest.mark.parametrize(
     ("sentence", "addresses", "after"),
     [

@@ -282,15 +282,15 @@ def speed_text(key: str, estimate: MemoryEstimate, bandwidth: float | None) -> s
         text = cpu_speed_text(estimate, bandwidth, engine.decode_efficiency())
     with resources.database().begin() as session:
         measured = repo.measured_tokens_per_s(session, key)
-    return text + (t("models.measured", tps=f"{measured:.1f}") if measured else "")
+    return text + (t("models.measured", tps=f"{measured:,.1f}") if measured else "")
 
 
 def cpu_speed_text(estimate: MemoryEstimate, bandwidth: float, efficiency: float) -> str:
     bound = decode_tokens_per_s_bound(estimate, bandwidth)
     return t(
         "models.speed",
-        tps=f"{bound * efficiency:.0f}",
-        bound=f"{bound:.0f}",
+        tps=f"{bound * efficiency:,.0f}",
+        bound=f"{bound:,.0f}",
         efficiency=f"{efficiency * 100:.0f}",
         bandwidth=f"{bandwidth / 1e9:.0f}",
         weights=format_bytes(estimate.read_per_token_bytes),

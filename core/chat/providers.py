@@ -60,9 +60,6 @@ class ChatProvider(Protocol):
 class LocalProvider:
     """A downloaded model run by the process-wide LocalEngine (`local_model`)."""
 
-    def continues(self, reply: str) -> bool:
-        return True
-
     def __init__(self, engine: LocalEngine, key: str, config_params: GenerationParams | None = None) -> None:
         """`config_params`: the provider config's; those it sets apart from the product's defaults win over
         the publisher's."""
@@ -73,6 +70,9 @@ class LocalProvider:
     @property
     def context_length(self) -> int:
         return self.engine.context_tokens(self.model)
+
+    def continues(self, reply: str) -> bool:
+        return True
 
     def default_params(self) -> GenerationParams:
         """What the model's publisher recommends, with what the provider config changed on top."""

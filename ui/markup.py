@@ -53,10 +53,13 @@ def as_typed(text: str) -> str:
     pasted poem or piece of code lost its shape)."""
     typed = text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").expandtabs(4)
     lines = escape_markdown(typed).split("\n")
-    kept = [_SPACES.sub(lambda run: "&nbsp;" * len(run.group()), line) or "&nbsp;" for line in lines]
-    return "  \n".join(
-        kept
-    )  # hard line breaks; no-break spaces (as entities: a paragraph's start is trimmed)
+    kept = [_SPACES.sub(_no_break, line) or "&nbsp;" for line in lines]
+    return "  \n".join(kept)  # hard line breaks
+
+
+def _no_break(run: re.Match[str]) -> str:
+    """Spaces as no-break spaces, the first as an entity (a paragraph's start is trimmed of the character)."""
+    return "&nbsp;" + "\u00a0" * (len(run.group()) - 1)
 
 
 def as_text(text: str) -> str:

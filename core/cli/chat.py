@@ -34,13 +34,15 @@ from core.inference.params import DEFAULT_TOP_K
 from core.preferences import QUANTIZATIONS
 from core.storage.records import ProviderConfig
 
-PROMPT = ">>> "
+PROMPT, MORE = ">>> ", "... "  # the prompt, and the one for the next line of a message of several
+QUOTES = '"""'  # a message of several lines goes between them, as in Ollama's REPL
 # What a line typed at the prompt may ask instead of a message (Ollama's /bye and /clear among them).
 COMMANDS = {
     "/continue": "let the last reply go on where it ended",
     "/clear": "a new conversation (the earlier messages are left out)",
     "/bye": "quit (as Ctrl+D; /exit and /quit too)",
     "/?": "these commands",
+    QUOTES: f"a message of several lines: {QUOTES} on its own, the lines, then {QUOTES}",
 }
 
 
@@ -138,8 +140,8 @@ def chat(
         return conversation.id
 
     if interactive:
-        warn(f"{where}: type a message and press Enter. Ctrl+C stops a reply, Ctrl+D quits, /? lists "
-             "commands.")  # fmt: skip
+        warn(f"{where}: type a message and press Enter ({QUOTES} for several lines). Ctrl+C stops a reply, "
+             "Ctrl+D quits, /? lists commands.")  # fmt: skip
         messages: Iterable[str] = _typed_lines()
     else:
         messages = [prompt] if prompt is not None else (line.rstrip("\n") for line in sys.stdin)
@@ -191,16 +193,28 @@ def _attached(paths: tuple[str, ...]) -> list[Attachment]:
     return attached
 
 
+class _Quoted(str):
+    """A message typed between `QUOTES`: never a command, whatever it starts with."""
+
+
 def _typed_lines() -> Iterator[str]:
-    """Lines typed at a prompt (with line editing where Python has readline), until Ctrl+D."""
+    """Messages typed at a prompt (with line editing where Python has readline), a line each, or the
+    lines between two `QUOTES` as one, until Ctrl+D (which drops a message of several lines unfinished)."""
     with contextlib.suppress(ImportError):  # not on Windows
         import readline  # noqa: F401  (input() edits and recalls lines once it is imported)
-    while True:
-        try:
-            yield input(PROMPT)
-        except EOFError:
-            click.echo()
-            return
+    try:
+        while True:
+            line = input(PROMPT)
+            if not line.lstrip().startswith(QUOTES):
+                yield line
+                continue
+            lines = [line.lstrip().removeprefix(QUOTES)]
+            while not lines[-1].rstrip().endswith(QUOTES) or lines == [""]:
+                lines.append(input(MORE))
+            lines[-1] = lines[-1].rstrip().removesuffix(QUOTES)
+            yield _Quoted("\n".join(lines).strip("\n"))
+    except EOFError:
+        click.echo()
 
 
 def _converse(
@@ -216,7 +230,8 @@ def _converse(
         for message in messages:
             if not message.strip():
                 continue
-            command = message.split()[0].lower() if interactive and message.startswith("/") else None
+            typed_command = interactive and message.startswith("/") and not isinstance(message, _Quoted)
+            command = message.split()[0].lower() if typed_command else None
             if command in ("/bye", "/exit", "/quit"):
                 break
             if command == "/clear":

@@ -371,7 +371,8 @@ def test_typed_at_a_terminal_commands_go_on_start_over_and_quit(tmp_path: Path) 
         assert "/? lists commands" in seen.decode()
         for typed, said in (("Tell me a story", ">>> "), ("/continue", ">>> "),
                             ("/what", "Unknown command /what."), ("/clear", "[a new conversation"),
-                            ("Hello again", ">>> ")):  # fmt: skip
+                            ("Hello again", ">>> "), ('"""', "... "), ("/usr/bin holds", "... "),
+                            ('    programs"""', ">>> ")):  # fmt: skip
             os.write(terminal, typed.encode() + b"\n")
             at = _read_until(terminal, said, seen, start=_read_until(terminal, typed, seen, start=at))
         os.write(terminal, b"/bye\n")
@@ -380,9 +381,14 @@ def test_typed_at_a_terminal_commands_go_on_start_over_and_quit(tmp_path: Path) 
         chat.kill()
         os.close(terminal)
     saved = _rows("SELECT conversation_id, role, content, completion_tokens FROM messages ORDER BY id")
-    [(first, _, asked, _), (_, _, _, grown), (second, _, again, _), (_, _, _, fresh)] = saved
+    [(first, _, asked, _), (_, _, _, grown), (second, _, again, _), (_, _, _, fresh), (_, _, lines, _), _] = (
+        saved
+    )
     assert (asked, again, grown, fresh) == ("Tell me a story", "Hello again", 10, 5)  # 5 + 5 in one reply
     assert second != first  # /clear: a new conversation; /what, /continue, /bye were never sent
+    assert (
+        lines == "/usr/bin holds\n    programs"
+    )  # between \"\"\", as Ollama takes it: one message, not a command
     piped = run_cli("chat", "qwen2.5-0.5b", "--max-new-tokens", "2", input="/usr/bin is a folder\n")
     assert piped.returncode == 0, piped.stderr
     [(sent,)] = _rows("SELECT content FROM messages WHERE role = 'user' ORDER BY id DESC LIMIT 1")

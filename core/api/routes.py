@@ -40,13 +40,13 @@ from core.api.schemas import (
     GenerationRequest,
     ModelCard,
     ModelList,
-    ResponseFormat,
     ResponseRequest,
 )
 from core.api.shapes import ChatShape, ReplyShape, ResponseShape, TextShape
 from core.api.stops import until_stop_sequence
-from core.errors import ContextLengthError, LocalLLMError
+from core.errors import ContextLengthError, LocalLLMError, MessageError
 from core.inference.events import Event, Finished, TextDelta
+from core.inference.formats import ReplyFormat, checked_format
 from core.inference.params import GenerationParams
 from core.inference.prompts import Continuation, Prompt, RawPrompt
 
@@ -133,7 +133,10 @@ def create_app(
         stop = threading.Event()
         # A client's later turns may start from its earlier replies' caches, never from another's.
         client = request.client.host if request.client else ""
-        events = engine.stream(body.model, prompt, params, stop, owner=f"api-{client}")
+        reply_format = await run_in_threadpool(_reply_format, body)  # a schema compiles in ms, or more
+        events = engine.stream(
+            body.model, prompt, params, stop, owner=f"api-{client}", reply_format=reply_format
+        )
         if body.stop_sequences:
             events = until_stop_sequence(events, body.stop_sequences, stop)
         try:
@@ -196,7 +199,6 @@ def _check_response(body: ResponseRequest) -> None:
         raise APIError(400, "This server keeps no responses: send the conversation in 'input' instead of "
                        "'previous_response_id'.", code="unsupported_parameter",
                        param="previous_response_id")  # fmt: skip
-    _refuse_format(body.text.format if body.text else None, "text.format")
 
 
 def _input_messages(body: ResponseRequest) -> list[dict[str, str]]:
@@ -207,7 +209,7 @@ def _input_messages(body: ResponseRequest) -> list[dict[str, str]]:
     for index, item in enumerate(body.input):
         if others := item.parts_other_than_text():
             raise APIError(400, f"Input may hold text only; item {index} has {', '.join(others)}.",
-                           code="unsupported_content", param=f"input.{index}.content")  # fmt: skip
+                           code="unsupported_content", param=f"input[{index}].content")  # fmt: skip
         role = "system" if item.role == "developer" else item.role
         messages.append({"role": role, "content": item.text()})
     return messages
@@ -231,7 +233,6 @@ def _check_chat(body: ChatCompletionRequest) -> None:
     if body.logprobs or body.top_logprobs:
         raise APIError(400, "This server does not return log-probabilities: send the request without "
                        "'logprobs'.", code="logprobs_not_supported", param="logprobs")  # fmt: skip
-    _refuse_format(body.response_format, "response_format")
 
 
 def _refuse_tools(tools: list[Any] | None) -> None:
@@ -240,12 +241,24 @@ def _refuse_tools(tools: list[Any] | None) -> None:
                        code="tools_not_supported", param="tools")  # fmt: skip
 
 
-def _refuse_format(format_: ResponseFormat | None, param: str) -> None:
-    """JSON mode and schemas: this server does not hold a reply to a format."""
-    if format_ and format_.type != "text":
-        raise APIError(400, f"This server does not hold replies to a format ('{format_.type}'): send the "
-                       f"request without '{param}', and ask for JSON in the prompt.",
-                       code="response_format_not_supported", param=param)  # fmt: skip
+def _reply_format(body: GenerationRequest) -> ReplyFormat | None:
+    """The JSON a reply is held to (`response_format`, a response's `text.format`): JSON mode, or a
+    schema's; 400 naming the parameter where it cannot be held (an unknown type, a schema llguidance
+    cannot compile)."""
+    asked, param = body.format_asked
+    if asked is None or asked.type == "text":
+        return None
+    if asked.type not in ("json_object", "json_schema"):
+        raise APIError(400, f"'{param}' is of type text, json_object or json_schema, not {asked.type!r}.",
+                       code="invalid_request", param=f"{param}.type")  # fmt: skip
+    schema = asked.schema_given if asked.type == "json_schema" else None
+    if asked.type == "json_schema" and schema is None:
+        where = f"{param}.json_schema.schema" if param == "response_format" else f"{param}.schema"
+        raise APIError(400, f"Missing required parameter: '{where}'.", code="invalid_request", param=where)
+    try:
+        return checked_format(schema)
+    except MessageError as exc:
+        raise APIError(400, exc.message, code="invalid_json_schema", param=param) from exc
 
 
 def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
@@ -253,10 +266,10 @@ def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
     for index, message in enumerate(body.messages):
         if others := message.parts_other_than_text():
             raise APIError(400, f"Messages may hold text only; message {index} has {', '.join(others)}.",
-                           code="unsupported_content", param=f"messages.{index}.content")  # fmt: skip
+                           code="unsupported_content", param=f"messages[{index}].content")  # fmt: skip
         if message.role == "tool" or message.tool_calls:
             raise APIError(400, "This server's models do not call tools: tool messages are not accepted.",
-                           code="tools_not_supported", param=f"messages.{index}")  # fmt: skip
+                           code="tools_not_supported", param=f"messages[{index}]")  # fmt: skip
         role = "system" if message.role == "developer" else message.role
         cleaned.append({"role": role, "content": message.text()})
     return cleaned

@@ -47,8 +47,26 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class JsonSchemaSpec(_Request):
+    """A chat completion's `json_schema` format: the schema the reply must fit (`strict` or not: held)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    name: str | None = Field(None, max_length=64)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+
+
 class ResponseFormat(_Request):
+    """OpenAI's `response_format` (`text`, `json_object`, `json_schema` with its `json_schema`), or a
+    response's `text.format`, whose schema is beside its type."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
     type: str = Field(max_length=40)
+    json_schema: JsonSchemaSpec | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+
+    @property
+    def schema_given(self) -> dict[str, Any] | None:
+        return self.json_schema.schema_ if self.json_schema else self.schema_
 
 
 class ChatTemplateOptions(_Request):
@@ -89,6 +107,11 @@ class GenerationRequest(_Request):
     def stop_sequences(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
+    @property
+    def format_asked(self) -> tuple[ResponseFormat | None, str]:
+        """The format the reply is asked in (None: text), and the parameter that asks it."""
+        return None, "response_format"
+
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -113,6 +136,10 @@ class ChatCompletionRequest(GenerationRequest):
         if self.chat_template_kwargs and self.chat_template_kwargs.enable_thinking is not None:
             return self.chat_template_kwargs.enable_thinking
         return False if self.reasoning_effort == "none" else None
+
+    @property
+    def format_asked(self) -> tuple[ResponseFormat | None, str]:
+        return self.response_format, "response_format"
 
 
 class CompletionRequest(GenerationRequest):
@@ -176,6 +203,10 @@ class ResponseRequest(GenerationRequest):
     @property
     def thinking(self) -> bool | None:
         return False if self.reasoning and self.reasoning.effort == "none" else None
+
+    @property
+    def format_asked(self) -> tuple[ResponseFormat | None, str]:
+        return (self.text.format if self.text else None), "text.format"
 
 
 class _Response(BaseModel):

@@ -28,6 +28,7 @@ from core.hub.store import model_dir, read_manifest
 from core.inference import prompts
 from core.inference.device import available_memory, choose_dtype, detect_device
 from core.inference.events import Event, Finished, PromptFit, ReplyStats
+from core.inference.formats import ReplyFormat
 from core.inference.generation import stream_reply
 from core.inference.loading import (
     LoadedModel,
@@ -497,9 +498,10 @@ class LocalEngine:
         *,
         ignore_eos: bool = False,
         owner: str = "",
+        reply_format: ReplyFormat | None = None,
     ) -> Iterator[Event]:
         """Queue, load if needed, and stream a reply to `prompt` (a conversation, or raw text to continue):
-        Queued..., TextDelta..., then Finished.
+        Queued..., TextDelta..., then Finished; `reply_format`: the JSON it is held to.
 
         Setting `stop`, or closing the iterator, ends generation within a token and ends the thread.
         `owner` (a conversation, an API client): the prompt may start from the KV cache of an earlier
@@ -518,7 +520,7 @@ class LocalEngine:
                 context = self.context_tokens(key)
                 yield from stream_reply(
                     self._parts, prompt, params, stop, ignore_eos, context, self._torch.submit,
-                    self._batcher, owner,
+                    self._batcher, owner, reply_format,
                 )  # fmt: skip
             finally:
                 # A prompt's temporaries (widened weights) are freed by now: hand them back to the OS,

@@ -23,6 +23,7 @@ from core.inference.prompts import Prompt
 
 if TYPE_CHECKING:
     from core.inference.batching import Batcher, Request
+    from core.inference.formats import FormatGuide, ReplyFormat
     from core.inference.sampler import Sampling
     from core.inference.streaming import ReplyStreamer
 
@@ -62,11 +63,12 @@ def stream_reply(
     run_on_torch: RunOnTorchThread,
     batcher: Batcher | None = None,
     owner: str = "",
+    reply_format: ReplyFormat | None = None,
 ) -> Iterator[Event]:
     """TextDelta events as the reply is decoded (prompt and reply within `context` tokens), then
     Finished with its statistics. With a `batcher` (the lean decoder) the reply joins the running
     batch, and a prompt read in parts says how far it is after each (Reading); otherwise
-    `model.generate` runs it alone on the torch thread."""
+    `model.generate` runs it alone on the torch thread. `reply_format`: the JSON the reply is held to."""
     from core.inference.streaming import ReplyStreamer
 
     inputs = _prompt(parts, prompt, params.thinking)
@@ -78,11 +80,16 @@ def stream_reply(
     criterion = StopOnEvent(stop)
     started = time.perf_counter()
     request = None
+    guide = _guide(parts, reply_format) if reply_format is not None else None
     if batcher is not None:
-        request = _request(parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos, owner)
+        request = _request(
+            parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos, owner, guide
+        )
         worker = batcher.submit(request)
     else:
-        worker = run_on_torch(lambda: _generate(parts, inputs, params, streamer, criterion, ignore_eos))
+        worker = run_on_torch(
+            lambda: _generate(parts, inputs, params, streamer, criterion, ignore_eos, guide)
+        )
     try:
         yield from _text(streamer, worker)
     finally:
@@ -143,18 +150,19 @@ def _generate(
     streamer: Any,
     criterion: StopOnEvent,
     ignore_eos: bool,
+    guide: FormatGuide | None = None,
 ) -> list[int]:
     """`model.generate` on the torch thread, for a model the lean decoder does not run; the new ids."""
     import torch
 
     with torch.inference_mode():
-        options = _generate_options(parts, inputs, params, streamer, criterion, ignore_eos)
+        options = _generate_options(parts, inputs, params, streamer, criterion, ignore_eos, guide)
         return parts.model.generate(**options)[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 def _generate_options(
     parts: LoadedParts, inputs: Any, params: GenerationParams, streamer: Any, criterion: StopOnEvent,
-    ignore_eos: bool,
+    ignore_eos: bool, guide: FormatGuide | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """transformers' generate with the same sampling (for architectures the lean decoder does not run)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -174,11 +182,17 @@ def _generate_options(
     }
     if not sampling.greedy:
         options.update(temperature=sampling.temperature, top_p=sampling.top_p, min_p=sampling.min_p or None)
+    processors: list[Any] = []
     if sampling.presence_penalty or sampling.frequency_penalty:
-        penalties = _OpenAIPenalties(
-            sampling.presence_penalty, sampling.frequency_penalty, inputs["input_ids"].shape[1]
+        processors.append(
+            _OpenAIPenalties(
+                sampling.presence_penalty, sampling.frequency_penalty, inputs["input_ids"].shape[1]
+            )
         )
-        options["logits_processor"] = LogitsProcessorList([penalties])
+    if guide is not None:
+        processors.append(_Guided(guide, inputs["input_ids"].shape[1]))
+    if processors:
+        options["logits_processor"] = LogitsProcessorList(processors)
     if sampling.seed is not None:
         import torch
 
@@ -201,6 +215,28 @@ class _OpenAIPenalties:
             1, input_ids[:, self.prompt_tokens :], scores.new_ones(input_ids[:, self.prompt_tokens :].shape)
         )
         return scores - self.presence * seen - self.frequency * chosen
+
+
+class _Guided:
+    """A reply format for transformers' generate: the token chosen last is taken in, then the tokens that
+    would break the format are masked (last, so no processor after it lifts one)."""
+
+    def __init__(self, guide: FormatGuide, prompt_tokens: int) -> None:
+        self.guide, self.prompt_tokens = guide, prompt_tokens
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if input_ids.shape[1] > self.prompt_tokens:
+            self.guide.advance(int(input_ids[0, -1]))
+        allowed = self.guide.allowed(scores.device)[: scores.shape[-1]]
+        return scores.masked_fill(~allowed, float("-inf"))
+
+
+def _guide(parts: LoadedParts, reply_format: ReplyFormat) -> FormatGuide:
+    """The reply's place in its format, over the model's logits (their width) and its end tokens."""
+    from core.inference.formats import FormatGuide
+
+    width = parts.decoder.vocabulary if parts.decoder is not None else parts.model.config.vocab_size
+    return FormatGuide(reply_format, parts.tokenizer.backend, width, frozenset(_reply_end_ids(parts)))
 
 
 def sampling_for(params: GenerationParams, generation_config: Any) -> Sampling:
@@ -229,7 +265,7 @@ def _reply_end_ids(parts: LoadedParts) -> set[int]:
 
 def _request(
     parts: LoadedParts, prompt: Any, params: GenerationParams, streamer: ReplyStreamer,
-    criterion: StopOnEvent, ignore_eos: bool, owner: str,
+    criterion: StopOnEvent, ignore_eos: bool, owner: str, guide: FormatGuide | None = None,
 ) -> Request:  # fmt: skip
     """The reply as a request for the batch, streamed as generate streams it."""
     from core.inference.batching import Request
@@ -239,7 +275,7 @@ def _request(
     ends = _reply_end_ids(parts)
     prompt_ids = prompt.tolist()
     chooser = TokenChooser(sampling_for(params, config), parts.decoder.vocabulary, parts.info.device,
-                           seen=prompt_ids, never=ends if ignore_eos else ())  # fmt: skip
+                           seen=prompt_ids, never=ends if ignore_eos else (), guide=guide)  # fmt: skip
     streamer.put(prompt)  # the streamer skips the prompt it is given first
 
     def on_token(token: int) -> bool:

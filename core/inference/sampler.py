@@ -19,10 +19,14 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from core.inference import native
+
+if TYPE_CHECKING:
+    from core.inference.formats import FormatGuide
 
 CANDIDATES = (256, 4096)  # with no top-k: the best tokens looked at, then more, before the whole vocabulary
 # With a top-k (or greedy: 1), the best 2k + SHORTLIST_EXTRA scores are read as Python numbers and the
@@ -97,10 +101,12 @@ class TokenChooser:
 
     def __init__(
         self, sampling: Sampling, vocabulary: int, device: torch.device | str, seen: Iterable[int] = (),
-        never: Iterable[int] = (),
+        never: Iterable[int] = (), guide: FormatGuide | None = None,
     ) -> None:  # fmt: skip
-        """`never` are tokens that may not be chosen (the end tokens while a fixed length is asked for)."""
+        """`never` are tokens that may not be chosen (the end tokens while a fixed length is asked for);
+        `guide`: the format the reply is held to (only the tokens it allows are chosen)."""
         self.sampling = sampling
+        self.guide = guide
         self.vocabulary = vocabulary
         self.device = torch.device(device)
         self._seen_set = set(seen)
@@ -117,6 +123,8 @@ class TokenChooser:
         self._random = random.Random(sampling.seed)  # draws from a shortlist (None: from the system)
 
     def observe(self, token: int) -> None:
+        if self.guide is not None:
+            self.guide.advance(token)
         if self.sampling.frequency_penalty:
             self._chosen[token] = self._chosen.get(token, 0) + 1
         if token not in self._seen_set:
@@ -129,7 +137,7 @@ class TokenChooser:
         penalty raises a seen token's score (`Sampling.lifts`): a token from beyond the best read could
         then rise among them."""
         sampling = self.sampling
-        if sampling.lifts:
+        if sampling.lifts or self.guide is not None:  # the format's mask may leave out any of the best
             return 0
         k = 1 if sampling.greedy else sampling.top_k
         return min(self.vocabulary, 2 * k + SHORTLIST_EXTRA) if 0 < k <= SHORTLIST_MAX_K else 0
@@ -228,6 +236,8 @@ class TokenChooser:
             scores = scores.index_put((chosen,), -sampling.frequency_penalty * counts, accumulate=True)
         if self._never.numel():
             scores = scores.index_fill(0, self._never, float("-inf"))
+        if self.guide is not None:
+            scores = scores.masked_fill(~self.guide.allowed(scores.device), float("-inf"))
         return scores
 
     def _candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

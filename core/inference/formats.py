@@ -1,0 +1,108 @@
+"""Replies held to JSON (OpenAI's `response_format`): any JSON object, or one that fits a JSON schema.
+
+At each step the tokens that would break the format are masked before the sampler chooses (llguidance,
+the constraint engine of llama.cpp's and vLLM's structured outputs, computes the mask from the model's
+own tokenizer in tens of microseconds); once the value is whole, only the reply's end is left. The JSON
+is compact (no whitespace between its tokens): a small model held to a format otherwise tends to write
+blank lines until its token limit.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from copy import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from core.errors import MessageError
+
+if TYPE_CHECKING:
+    import torch
+
+MAX_SCHEMA_CHARS = 64_000  # a schema's JSON text; llguidance's own limits bound its grammar's size
+_OPTIONS = {"whitespace_flexible": False}
+_TOKENIZER: list[tuple[Any, int, frozenset[int], Any]] = []  # the last one built, with what it was built of
+_TOKENIZER_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ReplyFormat:
+    """What the reply must be: a JSON object (`schema` None), or a value that fits `schema` (JSON text)."""
+
+    schema: str | None = None
+
+    @property
+    def grammar(self) -> str:
+        from llguidance import LLMatcher
+
+        schema = json.loads(self.schema) if self.schema is not None else {"type": "object"}
+        return LLMatcher.grammar_from_json_schema(schema, overrides=_OPTIONS)
+
+
+def checked_format(schema: dict[str, Any] | None) -> ReplyFormat:
+    """A reply format for `schema` (None: any JSON object); MessageError, naming the fault in a sentence,
+    where the schema is too long or is not one llguidance can hold a reply to."""
+    from llguidance import LLMatcher
+
+    text = None if schema is None else json.dumps(schema, ensure_ascii=False)
+    if text is not None and len(text) > MAX_SCHEMA_CHARS:
+        raise MessageError(f"The JSON schema is longer than {MAX_SCHEMA_CHARS:,} characters.",
+                           reason="schema_too_long", limit=MAX_SCHEMA_CHARS)  # fmt: skip
+    reply_format = ReplyFormat(text)
+    try:
+        failed, said = LLMatcher.validate_grammar_with_warnings(reply_format.grammar)
+    except ValueError as exc:
+        failed, said = True, [str(exc)]
+    if failed:
+        first = " ".join(str(said[0]).split())[:300] if said else "it cannot be read"
+        raise MessageError(f"The JSON schema cannot hold a reply: {first}.", reason="schema_invalid",
+                           said=first)  # fmt: skip
+    return reply_format
+
+
+class FormatGuide:
+    """One reply's place in its format: which tokens may come next, and each token chosen taken in."""
+
+    def __init__(
+        self, reply_format: ReplyFormat, backend: Any, vocabulary: int, ends: frozenset[int]
+    ) -> None:
+        """`backend`: the model's tokenizers.Tokenizer; `vocabulary`: its logits' width; `ends`: the tokens
+        that end a reply (allowed once the value is whole)."""
+        from llguidance import LLMatcher
+
+        self.vocabulary = vocabulary
+        self.ends = ends
+        self._matcher = LLMatcher(_tokenizer(backend, vocabulary, ends), reply_format.grammar, log_level=0)
+
+    def allowed(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A boolean mask over the vocabulary: True where a token keeps the reply in its format (only the
+        ends where the matcher failed, which a masked choice never makes it do)."""
+        import torch
+
+        if self._matcher.is_error():
+            mask = torch.zeros(self.vocabulary, dtype=torch.bool)
+            mask[sorted(self.ends)] = True
+            return mask.to(device)
+        words = torch.frombuffer(bytearray(self._matcher.compute_bitmask()), dtype=torch.uint8)
+        bits = (words.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1  # little-endian bit order
+        return bits.flatten()[: self.vocabulary].bool().to(device)
+
+    def advance(self, token: int) -> None:
+        self._matcher.consume_token(token)
+
+
+def _tokenizer(backend: Any, vocabulary: int, ends: frozenset[int]) -> Any:
+    """llguidance's view of the model's tokenizer (about a second to build for a 150k vocabulary: the last
+    one is kept, beside the backend it was built of: one model is loaded at a time)."""
+    from llguidance import LLTokenizer
+
+    with _TOKENIZER_LOCK:
+        kept = _TOKENIZER[0] if _TOKENIZER else None
+        if kept is None or kept[0] is not backend or kept[1:3] != (vocabulary, ends):
+            plain = copy(backend)
+            plain.no_padding()
+            plain.no_truncation()
+            built = LLTokenizer(plain.to_str(), n_vocab=vocabulary, eos_token=sorted(ends))
+            _TOKENIZER[:] = [(backend, vocabulary, ends, built)]
+        return _TOKENIZER[0][3]

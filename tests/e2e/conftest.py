@@ -207,6 +207,15 @@ def short_replies(slow_model_ready: str) -> str:
 
 
 @pytest.fixture
+def long_replies(slow_model_ready: str) -> str:
+    """The slow model, answering in up to 2,048 tokens (half its context): still writing when a test
+    reloads, presses Esc or kills the server, however busy the machine (512 tokens took 0.7 s: a reload
+    on a loaded machine came after the reply had ended)."""
+    reply_length(2048)
+    return slow_model_ready
+
+
+@pytest.fixture
 def app_url(isolated_env: Path) -> Iterator[str]:
     with running_app(log_path=isolated_env / "app.log") as app:
         yield app.url

@@ -52,7 +52,7 @@ def reply_is_streaming(page: Page) -> str:
 
 
 def test_esc_stops_the_reply_which_is_drawn_at_once_as_stopped_with_all_it_said(
-    browser: Browser, slow_model_ready: str, app_url: str
+    browser: Browser, long_replies: str, app_url: str
 ) -> None:
     page = open_chat(browser, app_url)
     send(page, LONG_PROMPT)
@@ -74,7 +74,7 @@ def test_esc_stops_the_reply_which_is_drawn_at_once_as_stopped_with_all_it_said(
     expect(messages.nth(1)).to_contain_text(reply.content.split()[-1])  # drawn with its last words
 
 
-def test_reload_mid_reply_then_switch_language(browser: Browser, slow_model_ready: str, app_url: str) -> None:
+def test_reload_mid_reply_then_switch_language(browser: Browser, long_replies: str, app_url: str) -> None:
     page = open_chat(browser, app_url)
     send(page, LONG_PROMPT)
     partial = reply_is_streaming(page)
@@ -103,7 +103,7 @@ def test_reload_mid_reply_then_switch_language(browser: Browser, slow_model_read
 
 
 def test_server_killed_mid_reply_keeps_the_conversation_marked_interrupted(
-    browser: Browser, slow_model_ready: str, isolated_env: Path
+    browser: Browser, long_replies: str, isolated_env: Path
 ) -> None:
     with running_app(log_path=isolated_env / "app.log") as first:
         page = open_chat(browser, first.url)

@@ -14,6 +14,7 @@ from core import outbound
 from core.chat.reasoning import CLOSE, OPEN, split_reasoning
 from core.errors import ConfigError, ProviderError, ReplyBrokeOffError, ServerContextError
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
+from core.inference.formats import ReplyFormat
 from core.inference.params import GenerationParams
 from core.inference.prompts import Continuation
 from core.storage.records import ProviderConfig, check_base_url
@@ -50,10 +51,11 @@ class ChatProvider(Protocol):
         ignore_eos: bool = False,
         owner: str = "",
         go_on: bool = False,
+        reply_format: ReplyFormat | None = None,
     ) -> Iterator[Event]:
         """The reply's events; `owner` (the conversation): whose earlier turns' caches the local engine
         may start from (a remote server keeps its own); `go_on`: the last message is the model's reply,
-        cut short, which the events continue."""
+        cut short, which the events continue; `reply_format`: the JSON the reply is held to."""
         ...
 
 
@@ -92,9 +94,12 @@ class LocalProvider:
         ignore_eos: bool = False,
         owner: str = "",
         go_on: bool = False,
+        reply_format: ReplyFormat | None = None,
     ) -> Iterator[Event]:
         prompt = Continuation(tuple(messages)) if go_on else messages
-        return self.engine.stream(self.model, prompt, params, stop, ignore_eos=ignore_eos, owner=owner)
+        return self.engine.stream(
+            self.model, prompt, params, stop, ignore_eos=ignore_eos, owner=owner, reply_format=reply_format
+        )
 
 
 # A server's model is sent the conversation up to this many tokens (an estimate) until the server says
@@ -463,6 +468,7 @@ class OpenAICompatibleProvider:
         ignore_eos: bool = False,
         owner: str = "",
         go_on: bool = False,
+        reply_format: ReplyFormat | None = None,
     ) -> Iterator[Event]:
         import openai
 
@@ -480,6 +486,8 @@ class OpenAICompatibleProvider:
             }  # fmt: skip
             if go_on:
                 request["extra_body"] = request.get("extra_body", {}) | GO_ON_FIELDS
+            if reply_format is not None:
+                request["response_format"] = reply_format.as_openai()
             response = self._create(request)
             with response:
                 for chunk in response:

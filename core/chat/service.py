@@ -28,6 +28,7 @@ from core.errors import (
     ServerContextError,
 )
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
+from core.inference.formats import ReplyFormat
 from core.inference.params import GenerationParams
 from core.storage import repo
 from core.storage.db import Database
@@ -296,10 +297,11 @@ class ChatService:
         *,
         ignore_eos: bool = False,
         files: Sequence[tuple[str, bytes] | Attachment] = (),
+        reply_format: ReplyFormat | None = None,
     ) -> Generator[ChatEvent, None, None]:
         """Store the user's message (with the text of `files`: (name, bytes) pairs, or files already
-        read) after the shown branch and stream the reply to it. Every file is read before anything is
-        stored."""
+        read) after the shown branch and stream the reply to it (held to `reply_format`, JSON, if one is
+        given). Every file is read before anything is stored."""
         checked_message(text)
         if len(files) > MAX_FILES:
             raise AttachmentError(
@@ -313,7 +315,7 @@ class ChatService:
             message = repo.add_message(session, conversation_id, "user", text)
             for attachment in attached:
                 repo.add_attachment(session, message.id, **asdict(attachment))
-        return self._reply(conversation_id, stop or threading.Event(), ignore_eos)
+        return self._reply(conversation_id, stop or threading.Event(), ignore_eos, reply_format=reply_format)
 
     def attachments(self, conversation_id: int) -> dict[int, list[AttachmentInfo]]:
         """The files given with the shown branch's messages, by message id."""
@@ -402,7 +404,7 @@ class ChatService:
 
     def _reply(
         self, conversation_id: int, stop: threading.Event, ignore_eos: bool = False, after: int | None = None,
-        going_on: int | None = None,
+        going_on: int | None = None, reply_format: ReplyFormat | None = None,
     ) -> Generator[ChatEvent, None, None]:  # fmt: skip
         """Answer the branch that ends at `after` (default: the shown one); the reply continues it. Or
         let the reply `going_on` (the branch's last message) go on."""
@@ -452,6 +454,7 @@ class ChatService:
             ignore_eos=ignore_eos,
             owner=f"conversation-{conversation_id}",
             go_on=earlier is not None,
+            reply_format=reply_format,
         )
         try:
             for event in stream:
@@ -537,10 +540,11 @@ class ChatService:
     def _within_context(
         self, provider: ChatProvider, prompt: _Prompt, fitted: Callable[[], _Prompt], reply_id: int,
         stop: threading.Event, ignore_eos: bool, owner: str, go_on: bool = False,
+        reply_format: ReplyFormat | None = None,
     ) -> Iterator[ChatEvent]:  # fmt: skip
         """The provider's reply; asked once more, fitted anew, where a server refused the conversation
         as longer than its model's context (it said how long that is: the provider knows it now)."""
-        options = {"ignore_eos": ignore_eos, "owner": owner, "go_on": go_on}
+        options = {"ignore_eos": ignore_eos, "owner": owner, "go_on": go_on, "reply_format": reply_format}
         stream = provider.stream(prompt.messages, prompt.params, stop, **options)
         try:
             first = next(stream, None)

@@ -29,6 +29,7 @@ from core.hardware import peak_rss_bytes
 from core.hub.catalog import ModelSpec
 from core.hub.library import ModelLibrary
 from core.inference.events import Finished, Reading, ReplyStats, TextDelta
+from core.inference.formats import MAX_SCHEMA_CHARS, ReplyFormat, checked_format
 from core.inference.loading import LoadedModel
 from core.inference.params import DEFAULT_TOP_K
 from core.preferences import QUANTIZATIONS
@@ -81,6 +82,9 @@ COMMANDS = {
               help="the same seed, message and settings give the same reply")  # fmt: skip
 @click.option("--think/--no-think", default=True, show_default=True,
               help="--no-think: a thinking model with the switch (Qwen3) answers at once")  # fmt: skip
+@click.option("--format", "reply_format", metavar="json|SCHEMA_FILE", callback=lambda _c, _p, v: _format(v),
+              help="hold each reply to JSON: json for any object, or a file with a JSON schema the reply "
+              "must fit (as Ollama's --format json)")  # fmt: skip
 @click.option("--ignore-eos", is_flag=True, help="always generate --max-new-tokens tokens (benchmarks)")
 @click.option("--stats", is_flag=True, help="print one JSON line of statistics after each reply")
 @click.option("--force", is_flag=True, help="load even if memory looks insufficient")
@@ -90,7 +94,7 @@ COMMANDS = {
 def chat(
     model: str, prompt: str | None, system: str | None, preset: str | None, files: tuple[str, ...],
     max_new_tokens: int, think: bool, ignore_eos: bool, stats: bool, force: bool, quantization: str | None,
-    **sampling: float | None,
+    reply_format: ReplyFormat | None, **sampling: float | None,
 ) -> int:  # fmt: skip
     """Stream replies from a downloaded model, with the device and weights of the saved settings, or
     from a model server saved on the Model servers page or with `localllm config add` (KEY: its name)."""
@@ -154,7 +158,28 @@ def chat(
         loaded,
         load_s if stats else None,
         interactive,
+        reply_format,
     )
+
+
+def _format(given: str | None) -> ReplyFormat | None:
+    """--format: `json` (any JSON object), or a file holding the JSON schema a reply must fit."""
+    if given is None:
+        return None
+    try:
+        if given == "json":
+            return checked_format(None)
+        with open(given, "rb") as file:
+            schema = json.loads(file.read(4 * MAX_SCHEMA_CHARS + 1))
+        if not isinstance(schema, dict):
+            raise click.BadParameter(f"{given} holds no JSON schema (an object).")
+        return checked_format(schema)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {given}: {exc.strerror or exc}.") from exc
+    except ValueError as exc:  # not JSON (or cut at its limit)
+        raise click.BadParameter(f"{given} is not JSON: {exc}.") from exc
+    except MessageError as exc:
+        raise click.BadParameter(exc.message) from exc
 
 
 def _chat_target(models_library: ModelLibrary, name: str) -> ModelSpec | ProviderConfig:
@@ -220,7 +245,7 @@ def _typed_lines() -> Iterator[str]:
 def _converse(
     service: ChatService, new_conversation: Callable[[], int], messages: Iterable[str],
     files: list[Attachment], ignore_eos: bool, loaded: LoadedModel | None, load_s: float | None,
-    interactive: bool = False,
+    interactive: bool = False, reply_format: ReplyFormat | None = None,
 ) -> int:  # fmt: skip
     """Send each message (`files` with the first one sent) and print its reply; a message that cannot be
     sent is explained and skipped. Typed at a prompt, Ctrl+C stops the reply (kept as far as it got) and
@@ -248,7 +273,14 @@ def _converse(
                     events = (
                         service.continue_reply(conversation_id, stop)
                         if command == "/continue"
-                        else service.send(conversation_id, message, stop, ignore_eos=ignore_eos, files=files)
+                        else service.send(
+                            conversation_id,
+                            message,
+                            stop,
+                            ignore_eos=ignore_eos,
+                            files=files,
+                            reply_format=reply_format,
+                        )
                     )
                     reply = _reply(events)
             except (MessageError, NotFoundError) as exc:  # this one cannot be sent; the next may be fine

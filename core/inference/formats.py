@@ -32,6 +32,12 @@ class ReplyFormat:
 
     schema: str | None = None
 
+    def as_openai(self) -> dict[str, Any]:
+        """The format as OpenAI's API asks it (`response_format`), for a model on a server."""
+        if self.schema is None:
+            return {"type": "json_object"}
+        return {"type": "json_schema", "json_schema": {"name": "reply", "schema": json.loads(self.schema)}}
+
     @property
     def grammar(self) -> str:
         from llguidance import LLMatcher

@@ -117,6 +117,23 @@ def test_a_one_question_chat_replies_keeps_the_conversation_and_ends_with_its_co
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
 
 
+def test_format_holds_each_reply_to_json_or_to_a_schema(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Ollama's `--format json` for scripts that parse the reply; here a schema's file too."""
+    endless = build_tiny_model(tmp_path / "endless", endless=True)  # alone, it writes noise to its limit
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "qwen2.5-0.5b", endless)
+    schema = tmp_path / "mood.json"
+    mood = {"enum": ["happy", "sad"]}
+    schema.write_text(json.dumps({"type": "object", "properties": {"mood": mood}, "required": ["mood"]}))
+    held = run_cli("chat", "qwen2.5-0.5b", "-p", "How do you feel?", "--format", str(schema))
+    assert held.returncode == 0, held.stderr
+    assert json.loads(held.stdout)["mood"] in mood["enum"]
+    anything = run_cli("chat", "qwen2.5-0.5b", "-p", "Hi", "--format", "json", "--max-new-tokens", "300")
+    assert anything.returncode == 0 and anything.stdout.startswith("{")
+    schema.write_text('{"type": "nonsense"}')
+    refused = run_cli("chat", "qwen2.5-0.5b", "-p", "Hi", "--format", str(schema))
+    assert refused.returncode == 2 and "cannot hold a reply: Invalid type: nonsense" in refused.stderr
+
+
 def test_a_cli_chat_samples_as_the_model_publisher_says_unless_told_otherwise(
     tiny_models: dict[str, Path],
 ) -> None:

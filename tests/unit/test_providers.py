@@ -19,6 +19,7 @@ from core.chat.service import ChatService, Trimmed
 from core.errors import ConfigError, LocalLLMError, MessageError, ProviderError
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, TextDelta
+from core.inference.formats import checked_format
 from core.inference.params import GenerationParams
 from core.storage.db import Database
 from tests.fixtures.openai_faults import REASONED_ANSWER, FaultyOpenAIServer
@@ -481,3 +482,15 @@ def test_a_reply_near_the_servers_context_goes_on_with_the_room_it_leaves(databa
         assert len(server.bodies) == 3  # the question, then the continuation refused twice
     kept = chat.messages(conversation.id)[-1]
     assert (kept.content, kept.finish_reason) == (cut.content, cut.finish_reason)  # as it was
+
+
+def test_a_reply_held_to_json_is_asked_of_a_server_as_openai_asks_it() -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+    with FaultyOpenAIServer("reasoning:reasoning_content") as server:
+        provider = OpenAICompatibleProvider(server.url, None, "m")
+        for reply_format in (checked_format(schema), checked_format(None)):
+            list(provider.stream(MESSAGES, SHORT, threading.Event(), reply_format=reply_format))
+    assert [body["response_format"] for body in server.bodies] == [
+        {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}},
+        {"type": "json_object"},
+    ]

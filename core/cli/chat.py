@@ -102,6 +102,10 @@ def chat(
 
     if prompt is not None:  # before a model loads for nothing (stdin's lines are checked one by one)
         checked_message(prompt)
+    if ignore_eos and reply_format is not None:  # a JSON value ends where it is whole
+        raise click.UsageError(
+            "--ignore-eos and --format do not go together: a JSON reply ends when it is whole."
+        )
     if "-" in files and prompt is None:
         raise click.UsageError("--file - reads the file from stdin: give the message with --prompt.")
     attached = _attached(files)

@@ -132,6 +132,8 @@ def test_format_holds_each_reply_to_json_or_to_a_schema(tiny_models: dict[str, P
     schema.write_text('{"type": "nonsense"}')
     refused = run_cli("chat", "qwen2.5-0.5b", "-p", "Hi", "--format", str(schema))
     assert refused.returncode == 2 and "cannot hold a reply: Invalid type: nonsense" in refused.stderr
+    endless_json = run_cli("chat", "qwen2.5-0.5b", "-p", "Hi", "--format", "json", "--ignore-eos")
+    assert endless_json.returncode == 2 and "do not go together" in endless_json.stderr
 
 
 def test_a_cli_chat_samples_as_the_model_publisher_says_unless_told_otherwise(

@@ -5,6 +5,7 @@ weights: left alone they write noise), through both decoders."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,34 @@ def test_a_schema_no_reply_can_fit_is_refused_in_a_sentence() -> None:
         checked_format({"enum": ["x" * MAX_SCHEMA_CHARS]})
     assert long.value.params["reason"] == "schema_too_long"
     assert checked_format(None).schema is None  # JSON mode: any object
+
+
+def test_a_reply_held_to_a_schema_and_one_that_is_not_share_a_batch_untouched(tmp_path: Path) -> None:
+    """Replies asked at once run in one batch (up to 4 by default): the format's mask is its own reply's,
+    the other writes as it does alone."""
+    install_ready(tmp_path / "models", "m", build_tiny_model(tmp_path / "m", endless=True))
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    params = GenerationParams(temperature=0, max_new_tokens=120)
+    free = [{"role": "user", "content": "Write freely"}]
+
+    def text(events: list) -> str:
+        return "".join(event.text for event in events if isinstance(event, TextDelta))
+
+    alone = text(list(engine.stream("m", free, params)))
+    replies: dict[str, str] = {}
+    threads = [
+        threading.Thread(
+            target=lambda: replies.__setitem__("free", text(list(engine.stream("m", free, params))))
+        ),
+        threading.Thread(
+            target=lambda: replies.__setitem__(
+                "held", text(list(engine.stream("m", free, params, reply_format=checked_format(SCHEMA))))
+            )
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert replies["free"] == alone
+    assert json.loads(replies["held"])["city"] in ("Hangzhou", "Paris")

@@ -123,6 +123,7 @@ def create_app(
         return body
 
     async def reply(request: Request, body: GenerationRequest, prompt: Prompt, shape: ReplyShape) -> Any:
+        reply_format = await run_in_threadpool(_reply_format, body)  # checked before the model is touched
         wanted = body.wanted_tokens or GenerationParams().max_new_tokens
         try:
             fit = await run_in_threadpool(engine.fit_prompt, body.model, prompt, wanted)
@@ -133,7 +134,6 @@ def create_app(
         stop = threading.Event()
         # A client's later turns may start from its earlier replies' caches, never from another's.
         client = request.client.host if request.client else ""
-        reply_format = await run_in_threadpool(_reply_format, body)  # a schema compiles in ms, or more
         events = engine.stream(
             body.model, prompt, params, stop, owner=f"api-{client}", reply_format=reply_format
         )

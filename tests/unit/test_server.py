@@ -464,6 +464,7 @@ def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngi
             with pytest.raises(openai.BadRequestError) as refused:
                 client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3, **extra)
             assert refused.value.body["param"].startswith(param.split(".")[0]), (extra, refused.value.body)
+        assert engine.loaded is None  # each refused before the model was touched
         plain = client.chat.completions.create(
             model="tiny",
             messages=MESSAGES,

@@ -2,7 +2,8 @@
 
 At each step the tokens that would break the format are masked before the sampler chooses (llguidance,
 the constraint engine of llama.cpp's and vLLM's structured outputs, computes the mask from the model's
-own tokenizer in tens of microseconds); once the value is whole, only the reply's end is left. The JSON
+own tokenizer: ~0.15 ms a token with its unpacking for a 151k vocabulary here); once the value is
+whole, only the reply's end is left. The JSON
 is compact (no whitespace between its tokens): a small model held to a format otherwise tends to write
 blank lines until its token limit.
 """
@@ -99,8 +100,9 @@ class FormatGuide:
 
 
 def _tokenizer(backend: Any, vocabulary: int, ends: frozenset[int]) -> Any:
-    """llguidance's view of the model's tokenizer (about a second to build for a 150k vocabulary: the last
-    one is kept, beside the backend it was built of: one model is loaded at a time)."""
+    """llguidance's view of the model's tokenizer (0.9 s to build for a 151k vocabulary here, and its
+    first mask 0.7 s more: the last one is kept, beside the backend it was built of; one model is loaded
+    at a time)."""
     from llguidance import LLTokenizer
 
     with _TOKENIZER_LOCK:

@@ -81,35 +81,28 @@ class FormatGuide:
         self.vocabulary = vocabulary
         self.ends = ends
         self._matcher = LLMatcher(_tokenizer(backend, vocabulary, ends), reply_format.grammar, log_level=0)
-        # A schema's first mask runs its large lexemes over the whole vocabulary (0.7 s for a 151k one
-        # here, the first time a process meets them): computed now, on the reader's thread, not in a step
-        # of the batch that every reply waits for.
-        self._first: torch.Tensor | None = self._mask()
 
     def allowed(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """A boolean mask over the vocabulary: True where a token keeps the reply in its format (only the
         ends where the matcher failed, which a masked choice never makes it do)."""
-        mask, self._first = (self._first if self._first is not None else self._mask()), None
-        return mask.to(device)
-
-    def _mask(self) -> torch.Tensor:
         import torch
 
         if self._matcher.is_error():
             mask = torch.zeros(self.vocabulary, dtype=torch.bool)
             mask[sorted(self.ends)] = True
-            return mask
+            return mask.to(device)
         words = torch.frombuffer(bytearray(self._matcher.compute_bitmask()), dtype=torch.uint8)
         bits = (words.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1  # little-endian bit order
-        return bits.flatten()[: self.vocabulary].bool()
+        return bits.flatten()[: self.vocabulary].bool().to(device)
 
     def advance(self, token: int) -> None:
         self._matcher.consume_token(token)
 
 
 def _tokenizer(backend: Any, vocabulary: int, ends: frozenset[int]) -> Any:
-    """llguidance's view of the model's tokenizer (0.9 s to build for a 151k vocabulary here: the last one
-    is kept, beside the backend it was built of; one model is loaded at a time)."""
+    """llguidance's view of the model's tokenizer (0.9 s to build for a 151k vocabulary here, and its
+    first mask 0.7 s more: the last one is kept, beside the backend it was built of; one model is loaded
+    at a time)."""
     from llguidance import LLTokenizer
 
     with _TOKENIZER_LOCK:

@@ -100,9 +100,8 @@ class FormatGuide:
 
 
 def _tokenizer(backend: Any, vocabulary: int, ends: frozenset[int]) -> Any:
-    """llguidance's view of the model's tokenizer (0.9 s to build for a 151k vocabulary here, and its
-    first mask 0.7 s more: the last one is kept, beside the backend it was built of; one model is loaded
-    at a time)."""
+    """llguidance's view of the model's tokenizer (1 s to build for a 151k vocabulary here: the last one
+    is kept, beside the backend it was built of; one model is loaded at a time)."""
     from llguidance import LLTokenizer
 
     with _TOKENIZER_LOCK:

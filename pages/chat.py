@@ -108,13 +108,17 @@ def conversation_list() -> Conversation | None:
 
 
 def listed(conversations: list[Conversation], selected: int | None) -> None:
-    """The newest conversations under headings by when they were last used, and a button for more."""
+    """The pinned conversations, then the newest under headings by when they were last used, and a
+    button for more."""
     shown = st.session_state.get("chat.conversations-shown", CONVERSATIONS_SHOWN)
     zone, heading = browser_zone(), None
     today = datetime.now(zone).date()
     with button_list("chat-list"):
         for conversation in conversations[:shown]:
-            if (period := period_of(conversation.updated_at, today, zone)) != heading:
+            pinned = conversation.pinned_at is not None
+            if (
+                period := t("chat.pinned") if pinned else period_of(conversation.updated_at, today, zone)
+            ) != heading:
                 st.caption(period)
                 heading = period
             st.button(
@@ -175,6 +179,13 @@ def header(conversation: Conversation) -> None:
         st.download_button(t("chat.export_json"), partial(chat.export_json, conversation.id),
                            file_name=f"{name}.json", mime="application/json", icon=":material/data_object:",
                            on_click="ignore")  # fmt: skip
+        pinned = conversation.pinned_at is not None
+        st.button(
+            t("chat.unpin" if pinned else "chat.pin"), key="chat.pin",
+            icon=":material/keep_off:" if pinned else ":material/keep:",
+            help=None if pinned else t("chat.pin_help"), on_click=chat.pin,
+            args=(conversation.id, not pinned),
+        )  # fmt: skip
         if st.button(t("chat.delete"), icon=":material/delete:"):
             st.session_state["chat.confirm-delete"] = conversation.id
     if st.session_state.get("chat.confirm-delete") == conversation.id:

@@ -79,6 +79,7 @@ def _exported(session: Any, row: ConversationRow) -> dict[str, Any]:
         "preset": row.preset,
         "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),
+        "pinned_at": row.pinned_at.isoformat() if row.pinned_at else None,
         "leaf": repo.leaf_id(session, row),
         "messages": [_exported_message(m, files.get(m.id, [])) for m in messages],
     }
@@ -227,6 +228,7 @@ def _our_conversation(item: dict[str, Any]) -> ArchivedConversation:
         system_prompt=text_of(item.get("system_prompt")), params=_params(item.get("params")),
         preset=text_of(item.get("preset"), 60) or None,
         created_at=time_of(item.get("created_at")), updated_at=time_of(item.get("updated_at")),
+        pinned_at=time_of(item.get("pinned_at")),
     )  # fmt: skip
 
 
@@ -307,7 +309,7 @@ def import_conversations(
     return ImportResult(len(new), already_here)
 
 
-_TIMES = ("created_at", "updated_at")
+_TIMES = ("created_at", "updated_at", "pinned_at")
 
 
 def _add(session: Any, owner: str, conversations: list[ArchivedConversation]) -> None:

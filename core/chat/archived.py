@@ -36,6 +36,7 @@ class ArchivedConversation:
     preset: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    pinned_at: datetime | None = None  # kept at the list's top since
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from core.chat import archive, branches
@@ -200,6 +201,16 @@ class ChatService:
             raise ConfigError("A conversation needs a title.", reason="title_required")
         with self.db.begin() as session:
             self._row(session, conversation_id).title = title.strip()[:300]
+
+    def pin(self, conversation_id: int, pinned: bool = True) -> None:
+        """Keep a conversation at the top of the list (or let it go back among the others); when it was
+        last used stays as it was."""
+        with self.db.begin() as session:
+            row = self._row(session, conversation_id)
+            session.execute(
+                update(ConversationRow).where(ConversationRow.id == row.id)
+                .values(pinned_at=utcnow() if pinned else None, updated_at=row.updated_at)
+            )  # fmt: skip
 
     def set_options(self, conversation_id: int, system_prompt: str, params: GenerationParams) -> None:
         """The conversation's own system prompt and settings (no preset's any more)."""

@@ -81,6 +81,7 @@ class Conversation:
     preset: str | None = None
     uid: str | None = None
     leaf_id: int | None = None
+    pinned_at: datetime | None = None
 
 
 @dataclass(frozen=True)

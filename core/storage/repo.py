@@ -180,7 +180,8 @@ def create_conversation(
 
 
 def list_conversations(session: Session, owner: str, search: str = "") -> list[Conversation]:
-    """The owner's conversations, newest first; `search` matches titles and message text."""
+    """The owner's conversations, the pinned ones first (the last pinned first), then the newest first;
+    `search` matches titles and message text."""
     query = select(ConversationRow).where(ConversationRow.owner == owner)
     if search:  # the words as typed: "%" and "_" are themselves, not LIKE's wildcards
         literal = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -189,7 +190,10 @@ def list_conversations(session: Session, owner: str, search: str = "") -> list[C
         query = query.where(
             or_(ConversationRow.title.ilike(pattern, escape="\\"), ConversationRow.id.in_(in_messages))
         )
-    rows = session.scalars(query.order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc()))
+    pinned = ConversationRow.pinned_at
+    rows = session.scalars(query.order_by(
+        pinned.is_(None), pinned.desc(), ConversationRow.updated_at.desc(), ConversationRow.id.desc()
+    ))  # fmt: skip
     return [from_row(Conversation, row) for row in rows]
 
 

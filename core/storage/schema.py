@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def utcnow() -> datetime:
@@ -67,6 +67,7 @@ class ConversationRow(Base):
     preset: Mapped[str | None] = mapped_column(String(60))  # the preset applied last ("builtin:…", "user:…")
     uid: Mapped[str | None] = mapped_column(String(100))  # stable across export and import
     leaf_id: Mapped[int | None] = mapped_column(Integer)  # the branch shown: its last message
+    pinned_at: Mapped[datetime | None] = mapped_column(default=None)  # pinned to the list's top since
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

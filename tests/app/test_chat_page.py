@@ -444,3 +444,16 @@ def test_the_conversations_are_listed_under_when_they_were_last_used(
     assert headings == ["Today", "Previous 7 days", month]
     titles = [b.label for b in at.button if b.key and b.key.startswith("conversation-")]
     assert titles == ["Now", "Last week", "Old"]
+    # Pinned (the header's Pin): on top under its own heading, the rest as they were.
+    at.button(key=next(b.key for b in at.button if b.label == "Old")).click().run()
+    at.button(key="chat.pin").click().run()
+    headings = [
+        c.value for c in at.sidebar.caption if c.value in ("Pinned", "Today", "Previous 7 days", month)
+    ]
+    assert headings == ["Pinned", "Today", "Previous 7 days"]
+    assert [b.label for b in at.button if b.key and b.key.startswith("conversation-")] == [
+        "Old",
+        "Now",
+        "Last week",
+    ]
+    assert [b.label for b in at.button if b.key == "chat.pin"] == ["Unpin"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from core.chat import archive
 from core.chat.configs import ConfigStore
 from core.chat.limits import MAX_TEXT_CHARS
 from core.chat.presets import PresetStore
@@ -19,6 +20,7 @@ from core.errors import ConfigError, ContextLengthError, MessageError, NotFoundE
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
+from core.storage import repo
 from core.storage.db import Database
 from tests.fixtures.serving import serving
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
@@ -194,6 +196,27 @@ def test_regenerating_and_editing_branch_off_and_every_branch_stays(chat: ChatSe
         chat.edit(conversation.id, second_a.id, "a reply is not the user's message")
     with pytest.raises(MessageError):
         chat.edit(conversation.id, first_q.id, "  ")
+
+
+def test_a_pinned_conversation_stays_on_top_keeps_when_it_was_used_and_travels_in_an_export(
+    chat: ChatService, tmp_path: Path
+) -> None:
+    first, second, _ = (chat.new_conversation(title) for title in ("First", "Second", "Third"))
+    assert [c.title for c in chat.conversations()] == ["Third", "Second", "First"]  # newest first
+    used = chat.get(first.id).updated_at
+    chat.pin(first.id)
+    chat.pin(second.id)  # the last pinned first, then the others by when they were used
+    assert [c.title for c in chat.conversations()] == ["Second", "First", "Third"]
+    assert chat.get(first.id).updated_at == used and chat.get(first.id).pinned_at is not None
+    assert [c.title for c in chat.conversations("ir")] == ["First", "Third"]  # a search keeps the order
+    exported = chat.export_json()
+    chat.pin(second.id, pinned=False)
+    assert [c.title for c in chat.conversations()] == ["First", "Third", "Second"]
+    elsewhere = Database(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert archive.import_bytes(elsewhere, "local", exported).imported == 3
+    with elsewhere.begin() as session:
+        assert [c.title for c in repo.list_conversations(session, "local")] == ["Second", "First", "Third"]
+    elsewhere.dispose()
 
 
 def test_conversations_rename_search_export_delete_and_owners(chat: ChatService, database: Database) -> None:

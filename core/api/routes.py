@@ -194,7 +194,7 @@ def _parse(raw: bytes, kind: type[Body]) -> Body:
 
 def _check_response(body: ResponseRequest) -> None:
     """What a response may ask that this server cannot give: 400 naming it, never ignored."""
-    _refuse_tools(body.tools)
+    _refuse_tools(body.tools, body.tool_choice)
     if body.previous_response_id:
         raise APIError(400, "This server keeps no responses: send the conversation in 'input' instead of "
                        "'previous_response_id'.", code="unsupported_parameter",
@@ -229,16 +229,18 @@ def _check_completion(body: CompletionRequest) -> None:
 
 def _check_chat(body: ChatCompletionRequest) -> None:
     """What a chat completion may ask that this server cannot give: 400 naming it, never ignored."""
-    _refuse_tools(body.tools)
+    _refuse_tools(body.tools, body.tool_choice)
     if body.logprobs or body.top_logprobs:
         raise APIError(400, "This server does not return log-probabilities: send the request without "
                        "'logprobs'.", code="logprobs_not_supported", param="logprobs")  # fmt: skip
 
 
-def _refuse_tools(tools: list[Any] | None) -> None:
-    if tools:
-        raise APIError(400, "This server's models do not call tools: send the request without 'tools'.",
-                       code="tools_not_supported", param="tools")  # fmt: skip
+def _refuse_tools(tools: list[Any] | None, choice: Any) -> None:
+    """Tools a reply may call: refused, unless `tool_choice` is "none" (no call asked for; clients that
+    always list their tools send it to have text only)."""
+    if tools and choice != "none":
+        raise APIError(400, "This server's models do not call tools: send the request without 'tools' (or "
+                       "with tool_choice \"none\").", code="tools_not_supported", param="tools")  # fmt: skip
 
 
 def _reply_format(body: GenerationRequest) -> ReplyFormat | None:

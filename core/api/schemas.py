@@ -193,6 +193,7 @@ class ResponseRequest(GenerationRequest):
     max_output_tokens: StrictInt | None = Field(None, ge=1)
     previous_response_id: str | None = Field(None, max_length=200)
     tools: list[Any] | None = None
+    tool_choice: Any = None
     text: TextOptions | None = None
     reasoning: ReasoningOptions | None = None
 

@@ -151,8 +151,12 @@ def test_tools_are_refused_not_ignored(engine: LocalEngine) -> None:
     tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
     with serving(engine, ["tiny"]) as url:
         refused = post(url, {"model": "tiny", "messages": HELLO, "tools": [tool]})
+        # A client that always lists its tools and asks for none called gets its text reply.
+        text_only = post(url, {"model": "tiny", "messages": HELLO, "tools": [tool], "tool_choice": "none",
+                               "max_tokens": 2})  # fmt: skip
     assert refused.status_code == 400
     assert refused.json()["error"]["code"] == "tools_not_supported"
+    assert text_only.status_code == 200 and text_only.json()["choices"][0]["message"]["content"]
 
 
 def test_a_non_streaming_client_that_leaves_stops_its_generation(tmp_path: Path) -> None:

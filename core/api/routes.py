@@ -40,13 +40,14 @@ from core.api.schemas import (
     GenerationRequest,
     ModelCard,
     ModelList,
+    ResponseFormat,
     ResponseRequest,
 )
 from core.api.shapes import ChatShape, ReplyShape, ResponseShape, TextShape
 from core.api.stops import until_stop_sequence
 from core.errors import ContextLengthError, LocalLLMError, MessageError
 from core.inference.events import Event, Finished, TextDelta
-from core.inference.formats import ReplyFormat, checked_format
+from core.inference.formats import ReplyFormat, checked_format, checked_pattern, choice_pattern
 from core.inference.params import GenerationParams
 from core.inference.prompts import Continuation, Prompt, RawPrompt
 
@@ -243,24 +244,45 @@ def _refuse_tools(tools: list[Any] | None, choice: Any) -> None:
                        "with tool_choice \"none\").", code="tools_not_supported", param="tools")  # fmt: skip
 
 
+GUIDED = ("guided_json", "guided_regex", "guided_choice")  # vLLM's names for a format
+
+
 def _reply_format(body: GenerationRequest) -> ReplyFormat | None:
-    """The JSON a reply is held to (`response_format`, a response's `text.format`): JSON mode, or a
-    schema's; 400 naming the parameter where it cannot be held (an unknown type, a schema llguidance
-    cannot compile)."""
+    """What a reply is held to: OpenAI's `response_format` (a response's `text.format`), JSON mode or a
+    schema's, or vLLM's guided_json, guided_regex or guided_choice; 400 naming the parameter where it
+    cannot be held (an unknown type, a schema or pattern llguidance cannot compile, two formats)."""
     asked, param = body.format_asked
-    if asked is None or asked.type == "text":
+    given = {name: value for name in GUIDED if (value := getattr(body, name)) is not None}
+    if asked is not None and asked.type != "text":
+        given[param] = asked
+    if len(given) > 1:
+        raise APIError(400, f"Ask for one format, not {' and '.join(given)}.", code="invalid_request",
+                       param=list(given)[1])  # fmt: skip
+    if not given:
         return None
+    [(name, value)] = given.items()
+    try:
+        if name == "guided_regex":
+            return checked_pattern(value)
+        if name == "guided_choice":
+            return checked_pattern(choice_pattern(value))
+        return checked_format(value if name == "guided_json" else _schema_asked(value, param))
+    except MessageError as exc:
+        code = "invalid_format" if name in ("guided_regex", "guided_choice") else "invalid_json_schema"
+        raise APIError(400, exc.message, code=code, param=name) from exc
+
+
+def _schema_asked(asked: ResponseFormat, param: str) -> dict[str, Any] | None:
+    """The schema of a `response_format` of type json_object (None) or json_schema."""
     if asked.type not in ("json_object", "json_schema"):
         raise APIError(400, f"'{param}' is of type text, json_object or json_schema, not {asked.type!r}.",
                        code="invalid_request", param=f"{param}.type")  # fmt: skip
-    schema = asked.schema_given if asked.type == "json_schema" else None
-    if asked.type == "json_schema" and schema is None:
+    if asked.type == "json_object":
+        return None
+    if asked.schema_given is None:
         where = f"{param}.json_schema.schema" if param == "response_format" else f"{param}.schema"
         raise APIError(400, f"Missing required parameter: '{where}'.", code="invalid_request", param=where)
-    try:
-        return checked_format(schema)
-    except MessageError as exc:
-        raise APIError(400, exc.message, code="invalid_json_schema", param=param) from exc
+    return asked.schema_given
 
 
 def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:

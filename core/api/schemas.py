@@ -15,6 +15,8 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 MAX_MESSAGES = 10_000
 MAX_STOP_SEQUENCES = 16  # OpenAI takes 4; vLLM and llama.cpp more (code completion clients send ~10)
 StopSequence = Annotated[str, Field(min_length=1, max_length=500)]
+MAX_PATTERN_CHARS, MAX_CHOICES = 2_000, 200  # vLLM's guided_regex and guided_choice
+GuidedChoice = Annotated[str, Field(min_length=1, max_length=500)]
 RESPONSE_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})  # a response's input parts of text
 
 
@@ -93,6 +95,11 @@ class GenerationRequest(_Request):
     n: StrictInt | None = Field(None, ge=1, le=1)
     stop: StopSequence | Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     logit_bias: dict[str, FiniteFloat] | None = Field(None, max_length=300)
+    # vLLM's structured outputs beside OpenAI's response_format: a JSON schema, a regular expression, or
+    # one of a few texts (classification: ["positive", "negative"]).
+    guided_json: dict[str, Any] | None = None
+    guided_regex: str | None = Field(None, min_length=1, max_length=MAX_PATTERN_CHARS)
+    guided_choice: Annotated[list[GuidedChoice], Field(min_length=1, max_length=MAX_CHOICES)] | None = None
 
     @property
     def wanted_tokens(self) -> int | None:

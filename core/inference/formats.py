@@ -11,6 +11,7 @@ blank lines until its token limit.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from copy import copy
 from dataclasses import dataclass
@@ -29,12 +30,14 @@ _TOKENIZER_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class ReplyFormat:
-    """What the reply must be: a JSON object (`schema` None), or a value that fits `schema` (JSON text)."""
+    """What the reply must be: a JSON object (neither given), a value that fits `schema` (JSON text), or
+    text that `regex` matches whole (vLLM's guided_regex, and its guided_choice as an alternation)."""
 
     schema: str | None = None
+    regex: str | None = None
 
     def as_openai(self) -> dict[str, Any]:
-        """The format as OpenAI's API asks it (`response_format`), for a model on a server."""
+        """A JSON format as OpenAI's API asks it (`response_format`), for a model on a server."""
         if self.schema is None:
             return {"type": "json_object"}
         return {"type": "json_schema", "json_schema": {"name": "reply", "schema": json.loads(self.schema)}}
@@ -43,6 +46,8 @@ class ReplyFormat:
     def grammar(self) -> str:
         from llguidance import LLMatcher
 
+        if self.regex is not None:
+            return LLMatcher.grammar_from_regex(self.regex)
         schema = json.loads(self.schema) if self.schema is not None else {"type": "object"}
         return LLMatcher.grammar_from_json_schema(schema, overrides=_OPTIONS)
 
@@ -50,21 +55,34 @@ class ReplyFormat:
 def checked_format(schema: dict[str, Any] | None) -> ReplyFormat:
     """A reply format for `schema` (None: any JSON object); MessageError, naming the fault in a sentence,
     where the schema is too long or is not one llguidance can hold a reply to."""
-    from llguidance import LLMatcher
-
     text = None if schema is None else json.dumps(schema, ensure_ascii=False)
     if text is not None and len(text) > MAX_SCHEMA_CHARS:
         raise MessageError(f"The JSON schema is longer than {MAX_SCHEMA_CHARS:,} characters.",
                            reason="schema_too_long", limit=MAX_SCHEMA_CHARS)  # fmt: skip
-    reply_format = ReplyFormat(text)
+    return _compiled(ReplyFormat(text), "The JSON schema")
+
+
+def checked_pattern(regex: str) -> ReplyFormat:
+    """A reply format for text that `regex` (Rust's syntax, as vLLM's) matches whole; MessageError where it
+    is not one."""
+    return _compiled(ReplyFormat(regex=regex), "The regular expression")
+
+
+def choice_pattern(choices: list[str]) -> str:
+    """The regular expression that matches exactly one of `choices` (vLLM's guided_choice)."""
+    return "|".join(re.escape(choice) for choice in choices)
+
+
+def _compiled(reply_format: ReplyFormat, what: str) -> ReplyFormat:
+    from llguidance import LLMatcher
+
     try:
         failed, said = LLMatcher.validate_grammar_with_warnings(reply_format.grammar)
     except ValueError as exc:
         failed, said = True, [str(exc)]
     if failed:
         first = " ".join(str(said[0]).split())[:300] if said else "it cannot be read"
-        raise MessageError(f"The JSON schema cannot hold a reply: {first}.", reason="schema_invalid",
-                           said=first)  # fmt: skip
+        raise MessageError(f"{what} cannot hold a reply: {first}.", reason="format_invalid", said=first)
     return reply_format
 
 

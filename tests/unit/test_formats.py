@@ -46,7 +46,7 @@ def test_a_reply_held_to_a_schema_fits_it_and_ends_there(tmp_path: Path, arch: s
 def test_a_schema_no_reply_can_fit_is_refused_in_a_sentence() -> None:
     with pytest.raises(MessageError, match="cannot hold a reply: Invalid type: nonsense") as refused:
         checked_format({"type": "nonsense"})
-    assert refused.value.params["reason"] == "schema_invalid"
+    assert refused.value.params["reason"] == "format_invalid"
     with pytest.raises(MessageError, match="longer than") as long:
         checked_format({"enum": ["x" * MAX_SCHEMA_CHARS]})
     assert long.value.params["reason"] == "schema_too_long"

@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -445,6 +446,28 @@ def test_a_reply_asked_in_json_is_json_that_fits_its_schema(engine: LocalEngine)
     reply = mode.choices[0].message.content  # JSON mode: an object, whole unless cut at its length
     assert reply.startswith("{")
     assert mode.choices[0].finish_reason == "length" or isinstance(json.loads(reply), dict)
+
+
+def test_vllms_guided_choice_and_regex_hold_a_reply_to_them(engine: LocalEngine) -> None:
+    """vLLM's structured outputs as its clients send them (`extra_body`): one of a few texts (a small
+    model as a classifier), or text a regular expression matches; asking two formats is a 400."""
+    with serving(engine) as url:
+        client = _client(url)
+
+        def reply(**extra: object) -> openai.types.chat.ChatCompletion:
+            return client.chat.completions.create(model="tiny", messages=MESSAGES, extra_body=extra)
+
+        choices = ["positive", "negative", "São Paulo (x.y)"]
+        chosen = [reply(guided_choice=choices, seed=seed).choices[0] for seed in range(3)]
+        dated = reply(guided_regex=r"20[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9]").choices[0]
+        with pytest.raises(openai.BadRequestError) as two:
+            reply(guided_regex="a+", guided_choice=["a"])
+        with pytest.raises(openai.BadRequestError) as unclosed:
+            reply(guided_regex="[unclosed")
+    assert all(choice.message.content in choices and choice.finish_reason == "stop" for choice in chosen)
+    assert re.fullmatch(r"20\d\d-\d\d-\d\d", dated.message.content) and dated.finish_reason == "stop"
+    assert two.value.body["param"] == "guided_choice" and "one format" in two.value.body["message"]
+    assert unclosed.value.body["code"] == "invalid_format" and "unclosed" in unclosed.value.body["message"]
 
 
 def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngine) -> None:

@@ -115,6 +115,9 @@ _CONTEXT: dict[tuple[str, str], int] = {}  # (base URL, model): its context wind
 CONTINUING_SERVERS = frozenset({"vllm", "sglang", "localllm", "llamacpp", "library"})
 GO_ON_FIELDS = {"continue_final_message": True, "add_generation_prompt": False}  # vLLM's names
 _OWNER: dict[tuple[str, str], str] = {}  # (base URL, model): who the server's listing says owns it
+OWNER_TIMEOUT_S = (
+    3.0  # asked while the Chat page draws a reply: a server that does not answer waits no longer
+)
 MIN_CONTEXT_TOKENS = 512  # a smaller window said by a server is no chat model's: not believed
 _SAID_CONTEXT = (  # how servers say a model's context when they refuse a longer conversation
     re.compile(r"maximum context length is (\d{1,9}) tokens"),  # OpenAI's and vLLM's words
@@ -373,19 +376,23 @@ class OpenAICompatibleProvider:
         if key not in _OWNER:
             _OWNER[key] = ""  # a server that cannot list now is not asked again
             with contextlib.suppress(ProviderError):
-                self.list_models()
+                self.list_models(timeout_s=OWNER_TIMEOUT_S)
         refused = _REFUSED.get(key, frozenset())
         return _OWNER[key] in CONTINUING_SERVERS and not refused & GO_ON_FIELDS.keys()
 
-    def list_models(self) -> list[str]:
-        """The server's models; no retries (someone is waiting at the page: a refused connection took 4 s).
+    def list_models(self, timeout_s: float | None = None) -> list[str]:
+        """The server's models; no retries (someone is waiting at the page: a refused connection took 4 s);
+        `timeout_s`: at most this long in all (else the client's: a minute to answer).
 
         Read from the answer's JSON here: the client fails on an answer of another shape (a web page)
         with a bare AttributeError."""
         import openai
 
+        client = self._client.with_options(max_retries=0)
+        if timeout_s is not None:
+            client = client.with_options(timeout=timeout_s)
         try:
-            answer = self._client.with_options(max_retries=0).models.with_raw_response.list().http_response
+            answer = client.models.with_raw_response.list().http_response
         except openai.PermissionDeniedError as exc:  # no model asked for yet: the key's, not a model's
             raise ProviderError(
                 "The server does not let this key list its models (403). Check the key.",

@@ -199,11 +199,18 @@ def test_a_reply_keeps_only_text_and_counts_what_the_usage_does_not(event: str, 
     assert events[-1].stats.completion_tokens == len(texts)  # its own count: the usage gave none
 
 
-def test_a_timeout_is_explained() -> None:
+def test_a_timeout_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     with FaultyOpenAIServer("silent") as server:
         provider = OpenAICompatibleProvider(server.url, None, "m", timeout_s=0.3)
         with pytest.raises(ProviderError, match="did not answer in time"):
             _stream(provider)
+        # Whether a reply may go on is asked while the Chat page draws it: a server that takes the
+        # request and never answers is given up on within OWNER_TIMEOUT_S, not the reply's minute.
+        monkeypatch.setattr(providers, "OWNER_TIMEOUT_S", 0.3)
+        patient = OpenAICompatibleProvider(server.url, None, "m")
+        started = time.perf_counter()
+        assert not patient.continues("Once upon")
+        assert time.perf_counter() - started < 3
 
 
 def test_a_server_that_takes_no_connection_is_given_up_on_after_the_connect_timeout(

@@ -434,15 +434,13 @@ def test_a_reply_asked_in_json_is_json_that_fits_its_schema(engine: LocalEngine)
             response_format={"type": "json_schema", "json_schema": schema},
         )  # fmt: skip
         text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
-        response = client.responses.create(
-            model="tiny", input="Hello", text={"format": {"type": "json_schema", **schema}}
-        )
+        response = client.responses.parse(model="tiny", input="Hello", text_format=Verdict)  # text.format
         mode = client.chat.completions.create(
             model="tiny", messages=MESSAGES, max_tokens=400, response_format={"type": "json_object"}
         )
     assert isinstance(parsed.choices[0].message.parsed, Verdict)
     assert parsed.choices[0].finish_reason == "stop"  # the value whole, the reply ended there
-    assert Verdict.model_validate_json(text) and Verdict.model_validate_json(response.output_text)
+    assert Verdict.model_validate_json(text) and isinstance(response.output_parsed, Verdict)
     reply = mode.choices[0].message.content  # JSON mode: an object, whole unless cut at its length
     assert reply.startswith("{")
     assert mode.choices[0].finish_reason == "length" or isinstance(json.loads(reply), dict)

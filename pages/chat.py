@@ -312,6 +312,7 @@ def history(conversation: Conversation, going_on: bool) -> None:
                 for info in attached.get(message.id, []):
                     st.caption(attachment_line(info))
                 with st.container(horizontal=True, vertical_alignment="center"):
+                    copy_box(message.content)
                     edit_message(message)
                     branch_arrows(conversation, turn)
                 continue
@@ -325,8 +326,7 @@ def history(conversation: Conversation, going_on: bool) -> None:
                 st.caption(sources_line([FileUse.from_dict(use) for use in message.sources]))
             st.caption(stats_line(message))
             with st.container(horizontal=True, vertical_alignment="center"):
-                with st.popover(t("chat.copy"), icon=":material/content_copy:"):
-                    st.code(split.answer, language=None, wrap_lines=True)
+                copy_box(split.answer)
                 edit_reply(conversation, message)
                 if last:
                     st.button(
@@ -343,6 +343,12 @@ def history(conversation: Conversation, going_on: bool) -> None:
                         help=t("chat.continue_help"), on_click=ask_again, args=("continue",),
                     )  # fmt: skip
                 branch_arrows(conversation, turn)
+
+
+def copy_box(text: str) -> None:
+    """A message's text as it is, in a box whose button copies it (a reply: its answer, no reasoning)."""
+    with st.popover(t("chat.copy"), icon=":material/content_copy:"):
+        st.code(text, language=None, wrap_lines=True)
 
 
 def attachment_line(info: AttachmentInfo) -> str:

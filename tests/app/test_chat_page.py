@@ -245,6 +245,8 @@ def test_a_thinking_models_reasoning_is_folded_away_above_its_answer(new_app, re
     shown = [m.value for m in assistant.markdown]
     assert shown[-1] == "It is **42**." and not any("think>" in text for text in shown)
     assert at.code[-1].value == "It is **42**."  # Copy gives the answer
+    asked = [m for m in at.chat_message if m.name == "user"][-1]
+    assert [code.value for code in asked.code] == ["What is six times seven?"]  # and a question as asked
 
 
 def test_a_thinking_model_can_be_told_to_answer_at_once(new_app, thinking_model: str) -> None:

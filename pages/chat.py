@@ -116,9 +116,8 @@ def listed(conversations: list[Conversation], selected: int | None) -> None:
     with button_list("chat-list"):
         for conversation in conversations[:shown]:
             pinned = conversation.pinned_at is not None
-            if (
-                period := t("chat.pinned") if pinned else period_of(conversation.updated_at, today, zone)
-            ) != heading:
+            period = t("chat.pinned") if pinned else period_of(conversation.updated_at, today, zone)
+            if period != heading:
                 st.caption(period)
                 heading = period
             st.button(

@@ -52,7 +52,6 @@ class StreamOptions(_Request):
 class JsonSchemaSpec(_Request):
     """A chat completion's `json_schema` format: the schema the reply must fit (`strict` or not: held)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
     name: str | None = Field(None, max_length=64)
     schema_: dict[str, Any] | None = Field(None, alias="schema")
 
@@ -61,7 +60,6 @@ class ResponseFormat(_Request):
     """OpenAI's `response_format` (`text`, `json_object`, `json_schema` with its `json_schema`), or a
     response's `text.format`, whose schema is beside its type."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
     type: str = Field(max_length=40)
     json_schema: JsonSchemaSpec | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")

@@ -1,11 +1,11 @@
-"""Replies held to JSON (OpenAI's `response_format`): any JSON object, or one that fits a JSON schema.
+"""Replies held to a format: JSON (OpenAI's `response_format`: any object, or a value that fits a JSON
+schema) or a regular expression (vLLM's guided_regex and guided_choice).
 
 At each step the tokens that would break the format are masked before the sampler chooses (llguidance,
 the constraint engine of llama.cpp's and vLLM's structured outputs, computes the mask from the model's
-own tokenizer: ~0.15 ms a token with its unpacking for a 151k vocabulary here); once the value is
-whole, only the reply's end is left. The JSON
-is compact (no whitespace between its tokens): a small model held to a format otherwise tends to write
-blank lines until its token limit.
+own tokenizer: ~0.1 ms a token with its unpacking for a 151k vocabulary here, `bench/formats.py`); once
+the value is whole, only the reply's end is left. The JSON is compact (no whitespace between its
+tokens): a small model held to a format otherwise tends to write blank lines until its token limit.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The OpenAI-compatible routes: GET /v1/models (and /v1/models/{id}), POST /v1/chat/completions,
 POST /v1/completions (text the model continues, without the chat template) and POST /v1/responses
 (OpenAI's Responses API, stateless, text only), with or without SSE (core.api.shapes writes each);
-GET /health.
+GET /health. A chat completion may list tools its reply calls (core.api.calls reads the calls).
 
 Internal logic of a completion:
 1. the guards (host, origin, body size) have run; the bearer token is checked;
@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
@@ -32,6 +32,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from core.access.hosts import HostPolicy, TrustedHostsMiddleware, load_host_policy
+from core.api.calls import CallsMade, with_calls
 from core.api.errors import APIError, asgi_refusal, from_core, from_validation, install_handlers
 from core.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, BodyTooLargeError
 from core.api.schemas import (
@@ -40,6 +41,7 @@ from core.api.schemas import (
     GenerationRequest,
     ModelCard,
     ModelList,
+    NamedToolChoice,
     ResponseFormat,
     ResponseRequest,
 )
@@ -49,7 +51,8 @@ from core.errors import ContextLengthError, LocalLLMError, MessageError
 from core.inference.events import Event, Finished, TextDelta
 from core.inference.formats import ReplyFormat, checked_format, checked_pattern, choice_pattern
 from core.inference.params import GenerationParams
-from core.inference.prompts import Continuation, Prompt, RawPrompt
+from core.inference.prompts import Continuation, Prompt, RawPrompt, ToolUse
+from core.inference.tool_calls import CALL_OPENING, call_format, takes_tools
 
 if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
     from core.inference.engine import LocalEngine
@@ -123,8 +126,15 @@ def create_app(
                            code="model_not_found", param="model")  # fmt: skip
         return body
 
-    async def reply(request: Request, body: GenerationRequest, prompt: Prompt, shape: ReplyShape) -> Any:
-        reply_format = await run_in_threadpool(_reply_format, body)  # checked before the model is touched
+    async def reply(
+        request: Request,
+        body: GenerationRequest,
+        prompt: Prompt,
+        shape: ReplyShape,
+        calling: Calling | None = None,
+    ) -> Any:
+        # The format is checked before the model is touched; a call that must be made is held to its own.
+        reply_format = calling.forced if calling else await run_in_threadpool(_reply_format, body)
         wanted = body.wanted_tokens or GenerationParams().max_new_tokens
         try:
             fit = await run_in_threadpool(engine.fit_prompt, body.model, prompt, wanted)
@@ -140,6 +150,8 @@ def create_app(
         )
         if body.stop_sequences:
             events = until_stop_sequence(events, body.stop_sequences, stop)
+        if calling:
+            events = with_calls(events, calling.names, calling.opening, calling.most)
         try:
             first = await run_in_threadpool(next, events)  # the queue cap is checked on the first step
         except LocalLLMError as exc:
@@ -149,10 +161,25 @@ def create_app(
             return _EngineStream(_sse(request, shape, first, events, include_usage), stop, events)
         return await _until_done_or_gone(request, stop, lambda: _complete(shape, first, events))
 
+    def model_takes_tools(body: ChatCompletionRequest) -> bool:
+        """Whether the model was trained to call tools as this server reads them (its chat template's)."""
+        try:
+            return takes_tools(engine.tokenizer(body.model).chat_template or "")
+        except (LocalLLMError, OSError, ValueError) as exc:  # files changed since the list was read
+            raise APIError(404, f"The model {body.model!r} is not ready: {exc}", code="model_not_found",
+                           param="model") from exc  # fmt: skip
+
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     async def chat_completions(request: Request) -> Any:
         body = await read(request, ChatCompletionRequest)
-        return await reply(request, body, _chat_prompt(body), ChatShape(body.model))
+        calling = await run_in_threadpool(_calling, body)
+        tooled = calling is not None or any(m.role == "tool" or m.tool_calls for m in body.messages)
+        if tooled and not await run_in_threadpool(model_takes_tools, body):
+            raise APIError(400, f"The model {body.model!r} was not trained to call tools (its chat "
+                           "template does not write Qwen's or Hermes' <tool_call>): send the request without "
+                           "tools, or with tool_choice \"none\".", code="tools_not_supported",
+                           param="tools")  # fmt: skip
+        return await reply(request, body, _chat_prompt(body, calling), ChatShape(body.model), calling)
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
     async def completions(request: Request) -> Any:
@@ -195,7 +222,10 @@ def _parse(raw: bytes, kind: type[Body]) -> Body:
 
 def _check_response(body: ResponseRequest) -> None:
     """What a response may ask that this server cannot give: 400 naming it, never ignored."""
-    _refuse_tools(body.tools, body.tool_choice)
+    if body.tools and body.tool_choice != "none":
+        raise APIError(400, "A response here is text only: send tools to /v1/chat/completions, or send the "
+                       "request without 'tools' (or with tool_choice \"none\").", code="tools_not_supported",
+                       param="tools")  # fmt: skip
     if body.previous_response_id:
         raise APIError(400, "This server keeps no responses: send the conversation in 'input' instead of "
                        "'previous_response_id'.", code="unsupported_parameter",
@@ -230,18 +260,59 @@ def _check_completion(body: CompletionRequest) -> None:
 
 def _check_chat(body: ChatCompletionRequest) -> None:
     """What a chat completion may ask that this server cannot give: 400 naming it, never ignored."""
-    _refuse_tools(body.tools, body.tool_choice)
     if body.logprobs or body.top_logprobs:
         raise APIError(400, "This server does not return log-probabilities: send the request without "
                        "'logprobs'.", code="logprobs_not_supported", param="logprobs")  # fmt: skip
 
 
-def _refuse_tools(tools: list[Any] | None, choice: Any) -> None:
-    """Tools a reply may call: refused, unless `tool_choice` is "none" (no call asked for; clients that
-    always list their tools send it to have text only)."""
-    if tools and choice != "none":
-        raise APIError(400, "This server's models do not call tools: send the request without 'tools' (or "
-                       "with tool_choice \"none\").", code="tools_not_supported", param="tools")  # fmt: skip
+@dataclass(frozen=True)
+class Calling:
+    """How a chat completion's reply may call tools: the tools as the chat template lists them; the
+    format a call that must be made is held to (None: the model chooses); how many calls are kept."""
+
+    tools: tuple[dict[str, Any], ...]
+    forced: ReplyFormat | None
+    most: int | None
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(tool["function"]["name"] for tool in self.tools)
+
+    @property
+    def opening(self) -> str:
+        return CALL_OPENING if self.forced else ""
+
+
+def _calling(body: ChatCompletionRequest) -> Calling | None:
+    """The tools a reply may call (None: none, or tool_choice "none": clients that always list their
+    tools send it to have text only); 400 where the choice names no listed tool, or is not the only
+    format asked."""
+    choice = body.tool_choice
+    if not body.tools:
+        if choice not in (None, "none", "auto"):
+            raise APIError(400, "tool_choice asks for a call, but the request lists no 'tools'.",
+                           param="tool_choice")  # fmt: skip
+        return None
+    if choice == "none":
+        return None
+    tools = tuple(tool.model_dump(exclude_none=True, exclude={"function": {"strict"}}) for tool in body.tools)
+    named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+    if named is not None and named not in {tool.function.name for tool in body.tools}:
+        raise APIError(400, f"tool_choice names {named!r}, which is not among the request's tools.",
+                       param="tool_choice")  # fmt: skip
+    asked = body.format_asked[0]
+    guided = [name for name in GUIDED if getattr(body, name) is not None]
+    if (asked is not None and asked.type != "text") or guided:
+        raise APIError(400, "A reply that may call tools is not held to a format: send tools or a format, "
+                       "not both.", param="tools")  # fmt: skip
+    forced = None
+    if choice == "required" or named is not None:
+        try:
+            forced = call_format(tools, named)
+        except MessageError as exc:
+            raise APIError(400, f"A tool's parameters: {exc.message}", code="invalid_json_schema",
+                           param="tools") from exc  # fmt: skip
+    return Calling(tools, forced, None if body.parallel_tool_calls else 1)
 
 
 GUIDED = ("guided_json", "guided_regex", "guided_choice")  # vLLM's names for a format
@@ -285,24 +356,50 @@ def _schema_asked(asked: ResponseFormat, param: str) -> dict[str, Any] | None:
     return asked.schema_given
 
 
-def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
+def _messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The messages as the chat template reads them: text, and the calls an assistant made with their
+    arguments as objects (Qwen's template writes them with tojson, as transformers' callers pass them)."""
     cleaned = []
     for index, message in enumerate(body.messages):
         if others := message.parts_other_than_text():
             raise APIError(400, f"Messages may hold text only; message {index} has {', '.join(others)}.",
                            code="unsupported_content", param=f"messages[{index}].content")  # fmt: skip
-        if message.role == "tool" or message.tool_calls:
-            raise APIError(400, "This server's models do not call tools: tool messages are not accepted.",
-                           code="tools_not_supported", param=f"messages[{index}]")  # fmt: skip
         role = "system" if message.role == "developer" else message.role
-        cleaned.append({"role": role, "content": message.text()})
+        turn: dict[str, Any] = {"role": role, "content": message.text()}
+        if message.tool_calls:
+            turn["tool_calls"] = [
+                {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments":
+                 _arguments(call.function.arguments, f"messages[{index}].tool_calls[{place}].function")}}
+                for place, call in enumerate(message.tool_calls)
+            ]  # fmt: skip
+        if message.tool_call_id is not None:
+            turn["tool_call_id"] = message.tool_call_id
+        cleaned.append(turn)
     return cleaned
 
 
-def _chat_prompt(body: ChatCompletionRequest) -> Prompt:
-    """The conversation under the chat template; with vLLM's `continue_final_message` (and
-    `add_generation_prompt` false, as vLLM asks) the last message, the assistant's, goes on: a prefill."""
+def _arguments(text: str, where: str) -> dict[str, Any]:
+    """A call's arguments sent back as JSON text: the object; 400 where they are not one."""
+    try:
+        arguments = json.loads(text)
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise APIError(400, f"Invalid value for '{where}.arguments': expected a JSON object's text.",
+                       param=f"{where}.arguments")  # fmt: skip
+    return arguments
+
+
+def _chat_prompt(body: ChatCompletionRequest, calling: Calling | None = None) -> Prompt:
+    """The conversation under the chat template, with the tools its reply may call; with vLLM's
+    `continue_final_message` (and `add_generation_prompt` false, as vLLM asks) the last message, the
+    assistant's, goes on: a prefill."""
     messages = _messages(body)
+    if calling is not None:
+        if body.continue_final_message:
+            raise APIError(400, "A reply that goes on in the last message does not call tools: send it "
+                           "without tools.", param="continue_final_message")  # fmt: skip
+        return ToolUse(tuple(messages), calling.tools, calling.opening)
     if body.continue_final_message and body.add_generation_prompt:
         raise APIError(400, "continue_final_message goes with add_generation_prompt false (as vLLM takes "
                        "them): a reply goes on in the last message or starts a new one, not both.",
@@ -332,14 +429,16 @@ def _chain(first: Event, events: Iterator[Event]) -> Iterator[Event]:
 
 
 def _complete(shape: ReplyShape, first: Event, events: Iterator[Event]) -> dict[str, Any]:
-    text, stats = [], None
+    text, stats, calls = [], None, ()
     for event in _chain(first, events):
         if isinstance(event, TextDelta):
             text.append(event.text)
+        elif isinstance(event, CallsMade):
+            calls = event.calls
         elif isinstance(event, Finished):
             stats = event.stats
     assert stats is not None  # the engine always ends with Finished
-    return shape.whole("".join(text), stats)
+    return shape.whole("".join(text), stats, calls)
 
 
 async def _until_done_or_gone(request: Request, stop: threading.Event, work: Callable[[], Any]) -> Any:
@@ -394,6 +493,9 @@ async def _sse(
         while event is not sentinel:
             if isinstance(event, TextDelta):
                 for written in shape.piece(event.text):
+                    yield written
+            elif isinstance(event, CallsMade):
+                for written in shape.calls(event.calls):
                     yield written
             elif isinstance(event, Finished):
                 for written in shape.closing(event.stats, include_usage):

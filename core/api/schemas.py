@@ -2,7 +2,8 @@
 
 Requests are validated here before anything else happens: types, ranges (`max_tokens` a positive
 integer, finite temperatures), and sizes (how many messages, how long a model name). Unknown fields
-that OpenAI clients send (`user`, `metadata`, ...) are ignored; `tools` is refused by the route.
+that OpenAI clients send (`user`, `metadata`, ...) are ignored. A chat completion's `tools` are functions
+(OpenAI's shape); a response's are refused by the route.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ StopSequence = Annotated[str, Field(min_length=1, max_length=500)]
 MAX_PATTERN_CHARS, MAX_CHOICES = 2_000, 200  # vLLM's guided_regex and guided_choice
 GuidedChoice = Annotated[str, Field(min_length=1, max_length=500)]
 RESPONSE_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})  # a response's input parts of text
+MAX_TOOLS = 128  # OpenAI's limit
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # OpenAI's rule for a function's name
+ToolCallId = Annotated[str, Field(max_length=100)]
 
 
 class _Request(BaseModel):
@@ -29,10 +33,24 @@ class ContentPart(_Request):
     text: str | None = None
 
 
+class CalledFunction(_Request):
+    name: str = Field(max_length=64)
+    arguments: str  # a JSON object's text, as OpenAI sends it back
+
+
+class ToolCallMade(_Request):
+    """A call an assistant's message made, sent back with the conversation."""
+
+    id: ToolCallId | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: Annotated[list[ToolCallMade], Field(max_length=MAX_TOOLS)] | None = None
+    tool_call_id: ToolCallId | None = None  # a tool's message: the call it answers
 
     def parts_other_than_text(self) -> list[str]:
         if not isinstance(self.content, list):
@@ -67,6 +85,31 @@ class ResponseFormat(_Request):
     @property
     def schema_given(self) -> dict[str, Any] | None:
         return self.json_schema.schema_ if self.json_schema else self.schema_
+
+
+class FunctionSpec(_Request):
+    name: ToolName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments (None: none asked)
+    strict: StrictBool | None = None
+
+
+class ToolSpec(_Request):
+    """A function a reply may call (OpenAI's chat completions' `tools`)."""
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(_Request):
+    name: ToolName
+
+
+class NamedToolChoice(_Request):
+    """`tool_choice` naming the function the reply must call."""
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatTemplateOptions(_Request):
@@ -121,11 +164,12 @@ class GenerationRequest(_Request):
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
-    tools: list[Any] | None = None
+    tools: Annotated[list[ToolSpec], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = None
     response_format: ResponseFormat | None = None
-    tool_choice: Any = None
     chat_template_kwargs: ChatTemplateOptions | None = None  # vLLM's: {"enable_thinking": false}
     reasoning_effort: str | None = Field(None, max_length=20)  # "none": OpenAI's and Ollama's no reasoning
     # vLLM's: the reply goes on in the last (assistant) message, not a new one: a prefilled reply.
@@ -243,15 +287,32 @@ class Usage(_Response):
     prompt_tokens_details: PromptTokensDetails
 
 
+class FunctionCalled(_Response):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(_Response):
+    """A call the reply makes (OpenAI's `tool_calls` item)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCalled
+
+
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class Choice(_Response):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
 
 
 class _Reply(_Response):
@@ -268,15 +329,22 @@ class ChatCompletion(_Reply):
     usage: Usage
 
 
+class ToolCallDelta(ToolCallOut):
+    """A call in a stream: whole, in one chunk (its place among the reply's calls in `index`)."""
+
+    index: int
+
+
 class Delta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(_Response):
     index: int = 0
     delta: Delta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(_Reply):

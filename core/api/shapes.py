@@ -17,12 +17,16 @@ from core.api.schemas import (
     Choice,
     ChunkChoice,
     Delta,
+    FunctionCalled,
     PromptTokensDetails,
     TextChoice,
     TextCompletion,
+    ToolCallDelta,
+    ToolCallOut,
     Usage,
 )
 from core.inference.events import ReplyStats
+from core.inference.tool_calls import ToolCall
 
 DONE = "data: [DONE]\n\n"
 
@@ -36,7 +40,12 @@ def usage_of(stats: ReplyStats) -> Usage:
 
 
 def finish_reason(stats: ReplyStats) -> str:
-    return "length" if stats.finish_reason == "length" else "stop"
+    return stats.finish_reason if stats.finish_reason in ("length", "tool_calls") else "stop"
+
+
+def call_id() -> str:
+    """A call's id, for the tool's answer to name (OpenAI's form: call_ and 24 characters)."""
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 class ReplyShape:
@@ -49,13 +58,17 @@ class ReplyShape:
         self.id = f"{self.prefix}{uuid.uuid4().hex}"
         self.created = int(time.time())
 
-    def whole(self, text: str, stats: ReplyStats) -> dict[str, Any]:
+    def whole(self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
         raise NotImplementedError
 
     def opening(self) -> list[str]:
         return []
 
     def piece(self, text: str) -> list[str]:
+        raise NotImplementedError
+
+    def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
+        """The calls a reply makes (chat completions only: the others have no tools)."""
         raise NotImplementedError
 
     def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
@@ -91,8 +104,11 @@ class ChatShape(_ChunkedShape):
     prefix = "chatcmpl-"
     chunk_kind = ChatCompletionChunk
 
-    def whole(self, text: str, stats: ReplyStats) -> dict[str, Any]:
-        choice = Choice(message=AssistantMessage(content=text), finish_reason=finish_reason(stats))
+    def whole(self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
+        made = [ToolCallOut(id=call_id(), function=FunctionCalled(name=c.name, arguments=c.arguments))
+                for c in calls]  # fmt: skip
+        message = AssistantMessage(content=(text or None) if made else text, tool_calls=made or None)
+        choice = Choice(message=message, finish_reason=finish_reason(stats))
         return ChatCompletion(id=self.id, created=self.created, model=self.model, choices=[choice],
                               usage=usage_of(stats)).model_dump()  # fmt: skip
 
@@ -101,6 +117,15 @@ class ChatShape(_ChunkedShape):
 
     def piece(self, text: str) -> list[str]:
         return [self._chunk([ChunkChoice(delta=Delta(content=text))])]
+
+    def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
+        return [self._chunk([ChunkChoice(delta=Delta(tool_calls=[self._call(index, call)]))])
+                for index, call in enumerate(calls)]  # fmt: skip
+
+    @staticmethod
+    def _call(index: int, call: ToolCall) -> ToolCallDelta:
+        return ToolCallDelta(index=index, id=call_id(),
+                             function=FunctionCalled(name=call.name, arguments=call.arguments))  # fmt: skip
 
     def _last_choice(self, reason: str) -> ChunkChoice:
         return ChunkChoice(delta=Delta(), finish_reason=reason)
@@ -112,7 +137,7 @@ class TextShape(_ChunkedShape):
     prefix = "cmpl-"
     chunk_kind = TextCompletion
 
-    def whole(self, text: str, stats: ReplyStats) -> dict[str, Any]:
+    def whole(self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
         choices = [TextChoice(text=text, finish_reason=finish_reason(stats))]
         return TextCompletion(id=self.id, created=self.created, model=self.model, choices=choices,
                               usage=usage_of(stats)).model_dump()  # fmt: skip
@@ -139,7 +164,7 @@ class ResponseShape(ReplyShape):
         self._text: list[str] = []
         self._sequence = 0
 
-    def whole(self, text: str, stats: ReplyStats) -> dict[str, Any]:
+    def whole(self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
         complete = stats.finish_reason != "length"
         return self._response(
             "completed" if complete else "incomplete", [self._message(text, "completed")], stats

@@ -14,10 +14,11 @@ from core.inference.events import Event, Finished, TextDelta
 
 
 class StopSequences:
-    """Feeds a reply's text through; `cut` is True once a stop sequence was found."""
+    """Feeds a reply's text through; `cut` is True once a stop sequence was found, and `rest` is the text
+    from it on."""
 
     def __init__(self, sequences: tuple[str, ...]) -> None:
-        self.sequences, self.cut = sequences, False
+        self.sequences, self.cut, self.rest = sequences, False, ""
         self._held = ""
 
     def feed(self, text: str) -> str:
@@ -26,7 +27,7 @@ class StopSequences:
         text = self._held + text
         found = [at for sequence in self.sequences if (at := text.find(sequence)) >= 0]
         if found:
-            self.cut, self._held = True, ""
+            self.cut, self._held, self.rest = True, "", text[min(found) :]
             return text[: min(found)]
         held = max((self._begins_sequence(text, sequence) for sequence in self.sequences), default=0)
         self._held = text[len(text) - held :] if held else ""

@@ -74,16 +74,21 @@ class ChatTokenizer:
         )
 
     def chat_text(
-        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True, thinking: bool = True
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        thinking: bool = True,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> str:
         """`messages` rendered by the chat template (jinja2's TemplateError when the template refuses
         them). `thinking` False renders it with enable_thinking=False; True leaves the template its own
-        default."""
+        default. `tools`: the functions the reply may call (OpenAI's `tools`), for the template to list."""
         if not messages:
             raise ValueError("There is no message to reply to.")
         options = {} if thinking else {"enable_thinking": False}
         return self._template.render(
-            messages=[dict(m) for m in messages], tools=None, documents=None,
+            messages=[dict(m) for m in messages], tools=list(tools) if tools else None, documents=None,
             add_generation_prompt=add_generation_prompt, **self.special_tokens, **options,
         )  # fmt: skip
 

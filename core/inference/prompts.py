@@ -6,9 +6,10 @@ the context's worth of tokens costs, not what tokenizing the whole text would.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.errors import ChatTemplateError, ContextLengthError
 from core.inference.events import PromptFit
@@ -35,8 +36,20 @@ class Continuation:
     messages: tuple[dict[str, str], ...]
 
 
-# A conversation (with the chat template), raw text, or a conversation whose last reply goes on.
-Prompt = Sequence[dict[str, str]] | RawPrompt | Continuation
+@dataclass(frozen=True)
+class ToolUse:
+    """A conversation with the tools its reply may call (OpenAI's `tools`, listed by the chat template);
+    its messages may hold calls made and their results. `opening`: the text the reply starts with, after
+    the generation prompt (a call that must be made: core.inference.tool_calls.CALL_OPENING)."""
+
+    messages: tuple[dict[str, Any], ...]
+    tools: tuple[dict[str, Any], ...]
+    opening: str = ""
+
+
+# A conversation (with the chat template), raw text, a conversation whose last reply goes on, or one
+# with tools.
+Prompt = Sequence[dict[str, str]] | RawPrompt | Continuation | ToolUse
 
 
 def prompt_ids(tokenizer: ChatTokenizer, prompt: Prompt, thinking: bool = True) -> list[int]:
@@ -47,18 +60,21 @@ def prompt_ids(tokenizer: ChatTokenizer, prompt: Prompt, thinking: bool = True) 
     DeepSeek-R1's drops its reasoning, have no say)."""
     if isinstance(prompt, RawPrompt):
         return tokenizer.encode(prompt.text, special=True)
+    tools = prompt.tools if isinstance(prompt, ToolUse) else None
     asked, written = (
-        (prompt.messages[:-1], prompt.messages[-1]["content"])
+        (prompt.messages[:-1], prompt.messages[-1]["content"].rstrip())
         if isinstance(prompt, Continuation)
+        else (prompt.messages, prompt.opening)
+        if isinstance(prompt, ToolUse)
         else (prompt, "")
     )
     try:
-        text = tokenizer.chat_text(asked, thinking=thinking)
+        text = tokenizer.chat_text(asked, thinking=thinking, tools=tools)
     except Exception as exc:  # jinja's TemplateError and ValueError: the template refused these turns
         detail = " ".join(str(exc).split())[:300]
         raise ChatTemplateError(f"The model's chat template rejected this conversation: {detail}",
                                 detail=detail) from exc  # fmt: skip
-    return tokenizer.encode(text + written.rstrip())
+    return tokenizer.encode(text + written)
 
 
 def _pieces(text: str) -> Iterator[str]:
@@ -78,15 +94,26 @@ def count_prompt_tokens(tokenizer: ChatTokenizer, prompt: Prompt, limit: int | N
     that is still above the limit: the work is bounded by the limit, not by the text's length."""
     if limit is not None:
         rough = pieces = 0
-        turns = prompt.messages if isinstance(prompt, Continuation) else prompt
-        texts = [prompt.text] if isinstance(prompt, RawPrompt) else [message["content"] for message in turns]
-        for text in texts:
+        for text in _texts(prompt):
             for piece in _pieces(text):
                 rough += len(tokenizer.encode(piece))
                 pieces += 1
                 if rough - COUNT_SLACK_PER_PIECE * pieces > limit * 1.1:
                     return rough - COUNT_SLACK_PER_PIECE * pieces
     return len(prompt_ids(tokenizer, prompt))
+
+
+def _texts(prompt: Prompt) -> list[str]:
+    """What a prompt's tokens are mostly made of: its messages' texts, and a tool use's tools and calls."""
+    if isinstance(prompt, RawPrompt):
+        return [prompt.text]
+    turns = prompt.messages if isinstance(prompt, Continuation | ToolUse) else prompt
+    texts = [message["content"] for message in turns]
+    if isinstance(prompt, ToolUse):
+        texts += [json.dumps(tool, ensure_ascii=False) for tool in prompt.tools]
+        texts += [json.dumps(message["tool_calls"], ensure_ascii=False) for message in turns
+                  if message.get("tool_calls")]  # fmt: skip
+    return texts
 
 
 def fit(tokens: int, context: int, max_new_tokens: int) -> PromptFit:

@@ -147,15 +147,20 @@ def test_max_tokens_is_capped_to_what_the_context_leaves(engine: LocalEngine) ->
     assert reply.usage.prompt_tokens + reply.usage.completion_tokens == 96
 
 
-def test_tools_are_refused_not_ignored(engine: LocalEngine) -> None:
+def test_tools_are_refused_for_a_model_not_trained_to_call_them(engine: LocalEngine) -> None:
+    """The tiny Llama's chat template has no place for tools: a call could not be read, never ignored."""
     tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    result = {"role": "tool", "tool_call_id": "call_1", "content": "12:00"}
     with serving(engine, ["tiny"]) as url:
         refused = post(url, {"model": "tiny", "messages": HELLO, "tools": [tool]})
+        answered = post(url, {"model": "tiny", "messages": [*HELLO, result]})
         # A client that always lists its tools and asks for none called gets its text reply.
         text_only = post(url, {"model": "tiny", "messages": HELLO, "tools": [tool], "tool_choice": "none",
                                "max_tokens": 2})  # fmt: skip
-    assert refused.status_code == 400
-    assert refused.json()["error"]["code"] == "tools_not_supported"
+    for refusal in (refused, answered):
+        assert refusal.status_code == 400
+        assert refusal.json()["error"]["code"] == "tools_not_supported"
+        assert "'tiny' was not trained to call tools" in refusal.json()["error"]["message"]
     assert text_only.status_code == 200 and text_only.json()["choices"][0]["message"]["content"]
 
 

@@ -1,0 +1,217 @@
+"""Tools a reply calls through `core serve` (OpenAI's chat completions `tools`), spoken to by the official
+openai client over loopback: a real tiny model with Qwen2.5's own chat template. Its random weights
+never write a call of their own accord, so a call the model chooses to make is read from text (every
+cut of a streamed reply), and calls the client asks for (tool_choice "required" or a named function)
+are made by the model, held to the tool's parameters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from core.api.calls import CallsMade, with_calls
+from core.inference.chat_tokenizer import ChatTokenizer
+from core.inference.engine import LocalEngine
+from core.inference.events import Event, Finished, ReplyStats, TextDelta
+from core.inference.prompts import ToolUse, prompt_ids
+from core.inference.tool_calls import CALL_OPENING, ToolCall
+from tests.fixtures.serving import serving
+from tests.fixtures.tiny_models import QWEN25_TEMPLATE, build_tiny_model, install_ready
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city over the next days",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"enum": ["Paris", "杭州"]}, "days": {"type": "integer", "minimum": 1,
+                                                                        "maximum": 7}},
+            "required": ["city", "days"],
+            "additionalProperties": False,
+        },
+    },
+}  # fmt: skip
+CLOCK = {
+    "type": "function",
+    "function": {
+        "name": "now",
+        "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+    },
+}
+TOOLS = [WEATHER, CLOCK]
+ASKED = [{"role": "user", "content": "What is the weather in Paris?"}]
+NAMES = frozenset({"get_weather", "now"})
+
+
+@pytest.fixture(scope="module")
+def tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tools") / "m", endless=True, context=4096, chat_template=QWEN25_TEMPLATE
+    )
+
+
+@pytest.fixture
+def engine(tmp_path: Path, tool_model: Path) -> LocalEngine:
+    install_ready(tmp_path / "models", "tiny", tool_model)
+    return LocalEngine(tmp_path / "models", idle_unload_s=0)
+
+
+def _client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+
+
+def _weather(arguments: str) -> dict:
+    """The arguments of a get_weather call, checked against its parameters."""
+    given = json.loads(arguments)
+    assert set(given) == {"city", "days"} and given["city"] in ("Paris", "杭州") and 1 <= given["days"] <= 7
+    return given
+
+
+def test_a_named_call_is_made_with_arguments_that_fit_its_parameters(engine: LocalEngine) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    with serving(engine, ["tiny"]) as url:
+        client = _client(url)
+        for temperature in (0.0, 1.0):
+            reply = client.chat.completions.create(
+                model="tiny", messages=ASKED, tools=TOOLS, tool_choice=named, temperature=temperature,
+                max_tokens=60, seed=3,
+            )  # fmt: skip
+            message = reply.choices[0].message
+            assert reply.choices[0].finish_reason == "tool_calls" and message.content is None
+            [call] = message.tool_calls
+            assert call.type == "function" and call.function.name == "get_weather"
+            assert call.id.startswith("call_") and len(call.id) == 29
+            _weather(call.function.arguments)
+        streamed = list(client.chat.completions.create(
+            model="tiny", messages=ASKED, tools=TOOLS, tool_choice=named, temperature=0, max_tokens=60,
+            stream=True, stream_options={"include_usage": True},
+        ))  # fmt: skip
+        whole = client.chat.completions.create(model="tiny", messages=ASKED, tools=TOOLS, tool_choice=named,
+                                               temperature=0, max_tokens=60)  # fmt: skip
+    deltas = [call for chunk in streamed if chunk.choices for call in chunk.choices[0].delta.tool_calls or ()]
+    assert [(d.index, d.function.name) for d in deltas] == [(0, "get_weather")]
+    assert deltas[0].function.arguments == whole.choices[0].message.tool_calls[0].function.arguments  # greedy
+    assert not "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+    assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == "tool_calls"
+    assert streamed[-1].usage.completion_tokens == whole.usage.completion_tokens > 5
+
+
+def test_required_makes_a_call_of_one_of_the_tools_and_its_result_goes_back_in(engine: LocalEngine) -> None:
+    with serving(engine, ["tiny"]) as url:
+        client = _client(url)
+        first = client.chat.completions.create(
+            model="tiny", messages=ASKED, tools=TOOLS, tool_choice="required", temperature=1.0, max_tokens=60
+        )
+        [call] = first.choices[0].message.tool_calls
+        assert call.function.name in NAMES
+        assert (
+            json.loads(call.function.arguments) == {}
+            if call.function.name == "now"
+            else _weather(call.function.arguments)
+        )
+        # The client runs the tool and sends the conversation back with the call and its result.
+        answered = [*ASKED, first.choices[0].message.model_dump(exclude_none=True),
+                    {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21°C"}]  # fmt: skip
+        second = client.chat.completions.create(model="tiny", messages=answered, tools=TOOLS, max_tokens=4)
+    assert second.choices[0].finish_reason == "length" and second.choices[0].message.content
+    tokenizer = engine.tokenizer("tiny")
+    sent = [*ASKED, {"role": "assistant", "content": "", "tool_calls": [
+        {"id": call.id, "type": "function", "function": {"name": call.function.name,
+                                                          "arguments": json.loads(call.function.arguments)}}
+    ]}, {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21°C"}]  # fmt: skip
+    assert second.usage.prompt_tokens == len(prompt_ids(tokenizer, ToolUse(tuple(sent), tuple(TOOLS))))
+
+
+def test_a_conversation_with_tools_reads_as_transformers_renders_it(tool_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(tool_model)
+    ours = ChatTokenizer.from_transformers(reference)
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "杭州", "days": 2}}}
+    conversation = (*ASKED, {"role": "assistant", "content": "", "tool_calls": [call]},
+                    {"role": "tool", "content": '{"sky": "sunny"}'},
+                    {"role": "tool", "content": "21°C"})  # fmt: skip
+    expected = reference.apply_chat_template(list(conversation), tools=TOOLS, add_generation_prompt=True)
+    if not isinstance(expected, list):  # transformers 5 returns a BatchEncoding
+        expected = expected["input_ids"]
+    assert prompt_ids(ours, ToolUse(conversation, tuple(TOOLS))) == expected
+    text = ours.decode(expected, skip_special_tokens=False)
+    assert '"name": "get_weather"' in text and "<tool_response>\n21°C\n</tool_response>" in text
+    forced = prompt_ids(ours, ToolUse(conversation, tuple(TOOLS), CALL_OPENING))
+    assert ours.decode(forced, skip_special_tokens=False) == text + CALL_OPENING
+
+
+def _events(pieces: list[str], reason: str = "stop") -> Iterator[Event]:
+    yield from (TextDelta(piece) for piece in pieces)
+    yield Finished(ReplyStats(5, len(pieces), 0.1, 10.0, reason, "tiny"))
+
+
+def _read(pieces: list[str], opening: str = "", most: int | None = None) -> tuple[str, tuple, str]:
+    text, calls, reason = [], (), ""
+    for event in with_calls(_events(pieces), NAMES, opening, most):
+        if isinstance(event, TextDelta):
+            text.append(event.text)
+        elif isinstance(event, CallsMade):
+            calls = event.calls
+        elif isinstance(event, Finished):
+            reason = event.stats.finish_reason
+    return "".join(text), calls, reason
+
+
+def test_a_call_the_model_writes_is_read_however_the_stream_cuts_it() -> None:
+    said = "Let me look that up.\n"
+    block = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}\n</tool_call>'
+    reply = said + block + '\n<tool_call>\n{"name": "now", "arguments": "{}"}\n</tool_call>'
+    calls = (ToolCall("get_weather", '{"city": "Paris", "days": 2}'), ToolCall("now", "{}"))
+    for cut in range(1, len(reply)):
+        assert _read([reply[:cut], reply[cut:]]) == (said.strip() + "\n", calls, "tool_calls")
+    assert _read(list(reply)) == (said.strip() + "\n", calls, "tool_calls")  # a character a token
+    assert _read(list(reply), most=1)[1] == calls[:1]  # parallel_tool_calls false
+    # The block of a call cut at the token limit is the last one, left open: still read.
+    assert _read([block.removesuffix("</tool_call>")])[1:] == (calls[:1], "tool_calls")
+
+
+def test_text_that_is_no_call_of_the_tools_is_sent_as_written() -> None:
+    for reply in (
+        "Use <tool> tags, or a <tool_call", "2 < 3 and <tool_call>\n{not json}\n</tool_call>",
+        '<tool_call>\n{"name": "rm_rf", "arguments": {}}\n</tool_call>',
+        '<tool_call>{"name": "now", "arguments": 3}',
+    ):  # fmt: skip
+        for cut in range(1, len(reply)):
+            assert _read([reply[:cut], reply[cut:]]) == (reply, (), "stop")
+    # A call that had to be made but was cut at the token limit: its JSON, without the opening it was given.
+    assert _read(['{"name": "now", "argu'], CALL_OPENING) == ('{"name": "now", "argu', (), "stop")
+
+
+def test_what_a_client_gets_wrong_about_tools_is_named(engine: LocalEngine) -> None:
+    called = {"role": "assistant", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "now", "arguments": "{oops"}}
+    ]}  # fmt: skip
+    wrong = [
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_time"}}},
+         "tool_choice", "'get_time', which is not among"),
+        ({"tool_choice": "required"}, "tool_choice", "lists no 'tools'"),
+        ({"tools": [{"type": "function", "function": {"name": "get weather"}}]}, "tools[0].function.name",
+         "should match pattern"),
+        ({"tools": [{"type": "code_interpreter"}]}, "tools[0].type", "Input should be 'function'"),
+        ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "tools", "tools or a format"),
+        ({"tools": [WEATHER | {"function": {"name": "f", "parameters": {"type": "nonsense"}}}],
+          "tool_choice": "required"}, "tools", "A tool's parameters: The JSON schema cannot hold a reply"),
+        ({"tools": TOOLS, "messages": [*ASKED, called]}, "messages[1].tool_calls[0].function.arguments",
+         "expected a JSON object's text"),
+    ]  # fmt: skip
+    with serving(engine, ["tiny"]) as url:
+        client = _client(url)
+        for asked, param, said in wrong:
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(
+                    **({"model": "tiny", "messages": ASKED, "max_tokens": 2} | asked)
+                )
+            assert (refused.value.body["param"], said in refused.value.body["message"]) == (param, True), (
+                asked
+            )

@@ -1,7 +1,8 @@
 """The OpenAI-compatible routes: GET /v1/models (and /v1/models/{id}), POST /v1/chat/completions,
 POST /v1/completions (text the model continues, without the chat template) and POST /v1/responses
-(OpenAI's Responses API, stateless, text only), with or without SSE (core.api.shapes writes each);
-GET /health. A chat completion may list tools its reply calls (core.api.calls reads the calls).
+(OpenAI's Responses API, stateless), with or without SSE (core.api.shapes writes each);
+GET /health. A chat completion or a response may list tools its reply calls (core.api.calls reads
+the calls).
 
 Internal logic of a completion:
 1. the guards (host, origin, body size) have run; the bearer token is checked;
@@ -38,10 +39,11 @@ from core.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, BodyToo
 from core.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
+    FunctionCallItem,
+    FunctionCallOutputItem,
     GenerationRequest,
     ModelCard,
     ModelList,
-    NamedToolChoice,
     ResponseFormat,
     ResponseRequest,
 )
@@ -161,24 +163,28 @@ def create_app(
             return _EngineStream(_sse(request, shape, first, events, include_usage), stop, events)
         return await _until_done_or_gone(request, stop, lambda: _complete(shape, first, events))
 
-    def model_takes_tools(body: ChatCompletionRequest) -> bool:
-        """Whether the model was trained to call tools as this server reads them (its chat template's)."""
+    def tool_use(body: ChatCompletionRequest | ResponseRequest) -> Calling | None:
+        """How the reply may call tools (core.api.calls); 400 `tools_not_supported` where the request lists
+        tools, or holds calls, and the model was not trained to call them as this server reads them."""
+        calling = _calling(body)
+        if calling is None and not body.uses_tools:
+            return None
         try:
-            return takes_tools(engine.tokenizer(body.model).chat_template or "")
+            template = engine.tokenizer(body.model).chat_template or ""
         except (LocalLLMError, OSError, ValueError) as exc:  # files changed since the list was read
             raise APIError(404, f"The model {body.model!r} is not ready: {exc}", code="model_not_found",
                            param="model") from exc  # fmt: skip
-
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
-    async def chat_completions(request: Request) -> Any:
-        body = await read(request, ChatCompletionRequest)
-        calling = await run_in_threadpool(_calling, body)
-        tooled = calling is not None or any(m.role == "tool" or m.tool_calls for m in body.messages)
-        if tooled and not await run_in_threadpool(model_takes_tools, body):
+        if not takes_tools(template):
             raise APIError(400, f"The model {body.model!r} was not trained to call tools (its chat "
                            "template does not write Qwen's or Hermes' <tool_call>): send the request without "
                            "tools, or with tool_choice \"none\".", code="tools_not_supported",
                            param="tools")  # fmt: skip
+        return calling
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    async def chat_completions(request: Request) -> Any:
+        body = await read(request, ChatCompletionRequest)
+        calling = await run_in_threadpool(tool_use, body)
         return await reply(request, body, _chat_prompt(body, calling), ChatShape(body.model), calling)
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
@@ -190,8 +196,13 @@ def create_app(
     async def responses(request: Request) -> Any:
         body = await read(request, ResponseRequest)
         said = {"instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
-                "temperature": body.temperature, "top_p": body.top_p}  # fmt: skip
-        return await reply(request, body, _input_messages(body), ResponseShape(body.model, said))
+                "temperature": body.temperature, "top_p": body.top_p, "tools": body.tools_said,
+                "tool_choice": body.tool_choice_said,
+                "parallel_tool_calls": body.parallel_tool_calls}  # fmt: skip
+        calling = await run_in_threadpool(tool_use, body)
+        messages = tuple(_input_messages(body))
+        prompt = ToolUse(messages, calling.tools, calling.opening) if calling else list(messages)
+        return await reply(request, body, prompt, ResponseShape(body.model, said), calling)
 
     return app
 
@@ -222,22 +233,32 @@ def _parse(raw: bytes, kind: type[Body]) -> Body:
 
 def _check_response(body: ResponseRequest) -> None:
     """What a response may ask that this server cannot give: 400 naming it, never ignored."""
-    if body.tools and body.tool_choice != "none":
-        raise APIError(400, "A response here is text only: send tools to /v1/chat/completions, or send the "
-                       "request without 'tools' (or with tool_choice \"none\").", code="tools_not_supported",
-                       param="tools")  # fmt: skip
     if body.previous_response_id:
         raise APIError(400, "This server keeps no responses: send the conversation in 'input' instead of "
                        "'previous_response_id'.", code="unsupported_parameter",
                        param="previous_response_id")  # fmt: skip
 
 
-def _input_messages(body: ResponseRequest) -> list[dict[str, str]]:
-    """A response's instructions and input as the chat template's messages."""
-    messages = [{"role": "system", "content": body.instructions}] if body.instructions else []
+def _input_messages(body: ResponseRequest) -> list[dict[str, Any]]:
+    """A response's instructions and input as the chat template's messages: the calls the model made
+    join the assistant's message before them (as a chat completion's `tool_calls`), each call's output
+    is a `tool` message."""
+    messages: list[dict[str, Any]] = (
+        [{"role": "system", "content": body.instructions}] if body.instructions else []
+    )
     if isinstance(body.input, str):
         return [*messages, {"role": "user", "content": body.input}]
     for index, item in enumerate(body.input):
+        if isinstance(item, FunctionCallOutputItem):
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
+            continue
+        if isinstance(item, FunctionCallItem):
+            call = {"id": item.call_id, "type": "function", "function": {
+                "name": item.name, "arguments": _arguments(item.arguments, f"input[{index}]")}}  # fmt: skip
+            if not messages or messages[-1]["role"] != "assistant":
+                messages.append({"role": "assistant", "content": ""})
+            messages[-1].setdefault("tool_calls", []).append(call)
+            continue
         if others := item.parts_other_than_text():
             raise APIError(400, f"Input may hold text only; item {index} has {', '.join(others)}.",
                            code="unsupported_content", param=f"input[{index}].content")  # fmt: skip
@@ -283,28 +304,27 @@ class Calling:
         return CALL_OPENING if self.forced else ""
 
 
-def _calling(body: ChatCompletionRequest) -> Calling | None:
+def _calling(body: ChatCompletionRequest | ResponseRequest) -> Calling | None:
     """The tools a reply may call (None: none, or tool_choice "none": clients that always list their
     tools send it to have text only); 400 where the choice names no listed tool, or is not the only
     format asked."""
-    choice = body.tool_choice
-    if not body.tools:
+    choice, tools = body.tool_asked, body.listed_tools
+    if not tools:
         if choice not in (None, "none", "auto"):
             raise APIError(400, "tool_choice asks for a call, but the request lists no 'tools'.",
-                           param="tool_choice")  # fmt: skip
+                           code="invalid_request", param="tool_choice")  # fmt: skip
         return None
     if choice == "none":
         return None
-    tools = tuple(tool.model_dump(exclude_none=True, exclude={"function": {"strict"}}) for tool in body.tools)
-    named = choice.function.name if isinstance(choice, NamedToolChoice) else None
-    if named is not None and named not in {tool.function.name for tool in body.tools}:
+    named = None if choice in (None, "auto", "required") else choice
+    if named is not None and named not in {tool["function"]["name"] for tool in tools}:
         raise APIError(400, f"tool_choice names {named!r}, which is not among the request's tools.",
-                       param="tool_choice")  # fmt: skip
+                       code="invalid_request", param="tool_choice")  # fmt: skip
     asked = body.format_asked[0]
     guided = [name for name in GUIDED if getattr(body, name) is not None]
     if (asked is not None and asked.type != "text") or guided:
         raise APIError(400, "A reply that may call tools is not held to a format: send tools or a format, "
-                       "not both.", param="tools")  # fmt: skip
+                       "not both.", code="invalid_request", param="tools")  # fmt: skip
     forced = None
     if choice == "required" or named is not None:
         try:

@@ -2,8 +2,8 @@
 
 Requests are validated here before anything else happens: types, ranges (`max_tokens` a positive
 integer, finite temperatures), and sizes (how many messages, how long a model name). Unknown fields
-that OpenAI clients send (`user`, `metadata`, ...) are ignored. A chat completion's `tools` are functions
-(OpenAI's shape); a response's are refused by the route.
+that OpenAI clients send (`user`, `metadata`, ...) are ignored. Tools are functions (a chat completion's
+and a response's shapes of them); both requests say which in the chat completion's shape (`listed_tools`).
 """
 
 from __future__ import annotations
@@ -181,6 +181,24 @@ class ChatCompletionRequest(GenerationRequest):
         return self.max_completion_tokens or self.max_tokens
 
     @property
+    def listed_tools(self) -> tuple[dict[str, Any], ...]:
+        """The tools as the chat template lists them: `{"type": "function", "function": {...}}`."""
+        return tuple(
+            tool.model_dump(exclude_none=True, exclude={"function": {"strict"}}) for tool in self.tools or ()
+        )
+
+    @property
+    def tool_asked(self) -> str | None:
+        """The tool_choice: "none", "auto", "required", the name of the function to call, or None."""
+        choice = self.tool_choice
+        return choice.function.name if isinstance(choice, NamedToolChoice) else choice
+
+    @property
+    def uses_tools(self) -> bool:
+        """Whether the conversation holds calls or their results."""
+        return any(message.role == "tool" or message.tool_calls for message in self.messages)
+
+    @property
     def thinking(self) -> bool | None:
         if self.chat_template_kwargs and self.chat_template_kwargs.enable_thinking is not None:
             return self.chat_template_kwargs.enable_thinking
@@ -225,6 +243,41 @@ class InputMessage(_Request):
         return self.content
 
 
+class FunctionCallItem(_Request):
+    """A call the model made, sent back in a response's `input`."""
+
+    type: Literal["function_call"]
+    call_id: ToolCallId
+    name: str = Field(max_length=64)
+    arguments: str
+
+
+class FunctionCallOutputItem(_Request):
+    """A tool's result for a call, in a response's `input`."""
+
+    type: Literal["function_call_output"]
+    call_id: ToolCallId
+    output: str
+
+
+InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem
+
+
+class ResponseTool(_Request):
+    """A function a response may call (the Responses API's shape: name and parameters beside the type)."""
+
+    type: Literal["function"]
+    name: ToolName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class ResponseToolChoice(_Request):
+    type: Literal["function"]
+    name: ToolName
+
+
 class ReasoningOptions(_Request):
     effort: str | None = Field(None, max_length=20)
 
@@ -234,21 +287,50 @@ class TextOptions(_Request):
 
 
 class ResponseRequest(GenerationRequest):
-    """OpenAI's Responses API, stateless and text only: `input` (text, or messages) after optional
-    `instructions`; nothing is stored, so `previous_response_id` cannot be followed."""
+    """OpenAI's Responses API, stateless: `input` (text, or messages, and function calls with their
+    outputs) after optional `instructions`; nothing is stored, so `previous_response_id` cannot be
+    followed."""
 
-    input: str | Annotated[list[InputMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    input: str | Annotated[list[InputItem], Field(min_length=1, max_length=MAX_MESSAGES)]
     instructions: str | None = None
     max_output_tokens: StrictInt | None = Field(None, ge=1)
     previous_response_id: str | None = Field(None, max_length=200)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: Annotated[list[ResponseTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ResponseToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
     text: TextOptions | None = None
     reasoning: ReasoningOptions | None = None
 
     @property
     def wanted_tokens(self) -> int | None:
         return self.max_output_tokens or self.max_tokens
+
+    @property
+    def listed_tools(self) -> tuple[dict[str, Any], ...]:
+        """The tools in the chat completion's shape, as the chat template lists them."""
+        return tuple(
+            {"type": "function", "function": tool.model_dump(exclude_none=True, exclude={"type", "strict"})}
+            for tool in self.tools or ()
+        )
+
+    @property
+    def tool_asked(self) -> str | None:
+        choice = self.tool_choice
+        return choice.name if isinstance(choice, ResponseToolChoice) else choice
+
+    @property
+    def uses_tools(self) -> bool:
+        return not isinstance(self.input, str) and any(item.type != "message" for item in self.input)
+
+    @property
+    def tools_said(self) -> list[dict[str, Any]]:
+        """The tools as a response repeats them."""
+        return [tool.model_dump(exclude_none=True) for tool in self.tools or ()]
+
+    @property
+    def tool_choice_said(self) -> str | dict[str, Any]:
+        choice = self.tool_choice or "auto"
+        return choice if isinstance(choice, str) else choice.model_dump()
 
     @property
     def thinking(self) -> bool | None:

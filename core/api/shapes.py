@@ -150,11 +150,12 @@ class TextShape(_ChunkedShape):
 
 
 class ResponseShape(ReplyShape):
-    """POST /v1/responses (OpenAI's Responses API, stateless, text only): a `response` whose output is
-    one assistant message, or its stream of typed events: created, in_progress, the message and its text
-    part added, text deltas, each done, then completed (incomplete: cut at `max_output_tokens`)."""
+    """POST /v1/responses (OpenAI's Responses API, stateless): a `response` whose output is the assistant's
+    message and the function calls it makes, or its stream of typed events: created, in_progress, the
+    message and its text part added at the first text, text deltas, each done; each call added, its
+    arguments, done; then completed (incomplete: cut at `max_output_tokens`)."""
 
-    prefix = "resp_"  # OpenAI's ids of responses and their items: resp_…, msg_…
+    prefix = "resp_"  # OpenAI's ids of responses and their items: resp_…, msg_…, fc_…
 
     def __init__(self, model: str, settings: dict[str, Any]) -> None:
         """`settings`: what the request said that a response repeats (instructions, temperature, ...)."""
@@ -162,37 +163,75 @@ class ResponseShape(ReplyShape):
         self.settings = settings
         self.message_id = f"msg_{uuid.uuid4().hex}"
         self._text: list[str] = []
+        self._message_state: str | None = None  # None: not announced yet; "open"; "done"
+        self._made: list[dict[str, Any]] = []  # the function_call items
         self._sequence = 0
 
     def whole(self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
-        complete = stats.finish_reason != "length"
-        return self._response(
-            "completed" if complete else "incomplete", [self._message(text, "completed")], stats
-        )
+        self._made = self._made or [self._call_item(call) for call in calls]
+        status = "incomplete" if stats.finish_reason == "length" else "completed"
+        message = [self._message(text, "completed")] if text or not self._made else []
+        return self._response(status, [*message, *self._made], stats)
 
     def opening(self) -> list[str]:
         started = self._response("in_progress", [], None)
-        item = self._message(None, "in_progress")
         return [
             self._event("response.created", response=started),
             self._event("response.in_progress", response=started),
-            self._event("response.output_item.added", output_index=0, item=item),
-            self._event("response.content_part.added", **self._where(), part=self._part("")),
         ]
 
     def piece(self, text: str) -> list[str]:
         self._text.append(text)
-        return [self._event("response.output_text.delta", **self._where(), delta=text, logprobs=[])]
+        opened = self._message_opened()
+        return [*opened, self._event("response.output_text.delta", **self._where(), delta=text, logprobs=[])]
+
+    def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
+        written = self._message_closed()
+        first = len(self._made) + (self._message_state is not None)
+        for index, call in enumerate(calls, first):
+            item = self._call_item(call)
+            self._made.append(item)
+            where = {"item_id": item["id"], "output_index": index}
+            written += [
+                self._event("response.output_item.added", output_index=index,
+                            item=item | {"arguments": "", "status": "in_progress"}),
+                self._event("response.function_call_arguments.delta", **where, delta=call.arguments),
+                self._event("response.function_call_arguments.done", **where, arguments=call.arguments),
+                self._event("response.output_item.done", output_index=index, item=item),
+            ]  # fmt: skip
+        return written
 
     def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
+        opened = self._message_opened() if not self._made else []  # an empty reply is an empty message
+        whole = self.whole("".join(self._text), stats)
+        return [*opened, *self._message_closed(), self._event(f"response.{whole['status']}", response=whole)]
+
+    def _message_opened(self) -> list[str]:
+        if self._message_state is not None:
+            return []
+        self._message_state = "open"
+        return [
+            self._event(
+                "response.output_item.added", output_index=0, item=self._message(None, "in_progress")
+            ),
+            self._event("response.content_part.added", **self._where(), part=self._part("")),
+        ]
+
+    def _message_closed(self) -> list[str]:
+        if self._message_state != "open":
+            return []
+        self._message_state = "done"
         text = "".join(self._text)
-        whole = self.whole(text, stats)
         return [
             self._event("response.output_text.done", **self._where(), text=text, logprobs=[]),
             self._event("response.content_part.done", **self._where(), part=self._part(text)),
-            self._event("response.output_item.done", output_index=0, item=whole["output"][0]),
-            self._event(f"response.{whole['status']}", response=whole),
+            self._event("response.output_item.done", output_index=0, item=self._message(text, "completed")),
         ]
+
+    @staticmethod
+    def _call_item(call: ToolCall) -> dict[str, Any]:
+        return {"type": "function_call", "id": f"fc_{uuid.uuid4().hex}", "call_id": call_id(),
+                "name": call.name, "arguments": call.arguments, "status": "completed"}  # fmt: skip
 
     def failure(self, message: str) -> list[str]:
         return [self._event("error", code="server_error", message=message, param=None)]
@@ -225,8 +264,8 @@ class ResponseShape(ReplyShape):
         return {
             "id": self.id, "object": "response", "created_at": self.created, "status": status,
             "model": self.model, "output": output, "usage": usage, "error": None,
-            "incomplete_details": incomplete, "parallel_tool_calls": False, "tool_choice": "none",
-            "tools": [], "store": False, "text": {"format": {"type": "text"}}, **self.settings,
+            "incomplete_details": incomplete, "store": False, "text": {"format": {"type": "text"}},
+            **self.settings,
         }  # fmt: skip
 
     def _event(self, kind: str, **fields: Any) -> str:

@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from core.api.calls import CallsMade, with_calls
+from core.api.shapes import ResponseShape
 from core.inference.chat_tokenizer import ChatTokenizer
 from core.inference.engine import LocalEngine
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
@@ -215,3 +216,81 @@ def test_what_a_client_gets_wrong_about_tools_is_named(engine: LocalEngine) -> N
             assert (refused.value.body["param"], said in refused.value.body["message"]) == (param, True), (
                 asked
             )
+
+
+def test_the_responses_api_calls_tools_as_openais_sdk_reads_them(engine: LocalEngine) -> None:
+    """The Responses API's shapes (the Agents SDK's default): tools and calls with name and arguments
+    at the top, calls as output items, their results sent back as `function_call_output` items."""
+    tools = [{"type": "function", **WEATHER["function"]}, {"type": "function", **CLOCK["function"]}]
+    named = {"type": "function", "name": "get_weather"}
+    with serving(engine, ["tiny"]) as url:
+        client = _client(url)
+        first = client.responses.create(model="tiny", input=ASKED, tools=tools, tool_choice=named,
+                                        temperature=0, max_output_tokens=60)  # fmt: skip
+        with client.responses.stream(model="tiny", input=ASKED, tools=tools, tool_choice=named, temperature=0,
+                                     max_output_tokens=60) as stream:  # fmt: skip
+            kinds = [event.type for event in stream]  # the helper raises on events out of order
+            streamed = stream.get_final_response()
+        [call] = first.output
+        result = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21°C"}
+        answered = [*ASKED, call.model_dump(exclude_none=True), result]
+        second = client.responses.create(model="tiny", input=answered, tools=tools, max_output_tokens=4)
+        made = {"id": call.call_id, "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments}}  # fmt: skip
+        chat = client.chat.completions.create(model="tiny", tools=TOOLS, max_tokens=4, messages=[
+            *ASKED, {"role": "assistant", "tool_calls": [made]},
+            {"role": "tool", "tool_call_id": call.call_id, "content": "sunny, 21°C"},
+        ])  # fmt: skip
+    assert (call.type, call.name, call.status, first.status) == ("function_call", "get_weather", "completed",
+                                                                  "completed")  # fmt: skip
+    assert (
+        call.id.startswith("fc_")
+        and call.call_id.startswith("call_")
+        and first.tool_choice.name == "get_weather"
+    )
+    _weather(call.arguments)
+    [streamed_call] = streamed.output
+    assert (streamed_call.name, streamed_call.arguments) == (call.name, call.arguments)  # greedy
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.function_call_arguments.delta", "response.function_call_arguments.done",
+                     "response.output_item.done", "response.completed"]  # fmt: skip
+    # The call and its result read as the same conversation through either API.
+    assert second.usage.input_tokens == chat.usage.prompt_tokens
+    assert second.output[0].type == "message" and second.output_text == chat.choices[0].message.content
+
+
+def test_a_response_that_says_something_then_calls_closes_its_message_before_the_call() -> None:
+    """The Responses API's stream for a reply of text and a call, as OpenAI sends it: the message item
+    whole (output 0) before the call's item (output 1); the final response holds both."""
+    shape = ResponseShape("tiny", {})
+    stats = ReplyStats(5, 9, 0.1, 10.0, "tool_calls", "tiny")
+    made = (ToolCall("get_weather", '{"city": "Paris", "days": 2}'),)
+    written = [
+        *shape.opening(),
+        *shape.piece("Let me check."),
+        *shape.calls(made),
+        *shape.closing(stats, False),
+    ]
+    events = [json.loads(event.partition("data: ")[2]) for event in written]
+    message_events = [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    call_events = [
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    ]
+    assert [(e["type"], e.get("output_index")) for e in events] == [
+        ("response.created", None), ("response.in_progress", None), *((kind, 0) for kind in message_events),
+        *((kind, 1) for kind in call_events), ("response.completed", None),
+    ]  # fmt: skip
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    message, call = events[-1]["response"]["output"]
+    assert message["content"][0]["text"] == "Let me check." and call["name"] == "get_weather"
+    assert call == events[-2]["item"]  # the same id and call id in the stream and in the response

@@ -1,6 +1,7 @@
 """What holding a reply to a format costs: llguidance's view of a tokenizer, a reply's guide, and the
 mask at each token (with its unpacking into the sampler's boolean mask), for a JSON schema and JSON
-mode, on a byte-level BPE of Qwen's size (151,936 logits).
+mode, and for a reply that may call a tool (free text until it writes `<tool_call>`, then the call held
+to the tool's parameters), on a byte-level BPE of Qwen's size (151,936 logits).
 
 No real tokenizer is downloaded: one of 151,000 tokens is trained here from the Python sources of this
 environment (about 10 s), as big as Qwen2.5's, whose costs grow with the vocabulary. A decode step of
@@ -30,6 +31,13 @@ SCHEMA = {
     "required": ["name", "age", "tags"],
 }
 VOCABULARY = 151_936  # Qwen2.5's logits
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+    "required": ["city", "days"]}}}]  # fmt: skip
+TEXT, CALL = (
+    "Let me look that up for you.\n",
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}\n</tool_call>',
+)
 
 
 def main() -> None:
@@ -41,6 +49,7 @@ def main() -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from core.inference.formats import FormatGuide, checked_format
+    from core.inference.tool_calls import call_format
 
     torch.zeros(1)
     files = sorted(glob.glob(f"{sysconfig.get_paths()['purelib']}/**/*.py", recursive=True))[: args.sources]
@@ -72,6 +81,23 @@ def main() -> None:
             guide.advance(token)
         print(f"{name}: guide {made_ms:.1f} ms; mask a token: median {statistics.median(costs):.2f} ms, "
               f"most {max(costs):.2f} ms over the {len(ids)} tokens of {json.dumps(REPLY)}")  # fmt: skip
+
+    started = time.perf_counter()
+    guide = FormatGuide(call_format(TOOLS, forced=False, many=True), tokenizer, VOCABULARY, ends)
+    made_ms = (time.perf_counter() - started) * 1000
+    costs = {False: [], True: []}  # held or not when the token came
+    for token in tokenizer.encode(TEXT + CALL).ids:
+        started = time.perf_counter()
+        holding, allowed = guide.holding, guide.allowed()
+        assert allowed is None or allowed[token], (
+            f"the mask refused {tokenizer.id_to_token(token)!r} of a call"
+        )
+        guide.advance(token)
+        costs[holding].append((time.perf_counter() - started) * 1000)
+    free, held = statistics.median(costs[False]), statistics.median(costs[True])
+    print(f"tools: guide {made_ms:.1f} ms; a token of free text (looked at for <tool_call>): median "
+          f"{free:.3f} ms; a token of the call, masked: median {held:.2f} ms "
+          f"({len(costs[False])} + {len(costs[True])} tokens)")  # fmt: skip
 
 
 if __name__ == "__main__":

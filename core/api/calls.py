@@ -21,11 +21,11 @@ class CallsMade:
 
 
 def with_calls(
-    events: Iterator[Event], names: frozenset[str], opening: str = "", most: int | None = None
+    events: Iterator[Event], names: frozenset[str], opening: str = ""
 ) -> Iterator[Event | CallsMade]:
     """`events` with the reply's calls of `names` read out of its text: CallsMade, then Finished with
     the finish reason "tool_calls". `opening`: the text the reply was started with (a call that must be
-    made: every word is held); `most`: how many calls are kept (1: OpenAI's parallel_tool_calls false)."""
+    made: every word is held)."""
     watch = StopSequences((CALL_MARK,))
     held: list[str] | None = [opening] if opening else None  # None: text, sent as it comes
     try:
@@ -45,7 +45,7 @@ def with_calls(
                         yield TextDelta(shown)
                     yield event
                 else:
-                    yield CallsMade(read[1][:most])
+                    yield CallsMade(read[1])
                     yield Finished(replace(event.stats, finish_reason="tool_calls"))
             else:
                 yield event

@@ -54,7 +54,7 @@ from core.inference.events import Event, Finished, TextDelta
 from core.inference.formats import ReplyFormat, checked_format, checked_pattern, choice_pattern
 from core.inference.params import GenerationParams
 from core.inference.prompts import Continuation, Prompt, RawPrompt, ToolUse
-from core.inference.tool_calls import CALL_OPENING, call_format, takes_tools
+from core.inference.tool_calls import CALL_MARK, call_format, takes_tools
 
 if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
     from core.inference.engine import LocalEngine
@@ -135,8 +135,8 @@ def create_app(
         shape: ReplyShape,
         calling: Calling | None = None,
     ) -> Any:
-        # The format is checked before the model is touched; a call that must be made is held to its own.
-        reply_format = calling.forced if calling else await run_in_threadpool(_reply_format, body)
+        # The format is checked before the model is touched; a reply's calls are held to their own.
+        reply_format = calling.held if calling else await run_in_threadpool(_reply_format, body)
         wanted = body.wanted_tokens or GenerationParams().max_new_tokens
         try:
             fit = await run_in_threadpool(engine.fit_prompt, body.model, prompt, wanted)
@@ -153,7 +153,7 @@ def create_app(
         if body.stop_sequences:
             events = until_stop_sequence(events, body.stop_sequences, stop)
         if calling:
-            events = with_calls(events, calling.names, calling.opening, calling.most)
+            events = with_calls(events, calling.names, calling.opening)
         try:
             first = await run_in_threadpool(next, events)  # the queue cap is checked on the first step
         except LocalLLMError as exc:
@@ -288,12 +288,12 @@ def _check_chat(body: ChatCompletionRequest) -> None:
 
 @dataclass(frozen=True)
 class Calling:
-    """How a chat completion's reply may call tools: the tools as the chat template lists them; the
-    format a call that must be made is held to (None: the model chooses); how many calls are kept."""
+    """How a reply may call tools: the tools as the chat template lists them, the format its calls are
+    held to (one call, or several), whether it must make one (it starts with the call)."""
 
     tools: tuple[dict[str, Any], ...]
-    forced: ReplyFormat | None
-    most: int | None
+    held: ReplyFormat
+    forced: bool
 
     @property
     def names(self) -> frozenset[str]:
@@ -301,7 +301,7 @@ class Calling:
 
     @property
     def opening(self) -> str:
-        return CALL_OPENING if self.forced else ""
+        return CALL_MARK if self.forced else ""
 
 
 def _calling(body: ChatCompletionRequest | ResponseRequest) -> Calling | None:
@@ -325,14 +325,13 @@ def _calling(body: ChatCompletionRequest | ResponseRequest) -> Calling | None:
     if (asked is not None and asked.type != "text") or guided:
         raise APIError(400, "A reply that may call tools is not held to a format: send tools or a format, "
                        "not both.", code="invalid_request", param="tools")  # fmt: skip
-    forced = None
-    if choice == "required" or named is not None:
-        try:
-            forced = call_format(tools, named)
-        except MessageError as exc:
-            raise APIError(400, f"A tool's parameters: {exc.message}", code="invalid_json_schema",
-                           param="tools") from exc  # fmt: skip
-    return Calling(tools, forced, None if body.parallel_tool_calls else 1)
+    forced = choice == "required" or named is not None
+    many = body.parallel_tool_calls and named is None  # a named function is called once, as OpenAI does
+    try:
+        held = call_format(tools, named, forced=forced, many=many)
+    except MessageError as exc:
+        raise APIError(400, exc.message, code="invalid_json_schema", param="tools") from exc
+    return Calling(tools, held, forced)
 
 
 GUIDED = ("guided_json", "guided_regex", "guided_choice")  # vLLM's names for a format

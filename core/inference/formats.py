@@ -30,11 +30,15 @@ _TOKENIZER_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class ReplyFormat:
-    """What the reply must be: a JSON object (neither given), a value that fits `schema` (JSON text), or
-    text that `regex` matches whole (vLLM's guided_regex, and its guided_choice as an alternation)."""
+    """What the reply must be: a JSON object (none given), a value that fits `schema` (JSON text), text
+    that `regex` matches whole (vLLM's guided_regex, and its guided_choice as an alternation), or what a
+    `lark` grammar (llguidance's syntax) accepts. With a `trigger` the format holds only once the reply
+    has written it (llama.cpp's lazy grammars: a tool call after free text); it holds what follows."""
 
     schema: str | None = None
     regex: str | None = None
+    lark: str | None = None
+    trigger: str | None = None
 
     def as_openai(self) -> dict[str, Any]:
         """A JSON format as OpenAI's API asks it (`response_format`), for a model on a server."""
@@ -46,6 +50,8 @@ class ReplyFormat:
     def grammar(self) -> str:
         from llguidance import LLMatcher
 
+        if self.lark is not None:
+            return self.lark
         if self.regex is not None:
             return LLMatcher.grammar_from_regex(self.regex)
         schema = json.loads(self.schema) if self.schema is not None else {"type": "object"}
@@ -66,6 +72,12 @@ def checked_pattern(regex: str) -> ReplyFormat:
     """A reply format for text that `regex` (Rust's syntax, as vLLM's) matches whole; MessageError where it
     is not one."""
     return _compiled(ReplyFormat(regex=regex), "The regular expression")
+
+
+def checked_grammar(lark: str, trigger: str | None, what: str) -> ReplyFormat:
+    """A reply format for a Lark grammar (held once `trigger` is written, where one is given); MessageError
+    where llguidance cannot compile it, saying so of `what` it was made of."""
+    return _compiled(ReplyFormat(lark=lark, trigger=trigger), what)
 
 
 def choice_pattern(choices: list[str]) -> str:
@@ -98,13 +110,24 @@ class FormatGuide:
 
         self.vocabulary = vocabulary
         self.ends = ends
+        self._backend = backend
         self._matcher = LLMatcher(_tokenizer(backend, vocabulary, ends), reply_format.grammar, log_level=0)
+        self._waiting = reply_format.trigger  # None: the format holds
+        self._written = ""  # while waiting: the reply's last characters, where the trigger is looked for
 
-    def allowed(self, device: torch.device | str = "cpu") -> torch.Tensor:
+    @property
+    def holding(self) -> bool:
+        """Whether the format holds the reply now (a lazy one once its trigger was written)."""
+        return self._waiting is None
+
+    def allowed(self, device: torch.device | str = "cpu") -> torch.Tensor | None:
         """A boolean mask over the vocabulary: True where a token keeps the reply in its format (only the
-        ends where the matcher failed, which a masked choice never makes it do)."""
+        ends where the matcher failed, which a masked choice never makes it do); None while a lazy
+        format waits for its trigger (any token may come)."""
         import torch
 
+        if self._waiting is not None:
+            return None
         if self._matcher.is_error():
             mask = torch.zeros(self.vocabulary, dtype=torch.bool)
             mask[sorted(self.ends)] = True
@@ -114,7 +137,17 @@ class FormatGuide:
         return bits.flatten()[: self.vocabulary].bool().to(device)
 
     def advance(self, token: int) -> None:
-        self._matcher.consume_token(token)
+        if self._waiting is None:
+            self._matcher.consume_token(token)
+            return
+        written = self._written + self._backend.decode([token], skip_special_tokens=False)
+        at = written.find(self._waiting)
+        if at < 0:
+            self._written = written[-len(self._waiting) :]  # enough to find a trigger cut across tokens
+            return
+        rest, self._waiting = written[at + len(self._waiting) :], None
+        if rest:  # the trigger's token went on past it: what follows is held to the format already
+            self._matcher.consume_tokens(self._backend.encode(rest, add_special_tokens=False).ids)
 
 
 def _tokenizer(backend: Any, vocabulary: int, ends: frozenset[int]) -> Any:

@@ -227,8 +227,8 @@ class _Guided:
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         if input_ids.shape[1] > self.prompt_tokens:
             self.guide.advance(int(input_ids[0, -1]))
-        allowed = self.guide.allowed(scores.device)[: scores.shape[-1]]
-        return scores.masked_fill(~allowed, float("-inf"))
+        allowed = self.guide.allowed(scores.device)
+        return scores if allowed is None else scores.masked_fill(~allowed[: scores.shape[-1]], float("-inf"))
 
 
 def _guide(parts: LoadedParts, reply_format: ReplyFormat) -> FormatGuide:

@@ -40,7 +40,7 @@ class Continuation:
 class ToolUse:
     """A conversation with the tools its reply may call (OpenAI's `tools`, listed by the chat template);
     its messages may hold calls made and their results. `opening`: the text the reply starts with, after
-    the generation prompt (a call that must be made: core.inference.tool_calls.CALL_OPENING)."""
+    the generation prompt (a call that must be made: core.inference.tool_calls.CALL_MARK)."""
 
     messages: tuple[dict[str, Any], ...]
     tools: tuple[dict[str, Any], ...]

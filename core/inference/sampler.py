@@ -137,7 +137,9 @@ class TokenChooser:
         penalty raises a seen token's score (`Sampling.lifts`): a token from beyond the best read could
         then rise among them."""
         sampling = self.sampling
-        if sampling.lifts or self.guide is not None:  # the format's mask may leave out any of the best
+        if sampling.lifts or (
+            self.guide is not None and self.guide.holding
+        ):  # its mask may leave out the best
             return 0
         k = 1 if sampling.greedy else sampling.top_k
         return min(self.vocabulary, 2 * k + SHORTLIST_EXTRA) if 0 < k <= SHORTLIST_MAX_K else 0
@@ -236,8 +238,8 @@ class TokenChooser:
             scores = scores.index_put((chosen,), -sampling.frequency_penalty * counts, accumulate=True)
         if self._never.numel():
             scores = scores.index_fill(0, self._never, float("-inf"))
-        if self.guide is not None:
-            scores = scores.masked_fill(~self.guide.allowed(scores.device), float("-inf"))
+        if self.guide is not None and (allowed := self.guide.allowed(scores.device)) is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
         return scores
 
     def _candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,10 +2,12 @@
 
 The chat template lists the tools in the prompt (its `tools` section) and shows the model how to call
 one: `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`. A reply is read back into calls
-here (vLLM's `hermes` parser reads the same blocks). A call that must be made (OpenAI's tool_choice
-"required", or a named function) starts the reply with the block's opening and holds what follows to
-a JSON schema of the tools (llama.cpp's server forces its calls the same way): the model writes the
-call it was trained to write, and it always parses.
+here (vLLM's `hermes` parser reads the same blocks). Once the model writes `<tool_call>`, what follows
+is held to the calls' grammar: the JSON of a call of one of the tools, its arguments fitting the tool's
+parameters, written as the template writes calls (", " and ": " between items); before that the reply
+is free text (llama.cpp's lazy grammars). A call that must be made (OpenAI's tool_choice "required",
+or a named function) starts the reply with `<tool_call>` itself. Either way a call a small model makes
+always parses.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.inference.formats import ReplyFormat, checked_format
+from core.errors import MessageError
+from core.inference.formats import ReplyFormat, checked_format, checked_grammar
 
-CALL_OPENING = "<tool_call>\n"  # what a forced call's reply starts with, after the generation prompt
-CALL_MARK = "<tool_call>"
+CALL_MARK = "<tool_call>"  # what starts a call; a forced call's reply starts with it, after the prompt
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*)\Z", re.DOTALL)  # the last may be open
+_AS_TEMPLATES_WRITE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,21 @@ def takes_tools(chat_template: str) -> bool:
     return "tools" in chat_template and CALL_MARK in chat_template
 
 
-def call_format(tools: Sequence[Mapping[str, Any]], name: str | None = None) -> ReplyFormat:
-    """The JSON a forced call is held to: `{"name": ..., "arguments": ...}` for one of `tools` (OpenAI's
-    `{"type": "function", "function": {...}}`), or for the one called `name`; MessageError where a
-    tool's parameters are no schema a reply can be held to."""
+def call_format(
+    tools: Sequence[Mapping[str, Any]], name: str | None = None, *, forced: bool, many: bool
+) -> ReplyFormat:
+    """The calls' format after `<tool_call>`: `\\n{"name": ..., "arguments": ...}\\n</tool_call>` for one of
+    `tools` (OpenAI's `{"type": "function", "function": {...}}`), or the one called `name`; `many`: more
+    such blocks may follow (else the reply ends after the call); `forced`: held from the reply's start
+    (it starts with CALL_MARK), else once the model writes CALL_MARK. MessageError where a tool's
+    parameters are no schema a reply can be held to."""
     functions = [tool["function"] for tool in tools if name is None or tool["function"]["name"] == name]
+    for function in functions:  # each schema alone first: a fault is named with its function
+        try:
+            checked_format(function.get("parameters"))
+        except MessageError as exc:
+            said = exc.message.removeprefix("The JSON schema ")
+            raise MessageError(f"The parameters of {function['name']!r} {said}", **exc.params) from exc
     choices = [
         {
             "type": "object",
@@ -54,7 +67,13 @@ def call_format(tools: Sequence[Mapping[str, Any]], name: str | None = None) -> 
         }
         for function in functions
     ]
-    return checked_format(choices[0] if len(choices) == 1 else {"anyOf": choices})
+    schema = {**(choices[0] if len(choices) == 1 else {"anyOf": choices}), "x-guidance": _AS_TEMPLATES_WRITE}
+    more = ' ("\\n" "<tool_call>" call)*' if many else ""  # Lark: "\\n" is a newline
+    lark = "\n".join((
+        "%llguidance {}", f"start: call{more}", 'call: "\\n" body "\\n</tool_call>"',
+        f"body: %json {json.dumps(schema)}",
+    ))  # fmt: skip
+    return checked_grammar(lark, None if forced else CALL_MARK, "The tools' parameters")
 
 
 def read_calls(text: str, names: frozenset[str]) -> tuple[str, tuple[ToolCall, ...]] | None:

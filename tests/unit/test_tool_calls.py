@@ -19,7 +19,7 @@ from core.inference.chat_tokenizer import ChatTokenizer
 from core.inference.engine import LocalEngine
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.prompts import ToolUse, prompt_ids
-from core.inference.tool_calls import CALL_OPENING, ToolCall
+from core.inference.tool_calls import CALL_MARK, ToolCall, call_format
 from tests.fixtures.serving import serving
 from tests.fixtures.tiny_models import QWEN25_TEMPLATE, build_tiny_model, install_ready
 
@@ -80,7 +80,7 @@ def test_a_named_call_is_made_with_arguments_that_fit_its_parameters(engine: Loc
         for temperature in (0.0, 1.0):
             reply = client.chat.completions.create(
                 model="tiny", messages=ASKED, tools=TOOLS, tool_choice=named, temperature=temperature,
-                max_tokens=60, seed=3,
+                max_tokens=100, seed=3,
             )  # fmt: skip
             message = reply.choices[0].message
             assert reply.choices[0].finish_reason == "tool_calls" and message.content is None
@@ -89,11 +89,11 @@ def test_a_named_call_is_made_with_arguments_that_fit_its_parameters(engine: Loc
             assert call.id.startswith("call_") and len(call.id) == 29
             _weather(call.function.arguments)
         streamed = list(client.chat.completions.create(
-            model="tiny", messages=ASKED, tools=TOOLS, tool_choice=named, temperature=0, max_tokens=60,
+            model="tiny", messages=ASKED, tools=TOOLS, tool_choice=named, temperature=0, max_tokens=100,
             stream=True, stream_options={"include_usage": True},
         ))  # fmt: skip
         whole = client.chat.completions.create(model="tiny", messages=ASKED, tools=TOOLS, tool_choice=named,
-                                               temperature=0, max_tokens=60)  # fmt: skip
+                                               temperature=0, max_tokens=100)  # fmt: skip
     deltas = [call for chunk in streamed if chunk.choices for call in chunk.choices[0].delta.tool_calls or ()]
     assert [(d.index, d.function.name) for d in deltas] == [(0, "get_weather")]
     assert deltas[0].function.arguments == whole.choices[0].message.tool_calls[0].function.arguments  # greedy
@@ -106,8 +106,9 @@ def test_required_makes_a_call_of_one_of_the_tools_and_its_result_goes_back_in(e
     with serving(engine, ["tiny"]) as url:
         client = _client(url)
         first = client.chat.completions.create(
-            model="tiny", messages=ASKED, tools=TOOLS, tool_choice="required", temperature=1.0, max_tokens=60
-        )
+            model="tiny", messages=ASKED, tools=TOOLS, tool_choice="required", parallel_tool_calls=False,
+            temperature=1.0, max_tokens=100,
+        )  # fmt: skip
         [call] = first.choices[0].message.tool_calls
         assert call.function.name in NAMES
         assert (
@@ -143,8 +144,8 @@ def test_a_conversation_with_tools_reads_as_transformers_renders_it(tool_model: 
     assert prompt_ids(ours, ToolUse(conversation, tuple(TOOLS))) == expected
     text = ours.decode(expected, skip_special_tokens=False)
     assert '"name": "get_weather"' in text and "<tool_response>\n21°C\n</tool_response>" in text
-    forced = prompt_ids(ours, ToolUse(conversation, tuple(TOOLS), CALL_OPENING))
-    assert ours.decode(forced, skip_special_tokens=False) == text + CALL_OPENING
+    forced = prompt_ids(ours, ToolUse(conversation, tuple(TOOLS), CALL_MARK))
+    assert ours.decode(forced, skip_special_tokens=False) == text + CALL_MARK
 
 
 def _events(pieces: list[str], reason: str = "stop") -> Iterator[Event]:
@@ -152,9 +153,9 @@ def _events(pieces: list[str], reason: str = "stop") -> Iterator[Event]:
     yield Finished(ReplyStats(5, len(pieces), 0.1, 10.0, reason, "tiny"))
 
 
-def _read(pieces: list[str], opening: str = "", most: int | None = None) -> tuple[str, tuple, str]:
+def _read(pieces: list[str], opening: str = "") -> tuple[str, tuple, str]:
     text, calls, reason = [], (), ""
-    for event in with_calls(_events(pieces), NAMES, opening, most):
+    for event in with_calls(_events(pieces), NAMES, opening):
         if isinstance(event, TextDelta):
             text.append(event.text)
         elif isinstance(event, CallsMade):
@@ -172,7 +173,6 @@ def test_a_call_the_model_writes_is_read_however_the_stream_cuts_it() -> None:
     for cut in range(1, len(reply)):
         assert _read([reply[:cut], reply[cut:]]) == (said.strip() + "\n", calls, "tool_calls")
     assert _read(list(reply)) == (said.strip() + "\n", calls, "tool_calls")  # a character a token
-    assert _read(list(reply), most=1)[1] == calls[:1]  # parallel_tool_calls false
     # The block of a call cut at the token limit is the last one, left open: still read.
     assert _read([block.removesuffix("</tool_call>")])[1:] == (calls[:1], "tool_calls")
 
@@ -186,7 +186,7 @@ def test_text_that_is_no_call_of_the_tools_is_sent_as_written() -> None:
         for cut in range(1, len(reply)):
             assert _read([reply[:cut], reply[cut:]]) == (reply, (), "stop")
     # A call that had to be made but was cut at the token limit: its JSON, without the opening it was given.
-    assert _read(['{"name": "now", "argu'], CALL_OPENING) == ('{"name": "now", "argu', (), "stop")
+    assert _read(['{"name": "now", "argu'], CALL_MARK) == ('{"name": "now", "argu', (), "stop")
 
 
 def test_what_a_client_gets_wrong_about_tools_is_named(engine: LocalEngine) -> None:
@@ -201,8 +201,8 @@ def test_what_a_client_gets_wrong_about_tools_is_named(engine: LocalEngine) -> N
          "should match pattern"),
         ({"tools": [{"type": "code_interpreter"}]}, "tools[0].type", "Input should be 'function'"),
         ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "tools", "tools or a format"),
-        ({"tools": [WEATHER | {"function": {"name": "f", "parameters": {"type": "nonsense"}}}],
-          "tool_choice": "required"}, "tools", "A tool's parameters: The JSON schema cannot hold a reply"),
+        ({"tools": [WEATHER | {"function": {"name": "f", "parameters": {"type": "nonsense"}}}]}, "tools",
+         "The parameters of 'f' cannot hold a reply: Invalid type: nonsense."),
         ({"tools": TOOLS, "messages": [*ASKED, called]}, "messages[1].tool_calls[0].function.arguments",
          "expected a JSON object's text"),
     ]  # fmt: skip
@@ -226,9 +226,9 @@ def test_the_responses_api_calls_tools_as_openais_sdk_reads_them(engine: LocalEn
     with serving(engine, ["tiny"]) as url:
         client = _client(url)
         first = client.responses.create(model="tiny", input=ASKED, tools=tools, tool_choice=named,
-                                        temperature=0, max_output_tokens=60)  # fmt: skip
+                                        temperature=0, max_output_tokens=100)  # fmt: skip
         with client.responses.stream(model="tiny", input=ASKED, tools=tools, tool_choice=named, temperature=0,
-                                     max_output_tokens=60) as stream:  # fmt: skip
+                                     max_output_tokens=100) as stream:  # fmt: skip
             kinds = [event.type for event in stream]  # the helper raises on events out of order
             streamed = stream.get_final_response()
         [call] = first.output
@@ -294,3 +294,41 @@ def test_a_response_that_says_something_then_calls_closes_its_message_before_the
     message, call = events[-1]["response"]["output"]
     assert message["content"][0]["text"] == "Let me check." and call["name"] == "get_weather"
     assert call == events[-2]["item"]  # the same id and call id in the stream and in the response
+
+
+def test_once_the_model_writes_a_call_what_follows_is_held_to_the_tools(tool_model: Path) -> None:
+    """Before `<tool_call>` the reply is free (no mask, the sampler's fast path kept); after it, only a
+    call of a listed tool with arguments that fit, written as the template writes calls, then the end."""
+    from transformers import AutoTokenizer
+
+    from core.inference.formats import FormatGuide
+    from core.inference.sampler import Sampling, TokenChooser
+
+    tokenizer = ChatTokenizer.from_transformers(AutoTokenizer.from_pretrained(tool_model))
+    backend, end = tokenizer.backend, tokenizer.eos_token_id
+    vocabulary = backend.get_vocab_size()
+
+    def allowed(guide: FormatGuide) -> set[str]:
+        return {
+            tokenizer.decode([token], skip_special_tokens=False)
+            for token in guide.allowed().nonzero().flatten().tolist()
+        }
+
+    guide = FormatGuide(call_format(TOOLS, forced=False, many=False), backend, vocabulary, frozenset({end}))
+    chooser = TokenChooser(Sampling(temperature=0.7, top_k=20), vocabulary, "cpu", guide=guide)
+    for token in tokenizer.encode("Let me check. <tool_"):
+        assert guide.allowed() is None and chooser.shortlist > 0  # free text: nothing masked
+        chooser.observe(token)
+    for token in tokenizer.encode("call>"):  # the trigger completes, cut across tokens
+        chooser.observe(token)
+    assert guide.holding and chooser.shortlist == 0
+    assert allowed(guide) == {"\n"}
+    written = '\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}\n</tool_call>'
+    for token in tokenizer.encode(written):
+        assert guide.allowed()[token], tokenizer.decode([token])
+        guide.advance(token)
+    assert allowed(guide) == {"<|im_end|>"}  # one call (parallel_tool_calls false), then the end
+    spaced = FormatGuide(call_format(TOOLS, forced=True, many=True), backend, vocabulary, frozenset({end}))
+    for token in tokenizer.encode('\n{"name":'):
+        spaced.advance(token)
+    assert allowed(spaced) == {" "}  # ": " between a key and its value, as the template writes calls

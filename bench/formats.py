@@ -49,7 +49,7 @@ def main() -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from core.inference.formats import FormatGuide, checked_format
-    from core.inference.tool_calls import call_format
+    from core.inference.tool_calls import HERMES
 
     torch.zeros(1)
     files = sorted(glob.glob(f"{sysconfig.get_paths()['purelib']}/**/*.py", recursive=True))[: args.sources]
@@ -83,7 +83,7 @@ def main() -> None:
               f"most {max(costs):.2f} ms over the {len(ids)} tokens of {json.dumps(REPLY)}")  # fmt: skip
 
     started = time.perf_counter()
-    guide = FormatGuide(call_format(TOOLS, forced=False, many=True), tokenizer, VOCABULARY, ends)
+    guide = FormatGuide(HERMES.calls_format(TOOLS, forced=False, many=True), tokenizer, VOCABULARY, ends)
     made_ms = (time.perf_counter() - started) * 1000
     costs = {False: [], True: []}  # held or not when the token came
     for token in tokenizer.encode(TEXT + CALL).ids:

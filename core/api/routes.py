@@ -54,7 +54,7 @@ from core.inference.events import Event, Finished, TextDelta
 from core.inference.formats import ReplyFormat, checked_format, checked_pattern, choice_pattern
 from core.inference.params import GenerationParams
 from core.inference.prompts import Continuation, Prompt, RawPrompt, ToolUse
-from core.inference.tool_calls import CALL_MARK, call_format, takes_tools
+from core.inference.tool_calls import CallStyle, call_style
 
 if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
     from core.inference.engine import LocalEngine
@@ -153,7 +153,7 @@ def create_app(
         if body.stop_sequences:
             events = until_stop_sequence(events, body.stop_sequences, stop)
         if calling:
-            events = with_calls(events, calling.names, calling.opening)
+            events = with_calls(events, calling.style, calling.names)
         try:
             first = await run_in_threadpool(next, events)  # the queue cap is checked on the first step
         except LocalLLMError as exc:
@@ -166,20 +166,20 @@ def create_app(
     def tool_use(body: ChatCompletionRequest | ResponseRequest) -> Calling | None:
         """How the reply may call tools (core.api.calls); 400 `tools_not_supported` where the request lists
         tools, or holds calls, and the model was not trained to call them as this server reads them."""
-        calling = _calling(body)
-        if calling is None and not body.uses_tools:
+        asked = _tools_asked(body)
+        if asked is None and not body.uses_tools:
             return None
         try:
-            template = engine.tokenizer(body.model).chat_template or ""
+            style = call_style(engine.tokenizer(body.model).chat_template or "")
         except (LocalLLMError, OSError, ValueError) as exc:  # files changed since the list was read
             raise APIError(404, f"The model {body.model!r} is not ready: {exc}", code="model_not_found",
                            param="model") from exc  # fmt: skip
-        if not takes_tools(template):
-            raise APIError(400, f"The model {body.model!r} was not trained to call tools (its chat "
-                           "template does not write Qwen's or Hermes' <tool_call>): send the request without "
-                           "tools, or with tool_choice \"none\".", code="tools_not_supported",
-                           param="tools")  # fmt: skip
-        return calling
+        if style is None:
+            raise APIError(400, f"The model {body.model!r} was not trained to call tools (its chat template "
+                           "writes no calls in a form this server reads: Hermes' <tool_call>, as Qwen's, or "
+                           "Llama 3's JSON): send the request without tools, or with tool_choice \"none\".",
+                           code="tools_not_supported", param="tools")  # fmt: skip
+        return asked.held_by(style) if asked else None
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     async def chat_completions(request: Request) -> Any:
@@ -201,7 +201,7 @@ def create_app(
                 "parallel_tool_calls": body.parallel_tool_calls}  # fmt: skip
         calling = await run_in_threadpool(tool_use, body)
         messages = tuple(_input_messages(body))
-        prompt = ToolUse(messages, calling.tools, calling.opening) if calling else list(messages)
+        prompt = ToolUse(messages, calling.tools) if calling else list(messages)
         return await reply(request, body, prompt, ResponseShape(body.model, said), calling)
 
     return app
@@ -288,23 +288,38 @@ def _check_chat(body: ChatCompletionRequest) -> None:
 
 @dataclass(frozen=True)
 class Calling:
-    """How a reply may call tools: the tools as the chat template lists them, the format its calls are
-    held to (one call, or several), whether it must make one (it starts with the call)."""
+    """How a reply may call tools: the tools as the chat template lists them, how the model writes a
+    call, and the format its calls are held to."""
 
     tools: tuple[dict[str, Any], ...]
+    style: CallStyle
     held: ReplyFormat
-    forced: bool
 
     @property
     def names(self) -> frozenset[str]:
         return frozenset(tool["function"]["name"] for tool in self.tools)
 
-    @property
-    def opening(self) -> str:
-        return CALL_MARK if self.forced else ""
+
+@dataclass(frozen=True)
+class ToolsAsked:
+    """The tools a request lists, the function it names (None: any), whether a call must be made, and
+    whether several may be."""
+
+    tools: tuple[dict[str, Any], ...]
+    named: str | None
+    forced: bool
+    many: bool
+
+    def held_by(self, style: CallStyle) -> Calling:
+        """The calls as `style` writes them; 400 where a tool's parameters are no schema."""
+        try:
+            held = style.calls_format(self.tools, self.named, forced=self.forced, many=self.many)
+        except MessageError as exc:
+            raise APIError(400, exc.message, code="invalid_json_schema", param="tools") from exc
+        return Calling(self.tools, style, held)
 
 
-def _calling(body: ChatCompletionRequest | ResponseRequest) -> Calling | None:
+def _tools_asked(body: ChatCompletionRequest | ResponseRequest) -> ToolsAsked | None:
     """The tools a reply may call (None: none, or tool_choice "none": clients that always list their
     tools send it to have text only); 400 where the choice names no listed tool, or is not the only
     format asked."""
@@ -325,13 +340,9 @@ def _calling(body: ChatCompletionRequest | ResponseRequest) -> Calling | None:
     if (asked is not None and asked.type != "text") or guided:
         raise APIError(400, "A reply that may call tools is not held to a format: send tools or a format, "
                        "not both.", code="invalid_request", param="tools")  # fmt: skip
-    forced = choice == "required" or named is not None
-    many = body.parallel_tool_calls and named is None  # a named function is called once, as OpenAI does
-    try:
-        held = call_format(tools, named, forced=forced, many=many)
-    except MessageError as exc:
-        raise APIError(400, exc.message, code="invalid_json_schema", param="tools") from exc
-    return Calling(tools, held, forced)
+    # A named function is called once, as OpenAI does.
+    many = body.parallel_tool_calls and named is None
+    return ToolsAsked(tools, named, choice == "required" or named is not None, many)
 
 
 GUIDED = ("guided_json", "guided_regex", "guided_choice")  # vLLM's names for a format
@@ -418,7 +429,7 @@ def _chat_prompt(body: ChatCompletionRequest, calling: Calling | None = None) ->
         if body.continue_final_message:
             raise APIError(400, "A reply that goes on in the last message does not call tools: send it "
                            "without tools.", param="continue_final_message")  # fmt: skip
-        return ToolUse(tuple(messages), calling.tools, calling.opening)
+        return ToolUse(tuple(messages), calling.tools)
     if body.continue_final_message and body.add_generation_prompt:
         raise APIError(400, "continue_final_message goes with add_generation_prompt false (as vLLM takes "
                        "them): a reply goes on in the last message or starts a new one, not both.",

@@ -33,12 +33,15 @@ class ReplyFormat:
     """What the reply must be: a JSON object (none given), a value that fits `schema` (JSON text), text
     that `regex` matches whole (vLLM's guided_regex, and its guided_choice as an alternation), or what a
     `lark` grammar (llguidance's syntax) accepts. With a `trigger` the format holds only once the reply
-    has written it (llama.cpp's lazy grammars: a tool call after free text); it holds what follows."""
+    writes it (llama.cpp's lazy grammars: a tool call after free text), from the trigger on; where it
+    may come (`anywhere`) or only as the reply's start (after blank space: else the reply stays free).
+    """
 
     schema: str | None = None
     regex: str | None = None
     lark: str | None = None
     trigger: str | None = None
+    anywhere: bool = True
 
     def as_openai(self) -> dict[str, Any]:
         """A JSON format as OpenAI's API asks it (`response_format`), for a model on a server."""
@@ -74,10 +77,10 @@ def checked_pattern(regex: str) -> ReplyFormat:
     return _compiled(ReplyFormat(regex=regex), "The regular expression")
 
 
-def checked_grammar(lark: str, trigger: str | None, what: str) -> ReplyFormat:
-    """A reply format for a Lark grammar (held once `trigger` is written, where one is given); MessageError
-    where llguidance cannot compile it, saying so of `what` it was made of."""
-    return _compiled(ReplyFormat(lark=lark, trigger=trigger), what)
+def checked_grammar(lark: str, trigger: str | None, what: str, *, anywhere: bool = True) -> ReplyFormat:
+    """A reply format for a Lark grammar (held once `trigger` is written, where one is given);
+    MessageError where llguidance cannot compile it, saying so of `what` it was made of."""
+    return _compiled(ReplyFormat(lark=lark, trigger=trigger, anywhere=anywhere), what)
 
 
 def choice_pattern(choices: list[str]) -> str:
@@ -112,13 +115,15 @@ class FormatGuide:
         self.ends = ends
         self._backend = backend
         self._matcher = LLMatcher(_tokenizer(backend, vocabulary, ends), reply_format.grammar, log_level=0)
-        self._waiting = reply_format.trigger  # None: the format holds
+        self._waiting = reply_format.trigger  # None: the format holds (or never will: `_free`)
+        self._anywhere = reply_format.anywhere
+        self._free = False  # a trigger that had to start the reply did not
         self._written = ""  # while waiting: the reply's last characters, where the trigger is looked for
 
     @property
     def holding(self) -> bool:
         """Whether the format holds the reply now (a lazy one once its trigger was written)."""
-        return self._waiting is None
+        return self._waiting is None and not self._free
 
     def allowed(self, device: torch.device | str = "cpu") -> torch.Tensor | None:
         """A boolean mask over the vocabulary: True where a token keeps the reply in its format (only the
@@ -126,7 +131,7 @@ class FormatGuide:
         format waits for its trigger (any token may come)."""
         import torch
 
-        if self._waiting is not None:
+        if not self.holding:
             return None
         if self._matcher.is_error():
             mask = torch.zeros(self.vocabulary, dtype=torch.bool)
@@ -137,17 +142,28 @@ class FormatGuide:
         return bits.flatten()[: self.vocabulary].bool().to(device)
 
     def advance(self, token: int) -> None:
+        if self._free:
+            return
         if self._waiting is None:
             self._matcher.consume_token(token)
             return
-        written = self._written + self._backend.decode([token], skip_special_tokens=False)
-        at = written.find(self._waiting)
-        if at < 0:
-            self._written = written[-len(self._waiting) :]  # enough to find a trigger cut across tokens
-            return
-        rest, self._waiting = written[at + len(self._waiting) :], None
-        if rest:  # the trigger's token went on past it: what follows is held to the format already
-            self._matcher.consume_tokens(self._backend.encode(rest, add_special_tokens=False).ids)
+        trigger, written = (
+            self._waiting,
+            self._written + self._backend.decode([token], skip_special_tokens=False),
+        )
+        if self._anywhere:
+            at = written.find(trigger)
+            self._written = written[-len(trigger) :]  # enough to find a trigger cut across tokens
+        else:
+            start = written.lstrip()
+            if not start.startswith(trigger) and trigger.startswith(start):  # blank, or the trigger's start
+                self._written = written
+                return
+            at = len(written) - len(start) if start.startswith(trigger) else -1
+            self._free = at < 0
+        if at >= 0:  # the format holds from the trigger on (the text it was written in, read again)
+            self._waiting = None
+            self._matcher.consume_tokens(self._backend.encode(written[at:], add_special_tokens=False).ids)
 
 
 def _tokenizer(backend: Any, vocabulary: int, ends: frozenset[int]) -> Any:

@@ -39,12 +39,10 @@ class Continuation:
 @dataclass(frozen=True)
 class ToolUse:
     """A conversation with the tools its reply may call (OpenAI's `tools`, listed by the chat template);
-    its messages may hold calls made and their results. `opening`: the text the reply starts with, after
-    the generation prompt (a call that must be made: core.inference.tool_calls.CALL_MARK)."""
+    its messages may hold calls made and their results."""
 
     messages: tuple[dict[str, Any], ...]
     tools: tuple[dict[str, Any], ...]
-    opening: str = ""
 
 
 # A conversation (with the chat template), raw text, a conversation whose last reply goes on, or one
@@ -62,11 +60,9 @@ def prompt_ids(tokenizer: ChatTokenizer, prompt: Prompt, thinking: bool = True) 
         return tokenizer.encode(prompt.text, special=True)
     tools = prompt.tools if isinstance(prompt, ToolUse) else None
     asked, written = (
-        (prompt.messages[:-1], prompt.messages[-1]["content"].rstrip())
+        (prompt.messages[:-1], prompt.messages[-1]["content"])
         if isinstance(prompt, Continuation)
-        else (prompt.messages, prompt.opening)
-        if isinstance(prompt, ToolUse)
-        else (prompt, "")
+        else (prompt.messages if isinstance(prompt, ToolUse) else prompt, "")
     )
     try:
         text = tokenizer.chat_text(asked, thinking=thinking, tools=tools)
@@ -74,7 +70,7 @@ def prompt_ids(tokenizer: ChatTokenizer, prompt: Prompt, thinking: bool = True) 
         detail = " ".join(str(exc).split())[:300]
         raise ChatTemplateError(f"The model's chat template rejected this conversation: {detail}",
                                 detail=detail) from exc  # fmt: skip
-    return tokenizer.encode(text + written)
+    return tokenizer.encode(text + written.rstrip())
 
 
 def _pieces(text: str) -> Iterator[str]:

@@ -19,7 +19,7 @@ from core.inference.chat_tokenizer import ChatTokenizer
 from core.inference.engine import LocalEngine
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
 from core.inference.prompts import ToolUse, prompt_ids
-from core.inference.tool_calls import CALL_MARK, ToolCall, call_format
+from core.inference.tool_calls import HERMES, LLAMA_JSON, CallStyle, ToolCall
 from tests.fixtures.serving import serving
 from tests.fixtures.tiny_models import QWEN25_TEMPLATE, build_tiny_model, install_ready
 
@@ -54,6 +54,11 @@ def tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(
         tmp_path_factory.mktemp("tools") / "m", endless=True, context=4096, chat_template=QWEN25_TEMPLATE
     )
+
+
+@pytest.fixture(scope="module")
+def llama_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("llama") / "m", "llama3", endless=True, context=4096)
 
 
 @pytest.fixture
@@ -129,10 +134,18 @@ def test_required_makes_a_call_of_one_of_the_tools_and_its_result_goes_back_in(e
     assert second.usage.prompt_tokens == len(prompt_ids(tokenizer, ToolUse(tuple(sent), tuple(TOOLS))))
 
 
-def test_a_conversation_with_tools_reads_as_transformers_renders_it(tool_model: Path) -> None:
+@pytest.mark.parametrize(
+    ("model", "written"),
+    [("tool_model", "<tool_response>\n21°C\n</tool_response>"),
+     ("llama_model", 'ipython<|end_header_id|>\n\n"21°C"')],
+    ids=["qwen2.5", "llama3.2"],
+)  # fmt: skip
+def test_a_conversation_with_tools_reads_as_transformers_renders_it(
+    model: str, written: str, request: pytest.FixtureRequest
+) -> None:
     from transformers import AutoTokenizer
 
-    reference = AutoTokenizer.from_pretrained(tool_model)
+    reference = AutoTokenizer.from_pretrained(request.getfixturevalue(model))
     ours = ChatTokenizer.from_transformers(reference)
     call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "杭州", "days": 2}}}
     conversation = (*ASKED, {"role": "assistant", "content": "", "tool_calls": [call]},
@@ -143,9 +156,28 @@ def test_a_conversation_with_tools_reads_as_transformers_renders_it(tool_model: 
         expected = expected["input_ids"]
     assert prompt_ids(ours, ToolUse(conversation, tuple(TOOLS))) == expected
     text = ours.decode(expected, skip_special_tokens=False)
-    assert '"name": "get_weather"' in text and "<tool_response>\n21°C\n</tool_response>" in text
-    forced = prompt_ids(ours, ToolUse(conversation, tuple(TOOLS), CALL_MARK))
-    assert ours.decode(forced, skip_special_tokens=False) == text + CALL_MARK
+    assert '"name": "get_weather"' in text and written in text
+
+
+def test_a_llama_model_makes_its_call_as_its_whole_reply(tmp_path: Path, llama_model: Path) -> None:
+    """Llama 3's template: the call is the reply, its arguments `parameters`; read into OpenAI's call."""
+    install_ready(tmp_path / "models", "tiny", llama_model)
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    with serving(engine, ["tiny"]) as url:
+        client = _client(url)
+        reply = client.chat.completions.create(model="tiny", messages=ASKED, tools=TOOLS, tool_choice=named,
+                                               temperature=1.0, max_tokens=100)  # fmt: skip
+        [call] = reply.choices[0].message.tool_calls
+        answered = [*ASKED, reply.choices[0].message.model_dump(exclude_none=True),
+                    {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21°C"}]  # fmt: skip
+        second = client.chat.completions.create(model="tiny", messages=answered, tools=TOOLS, max_tokens=4)
+        free = client.chat.completions.create(model="tiny", messages=ASKED, tools=TOOLS, max_tokens=8)
+    assert reply.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    _weather(call.function.arguments)
+    assert second.choices[0].finish_reason == "length"  # the call and its result were read back in
+    # Left to itself the random model writes no JSON: its text comes back as text.
+    assert free.choices[0].finish_reason == "length" and free.choices[0].message.tool_calls is None
 
 
 def _events(pieces: list[str], reason: str = "stop") -> Iterator[Event]:
@@ -153,9 +185,9 @@ def _events(pieces: list[str], reason: str = "stop") -> Iterator[Event]:
     yield Finished(ReplyStats(5, len(pieces), 0.1, 10.0, reason, "tiny"))
 
 
-def _read(pieces: list[str], opening: str = "") -> tuple[str, tuple, str]:
+def _read(pieces: list[str], style: CallStyle = HERMES) -> tuple[str, tuple, str]:
     text, calls, reason = [], (), ""
-    for event in with_calls(_events(pieces), NAMES, opening):
+    for event in with_calls(_events(pieces), style, NAMES):
         if isinstance(event, TextDelta):
             text.append(event.text)
         elif isinstance(event, CallsMade):
@@ -185,8 +217,22 @@ def test_text_that_is_no_call_of_the_tools_is_sent_as_written() -> None:
     ):  # fmt: skip
         for cut in range(1, len(reply)):
             assert _read([reply[:cut], reply[cut:]]) == (reply, (), "stop")
-    # A call that had to be made but was cut at the token limit: its JSON, without the opening it was given.
-    assert _read(['{"name": "now", "argu'], CALL_MARK) == ('{"name": "now", "argu', (), "stop")
+    for reply in ("Use {braces}", '{"name": "rm_rf", "parameters": {}}', '{"answer": 42}', "{not json"):
+        for cut in range(1, len(reply)):
+            assert _read([reply[:cut], reply[cut:]], LLAMA_JSON) == (reply, (), "stop")
+
+
+def test_a_llama_reply_that_is_a_call_is_read_however_the_stream_cuts_it() -> None:
+    """Llama 3's calls: the whole reply is the call's JSON, with its arguments as `parameters`."""
+    reply = ' {"name": "get_weather", "parameters": {"city": "杭州", "days": 2}}'
+    call = ToolCall("get_weather", '{"city": "杭州", "days": 2}')
+    for cut in range(1, len(reply)):
+        assert _read([reply[:cut], reply[cut:]], LLAMA_JSON) == ("", (call,), "tool_calls")
+    assert _read(list("Sure: " + reply), LLAMA_JSON) == (
+        "Sure: " + reply,
+        (),
+        "stop",
+    )  # a call starts a reply
 
 
 def test_what_a_client_gets_wrong_about_tools_is_named(engine: LocalEngine) -> None:
@@ -314,7 +360,9 @@ def test_once_the_model_writes_a_call_what_follows_is_held_to_the_tools(tool_mod
             for token in guide.allowed().nonzero().flatten().tolist()
         }
 
-    guide = FormatGuide(call_format(TOOLS, forced=False, many=False), backend, vocabulary, frozenset({end}))
+    guide = FormatGuide(
+        HERMES.calls_format(TOOLS, forced=False, many=False), backend, vocabulary, frozenset({end})
+    )
     chooser = TokenChooser(Sampling(temperature=0.7, top_k=20), vocabulary, "cpu", guide=guide)
     for token in tokenizer.encode("Let me check. <tool_"):
         assert guide.allowed() is None and chooser.shortlist > 0  # free text: nothing masked
@@ -328,7 +376,30 @@ def test_once_the_model_writes_a_call_what_follows_is_held_to_the_tools(tool_mod
         assert guide.allowed()[token], tokenizer.decode([token])
         guide.advance(token)
     assert allowed(guide) == {"<|im_end|>"}  # one call (parallel_tool_calls false), then the end
-    spaced = FormatGuide(call_format(TOOLS, forced=True, many=True), backend, vocabulary, frozenset({end}))
-    for token in tokenizer.encode('\n{"name":'):
+    spaced = FormatGuide(
+        HERMES.calls_format(TOOLS, forced=True, many=True), backend, vocabulary, frozenset({end})
+    )
+    assert allowed(spaced) == {"<"}  # a call that must be made: held from the first token
+    for token in tokenizer.encode('<tool_call>\n{"name":'):
         spaced.advance(token)
     assert allowed(spaced) == {" "}  # ": " between a key and its value, as the template writes calls
+
+
+def test_a_llama_call_is_held_only_where_it_starts_the_reply(llama_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from core.inference.formats import FormatGuide
+
+    tokenizer = ChatTokenizer.from_transformers(AutoTokenizer.from_pretrained(llama_model))
+    lazy = LLAMA_JSON.calls_format(TOOLS, forced=False, many=False)
+    ends = frozenset({tokenizer.eos_token_id})
+    started, talking = (FormatGuide(lazy, tokenizer.backend, tokenizer.backend.get_vocab_size(), ends)
+                        for _ in range(2))  # fmt: skip
+    for token in tokenizer.encode("\n {"):
+        assert started.allowed() is None
+        started.advance(token)
+    assert started.holding
+    assert {tokenizer.decode([token]) for token in started.allowed().nonzero().flatten().tolist()} == {'"'}
+    for token in tokenizer.encode("Hi {"):  # text first: a brace later is text
+        talking.advance(token)
+    assert not talking.holding and talking.allowed() is None

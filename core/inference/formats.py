@@ -77,10 +77,10 @@ def checked_pattern(regex: str) -> ReplyFormat:
     return _compiled(ReplyFormat(regex=regex), "The regular expression")
 
 
-def checked_grammar(lark: str, trigger: str | None, what: str, *, anywhere: bool = True) -> ReplyFormat:
+def checked_grammar(lark: str, trigger: str | None = None, *, anywhere: bool = True) -> ReplyFormat:
     """A reply format for a Lark grammar (held once `trigger` is written, where one is given);
-    MessageError where llguidance cannot compile it, saying so of `what` it was made of."""
-    return _compiled(ReplyFormat(lark=lark, trigger=trigger, anywhere=anywhere), what)
+    MessageError where llguidance cannot compile it (its words in the `said` parameter)."""
+    return _compiled(ReplyFormat(lark=lark, trigger=trigger, anywhere=anywhere), "The grammar")
 
 
 def choice_pattern(choices: list[str]) -> str:

@@ -25,6 +25,7 @@ from core.errors import MessageError
 from core.inference.formats import ReplyFormat, checked_format, checked_grammar
 
 _AS_TEMPLATES_WRITE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
+_COMPILER_SAID = re.compile(r"failed to compile JSON schema: (.*?)(?: \d+ \||$)")  # llguidance's words
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*)\Z", re.DOTALL)  # the last may be open
 
 
@@ -117,8 +118,13 @@ class CallStyle:
         else:
             call, start = "call: body", "start: call"
         lark = "\n".join(("%llguidance {}", start, call, f"body: %json {json.dumps(body)}"))
-        trigger = None if forced else self.mark
-        return checked_grammar(lark, trigger, "The tools' parameters", anywhere=self.after_text)
+        try:
+            return checked_grammar(lark, None if forced else self.mark, anywhere=self.after_text)
+        except MessageError as exc:  # each schema compiled alone: together they are too much
+            found = _COMPILER_SAID.search(exc.params.get("said", ""))
+            raise MessageError(f"The tools' parameters together cannot hold a reply: "
+                               f"{found.group(1) if found else 'too large'}; send fewer or smaller tools.",
+                               reason="format_invalid") from exc  # fmt: skip
 
 
 HERMES = CallStyle("hermes", "<tool_call>", after_text=True, arguments_key="arguments")

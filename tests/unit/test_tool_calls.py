@@ -15,6 +15,7 @@ import pytest
 
 from core.api.calls import CallsMade, with_calls
 from core.api.shapes import ResponseShape
+from core.errors import MessageError
 from core.inference.chat_tokenizer import ChatTokenizer
 from core.inference.engine import LocalEngine
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
@@ -403,3 +404,15 @@ def test_a_llama_call_is_held_only_where_it_starts_the_reply(llama_model: Path) 
     for token in tokenizer.encode("Hi {"):  # text first: a brace later is text
         talking.advance(token)
     assert not talking.holding and talking.allowed() is None
+
+
+def test_tools_too_many_to_hold_a_call_to_are_refused_in_a_sentence() -> None:
+    """Each schema may compile alone and all of them together not: bounded, and said plainly."""
+    options = {f"p{i}": {"enum": [f"v{j}" for j in range(50)]} for i in range(40)}
+    tools = [{"type": "function", "function": {"name": f"f{k}", "parameters": {"type": "object",
+              "properties": options, "required": list(options)}}} for k in range(128)]  # fmt: skip
+    with pytest.raises(MessageError) as refused:
+        HERMES.calls_format(tools, forced=False, many=True)
+    said = refused.value.message
+    assert said.startswith("The tools' parameters together cannot hold a reply: ") and "too big" in said
+    assert said.endswith("; send fewer or smaller tools.") and "%json" not in said  # no grammar dumped

@@ -50,7 +50,7 @@ from core.api.schemas import (
 from core.api.shapes import ChatShape, ReplyShape, ResponseShape, TextShape
 from core.api.stops import until_stop_sequence
 from core.errors import ContextLengthError, LocalLLMError, MessageError
-from core.inference.events import Event, Finished, TextDelta
+from core.inference.events import Event, Finished, Logprobs, TextDelta
 from core.inference.formats import ReplyFormat, checked_format, checked_pattern, choice_pattern
 from core.inference.params import GenerationParams
 from core.inference.prompts import Continuation, Prompt, RawPrompt, ToolUse
@@ -147,9 +147,8 @@ def create_app(
         stop = threading.Event()
         # A client's later turns may start from its earlier replies' caches, never from another's.
         client = request.client.host if request.client else ""
-        events = engine.stream(
-            body.model, prompt, params, stop, owner=f"api-{client}", reply_format=reply_format
-        )
+        events = engine.stream(body.model, prompt, params, stop, owner=f"api-{client}",
+                               reply_format=reply_format, logprobs=body.logprobs_asked)  # fmt: skip
         if body.stop_sequences:
             events = until_stop_sequence(events, body.stop_sequences, stop)
         if calling:
@@ -185,12 +184,14 @@ def create_app(
     async def chat_completions(request: Request) -> Any:
         body = await read(request, ChatCompletionRequest)
         calling = await run_in_threadpool(tool_use, body)
-        return await reply(request, body, _chat_prompt(body, calling), ChatShape(body.model), calling)
+        shape = ChatShape(body.model, body.logprobs_asked is not None)
+        return await reply(request, body, _chat_prompt(body, calling), shape, calling)
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
     async def completions(request: Request) -> Any:
         body = await read(request, CompletionRequest)
-        return await reply(request, body, RawPrompt(body.text), TextShape(body.model))
+        shape = TextShape(body.model, body.logprobs_asked is not None)
+        return await reply(request, body, RawPrompt(body.text), shape)
 
     @app.post("/v1/responses", dependencies=[Depends(require_key)])
     async def responses(request: Request) -> Any:
@@ -269,9 +270,6 @@ def _input_messages(body: ResponseRequest) -> list[dict[str, Any]]:
 
 def _check_completion(body: CompletionRequest) -> None:
     """What a text completion may ask that this server cannot give: 400 naming it, never ignored."""
-    if body.logprobs is not None:
-        raise APIError(400, "This server does not return log-probabilities: send the request without "
-                       "'logprobs'.", code="logprobs_not_supported", param="logprobs")  # fmt: skip
     for name, asked in (("echo", body.echo), ("suffix", body.suffix), ("best_of", (body.best_of or 1) > 1)):
         if asked:
             raise APIError(400, f"This server does not take '{name}' with a completion: send the request "
@@ -281,9 +279,10 @@ def _check_completion(body: CompletionRequest) -> None:
 
 def _check_chat(body: ChatCompletionRequest) -> None:
     """What a chat completion may ask that this server cannot give: 400 naming it, never ignored."""
-    if body.logprobs or body.top_logprobs:
-        raise APIError(400, "This server does not return log-probabilities: send the request without "
-                       "'logprobs'.", code="logprobs_not_supported", param="logprobs")  # fmt: skip
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(
+            400, "top_logprobs goes with logprobs true.", code="invalid_request", param="top_logprobs"
+        )
 
 
 @dataclass(frozen=True)
@@ -459,16 +458,18 @@ def _chain(first: Event, events: Iterator[Event]) -> Iterator[Event]:
 
 
 def _complete(shape: ReplyShape, first: Event, events: Iterator[Event]) -> dict[str, Any]:
-    text, stats, calls = [], None, ()
+    text, stats, calls, chances = [], None, (), []
     for event in _chain(first, events):
         if isinstance(event, TextDelta):
             text.append(event.text)
+        elif isinstance(event, Logprobs):
+            chances += event.tokens
         elif isinstance(event, CallsMade):
             calls = event.calls
         elif isinstance(event, Finished):
             stats = event.stats
     assert stats is not None  # the engine always ends with Finished
-    return shape.whole("".join(text), stats, calls)
+    return shape.whole("".join(text), stats, calls, tuple(chances) if shape.logprobs_asked else None)
 
 
 async def _until_done_or_gone(request: Request, stop: threading.Event, work: Callable[[], Any]) -> Any:
@@ -524,6 +525,8 @@ async def _sse(
             if isinstance(event, TextDelta):
                 for written in shape.piece(event.text):
                     yield written
+            elif isinstance(event, Logprobs):
+                shape.logprobs_came(event.tokens)
             elif isinstance(event, CallsMade):
                 for written in shape.calls(event.calls):
                     yield written

@@ -20,6 +20,7 @@ MAX_PATTERN_CHARS, MAX_CHOICES = 2_000, 200  # vLLM's guided_regex and guided_ch
 GuidedChoice = Annotated[str, Field(min_length=1, max_length=500)]
 RESPONSE_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})  # a response's input parts of text
 MAX_TOOLS = 128  # OpenAI's limit
+MAX_TOP_LOGPROBS = 20  # OpenAI's and vLLM's
 ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # OpenAI's rule for a function's name
 ToolCallId = Annotated[str, Field(max_length=100)]
 
@@ -147,6 +148,11 @@ class GenerationRequest(_Request):
         return self.max_tokens
 
     @property
+    def logprobs_asked(self) -> int | None:
+        """How many alternatives each token's log-probability comes with (None: none asked)."""
+        return None
+
+    @property
     def thinking(self) -> bool | None:
         """False where the request asks a thinking model (Qwen3) to answer without reasoning first."""
         return None
@@ -168,7 +174,7 @@ class ChatCompletionRequest(GenerationRequest):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: StrictBool = True
     logprobs: StrictBool | None = None
-    top_logprobs: StrictInt | None = None
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
     chat_template_kwargs: ChatTemplateOptions | None = None  # vLLM's: {"enable_thinking": false}
     reasoning_effort: str | None = Field(None, max_length=20)  # "none": OpenAI's and Ollama's no reasoning
@@ -179,6 +185,10 @@ class ChatCompletionRequest(GenerationRequest):
     @property
     def wanted_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def logprobs_asked(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def listed_tools(self) -> tuple[dict[str, Any], ...]:
@@ -217,12 +227,16 @@ class CompletionRequest(GenerationRequest):
     max_tokens: StrictInt | None = Field(16, ge=1)  # OpenAI's and vLLM's default here
     echo: StrictBool = False
     suffix: str | None = None
-    logprobs: StrictInt | None = None
+    logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: StrictInt | None = Field(None, ge=1)
 
     @property
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    @property
+    def logprobs_asked(self) -> int | None:
+        return self.logprobs
 
 
 class InputMessage(_Request):
@@ -382,6 +396,33 @@ class ToolCallOut(_Response):
     function: FunctionCalled
 
 
+class TopLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobOut(TopLogprob):
+    """A token of the reply, its log-probability and the likeliest at its place (OpenAI's shape)."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(_Response):
+    content: list[TokenLogprobOut]
+    refusal: None = None
+
+
+class TextLogprobs(_Response):
+    """A text completion's log-probabilities (OpenAI's legacy shape): tokens, theirs, the likeliest as
+    a mapping, each token's place in the text."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None
@@ -395,6 +436,7 @@ class Choice(_Response):
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason
+    logprobs: ChoiceLogprobs | None = None
 
 
 class _Reply(_Response):
@@ -427,6 +469,7 @@ class ChunkChoice(_Response):
     index: int = 0
     delta: Delta
     finish_reason: FinishReason | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(_Reply):
@@ -438,7 +481,7 @@ class ChatCompletionChunk(_Reply):
 class TextChoice(_Response):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: TextLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 

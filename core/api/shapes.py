@@ -4,6 +4,7 @@ events and repeats the whole text when it is done."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
 import uuid
@@ -15,17 +16,21 @@ from core.api.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
     FunctionCalled,
     PromptTokensDetails,
     TextChoice,
     TextCompletion,
+    TextLogprobs,
+    TokenLogprobOut,
     ToolCallDelta,
     ToolCallOut,
+    TopLogprob,
     Usage,
 )
-from core.inference.events import ReplyStats
+from core.inference.events import ReplyStats, TokenLogprob
 from core.inference.tool_calls import ToolCall
 
 DONE = "data: [DONE]\n\n"
@@ -49,17 +54,31 @@ def call_id() -> str:
 
 
 class ReplyShape:
-    """A reply's writer. A stream is `opening()`, `piece()` for each text, then `closing()`."""
+    """A reply's writer. A stream is `opening()`, `piece()` for each text, then `closing()`; the tokens'
+    log-probabilities, where asked, go out with the next piece (`logprobs_came`)."""
 
     prefix = "reply-"
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, logprobs_asked: bool = False) -> None:
         self.model = model
         self.id = f"{self.prefix}{uuid.uuid4().hex}"
         self.created = int(time.time())
+        self.logprobs_asked = logprobs_asked
+        self._pending: list[TokenLogprob] = []
 
-    def whole(self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
+    def whole(
+        self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = (),
+        chances: tuple[TokenLogprob, ...] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         raise NotImplementedError
+
+    def logprobs_came(self, tokens: tuple[TokenLogprob, ...]) -> None:
+        self._pending += tokens
+
+    def _taken(self) -> tuple[TokenLogprob, ...]:
+        """The log-probabilities that came since the last piece."""
+        taken, self._pending = tuple(self._pending), []
+        return taken
 
     def opening(self) -> list[str]:
         return []
@@ -104,11 +123,15 @@ class ChatShape(_ChunkedShape):
     prefix = "chatcmpl-"
     chunk_kind = ChatCompletionChunk
 
-    def whole(self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
+    def whole(
+        self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = (),
+        chances: tuple[TokenLogprob, ...] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         made = [ToolCallOut(id=call_id(), function=FunctionCalled(name=c.name, arguments=c.arguments))
                 for c in calls]  # fmt: skip
         message = AssistantMessage(content=(text or None) if made else text, tool_calls=made or None)
-        choice = Choice(message=message, finish_reason=finish_reason(stats))
+        logprobs = None if chances is None else _choice_logprobs(chances)
+        choice = Choice(message=message, finish_reason=finish_reason(stats), logprobs=logprobs)
         return ChatCompletion(id=self.id, created=self.created, model=self.model, choices=[choice],
                               usage=usage_of(stats)).model_dump()  # fmt: skip
 
@@ -116,7 +139,11 @@ class ChatShape(_ChunkedShape):
         return [self._chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])]
 
     def piece(self, text: str) -> list[str]:
-        return [self._chunk([ChunkChoice(delta=Delta(content=text))])]
+        return [self._chunk([ChunkChoice(delta=Delta(content=text), logprobs=self._logprobs())])]
+
+    def _logprobs(self) -> ChoiceLogprobs | None:
+        taken = self._taken()
+        return _choice_logprobs(taken) if taken else None
 
     def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
         return [self._chunk([ChunkChoice(delta=Delta(tool_calls=[self._call(index, call)]))])
@@ -128,7 +155,7 @@ class ChatShape(_ChunkedShape):
                              function=FunctionCalled(name=call.name, arguments=call.arguments))  # fmt: skip
 
     def _last_choice(self, reason: str) -> ChunkChoice:
-        return ChunkChoice(delta=Delta(), finish_reason=reason)
+        return ChunkChoice(delta=Delta(), finish_reason=reason, logprobs=self._logprobs())
 
 
 class TextShape(_ChunkedShape):
@@ -137,16 +164,53 @@ class TextShape(_ChunkedShape):
     prefix = "cmpl-"
     chunk_kind = TextCompletion
 
-    def whole(self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
-        choices = [TextChoice(text=text, finish_reason=finish_reason(stats))]
+    def __init__(self, model: str, logprobs_asked: bool = False) -> None:
+        super().__init__(model, logprobs_asked)
+        self._offset = 0  # characters of the text before the next token
+        self._characters = codecs.getincrementaldecoder("utf-8")("ignore")  # tokens may split one
+
+    def whole(
+        self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = (),
+        chances: tuple[TokenLogprob, ...] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        logprobs = None if chances is None else self._text_logprobs(chances)
+        choices = [TextChoice(text=text, finish_reason=finish_reason(stats), logprobs=logprobs)]
         return TextCompletion(id=self.id, created=self.created, model=self.model, choices=choices,
                               usage=usage_of(stats)).model_dump()  # fmt: skip
 
     def piece(self, text: str) -> list[str]:
-        return [self._chunk([TextChoice(text=text, finish_reason=None)])]
+        return [self._chunk([TextChoice(text=text, finish_reason=None, logprobs=self._logprobs())])]
 
     def _last_choice(self, reason: str) -> TextChoice:
-        return TextChoice(text="", finish_reason=reason)
+        return TextChoice(text="", finish_reason=reason, logprobs=self._logprobs())
+
+    def _logprobs(self) -> TextLogprobs | None:
+        taken = self._taken()
+        return self._text_logprobs(taken) if taken else None
+
+    def _text_logprobs(self, tokens: tuple[TokenLogprob, ...]) -> TextLogprobs:
+        """OpenAI's legacy shape; each token's offset counts the characters before it in the text."""
+        offsets = []
+        for token in tokens:
+            offsets.append(self._offset)
+            self._offset += len(self._characters.decode(token.raw))
+        return TextLogprobs(
+            tokens=[token.token for token in tokens], token_logprobs=[token.logprob for token in tokens],
+            top_logprobs=[{other.token: other.logprob for other in token.top} for token in tokens],
+            text_offset=offsets,
+        )  # fmt: skip
+
+
+def _choice_logprobs(tokens: tuple[TokenLogprob, ...]) -> ChoiceLogprobs:
+    """A chat completion's log-probabilities: each token with its text, bytes and likeliest rivals."""
+
+    def top(token: TokenLogprob) -> dict[str, Any]:
+        return {"token": token.token, "logprob": token.logprob, "bytes": list(token.raw)}
+
+    return ChoiceLogprobs(content=[
+        TokenLogprobOut(**top(token), top_logprobs=[TopLogprob(**top(other)) for other in token.top])
+        for token in tokens
+    ])  # fmt: skip
 
 
 class ResponseShape(ReplyShape):
@@ -167,7 +231,10 @@ class ResponseShape(ReplyShape):
         self._made: list[dict[str, Any]] = []  # the function_call items
         self._sequence = 0
 
-    def whole(self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
+    def whole(
+        self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = (),
+        chances: tuple[TokenLogprob, ...] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         self._made = self._made or [self._call_item(call) for call in calls]
         status = "incomplete" if stats.finish_reason == "length" else "completed"
         message = [self._message(text, "completed")] if text or not self._made else []

@@ -499,9 +499,11 @@ class LocalEngine:
         ignore_eos: bool = False,
         owner: str = "",
         reply_format: ReplyFormat | None = None,
+        logprobs: int | None = None,
     ) -> Iterator[Event]:
         """Queue, load if needed, and stream a reply to `prompt` (a conversation, or raw text to continue):
-        Queued..., TextDelta..., then Finished; `reply_format`: the JSON it is held to.
+        Queued..., TextDelta..., then Finished; `reply_format`: the JSON it is held to; `logprobs`: the
+        tokens' log-probabilities (Logprobs events) with this many alternatives each.
 
         Setting `stop`, or closing the iterator, ends generation within a token and ends the thread.
         `owner` (a conversation, an API client): the prompt may start from the KV cache of an earlier
@@ -520,7 +522,7 @@ class LocalEngine:
                 context = self.context_tokens(key)
                 yield from stream_reply(
                     self._parts, prompt, params, stop, ignore_eos, context, self._torch.submit,
-                    self._batcher, owner, reply_format,
+                    self._batcher, owner, reply_format, logprobs=logprobs,
                 )  # fmt: skip
             finally:
                 # A prompt's temporaries (widened weights) are freed by now: hand them back to the OS,

@@ -45,7 +45,27 @@ class Finished:
     stats: ReplyStats
 
 
-Event = Queued | Reading | TextDelta | Finished
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token of the reply (its id, text and bytes: a character may span tokens) and its log-probability
+    under the model; `top`: the likeliest tokens at its place, likeliest first (OpenAI's top_logprobs)."""
+
+    id: int
+    token: str
+    raw: bytes
+    logprob: float
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Logprobs:
+    """The log-probabilities of the reply's tokens that arrived since the last (only where asked), sent
+    before or with their text."""
+
+    tokens: tuple[TokenLogprob, ...]
+
+
+Event = Queued | Reading | TextDelta | Logprobs | Finished
 
 
 @dataclass(frozen=True)

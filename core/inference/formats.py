@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Callable
 from copy import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -164,6 +165,13 @@ class FormatGuide:
         if at >= 0:  # the format holds from the trigger on (the text it was written in, read again)
             self._waiting = None
             self._matcher.consume_tokens(self._backend.encode(written[at:], add_special_tokens=False).ids)
+
+
+def token_bytes(backend: Any, vocabulary: int, ends: frozenset[int]) -> Callable[[int], bytes]:
+    """A token's bytes as the model writes them (a character may be spelled over several tokens), from
+    llguidance's view of the tokenizer (built once a load, as for a format)."""
+    decode = _tokenizer(backend, vocabulary, ends).decode_bytes
+    return lambda token: decode([token]).removeprefix(b"\xff")  # llguidance marks special tokens so
 
 
 def _tokenizer(backend: Any, vocabulary: int, ends: frozenset[int]) -> Any:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import GenerationError
 from core.inference import prompts
-from core.inference.events import Event, Finished, Reading, ReplyStats, TextDelta
+from core.inference.events import Event, Finished, Logprobs, Reading, ReplyStats, TextDelta, TokenLogprob
 from core.inference.loading import LoadedParts
 from core.inference.params import DEFAULT_TOP_K, GenerationParams
 from core.inference.prompts import Prompt
@@ -64,11 +64,13 @@ def stream_reply(
     batcher: Batcher | None = None,
     owner: str = "",
     reply_format: ReplyFormat | None = None,
+    logprobs: int | None = None,
 ) -> Iterator[Event]:
     """TextDelta events as the reply is decoded (prompt and reply within `context` tokens), then
     Finished with its statistics. With a `batcher` (the lean decoder) the reply joins the running
     batch, and a prompt read in parts says how far it is after each (Reading); otherwise
-    `model.generate` runs it alone on the torch thread. `reply_format`: the JSON the reply is held to."""
+    `model.generate` runs it alone on the torch thread. `reply_format`: the JSON the reply is held to;
+    `logprobs`: Logprobs events before the text of their tokens, with this many alternatives each."""
     from core.inference.streaming import ReplyStreamer
 
     inputs = _prompt(parts, prompt, params.thinking)
@@ -83,15 +85,19 @@ def stream_reply(
     guide = _guide(parts, reply_format) if reply_format is not None else None
     if batcher is not None:
         request = _request(
-            parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos, owner, guide
+            parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos, owner, guide, logprobs
         )
         worker = batcher.submit(request)
+        log = request.chooser.logged
     else:
+        head = None if logprobs is None else _HeadLog(parts.model.get_output_embeddings(), logprobs)
         worker = run_on_torch(
-            lambda: _generate(parts, inputs, params, streamer, criterion, ignore_eos, guide)
+            lambda: _generate(parts, inputs, params, streamer, criterion, ignore_eos, guide, head)
         )
+        log = head.logged if head is not None else []
+    logged = _Logged(parts, log) if logprobs is not None else None
     try:
-        yield from _text(streamer, worker)
+        yield from _text(streamer, worker, logged)
     finally:
         stop_requested = stop.is_set()
         stop.set()
@@ -114,16 +120,53 @@ def _prompt(parts: LoadedParts, prompt: Prompt, thinking: bool) -> dict[str, Any
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
-def _text(streamer: ReplyStreamer, worker: Future[Any]) -> Iterator[Reading | TextDelta]:
+def _text(
+    streamer: ReplyStreamer, worker: Future[Any], logged: _Logged | None = None
+) -> Iterator[Reading | TextDelta | Logprobs]:
     ended = False  # the worker is done: one more empty wait, and it ended without a word (it failed)
     while (pieces := streamer.take(timeout=0.1)) is not None:
         if not pieces:
             if ended:
-                return
+                break
             ended = worker.done()
             continue
+        if logged is not None and (chances := logged.upto(streamer.tokens)):
+            yield chances
         for piece in pieces:
             yield piece if isinstance(piece, Reading) else TextDelta(piece)
+    if logged is not None and (chances := logged.upto(None)):
+        yield chances
+
+
+class _Logged:
+    """The log-probabilities the reply's chooser keeps, as the reader hands them out (as far as its
+    tokens have reached the streamer): each token's text and bytes, its end of turn left out."""
+
+    def __init__(self, parts: LoadedParts, logged: list[tuple[int, float, tuple[tuple[int, float], ...]]]):
+        from core.inference.formats import token_bytes
+
+        ends = frozenset(_reply_end_ids(parts))
+        self._logged, self._ends, self._sent = logged, ends, 0
+        self._bytes = token_bytes(parts.tokenizer.backend, _width(parts), ends)
+
+    def upto(self, count: int | None) -> Logprobs | None:
+        """The entries not handed out yet, up to the `count`-th token (None: all)."""
+        new = self._logged[self._sent : count]
+        self._sent += len(new)
+        tokens = tuple(
+            self._entry(token, logprob, top) for token, logprob, top in new if token not in self._ends
+        )
+        return Logprobs(tokens) if tokens else None
+
+    def _entry(self, token: int, logprob: float, top: tuple[tuple[int, float], ...] = ()) -> TokenLogprob:
+        raw = self._bytes(token)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:  # a piece of a character: spelled as its bytes (vLLM's "bytes:\\xe4")
+            text = "bytes:" + "".join(f"\\x{byte:02x}" for byte in raw)
+        return TokenLogprob(
+            token, text, raw, logprob, tuple(self._entry(other, chance) for other, chance in top)
+        )
 
 
 def _stats(
@@ -151,13 +194,49 @@ def _generate(
     criterion: StopOnEvent,
     ignore_eos: bool,
     guide: FormatGuide | None = None,
+    head: _HeadLog | None = None,
 ) -> list[int]:
-    """`model.generate` on the torch thread, for a model the lean decoder does not run; the new ids."""
+    """`model.generate` on the torch thread, for a model the lean decoder does not run; the new ids.
+    `head`: each token's log-probability is logged."""
     import torch
 
     with torch.inference_mode():
         options = _generate_options(parts, inputs, params, streamer, criterion, ignore_eos, guide)
-        return parts.model.generate(**options)[0, inputs["input_ids"].shape[1] :].tolist()
+        if head is not None:
+            options["stopping_criteria"].append(head)
+        try:
+            return parts.model.generate(**options)[0, inputs["input_ids"].shape[1] :].tolist()
+        finally:
+            if head is not None:
+                head.close()
+
+
+class _HeadLog:
+    """Log-probabilities for transformers' generate, as the chooser logs them: each step's raw logits
+    as the model's head writes them (a forward hook: generate's processors would show them penalised),
+    logged with the token chosen from them once the sequence holds it (a stopping criterion's place)."""
+
+    def __init__(self, head: Any, alternatives: int) -> None:
+        self.alternatives = alternatives
+        self.logged: list[tuple[int, float, tuple[tuple[int, float], ...]]] = []
+        self._row: Any = None
+        self._hook = head.register_forward_hook(self._written)
+
+    def _written(self, _module: Any, _inputs: Any, output: Any) -> None:
+        self._row = output[0, -1]
+
+    def __call__(self, input_ids: Any, scores: Any, **_kwargs: Any) -> Any:
+        import torch
+
+        from core.inference.sampler import logprob_entry
+
+        if self._row is not None:
+            self.logged.append(logprob_entry(self._row, int(input_ids[0, -1]), self.alternatives))
+            self._row = None
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def close(self) -> None:
+        self._hook.remove()
 
 
 def _generate_options(
@@ -235,8 +314,12 @@ def _guide(parts: LoadedParts, reply_format: ReplyFormat) -> FormatGuide:
     """The reply's place in its format, over the model's logits (their width) and its end tokens."""
     from core.inference.formats import FormatGuide
 
-    width = parts.decoder.vocabulary if parts.decoder is not None else parts.model.config.vocab_size
-    return FormatGuide(reply_format, parts.tokenizer.backend, width, frozenset(_reply_end_ids(parts)))
+    return FormatGuide(reply_format, parts.tokenizer.backend, _width(parts), frozenset(_reply_end_ids(parts)))
+
+
+def _width(parts: LoadedParts) -> int:
+    """The model's logits' width."""
+    return parts.decoder.vocabulary if parts.decoder is not None else parts.model.config.vocab_size
 
 
 def sampling_for(params: GenerationParams, generation_config: Any) -> Sampling:
@@ -266,6 +349,7 @@ def _reply_end_ids(parts: LoadedParts) -> set[int]:
 def _request(
     parts: LoadedParts, prompt: Any, params: GenerationParams, streamer: ReplyStreamer,
     criterion: StopOnEvent, ignore_eos: bool, owner: str, guide: FormatGuide | None = None,
+    logprobs: int | None = None,
 ) -> Request:  # fmt: skip
     """The reply as a request for the batch, streamed as generate streams it."""
     from core.inference.batching import Request
@@ -275,7 +359,8 @@ def _request(
     ends = _reply_end_ids(parts)
     prompt_ids = prompt.tolist()
     chooser = TokenChooser(sampling_for(params, config), parts.decoder.vocabulary, parts.info.device,
-                           seen=prompt_ids, never=ends if ignore_eos else (), guide=guide)  # fmt: skip
+                           seen=prompt_ids, never=ends if ignore_eos else (), guide=guide,
+                           logprobs=logprobs)  # fmt: skip
     streamer.put(prompt)  # the streamer skips the prompt it is given first
 
     def on_token(token: int) -> bool:

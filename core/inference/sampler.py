@@ -94,6 +94,16 @@ def best_of_each(choosers: list[TokenChooser], logits: torch.Tensor) -> list[Bes
     ]
 
 
+def logprob_entry(
+    logits: torch.Tensor, token: int, alternatives: int
+) -> tuple[int, float, tuple[tuple[int, float], ...]]:
+    """The token's log-probability under the model (its raw logits, before temperature and penalties,
+    as vLLM gives them) and the likeliest `alternatives` tokens' with theirs."""
+    logs = torch.log_softmax(logits.float(), -1)
+    top = torch.topk(logs, min(alternatives, logs.shape[-1]))
+    return token, float(logs[token]), tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+
+
 class TokenChooser:
     """Chooses tokens for one reply; remembers what it has seen (the prompt, then each token chosen) and
     how often it chose each (the frequency penalty counts the reply's own tokens, as OpenAI and vLLM do:
@@ -101,12 +111,16 @@ class TokenChooser:
 
     def __init__(
         self, sampling: Sampling, vocabulary: int, device: torch.device | str, seen: Iterable[int] = (),
-        never: Iterable[int] = (), guide: FormatGuide | None = None,
+        never: Iterable[int] = (), guide: FormatGuide | None = None, logprobs: int | None = None,
     ) -> None:  # fmt: skip
         """`never` are tokens that may not be chosen (the end tokens while a fixed length is asked for);
-        `guide`: the format the reply is held to (only the tokens it allows are chosen)."""
+        `guide`: the format the reply is held to (only the tokens it allows are chosen); `logprobs`: each
+        chosen token's log-probability is kept in `logged`, with this many likeliest alternatives."""
         self.sampling = sampling
         self.guide = guide
+        self.logprobs = logprobs
+        # (token, its log-probability, the likeliest (token, log-probability) pairs) of each choice
+        self.logged: list[tuple[int, float, tuple[tuple[int, float], ...]]] = []
         self.vocabulary = vocabulary
         self.device = torch.device(device)
         self._seen_set = set(seen)
@@ -151,14 +165,15 @@ class TokenChooser:
         if listed is not None:
             ids, probs = listed
             token = ids[0] if len(ids) == 1 else self._random.choices(ids, probs)[0]
-            self.observe(token)
-            return token
-        scores = self._penalised(logits)
-        if self.sampling.greedy:
-            token = int(scores.argmax())
         else:
-            ids, probs = self._candidates(scores)
-            token = int(ids[torch.multinomial(probs, 1, generator=self._generator)])
+            scores = self._penalised(logits)
+            if self.sampling.greedy:
+                token = int(scores.argmax())
+            else:
+                ids, probs = self._candidates(scores)
+                token = int(ids[torch.multinomial(probs, 1, generator=self._generator)])
+        if self.logprobs is not None:
+            self.logged.append(logprob_entry(logits, token, self.logprobs))
         self.observe(token)
         return token
 

@@ -35,6 +35,7 @@ class ReplyStreamer:
         self._token_cache: list[int] = []
         self._print_len = 0
         self._ended = False
+        self.tokens = 0  # of the reply, taken so far
 
     def put(self, value: Any) -> None:
         if len(value.shape) > 1:  # generate hands the prompt over as a batch of one
@@ -76,6 +77,7 @@ class ReplyStreamer:
         for item in arrived:
             if isinstance(item, list):
                 ids.extend(item)
+                self.tokens += len(item)
                 continue
             pieces += self._texts(ids)
             ids = []

@@ -326,7 +326,8 @@ def test_a_stop_sequence_ends_the_reply_before_it_streamed_or_not(engine: LocalE
 def test_a_text_completion_continues_the_prompt_as_written(engine: LocalEngine) -> None:
     """/v1/completions (code completion clients; vLLM, llama.cpp and Ollama serve it): the prompt without
     the chat template, the tokens the engine gives that raw text, streamed or not, 16 tokens unless told,
-    stop sequences honoured; what it cannot honour (echo, suffix, logprobs, best_of, token ids) refused."""
+    stop sequences honoured; what it cannot honour (echo, suffix, best_of, token ids, more than 20
+    alternatives to each token's logprob) refused."""
     prompt = "def add(a, b):\n    return"
     events = engine.stream("tiny", RawPrompt(prompt), GenerationParams(temperature=0, max_new_tokens=12))
     expected = "".join(event.text for event in events if isinstance(event, TextDelta))
@@ -340,7 +341,7 @@ def test_a_text_completion_continues_the_prompt_as_written(engine: LocalEngine) 
         unbounded = client.completions.create(model="tiny", prompt=prompt, temperature=0)
         stop = next(ch for ch in expected[1:] if expected.count(ch) == 1)  # a character it writes once
         cut = client.completions.create(model="tiny", prompt=prompt, temperature=0, max_tokens=12, stop=stop)
-        for extra in ({"echo": True}, {"suffix": "\n"}, {"logprobs": 1}, {"best_of": 2}, {"prompt": [1, 2]},
+        for extra in ({"echo": True}, {"suffix": "\n"}, {"logprobs": 21}, {"best_of": 2}, {"prompt": [1, 2]},
                       {"prompt": ["one", "two"]}):  # fmt: skip
             with pytest.raises(openai.BadRequestError) as refused:
                 client.completions.create(**({"model": "tiny", "prompt": prompt, "max_tokens": 3} | extra))
@@ -469,15 +470,16 @@ def test_vllms_guided_choice_and_regex_hold_a_reply_to_them(engine: LocalEngine)
 
 
 def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngine) -> None:
-    """A schema no reply can be held to, log-probabilities, a logit bias: a client that relies on them
-    gets a 400 naming the parameter, not a reply without them; stop sequences past the limit likewise.
-    What clients send by default (0, {}, a text format, logprobs false) is accepted."""
+    """A schema no reply can be held to, top_logprobs without logprobs, a logit bias: a client that relies
+    on them gets a 400 naming the parameter, not a reply without them; stop sequences past the limit
+    likewise. What clients send by default (0, {}, a text format, logprobs false) is accepted."""
     nonsense = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}
     with serving(engine) as url:
         client = _client(url)
         for extra, param in (
             ({"response_format": nonsense}, "response_format"),
-            ({"logprobs": True}, "logprobs"),
+            ({"top_logprobs": 2}, "top_logprobs"),
+            ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
             ({"logit_bias": {"42": -100}}, "logit_bias"),
             ({"stop": [f"s{i}" for i in range(17)]}, "stop"),
             ({"stop": [""]}, "stop.list[constrained-str].0"),

@@ -198,12 +198,13 @@ def create_app(
         body = await read(request, ResponseRequest)
         said = {"instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
                 "temperature": body.temperature, "top_p": body.top_p, "tools": body.tools_said,
-                "tool_choice": body.tool_choice_said,
+                "tool_choice": body.tool_choice_said, "top_logprobs": body.top_logprobs,
                 "parallel_tool_calls": body.parallel_tool_calls}  # fmt: skip
         calling = await run_in_threadpool(tool_use, body)
         messages = tuple(_input_messages(body))
         prompt = ToolUse(messages, calling.tools) if calling else list(messages)
-        return await reply(request, body, prompt, ResponseShape(body.model, said), calling)
+        shape = ResponseShape(body.model, said, body.logprobs_asked is not None)
+        return await reply(request, body, prompt, shape, calling)
 
     return app
 

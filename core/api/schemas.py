@@ -21,6 +21,7 @@ GuidedChoice = Annotated[str, Field(min_length=1, max_length=500)]
 RESPONSE_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})  # a response's input parts of text
 MAX_TOOLS = 128  # OpenAI's limit
 MAX_TOP_LOGPROBS = 20  # OpenAI's and vLLM's
+LOGPROBS_INCLUDED = "message.output_text.logprobs"  # a response's `include` asking for them
 ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # OpenAI's rule for a function's name
 ToolCallId = Annotated[str, Field(max_length=100)]
 
@@ -314,6 +315,8 @@ class ResponseRequest(GenerationRequest):
     parallel_tool_calls: StrictBool = True
     text: TextOptions | None = None
     reasoning: ReasoningOptions | None = None
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    include: Annotated[list[Annotated[str, Field(max_length=100)]], Field(max_length=20)] | None = None
 
     @property
     def wanted_tokens(self) -> int | None:
@@ -335,6 +338,13 @@ class ResponseRequest(GenerationRequest):
     @property
     def uses_tools(self) -> bool:
         return not isinstance(self.input, str) and any(item.type != "message" for item in self.input)
+
+    @property
+    def logprobs_asked(self) -> int | None:
+        """Where `include` asks for the text's log-probabilities (or `top_logprobs` is given)."""
+        if LOGPROBS_INCLUDED in (self.include or ()) or self.top_logprobs is not None:
+            return self.top_logprobs or 0
+        return None
 
     @property
     def tools_said(self) -> list[dict[str, Any]]:

@@ -27,7 +27,6 @@ from core.api.schemas import (
     TokenLogprobOut,
     ToolCallDelta,
     ToolCallOut,
-    TopLogprob,
     Usage,
 )
 from core.inference.events import ReplyStats, TokenLogprob
@@ -203,14 +202,16 @@ class TextShape(_ChunkedShape):
 
 def _choice_logprobs(tokens: tuple[TokenLogprob, ...]) -> ChoiceLogprobs:
     """A chat completion's log-probabilities: each token with its text, bytes and likeliest rivals."""
+    return ChoiceLogprobs(content=[TokenLogprobOut(**item) for item in _logprob_items(tokens)])
 
-    def top(token: TokenLogprob) -> dict[str, Any]:
+
+def _logprob_items(tokens: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
+    """Each token with its text, bytes and likeliest rivals, as OpenAI's APIs write them."""
+
+    def item(token: TokenLogprob) -> dict[str, Any]:
         return {"token": token.token, "logprob": token.logprob, "bytes": list(token.raw)}
 
-    return ChoiceLogprobs(content=[
-        TokenLogprobOut(**top(token), top_logprobs=[TopLogprob(**top(other)) for other in token.top])
-        for token in tokens
-    ])  # fmt: skip
+    return [item(token) | {"top_logprobs": [item(other) for other in token.top]} for token in tokens]
 
 
 class ResponseShape(ReplyShape):
@@ -221,14 +222,15 @@ class ResponseShape(ReplyShape):
 
     prefix = "resp_"  # OpenAI's ids of responses and their items: resp_…, msg_…, fc_…
 
-    def __init__(self, model: str, settings: dict[str, Any]) -> None:
+    def __init__(self, model: str, settings: dict[str, Any], logprobs_asked: bool = False) -> None:
         """`settings`: what the request said that a response repeats (instructions, temperature, ...)."""
-        super().__init__(model)
+        super().__init__(model, logprobs_asked)
         self.settings = settings
         self.message_id = f"msg_{uuid.uuid4().hex}"
         self._text: list[str] = []
         self._message_state: str | None = None  # None: not announced yet; "open"; "done"
         self._made: list[dict[str, Any]] = []  # the function_call items
+        self._logprobs: list[dict[str, Any]] = []  # the text's, where asked
         self._sequence = 0
 
     def whole(
@@ -236,6 +238,8 @@ class ResponseShape(ReplyShape):
         chances: tuple[TokenLogprob, ...] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         self._made = self._made or [self._call_item(call) for call in calls]
+        if chances is not None:
+            self._logprobs = _logprob_items(chances)
         status = "incomplete" if stats.finish_reason == "length" else "completed"
         message = [self._message(text, "completed")] if text or not self._made else []
         return self._response(status, [*message, *self._made], stats)
@@ -250,7 +254,12 @@ class ResponseShape(ReplyShape):
     def piece(self, text: str) -> list[str]:
         self._text.append(text)
         opened = self._message_opened()
-        return [*opened, self._event("response.output_text.delta", **self._where(), delta=text, logprobs=[])]
+        logprobs = _logprob_items(self._taken())
+        self._logprobs += logprobs
+        return [
+            *opened,
+            self._event("response.output_text.delta", **self._where(), delta=text, logprobs=logprobs),
+        ]
 
     def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
         written = self._message_closed()
@@ -270,6 +279,7 @@ class ResponseShape(ReplyShape):
 
     def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
         opened = self._message_opened() if not self._made else []  # an empty reply is an empty message
+        self._logprobs += _logprob_items(self._taken())
         whole = self.whole("".join(self._text), stats)
         return [*opened, *self._message_closed(), self._event(f"response.{whole['status']}", response=whole)]
 
@@ -290,7 +300,7 @@ class ResponseShape(ReplyShape):
         self._message_state = "done"
         text = "".join(self._text)
         return [
-            self._event("response.output_text.done", **self._where(), text=text, logprobs=[]),
+            self._event("response.output_text.done", **self._where(), text=text, logprobs=self._logprobs),
             self._event("response.content_part.done", **self._where(), part=self._part(text)),
             self._event("response.output_item.done", output_index=0, item=self._message(text, "completed")),
         ]
@@ -306,9 +316,8 @@ class ResponseShape(ReplyShape):
     def _where(self) -> dict[str, Any]:
         return {"item_id": self.message_id, "output_index": 0, "content_index": 0}
 
-    @staticmethod
-    def _part(text: str) -> dict[str, Any]:
-        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    def _part(self, text: str) -> dict[str, Any]:
+        return {"type": "output_text", "text": text, "annotations": [], "logprobs": self._logprobs}
 
     def _message(self, text: str | None, status: str) -> dict[str, Any]:
         content = [] if text is None else [self._part(text)]

@@ -93,3 +93,35 @@ def test_logprobs_through_the_api_as_the_openai_client_reads_them(tmp_path: Path
     assert legacy.token_logprobs == pytest.approx([token.logprob for token in direct])
     assert [list(top) for top in legacy.top_logprobs] == [[o.token for o in t.top] for t in direct]
     assert legacy.text_offset[0] == 0 and legacy.text_offset == sorted(legacy.text_offset)
+
+
+def test_a_response_gives_its_texts_logprobs_where_include_asks(tmp_path: Path, source: Path) -> None:
+    """The Responses API's way: `include: ["message.output_text.logprobs"]` and `top_logprobs`; the
+    same tokens as a chat completion of the same input, in each delta, the text's done event and part."""
+    install_ready(tmp_path / "models", "tiny", source)
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    asked = {"model": "tiny", "temperature": 0, "extra_body": {"repetition_penalty": 1.0}}
+    with serving(engine, ["tiny"]) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        said = [{"role": "user", "content": "Hello 你好"}]
+        chat = client.chat.completions.create(
+            messages=said, max_tokens=6, logprobs=True, top_logprobs=2, **asked
+        )
+        options = {"input": "Hello 你好", "max_output_tokens": 6, "top_logprobs": 2,
+                   "include": ["message.output_text.logprobs"], **asked}  # fmt: skip
+        whole = client.responses.create(**options)
+        with client.responses.stream(**options) as stream:
+            events = list(stream)
+        plain = client.responses.create(input="Hello 你好", max_output_tokens=6, **asked)
+    expected = [
+        (token.token, token.logprob, len(token.top_logprobs)) for token in chat.choices[0].logprobs.content
+    ]
+    given = whole.output[0].content[0].logprobs
+    assert [(token.token, token.logprob, len(token.top_logprobs)) for token in given] == expected
+    deltas = [
+        token for event in events if event.type == "response.output_text.delta" for token in event.logprobs
+    ]
+    assert [(token.token, token.logprob) for token in deltas] == [entry[:2] for entry in expected]
+    done = next(event for event in events if event.type == "response.output_text.done")
+    assert [token.token for token in done.logprobs] == [entry[0] for entry in expected]
+    assert plain.output[0].content[0].logprobs == []  # not asked: none

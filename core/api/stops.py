@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 
-from core.inference.events import Event, Finished, TextDelta
+from core.inference.events import Event, Finished, Logprobs, TextDelta
 
 
 class StopSequences:
@@ -67,7 +67,7 @@ def until_stop_sequence(
                 if rest := cutter.flush():
                     yield TextDelta(rest)
                 yield Finished(replace(event.stats, finish_reason="stop")) if cutter.cut else event
-            else:
+            elif not (cutter.cut and isinstance(event, Logprobs)):  # none of tokens past the cut
                 yield event
     finally:
         events.close()  # type: ignore[attr-defined]  # frees the engine's turn, however this ends

@@ -5,6 +5,7 @@ the official openai client reads them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from core.inference.engine import LocalEngine
-from core.inference.events import Finished, Logprobs, TextDelta
+from core.inference.events import Event, Finished, Logprobs, TextDelta
 from core.inference.params import GenerationParams
 from core.inference.prompts import RawPrompt, prompt_ids
 from tests.fixtures.serving import serving
@@ -125,3 +126,30 @@ def test_a_response_gives_its_texts_logprobs_where_include_asks(tmp_path: Path, 
     done = next(event for event in events if event.type == "response.output_text.done")
     assert [token.token for token in done.logprobs] == [entry[0] for entry in expected]
     assert plain.output[0].content[0].logprobs == []  # not asked: none
+
+
+def test_no_logprobs_come_for_tokens_past_a_stop_sequence() -> None:
+    import threading
+
+    from core.api.stops import until_stop_sequence
+    from core.inference.events import ReplyStats, TokenLogprob
+
+    def chance(text: str) -> Logprobs:
+        return Logprobs((TokenLogprob(0, text, text.encode(), -1.0),))
+
+    def reply() -> Iterator[Event]:  # as the engine streams it (a generator: it is closed at the end)
+        yield from (
+            chance("It"),
+            TextDelta("It"),
+            chance(" ends"),
+            TextDelta(" ends\n\nUser:"),
+            chance(" more"),
+        )
+        yield from (TextDelta(" more"), Finished(ReplyStats(3, 3, None, None, "length", "tiny")))
+
+    stop = threading.Event()
+    kept = list(until_stop_sequence(reply(), ("\n\nUser:",), stop))
+    assert [event.tokens[0].token for event in kept if isinstance(event, Logprobs)] == ["It", " ends"]
+    assert (
+        "".join(event.text for event in kept if isinstance(event, TextDelta)) == "It ends" and stop.is_set()
+    )

@@ -7,7 +7,8 @@ the calls).
 Internal logic of a completion:
 1. the guards (host, origin, body size) have run; the bearer token is checked;
 2. the body is validated into a ChatCompletionRequest, CompletionRequest or ResponseRequest (400 with
-   the parameter at fault; 400 for what this server cannot honour, never ignored);
+   the parameter at fault; 400 for what this server cannot honour, never ignored), and read into the
+   prompt, the format its reply is held to and the tools it may call (core.api.asked);
 3. the prompt is measured against the model's context window before anything is allocated for it
    (400 `context_length_exceeded`), and `max_tokens` is capped to what the context leaves;
 4. the engine streams the reply; a client that goes away, streaming or not, sets the stop event.
@@ -22,7 +23,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
@@ -33,28 +34,25 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from core.access.hosts import HostPolicy, TrustedHostsMiddleware, load_host_policy
+from core.api.asked import Calling, chat_prompt, held_format, input_messages, tools_asked
 from core.api.calls import CallsMade, with_calls
 from core.api.errors import APIError, asgi_refusal, from_core, from_validation, install_handlers
 from core.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, BodyTooLargeError
 from core.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
-    FunctionCallItem,
-    FunctionCallOutputItem,
     GenerationRequest,
     ModelCard,
     ModelList,
-    ResponseFormat,
     ResponseRequest,
 )
 from core.api.shapes import ChatShape, ReplyShape, ResponseShape, TextShape
 from core.api.stops import until_stop_sequence
-from core.errors import ContextLengthError, LocalLLMError, MessageError
+from core.errors import ContextLengthError, LocalLLMError
 from core.inference.events import Event, Finished, Logprobs, TextDelta
-from core.inference.formats import ReplyFormat, checked_format, checked_pattern, choice_pattern
 from core.inference.params import GenerationParams
-from core.inference.prompts import Continuation, Prompt, RawPrompt, ToolUse
-from core.inference.tool_calls import CallStyle, call_style
+from core.inference.prompts import Prompt, RawPrompt, ToolUse
+from core.inference.tool_calls import call_style
 
 if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
     from core.inference.engine import LocalEngine
@@ -136,7 +134,7 @@ def create_app(
         calling: Calling | None = None,
     ) -> Any:
         # The format is checked before the model is touched; a reply's calls are held to their own.
-        reply_format = calling.held if calling else await run_in_threadpool(_reply_format, body)
+        reply_format = calling.held if calling else await run_in_threadpool(held_format, body)
         wanted = body.wanted_tokens or GenerationParams().max_new_tokens
         try:
             fit = await run_in_threadpool(engine.fit_prompt, body.model, prompt, wanted)
@@ -165,7 +163,7 @@ def create_app(
     def tool_use(body: ChatCompletionRequest | ResponseRequest) -> Calling | None:
         """How the reply may call tools (core.api.calls); 400 `tools_not_supported` where the request lists
         tools, or holds calls, and the model was not trained to call them as this server reads them."""
-        asked = _tools_asked(body)
+        asked = tools_asked(body)
         if asked is None and not body.uses_tools:
             return None
         try:
@@ -185,7 +183,7 @@ def create_app(
         body = await read(request, ChatCompletionRequest)
         calling = await run_in_threadpool(tool_use, body)
         shape = ChatShape(body.model, body.logprobs_asked is not None)
-        return await reply(request, body, _chat_prompt(body, calling), shape, calling)
+        return await reply(request, body, chat_prompt(body, calling), shape, calling)
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
     async def completions(request: Request) -> Any:
@@ -201,7 +199,7 @@ def create_app(
                 "tool_choice": body.tool_choice_said, "top_logprobs": body.top_logprobs,
                 "parallel_tool_calls": body.parallel_tool_calls}  # fmt: skip
         calling = await run_in_threadpool(tool_use, body)
-        messages = tuple(_input_messages(body))
+        messages = tuple(input_messages(body))
         prompt = ToolUse(messages, calling.tools) if calling else list(messages)
         shape = ResponseShape(body.model, said, body.logprobs_asked is not None)
         return await reply(request, body, prompt, shape, calling)
@@ -241,34 +239,6 @@ def _check_response(body: ResponseRequest) -> None:
                        param="previous_response_id")  # fmt: skip
 
 
-def _input_messages(body: ResponseRequest) -> list[dict[str, Any]]:
-    """A response's instructions and input as the chat template's messages: the calls the model made
-    join the assistant's message before them (as a chat completion's `tool_calls`), each call's output
-    is a `tool` message."""
-    messages: list[dict[str, Any]] = (
-        [{"role": "system", "content": body.instructions}] if body.instructions else []
-    )
-    if isinstance(body.input, str):
-        return [*messages, {"role": "user", "content": body.input}]
-    for index, item in enumerate(body.input):
-        if isinstance(item, FunctionCallOutputItem):
-            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
-            continue
-        if isinstance(item, FunctionCallItem):
-            call = {"id": item.call_id, "type": "function", "function": {
-                "name": item.name, "arguments": _arguments(item.arguments, f"input[{index}]")}}  # fmt: skip
-            if not messages or messages[-1]["role"] != "assistant":
-                messages.append({"role": "assistant", "content": ""})
-            messages[-1].setdefault("tool_calls", []).append(call)
-            continue
-        if others := item.parts_other_than_text():
-            raise APIError(400, f"Input may hold text only; item {index} has {', '.join(others)}.",
-                           code="unsupported_content", param=f"input[{index}].content")  # fmt: skip
-        role = "system" if item.role == "developer" else item.role
-        messages.append({"role": role, "content": item.text()})
-    return messages
-
-
 def _check_completion(body: CompletionRequest) -> None:
     """What a text completion may ask that this server cannot give: 400 naming it, never ignored."""
     for name, asked in (("echo", body.echo), ("suffix", body.suffix), ("best_of", (body.best_of or 1) > 1)):
@@ -284,165 +254,6 @@ def _check_chat(body: ChatCompletionRequest) -> None:
         raise APIError(
             400, "top_logprobs goes with logprobs true.", code="invalid_request", param="top_logprobs"
         )
-
-
-@dataclass(frozen=True)
-class Calling:
-    """How a reply may call tools: the tools as the chat template lists them, how the model writes a
-    call, and the format its calls are held to."""
-
-    tools: tuple[dict[str, Any], ...]
-    style: CallStyle
-    held: ReplyFormat
-
-    @property
-    def names(self) -> frozenset[str]:
-        return frozenset(tool["function"]["name"] for tool in self.tools)
-
-
-@dataclass(frozen=True)
-class ToolsAsked:
-    """The tools a request lists, the function it names (None: any), whether a call must be made, and
-    whether several may be."""
-
-    tools: tuple[dict[str, Any], ...]
-    named: str | None
-    forced: bool
-    many: bool
-
-    def held_by(self, style: CallStyle) -> Calling:
-        """The calls as `style` writes them; 400 where a tool's parameters are no schema."""
-        try:
-            held = style.calls_format(self.tools, self.named, forced=self.forced, many=self.many)
-        except MessageError as exc:
-            raise APIError(400, exc.message, code="invalid_json_schema", param="tools") from exc
-        return Calling(self.tools, style, held)
-
-
-def _tools_asked(body: ChatCompletionRequest | ResponseRequest) -> ToolsAsked | None:
-    """The tools a reply may call (None: none, or tool_choice "none": clients that always list their
-    tools send it to have text only); 400 where the choice names no listed tool, or is not the only
-    format asked."""
-    choice, tools = body.tool_asked, body.listed_tools
-    if not tools:
-        if choice not in (None, "none", "auto"):
-            raise APIError(400, "tool_choice asks for a call, but the request lists no 'tools'.",
-                           code="invalid_request", param="tool_choice")  # fmt: skip
-        return None
-    if choice == "none":
-        return None
-    named = None if choice in (None, "auto", "required") else choice
-    if named is not None and named not in {tool["function"]["name"] for tool in tools}:
-        raise APIError(400, f"tool_choice names {named!r}, which is not among the request's tools.",
-                       code="invalid_request", param="tool_choice")  # fmt: skip
-    asked = body.format_asked[0]
-    guided = [name for name in GUIDED if getattr(body, name) is not None]
-    if (asked is not None and asked.type != "text") or guided:
-        raise APIError(400, "A reply that may call tools is not held to a format: send tools or a format, "
-                       "not both.", code="invalid_request", param="tools")  # fmt: skip
-    # A named function is called once, as OpenAI does.
-    many = body.parallel_tool_calls and named is None
-    return ToolsAsked(tools, named, choice == "required" or named is not None, many)
-
-
-GUIDED = ("guided_json", "guided_regex", "guided_choice")  # vLLM's names for a format
-
-
-def _reply_format(body: GenerationRequest) -> ReplyFormat | None:
-    """What a reply is held to: OpenAI's `response_format` (a response's `text.format`), JSON mode or a
-    schema's, or vLLM's guided_json, guided_regex or guided_choice; 400 naming the parameter where it
-    cannot be held (an unknown type, a schema or pattern llguidance cannot compile, two formats)."""
-    asked, param = body.format_asked
-    given = {name: value for name in GUIDED if (value := getattr(body, name)) is not None}
-    if asked is not None and asked.type != "text":
-        given[param] = asked
-    if len(given) > 1:
-        raise APIError(400, f"Ask for one format, not {' and '.join(given)}.", code="invalid_request",
-                       param=list(given)[1])  # fmt: skip
-    if not given:
-        return None
-    [(name, value)] = given.items()
-    try:
-        if name == "guided_regex":
-            return checked_pattern(value)
-        if name == "guided_choice":
-            return checked_pattern(choice_pattern(value))
-        return checked_format(value if name == "guided_json" else _schema_asked(value, param))
-    except MessageError as exc:
-        code = "invalid_format" if name in ("guided_regex", "guided_choice") else "invalid_json_schema"
-        raise APIError(400, exc.message, code=code, param=name) from exc
-
-
-def _schema_asked(asked: ResponseFormat, param: str) -> dict[str, Any] | None:
-    """The schema of a `response_format` of type json_object (None) or json_schema."""
-    if asked.type not in ("json_object", "json_schema"):
-        raise APIError(400, f"'{param}' is of type text, json_object or json_schema, not {asked.type!r}.",
-                       code="invalid_request", param=f"{param}.type")  # fmt: skip
-    if asked.type == "json_object":
-        return None
-    if asked.schema_given is None:
-        where = f"{param}.json_schema.schema" if param == "response_format" else f"{param}.schema"
-        raise APIError(400, f"Missing required parameter: '{where}'.", code="invalid_request", param=where)
-    return asked.schema_given
-
-
-def _messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
-    """The messages as the chat template reads them: text, and the calls an assistant made with their
-    arguments as objects (Qwen's template writes them with tojson, as transformers' callers pass them)."""
-    cleaned = []
-    for index, message in enumerate(body.messages):
-        if others := message.parts_other_than_text():
-            raise APIError(400, f"Messages may hold text only; message {index} has {', '.join(others)}.",
-                           code="unsupported_content", param=f"messages[{index}].content")  # fmt: skip
-        role = "system" if message.role == "developer" else message.role
-        turn: dict[str, Any] = {"role": role, "content": message.text()}
-        if message.tool_calls:
-            turn["tool_calls"] = [
-                {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments":
-                 _arguments(call.function.arguments, f"messages[{index}].tool_calls[{place}].function")}}
-                for place, call in enumerate(message.tool_calls)
-            ]  # fmt: skip
-        if message.tool_call_id is not None:
-            turn["tool_call_id"] = message.tool_call_id
-        cleaned.append(turn)
-    return cleaned
-
-
-def _arguments(text: str, where: str) -> dict[str, Any]:
-    """A call's arguments sent back as JSON text: the object; 400 where they are not one."""
-    try:
-        arguments = json.loads(text)
-    except ValueError:
-        arguments = None
-    if not isinstance(arguments, dict):
-        raise APIError(400, f"Invalid value for '{where}.arguments': expected a JSON object's text.",
-                       param=f"{where}.arguments")  # fmt: skip
-    return arguments
-
-
-def _chat_prompt(body: ChatCompletionRequest, calling: Calling | None = None) -> Prompt:
-    """The conversation under the chat template, with the tools its reply may call; with vLLM's
-    `continue_final_message` (and `add_generation_prompt` false, as vLLM asks) the last message, the
-    assistant's, goes on: a prefill."""
-    messages = _messages(body)
-    if calling is not None:
-        if body.continue_final_message:
-            raise APIError(400, "A reply that goes on in the last message does not call tools: send it "
-                           "without tools.", param="continue_final_message")  # fmt: skip
-        return ToolUse(tuple(messages), calling.tools)
-    if body.continue_final_message and body.add_generation_prompt:
-        raise APIError(400, "continue_final_message goes with add_generation_prompt false (as vLLM takes "
-                       "them): a reply goes on in the last message or starts a new one, not both.",
-                       param="add_generation_prompt")  # fmt: skip
-    if not body.add_generation_prompt and not body.continue_final_message:
-        raise APIError(400, "add_generation_prompt false is taken with continue_final_message true only (a "
-                       "prefilled reply that goes on).", param="add_generation_prompt")  # fmt: skip
-    if not body.continue_final_message:
-        return messages
-    if messages[-1]["role"] != "assistant":
-        raise APIError(400, "continue_final_message goes on from the last message, which must be the "
-                       "assistant's.", param="messages")  # fmt: skip
-    return Continuation(tuple(messages))
 
 
 def _params(body: GenerationRequest, defaults: GenerationParams) -> GenerationParams:

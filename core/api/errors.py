@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from core.access.hosts import Receive, Scope, Send
@@ -23,6 +23,7 @@ from core.errors import (
 )
 
 RETRY_AFTER_S = 5
+Body = TypeVar("Body", bound=BaseModel)
 logger = logging.getLogger(__name__)
 
 
@@ -64,6 +65,18 @@ class APIError(Exception):
 _EXPECTED = {"string_type": "a string", "list_type": "an array", "dict_type": "an object",
              "model_type": "an object", "model_attributes_type": "an object", "int_type": "an integer",
              "float_type": "a number", "bool_type": "a boolean"}  # fmt: skip
+
+
+def validated(kind: type[Body], raw: bytes) -> Body:
+    """The JSON body `raw` as `kind`; 400 in one sentence where it is no JSON object or not valid."""
+    try:
+        return kind.model_validate_json(raw)
+    except ValidationError as exc:
+        if any(
+            error["type"] in ("json_invalid", "model_type") and not error["loc"] for error in exc.errors()
+        ):
+            raise APIError(400, "The body is not a JSON object.", code="invalid_json") from None
+        raise from_validation(exc, json.loads(raw)) from None
 
 
 def from_validation(exc: ValidationError, body: object) -> APIError:
@@ -129,24 +142,32 @@ async def asgi_refusal(scope: Scope, receive: Receive, send: Send, status: int, 
 
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def api_error(_request: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _answer(request, exc)
 
     @app.exception_handler(LocalLLMError)
-    async def core_error(_request: Request, exc: LocalLLMError) -> JSONResponse:
-        return from_core(exc).response()
+    async def core_error(request: Request, exc: LocalLLMError) -> JSONResponse:
+        return _answer(request, from_core(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         said = _no_such_endpoint(request) if code else str(exc.detail)
-        return APIError(exc.status_code, said, code=code, headers=dict(exc.headers or {})).response()
+        return _answer(request, APIError(exc.status_code, said, code=code, headers=dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
-    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("request failed")
-        return APIError(500, f"The server failed to answer ({exc.__class__.__name__}).", "server_error",
-                        "internal_error").response()  # fmt: skip
+        return _answer(request, APIError(500, f"The server failed to answer ({exc.__class__.__name__}).",
+                                         "server_error", "internal_error"))  # fmt: skip
+
+
+def _answer(request: Request, exc: APIError) -> JSONResponse:
+    """The refusal in the shape of the API asked: OpenAI's, or Ollama's `{"error": "..."}` under /api/."""
+    if request.url.path.startswith("/api/"):
+        exc.response()  # logged as any refusal
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+    return exc.response()
 
 
 def _no_such_endpoint(request: Request) -> str:

@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from core.access.hosts import HostPolicy, TrustedHostsMiddleware, load_host_policy
+from core.api import ollama
 from core.api.asked import Calling, chat_prompt, held_format, input_messages, tools_asked
 from core.api.calls import CallsMade, with_calls
-from core.api.errors import APIError, asgi_refusal, from_core, from_validation, install_handlers
+from core.api.errors import APIError, asgi_refusal, from_core, install_handlers, validated
 from core.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, BodyTooLargeError
 from core.api.schemas import (
     ChatCompletionRequest,
@@ -110,21 +110,27 @@ def create_app(
 
     @app.get("/v1/models/{model:path}", dependencies=[Depends(require_key)])
     def retrieve_model(model: str) -> dict[str, Any]:
-        if model not in models():
-            raise APIError(404, f"The model {model[:200]!r} does not exist or is not downloaded.",
-                           code="model_not_found", param="model")  # fmt: skip
-        return card(model).model_dump()
+        return card(ready(model)).model_dump()
 
     async def read(request: Request, kind: type[Body]) -> Body:
+        return known(_checked(validated(kind, await raw_body(request))))
+
+    async def raw_body(request: Request) -> bytes:
         try:
-            raw = await request.body()
+            return await request.body()
         except BodyTooLargeError:
             raise APIError(413, f"The request body is larger than {max_body_bytes // 1024**2} MiB.") from None
-        body = _parse(raw, kind)
-        if body.model not in models():
-            raise APIError(404, f"The model {body.model!r} does not exist or is not downloaded.",
-                           code="model_not_found", param="model")  # fmt: skip
+
+    def known(body: Body) -> Body:
+        ready(body.model)
         return body
+
+    def ready(key: str) -> str:
+        """`key`, where it names a model ready here; else 404."""
+        if key not in models():
+            raise APIError(404, f"The model {key[:200]!r} does not exist or is not downloaded.",
+                           code="model_not_found", param="model")  # fmt: skip
+        return key
 
     async def reply(
         request: Request,
@@ -157,7 +163,8 @@ def create_app(
             raise from_core(exc) from exc
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _EngineStream(_sse(request, shape, first, events, include_usage), stop, events)
+            return _EngineStream(_sse(request, shape, first, events, include_usage), stop, events,
+                                 shape.media_type)  # fmt: skip
         return await _until_done_or_gone(request, stop, lambda: _complete(shape, first, events))
 
     def tool_use(body: ChatCompletionRequest | ResponseRequest) -> Calling | None:
@@ -191,6 +198,59 @@ def create_app(
         shape = TextShape(body.model, body.logprobs_asked is not None)
         return await reply(request, body, RawPrompt(body.text), shape)
 
+    def entry(key: str) -> dict[str, Any]:
+        """A model as Ollama lists it: its files' size, its family (config.json's model_type)."""
+        folder = engine.models_dir / key
+        try:
+            size = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+            family = str(
+                json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+            )
+        except (OSError, ValueError):  # files changed since the list was read
+            size, family = 0, ""
+        return ollama.model_entry(key, size, family, card(key).max_model_len)
+
+    @app.get("/api/version")
+    def ollama_version() -> dict[str, str]:
+        """Ollama clients ask it before anything else; no key needed (as /health)."""
+        return {"version": ollama.VERSION}
+
+    @app.get("/api/tags", dependencies=[Depends(require_key)])
+    def ollama_tags() -> dict[str, Any]:
+        return {"models": [entry(key) for key in models()]}
+
+    @app.get("/api/ps", dependencies=[Depends(require_key)])
+    def ollama_running() -> dict[str, Any]:
+        loaded = engine.loaded
+        running = [entry(loaded.key) | {"size_vram": 0}] if loaded and loaded.key in models() else []
+        return {"models": running}
+
+    @app.post("/api/show", dependencies=[Depends(require_key)])
+    async def ollama_show(request: Request) -> dict[str, Any]:
+        key = ready(ollama.model_key(ollama.shown_name(await raw_body(request))))
+        return await run_in_threadpool(lambda: ollama.shown(entry(key), engine.tokenizer(key)))
+
+    @app.post("/api/chat", dependencies=[Depends(require_key)])
+    async def ollama_chat(request: Request) -> Any:
+        body = known(_checked(ollama.chat_request(await raw_body(request))))
+        calling = await run_in_threadpool(tool_use, body)
+        shape = ollama.OllamaShape(body.model, chat=True)
+        return await reply(request, body, chat_prompt(body, calling), shape, calling)
+
+    @app.post("/api/generate", dependencies=[Depends(require_key)])
+    async def ollama_generate(request: Request) -> Any:
+        raw = await raw_body(request)
+        body = ollama.generate_request(raw)
+        if body is None:  # Ollama's way to load a model: loaded ahead of the first reply, never over another
+            key = ready(ollama.model_key(ollama.shown_name(raw)))
+            engine.warm(key)
+            return ollama.loading(key)
+        body = known(_checked(body))
+        shape = ollama.OllamaShape(body.model, chat=False)
+        if isinstance(body, CompletionRequest):
+            return await reply(request, body, RawPrompt(body.text), shape)
+        return await reply(request, body, chat_prompt(body), shape)
+
     @app.post("/v1/responses", dependencies=[Depends(require_key)])
     async def responses(request: Request) -> Any:
         body = await read(request, ResponseRequest)
@@ -210,15 +270,8 @@ def create_app(
 Body = TypeVar("Body", ChatCompletionRequest, CompletionRequest, ResponseRequest)
 
 
-def _parse(raw: bytes, kind: type[Body]) -> Body:
-    try:
-        body = kind.model_validate_json(raw)
-    except ValidationError as exc:
-        if any(
-            error["type"] in ("json_invalid", "model_type") and not error["loc"] for error in exc.errors()
-        ):
-            raise APIError(400, "The body is not a JSON object.", code="invalid_json") from None
-        raise from_validation(exc, json.loads(raw)) from None
+def _checked(body: Body) -> Body:
+    """What a valid body may ask that this server cannot give: 400 naming it, never ignored."""
     if body.logit_bias:  # {}, which clients send by default, means none
         raise APIError(400, "This server does not apply 'logit_bias': send the request without it.",
                        code="unsupported_parameter", param="logit_bias")  # fmt: skip
@@ -309,8 +362,10 @@ class _EngineStream(StreamingResponse):
     and frees the engine's queue. An abandoned body iterator's own cleanup would wait for garbage
     collection, which can hold the engine for good."""
 
-    def __init__(self, content: AsyncIterator[str], stop: threading.Event, events: Iterator[Event]) -> None:
-        super().__init__(content, media_type="text/event-stream")
+    def __init__(
+        self, content: AsyncIterator[str], stop: threading.Event, events: Iterator[Event], media_type: str
+    ) -> None:
+        super().__init__(content, media_type=media_type)
         self._stop, self._events = stop, events
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

@@ -57,6 +57,7 @@ class ReplyShape:
     log-probabilities, where asked, go out with the next piece (`logprobs_came`)."""
 
     prefix = "reply-"
+    media_type = "text/event-stream"  # of a stream
 
     def __init__(self, model: str, logprobs_asked: bool = False) -> None:
         self.model = model

@@ -1,0 +1,264 @@
+"""Ollama's own API beside OpenAI's, for the apps that speak only it: POST /api/chat and /api/generate
+(streamed as lines of JSON unless `stream` is false), GET /api/tags, /api/ps and /api/version, POST
+/api/show. A request is read into the OpenAI request it means (a chat completion; a raw generate, a
+text completion) and runs the same way: the same checks, queue, formats and tools; its reply is written
+in Ollama's shape, its errors as Ollama's `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from core.api.errors import APIError, from_validation, validated
+from core.api.schemas import MAX_MESSAGES, ChatCompletionRequest, CompletionRequest, FiniteFloat
+from core.api.shapes import ReplyShape, finish_reason
+from core.inference.events import ReplyStats, TokenLogprob
+from core.inference.tool_calls import ToolCall
+
+VERSION = "0.9.0"  # the Ollama API this server answers as (clients check it before using newer fields)
+LATEST = ":latest"  # Ollama's default tag: "qwen2.5-0.5b:latest" is this server's "qwen2.5-0.5b"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Options(_Body):
+    """The sampling options Ollama takes (its runtime options, num_ctx, num_thread, ..., are this
+    server's to choose, and ignored as Ollama ignores what a model cannot use)."""
+
+    temperature: FiniteFloat | None = None
+    top_p: FiniteFloat | None = None
+    top_k: StrictInt | None = None
+    min_p: FiniteFloat | None = None
+    repeat_penalty: FiniteFloat | None = None
+    presence_penalty: FiniteFloat | None = None
+    frequency_penalty: FiniteFloat | None = None
+    seed: StrictInt | None = None
+    num_predict: StrictInt | None = None  # -1: no limit but the context's
+    stop: list[str] | None = None
+
+
+class CalledFunction(_Body):
+    name: str = Field(max_length=64)
+    arguments: dict[str, Any]
+
+
+class ToolCallSent(_Body):
+    function: CalledFunction
+
+
+class Message(_Body):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: list[str] | None = None
+    tool_calls: list[ToolCallSent] | None = None
+
+
+class _Asked(_Body):
+    model: str = Field(max_length=200)
+    stream: StrictBool = True
+    format: Literal["json"] | dict[str, Any] | None = None
+    options: Options | None = None
+    think: StrictBool | None = None
+    keep_alive: Any = None  # this server's idle unload decides
+
+
+class ChatAsked(_Asked):
+    messages: Annotated[list[Message], Field(max_length=MAX_MESSAGES)] = []
+    tools: list[dict[str, Any]] | None = None
+
+
+class GenerateAsked(_Asked):
+    prompt: str = ""
+    system: str | None = None
+    raw: StrictBool = False
+    suffix: str | None = None
+    images: list[str] | None = None
+
+
+def model_key(name: str) -> str:
+    """This server's model key for an Ollama model name ("qwen2.5-0.5b:latest" is "qwen2.5-0.5b")."""
+    return name.removesuffix(LATEST)
+
+
+def _openai(asked: _Asked) -> dict[str, Any]:
+    """What a chat and a generate share, as an OpenAI request's fields."""
+    options = asked.options or Options()
+    fields = {
+        "model": model_key(asked.model), "stream": asked.stream, "temperature": options.temperature,
+        "top_p": options.top_p, "top_k": options.top_k, "min_p": options.min_p,
+        "repetition_penalty": options.repeat_penalty, "presence_penalty": options.presence_penalty,
+        "frequency_penalty": options.frequency_penalty, "seed": options.seed, "stop": options.stop,
+        "max_tokens": options.num_predict if options.num_predict and options.num_predict > 0 else None,
+    }  # fmt: skip
+    if asked.format == "json":
+        fields["response_format"] = {"type": "json_object"}
+    elif asked.format is not None:
+        fields["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "reply", "schema": asked.format},
+        }
+    if asked.think is False:
+        fields["chat_template_kwargs"] = {"enable_thinking": False}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def _validated(kind: type[Any], fields: dict[str, Any]) -> Any:
+    try:
+        return kind.model_validate(fields)
+    except ValidationError as exc:
+        raise from_validation(exc, fields) from None
+
+
+def chat_request(raw: bytes) -> ChatCompletionRequest:
+    """POST /api/chat's body as the chat completion it means."""
+    asked: ChatAsked = validated(ChatAsked, raw)
+    messages = []
+    for index, message in enumerate(asked.messages):
+        if message.images:
+            raise APIError(400, f"Messages may hold text only; message {index} has images.",
+                           code="unsupported_content", param=f"messages[{index}].images")  # fmt: skip
+        said: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.tool_calls:
+            said["tool_calls"] = [
+                {"id": f"call_{index}_{place}", "type": "function", "function": {
+                    "name": call.function.name, "arguments": json.dumps(call.function.arguments)}}
+                for place, call in enumerate(message.tool_calls)
+            ]  # fmt: skip
+        messages.append(said)
+    if not messages:
+        raise APIError(
+            400, "Missing required parameter: 'messages'.", code="invalid_request", param="messages"
+        )
+    return _validated(ChatCompletionRequest, {**_openai(asked), "messages": messages, "tools": asked.tools})
+
+
+def generate_request(raw: bytes) -> ChatCompletionRequest | CompletionRequest | None:
+    """POST /api/generate's body as what it means: the prompt (and system) under the chat template, a
+    chat completion; with `raw`, the text continued as written, a text completion; an empty prompt
+    (Ollama's way to load a model) None."""
+    asked: GenerateAsked = validated(GenerateAsked, raw)
+    for name in ("suffix", "images"):
+        if getattr(asked, name):
+            raise APIError(400, f"This server does not take '{name}' with a generate: send the request "
+                           "without it.", code="unsupported_parameter", param=name)  # fmt: skip
+    if not asked.prompt:
+        return None
+    if asked.raw:
+        return _validated(CompletionRequest, {"max_tokens": None, **_openai(asked), "prompt": asked.prompt})
+    system = [{"role": "system", "content": asked.system}] if asked.system else []
+    messages = [*system, {"role": "user", "content": asked.prompt}]
+    return _validated(ChatCompletionRequest, {**_openai(asked), "messages": messages})
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class OllamaShape(ReplyShape):
+    """A reply as Ollama writes it: whole, or as lines of JSON (`"done": false` with each piece, then the
+    last with the reason and the counts and durations, in nanoseconds, that clients show speeds from);
+    a chat's text in `message`, a generate's in `response`."""
+
+    media_type = "application/x-ndjson"
+
+    def __init__(self, model: str, chat: bool) -> None:
+        super().__init__(model)
+        self.chat = chat
+        self.started = time.perf_counter()
+
+    def whole(
+        self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = (),
+        chances: tuple[TokenLogprob, ...] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        return {**self._said(text, calls), "done": True, **self._counts(stats)}
+
+    def piece(self, text: str) -> list[str]:
+        return [self._line({**self._said(text), "done": False})]
+
+    def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
+        return [self._line({**self._said("", calls), "done": False})]
+
+    def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
+        return [self._line({**self._said(""), "done": True, **self._counts(stats)})]
+
+    def failure(self, message: str) -> list[str]:
+        return [self._line({"error": message})]
+
+    def _said(self, text: str, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
+        said: dict[str, Any] = {"model": self.model, "created_at": now()}
+        if not self.chat:
+            return {**said, "response": text}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = [
+                {"function": {"name": call.name, "arguments": json.loads(call.arguments)}} for call in calls
+            ]
+        return {**said, "message": message}
+
+    def _counts(self, stats: ReplyStats) -> dict[str, Any]:
+        """Ollama's counts and durations (nanoseconds): the prompt's, until the first token; the reply's,
+        from its speed."""
+        prompt_s = stats.ttft_s or 0.0
+        reply_s = stats.completion_tokens / stats.tokens_per_s if stats.tokens_per_s else 0.0
+        reason = finish_reason(stats)
+        return {
+            "done_reason": "stop" if reason == "tool_calls" else reason,
+            "total_duration": int((time.perf_counter() - self.started) * 1e9), "load_duration": 0,
+            "prompt_eval_count": stats.prompt_tokens, "prompt_eval_duration": int(prompt_s * 1e9),
+            "eval_count": stats.completion_tokens, "eval_duration": int(reply_s * 1e9),
+        }  # fmt: skip
+
+    @staticmethod
+    def _line(fields: dict[str, Any]) -> str:
+        return json.dumps(fields, ensure_ascii=False) + "\n"
+
+
+def model_entry(key: str, size: int, family: str, context: int | None) -> dict[str, Any]:
+    """A model as /api/tags and /api/ps list it."""
+    return {
+        "name": key + LATEST, "model": key + LATEST, "modified_at": now(), "size": size, "digest": "",
+        "details": {"format": "safetensors", "family": family, "families": [family], "parameter_size": "",
+                    "quantization_level": ""},
+        **({"context_length": context} if context else {}),
+    }  # fmt: skip
+
+
+class _Named(_Body):
+    model: str = Field("", max_length=200)
+    name: str = Field("", max_length=200)  # older clients' field
+
+
+def shown_name(raw: bytes) -> str:
+    """The model a body names (/api/show's `model`, or its older `name`)."""
+    named = validated(_Named, raw)
+    if not (named.model or named.name):
+        raise APIError(400, "Missing required parameter: 'model'.", code="invalid_request", param="model")
+    return named.model or named.name
+
+
+def shown(entry: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """/api/show: the model's details, its chat template, and what it can do (tools where its template
+    writes calls this server reads)."""
+    from core.inference.tool_calls import call_style
+
+    family = entry["details"]["family"]
+    template = tokenizer.chat_template or ""
+    return {
+        "modelfile": "", "parameters": "", "template": template, "details": entry["details"],
+        "model_info": {"general.architecture": family,
+                       f"{family}.context_length": entry.get("context_length")},
+        "capabilities": ["completion", *(["tools"] if call_style(template) else [])],
+        "modified_at": entry["modified_at"],
+    }  # fmt: skip
+
+
+def loading(key: str) -> dict[str, Any]:
+    """/api/generate's answer to an empty prompt: the model is being loaded."""
+    return {"model": key + LATEST, "created_at": now(), "response": "", "done": True, "done_reason": "load"}

@@ -1,0 +1,111 @@
+"""`core serve` spoken to by Ollama's own Python client (`ollama`), over loopback, with a real tiny model
+(Qwen2.5's template, tools and all): the apps that speak only Ollama's API use the LAN's model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx2
+import ollama
+import openai
+import pytest
+
+from core.inference.engine import LocalEngine
+from tests.fixtures.serving import serving
+from tests.fixtures.tiny_models import QWEN25_TEMPLATE, build_tiny_model, install_ready
+
+ASKED = [{"role": "user", "content": "What is the weather in Paris?"}]
+GREEDY = {"temperature": 0, "repeat_penalty": 1.0}
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": CITY}}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(
+        tmp_path_factory.mktemp("ollama") / "m", endless=True, context=4096, chat_template=QWEN25_TEMPLATE
+    )
+
+
+@pytest.fixture
+def engine(tmp_path: Path, source: Path) -> LocalEngine:
+    install_ready(tmp_path / "models", "tiny", source)
+    return LocalEngine(tmp_path / "models", idle_unload_s=0)
+
+
+def test_ollamas_client_lists_shows_chats_and_generates(engine: LocalEngine) -> None:
+    with serving(engine, ["tiny"]) as url:
+        client = ollama.Client(host=url.removesuffix("/v1"))
+        listed = client.list().models
+        shown = client.show("tiny:latest")
+        whole = client.chat(model="tiny", messages=ASKED, options={"num_predict": 8, **GREEDY})
+        parts = list(client.chat(model="tiny:latest", messages=ASKED, options={"num_predict": 8, **GREEDY},
+                                 stream=True))  # fmt: skip
+        generated = client.generate(
+            model="tiny", prompt=ASKED[0]["content"], options={"num_predict": 8, **GREEDY}
+        )
+        raw = client.generate(model="tiny", prompt="Hello", raw=True, options={"num_predict": 5, **GREEDY})
+        same = {"model": "tiny", "temperature": 0, "extra_body": {"repetition_penalty": 1.0}}
+        openai_client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        chat = openai_client.chat.completions.create(messages=ASKED, max_tokens=8, **same)
+        text = openai_client.completions.create(prompt="Hello", max_tokens=5, **same)
+    assert [(m.model, m.details.family) for m in listed] == [("tiny:latest", "qwen2")] and listed[0].size > 0
+    assert shown.capabilities == ["completion", "tools"] and shown.template == QWEN25_TEMPLATE
+    assert shown.modelinfo["qwen2.context_length"] == 4096
+    # The same reply whichever API asks it, and Ollama's counts that clients show speeds from.
+    assert whole.message.content == chat.choices[0].message.content == generated.response
+    assert (whole.done, whole.done_reason, whole.eval_count) == (True, "length", 8)
+    assert whole.prompt_eval_count == chat.usage.prompt_tokens and whole.eval_duration > 0
+    assert "".join(part.message.content for part in parts) == whole.message.content
+    assert [part.done for part in parts] == [False] * (len(parts) - 1) + [True]
+    assert raw.response == text.choices[0].text  # raw: the text continued as written, no template
+
+
+def test_a_chat_held_to_a_format_and_a_conversation_with_tools(engine: LocalEngine) -> None:
+    schema = {"type": "object", "properties": {"city": {"enum": ["Paris", "杭州"]}}, "required": ["city"],
+              "additionalProperties": False}  # fmt: skip
+    called = {"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}  # fmt: skip
+    conversation = [*ASKED, called, {"role": "tool", "content": "sunny, 21°C"}]
+    with serving(engine, ["tiny"]) as url:
+        client = ollama.Client(host=url.removesuffix("/v1"))
+        held = client.chat(model="tiny", messages=ASKED, format=schema, options={"num_predict": 40})
+        mode = client.chat(
+            model="tiny", messages=ASKED, format="json", options={"num_predict": 40, "seed": 1}
+        )
+        answered = client.chat(
+            model="tiny", messages=conversation, tools=[WEATHER], options={"num_predict": 2}
+        )
+        call = {"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}  # fmt: skip
+        messages = [*ASKED, {"role": "assistant", "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21°C"}]  # fmt: skip
+        same = openai.OpenAI(base_url=url, api_key="unused", max_retries=0).chat.completions.create(
+            model="tiny", tools=[WEATHER], max_tokens=2, messages=messages
+        )
+    assert json.loads(held.message.content) in ({"city": "Paris"}, {"city": "杭州"})
+    assert mode.message.content.startswith("{")  # JSON mode (left alone the model writes blank lines)
+    # The call and its result read as the same conversation through either API.
+    assert answered.prompt_eval_count == same.usage.prompt_tokens
+
+
+def test_ollamas_errors_and_loading(engine: LocalEngine) -> None:
+    with serving(engine, ["tiny"]) as url:
+        client = ollama.Client(host=url.removesuffix("/v1"))
+        for asked, status, said in (
+            ({"model": "llama3"}, 404, "The model 'llama3' does not exist or is not downloaded."),
+            ({"images": ["aGk="]}, 400, "Messages may hold text only; message 0 has images."),
+            ({"options": {"temperature": "hot"}}, 400, "Invalid value for 'options.temperature'"),
+        ):
+            message = {**ASKED[0], **({"images": asked.pop("images")} if "images" in asked else {})}
+            with pytest.raises(ollama.ResponseError) as refused:
+                client.chat(**({"model": "tiny", "messages": [message]} | asked))
+            assert (refused.value.status_code, said in refused.value.error) == (status, True), asked
+        not_json = httpx2.post(f"{url.removesuffix('/v1')}/api/chat", content=b"{oops")
+        loading = client.generate(model="tiny", prompt="")  # Ollama's way to load a model ahead
+        warmed = engine.warm("tiny")
+    assert not_json.status_code == 400 and not_json.json() == {"error": "The body is not a JSON object."}
+    assert (loading.done, loading.done_reason) == (True, "load")
+    assert warmed is None or warmed.result(timeout=60) is not None
+    assert engine.loaded is not None and engine.loaded.key == "tiny"

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from core.api.errors import APIError, from_validation, validated
 from core.api.schemas import MAX_MESSAGES, ChatCompletionRequest, CompletionRequest, FiniteFloat
-from core.api.shapes import ReplyShape, finish_reason
-from core.inference.events import ReplyStats, TokenLogprob
+from core.api.shapes import ReplyShape, WholeReply, finish_reason
+from core.inference.events import ReplyStats
 from core.inference.tool_calls import ToolCall
 
 VERSION = "0.9.0"  # the Ollama API this server answers as (clients check it before using newer fields)
@@ -170,17 +170,21 @@ class OllamaShape(ReplyShape):
 
     def __init__(self, model: str, chat: bool) -> None:
         super().__init__(model)
-        self.chat = chat
+        self.chat = self.reasoning_apart = chat
         self.started = time.perf_counter()
 
-    def whole(
-        self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = (),
-        chances: tuple[TokenLogprob, ...] | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
-        return {**self._said(text, calls), "done": True, **self._counts(stats)}
+    def whole(self, reply: WholeReply) -> dict[str, Any]:
+        return {
+            **self._said(reply.text, reply.calls, reply.reasoning),
+            "done": True,
+            **self._counts(reply.stats),
+        }
 
     def piece(self, text: str) -> list[str]:
         return [self._line({**self._said(text), "done": False})]
+
+    def reasoning(self, text: str) -> list[str]:
+        return [self._line({**self._said("", thinking=text), "done": False})]
 
     def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
         return [self._line({**self._said("", calls), "done": False})]
@@ -191,11 +195,13 @@ class OllamaShape(ReplyShape):
     def failure(self, message: str) -> list[str]:
         return [self._line({"error": message})]
 
-    def _said(self, text: str, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
+    def _said(self, text: str, calls: tuple[ToolCall, ...] = (), thinking: str = "") -> dict[str, Any]:
         said: dict[str, Any] = {"model": self.model, "created_at": now()}
         if not self.chat:
             return {**said, "response": text}
         message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
         if calls:
             message["tool_calls"] = [
                 {"function": {"name": call.name, "arguments": json.loads(call.arguments)}} for call in calls

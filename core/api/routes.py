@@ -46,12 +46,13 @@ from core.api.schemas import (
     ModelList,
     ResponseRequest,
 )
-from core.api.shapes import ChatShape, ReplyShape, ResponseShape, TextShape
+from core.api.shapes import ChatShape, ReplyShape, ResponseShape, TextShape, WholeReply
 from core.api.stops import until_stop_sequence
+from core.api.thinking import ReasoningDelta, with_reasoning
 from core.errors import ContextLengthError, LocalLLMError
 from core.inference.events import Event, Finished, Logprobs, TextDelta
 from core.inference.params import GenerationParams
-from core.inference.prompts import Prompt, RawPrompt, ToolUse
+from core.inference.prompts import Continuation, Prompt, RawPrompt, ToolUse
 from core.inference.tool_calls import call_style
 
 if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
@@ -139,6 +140,9 @@ def create_app(
         shape: ReplyShape,
         calling: Calling | None = None,
     ) -> Any:
+        """The reply to `body`'s `prompt` in `shape`; `calling`: the tools it may call. A thinking model's
+        reasoning goes apart from its answer where the shape writes it apart (a reply that goes on in its
+        message keeps its text as it was)."""
         # The format is checked before the model is touched; a reply's calls are held to their own.
         reply_format = calling.held if calling else await run_in_threadpool(held_format, body)
         wanted = body.wanted_tokens or GenerationParams().max_new_tokens
@@ -155,6 +159,10 @@ def create_app(
                                reply_format=reply_format, logprobs=body.logprobs_asked)  # fmt: skip
         if body.stop_sequences:
             events = until_stop_sequence(events, body.stop_sequences, stop)
+        if shape.reasoning_apart and body.thinking is not False and not isinstance(prompt, Continuation):
+            tokenizer = await run_in_threadpool(engine.tokenizer, body.model)
+            if tokenizer.thinks:
+                events = with_reasoning(events, await run_in_threadpool(lambda: tokenizer.opens_thinking))
         if calling:
             events = with_calls(events, calling.style, calling.names)
         try:
@@ -190,7 +198,8 @@ def create_app(
         body = await read(request, ChatCompletionRequest)
         calling = await run_in_threadpool(tool_use, body)
         shape = ChatShape(body.model, body.logprobs_asked is not None)
-        return await reply(request, body, chat_prompt(body, calling), shape, calling)
+        prompt = chat_prompt(body, calling)
+        return await reply(request, body, prompt, shape, calling)
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
     async def completions(request: Request) -> Any:
@@ -235,7 +244,8 @@ def create_app(
         body = known(_checked(ollama.chat_request(await raw_body(request))))
         calling = await run_in_threadpool(tool_use, body)
         shape = ollama.OllamaShape(body.model, chat=True)
-        return await reply(request, body, chat_prompt(body, calling), shape, calling)
+        prompt = chat_prompt(body, calling)
+        return await reply(request, body, prompt, shape, calling)
 
     @app.post("/api/generate", dependencies=[Depends(require_key)])
     async def ollama_generate(request: Request) -> Any:
@@ -323,10 +333,12 @@ def _chain(first: Event, events: Iterator[Event]) -> Iterator[Event]:
 
 
 def _complete(shape: ReplyShape, first: Event, events: Iterator[Event]) -> dict[str, Any]:
-    text, stats, calls, chances = [], None, (), []
+    text, stats, calls, chances, reasoning = [], None, (), [], []
     for event in _chain(first, events):
         if isinstance(event, TextDelta):
             text.append(event.text)
+        elif isinstance(event, ReasoningDelta):
+            reasoning.append(event.text)
         elif isinstance(event, Logprobs):
             chances += event.tokens
         elif isinstance(event, CallsMade):
@@ -334,7 +346,8 @@ def _complete(shape: ReplyShape, first: Event, events: Iterator[Event]) -> dict[
         elif isinstance(event, Finished):
             stats = event.stats
     assert stats is not None  # the engine always ends with Finished
-    return shape.whole("".join(text), stats, calls, tuple(chances) if shape.logprobs_asked else None)
+    said = tuple(chances) if shape.logprobs_asked else None
+    return shape.whole(WholeReply("".join(text), stats, calls, said, "".join(reasoning)))
 
 
 async def _until_done_or_gone(request: Request, stop: threading.Event, work: Callable[[], Any]) -> Any:
@@ -391,6 +404,9 @@ async def _sse(
         while event is not sentinel:
             if isinstance(event, TextDelta):
                 for written in shape.piece(event.text):
+                    yield written
+            elif isinstance(event, ReasoningDelta):
+                for written in shape.reasoning(event.text):
                     yield written
             elif isinstance(event, Logprobs):
                 shape.logprobs_came(event.tokens)

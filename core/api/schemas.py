@@ -437,6 +437,7 @@ class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCallOut] | None = None
+    reasoning_content: str | None = None  # a thinking model's reasoning (DeepSeek's and vLLM's field)
 
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -472,6 +473,7 @@ class ToolCallDelta(ToolCallOut):
 class Delta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 

@@ -8,6 +8,7 @@ import codecs
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from core.api.errors import APIError
@@ -52,12 +53,25 @@ def call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
+@dataclass(frozen=True)
+class WholeReply:
+    """A reply read to its end: its answer, statistics, the calls it makes, its tokens' log-probabilities
+    (None: not asked) and its reasoning (a thinking model's, apart from its answer)."""
+
+    text: str
+    stats: ReplyStats
+    calls: tuple[ToolCall, ...] = ()
+    chances: tuple[TokenLogprob, ...] | None = None
+    reasoning: str = ""
+
+
 class ReplyShape:
     """A reply's writer. A stream is `opening()`, `piece()` for each text, then `closing()`; the tokens'
     log-probabilities, where asked, go out with the next piece (`logprobs_came`)."""
 
     prefix = "reply-"
     media_type = "text/event-stream"  # of a stream
+    reasoning_apart = False  # writes a thinking model's reasoning apart from its answer (`reasoning`)
 
     def __init__(self, model: str, logprobs_asked: bool = False) -> None:
         self.model = model
@@ -66,10 +80,7 @@ class ReplyShape:
         self.logprobs_asked = logprobs_asked
         self._pending: list[TokenLogprob] = []
 
-    def whole(
-        self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = (),
-        chances: tuple[TokenLogprob, ...] | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
+    def whole(self, reply: WholeReply) -> dict[str, Any]:
         raise NotImplementedError
 
     def logprobs_came(self, tokens: tuple[TokenLogprob, ...]) -> None:
@@ -87,7 +98,11 @@ class ReplyShape:
         raise NotImplementedError
 
     def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
-        """The calls a reply makes (chat completions only: the others have no tools)."""
+        """The calls a reply makes (chats and responses only: a text completion has no tools)."""
+        raise NotImplementedError
+
+    def reasoning(self, text: str) -> list[str]:
+        """A thinking model's reasoning, apart from its answer (chats only)."""
         raise NotImplementedError
 
     def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
@@ -122,18 +137,18 @@ class ChatShape(_ChunkedShape):
 
     prefix = "chatcmpl-"
     chunk_kind = ChatCompletionChunk
+    reasoning_apart = True
 
-    def whole(
-        self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = (),
-        chances: tuple[TokenLogprob, ...] | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
+    def whole(self, reply: WholeReply) -> dict[str, Any]:
         made = [ToolCallOut(id=call_id(), function=FunctionCalled(name=c.name, arguments=c.arguments))
-                for c in calls]  # fmt: skip
-        message = AssistantMessage(content=(text or None) if made else text, tool_calls=made or None)
-        logprobs = None if chances is None else _choice_logprobs(chances)
-        choice = Choice(message=message, finish_reason=finish_reason(stats), logprobs=logprobs)
+                for c in reply.calls]  # fmt: skip
+        text = reply.text
+        message = AssistantMessage(content=(text or None) if made else text, tool_calls=made or None,
+                                   reasoning_content=reply.reasoning or None)  # fmt: skip
+        logprobs = None if reply.chances is None else _choice_logprobs(reply.chances)
+        choice = Choice(message=message, finish_reason=finish_reason(reply.stats), logprobs=logprobs)
         return ChatCompletion(id=self.id, created=self.created, model=self.model, choices=[choice],
-                              usage=usage_of(stats)).model_dump()  # fmt: skip
+                              usage=usage_of(reply.stats)).model_dump()  # fmt: skip
 
     def opening(self) -> list[str]:
         return [self._chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])]
@@ -144,6 +159,9 @@ class ChatShape(_ChunkedShape):
     def _logprobs(self) -> ChoiceLogprobs | None:
         taken = self._taken()
         return _choice_logprobs(taken) if taken else None
+
+    def reasoning(self, text: str) -> list[str]:
+        return [self._chunk([ChunkChoice(delta=Delta(reasoning_content=text))])]
 
     def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
         return [self._chunk([ChunkChoice(delta=Delta(tool_calls=[self._call(index, call)]))])
@@ -169,14 +187,11 @@ class TextShape(_ChunkedShape):
         self._offset = 0  # characters of the text before the next token
         self._characters = codecs.getincrementaldecoder("utf-8")("ignore")  # tokens may split one
 
-    def whole(
-        self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = (),
-        chances: tuple[TokenLogprob, ...] | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
-        logprobs = None if chances is None else self._text_logprobs(chances)
-        choices = [TextChoice(text=text, finish_reason=finish_reason(stats), logprobs=logprobs)]
+    def whole(self, reply: WholeReply) -> dict[str, Any]:
+        logprobs = None if reply.chances is None else self._text_logprobs(reply.chances)
+        choices = [TextChoice(text=reply.text, finish_reason=finish_reason(reply.stats), logprobs=logprobs)]
         return TextCompletion(id=self.id, created=self.created, model=self.model, choices=choices,
-                              usage=usage_of(stats)).model_dump()  # fmt: skip
+                              usage=usage_of(reply.stats)).model_dump()  # fmt: skip
 
     def piece(self, text: str) -> list[str]:
         return [self._chunk([TextChoice(text=text, finish_reason=None, logprobs=self._logprobs())])]
@@ -234,16 +249,13 @@ class ResponseShape(ReplyShape):
         self._logprobs: list[dict[str, Any]] = []  # the text's, where asked
         self._sequence = 0
 
-    def whole(
-        self, text: str, stats: ReplyStats, calls: tuple[ToolCall, ...] = (),
-        chances: tuple[TokenLogprob, ...] | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
-        self._made = self._made or [self._call_item(call) for call in calls]
-        if chances is not None:
-            self._logprobs = _logprob_items(chances)
-        status = "incomplete" if stats.finish_reason == "length" else "completed"
-        message = [self._message(text, "completed")] if text or not self._made else []
-        return self._response(status, [*message, *self._made], stats)
+    def whole(self, reply: WholeReply) -> dict[str, Any]:
+        self._made = self._made or [self._call_item(call) for call in reply.calls]
+        if reply.chances is not None:
+            self._logprobs = _logprob_items(reply.chances)
+        status = "incomplete" if reply.stats.finish_reason == "length" else "completed"
+        message = [self._message(reply.text, "completed")] if reply.text or not self._made else []
+        return self._response(status, [*message, *self._made], reply.stats)
 
     def opening(self) -> list[str]:
         started = self._response("in_progress", [], None)
@@ -281,7 +293,7 @@ class ResponseShape(ReplyShape):
     def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
         opened = self._message_opened() if not self._made else []  # an empty reply is an empty message
         self._logprobs += _logprob_items(self._taken())
-        whole = self.whole("".join(self._text), stats)
+        whole = self.whole(WholeReply("".join(self._text), stats))
         return [*opened, *self._message_closed(), self._event(f"response.{whole['status']}", response=whole)]
 
     def _message_opened(self) -> list[str]:

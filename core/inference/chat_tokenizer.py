@@ -60,6 +60,20 @@ class ChatTokenizer:
         return self.backend.encode(text, add_special_tokens=special).ids
 
     @property
+    def thinks(self) -> bool:
+        """Whether the model writes its reasoning between <think> and </think> (its template knows them)."""
+        return "</think>" in self.chat_template
+
+    @cached_property
+    def opens_thinking(self) -> bool:
+        """Whether the template opens the reply's reasoning itself (DeepSeek-R1's distills end the prompt
+        with <think>): the reply then only closes it."""
+        try:
+            return self.chat_text([{"role": "user", "content": "hi"}]).rstrip().endswith("<think>")
+        except Exception:  # a template that wants another conversation (jinja2 raises many kinds)
+            return False
+
+    @property
     def switches_thinking(self) -> bool:
         """Whether the chat template takes `enable_thinking` (Qwen3's: reason first, or answer at once)."""
         return "enable_thinking" in self.chat_template

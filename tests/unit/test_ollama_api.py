@@ -109,3 +109,40 @@ def test_ollamas_errors_and_loading(engine: LocalEngine) -> None:
     assert (loading.done, loading.done_reason) == (True, "load")
     assert warmed is None or warmed.result(timeout=60) is not None
     assert engine.loaded is not None and engine.loaded.key == "tiny"
+
+
+# DeepSeek-R1's distills' way: the generation prompt opens the reasoning, the reply closes it.
+R1_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'].split("
+    "'</think>')[-1] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>\n' }}{% endif %}"
+)
+
+
+def test_a_thinking_models_reasoning_comes_apart_from_its_answer(tmp_path: Path) -> None:
+    """A chat completion's `reasoning_content` (llama.cpp's server's default, vLLM's reasoning parser)
+    and Ollama's `message.thinking`: the tiny model never closes the reasoning its template opened, so
+    all it writes is reasoning and the answer is empty, whole or streamed; asked not to think, all of
+    it is the answer, as written."""
+    # The tiny Llama writes no blank lines here (the tiny Qwen would: a blank reasoning, dropped as blank).
+    thinking = build_tiny_model(tmp_path / "r1", "llama", endless=True, chat_template=R1_TEMPLATE)
+    install_ready(tmp_path / "models", "r1", thinking)
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    same = {"model": "r1", "messages": ASKED, "max_tokens": 8, "temperature": 0}
+    with serving(engine, ["r1"]) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        whole = client.chat.completions.create(**same)
+        chunks = list(client.chat.completions.create(**same, stream=True))
+        no_thinking = {"chat_template_kwargs": {"enable_thinking": False}}
+        plain = client.chat.completions.create(**same, extra_body=no_thinking)
+        options = {"num_predict": 8, "temperature": 0}
+        thought = ollama.Client(host=url.removesuffix("/v1")).chat(
+            model="r1", messages=ASKED, options=options
+        )
+    reasoning = whole.choices[0].message.reasoning_content
+    assert reasoning and reasoning == plain.choices[0].message.content.strip()
+    assert whole.choices[0].message.content == "" and plain.choices[0].message.reasoning_content is None
+    deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+    assert "".join(getattr(delta, "reasoning_content", None) or "" for delta in deltas) == reasoning
+    assert not "".join(delta.content or "" for delta in deltas)
+    assert (thought.message.thinking, thought.message.content) == (reasoning, "")

@@ -48,10 +48,13 @@ class ToolsAsked:
     forced: bool
     many: bool
 
-    def held_by(self, style: CallStyle) -> Calling:
-        """The calls as `style` writes them; 400 where a tool's parameters are no schema."""
+    def held_by(self, style: CallStyle, thinks: bool) -> Calling:
+        """The calls as `style` writes them (`thinks`: after the model's reasoning); 400 where a tool's
+        parameters are no schema."""
         try:
-            held = style.calls_format(self.tools, self.named, forced=self.forced, many=self.many)
+            held = style.calls_format(
+                self.tools, self.named, forced=self.forced, many=self.many, thinks=thinks
+            )
         except MessageError as exc:
             raise APIError(400, exc.message, code="invalid_json_schema", param="tools") from exc
         return Calling(self.tools, style, held)

@@ -182,7 +182,8 @@ def create_app(
         if asked is None and not body.uses_tools:
             return None
         try:
-            style = call_style(engine.tokenizer(body.model).chat_template or "")
+            tokenizer = engine.tokenizer(body.model)
+            style = call_style(tokenizer.chat_template or "")
         except (LocalLLMError, OSError, ValueError) as exc:  # files changed since the list was read
             raise APIError(404, f"The model {body.model!r} is not ready: {exc}", code="model_not_found",
                            param="model") from exc  # fmt: skip
@@ -191,7 +192,7 @@ def create_app(
                            "writes no calls in a form this server reads: Hermes' <tool_call>, as Qwen's, or "
                            "Llama 3's JSON): send the request without tools, or with tool_choice \"none\".",
                            code="tools_not_supported", param="tools")  # fmt: skip
-        return asked.held_by(style) if asked else None
+        return asked.held_by(style, tokenizer.thinks and body.thinking is not False) if asked else None
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     async def chat_completions(request: Request) -> Any:

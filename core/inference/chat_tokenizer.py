@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 KEPT_NAME = ".localllm-tokenizer.json"
+THINKING_ENDS = "</think>"  # what ends a thinking model's reasoning (Qwen3, the DeepSeek-R1 distills)
 KEPT_FORMAT = 1
 # transformers' clean-up of decoded text (its clean_up_tokenization), for tokenizers that ask for it.
 _CLEAN_UPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
@@ -62,7 +63,7 @@ class ChatTokenizer:
     @property
     def thinks(self) -> bool:
         """Whether the model writes its reasoning between <think> and </think> (its template knows them)."""
-        return "</think>" in self.chat_template
+        return THINKING_ENDS in self.chat_template
 
     @cached_property
     def opens_thinking(self) -> bool:

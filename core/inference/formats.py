@@ -35,7 +35,8 @@ class ReplyFormat:
     that `regex` matches whole (vLLM's guided_regex, and its guided_choice as an alternation), or what a
     `lark` grammar (llguidance's syntax) accepts. With a `trigger` the format holds only once the reply
     writes it (llama.cpp's lazy grammars: a tool call after free text), from the trigger on; where it
-    may come (`anywhere`) or only as the reply's start (after blank space: else the reply stays free).
+    may come (`anywhere`) or only as the reply's start (after blank space: else the reply stays free),
+    and only after `after` where that is given (a thinking model's reasoning may name a call freely).
     """
 
     schema: str | None = None
@@ -43,6 +44,7 @@ class ReplyFormat:
     lark: str | None = None
     trigger: str | None = None
     anywhere: bool = True
+    after: str | None = None  # the trigger counts only once the reply has written this (</think>)
 
     def as_openai(self) -> dict[str, Any]:
         """A JSON format as OpenAI's API asks it (`response_format`), for a model on a server."""
@@ -78,10 +80,12 @@ def checked_pattern(regex: str) -> ReplyFormat:
     return _compiled(ReplyFormat(regex=regex), "The regular expression")
 
 
-def checked_grammar(lark: str, trigger: str | None = None, *, anywhere: bool = True) -> ReplyFormat:
+def checked_grammar(
+    lark: str, trigger: str | None = None, *, anywhere: bool = True, after: str | None = None
+) -> ReplyFormat:
     """A reply format for a Lark grammar (held once `trigger` is written, where one is given);
     MessageError where llguidance cannot compile it (its words in the `said` parameter)."""
-    return _compiled(ReplyFormat(lark=lark, trigger=trigger, anywhere=anywhere), "The grammar")
+    return _compiled(ReplyFormat(lark=lark, trigger=trigger, anywhere=anywhere, after=after), "The grammar")
 
 
 def choice_pattern(choices: list[str]) -> str:
@@ -119,6 +123,7 @@ class FormatGuide:
         self._waiting = reply_format.trigger  # None: the format holds (or never will: `_free`)
         self._anywhere = reply_format.anywhere
         self._free = False  # a trigger that had to start the reply did not
+        self._after = reply_format.after if reply_format.trigger else None  # still to come before it
         self._written = ""  # while waiting: the reply's last characters, where the trigger is looked for
 
     @property
@@ -152,6 +157,12 @@ class FormatGuide:
             self._waiting,
             self._written + self._backend.decode([token], skip_special_tokens=False),
         )
+        if self._after is not None:
+            at = written.find(self._after)
+            if at < 0:
+                self._written = written[-len(self._after) :]
+                return
+            written, self._after = written[at + len(self._after) :], None
         if self._anywhere:
             at = written.find(trigger)
             self._written = written[-len(trigger) :]  # enough to find a trigger cut across tokens

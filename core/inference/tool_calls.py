@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import MessageError
+from core.inference.chat_tokenizer import THINKING_ENDS
 from core.inference.formats import ReplyFormat, checked_format, checked_grammar
 
 _AS_TEMPLATES_WRITE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
@@ -83,12 +84,14 @@ class CallStyle:
         return ToolCall(call["name"], json.dumps(arguments, ensure_ascii=False))
 
     def calls_format(
-        self, tools: Sequence[Mapping[str, Any]], name: str | None = None, *, forced: bool, many: bool
-    ) -> ReplyFormat:
+        self, tools: Sequence[Mapping[str, Any]], name: str | None = None, *, forced: bool, many: bool,
+        thinks: bool = False,
+    ) -> ReplyFormat:  # fmt: skip
         """The grammar a reply's calls are held to: one of `tools` (OpenAI's `{"type": "function",
         "function": {...}}`), or the one called `name`, and more calls after it where `many` (and this
         style writes several); `forced`: held from the reply's first token, else from the call's mark
-        on. MessageError where a tool's parameters are no schema a reply can be held to."""
+        on (`thinks`: a mark the model's reasoning writes, before </think>, is not a call). MessageError
+        where a tool's parameters are no schema a reply can be held to."""
         functions = [tool["function"] for tool in tools if name is None or tool["function"]["name"] == name]
         for function in functions:  # each schema alone first: a fault is named with its function
             try:
@@ -119,7 +122,8 @@ class CallStyle:
             call, start = "call: body", "start: call"
         lark = "\n".join(("%llguidance {}", start, call, f"body: %json {json.dumps(body)}"))
         try:
-            return checked_grammar(lark, None if forced else self.mark, anywhere=self.after_text)
+            return checked_grammar(lark, None if forced else self.mark, anywhere=self.after_text,
+                                   after=THINKING_ENDS if thinks else None)  # fmt: skip
         except MessageError as exc:  # each schema compiled alone: together they are too much
             found = _COMPILER_SAID.search(exc.params.get("said", ""))
             raise MessageError(f"The tools' parameters together cannot hold a reply: "

@@ -345,7 +345,8 @@ def test_a_response_that_says_something_then_calls_closes_its_message_before_the
 
 def test_once_the_model_writes_a_call_what_follows_is_held_to_the_tools(tool_model: Path) -> None:
     """Before `<tool_call>` the reply is free (no mask, the sampler's fast path kept); after it, only a
-    call of a listed tool with arguments that fit, written as the template writes calls, then the end."""
+    call of a listed tool with arguments that fit, written as the template writes calls, then the end.
+    A thinking model's reasoning may name a call: only one after </think> is held."""
     from transformers import AutoTokenizer
 
     from core.inference.formats import FormatGuide
@@ -377,6 +378,18 @@ def test_once_the_model_writes_a_call_what_follows_is_held_to_the_tools(tool_mod
         assert guide.allowed()[token], tokenizer.decode([token])
         guide.advance(token)
     assert allowed(guide) == {"<|im_end|>"}  # one call (parallel_tool_calls false), then the end
+    thinking = FormatGuide(
+        HERMES.calls_format(TOOLS, forced=False, many=False, thinks=True),
+        backend,
+        vocabulary,
+        frozenset({end}),
+    )
+    for token in tokenizer.encode("<think>Shall I write <tool_call> now?</think>"):  # a thought, not a call
+        thinking.advance(token)
+    assert not thinking.holding
+    for token in tokenizer.encode("\n<tool_call>"):
+        thinking.advance(token)
+    assert thinking.holding and allowed(thinking) == {"\n"}
     spaced = FormatGuide(
         HERMES.calls_format(TOOLS, forced=True, many=True), backend, vocabulary, frozenset({end})
     )

@@ -116,8 +116,9 @@ def _validated(kind: type[Any], fields: dict[str, Any]) -> Any:
         raise from_validation(exc, fields) from None
 
 
-def chat_request(raw: bytes) -> ChatCompletionRequest:
-    """POST /api/chat's body as the chat completion it means."""
+def chat_request(raw: bytes) -> ChatCompletionRequest | None:
+    """POST /api/chat's body as the chat completion it means; no messages (Ollama's way to load a model)
+    None."""
     asked: ChatAsked = validated(ChatAsked, raw)
     messages = []
     for index, message in enumerate(asked.messages):
@@ -133,9 +134,7 @@ def chat_request(raw: bytes) -> ChatCompletionRequest:
             ]  # fmt: skip
         messages.append(said)
     if not messages:
-        raise APIError(
-            400, "Missing required parameter: 'messages'.", code="invalid_request", param="messages"
-        )
+        return None
     return _validated(ChatCompletionRequest, {**_openai(asked), "messages": messages, "tools": asked.tools})
 
 
@@ -265,6 +264,7 @@ def shown(entry: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def loading(key: str) -> dict[str, Any]:
-    """/api/generate's answer to an empty prompt: the model is being loaded."""
-    return {"model": key + LATEST, "created_at": now(), "response": "", "done": True, "done_reason": "load"}
+def loading(key: str, chat: bool) -> dict[str, Any]:
+    """The answer to a chat without messages, a generate without a prompt: the model is being loaded."""
+    said = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
+    return {"model": key + LATEST, "created_at": now(), **said, "done": True, "done_reason": "load"}

@@ -240,9 +240,20 @@ def create_app(
         key = ready(ollama.model_key(ollama.shown_name(await raw_body(request))))
         return await run_in_threadpool(lambda: ollama.shown(entry(key), engine.tokenizer(key)))
 
+    def ollama_load(raw: bytes, chat: bool) -> dict[str, Any]:
+        """Ollama's way to load a model (a chat without messages, a generate without a prompt): loaded
+        ahead of the first reply, never over another."""
+        key = ready(ollama.model_key(ollama.shown_name(raw)))
+        engine.warm(key)
+        return ollama.loading(key, chat)
+
     @app.post("/api/chat", dependencies=[Depends(require_key)])
     async def ollama_chat(request: Request) -> Any:
-        body = known(_checked(ollama.chat_request(await raw_body(request))))
+        raw = await raw_body(request)
+        body = ollama.chat_request(raw)
+        if body is None:
+            return ollama_load(raw, chat=True)
+        body = known(_checked(body))
         calling = await run_in_threadpool(tool_use, body)
         shape = ollama.OllamaShape(body.model, chat=True)
         prompt = chat_prompt(body, calling)
@@ -252,10 +263,8 @@ def create_app(
     async def ollama_generate(request: Request) -> Any:
         raw = await raw_body(request)
         body = ollama.generate_request(raw)
-        if body is None:  # Ollama's way to load a model: loaded ahead of the first reply, never over another
-            key = ready(ollama.model_key(ollama.shown_name(raw)))
-            engine.warm(key)
-            return ollama.loading(key)
+        if body is None:
+            return ollama_load(raw, chat=False)
         body = known(_checked(body))
         shape = ollama.OllamaShape(body.model, chat=False)
         if isinstance(body, CompletionRequest):

@@ -105,8 +105,11 @@ def test_ollamas_errors_and_loading(engine: LocalEngine) -> None:
         not_json = httpx2.post(f"{url.removesuffix('/v1')}/api/chat", content=b"{oops")
         loading = client.generate(model="tiny", prompt="")  # Ollama's way to load a model ahead
         warmed = engine.warm("tiny")
+        chat_loading = client.chat(model="tiny", messages=[])
     assert not_json.status_code == 400 and not_json.json() == {"error": "The body is not a JSON object."}
-    assert (loading.done, loading.done_reason) == (True, "load")
+    assert (
+        (loading.done, loading.done_reason) == (chat_loading.done, chat_loading.done_reason) == (True, "load")
+    )
     assert warmed is None or warmed.result(timeout=60) is not None
     assert engine.loaded is not None and engine.loaded.key == "tiny"
 

@@ -24,9 +24,10 @@ from core.settings import load_settings
 @click.option("--new-key", is_flag=True, help="make a new API key (the kept one stops working)")
 def serve(host: str, port: int, model: str | None, max_request_mb: int, new_key: bool) -> int:
     """Serve the downloaded models over an OpenAI-compatible API (/v1/models, /v1/chat/completions,
-    /v1/completions, /v1/responses), with the models folder, device and weights of the saved settings.
-    Off loopback a bearer token is required: LOCALLLM_API_KEY, or the one made at the first such start
-    and kept in the data folder (printed at every start; --new-key replaces it)."""
+    /v1/completions, /v1/responses) and Ollama's (/api/chat, /api/generate, /api/tags, ...), with the
+    models folder, device and weights of the saved settings (docs/api.md). Off loopback a bearer token
+    is required: LOCALLLM_API_KEY, or the one made at the first such start and kept in the data folder
+    (printed at every start; --new-key replaces it)."""
     if problem := cannot_listen(host, port):
         click.echo(
             f"error: port {port} is in use (another localllm serve, or another program): choose another "
@@ -64,7 +65,7 @@ def serve(host: str, port: int, model: str | None, max_request_mb: int, new_key:
 
     record_server(models_library.db, host, port, bool(api_key), os.getpid())
     for url in server_urls(host, port):
-        click.echo(f"OpenAI-compatible API at {url}")
+        click.echo(f"OpenAI-compatible API at {url}; Ollama's at {url.removesuffix('/v1')}")
     app = create_app(engine, ready_models, api_key, max_body_bytes=max_request_mb * 1024**2)
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

@@ -231,20 +231,26 @@ def _logprob_items(tokens: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
 
 
 class ResponseShape(ReplyShape):
-    """POST /v1/responses (OpenAI's Responses API, stateless): a `response` whose output is the assistant's
-    message and the function calls it makes, or its stream of typed events: created, in_progress, the
-    message and its text part added at the first text, text deltas, each done; each call added, its
-    arguments, done; then completed (incomplete: cut at `max_output_tokens`)."""
+    """POST /v1/responses (OpenAI's Responses API, stateless): a `response` whose output is a thinking
+    model's reasoning item, the assistant's message and the function calls it makes, or its stream of
+    typed events: created, in_progress; the reasoning item added at its first text, its deltas, done;
+    the message and its text part added at the first text, text deltas, each done; each call added, its
+    arguments, done; then completed (incomplete: cut at `max_output_tokens`). Each item's output index
+    is its place among those the reply made."""
 
-    prefix = "resp_"  # OpenAI's ids of responses and their items: resp_…, msg_…, fc_…
+    prefix = "resp_"  # OpenAI's ids of responses and their items: resp_…, rs_…, msg_…, fc_…
+    reasoning_apart = True
 
     def __init__(self, model: str, settings: dict[str, Any], logprobs_asked: bool = False) -> None:
         """`settings`: what the request said that a response repeats (instructions, temperature, ...)."""
         super().__init__(model, logprobs_asked)
         self.settings = settings
         self.message_id = f"msg_{uuid.uuid4().hex}"
+        self.reasoning_id = f"rs_{uuid.uuid4().hex}"
         self._text: list[str] = []
-        self._message_state: str | None = None  # None: not announced yet; "open"; "done"
+        self._thought: list[str] = []
+        self._places: dict[str, int] = {}  # "reasoning", "message": output indexes, once announced
+        self._closed: set[str] = set()
         self._made: list[dict[str, Any]] = []  # the function_call items
         self._logprobs: list[dict[str, Any]] = []  # the text's, where asked
         self._sequence = 0
@@ -254,8 +260,9 @@ class ResponseShape(ReplyShape):
         if reply.chances is not None:
             self._logprobs = _logprob_items(reply.chances)
         status = "incomplete" if reply.stats.finish_reason == "length" else "completed"
+        thought = [self._reasoning(reply.reasoning, "completed")] if reply.reasoning else []
         message = [self._message(reply.text, "completed")] if reply.text or not self._made else []
-        return self._response(status, [*message, *self._made], reply.stats)
+        return self._response(status, [*thought, *message, *self._made], reply.stats)
 
     def opening(self) -> list[str]:
         started = self._response("in_progress", [], None)
@@ -263,6 +270,12 @@ class ResponseShape(ReplyShape):
             self._event("response.created", response=started),
             self._event("response.in_progress", response=started),
         ]
+
+    def reasoning(self, text: str) -> list[str]:
+        self._thought.append(text)
+        opened = self._opened("reasoning", item=self._reasoning(None, "in_progress"))
+        where = {"item_id": self.reasoning_id, "output_index": self._places["reasoning"], "content_index": 0}
+        return [*opened, self._event("response.reasoning_text.delta", **where, delta=text)]
 
     def piece(self, text: str) -> list[str]:
         self._text.append(text)
@@ -275,10 +288,10 @@ class ResponseShape(ReplyShape):
         ]
 
     def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
-        written = self._message_closed()
-        first = len(self._made) + (self._message_state is not None)
-        for index, call in enumerate(calls, first):
+        written = [*self._reasoning_closed(), *self._message_closed()]
+        for call in calls:
             item = self._call_item(call)
+            index = len(self._places) + len(self._made)
             self._made.append(item)
             where = {"item_id": item["id"], "output_index": index}
             written += [
@@ -291,32 +304,69 @@ class ResponseShape(ReplyShape):
         return written
 
     def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
+        closed = self._reasoning_closed()
         opened = self._message_opened() if not self._made else []  # an empty reply is an empty message
         self._logprobs += _logprob_items(self._taken())
-        whole = self.whole(WholeReply("".join(self._text), stats))
-        return [*opened, *self._message_closed(), self._event(f"response.{whole['status']}", response=whole)]
+        whole = self.whole(WholeReply("".join(self._text), stats, reasoning="".join(self._thought)))
+        return [
+            *closed,
+            *opened,
+            *self._message_closed(),
+            self._event(f"response.{whole['status']}", response=whole),
+        ]
+
+    def _opened(self, kind: str, item: dict[str, Any]) -> list[str]:
+        """The item's announcement, the first time (after the items before it)."""
+        if kind in self._places:
+            return []
+        self._places[kind] = len(self._places) + len(self._made)
+        return [self._event("response.output_item.added", output_index=self._places[kind], item=item)]
+
+    def _reasoning_closed(self) -> list[str]:
+        if "reasoning" not in self._places or "reasoning" in self._closed:
+            return []
+        self._closed.add("reasoning")
+        text, index = "".join(self._thought), self._places["reasoning"]
+        where = {"item_id": self.reasoning_id, "output_index": index, "content_index": 0}
+        return [
+            self._event("response.reasoning_text.done", **where, text=text),
+            self._event(
+                "response.output_item.done", output_index=index, item=self._reasoning(text, "completed")
+            ),
+        ]
 
     def _message_opened(self) -> list[str]:
-        if self._message_state is not None:
-            return []
-        self._message_state = "open"
+        closed = self._reasoning_closed()
+        opened = self._opened("message", self._message(None, "in_progress"))
+        if not opened:
+            return closed
         return [
-            self._event(
-                "response.output_item.added", output_index=0, item=self._message(None, "in_progress")
-            ),
+            *closed,
+            *opened,
             self._event("response.content_part.added", **self._where(), part=self._part("")),
         ]
 
     def _message_closed(self) -> list[str]:
-        if self._message_state != "open":
+        if "message" not in self._places or "message" in self._closed:
             return []
-        self._message_state = "done"
+        self._closed.add("message")
         text = "".join(self._text)
         return [
             self._event("response.output_text.done", **self._where(), text=text, logprobs=self._logprobs),
             self._event("response.content_part.done", **self._where(), part=self._part(text)),
-            self._event("response.output_item.done", output_index=0, item=self._message(text, "completed")),
-        ]
+            self._event("response.output_item.done", output_index=self._places["message"],
+                        item=self._message(text, "completed")),
+        ]  # fmt: skip
+
+    def _reasoning(self, text: str | None, status: str) -> dict[str, Any]:
+        content = [] if text is None else [{"type": "reasoning_text", "text": text}]
+        return {
+            "type": "reasoning",
+            "id": self.reasoning_id,
+            "summary": [],
+            "content": content,
+            "status": status,
+        }
 
     @staticmethod
     def _call_item(call: ToolCall) -> dict[str, Any]:
@@ -327,7 +377,7 @@ class ResponseShape(ReplyShape):
         return [self._event("error", code="server_error", message=message, param=None)]
 
     def _where(self) -> dict[str, Any]:
-        return {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+        return {"item_id": self.message_id, "output_index": self._places["message"], "content_index": 0}
 
     def _part(self, text: str) -> dict[str, Any]:
         return {"type": "output_text", "text": text, "annotations": [], "logprobs": self._logprobs}

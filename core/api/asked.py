@@ -15,6 +15,7 @@ from core.api.schemas import (
     FunctionCallItem,
     FunctionCallOutputItem,
     GenerationRequest,
+    ReasoningItem,
     ResponseFormat,
     ResponseRequest,
 )
@@ -196,6 +197,8 @@ def input_messages(body: ResponseRequest) -> list[dict[str, Any]]:
     if isinstance(body.input, str):
         return [*messages, {"role": "user", "content": body.input}]
     for index, item in enumerate(body.input):
+        if isinstance(item, ReasoningItem):
+            continue
         if isinstance(item, FunctionCallOutputItem):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
             continue

@@ -275,7 +275,14 @@ class FunctionCallOutputItem(_Request):
     output: str
 
 
-InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem
+class ReasoningItem(_Request):
+    """A response's reasoning sent back with the next input (the Agents SDK sends every output item back):
+    taken and left out, as chat templates leave a reply's reasoning out of the history."""
+
+    type: Literal["reasoning"]
+
+
+InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem | ReasoningItem
 
 
 class ResponseTool(_Request):
@@ -337,7 +344,9 @@ class ResponseRequest(GenerationRequest):
 
     @property
     def uses_tools(self) -> bool:
-        return not isinstance(self.input, str) and any(item.type != "message" for item in self.input)
+        return not isinstance(self.input, str) and any(
+            item.type in ("function_call", "function_call_output") for item in self.input
+        )
 
     @property
     def logprobs_asked(self) -> int | None:

@@ -47,6 +47,12 @@ def test_a_thinking_models_reasoning_comes_apart_from_its_answer(tmp_path: Path)
         response = client.responses.create(model="r1", input=ASKED, max_output_tokens=8, temperature=0)
         with client.responses.stream(model="r1", input=ASKED, max_output_tokens=8, temperature=0) as stream:
             events = list(stream)  # the helper raises on events out of order
+        # The next turn with every output item sent back, as the Agents SDK sends them: reasoning left out.
+        then = [*ASKED, *(item.model_dump(exclude_none=True) for item in response.output),
+                {"role": "user", "content": "And tomorrow?"}]  # fmt: skip
+        follow = client.responses.create(model="r1", input=then, max_output_tokens=2)
+        history = [*ASKED, {"role": "assistant", "content": ""}, {"role": "user", "content": "And tomorrow?"}]
+        as_chat = client.chat.completions.create(model="r1", max_tokens=2, messages=history)
     kinds, streamed = [event.type for event in events], events[-1].response  # incomplete: cut at 8 tokens
     reasoning = whole.choices[0].message.reasoning_content
     assert reasoning and reasoning == plain.choices[0].message.content.strip()
@@ -67,3 +73,4 @@ def test_a_thinking_models_reasoning_comes_apart_from_its_answer(tmp_path: Path)
         "response.output_text.done", "response.content_part.done", "response.output_item.done",
         "response.incomplete",
     ]  # fmt: skip
+    assert follow.usage.input_tokens == as_chat.usage.prompt_tokens

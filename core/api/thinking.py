@@ -1,7 +1,8 @@
 """A thinking model's reasoning sent apart from its answer: the text between <think> and </think> (Qwen3,
 the DeepSeek-R1 distills, SmolLM3) as ReasoningDelta events, which a chat completion sends as
 `reasoning_content` (DeepSeek's field, as llama.cpp's server does by default and vLLM with its
-reasoning parser) and Ollama as `message.thinking`; the answer alone stays the reply's content."""
+reasoning parser), a response as a reasoning item and Ollama as `message.thinking`; the answer alone
+stays the reply's content."""
 
 from __future__ import annotations
 

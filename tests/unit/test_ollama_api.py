@@ -112,3 +112,22 @@ def test_ollamas_errors_and_loading(engine: LocalEngine) -> None:
     )
     assert warmed is None or warmed.result(timeout=60) is not None
     assert engine.loaded is not None and engine.loaded.key == "tiny"
+
+
+def test_ollamas_endpoints_need_the_key_as_openais_do(engine: LocalEngine) -> None:
+    """A server on the LAN requires its bearer key on /api/* too (Ollama's clients send headers); only
+    the version, as /health, answers without it."""
+    with serving(engine, ["tiny"], api_key="secret-token") as url:
+        base = url.removesuffix("/v1")
+        anonymous = ollama.Client(host=base)
+        keyed = ollama.Client(host=base, headers={"Authorization": "Bearer secret-token"})
+        refused = []
+        for call in (anonymous.list, anonymous.ps, lambda: anonymous.show("tiny"),
+                     lambda: anonymous.chat(model="tiny", messages=ASKED)):  # fmt: skip
+            with pytest.raises(ollama.ResponseError) as denied:
+                call()
+            refused.append((denied.value.status_code, denied.value.error))
+        version = httpx2.get(f"{base}/api/version")
+        listed = keyed.list().models
+    assert refused == [(401, "Invalid or missing API key.")] * 4
+    assert version.status_code == 200 and [model.model for model in listed] == ["tiny:latest"]

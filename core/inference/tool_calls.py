@@ -99,22 +99,22 @@ class CallStyle:
             except MessageError as exc:
                 said = exc.message.removeprefix("The JSON schema ")
                 raise MessageError(f"The parameters of {function['name']!r} {said}", **exc.params) from exc
-        choices = [
-            {
+        choices, definitions = [], {}
+        for place, function in enumerate(functions):
+            parameters, defined = _hoisted(function.get("parameters") or {"type": "object"}, f"tool{place}_")
+            definitions |= defined
+            choices.append({
                 "type": "object",
-                "properties": {
-                    "name": {"const": function["name"]},
-                    self.arguments_key: function.get("parameters") or {"type": "object"},
-                },
+                "properties": {"name": {"const": function["name"]}, self.arguments_key: parameters},
                 "required": ["name", self.arguments_key],
                 "additionalProperties": False,
-            }
-            for function in functions
-        ]
+            })  # fmt: skip
         body = {
             **(choices[0] if len(choices) == 1 else {"anyOf": choices}),
             "x-guidance": _AS_TEMPLATES_WRITE,
         }
+        if definitions:
+            body["$defs"] = definitions
         if self.after_text:  # Lark: "\\n" is a newline
             call = 'call: "<tool_call>\\n" body "\\n</tool_call>"'
             start = 'start: call ("\\n" call)*' if many else "start: call"
@@ -129,6 +129,36 @@ class CallStyle:
             raise MessageError(f"The tools' parameters together cannot hold a reply: "
                                f"{found.group(1) if found else 'too large'}; send fewer or smaller tools.",
                                reason="format_invalid") from exc  # fmt: skip
+
+
+def _hoisted(parameters: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A tool's parameters to sit inside the calls' schema, and the definitions they refer to, named its
+    own way (`prefix`) for the root's `$defs`: pydantic's schemas (OpenAI's `pydantic_function_tool`,
+    the Agents SDK's tools) refer to their nested models as `#/$defs/…`, which means the root."""
+    own = {**parameters.get("definitions", {}), **parameters.get("$defs", {})}
+    recursive = False
+
+    def moved(node: Any) -> Any:
+        nonlocal recursive
+        if isinstance(node, list):
+            return [moved(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        kept = {key: moved(value) for key, value in node.items() if key not in ("$defs", "definitions")}
+        reference = node.get("$ref")
+        if reference == "#":  # the parameters themselves (a recursive model)
+            kept["$ref"], recursive = f"#/$defs/{prefix}", True
+        elif isinstance(reference, str):
+            for head in ("#/$defs/", "#/definitions/"):
+                if reference.startswith(head):
+                    kept["$ref"] = f"#/$defs/{prefix}{reference.removeprefix(head)}"
+        return kept
+
+    body = moved(parameters)
+    definitions = {f"{prefix}{name}": moved(value) for name, value in own.items()}
+    if recursive:
+        definitions[prefix] = body
+    return body, definitions
 
 
 HERMES = CallStyle("hermes", "<tool_call>", after_text=True, arguments_key="arguments")

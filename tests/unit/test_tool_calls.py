@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from core.api.calls import CallsMade, with_calls
 from core.api.shapes import ResponseShape
@@ -429,3 +431,28 @@ def test_tools_too_many_to_hold_a_call_to_are_refused_in_a_sentence() -> None:
     said = refused.value.message
     assert said.startswith("The tools' parameters together cannot hold a reply: ") and "too big" in said
     assert said.endswith("; send fewer or smaller tools.") and "%json" not in said  # no grammar dumped
+
+
+class City(BaseModel):
+    name: str = Field(max_length=12)
+    country: Literal["FR", "CN"]
+
+
+class Trip(BaseModel):
+    """Tools as OpenAI's SDK and the Agents SDK make them from pydantic models: nested models referred
+    to as `#/$defs/…` from the tool's parameters."""
+
+    city: City
+    days: int = Field(ge=1, le=7)
+
+
+def test_a_tool_made_from_pydantic_models_is_called_with_arguments_that_parse(engine: LocalEngine) -> None:
+    tool = openai.pydantic_function_tool(Trip)
+    named = {"type": "function", "function": {"name": "Trip"}}
+    with serving(engine, ["tiny"]) as url:
+        reply = _client(url).chat.completions.parse(
+            model="tiny", messages=ASKED, tools=[tool], tool_choice=named, max_tokens=200, temperature=0
+        )
+    [call] = reply.choices[0].message.tool_calls
+    assert isinstance(call.function.parsed_arguments, Trip)  # the SDK parsed them into the model
+    assert call.function.parsed_arguments.city.country in ("FR", "CN")

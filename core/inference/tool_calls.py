@@ -25,7 +25,10 @@ from core.errors import MessageError
 from core.inference.chat_tokenizer import THINKING_ENDS
 from core.inference.formats import ReplyFormat, checked_format, checked_grammar
 
-_AS_TEMPLATES_WRITE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
+# As templates write calls (", " and ": "); lenient: a keyword or format llguidance does not hold a value
+# to (uniqueItems, "not", a format of the app's own) is passed over, as OpenAI's non-strict tools take it.
+_AS_TEMPLATES_WRITE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False,
+                       "lenient": True}  # fmt: skip
 _COMPILER_SAID = re.compile(r"failed to compile JSON schema: (.*?)(?: \d+ \||$)")  # llguidance's words
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*)\Z", re.DOTALL)  # the last may be open
 
@@ -95,7 +98,7 @@ class CallStyle:
         functions = [tool["function"] for tool in tools if name is None or tool["function"]["name"] == name]
         for function in functions:  # each schema alone first: a fault is named with its function
             try:
-                checked_format(function.get("parameters"))
+                checked_format({**(function.get("parameters") or {}), "x-guidance": {"lenient": True}})
             except MessageError as exc:
                 said = exc.message.removeprefix("The JSON schema ")
                 raise MessageError(f"The parameters of {function['name']!r} {said}", **exc.params) from exc

@@ -21,6 +21,7 @@ from core.errors import MessageError
 from core.inference.chat_tokenizer import ChatTokenizer
 from core.inference.engine import LocalEngine
 from core.inference.events import Event, Finished, ReplyStats, TextDelta
+from core.inference.formats import checked_format
 from core.inference.prompts import ToolUse, prompt_ids
 from core.inference.tool_calls import HERMES, LLAMA_JSON, CallStyle, ToolCall
 from tests.fixtures.serving import serving
@@ -456,3 +457,15 @@ def test_a_tool_made_from_pydantic_models_is_called_with_arguments_that_parse(en
     [call] = reply.choices[0].message.tool_calls
     assert isinstance(call.function.parsed_arguments, Trip)  # the SDK parsed them into the model
     assert call.function.parsed_arguments.city.country in ("FR", "CN")
+
+
+def test_a_tools_keywords_that_cannot_hold_a_value_are_passed_over_as_openai_takes_them() -> None:
+    """A tool describes a function: `uniqueItems`, `not`, a format of the app's own are taken (OpenAI's
+    non-strict tools take them) and left to the model, where a reply's own schema would be refused."""
+    parameters = {"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+        "phone": {"type": "string", "format": "phone"}, "other": {"not": {"type": "null"}}}}  # fmt: skip
+    tool = {"type": "function", "function": {"name": "save", "parameters": parameters}}
+    assert HERMES.calls_format([tool], forced=True, many=False).lark
+    with pytest.raises(MessageError, match="Unimplemented keys"):
+        checked_format(parameters)  # a reply held to this very schema is refused: it could not be held

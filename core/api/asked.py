@@ -200,7 +200,11 @@ def input_messages(body: ResponseRequest) -> list[dict[str, Any]]:
         if isinstance(item, ReasoningItem):
             continue
         if isinstance(item, FunctionCallOutputItem):
-            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
+            if others := item.parts_other_than_text():
+                raise APIError(400, f"A tool's output may hold text only; item {index} has "
+                               f"{', '.join(others)}.", code="unsupported_content",
+                               param=f"input[{index}].output")  # fmt: skip
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
             continue
         if isinstance(item, FunctionCallItem):
             call = {"id": item.call_id, "type": "function", "function": {

@@ -8,7 +8,7 @@ and a response's shapes of them); both requests say which in the chat completion
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
@@ -48,21 +48,35 @@ class ToolCallMade(_Request):
     function: CalledFunction
 
 
-class ChatMessage(_Request):
+class _Said(_Request):
+    """What holds text, or parts of it (`said`): the parts of other kinds (images, audio) are named."""
+
+    text_parts: ClassVar[frozenset[str]] = frozenset({"text"})
+
+    @property
+    def said(self) -> str | list[ContentPart] | None:
+        raise NotImplementedError
+
+    def parts_other_than_text(self) -> list[str]:
+        if not isinstance(self.said, list):
+            return []
+        return [part.type for part in self.said if part.type not in self.text_parts]
+
+    def text(self) -> str:
+        if isinstance(self.said, list):
+            return "".join(part.text or "" for part in self.said)
+        return self.said or ""
+
+
+class ChatMessage(_Said):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     tool_calls: Annotated[list[ToolCallMade], Field(max_length=MAX_TOOLS)] | None = None
     tool_call_id: ToolCallId | None = None  # a tool's message: the call it answers
 
-    def parts_other_than_text(self) -> list[str]:
-        if not isinstance(self.content, list):
-            return []
-        return [part.type for part in self.content if part.type != "text"]
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text or "" for part in self.content)
-        return self.content or ""
+    @property
+    def said(self) -> str | list[ContentPart] | None:
+        return self.content
 
 
 class StreamOptions(_Request):
@@ -240,21 +254,16 @@ class CompletionRequest(GenerationRequest):
         return self.logprobs
 
 
-class InputMessage(_Request):
+class InputMessage(_Said):
     """An item of a response's `input`: a message (the Responses API's `easy` form, or typed)."""
 
+    text_parts: ClassVar[frozenset[str]] = RESPONSE_TEXT_PARTS
     type: Literal["message"] = "message"
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart]
 
-    def parts_other_than_text(self) -> list[str]:
-        if not isinstance(self.content, list):
-            return []
-        return [part.type for part in self.content if part.type not in RESPONSE_TEXT_PARTS]
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text or "" for part in self.content)
+    @property
+    def said(self) -> str | list[ContentPart]:
         return self.content
 
 
@@ -267,12 +276,17 @@ class FunctionCallItem(_Request):
     arguments: str
 
 
-class FunctionCallOutputItem(_Request):
-    """A tool's result for a call, in a response's `input`."""
+class FunctionCallOutputItem(_Said):
+    """A tool's result for a call, in a response's `input`: text, or parts of text."""
 
+    text_parts: ClassVar[frozenset[str]] = RESPONSE_TEXT_PARTS
     type: Literal["function_call_output"]
     call_id: ToolCallId
-    output: str
+    output: str | list[ContentPart]
+
+    @property
+    def said(self) -> str | list[ContentPart]:
+        return self.output
 
 
 class ReasoningItem(_Request):

@@ -285,6 +285,8 @@ def test_the_responses_api_calls_tools_as_openais_sdk_reads_them(engine: LocalEn
         result = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21°C"}
         answered = [*ASKED, call.model_dump(exclude_none=True), result]
         second = client.responses.create(model="tiny", input=answered, tools=tools, max_output_tokens=4)
+        in_parts = [*answered[:-1], result | {"output": [{"type": "input_text", "text": "sunny, 21°C"}]}]
+        parts = client.responses.create(model="tiny", input=in_parts, tools=tools, max_output_tokens=4)
         made = {"id": call.call_id, "type": "function",
                 "function": {"name": call.name, "arguments": call.arguments}}  # fmt: skip
         chat = client.chat.completions.create(model="tiny", tools=TOOLS, max_tokens=4, messages=[
@@ -305,7 +307,9 @@ def test_the_responses_api_calls_tools_as_openais_sdk_reads_them(engine: LocalEn
                      "response.function_call_arguments.delta", "response.function_call_arguments.done",
                      "response.output_item.done", "response.completed"]  # fmt: skip
     # The call and its result read as the same conversation through either API.
-    assert second.usage.input_tokens == chat.usage.prompt_tokens
+    assert (
+        second.usage.input_tokens == chat.usage.prompt_tokens == parts.usage.input_tokens
+    )  # output in parts
     assert second.output[0].type == "message" and second.output_text == chat.choices[0].message.content
 
 

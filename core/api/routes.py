@@ -327,6 +327,10 @@ def _check_chat(body: ChatCompletionRequest) -> None:
         raise APIError(
             400, "top_logprobs goes with logprobs true.", code="invalid_request", param="top_logprobs"
         )
+    if body.functions:
+        raise APIError(400, "'functions' is OpenAI's older form of tools: send them as 'tools' (each "
+                       "{\"type\": \"function\", \"function\": …}).", code="unsupported_parameter",
+                       param="functions")  # fmt: skip
 
 
 def _params(body: GenerationRequest, defaults: GenerationParams) -> GenerationParams:

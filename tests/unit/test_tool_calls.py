@@ -251,6 +251,7 @@ def test_what_a_client_gets_wrong_about_tools_is_named(engine: LocalEngine) -> N
          "should match pattern"),
         ({"tools": [{"type": "code_interpreter"}]}, "tools[0].type", "Input should be 'function'"),
         ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "tools", "tools or a format"),
+        ({"functions": [WEATHER["function"]]}, "functions", "send them as 'tools'"),
         ({"tools": [WEATHER | {"function": {"name": "f", "parameters": {"type": "nonsense"}}}]}, "tools",
          "The parameters of 'f' cannot hold a reply: Invalid type: nonsense."),
         ({"tools": TOOLS, "messages": [*ASKED, called]}, "messages[1].tool_calls[0].function.arguments",

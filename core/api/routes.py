@@ -162,7 +162,10 @@ def create_app(
         if shape.reasoning_apart and body.thinking is not False and not isinstance(prompt, Continuation):
             tokenizer = await run_in_threadpool(engine.tokenizer, body.model)
             if tokenizer.thinks:
-                events = with_reasoning(events, await run_in_threadpool(lambda: tokenizer.opens_thinking))
+                inside = await run_in_threadpool(lambda: tokenizer.opens_thinking)
+                events = with_reasoning(
+                    events, inside, lambda text: len(tokenizer.encode(text)) if text else 0
+                )
         if calling:
             events = with_calls(events, calling.style, calling.names)
         try:

@@ -410,11 +410,16 @@ class PromptTokensDetails(_Response):
     cached_tokens: int  # of the prompt, those an earlier reply's cache held (OpenAI's field)
 
 
+class CompletionTokensDetails(_Response):
+    reasoning_tokens: int  # of the completion, a thinking model's reasoning
+
+
 class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
 
 
 class FunctionCalled(_Response):

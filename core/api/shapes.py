@@ -19,6 +19,7 @@ from core.api.schemas import (
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
+    CompletionTokensDetails,
     Delta,
     FunctionCalled,
     PromptTokensDetails,
@@ -41,6 +42,7 @@ def usage_of(stats: ReplyStats) -> Usage:
     return Usage(
         prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens, total_tokens=total,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=stats.cached_tokens),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=stats.reasoning_tokens),
     )  # fmt: skip
 
 
@@ -396,7 +398,7 @@ class ResponseShape(ReplyShape):
                 "input_tokens": stats.prompt_tokens,
                 "input_tokens_details": {"cached_tokens": stats.cached_tokens},
                 "output_tokens": stats.completion_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": stats.reasoning_tokens},
                 "total_tokens": stats.prompt_tokens + stats.completion_tokens,
             }
         incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None

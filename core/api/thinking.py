@@ -6,8 +6,8 @@ stays the reply's content."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 from core.chat.reasoning import ReasoningStream
 from core.inference.events import Event, Finished, TextDelta
@@ -18,18 +18,26 @@ class ReasoningDelta:
     text: str
 
 
-def with_reasoning(events: Iterator[Event], inside: bool) -> Iterator[Event | ReasoningDelta]:
-    """`events` with the reply's reasoning apart; `inside`: the template opened it in the prompt."""
-    stream = ReasoningStream(inside)
+def with_reasoning(
+    events: Iterator[Event], inside: bool, count: Callable[[str], int]
+) -> Iterator[Event | ReasoningDelta]:
+    """`events` with the reply's reasoning apart; `inside`: the template opened it in the prompt. Its
+    tokens are counted from its text (`count`: the model's tokenizer) for the reply's statistics."""
+    stream, reasoning = ReasoningStream(inside), []
     try:
         for event in events:
             if isinstance(event, TextDelta):
-                yield from _parts(*stream.feed(event.text))
+                parts = stream.feed(event.text)
             elif isinstance(event, Finished):
-                yield from _parts(*stream.flush())
-                yield event
+                parts = stream.flush()
             else:
                 yield event
+                continue
+            reasoning.append(parts[0])
+            yield from _parts(*parts)
+            if isinstance(event, Finished):
+                tokens = min(count("".join(reasoning)), event.stats.completion_tokens)
+                yield Finished(replace(event.stats, reasoning_tokens=tokens))
     finally:
         events.close()  # type: ignore[attr-defined]  # frees the engine's turn, however this ends
 

@@ -17,6 +17,7 @@ class ReplyStats:
     finish_reason: str  # "stop", "length", "stopped", "error"
     model: str
     cached_tokens: int = 0  # prompt tokens an earlier reply's kept cache held (not prefilled again)
+    reasoning_tokens: int = 0  # of the completion, a thinking model's reasoning (where it was told apart)
 
 
 @dataclass(frozen=True)

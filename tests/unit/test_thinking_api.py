@@ -57,6 +57,11 @@ def test_a_thinking_models_reasoning_comes_apart_from_its_answer(tmp_path: Path)
     reasoning = whole.choices[0].message.reasoning_content
     assert reasoning and reasoning == plain.choices[0].message.content.strip()
     assert whole.choices[0].message.content == "" and plain.choices[0].message.reasoning_content is None
+    # The reasoning's tokens, counted from its text, in OpenAI's usage fields.
+    counted = min(len(engine.tokenizer("r1").encode(reasoning)), 8)
+    assert counted > 0 and whole.usage.completion_tokens_details.reasoning_tokens == counted
+    assert plain.usage.completion_tokens_details.reasoning_tokens == 0
+    assert response.usage.output_tokens_details.reasoning_tokens == counted
     deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
     assert "".join(getattr(delta, "reasoning_content", None) or "" for delta in deltas) == reasoning
     assert not "".join(delta.content or "" for delta in deltas)

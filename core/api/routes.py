@@ -243,36 +243,35 @@ def create_app(
         key = ready(ollama.model_key(ollama.shown_name(await raw_body(request))))
         return await run_in_threadpool(lambda: ollama.shown(entry(key), engine.tokenizer(key)))
 
-    def ollama_load(raw: bytes, chat: bool) -> dict[str, Any]:
-        """Ollama's way to load a model (a chat without messages, a generate without a prompt): loaded
-        ahead of the first reply, never over another."""
+    async def ollama_asked(request: Request, chat: bool) -> Any:
+        """An Ollama chat's or generate's body as the request it means (core.api.ollama), checked; or,
+        for a chat without messages or a generate without a prompt (Ollama's way to load a model), the
+        model loaded ahead of the first reply, never over another, and the answer that says so."""
+        raw = await raw_body(request)
+        body = ollama.chat_request(raw) if chat else ollama.generate_request(raw)
+        if body is not None:
+            return known(_checked(body))
         key = ready(ollama.model_key(ollama.shown_name(raw)))
         engine.warm(key)
         return ollama.loading(key, chat)
 
     @app.post("/api/chat", dependencies=[Depends(require_key)])
     async def ollama_chat(request: Request) -> Any:
-        raw = await raw_body(request)
-        body = ollama.chat_request(raw)
-        if body is None:
-            return ollama_load(raw, chat=True)
-        body = known(_checked(body))
+        body = await ollama_asked(request, chat=True)
+        if isinstance(body, dict):  # loading
+            return body
         calling = await run_in_threadpool(tool_use, body)
         shape = ollama.OllamaShape(body.model, chat=True)
-        prompt = chat_prompt(body, calling)
-        return await reply(request, body, prompt, shape, calling)
+        return await reply(request, body, chat_prompt(body, calling), shape, calling)
 
     @app.post("/api/generate", dependencies=[Depends(require_key)])
     async def ollama_generate(request: Request) -> Any:
-        raw = await raw_body(request)
-        body = ollama.generate_request(raw)
-        if body is None:
-            return ollama_load(raw, chat=False)
-        body = known(_checked(body))
+        body = await ollama_asked(request, chat=False)
+        if isinstance(body, dict):  # loading
+            return body
         shape = ollama.OllamaShape(body.model, chat=False)
-        if isinstance(body, CompletionRequest):
-            return await reply(request, body, RawPrompt(body.text), shape)
-        return await reply(request, body, chat_prompt(body), shape)
+        prompt = RawPrompt(body.text) if isinstance(body, CompletionRequest) else chat_prompt(body)
+        return await reply(request, body, prompt, shape)
 
     @app.post("/v1/responses", dependencies=[Depends(require_key)])
     async def responses(request: Request) -> Any:

@@ -151,9 +151,8 @@ class TokenChooser:
         penalty raises a seen token's score (`Sampling.lifts`): a token from beyond the best read could
         then rise among them."""
         sampling = self.sampling
-        if sampling.lifts or (
-            self.guide is not None and self.guide.holding
-        ):  # its mask may leave out the best
+        held = self.guide is not None and self.guide.holding  # the format's mask may leave out the best
+        if sampling.lifts or held:
             return 0
         k = 1 if sampling.greedy else sampling.top_k
         return min(self.vocabulary, 2 * k + SHORTLIST_EXTRA) if 0 < k <= SHORTLIST_MAX_K else 0

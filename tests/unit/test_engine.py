@@ -237,9 +237,12 @@ def test_between_replies_the_int4_weights_are_kept_unpacked_for_prompts_where_me
 
     monkeypatch.setattr(engine_module, "KEEP_UNPACKED_MIN_BYTES", 0)  # a real model's copy is ≥ 0.5 GB
     trims = []  # at each hand-back of freed memory: whether a loaded model's matrices were all kept
+    # This engine's (an earlier test's engine, unloading when idle, would hand back memory too).
+    own_thread = engine.on_torch_thread(threading.get_ident)
 
     def trim() -> None:
-        trims.append(engine._parts is not None and all(layer.kept for layer in _int4_layers(engine)))
+        if threading.get_ident() == own_thread:
+            trims.append(engine._parts is not None and all(layer.kept for layer in _int4_layers(engine)))
 
     monkeypatch.setattr(engine_module, "return_freed_memory_to_os", trim)
     long_prompt = [{"role": "user", "content": "tell me " * INT4_PROMPT_ROWS}]

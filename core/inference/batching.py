@@ -28,11 +28,14 @@ import torch
 
 from core.inference.decoder import Decoder, KvCache, Segment
 from core.inference.reuse import KeptCaches
-from core.inference.sampler import Best, TokenChooser, best_of_each
+from core.inference.sampler import Best, LogprobEntry, TokenChooser, best_of_each, logprob_entries
 
 PREFILL_ALONE = 512  # prompt tokens a step when no other reply is decoding (bounds a long prompt's memory)
 # Prompt tokens a step beside decoding replies (~0.2 s on 2 cores for Qwen2.5-0.5B, ~0.5 s for TinyLlama).
 PREFILL_BESIDE = 64
+# Prompt tokens a step of a prompt whose tokens' log-probabilities are asked (every row's logits, not only
+# the last: 64 × 151,936 floats, 39 MB, for Qwen's vocabulary).
+SCORED_PART = 64
 # A batch that starts from idle waits while requests keep arriving, each within GATHER_GAP_S of the last
 # (GATHER_MAX_S at most): requests sent together reach the server a few milliseconds apart (parsing,
 # the chat template), and their prompts then go in one pass instead of one after another. Four clients
@@ -60,6 +63,11 @@ class Request:
     cache: KvCache | None = None
     prefilled: int = 0  # prompt tokens in the cache
     cached: int = 0  # of them, those a kept cache held when it started
+    # The prompt's tokens' log-probabilities are read, with this many alternatives each (an echoed
+    # completion's): the prompt is read whole, in passes of its own; `prompt_logged` resolves once read.
+    prompt_logprobs: int | None = None
+    prompt_logged: Future[list[LogprobEntry]] = field(default_factory=Future)
+    scored: list[LogprobEntry] = field(default_factory=list)
 
     @property
     def decoding(self) -> bool:
@@ -90,6 +98,8 @@ class Batch:
         graph), else in the kept cache itself when it is large enough, else in a new one."""
         capacity = len(request.prompt) + request.max_new_tokens
         source, shared = self.kept.best(request.owner, request.prompt)
+        if request.prompt_logprobs is not None:  # every token's logits are needed
+            source, shared = None, 0
         if not self.active and self.decoder.use_graphs:
             self.kept.discard(self.decoder.cache)  # rewritten from here on
             cache = self.decoder.reset(capacity)
@@ -127,11 +137,14 @@ class Batch:
         if not self.active:
             return
         decoding = [r for r in self.active if r.decoding]
+        reading = [r for r in self.active if not r.decoding]
+        for request in (r for r in reading if r.prompt_logprobs is not None):
+            self._read_scored(request)
         # Token ids on the CPU: the decoder moves a pass's ids to the GPU in one copy.
         segments = [Segment(r.cache, torch.tensor(r.generated[-1:])) for r in decoding]
         served = list(decoding)
         budget = PREFILL_BESIDE if decoding else PREFILL_ALONE
-        for request in (r for r in self.active if not r.decoding):
+        for request in (r for r in reading if r.prompt_logprobs is None):
             part = request.prompt[request.prefilled : request.prefilled + budget]
             segments.append(Segment(request.cache, torch.tensor(part)))
             request.prefilled += len(part)
@@ -139,6 +152,8 @@ class Batch:
             served.append(request)
             if budget <= 0:
                 break
+        if not segments:  # only scored prompts were read
+            return
         try:
             logits = self.decoder.run(segments)
         except Exception as exc:  # every reply in this pass fails with it
@@ -155,6 +170,28 @@ class Batch:
         best = best_of_each([request.chooser for request in choosing], logits)
         for request, row, row_best in zip(choosing, logits, best, strict=True):
             self._choose(request, row, row_best)
+
+    def _read_scored(self, request: Request) -> None:
+        """A part of a prompt whose tokens' log-probabilities are asked, in a pass of its own (the logits
+        after each token, not only the last); once read whole, its first token is chosen from the last."""
+        start = request.prefilled
+        part = request.prompt[start : start + SCORED_PART]
+        try:
+            logits = self.decoder.logits_of_each(request.cache, torch.tensor(part))
+        except Exception as exc:
+            self._finish(request, exc)
+            return
+        request.prefilled += len(part)
+        targets = request.prompt[start + 1 : request.prefilled + 1]
+        request.scored += logprob_entries(logits[: len(targets)], targets, request.prompt_logprobs or 0)
+        if not request.decoding:
+            request.on_read(request.prefilled)
+            return
+        request.prompt_logged.set_result(request.scored)
+        if request.max_new_tokens:
+            self._choose(request, logits[-1], None)
+        else:
+            self._finish(request)
 
     def _choose(self, request: Request, logits: torch.Tensor, best: Best | None) -> None:
         if request.stop.is_set():  # stopped while this pass ran (its reader said so): no more tokens

@@ -500,10 +500,13 @@ class LocalEngine:
         owner: str = "",
         reply_format: ReplyFormat | None = None,
         logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
+        generate: bool = True,
     ) -> Iterator[Event]:
         """Queue, load if needed, and stream a reply to `prompt` (a conversation, or raw text to continue):
         Queued..., TextDelta..., then Finished; `reply_format`: the JSON it is held to; `logprobs`: the
-        tokens' log-probabilities (Logprobs events) with this many alternatives each.
+        tokens' log-probabilities (Logprobs events) with this many alternatives each; `prompt_logprobs`:
+        the prompt's first; `generate` False: no reply, the prompt only (generation.stream_reply).
 
         Setting `stop`, or closing the iterator, ends generation within a token and ends the thread.
         `owner` (a conversation, an API client): the prompt may start from the KV cache of an earlier
@@ -522,7 +525,8 @@ class LocalEngine:
                 context = self.context_tokens(key)
                 yield from stream_reply(
                     self._parts, prompt, params, stop, ignore_eos, context, self._torch.submit,
-                    self._batcher, owner, reply_format, logprobs=logprobs,
+                    self._batcher, owner, reply_format, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                    generate=generate,
                 )  # fmt: skip
             finally:
                 # A prompt's temporaries (widened weights) are freed by now: hand them back to the OS,

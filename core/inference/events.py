@@ -54,7 +54,7 @@ class TokenLogprob:
     id: int
     token: str
     raw: bytes
-    logprob: float
+    logprob: float | None  # None: a prompt's first token (nothing came before it)
     top: tuple[TokenLogprob, ...] = ()
 
 

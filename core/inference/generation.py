@@ -20,11 +20,12 @@ from core.inference.events import Event, Finished, Logprobs, Reading, ReplyStats
 from core.inference.loading import LoadedParts
 from core.inference.params import DEFAULT_TOP_K, GenerationParams
 from core.inference.prompts import Prompt
+from core.inference.scoring import logprobs_of
 
 if TYPE_CHECKING:
     from core.inference.batching import Batcher, Request
     from core.inference.formats import FormatGuide, ReplyFormat
-    from core.inference.sampler import Sampling
+    from core.inference.sampler import LogprobEntry, Sampling
     from core.inference.streaming import ReplyStreamer
 
 RunOnTorchThread = Callable[[Callable[[], Any]], Future[Any]]
@@ -65,37 +66,54 @@ def stream_reply(
     owner: str = "",
     reply_format: ReplyFormat | None = None,
     logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+    generate: bool = True,
 ) -> Iterator[Event]:
     """TextDelta events as the reply is decoded (prompt and reply within `context` tokens), then
     Finished with its statistics. With a `batcher` (the lean decoder) the reply joins the running
     batch, and a prompt read in parts says how far it is after each (Reading); otherwise
     `model.generate` runs it alone on the torch thread. `reply_format`: the JSON the reply is held to;
-    `logprobs`: Logprobs events before the text of their tokens, with this many alternatives each."""
+    `logprobs`: Logprobs events before the text of their tokens, with this many alternatives each;
+    `prompt_logprobs`: first, the prompt's tokens' (the first has none), with this many alternatives.
+    `generate` False: no reply, the prompt is only read (where its tokens' log-probabilities are asked)."""
     from core.inference.streaming import ReplyStreamer
 
     inputs = _prompt(parts, prompt, params.thinking)
     prompt_tokens = int(inputs["input_ids"].shape[1])
     # Callers measured the prompt first (prompts.fit); measured again here, the cache never outgrows it.
-    room = prompts.fit(prompt_tokens, context, params.max_new_tokens).max_new_tokens
-    params = replace(params, max_new_tokens=room)
+    room = prompts.fit(prompt_tokens, context, params.max_new_tokens).max_new_tokens if generate else 0
+    params = replace(params, max_new_tokens=max(room, 1))
     streamer = ReplyStreamer(parts.tokenizer, skip_prompt=True)
     criterion = StopOnEvent(stop)
     started = time.perf_counter()
+    if not room and prompt_logprobs is None:  # nothing to read the prompt for
+        yield Finished(_stats(parts.info.key, prompt_tokens, 0, 0, started, criterion, "length"))
+        return
     request = None
     guide = _guide(parts, reply_format) if reply_format is not None else None
     if batcher is not None:
-        request = _request(
-            parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos, owner, guide, logprobs
-        )
+        request = _request(parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos, owner,
+                           guide, logprobs, prompt_logprobs, room)  # fmt: skip
         worker = batcher.submit(request)
-        log = request.chooser.logged
+        log, prompt_logged = request.chooser.logged, request.prompt_logged
     else:
         head = None if logprobs is None else _HeadLog(parts.model.get_output_embeddings(), logprobs)
-        worker = run_on_torch(
-            lambda: _generate(parts, inputs, params, streamer, criterion, ignore_eos, guide, head)
-        )
+        prompt_logged = Future()
+
+        def work() -> list[int]:
+            if prompt_logprobs is not None:
+                ids = inputs["input_ids"][0].tolist()
+                prompt_logged.set_result(logprobs_of(parts, ids, prompt_logprobs))
+            return (
+                _generate(parts, inputs, params, streamer, criterion, ignore_eos, guide, head) if room else []
+            )
+
+        worker = run_on_torch(work)
         log = head.logged if head is not None else []
-    logged = _Logged(parts, log) if logprobs is not None else None
+    logged = None
+    if logprobs is not None or prompt_logprobs is not None:
+        first = int(inputs["input_ids"][0, 0])
+        logged = _Logged(parts, log, (first, prompt_logged) if prompt_logprobs is not None else None)
     try:
         yield from _text(streamer, worker, logged)
     finally:
@@ -125,6 +143,8 @@ def _text(
 ) -> Iterator[Reading | TextDelta | Logprobs]:
     ended = False  # the worker is done: one more empty wait, and it ended without a word (it failed)
     while (pieces := streamer.take(timeout=0.1)) is not None:
+        if logged is not None and (chances := logged.of_prompt()):
+            yield chances
         if not pieces:
             if ended:
                 break
@@ -134,20 +154,33 @@ def _text(
             yield chances
         for piece in pieces:
             yield piece if isinstance(piece, Reading) else TextDelta(piece)
-    if logged is not None and (chances := logged.upto(None)):
+    if logged is not None and (chances := logged.of_prompt() or logged.upto(None)):
         yield chances
 
 
 class _Logged:
     """The log-probabilities the reply's chooser keeps, as the reader hands them out (as far as its
-    tokens have reached the streamer): each token's text and bytes, its end of turn left out."""
+    tokens have reached the streamer): each token's text and bytes, its end of turn left out; and where
+    `prompt` (its first token, and the others' entries once read), the prompt's first."""
 
-    def __init__(self, parts: LoadedParts, logged: list[tuple[int, float, tuple[tuple[int, float], ...]]]):
+    def __init__(
+        self, parts: LoadedParts, logged: list[LogprobEntry],
+        prompt: tuple[int, Future[list[LogprobEntry]]] | None = None,
+    ) -> None:  # fmt: skip
         from core.inference.formats import token_bytes
 
         ends = frozenset(_reply_end_ids(parts))
-        self._logged, self._ends, self._sent = logged, ends, 0
+        self._logged, self._ends, self._sent, self._prompt = logged, ends, 0, prompt
         self._bytes = token_bytes(parts.tokenizer.backend, _width(parts), ends)
+
+    def of_prompt(self) -> Logprobs | None:
+        """The prompt's tokens, once read and not handed out yet (its first token has no log-probability:
+        nothing came before it)."""
+        if self._prompt is None or not self._prompt[1].done() or self._prompt[1].exception() is not None:
+            return None
+        (first, read), self._prompt = self._prompt, None
+        rest = (self._entry(token, logprob, top) for token, logprob, top in read.result())
+        return Logprobs((self._entry(first, None), *rest))
 
     def upto(self, count: int | None) -> Logprobs | None:
         """The entries not handed out yet, up to the `count`-th token (None: all)."""
@@ -158,7 +191,9 @@ class _Logged:
         )
         return Logprobs(tokens) if tokens else None
 
-    def _entry(self, token: int, logprob: float, top: tuple[tuple[int, float], ...] = ()) -> TokenLogprob:
+    def _entry(
+        self, token: int, logprob: float | None, top: tuple[tuple[int, float], ...] = ()
+    ) -> TokenLogprob:
         raw = self._bytes(token)
         try:
             text = raw.decode("utf-8")
@@ -218,7 +253,7 @@ class _HeadLog:
 
     def __init__(self, head: Any, alternatives: int) -> None:
         self.alternatives = alternatives
-        self.logged: list[tuple[int, float, tuple[tuple[int, float], ...]]] = []
+        self.logged: list[LogprobEntry] = []
         self._row: Any = None
         self._hook = head.register_forward_hook(self._written)
 
@@ -348,10 +383,11 @@ def _reply_end_ids(parts: LoadedParts) -> set[int]:
 
 def _request(
     parts: LoadedParts, prompt: Any, params: GenerationParams, streamer: ReplyStreamer,
-    criterion: StopOnEvent, ignore_eos: bool, owner: str, guide: FormatGuide | None = None,
-    logprobs: int | None = None,
+    criterion: StopOnEvent, ignore_eos: bool, owner: str, guide: FormatGuide | None,
+    logprobs: int | None, prompt_logprobs: int | None, room: int,
 ) -> Request:  # fmt: skip
-    """The reply as a request for the batch, streamed as generate streams it."""
+    """The reply as a request for the batch, streamed as generate streams it; `room`: its tokens at most
+    (0: none, the prompt is only read)."""
     from core.inference.batching import Request
     from core.inference.sampler import TokenChooser
 
@@ -368,7 +404,8 @@ def _request(
         return criterion.token_done()
 
     ends_reply = frozenset() if ignore_eos else frozenset(ends)
-    request = Request(prompt_ids, params.max_new_tokens, chooser, ends_reply, on_token, stop=criterion.event,
-                      owner=owner, on_read=lambda done: streamer.reading(done, len(prompt_ids)))  # fmt: skip
+    request = Request(prompt_ids, room, chooser, ends_reply, on_token, stop=criterion.event, owner=owner,
+                      on_read=lambda done: streamer.reading(done, len(prompt_ids)),
+                      prompt_logprobs=prompt_logprobs)  # fmt: skip
     request.done.add_done_callback(lambda _done: streamer.end())
     return request

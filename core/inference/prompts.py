@@ -29,6 +29,14 @@ class RawPrompt:
 
 
 @dataclass(frozen=True)
+class TokenPrompt:
+    """Token ids the model continues as they are (a completion's prompt sent as ids, as lm-eval sends
+    it): nothing added around them."""
+
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Continuation:
     """A conversation whose last message is the model's own reply, cut short: the model goes on with it
     where it ended (transformers' and vLLM's `continue_final_message`)."""
@@ -45,9 +53,9 @@ class ToolUse:
     tools: tuple[dict[str, Any], ...]
 
 
-# A conversation (with the chat template), raw text, a conversation whose last reply goes on, or one
-# with tools.
-Prompt = Sequence[dict[str, str]] | RawPrompt | Continuation | ToolUse
+# A conversation (with the chat template), raw text or ids, a conversation whose last reply goes on, or
+# one with tools.
+Prompt = Sequence[dict[str, str]] | RawPrompt | TokenPrompt | Continuation | ToolUse
 
 
 def prompt_ids(tokenizer: ChatTokenizer, prompt: Prompt, thinking: bool = True) -> list[int]:
@@ -58,6 +66,8 @@ def prompt_ids(tokenizer: ChatTokenizer, prompt: Prompt, thinking: bool = True) 
     DeepSeek-R1's drops its reasoning, have no say)."""
     if isinstance(prompt, RawPrompt):
         return tokenizer.encode(prompt.text, special=True)
+    if isinstance(prompt, TokenPrompt):
+        return list(prompt.ids)
     tools = prompt.tools if isinstance(prompt, ToolUse) else None
     asked, written = (
         (prompt.messages[:-1], prompt.messages[-1]["content"])
@@ -88,6 +98,8 @@ def _pieces(text: str) -> Iterator[str]:
 def count_prompt_tokens(tokenizer: ChatTokenizer, prompt: Prompt, limit: int | None = None) -> int:
     """Tokens of the prompt (`prompt_ids`). Past `limit` the count may stop early and return a number
     that is still above the limit: the work is bounded by the limit, not by the text's length."""
+    if isinstance(prompt, TokenPrompt):
+        return len(prompt.ids)
     if limit is not None:
         rough = pieces = 0
         for text in _texts(prompt):

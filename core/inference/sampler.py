@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -67,6 +67,8 @@ class Sampling:
 
 
 Best = tuple[list[float], list[int]]  # the best scores of a row of logits and their ids, best first
+# A token, its log-probability, and the likeliest tokens with theirs (OpenAI's top_logprobs)
+LogprobEntry = tuple[int, float, tuple[tuple[int, float], ...]]
 
 
 def best_scores(logits: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,14 +96,22 @@ def best_of_each(choosers: list[TokenChooser], logits: torch.Tensor) -> list[Bes
     ]
 
 
-def logprob_entry(
-    logits: torch.Tensor, token: int, alternatives: int
-) -> tuple[int, float, tuple[tuple[int, float], ...]]:
+def logprob_entry(logits: torch.Tensor, token: int, alternatives: int) -> LogprobEntry:
     """The token's log-probability under the model (its raw logits, before temperature and penalties,
     as vLLM gives them) and the likeliest `alternatives` tokens' with theirs."""
+    return logprob_entries(logits.unsqueeze(0), [token], alternatives)[0]
+
+
+def logprob_entries(logits: torch.Tensor, tokens: Sequence[int], alternatives: int) -> list[LogprobEntry]:
+    """`logprob_entry` of each row of `logits` (tokens × vocabulary) and its token."""
     logs = torch.log_softmax(logits.float(), -1)
+    chosen = logs.gather(-1, torch.tensor(tokens, device=logs.device).unsqueeze(-1))[:, 0].tolist()
     top = torch.topk(logs, min(alternatives, logs.shape[-1]))
-    return token, float(logs[token]), tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+    return [
+        (token, logprob, tuple(zip(ids, values, strict=True)))
+        for token, logprob, ids, values in zip(tokens, chosen, top.indices.tolist(), top.values.tolist(),
+                                               strict=True)
+    ]  # fmt: skip
 
 
 class TokenChooser:
@@ -120,7 +130,7 @@ class TokenChooser:
         self.guide = guide
         self.logprobs = logprobs
         # (token, its log-probability, the likeliest (token, log-probability) pairs) of each choice
-        self.logged: list[tuple[int, float, tuple[tuple[int, float], ...]]] = []
+        self.logged: list[LogprobEntry] = []
         self.vocabulary = vocabulary
         self.device = torch.device(device)
         self._seen_set = set(seen)

@@ -7,10 +7,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import MessageError
 from core.inference.loading import LoadedParts
+
+if TYPE_CHECKING:
+    from core.inference.sampler import LogprobEntry
 
 CHUNK_TOKENS = 256  # logits for a chunk at a time: a whole text's would be tokens × vocabulary floats
 CHARS_PER_TOKEN = 64  # more than any token covers: a text is cut to the window × this before tokenizing
@@ -42,8 +45,6 @@ class TextScore:
 
 def score_text(parts: LoadedParts, text: str) -> TextScore:
     """Score `text` (run on the engine's torch thread)."""
-    import torch
-
     context = parts.info.context_length
     kept = text[: context * CHARS_PER_TOKEN]  # a book is not tokenized whole for its first window
     ids = parts.tokenizer.encode(kept, special=True)
@@ -51,19 +52,30 @@ def score_text(parts: LoadedParts, text: str) -> TextScore:
     ids = ids[:context]
     if len(ids) < 2:
         raise MessageError("The text needs at least two tokens to be scored.")
+    tokens = tuple(
+        ScoredToken(token, parts.tokenizer.piece(token), logprob)
+        for token, logprob, _ in logprobs_of(parts, ids)
+    )
+    return TextScore(parts.info.key, parts.info.weights, tokens, truncated)
+
+
+def logprobs_of(parts: LoadedParts, ids: list[int], alternatives: int = 0) -> list[LogprobEntry]:
+    """Each token's log-probability after the ones before it (the first has none), with the likeliest
+    `alternatives` at its place: the sequence read a chunk at a time (run on the engine's torch thread)."""
+    import torch
+
+    from core.inference.sampler import logprob_entries
+
     sequence = torch.tensor(ids, device=parts.info.device)
     logits_of_each = _logits_reader(parts, len(ids))
-    logprobs: list[float] = []
+    entries: list[LogprobEntry] = []
     with torch.inference_mode():
         for start in range(0, len(ids) - 1, CHUNK_TOKENS):
             end = min(start + CHUNK_TOKENS, len(ids) - 1)
-            logits = logits_of_each(sequence[start:end])
-            targets = sequence[start + 1 : end + 1]
-            logprobs += logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1))[:, 0].tolist()
-    tokens = tuple(
-        ScoredToken(i, parts.tokenizer.piece(i), p) for i, p in zip(ids[1:], logprobs, strict=True)
-    )
-    return TextScore(parts.info.key, parts.info.weights, tokens, truncated)
+            entries += logprob_entries(
+                logits_of_each(sequence[start:end]), ids[start + 1 : end + 1], alternatives
+            )
+    return entries
 
 
 def _logits_reader(parts: LoadedParts, tokens: int) -> Callable[[Any], Any]:

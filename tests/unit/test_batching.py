@@ -105,6 +105,36 @@ def test_a_request_that_joins_mid_run_gets_the_tokens_it_gets_alone(decoder: Dec
     assert [r.done.result() for r in (first, second, third)] == expected
 
 
+def test_a_prompt_read_for_its_logprobs_beside_other_replies_leaves_each_as_alone(
+    model: Any, decoder: Decoder
+) -> None:
+    """An echoed completion's prompt (lm-eval's loglikelihood) is read in passes of its own, every row's
+    logits kept: its tokens' log-probabilities are the model's, its reply and the others' as alone."""
+    texts = prompts(decoder.vocabulary)
+    expected = [alone(decoder, prompt, sampling) for prompt, sampling in zip(texts, SAMPLINGS, strict=True)]
+    first, second = request(decoder, texts[0], SAMPLINGS[0]), request(decoder, texts[1], SAMPLINGS[1])
+    scored = request(decoder, texts[2], SAMPLINGS[2])  # longer than a part: read over three steps
+    scored.prompt_logprobs = 2
+    prompt_only = request(decoder, texts[1], Sampling(), new_tokens=0)
+    prompt_only.prompt_logprobs = 0
+    run(Batch(decoder), {0: [first], 2: [scored, prompt_only], 4: [second]})
+    assert [r.done.result() for r in (first, second, scored)] == expected
+    assert prompt_only.done.result() == []
+    for asked in (scored, prompt_only):
+        with torch.inference_mode():
+            reference = model(torch.tensor([asked.prompt])).logits[0, :-1].log_softmax(-1)
+        logged = asked.prompt_logged.result()
+        assert [token for token, _, _ in logged] == asked.prompt[1:]
+        assert [logprob for _, logprob, _ in logged] == pytest.approx(
+            reference.gather(-1, torch.tensor(asked.prompt[1:]).unsqueeze(-1))[:, 0].tolist(), abs=1e-4
+        )
+        assert [[token for token, _ in top] for _, _, top in logged] == (
+            reference.topk(asked.prompt_logprobs).indices.tolist()
+            if asked.prompt_logprobs
+            else [[]] * len(logged)
+        )
+
+
 class StandInGraphs:
     """CUDA graphs need a GPU, which the tests do not have: a stand-in "recording" runs `Decoder.step` on
     the recorded inputs at each replay. What surrounds the recording on CUDA is real: which caches,

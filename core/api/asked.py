@@ -6,12 +6,14 @@ parameter, before the model is touched."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from core.api.errors import APIError
 from core.api.schemas import (
     ChatCompletionRequest,
+    CompletionRequest,
     FunctionCallItem,
     FunctionCallOutputItem,
     GenerationRequest,
@@ -21,7 +23,7 @@ from core.api.schemas import (
 )
 from core.errors import MessageError
 from core.inference.formats import ReplyFormat, checked_format, checked_pattern, choice_pattern
-from core.inference.prompts import Continuation, Prompt, ToolUse
+from core.inference.prompts import Continuation, Prompt, RawPrompt, TokenPrompt, ToolUse
 from core.inference.tool_calls import CallStyle
 
 
@@ -160,6 +162,23 @@ def _arguments(text: str, where: str) -> dict[str, Any]:
         raise APIError(400, f"Invalid value for '{where}.arguments': expected a JSON object's text.",
                        param=f"{where}.arguments")  # fmt: skip
     return arguments
+
+
+def completion_prompt(body: CompletionRequest, vocabulary: Callable[[], int]) -> RawPrompt | TokenPrompt:
+    """A completion's one prompt: its text, or its token ids, each one of the `vocabulary()` the model's
+    tokenizer knows."""
+    prompt = body.prompts[0]
+    if isinstance(prompt, str):
+        return RawPrompt(prompt)
+    return TokenPrompt(tuple(known_ids(prompt, vocabulary(), "prompt")))
+
+
+def known_ids(ids: list[int], vocabulary: int, param: str) -> list[int]:
+    """`ids`, each one of the `vocabulary` the model's tokenizer knows; else 400 naming the first not."""
+    if (unknown := next((token for token in ids if token >= vocabulary), None)) is not None:
+        raise APIError(400, f"Token id {unknown} in '{param}' is not in this model's vocabulary (0 to "
+                       f"{vocabulary - 1}).", code="invalid_request", param=param)  # fmt: skip
+    return ids
 
 
 def chat_prompt(body: ChatCompletionRequest, calling: Calling | None = None) -> Prompt:

@@ -33,18 +33,21 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from core.access.hosts import HostPolicy, TrustedHostsMiddleware, load_host_policy
-from core.api import ollama
-from core.api.asked import Calling, chat_prompt, held_format, input_messages, tools_asked
+from core.api import ollama, tokenizing
+from core.api.asked import Calling, chat_prompt, completion_prompt, held_format, input_messages, tools_asked
 from core.api.calls import CallsMade, with_calls
 from core.api.errors import APIError, asgi_refusal, from_core, install_handlers, validated
 from core.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, BodyTooLargeError
 from core.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
     GenerationRequest,
     ModelCard,
     ModelList,
     ResponseRequest,
+    TokenizeChatRequest,
+    TokenizeTextRequest,
 )
 from core.api.shapes import ChatShape, ReplyShape, ResponseShape, TextShape, WholeReply
 from core.api.stops import until_stop_sequence
@@ -56,6 +59,7 @@ from core.inference.prompts import Continuation, Prompt, RawPrompt, ToolUse
 from core.inference.tool_calls import call_style
 
 if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
+    from core.inference.chat_tokenizer import ChatTokenizer
     from core.inference.engine import LocalEngine
 
 
@@ -139,26 +143,32 @@ def create_app(
         prompt: Prompt,
         shape: ReplyShape,
         calling: Calling | None = None,
+        echo: str | None = None,
     ) -> Any:
-        """The reply to `body`'s `prompt` in `shape`; `calling`: the tools it may call. A thinking model's
-        reasoning goes apart from its answer where the shape writes it apart (a reply that goes on in its
-        message keeps its text as it was)."""
+        """The reply to `body`'s `prompt` in `shape`; `calling`: the tools it may call; `echo`: the prompt's
+        text, sent before the reply's (with its tokens' log-probabilities where the body asks them). A
+        thinking model's reasoning goes apart from its answer where the shape writes it apart (a reply
+        that goes on in its message keeps its text as it was)."""
         # The format is checked before the model is touched; a reply's calls are held to their own.
         reply_format = calling.held if calling else await run_in_threadpool(held_format, body)
-        wanted = body.wanted_tokens or GenerationParams().max_new_tokens
+        wanted = GenerationParams().max_new_tokens if body.wanted_tokens is None else body.wanted_tokens
         try:
             fit = await run_in_threadpool(engine.fit_prompt, body.model, prompt, wanted)
         except ContextLengthError as exc:
             raise from_core(exc, "prompt" if isinstance(shape, TextShape) else "messages") from exc
         defaults = await run_in_threadpool(engine.default_params, body.model)  # the model's own, as vLLM
-        params = _params(body, replace(defaults, max_new_tokens=fit.max_new_tokens))
+        params = _params(body, replace(defaults, max_new_tokens=max(fit.max_new_tokens, 1)))
         stop = threading.Event()
         # A client's later turns may start from its earlier replies' caches, never from another's.
         client = request.client.host if request.client else ""
         events = engine.stream(body.model, prompt, params, stop, owner=f"api-{client}",
-                               reply_format=reply_format, logprobs=body.logprobs_asked)  # fmt: skip
+                               reply_format=reply_format, logprobs=body.logprobs_asked,
+                               prompt_logprobs=None if echo is None else body.logprobs_asked,
+                               generate=wanted > 0)  # fmt: skip
         if body.stop_sequences:
             events = until_stop_sequence(events, body.stop_sequences, stop)
+        if echo is not None:
+            events = _echoed(events, echo)
         if shape.reasoning_apart and body.thinking is not False and not isinstance(prompt, Continuation):
             tokenizer = await run_in_threadpool(engine.tokenizer, body.model)
             if tokenizer.thinks:
@@ -209,7 +219,62 @@ def create_app(
     async def completions(request: Request) -> Any:
         body = await read(request, CompletionRequest)
         shape = TextShape(body.model, body.logprobs_asked is not None)
-        return await reply(request, body, RawPrompt(body.text), shape)
+        prompt = await run_in_threadpool(
+            completion_prompt, body, lambda: engine.tokenizer(body.model).vocabulary_size
+        )
+        echo = None
+        if body.echo:
+            echo = (
+                prompt.text
+                if isinstance(prompt, RawPrompt)
+                else await run_in_threadpool(
+                    lambda: engine.tokenizer(body.model).decode(prompt.ids, skip_special_tokens=False)
+                )
+            )
+        return await reply(request, body, prompt, shape, echo=echo)
+
+    def tokenizer_of(asked: str | None) -> tuple[ChatTokenizer, int]:
+        """The tokenizer of the model named, else of the one loaded, else of the only one ready (vLLM
+        serves one model: its clients name none), and the model's context."""
+        keys = models()
+        loaded = engine.loaded
+        if asked is not None:
+            key = ready(asked)
+        elif loaded is not None and loaded.key in keys:
+            key = loaded.key
+        elif len(keys) == 1:
+            key = keys[0]
+        else:
+            names = ", ".join(keys[:20]) or "none is downloaded"
+            raise APIError(400, f"Name the model whose tokenizer to use ('model'): {names}.",
+                           code="invalid_request", param="model")  # fmt: skip
+        return engine.tokenizer(key), engine.context_tokens(key)
+
+    @app.post("/tokenize", dependencies=[Depends(require_key)])
+    async def tokenize(request: Request) -> dict[str, Any]:
+        raw = await raw_body(request)
+        try:
+            asks_chat = "messages" in json.loads(raw)
+        except (ValueError, TypeError):  # no JSON object: `validated` says so
+            asks_chat = False
+        body = validated(TokenizeChatRequest if asks_chat else TokenizeTextRequest, raw)
+
+        def tokenized() -> dict[str, Any]:
+            tokenizer, context = tokenizer_of(body.model)
+            return tokenizing.tokenized(tokenizer, body, context)
+
+        return await run_in_threadpool(tokenized)
+
+    @app.post("/detokenize", dependencies=[Depends(require_key)])
+    async def detokenize(request: Request) -> dict[str, str]:
+        body = validated(DetokenizeRequest, await raw_body(request))
+        return await run_in_threadpool(lambda: tokenizing.detokenized(tokenizer_of(body.model)[0], body))
+
+    @app.get("/tokenizer_info", dependencies=[Depends(require_key)])
+    def tokenizer_info(model: str | None = None) -> dict[str, Any]:
+        """A sync route: FastAPI runs it in its thread pool (the tokenizer may be read from disk)."""
+        tokenizer, context = tokenizer_of(model)
+        return tokenizing.tokenizer_info(tokenizer, context)
 
     def entry(key: str) -> dict[str, Any]:
         """A model as Ollama lists it: its files' size, its family (config.json's model_type)."""
@@ -270,7 +335,9 @@ def create_app(
         if isinstance(body, dict):  # loading
             return body
         shape = ollama.OllamaShape(body.model, chat=False)
-        prompt = RawPrompt(body.text) if isinstance(body, CompletionRequest) else chat_prompt(body)
+        prompt = (
+            completion_prompt(body, lambda: 0) if isinstance(body, CompletionRequest) else chat_prompt(body)
+        )
         return await reply(request, body, prompt, shape)
 
     @app.post("/v1/responses", dependencies=[Depends(require_key)])
@@ -316,11 +383,19 @@ def _check_response(body: ResponseRequest) -> None:
 
 def _check_completion(body: CompletionRequest) -> None:
     """What a text completion may ask that this server cannot give: 400 naming it, never ignored."""
-    for name, asked in (("echo", body.echo), ("suffix", body.suffix), ("best_of", (body.best_of or 1) > 1)):
+    for name, asked in (("suffix", body.suffix), ("best_of", (body.best_of or 1) > 1)):
         if asked:
             raise APIError(400, f"This server does not take '{name}' with a completion: send the request "
                            "without it (a fill-in-the-middle prompt is written into 'prompt').",
                            code="unsupported_parameter", param=name)  # fmt: skip
+    if len(body.prompts) != 1:
+        raise APIError(400, f"This server takes one prompt a request, not {len(body.prompts)}: send each in "
+                       "a request of its own (sent at once, they run together).",
+                       code="unsupported_parameter", param="prompt")  # fmt: skip
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens 0 goes with echo true (the prompt back, with its tokens' "
+                       "log-probabilities where logprobs asks them).", code="invalid_request",
+                       param="max_tokens")  # fmt: skip
 
 
 def _check_chat(body: ChatCompletionRequest) -> None:
@@ -341,6 +416,23 @@ def _params(body: GenerationRequest, defaults: GenerationParams) -> GenerationPa
              "min_p", "seed")  # fmt: skip
     given = {name: getattr(body, name) for name in names} | {"thinking": body.thinking}
     return replace(defaults, **{name: value for name, value in given.items() if value is not None})
+
+
+def _echoed(events: Iterator[Event], text: str) -> Iterator[Event]:
+    """`events` with the prompt's `text` before the reply's: after its tokens' log-probabilities, where
+    they come first, else before anything the reply says."""
+    try:
+        for event in events:
+            if text is not None and isinstance(event, Logprobs | TextDelta | Finished):
+                if isinstance(event, Logprobs):
+                    yield event
+                yield TextDelta(text)
+                text = None
+                if isinstance(event, Logprobs):
+                    continue
+            yield event
+    finally:
+        events.close()  # type: ignore[attr-defined]  # frees the engine's turn, however this ends
 
 
 def _chain(first: Event, events: Iterator[Event]) -> Iterator[Event]:

@@ -24,6 +24,7 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's and vLLM's
 LOGPROBS_INCLUDED = "message.output_text.logprobs"  # a response's `include` asking for them
 ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # OpenAI's rule for a function's name
 ToolCallId = Annotated[str, Field(max_length=100)]
+TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
 
 
 class _Request(BaseModel):
@@ -237,22 +238,52 @@ class ChatCompletionRequest(GenerationRequest):
 
 class CompletionRequest(GenerationRequest):
     """OpenAI's legacy text completion (/v1/completions): text the model continues, without the chat
-    template (code completion: a fill-in-the-middle prompt the client wrote). One prompt, as text."""
+    template (code completion: a fill-in-the-middle prompt the client wrote). One prompt, as text or as
+    token ids, alone or in a list (checked to be one); `echo`: the prompt comes back before the reply,
+    with its tokens' log-probabilities where they are asked (lm-eval's loglikelihood); `max_tokens` 0
+    with `echo`: the prompt only."""
 
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
-    max_tokens: StrictInt | None = Field(16, ge=1)  # OpenAI's and vLLM's default here
+    prompt: str | TokenIds | list[str] | list[TokenIds]
+    max_tokens: StrictInt | None = Field(16, ge=0)  # OpenAI's and vLLM's default here
     echo: StrictBool = False
     suffix: str | None = None
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: StrictInt | None = Field(None, ge=1)
 
     @property
-    def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str] | list[TokenIds]:
+        """The prompts sent, each as text or as token ids."""
+        prompt = self.prompt
+        return [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
 
     @property
     def logprobs_asked(self) -> int | None:
         return self.logprobs
+
+
+class TokenizeTextRequest(_Request):
+    """vLLM's POST /tokenize of a text: its ids, with the tokens the tokenizer adds around a text (a BOS)
+    unless `add_special_tokens` is false. `model` may be left out (the one loaded)."""
+
+    model: str | None = Field(None, max_length=200)
+    prompt: str
+    add_special_tokens: StrictBool = True
+    return_token_strs: StrictBool = False
+
+
+class TokenizeChatRequest(ChatCompletionRequest):
+    """vLLM's POST /tokenize of a conversation: the ids of its prompt under the chat template, as a chat
+    completion reads it."""
+
+    model: str | None = Field(None, max_length=200)  # type: ignore[assignment]
+    return_token_strs: StrictBool = False
+
+
+class DetokenizeRequest(_Request):
+    """vLLM's POST /detokenize: the text of token ids (special tokens written out)."""
+
+    model: str | None = Field(None, max_length=200)
+    tokens: list[Annotated[StrictInt, Field(ge=0)]]
 
 
 class InputMessage(_Said):
@@ -457,8 +488,8 @@ class TextLogprobs(_Response):
     a mapping, each token's place in the text."""
 
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None]  # None: an echoed prompt's first token (nothing came before it)
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 

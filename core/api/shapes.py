@@ -211,10 +211,11 @@ class TextShape(_ChunkedShape):
         for token in tokens:
             offsets.append(self._offset)
             self._offset += len(self._characters.decode(token.raw))
+        tops = [None if token.logprob is None else {other.token: other.logprob for other in token.top}
+                for token in tokens]  # fmt: skip
         return TextLogprobs(
             tokens=[token.token for token in tokens], token_logprobs=[token.logprob for token in tokens],
-            top_logprobs=[{other.token: other.logprob for other in token.top} for token in tokens],
-            text_offset=offsets,
+            top_logprobs=tops, text_offset=offsets,
         )  # fmt: skip
 
 

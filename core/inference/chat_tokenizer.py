@@ -56,6 +56,11 @@ class ChatTokenizer:
             tokenizer.eos_token_id, tokenizer.pad_token_id, int(tokenizer.model_max_length), clean_up,
         )  # fmt: skip
 
+    @property
+    def vocabulary_size(self) -> int:
+        """How many token ids the tokenizer knows (its added ones too)."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
     def encode(self, text: str, *, special: bool = False) -> list[int]:
         """The ids of `text`; `special`: with the tokens the tokenizer adds around a text (a BOS)."""
         return self.backend.encode(text, add_special_tokens=special).ids

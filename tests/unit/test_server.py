@@ -327,7 +327,7 @@ def test_a_text_completion_continues_the_prompt_as_written(engine: LocalEngine) 
     """/v1/completions (code completion clients; vLLM, llama.cpp and Ollama serve it): the prompt without
     the chat template, the tokens the engine gives that raw text, streamed or not, 16 tokens unless told,
     stop sequences honoured; what it cannot honour (suffix, best_of, more than one prompt, more than 20
-    alternatives to each token's logprob) refused (echo and token ids: test_eval_api.py)."""
+    alternatives to each token's logprob) refused (echo and token ids: test_logprobs.py)."""
     prompt = "def add(a, b):\n    return"
     events = engine.stream("tiny", RawPrompt(prompt), GenerationParams(temperature=0, max_new_tokens=12))
     expected = "".join(event.text for event in events if isinstance(event, TextDelta))

@@ -93,7 +93,19 @@ def build(key: str, directory: Path, *, speaking: bool = False) -> Path:
             model.get_output_embeddings().weight[eos] = 0
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    _widen_vocabulary(directory / "tokenizer.json", numbers["vocab_size"])
     return directory
+
+
+def _widen_vocabulary(path: Path, size: int) -> None:
+    """Give the small tokenizer as many ids as the model's vocabulary, the new ones unreachable by its
+    merges (`<unusedN>`, as real vocabularies hold): the app refuses a tokenizer far smaller than its
+    model's vocabulary (a repo whose tokenizer it could not read)."""
+    tokenizer = json.loads(path.read_text(encoding="utf-8"))
+    vocabulary = tokenizer["model"]["vocab"]
+    taken = set(vocabulary.values()) | {token["id"] for token in tokenizer["added_tokens"]}
+    vocabulary.update({f"<unused{token}>": token for token in range(size) if token not in taken})
+    path.write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
 
 
 def main() -> None:

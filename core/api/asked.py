@@ -6,7 +6,6 @@ parameter, before the model is touched."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,13 +163,13 @@ def _arguments(text: str, where: str) -> dict[str, Any]:
     return arguments
 
 
-def completion_prompt(body: CompletionRequest, vocabulary: Callable[[], int]) -> RawPrompt | TokenPrompt:
-    """A completion's one prompt: its text, or its token ids, each one of the `vocabulary()` the model's
+def completion_prompt(body: CompletionRequest, vocabulary: int) -> RawPrompt | TokenPrompt:
+    """A completion's one prompt: its text, or its token ids, each one of the `vocabulary` the model's
     tokenizer knows."""
     prompt = body.prompts[0]
     if isinstance(prompt, str):
         return RawPrompt(prompt)
-    return TokenPrompt(tuple(known_ids(prompt, vocabulary(), "prompt")))
+    return TokenPrompt(tuple(known_ids(prompt, vocabulary, "prompt")))
 
 
 def known_ids(ids: list[int], vocabulary: int, param: str) -> list[int]:

@@ -55,7 +55,7 @@ from core.api.thinking import ReasoningDelta, with_reasoning
 from core.errors import ContextLengthError, LocalLLMError
 from core.inference.events import Event, Finished, Logprobs, TextDelta
 from core.inference.params import GenerationParams
-from core.inference.prompts import Continuation, Prompt, RawPrompt, ToolUse
+from core.inference.prompts import Continuation, Prompt, RawPrompt, TokenPrompt, ToolUse
 from core.inference.tool_calls import call_style
 
 if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
@@ -215,23 +215,21 @@ def create_app(
         prompt = chat_prompt(body, calling)
         return await reply(request, body, prompt, shape, calling)
 
+    def completion_asked(body: CompletionRequest) -> tuple[RawPrompt | TokenPrompt, str]:
+        """A completion's prompt (token ids checked against the model's vocabulary) and its text, what
+        `echo` sends back (ids read back into text, special tokens written out)."""
+        tokenizer = engine.tokenizer(body.model)
+        prompt = completion_prompt(body, tokenizer.vocabulary_size)
+        if isinstance(prompt, RawPrompt):
+            return prompt, prompt.text
+        return prompt, tokenizer.decode(prompt.ids, skip_special_tokens=False)
+
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
     async def completions(request: Request) -> Any:
         body = await read(request, CompletionRequest)
         shape = TextShape(body.model, body.logprobs_asked is not None)
-        prompt = await run_in_threadpool(
-            completion_prompt, body, lambda: engine.tokenizer(body.model).vocabulary_size
-        )
-        echo = None
-        if body.echo:
-            echo = (
-                prompt.text
-                if isinstance(prompt, RawPrompt)
-                else await run_in_threadpool(
-                    lambda: engine.tokenizer(body.model).decode(prompt.ids, skip_special_tokens=False)
-                )
-            )
-        return await reply(request, body, prompt, shape, echo=echo)
+        prompt, text = await run_in_threadpool(completion_asked, body)
+        return await reply(request, body, prompt, shape, echo=text if body.echo else None)
 
     def tokenizer_of(asked: str | None) -> tuple[ChatTokenizer, int]:
         """The tokenizer of the model named, else of the one loaded, else of the only one ready (vLLM
@@ -335,9 +333,10 @@ def create_app(
         if isinstance(body, dict):  # loading
             return body
         shape = ollama.OllamaShape(body.model, chat=False)
-        prompt = (
-            completion_prompt(body, lambda: 0) if isinstance(body, CompletionRequest) else chat_prompt(body)
-        )
+        if isinstance(body, CompletionRequest):
+            prompt, _ = await run_in_threadpool(completion_asked, body)
+        else:
+            prompt = chat_prompt(body)
         return await reply(request, body, prompt, shape)
 
     @app.post("/v1/responses", dependencies=[Depends(require_key)])

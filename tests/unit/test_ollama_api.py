@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx2
@@ -111,6 +112,9 @@ def test_ollamas_errors_and_loading(engine: LocalEngine) -> None:
         (loading.done, loading.done_reason) == (chat_loading.done, chat_loading.done_reason) == (True, "load")
     )
     assert warmed is None or warmed.result(timeout=60) is not None
+    deadline = time.monotonic() + 60  # the load the empty generate began goes on in the background
+    while engine.loaded is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert engine.loaded is not None and engine.loaded.key == "tiny"
 
 

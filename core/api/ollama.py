@@ -15,8 +15,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from core.api.errors import APIError, from_validation, validated
-from core.api.schemas import MAX_MESSAGES, ChatCompletionRequest, CompletionRequest, FiniteFloat
-from core.api.shapes import ReplyShape, WholeReply, finish_reason
+from core.api.schemas import (
+    MAX_MESSAGES,
+    MAX_TOP_LOGPROBS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    FiniteFloat,
+)
+from core.api.shapes import ReplyShape, WholeReply, finish_reason, logprob_items
 from core.inference.events import ReplyStats
 from core.inference.tool_calls import ToolCall
 
@@ -67,6 +73,8 @@ class _Asked(_Body):
     options: Options | None = None
     think: StrictBool | None = None
     keep_alive: Any = None  # this server's idle unload decides
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class ChatAsked(_Asked):
@@ -106,6 +114,12 @@ def _openai(asked: _Asked) -> dict[str, Any]:
         }
     if asked.think is False:
         fields["chat_template_kwargs"] = {"enable_thinking": False}
+    if asked.top_logprobs is not None and not asked.logprobs:
+        raise APIError(
+            400, "top_logprobs goes with logprobs true.", code="invalid_request", param="top_logprobs"
+        )
+    if asked.logprobs:  # in a chat completion's shape
+        fields |= {"logprobs": True, "top_logprobs": asked.top_logprobs}
     return {name: value for name, value in fields.items() if value is not None}
 
 
@@ -150,7 +164,10 @@ def generate_request(raw: bytes) -> ChatCompletionRequest | CompletionRequest | 
     if not asked.prompt:
         return None
     if asked.raw:
-        return _validated(CompletionRequest, {"max_tokens": None, **_openai(asked), "prompt": asked.prompt})
+        fields = {"max_tokens": None, **_openai(asked), "prompt": asked.prompt}
+        fields.pop("top_logprobs", None)  # a text completion's `logprobs` is their count
+        fields["logprobs"] = (asked.top_logprobs or 0) if asked.logprobs else None
+        return _validated(CompletionRequest, fields)
     system = [{"role": "system", "content": asked.system}] if asked.system else []
     messages = [*system, {"role": "user", "content": asked.prompt}]
     return _validated(ChatCompletionRequest, {**_openai(asked), "messages": messages})
@@ -163,18 +180,21 @@ def now() -> str:
 class OllamaShape(ReplyShape):
     """A reply as Ollama writes it: whole, or as lines of JSON (`"done": false` with each piece, then the
     last with the reason and the counts and durations, in nanoseconds, that clients show speeds from);
-    a chat's text in `message`, a generate's in `response`."""
+    a chat's text in `message`, a generate's in `response`; where asked, the tokens' log-probabilities in
+    `logprobs` (each line's own tokens)."""
 
     media_type = "application/x-ndjson"
 
-    def __init__(self, model: str, chat: bool) -> None:
-        super().__init__(model)
+    def __init__(self, model: str, chat: bool, logprobs_asked: bool = False) -> None:
+        super().__init__(model, logprobs_asked)
         self.chat = self.reasoning_apart = chat
         self.started = time.perf_counter()
 
     def whole(self, reply: WholeReply) -> dict[str, Any]:
+        chances = {} if reply.chances is None else {"logprobs": logprob_items(reply.chances)}
         return {
             **self._said(reply.text, reply.calls, reply.reasoning),
+            **chances,
             "done": True,
             **self._counts(reply.stats),
         }
@@ -190,6 +210,12 @@ class OllamaShape(ReplyShape):
 
     def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
         return [self._line({**self._said(""), "done": True, **self._counts(stats)})]
+
+    def _line(self, fields: dict[str, Any]) -> str:
+        """A line of the stream, with the log-probabilities of the tokens that came since the last."""
+        if taken := self._taken():
+            fields["logprobs"] = logprob_items(taken)
+        return json.dumps(fields, ensure_ascii=False) + "\n"
 
     def failure(self, message: str) -> list[str]:
         return [self._line({"error": message})]
@@ -219,10 +245,6 @@ class OllamaShape(ReplyShape):
             "prompt_eval_count": stats.prompt_tokens, "prompt_eval_duration": int(prompt_s * 1e9),
             "eval_count": stats.completion_tokens, "eval_duration": int(reply_s * 1e9),
         }  # fmt: skip
-
-    @staticmethod
-    def _line(fields: dict[str, Any]) -> str:
-        return json.dumps(fields, ensure_ascii=False) + "\n"
 
 
 def model_entry(key: str, size: int, family: str, context: int | None) -> dict[str, Any]:

@@ -324,7 +324,7 @@ def create_app(
         if isinstance(body, dict):  # loading
             return body
         calling = await run_in_threadpool(tool_use, body)
-        shape = ollama.OllamaShape(body.model, chat=True)
+        shape = ollama.OllamaShape(body.model, chat=True, logprobs_asked=body.logprobs_asked is not None)
         return await reply(request, body, chat_prompt(body, calling), shape, calling)
 
     @app.post("/api/generate", dependencies=[Depends(require_key)])
@@ -332,7 +332,7 @@ def create_app(
         body = await ollama_asked(request, chat=False)
         if isinstance(body, dict):  # loading
             return body
-        shape = ollama.OllamaShape(body.model, chat=False)
+        shape = ollama.OllamaShape(body.model, chat=False, logprobs_asked=body.logprobs_asked is not None)
         if isinstance(body, CompletionRequest):
             prompt, _ = await run_in_threadpool(completion_asked, body)
         else:

@@ -221,10 +221,10 @@ class TextShape(_ChunkedShape):
 
 def _choice_logprobs(tokens: tuple[TokenLogprob, ...]) -> ChoiceLogprobs:
     """A chat completion's log-probabilities: each token with its text, bytes and likeliest rivals."""
-    return ChoiceLogprobs(content=[TokenLogprobOut(**item) for item in _logprob_items(tokens)])
+    return ChoiceLogprobs(content=[TokenLogprobOut(**item) for item in logprob_items(tokens)])
 
 
-def _logprob_items(tokens: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
+def logprob_items(tokens: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
     """Each token with its text, bytes and likeliest rivals, as OpenAI's APIs write them."""
 
     def item(token: TokenLogprob) -> dict[str, Any]:
@@ -261,7 +261,7 @@ class ResponseShape(ReplyShape):
     def whole(self, reply: WholeReply) -> dict[str, Any]:
         self._made = self._made or [self._call_item(call) for call in reply.calls]
         if reply.chances is not None:
-            self._logprobs = _logprob_items(reply.chances)
+            self._logprobs = logprob_items(reply.chances)
         status = "incomplete" if reply.stats.finish_reason == "length" else "completed"
         thought = [self._reasoning(reply.reasoning, "completed")] if reply.reasoning else []
         message = [self._message(reply.text, "completed")] if reply.text or not self._made else []
@@ -283,7 +283,7 @@ class ResponseShape(ReplyShape):
     def piece(self, text: str) -> list[str]:
         self._text.append(text)
         opened = self._message_opened()
-        logprobs = _logprob_items(self._taken())
+        logprobs = logprob_items(self._taken())
         self._logprobs += logprobs
         return [
             *opened,
@@ -309,7 +309,7 @@ class ResponseShape(ReplyShape):
     def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
         closed = self._reasoning_closed()
         opened = self._message_opened() if not self._made else []  # an empty reply is an empty message
-        self._logprobs += _logprob_items(self._taken())
+        self._logprobs += logprob_items(self._taken())
         whole = self.whole(WholeReply("".join(self._text), stats, reasoning="".join(self._thought)))
         return [
             *closed,

@@ -91,6 +91,39 @@ def test_a_chat_held_to_a_format_and_a_conversation_with_tools(engine: LocalEngi
     assert answered.prompt_eval_count == same.usage.prompt_tokens
 
 
+def test_logprobs_come_as_ollama_gives_them_the_same_as_openais(engine: LocalEngine) -> None:
+    """Ollama's `logprobs` and `top_logprobs`: each token with its log-probability, bytes and likeliest
+    rivals, whole or with each streamed line's own tokens; the same numbers as OpenAI's API gives."""
+    asked = {"options": {"num_predict": 6, **GREEDY}, "logprobs": True, "top_logprobs": 2}
+    with serving(engine, ["tiny"]) as url:
+        client = ollama.Client(host=url.removesuffix("/v1"))
+        whole = client.chat(model="tiny", messages=ASKED, **asked)
+        parts = list(client.chat(model="tiny", messages=ASKED, stream=True, **asked))
+        raw = client.generate(model="tiny", prompt="Hello", raw=True, **asked)
+        plain = client.chat(model="tiny", messages=ASKED, options=asked["options"])
+        with pytest.raises(ollama.ResponseError) as refused:
+            client.chat(model="tiny", messages=ASKED, top_logprobs=2)
+        same = {"model": "tiny", "temperature": 0, "max_tokens": 6, "extra_body": {"repetition_penalty": 1.0}}
+        openai_client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        chat = openai_client.chat.completions.create(messages=ASKED, logprobs=True, top_logprobs=2, **same)
+        text = openai_client.completions.create(prompt="Hello", logprobs=2, **same)
+    # (A later request may start from an earlier one's kept cache: its numbers round apart in bf16.)
+    expected = chat.choices[0].logprobs.content
+    assert [(t.token, [o.token for o in t.top_logprobs]) for t in whole.logprobs] == [
+        (t.token, [o.token for o in t.top_logprobs]) for t in expected
+    ]
+    assert [t.logprob for t in whole.logprobs] == pytest.approx([t.logprob for t in expected], abs=1e-3)
+    assert len(expected) == 6 and plain.logprobs is None
+    streamed = [t for part in parts for t in part.logprobs or ()]
+    assert [t.token for t in streamed] == [t.token for t in expected]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in expected], abs=1e-3)
+    assert [t.token for t in raw.logprobs] == text.choices[0].logprobs.tokens
+    assert [t.logprob for t in raw.logprobs] == pytest.approx(
+        text.choices[0].logprobs.token_logprobs, abs=1e-3
+    )
+    assert (refused.value.status_code, refused.value.error) == (400, "top_logprobs goes with logprobs true.")
+
+
 def test_ollamas_errors_and_loading(engine: LocalEngine) -> None:
     with serving(engine, ["tiny"]) as url:
         client = ollama.Client(host=url.removesuffix("/v1"))

@@ -24,6 +24,7 @@ from core.storage.records import is_http_address
 DEVICES = ("auto", "cuda", "mps", "cpu")
 QUANTIZATIONS = ("int4", "int8", "none")  # applies on the CPU; GPUs keep the 16-bit weights
 LANGUAGES = ("zh", "en")
+API_SERVING = ("off", "local", "lan")  # the dashboard's own API: none, this machine's programs, the LAN's
 SOURCES = ("saved", "environment", "default")
 
 
@@ -102,6 +103,16 @@ def _context(value: Any) -> int:
 
 
 MAX_PARALLEL = 16
+
+
+def _port(value: Any) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{value!r} is not a port number.") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError("A port is a number from 1 to 65535.")
+    return port
 
 
 def _parallel(value: Any) -> int:
@@ -201,6 +212,10 @@ PREFERENCES: dict[str, Preference] = {
                    _model_contexts, {}, "engine.model_context"),
         Preference("model_presets", "the preset new conversations with a model start from: key=preset",
                    _model_presets, {}, "chat.model_presets"),
+        Preference("api_serving", "the dashboard serves the OpenAI- and Ollama-compatible API itself, on its "
+                   "own model: off, local (this machine's programs) or lan (with a bearer key)",
+                   _one_of(API_SERVING), "off", "api.serving"),
+        Preference("api_port", "the port of the dashboard's own API", _port, 8000, "api.port"),
     )
 }  # fmt: skip
 

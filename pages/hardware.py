@@ -7,7 +7,7 @@ from core.api import server_status, server_urls
 from core.errors import ConfigError
 from core.inference.sizing import memory_verdict, replies_that_fit
 from core.logs import log_file, tail
-from core.preferences import DEVICES, MAX_PARALLEL, QUANTIZATIONS
+from core.preferences import API_SERVING, DEVICES, MAX_PARALLEL, QUANTIZATIONS
 from core.settings import load_settings
 from core.storage import files
 from core.storage.db import display_url, sqlite_file
@@ -91,6 +91,37 @@ def live_usage() -> None:
 
 live_usage()
 
+
+def dashboard_api_settings() -> None:
+    """The admin's switch for the API the dashboard serves with its own model: off, this machine's
+    programs, or the LAN (with the kept bearer key, shown here), and its port; applied at once, kept."""
+    api, preferences = resources.dashboard_api(), resources.preferences()
+    if api.problem is not None:
+        st.error(error_text(api.problem))
+    with st.form("api-serving", border=False):
+        serving_column, port_column = st.columns([3, 1])
+        saved = preferences.get("api_serving")
+        serving = serving_column.selectbox(
+            t("server.serving"), API_SERVING, index=API_SERVING.index(saved),
+            format_func=lambda value: t(f"server.serving_{value}"), help=t("server.serving_help"),
+            key="api-serving-choice",
+        )  # fmt: skip
+        port = port_column.number_input(t("server.port"), 1, 65535, preferences.get("api_port"), 1,
+                                        key="api-serving-port")  # fmt: skip
+        if st.form_submit_button(t("server.apply"), key="api-serving-apply"):
+            try:
+                api.serve_as(serving, int(port))
+            except ConfigError:
+                pass  # said above, from `api.problem`, after the rerun
+            else:
+                preferences.set("api_serving", serving)
+                preferences.set("api_port", int(port))
+            st.rerun()
+    if api.listening is not None and api.listening.api_key is not None:
+        st.markdown(t("server.key"))
+        st.code(api.listening.api_key, language=None)
+
+
 st.subheader(t("hardware.models_section"))
 library = resources.library()
 precision = resources.engine_precision()
@@ -159,7 +190,9 @@ if status:
     urls = ", ".join(f"`{u}`" for u in server_urls(status["host"], status["port"]))
     st.success(t("server.running", urls=urls, token=token))
 else:
-    st.info(t("server.stopped"))
+    st.info(t("server.stopped_admin" if access.is_admin() else "server.stopped"))
+if access.is_admin():
+    dashboard_api_settings()
 
 if not access.is_admin():
     st.subheader(t("settings.section"))

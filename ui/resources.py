@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import streamlit as st
@@ -9,9 +10,11 @@ import streamlit as st
 from core.access.hosts import HostPolicy, load_host_policy
 from core.access.policy import load_access_policy
 from core.access.sign_in import SignInGate
+from core.api.served import DashboardApi
 from core.chat.configs import ConfigStore
 from core.chat.providers import provider_for_config
 from core.chat.service import ChatService
+from core.errors import ConfigError
 from core.hardware import HardwareInfo, keep_out_of_collections, probe
 from core.hub.library import ModelLibrary
 from core.hub.store import find_in_hf_cache
@@ -42,6 +45,7 @@ def change_models_dir(path: str) -> Path:
     """Use another models directory (checked as `settings set models_dir` checks it): every
     process-wide object is rebuilt around it."""
     chosen = preferences().set("models_dir", path)
+    dashboard_api().serve(None, 0)  # started again around the new library, as saved
     engine().unload()
     st.cache_resource.clear()
     st.cache_data.clear()
@@ -91,6 +95,16 @@ def engine() -> LocalEngine:
     # Imports in the background, so the first load is only the load; then out of the collector's sight.
     instance.prepare().add_done_callback(lambda _imported: keep_out_of_collections())
     return instance
+
+
+@st.cache_resource
+def dashboard_api() -> DashboardApi:
+    """The API this process serves with its own engine, started as saved (the Settings page moves it);
+    a saved port another program took since is said there (`problem`)."""
+    api = DashboardApi(engine(), library().ready_keys, database(), load_settings().data_dir)
+    with contextlib.suppress(ConfigError):
+        api.serve_as(preferences().get("api_serving"), preferences().get("api_port"))
+    return api
 
 
 @st.cache_resource

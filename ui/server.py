@@ -16,9 +16,13 @@ the app as navigation-routed before the server starts makes every first request 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
 import os
 import sys
 import tomllib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import streamlit as st
@@ -43,9 +47,28 @@ def streamlit_options() -> dict[str, object]:
         return dotted(tomllib.load(handle))
 
 
+@contextlib.asynccontextmanager
+async def serving_api(_app: st.App) -> AsyncIterator[None]:
+    """The dashboard's own API starts with its server where the Settings page turned it on, not at the
+    first browser visit: programs reach it before anyone opens a page."""
+    from ui import resources
+
+    # The process-wide resources are made outside a script run here, which Streamlit would note with a
+    # warning at each call ("missing ScriptRunContext"): the pages find them made.
+    unrun = logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context")
+    level = unrun.level
+    unrun.setLevel(logging.ERROR)
+    try:
+        if resources.preferences().get("api_serving") != "off":
+            await asyncio.to_thread(resources.dashboard_api)
+    finally:
+        unrun.setLevel(level)
+    yield
+
+
 def build_app() -> st.App:
     guards = [NoForeignFramesMiddleware, TrustedHostsMiddleware, LanGateMiddleware]  # the first is outermost
-    return st.App(APP_SCRIPT, middleware=[Middleware(guard) for guard in guards])
+    return st.App(APP_SCRIPT, lifespan=serving_api, middleware=[Middleware(guard) for guard in guards])
 
 
 def main(argv: list[str] | None = None) -> None:

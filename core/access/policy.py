@@ -3,9 +3,11 @@ or .streamlit/secrets.toml), who is this machine (loopback), and the identities 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 import unicodedata
 from collections.abc import Mapping
@@ -65,6 +67,33 @@ class AccessPolicy:
     @property
     def lan_allowed(self) -> bool:
         return bool(self.password)
+
+
+def cannot_listen(address: str, port: int) -> OSError | None:
+    """Why a server could not listen on address:port (errno EADDRINUSE: another program does; an
+    address that is not this machine's), or None: checked before a server starts, to say it in one
+    sentence (uvicorn and Streamlit print a log line and exit 3)."""
+    try:
+        candidates = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:  # socket.gaierror: a name that is no address
+        return exc
+    problems: list[OSError] = []
+    for family, kind, protocol, _name, where in candidates:  # localhost: 127.0.0.1 and perhaps ::1
+        try:
+            with socket.socket(family, kind, protocol) as probe:
+                # As servers do: a port in TIME_WAIT is free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(where)
+        except OSError as exc:
+            problems.append(exc)
+    if in_use := [problem for problem in problems if port_in_use(problem)]:
+        return in_use[0]
+    # One address is enough (no IPv6 here: ::1 cannot be bound).
+    return problems[0] if len(problems) == len(candidates) else None
+
+
+def port_in_use(problem: OSError) -> bool:
+    return problem.errno == errno.EADDRINUSE
 
 
 def _read_secrets(path: Path) -> Mapping[str, object]:

@@ -1,5 +1,6 @@
-"""The key `localllm serve` asks for off loopback when LOCALLLM_API_KEY is unset: made once and kept in
-the data folder (readable by this user only), so that clients keep working after a restart."""
+"""The key `localllm serve` (and the dashboard's API) asks for off loopback when LOCALLLM_API_KEY is
+unset: made once and kept in the data folder (readable by this user only), so that clients keep working
+after a restart."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ from core.errors import ConfigError
 
 KEY_FILE = "api-key"
 _KEY = re.compile(r"^[A-Za-z0-9_-]{16,200}$")  # what token_urlsafe makes, or a key put there by hand
+
+
+def api_key_for(host: str, data_dir: Path, renew: bool = False) -> str | None:
+    """The bearer key a server bound to `host` asks for: LOCALLLM_API_KEY where set; else, off loopback,
+    the kept one (`lasting_api_key`); else none (this machine's programs need none)."""
+    from core.access.policy import is_loopback
+
+    if key := os.environ.get("LOCALLLM_API_KEY"):
+        return key
+    return None if is_loopback(host) else lasting_api_key(data_dir, renew=renew)
 
 
 def lasting_api_key(data_dir: Path, renew: bool = False) -> str:

@@ -1,4 +1,4 @@
-"""Where `core serve` runs, as the dashboard's Settings page shows it."""
+"""Where `core serve` (or the dashboard's own API) runs, as the dashboard's Settings page shows it."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def record_server(db: Database, host: str, port: int, token_required: bool, pid:
             SERVER_STATUS_SETTING,
             {"pid": pid, "host": host, "port": port, "token_required": token_required},
         )
+
+
+def forget_server(db: Database, pid: int) -> None:
+    """The server of process `pid` stopped (its process goes on: the dashboard's own API)."""
+    with db.begin() as session:
+        status = repo.get_setting(session, SERVER_STATUS_SETTING)
+        if status and int(status["pid"]) == pid:
+            repo.delete_setting(session, SERVER_STATUS_SETTING)
 
 
 def server_status(db: Database) -> dict[str, Any] | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import socket
 import threading
 from typing import TYPE_CHECKING
 
@@ -33,33 +31,6 @@ def library(endpoints: list[str] | None = None) -> ModelLibrary:
     """The user's models where the saved settings say (the same folder as the dashboard's)."""
     prefs = preferences()
     return ModelLibrary(prefs.db, prefs, endpoints_override=endpoints)
-
-
-def cannot_listen(address: str, port: int) -> OSError | None:
-    """Why a server could not listen on address:port (errno EADDRINUSE: another program does; an
-    address that is not this machine's), or None: checked before a server starts, to say it in one
-    sentence (uvicorn and Streamlit print a log line and exit 3)."""
-    try:
-        candidates = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:  # socket.gaierror: a name that is no address
-        return exc
-    problems: list[OSError] = []
-    for family, kind, protocol, _name, where in candidates:  # localhost: 127.0.0.1 and perhaps ::1
-        try:
-            with socket.socket(family, kind, protocol) as probe:
-                # As servers do: a port in TIME_WAIT is free.
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind(where)
-        except OSError as exc:
-            problems.append(exc)
-    if in_use := [problem for problem in problems if port_in_use(problem)]:
-        return in_use[0]
-    # One address is enough (no IPv6 here: ::1 cannot be bound).
-    return problems[0] if len(problems) == len(candidates) else None
-
-
-def port_in_use(problem: OSError) -> bool:
-    return problem.errno == errno.EADDRINUSE
 
 
 def warn(text: str) -> None:

@@ -8,8 +8,7 @@ import sys
 
 import click
 
-from core.access.policy import lan_addresses, load_access_policy
-from core.cli.common import cannot_listen, port_in_use
+from core.access.policy import cannot_listen, lan_addresses, load_access_policy, port_in_use
 from core.settings import PROJECT_ROOT
 
 

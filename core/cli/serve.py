@@ -6,8 +6,8 @@ import os
 
 import click
 
-from core.access.policy import is_loopback
-from core.cli.common import cannot_listen, library, load_with_notice, port_in_use
+from core.access.policy import cannot_listen, port_in_use
+from core.cli.common import library, load_with_notice
 from core.hardware import keep_out_of_collections
 from core.settings import load_settings
 
@@ -42,15 +42,14 @@ def serve(host: str, port: int, model: str | None, max_request_mb: int, new_key:
     import uvicorn
 
     from core.api import create_app, server_urls
-    from core.api.keys import KEY_FILE, lasting_api_key
+    from core.api.keys import KEY_FILE, api_key_for
     from core.api.status import record_server
     from core.inference.engine import LocalEngine
 
     models_library = library()
-    api_key = os.environ.get("LOCALLLM_API_KEY") or None
-    if api_key is None and not is_loopback(host):
-        data_dir = load_settings().data_dir
-        api_key = lasting_api_key(data_dir, renew=new_key)
+    data_dir = load_settings().data_dir
+    api_key = api_key_for(host, data_dir, renew=new_key)
+    if api_key is not None and not os.environ.get("LOCALLLM_API_KEY"):
         click.echo(
             f"API key (send it as 'Authorization: Bearer <key>'; kept in {data_dir / KEY_FILE}): {api_key}"
         )
@@ -59,14 +58,9 @@ def serve(host: str, port: int, model: str | None, max_request_mb: int, new_key:
     if model:
         load_with_notice(engine, models_library.get(model).key)
 
-    def ready_models() -> list[str]:
-        return [
-            spec.key for spec in models_library.models() if models_library.status(spec.key).kind == "ready"
-        ]
-
     record_server(models_library.db, host, port, bool(api_key), os.getpid())
     for url in server_urls(host, port):
         click.echo(f"OpenAI-compatible API at {url}; Ollama's at {url.removesuffix('/v1')}")
-    app = create_app(engine, ready_models, api_key, max_body_bytes=max_request_mb * 1024**2)
+    app = create_app(engine, models_library.ready_keys, api_key, max_body_bytes=max_request_mb * 1024**2)
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

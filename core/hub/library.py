@@ -126,6 +126,10 @@ class ModelLibrary:
             custom = repo.list_custom_models(session)
         return [*BUILTIN_MODELS, *(custom_spec(*row) for row in custom)]
 
+    def ready_keys(self) -> list[str]:
+        """The models downloaded and verified, ready to load (what a server offers)."""
+        return [spec.key for spec in self.models() if self.status(spec.key).kind == "ready"]
+
     def get(self, key_or_repo_id: str) -> ModelSpec:
         models = self.models()
         repo_id = hub.repo_id_of_model_page(key_or_repo_id.strip()).lower()  # as the Hub takes it

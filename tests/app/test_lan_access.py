@@ -123,6 +123,8 @@ def test_lan_users_cannot_reach_settings_or_destructive_actions(lan_app: AppTest
     assert not lan_app.exception
     assert any("Only the admin can change this" in caption.value for caption in lan_app.caption)
     assert not [w for w in lan_app.text_input if w.key == "models-dir-input"]
+    assert not [w for w in lan_app.selectbox if w.key == "api-serving-choice"]  # nor the API's switch
+    assert "Not running. Start it with" in lan_app.info[-1].value  # what the admin can do is not said
     with pytest.raises(ValueError, match="Could not find a navigation page"):  # not in a LAN user's menu
         lan_app.switch_page("pages/servers.py")
 

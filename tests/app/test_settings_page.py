@@ -1,4 +1,5 @@
-"""Provider configs round trip through the Model servers page against a real `core serve` on loopback."""
+"""Provider configs round trip through the Model servers page against a real `core serve` on loopback; the
+Hardware & Settings page's settings, the dashboard's own API among them."""
 
 from __future__ import annotations
 
@@ -164,3 +165,50 @@ def test_the_hardware_page_counts_the_loaded_models_kept_weights(
     at.run()
     people = next(m.value for m in at.markdown if "How many people" in m.value)
     assert f"(loaded; {format_bytes(copy)} more for its weights kept unpacked for faster prompts)" in people
+
+
+def test_the_admin_serves_the_api_from_the_dashboard_and_it_stays_on(
+    new_app, ready_model: str, db_url: str
+) -> None:
+    """Hardware & Settings: the dashboard answers the API itself, with its own engine; kept in the
+    settings (the next start serves it again); a taken port said on the page, nothing saved."""
+    import socket
+
+    import openai
+
+    from core.preferences import Preferences
+    from tests.fixtures.serving import free_port
+    from ui import resources
+
+    port = free_port()
+    at = new_app()
+    at.switch_page("pages/hardware.py").run()
+    assert "Not running. Turn it on below" in at.info[-1].value
+    at.selectbox(key="api-serving-choice").select("local")
+    at.number_input(key="api-serving-port").set_value(port)
+    at.button(key="api-serving-apply").click().run()
+    try:
+        assert not at.exception and not at.error
+        assert any(f"`http://127.0.0.1:{port}/v1`" in s.value for s in at.success)
+        preferences = Preferences(Database(db_url))
+        assert (preferences.get("api_serving"), preferences.get("api_port")) == ("local", port)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        said = [{"role": "user", "content": "Hi"}]
+        reply = client.chat.completions.create(model=ready_model, messages=said, max_tokens=2)
+        assert reply.usage.completion_tokens == 2 and resources.engine().loaded.key == ready_model
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            held = taken.getsockname()[1]
+            at.number_input(key="api-serving-port").set_value(held)
+            at.button(key="api-serving-apply").click().run()
+        assert [e.value for e in at.error] == [
+            f"Port {held} is in use (another localllm serve, or another program): choose another."
+        ]
+        assert preferences.get("api_port") == port and client.models.list().data[0].id == ready_model
+    finally:
+        at.selectbox(key="api-serving-choice").select("off")
+        at.button(key="api-serving-apply").click().run()
+    assert Preferences(Database(db_url)).get("api_serving") == "off" and not at.error
+    with pytest.raises(openai.APIConnectionError):
+        client.models.list()

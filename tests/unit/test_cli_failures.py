@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from core.access.policy import cannot_listen
 from core.cli import main
-from core.cli.common import cannot_listen
 from tests.fixtures.hub_server import HubServer
 from tests.fixtures.tiny_models import install_ready
 

@@ -35,7 +35,6 @@ try:
 except ConfigError as exc:  # a setting the environment gives wrong (LOCALLLM_PARALLEL=abc): said, not run
     st.error(error_text(exc), icon=":material/tune:")
     st.stop()
-resources.dashboard_api()  # the API, where the Settings page turned it on, from the app's start
 if kept := st.session_state.pop("db.kept", None):
     st.success(t("db.kept", path=kept), icon=":material/database:")
 servers = st.Page("pages/servers.py", title=t("nav.servers"), icon=":material/dns:")  # the admin's only

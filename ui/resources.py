@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from core.access.hosts import HostPolicy, load_host_policy
 from core.access.policy import load_access_policy
 from core.access.sign_in import SignInGate
-from core.api.served import DashboardApi
 from core.chat.configs import ConfigStore
 from core.chat.providers import provider_for_config
 from core.chat.service import ChatService
@@ -24,6 +24,9 @@ from core.preferences import Preferences
 from core.settings import load_settings
 from core.storage import files
 from core.storage.db import Database, sqlite_file
+
+if TYPE_CHECKING:
+    from core.api.served import DashboardApi
 
 PAGE_ICON = Path(__file__).parent / "assets" / "icon.svg"
 
@@ -100,7 +103,10 @@ def engine() -> LocalEngine:
 @st.cache_resource
 def dashboard_api() -> DashboardApi:
     """The API this process serves with its own engine, started as saved (the Settings page moves it);
-    a saved port another program took since is said there (`problem`)."""
+    a saved port another program took since is said there (`problem`). Imported here: most starts of
+    the dashboard serve no API (0.4 s of imports)."""
+    from core.api.served import DashboardApi
+
     api = DashboardApi(engine(), library().ready_keys, database(), load_settings().data_dir)
     with contextlib.suppress(ConfigError):
         api.serve_as(preferences().get("api_serving"), preferences().get("api_port"))

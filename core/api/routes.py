@@ -387,7 +387,10 @@ def _check_completion(body: CompletionRequest) -> None:
             raise APIError(400, f"This server does not take '{name}' with a completion: send the request "
                            "without it (a fill-in-the-middle prompt is written into 'prompt').",
                            code="unsupported_parameter", param=name)  # fmt: skip
-    if len(body.prompts) != 1:
+    if not body.prompts:
+        raise APIError(400, "The prompt list is empty: send one prompt, as text or token ids.",
+                       code="invalid_request", param="prompt")  # fmt: skip
+    if len(body.prompts) > 1:
         raise APIError(400, f"This server takes one prompt a request, not {len(body.prompts)}: send each in "
                        "a request of its own (sent at once, they run together).",
                        code="unsupported_parameter", param="prompt")  # fmt: skip

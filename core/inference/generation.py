@@ -154,8 +154,8 @@ def _text(
             yield chances
         for piece in pieces:
             yield piece if isinstance(piece, Reading) else TextDelta(piece)
-    if logged is not None and (chances := logged.of_prompt() or logged.upto(None)):
-        yield chances
+    if logged is not None:
+        yield from (chances for chances in (logged.of_prompt(), logged.upto(None)) if chances)
 
 
 class _Logged:

@@ -278,6 +278,7 @@ def test_a_completion_refuses_what_it_cannot_read_in_one_sentence(tmp_path: Path
             "two id lists": {"prompt": [[5], [6]]},
             "nothing to do": {"prompt": "a", "max_tokens": 0},
             "negative id": {"prompt": [5, -1]},
+            "no prompt": {"prompt": []},
         }.items():
             with pytest.raises(openai.BadRequestError) as caught:
                 client.completions.create(model="tiny", **asked)
@@ -292,4 +293,5 @@ def test_a_completion_refuses_what_it_cannot_read_in_one_sentence(tmp_path: Path
         "nothing to do": "max_tokens 0 goes with echo true (the prompt back, with its tokens' "
         "log-probabilities where logprobs asks them).",
         "negative id": "Invalid value for 'prompt[1]': Input should be greater than or equal to 0.",
+        "no prompt": "The prompt list is empty: send one prompt, as text or token ids.",
     }

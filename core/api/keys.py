@@ -9,6 +9,7 @@ import re
 import secrets
 from pathlib import Path
 
+from core.access.policy import is_loopback
 from core.errors import ConfigError
 
 KEY_FILE = "api-key"
@@ -18,8 +19,6 @@ _KEY = re.compile(r"^[A-Za-z0-9_-]{16,200}$")  # what token_urlsafe makes, or a 
 def api_key_for(host: str, data_dir: Path, renew: bool = False) -> str | None:
     """The bearer key a server bound to `host` asks for: LOCALLLM_API_KEY where set; else, off loopback,
     the kept one (`lasting_api_key`); else none (this machine's programs need none)."""
-    from core.access.policy import is_loopback
-
     if key := os.environ.get("LOCALLLM_API_KEY"):
         return key
     return None if is_loopback(host) else lasting_api_key(data_dir, renew=renew)

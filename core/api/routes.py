@@ -234,18 +234,18 @@ def create_app(
     def tokenizer_of(asked: str | None) -> tuple[ChatTokenizer, int]:
         """The tokenizer of the model named, else of the one loaded, else of the only one ready (vLLM
         serves one model: its clients name none), and the model's context."""
-        keys = models()
-        loaded = engine.loaded
         if asked is not None:
             key = ready(asked)
-        elif loaded is not None and loaded.key in keys:
-            key = loaded.key
-        elif len(keys) == 1:
-            key = keys[0]
         else:
-            names = ", ".join(keys[:20]) or "none is downloaded"
-            raise APIError(400, f"Name the model whose tokenizer to use ('model'): {names}.",
-                           code="invalid_request", param="model")  # fmt: skip
+            keys, loaded = models(), engine.loaded
+            if loaded is not None and loaded.key in keys:
+                key = loaded.key
+            elif len(keys) == 1:
+                key = keys[0]
+            else:
+                names = ", ".join(keys[:20]) or "none is downloaded"
+                raise APIError(400, f"Name the model whose tokenizer to use ('model'): {names}.",
+                               code="invalid_request", param="model")  # fmt: skip
         return engine.tokenizer(key), engine.context_tokens(key)
 
     @app.post("/tokenize", dependencies=[Depends(require_key)])

@@ -112,6 +112,11 @@ def _browsers(item: pytest.Item) -> list[Browser]:
     return [value for value in values if isinstance(value, Browser)]
 
 
+# A state waited for, as long as a busy machine may need (the other test process runs torch beside the
+# browser: a page's figures came 5 s after its heading there); Playwright's default is 5 s.
+expect.set_options(timeout=30_000)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With two test processes (`make test`: pytest-xdist), the browser tests run one after another in
     one of them: two apps and two browsers at once on 2 cores made each 2-6 × slower."""

@@ -21,7 +21,7 @@ def hub_with_model(
     hub: HubServer, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> HubServer:
     hub.add_repo("tiny/chat-model", tiny_models["qwen2"])
-    hub.throttle(40_000)  # a few seconds for the ~150 kB repo: slow enough to watch the progress
+    hub.hold("model.safetensors")  # the download runs on until the page has shown its progress
     monkeypatch.setenv("HF_ENDPOINT", hub.url)  # the app's first endpoint: the local Hub
     with Database(os.environ["LOCALLLM_DB_URL"]).begin() as session:
         repo.add_custom_model(session, "chat-model", "tiny/chat-model", "main", {})
@@ -43,10 +43,9 @@ def test_download_then_chat(browser: Browser, app_with_hub: str, hub_with_model:
     card.get_by_role("button", name="Check files and download").click()
     expect(card.get_by_text("to fetch")).to_be_visible(timeout=30_000)
     card.get_by_role("button", name="Download", exact=True).click()
-    expect(card.get_by_text("Downloading")).to_be_visible(timeout=30_000)
-    expect(card.get_by_text("model.safetensors").first).to_be_visible(
-        timeout=30_000
-    )  # progress names the file
+    expect(card.get_by_text("Downloading")).to_be_visible()
+    expect(card.get_by_text("model.safetensors").first).to_be_visible()  # progress names the file
+    hub_with_model.release()
     expect(state_badge(card, "Ready")).to_be_visible(timeout=60_000)
     # the first model ready answers in the chat by itself
     expect(card.get_by_role("button", name="In use for chat", exact=True)).to_be_disabled(timeout=30_000)

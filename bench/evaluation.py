@@ -11,9 +11,11 @@ prompts of --prompt-tokens random ids (each its own, so none starts from a kept 
 - loglikelihood: lm-eval's request, one at a time (lm-eval's default, num_concurrent=1);
 - loglikelihood with --concurrent requests at once (lm-eval's num_concurrent), which the engine's batch
   runs together;
+- loglikelihood with --concurrent prompts in each request (lm-eval's batch_size), one request at a time:
+  the server runs a request's prompts together in the same batch;
 
-and prints the seconds a request, loglikelihood's ratio to plain, and requests/s at once against one at
-a time. A warm-up request comes first (not counted).
+and prints the seconds a request, loglikelihood's ratio to plain, and prompts/s at once and in one
+request against one at a time. A warm-up request comes first (not counted).
 
 Usage: .venv/bin/python -m bench.evaluation [--requests 12] [--prompt-tokens 120] [--concurrent 4]
        [--models qwen2.5-0.5b tinyllama-1.1b]
@@ -51,6 +53,14 @@ def timed(url: str, bodies: list[dict], at_once: int) -> float:
     return time.perf_counter() - started
 
 
+def in_batches(bodies: list[dict], size: int) -> list[dict]:
+    """The bodies' prompts `size` to a request, as lm-eval's batch_size sends them."""
+    return [
+        bodies[start] | {"prompt": [body["prompt"][0] for body in bodies[start : start + size]]}
+        for start in range(0, len(bodies), size)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -71,8 +81,9 @@ def main() -> None:
         ]
 
     print(f"{args.requests} requests of {args.prompt_tokens} prompt tokens each; int4 on the CPU\n")
+    n = args.concurrent
     print(f"  {'model':<15} {'plain s':>8} {'loglik s':>9} {'ratio':>6} {'req/s 1':>8} "
-          f"{f'req/s {args.concurrent}':>8} {'ratio':>6}")  # fmt: skip
+          f"{f'req/s {n}':>8} {'ratio':>6} {f'batch {n}':>8} {'ratio':>6}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="localllm-eval-") as tmp:
         work = Path(tmp)
         for key in args.models:
@@ -87,8 +98,10 @@ def main() -> None:
                 plain = timed(url, bodies(key), 1) / args.requests
                 one = timed(url, bodies(key, **lm_eval), 1) / args.requests
                 together = timed(url, bodies(key, **lm_eval), args.concurrent) / args.requests
+                batched = timed(url, in_batches(bodies(key, **lm_eval), args.concurrent), 1) / args.requests
                 print(f"  {key:<15} {plain:8.3f} {one:9.3f} {one / plain:6.2f} {1 / one:8.2f} "
-                      f"{1 / together:8.2f} {one / together:6.2f}")  # fmt: skip
+                      f"{1 / together:8.2f} {one / together:6.2f} "
+                      f"{1 / batched:8.2f} {one / batched:6.2f}")  # fmt: skip
             finally:
                 server.terminate()
                 server.wait(30)

@@ -12,7 +12,6 @@ from typing import Any
 from core.api.errors import APIError
 from core.api.schemas import (
     ChatCompletionRequest,
-    CompletionRequest,
     FunctionCallItem,
     FunctionCallOutputItem,
     GenerationRequest,
@@ -163,10 +162,9 @@ def _arguments(text: str, where: str) -> dict[str, Any]:
     return arguments
 
 
-def completion_prompt(body: CompletionRequest, vocabulary: int) -> RawPrompt | TokenPrompt:
-    """A completion's one prompt: its text, or its token ids, each one of the `vocabulary` the model's
+def completion_prompt(prompt: str | list[int], vocabulary: int) -> RawPrompt | TokenPrompt:
+    """A completion's prompt: its text, or its token ids, each one of the `vocabulary` the model's
     tokenizer knows."""
-    prompt = body.prompts[0]
     if isinstance(prompt, str):
         return RawPrompt(prompt)
     return TokenPrompt(tuple(known_ids(prompt, vocabulary, "prompt")))

@@ -22,7 +22,7 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,6 +39,7 @@ from core.api.calls import CallsMade, with_calls
 from core.api.errors import APIError, asgi_refusal, from_core, install_handlers, validated
 from core.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, BodyTooLargeError
 from core.api.schemas import (
+    MAX_REPLIES,
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
@@ -49,11 +50,12 @@ from core.api.schemas import (
     TokenizeChatRequest,
     TokenizeTextRequest,
 )
-from core.api.shapes import ChatShape, ReplyShape, ResponseShape, TextShape, WholeReply
+from core.api.shapes import ChatShape, ReplyShape, ResponseShape, TextShape, WholeReply, usage_of_choices
 from core.api.stops import until_stop_sequence
 from core.api.thinking import ReasoningDelta, with_reasoning
+from core.api.together import Choices, Item, Start
 from core.errors import ContextLengthError, LocalLLMError
-from core.inference.events import Event, Finished, Logprobs, TextDelta
+from core.inference.events import Event, Finished, Logprobs, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
 from core.inference.prompts import Continuation, Prompt, RawPrompt, TokenPrompt, ToolUse
 from core.inference.tool_calls import call_style
@@ -137,34 +139,37 @@ def create_app(
                            code="model_not_found", param="model")  # fmt: skip
         return key
 
-    async def reply(
-        request: Request,
-        body: GenerationRequest,
-        prompt: Prompt,
-        shape: ReplyShape,
-        calling: Calling | None = None,
-        echo: str | None = None,
-    ) -> Any:
-        """The reply to `body`'s `prompt` in `shape`; `calling`: the tools it may call; `echo`: the prompt's
-        text, sent before the reply's (with its tokens' log-probabilities where the body asks them). A
-        thinking model's reasoning goes apart from its answer where the shape writes it apart (a reply
-        that goes on in its message keeps its text as it was)."""
-        # The format is checked before the model is touched; a reply's calls are held to their own.
-        reply_format = calling.held if calling else await run_in_threadpool(held_format, body)
+    async def fitted(body: GenerationRequest, prompt: Prompt, param: str) -> GenerationParams:
+        """The request's sampling over the model's own (as vLLM), its reply's room capped to what the
+        context leaves `prompt`: measured before anything is allocated for it (400 naming `param`)."""
         wanted = GenerationParams().max_new_tokens if body.wanted_tokens is None else body.wanted_tokens
         try:
             fit = await run_in_threadpool(engine.fit_prompt, body.model, prompt, wanted)
         except ContextLengthError as exc:
-            raise from_core(exc, "prompt" if isinstance(shape, TextShape) else "messages") from exc
-        defaults = await run_in_threadpool(engine.default_params, body.model)  # the model's own, as vLLM
-        params = _params(body, replace(defaults, max_new_tokens=max(fit.max_new_tokens, 1)))
-        stop = threading.Event()
+            raise from_core(exc, param) from exc
+        defaults = await run_in_threadpool(engine.default_params, body.model)
+        return _params(body, replace(defaults, max_new_tokens=max(fit.max_new_tokens, 1)))
+
+    async def events_of(
+        request: Request,
+        body: GenerationRequest,
+        prompt: Prompt,
+        params: GenerationParams,
+        stop: threading.Event,
+        shape: ReplyShape,
+        calling: Calling | None,
+        echo: str | None,
+        reply_format: Any,
+    ) -> Iterator[Event]:
+        """One reply's events, read as `shape` writes them: its stop sequences, the prompt's text first where
+        it is echoed, a thinking model's reasoning apart from its answer where the shape writes it apart (a
+        reply that goes on in its message keeps its text as it was), its calls."""
         # A client's later turns may start from its earlier replies' caches, never from another's.
         client = request.client.host if request.client else ""
         events = engine.stream(body.model, prompt, params, stop, owner=f"api-{client}",
                                reply_format=reply_format, logprobs=body.logprobs_asked,
                                prompt_logprobs=None if echo is None else body.logprobs_asked,
-                               generate=wanted > 0)  # fmt: skip
+                               generate=body.wanted_tokens != 0)  # fmt: skip
         if body.stop_sequences:
             events = until_stop_sequence(events, body.stop_sequences, stop)
         if echo is not None:
@@ -178,15 +183,83 @@ def create_app(
                 )
         if calling:
             events = with_calls(events, calling.style, calling.names)
+        return events
+
+    async def reply_format_of(body: GenerationRequest, calling: Calling | None) -> Any:
+        """The format the reply is held to, checked before the model is touched (calls: their own)."""
+        return calling.held if calling else await run_in_threadpool(held_format, body)
+
+    async def reply(
+        request: Request,
+        body: GenerationRequest,
+        prompt: Prompt,
+        shape: ReplyShape,
+        calling: Calling | None = None,
+        echo: str | None = None,
+    ) -> Any:
+        """The reply to `body`'s `prompt` in `shape`; `calling`: the tools it may call; `echo`: the prompt's
+        text, sent before the reply's (with its tokens' log-probabilities where the body asks them)."""
+        reply_format = await reply_format_of(body, calling)
+        param = "prompt" if isinstance(shape, TextShape) else "messages"
+        params = await fitted(body, prompt, param)
+        stop = threading.Event()
+        events = await events_of(request, body, prompt, params, stop, shape, calling, echo, reply_format)
         try:
             first = await run_in_threadpool(next, events)  # the queue cap is checked on the first step
         except LocalLLMError as exc:
             raise from_core(exc) from exc
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _EngineStream(_sse(request, shape, first, events, include_usage), stop, events,
-                                 shape.media_type)  # fmt: skip
-        return await _until_done_or_gone(request, stop, lambda: _complete(shape, first, events))
+
+            def ended() -> None:
+                stop.set()
+                threading.Thread(
+                    target=_close_when_free, args=(events,), name="close-stream", daemon=True
+                ).start()
+
+            return _EngineStream(_sse(request, shape, first, events, include_usage), shape.media_type, ended)
+        whole = run_in_threadpool(lambda: _complete(shape, _chain(first, events)))
+        return await _until_done_or_gone(request, stop.set, whole)
+
+    async def choices(
+        request: Request,
+        body: ChatCompletionRequest | CompletionRequest,
+        asked: list[tuple[Prompt, str | None]],
+        make_shape: Callable[[int], ChatShape | TextShape],
+        calling: Calling | None = None,
+    ) -> Any:
+        """The replies to a request that asks several (`n` of each prompt, or a list of prompts), as one
+        reply of several choices: choice i·n + j is prompt i's j-th (a seed given is the first choice's,
+        the next ones' seed + 1, + 2: each different and reproducible). They run together in the engine's
+        batch, as many at once as it runs together (core.api.together)."""
+        n = body.n or 1
+        reply_format = await reply_format_of(body, calling)
+        param = "prompt" if isinstance(body, CompletionRequest) else "messages"
+        shapes = [make_shape(index) for index in range(len(asked) * n)]
+        for shape in shapes[1:]:
+            shape.id, shape.created = shapes[0].id, shapes[0].created
+
+        def start(prompt: Prompt, params: GenerationParams, shape: ReplyShape, echo: str | None) -> Start:
+            return lambda stop: events_of(
+                request, body, prompt, params, stop, shape, calling, echo, reply_format
+            )
+
+        starts = []
+        for number, (prompt, echo) in enumerate(asked):
+            params = await fitted(body, prompt, param)
+            for j in range(n):
+                seeded = params if params.seed is None else replace(params, seed=(params.seed + j) % 2**63)
+                starts.append(start(prompt, seeded, shapes[number * n + j], echo))
+        running = Choices(starts, lambda: engine.at_once)
+        try:
+            came = await running.begin()
+        except LocalLLMError as exc:
+            raise from_core(exc) from exc
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            written = _sse_choices(request, shapes, n, came, running, include_usage)
+            return _EngineStream(written, shapes[0].media_type, running.stop)
+        return await _until_done_or_gone(request, running.stop, _whole_choices(shapes, n, came, running))
 
     def tool_use(body: ChatCompletionRequest | ResponseRequest) -> Calling | None:
         """How the reply may call tools (core.api.calls); 400 `tools_not_supported` where the request lists
@@ -211,25 +284,34 @@ def create_app(
     async def chat_completions(request: Request) -> Any:
         body = await read(request, ChatCompletionRequest)
         calling = await run_in_threadpool(tool_use, body)
-        shape = ChatShape(body.model, body.logprobs_asked is not None)
+        logprobs_asked = body.logprobs_asked is not None
         prompt = chat_prompt(body, calling)
-        return await reply(request, body, prompt, shape, calling)
+        if (body.n or 1) > 1:
+            make = lambda index: ChatShape(body.model, logprobs_asked, index)  # noqa: E731
+            return await choices(request, body, [(prompt, None)], make, calling)
+        return await reply(request, body, prompt, ChatShape(body.model, logprobs_asked), calling)
 
-    def completion_asked(body: CompletionRequest) -> tuple[RawPrompt | TokenPrompt, str]:
-        """A completion's prompt (token ids checked against the model's vocabulary) and its text, what
-        `echo` sends back (ids read back into text, special tokens written out)."""
+    def completion_asked(body: CompletionRequest) -> list[tuple[RawPrompt | TokenPrompt, str]]:
+        """A completion's prompts (token ids checked against the model's vocabulary), each with its text,
+        what `echo` sends back (ids read back into text, special tokens written out)."""
         tokenizer = engine.tokenizer(body.model)
-        prompt = completion_prompt(body, tokenizer.vocabulary_size)
-        if isinstance(prompt, RawPrompt):
-            return prompt, prompt.text
-        return prompt, tokenizer.decode(prompt.ids, skip_special_tokens=False)
+        prompts = [completion_prompt(asked, tokenizer.vocabulary_size) for asked in body.prompts]
+        return [(prompt, prompt.text) if isinstance(prompt, RawPrompt)
+                else (prompt, tokenizer.decode(prompt.ids, skip_special_tokens=False))
+                for prompt in prompts]  # fmt: skip
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
     async def completions(request: Request) -> Any:
         body = await read(request, CompletionRequest)
-        shape = TextShape(body.model, body.logprobs_asked is not None)
-        prompt, text = await run_in_threadpool(completion_asked, body)
-        return await reply(request, body, prompt, shape, echo=text if body.echo else None)
+        logprobs_asked = body.logprobs_asked is not None
+        asked = [(prompt, text if body.echo else None)
+                 for prompt, text in await run_in_threadpool(completion_asked, body)]  # fmt: skip
+        if len(asked) > 1 or (body.n or 1) > 1:
+            return await choices(
+                request, body, asked, lambda index: TextShape(body.model, logprobs_asked, index)
+            )
+        [(prompt, echo)] = asked
+        return await reply(request, body, prompt, TextShape(body.model, logprobs_asked), echo=echo)
 
     def tokenizer_of(asked: str | None) -> tuple[ChatTokenizer, int]:
         """The tokenizer of the model named, else of the one loaded, else of the only one ready (vLLM
@@ -334,7 +416,7 @@ def create_app(
             return body
         shape = ollama.OllamaShape(body.model, chat=False, logprobs_asked=body.logprobs_asked is not None)
         if isinstance(body, CompletionRequest):
-            prompt, _ = await run_in_threadpool(completion_asked, body)
+            [(prompt, _)] = await run_in_threadpool(completion_asked, body)
         else:
             prompt = chat_prompt(body)
         return await reply(request, body, prompt, shape)
@@ -390,10 +472,10 @@ def _check_completion(body: CompletionRequest) -> None:
     if not body.prompts:
         raise APIError(400, "The prompt list is empty: send one prompt, as text or token ids.",
                        code="invalid_request", param="prompt")  # fmt: skip
-    if len(body.prompts) > 1:
-        raise APIError(400, f"This server takes one prompt a request, not {len(body.prompts)}: send each in "
-                       "a request of its own (sent at once, they run together).",
-                       code="unsupported_parameter", param="prompt")  # fmt: skip
+    if (replies := len(body.prompts) * (body.n or 1)) > MAX_REPLIES:
+        raise APIError(400, f"A request asks for at most {MAX_REPLIES} replies (n × prompts), not "
+                       f"{replies}: send the rest in another request.", code="invalid_request",
+                       param="prompt")  # fmt: skip
     if body.max_tokens == 0 and not body.echo:
         raise APIError(400, "max_tokens 0 goes with echo true (the prompt back, with its tokens' "
                        "log-probabilities where logprobs asks them).", code="invalid_request",
@@ -442,9 +524,14 @@ def _chain(first: Event, events: Iterator[Event]) -> Iterator[Event]:
     yield from events
 
 
-def _complete(shape: ReplyShape, first: Event, events: Iterator[Event]) -> dict[str, Any]:
+def _complete(shape: ReplyShape, events: Iterable[Event]) -> dict[str, Any]:
+    return shape.whole(_read_whole(events, shape.logprobs_asked))
+
+
+def _read_whole(events: Iterable[Event], logprobs_asked: bool) -> WholeReply:
+    """A reply's events read to its end (its tokens' log-probabilities None where not asked)."""
     text, stats, calls, chances, reasoning = [], None, (), [], []
-    for event in _chain(first, events):
+    for event in events:
         if isinstance(event, TextDelta):
             text.append(event.text)
         elif isinstance(event, ReasoningDelta):
@@ -456,24 +543,43 @@ def _complete(shape: ReplyShape, first: Event, events: Iterator[Event]) -> dict[
         elif isinstance(event, Finished):
             stats = event.stats
     assert stats is not None  # the engine always ends with Finished
-    said = tuple(chances) if shape.logprobs_asked else None
-    return shape.whole(WholeReply("".join(text), stats, calls, said, "".join(reasoning)))
+    said = tuple(chances) if logprobs_asked else None
+    return WholeReply("".join(text), stats, calls, said, "".join(reasoning))
 
 
-async def _until_done_or_gone(request: Request, stop: threading.Event, work: Callable[[], Any]) -> Any:
-    """Run `work` in a thread; if the client disconnects meanwhile, set `stop` (generation ends within
-    a token) instead of finishing a reply nobody will read."""
+async def _whole_choices(
+    shapes: list[ReplyShape], n: int, came: list[Item], running: Choices
+) -> dict[str, Any]:
+    """A reply of several choices, each read to its end and written whole by its own writer."""
+    events: list[list[Event]] = [[] for _ in shapes]
+    for index, item in [*came, *[item async for item in running.rest()]]:
+        if isinstance(item, LocalLLMError):
+            running.stop()
+            raise from_core(item)
+        if isinstance(item, Exception):
+            running.stop()
+            raise item
+        if item is not None:
+            events[index].append(item)
+    replies = [_read_whole(said, shape.logprobs_asked) for said, shape in zip(events, shapes, strict=True)]
+    wholes = [shape.whole(reply) for shape, reply in zip(shapes, replies, strict=True)]
+    return shapes[0].with_choices(wholes, usage_of_choices([reply.stats for reply in replies], n))
+
+
+async def _until_done_or_gone(request: Request, stop: Callable[[], None], work: Awaitable[Any]) -> Any:
+    """Await `work`; if the client disconnects meanwhile, `stop` (generation ends within a token) instead
+    of finishing a reply nobody will read."""
 
     async def watch() -> None:
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
-                stop.set()
+                stop()
                 return
 
     watcher = asyncio.create_task(watch())
     try:
-        return await run_in_threadpool(work)
+        return await work
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -481,24 +587,19 @@ async def _until_done_or_gone(request: Request, stop: threading.Event, work: Cal
 
 
 class _EngineStream(StreamingResponse):
-    """An SSE response that, however it ends (finished, client gone, cancelled), stops generation
-    and frees the engine's queue. An abandoned body iterator's own cleanup would wait for garbage
-    collection, which can hold the engine for good."""
+    """An SSE response that, however it ends (finished, client gone, cancelled), calls `ended`: it stops
+    generation and frees the engine's queue. An abandoned body iterator's own cleanup would wait for
+    garbage collection, which can hold the engine for good."""
 
-    def __init__(
-        self, content: AsyncIterator[str], stop: threading.Event, events: Iterator[Event], media_type: str
-    ) -> None:
+    def __init__(self, content: AsyncIterator[str], media_type: str, ended: Callable[[], None]) -> None:
         super().__init__(content, media_type=media_type)
-        self._stop, self._events = stop, events
+        self._ended = ended
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._stop.set()
-            threading.Thread(
-                target=_close_when_free, args=(self._events,), name="close-stream", daemon=True
-            ).start()
+            self._ended()
 
 
 async def _sse(
@@ -512,26 +613,76 @@ async def _sse(
             yield written
         event: Any = first
         while event is not sentinel:
-            if isinstance(event, TextDelta):
-                for written in shape.piece(event.text):
-                    yield written
-            elif isinstance(event, ReasoningDelta):
-                for written in shape.reasoning(event.text):
-                    yield written
-            elif isinstance(event, Logprobs):
-                shape.logprobs_came(event.tokens)
-            elif isinstance(event, CallsMade):
-                for written in shape.calls(event.calls):
-                    yield written
-            elif isinstance(event, Finished):
-                for written in shape.closing(event.stats, include_usage):
-                    yield written
+            written_now = (
+                shape.closing(event.stats, include_usage)
+                if isinstance(event, Finished)
+                else _written(shape, event)
+            )
+            for written in written_now:
+                yield written
             if await request.is_disconnected():
                 return
             event = await run_in_threadpool(next, events, sentinel)
     except LocalLLMError as exc:
         for written in shape.failure(exc.message):
             yield written
+
+
+def _written(shape: ReplyShape, event: Event | ReasoningDelta | CallsMade) -> list[str]:
+    """What `shape` writes of a reply's event before its end (nothing of a place in line)."""
+    if isinstance(event, TextDelta):
+        return shape.piece(event.text)
+    if isinstance(event, ReasoningDelta):
+        return shape.reasoning(event.text)
+    if isinstance(event, CallsMade):
+        return shape.calls(event.calls)
+    if isinstance(event, Logprobs):
+        shape.logprobs_came(event.tokens)  # they go out with the next piece
+    return []
+
+
+async def _sse_choices(
+    request: Request,
+    shapes: list[ChatShape | TextShape],
+    n: int,
+    came: list[Item],
+    running: Choices,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """Server-sent events of several choices, each chunk naming its choice's index, in the order their
+    events come; the usage of them all after the last one's end, then [DONE]."""
+    stats: list[ReplyStats | None] = [None] * len(shapes)
+    try:
+        for shape in shapes:
+            for written in shape.opening():
+                yield written
+        async for index, item in _chain_async(came, running.rest()):
+            shape = shapes[index]
+            if isinstance(item, Exception):
+                running.stop()
+                for written in shape.failure(item.message if isinstance(item, LocalLLMError) else str(item)):
+                    yield written
+                return
+            if isinstance(item, Finished):
+                stats[index] = item.stats
+                yield shape.ending(item.stats)
+            elif item is not None:
+                for written in _written(shape, item):
+                    yield written
+            if await request.is_disconnected():
+                return
+        usage = usage_of_choices([s for s in stats if s is not None], n) if include_usage else None
+        for written in shapes[0].finale(usage):
+            yield written
+    finally:
+        running.stop()
+
+
+async def _chain_async(came: list[Item], rest: AsyncIterator[Item]) -> AsyncIterator[Item]:
+    for item in came:
+        yield item
+    async for item in rest:
+        yield item
 
 
 def _close_when_free(events: Iterator[Event]) -> None:

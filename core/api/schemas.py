@@ -20,6 +20,7 @@ MAX_PATTERN_CHARS, MAX_CHOICES = 2_000, 200  # vLLM's guided_regex and guided_ch
 GuidedChoice = Annotated[str, Field(min_length=1, max_length=500)]
 RESPONSE_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})  # a response's input parts of text
 MAX_TOOLS = 128  # OpenAI's limit
+MAX_REPLIES = 128  # a request's replies (n × prompts): OpenAI's limit of n
 MAX_TOP_LOGPROBS = 20  # OpenAI's and vLLM's
 LOGPROBS_INCLUDED = "message.output_text.logprobs"  # a response's `include` asking for them
 ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # OpenAI's rule for a function's name
@@ -150,7 +151,7 @@ class GenerationRequest(_Request):
     top_k: StrictInt | None = Field(None, ge=0, le=1000)  # vLLM's and llama.cpp's extension; 0: no limit
     min_p: FiniteFloat | None = Field(None, ge=0, lt=1)
     seed: StrictInt | None = Field(None, ge=0, lt=2**63)
-    n: StrictInt | None = Field(None, ge=1, le=1)
+    n: StrictInt | None = Field(None, ge=1, le=MAX_REPLIES)  # replies to each prompt, run together
     stop: StopSequence | Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     logit_bias: dict[str, FiniteFloat] | None = Field(None, max_length=300)
     # vLLM's structured outputs beside OpenAI's response_format: a JSON schema, a regular expression, or
@@ -238,10 +239,10 @@ class ChatCompletionRequest(GenerationRequest):
 
 class CompletionRequest(GenerationRequest):
     """OpenAI's legacy text completion (/v1/completions): text the model continues, without the chat
-    template (code completion: a fill-in-the-middle prompt the client wrote). One prompt, as text or as
-    token ids, alone or in a list (checked to be one); `echo`: the prompt comes back before the reply,
-    with its tokens' log-probabilities where they are asked (lm-eval's loglikelihood); `max_tokens` 0
-    with `echo`: the prompt only."""
+    template (code completion: a fill-in-the-middle prompt the client wrote). Prompts as text or as
+    token ids, one or a list (each gets `n` replies, all run together); `echo`: the prompt comes back
+    before the reply, with its tokens' log-probabilities where they are asked (lm-eval's loglikelihood);
+    `max_tokens` 0 with `echo`: the prompt only."""
 
     prompt: str | TokenIds | list[str] | list[TokenIds]
     max_tokens: StrictInt | None = Field(16, ge=0)  # OpenAI's and vLLM's default here

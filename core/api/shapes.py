@@ -38,11 +38,19 @@ DONE = "data: [DONE]\n\n"
 
 
 def usage_of(stats: ReplyStats) -> Usage:
-    total = stats.prompt_tokens + stats.completion_tokens
+    return usage_of_choices([stats], 1)
+
+
+def usage_of_choices(stats: list[ReplyStats], per_prompt: int) -> Usage:
+    """The usage of a request's choices, `per_prompt` in a row for each prompt: each prompt's tokens counted
+    once (its first choice's, as OpenAI and vLLM count them), every reply's tokens."""
+    prompts = stats[::per_prompt]
+    read, written = sum(s.prompt_tokens for s in prompts), sum(s.completion_tokens for s in stats)
+    cached, reasoning = sum(s.cached_tokens for s in prompts), sum(s.reasoning_tokens for s in stats)
     return Usage(
-        prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens, total_tokens=total,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=stats.cached_tokens),
-        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=stats.reasoning_tokens),
+        prompt_tokens=read, completion_tokens=written, total_tokens=read + written,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning),
     )  # fmt: skip
 
 
@@ -75,11 +83,14 @@ class ReplyShape:
     media_type = "text/event-stream"  # of a stream
     reasoning_apart = False  # writes a thinking model's reasoning apart from its answer (`reasoning`)
 
-    def __init__(self, model: str, logprobs_asked: bool = False) -> None:
+    def __init__(self, model: str, logprobs_asked: bool = False, index: int = 0) -> None:
+        """`index`: the choice this writer writes, where a request asks several (OpenAI's `n`, or a list of
+        prompts)."""
         self.model = model
         self.id = f"{self.prefix}{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.logprobs_asked = logprobs_asked
+        self.index = index
         self._pending: list[TokenLogprob] = []
 
     def whole(self, reply: WholeReply) -> dict[str, Any]:
@@ -122,8 +133,20 @@ class _ChunkedShape(ReplyShape):
     chunk_kind: type[ChatCompletionChunk] | type[TextCompletion]
 
     def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
-        ending = [self._chunk([self._last_choice(finish_reason(stats))])]
-        return [*ending, *([self._chunk([], usage_of(stats))] if include_usage else []), DONE]
+        return [self.ending(stats), *self.finale(usage_of(stats) if include_usage else None)]
+
+    def ending(self, stats: ReplyStats) -> str:
+        """The choice's last chunk, with its finish reason."""
+        return self._chunk([self._last_choice(finish_reason(stats))])
+
+    def finale(self, usage: Usage | None) -> list[str]:
+        """What follows the last choice's ending: the usage where asked, then [DONE]."""
+        return [*([self._chunk([], usage)] if usage is not None else []), DONE]
+
+    def with_choices(self, wholes: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:
+        """One reply of several choices, each written whole by its own writer, with their usage."""
+        return wholes[0] | {"choices": [choice for whole in wholes for choice in whole["choices"]],
+                            "usage": usage.model_dump()}  # fmt: skip
 
     def _last_choice(self, reason: str) -> Any:
         raise NotImplementedError
@@ -148,26 +171,29 @@ class ChatShape(_ChunkedShape):
         message = AssistantMessage(content=(text or None) if made else text, tool_calls=made or None,
                                    reasoning_content=reply.reasoning or None)  # fmt: skip
         logprobs = None if reply.chances is None else _choice_logprobs(reply.chances)
-        choice = Choice(message=message, finish_reason=finish_reason(reply.stats), logprobs=logprobs)
+        choice = Choice(index=self.index, message=message, finish_reason=finish_reason(reply.stats),
+                        logprobs=logprobs)  # fmt: skip
         return ChatCompletion(id=self.id, created=self.created, model=self.model, choices=[choice],
                               usage=usage_of(reply.stats)).model_dump()  # fmt: skip
 
     def opening(self) -> list[str]:
-        return [self._chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])]
+        return [self._chunk([ChunkChoice(index=self.index, delta=Delta(role="assistant", content=""))])]
 
     def piece(self, text: str) -> list[str]:
-        return [self._chunk([ChunkChoice(delta=Delta(content=text), logprobs=self._logprobs())])]
+        return [
+            self._chunk([ChunkChoice(index=self.index, delta=Delta(content=text), logprobs=self._logprobs())])
+        ]
 
     def _logprobs(self) -> ChoiceLogprobs | None:
         taken = self._taken()
         return _choice_logprobs(taken) if taken else None
 
     def reasoning(self, text: str) -> list[str]:
-        return [self._chunk([ChunkChoice(delta=Delta(reasoning_content=text))])]
+        return [self._chunk([ChunkChoice(index=self.index, delta=Delta(reasoning_content=text))])]
 
     def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
-        return [self._chunk([ChunkChoice(delta=Delta(tool_calls=[self._call(index, call)]))])
-                for index, call in enumerate(calls)]  # fmt: skip
+        deltas = [Delta(tool_calls=[self._call(index, call)]) for index, call in enumerate(calls)]
+        return [self._chunk([ChunkChoice(index=self.index, delta=delta)]) for delta in deltas]
 
     @staticmethod
     def _call(index: int, call: ToolCall) -> ToolCallDelta:
@@ -175,7 +201,7 @@ class ChatShape(_ChunkedShape):
                              function=FunctionCalled(name=call.name, arguments=call.arguments))  # fmt: skip
 
     def _last_choice(self, reason: str) -> ChunkChoice:
-        return ChunkChoice(delta=Delta(), finish_reason=reason, logprobs=self._logprobs())
+        return ChunkChoice(index=self.index, delta=Delta(), finish_reason=reason, logprobs=self._logprobs())
 
 
 class TextShape(_ChunkedShape):
@@ -184,22 +210,24 @@ class TextShape(_ChunkedShape):
     prefix = "cmpl-"
     chunk_kind = TextCompletion
 
-    def __init__(self, model: str, logprobs_asked: bool = False) -> None:
-        super().__init__(model, logprobs_asked)
+    def __init__(self, model: str, logprobs_asked: bool = False, index: int = 0) -> None:
+        super().__init__(model, logprobs_asked, index)
         self._offset = 0  # characters of the text before the next token
         self._characters = codecs.getincrementaldecoder("utf-8")("ignore")  # tokens may split one
 
     def whole(self, reply: WholeReply) -> dict[str, Any]:
         logprobs = None if reply.chances is None else self._text_logprobs(reply.chances)
-        choices = [TextChoice(text=reply.text, finish_reason=finish_reason(reply.stats), logprobs=logprobs)]
+        choices = [TextChoice(index=self.index, text=reply.text, finish_reason=finish_reason(reply.stats),
+                              logprobs=logprobs)]  # fmt: skip
         return TextCompletion(id=self.id, created=self.created, model=self.model, choices=choices,
                               usage=usage_of(reply.stats)).model_dump()  # fmt: skip
 
     def piece(self, text: str) -> list[str]:
-        return [self._chunk([TextChoice(text=text, finish_reason=None, logprobs=self._logprobs())])]
+        return [self._chunk([TextChoice(index=self.index, text=text, finish_reason=None,
+                                        logprobs=self._logprobs())])]  # fmt: skip
 
     def _last_choice(self, reason: str) -> TextChoice:
-        return TextChoice(text="", finish_reason=reason, logprobs=self._logprobs())
+        return TextChoice(index=self.index, text="", finish_reason=reason, logprobs=self._logprobs())
 
     def _logprobs(self) -> TextLogprobs | None:
         taken = self._taken()

@@ -224,6 +224,12 @@ class LocalEngine:
         return model_memory(self._ready_dir(key), self.precision(), self.context_tokens(key))
 
     @property
+    def at_once(self) -> int:
+        """Replies that run together now: the setting, fewer where their caches do not fit beside the
+        loaded model; one before a model is loaded, and with transformers' generate."""
+        return self._turns.capacity
+
+    @property
     def parallel(self) -> int:
         """Replies generated together at most (the setting)."""
         return self._parallel

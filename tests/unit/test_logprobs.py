@@ -274,8 +274,8 @@ def test_a_completion_refuses_what_it_cannot_read_in_one_sentence(tmp_path: Path
         refused = {}
         for name, asked in {
             "unknown id": {"prompt": [[5, 400]]},
-            "two prompts": {"prompt": ["a", "b"]},
-            "two id lists": {"prompt": [[5], [6]]},
+            "too many replies": {"prompt": [[5], [6]] * 33, "n": 2},
+            "n too large": {"prompt": "a", "n": 129},
             "nothing to do": {"prompt": "a", "max_tokens": 0},
             "negative id": {"prompt": [5, -1]},
             "no prompt": {"prompt": []},
@@ -284,12 +284,11 @@ def test_a_completion_refuses_what_it_cannot_read_in_one_sentence(tmp_path: Path
                 client.completions.create(model="tiny", **asked)
             refused[name] = caught.value.body["message"]
     assert engine.loaded is None  # refused before the model was touched
-    one_prompt = ("This server takes one prompt a request, not 2: send each in a request of its own (sent at "
-                  "once, they run together).")  # fmt: skip
     assert refused == {
         "unknown id": "Token id 400 in 'prompt' is not in this model's vocabulary (0 to 399).",
-        "two prompts": one_prompt,
-        "two id lists": one_prompt,
+        "too many replies": "A request asks for at most 128 replies (n × prompts), not 132: send the rest in "
+        "another request.",
+        "n too large": "Invalid value for 'n': Input should be less than or equal to 128.",
         "nothing to do": "max_tokens 0 goes with echo true (the prompt back, with its tokens' "
         "log-probabilities where logprobs asks them).",
         "negative id": "Invalid value for 'prompt[1]': Input should be greater than or equal to 0.",

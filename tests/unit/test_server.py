@@ -326,8 +326,8 @@ def test_a_stop_sequence_ends_the_reply_before_it_streamed_or_not(engine: LocalE
 def test_a_text_completion_continues_the_prompt_as_written(engine: LocalEngine) -> None:
     """/v1/completions (code completion clients; vLLM, llama.cpp and Ollama serve it): the prompt without
     the chat template, the tokens the engine gives that raw text, streamed or not, 16 tokens unless told,
-    stop sequences honoured; what it cannot honour (suffix, best_of, more than one prompt, more than 20
-    alternatives to each token's logprob) refused (echo and token ids: test_logprobs.py)."""
+    stop sequences honoured; what it cannot honour (suffix, best_of, more than 20 alternatives to each
+    token's logprob) refused (echo and token ids: test_logprobs.py; several prompts: test_choices.py)."""
     prompt = "def add(a, b):\n    return"
     events = engine.stream("tiny", RawPrompt(prompt), GenerationParams(temperature=0, max_new_tokens=12))
     expected = "".join(event.text for event in events if isinstance(event, TextDelta))
@@ -341,7 +341,7 @@ def test_a_text_completion_continues_the_prompt_as_written(engine: LocalEngine) 
         unbounded = client.completions.create(model="tiny", prompt=prompt, temperature=0)
         stop = next(ch for ch in expected[1:] if expected.count(ch) == 1)  # a character it writes once
         cut = client.completions.create(model="tiny", prompt=prompt, temperature=0, max_tokens=12, stop=stop)
-        for extra in ({"suffix": "\n"}, {"logprobs": 21}, {"best_of": 2}, {"prompt": ["one", "two"]}):
+        for extra in ({"suffix": "\n"}, {"logprobs": 21}, {"best_of": 2}):
             with pytest.raises(openai.BadRequestError) as refused:
                 client.completions.create(**({"model": "tiny", "prompt": prompt, "max_tokens": 3} | extra))
             assert refused.value.body["param"].split(".")[0] == next(iter(extra)), (extra, refused.value.body)

@@ -8,8 +8,10 @@ in Ollama's shape, its errors as Ollama's `{"error": "..."}`.
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
@@ -72,7 +74,7 @@ class _Asked(_Body):
     format: Literal["json"] | dict[str, Any] | None = None
     options: Options | None = None
     think: StrictBool | None = None
-    keep_alive: Any = None  # this server's idle unload decides
+    keep_alive: float | str | None = None  # how long the model stays loaded after this reply (seconds_of)
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
@@ -88,6 +90,34 @@ class GenerateAsked(_Asked):
     raw: StrictBool = False
     suffix: str | None = None
     images: list[str] | None = None
+
+
+# Seconds, or a duration as Go writes them ("5m", "1h30m", "1.5h", "300ms"), either signed.
+_DURATION = re.compile(r"[-+]?(?:(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|ms|s|m|h))+|\d+\.?\d*|\.\d+)")
+_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h)?")
+_UNIT_S = {"": 1.0, "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def seconds_of(keep_alive: float | str | None) -> float | None:
+    """Ollama's `keep_alive` in seconds: a number of seconds or a duration as Go writes them; a negative
+    one keeps the model loaded for good (math.inf); None where not given."""
+    text = keep_alive.strip() if isinstance(keep_alive, str) else None
+    if keep_alive is None or text == "":
+        return None
+    if text is not None:
+        if not _DURATION.fullmatch(text):
+            raise APIError(400, f"keep_alive {text[:40]!r} is not a duration: send seconds (300) or a "
+                           "duration such as \"5m\" or \"1h30m\"; 0 unloads the model after the reply, a "
+                           "negative one keeps it loaded.", code="invalid_request",
+                           param="keep_alive")  # fmt: skip
+        seconds = sum(float(number) * _UNIT_S[unit] for number, unit in _PART.findall(text))
+        seconds *= -1 if text.startswith("-") else 1
+    else:
+        seconds = float(keep_alive)
+    if not math.isfinite(seconds):
+        raise APIError(400, "keep_alive is a finite number of seconds.", code="invalid_request",
+                       param="keep_alive")  # fmt: skip
+    return math.inf if seconds < 0 else seconds
 
 
 def model_key(name: str) -> str:
@@ -130,10 +160,11 @@ def _validated(kind: type[Any], fields: dict[str, Any]) -> Any:
         raise from_validation(exc, fields) from None
 
 
-def chat_request(raw: bytes) -> ChatCompletionRequest | None:
-    """POST /api/chat's body as the chat completion it means; no messages (Ollama's way to load a model)
-    None."""
+def chat_request(raw: bytes) -> tuple[ChatCompletionRequest | None, float | None]:
+    """POST /api/chat's body as the chat completion it means (no messages, Ollama's way to load or unload
+    a model: None), and its keep-alive in seconds (seconds_of)."""
     asked: ChatAsked = validated(ChatAsked, raw)
+    keep_alive = seconds_of(asked.keep_alive)
     messages = []
     for index, message in enumerate(asked.messages):
         if message.images:
@@ -148,33 +179,47 @@ def chat_request(raw: bytes) -> ChatCompletionRequest | None:
             ]  # fmt: skip
         messages.append(said)
     if not messages:
-        return None
-    return _validated(ChatCompletionRequest, {**_openai(asked), "messages": messages, "tools": asked.tools})
+        return None, keep_alive
+    fields = {**_openai(asked), "messages": messages, "tools": asked.tools}
+    return _validated(ChatCompletionRequest, fields), keep_alive
 
 
-def generate_request(raw: bytes) -> ChatCompletionRequest | CompletionRequest | None:
+def generate_request(raw: bytes) -> tuple[ChatCompletionRequest | CompletionRequest | None, float | None]:
     """POST /api/generate's body as what it means: the prompt (and system) under the chat template, a
     chat completion; with `raw`, the text continued as written, a text completion; an empty prompt
-    (Ollama's way to load a model) None."""
+    (Ollama's way to load or unload a model) None. And its keep-alive in seconds (seconds_of)."""
     asked: GenerateAsked = validated(GenerateAsked, raw)
+    keep_alive = seconds_of(asked.keep_alive)
     for name in ("suffix", "images"):
         if getattr(asked, name):
             raise APIError(400, f"This server does not take '{name}' with a generate: send the request "
                            "without it.", code="unsupported_parameter", param=name)  # fmt: skip
     if not asked.prompt:
-        return None
+        return None, keep_alive
     if asked.raw:
         fields = {"max_tokens": None, **_openai(asked), "prompt": asked.prompt}
         fields.pop("top_logprobs", None)  # a text completion's `logprobs` is their count
         fields["logprobs"] = (asked.top_logprobs or 0) if asked.logprobs else None
-        return _validated(CompletionRequest, fields)
+        return _validated(CompletionRequest, fields), keep_alive
     system = [{"role": "system", "content": asked.system}] if asked.system else []
     messages = [*system, {"role": "user", "content": asked.prompt}]
-    return _validated(ChatCompletionRequest, {**_openai(asked), "messages": messages})
+    return _validated(ChatCompletionRequest, {**_openai(asked), "messages": messages}), keep_alive
 
 
 def now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return _written(datetime.now(UTC))
+
+
+def _written(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def expires_at(seconds_left: float | None) -> str:
+    """When the loaded model will be unloaded, as /api/ps says it (None: never; Ollama then says a time
+    centuries ahead)."""
+    if seconds_left is None:
+        return "2318-01-01T00:00:00Z"
+    return _written(datetime.now(UTC) + timedelta(seconds=seconds_left))
 
 
 class OllamaShape(ReplyShape):
@@ -286,7 +331,8 @@ def shown(entry: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def loading(key: str, chat: bool) -> dict[str, Any]:
-    """The answer to a chat without messages, a generate without a prompt: the model is being loaded."""
+def loading(key: str, chat: bool, reason: Literal["load", "unload"]) -> dict[str, Any]:
+    """The answer to a chat without messages, a generate without a prompt: the model is being loaded, or
+    unloaded (`keep_alive` 0)."""
     said = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
-    return {"model": key + LATEST, "created_at": now(), **said, "done": True, "done_reason": "load"}
+    return {"model": key + LATEST, "created_at": now(), **said, "done": True, "done_reason": reason}

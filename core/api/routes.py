@@ -196,9 +196,11 @@ def create_app(
         shape: ReplyShape,
         calling: Calling | None = None,
         echo: str | None = None,
+        keep_alive: float | None = None,
     ) -> Any:
         """The reply to `body`'s `prompt` in `shape`; `calling`: the tools it may call; `echo`: the prompt's
-        text, sent before the reply's (with its tokens' log-probabilities where the body asks them)."""
+        text, sent before the reply's (with its tokens' log-probabilities where the body asks them);
+        `keep_alive`: the seconds the model stays loaded after it (Ollama's; None: the idle setting)."""
         reply_format = await reply_format_of(body, calling)
         param = "prompt" if isinstance(shape, TextShape) else "messages"
         params = await fitted(body, prompt, param)
@@ -208,6 +210,8 @@ def create_app(
             first = await run_in_threadpool(next, events)  # the queue cap is checked on the first step
         except LocalLLMError as exc:
             raise from_core(exc) from exc
+        if keep_alive is not None:  # the model is loaded for this reply by now
+            engine.keep_alive(body.model, keep_alive)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -380,38 +384,48 @@ def create_app(
     @app.get("/api/ps", dependencies=[Depends(require_key)])
     def ollama_running() -> dict[str, Any]:
         loaded = engine.loaded
-        running = [entry(loaded.key) | {"size_vram": 0}] if loaded and loaded.key in models() else []
-        return {"models": running}
+        if loaded is None or loaded.key not in models():
+            return {"models": []}
+        expires = ollama.expires_at(engine.idle_seconds_left())
+        return {"models": [entry(loaded.key) | {"size_vram": 0, "expires_at": expires}]}
 
     @app.post("/api/show", dependencies=[Depends(require_key)])
     async def ollama_show(request: Request) -> dict[str, Any]:
         key = ready(ollama.model_key(ollama.shown_name(await raw_body(request))))
         return await run_in_threadpool(lambda: ollama.shown(entry(key), engine.tokenizer(key)))
 
-    async def ollama_asked(request: Request, chat: bool) -> Any:
-        """An Ollama chat's or generate's body as the request it means (core.api.ollama), checked; or,
-        for a chat without messages or a generate without a prompt (Ollama's way to load a model), the
-        model loaded ahead of the first reply, never over another, and the answer that says so."""
+    async def ollama_asked(request: Request, chat: bool) -> tuple[Any, float | None]:
+        """An Ollama chat's or generate's body as the request it means (core.api.ollama), checked, and its
+        keep-alive in seconds; or, for a chat without messages or a generate without a prompt (Ollama's
+        way to load a model), the model loaded ahead of the first reply, never over another, and the
+        answer that says so; with keep_alive 0 (Ollama's way to unload one), the model unloaded, at once
+        where no reply runs or waits, else as soon as they end."""
         raw = await raw_body(request)
-        body = ollama.chat_request(raw) if chat else ollama.generate_request(raw)
+        body, keep_alive = ollama.chat_request(raw) if chat else ollama.generate_request(raw)
         if body is not None:
-            return known(_checked(body))
+            return known(_checked(body)), keep_alive
         key = ready(ollama.model_key(ollama.shown_name(raw)))
+        if keep_alive == 0:
+            if not await run_in_threadpool(engine.unload_if_idle, key):
+                engine.keep_alive(key, 0)
+            return ollama.loading(key, chat, "unload"), None
         engine.warm(key)
-        return ollama.loading(key, chat)
+        if keep_alive is not None:
+            engine.keep_alive(key, keep_alive)
+        return ollama.loading(key, chat, "load"), None
 
     @app.post("/api/chat", dependencies=[Depends(require_key)])
     async def ollama_chat(request: Request) -> Any:
-        body = await ollama_asked(request, chat=True)
+        body, keep_alive = await ollama_asked(request, chat=True)
         if isinstance(body, dict):  # loading
             return body
         calling = await run_in_threadpool(tool_use, body)
         shape = ollama.OllamaShape(body.model, chat=True, logprobs_asked=body.logprobs_asked is not None)
-        return await reply(request, body, chat_prompt(body, calling), shape, calling)
+        return await reply(request, body, chat_prompt(body, calling), shape, calling, keep_alive=keep_alive)
 
     @app.post("/api/generate", dependencies=[Depends(require_key)])
     async def ollama_generate(request: Request) -> Any:
-        body = await ollama_asked(request, chat=False)
+        body, keep_alive = await ollama_asked(request, chat=False)
         if isinstance(body, dict):  # loading
             return body
         shape = ollama.OllamaShape(body.model, chat=False, logprobs_asked=body.logprobs_asked is not None)
@@ -419,7 +433,7 @@ def create_app(
             [(prompt, _)] = await run_in_threadpool(completion_asked, body)
         else:
             prompt = chat_prompt(body)
-        return await reply(request, body, prompt, shape)
+        return await reply(request, body, prompt, shape, keep_alive=keep_alive)
 
     @app.post("/v1/responses", dependencies=[Depends(require_key)])
     async def responses(request: Request) -> Any:

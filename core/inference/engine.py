@@ -14,6 +14,7 @@ import dataclasses
 import gc
 import itertools
 import logging
+import math
 import sys
 import threading
 import time
@@ -111,6 +112,7 @@ class LocalEngine:
         self._tokenizer_only: tuple[str, Any] | None = None  # (key, tokenizer) of a model not loaded
         self._load_ids = itertools.count(1)
         self._last_used = time.monotonic()
+        self._kept_for: tuple[str, float] | None = None  # a client's keep-alive for a model (Ollama's)
         self._idle_thread: threading.Thread | None = None
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-torch")
         self._kernels: dict[str, Future[bool]] = {}
@@ -397,6 +399,8 @@ class LocalEngine:
             return
         device = self._parts.info.device
         logger.info("unloading %s", self._parts.info.key)
+        if self._kept_for is not None and self._kept_for[0] == self._parts.info.key:
+            self._kept_for = None  # its next load keeps to the setting
         self._parts = self._batcher = self._to_keep = None
         self._copy_bytes = 0
         gc.collect()
@@ -410,11 +414,36 @@ class LocalEngine:
     def _touch(self) -> None:
         self._last_used = time.monotonic()
 
+    def keep_alive(self, key: str, seconds: float) -> None:
+        """Keep `key`'s model loaded `seconds` after its last reply instead of the idle setting, until it
+        is unloaded (Ollama's `keep_alive`, the latest request's: 0 unloads it as soon as nothing runs or
+        waits, math.inf keeps it)."""
+        self._kept_for = (key, seconds)
+
+    def unload_if_idle(self, key: str) -> bool:
+        """Unload `key`'s model now, unless a reply runs or waits (then it goes once they end, where a
+        keep-alive of 0 was asked); True when it is not loaded afterwards."""
+        with self._load_lock:
+            loaded = self._parts.info.key if self._parts else None
+            if loaded == key and self._turns.idle:
+                self._unload_locked()
+                loaded = None
+        return loaded != key
+
+    def _idle_unload_after(self) -> float:
+        """Idle seconds before the unload: a client's keep-alive for the loaded model, else the setting
+        (0 there: never)."""
+        kept, parts = self._kept_for, self._parts
+        if kept is not None and parts is not None and kept[0] == parts.info.key:
+            return kept[1]
+        return self.idle_unload_s if self.idle_unload_s > 0 else math.inf
+
     def idle_seconds_left(self) -> float | None:
-        """Seconds until the idle unload, or None when nothing is loaded or it is off (0)."""
-        if self._parts is None or self.idle_unload_s <= 0:
+        """Seconds until the idle unload, or None when nothing is loaded or it never comes."""
+        after = self._idle_unload_after()
+        if self._parts is None or after == math.inf:
             return None
-        return max(0.0, self.idle_unload_s - (time.monotonic() - self._last_used))
+        return max(0.0, after - (time.monotonic() - self._last_used))
 
     def _start_idle_watch(self) -> None:
         if self._idle_thread is None or not self._idle_thread.is_alive():
@@ -423,7 +452,7 @@ class LocalEngine:
 
     def _idle_watch(self) -> None:
         while self._parts is not None:
-            time.sleep(min(1.0, max(0.05, self.idle_unload_s / 4)) if self.idle_unload_s > 0 else 1.0)
+            time.sleep(min(1.0, max(0.05, self._idle_unload_after() / 4)))
             if self.idle_seconds_left() == 0.0 and self._turns.idle:
                 self.unload()
 

@@ -168,3 +168,36 @@ def test_ollamas_endpoints_need_the_key_as_openais_do(engine: LocalEngine) -> No
         listed = keyed.list().models
     assert refused == [(401, "Invalid or missing API key.")] * 4
     assert version.status_code == 200 and [model.model for model in listed] == ["tiny:latest"]
+
+
+def test_keep_alive_unloads_after_the_reply_or_keeps_the_model_as_long_as_asked(engine: LocalEngine) -> None:
+    """Ollama's `keep_alive`: 0 unloads the model once the reply is done, and with an empty prompt at once
+    (Ollama's way to unload); a duration keeps it that long after the reply (/api/ps says until when);
+    a negative one keeps it for good; after an unload, the server's own idle setting holds again."""
+    short = {"options": GREEDY | {"num_predict": 4}}
+    with serving(engine, ["tiny"]) as url:
+        client = ollama.Client(host=url.removesuffix("/v1"))
+        replied = client.generate(model="tiny", prompt="Hi", keep_alive=0, **short)
+        deadline = time.monotonic() + 30
+        while engine.loaded is not None:
+            assert time.monotonic() < deadline, "keep_alive 0 did not unload the model after its reply"
+            time.sleep(0.02)
+        client.chat(model="tiny", messages=ASKED, keep_alive="10m", **short)
+        ten_minutes, listed = engine.idle_seconds_left(), client.ps()
+        client.chat(model="tiny", messages=ASKED, keep_alive=-1, **short)
+        forever, listed_forever = engine.idle_seconds_left(), client.ps()
+        unloaded = client.generate(model="tiny", prompt="", keep_alive=0)
+        was_loaded = engine.loaded
+        client.chat(model="tiny", messages=ASKED, **short)  # loaded again, no keep_alive asked
+        setting = engine.idle_seconds_left()
+        with pytest.raises(ollama.ResponseError) as refused:
+            client.chat(model="tiny", messages=ASKED, keep_alive="5 minutes")
+    assert replied.done and replied.response
+    assert ten_minutes is not None and 590 < ten_minutes <= 600
+    [model] = listed.models
+    assert 590 < (model.expires_at - model.expires_at.now(model.expires_at.tzinfo)).total_seconds() <= 600
+    assert forever is None and listed_forever.models[0].expires_at.year > 2300
+    assert unloaded.done_reason == "unload" and was_loaded is None
+    assert setting is None  # this engine's own setting: never unloaded when idle
+    assert refused.value.status_code == 400
+    assert refused.value.error.startswith("keep_alive '5 minutes' is not a duration: send seconds (300)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.api.errors import APIError
 from core.api.schemas import (
@@ -21,8 +21,12 @@ from core.api.schemas import (
 )
 from core.errors import MessageError
 from core.inference.formats import ReplyFormat, checked_format, checked_pattern, choice_pattern
+from core.inference.infill import infill_style
 from core.inference.prompts import Continuation, Prompt, RawPrompt, TokenPrompt, ToolUse
 from core.inference.tool_calls import CallStyle
+
+if TYPE_CHECKING:
+    from core.inference.chat_tokenizer import ChatTokenizer
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,18 @@ def completion_prompt(prompt: str | list[int], vocabulary: int) -> RawPrompt | T
     if isinstance(prompt, str):
         return RawPrompt(prompt)
     return TokenPrompt(tuple(known_ids(prompt, vocabulary, "prompt")))
+
+
+def infilled(before: str, suffix: str, tokenizer: ChatTokenizer, model: str) -> RawPrompt:
+    """A completion's prompt, the text `before` the cursor, and its `suffix`, the text after it, as a
+    fill-in-the-middle prompt (core.inference.infill); 400 where the model has no tokens for it."""
+    style = infill_style(tokenizer)
+    if style is None:
+        raise APIError(400, f"The model {model!r} does not fill in the middle (its tokenizer has none of the "
+                       "tokens for it, as Qwen2.5-Coder's <|fim_prefix|> or StarCoder's <fim_prefix>): send "
+                       "the text before the cursor alone, without 'suffix'.", code="unsupported_parameter",
+                       param="suffix")  # fmt: skip
+    return RawPrompt(style.prompt(before, suffix))
 
 
 def known_ids(ids: list[int], vocabulary: int, param: str) -> list[int]:

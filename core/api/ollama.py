@@ -190,14 +190,13 @@ def generate_request(raw: bytes) -> tuple[ChatCompletionRequest | CompletionRequ
     (Ollama's way to load or unload a model) None. And its keep-alive in seconds (seconds_of)."""
     asked: GenerateAsked = validated(GenerateAsked, raw)
     keep_alive = seconds_of(asked.keep_alive)
-    for name in ("suffix", "images"):
-        if getattr(asked, name):
-            raise APIError(400, f"This server does not take '{name}' with a generate: send the request "
-                           "without it.", code="unsupported_parameter", param=name)  # fmt: skip
+    if asked.images:
+        raise APIError(400, "This server does not take 'images' with a generate: send the request without "
+                       "them.", code="unsupported_parameter", param="images")  # fmt: skip
     if not asked.prompt:
         return None, keep_alive
-    if asked.raw:
-        fields = {"max_tokens": None, **_openai(asked), "prompt": asked.prompt}
+    if asked.raw or asked.suffix:  # the text continued as written, or filled in before the suffix
+        fields = {"max_tokens": None, **_openai(asked), "prompt": asked.prompt, "suffix": asked.suffix}
         fields.pop("top_logprobs", None)  # a text completion's `logprobs` is their count
         fields["logprobs"] = (asked.top_logprobs or 0) if asked.logprobs else None
         return _validated(CompletionRequest, fields), keep_alive

@@ -34,7 +34,15 @@ from starlette.middleware.cors import CORSMiddleware
 
 from core.access.hosts import HostPolicy, TrustedHostsMiddleware, load_host_policy
 from core.api import ollama, tokenizing
-from core.api.asked import Calling, chat_prompt, completion_prompt, held_format, input_messages, tools_asked
+from core.api.asked import (
+    Calling,
+    chat_prompt,
+    completion_prompt,
+    held_format,
+    infilled,
+    input_messages,
+    tools_asked,
+)
 from core.api.calls import CallsMade, with_calls
 from core.api.errors import APIError, asgi_refusal, from_core, install_handlers, validated
 from core.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, BodyTooLargeError
@@ -300,6 +308,9 @@ def create_app(
         what `echo` sends back (ids read back into text, special tokens written out)."""
         tokenizer = engine.tokenizer(body.model)
         prompts = [completion_prompt(asked, tokenizer.vocabulary_size) for asked in body.prompts]
+        if body.suffix:  # each prompt is the text before the cursor (refused with token ids)
+            prompts = [infilled(p.text, body.suffix, tokenizer, body.model) if isinstance(p, RawPrompt) else p
+                       for p in prompts]  # fmt: skip
         return [(prompt, prompt.text) if isinstance(prompt, RawPrompt)
                 else (prompt, tokenizer.decode(prompt.ids, skip_special_tokens=False))
                 for prompt in prompts]  # fmt: skip
@@ -478,11 +489,13 @@ def _check_response(body: ResponseRequest) -> None:
 
 def _check_completion(body: CompletionRequest) -> None:
     """What a text completion may ask that this server cannot give: 400 naming it, never ignored."""
-    for name, asked in (("suffix", body.suffix), ("best_of", (body.best_of or 1) > 1)):
-        if asked:
-            raise APIError(400, f"This server does not take '{name}' with a completion: send the request "
-                           "without it (a fill-in-the-middle prompt is written into 'prompt').",
-                           code="unsupported_parameter", param=name)  # fmt: skip
+    if (body.best_of or 1) > 1:
+        raise APIError(400, "This server does not take 'best_of' with a completion: send the request without "
+                       "it ('n' asks for several replies).", code="unsupported_parameter",
+                       param="best_of")  # fmt: skip
+    if body.suffix and (body.echo or not all(isinstance(prompt, str) for prompt in body.prompts)):
+        raise APIError(400, "'suffix' goes with a prompt of text, the text before the cursor, and without "
+                       "echo.", code="invalid_request", param="suffix")  # fmt: skip
     if not body.prompts:
         raise APIError(400, "The prompt list is empty: send one prompt, as text or token ids.",
                        code="invalid_request", param="prompt")  # fmt: skip

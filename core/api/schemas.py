@@ -12,6 +12,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from core.preferences import MAX_PARALLEL
+
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 MAX_MESSAGES = 10_000
 MAX_STOP_SEQUENCES = 16  # OpenAI takes 4; vLLM and llama.cpp more (code completion clients send ~10)
@@ -20,7 +22,9 @@ MAX_PATTERN_CHARS, MAX_CHOICES = 2_000, 200  # vLLM's guided_regex and guided_ch
 GuidedChoice = Annotated[str, Field(min_length=1, max_length=500)]
 RESPONSE_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})  # a response's input parts of text
 MAX_TOOLS = 128  # OpenAI's limit
-MAX_REPLIES = 128  # a request's replies (n × prompts): OpenAI's limit of n
+# A request's replies (n × prompts): the most the engine generates together (its `parallel_replies` at
+# most); each is held until the last ends, with its tokens' log-probabilities where asked.
+MAX_REPLIES = MAX_PARALLEL
 MAX_TOP_LOGPROBS = 20  # OpenAI's and vLLM's
 LOGPROBS_INCLUDED = "message.output_text.logprobs"  # a response's `include` asking for them
 ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # OpenAI's rule for a function's name

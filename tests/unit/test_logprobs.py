@@ -274,8 +274,8 @@ def test_a_completion_refuses_what_it_cannot_read_in_one_sentence(tmp_path: Path
         refused = {}
         for name, asked in {
             "unknown id": {"prompt": [[5, 400]]},
-            "too many replies": {"prompt": [[5], [6]] * 33, "n": 2},
-            "n too large": {"prompt": "a", "n": 129},
+            "too many replies": {"prompt": [[5], [6]] * 5, "n": 2},
+            "n too large": {"prompt": "a", "n": 17},
             "nothing to do": {"prompt": "a", "max_tokens": 0},
             "negative id": {"prompt": [5, -1]},
             "no prompt": {"prompt": []},
@@ -286,9 +286,9 @@ def test_a_completion_refuses_what_it_cannot_read_in_one_sentence(tmp_path: Path
     assert engine.loaded is None  # refused before the model was touched
     assert refused == {
         "unknown id": "Token id 400 in 'prompt' is not in this model's vocabulary (0 to 399).",
-        "too many replies": "A request asks for at most 128 replies (n × prompts), not 132: send the rest in "
+        "too many replies": "A request asks for at most 16 replies (n × prompts), not 20: send the rest in "
         "another request.",
-        "n too large": "Invalid value for 'n': Input should be less than or equal to 128.",
+        "n too large": "Invalid value for 'n': Input should be less than or equal to 16.",
         "nothing to do": "max_tokens 0 goes with echo true (the prompt back, with its tokens' "
         "log-probabilities where logprobs asks them).",
         "negative id": "Invalid value for 'prompt[1]': Input should be greater than or equal to 0.",

@@ -22,6 +22,7 @@ from core.api.schemas import (
 from core.errors import MessageError
 from core.inference.formats import ReplyFormat, checked_format, checked_pattern, choice_pattern
 from core.inference.infill import infill_style
+from core.inference.params import LogitBias
 from core.inference.prompts import Continuation, Prompt, RawPrompt, TokenPrompt, ToolUse
 from core.inference.tool_calls import CallStyle
 
@@ -184,6 +185,19 @@ def infilled(before: str, suffix: str, tokenizer: ChatTokenizer, model: str) -> 
                        "the text before the cursor alone, without 'suffix'.", code="unsupported_parameter",
                        param="suffix")  # fmt: skip
     return RawPrompt(style.prompt(before, suffix))
+
+
+def logit_bias(body: GenerationRequest, vocabulary: int) -> LogitBias:
+    """The request's logit_bias as token ids, each one of the `vocabulary` the model's tokenizer knows;
+    else 400 naming the first that is not."""
+    bias = []
+    for key, added in (body.logit_bias or {}).items():
+        if not (key.isascii() and key.isdigit()):
+            raise APIError(400, f"logit_bias's keys are token ids, not {key[:40]!r}.", code="invalid_request",
+                           param="logit_bias")  # fmt: skip
+        bias.append((int(key), added))
+    known_ids([token for token, _ in bias], vocabulary, "logit_bias")
+    return tuple(bias)
 
 
 def known_ids(ids: list[int], vocabulary: int, param: str) -> list[int]:

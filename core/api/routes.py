@@ -41,6 +41,7 @@ from core.api.asked import (
     held_format,
     infilled,
     input_messages,
+    logit_bias,
     tools_asked,
 )
 from core.api.calls import CallsMade, with_calls
@@ -64,7 +65,7 @@ from core.api.thinking import ReasoningDelta, with_reasoning
 from core.api.together import Choices, Item, Start
 from core.errors import ContextLengthError, LocalLLMError
 from core.inference.events import Event, Finished, Logprobs, ReplyStats, TextDelta
-from core.inference.params import GenerationParams
+from core.inference.params import GenerationParams, LogitBias
 from core.inference.prompts import Continuation, Prompt, RawPrompt, TokenPrompt, ToolUse
 from core.inference.tool_calls import call_style
 
@@ -167,17 +168,19 @@ def create_app(
         shape: ReplyShape,
         calling: Calling | None,
         echo: str | None,
-        reply_format: Any,
+        steering: tuple[Any, LogitBias],
     ) -> Iterator[Event]:
         """One reply's events, read as `shape` writes them: its stop sequences, the prompt's text first where
         it is echoed, a thinking model's reasoning apart from its answer where the shape writes it apart (a
-        reply that goes on in its message keeps its text as it was), its calls."""
+        reply that goes on in its message keeps its text as it was), its calls; `steering`: the format it is
+        held to and its logit bias (`steering_of`)."""
+        reply_format, bias = steering
         # A client's later turns may start from its earlier replies' caches, never from another's.
         client = request.client.host if request.client else ""
         events = engine.stream(body.model, prompt, params, stop, owner=f"api-{client}",
                                reply_format=reply_format, logprobs=body.logprobs_asked,
                                prompt_logprobs=None if echo is None else body.logprobs_asked,
-                               generate=body.wanted_tokens != 0)  # fmt: skip
+                               generate=body.wanted_tokens != 0, bias=bias)  # fmt: skip
         if body.stop_sequences:
             events = until_stop_sequence(events, body.stop_sequences, stop)
         if echo is not None:
@@ -193,9 +196,14 @@ def create_app(
             events = with_calls(events, calling.style, calling.names)
         return events
 
-    async def reply_format_of(body: GenerationRequest, calling: Calling | None) -> Any:
-        """The format the reply is held to, checked before the model is touched (calls: their own)."""
-        return calling.held if calling else await run_in_threadpool(held_format, body)
+    async def steering_of(body: GenerationRequest, calling: Calling | None) -> tuple[Any, LogitBias]:
+        """The format the reply is held to (calls: their own) and its logit bias, both checked before the
+        model is touched."""
+        reply_format = calling.held if calling else await run_in_threadpool(held_format, body)
+        if not body.logit_bias:  # {}, which clients send by default, is none
+            return reply_format, ()
+        tokenizer = await run_in_threadpool(engine.tokenizer, body.model)
+        return reply_format, logit_bias(body, tokenizer.vocabulary_size)
 
     async def reply(
         request: Request,
@@ -209,11 +217,11 @@ def create_app(
         """The reply to `body`'s `prompt` in `shape`; `calling`: the tools it may call; `echo`: the prompt's
         text, sent before the reply's (with its tokens' log-probabilities where the body asks them);
         `keep_alive`: the seconds the model stays loaded after it (Ollama's; None: the idle setting)."""
-        reply_format = await reply_format_of(body, calling)
+        steering = await steering_of(body, calling)
         param = "prompt" if isinstance(shape, TextShape) else "messages"
         params = await fitted(body, prompt, param)
         stop = threading.Event()
-        events = await events_of(request, body, prompt, params, stop, shape, calling, echo, reply_format)
+        events = await events_of(request, body, prompt, params, stop, shape, calling, echo, steering)
         try:
             first = await run_in_threadpool(next, events)  # the queue cap is checked on the first step
         except LocalLLMError as exc:
@@ -245,16 +253,14 @@ def create_app(
         the next ones' seed + 1, + 2: each different and reproducible). They run together in the engine's
         batch, as many at once as it runs together (core.api.together)."""
         n = body.n or 1
-        reply_format = await reply_format_of(body, calling)
+        steering = await steering_of(body, calling)
         param = "prompt" if isinstance(body, CompletionRequest) else "messages"
         shapes = [make_shape(index) for index in range(len(asked) * n)]
         for shape in shapes[1:]:
             shape.id, shape.created = shapes[0].id, shapes[0].created
 
         def start(prompt: Prompt, params: GenerationParams, shape: ReplyShape, echo: str | None) -> Start:
-            return lambda stop: events_of(
-                request, body, prompt, params, stop, shape, calling, echo, reply_format
-            )
+            return lambda stop: events_of(request, body, prompt, params, stop, shape, calling, echo, steering)
 
         starts = []
         for number, (prompt, echo) in enumerate(asked):
@@ -467,9 +473,6 @@ Body = TypeVar("Body", ChatCompletionRequest, CompletionRequest, ResponseRequest
 
 def _checked(body: Body) -> Body:
     """What a valid body may ask that this server cannot give: 400 naming it, never ignored."""
-    if body.logit_bias:  # {}, which clients send by default, means none
-        raise APIError(400, "This server does not apply 'logit_bias': send the request without it.",
-                       code="unsupported_parameter", param="logit_bias")  # fmt: skip
     if isinstance(body, CompletionRequest):
         _check_completion(body)
     elif isinstance(body, ResponseRequest):

@@ -157,7 +157,8 @@ class GenerationRequest(_Request):
     seed: StrictInt | None = Field(None, ge=0, lt=2**63)
     n: StrictInt | None = Field(None, ge=1, le=MAX_REPLIES)  # replies to each prompt, run together
     stop: StopSequence | Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
-    logit_bias: dict[str, FiniteFloat] | None = Field(None, max_length=300)
+    # token id (as text) → what is added to its logit: OpenAI's range and its limit of 300 tokens
+    logit_bias: dict[str, Annotated[FiniteFloat, Field(ge=-100, le=100)]] | None = Field(None, max_length=300)
     # vLLM's structured outputs beside OpenAI's response_format: a JSON schema, a regular expression, or
     # one of a few texts (classification: ["positive", "negative"]).
     guided_json: dict[str, Any] | None = None

@@ -41,7 +41,7 @@ from core.inference.loading import (
     load_tokenizer,
     publisher_params,
 )
-from core.inference.params import GenerationParams
+from core.inference.params import GenerationParams, LogitBias
 from core.inference.prompts import Prompt
 from core.inference.scoring import TextScore, score_text
 from core.inference.sizing import (
@@ -537,11 +537,13 @@ class LocalEngine:
         logprobs: int | None = None,
         prompt_logprobs: int | None = None,
         generate: bool = True,
+        bias: LogitBias = (),
     ) -> Iterator[Event]:
         """Queue, load if needed, and stream a reply to `prompt` (a conversation, or raw text to continue):
         Queued..., TextDelta..., then Finished; `reply_format`: the JSON it is held to; `logprobs`: the
         tokens' log-probabilities (Logprobs events) with this many alternatives each; `prompt_logprobs`:
-        the prompt's first; `generate` False: no reply, the prompt only (generation.stream_reply).
+        the prompt's first; `generate` False: no reply, the prompt only; `bias`: OpenAI's logit_bias
+        (generation.stream_reply).
 
         Setting `stop`, or closing the iterator, ends generation within a token and ends the thread.
         `owner` (a conversation, an API client): the prompt may start from the KV cache of an earlier
@@ -561,7 +563,7 @@ class LocalEngine:
                 yield from stream_reply(
                     self._parts, prompt, params, stop, ignore_eos, context, self._torch.submit,
                     self._batcher, owner, reply_format, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
-                    generate=generate,
+                    generate=generate, bias=bias,
                 )  # fmt: skip
             finally:
                 # A prompt's temporaries (widened weights) are freed by now: hand them back to the OS,

@@ -18,7 +18,7 @@ from core.errors import GenerationError
 from core.inference import prompts
 from core.inference.events import Event, Finished, Logprobs, Reading, ReplyStats, TextDelta, TokenLogprob
 from core.inference.loading import LoadedParts
-from core.inference.params import DEFAULT_TOP_K, GenerationParams
+from core.inference.params import DEFAULT_TOP_K, GenerationParams, LogitBias
 from core.inference.prompts import Prompt
 from core.inference.scoring import logprobs_of
 
@@ -68,6 +68,7 @@ def stream_reply(
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
     generate: bool = True,
+    bias: LogitBias = (),
 ) -> Iterator[Event]:
     """TextDelta events as the reply is decoded (prompt and reply within `context` tokens), then
     Finished with its statistics. With a `batcher` (the lean decoder) the reply joins the running
@@ -75,7 +76,8 @@ def stream_reply(
     `model.generate` runs it alone on the torch thread. `reply_format`: the JSON the reply is held to;
     `logprobs`: Logprobs events before the text of their tokens, with this many alternatives each;
     `prompt_logprobs`: first, the prompt's tokens' (the first has none), with this many alternatives.
-    `generate` False: no reply, the prompt is only read (where its tokens' log-probabilities are asked)."""
+    `generate` False: no reply, the prompt is only read (where its tokens' log-probabilities are asked);
+    `bias`: added to those tokens' logits before sampling (OpenAI's logit_bias)."""
     from core.inference.streaming import ReplyStreamer
 
     inputs = _prompt(parts, prompt, params.thinking)
@@ -93,7 +95,7 @@ def stream_reply(
     guide = _guide(parts, reply_format) if reply_format is not None else None
     if batcher is not None:
         request = _request(parts, inputs["input_ids"][0], params, streamer, criterion, ignore_eos, owner,
-                           guide, logprobs, prompt_logprobs, room)  # fmt: skip
+                           guide, logprobs, prompt_logprobs, room, bias)  # fmt: skip
         worker = batcher.submit(request)
         log, prompt_logged = request.chooser.logged, request.prompt_logged
     else:
@@ -105,7 +107,9 @@ def stream_reply(
                 ids = inputs["input_ids"][0].tolist()
                 prompt_logged.set_result(logprobs_of(parts, ids, prompt_logprobs))
             return (
-                _generate(parts, inputs, params, streamer, criterion, ignore_eos, guide, head) if room else []
+                _generate(parts, inputs, params, streamer, criterion, ignore_eos, guide, head, bias)
+                if room
+                else []
             )
 
         worker = run_on_torch(work)
@@ -230,13 +234,14 @@ def _generate(
     ignore_eos: bool,
     guide: FormatGuide | None = None,
     head: _HeadLog | None = None,
+    bias: LogitBias = (),
 ) -> list[int]:
     """`model.generate` on the torch thread, for a model the lean decoder does not run; the new ids.
     `head`: each token's log-probability is logged."""
     import torch
 
     with torch.inference_mode():
-        options = _generate_options(parts, inputs, params, streamer, criterion, ignore_eos, guide)
+        options = _generate_options(parts, inputs, params, streamer, criterion, ignore_eos, guide, bias)
         if head is not None:
             options["stopping_criteria"].append(head)
         try:
@@ -276,7 +281,7 @@ class _HeadLog:
 
 def _generate_options(
     parts: LoadedParts, inputs: Any, params: GenerationParams, streamer: Any, criterion: StopOnEvent,
-    ignore_eos: bool, guide: FormatGuide | None = None,
+    ignore_eos: bool, guide: FormatGuide | None = None, bias: LogitBias = (),
 ) -> dict[str, Any]:  # fmt: skip
     """transformers' generate with the same sampling (for architectures the lean decoder does not run)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -296,7 +301,7 @@ def _generate_options(
     }
     if not sampling.greedy:
         options.update(temperature=sampling.temperature, top_p=sampling.top_p, min_p=sampling.min_p or None)
-    processors: list[Any] = []
+    processors: list[Any] = [_Biased(bias)] if bias else []  # first, as the engine's sampler adds it
     if sampling.presence_penalty or sampling.frequency_penalty:
         processors.append(
             _OpenAIPenalties(
@@ -314,6 +319,19 @@ def _generate_options(
     if ignore_eos:
         options["min_new_tokens"] = params.max_new_tokens
     return options
+
+
+class _Biased:
+    """OpenAI's logit_bias for transformers' generate: added to those tokens' logits."""
+
+    def __init__(self, bias: LogitBias) -> None:
+        self.ids, self.added = [token for token, _ in bias], [added for _, added in bias]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        added = scores.new_zeros(scores.shape[-1]).index_put_(
+            (scores.new_tensor(self.ids, dtype=int),), scores.new_tensor(self.added), accumulate=True
+        )
+        return scores + added
 
 
 class _OpenAIPenalties:
@@ -384,7 +402,7 @@ def _reply_end_ids(parts: LoadedParts) -> set[int]:
 def _request(
     parts: LoadedParts, prompt: Any, params: GenerationParams, streamer: ReplyStreamer,
     criterion: StopOnEvent, ignore_eos: bool, owner: str, guide: FormatGuide | None,
-    logprobs: int | None, prompt_logprobs: int | None, room: int,
+    logprobs: int | None, prompt_logprobs: int | None, room: int, bias: LogitBias,
 ) -> Request:  # fmt: skip
     """The reply as a request for the batch, streamed as generate streams it; `room`: its tokens at most
     (0: none, the prompt is only read)."""
@@ -396,7 +414,7 @@ def _request(
     prompt_ids = prompt.tolist()
     chooser = TokenChooser(sampling_for(params, config), parts.decoder.vocabulary, parts.info.device,
                            seen=prompt_ids, never=ends if ignore_eos else (), guide=guide,
-                           logprobs=logprobs)  # fmt: skip
+                           logprobs=logprobs, bias=bias)  # fmt: skip
     streamer.put(prompt)  # the streamer skips the prompt it is given first
 
     def on_token(token: int) -> bool:

@@ -11,6 +11,9 @@ from core.errors import ConfigError
 # top_k where neither the request nor the model's generation_config sets one: llama.cpp's, Ollama's and
 # LM Studio's default. Without a cut, top-p over a flat distribution looks at the whole vocabulary.
 DEFAULT_TOP_K = 40
+# OpenAI's logit_bias: (token id, what is added to its logit before sampling: -100 bans it, 100 all but
+# forces it), a request's own (not a setting: never kept with a conversation or a preset).
+LogitBias = tuple[tuple[int, float], ...]
 
 
 @dataclass(frozen=True)

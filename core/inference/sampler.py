@@ -27,6 +27,7 @@ from core.inference import native
 
 if TYPE_CHECKING:
     from core.inference.formats import FormatGuide
+    from core.inference.params import LogitBias
 
 CANDIDATES = (256, 4096)  # with no top-k: the best tokens looked at, then more, before the whole vocabulary
 # With a top-k (or greedy: 1), the best 2k + SHORTLIST_EXTRA scores are read as Python numbers and the
@@ -122,10 +123,13 @@ class TokenChooser:
     def __init__(
         self, sampling: Sampling, vocabulary: int, device: torch.device | str, seen: Iterable[int] = (),
         never: Iterable[int] = (), guide: FormatGuide | None = None, logprobs: int | None = None,
+        bias: LogitBias = (),
     ) -> None:  # fmt: skip
         """`never` are tokens that may not be chosen (the end tokens while a fixed length is asked for);
         `guide`: the format the reply is held to (only the tokens it allows are chosen); `logprobs`: each
-        chosen token's log-probability is kept in `logged`, with this many likeliest alternatives."""
+        chosen token's log-probability is kept in `logged`, with this many likeliest alternatives (the
+        model's, before `bias`); `bias`: added to those tokens' logits before anything else (OpenAI's
+        logit_bias)."""
         self.sampling = sampling
         self.guide = guide
         self.logprobs = logprobs
@@ -139,6 +143,8 @@ class TokenChooser:
         self._chosen: dict[int, int] = {}  # how often the reply chose each token (with a frequency penalty)
         self._never_set = set(never)
         self._never = torch.tensor(sorted(self._never_set), dtype=torch.long, device=self.device)
+        self._bias_ids = torch.tensor([token for token, _ in bias], dtype=torch.long, device=self.device)
+        self._bias = torch.tensor([added for _, added in bias], dtype=torch.float32, device=self.device)
         self._generator = torch.Generator(device=self.device)
         if sampling.seed is None:
             self._generator.seed()
@@ -162,7 +168,7 @@ class TokenChooser:
         then rise among them."""
         sampling = self.sampling
         held = self.guide is not None and self.guide.holding  # the format's mask may leave out the best
-        if sampling.lifts or held:
+        if sampling.lifts or held or self._bias.numel():  # a bias may lift a token from beyond the best
             return 0
         k = 1 if sampling.greedy else sampling.top_k
         return min(self.vocabulary, 2 * k + SHORTLIST_EXTRA) if 0 < k <= SHORTLIST_MAX_K else 0
@@ -245,8 +251,11 @@ class TokenChooser:
         return [token for _, token in best[:kept]], [prob / before for prob in probs[:kept]]
 
     def _penalised(self, logits: torch.Tensor) -> torch.Tensor:
-        """The logits with the seen tokens penalised: only those are touched, not the vocabulary."""
+        """The logits biased, then with the seen tokens penalised: only those are touched, not the
+        vocabulary."""
         scores = logits.float()
+        if self._bias.numel():
+            scores = scores.index_put((self._bias_ids,), self._bias, accumulate=True)
         sampling = self.sampling
         if self._seen_pending:
             self._seen = torch.cat((self._seen, self._seen.new_tensor(self._seen_pending)))

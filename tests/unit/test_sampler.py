@@ -16,7 +16,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from core.inference.generation import _OpenAIPenalties, sampling_for
+from core.inference.generation import _Biased, _OpenAIPenalties, sampling_for
 from core.inference.params import DEFAULT_TOP_K, GenerationParams
 from core.inference.sampler import CANDIDATES, Sampling, TokenChooser, best_of_each
 
@@ -115,6 +115,32 @@ def test_the_generate_fallback_applies_the_penalties_as_the_sampler_does() -> No
     processor = _OpenAIPenalties(0.5, 0.7, prompt_tokens=3)
     processed = processor(torch.tensor([[1, 1, 2, 4, 4, 4, 5]]), logits.clone().unsqueeze(0))[0]
     torch.testing.assert_close(chooser.distribution(logits), processed.softmax(-1))
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [Sampling(temperature=0.8, top_k=10, top_p=0.9), Sampling(temperature=1.2, repetition_penalty=1.3),
+     Sampling()],
+    ids=["top-k", "penalty, no top-k", "greedy"],
+)  # fmt: skip
+def test_a_logit_bias_is_added_to_the_logits_before_anything_else(sampling: Sampling) -> None:
+    """OpenAI's logit_bias: +100 lifts a token from the bottom into the top-k (the shortlist of the best
+    scores is not read then), -100 all but bans the best; in the generate fallback, the same scores."""
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(5))
+    bottom, best = int(logits.argmin()), int(logits.argmax())
+    bias = ((bottom, 100.0), (best, -100.0), (7, 0.5))
+    chooser = TokenChooser(sampling, 50, "cpu", seen=[1, 7], bias=bias)
+    expected = logits.clone()
+    for token, added in bias:
+        expected[token] += added
+    if sampling.greedy:
+        assert chooser.choose(logits) == bottom
+        return
+    torch.testing.assert_close(
+        chooser.distribution(logits), reference(expected, [1, 7], sampling), atol=2e-6, rtol=1e-4
+    )
+    processed = _Biased(bias)(torch.tensor([[1, 7]]), logits.clone().unsqueeze(0))[0]
+    torch.testing.assert_close(processed, expected)
 
 
 def test_draws_follow_the_distribution() -> None:

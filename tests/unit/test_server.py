@@ -469,9 +469,10 @@ def test_vllms_guided_choice_and_regex_hold_a_reply_to_them(engine: LocalEngine)
 
 
 def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngine) -> None:
-    """A schema no reply can be held to, top_logprobs without logprobs, a logit bias: a client that relies
-    on them gets a 400 naming the parameter, not a reply without them; stop sequences past the limit
-    likewise. What clients send by default (0, {}, a text format, logprobs false) is accepted."""
+    """A schema no reply can be held to, top_logprobs without logprobs, a logit bias on a token the model
+    lacks: a client that relies on them gets a 400 naming the parameter, not a reply without them; stop
+    sequences past the limit likewise. What clients send by default (0, {}, a text format, logprobs
+    false) is accepted."""
     nonsense = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}
     with serving(engine) as url:
         client = _client(url)
@@ -479,7 +480,9 @@ def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngi
             ({"response_format": nonsense}, "response_format"),
             ({"top_logprobs": 2}, "top_logprobs"),
             ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-            ({"logit_bias": {"42": -100}}, "logit_bias"),
+            ({"logit_bias": {"400": -100}}, "logit_bias"),  # beyond the vocabulary
+            ({"logit_bias": {"the": -100}}, "logit_bias"),
+            ({"logit_bias": {"42": -101}}, "logit_bias"),
             ({"stop": [f"s{i}" for i in range(17)]}, "stop"),
             ({"stop": [""]}, "stop.list[constrained-str].0"),
         ):

@@ -72,11 +72,21 @@ def validated(kind: type[Body], raw: bytes) -> Body:
     try:
         return kind.model_validate_json(raw)
     except ValidationError as exc:
-        if any(
-            error["type"] in ("json_invalid", "model_type") and not error["loc"] for error in exc.errors()
-        ):
+        errors = exc.errors()
+        if any("recursion limit" in error["msg"] for error in errors if error["type"] == "json_invalid"):
+            raise APIError(400, "The body nests its JSON too deep to be read.", code="invalid_json") from None
+        if any(error["type"] in ("json_invalid", "model_type") and not error["loc"] for error in errors):
             raise APIError(400, "The body is not a JSON object.", code="invalid_json") from None
         raise from_validation(exc, json.loads(raw)) from None
+
+
+def validated_fields(kind: type[Body], fields: dict[str, Any]) -> Body:
+    """`fields` (what another API's request means, read into this one's) as `kind`; 400 naming the
+    parameter where they are not valid."""
+    try:
+        return kind.model_validate(fields)
+    except ValidationError as exc:
+        raise from_validation(exc, fields) from None
 
 
 def from_validation(exc: ValidationError, body: object) -> APIError:
@@ -162,11 +172,24 @@ def install_handlers(app: FastAPI) -> None:
                                          "server_error", "internal_error"))  # fmt: skip
 
 
+# Anthropic's error types, by status (its Messages API's errors: {"type": "error", "error": {...}}).
+_ANTHROPIC_KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                    503: "overloaded_error"}  # fmt: skip
+
+
+def anthropic_body(status: int, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": _ANTHROPIC_KINDS.get(status, "api_error"), "message": message}}
+
+
 def _answer(request: Request, exc: APIError) -> JSONResponse:
-    """The refusal in the shape of the API asked: OpenAI's, or Ollama's `{"error": "..."}` under /api/."""
-    if request.url.path.startswith("/api/"):
+    """The refusal in the shape of the API asked: OpenAI's, Ollama's `{"error": "..."}` under /api/, or
+    Anthropic's under /v1/messages."""
+    path = request.url.path
+    if path.startswith(("/api/", "/v1/messages")):
         exc.response()  # logged as any refusal
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        said = {"error": exc.message} if path.startswith("/api/") else anthropic_body(exc.status, exc.message)
+        return JSONResponse(said, status_code=exc.status, headers=exc.headers)
     return exc.response()
 
 

@@ -14,9 +14,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from core.api.errors import APIError, from_validation, validated
+from core.api.errors import APIError, validated, validated_fields
 from core.api.schemas import (
     MAX_MESSAGES,
     MAX_TOP_LOGPROBS,
@@ -153,13 +153,6 @@ def _openai(asked: _Asked) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if value is not None}
 
 
-def _validated(kind: type[Any], fields: dict[str, Any]) -> Any:
-    try:
-        return kind.model_validate(fields)
-    except ValidationError as exc:
-        raise from_validation(exc, fields) from None
-
-
 def chat_request(raw: bytes) -> tuple[ChatCompletionRequest | None, float | None]:
     """POST /api/chat's body as the chat completion it means (no messages, Ollama's way to load or unload
     a model: None), and its keep-alive in seconds (seconds_of)."""
@@ -181,7 +174,7 @@ def chat_request(raw: bytes) -> tuple[ChatCompletionRequest | None, float | None
     if not messages:
         return None, keep_alive
     fields = {**_openai(asked), "messages": messages, "tools": asked.tools}
-    return _validated(ChatCompletionRequest, fields), keep_alive
+    return validated_fields(ChatCompletionRequest, fields), keep_alive
 
 
 def generate_request(raw: bytes) -> tuple[ChatCompletionRequest | CompletionRequest | None, float | None]:
@@ -199,10 +192,10 @@ def generate_request(raw: bytes) -> tuple[ChatCompletionRequest | CompletionRequ
         fields = {"max_tokens": None, **_openai(asked), "prompt": asked.prompt, "suffix": asked.suffix}
         fields.pop("top_logprobs", None)  # a text completion's `logprobs` is their count
         fields["logprobs"] = (asked.top_logprobs or 0) if asked.logprobs else None
-        return _validated(CompletionRequest, fields), keep_alive
+        return validated_fields(CompletionRequest, fields), keep_alive
     system = [{"role": "system", "content": asked.system}] if asked.system else []
     messages = [*system, {"role": "user", "content": asked.prompt}]
-    return _validated(ChatCompletionRequest, {**_openai(asked), "messages": messages}), keep_alive
+    return validated_fields(ChatCompletionRequest, {**_openai(asked), "messages": messages}), keep_alive
 
 
 def now() -> str:

@@ -33,7 +33,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from core.access.hosts import HostPolicy, TrustedHostsMiddleware, load_host_policy
-from core.api import ollama, tokenizing
+from core.api import anthropic, ollama, tokenizing
 from core.api.asked import (
     Calling,
     chat_prompt,
@@ -103,7 +103,9 @@ def create_app(
                 "LOCALLLM_API_KEY set, and send that key.",
                 code="invalid_api_key",
             )
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        # OpenAI's and Ollama's clients send a bearer token, Anthropic's an x-api-key
+        given = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+        given = given.removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), api_key.encode()):
             raise APIError(401, "Invalid or missing API key.", code="invalid_api_key")
 
@@ -121,11 +123,15 @@ def create_app(
             return ModelCard(id=key)
 
     @app.get("/v1/models", dependencies=[Depends(require_key)])
-    def list_models() -> dict[str, Any]:
+    def list_models(request: Request) -> dict[str, Any]:
+        if anthropic.VERSION_HEADER in request.headers:  # Anthropic's SDK: its shape of the list
+            return anthropic.model_list(models())
         return ModelList(data=[card(key) for key in models()]).model_dump()
 
     @app.get("/v1/models/{model:path}", dependencies=[Depends(require_key)])
-    def retrieve_model(model: str) -> dict[str, Any]:
+    def retrieve_model(request: Request, model: str) -> dict[str, Any]:
+        if anthropic.VERSION_HEADER in request.headers:
+            return anthropic.model_info(ready(model))
         return card(ready(model)).model_dump()
 
     async def read(request: Request, kind: type[Body]) -> Body:
@@ -451,6 +457,22 @@ def create_app(
         else:
             prompt = chat_prompt(body)
         return await reply(request, body, prompt, shape, keep_alive=keep_alive)
+
+    @app.post("/v1/messages", dependencies=[Depends(require_key)])
+    async def messages(request: Request) -> Any:
+        body = known(_checked(anthropic.messages_request(await raw_body(request))))
+        calling = await run_in_threadpool(tool_use, body)
+        return await reply(
+            request, body, chat_prompt(body, calling), anthropic.MessagesShape(body.model), calling
+        )
+
+    @app.post("/v1/messages/count_tokens", dependencies=[Depends(require_key)])
+    async def count_message_tokens(request: Request) -> dict[str, int]:
+        """Anthropic's: the tokens the prompt of these messages, system prompt and tools takes."""
+        body = known(anthropic.counted_request(await raw_body(request)))
+        calling = await run_in_threadpool(tool_use, body)
+        prompt = chat_prompt(body, calling)
+        return {"input_tokens": await run_in_threadpool(engine.count_tokens, body.model, prompt)}
 
     @app.post("/v1/responses", dependencies=[Depends(require_key)])
     async def responses(request: Request) -> Any:

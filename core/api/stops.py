@@ -21,6 +21,11 @@ class StopSequences:
         self.sequences, self.cut, self.rest = sequences, False, ""
         self._held = ""
 
+    @property
+    def found(self) -> str | None:
+        """The stop sequence the text was cut at (the first of those that begin there)."""
+        return next((sequence for sequence in self.sequences if self.rest.startswith(sequence)), None)
+
     def feed(self, text: str) -> str:
         """What of the text so far can be sent: up to a stop sequence, or up to the longest ending
         that begins one (held for the next piece)."""
@@ -66,7 +71,11 @@ def until_stop_sequence(
             elif isinstance(event, Finished):
                 if rest := cutter.flush():
                     yield TextDelta(rest)
-                yield Finished(replace(event.stats, finish_reason="stop")) if cutter.cut else event
+                yield (
+                    Finished(replace(event.stats, finish_reason="stop", stop_sequence=cutter.found))
+                    if cutter.cut
+                    else event
+                )
             elif not (cutter.cut and isinstance(event, Logprobs)):  # none of tokens past the cut
                 yield event
     finally:

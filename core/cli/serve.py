@@ -24,9 +24,9 @@ from core.settings import load_settings
 @click.option("--new-key", is_flag=True, help="make a new API key (the kept one stops working)")
 def serve(host: str, port: int, model: str | None, max_request_mb: int, new_key: bool) -> int:
     """Serve the downloaded models over an OpenAI-compatible API (/v1/models, /v1/chat/completions,
-    /v1/completions, /v1/responses; vLLM's /tokenize, for lm-evaluation-harness too) and Ollama's
-    (/api/chat, /api/generate, /api/tags, ...), with the models folder, device and weights of the saved
-    settings (docs/api.md). Off loopback a bearer token
+    /v1/completions, /v1/responses; vLLM's /tokenize, for lm-evaluation-harness too), Ollama's
+    (/api/chat, /api/generate, /api/tags, ...) and Anthropic's (/v1/messages), with the models folder,
+    device and weights of the saved settings (docs/api.md). Off loopback a bearer token
     is required: LOCALLLM_API_KEY, or the one made at the first such start and kept in the data folder
     (printed at every start; --new-key replaces it)."""
     if problem := cannot_listen(host, port):

@@ -18,6 +18,7 @@ class ReplyStats:
     model: str
     cached_tokens: int = 0  # prompt tokens an earlier reply's kept cache held (not prefilled again)
     reasoning_tokens: int = 0  # of the completion, a thinking model's reasoning (where it was told apart)
+    stop_sequence: str | None = None  # the request's stop sequence the reply ended before (finish "stop")
 
 
 @dataclass(frozen=True)

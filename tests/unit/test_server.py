@@ -506,7 +506,8 @@ def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngi
     assert plain.choices[0].finish_reason == "length"
     assert missing.value.body["message"] == (
         "This server does not answer POST /v1/embeddings; it answers GET /v1/models, POST "
-        "/v1/chat/completions, POST /v1/completions, POST /v1/responses."
+        "/v1/chat/completions, POST /v1/completions, POST /v1/messages, POST /v1/messages/count_tokens, POST "
+        "/v1/responses."
     )
 
 

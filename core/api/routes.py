@@ -274,7 +274,7 @@ def create_app(
             for j in range(n):
                 seeded = params if params.seed is None else replace(params, seed=(params.seed + j) % 2**63)
                 starts.append(start(prompt, seeded, shapes[number * n + j], echo))
-        running = Choices(starts, lambda: engine.at_once)
+        running = Choices(starts, lambda: engine.at_once(body.model))
         try:
             came = await running.begin()
         except LocalLLMError as exc:

@@ -1,8 +1,8 @@
 """A request's several choices (OpenAI's `n`, a completion's list of prompts), each a stream of the
-engine's, their events merged in the order they come. The first starts alone; once it runs (its model
-loaded, the batch's room known) the next ones join it, as many at a time as the engine runs together,
-the rest as those end: one request never fills the line by itself. The engine's batch generates the ones
-that run at once together."""
+engine's, their events merged in the order they come. As many start at once as the engine runs together,
+the rest as those end: one request never fills the line by itself. Where that is not known yet (the model
+is not loaded), the first starts alone and the others join it once it runs. The engine's batch generates
+the ones that run at once together."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ _END = object()
 
 class Choices:
     """`begin()`, then `rest()`; `stop()` ends them all within a token, whatever the reader does next.
-    `at_once()`: how many replies the engine runs together now."""
+    `at_once()`: how many replies the engine runs together now (None: not known until the model loads)."""
 
-    def __init__(self, starts: list[Start], at_once: Callable[[], int]) -> None:
+    def __init__(self, starts: list[Start], at_once: Callable[[], int | None]) -> None:
         self._starts = starts
         self._at_once = at_once
         self._stops = [threading.Event() for _ in starts]
@@ -44,7 +44,7 @@ class Choices:
         begun, every choice stopped."""
         self._spawn(self._schedule())
         came: list[Item] = []
-        waiting = {0}
+        waiting = set(range(min(len(self), self._at_once() or 1)))
         while waiting:
             index, item = await self._items.get()
             came.append((index, item))
@@ -56,7 +56,7 @@ class Choices:
             if not isinstance(item, Queued):
                 waiting.discard(index)
                 if index == 0:
-                    waiting |= set(range(1, min(len(self), self._at_once())))
+                    waiting |= set(range(1, min(len(self), self._at_once() or 1)))
         return came
 
     async def rest(self) -> AsyncIterator[Item]:
@@ -78,10 +78,10 @@ class Choices:
 
     async def _schedule(self) -> None:
         for index in range(len(self)):
-            if index == 1:
+            if index == 1 and self._at_once() is None:
                 await self._first_runs.wait()
             async with self._room:
-                await self._room.wait_for(lambda: self._active < max(1, self._at_once()))
+                await self._room.wait_for(lambda: self._active < max(1, self._at_once() or 1))
                 self._active += 1
             self._spawn(self._run(index))
 

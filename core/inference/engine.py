@@ -225,11 +225,11 @@ class LocalEngine:
         """The memory a model needs here: weights at the precision, one KV cache at its context length."""
         return model_memory(self._ready_dir(key), self.precision(), self.context_tokens(key))
 
-    @property
-    def at_once(self) -> int:
-        """Replies that run together now: the setting, fewer where their caches do not fit beside the
-        loaded model; one before a model is loaded, and with transformers' generate."""
-        return self._turns.capacity
+    def at_once(self, key: str) -> int | None:
+        """Replies of `key`'s model that run together now: the setting, fewer where their caches do not
+        fit beside it, one with transformers' generate; None while another model, or none, is loaded."""
+        parts = self._parts
+        return self._turns.capacity if parts is not None and parts.info.key == key else None
 
     @property
     def parallel(self) -> int:

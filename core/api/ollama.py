@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from core.api.errors import APIError, validated, validated_fields
 from core.api.schemas import (
+    MAX_INPUTS,
     MAX_MESSAGES,
     MAX_TOP_LOGPROBS,
     ChatCompletionRequest,
@@ -118,6 +119,22 @@ def seconds_of(keep_alive: float | str | None) -> float | None:
         raise APIError(400, "keep_alive is a finite number of seconds.", code="invalid_request",
                        param="keep_alive")  # fmt: skip
     return math.inf if seconds < 0 else seconds
+
+
+class EmbedAsked(_Body):
+    """POST /api/embed (`input`: a text or several), and the older /api/embeddings (`prompt`: one)."""
+
+    model: str = Field(max_length=200)
+    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_INPUTS)] | None = None
+    prompt: str | None = None
+    truncate: StrictBool = True
+    dimensions: StrictInt | None = Field(None, ge=1)
+    keep_alive: float | str | None = None
+
+    @property
+    def inputs(self) -> list[str]:
+        asked = self.input if self.input is not None else self.prompt
+        return [asked] if isinstance(asked, str) else list(asked or [])
 
 
 def model_key(name: str) -> str:

@@ -33,7 +33,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from core.access.hosts import HostPolicy, TrustedHostsMiddleware, load_host_policy
-from core.api import anthropic, ollama, tokenizing
+from core.api import anthropic, embeddings, ollama, tokenizing
 from core.api.asked import (
     Calling,
     chat_prompt,
@@ -52,6 +52,7 @@ from core.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    EmbeddingRequest,
     GenerationRequest,
     ModelCard,
     ModelList,
@@ -457,6 +458,47 @@ def create_app(
         else:
             prompt = chat_prompt(body)
         return await reply(request, body, prompt, shape, keep_alive=keep_alive)
+
+    def embedded(
+        model: str, inputs: list[Any], truncate: bool, dimensions: int | None
+    ) -> tuple[list[Any], int]:
+        """The inputs' embeddings (core.api.embeddings) and the tokens read; run in a worker thread."""
+        tokenizer, context = engine.tokenizer(model), engine.context_tokens(model)
+        ids = embeddings.token_inputs(tokenizer, inputs, context, truncate)
+        try:
+            vectors = engine.embed(model, ids)
+        except LocalLLMError as exc:
+            raise from_core(exc, "input") from exc
+        return embeddings.shortened(vectors, dimensions), sum(len(each) for each in ids)
+
+    @app.post("/v1/embeddings", dependencies=[Depends(require_key)])
+    async def openai_embeddings(request: Request) -> dict[str, Any]:
+        body = known(validated(EmbeddingRequest, await raw_body(request)))
+        vectors, tokens = await run_in_threadpool(embedded, body.model, body.inputs, False, body.dimensions)
+        return embeddings.openai_list(body.model, vectors, tokens, body.encoding_format)
+
+    async def ollama_embedded(request: Request) -> tuple[str, list[Any], int, float]:
+        """An Ollama embed's model, vectors, tokens read and seconds taken."""
+        started = time.perf_counter()
+        body = validated(ollama.EmbedAsked, await raw_body(request))
+        key, keep_alive = ready(ollama.model_key(body.model)), ollama.seconds_of(body.keep_alive)
+        if not body.inputs:
+            raise APIError(400, "Missing required parameter: 'input'.", param="input")
+        vectors, tokens = await run_in_threadpool(embedded, key, body.inputs, body.truncate, body.dimensions)
+        if keep_alive is not None:
+            engine.keep_alive(key, keep_alive)
+        return key, vectors, tokens, time.perf_counter() - started
+
+    @app.post("/api/embed", dependencies=[Depends(require_key)])
+    async def ollama_embed(request: Request) -> dict[str, Any]:
+        key, vectors, tokens, seconds = await ollama_embedded(request)
+        return {"model": key + ollama.LATEST, "embeddings": vectors, "total_duration": int(seconds * 1e9),
+                "load_duration": 0, "prompt_eval_count": tokens}  # fmt: skip
+
+    @app.post("/api/embeddings", dependencies=[Depends(require_key)])
+    async def ollama_embeddings(request: Request) -> dict[str, Any]:
+        """Ollama's older route: one `prompt`, one `embedding`."""
+        return {"embedding": (await ollama_embedded(request))[1][0]}
 
     @app.post("/v1/messages", dependencies=[Depends(require_key)])
     async def messages(request: Request) -> Any:

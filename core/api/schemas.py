@@ -267,6 +267,26 @@ class CompletionRequest(GenerationRequest):
         return self.logprobs
 
 
+MAX_INPUTS = 2048  # an embeddings request's inputs: OpenAI's limit
+
+
+class EmbeddingRequest(_Request):
+    """POST /v1/embeddings: texts or token ids, each embedded alone (core.inference.embedding)."""
+
+    model: str = Field(max_length=200)
+    input: (
+        str | TokenIds | Annotated[list[str], Field(min_length=1, max_length=MAX_INPUTS)]
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)]
+    )  # fmt: skip
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = Field(None, ge=1)
+
+    @property
+    def inputs(self) -> list[str] | list[TokenIds]:
+        asked = self.input
+        return [asked] if isinstance(asked, str) or (asked and isinstance(asked[0], int)) else asked  # type: ignore[list-item]
+
+
 class TokenizeTextRequest(_Request):
     """vLLM's POST /tokenize of a text: its ids, with the tokens the tokenizer adds around a text (a BOS)
     unless `add_special_tokens` is false. `model` may be left out (the one loaded)."""

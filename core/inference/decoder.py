@@ -244,6 +244,12 @@ class Decoder:
         """Append `ids` to `cache`'s sequence; the float logits after each of them (count × vocabulary)."""
         return self._logits(self._pass([Segment(cache, ids)])[0])
 
+    @torch.inference_mode()
+    def state_after(self, cache: KvCache, ids: torch.Tensor) -> torch.Tensor:
+        """Append `ids` to `cache`'s sequence; the float hidden state after the last of them, through the
+        final norm (what the head reads): an embedding's."""
+        return self._norm(self._last_rows([Segment(cache, ids)]), self.final_norm).float()[0]
+
     def _last_rows(self, segments: Sequence[Segment]) -> torch.Tensor:
         """Each segment's last row after the last layer (segments × hidden), in one pass over the weights.
         Where the engine's own decoder layer runs (core.inference.native), it takes every pass whose rows

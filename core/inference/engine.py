@@ -28,6 +28,7 @@ from core.hardware import measure_bandwidth, return_freed_memory_to_os
 from core.hub.store import model_dir, read_manifest
 from core.inference import prompts
 from core.inference.device import available_memory, choose_dtype, detect_device
+from core.inference.embedding import embed_ids
 from core.inference.events import Event, Finished, PromptFit, ReplyStats
 from core.inference.formats import ReplyFormat
 from core.inference.generation import stream_reply
@@ -513,12 +514,23 @@ class LocalEngine:
     def score(self, key: str, text: str) -> TextScore:
         """Each token's log-probability under the model as loaded (int4, int8 or 16-bit), and the
         perplexity; waits for its turn like a reply."""
+        return self._alone(key, lambda parts: score_text(parts, text))
+
+    def embed(self, key: str, inputs: list[list[int]]) -> list[list[float]]:
+        """Each input's (token ids) embedding under the model as loaded (core.inference.embedding); waits
+        for its turn like a reply."""
+        return self._alone(key, lambda parts: embed_ids(parts, inputs))
+
+    def _alone(self, key: str, work: Callable[[LoadedParts], T]) -> T:
+        """`work` on `key`'s model, loaded, on the torch thread, once its turn comes: alone, as no reply
+        shares its passes."""
         ticket = self._turns.enter(key, exclusive=True)
         running = False
         try:
             running = self._turns.wait_quietly(ticket, threading.Event())
             self.load(key)
-            return self.on_torch_thread(lambda: score_text(self._parts, text))
+            parts = self._parts
+            return self.on_torch_thread(lambda: work(parts))
         finally:
             self._turns.leave(ticket, running)
             self._touch()

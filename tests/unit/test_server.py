@@ -499,15 +499,14 @@ def test_what_this_server_cannot_honour_is_refused_not_ignored(engine: LocalEngi
             frequency_penalty=0,
             logit_bias={},
         )
-        # An endpoint it does not have (Open WebUI's embeddings for documents) is named with those it has
-        # (it said "Not Found").
+        # An endpoint it does not have (images) is named with those it has (it said "Not Found").
         with pytest.raises(openai.NotFoundError) as missing:
-            client.embeddings.create(model="tiny", input="Hello")
+            client.images.generate(model="tiny", prompt="Hello")
     assert plain.choices[0].finish_reason == "length"
     assert missing.value.body["message"] == (
-        "This server does not answer POST /v1/embeddings; it answers GET /v1/models, POST "
-        "/v1/chat/completions, POST /v1/completions, POST /v1/messages, POST /v1/messages/count_tokens, POST "
-        "/v1/responses."
+        "This server does not answer POST /v1/images/generations; it answers GET /v1/models, POST "
+        "/v1/chat/completions, POST /v1/completions, POST /v1/embeddings, POST /v1/messages, POST "
+        "/v1/messages/count_tokens, POST /v1/responses."
     )
 
 

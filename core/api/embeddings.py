@@ -14,6 +14,8 @@ from typing import Any
 from core.api.asked import known_ids
 from core.api.errors import APIError
 
+INPUTS_A_TURN = 8  # embedded in one turn of the engine's (which runs alone): a long list waits its turns
+
 
 def token_inputs(
     tokenizer: Any, inputs: Sequence[str | list[int]], context: int, truncate: bool

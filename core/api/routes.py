@@ -465,8 +465,10 @@ def create_app(
         """The inputs' embeddings (core.api.embeddings) and the tokens read; run in a worker thread."""
         tokenizer, context = engine.tokenizer(model), engine.context_tokens(model)
         ids = embeddings.token_inputs(tokenizer, inputs, context, truncate)
-        try:
-            vectors = engine.embed(model, ids)
+        vectors = []
+        try:  # a few inputs a turn: the replies that wait go between, as they would between requests
+            for start in range(0, len(ids), embeddings.INPUTS_A_TURN):
+                vectors += engine.embed(model, ids[start : start + embeddings.INPUTS_A_TURN])
         except LocalLLMError as exc:
             raise from_core(exc, "input") from exc
         return embeddings.shortened(vectors, dimensions), sum(len(each) for each in ids)

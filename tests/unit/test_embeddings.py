@@ -49,6 +49,7 @@ def test_embeddings_are_the_models_last_state_through_either_api(engine: LocalEn
         floats = client.embeddings.create(model="tiny", input=TEXTS, encoding_format="float")
         as_ids = client.embeddings.create(model="tiny", input=ids, encoding_format="float")
         short = client.embeddings.create(model="tiny", input=TEXTS[0], dimensions=16, encoding_format="float")
+        many = client.embeddings.create(model="tiny", input=[*TEXTS] * 6, encoding_format="float")  # 2 turns
         with pytest.raises(openai.BadRequestError) as too_long:
             client.embeddings.create(model="tiny", input=long)
         ollamas = ollama.Client(host=url.removesuffix("/v1"))
@@ -75,6 +76,8 @@ def test_embeddings_are_the_models_last_state_through_either_api(engine: LocalEn
     for other in (encoded.data, as_ids.data):
         torch.testing.assert_close(torch.tensor([item.embedding for item in other]), expected)
     torch.testing.assert_close(torch.tensor(embedded.embeddings), expected)
+    torch.testing.assert_close(torch.tensor([item.embedding for item in many.data]), expected.repeat(6, 1))
+    assert [item.index for item in many.data] == list(range(12))
     assert older.embedding == pytest.approx(floats.data[0].embedding, abs=1e-6)
     assert embedded.prompt_eval_count == floats.usage.prompt_tokens
     first = torch.nn.functional.normalize(vectors[0][:16], dim=-1)

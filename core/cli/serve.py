@@ -60,7 +60,8 @@ def serve(host: str, port: int, model: str | None, max_request_mb: int, new_key:
 
     record_server(models_library.db, host, port, bool(api_key), os.getpid())
     for url in server_urls(host, port):
-        click.echo(f"OpenAI-compatible API at {url}; Ollama's at {url.removesuffix('/v1')}")
+        root = url.removesuffix("/v1")
+        click.echo(f"OpenAI-compatible API at {url}; Ollama's and Anthropic's at {root}")
     app = create_app(engine, models_library.ready_keys, api_key, max_body_bytes=max_request_mb * 1024**2)
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

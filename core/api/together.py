@@ -44,6 +44,7 @@ class Choices:
         begun, every choice stopped."""
         self._spawn(self._schedule())
         came: list[Item] = []
+        ran: set[int] = set()  # the choices that gave something other than their place in line
         waiting = set(range(min(len(self), self._at_once() or 1)))
         while waiting:
             index, item = await self._items.get()
@@ -54,9 +55,10 @@ class Choices:
             if item is None:
                 self._ended += 1
             if not isinstance(item, Queued):
-                waiting.discard(index)
-                if index == 0:
-                    waiting |= set(range(1, min(len(self), self._at_once() or 1)))
+                ran.add(index)
+                if index == 0:  # the model is loaded: the first round is as wide as the batch
+                    waiting |= set(range(min(len(self), self._at_once() or 1)))
+                waiting -= ran
         return came
 
     async def rest(self) -> AsyncIterator[Item]:

@@ -147,3 +147,22 @@ def test_choices_the_engine_refuses_are_refused_whole_before_a_reply_begins(
                 client.chat.completions.create(model="tiny", messages=MESSAGES, n=2, stream=stream)
             assert refused.value.response.headers["retry-after"]
     assert engine.running == 0 and engine.waiting == 0
+
+
+def test_a_short_prompt_that_ends_before_a_long_one_begins_does_not_hold_the_reply(
+    engine: LocalEngine,
+) -> None:
+    """Two prompts read at once for their log-probabilities (lm-eval's batch): the short one is read and
+    done before the long one says anything; the reply still comes, each prompt's as alone."""
+    long, short = "Hello world, " * 250, "Hi"
+    asked = {"model": "tiny", "echo": True, "max_tokens": 0, "logprobs": 1, "temperature": 0}
+    with serving(engine, ["tiny"]) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=30)
+        client.completions.create(model="tiny", prompt="warm", max_tokens=1)  # loaded: both start at once
+        both = client.completions.create(prompt=[long, short], **asked)
+        alone = client.completions.create(prompt=short, **asked)
+    assert [choice.index for choice in both.choices] == [0, 1]
+    assert both.choices[1].logprobs.token_logprobs[1:] == pytest.approx(
+        alone.choices[0].logprobs.token_logprobs[1:], abs=1e-4
+    )
+    assert len(both.choices[0].logprobs.tokens) > 500

@@ -1,8 +1,10 @@
 """The OpenAI-compatible routes: GET /v1/models (and /v1/models/{id}), POST /v1/chat/completions,
-POST /v1/completions (text the model continues, without the chat template) and POST /v1/responses
-(OpenAI's Responses API, stateless), with or without SSE (core.api.shapes writes each);
-GET /health. A chat completion or a response may list tools its reply calls (core.api.calls reads
-the calls).
+POST /v1/completions (text the model continues, without the chat template; filled in before a
+`suffix`) and POST /v1/responses (OpenAI's Responses API, stateless), with or without SSE
+(core.api.shapes writes each), several replies to one request together (core.api.together), POST
+/v1/embeddings; Ollama's /api/* (core.api.ollama) and Anthropic's /v1/messages (core.api.anthropic),
+read into the same requests; GET /health. A chat completion or a response may list tools its reply
+calls (core.api.calls reads the calls).
 
 Internal logic of a completion:
 1. the guards (host, origin, body size) have run; the bearer token is checked;

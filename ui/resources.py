@@ -107,7 +107,7 @@ def dashboard_api() -> DashboardApi:
     the dashboard serve no API (0.4 s of imports)."""
     from core.api.served import DashboardApi
 
-    api = DashboardApi(engine(), library().ready_keys, database(), load_settings().data_dir)
+    api = DashboardApi(engine(), library().ready_keys, database(), load_settings().data_dir, library())
     with contextlib.suppress(ConfigError):
         api.serve_as(preferences().get("api_serving"), preferences().get("api_port"))
     return api

@@ -121,6 +121,18 @@ def seconds_of(keep_alive: float | str | None) -> float | None:
     return math.inf if seconds < 0 else seconds
 
 
+class PullAsked(_Body):
+    model: str = Field("", max_length=300)
+    name: str = Field("", max_length=300)  # older clients' field
+    stream: StrictBool = True
+
+    @property
+    def name_asked(self) -> str:
+        if not (self.model or self.name):
+            raise APIError(400, "Missing required parameter: 'model'.", code="invalid_request", param="model")
+        return self.model or self.name
+
+
 class EmbedAsked(_Body):
     """POST /api/embed (`input`: a text or several), and the older /api/embeddings (`prompt`: one)."""
 

@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from core.access.hosts import HostPolicy, TrustedHostsMiddleware, load_host_policy
-from core.api import anthropic, embeddings, ollama, tokenizing
+from core.access.policy import is_loopback
+from core.api import anthropic, embeddings, ollama, pulls, tokenizing
 from core.api.asked import (
     Calling,
     chat_prompt,
@@ -72,7 +73,8 @@ from core.inference.params import GenerationParams, LogitBias
 from core.inference.prompts import Continuation, Prompt, RawPrompt, TokenPrompt, ToolUse
 from core.inference.tool_calls import call_style
 
-if TYPE_CHECKING:  # the engine is handed in; only its type is needed here
+if TYPE_CHECKING:  # the engine and the catalog are handed in; only their types are needed here
+    from core.hub.library import ModelLibrary
     from core.inference.chat_tokenizer import ChatTokenizer
     from core.inference.engine import LocalEngine
 
@@ -84,8 +86,10 @@ def create_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     hosts: HostPolicy | None = None,
+    library: ModelLibrary | None = None,
 ) -> FastAPI:
-    """`models` lists the keys of ready models; `api_key`, when set, is required as a bearer token."""
+    """`models` lists the keys of ready models; `api_key`, when set, is required as a bearer token;
+    `library`: the catalog Ollama's /api/pull downloads into (None: no such route)."""
     hosts = hosts or load_host_policy()
     middleware = [Middleware(TrustedHostsMiddleware, policy=hosts, refuse=asgi_refusal)]
     if hosts.allowed_origins:
@@ -503,6 +507,28 @@ def create_app(
     async def ollama_embeddings(request: Request) -> dict[str, Any]:
         """Ollama's older route: one `prompt`, one `embedding`."""
         return {"embedding": (await ollama_embedded(request))[1][0]}
+
+    if library is not None:
+
+        @app.post("/api/pull", dependencies=[Depends(require_key)])
+        async def ollama_pull(request: Request) -> Any:
+            """A download asked by a program of this machine (core.api.pulls); a LAN client is refused."""
+            if not is_loopback(request.client.host if request.client else ""):
+                raise APIError(403, "Models are downloaded by this machine's programs only (the dashboard's "
+                               "Models page, `localllm download`), not from the LAN.",
+                               "permission_error")  # fmt: skip
+            body = validated(ollama.PullAsked, await raw_body(request))
+            key = await run_in_threadpool(pulls.catalog_key, library, body.name_asked)
+            lines = pulls.pull_lines(library, key)
+            if body.stream:
+                written = (json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+                return StreamingResponse(
+                    iterate_in_threadpool(written), media_type=ollama.OllamaShape.media_type
+                )
+            last = await run_in_threadpool(lambda: list(lines)[-1])
+            if "error" in last:
+                raise APIError(500, last["error"], "server_error")
+            return last
 
     @app.post("/v1/messages", dependencies=[Depends(require_key)])
     async def messages(request: Request) -> Any:

@@ -23,6 +23,7 @@ from core.storage.db import Database
 if TYPE_CHECKING:
     import uvicorn
 
+    from core.hub.library import ModelLibrary
     from core.inference.engine import LocalEngine
 
 START_TIMEOUT_S = 30.0
@@ -42,8 +43,13 @@ class Listening:
 class DashboardApi:
     """At most one API server on a thread of this process; `serve` moves or stops it."""
 
-    def __init__(self, engine: LocalEngine, models: Callable[[], list[str]], db: Database, data_dir: Path):
+    def __init__(
+        self, engine: LocalEngine, models: Callable[[], list[str]], db: Database, data_dir: Path,
+        library: ModelLibrary | None = None,
+    ) -> None:  # fmt: skip
+        """`library`: the catalog Ollama's /api/pull downloads into, for this machine's programs."""
         self._engine, self._models, self._db, self._data_dir = engine, models, db, data_dir
+        self._library = library
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -76,7 +82,7 @@ class DashboardApi:
     def _start(self, host: str, port: int, api_key: str | None) -> None:
         import uvicorn
 
-        app = create_app(self._engine, self._models, api_key)
+        app = create_app(self._engine, self._models, api_key, library=self._library)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, name="dashboard-api", daemon=True)
         thread.start()

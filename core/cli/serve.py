@@ -62,6 +62,7 @@ def serve(host: str, port: int, model: str | None, max_request_mb: int, new_key:
     for url in server_urls(host, port):
         root = url.removesuffix("/v1")
         click.echo(f"OpenAI-compatible API at {url}; Ollama's and Anthropic's at {root}")
-    app = create_app(engine, models_library.ready_keys, api_key, max_body_bytes=max_request_mb * 1024**2)
+    app = create_app(engine, models_library.ready_keys, api_key, max_body_bytes=max_request_mb * 1024**2,
+                     library=models_library)  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

@@ -510,13 +510,16 @@ def create_app(
 
     if library is not None:
 
+        def this_machines(request: Request, what: str) -> None:
+            """403 for a client on the LAN: the models disk is this machine's programs' to change."""
+            if not is_loopback(request.client.host if request.client else ""):
+                raise APIError(403, f"Models are {what} by this machine's programs only (the dashboard's "
+                               "Models page, `localllm`), not from the LAN.", "permission_error")  # fmt: skip
+
         @app.post("/api/pull", dependencies=[Depends(require_key)])
         async def ollama_pull(request: Request) -> Any:
             """A download asked by a program of this machine (core.api.pulls); a LAN client is refused."""
-            if not is_loopback(request.client.host if request.client else ""):
-                raise APIError(403, "Models are downloaded by this machine's programs only (the dashboard's "
-                               "Models page, `localllm download`), not from the LAN.",
-                               "permission_error")  # fmt: skip
+            this_machines(request, "downloaded")
             body = validated(ollama.PullAsked, await raw_body(request))
             key = await run_in_threadpool(pulls.catalog_key, library, body.name_asked)
             lines = pulls.pull_lines(library, key)
@@ -529,6 +532,17 @@ def create_app(
             if "error" in last:
                 raise APIError(500, last["error"], "server_error")
             return last
+
+        @app.delete("/api/delete", dependencies=[Depends(require_key)])
+        async def ollama_delete(request: Request) -> dict[str, Any]:
+            """A downloaded model's files deleted (it stays in the catalog, as the Models page leaves it),
+            unloaded first; refused while it answers or downloads."""
+            this_machines(request, "deleted")
+            key = ready(ollama.model_key(ollama.shown_name(await raw_body(request))))
+            if not await run_in_threadpool(engine.unload_if_idle, key):
+                raise APIError(409, f"{key} is answering now: delete it when its replies end.", code="in_use")
+            await run_in_threadpool(library.delete, key)
+            return {}
 
     @app.post("/v1/messages", dependencies=[Depends(require_key)])
     async def messages(request: Request) -> Any:

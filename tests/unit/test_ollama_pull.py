@@ -1,7 +1,8 @@
-"""Ollama's /api/pull through `core serve`'s app with Ollama's own client, against a Hub-compatible
-server on loopback: a repo named as Ollama names Hugging Face's (hf.co/org/name) is added to the catalog,
-downloaded by the download manager with its progress as Ollama's lines, verified, and served at once; a
-catalog key pulls too; what cannot be run is refused with the reason; a LAN client may not pull."""
+"""Ollama's /api/pull and /api/delete through `core serve`'s app with Ollama's own client, against a
+Hub-compatible server on loopback: a repo named as Ollama names Hugging Face's (hf.co/org/name) is added
+to the catalog, downloaded by the download manager with its progress as Ollama's lines, verified, and
+served; a catalog key pulls too; what cannot be run is refused with the reason; a delete unloads the
+model and removes its files; a LAN client may do neither."""
 
 from __future__ import annotations
 
@@ -39,32 +40,39 @@ def test_a_program_of_this_machine_pulls_a_model_from_hugging_face(
 ) -> None:
     hub.add_repo("tiny/chat-model", tiny_models["qwen2"])
     engine = LocalEngine(library.manager.models_dir, idle_unload_s=0)
-    with serving(engine, [], library=library) as url:
+    served: list[str] = []  # the models the server lists (`serve` reads them from the library)
+    with serving(engine, served, library=library) as url:
         client = ollama.Client(host=url.removesuffix("/v1"))
         lines = list(client.pull("hf.co/tiny/chat-model:latest", stream=True))
         again = client.pull("chat-model")  # a catalog key, already here: nothing fetched
         with pytest.raises(ollama.ResponseError) as missing:
             client.pull("tiny/no-such-model")
+        after_pull = library.status("chat-model").kind
+        served += library.ready_keys()
+        answered = client.generate(model="chat-model", prompt="Hi", options={"num_predict": 2})
+        client.delete("chat-model")  # loaded: unloaded first, then its files go
+        deleted = (library.status("chat-model").kind, engine.loaded)
     statuses = [line.status for line in lines]
     assert statuses[0] == "pulling manifest" and statuses[-2:] == ["verifying sha256 digest", "success"]
     files = [line for line in lines if line.status and line.status.startswith("pulling ") and line.total]
     assert files and files[-1].completed == files[-1].total  # the bytes as they came, to the end
-    assert library.status("chat-model").kind == "ready"  # added, downloaded, verified
+    assert after_pull == "ready"  # added, downloaded, verified
     # the weights fetched once (a closed range, bytes=0-N, is their header read when the model was added)
     transfers = [
         r for r in hub.requests("GET", "model.safetensors") if r.range is None or r.range.endswith("-")
     ]
     assert again.status == "success" and len(transfers) == 1
+    assert answered.done and deleted == ("not_downloaded", None)
     assert (missing.value.status_code, missing.value.error) == (
         400,
         "Repository tiny/no-such-model (main) was not found.",
     )
     # A client on the LAN (the ASGI app called as from 192.168.1.20: no second machine here)
     app = create_app(engine, library.ready_keys, "key", library=library)
+    key = {"Authorization": "Bearer key"}
     with TestClient(app, base_url="http://127.0.0.1:8000", client=("192.168.1.20", 50000)) as lan:
-        refused = lan.post("/api/pull", json={"model": "chat-model"}, headers={"Authorization": "Bearer key"})
-    assert refused.status_code == 403
-    assert refused.json() == {
-        "error": "Models are downloaded by this machine's programs only (the dashboard's "
-        "Models page, `localllm download`), not from the LAN."
-    }
+        pulled = lan.post("/api/pull", json={"model": "chat-model"}, headers=key)
+        deleting = lan.request("DELETE", "/api/delete", json={"model": "chat-model"}, headers=key)
+    assert (pulled.status_code, deleting.status_code) == (403, 403)
+    assert pulled.json()["error"] == ("Models are downloaded by this machine's programs only (the "
+                                      "dashboard's Models page, `localllm`), not from the LAN.")  # fmt: skip

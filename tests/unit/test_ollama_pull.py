@@ -17,6 +17,8 @@ from core.hub.library import ModelLibrary
 from core.hub.manager import DownloadManager
 from core.hub.transfer import TransferPolicy
 from core.inference.engine import LocalEngine
+from core.inference.params import GenerationParams
+from core.inference.prompts import RawPrompt
 from core.preferences import Preferences
 from core.storage.db import Database
 from tests.fixtures.hub_server import HubServer
@@ -50,6 +52,11 @@ def test_a_program_of_this_machine_pulls_a_model_from_hugging_face(
         after_pull = library.status("chat-model").kind
         served += library.ready_keys()
         answered = client.generate(model="chat-model", prompt="Hi", options={"num_predict": 2})
+        reply = engine.stream("chat-model", RawPrompt("Hi"), GenerationParams(max_new_tokens=64))
+        next(reply)  # a reply under way: the model is in use
+        with pytest.raises(ollama.ResponseError) as in_use:
+            client.delete("chat-model")
+        reply.close()
         client.delete("chat-model")  # loaded: unloaded first, then its files go
         deleted = (library.status("chat-model").kind, engine.loaded)
     statuses = [line.status for line in lines]
@@ -63,6 +70,10 @@ def test_a_program_of_this_machine_pulls_a_model_from_hugging_face(
     ]
     assert again.status == "success" and len(transfers) == 1
     assert answered.done and deleted == ("not_downloaded", None)
+    assert (in_use.value.status_code, in_use.value.error) == (
+        409,
+        "chat-model is answering now: delete it when its replies end.",
+    )
     assert (missing.value.status_code, missing.value.error) == (
         400,
         "Repository tiny/no-such-model (main) was not found.",

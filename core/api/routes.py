@@ -161,14 +161,14 @@ def create_app(
                            code="model_not_found", param="model")  # fmt: skip
         return key
 
-    async def fitted(body: GenerationRequest, prompt: Prompt, param: str) -> GenerationParams:
+    async def fitted(body: GenerationRequest, prompt: Prompt) -> GenerationParams:
         """The request's sampling over the model's own (as vLLM), its reply's room capped to what the
-        context leaves `prompt`: measured before anything is allocated for it (400 naming `param`)."""
+        context leaves `prompt`: measured before anything is allocated for it (400 naming the prompt)."""
         wanted = GenerationParams().max_new_tokens if body.wanted_tokens is None else body.wanted_tokens
         try:
             fit = await run_in_threadpool(engine.fit_prompt, body.model, prompt, wanted)
         except ContextLengthError as exc:
-            raise from_core(exc, param) from exc
+            raise from_core(exc, body.prompt_param) from exc
         defaults = await run_in_threadpool(engine.default_params, body.model)
         return _params(body, replace(defaults, max_new_tokens=max(fit.max_new_tokens, 1)))
 
@@ -231,8 +231,7 @@ def create_app(
         text, sent before the reply's (with its tokens' log-probabilities where the body asks them);
         `keep_alive`: the seconds the model stays loaded after it (Ollama's; None: the idle setting)."""
         steering = await steering_of(body, calling)
-        param = "prompt" if isinstance(shape, TextShape) else "messages"
-        params = await fitted(body, prompt, param)
+        params = await fitted(body, prompt)
         stop = threading.Event()
         events = await events_of(request, body, prompt, params, stop, shape, calling, echo, steering)
         try:
@@ -242,7 +241,6 @@ def create_app(
         if keep_alive is not None:  # the model is loaded for this reply by now
             engine.keep_alive(body.model, keep_alive)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
             def ended() -> None:
                 stop.set()
@@ -250,7 +248,8 @@ def create_app(
                     target=_close_when_free, args=(events,), name="close-stream", daemon=True
                 ).start()
 
-            return _EngineStream(_sse(request, shape, first, events, include_usage), shape.media_type, ended)
+            written = _sse(request, shape, first, events, body.usage_streamed)
+            return _EngineStream(written, shape.media_type, ended)
         whole = run_in_threadpool(lambda: _complete(shape, _chain(first, events)))
         return await _until_done_or_gone(request, stop.set, whole)
 
@@ -267,7 +266,6 @@ def create_app(
         batch, as many at once as it runs together (core.api.together)."""
         n = body.n or 1
         steering = await steering_of(body, calling)
-        param = "prompt" if isinstance(body, CompletionRequest) else "messages"
         shapes = [make_shape(index) for index in range(len(asked) * n)]
         for shape in shapes[1:]:
             shape.id, shape.created = shapes[0].id, shapes[0].created
@@ -277,7 +275,7 @@ def create_app(
 
         starts = []
         for number, (prompt, echo) in enumerate(asked):
-            params = await fitted(body, prompt, param)
+            params = await fitted(body, prompt)
             for j in range(n):
                 seeded = params if params.seed is None else replace(params, seed=(params.seed + j) % 2**63)
                 starts.append(start(prompt, seeded, shapes[number * n + j], echo))
@@ -287,8 +285,7 @@ def create_app(
         except LocalLLMError as exc:
             raise from_core(exc) from exc
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            written = _sse_choices(request, shapes, n, came, running, include_usage)
+            written = _sse_choices(request, shapes, n, came, running, body.usage_streamed)
             return _EngineStream(written, shapes[0].media_type, running.stop)
         return await _until_done_or_gone(request, running.stop, _whole_choices(shapes, n, came, running))
 
@@ -690,7 +687,7 @@ async def _whole_choices(
 ) -> dict[str, Any]:
     """A reply of several choices, each read to its end and written whole by its own writer."""
     events: list[list[Event]] = [[] for _ in shapes]
-    for index, item in [*came, *[item async for item in running.rest()]]:
+    async for index, item in _chain_async(came, running.rest()):
         if isinstance(item, LocalLLMError):
             running.stop()
             raise from_core(item)

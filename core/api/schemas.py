@@ -170,6 +170,16 @@ class GenerationRequest(_Request):
         return self.max_tokens
 
     @property
+    def usage_streamed(self) -> bool:
+        """Whether a stream ends with the usage (OpenAI's `stream_options.include_usage`)."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def prompt_param(self) -> str:
+        """The parameter that holds the prompt, named where it is refused."""
+        return "messages"
+
+    @property
     def logprobs_asked(self) -> int | None:
         """How many alternatives each token's log-probability comes with (None: none asked)."""
         return None
@@ -255,6 +265,10 @@ class CompletionRequest(GenerationRequest):
     suffix: str | None = None
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: StrictInt | None = Field(None, ge=1)
+
+    @property
+    def prompt_param(self) -> str:
+        return "prompt"
 
     @property
     def prompts(self) -> list[str] | list[TokenIds]:

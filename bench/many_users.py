@@ -169,7 +169,7 @@ def planned_mb(models: Path, key: str, parallel: int | None) -> float:
 
     engine = LocalEngine(models, idle_unload_s=0, **({} if parallel is None else {"parallel": parallel}))
     engine.load(key)
-    planned = engine.memory_estimate(key).with_caches(engine.parallel) + engine.prompt_copy_bytes
+    planned = engine.memory_estimate(key).with_caches(engine.parallel) + engine.prompt_copies.get(key, 0)
     engine.unload()
     return planned / 2**20
 

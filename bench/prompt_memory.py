@@ -38,7 +38,7 @@ models, key, count, quantization = Path(sys.argv[1]), sys.argv[2], int(sys.argv[
 engine = LocalEngine(models, quantization=quantization, idle_unload_s=0)
 engine.load(key)
 estimate = engine.memory_estimate(key)
-plan = (estimate.with_caches(engine.parallel) + engine.prompt_copy_bytes) / 2**20
+plan = (estimate.with_caches(engine.parallel) + engine.prompt_copies.get(key, 0)) / 2**20
 params = GenerationParams(max_new_tokens=1)
 def reply(messages, owner):
     for event in engine.stream(key, messages, params, ignore_eos=True, owner=owner):
@@ -47,7 +47,7 @@ def reply(messages, owner):
 def rss():
     engine.on_torch_thread(lambda: None)  # the trim after the reply has run
     return psutil.Process().memory_info().rss / 2**20
-kept = engine.prompt_copy_bytes / 2**20
+kept = engine.prompt_copies.get(key, 0) / 2**20
 copy = f", {kept:.0f} MiB of weights kept unpacked" if kept else ""
 print(f"{key}: planned {plan:.0f} MiB (the weights, {engine.parallel} KV caches running or kept{copy})")
 for index in range(count):

@@ -46,7 +46,7 @@ engine.prepare().result()
 engine.load(key)
 params = GenerationParams(max_new_tokens=1, seed=0)  # the default sampling
 owners = itertools.count()
-model = engine._parts.model  # the loaded layers, to switch their path (a bench, not the product)
+model = engine.parts_of(key).model  # the loaded layers, to switch their path (a bench, not the product)
 layers = [m for m in model.modules() if isinstance(m, quantize.Int4Linear)]
 unpacked_from = layers[0].prompt_rows
 def first_token(words):

@@ -103,6 +103,7 @@ def _context(value: Any) -> int:
 
 
 MAX_PARALLEL = 16
+MAX_LOADED = 8
 
 
 def _port(value: Any) -> int:
@@ -115,14 +116,19 @@ def _port(value: Any) -> int:
     return port
 
 
-def _parallel(value: Any) -> int:
-    try:
-        replies = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{value!r} is not a number of replies.") from None
-    if not 1 <= replies <= MAX_PARALLEL:
-        raise ConfigError(f"Replies generated together must be between 1 and {MAX_PARALLEL}.")
-    return replies
+def _count(things: str, what: str, most: int) -> Callable[[Any], int]:
+    """A check of a whole number of `things` from 1 to `most`; `what` names it in the sentence."""
+
+    def check(value: Any) -> int:
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{value!r} is not a number of {things}.") from None
+        if not 1 <= count <= most:
+            raise ConfigError(f"{what} must be between 1 and {most}.")
+        return count
+
+    return check
 
 
 def _model_contexts(value: Any) -> dict[str, int]:
@@ -201,8 +207,13 @@ PREFERENCES: dict[str, Preference] = {
                    "allows (first tokens ~2x sooner, ~3x the int4 weights' memory)", _flag, True,
                    "engine.prompt_copy"),
         Preference("parallel_replies", "replies the local model generates together (batched; fewer when "
-                   "their KV caches do not fit in memory); more requests wait in line", _parallel, 4,
+                   "their KV caches do not fit in memory); more requests wait in line",
+                   _count("replies", "Replies generated together", MAX_PARALLEL), 4,
                    "engine.parallel_replies", _from_env("LOCALLLM_PARALLEL")),
+        Preference("loaded_models", "models kept loaded at once where memory holds them (a switch back finds "
+                   "its model loaded); the least recently used makes room",
+                   _count("models", "Models kept loaded", MAX_LOADED), 3,
+                   "engine.loaded_models", _from_env("LOCALLLM_MAX_LOADED_MODELS")),
         Preference("language", "the dashboard's language for this machine's browser: zh or en (unset: the "
                    "browser's)", _one_of(LANGUAGES), None, "ui.language"),
         Preference("context_tokens", "context length of every model without its own (tokens; at most the "

@@ -425,8 +425,7 @@ def waiting_text() -> str:
     current = store.get_current_config()
     if current.provider != "local_model":
         return t("chat.waiting_server", model=escape_markdown(current.model))
-    loaded = resources.engine().loaded
-    if loaded is None or loaded.key != current.model:
+    if resources.engine().parts_of(current.model) is None:
         return t("chat.loading", model=escape_markdown(current.model))
     return t("chat.reading")
 

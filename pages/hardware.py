@@ -7,7 +7,7 @@ from core.api import server_status, server_urls
 from core.errors import ConfigError
 from core.inference.sizing import memory_verdict, replies_that_fit
 from core.logs import log_file, tail
-from core.preferences import API_SERVING, DEVICES, MAX_PARALLEL, QUANTIZATIONS
+from core.preferences import API_SERVING, DEVICES, MAX_LOADED, MAX_PARALLEL, QUANTIZATIONS
 from core.settings import load_settings
 from core.storage import files
 from core.storage.db import display_url, sqlite_file
@@ -126,10 +126,8 @@ st.subheader(t("hardware.models_section"))
 library = resources.library()
 precision = resources.engine_precision()
 engine = resources.engine()
-# The loaded model's weights kept unpacked for prompts: memory beyond its estimate, said beside it.
-kept_copy = (
-    {engine.loaded.key: engine.prompt_copy_bytes} if engine.loaded and engine.prompt_copy_bytes else {}
-)
+# The loaded models' weights kept unpacked for prompts: memory beyond their estimates, said beside them.
+kept_copy = engine.prompt_copies
 rows = []
 people = []
 for spec in library.models():
@@ -201,7 +199,7 @@ if not access.is_admin():
 
 st.subheader(t("settings.section"))
 st.markdown(f"**{t('settings.engine')}**")
-device_column, quantization_column, idle_column, parallel_column = st.columns(4)
+device_column, quantization_column, idle_column, parallel_column, loaded_column = st.columns(5)
 device = device_column.selectbox(
     t("settings.device"), DEVICES, index=DEVICES.index(engine.device_preference),
     help=t("settings.device_help"), key="settings.device",
@@ -219,13 +217,19 @@ parallel = parallel_column.number_input(
     t("settings.parallel"), min_value=1, max_value=MAX_PARALLEL, value=engine.parallel, step=1,
     help=t("settings.parallel_help"), key="settings.parallel",
 )  # fmt: skip
+loaded_models = loaded_column.number_input(
+    t("settings.loaded_models"), min_value=1, max_value=MAX_LOADED, value=engine.max_loaded, step=1,
+    help=t("settings.loaded_models_help"), key="settings.loaded_models",
+)  # fmt: skip
 chosen = {"device": device, "quantization": quantization, "idle_unload_s": idle_minutes * 60.0,
-          "parallel_replies": int(parallel)}  # fmt: skip
+          "parallel_replies": int(parallel), "loaded_models": int(loaded_models)}  # fmt: skip
 if chosen != {"device": engine.device_preference, "quantization": engine.quantization,
-              "idle_unload_s": engine.idle_unload_s, "parallel_replies": engine.parallel}:  # fmt: skip
+              "idle_unload_s": engine.idle_unload_s, "parallel_replies": engine.parallel,
+              "loaded_models": engine.max_loaded}:  # fmt: skip
     for name, value in chosen.items():
         resources.preferences().set(name, value)
-    engine.device_preference, engine.quantization, engine.idle_unload_s, engine.parallel = chosen.values()
+    (engine.device_preference, engine.quantization, engine.idle_unload_s, engine.parallel,
+     engine.max_loaded) = chosen.values()  # fmt: skip
     st.toast(t("settings.saved"))
 prompt_copy = st.toggle(
     t("settings.prompt_copy"), value=engine.keep_prompt_weights, help=t("settings.prompt_copy_help"),

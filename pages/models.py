@@ -226,9 +226,7 @@ def ask_delete(key: str) -> None:
 def release(key: str) -> None:
     """Unload `key` if the engine holds it, before its files go: a deleted model answers no more chats
     and keeps no memory (nor, on Windows, its files open)."""
-    engine = resources.engine()
-    if (loaded := engine.loaded) is not None and loaded.key == key:
-        engine.unload()
+    resources.engine().unload(key)
 
 
 def release_and_redownload(key: str) -> None:

@@ -21,6 +21,8 @@ from ui.markup import escape_markdown, urls_as_code
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
 
+    from core.inference.loading import LoadedModel
+
 STATUS_POLL_S = 1.0  # the sidebar status is drawn again this often while a model loads or downloads
 
 
@@ -253,7 +255,7 @@ def sidebar_status(current: ProviderConfig | None) -> None:
 
 def _status(current: ProviderConfig | None, *, polled: bool, this_run: list[bool]) -> None:
     engine, downloads = resources.engine(), resources.library().active_downloads()
-    loaded, loading, copy = engine.loaded, engine.loading, engine.prompt_copy_bytes
+    loaded, loading, copies = engine.loaded_models, engine.loading, engine.prompt_copies
     in_page_run = bool(this_run) and this_run.pop()
     if polled and not in_page_run and loading is None and not downloads:
         # Done: a poll redraws the page, which shows the model too, and polling stops. Not in the page's
@@ -262,18 +264,10 @@ def _status(current: ProviderConfig | None, *, polled: bool, this_run: list[bool
     st.caption(t("status.header"))
     no_provider = t("status.no_provider")
     provider = t("status.provider", name=escape_markdown(current.name)) if current else no_provider
-    if loaded:
-        memory = format_bytes(loaded.memory_bytes)
-        model_line = t(
-            "status.loaded",
-            model=loaded.key,
-            device=loaded.device,
-            dtype=loaded.weights if loaded.weights != loaded.dtype else loaded.dtype,
-            memory=memory + t("status.prompt_copy", size=format_bytes(copy)) if copy else memory,
-        )
-    else:
-        model_line = t("status.loading", model=loading) if loading else t("status.no_model")
-    lines = [provider, model_line]
+    model_lines = [_loaded_line(model, copies.get(model.key, 0)) for model in loaded]
+    if loading or not loaded:
+        model_lines.append(t("status.loading", model=loading) if loading else t("status.no_model"))
+    lines = [provider, *model_lines]
     if downloads:
         lines.append(t("status.downloads_some", count=len(downloads)))
         lines.extend(f"  - {p.key}: {p.fraction:.0%}" for p in downloads)
@@ -282,11 +276,16 @@ def _status(current: ProviderConfig | None, *, polled: bool, this_run: list[bool
     st.markdown("\n".join(f"- {line}" if not line.startswith("  ") else line for line in lines))
 
     if loaded:
-        left = engine.idle_seconds_left()
-        if left is not None:
-            st.caption(t("status.idle_unload", time=format_duration(left)))
+        for model in loaded:
+            if (left := engine.idle_seconds_left(model.key)) is not None:
+                time_left = format_duration(left)
+                st.caption(
+                    t("status.idle_unload_model", model=model.key, time=time_left)
+                    if len(loaded) > 1
+                    else t("status.idle_unload", time=time_left)
+                )
         unload = st.button(
-            t("status.unload"),
+            t("status.unload_all") if len(loaded) > 1 else t("status.unload"),
             icon=":material/eject:",
             key="status.unload",
             disabled=not access.is_admin(),
@@ -295,6 +294,18 @@ def _status(current: ProviderConfig | None, *, polled: bool, this_run: list[bool
         if unload and access.is_admin():  # a click inside the status's fragment reruns only the fragment:
             engine.unload()
             st.rerun()  # the whole page, which may show the model too (Chat, Hardware)
+
+
+def _loaded_line(model: LoadedModel, copy: int) -> str:
+    """A loaded model as the status says it: its device, weights and memory (and its prompt copy's)."""
+    memory = format_bytes(model.memory_bytes)
+    return t(
+        "status.loaded",
+        model=model.key,
+        device=model.device,
+        dtype=model.weights if model.weights != model.dtype else model.dtype,
+        memory=memory + t("status.prompt_copy", size=format_bytes(copy)) if copy else memory,
+    )
 
 
 def download_settings() -> None:

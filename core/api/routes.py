@@ -410,11 +410,15 @@ def create_app(
 
     @app.get("/api/ps", dependencies=[Depends(require_key)])
     def ollama_running() -> dict[str, Any]:
-        loaded = engine.loaded
-        if loaded is None or loaded.key not in models():
-            return {"models": []}
-        expires = ollama.expires_at(engine.idle_seconds_left())
-        return {"models": [entry(loaded.key) | {"size_vram": 0, "expires_at": expires}]}
+        served = models()
+        return {
+            "models": [
+                entry(loaded.key)
+                | {"size_vram": 0, "expires_at": ollama.expires_at(engine.idle_seconds_left(loaded.key))}
+                for loaded in engine.loaded_models
+                if loaded.key in served
+            ]
+        }
 
     @app.post("/api/show", dependencies=[Depends(require_key)])
     async def ollama_show(request: Request) -> dict[str, Any]:

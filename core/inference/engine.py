@@ -1,5 +1,6 @@
-"""The local engine: one loaded model per process, shared by every caller; replies generated together
-(continuous batching, up to the parallel setting and what memory holds), the rest waiting in FIFO order;
+"""The local engine: the models loaded in this process (up to the setting, as memory holds; the least
+recently used makes room), shared by every caller; replies of one model generated together (continuous
+batching, up to the parallel setting and what memory holds), the rest waiting in FIFO order; each model
 unloaded on demand or when idle.
 
 All torch work (imports, loading, quantizing, generating, the bandwidth measurement) runs on one
@@ -20,8 +21,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import InsufficientMemoryError, ModelNotReadyError
 from core.hardware import measure_bandwidth, return_freed_memory_to_os
@@ -56,6 +58,9 @@ from core.inference.sizing import (
 from core.inference.turns import TurnQueue
 from core.preferences import MAX_PARALLEL, Preferences
 
+if TYPE_CHECKING:
+    from core.inference.batching import Batcher
+
 T = TypeVar("T")
 GIB = 1024**3
 # The bandwidth read while the app starts (pages and a browser loading beside it) can be half the
@@ -75,8 +80,24 @@ def native_loaded() -> bool:
     return bool(native and native.LIBRARY.loaded)
 
 
+@dataclass(eq=False)
+class Resident:
+    """A loaded model and what the engine keeps beside it."""
+
+    parts: LoadedParts
+    batcher: Batcher | None  # None: transformers' generate, one reply at a time
+    memory_fit: int  # replies whose KV caches fit beside the model (measured as it loaded)
+    to_keep: list[Any] | None = None  # layers still to keep unpacked (int4) or in oneDNN's layout
+    copy_bytes: int = 0  # the unpacked copy for prompts, kept or planned
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> str:
+        return self.parts.info.key
+
+
 class LocalEngine:
-    """One loaded model per process, shared by every caller; replies batched, the rest in FIFO order."""
+    """The loaded models, shared by every caller; replies batched, the rest in FIFO order."""
 
     def __init__(
         self,
@@ -87,33 +108,32 @@ class LocalEngine:
         idle_unload_s: float = 900.0,
         max_waiting: int = 4,
         parallel: int = 4,
+        max_loaded: int = 3,
         context_setting: Callable[[str], int] = lambda _key: CONTEXT_FOR_ESTIMATES,
         keep_prompt_weights: bool = True,
     ) -> None:
-        """`parallel`: replies generated together at most; `context_setting(key)`: the context length
-        chosen for a model (clamped to its window); `keep_prompt_weights`: keep int4 weights unpacked
-        between replies where memory allows (not for a process that ends after its replies)."""
+        """`parallel`: replies generated together at most; `max_loaded`: models kept loaded at most (a
+        switch back to one finds it loaded); `context_setting(key)`: the context length chosen for a
+        model (clamped to its window); `keep_prompt_weights`: keep int4 weights unpacked between replies
+        where memory allows (not for a process that ends after its replies)."""
         self.models_dir = models_dir
         self.device_preference = device
         self.quantization = quantization
         self.idle_unload_s = idle_unload_s
         self.context_setting = context_setting
         self._parallel = parallel
-        self._memory_fit = 1  # replies whose KV caches fit beside the loaded model (set at load)
+        self._max_loaded = max_loaded
         self.keep_prompt_weights = keep_prompt_weights
-        self._to_keep: list[Any] | None = None  # layers still to keep unpacked (int4) or in oneDNN's layout
-        self._copy_bytes = 0  # the loaded model's unpacked copy for prompts, kept or planned
         self._turns = TurnQueue(max_waiting)
-        self._batcher: Any = None  # core.inference.batching.Batcher of the loaded lean decoder
         self._load_lock = threading.Lock()
         self._warm_lock = threading.Lock()
         self._warm_asked = False  # `warm` loads once per engine at most
-        self._parts: LoadedParts | None = None
+        # Replaced, never changed in place (under the load lock): read from any thread without a lock.
+        self._residents: tuple[Resident, ...] = ()
         self._loading: str | None = None  # the model a load is under way for
         self._tokenizer_only: tuple[str, Any] | None = None  # (key, tokenizer) of a model not loaded
         self._load_ids = itertools.count(1)
-        self._last_used = time.monotonic()
-        self._kept_for: tuple[str, float] | None = None  # a client's keep-alive for a model (Ollama's)
+        self._kept_for: dict[str, float] = {}  # clients' keep-alive for models (Ollama's), until unloaded
         self._idle_thread: threading.Thread | None = None
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-torch")
         self._kernels: dict[str, Future[bool]] = {}
@@ -129,6 +149,7 @@ class LocalEngine:
             "quantization": preferences.get("quantization"),
             "idle_unload_s": preferences.get("idle_unload_s"),
             "parallel": preferences.get("parallel_replies"),
+            "max_loaded": preferences.get("loaded_models"),
             "keep_prompt_weights": preferences.get("prompt_copy"),
             "context_setting": preferences.context_for,
         }
@@ -177,10 +198,28 @@ class LocalEngine:
         return self._torch.submit(work).result()
 
     # -- loading --------------------------------------------------------------------------------
+    def _resident(self, key: str) -> Resident | None:
+        return next((resident for resident in self._residents if resident.key == key), None)
+
+    def _by_use(self) -> list[Resident]:
+        """The loaded models, the one used last first."""
+        return sorted(self._residents, key=lambda resident: resident.last_used, reverse=True)
+
     @property
     def loaded(self) -> LoadedModel | None:
-        parts = self._parts
-        return parts.info if parts else None
+        """The loaded model used last (`loaded_models`: all of them), else None."""
+        residents = self._by_use()
+        return residents[0].parts.info if residents else None
+
+    @property
+    def loaded_models(self) -> tuple[LoadedModel, ...]:
+        """The loaded models, the one used last first."""
+        return tuple(resident.parts.info for resident in self._by_use())
+
+    def parts_of(self, key: str) -> LoadedParts | None:
+        """`key`'s model, tokenizer and decoder while it is loaded, else None."""
+        resident = self._resident(key)
+        return resident.parts if resident else None
 
     @property
     def loading(self) -> str | None:
@@ -228,9 +267,8 @@ class LocalEngine:
 
     def at_once(self, key: str) -> int | None:
         """Replies of `key`'s model that run together now: the setting, fewer where their caches do not
-        fit beside it, one with transformers' generate; None while another model, or none, is loaded."""
-        parts = self._parts
-        return self._turns.capacity if parts is not None and parts.info.key == key else None
+        fit beside it, one with transformers' generate; None while it is not loaded."""
+        return self._turns.capacity(key) if self._resident(key) else None
 
     @property
     def parallel(self) -> int:
@@ -240,8 +278,24 @@ class LocalEngine:
     @parallel.setter
     def parallel(self, replies: int) -> None:
         self._parallel = replies
-        if self._batcher is not None:
-            self._turns.set_capacity(min(replies, self._memory_fit))
+        for resident in self._residents:
+            if resident.batcher is not None:
+                self._turns.set_capacity(resident.key, min(replies, resident.memory_fit))
+
+    @property
+    def max_loaded(self) -> int:
+        """Models kept loaded at most (the setting)."""
+        return self._max_loaded
+
+    @max_loaded.setter
+    def max_loaded(self, models: int) -> None:
+        """From now on; the least recently used models beyond it go at once (not one a reply runs on)."""
+        self._max_loaded = models
+        with self._load_lock:
+            running, by_use = self._turns.running_model(), [resident.key for resident in self._by_use()]
+            for key in by_use[models:]:
+                if key != running:
+                    self._unload_locked(key)
 
     def _ready_dir(self, key: str) -> Path:
         directory = model_dir(self.models_dir, key)
@@ -250,7 +304,11 @@ class LocalEngine:
         return directory
 
     def load(self, key: str, *, force: bool = False) -> LoadedModel:
-        """Load `key` (unloading another model first); concurrent calls share one load."""
+        """Load `key` (unloading the least recently used models first where the setting or memory asks);
+        concurrent calls share one load."""
+        return self._loaded(key, force).parts.info
+
+    def _loaded(self, key: str, force: bool = False) -> Resident:
         with self._load_lock:
             return self._load_locked(key, force)
 
@@ -273,29 +331,77 @@ class LocalEngine:
         loaded = None
         if self._load_lock.acquire(blocking=False):  # else a load is under way: nothing to do
             try:
-                if self._parts is None:  # not over a model that someone chose meanwhile
-                    loaded = self._load_locked(key, force=False)
+                if not self._residents:  # not over a model that someone chose meanwhile
+                    loaded = self._load_locked(key, force=False).parts.info
             except Exception as exc:  # short of memory, damaged files: the first message says so
                 logger.info("%s not loaded ahead of a message: %s", key, exc)
             finally:
                 self._load_lock.release()
         done.set_result(loaded)
 
-    def _load_locked(self, key: str, force: bool) -> LoadedModel:
-        if self._parts and self._parts.info.key == key:
-            return self._parts.info
+    def _load_locked(self, key: str, force: bool) -> Resident:
+        if resident := self._resident(key):
+            resident.last_used = time.monotonic()
+            return resident
         self._loading = key
         try:
             return self._load_new(key, force)
         finally:
             self._loading = None
 
-    def _load_new(self, key: str, force: bool) -> LoadedModel:
+    def _load_new(self, key: str, force: bool) -> Resident:
         directory = self._ready_dir(key)
         device = self.runs_on()
         estimate = self.memory_estimate(key)
+        self._make_room(key, estimate, device, force)
+        # The KV caches that fit beside the weights, measured before the weights take their memory.
+        available = available_memory(device)
+        fit = replies_that_fit(estimate, available, MAX_PARALLEL)
+        tokenizer, precision, load_id = self.tokenizer(key), self.precision(), next(self._load_ids)
+        parts = self.on_torch_thread(
+            lambda: load_model(key, directory, device, choose_dtype(device), precision, tokenizer, load_id)
+        )
+        self._tokenizer_only = None
+        if parts.decoder is not None:
+            from core.inference.batching import Batcher
+
+            # Finished replies' caches are kept for the next turn, within the replies planned for.
+            batcher = Batcher(
+                parts.decoder, self._torch.submit, caches_at_most=lambda: self._turns.capacity(key)
+            )
+            resident = Resident(parts, batcher, fit)
+            # On the torch thread: which layers unpack is checked with torch operations, and a
+            # second OpenMP team beside the torch thread's slows every decode step (see above).
+            self.on_torch_thread(lambda: self._plan_prompt_copy(resident, estimate, available))
+            self._turns.set_capacity(key, min(self._parallel, resident.memory_fit))
+        else:  # transformers' generate: one reply at a time
+            from core.inference.quantize import movable_layers
+
+            resident = Resident(parts, None, 1)
+            # 16-bit weights on a CPU: moved into oneDNN's own layout while no reply runs (no memory added).
+            resident.to_keep = self.on_torch_thread(lambda: movable_layers(parts.model)) or None
+            self._turns.set_capacity(key, 1)
+        self._residents = (*self._residents, resident)
+        logger.info(
+            "loaded %s on %s (%s) in %.1f s, %d replies at once; %d models loaded",
+            key, device, precision.label, parts.info.load_s, self._turns.capacity(key), len(self._residents),
+        )  # fmt: skip
+        self._start_idle_watch()
+        if resident.to_keep:  # in the first quiet moment: now, unless a reply or a score waits for this load
+            self._torch.submit(self._keep_prompt_weights)
+        return resident
+
+    def _make_room(self, key: str, estimate: MemoryEstimate, device: str, force: bool) -> None:
+        """Unload the least recently used models (those no reply runs on first) while the setting's
+        count is reached or `key`'s model with its replies' caches would not fit beside them; raise
+        InsufficientMemoryError, unloading none, when it does not fit even alone (unless `force`)."""
+        running = self._turns.running_model()
+        by_use = sorted(self._residents, key=lambda resident: (resident.key == running, resident.last_used))
         needed, available = estimate.total_bytes, available_memory(device)
-        if needed > available and not force:
+        freeable = sum(resident.parts.info.memory_bytes + resident.copy_bytes for resident in by_use)
+        others = [resident.key for resident in by_use]  # keys only: an unloaded model's memory is freed
+        del by_use
+        if needed > available + freeable and not force:
             raise InsufficientMemoryError(
                 f"{key} needs {needed / GIB:.1f} GiB, {available / GIB:.1f} GiB available. "
                 "Close other programs or load it anyway.",
@@ -303,107 +409,77 @@ class LocalEngine:
                 needed_bytes=needed,
                 available_bytes=available,
             )
-        self._unload_locked()
-        # The KV caches that fit beside the weights, measured before the weights take their memory.
-        available = available_memory(device)
-        fit = replies_that_fit(estimate, available, MAX_PARALLEL)
-        tokenizer, precision, load_id = self.tokenizer(key), self.precision(), next(self._load_ids)
-        self._parts = self.on_torch_thread(
-            lambda: load_model(key, directory, device, choose_dtype(device), precision, tokenizer, load_id)
-        )
-        self._tokenizer_only = None
-        if self._parts.decoder is not None:
-            from core.inference.batching import Batcher
+        planned = estimate.with_caches(self._parallel)
+        for other in others:
+            if len(self._residents) < self._max_loaded and planned <= 0.8 * available_memory(device):
+                return
+            self._unload_locked(other)
 
-            # Finished replies' caches are kept for the next turn, within the replies planned for.
-            self._batcher = Batcher(
-                self._parts.decoder, self._torch.submit, caches_at_most=lambda: self._turns.capacity
-            )
-            self._memory_fit = fit
-            # On the torch thread: which layers unpack is checked with torch operations, and a
-            # second OpenMP team beside the torch thread's slows every decode step (see above).
-            self._to_keep = self.on_torch_thread(lambda: self._prompt_copy_plan(estimate, available, fit))
-            self._turns.set_capacity(min(self._parallel, fit))
-        else:  # transformers' generate: one reply at a time
-            self._batcher = None
-            self._turns.set_capacity(1)
-            from core.inference.quantize import movable_layers
-
-            # 16-bit weights on a CPU: moved into oneDNN's own layout while no reply runs (no memory added).
-            model = self._parts.model
-            self._to_keep = self.on_torch_thread(lambda: movable_layers(model)) or None
-        logger.info(
-            "loaded %s on %s (%s) in %.1f s, %d replies at once",
-            key, device, precision.label, self._parts.info.load_s, self._turns.capacity,
-        )  # fmt: skip
-        self._touch()
-        self._start_idle_watch()
-        if self._to_keep:  # in the first quiet moment: now, unless a reply or a score waits for this load
-            self._torch.submit(self._keep_prompt_weights)
-        return self._parts.info
-
-    def _prompt_copy_plan(self, estimate: MemoryEstimate, available: int, fit: int) -> list[Any] | None:
-        """The loaded model's int4 layers to keep unpacked for prompts (`_keep_prompt_weights`): all of
-        them if their copy leaves room for as many replies at once as without it (within the 80 % of
+    def _plan_prompt_copy(self, resident: Resident, estimate: MemoryEstimate, available: int) -> None:
+        """Which of a new model's int4 layers to keep unpacked for prompts (`_keep_prompt_weights`): all
+        of them if their copy leaves room for as many replies at once as without it (within the 80 % of
         free memory that `replies_that_fit` plans with), else none."""
         from core.inference.quantize import unpackable_layers
 
         if not self.keep_prompt_weights:
-            return None
-        assert self._parts is not None
-        layers = unpackable_layers(self._parts.model)
+            return
+        layers = unpackable_layers(resident.parts.model)
         copy = sum(layer.unpacked_bytes() for layer in layers)
-        at_once = min(self._parallel, fit)
+        at_once = min(self._parallel, resident.memory_fit)
         if copy < KEEP_UNPACKED_MIN_BYTES or estimate.with_caches(at_once) + copy > 0.8 * available:
-            return None
+            return
         with_copy = dataclasses.replace(estimate, runtime_bytes=estimate.runtime_bytes + copy)
-        self._memory_fit = replies_that_fit(with_copy, available, MAX_PARALLEL)  # at least `at_once`
-        self._copy_bytes = copy
+        resident.memory_fit = replies_that_fit(with_copy, available, MAX_PARALLEL)  # at least `at_once`
+        resident.to_keep, resident.copy_bytes = layers, copy
         logger.info("will keep %.2f GB of unpacked weights for prompts", copy / 1e9)
-        return layers
 
     def _keep_prompt_weights(self) -> None:
-        """On the torch thread while no reply runs: keep the loaded model's int4 weights unpacked for
+        """On the torch thread while no reply runs: keep the loaded models' int4 weights unpacked for
         prompts (16-bit ones: move them into oneDNN's layout), a matrix at a time (a reply that arrives
         meanwhile waits for one matrix, ~30-300 ms, and the rest waits for the next quiet moment). Each
         matrix kept takes prompts of KEPT_PROMPT_ROWS rows and more from then on (an int4 prompt's
         first token ~2 × sooner once all are: docs/performance.md, "Prompts")."""
-        parts, layers = self._parts, self._to_keep
-        started = time.perf_counter()
-        while layers and self._turns.idle and parts is self._parts:
-            layers.pop().keep_unpacked()
-        if parts is not None and parts is self._parts and layers == []:
-            self._to_keep = None
-            return_freed_memory_to_os()  # the unpacking's temporaries: ~190 MB of TinyLlama's heap
-            logger.info(
-                "the weights are kept for prompts (the last part in %.1f s)", time.perf_counter() - started
-            )
+        for resident in self._by_use():
+            started, layers = time.perf_counter(), resident.to_keep
+            while layers and self._turns.idle and resident in self._residents:
+                layers.pop().keep_unpacked()
+            if layers == [] and resident in self._residents:
+                resident.to_keep = None
+                return_freed_memory_to_os()  # the unpacking's temporaries: ~190 MB of TinyLlama's heap
+                logger.info(
+                    "%s's weights are kept for prompts (the last part in %.1f s)",
+                    resident.key, time.perf_counter() - started,
+                )  # fmt: skip
 
     @property
-    def prompt_copy_bytes(self) -> int:
-        """The memory the loaded model's weights kept unpacked for prompts take, or will once made (0:
-        none): beyond `memory_estimate`, within the memory the engine plans with."""
-        return self._copy_bytes
+    def prompt_copies(self) -> dict[str, int]:
+        """The memory each loaded model's weights kept unpacked for prompts take, or will once made
+        (models with none left out): beyond `memory_estimate`, within the memory the engine plans with."""
+        return {resident.key: resident.copy_bytes for resident in self._residents if resident.copy_bytes}
 
     def settle(self) -> None:
         """Wait for the work the engine does between replies (keeping weights unpacked for prompts):
         what a user's reading and typing give it; the benches wait here before timing."""
         self.on_torch_thread(lambda: None)
 
-    def unload(self) -> None:
-        """Free the model's memory (CUDA cache emptied too)."""
+    def unload(self, key: str | None = None) -> None:
+        """Free `key`'s model's memory, or every loaded model's (CUDA cache emptied too)."""
         with self._load_lock:
-            self._unload_locked()
+            for loaded in [resident.key for resident in self._residents]:
+                if key is None or loaded == key:
+                    self._unload_locked(loaded)
 
-    def _unload_locked(self) -> None:
-        if self._parts is None:
+    def _unload_locked(self, key: str) -> None:
+        """Unload `key`'s model: the caller holds no reference to its Resident, so its memory goes here."""
+        resident = self._resident(key)
+        if resident is None:
             return
-        device = self._parts.info.device
-        logger.info("unloading %s", self._parts.info.key)
-        if self._kept_for is not None and self._kept_for[0] == self._parts.info.key:
-            self._kept_for = None  # its next load keeps to the setting
-        self._parts = self._batcher = self._to_keep = None
-        self._copy_bytes = 0
+        device = resident.parts.info.device
+        logger.info("unloading %s", key)
+        self._kept_for.pop(key, None)  # its next load keeps to the setting
+        self._turns.set_capacity(key, None)
+        self._residents = tuple(other for other in self._residents if other is not resident)
+        del resident
         gc.collect()
         return_freed_memory_to_os()
         if device == "cuda":
@@ -412,39 +488,40 @@ class LocalEngine:
             torch.cuda.empty_cache()
 
     # -- idle unload ----------------------------------------------------------------------------
-    def _touch(self) -> None:
-        self._last_used = time.monotonic()
+    def _touch(self, key: str) -> None:
+        if resident := self._resident(key):
+            resident.last_used = time.monotonic()
 
     def keep_alive(self, key: str, seconds: float) -> None:
         """Keep `key`'s model loaded `seconds` after its last reply instead of the idle setting, until it
         is unloaded (Ollama's `keep_alive`, the latest request's: 0 unloads it as soon as nothing runs or
-        waits, math.inf keeps it)."""
-        self._kept_for = (key, seconds)
+        waits for it, math.inf keeps it)."""
+        self._kept_for[key] = seconds
 
     def unload_if_idle(self, key: str) -> bool:
-        """Unload `key`'s model now, unless a reply runs or waits (then it goes once they end, where a
-        keep-alive of 0 was asked); True when it is not loaded afterwards."""
+        """Unload `key`'s model now, unless a reply runs or waits for it (then it goes once they end,
+        where a keep-alive of 0 was asked); True when it is not loaded afterwards."""
         with self._load_lock:
-            loaded = self._parts.info.key if self._parts else None
-            if loaded == key and self._turns.idle:
-                self._unload_locked()
-                loaded = None
-        return loaded != key
+            loaded = self._resident(key) is not None
+            if loaded and not self._turns.wanted(key):
+                self._unload_locked(key)
+                loaded = False
+        return not loaded
 
-    def _idle_unload_after(self) -> float:
-        """Idle seconds before the unload: a client's keep-alive for the loaded model, else the setting
+    def _idle_unload_after(self, key: str) -> float:
+        """Idle seconds before `key`'s model is unloaded: a client's keep-alive for it, else the setting
         (0 there: never)."""
-        kept, parts = self._kept_for, self._parts
-        if kept is not None and parts is not None and kept[0] == parts.info.key:
-            return kept[1]
+        if (kept := self._kept_for.get(key)) is not None:
+            return kept
         return self.idle_unload_s if self.idle_unload_s > 0 else math.inf
 
-    def idle_seconds_left(self) -> float | None:
-        """Seconds until the idle unload, or None when nothing is loaded or it never comes."""
-        after = self._idle_unload_after()
-        if self._parts is None or after == math.inf:
+    def idle_seconds_left(self, key: str) -> float | None:
+        """Seconds until `key`'s model is unloaded for idleness, or None when it is not loaded or never
+        will be."""
+        after, resident = self._idle_unload_after(key), self._resident(key)
+        if resident is None or after == math.inf:
             return None
-        return max(0.0, after - (time.monotonic() - self._last_used))
+        return max(0.0, after - (time.monotonic() - resident.last_used))
 
     def _start_idle_watch(self) -> None:
         if self._idle_thread is None or not self._idle_thread.is_alive():
@@ -452,10 +529,11 @@ class LocalEngine:
             self._idle_thread.start()
 
     def _idle_watch(self) -> None:
-        while self._parts is not None:
-            time.sleep(min(1.0, max(0.05, self._idle_unload_after() / 4)))
-            if self.idle_seconds_left() == 0.0 and self._turns.idle:
-                self.unload()
+        while keys := [resident.key for resident in self._residents]:
+            time.sleep(min(1.0, max(0.05, min(self._idle_unload_after(key) for key in keys) / 4)))
+            for key in keys:
+                if self.idle_seconds_left(key) == 0.0 and not self._turns.wanted(key):
+                    self.unload(key)
 
     # -- the queue ------------------------------------------------------------------------------
     @property
@@ -475,8 +553,7 @@ class LocalEngine:
     # -- prompts --------------------------------------------------------------------------------
     def tokenizer(self, key: str) -> Any:
         """The model's tokenizer: the loaded model's, else one loaded alone (a fraction of a second)."""
-        parts = self._parts
-        if parts is not None and parts.info.key == key:
+        if parts := self.parts_of(key):
             return parts.tokenizer
         cached = self._tokenizer_only
         if cached is not None and cached[0] == key:
@@ -487,8 +564,7 @@ class LocalEngine:
 
     def window(self, key: str) -> int:
         """The model's own context window in tokens (its config's max_position_embeddings)."""
-        parts = self._parts
-        if parts is not None and parts.info.key == key:
+        if parts := self.parts_of(key):
             return parts.info.context_length
         return context_length(self._ready_dir(key), lambda: self.tokenizer(key))
 
@@ -528,12 +604,11 @@ class LocalEngine:
         running = False
         try:
             running = self._turns.wait_quietly(ticket, threading.Event())
-            self.load(key)
-            parts = self._parts
+            parts = self._loaded(key).parts
             return self.on_torch_thread(lambda: work(parts))
         finally:
             self._turns.leave(ticket, running)
-            self._touch()
+            self._touch(key)
 
     # -- replies --------------------------------------------------------------------------------
     def stream(
@@ -569,12 +644,12 @@ class LocalEngine:
             if not running:
                 yield Finished(ReplyStats(0, 0, None, None, "stopped", key))
                 return
-            self.load(key)
+            resident = self._loaded(key)
             try:
                 context = self.context_tokens(key)
                 yield from stream_reply(
-                    self._parts, prompt, params, stop, ignore_eos, context, self._torch.submit,
-                    self._batcher, owner, reply_format, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                    resident.parts, prompt, params, stop, ignore_eos, context, self._torch.submit,
+                    resident.batcher, owner, reply_format, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
                     generate=generate, bias=bias,
                 )  # fmt: skip
             finally:
@@ -584,6 +659,6 @@ class LocalEngine:
         finally:
             stop.set()  # a reader that goes away stops generation too
             self._turns.leave(ticket, running)
-            self._touch()
-            if self._to_keep:
+            self._touch(key)
+            if any(resident.to_keep for resident in self._residents):
                 self._torch.submit(self._keep_prompt_weights)

@@ -1,4 +1,4 @@
-"""Whose turn it is: up to `capacity` replies of one model run together (the batch); the others wait in
+"""Whose turn it is: up to its capacity replies of one model run together (the batch); the others wait in
 a FIFO with their places in line and a cap on how many may wait."""
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ class TurnQueue:
     their place whenever it changes. The line is FIFO: a request for another model waits for the running
     ones to end, and those behind it wait with it."""
 
-    def __init__(self, max_waiting: int = 4, capacity: int = 1) -> None:
+    def __init__(self, max_waiting: int = 4) -> None:
         self.max_waiting = max_waiting
-        self._capacity = capacity
+        self._capacities: dict[str, int] = {}  # a model's replies that may run together (unknown: 1)
         self._turn = threading.Condition()
         self._waiting: deque[Ticket] = deque()
         self._running: list[Ticket] = []
@@ -47,16 +47,19 @@ class TurnQueue:
             self._waiting.append(ticket)
             return ticket
 
-    def set_capacity(self, capacity: int) -> None:
-        """How many replies may run together from now on (at least 1)."""
+    def set_capacity(self, key: str, capacity: int | None) -> None:
+        """How many replies of `key`'s model may run together from now on (at least 1; None: not known,
+        one at a time until it is)."""
         with self._turn:
-            self._capacity = max(1, capacity)
+            if capacity is None:
+                self._capacities.pop(key, None)
+            else:
+                self._capacities[key] = max(1, capacity)
             self._turn.notify_all()
 
-    @property
-    def capacity(self) -> int:
+    def capacity(self, key: str) -> int:
         with self._turn:
-            return self._capacity
+            return self._capacities.get(key, 1)
 
     def _may_join(self, ticket: Ticket) -> bool:
         if not self._running:
@@ -66,7 +69,7 @@ class TurnQueue:
             not ticket.exclusive
             and not first.exclusive
             and first.key == ticket.key
-            and len(self._running) < self._capacity
+            and len(self._running) < self._capacities.get(first.key, 1)
         )
 
     def wait(self, ticket: Ticket, stop: threading.Event) -> Generator[Queued, None, bool]:
@@ -124,3 +127,13 @@ class TurnQueue:
     def idle(self) -> bool:
         with self._turn:
             return not self._running and not self._waiting
+
+    def running_model(self) -> str | None:
+        """The model whose replies run now (those of one model run at a time), else None."""
+        with self._turn:
+            return self._running[0].key if self._running else None
+
+    def wanted(self, key: str) -> bool:
+        """A request for `key`'s model runs or waits."""
+        with self._turn:
+            return any(ticket.key == key for ticket in (*self._running, *self._waiting))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
@@ -18,6 +20,7 @@ from core.storage.records import Conversation
 from core.storage.schema import ConversationRow
 from core.units import format_bytes
 from tests.fixtures.openai_faults import FaultyOpenAIServer
+from tests.fixtures.tiny_models import install_ready
 from ui import resources
 
 
@@ -66,11 +69,30 @@ def test_opening_the_page_loads_the_chosen_model_before_the_first_message(
     assert engine.loaded is not None and engine.loaded.key == ready_model
     at.run()  # the status's next drawing (every second while a load runs, in the browser)
     assert f"Loaded: {ready_model}" in _sidebar_text(at) and "Loading" not in _sidebar_text(at)
-    if engine.prompt_copy_bytes:  # bf16 on this CPU: the weights kept for prompts are said beside it
-        assert f"+ {format_bytes(engine.prompt_copy_bytes)} for faster prompts" in _sidebar_text(at)
+    if copy := engine.prompt_copies.get(ready_model):  # bf16 here: the weights kept for prompts are said
+        assert f"+ {format_bytes(copy)} for faster prompts" in _sidebar_text(at)
 
     at.sidebar.button(key="status.unload").click().run()
     assert not at.exception and engine.loaded is None
+    assert "No model loaded" in _sidebar_text(at)
+
+
+def test_the_sidebar_lists_every_loaded_model_and_unloads_them_all(
+    new_app, ready_model: str, tiny_models: dict[str, Path]
+) -> None:
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "second", tiny_models["llama"])  # an API's model
+    at = new_app()
+    at.run()
+    engine = resources.engine()
+    engine.load(ready_model)
+    engine.load("second")
+    at.run()
+    lines = [line for line in _sidebar_text(at).splitlines() if "Loaded:" in line]
+    assert [line.split()[2] for line in lines] == ["second", ready_model]  # the one used last first
+    assert f"{ready_model} unloads after" in "".join(caption.value for caption in at.sidebar.caption)
+    assert at.sidebar.button(key="status.unload").label == "Unload all models"
+    at.sidebar.button(key="status.unload").click().run()
+    assert not at.exception and engine.loaded_models == ()
     assert "No model loaded" in _sidebar_text(at)
 
 

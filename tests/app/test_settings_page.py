@@ -3,9 +3,12 @@ Hardware & Settings page's settings, the dashboard's own API among them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.chat.configs import ConfigStore
+from core.errors import ConfigError
 from core.inference.engine import LocalEngine
 from core.storage.db import Database
 from core.units import format_count
@@ -143,6 +146,30 @@ def test_faster_prompts_can_be_turned_off_and_every_engine_reads_it(new_app, db_
     assert LocalEngine.from_preferences(preferences).keep_prompt_weights is False  # `localllm serve`
 
 
+def test_models_kept_loaded_is_a_setting_and_lowering_it_unloads_the_least_recently_used(
+    new_app, db_url: str, ready_model: str, tiny_models: dict[str, Path]
+) -> None:
+    from core.preferences import Preferences
+    from tests.fixtures.tiny_models import install_ready
+    from ui import resources
+
+    install_ready(resources.engine().models_dir, "second", tiny_models["llama"])
+    at = new_app()
+    at.switch_page("pages/hardware.py").run()
+    assert at.number_input(key="settings.loaded_models").value == 3  # as Ollama keeps
+    local = resources.engine()
+    local.load("second")
+    local.load(ready_model)
+    at.number_input(key="settings.loaded_models").set_value(1).run()
+    assert not at.exception and local.max_loaded == 1
+    assert [model.key for model in local.loaded_models] == [ready_model]
+    preferences = Preferences(Database(db_url))
+    assert preferences.get("loaded_models") == 1
+    assert LocalEngine.from_preferences(preferences).max_loaded == 1  # `localllm serve` keeps to it too
+    with pytest.raises(ConfigError, match="between 1 and 8"):
+        preferences.set("loaded_models", 0)
+
+
 def test_the_hardware_page_counts_the_loaded_models_kept_weights(
     new_app, db_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -160,7 +187,7 @@ def test_the_hardware_page_counts_the_loaded_models_kept_weights(
     local = resources.engine()
     list(local.stream(key, [{"role": "user", "content": "hello " * 20}], local.default_params(key)))
     local.settle()
-    copy = local.prompt_copy_bytes
+    copy = local.prompt_copies.get(key, 0)
     assert copy > 0
     at.run()
     people = next(m.value for m in at.markdown if "How many people" in m.value)

@@ -82,7 +82,7 @@ def test_a_loaded_int4_model_unpacks_its_prompts_from_the_kept_crossing(
         monkeypatch.setattr(calibration, "measure_int4_prompt_rows", lambda: 48)  # as if measured here
     engine = LocalEngine(tmp_path, device="cpu", idle_unload_s=0)
     info = engine.load("tiny")
-    layers = [m for m in engine._parts.model.modules() if isinstance(m, quantize.Int4Linear)]
+    layers = [m for m in engine.parts_of("tiny").model.modules() if isinstance(m, quantize.Int4Linear)]
     if info.weights != "int4" or info.dtype != "bfloat16":
         pytest.skip(f"this CPU runs {info.weights} in {info.dtype}: prompts never unpack int4 weights")
     expected = quantize.UNPACK_NEVER if kernel == "native" else 48

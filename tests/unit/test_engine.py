@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -173,12 +174,62 @@ def test_concurrent_loads_make_one_model(engine: LocalEngine) -> None:
     assert len({loaded.load_id for loaded in loads}) == 1
 
 
-def test_switching_models_unloads_the_old_one(engine: LocalEngine) -> None:
+def test_a_switch_back_finds_the_model_loaded_and_the_least_recently_used_makes_room(
+    engine: LocalEngine,
+) -> None:
+    """An embedding model beside a chat model, two chats with two models: each switch used to reload."""
+    engine.max_loaded = 2
     first = engine.load("tiny-qwen")
     second = engine.load("tiny-llama")
-    assert second.key == "tiny-llama"
-    assert second.load_id != first.load_id
-    assert engine.loaded.key == "tiny-llama"
+    assert [m.key for m in engine.loaded_models] == ["tiny-llama", "tiny-qwen"]
+    alone = "".join(e.text for e in engine.stream("tiny-qwen", HELLO, GREEDY) if isinstance(e, TextDelta))
+    assert engine.load("tiny-qwen").load_id == first.load_id  # not loaded again
+    assert [m.key for m in engine.loaded_models] == ["tiny-qwen", "tiny-llama"]  # used last first
+    engine.load("long")  # a third: tiny-llama, used least recently, makes room
+    assert [m.key for m in engine.loaded_models] == ["long", "tiny-qwen"]
+    assert engine.parts_of("tiny-llama") is None and engine.at_once("tiny-llama") is None
+    # Replies of one model after another's: the same words as alone (each model its own batch and caches).
+    again = "".join(e.text for e in engine.stream("tiny-qwen", HELLO, GREEDY) if isinstance(e, TextDelta))
+    assert again == alone and engine.load("tiny-qwen").load_id == first.load_id
+    assert engine.load("tiny-llama").load_id != second.load_id  # loaded again, over "long"
+    assert [m.key for m in engine.loaded_models] == ["tiny-llama", "tiny-qwen"]
+    engine.max_loaded = 1  # lowered: the models beyond it go at once
+    assert [m.key for m in engine.loaded_models] == ["tiny-llama"]
+    engine.load("tiny-qwen")
+    assert [m.key for m in engine.loaded_models] == ["tiny-qwen"]
+
+
+def test_a_model_that_would_not_fit_beside_the_loaded_ones_unloads_them(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.load("tiny-qwen")
+    planned = engine.memory_estimate("tiny-llama").with_caches(engine.parallel)
+    monkeypatch.setattr("core.inference.engine.available_memory", lambda _device: int(planned / 0.8) - 1)
+    engine.load("tiny-llama")
+    assert [m.key for m in engine.loaded_models] == ["tiny-llama"]
+    # Too big even alone: refused, and what is loaded stays loaded.
+    monkeypatch.setattr("core.inference.engine.available_memory", lambda _device: 1024**2)
+    with pytest.raises(InsufficientMemoryError):
+        engine.load("tiny-qwen")
+    assert [m.key for m in engine.loaded_models] == ["tiny-llama"]
+
+
+def test_each_loaded_model_unloads_after_its_own_idle_time(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    install_ready(tmp_path / "models", "chat", tiny_models["qwen2"])
+    install_ready(tmp_path / "models", "embed", tiny_models["llama"])
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0.5)
+    engine.load("chat")
+    engine.keep_alive("embed", math.inf)  # a client's keep-alive for this one
+    engine.load("embed")
+    deadline = time.monotonic() + 10
+    while engine.parts_of("chat") is not None:
+        assert time.monotonic() < deadline, "the idle unload did not fire"
+        time.sleep(0.05)
+    assert [m.key for m in engine.loaded_models] == ["embed"] and engine.idle_seconds_left("embed") is None
+    engine.unload()
+    assert engine.loaded_models == ()
 
 
 UNLOAD_IN_A_FRESH_PROCESS = """
@@ -214,7 +265,7 @@ def test_idle_unload_fires_and_the_next_request_reloads(tmp_path: Path, tiny_mod
     install_ready(tmp_path / "models", "tiny", tiny_models["qwen2"])
     engine = LocalEngine(tmp_path / "models", idle_unload_s=0.3)
     engine.load("tiny")
-    assert 0 < engine.idle_seconds_left() <= 0.3
+    assert 0 < engine.idle_seconds_left("tiny") <= 0.3
     deadline = time.monotonic() + 5
     while engine.loaded is not None:
         assert time.monotonic() < deadline, "idle unload did not fire"
@@ -223,10 +274,11 @@ def test_idle_unload_fires_and_the_next_request_reloads(tmp_path: Path, tiny_mod
     assert engine.loaded is not None
 
 
-def _int4_layers(engine: LocalEngine) -> list:
+def _int4_layers(engine: LocalEngine, key: str = "long") -> list:
     from core.inference.quantize import Int4Linear
 
-    return [m for m in engine._parts.model.modules() if isinstance(m, Int4Linear)]
+    parts = engine.parts_of(key)
+    return [m for m in parts.model.modules() if isinstance(m, Int4Linear)] if parts else []
 
 
 def test_between_replies_the_int4_weights_are_kept_unpacked_for_prompts_where_memory_allows(
@@ -242,7 +294,7 @@ def test_between_replies_the_int4_weights_are_kept_unpacked_for_prompts_where_me
 
     def trim() -> None:
         if threading.get_ident() == own_thread:
-            trims.append(engine._parts is not None and all(layer.kept for layer in _int4_layers(engine)))
+            trims.append(bool(layers := _int4_layers(engine)) and all(layer.kept for layer in layers))
 
     monkeypatch.setattr(engine_module, "return_freed_memory_to_os", trim)
     long_prompt = [{"role": "user", "content": "tell me " * INT4_PROMPT_ROWS}]
@@ -265,7 +317,7 @@ def test_between_replies_the_int4_weights_are_kept_unpacked_for_prompts_where_me
     assert all(layer.kept for layer in layers) and {layer.prompt_rows for layer in layers} == {
         KEPT_PROMPT_ROWS_NATIVE if layer.native_runs() else KEPT_PROMPT_ROWS for layer in layers
     }
-    assert engine.prompt_copy_bytes == sum(layer.unpacked_bytes() for layer in layers) > 0  # planned with
+    assert engine.prompt_copies["long"] == sum(layer.unpacked_bytes() for layer in layers) > 0  # planned with
     after = [e.text for e in engine.stream("long", long_prompt, GREEDY) if isinstance(e, TextDelta)]
     # A long prompt: the same reply from the kept weights (int8: products within ~1 %), in any pieces.
     assert "".join(after) == "".join(before)
@@ -280,7 +332,7 @@ def test_between_replies_the_int4_weights_are_kept_unpacked_for_prompts_where_me
     assert {layer.prompt_rows for layer in _int4_layers(engine)}.isdisjoint(
         {KEPT_PROMPT_ROWS, KEPT_PROMPT_ROWS_NATIVE}
     )
-    assert engine.prompt_copy_bytes == 0
+    assert engine.prompt_copies == {}
 
     engine.unload()  # plenty of memory, but a process that ends after its replies (`localllm chat -p`)
     monkeypatch.undo()
@@ -384,7 +436,7 @@ def test_an_error_in_the_generation_thread_reaches_the_caller(
     engine.quantization = quantization
     engine.load("tiny-llama")
     assert engine.loaded.runner == ("generate" if quantization == "none" else "decoder")
-    parts = engine._parts  # the model's own forward pass is the only way in for this fault
+    parts = engine.parts_of("tiny-llama")  # the model's own forward pass is the only way in for this fault
 
     def failing(*_args, **_kwargs):
         raise RuntimeError("CUDA out of memory")

@@ -170,6 +170,26 @@ def test_ollamas_endpoints_need_the_key_as_openais_do(engine: LocalEngine) -> No
     assert version.status_code == 200 and [model.model for model in listed] == ["tiny:latest"]
 
 
+def test_ps_lists_every_loaded_model_and_an_unload_asked_for_one_leaves_the_others(
+    engine: LocalEngine, tiny_models: dict[str, Path]
+) -> None:
+    """A chat model and a second one (an editor's completion model, say) stay loaded side by side."""
+    install_ready(engine.models_dir, "other", tiny_models["llama"])
+    short = {"options": GREEDY | {"num_predict": 2}}
+    with serving(engine, ["tiny", "other"]) as url:
+        client = ollama.Client(host=url.removesuffix("/v1"))
+        client.chat(model="tiny", messages=ASKED, keep_alive="10m", **short)
+        client.generate(model="other", prompt="Hi", keep_alive=-1, **short)
+        both = client.ps().models
+        unloaded = client.generate(model="other", prompt="", keep_alive=0)
+        left = client.ps().models
+    assert [(m.model, m.expires_at.year > 2300) for m in both] == [
+        ("other:latest", True),
+        ("tiny:latest", False),
+    ]
+    assert unloaded.done_reason == "unload" and [m.model for m in left] == ["tiny:latest"]
+
+
 def test_keep_alive_unloads_after_the_reply_or_keeps_the_model_as_long_as_asked(engine: LocalEngine) -> None:
     """Ollama's `keep_alive`: 0 unloads the model once the reply is done, and with an empty prompt at once
     (Ollama's way to unload); a duration keeps it that long after the reply (/api/ps says until when);
@@ -183,13 +203,13 @@ def test_keep_alive_unloads_after_the_reply_or_keeps_the_model_as_long_as_asked(
             assert time.monotonic() < deadline, "keep_alive 0 did not unload the model after its reply"
             time.sleep(0.02)
         client.chat(model="tiny", messages=ASKED, keep_alive="10m", **short)
-        ten_minutes, listed = engine.idle_seconds_left(), client.ps()
+        ten_minutes, listed = engine.idle_seconds_left("tiny"), client.ps()
         client.chat(model="tiny", messages=ASKED, keep_alive=-1, **short)
-        forever, listed_forever = engine.idle_seconds_left(), client.ps()
+        forever, listed_forever = engine.idle_seconds_left("tiny"), client.ps()
         unloaded = client.generate(model="tiny", prompt="", keep_alive=0)
         was_loaded = engine.loaded
         client.chat(model="tiny", messages=ASKED, **short)  # loaded again, no keep_alive asked
-        setting = engine.idle_seconds_left()
+        setting = engine.idle_seconds_left("tiny")
         with pytest.raises(ollama.ResponseError) as refused:
             client.chat(model="tiny", messages=ASKED, keep_alive="5 minutes")
     assert replied.done and replied.response

@@ -541,7 +541,7 @@ def test_the_engine_packs_the_head_after_loading_and_replies_stay_the_same(
     install_ready(tmp_path, "tiny", tiny_models["qwen2"])
     engine = LocalEngine(tmp_path, device="cpu", idle_unload_s=0)
     engine.load("tiny")
-    parts = engine._parts
+    parts = engine.parts_of("tiny")
     assert parts is not None and parts.packing is not None
     parts.packing.join(60)
     head = parts.model.get_output_embeddings()

@@ -67,7 +67,7 @@ def test_prompts_through_the_copy_kept_for_them_stay_within_int4s_bound(
     engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
     engine.load("tiny")
     engine.settle()
-    layers = quantize.unpackable_layers(engine._parts.model)
+    layers = quantize.unpackable_layers(engine.parts_of("tiny").model)
     assert layers and all(
         isinstance(layer.kept, quantize.PackedInt8) == quantize.packing_works() and layer.kept
         for layer in layers
@@ -102,7 +102,7 @@ def test_a_text_far_longer_than_the_window_is_not_tokenized_whole(tmp_path: Path
     install_ready(tmp_path / "models", "tiny", model)
     engine = LocalEngine(tmp_path / "models", idle_unload_s=0)
     engine.load("tiny")
-    tokenizer = engine._parts.tokenizer
+    tokenizer = engine.parts_of("tiny").tokenizer
     encoded: list[int] = []
     real_encode = tokenizer.encode
     tokenizer.encode = lambda text, **options: (

@@ -1,0 +1,79 @@
+"""Switching between two models, as a user of two chats (or a program that embeds with one model and
+chats with another) does: each request's time to its first token, with one model kept loaded (every
+switch loads the other again) against the default `loaded_models` (both stay loaded), in one run.
+
+Random weights with the catalog models' configs (bench/readiness.build), each in a fresh process with
+the engine's default settings (int4 on the CPU, the default sampling, the weights kept for prompts);
+the int4 files are made once beforehand, as after a first load. Prints each setting's median time to
+first token after a switch, the process's peak resident memory, and the ratios.
+
+Usage: .venv/bin/python -m bench.switching [--rounds 4] [--models qwen2.5-0.5b tinyllama-1.1b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench.readiness import CONFIGS, build
+from bench.speed import run_json
+from tests.fixtures.tiny_models import install_ready
+
+SWITCHES = r"""
+import json, resource, sys, time
+from pathlib import Path
+from core.inference.engine import LocalEngine
+from core.inference.events import TextDelta
+from core.inference.params import GenerationParams
+models, rounds, kept, keys = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+engine = LocalEngine(models, idle_unload_s=0, max_loaded=kept)
+engine.prepare().result()
+params = GenerationParams(max_new_tokens=8, seed=0)  # the default sampling
+def first_token(key):
+    started = time.perf_counter()
+    for event in engine.stream(key, [{"role": "user", "content": "Tell me about rivers."}], params):
+        if isinstance(event, TextDelta):
+            return time.perf_counter() - started
+waits = []
+for number in range(rounds):
+    for key in keys:
+        wait = first_token(key)
+        engine.settle()  # the weights kept for prompts between replies: a user's reading time
+        if number:  # the first round loads each model once whatever the setting
+            waits.append(wait)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"waits": waits, "peak_rss": peak, "loaded": [m.key for m in engine.loaded_models]}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="requests to each model (the first loads it)")
+    parser.add_argument("--models", nargs=2, default=list(CONFIGS)[:2], choices=list(CONFIGS))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="localllm-switching-") as tmp:
+        models = Path(tmp) / "models"
+        for key in args.models:
+            install_ready(models, key, build(key, Path(tmp) / f"src-{key}"))
+        common = ["-c", SWITCHES, str(models), str(args.rounds)]
+        run_json([*common, "1", *args.models])  # makes each model's int4 file, as a first load does
+        results = {kept: run_json([*common, str(kept), *args.models]) for kept in (1, 3)}
+    one, both = results[1], results[3]
+    print(f"\n{' and '.join(args.models)}: {args.rounds - 1} switches to each, after a first load of each")
+    print(f"  {'models kept loaded':<20} {'first token after a switch (median s)':>38} {'peak memory':>12}")
+    for kept, result in results.items():
+        median = statistics.median(result["waits"])
+        print(f"  {kept:<20} {median:>38.3f} {result['peak_rss'] / 2**30:>10.2f} GiB")
+    sooner = statistics.median(one["waits"]) / statistics.median(both["waits"])
+    memory = both["peak_rss"] / one["peak_rss"]
+    print(f"  both kept: a switch's first token {sooner:.1f}x sooner, for {memory:.2f}x the peak memory")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -428,9 +428,9 @@ def create_app(
     async def ollama_asked(request: Request, chat: bool) -> tuple[Any, float | None]:
         """An Ollama chat's or generate's body as the request it means (core.api.ollama), checked, and its
         keep-alive in seconds; or, for a chat without messages or a generate without a prompt (Ollama's
-        way to load a model), the model loaded ahead of the first reply, never over another, and the
-        answer that says so; with keep_alive 0 (Ollama's way to unload one), the model unloaded, at once
-        where no reply runs or waits, else as soon as they end."""
+        way to load a model), the model loaded before the answer that says so, beside those loaded (the
+        least recently used making room, as for a reply); with keep_alive 0 (Ollama's way to unload
+        one), the model unloaded, at once where no reply runs or waits for it, else as soon as they end."""
         raw = await raw_body(request)
         body, keep_alive = ollama.chat_request(raw) if chat else ollama.generate_request(raw)
         if body is not None:
@@ -440,9 +440,9 @@ def create_app(
             if not await run_in_threadpool(engine.unload_if_idle, key):
                 engine.keep_alive(key, 0)
             return ollama.loading(key, chat, "unload"), None
-        engine.warm(key)
         if keep_alive is not None:
             engine.keep_alive(key, keep_alive)
+        await run_in_threadpool(engine.load, key)
         return ollama.loading(key, chat, "load"), None
 
     @app.post("/api/chat", dependencies=[Depends(require_key)])

@@ -240,9 +240,7 @@ def input_messages(body: ResponseRequest) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = (
         [{"role": "system", "content": body.instructions}] if body.instructions else []
     )
-    if isinstance(body.input, str):
-        return [*messages, {"role": "user", "content": body.input}]
-    for index, item in enumerate(body.input):
+    for index, item in enumerate(body.input_items):
         if isinstance(item, ReasoningItem):
             continue
         if isinstance(item, FunctionCallOutputItem):

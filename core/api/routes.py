@@ -49,6 +49,7 @@ from core.api.asked import (
 )
 from core.api.calls import CallsMade, with_calls
 from core.api.errors import APIError, asgi_refusal, from_core, install_handlers, validated
+from core.api.kept import KeptResponses
 from core.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, BodyTooLargeError
 from core.api.schemas import (
     MAX_REPLIES,
@@ -94,11 +95,13 @@ def create_app(
     middleware = [Middleware(TrustedHostsMiddleware, policy=hosts, refuse=asgi_refusal)]
     if hosts.allowed_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=sorted(hosts.allowed_origins),
-                                     allow_methods=["GET", "POST"], allow_headers=["*"]))  # fmt: skip
+                                     allow_methods=["GET", "POST", "DELETE"],
+                                     allow_headers=["*"]))  # fmt: skip
     middleware.append(Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, refuse=asgi_refusal))
     app = FastAPI(title="LocalLLM Dashboard API", docs_url=None, redoc_url=None, openapi_url=None,
                   middleware=middleware)  # fmt: skip
     install_handlers(app)
+    kept_responses = KeptResponses()
 
     def require_key(request: Request) -> None:
         if api_key is None:  # bound to loopback: this machine's programs need none, a proxy's clients do
@@ -567,12 +570,26 @@ def create_app(
         said = {"instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
                 "temperature": body.temperature, "top_p": body.top_p, "tools": body.tools_said,
                 "tool_choice": body.tool_choice_said, "top_logprobs": body.top_logprobs,
-                "parallel_tool_calls": body.parallel_tool_calls}  # fmt: skip
+                "parallel_tool_calls": body.parallel_tool_calls,
+                "previous_response_id": body.previous_response_id}  # fmt: skip
+        asked, previous = body.input_items, body.previous_response_id
+        if previous is not None:  # the conversation so far, then this input
+            body = body.model_copy(update={"input": [*kept_responses.conversation(previous), *asked]})
         calling = await run_in_threadpool(tool_use, body)
         messages = tuple(input_messages(body))
         prompt = ToolUse(messages, calling.tools) if calling else list(messages)
-        shape = ResponseShape(body.model, said, body.logprobs_asked is not None)
+        keep = (lambda response: kept_responses.keep(response, asked, previous)) if body.store else None
+        shape = ResponseShape(body.model, said, body.logprobs_asked is not None, keep)
         return await reply(request, body, prompt, shape, calling)
+
+    @app.get("/v1/responses/{response_id}", dependencies=[Depends(require_key)])
+    def kept_response(response_id: str) -> dict[str, Any]:
+        return kept_responses.get(response_id).response
+
+    @app.delete("/v1/responses/{response_id}", dependencies=[Depends(require_key)])
+    def forget_response(response_id: str) -> dict[str, Any]:
+        kept_responses.delete(response_id)
+        return {"id": response_id, "object": "response", "deleted": True}
 
     return app
 
@@ -584,19 +601,9 @@ def _checked(body: Body) -> Body:
     """What a valid body may ask that this server cannot give: 400 naming it, never ignored."""
     if isinstance(body, CompletionRequest):
         _check_completion(body)
-    elif isinstance(body, ResponseRequest):
-        _check_response(body)
-    else:
+    elif isinstance(body, ChatCompletionRequest):  # (a response asks nothing this server cannot give)
         _check_chat(body)
     return body
-
-
-def _check_response(body: ResponseRequest) -> None:
-    """What a response may ask that this server cannot give: 400 naming it, never ignored."""
-    if body.previous_response_id:
-        raise APIError(400, "This server keeps no responses: send the conversation in 'input' instead of "
-                       "'previous_response_id'.", code="unsupported_parameter",
-                       param="previous_response_id")  # fmt: skip
 
 
 def _check_completion(body: CompletionRequest) -> None:

@@ -395,14 +395,16 @@ class TextOptions(_Request):
 
 
 class ResponseRequest(GenerationRequest):
-    """OpenAI's Responses API, stateless: `input` (text, or messages, and function calls with their
-    outputs) after optional `instructions`; nothing is stored, so `previous_response_id` cannot be
-    followed."""
+    """OpenAI's Responses API: `input` (text, or messages, and function calls with their outputs) after
+    optional `instructions`, following the conversation of `previous_response_id` where given (kept:
+    core.api.kept; the earlier instructions are not carried over, as OpenAI's); `store` false keeps
+    this one from being followed."""
 
     input: str | Annotated[list[InputItem], Field(min_length=1, max_length=MAX_MESSAGES)]
     instructions: str | None = None
     max_output_tokens: StrictInt | None = Field(None, ge=1)
     previous_response_id: str | None = Field(None, max_length=200)
+    store: StrictBool = True
     tools: Annotated[list[ResponseTool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | ResponseToolChoice | None = None
     parallel_tool_calls: StrictBool = True
@@ -414,6 +416,12 @@ class ResponseRequest(GenerationRequest):
     @property
     def wanted_tokens(self) -> int | None:
         return self.max_output_tokens or self.max_tokens
+
+    @property
+    def input_items(self) -> list[InputItem]:
+        """The input as items (a text is the user's message)."""
+        asked = self.input
+        return [InputMessage(role="user", content=asked)] if isinstance(asked, str) else asked
 
     @property
     def listed_tools(self) -> tuple[dict[str, Any], ...]:

@@ -8,6 +8,7 @@ import codecs
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,10 +273,18 @@ class ResponseShape(ReplyShape):
     prefix = "resp_"  # OpenAI's ids of responses and their items: resp_…, rs_…, msg_…, fc_…
     reasoning_apart = True
 
-    def __init__(self, model: str, settings: dict[str, Any], logprobs_asked: bool = False) -> None:
-        """`settings`: what the request said that a response repeats (instructions, temperature, ...)."""
+    def __init__(
+        self,
+        model: str,
+        settings: dict[str, Any],
+        logprobs_asked: bool = False,
+        keep: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """`settings`: what the request said that a response repeats (instructions, temperature, ...);
+        `keep`: given the response once it is finished, to be followed (None: `store` false)."""
         super().__init__(model, logprobs_asked)
         self.settings = settings
+        self.keep = keep
         self.message_id = f"msg_{uuid.uuid4().hex}"
         self.reasoning_id = f"rs_{uuid.uuid4().hex}"
         self._text: list[str] = []
@@ -293,7 +302,10 @@ class ResponseShape(ReplyShape):
         status = "incomplete" if reply.stats.finish_reason == "length" else "completed"
         thought = [self._reasoning(reply.reasoning, "completed")] if reply.reasoning else []
         message = [self._message(reply.text, "completed")] if reply.text or not self._made else []
-        return self._response(status, [*thought, *message, *self._made], reply.stats)
+        response = self._response(status, [*thought, *message, *self._made], reply.stats)
+        if self.keep is not None:
+            self.keep(response)
+        return response
 
     def opening(self) -> list[str]:
         started = self._response("in_progress", [], None)
@@ -434,7 +446,8 @@ class ResponseShape(ReplyShape):
         return {
             "id": self.id, "object": "response", "created_at": self.created, "status": status,
             "model": self.model, "output": output, "usage": usage, "error": None,
-            "incomplete_details": incomplete, "store": False, "text": {"format": {"type": "text"}},
+            "incomplete_details": incomplete, "store": self.keep is not None,
+            "text": {"format": {"type": "text"}},
             **self.settings,
         }  # fmt: skip
 

@@ -384,7 +384,6 @@ def test_the_responses_api_answers_whole_and_streamed(engine: LocalEngine) -> No
         image = [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]
         refusals = (
             ({"tools": [{"type": "web_search"}]}, "tools[0].type"),  # functions only: web search is OpenAI's
-            ({"previous_response_id": "resp_1"}, "previous_response_id"),
             ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
             ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
             ({"input": image}, "input[0].content"),

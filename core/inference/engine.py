@@ -313,9 +313,10 @@ class LocalEngine:
             return self._load_locked(key, force)
 
     def warm(self, key: str) -> Future[LoadedModel | None] | None:
-        """Once per engine, as the Chat page opens with `key` downloaded: load it in the background if
-        no model is loaded yet and it fits, so that the first message finds it loaded and its prompt
-        weights kept (a session's first reply as quick as the next). An unload stays an unload.
+        """Once per engine, as the Chat page opens with `key` downloaded: load it in the background where
+        it fits beside the models loaded (none unloaded for it), so that the first message finds it
+        loaded and its prompt weights kept (a session's first reply as quick as the next). An unload
+        stays an unload.
         Returns the load's future (its result None: nothing loaded), or None once asked before."""
         with self._warm_lock:
             if self._warm_asked or read_manifest(model_dir(self.models_dir, key)) is None:
@@ -330,12 +331,15 @@ class LocalEngine:
     def _warm(self, key: str, done: Future[LoadedModel | None]) -> None:
         loaded = None
         if self._load_lock.acquire(blocking=False):  # else a load is under way: nothing to do
+            self._loading = key  # from the estimate on (it may wait for the kernels' check)
             try:
-                if not self._residents:  # not over a model that someone chose meanwhile
+                estimate, device = self.memory_estimate(key), self.runs_on()
+                if self._resident(key) is None and self._room_for(estimate, device):  # over no one's model
                     loaded = self._load_locked(key, force=False).parts.info
             except Exception as exc:  # short of memory, damaged files: the first message says so
                 logger.info("%s not loaded ahead of a message: %s", key, exc)
             finally:
+                self._loading = None
                 self._load_lock.release()
         done.set_result(loaded)
 
@@ -409,11 +413,16 @@ class LocalEngine:
                 needed_bytes=needed,
                 available_bytes=available,
             )
-        planned = estimate.with_caches(self._parallel)
         for other in others:
-            if len(self._residents) < self._max_loaded and planned <= 0.8 * available_memory(device):
+            if self._room_for(estimate, device):
                 return
             self._unload_locked(other)
+
+    def _room_for(self, estimate: MemoryEstimate, device: str) -> bool:
+        """Whether a model fits beside those loaded: under the setting's count, and with its replies'
+        caches within 80 % of the free memory."""
+        planned = estimate.with_caches(self._parallel)
+        return len(self._residents) < self._max_loaded and planned <= 0.8 * available_memory(device)
 
     def _plan_prompt_copy(self, resident: Resident, estimate: MemoryEstimate, available: int) -> None:
         """Which of a new model's int4 layers to keep unpacked for prompts (`_keep_prompt_weights`): all

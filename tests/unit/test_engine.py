@@ -343,7 +343,7 @@ def test_between_replies_the_int4_weights_are_kept_unpacked_for_prompts_where_me
     assert not any(layer.kept for layer in _int4_layers(engine))
 
 
-def test_warm_loads_a_downloaded_model_once_in_the_background_and_never_over_another(
+def test_warm_loads_a_downloaded_model_once_in_the_background_beside_others_never_over_them(
     engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core.inference import engine as engine_module
@@ -370,8 +370,13 @@ def test_warm_loads_a_downloaded_model_once_in_the_background_and_never_over_ano
     engine.unload()  # the user's unload (or the idle one) stays: no second load ahead of a message
     assert engine.warm("tiny-llama") is None and engine.loaded is None
 
-    chosen = LocalEngine(engine.models_dir, idle_unload_s=0)
-    chosen.load("tiny-qwen")  # someone's model is loaded: the page does not swap it
+    beside = LocalEngine(engine.models_dir, idle_unload_s=0)
+    beside.load("tiny-qwen")  # someone's model is loaded: the page's loads beside it, where it fits
+    assert beside.warm("tiny-llama").result(timeout=120).key == "tiny-llama"
+    assert [model.key for model in beside.loaded_models] == ["tiny-llama", "tiny-qwen"]
+    beside.unload()
+    chosen = LocalEngine(engine.models_dir, idle_unload_s=0, max_loaded=1)
+    chosen.load("tiny-qwen")  # one model kept loaded: the page does not swap someone's
     assert chosen.warm("tiny-llama").result(timeout=120) is None
     assert chosen.loaded.key == "tiny-qwen"
     chosen.unload()

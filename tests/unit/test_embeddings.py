@@ -90,3 +90,25 @@ def test_embeddings_are_the_models_last_state_through_either_api(engine: LocalEn
         "wide": "This model's embeddings have 64 dimensions, not 65.",
         "unknown id": "Token id 400 in 'input' is not in this model's vocabulary (0 to 399).",
     }
+
+
+@pytest.mark.parametrize("quantization", ["int4", "none"])  # the lean decoder, transformers' own model
+def test_a_checkpoint_saved_as_the_bare_model_embeds_as_the_model_does(
+    tmp_path: Path, quantization: str
+) -> None:
+    """Qwen3-Embedding's checkpoints hold the bare model (`embed_tokens`, `layers.N…`, `norm`: no
+    `model.` prefix, no output head) under a config that names Qwen3ForCausalLM."""
+    from safetensors.torch import load_file, save_file
+
+    source = build_tiny_model(tmp_path / "source", "qwen3", hidden_size=64)
+    install_ready(tmp_path / "models", "prefixed", source)
+    tensors = load_file(source / "model.safetensors")
+    bare = {
+        name.removeprefix("model."): tensor for name, tensor in tensors.items() if name != "lm_head.weight"
+    }
+    assert set(bare) != set(tensors) and "embed_tokens.weight" in bare
+    save_file(bare, source / "model.safetensors", metadata={"format": "pt"})
+    install_ready(tmp_path / "models", "bare", source)
+    engine = LocalEngine(tmp_path / "models", idle_unload_s=0, quantization=quantization)
+    ids = [engine.tokenizer("bare").encode(text, special=True) for text in TEXTS]
+    assert engine.embed("bare", ids) == engine.embed("prefixed", ids)

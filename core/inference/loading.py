@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -48,6 +49,7 @@ class LoadedParts:
     packing: threading.Thread | None = None  # the output head being packed for oneDNN (quantize.py)
 
 
+logger = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _IMPORT_LOCK = threading.Lock()
 _imported: set[str] = set()
@@ -268,7 +270,14 @@ def _transformers_model(directory: Path, device: str, dtype: Any) -> Any:
         directory, config=config, dtype=dtype, local_files_only=True, trust_remote_code=False,
         attn_implementation=attention.implementation(config, device), output_loading_info=True,
     )  # fmt: skip
-    if missing := sorted(loading["missing_keys"]):  # transformers made them up (random): the replies too
+    head = "lm_head.weight"
+    if set(loading["missing_keys"]) == {head}:
+        # An embedding model's checkpoint (Qwen3-Embedding-8B's: untied in its config, no head in its files):
+        # its hidden states are what it is for; the input table stands in for the head it does not have.
+        logger.warning("%s has no output head: its replies mean nothing, its embeddings are what it is for",
+                       directory.name)  # fmt: skip
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    elif missing := sorted(loading["missing_keys"]):  # transformers made them up (random): the replies too
         named = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
         raise UnsupportedModelError(
             f"The weights of {directory.name} do not fit its config.json: {len(missing)} of its matrices are "

@@ -183,6 +183,10 @@ def actions(spec: ModelSpec, status: ModelStatus) -> None:
         label = t("models.in_use") if in_use else t("models.use_for_chat")
         buttons.append(Action(label, f"use-{key}", use_for_chat, (key,), "primary", True, done=in_use))
         buttons.append(Action(t("models.action.verify"), f"verify-{key}", verify, (key,)))
+        if resources.engine().parts_of(key) is not None:  # loaded (several may be): its memory back now
+            buttons.append(
+                Action(t("models.action.unload"), f"unload-{key}", release, (key,), admin_only=True)
+            )
         redownload = (partial(release_and_redownload, key),)
         buttons.append(Action(t("models.action.redownload"), f"redownload-{key}", run_action, redownload,
                               admin_only=True))  # fmt: skip
@@ -224,8 +228,8 @@ def ask_delete(key: str) -> None:
 
 
 def release(key: str) -> None:
-    """Unload `key` if the engine holds it, before its files go: a deleted model answers no more chats
-    and keeps no memory (nor, on Windows, its files open)."""
+    """Unload `key` if the engine holds it: on its Unload, and before its files go (a deleted model
+    answers no more chats and keeps no memory, nor, on Windows, its files open)."""
     resources.engine().unload(key)
 
 

@@ -365,6 +365,11 @@ def test_deleting_the_loaded_model_unloads_it(new_app, ready_model: str) -> None
     at.chat_input[0].set_value("Hello").run()  # the model answers: loaded
     assert resources.engine().loaded.key == ready_model
     at.switch_page("pages/models.py").run()
+    at.button(key=f"unload-{ready_model}").click().run()  # its memory back, its files kept
+    assert not at.exception and resources.engine().loaded is None
+    assert not any(button.key == f"unload-{ready_model}" for button in at.button)
+    resources.engine().load(ready_model)
+    at.run()
     at.button(key=f"delete-{ready_model}").click().run()
     at.button(key=f"delete-yes-{ready_model}").click().run()
     assert not at.exception

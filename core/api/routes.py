@@ -413,15 +413,17 @@ def create_app(
 
     @app.get("/api/ps", dependencies=[Depends(require_key)])
     def ollama_running() -> dict[str, Any]:
-        served = models()
-        return {
-            "models": [
-                entry(loaded.key)
-                | {"size_vram": 0, "expires_at": ollama.expires_at(engine.idle_seconds_left(loaded.key))}
-                for loaded in engine.loaded_models
-                if loaded.key in served
-            ]
-        }
+        """The loaded models, used last first, each with the memory it takes (its weights as loaded and
+        the copy kept for prompts: what `ollama ps` shows as its size; on a GPU, all of it there)."""
+        served, copies, listed = models(), engine.prompt_copies, []
+        for loaded in engine.loaded_models:
+            if loaded.key in served:
+                size = loaded.memory_bytes + copies.get(loaded.key, 0)
+                listed.append(entry(loaded.key) | {
+                    "size": size, "size_vram": size if loaded.device == "cuda" else 0,
+                    "expires_at": ollama.expires_at(engine.idle_seconds_left(loaded.key)),
+                })  # fmt: skip
+        return {"models": listed}
 
     @app.post("/api/show", dependencies=[Depends(require_key)])
     async def ollama_show(request: Request) -> dict[str, Any]:

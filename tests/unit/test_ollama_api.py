@@ -177,13 +177,17 @@ def test_ps_lists_every_loaded_model_and_an_unload_asked_for_one_leaves_the_othe
         client = ollama.Client(host=url.removesuffix("/v1"))
         client.chat(model="tiny", messages=ASKED, keep_alive="10m", **short)
         client.generate(model="other", prompt="", keep_alive=-1)  # loaded ahead, beside the first
-        both = client.ps().models
+        both, loaded = client.ps().models, engine.loaded_models
         unloaded = client.generate(model="other", prompt="", keep_alive=0)
         left = client.ps().models
     assert [(m.model, m.expires_at.year > 2300) for m in both] == [
         ("other:latest", True),
         ("tiny:latest", False),
     ]
+    memory = {
+        model.key: model.memory_bytes for model in loaded
+    }  # what each takes (`ollama ps`), not its files
+    assert [(m.size, m.size_vram) for m in both] == [(memory["other"], 0), (memory["tiny"], 0)]
     assert unloaded.done_reason == "unload" and [m.model for m in left] == ["tiny:latest"]
 
 

@@ -348,14 +348,15 @@ def create_app(
         return await reply(request, body, prompt, TextShape(body.model, logprobs_asked), echo=echo)
 
     def tokenizer_of(asked: str | None) -> tuple[ChatTokenizer, int]:
-        """The tokenizer of the model named, else of the one loaded, else of the only one ready (vLLM
+        """The tokenizer of the model named, else of the only one loaded, else of the only one ready (vLLM
         serves one model: its clients name none), and the model's context."""
         if asked is not None:
             key = ready(asked)
         else:
-            keys, loaded = models(), engine.loaded
-            if loaded is not None and loaded.key in keys:
-                key = loaded.key
+            keys = models()
+            loaded = [model.key for model in engine.loaded_models if model.key in keys]
+            if len(loaded) == 1:
+                key = loaded[0]
             elif len(keys) == 1:
                 key = keys[0]
             else:

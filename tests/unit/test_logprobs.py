@@ -264,6 +264,16 @@ def test_the_tokenizer_routes_answer_as_vllms(tmp_path: Path, source: Path) -> N
         named = httpx.get(f"{root}/tokenizer_info", params={"model": "other"})
     assert unnamed.status_code == 400 and "'model'): tiny, other" in unnamed.json()["error"]["message"]
     assert named.status_code == 200
+    # Both loaded: which one is meant must still be said; one loaded: that one's.
+    both = LocalEngine(tmp_path / "models", idle_unload_s=0)
+    both.load("tiny")
+    both.load("other")
+    with serving(both, ["tiny", "other"]) as url:
+        root = url.removesuffix("/v1")
+        unnamed_of_two = httpx.get(f"{root}/tokenizer_info")
+        both.unload("tiny")
+        of_one = httpx.get(f"{root}/tokenizer_info")
+    assert unnamed_of_two.status_code == 400 and of_one.status_code == 200
 
 
 def test_a_completion_refuses_what_it_cannot_read_in_one_sentence(tmp_path: Path, source: Path) -> None:

@@ -1,6 +1,8 @@
 """Switching between two models, as a user of two chats (or a program that embeds with one model and
 chats with another) does: each request's time to its first token, with one model kept loaded (every
-switch loads the other again) against the default `loaded_models` (both stay loaded), in one run.
+switch loads the other again) against the default `loaded_models` (both stay loaded), in one run; and
+two users at once, each asking its own model: the second user's first token and both replies' time,
+the two batches stepping in turn against one model's replies at a time (as before 2026-12-06).
 
 Random weights with the catalog models' configs (bench/readiness.build), each in a fresh process with
 the engine's default settings (int4 on the CPU, the default sampling, the weights kept for prompts);
@@ -48,6 +50,47 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"waits": waits, "peak_rss": peak, "loaded": [m.key for m in engine.loaded_models]}))
 """
 
+TOGETHER = r"""
+import json, statistics, sys, threading, time
+from pathlib import Path
+from core.inference.engine import LocalEngine
+from core.inference.events import TextDelta
+from core.inference.params import GenerationParams
+models, rounds, beside, keys = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4:]
+engine = LocalEngine(models, idle_unload_s=0)
+engine.prepare().result()
+if not beside:  # as before 12-06: a model's replies waited for another's to end (a bench, not the product)
+    engine._turns._beside = lambda key: False
+params = GenerationParams(max_new_tokens=128, seed=0)  # the default sampling
+def reply(key, started, times):
+    first = None
+    for event in engine.stream(key, [{"role": "user", "content": "Tell me about rivers."}], params,
+                               ignore_eos=True):
+        if isinstance(event, TextDelta) and first is None:
+            first = time.perf_counter() - started
+            times.setdefault("first", first)
+    times["done"] = time.perf_counter() - started
+for key in keys:
+    engine.load(key)
+    reply(key, time.perf_counter(), {})  # a first reply each: the prompt copies made, caches warm
+    engine.settle()
+rows = []
+for _ in range(rounds):
+    a, b = {}, {}
+    start_a = time.perf_counter()
+    first_user = threading.Thread(target=reply, args=(keys[0], start_a, a))
+    first_user.start()
+    while "first" not in a:
+        time.sleep(0.005)
+    start_b = time.perf_counter()  # the second user asks the other model as the first one's text starts
+    reply(keys[1], start_b, b)
+    first_user.join()
+    rows.append({"b_first": b["first"], "b_done": b["done"], "a_done": a["done"],
+                 "both_done": max(a["done"], start_b - start_a + b["done"])})
+    engine.settle()
+print(json.dumps(rows))
+"""
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -63,6 +106,10 @@ def main() -> None:
         common = ["-c", SWITCHES, str(models), str(args.rounds)]
         run_json([*common, "1", *args.models])  # makes each model's int4 file, as a first load does
         results = {kept: run_json([*common, str(kept), *args.models]) for kept in (1, 3)}
+        together = ["-c", TOGETHER, str(models), str(args.rounds)]
+        side_by_side = {
+            beside: run_json([*together, str(int(beside)), *args.models]) for beside in (False, True)
+        }
     one, both = results[1], results[3]
     print(f"\n{' and '.join(args.models)}: {args.rounds - 1} switches to each, after a first load of each")
     print(f"  {'models kept loaded':<20} {'first token after a switch (median s)':>38} {'peak memory':>12}")
@@ -72,7 +119,20 @@ def main() -> None:
     sooner = statistics.median(one["waits"]) / statistics.median(both["waits"])
     memory = both["peak_rss"] / one["peak_rss"]
     print(f"  both kept: a switch's first token {sooner:.1f}x sooner, for {memory:.2f}x the peak memory")
-    print(json.dumps(results))
+    print(
+        f"\nTwo users at once, each its model, 128 tokens a reply ({args.rounds} rounds, medians): the second"
+        f" asks {args.models[1]} as the first's text from {args.models[0]} starts"
+    )
+    names = ("2nd: 1st tok", "2nd: done", "1st: done", "both done")
+    print(f"  {'':<28} " + " ".join(f"{name:>12}" for name in names) + "   (seconds)")
+    for beside, rows in side_by_side.items():
+        label = "side by side (now)" if beside else "one model at a time"
+        medians = [
+            statistics.median(row[name] for row in rows)
+            for name in ("b_first", "b_done", "a_done", "both_done")
+        ]
+        print(f"  {label:<28} " + " ".join(f"{value:>12.2f}" for value in medians))
+    print(json.dumps({"switches": results, "side_by_side": side_by_side}))
 
 
 if __name__ == "__main__":

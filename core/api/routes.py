@@ -434,8 +434,8 @@ def create_app(
     async def ollama_asked(request: Request, chat: bool) -> tuple[Any, float | None]:
         """An Ollama chat's or generate's body as the request it means (core.api.ollama), checked, and its
         keep-alive in seconds; or, for a chat without messages or a generate without a prompt (Ollama's
-        way to load a model), the model loaded before the answer that says so, beside those loaded (the
-        least recently used making room, as for a reply); with keep_alive 0 (Ollama's way to unload
+        way to load a model), the model loaded before the answer that says so, in its turn and beside
+        those loaded, as for a reply; with keep_alive 0 (Ollama's way to unload
         one), the model unloaded, at once where no reply runs or waits for it, else as soon as they end."""
         raw = await raw_body(request)
         body, keep_alive = ollama.chat_request(raw) if chat else ollama.generate_request(raw)
@@ -448,7 +448,7 @@ def create_app(
             return ollama.loading(key, chat, "unload"), None
         if keep_alive is not None:
             engine.keep_alive(key, keep_alive)
-        await run_in_threadpool(engine.load, key)
+        await run_in_threadpool(engine.load_in_turn, key)
         return ollama.loading(key, chat, "load"), None
 
     @app.post("/api/chat", dependencies=[Depends(require_key)])

@@ -12,7 +12,9 @@ also for the first user's tokens between them. A prompt that starts like a finis
 (the next turn of a conversation) starts from its kept cache (core.inference.reuse).
 
 `Batch` is the synchronous heart (one `step` at a time, on the calling thread); `Batcher` runs it on
-the engine's torch thread for as long as replies are in it.
+the engine's torch thread for as long as replies are in it, a step at a time: between two steps the
+thread takes what else waits for it, another loaded model's step among them (two models' batches
+advance in turn).
 """
 
 from __future__ import annotations
@@ -274,18 +276,20 @@ class Batcher:
                     return
 
     @torch.inference_mode()
-    def _loop(self) -> None:
+    def _loop(self, first: bool = True) -> None:
+        """One step, then the next one queued behind what else waits for the torch thread."""
         try:
-            self._gather()
-            while True:
-                with self._lock:
-                    joining, self._joining = self._joining, []
-                    if not joining and not self._batch.active:
-                        self._looping = False
-                        return
-                for request in joining:
-                    self._batch.add(request)
-                self._batch.step()
+            if first:
+                self._gather()
+            with self._lock:
+                joining, self._joining = self._joining, []
+                if not joining and not self._batch.active:
+                    self._looping = False
+                    return
+            for request in joining:
+                self._batch.add(request)
+            self._batch.step()
+            self._run_on_torch(lambda: self._loop(first=False))
         except BaseException as exc:  # a bug here must not leave readers waiting forever
             logger.exception("the batch loop failed")
             with self._lock:

@@ -1,7 +1,7 @@
 """The local engine: the models loaded in this process (up to the setting, as memory holds; the least
-recently used makes room), shared by every caller; replies of one model generated together (continuous
-batching, up to the parallel setting and what memory holds), the rest waiting in FIFO order; each model
-unloaded on demand or when idle.
+recently used makes room), shared by every caller; a model's replies generated together (continuous
+batching, up to the parallel setting and what memory holds), beside those of the other loaded models
+(each batch a step in turn), the rest waiting in FIFO order; each model unloaded on demand or when idle.
 
 All torch work (imports, loading, quantizing, generating, the bandwidth measurement) runs on one
 long-lived thread, the engine's torch thread: OpenMP keeps a thread team per calling thread, and a
@@ -124,7 +124,8 @@ class LocalEngine:
         self._parallel = parallel
         self._max_loaded = max_loaded
         self.keep_prompt_weights = keep_prompt_weights
-        self._turns = TurnQueue(max_waiting)
+        # A loaded model's replies run beside another's (their batches in turn); one to load waits.
+        self._turns = TurnQueue(max_waiting, beside=lambda key: self._resident(key) is not None)
         self._load_lock = threading.Lock()
         self._warm_lock = threading.Lock()
         self._warm_asked = False  # `warm` loads once per engine at most
@@ -292,9 +293,9 @@ class LocalEngine:
         """From now on; the least recently used models beyond it go at once (not one a reply runs on)."""
         self._max_loaded = models
         with self._load_lock:
-            running, by_use = self._turns.running_model(), [resident.key for resident in self._by_use()]
+            running, by_use = self._turns.running_models(), [resident.key for resident in self._by_use()]
             for key in by_use[models:]:
-                if key != running:
+                if key not in running:
                     self._unload_locked(key)
 
     def _ready_dir(self, key: str) -> Path:
@@ -314,9 +315,9 @@ class LocalEngine:
 
     def warm(self, key: str) -> Future[LoadedModel | None] | None:
         """Once per engine, as the Chat page opens with `key` downloaded: load it in the background where
-        it fits beside the models loaded (none unloaded for it), so that the first message finds it
-        loaded and its prompt weights kept (a session's first reply as quick as the next). An unload
-        stays an unload.
+        it fits beside the models loaded (none unloaded for it) and no reply runs, so that the first
+        message finds it loaded and its prompt weights kept (a session's first reply as quick as the
+        next). An unload stays an unload.
         Returns the load's future (its result None: nothing loaded), or None once asked before."""
         with self._warm_lock:
             if self._warm_asked or read_manifest(model_dir(self.models_dir, key)) is None:
@@ -334,7 +335,8 @@ class LocalEngine:
             self._loading = key  # from the estimate on (it may wait for the kernels' check)
             try:
                 estimate, device = self.memory_estimate(key), self.runs_on()
-                if self._resident(key) is None and self._room_for(estimate, device):  # over no one's model
+                # Over no one's model, and not while replies run: a load would freeze their steps.
+                if self._resident(key) is None and self._room_for(estimate, device) and not self._turns.busy:
                     loaded = self._load_locked(key, force=False).parts.info
             except Exception as exc:  # short of memory, damaged files: the first message says so
                 logger.info("%s not loaded ahead of a message: %s", key, exc)
@@ -399,8 +401,8 @@ class LocalEngine:
         """Unload the least recently used models (those no reply runs on first) while the setting's
         count is reached or `key`'s model with its replies' caches would not fit beside them; raise
         InsufficientMemoryError, unloading none, when it does not fit even alone (unless `force`)."""
-        running = self._turns.running_model()
-        by_use = sorted(self._residents, key=lambda resident: (resident.key == running, resident.last_used))
+        running = self._turns.running_models()
+        by_use = sorted(self._residents, key=lambda resident: (resident.key in running, resident.last_used))
         needed, available = estimate.total_bytes, available_memory(device)
         freeable = sum(resident.parts.info.memory_bytes + resident.copy_bytes for resident in by_use)
         others = [resident.key for resident in by_use]  # keys only: an unloaded model's memory is freed
@@ -606,15 +608,29 @@ class LocalEngine:
         for its turn like a reply."""
         return self._alone(key, lambda parts: embed_ids(parts, inputs))
 
+    def load_in_turn(self, key: str) -> LoadedModel:
+        """Load `key` when a reply of it could start (Ollama's load request): at once where it is loaded
+        or nothing runs, else once the running replies end (a load on the torch thread would freeze
+        their steps)."""
+        return self._in_turn(key, lambda: self._loaded(key).parts.info)
+
     def _alone(self, key: str, work: Callable[[LoadedParts], T]) -> T:
         """`work` on `key`'s model, loaded, on the torch thread, once its turn comes: alone, as no reply
         shares its passes."""
-        ticket = self._turns.enter(key, exclusive=True)
+
+        def loaded_work() -> T:
+            parts = self._loaded(key).parts
+            return self.on_torch_thread(lambda: work(parts))
+
+        return self._in_turn(key, loaded_work, exclusive=True)
+
+    def _in_turn(self, key: str, work: Callable[[], T], *, exclusive: bool = False) -> T:
+        """`work` once a turn for `key`'s model comes, as a reply's would (`exclusive`: alone)."""
+        ticket = self._turns.enter(key, exclusive=exclusive)
         running = False
         try:
             running = self._turns.wait_quietly(ticket, threading.Event())
-            parts = self._loaded(key).parts
-            return self.on_torch_thread(lambda: work(parts))
+            return work()
         finally:
             self._turns.leave(ticket, running)
             self._touch(key)
@@ -654,20 +670,20 @@ class LocalEngine:
                 yield Finished(ReplyStats(0, 0, None, None, "stopped", key))
                 return
             resident = self._loaded(key)
-            try:
-                context = self.context_tokens(key)
-                yield from stream_reply(
-                    resident.parts, prompt, params, stop, ignore_eos, context, self._torch.submit,
-                    resident.batcher, owner, reply_format, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
-                    generate=generate, bias=bias,
-                )  # fmt: skip
-            finally:
-                # A prompt's temporaries (widened weights) are freed by now: hand them back to the OS,
-                # on the torch thread, without making this reader (and the reply's final save) wait.
-                self._torch.submit(return_freed_memory_to_os)
+            context = self.context_tokens(key)
+            yield from stream_reply(
+                resident.parts, prompt, params, stop, ignore_eos, context, self._torch.submit,
+                resident.batcher, owner, reply_format, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                generate=generate, bias=bias,
+            )  # fmt: skip
         finally:
             stop.set()  # a reader that goes away stops generation too
             self._turns.leave(ticket, running)
             self._touch(key)
+            if running and not self._turns.busy:
+                # The prompts' temporaries (widened weights) are freed by now: hand them back to the OS on
+                # the torch thread, between no reply's steps, without making this reader (and the reply's
+                # final save) wait.
+                self._torch.submit(return_freed_memory_to_os)
             if any(resident.to_keep for resident in self._residents):
                 self._torch.submit(self._keep_prompt_weights)

@@ -1,12 +1,13 @@
-"""Whose turn it is: up to its capacity replies of one model run together (the batch); the others wait in
-a FIFO with their places in line and a cap on how many may wait."""
+"""Whose turn it is: up to its capacity replies of a model run together (its batch), beside the replies
+of other models already loaded; the others wait in a FIFO with their places in line and a cap on how
+many may wait."""
 
 from __future__ import annotations
 
 import itertools
 import threading
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from core.errors import QueueFullError
@@ -23,12 +24,14 @@ class Ticket:
 
 
 class TurnQueue:
-    """Replies of the running model join it while there is room; the others wait in order and are told
-    their place whenever it changes. The line is FIFO: a request for another model waits for the running
-    ones to end, and those behind it wait with it."""
+    """Replies of a running model join it while there is room, and those of a model that may run beside
+    the running ones (`beside`: loaded) start; the others wait in order and are told their place
+    whenever it changes. The line is FIFO: a request for a model that must wait for the running ones
+    to end (to be loaded) holds those behind it too."""
 
-    def __init__(self, max_waiting: int = 4) -> None:
+    def __init__(self, max_waiting: int = 4, beside: Callable[[str], bool] = lambda _key: False) -> None:
         self.max_waiting = max_waiting
+        self._beside = beside
         self._capacities: dict[str, int] = {}  # a model's replies that may run together (unknown: 1)
         self._turn = threading.Condition()
         self._waiting: deque[Ticket] = deque()
@@ -64,13 +67,10 @@ class TurnQueue:
     def _may_join(self, ticket: Ticket) -> bool:
         if not self._running:
             return True
-        first = self._running[0]
-        return (
-            not ticket.exclusive
-            and not first.exclusive
-            and first.key == ticket.key
-            and len(self._running) < self._capacities.get(first.key, 1)
-        )
+        if ticket.exclusive or any(running.exclusive for running in self._running):
+            return False
+        same = sum(running.key == ticket.key for running in self._running)
+        return same < self._capacities.get(ticket.key, 1) if same else self._beside(ticket.key)
 
     def wait(self, ticket: Ticket, stop: threading.Event) -> Generator[Queued, None, bool]:
         """Yield the place in line whenever it changes; return True once this request may run (False
@@ -128,10 +128,10 @@ class TurnQueue:
         with self._turn:
             return not self._running and not self._waiting
 
-    def running_model(self) -> str | None:
-        """The model whose replies run now (those of one model run at a time), else None."""
+    def running_models(self) -> set[str]:
+        """The models whose replies run now."""
         with self._turn:
-            return self._running[0].key if self._running else None
+            return {ticket.key for ticket in self._running}
 
     def wanted(self, key: str) -> bool:
         """A request for `key`'s model runs or waits."""

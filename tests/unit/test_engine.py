@@ -199,6 +199,45 @@ def test_a_switch_back_finds_the_model_loaded_and_the_least_recently_used_makes_
     assert [m.key for m in engine.loaded_models] == ["tiny-qwen"]
 
 
+def test_replies_of_two_loaded_models_run_at_once_and_a_model_still_to_load_waits(
+    engine: LocalEngine,
+) -> None:
+    """Two LAN users of two models: the second's reply starts beside the first's long one (their
+    batches step in turn) rather than after it; a model not loaded waits (a load would freeze them)."""
+    engine.load("tiny-qwen")
+    alone = "".join(e.text for e in engine.stream("tiny-qwen", HELLO, GREEDY) if isinstance(e, TextDelta))
+    engine.load("long")
+    stop = threading.Event()
+    long_reply = engine.stream("long", HELLO, LONG, stop)
+    next(event for event in long_reply if isinstance(event, TextDelta))  # the long reply runs
+    running_beside, beside = 0, []
+    for event in engine.stream("tiny-qwen", HELLO, GREEDY):
+        if isinstance(event, TextDelta):
+            running_beside = max(running_beside, engine.running)
+            beside.append(event.text)
+    to_load = engine.stream("tiny-llama", HELLO, GREEDY)
+    waited = next(to_load)
+    preloads: list[Any] = []  # Ollama's load request: in its turn too
+    preload = threading.Thread(target=lambda: preloads.append(engine.load_in_turn("tiny-llama")))
+    preload.start()
+    deadline = time.monotonic() + 30
+    while engine.waiting < 2:
+        assert time.monotonic() < deadline, "the load request did not take its place in line"
+        time.sleep(0.01)
+    still_running, not_loaded = engine.running, engine.parts_of("tiny-llama") is None
+    stop.set()
+    ended = [event for event in long_reply if isinstance(event, Finished)]
+    loaded_after = [event for event in to_load if isinstance(event, Finished)]
+    preload.join(60)
+    assert running_beside == 2 and "".join(beside) == alone  # the same words as alone
+    assert isinstance(waited, Queued) and waited.ahead == 1 and still_running == 1 and not_loaded
+    assert preloads[0].key == "tiny-llama"
+    assert ended[0].stats.finish_reason == "stopped" and loaded_after[0].stats.finish_reason in (
+        "length",
+        "stop",
+    )
+
+
 def test_a_model_that_would_not_fit_beside_the_loaded_ones_unloads_them(
     engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -612,6 +612,9 @@ class LocalEngine:
         """Load `key` when a reply of it could start (Ollama's load request): at once where it is loaded
         or nothing runs, else once the running replies end (a load on the torch thread would freeze
         their steps)."""
+        if resident := self._resident(key):  # nothing to wait for, even with its batch full
+            resident.last_used = time.monotonic()
+            return resident.parts.info
         return self._in_turn(key, lambda: self._loaded(key).parts.info)
 
     def _alone(self, key: str, work: Callable[[LoadedParts], T]) -> T:

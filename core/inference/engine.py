@@ -95,6 +95,10 @@ class Resident:
     def key(self) -> str:
         return self.parts.info.key
 
+    def touch(self) -> None:
+        """Used now (the idle clock and the least-recently-used order start again)."""
+        self.last_used = time.monotonic()
+
 
 class LocalEngine:
     """The loaded models, shared by every caller; replies batched, the rest in FIFO order."""
@@ -347,7 +351,7 @@ class LocalEngine:
 
     def _load_locked(self, key: str, force: bool) -> Resident:
         if resident := self._resident(key):
-            resident.last_used = time.monotonic()
+            resident.touch()
             return resident
         self._loading = key
         try:
@@ -501,7 +505,7 @@ class LocalEngine:
     # -- idle unload ----------------------------------------------------------------------------
     def _touch(self, key: str) -> None:
         if resident := self._resident(key):
-            resident.last_used = time.monotonic()
+            resident.touch()
 
     def keep_alive(self, key: str, seconds: float) -> None:
         """Keep `key`'s model loaded `seconds` after its last reply instead of the idle setting, until it
@@ -613,7 +617,7 @@ class LocalEngine:
         or nothing runs, else once the running replies end (a load on the torch thread would freeze
         their steps)."""
         if resident := self._resident(key):  # nothing to wait for, even with its batch full
-            resident.last_used = time.monotonic()
+            resident.touch()
             return resident.parts.info
         return self._in_turn(key, lambda: self._loaded(key).parts.info)
 

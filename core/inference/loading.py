@@ -49,10 +49,10 @@ class LoadedParts:
     packing: threading.Thread | None = None  # the output head being packed for oneDNN (quantize.py)
 
 
-logger = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _IMPORT_LOCK = threading.Lock()
 _imported: set[str] = set()
+logger = logging.getLogger(__name__)
 
 
 def import_runtime(model_types: Iterable[str] = ()) -> None:

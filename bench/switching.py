@@ -2,7 +2,10 @@
 chats with another) does: each request's time to its first token, with one model kept loaded (every
 switch loads the other again) against the default `loaded_models` (both stay loaded), in one run; and
 two users at once, each asking its own model: the second user's first token and both replies' time,
-the two batches stepping in turn against one model's replies at a time (as before 2026-12-06).
+the two batches stepping in turn against one model's replies at a time (as before 2026-12-06); and the
+same with the second model not loaded (its int4 copy kept): loaded beside the first user's reply (its
+steps wait for the load: the longest gap between its tokens) against waiting for that reply to end (as
+until the evening of 2026-12-06).
 
 Random weights with the catalog models' configs (bench/readiness.build), each in a fresh process with
 the engine's default settings (int4 on the CPU, the default sampling, the weights kept for prompts);
@@ -56,19 +59,26 @@ from pathlib import Path
 from core.inference.engine import LocalEngine
 from core.inference.events import TextDelta
 from core.inference.params import GenerationParams
-models, rounds, beside, keys = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4:]
+models, rounds, mode, keys = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 engine = LocalEngine(models, idle_unload_s=0)
 engine.prepare().result()
-if not beside:  # as before 12-06: a model's replies waited for another's to end (a bench, not the product)
+# Earlier behaviours (a bench, not the product): before 12-06 a model's replies waited for another's to
+# end; until that evening a model to load waited for them, its int4 copy kept or not.
+if mode == "turns":
     engine._turns._beside = lambda key: False
+elif mode == "load-waits":
+    engine._turns._beside = lambda key: engine.parts_of(key) is not None
 params = GenerationParams(max_new_tokens=128, seed=0)  # the default sampling
 def reply(key, started, times):
-    first = None
+    last = None
     for event in engine.stream(key, [{"role": "user", "content": "Tell me about rivers."}], params,
                                ignore_eos=True):
-        if isinstance(event, TextDelta) and first is None:
-            first = time.perf_counter() - started
-            times.setdefault("first", first)
+        if isinstance(event, TextDelta):
+            now = time.perf_counter()
+            times.setdefault("first", now - started)
+            if last is not None:
+                times["gap"] = max(times.get("gap", 0.0), now - last)
+            last = now
     times["done"] = time.perf_counter() - started
 for key in keys:
     engine.load(key)
@@ -77,6 +87,8 @@ for key in keys:
 rows = []
 for _ in range(rounds):
     a, b = {}, {}
+    if mode.startswith("load"):
+        engine.unload(keys[1])  # its int4 copy stays on disk, as after any first load
     start_a = time.perf_counter()
     first_user = threading.Thread(target=reply, args=(keys[0], start_a, a))
     first_user.start()
@@ -85,11 +97,19 @@ for _ in range(rounds):
     start_b = time.perf_counter()  # the second user asks the other model as the first one's text starts
     reply(keys[1], start_b, b)
     first_user.join()
-    rows.append({"b_first": b["first"], "b_done": b["done"], "a_done": a["done"],
+    rows.append({"b_first": b["first"], "b_done": b["done"], "a_done": a["done"], "a_gap": a["gap"],
                  "both_done": max(a["done"], start_b - start_a + b["done"])})
     engine.settle()
 print(json.dumps(rows))
 """
+
+
+MODES = {
+    "turns": "both loaded, one model at a time (before)",
+    "beside": "both loaded, side by side (now)",
+    "load-waits": "2nd to load: waits for the 1st (before)",
+    "load-beside": "2nd to load: loads beside the 1st (now)",
+}
 
 
 def main() -> None:
@@ -107,9 +127,7 @@ def main() -> None:
         run_json([*common, "1", *args.models])  # makes each model's int4 file, as a first load does
         results = {kept: run_json([*common, str(kept), *args.models]) for kept in (1, 3)}
         together = ["-c", TOGETHER, str(models), str(args.rounds)]
-        side_by_side = {
-            beside: run_json([*together, str(int(beside)), *args.models]) for beside in (False, True)
-        }
+        side_by_side = {mode: run_json([*together, mode, *args.models]) for mode in MODES}
     one, both = results[1], results[3]
     print(f"\n{' and '.join(args.models)}: {args.rounds - 1} switches to each, after a first load of each")
     print(f"  {'models kept loaded':<20} {'first token after a switch (median s)':>38} {'peak memory':>12}")
@@ -123,15 +141,14 @@ def main() -> None:
         f"\nTwo users at once, each its model, 128 tokens a reply ({args.rounds} rounds, medians): the second"
         f" asks {args.models[1]} as the first's text from {args.models[0]} starts"
     )
-    names = ("2nd: 1st tok", "2nd: done", "1st: done", "both done")
-    print(f"  {'':<28} " + " ".join(f"{name:>12}" for name in names) + "   (seconds)")
-    for beside, rows in side_by_side.items():
-        label = "side by side (now)" if beside else "one model at a time"
+    names = ("2nd: 1st tok", "2nd: done", "1st: done", "both done", "1st: gap")
+    print(f"  {'':<44} " + " ".join(f"{name:>12}" for name in names) + "   (seconds)")
+    for mode, rows in side_by_side.items():
         medians = [
             statistics.median(row[name] for row in rows)
-            for name in ("b_first", "b_done", "a_done", "both_done")
+            for name in ("b_first", "b_done", "a_done", "both_done", "a_gap")
         ]
-        print(f"  {label:<28} " + " ".join(f"{value:>12.2f}" for value in medians))
+        print(f"  {MODES[mode]:<44} " + " ".join(f"{value:>12.2f}" for value in medians))
     print(json.dumps({"switches": results, "side_by_side": side_by_side}))
 
 

@@ -1,7 +1,8 @@
 """The local engine: the models loaded in this process (up to the setting, as memory holds; the least
 recently used makes room), shared by every caller; a model's replies generated together (continuous
 batching, up to the parallel setting and what memory holds), beside those of the other loaded models
-(each batch a step in turn), the rest waiting in FIFO order; each model unloaded on demand or when idle.
+(each batch a step in turn) and of a model whose load is quick (its int4 copy kept), the rest waiting
+in FIFO order; each model unloaded on demand or when idle.
 
 All torch work (imports, loading, quantizing, generating, the bandwidth measurement) runs on one
 long-lived thread, the engine's torch thread: OpenMP keeps a thread team per calling thread, and a
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from core.errors import InsufficientMemoryError, ModelNotReadyError
+from core.errors import InsufficientMemoryError, LocalLLMError, ModelNotReadyError
 from core.hardware import measure_bandwidth, return_freed_memory_to_os
 from core.hub.store import model_dir, read_manifest
 from core.inference import prompts
@@ -128,8 +129,9 @@ class LocalEngine:
         self._parallel = parallel
         self._max_loaded = max_loaded
         self.keep_prompt_weights = keep_prompt_weights
-        # A loaded model's replies run beside another's (their batches in turn); one to load waits.
-        self._turns = TurnQueue(max_waiting, beside=lambda key: self._resident(key) is not None)
+        # A loaded model's replies run beside another's (their batches in turn), as do those of a model
+        # whose load is quick; one to quantize waits.
+        self._turns = TurnQueue(max_waiting, beside=self._may_start_beside)
         self._load_lock = threading.Lock()
         self._warm_lock = threading.Lock()
         self._warm_asked = False  # `warm` loads once per engine at most
@@ -319,9 +321,9 @@ class LocalEngine:
 
     def warm(self, key: str) -> Future[LoadedModel | None] | None:
         """Once per engine, as the Chat page opens with `key` downloaded: load it in the background where
-        it fits beside the models loaded (none unloaded for it) and no reply runs, so that the first
-        message finds it loaded and its prompt weights kept (a session's first reply as quick as the
-        next). An unload stays an unload.
+        it fits beside the models loaded (none unloaded for it) and no reply runs (or its load is quick:
+        `_may_start_beside`), so that the first message finds it loaded and its prompt weights kept (a
+        session's first reply as quick as the next). An unload stays an unload.
         Returns the load's future (its result None: nothing loaded), or None once asked before."""
         with self._warm_lock:
             if self._warm_asked or read_manifest(model_dir(self.models_dir, key)) is None:
@@ -339,8 +341,9 @@ class LocalEngine:
             self._loading = key  # from the estimate on (it may wait for the kernels' check)
             try:
                 estimate, device = self.memory_estimate(key), self.runs_on()
-                # Over no one's model, and not while replies run: a load would freeze their steps.
-                if self._resident(key) is None and self._room_for(estimate, device) and not self._turns.busy:
+                # Over no one's model, not while replies run unless it is quick (a load freezes their steps).
+                quiet = not self._turns.busy or self._loads_quickly(key)
+                if self._resident(key) is None and self._room_for(estimate, device) and quiet:
                     loaded = self._load_locked(key, force=False).parts.info
             except Exception as exc:  # short of memory, damaged files: the first message says so
                 logger.info("%s not loaded ahead of a message: %s", key, exc)
@@ -402,15 +405,15 @@ class LocalEngine:
         return resident
 
     def _make_room(self, key: str, estimate: MemoryEstimate, device: str, force: bool) -> None:
-        """Unload the least recently used models (those no reply runs on first) while the setting's
-        count is reached or `key`'s model with its replies' caches would not fit beside them; raise
-        InsufficientMemoryError, unloading none, when it does not fit even alone (unless `force`)."""
-        running = self._turns.running_models()
-        by_use = sorted(self._residents, key=lambda resident: (resident.key in running, resident.last_used))
+        """Unload the least recently used models no reply runs on (a running reply holds its model's
+        memory until it ends) while the setting's count is reached or `key`'s model with its replies'
+        caches would not fit beside them; raise InsufficientMemoryError, unloading none, when it does not
+        fit even beside the running ones alone (unless `force`)."""
         needed, available = estimate.total_bytes, available_memory(device)
-        freeable = sum(resident.parts.info.memory_bytes + resident.copy_bytes for resident in by_use)
-        others = [resident.key for resident in by_use]  # keys only: an unloaded model's memory is freed
-        del by_use
+        idle = self._idle_by_use()
+        freeable = sum(resident.parts.info.memory_bytes + resident.copy_bytes for resident in idle)
+        others = [resident.key for resident in idle]  # keys only: an unloaded model's memory is freed
+        del idle
         if needed > available + freeable and not force:
             raise InsufficientMemoryError(
                 f"{key} needs {needed / GIB:.1f} GiB, {available / GIB:.1f} GiB available. "
@@ -423,6 +426,41 @@ class LocalEngine:
             if self._room_for(estimate, device):
                 return
             self._unload_locked(other)
+
+    def _idle_by_use(self) -> list[Resident]:
+        """The loaded models no reply runs on, the least recently used first."""
+        running = self._turns.running_models()
+        idle = [resident for resident in self._residents if resident.key not in running]
+        return sorted(idle, key=lambda resident: resident.last_used)
+
+    def _may_start_beside(self, key: str) -> bool:
+        """Whether a reply of `key`'s model may start beside the running replies (of other models): it is
+        loaded, or its load is quick (its quantized copy kept by an earlier load: ~0.2 s of their steps,
+        against waiting for their replies to end) and it fits beside them, no other load under way. A
+        model to quantize or read in 16 bits waits for them (its load would freeze their steps for
+        seconds)."""
+        if self._resident(key) is not None:
+            return True
+        if self._load_lock.locked() or not self._loads_quickly(key):
+            return False
+        try:
+            estimate, device = self.memory_estimate(key), self.runs_on()
+        except (LocalLLMError, OSError, ValueError):  # not downloaded, damaged: said in its turn
+            return False
+        idle = self._idle_by_use()
+        staying = len(self._residents) - len(idle)
+        freeable = sum(resident.parts.info.memory_bytes + resident.copy_bytes for resident in idle)
+        planned = estimate.with_caches(self._parallel)
+        return staying < self._max_loaded and planned <= 0.8 * (available_memory(device) + freeable)
+
+    def _loads_quickly(self, key: str) -> bool:
+        """Whether `key`'s load maps a quantized copy kept by an earlier load (CPU, int4 or int8)."""
+        from core.inference.quantize import SCHEMES, cache_path
+
+        device, scheme = self.runs_on(), self.precision().label
+        if device != "cpu" or scheme not in SCHEMES:
+            return False
+        return cache_path(model_dir(self.models_dir, key), scheme, choose_dtype(device)).is_file()
 
     def _room_for(self, estimate: MemoryEstimate, device: str) -> bool:
         """Whether a model fits beside those loaded: under the setting's count, and with its replies'
@@ -613,9 +651,9 @@ class LocalEngine:
         return self._alone(key, lambda parts: embed_ids(parts, inputs))
 
     def load_in_turn(self, key: str) -> LoadedModel:
-        """Load `key` when a reply of it could start (Ollama's load request): at once where it is loaded
-        or nothing runs, else once the running replies end (a load on the torch thread would freeze
-        their steps)."""
+        """Load `key` when a reply of it could start (Ollama's load request): at once where it is loaded,
+        nothing runs or its load is quick, else once the running replies end (a long load on the torch
+        thread would freeze their steps)."""
         if resident := self._resident(key):  # nothing to wait for, even with its batch full
             resident.touch()
             return resident.parts.info

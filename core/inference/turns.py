@@ -27,7 +27,7 @@ class TurnQueue:
     """Replies of a running model join it while there is room, and those of a model that may run beside
     the running ones (`beside`: loaded) start; the others wait in order and are told their place
     whenever it changes. The line is FIFO: a request for a model that must wait for the running ones
-    to end (to be loaded) holds those behind it too."""
+    to end (to be loaded at length) holds those behind it too."""
 
     def __init__(self, max_waiting: int = 4, beside: Callable[[str], bool] = lambda _key: False) -> None:
         self.max_waiting = max_waiting

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -199,13 +200,21 @@ def test_a_switch_back_finds_the_model_loaded_and_the_least_recently_used_makes_
     assert [m.key for m in engine.loaded_models] == ["tiny-qwen"]
 
 
-def test_replies_of_two_loaded_models_run_at_once_and_a_model_still_to_load_waits(
-    engine: LocalEngine,
+def _text(events: Iterable[Any]) -> str:
+    return "".join(event.text for event in events if isinstance(event, TextDelta))
+
+
+def test_replies_of_two_loaded_models_run_at_once_a_quick_load_joins_them_a_first_load_waits(
+    engine: LocalEngine, tiny_models: dict[str, Path]
 ) -> None:
     """Two LAN users of two models: the second's reply starts beside the first's long one (their
-    batches step in turn) rather than after it; a model not loaded waits (a load would freeze them)."""
-    engine.load("tiny-qwen")
-    alone = "".join(e.text for e in engine.stream("tiny-qwen", HELLO, GREEDY) if isinstance(e, TextDelta))
+    batches step in turn) rather than after it; so does one of a model not loaded whose quantized copy
+    an earlier load kept (its load takes ~0.2 s of their steps); a model to quantize first waits (its
+    load would freeze them for seconds), and so does Ollama's load request for it."""
+    install_ready(engine.models_dir, "fresh", tiny_models["qwen2"])  # never loaded: no quantized copy
+    llama_alone = _text(engine.stream("tiny-llama", HELLO, GREEDY))
+    engine.unload("tiny-llama")  # its quantized copy stays on disk, as after any first load
+    alone = _text(engine.stream("tiny-qwen", HELLO, GREEDY))
     engine.load("long")
     stop = threading.Event()
     long_reply = engine.stream("long", HELLO, LONG, stop)
@@ -215,27 +224,47 @@ def test_replies_of_two_loaded_models_run_at_once_and_a_model_still_to_load_wait
         if isinstance(event, TextDelta):
             running_beside = max(running_beside, engine.running)
             beside.append(event.text)
-    to_load = engine.stream("tiny-llama", HELLO, GREEDY)
+    quick = list(engine.stream("tiny-llama", HELLO, GREEDY))
+    quick_beside = engine.running  # the long reply still runs
+    to_load = engine.stream("fresh", HELLO, GREEDY)
     waited = next(to_load)
     preloads: list[Any] = []  # Ollama's load request: in its turn too
-    preload = threading.Thread(target=lambda: preloads.append(engine.load_in_turn("tiny-llama")))
+    preload = threading.Thread(target=lambda: preloads.append(engine.load_in_turn("fresh")))
     preload.start()
     deadline = time.monotonic() + 30
     while engine.waiting < 2:
         assert time.monotonic() < deadline, "the load request did not take its place in line"
         time.sleep(0.01)
-    still_running, not_loaded = engine.running, engine.parts_of("tiny-llama") is None
+    still_running, not_loaded = engine.running, engine.parts_of("fresh") is None
     stop.set()
     ended = [event for event in long_reply if isinstance(event, Finished)]
     loaded_after = [event for event in to_load if isinstance(event, Finished)]
     preload.join(60)
     assert running_beside == 2 and "".join(beside) == alone  # the same words as alone
+    assert not any(isinstance(event, Queued) for event in quick) and _text(quick) == llama_alone
+    assert quick_beside == 1 and ended[0].stats.finish_reason == "stopped"
     assert isinstance(waited, Queued) and waited.ahead == 1 and still_running == 1 and not_loaded
-    assert preloads[0].key == "tiny-llama"
-    assert ended[0].stats.finish_reason == "stopped" and loaded_after[0].stats.finish_reason in (
-        "length",
-        "stop",
-    )
+    assert preloads[0].key == "fresh" and loaded_after[0].stats.finish_reason in ("length", "stop")
+
+
+def test_a_quick_load_that_does_not_fit_beside_the_running_replies_waits_for_them(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.load("tiny-llama")
+    engine.unload()  # its quantized copy kept: a quick load, where memory holds it beside the long reply
+    stop = threading.Event()
+    long_reply = engine.stream("long", HELLO, LONG, stop)
+    next(event for event in long_reply if isinstance(event, TextDelta))
+    planned = engine.memory_estimate("tiny-llama").with_caches(engine.parallel)
+    monkeypatch.setattr("core.inference.engine.available_memory", lambda _device: int(planned / 0.8) - 1)
+    to_load = engine.stream("tiny-llama", HELLO, GREEDY)
+    waited, not_loaded = next(to_load), engine.parts_of("tiny-llama") is None
+    monkeypatch.undo()
+    stop.set()
+    list(long_reply)
+    after = [event for event in to_load if isinstance(event, Finished)]
+    assert isinstance(waited, Queued) and waited.ahead == 1 and not_loaded
+    assert after[0].stats.finish_reason in ("length", "stop")
 
 
 def test_a_model_that_would_not_fit_beside_the_loaded_ones_unloads_them(

@@ -260,9 +260,13 @@ class Batcher:
         with self._lock:
             self._joining.append(request)
             self._arrived.notify()
-            if not self._looping:
-                self._looping = True
-                self._run_on_torch(self._loop)
+            if self._looping:
+                return request.done
+            self._looping = True
+        # The batch starts from idle: gather on the caller's thread, not on the torch thread, where
+        # another model's batch keeps stepping meanwhile.
+        self._gather()
+        self._run_on_torch(self._loop)
         return request.done
 
     def _gather(self) -> None:
@@ -276,11 +280,9 @@ class Batcher:
                     return
 
     @torch.inference_mode()
-    def _loop(self, first: bool = True) -> None:
+    def _loop(self) -> None:
         """One step, then the next one queued behind what else waits for the torch thread."""
         try:
-            if first:
-                self._gather()
             with self._lock:
                 joining, self._joining = self._joining, []
                 if not joining and not self._batch.active:
@@ -289,7 +291,7 @@ class Batcher:
             for request in joining:
                 self._batch.add(request)
             self._batch.step()
-            self._run_on_torch(lambda: self._loop(first=False))
+            self._run_on_torch(self._loop)
         except BaseException as exc:  # a bug here must not leave readers waiting forever
             logger.exception("the batch loop failed")
             with self._lock:

@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -238,7 +238,11 @@ def test_prompts_that_arrive_together_go_in_one_pass(decoder: Decoder) -> None:
     assert [len(r.generated) for r in together] == [1, 1, 1]
 
 
-def test_requests_sent_close_together_start_in_the_same_pass(decoder: Decoder) -> None:
+def test_requests_sent_close_together_start_in_the_same_pass_gathered_off_the_torch_thread(
+    decoder: Decoder,
+) -> None:
+    """Each request comes from its reader's thread; the first one's wait for others is spent there, so
+    the torch thread meanwhile steps another model's batch (here: a task waiting for it)."""
     texts = prompts(decoder.vocabulary)
     expected = [alone(decoder, texts[index], SAMPLINGS[index]) for index in (0, 1)]
     passes: list[int] = []
@@ -253,10 +257,16 @@ def test_requests_sent_close_together_start_in_the_same_pass(decoder: Decoder) -
     batcher = Batcher(decoder, torch_thread.submit, gather=(2.0, 10.0))
     try:
         decoder.run = counted  # type: ignore[method-assign]
-        first = batcher.submit(request(decoder, texts[0], SAMPLINGS[0]))
+        firsts: list[Future[list[int]]] = []
+        reader = threading.Thread(
+            target=lambda: firsts.append(batcher.submit(request(decoder, texts[0], SAMPLINGS[0])))
+        )
+        reader.start()
         time.sleep(0.2)  # the second request comes a moment later, as over a network
+        torch_thread.submit(lambda: None).result(timeout=1.5)  # not held by the gathering (2 s gaps)
         second = batcher.submit(request(decoder, texts[1], SAMPLINGS[1]))
-        assert [first.result(60), second.result(60)] == expected
+        reader.join()
+        assert [firsts[0].result(60), second.result(60)] == expected
     finally:
         del decoder.run
         torch_thread.shutdown()

@@ -211,12 +211,13 @@ class MessagesShape(ReplyShape):
     and content_block_stop, then message_delta (the stop reason, the usage) and message_stop."""
 
     prefix = "msg_"
-    reasoning_apart = True
+    reasoning_apart = streams_calls = True
 
     def __init__(self, model: str) -> None:
         super().__init__(model)
         self._blocks = 0  # blocks begun so far
-        self._open: str | None = None  # the kind of the block being written ("thinking", "text")
+        self._open: str | None = None  # the kind of the block being written ("thinking", "text", "tool_use")
+        self._begun = 0  # calls begun in the stream
 
     def whole(self, reply: WholeReply) -> dict[str, Any]:
         blocks = [_thinking_block(reply.reasoning)] if reply.reasoning else []
@@ -233,17 +234,21 @@ class MessagesShape(ReplyShape):
     def piece(self, text: str) -> list[str]:
         return [*self._opened("text"), self._delta({"type": "text_delta", "text": text})]
 
-    def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
+    def calls(self, calls: tuple[ToolCall, ...], cut: bool = False) -> list[str]:
         written = self._closed()
-        for call in calls:
-            begun = _tool_use_block(call) | {"input": {}}  # its input follows, as JSON text
-            written += [
-                _event("content_block_start", index=self._blocks, content_block=begun),
-                self._delta({"type": "input_json_delta", "partial_json": call.arguments}),
-                _event("content_block_stop", index=self._blocks),
-            ]
-            self._blocks += 1
+        for index, call in enumerate(calls[self._begun :], self._begun):
+            written += [*self.call_begun(index, call.name), *self.call_arguments(index, call.arguments),
+                        *self._closed()]  # fmt: skip
         return written
+
+    def call_begun(self, index: int, name: str) -> list[str]:
+        written = self._closed()
+        self._open, self._begun = "tool_use", index + 1
+        begun = _tool_use_block(ToolCall(name, "{}"))  # its input follows, as JSON text
+        return [*written, _event("content_block_start", index=self._blocks, content_block=begun)]
+
+    def call_arguments(self, index: int, text: str) -> list[str]:
+        return [self._delta({"type": "input_json_delta", "partial_json": text})]
 
     def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
         return [

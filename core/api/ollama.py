@@ -271,7 +271,7 @@ class OllamaShape(ReplyShape):
     def reasoning(self, text: str) -> list[str]:
         return [self._line({**self._said("", thinking=text), "done": False})]
 
-    def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
+    def calls(self, calls: tuple[ToolCall, ...], cut: bool = False) -> list[str]:
         return [self._line({**self._said("", calls), "done": False})]
 
     def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:

@@ -47,7 +47,7 @@ from core.api.asked import (
     logit_bias,
     tools_asked,
 )
-from core.api.calls import CallsMade, with_calls
+from core.api.calls import CallArguments, CallBegun, CallsMade, with_calls
 from core.api.errors import APIError, asgi_refusal, from_core, install_handlers, validated
 from core.api.kept import KeptResponses
 from core.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, BodyTooLargeError
@@ -209,7 +209,8 @@ def create_app(
                     events, inside, lambda text: len(tokenizer.encode(text)) if text else 0
                 )
         if calling:
-            events = with_calls(events, calling.style, calling.names)
+            streamed = body.stream and shape.streams_calls
+            events = with_calls(events, calling.style, calling.names, streamed=streamed)
         return events
 
     async def steering_of(body: GenerationRequest, calling: Calling | None) -> tuple[Any, LogitBias]:
@@ -777,14 +778,20 @@ async def _sse(
             yield written
 
 
-def _written(shape: ReplyShape, event: Event | ReasoningDelta | CallsMade) -> list[str]:
+def _written(
+    shape: ReplyShape, event: Event | ReasoningDelta | CallBegun | CallArguments | CallsMade
+) -> list[str]:
     """What `shape` writes of a reply's event before its end (nothing of a place in line)."""
     if isinstance(event, TextDelta):
         return shape.piece(event.text)
     if isinstance(event, ReasoningDelta):
         return shape.reasoning(event.text)
+    if isinstance(event, CallBegun):
+        return shape.call_begun(event.index, event.name)
+    if isinstance(event, CallArguments):
+        return shape.call_arguments(event.index, event.text)
     if isinstance(event, CallsMade):
-        return shape.calls(event.calls)
+        return shape.calls(event.calls, event.cut)
     if isinstance(event, Logprobs):
         shape.logprobs_came(event.tokens)  # they go out with the next piece
     return []

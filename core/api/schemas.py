@@ -572,10 +572,19 @@ class ChatCompletion(_Reply):
     usage: Usage
 
 
-class ToolCallDelta(ToolCallOut):
-    """A call in a stream: whole, in one chunk (its place among the reply's calls in `index`)."""
+class FunctionDelta(_Response):
+    name: str | None = None
+    arguments: str
+
+
+class ToolCallDelta(_Response):
+    """A call in a stream (its place among the reply's calls in `index`): its id, type and name in its
+    first chunk, its arguments in that chunk whole or in the next ones in pieces."""
 
     index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta
 
 
 class Delta(_Response):

@@ -23,6 +23,7 @@ from core.api.schemas import (
     CompletionTokensDetails,
     Delta,
     FunctionCalled,
+    FunctionDelta,
     PromptTokensDetails,
     TextChoice,
     TextCompletion,
@@ -83,6 +84,7 @@ class ReplyShape:
     prefix = "reply-"
     media_type = "text/event-stream"  # of a stream
     reasoning_apart = False  # writes a thinking model's reasoning apart from its answer (`reasoning`)
+    streams_calls = False  # a stream says each call as the model writes it (`call_begun`, `call_arguments`)
 
     def __init__(self, model: str, logprobs_asked: bool = False, index: int = 0) -> None:
         """`index`: the choice this writer writes, where a request asks several (OpenAI's `n`, or a list of
@@ -111,8 +113,17 @@ class ReplyShape:
     def piece(self, text: str) -> list[str]:
         raise NotImplementedError
 
-    def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
-        """The calls a reply makes (chats and responses only: a text completion has no tools)."""
+    def calls(self, calls: tuple[ToolCall, ...], cut: bool = False) -> list[str]:
+        """The calls a reply makes, read once it ended, those not begun in the stream (chats and responses
+        only: a text completion has no tools); `cut`: the reply ended inside a call begun."""
+        raise NotImplementedError
+
+    def call_begun(self, index: int, name: str) -> list[str]:
+        """A call named as the model wrote it (`streams_calls`): its arguments follow."""
+        raise NotImplementedError
+
+    def call_arguments(self, index: int, text: str) -> list[str]:
+        """A piece of a begun call's arguments (`streams_calls`)."""
         raise NotImplementedError
 
     def reasoning(self, text: str) -> list[str]:
@@ -163,7 +174,11 @@ class ChatShape(_ChunkedShape):
 
     prefix = "chatcmpl-"
     chunk_kind = ChatCompletionChunk
-    reasoning_apart = True
+    reasoning_apart = streams_calls = True
+
+    def __init__(self, model: str, logprobs_asked: bool = False, index: int = 0) -> None:
+        super().__init__(model, logprobs_asked, index)
+        self._begun = 0  # calls begun in the stream
 
     def whole(self, reply: WholeReply) -> dict[str, Any]:
         made = [ToolCallOut(id=call_id(), function=FunctionCalled(name=c.name, arguments=c.arguments))
@@ -192,14 +207,22 @@ class ChatShape(_ChunkedShape):
     def reasoning(self, text: str) -> list[str]:
         return [self._chunk([ChunkChoice(index=self.index, delta=Delta(reasoning_content=text))])]
 
-    def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
-        deltas = [Delta(tool_calls=[self._call(index, call)]) for index, call in enumerate(calls)]
-        return [self._chunk([ChunkChoice(index=self.index, delta=delta)]) for delta in deltas]
+    def calls(self, calls: tuple[ToolCall, ...], cut: bool = False) -> list[str]:
+        return [self._call_chunk(index, call.name, call.arguments) for index, call in
+                enumerate(calls) if index >= self._begun]  # fmt: skip
 
-    @staticmethod
-    def _call(index: int, call: ToolCall) -> ToolCallDelta:
-        return ToolCallDelta(index=index, id=call_id(),
-                             function=FunctionCalled(name=call.name, arguments=call.arguments))  # fmt: skip
+    def call_begun(self, index: int, name: str) -> list[str]:
+        self._begun = index + 1
+        return [self._call_chunk(index, name, "")]
+
+    def call_arguments(self, index: int, text: str) -> list[str]:
+        return [self._call_chunk(index, None, text)]
+
+    def _call_chunk(self, index: int, name: str | None, arguments: str) -> str:
+        """A chunk of a call: its id, type and name where `name` is given (its first), and arguments."""
+        named = {"id": call_id(), "type": "function"} if name is not None else {}
+        call = ToolCallDelta(index=index, **named, function=FunctionDelta(name=name, arguments=arguments))
+        return self._chunk([ChunkChoice(index=self.index, delta=Delta(tool_calls=[call]))])
 
     def _last_choice(self, reason: str) -> ChunkChoice:
         return ChunkChoice(index=self.index, delta=Delta(), finish_reason=reason, logprobs=self._logprobs())
@@ -271,7 +294,7 @@ class ResponseShape(ReplyShape):
     is its place among those the reply made."""
 
     prefix = "resp_"  # OpenAI's ids of responses and their items: resp_…, rs_…, msg_…, fc_…
-    reasoning_apart = True
+    reasoning_apart = streams_calls = True
 
     def __init__(
         self,
@@ -292,6 +315,8 @@ class ResponseShape(ReplyShape):
         self._places: dict[str, int] = {}  # "reasoning", "message": output indexes, once announced
         self._closed: set[str] = set()
         self._made: list[dict[str, Any]] = []  # the function_call items
+        self._call_places: list[int] = []  # their output indexes
+        self._open_call = False  # the last call's arguments are being streamed
         self._logprobs: list[dict[str, Any]] = []  # the text's, where asked
         self._sequence = 0
 
@@ -330,21 +355,41 @@ class ResponseShape(ReplyShape):
             self._event("response.output_text.delta", **self._where(), delta=text, logprobs=logprobs),
         ]
 
-    def calls(self, calls: tuple[ToolCall, ...]) -> list[str]:
-        written = [*self._reasoning_closed(), *self._message_closed()]
-        for call in calls:
-            item = self._call_item(call)
-            index = len(self._places) + len(self._made)
-            self._made.append(item)
-            where = {"item_id": item["id"], "output_index": index}
-            written += [
-                self._event("response.output_item.added", output_index=index,
-                            item=item | {"arguments": "", "status": "in_progress"}),
-                self._event("response.function_call_arguments.delta", **where, delta=call.arguments),
-                self._event("response.function_call_arguments.done", **where, arguments=call.arguments),
-                self._event("response.output_item.done", output_index=index, item=item),
-            ]  # fmt: skip
+    def calls(self, calls: tuple[ToolCall, ...], cut: bool = False) -> list[str]:
+        written = self._call_closed("incomplete" if cut else "completed")
+        for index, call in enumerate(calls[len(self._made) :], len(self._made)):
+            written += [*self.call_begun(index, call.name), *self.call_arguments(index, call.arguments),
+                        *self._call_closed("completed")]  # fmt: skip
         return written
+
+    def call_begun(self, index: int, name: str) -> list[str]:
+        written = [*self._reasoning_closed(), *self._message_closed(), *self._call_closed("completed")]
+        item = self._call_item(ToolCall(name, "")) | {"status": "in_progress"}
+        self._call_places.append(len(self._places) + len(self._made))
+        self._made.append(item)
+        self._open_call = True
+        return [*written, self._event("response.output_item.added", output_index=self._call_places[-1],
+                                      item=item)]  # fmt: skip
+
+    def call_arguments(self, index: int, text: str) -> list[str]:
+        self._made[-1]["arguments"] += text
+        return [self._event("response.function_call_arguments.delta", **self._call_where(), delta=text)]
+
+    def _call_closed(self, status: str) -> list[str]:
+        """The call being streamed ended: its arguments whole, its item `status`."""
+        if not self._open_call:
+            return []
+        self._open_call = False
+        item = self._made[-1]
+        item["status"] = status
+        return [
+            self._event("response.function_call_arguments.done", **self._call_where(),
+                        arguments=item["arguments"]),
+            self._event("response.output_item.done", output_index=self._call_places[-1], item=item),
+        ]  # fmt: skip
+
+    def _call_where(self) -> dict[str, Any]:
+        return {"item_id": self._made[-1]["id"], "output_index": self._call_places[-1]}
 
     def closing(self, stats: ReplyStats, include_usage: bool) -> list[str]:
         closed = self._reasoning_closed()

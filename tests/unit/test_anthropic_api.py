@@ -88,6 +88,7 @@ def test_a_tool_is_called_with_its_input_and_its_result_read(engine: LocalEngine
         claude, _ = clients(url)
         called = claude.messages.create(**asked, messages=ASKED)
         with claude.messages.stream(**asked, messages=ASKED) as stream:
+            pieces = [e.partial_json for e in stream if e.type == "input_json"]  # as the model writes them
             streamed = stream.get_final_message()
         schema = {"format": {"type": "json_schema", "schema": CITY}}
         held = claude.messages.create(model="tiny", max_tokens=200, messages=ASKED, output_config=schema)
@@ -102,6 +103,7 @@ def test_a_tool_is_called_with_its_input_and_its_result_read(engine: LocalEngine
     assert use.id.startswith("toolu_")
     [streamed_use] = [block for block in streamed.content if block.type == "tool_use"]
     assert (streamed.stop_reason, streamed_use.name, streamed_use.input) == ("tool_use", use.name, use.input)
+    assert len(pieces) > 3 and json.loads("".join(pieces)) == use.input
     assert answered.stop_reason in ("max_tokens", "end_turn") and answered.usage.input_tokens > 0
     assert set(json.loads(held.content[0].text)) == {"city"}  # structured output: held to the schema
 

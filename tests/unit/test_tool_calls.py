@@ -15,7 +15,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from core.api.calls import CallsMade, with_calls
+from core.api.calls import CallArguments, CallBegun, CallsMade, with_calls
 from core.api.shapes import ResponseShape
 from core.errors import MessageError
 from core.inference.chat_tokenizer import ChatTokenizer
@@ -104,8 +104,12 @@ def test_a_named_call_is_made_with_arguments_that_fit_its_parameters(engine: Loc
         whole = client.chat.completions.create(model="tiny", messages=ASKED, tools=TOOLS, tool_choice=named,
                                                temperature=0, max_tokens=100)  # fmt: skip
     deltas = [call for chunk in streamed if chunk.choices for call in chunk.choices[0].delta.tool_calls or ()]
-    assert [(d.index, d.function.name) for d in deltas] == [(0, "get_weather")]
-    assert deltas[0].function.arguments == whole.choices[0].message.tool_calls[0].function.arguments  # greedy
+    # Named in its first chunk, its arguments in pieces as the model writes them (as OpenAI streams them).
+    assert [(d.index, d.function.name, bool(d.id)) for d in deltas[:2]] == [(0, "get_weather", True),
+                                                                           (0, None, False)]  # fmt: skip
+    assert len(deltas) > 5 and {d.index for d in deltas} == {0} and deltas[0].function.arguments == ""
+    streamed_arguments = "".join(d.function.arguments for d in deltas)
+    assert streamed_arguments == whole.choices[0].message.tool_calls[0].function.arguments  # greedy
     assert not "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
     assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == "tool_calls"
     assert streamed[-1].usage.completion_tokens == whole.usage.completion_tokens > 5
@@ -213,6 +217,57 @@ def test_a_call_the_model_writes_is_read_however_the_stream_cuts_it() -> None:
     assert _read([block.removesuffix("</tool_call>")])[1:] == (calls[:1], "tool_calls")
 
 
+def _streamed(pieces: list[str], style: CallStyle = HERMES, reason: str = "stop") -> tuple:
+    """A streamed reply as read: its text, the calls begun, their arguments as they came, how it ended."""
+    text, begun, arguments, made, ended = [], [], {}, None, ""
+    for event in with_calls(_events(pieces, reason), style, NAMES, streamed=True):
+        if isinstance(event, TextDelta):
+            text.append(event.text)
+        elif isinstance(event, CallBegun):
+            begun.append((event.index, event.name))
+        elif isinstance(event, CallArguments):
+            arguments[event.index] = arguments.get(event.index, "") + event.text
+        elif isinstance(event, CallsMade):
+            made = event
+        elif isinstance(event, Finished):
+            ended = event.stats.finish_reason
+    return "".join(text), begun, arguments, made, ended
+
+
+def test_a_streamed_reply_says_each_call_as_the_model_writes_it_however_the_stream_cuts_it() -> None:
+    said = "Let me look that up.\n"
+    weather = '{"city": "Pa}r\\"is", "days": [2, {"x": "]"}]}'  # braces and quotes inside strings
+    reply = (f'{said}<tool_call>\n{{"name": "get_weather", "arguments": {weather}}}\n</tool_call>\n'
+             '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>')  # fmt: skip
+    calls = (ToolCall("get_weather", weather), ToolCall("now", "{}"))
+    whole = (said, [(0, "get_weather"), (1, "now")], {0: weather, 1: "{}"}, CallsMade(calls), "tool_calls")
+    for cut in range(1, len(reply)):
+        assert _streamed([reply[:cut], reply[cut:]]) == whole
+    assert _streamed(list(reply)) == whole  # a character a token
+    # Cut at the token limit inside a call begun: the stream ends it there, the finish reason as it is.
+    inside = reply.index("Pa}r")
+    assert _streamed(list(reply[:inside]), reason="length") == (
+        said,
+        [(0, "get_weather")],
+        {0: '{"city": "'},
+        CallsMade((), cut=True),
+        "length",
+    )
+    # Cut before the call's name was out: sent as the text it is, as a whole reply's would be.
+    assert _streamed(list(reply[: reply.index("weather")]), reason="length") == (
+        reply[: reply.index("weather")],
+        [],
+        {},
+        None,
+        "length",
+    )
+    llama = ' {"name": "get_weather", "parameters": {"city": "杭州", "days": 2}}'
+    expected = ("", [(0, "get_weather")], {0: '{"city": "杭州", "days": 2}'}, "tool_calls")
+    for cut in range(1, len(llama)):
+        text, begun, arguments, made, ended = _streamed([llama[:cut], llama[cut:]], LLAMA_JSON)
+        assert (text, begun, arguments, ended) == expected and made.calls[0].name == "get_weather"
+
+
 def test_text_that_is_no_call_of_the_tools_is_sent_as_written() -> None:
     for reply in (
         "Use <tool> tags, or a <tool_call", "2 < 3 and <tool_call>\n{not json}\n</tool_call>",
@@ -304,9 +359,11 @@ def test_the_responses_api_calls_tools_as_openais_sdk_reads_them(engine: LocalEn
     _weather(call.arguments)
     [streamed_call] = streamed.output
     assert (streamed_call.name, streamed_call.arguments) == (call.name, call.arguments)  # greedy
-    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
-                     "response.function_call_arguments.delta", "response.function_call_arguments.done",
-                     "response.output_item.done", "response.completed"]  # fmt: skip
+    deltas = kinds.count("response.function_call_arguments.delta")  # the arguments as they are written
+    assert deltas > 5 and kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                                    *["response.function_call_arguments.delta"] * deltas,
+                                    "response.function_call_arguments.done", "response.output_item.done",
+                                    "response.completed"]  # fmt: skip
     # The call and its result read as the same conversation through either API.
     assert (
         second.usage.input_tokens == chat.usage.prompt_tokens == parts.usage.input_tokens
@@ -349,6 +406,23 @@ def test_a_response_that_says_something_then_calls_closes_its_message_before_the
     message, call = events[-1]["response"]["output"]
     assert message["content"][0]["text"] == "Let me check." and call["name"] == "get_weather"
     assert call == events[-2]["item"]  # the same id and call id in the stream and in the response
+
+
+def test_a_response_cut_inside_a_streamed_call_ends_it_incomplete() -> None:
+    shape = ResponseShape("tiny", {})
+    written = [*shape.opening(), *shape.call_begun(0, "get_weather"), *shape.call_arguments(0, '{"city": '),
+               *shape.call_arguments(0, '"Pa'), *shape.calls((), cut=True),
+               *shape.closing(ReplyStats(5, 9, 0.1, 10.0, "length", "tiny"), False)]  # fmt: skip
+    events = [json.loads(event.partition("data: ")[2]) for event in written]
+    assert [e["type"] for e in events][2:] == [
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done", "response.incomplete",
+    ]  # fmt: skip
+    [call] = events[-1]["response"]["output"]
+    assert (call["arguments"], call["status"]) == ('{"city": "Pa', "incomplete") and call == events[-2][
+        "item"
+    ]
 
 
 def test_once_the_model_writes_a_call_what_follows_is_held_to_the_tools(tool_model: Path) -> None:

@@ -454,11 +454,14 @@ class LocalEngine:
         return staying < self._max_loaded and planned <= 0.8 * (available_memory(device) + freeable)
 
     def _loads_quickly(self, key: str) -> bool:
-        """Whether `key`'s load maps a quantized copy kept by an earlier load (CPU, int4 or int8)."""
-        from core.inference.quantize import SCHEMES, cache_path
+        """Whether `key`'s load maps a quantized copy kept by an earlier load (CPU, int4 or int8), known
+        without waiting for the torch thread (the turn queue asks under its lock, which work on that
+        thread may wait for): the scheme's kernel checked already."""
+        from core.inference.quantize import cache_path
 
-        device, scheme = self.runs_on(), self.precision().label
-        if device != "cpu" or scheme not in SCHEMES:
+        scheme, device = self.quantization, self.runs_on()
+        checked = self._kernels.get(scheme)  # none for "none"
+        if device != "cpu" or checked is None or not checked.done() or not checked.result():
             return False
         return cache_path(model_dir(self.models_dir, key), scheme, choose_dtype(device)).is_file()
 

@@ -590,6 +590,24 @@ def create_app(
     def kept_response(response_id: str) -> dict[str, Any]:
         return kept_responses.get(response_id).response
 
+    @app.get("/v1/responses/{response_id}/input_items", dependencies=[Depends(require_key)])
+    def response_input_items(
+        response_id: str,
+        after: str | None = None,
+        before: str | None = None,
+        limit: str = "20",
+        order: str = "desc",
+    ) -> dict[str, Any]:
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= 100):
+            raise APIError(400, "limit must be a whole number from 1 to 100.", code="invalid_request",
+                           param="limit")  # fmt: skip
+        if order not in ("asc", "desc"):
+            raise APIError(400, "order must be 'asc' or 'desc'.", code="invalid_request", param="order")
+        page = kept_responses.input_items(
+            response_id, after=after, before=before, limit=int(limit), order=order
+        )
+        return page.body()
+
     @app.delete("/v1/responses/{response_id}", dependencies=[Depends(require_key)])
     def forget_response(response_id: str) -> dict[str, Any]:
         kept_responses.delete(response_id)

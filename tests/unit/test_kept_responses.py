@@ -72,3 +72,30 @@ def test_the_store_keeps_the_latest_within_its_bounds() -> None:
     with pytest.raises(APIError):
         kept.get("resp_4")
     assert kept.get("resp_3").response["id"] == "resp_3"
+
+
+def test_a_responses_input_items_are_listed_a_page_at_a_time(engine: LocalEngine) -> None:  # noqa: F811
+    """`client.responses.input_items.list`: the conversation a response was asked from, the latest item
+    first (OpenAI's default), paged with the same ids at every listing."""
+    with serving(engine) as url:
+        client = _client(url)
+        first = client.responses.create(input="My name is Ada.", **SHORT)
+        second = client.responses.create(previous_response_id=first.id, input="What is my name?", **SHORT)
+        latest_first = client.responses.input_items.list(second.id)
+        paged = list(client.responses.input_items.list(second.id, limit=1, order="asc"))  # page after page
+        with pytest.raises(openai.BadRequestError) as too_many:
+            client.responses.input_items.list(second.id, limit=101)
+        with pytest.raises(openai.BadRequestError) as no_number:
+            client.get(f"/responses/{second.id}/input_items?limit=ten", cast_to=object)
+        with pytest.raises(openai.BadRequestError) as unknown:
+            client.responses.input_items.list(second.id, after="msg_nothing")
+        client.responses.delete(first.id)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.input_items.list(second.id)
+    texts = [(item.type, item.role, item.content[0].text) for item in latest_first.data]
+    assert texts == [("message", "user", "What is my name?"), ("message", "assistant", first.output_text),
+                     ("message", "user", "My name is Ada.")]  # fmt: skip
+    assert latest_first.data[1].id == first.output[0].id and not latest_first.has_more
+    assert [item.id for item in paged] == [item.id for item in reversed(latest_first.data)]
+    assert too_many.value.body["param"] == no_number.value.body["param"] == "limit"
+    assert unknown.value.body["param"] == "after"

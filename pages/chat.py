@@ -62,6 +62,8 @@ def pick_model() -> str | None:
     label = st.selectbox(
         t("chat.model"), labels, index=labels.index(selected), key="chat.model",
         help=t("chat.pick_model") if admin else t("chat.admin_picks_model"), disabled=not admin,
+        # Current before the next run starts: app.py then loads a local model ahead of its first message.
+        on_change=lambda: make_current(choices[st.session_state["chat.model"]]),
     )  # fmt: skip
     if admin and label != selected:
         make_current(choices[label])

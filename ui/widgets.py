@@ -238,8 +238,9 @@ def settle_current_model() -> ProviderConfig | None:
 
 
 def warm_chosen_model(current: ProviderConfig | None) -> None:
-    """As the Chat page opens: start loading its chosen local model, so that it is loaded (and its
-    prompt weights kept) by the time the first message is typed (`LocalEngine.warm`: once per app)."""
+    """As the Chat page opens, or a local model is chosen there: start loading it, so that it is loaded
+    (and its prompt weights kept) by the time the first message is typed (`LocalEngine.warm`: once per
+    model and app start)."""
     if current is not None and current.provider == "local_model":
         resources.engine().warm(current.model)
 

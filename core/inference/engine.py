@@ -134,7 +134,7 @@ class LocalEngine:
         self._turns = TurnQueue(max_waiting, beside=self._may_start_beside)
         self._load_lock = threading.Lock()
         self._warm_lock = threading.Lock()
-        self._warm_asked = False  # `warm` loads once per engine at most
+        self._warm_asked: set[str] = set()  # `warm` loads each model once per engine at most
         # Replaced, never changed in place (under the load lock): read from any thread without a lock.
         self._residents: tuple[Resident, ...] = ()
         self._loading: str | None = None  # the model a load is under way for
@@ -316,19 +316,23 @@ class LocalEngine:
         return self._loaded(key, force).parts.info
 
     def _loaded(self, key: str, force: bool = False) -> Resident:
+        if resident := self._resident(key):  # not behind another model's load
+            resident.touch()
+            return resident
         with self._load_lock:
             return self._load_locked(key, force)
 
     def warm(self, key: str) -> Future[LoadedModel | None] | None:
-        """Once per engine, as the Chat page opens with `key` downloaded: load it in the background where
-        it fits beside the models loaded (none unloaded for it) and no reply runs (or its load is quick:
-        `_may_start_beside`), so that the first message finds it loaded and its prompt weights kept (a
-        session's first reply as quick as the next). An unload stays an unload.
+        """Once per model and engine, as the Chat page opens with `key` downloaded or `key` is chosen
+        there: load it in the background where it fits beside the models loaded (none unloaded for it)
+        and no reply runs (or its load is quick: `_may_start_beside`), so that the first message finds
+        it loaded and its prompt weights kept (a session's first reply, or the first after a switch, as
+        quick as the next). An unload stays an unload.
         Returns the load's future (its result None: nothing loaded), or None once asked before."""
         with self._warm_lock:
-            if self._warm_asked or read_manifest(model_dir(self.models_dir, key)) is None:
+            if key in self._warm_asked or read_manifest(model_dir(self.models_dir, key)) is None:
                 return None
-            self._warm_asked = True
+            self._warm_asked.add(key)
         done: Future[LoadedModel | None] = Future()
         # Not the torch thread: a load waits for work there. Not a daemon: an exit waits for the load
         # rather than stopping it inside torch.

@@ -15,9 +15,11 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from core.preferences import Preferences
+from core.storage import repo
 from core.storage.db import Database
 from core.units import format_bytes
 from tests.e2e.conftest import send
+from tests.fixtures.tiny_models import install_ready
 from tests.unit.test_archive import _chatgpt_export
 
 pytestmark = pytest.mark.e2e
@@ -101,6 +103,22 @@ def test_a_new_chat_says_where_messages_go_and_starts_from_a_suggestion_by_keybo
     expect(box).to_be_focused()
     page.keyboard.type("Typed without a click")
     expect(box).to_have_value("Typed without a click")
+
+
+def test_a_model_chosen_in_the_chat_loads_while_the_first_message_is_typed(
+    browser: Browser, short_replies: str, app_url: str, tiny_models: dict[str, Path]
+) -> None:
+    """Another model chosen in the Chat page is loaded beside the first as soon as it is chosen (it
+    loaded at the first message), so the first reply after a switch comes as quickly as the next."""
+    install_ready(Path(os.environ["LOCALLLM_MODELS_DIR"]), "second", tiny_models["qwen2"])
+    with Database(os.environ["LOCALLLM_DB_URL"]).begin() as session:
+        repo.add_custom_model(session, "second", "test/second", "main", {})
+    page = open_chat(browser, app_url)
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar).to_contain_text(f"Loaded: {short_replies}", timeout=60_000)  # the page's model
+    choose(page.get_by_test_id("stSelectbox").filter(has_text="Model"), "secon")  # its whole label: "second"
+    expect(sidebar).to_contain_text("Loaded: second", timeout=60_000)  # no message sent
+    expect(sidebar).to_contain_text(f"Loaded: {short_replies}")  # beside it, not in its place
 
 
 def test_a_reply_cut_at_its_length_goes_on_in_the_same_message(

@@ -411,7 +411,7 @@ def test_between_replies_the_int4_weights_are_kept_unpacked_for_prompts_where_me
     assert not any(layer.kept for layer in _int4_layers(engine))
 
 
-def test_warm_loads_a_downloaded_model_once_in_the_background_beside_others_never_over_them(
+def test_warm_loads_each_chosen_model_once_in_the_background_beside_others_never_over_them(
     engine: LocalEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core.inference import engine as engine_module
@@ -437,6 +437,10 @@ def test_warm_loads_a_downloaded_model_once_in_the_background_beside_others_neve
     assert engine.loaded.key == "tiny-llama" and engine.loading is None
     engine.unload()  # the user's unload (or the idle one) stays: no second load ahead of a message
     assert engine.warm("tiny-llama") is None and engine.loaded is None
+    # Another model chosen on the page: loaded ahead of its first message too, once.
+    assert engine.warm("tiny-qwen").result(timeout=120).key == "tiny-qwen"
+    assert engine.warm("tiny-qwen") is None and engine.loaded.key == "tiny-qwen"
+    engine.unload()
 
     beside = LocalEngine(engine.models_dir, idle_unload_s=0)
     beside.load("tiny-qwen")  # someone's model is loaded: the page's loads beside it, where it fits

@@ -5,7 +5,8 @@ two users at once, each asking its own model: the second user's first token and 
 the two batches stepping in turn against one model's replies at a time (as before 2026-12-06); and the
 same with the second model not loaded (its int4 copy kept): loaded beside the first user's reply (its
 steps wait for the load: the longest gap between its tokens) against waiting for that reply to end (as
-until the evening of 2026-12-06).
+until the evening of 2026-12-06); and both loaded, the second user sending a long prompt (a pasted
+document): read 64 tokens a pass between the first user's tokens against in one pass (as before).
 
 Random weights with the catalog models' configs (bench/readiness.build), each in a fresh process with
 the engine's default settings (int4 on the CPU, the default sampling, the weights kept for prompts);
@@ -68,11 +69,12 @@ if mode == "turns":
     engine._turns._beside = lambda key: False
 elif mode == "load-waits":
     engine._turns._beside = lambda key: engine.parts_of(key) is not None
+elif mode == "prompt-whole":  # before: a prompt was read in one pass whatever another model's batch did
+    engine._others_decoding = lambda key: False
 params = GenerationParams(max_new_tokens=128, seed=0)  # the default sampling
-def reply(key, started, times):
+def reply(key, started, times, text="Tell me about rivers."):
     last = None
-    for event in engine.stream(key, [{"role": "user", "content": "Tell me about rivers."}], params,
-                               ignore_eos=True):
+    for event in engine.stream(key, [{"role": "user", "content": text}], params, ignore_eos=True):
         if isinstance(event, TextDelta):
             now = time.perf_counter()
             times.setdefault("first", now - started)
@@ -95,7 +97,9 @@ for _ in range(rounds):
     while "first" not in a:
         time.sleep(0.005)
     start_b = time.perf_counter()  # the second user asks the other model as the first one's text starts
-    reply(keys[1], start_b, b)
+    # A pasted document (each round its own: no kept cache holds it) in the prompt modes.
+    text = f"{len(rows)}: " + "Rivers carry water from the hills to the sea. " * 40
+    reply(keys[1], start_b, b, *([text] if mode.startswith("prompt") else []))
     first_user.join()
     rows.append({"b_first": b["first"], "b_done": b["done"], "a_done": a["done"], "a_gap": a["gap"],
                  "both_done": max(a["done"], start_b - start_a + b["done"])})
@@ -109,6 +113,8 @@ MODES = {
     "beside": "both loaded, side by side (now)",
     "load-waits": "2nd to load: waits for the 1st (before)",
     "load-beside": "2nd to load: loads beside the 1st (now)",
+    "prompt-whole": "2nd sends a long prompt: one pass (before)",
+    "prompt-parts": "2nd sends a long prompt: 64 tokens a pass (now)",
 }
 
 
@@ -142,13 +148,13 @@ def main() -> None:
         f" asks {args.models[1]} as the first's text from {args.models[0]} starts"
     )
     names = ("2nd: 1st tok", "2nd: done", "1st: done", "both done", "1st: gap")
-    print(f"  {'':<44} " + " ".join(f"{name:>12}" for name in names) + "   (seconds)")
+    print(f"  {'':<50} " + " ".join(f"{name:>12}" for name in names) + "   (seconds)")
     for mode, rows in side_by_side.items():
         medians = [
             statistics.median(row[name] for row in rows)
             for name in ("b_first", "b_done", "a_done", "both_done", "a_gap")
         ]
-        print(f"  {MODES[mode]:<44} " + " ".join(f"{value:>12.2f}" for value in medians))
+        print(f"  {MODES[mode]:<50} " + " ".join(f"{value:>12.2f}" for value in medians))
     print(json.dumps({"switches": results, "side_by_side": side_by_side}))
 
 

@@ -3,13 +3,14 @@
 Decoding a small model is bound by reading its weights, once per step whatever the number of
 sequences: a step for three replies costs about 1.5 of a step for one on a 2-core CPU (int4). A reply
 joins the running batch at the next step: its prompt goes in by parts beside the others' tokens
-(PREFILL_BESIDE tokens a step, so a long prompt does not freeze them; PREFILL_ALONE when nobody else
-waits for a token), prompts in the order they came, and it leaves when it ends or is stopped. Each
-keeps its own sampling, seed, stop and statistics (vLLM's scheduler and llama.cpp's server slots work
-alike). Prompts that arrive together go in together, in one pass up to the budget: a prompt costs the
-same by parts (compute-bound), so the last of three users waits for three prompts either way, but not
-also for the first user's tokens between them. A prompt that starts like a finished reply's tokens
-(the next turn of a conversation) starts from its kept cache (core.inference.reuse).
+(PREFILL_BESIDE tokens a step, so a long prompt does not freeze them, nor another model's replies
+whose batch steps in turn; PREFILL_ALONE when nobody else waits for a token), prompts in the order
+they came, and it leaves when it ends or is stopped. Each keeps its own sampling, seed, stop and
+statistics (vLLM's scheduler and llama.cpp's server slots work alike). Prompts that arrive together
+go in together, in one pass up to the budget: a prompt costs the same by parts (compute-bound), so the
+last of three users waits for three prompts either way, but not also for the first user's tokens
+between them. A prompt that starts like a finished reply's tokens (the next turn of a conversation)
+starts from its kept cache (core.inference.reuse).
 
 `Batch` is the synchronous heart (one `step` at a time, on the calling thread); `Batcher` runs it on
 the engine's torch thread for as long as replies are in it, a step at a time: between two steps the
@@ -80,14 +81,22 @@ class Batch:
     """The replies being generated together; `step` advances all of them by one pass."""
 
     def __init__(
-        self, decoder: Decoder, caches_at_most: Callable[[], int] = lambda: 0, *, overlap: bool | None = None
+        self,
+        decoder: Decoder,
+        caches_at_most: Callable[[], int] = lambda: 0,
+        *,
+        overlap: bool | None = None,
+        others_decoding: Callable[[], bool] = lambda: False,
     ) -> None:
         """`caches_at_most()`: running and kept caches together (the replies memory was planned for);
-        `overlap`: tokens go to their readers while the next pass runs (default: on a GPU)."""
+        `overlap`: tokens go to their readers while the next pass runs (default: on a GPU);
+        `others_decoding()`: another model's batch, stepping between this one's, has replies decoding
+        (a prompt is then read in parts, as beside this batch's own)."""
         self.decoder = decoder
         self.active: list[Request] = []
         self.kept = KeptCaches()
         self._caches_at_most = caches_at_most
+        self._others_decoding = others_decoding
         # On a GPU a pass runs while the host goes on: each token chosen is handed to its reader once the
         # next pass is under way, so that readers (decoding text, writing to sockets, holding Python's
         # lock) work while the GPU does, not between passes. On a CPU the pass is the host's own work.
@@ -123,6 +132,11 @@ class Batch:
         self.active.append(request)
         self._trim()
 
+    @property
+    def decoding(self) -> bool:
+        """A reply of this batch is decoding (read on the torch thread, between steps)."""
+        return any(request.decoding for request in self.active)
+
     def _trim(self) -> None:
         """Keep at most as many caches as planned for, running ones first (the oldest kept go)."""
         most = self._caches_at_most() - len(self.active)
@@ -145,7 +159,7 @@ class Batch:
         # Token ids on the CPU: the decoder moves a pass's ids to the GPU in one copy.
         segments = [Segment(r.cache, torch.tensor(r.generated[-1:])) for r in decoding]
         served = list(decoding)
-        budget = PREFILL_BESIDE if decoding else PREFILL_ALONE
+        budget = PREFILL_BESIDE if decoding or self._others_decoding() else PREFILL_ALONE
         for request in (r for r in reading if r.prompt_logprobs is None):
             part = request.prompt[request.prefilled : request.prefilled + budget]
             segments.append(Segment(request.cache, torch.tensor(part)))
@@ -246,14 +260,20 @@ class Batcher:
         run_on_torch: Callable[[Callable[[], None]], object],
         gather: tuple[float, float] = (GATHER_GAP_S, GATHER_MAX_S),
         caches_at_most: Callable[[], int] = lambda: 0,
+        others_decoding: Callable[[], bool] = lambda: False,
     ) -> None:
-        self._batch = Batch(decoder, caches_at_most)
+        self._batch = Batch(decoder, caches_at_most, others_decoding=others_decoding)
         self._gather_gap_s, self._gather_max_s = gather
         self._run_on_torch = run_on_torch
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._joining: list[Request] = []
         self._looping = False
+
+    @property
+    def decoding(self) -> bool:
+        """A reply of its batch is decoding (read on the torch thread, between steps)."""
+        return self._batch.decoding
 
     def submit(self, request: Request) -> Future[list[int]]:
         """Add a reply to the batch at its next step; its `done` resolves when it ends."""

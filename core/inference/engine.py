@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import InsufficientMemoryError, LocalLLMError, ModelNotReadyError
 from core.hardware import measure_bandwidth, return_freed_memory_to_os
-from core.hub.store import model_dir, read_manifest
+from core.hub.store import model_dir, read_config, read_manifest
 from core.inference import prompts
 from core.inference.device import available_memory, choose_dtype, detect_device
 from core.inference.embedding import embed_ids
@@ -384,8 +384,9 @@ class LocalEngine:
 
             # Finished replies' caches are kept for the next turn, within the replies planned for.
             batcher = Batcher(
-                parts.decoder, self._torch.submit, caches_at_most=lambda: self._turns.capacity(key)
-            )
+                parts.decoder, self._torch.submit, caches_at_most=lambda: self._turns.capacity(key),
+                others_decoding=lambda: self._others_decoding(key),
+            )  # fmt: skip
             resident = Resident(parts, batcher, fit)
             # On the torch thread: which layers unpack is checked with torch operations, and a
             # second OpenMP team beside the torch thread's slows every decode step (see above).
@@ -431,6 +432,15 @@ class LocalEngine:
                 return
             self._unload_locked(other)
 
+    def _others_decoding(self, key: str) -> bool:
+        """Another loaded model's batch has replies decoding (on the torch thread, between steps): a long
+        prompt of `key`'s is then read in parts between their tokens, not in one pass that stops them."""
+        return any(
+            resident.batcher is not None and resident.batcher.decoding
+            for resident in self._residents
+            if resident.key != key
+        )
+
     def _idle_by_use(self) -> list[Resident]:
         """The loaded models no reply runs on, the least recently used first."""
         running = self._turns.running_models()
@@ -438,14 +448,17 @@ class LocalEngine:
         return sorted(idle, key=lambda resident: resident.last_used)
 
     def _may_start_beside(self, key: str) -> bool:
-        """Whether a reply of `key`'s model may start beside the running replies (of other models): it is
-        loaded, or its load is quick (its quantized copy kept by an earlier load: ~0.2 s of their steps,
-        against waiting for their replies to end) and it fits beside them, no other load under way. A
-        model to quantize or read in 16 bits waits for them (its load would freeze their steps for
-        seconds)."""
+        """Whether a reply of `key`'s model may start beside the running replies (of other models): each
+        runs a step at a time (`_runs_in_steps`: a reply of transformers' generate holds the torch
+        thread to its end, so it runs alone), and `key`'s model is loaded, or its load is quick (its
+        quantized copy kept by an earlier load: ~0.2 s of their steps, against waiting for their
+        replies to end) and it fits beside them, no other load under way. A model to quantize or read
+        in 16 bits waits for them (its load would freeze their steps for seconds)."""
+        if not all(self._runs_in_steps(other) for other in (key, *self._turns.running_models())):
+            return False
         if self._resident(key) is not None:
             return True
-        if self._load_lock.locked() or not self._loads_quickly(key):
+        if self._load_lock.locked():
             return False
         try:
             estimate, device = self.memory_estimate(key), self.runs_on()
@@ -456,6 +469,22 @@ class LocalEngine:
         freeable = sum(resident.parts.info.memory_bytes + resident.copy_bytes for resident in idle)
         planned = estimate.with_caches(self._parallel)
         return staying < self._max_loaded and planned <= 0.8 * (available_memory(device) + freeable)
+
+    def _runs_in_steps(self, key: str) -> bool:
+        """Whether `key`'s replies run a step at a time on the torch thread (the lean decoder's batch):
+        loaded with a batcher, or to load quickly (`_loads_quickly`) as an architecture the decoder
+        runs (read from config.json)."""
+        if resident := self._resident(key):
+            return resident.batcher is not None
+        from types import SimpleNamespace
+
+        from core.inference.skeleton import decoder_architecture
+
+        try:
+            config = SimpleNamespace(**read_config(model_dir(self.models_dir, key)))
+        except LocalLLMError:
+            return False
+        return decoder_architecture(config) and self._loads_quickly(key)
 
     def _loads_quickly(self, key: str) -> bool:
         """Whether `key`'s load maps a quantized copy kept by an earlier load (CPU, int4 or int8), known

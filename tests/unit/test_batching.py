@@ -290,6 +290,25 @@ def passes(decoder: Decoder) -> Iterator[list[list[int]]]:
         del decoder.run
 
 
+def test_a_long_prompt_is_read_in_parts_while_another_models_batch_decodes(decoder: Decoder) -> None:
+    """Two models' batches step in turn on the torch thread: while the other one decodes, a long prompt
+    goes in PREFILL_BESIDE tokens a pass (the other's tokens come between them), as beside this batch's
+    own decoding replies; with nobody decoding, in one pass. The tokens are the same either way."""
+    long = prompts(decoder.vocabulary)[2]  # PREFILL_BESIDE * 2 + 17 tokens
+    read: dict[bool, tuple[list[list[int]], list[int]]] = {}
+    for others in (True, False):
+        batch = Batch(decoder, others_decoding=lambda others=others: others)
+        reply = request(decoder, long, SAMPLINGS[0], new_tokens=4)
+        batch.add(reply)
+        with passes(decoder) as recorded, torch.inference_mode():
+            while batch.active:
+                batch.step()
+        read[others] = (recorded, reply.done.result())
+    beside, alone_ = read[True], read[False]
+    assert beside[0][:3] == [[PREFILL_BESIDE], [PREFILL_BESIDE], [17]] and alone_[0][0] == [len(long)]
+    assert beside[1] == alone_[1] == alone(decoder, long, SAMPLINGS[0])[:4]
+
+
 def test_the_next_turn_prefills_only_what_its_conversation_has_not_seen(decoder: Decoder) -> None:
     first_prompt, sampling = prompts(decoder.vocabulary)[1], SAMPLINGS[0]
     first_reply = alone(decoder, first_prompt, sampling)

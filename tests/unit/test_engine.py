@@ -24,6 +24,7 @@ from core.errors import (
     QueueFullError,
     UnsupportedModelError,
 )
+from core.inference.batching import PREFILL_BESIDE
 from core.inference.chat_tokenizer import ChatTokenizer
 from core.inference.engine import LocalEngine
 from core.inference.events import Finished, Queued, TextDelta
@@ -31,6 +32,7 @@ from core.inference.params import GenerationParams
 from core.inference.prompts import count_prompt_tokens
 from core.settings import PROJECT_ROOT
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
+from tests.unit.test_batching import passes
 
 GREEDY = GenerationParams(temperature=0, max_new_tokens=24)
 LONG = GenerationParams(temperature=0, max_new_tokens=3000)
@@ -245,6 +247,47 @@ def test_replies_of_two_loaded_models_run_at_once_a_quick_load_joins_them_a_firs
     assert quick_beside == 1 and ended[0].stats.finish_reason == "stopped"
     assert isinstance(waited, Queued) and waited.ahead == 1 and still_running == 1 and not_loaded
     assert preloads[0].key == "fresh" and loaded_after[0].stats.finish_reason in ("length", "stop")
+
+
+def test_a_reply_through_transformers_generate_runs_alone(
+    engine: LocalEngine, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A model the lean decoder does not run (Gemma 2's soft cap) answers through transformers'
+    generate, which holds the torch thread to the reply's end: its reply waits for another model's
+    running one (it would freeze it), and another model's waits for its, each told its place."""
+    soft_cap = build_tiny_model(tmp_path_factory.mktemp("gen") / "m", "gemma2", endless=True, context=4096)
+    install_ready(engine.models_dir, "gen", soft_cap)
+    assert engine.load("gen").runner == "generate"
+    waits = []
+    for first, second in (("long", "gen"), ("gen", "long")):
+        stop = threading.Event()
+        running = engine.stream(first, HELLO, LONG, stop)
+        next(event for event in running if isinstance(event, TextDelta))
+        waiting = engine.stream(second, HELLO, GREEDY)
+        waits.append(next(waiting))
+        stop.set()
+        list(running)
+        ended = [event for event in waiting if isinstance(event, Finished)]  # read to its end: its turn ends
+        assert ended[0].stats.finish_reason == "length"
+    assert all(isinstance(wait, Queued) and wait.ahead == 1 for wait in waits)
+
+
+def test_a_long_prompt_of_one_model_is_read_in_parts_while_another_models_reply_decodes(
+    engine: LocalEngine,
+) -> None:
+    """The other model's reader gets its tokens between the parts: no pass of the whole prompt."""
+    engine.load("tiny-qwen")
+    stop = threading.Event()
+    long_reply = engine.stream("long", HELLO, LONG, stop)
+    next(event for event in long_reply if isinstance(event, TextDelta))
+    asked = [{"role": "user", "content": "Hello 你好 " * 30}]
+    with passes(engine.parts_of("tiny-qwen").decoder) as recorded:
+        finished = [e for e in engine.stream("tiny-qwen", asked, GREEDY) if isinstance(e, Finished)]
+    stop.set()
+    list(long_reply)
+    prompt = finished[0].stats.prompt_tokens
+    read = [sum(tokens) for tokens in recorded if sum(tokens) > 1]  # the prompt's passes
+    assert prompt > 2 * PREFILL_BESIDE and sum(read) == prompt and max(read) == PREFILL_BESIDE
 
 
 def test_a_quick_load_that_does_not_fit_beside_the_running_replies_waits_for_them(

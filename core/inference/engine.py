@@ -481,10 +481,10 @@ class LocalEngine:
         from core.inference.skeleton import decoder_architecture
 
         try:
-            config = SimpleNamespace(**read_config(model_dir(self.models_dir, key)))
-        except LocalLLMError:
+            steps = decoder_architecture(SimpleNamespace(**read_config(model_dir(self.models_dir, key))))
+        except (LocalLLMError, AttributeError):  # no readable config, no model_type: said in its turn
             return False
-        return decoder_architecture(config) and self._loads_quickly(key)
+        return steps and self._loads_quickly(key)
 
     def _loads_quickly(self, key: str) -> bool:
         """Whether `key`'s load maps a quantized copy kept by an earlier load (CPU, int4 or int8), known

@@ -103,7 +103,9 @@ def test_a_tool_is_called_with_its_input_and_its_result_read(engine: LocalEngine
     assert use.id.startswith("toolu_")
     [streamed_use] = [block for block in streamed.content if block.type == "tool_use"]
     assert (streamed.stop_reason, streamed_use.name, streamed_use.input) == ("tool_use", use.name, use.input)
-    assert len(pieces) > 1 and json.loads("".join(pieces)) == use.input  # in pieces, not whole
+    # As the model writes it (in pieces: test_tool_calls.py's every cut; a busy reader may take the tiny
+    # model's whole call at once), joining to the block's input.
+    assert pieces and json.loads("".join(pieces)) == use.input
     assert answered.stop_reason in ("max_tokens", "end_turn") and answered.usage.input_tokens > 0
     assert set(json.loads(held.content[0].text)) == {"city"}  # structured output: held to the schema
 

@@ -104,10 +104,11 @@ def test_a_named_call_is_made_with_arguments_that_fit_its_parameters(engine: Loc
         whole = client.chat.completions.create(model="tiny", messages=ASKED, tools=TOOLS, tool_choice=named,
                                                temperature=0, max_tokens=100)  # fmt: skip
     deltas = [call for chunk in streamed if chunk.choices for call in chunk.choices[0].delta.tool_calls or ()]
-    # Named in its first chunk, its arguments in pieces as the model writes them (as OpenAI streams them).
+    # Named in its first chunk, its arguments after it as the model writes them, as OpenAI streams them
+    # (in pieces: every cut below; a busy reader may take the tiny model's whole call at once).
     assert [(d.index, d.function.name, bool(d.id)) for d in deltas[:2]] == [(0, "get_weather", True),
                                                                            (0, None, False)]  # fmt: skip
-    assert len(deltas) > 2 and {d.index for d in deltas} == {0} and deltas[0].function.arguments == ""
+    assert {d.index for d in deltas} == {0} and deltas[0].function.arguments == ""
     streamed_arguments = "".join(d.function.arguments for d in deltas)
     assert streamed_arguments == whole.choices[0].message.tool_calls[0].function.arguments  # greedy
     assert not "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
@@ -360,7 +361,7 @@ def test_the_responses_api_calls_tools_as_openais_sdk_reads_them(engine: LocalEn
     [streamed_call] = streamed.output
     assert (streamed_call.name, streamed_call.arguments) == (call.name, call.arguments)  # greedy
     deltas = kinds.count("response.function_call_arguments.delta")  # the arguments as they are written
-    assert deltas > 1 and kinds == ["response.created", "response.in_progress", "response.output_item.added",
+    assert deltas >= 1 and kinds == ["response.created", "response.in_progress", "response.output_item.added",
                                     *["response.function_call_arguments.delta"] * deltas,
                                     "response.function_call_arguments.done", "response.output_item.done",
                                     "response.completed"]  # fmt: skip

@@ -81,13 +81,18 @@ class KeptResponses:
     def conversation(self, response_id: str) -> list[InputItem]:
         """The items of a conversation up to and with this response, the first response's first; 404 when
         it, or one before it, is no longer kept."""
-        items: list[InputItem] = []
+        return [item for kept in self._chain(response_id, "previous_response_id") for item in kept.items]
+
+    def _chain(self, response_id: str, param: str | None = None) -> list[KeptResponse]:
+        """The responses of a conversation up to and with this one, the first first; 404 (naming `param`)
+        when it, or one before it, is no longer kept."""
+        chain: list[KeptResponse] = []
         previous: str | None = response_id
         while previous is not None:
-            kept = self.get(previous, "previous_response_id")
-            items[:0] = kept.items
+            kept = self.get(previous, param)
+            chain.insert(0, kept)
             previous = kept.previous
-        return items
+        return chain
 
     def input_items(
         self, response_id: str, *, after: str | None, before: str | None, limit: int, order: str
@@ -96,11 +101,7 @@ class KeptResponses:
         response's input and output) and its own input, the latest first unless `order` is "asc";
         `limit` of those after `after` and before `before` (ids from an earlier page). 404 when it, or
         one before it, is no longer kept; 400 naming the parameter for an id not among its items."""
-        chain, previous = [], response_id
-        while previous is not None:
-            kept = self.get(previous)
-            chain.insert(0, kept)
-            previous = kept.previous
+        chain = self._chain(response_id)
         items = [item for kept in chain[:-1] for item in (*kept.listed, *kept.response["output"])]
         items += chain[-1].listed
         if order == "desc":

@@ -100,6 +100,11 @@ class Resident:
         """Used now (the idle clock and the least-recently-used order start again)."""
         self.last_used = time.monotonic()
 
+    @property
+    def held_bytes(self) -> int:
+        """The memory it holds: its weights as loaded and its prompt copy."""
+        return self.parts.info.memory_bytes + self.copy_bytes
+
 
 class LocalEngine:
     """The loaded models, shared by every caller; replies batched, the rest in FIFO order."""
@@ -316,8 +321,7 @@ class LocalEngine:
         return self._loaded(key, force).parts.info
 
     def _loaded(self, key: str, force: bool = False) -> Resident:
-        if resident := self._resident(key):  # not behind another model's load
-            resident.touch()
+        if resident := self._touch(key):  # not behind another model's load
             return resident
         with self._load_lock:
             return self._load_locked(key, force)
@@ -357,8 +361,7 @@ class LocalEngine:
         done.set_result(loaded)
 
     def _load_locked(self, key: str, force: bool) -> Resident:
-        if resident := self._resident(key):
-            resident.touch()
+        if resident := self._touch(key):
             return resident
         self._loading = key
         try:
@@ -416,7 +419,7 @@ class LocalEngine:
         fit even beside the running ones alone (unless `force`)."""
         needed, available = estimate.total_bytes, available_memory(device)
         idle = self._idle_by_use()
-        freeable = sum(resident.parts.info.memory_bytes + resident.copy_bytes for resident in idle)
+        freeable = sum(resident.held_bytes for resident in idle)
         others = [resident.key for resident in idle]  # keys only: an unloaded model's memory is freed
         del idle
         if needed > available + freeable and not force:
@@ -466,7 +469,7 @@ class LocalEngine:
             return False
         idle = self._idle_by_use()
         staying = len(self._residents) - len(idle)
-        freeable = sum(resident.parts.info.memory_bytes + resident.copy_bytes for resident in idle)
+        freeable = sum(resident.held_bytes for resident in idle)
         planned = estimate.with_caches(self._parallel)
         return staying < self._max_loaded and planned <= 0.8 * (available_memory(device) + freeable)
 
@@ -476,15 +479,16 @@ class LocalEngine:
         runs (read from config.json)."""
         if resident := self._resident(key):
             return resident.batcher is not None
+        if not self._loads_quickly(key):  # a file's presence: before reading the config
+            return False
         from types import SimpleNamespace
 
         from core.inference.skeleton import decoder_architecture
 
         try:
-            steps = decoder_architecture(SimpleNamespace(**read_config(model_dir(self.models_dir, key))))
+            return decoder_architecture(SimpleNamespace(**read_config(model_dir(self.models_dir, key))))
         except (LocalLLMError, AttributeError):  # no readable config, no model_type: said in its turn
             return False
-        return steps and self._loads_quickly(key)
 
     def _loads_quickly(self, key: str) -> bool:
         """Whether `key`'s load maps a quantized copy kept by an earlier load (CPU, int4 or int8), known
@@ -577,9 +581,11 @@ class LocalEngine:
             torch.cuda.empty_cache()
 
     # -- idle unload ----------------------------------------------------------------------------
-    def _touch(self, key: str) -> None:
+    def _touch(self, key: str) -> Resident | None:
+        """`key`'s model, marked used now, where it is loaded."""
         if resident := self._resident(key):
             resident.touch()
+        return resident
 
     def keep_alive(self, key: str, seconds: float) -> None:
         """Keep `key`'s model loaded `seconds` after its last reply instead of the idle setting, until it
@@ -690,8 +696,7 @@ class LocalEngine:
         """Load `key` when a reply of it could start (Ollama's load request): at once where it is loaded,
         nothing runs or its load is quick, else once the running replies end (a long load on the torch
         thread would freeze their steps)."""
-        if resident := self._resident(key):  # nothing to wait for, even with its batch full
-            resident.touch()
+        if resident := self._touch(key):  # nothing to wait for, even with its batch full
             return resident.parts.info
         return self._in_turn(key, lambda: self._loaded(key).parts.info)
 

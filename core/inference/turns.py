@@ -25,9 +25,9 @@ class Ticket:
 
 class TurnQueue:
     """Replies of a running model join it while there is room, and those of a model that may run beside
-    the running ones (`beside`: loaded) start; the others wait in order and are told their place
-    whenever it changes. The line is FIFO: a request for a model that must wait for the running ones
-    to end (to be loaded at length) holds those behind it too."""
+    the running ones (`beside`: loaded, or quick to load) start; the others wait in order and are told
+    their place whenever it changes. The line is FIFO: a request for a model that must wait for the
+    running ones to end (to be loaded at length) holds those behind it too."""
 
     def __init__(self, max_waiting: int = 4, beside: Callable[[str], bool] = lambda _key: False) -> None:
         self.max_waiting = max_waiting
@@ -78,12 +78,12 @@ class TurnQueue:
         last: int | None = None
         while not stop.is_set():
             with self._turn:
-                index = self._waiting.index(ticket)
-                if index == 0 and self._may_join(ticket):
+                index, joins = self._waiting.index(ticket), self._may_join(ticket)
+                if index == 0 and joins:
                     self._running.append(self._waiting.popleft())
                     self._turn.notify_all()  # the next in line may join too
                     return True
-                ahead = index + (0 if self._may_join(ticket) else 1)
+                ahead = index + (0 if joins else 1)
                 if ahead == last:
                     self._turn.wait(0.25)
                     continue

@@ -85,6 +85,12 @@ class ListingFailedError(EndpointsFailedError):
     code = "error.listing_failed"
 
 
+class SearchFailedError(EndpointsFailedError):
+    """Every endpoint failed to answer a search of the Hub's models."""
+
+    code = "error.search_failed"
+
+
 class UnsafeListingError(DownloadError):
     """A server listed a file name, size or hash that cannot be trusted; nothing was written."""
 
@@ -93,6 +99,13 @@ class UnsafeListingError(DownloadError):
 
 class InvalidRepoIdError(LocalLLMError):
     code = "error.invalid_repo_id"
+    bad_input = True
+
+
+class InvalidSearchError(LocalLLMError):
+    """A search of the Hub's models that cannot be sent: empty, or too long."""
+
+    code = "error.invalid_search"
     bad_input = True
 
 

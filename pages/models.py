@@ -8,17 +8,20 @@ import streamlit as st
 from core.errors import LocalLLMError
 from core.hub.catalog import ModelSpec
 from core.hub.library import DownloadPlan, ModelLibrary, ModelStatus
+from core.hub.search import MAX_QUERY_CHARS, SearchResults
 from core.hub.transfer import Progress
 from core.inference.sizing import (
+    KvLayout,
     MemoryEstimate,
     decode_tokens_per_s_bound,
+    estimate_memory,
     memory_verdict,
 )
 from core.storage import repo
 from core.units import format_bytes, format_count, format_duration
 from ui import access, resources
 from ui.i18n import current_language, error_text, failure_text, has, t
-from ui.markup import escape_markdown
+from ui.markup import as_text, escape_markdown
 from ui.widgets import download_settings
 
 ACTIVE_POLL_S = 1.0
@@ -384,6 +387,71 @@ def context_choice(spec: ModelSpec) -> None:
                  help=t("models.context_help") if admin else t("access.admin_only"))  # fmt: skip
 
 
+def find_model_form() -> None:
+    """A search of the Hub by name (Enter searches); its results stay until the next search."""
+    with st.container(border=True, key="find-model"):
+        with st.form("find-model-form", border=False):
+            st.markdown(f"**{t('models.find.title')}**")
+            query = st.text_input(
+                t("models.find.query"), placeholder=t("models.find.placeholder"), max_chars=MAX_QUERY_CHARS,
+                key="find-model-query", help=t("models.find.help"),
+            )  # fmt: skip
+            searched = st.form_submit_button(t("models.find.submit"), key="find-model-submit",
+                                             icon=":material/search:")  # fmt: skip
+        if searched:
+            st.session_state.pop("models.found", None)
+            try:
+                with st.spinner(t("models.find.searching")):
+                    st.session_state["models.found"] = library.search(query)
+            except LocalLLMError as exc:
+                st.error(error_text(exc))
+        if results := st.session_state.get("models.found"):
+            show_results(results)
+
+
+def show_results(results: SearchResults) -> None:
+    if not results.models:
+        st.info(t("models.find.none", query=as_text(results.query)))
+        return
+    st.caption(t("models.find.from", count=len(results.models), query=as_text(results.query),
+                 endpoint=as_text(results.endpoint)))  # fmt: skip
+    in_catalog = {spec.repo_id.lower() for spec in library.models()}
+    precision, hardware = resources.engine_precision(), resources.hardware()
+    for number, model in enumerate(results.models):
+        with st.container(horizontal=True, vertical_alignment="center", key=f"found-{number}"):
+            with st.container(gap=None):
+                st.markdown(f"**{escape_markdown(model.repo_id)}**")
+                downloads = format_count(model.downloads)
+                if model.parameters:
+                    st.caption(t("models.find.facts", params=format_count(model.parameters),
+                                 size=format_bytes(model.download_bytes), downloads=downloads))  # fmt: skip
+                    # Weights and runtime only: the cache needs the config, read once the model is added.
+                    needed = estimate_memory(model.parameters, KvLayout(0, 0, 0), precision).total_bytes
+                    verdict = memory_verdict(needed, hardware)
+                    st.caption(t(f"models.verdict.{verdict.verdict}", needed=format_bytes(needed),
+                                 available=format_bytes(verdict.available_bytes)))  # fmt: skip
+                else:
+                    st.caption(t("models.find.facts_unknown", downloads=downloads))
+                if model.gated:
+                    st.caption(t("models.find.gated"))
+            added = model.repo_id.lower() in in_catalog
+            label = t("models.find.in_catalog") if added else t("models.find.add")
+            icon = ":material/check:" if added else ":material/add:"
+            if st.button(label, key=f"find-add-{number}", disabled=added, icon=icon):
+                add_found(model.repo_id)
+
+
+def add_found(repo_id: str) -> None:
+    try:
+        with st.spinner(t("models.find.adding", repo=repo_id)):
+            spec = library.add_custom(repo_id)
+    except LocalLLMError as exc:
+        st.error(error_text(exc))
+    else:
+        st.session_state["models.flash"] = ("success", t("models.add.done", repo=spec.repo_id, key=spec.key))
+        st.rerun()
+
+
 def add_model_form() -> None:
     with st.form("add-model", clear_on_submit=False, border=True):
         st.markdown(f"**{t('models.add.title')}**")
@@ -417,6 +485,7 @@ measuring = resources.memory_bandwidth() is None  # the speed estimates poll unt
 page_drawn = False  # True once this run got to the end: what the fragments' own reruns see
 for model in library.models():
     card(model)
+find_model_form()
 add_model_form()
 if access.is_admin():
     download_settings()

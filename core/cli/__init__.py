@@ -31,8 +31,8 @@ def cli(verbose: int) -> None:
 
 
 for command in (
-    dashboard.app, models.models, models.download, models.verify, chat.chat, chats.chats, score.score,
-    serve.serve,
+    dashboard.app, models.models, models.search, models.download, models.verify, chat.chat, chats.chats,
+    score.score, serve.serve,
     hardware.hardware,
     admin.settings, admin.db, admin.users, admin.config,
 ):  # fmt: skip

@@ -1,16 +1,19 @@
-"""`localllm models | download | verify`: the catalog, downloads that resume, and checking files."""
+"""`localllm models | search | download | verify`: the catalog, finding models on the Hub, downloads that
+resume, and checking files."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
+from dataclasses import asdict
 
 import click
 
 from core.cli.common import library, warn
 from core.errors import NotFoundError, is_bad_input
 from core.hub.library import ModelLibrary
-from core.units import format_bytes
+from core.units import format_bytes, format_count
 
 
 @click.command(short_help="the model catalog with size and state")
@@ -24,6 +27,35 @@ def models() -> int:
             shown += f" {status.fraction:.0%}"
         size = format_bytes(spec.download_bytes) if spec.download_bytes else "?"
         click.echo(f"{spec.key:<24} {spec.repo_id:<44} {size:>9}  {shown}")
+    return 0
+
+
+@click.command(short_help="find chat models on Hugging Face by name")
+@click.argument("words", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of text")
+def search(words: tuple[str, ...], as_json: bool) -> int:
+    """The most downloaded chat models for transformers whose name holds WORDS, from the first download
+    endpoint that answers. `localllm download REPO_ID` checks one, adds it and downloads it."""
+    models_library = library()
+    results = models_library.search(" ".join(words))
+    in_catalog = {spec.repo_id.lower() for spec in models_library.models()}
+    if as_json:
+        found = [
+            {**asdict(model), "in_catalog": model.repo_id.lower() in in_catalog} for model in results.models
+        ]
+        click.echo(json.dumps({"query": results.query, "endpoint": results.endpoint, "models": found}))
+        return 0
+    if not results.models:
+        click.echo(f"No chat model for transformers has {results.query!r} in its name ({results.endpoint}).")
+        return 0
+    for model in results.models:
+        parameters = format_count(model.parameters) if model.parameters else "?"
+        size = format_bytes(model.download_bytes) if model.download_bytes else "?"
+        added = model.repo_id.lower() in in_catalog
+        notes = [note for note, holds in (("gated", model.gated), ("in the catalog", added)) if holds]
+        downloads = format_count(model.downloads)
+        line = f"{model.repo_id:<48} {parameters:>6} {size:>9} {downloads:>7} downloads"
+        click.echo(line + (f"  ({', '.join(notes)})" if notes else ""))
     return 0
 
 

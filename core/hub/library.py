@@ -15,6 +15,7 @@ from core.hub import listing as hub
 from core.hub.catalog import BUILTIN_MODELS, ModelSpec, custom_spec, key_for_repo
 from core.hub.listing import RemoteFile, RepoListing
 from core.hub.manager import DownloadManager
+from core.hub.search import SearchResults, search_models
 from core.hub.store import (
     FileCheck,
     Manifest,
@@ -161,6 +162,10 @@ class ModelLibrary:
             key = key_for_repo(repo_id, taken)
             repo.add_custom_model(session, key, repo_id, revision, details)
         return self.get(key)
+
+    def search(self, text: str) -> SearchResults:
+        """The Hub's chat models whose name holds `text`, from the download endpoints in order."""
+        return search_models(text, self.endpoints())
 
     def remove_custom(self, key: str) -> None:
         if not self.get(key).custom:

@@ -400,3 +400,55 @@ def test_after_the_chosen_model_is_deleted_the_chat_answers_with_a_model_that_is
     assert not at.exception and not at.error
     [conversation] = resources.chat_service("local").conversations()
     assert resources.chat_service("local").messages(conversation.id)[-1].model == ready_model
+
+
+def test_a_model_found_by_name_is_added_from_the_results(
+    new_app, library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path]
+) -> None:
+    hub.add_repo("Qwen/Qwen2.5-1.5B-Instruct", tiny_models["qwen2"], downloads=1_200_000)
+    hub.add_repo("Qwen/Qwen2.5-0.5B-Instruct", tiny_models["qwen2"], downloads=2_500_000)
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    at.text_input(key="find-model-query").input("qwen2.5")
+    at.button(key="find-model-submit").click().run()
+    assert not at.exception
+    found = [m.value for m in at.markdown if m.value.startswith("**Qwen/")]
+    assert found == [
+        "**Qwen/Qwen2.5-0.5B-Instruct**",
+        "**Qwen/Qwen2.5-1.5B-Instruct**",
+    ]  # most downloaded first
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("2 models for “qwen2.5” from") for c in captions), captions
+    assert any(c.startswith("31.5K parameters · 126.1 KB to download · 1.2M downloads") for c in captions)
+    assert any(c.startswith("Fits in RAM (CPU): needs") for c in captions)
+    built_in, new = at.button(key="find-add-0"), at.button(key="find-add-1")
+    assert (built_in.label, built_in.disabled) == ("In the catalog", True)  # qwen2.5-0.5b is built in
+    assert (new.label, new.disabled) == ("Add", False)
+
+    new.click().run()
+    assert not at.exception
+    assert any("Added Qwen/Qwen2.5-1.5B-Instruct as qwen2.5-1.5b-instruct" in s.value for s in at.success)
+    assert "qwen2.5-1.5b-instruct · custom" in [h.value for h in at.subheader]
+    assert (at.button(key="find-add-1").label, at.button(key="find-add-1").disabled) == (
+        "In the catalog",
+        True,
+    )
+
+
+def test_a_search_that_cannot_reach_the_hub_says_why_in_the_pages_language(
+    new_app, library: ModelLibrary
+) -> None:
+    library.set_endpoints(["http://127.0.0.1:9"])  # nothing listens there
+    at = new_app()
+    at.session_state["language"] = "zh"
+    at.switch_page("pages/models.py").run()
+    at.text_input(key="find-model-query").input("q")
+    at.button(key="find-model-submit").click().run()
+    assert [e.value for e in at.error] == ["请输入 2 到 100 个字符的模型名称进行搜索。"]
+    at.text_input(key="find-model-query").input("qwen")
+    at.button(key="find-model-submit").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "无法搜索“qwen”：无法连接（没有网络、地址错误或服务器未运行）（`http://127.0.0.1:9`）。"
+        "请检查网络，或在下载设置中添加镜像，然后重试。"
+    ]

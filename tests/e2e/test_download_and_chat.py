@@ -1,15 +1,12 @@
-"""In a real browser: download a model from the Models page, then chat with it on the Chat page."""
+"""In a real browser: find a model by name on the Models page, add it, download it, then chat with it."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, expect
 
-from core.storage import repo
-from core.storage.db import Database
 from tests.e2e.conftest import state_badge
 from tests.fixtures.hub_server import HubServer
 
@@ -20,11 +17,9 @@ pytestmark = pytest.mark.e2e
 def hub_with_model(
     hub: HubServer, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> HubServer:
-    hub.add_repo("tiny/chat-model", tiny_models["qwen2"])
-    hub.hold("model.safetensors")  # the download runs on until the page has shown its progress
+    hub.add_repo("tiny/chat-model", tiny_models["qwen2"], downloads=50)
+    hub.add_repo("tiny/chat-model-base", tiny_models["qwen2"], downloads=10)
     monkeypatch.setenv("HF_ENDPOINT", hub.url)  # the app's first endpoint: the local Hub
-    with Database(os.environ["LOCALLLM_DB_URL"]).begin() as session:
-        repo.add_custom_model(session, "chat-model", "tiny/chat-model", "main", {})
     return hub
 
 
@@ -36,7 +31,19 @@ def app_with_hub(hub_with_model: HubServer, app_url: str) -> str:
 def test_download_then_chat(browser: Browser, app_with_hub: str, hub_with_model: HubServer) -> None:
     page = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000}).new_page()
     page.goto(f"{app_with_hub}/models")
+    search = page.locator(".st-key-find-model")  # found by name, from the keyboard
+    words = search.get_by_role("textbox", name="Search by name")
+    words.fill("chat model")  # no result: the words are the name's
+    words.press("Enter")
+    expect(search.get_by_text("No chat model for transformers has “chat model” in its name.")).to_be_visible()
+    words.fill("CHAT-MODEL")
+    words.press("Enter")
+    expect(search.get_by_text("2 models for “CHAT-MODEL”")).to_be_visible()
+    search.locator(".st-key-find-add-0").get_by_role("button", name="Add").click()  # the most downloaded
     card = page.locator(".st-key-card-chat-model")
+    expect(card.get_by_text("tiny/chat-model", exact=True)).to_be_visible()
+    expect(search.locator(".st-key-find-add-0").get_by_role("button", name="In the catalog")).to_be_disabled()
+    hub_with_model.hold("model.safetensors")  # the download runs on until the page has shown its progress
     # the catalog's estimates need the bandwidth, measured while the page says "measuring…": they are
     # drawn without a click
     expect(page.get_by_text("Estimated decode speed on the CPU").first).to_be_visible(timeout=30_000)

@@ -420,7 +420,8 @@ def show_results(results: SearchResults) -> None:
     for number, model in enumerate(results.models):
         with st.container(horizontal=True, vertical_alignment="center", key=f"found-{number}"):
             with st.container(gap=None):
-                st.markdown(f"**{escape_markdown(model.repo_id)}**")
+                page = f"{results.endpoint.rstrip('/')}/{model.repo_id}"  # its model card, to read first
+                st.markdown(f"**[{escape_markdown(model.repo_id)}]({page})**")
                 downloads = format_count(model.downloads)
                 if model.parameters:
                     st.caption(t("models.find.facts", params=format_count(model.parameters),

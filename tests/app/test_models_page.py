@@ -412,11 +412,11 @@ def test_a_model_found_by_name_is_added_from_the_results(
     at.text_input(key="find-model-query").input("qwen2.5")
     at.button(key="find-model-submit").click().run()
     assert not at.exception
-    found = [m.value for m in at.markdown if m.value.startswith("**Qwen/")]
-    assert found == [
-        "**Qwen/Qwen2.5-0.5B-Instruct**",
-        "**Qwen/Qwen2.5-1.5B-Instruct**",
-    ]  # most downloaded first
+    found = [m.value for m in at.markdown if m.value.startswith("**[Qwen/")]
+    assert found == [  # the most downloaded first, each a link to its model card
+        f"**[Qwen/Qwen2.5-0.5B-Instruct]({hub.url}/Qwen/Qwen2.5-0.5B-Instruct)**",
+        f"**[Qwen/Qwen2.5-1.5B-Instruct]({hub.url}/Qwen/Qwen2.5-1.5B-Instruct)**",
+    ]
     captions = [c.value for c in at.caption]
     assert any(c.startswith("2 models for “qwen2.5” from") for c in captions), captions
     assert any(c.startswith("31.5K parameters · 126.1 KB to download · 1.2M downloads") for c in captions)

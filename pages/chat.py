@@ -22,20 +22,31 @@ from core.chat.titles import title_from
 from core.errors import InsufficientMemoryError, LocalLLMError, NotFoundError
 from core.inference.events import Queued, Reading, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
+from core.inference.sizing import memory_verdict
 from core.storage.records import AttachmentInfo, Conversation, Message, ProviderConfig
 from core.units import format_bytes
 from ui import access, resources, state
-from ui.i18n import error_text, has, ordinal, t
+from ui.i18n import current_language, error_text, failure_text, has, ordinal, t
 from ui.markup import as_typed, escape_markdown, urls_as_code
 from ui.periods import browser_zone, period_of
 from ui.presets import new_chat_preset, preset_picker
 from ui.replies import reply_body, settle_interrupted_reply, streaming, write_reply
-from ui.widgets import attempt, button_list, file_picker, make_current, message_box_keys, model_choices
+from ui.widgets import (
+    attempt,
+    button_list,
+    file_picker,
+    make_current,
+    message_box_keys,
+    model_choices,
+    progress_bar,
+)
 
 DEFAULT_TITLE = "New chat"
 SUGGESTIONS = 4  # first messages a new chat offers (chat.suggestion.1 … in the locales)
 MESSAGES_SHOWN = 40  # a conversation opens on its newest messages; each click shows as many earlier ones
 CONVERSATIONS_SHOWN = 100  # the sidebar lists the newest conversations; each click lists as many more
+QUICK_POLL_S = 1.0  # the first model's download progress, while it runs
+QUICK_POLLING = "chat.quick.polling"
 chat = resources.chat_service(access.current_user().owner)
 presets = PresetStore(resources.database(), access.current_user().owner)
 store = resources.config_store()
@@ -483,6 +494,47 @@ def reply(
     st.rerun()
 
 
+def quick_start() -> None:
+    """With no model ready: the model to start with (`ModelLibrary.first_model`) downloaded from here,
+    its progress polled while it runs; the chat opens by itself once it is ready."""
+    library = resources.library()
+    hardware = resources.hardware()
+    spec = library.first_model(current_language(), resources.engine_precision(), hardware)
+    st.info(t("chat.no_model" if spec is None else "chat.no_model_start_here"), icon=":material/info:")
+    if spec is None:
+        return
+    status, progress = library.status(spec.key), library.progress(spec.key)
+    if status.kind == "ready" or (status.kind == "downloading") != st.session_state.get(QUICK_POLLING, False):
+        st.rerun(scope="app")  # ready, or a download started or ended: the page, polling only while it runs
+    with st.container(border=True, key="quick-start"):
+        st.markdown(f"**{t('chat.quick.title', key=spec.key)}**")
+        described = spec.key if has(f"catalog.{spec.key}.strengths") else "custom"
+        st.markdown(t(f"catalog.{described}.strengths"))
+        estimate = library.memory_estimate(spec.key, resources.engine_precision())
+        if estimate is not None and spec.download_bytes:
+            verdict = memory_verdict(estimate.total_bytes, hardware)
+            fit = t(f"models.verdict.{verdict.verdict}", needed=format_bytes(verdict.needed_bytes),
+                    available=format_bytes(verdict.available_bytes))  # fmt: skip
+            st.caption(t("chat.quick.facts", size=format_bytes(spec.download_bytes), verdict=fit))
+        if status.kind == "downloading" and progress is not None:
+            progress_bar(progress)
+            st.caption(t("chat.quick.wait"))
+            return
+        failed = progress is not None and progress.state == "failed"
+        if failed:
+            st.error(failure_text(progress.error_code, progress.error_params, progress.error or ""))
+        elif progress is not None and status.kind == "partial" and progress.bytes_total:
+            progress_bar(progress, running=False)
+        label = (
+            t("chat.quick.retry") if failed
+            else t("chat.quick.resume") if status.kind == "partial"
+            else t("chat.quick.download", key=spec.key)
+        )  # fmt: skip
+        clicked = st.button(label, key="quick-download", type="primary", icon=":material/download:")
+        if clicked and attempt(lambda: library.download(spec.key)):
+            st.rerun(scope="app")
+
+
 def ask(
     conversation: Conversation | None, text: str, uploads: list[UploadedFile], preset: Preset | None = None
 ) -> None:
@@ -525,7 +577,9 @@ if notice := st.session_state.pop("chat.notice", None):
 model = pick_model()
 conversation = conversation_list()
 if model is None:
-    st.info(t("chat.no_model"), icon=":material/info:")
+    downloading = any(progress.state == "running" for progress in resources.library().active_downloads())
+    st.session_state[QUICK_POLLING] = downloading
+    st.fragment(quick_start, run_every=QUICK_POLL_S if downloading else None)()
     with st.container(horizontal=True):
         st.page_link("pages/models.py", label=t("chat.go_models"), icon=":material/download:")
         if access.is_admin():  # a LAN visitor cannot add a server

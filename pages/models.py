@@ -9,7 +9,6 @@ from core.errors import LocalLLMError
 from core.hub.catalog import ModelSpec
 from core.hub.library import DownloadPlan, ModelLibrary, ModelStatus
 from core.hub.search import MAX_QUERY_CHARS, SearchResults
-from core.hub.transfer import Progress
 from core.inference.sizing import (
     KvLayout,
     MemoryEstimate,
@@ -18,11 +17,11 @@ from core.inference.sizing import (
     memory_verdict,
 )
 from core.storage import repo
-from core.units import format_bytes, format_count, format_duration
+from core.units import format_bytes, format_count
 from ui import access, resources
 from ui.i18n import current_language, error_text, failure_text, has, t
 from ui.markup import as_text, escape_markdown
-from ui.widgets import download_settings
+from ui.widgets import download_settings, progress_bar
 
 ACTIVE_POLL_S = 1.0
 STATUS_BADGES = {  # a model's state: (colour, icon) of its badge
@@ -102,12 +101,6 @@ def show_plan(plan: DownloadPlan) -> None:
         )
 
 
-def progress_bar(progress: Progress, message_id: str, **params: str) -> None:
-    done, total = format_bytes(progress.bytes_done), format_bytes(progress.bytes_total)
-    text = t(message_id, done=done, total=total, percent=f"{progress.fraction:.0%}", **params)
-    st.progress(progress.fraction, text=text)
-
-
 def live_status(spec: ModelSpec) -> None:
     """Title, status badge and progress; polled while a download runs."""
     status = library.status(spec.key)
@@ -120,13 +113,7 @@ def live_status(spec: ModelSpec) -> None:
         st.badge(t(f"models.status.{status.kind}", percent=f"{status.fraction:.0%}"), color=color, icon=icon)
     st.caption(escape_markdown(spec.repo_id))
     if status.kind == "downloading" and progress:
-        progress_bar(
-            progress,
-            "models.progress",
-            speed=format_bytes(progress.speed_bps),
-            eta=format_duration(progress.eta_s),
-            file=progress.current_file or "",
-        )
+        progress_bar(progress)
         st.button(
             t("models.action.cancel"),
             key=f"cancel-{spec.key}",
@@ -140,7 +127,7 @@ def live_status(spec: ModelSpec) -> None:
     elif status.kind == "partial" and progress and progress.state == "interrupted":
         st.warning(t("models.interrupted"))
     if status.kind == "partial" and progress and progress.bytes_total:
-        progress_bar(progress, "models.progress_paused")
+        progress_bar(progress, running=False)
     if status.kind == "partial" or (status.kind == "not_downloaded" and failed):
         with st.container(horizontal=True):
             label = "models.action.retry" if failed else "models.action.resume"

@@ -21,6 +21,7 @@ from ui.markup import escape_markdown, urls_as_code
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
 
+    from core.hub.transfer import Progress
     from core.inference.loading import LoadedModel
 
 STATUS_POLL_S = 1.0  # the sidebar status is drawn again this often while a model loads or downloads
@@ -34,6 +35,19 @@ def attempt(action: Callable[[], Any]) -> bool:
         st.error(error_text(exc))
         return False
     return True
+
+
+def progress_bar(progress: Progress, running: bool = True) -> None:
+    """A download's bar: bytes, speed, time left and file while it runs, else how far it got."""
+    done, total = format_bytes(progress.bytes_done), format_bytes(progress.bytes_total)
+    percent = f"{progress.fraction:.0%}"
+    if running:
+        speed, eta = format_bytes(progress.speed_bps), format_duration(progress.eta_s)
+        text = t("models.progress", done=done, total=total, percent=percent, speed=speed, eta=eta,
+                 file=progress.current_file or "")  # fmt: skip
+    else:
+        text = t("models.progress_paused", done=done, total=total, percent=percent)
+    st.progress(progress.fraction, text=text)
 
 
 def file_picker(label: str, types: Sequence[str], key: str) -> Any:

@@ -11,6 +11,7 @@ from huggingface_hub import HfApi
 from huggingface_hub import errors as hf_errors
 
 from core.errors import ConfigError, InvalidRepoIdError, LocalLLMError, NotFoundError
+from core.hardware import HardwareInfo
 from core.hub import listing as hub
 from core.hub.catalog import BUILTIN_MODELS, ModelSpec, custom_spec, key_for_repo
 from core.hub.listing import RemoteFile, RepoListing
@@ -38,6 +39,7 @@ from core.inference.sizing import (
     Precision,
     Vocabulary,
     estimate_memory,
+    memory_verdict,
     model_memory,
 )
 from core.preferences import PREFERENCES, Preferences
@@ -233,6 +235,28 @@ class ModelLibrary:
         if not spec.parameters or spec.kv_layout is None:
             return None
         return estimate_memory(spec.parameters, spec.kv_layout, precision, spec.vocabulary, tokens)
+
+    def first_model(self, language: str, precision: Precision, hardware: HardwareInfo) -> ModelSpec | None:
+        """The model to start chatting with where none is ready: one on its way (downloading, or partly
+        downloaded), else the built-in one whose main language is `language` (the catalog's advice:
+        Qwen2.5-0.5B for Chinese, TinyLlama for English), else the other; one that fits this machine's
+        memory and disk. None when none does."""
+        models = self.models()
+        if on_its_way := next(
+            (spec for spec in models if self.status(spec.key).kind in ("downloading", "partial")), None
+        ):
+            return on_its_way
+
+        def fits(spec: ModelSpec) -> bool:
+            estimate = self.memory_estimate(spec.key, precision)
+            return (
+                estimate is not None
+                and memory_verdict(estimate.total_bytes, hardware).verdict in ("fits_gpu", "fits_ram")
+                and spec.download_bytes < hardware.disk_free_bytes
+            )
+
+        ranked = sorted(BUILTIN_MODELS, key=lambda spec: spec.languages[:1] != (language,))
+        return next((spec for spec in ranked if fits(spec)), None)
 
     def verify(self, key: str) -> list[FileCheck]:
         """Hash every file; a file that fails is kept as a partial so the next download repairs it."""

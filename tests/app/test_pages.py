@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.chat.configs import ConfigStore
+from core.hardware import probe
+from core.hub.catalog import BUILTIN_MODELS, GB
 from core.hub.library import ModelLibrary
 from core.settings import PROJECT_ROOT
 from core.storage.db import Database
+from tests.fixtures.hub_server import Fault, HubServer
+from ui import resources
 
 PAGES = {
     "pages/chat.py": {"en": "Chat", "zh": "聊天"},
@@ -94,7 +103,7 @@ def test_current_config_shows_escaped_in_the_sidebar(new_app, db_url: str) -> No
     at.run()
     assert r"Provider: \*\*bold\*\* \<b\>x\</b\>" in _sidebar_text(at)
     # its model is not downloaded: the chat page says what to do instead of failing
-    assert any("Download one on the Models page" in info.value for info in at.info)
+    assert any("Download the one below to chat on this machine" in info.value for info in at.info)
     links = [(link.proto.page, link.proto.label) for link in at.get("page_link")]
     assert links == [
         ("models", "Go to Models"),
@@ -218,3 +227,85 @@ def test_the_lan_addresses_say_whether_they_work_now(
     finally:
         config.set_option("server.address", before)
     assert any(m.value.startswith(sentence) for m in at.markdown), [m.value for m in at.markdown]
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("language", "key"), [("zh", "qwen2.5-0.5b"), ("en", "tinyllama-1.1b")])
+def test_with_no_model_ready_the_chat_page_downloads_the_one_for_its_language_and_opens_the_chat(
+    new_app, hub: HubServer, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+    language: str, key: str,
+) -> None:  # fmt: skip
+    """Qwen2.5-0.5B for Chinese, TinyLlama for English (the catalog's advice), from one click."""
+    for spec in BUILTIN_MODELS:
+        hub.add_repo(spec.repo_id, tiny_models["qwen2"])
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    at = new_app()
+    at.session_state["language"] = language
+    at.run()
+    assert not at.exception
+    button = at.button(key="quick-download")
+    assert button.label == {"zh": f"下载 {key}", "en": f"Download {key}"}[language]
+    assert len(at.get("page_link")) == 2  # the Models page (and the servers) stay a click away
+
+    button.click().run()
+    assert not at.exception
+    library = ModelLibrary(Database(os.environ["LOCALLLM_DB_URL"]))
+    _wait_until(lambda: library.status(key).kind == "ready")
+    at.run()  # the next poll of the page
+    assert at.selectbox(key="chat.model").value == key  # the chat, with it
+    assert not [b for b in at.button if b.key == "quick-download"]
+    fetched = {request.path.split("/resolve/")[0] for request in hub.requests("GET", "/resolve/")}
+    assert fetched == {f"/{library.get(key).repo_id}"}  # that model alone
+
+
+def test_a_failed_or_partial_first_download_is_retried_or_resumed_from_the_chat_page(
+    new_app, hub: HubServer, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.add_repo("Qwen/Qwen2.5-0.5B-Instruct", tiny_models["qwen2"])
+    library = ModelLibrary(Database(os.environ["LOCALLLM_DB_URL"]))
+    library.set_endpoints(["http://127.0.0.1:9"])  # nothing listens there
+    at = new_app()
+    at.session_state["language"] = "zh"
+    at.run()
+    at.button(key="quick-download").click().run()
+    _wait_until(lambda: (p := library.progress("qwen2.5-0.5b")) is not None and p.state == "failed")
+    at.run()
+    assert not at.exception
+    assert at.button(key="quick-download").label == "重试"
+    assert any("无法连接" in error.value for error in at.error), [e.value for e in at.error]
+
+    library.set_endpoints([hub.url])
+    hub.add_fault(Fault(path="model.safetensors", cut_after=1000, times=10))  # part of the weights, then cut
+    at.button(key="quick-download").click().run()
+    _wait_until(lambda: (p := library.progress("qwen2.5-0.5b")) is not None and p.state == "failed")
+    at.run()
+    assert library.status("qwen2.5-0.5b").kind == "partial"
+    assert at.button(key="quick-download").label == "重试"
+    hub.clear_faults()
+    at.button(key="quick-download").click().run()
+    _wait_until(lambda: library.status("qwen2.5-0.5b").kind == "ready")
+    at.run()
+    assert at.selectbox(key="chat.model").value == "qwen2.5-0.5b"
+
+
+def test_a_machine_that_holds_no_catalog_model_is_sent_to_the_models_page(
+    new_app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine with 1 GB of RAM cannot be had here: its probe is replaced (the only mock)."""
+    small = replace(
+        probe(Path(os.environ["LOCALLLM_MODELS_DIR"])), ram_total_bytes=GB, ram_available_bytes=GB // 4
+    )
+    monkeypatch.setattr(resources, "probe", lambda _directory: small)
+    at = new_app()
+    at.run()
+    assert not at.exception
+    assert [info.value for info in at.info] == [
+        "No model is ready yet. Download one on the Models page, then come back to chat."
+    ]
+    assert not [b for b in at.button if b.key == "quick-download"]

@@ -67,3 +67,31 @@ def test_download_then_chat(browser: Browser, app_with_hub: str, hub_with_model:
     expect(page.get_by_text("tokens/s").first).to_be_visible(timeout=60_000)  # the reply's stats line
     expect(page.get_by_test_id("stChatMessage")).to_have_count(2)
     assert hub_with_model.requests("GET", "model.safetensors")
+
+
+@pytest.fixture
+def hub_with_the_catalog(
+    hub: HubServer, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> HubServer:
+    hub.add_repo("Qwen/Qwen2.5-0.5B-Instruct", tiny_models["qwen2"])
+    hub.hold("model.safetensors")  # the download runs on until the page has shown its progress
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    return hub
+
+
+def test_the_first_model_downloads_from_the_chat_page_which_then_opens_by_itself(
+    browser: Browser, hub_with_the_catalog: HubServer, app_url: str
+) -> None:
+    page = browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 900}).new_page()
+    page.goto(app_url)
+    start = page.locator(".st-key-quick-start")
+    expect(start.get_by_text("推荐本机使用：qwen2.5-0.5b")).to_be_visible(timeout=30_000)
+    start.get_by_role("button", name="下载 qwen2.5-0.5b").click()
+    expect(start.get_by_text("model.safetensors")).to_be_visible()  # its progress, polled
+    expect(start.get_by_text("所有文件校验完成后将自动进入聊天")).to_be_visible()
+    hub_with_the_catalog.release()
+    box = page.get_by_test_id("stChatInputTextArea")  # no click, no reload
+    expect(box).to_be_visible(timeout=60_000)
+    box.fill("你好")
+    box.press("Enter")
+    expect(page.get_by_text("tokens/s").first).to_be_visible(timeout=60_000)

@@ -7,7 +7,7 @@ import os
 import click
 
 from core.access.policy import cannot_listen, port_in_use
-from core.cli.common import library, load_with_notice
+from core.cli.common import library, load_with_notice, warn
 from core.hardware import keep_out_of_collections
 from core.settings import load_settings
 
@@ -57,6 +57,11 @@ def serve(host: str, port: int, model: str | None, max_request_mb: int, new_key:
     keep_out_of_collections()  # the imports' objects; a model loaded later stays collectable
     if model:
         load_with_notice(engine, models_library.get(model).key)
+    elif not models_library.ready_keys():
+        warn(
+            "No model is downloaded yet: `localllm download qwen2.5-0.5b` (or the dashboard's Models page); "
+            "an Ollama client's pull downloads one too."
+        )
 
     record_server(models_library.db, host, port, bool(api_key), os.getpid())
     for url in server_urls(host, port):

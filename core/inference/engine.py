@@ -312,7 +312,11 @@ class LocalEngine:
     def _ready_dir(self, key: str) -> Path:
         directory = model_dir(self.models_dir, key)
         if read_manifest(directory) is None:
-            raise ModelNotReadyError(f"{key} is not downloaded yet: download it on the Models page.", key=key)
+            raise ModelNotReadyError(
+                f"{key} is not downloaded yet: download it on the Models page, or with "
+                f"`localllm download {key}`.",
+                key=key,
+            )
         return directory
 
     def load(self, key: str, *, force: bool = False) -> LoadedModel:

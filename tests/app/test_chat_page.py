@@ -39,7 +39,8 @@ def test_without_a_ready_model_the_page_says_what_to_do(new_app) -> None:
     at = new_app()
     at.run()
     assert not at.exception
-    assert any("Download one on the Models page" in info.value for info in at.info)
+    assert any("Download the one below to chat on this machine" in info.value for info in at.info)
+    assert at.button(key="quick-download").label.startswith("Download ")
 
 
 def _sidebar_text(at: AppTest) -> str:

@@ -176,6 +176,10 @@ def test_serve_off_loopback_generates_and_requires_a_token(tmp_path: Path) -> No
         first = process.stdout.readline()
         assert first.startswith("API key")
         key = first.strip().rsplit(" ", 1)[-1]
+        # nothing downloaded in this data folder: the start says how to get a model
+        assert process.stdout.readline().startswith(
+            "No model is downloaded yet: `localllm download qwen2.5-0.5b`"
+        )
         kept = Path(os.environ["LOCALLLM_DATA_DIR"]) / "api-key"  # the next start prints the same key
         assert kept.read_text().strip() == key and kept.stat().st_mode & 0o777 == 0o600
         url = f"http://127.0.0.1:{port}/v1/models"  # requests only ever go to loopback

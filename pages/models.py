@@ -24,6 +24,7 @@ from ui.markup import as_text, escape_markdown
 from ui.widgets import download_settings, progress_bar
 
 ACTIVE_POLL_S = 1.0
+LANGUAGES_SHOWN = 6  # of those a model card names (Qwen's name 29)
 STATUS_BADGES = {  # a model's state: (colour, icon) of its badge
     "ready": ("green", ":material/check_circle:"),
     "downloading": ("blue", ":material/downloading:"),
@@ -307,7 +308,11 @@ def card(spec: ModelSpec) -> None:
                 st.metric(label, value, width="content")
         details = []
         if spec.languages:
-            languages = " / ".join(t(f"language.{code}") for code in spec.languages)
+            named = [t(f"language.{code}") if has(f"language.{code}") else code for code in spec.languages]
+            more = len(named) - LANGUAGES_SHOWN
+            languages = " / ".join(named[:LANGUAGES_SHOWN]) + (
+                t("models.more", count=more) if more > 0 else ""
+            )
             details.append(f"**{t('models.languages')}:** {languages}")
         if spec.license:
             details.append(f"**{t('models.license')}:** {spec.license}")

@@ -158,6 +158,8 @@ class ModelLibrary:
             "context_length": config_count(config, "max_position_embeddings"),
             "kv_layout": asdict(KvLayout.from_config(config)),
             "vocabulary": asdict(Vocabulary.from_config(config)),
+            "languages": list(listing.languages),
+            "license": listing.license,
         }
         with self.db.begin() as session:
             taken = {spec.key for spec in self.models()}

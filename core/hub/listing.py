@@ -50,6 +50,9 @@ MAX_LISTED_FILES = 10_000
 MAX_FILE_BYTES = 2**44  # 16 TiB: a larger "size" is not a model file but a hostile listing
 MAX_PATH_CHARS = 1024
 MAX_JSON_BYTES = 16 * 1024 * 1024  # config.json and tokenizer_config.json are read into memory
+MAX_CARD_LANGUAGES = 40
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,4})?$")
+_LICENSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GIT_OID = re.compile(r"^[0-9a-f]{40}$")
 _WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?$", re.IGNORECASE)
@@ -123,6 +126,8 @@ class RepoListing:
     commit: str
     files: tuple[RemoteFile, ...]
     gated: bool
+    languages: tuple[str, ...] = ()  # from its model card, where it names them (ISO codes)
+    license: str = ""  # likewise
 
     @property
     def total_bytes(self) -> int:
@@ -312,7 +317,22 @@ def fetch_listing(repo_id: str, revision: str, endpoint: str) -> RepoListing:
             if entry is None:
                 continue  # an optional file the server does not have
         files.append(RemoteFile(entry.path, entry.size or 0, entry.git_oid or "", entry.sha256))
-    return RepoListing(repo_id, commit, tuple(files), bool(info.gated))
+    languages, license_name = card_metadata(info.card_data)
+    return RepoListing(repo_id, commit, tuple(files), bool(info.gated), languages, license_name)
+
+
+def card_metadata(card: Any) -> tuple[tuple[str, ...], str]:
+    """The languages and license a model card names, those that read as such (a card is the repo
+    owner's say): at most MAX_CARD_LANGUAGES language codes (`en`, `zh`, `pt-BR`), a short license id."""
+    named = getattr(card, "language", None)
+    codes = [named] if isinstance(named, str) else named if isinstance(named, list) else []
+    languages = tuple(
+        dict.fromkeys(c.lower() for c in codes[:100] if isinstance(c, str) and _LANGUAGE.match(c))
+    )
+    license_name = getattr(card, "license", None)
+    if not isinstance(license_name, str) or not _LICENSE.match(license_name):
+        license_name = ""
+    return languages[:MAX_CARD_LANGUAGES], license_name
 
 
 def _head_metadata(entry: _Listed, endpoint: str, repo_id: str, commit: str) -> _Listed | None:

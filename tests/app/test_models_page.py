@@ -452,3 +452,19 @@ def test_a_search_that_cannot_reach_the_hub_says_why_in_the_pages_language(
         "无法搜索“qwen”：无法连接（没有网络、地址错误或服务器未运行）（`http://127.0.0.1:9`）。"
         "请检查网络，或在下载设置中添加镜像，然后重试。"
     ]
+
+
+def test_a_custom_models_card_names_the_languages_and_license_of_its_model_card(
+    new_app, library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path]
+) -> None:
+    card = {"language": ["zh", "en", "fr", "de", "es", "ja", "ko", "xx"], "license": "apache-2.0"}
+    hub.add_repo("org/many-tongues", tiny_models["qwen2"], card=card)
+    at = new_app()
+    at.switch_page("pages/models.py").run()
+    at.text_input(key="add-model-repo").input("org/many-tongues")
+    at.button(key="add-model-submit").click().run()
+    assert not at.exception
+    assert (
+        "**Languages:** Chinese / English / French / German / Spanish / Japanese and 2 more · "
+        "**License:** apache-2.0" in [m.value for m in at.markdown]
+    )

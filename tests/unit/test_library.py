@@ -22,6 +22,7 @@ from core.errors import (
     UnsupportedModelError,
 )
 from core.hub.library import ModelLibrary
+from core.hub.listing import MAX_CARD_LANGUAGES
 from core.hub.manager import DownloadManager
 from core.hub.transfer import TransferPolicy
 from core.preferences import Preferences
@@ -107,9 +108,11 @@ def test_other_addresses_are_refused_before_any_request(library: ModelLibrary, h
 def test_add_custom_model_checks_the_hub_and_stores_details(
     library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path]
 ):
-    hub.add_repo("someone/Tiny-Chat", tiny_models["llama"])
+    card = {"language": ["en", "zh", "EN", "pt-BR"], "license": "apache-2.0", "tags": ["chat"]}
+    hub.add_repo("someone/Tiny-Chat", tiny_models["llama"], card=card)
     spec = library.add_custom("someone/Tiny-Chat")
     assert (spec.key, spec.repo_id, spec.custom) == ("tiny-chat", "someone/Tiny-Chat", True)
+    assert (spec.languages, spec.license) == (("en", "zh", "pt-br"), "apache-2.0")  # from its model card
     assert spec.context_length == 512
     assert spec.parameters > 10_000
     assert spec.download_bytes == sum(p.stat().st_size for p in tiny_models["llama"].iterdir())
@@ -320,3 +323,41 @@ def test_redownload_fetches_every_byte_again(
     assert library.manager.wait(key, timeout=30).state == "completed"
     assert hub.bytes_served("model.safetensors") - before == len(repo.files["model.safetensors"].data)
     assert library.status(key).kind == "ready"
+
+
+@pytest.mark.parametrize(
+    ("card", "languages", "license_name"),
+    [
+        (None, (), ""),
+        ("not a mapping", (), ""),
+        ({"language": "fr", "license": "mit"}, ("fr",), "mit"),
+        (
+            {"language": ["en", 5, None, "<script>", "x" * 300, "english language"], "license": "x" * 300},
+            ("en",),
+            "",
+        ),
+        (
+            {
+                "language": [
+                    f"{chr(97 + n % 26)}{chr(97 + n // 26 % 26)}{chr(97 + n // 676 % 26)}"
+                    for n in range(10_000)
+                ],
+                "license": ["mit"],
+            },
+            None,
+            "",
+        ),
+        ({"language": {"en": True}, "license": "[link](//host)"}, (), ""),
+    ],
+)
+def test_a_model_cards_languages_and_license_are_kept_only_where_they_read_as_such(
+    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path], card: object,
+    languages: tuple[str, ...] | None, license_name: str,
+) -> None:  # fmt: skip
+    hub.add_repo("someone/carded", tiny_models["llama"], card=card)
+    spec = library.add_custom("someone/carded")
+    if languages is None:  # a card that names thousands: a bounded few
+        assert 0 < len(spec.languages) <= MAX_CARD_LANGUAGES
+    else:
+        assert spec.languages == languages
+    assert spec.license == license_name

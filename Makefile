@@ -13,8 +13,8 @@ run: $(RUNTIME_STAMP)
 	$(PY) -m core app
 
 # The suite in a test process a core (pytest-xdist), each torch on one thread: two OpenMP teams of two
-# on 2 cores decoded ~8 × slower. The browser tests run one after another in one process (an xdist
-# group, tests/e2e/conftest.py). 1.85 × faster than one process (402 s against 737-752 s, 937 tests).
+# on 2 cores decoded ~8 × slower. The browser tests run one after another in one process (grouped by
+# their folder in tests/conftest.py). 1.85 × faster than one process (402 s against 737-752 s, 937 tests).
 test: $(DEV_STAMP) browser-deps lint package-check
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n auto --dist loadgroup
 

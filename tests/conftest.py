@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,25 @@ for _name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HF_HUB_OFFL
 from core.storage.db import Database  # noqa: E402
 from tests.fixtures.hub_server import HubServer  # noqa: E402
 from tests.fixtures.tiny_models import build_tiny_model  # noqa: E402
+
+BROWSER_TESTS = "tests/e2e/"
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With two test processes (`make test`: pytest-xdist, `--dist loadgroup`), the browser tests run
+    one after another in one of them: two apps and two browsers at once on 2 cores made each 2-6 ×
+    slower, and now and then a page stayed blank past a test's 30 s. Grouped here by their folder:
+    xdist's own grouping (an `xdist_group` mark) silently stopped working with pytest 9.2, whose node
+    ids it can no longer rewrite (pytest-xdist#1386)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class BrowserTestsTogether(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "browser" if nodeid.startswith(BROWSER_TESTS) else super()._split_scope(nodeid)
+
+    return BrowserTestsTogether(config, log)
 
 
 @pytest.fixture(autouse=True)

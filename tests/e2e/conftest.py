@@ -117,14 +117,6 @@ def _browsers(item: pytest.Item) -> list[Browser]:
 expect.set_options(timeout=30_000)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With two test processes (`make test`: pytest-xdist), the browser tests run one after another in
-    one of them: two apps and two browsers at once on 2 cores made each 2-6 × slower."""
-    for item in items:
-        if item.get_closest_marker("e2e"):
-            item.add_marker(pytest.mark.xdist_group("browser"))
-
-
 @pytest.fixture(autouse=True)
 def close_pages_after_each_test(request: pytest.FixtureRequest) -> Iterator[None]:
     """A page left open keeps reconnecting to its stopped app, and would join a later app that

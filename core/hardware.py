@@ -81,9 +81,11 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
-def probe(models_dir: Path) -> HardwareInfo:
+def probe(models_dir: Path, devices: bool = True) -> HardwareInfo:
+    """This machine now; without `devices`, no GPU and no versions (they import torch: seconds on a
+    page's first visit while the engine's thread imports it too)."""
     memory = psutil.virtual_memory()
-    gpus, mps = _gpus()
+    gpus, mps = _gpus() if devices else ((), False)
     disk_path = _existing_parent(models_dir)
     return HardwareInfo(
         cpu_name=cpu_name(),
@@ -96,7 +98,7 @@ def probe(models_dir: Path) -> HardwareInfo:
         mps_available=mps,
         disk_free_bytes=shutil.disk_usage(disk_path).free,
         disk_path=str(disk_path),
-        versions=_versions(),
+        versions=_versions() if devices else (),
     )
 
 

@@ -20,9 +20,10 @@ from core.chat.retrieval import FileUse
 from core.chat.service import ChatEvent, FilesUsed, TranscriptWords, Trimmed
 from core.chat.titles import title_from
 from core.errors import InsufficientMemoryError, LocalLLMError, NotFoundError
+from core.hub.transfer import Progress
 from core.inference.events import Queued, Reading, ReplyStats, TextDelta
 from core.inference.params import GenerationParams
-from core.inference.sizing import memory_verdict
+from core.inference.sizing import SIXTEEN_BIT
 from core.storage.records import AttachmentInfo, Conversation, Message, ProviderConfig
 from core.units import format_bytes
 from ui import access, resources, state
@@ -498,8 +499,9 @@ def quick_start() -> None:
     """With no model ready: the model to start with (`ModelLibrary.first_model`) downloaded from here,
     its progress polled while it runs; the chat opens by itself once it is ready."""
     library = resources.library()
-    hardware = resources.hardware()
-    spec = library.first_model(current_language(), resources.engine_precision(), hardware)
+    # Chosen without torch (a fresh app's engine thread imports it meanwhile): by memory and disk, with
+    # 16-bit weights (the int4 ones the engine keeps on a CPU take less).
+    spec = library.first_model(current_language(), SIXTEEN_BIT, resources.memory_and_disk())
     st.info(t("chat.no_model" if spec is None else "chat.no_model_start_here"), icon=":material/info:")
     if spec is None:
         return
@@ -510,29 +512,30 @@ def quick_start() -> None:
         st.markdown(f"**{t('chat.quick.title', key=spec.key)}**")
         described = spec.key if has(f"catalog.{spec.key}.strengths") else "custom"
         st.markdown(t(f"catalog.{described}.strengths"))
-        estimate = library.memory_estimate(spec.key, resources.engine_precision())
-        if estimate is not None and spec.download_bytes:
-            verdict = memory_verdict(estimate.total_bytes, hardware)
-            fit = t(f"models.verdict.{verdict.verdict}", needed=format_bytes(verdict.needed_bytes),
-                    available=format_bytes(verdict.available_bytes))  # fmt: skip
-            st.caption(t("chat.quick.facts", size=format_bytes(spec.download_bytes), verdict=fit))
+        if spec.download_bytes:  # what it needs in memory is on the Models page (asking waits for torch)
+            st.caption(t("chat.quick.facts", size=format_bytes(spec.download_bytes)))
         if status.kind == "downloading" and progress is not None:
             progress_bar(progress)
             st.caption(t("chat.quick.wait"))
-            return
-        failed = progress is not None and progress.state == "failed"
-        if failed:
-            st.error(failure_text(progress.error_code, progress.error_params, progress.error or ""))
-        elif progress is not None and status.kind == "partial" and progress.bytes_total:
-            progress_bar(progress, running=False)
-        label = (
-            t("chat.quick.retry") if failed
-            else t("chat.quick.resume") if status.kind == "partial"
-            else t("chat.quick.download", key=spec.key)
-        )  # fmt: skip
-        clicked = st.button(label, key="quick-download", type="primary", icon=":material/download:")
-        if clicked and attempt(lambda: library.download(spec.key)):
-            st.rerun(scope="app")
+        else:
+            first_download(spec.key, status.kind, progress)
+
+
+def first_download(key: str, state: str, progress: Progress | None) -> None:
+    """The first model's button: Download, Resume (partly downloaded) or Try again (failed)."""
+    failed = progress is not None and progress.state == "failed"
+    if failed:
+        st.error(failure_text(progress.error_code, progress.error_params, progress.error or ""))
+    elif progress is not None and state == "partial" and progress.bytes_total:
+        progress_bar(progress, running=False)
+    label = (
+        t("chat.quick.retry") if failed
+        else t("chat.quick.resume") if state == "partial"
+        else t("chat.quick.download", key=key)
+    )  # fmt: skip
+    clicked = st.button(label, key="quick-download", type="primary", icon=":material/download:")
+    if clicked and attempt(lambda: resources.library().download(key)):
+        st.rerun(scope="app")
 
 
 def ask(

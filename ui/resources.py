@@ -75,6 +75,12 @@ def hardware() -> HardwareInfo:
     return probe(library().models_dir)
 
 
+@st.cache_data(ttl=5, show_spinner=False)
+def memory_and_disk() -> HardwareInfo:
+    """`hardware()` without its GPUs and versions: what a page's first draw can read without torch."""
+    return probe(library().models_dir, devices=False)
+
+
 @st.cache_resource
 def library() -> ModelLibrary:
     """The process-wide model library and its download manager; resumes interrupted jobs at start."""

@@ -129,6 +129,11 @@ class Precision:
     engine_kernels: bool = False  # the layers decode on the engine's own kernels (core.inference.native)
 
 
+# The most a model's weights take here (16-bit): for a choice made without asking the engine how it
+# stores them (that imports torch and checks its kernels).
+SIXTEEN_BIT = Precision(2, 2, 2, "bfloat16")
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     weights_bytes: int

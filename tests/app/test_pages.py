@@ -252,6 +252,11 @@ def test_with_no_model_ready_the_chat_page_downloads_the_one_for_its_language_an
     button = at.button(key="quick-download")
     assert button.label == {"zh": f"下载 {key}", "en": f"Download {key}"}[language]
     assert len(at.get("page_link")) == 2  # the Models page (and the servers) stay a click away
+    size = {"qwen2.5-0.5b": "990.0 MB", "tinyllama-1.1b": "2.2 GB"}[key]
+    assert [c.value for c in at.caption if size in c.value] == [
+        {"zh": f"需下载 {size}（仅一次）；本机的内存和磁盘空间足以运行它。",
+         "en": f"{size} to download, once; this machine has the memory and the disk space for it."}[language]
+    ]  # fmt: skip
 
     button.click().run()
     assert not at.exception
@@ -301,7 +306,7 @@ def test_a_machine_that_holds_no_catalog_model_is_sent_to_the_models_page(
     small = replace(
         probe(Path(os.environ["LOCALLLM_MODELS_DIR"])), ram_total_bytes=GB, ram_available_bytes=GB // 4
     )
-    monkeypatch.setattr(resources, "probe", lambda _directory: small)
+    monkeypatch.setattr(resources, "probe", lambda *_args, **_kwargs: small)
     at = new_app()
     at.run()
     assert not at.exception

@@ -517,6 +517,8 @@ def quick_start() -> None:
         if status.kind == "downloading" and progress is not None:
             progress_bar(progress)
             st.caption(t("chat.quick.wait"))
+            st.button(t("models.action.cancel"), key="quick-cancel", on_click=library.manager.cancel,
+                      args=(spec.key,))  # fmt: skip
         else:
             first_download(spec.key, status.kind, progress)
 

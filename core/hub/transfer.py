@@ -7,14 +7,17 @@ into place only when size and hash match. core.hub.manager runs these in worker 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
@@ -49,6 +52,7 @@ from core.outbound import ProxyUnreachableError, is_certificate_error
 T = TypeVar("T")
 # A full disk, or a full quota on a shared machine's disk: the same for the user (Windows has no EDQUOT).
 DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+CANCEL_POLL_S = 0.2  # how soon a cancel shuts a file's connection down (_cancel_closes)
 logger = logging.getLogger(__name__)
 
 
@@ -350,7 +354,7 @@ class ModelDownload:
                 raise TransientError(f"unexpected Content-Range {response.headers.get('Content-Range')!r}")
             self._check_length(response, file, have)
             try:
-                with part.open("ab" if have else "wb", buffering=0) as handle:
+                with part.open("ab" if have else "wb", buffering=0) as handle, self._cancel_closes(response):
                     # Written as it arrives, unbuffered: a kill loses only the bytes still in flight.
                     for chunk in response.iter_bytes():
                         if self.cancel.is_set():
@@ -366,11 +370,37 @@ class ModelDownload:
                         have += len(chunk)
                         now = time.monotonic()
                         self._update(bytes_done=base + have, speed_bps=self._speed.add(now, base + have))
+            except httpx2.TransportError:
+                if self.cancel.is_set():  # the connection closed by a cancel (_cancel_closes)
+                    raise CancelRequestedError from None
+                raise
             except OSError as exc:
                 raise self._write_failed(exc, file.path, part) from exc
         if have < file.size:
             raise TransientError(f"connection closed after {have} of {file.size} bytes")
         return have
+
+    @contextmanager
+    def _cancel_closes(self, response: httpx2.Response) -> Iterator[None]:
+        """While a file's bytes arrive, a cancel shuts its connection down at once: a read that waits on a
+        stalled server would see the cancel only when the stall timeout (30 s) ends it."""
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        received = threading.Event()
+
+        def watch() -> None:
+            while not received.wait(CANCEL_POLL_S):
+                if self.cancel.is_set():
+                    with contextlib.suppress(OSError):  # the plain socket's shutdown, under TLS too
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                    return
+
+        if isinstance(sock, socket.socket):
+            threading.Thread(target=watch, name=f"cancel-{self.target.key}", daemon=True).start()
+        try:
+            yield
+        finally:
+            received.set()
 
     def _write_failed(self, exc: OSError, name: str, path: Path) -> LocalLLMError:
         """A write that failed: the disk (or the user's quota) filled up, or the folder is not writable."""

@@ -89,7 +89,11 @@ def test_the_first_model_downloads_from_the_chat_page_which_then_opens_by_itself
     start.get_by_role("button", name="下载 qwen2.5-0.5b").click()
     expect(start.get_by_text("model.safetensors")).to_be_visible()  # its progress, polled
     expect(start.get_by_text("所有文件校验完成后将自动进入聊天")).to_be_visible()
+    start.get_by_role("button", name="取消").click()
+    resume = start.get_by_role("button", name="继续下载")  # paused, some files in: it goes on from there
+    expect(resume).to_be_visible()
     hub_with_the_catalog.release()
+    resume.click()
     box = page.get_by_test_id("stChatInputTextArea")  # no click, no reload
     expect(box).to_be_visible(timeout=60_000)
     box.fill("你好")

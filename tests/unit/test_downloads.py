@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,27 @@ def test_unwritable_models_directory_is_refused(hub: HubServer, tmp_path: Path) 
     assert progress.state == "failed"
     assert progress.error_code == "error.not_writable"
     assert hub.requests() == []
+
+
+def test_cancel_takes_effect_at_once_on_a_stalled_server(
+    hub: HubServer, models: Path, database: Database
+) -> None:
+    """A mirror that stops sending (the file held after its first chunk): the cancel shuts the
+    connection down instead of waiting for the stall timeout (here 10 minutes) to end the read."""
+    hub.add_repo("org/model", REPO)
+    hub.hold("model.safetensors")
+    patient = replace(FAST, stall_timeout_s=600.0)
+    manager = DownloadManager(database, models, lambda: [hub.url], policy=patient)
+    assert manager.start(DownloadTarget("test-model", "org/model"))
+    _wait_for(
+        lambda: (p := manager.progress("test-model")) is not None and p.current_file == "model.safetensors"
+    )
+    _wait_for(lambda: hub.requests("GET", "model.safetensors") == [] and hub.state.in_flight > 0)
+    manager.cancel("test-model")
+    final = manager.wait("test-model", timeout=20)
+    assert final.state == "cancelled", final
+    assert not any("try 1" in note for note in final.notes)  # a pause, not a failure retried
+    hub.release()
 
 
 def test_cancel_keeps_the_partial_and_resume_fetches_only_the_rest(

@@ -404,9 +404,13 @@ def find_model_form() -> None:
 def show_results(results: SearchResults) -> None:
     if not results.models:
         st.info(t("models.find.none", query=as_text(results.query)))
+        if results.copies_left_out:
+            st.caption(t("models.find.copies", count=results.copies_left_out))
         return
     st.caption(t("models.find.from", count=len(results.models), query=as_text(results.query),
                  endpoint=as_text(results.endpoint)))  # fmt: skip
+    if results.copies_left_out:
+        st.caption(t("models.find.copies", count=results.copies_left_out))
     in_catalog = {spec.repo_id.lower() for spec in library.models()}
     precision, hardware = resources.engine_precision(), resources.hardware()
     for number, model in enumerate(results.models):

@@ -43,11 +43,11 @@ def search(words: tuple[str, ...], as_json: bool) -> int:
         found = [
             {**asdict(model), "in_catalog": model.repo_id.lower() in in_catalog} for model in results.models
         ]
-        click.echo(json.dumps({"query": results.query, "endpoint": results.endpoint, "models": found}))
+        click.echo(json.dumps({"query": results.query, "endpoint": results.endpoint, "models": found,
+                               "quantized_copies_left_out": results.copies_left_out}))  # fmt: skip
         return 0
     if not results.models:
         click.echo(f"No chat model for transformers has {results.query!r} in its name ({results.endpoint}).")
-        return 0
     for model in results.models:
         parameters = format_count(model.parameters) if model.parameters else "?"
         size = format_bytes(model.download_bytes) if model.download_bytes else "?"
@@ -56,6 +56,9 @@ def search(words: tuple[str, ...], as_json: bool) -> int:
         downloads = format_count(model.downloads)
         line = f"{model.repo_id:<48} {parameters:>6} {size:>9} {downloads:>7} downloads"
         click.echo(line + (f"  ({', '.join(notes)})" if notes else ""))
+    if results.copies_left_out:
+        click.echo(f"Quantized copies left out (-AWQ, -GPTQ, ...): {results.copies_left_out}. This app "
+                   "quantizes the original model itself.")  # fmt: skip
     return 0
 
 

@@ -431,11 +431,17 @@ def _prequantized(config: dict[str, Any]) -> str | None:
     return "MLX" if isinstance(config.get("quantization"), dict) else None
 
 
+def quantized_copy_of(repo_id: str) -> str | None:
+    """The model a repo is a quantized copy of, by its name (-AWQ, -GPTQ-Int4, -bnb-4bit, -4bit), or None."""
+    original = _QUANTIZED_SUFFIX.sub("", repo_id)
+    return original if original != repo_id else None
+
+
 def check_runnable(listing: RepoListing, endpoint: str) -> None:
     """Refuse repos the engine cannot run: no safetensors, no chat template, or remote code needed."""
     paths = {f.path for f in listing.files}
-    original = _QUANTIZED_SUFFIX.sub("", listing.repo_id)
-    known = original != listing.repo_id  # the model this repo is a quantized copy of, by its name
+    copy_of = quantized_copy_of(listing.repo_id)
+    original, known = copy_of or listing.repo_id, copy_of is not None
     if not any(p.endswith(".safetensors") for p in paths):
         hint = f"; add the original model, perhaps {original}" if known else ""
         raise UnsupportedModelError(

@@ -2,7 +2,9 @@
 
 What comes back is a server's say (any mirror the user lists), so every entry is checked before it is
 shown: a repo id the Hub's rules accept, counts that are whole numbers in range; an entry that fails is
-left out, a body that is not a list of models or larger than MAX_SEARCH_BYTES is refused.
+left out, a body that is not a list of models or larger than MAX_SEARCH_BYTES is refused. Quantized
+copies (-AWQ, -GPTQ, -bnb-4bit: refused when added, as the engine quantizes the original itself) are
+left out and counted.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import get_session
 
 from core.errors import InvalidRepoIdError, InvalidSearchError, SearchFailedError
-from core.hub.listing import request_headers, validate_repo_id
+from core.hub.listing import quantized_copy_of, request_headers, validate_repo_id
 from core.hub.transfer import REASONS, reason_of
 
 SEARCH_RESULTS = 20
@@ -52,6 +54,7 @@ class SearchResults:
     query: str
     endpoint: str  # the endpoint that answered
     models: tuple[FoundModel, ...]
+    copies_left_out: int = 0  # quantized copies among the answer's entries
 
 
 def search_query(text: str) -> str:
@@ -73,7 +76,9 @@ def search_models(text: str, endpoints: Sequence[str], limit: int = SEARCH_RESUL
     last: BaseException | None = None
     for endpoint in endpoints:
         try:
-            return SearchResults(query, endpoint, found_models(_fetch(query, endpoint, limit), limit))
+            # Twice as many asked: the most downloaded include many quantized copies, left out.
+            models, copies = found_models(_fetch(query, endpoint, 2 * limit), limit)
+            return SearchResults(query, endpoint, models, copies)
         except (httpx2.TransportError, hf_errors.OfflineModeIsEnabled, OSError, ValueError) as exc:
             last = exc
     reason = reason_of(last)
@@ -103,9 +108,9 @@ def _fetch(query: str, endpoint: str, limit: int) -> bytes:
     return bytes(body)
 
 
-def found_models(body: bytes, limit: int = SEARCH_RESULTS) -> tuple[FoundModel, ...]:
-    """The entries of a search's answer that check out, at most `limit`, each repo once; ValueError
-    for a body that is no JSON list."""
+def found_models(body: bytes, limit: int = SEARCH_RESULTS) -> tuple[tuple[FoundModel, ...], int]:
+    """The entries of a search's answer that check out, at most `limit`, each repo once, and how many
+    quantized copies were left out; ValueError for a body that is no JSON list."""
     try:
         entries = json.loads(body)
     except (UnicodeDecodeError, ValueError):
@@ -113,11 +118,16 @@ def found_models(body: bytes, limit: int = SEARCH_RESULTS) -> tuple[FoundModel, 
     if not isinstance(entries, list):
         raise ValueError("a search's answer that is not a list of models")
     found: dict[str, FoundModel] = {}
+    copies = 0
     for entry in entries[: limit * 4]:  # a few bad entries may be left out; the rest is not read
         model = _found(entry)
-        if model is not None and model.repo_id.lower() not in found:
+        if model is None or model.repo_id.lower() in found:
+            continue
+        if quantized_copy_of(model.repo_id):
+            copies += 1
+        else:
             found[model.repo_id.lower()] = model
-    return tuple(found.values())[:limit]
+    return tuple(found.values())[:limit], copies
 
 
 def _found(entry: object) -> FoundModel | None:

@@ -407,6 +407,7 @@ def test_a_model_found_by_name_is_added_from_the_results(
 ) -> None:
     hub.add_repo("Qwen/Qwen2.5-1.5B-Instruct", tiny_models["qwen2"], downloads=1_200_000)
     hub.add_repo("Qwen/Qwen2.5-0.5B-Instruct", tiny_models["qwen2"], downloads=2_500_000)
+    hub.add_repo("Qwen/Qwen2.5-0.5B-Instruct-AWQ", tiny_models["qwen2"], downloads=9_000_000)
     at = new_app()
     at.switch_page("pages/models.py").run()
     at.text_input(key="find-model-query").input("qwen2.5")
@@ -419,6 +420,10 @@ def test_a_model_found_by_name_is_added_from_the_results(
     ]
     captions = [c.value for c in at.caption]
     assert any(c.startswith("2 models for “qwen2.5” from") for c in captions), captions
+    assert (
+        "Quantized copies left out (-AWQ, -GPTQ, -bnb-4bit, …): 1. This app quantizes the original "
+        "model itself, for this machine." in captions
+    )
     assert any(c.startswith("31.5K parameters · 126.1 KB to download · 1.2M downloads") for c in captions)
     assert any(c.startswith("Fits in RAM (CPU): needs") for c in captions)
     built_in, new = at.button(key="find-add-0"), at.button(key="find-add-1")

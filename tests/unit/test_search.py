@@ -30,6 +30,12 @@ def hub_with_models(hub: HubServer, tiny_models: dict[str, Path]) -> HubServer:
 def test_a_search_lists_matching_chat_models_the_most_downloaded_first_with_their_size(
     hub_with_models: HubServer, tiny_models: dict[str, Path]
 ) -> None:
+    for copy in (
+        "Qwen/Qwen2.5-1.5B-Instruct-AWQ",
+        "Qwen/Qwen2.5-0.5B-Instruct-GPTQ-Int4",
+        "x/Qwen2.5-3B-bnb-4bit",
+    ):
+        hub_with_models.add_repo(copy, tiny_models["qwen2"], downloads=5_000_000)  # more downloaded
     results = search_models("  QWEN  ", [hub_with_models.url])
 
     assert (results.query, results.endpoint) == ("QWEN", hub_with_models.url)
@@ -40,9 +46,10 @@ def test_a_search_lists_matching_chat_models_the_most_downloaded_first_with_thei
     first = results.models[0]
     assert first == FoundModel("Qwen/Qwen2.5-0.5B-Instruct", 2_500_000, 0, weights, 4 * weights, gated=False)
     assert [model.gated for model in results.models] == [False, False, True]
+    assert results.copies_left_out == 3  # refused when added: the engine quantizes the original itself
     (asked,) = hub_with_models.state.searches  # one request, for chat models transformers runs
     assert asked["pipeline_tag"] == ["text-generation"] and asked["filter"] == ["transformers"]
-    assert asked["sort"] == ["downloads"] and asked["limit"] == ["20"]
+    assert asked["sort"] == ["downloads"] and asked["limit"] == ["40"]  # 20 shown, copies left out
     assert {"downloads", "safetensors", "gated"} <= set(asked["expand"])
 
 
@@ -76,8 +83,9 @@ def test_entries_that_do_not_check_out_are_left_out_and_counts_out_of_range_read
         {"id": "org/no-dict", "safetensors": ["BF16", 10]},
     ]  # fmt: skip
 
-    found = found_models(json.dumps(entries).encode())
+    found, copies = found_models(json.dumps(entries).encode())
 
+    assert copies == 0
     assert found == (
         FoundModel("org/old-style", 0, 0, 0, 0, gated=False),
         FoundModel("org/good", 7, 3, 1010, 2040, gated=False),
@@ -86,7 +94,7 @@ def test_entries_that_do_not_check_out_are_left_out_and_counts_out_of_range_read
         FoundModel("org/no-dict", 0, 0, 0, 0, gated=False),
     )
     many = [{"id": f"org/m{number}"} for number in range(1000)]
-    assert len(found_models(json.dumps(many).encode(), limit=20)) == 20
+    assert len(found_models(json.dumps(many).encode(), limit=20)[0]) == 20
     for body in (b"not json", b'{"error": "no"}', b"\xff\xfe", b"null"):
         with pytest.raises(ValueError, match="not a list of models"):
             found_models(body)
@@ -120,7 +128,7 @@ def test_when_every_endpoint_fails_the_sentence_says_why_and_where(hub: HubServe
 
 
 def test_the_command_line_lists_what_it_found_and_what_the_catalog_has(
-    hub_with_models: HubServer, db_url: str, capsys: pytest.CaptureFixture[str]
+    hub_with_models: HubServer, db_url: str, capsys: pytest.CaptureFixture[str], tiny_models: dict[str, Path]
 ) -> None:
     ModelLibrary(Database(db_url)).set_endpoints([hub_with_models.url])
 
@@ -131,6 +139,12 @@ def test_the_command_line_lists_what_it_found_and_what_the_catalog_has(
     ]  # fmt: skip
     assert lines[0].endswith("2.5M downloads  (in the catalog)")  # the built-in qwen2.5-0.5b
     assert lines[2].endswith("90K downloads  (gated)")
+    assert lines[3:] == []
+    hub_with_models.add_repo("Qwen/Qwen2.5-0.5B-Instruct-AWQ", tiny_models["qwen2"])
+    assert main(["search", "qwen2.5-0.5b"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "Quantized copies left out (-AWQ, -GPTQ, ...): 1. This app quantizes the original model itself."
+    )
 
     assert main(["search", "smollm2", "--json"]) == 0
     as_json = json.loads(capsys.readouterr().out)

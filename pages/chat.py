@@ -501,7 +501,8 @@ def quick_start() -> None:
     library = resources.library()
     # Chosen without torch (a fresh app's engine thread imports it meanwhile): by memory and disk, with
     # 16-bit weights (the int4 ones the engine keeps on a CPU take less).
-    spec = library.first_model(current_language(), SIXTEEN_BIT, resources.memory_and_disk())
+    machine = resources.memory_and_disk()
+    spec = library.first_model(current_language(), SIXTEEN_BIT, machine)
     st.info(t("chat.no_model" if spec is None else "chat.no_model_start_here"), icon=":material/info:")
     if spec is None:
         return
@@ -513,7 +514,10 @@ def quick_start() -> None:
         described = spec.key if has(f"catalog.{spec.key}.strengths") else "custom"
         st.markdown(t(f"catalog.{described}.strengths"))
         if spec.download_bytes:  # what it needs in memory is on the Models page (asking waits for torch)
-            st.caption(t("chat.quick.facts", size=format_bytes(spec.download_bytes)))
+            fits = library.fits(spec, SIXTEEN_BIT, machine)  # a model on its way may not
+            st.caption(
+                t("chat.quick.facts" if fits else "chat.quick.size", size=format_bytes(spec.download_bytes))
+            )
         if status.kind == "downloading" and progress is not None:
             progress_bar(progress)
             st.caption(t("chat.quick.wait"))

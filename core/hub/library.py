@@ -248,17 +248,18 @@ class ModelLibrary:
             (spec for spec in models if self.status(spec.key).kind in ("downloading", "partial")), None
         ):
             return on_its_way
-
-        def fits(spec: ModelSpec) -> bool:
-            estimate = self.memory_estimate(spec.key, precision)
-            return (
-                estimate is not None
-                and memory_verdict(estimate.total_bytes, hardware).verdict in ("fits_gpu", "fits_ram")
-                and spec.download_bytes < hardware.disk_free_bytes
-            )
-
         ranked = sorted(BUILTIN_MODELS, key=lambda spec: spec.languages[:1] != (language,))
-        return next((spec for spec in ranked if fits(spec)), None)
+        return next((spec for spec in ranked if self.fits(spec, precision, hardware)), None)
+
+    def fits(self, spec: ModelSpec, precision: Precision, hardware: HardwareInfo) -> bool:
+        """Whether `spec`'s model with a reply's cache fits this machine's memory (GPU or RAM, 80 % of
+        what is free) and its download the models disk; False where its size is not known."""
+        estimate = self.memory_estimate(spec.key, precision)
+        return (
+            estimate is not None
+            and memory_verdict(estimate.total_bytes, hardware).verdict in ("fits_gpu", "fits_ram")
+            and spec.download_bytes < hardware.disk_free_bytes
+        )
 
     def verify(self, key: str) -> list[FileCheck]:
         """Hash every file; a file that fails is kept as a partial so the next download repairs it."""

@@ -21,10 +21,13 @@ from core.errors import (
     RepoNotFoundError,
     UnsupportedModelError,
 )
+from core.hardware import HardwareInfo
+from core.hub.catalog import BUILTIN_MODELS
 from core.hub.library import ModelLibrary
 from core.hub.listing import MAX_CARD_LANGUAGES
 from core.hub.manager import DownloadManager
 from core.hub.transfer import TransferPolicy
+from core.inference.sizing import SIXTEEN_BIT
 from core.preferences import Preferences
 from core.storage.db import Database
 from core.storage.schema import DownloadJobRow
@@ -361,3 +364,29 @@ def test_a_model_cards_languages_and_license_are_kept_only_where_they_read_as_su
     else:
         assert spec.languages == languages
     assert spec.license == license_name
+
+
+def _machine(ram_free_gb: float, disk_free_gb: float = 100) -> HardwareInfo:
+    """A machine of the given free memory and disk (any size can be described; only this one runs)."""
+    return HardwareInfo(
+        "cpu", 2, 2, int(64e9), int(ram_free_gb * 1e9), 0, (), False, int(disk_free_gb * 1e9), "/"
+    )
+
+
+def test_the_first_model_is_the_one_on_its_way_else_the_languages_else_any_that_fits(
+    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path]
+) -> None:
+    roomy, tight = _machine(16), _machine(2.5)  # TinyLlama in 16 bits with its cache: ~2.7 GB
+    assert library.first_model("zh", SIXTEEN_BIT, roomy).key == "qwen2.5-0.5b"
+    assert library.first_model("en", SIXTEEN_BIT, roomy).key == "tinyllama-1.1b"
+    assert library.fits(BUILTIN_MODELS[1], SIXTEEN_BIT, roomy)
+    assert not library.fits(BUILTIN_MODELS[1], SIXTEEN_BIT, tight)
+    assert library.first_model("en", SIXTEEN_BIT, tight).key == "qwen2.5-0.5b"  # the other, which fits
+    assert library.first_model("en", SIXTEEN_BIT, _machine(16, disk_free_gb=1.5)).key == "qwen2.5-0.5b"
+    assert library.first_model("zh", SIXTEEN_BIT, _machine(0.5)) is None  # to the Models page
+
+    hub.add_repo("someone/big", tiny_models["llama"])
+    key = library.add_custom("someone/big").key
+    (library.directory(key) / "config.json").parent.mkdir(parents=True)
+    (library.directory(key) / "config.json").write_text("{}")  # partly downloaded
+    assert library.first_model("zh", SIXTEEN_BIT, tight).key == key  # resumed before anything new

@@ -445,8 +445,14 @@ def add_found(repo_id: str) -> None:
     except LocalLLMError as exc:
         st.error(error_text(exc))
     else:
-        st.session_state["models.flash"] = ("success", t("models.add.done", repo=spec.repo_id, key=spec.key))
-        st.rerun()
+        added(spec)
+
+
+def added(spec: ModelSpec) -> None:
+    """A model just added: said, and its card opens on the files to download (one click from there)."""
+    st.session_state["models.flash"] = ("success", t("models.add.done", repo=spec.repo_id, key=spec.key))
+    st.session_state[f"models.plan-open.{spec.key}"] = True
+    st.rerun()
 
 
 def add_model_form() -> None:
@@ -465,11 +471,7 @@ def add_model_form() -> None:
             except LocalLLMError as exc:
                 st.error(error_text(exc))
             else:
-                st.session_state["models.flash"] = (
-                    "success",
-                    t("models.add.done", repo=spec.repo_id, key=spec.key),
-                )
-                st.rerun()
+                added(spec)
 
 
 st.title(t("models.title"))

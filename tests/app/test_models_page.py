@@ -438,6 +438,8 @@ def test_a_model_found_by_name_is_added_from_the_results(
         "In the catalog",
         True,
     )
+    # its card opens on the files to fetch: Download is the next click
+    assert at.button(key="download-qwen2.5-1.5b-instruct").label == "Download"
 
 
 def test_a_search_that_cannot_reach_the_hub_says_why_in_the_pages_language(

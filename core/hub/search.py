@@ -23,6 +23,8 @@ from core.hub.listing import quantized_copy_of, request_headers, validate_repo_i
 from core.hub.transfer import REASONS, reason_of
 
 SEARCH_RESULTS = 20
+WIDER_ASKED = 100  # asked for one word of several, the others required here
+MAX_ENTRIES_READ = 2 * WIDER_ASKED
 MAX_QUERY_CHARS = 100
 MAX_SEARCH_BYTES = 4 * 1024 * 1024  # 20 entries with their safetensors counts take ~10 KB
 MAX_PARAMETERS = 10**13  # a larger count is no model's but a hostile answer's
@@ -75,11 +77,17 @@ def search_models(text: str, endpoints: Sequence[str], limit: int = SEARCH_RESUL
     """The Hub's chat models whose name holds `text`, from the first endpoint that answers with a list
     of models (a mirror that fails, refuses or answers otherwise: the next one)."""
     query = search_query(text)
+    words = query.split()
     last: BaseException | None = None
     for endpoint in endpoints:
         try:
             # Twice as many asked: the most downloaded include many quantized copies, left out.
             models, copies = found_models(_fetch(query, endpoint, 2 * limit), limit)
+            if not models and len(words) > 1:
+                # The Hub matches `search` as one substring of a name ("qwen2.5 instruct" is in none):
+                # asked again for the longest word, the others then required here.
+                longest = max(words, key=len)
+                models, copies = found_models(_fetch(longest, endpoint, WIDER_ASKED), limit, words)
             return SearchResults(query, endpoint, models, copies)
         except (httpx2.TransportError, hf_errors.OfflineModeIsEnabled, OSError, ValueError) as exc:
             last = exc
@@ -110,9 +118,12 @@ def _fetch(query: str, endpoint: str, limit: int) -> bytes:
     return bytes(body)
 
 
-def found_models(body: bytes, limit: int = SEARCH_RESULTS) -> tuple[tuple[FoundModel, ...], int]:
-    """The entries of a search's answer that check out, at most `limit`, each repo once, and how many
-    quantized copies were left out; ValueError for a body that is no JSON list."""
+def found_models(
+    body: bytes, limit: int = SEARCH_RESULTS, words: Sequence[str] = ()
+) -> tuple[tuple[FoundModel, ...], int]:
+    """The entries of a search's answer that check out (and hold each of `words`, any case), at most
+    `limit`, each repo once, and how many quantized copies were left out; ValueError for a body that
+    is no JSON list."""
     try:
         entries = json.loads(body)
     except (UnicodeDecodeError, ValueError):
@@ -121,9 +132,12 @@ def found_models(body: bytes, limit: int = SEARCH_RESULTS) -> tuple[tuple[FoundM
         raise ValueError("a search's answer that is not a list of models")
     found: dict[str, FoundModel] = {}
     copies = 0
-    for entry in entries[: limit * 4]:  # a few bad entries may be left out; the rest is not read
+    wanted = [word.lower() for word in words]
+    for entry in entries[:MAX_ENTRIES_READ]:  # the rest is not read
         model = _found(entry)
         if model is None or model.repo_id.lower() in found:
+            continue
+        if not all(word in model.repo_id.lower() for word in wanted):
             continue
         if quantized_copy_of(model.repo_id):
             copies += 1

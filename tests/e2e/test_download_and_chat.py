@@ -33,12 +33,12 @@ def test_download_then_chat(browser: Browser, app_with_hub: str, hub_with_model:
     page.goto(f"{app_with_hub}/models")
     search = page.locator(".st-key-find-model")  # found by name, from the keyboard
     words = search.get_by_role("textbox", name="Search by name")
-    words.fill("chat model")  # no result: the words are the name's
+    words.fill("chat llama")  # no name holds both
     words.press("Enter")
-    expect(search.get_by_text("No chat model for transformers has “chat model” in its name.")).to_be_visible()
-    words.fill("CHAT-MODEL")
+    expect(search.get_by_text("No chat model for transformers has “chat llama” in its name.")).to_be_visible()
+    words.fill("MODEL chat")  # each word in the name, any case, any order
     words.press("Enter")
-    expect(search.get_by_text("2 models for “CHAT-MODEL”")).to_be_visible()
+    expect(search.get_by_text("2 models for “MODEL chat”")).to_be_visible()
     search.locator(".st-key-find-add-0").get_by_role("button", name="Add").click()  # the most downloaded
     card = page.locator(".st-key-card-chat-model")
     expect(card.get_by_text("tiny/chat-model", exact=True)).to_be_visible()

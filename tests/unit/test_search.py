@@ -156,3 +156,20 @@ def test_the_command_line_lists_what_it_found_and_what_the_catalog_has(
     assert capsys.readouterr().out.startswith("No chat model for transformers has 'nothing-like-it'")
     assert main(["search", "q"]) == 2
     assert capsys.readouterr().err == "error: Type at least two letters of a model's name to search for.\n"
+
+
+def test_several_words_find_names_that_hold_each_of_them(hub_with_models: HubServer) -> None:
+    """The Hub matches its search as one substring ("qwen2.5 instruct" is in no name): asked again for
+    the longest word, the others are required of each name here."""
+    results = search_models("qwen2.5 INSTRUCT", [hub_with_models.url])
+    assert [model.repo_id for model in results.models] == [
+        "Qwen/Qwen2.5-0.5B-Instruct",
+        "Qwen/Qwen2.5-1.5B-Instruct",
+    ]
+    assert [query["search"] for query in hub_with_models.state.searches] == [
+        ["qwen2.5 INSTRUCT"],
+        ["INSTRUCT"],
+    ]
+    assert search_models("qwen2.5 nothing-like-it", [hub_with_models.url]).models == ()
+    assert search_models("smollm2", [hub_with_models.url]).models  # one word: asked once
+    assert len(hub_with_models.state.searches) == 5

@@ -79,12 +79,27 @@ def button_list(key: str) -> DeltaGenerator:
 def page_styles() -> None:
     """Hide the Stop beside Streamlit's running indicator: it halts the page's script and leaves a
     streaming reply drawn with its own Stop until the next click (the reply's Stop, Esc, is the one).
-    And on a touch screen (no pointer that hovers: a phone), the buttons' keyboard shortcuts."""
+    And on a touch screen (no pointer that hovers: a phone), the buttons' keyboard shortcuts. And the
+    hint a text field shows while typed in ("Press Enter to submit form"), which Streamlit writes in
+    English (and "submit form" in a form, "apply" outside one), in the session's language."""
+    spans = (
+        f"{_INSTRUCTIONS}:first-child:not(:only-child)",
+        *(f"{_key_class(key)} {_INSTRUCTIONS}:only-child" for key in UNLIMITED_FIELDS),
+    )
+    hints, translated = ", ".join(spans), ", ".join(f"{span}::after" for span in spans)
     st.html(
         "<style>[data-testid='stStatusWidget'] button {display: none}"
         " @media (hover: none) and (pointer: coarse) {"
-        "button [data-has-shortcut] > kbd {display: none}}</style>"
+        "button [data-has-shortcut] > kbd {display: none}}"
+        f" {hints} {{font-size: 0}}"
+        f" {translated} {{content: {_css_string(t('field.enter'))}; font-size: 12px}}</style>"
     )
+
+
+# The hint's part of a text field's instructions: first, beside the character count of a field with a
+# limit (max_chars; the count alone before the first key), alone in the fields without one (their keys).
+_INSTRUCTIONS = "[data-testid='stTextInput'] [data-testid='InputInstructions'] > span"
+UNLIMITED_FIELDS = ("chat.search", "models-dir-input")
 
 
 # Shift+Esc (ChatGPT's key) puts the cursor in the message box from anywhere on the page. `focusBox` puts

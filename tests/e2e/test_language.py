@@ -33,6 +33,15 @@ def test_language_follows_browser_then_switch_is_remembered(browser: Browser, ap
             arg=[selector, text],
             timeout=30_000,
         )
+    # Streamlit's "Press Enter to apply" under a text field, in Chinese too
+    chinese_browser.get_by_role("textbox", name="搜索对话").fill("河")
+    chinese_browser.wait_for_function(
+        "() => { const e = document.querySelector("
+        "\".st-key-chat-search [data-testid='InputInstructions'] > span\");"
+        " return e !== null && getComputedStyle(e, '::after').content.includes('按 Enter 确认')"
+        " && getComputedStyle(e).fontSize === '0px'; }",
+        timeout=30_000,
+    )
     chinese_browser.context.close()
 
     page = open_page(browser, app_url, "en-US")

@@ -527,16 +527,16 @@ def quick_start() -> None:
             first_download(spec.key, status.kind, progress)
 
 
-def first_download(key: str, state: str, progress: Progress | None) -> None:
+def first_download(key: str, kind: str, progress: Progress | None) -> None:
     """The first model's button: Download, Resume (partly downloaded) or Try again (failed)."""
     failed = progress is not None and progress.state == "failed"
     if failed:
         st.error(failure_text(progress.error_code, progress.error_params, progress.error or ""))
-    elif progress is not None and state == "partial" and progress.bytes_total:
+    elif progress is not None and kind == "partial" and progress.bytes_total:
         progress_bar(progress, running=False)
     label = (
         t("chat.quick.retry") if failed
-        else t("chat.quick.resume") if state == "partial"
+        else t("chat.quick.resume") if kind == "partial"
         else t("chat.quick.download", key=key)
     )  # fmt: skip
     clicked = st.button(label, key="quick-download", type="primary", icon=":material/download:")
@@ -586,7 +586,7 @@ if notice := st.session_state.pop("chat.notice", None):
 model = pick_model()
 conversation = conversation_list()
 if model is None:
-    downloading = any(progress.state == "running" for progress in resources.library().active_downloads())
+    downloading = bool(resources.library().active_downloads())  # running ones only
     st.session_state[QUICK_POLLING] = downloading
     st.fragment(quick_start, run_every=QUICK_POLL_S if downloading else None)()
     with st.container(horizontal=True):

@@ -7,7 +7,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 WHEEL_VENV := .venv-wheel
 
-.PHONY: run test lint browser-deps package-check gpu-wheels
+.PHONY: run test test-postgresql lint test-packages package-check gpu-wheels
 
 run: $(RUNTIME_STAMP)
 	$(PY) -m core app
@@ -15,8 +15,14 @@ run: $(RUNTIME_STAMP)
 # The suite in a test process a core (pytest-xdist), each torch on one thread: two OpenMP teams of two
 # on 2 cores decoded ~8 × slower. The browser tests run one after another in one process (grouped by
 # their folder in tests/conftest.py). 1.85 × faster than one process (402 s against 737-752 s, 937 tests).
-test: $(DEV_STAMP) browser-deps lint package-check
+test: $(DEV_STAMP) test-packages lint package-check
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n auto --dist loadgroup
+
+# The same suite with every test's database a new one on PostgreSQL (a throwaway server of each test
+# process's own, tests/fixtures/postgres.py); the tests of SQLite's own files are skipped. `make test`
+# runs tests/unit/test_databases.py on both.
+test-postgresql: $(DEV_STAMP) test-packages
+	LOCALLLM_TEST_DATABASE=postgresql OMP_NUM_THREADS=1 $(PY) -m pytest -n auto --dist loadgroup
 
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check --no-cache .
@@ -35,8 +41,8 @@ package-check: $(DEV_STAMP)
 	cd / && LOCALLLM_DATA_DIR=$(CURDIR)/build/wheel-data LOCALLLM_MODELS_DIR=$(CURDIR)/build/wheel-models \
 		$(CURDIR)/$(WHEEL_VENV)/bin/localllm models
 
-browser-deps:
-	@scripts/ensure-browser-deps.sh
+test-packages:
+	@scripts/ensure-test-packages.sh
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

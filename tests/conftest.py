@@ -1,4 +1,5 @@
-"""Shared fixtures: isolated settings, a real SQLite database, tiny models, a local Hub server."""
+"""Shared fixtures: isolated settings, a real SQLite database (or PostgreSQL: LOCALLLM_TEST_DATABASE),
+tiny models, a local Hub server."""
 
 from __future__ import annotations
 
@@ -26,9 +27,22 @@ for _name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HF_HUB_OFFL
 
 from core.storage.db import Database  # noqa: E402
 from tests.fixtures.hub_server import HubServer  # noqa: E402
+from tests.fixtures.postgres import PostgresServer, server_programs  # noqa: E402
 from tests.fixtures.tiny_models import build_tiny_model  # noqa: E402
 
 BROWSER_TESTS = "tests/e2e/"
+# "postgresql": every test's database is a new one on a PostgreSQL server of the test process's own
+# (`make test-postgresql`); the tests of SQLite's own files (WAL, damaged files, backups) are skipped.
+TEST_DATABASE = os.environ.get("LOCALLLM_TEST_DATABASE", "sqlite")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if TEST_DATABASE == "sqlite":
+        return
+    skip = pytest.mark.skip(reason=f"about SQLite's own files; the suite runs on {TEST_DATABASE}")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
@@ -48,13 +62,29 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return BrowserTestsTogether(config, log)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test process's own; skipped where PostgreSQL is not installed, except
+    in CI (`make test` installs it there)."""
+    if server_programs() is None:
+        message = "PostgreSQL is not installed (Debian: apt-get install postgresql)."
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with PostgresServer() as server:
+        yield server
+
+
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own data dir, models dir and SQLite file."""
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
+    """Every test gets its own data dir, models dir and SQLite file (or PostgreSQL database)."""
     data = tmp_path / "data"
     monkeypatch.setenv("LOCALLLM_DATA_DIR", str(data))
     monkeypatch.setenv("LOCALLLM_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("LOCALLLM_DB_URL", f"sqlite:///{data / 'test.db'}")
+    if TEST_DATABASE == "postgresql" and not request.node.get_closest_marker("sqlite_only"):
+        monkeypatch.setenv("LOCALLLM_DB_URL", request.getfixturevalue("postgres").new_database())
+    else:
+        monkeypatch.setenv("LOCALLLM_DB_URL", f"sqlite:///{data / 'test.db'}")
     monkeypatch.setenv("LOCALLLM_MIRRORS", "")
     monkeypatch.setenv("LOCALLLM_SECRETS_FILE", str(tmp_path / "secrets.toml"))  # absent unless written
     for name in ("LOCALLLM_PASSWORD", "LOCALLLM_ADMINS", "LOCALLLM_ADMIN_PASSWORD"):

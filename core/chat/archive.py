@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import psutil
-from sqlalchemy import insert, select, update
+from sqlalchemy import Integer, insert, select, update
 
 from core.chat import foreign
 from core.chat.archived import (
@@ -39,7 +39,7 @@ from core.inference.params import GenerationParams
 from core.storage import repo
 from core.storage.db import Database
 from core.storage.records import Message
-from core.storage.schema import AttachmentRow, ConversationRow, MessageRow, utcnow
+from core.storage.schema import INT_MAX, AttachmentRow, ConversationRow, MessageRow, utcnow
 from core.units import format_bytes
 
 FORMAT = "localllm-chats"
@@ -276,9 +276,12 @@ def _attachments(value: Any) -> list[dict[str, Any]]:
 
 
 def _stat_ok(name: str, value: Any) -> bool:
+    """Whether a message's statistic fits its column on every database (lengths, 32-bit integers)."""
+    column_type = MessageRow.__table__.c[name].type
     if name in ("model", "finish_reason"):
-        return isinstance(value, str) and len(value) <= 300
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e12
+        return isinstance(value, str) and len(value) <= column_type.length
+    limit = INT_MAX if isinstance(column_type, Integer) else 1e12
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= limit
 
 
 def _params(value: Any) -> dict[str, Any]:

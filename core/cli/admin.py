@@ -12,8 +12,10 @@ from core.chat.configs import ConfigStore
 from core.cli.common import database, preferences, warn
 from core.errors import ConfigError, NotFoundError
 from core.preferences import PREFERENCES
+from core.settings import load_settings
 from core.storage import files
 from core.storage.db import display_url, sqlite_file
+from core.storage.schema import SCHEMA_VERSION
 
 # -- settings ----------------------------------------------------------------------------------------
 
@@ -60,13 +62,12 @@ def settings_reset(name: str) -> int:
 
 
 def _sqlite_path() -> Path:
-    from core.settings import load_settings
-
     url = load_settings().db_url
     path = sqlite_file(url)
     if path is None:
         raise ConfigError(
-            f"{display_url(url)} is not a SQLite file: back it up with its database server's own tools."
+            f"{display_url(url)} is not a SQLite file: back it up with its database server's own tools "
+            "(PostgreSQL: pg_dump and pg_restore)."
         )
     return path
 
@@ -98,7 +99,13 @@ def restore(file: Path) -> int:
 
 @db.command()
 def check() -> int:
-    """SQLite's integrity check of the database file; exit 1 when it finds damage."""
+    """SQLite's integrity check of the database file (another database: that it opens, its tables
+    brought up to date); exit 1 when it finds damage."""
+    url = load_settings().db_url
+    if sqlite_file(url) is None:
+        database().dispose()  # a failure is the StorageError's sentence, exit 1
+        click.echo(f"{display_url(url)}: ok (schema version {SCHEMA_VERSION}; its server keeps the backups)")
+        return 0
     path = _sqlite_path()
     found = files.problems(path) if path.exists() else [f"there is no database at {path}"]
     for problem in found:

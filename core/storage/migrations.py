@@ -45,7 +45,8 @@ def _add_missing_columns(conn: Connection) -> None:
                 f"{preparer.format_column(column)} {column.type.compile(dialect=conn.dialect)}"
             )
             if column.server_default is not None:
-                ddl += f" DEFAULT {column.server_default.arg.text}"  # type: ignore[attr-defined]
+                default = column.server_default.arg  # type: ignore[attr-defined]
+                ddl += f" DEFAULT {default.compile(dialect=conn.dialect)}"
             conn.exec_driver_sql(ddl)
         for index in table.indexes:
             index.create(conn, checkfirst=True)
@@ -104,16 +105,19 @@ def _tidy_lan_names(conn: Connection) -> None:
 
 
 STEPS: dict[int, Callable[[Connection], None]] = {5: _link_messages, 7: _tidy_lan_names}
+# The statement that holds other migrators off until this transaction ends: SQLite's write lock, a
+# PostgreSQL advisory lock (any number of this app's own).
+MIGRATION_LOCKS = {"sqlite": "BEGIN IMMEDIATE", "postgresql": "SELECT pg_advisory_xact_lock(7411020)"}
 
 
 def migrate(engine: Engine) -> int:
     """Create or upgrade the schema; return the version found before (0 for a new or unversioned one)."""
     with engine.begin() as conn:
         found = current_version(conn)
-        if found != SCHEMA_VERSION and conn.dialect.name == "sqlite":
-            # One migrator at a time (the app and the CLI may start together on a new file): take the
-            # write lock, then look again, since another process may have just finished.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if found != SCHEMA_VERSION and conn.dialect.name in MIGRATION_LOCKS:
+            # One migrator at a time (the app and the CLI may start together on a new database): take
+            # the lock, then look again, since another process may have just finished.
+            conn.exec_driver_sql(MIGRATION_LOCKS[conn.dialect.name])
             found = current_version(conn)
         if found > SCHEMA_VERSION:
             raise SchemaTooNewError(

@@ -5,14 +5,50 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+    text,
+)
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 SCHEMA_VERSION = 8
+INT_MAX = 2**31 - 1  # Integer columns: 32 bits on PostgreSQL and MySQL
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _WithoutNul(TypeDecorator[str]):
+    """Text stored without NUL characters: PostgreSQL's text refuses them, and a model's byte-level token,
+    a pasted file or a request can hold one (it shows as nothing); the same on every database."""
+
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return value.replace("\x00", "") if value else value
+
+
+class Chars(_WithoutNul):
+    impl = String
+    cache_ok = True
+
+
+class LongText(_WithoutNul):
+    impl = Text
+    cache_ok = True
 
 
 class Base(DeclarativeBase):
@@ -40,13 +76,13 @@ class ProviderConfigRow(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    provider: Mapped[str] = mapped_column(String(40))
-    model: Mapped[str] = mapped_column(String(300))
-    base_url: Mapped[str | None] = mapped_column(String(500))
-    api_key: Mapped[str | None] = mapped_column(String(500))
+    name: Mapped[str] = mapped_column(Chars(200))
+    provider: Mapped[str] = mapped_column(Chars(40))
+    model: Mapped[str] = mapped_column(Chars(300))
+    base_url: Mapped[str | None] = mapped_column(Chars(500))
+    api_key: Mapped[str | None] = mapped_column(Chars(500))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
-    is_current: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("0"))
+    is_current: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -59,13 +95,13 @@ class ConversationRow(Base):
     __table_args__ = (Index("uq_conversations_owner_uid", "owner", "uid", unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    owner: Mapped[str] = mapped_column(String(100), index=True)
-    title: Mapped[str] = mapped_column(String(300))
+    owner: Mapped[str] = mapped_column(Chars(100), index=True)
+    title: Mapped[str] = mapped_column(Chars(300))
     config_id: Mapped[int | None] = mapped_column(ForeignKey("provider_configs.id", ondelete="SET NULL"))
-    system_prompt: Mapped[str] = mapped_column(Text, default="", server_default=text("''"))
+    system_prompt: Mapped[str] = mapped_column(LongText, default="", server_default=text("''"))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
-    preset: Mapped[str | None] = mapped_column(String(60))  # the preset applied last ("builtin:…", "user:…")
-    uid: Mapped[str | None] = mapped_column(String(100))  # stable across export and import
+    preset: Mapped[str | None] = mapped_column(Chars(60))  # the preset applied last ("builtin:…", "user:…")
+    uid: Mapped[str | None] = mapped_column(Chars(100))  # stable across export and import
     leaf_id: Mapped[int | None] = mapped_column(Integer)  # the branch shown: its last message
     pinned_at: Mapped[datetime | None] = mapped_column(default=None)  # pinned to the list's top since
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -84,14 +120,14 @@ class MessageRow(Base):
         ForeignKey("conversations.id", ondelete="CASCADE"), index=True
     )
     parent_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the message this one follows
-    role: Mapped[str] = mapped_column(String(20))
-    content: Mapped[str] = mapped_column(Text)
-    model: Mapped[str | None] = mapped_column(String(300))
+    role: Mapped[str] = mapped_column(Chars(20))
+    content: Mapped[str] = mapped_column(LongText)
+    model: Mapped[str | None] = mapped_column(Chars(300))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     ttft_s: Mapped[float | None] = mapped_column(Float)
     tokens_per_s: Mapped[float | None] = mapped_column(Float)
-    finish_reason: Mapped[str | None] = mapped_column(String(40))
+    finish_reason: Mapped[str | None] = mapped_column(Chars(40))
     # A reply's use of the attached files: [{"file", "passages" (None: the whole file), "of"}]
     sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -107,12 +143,12 @@ class AttachmentRow(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(255))
-    kind: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(Chars(255))
+    kind: Mapped[str] = mapped_column(Chars(20))
     size_bytes: Mapped[int] = mapped_column(Integer)
     pages: Mapped[int | None] = mapped_column(Integer)
-    truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("0"))
-    text: Mapped[str] = mapped_column(Text)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    text: Mapped[str] = mapped_column(LongText)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -120,17 +156,17 @@ class DownloadJobRow(Base):
     __tablename__ = "download_jobs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    model_key: Mapped[str] = mapped_column(String(300), index=True)
-    repo_id: Mapped[str] = mapped_column(String(300))
-    commit: Mapped[str | None] = mapped_column(String(64))
-    endpoint: Mapped[str | None] = mapped_column(String(500))
-    state: Mapped[str] = mapped_column(String(20), index=True)
-    bytes_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    bytes_total: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    current_file: Mapped[str | None] = mapped_column(String(500))
+    model_key: Mapped[str] = mapped_column(Chars(300), index=True)
+    repo_id: Mapped[str] = mapped_column(Chars(300))
+    commit: Mapped[str | None] = mapped_column(Chars(64))
+    endpoint: Mapped[str | None] = mapped_column(Chars(500))
+    state: Mapped[str] = mapped_column(Chars(20), index=True)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    current_file: Mapped[str | None] = mapped_column(Chars(1024))  # a Hub path: listing.MAX_PATH_CHARS
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    last_error: Mapped[str | None] = mapped_column(Text)
-    last_error_code: Mapped[str | None] = mapped_column(String(60))  # what the pages translate
+    last_error: Mapped[str | None] = mapped_column(LongText)
+    last_error_code: Mapped[str | None] = mapped_column(Chars(60))  # what the pages translate
     last_error_params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -140,9 +176,9 @@ class CustomModelRow(Base):
     __tablename__ = "custom_models"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    key: Mapped[str] = mapped_column(String(300), unique=True)
-    repo_id: Mapped[str] = mapped_column(String(300), unique=True)
-    revision: Mapped[str] = mapped_column(String(100), default="main", server_default=text("'main'"))
+    key: Mapped[str] = mapped_column(Chars(300), unique=True)
+    repo_id: Mapped[str] = mapped_column(Chars(300), unique=True)
+    revision: Mapped[str] = mapped_column(Chars(100), default="main", server_default=text("'main'"))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -150,7 +186,7 @@ class CustomModelRow(Base):
 class SettingRow(Base):
     __tablename__ = "settings"
 
-    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(Chars(200), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -160,9 +196,9 @@ class LanAccountRow(Base):
 
     __tablename__ = "lan_accounts"
 
-    name: Mapped[str] = mapped_column(String(40), primary_key=True)  # core.access.policy.name_key
-    display_name: Mapped[str] = mapped_column(String(40))
-    password_hash: Mapped[str] = mapped_column(String(300))
+    name: Mapped[str] = mapped_column(Chars(40), primary_key=True)  # core.access.policy.name_key
+    display_name: Mapped[str] = mapped_column(Chars(40))
+    password_hash: Mapped[str] = mapped_column(Chars(300))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_sign_in_at: Mapped[datetime | None] = mapped_column()
 
@@ -172,10 +208,10 @@ class LanSessionRow(Base):
 
     __tablename__ = "lan_sessions"
 
-    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    name: Mapped[str] = mapped_column(String(40), index=True)
-    display_name: Mapped[str] = mapped_column(String(40))
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("0"))
+    token_hash: Mapped[str] = mapped_column(Chars(64), primary_key=True)
+    name: Mapped[str] = mapped_column(Chars(40), index=True)
+    display_name: Mapped[str] = mapped_column(Chars(40))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     expires_at: Mapped[datetime] = mapped_column()
 
 
@@ -186,8 +222,8 @@ class PresetRow(Base):
     __tablename__ = "presets"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    owner: Mapped[str] = mapped_column(String(100), index=True)
-    name: Mapped[str] = mapped_column(String(100))
-    system_prompt: Mapped[str] = mapped_column(Text, default="", server_default=text("''"))
+    owner: Mapped[str] = mapped_column(Chars(100), index=True)
+    name: Mapped[str] = mapped_column(Chars(100))
+    system_prompt: Mapped[str] = mapped_column(LongText, default="", server_default=text("''"))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -110,6 +110,7 @@ def test_a_wrong_api_key_is_explained(new_app, engine: LocalEngine) -> None:  # 
         assert "a-wrong-key" not in repr(at._tree)
 
 
+@pytest.mark.sqlite_only
 def test_a_damaged_database_offers_a_fresh_start_and_keeps_the_file(new_app, db_url: str) -> None:
     path = sqlite_file(db_url)
     path.parent.mkdir(parents=True)
@@ -155,6 +156,7 @@ def test_a_setting_the_environment_gives_wrong_is_a_sentence_on_every_page(
     )
 
 
+@pytest.mark.sqlite_only
 def test_lan_users_are_not_offered_to_replace_a_damaged_database(new_app, client_ip, db_url: str) -> None:
     path = sqlite_file(db_url)
     path.parent.mkdir(parents=True)
@@ -166,6 +168,7 @@ def test_lan_users_are_not_offered_to_replace_a_damaged_database(new_app, client
     assert not [b for b in at.button if b.key == "db.start-fresh"]
 
 
+@pytest.mark.sqlite_only
 def test_the_dashboard_backs_the_database_up_when_it_starts(new_app, db_url: str) -> None:
     new_app().run()
     backups = sqlite_file(db_url).parent / "backups"

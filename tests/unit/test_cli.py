@@ -9,7 +9,6 @@ import re
 import select
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from core.chat.presets import PresetStore
 from core.cli import common
@@ -106,12 +106,9 @@ def test_a_one_question_chat_replies_keeps_the_conversation_and_ends_with_its_co
     assert "[stopped]" not in done.stderr  # said only of a reply that Ctrl+C stopped
     *reply, stats = done.stdout.splitlines()
     assert json.loads(stats)["completion_tokens"] >= 1
-    database = sqlite_file(os.environ["LOCALLLM_DB_URL"])
-    assert database is not None
-    assert not database.with_name(database.name + "-wal").exists()  # closed: the WAL folded in
-    connection = sqlite3.connect(database)
-    saved = connection.execute("SELECT role, content FROM messages ORDER BY id").fetchall()
-    connection.close()
+    if database := sqlite_file(os.environ["LOCALLLM_DB_URL"]):
+        assert not database.with_name(database.name + "-wal").exists()  # closed: the WAL folded in
+    saved = _rows("SELECT role, content FROM messages ORDER BY id")
     assert saved == [("user", "Hello there"), ("assistant", "\n".join(reply))]
     missing = run_cli("chat", "no-such-model", "-p", "Hi")  # -p: llama.cpp's short form
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
@@ -144,11 +141,7 @@ def test_a_cli_chat_samples_as_the_model_publisher_says_unless_told_otherwise(
     for given, temperature in (([], 0.0), (["--temperature", "0.5"], 0.5)):
         done = run_cli("chat", "qwen2.5-0.5b", "--prompt", "Hi", "--max-new-tokens", "2", *given)
         assert done.returncode == 0, done.stderr
-        connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
-        [(stored,)] = connection.execute(
-            "SELECT params FROM conversations ORDER BY id DESC LIMIT 1"
-        ).fetchall()
-        connection.close()
+        [(stored,)] = _rows("SELECT CAST(params AS TEXT) FROM conversations ORDER BY id DESC LIMIT 1")
         assert json.loads(stored)["temperature"] == temperature, stored
 
 
@@ -161,11 +154,9 @@ def test_a_cli_chat_takes_every_sampling_setting_and_a_saved_preset_by_name(
     def replied(*given: str) -> tuple[str, dict[str, object], str]:
         done = run_cli("chat", "qwen2.5-0.5b", "-p", "Hi", "--max-new-tokens", "12", "--ignore-eos", *given)
         assert done.returncode == 0, done.stderr
-        connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
-        [(params, system)] = connection.execute(
-            "SELECT params, system_prompt FROM conversations ORDER BY id DESC LIMIT 1"
-        ).fetchall()
-        connection.close()
+        [(params, system)] = _rows(
+            "SELECT CAST(params AS TEXT), system_prompt FROM conversations ORDER BY id DESC LIMIT 1"
+        )
         return done.stdout, json.loads(params), system
 
     # llama.cpp's spelling of the repetition penalty works too; the preset's settings, then the options.
@@ -213,7 +204,7 @@ def test_a_cli_chat_takes_files_as_the_page_does_and_stdin_as_one(
     [said] = [line for line in done.stderr.splitlines() if not line.startswith("Loading qwen2.5-0.5b…")]
     assert said.startswith("[guide.txt: passages ") and " of 60 (the whole file does not fit" in said
     files = _rows("SELECT name, kind FROM attachments ORDER BY id")
-    [(sources,)] = _rows("SELECT sources FROM messages WHERE role = 'assistant'")
+    [(sources,)] = _rows("SELECT CAST(sources AS TEXT) FROM messages WHERE role = 'assistant'")
     assert files == [("guide.txt", "text"), ("stdin.txt", "text")]
     used = {use["file"]: use["passages"] for use in json.loads(sources)}
     assert 42 in used["guide.txt"] and used["stdin.txt"] == [1]  # the lighthouse's chapter, all of stdin
@@ -291,12 +282,13 @@ def test_a_slow_load_says_why_on_stderr_and_a_fast_one_says_nothing(monkeypatch:
 
 
 def _rows(query: str) -> list[tuple[Any, ...]]:
-    """What the command stored, read from its SQLite file."""
-    connection = sqlite3.connect(sqlite_file(os.environ["LOCALLLM_DB_URL"]))
+    """What the command stored, read from its database."""
+    database = Database(os.environ["LOCALLLM_DB_URL"])
     try:
-        return connection.execute(query).fetchall()
+        with database.engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(query))]
     finally:
-        connection.close()
+        database.dispose()
 
 
 def _read_until(terminal: int, expected: str, seen: bytearray, start: int = 0, timeout: float = 60) -> int:

@@ -69,6 +69,7 @@ def test_an_unwritable_models_folder_exits_1(
     assert code == 1 and "is not writable" in err
 
 
+@pytest.mark.sqlite_only
 def test_a_damaged_database_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     path = Path(os.environ["LOCALLLM_DB_URL"].removeprefix("sqlite:///"))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,10 +82,10 @@ def test_a_damaged_database_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     ("url", "sentence"),
     [
         ("not a url", "The database URL (LOCALLLM_DB_URL) is not one SQLAlchemy can read; one looks like"),
-        (  # no PostgreSQL driver is installed: what a user who has not installed one sees
-            "postgresql://me:s3cret-pw@127.0.0.1:1/chats",
-            "Cannot open the database postgresql://me:***@127.0.0.1:1/chats: its driver (psycopg) is not "
-            "installed in this app's environment",
+        (  # no MySQL driver is installed: what a user who has not installed one sees
+            "mysql://me:s3cret-pw@127.0.0.1:1/chats",
+            "Cannot open the database mysql://me:***@127.0.0.1:1/chats: its driver (MySQLdb) is not "
+            "installed in this app's environment; install it there with pip",
         ),
         (  # Heroku's and old SQLAlchemy's spelling: "Can't load plugin: sqlalchemy.dialects:postgres" before
             "postgres://me:s3cret-pw@127.0.0.1:1/chats",

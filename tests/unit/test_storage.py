@@ -33,6 +33,7 @@ def _sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
+@pytest.mark.sqlite_only
 def test_first_start_creates_the_database_file_with_wal_and_version(db_url: str) -> None:
     path = _sqlite_path(db_url)
     assert not path.exists()
@@ -164,6 +165,7 @@ def test_a_second_process_sees_committed_rows(database: Database, db_url: str) -
     assert out.stdout.strip() == "从另一个进程 qwen2.5-0.5b"
 
 
+@pytest.mark.sqlite_only
 def test_a_database_from_an_older_schema_opens_without_loss(db_url: str) -> None:
     path = _sqlite_path(db_url)
     path.parent.mkdir(parents=True)

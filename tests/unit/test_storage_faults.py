@@ -63,6 +63,7 @@ def test_many_threads_writing_at_once_lose_nothing(db_url: str) -> None:
     assert errors == []
 
 
+@pytest.mark.sqlite_only
 def test_a_lock_held_past_the_busy_timeout_is_a_storage_error_not_a_crash(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,6 +83,7 @@ def test_a_lock_held_past_the_busy_timeout_is_a_storage_error_not_a_crash(
     assert [m.content for m in chat.messages(conversation.id)] == ["works again"]
 
 
+@pytest.mark.sqlite_only
 def test_a_damaged_file_is_set_aside_and_a_new_database_starts(db_url: str) -> None:
     path = sqlite_file(db_url)
     path.parent.mkdir(parents=True)

@@ -37,6 +37,7 @@ def titles_and_messages(url: str) -> list[str]:
     return [m.content for c in chat.conversations() for m in chat.messages(c.id)]
 
 
+@pytest.mark.sqlite_only
 def test_rows_still_in_the_wal_are_kept_when_a_damaged_file_is_set_aside(db_url: str) -> None:
     subprocess.run([sys.executable, "-c", WRITE_THEN_DIE, db_url], cwd=PROJECT_ROOT, check=True, timeout=60)
     path = sqlite_file(db_url)
@@ -55,6 +56,7 @@ def test_rows_still_in_the_wal_are_kept_when_a_damaged_file_is_set_aside(db_url:
     assert titles_and_messages(db_url) == []  # and a new database starts
 
 
+@pytest.mark.sqlite_only
 def test_the_wal_copy_is_dropped_when_the_database_opens_fine(db_url: str) -> None:
     subprocess.run([sys.executable, "-c", WRITE_THEN_DIE, db_url], cwd=PROJECT_ROOT, check=True, timeout=60)
     assert len(titles_and_messages(db_url)) == 50
@@ -69,6 +71,7 @@ connection.close()
 """
 
 
+@pytest.mark.sqlite_only
 def test_opening_the_database_again_in_a_process_loses_no_later_write(db_url: str) -> None:
     def count_in_another_process() -> int:
         path = str(sqlite_file(db_url))
@@ -84,6 +87,7 @@ def test_opening_the_database_again_in_a_process_loses_no_later_write(db_url: st
     assert count_in_another_process() == 2
 
 
+@pytest.mark.sqlite_only
 def test_backups_restore_and_check(database: Database, db_url: str) -> None:
     chat = ChatService(database, provider=lambda: None)
     chat.new_conversation("before the backup")
@@ -108,6 +112,7 @@ def test_backups_restore_and_check(database: Database, db_url: str) -> None:
     assert [c.title for c in chat.conversations()] == ["before the backup"]  # untouched
 
 
+@pytest.mark.sqlite_only
 def test_core_db_commands(database: Database, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     ChatService(database, provider=lambda: None).new_conversation("saved")
     assert main(["db", "backup"]) == 0

@@ -1,0 +1,165 @@
+"""Any SQLAlchemy URL works: the same storage on a SQLite file and on a real PostgreSQL server (a
+throwaway one the tests start, tests/fixtures/postgres.py). PostgreSQL refuses what SQLite lets
+through: NUL characters in text, integers past 32 bits, strings past their column's length, a boolean
+default written as 0, two processes creating the tables at once. `make test-postgresql` runs the whole
+suite on it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import inspect, select, text
+
+from core.chat import archive
+from core.cli import main
+from core.storage import jobs, repo
+from core.storage.db import Database, display_url
+from core.storage.schema import SCHEMA_VERSION, LanSessionRow, utcnow
+
+TINYLLAMA_BYTES = 2_200_119_864  # TinyLlama-1.1B's weights: past a 32-bit integer
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, db_url: str) -> str:
+    return db_url if request.param == "sqlite" else request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture
+def db(url: str) -> Iterator[Database]:
+    database = Database(url)
+    yield database
+    database.dispose()
+
+
+def test_the_app_and_the_cli_creating_the_tables_at_once_both_open_it(url: str) -> None:
+    """`localllm app` and a `localllm` command started together on a new database: each waits for the
+    other's migration instead of failing on a table the other just made."""
+    opened: list[Database] = []
+    failed: list[Exception] = []
+    start = threading.Barrier(6)
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            opened.append(Database(url))
+        except Exception as exc:  # what a user would see: the sentence of the StorageError
+            failed.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failed == []
+    with opened[0].engine.connect() as conn:
+        assert conn.execute(text("SELECT version FROM schema_info")).scalars().all() == [SCHEMA_VERSION]
+    for database in opened:
+        database.dispose()
+
+
+def test_a_reply_holding_nul_characters_is_kept_without_them(db: Database) -> None:
+    """A model's byte-level token can decode to NUL (the tiny model's do), as can a pasted file."""
+    with db.begin() as session:
+        conversation = repo.create_conversation(session, owner="local", title="Bytes\x00 and all")
+        repo.add_message(session, conversation.id, "user", "Hello\x00 there")
+        repo.add_message(session, conversation.id, "assistant", "Hi\x00\x00!", finish_reason="stop")
+    with db.begin() as session:
+        assert [m.content for m in repo.list_messages(session, conversation.id)] == ["Hello there", "Hi!"]
+        assert [c.title for c in repo.list_conversations(session, "local", search="hello\x00 THERE")] == [
+            "Bytes and all"
+        ]
+
+
+def test_a_download_past_2_gib_keeps_its_progress(db: Database) -> None:
+    with db.begin() as session:
+        job = jobs.open_job(session, "tinyllama-1.1b", "TinyLlama/TinyLlama-1.1B-Chat-v1.0")
+        jobs.save_progress(
+            session, job.id, bytes_done=TINYLLAMA_BYTES - 1, bytes_total=TINYLLAMA_BYTES,
+            current_file="model.safetensors", state="running",
+        )  # fmt: skip
+    with db.begin() as session:
+        saved = jobs.latest_job(session, "tinyllama-1.1b")
+    assert saved is not None and (saved.bytes_done, saved.bytes_total) == (
+        TINYLLAMA_BYTES - 1,
+        TINYLLAMA_BYTES,
+    )
+
+
+def test_an_import_leaves_out_statistics_that_fit_no_column(db: Database) -> None:
+    """An export from elsewhere (or a hostile one): a finish reason past its column's 40 characters and a
+    token count past 32 bits are left out; the conversation and its text come in."""
+    exported = {
+        "format": archive.FORMAT,
+        "version": archive.VERSION,
+        "conversations": [{
+            "uid": "from-elsewhere",
+            "title": "Imported",
+            "messages": [
+                {"id": 1, "parent": None, "role": "user", "content": "Hi"},
+                {"id": 2, "parent": 1, "role": "assistant", "content": "Hello", "finish_reason": "x" * 41,
+                 "prompt_tokens": 2**31, "completion_tokens": 7, "model": "m" * 300},
+            ],
+        }],
+    }  # fmt: skip
+    result = archive.import_bytes(db, "local", json.dumps(exported).encode())
+    assert result.imported == 1
+    with db.begin() as session:
+        [conversation] = repo.list_conversations(session, "local")
+        *_, reply = repo.list_messages(session, conversation.id)
+    assert (reply.content, reply.finish_reason, reply.prompt_tokens) == ("Hello", None, None)
+    assert (reply.completion_tokens, reply.model) == (7, "m" * 300)
+
+
+def test_pinned_conversations_come_first_and_search_ignores_case(db: Database) -> None:
+    with db.begin() as session:
+        older = repo.create_conversation(
+            session, owner="local", title="Older: Lighthouse keepers", pinned_at=utcnow()
+        )
+        newer = repo.create_conversation(session, owner="local", title="Newer")
+        repo.add_message(session, newer.id, "user", "关于灯塔的问题")
+    with db.begin() as session:
+        assert [c.id for c in repo.list_conversations(session, "local")] == [older.id, newer.id]
+        assert [c.id for c in repo.list_conversations(session, "local", search="LIGHTHOUSE")] == [older.id]
+        assert [c.id for c in repo.list_conversations(session, "local", search="灯塔")] == [newer.id]
+        assert repo.list_conversations(session, "local", search="50%_off") == []
+
+
+def test_a_column_added_by_a_later_version_gets_its_default_on_rows_already_there(url: str) -> None:
+    """An older database lacks a column (here a signed-in browser's is_admin, a boolean): the upgrade adds
+    it with its default, false, which PostgreSQL takes only when written as false, not 0."""
+    database = Database(url)
+    with database.begin() as session:
+        session.add(
+            LanSessionRow(token_hash="t" * 64, name="alice", display_name="Alice", expires_at=utcnow())
+        )
+    with database.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE lan_sessions DROP COLUMN is_admin"))
+        conn.execute(text("UPDATE schema_info SET version = :version"), {"version": SCHEMA_VERSION - 1})
+    database.dispose()
+
+    upgraded = Database(url)
+    assert upgraded.found_version == SCHEMA_VERSION - 1
+    assert "is_admin" in {column["name"] for column in inspect(upgraded.engine).get_columns("lan_sessions")}
+    with upgraded.begin() as session:
+        assert session.scalars(select(LanSessionRow.is_admin)).all() == [False]
+    upgraded.dispose()
+
+
+def test_db_check_says_whether_the_database_opens(
+    url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOCALLLM_DB_URL", url)
+    Database(url).dispose()
+    assert main(["db", "check"]) == 0
+    checked = capsys.readouterr().out
+    if url.startswith("sqlite"):
+        assert checked.endswith(": ok (no backup yet)\n")
+        return
+    shown = display_url(url)
+    assert checked == f"{shown}: ok (schema version {SCHEMA_VERSION}; its server keeps the backups)\n"
+    assert main(["db", "backup"]) == 2  # a copy of a file: SQLite's only
+    refused = capsys.readouterr().err
+    assert f"{shown} is not a SQLite file: back it up with its database server's own tools" in refused

@@ -20,6 +20,7 @@ from core.settings import DEFAULT_ENDPOINT, DEFAULT_MIRRORS, default_models_dir
 from core.storage import repo
 from core.storage.db import Database
 from core.storage.records import is_http_address
+from core.storage.schema import DownloadJobRow
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 QUANTIZATIONS = ("int4", "int8", "none")  # applies on the CPU; GPUs keep the 16-bit weights
@@ -51,6 +52,13 @@ def _endpoints(value: Any) -> list[str]:
     items = value.replace("\n", ",").split(",") if isinstance(value, str) else list(value)
     cleaned = list(dict.fromkeys(str(item).strip().rstrip("/") for item in items if str(item).strip()))
     for url in cleaned:
+        if len(url) > (
+            limit := DownloadJobRow.__table__.c.endpoint.type.length
+        ):  # a job keeps the one it uses
+            raise ConfigError(
+                f"A download endpoint's address is too long: {len(url)} characters, at most {limit}.",
+                reason="endpoint_too_long", length=len(url), limit=limit,
+            )  # fmt: skip
         if not is_http_address(url):  # a broken address ("http://[::1") failed the download midway
             raise ConfigError(f"{url!r} is not an http(s) URL.", reason="endpoint_not_url", url=url)
     if not cleaned:

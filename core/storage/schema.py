@@ -158,7 +158,7 @@ class DownloadJobRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     model_key: Mapped[str] = mapped_column(Chars(300), index=True)
     repo_id: Mapped[str] = mapped_column(Chars(300))
-    commit: Mapped[str | None] = mapped_column(Chars(64))
+    commit: Mapped[str | None] = mapped_column(Chars(100))  # as long as listing.fetch_listing accepts
     endpoint: Mapped[str | None] = mapped_column(Chars(500))
     state: Mapped[str] = mapped_column(Chars(20), index=True)
     bytes_done: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))

@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, select, text
 
 from core.chat import archive
 from core.cli import main
+from core.hub.manager import DownloadManager
+from core.hub.transfer import DownloadTarget, TransferPolicy
 from core.storage import jobs, repo
 from core.storage.db import Database, display_url
 from core.storage.schema import SCHEMA_VERSION, LanSessionRow, utcnow
+from tests.fixtures.hub_server import HubServer
 
 TINYLLAMA_BYTES = 2_200_119_864  # TinyLlama-1.1B's weights: past a 32-bit integer
 
@@ -86,6 +90,22 @@ def test_a_download_past_2_gib_keeps_its_progress(db: Database) -> None:
         TINYLLAMA_BYTES - 1,
         TINYLLAMA_BYTES,
     )
+
+
+def test_a_download_from_a_hub_with_long_commit_ids_is_kept(
+    db: Database, hub: HubServer, tmp_path: Path
+) -> None:
+    """The listing accepts a commit id of up to 100 characters (a mirror may name its revisions its own
+    way); the download's job keeps it whole."""
+    hub.add_repo("org/model", {"config.json": b"{}", "model.safetensors": b"\x00" * 4096}).commit = "c" * 100
+    manager = DownloadManager(
+        db, tmp_path / "models", lambda: [hub.url], policy=TransferPolicy(disk_margin_bytes=0)
+    )
+    assert manager.start(DownloadTarget("model", "org/model"))
+    done = manager.wait("model", timeout=30)
+    assert done is not None and done.state == "completed", done
+    with db.begin() as session:
+        assert jobs.latest_job(session, "model").commit == "c" * 100
 
 
 def test_an_import_leaves_out_statistics_that_fit_no_column(db: Database) -> None:

@@ -52,6 +52,11 @@ def test_a_value_is_the_saved_one_else_the_environments_else_the_default(databas
         ("endpoints", "http://[::1", "is not an http(s) URL"),  # the download failed midway on it
         ("endpoints", "http://mirror.test:99999", "is not an http(s) URL"),
         ("endpoints", " , ", "Keep at least one download endpoint"),
+        (  # a download's job keeps the endpoint it uses: refused here, not on PostgreSQL mid-download
+            "endpoints",
+            "https://mirror.test/" + "a" * 490,
+            "A download endpoint's address is too long: 510 characters, at most 500.",
+        ),
         ("idle_unload_s", "-5", "between 0 (off) and 604800"),
         ("auto_resume", "maybe", "is not on or off"),
         ("colour", "blue", "There is no setting 'colour'"),

@@ -335,6 +335,8 @@ def history(conversation: Conversation, going_on: bool) -> None:
             reply_body(split)
             if message.finish_reason == "length" and split.thinking:
                 st.caption(t("chat.cut_while_thinking"))
+            elif message.finish_reason in ("stop", "length") and not split.answer.strip():
+                st.caption(t("chat.no_text"))  # else an empty bubble (only blank lines, or an end at once)
             if message.sources:
                 st.caption(sources_line([FileUse.from_dict(use) for use in message.sources]))
             st.caption(stats_line(message))

@@ -377,6 +377,27 @@ def test_a_reply_cut_off_while_thinking_says_how_to_get_the_answer(
     assert any("reached its length limit while the model was still thinking" in c.value for c in at.caption)
 
 
+def test_a_reply_with_no_text_says_so_instead_of_an_empty_bubble(
+    new_app, ready_model: str, db_url: str
+) -> None:
+    with Database(db_url).begin() as session:
+        conversation = repo.create_conversation(session, owner="local", title="Blank")
+        repo.add_message(session, conversation.id, "user", "Hi")
+        repo.add_message(
+            session, conversation.id, "assistant", "\n\n \n", model=ready_model, finish_reason="stop"
+        )
+        repo.add_message(session, conversation.id, "user", "Hi again")
+        repo.add_message(
+            session, conversation.id, "assistant", "Hello!", model=ready_model, finish_reason="stop"
+        )
+    at = new_app()
+    at.session_state["chat.conversation"] = conversation.id
+    at.run()
+    assert not at.exception
+    said = [[c.value for c in m.caption if "no text" in c.value] for m in at.chat_message]
+    assert said == [[], ["The model gave no text in this reply."], [], []]
+
+
 def test_a_long_conversation_opens_on_its_newest_messages_and_shows_earlier_ones_on_request(
     new_app, ready_model: str, db_url: str
 ) -> None:

@@ -7,6 +7,7 @@ from ui import access, resources
 from ui.i18n import error_text, t
 from ui.resources import PAGE_ICON
 from ui.widgets import (
+    database_lost,
     database_problem,
     ensure_language,
     language_switch,
@@ -29,39 +30,50 @@ except StorageError as exc:
     database_problem(exc)
     st.stop()
 
-ensure_language()
-try:
-    resources.settings_checked()
-except ConfigError as exc:  # a setting the environment gives wrong (LOCALLLM_PARALLEL=abc): said, not run
-    st.error(error_text(exc), icon=":material/tune:")
-    st.stop()
-if kept := st.session_state.pop("db.kept", None):
-    st.success(t("db.kept", path=kept), icon=":material/database:")
-servers = st.Page("pages/servers.py", title=t("nav.servers"), icon=":material/dns:")  # the admin's only
-chat = st.Page("pages/chat.py", title=t("nav.chat"), icon=":material/chat:", default=True)
-pages = [
-    chat,
-    st.Page("pages/models.py", title=t("nav.models"), icon=":material/download:"),
-    servers,
-    st.Page("pages/hardware.py", title=t("nav.hardware"), icon=":material/settings:"),
-]
-with st.sidebar:
-    access.sync_session_cookie()
-    page_styles()
-if not access.signed_in():
-    st.navigation(pages, position="hidden")  # keeps the page asked for, to open after signing in
+
+def dashboard() -> None:
+    """The pages, once the database has opened."""
+    ensure_language()
+    try:
+        resources.settings_checked()
+    except ConfigError as exc:  # a setting the environment gives wrong (LOCALLLM_PARALLEL=abc): said, not run
+        st.error(error_text(exc), icon=":material/tune:")
+        st.stop()
+    if kept := st.session_state.pop("db.kept", None):
+        st.success(t("db.kept", path=kept), icon=":material/database:")
+    servers = st.Page("pages/servers.py", title=t("nav.servers"), icon=":material/dns:")  # the admin's only
+    chat = st.Page("pages/chat.py", title=t("nav.chat"), icon=":material/chat:", default=True)
+    pages = [
+        chat,
+        st.Page("pages/models.py", title=t("nav.models"), icon=":material/download:"),
+        servers,
+        st.Page("pages/hardware.py", title=t("nav.hardware"), icon=":material/settings:"),
+    ]
+    with st.sidebar:
+        access.sync_session_cookie()
+        page_styles()
+    if not access.signed_in():
+        st.navigation(pages, position="hidden")  # keeps the page asked for, to open after signing in
+        with st.sidebar:
+            language_switch()
+        access.sign_in_page()
+    navigation = st.navigation(pages if access.is_admin() else [p for p in pages if p is not servers])
+    current = settle_current_model()
+    if navigation is chat:
+        warm_chosen_model(current)  # before the sidebar status, which then says it is loading
     with st.sidebar:
         language_switch()
-    access.sign_in_page()
-navigation = st.navigation(pages if access.is_admin() else [p for p in pages if p is not servers])
-current = settle_current_model()
-if navigation is chat:
-    warm_chosen_model(current)  # before the sidebar status, which then says it is loading
-with st.sidebar:
-    language_switch()
-    sidebar_user()
-    sidebar_status(current)
+        sidebar_user()
+        sidebar_status(current)
+    try:
+        navigation.run()
+    except StorageError:
+        raise  # said below, with a way to try again
+    except LocalLLMError as exc:  # the last net under every page: a clear sentence, never a traceback
+        st.error(error_text(exc))
+
+
 try:
-    navigation.run()
-except LocalLLMError as exc:  # the last net under every page: a clear sentence, never a traceback
-    st.error(error_text(exc))
+    dashboard()
+except StorageError as exc:  # it stopped answering since it opened: its server stopped, a lock is held
+    database_lost(exc)

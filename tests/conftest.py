@@ -27,7 +27,7 @@ for _name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HF_HUB_OFFL
 
 from core.storage.db import Database  # noqa: E402
 from tests.fixtures.hub_server import HubServer  # noqa: E402
-from tests.fixtures.postgres import PostgresServer, server_programs  # noqa: E402
+from tests.fixtures.postgres import PostgresServer, require_postgres  # noqa: E402
 from tests.fixtures.tiny_models import build_tiny_model  # noqa: E402
 
 BROWSER_TESTS = "tests/e2e/"
@@ -64,13 +64,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test process's own; skipped where PostgreSQL is not installed, except
-    in CI (`make test` installs it there)."""
-    if server_programs() is None:
-        message = "PostgreSQL is not installed (Debian: apt-get install postgresql)."
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    """A PostgreSQL server of this test process's own (`require_postgres`)."""
+    require_postgres()
     with PostgresServer() as server:
         yield server
 

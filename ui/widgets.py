@@ -16,7 +16,7 @@ from core.storage.records import ProviderConfig
 from core.units import format_bytes, format_duration
 from ui import access, resources, state
 from ui.i18n import DEFAULT_LANGUAGE, LANGUAGES, error_text, language_from_locale, t
-from ui.markup import escape_markdown, urls_as_code
+from ui.markup import as_text, escape_markdown, urls_as_code
 
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
@@ -187,6 +187,14 @@ def database_problem(exc: StorageError) -> None:
         st.cache_resource.clear()
         st.session_state["db.kept"] = str(kept)
         st.rerun()
+
+
+def database_lost(exc: StorageError) -> None:
+    """The database stopped answering after it opened (its server stopped, another program holds a
+    lock): say so, and offer to try again; once it answers, the page works as before."""
+    st.session_state.setdefault(state.LANGUAGE, language_from_locale(st.context.locale))
+    st.error(urls_as_code(t("db.lost", message=as_text(exc.message))), icon=":material/database:")
+    st.button(t("db.try_again"), key="db.try-again", icon=":material/refresh:")  # a click runs the page again
 
 
 def _switch_language(widget_key: str) -> None:

@@ -11,6 +11,7 @@ from core.inference.engine import LocalEngine
 from core.storage.db import Database, sqlite_file
 from tests.fixtures.hub_server import HubServer
 from tests.fixtures.markdown import visible_text
+from tests.fixtures.postgres import PostgresServer, require_postgres
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
 
 
@@ -125,6 +126,30 @@ def test_a_damaged_database_offers_a_fresh_start_and_keeps_the_file(new_app, db_
     [kept] = path.parent.glob("test.db.damaged-*")
     assert kept.read_bytes() == b"garbage" * 1000
     assert any(str(kept) in s.value for s in at.success)
+
+
+def test_a_database_that_stops_answering_says_so_and_the_page_works_again_once_it_does(
+    new_app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its server stopped after the app opened it (found by hand: Streamlit's "This app has encountered
+    an error" on every page until the app was started again)."""
+    require_postgres()
+    with PostgresServer() as server:
+        monkeypatch.setenv("LOCALLLM_DB_URL", server.new_database())
+        at = new_app()
+        at.run()
+        assert not at.exception and not at.error
+        server.stop()
+        for page in ("pages/chat.py", "pages/models.py"):
+            at.switch_page(page).run()
+            assert not at.exception
+            [said] = [visible_text(e.value) for e in at.error]
+            assert said.startswith("The database stopped answering: The database postgresql+psycopg://")
+            assert said.endswith("try again: nothing saved before is lost.")
+        server.start()
+        at.button(key="db.try-again").click().run()
+        assert not at.exception and not at.error
+        assert [title.value for title in at.title] == ["Models"]
 
 
 def test_a_database_url_that_cannot_be_read_is_a_sentence(new_app, monkeypatch: pytest.MonkeyPatch) -> None:

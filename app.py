@@ -15,6 +15,7 @@ from ui.widgets import (
     settle_current_model,
     sidebar_status,
     sidebar_user,
+    unexpected_failure,
     warm_chosen_model,
 )
 
@@ -77,3 +78,5 @@ try:
     dashboard()
 except StorageError as exc:  # it stopped answering since it opened: its server stopped, a lock is held
     database_lost(exc)
+except Exception as exc:  # a fault of the app's own: a sentence and where the details are, no traceback
+    unexpected_failure(exc)

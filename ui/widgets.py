@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from core.inference.loading import LoadedModel
 
 STATUS_POLL_S = 1.0  # the sidebar status is drawn again this often while a model loads or downloads
+
+UNEXPECTED = "ui.unexpected"  # the logger of faults that reach the last net (app.py), into the log file
 
 
 def attempt(action: Callable[[], Any]) -> bool:
@@ -195,6 +198,15 @@ def database_lost(exc: StorageError) -> None:
     st.session_state.setdefault(state.LANGUAGE, language_from_locale(st.context.locale))
     st.error(urls_as_code(t("db.lost", message=as_text(exc.message))), icon=":material/database:")
     st.button(t("db.try_again"), key="db.try-again", icon=":material/refresh:")  # a click runs the page again
+
+
+def unexpected_failure(exc: Exception) -> None:
+    """A fault of the app's own (no LocalLLMError): logged with its traceback (UNEXPECTED), said in one
+    sentence that names where the details are, instead of Streamlit's redacted error."""
+    logging.getLogger(UNEXPECTED).error("the page failed: %s", exc, exc_info=exc)
+    st.session_state.setdefault(state.LANGUAGE, language_from_locale(st.context.locale))
+    st.error(t("error.unexpected", kind=type(exc).__name__), icon=":material/bug_report:")
+    st.button(t("db.try_again"), key="unexpected.try-again", icon=":material/refresh:")
 
 
 def _switch_language(widget_key: str) -> None:

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from streamlit.testing.v1 import AppTest, app_test
 from core.settings import PROJECT_ROOT
 from core.storage.db import Database
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
+from ui.widgets import UNEXPECTED
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +37,25 @@ def client_ip(monkeypatch: pytest.MonkeyPatch) -> Callable[[str | None], None]:
 
     set_ip(None)
     return set_ip
+
+
+@pytest.fixture(autouse=True)
+def page_faults() -> Iterator[list[logging.LogRecord]]:
+    """What reached the app's last net (app.py: `unexpected_failure`): the page shows a sentence instead
+    of an exception, so a test fails here on it, with its traceback. A test that causes one on purpose
+    empties the list."""
+    caught: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = caught.append  # type: ignore[method-assign]
+    logger = logging.getLogger(UNEXPECTED)
+    logger.addHandler(handler)
+    yield caught
+    logger.removeHandler(handler)
+    if caught:
+        record = caught[0]
+        pytest.fail(
+            f"a page failed: {record.getMessage()}\n{logging.Formatter().formatException(record.exc_info)}"
+        )
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from tests.fixtures.hub_server import HubServer
 from tests.fixtures.markdown import visible_text
 from tests.fixtures.postgres import PostgresServer, require_postgres
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
+from ui import widgets
 
 
 def stored_messages(db_url: str) -> list[tuple[str, str]]:
@@ -150,6 +151,33 @@ def test_a_database_that_stops_answering_says_so_and_the_page_works_again_once_i
         at.button(key="db.try-again").click().run()
         assert not at.exception and not at.error
         assert [title.value for title in at.title] == ["Models"]
+
+
+def test_a_fault_of_the_apps_own_is_a_sentence_and_a_log_entry_not_streamlits_error(
+    new_app, monkeypatch: pytest.MonkeyPatch, page_faults: list
+) -> None:
+    """A bug under the pages (injected: the sidebar's status raises) showed Streamlit's "This app has
+    encountered an error … if you're on Streamlit Cloud, click on 'Manage app'"."""
+    working = widgets.sidebar_status
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(widgets, "sidebar_status", broken)
+    at = new_app()
+    at.run()
+    assert not at.exception
+    assert [visible_text(e.value) for e in at.error] == [
+        "Something went wrong on this page (RuntimeError); it is written in the log (Hardware & Settings → "
+        "Log). Try again, or reload the page."
+    ]
+    [logged] = page_faults
+    assert logged.getMessage() == "the page failed: a bug" and logged.exc_info[0] is RuntimeError
+    page_faults.clear()  # caused on purpose
+    monkeypatch.setattr(widgets, "sidebar_status", working)
+    at.button(key="unexpected.try-again").click().run()
+    assert not at.exception and not at.error
+    assert [title.value for title in at.title] == ["Chat"]
 
 
 def test_a_database_url_that_cannot_be_read_is_a_sentence(new_app, monkeypatch: pytest.MonkeyPatch) -> None:

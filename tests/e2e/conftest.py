@@ -20,6 +20,7 @@ from playwright.sync_api import Browser, Locator, Page, Playwright, expect, sync
 
 from core.chat.configs import ConfigStore
 from core.inference.params import GenerationParams
+from core.logs import log_file
 from core.settings import PROJECT_ROOT
 from core.storage import repo
 from core.storage.db import Database
@@ -92,6 +93,10 @@ def running_app(
         line for line in log_path.read_text(errors="replace").splitlines() if "deprecat" in line.lower()
     ]
     assert not deprecated, f"the app used a deprecated API: {deprecated[:3]}"
+    own_log = log_file()  # where the last net under the pages (app.py) writes a fault of the app's own
+    logged = own_log.read_text(errors="replace").splitlines() if own_log.exists() else []
+    faults = [line for line in logged if "the page failed" in line]
+    assert not faults, f"a page failed: {faults[:3]} (the traceback is in {own_log})"
     left = outbound.read_text().splitlines() if outbound.exists() else []
     assert not left, f"the app tried to reach another host: {left[:3]}"
 

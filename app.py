@@ -2,20 +2,19 @@
 
 import streamlit as st
 
-from core.errors import ConfigError, LocalLLMError, StorageError
+from core.errors import ConfigError, StorageError
 from ui import access, resources
 from ui.i18n import error_text, t
 from ui.resources import PAGE_ICON
 from ui.widgets import (
-    database_lost,
     database_problem,
     ensure_language,
+    guarded,
     language_switch,
     page_styles,
     settle_current_model,
     sidebar_status,
     sidebar_user,
-    unexpected_failure,
     warm_chosen_model,
 )
 
@@ -66,17 +65,7 @@ def dashboard() -> None:
         language_switch()
         sidebar_user()
         sidebar_status(current)
-    try:
-        navigation.run()
-    except StorageError:
-        raise  # said below, with a way to try again
-    except LocalLLMError as exc:  # the last net under every page: a clear sentence, never a traceback
-        st.error(error_text(exc))
+    navigation.run()
 
 
-try:
-    dashboard()
-except StorageError as exc:  # it stopped answering since it opened: its server stopped, a lock is held
-    database_lost(exc)
-except Exception as exc:  # a fault of the app's own: a sentence and where the details are, no traceback
-    unexpected_failure(exc)
+guarded(dashboard, retry=True)()  # the last net under every page: a sentence, never a traceback

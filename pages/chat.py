@@ -36,6 +36,7 @@ from ui.widgets import (
     attempt,
     button_list,
     file_picker,
+    guarded,
     make_current,
     message_box_keys,
     model_choices,
@@ -590,7 +591,7 @@ conversation = conversation_list()
 if model is None:
     downloading = bool(resources.library().active_downloads())  # running ones only
     st.session_state[QUICK_POLLING] = downloading
-    st.fragment(quick_start, run_every=QUICK_POLL_S if downloading else None)()
+    st.fragment(guarded(quick_start), run_every=QUICK_POLL_S if downloading else None)()
     with st.container(horizontal=True):
         st.page_link("pages/models.py", label=t("chat.go_models"), icon=":material/download:")
         if access.is_admin():  # a LAN visitor cannot add a server

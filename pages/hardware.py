@@ -16,7 +16,7 @@ from ui import access, resources
 from ui.access import admin_only_note
 from ui.i18n import error_text, t
 from ui.markup import escape_markdown
-from ui.widgets import download_settings
+from ui.widgets import download_settings, guarded
 
 HARDWARE_CARD_PX = 190
 
@@ -74,6 +74,7 @@ st.caption(" · ".join(versions))
 
 
 @st.fragment(run_every=2)
+@guarded
 def live_usage() -> None:
     """CPU and RAM use now, refreshed every 2 seconds (watch it while a reply is generated)."""
     memory = psutil.virtual_memory()

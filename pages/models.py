@@ -21,7 +21,7 @@ from core.units import format_bytes, format_count
 from ui import access, resources
 from ui.i18n import current_language, error_text, failure_text, has, t
 from ui.markup import as_text, escape_markdown
-from ui.widgets import download_settings, progress_bar
+from ui.widgets import download_settings, guarded, progress_bar
 
 ACTIVE_POLL_S = 1.0
 LANGUAGES_SHOWN = 6  # of those a model card names (Qwen's name 29)
@@ -295,7 +295,7 @@ def card(spec: ModelSpec) -> None:
         status = library.status(spec.key)  # once per card: it reads the job row and the disk
         downloading = status.kind == "downloading"
         st.session_state[f"models.polling.{spec.key}"] = downloading
-        st.fragment(live_status, run_every=ACTIVE_POLL_S if downloading else None)(spec)
+        st.fragment(guarded(live_status), run_every=ACTIVE_POLL_S if downloading else None)(spec)
         facts = {
             t("models.size"): format_bytes(spec.download_bytes) if spec.download_bytes else "–",
             t("models.params"): format_count(spec.parameters) if spec.parameters else "–",
@@ -330,7 +330,9 @@ def card(spec: ModelSpec) -> None:
                 available=format_bytes(verdict.available_bytes),
             )
             (st.error if verdict.verdict == "too_large" else st.caption)(text)
-            st.fragment(speed_caption, run_every=ACTIVE_POLL_S if measuring else None)(spec.key, estimate)
+            st.fragment(guarded(speed_caption), run_every=ACTIVE_POLL_S if measuring else None)(
+                spec.key, estimate
+            )
         context_choice(spec)
         actions(spec, status)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 import streamlit as st
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 STATUS_POLL_S = 1.0  # the sidebar status is drawn again this often while a model loads or downloads
 
+P = ParamSpec("P")
 UNEXPECTED = "ui.unexpected"  # the logger of faults that reach the last net (app.py), into the log file
 
 
@@ -192,21 +194,43 @@ def database_problem(exc: StorageError) -> None:
         st.rerun()
 
 
-def database_lost(exc: StorageError) -> None:
+def database_lost(exc: StorageError, *, retry: bool = True) -> None:
     """The database stopped answering after it opened (its server stopped, another program holds a
     lock): say so, and offer to try again; once it answers, the page works as before."""
     st.session_state.setdefault(state.LANGUAGE, language_from_locale(st.context.locale))
     st.error(urls_as_code(t("db.lost", message=as_text(exc.message))), icon=":material/database:")
-    st.button(t("db.try_again"), key="db.try-again", icon=":material/refresh:")  # a click runs the page again
+    if retry:
+        st.button(t("db.try_again"), key="db.try-again", icon=":material/refresh:")  # a click runs the page
 
 
-def unexpected_failure(exc: Exception) -> None:
+def unexpected_failure(exc: Exception, *, retry: bool = True) -> None:
     """A fault of the app's own (no LocalLLMError): logged with its traceback (UNEXPECTED), said in one
     sentence that names where the details are, instead of Streamlit's redacted error."""
     logging.getLogger(UNEXPECTED).error("the page failed: %s", exc, exc_info=exc)
     st.session_state.setdefault(state.LANGUAGE, language_from_locale(st.context.locale))
     st.error(t("error.unexpected", kind=type(exc).__name__), icon=":material/bug_report:")
-    st.button(t("db.try_again"), key="unexpected.try-again", icon=":material/refresh:")
+    if retry:
+        st.button(t("db.try_again"), key="unexpected.try-again", icon=":material/refresh:")
+
+
+def guarded(draw: Callable[P, None], *, retry: bool = False) -> Callable[P, None]:
+    """`draw` under the last net: a LocalLLMError is its sentence, a StorageError `database_lost`, any
+    other exception `unexpected_failure`; never Streamlit's error. Around the pages (app.py, with a Try
+    again button) and each fragment (polled, a fragment runs alone, outside the pages' net: its failure
+    is said where it draws, the rest of the page stays, and it runs again by itself or at a click)."""
+
+    @functools.wraps(draw)
+    def draw_guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            draw(*args, **kwargs)
+        except StorageError as exc:  # it stopped answering since it opened: its server stopped, a lock
+            database_lost(exc, retry=retry)
+        except LocalLLMError as exc:
+            st.error(error_text(exc))
+        except Exception as exc:  # a fault of the app's own
+            unexpected_failure(exc, retry=retry)
+
+    return draw_guarded
 
 
 def _switch_language(widget_key: str) -> None:
@@ -300,7 +324,9 @@ def sidebar_status(current: ProviderConfig | None) -> None:
     busy = resources.engine().loading is not None or bool(resources.library().active_downloads())
     # Emptied by the fragment's first call, in this run: its later runs are the polls.
     this_run = [True]
-    st.fragment(_status, run_every=STATUS_POLL_S if busy else None)(current, polled=busy, this_run=this_run)
+    st.fragment(guarded(_status), run_every=STATUS_POLL_S if busy else None)(
+        current, polled=busy, this_run=this_run
+    )
 
 
 def _status(current: ProviderConfig | None, *, polled: bool, this_run: list[bool]) -> None:

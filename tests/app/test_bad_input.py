@@ -180,6 +180,28 @@ def test_a_fault_of_the_apps_own_is_a_sentence_and_a_log_entry_not_streamlits_er
     assert [title.value for title in at.title] == ["Chat"]
 
 
+def test_a_fault_in_a_part_that_refreshes_itself_leaves_the_rest_of_the_page(
+    new_app, monkeypatch: pytest.MonkeyPatch, page_faults: list
+) -> None:
+    """A fragment (here the sidebar's status, polled while a model loads) runs alone when polled,
+    outside the pages' net: its fault is said where it draws (injected: it raises)."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(widgets, "_status", broken)
+    at = new_app()
+    at.run()
+    assert not at.exception
+    assert [visible_text(e.value) for e in at.sidebar.error] == [
+        "Something went wrong on this page (KeyError); it is written in the log (Hardware & Settings → "
+        "Log). Try again, or reload the page."
+    ]
+    assert [title.value for title in at.title] == ["Chat"] and not at.main.error  # the page itself works
+    assert len(page_faults) == 1
+    page_faults.clear()  # caused on purpose
+
+
 def test_a_database_url_that_cannot_be_read_is_a_sentence(new_app, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCALLLM_DB_URL", "postgres ql://me:s3cret@host/db")
     at = new_app()

@@ -4,12 +4,12 @@ import streamlit as st
 
 from core.errors import ConfigError, StorageError
 from ui import access, resources
+from ui.failures import guarded
 from ui.i18n import error_text, t
 from ui.resources import PAGE_ICON
 from ui.widgets import (
     database_problem,
     ensure_language,
-    guarded,
     language_switch,
     page_styles,
     settle_current_model,

@@ -27,6 +27,7 @@ from core.inference.sizing import SIXTEEN_BIT
 from core.storage.records import AttachmentInfo, Conversation, Message, ProviderConfig
 from core.units import format_bytes
 from ui import access, resources, state
+from ui.failures import guarded
 from ui.i18n import current_language, error_text, failure_text, has, ordinal, t
 from ui.markup import as_typed, escape_markdown, urls_as_code
 from ui.periods import browser_zone, period_of
@@ -36,7 +37,6 @@ from ui.widgets import (
     attempt,
     button_list,
     file_picker,
-    guarded,
     make_current,
     message_box_keys,
     model_choices,
@@ -76,7 +76,7 @@ def pick_model() -> str | None:
         t("chat.model"), labels, index=labels.index(selected), key="chat.model",
         help=t("chat.pick_model") if admin else t("chat.admin_picks_model"), disabled=not admin,
         # Current before the next run starts: app.py then loads a local model ahead of its first message.
-        on_change=lambda: make_current(choices[st.session_state["chat.model"]]),
+        on_change=guarded(lambda: make_current(choices[st.session_state["chat.model"]])),
     )  # fmt: skip
     if admin and label != selected:
         make_current(choices[label])
@@ -197,7 +197,7 @@ def header(conversation: Conversation) -> None:
         st.button(
             t("chat.unpin" if pinned else "chat.pin"), key="chat.pin",
             icon=":material/keep_off:" if pinned else ":material/keep:",
-            help=None if pinned else t("chat.pin_help"), on_click=chat.pin,
+            help=None if pinned else t("chat.pin_help"), on_click=guarded(chat.pin),
             args=(conversation.id, not pinned),
         )  # fmt: skip
         if st.button(t("chat.delete"), icon=":material/delete:"):
@@ -402,7 +402,7 @@ def branch_arrows(conversation: Conversation, turn: Turn) -> None:
         st.button(
             label, key=f"branch-{step}-{turn.message.id}", type="tertiary", disabled=disabled,
             help=t("chat.branch_prev" if step < 0 else "chat.branch_next"),
-            on_click=chat.switch_branch, args=(conversation.id, turn.message.id, step),
+            on_click=guarded(chat.switch_branch), args=(conversation.id, turn.message.id, step),
         )  # fmt: skip
 
     with st.container(horizontal=True, width="content", vertical_alignment="center", gap=None):
@@ -524,7 +524,7 @@ def quick_start() -> None:
         if status.kind == "downloading" and progress is not None:
             progress_bar(progress)
             st.caption(t("chat.quick.wait"))
-            st.button(t("models.action.cancel"), key="quick-cancel", on_click=library.manager.cancel,
+            st.button(t("models.action.cancel"), key="quick-cancel", on_click=guarded(library.manager.cancel),
                       args=(spec.key,))  # fmt: skip
         else:
             first_download(spec.key, status.kind, progress)

@@ -14,9 +14,10 @@ from core.storage.db import display_url, sqlite_file
 from core.units import format_bytes
 from ui import access, resources
 from ui.access import admin_only_note
+from ui.failures import guarded
 from ui.i18n import error_text, t
 from ui.markup import escape_markdown
-from ui.widgets import download_settings, guarded
+from ui.widgets import download_settings
 
 HARDWARE_CARD_PX = 190
 

@@ -19,9 +19,10 @@ from core.inference.sizing import (
 from core.storage import repo
 from core.units import format_bytes, format_count
 from ui import access, resources
+from ui.failures import guarded
 from ui.i18n import current_language, error_text, failure_text, has, t
 from ui.markup import as_text, escape_markdown
-from ui.widgets import download_settings, guarded, progress_bar
+from ui.widgets import download_settings, progress_bar
 
 ACTIVE_POLL_S = 1.0
 LANGUAGES_SHOWN = 6  # of those a model card names (Qwen's name 29)
@@ -97,7 +98,7 @@ def show_plan(plan: DownloadPlan) -> None:
             t("models.action.download"),
             key=f"download-{plan.spec.key}",
             type="primary",
-            on_click=run_action,
+            on_click=guarded(run_action),
             args=(lambda: start_download(plan.spec.key),),
         )
 
@@ -118,7 +119,7 @@ def live_status(spec: ModelSpec) -> None:
         st.button(
             t("models.action.cancel"),
             key=f"cancel-{spec.key}",
-            on_click=library.manager.cancel,
+            on_click=guarded(library.manager.cancel),
             args=(spec.key,),
         )
         return
@@ -132,7 +133,7 @@ def live_status(spec: ModelSpec) -> None:
     if status.kind == "partial" or (status.kind == "not_downloaded" and failed):
         with st.container(horizontal=True):
             label = "models.action.retry" if failed else "models.action.resume"
-            st.button(t(label), key=f"resume-{spec.key}", type="primary", on_click=run_action,
+            st.button(t(label), key=f"resume-{spec.key}", type="primary", on_click=guarded(run_action),
                       args=(lambda: start_download(spec.key),))  # fmt: skip
             if failed:
                 mirror_settings_link()
@@ -196,7 +197,7 @@ def actions(spec: ModelSpec, status: ModelStatus) -> None:
                 st.button(
                     action.label,
                     key=action.key,
-                    on_click=None if locked else action.callback,  # a forged click on a locked one: nothing
+                    on_click=None if locked else guarded(action.callback),  # a forged click: nothing
                     args=action.args,
                     type=action.kind,
                     disabled=locked or action.done,
@@ -205,7 +206,11 @@ def actions(spec: ModelSpec, status: ModelStatus) -> None:
     if st.session_state.get("models.confirm-delete") == key:
         st.warning(t("models.confirm_delete", key=key, size=format_bytes(spec.download_bytes)))
         st.button(
-            t("models.confirm_yes"), key=f"delete-yes-{key}", type="primary", on_click=delete, args=(key,)
+            t("models.confirm_yes"),
+            key=f"delete-yes-{key}",
+            type="primary",
+            on_click=guarded(delete),
+            args=(key,),
         )
 
 
@@ -377,7 +382,7 @@ def context_choice(spec: ModelSpec) -> None:
     admin = access.is_admin()
     widget = f"context-{spec.key}-{current_language()}"  # its labels are in the session's language
     st.selectbox(t("models.context_length"), list(labels), index=choices.index(chosen),
-                 key=widget, on_change=choose if admin else None, disabled=not admin,
+                 key=widget, on_change=guarded(choose) if admin else None, disabled=not admin,
                  help=t("models.context_help") if admin else t("access.admin_only"))  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from core.errors import LocalLLMError
 from core.storage.repo import config_field_limit as limit
 from core.units import format_count
 from ui import resources
+from ui.failures import guarded
 from ui.i18n import error_text, t
 from ui.markup import escape_markdown
 
@@ -107,7 +108,7 @@ for config in configs:
                 except LocalLLMError as exc:
                     st.error(error_text(exc))
         with st.container(horizontal=True):
-            st.button(t("providers.use"), key=f"p{config.id}.use", on_click=store.set_current_config,
+            st.button(t("providers.use"), key=f"p{config.id}.use", on_click=guarded(store.set_current_config),
                       args=(config.id,), disabled=config.is_current)  # fmt: skip
             ask = ("providers.confirm-delete", config.id)
             st.button(
@@ -119,7 +120,7 @@ for config in configs:
         if st.session_state.get("providers.confirm-delete") == config.id:
             st.warning(t("providers.confirm_delete", name=escape_markdown(config.name)))
             st.button(t("providers.confirm_yes"), key=f"p{config.id}.delete-yes", type="primary",
-                      on_click=delete_config, args=(config.id,))  # fmt: skip
+                      on_click=guarded(delete_config), args=(config.id,))  # fmt: skip
 
 with st.expander(t("providers.add"), expanded=not configs, icon=":material/add:"):  # open on a first visit
     st.pills(t("providers.well_known"), list(WELL_KNOWN_SERVERS), key="pnew.kind", on_change=fill_in_address,
@@ -142,6 +143,6 @@ with st.expander(t("providers.add"), expanded=not configs, icon=":material/add:"
     new_name = st.text_input(
         t("providers.name"), key="pnew.name", placeholder=new_model or "", max_chars=limit("name")
     )
-    st.button(t("providers.save"), key="pnew.save", type="primary", on_click=save_new)
+    st.button(t("providers.save"), key="pnew.save", type="primary", on_click=guarded(save_new))
     if flash := st.session_state.pop("providers.flash", None):
         (st.success if flash[0] == "ok" else st.error)(flash[1])

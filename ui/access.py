@@ -10,6 +10,7 @@ from core.access.policy import LOCAL_USER, Identity, is_loopback
 from core.access.sign_in import SESSION_TTL_S
 from core.errors import SignInError
 from ui import resources, state
+from ui.failures import guarded
 from ui.i18n import t
 from ui.lan_gate import SESSION_COOKIE
 from ui.markup import escape_markdown
@@ -142,7 +143,7 @@ def sign_in_page() -> None:
         with st.form("access.claim-form"):
             st.text_input(t("access.confirm"), type="password", key="access.confirm", max_chars=200,
                           autocomplete="new-password")  # fmt: skip
-            st.form_submit_button(t("access.claim_submit"), type="primary", on_click=_claim)
+            st.form_submit_button(t("access.claim_submit"), type="primary", on_click=guarded(_claim))
         st.button(t("access.back"), on_click=_cancel_claim, key="access.back")
     else:
         # What a browser's password manager fills in: the name and the personal password (Streamlit
@@ -153,7 +154,7 @@ def sign_in_page() -> None:
                           autocomplete="off")  # fmt: skip
             st.text_input(t("access.personal"), type="password", key="access.personal", max_chars=200,
                           autocomplete="current-password")  # fmt: skip
-            st.form_submit_button(t("access.submit"), type="primary", on_click=_sign_in)
+            st.form_submit_button(t("access.submit"), type="primary", on_click=guarded(_sign_in))
     if error := st.session_state.get("access.error"):
         st.error(t(f"access.{error[0]}", **error[1]))
     st.stop()

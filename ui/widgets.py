@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import logging
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
@@ -17,8 +15,9 @@ from core.storage.db import set_aside, sqlite_file
 from core.storage.records import ProviderConfig
 from core.units import format_bytes, format_duration
 from ui import access, resources, state
+from ui.failures import guarded
 from ui.i18n import DEFAULT_LANGUAGE, LANGUAGES, error_text, language_from_locale, t
-from ui.markup import as_text, escape_markdown, urls_as_code
+from ui.markup import escape_markdown, urls_as_code
 
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
@@ -27,9 +26,6 @@ if TYPE_CHECKING:
     from core.inference.loading import LoadedModel
 
 STATUS_POLL_S = 1.0  # the sidebar status is drawn again this often while a model loads or downloads
-
-P = ParamSpec("P")
-UNEXPECTED = "ui.unexpected"  # the logger of faults that reach the last net (app.py), into the log file
 
 
 def attempt(action: Callable[[], Any]) -> bool:
@@ -194,45 +190,6 @@ def database_problem(exc: StorageError) -> None:
         st.rerun()
 
 
-def database_lost(exc: StorageError, *, retry: bool = True) -> None:
-    """The database stopped answering after it opened (its server stopped, another program holds a
-    lock): say so, and offer to try again; once it answers, the page works as before."""
-    st.session_state.setdefault(state.LANGUAGE, language_from_locale(st.context.locale))
-    st.error(urls_as_code(t("db.lost", message=as_text(exc.message))), icon=":material/database:")
-    if retry:
-        st.button(t("db.try_again"), key="db.try-again", icon=":material/refresh:")  # a click runs the page
-
-
-def unexpected_failure(exc: Exception, *, retry: bool = True) -> None:
-    """A fault of the app's own (no LocalLLMError): logged with its traceback (UNEXPECTED), said in one
-    sentence that names where the details are, instead of Streamlit's redacted error."""
-    logging.getLogger(UNEXPECTED).error("the page failed: %s", exc, exc_info=exc)
-    st.session_state.setdefault(state.LANGUAGE, language_from_locale(st.context.locale))
-    st.error(t("error.unexpected", kind=type(exc).__name__), icon=":material/bug_report:")
-    if retry:
-        st.button(t("db.try_again"), key="unexpected.try-again", icon=":material/refresh:")
-
-
-def guarded(draw: Callable[P, None], *, retry: bool = False) -> Callable[P, None]:
-    """`draw` under the last net: a LocalLLMError is its sentence, a StorageError `database_lost`, any
-    other exception `unexpected_failure`; never Streamlit's error. Around the pages (app.py, with a Try
-    again button) and each fragment (polled, a fragment runs alone, outside the pages' net: its failure
-    is said where it draws, the rest of the page stays, and it runs again by itself or at a click)."""
-
-    @functools.wraps(draw)
-    def draw_guarded(*args: P.args, **kwargs: P.kwargs) -> None:
-        try:
-            draw(*args, **kwargs)
-        except StorageError as exc:  # it stopped answering since it opened: its server stopped, a lock
-            database_lost(exc, retry=retry)
-        except LocalLLMError as exc:
-            st.error(error_text(exc))
-        except Exception as exc:  # a fault of the app's own
-            unexpected_failure(exc, retry=retry)
-
-    return draw_guarded
-
-
 def _switch_language(widget_key: str) -> None:
     """Use the chosen language; remember it for later visits (a LAN user's choice stays theirs)."""
     st.session_state[state.LANGUAGE] = st.session_state[widget_key]
@@ -254,7 +211,7 @@ def language_switch() -> None:
         format_func=LANGUAGES.__getitem__,
         key=widget_key,
         horizontal=True,
-        on_change=_switch_language,
+        on_change=guarded(_switch_language),
         args=(widget_key,),
         help=t("lang.theme_hint"),
     )
@@ -267,7 +224,12 @@ def sidebar_user() -> None:
     user = access.current_user()
     role = t("access.role_admin") if user.is_admin else t("access.role_user")
     st.caption(t("access.signed_in_as", name=escape_markdown(user.name), role=role))
-    st.button(t("access.sign_out"), icon=":material/logout:", on_click=access.sign_out, key="access.sign-out")
+    st.button(
+        t("access.sign_out"),
+        icon=":material/logout:",
+        on_click=guarded(access.sign_out),
+        key="access.sign-out",
+    )
 
 
 Choice = tuple[str, int | str]  # ("local", model key) or ("config", a remote config's id)
@@ -418,5 +380,5 @@ def download_settings() -> None:
             t("models.auto_resume"),
             value=library.auto_resume,
             key="downloads.auto-resume",
-            on_change=lambda: library.set_auto_resume(st.session_state["downloads.auto-resume"]),
+            on_change=guarded(lambda: library.set_auto_resume(st.session_state["downloads.auto-resume"])),
         )

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest, app_test
 from core.settings import PROJECT_ROOT
 from core.storage.db import Database
 from tests.fixtures.tiny_models import build_tiny_model, install_ready
-from ui.widgets import UNEXPECTED
+from ui.failures import UNEXPECTED
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def client_ip(monkeypatch: pytest.MonkeyPatch) -> Callable[[str | None], None]:
 
 @pytest.fixture(autouse=True)
 def page_faults() -> Iterator[list[logging.LogRecord]]:
-    """What reached the app's last net (app.py: `unexpected_failure`): the page shows a sentence instead
+    """What reached the app's last net (ui.failures: `unexpected_failure`): the page shows a sentence instead
     of an exception, so a test fails here on it, with its traceback. A test that causes one on purpose
     empties the list."""
     caught: list[logging.LogRecord] = []

@@ -8,6 +8,7 @@ import pytest
 
 from core.chat.service import ChatService
 from core.inference.engine import LocalEngine
+from core.storage import repo
 from core.storage.db import Database, sqlite_file
 from tests.fixtures.hub_server import HubServer
 from tests.fixtures.markdown import visible_text
@@ -198,6 +199,32 @@ def test_a_fault_in_a_part_that_refreshes_itself_leaves_the_rest_of_the_page(
         "Log). Try again, or reload the page."
     ]
     assert [title.value for title in at.title] == ["Chat"] and not at.main.error  # the page itself works
+    assert len(page_faults) == 1
+    page_faults.clear()  # caused on purpose
+
+
+def test_a_fault_in_a_buttons_action_is_a_sentence_and_the_page_goes_on(
+    new_app, ready_model: str, db_url: str, monkeypatch: pytest.MonkeyPatch, page_faults: list
+) -> None:
+    """Streamlit runs a click's callback before the page, outside the page's net (injected: Pin raises)."""
+    with Database(db_url).begin() as session:
+        conversation = repo.create_conversation(session, owner="local", title="Pin me")
+        repo.add_message(session, conversation.id, "user", "Hello")
+
+    def broken(*args: object) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(ChatService, "pin", broken)
+    at = new_app()
+    at.session_state["chat.conversation"] = conversation.id
+    at.run()
+    at.button(key="chat.pin").click().run()
+    assert not at.exception
+    assert [visible_text(e.value) for e in at.error] == [
+        "Something went wrong on this page (ValueError); it is written in the log (Hardware & Settings → "
+        "Log). Try again, or reload the page."
+    ]
+    assert [m.markdown[0].value for m in at.chat_message] == ["Hello"]  # the page went on
     assert len(page_faults) == 1
     page_faults.clear()  # caused on purpose
 

@@ -7,7 +7,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 WHEEL_VENV := .venv-wheel
 
-.PHONY: run test test-postgresql lint test-packages package-check gpu-wheels
+.PHONY: run test test-postgresql test-mariadb lint test-packages package-check gpu-wheels
 
 run: $(RUNTIME_STAMP)
 	$(PY) -m core app
@@ -18,11 +18,11 @@ run: $(RUNTIME_STAMP)
 test: $(DEV_STAMP) test-packages lint package-check
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n auto --dist loadgroup
 
-# The same suite with every test's database a new one on PostgreSQL (a throwaway server of each test
-# process's own, tests/fixtures/postgres.py); the tests of SQLite's own files are skipped. `make test`
-# runs tests/unit/test_databases.py on both.
-test-postgresql: $(DEV_STAMP) test-packages
-	LOCALLLM_TEST_DATABASE=postgresql OMP_NUM_THREADS=1 $(PY) -m pytest -n auto --dist loadgroup
+# The same suite with every test's database a new one on PostgreSQL or MariaDB (a throwaway server of
+# each test process's own, tests/fixtures/database_servers.py); the tests of SQLite's own files are
+# skipped. `make test` runs tests/unit/test_databases.py on all three.
+test-postgresql test-mariadb: test-%: $(DEV_STAMP) test-packages
+	LOCALLLM_TEST_DATABASE=$* OMP_NUM_THREADS=1 $(PY) -m pytest -n auto --dist loadgroup
 
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check --no-cache .

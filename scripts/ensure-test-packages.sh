@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian's chromium (driven by Playwright in the browser tests), CJK fonts, iproute2 (the LAN tests
-# put a second host in a network namespace) and postgresql (the storage tests on PostgreSQL: a throwaway
-# server of their own, tests/fixtures/postgres.py), installed when missing.
+# put a second host in a network namespace), postgresql and MariaDB's server and client programs (the
+# storage tests on PostgreSQL and MariaDB: throwaway servers of their own,
+# tests/fixtures/database_servers.py), installed when missing.
 set -euo pipefail
-packages=(chromium fonts-noto-cjk iproute2 postgresql)
+packages=(chromium fonts-noto-cjk iproute2 postgresql mariadb-server-core mariadb-client-core)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -1,4 +1,5 @@
-"""Shared fixtures: isolated settings, a real SQLite database (or PostgreSQL: LOCALLLM_TEST_DATABASE),
+"""Shared fixtures: isolated settings, a real SQLite database (or PostgreSQL, MariaDB:
+LOCALLLM_TEST_DATABASE),
 tiny models, a local Hub server."""
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ for _name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HF_HUB_OFFL
     os.environ.pop(_name.upper(), None)
 
 from core.storage.db import Database  # noqa: E402
+from tests.fixtures.database_servers import SERVERS, DatabaseServer, MariadbServer, PostgresServer  # noqa: E402
 from tests.fixtures.hub_server import HubServer  # noqa: E402
-from tests.fixtures.postgres import PostgresServer, require_postgres  # noqa: E402
 from tests.fixtures.tiny_models import build_tiny_model  # noqa: E402
 
 BROWSER_TESTS = "tests/e2e/"
-# "postgresql": every test's database is a new one on a PostgreSQL server of the test process's own
-# (`make test-postgresql`); the tests of SQLite's own files (WAL, damaged files, backups) are skipped.
+# "postgresql" or "mariadb": every test's database is a new one on a server of the test process's own
+# (`make test-postgresql`, `make test-mariadb`); the tests of SQLite's own files (WAL, damaged files,
+# backups) are skipped.
 TEST_DATABASE = os.environ.get("LOCALLLM_TEST_DATABASE", "sqlite")
 
 
@@ -62,22 +64,32 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return BrowserTestsTogether(config, log)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test process's own (`require_postgres`)."""
-    require_postgres()
-    with PostgresServer() as server:
+def _server(kind: type[DatabaseServer]) -> Iterator[DatabaseServer]:
+    kind.require()
+    with kind() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[DatabaseServer]:
+    """A PostgreSQL server of this test process's own."""
+    yield from _server(PostgresServer)
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[DatabaseServer]:
+    """A MariaDB server of this test process's own."""
+    yield from _server(MariadbServer)
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
-    """Every test gets its own data dir, models dir and SQLite file (or PostgreSQL database)."""
+    """Every test gets its own data dir, models dir and SQLite file (or database on a server)."""
     data = tmp_path / "data"
     monkeypatch.setenv("LOCALLLM_DATA_DIR", str(data))
     monkeypatch.setenv("LOCALLLM_MODELS_DIR", str(tmp_path / "models"))
-    if TEST_DATABASE == "postgresql" and not request.node.get_closest_marker("sqlite_only"):
-        monkeypatch.setenv("LOCALLLM_DB_URL", request.getfixturevalue("postgres").new_database())
+    if TEST_DATABASE in SERVERS and not request.node.get_closest_marker("sqlite_only"):
+        monkeypatch.setenv("LOCALLLM_DB_URL", request.getfixturevalue(TEST_DATABASE).new_database())
     else:
         monkeypatch.setenv("LOCALLLM_DB_URL", f"sqlite:///{data / 'test.db'}")
     monkeypatch.setenv("LOCALLLM_MIRRORS", "")

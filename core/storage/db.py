@@ -112,8 +112,8 @@ class Database:
         except ImportError as exc:  # the database's driver (psycopg, MySQLdb, ...), imported by create_engine
             raise StorageError(
                 f"Cannot open the database {display_url(url)}: its driver ({exc.name or exc}) is not "
-                "installed in this app's environment; install it there with pip (psycopg for PostgreSQL, "
-                "mysqlclient for MySQL).",
+                "installed in this app's environment; install it there with pip (psycopg for PostgreSQL; "
+                "for MySQL or MariaDB, pymysql, with a URL that begins mysql+pymysql://).",
                 url=display_url(url),
             ) from exc
         except NoSuchModuleError as exc:  # a scheme SQLAlchemy has no dialect for ("postgres://", a typo)

@@ -15,6 +15,7 @@ from core.access.policy import name_key, user_name
 from core.errors import SchemaTooNewError
 from core.storage.lan_accounts import LAN_OWNER_PREFIX
 from core.storage.schema import (
+    MYSQL,
     SCHEMA_VERSION,
     Base,
     ConversationRow,
@@ -108,31 +109,45 @@ STEPS: dict[int, Callable[[Connection], None]] = {5: _link_messages, 7: _tidy_la
 # The statement that holds other migrators off until this transaction ends: SQLite's write lock, a
 # PostgreSQL advisory lock (any number of this app's own).
 MIGRATION_LOCKS = {"sqlite": "BEGIN IMMEDIATE", "postgresql": "SELECT pg_advisory_xact_lock(7411020)"}
+# MySQL's and MariaDB's: a named lock, held by the connection until released, taken before the first
+# read (a transaction's first read fixes what its later reads see there).
+NAMED_LOCK = ("SELECT GET_LOCK('localllm.migration', 60)", "SELECT RELEASE_LOCK('localllm.migration')")
 
 
 def migrate(engine: Engine) -> int:
     """Create or upgrade the schema; return the version found before (0 for a new or unversioned one)."""
     with engine.begin() as conn:
+        if conn.dialect.name not in MYSQL:
+            return _migrate(conn)
+        take, release = NAMED_LOCK
+        conn.exec_driver_sql(take)
+        try:
+            return _migrate(conn)
+        finally:
+            conn.exec_driver_sql(release)
+
+
+def _migrate(conn: Connection) -> int:
+    found = current_version(conn)
+    if found != SCHEMA_VERSION and conn.dialect.name in MIGRATION_LOCKS:
+        # One migrator at a time (the app and the CLI may start together on a new database): take
+        # the lock, then look again, since another process may have just finished.
+        conn.exec_driver_sql(MIGRATION_LOCKS[conn.dialect.name])
         found = current_version(conn)
-        if found != SCHEMA_VERSION and conn.dialect.name in MIGRATION_LOCKS:
-            # One migrator at a time (the app and the CLI may start together on a new database): take
-            # the lock, then look again, since another process may have just finished.
-            conn.exec_driver_sql(MIGRATION_LOCKS[conn.dialect.name])
-            found = current_version(conn)
-        if found > SCHEMA_VERSION:
-            raise SchemaTooNewError(
-                f"This database has schema version {found}, newer than this app's {SCHEMA_VERSION}. "
-                "Update the app, or point LOCALLLM_DB_URL at another database.",
-                found=found,
-                supported=SCHEMA_VERSION,
-            )
-        if found == SCHEMA_VERSION:
-            return found
-        Base.metadata.create_all(conn)
-        _add_missing_columns(conn)
-        for version, step in sorted(STEPS.items()):
-            if found < version:
-                step(conn)
-        conn.execute(SchemaInfo.__table__.delete())
-        conn.execute(SchemaInfo.__table__.insert().values(id=1, version=SCHEMA_VERSION))
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNewError(
+            f"This database has schema version {found}, newer than this app's {SCHEMA_VERSION}. "
+            "Update the app, or point LOCALLLM_DB_URL at another database.",
+            found=found,
+            supported=SCHEMA_VERSION,
+        )
+    if found == SCHEMA_VERSION:
         return found
+    Base.metadata.create_all(conn)
+    _add_missing_columns(conn)
+    for version, step in sorted(STEPS.items()):
+        if found < version:
+            step(conn)
+    conn.execute(SchemaInfo.__table__.delete())
+    conn.execute(SchemaInfo.__table__.insert().values(id=1, version=SCHEMA_VERSION))
+    return found

@@ -19,9 +19,10 @@ from sqlalchemy import (
     false,
     text,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 SCHEMA_VERSION = 8
 INT_MAX = 2**31 - 1  # Integer columns: 32 bits on PostgreSQL and MySQL
@@ -29,6 +30,12 @@ INT_MAX = 2**31 - 1  # Integer columns: 32 bits on PostgreSQL and MySQL
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+MYSQL = ("mysql", "mariadb")  # SQLAlchemy's names for MySQL and MariaDB
+# Text compared as written on MySQL and MariaDB: their default collations take "ｂｏｂ" for "bob" and "A"
+# for "a", which would merge two LAN names, two conversations' uids, two keys.
+EXACT = "utf8mb4_bin"
 
 
 class _WithoutNul(TypeDecorator[str]):
@@ -40,19 +47,37 @@ class _WithoutNul(TypeDecorator[str]):
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
         return value.replace("\x00", "") if value else value
 
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        return dialect.type_descriptor(self.mysql_type() if dialect.name in MYSQL else self.impl_instance)
+
+    def mysql_type(self) -> TypeEngine[Any]:
+        raise NotImplementedError
+
 
 class Chars(_WithoutNul):
     impl = String
     cache_ok = True
 
+    def mysql_type(self) -> TypeEngine[Any]:
+        return mysql.VARCHAR(self.impl_instance.length, collation=EXACT)
+
 
 class LongText(_WithoutNul):
+    """Text of any length: MySQL's TEXT holds 64 KB, a message may be longer."""
+
     impl = Text
     cache_ok = True
 
+    def mysql_type(self) -> TypeEngine[Any]:
+        return mysql.LONGTEXT(collation=EXACT)
+
 
 class Base(DeclarativeBase):
-    type_annotation_map: ClassVar = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map: ClassVar = {
+        dict[str, Any]: JSON,
+        # MySQL's DATETIME keeps whole seconds unless told: messages of one second would tie.
+        datetime: DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), *MYSQL),
+    }
 
 
 class SchemaInfo(Base):
@@ -66,13 +91,14 @@ class ProviderConfigRow(Base):
     __tablename__ = "provider_configs"
     __table_args__ = (
         # At most one current config, enforced by the database itself.
+        # (MySQL and MariaDB have no partial index: there, ConfigStore's one transaction is the rule.)
         Index(
             "uq_provider_configs_current",
             "is_current",
             unique=True,
             sqlite_where=text("is_current = 1"),
             postgresql_where=text("is_current"),
-        ),
+        ).ddl_if(dialect=("sqlite", "postgresql")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

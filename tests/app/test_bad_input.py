@@ -10,9 +10,9 @@ from core.chat.service import ChatService
 from core.inference.engine import LocalEngine
 from core.storage import repo
 from core.storage.db import Database, sqlite_file
+from tests.fixtures.database_servers import PostgresServer
 from tests.fixtures.hub_server import HubServer
 from tests.fixtures.markdown import visible_text
-from tests.fixtures.postgres import PostgresServer, require_postgres
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
 from ui import widgets
 
@@ -135,7 +135,7 @@ def test_a_database_that_stops_answering_says_so_and_the_page_works_again_once_i
 ) -> None:
     """Its server stopped after the app opened it (found by hand: Streamlit's "This app has encountered
     an error" on every page until the app was started again)."""
-    require_postgres()
+    PostgresServer.require()
     with PostgresServer() as server:
         monkeypatch.setenv("LOCALLLM_DB_URL", server.new_database())
         at = new_app()

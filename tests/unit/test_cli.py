@@ -141,8 +141,8 @@ def test_a_cli_chat_samples_as_the_model_publisher_says_unless_told_otherwise(
     for given, temperature in (([], 0.0), (["--temperature", "0.5"], 0.5)):
         done = run_cli("chat", "qwen2.5-0.5b", "--prompt", "Hi", "--max-new-tokens", "2", *given)
         assert done.returncode == 0, done.stderr
-        [(stored,)] = _rows("SELECT CAST(params AS TEXT) FROM conversations ORDER BY id DESC LIMIT 1")
-        assert json.loads(stored)["temperature"] == temperature, stored
+        [(stored,)] = _rows("SELECT params FROM conversations ORDER BY id DESC LIMIT 1")
+        assert _json(stored)["temperature"] == temperature, stored
 
 
 def test_a_cli_chat_takes_every_sampling_setting_and_a_saved_preset_by_name(
@@ -154,10 +154,8 @@ def test_a_cli_chat_takes_every_sampling_setting_and_a_saved_preset_by_name(
     def replied(*given: str) -> tuple[str, dict[str, object], str]:
         done = run_cli("chat", "qwen2.5-0.5b", "-p", "Hi", "--max-new-tokens", "12", "--ignore-eos", *given)
         assert done.returncode == 0, done.stderr
-        [(params, system)] = _rows(
-            "SELECT CAST(params AS TEXT), system_prompt FROM conversations ORDER BY id DESC LIMIT 1"
-        )
-        return done.stdout, json.loads(params), system
+        [(params, system)] = _rows("SELECT params, system_prompt FROM conversations ORDER BY id DESC LIMIT 1")
+        return done.stdout, _json(params), system
 
     # llama.cpp's spelling of the repetition penalty works too; the preset's settings, then the options.
     first, params, system = replied("--preset", "code REVIEWER", "--seed", "7", "--top-p", "0.95",
@@ -204,9 +202,9 @@ def test_a_cli_chat_takes_files_as_the_page_does_and_stdin_as_one(
     [said] = [line for line in done.stderr.splitlines() if not line.startswith("Loading qwen2.5-0.5b…")]
     assert said.startswith("[guide.txt: passages ") and " of 60 (the whole file does not fit" in said
     files = _rows("SELECT name, kind FROM attachments ORDER BY id")
-    [(sources,)] = _rows("SELECT CAST(sources AS TEXT) FROM messages WHERE role = 'assistant'")
+    [(sources,)] = _rows("SELECT sources FROM messages WHERE role = 'assistant'")
     assert files == [("guide.txt", "text"), ("stdin.txt", "text")]
-    used = {use["file"]: use["passages"] for use in json.loads(sources)}
+    used = {use["file"]: use["passages"] for use in _json(sources)}
     assert 42 in used["guide.txt"] and used["stdin.txt"] == [1]  # the lighthouse's chapter, all of stdin
     # Each refusal is said before the model loads, naming the file.
     for given, said in (
@@ -279,6 +277,11 @@ def test_a_slow_load_says_why_on_stderr_and_a_fast_one_says_nothing(monkeypatch:
     for timer in [t for t in threading.enumerate() if isinstance(t, threading.Timer)]:
         timer.join(5)  # a notice not called off would be said within the second
     assert said == []
+
+
+def _json(value: Any) -> Any:
+    """A JSON column read by plain SQL: text on SQLite and MariaDB, already parsed on PostgreSQL."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _rows(query: str) -> list[tuple[Any, ...]]:

@@ -1,8 +1,9 @@
-"""Any SQLAlchemy URL works: the same storage on a SQLite file and on a real PostgreSQL server (a
-throwaway one the tests start, tests/fixtures/postgres.py). PostgreSQL refuses what SQLite lets
-through: NUL characters in text, integers past 32 bits, strings past their column's length, a boolean
-default written as 0, two processes creating the tables at once. `make test-postgresql` runs the whole
-suite on it."""
+"""Any SQLAlchemy URL works: the same storage on a SQLite file and on real PostgreSQL and MariaDB
+servers (throwaway ones the tests start, tests/fixtures/database_servers.py). They refuse what SQLite
+lets through: NUL characters in text (PostgreSQL), integers past 32 bits, strings past their column's
+length, a boolean default written as 0, two processes creating the tables at once; MariaDB's default
+collation takes "ｂｏｂ" for "bob", its TEXT holds 64 KB and it has no partial index. `make
+test-postgresql` and `make test-mariadb` run the whole suite on them."""
 
 from __future__ import annotations
 
@@ -15,20 +16,21 @@ import pytest
 from sqlalchemy import inspect, select, text
 
 from core.chat import archive
+from core.chat.configs import ConfigStore
 from core.cli import main
 from core.hub.manager import DownloadManager
 from core.hub.transfer import DownloadTarget, TransferPolicy
 from core.storage import jobs, repo
 from core.storage.db import Database, display_url
-from core.storage.schema import SCHEMA_VERSION, LanSessionRow, utcnow
+from core.storage.schema import SCHEMA_VERSION, LanAccountRow, LanSessionRow, utcnow
 from tests.fixtures.hub_server import HubServer
 
 TINYLLAMA_BYTES = 2_200_119_864  # TinyLlama-1.1B's weights: past a 32-bit integer
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def url(request: pytest.FixtureRequest, db_url: str) -> str:
-    return db_url if request.param == "sqlite" else request.getfixturevalue("postgres").new_database()
+    return db_url if request.param == "sqlite" else request.getfixturevalue(request.param).new_database()
 
 
 @pytest.fixture
@@ -75,6 +77,43 @@ def test_a_reply_holding_nul_characters_is_kept_without_them(db: Database) -> No
         assert [c.title for c in repo.list_conversations(session, "local", search="hello\x00 THERE")] == [
             "Bytes and all"
         ]
+
+
+def test_names_that_differ_only_in_width_or_case_stay_apart(db: Database) -> None:
+    """LAN names are keyed as typed after NFKC (core.access.policy.name_key) and uids are exact: MariaDB's
+    default collation would take "ｂｏｂ" (kept under its old key by the version-7 upgrade) for "bob"."""
+    with db.begin() as session:
+        for name in ("bob", "ｂｏｂ"):
+            session.add(LanAccountRow(name=name, display_name=name, password_hash="scrypt$x"))
+        for uid in ("chat", "Chat"):
+            repo.create_conversation(session, owner="lan:bob", title=uid, uid=uid)
+    with db.begin() as session:
+        assert sorted(session.scalars(select(LanAccountRow.name))) == ["bob", "ｂｏｂ"]
+        assert sorted(c.title for c in repo.list_conversations(session, "lan:bob")) == ["Chat", "chat"]
+
+
+def test_several_saved_servers_and_one_current(db: Database) -> None:
+    """SQLite and PostgreSQL keep "one current" with a partial unique index; MariaDB has none, and a plain
+    one refused the second saved server."""
+    store = ConfigStore(db)
+    ids = [store.save_config("openai_compatible", f"m{n}", f"http://gpu-box:{8000 + n}/v1") for n in range(3)]
+    for config_id in ids:
+        store.set_current_config(config_id)
+    assert [(c.id, c.is_current) for c in store.list_configs()] == [
+        (ids[0], False),
+        (ids[1], False),
+        (ids[2], True),
+    ]
+
+
+def test_a_long_message_is_kept_whole(db: Database) -> None:
+    """A pasted document: MySQL's TEXT would hold 64 KB of it."""
+    document = "灯塔看守人的日记。" * 20_000  # 180,000 characters, 540,000 bytes
+    with db.begin() as session:
+        conversation = repo.create_conversation(session, owner="local", title="Long")
+        repo.add_message(session, conversation.id, "user", document)
+    with db.begin() as session:
+        assert [m.content for m in repo.list_messages(session, conversation.id)] == [document]
 
 
 def test_a_download_past_2_gib_keeps_its_progress(db: Database) -> None:

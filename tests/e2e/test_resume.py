@@ -36,7 +36,11 @@ def test_sigkill_mid_download_then_restart_resumes_without_refetching(
     card = page.locator(".st-key-card-chat-model")
     with running_app(log_path=isolated_env / "app.log") as first:
         page.goto(f"{first.url}/models")
+        # The estimates need the bandwidth, measured while the cards say "measuring…" and poll: once drawn,
+        # the page is settled (a click on Download during those polls was lost once on a busy CI machine).
+        expect(page.get_by_text("Estimated decode speed on the CPU").first).to_be_visible(timeout=30_000)
         card.get_by_role("button", name="Check files and download").click()
+        expect(card.get_by_text("already here")).to_be_visible()  # the plan's summary
         card.get_by_role("button", name="Download", exact=True).click()
         deadline = time.monotonic() + 60
         while not (partial.exists() and partial.stat().st_size > size // 3):

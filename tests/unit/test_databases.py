@@ -13,16 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import inspect, select, text, update
 
 from core.chat import archive
 from core.chat.configs import ConfigStore
 from core.cli import main
+from core.errors import StorageError
 from core.hub.manager import DownloadManager
 from core.hub.transfer import DownloadTarget, TransferPolicy
 from core.storage import jobs, repo
 from core.storage.db import Database, display_url
-from core.storage.schema import SCHEMA_VERSION, LanAccountRow, LanSessionRow, utcnow
+from core.storage.schema import SCHEMA_VERSION, LanAccountRow, LanSessionRow, ProviderConfigRow, utcnow
 from tests.fixtures.hub_server import HubServer
 
 TINYLLAMA_BYTES = 2_200_119_864  # TinyLlama-1.1B's weights: past a 32-bit integer
@@ -99,11 +100,13 @@ def test_several_saved_servers_and_one_current(db: Database) -> None:
     ids = [store.save_config("openai_compatible", f"m{n}", f"http://gpu-box:{8000 + n}/v1") for n in range(3)]
     for config_id in ids:
         store.set_current_config(config_id)
-    assert [(c.id, c.is_current) for c in store.list_configs()] == [
-        (ids[0], False),
-        (ids[1], False),
-        (ids[2], True),
-    ]
+    listed = [(c.id, c.is_current) for c in store.list_configs()]
+    assert listed == [(ids[0], False), (ids[1], False), (ids[2], True)]
+    if db.engine.dialect.name in ("sqlite", "postgresql"):  # where it can, the database itself refuses two
+        with pytest.raises(StorageError, match=r"uq_provider_configs_current|UNIQUE"), db.begin() as session:
+            session.execute(
+                update(ProviderConfigRow).where(ProviderConfigRow.id == ids[0]).values(is_current=True)
+            )
 
 
 def test_a_long_message_is_kept_whole(db: Database) -> None:

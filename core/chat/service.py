@@ -158,6 +158,15 @@ class TranscriptWords:
     thought: str = "Thought process"
 
 
+def _without_nul(events: Iterator[Event]) -> Iterator[Event]:
+    """A reply's pieces without NUL characters, as the database keeps its text (schema.Chars): a model's
+    byte-level token can decode to one, which shows as nothing; what the page shows is what is saved."""
+    for event in events:
+        if isinstance(event, TextDelta) and "\x00" in event.text:
+            event = TextDelta(event.text.replace("\x00", ""))
+        yield event
+
+
 class ChatService:
     """Conversations of one owner, replies from the current provider config, stored as they stream."""
 
@@ -456,7 +465,7 @@ class ChatService:
                 finished = True
                 self._save_finished(reply_id, text, _added_up(earlier, event.stats))
 
-        stream = self._within_context(
+        stream = _without_nul(self._within_context(
             provider,
             prompt,
             fitted,
@@ -466,7 +475,7 @@ class ChatService:
             owner=f"conversation-{conversation_id}",
             go_on=earlier is not None,
             reply_format=reply_format,
-        )
+        ))  # fmt: skip
         try:
             for event in stream:
                 take(event)

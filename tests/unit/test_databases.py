@@ -17,14 +17,18 @@ from sqlalchemy import inspect, select, text, update
 
 from core.chat import archive
 from core.chat.configs import ConfigStore
+from core.chat.providers import OpenAICompatibleProvider
+from core.chat.service import ChatService
 from core.cli import main
 from core.errors import StorageError
 from core.hub.manager import DownloadManager
 from core.hub.transfer import DownloadTarget, TransferPolicy
+from core.inference.events import TextDelta
 from core.storage import jobs, repo
 from core.storage.db import Database, display_url
 from core.storage.schema import SCHEMA_VERSION, LanAccountRow, LanSessionRow, ProviderConfigRow, utcnow
 from tests.fixtures.hub_server import HubServer
+from tests.fixtures.openai_faults import FaultyOpenAIServer
 
 TINYLLAMA_BYTES = 2_200_119_864  # TinyLlama-1.1B's weights: past a 32-bit integer
 
@@ -78,6 +82,18 @@ def test_a_reply_holding_nul_characters_is_kept_without_them(db: Database) -> No
         assert [c.title for c in repo.list_conversations(session, "local", search="hello\x00 THERE")] == [
             "Bytes and all"
         ]
+
+
+def test_a_reply_holding_nul_characters_shows_what_is_kept(db: Database) -> None:
+    """Streamed to the page as stored: a server's (or the tiny model's) NUL is dropped from both."""
+    event = json.dumps(
+        {"choices": [{"index": 0, "delta": {"content": "Hi\x00 there"}, "finish_reason": "stop"}]}
+    )
+    with FaultyOpenAIServer(f"stream:{event}") as server:
+        chat = ChatService(db, lambda: OpenAICompatibleProvider(server.url, None, "m"))
+        conversation = chat.new_conversation()
+        streamed = "".join(e.text for e in chat.send(conversation.id, "Hello") if isinstance(e, TextDelta))
+    assert streamed == chat.messages(conversation.id)[-1].content == "Hi there"
 
 
 def test_names_that_differ_only_in_width_or_case_stay_apart(db: Database) -> None:

@@ -51,10 +51,9 @@ def _create_folder(path: Path) -> None:
 def _endpoints(value: Any) -> list[str]:
     items = value.replace("\n", ",").split(",") if isinstance(value, str) else list(value)
     cleaned = list(dict.fromkeys(str(item).strip().rstrip("/") for item in items if str(item).strip()))
+    limit = DownloadJobRow.__table__.c.endpoint.type.length  # a download's job keeps the endpoint it uses
     for url in cleaned:
-        if len(url) > (
-            limit := DownloadJobRow.__table__.c.endpoint.type.length
-        ):  # a job keeps the one it uses
+        if len(url) > limit:
             raise ConfigError(
                 f"A download endpoint's address is too long: {len(url)} characters, at most {limit}.",
                 reason="endpoint_too_long", length=len(url), limit=limit,

@@ -20,10 +20,16 @@ P = ParamSpec("P")
 UNEXPECTED = "ui.unexpected"  # the logger of the faults that reach the net, into the log file
 
 
+def language_without_database() -> None:
+    """The session's language where it has none yet: the browser's (the remembered choice is in the
+    database, which may be what failed)."""
+    st.session_state.setdefault(state.LANGUAGE, language_from_locale(st.context.locale))
+
+
 def database_lost(exc: StorageError, *, retry: bool = True) -> None:
     """The database stopped answering after it opened (its server stopped, another program holds a
     lock): say so, and offer to try again; once it answers, the page works as before."""
-    st.session_state.setdefault(state.LANGUAGE, language_from_locale(st.context.locale))
+    language_without_database()
     st.error(urls_as_code(t("db.lost", message=as_text(exc.message))), icon=":material/database:")
     if retry:
         st.button(t("db.try_again"), key="db.try-again", icon=":material/refresh:")  # a click runs the page
@@ -33,7 +39,7 @@ def unexpected_failure(exc: Exception, *, retry: bool = True) -> None:
     """A fault of the app's own (no LocalLLMError): logged with its traceback (UNEXPECTED), said in one
     sentence that names where the details are, instead of Streamlit's redacted error."""
     logging.getLogger(UNEXPECTED).error("the page failed: %s", exc, exc_info=exc)
-    st.session_state.setdefault(state.LANGUAGE, language_from_locale(st.context.locale))
+    language_without_database()
     st.error(t("error.unexpected", kind=type(exc).__name__), icon=":material/bug_report:")
     if retry:
         st.button(t("db.try_again"), key="unexpected.try-again", icon=":material/refresh:")

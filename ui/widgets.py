@@ -15,7 +15,7 @@ from core.storage.db import set_aside, sqlite_file
 from core.storage.records import ProviderConfig
 from core.units import format_bytes, format_duration
 from ui import access, resources, state
-from ui.failures import guarded
+from ui.failures import guarded, language_without_database
 from ui.i18n import DEFAULT_LANGUAGE, LANGUAGES, error_text, language_from_locale, t
 from ui.markup import escape_markdown, urls_as_code
 
@@ -169,7 +169,7 @@ def ensure_language() -> None:
 
 def database_problem(exc: StorageError) -> None:
     """The database cannot be used: say why, and offer the local user a fresh one (the old file is kept)."""
-    st.session_state.setdefault(state.LANGUAGE, language_from_locale(st.context.locale))
+    language_without_database()
     st.error(error_text(exc), icon=":material/database:")
     url = load_settings().db_url
     damaged = sqlite_file(url)

@@ -16,6 +16,12 @@ from tests.fixtures.markdown import visible_text
 from tests.unit.test_server import engine, long_model, serving  # noqa: F401 - fixtures reused
 from ui import widgets
 
+# What a fault of the app's own under a page says (ui.failures.unexpected_failure).
+FAULT_SAID = (
+    "Something went wrong on this page ({kind}); it is written in the log (Hardware & Settings → Log). "
+    "Try again, or reload the page."
+)
+
 
 def stored_messages(db_url: str) -> list[tuple[str, str]]:
     chat = ChatService(Database(db_url), provider=lambda: None)
@@ -168,10 +174,7 @@ def test_a_fault_of_the_apps_own_is_a_sentence_and_a_log_entry_not_streamlits_er
     at = new_app()
     at.run()
     assert not at.exception
-    assert [visible_text(e.value) for e in at.error] == [
-        "Something went wrong on this page (RuntimeError); it is written in the log (Hardware & Settings → "
-        "Log). Try again, or reload the page."
-    ]
+    assert [visible_text(e.value) for e in at.error] == [FAULT_SAID.format(kind="RuntimeError")]
     [logged] = page_faults
     assert logged.getMessage() == "the page failed: a bug" and logged.exc_info[0] is RuntimeError
     page_faults.clear()  # caused on purpose
@@ -194,10 +197,7 @@ def test_a_fault_in_a_part_that_refreshes_itself_leaves_the_rest_of_the_page(
     at = new_app()
     at.run()
     assert not at.exception
-    assert [visible_text(e.value) for e in at.sidebar.error] == [
-        "Something went wrong on this page (KeyError); it is written in the log (Hardware & Settings → "
-        "Log). Try again, or reload the page."
-    ]
+    assert [visible_text(e.value) for e in at.sidebar.error] == [FAULT_SAID.format(kind="KeyError")]
     assert [title.value for title in at.title] == ["Chat"] and not at.main.error  # the page itself works
     assert len(page_faults) == 1
     page_faults.clear()  # caused on purpose
@@ -220,10 +220,7 @@ def test_a_fault_in_a_buttons_action_is_a_sentence_and_the_page_goes_on(
     at.run()
     at.button(key="chat.pin").click().run()
     assert not at.exception
-    assert [visible_text(e.value) for e in at.error] == [
-        "Something went wrong on this page (ValueError); it is written in the log (Hardware & Settings → "
-        "Log). Try again, or reload the page."
-    ]
+    assert [visible_text(e.value) for e in at.error] == [FAULT_SAID.format(kind="ValueError")]
     assert [m.markdown[0].value for m in at.chat_message] == ["Hello"]  # the page went on
     assert len(page_faults) == 1
     page_faults.clear()  # caused on purpose

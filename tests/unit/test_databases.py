@@ -8,12 +8,17 @@ test-postgresql` and `make test-mariadb` run the whole suite on them."""
 from __future__ import annotations
 
 import json
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect, select, text, update
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.schema import CreateColumn
 
 from core.chat import archive
 from core.chat.configs import ConfigStore
@@ -26,7 +31,15 @@ from core.hub.transfer import DownloadTarget, TransferPolicy
 from core.inference.events import TextDelta
 from core.storage import jobs, repo
 from core.storage.db import Database, display_url
-from core.storage.schema import SCHEMA_VERSION, LanAccountRow, LanSessionRow, ProviderConfigRow, utcnow
+from core.storage.schema import (
+    SCHEMA_VERSION,
+    Base,
+    LanAccountRow,
+    LanSessionRow,
+    PresetRow,
+    ProviderConfigRow,
+    utcnow,
+)
 from tests.fixtures.hub_server import HubServer
 from tests.fixtures.openai_faults import FaultyOpenAIServer
 
@@ -205,25 +218,55 @@ def test_pinned_conversations_come_first_and_search_ignores_case(db: Database) -
         assert repo.list_conversations(session, "local", search="50%_off") == []
 
 
-def test_a_column_added_by_a_later_version_gets_its_default_on_rows_already_there(url: str) -> None:
-    """An older database lacks a column (here a signed-in browser's is_admin, a boolean): the upgrade adds
-    it with its default, false, which PostgreSQL takes only when written as false, not 0."""
+@pytest.mark.parametrize(
+    ("row", "column", "default"),
+    [
+        (lambda: LanSessionRow(token_hash="t" * 64, name="alice", display_name="Alice", expires_at=utcnow()),
+         LanSessionRow.is_admin, False),
+        (lambda: PresetRow(owner="local", name="Terse"), PresetRow.params, {}),
+        (lambda: PresetRow(owner="local", name="Terse"), PresetRow.system_prompt, ""),
+    ],
+    ids=["boolean", "json", "text"],
+)  # fmt: skip
+def test_a_column_added_by_a_later_version_gets_its_default_on_rows_already_there(
+    url: str, row: Callable[[], Base], column: InstrumentedAttribute[Any], default: object
+) -> None:
+    """An older database lacks a column: the upgrade adds it with its default, written as each database
+    takes it (a boolean as false, which PostgreSQL takes and 0 it does not; JSON and TEXT as an expression
+    in parentheses, as MySQL 8 wants them)."""
     database = Database(url)
     with database.begin() as session:
-        session.add(
-            LanSessionRow(token_hash="t" * 64, name="alice", display_name="Alice", expires_at=utcnow())
-        )
+        session.add(row())
+    table = column.class_.__tablename__
     with database.engine.begin() as conn:
-        conn.execute(text("ALTER TABLE lan_sessions DROP COLUMN is_admin"))
+        conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column.key}"))
         conn.execute(text("UPDATE schema_info SET version = :version"), {"version": SCHEMA_VERSION - 1})
     database.dispose()
 
     upgraded = Database(url)
     assert upgraded.found_version == SCHEMA_VERSION - 1
-    assert "is_admin" in {column["name"] for column in inspect(upgraded.engine).get_columns("lan_sessions")}
+    assert column.key in {found["name"] for found in inspect(upgraded.engine).get_columns(table)}
     with upgraded.begin() as session:
-        assert session.scalars(select(LanSessionRow.is_admin)).all() == [False]
+        assert session.scalars(select(column)).all() == [default]
     upgraded.dispose()
+
+
+def test_text_and_json_defaults_are_written_as_mysql_8_takes_them() -> None:
+    """MySQL 8 refuses a literal default on a TEXT or JSON column ("BLOB, TEXT, GEOMETRY or JSON column
+    can't have a default value") and takes it in parentheses; MariaDB, which the suite runs, takes both,
+    and no MySQL server is packaged here, so this checks the DDL each table is created with."""
+    dialect = mysql.dialect()
+    checked = []
+    for table in Base.metadata.sorted_tables:
+        for column in table.columns:
+            kind = column.type.compile(dialect=dialect)
+            if column.server_default is None or not re.search(r"TEXT|JSON|BLOB", kind):
+                continue
+            created = str(CreateColumn(column).compile(dialect=dialect))
+            assert re.search(r" DEFAULT \(.*\)", created), created
+            checked.append(f"{table.name}.{column.name}")
+    assert "presets.params" in checked
+    assert "conversations.system_prompt" in checked
 
 
 def test_db_check_says_whether_the_database_opens(

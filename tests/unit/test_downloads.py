@@ -379,6 +379,31 @@ def test_hf_token_goes_to_huggingface_co_only(
     assert all(r.authorization is None for r in hub.requests())
 
 
+def test_weights_from_the_hubs_cdn_resume_there_and_never_get_the_token(
+    hub: HubServer, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """huggingface.co answers a weights file's address with a redirect to its CDN (another host, a signed
+    address): the bytes come from there, a cut transfer resumes there from the byte it reached, and the
+    user's token, which huggingface.co gets, never goes to the CDN."""
+    monkeypatch.setattr(hub_module, "OFFICIAL_HOST", "127.0.0.1")  # the test Hub stands in for huggingface.co
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_1234")
+    hub.add_repo("org/model", REPO)
+    hub.state.known_tokens = frozenset({"hf_secret_token_1234"})
+    with HubServer() as cdn:
+        hub.redirect_lfs_to(cdn)
+        cdn.add_fault(Fault(path="model.safetensors", cut_after=300_000, times=1))
+        _, progress = download([hub.url], models)
+
+        assert progress.state == "completed", progress.error
+        assert (models / "test-model" / "model.safetensors").read_bytes() == WEIGHTS
+        assert [r.status for r in hub.requests("GET", "model.safetensors")] == [302, 302]
+        fetched = cdn.requests("GET")
+        assert [r.range for r in fetched] == [None, "bytes=300000-"]
+        assert cdn.bytes_served() == len(WEIGHTS)  # not a byte fetched twice
+    assert all(r.authorization == "Bearer hf_secret_token_1234" for r in hub.requests())
+    assert all(r.authorization is None for r in fetched)
+
+
 def test_a_revoked_hf_token_is_said_to_be_the_cause(
     hub: HubServer, models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -150,13 +150,19 @@ def test_a_file_served_longer_than_listed_never_grows_past_its_size(
     assert read_manifest(models / "m") is None  # never called ready
 
 
+@pytest.mark.parametrize("redirected", [False, True], ids=["served", "from-a-cdn"])
 def test_a_listing_without_sizes_or_hashes_is_completed_by_head_requests(
-    hub: HubServer, tmp_path: Path
+    hub: HubServer, tmp_path: Path, redirected: bool
 ) -> None:
-    """What `?blobs=true` returns when a mirror ignores it: names only."""
+    """What `?blobs=true` returns when a mirror ignores it: names only. Where the weights' address
+    redirects to a CDN, as on huggingface.co, the redirect carries their size and hash."""
     hub.add_repo("org/model", REPO, tamper=lambda siblings: [{"rfilename": s["rfilename"]} for s in siblings])
     models = tmp_path / "models"
-    progress = download([hub.url], models)
+    with HubServer() as cdn:
+        if redirected:
+            hub.redirect_lfs_to(cdn)
+        progress = download([hub.url], models)
+        assert cdn.bytes_served() == (len(REPO["model.safetensors"]) if redirected else 0)
 
     assert progress.state == "completed", progress.error
     assert len(hub.requests("HEAD", "/resolve/")) == len(REPO)

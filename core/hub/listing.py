@@ -67,10 +67,17 @@ def _refuse_when_offline(request: httpx2.Request) -> None:
         raise hf_errors.OfflineModeIsEnabled(f"Cannot reach {request.url}: offline mode is enabled.")
 
 
+# A request to a Hub: no connection in 10 s or no byte for 30 s fails that try (then the next endpoint).
+# huggingface_hub hands a call's timeout to httpx as it is, and none means none: a host that drops the
+# connection (huggingface.co from mainland China) or takes it and never answers held a download at its
+# listing for good, never switching to the mirror. Every call here passes it; it is the client's default
+# for the others.
+HUB_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
+
 # huggingface_hub's requests (listings, metadata, the downloads' bytes) go out as core.outbound says.
 set_client_factory(
     lambda: outbound.client(
-        event_hooks={"request": [_refuse_when_offline]}, follow_redirects=True, timeout=None
+        event_hooks={"request": [_refuse_when_offline]}, follow_redirects=True, timeout=HUB_TIMEOUT
     )
 )
 
@@ -276,7 +283,7 @@ def fetch_listing(repo_id: str, revision: str, endpoint: str) -> RepoListing:
     gated repo, UnsafeListingError for a listing that cannot be trusted."""
     api = HfApi(endpoint=endpoint, token=token_for(endpoint))
     try:
-        info = api.model_info(repo_id, revision=revision, files_metadata=True)
+        info = api.model_info(repo_id, revision=revision, files_metadata=True, timeout=HUB_TIMEOUT)
     except hf_errors.GatedRepoError as exc:
         raise gated(repo_id, endpoint) from exc
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError) as exc:
@@ -339,7 +346,9 @@ def _head_metadata(entry: _Listed, endpoint: str, repo_id: str, commit: str) -> 
     """Fill in a file's size and hash from a HEAD request (X-Linked-Size / ETag / X-Linked-Etag)."""
     url = file_url(endpoint, repo_id, commit, entry.path)
     try:
-        metadata = get_hf_file_metadata(url, token=token_for(endpoint), endpoint=endpoint, timeout=30)
+        metadata = get_hf_file_metadata(
+            url, token=token_for(endpoint), endpoint=endpoint, timeout=HUB_TIMEOUT
+        )
     except hf_errors.EntryNotFoundError:
         if RemoteFile(entry.path, 0, "", None).optional:
             return None
@@ -375,7 +384,7 @@ def fetch_json(endpoint: str, repo_id: str, commit: str, path: str) -> dict:
     object or larger than MAX_JSON_BYTES."""
     with get_session().stream(
         "GET", file_url(endpoint, repo_id, commit, path), headers=request_headers(endpoint),
-        follow_redirects=True, timeout=30,
+        follow_redirects=True, timeout=HUB_TIMEOUT,
     ) as response:  # fmt: skip
         if response.status_code in (401, 403):
             raise gated(repo_id, endpoint)

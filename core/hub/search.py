@@ -19,7 +19,7 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import get_session
 
 from core.errors import InvalidRepoIdError, InvalidSearchError, SearchFailedError
-from core.hub.listing import quantized_copy_of, request_headers, validate_repo_id
+from core.hub.listing import HUB_TIMEOUT, quantized_copy_of, request_headers, validate_repo_id
 from core.hub.transfer import REASONS, reason_of
 
 SEARCH_RESULTS = 20
@@ -29,8 +29,6 @@ MAX_QUERY_CHARS = 100
 MAX_SEARCH_BYTES = 4 * 1024 * 1024  # 20 entries with their safetensors counts take ~10 KB
 MAX_PARAMETERS = 10**13  # a larger count is no model's but a hostile answer's
 MAX_COUNT = 10**12  # downloads, likes
-SEARCH_TIMEOUT_S = 30.0  # no byte for this long: the next endpoint
-CONNECT_TIMEOUT_S = 10.0  # no connection (huggingface.co from mainland China): the next endpoint sooner
 DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "F8_E4M3": 1,
                "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}  # fmt: skip
 # What the Hub is asked for: chat models transformers runs (no GGUF-only repos), the most downloaded first.
@@ -106,7 +104,7 @@ def _fetch(query: str, endpoint: str, limit: int) -> bytes:
     params = [("search", query), ("limit", str(limit)), *_ASKED]
     with get_session().stream(
         "GET", f"{endpoint.rstrip('/')}/api/models", params=params, headers=request_headers(endpoint),
-        follow_redirects=True, timeout=httpx2.Timeout(SEARCH_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        follow_redirects=True, timeout=HUB_TIMEOUT,
     ) as response:  # fmt: skip
         if response.status_code != 200:
             raise httpx2.TransportError(f"HTTP {response.status_code}")

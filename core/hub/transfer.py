@@ -476,6 +476,7 @@ REASONS = {
     "offline": "downloads are off: the environment sets HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE",
     "certificate": "the server's certificate could not be verified (a clock far off, or a network that "
     "inspects HTTPS: add its certificate to the system's, or set SSL_CERT_FILE)",
+    "connect_timeout": "no answer to the connection (a network that drops it, or a host out of reach)",
     "timeout": "timed out (no data)",
     "reset": "the connection was reset or closed early",
     "server": "the server answered with an error",
@@ -487,6 +488,8 @@ REASONS = {
 
 def reason_of(exc: BaseException | None) -> str:
     """Why a transfer failed, as one of REASONS' keys (the pages translate it)."""
+    if isinstance(exc, httpx2.ConnectTimeout):
+        return "connect_timeout"
     if isinstance(exc, httpx2.TimeoutException):
         return "timeout"
     if is_certificate_error(exc):

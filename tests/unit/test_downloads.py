@@ -9,14 +9,15 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from core.hub import listing as hub_module
 from core.hub.manager import DownloadManager
 from core.hub.store import MANIFEST, read_manifest, verify
-from core.hub.transfer import DownloadTarget, ModelDownload, Progress, TransferPolicy
+from core.hub.transfer import REASONS, DownloadTarget, ModelDownload, Progress, TransferPolicy
 from core.storage.db import Database
-from tests.fixtures.hub_server import Fault, HubServer
+from tests.fixtures.hub_server import Fault, HubServer, unanswering_endpoint
 from tests.fixtures.markdown import visible_text
 from ui.i18n import failure_text
 
@@ -81,6 +82,26 @@ def test_first_endpoint_resets_midway_second_continues_the_same_file(models: Pat
         assert mirror.bytes_served("model.safetensors") == len(WEIGHTS) - start
         assert len(flaky.requests("GET", "model.safetensors")) == FAST.tries_per_endpoint
         assert any("switching to" in note for note in progress.notes)
+
+
+@pytest.mark.parametrize("drops_connections", [False, True], ids=["silent", "dropping"])
+def test_an_endpoint_that_never_answers_is_left_for_the_next(
+    hub: HubServer, models: Path, monkeypatch: pytest.MonkeyPatch, drops_connections: bool
+) -> None:
+    """huggingface.co from mainland China can take a connection and never answer, or never take it:
+    the download stayed at its file list for good (huggingface_hub's calls wait as long as they are
+    told, and were told nothing), never switching to the mirror."""
+    monkeypatch.setattr(hub_module, "HUB_TIMEOUT", httpx2.Timeout(0.5, connect=0.3))  # 30 s / 10 s
+    hub.add_repo("org/model", REPO)
+    with unanswering_endpoint(drops_connections) as unanswering:
+        _, progress = download([unanswering, hub.url], models)
+
+    assert progress.state == "completed", progress.error
+    reason = REASONS["connect_timeout" if drops_connections else "timeout"]
+    assert progress.notes[:4] == (
+        *(f"listing: {reason} (try {n} of 3, {unanswering})" for n in (1, 2, 3)),
+        f"switching to {hub.url}",
+    )
 
 
 def test_a_stall_is_detected_and_retried(hub: HubServer, models: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 from core.chat.limits import checked_length
 from core.errors import ContextLengthError, DiskSpaceError, InsufficientMemoryError, LocalLLMError
 from core.hub.catalog import BUILTIN_MODELS
+from core.hub.transfer import REASONS
 from core.settings import PROJECT_ROOT, load_settings
 from ui.i18n import LANGUAGES, TEXTS, error_text, language_from_locale, t
 
@@ -93,6 +94,7 @@ def test_every_reason_an_error_gives_is_translated() -> None:
     assert {"attachment_too_large", "disk_full", "server_busy", "url_scheme", "folder_unusable"} <= raised, (
         "the scan missed reasons"
     )
+    raised |= set(REASONS)  # why a transfer or a search failed (transfer.reason_of)
     for language in LANGUAGES:
         assert {f"reason.{reason}" for reason in raised} <= set(TEXTS[language]), language
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx2
 from huggingface_hub import HfApi
@@ -47,6 +49,8 @@ from core.storage import jobs, repo
 from core.storage.db import Database
 
 MODELS_NAMED = 10  # a catalog key not found: the message names this many of the keys there are
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -149,18 +153,9 @@ class ModelLibrary:
         repo_id = hub.validate_repo_id(repo_id)
         if any(spec.repo_id.lower() == repo_id.lower() for spec in self.models()):
             raise InvalidRepoIdError(f"{repo_id} is already in the catalog.", repo_id=repo_id)
-        listing, endpoint = self._listing(repo_id, revision)
-        hub.check_runnable(listing, endpoint)
-        config = hub.fetch_json(endpoint, repo_id, listing.commit, "config.json")
-        details = {
-            "download_bytes": listing.total_bytes,
-            "parameters": self._parameter_count(repo_id, listing, endpoint),
-            "context_length": config_count(config, "max_position_embeddings"),
-            "kv_layout": asdict(KvLayout.from_config(config)),
-            "vocabulary": asdict(Vocabulary.from_config(config)),
-            "languages": list(listing.languages),
-            "license": listing.license,
-        }
+        details = self._from_first_endpoint(
+            repo_id, lambda endpoint: self._details(repo_id, revision, endpoint)
+        )
         with self.db.begin() as session:
             taken = {spec.key for spec in self.models()}
             key = key_for_repo(repo_id, taken)
@@ -179,23 +174,41 @@ class ModelLibrary:
         with self.db.begin() as session:
             repo.delete_custom_model(session, key)
 
+    def _details(self, repo_id: str, revision: str, endpoint: str) -> dict[str, object]:
+        """What the catalog keeps of a model the app can run, from one endpoint."""
+        listing = hub.fetch_listing(repo_id, revision, endpoint)
+        hub.check_runnable(listing, endpoint)
+        config = hub.fetch_json(endpoint, repo_id, listing.commit, "config.json")
+        return {
+            "download_bytes": listing.total_bytes,
+            "parameters": self._parameter_count(repo_id, listing, endpoint),
+            "context_length": config_count(config, "max_position_embeddings"),
+            "kv_layout": asdict(KvLayout.from_config(config)),
+            "vocabulary": asdict(Vocabulary.from_config(config)),
+            "languages": list(listing.languages),
+            "license": listing.license,
+        }
+
     @staticmethod
     def _parameter_count(repo_id: str, listing: RepoListing, endpoint: str) -> int:
+        """From the weights' headers; 0 where the server does not give them (a connection that fails is
+        the next endpoint's turn)."""
         try:
             metadata = HfApi(endpoint=endpoint, token=hub.token_for(endpoint)).get_safetensors_metadata(
                 repo_id, revision=listing.commit
             )
-        except (hf_errors.HfHubHTTPError, hf_errors.SafetensorsParsingError, OSError):
+        except (hf_errors.HfHubHTTPError, hf_errors.SafetensorsParsingError):
             return 0
         return sum(metadata.parameter_count.values())
 
-    def _listing(self, repo_id: str, revision: str) -> tuple[RepoListing, str]:
-        """The listing from the first endpoint that answers; permanent errors are raised at once."""
+    def _from_first_endpoint(self, repo_id: str, ask: Callable[[str], T]) -> T:
+        """What the first endpoint answers without a network failure (a connection refused, reset or
+        timed out, a server error: the next endpoint); a refusal (LocalLLMError) is raised at once."""
         last: Exception | None = None
         endpoints = self.endpoints()
         for endpoint in endpoints:
             try:
-                return hub.fetch_listing(repo_id, revision, endpoint), endpoint
+                return ask(endpoint)
             except LocalLLMError:
                 raise
             except (hf_errors.HfHubHTTPError, httpx2.TransportError, OSError) as exc:
@@ -305,7 +318,10 @@ class ModelLibrary:
     def plan(self, key: str) -> DownloadPlan:
         """What a download would fetch, from the hub, with the free disk on the models directory."""
         spec = self.get(key)
-        listing, endpoint = self._listing(spec.repo_id, spec.revision)
+        listing, endpoint = self._from_first_endpoint(
+            spec.repo_id,
+            lambda endpoint: (hub.fetch_listing(spec.repo_id, spec.revision, endpoint), endpoint),
+        )
         directory = self.directory(key)
         return DownloadPlan(
             spec, listing, endpoint, bytes_on_disk(directory, listing.files), disk_free_bytes(directory)

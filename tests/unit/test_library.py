@@ -17,6 +17,7 @@ from core.errors import (
     ConfigError,
     GatedRepoError,
     InvalidRepoIdError,
+    ListingFailedError,
     NotFoundError,
     RepoNotFoundError,
     UnsupportedModelError,
@@ -106,6 +107,24 @@ def test_other_addresses_are_refused_before_any_request(library: ModelLibrary, h
     with pytest.raises(InvalidRepoIdError, match="not a Hugging Face repository id"):
         library.add_custom(page)
     assert hub.requests() == []
+
+
+@pytest.mark.parametrize("path", ["config.json", "model.safetensors"])
+def test_a_connection_lost_while_a_model_is_checked_is_the_next_endpoints_turn(
+    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path], path: str
+) -> None:
+    """Adding a model reads its file list, then its config and its weights' headers: a connection reset
+    after the list was an unexpected error on the page (httpx's ReadError), not the mirror's turn."""
+    hub.add_repo("someone/Tiny-Chat", tiny_models["llama"])
+    hub.add_fault(Fault(path=path, cut_after=0, reset=True))
+    with pytest.raises(ListingFailedError, match=r"the connection was reset or closed early \(http"):
+        library.add_custom("someone/Tiny-Chat")
+    with HubServer() as mirror:
+        mirror.add_repo("someone/Tiny-Chat", tiny_models["llama"])
+        library.set_endpoints([hub.url, mirror.url])
+        spec = library.add_custom("someone/Tiny-Chat")
+    assert spec.parameters > 10_000
+    assert spec.context_length == 512
 
 
 def test_add_custom_model_checks_the_hub_and_stores_details(

@@ -390,6 +390,8 @@ def fetch_json(endpoint: str, repo_id: str, commit: str, path: str) -> dict:
             raise gated(repo_id, endpoint)
         if response.status_code == 404:
             raise UnsupportedModelError(f"{repo_id} has no {path}.", repo_id=repo_id)
+        if response.status_code == 429 or response.status_code >= 500:  # worth the next try, or endpoint
+            raise httpx2.TransportError(f"HTTP {response.status_code}")
         if response.status_code != 200:
             raise DownloadError(
                 f"The server {endpoint} refused {path} of {repo_id} (HTTP {response.status_code}).",

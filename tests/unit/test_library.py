@@ -109,15 +109,24 @@ def test_other_addresses_are_refused_before_any_request(library: ModelLibrary, h
     assert hub.requests() == []
 
 
-@pytest.mark.parametrize("path", ["config.json", "model.safetensors"])
+@pytest.mark.parametrize(
+    ("path", "fault", "said"),
+    [
+        ("config.json", Fault(cut_after=0, reset=True), "the connection was reset or closed early"),
+        ("model.safetensors", Fault(cut_after=0, reset=True), "the connection was reset or closed early"),
+        ("config.json", Fault(status=503), "the server answered with an error"),
+    ],
+    ids=["config-reset", "weights-headers-reset", "config-503"],
+)
 def test_a_connection_lost_while_a_model_is_checked_is_the_next_endpoints_turn(
-    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path], path: str
+    library: ModelLibrary, hub: HubServer, tiny_models: dict[str, Path], path: str, fault: Fault, said: str
 ) -> None:
     """Adding a model reads its file list, then its config and its weights' headers: a connection reset
-    after the list was an unexpected error on the page (httpx's ReadError), not the mirror's turn."""
+    after the list was an unexpected error on the page (httpx's ReadError), and a server error on the
+    config a refusal, not the mirror's turn."""
     hub.add_repo("someone/Tiny-Chat", tiny_models["llama"])
-    hub.add_fault(Fault(path=path, cut_after=0, reset=True))
-    with pytest.raises(ListingFailedError, match=r"the connection was reset or closed early \(http"):
+    hub.add_fault(replace(fault, path=path))
+    with pytest.raises(ListingFailedError, match=rf"{said} \(http"):
         library.add_custom("someone/Tiny-Chat")
     with HubServer() as mirror:
         mirror.add_repo("someone/Tiny-Chat", tiny_models["llama"])

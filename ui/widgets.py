@@ -39,10 +39,16 @@ def attempt(action: Callable[[], Any]) -> bool:
 
 
 def progress_bar(progress: Progress, running: bool = True) -> None:
-    """A download's bar: bytes, speed, time left and file while it runs, else how far it got."""
+    """A download's bar: bytes, speed, time left and file while it runs (the endpoint asked while the
+    file list is awaited), else how far it got."""
     done, total = format_bytes(progress.bytes_done), format_bytes(progress.bytes_total)
     percent = f"{progress.fraction:.0%}"
-    if running:
+    if running and not progress.bytes_total:
+        endpoint = outbound.shown_origin(progress.endpoint or "")
+        text = t("models.progress_listing", endpoint=endpoint)
+        if progress.attempts:
+            text += t("models.progress_failed_tries", count=progress.attempts)
+    elif running:
         speed, eta = format_bytes(progress.speed_bps), format_duration(progress.eta_s)
         text = t("models.progress", done=done, total=total, percent=percent, speed=speed, eta=eta,
                  file=progress.current_file or "")  # fmt: skip

@@ -163,8 +163,9 @@ class ModelLibrary:
         return self.get(key)
 
     def search(self, text: str) -> SearchResults:
-        """The Hub's chat models whose name holds `text`, from the download endpoints in order."""
-        return search_models(text, self.endpoints())
+        """The Hub's chat models whose name holds `text`, from the download endpoints in order (those that
+        failed lately last)."""
+        return search_models(text, self.manager.failures.ordered(self.endpoints()))
 
     def remove_custom(self, key: str) -> None:
         if not self.get(key).custom:
@@ -203,16 +204,21 @@ class ModelLibrary:
 
     def _from_first_endpoint(self, repo_id: str, ask: Callable[[str], T]) -> T:
         """What the first endpoint answers without a network failure (a connection refused, reset or
-        timed out, a server error: the next endpoint); a refusal (LocalLLMError) is raised at once."""
+        timed out, a server error: the next endpoint, and this one is asked last for a while); a refusal
+        (LocalLLMError) is raised at once."""
         last: Exception | None = None
-        endpoints = self.endpoints()
+        endpoints = self.manager.failures.ordered(self.endpoints())
         for endpoint in endpoints:
             try:
-                return ask(endpoint)
+                answer = ask(endpoint)
             except LocalLLMError:
                 raise
             except (hf_errors.HfHubHTTPError, httpx2.TransportError, OSError) as exc:
                 last = exc
+                self.manager.failures.failed(endpoint)
+            else:
+                self.manager.failures.answered(endpoint)
+                return answer
         raise endpoints_failed(repo_id, "", endpoints, last)
 
     # -- state on disk --------------------------------------------------------------------------

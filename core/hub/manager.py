@@ -11,6 +11,7 @@ from pathlib import Path
 
 import filelock
 
+from core.hub.reachability import RecentFailures
 from core.hub.transfer import (
     DEFAULT_POLICY,
     DownloadTarget,
@@ -45,6 +46,7 @@ class DownloadManager:
         self.endpoints = endpoints
         self.policy = policy
         self.disk_free = disk_free
+        self.failures = RecentFailures()  # endpoints that failed lately: asked last by jobs and checks
         self._lock = threading.Lock()
         self._workers: dict[str, tuple[threading.Thread, threading.Event, ModelDownload]] = {}
 
@@ -68,11 +70,12 @@ class DownloadManager:
             download = ModelDownload(
                 target,
                 self.models_dir,
-                self.endpoints(),
+                self.failures.ordered(self.endpoints()),
                 policy=self.policy,
                 cancel=cancel,
                 report=lambda p: self._save(job.id, p),
                 disk_free=self.disk_free,
+                failures=self.failures,
             )
             thread = threading.Thread(
                 target=self._run, args=(download, job, lock), name=f"download-{target.key}", daemon=True

@@ -37,6 +37,7 @@ from core.errors import (
 )
 from core.hub import listing as hub
 from core.hub.listing import RemoteFile, RepoListing
+from core.hub.reachability import RecentFailures
 from core.hub.store import (
     MANIFEST,
     FileHasher,
@@ -146,7 +147,10 @@ class ModelDownload:
         cancel: threading.Event | None = None,
         report: Callable[[Progress], None] = lambda _p: None,
         disk_free: Callable[[Path], int] = disk_free_bytes,
+        failures: RecentFailures | None = None,
     ) -> None:
+        """`endpoints`: tried in order, each for its share of the policy's tries; `failures`: told which
+        failed every try and which answered."""
         if not endpoints:
             raise DownloadError("No download endpoint is configured.", reason="endpoint_required")
         self.target = target
@@ -156,6 +160,7 @@ class ModelDownload:
         self.cancel = cancel or threading.Event()
         self._report = report
         self._disk_free = disk_free
+        self._failures = failures or RecentFailures()
         self._endpoint_index = 0
         self._speed = _Speed()
         self._last_report = 0.0
@@ -262,7 +267,8 @@ class ModelDownload:
             )
 
     def _with_failover(self, what: str, action: Callable[[str], T]) -> T:
-        """Run `action(endpoint)`: transient errors are retried with backoff, then the next endpoint."""
+        """Run `action(endpoint)`: transient errors are retried with backoff, then the next endpoint (the
+        one that failed every try is asked last by this process's next checks and downloads)."""
         last: Exception | None = None
         while self._endpoint_index < len(self.endpoints):
             endpoint = self.endpoint
@@ -271,7 +277,7 @@ class ModelDownload:
                 if self.cancel.is_set():
                     raise CancelRequestedError
                 try:
-                    return action(endpoint)
+                    answer = action(endpoint)
                 except (TransientError, httpx2.TransportError) as exc:
                     last = exc
                     self._update(force=True, attempts=self.progress.attempts + 1)
@@ -279,6 +285,10 @@ class ModelDownload:
                     self._note(f"{what}: {describe(exc)} (try {attempt + 1} of {tries}, {endpoint})")
                     if attempt + 1 < self.policy.tries_per_endpoint:
                         self._sleep(self.policy.backoff_s * 2**attempt)
+                else:
+                    self._failures.answered(endpoint)
+                    return answer
+            self._failures.failed(endpoint)
             self._endpoint_index += 1
             if self._endpoint_index < len(self.endpoints):
                 self._note(f"switching to {self.endpoint}")

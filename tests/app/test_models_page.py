@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1.element_tree import Selectbox
 
@@ -80,6 +81,32 @@ def test_running_download_shows_progress_and_cancel(new_app, library: ModelLibra
     resources.library().manager.cancel(key)
     hub.release()
     assert resources.library().manager.wait(key, timeout=10).state == "cancelled"
+
+
+@pytest.mark.parametrize(("language", "attempts"), [("en", 0), ("en", 2), ("zh", 2)])
+def test_a_download_waiting_for_its_file_list_says_whom_it_asked(
+    new_app, library: ModelLibrary, language: str, attempts: int
+) -> None:
+    """Before the file list arrives there is nothing to count: the bar said "0 B of 0 B (0%) · 0 B/s · –
+    left ·" for as long as huggingface.co took not to answer (30 s where it drops connections)."""
+    key = _custom_model(library)
+    with library.db.begin() as session:  # another process's job, its lock held: asking a silent endpoint
+        session.add(
+            DownloadJobRow(model_key=key, repo_id="org/tiny-chat", state="running", bytes_total=0,
+                           endpoint="https://huggingface.co", attempts=attempts, updated_at=datetime.now(UTC))
+        )  # fmt: skip
+    library.models_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(library.models_dir / f".{key}.lock"):
+        at = new_app()
+        at.session_state["language"] = language
+        at.switch_page("pages/models.py").run()
+    assert not at.exception
+    said = {
+        ("en", 0): "Asking https://huggingface.co for the file list…",
+        ("en", 2): "Asking https://huggingface.co for the file list… (2 tries failed so far)",
+        ("zh", 2): "正在向 https://huggingface.co 获取文件列表…（已失败 2 次）",
+    }
+    assert _progress_texts(at) == [said[language, attempts]]
 
 
 def test_interrupted_download_shows_resume(

@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx2
 import pytest
 from huggingface_hub import snapshot_download
 from sqlalchemy import update
@@ -23,6 +24,7 @@ from core.errors import (
     UnsupportedModelError,
 )
 from core.hardware import HardwareInfo
+from core.hub import listing
 from core.hub.catalog import BUILTIN_MODELS
 from core.hub.library import ModelLibrary
 from core.hub.listing import MAX_CARD_LANGUAGES
@@ -32,7 +34,7 @@ from core.inference.sizing import SIXTEEN_BIT
 from core.preferences import Preferences
 from core.storage.db import Database
 from core.storage.schema import DownloadJobRow
-from tests.fixtures.hub_server import Fault, HubServer
+from tests.fixtures.hub_server import Fault, HubServer, unanswering_endpoint
 from ui.i18n import error_text
 
 POLICY = TransferPolicy(backoff_s=0.01, stall_timeout_s=2, disk_margin_bytes=0, interrupted_after_s=0.2)
@@ -241,6 +243,30 @@ def test_unrunnable_or_unreachable_repos_get_their_own_message(
         assert error_text(refused.value).startswith(in_chinese), error_text(refused.value)
         assert not re.search("[A-Za-z]{3,} [a-z]{3,}", error_text(refused.value)), "English words in Chinese"
     assert [spec.key for spec in library.models() if spec.custom] == []
+
+
+def test_an_endpoint_that_did_not_answer_is_asked_last_by_the_next_check_and_download(
+    database: Database, hub: HubServer, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """huggingface.co dropping connections (from mainland China) cost every check of a model's files 10 s
+    and every download 30 s (three tries) before the mirror's turn: once it failed, this process asks
+    the mirror first, for a while."""
+    monkeypatch.setattr(listing, "HUB_TIMEOUT", httpx2.Timeout(0.5, connect=0.3))  # 30 s / 10 s
+    models_dir = Preferences(database).get("models_dir")
+    manager = DownloadManager(database, models_dir, lambda: library.endpoints(), policy=POLICY)
+    library = ModelLibrary(database, manager=manager)  # its jobs take the library's endpoints
+    hub.add_repo("someone/tiny", tiny_models["qwen2"])
+    with unanswering_endpoint(drops_connections=True) as unanswering:
+        library.set_endpoints([unanswering, hub.url])
+        key = library.add_custom(
+            "someone/tiny"
+        ).key  # its check: the first endpoint fails, the mirror answers
+        assert library.plan(key).endpoint == hub.url
+        assert library.download(key)
+        done = library.manager.wait(key, timeout=30)
+    assert done.state == "completed"
+    assert done.notes == ()  # not a try of the endpoint that did not answer
+    assert library.set_endpoints([unanswering, hub.url]) == [unanswering, hub.url]  # the saved order stays
 
 
 def test_status_goes_from_not_downloaded_to_ready_to_damaged_and_back(

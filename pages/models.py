@@ -150,7 +150,9 @@ def actions(spec: ModelSpec, status: ModelStatus) -> None:
     if status.kind == "not_downloaded" and st.session_state.get(f"models.plan-open.{key}"):
         with st.container(border=True):
             try:
-                show_plan(library.plan(key))
+                with st.spinner(t("models.plan.checking", repo=spec.repo_id)):
+                    plan = library.plan(key)
+                show_plan(plan)
             except LocalLLMError as exc:
                 st.error(error_text(exc))
                 with st.container(horizontal=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 from dataclasses import asdict
 
@@ -13,6 +14,7 @@ import click
 from core.cli.common import library, warn
 from core.errors import NotFoundError, is_bad_input
 from core.hub.library import ModelLibrary
+from core.outbound import shown_origin
 from core.units import format_bytes, format_count
 
 
@@ -62,6 +64,15 @@ def search(words: tuple[str, ...], as_json: bool) -> int:
     return 0
 
 
+def _new_notes(before: tuple[str, ...], now: tuple[str, ...]) -> tuple[str, ...]:
+    """The notes of `now` that came after `before` (a job keeps its last 20: the oldest slide out)."""
+    for shift in range(len(before) + 1):
+        kept = before[shift:]
+        if now[: len(kept)] == kept:
+            return now[len(kept) :]
+    return now
+
+
 def _resolve_or_add(models_library: ModelLibrary, asked: str) -> str:
     """A catalog key, a repo id or a model page's address: the catalog's model, else one added."""
     try:
@@ -89,15 +100,20 @@ def download(model: str, endpoints: tuple[str, ...]) -> int:
         if not models_library.download(key):
             warn(f"error: {key} is already being downloaded by another process.")
             return 1
+        notes: tuple[str, ...] = ()
         with tqdm(unit="B", unit_scale=True, unit_divisor=1000, desc=key, dynamic_ncols=True) as bar:
             while models_library.manager.is_running(key):
                 if stop.is_set():
                     models_library.manager.cancel(key)
                 models_library.manager.wait(key, timeout=0.25)
                 progress = models_library.progress(key)
+                for note in _new_notes(notes, progress.notes):  # retries, a switch to the next endpoint
+                    bar.write(note, file=sys.stderr)
+                notes = progress.notes
                 bar.total = progress.bytes_total or None
                 bar.n = progress.bytes_done
-                bar.set_postfix_str(progress.current_file or "", refresh=False)
+                listing = f"asking {shown_origin(progress.endpoint or '')} for the file list"
+                bar.set_postfix_str(progress.current_file or listing, refresh=False)
                 bar.refresh()
     finally:
         for sig, handler in previous.items():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from core.cli.models import _new_notes
 from core.settings import PROJECT_ROOT
 from tests.fixtures.hub_server import CHUNK, HubServer
 
@@ -112,3 +114,31 @@ def test_invalid_repo_id_is_refused(hub: HubServer) -> None:
     assert process.returncode == 2
     assert "is not a Hugging Face repository id" in err
     assert hub.requests() == []
+
+
+def test_retries_and_the_switch_to_the_next_endpoint_are_said(
+    hub: HubServer, tiny_models: dict[str, Path]
+) -> None:
+    """The bar sat at 0 B while the first endpoint failed its three tries, the reason never said."""
+    hub.add_repo("Qwen/Qwen2.5-0.5B-Instruct", tiny_models["qwen2"])
+    with socket.socket() as closed:  # a port nothing listens on: connections refused
+        closed.bind(("127.0.0.1", 0))
+        refusing = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    process = cli("download", "qwen2.5-0.5b", "--endpoint", refusing, "--endpoint", hub.url)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    reason = "cannot connect (no network, a wrong address, or the server is down)"
+    said = [f"listing: {reason} (try {n} of 3, {refusing})" for n in (1, 2, 3)] + [f"switching to {hub.url}"]
+    assert [line for line in err.splitlines() if line in said] == said
+    assert "every file verified" in out
+
+
+def test_each_note_is_said_once_when_the_oldest_slide_out() -> None:
+    """A job keeps its last 20 notes: once there are more, the oldest slide out as new ones come."""
+    twenty = tuple(f"note {n}" for n in range(20))
+    assert _new_notes((), twenty[:2]) == twenty[:2]
+    assert _new_notes(twenty[:2], twenty[:3]) == ("note 2",)
+    assert _new_notes(twenty, (*twenty[2:], "note 20", "note 21")) == ("note 20", "note 21")
+    same = ("try 1 failed",) * 20
+    assert _new_notes(same, same) == ()
+    assert _new_notes(twenty, twenty) == ()

@@ -110,14 +110,17 @@ class ModelLibrary:
         return self.preferences.set("endpoints", urls)
 
     def probe_endpoint(self, endpoint: str, timeout_s: float = 5.0) -> EndpointProbe:
-        """Reachability and latency: ask the endpoint for the first catalog model's info."""
+        """Reachability and latency: ask the endpoint for the first catalog model's info (one that does not
+        answer is asked last for a while, one that does in its turn: `RecentFailures`)."""
         started = time.perf_counter()
         try:
             HfApi(endpoint=endpoint, token=False).model_info(BUILTIN_MODELS[0].repo_id, timeout=timeout_s)
         except hf_errors.HfHubHTTPError:
             return EndpointProbe(endpoint, False, 0.0, "server")
         except (httpx2.TransportError, OSError) as exc:
+            self.manager.failures.failed(endpoint)
             return EndpointProbe(endpoint, False, 0.0, reason_of(exc))
+        self.manager.failures.answered(endpoint)
         return EndpointProbe(endpoint, True, (time.perf_counter() - started) * 1000)
 
     @property

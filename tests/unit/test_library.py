@@ -347,6 +347,7 @@ def test_endpoints_are_editable_and_probed(
     assert good.latency_ms > 0
     bad = library.probe_endpoint(closed, timeout_s=2)
     assert (bad.ok, bad.reason) == (False, "connect")
+    assert library.manager.failures.ordered(library.endpoints()) == [hub.url, closed]  # asked last, a while
     with HubServer() as elsewhere:  # answers, but not with the model's info
         assert library.probe_endpoint(elsewhere.url).reason == "server"
     with pytest.MonkeyPatch.context() as offline:  # HF_HUB_OFFLINE=1, as huggingface_hub read it at import

@@ -91,7 +91,9 @@ def test_an_endpoint_that_never_answers_is_left_for_the_next(
     """huggingface.co from mainland China can take a connection and never answer, or never take it:
     the download stayed at its file list for good (huggingface_hub's calls wait as long as they are
     told, and were told nothing), never switching to the mirror."""
-    monkeypatch.setattr(hub_module, "HUB_TIMEOUT", httpx2.Timeout(0.5, connect=0.3))  # 30 s / 10 s
+    monkeypatch.setattr(
+        hub_module, "HUB_TIMEOUT", httpx2.Timeout(1.0, connect=0.3)
+    )  # 30 s / 10 s (as FAST stalls)
     hub.add_repo("org/model", REPO)
     with unanswering_endpoint(drops_connections) as unanswering:
         _, progress = download([unanswering, hub.url], models)

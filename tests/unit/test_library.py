@@ -251,7 +251,7 @@ def test_an_endpoint_that_did_not_answer_is_asked_last_by_the_next_check_and_dow
     """huggingface.co dropping connections (from mainland China) cost every check of a model's files 10 s
     and every download 30 s (three tries) before the mirror's turn: once it failed, this process asks
     the mirror first, for a while."""
-    monkeypatch.setattr(listing, "HUB_TIMEOUT", httpx2.Timeout(0.5, connect=0.3))  # 30 s / 10 s
+    monkeypatch.setattr(listing, "HUB_TIMEOUT", httpx2.Timeout(2.0, connect=0.3))  # 30 s / 10 s
     models_dir = Preferences(database).get("models_dir")
     manager = DownloadManager(database, models_dir, lambda: library.endpoints(), policy=POLICY)
     library = ModelLibrary(database, manager=manager)  # its jobs take the library's endpoints

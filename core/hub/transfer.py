@@ -149,7 +149,7 @@ class ModelDownload:
         disk_free: Callable[[Path], int] = disk_free_bytes,
         failures: RecentFailures | None = None,
     ) -> None:
-        """`endpoints`: tried in order, each for its share of the policy's tries; `failures`: told which
+        """`endpoints`: tried in order, each `policy.tries_per_endpoint` times; `failures`: told which
         failed every try and which answered."""
         if not endpoints:
             raise DownloadError("No download endpoint is configured.", reason="endpoint_required")

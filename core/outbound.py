@@ -19,6 +19,7 @@ import httpx2
 
 from core.access.hosts import LOOPBACK_NAMES
 from core.errors import ConfigError
+from core.happy_eyeballs import HappyEyeballsBackend
 
 # Names that only this network resolves (mDNS, home routers, RFC 8375): no proxy elsewhere knows them.
 LOCAL_NAME_SUFFIXES = (".local", ".localhost", ".lan", ".home.arpa", ".internal")
@@ -106,6 +107,8 @@ class ThisNetworkDirect(httpx2.BaseTransport):
                 reason="certificates_unreadable",
                 path=named,
             ) from exc
+        # Its connections as browsers make them (core/happy_eyeballs.py); httpx takes no backend itself.
+        self._direct._pool._network_backend = HappyEyeballsBackend()
         self._proxied = {scheme: _proxy_transport(url) for scheme, url in _environment_proxies().items()}
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:

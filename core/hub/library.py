@@ -167,8 +167,9 @@ class ModelLibrary:
 
     def search(self, text: str) -> SearchResults:
         """The Hub's chat models whose name holds `text`, from the download endpoints in order (those that
-        failed lately last)."""
-        return search_models(text, self.manager.failures.ordered(self.endpoints()))
+        failed lately last, and one that cannot be reached now is asked last by the next check)."""
+        failures = self.manager.failures
+        return search_models(text, failures.ordered(self.endpoints()), failures=failures)
 
     def remove_custom(self, key: str) -> None:
         if not self.get(key).custom:

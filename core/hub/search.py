@@ -20,6 +20,7 @@ from huggingface_hub.utils import get_session
 
 from core.errors import InvalidRepoIdError, InvalidSearchError, SearchFailedError
 from core.hub.listing import HUB_TIMEOUT, quantized_copy_of, request_headers, validate_repo_id
+from core.hub.reachability import RecentFailures
 from core.hub.transfer import REASONS, reason_of
 
 SEARCH_RESULTS = 20
@@ -29,6 +30,8 @@ MAX_QUERY_CHARS = 100
 MAX_SEARCH_BYTES = 4 * 1024 * 1024  # 20 entries with their safetensors counts take ~10 KB
 MAX_PARAMETERS = 10**13  # a larger count is no model's but a hostile answer's
 MAX_COUNT = 10**12  # downloads, likes
+# No connection, or no answer: the endpoint cannot be reached (an error status is an answer).
+UNREACHABLE = (httpx2.ConnectError, httpx2.TimeoutException, httpx2.ProxyError)
 DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "F8_E4M3": 1,
                "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}  # fmt: skip
 # What the Hub is asked for: chat models transformers runs (no GGUF-only repos), the most downloaded first.
@@ -71,9 +74,13 @@ def search_query(text: str) -> str:
     return query
 
 
-def search_models(text: str, endpoints: Sequence[str], limit: int = SEARCH_RESULTS) -> SearchResults:
+def search_models(
+    text: str, endpoints: Sequence[str], limit: int = SEARCH_RESULTS, failures: RecentFailures | None = None
+) -> SearchResults:
     """The Hub's chat models whose name holds `text`, from the first endpoint that answers with a list
-    of models (a mirror that fails, refuses or answers otherwise: the next one)."""
+    of models (a mirror that fails, refuses or answers otherwise: the next one). `failures` is told of
+    those that could not be reached (not of those that answered otherwise: a mirror may download without
+    searching) and of the one that answered."""
     query = search_query(text)
     words = query.split()
     last: BaseException | None = None
@@ -86,9 +93,14 @@ def search_models(text: str, endpoints: Sequence[str], limit: int = SEARCH_RESUL
                 # asked again for the longest word, the others then required here.
                 longest = max(words, key=len)
                 models, copies = found_models(_fetch(longest, endpoint, WIDER_ASKED), limit, words)
-            return SearchResults(query, endpoint, models, copies)
         except (httpx2.TransportError, hf_errors.OfflineModeIsEnabled, OSError, ValueError) as exc:
             last = exc
+            if failures is not None and isinstance(exc, UNREACHABLE):
+                failures.failed(endpoint)
+        else:
+            if failures is not None:
+                failures.answered(endpoint)
+            return SearchResults(query, endpoint, models, copies)
     reason = reason_of(last)
     tried = ", ".join(endpoints)
     raise SearchFailedError(

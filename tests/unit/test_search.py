@@ -114,6 +114,22 @@ def test_an_endpoint_that_answers_otherwise_gives_way_to_the_next(
     assert [model.repo_id for model in results.models] == ["HuggingFaceTB/SmolLM2-360M-Instruct"]
 
 
+def test_an_endpoint_a_search_could_not_reach_is_asked_last_by_the_next_check(
+    hub_with_models: HubServer, database: Database
+) -> None:
+    """A search is often the first thing asked of the Hub: with huggingface.co out of reach, adding the
+    model found asked it first again (10 s where it drops connections). One that answered otherwise (a
+    mirror without search) may still download, and keeps its turn."""
+    library = ModelLibrary(database)
+    with HubServer() as without_search:
+        without_search.state.search_answer = b"<html>a login page</html>"
+        library.set_endpoints([NOTHING_LISTENS, without_search.url, hub_with_models.url])
+        assert library.search("smol").endpoint == hub_with_models.url
+        assert library.manager.failures.ordered(library.endpoints()) == [
+            without_search.url, hub_with_models.url, NOTHING_LISTENS
+        ]  # fmt: skip
+
+
 def test_when_every_endpoint_fails_the_sentence_says_why_and_where(hub: HubServer) -> None:
     with pytest.raises(SearchFailedError) as raised:
         search_models("qwen", [NOTHING_LISTENS, f"{hub.url}/missing"])

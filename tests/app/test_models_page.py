@@ -83,7 +83,7 @@ def test_running_download_shows_progress_and_cancel(new_app, library: ModelLibra
     assert resources.library().manager.wait(key, timeout=10).state == "cancelled"
 
 
-@pytest.mark.parametrize(("language", "attempts"), [("en", 0), ("en", 2), ("zh", 2)])
+@pytest.mark.parametrize(("language", "attempts"), [("en", 0), ("en", 1), ("en", 2), ("zh", 2)])
 def test_a_download_waiting_for_its_file_list_says_whom_it_asked(
     new_app, library: ModelLibrary, language: str, attempts: int
 ) -> None:
@@ -103,6 +103,7 @@ def test_a_download_waiting_for_its_file_list_says_whom_it_asked(
     assert not at.exception
     said = {
         ("en", 0): "Asking https://huggingface.co for the file list…",
+        ("en", 1): "Asking https://huggingface.co for the file list… (1 try failed so far)",
         ("en", 2): "Asking https://huggingface.co for the file list… (2 tries failed so far)",
         ("zh", 2): "正在向 https://huggingface.co 获取文件列表…（已失败 2 次）",
     }

@@ -10,6 +10,7 @@ import streamlit as st
 
 from core import outbound
 from core.errors import LocalLLMError, SchemaTooNewError, StorageError
+from core.hub.reachability import REMEMBER_S
 from core.settings import load_settings
 from core.storage.db import set_aside, sqlite_file
 from core.storage.records import ProviderConfig
@@ -359,6 +360,9 @@ def download_settings() -> None:
         st.caption(t("models.endpoints.help"))
         if proxy := outbound.download_proxy():  # where a failing download may be stuck
             st.caption(t("models.endpoints.proxy", proxy=proxy))
+        if failing := library.manager.failures.failing(library.endpoints()):
+            st.caption(urls_as_code(t("models.endpoints.asked_last", urls=", ".join(failing),
+                                      minutes=f"{REMEMBER_S / 60:.0f}")))  # fmt: skip
         text = st.text_area(t("models.endpoints.title"), value="\n".join(library.endpoints()),
                             label_visibility="collapsed", height=110, key="downloads.endpoints")  # fmt: skip
         save, test = st.columns(2)

@@ -29,9 +29,14 @@ class RecentFailures:
         with self._lock:
             self._failed.pop(endpoint, None)
 
-    def ordered(self, endpoints: Sequence[str]) -> list[str]:
-        """`endpoints` in their order, those that failed within `remember_s` last."""
+    def failing(self, endpoints: Sequence[str]) -> list[str]:
+        """Those of `endpoints` that failed within `remember_s`, in their order."""
         now = self._clock()
         with self._lock:
             recent = {endpoint for endpoint, at in self._failed.items() if now - at < self._remember_s}
-        return [e for e in endpoints if e not in recent] + [e for e in endpoints if e in recent]
+        return [e for e in endpoints if e in recent]
+
+    def ordered(self, endpoints: Sequence[str]) -> list[str]:
+        """`endpoints` in their order, those that failed within `remember_s` last."""
+        failing = self.failing(endpoints)
+        return [e for e in endpoints if e not in failing] + failing

@@ -47,7 +47,10 @@ def progress_bar(progress: Progress, running: bool = True) -> None:
     if running and not progress.bytes_total:
         endpoint = outbound.shown_origin(progress.endpoint or "")
         text = t("models.progress_listing", endpoint=endpoint)
-        if progress.attempts:
+        if progress.attempts and progress.last_failure:
+            why = t(f"reason.{progress.last_failure}")
+            text += t("models.progress_failed_tries_why", count=progress.attempts, reason_text=why)
+        elif progress.attempts:  # another process's job: its count only
             text += t("models.progress_failed_tries", count=progress.attempts)
     elif running:
         speed, eta = format_bytes(progress.speed_bps), format_duration(progress.eta_s)

@@ -93,6 +93,7 @@ class Progress:
     error_params: dict[str, object] = field(default_factory=dict)
     commit: str | None = None
     notes: tuple[str, ...] = ()
+    last_failure: str | None = None  # why the last try failed (a REASONS key); this process's jobs only
 
     @property
     def fraction(self) -> float:
@@ -280,7 +281,7 @@ class ModelDownload:
                     answer = action(endpoint)
                 except (TransientError, httpx2.TransportError) as exc:
                     last = exc
-                    self._update(force=True, attempts=self.progress.attempts + 1)
+                    self._update(force=True, attempts=self.progress.attempts + 1, last_failure=reason_of(exc))
                     tries = self.policy.tries_per_endpoint
                     self._note(f"{what}: {describe(exc)} (try {attempt + 1} of {tries}, {endpoint})")
                     if attempt + 1 < self.policy.tries_per_endpoint:

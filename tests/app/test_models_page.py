@@ -8,17 +8,19 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx2
 import pytest
 from filelock import FileLock
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1.element_tree import Selectbox
 
 from core.chat.configs import ConfigStore
+from core.hub import listing
 from core.hub.library import ModelLibrary
 from core.storage import repo
 from core.storage.db import Database
 from core.storage.schema import DownloadJobRow
-from tests.fixtures.hub_server import Fault, HubServer
+from tests.fixtures.hub_server import Fault, HubServer, unanswering_endpoint
 from tests.fixtures.tiny_models import install_ready
 from ui import resources
 
@@ -108,6 +110,27 @@ def test_a_download_waiting_for_its_file_list_says_whom_it_asked(
         ("zh", 2): "正在向 https://huggingface.co 获取文件列表…（已失败 2 次）",
     }
     assert _progress_texts(at) == [said[language, attempts]]
+
+
+def test_this_apps_download_says_why_its_last_try_failed(
+    new_app, library: ModelLibrary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = _custom_model(library)
+    monkeypatch.setattr(listing, "HUB_TIMEOUT", httpx2.Timeout(5, connect=0.3))  # 30 s / 10 s
+    with unanswering_endpoint(drops_connections=True) as dropping:
+        library.set_endpoints([dropping])
+        at = new_app()
+        at.switch_page("pages/models.py").run()
+        manager = resources.library().manager  # the app's own, process-wide
+        manager.policy = replace(manager.policy, backoff_s=60)  # the next try waits: the page is read now
+        resources.library().download(key)
+        _wait_for(lambda: resources.library().progress(key).attempts == 1)
+        at.run()
+        manager.cancel(key)
+        assert manager.wait(key, timeout=10).state == "cancelled"
+    assert not at.exception
+    reason = "no answer to the connection (a network that drops it, or a host out of reach)"
+    assert _progress_texts(at) == [f"Asking {dropping} for the file list… (1 try failed so far: {reason})"]
 
 
 def test_interrupted_download_shows_resume(

@@ -356,6 +356,13 @@ def _loaded_line(model: LoadedModel, copy: int) -> str:
     )
 
 
+def _keep_last() -> None:
+    """Save the endpoint order downloads take for now (those that did not answer last), for good."""
+    library = resources.library()
+    saved = library.set_endpoints(library.manager.failures.ordered(library.endpoints()))
+    st.session_state["downloads.endpoints"] = "\n".join(saved)  # the list shown: the order saved
+
+
 def download_settings() -> None:
     """Endpoint order (with a reachability test) and auto-resume: the same on Models and Settings."""
     library = resources.library()
@@ -363,10 +370,15 @@ def download_settings() -> None:
         st.caption(t("models.endpoints.help"))
         if proxy := outbound.download_proxy():  # where a failing download may be stuck
             st.caption(t("models.endpoints.proxy", proxy=proxy))
-        if failing := library.manager.failures.failing(library.endpoints()):
-            st.caption(urls_as_code(t("models.endpoints.asked_last", urls=", ".join(failing),
+        saved, failures = library.endpoints(), library.manager.failures
+        if failures.ordered(saved) != saved:  # downloads take another order for now
+            failing = ", ".join(failures.failing(saved))
+            st.caption(urls_as_code(t("models.endpoints.asked_last", urls=failing,
                                       minutes=f"{REMEMBER_S / 60:.0f}")))  # fmt: skip
-        text = st.text_area(t("models.endpoints.title"), value="\n".join(library.endpoints()),
+            st.button(
+                t("models.endpoints.keep_last"), key="downloads.keep-last", on_click=guarded(_keep_last)
+            )
+        text = st.text_area(t("models.endpoints.title"), value="\n".join(saved),
                             label_visibility="collapsed", height=110, key="downloads.endpoints")  # fmt: skip
         save, test = st.columns(2)
         if save.button(t("models.endpoints.save"), key="downloads.save"):

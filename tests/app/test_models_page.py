@@ -336,7 +336,7 @@ def test_an_endpoint_check_says_why_in_the_pages_language_and_stays_until_the_li
     new_app, library: ModelLibrary, hub: HubServer
 ) -> None:
     hub.add_repo("Qwen/Qwen2.5-0.5B-Instruct", REPO)  # what the check asks the endpoint for
-    library.set_endpoints([hub.url, "http://127.0.0.1:9"])  # nothing listens on the second
+    library.set_endpoints(["http://127.0.0.1:9", hub.url])  # nothing listens on the first
     at = new_app()
     at.session_state["language"] = "zh"
     at.switch_page("pages/models.py").run()
@@ -348,6 +348,10 @@ def test_an_endpoint_check_says_why_in_the_pages_language_and_stays_until_the_li
     assert ([s.value for s in at.success], [e.value for e in at.error]) == checked
     asked_last = "暂时最后尝试：`http://127.0.0.1:9` 在最近 10 分钟内没有响应（下面保存的顺序不变）。"
     assert asked_last in [c.value for c in at.caption]  # downloads ask the other first meanwhile
+    at.button(key="downloads.keep-last").click().run()  # "保存为最后尝试": for good
+    assert library.endpoints() == [hub.url, "http://127.0.0.1:9"]
+    assert at.text_area(key="downloads.endpoints").value == f"{hub.url}\nhttp://127.0.0.1:9"
+    assert asked_last not in [c.value for c in at.caption]  # the order saved is the one taken now
     at.text_area(key="downloads.endpoints").input(hub.url)
     at.button(key="downloads.save").click().run()
     assert [e.value for e in at.error] == []

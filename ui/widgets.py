@@ -356,6 +356,12 @@ def _loaded_line(model: LoadedModel, copy: int) -> str:
     )
 
 
+def _test_endpoints() -> None:
+    """Check each endpoint, before the page is drawn: what it learns (those asked last) shows at once."""
+    library = resources.library()
+    st.session_state["downloads.probes"] = [library.probe_endpoint(url) for url in library.endpoints()]
+
+
 def _keep_last() -> None:
     """Save the endpoint order downloads take for now (those that did not answer last), for good."""
     library = resources.library()
@@ -389,10 +395,7 @@ def download_settings() -> None:
             else:
                 st.success(t("models.endpoints.saved"))
                 st.session_state.pop("downloads.probes", None)  # they were of the endpoints before
-        if test.button(t("models.endpoints.test"), key="downloads.test"):
-            st.session_state["downloads.probes"] = [
-                library.probe_endpoint(url) for url in library.endpoints()
-            ]
+        test.button(t("models.endpoints.test"), key="downloads.test", on_click=guarded(_test_endpoints))
         for probe in st.session_state.get("downloads.probes", []):  # kept: a rerun does not wipe them
             if probe.ok:
                 st.success(

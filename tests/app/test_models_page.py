@@ -344,10 +344,10 @@ def test_an_endpoint_check_says_why_in_the_pages_language_and_stays_until_the_li
     checked = ([s.value for s in at.success], [e.value for e in at.error])
     assert checked[0][0].startswith(f"`{hub.url}`：可访问，") and checked[0][0].endswith(" 毫秒")
     assert checked[1] == ["`http://127.0.0.1:9`：无法连接（没有网络、地址错误或服务器未运行）"]
-    at.run()  # any rerun (a poll redraws the page once the bandwidth is measured) keeps them
-    assert ([s.value for s in at.success], [e.value for e in at.error]) == checked
     asked_last = "暂时最后尝试：`http://127.0.0.1:9` 在最近 10 分钟内没有响应（下面保存的顺序不变）。"
     assert asked_last in [c.value for c in at.caption]  # downloads ask the other first meanwhile
+    at.run()  # any rerun (a poll redraws the page once the bandwidth is measured) keeps them
+    assert ([s.value for s in at.success], [e.value for e in at.error]) == checked
     at.button(key="downloads.keep-last").click().run()  # "保存为最后尝试": for good
     assert library.endpoints() == [hub.url, "http://127.0.0.1:9"]
     assert at.text_area(key="downloads.endpoints").value == f"{hub.url}\nhttp://127.0.0.1:9"

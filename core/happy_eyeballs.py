@@ -55,14 +55,14 @@ def connect(
             while started < len(infos) or pending:
                 now = time.monotonic()
                 if started < len(infos) and (now >= next_start or not pending):
-                    sock, failure = _start(infos[started], source_address)
+                    attempt = _start(infos[started], source_address)
                     started += 1
-                    next_start = now + ATTEMPT_DELAY_S
-                    if failure is not None:
-                        last, next_start = failure, now
-                    elif sock is not None:
-                        selector.register(sock, selectors.EVENT_WRITE)
-                        pending[sock] = now + timeout if timeout is not None else float("inf")
+                    if isinstance(attempt, OSError):  # the next one at once
+                        last, next_start = attempt, now
+                    else:
+                        selector.register(attempt, selectors.EVENT_WRITE)
+                        pending[attempt] = now + timeout if timeout is not None else float("inf")
+                        next_start = now + ATTEMPT_DELAY_S
                     continue
                 wake = min([*pending.values(), next_start if started < len(infos) else float("inf")])
                 for key, _events in selector.select(None if wake == float("inf") else max(0.0, wake - now)):
@@ -88,9 +88,7 @@ def connect(
     raise last
 
 
-def _start(
-    info: AddressInfo, source_address: tuple[str, int] | None
-) -> tuple[socket.socket | None, OSError | None]:
+def _start(info: AddressInfo, source_address: tuple[str, int] | None) -> socket.socket | OSError:
     """A connection attempt under way (its socket), or why it could not start."""
     family, kind, protocol, _name, address = info
     sock = socket.socket(family, kind, protocol)
@@ -101,11 +99,11 @@ def _start(
         code = sock.connect_ex(address)
     except OSError as exc:
         sock.close()
-        return None, exc
+        return exc
     if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
         sock.close()
-        return None, OSError(code, os.strerror(code))
-    return sock, None
+        return OSError(code, os.strerror(code))
+    return sock
 
 
 class HappyEyeballsBackend(httpcore2.SyncBackend):

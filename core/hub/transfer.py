@@ -280,10 +280,10 @@ class ModelDownload:
                 try:
                     answer = action(endpoint)
                 except (TransientError, httpx2.TransportError) as exc:
-                    last = exc
-                    self._update(force=True, attempts=self.progress.attempts + 1, last_failure=reason_of(exc))
+                    last, reason = exc, reason_of(exc)
+                    self._update(force=True, attempts=self.progress.attempts + 1, last_failure=reason)
                     tries = self.policy.tries_per_endpoint
-                    self._note(f"{what}: {describe(exc)} (try {attempt + 1} of {tries}, {endpoint})")
+                    self._note(f"{what}: {REASONS[reason]} (try {attempt + 1} of {tries}, {endpoint})")
                     if attempt + 1 < self.policy.tries_per_endpoint:
                         self._sleep(self.policy.backoff_s * 2**attempt)
                 else:

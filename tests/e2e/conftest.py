@@ -132,8 +132,20 @@ def close_pages_after_each_test(request: pytest.FixtureRequest) -> Iterator[None
             context.close()
 
 
+def _page_problems(page: Page) -> list[str]:
+    """What the page's scripts threw and its console's errors (a blank page says why: a script error
+    empties Streamlit's whole page)."""
+    try:
+        thrown = [f"page error: {error}" for error in page.page_errors()]
+        said = [f"console {m.type}: {m.text}" for m in page.console_messages() if m.type == "error"]
+    except Exception as exc:  # a diagnostic must not hide the real failure
+        return [f"(no page errors: {exc})"]
+    return [line[:500] for line in [*thrown, *said][-10:]]
+
+
 def _what_the_browsers_show(item: pytest.Item) -> str:
-    """Each open page's address and visible text, and the tail of each app log of a failed test."""
+    """Each open page's address, visible text and script errors, and the tail of each app log of a
+    failed test."""
     lines: list[str] = []
     for browser in _browsers(item):
         for page in (page for context in browser.contexts for page in context.pages):
@@ -141,7 +153,7 @@ def _what_the_browsers_show(item: pytest.Item) -> str:
                 text = page.inner_text("body", timeout=2_000)
             except Exception as exc:  # a diagnostic must not hide the real failure
                 text = f"(unreadable: {exc})"
-            lines += [f"== page {page.url}", text[-1_500:]]
+            lines += [f"== page {page.url}", text[-1_500:], *_page_problems(page)]
     env = item.funcargs.get("isolated_env")
     # The apps' consoles, and the engine's own log (its failures are logged there, not on the console).
     logs = [*Path(env).glob("*.log"), *Path(env).glob("data/logs/*.log")] if isinstance(env, Path) else []

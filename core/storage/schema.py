@@ -74,6 +74,8 @@ class LongText(_WithoutNul):
 
 # The defaults of TEXT and JSON columns are written as expressions, in parentheses: MySQL 8 refuses a bare
 # literal there ("BLOB, TEXT, GEOMETRY or JSON column can't have a default value"); the others take both.
+EMPTY_JSON = text("('{}')")
+EMPTY_TEXT = text("('')")
 
 
 class Base(DeclarativeBase):
@@ -111,7 +113,7 @@ class ProviderConfigRow(Base):
     model: Mapped[str] = mapped_column(Chars(300))
     base_url: Mapped[str | None] = mapped_column(Chars(500))
     api_key: Mapped[str | None] = mapped_column(Chars(500))
-    params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("('{}')"))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=EMPTY_JSON)
     is_current: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -128,8 +130,8 @@ class ConversationRow(Base):
     owner: Mapped[str] = mapped_column(Chars(100), index=True)
     title: Mapped[str] = mapped_column(Chars(300))
     config_id: Mapped[int | None] = mapped_column(ForeignKey("provider_configs.id", ondelete="SET NULL"))
-    system_prompt: Mapped[str] = mapped_column(LongText, default="", server_default=text("('')"))
-    params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("('{}')"))
+    system_prompt: Mapped[str] = mapped_column(LongText, default="", server_default=EMPTY_TEXT)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=EMPTY_JSON)
     preset: Mapped[str | None] = mapped_column(Chars(60))  # the preset applied last ("builtin:…", "user:…")
     uid: Mapped[str | None] = mapped_column(Chars(100))  # stable across export and import
     leaf_id: Mapped[int | None] = mapped_column(Integer)  # the branch shown: its last message
@@ -197,7 +199,7 @@ class DownloadJobRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     last_error: Mapped[str | None] = mapped_column(LongText)
     last_error_code: Mapped[str | None] = mapped_column(Chars(60))  # what the pages translate
-    last_error_params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("('{}')"))
+    last_error_params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=EMPTY_JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -209,7 +211,7 @@ class CustomModelRow(Base):
     key: Mapped[str] = mapped_column(Chars(300), unique=True)
     repo_id: Mapped[str] = mapped_column(Chars(300), unique=True)
     revision: Mapped[str] = mapped_column(Chars(100), default="main", server_default=text("'main'"))
-    details: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("('{}')"))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=EMPTY_JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -254,6 +256,6 @@ class PresetRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     owner: Mapped[str] = mapped_column(Chars(100), index=True)
     name: Mapped[str] = mapped_column(Chars(100))
-    system_prompt: Mapped[str] = mapped_column(LongText, default="", server_default=text("('')"))
-    params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("('{}')"))
+    system_prompt: Mapped[str] = mapped_column(LongText, default="", server_default=EMPTY_TEXT)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=EMPTY_JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
